@@ -1,0 +1,40 @@
+// bigmoe public API: open a GGUF model on a backend and create decoding contexts.
+//
+//   auto engine = bigmoe::Engine::load("model.gguf", {.n_threads = 2});
+//   auto ctx = (*engine)->new_context({.n_ctx = 4096});
+//   (*ctx)->decode_seq(0, tokens, /*all_logits=*/false, &logits);
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+#include "core/result.h"
+#include "gguf/gguf_file.h"
+#include "models/model.h"
+#include "runtime/context.h"
+
+namespace bigmoe {
+
+struct LoadOptions {
+    int n_threads = 0;  // 0: all hardware threads
+};
+
+class Engine {
+public:
+    static Result<std::unique_ptr<Engine>> load(const std::string& path, const LoadOptions& opts);
+    Result<std::unique_ptr<Context>> new_context(const ContextParams& params) { return Context::create(*model_, params); }
+
+    const gguf::GgufFile& file() const { return *file_; }
+    Model& model() { return *model_; }
+    Backend& backend() { return *backend_; }
+
+private:
+    std::unique_ptr<gguf::GgufFile> file_;
+    std::unique_ptr<Backend> backend_;
+    std::unique_ptr<Model> model_;
+};
+
+const char* version_string();
+
+}  // namespace bigmoe

@@ -1,0 +1,170 @@
+// The Backend interface: the only way models compute. A backend owns device memory (activations,
+// caches, recurrent state), may repack weights, and implements the ops below. Models never touch
+// tensor data directly, so CUDA and Vulkan backends can be added without changing the models.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+#include "gguf/gguf_file.h"
+#include "quant/dtype.h"
+
+namespace bigmoe {
+
+// A 2-D f32 activation tensor in backend memory: rows x cols, row-major, `stride` floats between
+// rows. For a batch, rows are tokens.
+struct Tensor {
+    float* data = nullptr;
+    int64_t rows = 0;
+    int64_t cols = 0;
+    int64_t stride = 0;
+
+    float* row(int64_t r) const { return data + r * stride; }
+    Tensor cols_view(int64_t c0, int64_t nc) const { return {data + c0, rows, nc, stride}; }
+    Tensor rows_view(int64_t r0, int64_t nr) const { return {data + r0 * stride, nr, cols, stride}; }
+};
+
+// A weight tensor from the model file. 2-D: ne[1] rows (outputs) of ne[0] inputs. 3-D expert
+// stacks: ne[2] matrices, expert e at byte e * expert_bytes.
+struct Weight {
+    const gguf::TensorInfo* info = nullptr;
+    DType type = DType::F32;
+    int64_t ne[4] = {1, 1, 1, 1};
+    size_t row_bytes = 0;
+    size_t expert_bytes = 0;
+    const void* data = nullptr;      // host bytes (the file mapping)
+    void* backend_data = nullptr;    // a backend's own copy or repacked layout, if any
+
+    int64_t n_in() const { return ne[0]; }
+    int64_t n_out() const { return ne[1]; }
+    const std::string& name() const { return info->name; }
+};
+
+// The tokens of one sequence inside a batch: rows [first, first + n_tokens), positions
+// pos0 .. pos0 + n_tokens - 1 (each sequence's tokens are contiguous in the batch).
+struct SeqSpan {
+    int seq = 0;
+    int64_t first = 0;
+    int64_t n_tokens = 0;
+    int64_t pos0 = 0;
+};
+
+// One layer's KV cache for one sequence: rows of n_head_kv * head_dim values per position.
+struct KvBlock {
+    void* k = nullptr;
+    void* v = nullptr;
+    DType type_k = DType::F32;  // F32 or F16
+    DType type_v = DType::F32;
+    int64_t capacity = 0;       // positions
+};
+
+// One GDN layer's recurrent state for one sequence, as a ring of n_slots snapshots. The current
+// state is slot `head`; processing token i of a batch reads slot (head + i) % n_slots and writes
+// slot (head + i + 1) % n_slots, so the last n_slots - 1 states stay available for rollback.
+struct RecurrentRing {
+    float* conv = nullptr;  // n_slots x [conv_dim][k_conv - 1]
+    float* ssm = nullptr;   // n_slots x [H_v][d_v][d_k]
+    int n_slots = 1;
+    int head = 0;
+};
+
+struct AttentionParams {
+    int64_t n_head = 0, n_head_kv = 0, head_dim = 0;
+    float scale = 1.0f;
+};
+
+struct GdnParams {
+    int64_t n_k_heads = 0, n_v_heads = 0, d_k = 0, d_v = 0, conv_kernel = 4;
+    float eps = 1e-6f;
+};
+
+struct MoeWeights {
+    const Weight* gate = nullptr;  // {n_embd, n_ff, n_expert}
+    const Weight* up = nullptr;    // {n_embd, n_ff, n_expert}
+    const Weight* down = nullptr;  // {n_ff, n_embd, n_expert}
+    const Weight* gate_up = nullptr;  // alternative fused {n_embd, 2 n_ff, n_expert}
+    int64_t n_expert = 0, n_expert_used = 0, n_ff = 0;
+};
+
+class Backend {
+public:
+    virtual ~Backend() = default;
+    virtual std::string name() const = 0;
+    virtual int n_threads() const { return 1; }
+    virtual bool supports_weight_type(DType t) const = 0;
+    // Called once per weight after loading; a backend may upload or repack it.
+    virtual Result<void> prepare_weight(Weight& w) = 0;
+
+    // ---- memory
+    virtual void* alloc(size_t bytes) = 0;
+    virtual void dealloc(void* p) = 0;
+    virtual void upload(void* dst, const void* src, size_t bytes) = 0;
+    virtual void download(void* dst, const void* src, size_t bytes) = 0;
+    virtual void copy(void* dst, const void* src, size_t bytes) = 0;
+    virtual void fill_zero(void* dst, size_t bytes) = 0;
+
+    // Scratch tensors live until reset_scratch() (called at the start of every forward pass).
+    Tensor scratch(int64_t rows, int64_t cols);
+    void reset_scratch();
+    // Scratch allocated after a mark is released by rewinding to it (per-layer temporaries).
+    struct ScratchMark {
+        size_t chunk, used;
+    };
+    ScratchMark scratch_mark() const { return {scratch_chunk_, scratch_used_}; }
+    void scratch_rewind(ScratchMark m) {
+        scratch_chunk_ = m.chunk;
+        scratch_used_ = m.used;
+    }
+
+    // ---- ops (all shapes row-major; rows are tokens)
+    // out[t] = dequant(emb row ids[t])
+    virtual void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) = 0;
+    // RMS norm over groups of w.ne[0] columns (one group = whole row, or one head), times w.
+    virtual void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) = 0;
+    // out[t][r] = dot(w row r, x[t])
+    virtual void matmul(const Weight& w, Tensor x, Tensor out) = 0;
+    virtual void add(Tensor a, Tensor b, Tensor out) = 0;
+    // For every group of `group` columns of x, copies columns [offset, offset + width) of the
+    // group into out (e.g. the query half of Qwen3.5's interleaved [query | gate] heads).
+    virtual void gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) = 0;
+    // out = silu(gate) * up
+    virtual void swiglu(Tensor gate, Tensor up, Tensor out) = 0;
+    // out = x * sigmoid(gate)
+    virtual void mul_sigmoid(Tensor x, Tensor gate, Tensor out) = 0;
+    // out[t] = a[t] + sigmoid(dot(gate_vec, f[t])) * b[t]
+    virtual void add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) = 0;
+    // NeoX RoPE, in place, on every head_dim group of x: the first n_rot dims of each head rotate.
+    virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) = 0;
+    // Stores k, v rows at their positions in each sequence's block, then causal attention.
+    virtual void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
+                           const std::vector<KvBlock*>& kv, Tensor out) = 0;
+    // Routed experts: softmax routing over router_logits, top-k, renormalised weights, grouped
+    // expert products; out[t] = sum_k w_k expert_k(x[t]) in top-k order.
+    virtual void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) = 0;
+    // Depthwise causal conv (kernel k) over `mixed` with the ring's conv state, then SiLU.
+    virtual void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
+                          const std::vector<RecurrentRing*>& rings, Tensor out) = 0;
+    // Gated DeltaNet recurrence over u = [Q | K | V] channels with raw beta/alpha projections.
+    virtual void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
+                                 const GdnParams& p, const std::vector<SeqSpan>& spans,
+                                 const std::vector<RecurrentRing*>& rings, Tensor out) = 0;
+
+protected:
+    struct Chunk {
+        float* data;
+        size_t floats;
+    };
+    std::vector<Chunk> scratch_chunks_;
+    size_t scratch_chunk_ = 0, scratch_used_ = 0;
+
+public:
+    void release_scratch();
+};
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+
+}  // namespace bigmoe

@@ -1,0 +1,191 @@
+#include "backend/cpu/cpu_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#include "quant/quants.h"
+
+namespace bigmoe {
+
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<cpu::CpuBackend>(n_threads); }
+
+namespace cpu {
+
+CpuBackend::CpuBackend(int n_threads, const Kernels* k) : pool_(n_threads), k_(k ? k : &cpu::kernels()) {}
+
+CpuBackend::~CpuBackend() { release_scratch(); }
+
+bool CpuBackend::supports_weight_type(DType t) const { return k_->vec_dot[int(t)] != nullptr; }
+
+Result<void> CpuBackend::prepare_weight(Weight& w) {
+    if (!supports_weight_type(w.type))
+        return make_error("CPU backend: weight '" + w.name() + "' has unsupported type " + traits(w.type).name);
+    return {};
+}
+
+void* CpuBackend::alloc(size_t bytes) {
+    void* p = std::aligned_alloc(64, (std::max<size_t>(bytes, 1) + 63) / 64 * 64);
+    BM_CHECK(p != nullptr);
+    return p;
+}
+void CpuBackend::dealloc(void* p) { std::free(p); }
+void CpuBackend::upload(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
+void CpuBackend::download(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
+void CpuBackend::copy(void* dst, const void* src, size_t n) { std::memmove(dst, src, n); }
+void CpuBackend::fill_zero(void* dst, size_t n) { std::memset(dst, 0, n); }
+
+void CpuBackend::get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) {
+    BM_CHECK(out.rows == n && out.cols == emb.n_in());
+    const uint8_t* base = static_cast<const uint8_t*>(emb.data);
+    pool_.parallel_for(n, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t) {
+            BM_CHECK(ids[t] >= 0 && ids[t] < emb.n_out());
+            dequantize_row(emb.type, base + size_t(ids[t]) * emb.row_bytes, out.row(t), emb.n_in());
+        }
+    });
+}
+
+void CpuBackend::rms_norm(Tensor x, const Weight& w, float eps, Tensor out) {
+    const int64_t g = w.n_in();
+    BM_CHECK(w.type == DType::F32 && x.cols % g == 0 && out.cols == x.cols && out.rows == x.rows);
+    const float* wd = static_cast<const float*>(w.data);
+    pool_.parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t) {
+            const float* xr = x.row(t);
+            float* yr = out.row(t);
+            for (int64_t c0 = 0; c0 < x.cols; c0 += g) {
+                double sum = 0;
+                for (int64_t i = 0; i < g; ++i) sum += double(xr[c0 + i]) * double(xr[c0 + i]);
+                const float mean = float(sum / double(g));
+                const float scale = 1.0f / std::sqrt(mean + eps);
+                for (int64_t i = 0; i < g; ++i) yr[c0 + i] = (xr[c0 + i] * scale) * wd[i];
+            }
+        }
+    });
+}
+
+size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) {
+    const DType at = activation_type(wt);
+    const size_t rb = row_bytes(at, x.cols);
+    if (buf.size() < rb * size_t(x.rows)) buf.resize(rb * size_t(x.rows));
+    QuantizeFn q = k_->quantize[int(at)];
+    uint8_t* dst = buf.data();
+    pool_.parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t) q(x.row(t), dst + size_t(t) * rb, x.cols);
+    });
+    return rb;
+}
+
+void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
+                             size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) {
+    VecDotFn dot = k_->vec_dot[int(wt)];
+    constexpr int64_t k_rows_per_task = 16;
+    const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
+    pool_.parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
+        for (int64_t r = b * k_rows_per_task; r < std::min(n_rows, e * k_rows_per_task); ++r) {
+            const uint8_t* wr = w + size_t(r) * w_row_bytes;
+            for (int64_t t = 0; t < n_tok; ++t) out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
+        }
+    });
+}
+
+void CpuBackend::matmul(const Weight& w, Tensor x, Tensor out) {
+    BM_CHECK(x.cols == w.n_in() && out.cols == w.n_out() && out.rows == x.rows);
+    if (x.rows == 0) return;
+    const size_t qrb = quantize_rows(w.type, x, qbuf_);
+    matmul_rows(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.n_out(), qbuf_.data(), qrb, x.rows,
+                w.n_in(), out.data, out.stride);
+}
+
+template <class F>
+static void elementwise(ThreadPool& pool, Tensor out, F f) {
+    pool.parallel_for(out.rows, [&](int64_t b, int64_t e, int) {
+        for (int64_t t = b; t < e; ++t) f(t);
+    });
+}
+
+void CpuBackend::add(Tensor a, Tensor b, Tensor out) {
+    BM_CHECK(a.cols == out.cols && b.cols == out.cols);
+    elementwise(pool_, out, [&](int64_t t) {
+        const float *x = a.row(t), *y = b.row(t);
+        float* o = out.row(t);
+        for (int64_t i = 0; i < out.cols; ++i) o[i] = x[i] + y[i];
+    });
+}
+
+void CpuBackend::gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) {
+    BM_CHECK(x.cols % group == 0 && offset + width <= group && out.cols == x.cols / group * width);
+    elementwise(pool_, out, [&](int64_t t) {
+        const float* s = x.row(t);
+        float* o = out.row(t);
+        for (int64_t g = 0; g < x.cols / group; ++g) std::copy_n(s + g * group + offset, width, o + g * width);
+    });
+}
+
+static inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+static inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+
+void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {
+    BM_CHECK(gate.cols == out.cols && up.cols == out.cols);
+    elementwise(pool_, out, [&](int64_t t) {
+        const float *g = gate.row(t), *u = up.row(t);
+        float* o = out.row(t);
+        for (int64_t i = 0; i < out.cols; ++i) o[i] = silu(g[i]) * u[i];
+    });
+}
+
+void CpuBackend::mul_sigmoid(Tensor x, Tensor gate, Tensor out) {
+    BM_CHECK(gate.cols == out.cols && x.cols == out.cols);
+    elementwise(pool_, out, [&](int64_t t) {
+        const float *a = x.row(t), *g = gate.row(t);
+        float* o = out.row(t);
+        for (int64_t i = 0; i < out.cols; ++i) o[i] = a[i] * sigmoid(g[i]);
+    });
+}
+
+void CpuBackend::add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) {
+    BM_CHECK(gate_vec.type == DType::F32 && gate_vec.n_in() == f.cols);
+    const float* gv = static_cast<const float*>(gate_vec.data);
+    elementwise(pool_, out, [&](int64_t t) {
+        const float* fr = f.row(t);
+        float s = 0;
+        for (int64_t i = 0; i < f.cols; ++i) s += gv[i] * fr[i];
+        const float g = sigmoid(s);
+        const float *x = a.row(t), *y = b.row(t);
+        float* o = out.row(t);
+        for (int64_t i = 0; i < out.cols; ++i) o[i] = x[i] + y[i] * g;
+    });
+}
+
+void CpuBackend::rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) {
+    BM_CHECK(x.cols % head_dim == 0 && n_rot <= head_dim && n_rot % 2 == 0);
+    const float theta_scale = std::pow(theta, -2.0f / float(n_rot));
+    const int64_t half = n_rot / 2;
+    for (const SeqSpan& s : spans) {
+        pool_.parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
+            std::vector<float> cs(static_cast<size_t>(n_rot));
+            for (int64_t i = b; i < e; ++i) {
+                float th = float(s.pos0 + i);
+                for (int64_t j = 0; j < half; ++j) {
+                    cs[2 * j] = std::cos(th);
+                    cs[2 * j + 1] = std::sin(th);
+                    th *= theta_scale;
+                }
+                float* r = x.row(s.first + i);
+                for (int64_t h0 = 0; h0 < x.cols; h0 += head_dim) {
+                    float* v = r + h0;
+                    for (int64_t j = 0; j < half; ++j) {
+                        const float a = v[j], c = v[j + half];
+                        v[j] = a * cs[2 * j] - c * cs[2 * j + 1];
+                        v[j + half] = a * cs[2 * j + 1] + c * cs[2 * j];
+                    }
+                }
+            }
+        });
+    }
+}
+
+}  // namespace cpu
+}  // namespace bigmoe

@@ -1,0 +1,63 @@
+// The CPU backend: host memory, a thread pool, and kernels from the dispatch table.
+#pragma once
+
+#include <memory>
+
+#include "backend/backend.h"
+#include "backend/cpu/kernels.h"
+#include "core/thread_pool.h"
+
+namespace bigmoe::cpu {
+
+class CpuBackend : public Backend {
+public:
+    explicit CpuBackend(int n_threads, const Kernels* k = nullptr);
+    ~CpuBackend() override;
+
+    std::string name() const override { return std::string("CPU (") + k_->isa + ")"; }
+    int n_threads() const override { return pool_.size(); }
+    bool supports_weight_type(DType t) const override;
+    Result<void> prepare_weight(Weight& w) override;
+
+    void* alloc(size_t bytes) override;
+    void dealloc(void* p) override;
+    void upload(void* dst, const void* src, size_t bytes) override;
+    void download(void* dst, const void* src, size_t bytes) override;
+    void copy(void* dst, const void* src, size_t bytes) override;
+    void fill_zero(void* dst, size_t bytes) override;
+
+    void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) override;
+    void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override;
+    void matmul(const Weight& w, Tensor x, Tensor out) override;
+    void add(Tensor a, Tensor b, Tensor out) override;
+    void gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) override;
+    void swiglu(Tensor gate, Tensor up, Tensor out) override;
+    void mul_sigmoid(Tensor x, Tensor gate, Tensor out) override;
+    void add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) override;
+    void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) override;
+    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
+                   const std::vector<KvBlock*>& kv, Tensor out) override;
+    void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) override;
+    void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
+                  const std::vector<RecurrentRing*>& rings, Tensor out) override;
+    void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
+                         const GdnParams& p, const std::vector<SeqSpan>& spans, const std::vector<RecurrentRing*>& rings,
+                         Tensor out) override;
+
+    // Quantized-activation matrix product on raw rows: out[t][r] = dot(w_rows[r], qx[t]) for the
+    // given row range. Shared by matmul and the expert products.
+    void matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
+                     size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride);
+    // Quantize rows of x into the activation type of weight type wt; returns row bytes.
+    size_t quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf);
+
+    ThreadPool& pool() { return pool_; }
+    const Kernels& kernels() const { return *k_; }
+
+private:
+    ThreadPool pool_;
+    const Kernels* k_;
+    std::vector<uint8_t> qbuf_, qbuf2_;
+};
+
+}  // namespace bigmoe::cpu

@@ -1,0 +1,122 @@
+// Gated DeltaNet on the CPU: the short causal convolution and the sequential delta-rule
+// recurrence (arch-qwen35.md §7). State for each head is carried through the batch in a local
+// buffer; only the snapshots a rollback can need (the last n_slots states) are written back.
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+
+namespace bigmoe::cpu {
+
+namespace {
+inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float softplus(float x) { return x > 20.0f ? x : std::log(1.0f + std::exp(x)); }
+
+int slot_of(const RecurrentRing& r, int64_t i) { return int((r.head + i) % r.n_slots); }
+
+// Rows of L2-normalised heads: x / max(||x||, eps), the sum of squares in double.
+void l2_normalize_heads(const float* src, float* dst, int64_t n_heads, int64_t d, float eps) {
+    for (int64_t h = 0; h < n_heads; ++h) {
+        double sum = 0;
+        for (int64_t i = 0; i < d; ++i) sum += double(src[h * d + i]) * double(src[h * d + i]);
+        const float scale = 1.0f / std::max(std::sqrt(float(sum)), eps);
+        for (int64_t i = 0; i < d; ++i) dst[h * d + i] = src[h * d + i] * scale;
+    }
+}
+}  // namespace
+
+void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
+                          const std::vector<RecurrentRing*>& rings, Tensor out) {
+    const int64_t C = mixed.cols, K = p.conv_kernel, S = K - 1;
+    BM_CHECK(conv_w.type == DType::F32 && conv_w.n_in() == K && conv_w.n_out() == C && out.cols == C);
+    BM_CHECK(K >= 2 && K <= 8);
+    const float* w = static_cast<const float*>(conv_w.data);
+    for (size_t si = 0; si < spans.size(); ++si) {
+        const SeqSpan& s = spans[si];
+        RecurrentRing& ring = *rings[si];
+        const size_t slot_floats = size_t(C * S);
+        pool_.parallel_for(C, [&](int64_t cb, int64_t ce, int) {
+            for (int64_t c = cb; c < ce; ++c) {
+                float win[8];
+                const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats + c * S;
+                for (int64_t j = 0; j < S; ++j) win[j] = st[j];
+                const float* wc = w + c * K;
+                for (int64_t i = 0; i < s.n_tokens; ++i) {
+                    const float x = mixed.row(s.first + i)[c];
+                    win[S] = x;
+                    float y = 0;
+                    for (int64_t j = 0; j < K; ++j) y += wc[j] * win[j];
+                    out.row(s.first + i)[c] = silu(y);
+                    for (int64_t j = 0; j < S; ++j) win[j] = win[j + 1];
+                    if (i >= s.n_tokens - ring.n_slots) {
+                        float* dst = ring.conv + size_t(slot_of(ring, i + 1)) * slot_floats + c * S;
+                        for (int64_t j = 0; j < S; ++j) dst[j] = win[j];
+                    }
+                }
+            }
+        });
+    }
+}
+
+void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
+                                 const GdnParams& p, const std::vector<SeqSpan>& spans,
+                                 const std::vector<RecurrentRing*>& rings, Tensor out) {
+    const int64_t Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.d_k, dv = p.d_v;
+    const int64_t key_dim = Hk * dk;
+    BM_CHECK(u.cols == 2 * key_dim + Hv * dv && out.cols == Hv * dv && beta.cols == Hv && alpha.cols == Hv);
+    const float* dtb = static_cast<const float*>(dt_bias.data);
+    const float* A = static_cast<const float*>(ssm_a.data);
+    const float q_scale = 1.0f / std::sqrt(float(dk));
+    const size_t head_floats = size_t(dv * dk), slot_floats = size_t(Hv) * head_floats;
+    for (size_t si = 0; si < spans.size(); ++si) {
+        const SeqSpan& s = spans[si];
+        RecurrentRing& ring = *rings[si];
+        Tensor qn = scratch(s.n_tokens, key_dim), kn = scratch(s.n_tokens, key_dim);
+        pool_.parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
+            for (int64_t i = b; i < e; ++i) {
+                l2_normalize_heads(u.row(s.first + i), qn.row(i), Hk, dk, p.eps);
+                l2_normalize_heads(u.row(s.first + i) + key_dim, kn.row(i), Hk, dk, p.eps);
+            }
+        });
+        pool_.parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
+            std::vector<float> S(head_floats);
+            for (int64_t h = hb; h < he; ++h) {
+                const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
+                const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
+                std::copy_n(src, head_floats, S.data());
+                for (int64_t i = 0; i < s.n_tokens; ++i) {
+                    const int64_t row = s.first + i;
+                    const float b = sigmoid(beta.row(row)[h]);
+                    const float decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
+                    const float* q = qn.row(i) + j * dk;
+                    const float* k = kn.row(i) + j * dk;
+                    const float* v = u.row(row) + 2 * key_dim + h * dv;
+                    float* o = out.row(row) + h * dv;
+                    for (int64_t c = 0; c < dv; ++c) {
+                        float* r = S.data() + c * dk;
+                        float pred = 0;
+                        for (int64_t x = 0; x < dk; ++x) {
+                            r[x] *= decay;
+                            pred += r[x] * k[x];
+                        }
+                        const float delta = b * (v[c] - pred);
+                        float acc = 0;
+                        for (int64_t x = 0; x < dk; ++x) {
+                            r[x] += k[x] * delta;
+                            acc += r[x] * q[x];
+                        }
+                        o[c] = acc * q_scale;
+                    }
+                    if (i >= s.n_tokens - ring.n_slots) {
+                        float* dst = ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats;
+                        std::copy_n(S.data(), head_floats, dst);
+                    }
+                }
+            }
+        });
+    }
+}
+
+}  // namespace bigmoe::cpu

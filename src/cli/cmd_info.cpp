@@ -1,0 +1,100 @@
+// `bigmoe info -m FILE [--json]`: reads only the header (the weights stay unread in the mapping).
+#include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "bigmoe/bigmoe.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+
+namespace bigmoe::cli {
+
+namespace {
+const std::vector<OptionSpec> k_specs = {
+    {"-m", "--model", true, "model file (GGUF)"},
+    {"", "--json", false, "print JSON"},
+    {"-h", "--help", false, "show this help"},
+};
+
+std::string human_bytes(double b) {
+    const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+    int u = 0;
+    while (b >= 1024 && u < 4) {
+        b /= 1024;
+        ++u;
+    }
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.2f %s", b, units[u]);
+    return buf;
+}
+}  // namespace
+
+int cmd_info(const std::vector<std::string>& argv) {
+    auto args = Args::parse(argv, k_specs);
+    if (!args) return fail(args.error().message);
+    if (args->has("--help")) {
+        std::printf("usage: bigmoe info -m FILE [--json]\n\n%s", format_help(k_specs).c_str());
+        return 0;
+    }
+    if (!args->has("--model")) return fail("info: -m/--model is required");
+    auto engine = Engine::load(args->get("--model"), {.n_threads = 1});
+    if (!engine) return fail(engine.error().message);
+    const gguf::GgufFile& f = (*engine)->file();
+    Model& m = (*engine)->model();
+    const HParams& hp = m.hparams();
+    const uint64_t kv_f16 = uint64_t(hp.n_attention_layers()) * 2 * uint64_t(hp.kv_width()) * 2;
+    const uint64_t rec = uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
+
+    nlohmann::json j;
+    j["file"] = f.path();
+    j["file_size"] = f.file_size();
+    j["gguf_version"] = f.version();
+    j["shards"] = f.n_shards();
+    j["architecture"] = hp.arch;
+    j["name"] = f.get_string_or("general.name", "");
+    j["file_type"] = f.get_int_or("general.file_type", -1);
+    j["hparams"] = {{"n_vocab", hp.n_vocab},          {"n_embd", hp.n_embd},
+                    {"n_layer", hp.n_layer},          {"n_layer_all", hp.n_layer_all},
+                    {"n_nextn", hp.n_nextn},          {"n_ctx_train", hp.n_ctx_train},
+                    {"n_head", hp.n_head},            {"n_head_kv", hp.n_head_kv},
+                    {"head_dim", hp.head_dim},        {"n_rot", hp.n_rot},
+                    {"rope_theta", hp.rope_theta},    {"eps", hp.eps},
+                    {"n_ff", hp.n_ff},                {"n_expert", hp.n_expert},
+                    {"n_expert_used", hp.n_expert_used}, {"n_ff_exp", hp.n_ff_exp},
+                    {"n_ff_shexp", hp.n_ff_shexp},    {"ssm_conv_kernel", hp.ssm_conv_kernel},
+                    {"ssm_d_state", hp.ssm_d_state},  {"ssm_n_k_heads", hp.ssm_n_k_heads},
+                    {"ssm_n_v_heads", hp.ssm_n_v_heads}, {"ssm_d_inner", hp.ssm_d_inner},
+                    {"n_attention_layers", hp.n_attention_layers()}, {"n_recurrent_layers", hp.n_recurrent_layers()}};
+    j["n_params"] = m.n_params();
+    j["n_active_params"] = m.n_active_params();
+    j["weight_bytes"] = m.total_weight_bytes();
+    j["active_weight_bytes_per_token"] = m.active_weight_bytes();
+    j["kv_bytes_per_token_f16"] = kv_f16;
+    j["recurrent_bytes_per_seq"] = rec;
+    nlohmann::json tensors = nlohmann::json::array();
+    for (const auto& t : f.tensors()) {
+        std::vector<int64_t> shape(t.ne, t.ne + t.n_dims);
+        tensors.push_back({{"name", t.name}, {"type", traits(t.type).name}, {"shape", shape}, {"bytes", t.nbytes}});
+    }
+    j["tensors"] = tensors;
+    if (args->has("--json")) {
+        std::printf("%s\n", j.dump(1).c_str());
+        return 0;
+    }
+    std::printf("file:          %s (%s, GGUF v%u, %d shard%s)\n", f.path().c_str(), human_bytes(double(f.file_size())).c_str(),
+                f.version(), f.n_shards(), f.n_shards() > 1 ? "s" : "");
+    std::printf("architecture:  %s   name: %s\n", hp.arch.c_str(), j["name"].get<std::string>().c_str());
+    std::printf("parameters:    %.3f B total, %.3f B active per token\n", double(m.n_params()) / 1e9,
+                double(m.n_active_params()) / 1e9);
+    std::printf("weights:       %s (%s read per decoded token)\n", human_bytes(double(m.total_weight_bytes())).c_str(),
+                human_bytes(double(m.active_weight_bytes())).c_str());
+    std::printf("KV cache:      %s per token (f16), recurrent state %s per sequence\n", human_bytes(double(kv_f16)).c_str(),
+                human_bytes(double(rec)).c_str());
+    std::printf("\nhyper-parameters:\n");
+    for (auto& [k, v] : j["hparams"].items()) std::printf("  %-20s %s\n", k.c_str(), v.dump().c_str());
+    std::printf("\n%-40s %-6s %-28s %14s\n", "tensor", "type", "shape", "bytes");
+    for (const auto& t : f.tensors())
+        std::printf("%-40s %-6s %-28s %14zu\n", t.name.c_str(), traits(t.type).name, t.shape_str().c_str(), t.nbytes);
+    return 0;
+}
+
+}  // namespace bigmoe::cli

@@ -1,0 +1,82 @@
+// `bigmoe logits -m FILE --tokens 1,2,3 --out FILE`: logits of every position as little-endian
+// float32 [n_tokens][n_vocab]. Tests and external checks compare engines with it.
+#include <cstdio>
+
+#include "bigmoe/bigmoe.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+
+namespace bigmoe::cli {
+
+namespace {
+const std::vector<OptionSpec> k_specs = {
+    {"-m", "--model", true, "model file (GGUF)"},
+    {"", "--tokens", true, "comma-separated token ids"},
+    {"-o", "--out", true, "output file (float32 [n_tokens][n_vocab])"},
+    {"-c", "--ctx-size", true, "context size (default: number of tokens)"},
+    {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
+    {"-t", "--threads", true, "threads (default: all)"},
+    {"-ctk", "--cache-type-k", true, "K cache type: f32, f16 (default f16)"},
+    {"-ctv", "--cache-type-v", true, "V cache type: f32, f16 (default f16)"},
+    {"-h", "--help", false, "show this help"},
+};
+}  // namespace
+
+Result<DType> parse_cache_type(const std::string& s, const char* which) {
+    auto t = dtype_from_name(s);
+    if (!t || (*t != DType::F32 && *t != DType::F16))
+        return make_error(std::string(which) + ": unsupported cache type '" + s + "' (supported: f32, f16)");
+    return *t;
+}
+
+int cmd_logits(const std::vector<std::string>& argv) {
+    auto args = Args::parse(argv, k_specs);
+    if (!args) return fail(args.error().message);
+    if (args->has("--help")) {
+        std::printf("usage: bigmoe logits -m FILE --tokens 1,2,3 --out FILE [options]\n\n%s", format_help(k_specs).c_str());
+        return 0;
+    }
+    if (!args->has("--model")) return fail("logits: -m/--model is required");
+    if (!args->has("--tokens")) return fail("logits: --tokens is required");
+    if (!args->has("--out")) return fail("logits: --out is required");
+    auto toks = parse_int_list(args->get("--tokens"), "--tokens");
+    if (!toks) return fail(toks.error().message);
+    if (toks->empty()) return fail("logits: --tokens is empty");
+    auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
+    auto th = args->get_int("--threads", 0, 0, 1024);
+    auto ctx = args->get_int("--ctx-size", int64_t(toks->size()), 1, int64_t(1) << 31);
+    auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
+    auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
+    for (auto* r : {&ub, &th, &ctx})
+        if (!*r) return fail(r->error().message);
+    if (!ctk) return fail(ctk.error().message);
+    if (!ctv) return fail(ctv.error().message);
+
+    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*th)});
+    if (!engine) return fail(engine.error().message);
+    ContextParams cp;
+    cp.n_ctx = std::max<int64_t>(*ctx, int64_t(toks->size()));
+    cp.n_ubatch = *ub;
+    cp.type_k = *ctk;
+    cp.type_v = *ctv;
+    auto c = (*engine)->new_context(cp);
+    if (!c) return fail(c.error().message);
+    std::vector<int32_t> tokens;
+    for (int64_t t : *toks) {
+        if (t < 0 || t >= (*c)->n_vocab())
+            return fail("token id " + std::to_string(t) + " is out of range [0, " + std::to_string((*c)->n_vocab()) + ")");
+        tokens.push_back(int32_t(t));
+    }
+    std::vector<float> logits;
+    auto r = (*c)->decode_seq(0, tokens, true, &logits);
+    if (!r) return fail(r.error().message);
+    const std::string out = args->get("--out");
+    std::FILE* f = std::fopen(out.c_str(), "wb");
+    if (!f) return fail("cannot create '" + out + "'");
+    const size_t n = std::fwrite(logits.data(), 4, logits.size(), f);
+    if (std::fclose(f) != 0 || n != logits.size()) return fail("writing '" + out + "' failed");
+    std::fprintf(stderr, "wrote %zu x %lld logits to %s\n", tokens.size(), (long long)(*c)->n_vocab(), out.c_str());
+    return 0;
+}
+
+}  // namespace bigmoe::cli

@@ -1,0 +1,15 @@
+// Subcommands of the `bigmoe` binary. Each returns the process exit code.
+#pragma once
+
+#include <string>
+#include <vector>
+
+namespace bigmoe::cli {
+
+int cmd_info(const std::vector<std::string>& args);
+int cmd_logits(const std::vector<std::string>& args);
+
+// Prints "error: <msg>" to stderr and returns 1.
+int fail(const std::string& msg);
+
+}  // namespace bigmoe::cli

@@ -1,0 +1,51 @@
+// The `bigmoe` binary: dispatches to subcommands.
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "bigmoe/bigmoe.h"
+#include "cli/commands.h"
+
+namespace bigmoe::cli {
+int fail(const std::string& msg) {
+    std::fprintf(stderr, "error: %s\n", msg.c_str());
+    return 1;
+}
+}  // namespace bigmoe::cli
+
+namespace {
+struct Command {
+    const char* name;
+    int (*fn)(const std::vector<std::string>&);
+    const char* help;
+};
+const Command k_commands[] = {
+    {"info", bigmoe::cli::cmd_info, "show a model's architecture, hyper-parameters, tensors and memory needs"},
+    {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
+};
+
+void usage() {
+    std::fprintf(stderr, "bigmoe %s - Mixture-of-Experts inference from GGUF files\n\nusage: bigmoe <command> [options]\n\n",
+                 bigmoe::version_string());
+    for (const auto& c : k_commands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
+    std::fprintf(stderr, "\n'bigmoe <command> --help' shows a command's options.\n");
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
+        usage();
+        return argc < 2 ? 1 : 0;
+    }
+    if (!std::strcmp(argv[1], "--version")) {
+        std::printf("bigmoe %s\n", bigmoe::version_string());
+        return 0;
+    }
+    std::vector<std::string> args(argv + 2, argv + argc);
+    for (const auto& c : k_commands)
+        if (std::strcmp(argv[1], c.name) == 0) return c.fn(args);
+    std::fprintf(stderr, "error: unknown command '%s'\n\n", argv[1]);
+    usage();
+    return 1;
+}

@@ -1,0 +1,68 @@
+// Result<T>: a value or an Error with a message. Recoverable failures (bad files, bad flags)
+// travel as values; assertions are kept for programmer errors.
+#pragma once
+
+#include <cstdio>
+#include <cstdlib>
+#include <string>
+#include <utility>
+#include <variant>
+
+namespace bigmoe {
+
+struct Error {
+    std::string message;
+};
+
+template <class T>
+class [[nodiscard]] Result {
+public:
+    Result(T value) : v_(std::move(value)) {}
+    Result(Error error) : v_(std::move(error)) {}
+
+    bool ok() const { return v_.index() == 0; }
+    explicit operator bool() const { return ok(); }
+    T& value() & { return std::get<0>(v_); }
+    T&& value() && { return std::get<0>(std::move(v_)); }
+    const T& value() const& { return std::get<0>(v_); }
+    T* operator->() { return &value(); }
+    T& operator*() { return value(); }
+    const Error& error() const { return std::get<1>(v_); }
+
+private:
+    std::variant<T, Error> v_;
+};
+
+template <>
+class [[nodiscard]] Result<void> {
+public:
+    Result() = default;
+    Result(Error error) : err_(std::move(error)), ok_(false) {}
+    bool ok() const { return ok_; }
+    explicit operator bool() const { return ok_; }
+    const Error& error() const { return err_; }
+
+private:
+    Error err_;
+    bool ok_ = true;
+};
+
+inline Error make_error(std::string msg) { return Error{std::move(msg)}; }
+
+}  // namespace bigmoe
+
+// Programmer-error check: prints and aborts. Never reached by user input.
+#define BM_CHECK(cond)                                                                 \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
+            std::abort();                                                              \
+        }                                                                              \
+    } while (0)
+
+// Propagate an error from an expression returning Result<...>.
+#define BM_TRY(expr)                                  \
+    do {                                              \
+        auto bm_try_r_ = (expr);                      \
+        if (!bm_try_r_.ok()) return bm_try_r_.error(); \
+    } while (0)

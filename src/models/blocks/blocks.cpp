@@ -1,0 +1,160 @@
+#include "models/blocks/blocks.h"
+
+#include <cmath>
+
+namespace bigmoe::blocks {
+
+std::string blk(int64_t il, const char* name) { return "blk." + std::to_string(il) + "." + name; }
+
+#define BM_LOAD(dst, expr)          \
+    do {                            \
+        auto r_ = (expr);           \
+        if (!r_) return r_.error(); \
+        dst = *r_;                  \
+    } while (0)
+
+Result<Attention> load_attention(Model& m, int64_t il, bool gated) {
+    const HParams& hp = m.hparams();
+    Attention a;
+    a.gated = gated;
+    const int64_t q_out = (gated ? 2 : 1) * hp.n_head * hp.head_dim, kv_out = hp.n_head_kv * hp.head_dim;
+    BM_LOAD(a.q, m.load(blk(il, "attn_q.weight"), {hp.n_embd, q_out}));
+    BM_LOAD(a.k, m.load(blk(il, "attn_k.weight"), {hp.n_embd, kv_out}));
+    BM_LOAD(a.v, m.load(blk(il, "attn_v.weight"), {hp.n_embd, kv_out}));
+    BM_LOAD(a.q_norm, m.load(blk(il, "attn_q_norm.weight"), {hp.head_dim}));
+    BM_LOAD(a.k_norm, m.load(blk(il, "attn_k_norm.weight"), {hp.head_dim}));
+    BM_LOAD(a.o, m.load(blk(il, "attn_output.weight"), {hp.n_head * hp.head_dim, hp.n_embd}));
+    return a;
+}
+
+Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, const ForwardBatch& batch,
+                 const std::vector<KvBlock*>& kv) {
+    const int64_t T = x.rows, D = hp.head_dim, nq = hp.n_head * D, nkv = hp.n_head_kv * D;
+    Tensor qg = be.scratch(T, w.q->n_out());
+    be.matmul(*w.q, x, qg);
+    Tensor q = qg, gate;
+    if (w.gated) {
+        q = be.scratch(T, nq);
+        gate = be.scratch(T, nq);
+        be.gather_cols(qg, 2 * D, 0, D, q);
+        be.gather_cols(qg, 2 * D, D, D, gate);
+    }
+    Tensor k = be.scratch(T, nkv), v = be.scratch(T, nkv);
+    be.matmul(*w.k, x, k);
+    be.matmul(*w.v, x, v);
+    Tensor qn = be.scratch(T, nq), kn = be.scratch(T, nkv);
+    be.rms_norm(q, *w.q_norm, hp.eps, qn);
+    be.rms_norm(k, *w.k_norm, hp.eps, kn);
+    be.rope_neox(qn, D, hp.n_rot, hp.rope_theta, batch.spans);
+    be.rope_neox(kn, D, hp.n_rot, hp.rope_theta, batch.spans);
+    AttentionParams p{hp.n_head, hp.n_head_kv, D, 1.0f / std::sqrt(float(D))};
+    Tensor o = be.scratch(T, nq);
+    be.attention(qn, kn, v, p, batch.spans, kv, o);
+    if (w.gated) be.mul_sigmoid(o, gate, o);
+    Tensor out = be.scratch(T, hp.n_embd);
+    be.matmul(*w.o, o, out);
+    return out;
+}
+
+Result<GatedDeltaNet> load_gdn(Model& m, int64_t il) {
+    const HParams& hp = m.hparams();
+    GatedDeltaNet g;
+    const int64_t E = hp.n_embd, Hv = hp.ssm_n_v_heads;
+    BM_LOAD(g.qkv, m.load(blk(il, "attn_qkv.weight"), {E, hp.conv_dim()}));
+    BM_LOAD(g.gate, m.load(blk(il, "attn_gate.weight"), {E, hp.ssm_d_inner}));
+    BM_LOAD(g.beta, m.load(blk(il, "ssm_beta.weight"), {E, Hv}));
+    BM_LOAD(g.alpha, m.load(blk(il, "ssm_alpha.weight"), {E, Hv}));
+    BM_LOAD(g.conv, m.load(blk(il, "ssm_conv1d.weight"), {hp.ssm_conv_kernel, hp.conv_dim()}));
+    BM_LOAD(g.dt_bias, m.load(blk(il, "ssm_dt.bias"), {Hv}));
+    BM_LOAD(g.a, m.load(blk(il, "ssm_a"), {Hv}));
+    BM_LOAD(g.norm, m.load(blk(il, "ssm_norm.weight"), {hp.ssm_d_state}));
+    BM_LOAD(g.out, m.load(blk(il, "ssm_out.weight"), {hp.ssm_d_inner, E}));
+    for (const Weight* w : {g.conv, g.dt_bias, g.a, g.norm})
+        if (w->type != DType::F32)
+            return make_error(m.file().path() + ": tensor '" + w->name() + "' must be F32, found " + traits(w->type).name);
+    return g;
+}
+
+Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, Tensor x, const ForwardBatch& batch,
+                       const std::vector<RecurrentRing*>& rs) {
+    const int64_t T = x.rows, Hv = hp.ssm_n_v_heads;
+    Tensor mixed = be.scratch(T, hp.conv_dim()), z = be.scratch(T, hp.ssm_d_inner);
+    Tensor beta = be.scratch(T, Hv), alpha = be.scratch(T, Hv);
+    be.matmul(*w.qkv, x, mixed);
+    be.matmul(*w.gate, x, z);
+    be.matmul(*w.beta, x, beta);
+    be.matmul(*w.alpha, x, alpha);
+    GdnParams p{hp.ssm_n_k_heads, Hv, hp.ssm_d_state, hp.ssm_d_state, hp.ssm_conv_kernel, hp.eps};
+    Tensor u = be.scratch(T, hp.conv_dim());
+    be.ssm_conv(mixed, *w.conv, p, batch.spans, rs, u);
+    Tensor o = be.scratch(T, hp.ssm_d_inner);
+    be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, batch.spans, rs, o);
+    Tensor on = be.scratch(T, hp.ssm_d_inner);
+    be.rms_norm(o, *w.norm, hp.eps, on);
+    be.swiglu(z, on, on);
+    Tensor out = be.scratch(T, hp.n_embd);
+    be.matmul(*w.out, on, out);
+    return out;
+}
+
+Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, const char* suffix) {
+    const HParams& hp = m.hparams();
+    DenseFfn f;
+    const std::string s = suffix;
+    BM_LOAD(f.gate, m.load(blk(il, ("ffn_gate" + s + ".weight").c_str()), {hp.n_embd, n_ff}));
+    BM_LOAD(f.up, m.load(blk(il, ("ffn_up" + s + ".weight").c_str()), {hp.n_embd, n_ff}));
+    BM_LOAD(f.down, m.load(blk(il, ("ffn_down" + s + ".weight").c_str()), {n_ff, hp.n_embd}));
+    return f;
+}
+
+Tensor dense_ffn(Backend& be, const DenseFfn& w, Tensor x) {
+    const int64_t T = x.rows, F = w.gate->n_out();
+    Tensor g = be.scratch(T, F), u = be.scratch(T, F);
+    be.matmul(*w.gate, x, g);
+    be.matmul(*w.up, x, u);
+    be.swiglu(g, u, g);
+    Tensor out = be.scratch(T, w.down->n_out());
+    be.matmul(*w.down, g, out);
+    return out;
+}
+
+Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
+    const HParams& hp = m.hparams();
+    Moe w;
+    const int64_t E = hp.n_embd, F = hp.n_ff_exp, X = hp.n_expert;
+    BM_LOAD(w.router, m.load(blk(il, "ffn_gate_inp.weight"), {E, X}));
+    if (w.router->type != DType::F32)
+        return make_error(m.file().path() + ": router '" + w.router->name() + "' must be F32, found " +
+                          traits(w.router->type).name);
+    w.experts.n_expert = X;
+    w.experts.n_expert_used = hp.n_expert_used;
+    w.experts.n_ff = F;
+    BM_LOAD(w.experts.gate_up, m.load_optional(blk(il, "ffn_gate_up_exps.weight"), {E, 2 * F, X}, true));
+    if (!w.experts.gate_up) {
+        BM_LOAD(w.experts.gate, m.load(blk(il, "ffn_gate_exps.weight"), {E, F, X}, true));
+        BM_LOAD(w.experts.up, m.load(blk(il, "ffn_up_exps.weight"), {E, F, X}, true));
+    }
+    BM_LOAD(w.experts.down, m.load(blk(il, "ffn_down_exps.weight"), {F, E, X}, true));
+    if (shared_expert) {
+        BM_LOAD(w.shared, load_dense_ffn(m, il, hp.n_ff_shexp, "_shexp"));
+        BM_LOAD(w.shared_gate, m.load(blk(il, "ffn_gate_inp_shexp.weight"), {E}));
+        if (w.shared_gate->type != DType::F32)
+            return make_error(m.file().path() + ": '" + w.shared_gate->name() + "' must be F32");
+    }
+    return w;
+}
+
+Tensor moe(Backend& be, const Moe& w, Tensor x) {
+    const int64_t T = x.rows;
+    Tensor logits = be.scratch(T, w.experts.n_expert);
+    be.matmul(*w.router, x, logits);
+    Tensor out = be.scratch(T, x.cols);
+    be.moe(x, logits, w.experts, out);
+    if (w.shared_gate) {
+        Tensor sh = dense_ffn(be, w.shared, x);
+        be.add_gated(out, sh, *w.shared_gate, x, out);
+    }
+    return out;
+}
+
+}  // namespace bigmoe::blocks

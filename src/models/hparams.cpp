@@ -1,0 +1,136 @@
+#include "models/hparams.h"
+
+namespace bigmoe {
+
+int64_t HParams::n_attention_layers() const { return n_layer - n_recurrent_layers(); }
+int64_t HParams::n_recurrent_layers() const {
+    int64_t n = 0;
+    for (bool r : recurrent) n += r;
+    return n;
+}
+
+namespace {
+
+struct Reader {
+    const gguf::GgufFile& f;
+    std::string prefix;
+
+    // A positive integer key (any integer type; a per-layer array must hold one value).
+    Result<int64_t> pos_int(const std::string& key) const {
+        const std::string k = prefix + key;
+        const gguf::Value* v = f.find(k);
+        if (!v) return make_error(f.path() + ": missing metadata key '" + k + "'");
+        int64_t x;
+        if (v->type == gguf::ValueType::ARRAY && !v->arr_i.empty()) {
+            x = v->arr_i[0];
+            for (int64_t y : v->arr_i)
+                if (y != x)
+                    return make_error(f.path() + ": '" + k + "' varies per layer; bigmoe needs one value for all layers");
+        } else {
+            auto r = f.get_int(k);
+            if (!r) return r.error();
+            x = *r;
+        }
+        if (x <= 0 || x > (int64_t(1) << 31))
+            return make_error(f.path() + ": '" + k + "' = " + std::to_string(x) + " is out of range");
+        return x;
+    }
+    Result<int64_t> pos_int_or(const std::string& key, int64_t def) const {
+        if (!f.find(prefix + key)) return def;
+        return pos_int(key);
+    }
+};
+
+#define BM_READ(dst, expr)                \
+    do {                                  \
+        auto r_ = (expr);                 \
+        if (!r_) return r_.error();       \
+        dst = *r_;                        \
+    } while (0)
+
+}  // namespace
+
+Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
+    HParams hp;
+    auto arch = f.get_string("general.architecture");
+    if (!arch) return arch.error();
+    hp.arch = *arch;
+    Reader r{f, hp.arch + "."};
+    BM_READ(hp.n_embd, r.pos_int("embedding_length"));
+    BM_READ(hp.n_layer_all, r.pos_int("block_count"));
+    hp.n_nextn = f.get_int_or(r.prefix + "nextn_predict_layers", 0);
+    if (hp.n_nextn < 0 || hp.n_nextn >= hp.n_layer_all)
+        return make_error(f.path() + ": nextn_predict_layers = " + std::to_string(hp.n_nextn) +
+                          " is inconsistent with block_count = " + std::to_string(hp.n_layer_all));
+    hp.n_layer = hp.n_layer_all - hp.n_nextn;
+    BM_READ(hp.n_ctx_train, r.pos_int_or("context_length", 4096));
+    BM_READ(hp.n_head, r.pos_int("attention.head_count"));
+    BM_READ(hp.n_head_kv, r.pos_int_or("attention.head_count_kv", hp.n_head));
+    BM_READ(hp.head_dim, r.pos_int_or("attention.key_length", hp.n_embd / hp.n_head));
+    BM_READ(hp.head_dim_v, r.pos_int_or("attention.value_length", hp.head_dim));
+    BM_READ(hp.n_rot, r.pos_int_or("rope.dimension_count", hp.head_dim));
+    if (hp.head_dim_v != hp.head_dim)
+        return make_error(f.path() + ": attention.value_length " + std::to_string(hp.head_dim_v) +
+                          " differs from key_length " + std::to_string(hp.head_dim) + " (unsupported)");
+    if (hp.n_head % hp.n_head_kv != 0)
+        return make_error(f.path() + ": head_count " + std::to_string(hp.n_head) +
+                          " is not a multiple of head_count_kv " + std::to_string(hp.n_head_kv));
+    if (hp.n_rot > hp.head_dim || hp.n_rot % 2 != 0)
+        return make_error(f.path() + ": rope.dimension_count " + std::to_string(hp.n_rot) +
+                          " must be even and at most the head dim " + std::to_string(hp.head_dim));
+    auto eps = f.get_float(r.prefix + "attention.layer_norm_rms_epsilon");
+    if (!eps) return eps.error();
+    hp.eps = float(*eps);
+    if (!(hp.eps > 0 && hp.eps < 1)) return make_error(f.path() + ": rms epsilon " + std::to_string(hp.eps) + " out of range");
+    hp.rope_theta = float(f.get_float_or(r.prefix + "rope.freq_base", 10000.0));
+    if (!(hp.rope_theta > 1)) return make_error(f.path() + ": rope.freq_base must be > 1");
+    const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
+    if (toks && toks->type == gguf::ValueType::ARRAY) hp.n_vocab = int64_t(toks->array_size());
+    if (hp.n_vocab == 0) hp.n_vocab = f.get_int_or(r.prefix + "vocab_size", 0);
+    if (f.find(r.prefix + "feed_forward_length")) BM_READ(hp.n_ff, r.pos_int("feed_forward_length"));
+
+    if (moe) {
+        BM_READ(hp.n_expert, r.pos_int("expert_count"));
+        BM_READ(hp.n_expert_used, r.pos_int("expert_used_count"));
+        if (hp.n_expert_used > hp.n_expert)
+            return make_error(f.path() + ": expert_used_count " + std::to_string(hp.n_expert_used) + " > expert_count " +
+                              std::to_string(hp.n_expert));
+        const int64_t def_ff = hp.n_ff > 0 ? hp.n_ff / hp.n_expert_used : 0;
+        BM_READ(hp.n_ff_exp, r.pos_int_or("expert_feed_forward_length", def_ff));
+        if (hp.n_ff_exp <= 0) return make_error(f.path() + ": missing expert_feed_forward_length");
+        if (hybrid) BM_READ(hp.n_ff_shexp, r.pos_int_or("expert_shared_feed_forward_length", hp.n_ff));
+    } else if (hp.n_ff <= 0) {
+        return make_error(f.path() + ": missing metadata key '" + r.prefix + "feed_forward_length'");
+    }
+
+    hp.recurrent.assign(size_t(hp.n_layer), false);
+    if (hybrid) {
+        BM_READ(hp.ssm_conv_kernel, r.pos_int("ssm.conv_kernel"));
+        BM_READ(hp.ssm_d_state, r.pos_int("ssm.state_size"));
+        BM_READ(hp.ssm_n_k_heads, r.pos_int("ssm.group_count"));
+        BM_READ(hp.ssm_n_v_heads, r.pos_int("ssm.time_step_rank"));
+        BM_READ(hp.ssm_d_inner, r.pos_int("ssm.inner_size"));
+        BM_READ(hp.full_attention_interval, r.pos_int_or("full_attention_interval", 4));
+        if (hp.ssm_conv_kernel < 2 || hp.ssm_conv_kernel > 8)
+            return make_error(f.path() + ": ssm.conv_kernel " + std::to_string(hp.ssm_conv_kernel) + " unsupported (2..8)");
+        if (hp.ssm_d_inner != hp.ssm_n_v_heads * hp.ssm_d_state)
+            return make_error(f.path() + ": ssm.inner_size " + std::to_string(hp.ssm_d_inner) +
+                              " != time_step_rank * state_size = " + std::to_string(hp.ssm_n_v_heads * hp.ssm_d_state));
+        if (hp.ssm_n_v_heads % hp.ssm_n_k_heads != 0)
+            return make_error(f.path() + ": ssm.time_step_rank " + std::to_string(hp.ssm_n_v_heads) +
+                              " is not a multiple of ssm.group_count " + std::to_string(hp.ssm_n_k_heads));
+        const gguf::Value* rl = f.find(r.prefix + "attention.recurrent_layers");
+        if (rl && rl->type == gguf::ValueType::ARRAY) {
+            if (int64_t(rl->arr_i.size()) < hp.n_layer)
+                return make_error(f.path() + ": attention.recurrent_layers has " + std::to_string(rl->arr_i.size()) +
+                                  " entries, expected " + std::to_string(hp.n_layer_all));
+            for (int64_t il = 0; il < hp.n_layer; ++il) hp.recurrent[size_t(il)] = rl->arr_i[size_t(il)] != 0;
+        } else {
+            for (int64_t il = 0; il < hp.n_layer; ++il)
+                hp.recurrent[size_t(il)] = (il + 1) % hp.full_attention_interval != 0;
+        }
+    }
+    return hp;
+}
+
+}  // namespace bigmoe

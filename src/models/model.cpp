@@ -1,0 +1,96 @@
+#include "models/model.h"
+
+#include "models/registry.h"
+
+namespace bigmoe {
+
+static std::string shape_str(const std::vector<int64_t>& s) {
+    std::string r = "{";
+    for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
+    return r + "}";
+}
+
+Result<const Weight*> Model::load_optional(const std::string& name, std::vector<int64_t> shape, bool expert) {
+    const gguf::TensorInfo* ti = file_->tensor(name);
+    if (!ti) return static_cast<const Weight*>(nullptr);
+    int64_t want[4] = {1, 1, 1, 1};
+    for (size_t d = 0; d < shape.size(); ++d) want[d] = shape[d];
+    for (int d = 0; d < 4; ++d)
+        if (ti->ne[d] != want[d])
+            return make_error(file_->path() + ": tensor '" + name + "' has shape " + ti->shape_str() + ", expected " +
+                              shape_str(shape));
+    Weight w;
+    w.info = ti;
+    w.type = ti->type;
+    for (int d = 0; d < 4; ++d) w.ne[d] = ti->ne[d];
+    w.row_bytes = ti->row_bytes;
+    w.expert_bytes = ti->row_bytes * size_t(ti->ne[1]);
+    w.data = ti->data;
+    BM_TRY(backend_->prepare_weight(w));
+    weights_.push_back(w);
+    total_bytes_ += ti->nbytes;
+    n_params_ += ti->n_elements();
+    if (expert && hp_.n_expert > 0) {
+        active_bytes_ += ti->nbytes / uint64_t(hp_.n_expert) * uint64_t(hp_.n_expert_used);
+        n_active_params_ += ti->n_elements() / hp_.n_expert * hp_.n_expert_used;
+    } else if (name != "token_embd.weight" || !file_->tensor("output.weight")) {
+        // The embedding table is a lookup of one row, unless it doubles as the LM head.
+        active_bytes_ += ti->nbytes;
+        n_active_params_ += ti->n_elements();
+    }
+    return &weights_.back();
+}
+
+Result<const Weight*> Model::load(const std::string& name, std::vector<int64_t> shape, bool expert) {
+    auto w = load_optional(name, shape, expert);
+    if (!w) return w.error();
+    if (!*w)
+        return make_error(file_->path() + ": missing tensor '" + name + "' " + shape_str(shape) + " required by " +
+                          hp_.arch);
+    return w;
+}
+
+Result<void> Model::load_output_and_embeddings() {
+    if (hp_.n_vocab <= 0) return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)");
+    auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab});
+    if (!e) return e.error();
+    tok_embd_ = *e;
+    auto n = load("output_norm.weight", {hp_.n_embd});
+    if (!n) return n.error();
+    output_norm_ = *n;
+    auto o = load_optional("output.weight", {hp_.n_embd, hp_.n_vocab});
+    if (!o) return o.error();
+    output_ = *o ? *o : tok_embd_;  // tied embeddings
+    return {};
+}
+
+void Model::compute_logits(Tensor h, const ForwardBatch& batch, Tensor logits) {
+    Backend& be = *backend_;
+    const int64_t n_out = int64_t(batch.out_rows.size());
+    Tensor sel = be.scratch(n_out, hp_.n_embd);
+    for (int64_t i = 0; i < n_out; ++i) be.copy(sel.row(i), h.row(batch.out_rows[size_t(i)]), size_t(hp_.n_embd) * 4);
+    Tensor normed = be.scratch(n_out, hp_.n_embd);
+    be.rms_norm(sel, *output_norm_, hp_.eps, normed);
+    be.matmul(*output_, normed, logits);
+}
+
+const std::vector<ArchEntry>& model_registry() {
+    static const std::vector<ArchEntry> r = {
+        {"qwen3moe", load_qwen3moe},
+        {"qwen35", load_qwen35},
+        {"qwen35moe", load_qwen35moe},
+    };
+    return r;
+}
+
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend) {
+    auto arch = file.get_string("general.architecture");
+    if (!arch) return arch.error();
+    for (const auto& e : model_registry())
+        if (*arch == e.name) return e.load(file, backend);
+    std::string known;
+    for (const auto& e : model_registry()) known += std::string(known.empty() ? "" : ", ") + e.name;
+    return make_error(file.path() + ": unsupported architecture '" + *arch + "' (supported: " + known + ")");
+}
+
+}  // namespace bigmoe

@@ -1,0 +1,83 @@
+// The model contract: a Model owns its weights (views into the GGUF mapping, prepared by a
+// backend) and computes logits for a batch given per-layer, per-sequence state. Architectures
+// register a loader by GGUF architecture name; adding one = one file + one registry line.
+#pragma once
+
+#include <deque>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/result.h"
+#include "gguf/gguf_file.h"
+#include "models/hparams.h"
+
+namespace bigmoe {
+
+struct ForwardBatch {
+    const int32_t* tokens = nullptr;  // [n_tokens]
+    int64_t n_tokens = 0;
+    std::vector<SeqSpan> spans;       // contiguous per sequence, in batch order
+    std::vector<int64_t> out_rows;    // batch rows whose logits are wanted, ascending
+};
+
+// The state a forward pass reads and writes, indexed [layer][span].
+struct StateRefs {
+    std::vector<std::vector<KvBlock*>> kv;
+    std::vector<std::vector<RecurrentRing*>> rs;
+};
+
+class Model {
+public:
+    virtual ~Model() = default;
+    const HParams& hparams() const { return hp_; }
+    const gguf::GgufFile& file() const { return *file_; }
+    Backend& backend() const { return *backend_; }
+
+    // logits: [out_rows.size()][n_vocab] in backend memory.
+    virtual void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) = 0;
+
+    // Bytes of weights a decode step reads in the average case (dense weights + n_expert_used
+    // experts per MoE layer); used by bench for GB/s.
+    uint64_t active_weight_bytes() const { return active_bytes_; }
+    uint64_t total_weight_bytes() const { return total_bytes_; }
+    int64_t n_params() const { return n_params_; }
+    int64_t n_active_params() const { return n_active_params_; }
+
+    // Looks a tensor up, checks its shape (padded to 4 dims) and that the backend supports it.
+    Result<const Weight*> load(const std::string& name, std::vector<int64_t> shape, bool expert = false);
+    Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false);
+    // token_embd, output_norm and output (tied to token_embd when absent).
+    Result<void> load_output_and_embeddings();
+
+protected:
+
+    HParams hp_;
+    const gguf::GgufFile* file_ = nullptr;
+    Backend* backend_ = nullptr;
+    std::deque<Weight> weights_;
+    const Weight* tok_embd_ = nullptr;
+    const Weight* output_norm_ = nullptr;
+    const Weight* output_ = nullptr;
+    uint64_t total_bytes_ = 0, active_bytes_ = 0;
+    int64_t n_params_ = 0, n_active_params_ = 0;
+
+    // Final norm + LM head on the requested rows of h.
+    void compute_logits(Tensor h, const ForwardBatch& batch, Tensor logits);
+
+    friend Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile&, Backend&);
+};
+
+using ModelLoader = std::function<Result<std::unique_ptr<Model>>(const gguf::GgufFile&, Backend&)>;
+struct ArchEntry {
+    const char* name;
+    ModelLoader load;
+};
+const std::vector<ArchEntry>& model_registry();
+
+// Picks the architecture from general.architecture and loads the model.
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend);
+
+}  // namespace bigmoe

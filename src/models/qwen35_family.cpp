@@ -1,0 +1,89 @@
+#include "models/qwen35_family.h"
+
+namespace bigmoe {
+
+#define BM_LOAD(dst, expr)          \
+    do {                            \
+        auto r_ = (expr);           \
+        if (!r_) return r_.error(); \
+        dst = *r_;                  \
+    } while (0)
+
+Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, Backend& backend, bool moe) {
+    auto hp = read_hparams(file, /*hybrid=*/true, moe);
+    if (!hp) return hp.error();
+    std::unique_ptr<Qwen35Family> m(new Qwen35Family());
+    m->hp_ = std::move(*hp);
+    m->file_ = &file;
+    m->backend_ = &backend;
+    m->moe_ = moe;
+    BM_TRY(m->load_output_and_embeddings());
+    m->layers_.resize(size_t(m->hp_.n_layer));
+    for (int64_t il = 0; il < m->hp_.n_layer; ++il)
+        BM_TRY(m->load_layer(il, m->layers_[size_t(il)], m->hp_.is_recurrent(il)));
+    BM_TRY(m->load_mtp());
+    return std::unique_ptr<Model>(std::move(m));
+}
+
+Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
+    l.recurrent = recurrent;
+    BM_LOAD(l.attn_norm, load(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
+    BM_LOAD(l.post_norm, load(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
+    if (recurrent)
+        BM_LOAD(l.gdn, blocks::load_gdn(*this, il));
+    else
+        BM_LOAD(l.attn, blocks::load_attention(*this, il, /*gated=*/true));
+    if (moe_)
+        BM_LOAD(l.moe, blocks::load_moe(*this, il, /*shared_expert=*/true));
+    else
+        BM_LOAD(l.ffn, blocks::load_dense_ffn(*this, il, hp_.n_ff, ""));
+    return {};
+}
+
+Result<void> Qwen35Family::load_mtp() {
+    // MTP blocks are full-attention blocks plus the nextn projection; bytes are counted as
+    // weights but not as active (they do not run in the main pass).
+    const uint64_t active = active_bytes_;
+    const int64_t active_params = n_active_params_;
+    for (int64_t il = hp_.n_layer; il < hp_.n_layer_all; ++il) {
+        Layer l;
+        BM_TRY(load_layer(il, l, false));
+        const Weight* w;
+        BM_LOAD(w, load(blocks::blk(il, "nextn.eh_proj.weight"), {2 * hp_.n_embd, hp_.n_embd}));
+        BM_LOAD(w, load(blocks::blk(il, "nextn.enorm.weight"), {hp_.n_embd}));
+        BM_LOAD(w, load(blocks::blk(il, "nextn.hnorm.weight"), {hp_.n_embd}));
+        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.embed_tokens.weight"), {hp_.n_embd, hp_.n_vocab}));
+        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.shared_head_head.weight"), {hp_.n_embd, hp_.n_vocab}));
+        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.shared_head_norm.weight"), {hp_.n_embd}));
+        (void)w;
+        mtp_layers_.push_back(l);
+    }
+    active_bytes_ = active;
+    n_active_params_ = active_params;
+    return {};
+}
+
+void Qwen35Family::forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) {
+    Backend& be = *backend_;
+    be.reset_scratch();
+    const int64_t T = batch.n_tokens;
+    Tensor h = be.scratch(T, hp_.n_embd);
+    be.get_rows(*tok_embd_, batch.tokens, T, h);
+    for (int64_t il = 0; il < hp_.n_layer; ++il) {
+        const Layer& l = layers_[size_t(il)];
+        const auto mark = be.scratch_mark();
+        Tensor a = be.scratch(T, hp_.n_embd);
+        be.rms_norm(h, *l.attn_norm, hp_.eps, a);
+        Tensor m = l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, batch, state.rs[size_t(il)])
+                               : blocks::attention(be, hp_, l.attn, a, batch, state.kv[size_t(il)]);
+        be.add(h, m, h);
+        Tensor f = be.scratch(T, hp_.n_embd);
+        be.rms_norm(h, *l.post_norm, hp_.eps, f);
+        Tensor y = moe_ ? blocks::moe(be, l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
+        be.add(h, y, h);
+        be.scratch_rewind(mark);
+    }
+    compute_logits(h, batch, logits);
+}
+
+}  // namespace bigmoe

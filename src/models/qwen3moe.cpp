@@ -1,0 +1,75 @@
+// `qwen3moe`: Qwen3-MoE (Qwen3-30B-A3B): attention with q/k norm and NeoX RoPE, routed experts
+// in every layer, no shared expert.
+#include "models/blocks/blocks.h"
+#include "models/registry.h"
+
+namespace bigmoe {
+
+namespace {
+
+class Qwen3Moe : public Model {
+public:
+    static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend) {
+        auto hp = read_hparams(file, /*hybrid=*/false, /*moe=*/true);
+        if (!hp) return hp.error();
+        std::unique_ptr<Qwen3Moe> m(new Qwen3Moe());
+        m->hp_ = std::move(*hp);
+        m->file_ = &file;
+        m->backend_ = &backend;
+        BM_TRY(m->load_output_and_embeddings());
+        for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
+            Layer l;
+            auto an = m->load(blocks::blk(il, "attn_norm.weight"), {m->hp_.n_embd});
+            if (!an) return an.error();
+            l.attn_norm = *an;
+            auto fn = m->load(blocks::blk(il, "ffn_norm.weight"), {m->hp_.n_embd});
+            if (!fn) return fn.error();
+            l.ffn_norm = *fn;
+            auto at = blocks::load_attention(*m, il, /*gated=*/false);
+            if (!at) return at.error();
+            l.attn = *at;
+            auto mo = blocks::load_moe(*m, il, /*shared_expert=*/false);
+            if (!mo) return mo.error();
+            l.moe = *mo;
+            m->layers_.push_back(l);
+        }
+        return std::unique_ptr<Model>(std::move(m));
+    }
+
+    void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) override {
+        Backend& be = *backend_;
+        be.reset_scratch();
+        const int64_t T = batch.n_tokens;
+        Tensor h = be.scratch(T, hp_.n_embd);
+        be.get_rows(*tok_embd_, batch.tokens, T, h);
+        for (int64_t il = 0; il < hp_.n_layer; ++il) {
+            const Layer& l = layers_[size_t(il)];
+            const auto mark = be.scratch_mark();
+            Tensor a = be.scratch(T, hp_.n_embd);
+            be.rms_norm(h, *l.attn_norm, hp_.eps, a);
+            be.add(h, blocks::attention(be, hp_, l.attn, a, batch, state.kv[size_t(il)]), h);
+            Tensor f = be.scratch(T, hp_.n_embd);
+            be.rms_norm(h, *l.ffn_norm, hp_.eps, f);
+            be.add(h, blocks::moe(be, l.moe, f), h);
+            be.scratch_rewind(mark);
+        }
+        compute_logits(h, batch, logits);
+    }
+
+private:
+    struct Layer {
+        const Weight* attn_norm = nullptr;
+        const Weight* ffn_norm = nullptr;
+        blocks::Attention attn;
+        blocks::Moe moe;
+    };
+    std::vector<Layer> layers_;
+};
+
+}  // namespace
+
+Result<std::unique_ptr<Model>> load_qwen3moe(const gguf::GgufFile& file, Backend& backend) {
+    return Qwen3Moe::create(file, backend);
+}
+
+}  // namespace bigmoe

@@ -1,0 +1,104 @@
+// Runtime state for one model: per-sequence KV cache and recurrent state, micro-batched
+// decoding, and the state operations speculative decoding and prompt caching need:
+// remove the last N positions, checkpoint/restore, and copy between sequences.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "backend/backend.h"
+#include "core/result.h"
+#include "models/model.h"
+
+namespace bigmoe {
+
+struct ContextParams {
+    int64_t n_ctx = 4096;      // positions per sequence
+    int n_seq_max = 1;
+    int64_t n_ubatch = 512;    // micro-batch size
+    DType type_k = DType::F16;
+    DType type_v = DType::F16;
+    int rollback_depth = 16;   // how many last positions remove_last can undo on recurrent layers
+};
+
+struct BatchToken {
+    int32_t token = 0;
+    int seq = 0;
+    bool logits = false;
+};
+
+// A saved copy of one sequence's full state (KV for its positions + current recurrent state),
+// held in backend memory.
+class SeqCheckpoint {
+public:
+    ~SeqCheckpoint();
+    SeqCheckpoint(const SeqCheckpoint&) = delete;
+    SeqCheckpoint& operator=(const SeqCheckpoint&) = delete;
+    int64_t n_past() const { return n_past_; }
+    size_t bytes() const { return bytes_; }
+
+private:
+    friend class Context;
+    SeqCheckpoint() = default;
+    Backend* backend_ = nullptr;
+    void* data_ = nullptr;
+    size_t bytes_ = 0;
+    int64_t n_past_ = 0;
+};
+
+class Context {
+public:
+    static Result<std::unique_ptr<Context>> create(Model& model, const ContextParams& params);
+    ~Context();
+    Context(const Context&) = delete;
+    Context& operator=(const Context&) = delete;
+
+    // Appends the tokens to their sequences (positions follow each sequence's length) and
+    // returns, in `logits`, [number of tokens with .logits][n_vocab] in batch order.
+    Result<void> decode(const std::vector<BatchToken>& batch, std::vector<float>* logits);
+    // Convenience: tokens for one sequence, logits for every position (all_logits) or the last.
+    Result<void> decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits, std::vector<float>* logits);
+
+    int64_t n_past(int seq) const { return seqs_.at(size_t(seq)).n_past; }
+    // Positions that remove_last can still undo for this sequence.
+    int64_t rollback_available(int seq) const;
+    Result<void> remove_last(int seq, int64_t n);
+    void clear(int seq);
+    Result<std::unique_ptr<SeqCheckpoint>> checkpoint(int seq);
+    Result<void> restore(int seq, const SeqCheckpoint& cp);
+    Result<void> copy_seq(int src, int dst);
+
+    const ContextParams& params() const { return params_; }
+    Model& model() { return model_; }
+    int64_t n_vocab() const { return model_.hparams().n_vocab; }
+    // Bytes of KV cache per position (all layers) and fixed recurrent bytes per sequence.
+    uint64_t kv_bytes_per_token() const;
+    uint64_t recurrent_bytes_per_seq() const;
+
+private:
+    struct Seq {
+        int64_t n_past = 0;
+        int64_t history = 0;  // recurrent snapshots available for rollback
+        int head = 0;         // ring slot of the current recurrent state
+    };
+    Context(Model& m, const ContextParams& p) : model_(m), be_(m.backend()), params_(p) {}
+    Result<void> validate(const std::vector<BatchToken>& batch) const;
+    void run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
+                    const std::vector<int64_t>& out_rows, float* logits_out);
+    size_t kv_row_bytes(DType t) const;
+    size_t seq_state_bytes(int64_t n_past) const;
+
+    Model& model_;
+    Backend& be_;
+    ContextParams params_;
+    std::vector<Seq> seqs_;
+    // [layer][seq]; kv for attention layers, rings for recurrent ones
+    std::vector<std::vector<KvBlock>> kv_;
+    std::vector<std::vector<RecurrentRing>> rings_;
+    std::vector<void*> allocations_;
+    void* logits_buf_ = nullptr;
+    int64_t logits_rows_ = 0;
+};
+
+}  // namespace bigmoe

@@ -1,0 +1,26 @@
+#include <thread>
+
+#include "bigmoe/bigmoe.h"
+
+namespace bigmoe {
+
+#ifndef BIGMOE_VERSION
+#define BIGMOE_VERSION "dev"
+#endif
+
+const char* version_string() { return BIGMOE_VERSION; }
+
+Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const LoadOptions& opts) {
+    std::unique_ptr<Engine> e(new Engine());
+    auto f = gguf::GgufFile::open(path);
+    if (!f) return f.error();
+    e->file_ = std::move(*f);
+    int threads = opts.n_threads > 0 ? opts.n_threads : int(std::thread::hardware_concurrency());
+    e->backend_ = make_cpu_backend(threads > 0 ? threads : 1);
+    auto m = load_model(*e->file_, *e->backend_);
+    if (!m) return m.error();
+    e->model_ = std::move(*m);
+    return e;
+}
+
+}  // namespace bigmoe

@@ -1,0 +1,80 @@
+#include "testlib.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <stdexcept>
+
+namespace bigmoe::testing {
+
+std::string fixtures_dir() {
+    if (const char* e = std::getenv("BIGMOE_FIXTURES")) return e;
+    return BIGMOE_FIXTURES_DIR;
+}
+
+nlohmann::json read_json(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) throw std::runtime_error("cannot open " + path);
+    return nlohmann::json::parse(f);
+}
+
+std::vector<float> read_f32(const std::string& path) {
+    std::ifstream f(path, std::ios::binary | std::ios::ate);
+    if (!f) throw std::runtime_error("cannot open " + path);
+    const auto n = size_t(f.tellg());
+    std::vector<float> v(n / 4);
+    f.seekg(0);
+    f.read(reinterpret_cast<char*>(v.data()), std::streamsize(n));
+    return v;
+}
+
+std::vector<std::string> fixture_model_jsons() {
+    std::vector<std::string> r;
+    for (const auto& e : std::filesystem::directory_iterator(fixtures_dir() + "/ref")) {
+        const std::string p = e.path().string();
+        if (p.size() > 5 && p.substr(p.size() - 5) == ".json" && p.find("tokenizer-") == std::string::npos &&
+            p.find("chat-template") == std::string::npos)
+            r.push_back(p);
+    }
+    std::sort(r.begin(), r.end());
+    return r;
+}
+
+std::vector<double> row_rel_errors(const float* a, const float* b, size_t rows, size_t n) {
+    std::vector<double> r(rows);
+    for (size_t i = 0; i < rows; ++i) {
+        double num = 0, den = 0;
+        for (size_t j = 0; j < n; ++j) {
+            const double d = double(a[i * n + j]) - double(b[i * n + j]);
+            num += d * d;
+            den += double(b[i * n + j]) * double(b[i * n + j]);
+        }
+        r[i] = std::sqrt(num) / std::max(std::sqrt(den), 1e-30);
+    }
+    return r;
+}
+
+double percentile(std::vector<double> v, double p) {
+    if (v.empty()) return 0;
+    std::sort(v.begin(), v.end());
+    const double idx = p / 100.0 * double(v.size() - 1);
+    const size_t lo = size_t(std::floor(idx)), hi = size_t(std::ceil(idx));
+    return v[lo] + (v[hi] - v[lo]) * (idx - double(lo));
+}
+
+std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi) {
+    std::uniform_real_distribution<float> d(lo, hi);
+    std::vector<float> v(n);
+    for (auto& x : v) x = d(rng);
+    return v;
+}
+
+uint32_t fresh_seed() {
+    if (const char* e = std::getenv("BIGMOE_SEED")) return uint32_t(std::strtoul(e, nullptr, 10));
+    return uint32_t(std::chrono::steady_clock::now().time_since_epoch().count());
+}
+
+}  // namespace bigmoe::testing
