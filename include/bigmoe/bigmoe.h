@@ -21,15 +21,17 @@ struct LoadOptions {
 };
 
 class Engine {
-public:
+  public:
     static Result<std::unique_ptr<Engine>> load(const std::string& path, const LoadOptions& opts);
-    Result<std::unique_ptr<Context>> new_context(const ContextParams& params) { return Context::create(*model_, params); }
+    Result<std::unique_ptr<Context>> new_context(const ContextParams& params) {
+        return Context::create(*model_, params);
+    }
 
     const gguf::GgufFile& file() const { return *file_; }
     Model& model() { return *model_; }
     Backend& backend() { return *backend_; }
 
-private:
+  private:
     std::unique_ptr<gguf::GgufFile> file_;
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<Model> model_;

@@ -8,8 +8,7 @@ Tensor Backend::scratch(int64_t rows, int64_t cols) {
     // Rows are padded to 16 floats (64 bytes) so every row starts aligned.
     const int64_t stride = (cols + 15) / 16 * 16;
     const size_t need = size_t(std::max<int64_t>(rows * stride, 16));
-    while (scratch_chunk_ < scratch_chunks_.size() &&
-           scratch_chunks_[scratch_chunk_].floats - scratch_used_ < need) {
+    while (scratch_chunk_ < scratch_chunks_.size() && scratch_chunks_[scratch_chunk_].floats - scratch_used_ < need) {
         ++scratch_chunk_;
         scratch_used_ = 0;
     }

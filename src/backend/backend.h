@@ -36,8 +36,8 @@ struct Weight {
     int64_t ne[4] = {1, 1, 1, 1};
     size_t row_bytes = 0;
     size_t expert_bytes = 0;
-    const void* data = nullptr;      // host bytes (the file mapping)
-    void* backend_data = nullptr;    // a backend's own copy or repacked layout, if any
+    const void* data = nullptr;    // host bytes (the file mapping)
+    void* backend_data = nullptr;  // a backend's own copy or repacked layout, if any
 
     int64_t n_in() const { return ne[0]; }
     int64_t n_out() const { return ne[1]; }
@@ -59,7 +59,7 @@ struct KvBlock {
     void* v = nullptr;
     DType type_k = DType::F32;  // F32 or F16
     DType type_v = DType::F32;
-    int64_t capacity = 0;       // positions
+    int64_t capacity = 0;  // positions
 };
 
 // One GDN layer's recurrent state for one sequence, as a ring of n_slots snapshots. The current
@@ -83,15 +83,15 @@ struct GdnParams {
 };
 
 struct MoeWeights {
-    const Weight* gate = nullptr;  // {n_embd, n_ff, n_expert}
-    const Weight* up = nullptr;    // {n_embd, n_ff, n_expert}
-    const Weight* down = nullptr;  // {n_ff, n_embd, n_expert}
+    const Weight* gate = nullptr;     // {n_embd, n_ff, n_expert}
+    const Weight* up = nullptr;       // {n_embd, n_ff, n_expert}
+    const Weight* down = nullptr;     // {n_ff, n_embd, n_expert}
     const Weight* gate_up = nullptr;  // alternative fused {n_embd, 2 n_ff, n_expert}
     int64_t n_expert = 0, n_expert_used = 0, n_ff = 0;
 };
 
 class Backend {
-public:
+  public:
     virtual ~Backend() = default;
     virtual std::string name() const = 0;
     virtual int n_threads() const { return 1; }
@@ -138,7 +138,8 @@ public:
     // out[t] = a[t] + sigmoid(dot(gate_vec, f[t])) * b[t]
     virtual void add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) = 0;
     // NeoX RoPE, in place, on every head_dim group of x: the first n_rot dims of each head rotate.
-    virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) = 0;
+    virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta,
+                           const std::vector<SeqSpan>& spans) = 0;
     // Stores k, v rows at their positions in each sequence's block, then causal attention.
     virtual void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
                            const std::vector<KvBlock*>& kv, Tensor out) = 0;
@@ -153,7 +154,7 @@ public:
                                  const GdnParams& p, const std::vector<SeqSpan>& spans,
                                  const std::vector<RecurrentRing*>& rings, Tensor out) = 0;
 
-protected:
+  protected:
     struct Chunk {
         float* data;
         size_t floats;
@@ -161,7 +162,7 @@ protected:
     std::vector<Chunk> scratch_chunks_;
     size_t scratch_chunk_ = 0, scratch_used_ = 0;
 
-public:
+  public:
     void release_scratch();
 };
 

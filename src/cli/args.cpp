@@ -77,7 +77,8 @@ Result<double> Args::get_float(const std::string& name, double def) const {
     char* end = nullptr;
     errno = 0;
     const double v = std::strtod(s.c_str(), &end);
-    if (s.empty() || *end != '\0' || errno != 0) return make_error("option '" + name + "': '" + s + "' is not a number");
+    if (s.empty() || *end != '\0' || errno != 0)
+        return make_error("option '" + name + "': '" + s + "' is not a number");
     return v;
 }
 

@@ -18,7 +18,7 @@ struct OptionSpec {
 };
 
 class Args {
-public:
+  public:
     // Parses argv against specs; the key of each option is its long name.
     static Result<Args> parse(const std::vector<std::string>& argv, const std::vector<OptionSpec>& specs);
 
@@ -30,7 +30,7 @@ public:
     Result<double> get_float(const std::string& long_name, double def) const;
     const std::vector<std::string>& positional() const { return positional_; }
 
-private:
+  private:
     std::multimap<std::string, std::string> values_;
     std::vector<std::string> positional_;
 };

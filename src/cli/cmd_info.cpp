@@ -42,7 +42,8 @@ int cmd_info(const std::vector<std::string>& argv) {
     Model& m = (*engine)->model();
     const HParams& hp = m.hparams();
     const uint64_t kv_f16 = uint64_t(hp.n_attention_layers()) * 2 * uint64_t(hp.kv_width()) * 2;
-    const uint64_t rec = uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
+    const uint64_t rec =
+        uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
 
     nlohmann::json j;
     j["file"] = f.path();
@@ -52,18 +53,30 @@ int cmd_info(const std::vector<std::string>& argv) {
     j["architecture"] = hp.arch;
     j["name"] = f.get_string_or("general.name", "");
     j["file_type"] = f.get_int_or("general.file_type", -1);
-    j["hparams"] = {{"n_vocab", hp.n_vocab},          {"n_embd", hp.n_embd},
-                    {"n_layer", hp.n_layer},          {"n_layer_all", hp.n_layer_all},
-                    {"n_nextn", hp.n_nextn},          {"n_ctx_train", hp.n_ctx_train},
-                    {"n_head", hp.n_head},            {"n_head_kv", hp.n_head_kv},
-                    {"head_dim", hp.head_dim},        {"n_rot", hp.n_rot},
-                    {"rope_theta", hp.rope_theta},    {"eps", hp.eps},
-                    {"n_ff", hp.n_ff},                {"n_expert", hp.n_expert},
-                    {"n_expert_used", hp.n_expert_used}, {"n_ff_exp", hp.n_ff_exp},
-                    {"n_ff_shexp", hp.n_ff_shexp},    {"ssm_conv_kernel", hp.ssm_conv_kernel},
-                    {"ssm_d_state", hp.ssm_d_state},  {"ssm_n_k_heads", hp.ssm_n_k_heads},
-                    {"ssm_n_v_heads", hp.ssm_n_v_heads}, {"ssm_d_inner", hp.ssm_d_inner},
-                    {"n_attention_layers", hp.n_attention_layers()}, {"n_recurrent_layers", hp.n_recurrent_layers()}};
+    j["hparams"] = {{"n_vocab", hp.n_vocab},
+                    {"n_embd", hp.n_embd},
+                    {"n_layer", hp.n_layer},
+                    {"n_layer_all", hp.n_layer_all},
+                    {"n_nextn", hp.n_nextn},
+                    {"n_ctx_train", hp.n_ctx_train},
+                    {"n_head", hp.n_head},
+                    {"n_head_kv", hp.n_head_kv},
+                    {"head_dim", hp.head_dim},
+                    {"n_rot", hp.n_rot},
+                    {"rope_theta", hp.rope_theta},
+                    {"eps", hp.eps},
+                    {"n_ff", hp.n_ff},
+                    {"n_expert", hp.n_expert},
+                    {"n_expert_used", hp.n_expert_used},
+                    {"n_ff_exp", hp.n_ff_exp},
+                    {"n_ff_shexp", hp.n_ff_shexp},
+                    {"ssm_conv_kernel", hp.ssm_conv_kernel},
+                    {"ssm_d_state", hp.ssm_d_state},
+                    {"ssm_n_k_heads", hp.ssm_n_k_heads},
+                    {"ssm_n_v_heads", hp.ssm_n_v_heads},
+                    {"ssm_d_inner", hp.ssm_d_inner},
+                    {"n_attention_layers", hp.n_attention_layers()},
+                    {"n_recurrent_layers", hp.n_recurrent_layers()}};
     j["n_params"] = m.n_params();
     j["n_active_params"] = m.n_active_params();
     j["weight_bytes"] = m.total_weight_bytes();
@@ -80,15 +93,15 @@ int cmd_info(const std::vector<std::string>& argv) {
         std::printf("%s\n", j.dump(1).c_str());
         return 0;
     }
-    std::printf("file:          %s (%s, GGUF v%u, %d shard%s)\n", f.path().c_str(), human_bytes(double(f.file_size())).c_str(),
-                f.version(), f.n_shards(), f.n_shards() > 1 ? "s" : "");
+    std::printf("file:          %s (%s, GGUF v%u, %d shard%s)\n", f.path().c_str(),
+                human_bytes(double(f.file_size())).c_str(), f.version(), f.n_shards(), f.n_shards() > 1 ? "s" : "");
     std::printf("architecture:  %s   name: %s\n", hp.arch.c_str(), j["name"].get<std::string>().c_str());
     std::printf("parameters:    %.3f B total, %.3f B active per token\n", double(m.n_params()) / 1e9,
                 double(m.n_active_params()) / 1e9);
     std::printf("weights:       %s (%s read per decoded token)\n", human_bytes(double(m.total_weight_bytes())).c_str(),
                 human_bytes(double(m.active_weight_bytes())).c_str());
-    std::printf("KV cache:      %s per token (f16), recurrent state %s per sequence\n", human_bytes(double(kv_f16)).c_str(),
-                human_bytes(double(rec)).c_str());
+    std::printf("KV cache:      %s per token (f16), recurrent state %s per sequence\n",
+                human_bytes(double(kv_f16)).c_str(), human_bytes(double(rec)).c_str());
     std::printf("\nhyper-parameters:\n");
     for (auto& [k, v] : j["hparams"].items()) std::printf("  %-20s %s\n", k.c_str(), v.dump().c_str());
     std::printf("\n%-40s %-6s %-28s %14s\n", "tensor", "type", "shape", "bytes");

@@ -33,7 +33,8 @@ int cmd_logits(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
-        std::printf("usage: bigmoe logits -m FILE --tokens 1,2,3 --out FILE [options]\n\n%s", format_help(k_specs).c_str());
+        std::printf("usage: bigmoe logits -m FILE --tokens 1,2,3 --out FILE [options]\n\n%s",
+                    format_help(k_specs).c_str());
         return 0;
     }
     if (!args->has("--model")) return fail("logits: -m/--model is required");
@@ -64,7 +65,8 @@ int cmd_logits(const std::vector<std::string>& argv) {
     std::vector<int32_t> tokens;
     for (int64_t t : *toks) {
         if (t < 0 || t >= (*c)->n_vocab())
-            return fail("token id " + std::to_string(t) + " is out of range [0, " + std::to_string((*c)->n_vocab()) + ")");
+            return fail("token id " + std::to_string(t) + " is out of range [0, " + std::to_string((*c)->n_vocab()) +
+                        ")");
         tokens.push_back(int32_t(t));
     }
     std::vector<float> logits;

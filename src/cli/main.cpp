@@ -23,10 +23,12 @@ struct Command {
 const Command k_commands[] = {
     {"info", bigmoe::cli::cmd_info, "show a model's architecture, hyper-parameters, tensors and memory needs"},
     {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
+    {"synth", bigmoe::cli::cmd_synth, "write a random-weight model with real shapes and quant mixes"},
 };
 
 void usage() {
-    std::fprintf(stderr, "bigmoe %s - Mixture-of-Experts inference from GGUF files\n\nusage: bigmoe <command> [options]\n\n",
+    std::fprintf(stderr,
+                 "bigmoe %s - Mixture-of-Experts inference from GGUF files\n\nusage: bigmoe <command> [options]\n\n",
                  bigmoe::version_string());
     for (const auto& c : k_commands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
     std::fprintf(stderr, "\n'bigmoe <command> --help' shows a command's options.\n");

@@ -11,7 +11,7 @@
 namespace bigmoe {
 
 class MappedFile {
-public:
+  public:
     static Result<std::unique_ptr<MappedFile>> open(const std::string& path);
     // A mapping over a caller-owned buffer (tests, fuzzing). The buffer must outlive this object.
     static std::unique_ptr<MappedFile> from_memory(const void* data, size_t size, std::string name);
@@ -23,7 +23,7 @@ public:
     size_t size() const { return size_; }
     const std::string& path() const { return path_; }
 
-private:
+  private:
     MappedFile() = default;
     const uint8_t* data_ = nullptr;
     size_t size_ = 0;

@@ -16,7 +16,7 @@ struct Error {
 
 template <class T>
 class [[nodiscard]] Result {
-public:
+  public:
     Result(T value) : v_(std::move(value)) {}
     Result(Error error) : v_(std::move(error)) {}
 
@@ -29,40 +29,42 @@ public:
     T& operator*() { return value(); }
     const Error& error() const { return std::get<1>(v_); }
 
-private:
+  private:
     std::variant<T, Error> v_;
 };
 
 template <>
 class [[nodiscard]] Result<void> {
-public:
+  public:
     Result() = default;
     Result(Error error) : err_(std::move(error)), ok_(false) {}
     bool ok() const { return ok_; }
     explicit operator bool() const { return ok_; }
     const Error& error() const { return err_; }
 
-private:
+  private:
     Error err_;
     bool ok_ = true;
 };
 
-inline Error make_error(std::string msg) { return Error{std::move(msg)}; }
+inline Error make_error(std::string msg) {
+    return Error{std::move(msg)};
+}
 
 }  // namespace bigmoe
 
 // Programmer-error check: prints and aborts. Never reached by user input.
-#define BM_CHECK(cond)                                                                 \
-    do {                                                                               \
-        if (!(cond)) {                                                                 \
+#define BM_CHECK(cond)                                                                    \
+    do {                                                                                  \
+        if (!(cond)) {                                                                    \
             std::fprintf(stderr, "%s:%d: check failed: %s\n", __FILE__, __LINE__, #cond); \
-            std::abort();                                                              \
-        }                                                                              \
+            std::abort();                                                                 \
+        }                                                                                 \
     } while (0)
 
 // Propagate an error from an expression returning Result<...>.
-#define BM_TRY(expr)                                  \
-    do {                                              \
-        auto bm_try_r_ = (expr);                      \
+#define BM_TRY(expr)                                   \
+    do {                                               \
+        auto bm_try_r_ = (expr);                       \
         if (!bm_try_r_.ok()) return bm_try_r_.error(); \
     } while (0)

@@ -13,7 +13,7 @@
 namespace bigmoe {
 
 class ThreadPool {
-public:
+  public:
     explicit ThreadPool(int n_threads);
     ~ThreadPool();
     ThreadPool(const ThreadPool&) = delete;
@@ -23,7 +23,7 @@ public:
     // fn(begin, end, thread_index) is called on disjoint ranges covering [0, n).
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
 
-private:
+  private:
     void worker(int index);
 
     int n_threads_;

@@ -8,8 +8,8 @@
 namespace bigmoe::gguf {
 
 const char* value_type_name(ValueType t) {
-    static const char* names[] = {"UINT8", "INT8",   "UINT16", "INT16", "UINT32", "INT32",  "FLOAT32",
-                                  "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64", "FLOAT64"};
+    static const char* names[] = {"UINT8", "INT8",   "UINT16", "INT16",  "UINT32", "INT32",  "FLOAT32",
+                                  "BOOL",  "STRING", "ARRAY",  "UINT64", "INT64",  "FLOAT64"};
     const uint32_t i = uint32_t(t);
     return i < 13 ? names[i] : "INVALID";
 }
@@ -23,8 +23,10 @@ bool is_integer(ValueType t) {
         case ValueType::UINT32:
         case ValueType::INT32:
         case ValueType::UINT64:
-        case ValueType::INT64: return true;
-        default: return false;
+        case ValueType::INT64:
+            return true;
+        default:
+            return false;
     }
 }
 
@@ -38,7 +40,7 @@ namespace {
 
 // Bounds-checked little-endian cursor over the mapped file.
 class Cursor {
-public:
+  public:
     Cursor(const uint8_t* data, size_t size, const std::string& path) : p_(data), size_(size), path_(path) {}
     size_t pos() const { return pos_; }
     size_t remaining() const { return size_ - pos_; }
@@ -70,7 +72,7 @@ public:
         return s;
     }
 
-private:
+  private:
     const uint8_t* p_;
     size_t size_;
     size_t pos_ = 0;
@@ -81,21 +83,28 @@ size_t scalar_size(ValueType t) {
     switch (t) {
         case ValueType::UINT8:
         case ValueType::INT8:
-        case ValueType::BOOL: return 1;
+        case ValueType::BOOL:
+            return 1;
         case ValueType::UINT16:
-        case ValueType::INT16: return 2;
+        case ValueType::INT16:
+            return 2;
         case ValueType::UINT32:
         case ValueType::INT32:
-        case ValueType::FLOAT32: return 4;
+        case ValueType::FLOAT32:
+            return 4;
         case ValueType::UINT64:
         case ValueType::INT64:
         case ValueType::FLOAT64:
-        case ValueType::STRING: return 8;  // minimum (the length prefix)
-        default: return 0;
+        case ValueType::STRING:
+            return 8;  // minimum (the length prefix)
+        default:
+            return 0;
     }
 }
 
-bool valid_type(uint32_t t) { return t <= 12; }
+bool valid_type(uint32_t t) {
+    return t <= 12;
+}
 
 // Reads one scalar of type t; integers and bools go to *i, floats to *f, strings to *s.
 Result<void> read_scalar(Cursor& c, ValueType t, int64_t* i, double* f, std::string* s, const std::string& ctx) {
@@ -174,7 +183,8 @@ Result<void> read_scalar(Cursor& c, ValueType t, int64_t* i, double* f, std::str
             *s = std::move(*v);
             return {};
         }
-        default: break;
+        default:
+            break;
     }
     return make_error(ctx + ": invalid value type " + std::to_string(uint32_t(t)));
 }
@@ -220,7 +230,9 @@ Result<Value> read_value(Cursor& c, ValueType t, const std::string& ctx) {
     return v;
 }
 
-bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) { return __builtin_mul_overflow(a, b, out); }
+bool mul_overflows(uint64_t a, uint64_t b, uint64_t* out) {
+    return __builtin_mul_overflow(a, b, out);
+}
 
 }  // namespace
 
@@ -300,8 +312,9 @@ Result<std::unique_ptr<GgufFile>> GgufFile::parse(std::unique_ptr<MappedFile> fi
         for (int d = 0; d < ti.n_dims; ++d) {
             auto ne = c.read<int64_t>(ctx.c_str());
             if (!ne) return ne.error();
-            if (*ne < 0) return make_error(ctx + ": dimension " + std::to_string(d) + " is negative (" +
-                                           std::to_string(*ne) + ")");
+            if (*ne < 0)
+                return make_error(ctx + ": dimension " + std::to_string(d) + " is negative (" + std::to_string(*ne) +
+                                  ")");
             ti.ne[d] = *ne;
         }
         auto type = c.read<uint32_t>(ctx.c_str());
@@ -327,8 +340,8 @@ Result<std::unique_ptr<GgufFile>> GgufFile::parse(std::unique_ptr<MappedFile> fi
             return make_error(ctx + ": shape " + ti.shape_str() + " overflows the byte size");
         ti.nbytes = size_t(bytes);
         if (ti.offset % g->alignment_ != 0)
-            return make_error(ctx + ": data offset " + std::to_string(ti.offset) + " is not a multiple of the alignment " +
-                              std::to_string(g->alignment_));
+            return make_error(ctx + ": data offset " + std::to_string(ti.offset) +
+                              " is not a multiple of the alignment " + std::to_string(g->alignment_));
         g->tensor_index_.emplace(ti.name, g->tensors_.size());
         g->tensors_.push_back(std::move(ti));
     }
@@ -473,7 +486,8 @@ Result<std::unique_ptr<GgufFile>> GgufFile::open(const std::string& path) {
         if (!shard) return shard.error();
         const int64_t sno = (*shard)->get_int_or("split.no", -1);
         if (sno != i)
-            return make_error(prefix + name + ": split.no is " + std::to_string(sno) + ", expected " + std::to_string(i));
+            return make_error(prefix + name + ": split.no is " + std::to_string(sno) + ", expected " +
+                              std::to_string(i));
         BM_TRY(g->merge_shard(std::move(*shard)));
     }
     const int64_t total = g->get_int_or("split.tensors.count", int64_t(g->tensors_.size()));

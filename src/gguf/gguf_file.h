@@ -66,7 +66,7 @@ struct TensorInfo {
 };
 
 class GgufFile {
-public:
+  public:
     // Opens a file (and its sibling shards if it is part of a split model).
     static Result<std::unique_ptr<GgufFile>> open(const std::string& path);
     // Parses one mapped buffer (no shards).
@@ -95,7 +95,7 @@ public:
     double get_float_or(const std::string& key, double def) const;
     std::string get_string_or(const std::string& key, const std::string& def) const;
 
-private:
+  private:
     GgufFile() = default;
     Result<void> merge_shard(std::unique_ptr<GgufFile> other);
     void rebuild_index();

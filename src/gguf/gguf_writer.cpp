@@ -9,7 +9,7 @@ namespace bigmoe::gguf {
 namespace {
 
 class BufferSink : public ByteSink {
-public:
+  public:
     Result<void> write(const void* data, size_t n) override {
         const uint8_t* p = static_cast<const uint8_t*>(data);
         buf.insert(buf.end(), p, p + n);
@@ -19,7 +19,7 @@ public:
 };
 
 class FileSink : public ByteSink {
-public:
+  public:
     FileSink(std::FILE* f, std::string path) : f_(f), path_(std::move(path)) {}
     Result<void> write(const void* data, size_t n) override {
         if (n && std::fwrite(data, 1, n, f_) != n)
@@ -27,14 +27,14 @@ public:
         return {};
     }
 
-private:
+  private:
     std::FILE* f_;
     std::string path_;
 };
 
 // Counts bytes and checks that each tensor's filler writes exactly its size.
 class CountingSink : public ByteSink {
-public:
+  public:
     explicit CountingSink(ByteSink& inner) : inner_(inner) {}
     Result<void> write(const void* data, size_t n) override {
         count += n;
@@ -42,7 +42,7 @@ public:
     }
     uint64_t count = 0;
 
-private:
+  private:
     ByteSink& inner_;
 };
 
@@ -64,17 +64,32 @@ void put_scalar(std::vector<uint8_t>& b, ValueType t, int64_t i, double f, const
     switch (t) {
         case ValueType::UINT8:
         case ValueType::INT8:
-        case ValueType::BOOL: put<uint8_t>(b, uint8_t(i)); break;
+        case ValueType::BOOL:
+            put<uint8_t>(b, uint8_t(i));
+            break;
         case ValueType::UINT16:
-        case ValueType::INT16: put<uint16_t>(b, uint16_t(i)); break;
+        case ValueType::INT16:
+            put<uint16_t>(b, uint16_t(i));
+            break;
         case ValueType::UINT32:
-        case ValueType::INT32: put<uint32_t>(b, uint32_t(i)); break;
+        case ValueType::INT32:
+            put<uint32_t>(b, uint32_t(i));
+            break;
         case ValueType::UINT64:
-        case ValueType::INT64: put<uint64_t>(b, uint64_t(i)); break;
-        case ValueType::FLOAT32: put<float>(b, float(f)); break;
-        case ValueType::FLOAT64: put<double>(b, f); break;
-        case ValueType::STRING: put_str(b, s); break;
-        case ValueType::ARRAY: break;
+        case ValueType::INT64:
+            put<uint64_t>(b, uint64_t(i));
+            break;
+        case ValueType::FLOAT32:
+            put<float>(b, float(f));
+            break;
+        case ValueType::FLOAT64:
+            put<double>(b, f);
+            break;
+        case ValueType::STRING:
+            put_str(b, s);
+            break;
+        case ValueType::ARRAY:
+            break;
     }
 }
 

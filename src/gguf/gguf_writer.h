@@ -13,13 +13,13 @@
 namespace bigmoe::gguf {
 
 class ByteSink {
-public:
+  public:
     virtual ~ByteSink() = default;
     virtual Result<void> write(const void* data, size_t n) = 0;
 };
 
 class GgufWriter {
-public:
+  public:
     explicit GgufWriter(uint32_t alignment = 32) : alignment_(alignment) {}
 
     void set(const std::string& key, Value v);
@@ -43,7 +43,7 @@ public:
     Result<void> write_file(const std::string& path, const Filler& fill) const;
     Result<std::vector<uint8_t>> write_bytes(const Filler& fill) const;
 
-private:
+  private:
     uint32_t alignment_;
     std::vector<std::pair<std::string, Value>> kv_;
     std::vector<TensorInfo> infos_;

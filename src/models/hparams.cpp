@@ -2,7 +2,9 @@
 
 namespace bigmoe {
 
-int64_t HParams::n_attention_layers() const { return n_layer - n_recurrent_layers(); }
+int64_t HParams::n_attention_layers() const {
+    return n_layer - n_recurrent_layers();
+}
 int64_t HParams::n_recurrent_layers() const {
     int64_t n = 0;
     for (bool r : recurrent) n += r;
@@ -25,7 +27,8 @@ struct Reader {
             x = v->arr_i[0];
             for (int64_t y : v->arr_i)
                 if (y != x)
-                    return make_error(f.path() + ": '" + k + "' varies per layer; bigmoe needs one value for all layers");
+                    return make_error(f.path() + ": '" + k +
+                                      "' varies per layer; bigmoe needs one value for all layers");
         } else {
             auto r = f.get_int(k);
             if (!r) return r.error();
@@ -41,11 +44,11 @@ struct Reader {
     }
 };
 
-#define BM_READ(dst, expr)                \
-    do {                                  \
-        auto r_ = (expr);                 \
-        if (!r_) return r_.error();       \
-        dst = *r_;                        \
+#define BM_READ(dst, expr)          \
+    do {                            \
+        auto r_ = (expr);           \
+        if (!r_) return r_.error(); \
+        dst = *r_;                  \
     } while (0)
 
 }  // namespace
@@ -81,7 +84,8 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     auto eps = f.get_float(r.prefix + "attention.layer_norm_rms_epsilon");
     if (!eps) return eps.error();
     hp.eps = float(*eps);
-    if (!(hp.eps > 0 && hp.eps < 1)) return make_error(f.path() + ": rms epsilon " + std::to_string(hp.eps) + " out of range");
+    if (!(hp.eps > 0 && hp.eps < 1))
+        return make_error(f.path() + ": rms epsilon " + std::to_string(hp.eps) + " out of range");
     hp.rope_theta = float(f.get_float_or(r.prefix + "rope.freq_base", 10000.0));
     if (!(hp.rope_theta > 1)) return make_error(f.path() + ": rope.freq_base must be > 1");
     const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
@@ -93,8 +97,8 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
         BM_READ(hp.n_expert, r.pos_int("expert_count"));
         BM_READ(hp.n_expert_used, r.pos_int("expert_used_count"));
         if (hp.n_expert_used > hp.n_expert)
-            return make_error(f.path() + ": expert_used_count " + std::to_string(hp.n_expert_used) + " > expert_count " +
-                              std::to_string(hp.n_expert));
+            return make_error(f.path() + ": expert_used_count " + std::to_string(hp.n_expert_used) +
+                              " > expert_count " + std::to_string(hp.n_expert));
         const int64_t def_ff = hp.n_ff > 0 ? hp.n_ff / hp.n_expert_used : 0;
         BM_READ(hp.n_ff_exp, r.pos_int_or("expert_feed_forward_length", def_ff));
         if (hp.n_ff_exp <= 0) return make_error(f.path() + ": missing expert_feed_forward_length");
@@ -112,7 +116,8 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
         BM_READ(hp.ssm_d_inner, r.pos_int("ssm.inner_size"));
         BM_READ(hp.full_attention_interval, r.pos_int_or("full_attention_interval", 4));
         if (hp.ssm_conv_kernel < 2 || hp.ssm_conv_kernel > 8)
-            return make_error(f.path() + ": ssm.conv_kernel " + std::to_string(hp.ssm_conv_kernel) + " unsupported (2..8)");
+            return make_error(f.path() + ": ssm.conv_kernel " + std::to_string(hp.ssm_conv_kernel) +
+                              " unsupported (2..8)");
         if (hp.ssm_d_inner != hp.ssm_n_v_heads * hp.ssm_d_state)
             return make_error(f.path() + ": ssm.inner_size " + std::to_string(hp.ssm_d_inner) +
                               " != time_step_rank * state_size = " + std::to_string(hp.ssm_n_v_heads * hp.ssm_d_state));

@@ -19,8 +19,8 @@ namespace bigmoe {
 struct ForwardBatch {
     const int32_t* tokens = nullptr;  // [n_tokens]
     int64_t n_tokens = 0;
-    std::vector<SeqSpan> spans;       // contiguous per sequence, in batch order
-    std::vector<int64_t> out_rows;    // batch rows whose logits are wanted, ascending
+    std::vector<SeqSpan> spans;     // contiguous per sequence, in batch order
+    std::vector<int64_t> out_rows;  // batch rows whose logits are wanted, ascending
 };
 
 // The state a forward pass reads and writes, indexed [layer][span].
@@ -30,7 +30,7 @@ struct StateRefs {
 };
 
 class Model {
-public:
+  public:
     virtual ~Model() = default;
     const HParams& hparams() const { return hp_; }
     const gguf::GgufFile& file() const { return *file_; }
@@ -52,8 +52,7 @@ public:
     // token_embd, output_norm and output (tied to token_embd when absent).
     Result<void> load_output_and_embeddings();
 
-protected:
-
+  protected:
     HParams hp_;
     const gguf::GgufFile* file_ = nullptr;
     Backend* backend_ = nullptr;

@@ -11,11 +11,11 @@
 namespace bigmoe {
 
 class Qwen35Family : public Model {
-public:
+  public:
     static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend, bool moe);
     void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) override;
 
-private:
+  private:
     struct Layer {
         const Weight* attn_norm = nullptr;
         const Weight* post_norm = nullptr;

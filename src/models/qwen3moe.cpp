@@ -8,7 +8,7 @@ namespace bigmoe {
 namespace {
 
 class Qwen3Moe : public Model {
-public:
+  public:
     static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend) {
         auto hp = read_hparams(file, /*hybrid=*/false, /*moe=*/true);
         if (!hp) return hp.error();
@@ -56,7 +56,7 @@ public:
         compute_logits(h, batch, logits);
     }
 
-private:
+  private:
     struct Layer {
         const Weight* attn_norm = nullptr;
         const Weight* ffn_norm = nullptr;

@@ -75,10 +75,8 @@ static void dequant_q5_k(const BlockQ5_K* b, float* y, int64_t nb) {
             get_scale_min_k4(2 * c + 1, b[i].scales, &sc, &m);
             const float d2 = d * sc, m2 = dmin * m;
             const uint8_t* q = b[i].qs + 32 * c;
-            for (int l = 0; l < 32; ++l)
-                *y++ = d1 * float((q[l] & 0xF) + (((b[i].qh[l] >> (2 * c)) & 1) << 4)) - m1;
-            for (int l = 0; l < 32; ++l)
-                *y++ = d2 * float((q[l] >> 4) + (((b[i].qh[l] >> (2 * c + 1)) & 1) << 4)) - m2;
+            for (int l = 0; l < 32; ++l) *y++ = d1 * float((q[l] & 0xF) + (((b[i].qh[l] >> (2 * c)) & 1) << 4)) - m1;
+            for (int l = 0; l < 32; ++l) *y++ = d2 * float((q[l] >> 4) + (((b[i].qh[l] >> (2 * c + 1)) & 1) << 4)) - m2;
         }
     }
 }
@@ -127,12 +125,18 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
             for (int64_t i = 0; i < n; ++i) dst[i] = bf16_to_f32(s[i]);
             return;
         }
-        case DType::Q4_0: return dequant_q4_0(static_cast<const BlockQ4_0*>(src), dst, n / 32);
-        case DType::Q8_0: return dequant_q8_0(static_cast<const BlockQ8_0*>(src), dst, n / 32);
-        case DType::Q4_K: return dequant_q4_k(static_cast<const BlockQ4_K*>(src), dst, n / 256);
-        case DType::Q5_K: return dequant_q5_k(static_cast<const BlockQ5_K*>(src), dst, n / 256);
-        case DType::Q6_K: return dequant_q6_k(static_cast<const BlockQ6_K*>(src), dst, n / 256);
-        case DType::Q8_K: return dequant_q8_k(static_cast<const BlockQ8_K*>(src), dst, n / 256);
+        case DType::Q4_0:
+            return dequant_q4_0(static_cast<const BlockQ4_0*>(src), dst, n / 32);
+        case DType::Q8_0:
+            return dequant_q8_0(static_cast<const BlockQ8_0*>(src), dst, n / 32);
+        case DType::Q4_K:
+            return dequant_q4_k(static_cast<const BlockQ4_K*>(src), dst, n / 256);
+        case DType::Q5_K:
+            return dequant_q5_k(static_cast<const BlockQ5_K*>(src), dst, n / 256);
+        case DType::Q6_K:
+            return dequant_q6_k(static_cast<const BlockQ6_K*>(src), dst, n / 256);
+        case DType::Q8_K:
+            return dequant_q8_k(static_cast<const BlockQ8_K*>(src), dst, n / 256);
     }
     BM_CHECK(false && "dequantize_row: bad type");
 }
@@ -202,8 +206,7 @@ static void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
 
 // Fit one K-quant super-block with unsigned levels 0..nmax: per 32-element sub-block a scale and
 // a min, both quantized to 6 bits under fp16 super-scales. Writes levels into L[256].
-static void fit_k_block(const float* x, int nmax, uint16_t* d_out, uint16_t* dmin_out, uint8_t* scales12,
-                        uint8_t* L) {
+static void fit_k_block(const float* x, int nmax, uint16_t* d_out, uint16_t* dmin_out, uint8_t* scales12, uint8_t* L) {
     float sub_scale[8], sub_min[8];
     for (int s = 0; s < 8; ++s) {
         float lo = x[32 * s], hi = x[32 * s];
@@ -311,12 +314,18 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
             for (int64_t i = 0; i < n; ++i) d[i] = f32_to_bf16(src[i]);
             return;
         }
-        case DType::Q4_0: return quant_q4_0(src, static_cast<BlockQ4_0*>(dst), n / 32);
-        case DType::Q8_0: return quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
-        case DType::Q4_K: return quant_q4_k(src, static_cast<BlockQ4_K*>(dst), n / 256);
-        case DType::Q5_K: return quant_q5_k(src, static_cast<BlockQ5_K*>(dst), n / 256);
-        case DType::Q6_K: return quant_q6_k(src, static_cast<BlockQ6_K*>(dst), n / 256);
-        case DType::Q8_K: return quantize_row_q8_k(src, static_cast<BlockQ8_K*>(dst), n);
+        case DType::Q4_0:
+            return quant_q4_0(src, static_cast<BlockQ4_0*>(dst), n / 32);
+        case DType::Q8_0:
+            return quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
+        case DType::Q4_K:
+            return quant_q4_k(src, static_cast<BlockQ4_K*>(dst), n / 256);
+        case DType::Q5_K:
+            return quant_q5_k(src, static_cast<BlockQ5_K*>(dst), n / 256);
+        case DType::Q6_K:
+            return quant_q6_k(src, static_cast<BlockQ6_K*>(dst), n / 256);
+        case DType::Q8_K:
+            return quantize_row_q8_k(src, static_cast<BlockQ8_K*>(dst), n);
     }
     BM_CHECK(false && "quantize_row: bad type");
 }
@@ -326,11 +335,14 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
 DType activation_type(DType w) {
     switch (w) {
         case DType::Q4_0:
-        case DType::Q8_0: return DType::Q8_0;
+        case DType::Q8_0:
+            return DType::Q8_0;
         case DType::Q4_K:
         case DType::Q5_K:
-        case DType::Q6_K: return DType::Q8_K;
-        default: return w;
+        case DType::Q6_K:
+            return DType::Q8_K;
+        default:
+            return w;
     }
 }
 
@@ -450,7 +462,8 @@ float vec_dot_ref(DType w, const void* w_row, const void* act_row, int64_t n) {
             return dot_q5_k_ref(static_cast<const BlockQ5_K*>(w_row), static_cast<const BlockQ8_K*>(act_row), n / 256);
         case DType::Q6_K:
             return dot_q6_k_ref(static_cast<const BlockQ6_K*>(w_row), static_cast<const BlockQ8_K*>(act_row), n / 256);
-        case DType::Q8_K: break;
+        case DType::Q8_K:
+            break;
     }
     BM_CHECK(false && "vec_dot_ref: bad type");
     return 0;

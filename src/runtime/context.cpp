@@ -60,7 +60,9 @@ Context::~Context() {
     if (logits_buf_) be_.dealloc(logits_buf_);
 }
 
-size_t Context::kv_row_bytes(DType t) const { return row_bytes(t, model_.hparams().kv_width()); }
+size_t Context::kv_row_bytes(DType t) const {
+    return row_bytes(t, model_.hparams().kv_width());
+}
 
 uint64_t Context::kv_bytes_per_token() const {
     const HParams& hp = model_.hparams();
@@ -91,9 +93,9 @@ Result<void> Context::validate(const std::vector<BatchToken>& batch) const {
     }
     for (size_t s = 0; s < seqs_.size(); ++s)
         if (seqs_[s].n_past + add[s] > params_.n_ctx)
-            return make_error("sequence " + std::to_string(s) + " would hold " + std::to_string(seqs_[s].n_past + add[s]) +
-                              " tokens, more than the context size " + std::to_string(params_.n_ctx) +
-                              " (raise -c/--ctx-size)");
+            return make_error("sequence " + std::to_string(s) + " would hold " +
+                              std::to_string(seqs_[s].n_past + add[s]) + " tokens, more than the context size " +
+                              std::to_string(params_.n_ctx) + " (raise -c/--ctx-size)");
     return {};
 }
 
@@ -215,7 +217,8 @@ void Context::clear(int seq) {
 
 size_t Context::seq_state_bytes(int64_t n_past) const {
     const HParams& hp = model_.hparams();
-    return size_t(hp.n_attention_layers()) * size_t(n_past) * (kv_row_bytes(params_.type_k) + kv_row_bytes(params_.type_v)) +
+    return size_t(hp.n_attention_layers()) * size_t(n_past) *
+               (kv_row_bytes(params_.type_k) + kv_row_bytes(params_.type_v)) +
            size_t(hp.n_recurrent_layers()) * size_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
 }
 

@@ -14,12 +14,12 @@
 namespace bigmoe {
 
 struct ContextParams {
-    int64_t n_ctx = 4096;      // positions per sequence
+    int64_t n_ctx = 4096;  // positions per sequence
     int n_seq_max = 1;
-    int64_t n_ubatch = 512;    // micro-batch size
+    int64_t n_ubatch = 512;  // micro-batch size
     DType type_k = DType::F16;
     DType type_v = DType::F16;
-    int rollback_depth = 16;   // how many last positions remove_last can undo on recurrent layers
+    int rollback_depth = 16;  // how many last positions remove_last can undo on recurrent layers
 };
 
 struct BatchToken {
@@ -31,14 +31,14 @@ struct BatchToken {
 // A saved copy of one sequence's full state (KV for its positions + current recurrent state),
 // held in backend memory.
 class SeqCheckpoint {
-public:
+  public:
     ~SeqCheckpoint();
     SeqCheckpoint(const SeqCheckpoint&) = delete;
     SeqCheckpoint& operator=(const SeqCheckpoint&) = delete;
     int64_t n_past() const { return n_past_; }
     size_t bytes() const { return bytes_; }
 
-private:
+  private:
     friend class Context;
     SeqCheckpoint() = default;
     Backend* backend_ = nullptr;
@@ -48,7 +48,7 @@ private:
 };
 
 class Context {
-public:
+  public:
     static Result<std::unique_ptr<Context>> create(Model& model, const ContextParams& params);
     ~Context();
     Context(const Context&) = delete;
@@ -76,7 +76,7 @@ public:
     uint64_t kv_bytes_per_token() const;
     uint64_t recurrent_bytes_per_seq() const;
 
-private:
+  private:
     struct Seq {
         int64_t n_past = 0;
         int64_t history = 0;  // recurrent snapshots available for rollback

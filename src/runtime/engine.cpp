@@ -8,7 +8,9 @@ namespace bigmoe {
 #define BIGMOE_VERSION "dev"
 #endif
 
-const char* version_string() { return BIGMOE_VERSION; }
+const char* version_string() {
+    return BIGMOE_VERSION;
+}
 
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const LoadOptions& opts) {
     std::unique_ptr<Engine> e(new Engine());

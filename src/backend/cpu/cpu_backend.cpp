@@ -9,15 +9,21 @@
 
 namespace bigmoe {
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads) { return std::make_unique<cpu::CpuBackend>(n_threads); }
+std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
+    return std::make_unique<cpu::CpuBackend>(n_threads);
+}
 
 namespace cpu {
 
 CpuBackend::CpuBackend(int n_threads, const Kernels* k) : pool_(n_threads), k_(k ? k : &cpu::kernels()) {}
 
-CpuBackend::~CpuBackend() { release_scratch(); }
+CpuBackend::~CpuBackend() {
+    release_scratch();
+}
 
-bool CpuBackend::supports_weight_type(DType t) const { return k_->vec_dot[int(t)] != nullptr; }
+bool CpuBackend::supports_weight_type(DType t) const {
+    return k_->vec_dot[int(t)] != nullptr;
+}
 
 Result<void> CpuBackend::prepare_weight(Weight& w) {
     if (!supports_weight_type(w.type))
@@ -30,11 +36,21 @@ void* CpuBackend::alloc(size_t bytes) {
     BM_CHECK(p != nullptr);
     return p;
 }
-void CpuBackend::dealloc(void* p) { std::free(p); }
-void CpuBackend::upload(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
-void CpuBackend::download(void* dst, const void* src, size_t n) { std::memcpy(dst, src, n); }
-void CpuBackend::copy(void* dst, const void* src, size_t n) { std::memmove(dst, src, n); }
-void CpuBackend::fill_zero(void* dst, size_t n) { std::memset(dst, 0, n); }
+void CpuBackend::dealloc(void* p) {
+    std::free(p);
+}
+void CpuBackend::upload(void* dst, const void* src, size_t n) {
+    std::memcpy(dst, src, n);
+}
+void CpuBackend::download(void* dst, const void* src, size_t n) {
+    std::memcpy(dst, src, n);
+}
+void CpuBackend::copy(void* dst, const void* src, size_t n) {
+    std::memmove(dst, src, n);
+}
+void CpuBackend::fill_zero(void* dst, size_t n) {
+    std::memset(dst, 0, n);
+}
 
 void CpuBackend::get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) {
     BM_CHECK(out.rows == n && out.cols == emb.n_in());
@@ -124,8 +140,12 @@ void CpuBackend::gather_cols(Tensor x, int64_t group, int64_t offset, int64_t wi
     });
 }
 
-static inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-static inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+static inline float silu(float x) {
+    return x / (1.0f + std::exp(-x));
+}
+static inline float sigmoid(float x) {
+    return 1.0f / (1.0f + std::exp(-x));
+}
 
 void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {
     BM_CHECK(gate.cols == out.cols && up.cols == out.cols);

@@ -10,7 +10,7 @@
 namespace bigmoe::cpu {
 
 class CpuBackend : public Backend {
-public:
+  public:
     explicit CpuBackend(int n_threads, const Kernels* k = nullptr);
     ~CpuBackend() override;
 
@@ -41,8 +41,8 @@ public:
     void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
                   const std::vector<RecurrentRing*>& rings, Tensor out) override;
     void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
-                         const GdnParams& p, const std::vector<SeqSpan>& spans, const std::vector<RecurrentRing*>& rings,
-                         Tensor out) override;
+                         const GdnParams& p, const std::vector<SeqSpan>& spans,
+                         const std::vector<RecurrentRing*>& rings, Tensor out) override;
 
     // Quantized-activation matrix product on raw rows: out[t][r] = dot(w_rows[r], qx[t]) for the
     // given row range. Shared by matmul and the expert products.
@@ -54,7 +54,7 @@ public:
     ThreadPool& pool() { return pool_; }
     const Kernels& kernels() const { return *k_; }
 
-private:
+  private:
     ThreadPool pool_;
     const Kernels* k_;
     std::vector<uint8_t> qbuf_, qbuf2_;

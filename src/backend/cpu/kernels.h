@@ -15,8 +15,8 @@ using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
 struct Kernels {
     const char* isa = "generic";
-    VecDotFn vec_dot[32] = {};       // indexed by weight DType id
-    QuantizeFn quantize[32] = {};    // indexed by activation DType id
+    VecDotFn vec_dot[32] = {};     // indexed by weight DType id
+    QuantizeFn quantize[32] = {};  // indexed by activation DType id
 };
 
 const Kernels& kernels();

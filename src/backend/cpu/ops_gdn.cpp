@@ -10,11 +10,19 @@
 namespace bigmoe::cpu {
 
 namespace {
-inline float silu(float x) { return x / (1.0f + std::exp(-x)); }
-inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
-inline float softplus(float x) { return x > 20.0f ? x : std::log(1.0f + std::exp(x)); }
+inline float silu(float x) {
+    return x / (1.0f + std::exp(-x));
+}
+inline float sigmoid(float x) {
+    return 1.0f / (1.0f + std::exp(-x));
+}
+inline float softplus(float x) {
+    return x > 20.0f ? x : std::log(1.0f + std::exp(x));
+}
 
-int slot_of(const RecurrentRing& r, int64_t i) { return int((r.head + i) % r.n_slots); }
+int slot_of(const RecurrentRing& r, int64_t i) {
+    return int((r.head + i) % r.n_slots);
+}
 
 // Rows of L2-normalised heads: x / max(||x||, eps), the sum of squares in double.
 void l2_normalize_heads(const float* src, float* dst, int64_t n_heads, int64_t d, float eps) {

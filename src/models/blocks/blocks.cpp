@@ -4,7 +4,9 @@
 
 namespace bigmoe::blocks {
 
-std::string blk(int64_t il, const char* name) { return "blk." + std::to_string(il) + "." + name; }
+std::string blk(int64_t il, const char* name) {
+    return "blk." + std::to_string(il) + "." + name;
+}
 
 #define BM_LOAD(dst, expr)          \
     do {                            \
@@ -71,7 +73,8 @@ Result<GatedDeltaNet> load_gdn(Model& m, int64_t il) {
     BM_LOAD(g.out, m.load(blk(il, "ssm_out.weight"), {hp.ssm_d_inner, E}));
     for (const Weight* w : {g.conv, g.dt_bias, g.a, g.norm})
         if (w->type != DType::F32)
-            return make_error(m.file().path() + ": tensor '" + w->name() + "' must be F32, found " + traits(w->type).name);
+            return make_error(m.file().path() + ": tensor '" + w->name() + "' must be F32, found " +
+                              traits(w->type).name);
     return g;
 }
 

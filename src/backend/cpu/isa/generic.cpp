@@ -39,6 +39,8 @@ const Kernels& generic_kernels() {
     return k;
 }
 
-const Kernels& kernels() { return generic_kernels(); }
+const Kernels& kernels() {
+    return generic_kernels();
+}
 
 }  // namespace bigmoe::cpu

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The whole test suite: format check, the fast tier, then unit and fuzz tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install_deps.sh
+start=$(date +%s)
+
+echo "== format check"
+files=$(git ls-files 'src/*.cpp' 'src/*.h' 'include/*.h' 'tests/*.cpp' 'tests/*.h')
+clang-format --dry-run --Werror $files
+
+echo "== fast tier (release, warnings as errors)"
+bash scripts/build.sh build-ci -DBIGMOE_WERROR=ON
+(cd build-ci && ctest -L 'unit|model|cli' -j2 --output-on-failure --timeout 900)
+
+echo "== unit and fuzz tests under ASan + UBSan"
+bash scripts/build.sh build-asan -DBIGMOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+(cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+  ctest -L unit -j2 --output-on-failure --timeout 1800)
+
+echo "== all tests passed in $(( $(date +%s) - start )) s"

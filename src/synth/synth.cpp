@@ -1,0 +1,442 @@
+#include "synth/synth.h"
+
+#include <cmath>
+#include <cstring>
+#include <map>
+
+#include "quant/quants.h"
+
+namespace bigmoe::synth {
+
+namespace {
+
+// Byte -> code point of the GPT-2 byte-level encoding, as UTF-8.
+std::string byte_token(int b) {
+    int cp = b;
+    if (!((b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF))) {
+        int n = 0;
+        for (int x = 0; x < b; ++x)
+            if (!((x >= 0x21 && x <= 0x7E) || (x >= 0xA1 && x <= 0xAC) || (x >= 0xAE && x <= 0xFF))) ++n;
+        cp = 0x100 + n;
+    }
+    std::string s;
+    if (cp < 0x80) {
+        s += char(cp);
+    } else {
+        s += char(0xC0 | (cp >> 6));
+        s += char(0x80 | (cp & 0x3F));
+    }
+    return s;
+}
+
+// SplitMix64: a tiny, fast, seedable generator for weight values.
+struct Rng {
+    uint64_t s;
+    uint64_t next() {
+        uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        return z ^ (z >> 31);
+    }
+    float uniform() { return float(next() >> 40) * (1.0f / 16777216.0f) * 2.0f - 1.0f; }  // [-1, 1)
+};
+
+uint64_t hash_name(const std::string& n, uint64_t seed) {
+    uint64_t h = 1469598103934665603ull ^ seed;
+    for (char c : n) h = (h ^ uint8_t(c)) * 1099511628211ull;
+    return h;
+}
+
+bool ends_with(const std::string& s, const std::string& suf) {
+    return s.size() >= suf.size() && s.compare(s.size() - suf.size(), suf.size(), suf) == 0;
+}
+
+int64_t layer_of(const std::string& name) {
+    if (name.rfind("blk.", 0) != 0) return -1;
+    return std::strtoll(name.c_str() + 4, nullptr, 10);
+}
+
+bool more_bits(int64_t i, int64_t n) {
+    return i < n / 8 || i >= 7 * n / 8 || (i - n / 8) % 3 == 2;
+}
+
+// How a tensor's values are drawn: uniform in [center - half, center + half).
+struct Init {
+    float center = 0, half = 0;
+};
+
+Init init_for(const Spec& s, const std::string& name, const gguf::TensorInfo& ti) {
+    if (ends_with(name, "norm.weight")) return {1.0f, 0.1f};
+    if (ends_with(name, "ssm_a")) return {-1.0f, 0.5f};
+    if (ends_with(name, "ssm_dt.bias")) return {0.0f, 0.5f};
+    if (ends_with(name, "ssm_conv1d.weight")) return {0.0f, 0.5f};
+    if (ends_with(name, "ffn_gate_inp.weight")) return {0.0f, 2.0f / std::sqrt(float(ti.ne[0]))};
+    if (ends_with(name, "ffn_gate_inp_shexp.weight")) return {0.0f, 1.0f / std::sqrt(float(ti.ne[0]))};
+    if (name == "token_embd.weight") return {0.0f, 1.0f};
+    // Linear layers: variance-preserving uniform init, sqrt(3/n_in).
+    float half = std::sqrt(3.0f / float(ti.ne[0]));
+    if (name == "output.weight") half *= 2.0f;
+    (void)s;
+    return {0.0f, half};
+}
+
+}  // namespace
+
+Vocab byte_vocab() {
+    Vocab v;
+    for (int b = 0; b < 256; ++b) {
+        v.tokens.push_back(byte_token(b));
+        v.types.push_back(1);
+    }
+    for (const char* sp : {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}) {
+        v.tokens.push_back(sp);
+        v.types.push_back(3);
+    }
+    for (const char* ud : {"<think>", "</think>"}) {
+        v.tokens.push_back(ud);
+        v.types.push_back(4);
+    }
+    v.bos = v.pad = 256;
+    v.eos = 258;
+    return v;
+}
+
+DType tensor_type(const std::string& quant, const std::string& name, int64_t n_dims, int64_t block_count,
+                  int64_t v_like_index, int64_t n_v_like, bool tied) {
+    const bool keep_f32 = n_dims < 2 || !ends_with(name, "weight") || name.find("_norm.weight") != std::string::npos ||
+                          name.find("ffn_gate_inp") != std::string::npos ||
+                          name.find("ssm_conv1d") != std::string::npos;
+    if (keep_f32) return DType::F32;
+    if (quant == "F32") return DType::F32;
+    if (quant == "F16") return DType::F16;
+    if (quant == "BF16") return DType::BF16;
+    if (quant == "Q8_0") return DType::Q8_0;
+    if (quant == "Q6_K") return DType::Q6_K;
+    // Q4_K_M
+    if (name == "output.weight" || (name == "token_embd.weight" && tied)) return DType::Q6_K;
+    if (name == "token_embd.weight") return DType::Q4_K;
+    if (name.find("attn_v.weight") != std::string::npos || name.find("attn_qkv.weight") != std::string::npos)
+        return more_bits(v_like_index, n_v_like) ? DType::Q6_K : DType::Q4_K;
+    if (name.find("ffn_down") != std::string::npos)
+        return more_bits(layer_of(name), block_count) ? DType::Q6_K : DType::Q4_K;
+    return DType::Q4_K;
+}
+
+namespace {
+struct Preset {
+    const char* name;
+    void (*apply)(Spec&);
+};
+void qwen35_common(Spec& s) {
+    s.head_dim = 256;
+    s.n_rot = 64;
+    s.rope_theta = 1e7f;
+    s.ssm_d_state = 128;
+    s.ssm_conv_kernel = 4;
+    s.full_attention_interval = 4;
+    s.n_vocab = 248320;
+    s.n_ctx_train = 262144;
+}
+void qwen35_122b(Spec& s) {
+    qwen35_common(s);
+    s.arch = "qwen35moe";
+    s.n_embd = 3072;
+    s.n_layer = 48;
+    s.n_head = 32;
+    s.n_head_kv = 2;
+    s.ssm_n_k_heads = 16;
+    s.ssm_n_v_heads = 64;
+    s.n_expert = 256;
+    s.n_expert_used = 8;
+    s.n_ff_exp = 1024;
+    s.n_ff_shexp = 1024;
+}
+const Preset k_presets[] = {
+    {"qwen3.5-122b-a10b", qwen35_122b},
+    {"qwen3.5-122b-a10b-reap20",
+     [](Spec& s) {
+         qwen35_122b(s);
+         s.n_expert = 205;
+     }},
+    {"qwen3.5-122b-a10b-reap40",
+     [](Spec& s) {
+         qwen35_122b(s);
+         s.n_expert = 154;
+     }},
+    {"qwen3.5-35b-a3b",
+     [](Spec& s) {
+         qwen35_common(s);
+         s.arch = "qwen35moe";
+         s.n_embd = 2048;
+         s.n_layer = 40;
+         s.n_head = 16;
+         s.n_head_kv = 2;
+         s.ssm_n_k_heads = 16;
+         s.ssm_n_v_heads = 32;
+         s.n_expert = 256;
+         s.n_expert_used = 8;
+         s.n_ff_exp = 512;
+         s.n_ff_shexp = 512;
+     }},
+    {"qwen3.5-0.8b",
+     [](Spec& s) {
+         qwen35_common(s);
+         s.arch = "qwen35";
+         s.n_embd = 1024;
+         s.n_layer = 24;
+         s.n_head = 8;
+         s.n_head_kv = 2;
+         s.ssm_n_k_heads = 16;
+         s.ssm_n_v_heads = 16;
+         s.n_ff = 3584;
+         s.tied = true;
+     }},
+    {"qwen3-30b-a3b",
+     [](Spec& s) {
+         s.arch = "qwen3moe";
+         s.n_embd = 2048;
+         s.n_layer = 48;
+         s.n_head = 32;
+         s.n_head_kv = 4;
+         s.head_dim = 128;
+         s.n_rot = 128;
+         s.rope_theta = 1e6f;
+         s.n_expert = 128;
+         s.n_expert_used = 8;
+         s.n_ff_exp = 768;
+         s.n_vocab = 151936;
+         s.n_ctx_train = 40960;
+     }},
+    // The CPU benchmark model: a 1B-class qwen35moe with the real vocabulary size.
+    {"bench-1b",
+     [](Spec& s) {
+         s.arch = "qwen35moe";
+         s.n_embd = 1024;
+         s.n_layer = 16;
+         s.n_head = 8;
+         s.n_head_kv = 2;
+         s.head_dim = 128;
+         s.n_rot = 32;
+         s.rope_theta = 1e7f;
+         s.ssm_n_k_heads = 4;
+         s.ssm_n_v_heads = 8;
+         s.ssm_d_state = 128;
+         s.n_expert = 64;
+         s.n_expert_used = 8;
+         s.n_ff_exp = 256;
+         s.n_ff_shexp = 512;
+         s.n_vocab = 151936;
+         s.n_ctx_train = 262144;
+     }},
+};
+}  // namespace
+
+bool apply_preset(const std::string& name, Spec& s) {
+    for (const auto& p : k_presets)
+        if (name == p.name) {
+            p.apply(s);
+            s.name = name;
+            return true;
+        }
+    return false;
+}
+
+std::vector<std::string> preset_names() {
+    std::vector<std::string> r;
+    for (const auto& p : k_presets) r.push_back(p.name);
+    return r;
+}
+
+Result<void> validate(const Spec& s) {
+    if (s.arch != "qwen3moe" && s.arch != "qwen35" && s.arch != "qwen35moe")
+        return make_error("synth: unknown architecture '" + s.arch + "' (qwen3moe, qwen35, qwen35moe)");
+    if (s.quant != "F32" && s.quant != "F16" && s.quant != "BF16" && s.quant != "Q8_0" && s.quant != "Q6_K" &&
+        s.quant != "Q4_K_M")
+        return make_error("synth: unknown quant '" + s.quant + "' (F32, F16, BF16, Q8_0, Q6_K, Q4_K_M)");
+    if (s.vocab.tokens.empty()) return make_error("synth: empty vocabulary");
+    if (s.n_embd <= 0 || s.n_layer <= 0 || s.n_head <= 0 || s.n_head_kv <= 0 || s.head_dim <= 0)
+        return make_error("synth: dimensions must be positive");
+    if (s.n_head % s.n_head_kv) return make_error("synth: n_head must be a multiple of n_head_kv");
+    if (s.n_rot > s.head_dim || s.n_rot % 2) return make_error("synth: n_rot must be even and <= head_dim");
+    const int64_t blk = s.quant == "Q8_0" ? 32 : (s.quant == "Q6_K" || s.quant == "Q4_K_M") ? 256 : 1;
+    std::vector<int64_t> ins = {s.n_embd, s.n_head * s.head_dim};
+    if (s.moe()) ins.push_back(s.n_ff_exp);
+    if (s.arch == "qwen35") ins.push_back(s.n_ff);
+    if (s.arch == "qwen35moe") ins.push_back(s.n_ff_shexp);
+    if (s.hybrid()) ins.push_back(s.ssm_n_v_heads * s.ssm_d_state);
+    for (int64_t n : ins)
+        if (n % blk)
+            return make_error("synth: input width " + std::to_string(n) + " is not a multiple of the " + s.quant +
+                              " block size " + std::to_string(blk));
+    if (s.hybrid() && (s.ssm_n_v_heads % s.ssm_n_k_heads || s.ssm_conv_kernel < 2))
+        return make_error("synth: ssm_n_v_heads must be a multiple of ssm_n_k_heads, conv kernel >= 2");
+    if (s.moe() && (s.n_expert_used > s.n_expert || s.n_expert_used <= 0))
+        return make_error("synth: need 0 < n_expert_used <= n_expert");
+    return {};
+}
+
+Result<gguf::GgufWriter> build(const Spec& s) {
+    BM_TRY(validate(s));
+    gguf::GgufWriter w;
+    const std::string a = s.arch + ".";
+    const int64_t n_vocab = std::max<int64_t>(s.n_vocab, int64_t(s.vocab.tokens.size()));
+    const int64_t block_count = s.n_layer + (s.mtp ? 1 : 0);
+    const bool tied = s.tied;
+    w.set_str("general.architecture", s.arch);
+    w.set_str("general.name", s.name);
+    w.set_u32("general.alignment", 32);
+    w.set_u32(a + "context_length", uint32_t(s.n_ctx_train));
+    w.set_u32(a + "embedding_length", uint32_t(s.n_embd));
+    w.set_u32(a + "block_count", uint32_t(block_count));
+    if (s.mtp) w.set_u32(a + "nextn_predict_layers", 1);
+    if (s.arch == "qwen35") w.set_u32(a + "feed_forward_length", uint32_t(s.n_ff));
+    w.set_u32(a + "attention.head_count", uint32_t(s.n_head));
+    w.set_u32(a + "attention.head_count_kv", uint32_t(s.n_head_kv));
+    w.set_u32(a + "attention.key_length", uint32_t(s.head_dim));
+    w.set_u32(a + "attention.value_length", uint32_t(s.head_dim));
+    w.set_f32(a + "attention.layer_norm_rms_epsilon", s.eps);
+    w.set_f32(a + "rope.freq_base", s.rope_theta);
+    w.set_u32(a + "rope.dimension_count", uint32_t(s.n_rot));
+    if (s.moe()) {
+        w.set_u32(a + "expert_count", uint32_t(s.n_expert));
+        w.set_u32(a + "expert_used_count", uint32_t(s.n_expert_used));
+        w.set_u32(a + "expert_feed_forward_length", uint32_t(s.n_ff_exp));
+        if (s.hybrid()) w.set_u32(a + "expert_shared_feed_forward_length", uint32_t(s.n_ff_shexp));
+    }
+    if (s.hybrid()) {
+        const int64_t sec = s.n_rot / 2;
+        w.set_arr_i32(a + "rope.dimension_sections", {sec - 2 * (sec / 3), sec / 3, sec / 3, 0});
+        w.set_u32(a + "ssm.conv_kernel", uint32_t(s.ssm_conv_kernel));
+        w.set_u32(a + "ssm.state_size", uint32_t(s.ssm_d_state));
+        w.set_u32(a + "ssm.group_count", uint32_t(s.ssm_n_k_heads));
+        w.set_u32(a + "ssm.time_step_rank", uint32_t(s.ssm_n_v_heads));
+        w.set_u32(a + "ssm.inner_size", uint32_t(s.ssm_n_v_heads * s.ssm_d_state));
+        w.set_u32(a + "full_attention_interval", uint32_t(s.full_attention_interval));
+    }
+    const std::map<std::string, uint32_t> ftypes = {{"F32", 0},     {"F16", 1},   {"Q8_0", 7},
+                                                    {"Q4_K_M", 15}, {"Q6_K", 18}, {"BF16", 32}};
+    w.set_u32("general.file_type", ftypes.at(s.quant));
+    w.set_u32("general.quantization_version", 2);
+    // tokenizer
+    std::vector<std::string> tokens = s.vocab.tokens;
+    std::vector<int64_t> types = s.vocab.types;
+    for (int64_t id = int64_t(tokens.size()); id < n_vocab; ++id) {
+        tokens.push_back("[PAD" + std::to_string(id) + "]");
+        types.push_back(5);
+    }
+    w.set_str("tokenizer.ggml.model", "gpt2");
+    w.set_str("tokenizer.ggml.pre", s.vocab.pre);
+    w.set_arr_str("tokenizer.ggml.tokens", tokens);
+    w.set_arr_i32("tokenizer.ggml.token_type", types);
+    w.set_arr_str("tokenizer.ggml.merges", s.vocab.merges);
+    if (s.vocab.eos >= 0) w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(s.vocab.eos));
+    if (s.vocab.bos >= 0) w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(s.vocab.bos));
+    if (s.vocab.pad >= 0) w.set_u32("tokenizer.ggml.padding_token_id", uint32_t(s.vocab.pad));
+    w.set_bool("tokenizer.ggml.add_bos_token", false);
+    if (!s.vocab.chat_template.empty()) w.set_str("tokenizer.chat_template", s.vocab.chat_template);
+
+    // tensor table, in llama.cpp's converter order (globals, then blocks)
+    struct T {
+        std::string name;
+        std::vector<int64_t> ne;
+    };
+    std::vector<T> ts;
+    const int64_t E = s.n_embd, D = s.head_dim;
+    ts.push_back({"token_embd.weight", {E, n_vocab}});
+    ts.push_back({"output_norm.weight", {E}});
+    if (!tied) ts.push_back({"output.weight", {E, n_vocab}});
+    const int64_t key_dim = s.ssm_n_k_heads * s.ssm_d_state, d_inner = s.ssm_n_v_heads * s.ssm_d_state;
+    const int64_t conv_dim = 2 * key_dim + d_inner;
+    for (int64_t il = 0; il < block_count; ++il) {
+        const std::string p = "blk." + std::to_string(il) + ".";
+        const bool mtp = il >= s.n_layer;
+        const bool gdn = s.hybrid() && !mtp && (il + 1) % s.full_attention_interval != 0;
+        ts.push_back({p + "attn_norm.weight", {E}});
+        ts.push_back({p + (s.hybrid() ? "post_attention_norm.weight" : "ffn_norm.weight"), {E}});
+        if (gdn) {
+            ts.push_back({p + "attn_qkv.weight", {E, conv_dim}});
+            ts.push_back({p + "attn_gate.weight", {E, d_inner}});
+            ts.push_back({p + "ssm_beta.weight", {E, s.ssm_n_v_heads}});
+            ts.push_back({p + "ssm_alpha.weight", {E, s.ssm_n_v_heads}});
+            ts.push_back({p + "ssm_conv1d.weight", {s.ssm_conv_kernel, conv_dim}});
+            ts.push_back({p + "ssm_dt.bias", {s.ssm_n_v_heads}});
+            ts.push_back({p + "ssm_a", {s.ssm_n_v_heads}});
+            ts.push_back({p + "ssm_norm.weight", {s.ssm_d_state}});
+            ts.push_back({p + "ssm_out.weight", {d_inner, E}});
+        } else {
+            ts.push_back({p + "attn_q.weight", {E, (s.hybrid() ? 2 : 1) * s.n_head * D}});
+            ts.push_back({p + "attn_k.weight", {E, s.n_head_kv * D}});
+            ts.push_back({p + "attn_v.weight", {E, s.n_head_kv * D}});
+            ts.push_back({p + "attn_q_norm.weight", {D}});
+            ts.push_back({p + "attn_k_norm.weight", {D}});
+            ts.push_back({p + "attn_output.weight", {s.n_head * D, E}});
+        }
+        if (s.moe()) {
+            ts.push_back({p + "ffn_gate_inp.weight", {E, s.n_expert}});
+            ts.push_back({p + "ffn_gate_exps.weight", {E, s.n_ff_exp, s.n_expert}});
+            ts.push_back({p + "ffn_up_exps.weight", {E, s.n_ff_exp, s.n_expert}});
+            ts.push_back({p + "ffn_down_exps.weight", {s.n_ff_exp, E, s.n_expert}});
+            if (s.hybrid()) {
+                ts.push_back({p + "ffn_gate_inp_shexp.weight", {E}});
+                ts.push_back({p + "ffn_gate_shexp.weight", {E, s.n_ff_shexp}});
+                ts.push_back({p + "ffn_up_shexp.weight", {E, s.n_ff_shexp}});
+                ts.push_back({p + "ffn_down_shexp.weight", {s.n_ff_shexp, E}});
+            }
+        } else {
+            ts.push_back({p + "ffn_gate.weight", {E, s.n_ff}});
+            ts.push_back({p + "ffn_up.weight", {E, s.n_ff}});
+            ts.push_back({p + "ffn_down.weight", {s.n_ff, E}});
+        }
+        if (mtp) {
+            ts.push_back({p + "nextn.eh_proj.weight", {2 * E, E}});
+            ts.push_back({p + "nextn.enorm.weight", {E}});
+            ts.push_back({p + "nextn.hnorm.weight", {E}});
+            ts.push_back({p + "nextn.shared_head_norm.weight", {E}});
+        }
+    }
+    int64_t n_v_like = 0;
+    for (const auto& t : ts)
+        if (t.name.find("attn_v.weight") != std::string::npos || t.name.find("attn_qkv.weight") != std::string::npos)
+            ++n_v_like;
+    int64_t v_idx = 0;
+    for (const auto& t : ts) {
+        const bool v_like =
+            t.name.find("attn_v.weight") != std::string::npos || t.name.find("attn_qkv.weight") != std::string::npos;
+        DType type = tensor_type(s.quant, t.name, int64_t(t.ne.size()), block_count, v_idx, n_v_like, tied);
+        if (v_like) ++v_idx;
+        if (t.ne[0] % traits(type).block_elems != 0) type = DType::F32;
+        w.add_tensor(t.name, type, t.ne);
+    }
+    return w;
+}
+
+static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWriter& w) {
+    return [&s, &w](size_t i, gguf::ByteSink& out) -> Result<void> {
+        const gguf::TensorInfo& ti = w.info(i);
+        Rng rng{hash_name(ti.name, s.seed)};
+        const Init init = init_for(s, ti.name, ti);
+        const int64_t n = ti.ne[0], rows = ti.ne[1] * ti.ne[2] * ti.ne[3];
+        std::vector<float> row(static_cast<size_t>(n));
+        std::vector<uint8_t> q(ti.row_bytes);
+        for (int64_t r = 0; r < rows; ++r) {
+            for (auto& x : row) x = init.center + init.half * rng.uniform();
+            quantize_row(ti.type, row.data(), q.data(), n);
+            BM_TRY(out.write(q.data(), q.size()));
+        }
+        return {};
+    };
+}
+
+Result<void> write_file(const Spec& s, const std::string& path) {
+    auto w = build(s);
+    if (!w) return w.error();
+    return w->write_file(path, make_filler(s, *w));
+}
+
+Result<std::vector<uint8_t>> write_bytes(const Spec& s) {
+    auto w = build(s);
+    if (!w) return w.error();
+    return w->write_bytes(make_filler(s, *w));
+}
+
+}  // namespace bigmoe::synth

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# CLI end-to-end: bad input gives a clear error and a non-zero exit; info/logits/synth work.
+set -uo pipefail
+bin=$1
+fixtures=$2
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail=0
+expect() {  # expect NAME WANT_RC PATTERN CMD...
+  local name=$1 want=$2 pat=$3
+  shift 3
+  out=$("$@" 2>&1)
+  rc=$?
+  if { [ "$want" = 0 ] && [ $rc -eq 0 ]; } || { [ "$want" != 0 ] && [ $rc -ne 0 ]; }; then
+    if echo "$out" | grep -q -- "$pat"; then pass=$((pass+1)); return; fi
+  fi
+  echo "FAIL: $name (rc=$rc): $out" | head -5
+  fail=$((fail+1))
+}
+m=$fixtures/models/qwen35moe-tiny-f32.gguf
+expect "no command" 1 "usage" "$bin"
+expect "unknown command" 1 "unknown command" "$bin" frobnicate
+expect "unknown flag" 1 "unknown option '--bogus'" "$bin" info -m "$m" --bogus
+expect "missing model" 1 "cannot open" "$bin" info -m "$tmp/none.gguf"
+expect "not gguf" 1 "not a GGUF file" "$bin" info -m "$0"
+expect "info" 0 "qwen35moe" "$bin" info -m "$m"
+expect "info json" 0 '"architecture": "qwen35moe"' "$bin" info -m "$m" --json
+expect "bad token list" 1 "not an integer" "$bin" logits -m "$m" --tokens 1,x -o "$tmp/l"
+expect "token out of range" 1 "out of range" "$bin" logits -m "$m" --tokens 1,99999 -o "$tmp/l"
+expect "bad cache type" 1 "unsupported cache type" "$bin" logits -m "$m" --tokens 1 -ctk q9 -o "$tmp/l"
+expect "bad ubatch" 1 "out of range" "$bin" logits -m "$m" --tokens 1 -ub 0 -o "$tmp/l"
+expect "logits" 0 "wrote 3 x 512" "$bin" logits -m "$m" --tokens 1,2,3 -o "$tmp/l"
+size=$(stat -c %s "$tmp/l")
+if [ "$size" = $((3*512*4)) ]; then pass=$((pass+1)); else echo "FAIL: logits size $size"; fail=$((fail+1)); fi
+expect "synth bad preset" 1 "unknown preset" "$bin" synth --preset nope -o "$tmp/x.gguf"
+expect "synth bad quant" 1 "unknown quant" "$bin" synth --arch qwen3moe --quant Q3 -o "$tmp/x.gguf"
+expect "synth" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --quant Q4_K_M -o "$tmp/s.gguf"
+expect "synth loads" 0 "qwen3moe" "$bin" info -m "$tmp/s.gguf"
+echo "cli: $pass passed, $fail failed"
+[ $fail -eq 0 ]

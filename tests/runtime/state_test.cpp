@@ -1,0 +1,227 @@
+// Sequence state operations and batch invariance, for every architecture: checkpoint/restore,
+// remove-last-N, copy between sequences, several sequences in one batch, thread counts, and
+// batch sizes must all give bit-identical logits.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+
+#include "bigmoe/bigmoe.h"
+#include "synth/synth.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+struct TempFiles {
+    std::map<std::string, std::string> paths;
+    ~TempFiles() {
+        for (auto& [k, p] : paths) std::filesystem::remove(p);
+    }
+};
+
+std::string synth_model(const std::string& arch, const std::string& quant) {
+    static TempFiles temp;
+    auto& cache = temp.paths;
+    const std::string key = arch + "-" + quant;
+    if (cache.count(key)) return cache[key];
+    synth::Spec s;
+    s.arch = arch;
+    s.quant = quant;
+    s.n_embd = 256;
+    s.n_layer = 4;
+    s.n_head = 8;
+    s.n_head_kv = 2;
+    s.head_dim = 32;
+    s.n_rot = 32;
+    s.ssm_d_state = 32;
+    s.ssm_n_k_heads = 2;
+    s.ssm_n_v_heads = 8;
+    s.n_expert = 16;
+    s.n_expert_used = 4;
+    s.n_ff_exp = 256;
+    s.n_ff_shexp = 256;
+    s.n_ff = 256;
+    s.mtp = arch != "qwen3moe";
+    s.seed = 7;
+    s.vocab = synth::byte_vocab();
+    const std::string path =
+        (std::filesystem::temp_directory_path() / ("bigmoe_state_" + key + "_" + std::to_string(::getpid()) + ".gguf"))
+            .string();
+    auto r = synth::write_file(s, path);
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    cache[key] = path;
+    return path;
+}
+
+std::vector<std::string> models() {
+    const std::string f = testing::fixtures_dir() + "/models/";
+    return {f + "qwen35moe-tiny-f32.gguf",    f + "qwen35-tiny-f32.gguf",         f + "qwen3moe-tiny-f32.gguf",
+            f + "qwen35moe-tiny-q4_k_m.gguf", synth_model("qwen35moe", "Q4_K_M"), synth_model("qwen35", "Q8_0"),
+            synth_model("qwen3moe", "Q6_K")};
+}
+
+std::vector<int32_t> some_tokens(int n, int salt, int64_t n_vocab) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(int32_t((i * 37 + salt * 11 + 5) % n_vocab));
+    return t;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+class State : public ::testing::TestWithParam<std::string> {
+  protected:
+    void SetUp() override {
+        auto e = Engine::load(GetParam(), {.n_threads = 2});
+        ASSERT_TRUE(e.ok()) << e.error().message;
+        engine = std::move(*e);
+        n_vocab = engine->model().hparams().n_vocab;
+    }
+    std::unique_ptr<Context> context(int n_seq = 1, int64_t ubatch = 512) {
+        ContextParams cp;
+        cp.n_ctx = 128;
+        cp.n_seq_max = n_seq;
+        cp.n_ubatch = ubatch;
+        auto c = engine->new_context(cp);
+        EXPECT_TRUE(c.ok());
+        return std::move(*c);
+    }
+    std::vector<float> run(Context& c, int seq, const std::vector<int32_t>& t) {
+        std::vector<float> l;
+        auto r = c.decode_seq(seq, t, true, &l);
+        EXPECT_TRUE(r.ok()) << r.error().message;
+        return l;
+    }
+    std::unique_ptr<Engine> engine;
+    int64_t n_vocab = 0;
+};
+
+TEST_P(State, checkpoint_restore_gives_identical_logits) {
+    auto c = context();
+    const auto prompt = some_tokens(20, 1, n_vocab), more = some_tokens(9, 2, n_vocab);
+    run(*c, 0, prompt);
+    auto cp = c->checkpoint(0);
+    ASSERT_TRUE(cp.ok());
+    const auto first = run(*c, 0, more);
+    run(*c, 0, some_tokens(5, 3, n_vocab));  // wander off further
+    ASSERT_TRUE(c->restore(0, **cp).ok());
+    EXPECT_EQ(c->n_past(0), 20);
+    EXPECT_TRUE(same_bits(run(*c, 0, more), first));
+}
+
+TEST_P(State, remove_last_gives_identical_logits) {
+    auto c = context();
+    const auto prompt = some_tokens(20, 4, n_vocab), more = some_tokens(7, 5, n_vocab);
+    run(*c, 0, prompt);
+    const auto first = run(*c, 0, more);
+    ASSERT_TRUE(c->remove_last(0, 7).ok());
+    EXPECT_EQ(c->n_past(0), 20);
+    // different tokens in between must leave no trace
+    run(*c, 0, some_tokens(3, 6, n_vocab));
+    ASSERT_TRUE(c->remove_last(0, 3).ok());
+    EXPECT_TRUE(same_bits(run(*c, 0, more), first));
+}
+
+TEST_P(State, remove_last_past_the_depth_is_an_error) {
+    auto c = context();
+    run(*c, 0, some_tokens(40, 7, n_vocab));
+    if (engine->model().hparams().n_recurrent_layers() > 0) {
+        auto r = c->remove_last(0, 17);
+        ASSERT_FALSE(r.ok());
+        EXPECT_NE(r.error().message.find("at most 16"), std::string::npos) << r.error().message;
+    }
+    EXPECT_TRUE(c->remove_last(0, 16).ok());
+    EXPECT_FALSE(c->remove_last(0, 100).ok());
+}
+
+TEST_P(State, two_sequences_in_one_batch_equal_each_alone) {
+    const auto a = some_tokens(13, 8, n_vocab), b = some_tokens(9, 9, n_vocab);
+    auto c1 = context();
+    const auto alone_a = run(*c1, 0, a);
+    c1->clear(0);
+    const auto alone_b = run(*c1, 0, b);
+    auto c2 = context(2);
+    std::vector<BatchToken> batch;
+    for (size_t i = 0; i < std::max(a.size(), b.size()); ++i) {  // interleaved
+        if (i < a.size()) batch.push_back({a[i], 0, true});
+        if (i < b.size()) batch.push_back({b[i], 1, true});
+    }
+    std::vector<float> l;
+    ASSERT_TRUE(c2->decode(batch, &l).ok());
+    std::vector<float> got_a, got_b;
+    for (size_t i = 0; i < batch.size(); ++i) {
+        auto& dst = batch[i].seq == 0 ? got_a : got_b;
+        dst.insert(dst.end(), l.begin() + long(i * size_t(n_vocab)), l.begin() + long((i + 1) * size_t(n_vocab)));
+    }
+    EXPECT_TRUE(same_bits(got_a, alone_a));
+    EXPECT_TRUE(same_bits(got_b, alone_b));
+}
+
+TEST_P(State, batch_size_does_not_change_bits) {
+    const auto t = some_tokens(16, 10, n_vocab);
+    auto whole = context(1, 512);
+    const auto ref = run(*whole, 0, t);
+    for (int64_t ub : {1, 3, 7, 16}) {
+        auto c = context(1, ub);
+        EXPECT_TRUE(same_bits(run(*c, 0, t), ref)) << "ubatch " << ub;
+    }
+    // token by token through separate calls
+    auto c = context();
+    std::vector<float> step;
+    for (int32_t tok : t) {
+        auto l = run(*c, 0, {tok});
+        step.insert(step.end(), l.begin(), l.end());
+    }
+    EXPECT_TRUE(same_bits(step, ref));
+}
+
+TEST_P(State, thread_count_does_not_change_bits) {
+    const auto t = some_tokens(12, 11, n_vocab);
+    const auto two = run(*context(), 0, t);
+    auto e1 = Engine::load(GetParam(), {.n_threads = 1});
+    ASSERT_TRUE(e1.ok());
+    ContextParams cp;
+    cp.n_ctx = 64;
+    auto c1 = (*e1)->new_context(cp);
+    ASSERT_TRUE(c1.ok());
+    std::vector<float> one;
+    ASSERT_TRUE((*c1)->decode_seq(0, t, true, &one).ok());
+    EXPECT_TRUE(same_bits(one, two));
+}
+
+TEST_P(State, copy_sequence_continues_identically) {
+    auto c = context(2);
+    run(*c, 0, some_tokens(15, 12, n_vocab));
+    ASSERT_TRUE(c->copy_seq(0, 1).ok());
+    EXPECT_EQ(c->n_past(1), 15);
+    const auto more = some_tokens(6, 13, n_vocab);
+    EXPECT_TRUE(same_bits(run(*c, 1, more), run(*c, 0, more)));
+}
+
+TEST_P(State, logits_are_finite) {
+    auto c = context();
+    for (float x : run(*c, 0, some_tokens(10, 14, n_vocab))) ASSERT_TRUE(std::isfinite(x));
+}
+
+TEST_P(State, bad_input_is_an_error) {
+    auto c = context();
+    std::vector<float> l;
+    EXPECT_FALSE(c->decode_seq(0, {int32_t(n_vocab)}, true, &l).ok());
+    EXPECT_FALSE(c->decode_seq(0, {-1}, true, &l).ok());
+    EXPECT_FALSE(c->decode({{1, 5, true}}, &l).ok());
+    EXPECT_FALSE(c->decode_seq(0, std::vector<int32_t>(200, 1), true, &l).ok());  // beyond n_ctx
+    EXPECT_EQ(c->n_past(0), 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, State, ::testing::ValuesIn(models()), [](const auto& i) {
+    std::string s = i.param.substr(i.param.rfind('/') + 1);
+    s = s.substr(0, s.size() - 5);
+    for (auto& ch : s)
+        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return s.substr(0, s.find("_" + std::to_string(::getpid())));
+});
+
+}  // namespace
+}  // namespace bigmoe
