@@ -61,6 +61,12 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     Reader r{f, hp.arch + "."};
     BM_READ(hp.n_embd, r.pos_int("embedding_length"));
     BM_READ(hp.n_layer_all, r.pos_int("block_count"));
+    // Plausibility bounds keep a corrupt file from driving huge allocations before the tensor
+    // checks run (the largest published models have ~100 layers, 512 experts, 128 heads).
+    constexpr int64_t k_max_layers = 4096, k_max_heads = 16384, k_max_experts = 1 << 16;
+    if (hp.n_layer_all > k_max_layers)
+        return make_error(f.path() + ": block_count " + std::to_string(hp.n_layer_all) + " is implausible (max " +
+                          std::to_string(k_max_layers) + ")");
     hp.n_nextn = f.get_int_or(r.prefix + "nextn_predict_layers", 0);
     if (hp.n_nextn < 0 || hp.n_nextn >= hp.n_layer_all)
         return make_error(f.path() + ": nextn_predict_layers = " + std::to_string(hp.n_nextn) +
@@ -72,6 +78,9 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     BM_READ(hp.head_dim, r.pos_int_or("attention.key_length", hp.n_embd / hp.n_head));
     BM_READ(hp.head_dim_v, r.pos_int_or("attention.value_length", hp.head_dim));
     BM_READ(hp.n_rot, r.pos_int_or("rope.dimension_count", hp.head_dim));
+    if (hp.n_head > k_max_heads || hp.n_head_kv > k_max_heads)
+        return make_error(f.path() + ": head counts " + std::to_string(hp.n_head) + "/" + std::to_string(hp.n_head_kv) +
+                          " are implausible");
     if (hp.head_dim_v != hp.head_dim)
         return make_error(f.path() + ": attention.value_length " + std::to_string(hp.head_dim_v) +
                           " differs from key_length " + std::to_string(hp.head_dim) + " (unsupported)");
@@ -96,6 +105,8 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     if (moe) {
         BM_READ(hp.n_expert, r.pos_int("expert_count"));
         BM_READ(hp.n_expert_used, r.pos_int("expert_used_count"));
+        if (hp.n_expert > k_max_experts)
+            return make_error(f.path() + ": expert_count " + std::to_string(hp.n_expert) + " is implausible");
         if (hp.n_expert_used > hp.n_expert)
             return make_error(f.path() + ": expert_used_count " + std::to_string(hp.n_expert_used) +
                               " > expert_count " + std::to_string(hp.n_expert));

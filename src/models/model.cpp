@@ -50,12 +50,20 @@ Result<const Weight*> Model::load(const std::string& name, std::vector<int64_t> 
     return w;
 }
 
+Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64_t> shape) {
+    auto w = load(name, std::move(shape));
+    if (!w) return w.error();
+    if ((*w)->type != DType::F32)
+        return make_error(file_->path() + ": tensor '" + name + "' must be F32, found " + traits((*w)->type).name);
+    return w;
+}
+
 Result<void> Model::load_output_and_embeddings() {
     if (hp_.n_vocab <= 0) return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)");
     auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab});
     if (!e) return e.error();
     tok_embd_ = *e;
-    auto n = load("output_norm.weight", {hp_.n_embd});
+    auto n = load_f32("output_norm.weight", {hp_.n_embd});
     if (!n) return n.error();
     output_norm_ = *n;
     auto o = load_optional("output.weight", {hp_.n_embd, hp_.n_vocab});

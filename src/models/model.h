@@ -49,6 +49,8 @@ class Model {
     // Looks a tensor up, checks its shape (padded to 4 dims) and that the backend supports it.
     Result<const Weight*> load(const std::string& name, std::vector<int64_t> shape, bool expert = false);
     Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false);
+    // A tensor the ops read as plain floats (norm weights, conv taps, gates): must be F32.
+    Result<const Weight*> load_f32(const std::string& name, std::vector<int64_t> shape);
     // token_embd, output_norm and output (tied to token_embd when absent).
     Result<void> load_output_and_embeddings();
 

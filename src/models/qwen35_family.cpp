@@ -27,8 +27,8 @@ Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, 
 
 Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
     l.recurrent = recurrent;
-    BM_LOAD(l.attn_norm, load(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
-    BM_LOAD(l.post_norm, load(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
+    BM_LOAD(l.attn_norm, load_f32(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
+    BM_LOAD(l.post_norm, load_f32(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
     if (recurrent)
         BM_LOAD(l.gdn, blocks::load_gdn(*this, il));
     else

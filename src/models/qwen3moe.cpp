@@ -19,10 +19,10 @@ class Qwen3Moe : public Model {
         BM_TRY(m->load_output_and_embeddings());
         for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
             Layer l;
-            auto an = m->load(blocks::blk(il, "attn_norm.weight"), {m->hp_.n_embd});
+            auto an = m->load_f32(blocks::blk(il, "attn_norm.weight"), {m->hp_.n_embd});
             if (!an) return an.error();
             l.attn_norm = *an;
-            auto fn = m->load(blocks::blk(il, "ffn_norm.weight"), {m->hp_.n_embd});
+            auto fn = m->load_f32(blocks::blk(il, "ffn_norm.weight"), {m->hp_.n_embd});
             if (!fn) return fn.error();
             l.ffn_norm = *fn;
             auto at = blocks::load_attention(*m, il, /*gated=*/false);

@@ -95,6 +95,8 @@ TEST(Fuzz, gguf_reader_and_model_loader) {
         header_end.push_back(size_t((*g)->data_offset()));
     }
     std::mt19937_64 rng(seed);
+    std::printf("fuzz seed %u (rerun with BIGMOE_SEED=%u)\n", seed, seed);
+    std::fflush(stdout);
     auto backend = make_cpu_backend(1);
     int64_t parsed = 0, loaded = 0, refused = 0, refused_after_magic = 0, ran = 0;
     std::vector<uint8_t> m;
@@ -102,6 +104,11 @@ TEST(Fuzz, gguf_reader_and_model_loader) {
         const size_t k = size_t(rng() % seeds.size());
         m = seeds[k];
         mutate(rng, m, header_end[k]);
+        if (std::getenv("BIGMOE_FUZZ_DUMP")) {
+            FILE* f = std::fopen(std::getenv("BIGMOE_FUZZ_DUMP"), "wb");
+            std::fwrite(m.data(), 1, m.size(), f);
+            std::fclose(f);
+        }
         auto g = gguf::GgufFile::parse(MappedFile::from_memory(m.data(), m.size(), "mutant"));
         if (!g.ok()) {
             ++refused;

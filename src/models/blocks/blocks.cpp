@@ -23,8 +23,8 @@ Result<Attention> load_attention(Model& m, int64_t il, bool gated) {
     BM_LOAD(a.q, m.load(blk(il, "attn_q.weight"), {hp.n_embd, q_out}));
     BM_LOAD(a.k, m.load(blk(il, "attn_k.weight"), {hp.n_embd, kv_out}));
     BM_LOAD(a.v, m.load(blk(il, "attn_v.weight"), {hp.n_embd, kv_out}));
-    BM_LOAD(a.q_norm, m.load(blk(il, "attn_q_norm.weight"), {hp.head_dim}));
-    BM_LOAD(a.k_norm, m.load(blk(il, "attn_k_norm.weight"), {hp.head_dim}));
+    BM_LOAD(a.q_norm, m.load_f32(blk(il, "attn_q_norm.weight"), {hp.head_dim}));
+    BM_LOAD(a.k_norm, m.load_f32(blk(il, "attn_k_norm.weight"), {hp.head_dim}));
     BM_LOAD(a.o, m.load(blk(il, "attn_output.weight"), {hp.n_head * hp.head_dim, hp.n_embd}));
     return a;
 }
@@ -66,15 +66,11 @@ Result<GatedDeltaNet> load_gdn(Model& m, int64_t il) {
     BM_LOAD(g.gate, m.load(blk(il, "attn_gate.weight"), {E, hp.ssm_d_inner}));
     BM_LOAD(g.beta, m.load(blk(il, "ssm_beta.weight"), {E, Hv}));
     BM_LOAD(g.alpha, m.load(blk(il, "ssm_alpha.weight"), {E, Hv}));
-    BM_LOAD(g.conv, m.load(blk(il, "ssm_conv1d.weight"), {hp.ssm_conv_kernel, hp.conv_dim()}));
-    BM_LOAD(g.dt_bias, m.load(blk(il, "ssm_dt.bias"), {Hv}));
-    BM_LOAD(g.a, m.load(blk(il, "ssm_a"), {Hv}));
-    BM_LOAD(g.norm, m.load(blk(il, "ssm_norm.weight"), {hp.ssm_d_state}));
+    BM_LOAD(g.conv, m.load_f32(blk(il, "ssm_conv1d.weight"), {hp.ssm_conv_kernel, hp.conv_dim()}));
+    BM_LOAD(g.dt_bias, m.load_f32(blk(il, "ssm_dt.bias"), {Hv}));
+    BM_LOAD(g.a, m.load_f32(blk(il, "ssm_a"), {Hv}));
+    BM_LOAD(g.norm, m.load_f32(blk(il, "ssm_norm.weight"), {hp.ssm_d_state}));
     BM_LOAD(g.out, m.load(blk(il, "ssm_out.weight"), {hp.ssm_d_inner, E}));
-    for (const Weight* w : {g.conv, g.dt_bias, g.a, g.norm})
-        if (w->type != DType::F32)
-            return make_error(m.file().path() + ": tensor '" + w->name() + "' must be F32, found " +
-                              traits(w->type).name);
     return g;
 }
 
@@ -125,10 +121,7 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
     const HParams& hp = m.hparams();
     Moe w;
     const int64_t E = hp.n_embd, F = hp.n_ff_exp, X = hp.n_expert;
-    BM_LOAD(w.router, m.load(blk(il, "ffn_gate_inp.weight"), {E, X}));
-    if (w.router->type != DType::F32)
-        return make_error(m.file().path() + ": router '" + w.router->name() + "' must be F32, found " +
-                          traits(w.router->type).name);
+    BM_LOAD(w.router, m.load_f32(blk(il, "ffn_gate_inp.weight"), {E, X}));
     w.experts.n_expert = X;
     w.experts.n_expert_used = hp.n_expert_used;
     w.experts.n_ff = F;
@@ -140,9 +133,7 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
     BM_LOAD(w.experts.down, m.load(blk(il, "ffn_down_exps.weight"), {F, E, X}, true));
     if (shared_expert) {
         BM_LOAD(w.shared, load_dense_ffn(m, il, hp.n_ff_shexp, "_shexp"));
-        BM_LOAD(w.shared_gate, m.load(blk(il, "ffn_gate_inp_shexp.weight"), {E}));
-        if (w.shared_gate->type != DType::F32)
-            return make_error(m.file().path() + ": '" + w.shared_gate->name() + "' must be F32");
+        BM_LOAD(w.shared_gate, m.load_f32(blk(il, "ffn_gate_inp_shexp.weight"), {E}));
     }
     return w;
 }
