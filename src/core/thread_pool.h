@@ -1,8 +1,10 @@
 // A small fork-join thread pool: parallel_for splits [0, n) into one contiguous range per thread.
 // Work is split by output elements only, never inside a reduction, so results do not depend on
-// the thread count.
+// the thread count. Workers spin briefly between jobs (a decode step issues hundreds of small
+// jobs) and then sleep on a condition variable.
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
@@ -29,12 +31,12 @@ class ThreadPool {
     int n_threads_;
     std::vector<std::thread> workers_;
     std::mutex mu_;
-    std::condition_variable cv_start_, cv_done_;
+    std::condition_variable cv_;
     const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
     int64_t job_n_ = 0;
-    uint64_t generation_ = 0;
-    int pending_ = 0;
-    bool stop_ = false;
+    std::atomic<uint64_t> generation_{0};
+    std::atomic<int> pending_{0};
+    std::atomic<bool> stop_{false};
 };
 
 }  // namespace bigmoe

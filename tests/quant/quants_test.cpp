@@ -243,7 +243,7 @@ TEST(Kernels, vec_dot_matches_float64_reference) {
     std::mt19937 rng(seed);
     const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0,
                            DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
-    for (const cpu::Kernels* k : {&cpu::generic_kernels(), &cpu::kernels()}) {
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
         for (DType t : types) {
             for (int64_t n : {traits(t).block_elems == 1 ? int64_t(1) : traits(t).block_elems, int64_t(256),
                               int64_t(2304), traits(t).block_elems == 1 ? int64_t(77) : int64_t(768)}) {
@@ -264,6 +264,40 @@ TEST(Kernels, vec_dot_matches_float64_reference) {
                 ASSERT_TRUE(std::isfinite(got));
                 EXPECT_NEAR(got, ref, 1e-5 * mag + 1e-6)
                     << k->isa << " " << traits(t).name << " n=" << n << " seed=" << seed;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// A 4-token tile must give, bit for bit, what four single dot products give (batch invariance).
+TEST(Kernels, tiles_equal_single_dot_products_bitwise) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        for (int id = 0; id < 32; ++id) {
+            if (!k->vec_dot4[id]) continue;
+            const DType t = DType(id);
+            const int64_t n = traits(t).block_elems == 1 ? 300 : 4 * traits(t).block_elems;
+            auto w = testing::random_floats(rng, size_t(n), -1, 1);
+            std::vector<uint8_t> wq(row_bytes(t, n));
+            quantize_row(t, w.data(), wq.data(), n);
+            std::vector<std::vector<uint8_t>> xq(4, std::vector<uint8_t>(row_bytes(activation_type(t), n)));
+            const void* rows[4];
+            for (int r = 0; r < 4; ++r) {
+                auto x = testing::random_floats(rng, size_t(n), -2, 2);
+                k->quantize[int(activation_type(t))](x.data(), xq[size_t(r)].data(), n);
+                rows[r] = xq[size_t(r)].data();
+            }
+            float tile[4];
+            k->vec_dot4[id](wq.data(), rows, n, tile);
+            for (int r = 0; r < 4; ++r) {
+                const float one = k->vec_dot[id](wq.data(), rows[r], n);
+                EXPECT_EQ(std::memcmp(&one, &tile[r], 4), 0) << k->isa << " " << traits(t).name << " row " << r;
             }
         }
     }

@@ -97,12 +97,23 @@ size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) 
 void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
                              size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) {
     VecDotFn dot = k_->vec_dot[int(wt)];
+    VecDot4Fn dot4 = k_->vec_dot4[int(wt)];
     constexpr int64_t k_rows_per_task = 16;
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
     pool_.parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
         for (int64_t r = b * k_rows_per_task; r < std::min(n_rows, e * k_rows_per_task); ++r) {
             const uint8_t* wr = w + size_t(r) * w_row_bytes;
-            for (int64_t t = 0; t < n_tok; ++t) out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
+            int64_t t = 0;
+            if (dot4) {
+                for (; t + 4 <= n_tok; t += 4) {
+                    const void* rows[4];
+                    for (int j = 0; j < 4; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+                    float res[4];
+                    dot4(wr, rows, n_in, res);
+                    for (int j = 0; j < 4; ++j) out[(t + j) * out_stride + r] = res[j];
+                }
+            }
+            for (; t < n_tok; ++t) out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
         }
     });
 }

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "quant/dtype.h"
 
@@ -10,16 +11,28 @@ namespace bigmoe::cpu {
 
 // Dot product of a weight row of type t with an activation row in activation_type(t).
 using VecDotFn = float (*)(const void* w_row, const void* act_row, int64_t n);
+// NT = 4 dot products of one weight row with four activation rows; per token exactly the
+// arithmetic of VecDotFn (so tiles do not change results).
+using VecDot4Fn = void (*)(const void* w_row, const void* const* act_rows, int64_t n, float* out);
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
 struct Kernels {
     const char* isa = "generic";
     VecDotFn vec_dot[32] = {};     // indexed by weight DType id
+    VecDot4Fn vec_dot4[32] = {};   // optional 4-token tiles (nullptr: use vec_dot)
     QuantizeFn quantize[32] = {};  // indexed by activation DType id
 };
 
 const Kernels& kernels();
+// Every table this machine can run (generic first), for tests.
+std::vector<const Kernels*> available_kernels();
+namespace avx2 {
+const Kernels& kernels();
+}
+namespace avx512 {
+const Kernels& kernels();
+}
 // The generic table, always available (tests compare every variant against the reference).
 const Kernels& generic_kernels();
 

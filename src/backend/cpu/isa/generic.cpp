@@ -2,6 +2,12 @@
 #include "backend/cpu/kernels.h"
 #include "quant/quants.h"
 
+#include <cstdlib>
+#include <string>
+
+#include <cstdlib>
+#include <string>
+
 namespace bigmoe::cpu {
 
 namespace {
@@ -39,8 +45,31 @@ const Kernels& generic_kernels() {
     return k;
 }
 
+static bool has_avx2() {
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+}
+static bool has_avx512() {
+    return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
+}
+
+std::vector<const Kernels*> available_kernels() {
+    std::vector<const Kernels*> r = {&generic_kernels()};
+    if (has_avx2()) r.push_back(&avx2::kernels());
+    if (has_avx512()) r.push_back(&avx512::kernels());
+    return r;
+}
+
+// BIGMOE_ISA=generic|avx2|avx512 forces a table (for measurements); the default is the best.
 const Kernels& kernels() {
-    return generic_kernels();
+    static const Kernels* k = [] {
+        const auto all = available_kernels();
+        if (const char* want = std::getenv("BIGMOE_ISA"))
+            for (const Kernels* x : all)
+                if (std::string(want) == x->isa) return x;
+        return all.back();
+    }();
+    return *k;
 }
 
 }  // namespace bigmoe::cpu
