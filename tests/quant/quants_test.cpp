@@ -305,3 +305,31 @@ TEST(Kernels, tiles_equal_single_dot_products_bitwise) {
 
 }  // namespace
 }  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// Activation quantizers of every kernel table produce the reference's bytes exactly.
+TEST(Kernels, activation_quantizers_match_reference_bytes) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        for (DType t : {DType::Q8_K, DType::Q8_0, DType::F16, DType::BF16}) {
+            for (int trial = 0; trial < 20; ++trial) {
+                const int64_t n = 1024;
+                auto x = testing::random_floats(rng, size_t(n), -5, 5);
+                if (trial == 1) std::fill(x.begin(), x.begin() + 256, 0.0f);  // an all-zero block
+                if (trial == 2) {  // ties for the largest magnitude, opposite signs
+                    x[3] = -9.0f;
+                    x[7] = 9.0f;
+                }
+                std::vector<uint8_t> a(row_bytes(t, n)), b(row_bytes(t, n));
+                quantize_row(t, x.data(), a.data(), n);
+                k->quantize[int(t)](x.data(), b.data(), n);
+                EXPECT_EQ(a, b) << k->isa << " " << traits(t).name << " trial " << trial;
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe

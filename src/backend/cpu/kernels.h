@@ -17,11 +17,23 @@ using VecDot4Fn = void (*)(const void* w_row, const void* const* act_rows, int64
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
+// One Gated DeltaNet step for one head, in place on the state S ([d_v][d_k], key index fastest):
+// S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
+using GdnStepFn = void (*)(float* S, const float* q, const float* k, const float* v, float beta, float decay,
+                           float scale, int64_t d_k, int64_t d_v, float* out);
+// Attention helpers over cached rows: dot of an f32 query with an f32/f16 key row, and
+// y += a * x for an f32/f16 value row.
+using DotF32Fn = float (*)(const float* a, const void* b, int64_t n);
+using AxpyFn = void (*)(float* y, float a, const void* x, int64_t n);
+
 struct Kernels {
     const char* isa = "generic";
     VecDotFn vec_dot[32] = {};     // indexed by weight DType id
     VecDot4Fn vec_dot4[32] = {};   // optional 4-token tiles (nullptr: use vec_dot)
     QuantizeFn quantize[32] = {};  // indexed by activation DType id
+    GdnStepFn gdn_step = nullptr;
+    DotF32Fn dot_kv_f32 = nullptr, dot_kv_f16 = nullptr;
+    AxpyFn axpy_f32 = nullptr, axpy_f16 = nullptr;
 };
 
 const Kernels& kernels();

@@ -27,29 +27,6 @@ void store_row(DType type, void* base, int64_t pos, const float* src, int64_t wi
     }
 }
 
-// Dot of a query (already in the cache's precision) with cached key row `pos`.
-float key_dot(const KvBlock& b, const float* q, int64_t pos, int64_t width, int64_t off, int64_t d) {
-    float s = 0;
-    if (b.type_k == DType::F32) {
-        const float* k = static_cast<const float*>(b.k) + pos * width + off;
-        for (int64_t i = 0; i < d; ++i) s += q[i] * k[i];
-    } else {
-        const uint16_t* k = static_cast<const uint16_t*>(b.k) + pos * width + off;
-        for (int64_t i = 0; i < d; ++i) s += q[i] * fp16_to_f32(k[i]);
-    }
-    return s;
-}
-
-void value_mad(const KvBlock& b, float* acc, float w, int64_t pos, int64_t width, int64_t off, int64_t d) {
-    if (b.type_v == DType::F32) {
-        const float* v = static_cast<const float*>(b.v) + pos * width + off;
-        for (int64_t i = 0; i < d; ++i) acc[i] += w * v[i];
-    } else {
-        const uint16_t* v = static_cast<const uint16_t*>(b.v) + pos * width + off;
-        for (int64_t i = 0; i < d; ++i) acc[i] += w * fp16_to_f32(v[i]);
-    }
-}
-
 }  // namespace
 
 void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
@@ -81,6 +58,11 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 size_t(std::upper_bound(task_start.begin(), task_start.end(), task) - task_start.begin() - 1);
             const SeqSpan& s = spans[si];
             const KvBlock& b = *kv[si];
+            const DotF32Fn dot_k = b.type_k == DType::F16 ? k_->dot_kv_f16 : k_->dot_kv_f32;
+            const AxpyFn axpy_v = b.type_v == DType::F16 ? k_->axpy_f16 : k_->axpy_f32;
+            const size_t k_es = b.type_k == DType::F16 ? 2 : 4, v_es = b.type_v == DType::F16 ? 2 : 4;
+            const uint8_t* kbase = static_cast<const uint8_t*>(b.k);
+            const uint8_t* vbase = static_cast<const uint8_t*>(b.v);
             const int64_t local = task - task_start[si];
             const int64_t i = local / p.n_head, h = local % p.n_head;
             const int64_t row = s.first + i, pos = s.pos0 + i, off = (h / group) * D;
@@ -90,7 +72,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 qv[size_t(d)] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
             float mx = -INFINITY;
             for (int64_t t = 0; t <= pos; ++t) {
-                scores[size_t(t)] = key_dot(b, qv.data(), t, width, off, D) * p.scale;
+                scores[size_t(t)] = dot_k(qv.data(), kbase + size_t(t * width + off) * k_es, D) * p.scale;
                 mx = std::max(mx, scores[size_t(t)]);
             }
             float sum = 0;
@@ -99,7 +81,8 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 sum += scores[size_t(t)];
             }
             std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int64_t t = 0; t <= pos; ++t) value_mad(b, acc.data(), scores[size_t(t)], t, width, off, D);
+            for (int64_t t = 0; t <= pos; ++t)
+                axpy_v(acc.data(), scores[size_t(t)], vbase + size_t(t * width + off) * v_es, D);
             float* o = out.row(row) + h * D;
             const float inv = 1.0f / sum;
             for (int64_t d = 0; d < D; ++d) o[d] = acc[size_t(d)] * inv;

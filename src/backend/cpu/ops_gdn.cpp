@@ -41,27 +41,34 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
     BM_CHECK(conv_w.type == DType::F32 && conv_w.n_in() == K && conv_w.n_out() == C && out.cols == C);
     BM_CHECK(K >= 2 && K <= 8);
     const float* w = static_cast<const float*>(conv_w.data);
+    constexpr int64_t k_chunk = 64;  // channels per task; tokens run inside so rows are read contiguously
     for (size_t si = 0; si < spans.size(); ++si) {
         const SeqSpan& s = spans[si];
         RecurrentRing& ring = *rings[si];
         const size_t slot_floats = size_t(C * S);
-        pool_.parallel_for(C, [&](int64_t cb, int64_t ce, int) {
-            for (int64_t c = cb; c < ce; ++c) {
-                float win[8];
-                const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats + c * S;
-                for (int64_t j = 0; j < S; ++j) win[j] = st[j];
-                const float* wc = w + c * K;
-                for (int64_t i = 0; i < s.n_tokens; ++i) {
-                    const float x = mixed.row(s.first + i)[c];
-                    win[S] = x;
+        const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats;
+        pool_.parallel_for((C + k_chunk - 1) / k_chunk, [&](int64_t cb, int64_t ce, int) {
+            const int64_t c0 = cb * k_chunk, c1 = std::min(C, ce * k_chunk), nc = c1 - c0;
+            // win[j][c]: the last S inputs of channel c, oldest first
+            std::vector<float> win(static_cast<size_t>(S * nc));
+            for (int64_t c = 0; c < nc; ++c)
+                for (int64_t j = 0; j < S; ++j) win[size_t(j * nc + c)] = st[(c0 + c) * S + j];
+            for (int64_t i = 0; i < s.n_tokens; ++i) {
+                const float* x = mixed.row(s.first + i) + c0;
+                float* o = out.row(s.first + i) + c0;
+                for (int64_t c = 0; c < nc; ++c) {
+                    const float* wc = w + (c0 + c) * K;
                     float y = 0;
-                    for (int64_t j = 0; j < K; ++j) y += wc[j] * win[j];
-                    out.row(s.first + i)[c] = silu(y);
-                    for (int64_t j = 0; j < S; ++j) win[j] = win[j + 1];
-                    if (i >= s.n_tokens - ring.n_slots) {
-                        float* dst = ring.conv + size_t(slot_of(ring, i + 1)) * slot_floats + c * S;
-                        for (int64_t j = 0; j < S; ++j) dst[j] = win[j];
-                    }
+                    for (int64_t j = 0; j < S; ++j) y += wc[j] * win[size_t(j * nc + c)];
+                    y += wc[S] * x[c];
+                    o[c] = silu(y);
+                    for (int64_t j = 0; j + 1 < S; ++j) win[size_t(j * nc + c)] = win[size_t((j + 1) * nc + c)];
+                    win[size_t((S - 1) * nc + c)] = x[c];
+                }
+                if (i >= s.n_tokens - ring.n_slots) {
+                    float* dst = ring.conv + size_t(slot_of(ring, i + 1)) * slot_floats;
+                    for (int64_t c = 0; c < nc; ++c)
+                        for (int64_t j = 0; j < S; ++j) dst[(c0 + c) * S + j] = win[size_t(j * nc + c)];
                 }
             }
         });
@@ -102,21 +109,7 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
                     const float* k = kn.row(i) + j * dk;
                     const float* v = u.row(row) + 2 * key_dim + h * dv;
                     float* o = out.row(row) + h * dv;
-                    for (int64_t c = 0; c < dv; ++c) {
-                        float* r = S.data() + c * dk;
-                        float pred = 0;
-                        for (int64_t x = 0; x < dk; ++x) {
-                            r[x] *= decay;
-                            pred += r[x] * k[x];
-                        }
-                        const float delta = b * (v[c] - pred);
-                        float acc = 0;
-                        for (int64_t x = 0; x < dk; ++x) {
-                            r[x] += k[x] * delta;
-                            acc += r[x] * q[x];
-                        }
-                        o[c] = acc * q_scale;
-                    }
+                    k_->gdn_step(S.data(), q, k, v, b, decay, q_scale, dk, dv, o);
                     if (i >= s.n_tokens - ring.n_slots) {
                         float* dst = ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats;
                         std::copy_n(S.data(), head_floats, dst);

@@ -1,5 +1,6 @@
 // Portable kernels: the reference dot products and activation quantizers from quant/.
 #include "backend/cpu/kernels.h"
+#include "core/fp16.h"
 #include "quant/quants.h"
 
 #include <cstdlib>
@@ -20,6 +21,46 @@ void quant(const float* x, void* dst, int64_t n) {
     quantize_row(T, x, dst, n);
 }
 
+void gdn_step(float* S, const float* q, const float* k, const float* v, float beta, float decay, float scale,
+              int64_t dk, int64_t dv, float* out) {
+    for (int64_t c = 0; c < dv; ++c) {
+        float* r = S + c * dk;
+        float pred = 0;
+        for (int64_t x = 0; x < dk; ++x) {
+            r[x] *= decay;
+            pred += r[x] * k[x];
+        }
+        const float delta = beta * (v[c] - pred);
+        float acc = 0;
+        for (int64_t x = 0; x < dk; ++x) {
+            r[x] += k[x] * delta;
+            acc += r[x] * q[x];
+        }
+        out[c] = acc * scale;
+    }
+}
+
+float dot_kv_f32(const float* a, const void* b, int64_t n) {
+    const float* x = static_cast<const float*>(b);
+    float s = 0;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * x[i];
+    return s;
+}
+float dot_kv_f16(const float* a, const void* b, int64_t n) {
+    const uint16_t* x = static_cast<const uint16_t*>(b);
+    float s = 0;
+    for (int64_t i = 0; i < n; ++i) s += a[i] * fp16_to_f32(x[i]);
+    return s;
+}
+void axpy_f32(float* y, float a, const void* x, int64_t n) {
+    const float* v = static_cast<const float*>(x);
+    for (int64_t i = 0; i < n; ++i) y[i] += a * v[i];
+}
+void axpy_f16(float* y, float a, const void* x, int64_t n) {
+    const uint16_t* v = static_cast<const uint16_t*>(x);
+    for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_f32(v[i]);
+}
+
 Kernels make_generic() {
     Kernels k;
     k.isa = "generic";
@@ -36,6 +77,11 @@ Kernels make_generic() {
     k.quantize[int(DType::BF16)] = quant<DType::BF16>;
     k.quantize[int(DType::Q8_0)] = quant<DType::Q8_0>;
     k.quantize[int(DType::Q8_K)] = quant<DType::Q8_K>;
+    k.gdn_step = gdn_step;
+    k.dot_kv_f32 = dot_kv_f32;
+    k.dot_kv_f16 = dot_kv_f16;
+    k.axpy_f32 = axpy_f32;
+    k.axpy_f16 = axpy_f16;
     return k;
 }
 }  // namespace
