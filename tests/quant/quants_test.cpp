@@ -333,3 +333,39 @@ TEST(Kernels, activation_quantizers_match_reference_bytes) {
 
 }  // namespace
 }  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// Many-token row products give, bit for bit, the single-token dot products.
+TEST(Kernels, gemm_rows_equal_single_dot_products_bitwise) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        for (int id = 0; id < 32; ++id) {
+            if (!k->gemm_row[id]) continue;
+            const DType t = DType(id);
+            for (int64_t n : {int64_t(256), int64_t(1280)}) {
+                auto w = testing::random_floats(rng, size_t(n), -1, 1);
+                std::vector<uint8_t> wq(row_bytes(t, n));
+                quantize_row(t, w.data(), wq.data(), n);
+                const int64_t n_tok = 13;
+                const size_t arb = row_bytes(activation_type(t), n);
+                std::vector<uint8_t> act(arb * size_t(n_tok));
+                for (int64_t r = 0; r < n_tok; ++r) {
+                    auto x = testing::random_floats(rng, size_t(n), -2, 2);
+                    k->quantize[int(activation_type(t))](x.data(), act.data() + size_t(r) * arb, n);
+                }
+                std::vector<float> out(size_t(n_tok * 3), -1.0f);
+                k->gemm_row[id](wq.data(), act.data(), arb, n_tok, n, out.data(), 3);
+                for (int64_t r = 0; r < n_tok; ++r) {
+                    const float one = k->vec_dot[id](wq.data(), act.data() + size_t(r) * arb, n);
+                    EXPECT_EQ(std::memcmp(&one, &out[size_t(r * 3)], 4), 0) << k->isa << " " << traits(t).name;
+                    EXPECT_EQ(out[size_t(r * 3 + 1)], -1.0f);  // guard: only the strided outputs are written
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe

@@ -98,11 +98,16 @@ void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int
                              size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) {
     VecDotFn dot = k_->vec_dot[int(wt)];
     VecDot4Fn dot4 = k_->vec_dot4[int(wt)];
+    GemmRowFn gemm = n_tok >= 8 ? k_->gemm_row[int(wt)] : nullptr;
     constexpr int64_t k_rows_per_task = 16;
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
     pool_.parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
         for (int64_t r = b * k_rows_per_task; r < std::min(n_rows, e * k_rows_per_task); ++r) {
             const uint8_t* wr = w + size_t(r) * w_row_bytes;
+            if (gemm) {
+                gemm(wr, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
+                continue;
+            }
             int64_t t = 0;
             if (dot4) {
                 for (; t + 4 <= n_tok; t += 4) {
