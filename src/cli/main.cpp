@@ -24,6 +24,7 @@ const Command k_commands[] = {
     {"info", bigmoe::cli::cmd_info, "show a model's architecture, hyper-parameters, tensors and memory needs"},
     {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
     {"bench", bigmoe::cli::cmd_bench, "benchmark prompt processing and generation (llama-bench style)"},
+    {"tokenize", bigmoe::cli::cmd_tokenize, "split text into token ids with a model's tokenizer"},
     {"synth", bigmoe::cli::cmd_synth, "write a random-weight model with real shapes and quant mixes"},
 };
 
