@@ -12,7 +12,7 @@ clang-format --dry-run --Werror $files
 
 echo "== fast tier (release, warnings as errors)"
 bash scripts/build.sh build-ci -DBIGMOE_WERROR=ON
-(cd build-ci && ctest -L 'unit|model|cli' -j2 --output-on-failure --timeout 900)
+(cd build-ci && ctest -L 'unit|model|cli|js' -j2 --output-on-failure --timeout 900)
 
 echo "== unit and fuzz tests under ASan + UBSan"
 bash scripts/build.sh build-asan -DBIGMOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo

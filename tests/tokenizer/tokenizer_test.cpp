@@ -2,6 +2,8 @@
 // and decode(encode(s)) == NFC(s).
 #include <gtest/gtest.h>
 
+#include <fstream>
+
 #include "gguf/gguf_file.h"
 #include "testlib.h"
 #include "tokenizer/tokenizer.h"
@@ -36,13 +38,18 @@ void check_fixture(const std::string& json, const std::string& fallback_model) {
     EXPECT_GT(n, 0);
 }
 
-TEST(Tokenizer, qwen3_fixture_cases) { check_fixture("tokenizer-qwen3.json", "qwen3-vocab.gguf"); }
-TEST(Tokenizer, tiny_fixture_cases) { check_fixture("tokenizer-tiny.json", "qwen35moe-tiny-f32.gguf"); }
+TEST(Tokenizer, qwen3_fixture_cases) {
+    check_fixture("tokenizer-qwen3.json", "qwen3-vocab.gguf");
+}
+TEST(Tokenizer, tiny_fixture_cases) {
+    check_fixture("tokenizer-tiny.json", "qwen35moe-tiny-f32.gguf");
+}
 
 std::vector<std::string> words(const std::string& s, PreTokenizer k) {
     const auto cps = unicode::decode_utf8(s);
     std::vector<std::string> r;
-    for (auto [b, e] : pretokenize(cps, k)) r.push_back(unicode::encode_utf8({cps.begin() + long(b), cps.begin() + long(e)}));
+    for (auto [b, e] : pretokenize(cps, k))
+        r.push_back(unicode::encode_utf8({cps.begin() + long(b), cps.begin() + long(e)}));
     return r;
 }
 
@@ -94,7 +101,42 @@ TEST(Tokenizer, control_tokens_parse_only_when_asked) {
 
 TEST(Tokenizer, invalid_utf8_becomes_replacement_characters) {
     auto tok = load("qwen3-vocab.gguf");
-    EXPECT_EQ(tok->decode(tok->encode("a\xFF" "b", false), false), "a\xEF\xBF\xBD" "b");
+    EXPECT_EQ(tok->decode(tok->encode("a\xFF"
+                                      "b",
+                                      false),
+                          false),
+              "a\xEF\xBF\xBD"
+              "b");
+}
+
+}  // namespace
+}  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// Cases written by js_reference.mjs (run through tests/tokenizer/js_compare.sh, ctest label js).
+TEST(TokenizerJs, matches_javascript_tokenizer_on_random_strings) {
+    const char* path = std::getenv("BIGMOE_JS_CASES");
+    if (!path) GTEST_SKIP() << "run through tests/tokenizer/js_compare.sh";
+    auto tok = load("qwen3-vocab.gguf");
+    std::ifstream f(path);
+    ASSERT_TRUE(f.good()) << path;
+    std::string line;
+    int n = 0, mismatches = 0;
+    while (std::getline(f, line)) {
+        if (line.empty()) continue;
+        const auto j = nlohmann::json::parse(line);
+        const std::string text = j["text"];
+        const auto want = j["ids"].get<std::vector<int32_t>>();
+        const auto got = tok->encode(text, true);
+        if (got != want && ++mismatches <= 10) ADD_FAILURE() << "text: " << nlohmann::json(text).dump();
+        EXPECT_EQ(tok->decode(got, true), unicode::nfc(text)) << nlohmann::json(text).dump();
+        ++n;
+    }
+    std::printf("%d strings compared (Unicode %s tables), %d mismatches\n", n, unicode::unicode_version(), mismatches);
+    EXPECT_GE(n, 10000);
+    EXPECT_EQ(mismatches, 0);
 }
 
 }  // namespace
