@@ -1,0 +1,93 @@
+#include "runtime/sampler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+
+namespace bigmoe {
+
+std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int32_t n) const {
+    std::vector<std::pair<int32_t, double>> c(static_cast<size_t>(n));
+    for (int32_t i = 0; i < n; ++i) c[size_t(i)] = {i, double(logits[i])};
+    // 1. penalties
+    if (!history_.empty() &&
+        (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f)) {
+        std::unordered_map<int32_t, int> count;
+        for (int32_t t : history_) ++count[t];
+        for (auto& [tok, n_seen] : count) {
+            if (tok < 0 || tok >= n) continue;
+            double& l = c[size_t(tok)].second;
+            l = l > 0 ? l / p_.repeat_penalty : l * p_.repeat_penalty;
+            l -= double(n_seen) * p_.frequency_penalty + p_.presence_penalty;
+        }
+    }
+    // 2. greedy
+    if (p_.temp <= 0.0f) {
+        auto best = std::max_element(c.begin(), c.end(), [](auto& a, auto& b) { return a.second < b.second; });
+        return {{best->first, 1.0}};
+    }
+    std::stable_sort(c.begin(), c.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    // 3. top-k
+    if (p_.top_k > 0 && size_t(p_.top_k) < c.size()) c.resize(size_t(p_.top_k));
+    auto softmax = [](std::vector<std::pair<int32_t, double>>& v, double t) {
+        const double mx = v.front().second;
+        double sum = 0;
+        std::vector<double> p(v.size());
+        for (size_t i = 0; i < v.size(); ++i) sum += p[i] = std::exp((v[i].second - mx) / t);
+        for (size_t i = 0; i < v.size(); ++i) p[i] /= sum;
+        return p;
+    };
+    std::vector<double> prob = softmax(c, 1.0);
+    // 4. top-p: the smallest prefix whose mass reaches top_p
+    if (p_.top_p < 1.0f) {
+        double cum = 0;
+        size_t keep = c.size();
+        for (size_t i = 0; i < c.size(); ++i) {
+            cum += prob[i];
+            if (cum >= p_.top_p) {
+                keep = i + 1;
+                break;
+            }
+        }
+        c.resize(keep);
+        prob.resize(keep);
+    }
+    // 5. min-p: drop tokens below min_p times the best probability
+    if (p_.min_p > 0.0f) {
+        size_t keep = 1;
+        while (keep < c.size() && prob[keep] >= p_.min_p * prob[0]) ++keep;
+        c.resize(keep);
+    }
+    // 6. temperature
+    prob = softmax(c, double(p_.temp));
+    std::vector<std::pair<int32_t, double>> out(c.size());
+    for (size_t i = 0; i < c.size(); ++i) out[i] = {c[i].first, prob[i]};
+    return out;
+}
+
+int32_t Sampler::sample(const float* logits, int32_t n_vocab) {
+    const auto d = distribution(logits, n_vocab);
+    int32_t tok = d.front().first;
+    if (d.size() > 1) {
+        // 7. draw: 53 random bits, then walk the cumulative distribution
+        const double u = double(rng_() >> 11) * (1.0 / 9007199254740992.0);
+        double cum = 0;
+        tok = d.back().first;
+        for (const auto& [t, p] : d) {
+            cum += p;
+            if (u < cum) {
+                tok = t;
+                break;
+            }
+        }
+    }
+    accept(tok);
+    return tok;
+}
+
+void Sampler::accept(int32_t token) {
+    history_.push_back(token);
+    while (int32_t(history_.size()) > std::max(0, p_.penalty_last_n)) history_.pop_front();
+}
+
+}  // namespace bigmoe

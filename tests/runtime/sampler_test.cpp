@@ -1,0 +1,148 @@
+// Samplers: seeded determinism, and chi-square goodness of fit of the sampled frequencies to the
+// expected truncated/renormalised distribution for temperature, top-k, top-p and min-p.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "runtime/sampler.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+// p-value upper tail of chi-square with k degrees of freedom (Wilson-Hilferty approximation).
+double chi2_pvalue(double x, int k) {
+    const double z = (std::cbrt(x / k) - (1 - 2.0 / (9 * k))) / std::sqrt(2.0 / (9 * k));
+    return 0.5 * std::erfc(z / std::sqrt(2.0));
+}
+
+// Expected distribution computed independently from the sampler's code path.
+std::vector<double> expected(const std::vector<float>& logits, const SamplerParams& p) {
+    const size_t n = logits.size();
+    std::vector<int> idx(n);
+    for (size_t i = 0; i < n; ++i) idx[i] = int(i);
+    std::sort(idx.begin(), idx.end(), [&](int a, int b) { return logits[size_t(a)] > logits[size_t(b)]; });
+    std::vector<double> p1(n);
+    double s = 0;
+    for (size_t i = 0; i < n; ++i) s += p1[i] = std::exp(double(logits[i]));
+    for (auto& x : p1) x /= s;
+    std::vector<bool> keep(n, true);
+    for (size_t r = 0; r < n; ++r) {
+        const int t = idx[r];
+        if (p.top_k > 0 && int(r) >= p.top_k) keep[size_t(t)] = false;
+    }
+    // top-p over the kept set, renormalised among the kept
+    double kept_mass = 0;
+    for (size_t i = 0; i < n; ++i)
+        if (keep[i]) kept_mass += p1[i];
+    double cum = 0;
+    bool reached = false;
+    for (size_t r = 0; r < n; ++r) {
+        const int t = idx[r];
+        if (!keep[size_t(t)]) continue;
+        if (reached) {
+            keep[size_t(t)] = false;
+            continue;
+        }
+        cum += p1[size_t(t)] / kept_mass;
+        if (p.top_p < 1 && cum >= p.top_p) reached = true;
+    }
+    const double best = p1[size_t(idx[0])];
+    for (size_t i = 0; i < n; ++i)
+        if (p.min_p > 0 && p1[i] < p.min_p * best) keep[i] = false;
+    std::vector<double> q(n, 0.0);
+    double z = 0;
+    for (size_t i = 0; i < n; ++i)
+        if (keep[i]) z += q[i] = std::exp(double(logits[i]) / p.temp);
+    for (auto& x : q) x /= z;
+    return q;
+}
+
+void check_fit(const SamplerParams& p) {
+    const std::vector<float> logits = {2.0f, 1.5f, 1.0f, 0.7f, 0.3f, 0.0f, -0.5f, -1.0f};
+    const auto want = expected(logits, p);
+    Sampler s(p);
+    const int draws = 200000;
+    std::vector<int> hist(logits.size(), 0);
+    for (int i = 0; i < draws; ++i) {
+        s.reset();
+        ++hist[size_t(s.sample(logits.data(), int32_t(logits.size())))];
+    }
+    double chi2 = 0;
+    int dof = -1;
+    for (size_t i = 0; i < logits.size(); ++i) {
+        if (want[i] == 0) {
+            EXPECT_EQ(hist[i], 0) << "token " << i << " should be filtered out";
+            continue;
+        }
+        const double e = want[i] * draws;
+        chi2 += (hist[i] - e) * (hist[i] - e) / e;
+        ++dof;
+    }
+    ASSERT_GT(dof, 0);
+    EXPECT_GT(chi2_pvalue(chi2, dof), 1e-4) << "chi2 " << chi2 << " dof " << dof;
+}
+
+TEST(Sampler, temperature_matches_distribution) {
+    SamplerParams p;
+    p.top_k = 0;
+    p.top_p = 1;
+    p.min_p = 0;
+    p.temp = 0.7f;
+    p.seed = testing::fresh_seed();
+    check_fit(p);
+}
+TEST(Sampler, top_k_matches_distribution) {
+    SamplerParams p;
+    p.top_k = 3;
+    p.top_p = 1;
+    p.min_p = 0;
+    p.temp = 1.3f;
+    p.seed = testing::fresh_seed();
+    check_fit(p);
+}
+TEST(Sampler, top_p_matches_distribution) {
+    SamplerParams p;
+    p.top_k = 0;
+    p.top_p = 0.8f;
+    p.min_p = 0;
+    p.temp = 1.0f;
+    p.seed = testing::fresh_seed();
+    check_fit(p);
+}
+TEST(Sampler, min_p_matches_distribution) {
+    SamplerParams p;
+    p.top_k = 0;
+    p.top_p = 1;
+    p.min_p = 0.2f;
+    p.temp = 0.9f;
+    p.seed = testing::fresh_seed();
+    check_fit(p);
+}
+
+TEST(Sampler, same_seed_same_tokens_and_greedy_is_argmax) {
+    std::mt19937 rng(testing::fresh_seed());
+    auto logits = testing::random_floats(rng, 1000, -5, 5);
+    SamplerParams p;
+    p.seed = 1234;
+    Sampler a(p), b(p);
+    for (int i = 0; i < 200; ++i) EXPECT_EQ(a.sample(logits.data(), 1000), b.sample(logits.data(), 1000));
+    p.temp = 0;
+    Sampler g(p);
+    EXPECT_EQ(g.sample(logits.data(), 1000), int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin()));
+}
+
+TEST(Sampler, penalties_lower_repeated_tokens) {
+    std::vector<float> logits = {1.0f, 1.0f, 1.0f};
+    SamplerParams p;
+    p.temp = 0;
+    p.repeat_penalty = 2.0f;
+    p.presence_penalty = 0.5f;
+    Sampler s(p);
+    s.accept(0);
+    s.accept(1);
+    EXPECT_EQ(s.sample(logits.data(), 3), 2);
+}
+
+}  // namespace
+}  // namespace bigmoe
