@@ -141,3 +141,31 @@ TEST(TokenizerJs, matches_javascript_tokenizer_on_random_strings) {
 
 }  // namespace
 }  // namespace bigmoe
+
+#include "tokenizer/chat.h"
+
+namespace bigmoe {
+namespace {
+
+// Every conversation of the Qwen3 template fixture renders byte-identically.
+TEST(Chat, qwen3_fixture_conversations) {
+    auto j = testing::read_json(testing::fixtures_dir() + "/ref/chat-template-qwen3.json");
+    auto vocab = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
+    ASSERT_TRUE(vocab.ok());
+    const ChatStyle style = chat_style_for_template((*vocab)->get_string_or("tokenizer.chat_template", ""));
+    EXPECT_EQ(style, ChatStyle::qwen3);
+    int n = 0;
+    for (const auto& c : j["cases"]) {
+        std::vector<ChatMessage> msgs;
+        for (const auto& m : c["messages"])
+            msgs.push_back({m["role"], m["content"], m.value("reasoning_content", std::string())});
+        auto r = render_chat(style, msgs, c.value("add_generation_prompt", false), c.value("enable_thinking", true));
+        ASSERT_TRUE(r.ok());
+        EXPECT_EQ(*r, c["rendered"].get<std::string>()) << c["name"];
+        ++n;
+    }
+    EXPECT_EQ(n, 4);
+}
+
+}  // namespace
+}  // namespace bigmoe

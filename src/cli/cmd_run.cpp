@@ -1,0 +1,283 @@
+// `bigmoe run`: text generation with llama.cpp-style flags. `-p` continues raw text; `-cnv`
+// chats with the model's template (conversation state is kept between turns: each turn feeds
+// only its new tokens); `-st` answers one turn and exits. Text streams to stdout as generated,
+// speeds go to stderr, Ctrl-C stops generation cleanly.
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstdio>
+#include <iostream>
+
+#include "bigmoe/bigmoe.h"
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "runtime/sampler.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe::cli {
+
+Result<DType> parse_cache_type(const std::string& s, const char* which);
+Result<std::string> read_text_file(const std::string& path);
+
+namespace {
+
+const std::vector<OptionSpec> k_specs = {
+    {"-m", "--model", true, "model file (GGUF)"},
+    {"-p", "--prompt", true, "prompt (raw text; the first user message with -cnv/-st)"},
+    {"-f", "--file", true, "read the prompt from a file"},
+    {"-n", "--n-predict", true, "tokens to generate (default 256, -1: until end of generation)"},
+    {"-c", "--ctx-size", true, "context size (default 4096)"},
+    {"-t", "--threads", true, "threads (default: all)"},
+    {"-b", "--batch-size", true, "logical batch size (default 2048)"},
+    {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
+    {"-ctk", "--cache-type-k", true, "K cache type f32|f16 (default f16)"},
+    {"-ctv", "--cache-type-v", true, "V cache type f32|f16 (default f16)"},
+    {"", "--temp", true, "temperature (default: the file's general.sampling.temp or 0.8; 0 = greedy)"},
+    {"", "--top-k", true, "top-k (default 40)"},
+    {"", "--top-p", true, "top-p (default 0.95)"},
+    {"", "--min-p", true, "min-p (default 0.05)"},
+    {"", "--repeat-penalty", true, "repetition penalty (default 1.0 = off)"},
+    {"", "--repeat-last-n", true, "tokens the penalties look back (default 64)"},
+    {"", "--presence-penalty", true, "presence penalty (default 0)"},
+    {"", "--frequency-penalty", true, "frequency penalty (default 0)"},
+    {"-s", "--seed", true, "sampling seed (default: random)"},
+    {"", "--ignore-eos", false, "keep generating past end-of-generation tokens"},
+    {"", "--special", false, "print control tokens"},
+    {"-sys", "--system-prompt", true, "system message (chat)"},
+    {"-cnv", "--conversation", false, "interactive chat with the model's chat template"},
+    {"", "--chat", false, "same as -cnv"},
+    {"-st", "--single-turn", false, "chat: answer one turn, then exit"},
+    {"", "--reasoning", true, "on|off: off renders the template with enable_thinking = false"},
+    {"", "--show-thinking", true, "on|off: print the <think>...</think> part (default on)"},
+    {"", "--chat-template", true, "qwen3|chatml: override the template style"},
+    {"-h", "--help", false, "show this help"},
+};
+
+std::atomic<bool> g_interrupt{false};
+void on_sigint(int) {
+    g_interrupt.store(true);
+}
+
+struct Stats {
+    int64_t prompt_tokens = 0, gen_tokens = 0;
+    double prompt_s = 0, gen_s = 0;
+};
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) {
+    return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+struct Generator {
+    Context& ctx;
+    const Tokenizer& tok;
+    Sampler sampler;
+    bool ignore_eos, special, show_thinking;
+    Stats stats;
+    std::vector<float> logits;
+
+    Result<void> feed(const std::vector<int32_t>& tokens) {
+        if (tokens.empty()) return {};
+        const auto t0 = Clock::now();
+        BM_TRY(ctx.decode_seq(0, tokens, false, &logits));
+        stats.prompt_tokens += int64_t(tokens.size());
+        stats.prompt_s += since(t0);
+        for (int32_t t : tokens) sampler.accept(t);
+        return {};
+    }
+
+    // Generates until EOG / n_predict / full context / Ctrl-C; returns the generated tokens.
+    Result<std::vector<int32_t>> generate(int64_t n_predict) {
+        std::vector<int32_t> out;
+        TextStream ts(tok, special);
+        const int32_t think_open = tok.find("<think>"), think_close = tok.find("</think>");
+        bool in_think = false;
+        const auto t0 = Clock::now();
+        while ((n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
+            if (ctx.n_past(0) >= ctx.params().n_ctx) {
+                std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
+                break;
+            }
+            const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
+            out.push_back(id);
+            const bool eog = tok.is_eog(id);
+            if (id == think_open) in_think = true;
+            if (show_thinking || !in_think) {
+                const std::string text = ts.push(id);
+                std::fwrite(text.data(), 1, text.size(), stdout);
+                std::fflush(stdout);
+            }
+            if (id == think_close) in_think = false;
+            if (eog && !ignore_eos) break;
+            BM_TRY(ctx.decode_seq(0, {id}, false, &logits));
+        }
+        const std::string rest = ts.flush();
+        std::fwrite(rest.data(), 1, rest.size(), stdout);
+        stats.gen_tokens += int64_t(out.size());
+        stats.gen_s += since(t0);
+        return out;
+    }
+};
+
+Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
+    SamplerParams p;
+    p.temp = float(f.get_float_or("general.sampling.temp", p.temp));
+    p.top_k = int32_t(f.get_int_or("general.sampling.top_k", p.top_k));
+    p.top_p = float(f.get_float_or("general.sampling.top_p", p.top_p));
+    p.min_p = float(f.get_float_or("general.sampling.min_p", p.min_p));
+    auto fl = [&](const char* k, float* dst) -> Result<void> {
+        auto v = a.get_float(k, *dst);
+        if (!v) return v.error();
+        *dst = float(*v);
+        return {};
+    };
+    BM_TRY(fl("--temp", &p.temp));
+    BM_TRY(fl("--top-p", &p.top_p));
+    BM_TRY(fl("--min-p", &p.min_p));
+    BM_TRY(fl("--repeat-penalty", &p.repeat_penalty));
+    BM_TRY(fl("--presence-penalty", &p.presence_penalty));
+    BM_TRY(fl("--frequency-penalty", &p.frequency_penalty));
+    auto k = a.get_int("--top-k", p.top_k, -1, 1 << 30);
+    if (!k) return k.error();
+    p.top_k = int32_t(*k);
+    auto ln = a.get_int("--repeat-last-n", p.penalty_last_n, 0, 1 << 20);
+    if (!ln) return ln.error();
+    p.penalty_last_n = int32_t(*ln);
+    auto seed = a.get_int("--seed", int64_t(Clock::now().time_since_epoch().count() & 0x7fffffff), 0, INT64_MAX);
+    if (!seed) return seed.error();
+    p.seed = uint64_t(*seed);
+    if (p.temp < 0 || p.top_p <= 0 || p.top_p > 1 || p.min_p < 0 || p.min_p > 1 || p.repeat_penalty <= 0)
+        return make_error(
+            "run: sampling values out of range (temp >= 0, 0 < top-p <= 1, 0 <= min-p <= 1, repeat-penalty > 0)");
+    return p;
+}
+
+Result<bool> on_off(const Args& a, const char* key, bool def) {
+    if (!a.has(key)) return def;
+    const std::string v = a.get(key);
+    if (v == "on" || v == "1" || v == "true") return true;
+    if (v == "off" || v == "0" || v == "false") return false;
+    return make_error(std::string(key) + ": expected on or off, got '" + v + "'");
+}
+
+}  // namespace
+
+int cmd_run(const std::vector<std::string>& argv) {
+    auto args = Args::parse(argv, k_specs);
+    if (!args) return fail(args.error().message);
+    if (args->has("--help")) {
+        std::printf("usage: bigmoe run -m FILE (-p TEXT | -f FILE | -cnv) [options]\n\n%s",
+                    format_help(k_specs).c_str());
+        return 0;
+    }
+    if (!args->has("--model")) return fail("run: -m/--model is required");
+    const bool chat = args->has("--conversation") || args->has("--chat") || args->has("--single-turn");
+    if (!chat && !args->has("--prompt") && !args->has("--file"))
+        return fail("run: give -p/--prompt, -f/--file or -cnv");
+    if (args->has("--prompt") && args->has("--file")) return fail("run: give only one of -p and -f");
+    std::string prompt = args->get("--prompt");
+    if (args->has("--file")) {
+        auto t = read_text_file(args->get("--file"));
+        if (!t) return fail(t.error().message);
+        prompt = *t;
+    }
+    auto n_predict = args->get_int("--n-predict", 256, -1, int64_t(1) << 31);
+    auto n_ctx = args->get_int("--ctx-size", 4096, 8, int64_t(1) << 31);
+    auto threads = args->get_int("--threads", 0, 0, 1024);
+    auto batch = args->get_int("--batch-size", 2048, 1, 1 << 20);
+    auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
+    for (auto* r : {&n_predict, &n_ctx, &threads, &batch, &ub})
+        if (!*r) return fail(r->error().message);
+    auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
+    auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
+    if (!ctk) return fail(ctk.error().message);
+    if (!ctv) return fail(ctv.error().message);
+    auto reasoning = on_off(*args, "--reasoning", true);
+    auto show = on_off(*args, "--show-thinking", true);
+    if (!reasoning) return fail(reasoning.error().message);
+    if (!show) return fail(show.error().message);
+
+    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*threads)});
+    if (!engine) return fail(engine.error().message);
+    auto tok = Tokenizer::from_gguf((*engine)->file());
+    if (!tok) return fail(tok.error().message);
+    auto sp = sampler_params(*args, (*engine)->file());
+    if (!sp) return fail(sp.error().message);
+    ContextParams cp;
+    cp.n_ctx = *n_ctx;
+    cp.n_ubatch = std::min(*ub, *batch);
+    cp.type_k = *ctk;
+    cp.type_v = *ctv;
+    auto ctx = (*engine)->new_context(cp);
+    if (!ctx) return fail(ctx.error().message);
+    std::signal(SIGINT, on_sigint);
+
+    Generator g{**ctx, **tok, Sampler(*sp), args->has("--ignore-eos"), args->has("--special"), *show, {}, {}};
+    auto report = [&] {
+        std::fprintf(stderr,
+                     "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
+                     (long long)g.stats.prompt_tokens, g.stats.prompt_s,
+                     g.stats.prompt_s > 0 ? double(g.stats.prompt_tokens) / g.stats.prompt_s : 0.0,
+                     (long long)g.stats.gen_tokens, g.stats.gen_s,
+                     g.stats.gen_s > 0 ? double(g.stats.gen_tokens) / g.stats.gen_s : 0.0);
+    };
+
+    if (!chat) {
+        const auto tokens = (*tok)->encode(prompt, /*parse_special=*/true, /*add_special=*/true);
+        if (tokens.empty()) return fail("run: the prompt is empty");
+        if (int64_t(tokens.size()) >= cp.n_ctx)
+            return fail("run: the prompt has " + std::to_string(tokens.size()) + " tokens, the context only " +
+                        std::to_string(cp.n_ctx) + " (raise -c)");
+        if (auto r = g.feed(tokens); !r) return fail(r.error().message);
+        auto out = g.generate(*n_predict);
+        if (!out) return fail(out.error().message);
+        report();
+        return 0;
+    }
+
+    ChatStyle style = chat_style_for_template((*tok)->chat_template());
+    if (args->has("--chat-template")) {
+        const std::string t = args->get("--chat-template");
+        if (t == "chatml")
+            style = ChatStyle::chatml;
+        else if (t == "qwen3")
+            style = ChatStyle::qwen3;
+        else
+            return fail("run: --chat-template must be qwen3 or chatml (Jinja templates are not supported yet)");
+    }
+    std::vector<ChatMessage> history;
+    if (args->has("--system-prompt")) history.push_back({"system", args->get("--system-prompt"), ""});
+    bool first = true;
+    for (;;) {
+        std::string user;
+        if (first && !prompt.empty()) {
+            user = prompt;
+        } else {
+            if (args->has("--single-turn")) break;
+            std::fprintf(stderr, "\n> ");
+            if (!std::getline(std::cin, user)) break;
+            if (user == "/exit" || user == "/quit") break;
+        }
+        g_interrupt.store(false);
+        // Render only this turn: the conversation so far is already in the context.
+        std::vector<ChatMessage> turn = first ? history : std::vector<ChatMessage>{};
+        turn.push_back({"user", user, ""});
+        auto text = render_chat(style, turn, true, *reasoning);
+        if (!text) return fail(text.error().message);
+        if (!first) *text = "\n" + *text;  // after the previous reply's <|im_end|>
+        if (auto r = g.feed((*tok)->encode(*text, true)); !r) return fail(r.error().message);
+        auto out = g.generate(*n_predict);
+        if (!out) return fail(out.error().message);
+        if (out->empty() || !(*tok)->is_eog(out->back())) {  // close an unfinished reply
+            const int32_t end = (*tok)->find("<|im_end|>");
+            if (end >= 0 && (*ctx)->n_past(0) < cp.n_ctx) (void)(*ctx)->decode_seq(0, {end}, false, &g.logits);
+        }
+        first = false;
+        if (args->has("--single-turn")) break;
+    }
+    report();
+    return 0;
+}
+
+}  // namespace bigmoe::cli
