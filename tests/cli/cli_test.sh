@@ -35,7 +35,7 @@ size=$(stat -c %s "$tmp/l")
 if [ "$size" = $((3*512*4)) ]; then pass=$((pass+1)); else echo "FAIL: logits size $size"; fail=$((fail+1)); fi
 expect "synth bad preset" 1 "unknown preset" "$bin" synth --preset nope -o "$tmp/x.gguf"
 expect "synth bad quant" 1 "unknown quant" "$bin" synth --arch qwen3moe --quant Q3 -o "$tmp/x.gguf"
-expect "synth" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --quant Q4_K_M -o "$tmp/s.gguf"
+expect "synth" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --quant Q4_K_M --byte-vocab -o "$tmp/s.gguf"
 expect "synth loads" 0 "qwen3moe" "$bin" info -m "$tmp/s.gguf"
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
