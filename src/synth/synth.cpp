@@ -139,7 +139,8 @@ Result<Vocab> vocab_from_hf(const std::string& path) {
             v.types[i] = 5;
         }
     for (const auto& m : j["model"].value("merges", nlohmann::json::array()))
-        v.merges.push_back(m.is_string() ? m.get<std::string>() : m[0].get<std::string>() + " " + m[1].get<std::string>());
+        v.merges.push_back(m.is_string() ? m.get<std::string>()
+                                         : m[0].get<std::string>() + " " + m[1].get<std::string>());
     v.pre = "qwen2";
     auto id_of = [&](const nlohmann::json& t) -> int64_t {
         const std::string s = t.is_object() ? t.value("content", "") : t.is_string() ? t.get<std::string>() : "";

@@ -11,7 +11,9 @@ std::vector<std::pair<size_t, size_t>> pretokenize(const std::vector<uint32_t>& 
     const size_t n = c.size();
     const bool marks = kind == PreTokenizer::qwen35;
     auto word_char = [&](uint32_t x) { return is_letter(x) || (marks && is_mark(x)); };
-    auto symbol = [&](uint32_t x) { return !is_whitespace(x) && !is_letter(x) && !is_number(x) && !(marks && is_mark(x)); };
+    auto symbol = [&](uint32_t x) {
+        return !is_whitespace(x) && !is_letter(x) && !is_number(x) && !(marks && is_mark(x));
+    };
     auto nl = [](uint32_t x) { return x == '\r' || x == '\n'; };
     size_t i = 0;
     while (i < n) {

@@ -10,9 +10,11 @@ namespace bigmoe {
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f) {
     const std::string model = f.get_string_or("tokenizer.ggml.model", "");
     if (model != "gpt2")
-        return make_error(f.path() + ": tokenizer.ggml.model is '" + model + "'; bigmoe supports byte-level BPE ('gpt2')");
+        return make_error(f.path() + ": tokenizer.ggml.model is '" + model +
+                          "'; bigmoe supports byte-level BPE ('gpt2')");
     const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
-    if (!toks || toks->type != gguf::ValueType::ARRAY || toks->elem_type != gguf::ValueType::STRING || toks->arr_s.empty())
+    if (!toks || toks->type != gguf::ValueType::ARRAY || toks->elem_type != gguf::ValueType::STRING ||
+        toks->arr_s.empty())
         return make_error(f.path() + ": tokenizer.ggml.tokens is missing or not a string array");
     if (toks->arr_s.size() > size_t(INT32_MAX)) return make_error(f.path() + ": vocabulary too large");
     std::unique_ptr<Tokenizer> t(new Tokenizer());
@@ -66,7 +68,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f)
     // End of generation: eos, eot, and the ChatML / FIM end markers (spec/tokenizer.md §6).
     for (int32_t id : {t->eos_, id_key("tokenizer.ggml.eot_token_id"), id_key("tokenizer.ggml.eom_token_id")})
         if (id >= 0) t->eog_.push_back(id);
-    for (const char* s : {"<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|eot_id|>"}) {
+    for (const char* s :
+         {"<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|eot_id|>"}) {
         const int32_t id = t->find(s);
         if (id >= 0) t->eog_.push_back(id);
     }
@@ -78,7 +81,9 @@ int32_t Tokenizer::find(const std::string& text) const {
     return it == index_.end() ? -1 : it->second;
 }
 
-bool Tokenizer::is_eog(int32_t id) const { return std::find(eog_.begin(), eog_.end(), id) != eog_.end(); }
+bool Tokenizer::is_eog(int32_t id) const {
+    return std::find(eog_.begin(), eog_.end(), id) != eog_.end();
+}
 
 std::vector<int32_t> Tokenizer::encode(const std::string& text, bool parse_special, bool add_special) const {
     // fragments: (text, special id or -1)
@@ -189,13 +194,18 @@ std::string Tokenizer::token_bytes(int32_t id, bool special) const {
     const std::string& t = tokens_[size_t(id)];
     switch (types_[size_t(id)]) {
         case TokenType::control:
-        case TokenType::unknown: return special ? t : std::string();
-        case TokenType::user_defined: return t;
-        case TokenType::unused: return {};
-        case TokenType::byte:
-            if (t.size() == 6 && t.rfind("<0x", 0) == 0) return std::string(1, char(std::stoi(t.substr(3, 2), nullptr, 16)));
+        case TokenType::unknown:
+            return special ? t : std::string();
+        case TokenType::user_defined:
+            return t;
+        case TokenType::unused:
             return {};
-        default: break;
+        case TokenType::byte:
+            if (t.size() == 6 && t.rfind("<0x", 0) == 0)
+                return std::string(1, char(std::stoi(t.substr(3, 2), nullptr, 16)));
+            return {};
+        default:
+            break;
     }
     std::string out;
     for (uint32_t cp : unicode::decode_utf8(t)) {

@@ -16,10 +16,18 @@
 
 namespace bigmoe {
 
-enum class TokenType : int32_t { undefined = 0, normal = 1, unknown = 2, control = 3, user_defined = 4, unused = 5, byte = 6 };
+enum class TokenType : int32_t {
+    undefined = 0,
+    normal = 1,
+    unknown = 2,
+    control = 3,
+    user_defined = 4,
+    unused = 5,
+    byte = 6
+};
 
 class Tokenizer {
-public:
+  public:
     static Result<std::unique_ptr<Tokenizer>> from_gguf(const gguf::GgufFile& f);
 
     // parse_special: CONTROL tokens written in the text become single tokens (USER_DEFINED ones
@@ -39,7 +47,7 @@ public:
     const std::string& chat_template() const { return chat_template_; }
     PreTokenizer pre() const { return pre_; }
 
-private:
+  private:
     void encode_text(const std::string& text, std::vector<int32_t>& out) const;
     void bpe(const std::string& word, std::vector<int32_t>& out) const;
 
@@ -60,12 +68,12 @@ private:
 // Streams decoded text: feed token ids, get back only complete UTF-8 characters; invalid
 // sequences come out as U+FFFD.
 class TextStream {
-public:
+  public:
     TextStream(const Tokenizer& t, bool special) : tok_(t), special_(special) {}
     std::string push(int32_t id);
     std::string flush();
 
-private:
+  private:
     const Tokenizer& tok_;
     bool special_;
     std::string pending_;

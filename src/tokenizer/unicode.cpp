@@ -40,7 +40,9 @@ std::string encode_utf8(const std::vector<uint32_t>& cps) {
     return s;
 }
 
-std::string sanitize_utf8(const std::string& s) { return encode_utf8(decode_utf8(s)); }
+std::string sanitize_utf8(const std::string& s) {
+    return encode_utf8(decode_utf8(s));
+}
 
 std::string nfc(const std::string& s) {
     utf8proc_uint8_t* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()));
@@ -50,7 +52,9 @@ std::string nfc(const std::string& s) {
     return r;
 }
 
-static utf8proc_category_t cat(uint32_t cp) { return utf8proc_category(utf8proc_int32_t(cp)); }
+static utf8proc_category_t cat(uint32_t cp) {
+    return utf8proc_category(utf8proc_int32_t(cp));
+}
 
 bool is_letter(uint32_t cp) {
     const auto c = cat(cp);
@@ -70,11 +74,17 @@ bool is_whitespace(uint32_t cp) {
            (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
            cp == 0x3000;
 }
-uint32_t to_lower_ascii(uint32_t cp) { return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp; }
-const char* unicode_version() { return utf8proc_unicode_version(); }
+uint32_t to_lower_ascii(uint32_t cp) {
+    return cp >= 'A' && cp <= 'Z' ? cp + 32 : cp;
+}
+const char* unicode_version() {
+    return utf8proc_unicode_version();
+}
 
 namespace {
-bool printable(int b) { return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF); }
+bool printable(int b) {
+    return (b >= 0x21 && b <= 0x7E) || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+}
 struct ByteMap {
     std::array<uint32_t, 256> to_cp{};
     ByteMap() {
@@ -88,7 +98,9 @@ const ByteMap& byte_map() {
 }
 }  // namespace
 
-uint32_t byte_to_cp(uint8_t b) { return byte_map().to_cp[b]; }
+uint32_t byte_to_cp(uint8_t b) {
+    return byte_map().to_cp[b];
+}
 
 int cp_to_byte(uint32_t cp) {
     if (cp < 0x100) return printable(int(cp)) ? int(cp) : -1;

@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Formats every C++ source in place (the test command checks the same files).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+git ls-files 'src/*.cpp' 'src/*.h' 'src/*.inc' 'include/*.h' 'tests/*.cpp' 'tests/*.h' | xargs clang-format -i
