@@ -13,6 +13,8 @@
 #include "cli/commands.h"
 #include "runtime/sampler.h"
 #include "tokenizer/chat.h"
+
+#include <nlohmann/json.hpp>
 #include "tokenizer/tokenizer.h"
 
 namespace bigmoe::cli {
@@ -50,7 +52,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-st", "--single-turn", false, "chat: answer one turn, then exit"},
     {"", "--reasoning", true, "on|off: off renders the template with enable_thinking = false"},
     {"", "--show-thinking", true, "on|off: print the <think>...</think> part (default on)"},
-    {"", "--chat-template", true, "qwen3|chatml: override the template style"},
+    {"", "--chat-template", true, "chatml: use ChatML instead of the file's Jinja template"},
     {"-h", "--help", false, "show this help"},
 };
 
@@ -236,18 +238,23 @@ int cmd_run(const std::vector<std::string>& argv) {
         return 0;
     }
 
-    ChatStyle style = chat_style_for_template((*tok)->chat_template());
+    std::string source = (*tok)->chat_template();
     if (args->has("--chat-template")) {
         const std::string t = args->get("--chat-template");
-        if (t == "chatml")
-            style = ChatStyle::chatml;
-        else if (t == "qwen3")
-            style = ChatStyle::qwen3;
-        else
-            return fail("run: --chat-template must be qwen3 or chatml (Jinja templates are not supported yet)");
+        if (t != "chatml") return fail("run: --chat-template takes 'chatml' (the file's own template is the default)");
+        source = "chatml";
     }
-    std::vector<ChatMessage> history;
-    if (args->has("--system-prompt")) history.push_back({"system", args->get("--system-prompt"), ""});
+    const int32_t bos = (*tok)->bos(), eos = (*tok)->eos();
+    auto fmt =
+        ChatFormatter::create(source, bos >= 0 ? (*tok)->token_text(bos) : "", eos >= 0 ? (*tok)->token_text(eos) : "");
+    if (!fmt) return fail(fmt.error().message);
+    if (source.empty()) std::fprintf(stderr, "note: the model has no chat template; using ChatML\n");
+    ChatOptions opt;
+    opt.enable_thinking = *reasoning;
+    nlohmann::ordered_json history = nlohmann::ordered_json::array();
+    if (args->has("--system-prompt"))
+        history.push_back({{"role", "system"}, {"content", args->get("--system-prompt")}});
+    std::string fed;  // the conversation text as rendered so far (what the context holds)
     bool first = true;
     for (;;) {
         std::string user;
@@ -259,21 +266,35 @@ int cmd_run(const std::vector<std::string>& argv) {
             if (!std::getline(std::cin, user)) break;
             if (user == "/exit" || user == "/quit") break;
         }
+        first = false;
         g_interrupt.store(false);
-        // Render only this turn: the conversation so far is already in the context.
-        std::vector<ChatMessage> turn = first ? history : std::vector<ChatMessage>{};
-        turn.push_back({"user", user, ""});
-        auto text = render_chat(style, turn, true, *reasoning);
+        // Feed only what this turn adds to the rendered conversation (llama.cpp's delta rule).
+        history.push_back({{"role", "user"}, {"content", user}});
+        opt.add_generation_prompt = true;
+        auto text = fmt->render(history, opt);
         if (!text) return fail(text.error().message);
-        if (!first) *text = "\n" + *text;  // after the previous reply's <|im_end|>
-        if (auto r = g.feed((*tok)->encode(*text, true)); !r) return fail(r.error().message);
+        const std::string delta = text->rfind(fed, 0) == 0 ? text->substr(fed.size()) : *text;
+        if (auto r = g.feed((*tok)->encode(delta, true)); !r) return fail(r.error().message);
+        fed = *text;
         auto out = g.generate(*n_predict);
         if (!out) return fail(out.error().message);
-        if (out->empty() || !(*tok)->is_eog(out->back())) {  // close an unfinished reply
-            const int32_t end = (*tok)->find("<|im_end|>");
-            if (end >= 0 && (*ctx)->n_past(0) < cp.n_ctx) (void)(*ctx)->decode_seq(0, {end}, false, &g.logits);
+        std::string reply;
+        for (int32_t id : *out)
+            if (!(*tok)->is_eog(id)) reply += (*tok)->token_bytes(id, false);
+        history.push_back({{"role", "assistant"}, {"content", reply}});
+        // Close the turn as the template would: feed what follows the generated reply.
+        opt.add_generation_prompt = false;
+        auto closed = fmt->render(history, opt);
+        if (!closed) return fail(closed.error().message);
+        std::string generated;
+        for (int32_t id : *out) generated += (*tok)->token_bytes(id, true);
+        if (closed->rfind(fed + generated, 0) == 0) {
+            const std::string tail = closed->substr(fed.size() + generated.size());
+            if (!tail.empty() && (*ctx)->n_past(0) + 8 < cp.n_ctx) {
+                if (auto r = g.feed((*tok)->encode(tail, true)); !r) return fail(r.error().message);
+            }
         }
-        first = false;
+        fed = *closed;
         if (args->has("--single-turn")) break;
     }
     report();

@@ -94,6 +94,8 @@ int cmd_synth(const std::vector<std::string>& argv) {
     s.mtp = args->has("--mtp");
     s.quant = args->get("--quant", "Q4_K_M");
     for (auto& c : s.quant) c = char(std::toupper(static_cast<unsigned char>(c)));
+    s.vocab = synth::byte_vocab();
+    if (auto v = synth::validate(s); !v) return fail(v.error().message);  // bad shapes before the tokenizer load
     if (args->has("--byte-vocab")) {
         s.vocab = synth::byte_vocab();
     } else {

@@ -1,29 +1,35 @@
-// Chat prompt rendering. Until the Jinja interpreter lands, bigmoe renders the ChatML family by
-// rule: `qwen3` follows the rules of the Qwen3 template (spec/tokenizer.md §8.2) for plain chat
-// (system / user / assistant / tool messages, reasoning in assistant history, enable_thinking),
-// `chatml` is the generic fallback (--chat-template chatml). Tool definitions and tool calls
-// need the embedded template and are refused with a clear error.
+// Chat prompt rendering with the Jinja chat template embedded in a GGUF (tokenizer.chat_template),
+// or the built-in ChatML template (`--chat-template chatml`) when a file has none or its template
+// cannot be rendered.
 #pragma once
 
+#include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
-#include <vector>
 
 #include "core/result.h"
+#include "tokenizer/jinja/jinja.h"
 
 namespace bigmoe {
 
-struct ChatMessage {
-    std::string role;
-    std::string content;
-    std::string reasoning_content;  // optional
+struct ChatOptions {
+    bool add_generation_prompt = true;
+    bool enable_thinking = true;
+    nlohmann::ordered_json tools;  // null: no tools
 };
 
-enum class ChatStyle { qwen3, chatml };
+class ChatFormatter {
+  public:
+    // `source` is Jinja text, or "chatml" for the built-in template.
+    static Result<ChatFormatter> create(const std::string& source, std::string bos_token, std::string eos_token);
+    // messages: [{"role": ..., "content": ..., optional "reasoning_content", "tool_calls"}, ...]
+    Result<std::string> render(const nlohmann::ordered_json& messages, const ChatOptions& opt) const;
+    bool is_chatml() const { return chatml_; }
 
-// Picks the style for a GGUF chat template text (empty: chatml).
-ChatStyle chat_style_for_template(const std::string& jinja);
-
-Result<std::string> render_chat(ChatStyle style, const std::vector<ChatMessage>& messages, bool add_generation_prompt,
-                                bool enable_thinking);
+  private:
+    std::shared_ptr<jinja::Template> tmpl_;
+    std::string bos_, eos_;
+    bool chatml_ = false;
+};
 
 }  // namespace bigmoe

@@ -85,8 +85,8 @@ bool Tokenizer::is_eog(int32_t id) const {
     return std::find(eog_.begin(), eog_.end(), id) != eog_.end();
 }
 
-std::vector<int32_t> Tokenizer::encode(const std::string& text, bool parse_special, bool add_special) const {
-    // fragments: (text, special id or -1)
+std::vector<std::pair<std::string, int32_t>> Tokenizer::split_special(const std::string& text,
+                                                                      bool parse_special) const {
     std::vector<std::pair<std::string, int32_t>> frags = {{text, -1}};
     for (int32_t sid : specials_) {
         const TokenType ty = types_[size_t(sid)];
@@ -108,6 +108,18 @@ std::vector<int32_t> Tokenizer::encode(const std::string& text, bool parse_speci
         }
         frags = std::move(next);
     }
+    return frags;
+}
+
+std::string Tokenizer::normalize(const std::string& text, bool parse_special) const {
+    std::string out;
+    for (auto& [s, id] : split_special(text, parse_special))
+        out += id >= 0 ? tokens_[size_t(id)] : unicode::nfc(unicode::sanitize_utf8(s));
+    return out;
+}
+
+std::vector<int32_t> Tokenizer::encode(const std::string& text, bool parse_special, bool add_special) const {
+    auto frags = split_special(text, parse_special);
     std::vector<int32_t> out;
     if (add_special && add_bos_ && bos_ >= 0) out.push_back(bos_);
     for (auto& [s, id] : frags) {

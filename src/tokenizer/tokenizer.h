@@ -33,6 +33,10 @@ class Tokenizer {
     // parse_special: CONTROL tokens written in the text become single tokens (USER_DEFINED ones
     // such as <think> always do). add_special: prepend BOS / append EOS when the file says so.
     std::vector<int32_t> encode(const std::string& text, bool parse_special, bool add_special = false) const;
+    // The text as the tokenizer sees it: special-token fragments verbatim, the rest NFC (so
+    // decode(encode(s)) == normalize(s); it equals NFC(s) unless a combining mark follows a
+    // special token).
+    std::string normalize(const std::string& text, bool parse_special) const;
     // Bytes of one token (control tokens only with `special`).
     std::string token_bytes(int32_t id, bool special) const;
     std::string decode(const std::vector<int32_t>& ids, bool special) const;
@@ -49,6 +53,8 @@ class Tokenizer {
 
   private:
     void encode_text(const std::string& text, std::vector<int32_t>& out) const;
+    // Splits text into (fragment, special id or -1).
+    std::vector<std::pair<std::string, int32_t>> split_special(const std::string& text, bool parse_special) const;
     void bpe(const std::string& word, std::vector<int32_t>& out) const;
 
     std::vector<std::string> tokens_;

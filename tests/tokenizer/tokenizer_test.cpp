@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <fstream>
+#include <map>
 
 #include "gguf/gguf_file.h"
 #include "testlib.h"
@@ -131,7 +132,7 @@ TEST(TokenizerJs, matches_javascript_tokenizer_on_random_strings) {
         const auto want = j["ids"].get<std::vector<int32_t>>();
         const auto got = tok->encode(text, true);
         if (got != want && ++mismatches <= 10) ADD_FAILURE() << "text: " << nlohmann::json(text).dump();
-        EXPECT_EQ(tok->decode(got, true), unicode::nfc(text)) << nlohmann::json(text).dump();
+        EXPECT_EQ(tok->decode(got, true), tok->normalize(text, true)) << nlohmann::json(text).dump();
         ++n;
     }
     std::printf("%d strings compared (Unicode %s tables), %d mismatches\n", n, unicode::unicode_version(), mismatches);
@@ -147,24 +148,82 @@ TEST(TokenizerJs, matches_javascript_tokenizer_on_random_strings) {
 namespace bigmoe {
 namespace {
 
-// Every conversation of the Qwen3 template fixture renders byte-identically.
+// Every conversation of the Qwen3 template fixture renders byte-identically with the template
+// embedded in the GGUF, run by bigmoe's Jinja interpreter.
 TEST(Chat, qwen3_fixture_conversations) {
     auto j = testing::read_json(testing::fixtures_dir() + "/ref/chat-template-qwen3.json");
     auto vocab = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
     ASSERT_TRUE(vocab.ok());
-    const ChatStyle style = chat_style_for_template((*vocab)->get_string_or("tokenizer.chat_template", ""));
-    EXPECT_EQ(style, ChatStyle::qwen3);
+    auto f = ChatFormatter::create((*vocab)->get_string_or("tokenizer.chat_template", ""), "", "<|im_end|>");
+    ASSERT_TRUE(f.ok()) << f.error().message;
+    EXPECT_FALSE(f->is_chatml());
     int n = 0;
     for (const auto& c : j["cases"]) {
-        std::vector<ChatMessage> msgs;
-        for (const auto& m : c["messages"])
-            msgs.push_back({m["role"], m["content"], m.value("reasoning_content", std::string())});
-        auto r = render_chat(style, msgs, c.value("add_generation_prompt", false), c.value("enable_thinking", true));
-        ASSERT_TRUE(r.ok());
+        ChatOptions opt;
+        opt.add_generation_prompt = c.value("add_generation_prompt", false);
+        opt.enable_thinking = c.value("enable_thinking", true);
+        auto r = f->render(nlohmann::ordered_json::parse(c["messages"].dump()), opt);
+        ASSERT_TRUE(r.ok()) << r.error().message;
         EXPECT_EQ(*r, c["rendered"].get<std::string>()) << c["name"];
         ++n;
     }
     EXPECT_EQ(n, 4);
+}
+
+TEST(Chat, template_errors_are_values) {
+    EXPECT_FALSE(ChatFormatter::create("{% if %}", "", "").ok());
+    auto f = ChatFormatter::create("{{ raise_exception('no system role') }}", "", "");
+    ASSERT_TRUE(f.ok());
+    auto r = f->render(nlohmann::ordered_json::array(), {});
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("no system role"), std::string::npos);
+    auto chatml = ChatFormatter::create("chatml", "", "");
+    ASSERT_TRUE(chatml.ok());
+    auto m = nlohmann::ordered_json::parse(R"([{"role":"user","content":"hi"}])");
+    EXPECT_EQ(*chatml->render(m, {}), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+}
+
+}  // namespace
+}  // namespace bigmoe
+
+#include "tokenizer/jinja/jinja.h"
+
+namespace bigmoe {
+namespace {
+
+// Cases written by jinja_reference.mjs (run through tests/tokenizer/jinja_compare.sh, label js).
+TEST(JinjaJs, matches_huggingface_jinja_on_real_templates) {
+    const char* path = std::getenv("BIGMOE_JINJA_CASES");
+    if (!path) GTEST_SKIP() << "run through tests/tokenizer/jinja_compare.sh";
+    std::ifstream f(path);
+    ASSERT_TRUE(f.good()) << path;
+    std::string line;
+    std::map<std::string, int> per_template;
+    int n = 0, mismatches = 0;
+    std::map<std::string, std::shared_ptr<jinja::Template>> cache;
+    while (std::getline(f, line)) {
+        if (line.empty()) continue;
+        const auto j = nlohmann::ordered_json::parse(line);
+        const std::string src = j["source"];
+        if (!cache.count(src)) {
+            auto t = jinja::Template::parse(src);
+            ASSERT_TRUE(t.ok()) << j["template"] << ": " << t.error().message;
+            cache[src] = *t;
+        }
+        const auto r = cache[src]->render(j["context"]);
+        const bool want_error = !j["error"].is_null();
+        bool ok = want_error ? !r.ok() : (r.ok() && *r == j["rendered"].get<std::string>());
+        if (!ok && ++mismatches <= 5)
+            ADD_FAILURE() << j["template"] << " context " << j["context"].dump() << "\nwant: "
+                          << (want_error ? "error " + j["error"].get<std::string>() : j["rendered"].get<std::string>())
+                          << "\ngot: " << (r.ok() ? *r : "error " + r.error().message);
+        ++per_template[j["template"].get<std::string>()];
+        ++n;
+    }
+    for (auto& [name, count] : per_template) EXPECT_GE(count, 50) << name;
+    EXPECT_GE(per_template.size(), 3u);
+    std::printf("%d conversations over %zu templates, %d mismatches\n", n, per_template.size(), mismatches);
+    EXPECT_EQ(mismatches, 0);
 }
 
 }  // namespace
