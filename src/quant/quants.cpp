@@ -19,7 +19,7 @@ void get_scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m) {
     }
 }
 
-static void set_scale_min_k4(int j, uint8_t* q, uint8_t sc, uint8_t m) {
+void set_scale_min_k4(int j, uint8_t* q, uint8_t sc, uint8_t m) {
     if (j < 4) {
         q[j] = uint8_t((q[j] & 0xC0) | sc);
         q[j + 4] = uint8_t((q[j + 4] & 0xC0) | m);

@@ -9,6 +9,8 @@
 
 namespace bigmoe {
 
+// Encode one K-quant 6-bit (scale, min) pair for sub-block j into the 12-byte packing.
+void set_scale_min_k4(int j, uint8_t* q, uint8_t sc, uint8_t m);
 // Decode one K-quant 6-bit (scale, min) pair for sub-block j (0..7) from the 12-byte packing.
 void get_scale_min_k4(int j, const uint8_t* q, uint8_t* sc, uint8_t* m);
 

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/fp16.h"
 #include "quant/quants.h"
 
 namespace bigmoe::synth {
@@ -79,7 +80,9 @@ Init init_for(const Spec& s, const std::string& name, const gguf::TensorInfo& ti
     if (name == "token_embd.weight") return {0.0f, 1.0f};
     // Linear layers: variance-preserving uniform init, sqrt(3/n_in).
     float half = std::sqrt(3.0f / float(ti.ne[0]));
-    if (name == "output.weight") half *= 2.0f;
+    // The LM head is scaled so that next-token entropy sits well below uniform (~6 of 12 nats at
+    // 152k tokens), like a trained model rather than noise.
+    if (name == "output.weight") half *= 3.5f;
     (void)s;
     return {0.0f, half};
 }
@@ -472,18 +475,92 @@ Result<gguf::GgufWriter> build(const Spec& s) {
     return w;
 }
 
+// Quantized blocks are written directly from random bits (no float fit): sub-block scales are
+// drawn in a narrow range and the super-scales are set so that the dequantized weights have the
+// standard deviation of the float init (uniform in +-half). ~10x faster than quantizing floats,
+// which keeps the 20 GB presets within minutes on 2 cores.
+void random_blocks(DType t, Rng& rng, float half, uint8_t* dst, int64_t n) {
+    const float target_std = half / std::sqrt(3.0f);
+    auto fill_bytes = [&](uint8_t* p, size_t k) {
+        for (size_t i = 0; i < k; i += 8) {
+            const uint64_t v = rng.next();
+            std::memcpy(p + i, &v, std::min<size_t>(8, k - i));
+        }
+    };
+    auto scale_byte = [&] { return uint8_t(40 + rng.next() % 24); };  // 6-bit scales in [40, 63]
+    switch (t) {
+        case DType::Q4_K:
+        case DType::Q5_K: {
+            const bool q5 = t == DType::Q5_K;
+            const float q_std = q5 ? 9.23f : 4.61f, q_mean = q5 ? 15.5f : 7.5f;
+            const size_t bb = q5 ? sizeof(BlockQ5_K) : sizeof(BlockQ4_K);
+            for (int64_t b = 0; b < n / 256; ++b) {
+                uint8_t* blk = dst + size_t(b) * bb;
+                uint8_t sc[8], m[8];
+                for (int j = 0; j < 8; ++j) sc[j] = m[j] = scale_byte();
+                uint8_t packed[12] = {};
+                for (int j = 0; j < 8; ++j) set_scale_min_k4(j, packed, sc[j], m[j]);
+                // value = d*sc*q - dmin*m: std d*sc*q_std, centred when dmin*m = d*sc*q_mean
+                const float d = target_std / (q_std * 51.5f);
+                const uint16_t dh = f32_to_fp16(d), mh = f32_to_fp16(d * q_mean);
+                std::memcpy(blk, &dh, 2);
+                std::memcpy(blk + 2, &mh, 2);
+                std::memcpy(blk + 4, packed, 12);
+                fill_bytes(blk + 16, bb - 16);
+            }
+            return;
+        }
+        case DType::Q6_K:
+            for (int64_t b = 0; b < n / 256; ++b) {
+                BlockQ6_K* blk = reinterpret_cast<BlockQ6_K*>(dst) + b;
+                fill_bytes(blk->ql, 128);
+                fill_bytes(blk->qh, 64);
+                for (int g = 0; g < 16; ++g) blk->scales[g] = int8_t(scale_byte());
+                blk->d = f32_to_fp16(target_std / (18.5f * 51.5f));
+            }
+            return;
+        case DType::Q8_0:
+            for (int64_t b = 0; b < n / 32; ++b) {
+                BlockQ8_0* blk = reinterpret_cast<BlockQ8_0*>(dst) + b;
+                fill_bytes(reinterpret_cast<uint8_t*>(blk->qs), 32);
+                for (auto& q : blk->qs)
+                    if (q == -128) q = -127;
+                blk->d = f32_to_fp16(target_std / 73.6f);
+            }
+            return;
+        default:
+            break;
+    }
+    BM_CHECK(false && "random_blocks: not a block-quantized type");
+}
+
+bool direct_blocks(DType t) {
+    return t == DType::Q4_K || t == DType::Q5_K || t == DType::Q6_K || t == DType::Q8_0;
+}
+
 static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWriter& w) {
     return [&s, &w](size_t i, gguf::ByteSink& out) -> Result<void> {
         const gguf::TensorInfo& ti = w.info(i);
         Rng rng{hash_name(ti.name, s.seed)};
         const Init init = init_for(s, ti.name, ti);
         const int64_t n = ti.ne[0], rows = ti.ne[1] * ti.ne[2] * ti.ne[3];
+        const bool direct = direct_blocks(ti.type) && init.center == 0.0f;
+        // rows are generated in batches of about 1 MiB and written in order
+        const int64_t batch = std::max<int64_t>(1, int64_t((size_t(1) << 20) / std::max<size_t>(ti.row_bytes, 1)));
+        std::vector<uint8_t> buf(size_t(batch) * ti.row_bytes);
         std::vector<float> row(static_cast<size_t>(n));
-        std::vector<uint8_t> q(ti.row_bytes);
-        for (int64_t r = 0; r < rows; ++r) {
-            for (auto& x : row) x = init.center + init.half * rng.uniform();
-            quantize_row(ti.type, row.data(), q.data(), n);
-            BM_TRY(out.write(q.data(), q.size()));
+        for (int64_t r0 = 0; r0 < rows; r0 += batch) {
+            const int64_t nr = std::min(batch, rows - r0);
+            for (int64_t r = 0; r < nr; ++r) {
+                uint8_t* q = buf.data() + size_t(r) * ti.row_bytes;
+                if (direct) {
+                    random_blocks(ti.type, rng, init.half, q, n);
+                } else {
+                    for (auto& x : row) x = init.center + init.half * rng.uniform();
+                    quantize_row(ti.type, row.data(), q, n);
+                }
+            }
+            BM_TRY(out.write(buf.data(), size_t(nr) * ti.row_bytes));
         }
         return {};
     };

@@ -31,13 +31,13 @@ using Body = std::vector<NodeP>;
 struct Node {
     enum class K { text, output, if_, for_, set, set_block, macro, brk, cont };
     K k;
-    std::string text;                                // text / set target / macro name
-    std::string attr;                                // set ns.attr
-    ExprP expr;                                      // output, set value, for iterable
-    std::vector<std::pair<ExprP, Body>> branches;    // if / elif
-    Body body, else_body;                            // for, macro, set block, else
-    std::vector<std::string> vars;                   // for targets
-    ExprP cond;                                      // for ... if cond
+    std::string text;                                   // text / set target / macro name
+    std::string attr;                                   // set ns.attr
+    ExprP expr;                                         // output, set value, for iterable
+    std::vector<std::pair<ExprP, Body>> branches;       // if / elif
+    Body body, else_body;                               // for, macro, set block, else
+    std::vector<std::string> vars;                      // for targets
+    ExprP cond;                                         // for ... if cond
     std::vector<std::pair<std::string, ExprP>> params;  // macro parameters with defaults
 };
 

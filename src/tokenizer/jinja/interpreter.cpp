@@ -15,7 +15,7 @@ struct LoopControl {
 };
 
 class Interp {
-public:
+  public:
     explicit Interp(std::string* out) : out_(out) { scopes_.emplace_back(); }
 
     void set_global(const std::string& k, Value v) { scopes_.front()[k] = std::move(v); }
@@ -29,7 +29,7 @@ public:
 
     Value eval(const Expr& e);
 
-private:
+  private:
     using Scope = std::map<std::string, Value>;
 
     Value lookup(const std::string& name) {
@@ -92,7 +92,9 @@ Value index_of(const Value& obj, const Value& key) {
 
 std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
     size_t b = 0, e = s.size();
-    auto strip = [&](char c) { return chars.empty() ? std::isspace(static_cast<unsigned char>(c)) != 0 : chars.find(c) != std::string::npos; };
+    auto strip = [&](char c) {
+        return chars.empty() ? std::isspace(static_cast<unsigned char>(c)) != 0 : chars.find(c) != std::string::npos;
+    };
     if (left)
         while (b < e && strip(s[b])) ++b;
     if (right)
@@ -156,8 +158,10 @@ Value string_method(const std::string& s, const std::string& name) {
             bool start = true;
             for (size_t i = 0; i < r.size(); ++i) {
                 unsigned char c = static_cast<unsigned char>(r[i]);
-                if (name == "upper") r[i] = char(std::toupper(c));
-                else if (name == "lower") r[i] = char(std::tolower(c));
+                if (name == "upper")
+                    r[i] = char(std::toupper(c));
+                else if (name == "lower")
+                    r[i] = char(std::tolower(c));
                 else if (name == "title") {
                     r[i] = char(start ? std::toupper(c) : std::tolower(c));
                     start = !std::isalnum(c);
@@ -202,9 +206,12 @@ Value Interp::attribute(const Value& obj, const std::string& name) {
             return Value::function([d, name](Args&) {
                 Value out = Value::make_list();
                 for (auto& [k, v] : d->items) {
-                    if (name == "items") out.list->push_back(Value::make_list({Value::string(k), v}));
-                    else if (name == "keys") out.list->push_back(Value::string(k));
-                    else out.list->push_back(v);
+                    if (name == "items")
+                        out.list->push_back(Value::make_list({Value::string(k), v}));
+                    else if (name == "keys")
+                        out.list->push_back(Value::string(k));
+                    else
+                        out.list->push_back(v);
                 }
                 return out;
             });
@@ -319,15 +326,20 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
         if (ints) return Value::integer(((a.i % b.i) + b.i) % b.i);
         return Value::floating(a.number() - b.number() * std::floor(a.number() / b.number()));
     }
-    if (op == "**") return ints && b.i >= 0 ? Value::integer(int64_t(std::pow(a.i, b.i))) : Value::floating(std::pow(a.number(), b.number()));
+    if (op == "**")
+        return ints && b.i >= 0 ? Value::integer(int64_t(std::pow(a.i, b.i)))
+                                : Value::floating(std::pow(a.number(), b.number()));
     throw Error("unknown operator " + op);
 }
 
 Value Interp::eval(const Expr& e) {
     switch (e.k) {
-        case Expr::K::literal: return e.lit;
-        case Expr::K::name: return lookup(e.name);
-        case Expr::K::attr: return attribute(eval(*e.kids[0]), e.name);
+        case Expr::K::literal:
+            return e.lit;
+        case Expr::K::name:
+            return lookup(e.name);
+        case Expr::K::attr:
+            return attribute(eval(*e.kids[0]), e.name);
         case Expr::K::index: {
             const Value obj = eval(*e.kids[0]), key = eval(*e.kids[1]);
             if (obj.kind == Value::Kind::dict && key.kind == Value::Kind::string) {
@@ -452,7 +464,8 @@ Value Interp::filter(const std::string& name, const Value& v, Args& a) {
         return Value::integer(v.is_number() || v.kind == K::boolean ? as_int(v) : 0);
     }
     if (name == "float") return Value::floating(v.kind == K::string ? std::strtod(v.s.c_str(), nullptr) : v.number());
-    if (name == "abs") return v.kind == K::integer ? Value::integer(std::llabs(v.i)) : Value::floating(std::fabs(v.number()));
+    if (name == "abs")
+        return v.kind == K::integer ? Value::integer(std::llabs(v.i)) : Value::floating(std::fabs(v.number()));
     if (name == "default" || name == "d") {
         const Value* dv = a.get(0, "default_value");
         const Value* boolean = a.get(1, "boolean");
@@ -461,7 +474,8 @@ Value Interp::filter(const std::string& name, const Value& v, Args& a) {
     }
     if (name == "list") return Value::make_list(items_of(v));
     if (name == "first" || name == "last") {
-        if (v.kind == K::string) return v.s.empty() ? Value() : Value::string(std::string(1, name == "first" ? v.s.front() : v.s.back()));
+        if (v.kind == K::string)
+            return v.s.empty() ? Value() : Value::string(std::string(1, name == "first" ? v.s.front() : v.s.back()));
         List l = items_of(v);
         if (l.empty()) return Value();
         return name == "first" ? l.front() : l.back();
@@ -538,8 +552,12 @@ Value Interp::filter(const std::string& name, const Value& v, Args& a) {
         const Value* rev = a.get(0, "reverse");
         const Value* attr = a.get(2, "attribute");
         std::stable_sort(l.begin(), l.end(), [&](const Value& x, const Value& y) {
-            const Value kx = attr ? attribute(x, attr->str()) : x.kind == K::list && name == "dictsort" ? (*x.list)[0] : x;
-            const Value ky = attr ? attribute(y, attr->str()) : y.kind == K::list && name == "dictsort" ? (*y.list)[0] : y;
+            const Value kx = attr                                      ? attribute(x, attr->str())
+                             : x.kind == K::list && name == "dictsort" ? (*x.list)[0]
+                                                                       : x;
+            const Value ky = attr                                      ? attribute(y, attr->str())
+                             : y.kind == K::list && name == "dictsort" ? (*y.list)[0]
+                                                                       : y;
             return binary("<", kx, ky).b;
         });
         if (rev && rev->truthy()) std::reverse(l.begin(), l.end());
@@ -584,13 +602,18 @@ Value Interp::filter(const std::string& name, const Value& v, Args& a) {
 
 void Interp::exec(const Node& n, LoopControl& lc) {
     switch (n.k) {
-        case Node::K::text: *out_ += n.text; return;
-        case Node::K::output: *out_ += eval(*n.expr).str(); return;
+        case Node::K::text:
+            *out_ += n.text;
+            return;
+        case Node::K::output:
+            *out_ += eval(*n.expr).str();
+            return;
         case Node::K::if_:
             for (const auto& [cond, body] : n.branches)
                 if (eval(*cond).truthy()) return exec(body, lc);
             return exec(n.else_body, lc);
-        case Node::K::for_: return exec_for(n);
+        case Node::K::for_:
+            return exec_for(n);
         case Node::K::set: {
             Value v = eval(*n.expr);
             if (!n.attr.empty()) {
@@ -617,7 +640,9 @@ void Interp::exec(const Node& n, LoopControl& lc) {
                 Scope s;
                 for (size_t k = 0; k < node->params.size(); ++k) {
                     const Value* v = a.get(k, node->params[k].first);
-                    s[node->params[k].first] = v ? *v : node->params[k].second ? eval(*node->params[k].second) : Value();
+                    s[node->params[k].first] = v                        ? *v
+                                               : node->params[k].second ? eval(*node->params[k].second)
+                                                                        : Value();
                 }
                 scopes_.push_back(std::move(s));
                 std::string saved;
@@ -630,8 +655,12 @@ void Interp::exec(const Node& n, LoopControl& lc) {
             });
             return;
         }
-        case Node::K::brk: lc.k = LoopControl::brk; return;
-        case Node::K::cont: lc.k = LoopControl::cont; return;
+        case Node::K::brk:
+            lc.k = LoopControl::brk;
+            return;
+        case Node::K::cont:
+            lc.k = LoopControl::cont;
+            return;
     }
 }
 
@@ -697,32 +726,33 @@ void Interp::exec_for(const Node& n) {
 
 void add_globals(Interp& in) {
     in.set_global("namespace", Value::function([](Args& a) {
-        Value d = Value::make_dict();
-        d.is_namespace = true;
-        for (auto& [k, v] : a.kw) d.dict->set(k, v);
-        return d;
-    }));
+                      Value d = Value::make_dict();
+                      d.is_namespace = true;
+                      for (auto& [k, v] : a.kw) d.dict->set(k, v);
+                      return d;
+                  }));
     in.set_global("range", Value::function([](Args& a) {
-        int64_t start = 0, stop = 0, step = 1;
-        if (a.pos.size() == 1) stop = as_int(a.pos[0]);
-        if (a.pos.size() >= 2) {
-            start = as_int(a.pos[0]);
-            stop = as_int(a.pos[1]);
-        }
-        if (a.pos.size() >= 3) step = as_int(a.pos[2]);
-        if (step == 0) throw Error("range step cannot be zero");
-        Value l = Value::make_list();
-        for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) l.list->push_back(Value::integer(i));
-        return l;
-    }));
+                      int64_t start = 0, stop = 0, step = 1;
+                      if (a.pos.size() == 1) stop = as_int(a.pos[0]);
+                      if (a.pos.size() >= 2) {
+                          start = as_int(a.pos[0]);
+                          stop = as_int(a.pos[1]);
+                      }
+                      if (a.pos.size() >= 3) step = as_int(a.pos[2]);
+                      if (step == 0) throw Error("range step cannot be zero");
+                      Value l = Value::make_list();
+                      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
+                          l.list->push_back(Value::integer(i));
+                      return l;
+                  }));
     in.set_global("raise_exception", Value::function([](Args& a) -> Value {
-        throw Error(a.pos.empty() ? "raise_exception" : a.pos[0].str());
-    }));
+                      throw Error(a.pos.empty() ? "raise_exception" : a.pos[0].str());
+                  }));
     in.set_global("dict", Value::function([](Args& a) {
-        Value d = Value::make_dict();
-        for (auto& [k, v] : a.kw) d.dict->set(k, v);
-        return d;
-    }));
+                      Value d = Value::make_dict();
+                      for (auto& [k, v] : a.kw) d.dict->set(k, v);
+                      return d;
+                  }));
 }
 
 }  // namespace
@@ -749,7 +779,8 @@ Result<std::string> Template::render(const nlohmann::ordered_json& context) cons
     try {
         Interp in(&out);
         add_globals(in);
-        for (auto it = context.begin(); it != context.end(); ++it) in.set_global(it.key(), Value::from_json(it.value()));
+        for (auto it = context.begin(); it != context.end(); ++it)
+            in.set_global(it.key(), Value::from_json(it.value()));
         LoopControl lc;
         in.exec(impl_->body, lc);
     } catch (const Error& e) {

@@ -15,14 +15,14 @@ namespace bigmoe::jinja {
 struct Node;
 
 class Template {
-public:
+  public:
     // Parses the template; a syntax error is returned as a value.
     static Result<std::shared_ptr<Template>> parse(const std::string& source);
     // Renders with the variables of `context` (messages, tools, add_generation_prompt, ...).
     Result<std::string> render(const nlohmann::ordered_json& context) const;
     ~Template();
 
-private:
+  private:
     Template() = default;
     struct Impl;
     std::unique_ptr<Impl> impl_;

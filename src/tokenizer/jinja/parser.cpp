@@ -143,8 +143,8 @@ std::vector<Token> tokenize(const std::string& s, size_t line) {
             t.push_back({Token::K::string, v});
             p = e + 1;
         } else {
-            static const char* ops[] = {"==", "!=", "<=", ">=", "//", "**", "+", "-", "*", "/", "%", "~", "<", ">",
-                                        "=",  "(",  ")",  "[",  "]",  "{",  "}", ".", ",", ":", "|"};
+            static const char* ops[] = {"==", "!=", "<=", ">=", "//", "**", "+", "-", "*", "/", "%", "~", "<",
+                                        ">",  "=",  "(",  ")",  "[",  "]",  "{", "}", ".", ",", ":", "|"};
             bool found = false;
             for (const char* o : ops) {
                 const size_t n = std::char_traits<char>::length(o);
@@ -163,7 +163,7 @@ std::vector<Token> tokenize(const std::string& s, size_t line) {
 }
 
 class ExprParser {
-public:
+  public:
     ExprParser(std::vector<Token> t, size_t line) : t_(std::move(t)), line_(line) {}
     ExprP expression() { return ternary(); }
     ExprP or_expression() { return or_expr(); }
@@ -187,7 +187,7 @@ public:
     }
     Error err(const std::string& m) const { return Error("line " + std::to_string(line_) + ": " + m); }
 
-private:
+  private:
     static ExprP mk(Expr::K k) {
         auto e = std::make_unique<Expr>();
         e->k = k;
@@ -269,8 +269,9 @@ private:
                 if (is_op("(")) {
                     call_args(*t);
                 } else if (t_[p_].k == Token::K::string || t_[p_].k == Token::K::integer ||
-                           t_[p_].k == Token::K::floating || (t_[p_].k == Token::K::name && !is_name("and") &&
-                                                              !is_name("or") && !is_name("else") && !is_name("if"))) {
+                           t_[p_].k == Token::K::floating ||
+                           (t_[p_].k == Token::K::name && !is_name("and") && !is_name("or") && !is_name("else") &&
+                            !is_name("if"))) {
                     t->args.push_back(postfix());
                 }
                 e = std::move(t);
@@ -469,7 +470,7 @@ private:
 };
 
 class Parser {
-public:
+  public:
     explicit Parser(std::vector<Segment> s) : s_(std::move(s)) {}
 
     // Parses nodes until a block tag whose first word is in `stops` (left unconsumed).
@@ -505,7 +506,7 @@ public:
         return out;
     }
 
-private:
+  private:
     std::string current_word() {
         ExprParser ep(tokenize(s_[i_].content, s_[i_].line), s_[i_].line);
         return ep.at_end() ? "" : ep.take_name();

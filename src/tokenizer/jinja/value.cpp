@@ -67,12 +67,17 @@ Value Value::function(Function f) {
 
 Value Value::from_json(const nlohmann::ordered_json& j) {
     switch (j.type()) {
-        case nlohmann::ordered_json::value_t::null: return none();
-        case nlohmann::ordered_json::value_t::boolean: return boolean(j.get<bool>());
+        case nlohmann::ordered_json::value_t::null:
+            return none();
+        case nlohmann::ordered_json::value_t::boolean:
+            return boolean(j.get<bool>());
         case nlohmann::ordered_json::value_t::number_integer:
-        case nlohmann::ordered_json::value_t::number_unsigned: return integer(j.get<int64_t>());
-        case nlohmann::ordered_json::value_t::number_float: return floating(j.get<double>());
-        case nlohmann::ordered_json::value_t::string: return string(j.get<std::string>());
+        case nlohmann::ordered_json::value_t::number_unsigned:
+            return integer(j.get<int64_t>());
+        case nlohmann::ordered_json::value_t::number_float:
+            return floating(j.get<double>());
+        case nlohmann::ordered_json::value_t::string:
+            return string(j.get<std::string>());
         case nlohmann::ordered_json::value_t::array: {
             Value v = make_list();
             for (const auto& x : j) v.list->push_back(from_json(x));
@@ -83,21 +88,30 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
             for (auto it = j.begin(); it != j.end(); ++it) v.dict->set(it.key(), from_json(it.value()));
             return v;
         }
-        default: return Value();
+        default:
+            return Value();
     }
 }
 
 bool Value::truthy() const {
     switch (kind) {
         case Kind::undefined:
-        case Kind::none: return false;
-        case Kind::boolean: return b;
-        case Kind::integer: return i != 0;
-        case Kind::floating: return f != 0;
-        case Kind::string: return !s.empty();
-        case Kind::list: return !list->empty();
-        case Kind::dict: return is_namespace || !dict->items.empty();
-        case Kind::function: return true;
+        case Kind::none:
+            return false;
+        case Kind::boolean:
+            return b;
+        case Kind::integer:
+            return i != 0;
+        case Kind::floating:
+            return f != 0;
+        case Kind::string:
+            return !s.empty();
+        case Kind::list:
+            return !list->empty();
+        case Kind::dict:
+            return is_namespace || !dict->items.empty();
+        case Kind::function:
+            return true;
     }
     return false;
 }
@@ -117,19 +131,28 @@ static std::string format_float(double d) {
     return std::to_string(d);
 }
 
-static std::string json_string(const std::string& s) { return nlohmann::json(s).dump(-1, ' ', false); }
+static std::string json_string(const std::string& s) {
+    return nlohmann::json(s).dump(-1, ' ', false);
+}
 
 std::string Value::str() const {
     switch (kind) {
         case Kind::undefined:
-        case Kind::none: return "";
-        case Kind::boolean: return b ? "true" : "false";
-        case Kind::integer: return std::to_string(i);
-        case Kind::floating: return format_float(f);
-        case Kind::string: return s;
+        case Kind::none:
+            return "";
+        case Kind::boolean:
+            return b ? "true" : "false";
+        case Kind::integer:
+            return std::to_string(i);
+        case Kind::floating:
+            return format_float(f);
+        case Kind::string:
+            return s;
         case Kind::list:
-        case Kind::dict: return json();
-        case Kind::function: return "<function>";
+        case Kind::dict:
+            return json();
+        case Kind::function:
+            return "<function>";
     }
     return "";
 }
@@ -140,11 +163,16 @@ std::string Value::json(int indent, int depth) const {
     const std::string sep = indent >= 0 ? "," : ", ";
     switch (kind) {
         case Kind::undefined:
-        case Kind::none: return "null";
-        case Kind::boolean: return b ? "true" : "false";
-        case Kind::integer: return std::to_string(i);
-        case Kind::floating: return format_float(f);
-        case Kind::string: return json_string(s);
+        case Kind::none:
+            return "null";
+        case Kind::boolean:
+            return b ? "true" : "false";
+        case Kind::integer:
+            return std::to_string(i);
+        case Kind::floating:
+            return format_float(f);
+        case Kind::string:
+            return json_string(s);
         case Kind::list: {
             if (list->empty()) return "[]";
             std::string r = "[";
@@ -159,7 +187,8 @@ std::string Value::json(int indent, int depth) const {
                      dict->items[k].second.json(indent, depth + 1);
             return r + close + "}";
         }
-        case Kind::function: throw Error("cannot convert a function to JSON");
+        case Kind::function:
+            throw Error("cannot convert a function to JSON");
     }
     return "null";
 }
@@ -169,8 +198,10 @@ bool Value::equals(const Value& o) const {
     if ((is_none() || is_undefined()) && (o.is_none() || o.is_undefined())) return kind == o.kind;
     if (kind != o.kind) return false;
     switch (kind) {
-        case Kind::boolean: return b == o.b;
-        case Kind::string: return s == o.s;
+        case Kind::boolean:
+            return b == o.b;
+        case Kind::string:
+            return s == o.s;
         case Kind::list:
             if (list->size() != o.list->size()) return false;
             for (size_t k = 0; k < list->size(); ++k)
@@ -183,7 +214,8 @@ bool Value::equals(const Value& o) const {
                 if (!w || !v.equals(*w)) return false;
             }
             return true;
-        default: return false;
+        default:
+            return false;
     }
 }
 
