@@ -33,7 +33,8 @@ TEST(Synth, q4_k_m_mix_follows_llama_quantize_rules) {
     // ffn_down in 48 blocks: Q6_K on layers 0-5, every third from 8, and 42-47 (spec table)
     const std::set<int> q6 = {0, 1, 2, 3, 4, 5, 8, 11, 14, 17, 20, 23, 26, 29, 32, 35, 38, 41, 42, 43, 44, 45, 46, 47};
     for (int il = 0; il < 48; ++il) {
-        const DType t = synth::tensor_type("Q4_K_M", "blk." + std::to_string(il) + ".ffn_down_exps.weight", 3, 48, 0, 1, false);
+        const DType t =
+            synth::tensor_type("Q4_K_M", "blk." + std::to_string(il) + ".ffn_down_exps.weight", 3, 48, 0, 1, false);
         EXPECT_EQ(t, q6.count(il) ? DType::Q6_K : DType::Q4_K) << il;
     }
     EXPECT_EQ(synth::tensor_type("Q4_K_M", "output.weight", 2, 48, 0, 1, false), DType::Q6_K);
@@ -76,7 +77,7 @@ TEST(Synth, logits_are_finite_and_far_from_uniform) {
                 if (p > 0) h -= p * std::log(p);
             }
             EXPECT_LT(h, std::log(double(V)) - 2.0) << quant << " row " << row;  // well below uniform
-            EXPECT_GT(h, 0.5) << quant << " row " << row;                          // and not degenerate
+            EXPECT_GT(h, 0.5) << quant << " row " << row;                        // and not degenerate
         }
         std::filesystem::remove(path);
     }

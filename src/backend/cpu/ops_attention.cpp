@@ -43,49 +43,78 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             store_row(b.type_v, b.v, s.pos0 + i, v.row(s.first + i), width);
         }
     }
-    std::vector<int64_t> task_start(spans.size() + 1, 0);
-    int64_t max_ctx = 0;
-    for (size_t si = 0; si < spans.size(); ++si) {
-        task_start[si + 1] = task_start[si] + spans[si].n_tokens * p.n_head;
-        max_ctx = std::max(max_ctx, spans[si].pos0 + spans[si].n_tokens);
-    }
+    // Flash attention: tasks are (sequence, KV head, block of k_q_tile tokens); the queries of a
+    // task (its tokens x the heads of the KV group) share every K/V row they load. Keys are
+    // visited in tiles of k_kv_tile absolute positions with an online softmax, so a query's
+    // arithmetic depends only on its own position, never on the batch around it.
+    constexpr int64_t k_q_tile = 8, k_kv_tile = 64;
     const int64_t group = p.n_head / p.n_head_kv;
-    pool_.parallel_for(task_start.back(), [&](int64_t tb, int64_t te, int) {
-        std::vector<float> scores(static_cast<size_t>(max_ctx)), qv(static_cast<size_t>(D)),
-            acc(static_cast<size_t>(D));
-        for (int64_t task = tb; task < te; ++task) {
-            const size_t si =
-                size_t(std::upper_bound(task_start.begin(), task_start.end(), task) - task_start.begin() - 1);
-            const SeqSpan& s = spans[si];
-            const KvBlock& b = *kv[si];
+    struct Task {
+        size_t span;
+        int64_t g, t0, t1;
+    };
+    std::vector<Task> tasks;
+    for (size_t si = 0; si < spans.size(); ++si)
+        for (int64_t g = 0; g < p.n_head_kv; ++g)
+            for (int64_t t0 = 0; t0 < spans[si].n_tokens; t0 += k_q_tile)
+                tasks.push_back({si, g, t0, std::min(spans[si].n_tokens, t0 + k_q_tile)});
+    pool_.parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
+        const int64_t max_q = k_q_tile * group;
+        std::vector<float> qv(static_cast<size_t>(max_q * D)), acc(static_cast<size_t>(max_q * D));
+        std::vector<float> m(static_cast<size_t>(max_q)), l(static_cast<size_t>(max_q)), sc(k_kv_tile);
+        for (int64_t ti = tb; ti < te; ++ti) {
+            const Task& task = tasks[size_t(ti)];
+            const SeqSpan& s = spans[task.span];
+            const KvBlock& b = *kv[task.span];
             const DotF32Fn dot_k = b.type_k == DType::F16 ? k_->dot_kv_f16 : k_->dot_kv_f32;
             const AxpyFn axpy_v = b.type_v == DType::F16 ? k_->axpy_f16 : k_->axpy_f32;
             const size_t k_es = b.type_k == DType::F16 ? 2 : 4, v_es = b.type_v == DType::F16 ? 2 : 4;
             const uint8_t* kbase = static_cast<const uint8_t*>(b.k);
             const uint8_t* vbase = static_cast<const uint8_t*>(b.v);
-            const int64_t local = task - task_start[si];
-            const int64_t i = local / p.n_head, h = local % p.n_head;
-            const int64_t row = s.first + i, pos = s.pos0 + i, off = (h / group) * D;
-            const float* qr = q.row(row) + h * D;
-            // The reference engine rounds the query to the cache precision for the K·Q product.
-            for (int64_t d = 0; d < D; ++d)
-                qv[size_t(d)] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
-            float mx = -INFINITY;
-            for (int64_t t = 0; t <= pos; ++t) {
-                scores[size_t(t)] = dot_k(qv.data(), kbase + size_t(t * width + off) * k_es, D) * p.scale;
-                mx = std::max(mx, scores[size_t(t)]);
+            const int64_t off = task.g * D, nq = (task.t1 - task.t0) * group;
+            // query j = (token t0 + j / group, head g * group + j % group)
+            for (int64_t j = 0; j < nq; ++j) {
+                const float* qr = q.row(s.first + task.t0 + j / group) + (task.g * group + j % group) * D;
+                float* dst = qv.data() + j * D;
+                // The reference engine rounds the query to the cache precision for the K·Q product.
+                for (int64_t d = 0; d < D; ++d)
+                    dst[d] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
+                m[size_t(j)] = -INFINITY;
+                l[size_t(j)] = 0;
+                std::fill_n(acc.data() + j * D, D, 0.0f);
             }
-            float sum = 0;
-            for (int64_t t = 0; t <= pos; ++t) {
-                scores[size_t(t)] = std::exp(scores[size_t(t)] - mx);
-                sum += scores[size_t(t)];
+            const int64_t last_pos = s.pos0 + task.t1 - 1;
+            for (int64_t kt = 0; kt <= last_pos; kt += k_kv_tile) {
+                for (int64_t j = 0; j < nq; ++j) {
+                    const int64_t pos = s.pos0 + task.t0 + j / group;
+                    if (pos < kt) continue;
+                    const int64_t end = std::min(kt + k_kv_tile, pos + 1);
+                    float tile_max = -INFINITY;
+                    for (int64_t t = kt; t < end; ++t) {
+                        const float x = dot_k(qv.data() + j * D, kbase + size_t(t * width + off) * k_es, D) * p.scale;
+                        sc[size_t(t - kt)] = x;
+                        tile_max = std::max(tile_max, x);
+                    }
+                    float* a = acc.data() + j * D;
+                    const float m_new = std::max(m[size_t(j)], tile_max);
+                    if (m_new > m[size_t(j)]) {
+                        const float corr = std::exp(m[size_t(j)] - m_new);
+                        l[size_t(j)] *= corr;
+                        for (int64_t d = 0; d < D; ++d) a[d] *= corr;
+                        m[size_t(j)] = m_new;
+                    }
+                    for (int64_t t = kt; t < end; ++t) {
+                        const float w = std::exp(sc[size_t(t - kt)] - m_new);
+                        l[size_t(j)] += w;
+                        axpy_v(a, w, vbase + size_t(t * width + off) * v_es, D);
+                    }
+                }
             }
-            std::fill(acc.begin(), acc.end(), 0.0f);
-            for (int64_t t = 0; t <= pos; ++t)
-                axpy_v(acc.data(), scores[size_t(t)], vbase + size_t(t * width + off) * v_es, D);
-            float* o = out.row(row) + h * D;
-            const float inv = 1.0f / sum;
-            for (int64_t d = 0; d < D; ++d) o[d] = acc[size_t(d)] * inv;
+            for (int64_t j = 0; j < nq; ++j) {
+                float* o = out.row(s.first + task.t0 + j / group) + (task.g * group + j % group) * D;
+                const float inv = 1.0f / l[size_t(j)];
+                for (int64_t d = 0; d < D; ++d) o[d] = acc[size_t(j * D + d)] * inv;
+            }
         }
     });
 }
