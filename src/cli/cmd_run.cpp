@@ -12,6 +12,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "runtime/sampler.h"
+#include "runtime/speculative.h"
 #include "tokenizer/chat.h"
 
 #include <nlohmann/json.hpp>
@@ -53,6 +54,12 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--reasoning", true, "on|off: off renders the template with enable_thinking = false"},
     {"", "--show-thinking", true, "on|off: print the <think>...</think> part (default on)"},
     {"", "--chat-template", true, "chatml: use ChatML instead of the file's Jinja template"},
+    {"-md", "--model-draft", true, "draft model for speculative decoding (same vocabulary)"},
+    {"", "--draft-max", true, "tokens drafted per step (default 8, at most 16)"},
+    {"", "--draft-min", true, "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
+    {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
+    {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
+    {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
     {"-h", "--help", false, "show this help"},
 };
 
@@ -78,11 +85,18 @@ struct Generator {
     bool ignore_eos, special, show_thinking;
     Stats stats;
     std::vector<float> logits;
+    Context* draft = nullptr;  // speculative decoding (greedy) when set
+    SpecParams spec;
+    SpecStats spec_stats;
 
     Result<void> feed(const std::vector<int32_t>& tokens) {
         if (tokens.empty()) return {};
         const auto t0 = Clock::now();
         BM_TRY(ctx.decode_seq(0, tokens, false, &logits));
+        if (draft) {
+            std::vector<float> dl;
+            BM_TRY(draft->decode_seq(0, tokens, false, &dl));
+        }
         stats.prompt_tokens += int64_t(tokens.size());
         stats.prompt_s += since(t0);
         for (int32_t t : tokens) sampler.accept(t);
@@ -96,14 +110,7 @@ struct Generator {
         const int32_t think_open = tok.find("<think>"), think_close = tok.find("</think>");
         bool in_think = false;
         const auto t0 = Clock::now();
-        while ((n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
-            if (ctx.n_past(0) >= ctx.params().n_ctx) {
-                std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
-                break;
-            }
-            const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
-            out.push_back(id);
-            const bool eog = tok.is_eog(id);
+        auto emit = [&](int32_t id) {
             if (id == think_open) in_think = true;
             if (show_thinking || !in_think) {
                 const std::string text = ts.push(id);
@@ -111,7 +118,41 @@ struct Generator {
                 std::fflush(stdout);
             }
             if (id == think_close) in_think = false;
-            if (eog && !ignore_eos) break;
+        };
+        if (draft && sampler.params().temp <= 0) {
+            // Greedy speculative decoding: token-identical to plain greedy decoding.
+            SpeculativeDecoder sd(ctx, *draft, spec);
+            bool stop = false;
+            while (!stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
+                if (ctx.n_past(0) + 1 >= ctx.params().n_ctx) break;
+                std::vector<int32_t> step;
+                BM_TRY(sd.step_greedy(logits, step));
+                for (int32_t id : step) {
+                    if (n_predict >= 0 && int64_t(out.size()) >= n_predict) break;
+                    out.push_back(id);
+                    emit(id);
+                    if (tok.is_eog(id) && !ignore_eos) {
+                        stop = true;
+                        break;
+                    }
+                }
+            }
+            spec_stats = sd.stats();
+            const std::string rest = ts.flush();
+            std::fwrite(rest.data(), 1, rest.size(), stdout);
+            stats.gen_tokens += int64_t(out.size());
+            stats.gen_s += since(t0);
+            return out;
+        }
+        while ((n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
+            if (ctx.n_past(0) >= ctx.params().n_ctx) {
+                std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
+                break;
+            }
+            const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
+            out.push_back(id);
+            emit(id);
+            if (tok.is_eog(id) && !ignore_eos) break;
             BM_TRY(ctx.decode_seq(0, {id}, false, &logits));
         }
         const std::string rest = ts.flush();
@@ -214,8 +255,35 @@ int cmd_run(const std::vector<std::string>& argv) {
     auto ctx = (*engine)->new_context(cp);
     if (!ctx) return fail(ctx.error().message);
     std::signal(SIGINT, on_sigint);
+    std::unique_ptr<Engine> draft_engine;
+    std::unique_ptr<Context> draft_ctx;
+    SpecParams spec;
+    if (args->has("--model-draft")) {
+        auto dmax = args->get_int("--draft-max", 8, 1, 16);
+        auto dmin = args->get_int("--draft-min", 0, 0, 16);
+        auto pmin = args->get_float("--draft-p-min", 0.0);
+        auto td = args->get_int("--threads-draft", *threads, 0, 1024);
+        if (!dmax) return fail(dmax.error().message);
+        if (!dmin) return fail(dmin.error().message);
+        if (!pmin) return fail(pmin.error().message);
+        if (!td) return fail(td.error().message);
+        spec = {int(*dmax), int(*dmin), float(*pmin)};
+        auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(*td)});
+        if (!de) return fail(de.error().message);
+        if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
+        draft_engine = std::move(*de);
+        auto dc = draft_engine->new_context(cp);
+        if (!dc) return fail(dc.error().message);
+        draft_ctx = std::move(*dc);
+        if (sp->temp > 0)
+            std::fprintf(stderr,
+                         "note: speculative decoding runs with greedy sampling (--temp 0); sampling at "
+                         "temperature > 0 decodes without the draft\n");
+    }
 
-    Generator g{**ctx, **tok, Sampler(*sp), args->has("--ignore-eos"), args->has("--special"), *show, {}, {}};
+    Generator g{**ctx, **tok, Sampler(*sp), args->has("--ignore-eos"), args->has("--special"),
+                *show, {},    {},           draft_ctx.get(),           spec,
+                {}};
     auto report = [&] {
         std::fprintf(stderr,
                      "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
@@ -223,6 +291,11 @@ int cmd_run(const std::vector<std::string>& argv) {
                      g.stats.prompt_s > 0 ? double(g.stats.prompt_tokens) / g.stats.prompt_s : 0.0,
                      (long long)g.stats.gen_tokens, g.stats.gen_s,
                      g.stats.gen_s > 0 ? double(g.stats.gen_tokens) / g.stats.gen_s : 0.0);
+        if (g.draft && g.spec_stats.steps > 0)
+            std::fprintf(stderr,
+                         "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per step\n",
+                         (long long)g.spec_stats.drafted, (long long)g.spec_stats.accepted,
+                         100.0 * g.spec_stats.acceptance(), g.spec_stats.mean_accepted());
     };
 
     if (!chat) {

@@ -1,6 +1,7 @@
 #include "core/thread_pool.h"
 
 #include <algorithm>
+#include <map>
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -37,12 +38,24 @@ ThreadPool::~ThreadPool() {
     for (auto& t : workers_) t.join();
 }
 
+std::shared_ptr<ThreadPool> ThreadPool::shared(int n_threads) {
+    static std::mutex mu;
+    static std::map<int, std::weak_ptr<ThreadPool>> pools;
+    std::lock_guard<std::mutex> lock(mu);
+    n_threads = std::max(1, n_threads);
+    if (auto p = pools[n_threads].lock()) return p;
+    auto p = std::make_shared<ThreadPool>(n_threads);
+    pools[n_threads] = p;
+    return p;
+}
+
 void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn) {
     if (n <= 0) return;
     if (n_threads_ == 1 || n == 1) {
         fn(0, n, 0);
         return;
     }
+    std::lock_guard<std::mutex> call_lock(call_mu_);
     job_ = &fn;
     job_n_ = n;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);

@@ -8,6 +8,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -22,6 +23,9 @@ class ThreadPool {
     ThreadPool& operator=(const ThreadPool&) = delete;
 
     int size() const { return n_threads_; }
+    // The process-wide pool of n threads: models loaded together (a target and its draft) share
+    // one set of spinning workers instead of competing for the cores.
+    static std::shared_ptr<ThreadPool> shared(int n_threads);
     // fn(begin, end, thread_index) is called on disjoint ranges covering [0, n).
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
 
@@ -31,6 +35,7 @@ class ThreadPool {
     int n_threads_;
     std::vector<std::thread> workers_;
     std::mutex mu_;
+    std::mutex call_mu_;  // one parallel_for at a time (callers on different threads queue)
     std::condition_variable cv_;
     const std::function<void(int64_t, int64_t, int)>* job_ = nullptr;
     int64_t job_n_ = 0;

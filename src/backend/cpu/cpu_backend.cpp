@@ -15,7 +15,8 @@ std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
 
 namespace cpu {
 
-CpuBackend::CpuBackend(int n_threads, const Kernels* k) : pool_(n_threads), k_(k ? k : &cpu::kernels()) {}
+CpuBackend::CpuBackend(int n_threads, const Kernels* k)
+    : pool_(ThreadPool::shared(n_threads)), k_(k ? k : &cpu::kernels()) {}
 
 CpuBackend::~CpuBackend() {
     release_scratch();
@@ -55,7 +56,7 @@ void CpuBackend::fill_zero(void* dst, size_t n) {
 void CpuBackend::get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) {
     BM_CHECK(out.rows == n && out.cols == emb.n_in());
     const uint8_t* base = static_cast<const uint8_t*>(emb.data);
-    pool_.parallel_for(n, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for(n, [&](int64_t b, int64_t e, int) {
         for (int64_t t = b; t < e; ++t) {
             BM_CHECK(ids[t] >= 0 && ids[t] < emb.n_out());
             dequantize_row(emb.type, base + size_t(ids[t]) * emb.row_bytes, out.row(t), emb.n_in());
@@ -67,7 +68,7 @@ void CpuBackend::rms_norm(Tensor x, const Weight& w, float eps, Tensor out) {
     const int64_t g = w.n_in();
     BM_CHECK(w.type == DType::F32 && x.cols % g == 0 && out.cols == x.cols && out.rows == x.rows);
     const float* wd = static_cast<const float*>(w.data);
-    pool_.parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
         for (int64_t t = b; t < e; ++t) {
             const float* xr = x.row(t);
             float* yr = out.row(t);
@@ -88,7 +89,7 @@ size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) 
     if (buf.size() < rb * size_t(x.rows)) buf.resize(rb * size_t(x.rows));
     QuantizeFn q = k_->quantize[int(at)];
     uint8_t* dst = buf.data();
-    pool_.parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
         for (int64_t t = b; t < e; ++t) q(x.row(t), dst + size_t(t) * rb, x.cols);
     });
     return rb;
@@ -101,7 +102,7 @@ void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int
     GemmRowFn gemm = n_tok >= 8 ? k_->gemm_row[int(wt)] : nullptr;
     constexpr int64_t k_rows_per_task = 16;
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
-    pool_.parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
         for (int64_t r = b * k_rows_per_task; r < std::min(n_rows, e * k_rows_per_task); ++r) {
             const uint8_t* wr = w + size_t(r) * w_row_bytes;
             if (gemm) {
@@ -140,7 +141,7 @@ static void elementwise(ThreadPool& pool, Tensor out, F f) {
 
 void CpuBackend::add(Tensor a, Tensor b, Tensor out) {
     BM_CHECK(a.cols == out.cols && b.cols == out.cols);
-    elementwise(pool_, out, [&](int64_t t) {
+    elementwise(*pool_, out, [&](int64_t t) {
         const float *x = a.row(t), *y = b.row(t);
         float* o = out.row(t);
         for (int64_t i = 0; i < out.cols; ++i) o[i] = x[i] + y[i];
@@ -149,7 +150,7 @@ void CpuBackend::add(Tensor a, Tensor b, Tensor out) {
 
 void CpuBackend::gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) {
     BM_CHECK(x.cols % group == 0 && offset + width <= group && out.cols == x.cols / group * width);
-    elementwise(pool_, out, [&](int64_t t) {
+    elementwise(*pool_, out, [&](int64_t t) {
         const float* s = x.row(t);
         float* o = out.row(t);
         for (int64_t g = 0; g < x.cols / group; ++g) std::copy_n(s + g * group + offset, width, o + g * width);
@@ -165,7 +166,7 @@ static inline float sigmoid(float x) {
 
 void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {
     BM_CHECK(gate.cols == out.cols && up.cols == out.cols);
-    elementwise(pool_, out, [&](int64_t t) {
+    elementwise(*pool_, out, [&](int64_t t) {
         const float *g = gate.row(t), *u = up.row(t);
         float* o = out.row(t);
         for (int64_t i = 0; i < out.cols; ++i) o[i] = silu(g[i]) * u[i];
@@ -174,7 +175,7 @@ void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {
 
 void CpuBackend::mul_sigmoid(Tensor x, Tensor gate, Tensor out) {
     BM_CHECK(gate.cols == out.cols && x.cols == out.cols);
-    elementwise(pool_, out, [&](int64_t t) {
+    elementwise(*pool_, out, [&](int64_t t) {
         const float *a = x.row(t), *g = gate.row(t);
         float* o = out.row(t);
         for (int64_t i = 0; i < out.cols; ++i) o[i] = a[i] * sigmoid(g[i]);
@@ -184,7 +185,7 @@ void CpuBackend::mul_sigmoid(Tensor x, Tensor gate, Tensor out) {
 void CpuBackend::add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) {
     BM_CHECK(gate_vec.type == DType::F32 && gate_vec.n_in() == f.cols);
     const float* gv = static_cast<const float*>(gate_vec.data);
-    elementwise(pool_, out, [&](int64_t t) {
+    elementwise(*pool_, out, [&](int64_t t) {
         const float* fr = f.row(t);
         float s = 0;
         for (int64_t i = 0; i < f.cols; ++i) s += gv[i] * fr[i];
@@ -200,7 +201,7 @@ void CpuBackend::rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float thet
     const float theta_scale = std::pow(theta, -2.0f / float(n_rot));
     const int64_t half = n_rot / 2;
     for (const SeqSpan& s : spans) {
-        pool_.parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
+        pool_->parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
             std::vector<float> cs(static_cast<size_t>(n_rot));
             for (int64_t i = b; i < e; ++i) {
                 float th = float(s.pos0 + i);

@@ -15,7 +15,7 @@ class CpuBackend : public Backend {
     ~CpuBackend() override;
 
     std::string name() const override { return std::string("CPU (") + k_->isa + ")"; }
-    int n_threads() const override { return pool_.size(); }
+    int n_threads() const override { return pool_->size(); }
     bool supports_weight_type(DType t) const override;
     Result<void> prepare_weight(Weight& w) override;
 
@@ -51,11 +51,11 @@ class CpuBackend : public Backend {
     // Quantize rows of x into the activation type of weight type wt; returns row bytes.
     size_t quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf);
 
-    ThreadPool& pool() { return pool_; }
+    ThreadPool& pool() { return *pool_; }
     const Kernels& kernels() const { return *k_; }
 
   private:
-    ThreadPool pool_;
+    std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
     std::vector<uint8_t> qbuf_, qbuf2_;
 };

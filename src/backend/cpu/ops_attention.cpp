@@ -58,7 +58,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         for (int64_t g = 0; g < p.n_head_kv; ++g)
             for (int64_t t0 = 0; t0 < spans[si].n_tokens; t0 += k_q_tile)
                 tasks.push_back({si, g, t0, std::min(spans[si].n_tokens, t0 + k_q_tile)});
-    pool_.parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
+    pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
         const int64_t max_q = k_q_tile * group;
         std::vector<float> qv(static_cast<size_t>(max_q * D)), acc(static_cast<size_t>(max_q * D));
         std::vector<float> m(static_cast<size_t>(max_q)), l(static_cast<size_t>(max_q)), sc(k_kv_tile);

@@ -47,7 +47,7 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
         RecurrentRing& ring = *rings[si];
         const size_t slot_floats = size_t(C * S);
         const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats;
-        pool_.parallel_for((C + k_chunk - 1) / k_chunk, [&](int64_t cb, int64_t ce, int) {
+        pool_->parallel_for((C + k_chunk - 1) / k_chunk, [&](int64_t cb, int64_t ce, int) {
             const int64_t c0 = cb * k_chunk, c1 = std::min(C, ce * k_chunk), nc = c1 - c0;
             // win[j][c]: the last S inputs of channel c, oldest first
             std::vector<float> win(static_cast<size_t>(S * nc));
@@ -89,13 +89,13 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
         const SeqSpan& s = spans[si];
         RecurrentRing& ring = *rings[si];
         Tensor qn = scratch(s.n_tokens, key_dim), kn = scratch(s.n_tokens, key_dim);
-        pool_.parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
+        pool_->parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
             for (int64_t i = b; i < e; ++i) {
                 l2_normalize_heads(u.row(s.first + i), qn.row(i), Hk, dk, p.eps);
                 l2_normalize_heads(u.row(s.first + i) + key_dim, kn.row(i), Hk, dk, p.eps);
             }
         });
-        pool_.parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
+        pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
             std::vector<float> S(head_floats);
             for (int64_t h = hb; h < he; ++h) {
                 const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)

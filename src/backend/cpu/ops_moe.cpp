@@ -106,7 +106,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
         matmul_rows(m.down->type, w2, m.down->row_bytes, N, hq.data(), down_qrb, n, F, yd.data, yd.stride);
         for (int64_t j = 0; j < n; ++j) std::copy_n(yd.row(j), N, y.row(sl[size_t(j)]));
     }
-    pool_.parallel_for(T, [&](int64_t b, int64_t e, int) {
+    pool_->parallel_for(T, [&](int64_t b, int64_t e, int) {
         for (int64_t t = b; t < e; ++t) {
             float* o = out.row(t);
             for (int64_t k = 0; k < K; ++k) {

@@ -1,0 +1,88 @@
+#include "runtime/speculative.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace bigmoe {
+
+namespace {
+int32_t argmax(const float* x, int64_t n) {
+    return int32_t(std::max_element(x, x + n) - x);
+}
+
+float top_probability(const float* x, int64_t n) {
+    const float mx = *std::max_element(x, x + n);
+    double z = 0;
+    for (int64_t i = 0; i < n; ++i) z += std::exp(double(x[i] - mx));
+    return float(1.0 / z);
+}
+}  // namespace
+
+Result<void> check_draft_compatible(const Model& target, const Model& draft) {
+    const auto* a = target.file().find("tokenizer.ggml.tokens");
+    const auto* b = draft.file().find("tokenizer.ggml.tokens");
+    if (!a || !b) return make_error("speculative decoding: both models need a tokenizer");
+    const size_t n = std::min(a->arr_s.size(), b->arr_s.size());
+    for (size_t i = 0; i < n; ++i)
+        if (a->arr_s[i] != b->arr_s[i])
+            return make_error("speculative decoding: the draft's vocabulary differs from the target's at token " +
+                              std::to_string(i) + " ('" + b->arr_s[i] + "' vs '" + a->arr_s[i] + "')");
+    if (a->arr_s.size() != b->arr_s.size())
+        return make_error("speculative decoding: vocabulary sizes differ (target " + std::to_string(a->arr_s.size()) +
+                          ", draft " + std::to_string(b->arr_s.size()) + ")");
+    return {};
+}
+
+Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
+    const int64_t V = t_.n_vocab();
+    const int32_t cur = argmax(logits.data(), V);  // the target's own next token
+    const int max_draft =
+        std::min<int>(p_.draft_max, int(std::min(t_.params().rollback_depth, d_.params().rollback_depth)));
+    const int64_t room = t_.params().n_ctx - t_.n_past(0) - 1;
+    // 1. draft proposals, fed one at a time to the draft
+    std::vector<int32_t> draft;
+    std::vector<float> dl;
+    std::vector<int32_t> feed = draft_pending_;
+    feed.push_back(cur);
+    draft_pending_.clear();
+    while (int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
+           d_.n_past(0) + int64_t(feed.size()) < d_.params().n_ctx) {
+        BM_TRY(d_.decode_seq(0, feed, false, &dl));
+        feed.clear();
+        const int32_t next = argmax(dl.data(), V);
+        if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && top_probability(dl.data(), V) < p_.draft_p_min)
+            break;
+        draft.push_back(next);
+        feed.push_back(next);
+    }
+    if (!feed.empty() && draft.empty()) draft_pending_ = feed;  // the draft never consumed cur
+    // 2. verification: cur + drafts in one target batch, logits for every position
+    std::vector<int32_t> batch = {cur};
+    batch.insert(batch.end(), draft.begin(), draft.end());
+    std::vector<float> vl;
+    BM_TRY(t_.decode_seq(0, batch, true, &vl));
+    size_t accepted = 0;
+    while (accepted < draft.size() && argmax(vl.data() + accepted * size_t(V), V) == draft[accepted]) ++accepted;
+    // 3. roll back what was rejected, on both models
+    const int64_t reject = int64_t(draft.size() - accepted);
+    if (reject > 0) BM_TRY(t_.remove_last(0, reject));
+    if (!draft.empty()) {
+        // the draft consumed cur and draft[0..n-2]; it keeps cur and the accepted drafts
+        const int64_t consumed = int64_t(draft.size());
+        const int64_t keep = 1 + int64_t(accepted);
+        if (keep < consumed)
+            BM_TRY(d_.remove_last(0, consumed - keep));
+        else if (accepted == draft.size())
+            draft_pending_.push_back(draft.back());  // accepted but never fed to the draft
+    }
+    out.push_back(cur);
+    out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
+    logits.assign(vl.begin() + long(accepted * size_t(V)), vl.begin() + long((accepted + 1) * size_t(V)));
+    stats_.steps += 1;
+    stats_.drafted += int64_t(draft.size());
+    stats_.accepted += int64_t(accepted);
+    stats_.generated += 1 + int64_t(accepted);
+    return {};
+}
+
+}  // namespace bigmoe

@@ -1,0 +1,51 @@
+// Speculative decoding with a draft model: the draft proposes up to draft_max tokens, the target
+// verifies them in one batch, the longest agreeing prefix is accepted plus the target's own next
+// token, and both models roll back past the rejected tokens with Context::remove_last (KV cells and
+// Gated DeltaNet conv/SSM state together: the recurrent rings keep per-token snapshots, so a
+// rollback is a pointer move, no recomputation). Greedy output is token-identical to plain
+// decoding because a token's logits do not depend on the batch it is verified in.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/result.h"
+#include "runtime/context.h"
+
+namespace bigmoe {
+
+struct SpecParams {
+    int draft_max = 8;      // tokens proposed per step (<= the contexts' rollback depth)
+    int draft_min = 0;      // below this many drafted tokens, skip verification batching
+    float draft_p_min = 0;  // stop drafting when the draft's top probability falls below this
+};
+
+struct SpecStats {
+    int64_t steps = 0, drafted = 0, accepted = 0, generated = 0;
+    double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0; }
+    double mean_accepted() const { return steps ? double(accepted) / double(steps) : 0; }
+};
+
+class SpeculativeDecoder {
+  public:
+    // Both contexts use sequence 0 and must already hold the same prompt; `target_logits` are the
+    // target's logits after the prompt. Vocabularies must match (checked by the caller).
+    SpeculativeDecoder(Context& target, Context& draft, const SpecParams& p) : t_(target), d_(draft), p_(p) {}
+
+    // Greedy: appends at least one token (at most draft_max + 1) to `out`; `logits` holds the
+    // target's logits for the next position and is updated.
+    Result<void> step_greedy(std::vector<float>& logits, std::vector<int32_t>& out);
+    const SpecStats& stats() const { return stats_; }
+
+  private:
+    Context& t_;
+    Context& d_;
+    SpecParams p_;
+    SpecStats stats_;
+    std::vector<int32_t> draft_pending_;  // accepted tokens the draft has not consumed yet
+};
+
+// Clear error when two models cannot be paired (different vocabularies).
+Result<void> check_draft_compatible(const Model& target, const Model& draft);
+
+}  // namespace bigmoe
