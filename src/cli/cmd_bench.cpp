@@ -1,43 +1,98 @@
-// `bigmoe bench`: llama-bench-compatible benchmark (pp = prompt processing, tg = generation).
-// Each test runs a warm-up that is not counted; depth (-d) is built once per configuration and
-// restored from a checkpoint before every repetition.
+// `bigmoe bench`: llama-bench-compatible benchmark (pp = prompt processing, tg = generation,
+// pg = prompt then generation). Every numeric flag takes lists and ranges. Each test runs an
+// uncounted warm-up; the context depth (-d) is built once per configuration and restored from a
+// checkpoint before every repetition, so 131,072-token depths stay usable.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <ctime>
+#include <fstream>
 #include <random>
 #include <thread>
 
-#include "bench/stats.h"
+#include "bench/bench.h"
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 
 namespace bigmoe::cli {
 
+Result<DType> parse_cache_type(const std::string& s, const char* which);
+
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model file (repeatable)"},
+    {"-m", "--model", true, "model file (repeatable, or comma-separated)"},
     {"-p", "--n-prompt", true, "prompt lengths (default 512)"},
     {"-n", "--n-gen", true, "generation lengths (default 128)"},
+    {"-pg", "--pg", true, "prompt,generation pairs: -pg 512,128 (repeatable)"},
     {"-d", "--n-depth", true, "context depth before each test (default 0)"},
     {"-r", "--repetitions", true, "repetitions (default 5)"},
     {"-t", "--threads", true, "threads (default: all cores)"},
+    {"-b", "--batch-size", true, "logical batch size (default 2048)"},
     {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
-    {"-ctk", "--cache-type-k", true, "K cache type (default f16)"},
-    {"-ctv", "--cache-type-v", true, "V cache type (default f16)"},
-    {"-o", "--output", true, "md (default) or jsonl"},
+    {"-ctk", "--cache-type-k", true, "K cache types (default f16)"},
+    {"-ctv", "--cache-type-v", true, "V cache types (default f16)"},
+    {"-ngl", "--n-gpu-layers", true, "accepted for compatibility (the CPU backend ignores it)"},
+    {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
+    {"-o", "--output", true, "md (default), csv, json or jsonl"},
+    {"", "--progress", false, "progress on stderr"},
+    {"", "--bw", true, "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
     {"-h", "--help", false, "show this help"},
 };
 
 using Clock = std::chrono::steady_clock;
 
-struct Result1 {
-    std::string test;
-    std::vector<double> ts;  // t/s per repetition
-    double gbps = 0;         // decode: bytes read per token / time
+std::string cpu_name() {
+    std::ifstream f("/proc/cpuinfo");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
+    return "unknown";
+}
+
+std::string now_iso() {
+    char b[32];
+    const std::time_t t = std::time(nullptr);
+    std::strftime(b, sizeof b, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&t));
+    return b;
+}
+
+Result<std::vector<std::string>> list(const Args& a, const char* key, const std::string& def) {
+    std::vector<std::string> out;
+    for (std::string v : a.get_all(key)) {
+        size_t p = 0;
+        while (p <= v.size()) {
+            size_t c = v.find(',', p);
+            if (c == std::string::npos) c = v.size();
+            if (c > p) out.push_back(v.substr(p, c - p));
+            p = c + 1;
+        }
+    }
+    if (out.empty()) out.push_back(def);
+    return out;
+}
+
+Result<std::vector<int64_t>> ints(const Args& a, const char* key, const std::string& def, int64_t min) {
+    std::vector<int64_t> out;
+    auto vals = a.get_all(key);
+    if (vals.empty()) vals.push_back(def);
+    for (const auto& v : vals) {
+        auto r = bench::parse_int_ranges(v, key);
+        if (!r) return r.error();
+        for (int64_t x : *r) {
+            if (x < min)
+                return make_error(std::string(key) + ": " + std::to_string(x) + " is below " + std::to_string(min));
+            out.push_back(x);
+        }
+    }
+    return out;
+}
+
+struct Test {
+    int64_t n_prompt, n_gen;
 };
 }  // namespace
-
-Result<DType> parse_cache_type(const std::string& s, const char* which);
 
 int cmd_bench(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
@@ -46,116 +101,145 @@ int cmd_bench(const std::vector<std::string>& argv) {
         std::printf("usage: bigmoe bench -m FILE [options]\n\n%s", format_help(k_specs).c_str());
         return 0;
     }
-    if (!args->has("--model")) return fail("bench: -m/--model is required");
-    auto pp = parse_int_list(args->get("--n-prompt", "512"), "-p");
-    auto tg = parse_int_list(args->get("--n-gen", "128"), "-n");
-    auto depth = parse_int_list(args->get("--n-depth", "0"), "-d");
-    auto th = parse_int_list(args->get("--threads", std::to_string(std::thread::hardware_concurrency())), "-t");
+    auto models = list(*args, "--model", "");
+    if (!models || models->front().empty()) return fail("bench: -m/--model is required");
+    auto pp = ints(*args, "--n-prompt", "512", 0);
+    auto tg = ints(*args, "--n-gen", "128", 0);
+    auto depth = ints(*args, "--n-depth", "0", 0);
+    auto th = ints(*args, "--threads", std::to_string(std::thread::hardware_concurrency()), 1);
+    auto nb = ints(*args, "--batch-size", "2048", 1);
+    auto ub = ints(*args, "--ubatch-size", "512", 1);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
-    auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 16);
-    auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
-    auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
-    for (auto* r : {&pp, &tg, &depth, &th})
+    auto bw = args->get_float("--bw", 0);
+    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub})
         if (!*r) return fail(r->error().message);
     if (!reps) return fail(reps.error().message);
-    if (!ub) return fail(ub.error().message);
-    if (!ctk) return fail(ctk.error().message);
-    if (!ctv) return fail(ctv.error().message);
-    const bool jsonl = args->get("--output", "md") == "jsonl";
-
-    if (!jsonl) {
-        std::printf("| model | size | params | backend | threads | test | t/s | GB/s |\n");
-        std::printf("| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: |\n");
+    if (!bw) return fail(bw.error().message);
+    auto ctks = list(*args, "--cache-type-k", "f16");
+    auto ctvs = list(*args, "--cache-type-v", "f16");
+    const std::string fmt = args->get("--output", "md");
+    if (fmt != "md" && fmt != "csv" && fmt != "json" && fmt != "jsonl")
+        return fail("bench: -o must be md, csv, json or jsonl, got '" + fmt + "'");
+    std::vector<Test> tests;
+    for (int64_t p : *pp)
+        if (p > 0) tests.push_back({p, 0});
+    for (int64_t n : *tg)
+        if (n > 0) tests.push_back({0, n});
+    for (const auto& v : args->get_all("--pg")) {
+        auto r = parse_int_list(v, "-pg");
+        if (!r || r->size() != 2 || (*r)[0] < 0 || (*r)[1] < 0) return fail("bench: -pg takes two values: -pg 512,128");
+        tests.push_back({(*r)[0], (*r)[1]});
     }
-    for (const auto& path : args->get_all("--model")) {
+    if (tests.empty()) return fail("bench: no tests (all of -p, -n are 0)");
+    const bool progress = args->has("--progress") || (isatty(2) && fmt == "md");
+
+    std::vector<bench::Record> all;
+    bool first_json = true;
+    if (fmt == "csv") std::printf("%s\n", bench::csv_header().c_str());
+    if (fmt == "json") std::printf("[\n");
+    auto emit = [&](const bench::Record& r) {
+        if (fmt == "jsonl") std::printf("%s\n", bench::to_json(r, false).c_str());
+        if (fmt == "json") std::printf("%s%s", first_json ? "" : ",\n", bench::to_json(r, true).c_str());
+        if (fmt == "csv") std::printf("%s\n", bench::to_csv(r).c_str());
+        first_json = false;
+        std::fflush(stdout);
+        all.push_back(r);
+    };
+    for (const auto& path : *models) {
         for (int64_t threads : *th) {
             auto engine = Engine::load(path, {.n_threads = int(threads)});
             if (!engine) return fail(engine.error().message);
             Model& model = (*engine)->model();
             const int64_t V = model.hparams().n_vocab;
-            for (int64_t d : *depth) {
-                int64_t max_len = 0;
-                for (int64_t p : *pp) max_len = std::max(max_len, p);
-                for (int64_t n : *tg) max_len = std::max(max_len, n);
-                ContextParams cp;
-                cp.n_ctx = d + max_len + 1;
-                cp.n_ubatch = *ub;
-                cp.type_k = *ctk;
-                cp.type_v = *ctv;
-                auto ctx = (*engine)->new_context(cp);
-                if (!ctx) return fail(ctx.error().message);
-                std::mt19937 rng(42);
-                auto random_tokens = [&](int64_t n) {
-                    std::vector<int32_t> t(static_cast<size_t>(n));
-                    for (auto& x : t) x = int32_t(rng() % uint32_t(V));
-                    return t;
-                };
-                std::vector<float> logits;
-                if (d > 0) {
-                    auto r = (*ctx)->decode_seq(0, random_tokens(d), false, &logits);
-                    if (!r) return fail(r.error().message);
-                }
-                auto base = (*ctx)->checkpoint(0);
-                if (!base) return fail(base.error().message);
-                std::vector<Result1> results;
-                for (int64_t p : *pp) {
-                    if (p <= 0) continue;
-                    Result1 res{"pp" + std::to_string(p), {}};
-                    for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
-                        (void)(*ctx)->restore(0, **base);
-                        const auto toks = random_tokens(p);
-                        const auto t0 = Clock::now();
-                        auto r = (*ctx)->decode_seq(0, toks, false, &logits);
-                        if (!r) return fail(r.error().message);
-                        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-                        if (rep >= 0) res.ts.push_back(double(p) / s);
-                    }
-                    results.push_back(res);
-                }
-                for (int64_t n : *tg) {
-                    if (n <= 0) continue;
-                    Result1 res{"tg" + std::to_string(n), {}};
-                    double total_s = 0;
-                    for (int64_t rep = -1; rep < *reps; ++rep) {
-                        (void)(*ctx)->restore(0, **base);
-                        int32_t tok = int32_t(rng() % uint32_t(V));
-                        const auto t0 = Clock::now();
-                        for (int64_t i = 0; i < n; ++i) {
-                            auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                            if (!r) return fail(r.error().message);
-                            tok = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
-                        }
-                        const double s = std::chrono::duration<double>(Clock::now() - t0).count();
-                        if (rep >= 0) {
-                            res.ts.push_back(double(n) / s);
-                            total_s += s;
-                        }
-                    }
-                    // bytes per token: active weights + the KV cache read at the mean depth
-                    const double kv = double((*ctx)->kv_bytes_per_token()) * (double(d) + double(n) / 2);
-                    const double per_tok = double(model.active_weight_bytes()) + kv;
-                    res.gbps = per_tok * double(n) * double(*reps) / total_s / 1e9;
-                    results.push_back(res);
-                }
-                for (auto& r : results) {
-                    const std::string test = d > 0 ? r.test + " @ d" + std::to_string(d) : r.test;
-                    if (jsonl) {
-                        std::printf(
-                            "{\"model_filename\": \"%s\", \"n_threads\": %lld, \"test\": \"%s\", \"n_depth\": %lld, "
-                            "\"avg_ts\": %.4f, \"stddev_ts\": %.4f, \"gbps\": %.3f}\n",
-                            path.c_str(), (long long)threads, test.c_str(), (long long)d, bench::mean(r.ts),
-                            bench::stddev(r.ts), r.gbps);
-                    } else {
-                        std::printf("| %s | %.2f GiB | %.2f B | CPU | %lld | %s | %.2f ± %.2f | %s |\n",
-                                    model.hparams().arch.c_str(), double(model.total_weight_bytes()) / (1 << 30),
-                                    double(model.n_params()) / 1e9, (long long)threads, test.c_str(), bench::mean(r.ts),
-                                    bench::stddev(r.ts), r.gbps > 0 ? std::to_string(r.gbps).substr(0, 5).c_str() : "");
-                    }
-                    std::fflush(stdout);
-                }
-            }
+            for (int64_t b : *nb)
+                for (int64_t u : *ub)
+                    for (const auto& ctk_s : *ctks)
+                        for (const auto& ctv_s : *ctvs)
+                            for (int64_t d : *depth) {
+                                auto ctk = parse_cache_type(ctk_s, "-ctk");
+                                auto ctv = parse_cache_type(ctv_s, "-ctv");
+                                if (!ctk) return fail(ctk.error().message);
+                                if (!ctv) return fail(ctv.error().message);
+                                int64_t longest = 0;
+                                for (const auto& t : tests) longest = std::max(longest, t.n_prompt + t.n_gen);
+                                ContextParams cp;
+                                cp.n_ctx = d + longest + 1;
+                                cp.n_ubatch = std::min(u, b);
+                                cp.type_k = *ctk;
+                                cp.type_v = *ctv;
+                                auto ctx = (*engine)->new_context(cp);
+                                if (!ctx) return fail(ctx.error().message);
+                                std::mt19937 rng(42);
+                                auto random_tokens = [&](int64_t n) {
+                                    std::vector<int32_t> t(static_cast<size_t>(n));
+                                    for (auto& x : t) x = int32_t(rng() % uint32_t(V));
+                                    return t;
+                                };
+                                std::vector<float> logits;
+                                if (d > 0) {
+                                    if (progress)
+                                        std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)d);
+                                    auto r = (*ctx)->decode_seq(0, random_tokens(d), false, &logits);
+                                    if (!r) return fail(r.error().message);
+                                }
+                                auto base = (*ctx)->checkpoint(0);
+                                if (!base) return fail(base.error().message);
+                                for (const auto& t : tests) {
+                                    bench::Record rec;
+                                    rec.build_commit = version_string();
+                                    rec.compiler = __VERSION__;
+                                    rec.cpu_info = cpu_name();
+                                    rec.backend = "CPU";
+                                    rec.model_filename = path;
+                                    rec.model_type = model.hparams().arch + " " +
+                                                     (*engine)->file().get_string_or("general.name", "");
+                                    rec.model_size = model.total_weight_bytes();
+                                    rec.model_n_params = uint64_t(model.n_params());
+                                    rec.n_batch = b;
+                                    rec.n_ubatch = u;
+                                    rec.n_threads = threads;
+                                    rec.type_k = ctk_s;
+                                    rec.type_v = ctv_s;
+                                    rec.n_prompt = t.n_prompt;
+                                    rec.n_gen = t.n_gen;
+                                    rec.n_depth = d;
+                                    rec.test_time = now_iso();
+                                    rec.machine_gbps = *bw;
+                                    rec.flops_per_token = 2.0 * double(model.n_active_params());
+                                    rec.bytes_per_token =
+                                        double(model.active_weight_bytes()) +
+                                        double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
+                                    for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
+                                        if (progress)
+                                            std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", path.c_str(),
+                                                         rec.test_name().c_str(), (long long)(rep + 1),
+                                                         (long long)*reps);
+                                        auto rr = (*ctx)->restore(0, **base);
+                                        if (!rr) return fail(rr.error().message);
+                                        const auto t0 = Clock::now();
+                                        if (t.n_prompt > 0) {
+                                            auto r = (*ctx)->decode_seq(0, random_tokens(t.n_prompt), false, &logits);
+                                            if (!r) return fail(r.error().message);
+                                        }
+                                        int32_t tok = int32_t(rng() % uint32_t(V));
+                                        for (int64_t i = 0; i < t.n_gen; ++i) {
+                                            auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
+                                            if (!r) return fail(r.error().message);
+                                            tok = int32_t(std::max_element(logits.begin(), logits.end()) -
+                                                          logits.begin());
+                                        }
+                                        const double ns =
+                                            std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+                                        if (rep >= 0) rec.samples_ns.push_back(ns);
+                                    }
+                                    if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
+                                    emit(rec);
+                                }
+                            }
         }
     }
+    if (fmt == "json") std::printf("\n]\n");
+    if (fmt == "md") std::printf("%s", bench::to_markdown(all).c_str());
     return 0;
 }
 

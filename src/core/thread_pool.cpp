@@ -17,6 +17,7 @@ namespace {
 // decode step, short enough not to burn a core while idle. (Condition-variable wake-ups took 29%
 // of decode time on the 2-core benchmark machine.)
 constexpr int k_spin_iters = 1 << 15;
+constexpr int k_pause_before_yield = 1 << 12;
 
 void run_range(const std::function<void(int64_t, int64_t, int)>& fn, int64_t n, int index, int count) {
     const int64_t begin = n * index / count;
@@ -65,7 +66,14 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     }
     cv_.notify_all();
     run_range(fn, n, 0, n_threads_);
-    while (pending_.load(std::memory_order_acquire) != 0) BM_PAUSE();
+    // Spin briefly, then yield: when the machine is oversubscribed (other processes, two test
+    // binaries at once) a descheduled worker gets the core back instead of a full time slice.
+    for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
+        if (i < k_pause_before_yield)
+            BM_PAUSE();
+        else
+            std::this_thread::yield();
+    }
     job_ = nullptr;
 }
 
@@ -75,7 +83,10 @@ void ThreadPool::worker(int index) {
         int spins = 0;
         while (generation_.load(std::memory_order_acquire) == seen && !stop_.load(std::memory_order_relaxed)) {
             if (++spins < k_spin_iters) {
-                BM_PAUSE();
+                if (spins < k_pause_before_yield)
+                    BM_PAUSE();
+                else
+                    std::this_thread::yield();
                 continue;
             }
             std::unique_lock<std::mutex> lock(mu_);

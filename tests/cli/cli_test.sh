@@ -37,5 +37,14 @@ expect "synth bad preset" 1 "unknown preset" "$bin" synth --preset nope -o "$tmp
 expect "synth bad quant" 1 "unknown quant" "$bin" synth --arch qwen3moe --quant Q3 -o "$tmp/x.gguf"
 expect "synth" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --quant Q4_K_M --byte-vocab -o "$tmp/s.gguf"
 expect "synth loads" 0 "qwen3moe" "$bin" info -m "$tmp/s.gguf"
+expect "bench bad format" 1 "md, csv, json or jsonl" "$bin" bench -m "$m" -o xml
+expect "bench bad range" 1 "bad range" "$bin" bench -m "$m" -p 8-2
+expect "bench bad pg" 1 "two values" "$bin" bench -m "$m" -pg 5
+expect "bench jsonl" 0 '"n_prompt":8' "$bin" bench -m "$m" -p 8 -n 0 -r 1 -o jsonl
+expect "bench md" 0 "| pp8 |" "$bin" bench -m "$m" -p 8 -n 2 -r 1
+expect "run needs a prompt" 1 "give -p" "$bin" run -m "$m"
+expect "run bad temp" 1 "out of range" "$bin" run -m "$m" -p hi --temp -1
+expect "run bad draft" 1 "cannot open" "$bin" run -m "$m" -p hi -md "$tmp/none.gguf"
+expect "tokenize ids" 0 "\[" "$bin" tokenize -m "$m" -p "hello" --ids
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

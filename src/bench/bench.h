@@ -1,0 +1,50 @@
+// llama-bench-compatible benchmarking: parameter lists and ranges, the test matrix, and output
+// as markdown / csv / json / jsonl with llama-bench's field names plus bigmoe's own.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+
+namespace bigmoe::bench {
+
+// "512", "512,2048", "512-4096*2" (multiply), "1-8+2" (add), or a mix of them.
+Result<std::vector<int64_t>> parse_int_ranges(const std::string& s, const std::string& flag);
+
+struct Record {
+    // identity
+    std::string build_commit, compiler, cpu_info, backend = "CPU", model_filename, model_type;
+    uint64_t model_size = 0, model_n_params = 0;
+    // parameters
+    int64_t n_batch = 2048, n_ubatch = 512, n_threads = 0, n_gpu_layers = 0;
+    std::string type_k = "f16", type_v = "f16";
+    bool flash_attn = true;
+    int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
+    // results
+    std::string test_time;
+    std::vector<double> samples_ns;
+    // bigmoe's own
+    double bytes_per_token = 0;  // decode: weights + KV read per token
+    double flops_per_token = 0;  // prefill: 2 x active params
+    double machine_gbps = 0;     // measured read bandwidth, 0 = unknown
+
+    std::vector<double> samples_ts() const;
+    double avg_ts() const;
+    double stddev_ts() const;
+    double avg_ns() const;
+    double stddev_ns() const;
+    std::string test_name() const;  // pp512, tg128, pp512+tg128, "pp512 @ d8192"
+    double gbps() const;            // decode only
+    double tflops() const;          // prefill only
+};
+
+std::string to_json(const Record& r, bool pretty);
+std::string csv_header();
+std::string to_csv(const Record& r);
+// Markdown table in llama-bench's layout; columns for parameters that differ from the defaults
+// of any record are added (as llama-bench does), then bigmoe's GB/s, % of bandwidth and TFLOP/s.
+std::string to_markdown(const std::vector<Record>& rs);
+
+}  // namespace bigmoe::bench
