@@ -9,6 +9,7 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "backend/profiler.h"
 #include "core/result.h"
 #include "gguf/gguf_file.h"
 #include "models/model.h"
@@ -17,7 +18,8 @@
 namespace bigmoe {
 
 struct LoadOptions {
-    int n_threads = 0;  // 0: all hardware threads
+    int n_threads = 0;     // 0: all hardware threads
+    bool profile = false;  // wrap the backend in a ProfiledBackend
 };
 
 class Engine {
@@ -30,11 +32,14 @@ class Engine {
     const gguf::GgufFile& file() const { return *file_; }
     Model& model() { return *model_; }
     Backend& backend() { return *backend_; }
+    // The profiler when loaded with LoadOptions::profile, else nullptr.
+    ProfiledBackend* profiler() { return profiler_; }
 
   private:
     std::unique_ptr<gguf::GgufFile> file_;
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<Model> model_;
+    ProfiledBackend* profiler_ = nullptr;
 };
 
 const char* version_string();

@@ -96,6 +96,8 @@ class Backend {
     virtual std::string name() const = 0;
     virtual int n_threads() const { return 1; }
     virtual bool supports_weight_type(DType t) const = 0;
+    // Marks the part of the model the following ops belong to (for profiling); no-op by default.
+    virtual void annotate(const char* scope) { (void)scope; }
     // Called once per weight after loading; a backend may upload or repack it.
     virtual Result<void> prepare_weight(Weight& w) = 0;
 

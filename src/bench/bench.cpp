@@ -127,6 +127,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["bigmoe_bw_pct"] = r.machine_gbps > 0 ? 100.0 * r.gbps() / r.machine_gbps : 0.0;
     j["bigmoe_tflops"] = r.tflops();
     j["bigmoe_bytes_per_token"] = r.bytes_per_token;
+    if (!r.profile_json.empty()) j["bigmoe_profile"] = nlohmann::ordered_json::parse(r.profile_json);
     return j;
 }
 

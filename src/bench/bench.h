@@ -29,6 +29,7 @@ struct Record {
     double bytes_per_token = 0;  // decode: weights + KV read per token
     double flops_per_token = 0;  // prefill: 2 x active params
     double machine_gbps = 0;     // measured read bandwidth, 0 = unknown
+    std::string profile_json;    // --profile: the op breakdown (ProfiledBackend::json)
 
     std::vector<double> samples_ts() const;
     double avg_ts() const;

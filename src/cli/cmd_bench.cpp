@@ -37,6 +37,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
     {"-o", "--output", true, "md (default), csv, json or jsonl"},
     {"", "--progress", false, "progress on stderr"},
+    {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
     {"", "--bw", true, "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
     {"-h", "--help", false, "show this help"},
 };
@@ -147,7 +148,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     };
     for (const auto& path : *models) {
         for (int64_t threads : *th) {
-            auto engine = Engine::load(path, {.n_threads = int(threads)});
+            auto engine = Engine::load(path, {.n_threads = int(threads), .profile = args->has("--profile")});
             if (!engine) return fail(engine.error().message);
             Model& model = (*engine)->model();
             const int64_t V = model.hparams().n_vocab;
@@ -209,7 +210,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                     rec.bytes_per_token =
                                         double(model.active_weight_bytes()) +
                                         double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
+                                    ProfiledBackend* prof = (*engine)->profiler();
+                                    const std::string phase = t.n_gen == 0      ? "prefill"
+                                                              : t.n_prompt == 0 ? "decode"
+                                                                                : "prefill+decode";
                                     for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
+                                        if (prof && rep == 0) prof->clear();
+                                        if (prof) prof->set_phase(phase);
                                         if (progress)
                                             std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", path.c_str(),
                                                          rec.test_name().c_str(), (long long)(rep + 1),
@@ -233,6 +240,14 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                         if (rep >= 0) rec.samples_ns.push_back(ns);
                                     }
                                     if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
+                                    if (prof) {
+                                        double wall = 0;
+                                        for (double ns : rec.samples_ns) wall += ns / 1e9;
+                                        const int64_t toks = (t.n_prompt + t.n_gen) * *reps;
+                                        std::fprintf(stderr, "\n%s %s\n%s\n", path.c_str(), rec.test_name().c_str(),
+                                                     prof->format(phase, wall, toks).c_str());
+                                        rec.profile_json = prof->json(phase, wall, toks);
+                                    }
                                     emit(rec);
                                 }
                             }

@@ -60,6 +60,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
     {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
+    {"", "--profile", false, "print time per op class and layer kind for prefill and decode"},
     {"-h", "--help", false, "show this help"},
 };
 
@@ -88,9 +89,12 @@ struct Generator {
     Context* draft = nullptr;  // speculative decoding (greedy) when set
     SpecParams spec;
     SpecStats spec_stats;
+    ProfiledBackend* prof = nullptr;
+    double sampling_s = 0;
 
     Result<void> feed(const std::vector<int32_t>& tokens) {
         if (tokens.empty()) return {};
+        if (prof) prof->set_phase("prefill");
         const auto t0 = Clock::now();
         BM_TRY(ctx.decode_seq(0, tokens, false, &logits));
         if (draft) {
@@ -109,6 +113,7 @@ struct Generator {
         TextStream ts(tok, special);
         const int32_t think_open = tok.find("<think>"), think_close = tok.find("</think>");
         bool in_think = false;
+        if (prof) prof->set_phase("decode");
         const auto t0 = Clock::now();
         auto emit = [&](int32_t id) {
             if (id == think_open) in_think = true;
@@ -149,7 +154,9 @@ struct Generator {
                 std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
                 break;
             }
+            const auto ts0 = Clock::now();
             const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
+            sampling_s += since(ts0);
             out.push_back(id);
             emit(id);
             if (tok.is_eog(id) && !ignore_eos) break;
@@ -241,7 +248,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!reasoning) return fail(reasoning.error().message);
     if (!show) return fail(show.error().message);
 
-    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*threads)});
+    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*threads), .profile = args->has("--profile")});
     if (!engine) return fail(engine.error().message);
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);
@@ -281,9 +288,19 @@ int cmd_run(const std::vector<std::string>& argv) {
                          "temperature > 0 decodes without the draft\n");
     }
 
-    Generator g{**ctx, **tok, Sampler(*sp), args->has("--ignore-eos"), args->has("--special"),
-                *show, {},    {},           draft_ctx.get(),           spec,
-                {}};
+    Generator g{**ctx,
+                **tok,
+                Sampler(*sp),
+                args->has("--ignore-eos"),
+                args->has("--special"),
+                *show,
+                {},
+                {},
+                draft_ctx.get(),
+                spec,
+                {},
+                (*engine)->profiler(),
+                0.0};
     auto report = [&] {
         std::fprintf(stderr,
                      "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
@@ -291,6 +308,13 @@ int cmd_run(const std::vector<std::string>& argv) {
                      g.stats.prompt_s > 0 ? double(g.stats.prompt_tokens) / g.stats.prompt_s : 0.0,
                      (long long)g.stats.gen_tokens, g.stats.gen_s,
                      g.stats.gen_s > 0 ? double(g.stats.gen_tokens) / g.stats.gen_s : 0.0);
+        if (g.prof) {
+            std::fprintf(stderr, "\n%s\n%s", g.prof->format("prefill", g.stats.prompt_s, g.stats.prompt_tokens).c_str(),
+                         g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
+            std::fprintf(stderr, "decode sampling: %.3f ms/token (%.1f%% of decode wall time, inside `other`)\n",
+                         1000.0 * g.sampling_s / double(std::max<int64_t>(1, g.stats.gen_tokens)),
+                         g.stats.gen_s > 0 ? 100.0 * g.sampling_s / g.stats.gen_s : 0.0);
+        }
         if (g.draft && g.spec_stats.steps > 0)
             std::fprintf(stderr,
                          "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per step\n",

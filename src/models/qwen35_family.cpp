@@ -68,10 +68,12 @@ void Qwen35Family::forward(const ForwardBatch& batch, const StateRefs& state, Te
     be.reset_scratch();
     const int64_t T = batch.n_tokens;
     Tensor h = be.scratch(T, hp_.n_embd);
+    be.annotate("embeddings");
     be.get_rows(*tok_embd_, batch.tokens, T, h);
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
         const Layer& l = layers_[size_t(il)];
         const auto mark = be.scratch_mark();
+        be.annotate(l.recurrent ? "recurrent layers" : "attention layers");
         Tensor a = be.scratch(T, hp_.n_embd);
         be.rms_norm(h, *l.attn_norm, hp_.eps, a);
         Tensor m = l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, batch, state.rs[size_t(il)])
@@ -83,6 +85,7 @@ void Qwen35Family::forward(const ForwardBatch& batch, const StateRefs& state, Te
         be.add(h, y, h);
         be.scratch_rewind(mark);
     }
+    be.annotate("output");
     compute_logits(h, batch, logits);
 }
 

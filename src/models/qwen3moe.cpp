@@ -41,10 +41,12 @@ class Qwen3Moe : public Model {
         be.reset_scratch();
         const int64_t T = batch.n_tokens;
         Tensor h = be.scratch(T, hp_.n_embd);
+        be.annotate("embeddings");
         be.get_rows(*tok_embd_, batch.tokens, T, h);
         for (int64_t il = 0; il < hp_.n_layer; ++il) {
             const Layer& l = layers_[size_t(il)];
             const auto mark = be.scratch_mark();
+            be.annotate("attention layers");
             Tensor a = be.scratch(T, hp_.n_embd);
             be.rms_norm(h, *l.attn_norm, hp_.eps, a);
             be.add(h, blocks::attention(be, hp_, l.attn, a, batch, state.kv[size_t(il)]), h);
@@ -53,6 +55,7 @@ class Qwen3Moe : public Model {
             be.add(h, blocks::moe(be, l.moe, f), h);
             be.scratch_rewind(mark);
         }
+        be.annotate("output");
         compute_logits(h, batch, logits);
     }
 

@@ -1,5 +1,6 @@
 #include <thread>
 
+#include "backend/profiler.h"
 #include "bigmoe/bigmoe.h"
 
 namespace bigmoe {
@@ -19,6 +20,11 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     e->file_ = std::move(*f);
     int threads = opts.n_threads > 0 ? opts.n_threads : int(std::thread::hardware_concurrency());
     e->backend_ = make_cpu_backend(threads > 0 ? threads : 1);
+    if (opts.profile) {
+        auto p = std::make_unique<ProfiledBackend>(std::move(e->backend_));
+        e->profiler_ = p.get();
+        e->backend_ = std::move(p);
+    }
     auto m = load_model(*e->file_, *e->backend_);
     if (!m) return m.error();
     e->model_ = std::move(*m);

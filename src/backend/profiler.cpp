@@ -1,0 +1,108 @@
+#include "backend/profiler.h"
+
+#include <algorithm>
+#include <cstdio>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+namespace bigmoe {
+
+const char* op_class_name(OpClass c) {
+    switch (c) {
+        case OpClass::expert_matmul:
+            return "expert matmul";
+        case OpClass::dense_matmul:
+            return "dense matmul";
+        case OpClass::attention:
+            return "attention";
+        case OpClass::gated_delta_net:
+            return "gated deltanet";
+        case OpClass::elementwise:
+            return "norms/rope/elementwise";
+        case OpClass::count:
+            break;
+    }
+    return "?";
+}
+
+namespace {
+struct Row {
+    std::string name;
+    double seconds;
+    int64_t calls;
+};
+
+std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEntry>>& scopes, bool by_scope) {
+    std::map<std::string, Row> acc;
+    for (const auto& [scope, classes] : scopes)
+        for (const auto& [c, e] : classes) {
+            const std::string key = by_scope ? scope + " / " + op_class_name(c) : op_class_name(c);
+            Row& r = acc[key];
+            r.name = key;
+            r.seconds += e.seconds;
+            r.calls += e.calls;
+        }
+    std::vector<Row> rows;
+    for (auto& [k, r] : acc) rows.push_back(r);
+    std::sort(rows.begin(), rows.end(), [](const Row& a, const Row& b) { return a.seconds > b.seconds; });
+    return rows;
+}
+}  // namespace
+
+std::string ProfiledBackend::format(const std::string& phase, double wall, int64_t n_tokens) const {
+    auto it = table_.find(phase);
+    if (it == table_.end() || wall <= 0) return "";
+    std::string out = "| " + phase + ": op | share | ms/token | calls |\n| --- | ---: | ---: | ---: |\n";
+    double sum = 0;
+    char buf[256];
+    auto row = [&](const std::string& name, double sec, int64_t calls) {
+        std::snprintf(buf, sizeof buf, "| %s | %.1f%% | %.3f | %lld |\n", name.c_str(), 100.0 * sec / wall,
+                      1000.0 * sec / double(std::max<int64_t>(1, n_tokens)), (long long)calls);
+        out += buf;
+    };
+    for (const Row& r : rows_of(it->second, false)) {
+        row(r.name, r.seconds, r.calls);
+        sum += r.seconds;
+    }
+    row("other (not in an op)", std::max(0.0, wall - sum), 0);
+    std::snprintf(buf, sizeof buf, "| **wall** | 100.0%% | %.3f | |\n",
+                  1000.0 * wall / double(std::max<int64_t>(1, n_tokens)));
+    out += buf;
+    out += "\n| " + phase + ": layer kind / op | share |\n| --- | ---: |\n";
+    for (const Row& r : rows_of(it->second, true)) {
+        std::snprintf(buf, sizeof buf, "| %s | %.1f%% |\n", r.name.c_str(), 100.0 * r.seconds / wall);
+        out += buf;
+    }
+    return out;
+}
+
+std::string ProfiledBackend::json(const std::string& phase, double wall, int64_t n_tokens) const {
+    nlohmann::ordered_json j;
+    j["phase"] = phase;
+    j["wall_s"] = wall;
+    j["n_tokens"] = n_tokens;
+    double sum = 0;
+    nlohmann::ordered_json ops = nlohmann::ordered_json::array();
+    auto it = table_.find(phase);
+    if (it != table_.end()) {
+        for (const Row& r : rows_of(it->second, false)) {
+            ops.push_back({{"op", r.name},
+                           {"seconds", r.seconds},
+                           {"calls", r.calls},
+                           {"share", wall > 0 ? r.seconds / wall : 0}});
+            sum += r.seconds;
+        }
+        nlohmann::ordered_json layers = nlohmann::ordered_json::array();
+        for (const Row& r : rows_of(it->second, true))
+            layers.push_back({{"name", r.name}, {"seconds", r.seconds}, {"share", wall > 0 ? r.seconds / wall : 0}});
+        j["by_layer_kind"] = layers;
+    }
+    ops.push_back({{"op", "other"},
+                   {"seconds", std::max(0.0, wall - sum)},
+                   {"calls", 0},
+                   {"share", wall > 0 ? std::max(0.0, wall - sum) / wall : 0}});
+    j["ops"] = ops;
+    return j.dump();
+}
+
+}  // namespace bigmoe

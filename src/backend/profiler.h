@@ -1,0 +1,110 @@
+// A profiling Backend: wraps any backend, forwards every op and records its wall time by op class,
+// by layer kind (models annotate layer boundaries) and by phase (prefill / decode, set by the
+// caller). Because it sits on the Backend interface it works for every backend; a device backend
+// must synchronize in its ops for the times to be exact.
+#pragma once
+
+#include <chrono>
+#include <map>
+#include <memory>
+#include <string>
+
+#include "backend/backend.h"
+
+namespace bigmoe {
+
+enum class OpClass { expert_matmul, dense_matmul, attention, gated_delta_net, elementwise, count };
+const char* op_class_name(OpClass c);
+
+struct ProfileEntry {
+    double seconds = 0;
+    int64_t calls = 0;
+};
+
+class ProfiledBackend : public Backend {
+  public:
+    explicit ProfiledBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+    ~ProfiledBackend() override { release_scratch(); }
+
+    void set_phase(const std::string& phase) { phase_ = phase; }
+    void annotate(const char* scope) override { scope_ = scope; }
+    void clear() { table_.clear(); }
+    // The breakdown of one phase as a table (share of wall time, ms per token, calls), with an
+    // `other` row for the wall time no op accounts for; and the same as JSON.
+    std::string format(const std::string& phase, double wall_seconds, int64_t n_tokens) const;
+    std::string json(const std::string& phase, double wall_seconds, int64_t n_tokens) const;
+    // [phase][scope][op class]
+    const std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>>& table() const {
+        return table_;
+    }
+
+    std::string name() const override { return inner_->name() + " + profiler"; }
+    int n_threads() const override { return inner_->n_threads(); }
+    bool supports_weight_type(DType t) const override { return inner_->supports_weight_type(t); }
+    Result<void> prepare_weight(Weight& w) override { return inner_->prepare_weight(w); }
+    void* alloc(size_t b) override { return inner_->alloc(b); }
+    void dealloc(void* p) override { inner_->dealloc(p); }
+    void upload(void* d, const void* s, size_t b) override { inner_->upload(d, s, b); }
+    void download(void* d, const void* s, size_t b) override { inner_->download(d, s, b); }
+    void copy(void* d, const void* s, size_t b) override { inner_->copy(d, s, b); }
+    void fill_zero(void* d, size_t b) override { inner_->fill_zero(d, b); }
+
+    void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->get_rows(e, ids, n, out); });
+    }
+    void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->rms_norm(x, w, eps, out); });
+    }
+    void matmul(const Weight& w, Tensor x, Tensor out) override {
+        timed(OpClass::dense_matmul, [&] { inner_->matmul(w, x, out); });
+    }
+    void add(Tensor a, Tensor b, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->add(a, b, out); });
+    }
+    void gather_cols(Tensor x, int64_t g, int64_t o, int64_t w, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->gather_cols(x, g, o, w, out); });
+    }
+    void swiglu(Tensor g, Tensor u, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->swiglu(g, u, out); });
+    }
+    void mul_sigmoid(Tensor x, Tensor g, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->mul_sigmoid(x, g, out); });
+    }
+    void add_gated(Tensor a, Tensor b, const Weight& gv, Tensor f, Tensor out) override {
+        timed(OpClass::elementwise, [&] { inner_->add_gated(a, b, gv, f, out); });
+    }
+    void rope_neox(Tensor x, int64_t hd, int64_t nr, float th, const std::vector<SeqSpan>& s) override {
+        timed(OpClass::elementwise, [&] { inner_->rope_neox(x, hd, nr, th, s); });
+    }
+    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& s,
+                   const std::vector<KvBlock*>& kv, Tensor out) override {
+        timed(OpClass::attention, [&] { inner_->attention(q, k, v, p, s, kv, out); });
+    }
+    void moe(Tensor x, Tensor logits, const MoeWeights& m, Tensor out) override {
+        timed(OpClass::expert_matmul, [&] { inner_->moe(x, logits, m, out); });
+    }
+    void ssm_conv(Tensor m, const Weight& w, const GdnParams& p, const std::vector<SeqSpan>& s,
+                  const std::vector<RecurrentRing*>& r, Tensor out) override {
+        timed(OpClass::gated_delta_net, [&] { inner_->ssm_conv(m, w, p, s, r, out); });
+    }
+    void gated_delta_net(Tensor u, Tensor b, Tensor a, const Weight& dt, const Weight& sa, const GdnParams& p,
+                         const std::vector<SeqSpan>& s, const std::vector<RecurrentRing*>& r, Tensor out) override {
+        timed(OpClass::gated_delta_net, [&] { inner_->gated_delta_net(u, b, a, dt, sa, p, s, r, out); });
+    }
+
+  private:
+    template <class F>
+    void timed(OpClass c, F&& f) {
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        ProfileEntry& e = table_[phase_][scope_][c];
+        e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        e.calls += 1;
+    }
+
+    std::unique_ptr<Backend> inner_;
+    std::string phase_ = "prefill", scope_ = "model";
+    std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>> table_;
+};
+
+}  // namespace bigmoe
