@@ -26,6 +26,7 @@ const Command k_commands[] = {
     {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
     {"bench", bigmoe::cli::cmd_bench, "benchmark prompt processing and generation (llama-bench style)"},
     {"tokenize", bigmoe::cli::cmd_tokenize, "split text into token ids with a model's tokenizer"},
+    {"report", bigmoe::cli::cmd_report, "one HTML page of charts and tables from bench json/jsonl files"},
     {"synth", bigmoe::cli::cmd_synth, "write a random-weight model with real shapes and quant mixes"},
 };
 

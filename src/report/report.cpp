@@ -1,0 +1,255 @@
+#include "report/report.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+namespace bigmoe::report {
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+const char* k_palette[] = {"#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b", "#e377c2"};
+
+std::string esc(const std::string& s) {
+    std::string r;
+    for (char c : s) {
+        if (c == '<')
+            r += "&lt;";
+        else if (c == '>')
+            r += "&gt;";
+        else if (c == '&')
+            r += "&amp;";
+        else if (c == '"')
+            r += "&quot;";
+        else
+            r += c;
+    }
+    return r;
+}
+
+std::string fmt(double v, int prec = 2) {
+    char b[64];
+    std::snprintf(b, sizeof b, "%.*f", prec, v);
+    return b;
+}
+
+Result<std::vector<Json>> load(const std::string& path) {
+    std::ifstream f(path);
+    if (!f) return make_error("report: cannot open '" + path + "'");
+    std::stringstream ss;
+    ss << f.rdbuf();
+    const std::string text = ss.str();
+    std::vector<Json> out;
+    try {
+        size_t first = text.find_first_not_of(" \t\r\n");
+        if (first != std::string::npos && text[first] == '[') {
+            for (auto& r : Json::parse(text)) out.push_back(r);
+        } else {
+            std::istringstream in(text);
+            std::string line;
+            while (std::getline(in, line))
+                if (line.find_first_not_of(" \t\r") != std::string::npos) out.push_back(Json::parse(line));
+        }
+    } catch (const std::exception& e) {
+        return make_error("report: '" + path + "' is not bench json/jsonl output: " + e.what());
+    }
+    for (const auto& r : out)
+        if (!r.contains("avg_ts") || !r.contains("n_prompt") || !r.contains("n_gen"))
+            return make_error("report: '" + path + "' has a record without avg_ts / n_prompt / n_gen");
+    return out;
+}
+
+std::string config_of(const Json& r) {
+    std::string c = r.value("model_type", std::string("?")) + ", " + r.value("backends", std::string("CPU")) + ", " +
+                    std::to_string(r.value("n_threads", 0)) + " threads";
+    if (r.value("n_ubatch", 512) != 512) c += ", ub " + std::to_string(r.value("n_ubatch", 512));
+    if (r.value("type_k", std::string("f16")) != "f16" || r.value("type_v", std::string("f16")) != "f16")
+        c += ", KV " + r.value("type_k", std::string()) + "/" + r.value("type_v", std::string());
+    return c;
+}
+
+struct Series {
+    std::string name;
+    std::vector<std::pair<double, double>> pts;  // (depth, t/s)
+};
+
+std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, double w, double h, std::string* out) {
+    (void)lo;
+    const int n = 5;
+    std::string s;
+    for (int i = 0; i <= n; ++i) {
+        const double v = hi * i / n;
+        if (x) {
+            const double px = x0 + w * i / n;
+            s += "<line x1='" + fmt(px) + "' y1='" + fmt(y0) + "' x2='" + fmt(px) + "' y2='" + fmt(y0 + 5) +
+                 "' stroke='#444'/><text x='" + fmt(px) + "' y='" + fmt(y0 + 18) + "' text-anchor='middle'>" +
+                 fmt(v, 0) + "</text>";
+        } else {
+            const double py = y0 - h * i / n;
+            s += "<line x1='" + fmt(x0) + "' y1='" + fmt(py) + "' x2='" + fmt(x0 + w) + "' y2='" + fmt(py) +
+                 "' stroke='#e4e4e4'/><text x='" + fmt(x0 - 6) + "' y='" + fmt(py + 4) + "' text-anchor='end'>" +
+                 fmt(v, v < 10 ? 1 : 0) + "</text>";
+        }
+    }
+    *out += s;
+    return s;
+}
+
+std::string line_chart(const std::string& title, const std::string& id, const std::vector<Series>& series,
+                       size_t color_offset) {
+    const double W = 720, H = 360, L = 70, R = 20, T = 40, B = 60;
+    const double pw = W - L - R, ph = H - T - B;
+    double xmax = 0, ymax = 0;
+    for (auto& s : series)
+        for (auto& [x, y] : s.pts) {
+            xmax = std::max(xmax, x);
+            ymax = std::max(ymax, y);
+        }
+    if (xmax <= 0) xmax = 1;
+    ymax = ymax <= 0 ? 1 : ymax * 1.1;
+    std::string svg = "<svg id='" + id + "' class='chart' viewBox='0 0 " + fmt(W, 0) + " " + fmt(H, 0) +
+                      "' role='img' aria-label='" + esc(title) + "'>";
+    svg += "<text x='" + fmt(W / 2) + "' y='22' text-anchor='middle' class='ct'>" + esc(title) + "</text>";
+    nice_ticks_axis(0, ymax, false, L, T + ph, pw, ph, &svg);
+    nice_ticks_axis(0, xmax, true, L, T + ph, pw, ph, &svg);
+    svg += "<line x1='" + fmt(L) + "' y1='" + fmt(T + ph) + "' x2='" + fmt(L + pw) + "' y2='" + fmt(T + ph) +
+           "' stroke='#444'/>";
+    svg +=
+        "<text x='" + fmt(L + pw / 2) + "' y='" + fmt(H - 18) + "' text-anchor='middle'>context depth (tokens)</text>";
+    svg += "<text x='16' y='" + fmt(T + ph / 2) + "' transform='rotate(-90 16 " + fmt(T + ph / 2) +
+           ")' text-anchor='middle'>tokens / second</text>";
+    for (size_t k = 0; k < series.size(); ++k) {
+        const std::string color = series_color(k + color_offset);
+        std::string pts;
+        auto px = [&](double x) { return L + pw * x / xmax; };
+        auto py = [&](double y) { return T + ph - ph * y / ymax; };
+        for (auto& [x, y] : series[k].pts) pts += fmt(px(x)) + "," + fmt(py(y)) + " ";
+        svg += "<polyline class='series' data-series='" + esc(series[k].name) + "' data-color='" + color +
+               "' fill='none' stroke='" + color + "' stroke-width='4' stroke-linejoin='round' points='" + pts + "'/>";
+        for (auto& [x, y] : series[k].pts)
+            svg += "<circle cx='" + fmt(px(x)) + "' cy='" + fmt(py(y)) + "' r='6' fill='" + color + "'><title>" +
+                   esc(series[k].name) + ": " + fmt(y) + " t/s at depth " + fmt(x, 0) + "</title></circle>";
+    }
+    svg += "</svg>";
+    std::string legend = "<ul class='legend'>";
+    for (size_t k = 0; k < series.size(); ++k)
+        legend += "<li><span class='sw' style='background:" + std::string(series_color(k + color_offset)) +
+                  "'></span>" + esc(series[k].name) + "</li>";
+    legend += "</ul>";
+    return "<figure>" + svg + legend + "</figure>";
+}
+
+std::string test_name(const Json& r) {
+    const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0), d = r.value("n_depth", 0);
+    std::string t = g == 0   ? "pp" + std::to_string(p)
+                    : p == 0 ? "tg" + std::to_string(g)
+                             : "pp" + std::to_string(p) + "+tg" + std::to_string(g);
+    if (d > 0) t += " @ d" + std::to_string(d);
+    return t;
+}
+
+const char* op_color(const std::string& op) {
+    static const std::map<std::string, const char*> c = {
+        {"expert matmul", "#1f77b4"},  {"dense matmul", "#ff7f0e"},           {"attention", "#2ca02c"},
+        {"gated deltanet", "#d62728"}, {"norms/rope/elementwise", "#9467bd"}, {"other", "#aaaaaa"}};
+    auto it = c.find(op);
+    return it == c.end() ? "#555555" : it->second;
+}
+
+}  // namespace
+
+const char* series_color(size_t k) {
+    return k_palette[k % (sizeof k_palette / sizeof k_palette[0])];
+}
+
+Result<std::string> render_html(const std::vector<std::string>& paths) {
+    std::vector<Json> recs;
+    for (const auto& p : paths) {
+        auto r = load(p);
+        if (!r) return r.error();
+        recs.insert(recs.end(), r->begin(), r->end());
+    }
+    if (recs.empty()) return make_error("report: no bench records in the input files");
+    std::map<std::string, Series> pp, tg;
+    for (const auto& r : recs) {
+        const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0);
+        if ((p > 0) == (g > 0)) continue;
+        auto& m = g == 0 ? pp : tg;
+        const std::string key = config_of(r) + (g == 0 ? " · pp" + std::to_string(p) : " · tg" + std::to_string(g));
+        m[key].name = key;
+        m[key].pts.emplace_back(double(r.value("n_depth", 0)), r["avg_ts"].get<double>());
+    }
+    auto sorted = [](std::map<std::string, Series>& m) {
+        std::vector<Series> v;
+        for (auto& [k, s] : m) {
+            std::sort(s.pts.begin(), s.pts.end());
+            v.push_back(s);
+        }
+        return v;
+    };
+    const auto pps = sorted(pp), tgs = sorted(tg);
+    std::string html =
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bigmoe benchmark report</title>"
+        "<style>body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:960px;color:#222;padding:0 1em}"
+        "h1{font-size:1.6em}h2{font-size:1.2em;margin-top:2em;border-bottom:1px solid #ddd}"
+        "figure{margin:1em 0}svg.chart{width:100%;height:auto;font-size:12px}.ct{font-size:15px;font-weight:600}"
+        "ul.legend{list-style:none;padding:0;display:flex;flex-wrap:wrap;gap:.3em 1.2em;font-size:13px}"
+        ".sw{display:inline-block;width:14px;height:14px;margin-right:6px;vertical-align:-2px;border-radius:2px}"
+        "table{border-collapse:collapse;width:100%;font-size:13px}th,td{border-bottom:1px solid #e4e4e4;padding:4px "
+        "8px}"
+        "td.n{text-align:right;font-variant-numeric:tabular-nums}.bar{display:flex;height:22px;border-radius:3px;"
+        "overflow:hidden}"
+        ".bar span{display:block;height:100%}.prof td{vertical-align:middle}"
+        "@media print{body{max-width:none;margin:0}h2{break-after:avoid}figure,table{break-inside:avoid}}"
+        "</style></head><body><h1>bigmoe benchmark report</h1><p>" +
+        std::to_string(recs.size()) + " results from " + std::to_string(paths.size()) + " file(s).</p>";
+    if (!pps.empty())
+        html += "<h2>Prompt processing</h2>" + line_chart("Prefill speed vs context depth", "prefill", pps, 0);
+    if (!tgs.empty())
+        html += "<h2>Generation</h2>" + line_chart("Decode speed vs context depth", "decode", tgs, pps.size());
+    html +=
+        "<h2>Results</h2><table><thead><tr><th>configuration</th><th>test</th><th>t/s</th><th>GB/s</th><th>% bw</th>"
+        "<th>TFLOP/s</th></tr></thead><tbody>";
+    for (const auto& r : recs) {
+        const double gb = r.value("bigmoe_gbps", 0.0), bw = r.value("bigmoe_bw_pct", 0.0),
+                     tf = r.value("bigmoe_tflops", 0.0);
+        html += "<tr><td>" + esc(config_of(r)) + "</td><td>" + esc(test_name(r)) + "</td><td class='n'>" +
+                fmt(r["avg_ts"].get<double>()) + " ± " + fmt(r.value("stddev_ts", 0.0)) + "</td><td class='n'>" +
+                (gb > 0 ? fmt(gb) : "") + "</td><td class='n'>" + (bw > 0 ? fmt(bw, 1) : "") + "</td><td class='n'>" +
+                (tf > 0 ? fmt(tf, 3) : "") + "</td></tr>";
+    }
+    html += "</tbody></table>";
+    bool any_prof = false;
+    std::string prof = "<h2>Where the time goes</h2><table class='prof'><tbody>";
+    std::map<std::string, bool> ops_seen;
+    for (const auto& r : recs) {
+        if (!r.contains("bigmoe_profile")) continue;
+        any_prof = true;
+        prof +=
+            "<tr><td>" + esc(config_of(r)) + " · " + esc(test_name(r)) + "</td><td style='width:60%'><div class='bar'>";
+        for (const auto& op : r["bigmoe_profile"]["ops"]) {
+            const std::string name = op["op"];
+            const double share = op["share"].get<double>();
+            ops_seen[name] = true;
+            prof += "<span style='width:" + fmt(100.0 * share, 3) + "%;background:" + op_color(name) + "' title='" +
+                    esc(name) + " " + fmt(100.0 * share, 1) + "%'></span>";
+        }
+        prof += "</div></td></tr>";
+    }
+    prof += "</tbody></table><ul class='legend'>";
+    for (auto& [name, v] : ops_seen)
+        prof +=
+            "<li><span class='sw' style='background:" + std::string(op_color(name)) + "'></span>" + esc(name) + "</li>";
+    prof += "</ul>";
+    if (any_prof) html += prof;
+    html += "</body></html>\n";
+    return html;
+}
+
+}  // namespace bigmoe::report

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# End to end: bench two configurations with depths and --profile, render the report, check it in
+# headless Chromium (screenshot pixels along every series, no console errors).
+set -euo pipefail
+bin=$1
+build=$2
+fixtures=$3
+src=$(cd "$(dirname "$0")" && pwd)
+npmdir=$build/npm-ref
+if [ ! -d "$npmdir/node_modules/playwright-core" ]; then
+  mkdir -p "$npmdir"
+  (cd "$npmdir" && npm install --no-audit --no-fund --silent playwright-core@1 >/dev/null)
+fi
+cp "$src/report_browser.mjs" "$npmdir/"
+tmp=$(mktemp -d)
+trap 'rm -rf "$tmp"' EXIT
+m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
+"$bin" bench -m "$m" -p 16 -n 4 -d 0,16,48 -r 2 -t 2 -o jsonl --profile > "$tmp/a.jsonl" 2>/dev/null
+"$bin" bench -m "$m" -p 16 -n 4 -d 0,16,48 -r 2 -t 1 -o json > "$tmp/b.json" 2>/dev/null
+"$bin" report "$tmp/a.jsonl" "$tmp/b.json" -o "$tmp/report.html"
+grep -q "<svg" "$tmp/report.html"
+if grep -qiE "<script|https?://" "$tmp/report.html"; then echo "report is not self-contained"; exit 1; fi
+(cd "$npmdir" && node report_browser.mjs "$tmp/report.html" "$build/report_screenshot.png")
