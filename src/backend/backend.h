@@ -111,7 +111,9 @@ class Backend {
 
     // Scratch tensors live until reset_scratch() (called at the start of every forward pass).
     Tensor scratch(int64_t rows, int64_t cols);
-    void reset_scratch();
+    // Virtual so that a wrapping backend (the profiler) also resets the wrapped one's scratch,
+    // which the wrapped ops allocate from.
+    virtual void reset_scratch();
     // Scratch allocated after a mark is released by rewinding to it (per-layer temporaries).
     struct ScratchMark {
         size_t chunk, used;

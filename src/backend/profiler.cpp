@@ -19,6 +19,8 @@ const char* op_class_name(OpClass c) {
             return "gated deltanet";
         case OpClass::elementwise:
             return "norms/rope/elementwise";
+        case OpClass::sampling:
+            return "sampling";
         case OpClass::count:
             break;
     }
@@ -28,8 +30,9 @@ const char* op_class_name(OpClass c) {
 namespace {
 struct Row {
     std::string name;
-    double seconds;
-    int64_t calls;
+    double seconds = 0;
+    int64_t calls = 0;
+    double bytes = 0, flops = 0;
 };
 
 std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEntry>>& scopes, bool by_scope) {
@@ -41,6 +44,8 @@ std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEn
             r.name = key;
             r.seconds += e.seconds;
             r.calls += e.calls;
+            r.bytes += e.bytes;
+            r.flops += e.flops;
         }
     std::vector<Row> rows;
     for (auto& [k, r] : acc) rows.push_back(r);
@@ -52,19 +57,24 @@ std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEn
 std::string ProfiledBackend::format(const std::string& phase, double wall, int64_t n_tokens) const {
     auto it = table_.find(phase);
     if (it == table_.end() || wall <= 0) return "";
-    std::string out = "| " + phase + ": op | share | ms/token | calls |\n| --- | ---: | ---: | ---: |\n";
+    std::string out =
+        "| " + phase +
+        ": op | share | ms/token | calls | GB/s | TFLOP/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
     double sum = 0;
     char buf[256];
-    auto row = [&](const std::string& name, double sec, int64_t calls) {
-        std::snprintf(buf, sizeof buf, "| %s | %.1f%% | %.3f | %lld |\n", name.c_str(), 100.0 * sec / wall,
-                      1000.0 * sec / double(std::max<int64_t>(1, n_tokens)), (long long)calls);
+    auto row = [&](const std::string& name, double sec, int64_t calls, double bytes, double flops) {
+        char gb[32] = "", tf[32] = "";
+        if (bytes > 0 && sec > 0) std::snprintf(gb, sizeof gb, "%.2f", bytes / sec / 1e9);
+        if (flops > 0 && sec > 0) std::snprintf(tf, sizeof tf, "%.3f", flops / sec / 1e12);
+        std::snprintf(buf, sizeof buf, "| %s | %.1f%% | %.3f | %lld | %s | %s |\n", name.c_str(), 100.0 * sec / wall,
+                      1000.0 * sec / double(std::max<int64_t>(1, n_tokens)), (long long)calls, gb, tf);
         out += buf;
     };
     for (const Row& r : rows_of(it->second, false)) {
-        row(r.name, r.seconds, r.calls);
+        row(r.name, r.seconds, r.calls, r.bytes, r.flops);
         sum += r.seconds;
     }
-    row("other (not in an op)", std::max(0.0, wall - sum), 0);
+    row("other (not in an op)", std::max(0.0, wall - sum), 0, 0, 0);
     std::snprintf(buf, sizeof buf, "| **wall** | 100.0%% | %.3f | |\n",
                   1000.0 * wall / double(std::max<int64_t>(1, n_tokens)));
     out += buf;

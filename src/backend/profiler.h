@@ -13,12 +13,14 @@
 
 namespace bigmoe {
 
-enum class OpClass { expert_matmul, dense_matmul, attention, gated_delta_net, elementwise, count };
+enum class OpClass { expert_matmul, dense_matmul, attention, gated_delta_net, elementwise, sampling, count };
 const char* op_class_name(OpClass c);
 
 struct ProfileEntry {
     double seconds = 0;
     int64_t calls = 0;
+    double bytes = 0;  // weight bytes read (dense matmul)
+    double flops = 0;  // multiply-adds x 2 (dense matmul)
 };
 
 class ProfiledBackend : public Backend {
@@ -26,7 +28,17 @@ class ProfiledBackend : public Backend {
     explicit ProfiledBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
     ~ProfiledBackend() override { release_scratch(); }
 
+    void reset_scratch() override {
+        Backend::reset_scratch();
+        inner_->reset_scratch();
+    }
     void set_phase(const std::string& phase) { phase_ = phase; }
+    // Time measured outside the backend (sampling) is added by the caller.
+    void record(OpClass c, double seconds) {
+        ProfileEntry& e = table_[phase_]["sampling"][c];
+        e.seconds += seconds;
+        e.calls += 1;
+    }
     void annotate(const char* scope) override { scope_ = scope; }
     void clear() { table_.clear(); }
     // The breakdown of one phase as a table (share of wall time, ms per token, calls), with an
@@ -56,7 +68,9 @@ class ProfiledBackend : public Backend {
         timed(OpClass::elementwise, [&] { inner_->rms_norm(x, w, eps, out); });
     }
     void matmul(const Weight& w, Tensor x, Tensor out) override {
-        timed(OpClass::dense_matmul, [&] { inner_->matmul(w, x, out); });
+        timed(
+            OpClass::dense_matmul, [&] { inner_->matmul(w, x, out); }, double(w.row_bytes) * double(w.n_out()),
+            2.0 * double(w.n_in()) * double(w.n_out()) * double(x.rows));
     }
     void add(Tensor a, Tensor b, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->add(a, b, out); });
@@ -94,12 +108,14 @@ class ProfiledBackend : public Backend {
 
   private:
     template <class F>
-    void timed(OpClass c, F&& f) {
+    void timed(OpClass c, F&& f, double bytes = 0, double flops = 0) {
         const auto t0 = std::chrono::steady_clock::now();
         f();
         ProfileEntry& e = table_[phase_][scope_][c];
         e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         e.calls += 1;
+        e.bytes += bytes;
+        e.flops += flops;
     }
 
     std::unique_ptr<Backend> inner_;

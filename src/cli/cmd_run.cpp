@@ -157,6 +157,7 @@ struct Generator {
             const auto ts0 = Clock::now();
             const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
             sampling_s += since(ts0);
+            if (prof) prof->record(OpClass::sampling, since(ts0));
             out.push_back(id);
             emit(id);
             if (tok.is_eog(id) && !ignore_eos) break;
@@ -311,9 +312,6 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (g.prof) {
             std::fprintf(stderr, "\n%s\n%s", g.prof->format("prefill", g.stats.prompt_s, g.stats.prompt_tokens).c_str(),
                          g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
-            std::fprintf(stderr, "decode sampling: %.3f ms/token (%.1f%% of decode wall time, inside `other`)\n",
-                         1000.0 * g.sampling_s / double(std::max<int64_t>(1, g.stats.gen_tokens)),
-                         g.stats.gen_s > 0 ? 100.0 * g.sampling_s / g.stats.gen_s : 0.0);
         }
         if (g.draft && g.spec_stats.steps > 0)
             std::fprintf(stderr,
