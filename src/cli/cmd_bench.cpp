@@ -90,6 +90,32 @@ Result<std::vector<int64_t>> ints(const Args& a, const char* key, const std::str
     return out;
 }
 
+// llama.cpp's names of the common file types (general.file_type).
+std::string ftype_name(int64_t ft) {
+    switch (ft) {
+        case 0:
+            return "all F32";
+        case 1:
+            return "F16";
+        case 2:
+            return "Q4_0";
+        case 7:
+            return "Q8_0";
+        case 14:
+            return "Q4_K - Small";
+        case 15:
+            return "Q4_K - Medium";
+        case 17:
+            return "Q5_K - Medium";
+        case 18:
+            return "Q6_K";
+        case 32:
+            return "BF16";
+        default:
+            return ft < 0 ? "?" : "ftype " + std::to_string(ft);
+    }
+}
+
 struct Test {
     int64_t n_prompt, n_gen;
 };
@@ -193,7 +219,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                     rec.backend = "CPU";
                                     rec.model_filename = path;
                                     rec.model_type = model.hparams().arch + " " +
-                                                     (*engine)->file().get_string_or("general.name", "");
+                                                     (*engine)->file().get_string_or("general.name", "") + " " +
+                                                     ftype_name((*engine)->file().get_int_or("general.file_type", -1));
                                     rec.model_size = model.total_weight_bytes();
                                     rec.model_n_params = uint64_t(model.n_params());
                                     rec.n_batch = b;
