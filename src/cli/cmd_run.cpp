@@ -124,14 +124,19 @@ struct Generator {
             }
             if (id == think_close) in_think = false;
         };
-        if (draft && sampler.params().temp <= 0) {
-            // Greedy speculative decoding: token-identical to plain greedy decoding.
+        if (draft) {
+            // Greedy: token-identical to plain greedy decoding. Sampling: speculative sampling,
+            // distributed exactly as the target's sampler chain.
             SpeculativeDecoder sd(ctx, *draft, spec);
+            Sampler draft_sampler(sampler.params());
             bool stop = false;
             while (!stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
                 if (ctx.n_past(0) + 1 >= ctx.params().n_ctx) break;
                 std::vector<int32_t> step;
-                BM_TRY(sd.step_greedy(logits, step));
+                if (sampler.params().temp <= 0)
+                    BM_TRY(sd.step_greedy(logits, step));
+                else
+                    BM_TRY(sd.step_sampled(sampler, draft_sampler, logits, step));
                 for (int32_t id : step) {
                     if (n_predict >= 0 && int64_t(out.size()) >= n_predict) break;
                     out.push_back(id);
@@ -283,10 +288,6 @@ int cmd_run(const std::vector<std::string>& argv) {
         auto dc = draft_engine->new_context(cp);
         if (!dc) return fail(dc.error().message);
         draft_ctx = std::move(*dc);
-        if (sp->temp > 0)
-            std::fprintf(stderr,
-                         "note: speculative decoding runs with greedy sampling (--temp 0); sampling at "
-                         "temperature > 0 decodes without the draft\n");
     }
 
     Generator g{**ctx,

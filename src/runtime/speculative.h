@@ -11,6 +11,9 @@
 
 #include "core/result.h"
 #include "runtime/context.h"
+#include "runtime/sampler.h"
+
+#include <random>
 
 namespace bigmoe {
 
@@ -35,6 +38,10 @@ class SpeculativeDecoder {
     // Greedy: appends at least one token (at most draft_max + 1) to `out`; `logits` holds the
     // target's logits for the next position and is updated.
     Result<void> step_greedy(std::vector<float>& logits, std::vector<int32_t>& out);
+    // Sampling (temperature > 0): drafts are drawn from the draft's distribution q, verified with
+    // speculative_verify against the target's p (both after each Sampler's chain), so the output is
+    // distributed exactly as the target's. `logits` are the target's logits after the prompt.
+    Result<void> step_sampled(Sampler& target, Sampler& draft, std::vector<float>& logits, std::vector<int32_t>& out);
     const SpecStats& stats() const { return stats_; }
 
   private:
@@ -43,7 +50,17 @@ class SpeculativeDecoder {
     SpecParams p_;
     SpecStats stats_;
     std::vector<int32_t> draft_pending_;  // accepted tokens the draft has not consumed yet
+    int32_t next_ = -1;                   // sampling: the target's next token, drawn at the end of a step
+    std::mt19937_64 rng_{0x5EC0DE};
 };
+
+// A sparse distribution: (token, probability) pairs summing to 1 (Sampler::distribution's output).
+using Dist = std::vector<std::pair<int32_t, double>>;
+
+// The speculative-sampling rule for one drafted token x drawn from the draft's q: accept with
+// probability min(1, p(x) / q(x)); otherwise draw from the normalised residual max(0, p - q).
+// The returned token is distributed exactly as p. `u1`, `u2` are uniform in [0, 1).
+int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, double u2, bool* accepted);
 
 // Clear error when two models cannot be paired (different vocabularies).
 Result<void> check_draft_compatible(const Model& target, const Model& draft);
