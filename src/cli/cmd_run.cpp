@@ -55,6 +55,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--show-thinking", true, "on|off: print the <think>...</think> part (default on)"},
     {"", "--chat-template", true, "chatml: use ChatML instead of the file's Jinja template"},
     {"-md", "--model-draft", true, "draft model for speculative decoding (same vocabulary)"},
+    {"", "--draft-ngram", false, "speculative decoding with prompt-lookup drafts (no draft model; greedy)"},
     {"", "--draft-max", true, "tokens drafted per step (default 8, at most 16)"},
     {"", "--draft-min", true, "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
@@ -91,12 +92,15 @@ struct Generator {
     SpecStats spec_stats;
     ProfiledBackend* prof = nullptr;
     double sampling_s = 0;
+    bool ngram = false;
+    std::vector<int32_t> history;  // every token in the target context (prompt lookup)
 
     Result<void> feed(const std::vector<int32_t>& tokens) {
         if (tokens.empty()) return {};
         if (prof) prof->set_phase("prefill");
         const auto t0 = Clock::now();
         BM_TRY(ctx.decode_seq(0, tokens, false, &logits));
+        history.insert(history.end(), tokens.begin(), tokens.end());
         if (draft) {
             std::vector<float> dl;
             BM_TRY(draft->decode_seq(0, tokens, false, &dl));
@@ -124,10 +128,11 @@ struct Generator {
             }
             if (id == think_close) in_think = false;
         };
-        if (draft) {
+        if (draft || (ngram && sampler.params().temp <= 0)) {
             // Greedy: token-identical to plain greedy decoding. Sampling: speculative sampling,
             // distributed exactly as the target's sampler chain.
-            SpeculativeDecoder sd(ctx, *draft, spec);
+            SpeculativeDecoder sd =
+                draft ? SpeculativeDecoder(ctx, *draft, spec) : SpeculativeDecoder(ctx, history, spec);
             Sampler draft_sampler(sampler.params());
             bool stop = false;
             while (!stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
@@ -148,6 +153,7 @@ struct Generator {
                 }
             }
             spec_stats = sd.stats();
+            history.insert(history.end(), out.begin(), out.end());
             const std::string rest = ts.flush();
             std::fwrite(rest.data(), 1, rest.size(), stdout);
             stats.gen_tokens += int64_t(out.size());
@@ -271,16 +277,18 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::unique_ptr<Engine> draft_engine;
     std::unique_ptr<Context> draft_ctx;
     SpecParams spec;
-    if (args->has("--model-draft")) {
+    if (args->has("--model-draft") || args->has("--draft-ngram")) {
         auto dmax = args->get_int("--draft-max", 8, 1, 16);
         auto dmin = args->get_int("--draft-min", 0, 0, 16);
         auto pmin = args->get_float("--draft-p-min", 0.0);
-        auto td = args->get_int("--threads-draft", *threads, 0, 1024);
         if (!dmax) return fail(dmax.error().message);
         if (!dmin) return fail(dmin.error().message);
         if (!pmin) return fail(pmin.error().message);
-        if (!td) return fail(td.error().message);
         spec = {int(*dmax), int(*dmin), float(*pmin)};
+    }
+    if (args->has("--model-draft")) {
+        auto td = args->get_int("--threads-draft", *threads, 0, 1024);
+        if (!td) return fail(td.error().message);
         auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(*td)});
         if (!de) return fail(de.error().message);
         if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
@@ -302,7 +310,9 @@ int cmd_run(const std::vector<std::string>& argv) {
                 spec,
                 {},
                 (*engine)->profiler(),
-                0.0};
+                0.0,
+                args->has("--draft-ngram"),
+                {}};
     auto report = [&] {
         std::fprintf(stderr,
                      "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
@@ -314,7 +324,7 @@ int cmd_run(const std::vector<std::string>& argv) {
             std::fprintf(stderr, "\n%s\n%s", g.prof->format("prefill", g.stats.prompt_s, g.stats.prompt_tokens).c_str(),
                          g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
         }
-        if (g.draft && g.spec_stats.steps > 0)
+        if ((g.draft || g.ngram) && g.spec_stats.steps > 0)
             std::fprintf(stderr,
                          "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per step\n",
                          (long long)g.spec_stats.drafted, (long long)g.spec_stats.accepted,

@@ -18,6 +18,20 @@ float top_probability(const float* x, int64_t n) {
 }
 }  // namespace
 
+std::vector<int32_t> ngram_draft(const std::vector<int32_t>& h, int max_tokens, int n_max) {
+    const int64_t len = int64_t(h.size());
+    for (int n = std::min<int>(n_max, int(len) - 1); n >= 1; --n) {
+        // latest earlier occurrence of the last n tokens
+        for (int64_t start = len - n - 1; start >= 0; --start) {
+            if (!std::equal(h.end() - n, h.end(), h.begin() + start)) continue;
+            std::vector<int32_t> out;
+            for (int64_t k = start + n; k < len && int(out.size()) < max_tokens; ++k) out.push_back(h[size_t(k)]);
+            return out;
+        }
+    }
+    return {};
+}
+
 static int32_t draw(const Dist& d, double u) {
     double cum = 0;
     for (const auto& [t, pr] : d) {
@@ -70,18 +84,23 @@ Result<void> check_draft_compatible(const Model& target, const Model& draft) {
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
     const int64_t V = t_.n_vocab();
     const int32_t cur = argmax(logits.data(), V);  // the target's own next token
-    const int max_draft =
-        std::min<int>(p_.draft_max, int(std::min(t_.params().rollback_depth, d_.params().rollback_depth)));
+    const int max_draft = std::min<int>(
+        p_.draft_max, int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20)));
     const int64_t room = t_.params().n_ctx - t_.n_past(0) - 1;
-    // 1. draft proposals, fed one at a time to the draft
+    // 1. draft proposals: prompt lookup, or the draft model fed one token at a time
     std::vector<int32_t> draft;
     std::vector<float> dl;
     std::vector<int32_t> feed = draft_pending_;
     feed.push_back(cur);
     draft_pending_.clear();
-    while (int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
-           d_.n_past(0) + int64_t(feed.size()) < d_.params().n_ctx) {
-        BM_TRY(d_.decode_seq(0, feed, false, &dl));
+    if (!d_) {
+        history_.push_back(cur);
+        draft = ngram_draft(history_, int(std::min<int64_t>(max_draft, room)));
+        feed.clear();
+    }
+    while (d_ && int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
+           d_->n_past(0) + int64_t(feed.size()) < d_->params().n_ctx) {
+        BM_TRY(d_->decode_seq(0, feed, false, &dl));
         feed.clear();
         const int32_t next = argmax(dl.data(), V);
         if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && top_probability(dl.data(), V) < p_.draft_p_min)
@@ -100,12 +119,13 @@ Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::ve
     // 3. roll back what was rejected, on both models
     const int64_t reject = int64_t(draft.size() - accepted);
     if (reject > 0) BM_TRY(t_.remove_last(0, reject));
-    if (!draft.empty()) {
+    if (!d_) history_.insert(history_.end(), draft.begin(), draft.begin() + long(accepted));
+    if (d_ && !draft.empty()) {
         // the draft consumed cur and draft[0..n-2]; it keeps cur and the accepted drafts
         const int64_t consumed = int64_t(draft.size());
         const int64_t keep = 1 + int64_t(accepted);
         if (keep < consumed)
-            BM_TRY(d_.remove_last(0, consumed - keep));
+            BM_TRY(d_->remove_last(0, consumed - keep));
         else if (accepted == draft.size())
             draft_pending_.push_back(draft.back());  // accepted but never fed to the draft
     }
@@ -121,12 +141,13 @@ Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::ve
 
 Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vector<float>& logits,
                                               std::vector<int32_t>& out) {
+    if (!d_) return make_error("speculative sampling needs a draft model (prompt lookup is greedy only)");
     const int32_t V = int32_t(t_.n_vocab());
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
     ts.accept(cur);
     const int max_draft =
-        std::min<int>(p_.draft_max, int(std::min(t_.params().rollback_depth, d_.params().rollback_depth)));
+        std::min<int>(p_.draft_max, int(std::min(t_.params().rollback_depth, d_->params().rollback_depth)));
     const int64_t room = t_.params().n_ctx - t_.n_past(0) - 1;
     std::vector<int32_t> draft;
     std::vector<Dist> qs;
@@ -135,8 +156,8 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     feed.push_back(cur);
     draft_pending_.clear();
     while (int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
-           d_.n_past(0) + int64_t(feed.size()) < d_.params().n_ctx) {
-        BM_TRY(d_.decode_seq(0, feed, false, &dl));
+           d_->n_past(0) + int64_t(feed.size()) < d_->params().n_ctx) {
+        BM_TRY(d_->decode_seq(0, feed, false, &dl));
         feed.clear();
         Dist q = ds.distribution(dl.data(), V);
         if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && q.front().second < p_.draft_p_min) break;
@@ -169,7 +190,7 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     if (!draft.empty()) {
         const int64_t consumed = int64_t(draft.size()), keep = 1 + int64_t(accepted);
         if (keep < consumed)
-            BM_TRY(d_.remove_last(0, consumed - keep));
+            BM_TRY(d_->remove_last(0, consumed - keep));
         else if (accepted == draft.size())
             draft_pending_.push_back(draft.back());
     }

@@ -33,7 +33,11 @@ class SpeculativeDecoder {
   public:
     // Both contexts use sequence 0 and must already hold the same prompt; `target_logits` are the
     // target's logits after the prompt. Vocabularies must match (checked by the caller).
-    SpeculativeDecoder(Context& target, Context& draft, const SpecParams& p) : t_(target), d_(draft), p_(p) {}
+    SpeculativeDecoder(Context& target, Context& draft, const SpecParams& p) : t_(target), d_(&draft), p_(p) {}
+    // Prompt-lookup drafting (no draft model): proposals are the tokens that followed the latest
+    // earlier occurrence of the last few tokens. `history` is the prompt already in the target.
+    SpeculativeDecoder(Context& target, std::vector<int32_t> history, const SpecParams& p)
+        : t_(target), d_(nullptr), p_(p), history_(std::move(history)) {}
 
     // Greedy: appends at least one token (at most draft_max + 1) to `out`; `logits` holds the
     // target's logits for the next position and is updated.
@@ -46,12 +50,13 @@ class SpeculativeDecoder {
 
   private:
     Context& t_;
-    Context& d_;
+    Context* d_;
     SpecParams p_;
     SpecStats stats_;
     std::vector<int32_t> draft_pending_;  // accepted tokens the draft has not consumed yet
     int32_t next_ = -1;                   // sampling: the target's next token, drawn at the end of a step
     std::mt19937_64 rng_{0x5EC0DE};
+    std::vector<int32_t> history_;  // prompt-lookup mode: every token in the target
 };
 
 // A sparse distribution: (token, probability) pairs summing to 1 (Sampler::distribution's output).
@@ -61,6 +66,10 @@ using Dist = std::vector<std::pair<int32_t, double>>;
 // probability min(1, p(x) / q(x)); otherwise draw from the normalised residual max(0, p - q).
 // The returned token is distributed exactly as p. `u1`, `u2` are uniform in [0, 1).
 int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, double u2, bool* accepted);
+
+// Prompt lookup: the tokens that followed the most recent earlier occurrence of the last n
+// tokens of `history` (longest n in [1, n_max] that matches), at most max_tokens of them.
+std::vector<int32_t> ngram_draft(const std::vector<int32_t>& history, int max_tokens, int n_max = 3);
 
 // Clear error when two models cannot be paired (different vocabularies).
 Result<void> check_draft_compatible(const Model& target, const Model& draft);

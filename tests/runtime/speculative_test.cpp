@@ -194,3 +194,42 @@ TEST(SpeculativeSampling, decoder_keeps_state_consistent) {
 
 }  // namespace
 }  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+TEST(PromptLookup, proposes_what_followed_the_last_ngram) {
+    EXPECT_EQ(ngram_draft({1, 2, 3, 4, 5, 9, 2, 3}, 3), (std::vector<int32_t>{4, 5, 9}));  // "2 3" seen before
+    EXPECT_EQ(ngram_draft({7, 8, 1, 2, 7, 8, 3, 1, 2}, 2), (std::vector<int32_t>{7, 8}));  // latest "1 2"
+    EXPECT_EQ(ngram_draft({5, 6, 7}, 4), (std::vector<int32_t>{}));                        // nothing repeats
+    EXPECT_EQ(ngram_draft({4, 1, 2, 4}, 8), (std::vector<int32_t>{1, 2, 4}));              // unigram fallback
+}
+
+// Prompt-lookup drafting is exact too: greedy output identical to plain decoding.
+TEST(PromptLookup, greedy_output_identical) {
+    for (const char* m : {"qwen35moe-tiny-f32.gguf", "qwen3moe-tiny-q4_k_m.gguf"}) {
+        auto target = Engine::load(model(m), {.n_threads = 2});
+        ASSERT_TRUE(target.ok());
+        auto p = prompt();
+        const auto rep = p;
+        p.insert(p.end(), rep.begin(), rep.end());  // repetitive prompt: lookups find matches
+        const Plain want = plain_greedy(**target, p, 40, 512);
+        for (int dmax : {1, 4, 16}) {
+            ContextParams cp;
+            cp.n_ctx = 256;
+            auto tc = (*target)->new_context(cp);
+            ASSERT_TRUE(tc.ok());
+            std::vector<float> logits;
+            ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
+            SpeculativeDecoder sd(**tc, p, {dmax, 0, 0.0f});
+            std::vector<int32_t> got;
+            while (got.size() < 40) ASSERT_TRUE(sd.step_greedy(logits, got).ok());
+            got.resize(40);
+            EXPECT_EQ(got, want.tokens) << m << " draft_max " << dmax;
+            EXPECT_GT(sd.stats().drafted, 0) << "the repeated prompt offers lookups";
+        }
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe
