@@ -128,6 +128,11 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["bigmoe_tflops"] = r.tflops();
     j["bigmoe_bytes_per_token"] = r.bytes_per_token;
     if (!r.profile_json.empty()) j["bigmoe_profile"] = nlohmann::ordered_json::parse(r.profile_json);
+    if (!r.draft_model.empty()) {
+        j["bigmoe_draft_model"] = r.draft_model;
+        j["bigmoe_spec_acceptance"] = r.spec_acceptance;
+        j["bigmoe_spec_mean_accepted"] = r.spec_mean_accepted;
+    }
     return j;
 }
 
@@ -193,8 +198,9 @@ std::string to_markdown(const std::vector<Record>& rs) {
         {"backend", false, [](const Record& r) { return r.backend; }},
         {"threads", true, [](const Record& r) { return std::to_string(r.n_threads); }},
     };
-    bool ub = false, tk = false, tv = false, nb = false;
+    bool ub = false, tk = false, tv = false, nb = false, md = false;
     for (const auto& r : rs) {
+        md |= !r.draft_model.empty();
         ub |= r.n_ubatch != def.n_ubatch;
         nb |= r.n_batch != def.n_batch;
         tk |= r.type_k != def.type_k;
@@ -204,6 +210,14 @@ std::string to_markdown(const std::vector<Record>& rs) {
     if (ub) cols.push_back({"n_ubatch", true, [](const Record& r) { return std::to_string(r.n_ubatch); }});
     if (tk) cols.push_back({"type_k", false, [](const Record& r) { return r.type_k; }});
     if (tv) cols.push_back({"type_v", false, [](const Record& r) { return r.type_v; }});
+    if (md)
+        cols.push_back({"draft accept", true, [](const Record& r) {
+                            if (r.spec_acceptance < 0) return std::string();
+                            char b[64];
+                            std::snprintf(b, sizeof b, "%.1f%% (%.2f/step)", 100.0 * r.spec_acceptance,
+                                          r.spec_mean_accepted);
+                            return std::string(b);
+                        }});
     cols.push_back({"test", true, [](const Record& r) { return r.test_name(); }});
     cols.push_back({"t/s", true, [](const Record& r) {
                         char b[64];

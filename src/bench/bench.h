@@ -30,6 +30,8 @@ struct Record {
     double flops_per_token = 0;  // prefill: 2 x active params
     double machine_gbps = 0;     // measured read bandwidth, 0 = unknown
     std::string profile_json;    // --profile: the op breakdown (ProfiledBackend::json)
+    std::string draft_model;     // -md: speculative decoding with this draft (generation tests)
+    double spec_acceptance = -1, spec_mean_accepted = 0;
 
     std::vector<double> samples_ts() const;
     double avg_ts() const;

@@ -15,6 +15,7 @@
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "runtime/speculative.h"
 
 namespace bigmoe::cli {
 
@@ -37,6 +38,8 @@ const std::vector<OptionSpec> k_specs = {
     {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
     {"-o", "--output", true, "md (default), csv, json or jsonl"},
     {"", "--progress", false, "progress on stderr"},
+    {"-md", "--model-draft", true, "draft model: generation tests use greedy speculative decoding"},
+    {"", "--draft-max", true, "tokens drafted per step with -md (default 8)"},
     {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
     {"", "--bw", true, "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
     {"-h", "--help", false, "show this help"},
@@ -159,6 +162,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     }
     if (tests.empty()) return fail("bench: no tests (all of -p, -n are 0)");
     const bool progress = args->has("--progress") || (isatty(2) && fmt == "md");
+    auto draft_max = args->get_int("--draft-max", 8, 1, 16);
+    if (!draft_max) return fail(draft_max.error().message);
 
     std::vector<bench::Record> all;
     bool first_json = true;
@@ -178,6 +183,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
             if (!engine) return fail(engine.error().message);
             Model& model = (*engine)->model();
             const int64_t V = model.hparams().n_vocab;
+            std::unique_ptr<Engine> draft;
+            if (args->has("--model-draft")) {
+                auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(threads)});
+                if (!de) return fail(de.error().message);
+                if (auto r = check_draft_compatible(model, (*de)->model()); !r) return fail(r.error().message);
+                draft = std::move(*de);
+            }
             for (int64_t b : *nb)
                 for (int64_t u : *ub)
                     for (const auto& ctk_s : *ctks)
@@ -202,15 +214,32 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                     for (auto& x : t) x = int32_t(rng() % uint32_t(V));
                                     return t;
                                 };
-                                std::vector<float> logits;
+                                std::vector<float> logits, dlogits;
+                                std::unique_ptr<Context> dctx;
+                                if (draft) {
+                                    auto dc = draft->new_context(cp);
+                                    if (!dc) return fail(dc.error().message);
+                                    dctx = std::move(*dc);
+                                }
                                 if (d > 0) {
                                     if (progress)
                                         std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)d);
-                                    auto r = (*ctx)->decode_seq(0, random_tokens(d), false, &logits);
+                                    const auto depth_tokens = random_tokens(d);
+                                    auto r = (*ctx)->decode_seq(0, depth_tokens, false, &logits);
                                     if (!r) return fail(r.error().message);
+                                    if (dctx) {
+                                        auto rd = dctx->decode_seq(0, depth_tokens, false, &dlogits);
+                                        if (!rd) return fail(rd.error().message);
+                                    }
                                 }
                                 auto base = (*ctx)->checkpoint(0);
                                 if (!base) return fail(base.error().message);
+                                std::unique_ptr<SeqCheckpoint> dbase;
+                                if (dctx) {
+                                    auto b2 = dctx->checkpoint(0);
+                                    if (!b2) return fail(b2.error().message);
+                                    dbase = std::move(*b2);
+                                }
                                 for (const auto& t : tests) {
                                     bench::Record rec;
                                     rec.build_commit = version_string();
@@ -238,6 +267,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                         double(model.active_weight_bytes()) +
                                         double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
                                     ProfiledBackend* prof = (*engine)->profiler();
+                                    int64_t spec_drafted = 0, spec_accepted = 0, spec_steps = 0;
                                     const std::string phase = t.n_gen == 0      ? "prefill"
                                                               : t.n_prompt == 0 ? "decode"
                                                                                 : "prefill+decode";
@@ -256,17 +286,54 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                             if (!r) return fail(r.error().message);
                                         }
                                         int32_t tok = int32_t(rng() % uint32_t(V));
-                                        for (int64_t i = 0; i < t.n_gen; ++i) {
-                                            auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                                            if (!r) return fail(r.error().message);
-                                            tok = int32_t(std::max_element(logits.begin(), logits.end()) -
-                                                          logits.begin());
+                                        if (dctx && t.n_gen > 0) {
+                                            // speculative: the first token on both models, then draft/verify steps
+                                            auto rd = dctx->restore(0, *dbase);
+                                            if (!rd) return fail(rd.error().message);
+                                            if (t.n_prompt > 0) {
+                                                auto r =
+                                                    dctx->decode_seq(0, random_tokens(t.n_prompt), false, &dlogits);
+                                                if (!r) return fail(r.error().message);
+                                            }
+                                            auto r1 = (*ctx)->decode_seq(0, {tok}, false, &logits);
+                                            auto r2 = dctx->decode_seq(0, {tok}, false, &dlogits);
+                                            if (!r1 || !r2) return fail(!r1 ? r1.error().message : r2.error().message);
+                                            SpeculativeDecoder sd(**ctx, *dctx, {int(*draft_max), 0, 0.0f});
+                                            std::vector<int32_t> out = {tok};
+                                            while (int64_t(out.size()) < t.n_gen) {
+                                                auto rs = sd.step_greedy(logits, out);
+                                                if (!rs) return fail(rs.error().message);
+                                            }
+                                            if (rep >= 0) {
+                                                spec_drafted += sd.stats().drafted;
+                                                spec_accepted += sd.stats().accepted;
+                                                spec_steps += sd.stats().steps;
+                                            }
+                                        } else {
+                                            for (int64_t i = 0; i < t.n_gen; ++i) {
+                                                auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
+                                                if (!r) return fail(r.error().message);
+                                                const auto ts0 = Clock::now();
+                                                tok = int32_t(std::max_element(logits.begin(), logits.end()) -
+                                                              logits.begin());
+                                                if (prof)
+                                                    prof->record(
+                                                        OpClass::sampling,
+                                                        std::chrono::duration<double>(Clock::now() - ts0).count());
+                                            }
                                         }
                                         const double ns =
                                             std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
                                         if (rep >= 0) rec.samples_ns.push_back(ns);
                                     }
                                     if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
+                                    if (dctx && t.n_gen > 0) {
+                                        rec.draft_model = args->get("--model-draft");
+                                        rec.spec_acceptance =
+                                            spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
+                                        rec.spec_mean_accepted =
+                                            spec_steps ? double(spec_accepted) / double(spec_steps) : 0;
+                                    }
                                     if (prof) {
                                         double wall = 0;
                                         for (double ns : rec.samples_ns) wall += ns / 1e9;

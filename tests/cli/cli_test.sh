@@ -46,5 +46,7 @@ expect "run needs a prompt" 1 "give -p" "$bin" run -m "$m"
 expect "run bad temp" 1 "out of range" "$bin" run -m "$m" -p hi --temp -1
 expect "run bad draft" 1 "cannot open" "$bin" run -m "$m" -p hi -md "$tmp/none.gguf"
 expect "tokenize ids" 0 "\[" "$bin" tokenize -m "$m" -p "hello" --ids
+expect "bench -md" 0 '"bigmoe_spec_acceptance"' "$bin" bench -m "$m" -md "$fixtures/models/qwen35-tiny-f32.gguf" -p 0 -n 8 -r 1 -o jsonl
+expect "bench -md vocab" 1 "vocabulary" "$bin" bench -m "$m" -md "$tmp/s.gguf" -p 0 -n 8 -r 1
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
