@@ -64,6 +64,14 @@ inline Error make_error(std::string msg) {
         }                                                                                 \
     } while (0)
 
+// Assign the value of an expression returning Result<T> to dst, or return its error.
+#define BM_ASSIGN(dst, expr)                            \
+    do {                                                \
+        auto bm_assign_r_ = (expr);                     \
+        if (!bm_assign_r_) return bm_assign_r_.error(); \
+        dst = *bm_assign_r_;                            \
+    } while (0)
+
 // Propagate an error from an expression returning Result<...>.
 #define BM_TRY(expr)                                   \
     do {                                               \

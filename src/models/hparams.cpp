@@ -44,13 +44,6 @@ struct Reader {
     }
 };
 
-#define BM_READ(dst, expr)          \
-    do {                            \
-        auto r_ = (expr);           \
-        if (!r_) return r_.error(); \
-        dst = *r_;                  \
-    } while (0)
-
 }  // namespace
 
 Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
@@ -59,8 +52,8 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     if (!arch) return arch.error();
     hp.arch = *arch;
     Reader r{f, hp.arch + "."};
-    BM_READ(hp.n_embd, r.pos_int("embedding_length"));
-    BM_READ(hp.n_layer_all, r.pos_int("block_count"));
+    BM_ASSIGN(hp.n_embd, r.pos_int("embedding_length"));
+    BM_ASSIGN(hp.n_layer_all, r.pos_int("block_count"));
     // Plausibility bounds keep a corrupt file from driving huge allocations before the tensor
     // checks run (the largest published models have ~100 layers, 512 experts, 128 heads).
     constexpr int64_t k_max_layers = 4096, k_max_heads = 16384, k_max_experts = 1 << 16;
@@ -72,12 +65,12 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
         return make_error(f.path() + ": nextn_predict_layers = " + std::to_string(hp.n_nextn) +
                           " is inconsistent with block_count = " + std::to_string(hp.n_layer_all));
     hp.n_layer = hp.n_layer_all - hp.n_nextn;
-    BM_READ(hp.n_ctx_train, r.pos_int_or("context_length", 4096));
-    BM_READ(hp.n_head, r.pos_int("attention.head_count"));
-    BM_READ(hp.n_head_kv, r.pos_int_or("attention.head_count_kv", hp.n_head));
-    BM_READ(hp.head_dim, r.pos_int_or("attention.key_length", hp.n_embd / hp.n_head));
-    BM_READ(hp.head_dim_v, r.pos_int_or("attention.value_length", hp.head_dim));
-    BM_READ(hp.n_rot, r.pos_int_or("rope.dimension_count", hp.head_dim));
+    BM_ASSIGN(hp.n_ctx_train, r.pos_int_or("context_length", 4096));
+    BM_ASSIGN(hp.n_head, r.pos_int("attention.head_count"));
+    BM_ASSIGN(hp.n_head_kv, r.pos_int_or("attention.head_count_kv", hp.n_head));
+    BM_ASSIGN(hp.head_dim, r.pos_int_or("attention.key_length", hp.n_embd / hp.n_head));
+    BM_ASSIGN(hp.head_dim_v, r.pos_int_or("attention.value_length", hp.head_dim));
+    BM_ASSIGN(hp.n_rot, r.pos_int_or("rope.dimension_count", hp.head_dim));
     if (hp.n_head > k_max_heads || hp.n_head_kv > k_max_heads)
         return make_error(f.path() + ": head counts " + std::to_string(hp.n_head) + "/" + std::to_string(hp.n_head_kv) +
                           " are implausible");
@@ -100,32 +93,32 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
     if (toks && toks->type == gguf::ValueType::ARRAY) hp.n_vocab = int64_t(toks->array_size());
     if (hp.n_vocab == 0) hp.n_vocab = f.get_int_or(r.prefix + "vocab_size", 0);
-    if (f.find(r.prefix + "feed_forward_length")) BM_READ(hp.n_ff, r.pos_int("feed_forward_length"));
+    if (f.find(r.prefix + "feed_forward_length")) BM_ASSIGN(hp.n_ff, r.pos_int("feed_forward_length"));
 
     if (moe) {
-        BM_READ(hp.n_expert, r.pos_int("expert_count"));
-        BM_READ(hp.n_expert_used, r.pos_int("expert_used_count"));
+        BM_ASSIGN(hp.n_expert, r.pos_int("expert_count"));
+        BM_ASSIGN(hp.n_expert_used, r.pos_int("expert_used_count"));
         if (hp.n_expert > k_max_experts)
             return make_error(f.path() + ": expert_count " + std::to_string(hp.n_expert) + " is implausible");
         if (hp.n_expert_used > hp.n_expert)
             return make_error(f.path() + ": expert_used_count " + std::to_string(hp.n_expert_used) +
                               " > expert_count " + std::to_string(hp.n_expert));
         const int64_t def_ff = hp.n_ff > 0 ? hp.n_ff / hp.n_expert_used : 0;
-        BM_READ(hp.n_ff_exp, r.pos_int_or("expert_feed_forward_length", def_ff));
+        BM_ASSIGN(hp.n_ff_exp, r.pos_int_or("expert_feed_forward_length", def_ff));
         if (hp.n_ff_exp <= 0) return make_error(f.path() + ": missing expert_feed_forward_length");
-        if (hybrid) BM_READ(hp.n_ff_shexp, r.pos_int_or("expert_shared_feed_forward_length", hp.n_ff));
+        if (hybrid) BM_ASSIGN(hp.n_ff_shexp, r.pos_int_or("expert_shared_feed_forward_length", hp.n_ff));
     } else if (hp.n_ff <= 0) {
         return make_error(f.path() + ": missing metadata key '" + r.prefix + "feed_forward_length'");
     }
 
     hp.recurrent.assign(size_t(hp.n_layer), false);
     if (hybrid) {
-        BM_READ(hp.ssm_conv_kernel, r.pos_int("ssm.conv_kernel"));
-        BM_READ(hp.ssm_d_state, r.pos_int("ssm.state_size"));
-        BM_READ(hp.ssm_n_k_heads, r.pos_int("ssm.group_count"));
-        BM_READ(hp.ssm_n_v_heads, r.pos_int("ssm.time_step_rank"));
-        BM_READ(hp.ssm_d_inner, r.pos_int("ssm.inner_size"));
-        BM_READ(hp.full_attention_interval, r.pos_int_or("full_attention_interval", 4));
+        BM_ASSIGN(hp.ssm_conv_kernel, r.pos_int("ssm.conv_kernel"));
+        BM_ASSIGN(hp.ssm_d_state, r.pos_int("ssm.state_size"));
+        BM_ASSIGN(hp.ssm_n_k_heads, r.pos_int("ssm.group_count"));
+        BM_ASSIGN(hp.ssm_n_v_heads, r.pos_int("ssm.time_step_rank"));
+        BM_ASSIGN(hp.ssm_d_inner, r.pos_int("ssm.inner_size"));
+        BM_ASSIGN(hp.full_attention_interval, r.pos_int_or("full_attention_interval", 4));
         if (hp.ssm_conv_kernel < 2 || hp.ssm_conv_kernel > 8)
             return make_error(f.path() + ": ssm.conv_kernel " + std::to_string(hp.ssm_conv_kernel) +
                               " unsupported (2..8)");

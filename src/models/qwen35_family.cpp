@@ -2,13 +2,6 @@
 
 namespace bigmoe {
 
-#define BM_LOAD(dst, expr)          \
-    do {                            \
-        auto r_ = (expr);           \
-        if (!r_) return r_.error(); \
-        dst = *r_;                  \
-    } while (0)
-
 Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, Backend& backend, bool moe) {
     auto hp = read_hparams(file, /*hybrid=*/true, moe);
     if (!hp) return hp.error();
@@ -27,16 +20,16 @@ Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, 
 
 Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
     l.recurrent = recurrent;
-    BM_LOAD(l.attn_norm, load_f32(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
-    BM_LOAD(l.post_norm, load_f32(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
+    BM_ASSIGN(l.attn_norm, load_f32(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
+    BM_ASSIGN(l.post_norm, load_f32(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
     if (recurrent)
-        BM_LOAD(l.gdn, blocks::load_gdn(*this, il));
+        BM_ASSIGN(l.gdn, blocks::load_gdn(*this, il));
     else
-        BM_LOAD(l.attn, blocks::load_attention(*this, il, /*gated=*/true));
+        BM_ASSIGN(l.attn, blocks::load_attention(*this, il, /*gated=*/true));
     if (moe_)
-        BM_LOAD(l.moe, blocks::load_moe(*this, il, /*shared_expert=*/true));
+        BM_ASSIGN(l.moe, blocks::load_moe(*this, il, /*shared_expert=*/true));
     else
-        BM_LOAD(l.ffn, blocks::load_dense_ffn(*this, il, hp_.n_ff, ""));
+        BM_ASSIGN(l.ffn, blocks::load_dense_ffn(*this, il, hp_.n_ff, ""));
     return {};
 }
 
@@ -49,12 +42,12 @@ Result<void> Qwen35Family::load_mtp() {
         Layer l;
         BM_TRY(load_layer(il, l, false));
         const Weight* w;
-        BM_LOAD(w, load(blocks::blk(il, "nextn.eh_proj.weight"), {2 * hp_.n_embd, hp_.n_embd}));
-        BM_LOAD(w, load(blocks::blk(il, "nextn.enorm.weight"), {hp_.n_embd}));
-        BM_LOAD(w, load(blocks::blk(il, "nextn.hnorm.weight"), {hp_.n_embd}));
-        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.embed_tokens.weight"), {hp_.n_embd, hp_.n_vocab}));
-        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.shared_head_head.weight"), {hp_.n_embd, hp_.n_vocab}));
-        BM_LOAD(w, load_optional(blocks::blk(il, "nextn.shared_head_norm.weight"), {hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, "nextn.eh_proj.weight"), {2 * hp_.n_embd, hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, "nextn.enorm.weight"), {hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, "nextn.hnorm.weight"), {hp_.n_embd}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.embed_tokens.weight"), {hp_.n_embd, hp_.n_vocab}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.shared_head_head.weight"), {hp_.n_embd, hp_.n_vocab}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.shared_head_norm.weight"), {hp_.n_embd}));
         (void)w;
         mtp_layers_.push_back(l);
     }

@@ -81,6 +81,31 @@ Result<void> check_draft_compatible(const Model& target, const Model& draft) {
     return {};
 }
 
+Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
+                                             const std::vector<float>& verify_logits, std::vector<float>& logits,
+                                             std::vector<int32_t>& out) {
+    const int64_t V = t_.n_vocab();
+    const int64_t reject = int64_t(draft.size() - accepted);
+    if (reject > 0) BM_TRY(t_.remove_last(0, reject));
+    if (d_ && !draft.empty()) {
+        // the draft consumed cur and draft[0..n-2]; it keeps cur and the accepted drafts
+        const int64_t consumed = int64_t(draft.size()), keep = 1 + int64_t(accepted);
+        if (keep < consumed)
+            BM_TRY(d_->remove_last(0, consumed - keep));
+        else if (accepted == draft.size())
+            draft_pending_.push_back(draft.back());  // accepted but never fed to the draft
+    }
+    out.push_back(cur);
+    out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
+    logits.assign(verify_logits.begin() + long(accepted * size_t(V)),
+                  verify_logits.begin() + long((accepted + 1) * size_t(V)));
+    stats_.steps += 1;
+    stats_.drafted += int64_t(draft.size());
+    stats_.accepted += int64_t(accepted);
+    stats_.generated += 1 + int64_t(accepted);
+    return {};
+}
+
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
     const int64_t V = t_.n_vocab();
     const int32_t cur = argmax(logits.data(), V);  // the target's own next token
@@ -117,25 +142,8 @@ Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::ve
     size_t accepted = 0;
     while (accepted < draft.size() && argmax(vl.data() + accepted * size_t(V), V) == draft[accepted]) ++accepted;
     // 3. roll back what was rejected, on both models
-    const int64_t reject = int64_t(draft.size() - accepted);
-    if (reject > 0) BM_TRY(t_.remove_last(0, reject));
     if (!d_) history_.insert(history_.end(), draft.begin(), draft.begin() + long(accepted));
-    if (d_ && !draft.empty()) {
-        // the draft consumed cur and draft[0..n-2]; it keeps cur and the accepted drafts
-        const int64_t consumed = int64_t(draft.size());
-        const int64_t keep = 1 + int64_t(accepted);
-        if (keep < consumed)
-            BM_TRY(d_->remove_last(0, consumed - keep));
-        else if (accepted == draft.size())
-            draft_pending_.push_back(draft.back());  // accepted but never fed to the draft
-    }
-    out.push_back(cur);
-    out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
-    logits.assign(vl.begin() + long(accepted * size_t(V)), vl.begin() + long((accepted + 1) * size_t(V)));
-    stats_.steps += 1;
-    stats_.drafted += int64_t(draft.size());
-    stats_.accepted += int64_t(accepted);
-    stats_.generated += 1 + int64_t(accepted);
+    BM_TRY(finish_step(cur, draft, accepted, vl, logits, out));
     return {};
 }
 
@@ -185,23 +193,8 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     }
     if (next < 0) next = draw(ts.distribution(vl.data() + accepted * size_t(V), V), U(rng_));  // bonus token
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
-    const int64_t reject = int64_t(draft.size() - accepted);
-    if (reject > 0) BM_TRY(t_.remove_last(0, reject));
-    if (!draft.empty()) {
-        const int64_t consumed = int64_t(draft.size()), keep = 1 + int64_t(accepted);
-        if (keep < consumed)
-            BM_TRY(d_->remove_last(0, consumed - keep));
-        else if (accepted == draft.size())
-            draft_pending_.push_back(draft.back());
-    }
-    out.push_back(cur);
-    out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
-    logits.assign(vl.begin() + long(accepted * size_t(V)), vl.begin() + long((accepted + 1) * size_t(V)));
     next_ = next;
-    stats_.steps += 1;
-    stats_.drafted += int64_t(draft.size());
-    stats_.accepted += int64_t(accepted);
-    stats_.generated += 1 + int64_t(accepted);
+    BM_TRY(finish_step(cur, draft, accepted, vl, logits, out));
     return {};
 }
 

@@ -49,6 +49,11 @@ class SpeculativeDecoder {
     const SpecStats& stats() const { return stats_; }
 
   private:
+    // Rolls both models back past the rejected drafts and records the step.
+    Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
+                             const std::vector<float>& verify_logits, std::vector<float>& logits,
+                             std::vector<int32_t>& out);
+
     Context& t_;
     Context* d_;
     SpecParams p_;
