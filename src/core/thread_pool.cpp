@@ -77,6 +77,16 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     job_ = nullptr;
 }
 
+void ThreadPool::parallel_tasks(int64_t n, const std::function<void(int64_t, int)>& fn) {
+    if (n <= 0) return;
+    std::atomic<int64_t> next{0};
+    parallel_for(std::min<int64_t>(n, n_threads_), [&](int64_t, int64_t, int thread) {
+        for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < n;
+             i = next.fetch_add(1, std::memory_order_relaxed))
+            fn(i, thread);
+    });
+}
+
 void ThreadPool::worker(int index) {
     uint64_t seen = 0;
     for (;;) {

@@ -28,6 +28,9 @@ class ThreadPool {
     static std::shared_ptr<ThreadPool> shared(int n_threads);
     // fn(begin, end, thread_index) is called on disjoint ranges covering [0, n).
     void parallel_for(int64_t n, const std::function<void(int64_t, int64_t, int)>& fn);
+    // fn(task, thread_index) for every task in [0, n), handed out one at a time (for tasks of
+    // uneven cost); each task must write its own outputs, so results do not depend on who ran it.
+    void parallel_tasks(int64_t n, const std::function<void(int64_t, int)>& fn);
 
   private:
     void worker(int index);

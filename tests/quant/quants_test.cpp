@@ -275,29 +275,32 @@ TEST(Kernels, vec_dot_matches_float64_reference) {
 namespace bigmoe {
 namespace {
 
-// A 4-token tile must give, bit for bit, what four single dot products give (batch invariance).
+// A tile of 1..4 tokens must give, bit for bit, what single dot products give (batch invariance).
 TEST(Kernels, tiles_equal_single_dot_products_bitwise) {
     std::mt19937 rng(testing::fresh_seed());
     for (const cpu::Kernels* k : cpu::available_kernels()) {
         for (int id = 0; id < 32; ++id) {
-            if (!k->vec_dot4[id]) continue;
-            const DType t = DType(id);
-            const int64_t n = traits(t).block_elems == 1 ? 300 : 4 * traits(t).block_elems;
-            auto w = testing::random_floats(rng, size_t(n), -1, 1);
-            std::vector<uint8_t> wq(row_bytes(t, n));
-            quantize_row(t, w.data(), wq.data(), n);
-            std::vector<std::vector<uint8_t>> xq(4, std::vector<uint8_t>(row_bytes(activation_type(t), n)));
-            const void* rows[4];
-            for (int r = 0; r < 4; ++r) {
-                auto x = testing::random_floats(rng, size_t(n), -2, 2);
-                k->quantize[int(activation_type(t))](x.data(), xq[size_t(r)].data(), n);
-                rows[r] = xq[size_t(r)].data();
-            }
-            float tile[4];
-            k->vec_dot4[id](wq.data(), rows, n, tile);
-            for (int r = 0; r < 4; ++r) {
-                const float one = k->vec_dot[id](wq.data(), rows[r], n);
-                EXPECT_EQ(std::memcmp(&one, &tile[r], 4), 0) << k->isa << " " << traits(t).name << " row " << r;
+            for (int nt = 1; nt <= 4; ++nt) {
+                if (!k->tile[id][nt - 1]) continue;
+                const DType t = DType(id);
+                const int64_t n = traits(t).block_elems == 1 ? 300 : 4 * traits(t).block_elems;
+                auto w = testing::random_floats(rng, size_t(n), -1, 1);
+                std::vector<uint8_t> wq(row_bytes(t, n));
+                quantize_row(t, w.data(), wq.data(), n);
+                std::vector<std::vector<uint8_t>> xq(4, std::vector<uint8_t>(row_bytes(activation_type(t), n)));
+                const void* rows[4];
+                for (int r = 0; r < nt; ++r) {
+                    auto x = testing::random_floats(rng, size_t(n), -2, 2);
+                    k->quantize[int(activation_type(t))](x.data(), xq[size_t(r)].data(), n);
+                    rows[r] = xq[size_t(r)].data();
+                }
+                float tile[4];
+                k->tile[id][nt - 1](wq.data(), rows, n, tile);
+                for (int r = 0; r < nt; ++r) {
+                    const float one = k->vec_dot[id](wq.data(), rows[r], n);
+                    EXPECT_EQ(std::memcmp(&one, &tile[r], 4), 0)
+                        << k->isa << " " << traits(t).name << " tile " << nt << " row " << r;
+                }
             }
         }
     }

@@ -95,32 +95,41 @@ size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) 
     return rb;
 }
 
+void CpuBackend::rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end,
+                              const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
+                              int64_t out_stride) const {
+    VecDotFn dot = k_->vec_dot[int(wt)];
+    const auto& tiles = k_->tile[int(wt)];
+    GemmRowFn gemm = n_tok >= k_gemm_min_tokens ? k_->gemm_row[int(wt)] : nullptr;
+    for (int64_t r = r_begin; r < r_end; ++r) {
+        const uint8_t* wr = w + size_t(r) * w_row_bytes;
+        if (gemm) {
+            gemm(wr, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
+            continue;
+        }
+        for (int64_t t = 0; t < n_tok;) {
+            const int nt = int(std::min<int64_t>(4, n_tok - t));
+            if (VecDotTileFn f = tiles[nt - 1]) {
+                const void* rows[4];
+                float res[4];
+                for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+                f(wr, rows, n_in, res);
+                for (int j = 0; j < nt; ++j) out[(t + j) * out_stride + r] = res[j];
+                t += nt;
+            } else {
+                out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
+                ++t;
+            }
+        }
+    }
+}
+
 void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
                              size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) {
-    VecDotFn dot = k_->vec_dot[int(wt)];
-    VecDot4Fn dot4 = k_->vec_dot4[int(wt)];
-    GemmRowFn gemm = n_tok >= 8 ? k_->gemm_row[int(wt)] : nullptr;
-    constexpr int64_t k_rows_per_task = 16;
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
     pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
-        for (int64_t r = b * k_rows_per_task; r < std::min(n_rows, e * k_rows_per_task); ++r) {
-            const uint8_t* wr = w + size_t(r) * w_row_bytes;
-            if (gemm) {
-                gemm(wr, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
-                continue;
-            }
-            int64_t t = 0;
-            if (dot4) {
-                for (; t + 4 <= n_tok; t += 4) {
-                    const void* rows[4];
-                    for (int j = 0; j < 4; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-                    float res[4];
-                    dot4(wr, rows, n_in, res);
-                    for (int j = 0; j < 4; ++j) out[(t + j) * out_stride + r] = res[j];
-                }
-            }
-            for (; t < n_tok; ++t) out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
-        }
+        rows_product(wt, w, w_row_bytes, b * k_rows_per_task, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes,
+                     n_tok, n_in, out, out_stride);
     });
 }
 
@@ -155,13 +164,6 @@ void CpuBackend::gather_cols(Tensor x, int64_t group, int64_t offset, int64_t wi
         float* o = out.row(t);
         for (int64_t g = 0; g < x.cols / group; ++g) std::copy_n(s + g * group + offset, width, o + g * width);
     });
-}
-
-static inline float silu(float x) {
-    return x / (1.0f + std::exp(-x));
-}
-static inline float sigmoid(float x) {
-    return 1.0f / (1.0f + std::exp(-x));
 }
 
 void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {

@@ -1,6 +1,7 @@
 // The CPU backend: host memory, a thread pool, and kernels from the dispatch table.
 #pragma once
 
+#include <cmath>
 #include <memory>
 
 #include "backend/backend.h"
@@ -8,6 +9,13 @@
 #include "core/thread_pool.h"
 
 namespace bigmoe::cpu {
+
+inline float silu(float x) {
+    return x / (1.0f + std::exp(-x));
+}
+inline float sigmoid(float x) {
+    return 1.0f / (1.0f + std::exp(-x));
+}
 
 class CpuBackend : public Backend {
   public:
@@ -48,6 +56,13 @@ class CpuBackend : public Backend {
     // given row range. Shared by matmul and the expert products.
     void matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
                      size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride);
+    // One thread's share: rows [r_begin, r_end) of the same product (no parallelism inside).
+    void rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end, const uint8_t* qx,
+                      size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) const;
+    // Weight rows per parallel task.
+    static constexpr int64_t k_rows_per_task = 16;
+    // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
+    static constexpr int64_t k_gemm_min_tokens = 8;
     // Quantize rows of x into the activation type of weight type wt; returns row bytes.
     size_t quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf);
 

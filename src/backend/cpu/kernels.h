@@ -11,9 +11,9 @@ namespace bigmoe::cpu {
 
 // Dot product of a weight row of type t with an activation row in activation_type(t).
 using VecDotFn = float (*)(const void* w_row, const void* act_row, int64_t n);
-// NT = 4 dot products of one weight row with four activation rows; per token exactly the
-// arithmetic of VecDotFn (so tiles do not change results).
-using VecDot4Fn = void (*)(const void* w_row, const void* const* act_rows, int64_t n, float* out);
+// NT (1..4) dot products of one weight row with NT activation rows, the row decoded once; per
+// token exactly the arithmetic of VecDotFn (so tiles do not change results).
+using VecDotTileFn = void (*)(const void* w_row, const void* const* act_rows, int64_t n, float* out);
 // One weight row against n_tok activation rows (stride act_stride bytes): out[t * out_stride].
 // Per token bit-identical to VecDotFn; faster for many tokens (the row is decoded once).
 using GemmRowFn = void (*)(const void* w_row, const uint8_t* act, size_t act_stride, int64_t n_tok, int64_t n,
@@ -32,10 +32,10 @@ using AxpyFn = void (*)(float* y, float a, const void* x, int64_t n);
 
 struct Kernels {
     const char* isa = "generic";
-    VecDotFn vec_dot[32] = {};     // indexed by weight DType id
-    VecDot4Fn vec_dot4[32] = {};   // optional 4-token tiles (nullptr: use vec_dot)
-    GemmRowFn gemm_row[32] = {};   // optional many-token row products
-    QuantizeFn quantize[32] = {};  // indexed by activation DType id
+    VecDotFn vec_dot[32] = {};      // indexed by weight DType id
+    VecDotTileFn tile[32][4] = {};  // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
+    GemmRowFn gemm_row[32] = {};    // optional many-token row products
+    QuantizeFn quantize[32] = {};   // indexed by activation DType id
     GdnStepFn gdn_step = nullptr;
     DotF32Fn dot_kv_f32 = nullptr, dot_kv_f16 = nullptr;
     AxpyFn axpy_f32 = nullptr, axpy_f16 = nullptr;

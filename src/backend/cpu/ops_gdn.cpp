@@ -10,12 +10,6 @@
 namespace bigmoe::cpu {
 
 namespace {
-inline float silu(float x) {
-    return x / (1.0f + std::exp(-x));
-}
-inline float sigmoid(float x) {
-    return 1.0f / (1.0f + std::exp(-x));
-}
 inline float softplus(float x) {
     return x > 20.0f ? x : std::log(1.0f + std::exp(x));
 }

@@ -1,0 +1,122 @@
+// Google Benchmark microbenchmarks of the CPU kernels on the paths the engine takes: quantized
+// matrix products (one weight matrix larger than the caches, 1..16 tokens) and the routed-expert
+// op at decode and verification batch sizes. Reports bytes/s of weights read.
+//
+//   build/bigmoe_kernel_bench --benchmark_filter=matmul  (threads: BIGMOE_THREADS, default 2)
+#include <benchmark/benchmark.h>
+
+#include <cstdlib>
+#include <random>
+#include <vector>
+
+#include "backend/cpu/cpu_backend.h"
+#include "quant/quants.h"
+
+namespace {
+
+using namespace bigmoe;
+
+int bench_threads() {
+    const char* s = std::getenv("BIGMOE_THREADS");
+    return s ? std::max(1, std::atoi(s)) : 2;
+}
+
+cpu::CpuBackend& backend() {
+    static cpu::CpuBackend b(bench_threads());
+    return b;
+}
+
+// Quantized random weights: n_mat matrices of rows x cols each.
+struct QuantMatrix {
+    DType type;
+    int64_t rows, cols, n_mat;
+    size_t row_bytes;
+    std::vector<uint8_t> data;
+    QuantMatrix(DType t, int64_t r, int64_t c, int64_t m = 1) : type(t), rows(r), cols(c), n_mat(m) {
+        row_bytes = bigmoe::row_bytes(t, c);
+        data.resize(row_bytes * size_t(r * m));
+        std::mt19937 rng(7);
+        std::normal_distribution<float> nd(0.0f, 1.0f);
+        std::vector<float> row(static_cast<size_t>(c));
+        for (int64_t i = 0; i < r * m; ++i) {
+            for (auto& v : row) v = nd(rng);
+            quantize_row(t, row.data(), data.data() + size_t(i) * row_bytes, c);
+        }
+    }
+    Weight weight() const {
+        Weight w;
+        w.type = type;
+        w.ne[0] = cols;
+        w.ne[1] = rows;
+        w.ne[2] = n_mat;
+        w.row_bytes = row_bytes;
+        w.expert_bytes = row_bytes * size_t(rows);
+        w.data = data.data();
+        return w;
+    }
+};
+
+std::vector<float> random_f32(size_t n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    std::vector<float> v(n);
+    for (auto& x : v) x = nd(rng);
+    return v;
+}
+
+// A 128 MB-class matrix (like the LM head) times n_tok tokens.
+void matmul(benchmark::State& state, DType t) {
+    const int64_t n_tok = state.range(0), cols = 1024, rows = 98304;
+    static std::vector<std::unique_ptr<QuantMatrix>> cache;
+    QuantMatrix* m = nullptr;
+    for (auto& c : cache)
+        if (c->type == t) m = c.get();
+    if (!m) {
+        cache.push_back(std::make_unique<QuantMatrix>(t, rows, cols));
+        m = cache.back().get();
+    }
+    const Weight w = m->weight();
+    auto x = random_f32(size_t(n_tok * cols), 1);
+    std::vector<float> y(size_t(n_tok * rows));
+    auto& be = backend();
+    for (auto _ : state) {
+        be.matmul(w, Tensor{x.data(), n_tok, cols, cols}, Tensor{y.data(), n_tok, rows, rows});
+        benchmark::DoNotOptimize(y.data());
+        be.reset_scratch();
+    }
+    state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m->data.size()));
+    state.counters["tok/s"] = benchmark::Counter(double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+// bench-1b's routed experts: 64 experts, top 8, n_embd 1024, n_ff 256; gate/up Q4_K, down Q6_K.
+// Tokens are routed at random, so a batch of n tokens reads ~64 (1 - (7/8)^n) experts.
+void moe(benchmark::State& state) {
+    const int64_t T = state.range(0), E = 64, K = 8, N = 1024, F = 256;
+    static QuantMatrix gate(DType::Q4_K, F, N, E), up(DType::Q4_K, F, N, E), down(DType::Q6_K, N, F, E);
+    const Weight wg = gate.weight(), wu = up.weight(), wd = down.weight();
+    MoeWeights mw;
+    mw.gate = &wg;
+    mw.up = &wu;
+    mw.down = &wd;
+    mw.n_expert = E;
+    mw.n_expert_used = K;
+    mw.n_ff = F;
+    auto x = random_f32(size_t(T * N), 2), logits = random_f32(size_t(T * E), 3);
+    std::vector<float> y(size_t(T * N));
+    auto& be = backend();
+    for (auto _ : state) {
+        be.moe(Tensor{x.data(), T, N, N}, Tensor{logits.data(), T, E, E}, mw, Tensor{y.data(), T, N, N});
+        benchmark::DoNotOptimize(y.data());
+        be.reset_scratch();
+    }
+    state.counters["tok/s"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
+}
+
+BENCHMARK_CAPTURE(matmul, q4_k, DType::Q4_K)->Arg(1)->Arg(2)->Arg(4)->Arg(5)->Arg(8)->Arg(16)->UseRealTime();
+BENCHMARK_CAPTURE(matmul, q6_k, DType::Q6_K)->Arg(1)->Arg(2)->Arg(4)->Arg(5)->Arg(8)->Arg(16)->UseRealTime();
+BENCHMARK_CAPTURE(matmul, q8_0, DType::Q8_0)->Arg(1)->Arg(4)->Arg(8)->UseRealTime();
+BENCHMARK(moe)->Arg(1)->Arg(2)->Arg(5)->Arg(8)->Arg(64)->UseRealTime();
+
+}  // namespace
+
+BENCHMARK_MAIN();
