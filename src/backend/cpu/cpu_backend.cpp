@@ -98,29 +98,37 @@ size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) 
 void CpuBackend::rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end,
                               const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
                               int64_t out_stride) const {
-    VecDotFn dot = k_->vec_dot[int(wt)];
-    const auto& tiles = k_->tile[int(wt)];
     GemmRowFn gemm = n_tok >= k_gemm_min_tokens ? k_->gemm_row[int(wt)] : nullptr;
-    for (int64_t r = r_begin; r < r_end; ++r) {
-        const uint8_t* wr = w + size_t(r) * w_row_bytes;
-        if (gemm) {
-            gemm(wr, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
+    if (gemm) {
+        for (int64_t r = r_begin; r < r_end; ++r)
+            gemm(w + size_t(r) * w_row_bytes, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
+        return;
+    }
+    // Tokens in tiles of up to 4, each tile over all rows of the range (the rows stay in L1/L2).
+    VecDotFn dot = k_->vec_dot[int(wt)];
+    for (int64_t t = 0; t < n_tok;) {
+        const int nt = int(std::min<int64_t>(4, n_tok - t));
+        VecDotTileFn f = k_->tile[int(wt)][nt - 1];
+        if (!f) {
+            const uint8_t* x = qx + size_t(t) * qx_row_bytes;
+            for (int64_t r = r_begin; r < r_end; ++r)
+                out[t * out_stride + r] = dot(w + size_t(r) * w_row_bytes, x, n_in);
+            ++t;
             continue;
         }
-        for (int64_t t = 0; t < n_tok;) {
-            const int nt = int(std::min<int64_t>(4, n_tok - t));
-            if (VecDotTileFn f = tiles[nt - 1]) {
-                const void* rows[4];
+        const void* rows[4];
+        for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+        float* o = out + t * out_stride;
+        if (nt == 1) {
+            for (int64_t r = r_begin; r < r_end; ++r) f(w + size_t(r) * w_row_bytes, rows, n_in, o + r);
+        } else {
+            for (int64_t r = r_begin; r < r_end; ++r) {
                 float res[4];
-                for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-                f(wr, rows, n_in, res);
-                for (int j = 0; j < nt; ++j) out[(t + j) * out_stride + r] = res[j];
-                t += nt;
-            } else {
-                out[t * out_stride + r] = dot(wr, qx + size_t(t) * qx_row_bytes, n_in);
-                ++t;
+                f(w + size_t(r) * w_row_bytes, rows, n_in, res);
+                for (int j = 0; j < nt; ++j) o[j * out_stride + r] = res[j];
             }
         }
+        t += nt;
     }
 }
 
