@@ -88,7 +88,8 @@ std::string Record::test_name() const {
 }
 
 double Record::gbps() const {
-    return n_gen > 0 && n_prompt == 0 ? bytes_per_token * avg_ts() / 1e9 : 0;
+    // (with a draft the target reads its weights once per verified batch: no single byte count)
+    return n_gen > 0 && n_prompt == 0 && draft_model.empty() ? bytes_per_token * avg_ts() / 1e9 : 0;
 }
 double Record::tflops() const {
     return n_prompt > 0 && n_gen == 0 ? flops_per_token * avg_ts() / 1e12 : 0;
@@ -132,6 +133,10 @@ static nlohmann::ordered_json json_of(const Record& r) {
         j["bigmoe_draft_model"] = r.draft_model;
         j["bigmoe_spec_acceptance"] = r.spec_acceptance;
         j["bigmoe_spec_mean_accepted"] = r.spec_mean_accepted;
+        j["bigmoe_spec_draft_max"] = r.spec_draft_max;
+        j["bigmoe_spec_draft_min"] = r.spec_draft_min;
+        j["bigmoe_spec_p_min"] = r.spec_p_min;
+        if (r.spec_speedup > 0) j["bigmoe_spec_speedup"] = r.spec_speedup;
     }
     return j;
 }
@@ -210,7 +215,21 @@ std::string to_markdown(const std::vector<Record>& rs) {
     if (ub) cols.push_back({"n_ubatch", true, [](const Record& r) { return std::to_string(r.n_ubatch); }});
     if (tk) cols.push_back({"type_k", false, [](const Record& r) { return r.type_k; }});
     if (tv) cols.push_back({"type_v", false, [](const Record& r) { return r.type_v; }});
-    if (md)
+    if (md) {
+        cols.push_back({"draft", false, [](const Record& r) {
+                            if (r.draft_model.empty()) return std::string("-");
+                            const size_t slash = r.draft_model.find_last_of('/');
+                            return slash == std::string::npos ? r.draft_model : r.draft_model.substr(slash + 1);
+                        }});
+        cols.push_back({"draft_max", true, [](const Record& r) {
+                            return r.draft_model.empty() ? std::string() : std::to_string(r.spec_draft_max);
+                        }});
+        cols.push_back({"p_min", true, [](const Record& r) {
+                            if (r.draft_model.empty()) return std::string();
+                            char b[32];
+                            std::snprintf(b, sizeof b, "%.2f", r.spec_p_min);
+                            return std::string(b);
+                        }});
         cols.push_back({"draft accept", true, [](const Record& r) {
                             if (r.spec_acceptance < 0) return std::string();
                             char b[64];
@@ -218,6 +237,13 @@ std::string to_markdown(const std::vector<Record>& rs) {
                                           r.spec_mean_accepted);
                             return std::string(b);
                         }});
+        cols.push_back({"speed-up", true, [](const Record& r) {
+                            if (r.spec_speedup <= 0) return std::string();
+                            char b[32];
+                            std::snprintf(b, sizeof b, "%.2fx", r.spec_speedup);
+                            return std::string(b);
+                        }});
+    }
     cols.push_back({"test", true, [](const Record& r) { return r.test_name(); }});
     cols.push_back({"t/s", true, [](const Record& r) {
                         char b[64];
@@ -253,6 +279,15 @@ std::string to_markdown(const std::vector<Record>& rs) {
         out += "\n";
     }
     return out;
+}
+
+void link_speedup(Record& r, const std::vector<Record>& earlier) {
+    if (r.draft_model.empty() || r.n_gen == 0) return;
+    for (const Record& b : earlier)
+        if (b.draft_model.empty() && b.model_filename == r.model_filename && b.n_threads == r.n_threads &&
+            b.n_prompt == r.n_prompt && b.n_gen == r.n_gen && b.n_depth == r.n_depth && b.type_k == r.type_k &&
+            b.type_v == r.type_v && b.n_ubatch == r.n_ubatch && b.n_batch == r.n_batch && b.avg_ts() > 0)
+            r.spec_speedup = r.avg_ts() / b.avg_ts();
 }
 
 }  // namespace bigmoe::bench

@@ -31,7 +31,10 @@ struct Record {
     double machine_gbps = 0;     // measured read bandwidth, 0 = unknown
     std::string profile_json;    // --profile: the op breakdown (ProfiledBackend::json)
     std::string draft_model;     // -md: speculative decoding with this draft (generation tests)
+    int64_t spec_draft_max = 0, spec_draft_min = 0;
+    double spec_p_min = 0;
     double spec_acceptance = -1, spec_mean_accepted = 0;
+    double spec_speedup = 0;  // t/s over the same test without a draft in the same run (0: none ran)
 
     std::vector<double> samples_ts() const;
     double avg_ts() const;
@@ -49,5 +52,7 @@ std::string to_csv(const Record& r);
 // Markdown table in llama-bench's layout; columns for parameters that differ from the defaults
 // of any record are added (as llama-bench does), then bigmoe's GB/s, % of bandwidth and TFLOP/s.
 std::string to_markdown(const std::vector<Record>& rs);
+// Sets r.spec_speedup when r is speculative and the same test ran without a draft in `earlier`.
+void link_speedup(Record& r, const std::vector<Record>& earlier);
 
 }  // namespace bigmoe::bench

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <map>
 #include <random>
 #include <thread>
 
@@ -38,8 +39,13 @@ const std::vector<OptionSpec> k_specs = {
     {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
     {"-o", "--output", true, "md (default), csv, json or jsonl"},
     {"", "--progress", false, "progress on stderr"},
-    {"-md", "--model-draft", true, "draft model: generation tests use greedy speculative decoding"},
-    {"", "--draft-max", true, "tokens drafted per step with -md (default 8)"},
+    {"-md", "--model-draft", true,
+     "draft models for greedy speculative decoding in generation tests; 'none' = without (the speed-up base)"},
+    {"", "--draft-max", true, "tokens drafted per step with -md (default 8; a list)"},
+    {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
+    {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
+    {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
+    {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},
     {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
     {"", "--bw", true, "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
     {"-h", "--help", false, "show this help"},
@@ -162,14 +168,44 @@ int cmd_bench(const std::vector<std::string>& argv) {
     }
     if (tests.empty()) return fail("bench: no tests (all of -p, -n are 0)");
     const bool progress = args->has("--progress") || (isatty(2) && fmt == "md");
-    auto draft_max = args->get_int("--draft-max", 8, 1, 16);
-    if (!draft_max) return fail(draft_max.error().message);
+    // speculative configurations: every draft x draft_max x p_min ("none": no draft)
+    struct Spec {
+        std::string draft;
+        int64_t draft_max = 0;
+        double p_min = 0;
+    };
+    std::vector<Spec> specs;
+    auto drafts = list(*args, "--model-draft", "none");
+    auto draft_maxes = ints(*args, "--draft-max", "8", 1);
+    auto draft_min = args->get_int("--draft-min", 0, 0, 16);
+    auto p_mins = list(*args, "--draft-p-min", "0");
+    auto td = args->get_int("--threads-draft", 0, 0, 1024);
+    if (!draft_maxes) return fail(draft_maxes.error().message);
+    if (!draft_min) return fail(draft_min.error().message);
+    if (!td) return fail(td.error().message);
+    for (int64_t x : *draft_maxes)
+        if (x > 16) return fail("bench: --draft-max " + std::to_string(x) + " is above 16");
+    for (const auto& dm : *drafts) {
+        if (dm == "none") {
+            specs.push_back({});
+            continue;
+        }
+        for (int64_t x : *draft_maxes)
+            for (const auto& ps : *p_mins) {
+                char* end = nullptr;
+                const double pm = std::strtod(ps.c_str(), &end);
+                if (end == ps.c_str() || *end || pm < 0 || pm > 1)
+                    return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
+                specs.push_back({dm, x, pm});
+            }
+    }
 
     std::vector<bench::Record> all;
     bool first_json = true;
     if (fmt == "csv") std::printf("%s\n", bench::csv_header().c_str());
     if (fmt == "json") std::printf("[\n");
-    auto emit = [&](const bench::Record& r) {
+    auto emit = [&](bench::Record r) {
+        bench::link_speedup(r, all);
         if (fmt == "jsonl") std::printf("%s\n", bench::to_json(r, false).c_str());
         if (fmt == "json") std::printf("%s%s", first_json ? "" : ",\n", bench::to_json(r, true).c_str());
         if (fmt == "csv") std::printf("%s\n", bench::to_csv(r).c_str());
@@ -183,12 +219,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
             if (!engine) return fail(engine.error().message);
             Model& model = (*engine)->model();
             const int64_t V = model.hparams().n_vocab;
-            std::unique_ptr<Engine> draft;
-            if (args->has("--model-draft")) {
-                auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(threads)});
+            std::map<std::string, std::unique_ptr<Engine>> draft_engines;
+            for (const Spec& sp : specs) {
+                if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
+                auto de = Engine::load(sp.draft, {.n_threads = int(*td > 0 ? *td : threads)});
                 if (!de) return fail(de.error().message);
                 if (auto r = check_draft_compatible(model, (*de)->model()); !r) return fail(r.error().message);
-                draft = std::move(*de);
+                draft_engines[sp.draft] = std::move(*de);
             }
             for (int64_t b : *nb)
                 for (int64_t u : *ub)
@@ -215,11 +252,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                     return t;
                                 };
                                 std::vector<float> logits, dlogits;
-                                std::unique_ptr<Context> dctx;
-                                if (draft) {
-                                    auto dc = draft->new_context(cp);
+                                // one context per draft model, at the same depth as the target
+                                std::map<std::string, std::unique_ptr<Context>> dctxs;
+                                std::map<std::string, std::unique_ptr<SeqCheckpoint>> dbases;
+                                for (auto& [dpath, de] : draft_engines) {
+                                    auto dc = de->new_context(cp);
                                     if (!dc) return fail(dc.error().message);
-                                    dctx = std::move(*dc);
+                                    dctxs[dpath] = std::move(*dc);
                                 }
                                 if (d > 0) {
                                     if (progress)
@@ -227,123 +266,136 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                     const auto depth_tokens = random_tokens(d);
                                     auto r = (*ctx)->decode_seq(0, depth_tokens, false, &logits);
                                     if (!r) return fail(r.error().message);
-                                    if (dctx) {
-                                        auto rd = dctx->decode_seq(0, depth_tokens, false, &dlogits);
+                                    for (auto& [dpath, dc] : dctxs) {
+                                        auto rd = dc->decode_seq(0, depth_tokens, false, &dlogits);
                                         if (!rd) return fail(rd.error().message);
                                     }
                                 }
+                                for (auto& [dpath, dc] : dctxs) {
+                                    auto b2 = dc->checkpoint(0);
+                                    if (!b2) return fail(b2.error().message);
+                                    dbases[dpath] = std::move(*b2);
+                                }
                                 auto base = (*ctx)->checkpoint(0);
                                 if (!base) return fail(base.error().message);
-                                std::unique_ptr<SeqCheckpoint> dbase;
-                                if (dctx) {
-                                    auto b2 = dctx->checkpoint(0);
-                                    if (!b2) return fail(b2.error().message);
-                                    dbase = std::move(*b2);
-                                }
-                                for (const auto& t : tests) {
-                                    bench::Record rec;
-                                    rec.build_commit = version_string();
-                                    rec.compiler = __VERSION__;
-                                    rec.cpu_info = cpu_name();
-                                    rec.backend = "CPU";
-                                    rec.model_filename = path;
-                                    rec.model_type = model.hparams().arch + " " +
-                                                     (*engine)->file().get_string_or("general.name", "") + " " +
-                                                     ftype_name((*engine)->file().get_int_or("general.file_type", -1));
-                                    rec.model_size = model.total_weight_bytes();
-                                    rec.model_n_params = uint64_t(model.n_params());
-                                    rec.n_batch = b;
-                                    rec.n_ubatch = u;
-                                    rec.n_threads = threads;
-                                    rec.type_k = ctk_s;
-                                    rec.type_v = ctv_s;
-                                    rec.n_prompt = t.n_prompt;
-                                    rec.n_gen = t.n_gen;
-                                    rec.n_depth = d;
-                                    rec.test_time = now_iso();
-                                    rec.machine_gbps = *bw;
-                                    rec.flops_per_token = 2.0 * double(model.n_active_params());
-                                    rec.bytes_per_token =
-                                        double(model.active_weight_bytes()) +
-                                        double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
-                                    ProfiledBackend* prof = (*engine)->profiler();
-                                    int64_t spec_drafted = 0, spec_accepted = 0, spec_steps = 0;
-                                    const std::string phase = t.n_gen == 0      ? "prefill"
-                                                              : t.n_prompt == 0 ? "decode"
-                                                                                : "prefill+decode";
-                                    for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
-                                        if (prof && rep == 0) prof->clear();
-                                        if (prof) prof->set_phase(phase);
-                                        if (progress)
-                                            std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", path.c_str(),
-                                                         rec.test_name().c_str(), (long long)(rep + 1),
-                                                         (long long)*reps);
-                                        auto rr = (*ctx)->restore(0, **base);
-                                        if (!rr) return fail(rr.error().message);
-                                        const auto t0 = Clock::now();
-                                        if (t.n_prompt > 0) {
-                                            auto r = (*ctx)->decode_seq(0, random_tokens(t.n_prompt), false, &logits);
-                                            if (!r) return fail(r.error().message);
-                                        }
-                                        int32_t tok = int32_t(rng() % uint32_t(V));
-                                        if (dctx && t.n_gen > 0) {
-                                            // speculative: the first token on both models, then draft/verify steps
-                                            auto rd = dctx->restore(0, *dbase);
-                                            if (!rd) return fail(rd.error().message);
+                                for (const auto& t : tests)
+                                    for (size_t si = 0; si < specs.size(); ++si) {
+                                        const Spec& sp = specs[si];
+                                        // prompt-only tests do not depend on the draft: run them once
+                                        if (t.n_gen == 0 && si > 0) continue;
+                                        Context* dctx =
+                                            t.n_gen > 0 && !sp.draft.empty() ? dctxs[sp.draft].get() : nullptr;
+                                        bench::Record rec;
+                                        rec.build_commit = version_string();
+                                        rec.compiler = __VERSION__;
+                                        rec.cpu_info = cpu_name();
+                                        rec.backend = "CPU";
+                                        rec.model_filename = path;
+                                        rec.model_type =
+                                            model.hparams().arch + " " +
+                                            (*engine)->file().get_string_or("general.name", "") + " " +
+                                            ftype_name((*engine)->file().get_int_or("general.file_type", -1));
+                                        rec.model_size = model.total_weight_bytes();
+                                        rec.model_n_params = uint64_t(model.n_params());
+                                        rec.n_batch = b;
+                                        rec.n_ubatch = u;
+                                        rec.n_threads = threads;
+                                        rec.type_k = ctk_s;
+                                        rec.type_v = ctv_s;
+                                        rec.n_prompt = t.n_prompt;
+                                        rec.n_gen = t.n_gen;
+                                        rec.n_depth = d;
+                                        rec.test_time = now_iso();
+                                        rec.machine_gbps = *bw;
+                                        rec.flops_per_token = 2.0 * double(model.n_active_params());
+                                        rec.bytes_per_token =
+                                            double(model.active_weight_bytes()) +
+                                            double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
+                                        ProfiledBackend* prof = (*engine)->profiler();
+                                        int64_t spec_drafted = 0, spec_accepted = 0, spec_steps = 0;
+                                        const std::string phase = t.n_gen == 0      ? "prefill"
+                                                                  : t.n_prompt == 0 ? "decode"
+                                                                                    : "prefill+decode";
+                                        for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
+                                            if (prof && rep == 0) prof->clear();
+                                            if (prof) prof->set_phase(phase);
+                                            if (progress)
+                                                std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", path.c_str(),
+                                                             rec.test_name().c_str(), (long long)(rep + 1),
+                                                             (long long)*reps);
+                                            auto rr = (*ctx)->restore(0, **base);
+                                            if (!rr) return fail(rr.error().message);
+                                            const auto t0 = Clock::now();
                                             if (t.n_prompt > 0) {
                                                 auto r =
-                                                    dctx->decode_seq(0, random_tokens(t.n_prompt), false, &dlogits);
+                                                    (*ctx)->decode_seq(0, random_tokens(t.n_prompt), false, &logits);
                                                 if (!r) return fail(r.error().message);
                                             }
-                                            auto r1 = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                                            auto r2 = dctx->decode_seq(0, {tok}, false, &dlogits);
-                                            if (!r1 || !r2) return fail(!r1 ? r1.error().message : r2.error().message);
-                                            SpeculativeDecoder sd(**ctx, *dctx, {int(*draft_max), 0, 0.0f});
-                                            std::vector<int32_t> out = {tok};
-                                            while (int64_t(out.size()) < t.n_gen) {
-                                                auto rs = sd.step_greedy(logits, out);
-                                                if (!rs) return fail(rs.error().message);
+                                            int32_t tok = int32_t(rng() % uint32_t(V));
+                                            if (dctx && t.n_gen > 0) {
+                                                // speculative: the first token on both models, then draft/verify steps
+                                                auto rd = dctx->restore(0, *dbases[sp.draft]);
+                                                if (!rd) return fail(rd.error().message);
+                                                if (t.n_prompt > 0) {
+                                                    auto r =
+                                                        dctx->decode_seq(0, random_tokens(t.n_prompt), false, &dlogits);
+                                                    if (!r) return fail(r.error().message);
+                                                }
+                                                auto r1 = (*ctx)->decode_seq(0, {tok}, false, &logits);
+                                                auto r2 = dctx->decode_seq(0, {tok}, false, &dlogits);
+                                                if (!r1 || !r2)
+                                                    return fail(!r1 ? r1.error().message : r2.error().message);
+                                                SpeculativeDecoder sd(
+                                                    **ctx, *dctx,
+                                                    {int(sp.draft_max), int(*draft_min), float(sp.p_min)});
+                                                std::vector<int32_t> out = {tok};
+                                                while (int64_t(out.size()) < t.n_gen) {
+                                                    auto rs = sd.step_greedy(logits, out);
+                                                    if (!rs) return fail(rs.error().message);
+                                                }
+                                                if (rep >= 0) {
+                                                    spec_drafted += sd.stats().drafted;
+                                                    spec_accepted += sd.stats().accepted;
+                                                    spec_steps += sd.stats().steps;
+                                                }
+                                            } else {
+                                                for (int64_t i = 0; i < t.n_gen; ++i) {
+                                                    auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
+                                                    if (!r) return fail(r.error().message);
+                                                    const auto ts0 = Clock::now();
+                                                    tok = int32_t(std::max_element(logits.begin(), logits.end()) -
+                                                                  logits.begin());
+                                                    if (prof)
+                                                        prof->record(
+                                                            OpClass::sampling,
+                                                            std::chrono::duration<double>(Clock::now() - ts0).count());
+                                                }
                                             }
-                                            if (rep >= 0) {
-                                                spec_drafted += sd.stats().drafted;
-                                                spec_accepted += sd.stats().accepted;
-                                                spec_steps += sd.stats().steps;
-                                            }
-                                        } else {
-                                            for (int64_t i = 0; i < t.n_gen; ++i) {
-                                                auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                                                if (!r) return fail(r.error().message);
-                                                const auto ts0 = Clock::now();
-                                                tok = int32_t(std::max_element(logits.begin(), logits.end()) -
-                                                              logits.begin());
-                                                if (prof)
-                                                    prof->record(
-                                                        OpClass::sampling,
-                                                        std::chrono::duration<double>(Clock::now() - ts0).count());
-                                            }
+                                            const double ns =
+                                                std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+                                            if (rep >= 0) rec.samples_ns.push_back(ns);
                                         }
-                                        const double ns =
-                                            std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
-                                        if (rep >= 0) rec.samples_ns.push_back(ns);
+                                        if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
+                                        if (dctx) {
+                                            rec.draft_model = sp.draft;
+                                            rec.spec_draft_max = sp.draft_max;
+                                            rec.spec_draft_min = *draft_min;
+                                            rec.spec_p_min = sp.p_min;
+                                            rec.spec_acceptance =
+                                                spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
+                                            rec.spec_mean_accepted =
+                                                spec_steps ? double(spec_accepted) / double(spec_steps) : 0;
+                                        }
+                                        if (prof) {
+                                            double wall = 0;
+                                            for (double ns : rec.samples_ns) wall += ns / 1e9;
+                                            const int64_t toks = (t.n_prompt + t.n_gen) * *reps;
+                                            std::fprintf(stderr, "\n%s %s\n%s\n", path.c_str(), rec.test_name().c_str(),
+                                                         prof->format(phase, wall, toks).c_str());
+                                            rec.profile_json = prof->json(phase, wall, toks);
+                                        }
+                                        emit(rec);
                                     }
-                                    if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
-                                    if (dctx && t.n_gen > 0) {
-                                        rec.draft_model = args->get("--model-draft");
-                                        rec.spec_acceptance =
-                                            spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
-                                        rec.spec_mean_accepted =
-                                            spec_steps ? double(spec_accepted) / double(spec_steps) : 0;
-                                    }
-                                    if (prof) {
-                                        double wall = 0;
-                                        for (double ns : rec.samples_ns) wall += ns / 1e9;
-                                        const int64_t toks = (t.n_prompt + t.n_gen) * *reps;
-                                        std::fprintf(stderr, "\n%s %s\n%s\n", path.c_str(), rec.test_name().c_str(),
-                                                     prof->format(phase, wall, toks).c_str());
-                                        rec.profile_json = prof->json(phase, wall, toks);
-                                    }
-                                    emit(rec);
-                                }
                             }
         }
     }

@@ -82,23 +82,22 @@ Result<void> check_draft_compatible(const Model& target, const Model& draft) {
 }
 
 Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
-                                             const std::vector<float>& verify_logits, std::vector<float>& logits,
+                                             const float* verify_logits, std::vector<float>& logits,
                                              std::vector<int32_t>& out) {
     const int64_t V = t_.n_vocab();
     const int64_t reject = int64_t(draft.size() - accepted);
-    if (reject > 0) BM_TRY(t_.remove_last(0, reject));
+    if (reject > 0) BM_TRY(t_.remove_last(seq_, reject));
     if (d_ && !draft.empty()) {
         // the draft consumed cur and draft[0..n-2]; it keeps cur and the accepted drafts
         const int64_t consumed = int64_t(draft.size()), keep = 1 + int64_t(accepted);
         if (keep < consumed)
-            BM_TRY(d_->remove_last(0, consumed - keep));
+            BM_TRY(d_->remove_last(seq_, consumed - keep));
         else if (accepted == draft.size())
             draft_pending_.push_back(draft.back());  // accepted but never fed to the draft
     }
     out.push_back(cur);
     out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
-    logits.assign(verify_logits.begin() + long(accepted * size_t(V)),
-                  verify_logits.begin() + long((accepted + 1) * size_t(V)));
+    logits.assign(verify_logits + accepted * size_t(V), verify_logits + (accepted + 1) * size_t(V));
     stats_.steps += 1;
     stats_.drafted += int64_t(draft.size());
     stats_.accepted += int64_t(accepted);
@@ -106,44 +105,95 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
     return {};
 }
 
+int SpeculativeDecoder::max_draft() const {
+    const int depth = int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20));
+    const int64_t room = t_.params().n_ctx - t_.n_past(seq_) - 1;
+    return int(std::min<int64_t>(std::min(p_.draft_max, depth), std::max<int64_t>(room, 0)));
+}
+
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
-    const int64_t V = t_.n_vocab();
-    const int32_t cur = argmax(logits.data(), V);  // the target's own next token
-    const int max_draft = std::min<int>(
-        p_.draft_max, int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20)));
-    const int64_t room = t_.params().n_ctx - t_.n_past(0) - 1;
-    // 1. draft proposals: prompt lookup, or the draft model fed one token at a time
-    std::vector<int32_t> draft;
+    return step_greedy_batch({this}, {&logits}, {&out});
+}
+
+Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<SpeculativeDecoder*>& ds,
+                                                   const std::vector<std::vector<float>*>& logits,
+                                                   const std::vector<std::vector<int32_t>*>& outs) {
+    const size_t n = ds.size();
+    if (n == 0) return {};
+    if (logits.size() != n || outs.size() != n) return make_error("speculative: one logits and output per sequence");
+    Context& target = ds[0]->t_;
+    Context* draft = ds[0]->d_;
+    for (const SpeculativeDecoder* d : ds)
+        if (&d->t_ != &target || d->d_ != draft)
+            return make_error("speculative: sequences decoded together must share the target and draft contexts");
+    const int64_t V = target.n_vocab();
+    std::vector<int32_t> cur(n);
+    std::vector<std::vector<int32_t>> drafts(n), feed(n);
+    std::vector<char> drafting(n, 0);
+    for (size_t i = 0; i < n; ++i) {
+        SpeculativeDecoder& d = *ds[i];
+        cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
+        if (!draft) {                           // 1. proposals by prompt lookup ...
+            d.history_.push_back(cur[i]);
+            drafts[i] = ngram_draft(d.history_, d.max_draft());
+            continue;
+        }
+        feed[i] = std::move(d.draft_pending_);
+        d.draft_pending_.clear();
+        feed[i].push_back(cur[i]);
+        drafting[i] = d.max_draft() > 0;
+    }
+    // ... or by the draft model, fed one token per sequence and round (plus any pending ones)
     std::vector<float> dl;
-    std::vector<int32_t> feed = draft_pending_;
-    feed.push_back(cur);
-    draft_pending_.clear();
-    if (!d_) {
-        history_.push_back(cur);
-        draft = ngram_draft(history_, int(std::min<int64_t>(max_draft, room)));
-        feed.clear();
+    for (;;) {
+        std::vector<BatchToken> batch;
+        std::vector<size_t> rows;
+        for (size_t i = 0; i < n; ++i) {
+            if (drafting[i] && draft->n_past(ds[i]->seq_) + int64_t(feed[i].size()) > draft->params().n_ctx)
+                drafting[i] = 0;
+            if (!drafting[i]) continue;
+            for (size_t j = 0; j < feed[i].size(); ++j)
+                batch.push_back({feed[i][j], ds[i]->seq_, j + 1 == feed[i].size()});
+            feed[i].clear();
+            rows.push_back(i);
+        }
+        if (batch.empty()) break;
+        BM_TRY(draft->decode(batch, &dl));
+        for (size_t r = 0; r < rows.size(); ++r) {
+            const size_t i = rows[r];
+            SpeculativeDecoder& d = *ds[i];
+            const float* row = dl.data() + r * size_t(V);
+            if (d.p_.draft_p_min > 0 && int(drafts[i].size()) >= d.p_.draft_min &&
+                top_probability(row, V) < d.p_.draft_p_min) {
+                drafting[i] = 0;
+                continue;
+            }
+            drafts[i].push_back(argmax(row, V));
+            feed[i].push_back(drafts[i].back());
+            if (int(drafts[i].size()) >= d.max_draft()) drafting[i] = 0;
+        }
     }
-    while (d_ && int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
-           d_->n_past(0) + int64_t(feed.size()) < d_->params().n_ctx) {
-        BM_TRY(d_->decode_seq(0, feed, false, &dl));
-        feed.clear();
-        const int32_t next = argmax(dl.data(), V);
-        if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && top_probability(dl.data(), V) < p_.draft_p_min)
-            break;
-        draft.push_back(next);
-        feed.push_back(next);
+    for (size_t i = 0; i < n; ++i)
+        if (draft && !feed[i].empty() && drafts[i].empty()) ds[i]->draft_pending_ = feed[i];  // cur never fed
+    // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
+    std::vector<BatchToken> batch;
+    std::vector<size_t> first_row(n);
+    for (size_t i = 0; i < n; ++i) {
+        first_row[i] = batch.size();
+        batch.push_back({cur[i], ds[i]->seq_, true});
+        for (int32_t t : drafts[i]) batch.push_back({t, ds[i]->seq_, true});
     }
-    if (!feed.empty() && draft.empty()) draft_pending_ = feed;  // the draft never consumed cur
-    // 2. verification: cur + drafts in one target batch, logits for every position
-    std::vector<int32_t> batch = {cur};
-    batch.insert(batch.end(), draft.begin(), draft.end());
     std::vector<float> vl;
-    BM_TRY(t_.decode_seq(0, batch, true, &vl));
-    size_t accepted = 0;
-    while (accepted < draft.size() && argmax(vl.data() + accepted * size_t(V), V) == draft[accepted]) ++accepted;
-    // 3. roll back what was rejected, on both models
-    if (!d_) history_.insert(history_.end(), draft.begin(), draft.begin() + long(accepted));
-    BM_TRY(finish_step(cur, draft, accepted, vl, logits, out));
+    BM_TRY(target.decode(batch, &vl));
+    // 3. accept the longest agreeing prefix; roll back what was rejected, on both models
+    for (size_t i = 0; i < n; ++i) {
+        SpeculativeDecoder& d = *ds[i];
+        const float* l = vl.data() + first_row[i] * size_t(V);
+        size_t accepted = 0;
+        while (accepted < drafts[i].size() && argmax(l + accepted * size_t(V), V) == drafts[i][accepted]) ++accepted;
+        if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(accepted));
+        BM_TRY(d.finish_step(cur[i], drafts[i], accepted, l, *logits[i], *outs[i]));
+    }
     return {};
 }
 
@@ -154,18 +204,15 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
     ts.accept(cur);
-    const int max_draft =
-        std::min<int>(p_.draft_max, int(std::min(t_.params().rollback_depth, d_->params().rollback_depth)));
-    const int64_t room = t_.params().n_ctx - t_.n_past(0) - 1;
+    const int max_draft = this->max_draft();
     std::vector<int32_t> draft;
     std::vector<Dist> qs;
     std::vector<float> dl;
     std::vector<int32_t> feed = draft_pending_;
     feed.push_back(cur);
     draft_pending_.clear();
-    while (int(draft.size()) < max_draft && int64_t(draft.size()) < room &&
-           d_->n_past(0) + int64_t(feed.size()) < d_->params().n_ctx) {
-        BM_TRY(d_->decode_seq(0, feed, false, &dl));
+    while (int(draft.size()) < max_draft && d_->n_past(seq_) + int64_t(feed.size()) <= d_->params().n_ctx) {
+        BM_TRY(d_->decode_seq(seq_, feed, false, &dl));
         feed.clear();
         Dist q = ds.distribution(dl.data(), V);
         if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && q.front().second < p_.draft_p_min) break;
@@ -178,7 +225,7 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     std::vector<int32_t> batch = {cur};
     batch.insert(batch.end(), draft.begin(), draft.end());
     std::vector<float> vl;
-    BM_TRY(t_.decode_seq(0, batch, true, &vl));
+    BM_TRY(t_.decode_seq(seq_, batch, true, &vl));
     size_t accepted = 0;
     int32_t next = -1;
     for (; accepted < draft.size(); ++accepted) {
@@ -194,7 +241,7 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     if (next < 0) next = draw(ts.distribution(vl.data() + accepted * size_t(V), V), U(rng_));  // bonus token
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
     next_ = next;
-    BM_TRY(finish_step(cur, draft, accepted, vl, logits, out));
+    BM_TRY(finish_step(cur, draft, accepted, vl.data(), logits, out));
     return {};
 }
 

@@ -31,17 +31,24 @@ struct SpecStats {
 
 class SpeculativeDecoder {
   public:
-    // Both contexts use sequence 0 and must already hold the same prompt; `target_logits` are the
-    // target's logits after the prompt. Vocabularies must match (checked by the caller).
-    SpeculativeDecoder(Context& target, Context& draft, const SpecParams& p) : t_(target), d_(&draft), p_(p) {}
+    // Both contexts use sequence `seq` and must already hold the same prompt there. Vocabularies
+    // must match (checked by the caller).
+    SpeculativeDecoder(Context& target, Context& draft, const SpecParams& p, int seq = 0)
+        : t_(target), d_(&draft), p_(p), seq_(seq) {}
     // Prompt-lookup drafting (no draft model): proposals are the tokens that followed the latest
     // earlier occurrence of the last few tokens. `history` is the prompt already in the target.
-    SpeculativeDecoder(Context& target, std::vector<int32_t> history, const SpecParams& p)
-        : t_(target), d_(nullptr), p_(p), history_(std::move(history)) {}
+    SpeculativeDecoder(Context& target, std::vector<int32_t> history, const SpecParams& p, int seq = 0)
+        : t_(target), d_(nullptr), p_(p), seq_(seq), history_(std::move(history)) {}
 
     // Greedy: appends at least one token (at most draft_max + 1) to `out`; `logits` holds the
     // target's logits for the next position and is updated.
     Result<void> step_greedy(std::vector<float>& logits, std::vector<int32_t>& out);
+    // One greedy step for several sequences of the same target (and draft) contexts at once: each
+    // drafting round decodes every still-drafting sequence in one draft batch, and one target
+    // batch verifies all sequences' drafts. Per sequence the result is that of step_greedy.
+    static Result<void> step_greedy_batch(const std::vector<SpeculativeDecoder*>& decoders,
+                                          const std::vector<std::vector<float>*>& logits,
+                                          const std::vector<std::vector<int32_t>*>& outs);
     // Sampling (temperature > 0): drafts are drawn from the draft's distribution q, verified with
     // speculative_verify against the target's p (both after each Sampler's chain), so the output is
     // distributed exactly as the target's. `logits` are the target's logits after the prompt.
@@ -50,13 +57,15 @@ class SpeculativeDecoder {
 
   private:
     // Rolls both models back past the rejected drafts and records the step.
+    // `verify_logits` holds the target's logits for cur and each drafted token.
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
-                             const std::vector<float>& verify_logits, std::vector<float>& logits,
-                             std::vector<int32_t>& out);
+                             const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
+    int max_draft() const;
 
     Context& t_;
     Context* d_;
     SpecParams p_;
+    int seq_ = 0;
     SpecStats stats_;
     std::vector<int32_t> draft_pending_;  // accepted tokens the draft has not consumed yet
     int32_t next_ = -1;                   // sampling: the target's next token, drawn at the end of a step

@@ -86,6 +86,57 @@ TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
     }
 }
 
+// Two sequences decoding with a draft at once: every step drafts for both in shared draft
+// batches and verifies both in one target batch; each sequence's output and logits are those of
+// plain decoding of its own prompt, though the sequences accept different numbers of tokens.
+TEST_P(Speculative, two_sequences_at_once_identical) {
+    auto target = Engine::load(model(GetParam()), {.n_threads = 2});
+    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    ASSERT_TRUE(target.ok() && draft.ok());
+    auto j = testing::read_json(testing::fixtures_dir() + "/ref/qwen35-tiny-f32.json");
+    const std::vector<std::vector<int32_t>> prompts = {prompt(), j["cases"][0]["tokens"].get<std::vector<int32_t>>()};
+    const int n = 32;
+    std::vector<Plain> want;
+    for (const auto& p : prompts) want.push_back(plain_greedy(**target, p, n, 512));
+    for (int64_t ub : {int64_t(512), int64_t(5)}) {
+        for (int dmax : {1, 3, 8}) {
+            ContextParams cp;
+            cp.n_ctx = 256;
+            cp.n_seq_max = 2;
+            cp.n_ubatch = ub;
+            auto tc = (*target)->new_context(cp);
+            auto dc = (*draft)->new_context(cp);
+            ASSERT_TRUE(tc.ok() && dc.ok());
+            std::vector<std::vector<float>> logits(2);
+            std::vector<std::vector<int32_t>> got(2);
+            std::vector<SpeculativeDecoder> sds;
+            for (int s = 0; s < 2; ++s) {
+                std::vector<float> dl;
+                ASSERT_TRUE((*tc)->decode_seq(s, prompts[size_t(s)], false, &logits[size_t(s)]).ok());
+                ASSERT_TRUE((*dc)->decode_seq(s, prompts[size_t(s)], false, &dl).ok());
+                sds.emplace_back(**tc, **dc, SpecParams{dmax, 0, 0.0f}, s);
+            }
+            while (int(got[0].size()) < n || int(got[1].size()) < n) {
+                for (size_t s = 0; s < 2; ++s) {
+                    if (got[s].size() < want[s].logits.size()) {
+                        ASSERT_EQ(
+                            std::memcmp(logits[s].data(), want[s].logits[got[s].size()].data(), logits[s].size() * 4),
+                            0)
+                            << "sequence " << s << " draft_max " << dmax << " position " << got[s].size();
+                    }
+                }
+                ASSERT_TRUE(SpeculativeDecoder::step_greedy_batch({&sds[0], &sds[1]}, {&logits[0], &logits[1]},
+                                                                  {&got[0], &got[1]})
+                                .ok());
+            }
+            for (size_t s = 0; s < 2; ++s) {
+                got[s].resize(size_t(n));
+                EXPECT_EQ(got[s], want[s].tokens) << GetParam() << " sequence " << s << " draft_max " << dmax;
+            }
+        }
+    }
+}
+
 INSTANTIATE_TEST_SUITE_P(Targets, Speculative,
                          ::testing::Values("qwen35moe-tiny-f32.gguf", "qwen3moe-tiny-f32.gguf", "qwen35-tiny-f32.gguf",
                                            "qwen35moe-tiny-q4_k_m.gguf"),
