@@ -76,8 +76,18 @@ std::string config_of(const Json& r) {
 
 struct Series {
     std::string name;
-    std::vector<std::pair<double, double>> pts;  // (depth, t/s)
+    std::vector<std::pair<double, double>> pts;  // (x, y): (depth, t/s) or (acceptance %, speed-up)
 };
+
+struct Axes {
+    std::string x_label, y_label;
+    std::string (*tip)(double x, double y);  // a point's tooltip
+};
+
+std::string depth_tip(double x, double y);
+std::string speedup_tip(double x, double y);
+const Axes k_depth_axes = {"context depth (tokens)", "tokens / second", depth_tip};
+const Axes k_speedup_axes = {"draft acceptance rate (%)", "speed-up over plain decoding (x)", speedup_tip};
 
 std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, double w, double h, std::string* out) {
     (void)lo;
@@ -102,7 +112,7 @@ std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, 
 }
 
 std::string line_chart(const std::string& title, const std::string& id, const std::vector<Series>& series,
-                       size_t color_offset) {
+                       size_t color_offset, const Axes& axes = k_depth_axes) {
     const double W = 720, H = 360, L = 70, R = 20, T = 40, B = 60;
     const double pw = W - L - R, ph = H - T - B;
     double xmax = 0, ymax = 0;
@@ -120,10 +130,10 @@ std::string line_chart(const std::string& title, const std::string& id, const st
     nice_ticks_axis(0, xmax, true, L, T + ph, pw, ph, &svg);
     svg += "<line x1='" + fmt(L) + "' y1='" + fmt(T + ph) + "' x2='" + fmt(L + pw) + "' y2='" + fmt(T + ph) +
            "' stroke='#444'/>";
-    svg +=
-        "<text x='" + fmt(L + pw / 2) + "' y='" + fmt(H - 18) + "' text-anchor='middle'>context depth (tokens)</text>";
+    svg += "<text x='" + fmt(L + pw / 2) + "' y='" + fmt(H - 18) + "' text-anchor='middle'>" + esc(axes.x_label) +
+           "</text>";
     svg += "<text x='16' y='" + fmt(T + ph / 2) + "' transform='rotate(-90 16 " + fmt(T + ph / 2) +
-           ")' text-anchor='middle'>tokens / second</text>";
+           ")' text-anchor='middle'>" + esc(axes.y_label) + "</text>";
     for (size_t k = 0; k < series.size(); ++k) {
         const std::string color = series_color(k + color_offset);
         std::string pts;
@@ -134,7 +144,7 @@ std::string line_chart(const std::string& title, const std::string& id, const st
                "' fill='none' stroke='" + color + "' stroke-width='4' stroke-linejoin='round' points='" + pts + "'/>";
         for (auto& [x, y] : series[k].pts)
             svg += "<circle cx='" + fmt(px(x)) + "' cy='" + fmt(py(y)) + "' r='6' fill='" + color + "'><title>" +
-                   esc(series[k].name) + ": " + fmt(y) + " t/s at depth " + fmt(x, 0) + "</title></circle>";
+                   esc(series[k].name) + ": " + esc(axes.tip(x, y)) + "</title></circle>";
     }
     svg += "</svg>";
     std::string legend = "<ul class='legend'>";
@@ -143,6 +153,30 @@ std::string line_chart(const std::string& title, const std::string& id, const st
                   "'></span>" + esc(series[k].name) + "</li>";
     legend += "</ul>";
     return "<figure>" + svg + legend + "</figure>";
+}
+
+std::string depth_tip(double x, double y) {
+    return fmt(y) + " t/s at depth " + fmt(x, 0);
+}
+std::string speedup_tip(double x, double y) {
+    return fmt(y) + "x at " + fmt(x, 1) + "% acceptance";
+}
+
+bool speculative(const Json& r) {
+    return r.contains("bigmoe_draft_model");
+}
+
+std::string basename(const std::string& p) {
+    const size_t s = p.find_last_of('/');
+    return s == std::string::npos ? p : p.substr(s + 1);
+}
+
+// A speculative record's draft configuration, e.g. "draft d.gguf, draft_max 3".
+std::string draft_of(const Json& r) {
+    std::string d = "draft " + basename(r.value("bigmoe_draft_model", std::string())) + ", draft_max " +
+                    std::to_string(r.value("bigmoe_spec_draft_max", 0));
+    if (r.value("bigmoe_spec_p_min", 0.0) > 0) d += ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0));
+    return d;
 }
 
 std::string test_name(const Json& r) {
@@ -176,9 +210,20 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         recs.insert(recs.end(), r->begin(), r->end());
     }
     if (recs.empty()) return make_error("report: no bench records in the input files");
-    std::map<std::string, Series> pp, tg;
+    std::map<std::string, Series> pp, tg, spec;
     for (const auto& r : recs) {
         const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0);
+        if (speculative(r)) {
+            // speed-up vs acceptance, one series per configuration and draft length
+            if (!r.contains("bigmoe_spec_speedup")) continue;
+            const std::string key =
+                config_of(r) + " · draft_max " + std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
+                (r.value("bigmoe_spec_p_min", 0.0) > 0 ? ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0)) : "");
+            spec[key].name = key;
+            spec[key].pts.emplace_back(100.0 * r.value("bigmoe_spec_acceptance", 0.0),
+                                       r["bigmoe_spec_speedup"].get<double>());
+            continue;
+        }
         if ((p > 0) == (g > 0)) continue;
         auto& m = g == 0 ? pp : tg;
         const std::string key = config_of(r) + (g == 0 ? " · pp" + std::to_string(p) : " · tg" + std::to_string(g));
@@ -193,7 +238,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         }
         return v;
     };
-    const auto pps = sorted(pp), tgs = sorted(tg);
+    const auto pps = sorted(pp), tgs = sorted(tg), specs = sorted(spec);
     std::string html =
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>bigmoe benchmark report</title>"
         "<style>body{font:15px/1.45 system-ui,sans-serif;margin:2em auto;max-width:960px;color:#222;padding:0 1em}"
@@ -213,13 +258,24 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         html += "<h2>Prompt processing</h2>" + line_chart("Prefill speed vs context depth", "prefill", pps, 0);
     if (!tgs.empty())
         html += "<h2>Generation</h2>" + line_chart("Decode speed vs context depth", "decode", tgs, pps.size());
+    if (!specs.empty())
+        html += "<h2>Speculative decoding</h2>" +
+                line_chart("Decode speed-up vs draft acceptance", "speculative", specs, pps.size() + tgs.size(),
+                           k_speedup_axes) +
+                "<p>Each point is one target/draft pair and draft length, measured against the same test without "
+                "a draft in the same run; the acceptance rate is the share of drafted tokens the target kept.</p>";
     html +=
         "<h2>Results</h2><table><thead><tr><th>configuration</th><th>test</th><th>t/s</th><th>GB/s</th><th>% bw</th>"
         "<th>TFLOP/s</th></tr></thead><tbody>";
     for (const auto& r : recs) {
         const double gb = r.value("bigmoe_gbps", 0.0), bw = r.value("bigmoe_bw_pct", 0.0),
                      tf = r.value("bigmoe_tflops", 0.0);
-        html += "<tr><td>" + esc(config_of(r)) + "</td><td>" + esc(test_name(r)) + "</td><td class='n'>" +
+        std::string test = test_name(r);
+        if (speculative(r)) {
+            test += " · " + draft_of(r) + " · " + fmt(100.0 * r.value("bigmoe_spec_acceptance", 0.0), 1) + "% accepted";
+            if (r.contains("bigmoe_spec_speedup")) test += " · " + fmt(r["bigmoe_spec_speedup"].get<double>()) + "x";
+        }
+        html += "<tr><td>" + esc(config_of(r)) + "</td><td>" + esc(test) + "</td><td class='n'>" +
                 fmt(r["avg_ts"].get<double>()) + " ± " + fmt(r.value("stddev_ts", 0.0)) + "</td><td class='n'>" +
                 (gb > 0 ? fmt(gb) : "") + "</td><td class='n'>" + (bw > 0 ? fmt(bw, 1) : "") + "</td><td class='n'>" +
                 (tf > 0 ? fmt(tf, 3) : "") + "</td></tr>";

@@ -54,6 +54,8 @@ class SpeculativeDecoder {
     // distributed exactly as the target's. `logits` are the target's logits after the prompt.
     Result<void> step_sampled(Sampler& target, Sampler& draft, std::vector<float>& logits, std::vector<int32_t>& out);
     const SpecStats& stats() const { return stats_; }
+    // Changes the draft length of later steps (0: a step is one plain decode step of the target).
+    void set_draft_max(int n) { p_.draft_max = n; }
 
   private:
     // Rolls both models back past the rejected drafts and records the step.

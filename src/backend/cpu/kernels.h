@@ -21,10 +21,11 @@ using GemmRowFn = void (*)(const void* w_row, const uint8_t* act, size_t act_str
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
-// One Gated DeltaNet step for one head, in place on the state S ([d_v][d_k], key index fastest):
-// S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
-using GdnStepFn = void (*)(float* S, const float* q, const float* k, const float* v, float beta, float decay,
-                           float scale, int64_t d_k, int64_t d_v, float* out);
+// One Gated DeltaNet step for one head from state S_in to S_out ([d_v][d_k], key index fastest;
+// S_out may equal S_in): S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
+// Writing the new state elsewhere lets the caller keep per-token snapshots without a copy.
+using GdnStepFn = void (*)(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta,
+                           float decay, float scale, int64_t d_k, int64_t d_v, float* out);
 // Attention helpers over cached rows: dot of an f32 query with an f32/f16 key row, and
 // y += a * x for an f32/f16 value row.
 using DotF32Fn = float (*)(const float* a, const void* b, int64_t n);

@@ -89,12 +89,13 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
                 l2_normalize_heads(u.row(s.first + i) + key_dim, kn.row(i), Hk, dk, p.eps);
             }
         });
+        // Each token's new state goes straight to its ring slot when it must be kept (the last
+        // n_slots tokens), else to a local buffer; the state before the batch (slot 0) is only read.
         pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
             std::vector<float> S(head_floats);
             for (int64_t h = hb; h < he; ++h) {
                 const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
                 const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
-                std::copy_n(src, head_floats, S.data());
                 for (int64_t i = 0; i < s.n_tokens; ++i) {
                     const int64_t row = s.first + i;
                     const float b = sigmoid(beta.row(row)[h]);
@@ -103,11 +104,11 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
                     const float* k = kn.row(i) + j * dk;
                     const float* v = u.row(row) + 2 * key_dim + h * dv;
                     float* o = out.row(row) + h * dv;
-                    k_->gdn_step(S.data(), q, k, v, b, decay, q_scale, dk, dv, o);
-                    if (i >= s.n_tokens - ring.n_slots) {
-                        float* dst = ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats;
-                        std::copy_n(S.data(), head_floats, dst);
-                    }
+                    float* dst = i >= s.n_tokens - ring.n_slots
+                                     ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
+                                     : S.data();
+                    k_->gdn_step(src, dst, q, k, v, b, decay, q_scale, dk, dv, o);
+                    src = dst;
                 }
             }
         });

@@ -21,20 +21,21 @@ void quant(const float* x, void* dst, int64_t n) {
     quantize_row(T, x, dst, n);
 }
 
-void gdn_step(float* S, const float* q, const float* k, const float* v, float beta, float decay, float scale,
-              int64_t dk, int64_t dv, float* out) {
+void gdn_step(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta, float decay,
+              float scale, int64_t dk, int64_t dv, float* out) {
     for (int64_t c = 0; c < dv; ++c) {
-        float* r = S + c * dk;
+        const float* r = S_in + c * dk;
+        float* w = S_out + c * dk;
         float pred = 0;
         for (int64_t x = 0; x < dk; ++x) {
-            r[x] *= decay;
-            pred += r[x] * k[x];
+            w[x] = r[x] * decay;
+            pred += w[x] * k[x];
         }
         const float delta = beta * (v[c] - pred);
         float acc = 0;
         for (int64_t x = 0; x < dk; ++x) {
-            r[x] += k[x] * delta;
-            acc += r[x] * q[x];
+            w[x] += k[x] * delta;
+            acc += w[x] * q[x];
         }
         out[c] = acc * scale;
     }
