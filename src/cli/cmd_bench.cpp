@@ -245,7 +245,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                 cp.type_v = *ctv;
                                 auto ctx = (*engine)->new_context(cp);
                                 if (!ctx) return fail(ctx.error().message);
-                                std::mt19937 rng(42);
+                                std::mt19937 rng(42);  // the depth's tokens
                                 auto random_tokens = [&](int64_t n) {
                                     std::vector<int32_t> t(static_cast<size_t>(n));
                                     for (auto& x : t) x = int32_t(rng() % uint32_t(V));
@@ -325,20 +325,23 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                                              (long long)*reps);
                                             auto rr = (*ctx)->restore(0, **base);
                                             if (!rr) return fail(rr.error().message);
+                                            // The same prompt and first token for every configuration of this
+                                            // test and repetition: with and without a draft, the same text.
+                                            std::mt19937 rep_rng(uint32_t(42 + 7919 * (&t - tests.data()) + 31 * rep));
+                                            std::vector<int32_t> prompt(static_cast<size_t>(t.n_prompt));
+                                            for (auto& x : prompt) x = int32_t(rep_rng() % uint32_t(V));
+                                            int32_t tok = int32_t(rep_rng() % uint32_t(V));
                                             const auto t0 = Clock::now();
                                             if (t.n_prompt > 0) {
-                                                auto r =
-                                                    (*ctx)->decode_seq(0, random_tokens(t.n_prompt), false, &logits);
+                                                auto r = (*ctx)->decode_seq(0, prompt, false, &logits);
                                                 if (!r) return fail(r.error().message);
                                             }
-                                            int32_t tok = int32_t(rng() % uint32_t(V));
                                             if (dctx && t.n_gen > 0) {
                                                 // speculative: the first token on both models, then draft/verify steps
                                                 auto rd = dctx->restore(0, *dbases[sp.draft]);
                                                 if (!rd) return fail(rd.error().message);
                                                 if (t.n_prompt > 0) {
-                                                    auto r =
-                                                        dctx->decode_seq(0, random_tokens(t.n_prompt), false, &dlogits);
+                                                    auto r = dctx->decode_seq(0, prompt, false, &dlogits);
                                                     if (!r) return fail(r.error().message);
                                                 }
                                                 auto r1 = (*ctx)->decode_seq(0, {tok}, false, &logits);
