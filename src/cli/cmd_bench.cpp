@@ -44,6 +44,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-max", true, "tokens drafted per step with -md (default 8; a list)"},
     {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
+    {"", "--draft-adaptive", true, "0/1: adaptive draft length up to --draft-max (default 0; a list)"},
     {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},
     {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
@@ -173,6 +174,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
         std::string draft;
         int64_t draft_max = 0;
         double p_min = 0;
+        bool adaptive = false;
     };
     std::vector<Spec> specs;
     auto drafts = list(*args, "--model-draft", "none");
@@ -180,6 +182,10 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto draft_min = args->get_int("--draft-min", 0, 0, 16);
     auto p_mins = list(*args, "--draft-p-min", "0");
     auto td = args->get_int("--threads-draft", 0, 0, 1024);
+    auto adapts = ints(*args, "--draft-adaptive", "0", 0);
+    if (!adapts) return fail(adapts.error().message);
+    for (int64_t a : *adapts)
+        if (a > 1) return fail("bench: --draft-adaptive takes 0 or 1");
     if (!draft_maxes) return fail(draft_maxes.error().message);
     if (!draft_min) return fail(draft_min.error().message);
     if (!td) return fail(td.error().message);
@@ -190,14 +196,15 @@ int cmd_bench(const std::vector<std::string>& argv) {
             specs.push_back({});
             continue;
         }
-        for (int64_t x : *draft_maxes)
-            for (const auto& ps : *p_mins) {
-                char* end = nullptr;
-                const double pm = std::strtod(ps.c_str(), &end);
-                if (end == ps.c_str() || *end || pm < 0 || pm > 1)
-                    return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
-                specs.push_back({dm, x, pm});
-            }
+        for (int64_t ad : *adapts)
+            for (int64_t x : *draft_maxes)
+                for (const auto& ps : *p_mins) {
+                    char* end = nullptr;
+                    const double pm = std::strtod(ps.c_str(), &end);
+                    if (end == ps.c_str() || *end || pm < 0 || pm > 1)
+                        return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
+                    specs.push_back({dm, x, pm, ad == 1});
+                }
     }
 
     std::vector<bench::Record> all;
@@ -350,7 +357,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                                     return fail(!r1 ? r1.error().message : r2.error().message);
                                                 SpeculativeDecoder sd(
                                                     **ctx, *dctx,
-                                                    {int(sp.draft_max), int(*draft_min), float(sp.p_min)});
+                                                    {int(sp.draft_max), int(*draft_min), float(sp.p_min), sp.adaptive});
                                                 std::vector<int32_t> out = {tok};
                                                 while (int64_t(out.size()) < t.n_gen) {
                                                     auto rs = sd.step_greedy(logits, out);
@@ -366,8 +373,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                                     auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
                                                     if (!r) return fail(r.error().message);
                                                     const auto ts0 = Clock::now();
-                                                    tok = int32_t(std::max_element(logits.begin(), logits.end()) -
-                                                                  logits.begin());
+                                                    tok = argmax(logits.data(), int64_t(logits.size()));
                                                     if (prof)
                                                         prof->record(
                                                             OpClass::sampling,
@@ -384,6 +390,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                             rec.spec_draft_max = sp.draft_max;
                                             rec.spec_draft_min = *draft_min;
                                             rec.spec_p_min = sp.p_min;
+                                            rec.spec_adaptive = sp.adaptive;
                                             rec.spec_acceptance =
                                                 spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
                                             rec.spec_mean_accepted =

@@ -174,6 +174,7 @@ std::string basename(const std::string& p) {
 // A speculative record's draft configuration, e.g. "draft d.gguf, draft_max 3".
 std::string draft_of(const Json& r) {
     std::string d = "draft " + basename(r.value("bigmoe_draft_model", std::string())) + ", draft_max " +
+                    (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
                     std::to_string(r.value("bigmoe_spec_draft_max", 0));
     if (r.value("bigmoe_spec_p_min", 0.0) > 0) d += ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0));
     return d;
@@ -217,7 +218,8 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
             // speed-up vs acceptance, one series per configuration and draft length
             if (!r.contains("bigmoe_spec_speedup")) continue;
             const std::string key =
-                config_of(r) + " · draft_max " + std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
+                config_of(r) + " · draft_max " + (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
+                std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
                 (r.value("bigmoe_spec_p_min", 0.0) > 0 ? ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0)) : "");
             spec[key].name = key;
             spec[key].pts.emplace_back(100.0 * r.value("bigmoe_spec_acceptance", 0.0),

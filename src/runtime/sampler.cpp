@@ -6,12 +6,30 @@
 
 namespace bigmoe {
 
+int32_t argmax(const float* x, int64_t n) {
+    if (n <= 0) return -1;
+    constexpr int L = 16;
+    float m[L];
+    for (float& v : m) v = x[0];
+    int64_t i = 0;
+    for (; i + L <= n; i += L)
+        for (int j = 0; j < L; ++j) m[j] = x[i + j] > m[j] ? x[i + j] : m[j];
+    float mx = m[0];
+    for (int j = 1; j < L; ++j) mx = m[j] > mx ? m[j] : mx;
+    for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
+    for (int64_t k = 0; k < n; ++k)
+        if (x[k] == mx) return int32_t(k);
+    return 0;  // NaNs only
+}
+
 std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int32_t n) const {
+    const bool penalties =
+        !history_.empty() && (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f);
+    if (p_.temp <= 0.0f && !penalties) return {{argmax(logits, n), 1.0}};
     std::vector<std::pair<int32_t, double>> c(static_cast<size_t>(n));
     for (int32_t i = 0; i < n; ++i) c[size_t(i)] = {i, double(logits[i])};
     // 1. penalties
-    if (!history_.empty() &&
-        (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f)) {
+    if (penalties) {
         std::unordered_map<int32_t, int> count;
         for (int32_t t : history_) ++count[t];
         for (auto& [tok, n_seen] : count) {
@@ -26,9 +44,17 @@ std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logit
         auto best = std::max_element(c.begin(), c.end(), [](auto& a, auto& b) { return a.second < b.second; });
         return {{best->first, 1.0}};
     }
-    std::stable_sort(c.begin(), c.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    // by logit, ties by token id (a stable sort's order); with top-k only the first k are sorted
+    auto before = [](const std::pair<int32_t, double>& a, const std::pair<int32_t, double>& b) {
+        return a.second > b.second || (a.second == b.second && a.first < b.first);
+    };
     // 3. top-k
-    if (p_.top_k > 0 && size_t(p_.top_k) < c.size()) c.resize(size_t(p_.top_k));
+    if (p_.top_k > 0 && size_t(p_.top_k) < c.size()) {
+        std::partial_sort(c.begin(), c.begin() + p_.top_k, c.end(), before);
+        c.resize(size_t(p_.top_k));
+    } else {
+        std::sort(c.begin(), c.end(), before);
+    }
     auto softmax = [](std::vector<std::pair<int32_t, double>>& v, double t) {
         const double mx = v.front().second;
         double sum = 0;

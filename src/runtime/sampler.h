@@ -13,6 +13,10 @@
 
 namespace bigmoe {
 
+// Index of the largest logit (the first one on ties), in two passes that vectorize: the maximum,
+// then its first position. std::max_element took ~0.45 ms over a 152k vocabulary.
+int32_t argmax(const float* x, int64_t n);
+
 struct SamplerParams {
     float temp = 0.8f;
     int32_t top_k = 40;   // <= 0: off

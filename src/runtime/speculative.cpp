@@ -6,12 +6,8 @@
 namespace bigmoe {
 
 namespace {
-int32_t argmax(const float* x, int64_t n) {
-    return int32_t(std::max_element(x, x + n) - x);
-}
-
 float top_probability(const float* x, int64_t n) {
-    const float mx = *std::max_element(x, x + n);
+    const float mx = x[argmax(x, n)];
     double z = 0;
     for (int64_t i = 0; i < n; ++i) z += std::exp(double(x[i] - mx));
     return float(1.0 / z);
@@ -98,6 +94,8 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
     out.push_back(cur);
     out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
     logits.assign(verify_logits + accepted * size_t(V), verify_logits + (accepted + 1) * size_t(V));
+    if (!draft.empty())
+        adaptive_len_ = accepted == draft.size() ? int(draft.size()) + 1 : std::max(1, int(accepted) + 1);
     stats_.steps += 1;
     stats_.drafted += int64_t(draft.size());
     stats_.accepted += int64_t(accepted);
@@ -108,7 +106,8 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
 int SpeculativeDecoder::max_draft() const {
     const int depth = int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20));
     const int64_t room = t_.params().n_ctx - t_.n_past(seq_) - 1;
-    return int(std::min<int64_t>(std::min(p_.draft_max, depth), std::max<int64_t>(room, 0)));
+    const int want = p_.adaptive ? std::min(std::max(adaptive_len_, p_.draft_min), p_.draft_max) : p_.draft_max;
+    return int(std::min<int64_t>(std::min(want, depth), std::max<int64_t>(room, 0)));
 }
 
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {

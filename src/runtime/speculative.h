@@ -21,6 +21,10 @@ struct SpecParams {
     int draft_max = 8;      // tokens proposed per step (<= the contexts' rollback depth)
     int draft_min = 0;      // below this many drafted tokens, skip verification batching
     float draft_p_min = 0;  // stop drafting when the draft's top probability falls below this
+    // Adaptive draft length (greedy): after a step whose drafts were all accepted the next step
+    // drafts one more (up to draft_max); after a rejection, one more than were accepted. Tracks
+    // runs of agreement, so drafts stay short where the draft is often wrong.
+    bool adaptive = false;
 };
 
 struct SpecStats {
@@ -63,6 +67,7 @@ class SpeculativeDecoder {
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
                              const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
     int max_draft() const;
+    int adaptive_len_ = 1;  // the next step's draft length with SpecParams::adaptive
 
     Context& t_;
     Context* d_;

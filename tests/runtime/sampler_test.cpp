@@ -146,3 +146,21 @@ TEST(Sampler, penalties_lower_repeated_tokens) {
 
 }  // namespace
 }  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// The two-pass argmax returns what std::max_element returns (the first maximum), for any length,
+// with ties and negative values.
+TEST(Argmax, matches_max_element) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (int trial = 0; trial < 200; ++trial) {
+        const int64_t n = 1 + int64_t(rng() % 3000);
+        std::vector<float> x(static_cast<size_t>(n));
+        for (auto& v : x) v = float(int(rng() % 41) - 30);  // few distinct values: many ties
+        EXPECT_EQ(argmax(x.data(), n), int32_t(std::max_element(x.begin(), x.end()) - x.begin())) << n;
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe

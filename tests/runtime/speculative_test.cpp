@@ -59,7 +59,10 @@ TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
     const int n = 40;
     for (int64_t ub : {int64_t(512), int64_t(3)}) {
         const Plain want = plain_greedy(**target, p, n, ub);
-        for (int dmax = 1; dmax <= 16; ++dmax) {
+        // every fixed draft length, then adaptive lengths (capped at 4 and at 16)
+        for (int run = 1; run <= 18; ++run) {
+            const int dmax = run <= 16 ? run : run == 17 ? 4 : 16;
+            const bool adaptive = run > 16;
             ContextParams cp;
             cp.n_ctx = 256;
             cp.n_ubatch = ub;
@@ -69,18 +72,19 @@ TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
             std::vector<float> logits, dl;
             ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
             ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
-            SpeculativeDecoder sd(**tc, **dc, {dmax, 0, 0.0f});
+            SpeculativeDecoder sd(**tc, **dc, {dmax, 0, 0.0f, adaptive});
             std::vector<int32_t> got;
             while (int(got.size()) < n) {
                 // rollback check: the logits for the next position are those of the plain run
                 if (got.size() < want.logits.size()) {
                     ASSERT_EQ(std::memcmp(logits.data(), want.logits[got.size()].data(), logits.size() * 4), 0)
-                        << "draft_max " << dmax << " position " << got.size();
+                        << "draft_max " << dmax << (adaptive ? " adaptive" : "") << " position " << got.size();
                 }
                 ASSERT_TRUE(sd.step_greedy(logits, got).ok());
             }
             got.resize(size_t(n));
-            EXPECT_EQ(got, want.tokens) << GetParam() << " draft_max " << dmax << " ubatch " << ub;
+            EXPECT_EQ(got, want.tokens) << GetParam() << " draft_max " << dmax << (adaptive ? " adaptive" : "")
+                                        << " ubatch " << ub;
             EXPECT_GT(sd.stats().steps, 0);
         }
     }
@@ -280,6 +284,39 @@ TEST(PromptLookup, greedy_output_identical) {
             EXPECT_GT(sd.stats().drafted, 0) << "the repeated prompt offers lookups";
         }
     }
+}
+
+}  // namespace
+}  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// The adaptive draft length grows by one after a fully accepted step and falls to one more than
+// the accepted count after a rejection (a self-draft accepts everything; a foreign one rejects).
+TEST(SpeculativeAdaptive, draft_length_follows_acceptance) {
+    auto target = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1});
+    ASSERT_TRUE(target.ok());
+    ContextParams cp;
+    cp.n_ctx = 256;
+    auto tc = (*target)->new_context(cp);
+    auto dc = (*target)->new_context(cp);
+    ASSERT_TRUE(tc.ok() && dc.ok());
+    std::vector<float> logits, dl;
+    const auto p = prompt();
+    ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
+    ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
+    SpeculativeDecoder sd(**tc, **dc, {6, 0, 0.0f, true});
+    std::vector<int32_t> got;
+    std::vector<int64_t> drafted;
+    for (int step = 0; step < 8; ++step) {
+        const int64_t before = sd.stats().drafted;
+        ASSERT_TRUE(sd.step_greedy(logits, got).ok());
+        drafted.push_back(sd.stats().drafted - before);
+    }
+    // the same model drafts: every draft is accepted, lengths 1, 2, ... up to the cap of 6
+    EXPECT_EQ(drafted, (std::vector<int64_t>{1, 2, 3, 4, 5, 6, 6, 6}));
+    EXPECT_EQ(sd.stats().accepted, sd.stats().drafted);
 }
 
 }  // namespace
