@@ -5,11 +5,14 @@
 
 namespace bigmoe::cli {
 
-Result<Args> Args::parse(const std::vector<std::string>& argv, const std::vector<OptionSpec>& specs) {
+Result<Args> Args::parse(const std::vector<std::string>& argv, const std::vector<OptionSpec>& specs,
+                         bool positional_ok) {
     Args a;
     for (size_t i = 0; i < argv.size(); ++i) {
         std::string arg = argv[i];
         if (arg.size() < 2 || arg[0] != '-') {
+            if (!positional_ok)
+                return make_error("unexpected argument '" + arg + "' (options start with '-'; see --help)");
             a.positional_.push_back(arg);
             continue;
         }

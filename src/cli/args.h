@@ -20,7 +20,9 @@ struct OptionSpec {
 class Args {
   public:
     // Parses argv against specs; the key of each option is its long name.
-    static Result<Args> parse(const std::vector<std::string>& argv, const std::vector<OptionSpec>& specs);
+    // Arguments that are not options are an error unless positional_ok (e.g. report's file list).
+    static Result<Args> parse(const std::vector<std::string>& argv, const std::vector<OptionSpec>& specs,
+                              bool positional_ok = false);
 
     bool has(const std::string& long_name) const { return values_.count(long_name) > 0; }
     std::string get(const std::string& long_name, const std::string& def = "") const;

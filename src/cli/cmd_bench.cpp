@@ -44,7 +44,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-max", true, "tokens drafted per step with -md (default 8; a list)"},
     {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
-    {"", "--draft-adaptive", true, "0/1: adaptive draft length up to --draft-max (default 0; a list)"},
+    {"", "--draft-adaptive", true, "1: adaptive draft length up to --draft-max (default), 0: fixed (a list)"},
     {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},
     {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
@@ -182,7 +182,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto draft_min = args->get_int("--draft-min", 0, 0, 16);
     auto p_mins = list(*args, "--draft-p-min", "0");
     auto td = args->get_int("--threads-draft", 0, 0, 1024);
-    auto adapts = ints(*args, "--draft-adaptive", "0", 0);
+    auto adapts = ints(*args, "--draft-adaptive", "1", 0);
     if (!adapts) return fail(adapts.error().message);
     for (int64_t a : *adapts)
         if (a > 1) return fail("bench: --draft-adaptive takes 0 or 1");

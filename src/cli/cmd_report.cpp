@@ -16,7 +16,7 @@ const std::vector<OptionSpec> k_specs = {
 }
 
 int cmd_report(const std::vector<std::string>& argv) {
-    auto args = Args::parse(argv, k_specs);
+    auto args = Args::parse(argv, k_specs, /*positional_ok=*/true);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
         std::printf("usage: bigmoe report RESULTS.json|jsonl... -o report.html\n\n%s", format_help(k_specs).c_str());

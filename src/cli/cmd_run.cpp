@@ -59,8 +59,9 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-max", true, "tokens drafted per step (default 8, at most 16)"},
     {"", "--draft-min", true, "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
-    {"", "--draft-adaptive", false,
-     "greedy: draft one more token after a fully accepted step, fewer after a rejection"},
+    {"", "--draft-adaptive", true,
+     "1 (default): draft one more token after a fully accepted step, fewer after a rejection (up to --draft-max); "
+     "0: always --draft-max"},
     {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
     {"", "--profile", false, "print time per op class and layer kind for prefill and decode"},
@@ -299,8 +300,10 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (!dmax) return fail(dmax.error().message);
         if (!dmin) return fail(dmin.error().message);
         if (!pmin) return fail(pmin.error().message);
+        auto adapt = args->get_int("--draft-adaptive", 1, 0, 1);
+        if (!adapt) return fail(adapt.error().message);
         if (*pmin < 0 || *pmin > 1) return fail("run: --draft-p-min must be in [0, 1]");
-        spec = {int(*dmax), int(*dmin), float(*pmin), args->has("--draft-adaptive")};
+        spec = {int(*dmax), int(*dmin), float(*pmin), *adapt == 1};
     }
     if (args->has("--model-draft")) {
         auto td = args->get_int("--threads-draft", *threads, 0, 1024);

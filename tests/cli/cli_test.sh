@@ -48,5 +48,14 @@ expect "run bad draft" 1 "cannot open" "$bin" run -m "$m" -p hi -md "$tmp/none.g
 expect "tokenize ids" 0 "\[" "$bin" tokenize -m "$m" -p "hello" --ids
 expect "bench -md" 0 '"bigmoe_spec_acceptance"' "$bin" bench -m "$m" -md "$fixtures/models/qwen35-tiny-f32.gguf" -p 0 -n 8 -r 1 -o jsonl
 expect "bench -md vocab" 1 "vocabulary" "$bin" bench -m "$m" -md "$tmp/s.gguf" -p 0 -n 8 -r 1
+d=$fixtures/models/qwen35-tiny-f32.gguf
+expect "bench -md speed-up" 0 "| d_.*x |\|x | tg8" "$bin" bench -m "$m" -md none,"$d" --draft-max 2 -p 0 -n 8 -r 1
+expect "bench -md speed-up json" 0 '"bigmoe_spec_speedup"' "$bin" bench -m "$m" -md none,"$d" -p 0 -n 8 -r 1 -o jsonl
+expect "bench bad p-min" 1 "probabilities in \[0, 1\]" "$bin" bench -m "$m" -md "$d" --draft-p-min 1.5 -p 0 -n 8
+expect "bench bad adaptive" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-adaptive 2 -p 0 -n 8
+expect "bench bad draft-max" 1 "above 16" "$bin" bench -m "$m" -md "$d" --draft-max 17 -p 0 -n 8
+expect "run -md stats" 0 "speed-up .*x over plain decoding" "$bin" run -m "$m" -md "$d" -p hi -n 12 --temp 0 --ignore-eos
+expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
+expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
