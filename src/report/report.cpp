@@ -6,6 +6,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
 
 namespace bigmoe::report {
@@ -82,12 +83,22 @@ struct Series {
 struct Axes {
     std::string x_label, y_label;
     std::string (*tip)(double x, double y);  // a point's tooltip
+    double ref_y = 0;                        // > 0: a dashed reference line (speed-up 1x)
 };
 
 std::string depth_tip(double x, double y);
 std::string speedup_tip(double x, double y);
 const Axes k_depth_axes = {"context depth (tokens)", "tokens / second", depth_tip};
-const Axes k_speedup_axes = {"draft acceptance rate (%)", "speed-up over plain decoding (x)", speedup_tip};
+const Axes k_speedup_axes = {"draft acceptance rate (%)", "speed-up over plain decoding (x)", speedup_tip, 1.0};
+
+// The smallest of 1, 2, 2.5, 5 x 10^k at or above v: axis ends that give round tick labels.
+double nice_max(double v) {
+    if (!(v > 0)) return 1;
+    const double p = std::pow(10.0, std::floor(std::log10(v)));
+    for (double m : {1.0, 2.0, 2.5, 5.0, 10.0})
+        if (m * p >= v * (1 - 1e-9)) return m * p;
+    return 10 * p;
+}
 
 std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, double w, double h, std::string* out) {
     (void)lo;
@@ -99,12 +110,15 @@ std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, 
             const double px = x0 + w * i / n;
             s += "<line x1='" + fmt(px) + "' y1='" + fmt(y0) + "' x2='" + fmt(px) + "' y2='" + fmt(y0 + 5) +
                  "' stroke='#444'/><text x='" + fmt(px) + "' y='" + fmt(y0 + 18) + "' text-anchor='middle'>" +
-                 fmt(v, 0) + "</text>";
+                 fmt(v, v == std::floor(v) ? 0 : 1) + "</text>";
         } else {
             const double py = y0 - h * i / n;
             s += "<line x1='" + fmt(x0) + "' y1='" + fmt(py) + "' x2='" + fmt(x0 + w) + "' y2='" + fmt(py) +
                  "' stroke='#e4e4e4'/><text x='" + fmt(x0 - 6) + "' y='" + fmt(py + 4) + "' text-anchor='end'>" +
-                 fmt(v, v < 10 ? 1 : 0) + "</text>";
+                 fmt(v, v == std::floor(v) ? 0
+                        : v < 10           ? 1
+                                           : 0) +
+                 "</text>";
         }
     }
     *out += s;
@@ -121,8 +135,8 @@ std::string line_chart(const std::string& title, const std::string& id, const st
             xmax = std::max(xmax, x);
             ymax = std::max(ymax, y);
         }
-    if (xmax <= 0) xmax = 1;
-    ymax = ymax <= 0 ? 1 : ymax * 1.1;
+    xmax = nice_max(xmax);
+    ymax = nice_max(ymax * 1.05);
     std::string svg = "<svg id='" + id + "' class='chart' viewBox='0 0 " + fmt(W, 0) + " " + fmt(H, 0) +
                       "' role='img' aria-label='" + esc(title) + "'>";
     svg += "<text x='" + fmt(W / 2) + "' y='22' text-anchor='middle' class='ct'>" + esc(title) + "</text>";
@@ -134,6 +148,12 @@ std::string line_chart(const std::string& title, const std::string& id, const st
            "</text>";
     svg += "<text x='16' y='" + fmt(T + ph / 2) + "' transform='rotate(-90 16 " + fmt(T + ph / 2) +
            ")' text-anchor='middle'>" + esc(axes.y_label) + "</text>";
+    if (axes.ref_y > 0 && axes.ref_y < ymax) {
+        const double y = T + ph - ph * axes.ref_y / ymax;
+        svg += "<line x1='" + fmt(L) + "' y1='" + fmt(y) + "' x2='" + fmt(L + pw) + "' y2='" + fmt(y) +
+               "' stroke='#666' stroke-dasharray='6 4'/><text x='" + fmt(L + pw - 4) + "' y='" + fmt(y - 6) +
+               "' text-anchor='end' fill='#666'>break-even</text>";
+    }
     for (size_t k = 0; k < series.size(); ++k) {
         const std::string color = series_color(k + color_offset);
         std::string pts;
@@ -212,6 +232,8 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     }
     if (recs.empty()) return make_error("report: no bench records in the input files");
     std::map<std::string, Series> pp, tg, spec;
+    // speculative points: one per (series, target, draft), averaged over repeated runs
+    std::map<std::string, std::map<std::string, std::pair<std::pair<double, double>, int>>> spec_pts;
     for (const auto& r : recs) {
         const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0);
         if (speculative(r)) {
@@ -221,9 +243,11 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
                 config_of(r) + " · draft_max " + (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
                 std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
                 (r.value("bigmoe_spec_p_min", 0.0) > 0 ? ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0)) : "");
-            spec[key].name = key;
-            spec[key].pts.emplace_back(100.0 * r.value("bigmoe_spec_acceptance", 0.0),
-                                       r["bigmoe_spec_speedup"].get<double>());
+            auto& acc = spec_pts[key][r.value("model_filename", std::string()) + "|" +
+                                      r.value("bigmoe_draft_model", std::string())];
+            acc.first.first += 100.0 * r.value("bigmoe_spec_acceptance", 0.0);
+            acc.first.second += r["bigmoe_spec_speedup"].get<double>();
+            acc.second += 1;
             continue;
         }
         if ((p > 0) == (g > 0)) continue;
@@ -232,6 +256,19 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         m[key].name = key;
         m[key].pts.emplace_back(double(r.value("n_depth", 0)), r["avg_ts"].get<double>());
     }
+    for (auto& [key, pairs] : spec_pts) {
+        spec[key].name = key;
+        for (auto& [pair, a] : pairs) spec[key].pts.emplace_back(a.first.first / a.second, a.first.second / a.second);
+    }
+    // a depth chart needs a series with more than one depth
+    auto has_depths = [](const std::map<std::string, Series>& m) {
+        for (const auto& [k, s] : m) {
+            std::set<double> xs;
+            for (const auto& [x, y] : s.pts) xs.insert(x);
+            if (xs.size() > 1) return true;
+        }
+        return false;
+    };
     auto sorted = [](std::map<std::string, Series>& m) {
         std::vector<Series> v;
         for (auto& [k, s] : m) {
@@ -256,9 +293,9 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         "@media print{body{max-width:none;margin:0}h2{break-after:avoid}figure,table{break-inside:avoid}}"
         "</style></head><body><h1>bigmoe benchmark report</h1><p>" +
         std::to_string(recs.size()) + " results from " + std::to_string(paths.size()) + " file(s).</p>";
-    if (!pps.empty())
+    if (!pps.empty() && has_depths(pp))
         html += "<h2>Prompt processing</h2>" + line_chart("Prefill speed vs context depth", "prefill", pps, 0);
-    if (!tgs.empty())
+    if (!tgs.empty() && has_depths(tg))
         html += "<h2>Generation</h2>" + line_chart("Decode speed vs context depth", "decode", tgs, pps.size());
     if (!specs.empty())
         html += "<h2>Speculative decoding</h2>" +
