@@ -269,11 +269,12 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         }
         return false;
     };
+    // series with one point are left to the table (a line needs two)
     auto sorted = [](std::map<std::string, Series>& m) {
         std::vector<Series> v;
         for (auto& [k, s] : m) {
             std::sort(s.pts.begin(), s.pts.end());
-            v.push_back(s);
+            if (s.pts.size() > 1) v.push_back(s);
         }
         return v;
     };

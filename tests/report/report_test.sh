@@ -17,9 +17,10 @@ trap 'rm -rf "$tmp"' EXIT
 m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
 "$bin" bench -m "$m" -p 16 -n 4 -d 0,16,48 -r 2 -t 2 -o jsonl --profile > "$tmp/a.jsonl" 2>/dev/null
 "$bin" bench -m "$m" -p 16 -n 4 -d 0,16,48 -r 2 -t 1 -o json > "$tmp/b.json" 2>/dev/null
-# speculative decoding: plain and two draft lengths (a speed-up series per draft length)
-"$bin" bench -m "$m" -md none,"$fixtures/models/qwen35-tiny-f32.gguf" --draft-max 1,4 -p 0 -n 8 -r 1 -t 2 -o jsonl \
-  > "$tmp/c.jsonl" 2>/dev/null
+# speculative decoding: plain, then two drafts x two draft lengths (a speed-up series per length,
+# a point per draft)
+"$bin" bench -m "$m" -md none,"$fixtures/models/qwen35-tiny-f32.gguf","$fixtures/models/qwen35moe-tiny-f32.gguf" \
+  --draft-max 1,4 -p 0 -n 8 -r 1 -t 2 -o jsonl > "$tmp/c.jsonl" 2>/dev/null
 grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
 "$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" -o "$tmp/report.html"
 grep -q "id='speculative'" "$tmp/report.html"
