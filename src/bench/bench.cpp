@@ -137,6 +137,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
         j["bigmoe_spec_draft_min"] = r.spec_draft_min;
         j["bigmoe_spec_p_min"] = r.spec_p_min;
         j["bigmoe_spec_adaptive"] = r.spec_adaptive;
+        j["bigmoe_spec_guard"] = r.spec_guard;
         if (r.spec_speedup > 0) j["bigmoe_spec_speedup"] = r.spec_speedup;
     }
     return j;
@@ -224,7 +225,8 @@ std::string to_markdown(const std::vector<Record>& rs) {
                         }});
         cols.push_back({"draft_max", true, [](const Record& r) {
                             if (r.draft_model.empty()) return std::string();
-                            return (r.spec_adaptive ? "adaptive <= " : "") + std::to_string(r.spec_draft_max);
+                            return (r.spec_adaptive ? "adaptive <= " : "") + std::to_string(r.spec_draft_max) +
+                                   (r.spec_guard ? ", guard" : "");
                         }});
         cols.push_back({"p_min", true, [](const Record& r) {
                             if (r.draft_model.empty()) return std::string();

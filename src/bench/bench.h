@@ -34,6 +34,7 @@ struct Record {
     int64_t spec_draft_max = 0, spec_draft_min = 0;
     double spec_p_min = 0;
     bool spec_adaptive = false;  // draft length adapts up to spec_draft_max
+    bool spec_guard = false;     // DraftGuard: plain steps while drafting measures slower
     double spec_acceptance = -1, spec_mean_accepted = 0;
     double spec_speedup = 0;  // t/s over the same test without a draft in the same run (0: none ran)
 

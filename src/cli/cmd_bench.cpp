@@ -45,6 +45,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
     {"", "--draft-adaptive", true, "1: adaptive draft length up to --draft-max (default), 0: fixed (a list)"},
+    {"", "--draft-guard", true, "1: no drafts while drafting measures slower than plain (default), 0: off (a list)"},
     {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},
     {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
@@ -175,6 +176,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
         int64_t draft_max = 0;
         double p_min = 0;
         bool adaptive = false;
+        bool guard = false;
     };
     std::vector<Spec> specs;
     auto drafts = list(*args, "--model-draft", "none");
@@ -183,9 +185,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto p_mins = list(*args, "--draft-p-min", "0");
     auto td = args->get_int("--threads-draft", 0, 0, 1024);
     auto adapts = ints(*args, "--draft-adaptive", "1", 0);
+    auto guards = ints(*args, "--draft-guard", "1", 0);
     if (!adapts) return fail(adapts.error().message);
+    if (!guards) return fail(guards.error().message);
     for (int64_t a : *adapts)
         if (a > 1) return fail("bench: --draft-adaptive takes 0 or 1");
+    for (int64_t a : *guards)
+        if (a > 1) return fail("bench: --draft-guard takes 0 or 1");
     if (!draft_maxes) return fail(draft_maxes.error().message);
     if (!draft_min) return fail(draft_min.error().message);
     if (!td) return fail(td.error().message);
@@ -196,15 +202,16 @@ int cmd_bench(const std::vector<std::string>& argv) {
             specs.push_back({});
             continue;
         }
-        for (int64_t ad : *adapts)
-            for (int64_t x : *draft_maxes)
-                for (const auto& ps : *p_mins) {
-                    char* end = nullptr;
-                    const double pm = std::strtod(ps.c_str(), &end);
-                    if (end == ps.c_str() || *end || pm < 0 || pm > 1)
-                        return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
-                    specs.push_back({dm, x, pm, ad == 1});
-                }
+        for (int64_t gd : *guards)
+            for (int64_t ad : *adapts)
+                for (int64_t x : *draft_maxes)
+                    for (const auto& ps : *p_mins) {
+                        char* end = nullptr;
+                        const double pm = std::strtod(ps.c_str(), &end);
+                        if (end == ps.c_str() || *end || pm < 0 || pm > 1)
+                            return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
+                        specs.push_back({dm, x, pm, ad == 1, gd == 1});
+                    }
     }
 
     std::vector<bench::Record> all;
@@ -359,9 +366,18 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                                     **ctx, *dctx,
                                                     {int(sp.draft_max), int(*draft_min), float(sp.p_min), sp.adaptive});
                                                 std::vector<int32_t> out = {tok};
+                                                DraftGuard guard;
                                                 while (int64_t(out.size()) < t.n_gen) {
+                                                    const int len =
+                                                        sp.guard ? guard.next(int(sp.draft_max)) : int(sp.draft_max);
+                                                    sd.set_draft_max(len);
+                                                    const size_t before = out.size();
+                                                    const auto s0 = Clock::now();
                                                     auto rs = sd.step_greedy(logits, out);
                                                     if (!rs) return fail(rs.error().message);
+                                                    guard.record(
+                                                        len, std::chrono::duration<double>(Clock::now() - s0).count(),
+                                                        int64_t(out.size() - before));
                                                 }
                                                 if (rep >= 0) {
                                                     spec_drafted += sd.stats().drafted;
@@ -391,6 +407,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                             rec.spec_draft_min = *draft_min;
                                             rec.spec_p_min = sp.p_min;
                                             rec.spec_adaptive = sp.adaptive;
+                                            rec.spec_guard = sp.guard;
                                             rec.spec_acceptance =
                                                 spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
                                             rec.spec_mean_accepted =

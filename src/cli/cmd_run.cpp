@@ -62,6 +62,8 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-adaptive", true,
      "1 (default): draft one more token after a fully accepted step, fewer after a rejection (up to --draft-max); "
      "0: always --draft-max"},
+    {"", "--draft-guard", true,
+     "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"},
     {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
     {"", "--profile", false, "print time per op class and layer kind for prefill and decode"},
@@ -97,11 +99,12 @@ struct Generator {
     double sampling_s = 0;
     bool ngram = false;
     std::vector<int32_t> history;  // every token in the target context (prompt lookup)
-    // Speed-up estimate: the first steps are plain (no drafts); the last of them times a plain
-    // decode step, the rest of the run is compared with it.
-    static constexpr int k_plain_steps = 2;
-    double plain_step_s = 0, spec_s = 0;
-    int64_t spec_tokens = 0;
+    // Drafting steps vs plain steps: the guard times both (and, when on, stops drafting while it
+    // is slower); the speed-up printed compares drafting steps with the measured plain steps.
+    bool guard = true;
+    DraftGuard draft_guard;
+    double spec_s = 0;
+    int64_t spec_tokens = 0, spec_steps = 0;
 
     Result<void> feed(const std::vector<int32_t>& tokens) {
         if (tokens.empty()) return {};
@@ -146,17 +149,22 @@ struct Generator {
             for (int64_t n_step = 0; !stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load();
                  ++n_step) {
                 if (ctx.n_past(0) + 1 >= ctx.params().n_ctx) break;
-                sd.set_draft_max(n_step < k_plain_steps ? 0 : spec.draft_max);
+                // without the guard only the first steps are plain (they time plain decoding)
+                const int len =
+                    guard || draft_guard.plain_steps() < 3 ? draft_guard.next(spec.draft_max) : spec.draft_max;
+                sd.set_draft_max(len);
                 std::vector<int32_t> step;
                 const auto s0 = Clock::now();
                 if (sampler.params().temp <= 0)
                     BM_TRY(sd.step_greedy(logits, step));
                 else
                     BM_TRY(sd.step_sampled(sampler, draft_sampler, logits, step));
-                if (n_step == k_plain_steps - 1) plain_step_s = since(s0);
-                if (n_step >= k_plain_steps) {
-                    spec_s += since(s0);
+                const double dt = since(s0);
+                draft_guard.record(len, dt, int64_t(step.size()));
+                if (len > 0) {
+                    spec_s += dt;
                     spec_tokens += int64_t(step.size());
+                    ++spec_steps;
                 }
                 for (int32_t id : step) {
                     if (n_predict >= 0 && int64_t(out.size()) >= n_predict) break;
@@ -293,7 +301,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::unique_ptr<Engine> draft_engine;
     std::unique_ptr<Context> draft_ctx;
     SpecParams spec;
+    bool guard = true;
     if (args->has("--model-draft") || args->has("--draft-ngram")) {
+        auto gd = args->get_int("--draft-guard", 1, 0, 1);
+        if (!gd) return fail(gd.error().message);
+        guard = *gd == 1;
         auto dmax = args->get_int("--draft-max", 8, 1, 16);
         auto dmin = args->get_int("--draft-min", 0, 0, 16);
         auto pmin = args->get_float("--draft-p-min", 0.0);
@@ -331,7 +343,12 @@ int cmd_run(const std::vector<std::string>& argv) {
                 (*engine)->profiler(),
                 0.0,
                 args->has("--draft-ngram"),
-                {}};
+                {},
+                guard,
+                {},
+                0.0,
+                0,
+                0};
     auto report = [&] {
         std::fprintf(stderr,
                      "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
@@ -344,17 +361,17 @@ int cmd_run(const std::vector<std::string>& argv) {
                          g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
         }
         if ((g.draft || g.ngram) && g.spec_stats.steps > 0) {
-            const int64_t drafting_steps = g.spec_stats.steps - std::min<int64_t>(g.spec_stats.steps, g.k_plain_steps);
             std::fprintf(stderr,
                          "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per drafting "
-                         "step",
+                         "step (%lld of %lld steps drafted)",
                          (long long)g.spec_stats.drafted, (long long)g.spec_stats.accepted,
                          100.0 * g.spec_stats.acceptance(),
-                         drafting_steps ? double(g.spec_stats.accepted) / double(drafting_steps) : 0.0);
-            if (g.plain_step_s > 0 && g.spec_s > 0)
-                std::fprintf(stderr, "; speed-up %.2fx over plain decoding (%.2f t/s vs a plain step of %.1f ms)",
-                             double(g.spec_tokens) / g.spec_s * g.plain_step_s, double(g.spec_tokens) / g.spec_s,
-                             1e3 * g.plain_step_s);
+                         g.spec_steps ? double(g.spec_stats.accepted) / double(g.spec_steps) : 0.0,
+                         (long long)g.spec_steps, (long long)g.spec_stats.steps);
+            const double plain = g.draft_guard.plain_s_per_token();
+            if (plain > 0 && g.spec_s > 0)
+                std::fprintf(stderr, "; drafting steps %.2f t/s, plain steps %.2f t/s: speed-up %.2fx",
+                             double(g.spec_tokens) / g.spec_s, 1.0 / plain, double(g.spec_tokens) / g.spec_s * plain);
             std::fprintf(stderr, "\n");
         }
     };

@@ -197,6 +197,7 @@ std::string draft_of(const Json& r) {
                     (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
                     std::to_string(r.value("bigmoe_spec_draft_max", 0));
     if (r.value("bigmoe_spec_p_min", 0.0) > 0) d += ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0));
+    if (r.value("bigmoe_spec_guard", false)) d += ", guard";
     return d;
 }
 
@@ -242,6 +243,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
             const std::string key =
                 config_of(r) + " · draft_max " + (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
                 std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
+                (r.value("bigmoe_spec_guard", false) ? ", guard" : "") +
                 (r.value("bigmoe_spec_p_min", 0.0) > 0 ? ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0)) : "");
             auto& acc = spec_pts[key][r.value("model_filename", std::string()) + "|" +
                                       r.value("bigmoe_draft_model", std::string())];

@@ -62,6 +62,39 @@ int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, d
     return p.back().first;
 }
 
+int DraftGuard::next(int draft_max) {
+    return plain_left_ > 0 ? 0 : draft_max;
+}
+
+void DraftGuard::record(int draft_len, double seconds, int64_t tokens) {
+    if (tokens <= 0) return;
+    if (draft_len == 0) {
+        // the very first step is a warm-up (cold caches, page faults): not measured
+        const double per_token = seconds / double(tokens);
+        if (n_plain_++ > 0) plain_ = plain_ == 0 ? per_token : 0.75 * plain_ + 0.25 * per_token;
+        if (plain_left_ > 0) --plain_left_;
+        if (plain_left_ == 0 && n_draft_run_ >= k_min_draft_steps && backoff_ == k_backoff_min)
+            return;  // a refresh inside a winning drafting run: keep its measurements
+        n_draft_run_ = 0;
+        draft_time_ = draft_tokens_ = 0;
+        return;
+    }
+    draft_time_ = 0.9 * draft_time_ + seconds;
+    draft_tokens_ = 0.9 * draft_tokens_ + double(tokens);
+    if (++n_since_refresh_ >= k_refresh_every) {
+        n_since_refresh_ = 0;
+        plain_left_ = k_refresh_steps;
+        return;
+    }
+    if (++n_draft_run_ < k_min_draft_steps || plain_ == 0) return;
+    if (draft_time_ / draft_tokens_ > 1.03 * plain_) {  // drafting loses here: plain for a while
+        plain_left_ = backoff_;
+        backoff_ = std::min(2 * backoff_, k_backoff_max);
+    } else {
+        backoff_ = k_backoff_min;
+    }
+}
+
 Result<void> check_draft_compatible(const Model& target, const Model& draft) {
     const auto* a = target.file().find("tokenizer.ggml.tokens");
     const auto* b = draft.file().find("tokenizer.ggml.tokens");

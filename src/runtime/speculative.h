@@ -81,6 +81,31 @@ class SpeculativeDecoder {
     std::vector<int32_t> history_;  // prompt-lookup mode: every token in the target
 };
 
+// Keeps speculative decoding from running slower than plain decoding on the machine at hand:
+// it times steps with and without drafts (seconds per generated token: a moving average for
+// plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
+// run 8 steps and measures more than 3% slower, decodes plainly for a stretch that doubles each
+// time drafting loses again (16 steps up to 128), then tries drafting again. While drafting
+// wins, 2 plain steps in every 64 keep the plain estimate current (the context grows). The first steps are plain (they
+// give the plain estimate). Only the step structure changes: greedy output stays identical.
+class DraftGuard {
+  public:
+    // The draft length for the next step: draft_max, or 0 for a plain step.
+    int next(int draft_max);
+    // Reports the step just taken: its draft length, wall seconds and tokens generated.
+    void record(int draft_len, double seconds, int64_t tokens);
+    double plain_s_per_token() const { return plain_; }
+    int64_t plain_steps() const { return n_plain_; }
+
+  private:
+    static constexpr int k_first_plain = 4, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
+    static constexpr int k_refresh_every = 64, k_refresh_steps = 2;  // re-time plain steps now and then
+    double plain_ = 0;                                               // moving average, seconds per token (0: none yet)
+    double draft_time_ = 0, draft_tokens_ = 0;                       // this drafting run, decayed by 0.9 per step
+    int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
+    int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
+};
+
 // A sparse distribution: (token, probability) pairs summing to 1 (Sampler::distribution's output).
 using Dist = std::vector<std::pair<int32_t, double>>;
 

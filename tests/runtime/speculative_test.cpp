@@ -321,3 +321,36 @@ TEST(SpeculativeAdaptive, draft_length_follows_acceptance) {
 
 }  // namespace
 }  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// The guard starts with plain steps, keeps drafting while drafting steps cost less per token than
+// plain ones, and decodes plainly for a while (16 steps, then 32) once drafting measures slower.
+TEST(DraftGuard, drafts_only_while_faster) {
+    auto run = [](double draft_s_per_token, int steps, int* plain_steps) {
+        DraftGuard g;
+        *plain_steps = 0;
+        for (int i = 0; i < steps; ++i) {
+            const int len = g.next(4);
+            if (len == 0) {
+                ++*plain_steps;
+                g.record(0, 0.010, 1);  // a plain step: 10 ms per token
+            } else {
+                g.record(len, draft_s_per_token * 3, 3);  // a drafting step: 3 tokens
+            }
+        }
+        return g.plain_s_per_token();
+    };
+    int plain = 0;
+    EXPECT_DOUBLE_EQ(run(0.007, 200, &plain), 0.010);
+    EXPECT_GE(plain, 4);  // the first plain steps, then 2 in every 64 drafting steps
+    EXPECT_LE(plain, 4 + 2 * 4);
+    run(0.013, 200, &plain);  // drafting is 30% slower: mostly plain
+    EXPECT_GT(plain, 150);
+    run(0.0101, 100, &plain);  // within the 3% margin: keeps drafting
+    EXPECT_LE(plain, 4 + 2 * 2);
+}
+
+}  // namespace
+}  // namespace bigmoe
