@@ -87,7 +87,7 @@ void DraftGuard::record(int draft_len, double seconds, int64_t tokens) {
         return;
     }
     if (++n_draft_run_ < k_min_draft_steps || plain_ == 0) return;
-    if (draft_time_ / draft_tokens_ > 1.03 * plain_) {  // drafting loses here: plain for a while
+    if (draft_time_ / draft_tokens_ > k_margin * plain_) {  // drafting loses here: plain for a while
         plain_left_ = backoff_;
         backoff_ = std::min(2 * backoff_, k_backoff_max);
     } else {

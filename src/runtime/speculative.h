@@ -84,9 +84,10 @@ class SpeculativeDecoder {
 // Keeps speculative decoding from running slower than plain decoding on the machine at hand:
 // it times steps with and without drafts (seconds per generated token: a moving average for
 // plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
-// run 8 steps and measures more than 3% slower, decodes plainly for a stretch that doubles each
-// time drafting loses again (16 steps up to 128), then tries drafting again. While drafting
-// wins, 2 plain steps in every 64 keep the plain estimate current (the context grows). The first steps are plain (they
+// run 8 steps and measures more than 8% slower (a smaller margin stopped winning runs on timing
+// noise), decodes plainly for a stretch that doubles each time drafting loses again (16 steps up
+// to 128), then tries drafting again. While drafting wins, 2 plain steps in every 128 keep the
+// plain estimate current (the context grows). The first steps are plain (they
 // give the plain estimate). Only the step structure changes: greedy output stays identical.
 class DraftGuard {
   public:
@@ -98,10 +99,11 @@ class DraftGuard {
     int64_t plain_steps() const { return n_plain_; }
 
   private:
-    static constexpr int k_first_plain = 4, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
-    static constexpr int k_refresh_every = 64, k_refresh_steps = 2;  // re-time plain steps now and then
-    double plain_ = 0;                                               // moving average, seconds per token (0: none yet)
-    double draft_time_ = 0, draft_tokens_ = 0;                       // this drafting run, decayed by 0.9 per step
+    static constexpr int k_first_plain = 3, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
+    static constexpr int k_refresh_every = 128, k_refresh_steps = 2;  // re-time plain steps now and then
+    static constexpr double k_margin = 1.08;                          // drafting must be this much slower to be stopped
+    double plain_ = 0;                                                // moving average, seconds per token (0: none yet)
+    double draft_time_ = 0, draft_tokens_ = 0;                        // this drafting run, decayed by 0.9 per step
     int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
     int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
 };
