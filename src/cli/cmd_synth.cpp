@@ -14,6 +14,7 @@ namespace {
 const std::vector<OptionSpec> k_specs = {
     {"", "--preset", true, "model shape preset (see below)"},
     {"-q", "--quant", true, "F32, F16, BF16, Q8_0, Q6_K, Q4_K_M (default Q4_K_M)"},
+    {"", "--output-tensor-type", true, "LM head type instead of the mix's: F32, F16, BF16, Q8_0, Q6_K, Q4_K"},
     {"-o", "--out", true, "output GGUF file"},
     {"", "--arch", true, "explicit shape: qwen3moe, qwen35, qwen35moe"},
     {"", "--n-embd", true, "explicit shape: embedding width"},
@@ -105,6 +106,8 @@ int cmd_synth(const std::vector<std::string>& argv) {
     s.direct_seed = uint64_t(*ds);
     s.layer_scale = float(*ls);
     s.quant = args->get("--quant", "Q4_K_M");
+    s.output_type = args->get("--output-tensor-type", "");
+    for (auto& c : s.output_type) c = char(std::toupper(static_cast<unsigned char>(c)));
     for (auto& c : s.quant) c = char(std::toupper(static_cast<unsigned char>(c)));
     s.vocab = synth::byte_vocab();
     if (auto v = synth::validate(s); !v) return fail(v.error().message);  // bad shapes before the tokenizer load

@@ -333,6 +333,16 @@ Result<void> validate(const Spec& s) {
         return make_error("synth: dimensions must be positive");
     if (s.n_head % s.n_head_kv) return make_error("synth: n_head must be a multiple of n_head_kv");
     if (s.n_rot > s.head_dim || s.n_rot % 2) return make_error("synth: n_rot must be even and <= head_dim");
+    if (!s.output_type.empty()) {
+        const auto t = dtype_from_name(s.output_type);
+        if (!t || (*t != DType::F32 && *t != DType::F16 && *t != DType::BF16 && *t != DType::Q8_0 &&
+                   *t != DType::Q6_K && *t != DType::Q4_K))
+            return make_error("synth: unknown output tensor type '" + s.output_type +
+                              "' (F32, F16, BF16, Q8_0, Q6_K, Q4_K)");
+        if (s.n_embd % traits(*t).block_elems != 0)
+            return make_error("synth: n_embd " + std::to_string(s.n_embd) + " is not a multiple of the " +
+                              s.output_type + " block size " + std::to_string(traits(*t).block_elems));
+    }
     const int64_t blk = s.quant == "Q8_0" ? 32 : (s.quant == "Q6_K" || s.quant == "Q4_K_M") ? 256 : 1;
     std::vector<int64_t> ins = {s.n_embd, s.n_head * s.head_dim};
     if (s.moe()) ins.push_back(s.n_ff_exp);
@@ -478,6 +488,8 @@ Result<gguf::GgufWriter> build(const Spec& s) {
         const bool v_like =
             t.name.find("attn_v.weight") != std::string::npos || t.name.find("attn_qkv.weight") != std::string::npos;
         DType type = tensor_type(s.quant, t.name, int64_t(t.ne.size()), block_count, v_idx, n_v_like, tied);
+        if (!s.output_type.empty() && (t.name == "output.weight" || (tied && t.name == "token_embd.weight")))
+            type = *dtype_from_name(s.output_type);  // checked by validate
         if (v_like) ++v_idx;
         if (t.ne[0] % traits(type).block_elems != 0) type = DType::F32;
         w.add_tensor(t.name, type, t.ne);

@@ -44,6 +44,9 @@ struct Spec {
     bool mtp = false;           // add one NextN/MTP block
     bool tied = false;          // no output.weight: the LM head reuses token_embd
     std::string quant = "F32";  // F32 | F16 | BF16 | Q8_0 | Q6_K | Q4_K_M
+    // The LM head's type instead of the quant mix's (llama-quantize --output-tensor-type):
+    // F32, F16, BF16, Q8_0, Q6_K or Q4_K; empty = the mix's choice.
+    std::string output_type;
     uint64_t seed = 1;
     // Draft/target pairs with a controllable agreement: models that share direct_seed and
     // direct_rank > 0 carry the same rank-r "direct path" from token embedding to output logits

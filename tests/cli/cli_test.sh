@@ -60,5 +60,9 @@ expect "run -md guard" 0 "speculative: .* drafted" "$bin" run -m "$m" -md "$d" -
 expect "bench bad guard" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-guard 5 -p 0 -n 8
 expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
 expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3
+"$bin" synth --arch qwen35 --n-embd 256 --n-layer 2 --output-tensor-type q4_k --byte-vocab -o "$tmp/o4.gguf" >/dev/null 2>&1
+expect "synth output type" 0 "output.weight  *Q4_K " "$bin" info -m "$tmp/o4.gguf"
+expect "synth bad output type" 1 "unknown output tensor type 'Q5_K'" "$bin" synth --arch qwen35 --output-tensor-type q5_k \
+  -o "$tmp/o5.gguf"
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
