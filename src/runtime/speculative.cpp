@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <functional>
 
 namespace bigmoe {
 
@@ -143,6 +144,52 @@ int SpeculativeDecoder::max_draft() const {
     return int(std::min<int64_t>(std::min(want, depth), std::max<int64_t>(room, 0)));
 }
 
+Result<std::vector<std::vector<int32_t>>> SpeculativeDecoder::draft_tokens(
+    const std::vector<SpeculativeDecoder*>& ds, const std::vector<int32_t>& cur,
+    const std::function<int32_t(size_t, const float*, size_t)>& pick) {
+    const size_t n = ds.size();
+    Context& draft = *ds[0]->d_;
+    const int64_t V = draft.n_vocab();
+    std::vector<std::vector<int32_t>> drafts(n), feed(n);
+    std::vector<char> drafting(n);
+    for (size_t i = 0; i < n; ++i) {
+        feed[i] = std::move(ds[i]->draft_pending_);
+        ds[i]->draft_pending_.clear();
+        feed[i].push_back(cur[i]);
+        drafting[i] = ds[i]->max_draft() > 0;
+    }
+    std::vector<float> dl;
+    for (;;) {
+        std::vector<BatchToken> batch;
+        std::vector<size_t> rows;
+        for (size_t i = 0; i < n; ++i) {
+            if (drafting[i] && draft.n_past(ds[i]->seq_) + int64_t(feed[i].size()) > draft.params().n_ctx)
+                drafting[i] = 0;
+            if (!drafting[i]) continue;
+            for (size_t j = 0; j < feed[i].size(); ++j)
+                batch.push_back({feed[i][j], ds[i]->seq_, j + 1 == feed[i].size()});
+            feed[i].clear();
+            rows.push_back(i);
+        }
+        if (batch.empty()) break;
+        BM_TRY(draft.decode(batch, &dl));
+        for (size_t r = 0; r < rows.size(); ++r) {
+            const size_t i = rows[r];
+            const int32_t x = pick(i, dl.data() + r * size_t(V), drafts[i].size());
+            if (x < 0) {
+                drafting[i] = 0;
+                continue;
+            }
+            drafts[i].push_back(x);
+            feed[i].push_back(x);
+            if (int(drafts[i].size()) >= ds[i]->max_draft()) drafting[i] = 0;
+        }
+    }
+    for (size_t i = 0; i < n; ++i)
+        if (!feed[i].empty() && drafts[i].empty()) ds[i]->draft_pending_ = feed[i];  // cur never fed
+    return drafts;
+}
+
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
     return step_greedy_batch({this}, {&logits}, {&out});
 }
@@ -160,53 +207,23 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
             return make_error("speculative: sequences decoded together must share the target and draft contexts");
     const int64_t V = target.n_vocab();
     std::vector<int32_t> cur(n);
-    std::vector<std::vector<int32_t>> drafts(n), feed(n);
-    std::vector<char> drafting(n, 0);
-    for (size_t i = 0; i < n; ++i) {
-        SpeculativeDecoder& d = *ds[i];
-        cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
-        if (!draft) {                           // 1. proposals by prompt lookup ...
-            d.history_.push_back(cur[i]);
-            drafts[i] = ngram_draft(d.history_, d.max_draft());
-            continue;
-        }
-        feed[i] = std::move(d.draft_pending_);
-        d.draft_pending_.clear();
-        feed[i].push_back(cur[i]);
-        drafting[i] = d.max_draft() > 0;
-    }
-    // ... or by the draft model, fed one token per sequence and round (plus any pending ones)
-    std::vector<float> dl;
-    for (;;) {
-        std::vector<BatchToken> batch;
-        std::vector<size_t> rows;
+    for (size_t i = 0; i < n; ++i) cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
+    // 1. proposals by prompt lookup, or by the draft model
+    std::vector<std::vector<int32_t>> drafts(n);
+    if (!draft) {
         for (size_t i = 0; i < n; ++i) {
-            if (drafting[i] && draft->n_past(ds[i]->seq_) + int64_t(feed[i].size()) > draft->params().n_ctx)
-                drafting[i] = 0;
-            if (!drafting[i]) continue;
-            for (size_t j = 0; j < feed[i].size(); ++j)
-                batch.push_back({feed[i][j], ds[i]->seq_, j + 1 == feed[i].size()});
-            feed[i].clear();
-            rows.push_back(i);
+            ds[i]->history_.push_back(cur[i]);
+            drafts[i] = ngram_draft(ds[i]->history_, ds[i]->max_draft());
         }
-        if (batch.empty()) break;
-        BM_TRY(draft->decode(batch, &dl));
-        for (size_t r = 0; r < rows.size(); ++r) {
-            const size_t i = rows[r];
-            SpeculativeDecoder& d = *ds[i];
-            const float* row = dl.data() + r * size_t(V);
-            if (d.p_.draft_p_min > 0 && int(drafts[i].size()) >= d.p_.draft_min &&
-                top_probability(row, V) < d.p_.draft_p_min) {
-                drafting[i] = 0;
-                continue;
-            }
-            drafts[i].push_back(argmax(row, V));
-            feed[i].push_back(drafts[i].back());
-            if (int(drafts[i].size()) >= d.max_draft()) drafting[i] = 0;
-        }
+    } else {
+        BM_ASSIGN(
+            drafts, draft_tokens(ds, cur, [&](size_t i, const float* row, size_t n_proposed) -> int32_t {
+                const SpecParams& p = ds[i]->p_;
+                if (p.draft_p_min > 0 && int(n_proposed) >= p.draft_min && top_probability(row, V) < p.draft_p_min)
+                    return -1;
+                return argmax(row, V);
+            }));
     }
-    for (size_t i = 0; i < n; ++i)
-        if (draft && !feed[i].empty() && drafts[i].empty()) ds[i]->draft_pending_ = feed[i];  // cur never fed
     // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
     std::vector<BatchToken> batch;
     std::vector<size_t> first_row(n);
@@ -236,24 +253,17 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
     ts.accept(cur);
-    const int max_draft = this->max_draft();
-    std::vector<int32_t> draft;
     std::vector<Dist> qs;
-    std::vector<float> dl;
-    std::vector<int32_t> feed = draft_pending_;
-    feed.push_back(cur);
-    draft_pending_.clear();
-    while (int(draft.size()) < max_draft && d_->n_past(seq_) + int64_t(feed.size()) <= d_->params().n_ctx) {
-        BM_TRY(d_->decode_seq(seq_, feed, false, &dl));
-        feed.clear();
-        Dist q = ds.distribution(dl.data(), V);
-        if (p_.draft_p_min > 0 && int(draft.size()) >= p_.draft_min && q.front().second < p_.draft_p_min) break;
-        const int32_t x = draw(q, U(rng_));
-        qs.push_back(std::move(q));
-        draft.push_back(x);
-        feed.push_back(x);
-    }
-    if (!feed.empty() && draft.empty()) draft_pending_ = feed;
+    std::vector<std::vector<int32_t>> drafts;
+    BM_ASSIGN(drafts, draft_tokens({this}, {cur}, [&](size_t, const float* row, size_t n_proposed) -> int32_t {
+                  Dist q = ds.distribution(row, V);
+                  if (p_.draft_p_min > 0 && int(n_proposed) >= p_.draft_min && q.front().second < p_.draft_p_min)
+                      return -1;
+                  const int32_t x = draw(q, U(rng_));
+                  qs.push_back(std::move(q));
+                  return x;
+              }));
+    const std::vector<int32_t>& draft = drafts[0];
     std::vector<int32_t> batch = {cur};
     batch.insert(batch.end(), draft.begin(), draft.end());
     std::vector<float> vl;

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "core/result.h"
@@ -68,6 +69,13 @@ class SpeculativeDecoder {
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
                              const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
     int max_draft() const;
+    // Proposals of the draft model for sequences sharing one draft context: each round decodes
+    // every sequence still drafting (pending tokens, then its last proposal) in one batch, and
+    // pick(i, logits, n_proposed) gives sequence i's next proposal (-1: stop). Stops at max_draft() or a full
+    // context; a sequence whose cur never reached the draft keeps it pending.
+    static Result<std::vector<std::vector<int32_t>>> draft_tokens(
+        const std::vector<SpeculativeDecoder*>& ds, const std::vector<int32_t>& cur,
+        const std::function<int32_t(size_t, const float*, size_t)>& pick);
     int adaptive_len_ = 1;  // the next step's draft length with SpecParams::adaptive
 
     Context& t_;
