@@ -362,27 +362,18 @@ int cmd_bench(const std::vector<std::string>& argv) {
                                                 auto r2 = dctx->decode_seq(0, {tok}, false, &dlogits);
                                                 if (!r1 || !r2)
                                                     return fail(!r1 ? r1.error().message : r2.error().message);
-                                                SpeculativeDecoder sd(
-                                                    **ctx, *dctx,
-                                                    {int(sp.draft_max), int(*draft_min), float(sp.p_min), sp.adaptive});
+                                                SpeculativeDecoder sd(**ctx, *dctx,
+                                                                      {int(sp.draft_max), int(*draft_min),
+                                                                       float(sp.p_min), sp.adaptive, sp.guard});
                                                 std::vector<int32_t> out = {tok};
-                                                DraftGuard guard;
                                                 while (int64_t(out.size()) < t.n_gen) {
-                                                    const int len =
-                                                        sp.guard ? guard.next(int(sp.draft_max)) : int(sp.draft_max);
-                                                    sd.set_draft_max(len);
-                                                    const size_t before = out.size();
-                                                    const auto s0 = Clock::now();
                                                     auto rs = sd.step_greedy(logits, out);
                                                     if (!rs) return fail(rs.error().message);
-                                                    guard.record(
-                                                        len, std::chrono::duration<double>(Clock::now() - s0).count(),
-                                                        int64_t(out.size() - before));
                                                 }
                                                 if (rep >= 0) {
                                                     spec_drafted += sd.stats().drafted;
                                                     spec_accepted += sd.stats().accepted;
-                                                    spec_steps += sd.stats().steps;
+                                                    spec_steps += sd.stats().drafting_steps;
                                                 }
                                             } else {
                                                 for (int64_t i = 0; i < t.n_gen; ++i) {

@@ -99,12 +99,6 @@ struct Generator {
     double sampling_s = 0;
     bool ngram = false;
     std::vector<int32_t> history;  // every token in the target context (prompt lookup)
-    // Drafting steps vs plain steps: the guard times both (and, when on, stops drafting while it
-    // is slower); the speed-up printed compares drafting steps with the measured plain steps.
-    bool guard = true;
-    DraftGuard draft_guard;
-    double spec_s = 0;
-    int64_t spec_tokens = 0, spec_steps = 0;
 
     Result<void> feed(const std::vector<int32_t>& tokens) {
         if (tokens.empty()) return {};
@@ -146,26 +140,13 @@ struct Generator {
                 draft ? SpeculativeDecoder(ctx, *draft, spec) : SpeculativeDecoder(ctx, history, spec);
             Sampler draft_sampler(sampler.params());
             bool stop = false;
-            for (int64_t n_step = 0; !stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load();
-                 ++n_step) {
+            while (!stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
                 if (ctx.n_past(0) + 1 >= ctx.params().n_ctx) break;
-                // without the guard only the first steps are plain (they time plain decoding)
-                const int len =
-                    guard || draft_guard.plain_steps() < 3 ? draft_guard.next(spec.draft_max) : spec.draft_max;
-                sd.set_draft_max(len);
                 std::vector<int32_t> step;
-                const auto s0 = Clock::now();
                 if (sampler.params().temp <= 0)
                     BM_TRY(sd.step_greedy(logits, step));
                 else
                     BM_TRY(sd.step_sampled(sampler, draft_sampler, logits, step));
-                const double dt = since(s0);
-                draft_guard.record(len, dt, int64_t(step.size()));
-                if (len > 0) {
-                    spec_s += dt;
-                    spec_tokens += int64_t(step.size());
-                    ++spec_steps;
-                }
                 for (int32_t id : step) {
                     if (n_predict >= 0 && int64_t(out.size()) >= n_predict) break;
                     out.push_back(id);
@@ -301,11 +282,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     std::unique_ptr<Engine> draft_engine;
     std::unique_ptr<Context> draft_ctx;
     SpecParams spec;
-    bool guard = true;
     if (args->has("--model-draft") || args->has("--draft-ngram")) {
         auto gd = args->get_int("--draft-guard", 1, 0, 1);
         if (!gd) return fail(gd.error().message);
-        guard = *gd == 1;
         auto dmax = args->get_int("--draft-max", 8, 1, 16);
         auto dmin = args->get_int("--draft-min", 0, 0, 16);
         auto pmin = args->get_float("--draft-p-min", 0.0);
@@ -315,7 +294,7 @@ int cmd_run(const std::vector<std::string>& argv) {
         auto adapt = args->get_int("--draft-adaptive", 1, 0, 1);
         if (!adapt) return fail(adapt.error().message);
         if (*pmin < 0 || *pmin > 1) return fail("run: --draft-p-min must be in [0, 1]");
-        spec = {int(*dmax), int(*dmin), float(*pmin), *adapt == 1};
+        spec = {int(*dmax), int(*dmin), float(*pmin), *adapt == 1, *gd == 1};
     }
     if (args->has("--model-draft")) {
         auto td = args->get_int("--threads-draft", *threads, 0, 1024);
@@ -343,12 +322,7 @@ int cmd_run(const std::vector<std::string>& argv) {
                 (*engine)->profiler(),
                 0.0,
                 args->has("--draft-ngram"),
-                {},
-                guard,
-                {},
-                0.0,
-                0,
-                0};
+                {}};
     auto report = [&] {
         std::fprintf(stderr,
                      "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
@@ -360,18 +334,18 @@ int cmd_run(const std::vector<std::string>& argv) {
             std::fprintf(stderr, "\n%s\n%s", g.prof->format("prefill", g.stats.prompt_s, g.stats.prompt_tokens).c_str(),
                          g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
         }
-        if ((g.draft || g.ngram) && g.spec_stats.steps > 0) {
+        const SpecStats& st = g.spec_stats;
+        if ((g.draft || g.ngram) && st.steps > 0) {
             std::fprintf(stderr,
                          "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per drafting "
                          "step (%lld of %lld steps drafted)",
-                         (long long)g.spec_stats.drafted, (long long)g.spec_stats.accepted,
-                         100.0 * g.spec_stats.acceptance(),
-                         g.spec_steps ? double(g.spec_stats.accepted) / double(g.spec_steps) : 0.0,
-                         (long long)g.spec_steps, (long long)g.spec_stats.steps);
-            const double plain = g.draft_guard.plain_s_per_token();
-            if (plain > 0 && g.spec_s > 0)
-                std::fprintf(stderr, "; drafting steps %.2f t/s, plain steps %.2f t/s: speed-up %.2fx",
-                             double(g.spec_tokens) / g.spec_s, 1.0 / plain, double(g.spec_tokens) / g.spec_s * plain);
+                         (long long)st.drafted, (long long)st.accepted, 100.0 * st.acceptance(), st.mean_accepted(),
+                         (long long)st.drafting_steps, (long long)st.steps);
+            const double drafting = st.drafting_seconds > 0 ? double(st.drafting_tokens) / st.drafting_seconds : 0;
+            if (drafting > 0) std::fprintf(stderr, "; drafting steps %.2f t/s", drafting);
+            if (drafting > 0 && st.plain_s_per_token > 0)  // the guard timed plain steps
+                std::fprintf(stderr, ", plain steps %.2f t/s: speed-up %.2fx", 1.0 / st.plain_s_per_token,
+                             drafting * st.plain_s_per_token);
             std::fprintf(stderr, "\n");
         }
     };

@@ -1,6 +1,7 @@
 #include "runtime/speculative.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <functional>
 
@@ -63,34 +64,27 @@ int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, d
     return p.back().first;
 }
 
-int DraftGuard::next(int draft_max) {
-    return plain_left_ > 0 ? 0 : draft_max;
-}
-
-void DraftGuard::record(int draft_len, double seconds, int64_t tokens) {
+void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
     if (tokens <= 0) return;
-    if (draft_len == 0) {
+    if (!drafted) {
         // the very first step is a warm-up (cold caches, page faults): not measured
         const double per_token = seconds / double(tokens);
         if (n_plain_++ > 0) plain_ = plain_ == 0 ? per_token : 0.75 * plain_ + 0.25 * per_token;
         if (plain_left_ > 0) --plain_left_;
-        if (plain_left_ == 0 && n_draft_run_ >= k_min_draft_steps && backoff_ == k_backoff_min)
-            return;  // a refresh inside a winning drafting run: keep its measurements
-        n_draft_run_ = 0;
-        draft_time_ = draft_tokens_ = 0;
         return;
     }
     draft_time_ = 0.9 * draft_time_ + seconds;
     draft_tokens_ = 0.9 * draft_tokens_ + double(tokens);
-    if (++n_since_refresh_ >= k_refresh_every) {
+    if (++n_since_refresh_ >= k_refresh_every) {  // re-time plain steps; the drafting run goes on
         n_since_refresh_ = 0;
         plain_left_ = k_refresh_steps;
-        return;
     }
     if (++n_draft_run_ < k_min_draft_steps || plain_ == 0) return;
-    if (draft_time_ / draft_tokens_ > k_margin * plain_) {  // drafting loses here: plain for a while
+    if (draft_time_ / draft_tokens_ > k_margin * plain_) {  // drafting loses: plain for a while
         plain_left_ = backoff_;
         backoff_ = std::min(2 * backoff_, k_backoff_max);
+        n_draft_run_ = n_since_refresh_ = 0;  // the next drafting run is measured afresh
+        draft_time_ = draft_tokens_ = 0;
     } else {
         backoff_ = k_backoff_min;
     }
@@ -140,6 +134,7 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
 int SpeculativeDecoder::max_draft() const {
     const int depth = int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20));
     const int64_t room = t_.params().n_ctx - t_.n_past(seq_) - 1;
+    if (plain_step_) return 0;
     const int want = p_.adaptive ? std::min(std::max(adaptive_len_, p_.draft_min), p_.draft_max) : p_.draft_max;
     return int(std::min<int64_t>(std::min(want, depth), std::max<int64_t>(room, 0)));
 }
@@ -190,8 +185,28 @@ Result<std::vector<std::vector<int32_t>>> SpeculativeDecoder::draft_tokens(
     return drafts;
 }
 
+Result<void> SpeculativeDecoder::timed_step(const std::vector<int32_t>& out,
+                                            const std::function<Result<void>()>& step) {
+    plain_step_ = p_.guard && guard_.plain_next();
+    const size_t before = out.size();
+    const auto t0 = std::chrono::steady_clock::now();
+    Result<void> r = step();
+    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    if (!r) return r;
+    const int64_t tokens = int64_t(out.size() - before);
+    if (p_.guard) guard_.record(!plain_step_, dt, tokens);
+    if (!plain_step_) {
+        stats_.drafting_steps += 1;
+        stats_.drafting_tokens += tokens;
+        stats_.drafting_seconds += dt;
+    }
+    stats_.plain_s_per_token = guard_.plain_s_per_token();
+    plain_step_ = false;
+    return r;
+}
+
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
-    return step_greedy_batch({this}, {&logits}, {&out});
+    return timed_step(out, [&] { return step_greedy_batch({this}, {&logits}, {&out}); });
 }
 
 Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<SpeculativeDecoder*>& ds,
@@ -249,6 +264,11 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
 Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vector<float>& logits,
                                               std::vector<int32_t>& out) {
     if (!d_) return make_error("speculative sampling needs a draft model (prompt lookup is greedy only)");
+    return timed_step(out, [&] { return sampled_step(ts, ds, logits, out); });
+}
+
+Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vector<float>& logits,
+                                              std::vector<int32_t>& out) {
     const int32_t V = int32_t(t_.n_vocab());
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));

@@ -27,12 +27,47 @@ struct SpecParams {
     // runs of agreement, so drafts stay short where the draft is often wrong. (Off here; the CLI
     // turns it on by default: on the 2-core CPU a fixed 8 lost 10-50% below ~90% agreement.)
     bool adaptive = false;
+    // Time every step and decode without drafts while drafting measures slower (DraftGuard).
+    // (Off here; the CLI turns it on by default.)
+    bool guard = false;
 };
 
 struct SpecStats {
     int64_t steps = 0, drafted = 0, accepted = 0, generated = 0;
+    // steps that drafted (the rest were plain steps of the guard), their tokens and wall time
+    int64_t drafting_steps = 0, drafting_tokens = 0;
+    double drafting_seconds = 0;
+    double plain_s_per_token = 0;  // the guard's measure of plain steps (0: none measured)
     double acceptance() const { return drafted ? double(accepted) / double(drafted) : 0; }
-    double mean_accepted() const { return steps ? double(accepted) / double(steps) : 0; }
+    // accepted tokens per step that drafted
+    double mean_accepted() const { return drafting_steps ? double(accepted) / double(drafting_steps) : 0; }
+};
+
+// Keeps speculative decoding from running slower than plain decoding on the machine at hand:
+// it times steps with and without drafts (seconds per generated token: a moving average for
+// plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
+// run 8 steps and measures more than 8% slower (a smaller margin stopped winning runs on timing
+// noise), decodes plainly for a stretch that doubles each time drafting loses again (16 steps up
+// to 128), then tries drafting again. While drafting wins, 2 plain steps in every 128 keep the
+// plain estimate current (the context grows). The first steps are plain (they
+// give the plain estimate). Only the step structure changes: greedy output stays identical.
+// SpeculativeDecoder runs one when SpecParams::guard is set.
+class DraftGuard {
+  public:
+    // Whether the next step should decode without drafts.
+    bool plain_next() const { return plain_left_ > 0; }
+    // Reports the step just taken: whether it drafted, its wall seconds and tokens generated.
+    void record(bool drafted, double seconds, int64_t tokens);
+    double plain_s_per_token() const { return plain_; }
+
+  private:
+    static constexpr int k_first_plain = 3, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
+    static constexpr int k_refresh_every = 128, k_refresh_steps = 2;  // re-time plain steps now and then
+    static constexpr double k_margin = 1.08;                          // drafting must be this much slower to be stopped
+    double plain_ = 0;                                                // moving average, seconds per token (0: none yet)
+    double draft_time_ = 0, draft_tokens_ = 0;                        // this drafting run, decayed by 0.9 per step
+    int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
+    int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
 };
 
 class SpeculativeDecoder {
@@ -60,8 +95,6 @@ class SpeculativeDecoder {
     // distributed exactly as the target's. `logits` are the target's logits after the prompt.
     Result<void> step_sampled(Sampler& target, Sampler& draft, std::vector<float>& logits, std::vector<int32_t>& out);
     const SpecStats& stats() const { return stats_; }
-    // Changes the draft length of later steps (0: a step is one plain decode step of the target).
-    void set_draft_max(int n) { p_.draft_max = n; }
 
   private:
     // Rolls both models back past the rejected drafts and records the step.
@@ -69,6 +102,10 @@ class SpeculativeDecoder {
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
                              const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
     int max_draft() const;
+    // Runs one single-sequence step: times it, asks the guard (when on) whether it drafts, and
+    // records it in the stats.
+    Result<void> timed_step(const std::vector<int32_t>& out, const std::function<Result<void>()>& step);
+    Result<void> sampled_step(Sampler& target, Sampler& draft, std::vector<float>& logits, std::vector<int32_t>& out);
     // Proposals of the draft model for sequences sharing one draft context: each round decodes
     // every sequence still drafting (pending tokens, then its last proposal) in one batch, and
     // pick(i, logits, n_proposed) gives sequence i's next proposal (-1: stop). Stops at max_draft() or a full
@@ -77,6 +114,8 @@ class SpeculativeDecoder {
         const std::vector<SpeculativeDecoder*>& ds, const std::vector<int32_t>& cur,
         const std::function<int32_t(size_t, const float*, size_t)>& pick);
     int adaptive_len_ = 1;  // the next step's draft length with SpecParams::adaptive
+    DraftGuard guard_;
+    bool plain_step_ = false;  // this step decodes without drafts (the guard's choice)
 
     Context& t_;
     Context* d_;
@@ -87,33 +126,6 @@ class SpeculativeDecoder {
     int32_t next_ = -1;                   // sampling: the target's next token, drawn at the end of a step
     std::mt19937_64 rng_{0x5EC0DE};
     std::vector<int32_t> history_;  // prompt-lookup mode: every token in the target
-};
-
-// Keeps speculative decoding from running slower than plain decoding on the machine at hand:
-// it times steps with and without drafts (seconds per generated token: a moving average for
-// plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
-// run 8 steps and measures more than 8% slower (a smaller margin stopped winning runs on timing
-// noise), decodes plainly for a stretch that doubles each time drafting loses again (16 steps up
-// to 128), then tries drafting again. While drafting wins, 2 plain steps in every 128 keep the
-// plain estimate current (the context grows). The first steps are plain (they
-// give the plain estimate). Only the step structure changes: greedy output stays identical.
-class DraftGuard {
-  public:
-    // The draft length for the next step: draft_max, or 0 for a plain step.
-    int next(int draft_max);
-    // Reports the step just taken: its draft length, wall seconds and tokens generated.
-    void record(int draft_len, double seconds, int64_t tokens);
-    double plain_s_per_token() const { return plain_; }
-    int64_t plain_steps() const { return n_plain_; }
-
-  private:
-    static constexpr int k_first_plain = 3, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
-    static constexpr int k_refresh_every = 128, k_refresh_steps = 2;  // re-time plain steps now and then
-    static constexpr double k_margin = 1.08;                          // drafting must be this much slower to be stopped
-    double plain_ = 0;                                                // moving average, seconds per token (0: none yet)
-    double draft_time_ = 0, draft_tokens_ = 0;                        // this drafting run, decayed by 0.9 per step
-    int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
-    int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
 };
 
 // A sparse distribution: (token, probability) pairs summing to 1 (Sampler::distribution's output).

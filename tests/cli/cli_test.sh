@@ -54,9 +54,9 @@ expect "bench -md speed-up json" 0 '"bigmoe_spec_speedup"' "$bin" bench -m "$m" 
 expect "bench bad p-min" 1 "probabilities in \[0, 1\]" "$bin" bench -m "$m" -md "$d" --draft-p-min 1.5 -p 0 -n 8
 expect "bench bad adaptive" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-adaptive 2 -p 0 -n 8
 expect "bench bad draft-max" 1 "above 16" "$bin" bench -m "$m" -md "$d" --draft-max 17 -p 0 -n 8
-expect "run -md stats" 0 "plain steps .* t/s: speed-up [0-9.]*x" "$bin" run -m "$m" -md "$d" -p hi -n 24 --temp 0 --ignore-eos \
-  --draft-guard 0
-expect "run -md guard" 0 "speculative: .* drafted" "$bin" run -m "$m" -md "$d" -p hi -n 24 --temp 0 --ignore-eos
+expect "run -md stats" 0 "plain steps .* t/s: speed-up [0-9.]*x" "$bin" run -m "$m" -md "$d" -p hi -n 24 --temp 0 --ignore-eos
+expect "run -md no guard" 0 "(\([0-9][0-9]*\) of \1 steps drafted); drafting steps" "$bin" run -m "$m" -md "$d" -p hi \
+  -n 24 --temp 0 --ignore-eos --draft-guard 0
 expect "bench bad guard" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-guard 5 -p 0 -n 8
 expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
 expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3

@@ -332,12 +332,11 @@ TEST(DraftGuard, drafts_only_while_faster) {
         DraftGuard g;
         *plain_steps = 0;
         for (int i = 0; i < steps; ++i) {
-            const int len = g.next(4);
-            if (len == 0) {
+            if (g.plain_next()) {
                 ++*plain_steps;
-                g.record(0, 0.010, 1);  // a plain step: 10 ms per token
+                g.record(false, 0.010, 1);  // a plain step: 10 ms per token
             } else {
-                g.record(len, draft_s_per_token * 3, 3);  // a drafting step: 3 tokens
+                g.record(true, draft_s_per_token * 3, 3);  // a drafting step: 3 tokens
             }
         }
         return g.plain_s_per_token();
