@@ -140,21 +140,13 @@ std::string Value::str() const {
         case Kind::undefined:
         case Kind::none:
             return "";
-        case Kind::boolean:
-            return b ? "true" : "false";
-        case Kind::integer:
-            return std::to_string(i);
-        case Kind::floating:
-            return format_float(f);
         case Kind::string:
             return s;
-        case Kind::list:
-        case Kind::dict:
-            return json();
         case Kind::function:
             return "<function>";
+        default:  // booleans and numbers print as in JSON; lists and dicts as JSON
+            return json();
     }
-    return "";
 }
 
 std::string Value::json(int indent, int depth) const {
