@@ -6,9 +6,6 @@ bin=$1
 build=$2
 fixtures=$3
 src=$(cd "$(dirname "$0")" && pwd)
-npmdir=$build/npm-ref
-"$src/../../scripts/npm_ref.sh" "$npmdir"
-cp "$src/report_browser.mjs" "$npmdir/"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
@@ -23,4 +20,4 @@ grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
 grep -q "id='speculative'" "$tmp/report.html"
 grep -q "<svg" "$tmp/report.html"
 if grep -qiE "<script|https?://" "$tmp/report.html"; then echo "report is not self-contained"; exit 1; fi
-(cd "$npmdir" && node report_browser.mjs "$tmp/report.html" "$build/report_screenshot.png")
+"$src/../run_node.sh" "$build/npm-ref" "$src/report_browser.mjs" "$tmp/report.html" "$build/report_screenshot.png"

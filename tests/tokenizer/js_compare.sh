@@ -5,10 +5,7 @@ set -euo pipefail
 test_bin=$1
 build=$2
 src=$(cd "$(dirname "$0")" && pwd)
-npmdir=$build/npm-ref
-"$src/../../scripts/npm_ref.sh" "$npmdir"
-cp "$src/js_reference.mjs" "$npmdir/"
 seed=${BIGMOE_SEED:-$(date +%s)}
 echo "seed $seed"
-(cd "$npmdir" && node js_reference.mjs "$build/js_cases.jsonl" 10000 "$seed")
+"$src/../run_node.sh" "$build/npm-ref" "$src/js_reference.mjs" "$build/js_cases.jsonl" 10000 "$seed"
 BIGMOE_JS_CASES=$build/js_cases.jsonl "$test_bin" --gtest_filter='TokenizerJs.*'
