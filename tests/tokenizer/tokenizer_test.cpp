@@ -116,10 +116,10 @@ TEST(Tokenizer, invalid_utf8_becomes_replacement_characters) {
 namespace bigmoe {
 namespace {
 
-// Cases written by js_reference.mjs (run through tests/tokenizer/js_compare.sh, ctest label js).
+// Cases written by js_reference.mjs (run through tests/tokenizer/js_cases.sh, ctest label js).
 TEST(TokenizerJs, matches_javascript_tokenizer_on_random_strings) {
     const char* path = std::getenv("BIGMOE_JS_CASES");
-    if (!path) GTEST_SKIP() << "run through tests/tokenizer/js_compare.sh";
+    if (!path) GTEST_SKIP() << "run through tests/tokenizer/js_cases.sh";
     auto tok = load("qwen3-vocab.gguf");
     std::ifstream f(path);
     ASSERT_TRUE(f.good()) << path;
@@ -191,10 +191,10 @@ TEST(Chat, template_errors_are_values) {
 namespace bigmoe {
 namespace {
 
-// Cases written by jinja_reference.mjs (run through tests/tokenizer/jinja_compare.sh, label js).
+// Cases written by jinja_reference.mjs (run through tests/tokenizer/js_cases.sh, label js).
 TEST(JinjaJs, matches_huggingface_jinja_on_real_templates) {
     const char* path = std::getenv("BIGMOE_JINJA_CASES");
-    if (!path) GTEST_SKIP() << "run through tests/tokenizer/jinja_compare.sh";
+    if (!path) GTEST_SKIP() << "run through tests/tokenizer/js_cases.sh";
     std::ifstream f(path);
     ASSERT_TRUE(f.good()) << path;
     std::string line;
