@@ -130,6 +130,127 @@ std::string ftype_name(int64_t ft) {
 struct Test {
     int64_t n_prompt, n_gen;
 };
+
+// A speculative configuration of generation tests (draft empty: no draft).
+struct Spec {
+    std::string draft;
+    int64_t draft_max = 0;
+    double p_min = 0;
+    bool adaptive = false;
+    bool guard = false;
+};
+
+// The context parameters of one row of the matrix (-b x -ub x -ctk x -ctv x -d).
+struct Config {
+    int64_t n_batch, n_ubatch, depth;
+    std::string ctk, ctv;
+};
+
+std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int64_t n_vocab) {
+    std::vector<int32_t> t(static_cast<size_t>(n));
+    for (auto& x : t) x = int32_t(rng() % uint32_t(n_vocab));
+    return t;
+}
+
+// A context (target or draft) holding `depth` random tokens and a checkpoint of that state.
+struct Prepared {
+    std::unique_ptr<Context> ctx;
+    std::unique_ptr<SeqCheckpoint> base;
+};
+Result<Prepared> prepare(Engine& e, const ContextParams& cp, const std::vector<int32_t>& depth_tokens) {
+    Prepared p;
+    BM_ASSIGN(p.ctx, e.new_context(cp));
+    std::vector<float> logits;
+    if (!depth_tokens.empty()) BM_TRY(p.ctx->decode_seq(0, depth_tokens, false, &logits));
+    BM_ASSIGN(p.base, p.ctx->checkpoint(0));
+    return p;
+}
+
+// What one measurement needs; `draft` is null for plain decoding and prompt tests.
+struct Measure {
+    Prepared& target;
+    Prepared* draft;
+    const Test& test;
+    int64_t test_index, reps, n_draft_min;
+    const Spec& spec;
+    ProfiledBackend* prof;
+    bool progress;
+    const std::string& path;
+};
+
+// Runs a test's warm-up and repetitions from the checkpoints; fills samples (and the speculative
+// and profile fields) into rec.
+Result<void> measure(const Measure& m, bench::Record& rec) {
+    Context& ctx = *m.target.ctx;
+    const Test& t = m.test;
+    const int64_t V = ctx.n_vocab();
+    std::vector<float> logits, dlogits;
+    SpecStats spec;
+    const std::string phase = t.n_gen == 0 ? "prefill" : t.n_prompt == 0 ? "decode" : "prefill+decode";
+    for (int64_t rep = -1; rep < m.reps; ++rep) {  // rep -1: warm-up
+        if (m.prof && rep == 0) m.prof->clear();
+        if (m.prof) m.prof->set_phase(phase);
+        if (m.progress)
+            std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", m.path.c_str(), rec.test_name().c_str(),
+                         (long long)(rep + 1), (long long)m.reps);
+        BM_TRY(ctx.restore(0, *m.target.base));
+        // The same prompt and first token for every configuration of this test and repetition:
+        // with and without a draft, the same text.
+        std::mt19937 rep_rng(uint32_t(42 + 7919 * m.test_index + 31 * rep));
+        const std::vector<int32_t> prompt = random_tokens(rep_rng, t.n_prompt, V);
+        int32_t tok = int32_t(rep_rng() % uint32_t(V));
+        const auto t0 = Clock::now();
+        if (t.n_prompt > 0) BM_TRY(ctx.decode_seq(0, prompt, false, &logits));
+        if (m.draft) {
+            // speculative: prompt and first token on both models, then draft/verify steps
+            Context& dctx = *m.draft->ctx;
+            BM_TRY(dctx.restore(0, *m.draft->base));
+            if (t.n_prompt > 0) BM_TRY(dctx.decode_seq(0, prompt, false, &dlogits));
+            BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
+            BM_TRY(dctx.decode_seq(0, {tok}, false, &dlogits));
+            const Spec& sp = m.spec;
+            SpeculativeDecoder sd(ctx, dctx,
+                                  {int(sp.draft_max), int(m.n_draft_min), float(sp.p_min), sp.adaptive, sp.guard});
+            std::vector<int32_t> out = {tok};
+            while (int64_t(out.size()) < t.n_gen) BM_TRY(sd.step_greedy(logits, out));
+            if (rep >= 0) {
+                spec.drafted += sd.stats().drafted;
+                spec.accepted += sd.stats().accepted;
+                spec.drafting_steps += sd.stats().drafting_steps;
+            }
+        } else {
+            for (int64_t i = 0; i < t.n_gen; ++i) {
+                BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
+                const auto ts0 = Clock::now();
+                tok = argmax(logits.data(), int64_t(logits.size()));
+                if (m.prof)
+                    m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
+            }
+        }
+        const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+        if (rep >= 0) rec.samples_ns.push_back(ns);
+    }
+    if (m.progress) std::fprintf(stderr, "\r%*s\r", 80, "");
+    if (m.draft) {
+        rec.draft_model = m.spec.draft;
+        rec.spec_draft_max = m.spec.draft_max;
+        rec.spec_draft_min = m.n_draft_min;
+        rec.spec_p_min = m.spec.p_min;
+        rec.spec_adaptive = m.spec.adaptive;
+        rec.spec_guard = m.spec.guard;
+        rec.spec_acceptance = spec.acceptance();
+        rec.spec_mean_accepted = spec.mean_accepted();
+    }
+    if (m.prof) {
+        double wall = 0;
+        for (double ns : rec.samples_ns) wall += ns / 1e9;
+        const int64_t toks = (t.n_prompt + t.n_gen) * m.reps;
+        std::fprintf(stderr, "\n%s %s\n%s\n", m.path.c_str(), rec.test_name().c_str(),
+                     m.prof->format(phase, wall, toks).c_str());
+        rec.profile_json = m.prof->json(phase, wall, toks);
+    }
+    return {};
+}
 }  // namespace
 
 int cmd_bench(const std::vector<std::string>& argv) {
@@ -170,14 +291,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     }
     if (tests.empty()) return fail("bench: no tests (all of -p, -n are 0)");
     const bool progress = args->has("--progress") || (isatty(2) && fmt == "md");
-    // speculative configurations: every draft x draft_max x p_min ("none": no draft)
-    struct Spec {
-        std::string draft;
-        int64_t draft_max = 0;
-        double p_min = 0;
-        bool adaptive = false;
-        bool guard = false;
-    };
+    // speculative configurations: every draft x guard x adaptive x draft_max x p_min ("none": no draft)
     std::vector<Spec> specs;
     auto drafts = list(*args, "--model-draft", "none");
     auto draft_maxes = ints(*args, "--draft-max", "8", 1);
@@ -227,12 +341,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
         std::fflush(stdout);
         all.push_back(r);
     };
+    std::vector<Config> configs;
+    for (int64_t b : *nb)
+        for (int64_t u : *ub)
+            for (const auto& ctk : *ctks)
+                for (const auto& ctv : *ctvs)
+                    for (int64_t d : *depth) configs.push_back({b, u, d, ctk, ctv});
+    int64_t longest = 0;
+    for (const auto& t : tests) longest = std::max(longest, t.n_prompt + t.n_gen);
     for (const auto& path : *models) {
         for (int64_t threads : *th) {
             auto engine = Engine::load(path, {.n_threads = int(threads), .profile = args->has("--profile")});
             if (!engine) return fail(engine.error().message);
             Model& model = (*engine)->model();
-            const int64_t V = model.hparams().n_vocab;
             std::map<std::string, std::unique_ptr<Engine>> draft_engines;
             for (const Spec& sp : specs) {
                 if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
@@ -241,180 +362,67 @@ int cmd_bench(const std::vector<std::string>& argv) {
                 if (auto r = check_draft_compatible(model, (*de)->model()); !r) return fail(r.error().message);
                 draft_engines[sp.draft] = std::move(*de);
             }
-            for (int64_t b : *nb)
-                for (int64_t u : *ub)
-                    for (const auto& ctk_s : *ctks)
-                        for (const auto& ctv_s : *ctvs)
-                            for (int64_t d : *depth) {
-                                auto ctk = parse_cache_type(ctk_s, "-ctk");
-                                auto ctv = parse_cache_type(ctv_s, "-ctv");
-                                if (!ctk) return fail(ctk.error().message);
-                                if (!ctv) return fail(ctv.error().message);
-                                int64_t longest = 0;
-                                for (const auto& t : tests) longest = std::max(longest, t.n_prompt + t.n_gen);
-                                ContextParams cp;
-                                cp.n_ctx = d + longest + 1;
-                                cp.n_ubatch = std::min(u, b);
-                                cp.type_k = *ctk;
-                                cp.type_v = *ctv;
-                                auto ctx = (*engine)->new_context(cp);
-                                if (!ctx) return fail(ctx.error().message);
-                                std::mt19937 rng(42);  // the depth's tokens
-                                auto random_tokens = [&](int64_t n) {
-                                    std::vector<int32_t> t(static_cast<size_t>(n));
-                                    for (auto& x : t) x = int32_t(rng() % uint32_t(V));
-                                    return t;
-                                };
-                                std::vector<float> logits, dlogits;
-                                // one context per draft model, at the same depth as the target
-                                std::map<std::string, std::unique_ptr<Context>> dctxs;
-                                std::map<std::string, std::unique_ptr<SeqCheckpoint>> dbases;
-                                for (auto& [dpath, de] : draft_engines) {
-                                    auto dc = de->new_context(cp);
-                                    if (!dc) return fail(dc.error().message);
-                                    dctxs[dpath] = std::move(*dc);
-                                }
-                                if (d > 0) {
-                                    if (progress)
-                                        std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)d);
-                                    const auto depth_tokens = random_tokens(d);
-                                    auto r = (*ctx)->decode_seq(0, depth_tokens, false, &logits);
-                                    if (!r) return fail(r.error().message);
-                                    for (auto& [dpath, dc] : dctxs) {
-                                        auto rd = dc->decode_seq(0, depth_tokens, false, &dlogits);
-                                        if (!rd) return fail(rd.error().message);
-                                    }
-                                }
-                                for (auto& [dpath, dc] : dctxs) {
-                                    auto b2 = dc->checkpoint(0);
-                                    if (!b2) return fail(b2.error().message);
-                                    dbases[dpath] = std::move(*b2);
-                                }
-                                auto base = (*ctx)->checkpoint(0);
-                                if (!base) return fail(base.error().message);
-                                for (const auto& t : tests)
-                                    for (size_t si = 0; si < specs.size(); ++si) {
-                                        const Spec& sp = specs[si];
-                                        // prompt-only tests do not depend on the draft: run them once
-                                        if (t.n_gen == 0 && si > 0) continue;
-                                        Context* dctx =
-                                            t.n_gen > 0 && !sp.draft.empty() ? dctxs[sp.draft].get() : nullptr;
-                                        bench::Record rec;
-                                        rec.build_commit = version_string();
-                                        rec.compiler = __VERSION__;
-                                        rec.cpu_info = cpu_name();
-                                        rec.backend = "CPU";
-                                        rec.model_filename = path;
-                                        rec.model_type =
-                                            model.hparams().arch + " " +
-                                            (*engine)->file().get_string_or("general.name", "") + " " +
-                                            ftype_name((*engine)->file().get_int_or("general.file_type", -1));
-                                        rec.model_size = model.total_weight_bytes();
-                                        rec.model_n_params = uint64_t(model.n_params());
-                                        rec.n_batch = b;
-                                        rec.n_ubatch = u;
-                                        rec.n_threads = threads;
-                                        rec.type_k = ctk_s;
-                                        rec.type_v = ctv_s;
-                                        rec.n_prompt = t.n_prompt;
-                                        rec.n_gen = t.n_gen;
-                                        rec.n_depth = d;
-                                        rec.test_time = now_iso();
-                                        rec.machine_gbps = *bw;
-                                        rec.flops_per_token = 2.0 * double(model.n_active_params());
-                                        rec.bytes_per_token =
-                                            double(model.active_weight_bytes()) +
-                                            double((*ctx)->kv_bytes_per_token()) * (double(d) + double(t.n_gen) / 2);
-                                        ProfiledBackend* prof = (*engine)->profiler();
-                                        int64_t spec_drafted = 0, spec_accepted = 0, spec_steps = 0;
-                                        const std::string phase = t.n_gen == 0      ? "prefill"
-                                                                  : t.n_prompt == 0 ? "decode"
-                                                                                    : "prefill+decode";
-                                        for (int64_t rep = -1; rep < *reps; ++rep) {  // rep -1: warm-up
-                                            if (prof && rep == 0) prof->clear();
-                                            if (prof) prof->set_phase(phase);
-                                            if (progress)
-                                                std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", path.c_str(),
-                                                             rec.test_name().c_str(), (long long)(rep + 1),
-                                                             (long long)*reps);
-                                            auto rr = (*ctx)->restore(0, **base);
-                                            if (!rr) return fail(rr.error().message);
-                                            // The same prompt and first token for every configuration of this
-                                            // test and repetition: with and without a draft, the same text.
-                                            std::mt19937 rep_rng(uint32_t(42 + 7919 * (&t - tests.data()) + 31 * rep));
-                                            std::vector<int32_t> prompt(static_cast<size_t>(t.n_prompt));
-                                            for (auto& x : prompt) x = int32_t(rep_rng() % uint32_t(V));
-                                            int32_t tok = int32_t(rep_rng() % uint32_t(V));
-                                            const auto t0 = Clock::now();
-                                            if (t.n_prompt > 0) {
-                                                auto r = (*ctx)->decode_seq(0, prompt, false, &logits);
-                                                if (!r) return fail(r.error().message);
-                                            }
-                                            if (dctx && t.n_gen > 0) {
-                                                // speculative: the first token on both models, then draft/verify steps
-                                                auto rd = dctx->restore(0, *dbases[sp.draft]);
-                                                if (!rd) return fail(rd.error().message);
-                                                if (t.n_prompt > 0) {
-                                                    auto r = dctx->decode_seq(0, prompt, false, &dlogits);
-                                                    if (!r) return fail(r.error().message);
-                                                }
-                                                auto r1 = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                                                auto r2 = dctx->decode_seq(0, {tok}, false, &dlogits);
-                                                if (!r1 || !r2)
-                                                    return fail(!r1 ? r1.error().message : r2.error().message);
-                                                SpeculativeDecoder sd(**ctx, *dctx,
-                                                                      {int(sp.draft_max), int(*draft_min),
-                                                                       float(sp.p_min), sp.adaptive, sp.guard});
-                                                std::vector<int32_t> out = {tok};
-                                                while (int64_t(out.size()) < t.n_gen) {
-                                                    auto rs = sd.step_greedy(logits, out);
-                                                    if (!rs) return fail(rs.error().message);
-                                                }
-                                                if (rep >= 0) {
-                                                    spec_drafted += sd.stats().drafted;
-                                                    spec_accepted += sd.stats().accepted;
-                                                    spec_steps += sd.stats().drafting_steps;
-                                                }
-                                            } else {
-                                                for (int64_t i = 0; i < t.n_gen; ++i) {
-                                                    auto r = (*ctx)->decode_seq(0, {tok}, false, &logits);
-                                                    if (!r) return fail(r.error().message);
-                                                    const auto ts0 = Clock::now();
-                                                    tok = argmax(logits.data(), int64_t(logits.size()));
-                                                    if (prof)
-                                                        prof->record(
-                                                            OpClass::sampling,
-                                                            std::chrono::duration<double>(Clock::now() - ts0).count());
-                                                }
-                                            }
-                                            const double ns =
-                                                std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
-                                            if (rep >= 0) rec.samples_ns.push_back(ns);
-                                        }
-                                        if (progress) std::fprintf(stderr, "\r%*s\r", 80, "");
-                                        if (dctx) {
-                                            rec.draft_model = sp.draft;
-                                            rec.spec_draft_max = sp.draft_max;
-                                            rec.spec_draft_min = *draft_min;
-                                            rec.spec_p_min = sp.p_min;
-                                            rec.spec_adaptive = sp.adaptive;
-                                            rec.spec_guard = sp.guard;
-                                            rec.spec_acceptance =
-                                                spec_drafted ? double(spec_accepted) / double(spec_drafted) : 0;
-                                            rec.spec_mean_accepted =
-                                                spec_steps ? double(spec_accepted) / double(spec_steps) : 0;
-                                        }
-                                        if (prof) {
-                                            double wall = 0;
-                                            for (double ns : rec.samples_ns) wall += ns / 1e9;
-                                            const int64_t toks = (t.n_prompt + t.n_gen) * *reps;
-                                            std::fprintf(stderr, "\n%s %s\n%s\n", path.c_str(), rec.test_name().c_str(),
-                                                         prof->format(phase, wall, toks).c_str());
-                                            rec.profile_json = prof->json(phase, wall, toks);
-                                        }
-                                        emit(rec);
-                                    }
-                            }
+            for (const Config& c : configs) {
+                auto ctk = parse_cache_type(c.ctk, "-ctk");
+                auto ctv = parse_cache_type(c.ctv, "-ctv");
+                if (!ctk) return fail(ctk.error().message);
+                if (!ctv) return fail(ctv.error().message);
+                ContextParams cp;
+                cp.n_ctx = c.depth + longest + 1;
+                cp.n_ubatch = std::min(c.n_ubatch, c.n_batch);
+                cp.type_k = *ctk;
+                cp.type_v = *ctv;
+                // the target and every draft at the same depth (the same random tokens)
+                if (progress && c.depth > 0)
+                    std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)c.depth);
+                std::mt19937 rng(42);
+                const auto depth_tokens = random_tokens(rng, c.depth, model.hparams().n_vocab);
+                auto target = prepare(**engine, cp, depth_tokens);
+                if (!target) return fail(target.error().message);
+                std::map<std::string, Prepared> drafts;
+                for (auto& [dpath, de] : draft_engines) {
+                    auto p = prepare(*de, cp, depth_tokens);
+                    if (!p) return fail(p.error().message);
+                    drafts[dpath] = std::move(*p);
+                }
+                for (size_t ti = 0; ti < tests.size(); ++ti)
+                    for (size_t si = 0; si < specs.size(); ++si) {
+                        const Test& t = tests[ti];
+                        const Spec& sp = specs[si];
+                        // prompt-only tests do not depend on the draft: run them once
+                        if (t.n_gen == 0 && si > 0) continue;
+                        bench::Record rec;
+                        rec.build_commit = version_string();
+                        rec.compiler = __VERSION__;
+                        rec.cpu_info = cpu_name();
+                        rec.backend = "CPU";
+                        rec.model_filename = path;
+                        rec.model_type = model.hparams().arch + " " +
+                                         (*engine)->file().get_string_or("general.name", "") + " " +
+                                         ftype_name((*engine)->file().get_int_or("general.file_type", -1));
+                        rec.model_size = model.total_weight_bytes();
+                        rec.model_n_params = uint64_t(model.n_params());
+                        rec.n_batch = c.n_batch;
+                        rec.n_ubatch = c.n_ubatch;
+                        rec.n_threads = threads;
+                        rec.type_k = c.ctk;
+                        rec.type_v = c.ctv;
+                        rec.n_prompt = t.n_prompt;
+                        rec.n_gen = t.n_gen;
+                        rec.n_depth = c.depth;
+                        rec.test_time = now_iso();
+                        rec.machine_gbps = *bw;
+                        rec.flops_per_token = 2.0 * double(model.n_active_params());
+                        rec.bytes_per_token =
+                            double(model.active_weight_bytes()) +
+                            double(target->ctx->kv_bytes_per_token()) * (double(c.depth) + double(t.n_gen) / 2);
+                        Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &drafts[sp.draft] : nullptr;
+                        const Measure m{*target,  draft, t, int64_t(ti), *reps, *draft_min, sp, (*engine)->profiler(),
+                                        progress, path};
+                        if (auto r = measure(m, rec); !r) return fail(r.error().message);
+                        emit(rec);
+                    }
+            }
         }
     }
     if (fmt == "json") std::printf("\n]\n");

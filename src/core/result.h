@@ -69,7 +69,7 @@ inline Error make_error(std::string msg) {
     do {                                                \
         auto bm_assign_r_ = (expr);                     \
         if (!bm_assign_r_) return bm_assign_r_.error(); \
-        dst = *bm_assign_r_;                            \
+        dst = std::move(*bm_assign_r_);                 \
     } while (0)
 
 // Propagate an error from an expression returning Result<...>.
