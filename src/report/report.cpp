@@ -192,13 +192,17 @@ std::string basename(const std::string& p) {
 }
 
 // A speculative record's draft configuration, e.g. "draft d.gguf, draft_max 3".
-std::string draft_of(const Json& r) {
-    std::string d = "draft " + basename(r.value("bigmoe_draft_model", std::string())) + ", draft_max " +
-                    (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
+// A speculative record's settings, e.g. "draft_max adaptive <= 8, guard".
+std::string draft_settings(const Json& r) {
+    std::string d = "draft_max " + std::string(r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
                     std::to_string(r.value("bigmoe_spec_draft_max", 0));
     if (r.value("bigmoe_spec_p_min", 0.0) > 0) d += ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0));
     if (r.value("bigmoe_spec_guard", false)) d += ", guard";
     return d;
+}
+
+std::string draft_of(const Json& r) {
+    return "draft " + basename(r.value("bigmoe_draft_model", std::string())) + ", " + draft_settings(r);
 }
 
 std::string test_name(const Json& r) {
@@ -234,22 +238,22 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     if (recs.empty()) return make_error("report: no bench records in the input files");
     std::map<std::string, Series> pp, tg, spec;
     // speculative points: one per (series, target, draft), averaged over repeated runs
-    std::map<std::string, std::map<std::string, std::pair<std::pair<double, double>, int>>> spec_pts;
+    struct Mean {
+        double x = 0, y = 0;
+        int n = 0;
+    };
+    std::map<std::string, std::map<std::string, Mean>> spec_pts;
     for (const auto& r : recs) {
         const int64_t p = r.value("n_prompt", 0), g = r.value("n_gen", 0);
         if (speculative(r)) {
             // speed-up vs acceptance, one series per configuration and draft length
             if (!r.contains("bigmoe_spec_speedup")) continue;
-            const std::string key =
-                config_of(r) + " · draft_max " + (r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
-                std::to_string(r.value("bigmoe_spec_draft_max", 0)) +
-                (r.value("bigmoe_spec_guard", false) ? ", guard" : "") +
-                (r.value("bigmoe_spec_p_min", 0.0) > 0 ? ", p_min " + fmt(r.value("bigmoe_spec_p_min", 0.0)) : "");
-            auto& acc = spec_pts[key][r.value("model_filename", std::string()) + "|" +
-                                      r.value("bigmoe_draft_model", std::string())];
-            acc.first.first += 100.0 * r.value("bigmoe_spec_acceptance", 0.0);
-            acc.first.second += r["bigmoe_spec_speedup"].get<double>();
-            acc.second += 1;
+            Mean& a =
+                spec_pts[config_of(r) + " · " + draft_settings(r)]
+                        [r.value("model_filename", std::string()) + "|" + r.value("bigmoe_draft_model", std::string())];
+            a.x += 100.0 * r.value("bigmoe_spec_acceptance", 0.0);
+            a.y += r["bigmoe_spec_speedup"].get<double>();
+            a.n += 1;
             continue;
         }
         if ((p > 0) == (g > 0)) continue;
@@ -260,7 +264,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     }
     for (auto& [key, pairs] : spec_pts) {
         spec[key].name = key;
-        for (auto& [pair, a] : pairs) spec[key].pts.emplace_back(a.first.first / a.second, a.first.second / a.second);
+        for (auto& [pair, a] : pairs) spec[key].pts.emplace_back(a.x / a.n, a.y / a.n);
     }
     // a depth chart needs a series with more than one depth
     auto has_depths = [](const std::map<std::string, Series>& m) {
