@@ -110,9 +110,8 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
     int64_t n_out = 0;
     for (size_t i = 0; i < batch.size(); ++i)
         if (batch[i].logits) out_index[i] = n_out++;
-    if (logits) logits->assign(size_t(n_out * V), 0.0f);
+    if (logits) logits->resize(size_t(n_out * V));  // every row is written below
 
-    std::vector<float> ub_logits;
     for (size_t start = 0; start < order.size(); start += size_t(params_.n_ubatch)) {
         const size_t end = std::min(order.size(), start + size_t(params_.n_ubatch));
         std::vector<int32_t> tokens;
@@ -130,11 +129,7 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
             }
             tokens.push_back(t.token);
         }
-        ub_logits.resize(out_rows.size() * size_t(V));
-        run_ubatch(tokens, spans, out_rows, ub_logits.data());
-        if (logits)
-            for (size_t r = 0; r < out_rows.size(); ++r)
-                std::copy_n(ub_logits.data() + r * size_t(V), V, logits->data() + size_t(out_dest[r] * V));
+        run_ubatch(tokens, spans, out_rows, out_dest, logits ? logits->data() : nullptr);
     }
     return {};
 }
@@ -147,7 +142,8 @@ Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bo
 }
 
 void Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
-                         const std::vector<int64_t>& out_rows, float* logits_out) {
+                         const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
+                         float* logits_out) {
     const HParams& hp = model_.hparams();
     const int64_t V = hp.n_vocab, n_out = int64_t(out_rows.size());
     ForwardBatch fb;
@@ -175,7 +171,10 @@ void Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<S
     }
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
     model_.forward(fb, st, logits);
-    if (n_out) be_.download(logits_out, logits_buf_, size_t(n_out * V) * 4);
+    if (logits_out)  // output row r goes to row out_dest[r] of the caller's logits
+        for (int64_t r = 0; r < n_out; ++r)
+            be_.download(logits_out + out_dest[size_t(r)] * V, static_cast<const float*>(logits_buf_) + r * V,
+                         size_t(V) * 4);
     const int slots = params_.rollback_depth + 1;
     for (const SeqSpan& s : spans) {
         Seq& q = seqs_[size_t(s.seq)];

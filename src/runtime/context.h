@@ -84,8 +84,10 @@ class Context {
     };
     Context(Model& m, const ContextParams& p) : model_(m), be_(m.backend()), params_(p) {}
     Result<void> validate(const std::vector<BatchToken>& batch) const;
+    // Runs one micro-batch; the logits of token out_rows[r] go to row out_dest[r] of logits_out
+    // (when not null).
     void run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
-                    const std::vector<int64_t>& out_rows, float* logits_out);
+                    const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest, float* logits_out);
     size_t kv_row_bytes(DType t) const;
     size_t seq_state_bytes(int64_t n_past) const;
 
