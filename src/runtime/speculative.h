@@ -20,7 +20,7 @@ namespace bigmoe {
 
 struct SpecParams {
     int draft_max = 8;      // tokens proposed per step (<= the contexts' rollback depth)
-    int draft_min = 0;      // below this many drafted tokens, skip verification batching
+    int draft_min = 0;      // drafted tokens before draft_p_min may stop drafting (and adaptive's floor)
     float draft_p_min = 0;  // stop drafting when the draft's top probability falls below this
     // Adaptive draft length (greedy): after a step whose drafts were all accepted the next step
     // drafts one more (up to draft_max); after a rejection, one more than were accepted. Tracks

@@ -6,9 +6,6 @@
 #include <cstdlib>
 #include <string>
 
-#include <cstdlib>
-#include <string>
-
 namespace bigmoe::cpu {
 
 namespace {
