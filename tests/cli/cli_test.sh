@@ -13,7 +13,7 @@ expect() {  # expect NAME WANT_RC PATTERN CMD...
   out=$("$@" 2>&1)
   rc=$?
   if { [ "$want" = 0 ] && [ $rc -eq 0 ]; } || { [ "$want" != 0 ] && [ $rc -ne 0 ]; }; then
-    if echo "$out" | grep -q -- "$pat"; then pass=$((pass+1)); return; fi
+    if grep -q -- "$pat" <<< "$out"; then pass=$((pass+1)); return; fi
   fi
   echo "FAIL: $name (rc=$rc): $out" | head -5
   fail=$((fail+1))
