@@ -43,8 +43,10 @@ struct QuantMatrix {
             quantize_row(t, row.data(), data.data() + size_t(i) * row_bytes, c);
         }
     }
-    Weight weight() const {
-        Weight w;
+    // The weight as the engine sees it: packed (repack.h) when `packed` and the type has packed kernels.
+    const Weight& weight(bool packed = true) {
+        Weight& w = packed ? packed_ : raw_;
+        if (w.data) return w;
         w.type = type;
         w.ne[0] = cols;
         w.ne[1] = rows;
@@ -52,8 +54,12 @@ struct QuantMatrix {
         w.row_bytes = row_bytes;
         w.expert_bytes = row_bytes * size_t(rows);
         w.data = data.data();
+        if (packed) BM_CHECK(backend().prepare_weight(w));
         return w;
     }
+
+  private:
+    Weight raw_, packed_;
 };
 
 std::vector<float> random_f32(size_t n, uint32_t seed) {
@@ -65,7 +71,8 @@ std::vector<float> random_f32(size_t n, uint32_t seed) {
 }
 
 // A 64-100 MB matrix (like the LM head) times n_tok tokens; range(1) > 0 instead uses a 2 MB
-// matrix that stays in cache (the kernel's arithmetic rate without the memory bound).
+// matrix that stays in cache (the kernel's arithmetic rate without the memory bound); range(2)
+// = 1: the file's row layout instead of packed rows.
 void matmul(benchmark::State& state, DType t) {
     const int64_t n_tok = state.range(0), cols = 1024, rows = state.range(1) > 0 ? 2048 : 98304;
     static std::vector<std::unique_ptr<QuantMatrix>> cache;
@@ -76,7 +83,7 @@ void matmul(benchmark::State& state, DType t) {
         cache.push_back(std::make_unique<QuantMatrix>(t, rows, cols));
         m = cache.back().get();
     }
-    const Weight w = m->weight();
+    const Weight& w = m->weight(state.range(2) == 0);
     auto x = random_f32(size_t(n_tok * cols), 1);
     std::vector<float> y(size_t(n_tok * rows));
     auto& be = backend();
@@ -94,7 +101,8 @@ void matmul(benchmark::State& state, DType t) {
 void moe(benchmark::State& state) {
     const int64_t T = state.range(0), E = 64, K = 8, N = 1024, F = 256;
     static QuantMatrix gate(DType::Q4_K, F, N, E), up(DType::Q4_K, F, N, E), down(DType::Q6_K, N, F, E);
-    const Weight wg = gate.weight(), wu = up.weight(), wd = down.weight();
+    const bool packed = state.range(1) == 0;
+    const Weight &wg = gate.weight(packed), &wu = up.weight(packed), &wd = down.weight(packed);
     MoeWeights mw;
     mw.gate = &wg;
     mw.up = &wu;
@@ -114,14 +122,20 @@ void moe(benchmark::State& state) {
 }
 
 void token_counts(benchmark::internal::Benchmark* b) {
-    for (int64_t cached : {0, 1})
-        for (int64_t n : {1, 2, 4, 5, 8, 16}) b->Args({n, cached});
-    b->ArgNames({"tokens", "cached"})->UseRealTime();
+    for (int64_t no_repack : {0, 1})
+        for (int64_t cached : {0, 1})
+            for (int64_t n : {1, 2, 4, 5, 8, 16}) b->Args({n, cached, no_repack});
+    b->ArgNames({"tokens", "cached", "no_repack"})->UseRealTime();
 }
 BENCHMARK_CAPTURE(matmul, q4_k, DType::Q4_K)->Apply(token_counts);
 BENCHMARK_CAPTURE(matmul, q6_k, DType::Q6_K)->Apply(token_counts);
 BENCHMARK_CAPTURE(matmul, q8_0, DType::Q8_0)->Apply(token_counts);
-BENCHMARK(moe)->Arg(1)->Arg(2)->Arg(5)->Arg(8)->Arg(64)->UseRealTime();
+void moe_tokens(benchmark::internal::Benchmark* b) {
+    for (int64_t no_repack : {0, 1})
+        for (int64_t n : {1, 2, 5, 8, 64}) b->Args({n, no_repack});
+    b->ArgNames({"tokens", "no_repack"})->UseRealTime();
+}
+BENCHMARK(moe)->Apply(moe_tokens);
 
 }  // namespace
 

@@ -20,6 +20,7 @@ namespace bigmoe {
 struct LoadOptions {
     int n_threads = 0;     // 0: all hardware threads
     bool profile = false;  // wrap the backend in a ProfiledBackend
+    bool repack = true;    // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
 };
 
 class Engine {

@@ -38,6 +38,9 @@ struct Weight {
     size_t expert_bytes = 0;
     const void* data = nullptr;    // host bytes (the file mapping)
     void* backend_data = nullptr;  // a backend's own copy or repacked layout, if any
+    // Whether the model multiplies by it (matmul, moe); false for lookup tables (get_rows) and
+    // blocks that do not run, which a backend then need not prepare for products.
+    bool multiplied = true;
 
     int64_t n_in() const { return ne[0]; }
     int64_t n_out() const { return ne[1]; }
@@ -170,6 +173,7 @@ class Backend {
     void release_scratch();
 };
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads);
+// repack: products read packed copies of the K-quant weights (backend/cpu/repack.h).
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, bool repack = true);
 
 }  // namespace bigmoe

@@ -114,6 +114,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["type_v"] = r.type_v;
     j["n_gpu_layers"] = r.n_gpu_layers;
     j["flash_attn"] = r.flash_attn;
+    j["no_repack"] = r.no_repack;
     j["n_prompt"] = r.n_prompt;
     j["n_gen"] = r.n_gen;
     j["n_depth"] = r.n_depth;
@@ -205,18 +206,20 @@ std::string to_markdown(const std::vector<Record>& rs) {
         {"backend", false, [](const Record& r) { return r.backend; }},
         {"threads", true, [](const Record& r) { return std::to_string(r.n_threads); }},
     };
-    bool ub = false, tk = false, tv = false, nb = false, md = false;
+    bool ub = false, tk = false, tv = false, nb = false, md = false, nr = false;
     for (const auto& r : rs) {
         md |= !r.draft_model.empty();
         ub |= r.n_ubatch != def.n_ubatch;
         nb |= r.n_batch != def.n_batch;
         tk |= r.type_k != def.type_k;
         tv |= r.type_v != def.type_v;
+        nr |= r.no_repack != def.no_repack;
     }
     if (nb) cols.push_back({"n_batch", true, [](const Record& r) { return std::to_string(r.n_batch); }});
     if (ub) cols.push_back({"n_ubatch", true, [](const Record& r) { return std::to_string(r.n_ubatch); }});
     if (tk) cols.push_back({"type_k", false, [](const Record& r) { return r.type_k; }});
     if (tv) cols.push_back({"type_v", false, [](const Record& r) { return r.type_v; }});
+    if (nr) cols.push_back({"no_repack", true, [](const Record& r) { return std::to_string(int(r.no_repack)); }});
     if (md) {
         cols.push_back({"draft", false, [](const Record& r) {
                             if (r.draft_model.empty()) return std::string("-");
@@ -290,7 +293,8 @@ void link_speedup(Record& r, const std::vector<Record>& earlier) {
     for (const Record& b : earlier)
         if (b.draft_model.empty() && b.model_filename == r.model_filename && b.n_threads == r.n_threads &&
             b.n_prompt == r.n_prompt && b.n_gen == r.n_gen && b.n_depth == r.n_depth && b.type_k == r.type_k &&
-            b.type_v == r.type_v && b.n_ubatch == r.n_ubatch && b.n_batch == r.n_batch && b.avg_ts() > 0)
+            b.type_v == r.type_v && b.n_ubatch == r.n_ubatch && b.n_batch == r.n_batch && b.no_repack == r.no_repack &&
+            b.avg_ts() > 0)
             r.spec_speedup = r.avg_ts() / b.avg_ts();
 }
 

@@ -20,6 +20,7 @@ struct Record {
     // parameters
     int64_t n_batch = 2048, n_ubatch = 512, n_threads = 0, n_gpu_layers = 0;
     std::string type_k = "f16", type_v = "f16";
+    bool no_repack = false;  // CPU: products on the file's row layout (llama-bench's no_repack)
     bool flash_attn = true;
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
     // results

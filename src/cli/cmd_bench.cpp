@@ -37,6 +37,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-ctv", "--cache-type-v", true, "V cache types (default f16)"},
     {"-ngl", "--n-gpu-layers", true, "accepted for compatibility (the CPU backend ignores it)"},
     {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
+    {"-nr", "--no-repack", true, "1: products on the file's row layout instead of packed weights (default 0; a list)"},
     {"-o", "--output", true, "md (default), csv, json or jsonl"},
     {"", "--progress", false, "progress on stderr"},
     {"-md", "--model-draft", true,
@@ -268,10 +269,13 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto th = ints(*args, "--threads", std::to_string(std::thread::hardware_concurrency()), 1);
     auto nb = ints(*args, "--batch-size", "2048", 1);
     auto ub = ints(*args, "--ubatch-size", "512", 1);
+    auto nrs = ints(*args, "--no-repack", "0", 0);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
     auto bw = args->get_float("--bw", 0);
-    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub})
+    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs})
         if (!*r) return fail(r->error().message);
+    for (int64_t v : *nrs)
+        if (v > 1) return fail("bench: --no-repack takes 0 or 1");
     if (!reps) return fail(reps.error().message);
     if (!bw) return fail(bw.error().message);
     auto ctks = list(*args, "--cache-type-k", "f16");
@@ -350,80 +354,85 @@ int cmd_bench(const std::vector<std::string>& argv) {
     int64_t longest = 0;
     for (const auto& t : tests) longest = std::max(longest, t.n_prompt + t.n_gen);
     for (const auto& path : *models) {
-        for (int64_t threads : *th) {
-            auto engine = Engine::load(path, {.n_threads = int(threads), .profile = args->has("--profile")});
-            if (!engine) return fail(engine.error().message);
-            Model& model = (*engine)->model();
-            std::map<std::string, std::unique_ptr<Engine>> draft_engines;
-            for (const Spec& sp : specs) {
-                if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
-                auto de = Engine::load(sp.draft, {.n_threads = int(*td > 0 ? *td : threads)});
-                if (!de) return fail(de.error().message);
-                if (auto r = check_draft_compatible(model, (*de)->model()); !r) return fail(r.error().message);
-                draft_engines[sp.draft] = std::move(*de);
-            }
-            for (const Config& c : configs) {
-                auto ctk = parse_cache_type(c.ctk, "-ctk");
-                auto ctv = parse_cache_type(c.ctv, "-ctv");
-                if (!ctk) return fail(ctk.error().message);
-                if (!ctv) return fail(ctv.error().message);
-                ContextParams cp;
-                cp.n_ctx = c.depth + longest + 1;
-                cp.n_ubatch = std::min(c.n_ubatch, c.n_batch);
-                cp.type_k = *ctk;
-                cp.type_v = *ctv;
-                // the target and every draft at the same depth (the same random tokens)
-                if (progress && c.depth > 0)
-                    std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)c.depth);
-                std::mt19937 rng(42);
-                const auto depth_tokens = random_tokens(rng, c.depth, model.hparams().n_vocab);
-                auto target = prepare(**engine, cp, depth_tokens);
-                if (!target) return fail(target.error().message);
-                std::map<std::string, Prepared> drafts;
-                for (auto& [dpath, de] : draft_engines) {
-                    auto p = prepare(*de, cp, depth_tokens);
-                    if (!p) return fail(p.error().message);
-                    drafts[dpath] = std::move(*p);
+        for (int64_t threads : *th)
+            for (int64_t no_repack : *nrs) {
+                auto engine = Engine::load(
+                    path, {.n_threads = int(threads), .profile = args->has("--profile"), .repack = no_repack == 0});
+                if (!engine) return fail(engine.error().message);
+                Model& model = (*engine)->model();
+                std::map<std::string, std::unique_ptr<Engine>> draft_engines;
+                for (const Spec& sp : specs) {
+                    if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
+                    auto de =
+                        Engine::load(sp.draft, {.n_threads = int(*td > 0 ? *td : threads), .repack = no_repack == 0});
+                    if (!de) return fail(de.error().message);
+                    if (auto r = check_draft_compatible(model, (*de)->model()); !r) return fail(r.error().message);
+                    draft_engines[sp.draft] = std::move(*de);
                 }
-                for (size_t ti = 0; ti < tests.size(); ++ti)
-                    for (size_t si = 0; si < specs.size(); ++si) {
-                        const Test& t = tests[ti];
-                        const Spec& sp = specs[si];
-                        // prompt-only tests do not depend on the draft: run them once
-                        if (t.n_gen == 0 && si > 0) continue;
-                        bench::Record rec;
-                        rec.build_commit = version_string();
-                        rec.compiler = __VERSION__;
-                        rec.cpu_info = cpu_name();
-                        rec.backend = "CPU";
-                        rec.model_filename = path;
-                        rec.model_type = model.hparams().arch + " " +
-                                         (*engine)->file().get_string_or("general.name", "") + " " +
-                                         ftype_name((*engine)->file().get_int_or("general.file_type", -1));
-                        rec.model_size = model.total_weight_bytes();
-                        rec.model_n_params = uint64_t(model.n_params());
-                        rec.n_batch = c.n_batch;
-                        rec.n_ubatch = c.n_ubatch;
-                        rec.n_threads = threads;
-                        rec.type_k = c.ctk;
-                        rec.type_v = c.ctv;
-                        rec.n_prompt = t.n_prompt;
-                        rec.n_gen = t.n_gen;
-                        rec.n_depth = c.depth;
-                        rec.test_time = now_iso();
-                        rec.machine_gbps = *bw;
-                        rec.flops_per_token = 2.0 * double(model.n_active_params());
-                        rec.bytes_per_token =
-                            double(model.active_weight_bytes()) +
-                            double(target->ctx->kv_bytes_per_token()) * (double(c.depth) + double(t.n_gen) / 2);
-                        Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &drafts[sp.draft] : nullptr;
-                        const Measure m{*target,  draft, t, int64_t(ti), *reps, *draft_min, sp, (*engine)->profiler(),
-                                        progress, path};
-                        if (auto r = measure(m, rec); !r) return fail(r.error().message);
-                        emit(rec);
+                for (const Config& c : configs) {
+                    auto ctk = parse_cache_type(c.ctk, "-ctk");
+                    auto ctv = parse_cache_type(c.ctv, "-ctv");
+                    if (!ctk) return fail(ctk.error().message);
+                    if (!ctv) return fail(ctv.error().message);
+                    ContextParams cp;
+                    cp.n_ctx = c.depth + longest + 1;
+                    cp.n_ubatch = std::min(c.n_ubatch, c.n_batch);
+                    cp.type_k = *ctk;
+                    cp.type_v = *ctv;
+                    // the target and every draft at the same depth (the same random tokens)
+                    if (progress && c.depth > 0)
+                        std::fprintf(stderr, "bench: building depth %lld ...\n", (long long)c.depth);
+                    std::mt19937 rng(42);
+                    const auto depth_tokens = random_tokens(rng, c.depth, model.hparams().n_vocab);
+                    auto target = prepare(**engine, cp, depth_tokens);
+                    if (!target) return fail(target.error().message);
+                    std::map<std::string, Prepared> drafts;
+                    for (auto& [dpath, de] : draft_engines) {
+                        auto p = prepare(*de, cp, depth_tokens);
+                        if (!p) return fail(p.error().message);
+                        drafts[dpath] = std::move(*p);
                     }
+                    for (size_t ti = 0; ti < tests.size(); ++ti)
+                        for (size_t si = 0; si < specs.size(); ++si) {
+                            const Test& t = tests[ti];
+                            const Spec& sp = specs[si];
+                            // prompt-only tests do not depend on the draft: run them once
+                            if (t.n_gen == 0 && si > 0) continue;
+                            bench::Record rec;
+                            rec.build_commit = version_string();
+                            rec.compiler = __VERSION__;
+                            rec.cpu_info = cpu_name();
+                            rec.backend = "CPU";
+                            rec.model_filename = path;
+                            rec.model_type = model.hparams().arch + " " +
+                                             (*engine)->file().get_string_or("general.name", "") + " " +
+                                             ftype_name((*engine)->file().get_int_or("general.file_type", -1));
+                            rec.model_size = model.total_weight_bytes();
+                            rec.model_n_params = uint64_t(model.n_params());
+                            rec.n_batch = c.n_batch;
+                            rec.n_ubatch = c.n_ubatch;
+                            rec.n_threads = threads;
+                            rec.no_repack = no_repack == 1;
+                            rec.type_k = c.ctk;
+                            rec.type_v = c.ctv;
+                            rec.n_prompt = t.n_prompt;
+                            rec.n_gen = t.n_gen;
+                            rec.n_depth = c.depth;
+                            rec.test_time = now_iso();
+                            rec.machine_gbps = *bw;
+                            rec.flops_per_token = 2.0 * double(model.n_active_params());
+                            rec.bytes_per_token =
+                                double(model.active_weight_bytes()) +
+                                double(target->ctx->kv_bytes_per_token()) * (double(c.depth) + double(t.n_gen) / 2);
+                            Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &drafts[sp.draft] : nullptr;
+                            const Measure m{*target,  draft,      t,  int64_t(ti),
+                                            *reps,    *draft_min, sp, (*engine)->profiler(),
+                                            progress, path};
+                            if (auto r = measure(m, rec); !r) return fail(r.error().message);
+                            emit(rec);
+                        }
+                }
             }
-        }
     }
     if (fmt == "json") std::printf("\n]\n");
     if (fmt == "md") std::printf("%s", bench::to_markdown(all).c_str());

@@ -36,7 +36,7 @@ int cmd_info(const std::vector<std::string>& argv) {
         return 0;
     }
     if (!args->has("--model")) return fail("info: -m/--model is required");
-    auto engine = Engine::load(args->get("--model"), {.n_threads = 1});
+    auto engine = Engine::load(args->get("--model"), {.n_threads = 1, .repack = false});  // no products here
     if (!engine) return fail(engine.error().message);
     const gguf::GgufFile& f = (*engine)->file();
     Model& m = (*engine)->model();

@@ -16,6 +16,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-c", "--ctx-size", true, "context size (default: number of tokens)"},
     {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
     {"-t", "--threads", true, "threads (default: all)"},
+    {"-nr", "--no-repack", false, "products on the file's row layout (no packed copy of the weights)"},
     {"-ctk", "--cache-type-k", true, "K cache type: f32, f16 (default f16)"},
     {"-ctv", "--cache-type-v", true, "V cache type: f32, f16 (default f16)"},
     {"-h", "--help", false, "show this help"},
@@ -53,7 +54,7 @@ int cmd_logits(const std::vector<std::string>& argv) {
     if (!ctk) return fail(ctk.error().message);
     if (!ctv) return fail(ctv.error().message);
 
-    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*th)});
+    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*th), .repack = !args->has("--no-repack")});
     if (!engine) return fail(engine.error().message);
     ContextParams cp;
     cp.n_ctx = std::max<int64_t>(*ctx, int64_t(toks->size()));

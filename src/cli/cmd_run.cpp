@@ -67,6 +67,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
     {"", "--profile", false, "print time per op class and layer kind for prefill and decode"},
+    {"-nr", "--no-repack", false, "products on the file's row layout (no packed copy of the weights)"},
     {"-h", "--help", false, "show this help"},
 };
 
@@ -265,7 +266,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!reasoning) return fail(reasoning.error().message);
     if (!show) return fail(show.error().message);
 
-    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*threads), .profile = args->has("--profile")});
+    const bool repack = !args->has("--no-repack");
+    auto engine = Engine::load(args->get("--model"),
+                               {.n_threads = int(*threads), .profile = args->has("--profile"), .repack = repack});
     if (!engine) return fail(engine.error().message);
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);
@@ -299,7 +302,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (args->has("--model-draft")) {
         auto td = args->get_int("--threads-draft", *threads, 0, 1024);
         if (!td) return fail(td.error().message);
-        auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(*td)});
+        auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(*td), .repack = repack});
         if (!de) return fail(de.error().message);
         if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
         draft_engine = std::move(*de);

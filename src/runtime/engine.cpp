@@ -19,7 +19,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     if (!f) return f.error();
     e->file_ = std::move(*f);
     int threads = opts.n_threads > 0 ? opts.n_threads : int(std::thread::hardware_concurrency());
-    e->backend_ = make_cpu_backend(threads > 0 ? threads : 1);
+    e->backend_ = make_cpu_backend(threads > 0 ? threads : 1, opts.repack);
     if (opts.profile) {
         auto p = std::make_unique<ProfiledBackend>(std::move(e->backend_));
         e->profiler_ = p.get();

@@ -73,6 +73,8 @@ std::vector<std::unique_ptr<cpu::CpuBackend>> backends() {
     return r;
 }
 
+// Weights as the engine prepares them: 40 rows are packed where the table has packed kernels
+// (Q4_K, Q6_K), 37 rows never are.
 TEST(CpuOps, matmul_every_type_matches_float64) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
@@ -80,25 +82,73 @@ TEST(CpuOps, matmul_every_type_matches_float64) {
         for (DType t :
              {DType::F32, DType::F16, DType::BF16, DType::Q4_0, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K}) {
             const int64_t n_in = traits(t).block_elems == 1 ? 100 : 2 * std::max<int64_t>(traits(t).block_elems, 256);
-            auto w = make_weight(rng, t, n_in, 37);
-            for (int64_t T : {1, 3, 8, 17}) {
-                Host x(T, n_in), y(T, 37);
-                auto xv = testing::random_floats(rng, size_t(T * n_in), -2, 2);
-                std::copy(xv.begin(), xv.end(), x.data.begin());
-                be->matmul(w->w, x.t, y.t);
-                for (int64_t i = 0; i < T; ++i) {
-                    const auto xa = act_view(t, x.t.row(i), n_in);
-                    for (int64_t r = 0; r < 37; ++r) {
-                        const auto wr = dequant_row(w->w, r);
-                        double ref = 0, mag = 0;
-                        for (int64_t k = 0; k < n_in; ++k) {
-                            ref += double(wr[size_t(k)]) * xa[size_t(k)];
-                            mag += std::fabs(double(wr[size_t(k)]) * xa[size_t(k)]);
+            for (int64_t n_out : {37, 40}) {
+                auto w = make_weight(rng, t, n_in, n_out);
+                ASSERT_TRUE(be->prepare_weight(w->w));
+                if (n_out == 37) {
+                    ASSERT_EQ(w->w.backend_data, nullptr);
+                }
+                for (int64_t T : {1, 3, 8, 17}) {
+                    Host x(T, n_in), y(T, n_out);
+                    auto xv = testing::random_floats(rng, size_t(T * n_in), -2, 2);
+                    std::copy(xv.begin(), xv.end(), x.data.begin());
+                    be->matmul(w->w, x.t, y.t);
+                    for (int64_t i = 0; i < T; ++i) {
+                        const auto xa = act_view(t, x.t.row(i), n_in);
+                        for (int64_t r = 0; r < n_out; ++r) {
+                            const auto wr = dequant_row(w->w, r);
+                            double ref = 0, mag = 0;
+                            for (int64_t k = 0; k < n_in; ++k) {
+                                ref += double(wr[size_t(k)]) * xa[size_t(k)];
+                                mag += std::fabs(double(wr[size_t(k)]) * xa[size_t(k)]);
+                            }
+                            ASSERT_NEAR(y.t.row(i)[r], ref, 1e-5 * mag + 1e-6)
+                                << be->name() << " " << traits(t).name << " rows=" << n_out
+                                << " packed=" << (w->w.backend_data != nullptr) << " T=" << T << " seed=" << seed;
                         }
-                        ASSERT_NEAR(y.t.row(i)[r], ref, 1e-5 * mag + 1e-6)
-                            << be->name() << " " << traits(t).name << " T=" << T << " seed=" << seed;
                     }
                 }
+            }
+        }
+    }
+}
+
+// Routed experts on K-quant weights: packed (separate gate/up, and a fused gate_up whose up half
+// starts inside a packed group of 8 rows: n_ff = 12) against the same weights unpacked.
+TEST(CpuOps, moe_on_packed_weights_matches_unpacked) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    const int64_t N = 256, E = 6, K = 2, T = 5;
+    for (int64_t F : {int64_t(12), int64_t(256)}) {
+        for (bool fused : {false, true}) {
+            Host x(T, N), logits(T, E), ref(T, N), out(T, N);
+            auto xv = testing::random_floats(rng, size_t(T * N), -1, 1);
+            auto lv = testing::random_floats(rng, size_t(T * E), -3, 3);
+            std::copy(xv.begin(), xv.end(), x.data.begin());
+            std::copy(lv.begin(), lv.end(), logits.data.begin());
+            auto gate = make_weight(rng, DType::Q4_K, N, F, E), up = make_weight(rng, DType::Q4_K, N, F, E);
+            auto gate_up = make_weight(rng, DType::Q4_K, N, 2 * F, E);
+            auto down = make_weight(rng, DType::Q6_K, F, N, E);
+            if (F % 256 != 0) down = make_weight(rng, DType::F32, F, N, E);
+            for (auto& be : backends()) {
+                MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
+                if (fused) m = MoeWeights{nullptr, nullptr, &down->w, &gate_up->w, E, K, F};
+                be->moe(x.t, logits.t, m, ref.t);  // unpacked
+                auto pg = *gate, pu = *up, pgu = *gate_up, pd = *down;
+                for (auto* o : {&pg, &pu, &pgu, &pd}) {
+                    o->w.info = &o->info;
+                    o->w.data = o->bytes.data();
+                    ASSERT_TRUE(be->prepare_weight(o->w));
+                }
+                const bool packed = (fused ? pgu : pg).w.backend_data != nullptr;
+                m = fused ? MoeWeights{nullptr, nullptr, &pd.w, &pgu.w, E, K, F}
+                          : MoeWeights{&pg.w, &pu.w, &pd.w, nullptr, E, K, F};
+                be->moe(x.t, logits.t, m, out.t);
+                for (int64_t t = 0; t < T; ++t)
+                    for (int64_t o = 0; o < N; ++o)
+                        ASSERT_NEAR(out.t.row(t)[o], ref.t.row(t)[o], 2e-3 * (1 + std::fabs(ref.t.row(t)[o])))
+                            << be->name() << " F=" << F << " fused=" << fused << " packed=" << packed
+                            << " seed=" << seed;
             }
         }
     }

@@ -7,6 +7,7 @@
 #include <random>
 
 #include "backend/cpu/kernels.h"
+#include "backend/cpu/repack.h"
 #include "core/fp16.h"
 #include "quant/quants.h"
 #include "testlib.h"
@@ -364,6 +365,73 @@ TEST(Kernels, gemm_rows_equal_single_dot_products_bitwise) {
                     const float one = k->vec_dot[id](wq.data(), act.data() + size_t(r) * arb, n);
                     EXPECT_EQ(std::memcmp(&one, &out[size_t(r * 3)], 4), 0) << k->isa << " " << traits(t).name;
                     EXPECT_EQ(out[size_t(r * 3 + 1)], -1.0f);  // guard: only the strided outputs are written
+                }
+            }
+        }
+    }
+}
+
+}  // namespace
+}  // namespace bigmoe
+
+namespace bigmoe {
+namespace {
+
+// Packed rows (backend/cpu/repack.h): packing and unpacking give back the file's bytes; every
+// packed kernel matches float64 per row and token, and a token's result is bit-identical
+// whatever tile it shares (1..4 tokens) — the batch invariance the engine rests on.
+TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    for (DType t : {DType::Q4_K, DType::Q6_K}) {
+        for (int64_t n : {256, 768, 2048}) {
+            ASSERT_TRUE(cpu::packable(t, n));
+            const size_t rb = row_bytes(t, n);
+            std::vector<uint8_t> wq(8 * rb), packed(8 * rb), back(rb);
+            std::vector<std::vector<float>> wd(8, std::vector<float>(size_t(n)));
+            for (int r = 0; r < 8; ++r) {
+                // a different spread per row, so rows cannot be swapped unnoticed
+                auto w = testing::random_floats(rng, size_t(n), -1.0f - float(r), 1.0f + 0.5f * float(r));
+                quantize_row(t, w.data(), wq.data() + size_t(r) * rb, n);
+                dequantize_row(t, wq.data() + size_t(r) * rb, wd[size_t(r)].data(), n);
+            }
+            cpu::pack_rows(t, wq.data(), rb, n, packed.data());
+            for (int r = 0; r < 8; ++r) {
+                cpu::unpack_row(t, packed.data(), n, r, back.data());
+                ASSERT_EQ(std::memcmp(back.data(), wq.data() + size_t(r) * rb, rb), 0)
+                    << traits(t).name << " n=" << n << " row " << r;
+            }
+            const DType at = activation_type(t);
+            std::vector<std::vector<uint8_t>> xq(4, std::vector<uint8_t>(row_bytes(at, n)));
+            std::vector<std::vector<float>> xd(4, std::vector<float>(size_t(n)));
+            const void* rows[4];
+            for (int j = 0; j < 4; ++j) {
+                auto x = testing::random_floats(rng, size_t(n), -3, 3);
+                quantize_row(at, x.data(), xq[size_t(j)].data(), n);
+                dequantize_row(at, xq[size_t(j)].data(), xd[size_t(j)].data(), n);
+                rows[j] = xq[size_t(j)].data();
+            }
+            for (const cpu::Kernels* k : cpu::available_kernels()) {
+                if (!k->packed_tile[int(t)][0]) continue;
+                float single[4][8];
+                for (int j = 0; j < 4; ++j) k->packed_tile[int(t)][0](packed.data(), &rows[j], n, single[j]);
+                for (int j = 0; j < 4; ++j)
+                    for (int r = 0; r < 8; ++r) {
+                        double ref = 0, mag = 0;
+                        for (int64_t i = 0; i < n; ++i) {
+                            const double p = double(wd[size_t(r)][size_t(i)]) * double(xd[size_t(j)][size_t(i)]);
+                            ref += p;
+                            mag += std::fabs(p);
+                        }
+                        ASSERT_NEAR(single[j][r], ref, 1e-5 * mag + 1e-6)
+                            << k->isa << " " << traits(t).name << " n=" << n << " row " << r << " seed=" << seed;
+                    }
+                for (int nt = 2; nt <= 4; ++nt) {
+                    float tile[4 * 8];
+                    k->packed_tile[int(t)][nt - 1](packed.data(), rows, n, tile);
+                    for (int j = 0; j < nt; ++j)
+                        EXPECT_EQ(std::memcmp(single[j], tile + 8 * j, sizeof single[j]), 0)
+                            << k->isa << " " << traits(t).name << " tile " << nt << " token " << j;
                 }
             }
         }

@@ -5,12 +5,15 @@
 #include <cstdlib>
 #include <cstring>
 
+#include "backend/cpu/repack.h"
 #include "quant/quants.h"
 
 namespace bigmoe {
 
-std::unique_ptr<Backend> make_cpu_backend(int n_threads) {
-    return std::make_unique<cpu::CpuBackend>(n_threads);
+std::unique_ptr<Backend> make_cpu_backend(int n_threads, bool repack) {
+    auto b = std::make_unique<cpu::CpuBackend>(n_threads);
+    b->set_pack_weights(repack);
+    return b;
 }
 
 namespace cpu {
@@ -20,6 +23,7 @@ CpuBackend::CpuBackend(int n_threads, const Kernels* k)
 
 CpuBackend::~CpuBackend() {
     release_scratch();
+    for (void* p : packed_) dealloc(p);
 }
 
 bool CpuBackend::supports_weight_type(DType t) const {
@@ -29,6 +33,20 @@ bool CpuBackend::supports_weight_type(DType t) const {
 Result<void> CpuBackend::prepare_weight(Weight& w) {
     if (!supports_weight_type(w.type))
         return make_error("CPU backend: weight '" + w.name() + "' has unsupported type " + traits(w.type).name);
+    if (!pack_weights_ || !w.multiplied || w.backend_data || !k_->packed_tile[int(w.type)][0] ||
+        !packable(w.type, w.n_in()) || w.n_out() % k_pack_rows != 0)
+        return {};
+    // Products read a packed copy (repack.h); lookups keep reading the file's rows.
+    const int64_t groups = w.n_out() * w.ne[2] * w.ne[3] / k_pack_rows;
+    const size_t group_bytes = size_t(k_pack_rows) * w.row_bytes;
+    uint8_t* dst = static_cast<uint8_t*>(alloc(size_t(groups) * group_bytes));
+    const uint8_t* src = static_cast<const uint8_t*>(w.data);
+    pool_->parallel_for(groups, [&](int64_t b, int64_t e, int) {
+        for (int64_t g = b; g < e; ++g)
+            pack_rows(w.type, src + size_t(g) * group_bytes, w.row_bytes, w.n_in(), dst + size_t(g) * group_bytes);
+    });
+    packed_.push_back(dst);
+    w.backend_data = dst;
     return {};
 }
 
@@ -95,9 +113,30 @@ size_t CpuBackend::quantize_rows(DType wt, Tensor x, std::vector<uint8_t>& buf) 
     return rb;
 }
 
-void CpuBackend::rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end,
-                              const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
-                              int64_t out_stride) const {
+void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t r_begin,
+                              int64_t r_end, const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in,
+                              float* out, int64_t out_stride) const {
+    if (packed) {
+        // Whole groups of 8 rows (groups start at multiples of 8 from w), tokens in tiles of up
+        // to 4, each tile over the whole row range; rows outside the range are not stored.
+        for (int64_t t = 0; t < n_tok;) {
+            const int nt = int(std::min<int64_t>(4, n_tok - t));
+            PackedTileFn f = k_->packed_tile[int(wt)][nt - 1];
+            const void* rows[4];
+            for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+            float res[4 * k_pack_rows];
+            for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
+                f(w + size_t(g) * w_row_bytes, rows, n_in, res);
+                const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
+                for (int j = 0; j < nt; ++j)
+                    std::copy(res + j * k_pack_rows + (lo - g), res + j * k_pack_rows + (hi - g),
+                              out + (t + j) * out_stride + (lo - r_begin));
+            }
+            t += nt;
+        }
+        return;
+    }
+    out -= r_begin;  // indexed by absolute row below
     GemmRowFn gemm = n_tok >= k_gemm_min_tokens ? k_->gemm_row[int(wt)] : nullptr;
     if (gemm) {
         for (int64_t r = r_begin; r < r_end; ++r)
@@ -132,12 +171,15 @@ void CpuBackend::rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, in
     }
 }
 
-void CpuBackend::matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
-                             size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) {
+void CpuBackend::matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t n_rows,
+                             const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
+                             int64_t out_stride) {
+    static_assert(k_rows_per_task % k_pack_rows == 0);
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
     pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
-        rows_product(wt, w, w_row_bytes, b * k_rows_per_task, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes,
-                     n_tok, n_in, out, out_stride);
+        const int64_t r0 = b * k_rows_per_task;
+        rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes, n_tok,
+                     n_in, out + r0, out_stride);
     });
 }
 
@@ -145,7 +187,7 @@ void CpuBackend::matmul(const Weight& w, Tensor x, Tensor out) {
     BM_CHECK(x.cols == w.n_in() && out.cols == w.n_out() && out.rows == x.rows);
     if (x.rows == 0) return;
     const size_t qrb = quantize_rows(w.type, x, qbuf_);
-    matmul_rows(w.type, static_cast<const uint8_t*>(w.data), w.row_bytes, w.n_out(), qbuf_.data(), qrb, x.rows,
+    matmul_rows(w.type, w.backend_data != nullptr, product_bytes(w), w.row_bytes, w.n_out(), qbuf_.data(), qrb, x.rows,
                 w.n_in(), out.data, out.stride);
 }
 

@@ -54,11 +54,22 @@ class CpuBackend : public Backend {
 
     // Quantized-activation matrix product on raw rows: out[t][r] = dot(w_rows[r], qx[t]) for the
     // given row range. Shared by matmul and the expert products.
-    void matmul_rows(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
+    // `packed`: the rows are in packed groups of 8 (repack.h).
+    void matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
                      size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride);
-    // One thread's share: rows [r_begin, r_end) of the same product (no parallelism inside).
-    void rows_product(DType wt, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end, const uint8_t* qx,
-                      size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride) const;
+    // One thread's share: rows [r_begin, r_end) of the same product, row r's result at
+    // out[t * out_stride + r - r_begin] (no parallelism inside). Packed rows: w is where a group
+    // starts (groups of 8 rows from there), the range may cut groups.
+    void rows_product(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end,
+                      const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
+                      int64_t out_stride) const;
+    // The bytes products read: the packed copy if there is one, else the file's rows.
+    static const uint8_t* product_bytes(const Weight& w) {
+        return static_cast<const uint8_t*>(w.backend_data ? w.backend_data : w.data);
+    }
+    // Off: weights stay in the file's layout (products use the row-at-a-time kernels). Applies to
+    // weights prepared afterwards.
+    void set_pack_weights(bool on) { pack_weights_ = on; }
     // Weight rows per parallel task.
     static constexpr int64_t k_rows_per_task = 16;
     // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
@@ -73,6 +84,8 @@ class CpuBackend : public Backend {
     std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
     std::vector<uint8_t> qbuf_, qbuf2_;
+    bool pack_weights_ = true;
+    std::vector<void*> packed_;  // packed weight copies (freed with the backend)
 };
 
 }  // namespace bigmoe::cpu

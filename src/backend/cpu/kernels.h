@@ -18,6 +18,9 @@ using VecDotTileFn = void (*)(const void* w_row, const void* const* act_rows, in
 // Per token bit-identical to VecDotFn; faster for many tokens (the row is decoded once).
 using GemmRowFn = void (*)(const void* w_row, const uint8_t* act, size_t act_stride, int64_t n_tok, int64_t n,
                            float* out, int64_t out_stride);
+// 8 packed weight rows (backend/cpu/repack.h) against NT (1..4) activation rows: out[t * 8 + r].
+// A token's results are the same whatever NT is.
+using PackedTileFn = void (*)(const void* group, const void* const* act_rows, int64_t n, float* out);
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
@@ -33,10 +36,11 @@ using AxpyFn = void (*)(float* y, float a, const void* x, int64_t n);
 
 struct Kernels {
     const char* isa = "generic";
-    VecDotFn vec_dot[32] = {};      // indexed by weight DType id
-    VecDotTileFn tile[32][4] = {};  // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
-    GemmRowFn gemm_row[32] = {};    // optional many-token row products
-    QuantizeFn quantize[32] = {};   // indexed by activation DType id
+    VecDotFn vec_dot[32] = {};             // indexed by weight DType id
+    VecDotTileFn tile[32][4] = {};         // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
+    GemmRowFn gemm_row[32] = {};           // optional many-token row products
+    PackedTileFn packed_tile[32][4] = {};  // optional: products on packed rows (weights get packed)
+    QuantizeFn quantize[32] = {};          // indexed by activation DType id
     GdnStepFn gdn_step = nullptr;
     DotF32Fn dot_kv_f32 = nullptr, dot_kv_f16 = nullptr;
     AxpyFn axpy_f32 = nullptr, axpy_f16 = nullptr;

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cpu/repack.h"
 #include "quant/quants.h"
 
 namespace bigmoe::cpu {
@@ -53,12 +54,13 @@ void route(Tensor logits, int64_t K, Route& r) {
 // tasks each), so each task streams a long run of weights and the hardware prefetcher stays
 // ahead (16-row tasks measured 20% slower decode). With many tokens per expert it is bound by
 // arithmetic and small blocks (~16 KB, hot in L1/L2 while the tokens pass) measured faster.
-int64_t rows_per_task(int64_t rows, size_t row_bytes, int64_t n_slots, int64_t n_active, int n_threads) {
+int64_t rows_per_task(int64_t rows, size_t row_bytes, int64_t n_slots, int64_t n_active, int n_threads, bool packed) {
     const size_t task_bytes = n_slots <= 4 * n_active ? size_t(1) << 19 : size_t(1) << 14;
     const int64_t by_size = int64_t((size_t(rows) * row_bytes + task_bytes - 1) / task_bytes);
     const int64_t by_threads = (2 * int64_t(n_threads) + n_active - 1) / n_active;
     const int64_t blocks = std::clamp<int64_t>(std::max(by_size, by_threads), 1, rows);
-    return (rows + blocks - 1) / blocks;
+    const int64_t per = (rows + blocks - 1) / blocks;
+    return packed ? (per + k_pack_rows - 1) / k_pack_rows * k_pack_rows : per;  // whole packed groups
 }
 
 }  // namespace
@@ -111,18 +113,21 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     // Pass 1: h = silu(x W_gate) * (x W_up) for every active expert, one task per (expert, block
     // of rows), so a decode step synchronises once here instead of once per expert and op.
     const int64_t up_off = m.gate_up ? F : 0;
-    const int64_t rows_f = rows_per_task(F, wg.row_bytes + wu->row_bytes, S, int64_t(active.size()), pool_->size());
+    const bool pg = wg.backend_data != nullptr, pu = wu->backend_data != nullptr, pd = m.down->backend_data != nullptr;
+    const int64_t rows_f =
+        rows_per_task(F, wg.row_bytes + wu->row_bytes, S, int64_t(active.size()), pool_->size(), pg || pu);
     const int64_t blocks_f = (F + rows_f - 1) / rows_f;
     Tensor g = scratch(S, F), u = scratch(S, F), h = scratch(S, F);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_f, [&](int64_t task, int) {
         const int64_t e = active[size_t(task / blocks_f)];
         const int64_t r0 = (task % blocks_f) * rows_f, r1 = std::min(F, r0 + rows_f);
         const int64_t j0 = first[size_t(e)], n = first[size_t(e + 1)] - j0;
-        const uint8_t* w1 = static_cast<const uint8_t*>(wg.data) + size_t(e) * wg.expert_bytes;
-        const uint8_t* w3 = static_cast<const uint8_t*>(wu->data) + size_t(e) * wu->expert_bytes;
-        rows_product(wg.type, w1, wg.row_bytes, r0, r1, gx.data() + size_t(j0) * qrb, qrb, n, N, g.row(j0), g.stride);
-        rows_product(wu->type, w3 + size_t(up_off) * wu->row_bytes, wu->row_bytes, r0, r1, gx_up + size_t(j0) * urb,
-                     urb, n, N, u.row(j0), u.stride);
+        const uint8_t* w1 = product_bytes(wg) + size_t(e) * wg.expert_bytes;
+        const uint8_t* w3 = product_bytes(*wu) + size_t(e) * wu->expert_bytes;
+        rows_product(wg.type, pg, w1, wg.row_bytes, r0, r1, gx.data() + size_t(j0) * qrb, qrb, n, N, g.row(j0) + r0,
+                     g.stride);
+        rows_product(wu->type, pu, w3, wu->row_bytes, up_off + r0, up_off + r1, gx_up + size_t(j0) * urb, urb, n, N,
+                     u.row(j0) + r0, u.stride);
         for (int64_t j = j0; j < j0 + n; ++j) {
             const float *gr = g.row(j), *ur = u.row(j);
             float* hr = h.row(j);
@@ -133,16 +138,16 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     // Pass 2: y = h W_down, again one task per (expert, block of output rows).
     std::vector<uint8_t> hq;
     const size_t hrb = quantize_rows(m.down->type, h, hq);
-    const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size());
+    const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd);
     const int64_t blocks_n = (N + rows_n - 1) / rows_n;
     Tensor y = scratch(S, N);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_n, [&](int64_t task, int) {
         const int64_t e = active[size_t(task / blocks_n)];
         const int64_t r0 = (task % blocks_n) * rows_n, r1 = std::min(N, r0 + rows_n);
         const int64_t j0 = first[size_t(e)], n = first[size_t(e + 1)] - j0;
-        const uint8_t* w2 = static_cast<const uint8_t*>(m.down->data) + size_t(e) * m.down->expert_bytes;
-        rows_product(m.down->type, w2, m.down->row_bytes, r0, r1, hq.data() + size_t(j0) * hrb, hrb, n, F, y.row(j0),
-                     y.stride);
+        const uint8_t* w2 = product_bytes(*m.down) + size_t(e) * m.down->expert_bytes;
+        rows_product(m.down->type, pd, w2, m.down->row_bytes, r0, r1, hq.data() + size_t(j0) * hrb, hrb, n, F,
+                     y.row(j0) + r0, y.stride);
     });
 
     // Scatter back: each token sums its experts' outputs in top-k order.

@@ -1,0 +1,143 @@
+#include "backend/cpu/repack.h"
+
+#include <cstring>
+
+#include "core/result.h"
+
+namespace bigmoe::cpu {
+
+namespace {
+
+// The 256 quantized values of a block in output order (Q4_K: 0..15, Q6_K: 0..63).
+void values_q4_k(const BlockQ4_K& b, uint8_t* q) {
+    for (int k = 0; k < 256; ++k) {
+        const uint8_t byte = b.qs[32 * (k / 64) + k % 32];
+        q[k] = (k % 64) < 32 ? byte & 0xF : byte >> 4;
+    }
+}
+void set_values_q4_k(BlockQ4_K& b, const uint8_t* q) {
+    for (int c = 0; c < 4; ++c)
+        for (int l = 0; l < 32; ++l) b.qs[32 * c + l] = uint8_t(q[64 * c + l] | (q[64 * c + 32 + l] << 4));
+}
+
+void values_q6_k(const BlockQ6_K& b, uint8_t* q) {
+    for (int n = 0; n < 2; ++n) {
+        const uint8_t* L = b.ql + 64 * n;
+        const uint8_t* H = b.qh + 32 * n;
+        uint8_t* o = q + 128 * n;
+        for (int l = 0; l < 32; ++l) {
+            o[l] = uint8_t((L[l] & 0xF) | ((H[l] & 3) << 4));
+            o[l + 32] = uint8_t((L[l + 32] & 0xF) | (((H[l] >> 2) & 3) << 4));
+            o[l + 64] = uint8_t((L[l] >> 4) | (((H[l] >> 4) & 3) << 4));
+            o[l + 96] = uint8_t((L[l + 32] >> 4) | (((H[l] >> 6) & 3) << 4));
+        }
+    }
+}
+void set_values_q6_k(BlockQ6_K& b, const uint8_t* q) {
+    for (int n = 0; n < 2; ++n) {
+        uint8_t* L = b.ql + 64 * n;
+        uint8_t* H = b.qh + 32 * n;
+        const uint8_t* v = q + 128 * n;
+        for (int l = 0; l < 32; ++l) {
+            L[l] = uint8_t((v[l] & 0xF) | ((v[l + 64] & 0xF) << 4));
+            L[l + 32] = uint8_t((v[l + 32] & 0xF) | ((v[l + 96] & 0xF) << 4));
+            H[l] = uint8_t((v[l] >> 4) | ((v[l + 32] >> 4) << 2) | ((v[l + 64] >> 4) << 4) | ((v[l + 96] >> 4) << 6));
+        }
+    }
+}
+
+// Nibbles of n_chunks chunks for one row: chunk c, byte b = v[8c + b] low | v[8c + 4 + b] high.
+void put_nibbles(uint8_t (*dst)[32], int r, const uint8_t* v, int n_chunks = 32) {
+    for (int c = 0; c < n_chunks; ++c)
+        for (int b = 0; b < 4; ++b) dst[c][4 * r + b] = uint8_t((v[8 * c + b] & 0xF) | ((v[8 * c + 4 + b] & 0xF) << 4));
+}
+void get_nibbles(const uint8_t (*src)[32], int r, uint8_t* v, int n_chunks = 32) {
+    for (int c = 0; c < n_chunks; ++c)
+        for (int b = 0; b < 4; ++b) {
+            v[8 * c + b] = src[c][4 * r + b] & 0xF;
+            v[8 * c + 4 + b] = src[c][4 * r + b] >> 4;
+        }
+}
+
+void pack_q4_k(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ4_Kx8* dst) {
+    uint8_t v[256];
+    for (int64_t i = 0; i < nb; ++i)
+        for (int r = 0; r < 8; ++r) {
+            const BlockQ4_K& b = reinterpret_cast<const BlockQ4_K*>(src + size_t(r) * row_bytes)[i];
+            dst[i].d[r] = b.d;
+            dst[i].dmin[r] = b.dmin;
+            for (int w = 0; w < 3; ++w) std::memcpy(&dst[i].scales[w][r], b.scales + 4 * w, 4);
+            values_q4_k(b, v);
+            put_nibbles(dst[i].qs, r, v);
+        }
+}
+
+void pack_q6_k(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ6_Kx8* dst) {
+    uint8_t v[256];
+    for (int64_t i = 0; i < nb; ++i)
+        for (int r = 0; r < 8; ++r) {
+            const BlockQ6_K& b = reinterpret_cast<const BlockQ6_K*>(src + size_t(r) * row_bytes)[i];
+            dst[i].d[r] = b.d;
+            for (int p = 0; p < 8; ++p) {
+                dst[i].scales[p][r][0] = b.scales[2 * p];
+                dst[i].scales[p][r][1] = b.scales[2 * p + 1];
+            }
+            values_q6_k(b, v);
+            for (int j = 0; j < 16; ++j) {
+                BlockQ6_Kx8::Sub& s = dst[i].sub[j];
+                put_nibbles(s.ql, r, v + 16 * j, 2);
+                for (int b4 = 0; b4 < 4; ++b4) {
+                    uint8_t h = 0;
+                    for (int m = 0; m < 4; ++m) h = uint8_t(h | ((v[16 * j + 4 * m + b4] >> 4) << (2 * m)));
+                    s.qh[4 * r + b4] = h;
+                }
+            }
+        }
+}
+
+}  // namespace
+
+bool packable(DType t, int64_t n_in) {
+    return (t == DType::Q4_K || t == DType::Q6_K) && n_in > 0 && n_in % 256 == 0;
+}
+
+void pack_rows(DType t, const uint8_t* src, size_t row_bytes, int64_t n_in, uint8_t* dst) {
+    BM_CHECK(packable(t, n_in));
+    if (t == DType::Q4_K) return pack_q4_k(src, row_bytes, n_in / 256, reinterpret_cast<BlockQ4_Kx8*>(dst));
+    pack_q6_k(src, row_bytes, n_in / 256, reinterpret_cast<BlockQ6_Kx8*>(dst));
+}
+
+void unpack_row(DType t, const uint8_t* group, int64_t n_in, int r, uint8_t* dst) {
+    BM_CHECK(packable(t, n_in) && r >= 0 && r < 8);
+    uint8_t v[256];
+    for (int64_t i = 0; i < n_in / 256; ++i) {
+        if (t == DType::Q4_K) {
+            const BlockQ4_Kx8& g = reinterpret_cast<const BlockQ4_Kx8*>(group)[i];
+            BlockQ4_K& b = reinterpret_cast<BlockQ4_K*>(dst)[i];
+            b.d = g.d[r];
+            b.dmin = g.dmin[r];
+            for (int w = 0; w < 3; ++w) std::memcpy(b.scales + 4 * w, &g.scales[w][r], 4);
+            get_nibbles(g.qs, r, v);
+            set_values_q4_k(b, v);
+        } else {
+            const BlockQ6_Kx8& g = reinterpret_cast<const BlockQ6_Kx8*>(group)[i];
+            BlockQ6_K& b = reinterpret_cast<BlockQ6_K*>(dst)[i];
+            b.d = g.d[r];
+            for (int p = 0; p < 8; ++p) {
+                b.scales[2 * p] = g.scales[p][r][0];
+                b.scales[2 * p + 1] = g.scales[p][r][1];
+            }
+            for (int j = 0; j < 16; ++j) {
+                const BlockQ6_Kx8::Sub& s = g.sub[j];
+                get_nibbles(s.ql, r, v + 16 * j, 2);
+                for (int b4 = 0; b4 < 4; ++b4)
+                    for (int m = 0; m < 4; ++m)
+                        v[16 * j + 4 * m + b4] =
+                            uint8_t(v[16 * j + 4 * m + b4] | (((s.qh[4 * r + b4] >> (2 * m)) & 3) << 4));
+            }
+            set_values_q6_k(b, v);
+        }
+    }
+}
+
+}  // namespace bigmoe::cpu
