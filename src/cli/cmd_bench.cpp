@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <ctime>
 #include <fstream>
+#include <functional>
 #include <map>
 #include <random>
 #include <thread>
@@ -179,58 +180,60 @@ struct Measure {
     const std::string& path;
 };
 
-// Runs a test's warm-up and repetitions from the checkpoints; fills samples (and the speculative
-// and profile fields) into rec.
-Result<void> measure(const Measure& m, bench::Record& rec) {
+// Runs one repetition of a test (rep -1: the warm-up, not recorded) from the checkpoints and
+// adds its time to rec.samples_ns and its speculative counts to spec.
+Result<void> run_rep(const Measure& m, int64_t rep, bench::Record& rec, SpecStats& spec) {
     Context& ctx = *m.target.ctx;
     const Test& t = m.test;
     const int64_t V = ctx.n_vocab();
     std::vector<float> logits, dlogits;
-    SpecStats spec;
-    const std::string phase = t.n_gen == 0 ? "prefill" : t.n_prompt == 0 ? "decode" : "prefill+decode";
-    for (int64_t rep = -1; rep < m.reps; ++rep) {  // rep -1: warm-up
-        if (m.prof && rep == 0) m.prof->clear();
-        if (m.prof) m.prof->set_phase(phase);
-        if (m.progress)
-            std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", m.path.c_str(), rec.test_name().c_str(),
-                         (long long)(rep + 1), (long long)m.reps);
-        BM_TRY(ctx.restore(0, *m.target.base));
-        // The same prompt and first token for every configuration of this test and repetition:
-        // with and without a draft, the same text.
-        std::mt19937 rep_rng(uint32_t(42 + 7919 * m.test_index + 31 * rep));
-        const std::vector<int32_t> prompt = random_tokens(rep_rng, t.n_prompt, V);
-        int32_t tok = int32_t(rep_rng() % uint32_t(V));
-        const auto t0 = Clock::now();
-        if (t.n_prompt > 0) BM_TRY(ctx.decode_seq(0, prompt, false, &logits));
-        if (m.draft) {
-            // speculative: prompt and first token on both models, then draft/verify steps
-            Context& dctx = *m.draft->ctx;
-            BM_TRY(dctx.restore(0, *m.draft->base));
-            if (t.n_prompt > 0) BM_TRY(dctx.decode_seq(0, prompt, false, &dlogits));
-            BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
-            BM_TRY(dctx.decode_seq(0, {tok}, false, &dlogits));
-            const Spec& sp = m.spec;
-            SpeculativeDecoder sd(ctx, dctx,
-                                  {int(sp.draft_max), int(m.n_draft_min), float(sp.p_min), sp.adaptive, sp.guard});
-            std::vector<int32_t> out = {tok};
-            while (int64_t(out.size()) < t.n_gen) BM_TRY(sd.step_greedy(logits, out));
-            if (rep >= 0) {
-                spec.drafted += sd.stats().drafted;
-                spec.accepted += sd.stats().accepted;
-                spec.drafting_steps += sd.stats().drafting_steps;
-            }
-        } else {
-            for (int64_t i = 0; i < t.n_gen; ++i) {
-                BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
-                const auto ts0 = Clock::now();
-                tok = argmax(logits.data(), int64_t(logits.size()));
-                if (m.prof)
-                    m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
-            }
+    if (m.progress)
+        std::fprintf(stderr, "\rbench: %s %s rep %lld/%lld   ", m.path.c_str(), rec.test_name().c_str(),
+                     (long long)(rep + 1), (long long)m.reps);
+    BM_TRY(ctx.restore(0, *m.target.base));
+    // The same prompt and first token for every configuration of this test and repetition:
+    // with and without a draft, the same text.
+    std::mt19937 rep_rng(uint32_t(42 + 7919 * m.test_index + 31 * rep));
+    const std::vector<int32_t> prompt = random_tokens(rep_rng, t.n_prompt, V);
+    int32_t tok = int32_t(rep_rng() % uint32_t(V));
+    const auto t0 = Clock::now();
+    if (t.n_prompt > 0) BM_TRY(ctx.decode_seq(0, prompt, false, &logits));
+    if (m.draft) {
+        // speculative: prompt and first token on both models, then draft/verify steps
+        Context& dctx = *m.draft->ctx;
+        BM_TRY(dctx.restore(0, *m.draft->base));
+        if (t.n_prompt > 0) BM_TRY(dctx.decode_seq(0, prompt, false, &dlogits));
+        BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
+        BM_TRY(dctx.decode_seq(0, {tok}, false, &dlogits));
+        const Spec& sp = m.spec;
+        SpeculativeDecoder sd(ctx, dctx,
+                              {int(sp.draft_max), int(m.n_draft_min), float(sp.p_min), sp.adaptive, sp.guard});
+        std::vector<int32_t> out = {tok};
+        while (int64_t(out.size()) < t.n_gen) BM_TRY(sd.step_greedy(logits, out));
+        if (rep >= 0) {
+            spec.drafted += sd.stats().drafted;
+            spec.accepted += sd.stats().accepted;
+            spec.drafting_steps += sd.stats().drafting_steps;
         }
-        const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
-        if (rep >= 0) rec.samples_ns.push_back(ns);
+    } else {
+        for (int64_t i = 0; i < t.n_gen; ++i) {
+            BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
+            const auto ts0 = Clock::now();
+            tok = argmax(logits.data(), int64_t(logits.size()));
+            if (m.prof) m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
+        }
     }
+    const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+    if (rep >= 0) rec.samples_ns.push_back(ns);
+    return {};
+}
+
+std::string phase_of(const Test& t) {
+    return t.n_gen == 0 ? "prefill" : t.n_prompt == 0 ? "decode" : "prefill+decode";
+}
+
+// After the repetitions: the speculative fields, and the profile of this configuration alone.
+void finish_record(const Measure& m, const SpecStats& spec, bench::Record& rec) {
     if (m.progress) std::fprintf(stderr, "\r%*s\r", 80, "");
     if (m.draft) {
         rec.draft_model = m.spec.draft;
@@ -245,10 +248,91 @@ Result<void> measure(const Measure& m, bench::Record& rec) {
     if (m.prof) {
         double wall = 0;
         for (double ns : rec.samples_ns) wall += ns / 1e9;
-        const int64_t toks = (t.n_prompt + t.n_gen) * m.reps;
+        const int64_t toks = (m.test.n_prompt + m.test.n_gen) * m.reps;
         std::fprintf(stderr, "\n%s %s\n%s\n", m.path.c_str(), rec.test_name().c_str(),
-                     m.prof->format(phase, wall, toks).c_str());
-        rec.profile_json = m.prof->json(phase, wall, toks);
+                     m.prof->format(phase_of(m.test), wall, toks).c_str());
+        rec.profile_json = m.prof->json(phase_of(m.test), wall, toks);
+    }
+}
+
+// All repetitions of one configuration in a row (the profiler's per-configuration view).
+Result<void> measure(const Measure& m, bench::Record& rec) {
+    SpecStats spec;
+    for (int64_t rep = -1; rep < m.reps; ++rep) {
+        if (m.prof && rep == 0) m.prof->clear();
+        if (m.prof) m.prof->set_phase(phase_of(m.test));
+        BM_TRY(run_rep(m, rep, rec, spec));
+    }
+    finish_record(m, spec, rec);
+    return {};
+}
+
+// One row of the benchmark matrix: a loaded target at one configuration, prepared contexts.
+struct Matrix {
+    Engine& engine;
+    const std::string& path;
+    int64_t threads;
+    bool no_repack;
+    const Config& c;
+    Prepared& target;
+    std::map<std::string, Prepared>& drafts;
+    int64_t reps, draft_min;
+    double bw;
+    bool progress;
+};
+
+// Every test under every speculative configuration; records go to emit in order.
+Result<void> run_tests(const Matrix& mx, const std::vector<Test>& tests, const std::vector<Spec>& specs,
+                       const std::function<void(bench::Record)>& emit) {
+    const Model& model = mx.engine.model();
+    for (size_t ti = 0; ti < tests.size(); ++ti) {
+        const Test& t = tests[ti];
+        // prompt-only tests do not depend on the draft: run them once
+        const size_t n_specs = t.n_gen == 0 ? 1 : specs.size();
+        std::vector<bench::Record> recs(n_specs);
+        std::vector<Measure> ms;
+        for (size_t si = 0; si < n_specs; ++si) {
+            const Spec& sp = specs[si];
+            bench::Record& rec = recs[si];
+            rec.build_commit = version_string();
+            rec.compiler = __VERSION__;
+            rec.cpu_info = cpu_name();
+            rec.backend = "CPU";
+            rec.model_filename = mx.path;
+            rec.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or("general.name", "") + " " +
+                             ftype_name(mx.engine.file().get_int_or("general.file_type", -1));
+            rec.model_size = model.total_weight_bytes();
+            rec.model_n_params = uint64_t(model.n_params());
+            rec.n_batch = mx.c.n_batch;
+            rec.n_ubatch = mx.c.n_ubatch;
+            rec.n_threads = mx.threads;
+            rec.no_repack = mx.no_repack;
+            rec.type_k = mx.c.ctk;
+            rec.type_v = mx.c.ctv;
+            rec.n_prompt = t.n_prompt;
+            rec.n_gen = t.n_gen;
+            rec.n_depth = mx.c.depth;
+            rec.test_time = now_iso();
+            rec.machine_gbps = mx.bw;
+            rec.flops_per_token = 2.0 * double(model.n_active_params());
+            rec.bytes_per_token = double(model.active_weight_bytes()) + double(mx.target.ctx->kv_bytes_per_token()) *
+                                                                            (double(mx.c.depth) + double(t.n_gen) / 2);
+            Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &mx.drafts[sp.draft] : nullptr;
+            ms.push_back(Measure{mx.target, draft, t, int64_t(ti), mx.reps, mx.draft_min, sp, mx.engine.profiler(),
+                                 mx.progress, mx.path});
+        }
+        if (n_specs == 1 || mx.engine.profiler()) {
+            for (size_t si = 0; si < n_specs; ++si) BM_TRY(measure(ms[si], recs[si]));
+        } else {
+            // The configurations of a test take turns repetition by repetition, so a drift of the
+            // machine's speed (10-20% over minutes on a shared VM) hits the plain row and every
+            // speculative row alike. (Profiling keeps them apart: one profile per configuration.)
+            std::vector<SpecStats> stats(n_specs);
+            for (int64_t rep = -1; rep < mx.reps; ++rep)
+                for (size_t si = 0; si < n_specs; ++si) BM_TRY(run_rep(ms[si], rep, recs[si], stats[si]));
+            for (size_t si = 0; si < n_specs; ++si) finish_record(ms[si], stats[si], recs[si]);
+        }
+        for (auto& rec : recs) emit(std::move(rec));
     }
     return {};
 }
@@ -392,45 +476,9 @@ int cmd_bench(const std::vector<std::string>& argv) {
                         if (!p) return fail(p.error().message);
                         drafts[dpath] = std::move(*p);
                     }
-                    for (size_t ti = 0; ti < tests.size(); ++ti)
-                        for (size_t si = 0; si < specs.size(); ++si) {
-                            const Test& t = tests[ti];
-                            const Spec& sp = specs[si];
-                            // prompt-only tests do not depend on the draft: run them once
-                            if (t.n_gen == 0 && si > 0) continue;
-                            bench::Record rec;
-                            rec.build_commit = version_string();
-                            rec.compiler = __VERSION__;
-                            rec.cpu_info = cpu_name();
-                            rec.backend = "CPU";
-                            rec.model_filename = path;
-                            rec.model_type = model.hparams().arch + " " +
-                                             (*engine)->file().get_string_or("general.name", "") + " " +
-                                             ftype_name((*engine)->file().get_int_or("general.file_type", -1));
-                            rec.model_size = model.total_weight_bytes();
-                            rec.model_n_params = uint64_t(model.n_params());
-                            rec.n_batch = c.n_batch;
-                            rec.n_ubatch = c.n_ubatch;
-                            rec.n_threads = threads;
-                            rec.no_repack = no_repack == 1;
-                            rec.type_k = c.ctk;
-                            rec.type_v = c.ctv;
-                            rec.n_prompt = t.n_prompt;
-                            rec.n_gen = t.n_gen;
-                            rec.n_depth = c.depth;
-                            rec.test_time = now_iso();
-                            rec.machine_gbps = *bw;
-                            rec.flops_per_token = 2.0 * double(model.n_active_params());
-                            rec.bytes_per_token =
-                                double(model.active_weight_bytes()) +
-                                double(target->ctx->kv_bytes_per_token()) * (double(c.depth) + double(t.n_gen) / 2);
-                            Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &drafts[sp.draft] : nullptr;
-                            const Measure m{*target,  draft,      t,  int64_t(ti),
-                                            *reps,    *draft_min, sp, (*engine)->profiler(),
-                                            progress, path};
-                            if (auto r = measure(m, rec); !r) return fail(r.error().message);
-                            emit(rec);
-                        }
+                    const Matrix mx{**engine, path,       threads, no_repack == 1, c, *target, drafts,
+                                    *reps,    *draft_min, *bw,     progress};
+                    if (auto r = run_tests(mx, tests, specs, emit); !r) return fail(r.error().message);
                 }
             }
     }
