@@ -144,11 +144,17 @@ TEST(CpuOps, moe_on_packed_weights_matches_unpacked) {
                 m = fused ? MoeWeights{nullptr, nullptr, &pd.w, &pgu.w, E, K, F}
                           : MoeWeights{&pg.w, &pu.w, &pd.w, nullptr, E, K, F};
                 be->moe(x.t, logits.t, m, out.t);
-                for (int64_t t = 0; t < T; ++t)
+                // Only the float summation order differs, but the expert hidden state is quantized
+                // again for the down product, where a value can round the other way: tolerance on
+                // the scale of the token's output (a wrong row or offset is off by that scale).
+                for (int64_t t = 0; t < T; ++t) {
+                    double scale = 0;
+                    for (int64_t o = 0; o < N; ++o) scale = std::max(scale, double(std::fabs(ref.t.row(t)[o])));
                     for (int64_t o = 0; o < N; ++o)
-                        ASSERT_NEAR(out.t.row(t)[o], ref.t.row(t)[o], 2e-3 * (1 + std::fabs(ref.t.row(t)[o])))
+                        ASSERT_NEAR(out.t.row(t)[o], ref.t.row(t)[o], 5e-3 * scale + 1e-5)
                             << be->name() << " F=" << F << " fused=" << fused << " packed=" << packed
                             << " seed=" << seed;
+                }
             }
         }
     }
