@@ -90,6 +90,54 @@ void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
     }
 }
 
+void DraftTuner::record(int drafted, int accepted, const Times& t) {
+    if (drafted <= 0) return;
+    ++steps_;
+    acc_ = k_decay * acc_ + accepted;
+    rej_ = k_decay * rej_ + (accepted < drafted ? 1 : 0);
+    if (t.draft_s > 0 && t.rounds > 0) {
+        draft_s_ = k_decay * draft_s_ + t.draft_s;
+        draft_n_ = k_decay * draft_n_ + t.rounds;
+    }
+    if (t.verify_s > 0 && t.batch > 0) {
+        other_s_ = k_decay * other_s_ + std::max(t.other_s, 0.0);
+        const double x = t.batch, y = t.verify_s;
+        sw_ = k_decay * sw_ + 1;
+        sx_ = k_decay * sx_ + x;
+        sy_ = k_decay * sy_ + y;
+        sxx_ = k_decay * sxx_ + x * x;
+        sxy_ = k_decay * sxy_ + x * y;
+    }
+}
+
+double DraftTuner::rate(int k) const {
+    if (sw_ <= 0) return 0;
+    // verify(n) = c0 + c1 n; one batch size alone: proportional to n (the cautious guess)
+    const double mx = sx_ / sw_, my = sy_ / sw_, var = sxx_ / sw_ - mx * mx;
+    double c1 = var > 1e-6 ? (sxy_ / sw_ - mx * my) / var : my / mx;
+    c1 = std::clamp(c1, 0.0, my / mx);
+    const double c0 = my - c1 * mx;
+    const double a = std::min(acceptance(), 0.999);
+    const double tokens = (1 - std::pow(a, k + 1)) / (1 - a);
+    const double t_draft = draft_n_ > 0 ? draft_s_ / draft_n_ : 0;  // prompt lookup: free
+    return tokens / (k * t_draft + c0 + c1 * (k + 1) + other_s_ / sw_);
+}
+
+int DraftTuner::next(int max_len) {
+    if (max_len <= 1) return std::max(max_len, 1);
+    static constexpr int k_first[3] = {2, 4, 3};
+    if (steps_ < 3) return std::min(k_first[steps_], max_len);
+    best_ = 1;
+    for (int k = 2; k <= max_len; ++k)
+        if (rate(k) > rate(best_)) best_ = k;
+    if (steps_ % k_explore_every == k_explore_every - 1) {  // keep the neighbours' estimates current
+        flip_ = !flip_;
+        const int k = best_ + (flip_ ? 1 : -1);
+        return std::clamp(k, 1, max_len);
+    }
+    return best_;
+}
+
 Result<void> check_draft_compatible(const Model& target, const Model& draft) {
     const auto* a = target.file().find("tokenizer.ggml.tokens");
     const auto* b = draft.file().find("tokenizer.ggml.tokens");
@@ -122,8 +170,6 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
     out.push_back(cur);
     out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
     logits.assign(verify_logits + accepted * size_t(V), verify_logits + (accepted + 1) * size_t(V));
-    if (!draft.empty())
-        adaptive_len_ = accepted == draft.size() ? int(draft.size()) + 1 : std::max(1, int(accepted) + 1);
     stats_.steps += 1;
     stats_.drafted += int64_t(draft.size());
     stats_.accepted += int64_t(accepted);
@@ -135,8 +181,13 @@ int SpeculativeDecoder::max_draft() const {
     const int depth = int(std::min(t_.params().rollback_depth, d_ ? d_->params().rollback_depth : 1 << 20));
     const int64_t room = t_.params().n_ctx - t_.n_past(seq_) - 1;
     if (plain_step_) return 0;
-    const int want = p_.adaptive ? std::min(std::max(adaptive_len_, p_.draft_min), p_.draft_max) : p_.draft_max;
-    return int(std::min<int64_t>(std::min(want, depth), std::max<int64_t>(room, 0)));
+    return int(std::min<int64_t>(std::min(step_len_, depth), std::max<int64_t>(room, 0)));
+}
+
+void SpeculativeDecoder::begin_step() {
+    step_len_ = p_.draft_max;
+    if (p_.adaptive && !plain_step_)
+        step_len_ = std::max(tuner_.next(p_.draft_max), std::min(p_.draft_min, p_.draft_max));
 }
 
 Result<std::vector<std::vector<int32_t>>> SpeculativeDecoder::draft_tokens(
@@ -221,9 +272,12 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         if (&d->t_ != &target || d->d_ != draft)
             return make_error("speculative: sequences decoded together must share the target and draft contexts");
     const int64_t V = target.n_vocab();
+    const auto t_begin = std::chrono::steady_clock::now();
+    for (SpeculativeDecoder* d : ds) d->begin_step();
     std::vector<int32_t> cur(n);
     for (size_t i = 0; i < n; ++i) cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
     // 1. proposals by prompt lookup, or by the draft model
+    const auto t0 = std::chrono::steady_clock::now();
     std::vector<std::vector<int32_t>> drafts(n);
     if (!draft) {
         for (size_t i = 0; i < n; ++i) {
@@ -240,24 +294,34 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
             }));
     }
     // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
+    const auto t1 = std::chrono::steady_clock::now();
     std::vector<BatchToken> batch;
     std::vector<size_t> first_row(n);
+    int rounds = 0;
     for (size_t i = 0; i < n; ++i) {
         first_row[i] = batch.size();
         batch.push_back({cur[i], ds[i]->seq_, true});
         for (int32_t t : drafts[i]) batch.push_back({t, ds[i]->seq_, true});
+        rounds = std::max(rounds, int(drafts[i].size()));
     }
     std::vector<float> vl;
     BM_TRY(target.decode(batch, &vl));
+    const auto t2 = std::chrono::steady_clock::now();
     // 3. accept the longest agreeing prefix; roll back what was rejected, on both models
+    std::vector<size_t> accepted(n, 0);
     for (size_t i = 0; i < n; ++i) {
         SpeculativeDecoder& d = *ds[i];
         const float* l = vl.data() + first_row[i] * size_t(V);
-        size_t accepted = 0;
-        while (accepted < drafts[i].size() && argmax(l + accepted * size_t(V), V) == drafts[i][accepted]) ++accepted;
-        if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(accepted));
-        BM_TRY(d.finish_step(cur[i], drafts[i], accepted, l, *logits[i], *outs[i]));
+        size_t& a = accepted[i];
+        while (a < drafts[i].size() && argmax(l + a * size_t(V), V) == drafts[i][a]) ++a;
+        if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(a));
+        BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }
+    const auto t3 = std::chrono::steady_clock::now();
+    using S = std::chrono::duration<double>;
+    const DraftTuner::Times times{S(t1 - t0).count(), rounds, int(batch.size()), S(t2 - t1).count(),
+                                  S(t3 - t_begin).count() - S(t2 - t0).count()};
+    for (size_t i = 0; i < n; ++i) ds[i]->tuner_.record(int(drafts[i].size()), int(accepted[i]), times);
     return {};
 }
 
@@ -270,8 +334,11 @@ Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vec
 Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vector<float>& logits,
                                               std::vector<int32_t>& out) {
     const int32_t V = int32_t(t_.n_vocab());
+    const auto t_begin = std::chrono::steady_clock::now();
+    begin_step();
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
+    const auto t0 = std::chrono::steady_clock::now();
     ts.accept(cur);
     std::vector<Dist> qs;
     std::vector<std::vector<int32_t>> drafts;
@@ -287,7 +354,9 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     std::vector<int32_t> batch = {cur};
     batch.insert(batch.end(), draft.begin(), draft.end());
     std::vector<float> vl;
+    const auto t1 = std::chrono::steady_clock::now();
     BM_TRY(t_.decode_seq(seq_, batch, true, &vl));
+    const auto t2 = std::chrono::steady_clock::now();
     size_t accepted = 0;
     int32_t next = -1;
     for (; accepted < draft.size(); ++accepted) {
@@ -304,6 +373,11 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
     next_ = next;
     BM_TRY(finish_step(cur, draft, accepted, vl.data(), logits, out));
+    using S = std::chrono::duration<double>;
+    const auto t3 = std::chrono::steady_clock::now();
+    tuner_.record(int(draft.size()), int(accepted),
+                  {S(t1 - t0).count(), int(draft.size()), int(batch.size()), S(t2 - t1).count(),
+                   S(t3 - t_begin).count() - S(t2 - t0).count()});
     return {};
 }
 

@@ -22,10 +22,9 @@ struct SpecParams {
     int draft_max = 8;      // tokens proposed per step (<= the contexts' rollback depth)
     int draft_min = 0;      // drafted tokens before draft_p_min may stop drafting (and adaptive's floor)
     float draft_p_min = 0;  // stop drafting when the draft's top probability falls below this
-    // Adaptive draft length (greedy): after a step whose drafts were all accepted the next step
-    // drafts one more (up to draft_max); after a rejection, one more than were accepted. Tracks
-    // runs of agreement, so drafts stay short where the draft is often wrong. (Off here; the CLI
-    // turns it on by default: on the 2-core CPU a fixed 8 lost 10-50% below ~90% agreement.)
+    // Adaptive draft length: each step drafts the number of tokens (<= draft_max) that measures
+    // best (DraftTuner). (Off here; the CLI turns it on by default: the best fixed length went
+    // from 1 at 50% agreement to 4+ at 97% on the 2-core CPU, and a fixed 8 lost 10-50% below 90%.)
     bool adaptive = false;
     // Time every step and decode without drafts while drafting measures slower (DraftGuard).
     // (Off here; the CLI turns it on by default.)
@@ -68,6 +67,44 @@ class DraftGuard {
     double draft_time_ = 0, draft_tokens_ = 0;                        // this drafting run, decayed by 0.9 per step
     int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
     int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
+};
+
+// Chooses each step's draft length from what it measures: the draft's acceptance, as a
+// geometric model (each drafted token is accepted with probability a once the ones before it
+// were; a = accepted / (accepted + rejections), smoothed), the draft's time per proposed token,
+// and the target's time per verification batch as a line in its size (least squares). A step
+// of k drafts yields (1 - a^(k+1)) / (1 - a) tokens on average and costs k t_draft +
+// t_verify(k + 1) + t_other (accepting, rolling back: the rest of the step's time): the tuner
+// picks the k in [1, max] with the most tokens per second. The first
+// three steps try three lengths (the line needs two sizes), every 8th step tries a neighbour of
+// the best one, and all sums decay by 5% per step, so the choice follows the text and the
+// machine. On a GPU, where a batch costs about one step, the same rule drafts long.
+class DraftTuner {
+  public:
+    // The draft length of the next step, in [1, max_len].
+    int next(int max_len);
+    // A step's wall times: the draft's over `rounds` proposals, the target's verifying `batch`
+    // tokens, and the rest of the step (times <= 0: not measured).
+    struct Times {
+        double draft_s = 0;
+        int rounds = 0, batch = 0;
+        double verify_s = 0, other_s = 0;
+    };
+    // A step with `drafted` proposals of which `accepted` were accepted.
+    void record(int drafted, int accepted, const Times& t);
+    double acceptance() const { return (acc_ + 1) / (acc_ + rej_ + 2); }
+    // Predicted tokens per second drafting k (0 before anything was timed).
+    double rate(int k) const;
+
+  private:
+    static constexpr double k_decay = 0.95;
+    static constexpr int k_explore_every = 8;
+    double acc_ = 0, rej_ = 0;                             // accepted tokens, rejections
+    double draft_s_ = 0, draft_n_ = 0;                     // draft seconds, proposals
+    double sw_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;  // least squares of verify seconds on batch size
+    double other_s_ = 0;                                   // rest of the step (over sw_ steps)
+    int steps_ = 0, best_ = 1;
+    bool flip_ = false;
 };
 
 class SpeculativeDecoder {
@@ -113,7 +150,10 @@ class SpeculativeDecoder {
     static Result<std::vector<std::vector<int32_t>>> draft_tokens(
         const std::vector<SpeculativeDecoder*>& ds, const std::vector<int32_t>& cur,
         const std::function<int32_t(size_t, const float*, size_t)>& pick);
-    int adaptive_len_ = 1;  // the next step's draft length with SpecParams::adaptive
+    // Sets step_len_ for the step about to run (the tuner's choice with SpecParams::adaptive).
+    void begin_step();
+    int step_len_ = 0;  // this step's draft length before the depth and context limits
+    DraftTuner tuner_;
     DraftGuard guard_;
     bool plain_step_ = false;  // this step decodes without drafts (the guard's choice)
 

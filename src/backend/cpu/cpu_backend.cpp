@@ -176,9 +176,21 @@ void CpuBackend::matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_r
                              int64_t out_stride) {
     static_assert(k_rows_per_task % k_pack_rows == 0);
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
-    pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
-        const int64_t r0 = b * k_rows_per_task;
-        rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes, n_tok,
+    if (n_tok <= 4) {
+        // Decode: one contiguous share of the rows per thread (a long forward stream per thread;
+        // blocks handed out one at a time measured 20% slower).
+        pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
+            const int64_t r0 = b * k_rows_per_task;
+            rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes, n_tok,
+                         n_in, out + r0, out_stride);
+        });
+        return;
+    }
+    // Many tokens: small blocks handed out one at a time, each small enough to stay in cache
+    // while every token passes over it (a thread's whole share was read again per token tile).
+    pool_->parallel_tasks(n_tasks, [&](int64_t task, int) {
+        const int64_t r0 = task * k_rows_per_task;
+        rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, r0 + k_rows_per_task), qx, qx_row_bytes, n_tok,
                      n_in, out + r0, out_stride);
     });
 }
