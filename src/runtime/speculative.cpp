@@ -79,8 +79,12 @@ void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
         n_since_refresh_ = 0;
         plain_left_ = k_refresh_steps;
     }
-    if (++n_draft_run_ < k_min_draft_steps || plain_ == 0) return;
-    if (draft_time_ / draft_tokens_ > k_margin * plain_) {  // drafting loses: plain for a while
+    ++n_draft_run_;
+    if (plain_ == 0) return;
+    const double ratio = draft_time_ / draft_tokens_ / plain_;
+    // judged after k_min_draft_steps, or after 3 when drafting is clearly slower
+    if (n_draft_run_ < k_min_draft_steps && !(n_draft_run_ >= 3 && ratio > k_clear_loss)) return;
+    if (ratio > k_margin) {  // drafting loses: plain for a while
         plain_left_ = backoff_;
         backoff_ = std::min(2 * backoff_, k_backoff_max);
         n_draft_run_ = n_since_refresh_ = 0;  // the next drafting run is measured afresh
@@ -90,37 +94,62 @@ void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
     }
 }
 
-void DraftTuner::record(int drafted, int accepted, const Times& t) {
+void DraftTuner::record(int drafted, int accepted, double step_s) {
     if (drafted <= 0) return;
+    drafted = std::min(drafted, k_lengths - 1);
     ++steps_;
-    acc_ = k_decay * acc_ + accepted;
-    rej_ = k_decay * rej_ + (accepted < drafted ? 1 : 0);
-    if (t.draft_s > 0 && t.rounds > 0) {
-        draft_s_ = k_decay * draft_s_ + t.draft_s;
-        draft_n_ = k_decay * draft_n_ + t.rounds;
+    for (int i = 1; i < k_lengths; ++i) {
+        reached_[i] *= k_decay;
+        accepted_[i] *= k_decay;
+        time_s_[i] *= k_decay;
+        time_n_[i] *= k_decay;
+        if (i <= drafted && i <= accepted + 1) reached_[i] += 1;  // proposal i was judged
+        if (i <= accepted) accepted_[i] += 1;
     }
-    if (t.verify_s > 0 && t.batch > 0) {
-        other_s_ = k_decay * other_s_ + std::max(t.other_s, 0.0);
-        const double x = t.batch, y = t.verify_s;
-        sw_ = k_decay * sw_ + 1;
-        sx_ = k_decay * sx_ + x;
-        sy_ = k_decay * sy_ + y;
-        sxx_ = k_decay * sxx_ + x * x;
-        sxy_ = k_decay * sxy_ + x * y;
+    if (step_s > 0) {
+        time_s_[drafted] += step_s;
+        time_n_[drafted] += 1;
     }
 }
 
+double DraftTuner::acceptance(int i) const {
+    i = std::clamp(i, 1, k_lengths - 1);
+    const double prior = i == 1 ? 0.5 : acceptance(i - 1), weight = 2;
+    return (accepted_[i] + weight * prior) / (reached_[i] + weight);
+}
+
+double DraftTuner::step_seconds(int k) const {
+    k = std::clamp(k, 1, k_lengths - 1);
+    auto timed = [&](int j) { return time_n_[j] > 0.05; };
+    if (timed(k)) return time_s_[k] / time_n_[k];
+    // the nearest timed lengths below and above k (two below if none above)
+    int lo = k - 1, hi = k + 1;
+    while (lo >= 1 && !timed(lo)) --lo;
+    while (hi < k_lengths && !timed(hi)) ++hi;
+    if (hi >= k_lengths && lo >= 1) {
+        int lo2 = lo - 1;
+        while (lo2 >= 1 && !timed(lo2)) --lo2;
+        if (lo2 < 1) return time_s_[lo] / time_n_[lo] * double(k + 1) / double(lo + 1);
+        hi = lo;
+        lo = lo2;
+    }
+    if (lo < 1 && hi >= k_lengths) return 0;
+    if (lo < 1) {  // below every timed length: the line through the two lowest ones
+        lo = hi;
+        hi = lo + 1;
+        while (hi < k_lengths && !timed(hi)) ++hi;
+        if (hi >= k_lengths) return time_s_[lo] / time_n_[lo] * double(k + 1) / double(lo + 1);
+    }
+    const double tl = time_s_[lo] / time_n_[lo], th = time_s_[hi] / time_n_[hi];
+    return std::max(tl + (th - tl) * double(k - lo) / double(hi - lo), 1e-9);
+}
+
 double DraftTuner::rate(int k) const {
-    if (sw_ <= 0) return 0;
-    // verify(n) = c0 + c1 n; one batch size alone: proportional to n (the cautious guess)
-    const double mx = sx_ / sw_, my = sy_ / sw_, var = sxx_ / sw_ - mx * mx;
-    double c1 = var > 1e-6 ? (sxy_ / sw_ - mx * my) / var : my / mx;
-    c1 = std::clamp(c1, 0.0, my / mx);
-    const double c0 = my - c1 * mx;
-    const double a = std::min(acceptance(), 0.999);
-    const double tokens = (1 - std::pow(a, k + 1)) / (1 - a);
-    const double t_draft = draft_n_ > 0 ? draft_s_ / draft_n_ : 0;  // prompt lookup: free
-    return tokens / (k * t_draft + c0 + c1 * (k + 1) + other_s_ / sw_);
+    const double t = step_seconds(k);
+    if (t <= 0) return 0;
+    double tokens = 1, p = 1;
+    for (int i = 1; i <= k; ++i) tokens += p *= acceptance(i);
+    return tokens / t;
 }
 
 int DraftTuner::next(int max_len) {
@@ -277,7 +306,6 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
     std::vector<int32_t> cur(n);
     for (size_t i = 0; i < n; ++i) cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
     // 1. proposals by prompt lookup, or by the draft model
-    const auto t0 = std::chrono::steady_clock::now();
     std::vector<std::vector<int32_t>> drafts(n);
     if (!draft) {
         for (size_t i = 0; i < n; ++i) {
@@ -294,19 +322,15 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
             }));
     }
     // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
-    const auto t1 = std::chrono::steady_clock::now();
     std::vector<BatchToken> batch;
     std::vector<size_t> first_row(n);
-    int rounds = 0;
     for (size_t i = 0; i < n; ++i) {
         first_row[i] = batch.size();
         batch.push_back({cur[i], ds[i]->seq_, true});
         for (int32_t t : drafts[i]) batch.push_back({t, ds[i]->seq_, true});
-        rounds = std::max(rounds, int(drafts[i].size()));
     }
     std::vector<float> vl;
     BM_TRY(target.decode(batch, &vl));
-    const auto t2 = std::chrono::steady_clock::now();
     // 3. accept the longest agreeing prefix; roll back what was rejected, on both models
     std::vector<size_t> accepted(n, 0);
     for (size_t i = 0; i < n; ++i) {
@@ -317,11 +341,8 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(a));
         BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }
-    const auto t3 = std::chrono::steady_clock::now();
-    using S = std::chrono::duration<double>;
-    const DraftTuner::Times times{S(t1 - t0).count(), rounds, int(batch.size()), S(t2 - t1).count(),
-                                  S(t3 - t_begin).count() - S(t2 - t0).count()};
-    for (size_t i = 0; i < n; ++i) ds[i]->tuner_.record(int(drafts[i].size()), int(accepted[i]), times);
+    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
+    for (size_t i = 0; i < n; ++i) ds[i]->tuner_.record(int(drafts[i].size()), int(accepted[i]), step_s);
     return {};
 }
 
@@ -338,7 +359,6 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     begin_step();
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
-    const auto t0 = std::chrono::steady_clock::now();
     ts.accept(cur);
     std::vector<Dist> qs;
     std::vector<std::vector<int32_t>> drafts;
@@ -354,9 +374,7 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     std::vector<int32_t> batch = {cur};
     batch.insert(batch.end(), draft.begin(), draft.end());
     std::vector<float> vl;
-    const auto t1 = std::chrono::steady_clock::now();
     BM_TRY(t_.decode_seq(seq_, batch, true, &vl));
-    const auto t2 = std::chrono::steady_clock::now();
     size_t accepted = 0;
     int32_t next = -1;
     for (; accepted < draft.size(); ++accepted) {
@@ -373,11 +391,8 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
     next_ = next;
     BM_TRY(finish_step(cur, draft, accepted, vl.data(), logits, out));
-    using S = std::chrono::duration<double>;
-    const auto t3 = std::chrono::steady_clock::now();
     tuner_.record(int(draft.size()), int(accepted),
-                  {S(t1 - t0).count(), int(draft.size()), int(batch.size()), S(t2 - t1).count(),
-                   S(t3 - t_begin).count() - S(t2 - t0).count()});
+                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count());
     return {};
 }
 

@@ -46,11 +46,11 @@ struct SpecStats {
 // it times steps with and without drafts (seconds per generated token: a moving average for
 // plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
 // run 8 steps and measures more than 8% slower (a smaller margin stopped winning runs on timing
-// noise), decodes plainly for a stretch that doubles each time drafting loses again (16 steps up
-// to 128), then tries drafting again. While drafting wins, 2 plain steps in every 128 keep the
-// plain estimate current (the context grows). The first steps are plain (they
-// give the plain estimate). Only the step structure changes: greedy output stays identical.
-// SpeculativeDecoder runs one when SpecParams::guard is set.
+// noise), or 3 steps and 30% slower, decodes plainly for a stretch that doubles each time
+// drafting loses again (16 steps up to 128), then tries drafting again. While drafting wins, 2
+// plain steps in every 128 keep the plain estimate current (the context grows). The first steps
+// are plain (they give the plain estimate). Only the step structure changes: greedy output
+// stays identical. SpeculativeDecoder runs one when SpecParams::guard is set.
 class DraftGuard {
   public:
     // Whether the next step should decode without drafts.
@@ -63,46 +63,43 @@ class DraftGuard {
     static constexpr int k_first_plain = 3, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
     static constexpr int k_refresh_every = 128, k_refresh_steps = 2;  // re-time plain steps now and then
     static constexpr double k_margin = 1.08;                          // drafting must be this much slower to be stopped
-    double plain_ = 0;                                                // moving average, seconds per token (0: none yet)
-    double draft_time_ = 0, draft_tokens_ = 0;                        // this drafting run, decayed by 0.9 per step
+    static constexpr double k_clear_loss = 1.3;  // ... and is stopped after 3 steps when this much slower
+    double plain_ = 0;                           // moving average, seconds per token (0: none yet)
+    double draft_time_ = 0, draft_tokens_ = 0;   // this drafting run, decayed by 0.9 per step
     int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
     int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
 };
 
-// Chooses each step's draft length from what it measures: the draft's acceptance, as a
-// geometric model (each drafted token is accepted with probability a once the ones before it
-// were; a = accepted / (accepted + rejections), smoothed), the draft's time per proposed token,
-// and the target's time per verification batch as a line in its size (least squares). A step
-// of k drafts yields (1 - a^(k+1)) / (1 - a) tokens on average and costs k t_draft +
-// t_verify(k + 1) + t_other (accepting, rolling back: the rest of the step's time): the tuner
-// picks the k in [1, max] with the most tokens per second. The first
-// three steps try three lengths (the line needs two sizes), every 8th step tries a neighbour of
-// the best one, and all sums decay by 5% per step, so the choice follows the text and the
-// machine. On a GPU, where a batch costs about one step, the same rule drafts long.
+// Chooses each step's draft length from what it measures: the draft's acceptance per position
+// (a_i: how often the i-th proposal is accepted once the ones before it were; agreement comes in
+// runs, so a_2 is usually above a_1 and a single rate undervalues longer drafts) and the wall
+// time of a whole step (draft, verification, rollback) for each length it used. A step of k
+// drafts yields 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens on average; the tuner picks the k in
+// [1, max] with the most tokens per second. A length not timed yet is costed on the line through
+// the nearest timed ones (above all timed lengths: in proportion to the batch, the cautious
+// guess). The first three steps time three lengths, every 8th step tries a neighbour of the best
+// one, and everything decays by 3% per step, so the choice follows the text and the machine. On
+// a GPU, where a batch costs about one step, the same rule drafts long.
 class DraftTuner {
   public:
     // The draft length of the next step, in [1, max_len].
     int next(int max_len);
-    // A step's wall times: the draft's over `rounds` proposals, the target's verifying `batch`
-    // tokens, and the rest of the step (times <= 0: not measured).
-    struct Times {
-        double draft_s = 0;
-        int rounds = 0, batch = 0;
-        double verify_s = 0, other_s = 0;
-    };
-    // A step with `drafted` proposals of which `accepted` were accepted.
-    void record(int drafted, int accepted, const Times& t);
-    double acceptance() const { return (acc_ + 1) / (acc_ + rej_ + 2); }
-    // Predicted tokens per second drafting k (0 before anything was timed).
+    // A step that proposed `drafted` tokens, `accepted` of them accepted, in step_s seconds
+    // (<= 0: not timed).
+    void record(int drafted, int accepted, double step_s);
+    // a_i (i >= 1): smoothed towards a_(i-1) where position i was rarely reached.
+    double acceptance(int i) const;
+    // Predicted seconds of a step drafting k (0 before any step was timed).
+    double step_seconds(int k) const;
+    // Predicted tokens per second drafting k (0 before any step was timed).
     double rate(int k) const;
 
   private:
-    static constexpr double k_decay = 0.95;
+    static constexpr double k_decay = 0.97;
     static constexpr int k_explore_every = 8;
-    double acc_ = 0, rej_ = 0;                             // accepted tokens, rejections
-    double draft_s_ = 0, draft_n_ = 0;                     // draft seconds, proposals
-    double sw_ = 0, sx_ = 0, sy_ = 0, sxx_ = 0, sxy_ = 0;  // least squares of verify seconds on batch size
-    double other_s_ = 0;                                   // rest of the step (over sw_ steps)
+    static constexpr int k_lengths = 17;
+    double reached_[k_lengths] = {}, accepted_[k_lengths] = {};  // per position (index 1..16)
+    double time_s_[k_lengths] = {}, time_n_[k_lengths] = {};     // per draft length
     int steps_ = 0, best_ = 1;
     bool flip_ = false;
 };

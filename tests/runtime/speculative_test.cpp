@@ -306,7 +306,7 @@ std::vector<int> simulate_tuner(double a, double t_draft, double c0, double c1, 
         EXPECT_LE(k, max_len);
         int accepted = 0;
         while (accepted < k && ok(rng)) ++accepted;
-        tuner.record(k, accepted, {k * t_draft, k, k + 1, c0 + c1 * (k + 1), 0.0002});
+        tuner.record(k, accepted, k * t_draft + c0 + c1 * (k + 1) + 0.0002);
         if (step >= 60) ++chosen[size_t(k)];
     }
     return chosen;
@@ -392,6 +392,18 @@ TEST(DraftGuard, drafts_only_while_faster) {
     EXPECT_GT(plain, 150);
     run(0.0105, 100, &plain);  // within the 8% margin: keeps drafting
     EXPECT_LE(plain, 3 + 2);
+    // twice as slow: stopped after 3 drafting steps each time, not 8
+    DraftGuard g;
+    int drafting = 0;
+    for (int i = 0; i < 3 + 3 + 16 + 3; ++i) {
+        if (g.plain_next()) {
+            g.record(false, 0.010, 1);
+        } else {
+            ++drafting;
+            g.record(true, 0.020 * 3, 3);
+        }
+    }
+    EXPECT_EQ(drafting, 6);
 }
 
 }  // namespace
