@@ -121,27 +121,21 @@ double DraftTuner::acceptance(int i) const {
 double DraftTuner::step_seconds(int k) const {
     k = std::clamp(k, 1, k_lengths - 1);
     auto timed = [&](int j) { return time_n_[j] > 0.05; };
-    if (timed(k)) return time_s_[k] / time_n_[k];
-    // the nearest timed lengths below and above k (two below if none above)
-    int lo = k - 1, hi = k + 1;
-    while (lo >= 1 && !timed(lo)) --lo;
-    while (hi < k_lengths && !timed(hi)) ++hi;
-    if (hi >= k_lengths && lo >= 1) {
-        int lo2 = lo - 1;
-        while (lo2 >= 1 && !timed(lo2)) --lo2;
-        if (lo2 < 1) return time_s_[lo] / time_n_[lo] * double(k + 1) / double(lo + 1);
-        hi = lo;
-        lo = lo2;
+    auto secs = [&](int j) { return time_s_[j] / time_n_[j]; };
+    if (timed(k)) return secs(k);
+    std::vector<int> ls;  // the timed lengths, ascending
+    for (int j = 1; j < k_lengths; ++j)
+        if (timed(j)) ls.push_back(j);
+    if (ls.empty()) return 0;
+    if (k > ls.back() || ls.size() == 1) {  // above every timed length: in proportion to the batch
+        const int j = k > ls.back() ? ls.back() : ls.front();
+        return secs(j) * double(k + 1) / double(j + 1);
     }
-    if (lo < 1 && hi >= k_lengths) return 0;
-    if (lo < 1) {  // below every timed length: the line through the two lowest ones
-        lo = hi;
-        hi = lo + 1;
-        while (hi < k_lengths && !timed(hi)) ++hi;
-        if (hi >= k_lengths) return time_s_[lo] / time_n_[lo] * double(k + 1) / double(lo + 1);
-    }
-    const double tl = time_s_[lo] / time_n_[lo], th = time_s_[hi] / time_n_[hi];
-    return std::max(tl + (th - tl) * double(k - lo) / double(hi - lo), 1e-9);
+    // between two timed lengths, or below all: the line through the nearest two (never falling)
+    const size_t hi = std::max<size_t>(size_t(std::upper_bound(ls.begin(), ls.end(), k) - ls.begin()), 1);
+    const int a = ls[hi - 1], b = ls[hi];
+    const double slope = std::max(secs(b) - secs(a), 0.0) / double(b - a);
+    return std::max(secs(a) + slope * double(k - a), 1e-9);
 }
 
 double DraftTuner::rate(int k) const {

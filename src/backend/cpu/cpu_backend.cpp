@@ -117,22 +117,23 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
                               int64_t r_end, const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in,
                               float* out, int64_t out_stride) const {
     if (packed) {
-        // Whole groups of 8 rows (groups start at multiples of 8 from w), tokens in tiles of up
-        // to 4, each tile over the whole row range; rows outside the range are not stored.
-        for (int64_t t = 0; t < n_tok;) {
-            const int nt = int(std::min<int64_t>(4, n_tok - t));
-            PackedTileFn f = k_->packed_tile[int(wt)][nt - 1];
-            const void* rows[4];
-            for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-            float res[4 * k_pack_rows];
-            for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
-                f(w + size_t(g) * w_row_bytes, rows, n_in, res);
-                const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
+        // Whole groups of 8 rows (groups start at multiples of 8 from w); rows outside the range
+        // are not stored. Every tile of up to 4 tokens passes over a group before the next group
+        // (the group stays in L1), so the weights are read from memory once whatever n_tok is.
+        const int64_t n_tiles = (n_tok + 3) / 4;
+        for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
+            const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
+            for (int64_t tile = 0; tile < n_tiles; ++tile) {
+                const int64_t t = 4 * tile;
+                const int nt = int(std::min<int64_t>(4, n_tok - t));
+                const void* rows[4];
+                for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+                float res[4 * k_pack_rows];
+                k_->packed_tile[int(wt)][nt - 1](w + size_t(g) * w_row_bytes, rows, n_in, res);
                 for (int j = 0; j < nt; ++j)
                     std::copy(res + j * k_pack_rows + (lo - g), res + j * k_pack_rows + (hi - g),
                               out + (t + j) * out_stride + (lo - r_begin));
             }
-            t += nt;
         }
         return;
     }
@@ -176,9 +177,10 @@ void CpuBackend::matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_r
                              int64_t out_stride) {
     static_assert(k_rows_per_task % k_pack_rows == 0);
     const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
-    if (n_tok <= 4) {
-        // Decode: one contiguous share of the rows per thread (a long forward stream per thread;
-        // blocks handed out one at a time measured 20% slower).
+    if (n_tok <= k_stream_max_tokens) {
+        // Few tokens (decode, verification): bound by memory, so one contiguous share of the rows
+        // per thread, a long forward stream the prefetchers follow (blocks handed out one at a
+        // time measured 20% slower at 1 token and 2.5x slower at 5).
         pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
             const int64_t r0 = b * k_rows_per_task;
             rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes, n_tok,

@@ -72,6 +72,9 @@ class CpuBackend : public Backend {
     void set_pack_weights(bool on) { pack_weights_ = on; }
     // Weight rows per parallel task.
     static constexpr int64_t k_rows_per_task = 16;
+    // Products of up to this many tokens split the rows statically (memory-bound), larger ones
+    // hand out k_rows_per_task blocks (compute-bound).
+    static constexpr int64_t k_stream_max_tokens = 16;
     // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
     static constexpr int64_t k_gemm_min_tokens = 8;
     // Quantize rows of x into the activation type of weight type wt; returns row bytes.
