@@ -113,6 +113,31 @@ TEST(CpuOps, matmul_every_type_matches_float64) {
     }
 }
 
+// Packed copies stop at the memory budget: weights that do not fit keep the file's layout and
+// give the same products (within float summation order) as packed ones.
+TEST(CpuOps, packing_stops_at_the_memory_budget) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        if (!k->packed_tile[int(DType::Q4_K)][0]) continue;
+        cpu::CpuBackend be(2, k);
+        auto a = make_weight(rng, DType::Q4_K, 512, 64), b = make_weight(rng, DType::Q4_K, 512, 64);
+        be.set_pack_budget(a->bytes.size() + a->bytes.size() / 2);  // room for one copy
+        ASSERT_TRUE(be.prepare_weight(a->w));
+        ASSERT_TRUE(be.prepare_weight(b->w));
+        EXPECT_NE(a->w.backend_data, nullptr);
+        EXPECT_EQ(b->w.backend_data, nullptr);
+        Host x(3, 512), ya(3, 64), yb(3, 64);
+        auto xv = testing::random_floats(rng, 3 * 512, -1, 1);
+        std::copy(xv.begin(), xv.end(), x.data.begin());
+        std::copy(a->bytes.begin(), a->bytes.end(), b->bytes.begin());  // same weights, unpacked
+        be.matmul(a->w, x.t, ya.t);
+        be.matmul(b->w, x.t, yb.t);
+        for (size_t i = 0; i < ya.data.size(); ++i)
+            ASSERT_NEAR(ya.data[i], yb.data[i], 1e-4 * (1 + std::fabs(yb.data[i]))) << be.name() << " seed=" << seed;
+    }
+}
+
 // Routed experts on K-quant weights: packed (separate gate/up, and a fused gate_up whose up half
 // starts inside a packed group of 8 rows: n_ff = 12) against the same weights unpacked.
 TEST(CpuOps, moe_on_packed_weights_matches_unpacked) {

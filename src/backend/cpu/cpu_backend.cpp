@@ -2,8 +2,10 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 
 #include "backend/cpu/repack.h"
 #include "quant/quants.h"
@@ -26,6 +28,19 @@ CpuBackend::~CpuBackend() {
     for (void* p : packed_) dealloc(p);
 }
 
+// Three quarters of the memory the kernel reports available (KV cache and scratch need the
+// rest); no limit when it cannot be read.
+size_t CpuBackend::default_pack_budget() {
+    std::ifstream f("/proc/meminfo");
+    std::string key;
+    size_t kb = 0;
+    while (f >> key >> kb) {
+        if (key == "MemAvailable:") return kb / 4 * 3 * 1024;
+        f.ignore(1 << 10, '\n');
+    }
+    return SIZE_MAX;
+}
+
 bool CpuBackend::supports_weight_type(DType t) const {
     return k_->vec_dot[int(t)] != nullptr;
 }
@@ -36,10 +51,22 @@ Result<void> CpuBackend::prepare_weight(Weight& w) {
     if (!pack_weights_ || !w.multiplied || w.backend_data || !k_->packed_tile[int(w.type)][0] ||
         !packable(w.type, w.n_in()) || w.n_out() % k_pack_rows != 0)
         return {};
-    // Products read a packed copy (repack.h); lookups keep reading the file's rows.
+    // Products read a packed copy (repack.h); lookups keep reading the file's rows. Copies stop
+    // where they would take more than the memory budget (the rest keep the file's layout).
     const int64_t groups = w.n_out() * w.ne[2] * w.ne[3] / k_pack_rows;
-    const size_t group_bytes = size_t(k_pack_rows) * w.row_bytes;
-    uint8_t* dst = static_cast<uint8_t*>(alloc(size_t(groups) * group_bytes));
+    const size_t group_bytes = size_t(k_pack_rows) * w.row_bytes, bytes = size_t(groups) * group_bytes;
+    if (pack_budget_ == k_budget_unset) pack_budget_ = default_pack_budget();
+    uint8_t* dst =
+        bytes <= pack_budget_ ? static_cast<uint8_t*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64)) : nullptr;
+    if (!dst) {
+        if (!pack_warned_)
+            std::fprintf(stderr,
+                         "bigmoe: not enough free memory to pack every weight; the rest keep the file's layout "
+                         "(slower products; --no-repack skips packing)\n");
+        pack_warned_ = true;
+        return {};
+    }
+    pack_budget_ -= bytes;
     const uint8_t* src = static_cast<const uint8_t*>(w.data);
     pool_->parallel_for(groups, [&](int64_t b, int64_t e, int) {
         for (int64_t g = b; g < e; ++g)

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdint>
 #include <memory>
 
 #include "backend/backend.h"
@@ -70,6 +71,9 @@ class CpuBackend : public Backend {
     // Off: weights stay in the file's layout (products use the row-at-a-time kernels). Applies to
     // weights prepared afterwards.
     void set_pack_weights(bool on) { pack_weights_ = on; }
+    // Bytes of packed copies still allowed (default: 3/4 of MemAvailable when the first weight is
+    // prepared); a weight that does not fit keeps the file's layout.
+    void set_pack_budget(size_t bytes) { pack_budget_ = bytes; }
     // Weight rows per parallel task.
     static constexpr int64_t k_rows_per_task = 16;
     // Products of up to this many tokens split the rows statically (memory-bound), larger ones
@@ -87,7 +91,10 @@ class CpuBackend : public Backend {
     std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
     std::vector<uint8_t> qbuf_, qbuf2_;
-    bool pack_weights_ = true;
+    static constexpr size_t k_budget_unset = SIZE_MAX - 1;
+    static size_t default_pack_budget();
+    bool pack_weights_ = true, pack_warned_ = false;
+    size_t pack_budget_ = k_budget_unset;
     std::vector<void*> packed_;  // packed weight copies (freed with the backend)
 };
 
