@@ -64,5 +64,9 @@ expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi -
 expect "synth output type" 0 "output.weight  *Q4_K " "$bin" info -m "$tmp/o4.gguf"
 expect "synth bad output type" 1 "unknown output tensor type 'Q5_K'" "$bin" synth --arch qwen35 --output-tensor-type q5_k \
   -o "$tmp/o5.gguf"
+q=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
+expect "bench -nr" 0 "| 2 | 1 | tg4 |" "$bin" bench -m "$q" -nr 0,1 -t 2 -p 0 -n 4 -r 1
+expect "bench bad -nr" 1 "0 or 1" "$bin" bench -m "$q" -nr 2 -p 0 -n 4 -r 1
+expect "run --no-repack" 0 "generation: 4 tokens" "$bin" run -m "$q" --no-repack -p hi -n 4 --temp 0 --ignore-eos
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
