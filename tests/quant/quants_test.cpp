@@ -383,7 +383,7 @@ namespace {
 TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
-    for (DType t : {DType::Q4_K, DType::Q6_K}) {
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0}) {
         for (int64_t n : {256, 768, 2048}) {
             ASSERT_TRUE(cpu::packable(t, n));
             const size_t rb = row_bytes(t, n);

@@ -94,20 +94,41 @@ void pack_q6_k(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ6_Kx8* ds
         }
 }
 
+void pack_q8_0(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ8_0x8* dst) {
+    for (int64_t i = 0; i < nb; ++i)
+        for (int r = 0; r < 8; ++r) {
+            const BlockQ8_0& b = reinterpret_cast<const BlockQ8_0*>(src + size_t(r) * row_bytes)[i];
+            dst[i].d[r] = b.d;
+            for (int g = 0; g < 8; ++g)
+                st4(&dst[i].qs[g][4 * r], ld4(reinterpret_cast<const uint8_t*>(b.qs) + 4 * g) ^ 0x80808080u);
+        }
+}
+
 }  // namespace
 
 bool packable(DType t, int64_t n_in) {
+    if (t == DType::Q8_0) return n_in > 0 && n_in % 32 == 0;
     return (t == DType::Q4_K || t == DType::Q6_K) && n_in > 0 && n_in % 256 == 0;
 }
 
 void pack_rows(DType t, const uint8_t* src, size_t row_bytes, int64_t n_in, uint8_t* dst) {
     BM_CHECK(packable(t, n_in));
     if (t == DType::Q4_K) return pack_q4_k(src, row_bytes, n_in / 256, reinterpret_cast<BlockQ4_Kx8*>(dst));
+    if (t == DType::Q8_0) return pack_q8_0(src, row_bytes, n_in / 32, reinterpret_cast<BlockQ8_0x8*>(dst));
     pack_q6_k(src, row_bytes, n_in / 256, reinterpret_cast<BlockQ6_Kx8*>(dst));
 }
 
 void unpack_row(DType t, const uint8_t* group, int64_t n_in, int r, uint8_t* dst) {
     BM_CHECK(packable(t, n_in) && r >= 0 && r < 8);
+    if (t == DType::Q8_0) {
+        for (int64_t i = 0; i < n_in / 32; ++i) {
+            const BlockQ8_0x8& g = reinterpret_cast<const BlockQ8_0x8*>(group)[i];
+            BlockQ8_0& b = reinterpret_cast<BlockQ8_0*>(dst)[i];
+            b.d = g.d[r];
+            for (int k = 0; k < 32; ++k) b.qs[k] = int8_t(g.qs[k / 4][4 * r + k % 4] - 128);
+        }
+        return;
+    }
     uint8_t v[256];
     for (int64_t i = 0; i < n_in / 256; ++i) {
         if (t == DType::Q4_K) {

@@ -1,4 +1,4 @@
-// Interleaved ("packed") layouts of K-quant weights for the CPU backend: 8 consecutive rows are
+// Interleaved ("packed") layouts of Q4_K, Q6_K and Q8_0 weights for the CPU backend: 8 consecutive rows are
 // stored together per super-block, so one 32-byte load holds 4 weights of each of the 8 rows and
 // one multiply-accumulate instruction (u8 x s8 -> int32, dpbusd) advances all 8 dot products.
 // The row-at-a-time kernels spent most of their instructions per token on shuffles, scale
@@ -40,8 +40,15 @@ struct BlockQ6_Kx8 {
         uint8_t qh[32];
     } sub[16];
 };
+// Q8_0, 8 rows, one block (32 values per row). Values are stored + 128 (unsigned, for u8 x s8
+// products; the kernel subtracts 128 * sum(activations)).
+struct BlockQ8_0x8 {
+    uint16_t d[8];
+    uint8_t qs[8][32];  // group g (values 4g .. 4g + 3): row r at bytes 4r .. 4r + 3
+};
 #pragma pack(pop)
 
+static_assert(sizeof(BlockQ8_0x8) == 8 * 34);
 static_assert(sizeof(BlockQ4_Kx8) == 8 * 144);
 static_assert(sizeof(BlockQ6_Kx8) == 8 * 210);
 
