@@ -46,7 +46,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-max", true, "tokens drafted per step with -md (default 8; a list)"},
     {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
-    {"", "--draft-adaptive", true, "1: adaptive draft length up to --draft-max (default), 0: fixed (a list)"},
+    {"", "--draft-adaptive", true, "1: measured draft length up to --draft-max (default), 0: fixed (a list)"},
     {"", "--draft-guard", true, "1: no drafts while drafting measures slower than plain (default), 0: off (a list)"},
     {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},

@@ -60,8 +60,8 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--draft-min", true, "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
     {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
     {"", "--draft-adaptive", true,
-     "1 (default): draft one more token after a fully accepted step, fewer after a rejection (up to --draft-max); "
-     "0: always --draft-max"},
+     "1 (default): each step drafts the length (up to --draft-max) that measures most tokens per second, from the "
+     "acceptance per draft position and the timed steps; 0: always --draft-max"},
     {"", "--draft-guard", true,
      "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"},
     {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
