@@ -171,31 +171,30 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
             gemm(w + size_t(r) * w_row_bytes, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
         return;
     }
-    // Tokens in tiles of up to 4, each tile over all rows of the range (the rows stay in L1/L2).
+    // Tokens in tiles of up to 4; every tile passes over a block of rows before the next block,
+    // so a long range is read from memory once.
     VecDotFn dot = k_->vec_dot[int(wt)];
-    for (int64_t t = 0; t < n_tok;) {
-        const int nt = int(std::min<int64_t>(4, n_tok - t));
-        VecDotTileFn f = k_->tile[int(wt)][nt - 1];
-        if (!f) {
-            const uint8_t* x = qx + size_t(t) * qx_row_bytes;
-            for (int64_t r = r_begin; r < r_end; ++r)
-                out[t * out_stride + r] = dot(w + size_t(r) * w_row_bytes, x, n_in);
-            ++t;
-            continue;
-        }
-        const void* rows[4];
-        for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-        float* o = out + t * out_stride;
-        if (nt == 1) {
-            for (int64_t r = r_begin; r < r_end; ++r) f(w + size_t(r) * w_row_bytes, rows, n_in, o + r);
-        } else {
-            for (int64_t r = r_begin; r < r_end; ++r) {
+    for (int64_t b0 = r_begin; b0 < r_end; b0 += k_rows_per_task) {
+        const int64_t b1 = std::min(r_end, b0 + k_rows_per_task);
+        for (int64_t t = 0; t < n_tok;) {
+            const int nt = int(std::min<int64_t>(4, n_tok - t));
+            VecDotTileFn f = k_->tile[int(wt)][nt - 1];
+            if (!f) {
+                const uint8_t* x = qx + size_t(t) * qx_row_bytes;
+                for (int64_t r = b0; r < b1; ++r) out[t * out_stride + r] = dot(w + size_t(r) * w_row_bytes, x, n_in);
+                ++t;
+                continue;
+            }
+            const void* rows[4];
+            for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+            float* o = out + t * out_stride;
+            for (int64_t r = b0; r < b1; ++r) {
                 float res[4];
                 f(w + size_t(r) * w_row_bytes, rows, n_in, res);
                 for (int j = 0; j < nt; ++j) o[j * out_stride + r] = res[j];
             }
+            t += nt;
         }
-        t += nt;
     }
 }
 
