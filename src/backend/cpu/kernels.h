@@ -26,11 +26,9 @@ using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
 // One Gated DeltaNet step for one head from state S_in to S_out ([d_v][d_k], key index fastest;
 // S_out may equal S_in): S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
-// S_copy (may be null) receives the new state too, written around the caches: a snapshot kept
-// for rollback, not read soon. A batch updates one cache-resident state in place and streams
-// the snapshots out (writing each snapshot as the state cost a read for ownership per line).
-using GdnStepFn = void (*)(const float* S_in, float* S_out, float* S_copy, const float* q, const float* k,
-                           const float* v, float beta, float decay, float scale, int64_t d_k, int64_t d_v, float* out);
+// Writing the new state elsewhere lets the caller keep per-token snapshots without a copy.
+using GdnStepFn = void (*)(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta,
+                           float decay, float scale, int64_t d_k, int64_t d_v, float* out);
 // Attention helpers over cached rows: dot of an f32 query with an f32/f16 key row, and
 // y += a * x for an f32/f16 value row.
 using DotF32Fn = float (*)(const float* a, const void* b, int64_t n);

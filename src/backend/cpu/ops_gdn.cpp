@@ -89,9 +89,8 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
                 l2_normalize_heads(u.row(s.first + i) + key_dim, kn.row(i), Hk, dk, p.eps);
             }
         });
-        // Each head's state is updated in place in a local (cache-resident) buffer token after
-        // token; the last n_slots tokens' states also stream to their ring slots (snapshots for
-        // rollback; the last one is the state after the batch). Slot 0 (before the batch) is only read.
+        // Each token's new state goes straight to its ring slot when it must be kept (the last
+        // n_slots tokens), else to a local buffer; the state before the batch (slot 0) is only read.
         pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
             std::vector<float> S(head_floats);
             for (int64_t h = hb; h < he; ++h) {
@@ -105,11 +104,11 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
                     const float* k = kn.row(i) + j * dk;
                     const float* v = u.row(row) + 2 * key_dim + h * dv;
                     float* o = out.row(row) + h * dv;
-                    float* snap = i >= s.n_tokens - ring.n_slots
-                                      ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
-                                      : nullptr;
-                    k_->gdn_step(src, S.data(), snap, q, k, v, b, decay, q_scale, dk, dv, o);
-                    src = S.data();
+                    float* dst = i >= s.n_tokens - ring.n_slots
+                                     ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
+                                     : S.data();
+                    k_->gdn_step(src, dst, q, k, v, b, decay, q_scale, dk, dv, o);
+                    src = dst;
                 }
             }
         });

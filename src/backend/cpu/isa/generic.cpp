@@ -18,8 +18,8 @@ void quant(const float* x, void* dst, int64_t n) {
     quantize_row(T, x, dst, n);
 }
 
-void gdn_step(const float* S_in, float* S_out, float* S_copy, const float* q, const float* k, const float* v,
-              float beta, float decay, float scale, int64_t dk, int64_t dv, float* out) {
+void gdn_step(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta, float decay,
+              float scale, int64_t dk, int64_t dv, float* out) {
     for (int64_t c = 0; c < dv; ++c) {
         const float* r = S_in + c * dk;
         float* w = S_out + c * dk;
@@ -35,7 +35,6 @@ void gdn_step(const float* S_in, float* S_out, float* S_copy, const float* q, co
             acc += w[x] * q[x];
         }
         out[c] = acc * scale;
-        if (S_copy) std::copy(w, w + dk, S_copy + c * dk);
     }
 }
 
