@@ -10,8 +10,7 @@ static std::string shape_str(const std::vector<int64_t>& s) {
     return r + "}";
 }
 
-Result<const Weight*> Model::load_optional(const std::string& name, std::vector<int64_t> shape, bool expert,
-                                           bool lookup_only) {
+Result<const Weight*> Model::load_optional(const std::string& name, std::vector<int64_t> shape, bool expert) {
     const gguf::TensorInfo* ti = file_->tensor(name);
     if (!ti) return static_cast<const Weight*>(nullptr);
     int64_t want[4] = {1, 1, 1, 1};
@@ -27,7 +26,7 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     w.row_bytes = ti->row_bytes;
     w.expert_bytes = ti->row_bytes * size_t(ti->ne[1]);
     w.data = ti->data;
-    w.multiplied = !lookup_only && !idle_blocks_;
+    w.multiplied = multiplied_;
     BM_TRY(backend_->prepare_weight(w));
     weights_.push_back(w);
     total_bytes_ += ti->nbytes;
@@ -43,8 +42,8 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     return &weights_.back();
 }
 
-Result<const Weight*> Model::load(const std::string& name, std::vector<int64_t> shape, bool expert, bool lookup_only) {
-    auto w = load_optional(name, shape, expert, lookup_only);
+Result<const Weight*> Model::load(const std::string& name, std::vector<int64_t> shape, bool expert) {
+    auto w = load_optional(name, shape, expert);
     if (!w) return w.error();
     if (!*w)
         return make_error(file_->path() + ": missing tensor '" + name + "' " + shape_str(shape) + " required by " +
@@ -62,8 +61,9 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
 
 Result<void> Model::load_output_and_embeddings() {
     if (hp_.n_vocab <= 0) return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)");
-    const bool tied = file_->tensor("output.weight") == nullptr;
-    auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab}, false, !tied);
+    multiplied_ = file_->tensor("output.weight") == nullptr;  // tied: the embedding is the LM head
+    auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab});
+    multiplied_ = true;
     if (!e) return e.error();
     tok_embd_ = *e;
     auto n = load_f32("output_norm.weight", {hp_.n_embd});

@@ -47,19 +47,17 @@ class Model {
     int64_t n_active_params() const { return n_active_params_; }
 
     // Looks a tensor up, checks its shape (padded to 4 dims) and that the backend supports it.
-    Result<const Weight*> load(const std::string& name, std::vector<int64_t> shape, bool expert = false,
-                               bool lookup_only = false);
-    // lookup_only: the model only reads rows of it (embeddings), so the backend need not prepare
-    // it for products (nor any weight loaded while idle_blocks_ is set).
-    Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false,
-                                        bool lookup_only = false);
+    Result<const Weight*> load(const std::string& name, std::vector<int64_t> shape, bool expert = false);
+    Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false);
     // A tensor the ops read as plain floats (norm weights, conv taps, gates): must be F32.
     Result<const Weight*> load_f32(const std::string& name, std::vector<int64_t> shape);
     // token_embd, output_norm and output (tied to token_embd when absent).
     Result<void> load_output_and_embeddings();
 
   protected:
-    bool idle_blocks_ = false;  // loading blocks that do not run (their weights are not multiplied)
+    // Whether the weights loaded now are multiplied (Weight::multiplied): false while loading a
+    // lookup table (an untied token embedding) or blocks that do not run (MTP).
+    bool multiplied_ = true;
     HParams hp_;
     const gguf::GgufFile* file_ = nullptr;
     Backend* backend_ = nullptr;

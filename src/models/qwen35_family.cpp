@@ -38,7 +38,7 @@ Result<void> Qwen35Family::load_mtp() {
     // weights but not as active (they do not run in the main pass).
     const uint64_t active = active_bytes_;
     const int64_t active_params = n_active_params_;
-    idle_blocks_ = true;
+    multiplied_ = false;
     for (int64_t il = hp_.n_layer; il < hp_.n_layer_all; ++il) {
         Layer l;
         BM_TRY(load_layer(il, l, false));
@@ -52,7 +52,7 @@ Result<void> Qwen35Family::load_mtp() {
         (void)w;
         mtp_layers_.push_back(l);
     }
-    idle_blocks_ = false;
+    multiplied_ = true;
     active_bytes_ = active;
     n_active_params_ = active_params;
     return {};
