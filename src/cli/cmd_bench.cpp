@@ -255,12 +255,12 @@ void finish_record(const Measure& m, const SpecStats& spec, bench::Record& rec) 
     }
 }
 
-// All repetitions of one configuration in a row (the profiler's per-configuration view).
+// All repetitions of one configuration in a row, profiled.
 Result<void> measure(const Measure& m, bench::Record& rec) {
     SpecStats spec;
     for (int64_t rep = -1; rep < m.reps; ++rep) {
-        if (m.prof && rep == 0) m.prof->clear();
-        if (m.prof) m.prof->set_phase(phase_of(m.test));
+        if (rep == 0) m.prof->clear();  // the warm-up is not profiled
+        m.prof->set_phase(phase_of(m.test));
         BM_TRY(run_rep(m, rep, rec, spec));
     }
     finish_record(m, spec, rec);
@@ -285,48 +285,50 @@ struct Matrix {
 Result<void> run_tests(const Matrix& mx, const std::vector<Test>& tests, const std::vector<Spec>& specs,
                        const std::function<void(bench::Record)>& emit) {
     const Model& model = mx.engine.model();
+    // what every record of this row shares
+    bench::Record row;
+    row.build_commit = version_string();
+    row.compiler = __VERSION__;
+    row.cpu_info = cpu_name();
+    row.backend = "CPU";
+    row.model_filename = mx.path;
+    row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or("general.name", "") + " " +
+                     ftype_name(mx.engine.file().get_int_or("general.file_type", -1));
+    row.model_size = model.total_weight_bytes();
+    row.model_n_params = uint64_t(model.n_params());
+    row.n_batch = mx.c.n_batch;
+    row.n_ubatch = mx.c.n_ubatch;
+    row.n_threads = mx.threads;
+    row.no_repack = mx.no_repack;
+    row.type_k = mx.c.ctk;
+    row.type_v = mx.c.ctv;
+    row.n_depth = mx.c.depth;
+    row.machine_gbps = mx.bw;
+    row.flops_per_token = 2.0 * double(model.n_active_params());
     for (size_t ti = 0; ti < tests.size(); ++ti) {
         const Test& t = tests[ti];
+        bench::Record base = row;
+        base.n_prompt = t.n_prompt;
+        base.n_gen = t.n_gen;
+        base.test_time = now_iso();
+        base.bytes_per_token = double(model.active_weight_bytes()) +
+                               double(mx.target.ctx->kv_bytes_per_token()) * (double(mx.c.depth) + double(t.n_gen) / 2);
         // prompt-only tests do not depend on the draft: run them once
         const size_t n_specs = t.n_gen == 0 ? 1 : specs.size();
-        std::vector<bench::Record> recs(n_specs);
+        std::vector<bench::Record> recs(n_specs, base);
         std::vector<Measure> ms;
         for (size_t si = 0; si < n_specs; ++si) {
             const Spec& sp = specs[si];
-            bench::Record& rec = recs[si];
-            rec.build_commit = version_string();
-            rec.compiler = __VERSION__;
-            rec.cpu_info = cpu_name();
-            rec.backend = "CPU";
-            rec.model_filename = mx.path;
-            rec.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or("general.name", "") + " " +
-                             ftype_name(mx.engine.file().get_int_or("general.file_type", -1));
-            rec.model_size = model.total_weight_bytes();
-            rec.model_n_params = uint64_t(model.n_params());
-            rec.n_batch = mx.c.n_batch;
-            rec.n_ubatch = mx.c.n_ubatch;
-            rec.n_threads = mx.threads;
-            rec.no_repack = mx.no_repack;
-            rec.type_k = mx.c.ctk;
-            rec.type_v = mx.c.ctv;
-            rec.n_prompt = t.n_prompt;
-            rec.n_gen = t.n_gen;
-            rec.n_depth = mx.c.depth;
-            rec.test_time = now_iso();
-            rec.machine_gbps = mx.bw;
-            rec.flops_per_token = 2.0 * double(model.n_active_params());
-            rec.bytes_per_token = double(model.active_weight_bytes()) + double(mx.target.ctx->kv_bytes_per_token()) *
-                                                                            (double(mx.c.depth) + double(t.n_gen) / 2);
             Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &mx.drafts[sp.draft] : nullptr;
             ms.push_back(Measure{mx.target, draft, t, int64_t(ti), mx.reps, mx.draft_min, sp, mx.engine.profiler(),
                                  mx.progress, mx.path});
         }
-        if (n_specs == 1 || mx.engine.profiler()) {
+        if (mx.engine.profiler()) {  // one profile per configuration: its repetitions in a row
             for (size_t si = 0; si < n_specs; ++si) BM_TRY(measure(ms[si], recs[si]));
         } else {
             // The configurations of a test take turns repetition by repetition, so a drift of the
             // machine's speed (10-20% over minutes on a shared VM) hits the plain row and every
-            // speculative row alike. (Profiling keeps them apart: one profile per configuration.)
+            // speculative row alike.
             std::vector<SpecStats> stats(n_specs);
             for (int64_t rep = -1; rep < mx.reps; ++rep)
                 for (size_t si = 0; si < n_specs; ++si) BM_TRY(run_rep(ms[si], rep, recs[si], stats[si]));
