@@ -115,10 +115,7 @@ std::string nice_ticks_axis(double lo, double hi, bool x, double x0, double y0, 
             const double py = y0 - h * i / n;
             s += "<line x1='" + fmt(x0) + "' y1='" + fmt(py) + "' x2='" + fmt(x0 + w) + "' y2='" + fmt(py) +
                  "' stroke='#e4e4e4'/><text x='" + fmt(x0 - 6) + "' y='" + fmt(py + 4) + "' text-anchor='end'>" +
-                 fmt(v, v == std::floor(v) ? 0
-                        : v < 10           ? 1
-                                           : 0) +
-                 "</text>";
+                 fmt(v, v < 10 && v != std::floor(v) ? 1 : 0) + "</text>";
         }
     }
     *out += s;
@@ -191,7 +188,6 @@ std::string basename(const std::string& p) {
     return s == std::string::npos ? p : p.substr(s + 1);
 }
 
-// A speculative record's draft configuration, e.g. "draft d.gguf, draft_max 3".
 // A speculative record's settings, e.g. "draft_max adaptive <= 8, guard".
 std::string draft_settings(const Json& r) {
     std::string d = "draft_max " + std::string(r.value("bigmoe_spec_adaptive", false) ? "adaptive <= " : "") +
@@ -201,6 +197,7 @@ std::string draft_settings(const Json& r) {
     return d;
 }
 
+// A speculative record's draft and settings, e.g. "draft d.gguf, draft_max 3".
 std::string draft_of(const Json& r) {
     return "draft " + basename(r.value("bigmoe_draft_model", std::string())) + ", " + draft_settings(r);
 }

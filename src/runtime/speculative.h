@@ -76,10 +76,10 @@ class DraftGuard {
 // time of a whole step (draft, verification, rollback) for each length it used. A step of k
 // drafts yields 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens on average; the tuner picks the k in
 // [1, max] with the most tokens per second. A length not timed yet is costed on the line through
-// the nearest timed ones (above all timed lengths: in proportion to the batch, the cautious
-// guess; exploration times it soon). The first three steps time three lengths, every 8th step tries a neighbour of the
-// best one, and everything decays by 3% per step, so the choice follows the text and the machine. On a GPU, where a
-// batch costs about one step, the same rule drafts long.
+// the nearest timed ones (above all timed lengths: in proportion to the batch, the cautious guess;
+// exploration times it soon). The first three steps time three lengths, every 8th step tries a
+// neighbour of the best one, and everything decays by 3% per step, so the choice follows the
+// text and the machine. On a GPU, where a batch costs about one step, the same rule drafts long.
 class DraftTuner {
   public:
     // The draft length of the next step, in [1, max_len].
