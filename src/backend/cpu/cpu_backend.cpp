@@ -164,18 +164,19 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
         }
         return;
     }
-    out -= r_begin;  // indexed by absolute row below
+    w += size_t(r_begin) * w_row_bytes;  // rows counted from r_begin below, like out
+    const int64_t n_rows = r_end - r_begin;
     GemmRowFn gemm = n_tok >= k_gemm_min_tokens ? k_->gemm_row[int(wt)] : nullptr;
     if (gemm) {
-        for (int64_t r = r_begin; r < r_end; ++r)
+        for (int64_t r = 0; r < n_rows; ++r)
             gemm(w + size_t(r) * w_row_bytes, qx, qx_row_bytes, n_tok, n_in, out + r, out_stride);
         return;
     }
     // Tokens in tiles of up to 4; every tile passes over a block of rows before the next block,
     // so a long range is read from memory once.
     VecDotFn dot = k_->vec_dot[int(wt)];
-    for (int64_t b0 = r_begin; b0 < r_end; b0 += k_rows_per_task) {
-        const int64_t b1 = std::min(r_end, b0 + k_rows_per_task);
+    for (int64_t b0 = 0; b0 < n_rows; b0 += k_rows_per_task) {
+        const int64_t b1 = std::min(n_rows, b0 + k_rows_per_task);
         for (int64_t t = 0; t < n_tok;) {
             const int nt = int(std::min<int64_t>(4, n_tok - t));
             VecDotTileFn f = k_->tile[int(wt)][nt - 1];
