@@ -155,19 +155,14 @@ TEST(CpuOps, moe_on_packed_weights_matches_unpacked) {
             auto gate_up = make_weight(rng, DType::Q4_K, N, 2 * F, E);
             auto down = make_weight(rng, DType::Q6_K, F, N, E);
             if (F % 256 != 0) down = make_weight(rng, DType::F32, F, N, E);
+            const MoeWeights m = fused ? MoeWeights{nullptr, nullptr, &down->w, &gate_up->w, E, K, F}
+                                       : MoeWeights{&gate->w, &up->w, &down->w, nullptr, E, K, F};
+            const auto owned = {gate.get(), up.get(), gate_up.get(), down.get()};
             for (auto& be : backends()) {
-                MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
-                if (fused) m = MoeWeights{nullptr, nullptr, &down->w, &gate_up->w, E, K, F};
-                be->moe(x.t, logits.t, m, ref.t);  // unpacked
-                auto pg = *gate, pu = *up, pgu = *gate_up, pd = *down;
-                for (auto* o : {&pg, &pu, &pgu, &pd}) {
-                    o->w.info = &o->info;
-                    o->w.data = o->bytes.data();
-                    ASSERT_TRUE(be->prepare_weight(o->w));
-                }
-                const bool packed = (fused ? pgu : pg).w.backend_data != nullptr;
-                m = fused ? MoeWeights{nullptr, nullptr, &pd.w, &pgu.w, E, K, F}
-                          : MoeWeights{&pg.w, &pu.w, &pd.w, nullptr, E, K, F};
+                for (auto* o : owned) o->w.backend_data = nullptr;  // the previous backend's copy (freed with it)
+                be->moe(x.t, logits.t, m, ref.t);                   // the file's layout
+                for (auto* o : owned) ASSERT_TRUE(be->prepare_weight(o->w));
+                const bool packed = (fused ? gate_up : gate)->w.backend_data != nullptr;
                 be->moe(x.t, logits.t, m, out.t);
                 // Only the float summation order differs, but the expert hidden state is quantized
                 // again for the down product, where a value can round the other way: tolerance on
