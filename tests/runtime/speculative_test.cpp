@@ -393,17 +393,9 @@ TEST(DraftGuard, drafts_only_while_faster) {
     run(0.0105, 100, &plain);  // within the 8% margin: keeps drafting
     EXPECT_LE(plain, 3 + 2);
     // twice as slow: stopped after 3 drafting steps each time, not 8
-    DraftGuard g;
-    int drafting = 0;
-    for (int i = 0; i < 3 + 3 + 16 + 3; ++i) {
-        if (g.plain_next()) {
-            g.record(false, 0.010, 1);
-        } else {
-            ++drafting;
-            g.record(true, 0.020 * 3, 3);
-        }
-    }
-    EXPECT_EQ(drafting, 6);
+    const int steps = 3 + 3 + 16 + 3;
+    run(0.020, steps, &plain);
+    EXPECT_EQ(steps - plain, 6);
 }
 
 }  // namespace
