@@ -73,6 +73,38 @@ std::vector<std::unique_ptr<cpu::CpuBackend>> backends() {
     return r;
 }
 
+// silu(g) * u against float64, every table bit-identical to the scalar exp_poly arithmetic
+// whatever the length and offset (vector lanes and scalar tails), extremes included.
+TEST(CpuOps, silu_mul_matches_float64_and_every_table_agrees) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    auto g = testing::random_floats(rng, 300, -12, 12), u = testing::random_floats(rng, 300, -2, 2);
+    const float extremes[] = {0.0f, -0.0f, 1e-30f, -1e-30f, 87.5f, -87.5f, 88.5f, -88.5f, 200.0f, -200.0f, 0.5f};
+    std::copy(std::begin(extremes), std::end(extremes), g.begin() + 40);
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        for (int64_t off : {0, 3}) {
+            for (int64_t n : {1, 7, 8, 9, 31, 256}) {
+                std::vector<float> y(static_cast<size_t>(n)), s(static_cast<size_t>(n));
+                k->silu_mul(g.data() + off, u.data() + off, y.data(), n);
+                k->silu_mul(g.data() + off, nullptr, s.data(), n);
+                for (int64_t i = 0; i < n; ++i) {
+                    const double x = g[size_t(off + i)], ref = x / (1 + std::exp(-x));
+                    const float poly = cpu::silu_poly(g[size_t(off + i)]);
+                    ASSERT_EQ(s[size_t(i)], poly) << k->isa << " x=" << x << " seed=" << seed;
+                    ASSERT_EQ(y[size_t(i)], poly * u[size_t(off + i)]) << k->isa << " seed=" << seed;
+                    // 2 ulp of exp and the division's rounding
+                    ASSERT_NEAR(s[size_t(i)], ref, 4e-7 * std::fabs(ref) + 1e-38) << k->isa << " x=" << x;
+                }
+            }
+        }
+    }
+    EXPECT_TRUE(std::isinf(cpu::exp_poly(88.8f)));
+    for (float x = -86.0f; x <= 88.7f; x += 0.37f) {
+        const double e = std::exp(double(x)), p = cpu::exp_poly(x);
+        ASSERT_NEAR(p, e, 2.5e-7 * e) << "x=" << x;
+    }
+}
+
 // Weights as the engine prepares them: 40 rows are packed where the table has packed kernels
 // (Q4_K, Q6_K), 37 rows never are.
 TEST(CpuOps, matmul_every_type_matches_float64) {

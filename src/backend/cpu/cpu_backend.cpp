@@ -288,7 +288,7 @@ void CpuBackend::swiglu(Tensor gate, Tensor up, Tensor out) {
     elementwise(*pool_, out, [&](int64_t t) {
         const float *g = gate.row(t), *u = up.row(t);
         float* o = out.row(t);
-        for (int64_t i = 0; i < out.cols; ++i) o[i] = silu(g[i]) * u[i];
+        k_->silu_mul(g, u, o, out.cols);
     });
 }
 

@@ -11,9 +11,6 @@
 
 namespace bigmoe::cpu {
 
-inline float silu(float x) {
-    return x / (1.0f + std::exp(-x));
-}
 inline float sigmoid(float x) {
     return 1.0f / (1.0f + std::exp(-x));
 }

@@ -55,10 +55,11 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
                     float y = 0;
                     for (int64_t j = 0; j < S; ++j) y += wc[j] * win[size_t(j * nc + c)];
                     y += wc[S] * x[c];
-                    o[c] = silu(y);
+                    o[c] = y;
                     for (int64_t j = 0; j + 1 < S; ++j) win[size_t(j * nc + c)] = win[size_t((j + 1) * nc + c)];
                     win[size_t((S - 1) * nc + c)] = x[c];
                 }
+                k_->silu_mul(o, nullptr, o, nc);
                 if (i >= s.n_tokens - ring.n_slots) {
                     float* dst = ring.conv + size_t(slot_of(ring, i + 1)) * slot_floats;
                     for (int64_t c = 0; c < nc; ++c)

@@ -131,7 +131,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
         for (int64_t j = j0; j < j0 + n; ++j) {
             const float *gr = g.row(j), *ur = u.row(j);
             float* hr = h.row(j);
-            for (int64_t c = r0; c < r1; ++c) hr[c] = silu(gr[c]) * ur[c];
+            k_->silu_mul(gr + r0, ur + r0, hr + r0, r1 - r0);
         }
     });
 

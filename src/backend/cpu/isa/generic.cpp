@@ -59,6 +59,10 @@ void axpy_f16(float* y, float a, const void* x, int64_t n) {
     for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_f32(v[i]);
 }
 
+void silu_mul(const float* g, const float* u, float* out, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) out[i] = u ? silu_poly(g[i]) * u[i] : silu_poly(g[i]);
+}
+
 Kernels make_generic() {
     Kernels k;
     k.isa = "generic";
@@ -76,6 +80,7 @@ Kernels make_generic() {
     k.quantize[int(DType::Q8_0)] = quant<DType::Q8_0>;
     k.quantize[int(DType::Q8_K)] = quant<DType::Q8_K>;
     k.gdn_step = gdn_step;
+    k.silu_mul = silu_mul;
     k.dot_kv_f32 = dot_kv_f32;
     k.dot_kv_f16 = dot_kv_f16;
     k.axpy_f32 = axpy_f32;
