@@ -151,6 +151,53 @@ INSTANTIATE_TEST_SUITE_P(Targets, Speculative,
                              return s;
                          });
 
+// --draft-p-min's measure against a float64 softmax, on rows of every length mod 16 (vector body
+// and scalar tail), with -inf entries and a vocabulary-sized row.
+TEST(SpeculativeConfidence, top_probability_matches_float64) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    for (int64_t n : {1, 5, 16, 17, 47, 151936}) {
+        for (float spread : {0.5f, 4.0f, 40.0f}) {
+            auto x = testing::random_floats(rng, size_t(n), -spread, spread);
+            if (n > 3) x[2] = -INFINITY;
+            double mx = -INFINITY, z = 0;
+            for (float v : x) mx = std::max(mx, double(v));
+            for (float v : x) z += std::exp(double(v) - mx);
+            EXPECT_NEAR(top_probability(x.data(), n), 1 / z, 2e-6 / z) << "n=" << n << " seed=" << seed;
+        }
+    }
+}
+
+// A draft whose confidence never reaches --draft-p-min drafts nothing (every step is plain), one
+// that always does drafts as without it; the output is the plain run's either way.
+TEST(SpeculativeConfidence, draft_p_min_stops_drafting) {
+    auto target = Engine::load(model("qwen35moe-tiny-q8_0.gguf"), {.n_threads = 2});
+    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    ASSERT_TRUE(target.ok() && draft.ok());
+    const auto p = prompt();
+    const int n = 24;
+    const Plain want = plain_greedy(**target, p, n, 512);
+    for (float p_min : {0.0f, 1e-9f, 1.01f}) {
+        ContextParams cp;
+        cp.n_ctx = 256;
+        auto tc = (*target)->new_context(cp);
+        auto dc = (*draft)->new_context(cp);
+        ASSERT_TRUE(tc.ok() && dc.ok());
+        std::vector<float> logits, dl;
+        ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
+        ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
+        SpeculativeDecoder sd(**tc, **dc, {4, 0, p_min, false});
+        std::vector<int32_t> got;
+        while (int(got.size()) < n) ASSERT_TRUE(sd.step_greedy(logits, got).ok());
+        got.resize(size_t(n));
+        EXPECT_EQ(got, want.tokens) << "p_min " << p_min;
+        if (p_min > 1)
+            EXPECT_EQ(sd.stats().drafted, 0);
+        else
+            EXPECT_EQ(sd.stats().drafted, 4 * sd.stats().steps) << "p_min " << p_min;
+    }
+}
+
 TEST(SpeculativeCompat, different_vocabularies_are_a_clear_error) {
     auto a = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1});
     auto b = Engine::load(model("qwen3moe-tiny-f32.gguf"), {.n_threads = 1});
