@@ -1,8 +1,13 @@
 #include "runtime/sampler.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <unordered_map>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace bigmoe {
 
@@ -17,7 +22,18 @@ int32_t argmax(const float* x, int64_t n) {
     float mx = m[0];
     for (int j = 1; j < L; ++j) mx = m[j] > mx ? m[j] : mx;
     for (; i < n; ++i) mx = x[i] > mx ? x[i] : mx;
-    for (int64_t k = 0; k < n; ++k)
+    int64_t k = 0;
+#if defined(__SSE2__)
+    // the first position holding the maximum, 16 at a time (a scalar search took half of the
+    // ~60 us an argmax over 152k logits cost)
+    const __m128 v = _mm_set1_ps(mx);
+    for (; k + 16 <= n; k += 16) {
+        int mask = 0;
+        for (int q = 0; q < 4; ++q) mask |= _mm_movemask_ps(_mm_cmpeq_ps(_mm_loadu_ps(x + k + 4 * q), v)) << (4 * q);
+        if (mask) return int32_t(k + std::countr_zero(unsigned(mask)));
+    }
+#endif
+    for (; k < n; ++k)
         if (x[k] == mx) return int32_t(k);
     return 0;  // NaNs only
 }
