@@ -48,6 +48,29 @@ Plain plain_greedy(Engine& e, const std::vector<int32_t>& p, int n, int64_t ub) 
     return r;
 }
 
+// A target and a draft context (n_ctx 256, micro-batch ub) both holding the prompt p; `logits`
+// are the target's for the position after it.
+struct Prefilled {
+    std::unique_ptr<Context> target, draft;
+    std::vector<float> logits;
+};
+
+Prefilled prefilled(Engine& target, Engine& draft, const std::vector<int32_t>& p, int64_t ub = 512) {
+    ContextParams cp;
+    cp.n_ctx = 256;
+    cp.n_ubatch = ub;
+    auto tc = target.new_context(cp);
+    auto dc = draft.new_context(cp);
+    Prefilled r;
+    if (!tc.ok() || !dc.ok()) return r;
+    r.target = std::move(*tc);
+    r.draft = std::move(*dc);
+    std::vector<float> dl;
+    if (!r.target->decode_seq(0, p, false, &r.logits).ok() || !r.draft->decode_seq(0, p, false, &dl).ok())
+        r.target.reset();
+    return r;
+}
+
 class Speculative : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
@@ -63,16 +86,10 @@ TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
         for (int run = 1; run <= 18; ++run) {
             const int dmax = run <= 16 ? run : run == 17 ? 4 : 16;
             const bool adaptive = run > 16;
-            ContextParams cp;
-            cp.n_ctx = 256;
-            cp.n_ubatch = ub;
-            auto tc = (*target)->new_context(cp);
-            auto dc = (*draft)->new_context(cp);
-            ASSERT_TRUE(tc.ok() && dc.ok());
-            std::vector<float> logits, dl;
-            ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
-            ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
-            SpeculativeDecoder sd(**tc, **dc, {dmax, 0, 0.0f, adaptive});
+            Prefilled s = prefilled(**target, **draft, p, ub);
+            ASSERT_TRUE(s.target);
+            std::vector<float>& logits = s.logits;
+            SpeculativeDecoder sd(*s.target, *s.draft, {dmax, 0, 0.0f, adaptive});
             std::vector<int32_t> got;
             while (int(got.size()) < n) {
                 // rollback check: the logits for the next position are those of the plain run
@@ -178,17 +195,11 @@ TEST(SpeculativeConfidence, draft_p_min_stops_drafting) {
     const int n = 24;
     const Plain want = plain_greedy(**target, p, n, 512);
     for (float p_min : {0.0f, 1e-9f, 1.01f}) {
-        ContextParams cp;
-        cp.n_ctx = 256;
-        auto tc = (*target)->new_context(cp);
-        auto dc = (*draft)->new_context(cp);
-        ASSERT_TRUE(tc.ok() && dc.ok());
-        std::vector<float> logits, dl;
-        ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
-        ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
-        SpeculativeDecoder sd(**tc, **dc, {4, 0, p_min, false});
+        Prefilled s = prefilled(**target, **draft, p);
+        ASSERT_TRUE(s.target);
+        SpeculativeDecoder sd(*s.target, *s.draft, {4, 0, p_min, false});
         std::vector<int32_t> got;
-        while (int(got.size()) < n) ASSERT_TRUE(sd.step_greedy(logits, got).ok());
+        while (int(got.size()) < n) ASSERT_TRUE(sd.step_greedy(s.logits, got).ok());
         got.resize(size_t(n));
         EXPECT_EQ(got, want.tokens) << "p_min " << p_min;
         if (p_min > 1)
@@ -268,27 +279,21 @@ TEST(SpeculativeSampling, decoder_keeps_state_consistent) {
     auto target = Engine::load(model("qwen35moe-tiny-f32.gguf"), {.n_threads = 2});
     auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
     ASSERT_TRUE(target.ok() && draft.ok());
-    ContextParams cp;
-    cp.n_ctx = 256;
-    auto tc = (*target)->new_context(cp);
-    auto dc = (*draft)->new_context(cp);
-    ASSERT_TRUE(tc.ok() && dc.ok());
     const auto p = prompt();
-    std::vector<float> logits, dl;
-    ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
-    ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
+    Prefilled s = prefilled(**target, **draft, p);
+    ASSERT_TRUE(s.target);
     SamplerParams sp;
     sp.temp = 1.5f;
     sp.top_k = 0;
     sp.top_p = 1;
     sp.min_p = 0;
     Sampler ts(sp), ds(sp);
-    SpeculativeDecoder sd(**tc, **dc, {4, 0, 0.0f});
+    SpeculativeDecoder sd(*s.target, *s.draft, {4, 0, 0.0f});
     std::vector<int32_t> out;
     while (out.size() < 40) {
-        ASSERT_TRUE(sd.step_sampled(ts, ds, logits, out).ok());
+        ASSERT_TRUE(sd.step_sampled(ts, ds, s.logits, out).ok());
         // the target holds exactly the prompt and the emitted tokens
-        EXPECT_EQ((*tc)->n_past(0), int64_t(p.size() + out.size()));
+        EXPECT_EQ(s.target->n_past(0), int64_t(p.size() + out.size()));
     }
     for (int32_t t : out) EXPECT_TRUE(t >= 0 && t < 512);
     EXPECT_GT(sd.stats().drafted, 0);
@@ -387,16 +392,10 @@ TEST(DraftTuner, drafts_long_when_verification_is_cheap_and_short_when_it_is_not
 TEST(DraftTuner, times_real_steps) {
     auto target = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1});
     ASSERT_TRUE(target.ok());
-    ContextParams cp;
-    cp.n_ctx = 256;
-    auto tc = (*target)->new_context(cp);
-    auto dc = (*target)->new_context(cp);
-    ASSERT_TRUE(tc.ok() && dc.ok());
-    std::vector<float> logits, dl;
-    const auto p = prompt();
-    ASSERT_TRUE((*tc)->decode_seq(0, p, false, &logits).ok());
-    ASSERT_TRUE((*dc)->decode_seq(0, p, false, &dl).ok());
-    SpeculativeDecoder sd(**tc, **dc, {6, 0, 0.0f, true});
+    Prefilled s = prefilled(**target, **target, prompt());
+    ASSERT_TRUE(s.target);
+    std::vector<float>& logits = s.logits;
+    SpeculativeDecoder sd(*s.target, *s.draft, {6, 0, 0.0f, true});
     std::vector<int32_t> got;
     std::vector<int64_t> drafted;
     for (int step = 0; step < 12; ++step) {
