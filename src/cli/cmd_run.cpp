@@ -277,6 +277,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     ContextParams cp;
     cp.n_ctx = *n_ctx;
     cp.n_ubatch = std::min(*ub, *batch);
+    // Without drafting nothing is rolled back: no per-token recurrent snapshots (the state is
+    // updated in place: ~2% faster decode, and 16 fewer copies of the recurrent state in memory).
+    if (!args->has("--model-draft") && !args->has("--draft-ngram")) cp.rollback_depth = 0;
     cp.type_k = *ctk;
     cp.type_v = *ctv;
     auto ctx = (*engine)->new_context(cp);

@@ -177,6 +177,38 @@ TEST_P(State, batch_size_does_not_change_bits) {
     EXPECT_TRUE(same_bits(step, ref));
 }
 
+// Contexts without snapshots (rollback depth 0: the recurrent state is updated in place, as in
+// plain decoding) or with few compute the same bits; a checkpoint moves between them (bench's
+// plain rows start from the speculative rows' state) and continues identically.
+TEST_P(State, rollback_depth_does_not_change_bits) {
+    const auto t = some_tokens(14, 16, n_vocab), more = some_tokens(5, 17, n_vocab);
+    auto deep = context();
+    const auto ref = run(*deep, 0, t);
+    auto cp = deep->checkpoint(0);
+    ASSERT_TRUE(cp.ok());
+    const auto ref_more = run(*deep, 0, more);
+    for (int depth : {0, 1}) {
+        ContextParams p;
+        p.n_ctx = 128;
+        p.rollback_depth = depth;
+        p.n_ubatch = 3;  // several micro-batches: states carried from one to the next
+        auto c = engine->new_context(p);
+        ASSERT_TRUE(c.ok());
+        EXPECT_TRUE(same_bits(run(**c, 0, t), ref)) << "depth " << depth;
+        std::vector<float> step;
+        for (int32_t tok : more) {
+            auto l = run(**c, 0, {tok});
+            step.insert(step.end(), l.begin(), l.end());
+        }
+        EXPECT_TRUE(same_bits(step, ref_more)) << "depth " << depth;
+        if (engine->model().hparams().n_recurrent_layers() > 0) {
+            EXPECT_FALSE((*c)->remove_last(0, depth + 1).ok()) << "depth " << depth;
+        }
+        ASSERT_TRUE((*c)->restore(0, **cp).ok());
+        EXPECT_TRUE(same_bits(run(**c, 0, more), ref_more)) << "depth " << depth;
+    }
+}
+
 TEST_P(State, thread_count_does_not_change_bits) {
     const auto t = some_tokens(12, 11, n_vocab);
     const auto two = run(*context(), 0, t);
