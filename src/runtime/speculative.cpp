@@ -32,6 +32,7 @@ __m128 exp4_nonpositive(__m128 x) {
 // vectorized: std::exp over a 152k vocabulary took ~1 ms per proposal, as long as a decode step
 // of the draft
 float top_probability(const float* x, int64_t n) {
+    if (n <= 0) return 0;
     const float mx = x[argmax(x, n)];
     double z = 0;
     int64_t i = 0;

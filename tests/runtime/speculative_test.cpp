@@ -173,6 +173,7 @@ INSTANTIATE_TEST_SUITE_P(Targets, Speculative,
 TEST(SpeculativeConfidence, top_probability_matches_float64) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
+    EXPECT_EQ(top_probability(nullptr, 0), 0.0f);
     for (int64_t n : {1, 5, 16, 17, 47, 151936}) {
         for (float spread : {0.5f, 4.0f, 40.0f}) {
             auto x = testing::random_floats(rng, size_t(n), -spread, spread);
