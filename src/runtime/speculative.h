@@ -177,7 +177,7 @@ int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, d
 // tokens of `history` (longest n in [1, n_max] that matches), at most max_tokens of them.
 std::vector<int32_t> ngram_draft(const std::vector<int32_t>& history, int max_tokens, int n_max = 3);
 
-// The largest softmax probability of the logits x (--draft-p-min), to ~1e-6 relative.
+// The largest softmax probability of the logits x (--draft-p-min), to ~1e-6 relative; 0 for n <= 0.
 float top_probability(const float* x, int64_t n);
 
 // Clear error when two models cannot be paired (different vocabularies).
