@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
 
 #include "runtime/sampler.h"
 #include "testlib.h"
@@ -149,6 +150,59 @@ TEST(Sampler, penalties_lower_repeated_tokens) {
 
 namespace bigmoe {
 namespace {
+
+// The sampler chain step by step as written out in its comments (every token as a (id, logit)
+// pair, sorted, softmax, top-p prefix, min-p prefix, softmax at the temperature): distribution()
+// must give the same tokens in the same order and the same probabilities, ties included.
+std::vector<std::pair<int32_t, double>> chain_reference(const std::vector<float>& l, const SamplerParams& p) {
+    std::vector<std::pair<int32_t, double>> c;
+    for (size_t i = 0; i < l.size(); ++i) c.push_back({int32_t(i), double(l[i])});
+    std::stable_sort(c.begin(), c.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    if (p.top_k > 0 && size_t(p.top_k) < c.size()) c.resize(size_t(p.top_k));
+    auto softmax = [&](double t) {
+        std::vector<double> q;
+        double z = 0;
+        for (auto& e : c) z += std::exp((e.second - c[0].second) / t);
+        for (auto& e : c) q.push_back(std::exp((e.second - c[0].second) / t) / z);
+        return q;
+    };
+    std::vector<double> q = softmax(1.0);
+    double cum = 0;
+    size_t keep = c.size();
+    for (size_t i = 0; i < c.size() && p.top_p < 1.0f; ++i)
+        if ((cum += q[i]) >= p.top_p) {
+            keep = i + 1;
+            break;
+        }
+    size_t m = 1;
+    while (p.min_p > 0 && m < keep && q[m] >= p.min_p * q[0]) ++m;
+    c.resize(p.min_p > 0 ? m : keep);
+    q = softmax(double(p.temp));
+    std::vector<std::pair<int32_t, double>> out;
+    for (size_t i = 0; i < c.size(); ++i) out.push_back({c[i].first, q[i]});
+    return out;
+}
+
+TEST(Sampler, distribution_matches_the_chain_step_by_step) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (int trial = 0; trial < 60; ++trial) {
+        const size_t n = 50 + rng() % 3000;
+        std::vector<float> l(n);
+        for (auto& v : l) v = trial % 2 ? float(int(rng() % 21) - 10) * 0.5f : float(rng() % 100000) * 1e-4f;
+        SamplerParams sp;
+        sp.temp = 0.7f;
+        sp.top_k = int(std::vector<int>{0, 1, 5, 40, int(n) - 1, int(n) + 3}[size_t(trial % 6)]);
+        sp.top_p = trial % 3 ? 0.9f : 1.0f;
+        sp.min_p = trial % 4 ? 0.05f : 0.0f;
+        const auto got = Sampler(sp).distribution(l.data(), int32_t(n));
+        const auto want = chain_reference(l, sp);
+        ASSERT_EQ(got.size(), want.size()) << "trial " << trial << " top_k " << sp.top_k;
+        for (size_t i = 0; i < got.size(); ++i) {
+            ASSERT_EQ(got[i].first, want[i].first) << "trial " << trial << " rank " << i;
+            ASSERT_NEAR(got[i].second, want[i].second, 1e-12) << "trial " << trial << " rank " << i;
+        }
+    }
+}
 
 // The two-pass argmax returns what std::max_element returns (the first maximum), for any length,
 // with ties and negative values.
