@@ -30,13 +30,20 @@ constexpr size_t k_huge_page = size_t(1) << 21;
 // Buffers of 2 MiB and more start on a 2 MiB boundary and ask for transparent huge pages: a
 // decode step streams every weight once, and with 4 KiB pages each page start is a TLB miss the
 // prefetchers do not run past (decode 100-111 -> 115-125 t/s on bench-1b, 2-core EPYC). Smaller
-// buffers are 64-byte aligned. `*size` is rounded up to what is allocated.
-void* alloc_pages(size_t* size) {
-    const size_t align = *size >= k_huge_page ? k_huge_page : 64;
-    *size = (std::max<size_t>(*size, 1) + align - 1) / align * align;
-    void* p = std::aligned_alloc(align, *size);
+// buffers are 64-byte aligned.
+size_t page_align(size_t bytes) {
+    return bytes >= k_huge_page ? k_huge_page : 64;
+}
+// What alloc_pages(bytes) takes: bytes rounded up to its alignment.
+size_t page_rounded(size_t bytes) {
+    const size_t align = page_align(bytes);
+    return (std::max<size_t>(bytes, 1) + align - 1) / align * align;
+}
+void* alloc_pages(size_t bytes) {
+    const size_t align = page_align(bytes), size = page_rounded(bytes);
+    void* p = std::aligned_alloc(align, size);
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-    if (p && align == k_huge_page) madvise(p, *size, MADV_HUGEPAGE);  // advice only: ignore a refusal
+    if (p && align == k_huge_page) madvise(p, size, MADV_HUGEPAGE);  // advice only: ignore a refusal
 #endif
     return p;
 }
@@ -77,13 +84,9 @@ Result<void> CpuBackend::prepare_weight(Weight& w) {
     // where they would take more than the memory budget (the rest keep the file's layout).
     const int64_t groups = w.n_out() * w.ne[2] * w.ne[3] / k_pack_rows;
     const size_t group_bytes = size_t(k_pack_rows) * w.row_bytes;
-    size_t bytes = size_t(groups) * group_bytes;
+    const size_t bytes = size_t(groups) * group_bytes;
     if (pack_budget_ == k_budget_unset) pack_budget_ = default_pack_budget();
-    uint8_t* dst = bytes <= pack_budget_ ? static_cast<uint8_t*>(alloc_pages(&bytes)) : nullptr;
-    if (dst && bytes > pack_budget_) {  // the rounding to whole pages went over
-        std::free(dst);
-        dst = nullptr;
-    }
+    uint8_t* dst = page_rounded(bytes) <= pack_budget_ ? static_cast<uint8_t*>(alloc_pages(bytes)) : nullptr;
     if (!dst) {
         if (!pack_warned_)
             std::fprintf(stderr,
@@ -92,7 +95,7 @@ Result<void> CpuBackend::prepare_weight(Weight& w) {
         pack_warned_ = true;
         return {};
     }
-    pack_budget_ -= bytes;
+    pack_budget_ -= page_rounded(bytes);
     const uint8_t* src = static_cast<const uint8_t*>(w.data);
     pool_->parallel_for(groups, [&](int64_t b, int64_t e, int) {
         for (int64_t g = b; g < e; ++g)
@@ -104,7 +107,7 @@ Result<void> CpuBackend::prepare_weight(Weight& w) {
 }
 
 void* CpuBackend::alloc(size_t bytes) {
-    void* p = alloc_pages(&bytes);
+    void* p = alloc_pages(bytes);
     BM_CHECK(p != nullptr);
     return p;
 }
