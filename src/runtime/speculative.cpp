@@ -5,6 +5,8 @@
 #include <cmath>
 #include <functional>
 
+#include "core/fast_exp.h"
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -12,25 +14,27 @@
 namespace bigmoe {
 
 namespace {
-// exp(x) for x <= 0 in 4 lanes: 2^k by exponent bits (k rounded by the 1.5 * 2^23 trick) times a
-// degree-5 Taylor polynomial of the rest; ~1e-6 relative, ~1e-38 below -87 (and for -inf).
 #if defined(__SSE2__)
-__m128 exp4_nonpositive(__m128 x) {
-    const __m128 d = _mm_mul_ps(_mm_max_ps(x, _mm_set1_ps(-87.0f)), _mm_set1_ps(1.44269504f));
+// fast_exp::exp in 4 lanes with the baseline instruction set: the same constants and steps, with
+// separate multiplies and adds instead of fused ones and n rounded by adding and subtracting
+// 1.5 * 2^23 (round-to-nearest, as std::nearbyint).
+__m128 exp4(__m128 x) {
+    using namespace fast_exp;
+    x = _mm_min_ps(_mm_max_ps(x, _mm_set1_ps(k_min)), _mm_set1_ps(k_max));
     const __m128 big = _mm_set1_ps(12582912.0f);
-    const __m128 k = _mm_sub_ps(_mm_add_ps(d, big), big);
-    const __m128 f = _mm_mul_ps(_mm_sub_ps(d, k), _mm_set1_ps(0.693147181f));
-    __m128 e = _mm_set1_ps(1.0f / 120);
-    for (const float c : {1.0f / 24, 1.0f / 6, 0.5f, 1.0f, 1.0f}) e = _mm_add_ps(_mm_mul_ps(e, f), _mm_set1_ps(c));
-    const __m128i bits = _mm_slli_epi32(_mm_add_epi32(_mm_cvttps_epi32(k), _mm_set1_epi32(127)), 23);
-    return _mm_mul_ps(e, _mm_castsi128_ps(bits));
+    const __m128 n = _mm_sub_ps(_mm_add_ps(_mm_mul_ps(x, _mm_set1_ps(k_log2e)), big), big);
+    const __m128 r =
+        _mm_sub_ps(_mm_sub_ps(x, _mm_mul_ps(n, _mm_set1_ps(k_ln2_hi))), _mm_mul_ps(n, _mm_set1_ps(k_ln2_lo)));
+    __m128 p = _mm_set1_ps(k_poly[0]);
+    for (int i = 1; i < 8; ++i) p = _mm_add_ps(_mm_mul_ps(p, r), _mm_set1_ps(k_poly[i]));
+    const __m128i e = _mm_slli_epi32(_mm_add_epi32(_mm_cvtps_epi32(n), _mm_set1_epi32(k_bias)), 23);
+    return _mm_mul_ps(_mm_mul_ps(p, _mm_castsi128_ps(e)), _mm_set1_ps(2.0f));
 }
 #endif
-
 }  // namespace
 
-// vectorized: std::exp over a 152k vocabulary took ~1 ms per proposal, as long as a decode step
-// of the draft
+// vectorized: std::exp over a 152k vocabulary took 0.86 ms per proposal (now 0.22 ms), about as
+// long as a decode step of the draft
 float top_probability(const float* x, int64_t n) {
     if (n <= 0) return 0;
     const float mx = x[argmax(x, n)];
@@ -41,14 +45,13 @@ float top_probability(const float* x, int64_t n) {
     while (i + 16 <= n) {  // float sums of up to 1024 terms, added up in double
         __m128 acc[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
         for (const int64_t end = std::min(n, i + 1024); i + 16 <= end; i += 16)
-            for (int j = 0; j < 4; ++j)
-                acc[j] = _mm_add_ps(acc[j], exp4_nonpositive(_mm_sub_ps(_mm_loadu_ps(x + i + 4 * j), vmx)));
+            for (int j = 0; j < 4; ++j) acc[j] = _mm_add_ps(acc[j], exp4(_mm_sub_ps(_mm_loadu_ps(x + i + 4 * j), vmx)));
         alignas(16) float lanes[16];
         for (int j = 0; j < 4; ++j) _mm_store_ps(lanes + 4 * j, acc[j]);
         for (float a : lanes) z += a;
     }
 #endif
-    for (; i < n; ++i) z += std::exp(double(x[i] - mx));
+    for (; i < n; ++i) z += fast_exp::exp(x[i] - mx);
     return float(1.0 / z);
 }
 

@@ -2,11 +2,10 @@
 // instruction set the machine has. Every entry has a portable version in isa/generic.
 #pragma once
 
-#include <bit>
-#include <cmath>
 #include <cstdint>
 #include <vector>
 
+#include "core/fast_exp.h"
 #include "quant/dtype.h"
 
 namespace bigmoe::cpu {
@@ -36,31 +35,12 @@ using GdnStepFn = void (*)(const float* S_in, float* S_out, const float* q, cons
 using DotF32Fn = float (*)(const float* a, const void* b, int64_t n);
 using AxpyFn = void (*)(float* y, float a, const void* x, int64_t n);
 
-// out[i] = silu(g[i]) * u[i] (u == nullptr: silu(g[i])), silu(x) = x / (1 + exp_poly(-x)). Every
-// table gives the same bits (vector lanes and scalar tails run the arithmetic of exp_poly).
+// out[i] = silu(g[i]) * u[i] (u == nullptr: silu(g[i])), silu(x) = x / (1 + fast_exp::exp(-x)).
+// Every table gives the same bits (vector lanes and scalar tails run fast_exp's arithmetic).
 using SiluMulFn = void (*)(const float* g, const float* u, float* out, int64_t n);
 
-// exp(x) for silu, within 2 ulp for x in [-86, 88.7], infinite above, 4.5e-38 below: 2^n times
-// a degree-7 Taylor polynomial of r = x - n ln 2 (|r| <= ln(2) / 2; ln 2 split in two so r is
-// exact to float rounding), scaled by 2^(n-1) and then 2 so that n = 128 stays finite. The vector
-// kernels do these same operations lane by lane (fused multiply-adds where std::fma is).
-inline float exp_poly(float x) {
-    x = std::fmin(std::fmax(x, -86.0f), 89.0f);
-    const float n = std::nearbyint(x * 1.44269504088896341f);
-    float r = std::fma(n, -0.693145751953125f, x);  // ln 2 = 0.693145751953125 + 1.428606765330187e-06
-    r = std::fma(n, -1.428606765330187e-06f, r);
-    float p = 1.98412698e-4f;  // 1/7!
-    p = std::fma(p, r, 1.38888889e-3f);
-    p = std::fma(p, r, 8.33333333e-3f);
-    p = std::fma(p, r, 4.16666667e-2f);
-    p = std::fma(p, r, 1.66666667e-1f);
-    p = std::fma(p, r, 0.5f);
-    p = std::fma(p, r, 1.0f);
-    p = std::fma(p, r, 1.0f);
-    return p * std::bit_cast<float>(uint32_t(int32_t(n) + 126) << 23) * 2.0f;
-}
 inline float silu_poly(float x) {
-    return x / (1.0f + exp_poly(-x));
+    return x / (1.0f + fast_exp::exp(-x));
 }
 
 struct Kernels {
