@@ -152,12 +152,23 @@ namespace bigmoe {
 namespace {
 
 // The sampler chain step by step as written out in its comments (every token as a (id, logit)
-// pair, sorted, softmax, top-p prefix, min-p prefix, softmax at the temperature): distribution()
-// must give the same tokens in the same order and the same probabilities, ties included.
-std::vector<std::pair<int32_t, double>> chain_reference(const std::vector<float>& l, const SamplerParams& p) {
+// pair, penalties on the seen tokens, sorted, softmax, top-p prefix, min-p prefix, softmax at the
+// temperature): distribution() must give the same tokens in the same order and the same
+// probabilities, ties included.
+std::vector<std::pair<int32_t, double>> chain_reference(const std::vector<float>& l, const SamplerParams& p,
+                                                        const std::vector<int32_t>& seen) {
     std::vector<std::pair<int32_t, double>> c;
     for (size_t i = 0; i < l.size(); ++i) c.push_back({int32_t(i), double(l[i])});
+    std::vector<int> times(l.size(), 0);
+    for (int32_t t : seen) ++times[size_t(t)];
+    for (size_t i = 0; i < l.size(); ++i) {
+        if (times[i] == 0) continue;
+        double& v = c[i].second;
+        v = v > 0 ? v / p.repeat_penalty : v * p.repeat_penalty;
+        v -= double(times[i]) * p.frequency_penalty + p.presence_penalty;
+    }
     std::stable_sort(c.begin(), c.end(), [](auto& a, auto& b) { return a.second > b.second; });
+    if (p.temp <= 0) return {{c[0].first, 1.0}};
     if (p.top_k > 0 && size_t(p.top_k) < c.size()) c.resize(size_t(p.top_k));
     auto softmax = [&](double t) {
         std::vector<double> q;
@@ -190,12 +201,21 @@ TEST(Sampler, distribution_matches_the_chain_step_by_step) {
         std::vector<float> l(n);
         for (auto& v : l) v = trial % 2 ? float(int(rng() % 21) - 10) * 0.5f : float(rng() % 100000) * 1e-4f;
         SamplerParams sp;
-        sp.temp = 0.7f;
+        sp.temp = trial % 10 == 9 ? 0.0f : 0.7f;
         sp.top_k = int(std::vector<int>{0, 1, 5, 40, int(n) - 1, int(n) + 3}[size_t(trial % 6)]);
         sp.top_p = trial % 3 ? 0.9f : 1.0f;
         sp.min_p = trial % 4 ? 0.05f : 0.0f;
-        const auto got = Sampler(sp).distribution(l.data(), int32_t(n));
-        const auto want = chain_reference(l, sp);
+        std::vector<int32_t> seen;  // penalties in every other trial, on tokens seen up to 3 times
+        if (trial % 2) {
+            sp.repeat_penalty = 1.3f;
+            sp.presence_penalty = 0.2f;
+            sp.frequency_penalty = 0.1f;
+            for (int j = 0; j < 30; ++j) seen.push_back(int32_t(rng() % (n / 4)));
+        }
+        Sampler sampler(sp);
+        for (int32_t t : seen) sampler.accept(t);
+        const auto got = sampler.distribution(l.data(), int32_t(n));
+        const auto want = chain_reference(l, sp, seen);
         ASSERT_EQ(got.size(), want.size()) << "trial " << trial << " top_k " << sp.top_k;
         for (size_t i = 0; i < got.size(); ++i) {
             ASSERT_EQ(got[i].first, want[i].first) << "trial " << trial << " rank " << i;
