@@ -167,6 +167,14 @@ Result<Prepared> prepare(Engine& e, const ContextParams& cp, const std::vector<i
     BM_ASSIGN(p.base, p.ctx->checkpoint(0));
     return p;
 }
+// A context with other parameters holding the state of `from` (no second prefill of the depth).
+Result<Prepared> prepare_like(Engine& e, const ContextParams& cp, const Prepared& from) {
+    Prepared p;
+    BM_ASSIGN(p.ctx, e.new_context(cp));
+    BM_TRY(p.ctx->restore(0, *from.base));
+    BM_ASSIGN(p.base, p.ctx->checkpoint(0));
+    return p;
+}
 
 // What one measurement needs; `draft` is null for plain decoding and prompt tests.
 struct Measure {
@@ -478,23 +486,16 @@ int cmd_bench(const std::vector<std::string>& argv) {
                     plain_cp.rollback_depth = 0;
                     auto target = prepare(**engine, draft_engines.empty() ? plain_cp : cp, depth_tokens);
                     if (!target) return fail(target.error().message);
-                    Prepared plain;
-                    if (!draft_engines.empty()) {
-                        auto pc = (*engine)->new_context(plain_cp);
-                        if (!pc) return fail(pc.error().message);
-                        plain.ctx = std::move(*pc);
-                        if (auto r = plain.ctx->restore(0, *target->base); !r) return fail(r.error().message);
-                        auto base = plain.ctx->checkpoint(0);
-                        if (!base) return fail(base.error().message);
-                        plain.base = std::move(*base);
-                    }
+                    Result<Prepared> plain =
+                        draft_engines.empty() ? Prepared{} : prepare_like(**engine, plain_cp, *target);
+                    if (!plain) return fail(plain.error().message);
                     std::map<std::string, Prepared> drafts;
                     for (auto& [dpath, de] : draft_engines) {
                         auto p = prepare(*de, cp, depth_tokens);
                         if (!p) return fail(p.error().message);
                         drafts[dpath] = std::move(*p);
                     }
-                    Prepared& plain_rows = draft_engines.empty() ? *target : plain;
+                    Prepared& plain_rows = draft_engines.empty() ? *target : *plain;
                     const Matrix mx{**engine,   path,   threads, no_repack == 1, c,   *target,
                                     plain_rows, drafts, *reps,   *draft_min,     *bw, progress};
                     if (auto r = run_tests(mx, tests, specs, emit); !r) return fail(r.error().message);
