@@ -5,11 +5,13 @@
 //   build/bigmoe_kernel_bench --benchmark_filter=matmul  (threads: BIGMOE_THREADS, default 2)
 #include <benchmark/benchmark.h>
 
+#include <cmath>
 #include <cstdlib>
 #include <random>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/fp16.h"
 #include "quant/quants.h"
 
 namespace {
@@ -120,6 +122,45 @@ void moe(benchmark::State& state) {
     }
     state.counters["tok/s"] = benchmark::Counter(double(T), benchmark::Counter::kIsIterationInvariantRate);
 }
+
+// Attention of n_tok new tokens over an f16 KV cache holding `depth` earlier positions: one layer
+// with bench-1b's heads (8 query heads, 2 KV heads of 128) or, range(2) = 1, Qwen3.5-122B's (32 /
+// 2 of 256). Reports the KV bytes read per call as bytes/s.
+void attention(benchmark::State& state) {
+    const int64_t T = state.range(0), depth = state.range(1);
+    const bool big = state.range(2) == 1;
+    const int64_t H = big ? 32 : 8, Hkv = 2, D = big ? 256 : 128, width = Hkv * D, cap = depth + T;
+    auto& be = backend();
+    // the cache in backend memory, as a context allocates it (huge pages where the kernel gives them)
+    const size_t n_kv = size_t(cap * width);
+    uint16_t* kc = static_cast<uint16_t*>(be.alloc(n_kv * 2));
+    uint16_t* vc = static_cast<uint16_t*>(be.alloc(n_kv * 2));
+    std::mt19937 rng(5);
+    std::normal_distribution<float> nd(0.0f, 1.0f);
+    for (size_t i = 0; i < n_kv; ++i) {
+        kc[i] = f32_to_fp16(nd(rng));
+        vc[i] = f32_to_fp16(nd(rng));
+    }
+    auto q = random_f32(size_t(T * H * D), 8), k = random_f32(size_t(T * width), 9), v = random_f32(size_t(T * width), 10);
+    std::vector<float> out(size_t(T * H * D));
+    KvBlock b{kc, vc, DType::F16, DType::F16, cap};
+    std::vector<KvBlock*> kv = {&b};
+    std::vector<SeqSpan> spans = {{0, 0, T, depth}};
+    for (auto _ : state) {
+        be.attention(Tensor{q.data(), T, H * D, H * D}, Tensor{k.data(), T, width, width},
+                     Tensor{v.data(), T, width, width}, {H, Hkv, D, 1.0f / std::sqrt(float(D))}, spans, kv,
+                     Tensor{out.data(), T, H * D, H * D});
+        benchmark::DoNotOptimize(out.data());
+        be.reset_scratch();
+    }
+    state.SetBytesProcessed(int64_t(state.iterations()) * (depth + T) * width * 2 * 2);
+    be.dealloc(kc);
+    be.dealloc(vc);
+}
+BENCHMARK(attention)
+    ->ArgsProduct({{1, 2, 4}, {4096, 8192, 16384, 32768}, {0, 1}})
+    ->ArgNames({"tokens", "depth", "122b"})
+    ->UseRealTime();
 
 void token_counts(benchmark::internal::Benchmark* b) {
     for (int64_t no_repack : {0, 1})

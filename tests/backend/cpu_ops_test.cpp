@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
@@ -262,62 +263,144 @@ TEST(CpuOps, moe_matches_float64_and_handles_idle_experts) {
     }
 }
 
+// A KV cache of one sequence holding `depth` random earlier positions, and the float64 reference
+// for queries appended after them.
+struct AttentionCase {
+    int64_t H, Hkv, D, depth;
+    DType type;
+    std::vector<float> past_k, past_v;
+    std::vector<uint8_t> kbuf, vbuf;
+    AttentionCase(std::mt19937& rng, int64_t h, int64_t hkv, int64_t d, int64_t dep, int64_t capacity, DType t)
+        : H(h), Hkv(hkv), D(d), depth(dep), type(t) {
+        const size_t es = t == DType::F32 ? 4 : 2;
+        kbuf.resize(size_t(capacity * Hkv * D) * es);
+        vbuf.resize(kbuf.size());
+        past_k = testing::random_floats(rng, size_t(depth * Hkv * D), -1, 1);
+        past_v = testing::random_floats(rng, size_t(depth * Hkv * D), -1, 1);
+        for (size_t i = 0; i < past_k.size(); ++i) {
+            if (t == DType::F32) {
+                reinterpret_cast<float*>(kbuf.data())[i] = past_k[i];
+                reinterpret_cast<float*>(vbuf.data())[i] = past_v[i];
+            } else {
+                reinterpret_cast<uint16_t*>(kbuf.data())[i] = f32_to_fp16(past_k[i]);
+                reinterpret_cast<uint16_t*>(vbuf.data())[i] = f32_to_fp16(past_v[i]);
+            }
+        }
+    }
+    KvBlock block() {
+        return KvBlock{kbuf.data(), vbuf.data(), type, type,
+                       int64_t(kbuf.size()) / (Hkv * D) / (type == DType::F32 ? 4 : 2)};
+    }
+    float cached(float x) const { return type == DType::F16 ? fp16_to_f32(f32_to_fp16(x)) : x; }
+    // Output of token t (appended after the cache, with new keys k / values v) for head h.
+    std::vector<double> reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t t, int64_t h) const {
+        const int64_t g = h / (H / Hkv), p_end = depth + t;
+        auto at = [&](bool is_k, int64_t p, int64_t i) -> double {
+            return cached(p < depth ? (is_k ? past_k : past_v)[size_t(p * Hkv * D + g * D + i)]
+                                    : (is_k ? k : v).row(p - depth)[g * D + i]);
+        };
+        std::vector<double> s(size_t(p_end + 1));
+        double mx = -1e300, sum = 0;
+        for (int64_t p = 0; p <= p_end; ++p) {
+            double d = 0;
+            for (int64_t i = 0; i < D; ++i) d += double(cached(q.row(t)[h * D + i])) * at(true, p, i);
+            mx = std::max(mx, s[size_t(p)] = d / std::sqrt(double(D)));
+        }
+        for (auto& x : s) sum += x = std::exp(x - mx);
+        std::vector<double> o(size_t(D), 0.0);
+        for (int64_t i = 0; i < D; ++i) {
+            for (int64_t p = 0; p <= p_end; ++p) o[size_t(i)] += s[size_t(p)] * at(false, p, i);
+            o[size_t(i)] /= sum;
+        }
+        return o;
+    }
+};
+
+// Short and long caches (one chunk of keys, several, and enough new tokens that chunks run in
+// order inside a task instead of as tasks of their own), f32 and f16 caches, GQA groups of 1, 2,
+// 3 and 6 heads, head sizes that are and are not multiples of 16.
 TEST(CpuOps, attention_matches_float64_for_f32_and_f16_caches) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
-    const int64_t H = 4, Hkv = 2, D = 40, T = 5, pos0 = 3;  // D not a multiple of 16
+    struct Shape {
+        int64_t H, Hkv, D, depth, T;
+    };
+    const Shape shapes[] = {
+        {4, 2, 40, 3, 5}, {6, 2, 24, 700, 3}, {12, 2, 32, 300, 2}, {4, 4, 16, 530, 41}, {2, 1, 8, 0, 9}};
     for (auto& be : backends()) {
-        for (DType ct : {DType::F32, DType::F16}) {
-            const size_t es = ct == DType::F32 ? 4 : 2;
-            std::vector<uint8_t> kbuf(size_t(16 * Hkv * D) * es), vbuf(kbuf.size());
-            KvBlock b{kbuf.data(), vbuf.data(), ct, ct, 16};
-            // earlier positions already in the cache
-            std::vector<float> past_k = testing::random_floats(rng, size_t(pos0 * Hkv * D), -1, 1),
-                               past_v = testing::random_floats(rng, size_t(pos0 * Hkv * D), -1, 1);
-            for (size_t i = 0; i < past_k.size(); ++i) {
-                if (ct == DType::F32) {
-                    reinterpret_cast<float*>(kbuf.data())[i] = past_k[i];
-                    reinterpret_cast<float*>(vbuf.data())[i] = past_v[i];
-                } else {
-                    reinterpret_cast<uint16_t*>(kbuf.data())[i] = f32_to_fp16(past_k[i]);
-                    reinterpret_cast<uint16_t*>(vbuf.data())[i] = f32_to_fp16(past_v[i]);
+        for (const Shape& sh : shapes) {
+            for (DType ct : {DType::F32, DType::F16}) {
+                AttentionCase c(rng, sh.H, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
+                KvBlock b = c.block();
+                Host q(sh.T, sh.H * sh.D), k(sh.T, sh.Hkv * sh.D), v(sh.T, sh.Hkv * sh.D), out(sh.T, sh.H * sh.D);
+                for (Host* h : {&q, &k, &v}) {
+                    auto r = testing::random_floats(rng, h->data.size(), -1, 1);
+                    std::copy(r.begin(), r.end(), h->data.begin());
                 }
+                std::vector<SeqSpan> spans = {{0, 0, sh.T, sh.depth}};
+                std::vector<KvBlock*> kv = {&b};
+                be->attention(q.t, k.t, v.t, {sh.H, sh.Hkv, sh.D, 1.0f / std::sqrt(float(sh.D))}, spans, kv, out.t);
+                be->reset_scratch();
+                for (int64_t t = 0; t < sh.T; ++t)
+                    for (int64_t h = 0; h < sh.H; ++h) {
+                        const std::vector<double> ref = c.reference(q.t, k.t, v.t, t, h);
+                        for (int64_t i = 0; i < sh.D; ++i)
+                            ASSERT_NEAR(out.t.row(t)[h * sh.D + i], ref[size_t(i)], 1e-5)
+                                << be->name() << " H=" << sh.H << " depth=" << sh.depth << " token " << t
+                                << " seed=" << seed;
+                    }
             }
-            Host q(T, H * D), k(T, Hkv * D), v(T, Hkv * D), out(T, H * D);
+        }
+    }
+}
+
+// A token's attention output does not depend on its batch: tokens appended one at a time give the
+// bits of the same tokens appended together (over caches of one and of several key chunks, where
+// decoding splits a query's chunks across threads and a long batch merges them inside a task),
+// and of the same tokens in a batch of two sequences.
+TEST(CpuOps, attention_is_batch_invariant) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    const int64_t H = 8, Hkv = 2, D = 32, T = 37;
+    for (auto& be : backends()) {
+        for (int64_t depth : {5, 1200}) {
+            AttentionCase c(rng, H, Hkv, D, depth, depth + T, DType::F16);
+            Host q(T, H * D), k(T, Hkv * D), v(T, Hkv * D), batch(T, H * D), one(T, H * D);
             for (Host* h : {&q, &k, &v}) {
-                auto r = testing::random_floats(rng, h->data.size(), -1, 1);
+                auto r = testing::random_floats(rng, h->data.size(), -2, 2);
                 std::copy(r.begin(), r.end(), h->data.begin());
             }
-            std::vector<SeqSpan> spans = {{0, 0, T, pos0}};
-            std::vector<KvBlock*> kv = {&b};
-            const float scale = 1.0f / std::sqrt(float(D));
-            be->attention(q.t, k.t, v.t, {H, Hkv, D, scale}, spans, kv, out.t);
-            auto rd = [&](bool is_k, int64_t p, int64_t i) -> double {
-                const float src =
-                    p < pos0 ? (is_k ? past_k : past_v)[size_t(p * Hkv * D + i)] : (is_k ? k : v).t.row(p - pos0)[i];
-                return ct == DType::F16 ? fp16_to_f32(f32_to_fp16(src)) : src;
-            };
-            for (int64_t t = 0; t < T; ++t)
-                for (int64_t h = 0; h < H; ++h) {
-                    const int64_t g = h / (H / Hkv), p_end = pos0 + t;
-                    std::vector<double> s(size_t(p_end + 1));
-                    double mx = -1e30, sum = 0;
-                    for (int64_t p = 0; p <= p_end; ++p) {
-                        double d = 0;
-                        for (int64_t i = 0; i < D; ++i) {
-                            const double qi = ct == DType::F16 ? fp16_to_f32(f32_to_fp16(q.t.row(t)[h * D + i]))
-                                                               : q.t.row(t)[h * D + i];
-                            d += qi * rd(true, p, g * D + i);
-                        }
-                        mx = std::max(mx, s[size_t(p)] = d * scale);
-                    }
-                    for (auto& x : s) sum += x = std::exp(x - mx);
-                    for (int64_t i = 0; i < D; ++i) {
-                        double o = 0;
-                        for (int64_t p = 0; p <= p_end; ++p) o += s[size_t(p)] * rd(false, p, g * D + i);
-                        ASSERT_NEAR(out.t.row(t)[h * D + i], o / sum, 1e-5) << be->name() << " seed=" << seed;
-                    }
-                }
+            const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
+            KvBlock b1 = c.block();
+            std::vector<KvBlock*> kv1 = {&b1};
+            be->attention(q.t, k.t, v.t, ap, {{0, 0, T, depth}}, kv1, batch.t);
+            be->reset_scratch();
+            AttentionCase c2 = c;  // a fresh copy of the cache, filled one token at a time
+            KvBlock b2 = c2.block();
+            std::vector<KvBlock*> kv2 = {&b2};
+            for (int64_t t = 0; t < T; ++t) {
+                auto row = [&](Host& h) { return Tensor{h.t.row(t), 1, h.t.cols, h.t.cols}; };
+                be->attention(row(q), row(k), row(v), ap, {{0, 0, 1, depth + t}}, kv2, row(one));
+                be->reset_scratch();
+            }
+            ASSERT_EQ(std::memcmp(batch.data.data(), one.data.data(), batch.data.size() * 4), 0)
+                << be->name() << " depth=" << depth << " seed=" << seed;
+            // the first 11 tokens again, beside a second sequence's 20 in one call
+            AttentionCase c3 = c, c4(rng, H, Hkv, D, 900, 920, DType::F16);
+            KvBlock b3 = c3.block(), b4 = c4.block();
+            std::vector<KvBlock*> kv34 = {&b3, &b4};
+            Host q2(31, H * D), k2(31, Hkv * D), v2(31, Hkv * D), out2(31, H * D);
+            for (Host* h : {&q2, &k2, &v2}) {
+                auto r = testing::random_floats(rng, h->data.size(), -2, 2);
+                std::copy(r.begin(), r.end(), h->data.begin());
+            }
+            std::copy_n(q.data.data(), 11 * H * D, q2.data.data());
+            std::copy_n(k.data.data(), 11 * Hkv * D, k2.data.data());
+            std::copy_n(v.data.data(), 11 * Hkv * D, v2.data.data());
+            be->attention(q2.t, k2.t, v2.t, ap, {{0, 0, 11, depth}, {1, 11, 20, 900}}, kv34, out2.t);
+            be->reset_scratch();
+            ASSERT_EQ(std::memcmp(out2.data.data(), batch.data.data(), size_t(11 * H * D) * 4), 0)
+                << be->name() << " depth=" << depth << " seed=" << seed;
         }
     }
 }

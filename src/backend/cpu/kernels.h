@@ -30,10 +30,16 @@ using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 // Writing the new state elsewhere lets the caller keep per-token snapshots without a copy.
 using GdnStepFn = void (*)(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta,
                            float decay, float scale, int64_t d_k, int64_t d_v, float* out);
-// Attention helpers over cached rows: dot of an f32 query with an f32/f16 key row, and
-// y += a * x for an f32/f16 value row.
-using DotF32Fn = float (*)(const float* a, const void* b, int64_t n);
-using AxpyFn = void (*)(float* y, float a, const void* x, int64_t n);
+// Attention over cached key/value rows (f32 or f16; row t at t * stride elements from the base):
+// scores s[j * s_stride + t] = scale * (query j . key t) for nq queries of D floats (contiguous)
+// and n keys; and acc[j * D + d] += sum over t < n_of[j] of p[j * p_stride + t] * value t [d],
+// added in key order. A (query, key) score and a (query, element) sum do not depend on nq or n.
+using KvScoresFn = void (*)(const float* q, int64_t nq, const void* k, int64_t k_stride, int64_t n, int64_t D,
+                            float scale, float* s, int64_t s_stride);
+using KvAccumFn = void (*)(const float* p, int64_t p_stride, const int64_t* n_of, int64_t nq, const void* v,
+                           int64_t v_stride, int64_t D, float* acc);
+// y[i] = fast_exp::exp(x[i] - m); returns their sum (in an order fixed by n alone).
+using ExpShiftFn = float (*)(const float* x, float m, float* y, int64_t n);
 
 // out[i] = silu(g[i]) * u[i] (u == nullptr: silu(g[i])), silu(x) = x / (1 + fast_exp::exp(-x)).
 // Every table gives the same bits (vector lanes and scalar tails run fast_exp's arithmetic).
@@ -51,8 +57,9 @@ struct Kernels {
     PackedTileFn packed_tile[32][4] = {};  // optional: products on packed rows (weights get packed)
     QuantizeFn quantize[32] = {};          // indexed by activation DType id
     GdnStepFn gdn_step = nullptr;
-    DotF32Fn dot_kv_f32 = nullptr, dot_kv_f16 = nullptr;
-    AxpyFn axpy_f32 = nullptr, axpy_f16 = nullptr;
+    KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
+    KvAccumFn kv_accum_f32 = nullptr, kv_accum_f16 = nullptr;
+    ExpShiftFn exp_shift = nullptr;
     SiluMulFn silu_mul = nullptr;
 };
 

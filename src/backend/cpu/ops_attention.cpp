@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
+#include "core/fast_exp.h"
 #include "core/fp16.h"
 
 namespace bigmoe::cpu {
@@ -43,78 +44,172 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             store_row(b.type_v, b.v, s.pos0 + i, v.row(s.first + i), width);
         }
     }
-    // Flash attention: tasks are (sequence, KV head, block of k_q_tile tokens); the queries of a
-    // task (its tokens x the heads of the KV group) share every K/V row they load. Keys are
-    // visited in tiles of k_kv_tile absolute positions with an online softmax, so a query's
-    // arithmetic depends only on its own position, never on the batch around it.
-    constexpr int64_t k_q_tile = 8, k_kv_tile = 64;
-    const int64_t group = p.n_head / p.n_head_kv;
+    // Flash attention. A query's keys are cut at fixed absolute positions into chunks of
+    // k_kv_chunk; each chunk gives a partial softmax (its maximum, mass and weighted values, by an
+    // online softmax over tiles of k_kv_tile keys), and the partials are merged in chunk order.
+    // Tasks are (sequence, block of k_q_tile tokens) with every head: a tile's K/V rows are read
+    // whole (all KV heads; the heads of a KV group share each row they load). With few tasks
+    // (decode, verification) the chunks of a task are work items of their own, merged afterwards,
+    // so long contexts use every thread; otherwise a task runs its chunks in order. Either way a
+    // query's arithmetic depends only on its own position, never on the batch around it.
+    constexpr int64_t k_q_tile = 8, k_kv_tile = 64, k_kv_chunk = 256;
+    const int64_t group = p.n_head / p.n_head_kv, max_q = k_q_tile * p.n_head;
     struct Task {
         size_t span;
-        int64_t g, t0, t1;
+        int64_t t0, t1, n_chunks;
     };
     std::vector<Task> tasks;
+    int64_t max_chunks = 0;
     for (size_t si = 0; si < spans.size(); ++si)
+        for (int64_t t0 = 0; t0 < spans[si].n_tokens; t0 += k_q_tile) {
+            const int64_t t1 = std::min(spans[si].n_tokens, t0 + k_q_tile);
+            const int64_t n_chunks = (spans[si].pos0 + t1 - 1) / k_kv_chunk + 1;
+            tasks.push_back({si, t0, t1, n_chunks});
+            max_chunks = std::max(max_chunks, n_chunks);
+        }
+    const bool split = max_chunks > 1 && int64_t(tasks.size()) < 2 * int64_t(pool_->size());
+
+    // A task's queries: KV head g's block holds (token i, head g * group + h) at row
+    // g * (n_tokens * group) + i * group + h. A partial result of the task over one chunk is
+    // [m (max_q)][l (max_q)][acc (max_q x D)]: each query's running maximum score, softmax mass
+    // and weighted values.
+    const int64_t part_floats = max_q * (D + 2);
+    struct Scratch {
+        std::vector<float> qv, s, pr;
+        std::vector<int64_t> n_of, pos;
+    };
+    auto prepare = [&](const Task& task, Scratch& w) {
+        const SeqSpan& s = spans[task.span];
+        const KvBlock& b = *kv[task.span];
+        const int64_t nt = task.t1 - task.t0, nqg = nt * group;
+        w.qv.resize(size_t(max_q * D));
+        w.s.resize(size_t(max_q * k_kv_tile));
+        w.pr.resize(size_t(max_q * k_kv_tile));
+        w.n_of.resize(size_t(max_q));
+        w.pos.resize(size_t(max_q));
         for (int64_t g = 0; g < p.n_head_kv; ++g)
-            for (int64_t t0 = 0; t0 < spans[si].n_tokens; t0 += k_q_tile)
-                tasks.push_back({si, g, t0, std::min(spans[si].n_tokens, t0 + k_q_tile)});
+            for (int64_t i = 0; i < nt; ++i)
+                for (int64_t h = 0; h < group; ++h) {
+                    const int64_t j = g * nqg + i * group + h;
+                    const float* qr = q.row(s.first + task.t0 + i) + (g * group + h) * D;
+                    float* dst = w.qv.data() + j * D;
+                    // The reference engine rounds the query to the cache precision for the K·Q product.
+                    for (int64_t d = 0; d < D; ++d)
+                        dst[d] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
+                    w.pos[size_t(j)] = s.pos0 + task.t0 + i;
+                }
+    };
+    // The partial softmax of chunk c for the task's queries.
+    auto chunk = [&](const Task& task, int64_t c, Scratch& w, float* part) {
+        const SeqSpan& s = spans[task.span];
+        const KvBlock& b = *kv[task.span];
+        const bool f16k = b.type_k == DType::F16, f16v = b.type_v == DType::F16;
+        const KvScoresFn scores = f16k ? k_->kv_scores_f16 : k_->kv_scores_f32;
+        const KvAccumFn accum = f16v ? k_->kv_accum_f16 : k_->kv_accum_f32;
+        const size_t k_es = f16k ? 2 : 4, v_es = f16v ? 2 : 4;
+        const int64_t nqg = (task.t1 - task.t0) * group, nq = nqg * p.n_head_kv;
+        const int64_t c0 = c * k_kv_chunk, c1 = std::min(c0 + k_kv_chunk, s.pos0 + task.t1);
+        float *m = part, *l = part + max_q, *acc = part + 2 * max_q;
+        std::fill_n(m, nq, -INFINITY);
+        std::fill_n(l, nq, 0.0f);
+        std::fill_n(acc, nq * D, 0.0f);
+        for (int64_t kt = c0; kt < c1; kt += k_kv_tile) {
+            const int64_t n = std::min(k_kv_tile, c1 - kt);
+            for (int64_t g = 0; g < p.n_head_kv; ++g) {
+                const int64_t j0 = g * nqg;
+                scores(w.qv.data() + j0 * D, nqg, static_cast<const uint8_t*>(b.k) + size_t(kt * width + g * D) * k_es,
+                       width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
+                for (int64_t j = j0; j < j0 + nqg; ++j) {
+                    const int64_t nj = std::clamp<int64_t>(w.pos[size_t(j)] + 1 - kt, 0, n);
+                    w.n_of[size_t(j)] = nj;
+                    if (nj == 0) continue;
+                    const float* sj = w.s.data() + j * k_kv_tile;
+                    const float tile_max = *std::max_element(sj, sj + nj);
+                    if (tile_max > m[j]) {
+                        if (l[j] > 0) {  // rescale what the earlier tiles gathered
+                            const float corr = fast_exp::exp(m[j] - tile_max);
+                            l[j] *= corr;
+                            for (int64_t d = 0; d < D; ++d) acc[j * D + d] *= corr;
+                        }
+                        m[j] = tile_max;
+                    }
+                    float* pj = w.pr.data() + j * k_kv_tile;
+                    l[j] += k_->exp_shift(sj, m[j], pj, nj);
+                }
+                accum(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg,
+                      static_cast<const uint8_t*>(b.v) + size_t(kt * width + g * D) * v_es, width, D, acc + j0 * D);
+            }
+        }
+    };
+    // total += next (the partial of the following chunk), for nq queries.
+    auto merge = [&](float* total, const float* next, int64_t nq) {
+        for (int64_t j = 0; j < nq; ++j) {
+            const float nm = next[j], nl = next[max_q + j];
+            float &tm = total[j], &tl = total[max_q + j];
+            float* ta = total + 2 * max_q + j * D;
+            const float* na = next + 2 * max_q + j * D;
+            if (nl == 0) continue;  // the chunk held none of this query's keys
+            if (tl == 0) {
+                tm = nm;
+                tl = nl;
+                std::copy_n(na, D, ta);
+                continue;
+            }
+            const float mx = std::max(tm, nm);
+            const float a = fast_exp::exp(tm - mx), b = fast_exp::exp(nm - mx);
+            tm = mx;
+            tl = tl * a + nl * b;
+            for (int64_t d = 0; d < D; ++d) ta[d] = ta[d] * a + na[d] * b;
+        }
+    };
+    auto finish = [&](const Task& task, const float* total) {
+        const SeqSpan& s = spans[task.span];
+        const int64_t nt = task.t1 - task.t0, nqg = nt * group;
+        for (int64_t g = 0; g < p.n_head_kv; ++g)
+            for (int64_t i = 0; i < nt; ++i)
+                for (int64_t h = 0; h < group; ++h) {
+                    const int64_t j = g * nqg + i * group + h;
+                    const float* a = total + 2 * max_q + j * D;
+                    float* o = out.row(s.first + task.t0 + i) + (g * group + h) * D;
+                    const float inv = 1.0f / total[max_q + j];
+                    for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+                }
+    };
+    auto n_queries = [&](const Task& task) { return (task.t1 - task.t0) * p.n_head; };
+
+    if (!split) {
+        pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
+            Scratch w;
+            std::vector<float> total(static_cast<size_t>(part_floats)), next(total.size());
+            for (int64_t ti = tb; ti < te; ++ti) {
+                const Task& task = tasks[size_t(ti)];
+                prepare(task, w);
+                chunk(task, 0, w, total.data());
+                for (int64_t c = 1; c < task.n_chunks; ++c) {
+                    chunk(task, c, w, next.data());
+                    merge(total.data(), next.data(), n_queries(task));
+                }
+                finish(task, total.data());
+            }
+        });
+        return;
+    }
+    // One work item per (task, chunk), merged per task in chunk order afterwards.
+    std::vector<int64_t> first(tasks.size() + 1, 0);
+    for (size_t i = 0; i < tasks.size(); ++i) first[i + 1] = first[i] + tasks[i].n_chunks;
+    Tensor parts = scratch(first.back(), part_floats);
+    pool_->parallel_tasks(first.back(), [&](int64_t item, int) {
+        thread_local Scratch w;
+        const size_t ti = size_t(std::upper_bound(first.begin(), first.end(), item) - first.begin() - 1);
+        prepare(tasks[ti], w);
+        chunk(tasks[ti], item - first[ti], w, parts.row(item));
+    });
     pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
-        const int64_t max_q = k_q_tile * group;
-        std::vector<float> qv(static_cast<size_t>(max_q * D)), acc(static_cast<size_t>(max_q * D));
-        std::vector<float> m(static_cast<size_t>(max_q)), l(static_cast<size_t>(max_q)), sc(k_kv_tile);
         for (int64_t ti = tb; ti < te; ++ti) {
             const Task& task = tasks[size_t(ti)];
-            const SeqSpan& s = spans[task.span];
-            const KvBlock& b = *kv[task.span];
-            const DotF32Fn dot_k = b.type_k == DType::F16 ? k_->dot_kv_f16 : k_->dot_kv_f32;
-            const AxpyFn axpy_v = b.type_v == DType::F16 ? k_->axpy_f16 : k_->axpy_f32;
-            const size_t k_es = b.type_k == DType::F16 ? 2 : 4, v_es = b.type_v == DType::F16 ? 2 : 4;
-            const uint8_t* kbase = static_cast<const uint8_t*>(b.k);
-            const uint8_t* vbase = static_cast<const uint8_t*>(b.v);
-            const int64_t off = task.g * D, nq = (task.t1 - task.t0) * group;
-            // query j = (token t0 + j / group, head g * group + j % group)
-            for (int64_t j = 0; j < nq; ++j) {
-                const float* qr = q.row(s.first + task.t0 + j / group) + (task.g * group + j % group) * D;
-                float* dst = qv.data() + j * D;
-                // The reference engine rounds the query to the cache precision for the K·Q product.
-                for (int64_t d = 0; d < D; ++d)
-                    dst[d] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
-                m[size_t(j)] = -INFINITY;
-                l[size_t(j)] = 0;
-                std::fill_n(acc.data() + j * D, D, 0.0f);
-            }
-            const int64_t last_pos = s.pos0 + task.t1 - 1;
-            for (int64_t kt = 0; kt <= last_pos; kt += k_kv_tile) {
-                for (int64_t j = 0; j < nq; ++j) {
-                    const int64_t pos = s.pos0 + task.t0 + j / group;
-                    if (pos < kt) continue;
-                    const int64_t end = std::min(kt + k_kv_tile, pos + 1);
-                    float tile_max = -INFINITY;
-                    for (int64_t t = kt; t < end; ++t) {
-                        const float x = dot_k(qv.data() + j * D, kbase + size_t(t * width + off) * k_es, D) * p.scale;
-                        sc[size_t(t - kt)] = x;
-                        tile_max = std::max(tile_max, x);
-                    }
-                    float* a = acc.data() + j * D;
-                    const float m_new = std::max(m[size_t(j)], tile_max);
-                    if (m_new > m[size_t(j)]) {
-                        const float corr = std::exp(m[size_t(j)] - m_new);
-                        l[size_t(j)] *= corr;
-                        for (int64_t d = 0; d < D; ++d) a[d] *= corr;
-                        m[size_t(j)] = m_new;
-                    }
-                    for (int64_t t = kt; t < end; ++t) {
-                        const float w = std::exp(sc[size_t(t - kt)] - m_new);
-                        l[size_t(j)] += w;
-                        axpy_v(a, w, vbase + size_t(t * width + off) * v_es, D);
-                    }
-                }
-            }
-            for (int64_t j = 0; j < nq; ++j) {
-                float* o = out.row(s.first + task.t0 + j / group) + (task.g * group + j % group) * D;
-                const float inv = 1.0f / l[size_t(j)];
-                for (int64_t d = 0; d < D; ++d) o[d] = acc[size_t(j * D + d)] * inv;
-            }
+            float* total = parts.row(first[size_t(ti)]);
+            for (int64_t c = 1; c < task.n_chunks; ++c) merge(total, parts.row(first[size_t(ti)] + c), n_queries(task));
+            finish(task, total);
         }
     });
 }

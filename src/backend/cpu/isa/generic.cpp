@@ -38,25 +38,34 @@ void gdn_step(const float* S_in, float* S_out, const float* q, const float* k, c
     }
 }
 
-float dot_kv_f32(const float* a, const void* b, int64_t n) {
-    const float* x = static_cast<const float*>(b);
-    float s = 0;
-    for (int64_t i = 0; i < n; ++i) s += a[i] * x[i];
-    return s;
+template <bool F16>
+float kv_at(const void* base, int64_t i) {
+    if constexpr (F16)
+        return fp16_to_f32(static_cast<const uint16_t*>(base)[i]);
+    else
+        return static_cast<const float*>(base)[i];
 }
-float dot_kv_f16(const float* a, const void* b, int64_t n) {
-    const uint16_t* x = static_cast<const uint16_t*>(b);
-    float s = 0;
-    for (int64_t i = 0; i < n; ++i) s += a[i] * fp16_to_f32(x[i]);
-    return s;
+template <bool F16>
+void kv_scores(const float* q, int64_t nq, const void* k, int64_t k_stride, int64_t n, int64_t D, float scale, float* s,
+               int64_t s_stride) {
+    for (int64_t j = 0; j < nq; ++j)
+        for (int64_t t = 0; t < n; ++t) {
+            float x = 0;
+            for (int64_t d = 0; d < D; ++d) x += q[j * D + d] * kv_at<F16>(k, t * k_stride + d);
+            s[j * s_stride + t] = x * scale;
+        }
 }
-void axpy_f32(float* y, float a, const void* x, int64_t n) {
-    const float* v = static_cast<const float*>(x);
-    for (int64_t i = 0; i < n; ++i) y[i] += a * v[i];
+template <bool F16>
+void kv_accum(const float* p, int64_t p_stride, const int64_t* n_of, int64_t nq, const void* v, int64_t v_stride,
+              int64_t D, float* acc) {
+    for (int64_t j = 0; j < nq; ++j)
+        for (int64_t t = 0; t < n_of[j]; ++t)
+            for (int64_t d = 0; d < D; ++d) acc[j * D + d] += p[j * p_stride + t] * kv_at<F16>(v, t * v_stride + d);
 }
-void axpy_f16(float* y, float a, const void* x, int64_t n) {
-    const uint16_t* v = static_cast<const uint16_t*>(x);
-    for (int64_t i = 0; i < n; ++i) y[i] += a * fp16_to_f32(v[i]);
+float exp_shift(const float* x, float m, float* y, int64_t n) {
+    float sum = 0;
+    for (int64_t i = 0; i < n; ++i) sum += y[i] = fast_exp::exp(x[i] - m);
+    return sum;
 }
 
 void silu_mul(const float* g, const float* u, float* out, int64_t n) {
@@ -81,10 +90,11 @@ Kernels make_generic() {
     k.quantize[int(DType::Q8_K)] = quant<DType::Q8_K>;
     k.gdn_step = gdn_step;
     k.silu_mul = silu_mul;
-    k.dot_kv_f32 = dot_kv_f32;
-    k.dot_kv_f16 = dot_kv_f16;
-    k.axpy_f32 = axpy_f32;
-    k.axpy_f16 = axpy_f16;
+    k.kv_scores_f32 = kv_scores<false>;
+    k.kv_scores_f16 = kv_scores<true>;
+    k.kv_accum_f32 = kv_accum<false>;
+    k.kv_accum_f16 = kv_accum<true>;
+    k.exp_shift = exp_shift;
     return k;
 }
 }  // namespace
