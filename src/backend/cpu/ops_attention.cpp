@@ -74,34 +74,38 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     // [m (max_q)][l (max_q)][acc (max_q x D)]: each query's running maximum score, softmax mass
     // and weighted values.
     const int64_t part_floats = max_q * (D + 2);
+    // Every task's queries (rounded once, read by each of its chunks) and their positions.
+    Tensor qv = scratch(int64_t(tasks.size()), max_q * D);  // task ti's query j at row ti + j * D
+    std::vector<int64_t> qpos(tasks.size() * size_t(max_q));
+    pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
+        for (int64_t ti = tb; ti < te; ++ti) {
+            const Task& task = tasks[size_t(ti)];
+            const SeqSpan& s = spans[task.span];
+            const bool f16k = kv[task.span]->type_k == DType::F16;
+            const int64_t nt = task.t1 - task.t0, nqg = nt * group;
+            for (int64_t g = 0; g < p.n_head_kv; ++g)
+                for (int64_t i = 0; i < nt; ++i)
+                    for (int64_t h = 0; h < group; ++h) {
+                        const int64_t j = g * nqg + i * group + h;
+                        const float* qr = q.row(s.first + task.t0 + i) + (g * group + h) * D;
+                        float* dst = qv.row(ti) + j * D;
+                        // The reference engine rounds the query to the cache precision for the K·Q product.
+                        for (int64_t d = 0; d < D; ++d) dst[d] = f16k ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
+                        qpos[size_t(ti * max_q + j)] = s.pos0 + task.t0 + i;
+                    }
+        }
+    });
     struct Scratch {
-        std::vector<float> qv, s, pr;
-        std::vector<int64_t> n_of, pos;
-    };
-    auto prepare = [&](const Task& task, Scratch& w) {
-        const SeqSpan& s = spans[task.span];
-        const KvBlock& b = *kv[task.span];
-        const int64_t nt = task.t1 - task.t0, nqg = nt * group;
-        w.qv.resize(size_t(max_q * D));
-        w.s.resize(size_t(max_q * k_kv_tile));
-        w.pr.resize(size_t(max_q * k_kv_tile));
-        w.n_of.resize(size_t(max_q));
-        w.pos.resize(size_t(max_q));
-        for (int64_t g = 0; g < p.n_head_kv; ++g)
-            for (int64_t i = 0; i < nt; ++i)
-                for (int64_t h = 0; h < group; ++h) {
-                    const int64_t j = g * nqg + i * group + h;
-                    const float* qr = q.row(s.first + task.t0 + i) + (g * group + h) * D;
-                    float* dst = w.qv.data() + j * D;
-                    // The reference engine rounds the query to the cache precision for the K·Q product.
-                    for (int64_t d = 0; d < D; ++d)
-                        dst[d] = b.type_k == DType::F16 ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
-                    w.pos[size_t(j)] = s.pos0 + task.t0 + i;
-                }
+        std::vector<float> s, pr;
+        std::vector<int64_t> n_of;
+        Scratch(int64_t max_q) : s(size_t(max_q * k_kv_tile)), pr(s.size()), n_of(size_t(max_q)) {}
     };
     // The partial softmax of chunk c for the task's queries.
-    auto chunk = [&](const Task& task, int64_t c, Scratch& w, float* part) {
+    auto chunk = [&](int64_t ti, int64_t c, Scratch& w, float* part) {
+        const Task& task = tasks[size_t(ti)];
         const SeqSpan& s = spans[task.span];
+        const float* qt = qv.row(ti);
+        const int64_t* pos = qpos.data() + ti * max_q;
         const KvBlock& b = *kv[task.span];
         const bool f16k = b.type_k == DType::F16, f16v = b.type_v == DType::F16;
         const KvScoresFn scores = f16k ? k_->kv_scores_f16 : k_->kv_scores_f32;
@@ -117,10 +121,10 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             const int64_t n = std::min(k_kv_tile, c1 - kt);
             for (int64_t g = 0; g < p.n_head_kv; ++g) {
                 const int64_t j0 = g * nqg;
-                scores(w.qv.data() + j0 * D, nqg, static_cast<const uint8_t*>(b.k) + size_t(kt * width + g * D) * k_es,
-                       width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
+                scores(qt + j0 * D, nqg, static_cast<const uint8_t*>(b.k) + size_t(kt * width + g * D) * k_es, width, n,
+                       D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
                 for (int64_t j = j0; j < j0 + nqg; ++j) {
-                    const int64_t nj = std::clamp<int64_t>(w.pos[size_t(j)] + 1 - kt, 0, n);
+                    const int64_t nj = std::clamp<int64_t>(pos[j] + 1 - kt, 0, n);
                     w.n_of[size_t(j)] = nj;
                     if (nj == 0) continue;
                     const float* sj = w.s.data() + j * k_kv_tile;
@@ -179,14 +183,13 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
 
     if (!split) {
         pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
-            Scratch w;
+            Scratch w(max_q);
             std::vector<float> total(static_cast<size_t>(part_floats)), next(total.size());
             for (int64_t ti = tb; ti < te; ++ti) {
                 const Task& task = tasks[size_t(ti)];
-                prepare(task, w);
-                chunk(task, 0, w, total.data());
+                chunk(ti, 0, w, total.data());
                 for (int64_t c = 1; c < task.n_chunks; ++c) {
-                    chunk(task, c, w, next.data());
+                    chunk(ti, c, w, next.data());
                     merge(total.data(), next.data(), n_queries(task));
                 }
                 finish(task, total.data());
@@ -198,11 +201,12 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     std::vector<int64_t> first(tasks.size() + 1, 0);
     for (size_t i = 0; i < tasks.size(); ++i) first[i + 1] = first[i] + tasks[i].n_chunks;
     Tensor parts = scratch(first.back(), part_floats);
-    pool_->parallel_tasks(first.back(), [&](int64_t item, int) {
-        thread_local Scratch w;
-        const size_t ti = size_t(std::upper_bound(first.begin(), first.end(), item) - first.begin() - 1);
-        prepare(tasks[ti], w);
-        chunk(tasks[ti], item - first[ti], w, parts.row(item));
+    pool_->parallel_for(first.back(), [&](int64_t b0, int64_t e0, int) {
+        Scratch w(max_q);
+        for (int64_t item = b0; item < e0; ++item) {
+            const int64_t ti = std::upper_bound(first.begin(), first.end(), item) - first.begin() - 1;
+            chunk(ti, item - first[size_t(ti)], w, parts.row(item));
+        }
     });
     pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
         for (int64_t ti = tb; ti < te; ++ti) {
