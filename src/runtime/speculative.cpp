@@ -187,8 +187,9 @@ double DraftTuner::rate(int k) const {
 
 int DraftTuner::next(int max_len) {
     if (max_len <= 1) return std::max(max_len, 1);
-    static constexpr int k_first[3] = {2, 4, 3};
-    if (steps_ < 3) return std::min(k_first[steps_], max_len);
+    // three lengths, twice: a decoder's first step at a length is not timed (first_of_length)
+    static constexpr int k_first[6] = {2, 4, 3, 2, 4, 3};
+    if (steps_ < 6) return std::min(k_first[steps_], max_len);
     best_ = 1;
     for (int k = 2; k <= max_len; ++k)
         if (rate(k) > rate(best_)) best_ = k;
@@ -244,6 +245,14 @@ int SpeculativeDecoder::max_draft() const {
     const int64_t room = t_.params().n_ctx - t_.n_past(seq_) - 1;
     if (plain_step_) return 0;
     return int(std::min<int64_t>(std::min(step_len_, depth), std::max<int64_t>(room, 0)));
+}
+
+bool SpeculativeDecoder::first_of_length(int drafted) {
+    if (drafted <= 0 || drafted >= 32) return false;
+    const uint32_t bit = uint32_t(1) << drafted;
+    warmup_step_ = !(timed_lengths_ & bit);
+    timed_lengths_ |= bit;
+    return warmup_step_;
 }
 
 void SpeculativeDecoder::begin_step() {
@@ -307,7 +316,8 @@ Result<void> SpeculativeDecoder::timed_step(const std::vector<int32_t>& out,
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!r) return r;
     const int64_t tokens = int64_t(out.size() - before);
-    if (p_.guard) guard_.record(!plain_step_, dt, tokens);
+    if (p_.guard && !warmup_step_) guard_.record(!plain_step_, dt, tokens);
+    warmup_step_ = false;
     if (!plain_step_) {
         stats_.drafting_steps += 1;
         stats_.drafting_tokens += tokens;
@@ -375,7 +385,10 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
-    for (size_t i = 0; i < n; ++i) ds[i]->tuner_.record(int(drafts[i].size()), int(accepted[i]), step_s);
+    for (size_t i = 0; i < n; ++i) {
+        const int k = int(drafts[i].size());
+        ds[i]->tuner_.record(k, int(accepted[i]), ds[i]->first_of_length(k) ? 0.0 : step_s);
+    }
     return {};
 }
 
@@ -424,8 +437,8 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
     next_ = next;
     BM_TRY(finish_step(cur, draft, accepted, vl.data(), logits, out));
-    tuner_.record(int(draft.size()), int(accepted),
-                  std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count());
+    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
+    tuner_.record(int(draft.size()), int(accepted), first_of_length(int(draft.size())) ? 0.0 : step_s);
     return {};
 }
 

@@ -77,7 +77,8 @@ class DraftGuard {
 // drafts yields 1 + a_1 + a_1 a_2 + ... + a_1...a_k tokens on average; the tuner picks the k in
 // [1, max] with the most tokens per second. A length not timed yet is costed on the line through
 // the nearest timed ones (above all timed lengths: in proportion to the batch, the cautious guess;
-// exploration times it soon). The first three steps time three lengths, every 8th step tries a
+// exploration times it soon). The first six steps try three lengths twice (a decoder does not
+// time its first step at a length), every 8th step tries a
 // neighbour of the best one, and everything decays by 3% per step, so the choice follows the
 // text and the machine. On a GPU, where a batch costs about one step, the same rule drafts long.
 class DraftTuner {
@@ -149,7 +150,14 @@ class SpeculativeDecoder {
         const std::function<int32_t(size_t, const float*, size_t)>& pick);
     // Sets step_len_ for the step about to run (the tuner's choice with SpecParams::adaptive).
     void begin_step();
-    int step_len_ = 0;  // this step's draft length before the depth and context limits
+    // Whether this is the decoder's first step that verifies `drafted` tokens (and marks it seen).
+    // Such a step runs a batch shape the contexts may not have run before (buffers grow, pages are
+    // touched: the first 5-token verification measured 48 ms instead of ~25), so its time is not
+    // given to the tuner or the guard; one slow first step could stop drafting for 16 steps.
+    bool first_of_length(int drafted);
+    uint32_t timed_lengths_ = 0;  // bit k: a step verifying k drafts was seen
+    bool warmup_step_ = false;    // the step just taken was first_of_length
+    int step_len_ = 0;            // this step's draft length before the depth and context limits
     DraftTuner tuner_;
     DraftGuard guard_;
     bool plain_step_ = false;  // this step decodes without drafts (the guard's choice)
