@@ -110,6 +110,15 @@ void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
         const double per_token = seconds / double(tokens);
         if (n_plain_++ > 0) plain_ = plain_ == 0 ? per_token : 0.75 * plain_ + 0.25 * per_token;
         if (plain_left_ > 0) --plain_left_;
+        if (stopped_at_ > 0 && plain_left_ > 0) {  // within a stretch: was the stop right?
+            stretch_time_ += seconds;
+            stretch_tokens_ += double(tokens);
+            if (stretch_tokens_ >= k_recheck && stretch_time_ / stretch_tokens_ >= stopped_at_) {
+                plain_left_ = 0;  // plain decoding measures no faster now: draft again
+                backoff_ = k_backoff_min;
+                stopped_at_ = 0;
+            }
+        }
         return;
     }
     draft_time_ = 0.9 * draft_time_ + seconds;
@@ -126,6 +135,8 @@ void DraftGuard::record(bool drafted, double seconds, int64_t tokens) {
     if (ratio > k_margin) {  // drafting loses: plain for a while
         plain_left_ = backoff_;
         backoff_ = std::min(2 * backoff_, k_backoff_max);
+        stopped_at_ = draft_time_ / draft_tokens_;
+        stretch_time_ = stretch_tokens_ = 0;
         n_draft_run_ = n_since_refresh_ = 0;  // the next drafting run is measured afresh
         draft_time_ = draft_tokens_ = 0;
     } else {
@@ -188,8 +199,8 @@ double DraftTuner::rate(int k) const {
 int DraftTuner::next(int max_len) {
     if (max_len <= 1) return std::max(max_len, 1);
     // three lengths, twice: a decoder's first step at a length is not timed (first_of_length)
-    static constexpr int k_first[6] = {2, 4, 3, 2, 4, 3};
-    if (steps_ < 6) return std::min(k_first[steps_], max_len);
+    static constexpr int k_first[k_starting] = {2, 4, 3, 2, 4, 3};
+    if (steps_ < k_starting) return std::min(k_first[steps_], max_len);
     best_ = 1;
     for (int k = 2; k <= max_len; ++k)
         if (rate(k) > rate(best_)) best_ = k;
@@ -257,6 +268,7 @@ bool SpeculativeDecoder::first_of_length(int drafted) {
 
 void SpeculativeDecoder::begin_step() {
     step_len_ = p_.draft_max;
+    tuner_starting_ = p_.adaptive && tuner_.starting();
     if (p_.adaptive && !plain_step_)
         step_len_ = std::max(tuner_.next(p_.draft_max), std::min(p_.draft_min, p_.draft_max));
 }
@@ -316,7 +328,7 @@ Result<void> SpeculativeDecoder::timed_step(const std::vector<int32_t>& out,
     const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     if (!r) return r;
     const int64_t tokens = int64_t(out.size() - before);
-    if (p_.guard && !warmup_step_) guard_.record(!plain_step_, dt, tokens);
+    if (p_.guard && !warmup_step_ && !(tuner_starting_ && !plain_step_)) guard_.record(!plain_step_, dt, tokens);
     warmup_step_ = false;
     if (!plain_step_) {
         stats_.drafting_steps += 1;

@@ -47,10 +47,13 @@ struct SpecStats {
 // plain steps, token-weighted sums decayed by 0.9 per step for drafting) and, once drafting has
 // run 8 steps and measures more than 8% slower (a smaller margin stopped winning runs on timing
 // noise), or 3 steps and 30% slower, decodes plainly for a stretch that doubles each time
-// drafting loses again (16 steps up to 128), then tries drafting again. While drafting wins, 2
-// plain steps in every 128 keep the plain estimate current (the context grows). The first steps
-// are plain (they give the plain estimate). Only the step structure changes: greedy output
-// stays identical. SpeculativeDecoder runs one when SpecParams::guard is set.
+// drafting loses again (16 steps up to 128), then tries drafting again. A machine's speed can
+// drift by more than the margin within seconds (the 2-core VM: +-20%), so a comparison with an
+// older plain estimate can be wrong: while drafting wins, one plain step in every 32 keeps the
+// estimate current, and a stretch is ended after 4 plain steps when they measure no faster than
+// the drafting that was stopped (the backoff then starts over). The first steps are plain (they
+// give the plain estimate). Only the step structure changes: greedy output stays identical.
+// SpeculativeDecoder runs one when SpecParams::guard is set.
 class DraftGuard {
   public:
     // Whether the next step should decode without drafts.
@@ -61,11 +64,14 @@ class DraftGuard {
 
   private:
     static constexpr int k_first_plain = 3, k_min_draft_steps = 8, k_backoff_min = 16, k_backoff_max = 128;
-    static constexpr int k_refresh_every = 128, k_refresh_steps = 2;  // re-time plain steps now and then
-    static constexpr double k_margin = 1.08;                          // drafting must be this much slower to be stopped
-    static constexpr double k_clear_loss = 1.3;  // ... and is stopped after 3 steps when this much slower
-    double plain_ = 0;                           // moving average, seconds per token (0: none yet)
-    double draft_time_ = 0, draft_tokens_ = 0;   // this drafting run, decayed by 0.9 per step
+    static constexpr int k_refresh_every = 32, k_refresh_steps = 1;  // re-time plain steps now and then
+    static constexpr int k_recheck = 4;             // plain steps of a stretch before it may be ended early
+    static constexpr double k_margin = 1.08;        // drafting must be this much slower to be stopped
+    static constexpr double k_clear_loss = 1.3;     // ... and is stopped after 3 steps when this much slower
+    double plain_ = 0;                              // moving average, seconds per token (0: none yet)
+    double draft_time_ = 0, draft_tokens_ = 0;      // this drafting run, decayed by 0.9 per step
+    double stopped_at_ = 0;                         // drafting's seconds per token when it was last stopped
+    double stretch_time_ = 0, stretch_tokens_ = 0;  // the plain steps of the stretch since then
     int64_t n_plain_ = 0, n_draft_run_ = 0, n_since_refresh_ = 0;
     int plain_left_ = k_first_plain, backoff_ = k_backoff_min;
 };
@@ -94,11 +100,14 @@ class DraftTuner {
     double step_seconds(int k) const;
     // Predicted tokens per second drafting k (0 before any step was timed).
     double rate(int k) const;
+    // Whether the next step is one of the first six, which try fixed lengths.
+    bool starting() const { return steps_ < k_starting; }
 
   private:
     static constexpr double k_decay = 0.97;
     static constexpr int k_explore_every = 8;
     static constexpr int k_lengths = 17;
+    static constexpr int k_starting = 6;
     double reached_[k_lengths] = {}, accepted_[k_lengths] = {};  // per position (index 1..16)
     double time_s_[k_lengths] = {}, time_n_[k_lengths] = {};     // per draft length
     int steps_ = 0, best_ = 1;
@@ -157,7 +166,10 @@ class SpeculativeDecoder {
     bool first_of_length(int drafted);
     uint32_t timed_lengths_ = 0;  // bit k: a step verifying k drafts was seen
     bool warmup_step_ = false;    // the step just taken was first_of_length
-    int step_len_ = 0;            // this step's draft length before the depth and context limits
+    // The tuner's starting steps try lengths on purpose (some slower than plain decoding): the
+    // guard does not judge drafting by them.
+    bool tuner_starting_ = false;
+    int step_len_ = 0;  // this step's draft length before the depth and context limits
     DraftTuner tuner_;
     DraftGuard guard_;
     bool plain_step_ = false;  // this step decodes without drafts (the guard's choice)
