@@ -53,20 +53,22 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     // so long contexts use every thread; otherwise a task runs its chunks in order. Either way a
     // query's arithmetic depends only on its own position, never on the batch around it.
     constexpr int64_t k_q_tile = 8, k_kv_tile = 64, k_kv_chunk = 256;
-    const int64_t group = p.n_head / p.n_head_kv, max_q = k_q_tile * p.n_head;
+    const int64_t group = p.n_head / p.n_head_kv;
     struct Task {
         size_t span;
         int64_t t0, t1, n_chunks;
     };
     std::vector<Task> tasks;
-    int64_t max_chunks = 0;
+    int64_t max_chunks = 0, max_q = 0;  // max_q: the most queries (tokens x heads) of a task
     for (size_t si = 0; si < spans.size(); ++si)
         for (int64_t t0 = 0; t0 < spans[si].n_tokens; t0 += k_q_tile) {
             const int64_t t1 = std::min(spans[si].n_tokens, t0 + k_q_tile);
             const int64_t n_chunks = (spans[si].pos0 + t1 - 1) / k_kv_chunk + 1;
             tasks.push_back({si, t0, t1, n_chunks});
             max_chunks = std::max(max_chunks, n_chunks);
+            max_q = std::max(max_q, (t1 - t0) * p.n_head);
         }
+    if (tasks.empty()) return;
     const bool split = max_chunks > 1 && int64_t(tasks.size()) < 2 * int64_t(pool_->size());
 
     // A task's queries: KV head g's block holds (token i, head g * group + h) at row
