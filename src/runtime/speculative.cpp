@@ -258,19 +258,27 @@ int SpeculativeDecoder::max_draft() const {
     return int(std::min<int64_t>(std::min(step_len_, depth), std::max<int64_t>(room, 0)));
 }
 
-bool SpeculativeDecoder::first_of_length(int drafted) {
-    if (drafted <= 0 || drafted >= 32) return false;
-    const uint32_t bit = uint32_t(1) << drafted;
-    warmup_step_ = !(timed_lengths_ & bit);
-    timed_lengths_ |= bit;
-    return warmup_step_;
-}
-
-void SpeculativeDecoder::begin_step() {
+void SpeculativeDecoder::begin_step(bool guarded) {
+    plain_step_ = guarded && p_.guard && guard_.plain_next();
     step_len_ = p_.draft_max;
-    tuner_starting_ = p_.adaptive && tuner_.starting();
     if (p_.adaptive && !plain_step_)
         step_len_ = std::max(tuner_.next(p_.draft_max), std::min(p_.draft_min, p_.draft_max));
+}
+
+void SpeculativeDecoder::record_step(int drafted, int accepted, double seconds, bool guarded) {
+    const uint32_t bit = drafted > 0 && drafted < 32 ? uint32_t(1) << drafted : 0;
+    const bool untimed = bit && !(timed_lengths_ & bit);  // the first step at this length
+    timed_lengths_ |= bit;
+    const bool starting = drafted > 0 && p_.adaptive && tuner_.starting();  // asked before it counts this step
+    tuner_.record(drafted, accepted, untimed ? 0.0 : seconds);
+    const int64_t tokens = 1 + accepted;
+    if (guarded && p_.guard && !untimed && !starting) guard_.record(!plain_step_, seconds, tokens);
+    if (!plain_step_) {
+        stats_.drafting_steps += 1;
+        stats_.drafting_tokens += tokens;
+        stats_.drafting_seconds += seconds;
+    }
+    stats_.plain_s_per_token = guard_.plain_s_per_token();
 }
 
 Result<std::vector<std::vector<int32_t>>> SpeculativeDecoder::draft_tokens(
@@ -319,29 +327,8 @@ Result<std::vector<std::vector<int32_t>>> SpeculativeDecoder::draft_tokens(
     return drafts;
 }
 
-Result<void> SpeculativeDecoder::timed_step(const std::vector<int32_t>& out,
-                                            const std::function<Result<void>()>& step) {
-    plain_step_ = p_.guard && guard_.plain_next();
-    const size_t before = out.size();
-    const auto t0 = std::chrono::steady_clock::now();
-    Result<void> r = step();
-    const double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    if (!r) return r;
-    const int64_t tokens = int64_t(out.size() - before);
-    if (p_.guard && !warmup_step_ && !(tuner_starting_ && !plain_step_)) guard_.record(!plain_step_, dt, tokens);
-    warmup_step_ = false;
-    if (!plain_step_) {
-        stats_.drafting_steps += 1;
-        stats_.drafting_tokens += tokens;
-        stats_.drafting_seconds += dt;
-    }
-    stats_.plain_s_per_token = guard_.plain_s_per_token();
-    plain_step_ = false;
-    return r;
-}
-
 Result<void> SpeculativeDecoder::step_greedy(std::vector<float>& logits, std::vector<int32_t>& out) {
-    return timed_step(out, [&] { return step_greedy_batch({this}, {&logits}, {&out}); });
+    return step_greedy_batch({this}, {&logits}, {&out});
 }
 
 Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<SpeculativeDecoder*>& ds,
@@ -357,7 +344,7 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
             return make_error("speculative: sequences decoded together must share the target and draft contexts");
     const int64_t V = target.n_vocab();
     const auto t_begin = std::chrono::steady_clock::now();
-    for (SpeculativeDecoder* d : ds) d->begin_step();
+    for (SpeculativeDecoder* d : ds) d->begin_step(n == 1);
     std::vector<int32_t> cur(n);
     for (size_t i = 0; i < n; ++i) cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
     // 1. proposals by prompt lookup, or by the draft model
@@ -397,24 +384,16 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
-    for (size_t i = 0; i < n; ++i) {
-        const int k = int(drafts[i].size());
-        ds[i]->tuner_.record(k, int(accepted[i]), ds[i]->first_of_length(k) ? 0.0 : step_s);
-    }
+    for (size_t i = 0; i < n; ++i) ds[i]->record_step(int(drafts[i].size()), int(accepted[i]), step_s, n == 1);
     return {};
 }
 
 Result<void> SpeculativeDecoder::step_sampled(Sampler& ts, Sampler& ds, std::vector<float>& logits,
                                               std::vector<int32_t>& out) {
     if (!d_) return make_error("speculative sampling needs a draft model (prompt lookup is greedy only)");
-    return timed_step(out, [&] { return sampled_step(ts, ds, logits, out); });
-}
-
-Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vector<float>& logits,
-                                              std::vector<int32_t>& out) {
     const int32_t V = int32_t(t_.n_vocab());
     const auto t_begin = std::chrono::steady_clock::now();
-    begin_step();
+    begin_step(true);
     std::uniform_real_distribution<double> U(0.0, 1.0);
     const int32_t cur = next_ >= 0 ? next_ : draw(ts.distribution(logits.data(), V), U(rng_));
     ts.accept(cur);
@@ -449,8 +428,8 @@ Result<void> SpeculativeDecoder::sampled_step(Sampler& ts, Sampler& ds, std::vec
     for (size_t i = 0; i < accepted; ++i) ds.accept(draft[i]);
     next_ = next;
     BM_TRY(finish_step(cur, draft, accepted, vl.data(), logits, out));
-    const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();
-    tuner_.record(int(draft.size()), int(accepted), first_of_length(int(draft.size())) ? 0.0 : step_s);
+    record_step(int(draft.size()), int(accepted),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count(), true);
     return {};
 }
 

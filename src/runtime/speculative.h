@@ -130,7 +130,8 @@ class SpeculativeDecoder {
     Result<void> step_greedy(std::vector<float>& logits, std::vector<int32_t>& out);
     // One greedy step for several sequences of the same target (and draft) contexts at once: each
     // drafting round decodes every still-drafting sequence in one draft batch, and one target
-    // batch verifies all sequences' drafts. Per sequence the result is that of step_greedy.
+    // batch verifies all sequences' drafts. Per sequence the result is that of step_greedy. The
+    // guard (SpecParams::guard) acts on a lone sequence only: a batch's time is not one sequence's.
     static Result<void> step_greedy_batch(const std::vector<SpeculativeDecoder*>& decoders,
                                           const std::vector<std::vector<float>*>& logits,
                                           const std::vector<std::vector<int32_t>*>& outs);
@@ -146,10 +147,6 @@ class SpeculativeDecoder {
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
                              const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
     int max_draft() const;
-    // Runs one single-sequence step: times it, asks the guard (when on) whether it drafts, and
-    // records it in the stats.
-    Result<void> timed_step(const std::vector<int32_t>& out, const std::function<Result<void>()>& step);
-    Result<void> sampled_step(Sampler& target, Sampler& draft, std::vector<float>& logits, std::vector<int32_t>& out);
     // Proposals of the draft model for sequences sharing one draft context: each round decodes
     // every sequence still drafting (pending tokens, then its last proposal) in one batch, and
     // pick(i, logits, n_proposed) gives sequence i's next proposal (-1: stop). Stops at max_draft() or a full
@@ -157,19 +154,18 @@ class SpeculativeDecoder {
     static Result<std::vector<std::vector<int32_t>>> draft_tokens(
         const std::vector<SpeculativeDecoder*>& ds, const std::vector<int32_t>& cur,
         const std::function<int32_t(size_t, const float*, size_t)>& pick);
-    // Sets step_len_ for the step about to run (the tuner's choice with SpecParams::adaptive).
-    void begin_step();
-    // Whether this is the decoder's first step that verifies `drafted` tokens (and marks it seen).
-    // Such a step runs a batch shape the contexts may not have run before (buffers grow, pages are
-    // touched: the first 5-token verification measured 48 ms instead of ~25), so its time is not
-    // given to the tuner or the guard; one slow first step could stop drafting for 16 steps.
-    bool first_of_length(int drafted);
-    uint32_t timed_lengths_ = 0;  // bit k: a step verifying k drafts was seen
-    bool warmup_step_ = false;    // the step just taken was first_of_length
-    // The tuner's starting steps try lengths on purpose (some slower than plain decoding): the
-    // guard does not judge drafting by them.
-    bool tuner_starting_ = false;
-    int step_len_ = 0;  // this step's draft length before the depth and context limits
+    // Prepares the step about to run: whether it drafts (the guard's choice, when `guarded`) and
+    // step_len_ (the tuner's choice with SpecParams::adaptive).
+    void begin_step(bool guarded);
+    // Records a finished step that drafted `drafted` tokens and had `accepted` of them accepted, in
+    // `seconds`: the stats, the tuner and (when `guarded`) the guard. A decoder's first step at a
+    // draft length is not timed: it runs a batch shape the contexts may not have run before
+    // (buffers grow, pages are touched: the first 5-token verification measured 48 ms instead of
+    // ~25), and one slow first step could stop drafting for 16 steps. Nor does the guard judge
+    // drafting by the tuner's starting steps, which try lengths on purpose.
+    void record_step(int drafted, int accepted, double seconds, bool guarded);
+    uint32_t timed_lengths_ = 0;  // bit k: a step verifying k drafts was timed
+    int step_len_ = 0;            // this step's draft length before the depth and context limits
     DraftTuner tuner_;
     DraftGuard guard_;
     bool plain_step_ = false;  // this step decodes without drafts (the guard's choice)
