@@ -76,25 +76,26 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     // [m (max_q)][l (max_q)][acc (max_q x D)]: each query's running maximum score, softmax mass
     // and weighted values.
     const int64_t part_floats = max_q * (D + 2);
-    // Every task's queries (rounded once, read by each of its chunks) and their positions.
+    // Query j of a task: its token (0 .. t1 - t0 - 1) and its head.
+    auto query = [&](const Task& task, int64_t j) {
+        const int64_t nqg = (task.t1 - task.t0) * group, g = j / nqg, r = j % nqg;
+        return std::pair<int64_t, int64_t>{r / group, g * group + r % group};
+    };
+    auto n_queries = [&](const Task& task) { return (task.t1 - task.t0) * p.n_head; };
+    // Every task's queries, rounded once (each of its chunks reads them).
     Tensor qv = scratch(int64_t(tasks.size()), max_q * D);  // task ti's query j at row ti + j * D
-    std::vector<int64_t> qpos(tasks.size() * size_t(max_q));
     pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
         for (int64_t ti = tb; ti < te; ++ti) {
             const Task& task = tasks[size_t(ti)];
             const SeqSpan& s = spans[task.span];
             const bool f16k = kv[task.span]->type_k == DType::F16;
-            const int64_t nt = task.t1 - task.t0, nqg = nt * group;
-            for (int64_t g = 0; g < p.n_head_kv; ++g)
-                for (int64_t i = 0; i < nt; ++i)
-                    for (int64_t h = 0; h < group; ++h) {
-                        const int64_t j = g * nqg + i * group + h;
-                        const float* qr = q.row(s.first + task.t0 + i) + (g * group + h) * D;
-                        float* dst = qv.row(ti) + j * D;
-                        // The reference engine rounds the query to the cache precision for the K·Q product.
-                        for (int64_t d = 0; d < D; ++d) dst[d] = f16k ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
-                        qpos[size_t(ti * max_q + j)] = s.pos0 + task.t0 + i;
-                    }
+            for (int64_t j = 0; j < n_queries(task); ++j) {
+                const auto [i, head] = query(task, j);
+                const float* qr = q.row(s.first + task.t0 + i) + head * D;
+                float* dst = qv.row(ti) + j * D;
+                // The reference engine rounds the query to the cache precision for the K·Q product.
+                for (int64_t d = 0; d < D; ++d) dst[d] = f16k ? fp16_to_f32(f32_to_fp16(qr[d])) : qr[d];
+            }
         }
     });
     struct Scratch {
@@ -107,13 +108,12 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         const Task& task = tasks[size_t(ti)];
         const SeqSpan& s = spans[task.span];
         const float* qt = qv.row(ti);
-        const int64_t* pos = qpos.data() + ti * max_q;
         const KvBlock& b = *kv[task.span];
         const bool f16k = b.type_k == DType::F16, f16v = b.type_v == DType::F16;
         const KvScoresFn scores = f16k ? k_->kv_scores_f16 : k_->kv_scores_f32;
         const KvAccumFn accum = f16v ? k_->kv_accum_f16 : k_->kv_accum_f32;
         const size_t k_es = f16k ? 2 : 4, v_es = f16v ? 2 : 4;
-        const int64_t nqg = (task.t1 - task.t0) * group, nq = nqg * p.n_head_kv;
+        const int64_t nqg = (task.t1 - task.t0) * group, nq = n_queries(task);
         const int64_t c0 = c * k_kv_chunk, c1 = std::min(c0 + k_kv_chunk, s.pos0 + task.t1);
         float *m = part, *l = part + max_q, *acc = part + 2 * max_q;
         std::fill_n(m, nq, -INFINITY);
@@ -126,7 +126,8 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 scores(qt + j0 * D, nqg, static_cast<const uint8_t*>(b.k) + size_t(kt * width + g * D) * k_es, width, n,
                        D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
                 for (int64_t j = j0; j < j0 + nqg; ++j) {
-                    const int64_t nj = std::clamp<int64_t>(pos[j] + 1 - kt, 0, n);
+                    const int64_t pos = s.pos0 + task.t0 + (j - j0) / group;  // query j's position
+                    const int64_t nj = std::clamp<int64_t>(pos + 1 - kt, 0, n);
                     w.n_of[size_t(j)] = nj;
                     if (nj == 0) continue;
                     const float* sj = w.s.data() + j * k_kv_tile;
@@ -170,18 +171,14 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     };
     auto finish = [&](const Task& task, const float* total) {
         const SeqSpan& s = spans[task.span];
-        const int64_t nt = task.t1 - task.t0, nqg = nt * group;
-        for (int64_t g = 0; g < p.n_head_kv; ++g)
-            for (int64_t i = 0; i < nt; ++i)
-                for (int64_t h = 0; h < group; ++h) {
-                    const int64_t j = g * nqg + i * group + h;
-                    const float* a = total + 2 * max_q + j * D;
-                    float* o = out.row(s.first + task.t0 + i) + (g * group + h) * D;
-                    const float inv = 1.0f / total[max_q + j];
-                    for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
-                }
+        for (int64_t j = 0; j < n_queries(task); ++j) {
+            const auto [i, head] = query(task, j);
+            const float* a = total + 2 * max_q + j * D;
+            float* o = out.row(s.first + task.t0 + i) + head * D;
+            const float inv = 1.0f / total[max_q + j];
+            for (int64_t d = 0; d < D; ++d) o[d] = a[d] * inv;
+        }
     };
-    auto n_queries = [&](const Task& task) { return (task.t1 - task.t0) * p.n_head; };
 
     if (!split) {
         pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
