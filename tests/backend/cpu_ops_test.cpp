@@ -68,6 +68,14 @@ struct Host {
     Host(int64_t rows, int64_t cols) : data(size_t(rows * cols)), t{data.data(), rows, cols, cols} {}
 };
 
+// Fresh random values in [lo, hi) for every element of the tensors (in place: t points at data).
+void fill_random(std::mt19937& rng, std::initializer_list<Host*> hosts, float lo, float hi) {
+    for (Host* h : hosts) {
+        const std::vector<float> r = testing::random_floats(rng, h->data.size(), lo, hi);
+        std::copy(r.begin(), r.end(), h->data.begin());
+    }
+}
+
 std::vector<std::unique_ptr<cpu::CpuBackend>> backends() {
     std::vector<std::unique_ptr<cpu::CpuBackend>> r;
     for (const cpu::Kernels* k : cpu::available_kernels()) r.push_back(std::make_unique<cpu::CpuBackend>(2, k));
@@ -266,12 +274,12 @@ TEST(CpuOps, moe_matches_float64_and_handles_idle_experts) {
 // A KV cache of one sequence holding `depth` random earlier positions, and the float64 reference
 // for queries appended after them.
 struct AttentionCase {
-    int64_t H, Hkv, D, depth;
+    int64_t H, Hkv, D, depth, capacity;
     DType type;
     std::vector<float> past_k, past_v;
     std::vector<uint8_t> kbuf, vbuf;
-    AttentionCase(std::mt19937& rng, int64_t h, int64_t hkv, int64_t d, int64_t dep, int64_t capacity, DType t)
-        : H(h), Hkv(hkv), D(d), depth(dep), type(t) {
+    AttentionCase(std::mt19937& rng, int64_t h, int64_t hkv, int64_t d, int64_t dep, int64_t cap, DType t)
+        : H(h), Hkv(hkv), D(d), depth(dep), capacity(cap), type(t) {
         const size_t es = t == DType::F32 ? 4 : 2;
         kbuf.resize(size_t(capacity * Hkv * D) * es);
         vbuf.resize(kbuf.size());
@@ -287,10 +295,7 @@ struct AttentionCase {
             }
         }
     }
-    KvBlock block() {
-        return KvBlock{kbuf.data(), vbuf.data(), type, type,
-                       int64_t(kbuf.size()) / (Hkv * D) / (type == DType::F32 ? 4 : 2)};
-    }
+    KvBlock block() { return KvBlock{kbuf.data(), vbuf.data(), type, type, capacity}; }
     float cached(float x) const { return type == DType::F16 ? fp16_to_f32(f32_to_fp16(x)) : x; }
     // Output of token t (appended after the cache, with new keys k / values v) for head h.
     std::vector<double> reference(const Tensor& q, const Tensor& k, const Tensor& v, int64_t t, int64_t h) const {
@@ -333,10 +338,7 @@ TEST(CpuOps, attention_matches_float64_for_f32_and_f16_caches) {
                 AttentionCase c(rng, sh.H, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
                 KvBlock b = c.block();
                 Host q(sh.T, sh.H * sh.D), k(sh.T, sh.Hkv * sh.D), v(sh.T, sh.Hkv * sh.D), out(sh.T, sh.H * sh.D);
-                for (Host* h : {&q, &k, &v}) {
-                    auto r = testing::random_floats(rng, h->data.size(), -1, 1);
-                    std::copy(r.begin(), r.end(), h->data.begin());
-                }
+                fill_random(rng, {&q, &k, &v}, -1, 1);
                 std::vector<SeqSpan> spans = {{0, 0, sh.T, sh.depth}};
                 std::vector<KvBlock*> kv = {&b};
                 be->attention(q.t, k.t, v.t, {sh.H, sh.Hkv, sh.D, 1.0f / std::sqrt(float(sh.D))}, spans, kv, out.t);
@@ -366,10 +368,7 @@ TEST(CpuOps, attention_is_batch_invariant) {
         for (int64_t depth : {5, 1200}) {
             AttentionCase c(rng, H, Hkv, D, depth, depth + T, DType::F16);
             Host q(T, H * D), k(T, Hkv * D), v(T, Hkv * D), batch(T, H * D), one(T, H * D);
-            for (Host* h : {&q, &k, &v}) {
-                auto r = testing::random_floats(rng, h->data.size(), -2, 2);
-                std::copy(r.begin(), r.end(), h->data.begin());
-            }
+            fill_random(rng, {&q, &k, &v}, -2, 2);
             const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
             KvBlock b1 = c.block();
             std::vector<KvBlock*> kv1 = {&b1};
@@ -390,10 +389,7 @@ TEST(CpuOps, attention_is_batch_invariant) {
             KvBlock b3 = c3.block(), b4 = c4.block();
             std::vector<KvBlock*> kv34 = {&b3, &b4};
             Host q2(31, H * D), k2(31, Hkv * D), v2(31, Hkv * D), out2(31, H * D);
-            for (Host* h : {&q2, &k2, &v2}) {
-                auto r = testing::random_floats(rng, h->data.size(), -2, 2);
-                std::copy(r.begin(), r.end(), h->data.begin());
-            }
+            fill_random(rng, {&q2, &k2, &v2}, -2, 2);
             std::copy_n(q.data.data(), 11 * H * D, q2.data.data());
             std::copy_n(k.data.data(), 11 * Hkv * D, k2.data.data());
             std::copy_n(v.data.data(), 11 * Hkv * D, v2.data.data());
@@ -415,10 +411,7 @@ TEST(CpuOps, gated_delta_net_matches_float64_recurrence) {
         float* av = reinterpret_cast<float*>(a->bytes.data());
         for (int64_t h = 0; h < Hv; ++h) av[h] = -std::fabs(av[h]) - 0.1f;  // ssm_a < 0
         Host u(T, C), beta(T, Hv), alpha(T, Hv), out(T, Hv * dv);
-        for (Host* h : {&u, &beta, &alpha}) {
-            auto r = testing::random_floats(rng, h->data.size(), -1, 1);
-            std::copy(r.begin(), r.end(), h->data.begin());
-        }
+        fill_random(rng, {&u, &beta, &alpha}, -1, 1);
         std::vector<float> ssm(size_t(3 * Hv * dv * dk)), conv(size_t(3 * C * 3));
         auto s0 = testing::random_floats(rng, size_t(Hv * dv * dk), -0.5f, 0.5f);
         std::copy(s0.begin(), s0.end(), ssm.begin());  // slot 0: the incoming state
