@@ -401,57 +401,83 @@ TEST(CpuOps, attention_is_batch_invariant) {
     }
 }
 
+// Head sizes 16 (the general loop), 64 and 128 (the state rows held in registers); 20 tokens
+// cross the kernel's 16-token blocks. Checked against float64: every output, and the states of
+// the last 3 tokens (kept in the ring for a rollback). Then the same tokens one call each (the
+// state updated in place, as in decoding) must give the same bits.
 TEST(CpuOps, gated_delta_net_matches_float64_recurrence) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
-    const int64_t Hk = 2, Hv = 4, dk = 16, dv = 16, T = 6, key_dim = Hk * dk, C = 2 * key_dim + Hv * dv;
-    for (auto& be : backends()) {
-        auto dtb = make_weight(rng, DType::F32, Hv, 1), a = make_weight(rng, DType::F32, Hv, 1);
-        for (auto& x : a->bytes) (void)x;
-        float* av = reinterpret_cast<float*>(a->bytes.data());
-        for (int64_t h = 0; h < Hv; ++h) av[h] = -std::fabs(av[h]) - 0.1f;  // ssm_a < 0
-        Host u(T, C), beta(T, Hv), alpha(T, Hv), out(T, Hv * dv);
-        fill_random(rng, {&u, &beta, &alpha}, -1, 1);
-        std::vector<float> ssm(size_t(3 * Hv * dv * dk)), conv(size_t(3 * C * 3));
-        auto s0 = testing::random_floats(rng, size_t(Hv * dv * dk), -0.5f, 0.5f);
-        std::copy(s0.begin(), s0.end(), ssm.begin());  // slot 0: the incoming state
-        RecurrentRing ring{conv.data(), ssm.data(), 3, 0};
-        std::vector<RecurrentRing*> rings = {&ring};
-        GdnParams p{Hk, Hv, dk, dv, 4, 1e-6f};
-        be->gated_delta_net(u.t, beta.t, alpha.t, dtb->w, a->w, p, {{0, 0, T, 0}}, rings, out.t);
-        // float64 reference of arch-qwen35.md §7.3-7.4
-        std::vector<double> S(s0.begin(), s0.end());
-        const float* dt = reinterpret_cast<const float*>(dtb->bytes.data());
-        for (int64_t t = 0; t < T; ++t) {
-            auto l2 = [&](const float* x) {
-                double n = 0;
-                for (int64_t i = 0; i < dk; ++i) n += double(x[i]) * x[i];
-                std::vector<double> r(static_cast<size_t>(dk));
-                for (int64_t i = 0; i < dk; ++i) r[size_t(i)] = x[i] / std::max(std::sqrt(n), 1e-6);
-                return r;
-            };
-            for (int64_t h = 0; h < Hv; ++h) {
-                const int64_t j = h % Hk;
-                const auto q = l2(u.t.row(t) + j * dk), k = l2(u.t.row(t) + key_dim + j * dk);
-                const float* v = u.t.row(t) + 2 * key_dim + h * dv;
-                const double b = 1 / (1 + std::exp(-double(beta.t.row(t)[h])));
-                const double x = double(alpha.t.row(t)[h]) + dt[h];
-                const double g = (x > 20 ? x : std::log1p(std::exp(x))) * av[h];
-                for (int64_t c = 0; c < dv; ++c) {
-                    double* r = &S[size_t((h * dv + c) * dk)];
-                    double pred = 0;
-                    for (int64_t i = 0; i < dk; ++i) pred += (r[i] *= std::exp(g)) * k[size_t(i)];
-                    const double delta = b * (v[c] - pred);
-                    double o = 0;
-                    for (int64_t i = 0; i < dk; ++i) o += (r[i] += k[size_t(i)] * delta) * q[size_t(i)];
-                    ASSERT_NEAR(out.t.row(t)[h * dv + c], o / std::sqrt(double(dk)), 1e-4)
-                        << be->name() << " seed=" << seed;
+    struct Shape {
+        int64_t dk, dv;
+    };
+    for (const Shape sh : {Shape{16, 16}, Shape{64, 24}, Shape{128, 16}}) {
+        const int64_t Hk = 2, Hv = 4, dk = sh.dk, dv = sh.dv, T = 20, key_dim = Hk * dk, C = 2 * key_dim + Hv * dv;
+        const size_t head = size_t(dv * dk), slot = size_t(Hv) * head;
+        for (auto& be : backends()) {
+            auto dtb = make_weight(rng, DType::F32, Hv, 1), a = make_weight(rng, DType::F32, Hv, 1);
+            float* av = reinterpret_cast<float*>(a->bytes.data());
+            for (int64_t h = 0; h < Hv; ++h) av[h] = -std::fabs(av[h]) - 0.1f;  // ssm_a < 0
+            Host u(T, C), beta(T, Hv), alpha(T, Hv), out(T, Hv * dv);
+            fill_random(rng, {&u, &beta, &alpha}, -1, 1);
+            std::vector<float> ssm(3 * slot), conv(size_t(3 * C * 3));
+            const auto s0 = testing::random_floats(rng, slot, -0.5f, 0.5f);
+            std::copy(s0.begin(), s0.end(), ssm.begin());  // slot 0: the incoming state
+            RecurrentRing ring{conv.data(), ssm.data(), 3, 0};
+            std::vector<RecurrentRing*> rings = {&ring};
+            const GdnParams p{Hk, Hv, dk, dv, 4, 1e-6f};
+            be->gated_delta_net(u.t, beta.t, alpha.t, dtb->w, a->w, p, {{0, 0, T, 0}}, rings, out.t);
+            be->reset_scratch();
+            // float64 reference of arch-qwen35.md §7.3-7.4
+            std::vector<double> S(s0.begin(), s0.end());
+            const float* dt = reinterpret_cast<const float*>(dtb->bytes.data());
+            for (int64_t t = 0; t < T; ++t) {
+                auto l2 = [&](const float* x) {
+                    double n = 0;
+                    for (int64_t i = 0; i < dk; ++i) n += double(x[i]) * x[i];
+                    std::vector<double> r(static_cast<size_t>(dk));
+                    for (int64_t i = 0; i < dk; ++i) r[size_t(i)] = x[i] / std::max(std::sqrt(n), 1e-6);
+                    return r;
+                };
+                for (int64_t h = 0; h < Hv; ++h) {
+                    const int64_t j = h % Hk;
+                    const auto q = l2(u.t.row(t) + j * dk), k = l2(u.t.row(t) + key_dim + j * dk);
+                    const float* v = u.t.row(t) + 2 * key_dim + h * dv;
+                    const double b = 1 / (1 + std::exp(-double(beta.t.row(t)[h])));
+                    const double x = double(alpha.t.row(t)[h]) + dt[h];
+                    const double g = (x > 20 ? x : std::log1p(std::exp(x))) * av[h];
+                    for (int64_t c = 0; c < dv; ++c) {
+                        double* r = &S[size_t((h * dv + c) * dk)];
+                        double pred = 0;
+                        for (int64_t i = 0; i < dk; ++i) pred += (r[i] *= std::exp(g)) * k[size_t(i)];
+                        const double delta = b * (v[c] - pred);
+                        double o = 0;
+                        for (int64_t i = 0; i < dk; ++i) o += (r[i] += k[size_t(i)] * delta) * q[size_t(i)];
+                        ASSERT_NEAR(out.t.row(t)[h * dv + c], o / std::sqrt(double(dk)), 1e-4)
+                            << be->name() << " dk=" << dk << " t=" << t << " seed=" << seed;
+                    }
+                }
+                if (t >= T - 3) {  // token t's state is kept in slot (t + 1) % 3
+                    const float* kept = ssm.data() + size_t((t + 1) % 3) * slot;
+                    for (size_t i = 0; i < S.size(); ++i)
+                        ASSERT_NEAR(kept[i], S[i], 1e-4) << be->name() << " dk=" << dk << " t=" << t;
                 }
             }
+            // one token per call, the state updated in place (a ring of one slot)
+            std::vector<float> one_state(s0.begin(), s0.end()), one_conv(size_t(C * 3));
+            RecurrentRing one{one_conv.data(), one_state.data(), 1, 0};
+            std::vector<RecurrentRing*> ones = {&one};
+            Host one_out(T, Hv * dv);
+            for (int64_t t = 0; t < T; ++t) {
+                auto row = [&](Host& h) { return Tensor{h.t.row(t), 1, h.t.cols, h.t.cols}; };
+                be->gated_delta_net(row(u), row(beta), row(alpha), dtb->w, a->w, p, {{0, 0, 1, t}}, ones, row(one_out));
+                be->reset_scratch();
+            }
+            ASSERT_EQ(std::memcmp(one_out.data.data(), out.data.data(), out.data.size() * 4), 0)
+                << be->name() << " dk=" << dk << " seed=" << seed;
+            ASSERT_EQ(std::memcmp(one_state.data(), ssm.data() + size_t(T % 3) * slot, slot * 4), 0)
+                << be->name() << " dk=" << dk << " seed=" << seed;
         }
-        // the final state is in slot (0 + T) % 3
-        const float* fin = ssm.data() + size_t((T % 3) * Hv * dv * dk);
-        for (size_t i = 0; i < S.size(); ++i) ASSERT_NEAR(fin[i], S[i], 1e-4) << be->name();
     }
 }
 

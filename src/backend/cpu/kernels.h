@@ -25,11 +25,19 @@ using PackedTileFn = void (*)(const void* group, const void* const* act_rows, in
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
-// One Gated DeltaNet step for one head from state S_in to S_out ([d_v][d_k], key index fastest;
-// S_out may equal S_in): S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
-// Writing the new state elsewhere lets the caller keep per-token snapshots without a copy.
-using GdnStepFn = void (*)(const float* S_in, float* S_out, const float* q, const float* k, const float* v, float beta,
-                           float decay, float scale, int64_t d_k, int64_t d_v, float* out);
+// Gated DeltaNet for one head over a run of tokens, from state S_in ([d_v][d_k], key index
+// fastest). Per token: S = decay * S; pred = S^T k; S += k (beta (v - pred))^T; out = scale * S^T q.
+// A token's new state is written to its `state` (when set: the snapshots a rollback can need;
+// the last token's must be set, and may be S_in itself); `work` (d_v * d_k floats) carries the
+// state where it is not kept. A token's arithmetic does not depend on the run it is in.
+struct GdnToken {
+    const float *q, *k, *v;  // this head's query, key (d_k) and value (d_v)
+    float beta, decay;
+    float* out;    // d_v outputs
+    float* state;  // this token's new state, or nullptr
+};
+using GdnStepsFn = void (*)(const float* S_in, const GdnToken* tok, int64_t n_tok, float scale, int64_t d_k,
+                            int64_t d_v, float* work);
 // Attention over cached key/value rows (f32 or f16; row t at t * stride elements from the base):
 // scores s[j * s_stride + t] = scale * (query j . key t) for nq queries of D floats (contiguous)
 // and n keys; and acc[j * D + d] += sum over t < n_of[j] of p[j * p_stride + t] * value t [d],
@@ -56,7 +64,7 @@ struct Kernels {
     GemmRowFn gemm_row[32] = {};           // optional many-token row products
     PackedTileFn packed_tile[32][4] = {};  // optional: products on packed rows (weights get packed)
     QuantizeFn quantize[32] = {};          // indexed by activation DType id
-    GdnStepFn gdn_step = nullptr;
+    GdnStepsFn gdn_steps = nullptr;
     KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
     KvAccumFn kv_accum_f32 = nullptr, kv_accum_f16 = nullptr;
     ExpShiftFn exp_shift = nullptr;

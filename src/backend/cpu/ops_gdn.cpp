@@ -91,26 +91,28 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
             }
         });
         // Each token's new state goes straight to its ring slot when it must be kept (the last
-        // n_slots tokens), else to a local buffer; the state before the batch (slot 0) is only read.
+        // n_slots tokens), else nowhere (the kernel carries it); slot 0, the state before the
+        // batch, is only read (unless the last token's slot wraps onto it).
         pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
-            std::vector<float> S(head_floats);
+            std::vector<float> work(head_floats);
+            std::vector<GdnToken> toks(static_cast<size_t>(s.n_tokens));
             for (int64_t h = hb; h < he; ++h) {
                 const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
-                const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
                 for (int64_t i = 0; i < s.n_tokens; ++i) {
                     const int64_t row = s.first + i;
-                    const float b = sigmoid(beta.row(row)[h]);
-                    const float decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
-                    const float* q = qn.row(i) + j * dk;
-                    const float* k = kn.row(i) + j * dk;
-                    const float* v = u.row(row) + 2 * key_dim + h * dv;
-                    float* o = out.row(row) + h * dv;
-                    float* dst = i >= s.n_tokens - ring.n_slots
-                                     ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
-                                     : S.data();
-                    k_->gdn_step(src, dst, q, k, v, b, decay, q_scale, dk, dv, o);
-                    src = dst;
+                    GdnToken& g = toks[size_t(i)];
+                    g.q = qn.row(i) + j * dk;
+                    g.k = kn.row(i) + j * dk;
+                    g.v = u.row(row) + 2 * key_dim + h * dv;
+                    g.beta = sigmoid(beta.row(row)[h]);
+                    g.decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
+                    g.out = out.row(row) + h * dv;
+                    g.state = i >= s.n_tokens - ring.n_slots
+                                  ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
+                                  : nullptr;
                 }
+                const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
+                k_->gdn_steps(src, toks.data(), s.n_tokens, q_scale, dk, dv, work.data());
             }
         });
     }

@@ -38,6 +38,17 @@ void gdn_step(const float* S_in, float* S_out, const float* q, const float* k, c
     }
 }
 
+void gdn_steps(const float* S_in, const GdnToken* tok, int64_t n_tok, float scale, int64_t dk, int64_t dv,
+               float* work) {
+    const float* src = S_in;
+    for (int64_t t = 0; t < n_tok; ++t) {
+        const GdnToken& g = tok[t];
+        float* dst = g.state ? g.state : work;
+        gdn_step(src, dst, g.q, g.k, g.v, g.beta, g.decay, scale, dk, dv, g.out);
+        src = dst;
+    }
+}
+
 template <bool F16>
 float kv_at(const void* base, int64_t i) {
     if constexpr (F16)
@@ -88,7 +99,7 @@ Kernels make_generic() {
     k.quantize[int(DType::BF16)] = quant<DType::BF16>;
     k.quantize[int(DType::Q8_0)] = quant<DType::Q8_0>;
     k.quantize[int(DType::Q8_K)] = quant<DType::Q8_K>;
-    k.gdn_step = gdn_step;
+    k.gdn_steps = gdn_steps;
     k.silu_mul = silu_mul;
     k.kv_scores_f32 = kv_scores<false>;
     k.kv_scores_f16 = kv_scores<true>;
