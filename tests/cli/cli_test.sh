@@ -55,6 +55,8 @@ expect "bench bad p-min" 1 "probabilities in \[0, 1\]" "$bin" bench -m "$m" -md 
 expect "bench bad adaptive" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-adaptive 2 -p 0 -n 8
 expect "bench bad draft-max" 1 "above 16" "$bin" bench -m "$m" -md "$d" --draft-max 17 -p 0 -n 8
 expect "run -md stats" 0 "plain steps .* t/s: speed-up [0-9.]*x" "$bin" run -m "$m" -md "$d" -p hi -n 24 --temp 0 --ignore-eos
+expect "run -md short" 0 "drafting steps [0-9.]* t/s (too few steps for a speed-up)" "$bin" run -m "$m" -md "$d" -p hi \
+  -n 5 --temp 0 --ignore-eos
 expect "run -md no guard" 0 "(\([0-9][0-9]*\) of \1 steps drafted); drafting steps" "$bin" run -m "$m" -md "$d" -p hi \
   -n 24 --temp 0 --ignore-eos --draft-guard 0
 expect "bench bad guard" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-guard 5 -p 0 -n 8
