@@ -26,7 +26,7 @@ void run_range(const std::function<void(int64_t, int64_t, int)>& fn, int64_t n, 
 }
 }  // namespace
 
-ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)) {
+ThreadPool::ThreadPool(int n_threads) : n_threads_(std::max(1, n_threads)), done_(new Done[size_t(n_threads_)]) {
     for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
 
@@ -59,21 +59,22 @@ void ThreadPool::parallel_for(int64_t n, const std::function<void(int64_t, int64
     std::lock_guard<std::mutex> call_lock(call_mu_);
     job_ = &fn;
     job_n_ = n;
-    pending_.store(n_threads_ - 1, std::memory_order_relaxed);
+    uint64_t gen;
     {
         std::lock_guard<std::mutex> lock(mu_);
-        generation_.fetch_add(1, std::memory_order_release);
+        gen = generation_.fetch_add(1, std::memory_order_release) + 1;
     }
     cv_.notify_all();
     run_range(fn, n, 0, n_threads_);
     // Spin briefly, then yield: when the machine is oversubscribed (other processes, two test
     // binaries at once) a descheduled worker gets the core back instead of a full time slice.
-    for (int i = 0; pending_.load(std::memory_order_acquire) != 0; ++i) {
-        if (i < k_pause_before_yield)
-            BM_PAUSE();
-        else
-            std::this_thread::yield();
-    }
+    for (int w = 1, i = 0; w < n_threads_; ++w)
+        while (done_[size_t(w)].generation.load(std::memory_order_acquire) != gen) {
+            if (i++ < k_pause_before_yield)
+                BM_PAUSE();
+            else
+                std::this_thread::yield();
+        }
     job_ = nullptr;
 }
 
@@ -105,7 +106,7 @@ void ThreadPool::worker(int index) {
         if (stop_.load()) return;
         seen = generation_.load(std::memory_order_acquire);
         run_range(*job_, job_n_, index, n_threads_);
-        pending_.fetch_sub(1, std::memory_order_acq_rel);
+        done_[size_t(index)].generation.store(seen, std::memory_order_release);
     }
 }
 
