@@ -46,8 +46,8 @@ class ThreadPool {
     int64_t job_n_ = 0;
     std::atomic<bool> stop_{false};
     // Worker i stores the generation it finished in done_[i], a cache line of its own: finishing
-    // writes no line another worker writes (a shared counter took one line transfer per worker
-    // in turn, microseconds per job with 16 threads).
+    // writes no line another worker writes (with a shared countdown, which moved one line from
+    // worker to worker in turn, decode at 16 threads measured 8% slower).
     struct alignas(64) Done {
         std::atomic<uint64_t> generation{0};
     };
