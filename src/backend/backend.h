@@ -134,6 +134,16 @@ class Backend {
     virtual void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) = 0;
     // out[t][r] = dot(w row r, x[t])
     virtual void matmul(const Weight& w, Tensor x, Tensor out) = 0;
+    // Several products of one input (a layer's projections): matmul(*w, x, out) for each. A
+    // backend may run them as one job (the CPU: one activation quantization per type, one
+    // synchronisation instead of one per product); results are those of matmul.
+    struct Product {
+        const Weight* w;
+        Tensor out;
+    };
+    virtual void matmuls(Tensor x, const std::vector<Product>& products) {
+        for (const Product& p : products) matmul(*p.w, x, p.out);
+    }
     virtual void add(Tensor a, Tensor b, Tensor out) = 0;
     // For every group of `group` columns of x, copies columns [offset, offset + width) of the
     // group into out (e.g. the query half of Qwen3.5's interleaved [query | gate] heads).

@@ -72,6 +72,15 @@ class ProfiledBackend : public Backend {
             OpClass::dense_matmul, [&] { inner_->matmul(w, x, out); }, double(w.row_bytes) * double(w.n_out()),
             2.0 * double(w.n_in()) * double(w.n_out()) * double(x.rows));
     }
+    void matmuls(Tensor x, const std::vector<Product>& ps) override {
+        double bytes = 0, flops = 0;
+        for (const Product& p : ps) {
+            bytes += double(p.w->row_bytes) * double(p.w->n_out());
+            flops += 2.0 * double(p.w->n_in()) * double(p.w->n_out()) * double(x.rows);
+        }
+        timed(
+            OpClass::dense_matmul, [&] { inner_->matmuls(x, ps); }, bytes, flops);
+    }
     void add(Tensor a, Tensor b, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->add(a, b, out); });
     }

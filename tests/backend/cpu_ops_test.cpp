@@ -1,5 +1,6 @@
 // CPU backend ops, for every instruction-set table, against float64 references on fresh random
-// inputs: matrix products of every weight type (odd token counts, one token), routed experts
+// inputs: matrix products of every weight type (odd token counts, one token; several products of
+// one input in one call against one call each), routed experts
 // (some experts get no token), attention over f32/f16 caches, and the Gated DeltaNet recurrence.
 #include <gtest/gtest.h>
 
@@ -150,6 +151,42 @@ TEST(CpuOps, matmul_every_type_matches_float64) {
                     }
                 }
             }
+        }
+    }
+}
+
+// Several products of one input in one call (a layer's projections: mixed weight and activation
+// types, packed and not, row counts that split a product's blocks between the threads) give the
+// bits of one matmul each, for decode-sized and prefill-sized batches.
+TEST(CpuOps, matmuls_equal_one_matmul_each_bitwise) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    const int64_t n_in = 512;
+    for (auto& be : backends()) {
+        std::vector<std::unique_ptr<OwnedWeight>> ws;
+        ws.push_back(make_weight(rng, DType::Q6_K, n_in, 72));
+        ws.push_back(make_weight(rng, DType::Q4_K, n_in, 40));
+        ws.push_back(make_weight(rng, DType::Q4_K, n_in, 8));
+        ws.push_back(make_weight(rng, DType::F32, n_in, 13));
+        ws.push_back(make_weight(rng, DType::Q8_0, n_in, 37));
+        for (auto& w : ws) ASSERT_TRUE(be->prepare_weight(w->w));
+        for (int64_t T : {1, 3, 20}) {
+            Host x(T, n_in);
+            fill_random(rng, {&x}, -2, 2);
+            std::vector<Host> one, many;
+            std::vector<Backend::Product> ps;
+            for (auto& w : ws) {
+                one.emplace_back(T, w->w.n_out());
+                many.emplace_back(T, w->w.n_out());
+            }
+            for (size_t i = 0; i < ws.size(); ++i) {
+                be->matmul(ws[i]->w, x.t, one[i].t);
+                ps.push_back({&ws[i]->w, many[i].t});
+            }
+            be->matmuls(x.t, ps);
+            for (size_t i = 0; i < ws.size(); ++i)
+                ASSERT_EQ(std::memcmp(one[i].data.data(), many[i].data.data(), one[i].data.size() * 4), 0)
+                    << be->name() << " product " << i << " T=" << T << " seed=" << seed;
         }
     }
 }

@@ -261,6 +261,54 @@ void CpuBackend::matmul(const Weight& w, Tensor x, Tensor out) {
                 w.n_in(), out.data, out.stride);
 }
 
+void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
+    if (x.rows == 0 || ps.empty()) return;
+    if (ps.size() == 1) return matmul(*ps[0].w, x, ps[0].out);
+    // x quantized once per activation type; the products' row blocks numbered one after another
+    struct Part {
+        const Weight* w;
+        Tensor out;
+        const uint8_t* qx;
+        size_t qrb;
+        int64_t first_task;
+    };
+    std::vector<DType> types;
+    std::vector<size_t> type_rb;
+    std::vector<Part> parts;
+    int64_t n_tasks = 0;
+    for (const Product& p : ps) {
+        BM_CHECK(x.cols == p.w->n_in() && p.out.cols == p.w->n_out() && p.out.rows == x.rows);
+        const DType at = activation_type(p.w->type);
+        size_t i = size_t(std::find(types.begin(), types.end(), at) - types.begin());
+        if (i == types.size()) {
+            types.push_back(at);
+            if (qbufs_.size() < types.size()) qbufs_.resize(types.size());
+            type_rb.push_back(quantize_rows(p.w->type, x, qbufs_[i]));
+        }
+        parts.push_back({p.w, p.out, nullptr, type_rb[i], n_tasks});
+        parts.back().qx = qbufs_[i].data();  // (a later type's quantization never moves this buffer)
+        n_tasks += (p.w->n_out() + k_rows_per_task - 1) / k_rows_per_task;
+    }
+    // tasks [b, e): the pieces of each product they cover
+    auto run = [&](int64_t b, int64_t e) {
+        for (const Part& part : parts) {
+            const Weight& w = *part.w;
+            const int64_t n = (w.n_out() + k_rows_per_task - 1) / k_rows_per_task;
+            const int64_t lo = std::max(b, part.first_task), hi = std::min(e, part.first_task + n);
+            if (lo >= hi) continue;
+            const int64_t r0 = (lo - part.first_task) * k_rows_per_task,
+                          r1 = std::min(w.n_out(), (hi - part.first_task) * k_rows_per_task);
+            rows_product(w.type, w.backend_data != nullptr, product_bytes(w), w.row_bytes, r0, r1, part.qx, part.qrb,
+                         x.rows, w.n_in(), part.out.data + r0, part.out.stride);
+        }
+    };
+    // as matmul_rows: contiguous shares for few tokens, small blocks one at a time for many
+    if (x.rows <= k_stream_max_tokens)
+        pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) { run(b, e); });
+    else
+        pool_->parallel_tasks(n_tasks, [&](int64_t task, int) { run(task, task + 1); });
+}
+
 template <class F>
 static void elementwise(ThreadPool& pool, Tensor out, F f) {
     pool.parallel_for(out.rows, [&](int64_t b, int64_t e, int) {

@@ -35,6 +35,7 @@ class CpuBackend : public Backend {
     void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) override;
     void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override;
     void matmul(const Weight& w, Tensor x, Tensor out) override;
+    void matmuls(Tensor x, const std::vector<Product>& products) override;
     void add(Tensor a, Tensor b, Tensor out) override;
     void gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) override;
     void swiglu(Tensor gate, Tensor up, Tensor out) override;
@@ -88,6 +89,7 @@ class CpuBackend : public Backend {
     std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
     std::vector<uint8_t> qbuf_, qbuf2_;
+    std::vector<std::vector<uint8_t>> qbufs_;  // matmuls: x quantized, one buffer per activation type
     static constexpr size_t k_budget_unset = SIZE_MAX - 1;
     static size_t default_pack_budget();
     bool pack_weights_ = true, pack_warned_ = false;

@@ -25,8 +25,8 @@ Result<Attention> load_attention(Model& m, int64_t il, bool gated) {
 Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, const ForwardBatch& batch,
                  const std::vector<KvBlock*>& kv) {
     const int64_t T = x.rows, D = hp.head_dim, nq = hp.n_head * D, nkv = hp.n_head_kv * D;
-    Tensor qg = be.scratch(T, w.q->n_out());
-    be.matmul(*w.q, x, qg);
+    Tensor qg = be.scratch(T, w.q->n_out()), k = be.scratch(T, nkv), v = be.scratch(T, nkv);
+    be.matmuls(x, {{w.q, qg}, {w.k, k}, {w.v, v}});
     Tensor q = qg, gate;
     if (w.gated) {
         q = be.scratch(T, nq);
@@ -34,9 +34,6 @@ Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, c
         be.gather_cols(qg, 2 * D, 0, D, q);
         be.gather_cols(qg, 2 * D, D, D, gate);
     }
-    Tensor k = be.scratch(T, nkv), v = be.scratch(T, nkv);
-    be.matmul(*w.k, x, k);
-    be.matmul(*w.v, x, v);
     Tensor qn = be.scratch(T, nq), kn = be.scratch(T, nkv);
     be.rms_norm(q, *w.q_norm, hp.eps, qn);
     be.rms_norm(k, *w.k_norm, hp.eps, kn);
@@ -72,10 +69,7 @@ Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, T
     const int64_t T = x.rows, Hv = hp.ssm_n_v_heads;
     Tensor mixed = be.scratch(T, hp.conv_dim()), z = be.scratch(T, hp.ssm_d_inner);
     Tensor beta = be.scratch(T, Hv), alpha = be.scratch(T, Hv);
-    be.matmul(*w.qkv, x, mixed);
-    be.matmul(*w.gate, x, z);
-    be.matmul(*w.beta, x, beta);
-    be.matmul(*w.alpha, x, alpha);
+    be.matmuls(x, {{w.qkv, mixed}, {w.gate, z}, {w.beta, beta}, {w.alpha, alpha}});
     GdnParams p{hp.ssm_n_k_heads, Hv, hp.ssm_d_state, hp.ssm_d_state, hp.ssm_conv_kernel, hp.eps};
     Tensor u = be.scratch(T, hp.conv_dim());
     be.ssm_conv(mixed, *w.conv, p, batch.spans, rs, u);
@@ -99,15 +93,19 @@ Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, const char* 
     return f;
 }
 
+// down(silu(g) * u), g and u already projected
+static Tensor dense_ffn_down(Backend& be, const DenseFfn& w, Tensor g, Tensor u) {
+    be.swiglu(g, u, g);
+    Tensor out = be.scratch(g.rows, w.down->n_out());
+    be.matmul(*w.down, g, out);
+    return out;
+}
+
 Tensor dense_ffn(Backend& be, const DenseFfn& w, Tensor x) {
     const int64_t T = x.rows, F = w.gate->n_out();
     Tensor g = be.scratch(T, F), u = be.scratch(T, F);
-    be.matmul(*w.gate, x, g);
-    be.matmul(*w.up, x, u);
-    be.swiglu(g, u, g);
-    Tensor out = be.scratch(T, w.down->n_out());
-    be.matmul(*w.down, g, out);
-    return out;
+    be.matmuls(x, {{w.gate, g}, {w.up, u}});
+    return dense_ffn_down(be, w, g, u);
 }
 
 Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
@@ -134,13 +132,20 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
 Tensor moe(Backend& be, const Moe& w, Tensor x) {
     const int64_t T = x.rows;
     Tensor logits = be.scratch(T, w.experts.n_expert);
-    be.matmul(*w.router, x, logits);
+    if (!w.shared_gate) {
+        be.matmul(*w.router, x, logits);
+        Tensor out = be.scratch(T, x.cols);
+        be.moe(x, logits, w.experts, out);
+        return out;
+    }
+    // the router and the shared expert's projections read the same input: one job
+    const int64_t F = w.shared.gate->n_out();
+    Tensor g = be.scratch(T, F), u = be.scratch(T, F);
+    be.matmuls(x, {{w.router, logits}, {w.shared.gate, g}, {w.shared.up, u}});
     Tensor out = be.scratch(T, x.cols);
     be.moe(x, logits, w.experts, out);
-    if (w.shared_gate) {
-        Tensor sh = dense_ffn(be, w.shared, x);
-        be.add_gated(out, sh, *w.shared_gate, x, out);
-    }
+    Tensor sh = dense_ffn_down(be, w.shared, g, u);
+    be.add_gated(out, sh, *w.shared_gate, x, out);
     return out;
 }
 
