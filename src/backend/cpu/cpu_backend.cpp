@@ -228,85 +228,69 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
     }
 }
 
-void CpuBackend::matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t n_rows,
-                             const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
-                             int64_t out_stride) {
-    static_assert(k_rows_per_task % k_pack_rows == 0);
-    const int64_t n_tasks = (n_rows + k_rows_per_task - 1) / k_rows_per_task;
-    if (n_tok <= k_stream_max_tokens) {
-        // Few tokens (decode, verification): bound by memory, so one contiguous share of the rows
-        // per thread, a long forward stream the prefetchers follow (blocks handed out one at a
-        // time measured 20% slower at 1 token and 2.5x slower at 5).
-        pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) {
-            const int64_t r0 = b * k_rows_per_task;
-            rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, e * k_rows_per_task), qx, qx_row_bytes, n_tok,
-                         n_in, out + r0, out_stride);
-        });
-        return;
-    }
-    // Many tokens: small blocks handed out one at a time, each small enough to stay in cache
-    // while every token passes over it (a thread's whole share was read again per token tile).
-    pool_->parallel_tasks(n_tasks, [&](int64_t task, int) {
-        const int64_t r0 = task * k_rows_per_task;
-        rows_product(wt, packed, w, w_row_bytes, r0, std::min(n_rows, r0 + k_rows_per_task), qx, qx_row_bytes, n_tok,
-                     n_in, out + r0, out_stride);
-    });
-}
-
 void CpuBackend::matmul(const Weight& w, Tensor x, Tensor out) {
-    BM_CHECK(x.cols == w.n_in() && out.cols == w.n_out() && out.rows == x.rows);
-    if (x.rows == 0) return;
-    const size_t qrb = quantize_rows(w.type, x, qbuf_);
-    matmul_rows(w.type, w.backend_data != nullptr, product_bytes(w), w.row_bytes, w.n_out(), qbuf_.data(), qrb, x.rows,
-                w.n_in(), out.data, out.stride);
+    matmuls(x, {{&w, out}});
 }
 
 void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
-    if (x.rows == 0 || ps.empty()) return;
-    if (ps.size() == 1) return matmul(*ps[0].w, x, ps[0].out);
+    static_assert(k_rows_per_task % k_pack_rows == 0);
+    if (x.rows == 0) return;
     // x quantized once per activation type; the products' row blocks numbered one after another
     struct Part {
         const Weight* w;
         Tensor out;
+        DType act;
         const uint8_t* qx;
         size_t qrb;
-        int64_t first_task;
+        int64_t first_task, n_tasks;
     };
-    std::vector<DType> types;
-    std::vector<size_t> type_rb;
     std::vector<Part> parts;
+    parts.reserve(ps.size());
+    size_t n_types = 0;
     int64_t n_tasks = 0;
     for (const Product& p : ps) {
         BM_CHECK(x.cols == p.w->n_in() && p.out.cols == p.w->n_out() && p.out.rows == x.rows);
-        const DType at = activation_type(p.w->type);
-        size_t i = size_t(std::find(types.begin(), types.end(), at) - types.begin());
-        if (i == types.size()) {
-            types.push_back(at);
-            if (qbufs_.size() < types.size()) qbufs_.resize(types.size());
-            type_rb.push_back(quantize_rows(p.w->type, x, qbufs_[i]));
+        Part part{p.w,
+                  p.out,
+                  activation_type(p.w->type),
+                  nullptr,
+                  0,
+                  n_tasks,
+                  (p.w->n_out() + k_rows_per_task - 1) / k_rows_per_task};
+        auto same = std::find_if(parts.begin(), parts.end(), [&](const Part& q) { return q.act == part.act; });
+        if (same != parts.end()) {
+            part.qx = same->qx;
+            part.qrb = same->qrb;
+        } else {  // (quantizing another type never moves an earlier type's buffer)
+            if (qbufs_.size() <= n_types) qbufs_.resize(n_types + 1);
+            part.qrb = quantize_rows(p.w->type, x, qbufs_[n_types]);
+            part.qx = qbufs_[n_types++].data();
         }
-        parts.push_back({p.w, p.out, nullptr, type_rb[i], n_tasks});
-        parts.back().qx = qbufs_[i].data();  // (a later type's quantization never moves this buffer)
-        n_tasks += (p.w->n_out() + k_rows_per_task - 1) / k_rows_per_task;
+        parts.push_back(part);
+        n_tasks += part.n_tasks;
     }
     // tasks [b, e): the pieces of each product they cover
     auto run = [&](int64_t b, int64_t e) {
         for (const Part& part : parts) {
-            const Weight& w = *part.w;
-            const int64_t n = (w.n_out() + k_rows_per_task - 1) / k_rows_per_task;
-            const int64_t lo = std::max(b, part.first_task), hi = std::min(e, part.first_task + n);
+            const int64_t lo = std::max(b, part.first_task), hi = std::min(e, part.first_task + part.n_tasks);
             if (lo >= hi) continue;
+            const Weight& w = *part.w;
             const int64_t r0 = (lo - part.first_task) * k_rows_per_task,
                           r1 = std::min(w.n_out(), (hi - part.first_task) * k_rows_per_task);
             rows_product(w.type, w.backend_data != nullptr, product_bytes(w), w.row_bytes, r0, r1, part.qx, part.qrb,
                          x.rows, w.n_in(), part.out.data + r0, part.out.stride);
         }
     };
-    // as matmul_rows: contiguous shares for few tokens, small blocks one at a time for many
-    if (x.rows <= k_stream_max_tokens)
+    if (x.rows <= k_stream_max_tokens) {
+        // Few tokens (decode, verification): bound by memory, so one contiguous share of the rows
+        // per thread, a long forward stream the prefetchers follow (blocks handed out one at a
+        // time measured 20% slower at 1 token and 2.5x slower at 5).
         pool_->parallel_for(n_tasks, [&](int64_t b, int64_t e, int) { run(b, e); });
-    else
-        pool_->parallel_tasks(n_tasks, [&](int64_t task, int) { run(task, task + 1); });
+        return;
+    }
+    // Many tokens: small blocks handed out one at a time, each small enough to stay in cache
+    // while every token passes over it (a thread's whole share was read again per token tile).
+    pool_->parallel_tasks(n_tasks, [&](int64_t task, int) { run(task, task + 1); });
 }
 
 template <class F>

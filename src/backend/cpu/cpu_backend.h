@@ -51,14 +51,10 @@ class CpuBackend : public Backend {
                          const GdnParams& p, const std::vector<SeqSpan>& spans,
                          const std::vector<RecurrentRing*>& rings, Tensor out) override;
 
-    // Quantized-activation matrix product on raw rows: out[t][r] = dot(w_rows[r], qx[t]) for the
-    // given row range. Shared by matmul and the expert products.
-    // `packed`: the rows are in packed groups of 8 (repack.h).
-    void matmul_rows(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t n_rows, const uint8_t* qx,
-                     size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out, int64_t out_stride);
-    // One thread's share: rows [r_begin, r_end) of the same product, row r's result at
-    // out[t * out_stride + r - r_begin] (no parallelism inside). Packed rows: w is where a group
-    // starts (groups of 8 rows from there), the range may cut groups.
+    // Quantized-activation matrix product on raw rows (matmuls and the expert products), one
+    // thread's share: rows [r_begin, r_end), row r's result at out[t * out_stride + r - r_begin]
+    // (no parallelism inside). `packed`: the rows are in packed groups of 8 (repack.h); w is where
+    // a group starts (groups of 8 rows from there), the range may cut groups.
     void rows_product(DType wt, bool packed, const uint8_t* w, size_t w_row_bytes, int64_t r_begin, int64_t r_end,
                       const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in, float* out,
                       int64_t out_stride) const;
@@ -88,7 +84,6 @@ class CpuBackend : public Backend {
   private:
     std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
-    std::vector<uint8_t> qbuf_, qbuf2_;
     std::vector<std::vector<uint8_t>> qbufs_;  // matmuls: x quantized, one buffer per activation type
     static constexpr size_t k_budget_unset = SIZE_MAX - 1;
     static size_t default_pack_budget();
