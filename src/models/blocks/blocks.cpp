@@ -131,21 +131,19 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
 
 Tensor moe(Backend& be, const Moe& w, Tensor x) {
     const int64_t T = x.rows;
-    Tensor logits = be.scratch(T, w.experts.n_expert);
-    if (!w.shared_gate) {
-        be.matmul(*w.router, x, logits);
-        Tensor out = be.scratch(T, x.cols);
-        be.moe(x, logits, w.experts, out);
-        return out;
-    }
+    Tensor logits = be.scratch(T, w.experts.n_expert), g, u;
     // the router and the shared expert's projections read the same input: one job
-    const int64_t F = w.shared.gate->n_out();
-    Tensor g = be.scratch(T, F), u = be.scratch(T, F);
-    be.matmuls(x, {{w.router, logits}, {w.shared.gate, g}, {w.shared.up, u}});
+    std::vector<Backend::Product> ps = {{w.router, logits}};
+    if (w.shared_gate) {
+        g = be.scratch(T, w.shared.gate->n_out());
+        u = be.scratch(T, w.shared.up->n_out());
+        ps.push_back({w.shared.gate, g});
+        ps.push_back({w.shared.up, u});
+    }
+    be.matmuls(x, ps);
     Tensor out = be.scratch(T, x.cols);
     be.moe(x, logits, w.experts, out);
-    Tensor sh = dense_ffn_down(be, w.shared, g, u);
-    be.add_gated(out, sh, *w.shared_gate, x, out);
+    if (w.shared_gate) be.add_gated(out, dense_ffn_down(be, w.shared, g, u), *w.shared_gate, x, out);
     return out;
 }
 
