@@ -94,7 +94,8 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
         // n_slots tokens), else nowhere (the kernel carries it); slot 0, the state before the
         // batch, is only read (unless the last token's slot wraps onto it).
         pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
-            std::vector<float> work(head_floats);
+            // (only tokens whose state is not kept go through it: never in decoding or verification)
+            std::vector<float> work(s.n_tokens > ring.n_slots ? head_floats : 0);
             std::vector<GdnToken> toks(static_cast<size_t>(s.n_tokens));
             for (int64_t h = hb; h < he; ++h) {
                 const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
