@@ -353,11 +353,13 @@ int cmd_run(const std::vector<std::string>& argv) {
             // the guard timed plain steps; a few drafting steps (each draft length's first one runs
             // a new batch shape, cold) would make a speed-up of a short run mean nothing
             constexpr int64_t k_min_drafting_steps = 8;
-            if (drafting > 0 && st.plain_s_per_token > 0 && st.drafting_steps >= k_min_drafting_steps)
-                std::fprintf(stderr, ", plain steps %.2f t/s: speed-up %.2fx", 1.0 / st.plain_s_per_token,
-                             drafting * st.plain_s_per_token);
-            else if (drafting > 0 && st.plain_s_per_token > 0)
-                std::fprintf(stderr, " (too few steps for a speed-up)");
+            if (drafting > 0 && st.plain_s_per_token > 0) {
+                if (st.drafting_steps >= k_min_drafting_steps)
+                    std::fprintf(stderr, ", plain steps %.2f t/s: speed-up %.2fx", 1.0 / st.plain_s_per_token,
+                                 drafting * st.plain_s_per_token);
+                else
+                    std::fprintf(stderr, " (too few steps for a speed-up)");
+            }
             std::fprintf(stderr, "\n");
         }
     };

@@ -198,7 +198,7 @@ double DraftTuner::rate(int k) const {
 
 int DraftTuner::next(int max_len) {
     if (max_len <= 1) return std::max(max_len, 1);
-    // three lengths, twice: a decoder's first step at a length is not timed (first_of_length)
+    // three lengths, twice: a decoder's first step at a length is not timed (record_step)
     static constexpr int k_first[k_starting] = {2, 4, 3, 2, 4, 3};
     if (steps_ < k_starting) return std::min(k_first[steps_], max_len);
     best_ = 1;
