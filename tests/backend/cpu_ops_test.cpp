@@ -438,7 +438,7 @@ TEST(CpuOps, attention_is_batch_invariant) {
     }
 }
 
-// Head sizes 16 (the general loop), 64 and 128 (the state rows held in registers); 20 tokens
+// Head sizes 16, 64 and 128 (the state rows held in registers) and 24 (the generic loop); 20 tokens
 // cross the kernel's 16-token blocks. Checked against float64: every output, and the states of
 // the last 3 tokens (kept in the ring for a rollback). Then the same tokens one call each (the
 // state updated in place, as in decoding) must give the same bits.
@@ -448,7 +448,7 @@ TEST(CpuOps, gated_delta_net_matches_float64_recurrence) {
     struct Shape {
         int64_t dk, dv;
     };
-    for (const Shape sh : {Shape{16, 16}, Shape{64, 24}, Shape{128, 16}}) {
+    for (const Shape sh : {Shape{16, 16}, Shape{24, 8}, Shape{64, 24}, Shape{128, 16}}) {
         const int64_t Hk = 2, Hv = 4, dk = sh.dk, dv = sh.dv, T = 20, key_dim = Hk * dk, C = 2 * key_dim + Hv * dv;
         const size_t head = size_t(dv * dk), slot = size_t(Hv) * head;
         for (auto& be : backends()) {
