@@ -12,7 +12,9 @@ namespace bigmoe {
 
 Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::string& path) {
     int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return make_error("cannot open '" + path + "': " + std::strerror(errno));
+    if (fd < 0)
+        return make_error("cannot open '" + path + "': " + std::strerror(errno),
+                          errno == ENOENT ? ErrorKind::not_found : ErrorKind::bad_input);
     struct stat st {};
     if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
         ::close(fd);
@@ -25,7 +27,7 @@ Result<std::unique_ptr<MappedFile>> MappedFile::open(const std::string& path) {
         void* p = mmap(nullptr, f->size_, PROT_READ, MAP_SHARED, fd, 0);
         if (p == MAP_FAILED) {
             ::close(fd);
-            return make_error("cannot map '" + path + "': " + std::strerror(errno));
+            return make_error("cannot map '" + path + "': " + std::strerror(errno), ErrorKind::resource_exhausted);
         }
         f->data_ = static_cast<const uint8_t*>(p);
         f->owned_ = true;

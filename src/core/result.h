@@ -1,5 +1,6 @@
-// Result<T>: a value or an Error with a message. Recoverable failures (bad files, bad flags)
-// travel as values; assertions are kept for programmer errors.
+// Result<T>: a value or an Error with a kind and a message. Recoverable failures (bad files, bad
+// flags, too little memory) travel as values; assertions are kept for programmer errors. The kind
+// lets a front end answer without parsing the text (the server maps it to an HTTP status).
 #pragma once
 
 #include <cstdio>
@@ -10,8 +11,36 @@
 
 namespace bigmoe {
 
+enum class ErrorKind {
+    bad_input,           // a flag, request or argument the caller can fix
+    not_found,           // a file or object that does not exist
+    corrupt_file,        // a model or state file that is damaged or inconsistent
+    unsupported,         // valid input this build or backend cannot handle
+    resource_exhausted,  // memory (host or device) or another limit
+    internal,            // a failure that is not the caller's
+};
+
+inline const char* error_kind_name(ErrorKind k) {
+    switch (k) {
+        case ErrorKind::bad_input:
+            return "bad_input";
+        case ErrorKind::not_found:
+            return "not_found";
+        case ErrorKind::corrupt_file:
+            return "corrupt_file";
+        case ErrorKind::unsupported:
+            return "unsupported";
+        case ErrorKind::resource_exhausted:
+            return "resource_exhausted";
+        case ErrorKind::internal:
+            return "internal";
+    }
+    return "internal";
+}
+
 struct Error {
     std::string message;
+    ErrorKind kind = ErrorKind::bad_input;
 };
 
 template <class T>
@@ -49,8 +78,8 @@ class [[nodiscard]] Result<void> {
     bool ok_ = true;
 };
 
-inline Error make_error(std::string msg) {
-    return Error{std::move(msg)};
+inline Error make_error(std::string msg, ErrorKind kind = ErrorKind::bad_input) {
+    return Error{std::move(msg), kind};
 }
 
 }  // namespace bigmoe

@@ -18,7 +18,8 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     for (int d = 0; d < 4; ++d)
         if (ti->ne[d] != want[d])
             return make_error(file_->path() + ": tensor '" + name + "' has shape " + ti->shape_str() + ", expected " +
-                              shape_str(shape));
+                                  shape_str(shape),
+                              ErrorKind::corrupt_file);
     Weight w;
     w.info = ti;
     w.type = ti->type;
@@ -46,8 +47,9 @@ Result<const Weight*> Model::load(const std::string& name, std::vector<int64_t> 
     auto w = load_optional(name, shape, expert);
     if (!w) return w.error();
     if (!*w)
-        return make_error(file_->path() + ": missing tensor '" + name + "' " + shape_str(shape) + " required by " +
-                          hp_.arch);
+        return make_error(
+            file_->path() + ": missing tensor '" + name + "' " + shape_str(shape) + " required by " + hp_.arch,
+            ErrorKind::corrupt_file);
     return w;
 }
 
@@ -55,12 +57,14 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
     auto w = load(name, std::move(shape));
     if (!w) return w.error();
     if ((*w)->type != DType::F32)
-        return make_error(file_->path() + ": tensor '" + name + "' must be F32, found " + traits((*w)->type).name);
+        return make_error(file_->path() + ": tensor '" + name + "' must be F32, found " + traits((*w)->type).name,
+                          ErrorKind::corrupt_file);
     return w;
 }
 
 Result<void> Model::load_output_and_embeddings() {
-    if (hp_.n_vocab <= 0) return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)");
+    if (hp_.n_vocab <= 0)
+        return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)", ErrorKind::corrupt_file);
     multiplied_ = file_->tensor("output.weight") == nullptr;  // tied: the embedding is the LM head
     auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab});
     multiplied_ = true;
@@ -101,7 +105,8 @@ Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& b
         if (*arch == e.name) return e.load(file, backend);
     std::string known;
     for (const auto& e : model_registry()) known += std::string(known.empty() ? "" : ", ") + e.name;
-    return make_error(file.path() + ": unsupported architecture '" + *arch + "' (supported: " + known + ")");
+    return make_error(file.path() + ": unsupported architecture '" + *arch + "' (supported: " + known + ")",
+                      ErrorKind::unsupported);
 }
 
 }  // namespace bigmoe
