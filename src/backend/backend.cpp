@@ -14,7 +14,11 @@ Tensor Backend::scratch(int64_t rows, int64_t cols) {
     }
     if (scratch_chunk_ == scratch_chunks_.size()) {
         const size_t floats = std::max<size_t>(need, size_t(1) << 22);
-        scratch_chunks_.push_back({static_cast<float*>(alloc(floats * sizeof(float))), floats});
+        float* data = static_cast<float*>(alloc(floats * sizeof(float)));
+        // A context checks its scratch estimate against the free memory when it is created, so
+        // running out here is a failure of that estimate, not of the user's input.
+        BM_CHECK(data != nullptr);
+        scratch_chunks_.push_back({data, floats});
         scratch_used_ = 0;
     }
     Tensor t{scratch_chunks_[scratch_chunk_].data + scratch_used_, rows, cols, stride};

@@ -105,6 +105,10 @@ class Backend {
     virtual Result<void> prepare_weight(Weight& w) = 0;
 
     // ---- memory
+    // Bytes that new allocations can still take (host RAM for the CPU, free device memory for a
+    // GPU); callers size caches against it before allocating.
+    virtual uint64_t memory_available() const = 0;
+    // nullptr when the memory cannot be had; callers turn that into an error.
     virtual void* alloc(size_t bytes) = 0;
     virtual void dealloc(void* p) = 0;
     virtual void upload(void* dst, const void* src, size_t bytes) = 0;

@@ -54,6 +54,7 @@ class ProfiledBackend : public Backend {
     int n_threads() const override { return inner_->n_threads(); }
     bool supports_weight_type(DType t) const override { return inner_->supports_weight_type(t); }
     Result<void> prepare_weight(Weight& w) override { return inner_->prepare_weight(w); }
+    uint64_t memory_available() const override { return inner_->memory_available(); }
     void* alloc(size_t b) override { return inner_->alloc(b); }
     void dealloc(void* p) override { inner_->dealloc(p); }
     void upload(void* d, const void* s, size_t b) override { inner_->upload(d, s, b); }

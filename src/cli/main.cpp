@@ -1,6 +1,8 @@
 // The `bigmoe` binary: dispatches to subcommands.
 #include <cstdio>
 #include <cstring>
+#include <exception>
+#include <new>
 #include <string>
 #include <vector>
 
@@ -50,7 +52,17 @@ int main(int argc, char** argv) {
     }
     std::vector<std::string> args(argv + 2, argv + argc);
     for (const auto& c : k_commands)
-        if (std::strcmp(argv[1], c.name) == 0) return c.fn(args);
+        if (std::strcmp(argv[1], c.name) == 0) {
+            // The library returns errors as values and checks sizes against the free memory
+            // before allocating; this is the last line for a host allocation that still fails.
+            try {
+                return c.fn(args);
+            } catch (const std::bad_alloc&) {
+                return bigmoe::cli::fail(std::string(c.name) + ": out of memory");
+            } catch (const std::exception& e) {
+                return bigmoe::cli::fail(std::string(c.name) + ": " + e.what());
+            }
+        }
     std::fprintf(stderr, "error: unknown command '%s'\n\n", argv[1]);
     usage();
     return 1;

@@ -3,10 +3,54 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/memory.h"
+
 namespace bigmoe {
 
 SeqCheckpoint::~SeqCheckpoint() {
     if (data_) backend_->dealloc(data_);
+}
+
+Context::MemoryNeed Context::memory_need(const HParams& hp, const ContextParams& p) {
+    MemoryNeed m;
+    const uint64_t n_seq = uint64_t(p.n_seq_max);
+    m.kv = uint64_t(hp.n_attention_layers()) * KvCache::bytes_per_position(hp.kv_width(), p.type_k, p.type_v) *
+           uint64_t(p.n_ctx) * n_seq;
+    m.recurrent = uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) *
+                  sizeof(float) * uint64_t(p.rollback_depth + 1) * n_seq;
+    // Working buffers of one micro-batch: the widest layer's activations (attention or Gated
+    // DeltaNet, then the FFN or the experts) and the logits, doubled for the backend's own
+    // buffers (quantized activations, expert groups). An estimate on the safe side.
+    const int64_t nq = hp.n_head * hp.head_dim, nkv = hp.kv_width();
+    const int64_t attn = 6 * nq + 3 * nkv;
+    const int64_t gdn = hp.n_recurrent_layers() > 0 ? 3 * hp.conv_dim() + 3 * hp.ssm_d_inner + 2 * hp.ssm_n_v_heads : 0;
+    const int64_t ffn =
+        std::max<int64_t>(2 * hp.n_ff, hp.n_expert + 2 * hp.n_ff_shexp + 3 * hp.n_expert_used * hp.n_ff_exp);
+    const int64_t per_token = 4 * hp.n_embd + std::max(attn, gdn) + ffn + hp.n_vocab;
+    const uint64_t ubatch = uint64_t(std::min<int64_t>(p.n_ubatch, p.n_ctx * p.n_seq_max));
+    m.work = 2 * ubatch * uint64_t(per_token) * sizeof(float);
+    return m;
+}
+
+Result<void> Context::check_fits(const HParams& hp, const ContextParams& p, uint64_t available) {
+    const MemoryNeed m = memory_need(hp, p);
+    if (m.total() <= available) return {};
+    // The largest context that fits, with the same sequences, types and micro-batch.
+    const uint64_t per_position = m.kv / uint64_t(p.n_ctx);
+    const uint64_t fixed = m.recurrent + m.work;
+    std::string fits = "nothing fits: the weights leave too little memory";
+    if (available > fixed && per_position > 0) {
+        const int64_t n = int64_t((available - fixed) / per_position);
+        if (n >= 8) fits = "at most " + std::to_string(n) + " positions fit (-c " + std::to_string(n) + ")";
+    }
+    std::string parts = "KV cache " + format_bytes(m.kv);
+    if (m.recurrent) parts += ", recurrent state " + format_bytes(m.recurrent);
+    parts += ", working buffers " + format_bytes(m.work);
+    return make_error("a context of " + std::to_string(p.n_ctx) + " positions" +
+                          (p.n_seq_max > 1 ? " x " + std::to_string(p.n_seq_max) + " sequences" : "") + " needs " +
+                          format_bytes(m.total()) + " (" + parts + "), " + format_bytes(available) +
+                          " are available; " + fits,
+                      ErrorKind::resource_exhausted);
 }
 
 Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextParams& p) {
@@ -18,60 +62,48 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
         return make_error("rollback depth must be 0..1024, got " + std::to_string(p.rollback_depth));
     for (DType t : {p.type_k, p.type_v})
         if (t != DType::F32 && t != DType::F16)
-            return make_error(std::string("KV cache type ") + traits(t).name + " is not supported (f32, f16)");
-    std::unique_ptr<Context> c(new Context(model, p));
+            return make_error(std::string("KV cache type ") + traits(t).name + " is not supported (f32, f16)",
+                              ErrorKind::unsupported);
     const HParams& hp = model.hparams();
+    BM_TRY(check_fits(hp, p, model.backend().memory_available()));
+    std::unique_ptr<Context> c(new Context(model, p));
+    // A micro-batch never holds more tokens than the sequences can.
+    c->params_.n_ubatch = std::min<int64_t>(p.n_ubatch, p.n_ctx * p.n_seq_max);
     c->seqs_.resize(size_t(p.n_seq_max));
-    c->kv_.resize(size_t(hp.n_layer));
-    c->rings_.resize(size_t(hp.n_layer));
-    const int slots = p.rollback_depth + 1;
     for (int64_t il = 0; il < hp.n_layer; ++il) {
-        for (int s = 0; s < p.n_seq_max; ++s) {
-            if (hp.is_recurrent(il)) {
-                RecurrentRing r;
-                r.n_slots = slots;
-                const size_t cb = size_t(hp.conv_state_floats()) * 4 * size_t(slots);
-                const size_t sb = size_t(hp.ssm_state_floats()) * 4 * size_t(slots);
-                r.conv = static_cast<float*>(c->be_.alloc(cb));
-                r.ssm = static_cast<float*>(c->be_.alloc(sb));
-                c->be_.fill_zero(r.conv, cb);
-                c->be_.fill_zero(r.ssm, sb);
-                c->allocations_.push_back(r.conv);
-                c->allocations_.push_back(r.ssm);
-                c->rings_[size_t(il)].push_back(r);
-            } else {
-                KvBlock b;
-                b.type_k = p.type_k;
-                b.type_v = p.type_v;
-                b.capacity = p.n_ctx;
-                b.k = c->be_.alloc(c->kv_row_bytes(p.type_k) * size_t(p.n_ctx));
-                b.v = c->be_.alloc(c->kv_row_bytes(p.type_v) * size_t(p.n_ctx));
-                c->allocations_.push_back(b.k);
-                c->allocations_.push_back(b.v);
-                c->kv_[size_t(il)].push_back(b);
-            }
+        if (hp.is_recurrent(il)) {
+            auto r = RecurrentState::create(c->be_, hp.conv_state_floats(), hp.ssm_state_floats(), p.rollback_depth + 1,
+                                            p.n_seq_max);
+            if (!r) return r.error();
+            c->layers_.push_back(std::move(*r));
+        } else {
+            auto kv = KvCache::create(c->be_, hp.kv_width(), p.n_ctx, p.n_seq_max, p.type_k, p.type_v);
+            if (!kv) return kv.error();
+            c->layers_.push_back(std::move(*kv));
         }
     }
     return c;
 }
 
 Context::~Context() {
-    for (void* a : allocations_) be_.dealloc(a);
     if (logits_buf_) be_.dealloc(logits_buf_);
-}
-
-size_t Context::kv_row_bytes(DType t) const {
-    return row_bytes(t, model_.hparams().kv_width());
 }
 
 uint64_t Context::kv_bytes_per_token() const {
     const HParams& hp = model_.hparams();
-    return uint64_t(hp.n_attention_layers()) * (kv_row_bytes(params_.type_k) + kv_row_bytes(params_.type_v));
+    return uint64_t(hp.n_attention_layers()) *
+           KvCache::bytes_per_position(hp.kv_width(), params_.type_k, params_.type_v);
 }
 
 uint64_t Context::recurrent_bytes_per_seq() const {
     const HParams& hp = model_.hparams();
     return uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
+}
+
+uint64_t Context::state_bytes() const {
+    uint64_t n = 0;
+    for (const auto& l : layers_) n += l->bytes();
+    return n;
 }
 
 int64_t Context::rollback_available(int seq) const {
@@ -129,7 +161,7 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
             }
             tokens.push_back(t.token);
         }
-        run_ubatch(tokens, spans, out_rows, out_dest, logits ? logits->data() : nullptr);
+        BM_TRY(run_ubatch(tokens, spans, out_rows, out_dest, logits ? logits->data() : nullptr));
     }
     return {};
 }
@@ -141,9 +173,9 @@ Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bo
     return decode(b, logits);
 }
 
-void Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
-                         const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
-                         float* logits_out) {
+Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
+                                 const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
+                                 float* logits_out) {
     const HParams& hp = model_.hparams();
     const int64_t V = hp.n_vocab, n_out = int64_t(out_rows.size());
     ForwardBatch fb;
@@ -155,19 +187,15 @@ void Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<S
     st.kv.resize(size_t(hp.n_layer));
     st.rs.resize(size_t(hp.n_layer));
     for (int64_t il = 0; il < hp.n_layer; ++il)
-        for (const SeqSpan& s : spans) {
-            if (hp.is_recurrent(il)) {
-                RecurrentRing& r = rings_[size_t(il)][size_t(s.seq)];
-                r.head = seqs_[size_t(s.seq)].head;
-                st.rs[size_t(il)].push_back(&r);
-            } else {
-                st.kv[size_t(il)].push_back(&kv_[size_t(il)][size_t(s.seq)]);
-            }
-        }
+        for (const SeqSpan& s : spans) layers_[size_t(il)]->bind(il, s.seq, seqs_[size_t(s.seq)].head, st);
     if (n_out > logits_rows_) {
         if (logits_buf_) be_.dealloc(logits_buf_);
         logits_buf_ = be_.alloc(size_t(n_out * V) * 4);
-        logits_rows_ = n_out;
+        logits_rows_ = logits_buf_ ? n_out : 0;
+        if (!logits_buf_)
+            return make_error("cannot allocate " + format_bytes(uint64_t(n_out * V) * 4) + " for " +
+                                  std::to_string(n_out) + " rows of logits",
+                              ErrorKind::resource_exhausted);
     }
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
     model_.forward(fb, st, logits);
@@ -182,6 +210,7 @@ void Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<S
         q.head = int((q.head + s.n_tokens) % slots);
         q.history = std::min<int64_t>(q.history + s.n_tokens, params_.rollback_depth);
     }
+    return {};
 }
 
 Result<void> Context::remove_last(int seq, int64_t n) {
@@ -203,49 +232,32 @@ Result<void> Context::remove_last(int seq, int64_t n) {
 }
 
 void Context::clear(int seq) {
-    Seq& s = seqs_.at(size_t(seq));
-    s = Seq{};
-    const HParams& hp = model_.hparams();
-    for (int64_t il = 0; il < hp.n_layer; ++il)
-        if (hp.is_recurrent(il)) {
-            RecurrentRing& r = rings_[size_t(il)][size_t(seq)];
-            be_.fill_zero(r.conv, size_t(hp.conv_state_floats()) * 4 * size_t(r.n_slots));
-            be_.fill_zero(r.ssm, size_t(hp.ssm_state_floats()) * 4 * size_t(r.n_slots));
-        }
+    seqs_.at(size_t(seq)) = Seq{};
+    for (auto& l : layers_) l->clear(seq);
 }
 
 size_t Context::seq_state_bytes(int64_t n_past) const {
-    const HParams& hp = model_.hparams();
-    return size_t(hp.n_attention_layers()) * size_t(n_past) *
-               (kv_row_bytes(params_.type_k) + kv_row_bytes(params_.type_v)) +
-           size_t(hp.n_recurrent_layers()) * size_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
+    size_t n = 0;
+    for (const auto& l : layers_) n += l->saved_bytes(n_past);
+    return n;
 }
 
 Result<std::unique_ptr<SeqCheckpoint>> Context::checkpoint(int seq) {
     if (seq < 0 || seq >= int(seqs_.size())) return make_error("checkpoint: no sequence " + std::to_string(seq));
-    const HParams& hp = model_.hparams();
     const Seq& s = seqs_[size_t(seq)];
     std::unique_ptr<SeqCheckpoint> cp(new SeqCheckpoint());
     cp->backend_ = &be_;
     cp->n_past_ = s.n_past;
     cp->bytes_ = seq_state_bytes(s.n_past);
     cp->data_ = be_.alloc(cp->bytes_);
+    if (!cp->data_)
+        return make_error("checkpoint: cannot allocate " + format_bytes(cp->bytes_) + " (" +
+                              format_bytes(be_.memory_available()) + " available)",
+                          ErrorKind::resource_exhausted);
     uint8_t* dst = static_cast<uint8_t*>(cp->data_);
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        if (hp.is_recurrent(il)) {
-            const RecurrentRing& r = rings_[size_t(il)][size_t(seq)];
-            const size_t cb = size_t(hp.conv_state_floats()) * 4, sb = size_t(hp.ssm_state_floats()) * 4;
-            be_.copy(dst, reinterpret_cast<const uint8_t*>(r.conv) + size_t(s.head) * cb, cb);
-            be_.copy(dst + cb, reinterpret_cast<const uint8_t*>(r.ssm) + size_t(s.head) * sb, sb);
-            dst += cb + sb;
-        } else {
-            const KvBlock& b = kv_[size_t(il)][size_t(seq)];
-            const size_t kb = kv_row_bytes(params_.type_k) * size_t(s.n_past);
-            const size_t vb = kv_row_bytes(params_.type_v) * size_t(s.n_past);
-            be_.copy(dst, b.k, kb);
-            be_.copy(dst + kb, b.v, vb);
-            dst += kb + vb;
-        }
+    for (const auto& l : layers_) {
+        l->save(seq, s.pos(), dst);
+        dst += l->saved_bytes(s.n_past);
     }
     return cp;
 }
@@ -254,24 +266,12 @@ Result<void> Context::restore(int seq, const SeqCheckpoint& cp) {
     if (seq < 0 || seq >= int(seqs_.size())) return make_error("restore: no sequence " + std::to_string(seq));
     if (cp.backend_ != &be_ || cp.bytes_ != seq_state_bytes(cp.n_past_))
         return make_error("restore: the checkpoint was made by another context");
-    const HParams& hp = model_.hparams();
     Seq& s = seqs_[size_t(seq)];
     const uint8_t* src = static_cast<const uint8_t*>(cp.data_);
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        if (hp.is_recurrent(il)) {
-            RecurrentRing& r = rings_[size_t(il)][size_t(seq)];
-            const size_t cb = size_t(hp.conv_state_floats()) * 4, sb = size_t(hp.ssm_state_floats()) * 4;
-            be_.copy(reinterpret_cast<uint8_t*>(r.conv) + size_t(s.head) * cb, src, cb);
-            be_.copy(reinterpret_cast<uint8_t*>(r.ssm) + size_t(s.head) * sb, src + cb, sb);
-            src += cb + sb;
-        } else {
-            const KvBlock& b = kv_[size_t(il)][size_t(seq)];
-            const size_t kb = kv_row_bytes(params_.type_k) * size_t(cp.n_past_);
-            const size_t vb = kv_row_bytes(params_.type_v) * size_t(cp.n_past_);
-            be_.copy(b.k, src, kb);
-            be_.copy(b.v, src + kb, vb);
-            src += kb + vb;
-        }
+    const SeqPos saved{cp.n_past_, s.head};
+    for (auto& l : layers_) {
+        l->load(seq, saved, src);
+        src += l->saved_bytes(cp.n_past_);
     }
     s.n_past = cp.n_past_;
     s.history = 0;
@@ -283,25 +283,9 @@ Result<void> Context::copy_seq(int src, int dst) {
         return make_error("copy_seq: sequence ids " + std::to_string(src) + " -> " + std::to_string(dst) +
                           " out of range");
     if (src == dst) return {};
-    const HParams& hp = model_.hparams();
     const Seq& a = seqs_[size_t(src)];
     Seq& b = seqs_[size_t(dst)];
-    for (int64_t il = 0; il < hp.n_layer; ++il) {
-        if (hp.is_recurrent(il)) {
-            const RecurrentRing& ra = rings_[size_t(il)][size_t(src)];
-            RecurrentRing& rb = rings_[size_t(il)][size_t(dst)];
-            const size_t cb = size_t(hp.conv_state_floats()) * 4, sb = size_t(hp.ssm_state_floats()) * 4;
-            be_.copy(reinterpret_cast<uint8_t*>(rb.conv) + size_t(b.head) * cb,
-                     reinterpret_cast<const uint8_t*>(ra.conv) + size_t(a.head) * cb, cb);
-            be_.copy(reinterpret_cast<uint8_t*>(rb.ssm) + size_t(b.head) * sb,
-                     reinterpret_cast<const uint8_t*>(ra.ssm) + size_t(a.head) * sb, sb);
-        } else {
-            const KvBlock& ka = kv_[size_t(il)][size_t(src)];
-            const KvBlock& kb = kv_[size_t(il)][size_t(dst)];
-            be_.copy(kb.k, ka.k, kv_row_bytes(params_.type_k) * size_t(a.n_past));
-            be_.copy(kb.v, ka.v, kv_row_bytes(params_.type_v) * size_t(a.n_past));
-        }
-    }
+    for (auto& l : layers_) l->copy(src, a.pos(), dst, b.pos());
     b.n_past = a.n_past;
     b.history = 0;
     return {};

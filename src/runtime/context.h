@@ -10,6 +10,7 @@
 #include "backend/backend.h"
 #include "core/result.h"
 #include "models/model.h"
+#include "runtime/seq_state.h"
 
 namespace bigmoe {
 
@@ -75,30 +76,39 @@ class Context {
     // Bytes of KV cache per position (all layers) and fixed recurrent bytes per sequence.
     uint64_t kv_bytes_per_token() const;
     uint64_t recurrent_bytes_per_seq() const;
+    // Bytes allocated for every sequence's state (KV caches and recurrent rings).
+    uint64_t state_bytes() const;
+
+    // What a context with these parameters takes, and whether it fits in `available` bytes;
+    // the error names the bytes needed and available and the largest n_ctx that fits.
+    struct MemoryNeed {
+        uint64_t kv = 0, recurrent = 0, work = 0;
+        uint64_t total() const { return kv + recurrent + work; }
+    };
+    static MemoryNeed memory_need(const HParams& hp, const ContextParams& p);
+    static Result<void> check_fits(const HParams& hp, const ContextParams& p, uint64_t available);
 
   private:
     struct Seq {
         int64_t n_past = 0;
         int64_t history = 0;  // recurrent snapshots available for rollback
         int head = 0;         // ring slot of the current recurrent state
+        SeqPos pos() const { return {n_past, head}; }
     };
     Context(Model& m, const ContextParams& p) : model_(m), be_(m.backend()), params_(p) {}
     Result<void> validate(const std::vector<BatchToken>& batch) const;
     // Runs one micro-batch; the logits of token out_rows[r] go to row out_dest[r] of logits_out
     // (when not null).
-    void run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
-                    const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest, float* logits_out);
-    size_t kv_row_bytes(DType t) const;
+    Result<void> run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
+                            const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
+                            float* logits_out);
     size_t seq_state_bytes(int64_t n_past) const;
 
     Model& model_;
     Backend& be_;
     ContextParams params_;
     std::vector<Seq> seqs_;
-    // [layer][seq]; kv for attention layers, rings for recurrent ones
-    std::vector<std::vector<KvBlock>> kv_;
-    std::vector<std::vector<RecurrentRing>> rings_;
-    std::vector<void*> allocations_;
+    std::vector<std::unique_ptr<LayerState>> layers_;  // [layer]: KvCache or RecurrentState
     void* logits_buf_ = nullptr;
     int64_t logits_rows_ = 0;
 };

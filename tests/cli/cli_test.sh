@@ -12,7 +12,7 @@ expect() {  # expect NAME WANT_RC PATTERN CMD...
   shift 3
   out=$("$@" 2>&1)
   rc=$?
-  if { [ "$want" = 0 ] && [ $rc -eq 0 ]; } || { [ "$want" != 0 ] && [ $rc -ne 0 ]; }; then
+  if [ $rc -eq "$want" ]; then  # exactly: a signal (128 + n) is never an answer
     if grep -q -- "$pat" <<< "$out"; then pass=$((pass+1)); return; fi
   fi
   echo "FAIL: $name (rc=$rc): $out" | head -5
@@ -70,5 +70,13 @@ q=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
 expect "bench -nr" 0 "| 2 | 1 | tg4 |" "$bin" bench -m "$q" -nr 0,1 -t 2 -p 0 -n 4 -r 1
 expect "bench bad -nr" 1 "0 or 1" "$bin" bench -m "$q" -nr 2 -p 0 -n 4 -r 1
 expect "run --no-repack" 0 "generation: 4 tokens" "$bin" run -m "$q" --no-repack -p hi -n 4 --temp 0 --ignore-eos
+# Sizes beyond the machine's memory: exit 1 with the bytes needed and available, never a signal.
+for c in "run -m $m -p hi -n 2 -c 99999999" "logits -m $m --tokens 1,2 -o $tmp/l -c 99999999" \
+         "bench -m $m -p 0 -n 1 -r 1 -d 99999999" "bench -m $m -p 99999999 -n 0 -r 1" \
+         "run -m $m -p hi -n 2 -c 99999999 -md $fixtures/models/qwen35-tiny-f32.gguf"; do
+  # shellcheck disable=SC2086
+  expect "too large: $c" 1 "needs [0-9.]* [GT]iB (KV cache .*), [0-9.]* [GMT]iB are available; at most [0-9]* positions fit" \
+    "$bin" $c
+done
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

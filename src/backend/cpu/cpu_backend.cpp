@@ -5,13 +5,13 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
 
 #if defined(__linux__)
 #include <sys/mman.h>
 #endif
 
 #include "backend/cpu/repack.h"
+#include "core/memory.h"
 #include "quant/quants.h"
 
 namespace bigmoe {
@@ -60,14 +60,12 @@ CpuBackend::~CpuBackend() {
 // Three quarters of the memory the kernel reports available (KV cache and scratch need the
 // rest); no limit when it cannot be read.
 size_t CpuBackend::default_pack_budget() {
-    std::ifstream f("/proc/meminfo");
-    std::string key;
-    size_t kb = 0;
-    while (f >> key >> kb) {
-        if (key == "MemAvailable:") return kb / 4 * 3 * 1024;
-        f.ignore(1 << 10, '\n');
-    }
-    return SIZE_MAX;
+    const uint64_t avail = host_memory_available();
+    return avail == UINT64_MAX ? SIZE_MAX : size_t(avail / 4 * 3);
+}
+
+uint64_t CpuBackend::memory_available() const {
+    return host_memory_available();
 }
 
 bool CpuBackend::supports_weight_type(DType t) const {
@@ -107,9 +105,7 @@ Result<void> CpuBackend::prepare_weight(Weight& w) {
 }
 
 void* CpuBackend::alloc(size_t bytes) {
-    void* p = alloc_pages(bytes);
-    BM_CHECK(p != nullptr);
-    return p;
+    return alloc_pages(bytes);
 }
 void CpuBackend::dealloc(void* p) {
     std::free(p);

@@ -25,6 +25,7 @@ class CpuBackend : public Backend {
     bool supports_weight_type(DType t) const override;
     Result<void> prepare_weight(Weight& w) override;
 
+    uint64_t memory_available() const override;
     void* alloc(size_t bytes) override;
     void dealloc(void* p) override;
     void upload(void* dst, const void* src, size_t bytes) override;
