@@ -11,11 +11,10 @@
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "runtime/chat_session.h"
+#include "runtime/generator.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
-#include "tokenizer/chat.h"
-
-#include <nlohmann/json.hpp>
 #include "tokenizer/tokenizer.h"
 
 namespace bigmoe::cli {
@@ -76,117 +75,23 @@ void on_sigint(int) {
     g_interrupt.store(true);
 }
 
-struct Stats {
-    int64_t prompt_tokens = 0, gen_tokens = 0;
-    double prompt_s = 0, gen_s = 0;
-};
-
 using Clock = std::chrono::steady_clock;
-double since(Clock::time_point t) {
-    return std::chrono::duration<double>(Clock::now() - t).count();
+
+// Prints each piece as it comes; reasoning only with --show-thinking; stops on Ctrl-C.
+PieceFn printer(bool show_thinking) {
+    return [show_thinking](const Piece& pc) {
+        if (show_thinking || !pc.reasoning) {
+            std::fwrite(pc.text.data(), 1, pc.text.size(), stdout);
+            std::fflush(stdout);
+        }
+        return !g_interrupt.load();
+    };
 }
 
-struct Generator {
-    Context& ctx;
-    const Tokenizer& tok;
-    Sampler sampler;
-    bool ignore_eos, special, show_thinking;
-    Stats stats;
-    std::vector<float> logits;
-    Context* draft = nullptr;  // speculative decoding (greedy) when set
-    SpecParams spec;
-    SpecStats spec_stats;
-    ProfiledBackend* prof = nullptr;
-    double sampling_s = 0;
-    bool ngram = false;
-    std::vector<int32_t> history;  // every token in the target context (prompt lookup)
-
-    Result<void> feed(const std::vector<int32_t>& tokens) {
-        if (tokens.empty()) return {};
-        if (prof) prof->set_phase("prefill");
-        const auto t0 = Clock::now();
-        BM_TRY(ctx.decode_seq(0, tokens, false, &logits));
-        history.insert(history.end(), tokens.begin(), tokens.end());
-        if (draft) {
-            std::vector<float> dl;
-            BM_TRY(draft->decode_seq(0, tokens, false, &dl));
-        }
-        stats.prompt_tokens += int64_t(tokens.size());
-        stats.prompt_s += since(t0);
-        for (int32_t t : tokens) sampler.accept(t);
-        return {};
-    }
-
-    // Generates until EOG / n_predict / full context / Ctrl-C; returns the generated tokens.
-    Result<std::vector<int32_t>> generate(int64_t n_predict) {
-        std::vector<int32_t> out;
-        TextStream ts(tok, special);
-        const int32_t think_open = tok.find("<think>"), think_close = tok.find("</think>");
-        bool in_think = false;
-        if (prof) prof->set_phase("decode");
-        const auto t0 = Clock::now();
-        auto emit = [&](int32_t id) {
-            if (id == think_open) in_think = true;
-            if (show_thinking || !in_think) {
-                const std::string text = ts.push(id);
-                std::fwrite(text.data(), 1, text.size(), stdout);
-                std::fflush(stdout);
-            }
-            if (id == think_close) in_think = false;
-        };
-        if (draft || (ngram && sampler.params().temp <= 0)) {
-            // Greedy: token-identical to plain greedy decoding. Sampling: speculative sampling,
-            // distributed exactly as the target's sampler chain.
-            SpeculativeDecoder sd =
-                draft ? SpeculativeDecoder(ctx, *draft, spec) : SpeculativeDecoder(ctx, history, spec);
-            Sampler draft_sampler(sampler.params());
-            bool stop = false;
-            while (!stop && (n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
-                if (ctx.n_past(0) + 1 >= ctx.params().n_ctx) break;
-                std::vector<int32_t> step;
-                if (sampler.params().temp <= 0)
-                    BM_TRY(sd.step_greedy(logits, step));
-                else
-                    BM_TRY(sd.step_sampled(sampler, draft_sampler, logits, step));
-                for (int32_t id : step) {
-                    if (n_predict >= 0 && int64_t(out.size()) >= n_predict) break;
-                    out.push_back(id);
-                    emit(id);
-                    if (tok.is_eog(id) && !ignore_eos) {
-                        stop = true;
-                        break;
-                    }
-                }
-            }
-            spec_stats = sd.stats();
-            history.insert(history.end(), out.begin(), out.end());
-            const std::string rest = ts.flush();
-            std::fwrite(rest.data(), 1, rest.size(), stdout);
-            stats.gen_tokens += int64_t(out.size());
-            stats.gen_s += since(t0);
-            return out;
-        }
-        while ((n_predict < 0 || int64_t(out.size()) < n_predict) && !g_interrupt.load()) {
-            if (ctx.n_past(0) >= ctx.params().n_ctx) {
-                std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
-                break;
-            }
-            const auto ts0 = Clock::now();
-            const int32_t id = sampler.sample(logits.data(), int32_t(logits.size()));
-            sampling_s += since(ts0);
-            if (prof) prof->record(OpClass::sampling, since(ts0));
-            out.push_back(id);
-            emit(id);
-            if (tok.is_eog(id) && !ignore_eos) break;
-            BM_TRY(ctx.decode_seq(0, {id}, false, &logits));
-        }
-        const std::string rest = ts.flush();
-        std::fwrite(rest.data(), 1, rest.size(), stdout);
-        stats.gen_tokens += int64_t(out.size());
-        stats.gen_s += since(t0);
-        return out;
-    }
-};
+void print_stop(const GenerateResult& r, const Context& ctx) {
+    if (r.stop == StopReason::context_full)
+        std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
+}
 
 Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
     SamplerParams p;
@@ -315,34 +220,27 @@ int cmd_run(const std::vector<std::string>& argv) {
         draft_ctx = std::move(*dc);
     }
 
-    Generator g{**ctx,
-                **tok,
-                Sampler(*sp),
-                args->has("--ignore-eos"),
-                args->has("--special"),
-                *show,
-                {},
-                {},
-                draft_ctx.get(),
-                spec,
-                {},
-                (*engine)->profiler(),
-                0.0,
-                args->has("--draft-ngram"),
-                {}};
+    Generator g(**ctx, **tok, *sp);
+    if (draft_ctx) g.set_draft(draft_ctx.get(), spec);
+    if (args->has("--draft-ngram")) g.set_prompt_lookup(spec);
+    g.set_profiler((*engine)->profiler());
+    GenerateParams gp;
+    gp.n_predict = *n_predict;
+    gp.ignore_eos = args->has("--ignore-eos");
+    gp.special = args->has("--special");
+    const PieceFn print = printer(*show);
     auto report = [&] {
-        std::fprintf(stderr,
-                     "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
-                     (long long)g.stats.prompt_tokens, g.stats.prompt_s,
-                     g.stats.prompt_s > 0 ? double(g.stats.prompt_tokens) / g.stats.prompt_s : 0.0,
-                     (long long)g.stats.gen_tokens, g.stats.gen_s,
-                     g.stats.gen_s > 0 ? double(g.stats.gen_tokens) / g.stats.gen_s : 0.0);
-        if (g.prof) {
-            std::fprintf(stderr, "\n%s\n%s", g.prof->format("prefill", g.stats.prompt_s, g.stats.prompt_tokens).c_str(),
-                         g.prof->format("decode", g.stats.gen_s, g.stats.gen_tokens).c_str());
+        const GenerationStats& gs = g.stats();
+        std::fprintf(
+            stderr, "\n\nprompt: %lld tokens in %.2f s (%.2f t/s) | generation: %lld tokens in %.2f s (%.2f t/s)\n",
+            (long long)gs.prompt_tokens, gs.prompt_s, gs.prompt_s > 0 ? double(gs.prompt_tokens) / gs.prompt_s : 0.0,
+            (long long)gs.gen_tokens, gs.gen_s, gs.gen_s > 0 ? double(gs.gen_tokens) / gs.gen_s : 0.0);
+        if (ProfiledBackend* prof = (*engine)->profiler()) {
+            std::fprintf(stderr, "\n%s\n%s", prof->format("prefill", gs.prompt_s, gs.prompt_tokens).c_str(),
+                         prof->format("decode", gs.gen_s, gs.gen_tokens).c_str());
         }
-        const SpecStats& st = g.spec_stats;
-        if ((g.draft || g.ngram) && st.steps > 0) {
+        const SpecStats& st = g.spec_stats();
+        if (g.speculative() && st.steps > 0) {
             std::fprintf(stderr,
                          "speculative: %lld drafted, %lld accepted (%.1f%%), mean accepted length %.2f per drafting "
                          "step (%lld of %lld steps drafted)",
@@ -371,29 +269,25 @@ int cmd_run(const std::vector<std::string>& argv) {
             return fail("run: the prompt has " + std::to_string(tokens.size()) + " tokens, the context only " +
                         std::to_string(cp.n_ctx) + " (raise -c)");
         if (auto r = g.feed(tokens); !r) return fail(r.error().message);
-        auto out = g.generate(*n_predict);
+        auto out = g.generate(gp, print);
         if (!out) return fail(out.error().message);
+        print_stop(*out, **ctx);
         report();
         return 0;
     }
 
-    std::string source = (*tok)->chat_template();
+    std::string source;
     if (args->has("--chat-template")) {
         const std::string t = args->get("--chat-template");
         if (t != "chatml") return fail("run: --chat-template takes 'chatml' (the file's own template is the default)");
         source = "chatml";
     }
-    const int32_t bos = (*tok)->bos(), eos = (*tok)->eos();
-    auto fmt =
-        ChatFormatter::create(source, bos >= 0 ? (*tok)->token_text(bos) : "", eos >= 0 ? (*tok)->token_text(eos) : "");
-    if (!fmt) return fail(fmt.error().message);
-    if (source.empty()) std::fprintf(stderr, "note: the model has no chat template; using ChatML\n");
     ChatOptions opt;
     opt.enable_thinking = *reasoning;
-    nlohmann::ordered_json history = nlohmann::ordered_json::array();
-    if (args->has("--system-prompt"))
-        history.push_back({{"role", "system"}, {"content", args->get("--system-prompt")}});
-    std::string fed;  // the conversation text as rendered so far (what the context holds)
+    auto session = ChatSession::create(g, source, opt);
+    if (!session) return fail(session.error().message);
+    if (session->builtin_chatml()) std::fprintf(stderr, "note: the model has no chat template; using ChatML\n");
+    if (args->has("--system-prompt")) session->add_system(args->get("--system-prompt"));
     bool first = true;
     for (;;) {
         std::string user;
@@ -407,33 +301,9 @@ int cmd_run(const std::vector<std::string>& argv) {
         }
         first = false;
         g_interrupt.store(false);
-        // Feed only what this turn adds to the rendered conversation (llama.cpp's delta rule).
-        history.push_back({{"role", "user"}, {"content", user}});
-        opt.add_generation_prompt = true;
-        auto text = fmt->render(history, opt);
-        if (!text) return fail(text.error().message);
-        const std::string delta = text->rfind(fed, 0) == 0 ? text->substr(fed.size()) : *text;
-        if (auto r = g.feed((*tok)->encode(delta, true)); !r) return fail(r.error().message);
-        fed = *text;
-        auto out = g.generate(*n_predict);
+        auto out = session->send(user, gp, print);
         if (!out) return fail(out.error().message);
-        std::string reply;
-        for (int32_t id : *out)
-            if (!(*tok)->is_eog(id)) reply += (*tok)->token_bytes(id, false);
-        history.push_back({{"role", "assistant"}, {"content", reply}});
-        // Close the turn as the template would: feed what follows the generated reply.
-        opt.add_generation_prompt = false;
-        auto closed = fmt->render(history, opt);
-        if (!closed) return fail(closed.error().message);
-        std::string generated;
-        for (int32_t id : *out) generated += (*tok)->token_bytes(id, true);
-        if (closed->rfind(fed + generated, 0) == 0) {
-            const std::string tail = closed->substr(fed.size() + generated.size());
-            if (!tail.empty() && (*ctx)->n_past(0) + 8 < cp.n_ctx) {
-                if (auto r = g.feed((*tok)->encode(tail, true)); !r) return fail(r.error().message);
-            }
-        }
-        fed = *closed;
+        print_stop(*out, **ctx);
         if (args->has("--single-turn")) break;
     }
     report();

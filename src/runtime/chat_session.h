@@ -1,0 +1,40 @@
+// A conversation on a Generator: messages rendered with the model's chat template, and only
+// what each turn adds to the rendered text fed to the model (the context keeps the rest).
+#pragma once
+
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "core/result.h"
+#include "runtime/generator.h"
+#include "tokenizer/chat.h"
+
+namespace bigmoe {
+
+class ChatSession {
+  public:
+    // source: Jinja template text, "" for the tokenizer's own (ChatML when the file has none),
+    // or "chatml".
+    static Result<ChatSession> create(Generator& gen, std::string source, const ChatOptions& opt);
+
+    // Whether the file had no template and ChatML stands in for it.
+    bool builtin_chatml() const { return builtin_; }
+    void add_system(const std::string& text);
+    // Adds the user's message, feeds what it adds to the conversation, generates the reply and
+    // closes the turn as the template would (the closing text is fed when the context has room).
+    Result<GenerateResult> send(const std::string& user, const GenerateParams& p, const PieceFn& on_piece);
+    const nlohmann::ordered_json& messages() const { return messages_; }
+
+  private:
+    ChatSession(Generator& gen, ChatFormatter fmt, const ChatOptions& opt, bool builtin)
+        : gen_(&gen), fmt_(std::move(fmt)), opt_(opt), builtin_(builtin) {}
+    Generator* gen_;
+    ChatFormatter fmt_;
+    ChatOptions opt_;
+    bool builtin_;
+    nlohmann::ordered_json messages_ = nlohmann::ordered_json::array();
+    std::string fed_;  // the conversation as rendered so far (what the context holds)
+};
+
+}  // namespace bigmoe

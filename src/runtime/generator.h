@@ -1,0 +1,115 @@
+// Text generation on one sequence of a Context: prompt tokens in; tokens and text pieces out
+// through a callback, with the sampler chain, stop strings, end-of-generation, reasoning
+// (`<think>`) separation, optional speculative decoding (a draft model or prompt lookup) and the
+// reason it stopped. `run`, `bench` and the server call this; none of them loops over tokens.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "backend/profiler.h"
+#include "core/result.h"
+#include "runtime/context.h"
+#include "runtime/sampler.h"
+#include "runtime/speculative.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe {
+
+enum class StopReason { none, eog, length, stop_string, context_full, cancelled };
+// OpenAI-style names: "stop" (end of generation or a stop string), "length", ...
+const char* stop_reason_name(StopReason r);
+
+struct GenerateParams {
+    int64_t n_predict = -1;         // tokens to generate; -1: until end of generation or a full context
+    bool ignore_eos = false;        // keep generating past end-of-generation tokens
+    std::vector<std::string> stop;  // generation ends before the first occurrence of any of these
+    bool special = false;           // pieces carry the text of control tokens
+    bool in_reasoning = false;      // the prompt opened <think> (a template's generation prompt)
+};
+
+// One generated token and the text it completes (whole UTF-8 characters only; text that may be
+// the start of a stop string is held back until it is known not to be).
+struct Piece {
+    int32_t token = -1;  // -1: text released at the end of generation
+    std::string text;
+    bool reasoning = false;  // inside <think> ... </think>, the tags included
+};
+
+// Return false to stop generating (the result's reason is `cancelled`).
+using PieceFn = std::function<bool(const Piece&)>;
+
+struct GenerateResult {
+    std::vector<int32_t> tokens;  // every generated token (those after a stop string included)
+    std::string content;          // text outside <think> ... </think>, up to a stop string
+    std::string reasoning;        // text inside, without the tags
+    StopReason stop = StopReason::none;
+};
+
+struct GenerationStats {
+    int64_t prompt_tokens = 0, gen_tokens = 0;
+    double prompt_s = 0, gen_s = 0;
+};
+
+// Holds text back while it may be the start of a stop string.
+class StopMatcher {
+  public:
+    explicit StopMatcher(std::vector<std::string> stops) : stops_(std::move(stops)) {}
+    // Adds text; returns what can be released. `matched` turns true when a stop string appeared
+    // (the text before it is released, the rest dropped).
+    std::string push(const std::string& text, bool* matched);
+    // What is held back, at the end of generation.
+    std::string flush();
+
+  private:
+    std::vector<std::string> stops_;
+    std::string held_;
+};
+
+class Generator {
+  public:
+    Generator(Context& ctx, const Tokenizer& tok, const SamplerParams& sampler, int seq = 0);
+
+    // Speculative decoding with a draft model's context (greedy: token-identical to plain greedy
+    // decoding; sampling: speculative sampling, distributed as the sampler chain).
+    void set_draft(Context* draft, const SpecParams& p);
+    // Speculative decoding with drafts looked up in the tokens already in the context (greedy).
+    void set_prompt_lookup(const SpecParams& p);
+    // Times sampling and marks the prefill / decode phases on a profiler.
+    void set_profiler(ProfiledBackend* prof) { prof_ = prof; }
+
+    // Processes tokens (a prompt, or the text closing a chat turn) on the target and the draft.
+    Result<void> feed(const std::vector<int32_t>& tokens);
+    // Generates after what was fed; on_piece sees every token. Needs a fed token first.
+    Result<GenerateResult> generate(const GenerateParams& p, const PieceFn& on_piece);
+
+    Context& context() { return ctx_; }
+    const Tokenizer& tokenizer() const { return tok_; }
+    int seq() const { return seq_; }
+    bool speculative() const { return draft_ != nullptr || ngram_; }
+    const GenerationStats& stats() const { return stats_; }
+    const SpecStats& spec_stats() const { return spec_stats_; }
+
+  private:
+    class Output;
+    Result<void> generate_plain(const GenerateParams& p, Output& out);
+    Result<void> generate_speculative(const GenerateParams& p, Output& out);
+
+    Context& ctx_;
+    const Tokenizer& tok_;
+    Sampler sampler_;
+    int seq_;
+    std::vector<float> logits_;  // of the last processed token
+    Context* draft_ = nullptr;
+    bool ngram_ = false;
+    SpecParams spec_;
+    SpecStats spec_stats_;
+    ProfiledBackend* prof_ = nullptr;
+    GenerationStats stats_;
+    std::vector<int32_t> history_;  // every token in the target context (prompt lookup)
+};
+
+}  // namespace bigmoe
