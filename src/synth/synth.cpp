@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "core/fp16.h"
+#include "gguf/file_type.h"
 #include "quant/quants.h"
 
 namespace bigmoe::synth {
@@ -398,9 +399,7 @@ Result<gguf::GgufWriter> build(const Spec& s) {
         w.set_u32(a + "ssm.inner_size", uint32_t(s.ssm_n_v_heads * s.ssm_d_state));
         w.set_u32(a + "full_attention_interval", uint32_t(s.full_attention_interval));
     }
-    const std::map<std::string, uint32_t> ftypes = {{"F32", 0},     {"F16", 1},   {"Q8_0", 7},
-                                                    {"Q4_K_M", 15}, {"Q6_K", 18}, {"BF16", 32}};
-    w.set_u32("general.file_type", ftypes.at(s.quant));
+    w.set_u32("general.file_type", uint32_t(gguf::file_type_by_name(s.quant)->id));
     w.set_u32("general.quantization_version", 2);
     // tokenizer
     std::vector<std::string> tokens = s.vocab.tokens;

@@ -78,5 +78,9 @@ for c in "run -m $m -p hi -n 2 -c 99999999" "logits -m $m --tokens 1,2 -o $tmp/l
   expect "too large: $c" 1 "needs [0-9.]* [GT]iB (KV cache .*), [0-9.]* [GMT]iB are available; at most [0-9]* positions fit" \
     "$bin" $c
 done
+# A missing model anywhere in the list fails before the first record is printed.
+expect "bench missing second model" 1 "cannot open" "$bin" bench -m "$m,$tmp/none.gguf" -p 8 -n 0 -r 1 -o json
+if [ -z "$("$bin" bench -m "$m,$tmp/none.gguf" -p 8 -n 0 -r 1 -o json 2>/dev/null)" ]; then pass=$((pass+1)); else
+  echo "FAIL: bench printed records before a missing model"; fail=$((fail+1)); fi
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -1,0 +1,174 @@
+// Generator and ChatSession: stop strings (split across tokens, held back while they may
+// start), cancellation, length and full-context stops, reasoning separation, and that the
+// pieces a caller sees add up to the result.
+#include <gtest/gtest.h>
+
+#include "bigmoe/bigmoe.h"
+#include "runtime/chat_session.h"
+#include "runtime/generator.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+TEST(StopMatcher, releases_text_that_cannot_start_a_stop_string) {
+    StopMatcher m({"</end>", "STOP"});
+    bool hit = false;
+    EXPECT_EQ(m.push("hello <", &hit), "hello ");  // "<" may start "</end>"
+    EXPECT_FALSE(hit);
+    EXPECT_EQ(m.push("/e", &hit), "");
+    EXPECT_EQ(m.push("x", &hit), "</ex");  // no longer a prefix
+    EXPECT_EQ(m.push(" ST", &hit), " ");
+    EXPECT_EQ(m.push("OP and more", &hit), "");
+    EXPECT_TRUE(hit);
+}
+
+TEST(StopMatcher, finds_the_earliest_stop_and_flushes_the_rest) {
+    StopMatcher m({"bc", "ab"});
+    bool hit = false;
+    EXPECT_EQ(m.push("xxabc", &hit), "xx");
+    EXPECT_TRUE(hit);
+    StopMatcher n({"zz"});
+    EXPECT_EQ(n.push("az", &hit), "a");
+    EXPECT_FALSE(hit);
+    EXPECT_EQ(n.flush(), "z");
+    StopMatcher none({});
+    EXPECT_EQ(none.push("<anything", &hit), "<anything");
+}
+
+struct Fixture {
+    std::unique_ptr<Engine> engine;
+    std::unique_ptr<Tokenizer> tok;
+    std::unique_ptr<Context> ctx;
+};
+
+Fixture load(int64_t n_ctx = 256) {
+    Fixture f;
+    auto e = Engine::load(testing::fixtures_dir() + "/models/qwen35moe-tiny-f32.gguf", {.n_threads = 2});
+    EXPECT_TRUE(e.ok());
+    f.engine = std::move(*e);
+    auto t = Tokenizer::from_gguf(f.engine->file());
+    EXPECT_TRUE(t.ok());
+    f.tok = std::move(*t);
+    ContextParams cp;
+    cp.n_ctx = n_ctx;
+    auto c = f.engine->new_context(cp);
+    EXPECT_TRUE(c.ok());
+    f.ctx = std::move(*c);
+    return f;
+}
+
+SamplerParams greedy() {
+    SamplerParams p;
+    p.temp = 0;
+    return p;
+}
+
+// Generates from a fresh context; the pieces' text is collected into *seen.
+GenerateResult generate(const GenerateParams& gp, std::string* seen, int64_t n_ctx = 256,
+                        const std::function<bool(const Piece&)>& also = nullptr) {
+    Fixture f = load(n_ctx);
+    Generator g(*f.ctx, *f.tok, greedy());
+    EXPECT_TRUE(g.feed(f.tok->encode("The quick brown fox", true)).ok());
+    auto r = g.generate(gp, [&](const Piece& pc) {
+        *seen += pc.text;
+        return also ? also(pc) : true;
+    });
+    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+    return r.ok() ? *r : GenerateResult{};
+}
+
+TEST(Generator, length_stop_and_pieces_add_up) {
+    GenerateParams gp;
+    gp.n_predict = 24;
+    gp.ignore_eos = true;
+    std::string seen;
+    const GenerateResult r = generate(gp, &seen);
+    EXPECT_EQ(r.tokens.size(), 24u);
+    EXPECT_EQ(r.stop, StopReason::length);
+    EXPECT_STREQ(stop_reason_name(r.stop), "length");
+    EXPECT_EQ(seen, r.content + r.reasoning);
+}
+
+TEST(Generator, stop_string_cuts_the_content_where_it_first_appears) {
+    GenerateParams gp;
+    gp.n_predict = 32;
+    gp.ignore_eos = true;
+    std::string seen;
+    const GenerateResult full = generate(gp, &seen);
+    ASSERT_GE(full.content.size(), 8u) << "the fixture's greedy text is too short for this test";
+    // a stop string that spans bytes from the middle of the text (often two tokens)
+    const std::string stop = full.content.substr(full.content.size() / 2, 3);
+    const std::string want = full.content.substr(0, full.content.find(stop));
+    gp.stop = {stop};
+    std::string seen2;
+    const GenerateResult cut = generate(gp, &seen2);
+    EXPECT_EQ(cut.stop, StopReason::stop_string);
+    EXPECT_EQ(cut.content, want);
+    EXPECT_EQ(seen2, want);
+    EXPECT_LT(cut.tokens.size(), full.tokens.size());
+}
+
+TEST(Generator, callback_cancels_and_full_context_stops) {
+    GenerateParams gp;
+    gp.n_predict = 50;
+    gp.ignore_eos = true;
+    std::string seen;
+    int n = 0;
+    const GenerateResult c = generate(gp, &seen, 256, [&](const Piece&) { return ++n < 3; });
+    EXPECT_EQ(c.stop, StopReason::cancelled);
+    EXPECT_EQ(c.tokens.size(), 3u);
+    const int64_t n_prompt = int64_t(load().tok->encode("The quick brown fox", true).size());
+    const GenerateResult full = generate(gp, &seen, n_prompt + 5);
+    EXPECT_EQ(full.stop, StopReason::context_full);
+    EXPECT_EQ(full.tokens.size(), 5u);
+    EXPECT_STREQ(stop_reason_name(full.stop), "length");
+}
+
+TEST(Generator, reasoning_opened_by_the_prompt_goes_to_reasoning) {
+    GenerateParams gp;
+    gp.n_predict = 16;
+    gp.ignore_eos = true;
+    std::string seen;
+    const GenerateResult plain = generate(gp, &seen);
+    gp.in_reasoning = true;
+    std::string seen2;
+    const GenerateResult r = generate(gp, &seen2);
+    EXPECT_EQ(r.tokens, plain.tokens);
+    Fixture f = load();
+    for (int32_t id : plain.tokens)
+        if (id == f.tok->find("<think>") || id == f.tok->find("</think>")) GTEST_SKIP() << "the model wrote a tag";
+    EXPECT_TRUE(r.content.empty());
+    EXPECT_EQ(r.reasoning, plain.content);
+    EXPECT_EQ(seen2, seen);
+}
+
+TEST(Generator, needs_a_fed_prompt) {
+    Fixture f = load();
+    Generator g(*f.ctx, *f.tok, greedy());
+    auto r = g.generate({}, [](const Piece&) { return true; });
+    ASSERT_FALSE(r.ok());
+    EXPECT_NE(r.error().message.find("feed"), std::string::npos);
+}
+
+// Two turns through ChatSession equal the same conversation rendered and fed by hand.
+TEST(ChatSession, second_turn_feeds_only_the_new_text) {
+    Fixture f = load(512);
+    Generator g(*f.ctx, *f.tok, greedy());
+    auto s = ChatSession::create(g, "", {});
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    GenerateParams gp;
+    gp.n_predict = 6;
+    gp.ignore_eos = true;
+    auto noop = [](const Piece&) { return true; };
+    ASSERT_TRUE(s->send("hello", gp, noop).ok());
+    const int64_t after_first = f.ctx->n_past(0);
+    auto second = s->send("and again", gp, noop);
+    ASSERT_TRUE(second.ok());
+    EXPECT_EQ(s->messages().size(), 4u);
+    EXPECT_EQ(g.stats().prompt_tokens + g.stats().gen_tokens, f.ctx->n_past(0)) << "every token is in the context";
+    EXPECT_GT(f.ctx->n_past(0), after_first);
+}
+
+}  // namespace
+}  // namespace bigmoe
