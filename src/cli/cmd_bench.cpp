@@ -160,6 +160,10 @@ int cmd_bench(const std::vector<std::string>& argv) {
                     }
     }
 
+    plan.models = *models;
+    // every model opens before the first line of output
+    if (auto r = bench::check_models(plan); !r) return fail(r.error().message);
+
     std::vector<bench::Record> all;
     bool first_json = true;
     if (fmt == "csv") std::printf("%s\n", bench::csv_header().c_str());
@@ -183,7 +187,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
                     if (!ctv) return fail(ctv.error().message);
                     for (int64_t d : *depth) plan.configs.push_back({b, u, d, *ctk, *ctv});
                 }
-    plan.models = *models;
     plan.threads = *th;
     for (int64_t v : *nrs) plan.no_repack.push_back(v == 1);
     plan.reps = *reps;
@@ -191,8 +194,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
     plan.draft_threads = *td;
     plan.profile = args->has("--profile");
     plan.machine_gbps = *bw;
-    // every model opens before the first line of output
-    if (auto r = bench::check_models(plan); !r) return fail(r.error().message);
 
     bench::Events ev;
     ev.record = emit;
