@@ -8,6 +8,8 @@
 #include <fstream>
 #include <stdexcept>
 
+#include "quant/quants.h"
+
 namespace bigmoe::testing {
 
 std::string fixtures_dir() {
@@ -75,6 +77,31 @@ std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi
 uint32_t fresh_seed() {
     if (const char* e = std::getenv("BIGMOE_SEED")) return uint32_t(std::strtoul(e, nullptr, 10));
     return uint32_t(std::chrono::steady_clock::now().time_since_epoch().count());
+}
+
+std::unique_ptr<OwnedWeight> make_weight(std::mt19937& rng, DType t, int64_t n_in, int64_t n_out, int64_t n_exp,
+                                         float lo, float hi) {
+    auto o = std::make_unique<OwnedWeight>();
+    o->info.name = "w";
+    o->info.type = t;
+    o->info.ne[0] = n_in;
+    o->info.ne[1] = n_out;
+    o->info.ne[2] = n_exp;
+    o->info.row_bytes = row_bytes(t, n_in);
+    o->bytes.resize(o->info.row_bytes * size_t(n_out * n_exp));
+    for (int64_t r = 0; r < n_out * n_exp; ++r) {
+        auto v = random_floats(rng, size_t(n_in), lo, hi);
+        quantize_row(t, v.data(), o->bytes.data() + size_t(r) * o->info.row_bytes, n_in);
+    }
+    o->w.info = &o->info;
+    o->w.type = t;
+    o->w.ne[0] = n_in;
+    o->w.ne[1] = n_out;
+    o->w.ne[2] = n_exp;
+    o->w.row_bytes = o->info.row_bytes;
+    o->w.expert_bytes = o->info.row_bytes * size_t(n_out);
+    o->w.data = o->bytes.data();
+    return o;
 }
 
 }  // namespace bigmoe::testing

@@ -2,10 +2,13 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
+
+#include "backend/backend.h"
 
 namespace bigmoe::testing {
 
@@ -22,5 +25,18 @@ double percentile(std::vector<double> v, double p);
 std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi);
 // A fresh seed per run (printed by the caller on failure).
 uint32_t fresh_seed();
+
+// A weight of type t with shape {n_in, n_out, n_expert} and random values in [lo, hi), in host
+// memory as a model file would hold it (not yet prepared by a backend).
+struct OwnedWeight {
+    gguf::TensorInfo info;
+    std::vector<uint8_t> bytes;
+    Weight w;
+    // The values as floats (F32 weights: the data itself).
+    const float* f32() const { return reinterpret_cast<const float*>(bytes.data()); }
+    float* f32() { return reinterpret_cast<float*>(bytes.data()); }
+};
+std::unique_ptr<OwnedWeight> make_weight(std::mt19937& rng, DType t, int64_t n_in, int64_t n_out, int64_t n_exp = 1,
+                                         float lo = -1, float hi = 1);
 
 }  // namespace bigmoe::testing

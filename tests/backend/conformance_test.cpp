@@ -1,0 +1,560 @@
+// Backend conformance: every op of every backend against the float64 references
+// (testlib/reference_ops.h) on fresh random inputs of odd sizes. Inputs and outputs live in the
+// backend's own memory (uploaded and downloaded as a GPU backend needs); every output buffer has
+// guard zones before and after it and between rows, filled with a NaN pattern that must survive,
+// and every output value must be written and finite. Batch invariance (a token's result does not
+// depend on its batch) is checked bit for bit. A new backend joins with one line in
+// backends_under_test().
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <random>
+
+#include "backend/cpu/cpu_backend.h"
+#include "core/fp16.h"
+#include "quant/quants.h"
+#include "reference_ops.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+namespace ref = testing::ref;
+using testing::make_weight;
+
+struct BackendUnderTest {
+    std::string name;
+    std::function<std::unique_ptr<Backend>()> make;
+};
+
+std::vector<BackendUnderTest> backends_under_test() {
+    std::vector<BackendUnderTest> r;
+    for (const cpu::Kernels* k : cpu::available_kernels())
+        r.push_back({std::string("cpu_") + k->isa, [k] { return std::make_unique<cpu::CpuBackend>(2, k); }});
+    return r;
+}
+
+// Guards and row padding hold a finite value that any arithmetic on it changes (a NaN would
+// survive NaN + NaN); a new tensor's values are NaN until an op writes them.
+constexpr float k_guard_value = -3.25e33f;
+constexpr int64_t k_guard = 64;  // floats of guard before and after a tensor
+
+bool is_guard(float f) {
+    return std::memcmp(&f, &k_guard_value, 4) == 0;
+}
+
+// A [rows][cols] f32 tensor in backend memory, rows padded to 16 floats as scratch rows are,
+// with guards around it and in the padding.
+class DevTensor {
+  public:
+    DevTensor(Backend& be, int64_t rows, int64_t cols)
+        : be_(be), rows_(rows), cols_(cols), stride_((cols + 15) / 16 * 16) {
+        n_ = size_t(2 * k_guard + rows * stride_);
+        base_ = static_cast<float*>(be_.alloc(n_ * 4));
+        std::vector<float> host(n_, k_guard_value);
+        for (int64_t r = 0; r < rows; ++r)
+            std::fill_n(host.data() + k_guard + r * stride_, cols, std::numeric_limits<float>::quiet_NaN());
+        be_.upload(base_, host.data(), n_ * 4);
+    }
+    DevTensor(Backend& be, int64_t rows, int64_t cols, const std::vector<float>& values) : DevTensor(be, rows, cols) {
+        set(values);
+    }
+    ~DevTensor() { be_.dealloc(base_); }
+    DevTensor(const DevTensor&) = delete;
+    DevTensor& operator=(const DevTensor&) = delete;
+
+    Tensor t() const { return {base_ + k_guard, rows_, cols_, stride_}; }
+    // One row as a tensor of its own (a batch of one token).
+    Tensor row(int64_t r) const { return {base_ + k_guard + r * stride_, 1, cols_, stride_}; }
+    void set(const std::vector<float>& v) {
+        std::vector<float> host = download_all();
+        for (int64_t r = 0; r < rows_; ++r)
+            std::copy_n(v.data() + r * cols_, cols_, host.data() + k_guard + r * stride_);
+        be_.upload(base_, host.data(), n_ * 4);
+    }
+    // The values; fails the test when a guard or padding float changed.
+    std::vector<float> get() const {
+        const std::vector<float> host = download_all();
+        std::vector<float> out(size_t(rows_ * cols_));
+        for (size_t i = 0; i < host.size(); ++i) {
+            const int64_t off = int64_t(i) - k_guard;
+            const bool inside = off >= 0 && off < rows_ * stride_ && off % stride_ < cols_;
+            if (inside)
+                out[size_t(off / stride_ * cols_ + off % stride_)] = host[i];
+            else if (!is_guard(host[i])) {
+                ADD_FAILURE() << "a write outside the tensor at float " << off << " (rows " << rows_ << ", cols "
+                              << cols_ << ", stride " << stride_ << ")";
+                break;
+            }
+        }
+        return out;
+    }
+
+  private:
+    std::vector<float> download_all() const {
+        std::vector<float> host(n_);
+        be_.download(host.data(), base_, n_ * 4);
+        return host;
+    }
+    Backend& be_;
+    int64_t rows_, cols_, stride_;
+    size_t n_;
+    float* base_;
+};
+
+// Raw backend memory holding a copy of host bytes (KV blocks, recurrent rings).
+class DevBuffer {
+  public:
+    DevBuffer(Backend& be, const void* src, size_t bytes) : be_(be), bytes_(bytes), p_(be.alloc(bytes)) {
+        be_.upload(p_, src, bytes);
+    }
+    ~DevBuffer() { be_.dealloc(p_); }
+    DevBuffer(const DevBuffer&) = delete;
+    DevBuffer& operator=(const DevBuffer&) = delete;
+    void* get() const { return p_; }
+    template <class T>
+    std::vector<T> read() const {
+        std::vector<T> v(bytes_ / sizeof(T));
+        be_.download(v.data(), p_, bytes_);
+        return v;
+    }
+
+  private:
+    Backend& be_;
+    size_t bytes_;
+    void* p_;
+};
+
+// |got - want| <= atol + rtol * |want| everywhere, every value finite; reports the first miss.
+void expect_close(const std::vector<float>& got, const ref::Vec& want, double atol, double rtol,
+                  const std::string& what) {
+    ASSERT_EQ(got.size(), want.size()) << what;
+    for (size_t i = 0; i < got.size(); ++i) {
+        ASSERT_TRUE(std::isfinite(got[i])) << what << ": value " << i << " is " << got[i] << " (not written?)";
+        ASSERT_NEAR(got[i], want[i], atol + rtol * std::fabs(want[i])) << what << ": value " << i;
+    }
+}
+
+std::vector<float> randoms(std::mt19937& rng, int64_t n, float lo = -1, float hi = 1) {
+    return testing::random_floats(rng, size_t(n), lo, hi);
+}
+
+class Conformance : public ::testing::TestWithParam<BackendUnderTest> {
+  protected:
+    void SetUp() override {
+        be_ = GetParam().make();
+        seed_ = testing::fresh_seed();
+        rng_.seed(seed_);
+    }
+    void TearDown() override {
+        if (HasFailure()) std::fprintf(stderr, "backend %s, seed %u\n", GetParam().name.c_str(), seed_);
+    }
+    // A weight the backend has prepared (uploaded or repacked), as a model would load it.
+    std::unique_ptr<testing::OwnedWeight> weight(DType t, int64_t n_in, int64_t n_out, int64_t n_exp = 1,
+                                                 bool multiplied = true) {
+        auto w = make_weight(rng_, t, n_in, n_out, n_exp);
+        w->w.multiplied = multiplied;
+        EXPECT_TRUE(be_->prepare_weight(w->w).ok());
+        return w;
+    }
+    std::unique_ptr<testing::OwnedWeight> vec_weight(std::vector<float> values) {
+        auto w = make_weight(rng_, DType::F32, int64_t(values.size()), 1);
+        std::copy(values.begin(), values.end(), w->f32());
+        EXPECT_TRUE(be_->prepare_weight(w->w).ok());
+        return w;
+    }
+    std::unique_ptr<Backend> be_;
+    uint32_t seed_ = 0;
+    std::mt19937 rng_;
+};
+
+const DType k_weight_types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q4_0,
+                                DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K};
+
+int64_t n_in_for(DType t) {
+    return traits(t).block_elems == 1 ? 100 : 2 * std::max<int64_t>(traits(t).block_elems, 256);
+}
+
+TEST_P(Conformance, get_rows_every_type) {
+    for (DType t : k_weight_types) {
+        if (!be_->supports_weight_type(t)) continue;
+        auto emb = weight(t, n_in_for(t), 37, 1, /*multiplied=*/false);
+        const std::vector<int32_t> ids = {36, 0, 5, 5, 17};
+        DevTensor out(*be_, 5, emb->w.n_in());
+        be_->get_rows(emb->w, ids.data(), 5, out.t());
+        expect_close(out.get(), ref::get_rows(emb->w, ids), 0, 0, std::string("get_rows ") + traits(t).name);
+    }
+}
+
+TEST_P(Conformance, rms_norm_rows_and_heads) {
+    const int64_t T = 3;
+    for (int64_t group : {300, 60, 20}) {  // the whole row, and per head
+        auto w = vec_weight(randoms(rng_, group, 0.5f, 1.5f));
+        const auto x = randoms(rng_, T * 300, -3, 3);
+        DevTensor dx(*be_, T, 300, x), out(*be_, T, 300);
+        be_->rms_norm(dx.t(), w->w, 1e-6f, out.t());
+        const std::vector<float> wv(w->f32(), w->f32() + group);
+        expect_close(out.get(), ref::rms_norm(x, T, 300, wv, 1e-6), 1e-6, 1e-5,
+                     "rms_norm group " + std::to_string(group));
+    }
+}
+
+// Tolerance: the rounding of a quantized activation (8 bits per value) against the scale of
+// the products' magnitudes.
+double matmul_tolerance(DType t, double mag) {
+    return (activation_type(t) == DType::F32 ? 1e-5 : 1e-2) * mag + 1e-6;
+}
+
+TEST_P(Conformance, matmul_every_type_odd_rows_and_tokens) {
+    for (DType t : k_weight_types) {
+        if (!be_->supports_weight_type(t)) continue;
+        const int64_t n_in = n_in_for(t);
+        for (int64_t n_out : {37, 40}) {
+            auto w = weight(t, n_in, n_out);
+            for (int64_t T : {1, 3, 17}) {
+                const auto x = randoms(rng_, T * n_in, -2, 2);
+                DevTensor dx(*be_, T, n_in, x), out(*be_, T, n_out);
+                be_->matmul(w->w, dx.t(), out.t());
+                ref::Vec want, mag;
+                ref::matmul(w->w, x, T, want, mag);
+                const std::vector<float> got = out.get();
+                for (size_t i = 0; i < got.size(); ++i) {
+                    ASSERT_TRUE(std::isfinite(got[i])) << traits(t).name << " value " << i;
+                    ASSERT_NEAR(got[i], want[i], matmul_tolerance(t, mag[i]))
+                        << traits(t).name << " n_out=" << n_out << " T=" << T << " value " << i;
+                }
+            }
+        }
+    }
+}
+
+TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
+    const int64_t n_in = 512, T = 5;
+    auto a = weight(DType::Q6_K, n_in, 24), b = weight(DType::Q8_0, n_in, 13), c = weight(DType::F32, n_in, 7);
+    const auto x = randoms(rng_, T * n_in);
+    DevTensor dx(*be_, T, n_in, x), oa(*be_, T, 24), ob(*be_, T, 13), oc(*be_, T, 7), sa(*be_, T, 24);
+    be_->matmuls(dx.t(), {{&a->w, oa.t()}, {&b->w, ob.t()}, {&c->w, oc.t()}});
+    be_->matmul(a->w, dx.t(), sa.t());
+    EXPECT_EQ(oa.get(), sa.get()) << "matmuls and matmul differ";
+    for (auto [w, o] : {std::pair{&a->w, &oa}, std::pair{&b->w, &ob}, std::pair{&c->w, &oc}}) {
+        ref::Vec want, mag;
+        ref::matmul(*w, x, T, want, mag);
+        const std::vector<float> got = o->get();
+        for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], matmul_tolerance(w->type, mag[i]));
+    }
+}
+
+TEST_P(Conformance, elementwise_ops) {
+    const int64_t T = 5, C = 77;
+    const auto a = randoms(rng_, T * C, -4, 4), b = randoms(rng_, T * C, -4, 4);
+    DevTensor da(*be_, T, C, a), db(*be_, T, C, b), out(*be_, T, C);
+    be_->add(da.t(), db.t(), out.t());
+    expect_close(out.get(), ref::add(a, b), 1e-6, 1e-6, "add");
+    be_->swiglu(da.t(), db.t(), out.t());
+    expect_close(out.get(), ref::swiglu(a, b), 1e-6, 1e-5, "swiglu");
+    be_->mul_sigmoid(da.t(), db.t(), out.t());
+    expect_close(out.get(), ref::mul_sigmoid(a, b), 1e-6, 1e-5, "mul_sigmoid");
+    // add_gated: the gate is a dot product over another input of 33 columns
+    const auto f = randoms(rng_, T * 33);
+    auto gv = vec_weight(randoms(rng_, 33));
+    DevTensor df(*be_, T, 33, f);
+    be_->add_gated(da.t(), db.t(), gv->w, df.t(), out.t());
+    const std::vector<float> g(gv->f32(), gv->f32() + 33);
+    expect_close(out.get(), ref::add_gated(a, b, g, f, T, C), 1e-5, 1e-5, "add_gated");
+    // in place (out aliases a), as the models call it
+    DevTensor inplace(*be_, T, C, a);
+    be_->add(inplace.t(), db.t(), inplace.t());
+    expect_close(inplace.get(), ref::add(a, b), 1e-6, 1e-6, "add in place");
+}
+
+TEST_P(Conformance, gather_cols_takes_a_slice_of_every_group) {
+    const int64_t T = 3, group = 24, n_group = 5;
+    const auto x = randoms(rng_, T * group * n_group);
+    DevTensor dx(*be_, T, group * n_group, x), out(*be_, T, 11 * n_group);
+    be_->gather_cols(dx.t(), group, 13, 11, out.t());
+    expect_close(out.get(), ref::gather_cols(x, T, group * n_group, group, 13, 11), 0, 0, "gather_cols");
+}
+
+TEST_P(Conformance, rope_neox_partial_and_full_rotation_two_sequences) {
+    const int64_t head_dim = 64, C = 3 * head_dim;
+    for (int64_t n_rot : {64, 32}) {
+        const auto x = randoms(rng_, 6 * C);
+        DevTensor dx(*be_, 6, C, x);
+        be_->rope_neox(dx.t(), head_dim, n_rot, 1e6f, {{0, 0, 2, 5}, {1, 2, 4, 1000}});
+        const std::vector<float> got = dx.get();
+        const ref::Vec a = ref::rope_neox({x.begin(), x.begin() + 2 * C}, 2, C, head_dim, n_rot, 1e6, 5);
+        const ref::Vec b = ref::rope_neox({x.begin() + 2 * C, x.end()}, 4, C, head_dim, n_rot, 1e6, 1000);
+        ref::Vec want(a);
+        want.insert(want.end(), b.begin(), b.end());
+        // positions near 1000 in float carry ~1e-4 of angle error
+        expect_close(got, want, 2e-4, 1e-4, "rope n_rot " + std::to_string(n_rot));
+    }
+}
+
+// One sequence's KV block in backend memory, holding `depth` random positions.
+struct KvCase {
+    int64_t Hkv, D, depth, capacity;
+    DType type;
+    std::vector<float> past_k, past_v;
+    std::unique_ptr<DevBuffer> k, v;
+    KvCase(Backend& be, std::mt19937& rng, int64_t hkv, int64_t d, int64_t dep, int64_t cap, DType t)
+        : Hkv(hkv), D(d), depth(dep), capacity(cap), type(t) {
+        past_k = randoms(rng, depth * Hkv * D);
+        past_v = randoms(rng, depth * Hkv * D);
+        const size_t es = t == DType::F32 ? 4 : 2, n = size_t(capacity * Hkv * D);
+        std::vector<uint8_t> kb(n * es), vb(n * es);
+        for (size_t i = 0; i < past_k.size(); ++i) {
+            if (t == DType::F32) {
+                reinterpret_cast<float*>(kb.data())[i] = past_k[i];
+                reinterpret_cast<float*>(vb.data())[i] = past_v[i];
+            } else {
+                reinterpret_cast<uint16_t*>(kb.data())[i] = f32_to_fp16(past_k[i]);
+                reinterpret_cast<uint16_t*>(vb.data())[i] = f32_to_fp16(past_v[i]);
+            }
+        }
+        k = std::make_unique<DevBuffer>(be, kb.data(), kb.size());
+        v = std::make_unique<DevBuffer>(be, vb.data(), vb.size());
+    }
+    KvBlock block() const { return KvBlock{k->get(), v->get(), type, type, capacity}; }
+};
+
+// Short and long caches, f32 and f16, GQA groups of 1, 2, 3 and 6 heads, head sizes that are
+// and are not multiples of 16; the new rows are stored in the cache too.
+TEST_P(Conformance, attention_matches_float64) {
+    struct Shape {
+        int64_t H, Hkv, D, depth, T;
+    };
+    for (const Shape sh : {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2},
+                           Shape{4, 4, 16, 530, 41}, Shape{2, 1, 8, 0, 9}}) {
+        for (DType ct : {DType::F32, DType::F16}) {
+            KvCase c(*be_, rng_, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
+            KvBlock b = c.block();
+            const auto q = randoms(rng_, sh.T * sh.H * sh.D), k = randoms(rng_, sh.T * sh.Hkv * sh.D),
+                       v = randoms(rng_, sh.T * sh.Hkv * sh.D);
+            DevTensor dq(*be_, sh.T, sh.H * sh.D, q), dk(*be_, sh.T, sh.Hkv * sh.D, k),
+                dv(*be_, sh.T, sh.Hkv * sh.D, v), out(*be_, sh.T, sh.H * sh.D);
+            const float scale = 1.0f / std::sqrt(float(sh.D));
+            be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, {{0, 0, sh.T, sh.depth}}, {&b},
+                           out.t());
+            be_->reset_scratch();
+            // queries are rounded like the cache (f16 caches take f16 queries)
+            std::vector<float> qr = q;
+            if (ct == DType::F16)
+                for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));
+            const ref::Vec want =
+                ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T, ct, scale);
+            expect_close(
+                out.get(), want, 1e-5, 0,
+                "attention H=" + std::to_string(sh.H) + " depth=" + std::to_string(sh.depth) + " " + traits(ct).name);
+            // the new rows were appended to the cache
+            if (ct == DType::F32) {
+                const std::vector<float> kk = c.k->read<float>();
+                for (int64_t i = 0; i < sh.T * sh.Hkv * sh.D; ++i)
+                    ASSERT_EQ(kk[size_t(sh.depth * sh.Hkv * sh.D + i)], k[size_t(i)]) << "stored key " << i;
+            }
+        }
+    }
+}
+
+// Tokens appended one at a time give the bits of the same tokens appended together, and of the
+// same tokens beside a second sequence in one call.
+TEST_P(Conformance, attention_is_batch_invariant) {
+    const int64_t H = 8, Hkv = 2, D = 32, T = 37;
+    const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
+    for (int64_t depth : {5, 1200}) {
+        const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
+                   v = randoms(rng_, T * Hkv * D, -2, 2);
+        DevTensor dq(*be_, T, H * D, q), dk(*be_, T, Hkv * D, k), dv(*be_, T, Hkv * D, v);
+        std::mt19937 cache_rng(seed_ + uint32_t(depth));
+        KvCase c1(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+        KvBlock b1 = c1.block();
+        DevTensor batch(*be_, T, H * D), one(*be_, T, H * D);
+        be_->attention(dq.t(), dk.t(), dv.t(), ap, {{0, 0, T, depth}}, {&b1}, batch.t());
+        be_->reset_scratch();
+        cache_rng.seed(seed_ + uint32_t(depth));
+        KvCase c2(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+        KvBlock b2 = c2.block();
+        for (int64_t t = 0; t < T; ++t) {
+            be_->attention(dq.row(t), dk.row(t), dv.row(t), ap, {{0, 0, 1, depth + t}}, {&b2}, one.row(t));
+            be_->reset_scratch();
+        }
+        const std::vector<float> all = batch.get();
+        ASSERT_EQ(all, one.get()) << "depth " << depth;
+        // the first 11 tokens beside another sequence's 20
+        cache_rng.seed(seed_ + uint32_t(depth));
+        KvCase c3(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+        KvCase c4(*be_, rng_, Hkv, D, 900, 920, DType::F16);
+        KvBlock b3 = c3.block(), b4 = c4.block();
+        std::vector<float> q2 = randoms(rng_, 31 * H * D), k2 = randoms(rng_, 31 * Hkv * D),
+                           v2 = randoms(rng_, 31 * Hkv * D);
+        std::copy_n(q.begin(), 11 * H * D, q2.begin());
+        std::copy_n(k.begin(), 11 * Hkv * D, k2.begin());
+        std::copy_n(v.begin(), 11 * Hkv * D, v2.begin());
+        DevTensor dq2(*be_, 31, H * D, q2), dk2(*be_, 31, Hkv * D, k2), dv2(*be_, 31, Hkv * D, v2),
+            out2(*be_, 31, H * D);
+        be_->attention(dq2.t(), dk2.t(), dv2.t(), ap, {{0, 0, 11, depth}, {1, 11, 20, 900}}, {&b3, &b4}, out2.t());
+        be_->reset_scratch();
+        const std::vector<float> two = out2.get();
+        ASSERT_TRUE(std::equal(all.begin(), all.begin() + 11 * H * D, two.begin())) << "depth " << depth;
+    }
+}
+
+// Routed experts: float and quantized stacks, separate and fused gate/up, more experts than
+// tokens choose (some idle).
+TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
+    const int64_t N = 256, F = 32, E = 8, K = 2, T = 3;
+    for (DType t : {DType::F32, DType::Q8_0}) {
+        for (bool fused : {false, true}) {
+            auto gate = weight(t, N, F, E), up = weight(t, N, F, E), gate_up = weight(t, N, 2 * F, E),
+                 down = weight(DType::F32, F, N, E);
+            const MoeWeights m = fused ? MoeWeights{nullptr, nullptr, &down->w, &gate_up->w, E, K, F}
+                                       : MoeWeights{&gate->w, &up->w, &down->w, nullptr, E, K, F};
+            const auto x = randoms(rng_, T * N), logits = randoms(rng_, T * E, -3, 3);
+            DevTensor dx(*be_, T, N, x), dl(*be_, T, E, logits), out(*be_, T, N);
+            be_->moe(dx.t(), dl.t(), m, out.t());
+            be_->reset_scratch();
+            const ref::Vec want = ref::moe(x, logits, T, m);
+            double rms = 0;
+            for (double w : want) rms += w * w;
+            rms = std::sqrt(rms / double(want.size()));
+            // quantized: 8-bit activations into gate and up, whose errors the SiLU product and the
+            // down projection carry (measured up to ~3% of the output's RMS); a wrong expert or
+            // weight is off by ~100%
+            expect_close(out.get(), want, (t == DType::F32 ? 1e-5 : 6e-2) * rms, 1e-4,
+                         std::string("moe ") + traits(t).name + (fused ? " fused" : ""));
+        }
+    }
+}
+
+// A recurrent ring of n_slots snapshots in backend memory, slot `head` holding `state`.
+struct RingCase {
+    std::unique_ptr<DevBuffer> conv, ssm;
+    RecurrentRing ring;
+    RingCase(Backend& be, size_t conv_floats, size_t ssm_floats, int n_slots, int head,
+             const std::vector<float>& conv_state, const std::vector<float>& ssm_state) {
+        std::vector<float> c(conv_floats * size_t(n_slots), 0.0f), s(ssm_floats * size_t(n_slots), 0.0f);
+        std::copy(conv_state.begin(), conv_state.end(), c.begin() + ptrdiff_t(size_t(head) * conv_floats));
+        std::copy(ssm_state.begin(), ssm_state.end(), s.begin() + ptrdiff_t(size_t(head) * ssm_floats));
+        conv = std::make_unique<DevBuffer>(be, c.data(), c.size() * 4);
+        ssm = std::make_unique<DevBuffer>(be, s.data(), s.size() * 4);
+        ring = {static_cast<float*>(conv->get()), static_cast<float*>(ssm->get()), n_slots, head};
+    }
+};
+
+// Channels that are not a multiple of the CPU's 64-channel tasks, a ring whose head is not
+// slot 0, more tokens than slots: outputs and the kept snapshots of the last tokens.
+TEST_P(Conformance, ssm_conv_matches_float64_and_keeps_the_last_states) {
+    const int64_t C = 70, K = 4, S = K - 1, T = 5;
+    const int n_slots = 3, head = 1;
+    auto w = weight(DType::F32, K, C);
+    const std::vector<float> wv(w->f32(), w->f32() + C * K);
+    const auto x = randoms(rng_, T * C), state0 = randoms(rng_, C * S);
+    RingCase rc(*be_, size_t(C * S), 1, n_slots, head, state0, {0.0f});
+    DevTensor dx(*be_, T, C, x), out(*be_, T, C);
+    const GdnParams p{1, 1, 1, 1, K, 1e-6f};
+    be_->ssm_conv(dx.t(), w->w, p, {{0, 0, T, 0}}, {&rc.ring}, out.t());
+    be_->reset_scratch();
+    std::vector<double> state(state0.begin(), state0.end());
+    std::vector<ref::Vec> kept;
+    ref::Vec want;
+    for (int64_t t = 0; t < T; ++t) {  // token by token, keeping every state
+        const ref::Vec o = ref::ssm_conv({x.begin() + t * C, x.begin() + (t + 1) * C}, 1, C, wv, K, state);
+        want.insert(want.end(), o.begin(), o.end());
+        kept.push_back(state);
+    }
+    expect_close(out.get(), want, 1e-5, 1e-5, "ssm_conv");
+    const std::vector<float> ring = rc.conv->read<float>();
+    for (int64_t t = T - n_slots; t < T; ++t) {
+        const size_t slot = size_t((head + t + 1) % n_slots);
+        for (int64_t i = 0; i < C * S; ++i)
+            ASSERT_NEAR(ring[slot * size_t(C * S) + size_t(i)], kept[size_t(t)][size_t(i)], 1e-6)
+                << "state after token " << t;
+    }
+}
+
+// Head sizes 16, 64 and 128 (registers on x86) and 24 (the generic loop); 20 tokens cross 16-token
+// blocks. Outputs and the last 3 kept states against float64; then the same tokens one call each
+// (the state updated in place, as decoding does) give the same bits.
+TEST_P(Conformance, gated_delta_net_matches_float64_and_one_token_calls) {
+    struct Shape {
+        int64_t dk, dv;
+    };
+    for (const Shape sh : {Shape{16, 16}, Shape{24, 8}, Shape{64, 24}, Shape{128, 16}}) {
+        const int64_t Hk = 2, Hv = 4, dk = sh.dk, dv = sh.dv, T = 20, C = 2 * Hk * dk + Hv * dv;
+        const size_t slot = size_t(Hv * dv * dk);
+        std::vector<float> a_vals = randoms(rng_, Hv);
+        for (float& a : a_vals) a = -std::fabs(a) - 0.1f;  // ssm_a < 0
+        auto dtb = vec_weight(randoms(rng_, Hv)), a = vec_weight(a_vals);
+        const std::vector<float> dtv(dtb->f32(), dtb->f32() + Hv);
+        const auto u = randoms(rng_, T * C), beta = randoms(rng_, T * Hv), alpha = randoms(rng_, T * Hv);
+        const auto s0 = randoms(rng_, int64_t(slot), -0.5f, 0.5f);
+        DevTensor du(*be_, T, C, u), db(*be_, T, Hv, beta), da(*be_, T, Hv, alpha), out(*be_, T, Hv * dv);
+        RingCase rc(*be_, 1, slot, 3, 0, {0.0f}, s0);
+        const GdnParams p{Hk, Hv, dk, dv, 4, 1e-6f};
+        be_->gated_delta_net(du.t(), db.t(), da.t(), dtb->w, a->w, p, {{0, 0, T, 0}}, {&rc.ring}, out.t());
+        be_->reset_scratch();
+        ref::Vec S(s0.begin(), s0.end());
+        std::vector<ref::Vec> states;
+        const ref::Vec want = ref::gated_delta_net(u, beta, alpha, dtv, a_vals, p, T, S, &states);
+        const std::vector<float> got = out.get();
+        expect_close(got, want, 1e-4, 0, "gdn dk=" + std::to_string(dk));
+        const std::vector<float> ring = rc.ssm->read<float>();
+        for (int64_t t = T - 3; t < T; ++t)  // token t's state is kept in slot (t + 1) % 3
+            for (size_t i = 0; i < slot; ++i)
+                ASSERT_NEAR(ring[size_t((t + 1) % 3) * slot + i], states[size_t(t)][i], 1e-4)
+                    << "dk=" << dk << " kept state of token " << t;
+        RingCase one(*be_, 1, slot, 1, 0, {0.0f}, s0);
+        DevTensor one_out(*be_, T, Hv * dv);
+        for (int64_t t = 0; t < T; ++t) {
+            be_->gated_delta_net(du.row(t), db.row(t), da.row(t), dtb->w, a->w, p, {{0, 0, 1, t}}, {&one.ring},
+                                 one_out.row(t));
+            be_->reset_scratch();
+        }
+        ASSERT_EQ(one_out.get(), got) << "dk=" << dk;
+        const std::vector<float> last = one.ssm->read<float>();
+        ASSERT_TRUE(std::equal(last.begin(), last.end(), ring.begin() + ptrdiff_t(size_t(T % 3) * slot)))
+            << "dk=" << dk;
+    }
+}
+
+// Two sequences in one call give each sequence's bits alone (recurrent ops loop over spans).
+TEST_P(Conformance, recurrent_ops_two_sequences_equal_each_alone) {
+    const int64_t Hk = 1, Hv = 2, dk = 16, dv = 16, C = 2 * Hk * dk + Hv * dv, K = 4;
+    const size_t slot = size_t(Hv * dv * dk), conv_floats = size_t(C * (K - 1));
+    auto w = weight(DType::F32, K, C);
+    auto dtb = vec_weight(randoms(rng_, Hv)), a = vec_weight({-0.5f, -1.0f});
+    const GdnParams p{Hk, Hv, dk, dv, K, 1e-6f};
+    const auto x = randoms(rng_, 7 * C), beta = randoms(rng_, 7 * Hv), alpha = randoms(rng_, 7 * Hv);
+    const auto c0 = randoms(rng_, int64_t(conv_floats)), c1 = randoms(rng_, int64_t(conv_floats));
+    const auto s0 = randoms(rng_, int64_t(slot)), s1 = randoms(rng_, int64_t(slot));
+    DevTensor dx(*be_, 7, C, x), db(*be_, 7, Hv, beta), da(*be_, 7, Hv, alpha);
+    // together: sequence 0 has tokens 0-2, sequence 1 tokens 3-6
+    RingCase r0(*be_, conv_floats, slot, 2, 0, c0, s0), r1(*be_, conv_floats, slot, 2, 1, c1, s1);
+    DevTensor conv_out(*be_, 7, C), out(*be_, 7, Hv * dv);
+    const std::vector<SeqSpan> spans = {{0, 0, 3, 10}, {1, 3, 4, 20}};
+    be_->ssm_conv(dx.t(), w->w, p, spans, {&r0.ring, &r1.ring}, conv_out.t());
+    be_->gated_delta_net(conv_out.t(), db.t(), da.t(), dtb->w, a->w, p, spans, {&r0.ring, &r1.ring}, out.t());
+    be_->reset_scratch();
+    const std::vector<float> together = out.get();
+    // alone
+    RingCase q0(*be_, conv_floats, slot, 2, 0, c0, s0), q1(*be_, conv_floats, slot, 2, 1, c1, s1);
+    DevTensor alone_conv(*be_, 7, C), alone(*be_, 7, Hv * dv);
+    for (const auto& [span, ring] :
+         {std::pair{SeqSpan{0, 0, 3, 10}, &q0.ring}, std::pair{SeqSpan{1, 3, 4, 20}, &q1.ring}}) {
+        be_->ssm_conv(dx.t(), w->w, p, {span}, {ring}, alone_conv.t());
+        be_->gated_delta_net(alone_conv.t(), db.t(), da.t(), dtb->w, a->w, p, {span}, {ring}, alone.t());
+        be_->reset_scratch();
+    }
+    ASSERT_EQ(alone.get(), together);
+    ASSERT_EQ(q0.ssm->read<float>(), r0.ssm->read<float>());
+    ASSERT_EQ(q1.conv->read<float>(), r1.conv->read<float>());
+}
+
+INSTANTIATE_TEST_SUITE_P(Backends, Conformance, ::testing::ValuesIn(backends_under_test()),
+                         [](const ::testing::TestParamInfo<BackendUnderTest>& i) { return i.param.name; });
+
+}  // namespace
+}  // namespace bigmoe
