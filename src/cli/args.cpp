@@ -28,9 +28,11 @@ Result<Args> Args::parse(const std::vector<std::string>& argv, const std::vector
         }
         const OptionSpec* spec = nullptr;
         for (const auto& s : specs)
-            if (arg == s.long_name || (!s.short_name.empty() && arg == s.short_name)) spec = &s;
+            if (arg == s.long_name || (!s.short_name.empty() && arg == s.short_name) ||
+                (!s.alias.empty() && arg == s.alias))
+                spec = &s;
         if (!spec) return make_error("unknown option '" + arg + "' (see --help)");
-        if (!spec->takes_value) {
+        if (!spec->takes_value()) {
             if (has_inline) return make_error("option '" + spec->long_name + "' takes no value");
             a.values_.emplace(spec->long_name, "1");
             continue;
@@ -85,11 +87,22 @@ Result<double> Args::get_float(const std::string& name, double def) const {
     return v;
 }
 
+OptionSpec with_default(OptionSpec o, const std::string& def) {
+    o.help += " (default " + def + ")";
+    return o;
+}
+
+OptionSpec list_of(OptionSpec o) {
+    o.value = "LIST";
+    o.help += "; a list";
+    return o;
+}
+
 std::string format_help(const std::vector<OptionSpec>& specs) {
     std::string out;
     for (const auto& s : specs) {
         std::string names = s.short_name.empty() ? s.long_name : s.short_name + ", " + s.long_name;
-        if (s.takes_value) names += " N";
+        if (s.takes_value()) names += " " + s.value;
         out += "  " + names;
         out += std::string(names.size() < 34 ? 34 - names.size() : 1, ' ') + s.help + "\n";
     }

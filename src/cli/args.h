@@ -13,9 +13,16 @@ namespace bigmoe::cli {
 struct OptionSpec {
     std::string short_name;  // e.g. "-ctk" (may be empty)
     std::string long_name;   // e.g. "--cache-type-k"
-    bool takes_value;
+    std::string value;       // what the value is, for the help ("FILE", "N", "on|off"); empty: a flag
     std::string help;
+    std::string alias = {};  // another long spelling accepted (e.g. "--out" for "--output")
+    bool takes_value() const { return !value.empty(); }
 };
+
+// This option's help with " (default X)" added: a shared option whose default differs by command.
+OptionSpec with_default(OptionSpec o, const std::string& def);
+// The option as bench takes it: a list of values (each a configuration of the test matrix).
+OptionSpec list_of(OptionSpec o);
 
 class Args {
   public:

@@ -11,41 +11,41 @@
 #include "bench/runner.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 
 namespace bigmoe::cli {
 
-Result<DType> parse_cache_type(const std::string& s, const char* which);
-
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model file (repeatable, or comma-separated)"},
-    {"-p", "--n-prompt", true, "prompt lengths (default 512)"},
-    {"-n", "--n-gen", true, "generation lengths (default 128)"},
-    {"-pg", "--pg", true, "prompt,generation pairs: -pg 512,128 (repeatable)"},
-    {"-d", "--n-depth", true, "context depth before each test (default 0)"},
-    {"-r", "--repetitions", true, "repetitions (default 5)"},
-    {"-t", "--threads", true, "threads (default: all cores)"},
-    {"-b", "--batch-size", true, "logical batch size (default 2048)"},
-    {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
-    {"-ctk", "--cache-type-k", true, "K cache types (default f16)"},
-    {"-ctv", "--cache-type-v", true, "V cache types (default f16)"},
-    {"-ngl", "--n-gpu-layers", true, "accepted for compatibility (the CPU backend ignores it)"},
-    {"-fa", "--flash-attn", true, "accepted for compatibility (always on)"},
-    {"-nr", "--no-repack", true, "1: products on the file's row layout instead of packed weights (default 0; a list)"},
-    {"-o", "--output", true, "md (default), csv, json or jsonl"},
-    {"", "--progress", false, "progress on stderr"},
-    {"-md", "--model-draft", true,
+    {"-m", "--model", "FILE", "model file (repeatable, or comma-separated)"},
+    {"-p", "--n-prompt", "LIST", "prompt lengths (default 512)"},
+    {"-n", "--n-gen", "LIST", "generation lengths (default 128)"},
+    {"-pg", "--pg", "LIST", "prompt,generation pairs: -pg 512,128 (repeatable)"},
+    {"-d", "--n-depth", "LIST", "context depth before each test (default 0)"},
+    {"-r", "--repetitions", "N", "repetitions (default 5)"},
+    list_of(opt::threads),
+    list_of(opt::batch_size),
+    list_of(opt::ubatch_size),
+    list_of(opt::cache_type_k),
+    list_of(opt::cache_type_v),
+    {"-ngl", "--n-gpu-layers", "N", "accepted for compatibility (the CPU backend ignores it)"},
+    {"-fa", "--flash-attn", "on|off", "accepted for compatibility (always on)"},
+    {"-nr", "--no-repack", "LIST",
+     "1: products on the file's row layout instead of packed weights (default 0; a list)"},
+    {"-o", "--output", "FORMAT", "md (default), csv, json or jsonl"},
+    {"", "--progress", "", "progress on stderr"},
+    {"-md", "--model-draft", "FILE",
      "draft models for greedy speculative decoding in generation tests; 'none' = without (the speed-up base)"},
-    {"", "--draft-max", true, "tokens drafted per step with -md (default 8; a list)"},
-    {"", "--draft-min", true, "drafted tokens before --draft-p-min may stop drafting (default 0)"},
-    {"", "--draft-p-min", true, "stop drafting below this draft top probability (default 0; a list)"},
-    {"", "--draft-adaptive", true, "1: measured draft length up to --draft-max (default), 0: fixed (a list)"},
-    {"", "--draft-guard", true, "1: no drafts while drafting measures slower than plain (default), 0: off (a list)"},
-    {"-td", "--threads-draft", true, "threads for the draft (default: as -t)"},
-    {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (the CPU backend ignores it)"},
-    {"", "--profile", false, "time per op class and layer kind (printed to stderr, in json records)"},
-    {"", "--bw", true, "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
-    {"-h", "--help", false, "show this help"},
+    {"", "--draft-max", "LIST", "tokens drafted per step with -md (default 8; a list)"},
+    {"", "--draft-min", "N", "drafted tokens before --draft-p-min may stop drafting (default 0)"},
+    {"", "--draft-p-min", "LIST", "stop drafting below this draft top probability (default 0; a list)"},
+    {"", "--draft-adaptive", "LIST", "1: measured draft length up to --draft-max (default), 0: fixed (a list)"},
+    {"", "--draft-guard", "LIST", "1: no drafts while drafting measures slower than plain (default), 0: off (a list)"},
+    {"-td", "--threads-draft", "N", "threads for the draft (default: as -t)"},
+    {"-ngld", "--gpu-layers-draft", "N", "accepted for compatibility (the CPU backend ignores it)"},
+    opt::profile,
+    {"", "--bw", "GBPS", "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
+    opt::help,
 };
 
 Result<std::vector<std::string>> list(const Args& a, const char* key, const std::string& def) {

@@ -5,14 +5,15 @@
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 
 namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model file (GGUF)"},
-    {"", "--json", false, "print JSON"},
-    {"-h", "--help", false, "show this help"},
+    opt::model,
+    {"", "--json", "", "print JSON"},
+    opt::help,
 };
 
 std::string human_bytes(double b) {

@@ -1,46 +1,35 @@
-// `bigmoe logits -m FILE --tokens 1,2,3 --out FILE`: logits of every position as little-endian
+// `bigmoe logits -m FILE --tokens 1,2,3 -o FILE`: logits of every position as little-endian
 // float32 [n_tokens][n_vocab]. Tests and external checks compare engines with it.
 #include <cstdio>
 
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 
 namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model file (GGUF)"},
-    {"", "--tokens", true, "comma-separated token ids"},
-    {"-o", "--out", true, "output file (float32 [n_tokens][n_vocab])"},
-    {"-c", "--ctx-size", true, "context size (default: number of tokens)"},
-    {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
-    {"-t", "--threads", true, "threads (default: all)"},
-    {"-nr", "--no-repack", false, "products on the file's row layout (no packed copy of the weights)"},
-    {"-ctk", "--cache-type-k", true, "K cache type: f32, f16 (default f16)"},
-    {"-ctv", "--cache-type-v", true, "V cache type: f32, f16 (default f16)"},
-    {"-h", "--help", false, "show this help"},
+    opt::model,        {"", "--tokens", "LIST", "comma-separated token ids"},
+    opt::output,       with_default(opt::ctx_size, "the number of tokens"),
+    opt::ubatch_size,  opt::threads,
+    opt::no_repack,    opt::cache_type_k,
+    opt::cache_type_v, opt::help,
 };
 }  // namespace
-
-Result<DType> parse_cache_type(const std::string& s, const char* which) {
-    auto t = dtype_from_name(s);
-    if (!t || (*t != DType::F32 && *t != DType::F16))
-        return make_error(std::string(which) + ": unsupported cache type '" + s + "' (supported: f32, f16)");
-    return *t;
-}
 
 int cmd_logits(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
-        std::printf("usage: bigmoe logits -m FILE --tokens 1,2,3 --out FILE [options]\n\n%s",
+        std::printf("usage: bigmoe logits -m FILE --tokens 1,2,3 -o FILE [options]\n\n%s",
                     format_help(k_specs).c_str());
         return 0;
     }
     if (!args->has("--model")) return fail("logits: -m/--model is required");
     if (!args->has("--tokens")) return fail("logits: --tokens is required");
-    if (!args->has("--out")) return fail("logits: --out is required");
+    if (!args->has("--output")) return fail("logits: -o/--output is required");
     auto toks = parse_int_list(args->get("--tokens"), "--tokens");
     if (!toks) return fail(toks.error().message);
     if (toks->empty()) return fail("logits: --tokens is empty");
@@ -73,7 +62,7 @@ int cmd_logits(const std::vector<std::string>& argv) {
     std::vector<float> logits;
     auto r = (*c)->decode_seq(0, tokens, true, &logits);
     if (!r) return fail(r.error().message);
-    const std::string out = args->get("--out");
+    const std::string out = args->get("--output");
     std::FILE* f = std::fopen(out.c_str(), "wb");
     if (!f) return fail("cannot create '" + out + "'");
     const size_t n = std::fwrite(logits.data(), 4, logits.size(), f);

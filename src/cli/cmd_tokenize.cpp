@@ -5,6 +5,7 @@
 
 #include "cli/args.h"
 #include "cli/commands.h"
+#include "cli/options.h"
 #include "gguf/gguf_file.h"
 #include "tokenizer/tokenizer.h"
 
@@ -12,22 +13,14 @@ namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
-    {"-m", "--model", true, "model or vocabulary file (GGUF)"},
-    {"-p", "--prompt", true, "text to tokenize"},
-    {"-f", "--file", true, "read the text from a file"},
-    {"", "--ids", false, "print only the list of ids: [id, id, ...]"},
-    {"", "--no-parse-special", false, "treat control-token text in the input as plain text"},
-    {"-h", "--help", false, "show this help"},
+    opt::model,
+    {"-p", "--prompt", "TEXT", "text to tokenize"},
+    opt::file,
+    {"", "--ids", "", "print only the list of ids: [id, id, ...]"},
+    {"", "--no-parse-special", "", "treat control-token text in the input as plain text"},
+    opt::help,
 };
 }  // namespace
-
-Result<std::string> read_text_file(const std::string& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) return make_error("cannot open '" + path + "'");
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
 
 int cmd_tokenize(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);

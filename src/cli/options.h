@@ -1,0 +1,37 @@
+// Options that several commands take, declared once: one spelling (llama.cpp's) and one help
+// text everywhere. A command whose default differs adds it with with_default().
+#pragma once
+
+#include <string>
+
+#include "cli/args.h"
+#include "core/result.h"
+#include "quant/dtype.h"
+
+namespace bigmoe::cli::opt {
+
+inline const OptionSpec model{"-m", "--model", "FILE", "model file (GGUF)"};
+inline const OptionSpec prompt{"-p", "--prompt", "TEXT", "prompt text"};
+inline const OptionSpec file{"-f", "--file", "FILE", "read the prompt from a file"};
+inline const OptionSpec output{"-o", "--output", "FILE", "output file", "--out"};
+inline const OptionSpec threads{"-t", "--threads", "N", "threads (default: all cores)"};
+inline const OptionSpec ctx_size{"-c", "--ctx-size", "N", "context size in positions"};
+inline const OptionSpec batch_size{"-b", "--batch-size", "N", "logical batch size (default 2048)"};
+inline const OptionSpec ubatch_size{"-ub", "--ubatch-size", "N", "micro-batch size (default 512)"};
+inline const OptionSpec cache_type_k{"-ctk", "--cache-type-k", "TYPE", "K cache type: f32, f16 (default f16)"};
+inline const OptionSpec cache_type_v{"-ctv", "--cache-type-v", "TYPE", "V cache type: f32, f16 (default f16)"};
+inline const OptionSpec no_repack{"-nr", "--no-repack", "",
+                                  "products on the file's row layout (no packed copy of the weights)"};
+inline const OptionSpec profile{"", "--profile", "", "time per op class and layer kind (printed to stderr)"};
+inline const OptionSpec help{"-h", "--help", "", "show this help"};
+
+}  // namespace bigmoe::cli::opt
+
+namespace bigmoe::cli {
+
+// A -ctk / -ctv value ("f16"); `which` names the flag in the error.
+Result<DType> parse_cache_type(const std::string& s, const char* which);
+// The whole file (a prompt, a text to tokenize).
+Result<std::string> read_text_file(const std::string& path);
+
+}  // namespace bigmoe::cli
