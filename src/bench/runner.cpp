@@ -1,4 +1,5 @@
 #include "bench/runner.h"
+#include "gguf/names.h"
 
 #include <algorithm>
 #include <chrono>
@@ -193,8 +194,8 @@ Result<void> run_tests(const Matrix& mx) {
     row.cpu_info = cpu_name();
     row.backend = "CPU";
     row.model_filename = mx.path;
-    row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or("general.name", "") + " " +
-                     gguf::file_type_description(mx.engine.file().get_int_or("general.file_type", -1));
+    row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or(gguf::key::general_name, "") + " " +
+                     gguf::file_type_description(mx.engine.file().get_int_or(gguf::key::general_file_type, -1));
     row.model_size = model.total_weight_bytes();
     row.model_n_params = uint64_t(model.n_params());
     row.n_batch = mx.c.n_batch;

@@ -6,6 +6,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "gguf/names.h"
 
 namespace bigmoe::cli {
 
@@ -52,8 +53,8 @@ int cmd_info(const std::vector<std::string>& argv) {
     j["gguf_version"] = f.version();
     j["shards"] = f.n_shards();
     j["architecture"] = hp.arch;
-    j["name"] = f.get_string_or("general.name", "");
-    j["file_type"] = f.get_int_or("general.file_type", -1);
+    j["name"] = f.get_string_or(gguf::key::general_name, "");
+    j["file_type"] = f.get_int_or(gguf::key::general_file_type, -1);
     j["hparams"] = {{"n_vocab", hp.n_vocab},
                     {"n_embd", hp.n_embd},
                     {"n_layer", hp.n_layer},

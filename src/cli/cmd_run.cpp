@@ -12,6 +12,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "gguf/names.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
 #include "runtime/sampler.h"
@@ -93,10 +94,10 @@ void print_stop(const GenerateResult& r, const Context& ctx) {
 
 Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
     SamplerParams p;
-    p.temp = float(f.get_float_or("general.sampling.temp", p.temp));
-    p.top_k = int32_t(f.get_int_or("general.sampling.top_k", p.top_k));
-    p.top_p = float(f.get_float_or("general.sampling.top_p", p.top_p));
-    p.min_p = float(f.get_float_or("general.sampling.min_p", p.min_p));
+    p.temp = float(f.get_float_or(gguf::key::general_sampling_temp, p.temp));
+    p.top_k = int32_t(f.get_int_or(gguf::key::general_sampling_top_k, p.top_k));
+    p.top_p = float(f.get_float_or(gguf::key::general_sampling_top_p, p.top_p));
+    p.min_p = float(f.get_float_or(gguf::key::general_sampling_min_p, p.min_p));
     auto fl = [&](const char* k, float* dst) -> Result<void> {
         auto v = a.get_float(k, *dst);
         if (!v) return v.error();

@@ -1,4 +1,5 @@
 #include "gguf/gguf_file.h"
+#include "gguf/names.h"
 
 #include <algorithm>
 #include <cstdio>
@@ -291,7 +292,7 @@ Result<std::unique_ptr<GgufFile>> GgufFile::parse(std::unique_ptr<MappedFile> fi
         g->kv_.emplace(*key, std::move(*v));
     }
 
-    if (const Value* a = g->find("general.alignment")) {
+    if (const Value* a = g->find(gguf::key::general_alignment)) {
         if (a->type != ValueType::UINT32)
             return corrupt_error(path + ": general.alignment must be UINT32, found " + value_type_name(a->type));
         if (a->i == 0 || (a->i & (a->i - 1)) != 0)

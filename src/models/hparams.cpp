@@ -1,4 +1,5 @@
 #include "models/hparams.h"
+#include "gguf/names.h"
 
 namespace bigmoe {
 
@@ -50,12 +51,12 @@ struct Reader {
 
 Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
     HParams hp;
-    auto arch = f.get_string("general.architecture");
+    auto arch = f.get_string(gguf::key::general_architecture);
     if (!arch) return arch.error();
     hp.arch = *arch;
     Reader r{f, hp.arch + "."};
-    BM_ASSIGN(hp.n_embd, r.pos_int("embedding_length"));
-    BM_ASSIGN(hp.n_layer_all, r.pos_int("block_count"));
+    BM_ASSIGN(hp.n_embd, r.pos_int(gguf::key::embedding_length));
+    BM_ASSIGN(hp.n_layer_all, r.pos_int(gguf::key::block_count));
     // Plausibility bounds keep a corrupt file from driving huge allocations before the tensor
     // checks run (the largest published models have ~100 layers, 512 experts, 128 heads).
     constexpr int64_t k_max_layers = 4096, k_max_heads = 16384, k_max_experts = 1 << 16;
@@ -63,18 +64,18 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
         return make_error(f.path() + ": block_count " + std::to_string(hp.n_layer_all) + " is implausible (max " +
                               std::to_string(k_max_layers) + ")",
                           ErrorKind::corrupt_file);
-    hp.n_nextn = f.get_int_or(r.prefix + "nextn_predict_layers", 0);
+    hp.n_nextn = f.get_int_or(r.prefix + gguf::key::nextn_predict_layers, 0);
     if (hp.n_nextn < 0 || hp.n_nextn >= hp.n_layer_all)
         return make_error(f.path() + ": nextn_predict_layers = " + std::to_string(hp.n_nextn) +
                               " is inconsistent with block_count = " + std::to_string(hp.n_layer_all),
                           ErrorKind::corrupt_file);
     hp.n_layer = hp.n_layer_all - hp.n_nextn;
-    BM_ASSIGN(hp.n_ctx_train, r.pos_int_or("context_length", 4096));
-    BM_ASSIGN(hp.n_head, r.pos_int("attention.head_count"));
-    BM_ASSIGN(hp.n_head_kv, r.pos_int_or("attention.head_count_kv", hp.n_head));
-    BM_ASSIGN(hp.head_dim, r.pos_int_or("attention.key_length", hp.n_embd / hp.n_head));
-    BM_ASSIGN(hp.head_dim_v, r.pos_int_or("attention.value_length", hp.head_dim));
-    BM_ASSIGN(hp.n_rot, r.pos_int_or("rope.dimension_count", hp.head_dim));
+    BM_ASSIGN(hp.n_ctx_train, r.pos_int_or(gguf::key::context_length, 4096));
+    BM_ASSIGN(hp.n_head, r.pos_int(gguf::key::attention_head_count));
+    BM_ASSIGN(hp.n_head_kv, r.pos_int_or(gguf::key::attention_head_count_kv, hp.n_head));
+    BM_ASSIGN(hp.head_dim, r.pos_int_or(gguf::key::attention_key_length, hp.n_embd / hp.n_head));
+    BM_ASSIGN(hp.head_dim_v, r.pos_int_or(gguf::key::attention_value_length, hp.head_dim));
+    BM_ASSIGN(hp.n_rot, r.pos_int_or(gguf::key::rope_dimension_count, hp.head_dim));
     if (hp.n_head > k_max_heads || hp.n_head_kv > k_max_heads)
         return make_error(f.path() + ": head counts " + std::to_string(hp.n_head) + "/" + std::to_string(hp.n_head_kv) +
                               " are implausible",
@@ -91,22 +92,23 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
         return make_error(f.path() + ": rope.dimension_count " + std::to_string(hp.n_rot) +
                               " must be even and at most the head dim " + std::to_string(hp.head_dim),
                           ErrorKind::corrupt_file);
-    auto eps = f.get_float(r.prefix + "attention.layer_norm_rms_epsilon");
+    auto eps = f.get_float(r.prefix + gguf::key::attention_layer_norm_rms_epsilon);
     if (!eps) return eps.error();
     hp.eps = float(*eps);
     if (!(hp.eps > 0 && hp.eps < 1))
         return make_error(f.path() + ": rms epsilon " + std::to_string(hp.eps) + " out of range",
                           ErrorKind::corrupt_file);
-    hp.rope_theta = float(f.get_float_or(r.prefix + "rope.freq_base", 10000.0));
+    hp.rope_theta = float(f.get_float_or(r.prefix + gguf::key::rope_freq_base, 10000.0));
     if (!(hp.rope_theta > 1)) return make_error(f.path() + ": rope.freq_base must be > 1", ErrorKind::corrupt_file);
-    const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
+    const gguf::Value* toks = f.find(gguf::key::tokenizer_ggml_tokens);
     if (toks && toks->type == gguf::ValueType::ARRAY) hp.n_vocab = int64_t(toks->array_size());
-    if (hp.n_vocab == 0) hp.n_vocab = f.get_int_or(r.prefix + "vocab_size", 0);
-    if (f.find(r.prefix + "feed_forward_length")) BM_ASSIGN(hp.n_ff, r.pos_int("feed_forward_length"));
+    if (hp.n_vocab == 0) hp.n_vocab = f.get_int_or(r.prefix + gguf::key::vocab_size, 0);
+    if (f.find(r.prefix + gguf::key::feed_forward_length))
+        BM_ASSIGN(hp.n_ff, r.pos_int(gguf::key::feed_forward_length));
 
     if (moe) {
-        BM_ASSIGN(hp.n_expert, r.pos_int("expert_count"));
-        BM_ASSIGN(hp.n_expert_used, r.pos_int("expert_used_count"));
+        BM_ASSIGN(hp.n_expert, r.pos_int(gguf::key::expert_count));
+        BM_ASSIGN(hp.n_expert_used, r.pos_int(gguf::key::expert_used_count));
         if (hp.n_expert > k_max_experts)
             return make_error(f.path() + ": expert_count " + std::to_string(hp.n_expert) + " is implausible",
                               ErrorKind::corrupt_file);
@@ -115,10 +117,10 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
                                   " > expert_count " + std::to_string(hp.n_expert),
                               ErrorKind::corrupt_file);
         const int64_t def_ff = hp.n_ff > 0 ? hp.n_ff / hp.n_expert_used : 0;
-        BM_ASSIGN(hp.n_ff_exp, r.pos_int_or("expert_feed_forward_length", def_ff));
+        BM_ASSIGN(hp.n_ff_exp, r.pos_int_or(gguf::key::expert_feed_forward_length, def_ff));
         if (hp.n_ff_exp <= 0)
             return make_error(f.path() + ": missing expert_feed_forward_length", ErrorKind::corrupt_file);
-        if (hybrid) BM_ASSIGN(hp.n_ff_shexp, r.pos_int_or("expert_shared_feed_forward_length", hp.n_ff));
+        if (hybrid) BM_ASSIGN(hp.n_ff_shexp, r.pos_int_or(gguf::key::expert_shared_feed_forward_length, hp.n_ff));
     } else if (hp.n_ff <= 0) {
         return make_error(f.path() + ": missing metadata key '" + r.prefix + "feed_forward_length'",
                           ErrorKind::corrupt_file);
@@ -126,12 +128,12 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
 
     hp.recurrent.assign(size_t(hp.n_layer), false);
     if (hybrid) {
-        BM_ASSIGN(hp.ssm_conv_kernel, r.pos_int("ssm.conv_kernel"));
-        BM_ASSIGN(hp.ssm_d_state, r.pos_int("ssm.state_size"));
-        BM_ASSIGN(hp.ssm_n_k_heads, r.pos_int("ssm.group_count"));
-        BM_ASSIGN(hp.ssm_n_v_heads, r.pos_int("ssm.time_step_rank"));
-        BM_ASSIGN(hp.ssm_d_inner, r.pos_int("ssm.inner_size"));
-        BM_ASSIGN(hp.full_attention_interval, r.pos_int_or("full_attention_interval", 4));
+        BM_ASSIGN(hp.ssm_conv_kernel, r.pos_int(gguf::key::ssm_conv_kernel));
+        BM_ASSIGN(hp.ssm_d_state, r.pos_int(gguf::key::ssm_state_size));
+        BM_ASSIGN(hp.ssm_n_k_heads, r.pos_int(gguf::key::ssm_group_count));
+        BM_ASSIGN(hp.ssm_n_v_heads, r.pos_int(gguf::key::ssm_time_step_rank));
+        BM_ASSIGN(hp.ssm_d_inner, r.pos_int(gguf::key::ssm_inner_size));
+        BM_ASSIGN(hp.full_attention_interval, r.pos_int_or(gguf::key::full_attention_interval, 4));
         if (hp.ssm_conv_kernel < 2 || hp.ssm_conv_kernel > 8)
             return make_error(
                 f.path() + ": ssm.conv_kernel " + std::to_string(hp.ssm_conv_kernel) + " unsupported (2..8)",
@@ -145,7 +147,7 @@ Result<HParams> read_hparams(const gguf::GgufFile& f, bool hybrid, bool moe) {
             return make_error(f.path() + ": ssm.time_step_rank " + std::to_string(hp.ssm_n_v_heads) +
                                   " is not a multiple of ssm.group_count " + std::to_string(hp.ssm_n_k_heads),
                               ErrorKind::corrupt_file);
-        const gguf::Value* rl = f.find(r.prefix + "attention.recurrent_layers");
+        const gguf::Value* rl = f.find(r.prefix + gguf::key::attention_recurrent_layers);
         if (rl && rl->type == gguf::ValueType::ARRAY) {
             if (int64_t(rl->arr_i.size()) < hp.n_layer)
                 return make_error(f.path() + ": attention.recurrent_layers has " + std::to_string(rl->arr_i.size()) +

@@ -1,4 +1,5 @@
 #include "models/model.h"
+#include "gguf/names.h"
 
 #include "models/registry.h"
 
@@ -35,7 +36,7 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     if (expert && hp_.n_expert > 0) {
         active_bytes_ += ti->nbytes / uint64_t(hp_.n_expert) * uint64_t(hp_.n_expert_used);
         n_active_params_ += ti->n_elements() / hp_.n_expert * hp_.n_expert_used;
-    } else if (name != "token_embd.weight" || !file_->tensor("output.weight")) {
+    } else if (name != gguf::tensor::token_embd || !file_->tensor(gguf::tensor::output)) {
         // The embedding table is a lookup of one row, unless it doubles as the LM head.
         active_bytes_ += ti->nbytes;
         n_active_params_ += ti->n_elements();
@@ -65,15 +66,15 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
 Result<void> Model::load_output_and_embeddings() {
     if (hp_.n_vocab <= 0)
         return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)", ErrorKind::corrupt_file);
-    multiplied_ = file_->tensor("output.weight") == nullptr;  // tied: the embedding is the LM head
-    auto e = load("token_embd.weight", {hp_.n_embd, hp_.n_vocab});
+    multiplied_ = file_->tensor(gguf::tensor::output) == nullptr;  // tied: the embedding is the LM head
+    auto e = load(gguf::tensor::token_embd, {hp_.n_embd, hp_.n_vocab});
     multiplied_ = true;
     if (!e) return e.error();
     tok_embd_ = *e;
-    auto n = load_f32("output_norm.weight", {hp_.n_embd});
+    auto n = load_f32(gguf::tensor::output_norm, {hp_.n_embd});
     if (!n) return n.error();
     output_norm_ = *n;
-    auto o = load_optional("output.weight", {hp_.n_embd, hp_.n_vocab});
+    auto o = load_optional(gguf::tensor::output, {hp_.n_embd, hp_.n_vocab});
     if (!o) return o.error();
     output_ = *o ? *o : tok_embd_;  // tied embeddings
     return {};
@@ -99,7 +100,7 @@ const std::vector<ArchEntry>& model_registry() {
 }
 
 Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend) {
-    auto arch = file.get_string("general.architecture");
+    auto arch = file.get_string(gguf::key::general_architecture);
     if (!arch) return arch.error();
     for (const auto& e : model_registry())
         if (*arch == e.name) return e.load(file, backend);

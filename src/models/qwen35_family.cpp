@@ -1,4 +1,5 @@
 #include "models/qwen35_family.h"
+#include "gguf/names.h"
 
 namespace bigmoe {
 
@@ -20,8 +21,8 @@ Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, 
 
 Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
     l.recurrent = recurrent;
-    BM_ASSIGN(l.attn_norm, load_f32(blocks::blk(il, "attn_norm.weight"), {hp_.n_embd}));
-    BM_ASSIGN(l.post_norm, load_f32(blocks::blk(il, "post_attention_norm.weight"), {hp_.n_embd}));
+    BM_ASSIGN(l.attn_norm, load_f32(blocks::blk(il, gguf::tensor::attn_norm), {hp_.n_embd}));
+    BM_ASSIGN(l.post_norm, load_f32(blocks::blk(il, gguf::tensor::post_attention_norm), {hp_.n_embd}));
     if (recurrent)
         BM_ASSIGN(l.gdn, blocks::load_gdn(*this, il));
     else
@@ -29,7 +30,7 @@ Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
     if (moe_)
         BM_ASSIGN(l.moe, blocks::load_moe(*this, il, /*shared_expert=*/true));
     else
-        BM_ASSIGN(l.ffn, blocks::load_dense_ffn(*this, il, hp_.n_ff, ""));
+        BM_ASSIGN(l.ffn, blocks::load_dense_ffn(*this, il, hp_.n_ff, /*shared=*/false));
     return {};
 }
 
@@ -43,12 +44,12 @@ Result<void> Qwen35Family::load_mtp() {
         Layer l;
         BM_TRY(load_layer(il, l, false));
         const Weight* w;
-        BM_ASSIGN(w, load(blocks::blk(il, "nextn.eh_proj.weight"), {2 * hp_.n_embd, hp_.n_embd}));
-        BM_ASSIGN(w, load(blocks::blk(il, "nextn.enorm.weight"), {hp_.n_embd}));
-        BM_ASSIGN(w, load(blocks::blk(il, "nextn.hnorm.weight"), {hp_.n_embd}));
-        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.embed_tokens.weight"), {hp_.n_embd, hp_.n_vocab}));
-        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.shared_head_head.weight"), {hp_.n_embd, hp_.n_vocab}));
-        BM_ASSIGN(w, load_optional(blocks::blk(il, "nextn.shared_head_norm.weight"), {hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, gguf::tensor::nextn_eh_proj), {2 * hp_.n_embd, hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, gguf::tensor::nextn_enorm), {hp_.n_embd}));
+        BM_ASSIGN(w, load(blocks::blk(il, gguf::tensor::nextn_hnorm), {hp_.n_embd}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, gguf::tensor::nextn_embed_tokens), {hp_.n_embd, hp_.n_vocab}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, gguf::tensor::nextn_shared_head_head), {hp_.n_embd, hp_.n_vocab}));
+        BM_ASSIGN(w, load_optional(blocks::blk(il, gguf::tensor::nextn_shared_head_norm), {hp_.n_embd}));
         (void)w;
         mtp_layers_.push_back(l);
     }

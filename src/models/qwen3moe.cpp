@@ -1,5 +1,6 @@
 // `qwen3moe`: Qwen3-MoE (Qwen3-30B-A3B): attention with q/k norm and NeoX RoPE, routed experts
 // in every layer, no shared expert.
+#include "gguf/names.h"
 #include "models/blocks/blocks.h"
 #include "models/registry.h"
 
@@ -19,10 +20,10 @@ class Qwen3Moe : public Model {
         BM_TRY(m->load_output_and_embeddings());
         for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
             Layer l;
-            auto an = m->load_f32(blocks::blk(il, "attn_norm.weight"), {m->hp_.n_embd});
+            auto an = m->load_f32(blocks::blk(il, gguf::tensor::attn_norm), {m->hp_.n_embd});
             if (!an) return an.error();
             l.attn_norm = *an;
-            auto fn = m->load_f32(blocks::blk(il, "ffn_norm.weight"), {m->hp_.n_embd});
+            auto fn = m->load_f32(blocks::blk(il, gguf::tensor::ffn_norm), {m->hp_.n_embd});
             if (!fn) return fn.error();
             l.ffn_norm = *fn;
             auto at = blocks::load_attention(*m, il, /*gated=*/false);

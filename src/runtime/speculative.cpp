@@ -1,4 +1,5 @@
 #include "runtime/speculative.h"
+#include "gguf/names.h"
 
 #include <algorithm>
 #include <chrono>
@@ -213,8 +214,8 @@ int DraftTuner::next(int max_len) {
 }
 
 Result<void> check_draft_compatible(const Model& target, const Model& draft) {
-    const auto* a = target.file().find("tokenizer.ggml.tokens");
-    const auto* b = draft.file().find("tokenizer.ggml.tokens");
+    const auto* a = target.file().find(gguf::key::tokenizer_ggml_tokens);
+    const auto* b = draft.file().find(gguf::key::tokenizer_ggml_tokens);
     if (!a || !b) return make_error("speculative decoding: both models need a tokenizer");
     const size_t n = std::min(a->arr_s.size(), b->arr_s.size());
     for (size_t i = 0; i < n; ++i)

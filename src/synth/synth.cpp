@@ -1,4 +1,5 @@
 #include "synth/synth.h"
+#include "gguf/names.h"
 
 #include <cmath>
 #include <cstring>
@@ -72,28 +73,28 @@ struct Init {
 };
 
 bool is_output_projection(const std::string& name) {
-    for (const char* k :
-         {"attn_output.weight", "ssm_out.weight", "ffn_down.weight", "ffn_down_exps.weight", "ffn_down_shexp.weight"})
+    for (const char* k : {gguf::tensor::attn_output, gguf::tensor::ssm_out, gguf::tensor::ffn_down,
+                          gguf::tensor::ffn_down_exps, gguf::tensor::ffn_down_shexp})
         if (ends_with(name, k)) return true;
     return false;
 }
 
 Init init_for(const Spec& s, const std::string& name, const gguf::TensorInfo& ti) {
     if (ends_with(name, "norm.weight"))
-        return {1.0f, s.direct_rank > 0 && !ends_with(name, "ssm_norm.weight") ? 0.0f : 0.1f};
+        return {1.0f, s.direct_rank > 0 && !ends_with(name, gguf::tensor::ssm_norm) ? 0.0f : 0.1f};
     if (s.direct_rank > 0 && is_output_projection(name))
         return {0.0f, std::sqrt(3.0f / float(ti.ne[0])) * s.layer_scale};
-    if (ends_with(name, "ssm_a")) return {-1.0f, 0.5f};
-    if (ends_with(name, "ssm_dt.bias")) return {0.0f, 0.5f};
-    if (ends_with(name, "ssm_conv1d.weight")) return {0.0f, 0.5f};
-    if (ends_with(name, "ffn_gate_inp.weight")) return {0.0f, 2.0f / std::sqrt(float(ti.ne[0]))};
-    if (ends_with(name, "ffn_gate_inp_shexp.weight")) return {0.0f, 1.0f / std::sqrt(float(ti.ne[0]))};
-    if (name == "token_embd.weight") return {0.0f, 1.0f};
+    if (ends_with(name, gguf::tensor::ssm_a)) return {-1.0f, 0.5f};
+    if (ends_with(name, gguf::tensor::ssm_dt_bias)) return {0.0f, 0.5f};
+    if (ends_with(name, gguf::tensor::ssm_conv1d)) return {0.0f, 0.5f};
+    if (ends_with(name, gguf::tensor::ffn_gate_inp)) return {0.0f, 2.0f / std::sqrt(float(ti.ne[0]))};
+    if (ends_with(name, gguf::tensor::ffn_gate_inp_shexp)) return {0.0f, 1.0f / std::sqrt(float(ti.ne[0]))};
+    if (name == gguf::tensor::token_embd) return {0.0f, 1.0f};
     // Linear layers: variance-preserving uniform init, sqrt(3/n_in).
     float half = std::sqrt(3.0f / float(ti.ne[0]));
     // The LM head is scaled so that next-token entropy sits well below uniform (~6 of 12 nats at
     // 152k tokens), like a trained model rather than noise.
-    if (name == "output.weight") half *= 3.5f;
+    if (name == gguf::tensor::output) half *= 3.5f;
     (void)s;
     return {0.0f, half};
 }
@@ -189,9 +190,9 @@ DType tensor_type(const std::string& quant, const std::string& name, int64_t n_d
     if (quant == "Q8_0") return DType::Q8_0;
     if (quant == "Q6_K") return DType::Q6_K;
     // Q4_K_M
-    if (name == "output.weight" || (name == "token_embd.weight" && tied)) return DType::Q6_K;
-    if (name == "token_embd.weight") return DType::Q4_K;
-    if (name.find("attn_v.weight") != std::string::npos || name.find("attn_qkv.weight") != std::string::npos)
+    if (name == gguf::tensor::output || (name == gguf::tensor::token_embd && tied)) return DType::Q6_K;
+    if (name == gguf::tensor::token_embd) return DType::Q4_K;
+    if (name.find(gguf::tensor::attn_v) != std::string::npos || name.find(gguf::tensor::attn_qkv) != std::string::npos)
         return more_bits(v_like_index, n_v_like) ? DType::Q6_K : DType::Q4_K;
     if (name.find("ffn_down") != std::string::npos)
         return more_bits(layer_of(name), block_count) ? DType::Q6_K : DType::Q4_K;
@@ -368,39 +369,39 @@ Result<gguf::GgufWriter> build(const Spec& s) {
     const int64_t n_vocab = std::max<int64_t>(s.n_vocab, int64_t(s.vocab.tokens.size()));
     const int64_t block_count = s.n_layer + (s.mtp ? 1 : 0);
     const bool tied = s.tied;
-    w.set_str("general.architecture", s.arch);
-    w.set_str("general.name", s.name);
-    w.set_u32("general.alignment", 32);
-    w.set_u32(a + "context_length", uint32_t(s.n_ctx_train));
-    w.set_u32(a + "embedding_length", uint32_t(s.n_embd));
-    w.set_u32(a + "block_count", uint32_t(block_count));
-    if (s.mtp) w.set_u32(a + "nextn_predict_layers", 1);
-    if (s.arch == "qwen35") w.set_u32(a + "feed_forward_length", uint32_t(s.n_ff));
-    w.set_u32(a + "attention.head_count", uint32_t(s.n_head));
-    w.set_u32(a + "attention.head_count_kv", uint32_t(s.n_head_kv));
-    w.set_u32(a + "attention.key_length", uint32_t(s.head_dim));
-    w.set_u32(a + "attention.value_length", uint32_t(s.head_dim));
-    w.set_f32(a + "attention.layer_norm_rms_epsilon", s.eps);
-    w.set_f32(a + "rope.freq_base", s.rope_theta);
-    w.set_u32(a + "rope.dimension_count", uint32_t(s.n_rot));
+    w.set_str(gguf::key::general_architecture, s.arch);
+    w.set_str(gguf::key::general_name, s.name);
+    w.set_u32(gguf::key::general_alignment, 32);
+    w.set_u32(a + gguf::key::context_length, uint32_t(s.n_ctx_train));
+    w.set_u32(a + gguf::key::embedding_length, uint32_t(s.n_embd));
+    w.set_u32(a + gguf::key::block_count, uint32_t(block_count));
+    if (s.mtp) w.set_u32(a + gguf::key::nextn_predict_layers, 1);
+    if (s.arch == "qwen35") w.set_u32(a + gguf::key::feed_forward_length, uint32_t(s.n_ff));
+    w.set_u32(a + gguf::key::attention_head_count, uint32_t(s.n_head));
+    w.set_u32(a + gguf::key::attention_head_count_kv, uint32_t(s.n_head_kv));
+    w.set_u32(a + gguf::key::attention_key_length, uint32_t(s.head_dim));
+    w.set_u32(a + gguf::key::attention_value_length, uint32_t(s.head_dim));
+    w.set_f32(a + gguf::key::attention_layer_norm_rms_epsilon, s.eps);
+    w.set_f32(a + gguf::key::rope_freq_base, s.rope_theta);
+    w.set_u32(a + gguf::key::rope_dimension_count, uint32_t(s.n_rot));
     if (s.moe()) {
-        w.set_u32(a + "expert_count", uint32_t(s.n_expert));
-        w.set_u32(a + "expert_used_count", uint32_t(s.n_expert_used));
-        w.set_u32(a + "expert_feed_forward_length", uint32_t(s.n_ff_exp));
-        if (s.hybrid()) w.set_u32(a + "expert_shared_feed_forward_length", uint32_t(s.n_ff_shexp));
+        w.set_u32(a + gguf::key::expert_count, uint32_t(s.n_expert));
+        w.set_u32(a + gguf::key::expert_used_count, uint32_t(s.n_expert_used));
+        w.set_u32(a + gguf::key::expert_feed_forward_length, uint32_t(s.n_ff_exp));
+        if (s.hybrid()) w.set_u32(a + gguf::key::expert_shared_feed_forward_length, uint32_t(s.n_ff_shexp));
     }
     if (s.hybrid()) {
         const int64_t sec = s.n_rot / 2;
-        w.set_arr_i32(a + "rope.dimension_sections", {sec - 2 * (sec / 3), sec / 3, sec / 3, 0});
-        w.set_u32(a + "ssm.conv_kernel", uint32_t(s.ssm_conv_kernel));
-        w.set_u32(a + "ssm.state_size", uint32_t(s.ssm_d_state));
-        w.set_u32(a + "ssm.group_count", uint32_t(s.ssm_n_k_heads));
-        w.set_u32(a + "ssm.time_step_rank", uint32_t(s.ssm_n_v_heads));
-        w.set_u32(a + "ssm.inner_size", uint32_t(s.ssm_n_v_heads * s.ssm_d_state));
-        w.set_u32(a + "full_attention_interval", uint32_t(s.full_attention_interval));
+        w.set_arr_i32(a + gguf::key::rope_dimension_sections, {sec - 2 * (sec / 3), sec / 3, sec / 3, 0});
+        w.set_u32(a + gguf::key::ssm_conv_kernel, uint32_t(s.ssm_conv_kernel));
+        w.set_u32(a + gguf::key::ssm_state_size, uint32_t(s.ssm_d_state));
+        w.set_u32(a + gguf::key::ssm_group_count, uint32_t(s.ssm_n_k_heads));
+        w.set_u32(a + gguf::key::ssm_time_step_rank, uint32_t(s.ssm_n_v_heads));
+        w.set_u32(a + gguf::key::ssm_inner_size, uint32_t(s.ssm_n_v_heads * s.ssm_d_state));
+        w.set_u32(a + gguf::key::full_attention_interval, uint32_t(s.full_attention_interval));
     }
-    w.set_u32("general.file_type", uint32_t(gguf::file_type_by_name(s.quant)->id));
-    w.set_u32("general.quantization_version", 2);
+    w.set_u32(gguf::key::general_file_type, uint32_t(gguf::file_type_by_name(s.quant)->id));
+    w.set_u32(gguf::key::general_quantization_version, 2);
     // tokenizer
     std::vector<std::string> tokens = s.vocab.tokens;
     std::vector<int64_t> types = s.vocab.types;
@@ -408,16 +409,16 @@ Result<gguf::GgufWriter> build(const Spec& s) {
         tokens.push_back("[PAD" + std::to_string(id) + "]");
         types.push_back(5);
     }
-    w.set_str("tokenizer.ggml.model", "gpt2");
-    w.set_str("tokenizer.ggml.pre", s.vocab.pre);
-    w.set_arr_str("tokenizer.ggml.tokens", tokens);
-    w.set_arr_i32("tokenizer.ggml.token_type", types);
-    w.set_arr_str("tokenizer.ggml.merges", s.vocab.merges);
-    if (s.vocab.eos >= 0) w.set_u32("tokenizer.ggml.eos_token_id", uint32_t(s.vocab.eos));
-    if (s.vocab.bos >= 0) w.set_u32("tokenizer.ggml.bos_token_id", uint32_t(s.vocab.bos));
-    if (s.vocab.pad >= 0) w.set_u32("tokenizer.ggml.padding_token_id", uint32_t(s.vocab.pad));
-    w.set_bool("tokenizer.ggml.add_bos_token", false);
-    if (!s.vocab.chat_template.empty()) w.set_str("tokenizer.chat_template", s.vocab.chat_template);
+    w.set_str(gguf::key::tokenizer_ggml_model, "gpt2");
+    w.set_str(gguf::key::tokenizer_ggml_pre, s.vocab.pre);
+    w.set_arr_str(gguf::key::tokenizer_ggml_tokens, tokens);
+    w.set_arr_i32(gguf::key::tokenizer_ggml_token_type, types);
+    w.set_arr_str(gguf::key::tokenizer_ggml_merges, s.vocab.merges);
+    if (s.vocab.eos >= 0) w.set_u32(gguf::key::tokenizer_ggml_eos_token_id, uint32_t(s.vocab.eos));
+    if (s.vocab.bos >= 0) w.set_u32(gguf::key::tokenizer_ggml_bos_token_id, uint32_t(s.vocab.bos));
+    if (s.vocab.pad >= 0) w.set_u32(gguf::key::tokenizer_ggml_padding_token_id, uint32_t(s.vocab.pad));
+    w.set_bool(gguf::key::tokenizer_ggml_add_bos_token, false);
+    if (!s.vocab.chat_template.empty()) w.set_str(gguf::key::tokenizer_chat_template, s.vocab.chat_template);
 
     // tensor table, in llama.cpp's converter order (globals, then blocks)
     struct T {
@@ -426,68 +427,69 @@ Result<gguf::GgufWriter> build(const Spec& s) {
     };
     std::vector<T> ts;
     const int64_t E = s.n_embd, D = s.head_dim;
-    ts.push_back({"token_embd.weight", {E, n_vocab}});
-    ts.push_back({"output_norm.weight", {E}});
-    if (!tied) ts.push_back({"output.weight", {E, n_vocab}});
+    ts.push_back({gguf::tensor::token_embd, {E, n_vocab}});
+    ts.push_back({gguf::tensor::output_norm, {E}});
+    if (!tied) ts.push_back({gguf::tensor::output, {E, n_vocab}});
     const int64_t key_dim = s.ssm_n_k_heads * s.ssm_d_state, d_inner = s.ssm_n_v_heads * s.ssm_d_state;
     const int64_t conv_dim = 2 * key_dim + d_inner;
     for (int64_t il = 0; il < block_count; ++il) {
         const std::string p = "blk." + std::to_string(il) + ".";
         const bool mtp = il >= s.n_layer;
         const bool gdn = s.hybrid() && !mtp && (il + 1) % s.full_attention_interval != 0;
-        ts.push_back({p + "attn_norm.weight", {E}});
-        ts.push_back({p + (s.hybrid() ? "post_attention_norm.weight" : "ffn_norm.weight"), {E}});
+        ts.push_back({p + gguf::tensor::attn_norm, {E}});
+        ts.push_back({p + (s.hybrid() ? gguf::tensor::post_attention_norm : gguf::tensor::ffn_norm), {E}});
         if (gdn) {
-            ts.push_back({p + "attn_qkv.weight", {E, conv_dim}});
-            ts.push_back({p + "attn_gate.weight", {E, d_inner}});
-            ts.push_back({p + "ssm_beta.weight", {E, s.ssm_n_v_heads}});
-            ts.push_back({p + "ssm_alpha.weight", {E, s.ssm_n_v_heads}});
-            ts.push_back({p + "ssm_conv1d.weight", {s.ssm_conv_kernel, conv_dim}});
-            ts.push_back({p + "ssm_dt.bias", {s.ssm_n_v_heads}});
-            ts.push_back({p + "ssm_a", {s.ssm_n_v_heads}});
-            ts.push_back({p + "ssm_norm.weight", {s.ssm_d_state}});
-            ts.push_back({p + "ssm_out.weight", {d_inner, E}});
+            ts.push_back({p + gguf::tensor::attn_qkv, {E, conv_dim}});
+            ts.push_back({p + gguf::tensor::attn_gate, {E, d_inner}});
+            ts.push_back({p + gguf::tensor::ssm_beta, {E, s.ssm_n_v_heads}});
+            ts.push_back({p + gguf::tensor::ssm_alpha, {E, s.ssm_n_v_heads}});
+            ts.push_back({p + gguf::tensor::ssm_conv1d, {s.ssm_conv_kernel, conv_dim}});
+            ts.push_back({p + gguf::tensor::ssm_dt_bias, {s.ssm_n_v_heads}});
+            ts.push_back({p + gguf::tensor::ssm_a, {s.ssm_n_v_heads}});
+            ts.push_back({p + gguf::tensor::ssm_norm, {s.ssm_d_state}});
+            ts.push_back({p + gguf::tensor::ssm_out, {d_inner, E}});
         } else {
-            ts.push_back({p + "attn_q.weight", {E, (s.hybrid() ? 2 : 1) * s.n_head * D}});
-            ts.push_back({p + "attn_k.weight", {E, s.n_head_kv * D}});
-            ts.push_back({p + "attn_v.weight", {E, s.n_head_kv * D}});
-            ts.push_back({p + "attn_q_norm.weight", {D}});
-            ts.push_back({p + "attn_k_norm.weight", {D}});
-            ts.push_back({p + "attn_output.weight", {s.n_head * D, E}});
+            ts.push_back({p + gguf::tensor::attn_q, {E, (s.hybrid() ? 2 : 1) * s.n_head * D}});
+            ts.push_back({p + gguf::tensor::attn_k, {E, s.n_head_kv * D}});
+            ts.push_back({p + gguf::tensor::attn_v, {E, s.n_head_kv * D}});
+            ts.push_back({p + gguf::tensor::attn_q_norm, {D}});
+            ts.push_back({p + gguf::tensor::attn_k_norm, {D}});
+            ts.push_back({p + gguf::tensor::attn_output, {s.n_head * D, E}});
         }
         if (s.moe()) {
-            ts.push_back({p + "ffn_gate_inp.weight", {E, s.n_expert}});
-            ts.push_back({p + "ffn_gate_exps.weight", {E, s.n_ff_exp, s.n_expert}});
-            ts.push_back({p + "ffn_up_exps.weight", {E, s.n_ff_exp, s.n_expert}});
-            ts.push_back({p + "ffn_down_exps.weight", {s.n_ff_exp, E, s.n_expert}});
+            ts.push_back({p + gguf::tensor::ffn_gate_inp, {E, s.n_expert}});
+            ts.push_back({p + gguf::tensor::ffn_gate_exps, {E, s.n_ff_exp, s.n_expert}});
+            ts.push_back({p + gguf::tensor::ffn_up_exps, {E, s.n_ff_exp, s.n_expert}});
+            ts.push_back({p + gguf::tensor::ffn_down_exps, {s.n_ff_exp, E, s.n_expert}});
             if (s.hybrid()) {
-                ts.push_back({p + "ffn_gate_inp_shexp.weight", {E}});
-                ts.push_back({p + "ffn_gate_shexp.weight", {E, s.n_ff_shexp}});
-                ts.push_back({p + "ffn_up_shexp.weight", {E, s.n_ff_shexp}});
-                ts.push_back({p + "ffn_down_shexp.weight", {s.n_ff_shexp, E}});
+                ts.push_back({p + gguf::tensor::ffn_gate_inp_shexp, {E}});
+                ts.push_back({p + gguf::tensor::ffn_gate_shexp, {E, s.n_ff_shexp}});
+                ts.push_back({p + gguf::tensor::ffn_up_shexp, {E, s.n_ff_shexp}});
+                ts.push_back({p + gguf::tensor::ffn_down_shexp, {s.n_ff_shexp, E}});
             }
         } else {
-            ts.push_back({p + "ffn_gate.weight", {E, s.n_ff}});
-            ts.push_back({p + "ffn_up.weight", {E, s.n_ff}});
-            ts.push_back({p + "ffn_down.weight", {s.n_ff, E}});
+            ts.push_back({p + gguf::tensor::ffn_gate, {E, s.n_ff}});
+            ts.push_back({p + gguf::tensor::ffn_up, {E, s.n_ff}});
+            ts.push_back({p + gguf::tensor::ffn_down, {s.n_ff, E}});
         }
         if (mtp) {
-            ts.push_back({p + "nextn.eh_proj.weight", {2 * E, E}});
-            ts.push_back({p + "nextn.enorm.weight", {E}});
-            ts.push_back({p + "nextn.hnorm.weight", {E}});
-            ts.push_back({p + "nextn.shared_head_norm.weight", {E}});
+            ts.push_back({p + gguf::tensor::nextn_eh_proj, {2 * E, E}});
+            ts.push_back({p + gguf::tensor::nextn_enorm, {E}});
+            ts.push_back({p + gguf::tensor::nextn_hnorm, {E}});
+            ts.push_back({p + gguf::tensor::nextn_shared_head_norm, {E}});
         }
     }
     int64_t n_v_like = 0;
     for (const auto& t : ts)
-        if (t.name.find("attn_v.weight") != std::string::npos || t.name.find("attn_qkv.weight") != std::string::npos)
+        if (t.name.find(gguf::tensor::attn_v) != std::string::npos ||
+            t.name.find(gguf::tensor::attn_qkv) != std::string::npos)
             ++n_v_like;
     int64_t v_idx = 0;
     for (const auto& t : ts) {
-        const bool v_like =
-            t.name.find("attn_v.weight") != std::string::npos || t.name.find("attn_qkv.weight") != std::string::npos;
+        const bool v_like = t.name.find(gguf::tensor::attn_v) != std::string::npos ||
+                            t.name.find(gguf::tensor::attn_qkv) != std::string::npos;
         DType type = tensor_type(s.quant, t.name, int64_t(t.ne.size()), block_count, v_idx, n_v_like, tied);
-        if (!s.output_type.empty() && (t.name == "output.weight" || (tied && t.name == "token_embd.weight")))
+        if (!s.output_type.empty() && (t.name == gguf::tensor::output || (tied && t.name == gguf::tensor::token_embd)))
             type = *dtype_from_name(s.output_type);  // checked by validate
         if (v_like) ++v_idx;
         if (t.ne[0] % traits(type).block_elems != 0) type = DType::F32;
@@ -565,7 +567,8 @@ static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWrite
         Rng rng{hash_name(ti.name, s.seed)};
         const Init init = init_for(s, ti.name, ti);
         const int64_t n = ti.ne[0], rows = ti.ne[1] * ti.ne[2] * ti.ne[3];
-        const bool direct_path = s.direct_rank > 0 && (ti.name == "token_embd.weight" || ti.name == "output.weight");
+        const bool direct_path =
+            s.direct_rank > 0 && (ti.name == gguf::tensor::token_embd || ti.name == gguf::tensor::output);
         const bool direct = !direct_path && direct_blocks(ti.type) && init.center == 0.0f;
         // direct path: the first r coordinates (with seeded signs) carry a shared code per token:
         // embedding a_t, LM-head row b_v (both from direct_seed), so that output . embedding =
@@ -591,7 +594,7 @@ static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWrite
             for (int64_t r = 0; r < nr; ++r) {
                 uint8_t* q = buf.data() + size_t(r) * ti.row_bytes;
                 if (direct_path) {
-                    const bool head = ti.name == "output.weight";
+                    const bool head = ti.name == gguf::tensor::output;
                     Rng code{hash_name(head ? "b" : "a", s.direct_seed) ^ (uint64_t(r0 + r) * 0x9E3779B97F4A7C15ull)};
                     std::fill(row.begin(), row.end(), 0.0f);
                     // a_t has unit RMS over the model width; b_v is scaled for a ~6-nat entropy

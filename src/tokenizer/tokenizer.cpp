@@ -1,4 +1,5 @@
 #include "tokenizer/tokenizer.h"
+#include "gguf/names.h"
 
 #include <algorithm>
 #include <climits>
@@ -8,11 +9,11 @@
 namespace bigmoe {
 
 Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f) {
-    const std::string model = f.get_string_or("tokenizer.ggml.model", "");
+    const std::string model = f.get_string_or(gguf::key::tokenizer_ggml_model, "");
     if (model != "gpt2")
         return make_error(f.path() + ": tokenizer.ggml.model is '" + model +
                           "'; bigmoe supports byte-level BPE ('gpt2')");
-    const gguf::Value* toks = f.find("tokenizer.ggml.tokens");
+    const gguf::Value* toks = f.find(gguf::key::tokenizer_ggml_tokens);
     if (!toks || toks->type != gguf::ValueType::ARRAY || toks->elem_type != gguf::ValueType::STRING ||
         toks->arr_s.empty())
         return make_error(f.path() + ": tokenizer.ggml.tokens is missing or not a string array");
@@ -20,7 +21,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f)
     std::unique_ptr<Tokenizer> t(new Tokenizer());
     t->tokens_ = toks->arr_s;
     t->types_.assign(t->tokens_.size(), TokenType::normal);
-    if (const gguf::Value* ty = f.find("tokenizer.ggml.token_type")) {
+    if (const gguf::Value* ty = f.find(gguf::key::tokenizer_ggml_token_type)) {
         if (ty->type != gguf::ValueType::ARRAY || ty->arr_i.size() != t->tokens_.size())
             return make_error(f.path() + ": tokenizer.ggml.token_type must be an integer array of " +
                               std::to_string(t->tokens_.size()) + " entries");
@@ -31,7 +32,7 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f)
     }
     t->index_.reserve(t->tokens_.size());
     for (size_t i = 0; i < t->tokens_.size(); ++i) t->index_.emplace(t->tokens_[i], int32_t(i));
-    if (const gguf::Value* m = f.find("tokenizer.ggml.merges")) {
+    if (const gguf::Value* m = f.find(gguf::key::tokenizer_ggml_merges)) {
         if (m->type != gguf::ValueType::ARRAY || (m->elem_type != gguf::ValueType::STRING && m->array_size() > 0))
             return make_error(f.path() + ": tokenizer.ggml.merges must be a string array");
         t->merge_rank_.reserve(m->arr_s.size());
@@ -43,21 +44,21 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f)
             t->merge_rank_.emplace(s, int32_t(r));
         }
     }
-    const std::string pre = f.get_string_or("tokenizer.ggml.pre", "qwen2");
+    const std::string pre = f.get_string_or(gguf::key::tokenizer_ggml_pre, "qwen2");
     t->pre_ = pre == "qwen35" ? PreTokenizer::qwen35 : PreTokenizer::qwen2;
     auto id_key = [&](const char* key) -> int32_t {
         const int64_t v = f.get_int_or(key, -1);
         return v >= 0 && v < int64_t(t->tokens_.size()) ? int32_t(v) : -1;
     };
-    t->eos_ = id_key("tokenizer.ggml.eos_token_id");
-    t->bos_ = id_key("tokenizer.ggml.bos_token_id");
+    t->eos_ = id_key(gguf::key::tokenizer_ggml_eos_token_id);
+    t->bos_ = id_key(gguf::key::tokenizer_ggml_bos_token_id);
     auto flag = [&](const char* key) {
         auto r = f.get_bool(key);
         return r.ok() && *r;
     };
-    t->add_bos_ = flag("tokenizer.ggml.add_bos_token");
-    t->add_eos_ = flag("tokenizer.ggml.add_eos_token");
-    t->chat_template_ = f.get_string_or("tokenizer.chat_template", "");
+    t->add_bos_ = flag(gguf::key::tokenizer_ggml_add_bos_token);
+    t->add_eos_ = flag(gguf::key::tokenizer_ggml_add_eos_token);
+    t->chat_template_ = f.get_string_or(gguf::key::tokenizer_chat_template, "");
     for (size_t i = 0; i < t->tokens_.size(); ++i) {
         const TokenType ty = t->types_[i];
         if (ty == TokenType::control || ty == TokenType::user_defined || ty == TokenType::unknown)
@@ -66,7 +67,8 @@ Result<std::unique_ptr<Tokenizer>> Tokenizer::from_gguf(const gguf::GgufFile& f)
     std::stable_sort(t->specials_.begin(), t->specials_.end(),
                      [&](int32_t a, int32_t b) { return t->tokens_[size_t(a)].size() > t->tokens_[size_t(b)].size(); });
     // End of generation: eos, eot, and the ChatML / FIM end markers (spec/tokenizer.md §6).
-    for (int32_t id : {t->eos_, id_key("tokenizer.ggml.eot_token_id"), id_key("tokenizer.ggml.eom_token_id")})
+    for (int32_t id :
+         {t->eos_, id_key(gguf::key::tokenizer_ggml_eot_token_id), id_key(gguf::key::tokenizer_ggml_eom_token_id)})
         if (id >= 0) t->eog_.push_back(id);
     for (const char* s :
          {"<|im_end|>", "<|endoftext|>", "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<|eot_id|>"}) {

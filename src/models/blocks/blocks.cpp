@@ -4,21 +4,17 @@
 
 namespace bigmoe::blocks {
 
-std::string blk(int64_t il, const char* name) {
-    return "blk." + std::to_string(il) + "." + name;
-}
-
 Result<Attention> load_attention(Model& m, int64_t il, bool gated) {
     const HParams& hp = m.hparams();
     Attention a;
     a.gated = gated;
     const int64_t q_out = (gated ? 2 : 1) * hp.n_head * hp.head_dim, kv_out = hp.n_head_kv * hp.head_dim;
-    BM_ASSIGN(a.q, m.load(blk(il, "attn_q.weight"), {hp.n_embd, q_out}));
-    BM_ASSIGN(a.k, m.load(blk(il, "attn_k.weight"), {hp.n_embd, kv_out}));
-    BM_ASSIGN(a.v, m.load(blk(il, "attn_v.weight"), {hp.n_embd, kv_out}));
-    BM_ASSIGN(a.q_norm, m.load_f32(blk(il, "attn_q_norm.weight"), {hp.head_dim}));
-    BM_ASSIGN(a.k_norm, m.load_f32(blk(il, "attn_k_norm.weight"), {hp.head_dim}));
-    BM_ASSIGN(a.o, m.load(blk(il, "attn_output.weight"), {hp.n_head * hp.head_dim, hp.n_embd}));
+    BM_ASSIGN(a.q, m.load(blk(il, gguf::tensor::attn_q), {hp.n_embd, q_out}));
+    BM_ASSIGN(a.k, m.load(blk(il, gguf::tensor::attn_k), {hp.n_embd, kv_out}));
+    BM_ASSIGN(a.v, m.load(blk(il, gguf::tensor::attn_v), {hp.n_embd, kv_out}));
+    BM_ASSIGN(a.q_norm, m.load_f32(blk(il, gguf::tensor::attn_q_norm), {hp.head_dim}));
+    BM_ASSIGN(a.k_norm, m.load_f32(blk(il, gguf::tensor::attn_k_norm), {hp.head_dim}));
+    BM_ASSIGN(a.o, m.load(blk(il, gguf::tensor::attn_output), {hp.n_head * hp.head_dim, hp.n_embd}));
     return a;
 }
 
@@ -52,15 +48,15 @@ Result<GatedDeltaNet> load_gdn(Model& m, int64_t il) {
     const HParams& hp = m.hparams();
     GatedDeltaNet g;
     const int64_t E = hp.n_embd, Hv = hp.ssm_n_v_heads;
-    BM_ASSIGN(g.qkv, m.load(blk(il, "attn_qkv.weight"), {E, hp.conv_dim()}));
-    BM_ASSIGN(g.gate, m.load(blk(il, "attn_gate.weight"), {E, hp.ssm_d_inner}));
-    BM_ASSIGN(g.beta, m.load(blk(il, "ssm_beta.weight"), {E, Hv}));
-    BM_ASSIGN(g.alpha, m.load(blk(il, "ssm_alpha.weight"), {E, Hv}));
-    BM_ASSIGN(g.conv, m.load_f32(blk(il, "ssm_conv1d.weight"), {hp.ssm_conv_kernel, hp.conv_dim()}));
-    BM_ASSIGN(g.dt_bias, m.load_f32(blk(il, "ssm_dt.bias"), {Hv}));
-    BM_ASSIGN(g.a, m.load_f32(blk(il, "ssm_a"), {Hv}));
-    BM_ASSIGN(g.norm, m.load_f32(blk(il, "ssm_norm.weight"), {hp.ssm_d_state}));
-    BM_ASSIGN(g.out, m.load(blk(il, "ssm_out.weight"), {hp.ssm_d_inner, E}));
+    BM_ASSIGN(g.qkv, m.load(blk(il, gguf::tensor::attn_qkv), {E, hp.conv_dim()}));
+    BM_ASSIGN(g.gate, m.load(blk(il, gguf::tensor::attn_gate), {E, hp.ssm_d_inner}));
+    BM_ASSIGN(g.beta, m.load(blk(il, gguf::tensor::ssm_beta), {E, Hv}));
+    BM_ASSIGN(g.alpha, m.load(blk(il, gguf::tensor::ssm_alpha), {E, Hv}));
+    BM_ASSIGN(g.conv, m.load_f32(blk(il, gguf::tensor::ssm_conv1d), {hp.ssm_conv_kernel, hp.conv_dim()}));
+    BM_ASSIGN(g.dt_bias, m.load_f32(blk(il, gguf::tensor::ssm_dt_bias), {Hv}));
+    BM_ASSIGN(g.a, m.load_f32(blk(il, gguf::tensor::ssm_a), {Hv}));
+    BM_ASSIGN(g.norm, m.load_f32(blk(il, gguf::tensor::ssm_norm), {hp.ssm_d_state}));
+    BM_ASSIGN(g.out, m.load(blk(il, gguf::tensor::ssm_out), {hp.ssm_d_inner, E}));
     return g;
 }
 
@@ -83,13 +79,13 @@ Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, T
     return out;
 }
 
-Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, const char* suffix) {
+Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, bool shared) {
+    namespace t = gguf::tensor;
     const HParams& hp = m.hparams();
     DenseFfn f;
-    const std::string s = suffix;
-    BM_ASSIGN(f.gate, m.load(blk(il, ("ffn_gate" + s + ".weight").c_str()), {hp.n_embd, n_ff}));
-    BM_ASSIGN(f.up, m.load(blk(il, ("ffn_up" + s + ".weight").c_str()), {hp.n_embd, n_ff}));
-    BM_ASSIGN(f.down, m.load(blk(il, ("ffn_down" + s + ".weight").c_str()), {n_ff, hp.n_embd}));
+    BM_ASSIGN(f.gate, m.load(blk(il, shared ? t::ffn_gate_shexp : t::ffn_gate), {hp.n_embd, n_ff}));
+    BM_ASSIGN(f.up, m.load(blk(il, shared ? t::ffn_up_shexp : t::ffn_up), {hp.n_embd, n_ff}));
+    BM_ASSIGN(f.down, m.load(blk(il, shared ? t::ffn_down_shexp : t::ffn_down), {n_ff, hp.n_embd}));
     return f;
 }
 
@@ -112,19 +108,19 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
     const HParams& hp = m.hparams();
     Moe w;
     const int64_t E = hp.n_embd, F = hp.n_ff_exp, X = hp.n_expert;
-    BM_ASSIGN(w.router, m.load_f32(blk(il, "ffn_gate_inp.weight"), {E, X}));
+    BM_ASSIGN(w.router, m.load_f32(blk(il, gguf::tensor::ffn_gate_inp), {E, X}));
     w.experts.n_expert = X;
     w.experts.n_expert_used = hp.n_expert_used;
     w.experts.n_ff = F;
-    BM_ASSIGN(w.experts.gate_up, m.load_optional(blk(il, "ffn_gate_up_exps.weight"), {E, 2 * F, X}, true));
+    BM_ASSIGN(w.experts.gate_up, m.load_optional(blk(il, gguf::tensor::ffn_gate_up_exps), {E, 2 * F, X}, true));
     if (!w.experts.gate_up) {
-        BM_ASSIGN(w.experts.gate, m.load(blk(il, "ffn_gate_exps.weight"), {E, F, X}, true));
-        BM_ASSIGN(w.experts.up, m.load(blk(il, "ffn_up_exps.weight"), {E, F, X}, true));
+        BM_ASSIGN(w.experts.gate, m.load(blk(il, gguf::tensor::ffn_gate_exps), {E, F, X}, true));
+        BM_ASSIGN(w.experts.up, m.load(blk(il, gguf::tensor::ffn_up_exps), {E, F, X}, true));
     }
-    BM_ASSIGN(w.experts.down, m.load(blk(il, "ffn_down_exps.weight"), {F, E, X}, true));
+    BM_ASSIGN(w.experts.down, m.load(blk(il, gguf::tensor::ffn_down_exps), {F, E, X}, true));
     if (shared_expert) {
-        BM_ASSIGN(w.shared, load_dense_ffn(m, il, hp.n_ff_shexp, "_shexp"));
-        BM_ASSIGN(w.shared_gate, m.load_f32(blk(il, "ffn_gate_inp_shexp.weight"), {E}));
+        BM_ASSIGN(w.shared, load_dense_ffn(m, il, hp.n_ff_shexp, /*shared=*/true));
+        BM_ASSIGN(w.shared_gate, m.load_f32(blk(il, gguf::tensor::ffn_gate_inp_shexp), {E}));
     }
     return w;
 }

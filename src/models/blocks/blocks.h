@@ -6,11 +6,12 @@
 #include <string>
 
 #include "backend/backend.h"
+#include "gguf/names.h"
 #include "models/model.h"
 
 namespace bigmoe::blocks {
 
-std::string blk(int64_t il, const char* name);  // "blk.<il>.<name>"
+using gguf::tensor::blk;
 
 // Softmax attention with per-head q/k RMS norm and NeoX RoPE. Gated (Qwen3.5): attn_q yields
 // [query | gate] per head and the output is multiplied by sigmoid(gate) before attn_output.
@@ -34,7 +35,8 @@ struct DenseFfn {
     const Weight *gate = nullptr, *up = nullptr, *down = nullptr;
 };
 // Loads ffn_{gate,up,down}<suffix> with width n_ff.
-Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, const char* suffix);
+// shared: the MoE layer's shared expert (ffn_*_shexp) instead of a dense FFN (ffn_*)
+Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, bool shared);
 Tensor dense_ffn(Backend& be, const DenseFfn& w, Tensor x);
 
 struct Moe {
