@@ -144,11 +144,11 @@ void attention(benchmark::State& state) {
     auto q = random_f32(size_t(T * H * D), 8), k = random_f32(size_t(T * width), 9), v = random_f32(size_t(T * width), 10);
     std::vector<float> out(size_t(T * H * D));
     KvBlock b{kc, vc, DType::F16, DType::F16, cap};
-    std::vector<KvBlock*> kv = {&b};
-    std::vector<SeqSpan> spans = {{0, 0, T, depth}};
+    const BatchState batch{{{0, 0, T, depth}}, {{&b}}, {}};
+    be.begin_batch(batch);
     for (auto _ : state) {
         be.attention(Tensor{q.data(), T, H * D, H * D}, Tensor{k.data(), T, width, width},
-                     Tensor{v.data(), T, width, width}, {H, Hkv, D, 1.0f / std::sqrt(float(D))}, spans, kv,
+                     Tensor{v.data(), T, width, width}, {H, Hkv, D, 1.0f / std::sqrt(float(D))}, 0,
                      Tensor{out.data(), T, H * D, H * D});
         benchmark::DoNotOptimize(out.data());
         be.reset_scratch();

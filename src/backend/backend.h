@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "backend/scratch_arena.h"
 #include "core/result.h"
 #include "gguf/gguf_file.h"
 #include "quant/dtype.h"
@@ -60,7 +61,7 @@ struct SeqSpan {
 struct KvBlock {
     void* k = nullptr;
     void* v = nullptr;
-    DType type_k = DType::F32;  // F32 or F16
+    DType type_k = DType::F32;  // a type Backend::supports(Op::attention, ...)
     DType type_v = DType::F32;
     int64_t capacity = 0;  // positions
 };
@@ -74,6 +75,21 @@ struct RecurrentRing {
     int n_slots = 1;
     int head = 0;
 };
+
+// What one forward pass works on besides its activations: the sequences' spans in the batch and,
+// per layer, each span's state (kv for attention layers, rs for recurrent ones, [layer][span]).
+// Handed to the backend once per pass (Backend::begin_batch), so a device backend uploads it
+// once instead of receiving host vectors on every op.
+struct BatchState {
+    std::vector<SeqSpan> spans;
+    std::vector<std::vector<KvBlock*>> kv;
+    std::vector<std::vector<RecurrentRing*>> rs;
+};
+
+// Ops whose support depends on a type: the weight type of get_rows, matmul and moe, the cache
+// type (K or V) of attention. Every other op is f32 and every backend has it.
+enum class Op { get_rows, matmul, moe, attention };
+const char* op_name(Op op);
 
 struct AttentionParams {
     int64_t n_head = 0, n_head_kv = 0, head_dim = 0;
@@ -93,14 +109,18 @@ struct MoeWeights {
     int64_t n_expert = 0, n_expert_used = 0, n_ff = 0;
 };
 
+// The interface every backend implements; it holds no state of its own (a backend's scratch is
+// its ScratchArena). The helpers below only call the virtual functions.
 class Backend {
   public:
     virtual ~Backend() = default;
     virtual std::string name() const = 0;
-    virtual int n_threads() const { return 1; }
-    virtual bool supports_weight_type(DType t) const = 0;
-    // Marks the part of the model the following ops belong to (for profiling); no-op by default.
-    virtual void annotate(const char* scope) { (void)scope; }
+    virtual int n_threads() const = 0;
+    // Whether op runs with this weight or cache type here; callers refuse what is not, with a
+    // message, before any op runs.
+    virtual bool supports(Op op, DType type) const = 0;
+    // Marks the part of the model the following ops belong to (for profiling).
+    virtual void annotate(const char* scope) = 0;
     // Called once per weight after loading; a backend may upload or repack it.
     virtual Result<void> prepare_weight(Weight& w) = 0;
 
@@ -116,20 +136,17 @@ class Backend {
     virtual void copy(void* dst, const void* src, size_t bytes) = 0;
     virtual void fill_zero(void* dst, size_t bytes) = 0;
 
-    // Scratch tensors live until reset_scratch() (called at the start of every forward pass).
-    Tensor scratch(int64_t rows, int64_t cols);
-    // Virtual so that a wrapping backend (the profiler) also resets the wrapped one's scratch,
-    // which the wrapped ops allocate from.
-    virtual void reset_scratch();
-    // Scratch allocated after a mark is released by rewinding to it (per-layer temporaries).
-    struct ScratchMark {
-        size_t chunk, used;
-    };
-    ScratchMark scratch_mark() const { return {scratch_chunk_, scratch_used_}; }
-    void scratch_rewind(ScratchMark m) {
-        scratch_chunk_ = m.chunk;
-        scratch_used_ = m.used;
-    }
+    // Scratch tensors live until reset_scratch() (called at the start of every forward pass);
+    // those taken after a mark are released by rewinding to it (per-layer temporaries).
+    virtual ScratchArena& scratch_arena() = 0;
+    Tensor scratch(int64_t rows, int64_t cols) { return scratch_arena().take(rows, cols); }
+    void reset_scratch() { scratch_arena().reset(); }
+    using ScratchMark = ScratchArena::Mark;
+    ScratchMark scratch_mark() { return scratch_arena().mark(); }
+    void scratch_rewind(ScratchMark m) { scratch_arena().rewind(m); }
+
+    // The batch the following ops belong to, until the next call; `b` outlives them.
+    virtual void begin_batch(const BatchState& b) = 0;
 
     // ---- ops (all shapes row-major; rows are tokens)
     // out[t] = dequant(emb row ids[t])
@@ -158,33 +175,22 @@ class Backend {
     virtual void mul_sigmoid(Tensor x, Tensor gate, Tensor out) = 0;
     // out[t] = a[t] + sigmoid(dot(gate_vec, f[t])) * b[t]
     virtual void add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) = 0;
-    // NeoX RoPE, in place, on every head_dim group of x: the first n_rot dims of each head rotate.
-    virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta,
-                           const std::vector<SeqSpan>& spans) = 0;
-    // Stores k, v rows at their positions in each sequence's block, then causal attention.
-    virtual void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
-                           const std::vector<KvBlock*>& kv, Tensor out) = 0;
+    // NeoX RoPE, in place, on every head_dim group of x: the first n_rot dims of each head
+    // rotate; positions from the batch's spans.
+    virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta) = 0;
+    // Stores k, v rows at their positions in each sequence's block of layer il (the batch's
+    // kv[il]), then causal attention.
+    virtual void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) = 0;
     // Routed experts: softmax routing over router_logits, top-k, renormalised weights, grouped
     // expert products; out[t] = sum_k w_k expert_k(x[t]) in top-k order.
     virtual void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) = 0;
-    // Depthwise causal conv (kernel k) over `mixed` with the ring's conv state, then SiLU.
-    virtual void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
-                          const std::vector<RecurrentRing*>& rings, Tensor out) = 0;
-    // Gated DeltaNet recurrence over u = [Q | K | V] channels with raw beta/alpha projections.
+    // Depthwise causal conv (kernel k) over `mixed` with the conv state of layer il's rings (the
+    // batch's rs[il]), then SiLU.
+    virtual void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, int64_t il, Tensor out) = 0;
+    // Gated DeltaNet recurrence over u = [Q | K | V] channels with raw beta/alpha projections, on
+    // layer il's rings.
     virtual void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
-                                 const GdnParams& p, const std::vector<SeqSpan>& spans,
-                                 const std::vector<RecurrentRing*>& rings, Tensor out) = 0;
-
-  protected:
-    struct Chunk {
-        float* data;
-        size_t floats;
-    };
-    std::vector<Chunk> scratch_chunks_;
-    size_t scratch_chunk_ = 0, scratch_used_ = 0;
-
-  public:
-    void release_scratch();
+                                 const GdnParams& p, int64_t il, Tensor out) = 0;
 };
 
 // repack: products read packed copies of the K-quant weights (backend/cpu/repack.h).

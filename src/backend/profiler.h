@@ -26,12 +26,10 @@ struct ProfileEntry {
 class ProfiledBackend : public Backend {
   public:
     explicit ProfiledBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
-    ~ProfiledBackend() override { release_scratch(); }
 
-    void reset_scratch() override {
-        Backend::reset_scratch();
-        inner_->reset_scratch();
-    }
+    // The wrapped backend's arena: its ops allocate from it too.
+    ScratchArena& scratch_arena() override { return inner_->scratch_arena(); }
+    void begin_batch(const BatchState& b) override { inner_->begin_batch(b); }
     void set_phase(const std::string& phase) { phase_ = phase; }
     // Time measured outside the backend (sampling) is added by the caller.
     void record(OpClass c, double seconds) {
@@ -52,7 +50,7 @@ class ProfiledBackend : public Backend {
 
     std::string name() const override { return inner_->name() + " + profiler"; }
     int n_threads() const override { return inner_->n_threads(); }
-    bool supports_weight_type(DType t) const override { return inner_->supports_weight_type(t); }
+    bool supports(Op op, DType t) const override { return inner_->supports(op, t); }
     Result<void> prepare_weight(Weight& w) override { return inner_->prepare_weight(w); }
     uint64_t memory_available() const override { return inner_->memory_available(); }
     void* alloc(size_t b) override { return inner_->alloc(b); }
@@ -93,23 +91,21 @@ class ProfiledBackend : public Backend {
     void add_gated(Tensor a, Tensor b, const Weight& gv, Tensor f, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->add_gated(a, b, gv, f, out); });
     }
-    void rope_neox(Tensor x, int64_t hd, int64_t nr, float th, const std::vector<SeqSpan>& s) override {
-        timed(OpClass::elementwise, [&] { inner_->rope_neox(x, hd, nr, th, s); });
+    void rope_neox(Tensor x, int64_t hd, int64_t nr, float th) override {
+        timed(OpClass::elementwise, [&] { inner_->rope_neox(x, hd, nr, th); });
     }
-    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& s,
-                   const std::vector<KvBlock*>& kv, Tensor out) override {
-        timed(OpClass::attention, [&] { inner_->attention(q, k, v, p, s, kv, out); });
+    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
+        timed(OpClass::attention, [&] { inner_->attention(q, k, v, p, il, out); });
     }
     void moe(Tensor x, Tensor logits, const MoeWeights& m, Tensor out) override {
         timed(OpClass::expert_matmul, [&] { inner_->moe(x, logits, m, out); });
     }
-    void ssm_conv(Tensor m, const Weight& w, const GdnParams& p, const std::vector<SeqSpan>& s,
-                  const std::vector<RecurrentRing*>& r, Tensor out) override {
-        timed(OpClass::gated_delta_net, [&] { inner_->ssm_conv(m, w, p, s, r, out); });
+    void ssm_conv(Tensor m, const Weight& w, const GdnParams& p, int64_t il, Tensor out) override {
+        timed(OpClass::gated_delta_net, [&] { inner_->ssm_conv(m, w, p, il, out); });
     }
     void gated_delta_net(Tensor u, Tensor b, Tensor a, const Weight& dt, const Weight& sa, const GdnParams& p,
-                         const std::vector<SeqSpan>& s, const std::vector<RecurrentRing*>& r, Tensor out) override {
-        timed(OpClass::gated_delta_net, [&] { inner_->gated_delta_net(u, b, a, dt, sa, p, s, r, out); });
+                         int64_t il, Tensor out) override {
+        timed(OpClass::gated_delta_net, [&] { inner_->gated_delta_net(u, b, a, dt, sa, p, il, out); });
     }
 
   private:

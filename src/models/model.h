@@ -16,17 +16,12 @@
 
 namespace bigmoe {
 
+// The tokens of one forward pass. Their sequences' spans and state are the backend's
+// BatchState, handed over before the pass (Backend::begin_batch).
 struct ForwardBatch {
     const int32_t* tokens = nullptr;  // [n_tokens]
     int64_t n_tokens = 0;
-    std::vector<SeqSpan> spans;     // contiguous per sequence, in batch order
     std::vector<int64_t> out_rows;  // batch rows whose logits are wanted, ascending
-};
-
-// The state a forward pass reads and writes, indexed [layer][span].
-struct StateRefs {
-    std::vector<std::vector<KvBlock*>> kv;
-    std::vector<std::vector<RecurrentRing*>> rs;
 };
 
 class Model {
@@ -37,7 +32,7 @@ class Model {
     Backend& backend() const { return *backend_; }
 
     // logits: [out_rows.size()][n_vocab] in backend memory.
-    virtual void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) = 0;
+    virtual void forward(const ForwardBatch& batch, Tensor logits) = 0;
 
     // Bytes of weights a decode step reads in the average case (dense weights + n_expert_used
     // experts per MoE layer); used by bench for GB/s.

@@ -59,7 +59,7 @@ Result<void> Qwen35Family::load_mtp() {
     return {};
 }
 
-void Qwen35Family::forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) {
+void Qwen35Family::forward(const ForwardBatch& batch, Tensor logits) {
     Backend& be = *backend_;
     be.reset_scratch();
     const int64_t T = batch.n_tokens;
@@ -72,8 +72,8 @@ void Qwen35Family::forward(const ForwardBatch& batch, const StateRefs& state, Te
         be.annotate(l.recurrent ? "recurrent layers" : "attention layers");
         Tensor a = be.scratch(T, hp_.n_embd);
         be.rms_norm(h, *l.attn_norm, hp_.eps, a);
-        Tensor m = l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, batch, state.rs[size_t(il)])
-                               : blocks::attention(be, hp_, l.attn, a, batch, state.kv[size_t(il)]);
+        Tensor m =
+            l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, il) : blocks::attention(be, hp_, l.attn, a, il);
         be.add(h, m, h);
         Tensor f = be.scratch(T, hp_.n_embd);
         be.rms_norm(h, *l.post_norm, hp_.eps, f);

@@ -13,7 +13,7 @@ namespace bigmoe {
 class Qwen35Family : public Model {
   public:
     static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend, bool moe);
-    void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) override;
+    void forward(const ForwardBatch& batch, Tensor logits) override;
 
   private:
     struct Layer {

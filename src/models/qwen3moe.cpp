@@ -37,7 +37,7 @@ class Qwen3Moe : public Model {
         return std::unique_ptr<Model>(std::move(m));
     }
 
-    void forward(const ForwardBatch& batch, const StateRefs& state, Tensor logits) override {
+    void forward(const ForwardBatch& batch, Tensor logits) override {
         Backend& be = *backend_;
         be.reset_scratch();
         const int64_t T = batch.n_tokens;
@@ -50,7 +50,7 @@ class Qwen3Moe : public Model {
             be.annotate("attention layers");
             Tensor a = be.scratch(T, hp_.n_embd);
             be.rms_norm(h, *l.attn_norm, hp_.eps, a);
-            be.add(h, blocks::attention(be, hp_, l.attn, a, batch, state.kv[size_t(il)]), h);
+            be.add(h, blocks::attention(be, hp_, l.attn, a, il), h);
             Tensor f = be.scratch(T, hp_.n_embd);
             be.rms_norm(h, *l.ffn_norm, hp_.eps, f);
             be.add(h, blocks::moe(be, l.moe, f), h);

@@ -61,8 +61,9 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
     if (p.rollback_depth < 0 || p.rollback_depth > 1024)
         return make_error("rollback depth must be 0..1024, got " + std::to_string(p.rollback_depth));
     for (DType t : {p.type_k, p.type_v})
-        if (t != DType::F32 && t != DType::F16)
-            return make_error(std::string("KV cache type ") + traits(t).name + " is not supported (f32, f16)",
+        if (!model.backend().supports(Op::attention, t))
+            return make_error(std::string("KV cache type ") + traits(t).name + " is not supported by the " +
+                                  model.backend().name() + " backend's attention",
                               ErrorKind::unsupported);
     const HParams& hp = model.hparams();
     BM_TRY(check_fits(hp, p, model.backend().memory_available()));
@@ -181,9 +182,9 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
     ForwardBatch fb;
     fb.tokens = tokens.data();
     fb.n_tokens = int64_t(tokens.size());
-    fb.spans = spans;
     fb.out_rows = out_rows;
-    StateRefs st;
+    BatchState st;
+    st.spans = spans;
     st.kv.resize(size_t(hp.n_layer));
     st.rs.resize(size_t(hp.n_layer));
     for (int64_t il = 0; il < hp.n_layer; ++il)
@@ -198,7 +199,8 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
                               ErrorKind::resource_exhausted);
     }
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
-    model_.forward(fb, st, logits);
+    be_.begin_batch(st);
+    model_.forward(fb, logits);
     if (logits_out)  // output row r goes to row out_dest[r] of the caller's logits
         for (int64_t r = 0; r < n_out; ++r)
             be_.download(logits_out + out_dest[size_t(r)] * V, static_cast<const float*>(logits_buf_) + r * V,

@@ -72,7 +72,7 @@ void KvCache::copy(int src, const SeqPos& from, int dst, const SeqPos&) {
     be_.copy(b.v, a.v, row_v_ * size_t(from.n_past));
 }
 
-void KvCache::bind(int64_t il, int seq, int, StateRefs& refs) {
+void KvCache::bind(int64_t il, int seq, int, BatchState& refs) {
     refs.kv[size_t(il)].push_back(&blocks_[size_t(seq)]);
 }
 
@@ -133,7 +133,7 @@ void RecurrentState::copy(int src, const SeqPos& from, int dst, const SeqPos& to
     be_.copy(ssm_slot(dst, to.head), ssm_slot(src, from.head), ssm_bytes_);
 }
 
-void RecurrentState::bind(int64_t il, int seq, int head, StateRefs& refs) {
+void RecurrentState::bind(int64_t il, int seq, int head, BatchState& refs) {
     RecurrentRing& r = rings_[size_t(seq)];
     r.head = head;
     refs.rs[size_t(il)].push_back(&r);

@@ -15,8 +15,6 @@
 
 namespace bigmoe {
 
-struct StateRefs;
-
 // Where one sequence's state stands: its length and the ring slot of its current recurrent state.
 struct SeqPos {
     int64_t n_past = 0;
@@ -38,7 +36,7 @@ class LayerState {
     virtual void load(int seq, const SeqPos& saved, const uint8_t* src) = 0;
     virtual void copy(int src, const SeqPos& from, int dst, const SeqPos& to) = 0;
     // Adds this layer's state of `seq` (current slot `head`) to the refs a forward pass reads.
-    virtual void bind(int64_t il, int seq, int head, StateRefs& refs) = 0;
+    virtual void bind(int64_t il, int seq, int head, BatchState& refs) = 0;
 };
 
 // An attention layer's KV cache: one block of `capacity` rows per sequence.
@@ -57,7 +55,7 @@ class KvCache final : public LayerState {
     void save(int seq, const SeqPos& at, uint8_t* dst) const override;
     void load(int seq, const SeqPos& saved, const uint8_t* src) override;
     void copy(int src, const SeqPos& from, int dst, const SeqPos& to) override;
-    void bind(int64_t il, int seq, int head, StateRefs& refs) override;
+    void bind(int64_t il, int seq, int head, BatchState& refs) override;
 
   private:
     KvCache(Backend& be, size_t row_k, size_t row_v) : be_(be), row_k_(row_k), row_v_(row_v) {}
@@ -80,7 +78,7 @@ class RecurrentState final : public LayerState {
     void save(int seq, const SeqPos& at, uint8_t* dst) const override;
     void load(int seq, const SeqPos& saved, const uint8_t* src) override;
     void copy(int src, const SeqPos& from, int dst, const SeqPos& to) override;
-    void bind(int64_t il, int seq, int head, StateRefs& refs) override;
+    void bind(int64_t il, int seq, int head, BatchState& refs) override;
 
   private:
     RecurrentState(Backend& be, size_t conv_bytes, size_t ssm_bytes, int n_slots)

@@ -166,6 +166,12 @@ class Conformance : public ::testing::TestWithParam<BackendUnderTest> {
         EXPECT_TRUE(be_->prepare_weight(w->w).ok());
         return w;
     }
+    // The ops that follow run on a batch of these spans, with layer 0's state in kv or rs.
+    void batch(std::vector<SeqSpan> spans, std::vector<KvBlock*> kv = {}, std::vector<RecurrentRing*> rs = {}) {
+        batch_ = BatchState{std::move(spans), {std::move(kv)}, {std::move(rs)}};
+        be_->begin_batch(batch_);
+    }
+    BatchState batch_;
     std::unique_ptr<Backend> be_;
     uint32_t seed_ = 0;
     std::mt19937 rng_;
@@ -180,7 +186,7 @@ int64_t n_in_for(DType t) {
 
 TEST_P(Conformance, get_rows_every_type) {
     for (DType t : k_weight_types) {
-        if (!be_->supports_weight_type(t)) continue;
+        if (!be_->supports(Op::get_rows, t)) continue;
         auto emb = weight(t, n_in_for(t), 37, 1, /*multiplied=*/false);
         const std::vector<int32_t> ids = {36, 0, 5, 5, 17};
         DevTensor out(*be_, 5, emb->w.n_in());
@@ -210,7 +216,7 @@ double matmul_tolerance(DType t, double mag) {
 
 TEST_P(Conformance, matmul_every_type_odd_rows_and_tokens) {
     for (DType t : k_weight_types) {
-        if (!be_->supports_weight_type(t)) continue;
+        if (!be_->supports(Op::matmul, t)) continue;
         const int64_t n_in = n_in_for(t);
         for (int64_t n_out : {37, 40}) {
             auto w = weight(t, n_in, n_out);
@@ -283,7 +289,8 @@ TEST_P(Conformance, rope_neox_partial_and_full_rotation_two_sequences) {
     for (int64_t n_rot : {64, 32}) {
         const auto x = randoms(rng_, 6 * C);
         DevTensor dx(*be_, 6, C, x);
-        be_->rope_neox(dx.t(), head_dim, n_rot, 1e6f, {{0, 0, 2, 5}, {1, 2, 4, 1000}});
+        batch({{0, 0, 2, 5}, {1, 2, 4, 1000}});
+        be_->rope_neox(dx.t(), head_dim, n_rot, 1e6f);
         const std::vector<float> got = dx.get();
         const ref::Vec a = ref::rope_neox({x.begin(), x.begin() + 2 * C}, 2, C, head_dim, n_rot, 1e6, 5);
         const ref::Vec b = ref::rope_neox({x.begin() + 2 * C, x.end()}, 4, C, head_dim, n_rot, 1e6, 1000);
@@ -337,8 +344,8 @@ TEST_P(Conformance, attention_matches_float64) {
             DevTensor dq(*be_, sh.T, sh.H * sh.D, q), dk(*be_, sh.T, sh.Hkv * sh.D, k),
                 dv(*be_, sh.T, sh.Hkv * sh.D, v), out(*be_, sh.T, sh.H * sh.D);
             const float scale = 1.0f / std::sqrt(float(sh.D));
-            be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, {{0, 0, sh.T, sh.depth}}, {&b},
-                           out.t());
+            batch({{0, 0, sh.T, sh.depth}}, {&b});
+            be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, 0, out.t());
             be_->reset_scratch();
             // queries are rounded like the cache (f16 caches take f16 queries)
             std::vector<float> qr = q;
@@ -371,17 +378,19 @@ TEST_P(Conformance, attention_is_batch_invariant) {
         std::mt19937 cache_rng(seed_ + uint32_t(depth));
         KvCase c1(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
         KvBlock b1 = c1.block();
-        DevTensor batch(*be_, T, H * D), one(*be_, T, H * D);
-        be_->attention(dq.t(), dk.t(), dv.t(), ap, {{0, 0, T, depth}}, {&b1}, batch.t());
+        DevTensor together(*be_, T, H * D), one(*be_, T, H * D);
+        batch({{0, 0, T, depth}}, {&b1});
+        be_->attention(dq.t(), dk.t(), dv.t(), ap, 0, together.t());
         be_->reset_scratch();
         cache_rng.seed(seed_ + uint32_t(depth));
         KvCase c2(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
         KvBlock b2 = c2.block();
         for (int64_t t = 0; t < T; ++t) {
-            be_->attention(dq.row(t), dk.row(t), dv.row(t), ap, {{0, 0, 1, depth + t}}, {&b2}, one.row(t));
+            batch({{0, 0, 1, depth + t}}, {&b2});
+            be_->attention(dq.row(t), dk.row(t), dv.row(t), ap, 0, one.row(t));
             be_->reset_scratch();
         }
-        const std::vector<float> all = batch.get();
+        const std::vector<float> all = together.get();
         ASSERT_EQ(all, one.get()) << "depth " << depth;
         // the first 11 tokens beside another sequence's 20
         cache_rng.seed(seed_ + uint32_t(depth));
@@ -395,7 +404,8 @@ TEST_P(Conformance, attention_is_batch_invariant) {
         std::copy_n(v.begin(), 11 * Hkv * D, v2.begin());
         DevTensor dq2(*be_, 31, H * D, q2), dk2(*be_, 31, Hkv * D, k2), dv2(*be_, 31, Hkv * D, v2),
             out2(*be_, 31, H * D);
-        be_->attention(dq2.t(), dk2.t(), dv2.t(), ap, {{0, 0, 11, depth}, {1, 11, 20, 900}}, {&b3, &b4}, out2.t());
+        batch({{0, 0, 11, depth}, {1, 11, 20, 900}}, {&b3, &b4});
+        be_->attention(dq2.t(), dk2.t(), dv2.t(), ap, 0, out2.t());
         be_->reset_scratch();
         const std::vector<float> two = out2.get();
         ASSERT_TRUE(std::equal(all.begin(), all.begin() + 11 * H * D, two.begin())) << "depth " << depth;
@@ -455,7 +465,8 @@ TEST_P(Conformance, ssm_conv_matches_float64_and_keeps_the_last_states) {
     RingCase rc(*be_, size_t(C * S), 1, n_slots, head, state0, {0.0f});
     DevTensor dx(*be_, T, C, x), out(*be_, T, C);
     const GdnParams p{1, 1, 1, 1, K, 1e-6f};
-    be_->ssm_conv(dx.t(), w->w, p, {{0, 0, T, 0}}, {&rc.ring}, out.t());
+    batch({{0, 0, T, 0}}, {}, {&rc.ring});
+    be_->ssm_conv(dx.t(), w->w, p, 0, out.t());
     be_->reset_scratch();
     std::vector<double> state(state0.begin(), state0.end());
     std::vector<ref::Vec> kept;
@@ -494,7 +505,8 @@ TEST_P(Conformance, gated_delta_net_matches_float64_and_one_token_calls) {
         DevTensor du(*be_, T, C, u), db(*be_, T, Hv, beta), da(*be_, T, Hv, alpha), out(*be_, T, Hv * dv);
         RingCase rc(*be_, 1, slot, 3, 0, {0.0f}, s0);
         const GdnParams p{Hk, Hv, dk, dv, 4, 1e-6f};
-        be_->gated_delta_net(du.t(), db.t(), da.t(), dtb->w, a->w, p, {{0, 0, T, 0}}, {&rc.ring}, out.t());
+        batch({{0, 0, T, 0}}, {}, {&rc.ring});
+        be_->gated_delta_net(du.t(), db.t(), da.t(), dtb->w, a->w, p, 0, out.t());
         be_->reset_scratch();
         ref::Vec S(s0.begin(), s0.end());
         std::vector<ref::Vec> states;
@@ -509,8 +521,8 @@ TEST_P(Conformance, gated_delta_net_matches_float64_and_one_token_calls) {
         RingCase one(*be_, 1, slot, 1, 0, {0.0f}, s0);
         DevTensor one_out(*be_, T, Hv * dv);
         for (int64_t t = 0; t < T; ++t) {
-            be_->gated_delta_net(du.row(t), db.row(t), da.row(t), dtb->w, a->w, p, {{0, 0, 1, t}}, {&one.ring},
-                                 one_out.row(t));
+            batch({{0, 0, 1, t}}, {}, {&one.ring});
+            be_->gated_delta_net(du.row(t), db.row(t), da.row(t), dtb->w, a->w, p, 0, one_out.row(t));
             be_->reset_scratch();
         }
         ASSERT_EQ(one_out.get(), got) << "dk=" << dk;
@@ -535,8 +547,9 @@ TEST_P(Conformance, recurrent_ops_two_sequences_equal_each_alone) {
     RingCase r0(*be_, conv_floats, slot, 2, 0, c0, s0), r1(*be_, conv_floats, slot, 2, 1, c1, s1);
     DevTensor conv_out(*be_, 7, C), out(*be_, 7, Hv * dv);
     const std::vector<SeqSpan> spans = {{0, 0, 3, 10}, {1, 3, 4, 20}};
-    be_->ssm_conv(dx.t(), w->w, p, spans, {&r0.ring, &r1.ring}, conv_out.t());
-    be_->gated_delta_net(conv_out.t(), db.t(), da.t(), dtb->w, a->w, p, spans, {&r0.ring, &r1.ring}, out.t());
+    batch(spans, {}, {&r0.ring, &r1.ring});
+    be_->ssm_conv(dx.t(), w->w, p, 0, conv_out.t());
+    be_->gated_delta_net(conv_out.t(), db.t(), da.t(), dtb->w, a->w, p, 0, out.t());
     be_->reset_scratch();
     const std::vector<float> together = out.get();
     // alone
@@ -544,8 +557,9 @@ TEST_P(Conformance, recurrent_ops_two_sequences_equal_each_alone) {
     DevTensor alone_conv(*be_, 7, C), alone(*be_, 7, Hv * dv);
     for (const auto& [span, ring] :
          {std::pair{SeqSpan{0, 0, 3, 10}, &q0.ring}, std::pair{SeqSpan{1, 3, 4, 20}, &q1.ring}}) {
-        be_->ssm_conv(dx.t(), w->w, p, {span}, {ring}, alone_conv.t());
-        be_->gated_delta_net(alone_conv.t(), db.t(), da.t(), dtb->w, a->w, p, {span}, {ring}, alone.t());
+        batch({span}, {}, {ring});
+        be_->ssm_conv(dx.t(), w->w, p, 0, alone_conv.t());
+        be_->gated_delta_net(alone_conv.t(), db.t(), da.t(), dtb->w, a->w, p, 0, alone.t());
         be_->reset_scratch();
     }
     ASSERT_EQ(alone.get(), together);

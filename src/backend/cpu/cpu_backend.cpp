@@ -53,7 +53,7 @@ CpuBackend::CpuBackend(int n_threads, const Kernels* k)
     : pool_(ThreadPool::shared(n_threads)), k_(k ? k : &cpu::kernels()) {}
 
 CpuBackend::~CpuBackend() {
-    release_scratch();
+    arena_.release();
     for (void* p : packed_) dealloc(p);
 }
 
@@ -68,12 +68,20 @@ uint64_t CpuBackend::memory_available() const {
     return host_memory_available();
 }
 
-bool CpuBackend::supports_weight_type(DType t) const {
-    return k_->vec_dot[int(t)] != nullptr;
+bool CpuBackend::supports(Op op, DType t) const {
+    switch (op) {
+        case Op::get_rows:
+        case Op::matmul:
+        case Op::moe:
+            return k_->vec_dot[int(t)] != nullptr;
+        case Op::attention:
+            return t == DType::F32 || t == DType::F16;
+    }
+    return false;
 }
 
 Result<void> CpuBackend::prepare_weight(Weight& w) {
-    if (!supports_weight_type(w.type))
+    if (!supports(Op::matmul, w.type))
         return make_error("CPU backend: weight '" + w.name() + "' has unsupported type " + traits(w.type).name);
     if (!pack_weights_ || !w.multiplied || w.backend_data || !k_->packed_tile[int(w.type)][0] ||
         !packable(w.type, w.n_in()) || w.n_out() % k_pack_rows != 0)
@@ -346,11 +354,11 @@ void CpuBackend::add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f,
     });
 }
 
-void CpuBackend::rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) {
+void CpuBackend::rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta) {
     BM_CHECK(x.cols % head_dim == 0 && n_rot <= head_dim && n_rot % 2 == 0);
     const float theta_scale = std::pow(theta, -2.0f / float(n_rot));
     const int64_t half = n_rot / 2;
-    for (const SeqSpan& s : spans) {
+    for (const SeqSpan& s : batch().spans) {
         pool_->parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
             std::vector<float> cs(static_cast<size_t>(n_rot));
             for (int64_t i = b; i < e; ++i) {

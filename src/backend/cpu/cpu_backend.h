@@ -22,7 +22,10 @@ class CpuBackend : public Backend {
 
     std::string name() const override { return std::string("CPU (") + k_->isa + ")"; }
     int n_threads() const override { return pool_->size(); }
-    bool supports_weight_type(DType t) const override;
+    bool supports(Op op, DType t) const override;
+    void annotate(const char*) override {}
+    ScratchArena& scratch_arena() override { return arena_; }
+    void begin_batch(const BatchState& b) override { batch_ = &b; }
     Result<void> prepare_weight(Weight& w) override;
 
     uint64_t memory_available() const override;
@@ -42,15 +45,12 @@ class CpuBackend : public Backend {
     void swiglu(Tensor gate, Tensor up, Tensor out) override;
     void mul_sigmoid(Tensor x, Tensor gate, Tensor out) override;
     void add_gated(Tensor a, Tensor b, const Weight& gate_vec, Tensor f, Tensor out) override;
-    void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta, const std::vector<SeqSpan>& spans) override;
-    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
-                   const std::vector<KvBlock*>& kv, Tensor out) override;
+    void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta) override;
+    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override;
     void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) override;
-    void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
-                  const std::vector<RecurrentRing*>& rings, Tensor out) override;
+    void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, int64_t il, Tensor out) override;
     void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
-                         const GdnParams& p, const std::vector<SeqSpan>& spans,
-                         const std::vector<RecurrentRing*>& rings, Tensor out) override;
+                         const GdnParams& p, int64_t il, Tensor out) override;
 
     // Quantized-activation matrix product on raw rows (matmuls and the expert products), one
     // thread's share: rows [r_begin, r_end), row r's result at out[t * out_stride + r - r_begin]
@@ -83,6 +83,12 @@ class CpuBackend : public Backend {
     const Kernels& kernels() const { return *k_; }
 
   private:
+    const BatchState& batch() const {
+        BM_CHECK(batch_ != nullptr);
+        return *batch_;
+    }
+    ScratchArena arena_{*this};
+    const BatchState* batch_ = nullptr;
     std::shared_ptr<ThreadPool> pool_;
     const Kernels* k_;
     std::vector<std::vector<uint8_t>> qbufs_;  // matmuls: x quantized, one buffer per activation type

@@ -30,8 +30,9 @@ void store_row(DType type, void* base, int64_t pos, const float* src, int64_t wi
 
 }  // namespace
 
-void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, const std::vector<SeqSpan>& spans,
-                           const std::vector<KvBlock*>& kv, Tensor out) {
+void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) {
+    const std::vector<SeqSpan>& spans = batch().spans;
+    const std::vector<KvBlock*>& kv = batch().kv.at(size_t(il));
     const int64_t D = p.head_dim, width = p.n_head_kv * D;
     BM_CHECK(q.cols == p.n_head * D && k.cols == width && v.cols == width && out.cols == p.n_head * D);
     BM_CHECK(kv.size() == spans.size());

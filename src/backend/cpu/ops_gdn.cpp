@@ -29,8 +29,9 @@ void l2_normalize_heads(const float* src, float* dst, int64_t n_heads, int64_t d
 }
 }  // namespace
 
-void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, const std::vector<SeqSpan>& spans,
-                          const std::vector<RecurrentRing*>& rings, Tensor out) {
+void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, int64_t il, Tensor out) {
+    const std::vector<SeqSpan>& spans = batch().spans;
+    const std::vector<RecurrentRing*>& rings = batch().rs.at(size_t(il));
     const int64_t C = mixed.cols, K = p.conv_kernel, S = K - 1;
     BM_CHECK(conv_w.type == DType::F32 && conv_w.n_in() == K && conv_w.n_out() == C && out.cols == C);
     BM_CHECK(K >= 2 && K <= 8);
@@ -71,8 +72,9 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
 }
 
 void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
-                                 const GdnParams& p, const std::vector<SeqSpan>& spans,
-                                 const std::vector<RecurrentRing*>& rings, Tensor out) {
+                                 const GdnParams& p, int64_t il, Tensor out) {
+    const std::vector<SeqSpan>& spans = batch().spans;
+    const std::vector<RecurrentRing*>& rings = batch().rs.at(size_t(il));
     const int64_t Hk = p.n_k_heads, Hv = p.n_v_heads, dk = p.d_k, dv = p.d_v;
     const int64_t key_dim = Hk * dk;
     BM_CHECK(u.cols == 2 * key_dim + Hv * dv && out.cols == Hv * dv && beta.cols == Hv && alpha.cols == Hv);

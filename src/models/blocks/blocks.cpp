@@ -18,8 +18,7 @@ Result<Attention> load_attention(Model& m, int64_t il, bool gated) {
     return a;
 }
 
-Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, const ForwardBatch& batch,
-                 const std::vector<KvBlock*>& kv) {
+Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, int64_t il) {
     const int64_t T = x.rows, D = hp.head_dim, nq = hp.n_head * D, nkv = hp.n_head_kv * D;
     Tensor qg = be.scratch(T, w.q->n_out()), k = be.scratch(T, nkv), v = be.scratch(T, nkv);
     be.matmuls(x, {{w.q, qg}, {w.k, k}, {w.v, v}});
@@ -33,11 +32,11 @@ Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, c
     Tensor qn = be.scratch(T, nq), kn = be.scratch(T, nkv);
     be.rms_norm(q, *w.q_norm, hp.eps, qn);
     be.rms_norm(k, *w.k_norm, hp.eps, kn);
-    be.rope_neox(qn, D, hp.n_rot, hp.rope_theta, batch.spans);
-    be.rope_neox(kn, D, hp.n_rot, hp.rope_theta, batch.spans);
+    be.rope_neox(qn, D, hp.n_rot, hp.rope_theta);
+    be.rope_neox(kn, D, hp.n_rot, hp.rope_theta);
     AttentionParams p{hp.n_head, hp.n_head_kv, D, 1.0f / std::sqrt(float(D))};
     Tensor o = be.scratch(T, nq);
-    be.attention(qn, kn, v, p, batch.spans, kv, o);
+    be.attention(qn, kn, v, p, il, o);
     if (w.gated) be.mul_sigmoid(o, gate, o);
     Tensor out = be.scratch(T, hp.n_embd);
     be.matmul(*w.o, o, out);
@@ -60,17 +59,16 @@ Result<GatedDeltaNet> load_gdn(Model& m, int64_t il) {
     return g;
 }
 
-Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, Tensor x, const ForwardBatch& batch,
-                       const std::vector<RecurrentRing*>& rs) {
+Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, Tensor x, int64_t il) {
     const int64_t T = x.rows, Hv = hp.ssm_n_v_heads;
     Tensor mixed = be.scratch(T, hp.conv_dim()), z = be.scratch(T, hp.ssm_d_inner);
     Tensor beta = be.scratch(T, Hv), alpha = be.scratch(T, Hv);
     be.matmuls(x, {{w.qkv, mixed}, {w.gate, z}, {w.beta, beta}, {w.alpha, alpha}});
     GdnParams p{hp.ssm_n_k_heads, Hv, hp.ssm_d_state, hp.ssm_d_state, hp.ssm_conv_kernel, hp.eps};
     Tensor u = be.scratch(T, hp.conv_dim());
-    be.ssm_conv(mixed, *w.conv, p, batch.spans, rs, u);
+    be.ssm_conv(mixed, *w.conv, p, il, u);
     Tensor o = be.scratch(T, hp.ssm_d_inner);
-    be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, batch.spans, rs, o);
+    be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, il, o);
     Tensor on = be.scratch(T, hp.ssm_d_inner);
     be.rms_norm(o, *w.norm, hp.eps, on);
     be.swiglu(z, on, on);

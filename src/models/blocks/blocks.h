@@ -20,16 +20,15 @@ struct Attention {
     bool gated = false;
 };
 Result<Attention> load_attention(Model& m, int64_t il, bool gated);
-Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, const ForwardBatch& batch,
-                 const std::vector<KvBlock*>& kv);
+// Layer il of the batch (its KV blocks are the batch's kv[il]).
+Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, int64_t il);
 
 struct GatedDeltaNet {
     const Weight *qkv = nullptr, *gate = nullptr, *beta = nullptr, *alpha = nullptr, *conv = nullptr,
                  *dt_bias = nullptr, *a = nullptr, *norm = nullptr, *out = nullptr;
 };
 Result<GatedDeltaNet> load_gdn(Model& m, int64_t il);
-Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, Tensor x, const ForwardBatch& batch,
-                       const std::vector<RecurrentRing*>& rs);
+Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, Tensor x, int64_t il);
 
 struct DenseFfn {
     const Weight *gate = nullptr, *up = nullptr, *down = nullptr;
