@@ -171,6 +171,74 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     return res;
 }
 
+Result<std::vector<GenerateResult>> Generator::generate_together(const std::vector<Generator*>& gens,
+                                                                 const std::vector<GenerateParams>& params,
+                                                                 const std::vector<PieceFn>& on_piece) {
+    const size_t n = gens.size();
+    if (params.size() != n || on_piece.size() != n)
+        return make_error("generate_together: one parameter set and one callback per generator", ErrorKind::internal);
+    for (size_t i = 0; i < n; ++i) {
+        if (&gens[i]->ctx_ != &gens[0]->ctx_)
+            return make_error("generate_together: the generators must share one context", ErrorKind::internal);
+        for (size_t j = 0; j < i; ++j)
+            if (gens[j]->seq_ == gens[i]->seq_)
+                return make_error("generate_together: two generators on sequence " + std::to_string(gens[i]->seq_),
+                                  ErrorKind::internal);
+        if (gens[i]->speculative())
+            return make_error("generate_together: speculative decoding runs one sequence at a time",
+                              ErrorKind::unsupported);
+        if (gens[i]->logits_.empty()) return make_error("generate: feed a prompt first");
+    }
+    Context& ctx = gens[0]->ctx_;
+    std::vector<GenerateResult> res(n);
+    std::vector<std::unique_ptr<Output>> outs;
+    for (size_t i = 0; i < n; ++i) {
+        outs.push_back(std::make_unique<Output>(gens[i]->tok_, params[i], on_piece[i], res[i]));
+        if (gens[i]->prof_) gens[i]->prof_->set_phase("decode");
+    }
+    const auto t0 = Clock::now();
+    std::vector<bool> active(n, true);
+    std::vector<float> logits;
+    for (;;) {
+        std::vector<BatchToken> batch;
+        std::vector<size_t> owner;
+        for (size_t i = 0; i < n; ++i) {
+            if (!active[i]) continue;
+            Generator& g = *gens[i];
+            const GenerateParams& p = params[i];
+            if (p.n_predict >= 0 && int64_t(outs[i]->n()) >= p.n_predict) {
+                active[i] = false;
+                continue;
+            }
+            if (ctx.n_past(g.seq_) >= ctx.params().n_ctx) {
+                outs[i]->end(StopReason::context_full);
+                active[i] = false;
+                continue;
+            }
+            const int32_t id = g.sampler_.sample(g.logits_.data(), int32_t(g.logits_.size()));
+            const bool go_on = outs[i]->push(id, p.ignore_eos);
+            if (!go_on) active[i] = false;
+            if (!go_on && g.tok_.is_eog(id) && !p.ignore_eos) continue;  // as generate_plain
+            batch.push_back({id, g.seq_, true});
+            owner.push_back(i);
+        }
+        if (batch.empty()) break;
+        BM_TRY(ctx.decode(batch, &logits));
+        const size_t V = size_t(ctx.n_vocab());
+        for (size_t b = 0; b < batch.size(); ++b) std::copy_n(logits.data() + b * V, V, gens[owner[b]]->logits_.data());
+    }
+    const double s = since(t0);
+    for (size_t i = 0; i < n; ++i) {
+        outs[i]->finish();
+        if (res[i].stop == StopReason::none) res[i].stop = StopReason::length;
+        Generator& g = *gens[i];
+        g.history_.insert(g.history_.end(), res[i].tokens.begin(), res[i].tokens.end());
+        g.stats_.gen_tokens += int64_t(res[i].tokens.size());
+        g.stats_.gen_s += s;
+    }
+    return res;
+}
+
 // Every sampled token is processed (so the context holds it) unless it ends generation as
 // end-of-generation: a chat turn is then closed by the template's own text.
 Result<void> Generator::generate_plain(const GenerateParams& p, Output& out) {

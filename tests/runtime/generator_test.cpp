@@ -151,6 +151,56 @@ TEST(Generator, needs_a_fed_prompt) {
     EXPECT_NE(r.error().message.find("feed"), std::string::npos);
 }
 
+// Three sequences stepped together in one context give each sequence's result alone: greedy and
+// seeded sampling, different prompt lengths, one stopping early on its length.
+TEST(Generator, sequences_together_equal_each_alone) {
+    auto e = Engine::load(testing::fixtures_dir() + "/models/qwen35moe-tiny-f32.gguf", {.n_threads = 2});
+    ASSERT_TRUE(e.ok());
+    auto tok = Tokenizer::from_gguf((*e)->file());
+    ASSERT_TRUE(tok.ok());
+    const std::vector<std::string> prompts = {"The quick brown fox", "Hello", "A longer prompt about the sea and sky"};
+    std::vector<SamplerParams> sps(3);
+    sps[0].temp = 0;
+    sps[1].temp = 0.9f;
+    sps[1].seed = 11;
+    sps[2].temp = 0.7f;
+    sps[2].seed = 5;
+    std::vector<GenerateParams> gps(3);
+    for (auto& gp : gps) {
+        gp.n_predict = 20;
+        gp.ignore_eos = true;
+    }
+    gps[1].n_predict = 7;
+    auto noop = [](const Piece&) { return true; };
+    std::vector<GenerateResult> alone;
+    for (int i = 0; i < 3; ++i) {
+        auto ctx = (*e)->new_context({.n_ctx = 128});
+        ASSERT_TRUE(ctx.ok());
+        Generator g(**ctx, **tok, sps[size_t(i)]);
+        ASSERT_TRUE(g.feed((*tok)->encode(prompts[size_t(i)], true)).ok());
+        auto r = g.generate(gps[size_t(i)], noop);
+        ASSERT_TRUE(r.ok());
+        alone.push_back(*r);
+    }
+    auto ctx = (*e)->new_context({.n_ctx = 128, .n_seq_max = 3});
+    ASSERT_TRUE(ctx.ok());
+    std::vector<std::unique_ptr<Generator>> gens;
+    std::vector<Generator*> ptrs;
+    for (int i = 0; i < 3; ++i) {
+        gens.push_back(std::make_unique<Generator>(**ctx, **tok, sps[size_t(i)], i));
+        ASSERT_TRUE(gens.back()->feed((*tok)->encode(prompts[size_t(i)], true)).ok());
+        ptrs.push_back(gens.back().get());
+    }
+    auto together = Generator::generate_together(ptrs, gps, {noop, noop, noop});
+    ASSERT_TRUE(together.ok()) << together.error().message;
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ((*together)[i].tokens, alone[i].tokens) << "sequence " << i;
+        EXPECT_EQ((*together)[i].content, alone[i].content) << "sequence " << i;
+        EXPECT_EQ((*together)[i].stop, alone[i].stop) << "sequence " << i;
+    }
+    EXPECT_EQ((*together)[1].tokens.size(), 7u);
+}
+
 // Two turns through ChatSession equal the same conversation rendered and fed by hand.
 TEST(ChatSession, second_turn_feeds_only_the_new_text) {
     Fixture f = load(512);
