@@ -13,7 +13,7 @@ fi
 echo "== synthesizing a small Qwen3.5-MoE-shaped model (random weights)"
 "$bin" synth --arch qwen35moe --n-embd 512 --n-layer 8 --n-head 4 --n-head-kv 2 --head-dim 128 --n-rot 32 \
   --n-expert 32 --n-expert-used 4 --n-ff-exp 256 --n-ff-shexp 512 --ssm-d-state 128 --ssm-k-heads 2 \
-  --ssm-v-heads 4 --quant Q4_K_M -o "$out/demo-moe.gguf"
+  --ssm-v-heads 4 --quant Q4_K_M --force -o "$out/demo-moe.gguf"
 "$bin" info -m "$out/demo-moe.gguf" | sed -n 1,5p
 echo
 echo "== one chat turn (the weights are RANDOM, so the reply is gibberish; look at the speeds)"

@@ -1,5 +1,6 @@
 #include "bench/bench.h"
 
+#include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
@@ -263,12 +264,13 @@ std::string to_markdown(const std::vector<Record>& rs) {
                         std::snprintf(b, sizeof b, "%.2f", r.gbps());
                         return std::string(b);
                     }});
-    cols.push_back({"% bw", true, [](const Record& r) {
-                        if (r.gbps() <= 0 || r.machine_gbps <= 0) return std::string();
-                        char b[64];
-                        std::snprintf(b, sizeof b, "%.1f", 100.0 * r.gbps() / r.machine_gbps);
-                        return std::string(b);
-                    }});
+    if (std::any_of(rs.begin(), rs.end(), [](const Record& r) { return r.machine_gbps > 0; }))
+        cols.push_back({"% bw", true, [](const Record& r) {
+                            if (r.gbps() <= 0 || r.machine_gbps <= 0) return std::string();
+                            char b[64];
+                            std::snprintf(b, sizeof b, "%.1f", 100.0 * r.gbps() / r.machine_gbps);
+                            return std::string(b);
+                        }});
     cols.push_back({"TFLOP/s", true, [](const Record& r) {
                         if (r.tflops() <= 0) return std::string();
                         char b[64];

@@ -5,12 +5,12 @@
 #include <chrono>
 #include <cstdio>
 #include <ctime>
-#include <fstream>
 #include <map>
 #include <memory>
 #include <random>
 
 #include "bigmoe/bigmoe.h"
+#include "core/cpu_info.h"
 #include "gguf/file_type.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
@@ -19,14 +19,6 @@ namespace bigmoe::bench {
 
 namespace {
 using Clock = std::chrono::steady_clock;
-
-std::string cpu_name() {
-    std::ifstream f("/proc/cpuinfo");
-    std::string line;
-    while (std::getline(f, line))
-        if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-    return "unknown";
-}
 
 std::string now_iso() {
     char b[32];
@@ -191,7 +183,7 @@ Result<void> run_tests(const Matrix& mx) {
     Record row;
     row.build_commit = version_string();
     row.compiler = __VERSION__;
-    row.cpu_info = cpu_name();
+    row.cpu_info = cpu_model_name();
     row.backend = "CPU";
     row.model_filename = mx.path;
     row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or(gguf::key::general_name, "") + " " +

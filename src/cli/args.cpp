@@ -1,6 +1,7 @@
 #include "cli/args.h"
 
 #include <cerrno>
+#include <cmath>
 #include <cstdlib>
 
 namespace bigmoe::cli {
@@ -84,6 +85,7 @@ Result<double> Args::get_float(const std::string& name, double def) const {
     const double v = std::strtod(s.c_str(), &end);
     if (s.empty() || *end != '\0' || errno != 0)
         return make_error("option '" + name + "': '" + s + "' is not a number");
+    if (!std::isfinite(v)) return make_error("option '" + name + "': '" + s + "' is not a finite number");
     return v;
 }
 

@@ -12,6 +12,7 @@
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "core/memory.h"
 
 namespace bigmoe::cli {
 
@@ -29,7 +30,7 @@ const std::vector<OptionSpec> k_specs = {
     list_of(opt::cache_type_k),
     list_of(opt::cache_type_v),
     {"-ngl", "--n-gpu-layers", "N", "accepted for compatibility (the CPU backend ignores it)"},
-    {"-fa", "--flash-attn", "on|off", "accepted for compatibility (always on)"},
+    {"-fa", "--flash-attn", "LIST", "on, 1 or auto: bigmoe's attention is always fused (flash); 0 or off is refused"},
     {"-nr", "--no-repack", "LIST",
      "1: products on the file's row layout instead of packed weights (default 0; a list)"},
     {"-o", "--output", "FORMAT", "md (default), csv, json or jsonl"},
@@ -44,7 +45,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-td", "--threads-draft", "N", "threads for the draft (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", "N", "accepted for compatibility (the CPU backend ignores it)"},
     opt::profile,
-    {"", "--bw", "GBPS", "the machine's measured read bandwidth in GB/s (adds a % bw column)"},
+    {"", "--bw", "GBPS|auto", "the machine's read bandwidth in GB/s, or auto to measure it (adds a % bw column)"},
     opt::help,
 };
 
@@ -79,13 +80,44 @@ Result<std::vector<int64_t>> ints(const Args& a, const char* key, const std::str
     return out;
 }
 
+// Says before starting how much work a large matrix is: a range typed by mistake
+// (-p 1-100000+1) would otherwise run for hours with no word.
+void warn_if_long(const bench::Plan& p) {
+    int64_t longest = 0, tokens = 0, n_tests = 0;
+    for (const auto& t : p.tests) {
+        longest = std::max(longest, t.n_prompt + t.n_gen);
+        const int64_t rows = t.n_gen > 0 ? int64_t(p.specs.size()) : 1;
+        tokens += (t.n_prompt + t.n_gen) * (p.reps + 1) * rows;
+        n_tests += rows;
+    }
+    int64_t per_layout = 0;
+    for (const auto& c : p.configs) per_layout += c.depth + tokens;
+    const int64_t runs = int64_t(p.models.size() * p.threads.size() * p.no_repack.size());
+    const int64_t total = per_layout * runs;
+    n_tests *= int64_t(p.configs.size()) * runs;
+    // a few hundred tokens per second: prefill on a small CPU; decode is slower
+    constexpr double k_tokens_per_s = 300;
+    const double hours = double(total) / k_tokens_per_s / 3600;
+    if (n_tests > 200 || hours > 0.5 || longest > 65536)
+        std::fprintf(stderr,
+                     "bench: %lld tests of %lld repetitions and a warm-up, %lld tokens to process in all (the longest "
+                     "test %lld): at ~%.0f tokens/s that is roughly %.1f hours; Ctrl-C stops it\n",
+                     (long long)n_tests, (long long)p.reps, (long long)total, (long long)longest, k_tokens_per_s,
+                     hours);
+}
 }  // namespace
 
 int cmd_bench(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
-        std::printf("usage: bigmoe bench -m FILE [options]\n\n%s", format_help(k_specs).c_str());
+        std::printf(
+            "usage: bigmoe bench -m FILE [options]\n\n%s\n"
+            "A LIST is values separated by commas (-p 128,512), ranges with a step (-p 128-1024+128: 128, "
+            "256, ... 1024)\nor a factor (-p 128-4096*2: 128, 256, ... 4096), or a mix (-p 1,64-256*2); "
+            "every combination of the lists\nis a row. -o md prints a table after the last test, csv and "
+            "jsonl print each row as it finishes.\n",
+            format_help(k_specs).c_str());
         return 0;
     }
     auto models = list(*args, "--model", "");
@@ -93,18 +125,37 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto pp = ints(*args, "--n-prompt", "512", 0);
     auto tg = ints(*args, "--n-gen", "128", 0);
     auto depth = ints(*args, "--n-depth", "0", 0);
-    auto th = ints(*args, "--threads", std::to_string(std::thread::hardware_concurrency()), 1);
+    auto th = ints(*args, "--threads", "0", 0);
     auto nb = ints(*args, "--batch-size", "2048", 1);
     auto ub = ints(*args, "--ubatch-size", "512", 1);
     auto nrs = ints(*args, "--no-repack", "0", 0);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
-    auto bw = args->get_float("--bw", 0);
+    Result<double> bw = 0.0;
+    if (args->get("--bw") != "auto") bw = args->get_float("--bw", 0);
     for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs})
         if (!*r) return fail(r->error().message);
     for (int64_t v : *nrs)
         if (v > 1) return fail("bench: --no-repack takes 0 or 1");
     if (!reps) return fail(reps.error().message);
     if (!bw) return fail(bw.error().message);
+    if (*bw < 0) return fail("bench: --bw must be positive (GB/s), or auto");
+    auto fas = list(*args, "--flash-attn", "on");
+    if (!fas) return fail(fas.error().message);
+    const std::vector<std::string> fa_values = *fas;
+    for (const auto& v : fa_values)
+        if (v == "0" || v == "off")
+            return fail("bench: -fa " + v +
+                        ": bigmoe's attention is always fused (flash attention); there is no unfused path to measure");
+        else if (v != "1" && v != "on" && v != "auto")
+            return fail("bench: -fa takes on, off, auto, 1 or 0, got '" + v + "'");
+    if (args->has("--n-gpu-layers"))
+        std::fprintf(stderr, "note: bigmoe has no GPU backend yet; -ngl is ignored and every layer runs on the CPU\n");
+    for (int64_t b : *nb)
+        for (int64_t u : *ub)
+            if (u > b)
+                std::fprintf(stderr,
+                             "warning: -ub %lld is larger than -b %lld: micro-batches hold at most %lld tokens\n",
+                             (long long)u, (long long)b, (long long)b);
     auto ctks = list(*args, "--cache-type-k", "f16");
     auto ctvs = list(*args, "--cache-type-v", "f16");
     const std::string fmt = args->get("--output", "md");
@@ -129,7 +180,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto draft_maxes = ints(*args, "--draft-max", "8", 1);
     auto draft_min = args->get_int("--draft-min", 0, 0, 16);
     auto p_mins = list(*args, "--draft-p-min", "0");
-    auto td = args->get_int("--threads-draft", 0, 0, 1024);
+    auto td = args->get_int("--threads-draft", 0, 0, 4096);
     auto adapts = ints(*args, "--draft-adaptive", "1", 0);
     auto guards = ints(*args, "--draft-guard", "1", 0);
     if (!adapts) return fail(adapts.error().message);
@@ -154,7 +205,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                     for (const auto& ps : *p_mins) {
                         char* end = nullptr;
                         const double pm = std::strtod(ps.c_str(), &end);
-                        if (end == ps.c_str() || *end || pm < 0 || pm > 1)
+                        if (end == ps.c_str() || *end || !(pm >= 0 && pm <= 1))
                             return fail("bench: --draft-p-min takes probabilities in [0, 1], got '" + ps + "'");
                         specs.push_back({dm, x, pm, ad == 1, gd == 1});
                     }
@@ -187,13 +238,19 @@ int cmd_bench(const std::vector<std::string>& argv) {
                     if (!ctv) return fail(ctv.error().message);
                     for (int64_t d : *depth) plan.configs.push_back({b, u, d, *ctk, *ctv});
                 }
-    plan.threads = *th;
+    for (int64_t t : *th) plan.threads.push_back(resolve_threads(t));
     for (int64_t v : *nrs) plan.no_repack.push_back(v == 1);
     plan.reps = *reps;
     plan.draft_min = *draft_min;
-    plan.draft_threads = *td;
+    plan.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
     plan.profile = args->has("--profile");
     plan.machine_gbps = *bw;
+    if (args->get("--bw") == "auto") {
+        plan.machine_gbps = measure_read_bandwidth(plan.threads.front());
+        std::fprintf(stderr, "bench: read bandwidth %.1f GB/s (%d threads, 512 MiB)\n", plan.machine_gbps,
+                     int(plan.threads.front()));
+    }
+    warn_if_long(plan);
 
     bench::Events ev;
     ev.record = emit;

@@ -34,7 +34,7 @@ int cmd_logits(const std::vector<std::string>& argv) {
     if (!toks) return fail(toks.error().message);
     if (toks->empty()) return fail("logits: --tokens is empty");
     auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
-    auto th = args->get_int("--threads", 0, 0, 1024);
+    auto th = args->get_int("--threads", 0, 0, 4096);
     auto ctx = args->get_int("--ctx-size", int64_t(toks->size()), 1, int64_t(1) << 31);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
@@ -43,10 +43,14 @@ int cmd_logits(const std::vector<std::string>& argv) {
     if (!ctk) return fail(ctk.error().message);
     if (!ctv) return fail(ctv.error().message);
 
-    auto engine = Engine::load(args->get("--model"), {.n_threads = int(*th), .repack = !args->has("--no-repack")});
+    auto engine =
+        Engine::load(args->get("--model"), {.n_threads = resolve_threads(*th), .repack = !args->has("--no-repack")});
     if (!engine) return fail(engine.error().message);
     ContextParams cp;
-    cp.n_ctx = std::max<int64_t>(*ctx, int64_t(toks->size()));
+    if (*ctx < int64_t(toks->size()))
+        return fail("logits: " + std::to_string(toks->size()) + " tokens do not fit in -c " + std::to_string(*ctx) +
+                    " (raise -c, or leave it out: the default is the number of tokens)");
+    cp.n_ctx = *ctx;
     cp.n_ubatch = *ub;
     cp.type_k = *ctk;
     cp.type_v = *ctv;

@@ -7,6 +7,7 @@
 #include <csignal>
 #include <cstdio>
 #include <iostream>
+#include <sstream>
 
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
@@ -52,6 +53,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--reasoning", "on|off", "on|off: off renders the template with enable_thinking = false"},
     {"", "--show-thinking", "on|off", "on|off: print the <think>...</think> part (default on)"},
     {"", "--chat-template", "NAME", "chatml: use ChatML instead of the file's Jinja template"},
+    {"", "--context-shift", "", "chat: when the context is full, drop the oldest turns instead of stopping"},
     {"-md", "--model-draft", "FILE", "draft model for speculative decoding (same vocabulary)"},
     {"", "--draft-ngram", "", "speculative decoding with prompt-lookup drafts (no draft model; greedy)"},
     {"", "--draft-max", "N", "tokens drafted per step (default 8, at most 16)"},
@@ -139,8 +141,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
-        std::printf("usage: bigmoe run -m FILE (-p TEXT | -f FILE | -cnv) [options]\n\n%s",
-                    format_help(k_specs).c_str());
+        std::printf(
+            "usage: bigmoe run -m FILE (-p TEXT | -f FILE | -cnv | -st) [options]\n\n%s\n"
+            "In a conversation (-cnv): /exit or /quit ends it, /clear starts over, an empty line is not "
+            "sent.\n-st without -p or -f reads the message from standard input.\n",
+            format_help(k_specs).c_str());
         return 0;
     }
     if (!args->has("--model")) return fail("run: -m/--model is required");
@@ -154,9 +159,22 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (!t) return fail(t.error().message);
         prompt = *t;
     }
+    const bool single = args->has("--single-turn");
+    if (single && !args->has("--prompt") && !args->has("--file")) {
+        std::stringstream in;
+        in << std::cin.rdbuf();
+        prompt = in.str();
+        while (!prompt.empty() && (prompt.back() == '\n' || prompt.back() == '\r')) prompt.pop_back();
+        if (prompt.empty()) return fail("run: -st needs a message: -p TEXT, -f FILE or text on standard input");
+    }
+    if (!chat)
+        for (const char* o : {"--system-prompt", "--reasoning", "--chat-template", "--context-shift"})
+            if (args->has(o))
+                std::fprintf(
+                    stderr, "warning: %s has no effect without -cnv or -st (the prompt is continued as raw text)\n", o);
     auto n_predict = args->get_int("--n-predict", 256, -1, int64_t(1) << 31);
     auto n_ctx = args->get_int("--ctx-size", 4096, 8, int64_t(1) << 31);
-    auto threads = args->get_int("--threads", 0, 0, 1024);
+    auto threads = args->get_int("--threads", 0, 0, 4096);
     auto batch = args->get_int("--batch-size", 2048, 1, 1 << 20);
     auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
     for (auto* r : {&n_predict, &n_ctx, &threads, &batch, &ub})
@@ -171,13 +189,19 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!show) return fail(show.error().message);
 
     const bool repack = !args->has("--no-repack");
-    auto engine = Engine::load(args->get("--model"),
-                               {.n_threads = int(*threads), .profile = args->has("--profile"), .repack = repack});
+    auto engine =
+        Engine::load(args->get("--model"),
+                     {.n_threads = resolve_threads(*threads), .profile = args->has("--profile"), .repack = repack});
     if (!engine) return fail(engine.error().message);
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);
     auto sp = sampler_params(*args, (*engine)->file());
     if (!sp) return fail(sp.error().message);
+    if (args->has("--draft-ngram") && sp->temp > 0)
+        std::fprintf(stderr,
+                     "warning: --draft-ngram drafts greedily only: at --temp %g it decodes without drafts (--temp 0 "
+                     "drafts)\n",
+                     double(sp->temp));
     ContextParams cp;
     cp.n_ctx = *n_ctx;
     cp.n_ubatch = std::min(*ub, *batch);
@@ -208,9 +232,9 @@ int cmd_run(const std::vector<std::string>& argv) {
         spec = {int(*dmax), int(*dmin), float(*pmin), *adapt == 1, *gd == 1};
     }
     if (args->has("--model-draft")) {
-        auto td = args->get_int("--threads-draft", *threads, 0, 1024);
+        auto td = args->get_int("--threads-draft", *threads, 0, 4096);
         if (!td) return fail(td.error().message);
-        auto de = Engine::load(args->get("--model-draft"), {.n_threads = int(*td), .repack = repack});
+        auto de = Engine::load(args->get("--model-draft"), {.n_threads = resolve_threads(*td), .repack = repack});
         if (!de) return fail(de.error().message);
         if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
         draft_engine = std::move(*de);
@@ -276,6 +300,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
 
     std::string source;
+    const bool shift = args->has("--context-shift");
     if (args->has("--chat-template")) {
         const std::string t = args->get("--chat-template");
         if (t != "chatml") return fail("run: --chat-template takes 'chatml' (the file's own template is the default)");
@@ -293,17 +318,32 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (first && !prompt.empty()) {
             user = prompt;
         } else {
-            if (args->has("--single-turn")) break;
+            if (single) break;
             std::fprintf(stderr, "\n> ");
             if (!std::getline(std::cin, user)) break;
             if (user == "/exit" || user == "/quit") break;
+            if (user == "/clear") {
+                session->clear();
+                std::fprintf(stderr, "[the conversation starts over]\n");
+                continue;
+            }
+            if (user.find_first_not_of(" \t\r") == std::string::npos) continue;
         }
         first = false;
         g_interrupt.store(false);
         auto out = session->send(user, gp, print);
-        if (!out) return fail(out.error().message);
+        while (!out && out.error().kind == ErrorKind::resource_exhausted && shift && session->drop_oldest_turn()) {
+            std::fprintf(stderr, "[context full: the oldest turn is dropped]\n");
+            out = session->send(user, gp, print);
+        }
+        if (!out) {
+            if (out.error().kind != ErrorKind::resource_exhausted || single) return fail(out.error().message);
+            std::fprintf(stderr, "[context full: %s. /clear starts over%s]\n", out.error().message.c_str(),
+                         shift ? "" : "; --context-shift drops the oldest turns instead");
+            continue;
+        }
         print_stop(*out, **ctx);
-        if (args->has("--single-turn")) break;
+        if (single) break;
     }
     report();
     return 0;

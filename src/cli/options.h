@@ -14,7 +14,7 @@ inline const OptionSpec model{"-m", "--model", "FILE", "model file (GGUF)"};
 inline const OptionSpec prompt{"-p", "--prompt", "TEXT", "prompt text"};
 inline const OptionSpec file{"-f", "--file", "FILE", "read the prompt from a file"};
 inline const OptionSpec output{"-o", "--output", "FILE", "output file", "--out"};
-inline const OptionSpec threads{"-t", "--threads", "N", "threads (default: all cores)"};
+inline const OptionSpec threads{"-t", "--threads", "N", "threads (default and 0: the physical cores)"};
 inline const OptionSpec ctx_size{"-c", "--ctx-size", "N", "context size in positions"};
 inline const OptionSpec batch_size{"-b", "--batch-size", "N", "logical batch size (default 2048)"};
 inline const OptionSpec ubatch_size{"-ub", "--ubatch-size", "N", "micro-batch size (default 512)"};
@@ -31,6 +31,9 @@ namespace bigmoe::cli {
 
 // A -ctk / -ctv value ("f16"); `which` names the flag in the error.
 Result<DType> parse_cache_type(const std::string& s, const char* which);
+// A -t value: 0 is the physical cores; more than the machine's hardware threads is allowed with
+// a warning (once per process) saying what it costs.
+int resolve_threads(int64_t asked);
 // The whole file (a prompt, a text to tokenize).
 Result<std::string> read_text_file(const std::string& path);
 

@@ -1,7 +1,11 @@
 #include "core/memory.h"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <thread>
+#include <vector>
 
 namespace bigmoe {
 
@@ -14,6 +18,39 @@ uint64_t host_memory_available() {
         f.ignore(1 << 10, '\n');
     }
     return UINT64_MAX;
+}
+
+double measure_read_bandwidth(int threads) {
+    const size_t n = (size_t(512) << 20) / sizeof(uint64_t);
+    std::vector<uint64_t> buf(n, 1);  // written once: the pages exist before the timed passes
+    threads = std::max(threads, 1);
+    double best = 0;
+    for (int pass = 0; pass < 4; ++pass) {
+        std::vector<uint64_t> sums(size_t(threads), 0);
+        std::vector<std::thread> ts;
+        const auto t0 = std::chrono::steady_clock::now();
+        for (int t = 0; t < threads; ++t)
+            ts.emplace_back([&, t] {
+                const size_t b = n * size_t(t) / size_t(threads), e = n * size_t(t + 1) / size_t(threads);
+                uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+                size_t i = b;
+                for (; i + 4 <= e; i += 4) {
+                    s0 += buf[i];
+                    s1 += buf[i + 1];
+                    s2 += buf[i + 2];
+                    s3 += buf[i + 3];
+                }
+                for (; i < e; ++i) s0 += buf[i];
+                sums[size_t(t)] = s0 + s1 + s2 + s3;
+            });
+        for (auto& t : ts) t.join();
+        const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+        uint64_t total = 0;
+        for (uint64_t x : sums) total += x;
+        if (total != n) return 0;  // the loop was optimised away or wrong: no number rather than a false one
+        best = std::max(best, double(n * sizeof(uint64_t)) / s / 1e9);
+    }
+    return best;
 }
 
 std::string format_bytes(uint64_t bytes) {

@@ -1,5 +1,7 @@
 #include "runtime/chat_session.h"
 
+#include <algorithm>
+
 namespace bigmoe {
 
 Result<ChatSession> ChatSession::create(Generator& gen, std::string source, const ChatOptions& opt) {
@@ -23,8 +25,18 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
     auto text = fmt_.render(messages_, opt_);
     if (!text) return text.error();
     // Feed only what this turn adds to the rendered conversation (llama.cpp's delta rule).
-    const std::string delta = text->rfind(fed_, 0) == 0 ? text->substr(fed_.size()) : *text;
-    BM_TRY(gen_->feed(tok.encode(delta, true)));
+    const bool continues = text->rfind(fed_, 0) == 0;
+    const std::vector<int32_t> delta = tok.encode(continues ? text->substr(fed_.size()) : *text, true);
+    Context& ctx = gen_->context();
+    const int64_t start = continues ? ctx.n_past(gen_->seq()) : 0;
+    if (start + int64_t(delta.size()) + 1 > ctx.params().n_ctx) {
+        messages_.erase(messages_.end() - 1);
+        return make_error("the conversation needs " + std::to_string(start + int64_t(delta.size()) + 1) +
+                              " positions, the context has " + std::to_string(ctx.params().n_ctx),
+                          ErrorKind::resource_exhausted);
+    }
+    if (!continues) gen_->reset();
+    BM_TRY(gen_->feed(delta));
     fed_ = *text;
     auto res = gen_->generate(p, on_piece);
     if (!res) return res.error();
@@ -40,7 +52,6 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
     for (int32_t id : res->tokens) generated += tok.token_bytes(id, true);
     if (closed->rfind(fed_ + generated, 0) == 0) {
         const std::string tail = closed->substr(fed_.size() + generated.size());
-        Context& ctx = gen_->context();
         // room for the tail and the next turn's first tokens
         constexpr int64_t k_room = 8;
         if (!tail.empty() && ctx.n_past(gen_->seq()) + k_room < ctx.params().n_ctx)
@@ -48,6 +59,26 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
     }
     fed_ = *closed;
     return res;
+}
+
+bool ChatSession::drop_oldest_turn() {
+    auto is_user = [](const nlohmann::ordered_json& m) { return m.value("role", "") == "user"; };
+    auto first = std::find_if(messages_.begin(), messages_.end(), is_user);
+    if (first == messages_.end()) return false;
+    auto next = std::find_if(first + 1, messages_.end(), is_user);
+    messages_.erase(first, next);
+    fed_.clear();
+    gen_->reset();
+    return true;
+}
+
+void ChatSession::clear() {
+    nlohmann::ordered_json kept = nlohmann::ordered_json::array();
+    for (const auto& m : messages_)
+        if (m.value("role", "") == "system") kept.push_back(m);
+    messages_ = kept;
+    fed_.clear();
+    gen_->reset();
 }
 
 }  // namespace bigmoe

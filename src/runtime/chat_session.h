@@ -24,7 +24,15 @@ class ChatSession {
     // Adds the user's message, feeds what it adds to the conversation, generates the reply and
     // closes the turn as the template would (the closing text is fed when the context has room).
     Result<GenerateResult> send(const std::string& user, const GenerateParams& p, const PieceFn& on_piece);
+    // The turn is refused (resource_exhausted, nothing changed) when its new text does not fit in
+    // the context: drop_oldest_turn() or clear() make room.
     const nlohmann::ordered_json& messages() const { return messages_; }
+    // Removes the first user message and what follows it up to the next user message (system
+    // messages stay); the context starts over and the next send feeds the whole conversation.
+    // False when there is no turn to drop.
+    bool drop_oldest_turn();
+    // Forgets every turn (system messages stay) and the context.
+    void clear();
 
   private:
     ChatSession(Generator& gen, ChatFormatter fmt, const ChatOptions& opt, bool builtin)

@@ -2,6 +2,7 @@
 
 #include "backend/profiler.h"
 #include "bigmoe/bigmoe.h"
+#include "core/cpu_info.h"
 
 namespace bigmoe {
 
@@ -18,8 +19,8 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     auto f = gguf::GgufFile::open(path);
     if (!f) return f.error();
     e->file_ = std::move(*f);
-    int threads = opts.n_threads > 0 ? opts.n_threads : int(std::thread::hardware_concurrency());
-    e->backend_ = make_cpu_backend(threads > 0 ? threads : 1, opts.repack);
+    const int threads = opts.n_threads > 0 ? opts.n_threads : physical_cores();
+    e->backend_ = make_cpu_backend(threads, opts.repack);
     if (opts.profile) {
         auto p = std::make_unique<ProfiledBackend>(std::move(e->backend_));
         e->profiler_ = p.get();

@@ -136,6 +136,14 @@ void Generator::set_prompt_lookup(const SpecParams& p) {
     spec_ = p;
 }
 
+void Generator::reset() {
+    ctx_.clear(seq_);
+    if (draft_) draft_->clear(seq_);
+    logits_.clear();
+    history_.clear();
+    sampler_.reset();
+}
+
 Result<void> Generator::feed(const std::vector<int32_t>& tokens) {
     if (tokens.empty()) return {};
     if (prof_) prof_->set_phase("prefill");

@@ -81,6 +81,8 @@ class Generator {
     // Times sampling and marks the prefill / decode phases on a profiler.
     void set_profiler(ProfiledBackend* prof) { prof_ = prof; }
 
+    // Forgets the sequence (target and draft): the next feed starts at position 0.
+    void reset();
     // Processes tokens (a prompt, or the text closing a chat turn) on the target and the draft.
     Result<void> feed(const std::vector<int32_t>& tokens);
     // Generates after what was fed; on_piece sees every token. Needs a fed token first.
