@@ -40,8 +40,55 @@ std::string encode_utf8(const std::vector<uint32_t>& cps) {
     return s;
 }
 
+namespace {
+// The range the byte after lead byte b must fall in (Unicode Table 3-7), and how many
+// continuation bytes the sequence has; 0: b cannot start a sequence.
+int expected_length(uint8_t b, uint8_t* lo, uint8_t* hi) {
+    *lo = 0x80;
+    *hi = 0xBF;
+    if (b >= 0xC2 && b <= 0xDF) return 1;
+    if (b >= 0xE0 && b <= 0xEF) {
+        if (b == 0xE0) *lo = 0xA0;
+        if (b == 0xED) *hi = 0x9F;
+        return 2;
+    }
+    if (b >= 0xF0 && b <= 0xF4) {
+        if (b == 0xF0) *lo = 0x90;
+        if (b == 0xF4) *hi = 0x8F;
+        return 3;
+    }
+    return 0;
+}
+}  // namespace
+
+// Each maximal subpart of an ill-formed sequence becomes one U+FFFD (the Unicode
+// recommendation that Python and browsers follow): " \xE2\x80'" is " \uFFFD'", not two.
 std::string sanitize_utf8(const std::string& s) {
-    return encode_utf8(decode_utf8(s));
+    static const char k_replacement[] = "\xEF\xBF\xBD";
+    std::string out;
+    out.reserve(s.size());
+    const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+    const size_t n = s.size();
+    for (size_t i = 0; i < n;) {
+        if (p[i] < 0x80) {
+            out += char(p[i++]);
+            continue;
+        }
+        uint8_t lo, hi;
+        const int need = expected_length(p[i], &lo, &hi);
+        size_t j = i + 1;
+        for (int k = 0; k < need && j < n; ++k, ++j) {
+            if (p[j] < lo || p[j] > hi) break;
+            lo = 0x80;  // only the second byte has a narrower range
+            hi = 0xBF;
+        }
+        if (need > 0 && j - i == size_t(need) + 1)
+            out.append(s, i, j - i);
+        else
+            out += k_replacement;
+        i = j;
+    }
+    return out;
 }
 
 std::string nfc(const std::string& s) {
