@@ -18,7 +18,7 @@
 namespace bigmoe {
 
 struct LoadOptions {
-    int n_threads = 0;     // 0: all hardware threads
+    int n_threads = 0;     // 0: the physical cores
     bool profile = false;  // wrap the backend in a ProfiledBackend
     bool repack = true;    // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
 };
@@ -33,6 +33,9 @@ class Engine {
     const gguf::GgufFile& file() const { return *file_; }
     Model& model() { return *model_; }
     Backend& backend() { return *backend_; }
+    // One line for the log: model, size, parameters, backend, threads, context, KV bytes and
+    // the load time.
+    std::string describe(const Context& ctx, double load_seconds) const;
     // The profiler when loaded with LoadOptions::profile, else nullptr.
     ProfiledBackend* profiler() { return profiler_; }
 

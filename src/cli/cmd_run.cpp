@@ -2,11 +2,16 @@
 // chats with the model's template (conversation state is kept between turns: each turn feeds
 // only its new tokens); `-st` answers one turn and exits. Text streams to stdout as generated,
 // speeds go to stderr, Ctrl-C stops generation cleanly.
+#include <sys/mman.h>
+
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <iostream>
+#include <random>
 #include <sstream>
 
 #include "bigmoe/bigmoe.h"
@@ -28,14 +33,14 @@ const std::vector<OptionSpec> k_specs = {
     opt::model,
     {"-p", "--prompt", "TEXT", "prompt (raw text; the first user message with -cnv/-st)"},
     opt::file,
-    {"-n", "--n-predict", "N", "tokens to generate (default 256, -1: until end of generation)"},
+    {"-n", "--n-predict", "N", "tokens to generate (default 256, -1: until end of generation)", "--predict"},
     with_default(opt::ctx_size, "4096"),
     opt::threads,
     opt::batch_size,
     opt::ubatch_size,
     opt::cache_type_k,
     opt::cache_type_v,
-    {"", "--temp", "T", "temperature (default: the file's general.sampling.temp or 0.8; 0 = greedy)"},
+    {"", "--temp", "T", "temperature (default: the file's general.sampling.temp or 0.8; 0 = greedy)", "--temperature"},
     {"", "--top-k", "N", "top-k (default 40)"},
     {"", "--top-p", "P", "top-p (default 0.95)"},
     {"", "--min-p", "P", "min-p (default 0.05)"},
@@ -43,16 +48,24 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--repeat-last-n", "N", "tokens the penalties look back (default 64)"},
     {"", "--presence-penalty", "X", "presence penalty (default 0)"},
     {"", "--frequency-penalty", "X", "frequency penalty (default 0)"},
-    {"-s", "--seed", "N", "sampling seed (default: random)"},
+    {"-s", "--seed", "N", "sampling seed (default and -1: random, printed)"},
     {"", "--ignore-eos", "", "keep generating past end-of-generation tokens"},
     {"", "--special", "", "print control tokens"},
     {"-sys", "--system-prompt", "TEXT", "system message (chat)"},
+    {"-sysf", "--system-prompt-file", "FILE", "system message from a file (chat)"},
+    {"-e", "--escape", "", "process \\n, \\t, \\\\, \\\" and \\' in -p and -sys (the default)"},
+    {"", "--no-escape", "", "take -p and -sys literally"},
+    {"-r", "--reverse-prompt", "TEXT", "stop generating at this text (repeatable); in -cnv the turn goes back to you"},
     {"-cnv", "--conversation", "", "interactive chat with the model's chat template"},
     {"", "--chat", "", "same as -cnv"},
     {"-st", "--single-turn", "", "chat: answer one turn, then exit"},
     {"", "--reasoning", "on|off", "on|off: off renders the template with enable_thinking = false"},
     {"", "--show-thinking", "on|off", "on|off: print the <think>...</think> part (default on)"},
     {"", "--chat-template", "NAME", "chatml: use ChatML instead of the file's Jinja template"},
+    {"", "--chat-template-file", "FILE", "a Jinja chat template to use instead of the file's"},
+    {"", "--jinja", "", "render the chat with the Jinja template (the default)"},
+    {"", "--no-jinja", "", "render the chat with the built-in ChatML template"},
+    {"", "--verbose-prompt", "", "print the prompt's tokens (raw) or the rendered chat text before generating"},
     {"", "--context-shift", "", "chat: when the context is full, drop the oldest turns instead of stopping"},
     {"-md", "--model-draft", "FILE", "draft model for speculative decoding (same vocabulary)"},
     {"", "--draft-ngram", "", "speculative decoding with prompt-lookup drafts (no draft model; greedy)"},
@@ -66,6 +79,13 @@ const std::vector<OptionSpec> k_specs = {
      "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"},
     {"-td", "--threads-draft", "N", "threads for the draft model (default: as -t)"},
     {"-ngld", "--gpu-layers-draft", "N", "accepted for compatibility (CPU backend)"},
+    {"-ngl", "--n-gpu-layers", "N", "layers on the GPU: bigmoe has no GPU backend yet, every layer runs on the CPU"},
+    {"-fa", "--flash-attn", "on|off|auto", "on or auto: attention is always fused (flash); off is refused"},
+    {"", "--no-mmap", "", "accepted: the weights are read from the mapped file, or packed into memory at load"},
+    {"", "--mlock", "", "keep the model's memory resident (mlockall; a warning if the system refuses)"},
+    {"", "--no-warmup", "", "accepted: run does no warm-up pass"},
+    {"", "--perf", "", "print the timings (always printed on stderr)"},
+    {"-v", "--log-verbose", "", "more on stderr: the load line's details, each turn's stop reason"},
     opt::profile,
     opt::no_repack,
     opt::help,
@@ -118,13 +138,50 @@ Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
     auto ln = a.get_int("--repeat-last-n", p.penalty_last_n, 0, 1 << 20);
     if (!ln) return ln.error();
     p.penalty_last_n = int32_t(*ln);
-    auto seed = a.get_int("--seed", int64_t(Clock::now().time_since_epoch().count() & 0x7fffffff), 0, INT64_MAX);
+    auto seed = a.get_int("--seed", -1, -1, INT64_MAX);
     if (!seed) return seed.error();
-    p.seed = uint64_t(*seed);
+    if (*seed < 0) {  // llama.cpp's -s -1: a random seed, printed so the run can be repeated
+        p.seed = uint64_t(std::random_device{}()) & 0x7fffffff;
+        std::fprintf(stderr, "seed: %llu\n", (unsigned long long)p.seed);
+    } else {
+        p.seed = uint64_t(*seed);
+    }
     if (p.temp < 0 || p.top_p <= 0 || p.top_p > 1 || p.min_p < 0 || p.min_p > 1 || p.repeat_penalty <= 0)
         return make_error(
             "run: sampling values out of range (temp >= 0, 0 < top-p <= 1, 0 <= min-p <= 1, repeat-penalty > 0)");
     return p;
+}
+
+// llama.cpp's escapes in -p and -sys: \n \r \t \\ \" \'; any other backslash stays.
+std::string unescape(const std::string& s) {
+    std::string out;
+    for (size_t i = 0; i < s.size(); ++i) {
+        if (s[i] != '\\' || i + 1 == s.size()) {
+            out += s[i];
+            continue;
+        }
+        const char c = s[++i];
+        switch (c) {
+            case 'n':
+                out += '\n';
+                break;
+            case 'r':
+                out += '\r';
+                break;
+            case 't':
+                out += '\t';
+                break;
+            case '\\':
+            case '"':
+            case '\'':
+                out += c;
+                break;
+            default:
+                out += '\\';
+                out += c;
+        }
+    }
+    return out;
 }
 
 Result<bool> on_off(const Args& a, const char* key, bool def) {
@@ -153,13 +210,50 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!chat && !args->has("--prompt") && !args->has("--file"))
         return fail("run: give -p/--prompt, -f/--file or -cnv");
     if (args->has("--prompt") && args->has("--file")) return fail("run: give only one of -p and -f");
-    std::string prompt = args->get("--prompt");
+    const bool escape = !args->has("--no-escape");
+    std::string prompt = escape ? unescape(args->get("--prompt")) : args->get("--prompt");
     if (args->has("--file")) {
         auto t = read_text_file(args->get("--file"));
         if (!t) return fail(t.error().message);
         prompt = *t;
     }
     const bool single = args->has("--single-turn");
+    if (args->has("--system-prompt") && args->has("--system-prompt-file"))
+        return fail("run: give only one of -sys and -sysf");
+    std::string system = escape ? unescape(args->get("--system-prompt")) : args->get("--system-prompt");
+    if (args->has("--system-prompt-file")) {
+        auto t = read_text_file(args->get("--system-prompt-file"));
+        if (!t) return fail(t.error().message);
+        system = *t;
+    }
+    std::string template_source;  // empty: the file's own
+    if (args->has("--chat-template") + args->has("--chat-template-file") + args->has("--no-jinja") > 1)
+        return fail("run: give only one of --chat-template, --chat-template-file and --no-jinja");
+    if (args->has("--chat-template")) {
+        if (args->get("--chat-template") != "chatml")
+            return fail(
+                "run: --chat-template takes 'chatml' (the file's own template is the default; "
+                "--chat-template-file reads another Jinja template)");
+        template_source = "chatml";
+    }
+    if (args->has("--no-jinja")) template_source = "chatml";
+    if (args->has("--chat-template-file")) {
+        auto t = read_text_file(args->get("--chat-template-file"));
+        if (!t) return fail(t.error().message);
+        if (t->empty()) return fail("run: the chat template file '" + args->get("--chat-template-file") + "' is empty");
+        template_source = *t;
+    }
+    if (args->has("--flash-attn")) {
+        const std::string fa = args->get("--flash-attn");
+        if (fa == "off" || fa == "0")
+            return fail("run: -fa " + fa + ": bigmoe's attention is always fused (flash attention)");
+        if (fa != "on" && fa != "1" && fa != "auto") return fail("run: -fa takes on, off or auto, got '" + fa + "'");
+    }
+    if (args->has("--n-gpu-layers"))
+        std::fprintf(stderr, "note: bigmoe has no GPU backend yet; -ngl is ignored and every layer runs on the CPU\n");
+    if (args->has("--mlock") && mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
+        std::fprintf(stderr, "warning: --mlock: the system refused to lock the memory (%s); running without\n",
+                     std::strerror(errno));
     if (single && !args->has("--prompt") && !args->has("--file")) {
         std::stringstream in;
         in << std::cin.rdbuf();
@@ -168,7 +262,8 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (prompt.empty()) return fail("run: -st needs a message: -p TEXT, -f FILE or text on standard input");
     }
     if (!chat)
-        for (const char* o : {"--system-prompt", "--reasoning", "--chat-template", "--context-shift"})
+        for (const char* o : {"--system-prompt", "--system-prompt-file", "--reasoning", "--chat-template",
+                              "--chat-template-file", "--no-jinja", "--context-shift"})
             if (args->has(o))
                 std::fprintf(
                     stderr, "warning: %s has no effect without -cnv or -st (the prompt is continued as raw text)\n", o);
@@ -189,10 +284,12 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!show) return fail(show.error().message);
 
     const bool repack = !args->has("--no-repack");
+    const auto load_t0 = Clock::now();
     auto engine =
         Engine::load(args->get("--model"),
                      {.n_threads = resolve_threads(*threads), .profile = args->has("--profile"), .repack = repack});
     if (!engine) return fail(engine.error().message);
+    const double load_s = std::chrono::duration<double>(Clock::now() - load_t0).count();
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);
     auto sp = sampler_params(*args, (*engine)->file());
@@ -213,6 +310,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     cp.type_v = *ctv;
     auto ctx = (*engine)->new_context(cp);
     if (!ctx) return fail(ctx.error().message);
+    std::fprintf(stderr, "%s\n", (*engine)->describe(**ctx, load_s).c_str());
     std::signal(SIGINT, on_sigint);
     std::unique_ptr<Engine> draft_engine;
     std::unique_ptr<Context> draft_ctx;
@@ -251,6 +349,8 @@ int cmd_run(const std::vector<std::string>& argv) {
     gp.n_predict = *n_predict;
     gp.ignore_eos = args->has("--ignore-eos");
     gp.special = args->has("--special");
+    gp.stop = args->get_all("--reverse-prompt");
+    const bool verbose = args->has("--log-verbose");
     const PieceFn print = printer(*show);
     auto report = [&] {
         const GenerationStats& gs = g.stats();
@@ -288,6 +388,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     if (!chat) {
         const auto tokens = (*tok)->encode(prompt, /*parse_special=*/true, /*add_special=*/true);
         if (tokens.empty()) return fail("run: the prompt is empty");
+        if (args->has("--verbose-prompt")) {
+            std::fprintf(stderr, "prompt: %zu tokens:", tokens.size());
+            for (int32_t t : tokens) std::fprintf(stderr, " %d", t);
+            std::fprintf(stderr, "\n");
+        }
         if (int64_t(tokens.size()) >= cp.n_ctx)
             return fail("run: the prompt has " + std::to_string(tokens.size()) + " tokens, the context only " +
                         std::to_string(cp.n_ctx) + " (raise -c)");
@@ -299,19 +404,16 @@ int cmd_run(const std::vector<std::string>& argv) {
         return 0;
     }
 
-    std::string source;
     const bool shift = args->has("--context-shift");
-    if (args->has("--chat-template")) {
-        const std::string t = args->get("--chat-template");
-        if (t != "chatml") return fail("run: --chat-template takes 'chatml' (the file's own template is the default)");
-        source = "chatml";
-    }
     ChatOptions opt;
     opt.enable_thinking = *reasoning;
-    auto session = ChatSession::create(g, source, opt);
+    auto session = ChatSession::create(g, template_source, opt);
     if (!session) return fail(session.error().message);
     if (session->builtin_chatml()) std::fprintf(stderr, "note: the model has no chat template; using ChatML\n");
-    if (args->has("--system-prompt")) session->add_system(args->get("--system-prompt"));
+    if (!system.empty()) session->add_system(system);
+    if (args->has("--verbose-prompt"))
+        session->set_on_feed(
+            [](const std::string& text) { std::fprintf(stderr, "[prompt]%s[/prompt]\n", text.c_str()); });
     bool first = true;
     for (;;) {
         std::string user;
@@ -343,6 +445,7 @@ int cmd_run(const std::vector<std::string>& argv) {
             continue;
         }
         print_stop(*out, **ctx);
+        if (verbose) std::fprintf(stderr, "\n[stop: %s]\n", stop_reason_name(out->stop));
         if (single) break;
     }
     report();

@@ -26,7 +26,8 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
     if (!text) return text.error();
     // Feed only what this turn adds to the rendered conversation (llama.cpp's delta rule).
     const bool continues = text->rfind(fed_, 0) == 0;
-    const std::vector<int32_t> delta = tok.encode(continues ? text->substr(fed_.size()) : *text, true);
+    const std::string delta_text = continues ? text->substr(fed_.size()) : *text;
+    const std::vector<int32_t> delta = tok.encode(delta_text, true);
     Context& ctx = gen_->context();
     const int64_t start = continues ? ctx.n_past(gen_->seq()) : 0;
     if (start + int64_t(delta.size()) + 1 > ctx.params().n_ctx) {
@@ -36,6 +37,7 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
                           ErrorKind::resource_exhausted);
     }
     if (!continues) gen_->reset();
+    if (on_feed_) on_feed_(delta_text);
     BM_TRY(gen_->feed(delta));
     fed_ = *text;
     auto res = gen_->generate(p, on_piece);

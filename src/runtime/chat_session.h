@@ -2,6 +2,7 @@
 // what each turn adds to the rendered text fed to the model (the context keeps the rest).
 #pragma once
 
+#include <functional>
 #include <string>
 
 #include <nlohmann/json.hpp>
@@ -33,6 +34,8 @@ class ChatSession {
     bool drop_oldest_turn();
     // Forgets every turn (system messages stay) and the context.
     void clear();
+    // Called with the text each turn feeds (the rendered template's new part), before feeding.
+    void set_on_feed(std::function<void(const std::string&)> fn) { on_feed_ = std::move(fn); }
 
   private:
     ChatSession(Generator& gen, ChatFormatter fmt, const ChatOptions& opt, bool builtin)
@@ -43,6 +46,7 @@ class ChatSession {
     bool builtin_;
     nlohmann::ordered_json messages_ = nlohmann::ordered_json::array();
     std::string fed_;  // the conversation as rendered so far (what the context holds)
+    std::function<void(const std::string&)> on_feed_;
 };
 
 }  // namespace bigmoe

@@ -3,6 +3,7 @@
 #include "backend/profiler.h"
 #include "bigmoe/bigmoe.h"
 #include "core/cpu_info.h"
+#include "core/memory.h"
 
 namespace bigmoe {
 
@@ -30,6 +31,22 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     if (!m) return m.error();
     e->model_ = std::move(*m);
     return e;
+}
+
+std::string Engine::describe(const Context& ctx, double load_seconds) const {
+    const HParams& hp = model_->hparams();
+    const ContextParams& p = ctx.params();
+    char params[32];
+    std::snprintf(params, sizeof params, "%.2f B", double(model_->n_params()) / 1e9);
+    const uint64_t kv = ctx.kv_bytes_per_token() * uint64_t(p.n_ctx) * uint64_t(p.n_seq_max);
+    std::string s = "model: " + file_->path() + " (" + hp.arch + ", " + params + " params, " +
+                    format_bytes(model_->total_weight_bytes()) + ") | backend " + backend_->name() + ", " +
+                    std::to_string(backend_->n_threads()) + " threads | context " + std::to_string(p.n_ctx) +
+                    ", KV cache " + format_bytes(kv) + " (" + format_bytes(ctx.kv_bytes_per_token()) + "/token)";
+    if (ctx.recurrent_bytes_per_seq() > 0) s += ", recurrent state " + format_bytes(ctx.state_bytes() - kv);
+    char t[32];
+    std::snprintf(t, sizeof t, " | loaded in %.2f s", load_seconds);
+    return s + t;
 }
 
 }  // namespace bigmoe

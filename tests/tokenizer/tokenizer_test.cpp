@@ -104,12 +104,12 @@ TEST(Tokenizer, control_tokens_parse_only_when_asked) {
 // bytes.decode(errors="replace") and browsers do).
 TEST(Unicode, sanitize_replaces_each_maximal_subpart_once) {
     const std::string r = "\xEF\xBF\xBD";
-    EXPECT_EQ(unicode::sanitize_utf8(" \xE2\x80'"), " " + r + "'");    // truncated 3-byte sequence
-    EXPECT_EQ(unicode::sanitize_utf8("\xF0\x9F\x98"), r);              // truncated 4-byte, at the end
-    EXPECT_EQ(unicode::sanitize_utf8("\x80\x80"), r + r);              // lone continuation bytes
-    EXPECT_EQ(unicode::sanitize_utf8("\xC0\xAF"), r + r);              // C0 never starts a sequence
-    EXPECT_EQ(unicode::sanitize_utf8("\xE0\x80\xAF"), r + r + r);       // overlong: 80 is not after E0
-    EXPECT_EQ(unicode::sanitize_utf8("\xED\xA0\x80"), r + r + r);       // a surrogate
+    EXPECT_EQ(unicode::sanitize_utf8(" \xE2\x80'"), " " + r + "'");        // truncated 3-byte sequence
+    EXPECT_EQ(unicode::sanitize_utf8("\xF0\x9F\x98"), r);                  // truncated 4-byte, at the end
+    EXPECT_EQ(unicode::sanitize_utf8("\x80\x80"), r + r);                  // lone continuation bytes
+    EXPECT_EQ(unicode::sanitize_utf8("\xC0\xAF"), r + r);                  // C0 never starts a sequence
+    EXPECT_EQ(unicode::sanitize_utf8("\xE0\x80\xAF"), r + r + r);          // overlong: 80 is not after E0
+    EXPECT_EQ(unicode::sanitize_utf8("\xED\xA0\x80"), r + r + r);          // a surrogate
     EXPECT_EQ(unicode::sanitize_utf8("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
     EXPECT_EQ(unicode::sanitize_utf8("\xF1\x80\x80\xE1\x80\xC2"), r + r + r);
     EXPECT_EQ(unicode::sanitize_utf8("caf\xC3\xA9 \xF0\x9F\x98\x80"), "caf\xC3\xA9 \xF0\x9F\x98\x80");
