@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <random>
+#include <thread>
 
 #include "bigmoe/bigmoe.h"
 #include "core/cpu_info.h"
@@ -67,7 +68,7 @@ struct Measure {
     Prepared& target;
     Prepared* draft;
     const Test& test;
-    int64_t test_index, reps, n_draft_min;
+    int64_t test_index, reps, n_draft_min, first_rep;
     const SpecConfig& spec;
     ProfiledBackend* prof;
     const Events& ev;
@@ -152,7 +153,7 @@ void finish_record(const Measure& m, const SpecStats& spec, Record& rec) {
 // All repetitions of one configuration in a row, profiled.
 Result<void> measure(const Measure& m, Record& rec) {
     SpecStats spec;
-    for (int64_t rep = -1; rep < m.reps; ++rep) {
+    for (int64_t rep = m.first_rep; rep < m.reps; ++rep) {
         if (rep == 0) m.prof->clear();  // the warm-up is not profiled
         m.prof->set_phase(phase_of(m.test));
         BM_TRY(run_rep(m, rep, rec, spec));
@@ -201,6 +202,7 @@ Result<void> run_tests(const Matrix& mx) {
     row.flops_per_token = 2.0 * double(model.n_active_params());
     for (size_t ti = 0; ti < plan.tests.size(); ++ti) {
         const Test& t = plan.tests[ti];
+        if (plan.delay_s > 0) std::this_thread::sleep_for(std::chrono::duration<double>(plan.delay_s));
         Record base = row;
         base.n_prompt = t.n_prompt;
         base.n_gen = t.n_gen;
@@ -214,8 +216,8 @@ Result<void> run_tests(const Matrix& mx) {
         for (size_t si = 0; si < n_specs; ++si) {
             const SpecConfig& sp = plan.specs[si];
             Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &mx.drafts[sp.draft] : nullptr;
-            ms.push_back(Measure{draft ? mx.target : mx.plain, draft, t, int64_t(ti), plan.reps, plan.draft_min, sp,
-                                 mx.engine.profiler(), mx.ev, mx.path});
+            ms.push_back(Measure{draft ? mx.target : mx.plain, draft, t, int64_t(ti), plan.reps, plan.draft_min,
+                                 plan.warmup ? -1 : 0, sp, mx.engine.profiler(), mx.ev, mx.path});
         }
         if (mx.engine.profiler()) {  // one profile per configuration: its repetitions in a row
             for (size_t si = 0; si < n_specs; ++si) BM_TRY(measure(ms[si], recs[si]));
@@ -224,7 +226,7 @@ Result<void> run_tests(const Matrix& mx) {
             // machine's speed (10-20% over minutes on a shared VM) hits the plain row and every
             // speculative row alike.
             std::vector<SpecStats> stats(n_specs);
-            for (int64_t rep = -1; rep < plan.reps; ++rep)
+            for (int64_t rep = plan.warmup ? -1 : 0; rep < plan.reps; ++rep)
                 for (size_t si = 0; si < n_specs; ++si) BM_TRY(run_rep(ms[si], rep, recs[si], stats[si]));
             for (size_t si = 0; si < n_specs; ++si) finish_record(ms[si], stats[si], recs[si]);
         }

@@ -45,6 +45,8 @@ struct Plan {
     int64_t draft_min = 0;
     int64_t draft_threads = 0;  // 0: as the target
     bool profile = false;
+    bool warmup = true;       // an uncounted repetition before each configuration's first
+    double delay_s = 0;       // pause before each test (lets a laptop cool down, as llama-bench's --delay)
     double machine_gbps = 0;  // 0: unknown
 };
 

@@ -35,6 +35,12 @@ const std::vector<OptionSpec> k_specs = {
      "1: products on the file's row layout instead of packed weights (default 0; a list)"},
     {"-o", "--output", "FORMAT", "md (default), csv, json or jsonl"},
     {"", "--progress", "", "progress on stderr"},
+    {"-v", "--verbose", "", "progress and notes on stderr"},
+    {"-oe", "--output-err", "FORMAT", "a second format, printed on stderr (md, csv, json or jsonl)"},
+    {"", "--no-warmup", "", "no uncounted repetition before each configuration"},
+    {"", "--delay", "S", "seconds to wait before each test (default 0)"},
+    {"-mmp", "--mmap", "LIST", "accepted: 1 (the default) and 0 both read the mapped file"},
+    {"-embd", "--embeddings", "LIST", "0 (the default); 1 is refused (embeddings are not measured)"},
     {"-md", "--model-draft", "FILE",
      "draft models for greedy speculative decoding in generation tests; 'none' = without (the speed-up base)"},
     {"", "--draft-max", "LIST", "tokens drafted per step with -md (default 8; a list)"},
@@ -158,9 +164,18 @@ int cmd_bench(const std::vector<std::string>& argv) {
                              (long long)u, (long long)b, (long long)b);
     auto ctks = list(*args, "--cache-type-k", "f16");
     auto ctvs = list(*args, "--cache-type-v", "f16");
-    const std::string fmt = args->get("--output", "md");
-    if (fmt != "md" && fmt != "csv" && fmt != "json" && fmt != "jsonl")
-        return fail("bench: -o must be md, csv, json or jsonl, got '" + fmt + "'");
+    const std::string fmt = args->get("--output", "md"), fmt_err = args->get("--output-err", "");
+    auto known = [](const std::string& f) { return f == "md" || f == "csv" || f == "json" || f == "jsonl"; };
+    if (!known(fmt) || (!fmt_err.empty() && !known(fmt_err)))
+        return fail("bench: -o and -oe take md, csv, json or jsonl, got '" + (known(fmt) ? fmt_err : fmt) + "'");
+    for (const auto& v : args->get_all("--embeddings"))
+        if (v != "0") return fail("bench: -embd " + v + ": embeddings are not measured (only -embd 0)");
+    for (const auto& v : args->get_all("--mmap"))
+        for (char c : v)
+            if (c != '0' && c != '1' && c != ',') return fail("bench: -mmp takes 0 or 1, got '" + v + "'");
+    auto delay = args->get_float("--delay", 0);
+    if (!delay) return fail(delay.error().message);
+    if (*delay < 0 || *delay > 3600) return fail("bench: --delay takes 0 to 3600 seconds");
     bench::Plan plan;
     std::vector<bench::Test>& tests = plan.tests;
     for (int64_t p : *pp)
@@ -173,7 +188,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
         tests.push_back({(*r)[0], (*r)[1]});
     }
     if (tests.empty()) return fail("bench: no tests (all of -p, -n are 0)");
-    const bool progress = args->has("--progress") || (isatty(2) && fmt == "md");
+    const bool progress = args->has("--progress") || args->has("--verbose") || (isatty(2) && fmt == "md");
     // speculative configurations: every draft x guard x adaptive x draft_max x p_min ("none": no draft)
     std::vector<bench::SpecConfig>& specs = plan.specs;
     auto drafts = list(*args, "--model-draft", "none");
@@ -215,19 +230,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
     // every model opens before the first line of output
     if (auto r = bench::check_models(plan); !r) return fail(r.error().message);
 
-    std::vector<bench::Record> all;
-    bool first_json = true;
-    if (fmt == "csv") std::printf("%s\n", bench::csv_header().c_str());
-    if (fmt == "json") std::printf("[\n");
-    auto emit = [&](bench::Record r) {
-        bench::link_speedup(r, all);
-        if (fmt == "jsonl") std::printf("%s\n", bench::to_json(r, false).c_str());
-        if (fmt == "json") std::printf("%s%s", first_json ? "" : ",\n", bench::to_json(r, true).c_str());
-        if (fmt == "csv") std::printf("%s\n", bench::to_csv(r).c_str());
-        first_json = false;
-        std::fflush(stdout);
-        all.push_back(r);
-    };
     for (int64_t b : *nb)
         for (int64_t u : *ub)
             for (const auto& ctk_name : *ctks)
@@ -244,6 +246,8 @@ int cmd_bench(const std::vector<std::string>& argv) {
     plan.draft_min = *draft_min;
     plan.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
     plan.profile = args->has("--profile");
+    plan.warmup = !args->has("--no-warmup");
+    plan.delay_s = *delay;
     plan.machine_gbps = *bw;
     if (args->get("--bw") == "auto") {
         plan.machine_gbps = measure_read_bandwidth(plan.threads.front());
@@ -252,6 +256,37 @@ int cmd_bench(const std::vector<std::string>& argv) {
     }
     warn_if_long(plan);
 
+    std::vector<bench::Record> all;
+    // -o on stdout, -oe on stderr: csv and jsonl print each record as it finishes, json a document
+    // closed at the end, md one table at the end
+    struct Printer {
+        std::FILE* f;
+        std::string fmt;
+        bool first = true;
+        void begin() {
+            if (fmt == "csv") std::fprintf(f, "%s\n", bench::csv_header().c_str());
+            if (fmt == "json") std::fprintf(f, "[\n");
+        }
+        void record(const bench::Record& r) {
+            if (fmt == "jsonl") std::fprintf(f, "%s\n", bench::to_json(r, false).c_str());
+            if (fmt == "json") std::fprintf(f, "%s%s", first ? "" : ",\n", bench::to_json(r, true).c_str());
+            if (fmt == "csv") std::fprintf(f, "%s\n", bench::to_csv(r).c_str());
+            first = false;
+            std::fflush(f);
+        }
+        void end(const std::vector<bench::Record>& all) {
+            if (fmt == "json") std::fprintf(f, "\n]\n");
+            if (fmt == "md") std::fprintf(f, "%s", bench::to_markdown(all).c_str());
+        }
+    };
+    std::vector<Printer> printers = {{stdout, fmt}};
+    if (!fmt_err.empty()) printers.push_back({stderr, fmt_err});
+    for (auto& p : printers) p.begin();
+    auto emit = [&](bench::Record r) {
+        bench::link_speedup(r, all);
+        for (auto& p : printers) p.record(r);
+        all.push_back(r);
+    };
     bench::Events ev;
     ev.record = emit;
     if (progress)
@@ -263,11 +298,11 @@ int cmd_bench(const std::vector<std::string>& argv) {
         };
     ev.profile = [](const std::string& table) { std::fprintf(stderr, "\n%s\n", table.c_str()); };
     if (auto r = bench::run(plan, ev); !r) {
-        if (fmt == "json" && !first_json) std::printf("\n]\n");  // the records so far stay a document
+        for (auto& p : printers)  // the records so far stay a document
+            if (p.fmt == "json") p.end(all);
         return fail(r.error().message);
     }
-    if (fmt == "json") std::printf("\n]\n");
-    if (fmt == "md") std::printf("%s", bench::to_markdown(all).c_str());
+    for (auto& p : printers) p.end(all);
     return 0;
 }
 
