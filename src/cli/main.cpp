@@ -32,38 +32,57 @@ const Command k_commands[] = {
     {"synth", bigmoe::cli::cmd_synth, "write a random-weight model with real shapes and quant mixes"},
 };
 
-void usage() {
-    std::fprintf(stderr,
-                 "bigmoe %s - Mixture-of-Experts inference from GGUF files\n\nusage: bigmoe <command> [options]\n\n",
+// On stdout when asked for (--help, help), on stderr after a mistake.
+void usage(std::FILE* f) {
+    std::fprintf(f, "bigmoe %s - Mixture-of-Experts inference from GGUF files\n\nusage: bigmoe <command> [options]\n\n",
                  bigmoe::version_string());
-    for (const auto& c : k_commands) std::fprintf(stderr, "  %-10s %s\n", c.name, c.help);
-    std::fprintf(stderr, "\n'bigmoe <command> --help' shows a command's options.\n");
+    for (const auto& c : k_commands) std::fprintf(f, "  %-10s %s\n", c.name, c.help);
+    std::fprintf(f, "\n'bigmoe help <command>' or 'bigmoe <command> --help' shows a command's options.\n");
+}
+
+const Command* find_command(const char* name) {
+    for (const auto& c : k_commands)
+        if (std::strcmp(name, c.name) == 0) return &c;
+    return nullptr;
 }
 }  // namespace
 
 int main(int argc, char** argv) {
-    if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h")) {
-        usage();
-        return argc < 2 ? 1 : 0;
+    if (argc < 2) {
+        usage(stderr);
+        return 1;
+    }
+    if (!std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") ||
+        (!std::strcmp(argv[1], "help") && argc == 2)) {
+        usage(stdout);
+        return 0;
+    }
+    if (!std::strcmp(argv[1], "help")) {  // bigmoe help CMD = bigmoe CMD --help
+        const Command* c = find_command(argv[2]);
+        if (!c) {
+            std::fprintf(stderr, "error: unknown command '%s'\n\n", argv[2]);
+            usage(stderr);
+            return 1;
+        }
+        return c->fn({"--help"});
     }
     if (!std::strcmp(argv[1], "--version")) {
         std::printf("bigmoe %s\n", bigmoe::version_string());
         return 0;
     }
     std::vector<std::string> args(argv + 2, argv + argc);
-    for (const auto& c : k_commands)
-        if (std::strcmp(argv[1], c.name) == 0) {
-            // The library returns errors as values and checks sizes against the free memory
-            // before allocating; this is the last line for a host allocation that still fails.
-            try {
-                return c.fn(args);
-            } catch (const std::bad_alloc&) {
-                return bigmoe::cli::fail(std::string(c.name) + ": out of memory");
-            } catch (const std::exception& e) {
-                return bigmoe::cli::fail(std::string(c.name) + ": " + e.what());
-            }
+    if (const Command* c = find_command(argv[1])) {
+        // The library returns errors as values and checks sizes against the free memory before
+        // allocating; this is the last line for a host allocation that still fails.
+        try {
+            return c->fn(args);
+        } catch (const std::bad_alloc&) {
+            return bigmoe::cli::fail(std::string(c->name) + ": out of memory");
+        } catch (const std::exception& e) {
+            return bigmoe::cli::fail(std::string(c->name) + ": " + e.what());
         }
+    }
     std::fprintf(stderr, "error: unknown command '%s'\n\n", argv[1]);
-    usage();
+    usage(stderr);
     return 1;
 }
