@@ -82,5 +82,86 @@ done
 expect "bench missing second model" 1 "cannot open" "$bin" bench -m "$m,$tmp/none.gguf" -p 8 -n 0 -r 1 -o json
 if [ -z "$("$bin" bench -m "$m,$tmp/none.gguf" -p 8 -n 0 -r 1 -o json 2>/dev/null)" ]; then pass=$((pass+1)); else
   echo "FAIL: bench printed records before a missing model"; fail=$((fail+1)); fi
+# A llama.cpp user's first hour: flags they type, answers they expect, nothing silent.
+expect_in() {  # expect_in NAME WANT_RC PATTERN STDIN CMD...: as expect, with STDIN on standard input
+  local name=$1 want=$2 pat=$3 input=$4
+  shift 4
+  out=$(printf '%b' "$input" | "$@" 2>&1)
+  rc=$?
+  if [ $rc -eq "$want" ] && grep -q -- "$pat" <<< "$out"; then pass=$((pass+1)); return; fi
+  echo "FAIL: $name (rc=$rc): $out" | head -5
+  fail=$((fail+1))
+}
+hw=$(nproc --all)
+expect "-t above the hardware threads warns" 0 "more than the $hw hardware threads" "$bin" run -m "$m" -p hi -n 1 -t $((hw + 1))
+expect "-t 0 is the physical cores (run)" 0 "generation: 1 tokens" "$bin" run -m "$m" -p hi -n 1 -t 0 --ignore-eos
+expect "-t 0 (bench)" 0 '"n_prompt":4' "$bin" bench -m "$m" -p 4 -n 0 -r 1 -t 0 -o jsonl
+expect "-t 0 (logits)" 0 "wrote 2 x" "$bin" logits -m "$m" --tokens 1,2 -t 0 -o "$tmp/l0"
+expect "--temp nan" 1 "not a finite number" "$bin" run -m "$m" -p hi --temp nan
+expect "--top-p inf" 1 "not a finite number" "$bin" run -m "$m" -p hi --top-p inf
+expect "--bw nan" 1 "not a finite number" "$bin" bench -m "$m" --bw nan
+expect "--draft-p-min nan" 1 "probabilities in" "$bin" bench -m "$m" -md "$d" --draft-p-min nan -p 0 -n 2
+for o in "-sys x" "--reasoning off" "--chat-template chatml" "--context-shift"; do
+  # shellcheck disable=SC2086
+  expect "$o without chat warns" 0 "has no effect without -cnv or -st" "$bin" run -m "$m" -p hi -n 1 $o
+done
+expect "--draft-ngram with sampling warns" 0 "drafts greedily only" "$bin" run -m "$m" -p hi -n 2 --draft-ngram --temp 0.8
+expect "synth --n-vocab below the tokenizer" 1 "below the tokenizer's 261 tokens" "$bin" synth --arch qwen3moe \
+  --n-embd 256 --n-layer 2 --byte-vocab --n-vocab 100 -o "$tmp/v.gguf"
+expect "synth does not overwrite" 1 "exists; --force overwrites it" "$bin" synth --arch qwen3moe --n-embd 256 \
+  --n-layer 2 --byte-vocab -o "$tmp/s.gguf"
+expect "synth --force" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --byte-vocab --force \
+  -o "$tmp/s.gguf"
+expect "logits -c below the tokens" 1 "3 tokens do not fit in -c 2" "$bin" logits -m "$m" --tokens 1,2,3 -c 2 -o "$tmp/l"
+expect "bench -ub above -b" 0 "micro-batches hold at most 4 tokens" "$bin" bench -m "$m" -b 4 -ub 8 -p 8 -n 0 -r 1
+expect "bench -fa 0" 1 "always fused" "$bin" bench -m "$m" -fa 0 -p 8 -n 0 -r 1
+expect "bench -fa 1" 0 "| pp8 |" "$bin" bench -m "$m" -fa 1 -p 8 -n 0 -r 1
+long=$(timeout 5 "$bin" bench -m "$m" -p 1-100000+1 -n 0 -r 1 -o jsonl 2>&1 >/dev/null)
+if grep -q "100000 tests of 1 repetitions.*hours" <<< "$long"; then pass=$((pass+1)); else
+  echo "FAIL: a long bench says so first: $long" | head -3; fail=$((fail+1)); fi
+expect_in "-st reads standard input" 0 "generation: 2 tokens" "hello\n" "$bin" run -m "$m" -st -n 2 --ignore-eos
+expect_in "-st with nothing to say" 1 "-st needs a message" "" "$bin" run -m "$m" -st -n 2
+expect_in "-cnv: empty lines, /clear, a full context" 0 "the conversation starts over" \
+  "hi\n\n/clear\nagain and again\nmore words here\n/exit\n" "$bin" run -m "$m" -cnv -c 40 -n 100 --temp 0
+expect_in "-cnv: full context says how to go on" 0 "/clear starts over; --context-shift" \
+  "hi\nagain and again\nmore words here\n" "$bin" run -m "$m" -cnv -c 40 -n 100 --temp 0
+expect_in "-cnv --context-shift drops turns" 0 "the oldest turn is dropped" \
+  "hi\nagain and again\nmore words here\n" "$bin" run -m "$m" -cnv -c 40 -n 8 --temp 0 --context-shift
+for c in run info logits bench tokenize report synth; do
+  expect "$c --help" 0 "usage: bigmoe $c" "$bin" "$c" --help
+  [ -z "$("$bin" "$c" --help 2>&1 >/dev/null)" ] && pass=$((pass+1)) || { echo "FAIL: $c --help wrote to stderr"; fail=$((fail+1)); }
+done
+expect "bigmoe help CMD" 0 "usage: bigmoe bench" "$bin" help bench
+expect "bigmoe --help" 0 "'bigmoe help <command>'" "$bin" --help
+expect "placeholders" 0 "-m, --model FILE .*" "$bin" run --help
+expect "bench list syntax" 0 "ranges with a step" "$bin" bench --help
+expect "-ngl" 0 "every layer runs on the CPU" "$bin" run -m "$m" -p hi -n 1 -ngl 99
+expect "-fa on" 0 "generation:" "$bin" run -m "$m" -p hi -n 1 -fa on
+expect "-fa off" 1 "always fused" "$bin" run -m "$m" -p hi -n 1 -fa off
+expect "-s -1 prints the seed" 0 "seed: [0-9]" "$bin" run -m "$m" -p hi -n 1 -s -1
+expect "--temperature --predict" 0 "generation: 3 tokens" "$bin" run -m "$m" -p hi --predict 3 --temperature 0 --ignore-eos
+expect "--verbose-prompt (raw)" 0 "prompt: 2 tokens: 104 105" "$bin" run -m "$m" -p hi -n 1 --verbose-prompt
+expect "--verbose-prompt (chat)" 0 "\[prompt\]" "$bin" run -m "$m" -p hi -st -n 1 --verbose-prompt
+printf 'You are terse.' > "$tmp/sys.txt"
+expect "-sysf" 0 "You are terse." "$bin" run -m "$m" -p hi -st -n 1 -sysf "$tmp/sys.txt" --verbose-prompt
+expect "-sys and -sysf" 1 "only one of -sys and -sysf" "$bin" run -m "$m" -p hi -st -sys a -sysf "$tmp/sys.txt"
+printf '{%% for m in messages %%}[{{ m.role }}] {{ m.content }}\n{%% endfor %%}[assistant] ' > "$tmp/t.jinja"
+expect "--chat-template-file" 0 "\[user\] hi" "$bin" run -m "$m" -p hi -st -n 1 --chat-template-file "$tmp/t.jinja" \
+  --verbose-prompt
+expect "--no-jinja" 0 "<|im_start|>user" "$bin" run -m "$m" -p hi -st -n 1 --no-jinja --verbose-prompt
+expect "--jinja" 0 "generation:" "$bin" run -m "$m" -p hi -st -n 1 --jinja
+expect "-e escapes" 0 "prompt: 3 tokens: 97 10 98" "$bin" run -m "$m" -p 'a\nb' -n 1 --verbose-prompt
+expect "--no-escape" 0 "prompt: 4 tokens: 97 92 110 98" "$bin" run -m "$m" -p 'a\nb' -n 1 --verbose-prompt --no-escape
+expect "-r stops" 0 "\[stop: stop\]\|\[stop: length\]" "$bin" run -m "$m" -p hi -st -n 20 -r e -v --temp 0
+expect "--no-mmap --mlock --no-warmup --perf" 0 "generation:" "$bin" run -m "$m" -p hi -n 1 --no-mmap --mlock \
+  --no-warmup --perf
+expect "the load line" 0 "model: .* | backend CPU .* threads | context 4096, KV cache" "$bin" run -m "$m" -p hi -n 1
+expect "bench -mmp -embd --no-warmup --delay -v" 0 "| pp4 |" "$bin" bench -m "$m" -p 4 -n 0 -r 1 -mmp 0,1 -embd 0 \
+  --no-warmup --delay 0.01 -v
+expect "bench -embd 1" 1 "embeddings are not measured" "$bin" bench -m "$m" -p 4 -n 0 -r 1 -embd 1
+expect "bench -oe" 0 '"n_prompt":4' "$bin" bench -m "$m" -p 4 -n 0 -r 1 -oe jsonl
+expect "bench --bw auto" 0 "read bandwidth .* GB/s" "$bin" bench -m "$m" -p 0 -n 2 -r 1 --bw auto
+if "$bin" bench -m "$m" -p 0 -n 2 -r 1 2>/dev/null | grep -q "% bw"; then
+  echo "FAIL: an empty % bw column"; fail=$((fail+1)); else pass=$((pass+1)); fi
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]
