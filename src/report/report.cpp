@@ -230,8 +230,13 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     for (const auto& p : paths) {
         auto r = load(p);
         if (!r) return r.error();
+        // which file a record came from: the same configuration in two files is two lines
+        const std::string base = p.substr(p.find_last_of('/') == std::string::npos ? 0 : p.find_last_of('/') + 1);
+        for (auto& rec : *r) rec["_file"] = base;
         recs.insert(recs.end(), r->begin(), r->end());
     }
+    const bool several = paths.size() > 1;
+    auto source = [&](const Json& r) { return several ? " · " + r["_file"].get<std::string>() : std::string(); };
     if (recs.empty()) return make_error("report: no bench records in the input files");
     std::map<std::string, Series> pp, tg, spec;
     // speculative points: one per (series, target, draft), averaged over repeated runs
@@ -246,7 +251,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
             // speed-up vs acceptance, one series per configuration and draft length
             if (!r.contains("bigmoe_spec_speedup")) continue;
             Mean& a =
-                spec_pts[config_of(r) + " · " + draft_settings(r)]
+                spec_pts[config_of(r) + " · " + draft_settings(r) + source(r)]
                         [r.value("model_filename", std::string()) + "|" + r.value("bigmoe_draft_model", std::string())];
             a.x += 100.0 * r.value("bigmoe_spec_acceptance", 0.0);
             a.y += r["bigmoe_spec_speedup"].get<double>();
@@ -255,7 +260,8 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         }
         if ((p > 0) == (g > 0)) continue;
         auto& m = g == 0 ? pp : tg;
-        const std::string key = config_of(r) + (g == 0 ? " · pp" + std::to_string(p) : " · tg" + std::to_string(g));
+        const std::string key =
+            config_of(r) + (g == 0 ? " · pp" + std::to_string(p) : " · tg" + std::to_string(g)) + source(r);
         m[key].name = key;
         m[key].pts.emplace_back(double(r.value("n_depth", 0)), r["avg_ts"].get<double>());
     }
@@ -293,7 +299,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         "8px}"
         "td.n{text-align:right;font-variant-numeric:tabular-nums}.bar{display:flex;height:22px;border-radius:3px;"
         "overflow:hidden}"
-        ".bar span{display:block;height:100%}.prof td{vertical-align:middle}"
+        ".bar span{display:block;height:100%}.prof td{vertical-align:middle}td.shares,td.src{font-size:12px;color:#555}"
         "@media print{body{max-width:none;margin:0}h2{break-after:avoid}figure,table{break-inside:avoid}}"
         "</style></head><body><h1>bigmoe benchmark report</h1><p>" +
         std::to_string(recs.size()) + " results from " + std::to_string(paths.size()) + " file(s).</p>";
@@ -309,7 +315,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
                 "a draft in the same run; the acceptance rate is the share of drafted tokens the target kept.</p>";
     html +=
         "<h2>Results</h2><table><thead><tr><th>configuration</th><th>test</th><th>t/s</th><th>GB/s</th><th>% bw</th>"
-        "<th>TFLOP/s</th></tr></thead><tbody>";
+        "<th>TFLOP/s</th><th>build, CPU, date</th></tr></thead><tbody>";
     for (const auto& r : recs) {
         const double gb = r.value("bigmoe_gbps", 0.0), bw = r.value("bigmoe_bw_pct", 0.0),
                      tf = r.value("bigmoe_tflops", 0.0);
@@ -321,7 +327,10 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         html += "<tr><td>" + esc(config_of(r)) + "</td><td>" + esc(test) + "</td><td class='n'>" +
                 fmt(r["avg_ts"].get<double>()) + " ± " + fmt(r.value("stddev_ts", 0.0)) + "</td><td class='n'>" +
                 (gb > 0 ? fmt(gb) : "") + "</td><td class='n'>" + (bw > 0 ? fmt(bw, 1) : "") + "</td><td class='n'>" +
-                (tf > 0 ? fmt(tf, 3) : "") + "</td></tr>";
+                (tf > 0 ? fmt(tf, 3) : "") + "</td><td class='src'>" +
+                esc(r.value("build_commit", std::string("?")) + " · " + r.value("cpu_info", std::string("?")) + " · " +
+                    r.value("test_time", std::string("?")) + source(r)) +
+                "</td></tr>";
     }
     html += "</tbody></table>";
     bool any_prof = false;
@@ -330,16 +339,18 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     for (const auto& r : recs) {
         if (!r.contains("bigmoe_profile")) continue;
         any_prof = true;
-        prof +=
-            "<tr><td>" + esc(config_of(r)) + " · " + esc(test_name(r)) + "</td><td style='width:60%'><div class='bar'>";
+        prof += "<tr><td>" + esc(config_of(r)) + " · " + esc(test_name(r)) + esc(source(r)) +
+                "</td><td style='width:55%'><div class='bar'>";
+        std::string shares;  // the shares as text too: the bar's tooltips are not on a printed page
         for (const auto& op : r["bigmoe_profile"]["ops"]) {
             const std::string name = op["op"];
             const double share = op["share"].get<double>();
             ops_seen[name] = true;
             prof += "<span style='width:" + fmt(100.0 * share, 3) + "%;background:" + op_color(name) + "' title='" +
                     esc(name) + " " + fmt(100.0 * share, 1) + "%'></span>";
+            if (share >= 0.005) shares += (shares.empty() ? "" : " · ") + name + " " + fmt(100.0 * share, 1) + "%";
         }
-        prof += "</div></td></tr>";
+        prof += "</div></td><td class='shares'>" + esc(shares) + "</td></tr>";
     }
     prof += "</tbody></table><ul class='legend'>";
     for (auto& [name, v] : ops_seen)

@@ -18,6 +18,15 @@ m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
 grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
 "$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" -o "$tmp/report.html"
 grep -q "id='speculative'" "$tmp/report.html"
+# the same configuration in two files: two lines
+cp "$tmp/a.jsonl" "$tmp/again.jsonl"
+"$bin" report "$tmp/a.jsonl" "$tmp/again.jsonl" -o "$tmp/two.html"
+for f in a.jsonl again.jsonl; do
+  grep -q "data-series='[^']*tg4 · $f'" "$tmp/two.html" || { echo "no tg4 line for $f"; exit 1; }
+done
+# profile shares as text, and each result's build, CPU and date
+grep -q "<td class='shares'>[^<]*expert[^<]*%" "$tmp/report.html" || { echo "no profile shares as text"; exit 1; }
+grep -q "<td class='src'>[^<]* · [^<]* · 20[0-9][0-9]-" "$tmp/report.html" || { echo "no build/CPU/date"; exit 1; }
 grep -q "<svg" "$tmp/report.html"
 if grep -qiE "<script|https?://" "$tmp/report.html"; then echo "report is not self-contained"; exit 1; fi
 "$src/../run_node.sh" "$build/npm-ref" "$src/report_browser.mjs" "$tmp/report.html" "$build/report_screenshot.png"
