@@ -18,9 +18,10 @@
 namespace bigmoe {
 
 struct LoadOptions {
-    int n_threads = 0;     // 0: the physical cores
-    bool profile = false;  // wrap the backend in a ProfiledBackend
-    bool repack = true;    // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
+    int n_threads = 0;           // 0: the physical cores
+    bool profile = false;        // wrap the backend in a ProfiledBackend
+    bool repack = true;          // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
+    LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
 };
 
 class Engine {

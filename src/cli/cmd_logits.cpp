@@ -43,8 +43,12 @@ int cmd_logits(const std::vector<std::string>& argv) {
     if (!ctk) return fail(ctk.error().message);
     if (!ctv) return fail(ctv.error().message);
 
+    Progress loading("loading " + args->get("--model"));
     auto engine =
-        Engine::load(args->get("--model"), {.n_threads = resolve_threads(*th), .repack = !args->has("--no-repack")});
+        Engine::load(args->get("--model"), {.n_threads = resolve_threads(*th),
+                                            .repack = !args->has("--no-repack"),
+                                            .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
+    loading.done();
     if (!engine) return fail(engine.error().message);
     ContextParams cp;
     if (*ctx < int64_t(toks->size()))
@@ -63,9 +67,20 @@ int cmd_logits(const std::vector<std::string>& argv) {
                         ")");
         tokens.push_back(int32_t(t));
     }
-    std::vector<float> logits;
-    auto r = (*c)->decode_seq(0, tokens, true, &logits);
-    if (!r) return fail(r.error().message);
+    // in micro-batch sized pieces, for a progress line on long inputs (the same logits: batch
+    // invariance)
+    std::vector<float> logits, part;
+    Progress progress("logits");
+    const size_t step = size_t(std::max<int64_t>(cp.n_ubatch, 1));
+    for (size_t i = 0; i < tokens.size(); i += step) {
+        const std::vector<int32_t> piece(tokens.begin() + ptrdiff_t(i),
+                                         tokens.begin() + ptrdiff_t(std::min(tokens.size(), i + step)));
+        auto r = (*c)->decode_seq(0, piece, true, &part);
+        if (!r) return fail(r.error().message);
+        logits.insert(logits.end(), part.begin(), part.end());
+        progress.count(int64_t(i + piece.size()), int64_t(tokens.size()), "tokens");
+    }
+    progress.done();
     const std::string out = args->get("--output");
     std::FILE* f = std::fopen(out.c_str(), "wb");
     if (!f) return fail("cannot create '" + out + "'");

@@ -285,9 +285,13 @@ int cmd_run(const std::vector<std::string>& argv) {
 
     const bool repack = !args->has("--no-repack");
     const auto load_t0 = Clock::now();
+    Progress loading("loading " + args->get("--model"));
     auto engine =
-        Engine::load(args->get("--model"),
-                     {.n_threads = resolve_threads(*threads), .profile = args->has("--profile"), .repack = repack});
+        Engine::load(args->get("--model"), {.n_threads = resolve_threads(*threads),
+                                            .profile = args->has("--profile"),
+                                            .repack = repack,
+                                            .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
+    loading.done();
     if (!engine) return fail(engine.error().message);
     const double load_s = std::chrono::duration<double>(Clock::now() - load_t0).count();
     auto tok = Tokenizer::from_gguf((*engine)->file());

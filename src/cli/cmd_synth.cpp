@@ -134,7 +134,9 @@ int cmd_synth(const std::vector<std::string>& argv) {
                     std::to_string(s.vocab.tokens.size()) +
                     " tokens (every token needs an embedding row; raise it or leave it out)");
     const auto t0 = std::chrono::steady_clock::now();
-    auto r = synth::write_file(s, args->get("--output"));
+    Progress writing("writing " + args->get("--output"));
+    auto r = synth::write_file(s, args->get("--output"), [&](uint64_t d, uint64_t t) { writing.bytes(d, t); });
+    writing.done();
     if (!r) return fail(r.error().message);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     std::fprintf(stderr, "wrote %s (%s, %s, random weights) in %.1f s\n", args->get("--output").c_str(), s.arch.c_str(),

@@ -1,10 +1,14 @@
 #include "cli/options.h"
 
-#include "core/cpu_info.h"
+#include <unistd.h>
 
+#include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
+
+#include "core/cpu_info.h"
+#include "core/memory.h"
 
 namespace bigmoe::cli {
 
@@ -13,6 +17,32 @@ Result<DType> parse_cache_type(const std::string& s, const char* which) {
     if (!t || (*t != DType::F32 && *t != DType::F16))
         return make_error(std::string(which) + ": unsupported cache type '" + s + "' (supported: f32, f16)");
     return *t;
+}
+
+Progress::Progress(std::string label) : label_(std::move(label)), on_(isatty(2) != 0) {}
+
+void Progress::draw(double fraction, const std::string& detail) {
+    if (!on_) return;
+    const auto now = std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
+    if (fraction < 1 && now - last_ < 0.2) return;
+    last_ = now;
+    std::fprintf(stderr, "\r%s: %3.0f%% %s   ", label_.c_str(), 100.0 * fraction, detail.c_str());
+    drawn_ = true;
+}
+
+void Progress::bytes(uint64_t done, uint64_t total) {
+    if (total == 0) return;
+    draw(double(done) / double(total), "(" + format_bytes(done) + " of " + format_bytes(total) + ")");
+}
+
+void Progress::count(int64_t done, int64_t total, const char* unit) {
+    if (total <= 0) return;
+    draw(double(done) / double(total), "(" + std::to_string(done) + " of " + std::to_string(total) + " " + unit + ")");
+}
+
+void Progress::done() {
+    if (drawn_) std::fprintf(stderr, "\r%*s\r", int(label_.size()) + 48, "");
+    drawn_ = false;
 }
 
 int resolve_threads(int64_t asked) {

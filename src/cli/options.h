@@ -2,6 +2,7 @@
 // text everywhere. A command whose default differs adds it with with_default().
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "cli/args.h"
@@ -34,6 +35,22 @@ Result<DType> parse_cache_type(const std::string& s, const char* which);
 // A -t value: 0 is the physical cores; more than the machine's hardware threads is allowed with
 // a warning (once per process) saying what it costs.
 int resolve_threads(int64_t asked);
+// A progress line on stderr when it is a terminal ("loading: 45% (1.20 GiB of 2.67 GiB)"),
+// redrawn at most a few times a second and erased by done().
+class Progress {
+  public:
+    explicit Progress(std::string label);
+    void bytes(uint64_t done, uint64_t total);
+    void count(int64_t done, int64_t total, const char* unit);
+    void done();
+    ~Progress() { done(); }
+
+  private:
+    void draw(double fraction, const std::string& detail);
+    std::string label_;
+    bool on_, drawn_ = false;
+    double last_ = -1;
+};
 // The whole file (a prompt, a text to tokenize).
 Result<std::string> read_text_file(const std::string& path);
 

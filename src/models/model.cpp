@@ -5,6 +5,22 @@
 
 namespace bigmoe {
 
+namespace {
+// The progress of the load running on this thread; the architectures' loaders call
+// Model::load without a place to pass it.
+struct ActiveLoad {
+    const LoadProgress* fn = nullptr;
+    uint64_t done = 0, total = 0;
+};
+thread_local ActiveLoad t_load;
+
+void report_loaded(uint64_t bytes) {
+    if (!t_load.fn || !*t_load.fn) return;
+    t_load.done += bytes;
+    (*t_load.fn)(t_load.done, t_load.total);
+}
+}  // namespace
+
 static std::string shape_str(const std::vector<int64_t>& s) {
     std::string r = "{";
     for (size_t i = 0; i < s.size(); ++i) r += (i ? ", " : "") + std::to_string(s[i]);
@@ -30,6 +46,7 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     w.data = ti->data;
     w.multiplied = multiplied_;
     BM_TRY(backend_->prepare_weight(w));
+    report_loaded(ti->nbytes);
     weights_.push_back(w);
     total_bytes_ += ti->nbytes;
     n_params_ += ti->n_elements();
@@ -99,9 +116,15 @@ const std::vector<ArchEntry>& model_registry() {
     return r;
 }
 
-Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend) {
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend, const LoadProgress& progress) {
     auto arch = file.get_string(gguf::key::general_architecture);
     if (!arch) return arch.error();
+    uint64_t total = 0;
+    for (const auto& t : file.tensors()) total += t.nbytes;
+    t_load = {&progress, 0, total};
+    struct Reset {
+        ~Reset() { t_load = {}; }
+    } reset;
     for (const auto& e : model_registry())
         if (*arch == e.name) return e.load(file, backend);
     std::string known;

@@ -76,7 +76,12 @@ struct ArchEntry {
 };
 const std::vector<ArchEntry>& model_registry();
 
+// Bytes of tensors prepared so far and in the file: loading (and packing) a large model takes
+// seconds to minutes.
+using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
+
 // Picks the architecture from general.architecture and loads the model.
-Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend);
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend,
+                                          const LoadProgress& progress = nullptr);
 
 }  // namespace bigmoe

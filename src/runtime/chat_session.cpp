@@ -56,8 +56,10 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
         const std::string tail = closed->substr(fed_.size() + generated.size());
         // room for the tail and the next turn's first tokens
         constexpr int64_t k_room = 8;
-        if (!tail.empty() && ctx.n_past(gen_->seq()) + k_room < ctx.params().n_ctx)
+        if (!tail.empty() && ctx.n_past(gen_->seq()) + k_room < ctx.params().n_ctx) {
+            if (on_feed_) on_feed_(tail);
             BM_TRY(gen_->feed(tok.encode(tail, true)));
+        }
     }
     fed_ = *closed;
     return res;

@@ -28,13 +28,16 @@ class ChatSession {
     // The turn is refused (resource_exhausted, nothing changed) when its new text does not fit in
     // the context: drop_oldest_turn() or clear() make room.
     const nlohmann::ordered_json& messages() const { return messages_; }
+    // The conversation as rendered and fed so far.
+    const std::string& rendered() const { return fed_; }
     // Removes the first user message and what follows it up to the next user message (system
     // messages stay); the context starts over and the next send feeds the whole conversation.
     // False when there is no turn to drop.
     bool drop_oldest_turn();
     // Forgets every turn (system messages stay) and the context.
     void clear();
-    // Called with the text each turn feeds (the rendered template's new part), before feeding.
+    // Called with each text a turn feeds (the rendered template's new part, then the text that
+    // closes the turn), before feeding it.
     void set_on_feed(std::function<void(const std::string&)> fn) { on_feed_ = std::move(fn); }
 
   private:

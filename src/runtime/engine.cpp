@@ -27,7 +27,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         e->profiler_ = p.get();
         e->backend_ = std::move(p);
     }
-    auto m = load_model(*e->file_, *e->backend_);
+    auto m = load_model(*e->file_, *e->backend_, opts.progress);
     if (!m) return m.error();
     e->model_ = std::move(*m);
     return e;

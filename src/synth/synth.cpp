@@ -615,10 +615,19 @@ static gguf::GgufWriter::Filler make_filler(const Spec& s, const gguf::GgufWrite
     };
 }
 
-Result<void> write_file(const Spec& s, const std::string& path) {
+Result<void> write_file(const Spec& s, const std::string& path,
+                        const std::function<void(uint64_t done, uint64_t total)>& progress) {
     auto w = build(s);
     if (!w) return w.error();
-    return w->write_file(path, make_filler(s, *w));
+    auto fill = make_filler(s, *w);
+    if (!progress) return w->write_file(path, fill);
+    uint64_t total = 0, done = 0;
+    for (size_t i = 0; i < w->n_tensors(); ++i) total += w->info(i).nbytes;
+    return w->write_file(path, [&](size_t i, gguf::ByteSink& out) -> Result<void> {
+        BM_TRY(fill(i, out));
+        progress(done += w->info(i).nbytes, total);
+        return {};
+    });
 }
 
 Result<std::vector<uint8_t>> write_bytes(const Spec& s) {

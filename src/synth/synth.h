@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -71,8 +72,10 @@ Result<void> validate(const Spec& s);
 
 // Builds the writer (metadata + tensor table) for a spec.
 Result<gguf::GgufWriter> build(const Spec& s);
-// Writes the model; fill is deterministic in s.seed.
-Result<void> write_file(const Spec& s, const std::string& path);
+// Writes the model; fill is deterministic in s.seed. progress (if set) gets the bytes of tensor
+// data written so far and in all, after each tensor.
+Result<void> write_file(const Spec& s, const std::string& path,
+                        const std::function<void(uint64_t done, uint64_t total)>& progress = nullptr);
 Result<std::vector<uint8_t>> write_bytes(const Spec& s);
 
 // The per-tensor type a llama-quantize mix gives (spec/quants.md §7.3).

@@ -163,5 +163,16 @@ expect "bench -oe" 0 '"n_prompt":4' "$bin" bench -m "$m" -p 4 -n 0 -r 1 -oe json
 expect "bench --bw auto" 0 "read bandwidth .* GB/s" "$bin" bench -m "$m" -p 0 -n 2 -r 1 --bw auto
 if "$bin" bench -m "$m" -p 0 -n 2 -r 1 2>/dev/null | grep -q "% bw"; then
   echo "FAIL: an empty % bw column"; fail=$((fail+1)); else pass=$((pass+1)); fi
+# Progress lines appear on a terminal (script gives the command one) and not in a pipe.
+if command -v script >/dev/null; then
+  tty_out=$(script -qc "$bin synth --arch qwen3moe --n-embd 256 --n-layer 2 --byte-vocab --force -o $tmp/p.gguf" /dev/null)
+  grep -q "writing $tmp/p.gguf: 100% (" <<< "$tty_out" && pass=$((pass+1)) || { echo "FAIL: synth progress"; fail=$((fail+1)); }
+  tty_out=$(script -qc "$bin run -m $m -p hi -n 1" /dev/null)
+  grep -q "loading $m: 100% (" <<< "$tty_out" && pass=$((pass+1)) || { echo "FAIL: load progress"; fail=$((fail+1)); }
+  tty_out=$(script -qc "$bin logits -m $m --tokens 1,2,3,4,5 -ub 2 -o $tmp/lp" /dev/null)
+  grep -q "logits: 100% (5 of 5 tokens)" <<< "$tty_out" && pass=$((pass+1)) || { echo "FAIL: logits progress"; fail=$((fail+1)); }
+fi
+if "$bin" run -m "$m" -p hi -n 1 2>&1 | grep -q "loading "; then echo "FAIL: progress in a pipe"; fail=$((fail+1)); else
+  pass=$((pass+1)); fi
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -201,11 +201,12 @@ TEST(Generator, sequences_together_equal_each_alone) {
     EXPECT_EQ((*together)[1].tokens.size(), 7u);
 }
 
-// Two turns through ChatSession equal the same conversation rendered and fed by hand.
+// With a template that renders earlier turns the same way (ChatML), a second turn feeds only
+// its new text: every token fed or generated is in the context once.
 TEST(ChatSession, second_turn_feeds_only_the_new_text) {
     Fixture f = load(512);
     Generator g(*f.ctx, *f.tok, greedy());
-    auto s = ChatSession::create(g, "", {});
+    auto s = ChatSession::create(g, "chatml", {});
     ASSERT_TRUE(s.ok()) << s.error().message;
     GenerateParams gp;
     gp.n_predict = 6;
@@ -218,6 +219,29 @@ TEST(ChatSession, second_turn_feeds_only_the_new_text) {
     EXPECT_EQ(s->messages().size(), 4u);
     EXPECT_EQ(g.stats().prompt_tokens + g.stats().gen_tokens, f.ctx->n_past(0)) << "every token is in the context";
     EXPECT_GT(f.ctx->n_past(0), after_first);
+}
+
+// The Qwen3.5 template drops the last turn's reasoning once a new user message follows, so the
+// rendered history no longer starts with what the context holds: the context starts over with
+// the whole conversation (not the whole conversation appended after the old one).
+TEST(ChatSession, re_rendered_history_starts_the_context_over) {
+    Fixture f = load(1024);
+    Generator g(*f.ctx, *f.tok, greedy());
+    auto s = ChatSession::create(g, "", {});
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    GenerateParams gp;
+    gp.n_predict = 6;
+    gp.ignore_eos = true;
+    auto noop = [](const Piece&) { return true; };
+    ASSERT_TRUE(s->send("hello", gp, noop).ok());
+    std::vector<std::string> fed;
+    s->set_on_feed([&](const std::string& t) { fed.push_back(t); });
+    ASSERT_TRUE(s->send("and again", gp, noop).ok());
+    ASSERT_FALSE(fed.empty());
+    EXPECT_EQ(fed[0].rfind("<|im_start|>user\nhello", 0), 0u) << "the whole conversation again: " << fed[0];
+    int64_t n = 6;  // the generated tokens
+    for (const auto& t : fed) n += int64_t(f.tok->encode(t, true).size());
+    EXPECT_EQ(f.ctx->n_past(0), n) << "the context holds the second turn's feeds and reply only";
 }
 
 }  // namespace
