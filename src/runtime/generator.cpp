@@ -59,69 +59,56 @@ std::string StopMatcher::flush() {
     return std::exchange(held_, {});
 }
 
-// Turns generated tokens into pieces: text, reasoning, stop strings and the callback.
-class Generator::Output {
-  public:
-    Output(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res)
-        : tok_(tok), ts_(tok, p.special), stop_(p.stop), fn_(fn), res_(res), in_think_(p.in_reasoning) {
-        think_open_ = tok.find("<think>");
-        think_close_ = tok.find("</think>");
-    }
-    // Takes one token; false when generation ends with it (the result says why).
-    bool push(int32_t id, bool ignore_eos) {
-        res_.tokens.push_back(id);
-        if (id == think_open_) in_think_ = true;
-        Piece pc{id, ts_.push(id), in_think_};
-        const bool tag = id == think_open_ || id == think_close_;
-        if (id == think_close_) in_think_ = false;
-        bool matched = false;
-        if (pc.reasoning) {
-            if (!tag) res_.reasoning += pc.text;
-        } else if (!stopped_) {
-            pc.text = stop_.push(pc.text, &matched);
-            res_.content += pc.text;
-        } else {
-            pc.text.clear();  // after a stop string: tokens still reported, text not
-        }
-        if (!fn_(pc)) return end(StopReason::cancelled);
-        if (matched) {
-            stopped_ = true;
-            return end(StopReason::stop_string);
-        }
-        if (tok_.is_eog(id) && !ignore_eos) return end(StopReason::eog);
-        return true;
-    }
-    bool end(StopReason r) {
-        if (res_.stop == StopReason::none) res_.stop = r;
-        return false;
-    }
-    // Releases what the text stream and the stop matcher hold.
-    void finish() {
-        std::string rest = ts_.flush();
-        Piece pc{-1, {}, in_think_};
-        if (in_think_) {
-            res_.reasoning += rest;
-            pc.text = rest;
-        } else if (!stopped_) {
-            bool matched = false;
-            pc.text = stop_.push(rest, &matched);
-            if (!matched) pc.text += stop_.flush();
-            if (matched) res_.stop = StopReason::stop_string;
-            res_.content += pc.text;
-        }
-        if (!pc.text.empty()) fn_(pc);
-    }
-    size_t n() const { return res_.tokens.size(); }
+TokenSink::TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res)
+    : tok_(tok), ts_(tok, p.special), stop_(p.stop), fn_(fn), res_(res), in_think_(p.in_reasoning) {
+    think_open_ = tok.find("<think>");
+    think_close_ = tok.find("</think>");
+}
 
-  private:
-    const Tokenizer& tok_;
-    TextStream ts_;
-    StopMatcher stop_;
-    const PieceFn& fn_;
-    GenerateResult& res_;
-    bool in_think_, stopped_ = false;
-    int32_t think_open_ = -1, think_close_ = -1;
-};
+bool TokenSink::push(int32_t id, bool ignore_eos) {
+    res_.tokens.push_back(id);
+    if (id == think_open_) in_think_ = true;
+    Piece pc{id, ts_.push(id), in_think_};
+    const bool tag = id == think_open_ || id == think_close_;
+    if (id == think_close_) in_think_ = false;
+    bool matched = false;
+    if (pc.reasoning) {
+        if (!tag) res_.reasoning += pc.text;
+    } else if (!stopped_) {
+        pc.text = stop_.push(pc.text, &matched);
+        res_.content += pc.text;
+    } else {
+        pc.text.clear();  // after a stop string: tokens still reported, text not
+    }
+    if (!fn_(pc)) return end(StopReason::cancelled);
+    if (matched) {
+        stopped_ = true;
+        return end(StopReason::stop_string);
+    }
+    if (tok_.is_eog(id) && !ignore_eos) return end(StopReason::eog);
+    return true;
+}
+
+bool TokenSink::end(StopReason r) {
+    if (res_.stop == StopReason::none) res_.stop = r;
+    return false;
+}
+
+void TokenSink::finish() {
+    std::string rest = ts_.flush();
+    Piece pc{-1, {}, in_think_};
+    if (in_think_) {
+        res_.reasoning += rest;
+        pc.text = rest;
+    } else if (!stopped_) {
+        bool matched = false;
+        pc.text = stop_.push(rest, &matched);
+        if (!matched) pc.text += stop_.flush();
+        if (matched) res_.stop = StopReason::stop_string;
+        res_.content += pc.text;
+    }
+    if (!pc.text.empty() && res_.stop != StopReason::cancelled) fn_(pc);  // nobody listens after a cancel
+}
 
 Generator::Generator(Context& ctx, const Tokenizer& tok, const SamplerParams& sampler, int seq)
     : ctx_(ctx), tok_(tok), sampler_(sampler), seq_(seq) {}
@@ -163,7 +150,7 @@ Result<void> Generator::feed(const std::vector<int32_t>& tokens) {
 Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceFn& on_piece) {
     if (logits_.empty()) return make_error("generate: feed a prompt first");
     GenerateResult res;
-    Output out(tok_, p, on_piece, res);
+    TokenSink out(tok_, p, on_piece, res);
     if (prof_) prof_->set_phase("decode");
     const auto t0 = Clock::now();
     // Prompt lookup drafts greedily only; sampling with it decodes plainly.
@@ -199,9 +186,9 @@ Result<std::vector<GenerateResult>> Generator::generate_together(const std::vect
     }
     Context& ctx = gens[0]->ctx_;
     std::vector<GenerateResult> res(n);
-    std::vector<std::unique_ptr<Output>> outs;
+    std::vector<std::unique_ptr<TokenSink>> outs;
     for (size_t i = 0; i < n; ++i) {
-        outs.push_back(std::make_unique<Output>(gens[i]->tok_, params[i], on_piece[i], res[i]));
+        outs.push_back(std::make_unique<TokenSink>(gens[i]->tok_, params[i], on_piece[i], res[i]));
         if (gens[i]->prof_) gens[i]->prof_->set_phase("decode");
     }
     const auto t0 = Clock::now();
@@ -249,7 +236,7 @@ Result<std::vector<GenerateResult>> Generator::generate_together(const std::vect
 
 // Every sampled token is processed (so the context holds it) unless it ends generation as
 // end-of-generation: a chat turn is then closed by the template's own text.
-Result<void> Generator::generate_plain(const GenerateParams& p, Output& out) {
+Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) {
     for (;;) {
         if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) return {};
         if (ctx_.n_past(seq_) >= ctx_.params().n_ctx) {
@@ -268,7 +255,7 @@ Result<void> Generator::generate_plain(const GenerateParams& p, Output& out) {
 
 // Greedy: token-identical to plain greedy decoding. Sampling: speculative sampling, distributed
 // exactly as the target's sampler chain.
-Result<void> Generator::generate_speculative(const GenerateParams& p, Output& out) {
+Result<void> Generator::generate_speculative(const GenerateParams& p, TokenSink& out) {
     SpeculativeDecoder sd =
         draft_ ? SpeculativeDecoder(ctx_, *draft_, spec_, seq_) : SpeculativeDecoder(ctx_, history_, spec_, seq_);
     Sampler draft_sampler(sampler_.params());

@@ -69,6 +69,29 @@ class StopMatcher {
     std::string held_;
 };
 
+// Turns generated tokens into pieces for a callback: whole UTF-8 characters, reasoning marked,
+// text that may start a stop string held back; fills a GenerateResult and says when to stop.
+class TokenSink {
+  public:
+    TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res);
+    // Takes one token; false when generation ends with it (the result says why).
+    bool push(int32_t id, bool ignore_eos);
+    // Records why generation ended (the first reason given stands); returns false.
+    bool end(StopReason r);
+    // Releases what the text stream and the stop matcher hold.
+    void finish();
+    size_t n() const { return res_.tokens.size(); }
+
+  private:
+    const Tokenizer& tok_;
+    TextStream ts_;
+    StopMatcher stop_;
+    const PieceFn& fn_;
+    GenerateResult& res_;
+    bool in_think_, stopped_ = false;
+    int32_t think_open_ = -1, think_close_ = -1;
+};
+
 class Generator {
   public:
     Generator(Context& ctx, const Tokenizer& tok, const SamplerParams& sampler, int seq = 0);
@@ -103,9 +126,8 @@ class Generator {
     const SpecStats& spec_stats() const { return spec_stats_; }
 
   private:
-    class Output;
-    Result<void> generate_plain(const GenerateParams& p, Output& out);
-    Result<void> generate_speculative(const GenerateParams& p, Output& out);
+    Result<void> generate_plain(const GenerateParams& p, TokenSink& out);
+    Result<void> generate_speculative(const GenerateParams& p, TokenSink& out);
 
     Context& ctx_;
     const Tokenizer& tok_;

@@ -1,0 +1,75 @@
+// Continuous batching over the sequences of one context: requests join and leave between steps,
+// and every step is one forward pass holding the next token of each decoding request plus a
+// budgeted chunk of waiting prompts (chunked prefill), so a long prompt never stops the others.
+// By batch invariance a request's tokens do not depend on what else runs beside it.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "core/result.h"
+#include "runtime/context.h"
+#include "runtime/generator.h"
+#include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe {
+
+struct SchedulerParams {
+    int64_t prefill_budget = 512;  // prompt tokens per step, over all prefilling requests
+};
+
+struct Request {
+    std::vector<int32_t> prompt;  // at least one token
+    SamplerParams sampler;
+    GenerateParams gen;
+    PieceFn on_piece;  // on the stepping thread; false cancels the request
+    // Once, on the stepping thread, when the request ends (the error set if it failed).
+    std::function<void(const GenerateResult&, const Error*)> on_done;
+};
+
+class Scheduler {
+  public:
+    // One sequence of ctx per running request (ctx.params().n_seq_max at once); the others wait.
+    Scheduler(Context& ctx, const Tokenizer& tok, const SchedulerParams& p = {});
+    ~Scheduler();
+
+    // Queues a request (any thread); it starts at the next step with a free sequence. The error
+    // says why it can never run (an empty prompt, a prompt longer than a sequence's context).
+    Result<int64_t> submit(Request r);
+    // Ends a request at the next step (any thread), waiting or running; its on_done sees
+    // StopReason::cancelled. False when the id is unknown or already finished.
+    bool cancel(int64_t id);
+
+    // One forward pass (on one thread); false when there was nothing to do.
+    Result<bool> step();
+    // Requests running and waiting (any thread).
+    size_t running() const;
+    size_t waiting() const;
+
+  private:
+    struct Slot;
+    void admit();
+    void finish(Slot& s, const Error* err);
+
+    Context& ctx_;
+    const Tokenizer& tok_;
+    SchedulerParams p_;
+    mutable std::mutex mu_;  // guards queue_, cancelled_, running_ids_, next_id_
+    struct Queued {
+        int64_t id;
+        Request r;
+    };
+    std::deque<Queued> queue_;
+    std::vector<int64_t> cancelled_;
+    std::vector<int64_t> running_ids_;  // what other threads may know of slots_
+    int64_t next_id_ = 1;
+    std::vector<std::unique_ptr<Slot>> slots_;  // [seq]; null: free
+    std::vector<float> logits_;
+};
+
+}  // namespace bigmoe
