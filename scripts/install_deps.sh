@@ -2,7 +2,7 @@
 # Installs what bigmoe needs to build and test on Debian 12 (as root). Skips apt when all is there.
 set -euo pipefail
 pkgs=(cmake make g++ git pkg-config libgtest-dev libgmock-dev libbenchmark-dev nlohmann-json3-dev
-      libpcre2-dev libutf8proc-dev clang-format chromium)
+      libpcre2-dev libutf8proc-dev libcpp-httplib-dev clang-format chromium)
 # Node.js (tokenizer/template reference tests) may come from another packager: check the commands.
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)

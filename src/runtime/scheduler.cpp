@@ -160,7 +160,10 @@ Result<bool> Scheduler::step() {
         involved.push_back(&s);
         s.ending = !go_on;
     }
-    if (batch.empty()) return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
+    if (batch.empty()) {
+        positions_ = 0;  // nothing runs (or only finished requests did)
+        return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
+    }
     if (auto r = ctx_.decode(batch, &logits_); !r) {
         // every request in the batch fails; the others go on
         for (auto& sp : slots_)
@@ -170,8 +173,12 @@ Result<bool> Scheduler::step() {
     const size_t V = size_t(ctx_.n_vocab());
     for (size_t i = 0; i < rows.size(); ++i)
         rows[i]->logits.assign(logits_.begin() + ptrdiff_t(i * V), logits_.begin() + ptrdiff_t((i + 1) * V));
-    for (auto& sp : slots_)
+    int64_t used = 0;
+    for (auto& sp : slots_) {
         if (sp && sp->ending) finish(*sp, nullptr);
+        if (sp) used += ctx_.n_past(sp->seq);
+    }
+    positions_ = used;
     return true;
 }
 

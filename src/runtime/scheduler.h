@@ -4,6 +4,7 @@
 // By batch invariance a request's tokens do not depend on what else runs beside it.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <functional>
@@ -50,6 +51,8 @@ class Scheduler {
     // Requests running and waiting (any thread).
     size_t running() const;
     size_t waiting() const;
+    // Positions the running requests hold in the context, after the last step (any thread).
+    int64_t positions_in_use() const { return positions_.load(); }
 
   private:
     struct Slot;
@@ -69,6 +72,7 @@ class Scheduler {
     std::vector<int64_t> running_ids_;  // what other threads may know of slots_
     int64_t next_id_ = 1;
     std::vector<std::unique_ptr<Slot>> slots_;  // [seq]; null: free
+    std::atomic<int64_t> positions_{0};
     std::vector<float> logits_;
 };
 

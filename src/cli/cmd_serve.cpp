@@ -1,0 +1,96 @@
+// `bigmoe serve`: llama-server's flags for an OpenAI-compatible server (docs/serving.md). Binds
+// first (so a busy port fails at once), loads the model while /health answers 503, and stops
+// cleanly on Ctrl-C or SIGTERM.
+#include <csignal>
+#include <cstdio>
+
+#include "cli/args.h"
+#include "cli/commands.h"
+#include "cli/options.h"
+#include "server/server.h"
+
+namespace bigmoe::cli {
+
+namespace {
+const std::vector<OptionSpec> k_specs = {
+    opt::model,
+    {"", "--host", "ADDR", "address to listen on (default 127.0.0.1)"},
+    {"", "--port", "N", "port (default 8080; 0: any free port, printed)"},
+    with_default(opt::ctx_size, "4096; the total, split across the slots"),
+    {"-np", "--parallel", "N", "slots: requests decoding at once (default 1)"},
+    opt::threads,
+    opt::ubatch_size,
+    opt::cache_type_k,
+    opt::cache_type_v,
+    {"", "--api-key", "KEY", "require 'Authorization: Bearer KEY' on every endpoint but /health"},
+    {"-a", "--alias", "NAME", "the model's name in /v1/models (default: the file name)"},
+    {"", "--queue", "N", "requests that may wait for a slot; more get 503 with Retry-After (default 64)"},
+    opt::no_repack,
+    opt::help,
+};
+
+server::Server* g_server = nullptr;
+void on_signal(int) {
+    if (g_server) g_server->stop();
+}
+}  // namespace
+
+int cmd_serve(const std::vector<std::string>& argv) {
+    auto args = Args::parse(argv, k_specs);
+    if (!args) return fail(args.error().message);
+    if (args->has("--help")) {
+        std::printf(
+            "usage: bigmoe serve -m FILE [options]\n\n%s\nEndpoints: /v1/chat/completions, /v1/completions, "
+            "/completion, /v1/models, /health, /props, /metrics, /tokenize, /detokenize.\n",
+            format_help(k_specs).c_str());
+        return 0;
+    }
+    if (!args->has("--model")) return fail("serve: -m/--model is required");
+    server::ServeOptions o;
+    o.model = args->get("--model");
+    o.host = args->get("--host", "127.0.0.1");
+    auto port = args->get_int("--port", 8080, 0, 65535);
+    auto ctx = args->get_int("--ctx-size", 4096, 8, int64_t(1) << 31);
+    auto np = args->get_int("--parallel", 1, 1, 256);
+    auto th = args->get_int("--threads", 0, 0, 4096);
+    auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
+    auto queue = args->get_int("--queue", 64, 0, 1 << 20);
+    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue})
+        if (!*r) return fail(r->error().message);
+    auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
+    auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
+    if (!ctk) return fail(ctk.error().message);
+    if (!ctv) return fail(ctv.error().message);
+    o.port = int(*port);
+    o.n_ctx = *ctx;
+    o.slots = int(*np);
+    o.threads = resolve_threads(*th);
+    o.n_ubatch = *ub;
+    o.queue = size_t(*queue);
+    o.type_k = *ctk;
+    o.type_v = *ctv;
+    o.api_key = args->get("--api-key");
+    o.alias = args->get("--alias");
+    o.repack = !args->has("--no-repack");
+    if (o.host != "127.0.0.1" && o.host != "localhost" && o.api_key.empty())
+        std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who reaches it can use it\n",
+                     o.host.c_str());
+    auto srv = server::Server::start(o);
+    if (!srv) return fail("serve: " + srv.error().message);
+    std::fprintf(stderr, "serve: listening on http://%s:%d (loading %s)\n", o.host.c_str(), (*srv)->port(),
+                 o.model.c_str());
+    g_server = srv->get();
+    std::signal(SIGINT, on_signal);
+    std::signal(SIGTERM, on_signal);
+    if (auto r = (*srv)->load(); !r) {
+        (*srv)->stop();
+        return fail("serve: " + r.error().message);
+    }
+    std::fprintf(stderr, "serve: ready, %d slot(s) of %lld positions\n", o.slots, (long long)(o.n_ctx / o.slots));
+    (*srv)->wait();
+    g_server = nullptr;
+    std::fprintf(stderr, "serve: stopped\n");
+    return 0;
+}
+
+}  // namespace bigmoe::cli

@@ -1,0 +1,234 @@
+#include "server/api.h"
+
+#include <cmath>
+
+namespace bigmoe::server {
+
+Json error_body(const ApiError& e) {
+    Json err = {{"message", e.message}, {"type", e.type}};
+    err["code"] = e.code.empty() ? Json(nullptr) : Json(e.code);
+    return {{"error", err}};
+}
+
+bool valid_utf8(const std::string& s) {
+    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+    const size_t n = s.size();
+    for (size_t i = 0; i < n;) {
+        const unsigned char b = p[i];
+        int need = 0;
+        unsigned char lo = 0x80, hi = 0xBF;
+        if (b < 0x80) {
+            ++i;
+            continue;
+        }
+        if (b >= 0xC2 && b <= 0xDF)
+            need = 1;
+        else if (b >= 0xE0 && b <= 0xEF) {
+            need = 2;
+            if (b == 0xE0) lo = 0xA0;
+            if (b == 0xED) hi = 0x9F;
+        } else if (b >= 0xF0 && b <= 0xF4) {
+            need = 3;
+            if (b == 0xF0) lo = 0x90;
+            if (b == 0xF4) hi = 0x8F;
+        } else
+            return false;
+        for (int k = 1; k <= need; ++k) {
+            if (i + size_t(k) >= n) return false;
+            const unsigned char c = p[i + size_t(k)];
+            if (c < lo || c > hi) return false;
+            lo = 0x80;
+            hi = 0xBF;
+        }
+        i += size_t(need) + 1;
+    }
+    return true;
+}
+
+namespace {
+ApiError bad(std::string msg, std::string param = "") {
+    return {400, std::move(msg), "invalid_request_error", std::move(param)};
+}
+
+// A number field within [lo, hi]; absent: the default stays.
+std::optional<ApiError> number(const Json& j, const char* key, double lo, double hi, double* dst) {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number()) return bad(std::string("'") + key + "' must be a number", key);
+    const double v = j[key].get<double>();
+    if (!std::isfinite(v) || v < lo || v > hi)
+        return bad(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
+                       ", got " + j[key].dump(),
+                   key);
+    *dst = v;
+    return std::nullopt;
+}
+
+std::optional<ApiError> integer(const Json& j, const char* key, int64_t lo, int64_t hi, int64_t* dst) {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    if (!j[key].is_number_integer()) return bad(std::string("'") + key + "' must be an integer", key);
+    const int64_t v = j[key].get<int64_t>();
+    if (v < lo || v > hi)
+        return bad(std::string("'") + key + "' must be between " + std::to_string(lo) + " and " + std::to_string(hi) +
+                       ", got " + std::to_string(v),
+                   key);
+    *dst = v;
+    return std::nullopt;
+}
+
+// A message's content: a string, or an array of {"type": "text", "text": ...} parts.
+std::optional<ApiError> content_text(const Json& c, size_t index, std::string* out) {
+    const std::string where = "messages[" + std::to_string(index) + "].content";
+    if (c.is_null()) return std::nullopt;
+    if (c.is_string()) {
+        *out = c.get<std::string>();
+    } else if (c.is_array()) {
+        for (const auto& part : c) {
+            if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+                !part["text"].is_string())
+                return bad(where + ": only text parts ({\"type\": \"text\", \"text\": ...}) are supported", "messages");
+            *out += part["text"].get<std::string>();
+        }
+    } else {
+        return bad(where + " must be a string or an array of text parts", "messages");
+    }
+    if (!valid_utf8(*out)) return bad(where + " is not valid UTF-8", "messages");
+    return std::nullopt;
+}
+}  // namespace
+
+std::optional<ApiError> parse_completion(const std::string& body, bool chat, bool llama_completion,
+                                         uint64_t default_seed, CompletionRequest* out) {
+    if (!valid_utf8(body)) return bad("the request body is not valid UTF-8");
+    Json j;
+    try {
+        j = Json::parse(body);
+    } catch (const std::exception& e) {
+        return bad(std::string("the request body is not valid JSON: ") + e.what());
+    }
+    if (!j.is_object()) return bad("the request body must be a JSON object");
+    CompletionRequest& r = *out;
+    r.chat = chat;
+    if (chat) {
+        if (!j.contains("messages")) return bad("'messages' is required", "messages");
+        if (!j["messages"].is_array()) return bad("'messages' must be an array", "messages");
+        if (j["messages"].empty()) return bad("'messages' must not be empty", "messages");
+        size_t i = 0;
+        for (const auto& m : j["messages"]) {
+            if (!m.is_object()) return bad("messages[" + std::to_string(i) + "] must be an object", "messages");
+            if (!m.contains("role") || !m["role"].is_string())
+                return bad("messages[" + std::to_string(i) + "].role must be a string", "messages");
+            const std::string role = m["role"];
+            if (role != "system" && role != "user" && role != "assistant" && role != "tool" && role != "developer")
+                return bad("messages[" + std::to_string(i) + "].role '" + role +
+                               "' is not one of system, developer, user, assistant, tool",
+                           "messages");
+            std::string text;
+            if (auto e = content_text(m.contains("content") ? m["content"] : Json(nullptr), i, &text)) return e;
+            if (!m.contains("content") && !(role == "assistant" && m.contains("tool_calls")))
+                return bad("messages[" + std::to_string(i) + "].content is required", "messages");
+            Json msg = {{"role", role == "developer" ? "system" : role}, {"content", text}};
+            for (const char* k : {"tool_calls", "tool_call_id", "name", "reasoning_content"})
+                if (m.contains(k)) msg[k] = m[k];
+            r.messages.push_back(msg);
+            ++i;
+        }
+        if (j.contains("tools") && !j["tools"].is_null()) {
+            if (!j["tools"].is_array()) return bad("'tools' must be an array", "tools");
+            r.tools = j["tools"];
+        }
+        if (j.contains("chat_template_kwargs")) {
+            const auto& k = j["chat_template_kwargs"];
+            if (!k.is_object()) return bad("'chat_template_kwargs' must be an object", "chat_template_kwargs");
+            if (k.contains("enable_thinking")) {
+                if (!k["enable_thinking"].is_boolean())
+                    return bad("'chat_template_kwargs.enable_thinking' must be a boolean", "chat_template_kwargs");
+                r.enable_thinking = k["enable_thinking"];
+            }
+        }
+    } else {
+        if (!j.contains("prompt")) return bad("'prompt' is required", "prompt");
+        const Json& p = j["prompt"];
+        if (p.is_string()) {
+            r.prompt = p;
+        } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
+            r.prompt = p[0];
+        } else {
+            return bad("'prompt' must be a string (or an array of one string)", "prompt");
+        }
+        if (r.prompt.empty()) return bad("'prompt' must not be empty", "prompt");
+    }
+    if (j.contains("n") && !(j["n"].is_number_integer() && j["n"] == 1)) return bad("only 'n': 1 is supported", "n");
+    if (j.contains("logprobs") && !(j["logprobs"].is_boolean() && !j["logprobs"].get<bool>()) &&
+        !j["logprobs"].is_null())
+        return bad("'logprobs' is not supported yet", "logprobs");
+    double temp = 0.8, top_p = 0.95, min_p = 0.05, presence = 0, frequency = 0, repeat = 1.0;
+    int64_t top_k = 40, seed = -1, max_tokens = -1;
+    if (auto e = number(j, "temperature", 0, 100, &temp)) return e;
+    if (auto e = number(j, "top_p", 0, 1, &top_p)) return e;
+    if (top_p == 0) return bad("'top_p' must be above 0", "top_p");
+    if (auto e = number(j, "min_p", 0, 1, &min_p)) return e;
+    if (auto e = number(j, "presence_penalty", -2, 2, &presence)) return e;
+    if (auto e = number(j, "frequency_penalty", -2, 2, &frequency)) return e;
+    if (auto e = number(j, "repeat_penalty", 0.01, 100, &repeat)) return e;
+    if (auto e = integer(j, "top_k", -1, 1 << 30, &top_k)) return e;
+    if (auto e = integer(j, "seed", INT64_MIN, INT64_MAX, &seed)) return e;
+    constexpr int64_t k_max_tokens = int64_t(1) << 31;
+    for (const char* k : {"max_tokens", "max_completion_tokens", llama_completion ? "n_predict" : ""})
+        if (*k)
+            if (auto e = integer(j, k, llama_completion ? -1 : 1, k_max_tokens, &max_tokens)) return e;
+    r.max_tokens = max_tokens;
+    r.sampler.temp = float(temp);
+    r.sampler.top_p = float(top_p);
+    r.sampler.min_p = float(min_p);
+    r.sampler.top_k = int32_t(top_k);
+    r.sampler.presence_penalty = float(presence);
+    r.sampler.frequency_penalty = float(frequency);
+    r.sampler.repeat_penalty = float(repeat);
+    r.sampler.seed = seed < 0 ? default_seed : uint64_t(seed);
+    if (j.contains("stop") && !j["stop"].is_null()) {
+        const Json& s = j["stop"];
+        if (s.is_string()) {
+            r.stop.push_back(s);
+        } else if (s.is_array() && s.size() <= 16) {
+            for (const auto& x : s) {
+                if (!x.is_string() || x.get<std::string>().empty())
+                    return bad("'stop' must be a string or an array of non-empty strings", "stop");
+                r.stop.push_back(x);
+            }
+        } else {
+            return bad("'stop' must be a string or an array of at most 16 strings", "stop");
+        }
+    }
+    if (j.contains("stream") && !j["stream"].is_null()) {
+        if (!j["stream"].is_boolean()) return bad("'stream' must be a boolean", "stream");
+        r.stream = j["stream"];
+    }
+    if (j.contains("stream_options") && j["stream_options"].is_object())
+        r.include_usage = j["stream_options"].value("include_usage", false);
+    if (j.contains("ignore_eos") && j["ignore_eos"].is_boolean()) r.ignore_eos = j["ignore_eos"];
+    return std::nullopt;
+}
+
+std::string finish_reason(StopReason r) {
+    return stop_reason_name(r);
+}
+
+Json usage_json(const Usage& u) {
+    return {{"prompt_tokens", u.prompt_tokens},
+            {"completion_tokens", u.completion_tokens},
+            {"total_tokens", u.prompt_tokens + u.completion_tokens},
+            {"prompt_tokens_details", {{"cached_tokens", u.cached_tokens}}}};
+}
+
+Json timings_json(const Usage& u) {
+    auto per_s = [](int64_t n, double ms) { return ms > 0 ? 1000.0 * double(n) / ms : 0.0; };
+    return {{"cache_n", u.cached_tokens},
+            {"prompt_n", u.prompt_tokens - u.cached_tokens},
+            {"prompt_ms", u.prompt_ms},
+            {"prompt_per_second", per_s(u.prompt_tokens - u.cached_tokens, u.prompt_ms)},
+            {"predicted_n", u.completion_tokens},
+            {"predicted_ms", u.predicted_ms},
+            {"predicted_per_second", per_s(u.completion_tokens, u.predicted_ms)}};
+}
+
+}  // namespace bigmoe::server

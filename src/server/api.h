@@ -1,0 +1,63 @@
+// The OpenAI-compatible request and response shapes, apart from HTTP: parsing and validating a
+// request body into generation settings (every problem an ApiError with the HTTP status and
+// OpenAI's error type), and the JSON of responses and stream chunks.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+#include "runtime/generator.h"
+#include "runtime/sampler.h"
+
+namespace bigmoe::server {
+
+using Json = nlohmann::ordered_json;
+
+struct ApiError {
+    int status = 400;
+    std::string message = {};
+    std::string type = "invalid_request_error";  // OpenAI's error.type
+    std::string code = {};                       // error.code (may be empty)
+};
+
+// {"error": {"message", "type", "code"}}
+Json error_body(const ApiError& e);
+
+// What a completion request asks for, after validation.
+struct CompletionRequest {
+    bool chat = true;
+    Json messages = Json::array();  // chat: [{role, content}] with content as a string
+    Json tools;                     // chat: the tools array, or null
+    bool enable_thinking = true;    // chat_template_kwargs.enable_thinking
+    std::string prompt;             // completions: the raw prompt text
+    SamplerParams sampler;
+    int64_t max_tokens = -1;  // -1: until end of generation or a full context
+    std::vector<std::string> stop;
+    bool stream = false;
+    bool include_usage = false;  // stream_options.include_usage
+    bool ignore_eos = false;     // llama.cpp's extension
+};
+
+// `chat`: /v1/chat/completions; else /v1/completions (and llama.cpp's /completion, where the
+// length is n_predict). default_seed is used when the request gives none.
+std::optional<ApiError> parse_completion(const std::string& body, bool chat, bool llama_completion,
+                                         uint64_t default_seed, CompletionRequest* out);
+
+// Valid UTF-8 (the JSON parser takes what nlohmann accepts; this checks strings in messages).
+bool valid_utf8(const std::string& s);
+
+// OpenAI's finish_reason for a stop reason.
+std::string finish_reason(StopReason r);
+
+struct Usage {
+    int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;
+    double prompt_ms = 0, predicted_ms = 0;
+};
+Json usage_json(const Usage& u);
+Json timings_json(const Usage& u);  // llama.cpp's timings object
+
+}  // namespace bigmoe::server

@@ -1,0 +1,499 @@
+#include "server/server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "bigmoe/bigmoe.h"
+#include "runtime/scheduler.h"
+#include "server/api.h"
+#include "tokenizer/chat.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe::server {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double ms_between(Clock::time_point a, Clock::time_point b) {
+    return std::chrono::duration<double, std::milli>(b - a).count();
+}
+
+// One request's traffic between the stepping thread (pieces, the end) and its HTTP thread.
+struct Job {
+    std::mutex mu;
+    std::condition_variable cv;
+    std::deque<Piece> pieces;
+    bool done = false;
+    GenerateResult result;
+    std::string error;
+    std::atomic<bool> gone{false};  // the client disconnected
+    Clock::time_point submitted = Clock::now(), first, finished;
+    bool has_first = false;
+    int64_t id = 0, prompt_tokens = 0;
+};
+
+struct Route {
+    const char* path;
+    const char* method;
+};
+constexpr Route k_routes[] = {
+    {"/health", "GET"},
+    {"/v1/models", "GET"},
+    {"/models", "GET"},
+    {"/props", "GET"},
+    {"/metrics", "GET"},
+    {"/v1/chat/completions", "POST"},
+    {"/chat/completions", "POST"},
+    {"/v1/completions", "POST"},
+    {"/completions", "POST"},
+    {"/completion", "POST"},
+    {"/tokenize", "POST"},
+    {"/detokenize", "POST"},
+};
+}  // namespace
+
+struct Server::Impl {
+    ServeOptions o;
+    httplib::Server http;
+    std::thread http_thread, stepper;
+    int port = 0;
+    std::atomic<bool> ready{false}, stopping{false};
+    std::unique_ptr<Engine> engine;
+    std::unique_ptr<Tokenizer> tok;
+    std::unique_ptr<Context> ctx;
+    std::unique_ptr<Scheduler> sched;
+    std::unique_ptr<ChatFormatter> fmt;
+    std::string model_name;
+    int32_t think_open = -1, think_close = -1;
+    std::mutex wake_mu;
+    std::condition_variable wake_cv;
+    bool wake = false;
+    std::atomic<int64_t> requests_total{0}, requests_failed{0}, prompt_tokens_total{0}, generation_tokens_total{0};
+    std::atomic<uint64_t> next_seed{0x5EEDu};
+
+    int64_t slot_ctx() const { return o.n_ctx / o.slots; }
+
+    void reply_error(httplib::Response& res, const ApiError& e) {
+        res.status = e.status;
+        res.set_content(error_body(e).dump(), "application/json");
+    }
+
+    void routes();
+    void step_loop();
+    void completion(const httplib::Request& req, httplib::Response& res, bool chat, bool llama);
+    std::string metrics() const;
+};
+
+void Server::Impl::step_loop() {
+    while (!stopping.load()) {
+        auto busy = sched->step();
+        if (!busy) {
+            std::fprintf(stderr, "serve: a step failed: %s\n", busy.error().message.c_str());
+            continue;
+        }
+        if (!*busy) {
+            std::unique_lock<std::mutex> lock(wake_mu);
+            wake_cv.wait_for(lock, std::chrono::milliseconds(50), [&] { return wake || stopping.load(); });
+            wake = false;
+        }
+    }
+}
+
+std::string Server::Impl::metrics() const {
+    const double running = ready ? double(sched->running()) : 0, waiting = ready ? double(sched->waiting()) : 0;
+    const double kv = ready ? double(sched->positions_in_use()) / double(o.n_ctx) : 0;
+    std::string m;
+    auto gauge = [&](const char* name, const char* help, double v) {
+        m += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " gauge\n" + name + " " +
+             std::to_string(v) + "\n";
+    };
+    auto counter = [&](const char* name, const char* help, double v) {
+        m += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + " " +
+             std::to_string(v) + "\n";
+    };
+    gauge("bigmoe_requests_running", "requests decoding or prefilling", running);
+    gauge("bigmoe_requests_waiting", "requests queued for a slot", waiting);
+    gauge("bigmoe_kv_cache_usage_ratio", "share of the KV positions of all slots in use", kv);
+    // the names an inference gateway (llm-d, Gateway API Inference Extension) scrapes
+    gauge("vllm:num_requests_running", "requests running", running);
+    gauge("vllm:num_requests_waiting", "requests waiting", waiting);
+    gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 0 to 1", kv);
+    counter("bigmoe_requests_total", "completion requests accepted", double(requests_total.load()));
+    counter("bigmoe_requests_failed_total", "completion requests that failed after acceptance",
+            double(requests_failed.load()));
+    counter("bigmoe_prompt_tokens_total", "prompt tokens processed", double(prompt_tokens_total.load()));
+    counter("bigmoe_generation_tokens_total", "tokens generated", double(generation_tokens_total.load()));
+    return m;
+}
+
+void Server::Impl::completion(const httplib::Request& req, httplib::Response& res, bool chat, bool llama) {
+    CompletionRequest cr;
+    if (auto e = parse_completion(req.body, chat, llama, next_seed.fetch_add(1), &cr)) return reply_error(res, *e);
+    // the prompt as tokens
+    std::string text;
+    bool in_reasoning = false;
+    std::vector<int32_t> prompt;
+    if (chat) {
+        ChatOptions opt;
+        opt.enable_thinking = cr.enable_thinking;
+        opt.tools = cr.tools;
+        auto r = fmt->render(cr.messages, opt);
+        if (!r) return reply_error(res, {400, "the chat template failed on these messages: " + r.error().message});
+        text = *r;
+        const size_t end = text.find_last_not_of(" \t\r\n");
+        in_reasoning = end != std::string::npos && end + 1 >= 7 && text.compare(end + 1 - 7, 7, "<think>") == 0;
+        prompt = tok->encode(text, /*parse_special=*/true, /*add_special=*/false);
+    } else {
+        prompt = tok->encode(cr.prompt, true, true);
+    }
+    if (int64_t(prompt.size()) + 1 > slot_ctx())
+        return reply_error(res, {400,
+                                 "the prompt has " + std::to_string(prompt.size()) + " tokens; a slot holds " +
+                                     std::to_string(slot_ctx()) + " positions (-c " + std::to_string(o.n_ctx) +
+                                     " over -np " + std::to_string(o.slots) + ")",
+                                 "invalid_request_error", "context_length_exceeded"});
+    if (sched->running() + sched->waiting() >= size_t(o.slots) + o.queue) {
+        res.set_header("Retry-After", "1");
+        return reply_error(res, {503, "the server is busy: " + std::to_string(o.queue) + " requests are waiting",
+                                 "server_error", "queue_full"});
+    }
+    auto job = std::make_shared<Job>();
+    job->prompt_tokens = int64_t(prompt.size());
+    Request r;
+    r.prompt = std::move(prompt);
+    r.sampler = cr.sampler;
+    r.gen.n_predict = cr.max_tokens;
+    r.gen.ignore_eos = cr.ignore_eos;
+    r.gen.stop = cr.stop;
+    r.gen.in_reasoning = in_reasoning;
+    r.on_piece = [job](const Piece& p) {
+        std::lock_guard<std::mutex> lock(job->mu);
+        if (!job->has_first) {
+            job->has_first = true;
+            job->first = Clock::now();
+        }
+        job->pieces.push_back(p);
+        job->cv.notify_all();
+        return !job->gone.load();
+    };
+    r.on_done = [this, job](const GenerateResult& result, const Error* err) {
+        std::lock_guard<std::mutex> lock(job->mu);
+        job->result = result;
+        if (err) {
+            job->error = err->message;
+            ++requests_failed;
+        }
+        job->finished = Clock::now();
+        if (!job->has_first) job->first = job->finished;
+        job->done = true;
+        prompt_tokens_total += job->prompt_tokens;
+        generation_tokens_total += int64_t(result.tokens.size());
+        job->cv.notify_all();
+    };
+    auto id = sched->submit(std::move(r));
+    if (!id) return reply_error(res, {400, id.error().message});
+    job->id = *id;
+    ++requests_total;
+    {
+        std::lock_guard<std::mutex> lock(wake_mu);
+        wake = true;
+    }
+    wake_cv.notify_one();
+
+    const std::string kind = chat ? "chat.completion" : "text_completion";
+    const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(*id);
+    const int64_t created = int64_t(std::time(nullptr));
+    auto usage = [job]() {
+        Usage u;
+        u.prompt_tokens = job->prompt_tokens;
+        u.completion_tokens = int64_t(job->result.tokens.size());
+        u.prompt_ms = ms_between(job->submitted, job->first);
+        u.predicted_ms = ms_between(job->first, job->finished);
+        return u;
+    };
+    if (!cr.stream) {
+        std::unique_lock<std::mutex> lock(job->mu);
+        job->cv.wait(lock, [&] { return job->done; });
+        if (!job->error.empty()) return reply_error(res, {500, job->error, "server_error"});
+        Json choice = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
+        if (chat) {
+            Json msg = {{"role", "assistant"}, {"content", job->result.content}};
+            if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
+            choice["message"] = msg;
+        } else {
+            choice["text"] = job->result.content;
+        }
+        const Usage u = usage();
+        Json body = {{"id", rid},
+                     {"object", kind},
+                     {"created", created},
+                     {"model", model_name},
+                     {"choices", Json::array({choice})},
+                     {"usage", usage_json(u)},
+                     {"timings", timings_json(u)}};
+        if (llama) body["content"] = job->result.content;
+        res.set_content(body.dump(), "application/json");
+        return;
+    }
+    // Server-sent events: a chunk per piece, the finish reason, usage if asked, then [DONE].
+    const std::string chunk_kind = chat ? "chat.completion.chunk" : "text_completion";
+    auto chunk = [=, this](Json choice) {
+        return Json{{"id", rid},
+                    {"object", chunk_kind},
+                    {"created", created},
+                    {"model", model_name},
+                    {"choices", Json::array({std::move(choice)})}};
+    };
+    const bool include_usage = cr.include_usage;
+    const int32_t t_open = think_open, t_close = think_close;
+    res.set_header("Cache-Control", "no-cache");
+    res.set_chunked_content_provider("text/event-stream", [=, this](size_t, httplib::DataSink& sink) {
+        auto send = [&](const Json& j) {
+            const std::string line = "data: " + j.dump() + "\n\n";
+            return sink.write(line.data(), line.size());
+        };
+        auto gone = [&] {
+            job->gone = true;
+            sched->cancel(job->id);
+            return false;
+        };
+        if (chat &&
+            !send(
+                chunk({{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}})))
+            return gone();
+        for (;;) {
+            std::deque<Piece> batch;
+            bool done;
+            {
+                std::unique_lock<std::mutex> lock(job->mu);
+                job->cv.wait_for(lock, std::chrono::milliseconds(200),
+                                 [&] { return job->done || !job->pieces.empty(); });
+                batch.swap(job->pieces);
+                done = job->done;
+            }
+            for (const Piece& p : batch) {
+                if (p.text.empty() || p.token == t_open || p.token == t_close) continue;
+                Json delta;
+                if (chat)
+                    delta = {{"index", 0},
+                             {"delta", {{p.reasoning ? "reasoning_content" : "content", p.text}}},
+                             {"finish_reason", nullptr}};
+                else
+                    delta = {{"index", 0}, {"text", p.text}, {"finish_reason", nullptr}};
+                if (!send(chunk(delta))) return gone();
+            }
+            if (!sink.is_writable()) return gone();
+            if (!done) continue;
+            if (!job->error.empty()) {
+                send(error_body({500, job->error, "server_error"}));
+            } else {
+                Json fin = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
+                fin[chat ? "delta" : "text"] = chat ? Json::object() : Json("");
+                Json last = chunk(fin);
+                const Usage u = usage();
+                last["timings"] = timings_json(u);
+                if (!send(last)) return gone();
+                if (include_usage) {
+                    Json uj = chunk(fin);
+                    uj["choices"] = Json::array();
+                    uj["usage"] = usage_json(u);
+                    if (!send(uj)) return gone();
+                }
+            }
+            const std::string end = "data: [DONE]\n\n";
+            sink.write(end.data(), end.size());
+            sink.done();
+            return true;
+        }
+    });
+}
+
+void Server::Impl::routes() {
+    http.set_payload_max_length(o.max_body);
+    http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+        bool known = false, allowed = false;
+        for (const Route& r : k_routes)
+            if (req.path == r.path) {
+                known = true;
+                allowed = allowed || req.method == r.method || (req.method == "HEAD" && std::string(r.method) == "GET");
+            }
+        if (!known) {
+            reply_error(res, {404, "no endpoint " + req.method + " " + req.path, "not_found_error"});
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        if (!allowed) {
+            for (const Route& r : k_routes)
+                if (req.path == r.path) res.set_header("Allow", r.method);
+            reply_error(res, {405, req.method + " is not allowed on " + req.path, "invalid_request_error"});
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        if (!o.api_key.empty() && req.path != "/health" &&
+            req.get_header_value("Authorization") != "Bearer " + o.api_key) {
+            reply_error(res, {401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
+                              "invalid_api_key"});
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        if (!ready.load() && req.path != "/health" && req.path != "/metrics") {
+            reply_error(res, {503, "the model is loading", "server_error", "loading"});
+            return httplib::Server::HandlerResponse::Handled;
+        }
+        return httplib::Server::HandlerResponse::Unhandled;
+    });
+    http.set_error_handler(
+        httplib::Server::HandlerWithResponse([this](const httplib::Request&, httplib::Response& res) {
+            if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;
+            const std::string msg = res.status == 413
+                                        ? "the request body is larger than " + std::to_string(o.max_body) + " bytes"
+                                        : "the request could not be read";
+            reply_error(res, {res.status, msg});
+            return httplib::Server::HandlerResponse::Handled;
+        }));
+    http.set_exception_handler([this](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
+        std::string what = "internal error";
+        try {
+            std::rethrow_exception(ep);
+        } catch (const std::exception& e) {
+            what = e.what();
+        } catch (...) {
+        }
+        reply_error(res, {500, what, "server_error"});
+    });
+    http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+        if (!ready.load()) return reply_error(res, {503, "the model is loading", "server_error", "loading"});
+        res.set_content(R"({"status":"ok"})", "application/json");
+    });
+    auto models = [this](const httplib::Request&, httplib::Response& res) {
+        Json m = {{"id", model_name}, {"object", "model"}, {"created", 0}, {"owned_by", "bigmoe"}};
+        res.set_content(Json{{"object", "list"}, {"data", Json::array({m})}}.dump(), "application/json");
+    };
+    http.Get("/v1/models", models);
+    http.Get("/models", models);
+    http.Get("/props", [this](const httplib::Request&, httplib::Response& res) {
+        Json p = {{"model_path", o.model},
+                  {"model_alias", model_name},
+                  {"total_slots", o.slots},
+                  {"n_ctx", o.n_ctx},
+                  {"default_generation_settings", {{"n_ctx", slot_ctx()}}},
+                  {"chat_template", tok->chat_template()},
+                  {"build_info", version_string()}};
+        res.set_content(p.dump(), "application/json");
+    });
+    http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(metrics(), "text/plain; version=0.0.4");
+    });
+    for (const char* p : {"/v1/chat/completions", "/chat/completions"})
+        http.Post(p, [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, true, false); });
+    for (const char* p : {"/v1/completions", "/completions"})
+        http.Post(p, [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, false, false); });
+    http.Post("/completion",
+              [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, false, true); });
+    http.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& res) {
+        Json j;
+        try {
+            j = Json::parse(q.body);
+        } catch (const std::exception&) {
+            return reply_error(res, {400, "the request body is not valid JSON"});
+        }
+        if (!j.is_object() || !j.contains("content") || !j["content"].is_string())
+            return reply_error(res, {400, "'content' must be a string", "invalid_request_error", "content"});
+        const std::string text = j["content"];
+        if (!valid_utf8(text)) return reply_error(res, {400, "'content' is not valid UTF-8"});
+        const bool add_special = j.value("add_special", false);
+        res.set_content(Json{{"tokens", tok->encode(text, true, add_special)}}.dump(), "application/json");
+    });
+    http.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& res) {
+        Json j;
+        try {
+            j = Json::parse(q.body);
+        } catch (const std::exception&) {
+            return reply_error(res, {400, "the request body is not valid JSON"});
+        }
+        if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
+            return reply_error(res, {400, "'tokens' must be an array of token ids", "invalid_request_error", "tokens"});
+        std::vector<int32_t> ids;
+        for (const auto& t : j["tokens"]) {
+            if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= tok->n_vocab())
+                return reply_error(
+                    res, {400, "token " + t.dump() + " is not an id in [0, " + std::to_string(tok->n_vocab()) + ")"});
+            ids.push_back(int32_t(t.get<int64_t>()));
+        }
+        res.set_content(Json{{"content", tok->decode(ids, false)}}.dump(), "application/json");
+    });
+}
+
+Server::Server(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Server::~Server() {
+    stop();
+    if (impl_->http_thread.joinable()) impl_->http_thread.join();
+    if (impl_->stepper.joinable()) impl_->stepper.join();
+}
+
+Result<std::unique_ptr<Server>> Server::start(const ServeOptions& o) {
+    if (o.slots < 1 || o.slots > 256) return make_error("-np must be 1..256, got " + std::to_string(o.slots));
+    if (o.n_ctx / o.slots < 8)
+        return make_error("-c " + std::to_string(o.n_ctx) + " over -np " + std::to_string(o.slots) +
+                          " leaves fewer than 8 positions per slot");
+    auto impl = std::make_unique<Impl>();
+    impl->o = o;
+    const std::string base =
+        o.model.substr(o.model.find_last_of('/') == std::string::npos ? 0 : o.model.find_last_of('/') + 1);
+    impl->model_name = o.alias.empty() ? base : o.alias;
+    impl->routes();
+    impl->port =
+        o.port == 0 ? impl->http.bind_to_any_port(o.host) : (impl->http.bind_to_port(o.host, o.port) ? o.port : -1);
+    if (impl->port < 0)
+        return make_error("cannot listen on " + o.host + ":" + std::to_string(o.port) +
+                              " (in use, or not an address of this machine)",
+                          ErrorKind::bad_input);
+    Impl* p = impl.get();
+    impl->http_thread = std::thread([p] { p->http.listen_after_bind(); });
+    return std::unique_ptr<Server>(new Server(std::move(impl)));
+}
+
+int Server::port() const {
+    return impl_->port;
+}
+
+Result<void> Server::load() {
+    Impl& s = *impl_;
+    BM_ASSIGN(s.engine, Engine::load(s.o.model, {.n_threads = s.o.threads, .repack = s.o.repack}));
+    BM_ASSIGN(s.tok, Tokenizer::from_gguf(s.engine->file()));
+    ContextParams cp;
+    cp.n_ctx = s.slot_ctx();
+    cp.n_seq_max = s.o.slots;
+    cp.n_ubatch = s.o.n_ubatch;
+    cp.type_k = s.o.type_k;
+    cp.type_v = s.o.type_v;
+    cp.rollback_depth = 0;  // no drafts: recurrent state updated in place
+    BM_ASSIGN(s.ctx, s.engine->new_context(cp));
+    const int32_t bos = s.tok->bos(), eos = s.tok->eos();
+    auto fmt = ChatFormatter::create(s.tok->chat_template(), bos >= 0 ? s.tok->token_text(bos) : "",
+                                     eos >= 0 ? s.tok->token_text(eos) : "");
+    if (!fmt) return fmt.error();
+    s.fmt = std::make_unique<ChatFormatter>(std::move(*fmt));
+    s.think_open = s.tok->find("<think>");
+    s.think_close = s.tok->find("</think>");
+    s.sched = std::make_unique<Scheduler>(*s.ctx, *s.tok, SchedulerParams{.prefill_budget = s.o.n_ubatch});
+    s.stepper = std::thread([&s] { s.step_loop(); });
+    s.ready = true;
+    return {};
+}
+
+void Server::wait() {
+    if (impl_->http_thread.joinable()) impl_->http_thread.join();
+}
+
+void Server::stop() {
+    impl_->stopping = true;
+    impl_->wake_cv.notify_all();
+    impl_->http.stop();
+}
+
+}  // namespace bigmoe::server

@@ -1,0 +1,51 @@
+// `bigmoe serve`: an OpenAI-compatible HTTP server over one model. HTTP threads parse and
+// validate requests and stream answers; one thread steps the Scheduler (continuous batching over
+// -np sequences), so a request's output does not depend on what else the server is doing.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "core/result.h"
+#include "quant/dtype.h"
+
+namespace bigmoe::server {
+
+struct ServeOptions {
+    std::string model;
+    std::string host = "127.0.0.1";
+    int port = 8080;         // 0: any free port (Server::port says which)
+    int64_t n_ctx = 4096;    // total, split across the slots
+    int slots = 1;           // -np: sequences decoding at once
+    int threads = 0;         // 0: the physical cores
+    int64_t n_ubatch = 512;  // micro-batch and prefill budget per step
+    DType type_k = DType::F16, type_v = DType::F16;
+    std::string api_key;  // non-empty: every endpoint but /health needs "Authorization: Bearer KEY"
+    std::string alias;    // the model's name in /v1/models (default: the file name)
+    size_t queue = 64;    // requests waiting beyond this get 503 with Retry-After
+    size_t max_body = 8 << 20;
+    bool repack = true;
+};
+
+class Server {
+  public:
+    // Binds the address (so the port is known) and starts answering: /health says 503 until
+    // load() finishes.
+    static Result<std::unique_ptr<Server>> start(const ServeOptions& o);
+    ~Server();
+    int port() const;
+    // Loads the model and starts the stepping thread.
+    Result<void> load();
+    // Blocks until stop() (from a signal handler's thread or another thread).
+    void wait();
+    void stop();
+
+    struct Impl;
+
+  private:
+    explicit Server(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace bigmoe::server

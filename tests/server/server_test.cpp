@@ -1,0 +1,383 @@
+// bigmoe serve over real HTTP (cpp-httplib's client against the server on a free port, with a
+// fixture model): endpoint schemas, SSE framing, greedy text equal to the library alone, 8
+// concurrent streams each equal to the same request alone, a table of bad inputs (each a 4xx
+// with an OpenAI error object, the server healthy after), a disconnect freeing its slot, the
+// API key, and the bounded queue.
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "bigmoe/bigmoe.h"
+#include "runtime/chat_session.h"
+#include "runtime/generator.h"
+#include "server/server.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+using Json = nlohmann::json;
+
+std::string model_path() {
+    return testing::fixtures_dir() + "/models/qwen35moe-tiny-f32.gguf";
+}
+
+std::unique_ptr<server::Server> start(server::ServeOptions o) {
+    o.model = model_path();
+    o.port = 0;
+    o.threads = 2;
+    auto s = server::Server::start(o);
+    EXPECT_TRUE(s.ok()) << s.error().message;
+    auto r = (*s)->load();
+    EXPECT_TRUE(r.ok()) << r.error().message;
+    return std::move(*s);
+}
+
+class Serve : public ::testing::Test {
+  protected:
+    static void SetUpTestSuite() {
+        server::ServeOptions o;
+        o.n_ctx = 4 * 256;
+        o.slots = 4;
+        srv_ = start(o).release();
+    }
+    static void TearDownTestSuite() {
+        delete srv_;
+        srv_ = nullptr;
+    }
+    httplib::Client client() const {
+        httplib::Client c("127.0.0.1", srv_->port());
+        c.set_read_timeout(60, 0);
+        return c;
+    }
+    Json post(const std::string& path, const Json& body, int want_status = 200) const {
+        auto res = client().Post(path.c_str(), body.dump(), "application/json");
+        EXPECT_TRUE(res) << path;
+        if (!res) return {};
+        EXPECT_EQ(res->status, want_status) << path << " " << res->body;
+        return Json::parse(res->body, nullptr, false);
+    }
+    // A streamed request: the data lines' JSON (the last entry null for [DONE]).
+    std::vector<Json> stream(const std::string& path, Json body, std::string* raw = nullptr) const {
+        body["stream"] = true;
+        std::string all;
+        httplib::Request req;
+        req.method = "POST";
+        req.path = path;
+        req.body = body.dump();
+        req.set_header("Content-Type", "application/json");
+        req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
+            all.append(d, n);
+            return true;
+        };
+        httplib::Response res;
+        httplib::Error err;
+        auto c = client();
+        EXPECT_TRUE(c.send(req, res, err));
+        EXPECT_EQ(res.status, 200);
+        EXPECT_NE(res.get_header_value("Content-Type").find("text/event-stream"), std::string::npos);
+        if (raw) *raw = all;
+        std::vector<Json> events;
+        size_t p = 0;
+        while (p < all.size()) {
+            const size_t e = all.find("\n\n", p);
+            EXPECT_NE(e, std::string::npos) << "an event without its blank line";
+            if (e == std::string::npos) break;
+            const std::string ev = all.substr(p, e - p);
+            EXPECT_EQ(ev.rfind("data: ", 0), 0u) << ev;
+            const std::string data = ev.substr(6);
+            events.push_back(data == "[DONE]" ? Json(nullptr) : Json::parse(data));
+            p = e + 2;
+        }
+        return events;
+    }
+    static std::string streamed_content(const std::vector<Json>& events, bool chat) {
+        std::string s;
+        for (const auto& e : events)
+            if (!e.is_null() && !e["choices"].empty()) {
+                const Json& c = e["choices"][0];
+                if (chat && c["delta"].contains("content")) s += c["delta"]["content"].get<std::string>();
+                if (!chat && c.contains("text")) s += c["text"].get<std::string>();
+            }
+        return s;
+    }
+    static server::Server* srv_;
+};
+server::Server* Serve::srv_ = nullptr;
+
+Json chat_body(const std::string& user, int max_tokens, double temp = 0, int seed = 1) {
+    return {{"messages",
+             Json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", user}}})},
+            {"max_tokens", max_tokens},
+            {"temperature", temp},
+            {"seed", seed}};
+}
+
+TEST_F(Serve, health_models_props_metrics_tokenize) {
+    auto c = client();
+    auto h = c.Get("/health");
+    ASSERT_TRUE(h);
+    EXPECT_EQ(h->status, 200);
+    EXPECT_EQ(Json::parse(h->body)["status"], "ok");
+    auto m = Json::parse(c.Get("/v1/models")->body);
+    EXPECT_EQ(m["object"], "list");
+    EXPECT_EQ(m["data"][0]["id"], "qwen35moe-tiny-f32.gguf");
+    EXPECT_EQ(m["data"][0]["object"], "model");
+    auto p = Json::parse(c.Get("/props")->body);
+    EXPECT_EQ(p["total_slots"], 4);
+    EXPECT_EQ(p["default_generation_settings"]["n_ctx"], 256);
+    // Prometheus text: every sample line is "name value"; the gateway's names are there
+    const std::string metrics = c.Get("/metrics")->body;
+    int samples = 0;
+    std::istringstream in(metrics);
+    for (std::string line; std::getline(in, line);) {
+        if (line.empty() || line[0] == '#') continue;
+        const size_t sp = line.find(' ');
+        ASSERT_NE(sp, std::string::npos) << line;
+        size_t used = 0;
+        std::stod(line.substr(sp + 1), &used);
+        EXPECT_EQ(used, line.size() - sp - 1) << line;
+        ++samples;
+    }
+    EXPECT_GE(samples, 8);
+    for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
+                             "bigmoe_generation_tokens_total"})
+        EXPECT_NE(metrics.find(std::string("\n") + name + " "), std::string::npos) << name;
+    auto t = post("/tokenize", {{"content", "Hello world"}});
+    ASSERT_TRUE(t["tokens"].is_array());
+    auto d = post("/detokenize", {{"tokens", t["tokens"]}});
+    EXPECT_EQ(d["content"], "Hello world");
+}
+
+// The server's greedy answer is what the library gives the same conversation alone.
+TEST_F(Serve, chat_and_completion_equal_the_library_alone) {
+    auto e = Engine::load(model_path(), {.n_threads = 2});
+    ASSERT_TRUE(e.ok());
+    auto tok = Tokenizer::from_gguf((*e)->file());
+    ASSERT_TRUE(tok.ok());
+    auto ctx = (*e)->new_context({.n_ctx = 256});
+    ASSERT_TRUE(ctx.ok());
+    SamplerParams sp;
+    sp.temp = 0;
+    Generator g(**ctx, **tok, sp);
+    auto session = ChatSession::create(g, "", {});
+    ASSERT_TRUE(session.ok());
+    session->add_system("Be brief.");
+    GenerateParams gp;
+    gp.n_predict = 12;
+    auto want = session->send("Tell me about the sea", gp, [](const Piece&) { return true; });
+    ASSERT_TRUE(want.ok());
+    const Json got = post("/v1/chat/completions", chat_body("Tell me about the sea", 12));
+    EXPECT_EQ(got["object"], "chat.completion");
+    EXPECT_EQ(got["choices"][0]["message"]["role"], "assistant");
+    EXPECT_EQ(got["choices"][0]["message"]["content"], want->content);
+    EXPECT_EQ(got["usage"]["completion_tokens"], int64_t(want->tokens.size()));
+    EXPECT_EQ(got["usage"]["total_tokens"],
+              got["usage"]["prompt_tokens"].get<int64_t>() + got["usage"]["completion_tokens"].get<int64_t>());
+    EXPECT_TRUE(got["usage"]["prompt_tokens_details"].contains("cached_tokens"));
+    EXPECT_TRUE(got["timings"].contains("predicted_per_second"));
+    EXPECT_TRUE(got["choices"][0]["finish_reason"] == "length" || got["choices"][0]["finish_reason"] == "stop");
+    // raw completion, as run -p would continue it
+    auto ctx2 = (*e)->new_context({.n_ctx = 256});
+    ASSERT_TRUE(ctx2.ok());
+    Generator g2(**ctx2, **tok, sp);
+    ASSERT_TRUE(g2.feed((*tok)->encode("Once upon a time", true, true)).ok());
+    auto want2 = g2.generate(gp, [](const Piece&) { return true; });
+    ASSERT_TRUE(want2.ok());
+    const Json c = post("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}});
+    EXPECT_EQ(c["object"], "text_completion");
+    EXPECT_EQ(c["choices"][0]["text"], want2->content);
+    const Json l = post("/completion", {{"prompt", "Once upon a time"}, {"n_predict", 12}, {"temperature", 0}});
+    EXPECT_EQ(l["content"], want2->content);
+}
+
+TEST_F(Serve, streams_are_sse_and_equal_the_answer_in_one_piece) {
+    std::string raw;
+    const Json body = chat_body("Write a list", 10);
+    const auto events = stream("/v1/chat/completions", body, &raw);
+    ASSERT_GE(events.size(), 3u);
+    EXPECT_TRUE(events.back().is_null()) << "the stream ends with data: [DONE]";
+    EXPECT_EQ(raw.substr(raw.size() - 14), "data: [DONE]\n\n");
+    EXPECT_EQ(events[0]["choices"][0]["delta"]["role"], "assistant");
+    EXPECT_EQ(events[0]["object"], "chat.completion.chunk");
+    const Json& last = events[events.size() - 2];
+    EXPECT_FALSE(last["choices"][0]["finish_reason"].is_null());
+    const Json whole = post("/v1/chat/completions", body);
+    EXPECT_EQ(streamed_content(events, true), whole["choices"][0]["message"]["content"]);
+    // usage chunk on request
+    Json with_usage = body;
+    with_usage["stream_options"] = {{"include_usage", true}};
+    const auto ev2 = stream("/v1/chat/completions", with_usage);
+    ASSERT_GE(ev2.size(), 2u);
+    EXPECT_TRUE(ev2[ev2.size() - 2]["choices"].empty());
+    EXPECT_EQ(ev2[ev2.size() - 2]["usage"]["completion_tokens"], 10);
+    // completions stream
+    const Json cb = {{"prompt", "Once"}, {"max_tokens", 6}, {"temperature", 0}};
+    EXPECT_EQ(streamed_content(stream("/v1/completions", cb), false),
+              post("/v1/completions", cb)["choices"][0]["text"]);
+}
+
+// Deterministic serving: each of 8 concurrent streams (greedy and sampled with seeds) equals
+// the same request sent alone.
+TEST_F(Serve, eight_concurrent_streams_each_equal_the_request_alone) {
+    std::vector<Json> bodies;
+    for (int i = 0; i < 8; ++i)
+        bodies.push_back(chat_body("question number " + std::to_string(i), 8 + i, i % 2 ? 0.9 : 0.0, 100 + i));
+    std::vector<std::string> alone;
+    for (const Json& b : bodies) alone.push_back(post("/v1/chat/completions", b)["choices"][0]["message"]["content"]);
+    std::vector<std::string> together(8);
+    std::vector<std::thread> ts;
+    for (int i = 0; i < 8; ++i)
+        ts.emplace_back([&, i] {
+            together[size_t(i)] = streamed_content(stream("/v1/chat/completions", bodies[size_t(i)]), true);
+        });
+    for (auto& t : ts) t.join();
+    for (int i = 0; i < 8; ++i) EXPECT_EQ(together[size_t(i)], alone[size_t(i)]) << "request " << i;
+}
+
+TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
+    const Json ok_msgs = Json::array({{{"role", "user"}, {"content", "hi"}}});
+    const std::string too_long(20000, 'x');
+    struct Case {
+        std::string name, method, path, body;
+        int status;
+    };
+    auto chat = [](const Json& j) { return j.dump(); };
+    const std::vector<Case> cases = {
+        {"malformed JSON", "POST", "/v1/chat/completions", "{bad", 400},
+        {"not an object", "POST", "/v1/chat/completions", "[1,2]", 400},
+        {"empty body", "POST", "/v1/chat/completions", "", 400},
+        {"missing messages", "POST", "/v1/chat/completions", chat({{"max_tokens", 3}}), 400},
+        {"messages not an array", "POST", "/v1/chat/completions", chat({{"messages", "hi"}}), 400},
+        {"empty messages", "POST", "/v1/chat/completions", chat({{"messages", Json::array()}}), 400},
+        {"message not an object", "POST", "/v1/chat/completions", chat({{"messages", {1}}}), 400},
+        {"unknown role", "POST", "/v1/chat/completions", chat({{"messages", {{{"role", "robot"}, {"content", "x"}}}}}),
+         400},
+        {"role not a string", "POST", "/v1/chat/completions", chat({{"messages", {{{"role", 3}, {"content", "x"}}}}}),
+         400},
+        {"missing content", "POST", "/v1/chat/completions", chat({{"messages", {{{"role", "user"}}}}}), 400},
+        {"content a number", "POST", "/v1/chat/completions", chat({{"messages", {{{"role", "user"}, {"content", 5}}}}}),
+         400},
+        {"image part", "POST", "/v1/chat/completions",
+         chat({{"messages", {{{"role", "user"}, {"content", {{{"type", "image_url"}}}}}}}}), 400},
+        {"negative max_tokens", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"max_tokens", -5}}), 400},
+        {"zero max_tokens", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"max_tokens", 0}}), 400},
+        {"absurd max_tokens", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"max_tokens", 1e15}}), 400},
+        {"max_tokens a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"max_tokens", "9"}}),
+         400},
+        {"temperature a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"temperature", "hot"}}),
+         400},
+        {"negative temperature", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"temperature", -1}}),
+         400},
+        {"top_p above 1", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"top_p", 1.5}}), 400},
+        {"top_p zero", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"top_p", 0}}), 400},
+        {"top_k a float", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"top_k", 2.5}}), 400},
+        {"seed a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"seed", "x"}}), 400},
+        {"stop a number", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stop", 3}}), 400},
+        {"stop with an empty string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stop", {""}}}),
+         400},
+        {"stream a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stream", "yes"}}), 400},
+        {"n of 2", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 2}}), 400},
+        {"presence penalty out of range", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"presence_penalty", 9}}), 400},
+        {"prompt longer than a slot", "POST", "/v1/chat/completions",
+         chat({{"messages", {{{"role", "user"}, {"content", too_long}}}}}), 400},
+        {"invalid UTF-8", "POST", "/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"a\xff\xfe b\"}]}", 400},
+        {"completion without prompt", "POST", "/v1/completions", chat({{"max_tokens", 3}}), 400},
+        {"completion prompt a number", "POST", "/v1/completions", chat({{"prompt", 7}}), 400},
+        {"completion empty prompt", "POST", "/v1/completions", chat({{"prompt", ""}}), 400},
+        {"tokenize without content", "POST", "/tokenize", chat({{"text", "x"}}), 400},
+        {"detokenize bad id", "POST", "/detokenize", chat({{"tokens", {1, -4}}}), 400},
+        {"detokenize id too large", "POST", "/detokenize", chat({{"tokens", {1 << 30}}}), 400},
+        {"unknown path", "GET", "/v1/unknown", "", 404},
+        {"unknown POST path", "POST", "/v2/chat", "{}", 404},
+        {"wrong method on chat", "GET", "/v1/chat/completions", "", 405},
+        {"wrong method on health", "POST", "/health", "{}", 405},
+        {"oversized body", "POST", "/v1/chat/completions", std::string(9 << 20, ' '), 413},
+    };
+    ASSERT_GE(cases.size(), 30u);
+    auto c = client();
+    for (const Case& k : cases) {
+        auto res = k.method == "GET" ? c.Get(k.path.c_str()) : c.Post(k.path.c_str(), k.body, "application/json");
+        ASSERT_TRUE(res) << k.name;
+        EXPECT_EQ(res->status, k.status) << k.name << ": " << res->body;
+        const Json j = Json::parse(res->body, nullptr, false);
+        ASSERT_TRUE(j.is_object() && j.contains("error")) << k.name << ": " << res->body;
+        EXPECT_TRUE(j["error"]["message"].is_string() && !j["error"]["message"].get<std::string>().empty()) << k.name;
+        EXPECT_TRUE(j["error"]["type"].is_string()) << k.name;
+        EXPECT_TRUE(j["error"].contains("code")) << k.name;
+    }
+    // the long prompt's message names both numbers
+    auto res = c.Post("/v1/chat/completions", chat({{"messages", {{{"role", "user"}, {"content", too_long}}}}}),
+                      "application/json");
+    EXPECT_NE(res->body.find("a slot holds 256 positions"), std::string::npos) << res->body;
+    EXPECT_EQ(c.Get("/health")->status, 200);
+    EXPECT_EQ(post("/v1/chat/completions", chat_body("still fine?", 3))["choices"][0]["message"]["role"], "assistant");
+}
+
+TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    Json body = chat_body("go on and on", 200);
+    body["stream"] = true;
+    body["ignore_eos"] = true;
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    int chunks = 0;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // then hang up
+    httplib::Response res;
+    httplib::Error err;
+    auto c = client();
+    c.send(req, res, err);
+    EXPECT_GE(chunks, 3);
+    auto running = [&] {
+        const std::string m = client().Get("/metrics")->body;
+        const size_t p = m.find("\nbigmoe_requests_running ");
+        return std::stod(m.substr(p + 25));
+    };
+    for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(running(), 0);
+}
+
+TEST(ServeOptions, api_key_and_a_full_queue) {
+    server::ServeOptions o;
+    o.n_ctx = 512;
+    o.slots = 1;
+    o.queue = 0;
+    o.api_key = "s3cret";
+    auto srv = start(o);
+    httplib::Client c("127.0.0.1", srv->port());
+    EXPECT_EQ(c.Get("/health")->status, 200);  // no key needed
+    EXPECT_EQ(c.Get("/v1/models")->status, 401);
+    EXPECT_EQ(Json::parse(c.Get("/v1/models")->body)["error"]["type"], "authentication_error");
+    EXPECT_EQ(c.Get("/v1/models", {{"Authorization", "Bearer wrong"}})->status, 401);
+    const httplib::Headers key = {{"Authorization", "Bearer s3cret"}};
+    EXPECT_EQ(c.Get("/v1/models", key)->status, 200);
+    // one slot, no queue: a second request while the first decodes gets 503 with Retry-After
+    Json body = chat_body("long", 480);
+    body["ignore_eos"] = true;
+    std::thread first([&] {
+        httplib::Client c1("127.0.0.1", srv->port());
+        c1.set_read_timeout(120, 0);
+        c1.Post("/v1/chat/completions", key, body.dump(), "application/json");
+    });
+    // wait until the long request holds the slot
+    auto running = [&] {
+        const std::string m = c.Get("/metrics", key)->body;
+        return std::stod(m.substr(m.find("\nbigmoe_requests_running ") + 25));
+    };
+    for (int i = 0; i < 2000 && running() < 1; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    auto r = c.Post("/v1/chat/completions", key, chat_body("second", 2).dump(), "application/json");
+    ASSERT_TRUE(r);
+    EXPECT_EQ(r->status, 503);
+    EXPECT_EQ(r->get_header_value("Retry-After"), "1");
+    EXPECT_EQ(Json::parse(r->body)["error"]["code"], "queue_full");
+    first.join();
+}
+
+}  // namespace
+}  // namespace bigmoe
