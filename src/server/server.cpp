@@ -13,6 +13,7 @@
 #include "bigmoe/bigmoe.h"
 #include "runtime/scheduler.h"
 #include "server/api.h"
+#include "server/tool_calls.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
@@ -37,6 +38,15 @@ struct Job {
     bool has_first = false;
     int64_t id = 0, prompt_tokens = 0;
 };
+
+// OpenAI's shape of one call: {"id", "type": "function", "function": {"name", "arguments"}};
+// "index" places it in a stream's deltas.
+Json tool_call_json(const std::string& rid, size_t i, const ToolCall& c) {
+    return {{"index", i},
+            {"id", "call_" + rid + "_" + std::to_string(i)},
+            {"type", "function"},
+            {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
+}
 
 struct Route {
     const char* path;
@@ -163,6 +173,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         return reply_error(res, {503, "the server is busy: " + std::to_string(o.queue) + " requests are waiting",
                                  "server_error", "queue_full"});
     }
+    const bool tools = chat && cr.tools.is_array() && !cr.tools.empty();
     auto job = std::make_shared<Job>();
     job->prompt_tokens = int64_t(prompt.size());
     Request r;
@@ -225,6 +236,18 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         if (chat) {
             Json msg = {{"role", "assistant"}, {"content", job->result.content}};
             if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
+            if (tools) {  // the model's <tool_call> blocks as tool_calls
+                ToolCallParser parser;
+                ToolOutput o = parser.push(job->result.content), rest = parser.finish();
+                o.text += rest.text;
+                if (!o.calls.empty()) {
+                    msg["content"] = o.text.empty() ? Json(nullptr) : Json(o.text);
+                    msg["tool_calls"] = Json::array();
+                    for (size_t i = 0; i < o.calls.size(); ++i)
+                        msg["tool_calls"].push_back(tool_call_json(rid, i, o.calls[i]));
+                    choice["finish_reason"] = "tool_calls";
+                }
+            }
             choice["message"] = msg;
         } else {
             choice["text"] = job->result.content;
@@ -251,6 +274,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
                     {"choices", Json::array({std::move(choice)})}};
     };
     const bool include_usage = cr.include_usage;
+    auto parser = tools ? std::make_shared<ToolCallParser>() : nullptr;
+    auto n_calls = std::make_shared<size_t>(0);
     const int32_t t_open = think_open, t_close = think_close;
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider("text/event-stream", [=, this](size_t, httplib::DataSink& sink) {
@@ -277,23 +302,46 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
                 batch.swap(job->pieces);
                 done = job->done;
             }
+            // content pieces (through the tool-call parser when the request has tools)
+            auto send_content = [&](const std::string& text, const std::vector<ToolCall>& calls) {
+                if (!text.empty() &&
+                    !send(chunk({{"index", 0}, {"delta", {{"content", text}}}, {"finish_reason", nullptr}})))
+                    return false;
+                for (const ToolCall& c : calls)
+                    if (!send(chunk({{"index", 0},
+                                     {"delta", {{"tool_calls", Json::array({tool_call_json(rid, (*n_calls)++, c)})}}},
+                                     {"finish_reason", nullptr}})))
+                        return false;
+                return true;
+            };
             for (const Piece& p : batch) {
                 if (p.text.empty() || p.token == t_open || p.token == t_close) continue;
-                Json delta;
-                if (chat)
-                    delta = {{"index", 0},
-                             {"delta", {{p.reasoning ? "reasoning_content" : "content", p.text}}},
-                             {"finish_reason", nullptr}};
-                else
-                    delta = {{"index", 0}, {"text", p.text}, {"finish_reason", nullptr}};
-                if (!send(chunk(delta))) return gone();
+                bool ok;
+                if (!chat) {
+                    ok = send(chunk({{"index", 0}, {"text", p.text}, {"finish_reason", nullptr}}));
+                } else if (p.reasoning) {
+                    ok = send(
+                        chunk({{"index", 0}, {"delta", {{"reasoning_content", p.text}}}, {"finish_reason", nullptr}}));
+                } else if (parser) {
+                    ToolOutput o = parser->push(p.text);
+                    ok = send_content(o.text, o.calls);
+                } else {
+                    ok = send_content(p.text, {});
+                }
+                if (!ok) return gone();
             }
             if (!sink.is_writable()) return gone();
             if (!done) continue;
+            if (parser) {
+                ToolOutput o = parser->finish();
+                if (!send_content(o.text, o.calls)) return gone();
+            }
             if (!job->error.empty()) {
                 send(error_body({500, job->error, "server_error"}));
             } else {
-                Json fin = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
+                Json fin = {
+                    {"index", 0},
+                    {"finish_reason", *n_calls > 0 ? std::string("tool_calls") : finish_reason(job->result.stop)}};
                 fin[chat ? "delta" : "text"] = chat ? Json::object() : Json("");
                 Json last = chunk(fin);
                 const Usage u = usage();

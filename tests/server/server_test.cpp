@@ -39,7 +39,7 @@ class Serve : public ::testing::Test {
   protected:
     static void SetUpTestSuite() {
         server::ServeOptions o;
-        o.n_ctx = 4 * 256;
+        o.n_ctx = 4 * 1024;
         o.slots = 4;
         srv_ = start(o).release();
     }
@@ -127,7 +127,7 @@ TEST_F(Serve, health_models_props_metrics_tokenize) {
     EXPECT_EQ(m["data"][0]["object"], "model");
     auto p = Json::parse(c.Get("/props")->body);
     EXPECT_EQ(p["total_slots"], 4);
-    EXPECT_EQ(p["default_generation_settings"]["n_ctx"], 256);
+    EXPECT_EQ(p["default_generation_settings"]["n_ctx"], 1024);
     // Prometheus text: every sample line is "name value"; the gateway's names are there
     const std::string metrics = c.Get("/metrics")->body;
     int samples = 0;
@@ -193,6 +193,36 @@ TEST_F(Serve, chat_and_completion_equal_the_library_alone) {
     EXPECT_EQ(l["content"], want2->content);
 }
 
+// Tools are rendered into the prompt by the template (the model's own <tool_call> output is
+// parsed by ToolCallParser, tested on its own: a random-weight model does not call tools).
+TEST_F(Serve, tools_are_rendered_by_the_template) {
+    Json with_tools = chat_body("What is the weather in Paris?", 4);
+    with_tools["tools"] = Json::array(
+        {{{"type", "function"},
+          {"function",
+           {{"name", "get_weather"},
+            {"description", "the weather in a city"},
+            {"parameters",
+             {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}, {"required", {"city"}}}}}}}});
+    with_tools["tool_choice"] = "auto";
+    const Json a = post("/v1/chat/completions", with_tools);
+    const Json b = post("/v1/chat/completions", chat_body("What is the weather in Paris?", 4));
+    EXPECT_GT(a["usage"]["prompt_tokens"].get<int64_t>(), b["usage"]["prompt_tokens"].get<int64_t>() + 20);
+    const auto events = stream("/v1/chat/completions", with_tools);
+    EXPECT_TRUE(events.back().is_null());
+    // a tool result in the history
+    Json follow = with_tools;
+    follow["messages"].push_back(
+        {{"role", "assistant"},
+         {"content", ""},
+         {"tool_calls",
+          {{{"id", "call_1"},
+            {"type", "function"},
+            {"function", {{"name", "get_weather"}, {"arguments", "{\"city\":\"Paris\"}"}}}}}}});
+    follow["messages"].push_back({{"role", "tool"}, {"tool_call_id", "call_1"}, {"content", "sunny, 21 C"}});
+    EXPECT_EQ(post("/v1/chat/completions", follow)["object"], "chat.completion");
+}
+
 TEST_F(Serve, streams_are_sse_and_equal_the_answer_in_one_piece) {
     std::string raw;
     const Json body = chat_body("Write a list", 10);
@@ -239,7 +269,7 @@ TEST_F(Serve, eight_concurrent_streams_each_equal_the_request_alone) {
 
 TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
     const Json ok_msgs = Json::array({{{"role", "user"}, {"content", "hi"}}});
-    const std::string too_long(20000, 'x');
+    const std::string too_long(40000, 'x');
     struct Case {
         std::string name, method, path, body;
         int status;
@@ -313,7 +343,7 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
     // the long prompt's message names both numbers
     auto res = c.Post("/v1/chat/completions", chat({{"messages", {{{"role", "user"}, {"content", too_long}}}}}),
                       "application/json");
-    EXPECT_NE(res->body.find("a slot holds 256 positions"), std::string::npos) << res->body;
+    EXPECT_NE(res->body.find("a slot holds 1024 positions"), std::string::npos) << res->body;
     EXPECT_EQ(c.Get("/health")->status, 200);
     EXPECT_EQ(post("/v1/chat/completions", chat_body("still fine?", 3))["choices"][0]["message"]["role"], "assistant");
 }
