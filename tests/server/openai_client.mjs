@@ -1,0 +1,57 @@
+// The official `openai` npm client against bigmoe serve: chat (whole and streamed, the streamed
+// text equal to the whole), completions, tools accepted, models, and an error surfaced as the
+// client's APIError with the server's status.
+// usage: node openai_client.mjs BASE_URL
+import OpenAI from "openai";
+
+const [baseURL] = process.argv.slice(2);
+const client = new OpenAI({ baseURL, apiKey: "test-key" });
+const fail = (m) => { console.error("FAIL: " + m); process.exit(1); };
+let passed = 0;
+const check = (cond, what) => { if (!cond) fail(what); passed++; };
+
+const messages = [{ role: "system", content: "Be brief." }, { role: "user", content: "Say something" }];
+const whole = await client.chat.completions.create({ model: "m", messages, max_tokens: 12, temperature: 0 });
+check(whole.object === "chat.completion", "chat object");
+check(whole.choices[0].message.role === "assistant", "assistant role");
+check(typeof whole.choices[0].message.content === "string", "content is a string");
+check(whole.usage.completion_tokens === 12 || whole.choices[0].finish_reason === "stop", "usage");
+
+const stream = await client.chat.completions.create({
+  model: "m", messages, max_tokens: 12, temperature: 0, stream: true, stream_options: { include_usage: true } });
+let text = "", usage = null, finish = null;
+for await (const chunk of stream) {
+  if (chunk.usage) usage = chunk.usage;
+  for (const c of chunk.choices) {
+    if (c.delta?.content) text += c.delta.content;
+    if (c.finish_reason) finish = c.finish_reason;
+  }
+}
+check(text === whole.choices[0].message.content, `streamed text equals the whole (${JSON.stringify(text)})`);
+check(finish === whole.choices[0].finish_reason, "finish reason");
+check(usage && usage.completion_tokens === whole.usage.completion_tokens, "usage chunk");
+
+const tools = [{ type: "function", function: { name: "get_weather", description: "weather",
+  parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];
+const withTools = await client.chat.completions.create({ model: "m", messages, tools, max_tokens: 4, temperature: 0 });
+check(withTools.usage.prompt_tokens > whole.usage.prompt_tokens, "tools are in the prompt");
+
+const comp = await client.completions.create({ model: "m", prompt: "Once upon a time", max_tokens: 6, temperature: 0 });
+check(comp.object === "text_completion" && typeof comp.choices[0].text === "string", "completion");
+const cstream = await client.completions.create({ model: "m", prompt: "Once upon a time", max_tokens: 6,
+  temperature: 0, stream: true });
+let ctext = "";
+for await (const chunk of cstream) for (const c of chunk.choices) ctext += c.text ?? "";
+check(ctext === comp.choices[0].text, "streamed completion equals the whole");
+
+const models = await client.models.list();
+check(models.data.length === 1 && models.data[0].object === "model", "models");
+
+try {
+  await client.chat.completions.create({ model: "m", messages: [], max_tokens: 2 });
+  fail("empty messages accepted");
+} catch (e) {
+  check(e instanceof OpenAI.APIError && e.status === 400 && e.error?.type === "invalid_request_error",
+        `an APIError with status 400 (${e})`);
+}
+console.log(`openai-client: ${passed} passed, 0 failed`);
