@@ -25,6 +25,7 @@ struct Command {
 const Command k_commands[] = {
     {"run", bigmoe::cli::cmd_run, "generate text from a prompt, or chat (-cnv)"},
     {"serve", bigmoe::cli::cmd_serve, "an OpenAI-compatible HTTP server with continuous batching"},
+    {"loadtest", bigmoe::cli::cmd_loadtest, "latency and throughput of a server under a workload"},
     {"info", bigmoe::cli::cmd_info, "show a model's architecture, hyper-parameters, tensors and memory needs"},
     {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
     {"bench", bigmoe::cli::cmd_bench, "benchmark prompt processing and generation (llama-bench style)"},
