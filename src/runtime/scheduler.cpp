@@ -55,6 +55,12 @@ bool Scheduler::cancel(int64_t id) {
     return true;
 }
 
+void Scheduler::cancel_all() {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const auto& q : queue_) cancelled_.push_back(q.id);
+    cancelled_.insert(cancelled_.end(), running_ids_.begin(), running_ids_.end());
+}
+
 size_t Scheduler::running() const {
     std::lock_guard<std::mutex> lock(mu_);
     return running_ids_.size();

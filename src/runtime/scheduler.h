@@ -45,6 +45,8 @@ class Scheduler {
     // Ends a request at the next step (any thread), waiting or running; its on_done sees
     // StopReason::cancelled. False when the id is unknown or already finished.
     bool cancel(int64_t id);
+    // Cancels every waiting and running request (at the next step).
+    void cancel_all();
 
     // One forward pass (on one thread); false when there was nothing to do.
     Result<bool> step();

@@ -101,7 +101,14 @@ struct Server::Impl {
 };
 
 void Server::Impl::step_loop() {
-    while (!stopping.load()) {
+    for (;;) {
+        if (stopping.load()) {
+            // every request ends as cancelled, so no HTTP thread waits on it any longer
+            sched->cancel_all();
+            auto r = sched->step();
+            (void)r;
+            return;
+        }
         auto busy = sched->step();
         if (!busy) {
             std::fprintf(stderr, "serve: a step failed: %s\n", busy.error().message.c_str());
@@ -232,6 +239,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         std::unique_lock<std::mutex> lock(job->mu);
         job->cv.wait(lock, [&] { return job->done; });
         if (!job->error.empty()) return reply_error(res, {500, job->error, "server_error"});
+        if (stopping.load() && job->result.stop == StopReason::cancelled)
+            return reply_error(res, {503, "the server is stopping", "server_error", "stopping"});
         Json choice = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
         if (chat) {
             Json msg = {{"role", "assistant"}, {"content", job->result.content}};

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <atomic>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -407,6 +408,34 @@ TEST(ServeOptions, api_key_and_a_full_queue) {
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
     EXPECT_EQ(Json::parse(r->body)["error"]["code"], "queue_full");
     first.join();
+}
+
+// Stopping the server with requests in flight ends them (503 or a closed stream) and returns.
+TEST(ServeOptions, stops_with_requests_in_flight) {
+    server::ServeOptions o;
+    o.n_ctx = 2048;
+    o.slots = 2;
+    auto srv = start(o);
+    const int port = srv->port();
+    Json body = chat_body("never ending", 1500);
+    body["ignore_eos"] = true;
+    std::vector<std::thread> clients;
+    std::atomic<int> answered{0};
+    for (int i = 0; i < 3; ++i)
+        clients.emplace_back([&, i] {
+            httplib::Client c("127.0.0.1", port);
+            c.set_read_timeout(60, 0);
+            Json b = body;
+            if (i == 2) b["stream"] = true;
+            auto r = c.Post("/v1/chat/completions", b.dump(), "application/json");
+            ++answered;  // a reply or a closed connection: either way the client is not left waiting
+        });
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const auto t0 = std::chrono::steady_clock::now();
+    srv.reset();  // stop and join
+    EXPECT_LT(std::chrono::steady_clock::now() - t0, std::chrono::seconds(20));
+    for (auto& t : clients) t.join();
+    EXPECT_EQ(answered.load(), 3);
 }
 
 }  // namespace
