@@ -55,6 +55,16 @@ bool Scheduler::cancel(int64_t id) {
     return true;
 }
 
+std::vector<SlotInfo> Scheduler::slots() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (snapshot_.empty()) {
+        std::vector<SlotInfo> idle(slots_.size());
+        for (size_t i = 0; i < idle.size(); ++i) idle[i].seq = int(i);
+        return idle;
+    }
+    return snapshot_;
+}
+
 void Scheduler::cancel_all() {
     std::lock_guard<std::mutex> lock(mu_);
     for (const auto& q : queue_) cancelled_.push_back(q.id);
@@ -168,6 +178,9 @@ Result<bool> Scheduler::step() {
     }
     if (batch.empty()) {
         positions_ = 0;  // nothing runs (or only finished requests did)
+        std::lock_guard<std::mutex> lock(mu_);
+        snapshot_.assign(slots_.size(), SlotInfo{});
+        for (size_t i = 0; i < snapshot_.size(); ++i) snapshot_[i].seq = int(i);
         return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
     }
     if (auto r = ctx_.decode(batch, &logits_); !r) {
@@ -180,11 +193,24 @@ Result<bool> Scheduler::step() {
     for (size_t i = 0; i < rows.size(); ++i)
         rows[i]->logits.assign(logits_.begin() + ptrdiff_t(i * V), logits_.begin() + ptrdiff_t((i + 1) * V));
     int64_t used = 0;
-    for (auto& sp : slots_) {
+    std::vector<SlotInfo> snap(slots_.size());
+    for (size_t i = 0; i < slots_.size(); ++i) {
+        auto& sp = slots_[i];
         if (sp && sp->ending) finish(*sp, nullptr);
-        if (sp) used += ctx_.n_past(sp->seq);
+        snap[i].seq = int(i);
+        if (!sp) continue;
+        used += ctx_.n_past(sp->seq);
+        snap[i] = {int(i),
+                   sp->id,
+                   sp->prefilled < sp->r.prompt.size(),
+                   int64_t(sp->r.prompt.size()),
+                   int64_t(sp->prefilled),
+                   int64_t(sp->sink->n()),
+                   ctx_.n_past(sp->seq)};
     }
     positions_ = used;
+    std::lock_guard<std::mutex> lock(mu_);
+    snapshot_ = std::move(snap);
     return true;
 }
 

@@ -24,6 +24,14 @@ struct SchedulerParams {
     int64_t prefill_budget = 512;  // prompt tokens per step, over all prefilling requests
 };
 
+// What one sequence is doing, as of the last step.
+struct SlotInfo {
+    int seq = 0;
+    int64_t request = 0;  // 0: idle
+    bool prefilling = false;
+    int64_t n_prompt = 0, n_prefilled = 0, n_generated = 0, n_past = 0;
+};
+
 struct Request {
     std::vector<int32_t> prompt;  // at least one token
     SamplerParams sampler;
@@ -55,6 +63,8 @@ class Scheduler {
     size_t waiting() const;
     // Positions the running requests hold in the context, after the last step (any thread).
     int64_t positions_in_use() const { return positions_.load(); }
+    // Every sequence's state after the last step (any thread).
+    std::vector<SlotInfo> slots() const;
 
   private:
     struct Slot;
@@ -75,6 +85,7 @@ class Scheduler {
     int64_t next_id_ = 1;
     std::vector<std::unique_ptr<Slot>> slots_;  // [seq]; null: free
     std::atomic<int64_t> positions_{0};
+    std::vector<SlotInfo> snapshot_;  // guarded by mu_
     std::vector<float> logits_;
 };
 

@@ -65,6 +65,7 @@ constexpr Route k_routes[] = {
     {"/completion", "POST"},
     {"/tokenize", "POST"},
     {"/detokenize", "POST"},
+    {"/slots", "GET"},
 };
 }  // namespace
 
@@ -440,6 +441,22 @@ void Server::Impl::routes() {
                   {"chat_template", tok->chat_template()},
                   {"build_info", version_string()}};
         res.set_content(p.dump(), "application/json");
+    });
+    http.Get("/slots", [this](const httplib::Request&, httplib::Response& res) {
+        Json out = Json::array();
+        for (const SlotInfo& s : sched->slots())
+            out.push_back({{"id", s.seq},
+                           {"is_processing", s.request != 0},
+                           {"state", s.request == 0 ? "idle"
+                                     : s.prefilling ? "prefill"
+                                                    : "decode"},
+                           {"request", s.request},
+                           {"n_ctx", slot_ctx()},
+                           {"n_past", s.n_past},
+                           {"n_prompt_tokens", s.n_prompt},
+                           {"n_prompt_tokens_processed", s.n_prefilled},
+                           {"n_decoded", s.n_generated}});
+        res.set_content(out.dump(), "application/json");
     });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics(), "text/plain; version=0.0.4");

@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -146,6 +147,12 @@ TEST_F(Serve, health_models_props_metrics_tokenize) {
     for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                              "bigmoe_generation_tokens_total"})
         EXPECT_NE(metrics.find(std::string("\n") + name + " "), std::string::npos) << name;
+    const Json slots = Json::parse(c.Get("/slots")->body);
+    ASSERT_EQ(slots.size(), 4u);
+    for (const auto& s : slots) {
+        EXPECT_TRUE(s.contains("id") && s.contains("is_processing") && s.contains("n_past")) << s.dump();
+        EXPECT_EQ(s["n_ctx"], 1024);
+    }
     auto t = post("/tokenize", {{"content", "Hello world"}});
     ASSERT_TRUE(t["tokens"].is_array());
     auto d = post("/detokenize", {{"tokens", t["tokens"]}});
@@ -372,6 +379,7 @@ TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
     };
     for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(running(), 0);
+    for (const auto& s : Json::parse(client().Get("/slots")->body)) EXPECT_FALSE(s["is_processing"].get<bool>());
 }
 
 TEST(ServeOptions, api_key_and_a_full_queue) {
@@ -408,6 +416,86 @@ TEST(ServeOptions, api_key_and_a_full_queue) {
     EXPECT_EQ(r->get_header_value("Retry-After"), "1");
     EXPECT_EQ(Json::parse(r->body)["error"]["code"], "queue_full");
     first.join();
+}
+
+size_t resident_kib() {
+    std::ifstream f("/proc/self/status");
+    std::string line;
+    while (std::getline(f, line))
+        if (line.rfind("VmRSS:", 0) == 0) return size_t(std::stoul(line.substr(6)));
+    return 0;
+}
+
+// A soak that stays bounded: 200 mixed requests from 8 clients against -np 4, 30 of them bad and
+// 10 hanging up mid-stream: every good one answered, every bad one a 4xx, no slot left busy,
+// and resident memory after a second round within a few MiB of after the first.
+TEST(ServeOptions, soak_of_mixed_requests_stays_bounded) {
+    server::ServeOptions o;
+    o.n_ctx = 4 * 512;
+    o.slots = 4;
+    auto srv = start(o);
+    const int port = srv->port();
+    auto round = [&](int n, int seed) {
+        std::atomic<int> next{0}, ok{0}, bad{0}, hung_up{0}, wrong{0};
+        std::vector<std::thread> clients;
+        for (int t = 0; t < 8; ++t)
+            clients.emplace_back([&] {
+                httplib::Client c("127.0.0.1", port);
+                c.set_read_timeout(60, 0);
+                for (int i; (i = next.fetch_add(1)) < n;) {
+                    const int kind = (i * 7 + seed) % 20;  // 3 of 20 bad, 1 of 20 hangs up
+                    if (kind < 3) {
+                        const std::string body = kind == 0   ? "{oops"
+                                                 : kind == 1 ? R"({"messages":[]})"
+                                                             : R"({"messages":[{"role":"x","content":"y"}]})";
+                        auto r = c.Post("/v1/chat/completions", body, "application/json");
+                        (r && r->status == 400 ? bad : wrong)++;
+                    } else if (kind == 3) {
+                        httplib::Request req;
+                        req.method = "POST";
+                        req.path = "/v1/chat/completions";
+                        Json b = chat_body("hang up", 300);
+                        b["stream"] = true;
+                        b["ignore_eos"] = true;
+                        req.body = b.dump();
+                        req.set_header("Content-Type", "application/json");
+                        int chunks = 0;
+                        req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
+                        httplib::Response res;
+                        httplib::Error err;
+                        httplib::Client hc("127.0.0.1", port);
+                        hc.send(req, res, err);
+                        ++hung_up;
+                    } else {
+                        Json b = kind % 2 ? chat_body("soak " + std::to_string(i), 4 + i % 9, 0.7, i)
+                                          : Json{{"prompt", "soak " + std::to_string(i)}, {"max_tokens", 5}};
+                        auto r =
+                            c.Post(kind % 2 ? "/v1/chat/completions" : "/v1/completions", b.dump(), "application/json");
+                        (r && r->status == 200 ? ok : wrong)++;
+                    }
+                }
+            });
+        for (auto& t : clients) t.join();
+        EXPECT_EQ(wrong.load(), 0);
+        EXPECT_EQ(ok + bad + hung_up, n);
+        EXPECT_GE(bad.load(), n * 3 / 20 - 1);
+        EXPECT_GE(hung_up.load(), n / 20 - 1);
+    };
+    round(200, 0);
+    httplib::Client c("127.0.0.1", port);
+    auto running = [&] {
+        const std::string m = c.Get("/metrics")->body;
+        return std::stod(m.substr(m.find("\nbigmoe_requests_running ") + 25));
+    };
+    for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(running(), 0);
+    const size_t after_first = resident_kib();
+    round(200, 3);
+    for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    EXPECT_EQ(running(), 0);
+    const size_t after_second = resident_kib();
+    EXPECT_LT(after_second, after_first + 16 * 1024) << after_first << " KiB -> " << after_second << " KiB";
+    EXPECT_EQ(c.Get("/health")->status, 200);
 }
 
 // Stopping the server with requests in flight ends them (503 or a closed stream) and returns.
