@@ -25,6 +25,22 @@ inline const OptionSpec no_repack{"-nr", "--no-repack", "",
                                   "products on the file's row layout (no packed copy of the weights)"};
 inline const OptionSpec profile{"", "--profile", "", "time per op class and layer kind (printed to stderr)"};
 inline const OptionSpec help{"-h", "--help", "", "show this help"};
+// speculative decoding (run, bench)
+inline const OptionSpec draft_max{"", "--draft-max", "N", "tokens drafted per step (default 8, at most 16)"};
+inline const OptionSpec draft_min{"", "--draft-min", "N",
+                                  "drafted tokens before --draft-p-min may stop drafting (default 0)"};
+inline const OptionSpec draft_p_min{"", "--draft-p-min", "P",
+                                    "stop drafting when the draft's top probability is below this (default 0)"};
+inline const OptionSpec draft_adaptive{
+    "", "--draft-adaptive", "0|1",
+    "1 (default): each step drafts the length (up to --draft-max) that measures most tokens per second, from the "
+    "acceptance per draft position and the timed steps; 0: always --draft-max"};
+inline const OptionSpec draft_guard{
+    "", "--draft-guard", "0|1",
+    "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"};
+inline const OptionSpec threads_draft{"-td", "--threads-draft", "N", "threads for the draft model (default: as -t)"};
+inline const OptionSpec gpu_layers_draft{"-ngld", "--gpu-layers-draft", "N",
+                                         "accepted: every layer of the draft runs on the CPU"};
 
 }  // namespace bigmoe::cli::opt
 

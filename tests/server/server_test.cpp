@@ -109,7 +109,29 @@ class Serve : public ::testing::Test {
 };
 server::Server* Serve::srv_ = nullptr;
 
-Json chat_body(const std::string& user, int max_tokens, double temp = 0, int seed = 1) {
+Json chat_body(const std::string& user, int max_tokens, double temp = 0, int seed = 1);
+
+// Starts a long streamed chat and closes the connection after `chunks` chunks; returns how many
+// arrived.
+int stream_then_hang_up(int port, int chunks) {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/chat/completions";
+    Json body = chat_body("go on and on", 300);
+    body["stream"] = true;
+    body["ignore_eos"] = true;
+    req.body = body.dump();
+    req.set_header("Content-Type", "application/json");
+    int got = 0;
+    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++got < chunks; };
+    httplib::Response res;
+    httplib::Error err;
+    httplib::Client c("127.0.0.1", port);
+    c.send(req, res, err);
+    return got;
+}
+
+Json chat_body(const std::string& user, int max_tokens, double temp, int seed) {
     return {{"messages",
              Json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", user}}})},
             {"max_tokens", max_tokens},
@@ -357,21 +379,7 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
 }
 
 TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v1/chat/completions";
-    Json body = chat_body("go on and on", 200);
-    body["stream"] = true;
-    body["ignore_eos"] = true;
-    req.body = body.dump();
-    req.set_header("Content-Type", "application/json");
-    int chunks = 0;
-    req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 3; };  // then hang up
-    httplib::Response res;
-    httplib::Error err;
-    auto c = client();
-    c.send(req, res, err);
-    EXPECT_GE(chunks, 3);
+    EXPECT_GE(stream_then_hang_up(srv_->port(), 3), 3);
     auto running = [&] {
         const std::string m = client().Get("/metrics")->body;
         const size_t p = m.find("\nbigmoe_requests_running ");
@@ -451,20 +459,7 @@ TEST(ServeOptions, soak_of_mixed_requests_stays_bounded) {
                         auto r = c.Post("/v1/chat/completions", body, "application/json");
                         (r && r->status == 400 ? bad : wrong)++;
                     } else if (kind == 3) {
-                        httplib::Request req;
-                        req.method = "POST";
-                        req.path = "/v1/chat/completions";
-                        Json b = chat_body("hang up", 300);
-                        b["stream"] = true;
-                        b["ignore_eos"] = true;
-                        req.body = b.dump();
-                        req.set_header("Content-Type", "application/json");
-                        int chunks = 0;
-                        req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) { return ++chunks < 2; };
-                        httplib::Response res;
-                        httplib::Error err;
-                        httplib::Client hc("127.0.0.1", port);
-                        hc.send(req, res, err);
+                        stream_then_hang_up(port, 2);
                         ++hung_up;
                     } else {
                         Json b = kind % 2 ? chat_body("soak " + std::to_string(i), 4 + i % 9, 0.7, i)
