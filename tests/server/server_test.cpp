@@ -489,7 +489,14 @@ TEST(ServeOptions, soak_of_mixed_requests_stays_bounded) {
     for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(running(), 0);
     const size_t after_second = resident_kib();
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer holds freed memory in quarantine, so resident memory grows by design; its
+    // leak check at exit covers this build instead.
+    (void)after_first;
+    (void)after_second;
+#else
     EXPECT_LT(after_second, after_first + 16 * 1024) << after_first << " KiB -> " << after_second << " KiB";
+#endif
     EXPECT_EQ(c.Get("/health")->status, 200);
 }
 
