@@ -111,13 +111,6 @@ class Generator {
     // Generates after what was fed; on_piece sees every token. Needs a fed token first.
     Result<GenerateResult> generate(const GenerateParams& p, const PieceFn& on_piece);
 
-    // Several generators on different sequences of one context, stepped together: every step is
-    // one forward pass holding the next token of each unfinished sequence. By batch invariance each
-    // result equals that generator's generate() alone. Plain decoding only (no drafts).
-    static Result<std::vector<GenerateResult>> generate_together(const std::vector<Generator*>& gens,
-                                                                 const std::vector<GenerateParams>& params,
-                                                                 const std::vector<PieceFn>& on_piece);
-
     Context& context() { return ctx_; }
     const Tokenizer& tokenizer() const { return tok_; }
     int seq() const { return seq_; }

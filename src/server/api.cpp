@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "tokenizer/unicode.h"
+
 namespace bigmoe::server {
 
 Json error_body(const ApiError& e) {
@@ -11,38 +13,7 @@ Json error_body(const ApiError& e) {
 }
 
 bool valid_utf8(const std::string& s) {
-    const auto* p = reinterpret_cast<const unsigned char*>(s.data());
-    const size_t n = s.size();
-    for (size_t i = 0; i < n;) {
-        const unsigned char b = p[i];
-        int need = 0;
-        unsigned char lo = 0x80, hi = 0xBF;
-        if (b < 0x80) {
-            ++i;
-            continue;
-        }
-        if (b >= 0xC2 && b <= 0xDF)
-            need = 1;
-        else if (b >= 0xE0 && b <= 0xEF) {
-            need = 2;
-            if (b == 0xE0) lo = 0xA0;
-            if (b == 0xED) hi = 0x9F;
-        } else if (b >= 0xF0 && b <= 0xF4) {
-            need = 3;
-            if (b == 0xF0) lo = 0x90;
-            if (b == 0xF4) hi = 0x8F;
-        } else
-            return false;
-        for (int k = 1; k <= need; ++k) {
-            if (i + size_t(k) >= n) return false;
-            const unsigned char c = p[i + size_t(k)];
-            if (c < lo || c > hi) return false;
-            lo = 0x80;
-            hi = 0xBF;
-        }
-        i += size_t(need) + 1;
-    }
-    return true;
+    return unicode::is_valid_utf8(s);
 }
 
 namespace {

@@ -91,6 +91,27 @@ std::string sanitize_utf8(const std::string& s) {
     return out;
 }
 
+bool is_valid_utf8(const std::string& s) {
+    const auto* p = reinterpret_cast<const uint8_t*>(s.data());
+    const size_t n = s.size();
+    for (size_t i = 0; i < n;) {
+        if (p[i] < 0x80) {
+            ++i;
+            continue;
+        }
+        uint8_t lo, hi;
+        const int need = expected_length(p[i], &lo, &hi);
+        if (need == 0 || i + size_t(need) >= n) return false;  // not a lead byte, or cut off
+        for (int k = 1; k <= need; ++k) {
+            if (p[i + size_t(k)] < lo || p[i + size_t(k)] > hi) return false;
+            lo = 0x80;
+            hi = 0xBF;
+        }
+        i += size_t(need) + 1;
+    }
+    return true;
+}
+
 std::string nfc(const std::string& s) {
     utf8proc_uint8_t* out = utf8proc_NFC(reinterpret_cast<const utf8proc_uint8_t*>(s.c_str()));
     if (!out) return s;

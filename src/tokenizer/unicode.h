@@ -13,6 +13,8 @@ void append_utf8(std::string& out, uint32_t cp);
 std::string encode_utf8(const std::vector<uint32_t>& cps);
 // Replaces invalid UTF-8 (one U+FFFD per offending byte).
 std::string sanitize_utf8(const std::string& s);
+// Whether s is well-formed UTF-8 (no byte sanitize_utf8 would replace).
+bool is_valid_utf8(const std::string& s);
 // Unicode NFC of valid UTF-8.
 std::string nfc(const std::string& s);
 

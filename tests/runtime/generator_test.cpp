@@ -6,6 +6,7 @@
 #include "bigmoe/bigmoe.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
+#include "runtime/scheduler.h"
 #include "testlib.h"
 
 namespace bigmoe {
@@ -151,7 +152,7 @@ TEST(Generator, needs_a_fed_prompt) {
     EXPECT_NE(r.error().message.find("feed"), std::string::npos);
 }
 
-// Three sequences stepped together in one context give each sequence's result alone: greedy and
+// Three sequences stepped together in one context (the Scheduler) give each sequence's result alone: greedy and
 // seeded sampling, different prompt lengths, one stopping early on its length.
 TEST(Generator, sequences_together_equal_each_alone) {
     auto e = Engine::load(testing::fixtures_dir() + "/models/qwen35moe-tiny-f32.gguf", {.n_threads = 2});
@@ -182,23 +183,30 @@ TEST(Generator, sequences_together_equal_each_alone) {
         ASSERT_TRUE(r.ok());
         alone.push_back(*r);
     }
+    // the same three through the Scheduler, one forward pass per step
     auto ctx = (*e)->new_context({.n_ctx = 128, .n_seq_max = 3});
     ASSERT_TRUE(ctx.ok());
-    std::vector<std::unique_ptr<Generator>> gens;
-    std::vector<Generator*> ptrs;
-    for (int i = 0; i < 3; ++i) {
-        gens.push_back(std::make_unique<Generator>(**ctx, **tok, sps[size_t(i)], i));
-        ASSERT_TRUE(gens.back()->feed((*tok)->encode(prompts[size_t(i)], true)).ok());
-        ptrs.push_back(gens.back().get());
-    }
-    auto together = Generator::generate_together(ptrs, gps, {noop, noop, noop});
-    ASSERT_TRUE(together.ok()) << together.error().message;
+    Scheduler sched(**ctx, **tok);
+    std::vector<GenerateResult> together(3);
     for (size_t i = 0; i < 3; ++i) {
-        EXPECT_EQ((*together)[i].tokens, alone[i].tokens) << "sequence " << i;
-        EXPECT_EQ((*together)[i].content, alone[i].content) << "sequence " << i;
-        EXPECT_EQ((*together)[i].stop, alone[i].stop) << "sequence " << i;
+        Request r;
+        r.prompt = (*tok)->encode(prompts[i], true);
+        r.sampler = sps[i];
+        r.gen = gps[i];
+        r.on_done = [&together, i](const GenerateResult& res, const Error*) { together[i] = res; };
+        ASSERT_TRUE(sched.submit(std::move(r)).ok());
     }
-    EXPECT_EQ((*together)[1].tokens.size(), 7u);
+    for (int step = 0; step < 1000; ++step) {
+        auto busy = sched.step();
+        ASSERT_TRUE(busy.ok());
+        if (!*busy) break;
+    }
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(together[i].tokens, alone[i].tokens) << "sequence " << i;
+        EXPECT_EQ(together[i].content, alone[i].content) << "sequence " << i;
+        EXPECT_EQ(together[i].stop, alone[i].stop) << "sequence " << i;
+    }
+    EXPECT_EQ(together[1].tokens.size(), 7u);
 }
 
 // With a template that renders earlier turns the same way (ChatML), a second turn feeds only

@@ -113,6 +113,10 @@ TEST(Unicode, sanitize_replaces_each_maximal_subpart_once) {
     EXPECT_EQ(unicode::sanitize_utf8("\xF4\x90\x80\x80"), r + r + r + r);  // above U+10FFFF
     EXPECT_EQ(unicode::sanitize_utf8("\xF1\x80\x80\xE1\x80\xC2"), r + r + r);
     EXPECT_EQ(unicode::sanitize_utf8("caf\xC3\xA9 \xF0\x9F\x98\x80"), "caf\xC3\xA9 \xF0\x9F\x98\x80");
+    // well-formed exactly when sanitizing changes nothing
+    for (const std::string t : {" \xE2\x80'", "\xF0\x9F\x98", "\x80", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80",
+                                "caf\xC3\xA9 \xF0\x9F\x98\x80", "", "plain"})
+        EXPECT_EQ(unicode::is_valid_utf8(t), unicode::sanitize_utf8(t) == t) << t;
 }
 
 TEST(Tokenizer, invalid_utf8_becomes_replacement_characters) {
