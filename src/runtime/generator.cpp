@@ -65,10 +65,14 @@ TokenSink::TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceF
     think_close_ = tok.find("</think>");
 }
 
-bool TokenSink::push(int32_t id, bool ignore_eos) {
+bool TokenSink::push(int32_t id, bool ignore_eos, const TokenLogprob* lp) {
     res_.tokens.push_back(id);
     if (id == think_open_) in_think_ = true;
-    Piece pc{id, ts_.push(id), in_think_};
+    Piece pc{id, ts_.push(id), in_think_, std::nullopt};
+    if (lp) {
+        res_.logprobs.push_back(*lp);
+        pc.logprob = *lp;
+    }
     const bool tag = id == think_open_ || id == think_close_;
     if (id == think_close_) in_think_ = false;
     bool matched = false;
@@ -96,7 +100,7 @@ bool TokenSink::end(StopReason r) {
 
 void TokenSink::finish() {
     std::string rest = ts_.flush();
-    Piece pc{-1, {}, in_think_};
+    Piece pc{-1, {}, in_think_, std::nullopt};
     if (in_think_) {
         res_.reasoning += rest;
         pc.text = rest;
@@ -178,7 +182,9 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
         const auto ts0 = Clock::now();
         const int32_t id = sampler_.sample(logits_.data(), int32_t(logits_.size()));
         if (prof_) prof_->record(OpClass::sampling, since(ts0));
-        const bool go_on = out.push(id, p.ignore_eos);
+        std::optional<TokenLogprob> lp;
+        if (p.logprobs >= 0) lp = token_logprob(logits_.data(), int32_t(logits_.size()), id, p.logprobs);
+        const bool go_on = out.push(id, p.ignore_eos, lp ? &*lp : nullptr);
         if (!go_on && tok_.is_eog(id) && !p.ignore_eos) return {};
         BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
         if (!go_on) return {};

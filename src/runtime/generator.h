@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -29,6 +30,7 @@ struct GenerateParams {
     std::vector<std::string> stop;  // generation ends before the first occurrence of any of these
     bool special = false;           // pieces carry the text of control tokens
     bool in_reasoning = false;      // the prompt opened <think> (a template's generation prompt)
+    int logprobs = -1;              // >= 0: each token's log-probability and that many alternatives
 };
 
 // One generated token and the text it completes (whole UTF-8 characters only; text that may be
@@ -36,16 +38,18 @@ struct GenerateParams {
 struct Piece {
     int32_t token = -1;  // -1: text released at the end of generation
     std::string text;
-    bool reasoning = false;  // inside <think> ... </think>, the tags included
+    bool reasoning = false;               // inside <think> ... </think>, the tags included
+    std::optional<TokenLogprob> logprob;  // the token's, when GenerateParams::logprobs asks
 };
 
 // Return false to stop generating (the result's reason is `cancelled`).
 using PieceFn = std::function<bool(const Piece&)>;
 
 struct GenerateResult {
-    std::vector<int32_t> tokens;  // every generated token (those after a stop string included)
-    std::string content;          // text outside <think> ... </think>, up to a stop string
-    std::string reasoning;        // text inside, without the tags
+    std::vector<int32_t> tokens;         // every generated token (those after a stop string included)
+    std::string content;                 // text outside <think> ... </think>, up to a stop string
+    std::string reasoning;               // text inside, without the tags
+    std::vector<TokenLogprob> logprobs;  // one per token, when GenerateParams::logprobs asks
     StopReason stop = StopReason::none;
 };
 
@@ -74,8 +78,9 @@ class StopMatcher {
 class TokenSink {
   public:
     TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res);
-    // Takes one token; false when generation ends with it (the result says why).
-    bool push(int32_t id, bool ignore_eos);
+    // Takes one token (with its log-probability when asked for); false when generation ends
+    // with it (the result says why).
+    bool push(int32_t id, bool ignore_eos, const TokenLogprob* lp = nullptr);
     // Records why generation ended (the first reason given stands); returns false.
     bool end(StopReason r);
     // Releases what the text stream and the stop matcher hold.

@@ -38,6 +38,27 @@ int32_t argmax(const float* x, int64_t n) {
     return 0;  // NaNs only
 }
 
+TokenLogprob token_logprob(const float* logits, int32_t n, int32_t token, int n_top) {
+    // log p = l - (max + log sum exp(l - max)), the sum in double in token order so the value
+    // depends on the logits alone
+    float mx = logits[argmax(logits, n)];
+    double sum = 0;
+    for (int32_t i = 0; i < n; ++i) sum += std::exp(double(logits[i]) - double(mx));
+    const double log_z = double(mx) + std::log(sum);
+    TokenLogprob r;
+    r.token = token;
+    r.logprob = float(double(logits[token]) - log_z);
+    const int k = std::clamp(n_top, 0, int(n));
+    if (k > 0) {
+        std::vector<int32_t> ids(static_cast<size_t>(n));
+        for (int32_t i = 0; i < n; ++i) ids[size_t(i)] = i;
+        std::partial_sort(ids.begin(), ids.begin() + k, ids.end(),
+                          [&](int32_t a, int32_t b) { return logits[a] != logits[b] ? logits[a] > logits[b] : a < b; });
+        for (int i = 0; i < k; ++i) r.top.push_back({ids[size_t(i)], float(double(logits[ids[size_t(i)]]) - log_z)});
+    }
+    return r;
+}
+
 std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int32_t n) const {
     const bool penalties =
         !history_.empty() && (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f);

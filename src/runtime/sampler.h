@@ -29,6 +29,16 @@ struct SamplerParams {
     uint64_t seed = 0xB16B00B5;
 };
 
+// A token's log-probability under the model's own distribution (the softmax of the raw logits,
+// before penalties, truncation and temperature: what OpenAI's and vLLM's `logprobs` report) and
+// the n most likely tokens with theirs, best first, ties by token id.
+struct TokenLogprob {
+    int32_t token = -1;
+    float logprob = 0.0f;
+    std::vector<std::pair<int32_t, float>> top;
+};
+TokenLogprob token_logprob(const float* logits, int32_t n_vocab, int32_t token, int n_top);
+
 class Sampler {
   public:
     explicit Sampler(const SamplerParams& p) : p_(p), rng_(p.seed) {}

@@ -166,7 +166,9 @@ Result<bool> Scheduler::step() {
             continue;
         }
         const int32_t id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
-        const bool go_on = s.sink->push(id, g.ignore_eos);
+        std::optional<TokenLogprob> lp;
+        if (g.logprobs >= 0) lp = token_logprob(s.logits.data(), int32_t(s.logits.size()), id, g.logprobs);
+        const bool go_on = s.sink->push(id, g.ignore_eos, lp ? &*lp : nullptr);
         if (!go_on && tok_.is_eog(id) && !g.ignore_eos) {
             finish(s, nullptr);
             continue;

@@ -129,9 +129,26 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
         if (r.prompt.empty()) return bad("'prompt' must not be empty", "prompt");
     }
     if (j.contains("n") && !(j["n"].is_number_integer() && j["n"] == 1)) return bad("only 'n': 1 is supported", "n");
-    if (j.contains("logprobs") && !(j["logprobs"].is_boolean() && !j["logprobs"].get<bool>()) &&
-        !j["logprobs"].is_null())
-        return bad("'logprobs' is not supported yet", "logprobs");
+    // log-probabilities: chat asks with "logprobs": true and "top_logprobs": n; completions with
+    // "logprobs": n; llama.cpp's /completion with "n_probs": n
+    constexpr int64_t k_max_top = 20;
+    int64_t top = -1;
+    if (chat) {
+        bool want = false;
+        if (j.contains("logprobs") && !j["logprobs"].is_null()) {
+            if (!j["logprobs"].is_boolean()) return bad("'logprobs' must be a boolean", "logprobs");
+            want = j["logprobs"];
+        }
+        int64_t n_top = 0;
+        if (auto e = integer(j, "top_logprobs", 0, k_max_top, &n_top)) return e;
+        if (!want && j.contains("top_logprobs") && !j["top_logprobs"].is_null())
+            return bad("'top_logprobs' needs 'logprobs': true", "top_logprobs");
+        if (want) top = n_top;
+    } else {
+        if (auto e = integer(j, llama_completion ? "n_probs" : "logprobs", 0, k_max_top, &top)) return e;
+        if (llama_completion && top == 0) top = -1;  // n_probs 0: none, as llama-server
+    }
+    r.logprobs = int(top);
     double temp = 0.8, top_p = 0.95, min_p = 0.05, presence = 0, frequency = 0, repeat = 1.0;
     int64_t top_k = 40, seed = -1, max_tokens = -1;
     if (auto e = number(j, "temperature", 0, 100, &temp)) return e;
@@ -182,6 +199,41 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
 
 std::string finish_reason(StopReason r) {
     return stop_reason_name(r);
+}
+
+namespace {
+Json token_json(const Tokenizer& tok, int32_t id, float logprob) {
+    const std::string bytes = tok.token_bytes(id, true);
+    Json b = Json::array();
+    for (unsigned char c : bytes) b.push_back(int(c));
+    return {{"token", unicode::sanitize_utf8(bytes)}, {"logprob", logprob}, {"bytes", b}};
+}
+}  // namespace
+
+Json chat_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok) {
+    Json content = Json::array();
+    for (const TokenLogprob& lp : lps) {
+        Json t = token_json(tok, lp.token, lp.logprob);
+        t["top_logprobs"] = Json::array();
+        for (const auto& [id, l] : lp.top) t["top_logprobs"].push_back(token_json(tok, id, l));
+        content.push_back(std::move(t));
+    }
+    return {{"content", std::move(content)}};
+}
+
+Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t text_offset) {
+    Json tokens = Json::array(), values = Json::array(), tops = Json::array(), offsets = Json::array();
+    for (const TokenLogprob& lp : lps) {
+        const std::string text = unicode::sanitize_utf8(tok.token_bytes(lp.token, true));
+        tokens.push_back(text);
+        values.push_back(lp.logprob);
+        Json top = Json::object();
+        for (const auto& [id, l] : lp.top) top[unicode::sanitize_utf8(tok.token_bytes(id, true))] = l;
+        tops.push_back(std::move(top));
+        offsets.push_back(text_offset);
+        text_offset += int64_t(tok.token_bytes(lp.token, true).size());
+    }
+    return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }
 
 Json usage_json(const Usage& u) {

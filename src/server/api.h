@@ -12,6 +12,7 @@
 
 #include "runtime/generator.h"
 #include "runtime/sampler.h"
+#include "tokenizer/tokenizer.h"
 
 namespace bigmoe::server {
 
@@ -40,6 +41,7 @@ struct CompletionRequest {
     bool stream = false;
     bool include_usage = false;  // stream_options.include_usage
     bool ignore_eos = false;     // llama.cpp's extension
+    int logprobs = -1;           // >= 0: log-probabilities with that many alternatives per token
 };
 
 // `chat`: /v1/chat/completions; else /v1/completions (and llama.cpp's /completion, where the
@@ -52,6 +54,12 @@ bool valid_utf8(const std::string& s);
 
 // OpenAI's finish_reason for a stop reason.
 std::string finish_reason(StopReason r);
+
+// The `logprobs` object of a chat choice: {"content": [{token, logprob, bytes, top_logprobs}]}.
+Json chat_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok);
+// The legacy completions shape: {tokens, token_logprobs, top_logprobs, text_offset}; offsets
+// count bytes from text_offset.
+Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t text_offset);
 
 struct Usage {
     int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;

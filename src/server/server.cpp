@@ -191,6 +191,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     r.gen.ignore_eos = cr.ignore_eos;
     r.gen.stop = cr.stop;
     r.gen.in_reasoning = in_reasoning;
+    r.gen.logprobs = cr.logprobs;
     r.on_piece = [job](const Piece& p) {
         std::lock_guard<std::mutex> lock(job->mu);
         if (!job->has_first) {
@@ -243,6 +244,9 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         if (stopping.load() && job->result.stop == StopReason::cancelled)
             return reply_error(res, {503, "the server is stopping", "server_error", "stopping"});
         Json choice = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
+        choice["logprobs"] = cr.logprobs < 0 ? Json(nullptr)
+                             : chat          ? chat_logprobs_json(job->result.logprobs, *tok)
+                                             : completion_logprobs_json(job->result.logprobs, *tok, 0);
         if (chat) {
             Json msg = {{"role", "assistant"}, {"content", job->result.content}};
             if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
@@ -276,7 +280,21 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     }
     // Server-sent events: a chunk per piece, the finish reason, usage if asked, then [DONE].
     const std::string chunk_kind = chat ? "chat.completion.chunk" : "text_completion";
+    // log-probabilities of the tokens since the last chunk ride on the next one sent
+    auto pending = std::make_shared<std::vector<TokenLogprob>>();
+    auto text_offset = std::make_shared<int64_t>(0);
+    const bool want_lp = cr.logprobs >= 0;
     auto chunk = [=, this](Json choice) {
+        if (want_lp && !pending->empty()) {
+            if (chat) {
+                choice["logprobs"] = chat_logprobs_json(*pending, *tok);
+            } else {
+                choice["logprobs"] = completion_logprobs_json(*pending, *tok, *text_offset);
+                for (const TokenLogprob& lp : *pending)
+                    *text_offset += int64_t(tok->token_bytes(lp.token, true).size());
+            }
+            pending->clear();
+        }
         return Json{{"id", rid},
                     {"object", chunk_kind},
                     {"created", created},
@@ -325,6 +343,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
                 return true;
             };
             for (const Piece& p : batch) {
+                if (p.logprob) pending->push_back(*p.logprob);
                 if (p.text.empty() || p.token == t_open || p.token == t_close) continue;
                 bool ok;
                 if (!chat) {

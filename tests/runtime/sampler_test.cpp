@@ -236,5 +236,37 @@ TEST(Argmax, matches_max_element) {
     }
 }
 
+// Log-probabilities against a float64 log-softmax: the chosen token's value and the n best in
+// order (ties by id); a whole distribution sums to one.
+TEST(TokenLogprob, matches_a_float64_log_softmax) {
+    std::mt19937 rng(testing::fresh_seed());
+    for (int trial = 0; trial < 50; ++trial) {
+        const int32_t n = 1 + int32_t(rng() % 5000);
+        std::vector<float> x(static_cast<size_t>(n));
+        std::normal_distribution<float> d(0.0f, 3.0f);
+        for (auto& v : x) v = trial % 3 == 0 ? float(int(rng() % 7)) : d(rng);  // some with ties
+        double z = 0;
+        for (float v : x) z += std::exp(double(v));
+        const int32_t tok = int32_t(rng() % uint32_t(n));
+        const int n_top = int(rng() % 21);
+        const TokenLogprob r = token_logprob(x.data(), n, tok, n_top);
+        EXPECT_EQ(r.token, tok);
+        EXPECT_NEAR(r.logprob, double(x[size_t(tok)]) - std::log(z), 1e-5);
+        std::vector<int32_t> order(static_cast<size_t>(n));
+        for (int32_t i = 0; i < n; ++i) order[size_t(i)] = i;
+        std::stable_sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return x[size_t(a)] > x[size_t(b)]; });
+        ASSERT_EQ(r.top.size(), size_t(std::min(n_top, int(n))));
+        for (size_t i = 0; i < r.top.size(); ++i) {
+            EXPECT_EQ(r.top[i].first, order[i]) << i;
+            EXPECT_NEAR(r.top[i].second, double(x[size_t(order[i])]) - std::log(z), 1e-5);
+        }
+        if (r.top.size() == size_t(n)) {  // the whole distribution: it sums to one
+            double total = 0;
+            for (const auto& t : r.top) total += std::exp(double(t.second));
+            EXPECT_NEAR(total, 1.0, 1e-5);
+        }
+    }
+}
+
 }  // namespace
 }  // namespace bigmoe

@@ -1,5 +1,5 @@
 // The official `openai` npm client against bigmoe serve: chat (whole and streamed, the streamed
-// text equal to the whole), completions, tools accepted, models, and an error surfaced as the
+// text equal to the whole), log-probabilities, completions, tools accepted, models, and an error surfaced as the
 // client's APIError with the server's status.
 // usage: node openai_client.mjs BASE_URL
 import OpenAI from "openai";
@@ -30,6 +30,13 @@ for await (const chunk of stream) {
 check(text === whole.choices[0].message.content, `streamed text equals the whole (${JSON.stringify(text)})`);
 check(finish === whole.choices[0].finish_reason, "finish reason");
 check(usage && usage.completion_tokens === whole.usage.completion_tokens, "usage chunk");
+
+const withLp = await client.chat.completions.create({
+  model: "m", messages, max_tokens: 12, temperature: 0, logprobs: true, top_logprobs: 2 });
+const lp = withLp.choices[0].logprobs?.content ?? [];
+check(lp.length === withLp.usage.completion_tokens, "a log-probability per token");
+check(lp.every((t) => t.logprob <= 0 && t.top_logprobs.length === 2 && t.top_logprobs[0].logprob >= t.logprob),
+      "greedy tokens with their two best alternatives");
 
 const tools = [{ type: "function", function: { name: "get_weather", description: "weather",
   parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];

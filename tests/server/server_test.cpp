@@ -16,6 +16,7 @@
 #include "runtime/generator.h"
 #include "server/server.h"
 #include "testlib.h"
+#include "tokenizer/unicode.h"
 
 namespace bigmoe {
 namespace {
@@ -214,11 +215,32 @@ TEST_F(Serve, chat_and_completion_equal_the_library_alone) {
     ASSERT_TRUE(ctx2.ok());
     Generator g2(**ctx2, **tok, sp);
     ASSERT_TRUE(g2.feed((*tok)->encode("Once upon a time", true, true)).ok());
+    gp.logprobs = 3;
     auto want2 = g2.generate(gp, [](const Piece&) { return true; });
     ASSERT_TRUE(want2.ok());
-    const Json c = post("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}});
+    const Json c = post("/v1/completions",
+                        {{"prompt", "Once upon a time"}, {"max_tokens", 12}, {"temperature", 0}, {"logprobs", 3}});
     EXPECT_EQ(c["object"], "text_completion");
     EXPECT_EQ(c["choices"][0]["text"], want2->content);
+    // log-probabilities: the library's, in the legacy shape (greedy: the chosen token is the best)
+    const Json& lp = c["choices"][0]["logprobs"];
+    ASSERT_EQ(lp["token_logprobs"].size(), want2->logprobs.size());
+    std::string joined;
+    for (size_t i = 0; i < want2->logprobs.size(); ++i) {
+        const TokenLogprob& w = want2->logprobs[i];
+        EXPECT_EQ(lp["token_logprobs"][i].get<float>(), w.logprob) << i;
+        EXPECT_LE(w.logprob, 0.0f);
+        ASSERT_EQ(w.top.size(), 3u);
+        // a map by token text: byte tokens that are not whole characters may share one key
+        EXPECT_GE(lp["top_logprobs"][i].size(), 1u) << i;
+        EXPECT_LE(lp["top_logprobs"][i].size(), 3u) << i;
+        EXPECT_EQ(w.top[0].first, want2->tokens[i]) << i;
+        EXPECT_EQ(lp["text_offset"][i], int64_t(joined.size())) << i;
+        const std::string bytes = (*tok)->token_bytes(want2->tokens[i], true);
+        EXPECT_EQ(lp["tokens"][i], unicode::sanitize_utf8(bytes)) << i;
+        joined += bytes;
+    }
+    EXPECT_TRUE(post("/v1/completions", {{"prompt", "Once"}, {"max_tokens", 2}})["choices"][0]["logprobs"].is_null());
     const Json l = post("/completion", {{"prompt", "Once upon a time"}, {"n_predict", 12}, {"temperature", 0}});
     EXPECT_EQ(l["content"], want2->content);
 }
@@ -283,18 +305,35 @@ TEST_F(Serve, streams_are_sse_and_equal_the_answer_in_one_piece) {
 // the same request sent alone.
 TEST_F(Serve, eight_concurrent_streams_each_equal_the_request_alone) {
     std::vector<Json> bodies;
-    for (int i = 0; i < 8; ++i)
+    for (int i = 0; i < 8; ++i) {
         bodies.push_back(chat_body("question number " + std::to_string(i), 8 + i, i % 2 ? 0.9 : 0.0, 100 + i));
+        bodies.back()["logprobs"] = true;
+        bodies.back()["top_logprobs"] = 2;
+    }
     std::vector<std::string> alone;
-    for (const Json& b : bodies) alone.push_back(post("/v1/chat/completions", b)["choices"][0]["message"]["content"]);
+    std::vector<Json> alone_lp;
+    for (const Json& b : bodies) {
+        const Json r = post("/v1/chat/completions", b);
+        alone.push_back(r["choices"][0]["message"]["content"]);
+        alone_lp.push_back(r["choices"][0]["logprobs"]["content"]);
+        EXPECT_EQ(alone_lp.back().size(), r["usage"]["completion_tokens"].get<size_t>());
+    }
     std::vector<std::string> together(8);
+    std::vector<Json> together_lp(8, Json::array());
     std::vector<std::thread> ts;
     for (int i = 0; i < 8; ++i)
         ts.emplace_back([&, i] {
-            together[size_t(i)] = streamed_content(stream("/v1/chat/completions", bodies[size_t(i)]), true);
+            const auto events = stream("/v1/chat/completions", bodies[size_t(i)]);
+            together[size_t(i)] = streamed_content(events, true);
+            for (const auto& e : events)
+                if (!e.is_null() && !e["choices"].empty() && e["choices"][0].contains("logprobs"))
+                    for (const auto& t : e["choices"][0]["logprobs"]["content"]) together_lp[size_t(i)].push_back(t);
         });
     for (auto& t : ts) t.join();
-    for (int i = 0; i < 8; ++i) EXPECT_EQ(together[size_t(i)], alone[size_t(i)]) << "request " << i;
+    for (int i = 0; i < 8; ++i) {
+        EXPECT_EQ(together[size_t(i)], alone[size_t(i)]) << "request " << i;
+        EXPECT_EQ(together_lp[size_t(i)], alone_lp[size_t(i)]) << "request " << i;  // bit for bit
+    }
 }
 
 TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
@@ -340,6 +379,12 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          400},
         {"stream a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stream", "yes"}}), 400},
         {"n of 2", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 2}}), 400},
+        {"top_logprobs without logprobs", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"top_logprobs", 2}}), 400},
+        {"top_logprobs above 20", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"logprobs", true}, {"top_logprobs", 21}}), 400},
+        {"logprobs a number in chat", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"logprobs", 3}}),
+         400},
         {"presence penalty out of range", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"presence_penalty", 9}}), 400},
         {"prompt longer than a slot", "POST", "/v1/chat/completions",
