@@ -26,6 +26,11 @@ const std::vector<OptionSpec> k_specs = {
     {"-a", "--alias", "NAME", "the model's name in /v1/models (default: the file name)"},
     {"", "--queue", "N", "requests that may wait for a slot; more get 503 with Retry-After (default 64)"},
     opt::no_repack,
+    {"-md", "--model-draft", "FILE",
+     "draft model (same vocabulary): greedy requests are decoded speculatively, all slots in the same steps"},
+    opt::draft_max,
+    opt::threads_draft,
+    opt::gpu_layers_draft,
     opt::help,
 };
 
@@ -55,7 +60,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
     auto th = args->get_int("--threads", 0, 0, 4096);
     auto ub = args->get_int("--ubatch-size", 512, 1, 1 << 20);
     auto queue = args->get_int("--queue", 64, 0, 1 << 20);
-    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue})
+    auto dmax = args->get_int("--draft-max", 8, 1, 16);
+    auto td = args->get_int("--threads-draft", 0, 0, 4096);
+    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td})
         if (!*r) return fail(r->error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
@@ -72,6 +79,12 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");
+    o.draft_model = args->get("--model-draft");
+    o.draft_max = int(*dmax);
+    o.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
+    if (o.draft_model.empty())
+        for (const char* flag : {"--draft-max", "--threads-draft"})
+            if (args->has(flag)) std::fprintf(stderr, "warning: %s has no effect without -md\n", flag);
     if (o.host != "127.0.0.1" && o.host != "localhost" && o.api_key.empty())
         std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who reaches it can use it\n",
                      o.host.c_str());

@@ -1,6 +1,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace bigmoe {
 
@@ -15,6 +16,14 @@ struct Scheduler::Slot {
     size_t prefilled = 0;             // prompt tokens processed
     std::vector<float> logits;        // of the last processed token
     bool ending = false;              // its last token is in this step's batch
+    // this step: prompt tokens, or the next token (then the draft's proposals), and where its
+    // logits rows start
+    bool step_prefill = false;
+    std::vector<int32_t> step_tokens, drafts;
+    int64_t k = 0;  // proposals asked of the draft
+    size_t row0 = 0;
+    bool use_draft = false;        // greedy, with a draft model
+    std::vector<int32_t> pending;  // tokens the target took that the draft has not processed
     Slot(int64_t i, int s, Request&& req, const Tokenizer& tok) : id(i), seq(s), r(std::move(req)), sampler(r.sampler) {
         sink = std::make_unique<TokenSink>(tok, r.gen, r.on_piece, res);
     }
@@ -24,6 +33,23 @@ Scheduler::Scheduler(Context& ctx, const Tokenizer& tok, const SchedulerParams& 
     : ctx_(ctx), tok_(tok), p_(p), slots_(size_t(ctx.params().n_seq_max)) {}
 
 Scheduler::~Scheduler() = default;
+
+Result<void> Scheduler::set_draft(Context* draft) {
+    if (draft->n_vocab() != ctx_.n_vocab())
+        return make_error("the draft model's vocabulary has " + std::to_string(draft->n_vocab()) +
+                              " tokens, the model's " + std::to_string(ctx_.n_vocab()),
+                          ErrorKind::bad_input);
+    if (draft->params().n_seq_max < ctx_.params().n_seq_max || draft->params().n_ctx < ctx_.params().n_ctx)
+        return make_error("the draft context needs " + std::to_string(ctx_.params().n_seq_max) + " sequences of " +
+                              std::to_string(ctx_.params().n_ctx) + " positions",
+                          ErrorKind::bad_input);
+    draft_ = draft;
+    return {};
+}
+
+SchedulerSpecStats Scheduler::spec_stats() const {
+    return {drafted_.load(), accepted_.load()};
+}
 
 Result<int64_t> Scheduler::submit(Request r) {
     if (r.prompt.empty()) return make_error("the prompt is empty");
@@ -112,6 +138,10 @@ void Scheduler::admit() {
             if (slots_[seq]) continue;
             ctx_.clear(int(seq));
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
+            const SamplerParams& sp = slots_[seq]->r.sampler;
+            slots_[seq]->use_draft = draft_ && sp.temp <= 0 && sp.repeat_penalty == 1.0f &&
+                                     sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f;
+            if (draft_) draft_->clear(int(seq));
             running_ids_.push_back(slots_[seq]->id);
             queue_.pop_front();
         }
@@ -132,22 +162,27 @@ void Scheduler::admit() {
 
 Result<bool> Scheduler::step() {
     admit();
-    std::vector<BatchToken> batch;
-    std::vector<Slot*> rows;      // the slot each logits row belongs to
-    std::vector<Slot*> involved;  // every slot with a token in the batch
+    // 1. What each request adds: a chunk of its prompt, or its next token (sampled here) and,
+    // for a drafting request, the draft's proposals after it (step 2).
+    std::vector<Slot*> involved;     // every slot with tokens in the batch, in sequence order
+    std::vector<BatchToken> dbatch;  // the draft's first pass: prompt chunks, then pending + next token
+    std::vector<Slot*> drafting;
     int64_t budget = std::max<int64_t>(p_.prefill_budget, 1);
     for (auto& sp : slots_) {
         if (!sp) continue;
         Slot& s = *sp;
-        if (s.prefilled < s.r.prompt.size()) {  // a chunk of the prompt
+        s.step_tokens.clear();
+        s.drafts.clear();
+        s.k = 0;
+        s.step_prefill = s.prefilled < s.r.prompt.size();
+        if (s.step_prefill) {  // a chunk of the prompt
             const size_t n = std::min(s.r.prompt.size() - s.prefilled, size_t(budget));
             if (n == 0) continue;
             for (size_t k = 0; k < n; ++k) {
                 const int32_t t = s.r.prompt[s.prefilled + k];
-                const bool last = s.prefilled + k + 1 == s.r.prompt.size();
-                batch.push_back({t, s.seq, last});
+                s.step_tokens.push_back(t);
                 s.sampler.accept(t);
-                if (last) rows.push_back(&s);
+                if (s.use_draft) dbatch.push_back({t, s.seq, false});
             }
             s.prefilled += n;
             budget -= int64_t(n);
@@ -160,7 +195,8 @@ Result<bool> Scheduler::step() {
             finish(s, nullptr);
             continue;
         }
-        if (ctx_.n_past(s.seq) >= ctx_.params().n_ctx) {
+        const int64_t n_past = ctx_.n_past(s.seq);
+        if (n_past >= ctx_.params().n_ctx) {
             s.sink->end(StopReason::context_full);
             finish(s, nullptr);
             continue;
@@ -173,27 +209,112 @@ Result<bool> Scheduler::step() {
             finish(s, nullptr);
             continue;
         }
-        batch.push_back({id, s.seq, true});
-        rows.push_back(&s);
+        s.step_tokens.push_back(id);
         involved.push_back(&s);
         s.ending = !go_on;
+        if (!s.use_draft || !go_on) continue;
+        // drafts fit in what is left of n_predict, the context and both rollback depths
+        int64_t k = std::min<int64_t>(p_.draft_max, ctx_.params().n_ctx - n_past - 1);
+        if (g.n_predict >= 0) k = std::min<int64_t>(k, g.n_predict - int64_t(s.sink->n()));
+        k = std::min<int64_t>({k, ctx_.params().rollback_depth, draft_->params().rollback_depth});
+        if (k <= 0) {
+            s.pending.push_back(id);
+            continue;
+        }
+        for (int32_t t : s.pending) dbatch.push_back({t, s.seq, false});
+        s.pending.clear();
+        dbatch.push_back({id, s.seq, true});
+        s.k = k;
+        drafting.push_back(&s);
     }
-    if (batch.empty()) {
+    auto fail = [&](const Error& e) {  // every request in the batch fails; the others go on
+        for (auto& sp : slots_)
+            if (sp && std::find(involved.begin(), involved.end(), sp.get()) != involved.end()) finish(*sp, &e);
+    };
+    if (involved.empty()) {
         positions_ = 0;  // nothing runs (or only finished requests did)
         std::lock_guard<std::mutex> lock(mu_);
         snapshot_.assign(slots_.size(), SlotInfo{});
         for (size_t i = 0; i < snapshot_.size(); ++i) snapshot_[i].seq = int(i);
         return std::any_of(slots_.begin(), slots_.end(), [](const auto& s) { return s != nullptr; });
     }
+    // 2. Drafting: one draft pass per drafted position, every drafting request in each (greedy
+    // proposals: the draft's arg-max).
+    const size_t V = size_t(ctx_.n_vocab());
+    std::vector<Slot*> active = drafting;
+    while (!dbatch.empty()) {
+        if (auto r = draft_->decode(dbatch, &draft_logits_); !r) {
+            fail(r.error());
+            return r.error();
+        }
+        dbatch.clear();
+        std::vector<Slot*> next;
+        for (size_t i = 0; i < active.size(); ++i) {
+            Slot& s = *active[i];
+            const int32_t d = argmax(draft_logits_.data() + i * V, int64_t(V));
+            s.drafts.push_back(d);
+            if (int64_t(s.drafts.size()) < s.k) {
+                dbatch.push_back({d, s.seq, true});
+                next.push_back(&s);
+            }
+        }
+        active.swap(next);
+    }
+    // 3. One target pass: prompt chunks (logits at a prompt's end), next tokens and proposals.
+    std::vector<BatchToken> batch;
+    size_t n_rows = 0;
+    for (Slot* s : involved) {
+        s->row0 = n_rows;
+        if (s->step_prefill) {
+            for (size_t i = 0; i < s->step_tokens.size(); ++i) {
+                const bool last = i + 1 == s->step_tokens.size() && s->prefilled == s->r.prompt.size();
+                batch.push_back({s->step_tokens[i], s->seq, last});
+                n_rows += last;
+            }
+            continue;
+        }
+        batch.push_back({s->step_tokens[0], s->seq, true});
+        for (int32_t d : s->drafts) batch.push_back({d, s->seq, true});
+        n_rows += 1 + s->drafts.size();
+    }
     if (auto r = ctx_.decode(batch, &logits_); !r) {
-        // every request in the batch fails; the others go on
-        for (auto& sp : slots_)
-            if (sp && std::find(involved.begin(), involved.end(), sp.get()) != involved.end()) finish(*sp, &r.error());
+        fail(r.error());
         return r.error();
     }
-    const size_t V = size_t(ctx_.n_vocab());
-    for (size_t i = 0; i < rows.size(); ++i)
-        rows[i]->logits.assign(logits_.begin() + ptrdiff_t(i * V), logits_.begin() + ptrdiff_t((i + 1) * V));
+    auto row = [&](size_t i) { return logits_.begin() + ptrdiff_t(i * V); };
+    for (Slot* s : involved) {
+        if (s->step_prefill && s->prefilled < s->r.prompt.size()) continue;  // no logits yet
+        // verification: proposals are taken while they equal the target's arg-max (so the
+        // tokens are plain greedy decoding's); the target's logits after the last one taken
+        // give the next token
+        const GenerateParams& g = s->r.gen;
+        size_t m = 0;
+        for (; m < s->drafts.size() && !s->ending; ++m) {
+            const float* lg = &*row(s->row0 + m);
+            const int32_t d = s->drafts[m];
+            if (argmax(lg, int64_t(V)) != d) break;
+            s->sampler.accept(d);
+            std::optional<TokenLogprob> lp;
+            if (g.logprobs >= 0) lp = token_logprob(lg, int32_t(V), d, g.logprobs);
+            s->ending = !s->sink->push(d, g.ignore_eos, lp ? &*lp : nullptr);
+        }
+        drafted_ += int64_t(s->drafts.size());
+        accepted_ += int64_t(m);
+        if (s->ending) continue;
+        if (!s->drafts.empty()) {
+            // the target drops the rejected proposals; the draft processed the next token and
+            // all proposals but the last
+            const int64_t k = int64_t(s->drafts.size());
+            Result<void> r = ctx_.remove_last(s->seq, k - int64_t(m));
+            if (r && int64_t(m) < k) r = draft_->remove_last(s->seq, k - 1 - int64_t(m));
+            if (int64_t(m) == k) s->pending.push_back(s->drafts.back());
+            if (!r) {
+                finish(*s, &r.error());
+                continue;
+            }
+        }
+        s->logits.assign(row(s->row0 + m), row(s->row0 + m + 1));
+    }
     int64_t used = 0;
     std::vector<SlotInfo> snap(slots_.size());
     for (size_t i = 0; i < slots_.size(); ++i) {

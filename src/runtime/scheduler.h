@@ -22,6 +22,14 @@ namespace bigmoe {
 
 struct SchedulerParams {
     int64_t prefill_budget = 512;  // prompt tokens per step, over all prefilling requests
+    // Speculative decoding with a draft model's context (set_draft): tokens drafted per greedy
+    // request and step (at most the contexts' rollback depth).
+    int draft_max = 8;
+};
+
+// What speculative decoding has done since the scheduler started.
+struct SchedulerSpecStats {
+    int64_t drafted = 0, accepted = 0;
 };
 
 // What one sequence is doing, as of the last step.
@@ -46,6 +54,15 @@ class Scheduler {
     // One sequence of ctx per running request (ctx.params().n_seq_max at once); the others wait.
     Scheduler(Context& ctx, const Tokenizer& tok, const SchedulerParams& p = {});
     ~Scheduler();
+
+    // Drafts with a smaller model's context (the same vocabulary, as many sequences as ctx, a
+    // context per sequence at least as long). Greedy requests (temperature 0, no penalties) then
+    // take several tokens per step: every drafting request's proposals come from one draft pass
+    // per drafted position, and all are verified in the step's one target pass. By batch
+    // invariance their tokens are those of plain decoding; sampled requests decode plainly
+    // beside them. Call before the first step.
+    Result<void> set_draft(Context* draft);
+    SchedulerSpecStats spec_stats() const;
 
     // Queues a request (any thread); it starts at the next step with a free sequence. The error
     // says why it can never run (an empty prompt, a prompt longer than a sequence's context).
@@ -87,6 +104,9 @@ class Scheduler {
     std::atomic<int64_t> positions_{0};
     std::vector<SlotInfo> snapshot_;  // guarded by mu_
     std::vector<float> logits_;
+    Context* draft_ = nullptr;
+    std::vector<float> draft_logits_;
+    std::atomic<int64_t> drafted_{0}, accepted_{0};
 };
 
 }  // namespace bigmoe

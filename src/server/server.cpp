@@ -78,6 +78,8 @@ struct Server::Impl {
     std::unique_ptr<Engine> engine;
     std::unique_ptr<Tokenizer> tok;
     std::unique_ptr<Context> ctx;
+    std::unique_ptr<Engine> draft_engine;  // -md
+    std::unique_ptr<Context> draft_ctx;
     std::unique_ptr<Scheduler> sched;
     std::unique_ptr<ChatFormatter> fmt;
     std::string model_name;
@@ -147,6 +149,11 @@ std::string Server::Impl::metrics() const {
             double(requests_failed.load()));
     counter("bigmoe_prompt_tokens_total", "prompt tokens processed", double(prompt_tokens_total.load()));
     counter("bigmoe_generation_tokens_total", "tokens generated", double(generation_tokens_total.load()));
+    if (ready && draft_ctx) {
+        const SchedulerSpecStats st = sched->spec_stats();
+        counter("bigmoe_spec_draft_tokens_total", "tokens the draft model proposed", double(st.drafted));
+        counter("bigmoe_spec_accepted_tokens_total", "proposals the model accepted", double(st.accepted));
+    }
     return m;
 }
 
@@ -564,8 +571,14 @@ Result<void> Server::load() {
     cp.n_ubatch = s.o.n_ubatch;
     cp.type_k = s.o.type_k;
     cp.type_v = s.o.type_v;
-    cp.rollback_depth = 0;  // no drafts: recurrent state updated in place
+    // without drafts nothing is rolled back: recurrent state is updated in place
+    cp.rollback_depth = s.o.draft_model.empty() ? 0 : s.o.draft_max;
     BM_ASSIGN(s.ctx, s.engine->new_context(cp));
+    if (!s.o.draft_model.empty()) {
+        const int dt = s.o.draft_threads > 0 ? s.o.draft_threads : s.o.threads;
+        BM_ASSIGN(s.draft_engine, Engine::load(s.o.draft_model, {.n_threads = dt, .repack = s.o.repack}));
+        BM_ASSIGN(s.draft_ctx, s.draft_engine->new_context(cp));
+    }
     const int32_t bos = s.tok->bos(), eos = s.tok->eos();
     auto fmt = ChatFormatter::create(s.tok->chat_template(), bos >= 0 ? s.tok->token_text(bos) : "",
                                      eos >= 0 ? s.tok->token_text(eos) : "");
@@ -573,7 +586,12 @@ Result<void> Server::load() {
     s.fmt = std::make_unique<ChatFormatter>(std::move(*fmt));
     s.think_open = s.tok->find("<think>");
     s.think_close = s.tok->find("</think>");
-    s.sched = std::make_unique<Scheduler>(*s.ctx, *s.tok, SchedulerParams{.prefill_budget = s.o.n_ubatch});
+    s.sched = std::make_unique<Scheduler>(*s.ctx, *s.tok,
+                                          SchedulerParams{.prefill_budget = s.o.n_ubatch, .draft_max = s.o.draft_max});
+    if (s.draft_ctx) {
+        if (auto r = s.sched->set_draft(s.draft_ctx.get()); !r)
+            return make_error("the draft model " + s.o.draft_model + ": " + r.error().message, ErrorKind::bad_input);
+    }
     s.stepper = std::thread([&s] { s.step_loop(); });
     s.ready = true;
     return {};

@@ -26,6 +26,9 @@ struct ServeOptions {
     size_t queue = 64;    // requests waiting beyond this get 503 with Retry-After
     size_t max_body = 8 << 20;
     bool repack = true;
+    std::string draft_model;  // -md: greedy requests are decoded speculatively with this model
+    int draft_max = 8;        // tokens drafted per request and step
+    int draft_threads = 0;    // 0: as threads
 };
 
 class Server {

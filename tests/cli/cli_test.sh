@@ -174,5 +174,10 @@ if command -v script >/dev/null; then
 fi
 if "$bin" run -m "$m" -p hi -n 1 2>&1 | grep -q "loading "; then echo "FAIL: progress in a pipe"; fail=$((fail+1)); else
   pass=$((pass+1)); fi
+expect "serve needs a model" 1 "is required" "$bin" serve
+expect "serve bad port" 1 "out of range" "$bin" serve -m "$m" --port 70000
+expect "serve missing draft" 1 "cannot open" "$bin" serve -m "$m" --port 0 -md "$tmp/none.gguf"
+expect "serve draft vocab" 1 "vocabulary" "$bin" serve -m "$m" --port 0 -md "$tmp/s.gguf"
+expect "serve bad draft-max" 1 "out of range \\[1, 16\\]" "$bin" serve -m "$m" --port 0 -md "$d" --draft-max 17
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

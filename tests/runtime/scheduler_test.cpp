@@ -101,6 +101,76 @@ TEST(Scheduler, requests_joining_at_any_step_equal_each_alone) {
     }
 }
 
+// Speculative decoding in the scheduler: greedy requests drafted by another model (few proposals
+// accepted), by the target's weights quantized (some), or by the target's own weights (all, so
+// whole drafts are taken), beside
+// sampled ones, at several draft lengths: each request's tokens and log-probabilities equal the
+// request alone, decoded plainly.
+TEST(Scheduler, drafting_requests_equal_each_alone) {
+    Loaded l = load();
+    auto other = Engine::load(testing::fixtures_dir() + "/models/qwen35-tiny-f32.gguf", {.n_threads = 2});
+    ASSERT_TRUE(other.ok());
+    // the same weights quantized: agrees often, not always
+    auto quantized = Engine::load(testing::fixtures_dir() + "/models/qwen35moe-tiny-q4_k_m.gguf", {.n_threads = 2});
+    ASSERT_TRUE(quantized.ok());
+    std::vector<Request> reqs;
+    const char* texts[] = {"The quick brown fox", "Hello",      "A longer prompt about the sea and the sky", "x",
+                           "Once upon a time",    "1 2 3 4 5 6"};
+    for (int i = 0; i < 6; ++i) {
+        reqs.push_back(make_request(*l.tok, texts[i], i % 3 == 2 ? 0.9f : 0.0f, uint64_t(7 + i), 5 + 4 * i));
+        if (i % 2 == 0) reqs.back().gen.logprobs = 2;
+    }
+    std::vector<GenerateResult> want;
+    for (const Request& r : reqs) {
+        auto ctx = l.engine->new_context({.n_ctx = 256});
+        ASSERT_TRUE(ctx.ok());
+        Generator g(**ctx, *l.tok, r.sampler);
+        ASSERT_TRUE(g.feed(r.prompt).ok());
+        auto res = g.generate(r.gen, [](const Piece&) { return true; });
+        ASSERT_TRUE(res.ok());
+        want.push_back(*res);
+    }
+    const std::pair<Engine*, const char*> drafts[] = {
+        {l.engine.get(), "own weights"}, {other->get(), "another model"}, {quantized->get(), "quantized"}};
+    for (const auto& [draft_engine, what] : drafts)
+        for (int draft_max : {1, 3, 8}) {
+            SCOPED_TRACE(std::string(what) + ", draft_max " + std::to_string(draft_max));
+            auto ctx = l.engine->new_context({.n_ctx = 256, .n_seq_max = 3});
+            auto dctx = draft_engine->new_context({.n_ctx = 256, .n_seq_max = 3});
+            ASSERT_TRUE(ctx.ok() && dctx.ok());
+            Scheduler sched(**ctx, *l.tok, {.prefill_budget = 5, .draft_max = draft_max});
+            ASSERT_TRUE(sched.set_draft(dctx->get()).ok());
+            std::vector<GenerateResult> got(reqs.size());
+            for (size_t i = 0; i < reqs.size(); ++i) {
+                Request r = reqs[i];
+                r.on_done = [&, i](const GenerateResult& res, const Error* err) {
+                    EXPECT_EQ(err, nullptr);
+                    got[i] = res;
+                };
+                ASSERT_TRUE(sched.submit(std::move(r)).ok());
+                ASSERT_TRUE(sched.step().ok());
+            }
+            for (int steps = 0; steps < 1000; ++steps) {
+                auto busy = sched.step();
+                ASSERT_TRUE(busy.ok()) << busy.error().message;
+                if (!*busy && sched.waiting() == 0) break;
+            }
+            for (size_t i = 0; i < reqs.size(); ++i) {
+                EXPECT_EQ(got[i].tokens, want[i].tokens) << "request " << i;
+                ASSERT_EQ(got[i].logprobs.size(), want[i].logprobs.size()) << "request " << i;
+                for (size_t t = 0; t < want[i].logprobs.size(); ++t) {
+                    EXPECT_EQ(got[i].logprobs[t].logprob, want[i].logprobs[t].logprob) << i << " " << t;
+                    EXPECT_EQ(got[i].logprobs[t].top, want[i].logprobs[t].top) << i << " " << t;
+                }
+            }
+            const SchedulerSpecStats st = sched.spec_stats();
+            EXPECT_GT(st.drafted, 0);
+            if (draft_engine == l.engine.get()) {
+                EXPECT_EQ(st.accepted, st.drafted);  // the same logits
+            }
+        }
+}
+
 TEST(Scheduler, a_long_prompt_does_not_stop_decoding_requests) {
     Loaded l = load();
     auto ctx = l.engine->new_context({.n_ctx = 512, .n_seq_max = 2});

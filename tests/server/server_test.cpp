@@ -435,6 +435,43 @@ TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
     for (const auto& s : Json::parse(client().Get("/slots")->body)) EXPECT_FALSE(s["is_processing"].get<bool>());
 }
 
+// -md: greedy requests decoded speculatively (drafted by the quantized fixture, so proposals are
+// both taken and refused), beside a sampled one, give the answers of a server without a draft;
+// /metrics counts the proposals.
+TEST(ServeOptions, a_draft_model_leaves_the_answers_unchanged) {
+    server::ServeOptions o;
+    o.n_ctx = 1024;
+    o.slots = 4;
+    auto plain = start(o);
+    o.draft_model = testing::fixtures_dir() + "/models/qwen35moe-tiny-q4_k_m.gguf";
+    o.draft_max = 4;
+    auto drafted = start(o);
+    std::vector<Json> bodies;
+    for (int i = 0; i < 4; ++i) {
+        bodies.push_back(chat_body("tell me a story, part " + std::to_string(i), 24, i == 3 ? 0.8 : 0.0, 5 + i));
+        bodies.back()["logprobs"] = true;
+    }
+    auto answer = [](int port, const Json& b) {
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(60, 0);
+        auto r = c.Post("/v1/chat/completions", b.dump(), "application/json");
+        EXPECT_TRUE(r && r->status == 200);
+        const Json j = r ? Json::parse(r->body) : Json();
+        return Json{j["choices"][0]["message"]["content"], j["choices"][0]["logprobs"]};
+    };
+    std::vector<Json> want, got(bodies.size());
+    for (const Json& b : bodies) want.push_back(answer(plain->port(), b));
+    std::vector<std::thread> ts;
+    for (size_t i = 0; i < bodies.size(); ++i) ts.emplace_back([&, i] { got[i] = answer(drafted->port(), bodies[i]); });
+    for (auto& t : ts) t.join();
+    for (size_t i = 0; i < bodies.size(); ++i) EXPECT_EQ(got[i], want[i]) << "request " << i;
+    httplib::Client c("127.0.0.1", drafted->port());
+    const std::string m = c.Get("/metrics")->body;
+    const size_t at = m.find("\nbigmoe_spec_draft_tokens_total ");
+    ASSERT_NE(at, std::string::npos);
+    EXPECT_GT(std::stod(m.substr(at + 32)), 0.0);
+}
+
 TEST(ServeOptions, api_key_and_a_full_queue) {
     server::ServeOptions o;
     o.n_ctx = 512;

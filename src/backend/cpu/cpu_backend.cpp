@@ -358,28 +358,30 @@ void CpuBackend::rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float thet
     BM_CHECK(x.cols % head_dim == 0 && n_rot <= head_dim && n_rot % 2 == 0);
     const float theta_scale = std::pow(theta, -2.0f / float(n_rot));
     const int64_t half = n_rot / 2;
-    for (const SeqSpan& s : batch().spans) {
-        pool_->parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
-            std::vector<float> cs(static_cast<size_t>(n_rot));
-            for (int64_t i = b; i < e; ++i) {
-                float th = float(s.pos0 + i);
+    // every row of the batch in one fork-join, each at its own sequence's position
+    std::vector<int64_t> pos(static_cast<size_t>(x.rows));
+    for (const SeqSpan& s : batch().spans)
+        for (int64_t i = 0; i < s.n_tokens; ++i) pos[size_t(s.first + i)] = s.pos0 + i;
+    pool_->parallel_for(x.rows, [&](int64_t b, int64_t e, int) {
+        std::vector<float> cs(static_cast<size_t>(n_rot));
+        for (int64_t i = b; i < e; ++i) {
+            float th = float(pos[size_t(i)]);
+            for (int64_t j = 0; j < half; ++j) {
+                cs[2 * j] = std::cos(th);
+                cs[2 * j + 1] = std::sin(th);
+                th *= theta_scale;
+            }
+            float* r = x.row(i);
+            for (int64_t h0 = 0; h0 < x.cols; h0 += head_dim) {
+                float* v = r + h0;
                 for (int64_t j = 0; j < half; ++j) {
-                    cs[2 * j] = std::cos(th);
-                    cs[2 * j + 1] = std::sin(th);
-                    th *= theta_scale;
-                }
-                float* r = x.row(s.first + i);
-                for (int64_t h0 = 0; h0 < x.cols; h0 += head_dim) {
-                    float* v = r + h0;
-                    for (int64_t j = 0; j < half; ++j) {
-                        const float a = v[j], c = v[j + half];
-                        v[j] = a * cs[2 * j] - c * cs[2 * j + 1];
-                        v[j + half] = a * cs[2 * j + 1] + c * cs[2 * j];
-                    }
+                    const float a = v[j], c = v[j + half];
+                    v[j] = a * cs[2 * j] - c * cs[2 * j + 1];
+                    v[j + half] = a * cs[2 * j + 1] + c * cs[2 * j];
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 }  // namespace cpu

@@ -36,16 +36,20 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
     BM_CHECK(conv_w.type == DType::F32 && conv_w.n_in() == K && conv_w.n_out() == C && out.cols == C);
     BM_CHECK(K >= 2 && K <= 8);
     const float* w = static_cast<const float*>(conv_w.data);
-    constexpr int64_t k_chunk = 64;  // channels per task; tokens run inside so rows are read contiguously
-    for (size_t si = 0; si < spans.size(); ++si) {
-        const SeqSpan& s = spans[si];
-        RecurrentRing& ring = *rings[si];
-        const size_t slot_floats = size_t(C * S);
-        const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats;
-        pool_->parallel_for((C + k_chunk - 1) / k_chunk, [&](int64_t cb, int64_t ce, int) {
-            const int64_t c0 = cb * k_chunk, c1 = std::min(C, ce * k_chunk), nc = c1 - c0;
+    // Tasks are (sequence, block of channels), all sequences in one fork-join: decoding several
+    // sequences costs one wake-up of the pool, not one per sequence. Tokens run inside a task so
+    // rows are read contiguously.
+    constexpr int64_t k_chunk = 64;
+    const int64_t n_blocks = (C + k_chunk - 1) / k_chunk;
+    const size_t slot_floats = size_t(C * S);
+    pool_->parallel_for(int64_t(spans.size()) * n_blocks, [&](int64_t tb, int64_t te, int) {
+        std::vector<float> win(static_cast<size_t>(S * k_chunk));
+        for (int64_t task = tb; task < te; ++task) {
+            const SeqSpan& s = spans[size_t(task / n_blocks)];
+            RecurrentRing& ring = *rings[size_t(task / n_blocks)];
+            const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats;
+            const int64_t c0 = (task % n_blocks) * k_chunk, c1 = std::min(C, c0 + k_chunk), nc = c1 - c0;
             // win[j][c]: the last S inputs of channel c, oldest first
-            std::vector<float> win(static_cast<size_t>(S * nc));
             for (int64_t c = 0; c < nc; ++c)
                 for (int64_t j = 0; j < S; ++j) win[size_t(j * nc + c)] = st[(c0 + c) * S + j];
             for (int64_t i = 0; i < s.n_tokens; ++i) {
@@ -67,8 +71,8 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
                         for (int64_t j = 0; j < S; ++j) dst[(c0 + c) * S + j] = win[size_t(j * nc + c)];
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
@@ -82,43 +86,45 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
     const float* A = static_cast<const float*>(ssm_a.data);
     const float q_scale = 1.0f / std::sqrt(float(dk));
     const size_t head_floats = size_t(dv * dk), slot_floats = size_t(Hv) * head_floats;
-    for (size_t si = 0; si < spans.size(); ++si) {
-        const SeqSpan& s = spans[si];
-        RecurrentRing& ring = *rings[si];
-        Tensor qn = scratch(s.n_tokens, key_dim), kn = scratch(s.n_tokens, key_dim);
-        pool_->parallel_for(s.n_tokens, [&](int64_t b, int64_t e, int) {
-            for (int64_t i = b; i < e; ++i) {
-                l2_normalize_heads(u.row(s.first + i), qn.row(i), Hk, dk, p.eps);
-                l2_normalize_heads(u.row(s.first + i) + key_dim, kn.row(i), Hk, dk, p.eps);
+    const int64_t n_rows = u.rows;
+    Tensor qn = scratch(n_rows, key_dim), kn = scratch(n_rows, key_dim);
+    pool_->parallel_for(n_rows, [&](int64_t b, int64_t e, int) {
+        for (int64_t i = b; i < e; ++i) {
+            l2_normalize_heads(u.row(i), qn.row(i), Hk, dk, p.eps);
+            l2_normalize_heads(u.row(i) + key_dim, kn.row(i), Hk, dk, p.eps);
+        }
+    });
+    // Tasks are (sequence, V head), all sequences in one fork-join. Each token's new state goes
+    // straight to its ring slot when it must be kept (the last n_slots tokens), else nowhere (the
+    // kernel carries it); slot 0, the state before the batch, is only read (unless the last
+    // token's slot wraps onto it).
+    pool_->parallel_for(int64_t(spans.size()) * Hv, [&](int64_t tb, int64_t te, int) {
+        std::vector<float> work;  // only for tokens whose state is not kept: never in decoding or verification
+        std::vector<GdnToken> toks;
+        for (int64_t task = tb; task < te; ++task) {
+            const SeqSpan& s = spans[size_t(task / Hv)];
+            RecurrentRing& ring = *rings[size_t(task / Hv)];
+            const int64_t h = task % Hv;
+            if (s.n_tokens > ring.n_slots) work.resize(head_floats);
+            toks.resize(size_t(s.n_tokens));
+            const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
+            for (int64_t i = 0; i < s.n_tokens; ++i) {
+                const int64_t row = s.first + i;
+                GdnToken& g = toks[size_t(i)];
+                g.q = qn.row(row) + j * dk;
+                g.k = kn.row(row) + j * dk;
+                g.v = u.row(row) + 2 * key_dim + h * dv;
+                g.beta = sigmoid(beta.row(row)[h]);
+                g.decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
+                g.out = out.row(row) + h * dv;
+                g.state = i >= s.n_tokens - ring.n_slots
+                              ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
+                              : nullptr;
             }
-        });
-        // Each token's new state goes straight to its ring slot when it must be kept (the last
-        // n_slots tokens), else nowhere (the kernel carries it); slot 0, the state before the
-        // batch, is only read (unless the last token's slot wraps onto it).
-        pool_->parallel_for(Hv, [&](int64_t hb, int64_t he, int) {
-            // (only tokens whose state is not kept go through it: never in decoding or verification)
-            std::vector<float> work(s.n_tokens > ring.n_slots ? head_floats : 0);
-            std::vector<GdnToken> toks(static_cast<size_t>(s.n_tokens));
-            for (int64_t h = hb; h < he; ++h) {
-                const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
-                for (int64_t i = 0; i < s.n_tokens; ++i) {
-                    const int64_t row = s.first + i;
-                    GdnToken& g = toks[size_t(i)];
-                    g.q = qn.row(i) + j * dk;
-                    g.k = kn.row(i) + j * dk;
-                    g.v = u.row(row) + 2 * key_dim + h * dv;
-                    g.beta = sigmoid(beta.row(row)[h]);
-                    g.decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
-                    g.out = out.row(row) + h * dv;
-                    g.state = i >= s.n_tokens - ring.n_slots
-                                  ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
-                                  : nullptr;
-                }
-                const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
-                k_->gdn_steps(src, toks.data(), s.n_tokens, q_scale, dk, dv, work.data());
-            }
-        });
-    }
+            const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
+            k_->gdn_steps(src, toks.data(), s.n_tokens, q_scale, dk, dv, work.data());
+        }
+    });
 }
 
 }  // namespace bigmoe::cpu
