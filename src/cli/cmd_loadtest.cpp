@@ -20,6 +20,7 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--in-tokens", "N", "prompt length instead of the workload's"},
     {"", "--out-tokens", "N", "output length instead of the workload's"},
     {"", "--api-key", "KEY", "sent as 'Authorization: Bearer KEY'"},
+    {"", "--label", "NAME", "the server's name in jsonl records and report charts (default: the URL)"},
     {"-o", "--output", "FORMAT", "md (default) or jsonl"},
     opt::help,
 };
@@ -37,6 +38,7 @@ int cmd_loadtest(const std::vector<std::string>& argv) {
     o.url = args->get("--url", o.url);
     o.workload = args->get("--workload", o.workload);
     o.api_key = args->get("--api-key");
+    o.label = args->get("--label", o.url);
     auto n = args->get_int("--requests", 8, 1, 1 << 20);
     auto in = args->get_int("--in-tokens", 0, 0, 1 << 24);
     auto out = args->get_int("--out-tokens", 0, 0, 1 << 24);

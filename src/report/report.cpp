@@ -40,6 +40,12 @@ std::string fmt(double v, int prec = 2) {
     return b;
 }
 
+// A `bigmoe loadtest -o jsonl` record.
+bool loadtest_record(const Json& r) {
+    return r.is_object() && r.contains("workload") && r.contains("concurrency") && r.contains("ttft_ms") &&
+           r["ttft_ms"].is_object();
+}
+
 Result<std::vector<Json>> load(const std::string& path) {
     std::ifstream f(path);
     if (!f) return make_error("report: cannot open '" + path + "'");
@@ -61,8 +67,10 @@ Result<std::vector<Json>> load(const std::string& path) {
         return make_error("report: '" + path + "' is not bench json/jsonl output: " + e.what());
     }
     for (const auto& r : out)
-        if (!r.contains("avg_ts") || !r.contains("n_prompt") || !r.contains("n_gen"))
-            return make_error("report: '" + path + "' has a record without avg_ts / n_prompt / n_gen");
+        if (!loadtest_record(r) && (!r.contains("avg_ts") || !r.contains("n_prompt") || !r.contains("n_gen")))
+            return make_error("report: '" + path +
+                              "' has a record that is neither bench output (avg_ts, n_prompt, n_gen) nor "
+                              "loadtest output (workload, concurrency, ttft_ms)");
     return out;
 }
 
@@ -88,8 +96,12 @@ struct Axes {
 
 std::string depth_tip(double x, double y);
 std::string speedup_tip(double x, double y);
+std::string throughput_tip(double x, double y);
+std::string latency_tip(double x, double y);
 const Axes k_depth_axes = {"context depth (tokens)", "tokens / second", depth_tip};
 const Axes k_speedup_axes = {"draft acceptance rate (%)", "speed-up over plain decoding (x)", speedup_tip, 1.0};
+const Axes k_throughput_axes = {"concurrent requests", "output tokens / second, all requests", throughput_tip};
+const Axes k_latency_axes = {"concurrent requests", "milliseconds", latency_tip};
 
 // The smallest of 1, 2, 2.5, 5 x 10^k at or above v: axis ends that give round tick labels.
 double nice_max(double v) {
@@ -178,6 +190,63 @@ std::string depth_tip(double x, double y) {
 std::string speedup_tip(double x, double y) {
     return fmt(y) + "x at " + fmt(x, 1) + "% acceptance";
 }
+std::string throughput_tip(double x, double y) {
+    return fmt(y) + " t/s with " + fmt(x, 0) + " concurrent";
+}
+std::string latency_tip(double x, double y) {
+    return fmt(y, 1) + " ms with " + fmt(x, 0) + " concurrent";
+}
+
+// A loadtest record's server and workload, e.g. "bigmoe · chat 30 in / 1000 out".
+std::string load_series(const Json& r) {
+    return r.value("label", r.value("url", std::string("server"))) + " · " + r.value("workload", std::string("?")) +
+           " " + std::to_string(r.value("in_tokens", 0)) + " in / " + std::to_string(r.value("out_tokens", 0)) + " out";
+}
+
+// The serving section: throughput and latency percentiles against concurrency, per server and
+// workload, and the table of every run.
+std::string loadtest_section(const std::vector<Json>& runs, size_t color_offset) {
+    std::map<std::string, Series> tput, ttft, itl;
+    for (const Json& r : runs) {
+        const std::string k = load_series(r);
+        const double c = r.value("concurrency", 0);
+        for (auto* m : {&tput, &ttft, &itl}) (*m)[k].name = k;
+        tput[k].pts.emplace_back(c, r.value("output_tokens_per_s", 0.0));
+        ttft[k].pts.emplace_back(c, r["ttft_ms"].value("p50", 0.0));
+        itl[k].pts.emplace_back(c, r.value("itl_ms", Json::object()).value("p50", 0.0));
+    }
+    auto lines = [](std::map<std::string, Series>& m) {
+        std::vector<Series> v;
+        for (auto& [k, s] : m) {
+            std::sort(s.pts.begin(), s.pts.end());
+            if (s.pts.size() > 1) v.push_back(s);
+        }
+        return v;
+    };
+    std::string h = "<h2>Serving</h2>";
+    const auto t = lines(tput), f = lines(ttft), i = lines(itl);
+    if (!t.empty()) {
+        h += line_chart("Output throughput against concurrency", "throughput", t, color_offset, k_throughput_axes);
+        h += line_chart("Time to first token (p50) against concurrency", "ttft", f, color_offset, k_latency_axes);
+        h += line_chart("Inter-token latency (p50) against concurrency", "itl", i, color_offset, k_latency_axes);
+    }
+    h += "<table><thead><tr><th>server · workload</th><th>conc.</th><th>requests</th><th>TTFT p50 / p90 / p99 "
+         "ms</th><th>ITL p50 / p90 / p99 ms</th><th>E2E p50 / p90 / p99 ms</th><th>output t/s</th><th>req/s</th>"
+         "</tr></thead><tbody>";
+    auto pct = [](const Json& p) {
+        return fmt(p.value("p50", 0.0), 1) + " / " + fmt(p.value("p90", 0.0), 1) + " / " + fmt(p.value("p99", 0.0), 1);
+    };
+    for (const Json& r : runs) {
+        const int failed = r.value("failed", 0);
+        h += "<tr><td>" + esc(load_series(r)) + "</td><td class='n'>" + std::to_string(r.value("concurrency", 0)) +
+             "</td><td class='n'>" + std::to_string(r.value("requests", 0)) +
+             (failed ? " (" + std::to_string(failed) + " failed)" : "") + "</td><td class='n'>" + pct(r["ttft_ms"]) +
+             "</td><td class='n'>" + pct(r.value("itl_ms", Json::object())) + "</td><td class='n'>" +
+             pct(r.value("e2e_ms", Json::object())) + "</td><td class='n'>" + fmt(r.value("output_tokens_per_s", 0.0)) +
+             "</td><td class='n'>" + fmt(r.value("requests_per_s", 0.0), 3) + "</td></tr>";
+    }
+    return h + "</tbody></table>";
+}
 
 bool speculative(const Json& r) {
     return r.contains("bigmoe_draft_model");
@@ -237,7 +306,15 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
     }
     const bool several = paths.size() > 1;
     auto source = [&](const Json& r) { return several ? " · " + r["_file"].get<std::string>() : std::string(); };
-    if (recs.empty()) return make_error("report: no bench records in the input files");
+    if (recs.empty()) return make_error("report: no bench or loadtest records in the input files");
+    std::vector<Json> runs;  // loadtest records, apart
+    for (auto it = recs.begin(); it != recs.end();)
+        if (loadtest_record(*it)) {
+            runs.push_back(std::move(*it));
+            it = recs.erase(it);
+        } else {
+            ++it;
+        }
     std::map<std::string, Series> pp, tg, spec;
     // speculative points: one per (series, target, draft), averaged over repeated runs
     struct Mean {
@@ -302,7 +379,7 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
         ".bar span{display:block;height:100%}.prof td{vertical-align:middle}td.shares,td.src{font-size:12px;color:#555}"
         "@media print{body{max-width:none;margin:0}h2{break-after:avoid}figure,table{break-inside:avoid}}"
         "</style></head><body><h1>bigmoe benchmark report</h1><p>" +
-        std::to_string(recs.size()) + " results from " + std::to_string(paths.size()) + " file(s).</p>";
+        std::to_string(recs.size() + runs.size()) + " results from " + std::to_string(paths.size()) + " file(s).</p>";
     if (!pps.empty() && has_depths(pp))
         html += "<h2>Prompt processing</h2>" + line_chart("Prefill speed vs context depth", "prefill", pps, 0);
     if (!tgs.empty() && has_depths(tg))
@@ -313,6 +390,8 @@ Result<std::string> render_html(const std::vector<std::string>& paths) {
                            k_speedup_axes) +
                 "<p>Each point is one target/draft pair and draft length, measured against the same test without "
                 "a draft in the same run; the acceptance rate is the share of drafted tokens the target kept.</p>";
+    if (!runs.empty()) html += loadtest_section(runs, pps.size() + tgs.size() + specs.size());
+    if (recs.empty()) return html + "</body></html>\n";
     html +=
         "<h2>Results</h2><table><thead><tr><th>configuration</th><th>test</th><th>t/s</th><th>GB/s</th><th>% bw</th>"
         "<th>TFLOP/s</th><th>build, CPU, date</th></tr></thead><tbody>";

@@ -179,6 +179,8 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
     for (auto& w : workers) w.join();
     LoadtestReport r;
     r.workload = o.workload;
+    r.label = o.label.empty() ? o.url : o.label;
+    r.url = o.url;
     r.concurrency = o.concurrency;
     r.requests = o.requests;
     r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
@@ -229,7 +231,9 @@ std::string loadtest_json(const LoadtestReport& r) {
     auto pj = [](const Percentiles& p) {
         return Json{{"p50", p.p50}, {"p90", p.p90}, {"p99", p.p99}, {"mean", p.mean}};
     };
-    return Json{{"workload", r.workload},
+    return Json{{"label", r.label},
+                {"url", r.url},
+                {"workload", r.workload},
                 {"concurrency", r.concurrency},
                 {"requests", r.requests},
                 {"failed", r.failed},

@@ -27,6 +27,7 @@ struct LoadtestOptions {
     int requests = 8;
     int64_t in_tokens = 0, out_tokens = 0;  // > 0: override the workload's lengths
     std::string api_key;
+    std::string label;  // names the server in records (default: the URL)
     uint64_t seed = 1;
 };
 
@@ -35,7 +36,7 @@ struct Percentiles {
 };
 
 struct LoadtestReport {
-    std::string workload;
+    std::string label, url, workload;
     int concurrency = 0, requests = 0, failed = 0;
     int64_t in_tokens = 0, out_tokens = 0;  // per request, as built
     Percentiles ttft_ms, itl_ms, e2e_ms;

@@ -16,8 +16,18 @@ m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
 "$bin" bench -m "$m" -md none,"$fixtures/models/qwen35-tiny-f32.gguf","$fixtures/models/qwen35moe-tiny-f32.gguf" \
   --draft-max 1,4 -p 0 -n 8 -r 1 -t 2 -o jsonl > "$tmp/c.jsonl" 2>/dev/null
 grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
-"$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" -o "$tmp/report.html"
+# a server under load at two concurrencies: throughput and latency against concurrency
+"$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -np 2 -c 2048 -t 2 2> "$tmp/serve.log" &
+pid=$!
+trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
+for _ in $(seq 1 300); do grep -q "serve: ready" "$tmp/serve.log" && break; sleep 0.1; done
+port=$(sed -n 's#.*listening on http://127.0.0.1:\([0-9]*\).*#\1#p' "$tmp/serve.log")
+"$bin" loadtest --url "http://127.0.0.1:$port" --label bigmoe -c 1,2 -n 2 --in-tokens 20 --out-tokens 6 \
+  -o jsonl > "$tmp/d.jsonl" 2>/dev/null
+"$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" "$tmp/d.jsonl" -o "$tmp/report.html"
 grep -q "id='speculative'" "$tmp/report.html"
+for id in throughput ttft itl; do grep -q "id='$id'" "$tmp/report.html" || { echo "no $id chart"; exit 1; }; done
+grep -q "data-series='bigmoe · chat 20 in / 6 out'" "$tmp/report.html" || { echo "no loadtest series"; exit 1; }
 # the same configuration in two files: two lines
 cp "$tmp/a.jsonl" "$tmp/again.jsonl"
 "$bin" report "$tmp/a.jsonl" "$tmp/again.jsonl" -o "$tmp/two.html"
