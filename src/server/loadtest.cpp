@@ -39,12 +39,13 @@ httplib::Headers auth(const LoadtestOptions& o) {
 }
 
 // A text of about n tokens of the server's tokenizer: varied words, tokenized by the server, cut
-// to n tokens and turned back into text.
-Result<std::string> prompt_of(httplib::Client& c, const LoadtestOptions& o, int64_t n) {
+// to n tokens and turned back into text. Each request's text differs from its first words on, so
+// a server's prompt cache finds nothing to reuse (these workloads time whole prompts).
+Result<std::string> prompt_of(httplib::Client& c, const LoadtestOptions& o, int64_t n, int variant) {
     static const char* words[] = {"river",  "stone",  "light",  "garden", "window", "morning", "silver", "paper",
                                   "forest", "engine", "summer", "bridge", "letter", "market",  "winter", "castle"};
-    std::string text = "Read this and continue:";
-    for (int64_t i = 0; i < n * 2 + 8; ++i) text += std::string(" ") + words[(i * 7 + i / 16) % 16];
+    std::string text = "Document " + std::to_string(variant) + ". Read this and continue:";
+    for (int64_t i = 0; i < n * 2 + 8; ++i) text += std::string(" ") + words[(i * 7 + i / 16 + variant * 5) % 16];
     auto r = c.Post("/tokenize", auth(o), Json{{"content", text}}.dump(), "application/json");
     if (!r || r->status != 200)
         return make_error("loadtest: " + o.url + "/tokenize failed" + (r ? ": " + r->body : ""));
@@ -83,7 +84,7 @@ Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t 
     std::string buf;
     const auto t0 = Clock::now();
     Clock::time_point last;
-    bool first = true;
+    bool first = true, finished = false;
     req.content_receiver = [&](const char* d, size_t n, uint64_t, uint64_t) {
         buf.append(d, n);
         size_t e;
@@ -92,12 +93,27 @@ Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t 
             buf.erase(0, e + 2);
             if (ev.rfind("data: ", 0) != 0 || ev == "data: [DONE]") continue;
             const Json j = Json::parse(ev.substr(6), nullptr, false);
-            if (j.contains("usage")) {
+            if (!j.is_object()) {
+                s.error = "a stream event that is not a JSON object: " + ev.substr(0, 200);
+                return false;
+            }
+            if (j.contains("error")) {  // a server that fails mid-stream: the request failed
+                const Json& e = j["error"];
+                s.error = "an error mid-stream: " + (e.is_object() && e.contains("message") && e["message"].is_string()
+                                                         ? e["message"].get<std::string>()
+                                                         : e.dump());
+                return false;
+            }
+            if (j.contains("usage") && j["usage"].is_object()) {
                 s.out_tokens = j["usage"].value("completion_tokens", 0);
                 s.in_tokens = j["usage"].value("prompt_tokens", 0);
             }
-            if (!j.contains("choices") || j["choices"].empty()) continue;
-            if (j["choices"][0].value("text", "").empty()) continue;
+            if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].empty()) continue;
+            const Json& choice = j["choices"][0];
+            if (choice.contains("finish_reason") && choice["finish_reason"].is_string()) finished = true;
+            if (!choice.contains("text") || !choice["text"].is_string() ||
+                choice["text"].get_ref<const std::string&>().empty())
+                continue;
             const auto now = Clock::now();
             if (first)
                 s.ttft_ms = std::chrono::duration<double, std::milli>(now - t0).count();
@@ -110,12 +126,18 @@ Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t 
     };
     httplib::Response res;
     httplib::Error err;
-    if (!c.send(req, res, err)) {
+    const bool sent = c.send(req, res, err);
+    if (!s.error.empty()) return s;
+    if (!sent) {
         s.error = "connection failed: " + httplib::to_string(err);
         return s;
     }
     if (res.status != 200) {
         s.error = "HTTP " + std::to_string(res.status) + " " + (res.body.empty() ? buf : res.body).substr(0, 300);
+        return s;
+    }
+    if (!finished) {
+        s.error = "the stream ended without a finish reason";
         return s;
     }
     s.e2e_ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
@@ -153,9 +175,9 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
     if (!health) return make_error("loadtest: no server at " + o.url, ErrorKind::not_found);
     if (health->status != 200)
         return make_error("loadtest: " + o.url + "/health answers " + std::to_string(health->status));
-    std::vector<std::string> prompts;
-    for (const Workload& w : mix) {
-        auto p = prompt_of(c, o, w.in_tokens);
+    std::vector<std::string> prompts;  // one per request
+    for (int i = 0; i < o.requests; ++i) {
+        auto p = prompt_of(c, o, mix[size_t(i) % mix.size()].in_tokens, i);
         if (!p) return p.error();
         prompts.push_back(*p);
     }
@@ -168,7 +190,7 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
         workers.emplace_back([&] {
             for (int i; (i = next.fetch_add(1)) < o.requests;) {
                 const size_t k = size_t(i) % mix.size();
-                samples[size_t(i)] = one_request(o, prompts[k], mix[k].out_tokens, o.seed + uint64_t(i));
+                samples[size_t(i)] = one_request(o, prompts[size_t(i)], mix[k].out_tokens, o.seed + uint64_t(i));
                 const int d = ++done;
                 if (progress) {
                     std::lock_guard<std::mutex> lock(progress_mu);
