@@ -5,10 +5,12 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <mutex>
 #include <random>
 #include <thread>
+#include <vector>
 
 #include "bigmoe/bigmoe.h"
 #include "runtime/scheduler.h"
@@ -47,6 +49,42 @@ Json tool_call_json(const std::string& rid, size_t i, const ToolCall& c) {
             {"type", "function"},
             {"function", {{"name", c.name}, {"arguments", c.arguments}}}};
 }
+
+// A Prometheus histogram of seconds with fixed buckets (any thread).
+class Histogram {
+  public:
+    explicit Histogram(std::vector<double> bounds) : bounds_(std::move(bounds)), counts_(bounds_.size() + 1, 0) {}
+    void observe(double v) {
+        std::lock_guard<std::mutex> lock(mu_);
+        size_t i = 0;
+        while (i < bounds_.size() && v > bounds_[i]) ++i;
+        ++counts_[i];
+        sum_ += v;
+        ++n_;
+    }
+    // The exposition lines: cumulative buckets, +Inf, sum and count.
+    std::string text(const std::string& name, const std::string& help) const {
+        std::lock_guard<std::mutex> lock(mu_);
+        std::string s = "# HELP " + name + " " + help + "\n# TYPE " + name + " histogram\n";
+        uint64_t cum = 0;
+        char b[64];
+        for (size_t i = 0; i < bounds_.size(); ++i) {
+            cum += counts_[i];
+            std::snprintf(b, sizeof b, "%g", bounds_[i]);
+            s += name + "_bucket{le=\"" + b + "\"} " + std::to_string(cum) + "\n";
+        }
+        s += name + "_bucket{le=\"+Inf\"} " + std::to_string(n_) + "\n";
+        s += name + "_sum " + std::to_string(sum_) + "\n" + name + "_count " + std::to_string(n_) + "\n";
+        return s;
+    }
+
+  private:
+    mutable std::mutex mu_;
+    std::vector<double> bounds_;
+    std::vector<uint64_t> counts_;
+    double sum_ = 0;
+    uint64_t n_ = 0;
+};
 
 struct Route {
     const char* path;
@@ -89,6 +127,10 @@ struct Server::Impl {
     bool wake = false;
     std::atomic<int64_t> requests_total{0}, requests_failed{0}, prompt_tokens_total{0}, generation_tokens_total{0};
     std::atomic<uint64_t> next_seed{0x5EEDu};
+    // latencies in seconds, with vLLM's names (what gateways and dashboards read)
+    Histogram ttft{{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80}};
+    Histogram tpot{{0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5}};
+    Histogram e2e{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320}};
 
     int64_t slot_ctx() const { return o.n_ctx / o.slots; }
 
@@ -149,6 +191,9 @@ std::string Server::Impl::metrics() const {
             double(requests_failed.load()));
     counter("bigmoe_prompt_tokens_total", "prompt tokens processed", double(prompt_tokens_total.load()));
     counter("bigmoe_generation_tokens_total", "tokens generated", double(generation_tokens_total.load()));
+    m += ttft.text("vllm:time_to_first_token_seconds", "time from a request's arrival to its first token");
+    m += tpot.text("vllm:time_per_output_token_seconds", "mean time between a request's tokens");
+    m += e2e.text("vllm:e2e_request_latency_seconds", "time from a request's arrival to its last token");
     if (ready && draft_ctx) {
         const SchedulerSpecStats st = sched->spec_stats();
         counter("bigmoe_spec_draft_tokens_total", "tokens the draft model proposed", double(st.drafted));
@@ -221,6 +266,13 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         job->done = true;
         prompt_tokens_total += job->prompt_tokens;
         generation_tokens_total += int64_t(result.tokens.size());
+        if (!err && result.stop != StopReason::cancelled) {
+            const double first_s = ms_between(job->submitted, job->first) / 1000;
+            ttft.observe(first_s);
+            e2e.observe(ms_between(job->submitted, job->finished) / 1000);
+            if (result.tokens.size() > 1)
+                tpot.observe(ms_between(job->first, job->finished) / 1000 / double(result.tokens.size() - 1));
+        }
         job->cv.notify_all();
     };
     auto id = sched->submit(std::move(r));

@@ -334,6 +334,31 @@ TEST_F(Serve, eight_concurrent_streams_each_equal_the_request_alone) {
         EXPECT_EQ(together[size_t(i)], alone[size_t(i)]) << "request " << i;
         EXPECT_EQ(together_lp[size_t(i)], alone_lp[size_t(i)]) << "request " << i;  // bit for bit
     }
+    // the latency histograms saw them: cumulative buckets that end at the count
+    const std::string m = client().Get("/metrics")->body;
+    for (const std::string name : {"vllm:time_to_first_token_seconds", "vllm:e2e_request_latency_seconds",
+                                   "vllm:time_per_output_token_seconds"}) {
+        std::istringstream in(m);
+        double last = 0, inf = -1, count = -1;
+        int buckets = 0;
+        for (std::string line; std::getline(in, line);) {
+            if (line.rfind(name, 0) != 0) continue;
+            const double v = std::stod(line.substr(line.rfind(' ') + 1));
+            if (line.rfind(name + "_bucket{le=\"+Inf\"} ", 0) == 0) {
+                inf = v;
+            } else if (line.rfind(name + "_bucket{", 0) == 0) {
+                EXPECT_GE(v, last) << line;
+                last = v;
+                ++buckets;
+            } else if (line.rfind(name + "_count ", 0) == 0) {
+                count = v;
+            }
+        }
+        EXPECT_GE(buckets, 5) << name;
+        EXPECT_GE(count, 16) << name;  // this test's requests at least
+        EXPECT_EQ(inf, count) << name;
+        EXPECT_LE(last, inf) << name;
+    }
 }
 
 TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
