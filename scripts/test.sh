@@ -7,7 +7,7 @@ bash scripts/install_deps.sh
 start=$(date +%s)
 
 echo "== format check"
-files=$(git ls-files 'src/*.cpp' 'src/*.h' 'src/*.inc' 'include/*.h' 'tests/*.cpp' 'tests/*.h')
+files=$(git ls-files 'src/*.cpp' 'src/*.cu' 'src/*.h' 'src/*.inc' 'include/*.h' 'tests/*.cpp' 'tests/*.h')
 clang-format --dry-run --Werror $files
 
 echo "== fast tier (release, warnings as errors)"
@@ -15,7 +15,7 @@ bash scripts/build.sh build-ci -DBIGMOE_WERROR=ON
 (cd build-ci && ctest -L 'unit|model|cli|js' -j2 --output-on-failure --timeout 900)
 
 echo "== unit and fuzz tests under ASan + UBSan"
-bash scripts/build.sh build-asan -DBIGMOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo
+bash scripts/build.sh build-asan -DBIGMOE_SANITIZE=ON -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBIGMOE_CUDA=OFF
 (cd build-asan && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
   ctest -L unit -j2 --output-on-failure --timeout 1800)
 

@@ -18,9 +18,13 @@
 namespace bigmoe {
 
 struct LoadOptions {
-    int n_threads = 0;           // 0: the physical cores
-    bool profile = false;        // wrap the backend in a ProfiledBackend
-    bool repack = true;          // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
+    int n_threads = 0;     // 0: the physical cores
+    bool profile = false;  // wrap the backend in a ProfiledBackend
+    bool repack = true;    // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
+    // Layers on the GPU (-ngl): 0 runs on the CPU; the layer count or more (or -1) puts the whole
+    // model on the CUDA backend. Splitting a model between the two is refused for now.
+    int n_gpu_layers = 0;
+    int gpu_device = 0;
     LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
 };
 
@@ -34,6 +38,9 @@ class Engine {
     const gguf::GgufFile& file() const { return *file_; }
     Model& model() { return *model_; }
     Backend& backend() { return *backend_; }
+    const Backend& backend() const { return *backend_; }
+    // Whether the model runs on a GPU backend (-ngl).
+    bool on_gpu() const { return on_gpu_; }
     // One line for the log: model, size, parameters, backend, threads, context, KV bytes and
     // the load time.
     std::string describe(const Context& ctx, double load_seconds) const;
@@ -45,6 +52,7 @@ class Engine {
     std::unique_ptr<Backend> backend_;
     std::unique_ptr<Model> model_;
     ProfiledBackend* profiler_ = nullptr;
+    bool on_gpu_ = false;
 };
 
 const char* version_string();

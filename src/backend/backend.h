@@ -115,6 +115,8 @@ class Backend {
   public:
     virtual ~Backend() = default;
     virtual std::string name() const = 0;
+    // The device it computes on, for logs and bench records ("" for the host's CPU).
+    virtual std::string device_name() const { return {}; }
     virtual int n_threads() const = 0;
     // Whether op runs with this weight or cache type here; callers refuse what is not, with a
     // message, before any op runs.

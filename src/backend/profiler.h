@@ -49,6 +49,7 @@ class ProfiledBackend : public Backend {
     }
 
     std::string name() const override { return inner_->name() + " + profiler"; }
+    std::string device_name() const override { return inner_->device_name(); }
     int n_threads() const override { return inner_->n_threads(); }
     bool supports(Op op, DType t) const override { return inner_->supports(op, t); }
     Result<void> prepare_weight(Weight& w) override { return inner_->prepare_weight(w); }

@@ -101,7 +101,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["build_commit"] = r.build_commit;
     j["build_number"] = 0;
     j["cpu_info"] = r.cpu_info;
-    j["gpu_info"] = "";
+    j["gpu_info"] = r.gpu_info;
     j["backends"] = r.backend;
     j["compiler"] = r.compiler;
     j["model_filename"] = r.model_filename;

@@ -15,7 +15,7 @@ Result<std::vector<int64_t>> parse_int_ranges(const std::string& s, const std::s
 
 struct Record {
     // identity
-    std::string build_commit, compiler, cpu_info, backend = "CPU", model_filename, model_type;
+    std::string build_commit, compiler, cpu_info, gpu_info, backend = "CPU", model_filename, model_type;
     uint64_t model_size = 0, model_n_params = 0;
     // parameters
     int64_t n_batch = 2048, n_ubatch = 512, n_threads = 0, n_gpu_layers = 0;

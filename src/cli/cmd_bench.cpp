@@ -29,7 +29,7 @@ const std::vector<OptionSpec> k_specs = {
     list_of(opt::ubatch_size),
     list_of(opt::cache_type_k),
     list_of(opt::cache_type_v),
-    {"-ngl", "--n-gpu-layers", "N", "accepted for compatibility (the CPU backend ignores it)"},
+    {"-ngl", "--n-gpu-layers", "LIST", "layers on the GPU: 0 (default) the CPU, 99 the whole model on CUDA"},
     {"-fa", "--flash-attn", "LIST", "on, 1 or auto: bigmoe's attention is always fused (flash); 0 or off is refused"},
     {"-nr", "--no-repack", "LIST",
      "1: products on the file's row layout instead of packed weights (default 0; a list)"},
@@ -135,10 +135,11 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto nb = ints(*args, "--batch-size", "2048", 1);
     auto ub = ints(*args, "--ubatch-size", "512", 1);
     auto nrs = ints(*args, "--no-repack", "0", 0);
+    auto ngls = ints(*args, "--n-gpu-layers", "0", 0);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
     Result<double> bw = 0.0;
     if (args->get("--bw") != "auto") bw = args->get_float("--bw", 0);
-    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs})
+    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs, &ngls})
         if (!*r) return fail(r->error().message);
     for (int64_t v : *nrs)
         if (v > 1) return fail("bench: --no-repack takes 0 or 1");
@@ -154,8 +155,6 @@ int cmd_bench(const std::vector<std::string>& argv) {
                         ": bigmoe's attention is always fused (flash attention); there is no unfused path to measure");
         else if (v != "1" && v != "on" && v != "auto")
             return fail("bench: -fa takes on, off, auto, 1 or 0, got '" + v + "'");
-    if (args->has("--n-gpu-layers"))
-        std::fprintf(stderr, "note: bigmoe has no GPU backend yet; -ngl is ignored and every layer runs on the CPU\n");
     for (int64_t b : *nb)
         for (int64_t u : *ub)
             if (u > b)
@@ -242,6 +241,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
                 }
     for (int64_t t : *th) plan.threads.push_back(resolve_threads(t));
     for (int64_t v : *nrs) plan.no_repack.push_back(v == 1);
+    plan.gpu_layers = *ngls;
     plan.reps = *reps;
     plan.draft_min = *draft_min;
     plan.draft_threads = *td > 0 ? resolve_threads(*td) : 0;

@@ -15,7 +15,8 @@ const std::vector<OptionSpec> k_specs = {
     opt::output,       with_default(opt::ctx_size, "the number of tokens"),
     opt::ubatch_size,  opt::threads,
     opt::no_repack,    opt::cache_type_k,
-    opt::cache_type_v, opt::help,
+    opt::cache_type_v, opt::gpu_layers,
+    opt::help,
 };
 }  // namespace
 
@@ -43,10 +44,13 @@ int cmd_logits(const std::vector<std::string>& argv) {
     if (!ctk) return fail(ctk.error().message);
     if (!ctv) return fail(ctv.error().message);
 
+    auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
+    if (!ngl) return fail(ngl.error().message);
     Progress loading("loading " + args->get("--model"));
     auto engine =
         Engine::load(args->get("--model"), {.n_threads = resolve_threads(*th),
                                             .repack = !args->has("--no-repack"),
+                                            .n_gpu_layers = int(*ngl),
                                             .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
     loading.done();
     if (!engine) return fail(engine.error().message);

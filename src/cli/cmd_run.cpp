@@ -76,7 +76,7 @@ const std::vector<OptionSpec> k_specs = {
     opt::draft_guard,
     opt::threads_draft,
     opt::gpu_layers_draft,
-    {"-ngl", "--n-gpu-layers", "N", "layers on the GPU: bigmoe has no GPU backend yet, every layer runs on the CPU"},
+    opt::gpu_layers,
     {"-fa", "--flash-attn", "on|off|auto", "on or auto: attention is always fused (flash); off is refused"},
     {"", "--no-mmap", "", "accepted: the weights are read from the mapped file, or packed into memory at load"},
     {"", "--mlock", "", "keep the model's memory resident (mlockall; a warning if the system refuses)"},
@@ -246,8 +246,8 @@ int cmd_run(const std::vector<std::string>& argv) {
             return fail("run: -fa " + fa + ": bigmoe's attention is always fused (flash attention)");
         if (fa != "on" && fa != "1" && fa != "auto") return fail("run: -fa takes on, off or auto, got '" + fa + "'");
     }
-    if (args->has("--n-gpu-layers"))
-        std::fprintf(stderr, "note: bigmoe has no GPU backend yet; -ngl is ignored and every layer runs on the CPU\n");
+    auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
+    if (!ngl) return fail(ngl.error().message);
     if (args->has("--mlock") && mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
         std::fprintf(stderr, "warning: --mlock: the system refused to lock the memory (%s); running without\n",
                      std::strerror(errno));
@@ -287,6 +287,7 @@ int cmd_run(const std::vector<std::string>& argv) {
         Engine::load(args->get("--model"), {.n_threads = resolve_threads(*threads),
                                             .profile = args->has("--profile"),
                                             .repack = repack,
+                                            .n_gpu_layers = int(*ngl),
                                             .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
     loading.done();
     if (!engine) return fail(engine.error().message);

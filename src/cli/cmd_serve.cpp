@@ -26,6 +26,7 @@ const std::vector<OptionSpec> k_specs = {
     {"-a", "--alias", "NAME", "the model's name in /v1/models (default: the file name)"},
     {"", "--queue", "N", "requests that may wait for a slot; more get 503 with Retry-After (default 64)"},
     opt::no_repack,
+    opt::gpu_layers,
     {"-md", "--model-draft", "FILE",
      "draft model (same vocabulary): greedy requests are decoded speculatively, all slots in the same steps"},
     opt::draft_max,
@@ -62,7 +63,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
     auto queue = args->get_int("--queue", 64, 0, 1 << 20);
     auto dmax = args->get_int("--draft-max", 8, 1, 16);
     auto td = args->get_int("--threads-draft", 0, 0, 4096);
-    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td})
+    auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
+    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td, &ngl})
         if (!*r) return fail(r->error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
@@ -79,6 +81,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");
+    o.n_gpu_layers = int(*ngl);
     o.draft_model = args->get("--model-draft");
     o.draft_max = int(*dmax);
     o.draft_threads = *td > 0 ? resolve_threads(*td) : 0;

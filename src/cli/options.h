@@ -23,6 +23,9 @@ inline const OptionSpec cache_type_k{"-ctk", "--cache-type-k", "TYPE", "K cache 
 inline const OptionSpec cache_type_v{"-ctv", "--cache-type-v", "TYPE", "V cache type: f32, f16 (default f16)"};
 inline const OptionSpec no_repack{"-nr", "--no-repack", "",
                                   "products on the file's row layout (no packed copy of the weights)"};
+inline const OptionSpec gpu_layers{
+    "-ngl", "--n-gpu-layers", "N",
+    "layers on the GPU: 0 (default) runs on the CPU; 99 (or the layer count) the whole model on the CUDA backend"};
 inline const OptionSpec profile{"", "--profile", "", "time per op class and layer kind (printed to stderr)"};
 inline const OptionSpec help{"-h", "--help", "", "show this help"};
 // speculative decoding (run, bench)

@@ -1,9 +1,11 @@
 #include <thread>
 
+#include "backend/cuda/cuda_backend.h"
 #include "backend/profiler.h"
 #include "bigmoe/bigmoe.h"
 #include "core/cpu_info.h"
 #include "core/memory.h"
+#include "gguf/names.h"
 
 namespace bigmoe {
 
@@ -21,7 +23,25 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     if (!f) return f.error();
     e->file_ = std::move(*f);
     const int threads = opts.n_threads > 0 ? opts.n_threads : physical_cores();
-    e->backend_ = make_cpu_backend(threads, opts.repack);
+    if (opts.n_gpu_layers != 0) {
+        auto arch = e->file_->get_string(gguf::key::general_architecture);
+        if (!arch) return arch.error();
+        const int64_t n_layers = e->file_->get_int_or(*arch + "." + gguf::key::block_count, 0);
+        if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < n_layers)
+            return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": splitting the model's " +
+                                  std::to_string(n_layers) +
+                                  " layers between the GPU and the CPU is not supported yet; -ngl 0 runs every "
+                                  "layer on the CPU, -ngl " +
+                                  std::to_string(n_layers) + " (or 99) every layer on the GPU",
+                              ErrorKind::unsupported);
+        auto be = make_cuda_backend(opts.gpu_device);
+        if (!be)
+            return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message, be.error().kind);
+        e->backend_ = std::move(*be);
+        e->on_gpu_ = true;
+    } else {
+        e->backend_ = make_cpu_backend(threads, opts.repack);
+    }
     if (opts.profile) {
         auto p = std::make_unique<ProfiledBackend>(std::move(e->backend_));
         e->profiler_ = p.get();
@@ -40,9 +60,11 @@ std::string Engine::describe(const Context& ctx, double load_seconds) const {
     std::snprintf(params, sizeof params, "%.2f B", double(model_->n_params()) / 1e9);
     const uint64_t kv = ctx.kv_bytes_per_token() * uint64_t(p.n_ctx) * uint64_t(p.n_seq_max);
     std::string s = "model: " + file_->path() + " (" + hp.arch + ", " + params + " params, " +
-                    format_bytes(model_->total_weight_bytes()) + ") | backend " + backend_->name() + ", " +
-                    std::to_string(backend_->n_threads()) + " threads | context " + std::to_string(p.n_ctx) +
-                    ", KV cache " + format_bytes(kv) + " (" + format_bytes(ctx.kv_bytes_per_token()) + "/token)";
+                    format_bytes(model_->total_weight_bytes()) + ") | backend " + backend_->name() +
+                    (backend_->device_name().empty() ? ", " + std::to_string(backend_->n_threads()) + " threads"
+                                                     : " on " + backend_->device_name()) +
+                    " | context " + std::to_string(p.n_ctx) + ", KV cache " + format_bytes(kv) + " (" +
+                    format_bytes(ctx.kv_bytes_per_token()) + "/token)";
     if (ctx.recurrent_bytes_per_seq() > 0) s += ", recurrent state " + format_bytes(ctx.state_bytes() - kv);
     char t[32];
     std::snprintf(t, sizeof t, " | loaded in %.2f s", load_seconds);

@@ -615,7 +615,9 @@ int Server::port() const {
 
 Result<void> Server::load() {
     Impl& s = *impl_;
-    BM_ASSIGN(s.engine, Engine::load(s.o.model, {.n_threads = s.o.threads, .repack = s.o.repack}));
+    BM_ASSIGN(
+        s.engine,
+        Engine::load(s.o.model, {.n_threads = s.o.threads, .repack = s.o.repack, .n_gpu_layers = s.o.n_gpu_layers}));
     BM_ASSIGN(s.tok, Tokenizer::from_gguf(s.engine->file()));
     ContextParams cp;
     cp.n_ctx = s.slot_ctx();

@@ -14,6 +14,7 @@
 #include <random>
 
 #include "backend/cpu/cpu_backend.h"
+#include "backend/cuda/cuda_backend.h"
 #include "core/fp16.h"
 #include "quant/quants.h"
 #include "reference_ops.h"
@@ -34,6 +35,7 @@ std::vector<BackendUnderTest> backends_under_test() {
     std::vector<BackendUnderTest> r;
     for (const cpu::Kernels* k : cpu::available_kernels())
         r.push_back({std::string("cpu_") + k->isa, [k] { return std::make_unique<cpu::CpuBackend>(2, k); }});
+    if (cuda_device_info().ok()) r.push_back({"cuda", [] { return std::move(*make_cuda_backend()); }});
     return r;
 }
 

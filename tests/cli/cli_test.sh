@@ -135,7 +135,7 @@ expect "bigmoe help CMD" 0 "usage: bigmoe bench" "$bin" help bench
 expect "bigmoe --help" 0 "'bigmoe help <command>'" "$bin" --help
 expect "placeholders" 0 "-m, --model FILE .*" "$bin" run --help
 expect "bench list syntax" 0 "ranges with a step" "$bin" bench --help
-expect "-ngl" 0 "every layer runs on the CPU" "$bin" run -m "$m" -p hi -n 1 -ngl 99
+expect "-ngl 0" 0 "backend CPU" "$bin" run -m "$m" -p hi -n 1 -ngl 0
 expect "-fa on" 0 "generation:" "$bin" run -m "$m" -p hi -n 1 -fa on
 expect "-fa off" 1 "always fused" "$bin" run -m "$m" -p hi -n 1 -fa off
 expect "-s -1 prints the seed" 0 "seed: [0-9]" "$bin" run -m "$m" -p hi -n 1 -s -1
@@ -179,5 +179,11 @@ expect "serve bad port" 1 "out of range" "$bin" serve -m "$m" --port 70000
 expect "serve missing draft" 1 "cannot open" "$bin" serve -m "$m" --port 0 -md "$tmp/none.gguf"
 expect "serve draft vocab" 1 "vocabulary" "$bin" serve -m "$m" --port 0 -md "$tmp/s.gguf"
 expect "serve bad draft-max" 1 "out of range \\[1, 16\\]" "$bin" serve -m "$m" --port 0 -md "$d" --draft-max 17
+# -ngl: the whole model or none of it on the GPU; without a GPU (or a CUDA build) a clear error
+expect "ngl partial" 1 "splitting the model's 4 layers" "$bin" run -m "$m" -p hi -n 1 -ngl 2
+if ! command -v nvidia-smi >/dev/null 2>&1; then
+  expect "ngl without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -p hi -n 1 -ngl 99
+  expect "bench ngl without a GPU" 1 "^error: .*-ngl 99: " "$bin" bench -m "$m" -p 8 -n 0 -r 1 -ngl 99
+fi
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

@@ -56,7 +56,8 @@ std::vector<float> compute(Context& ctx, const std::vector<int32_t>& tokens, int
 // prompts (the tolerance of ../shared/fixtures/README.md is stated per model).
 void check_group(const Group& g, int64_t ubatch, int n_threads) {
     auto j = testing::read_json(g.model_json);
-    auto engine = Engine::load(fixtures_dir() + "/" + j["model"].get<std::string>(), {.n_threads = n_threads});
+    auto engine = Engine::load(fixtures_dir() + "/" + j["model"].get<std::string>(),
+                               {.n_threads = n_threads, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(engine.ok()) << engine.error().message;
     const bool quantized = j["model"].get<std::string>().find("f32") == std::string::npos;
     std::vector<double> pooled;

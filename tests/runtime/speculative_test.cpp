@@ -74,8 +74,9 @@ Prefilled prefilled(Engine& target, Engine& draft, const std::vector<int32_t>& p
 class Speculative : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
-    auto target = Engine::load(model(GetParam()), {.n_threads = 2});
-    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    auto target = Engine::load(model(GetParam()), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto draft =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok() && draft.ok());
     ASSERT_TRUE(check_draft_compatible((*target)->model(), (*draft)->model()).ok());
     const auto p = prompt();
@@ -111,8 +112,9 @@ TEST_P(Speculative, greedy_output_identical_for_every_draft_max) {
 // batches and verifies both in one target batch; each sequence's output and logits are those of
 // plain decoding of its own prompt, though the sequences accept different numbers of tokens.
 TEST_P(Speculative, two_sequences_at_once_identical) {
-    auto target = Engine::load(model(GetParam()), {.n_threads = 2});
-    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    auto target = Engine::load(model(GetParam()), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto draft =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok() && draft.ok());
     auto j = testing::read_json(testing::fixtures_dir() + "/ref/qwen35-tiny-f32.json");
     const std::vector<std::vector<int32_t>> prompts = {prompt(), j["cases"][0]["tokens"].get<std::vector<int32_t>>()};
@@ -189,8 +191,10 @@ TEST(SpeculativeConfidence, top_probability_matches_float64) {
 // A draft whose confidence never reaches --draft-p-min drafts nothing (every step is plain), one
 // that always does drafts as without it; the output is the plain run's either way.
 TEST(SpeculativeConfidence, draft_p_min_stops_drafting) {
-    auto target = Engine::load(model("qwen35moe-tiny-q8_0.gguf"), {.n_threads = 2});
-    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    auto target =
+        Engine::load(model("qwen35moe-tiny-q8_0.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto draft =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok() && draft.ok());
     const auto p = prompt();
     const int n = 24;
@@ -211,8 +215,9 @@ TEST(SpeculativeConfidence, draft_p_min_stops_drafting) {
 }
 
 TEST(SpeculativeCompat, different_vocabularies_are_a_clear_error) {
-    auto a = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1});
-    auto b = Engine::load(model("qwen3moe-tiny-f32.gguf"), {.n_threads = 1});
+    auto a = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1, .n_gpu_layers = testing::test_gpu_layers()});
+    auto b =
+        Engine::load(model("qwen3moe-tiny-f32.gguf"), {.n_threads = 1, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(a.ok() && b.ok());
     EXPECT_TRUE(check_draft_compatible((*a)->model(), (*b)->model()).ok());  // the same 512-token vocabulary
     synth::Spec s;
@@ -223,7 +228,7 @@ TEST(SpeculativeCompat, different_vocabularies_are_a_clear_error) {
     const std::string path =
         (std::filesystem::temp_directory_path() / ("bigmoe_spec_" + std::to_string(::getpid()) + ".gguf")).string();
     ASSERT_TRUE(synth::write_file(s, path).ok());
-    auto c = Engine::load(path, {.n_threads = 1});
+    auto c = Engine::load(path, {.n_threads = 1, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(c.ok());
     auto r = check_draft_compatible((*a)->model(), (*c)->model());
     ASSERT_FALSE(r.ok());
@@ -277,8 +282,10 @@ namespace {
 
 // Sampled speculative decoding runs with rollbacks and keeps both contexts consistent.
 TEST(SpeculativeSampling, decoder_keeps_state_consistent) {
-    auto target = Engine::load(model("qwen35moe-tiny-f32.gguf"), {.n_threads = 2});
-    auto draft = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2});
+    auto target =
+        Engine::load(model("qwen35moe-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto draft =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok() && draft.ok());
     const auto p = prompt();
     Prefilled s = prefilled(**target, **draft, p);
@@ -316,7 +323,7 @@ TEST(PromptLookup, proposes_what_followed_the_last_ngram) {
 // Prompt-lookup drafting is exact too: greedy output identical to plain decoding.
 TEST(PromptLookup, greedy_output_identical) {
     for (const char* m : {"qwen35moe-tiny-f32.gguf", "qwen3moe-tiny-q4_k_m.gguf"}) {
-        auto target = Engine::load(model(m), {.n_threads = 2});
+        auto target = Engine::load(model(m), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
         ASSERT_TRUE(target.ok());
         auto p = prompt();
         const auto rep = p;
@@ -391,7 +398,8 @@ TEST(DraftTuner, drafts_long_when_verification_is_cheap_and_short_when_it_is_not
 // step at a length is a warm-up, not timed), and a draft that is the target itself (every
 // proposal accepted, each as costly as a target step) ends up drafting short.
 TEST(DraftTuner, times_real_steps) {
-    auto target = Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1});
+    auto target =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 1, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok());
     Prefilled s = prefilled(**target, **target, prompt());
     ASSERT_TRUE(s.target);

@@ -74,7 +74,7 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 class State : public ::testing::TestWithParam<std::string> {
   protected:
     void SetUp() override {
-        auto e = Engine::load(GetParam(), {.n_threads = 2});
+        auto e = Engine::load(GetParam(), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
         ASSERT_TRUE(e.ok()) << e.error().message;
         engine = std::move(*e);
         n_vocab = engine->model().hparams().n_vocab;
@@ -210,6 +210,7 @@ TEST_P(State, rollback_depth_does_not_change_bits) {
 }
 
 TEST_P(State, thread_count_does_not_change_bits) {
+    if (testing::test_gpu_layers() != 0) GTEST_SKIP() << "CPU threads do not apply on the GPU";
     const auto t = some_tokens(12, 11, n_vocab);
     const auto two = run(*context(), 0, t);
     auto e1 = Engine::load(GetParam(), {.n_threads = 1});

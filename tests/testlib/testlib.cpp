@@ -17,6 +17,11 @@ std::string fixtures_dir() {
     return BIGMOE_FIXTURES_DIR;
 }
 
+int test_gpu_layers() {
+    const char* e = std::getenv("BIGMOE_TEST_NGL");
+    return e ? std::atoi(e) : 0;
+}
+
 nlohmann::json read_json(const std::string& path) {
     std::ifstream f(path);
     if (!f) throw std::runtime_error("cannot open " + path);

@@ -14,6 +14,9 @@ namespace bigmoe::testing {
 
 // ../shared/fixtures (set at configure time; BIGMOE_FIXTURES overrides).
 std::string fixtures_dir();
+// -ngl for the model tests: 0 (the CPU) unless BIGMOE_TEST_NGL says otherwise (99: the GPU
+// machine runs the fixture tests on the CUDA backend).
+int test_gpu_layers();
 nlohmann::json read_json(const std::string& path);
 std::vector<float> read_f32(const std::string& path);
 // The fixture reference JSON files (ref/<model>.json) for every model with reference logits.
