@@ -149,6 +149,9 @@ class Backend {
 
     // The batch the following ops belong to, until the next call; `b` outlives them.
     virtual void begin_batch(const BatchState& b) = 0;
+    // Waits until every op issued so far has finished (a GPU queues them; the CPU's ops finish
+    // before they return). The profiler times ops between two of these.
+    virtual void synchronize() {}
 
     // ---- ops (all shapes row-major; rows are tokens)
     // out[t] = dequant(emb row ids[t])

@@ -60,6 +60,7 @@ class ProfiledBackend : public Backend {
     void download(void* d, const void* s, size_t b) override { inner_->download(d, s, b); }
     void copy(void* d, const void* s, size_t b) override { inner_->copy(d, s, b); }
     void fill_zero(void* d, size_t b) override { inner_->fill_zero(d, b); }
+    void synchronize() override { inner_->synchronize(); }
 
     void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->get_rows(e, ids, n, out); });
@@ -112,8 +113,10 @@ class ProfiledBackend : public Backend {
   private:
     template <class F>
     void timed(OpClass c, F&& f, double bytes = 0, double flops = 0) {
+        inner_->synchronize();  // a GPU's earlier ops are not this one's time
         const auto t0 = std::chrono::steady_clock::now();
         f();
+        inner_->synchronize();
         ProfileEntry& e = table_[phase_][scope_][c];
         e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         e.calls += 1;

@@ -207,8 +207,9 @@ std::string to_markdown(const std::vector<Record>& rs) {
         {"backend", false, [](const Record& r) { return r.backend; }},
         {"threads", true, [](const Record& r) { return std::to_string(r.n_threads); }},
     };
-    bool ub = false, tk = false, tv = false, nb = false, md = false, nr = false;
+    bool ub = false, tk = false, tv = false, nb = false, md = false, nr = false, gpu = false;
     for (const auto& r : rs) {
+        gpu |= r.n_gpu_layers != 0;
         md |= !r.draft_model.empty();
         ub |= r.n_ubatch != def.n_ubatch;
         nb |= r.n_batch != def.n_batch;
@@ -216,6 +217,8 @@ std::string to_markdown(const std::vector<Record>& rs) {
         tv |= r.type_v != def.type_v;
         nr |= r.no_repack != def.no_repack;
     }
+    // as llama-bench: GPU rows carry the layers offloaded
+    if (gpu) cols.push_back({"ngl", true, [](const Record& r) { return std::to_string(r.n_gpu_layers); }});
     if (nb) cols.push_back({"n_batch", true, [](const Record& r) { return std::to_string(r.n_batch); }});
     if (ub) cols.push_back({"n_ubatch", true, [](const Record& r) { return std::to_string(r.n_ubatch); }});
     if (tk) cols.push_back({"type_k", false, [](const Record& r) { return r.type_k; }});

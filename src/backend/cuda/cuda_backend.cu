@@ -311,13 +311,54 @@ __device__ float block_dot(int type, const uint8_t* w, const uint8_t* a, int64_t
     }
 }
 
-// One lane's share of dot(weight row, activation row): whole blocks for quantized weights,
-// every 32nd value for the float types.
+// The contribution of the 32 values [32 u, 32 u + 32) of a K-quant row (sub-block u % 8 of
+// block u / 8): its integer sum times the sub-block's scale, less its share of the mins.
+__device__ float kquant_unit_dot(int type, const uint8_t* w, const uint8_t* a, int64_t u) {
+    const int64_t b = u / 8;
+    const int j = int(u % 8);
+    const uint8_t* y = a + b * k_q8_k_bytes;
+    const float yd = *reinterpret_cast<const float*>(y);
+    const int8_t* yq = reinterpret_cast<const int8_t*>(y + 4) + 32 * j;
+    if (type == k_q6_k) {
+        const uint8_t* x = w + b * 210;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(x + 192);
+        const int n = j / 4, quarter = j % 4;  // values 32 j .. : half n, quarter of it
+        const uint8_t* L = x + 64 * n + (quarter & 1) * 32;
+        const uint8_t* H = x + 128 + 32 * n;
+        int s0 = 0, s1 = 0;
+        for (int l = 0; l < 32; ++l) {
+            const int lo = quarter < 2 ? (L[l] & 0x0F) : (L[l] >> 4);
+            const int q = (lo | (((H[l] >> (2 * quarter)) & 3) << 4)) - 32;
+            (l < 16 ? s0 : s1) += q * yq[l];
+        }
+        const int S = s0 * sc[2 * j] + s1 * sc[2 * j + 1];
+        return __fmul_rn(__fmul_rn(half_bits(load_u16(x + 208)), yd), float(S));
+    }
+    const bool five = type == k_q5_k;
+    const uint8_t* x = w + b * (five ? 176 : 144);
+    int sc, m;
+    scale_min_k4(j, x + 4, &sc, &m);
+    const uint8_t* q = x + (five ? 48 : 16) + 32 * (j / 2);
+    int s = 0;
+    for (int l = 0; l < 32; ++l) {
+        int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
+        if (five) v += 16 * ((x[16 + l] >> j) & 1);
+        s += v * yq[l];
+    }
+    const int16_t* bsums = reinterpret_cast<const int16_t*>(y + 260);
+    const int M = (bsums[2 * j] + bsums[2 * j + 1]) * m;
+    const float d = half_bits(load_u16(x)), dmin = half_bits(load_u16(x + 2));
+    return __fsub_rn(__fmul_rn(__fmul_rn(d, yd), float(s * sc)), __fmul_rn(__fmul_rn(dmin, yd), float(M)));
+}
+
+// One lane's share of dot(weight row, activation row): Q4_0 / Q8_0 blocks, K-quant sub-blocks of
+// 32 values (so every lane works on rows of a few blocks), every 32nd value for the float types.
 __device__ __forceinline__ float lane_dot(int type, const uint8_t* wrow, const uint8_t* arow, int64_t n, int lane) {
     float acc = 0;
-    if (act_quantized(act_type(type))) {
-        const int64_t nb = n / (type == k_q4_0 || type == k_q8_0 ? 32 : 256);
-        for (int64_t b = lane; b < nb; b += 32) acc += block_dot(type, wrow, arow, b);
+    if (type == k_q4_k || type == k_q5_k || type == k_q6_k) {
+        for (int64_t u = lane; u < n / 32; u += 32) acc += kquant_unit_dot(type, wrow, arow, u);
+    } else if (act_quantized(act_type(type))) {
+        for (int64_t b = lane; b < n / 32; b += 32) acc += block_dot(type, wrow, arow, b);
     } else {
         const float* a = reinterpret_cast<const float*>(arow);
         for (int64_t i = lane; i < n; i += 32) acc = fmaf(dequant(type, wrow, i), a[i], acc);
@@ -815,6 +856,7 @@ class CudaBackend final : public Backend {
         CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
     }
     void fill_zero(void* dst, size_t bytes) override { CU(cudaMemsetAsync(dst, 0, bytes, stream_)); }
+    void synchronize() override { CU(cudaStreamSynchronize(stream_)); }
     ScratchArena& scratch_arena() override { return arena_; }
 
     // Uploads the batch's positions, spans and per-layer state descriptors in one copy.
