@@ -2,6 +2,7 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "backend/cuda/cuda_backend.h"
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
@@ -91,6 +92,17 @@ int cmd_info(const std::vector<std::string>& argv) {
         tensors.push_back({{"name", t.name}, {"type", traits(t.type).name}, {"shape", shape}, {"bytes", t.nbytes}});
     }
     j["tensors"] = tensors;
+    // the GPU -ngl 99 would use, and whether the weights fit in its free memory
+    const auto gpu = cuda_device_info();
+    if (gpu)
+        j["gpu"] = {
+            {"name", gpu->name},
+            {"compute_capability", std::to_string(gpu->compute_major) + "." + std::to_string(gpu->compute_minor)},
+            {"total_bytes", gpu->total_bytes},
+            {"free_bytes", gpu->free_bytes},
+            {"weights_fit", m.total_weight_bytes() <= gpu->free_bytes}};
+    else
+        j["gpu"] = {{"error", gpu.error().message}};
     if (args->has("--json")) {
         std::printf("%s\n", j.dump(1).c_str());
         return 0;
@@ -104,6 +116,18 @@ int cmd_info(const std::vector<std::string>& argv) {
                 human_bytes(double(m.active_weight_bytes())).c_str());
     std::printf("KV cache:      %s per token (f16), recurrent state %s per sequence\n",
                 human_bytes(double(kv_f16)).c_str(), human_bytes(double(rec)).c_str());
+    if (gpu) {
+        const bool fit = m.total_weight_bytes() <= gpu->free_bytes;
+        const std::string verdict = fit ? "the weights fit, " +
+                                              human_bytes(double(gpu->free_bytes - m.total_weight_bytes())) +
+                                              " left for the context"
+                                        : std::string("the weights do not fit (-ngl 0 runs on the CPU)");
+        std::printf("GPU (-ngl 99): %s, compute %d.%d, %s free of %s: %s\n", gpu->name.c_str(), gpu->compute_major,
+                    gpu->compute_minor, human_bytes(double(gpu->free_bytes)).c_str(),
+                    human_bytes(double(gpu->total_bytes)).c_str(), verdict.c_str());
+    } else {
+        std::printf("GPU (-ngl 99): none (%s)\n", gpu.error().message.c_str());
+    }
     std::printf("\nhyper-parameters:\n");
     for (auto& [k, v] : j["hparams"].items()) std::printf("  %-20s %s\n", k.c_str(), v.dump().c_str());
     std::printf("\n%-40s %-6s %-28s %14s\n", "tensor", "type", "shape", "bytes");

@@ -26,6 +26,8 @@ expect "missing model" 1 "cannot open" "$bin" info -m "$tmp/none.gguf"
 expect "not gguf" 1 "not a GGUF file" "$bin" info -m "$0"
 expect "info" 0 "qwen35moe" "$bin" info -m "$m"
 expect "info json" 0 '"architecture": "qwen35moe"' "$bin" info -m "$m" --json
+expect "info gpu" 0 "^GPU (-ngl 99): " "$bin" info -m "$m"
+expect "info gpu json" 0 '"gpu": {' "$bin" info -m "$m" --json
 expect "bad token list" 1 "not an integer" "$bin" logits -m "$m" --tokens 1,x -o "$tmp/l"
 expect "token out of range" 1 "out of range" "$bin" logits -m "$m" --tokens 1,99999 -o "$tmp/l"
 expect "bad cache type" 1 "unsupported cache type" "$bin" logits -m "$m" --tokens 1 -ctk q9 -o "$tmp/l"

@@ -392,6 +392,22 @@ __global__ void k_matmul(int type, const uint8_t* w, size_t row_bytes, int64_t n
     }
 }
 
+// The sum of every thread's v over the block (a multiple of 32 threads), returned to all of them;
+// `part` holds 32 values of shared memory.
+template <class T>
+__device__ T block_sum(T v, T* part) {
+    v = warp_sum(v);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        T w = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : T(0);
+        w = warp_sum(w);
+        if (threadIdx.x == 0) part[0] = w;
+    }
+    __syncthreads();
+    return part[0];
+}
+
 // RMS norm of each group of g columns: a block per (row, group), the sum of squares in double.
 __global__ void k_rms_norm(const float* x, int64_t xs, const float* w, int64_t g, float eps, float* out, int64_t os) {
     const int64_t t = blockIdx.x, c0 = int64_t(blockIdx.y) * g;
@@ -399,16 +415,7 @@ __global__ void k_rms_norm(const float* x, int64_t xs, const float* w, int64_t g
     double s = 0;
     for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(xr[i]) * double(xr[i]);
     __shared__ double part[32];
-    s = warp_sum(s);
-    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        double v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    const float scale = 1.0f / sqrtf(float(part[0] / double(g)) + eps);
+    const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + eps);
     for (int64_t i = threadIdx.x; i < g; i += blockDim.x) out[t * os + c0 + i] = (xr[i] * scale) * w[i];
 }
 
@@ -447,16 +454,7 @@ __global__ void k_add_gated(const float* a, int64_t as, const float* b, int64_t 
     float s = 0;
     for (int64_t i = threadIdx.x; i < fc; i += blockDim.x) s += gv[i] * f[t * fs + i];
     __shared__ float part[32];
-    s = warp_sum(s);
-    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = s;
-    __syncthreads();
-    if (threadIdx.x < 32) {
-        float v = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : 0.0f;
-        v = warp_sum(v);
-        if (threadIdx.x == 0) part[0] = v;
-    }
-    __syncthreads();
-    const float g = sigmoidf(part[0]);
+    const float g = sigmoidf(block_sum(s, part));
     for (int64_t i = threadIdx.x; i < cols; i += blockDim.x) out[t * os + i] = a[t * as + i] + b[t * bs + i] * g;
 }
 
