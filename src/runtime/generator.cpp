@@ -60,18 +60,24 @@ std::string StopMatcher::flush() {
 }
 
 TokenSink::TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res)
-    : tok_(tok), ts_(tok, p.special), stop_(p.stop), fn_(fn), res_(res), in_think_(p.in_reasoning) {
+    : tok_(tok),
+      ts_(tok, p.special),
+      stop_(p.stop),
+      fn_(fn),
+      res_(res),
+      in_think_(p.in_reasoning),
+      n_logprobs_(p.logprobs) {
     think_open_ = tok.find("<think>");
     think_close_ = tok.find("</think>");
 }
 
-bool TokenSink::push(int32_t id, bool ignore_eos, const TokenLogprob* lp) {
+bool TokenSink::push(int32_t id, bool ignore_eos, const float* logits, int32_t n_vocab) {
     res_.tokens.push_back(id);
     if (id == think_open_) in_think_ = true;
     Piece pc{id, ts_.push(id), in_think_, std::nullopt};
-    if (lp) {
-        res_.logprobs.push_back(*lp);
-        pc.logprob = *lp;
+    if (logits && n_logprobs_ >= 0) {
+        pc.logprob = token_logprob(logits, n_vocab, id, n_logprobs_);
+        res_.logprobs.push_back(*pc.logprob);
     }
     const bool tag = id == think_open_ || id == think_close_;
     if (id == think_close_) in_think_ = false;
@@ -182,9 +188,7 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
         const auto ts0 = Clock::now();
         const int32_t id = sampler_.sample(logits_.data(), int32_t(logits_.size()));
         if (prof_) prof_->record(OpClass::sampling, since(ts0));
-        std::optional<TokenLogprob> lp;
-        if (p.logprobs >= 0) lp = token_logprob(logits_.data(), int32_t(logits_.size()), id, p.logprobs);
-        const bool go_on = out.push(id, p.ignore_eos, lp ? &*lp : nullptr);
+        const bool go_on = out.push(id, p.ignore_eos, logits_.data(), int32_t(logits_.size()));
         if (!go_on && tok_.is_eog(id) && !p.ignore_eos) return {};
         BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
         if (!go_on) return {};

@@ -30,7 +30,9 @@ struct GenerateParams {
     std::vector<std::string> stop;  // generation ends before the first occurrence of any of these
     bool special = false;           // pieces carry the text of control tokens
     bool in_reasoning = false;      // the prompt opened <think> (a template's generation prompt)
-    int logprobs = -1;              // >= 0: each token's log-probability and that many alternatives
+    // >= 0: each token's log-probability and that many alternatives (plain decoding and the
+    // Scheduler; Generator's speculative path reports none)
+    int logprobs = -1;
 };
 
 // One generated token and the text it completes (whole UTF-8 characters only; text that may be
@@ -78,9 +80,10 @@ class StopMatcher {
 class TokenSink {
   public:
     TokenSink(const Tokenizer& tok, const GenerateParams& p, const PieceFn& fn, GenerateResult& res);
-    // Takes one token (with its log-probability when asked for); false when generation ends
-    // with it (the result says why).
-    bool push(int32_t id, bool ignore_eos, const TokenLogprob* lp = nullptr);
+    // Takes one token and the logits it was chosen from (its log-probability is reported when
+    // GenerateParams::logprobs asks; nullptr: none); false when generation ends with it (the
+    // result says why).
+    bool push(int32_t id, bool ignore_eos, const float* logits = nullptr, int32_t n_vocab = 0);
     // Records why generation ended (the first reason given stands); returns false.
     bool end(StopReason r);
     // Releases what the text stream and the stop matcher hold.
@@ -94,6 +97,7 @@ class TokenSink {
     const PieceFn& fn_;
     GenerateResult& res_;
     bool in_think_, stopped_ = false;
+    int n_logprobs_;
     int32_t think_open_ = -1, think_close_ = -1;
 };
 

@@ -202,9 +202,7 @@ Result<bool> Scheduler::step() {
             continue;
         }
         const int32_t id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
-        std::optional<TokenLogprob> lp;
-        if (g.logprobs >= 0) lp = token_logprob(s.logits.data(), int32_t(s.logits.size()), id, g.logprobs);
-        const bool go_on = s.sink->push(id, g.ignore_eos, lp ? &*lp : nullptr);
+        const bool go_on = s.sink->push(id, g.ignore_eos, s.logits.data(), int32_t(s.logits.size()));
         if (!go_on && tok_.is_eog(id) && !g.ignore_eos) {
             finish(s, nullptr);
             continue;
@@ -294,9 +292,7 @@ Result<bool> Scheduler::step() {
             const int32_t d = s->drafts[m];
             if (argmax(lg, int64_t(V)) != d) break;
             s->sampler.accept(d);
-            std::optional<TokenLogprob> lp;
-            if (g.logprobs >= 0) lp = token_logprob(lg, int32_t(V), d, g.logprobs);
-            s->ending = !s->sink->push(d, g.ignore_eos, lp ? &*lp : nullptr);
+            s->ending = !s->sink->push(d, g.ignore_eos, lg, int32_t(V));
         }
         drafted_ += int64_t(s->drafts.size());
         accepted_ += int64_t(m);

@@ -221,17 +221,17 @@ Json chat_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& t
     return {{"content", std::move(content)}};
 }
 
-Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t text_offset) {
+Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t* text_offset) {
     Json tokens = Json::array(), values = Json::array(), tops = Json::array(), offsets = Json::array();
     for (const TokenLogprob& lp : lps) {
-        const std::string text = unicode::sanitize_utf8(tok.token_bytes(lp.token, true));
-        tokens.push_back(text);
+        const std::string bytes = tok.token_bytes(lp.token, true);
+        tokens.push_back(unicode::sanitize_utf8(bytes));
         values.push_back(lp.logprob);
         Json top = Json::object();
         for (const auto& [id, l] : lp.top) top[unicode::sanitize_utf8(tok.token_bytes(id, true))] = l;
         tops.push_back(std::move(top));
-        offsets.push_back(text_offset);
-        text_offset += int64_t(tok.token_bytes(lp.token, true).size());
+        offsets.push_back(*text_offset);
+        *text_offset += int64_t(bytes.size());
     }
     return {{"tokens", tokens}, {"token_logprobs", values}, {"top_logprobs", tops}, {"text_offset", offsets}};
 }

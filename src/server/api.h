@@ -58,8 +58,8 @@ std::string finish_reason(StopReason r);
 // The `logprobs` object of a chat choice: {"content": [{token, logprob, bytes, top_logprobs}]}.
 Json chat_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok);
 // The legacy completions shape: {tokens, token_logprobs, top_logprobs, text_offset}; offsets
-// count bytes from text_offset.
-Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t text_offset);
+// count bytes from *text_offset, which moves past these tokens (a stream's next chunk goes on).
+Json completion_logprobs_json(const std::vector<TokenLogprob>& lps, const Tokenizer& tok, int64_t* text_offset);
 
 struct Usage {
     int64_t prompt_tokens = 0, completion_tokens = 0, cached_tokens = 0;

@@ -303,9 +303,10 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         if (stopping.load() && job->result.stop == StopReason::cancelled)
             return reply_error(res, {503, "the server is stopping", "server_error", "stopping"});
         Json choice = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
+        int64_t offset = 0;
         choice["logprobs"] = cr.logprobs < 0 ? Json(nullptr)
                              : chat          ? chat_logprobs_json(job->result.logprobs, *tok)
-                                             : completion_logprobs_json(job->result.logprobs, *tok, 0);
+                                             : completion_logprobs_json(job->result.logprobs, *tok, &offset);
         if (chat) {
             Json msg = {{"role", "assistant"}, {"content", job->result.content}};
             if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
@@ -345,13 +346,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     const bool want_lp = cr.logprobs >= 0;
     auto chunk = [=, this](Json choice) {
         if (want_lp && !pending->empty()) {
-            if (chat) {
-                choice["logprobs"] = chat_logprobs_json(*pending, *tok);
-            } else {
-                choice["logprobs"] = completion_logprobs_json(*pending, *tok, *text_offset);
-                for (const TokenLogprob& lp : *pending)
-                    *text_offset += int64_t(tok->token_bytes(lp.token, true).size());
-            }
+            choice["logprobs"] =
+                chat ? chat_logprobs_json(*pending, *tok) : completion_logprobs_json(*pending, *tok, text_offset.get());
             pending->clear();
         }
         return Json{{"id", rid},
@@ -545,13 +541,15 @@ void Server::Impl::routes() {
         http.Post(p, [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, false, false); });
     http.Post("/completion",
               [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, false, true); });
-    http.Post("/tokenize", [this](const httplib::Request& q, httplib::Response& res) {
-        Json j;
-        try {
-            j = Json::parse(q.body);
-        } catch (const std::exception&) {
-            return reply_error(res, {400, "the request body is not valid JSON"});
-        }
+    // the body as JSON, or a 400 already sent (discarded)
+    auto body_json = [this](const httplib::Request& q, httplib::Response& res) {
+        Json j = Json::parse(q.body, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded()) reply_error(res, {400, "the request body is not valid JSON"});
+        return j;
+    };
+    http.Post("/tokenize", [this, body_json](const httplib::Request& q, httplib::Response& res) {
+        const Json j = body_json(q, res);
+        if (j.is_discarded()) return;
         if (!j.is_object() || !j.contains("content") || !j["content"].is_string())
             return reply_error(res, {400, "'content' must be a string", "invalid_request_error", "content"});
         const std::string text = j["content"];
@@ -559,13 +557,9 @@ void Server::Impl::routes() {
         const bool add_special = j.value("add_special", false);
         res.set_content(Json{{"tokens", tok->encode(text, true, add_special)}}.dump(), "application/json");
     });
-    http.Post("/detokenize", [this](const httplib::Request& q, httplib::Response& res) {
-        Json j;
-        try {
-            j = Json::parse(q.body);
-        } catch (const std::exception&) {
-            return reply_error(res, {400, "the request body is not valid JSON"});
-        }
+    http.Post("/detokenize", [this, body_json](const httplib::Request& q, httplib::Response& res) {
+        const Json j = body_json(q, res);
+        if (j.is_discarded()) return;
         if (!j.is_object() || !j.contains("tokens") || !j["tokens"].is_array())
             return reply_error(res, {400, "'tokens' must be an array of token ids", "invalid_request_error", "tokens"});
         std::vector<int32_t> ids;

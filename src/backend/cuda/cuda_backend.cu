@@ -236,8 +236,8 @@ __global__ void k_quantize_act(int at, const float* x, int64_t xs, int64_t n, ui
     }
 }
 
-// The contribution of weight block b of a row to its dot product with an activation row, as
-// vec_dot_ref adds it.
+// The contribution of Q4_0 / Q8_0 weight block b of a row to its dot product with a Q8_0
+// activation row, as vec_dot_ref adds it.
 __device__ float block_dot(int type, const uint8_t* w, const uint8_t* a, int64_t b) {
     switch (type) {
         case k_q4_0: {
@@ -256,55 +256,6 @@ __device__ float block_dot(int type, const uint8_t* w, const uint8_t* a, int64_t
             int acc = 0;
             for (int j = 0; j < 32; ++j) acc += xq[j] * yq[j];
             return __fmul_rn(float(acc), __fmul_rn(half_bits(load_u16(x)), half_bits(load_u16(y))));
-        }
-        case k_q4_k:
-        case k_q5_k: {
-            const bool five = type == k_q5_k;
-            const uint8_t* x = w + b * (five ? 176 : 144);
-            const uint8_t* y = a + b * k_q8_k_bytes;
-            const float yd = *reinterpret_cast<const float*>(y);
-            const int8_t* yq = reinterpret_cast<const int8_t*>(y + 4);
-            const int16_t* bsums = reinterpret_cast<const int16_t*>(y + 260);
-            const uint8_t* qs = x + (five ? 48 : 16);
-            int S = 0, M = 0;
-            for (int j = 0; j < 8; ++j) {
-                int sc, m;
-                scale_min_k4(j, x + 4, &sc, &m);
-                const uint8_t* q = qs + 32 * (j / 2);
-                int s = 0;
-                for (int l = 0; l < 32; ++l) {
-                    int v = (j & 1) ? (q[l] >> 4) : (q[l] & 0xF);
-                    if (five) v += 16 * ((x[16 + l] >> j) & 1);
-                    s += v * yq[32 * j + l];
-                }
-                S += s * sc;
-                M += (bsums[2 * j] + bsums[2 * j + 1]) * m;
-            }
-            const float d = half_bits(load_u16(x)), dmin = half_bits(load_u16(x + 2));
-            return __fsub_rn(__fmul_rn(__fmul_rn(d, yd), float(S)), __fmul_rn(__fmul_rn(dmin, yd), float(M)));
-        }
-        case k_q6_k: {
-            const uint8_t* x = w + b * 210;
-            const uint8_t* y = a + b * k_q8_k_bytes;
-            const float yd = *reinterpret_cast<const float*>(y);
-            const int8_t* yq = reinterpret_cast<const int8_t*>(y + 4);
-            const int8_t* sc = reinterpret_cast<const int8_t*>(x + 192);
-            int S = 0;
-            for (int g = 0; g < 16; ++g) {
-                int s = 0;
-                for (int j = 0; j < 16; ++j) {
-                    const int e = 16 * g + j, n = e / 128, r = e % 128, quarter = r / 32, l = r % 32;
-                    const uint8_t* L = x + 64 * n;
-                    const uint8_t h = x[128 + 32 * n + l];
-                    const int lo = quarter == 0   ? (L[l] & 0x0F)
-                                   : quarter == 1 ? (L[l + 32] & 0x0F)
-                                   : quarter == 2 ? (L[l] >> 4)
-                                                  : (L[l + 32] >> 4);
-                    s += ((lo | (((h >> (2 * quarter)) & 3) << 4)) - 32) * yq[e];
-                }
-                S += s * sc[g];
-            }
-            return __fmul_rn(__fmul_rn(half_bits(load_u16(x + 208)), yd), float(S));
         }
         default:
             return __int_as_float(0x7fc00000);
@@ -772,7 +723,7 @@ int blocks_for(int64_t n, int threads) {
 
 class CudaBackend final : public Backend {
   public:
-    explicit CudaBackend(int device) : device_(device), arena_(*this) {
+    explicit CudaBackend(int device) : arena_(*this) {
         CU(cudaSetDevice(device));
         CU(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
         cudaDeviceProp prop{};
@@ -901,7 +852,6 @@ class CudaBackend final : public Backend {
                 off_rs_[il] = put(rs.data(), rs.size() * sizeof(RingDev));
             }
         }
-        ids_off_ = put(nullptr, 0);
         if (blob.size() > staging_bytes_) {
             cudaFreeHost(staging_);
             cudaFree(batch_dev_);
@@ -1108,7 +1058,6 @@ class CudaBackend final : public Backend {
         return reinterpret_cast<const T*>(static_cast<const uint8_t*>(batch_dev_) + off);
     }
 
-    int device_;
     std::string name_;
     int smem_optin_ = 48 << 10;
     cudaStream_t stream_ = nullptr;
@@ -1118,7 +1067,7 @@ class CudaBackend final : public Backend {
     void* staging_ = nullptr;
     void* batch_dev_ = nullptr;
     size_t staging_bytes_ = 0, blob_used_ = 0;
-    size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0, ids_off_ = 0;
+    size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0;
     std::vector<size_t> off_kv_, off_rs_;
     int64_t n_spans_ = 0, n_rows_ = 0;
 };
