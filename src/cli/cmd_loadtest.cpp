@@ -14,7 +14,10 @@ namespace bigmoe::cli {
 namespace {
 const std::vector<OptionSpec> k_specs = {
     {"", "--url", "URL", "the server (default http://127.0.0.1:8080)"},
-    {"", "--workload", "NAME", "chat (30 in, 1000 out), code (2K/2K), summarize (8K/256) or mixed (default chat)"},
+    {"", "--workload", "NAME",
+     "chat (30 in, 1000 out), code (2K/2K), summarize (8K/256), mixed, or conversations of --turns turns: "
+     "multiturn (1K, then 64 out and a question a turn) or agent (a 256-token tool result a turn) (default chat)"},
+    {"", "--turns", "N", "turns per conversation (multiturn, agent; default 6)"},
     {"-c", "--concurrency", "LIST", "requests in flight at once (default 1; a list runs each in turn)"},
     {"-n", "--requests", "N", "requests per concurrency (default 8)"},
     {"", "--in-tokens", "N", "prompt length instead of the workload's"},
@@ -42,8 +45,9 @@ int cmd_loadtest(const std::vector<std::string>& argv) {
     auto n = args->get_int("--requests", 8, 1, 1 << 20);
     auto in = args->get_int("--in-tokens", 0, 0, 1 << 24);
     auto out = args->get_int("--out-tokens", 0, 0, 1 << 24);
+    auto turns = args->get_int("--turns", 6, 1, 1000);
     auto conc = parse_int_list(args->get("--concurrency", "1"), "-c");
-    for (auto* r : {&n, &in, &out})
+    for (auto* r : {&n, &in, &out, &turns})
         if (!*r) return fail(r->error().message);
     if (!conc) return fail(conc.error().message);
     for (int64_t c : *conc)
@@ -53,6 +57,7 @@ int cmd_loadtest(const std::vector<std::string>& argv) {
     o.requests = int(*n);
     o.in_tokens = *in;
     o.out_tokens = *out;
+    o.turns = int(*turns);
     std::vector<server::LoadtestReport> reports;
     for (int64_t c : *conc) {
         o.concurrency = int(c);

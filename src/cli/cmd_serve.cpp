@@ -32,6 +32,11 @@ const std::vector<OptionSpec> k_specs = {
     opt::draft_max,
     opt::threads_draft,
     opt::gpu_layers_draft,
+    {"", "--cache-ram", "MiB",
+     "host memory for the prompt cache, shared by all slots and past requests (default 8192; 0: off)"},
+    {"", "--cache-checkpoint-every", "N",
+     "also keep the recurrent state every N tokens inside long prompts (default 2048; 0: only at prompt and "
+     "generation ends)"},
     opt::help,
 };
 
@@ -64,7 +69,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
     auto dmax = args->get_int("--draft-max", 8, 1, 16);
     auto td = args->get_int("--threads-draft", 0, 0, 4096);
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
-    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td, &ngl})
+    auto cram = args->get_int("--cache-ram", 8192, 0, int64_t(1) << 30);
+    auto cevery = args->get_int("--cache-checkpoint-every", 2048, 0, int64_t(1) << 31);
+    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td, &ngl, &cram, &cevery})
         if (!*r) return fail(r->error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
@@ -78,6 +85,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.queue = size_t(*queue);
     o.type_k = *ctk;
     o.type_v = *ctv;
+    o.cache_ram_mib = *cram;
+    o.cache_checkpoint_every = *cevery;
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");

@@ -293,4 +293,95 @@ Result<void> Context::copy_seq(int src, int dst) {
     return {};
 }
 
+namespace {
+
+// Rows [from, from + n) of one layer's part of a host buffer of `rows` rows into dst.
+void slice_layer(const LayerState& l, const uint8_t* src, int64_t rows, int64_t from, int64_t n, uint8_t* dst) {
+    const size_t rk = l.host_k_bytes(), rv = l.host_row_bytes() - rk;
+    std::memcpy(dst, src + rk * size_t(from), rk * size_t(n));
+    std::memcpy(dst + rk * size_t(n), src + rk * size_t(rows) + rv * size_t(from), rv * size_t(n));
+}
+
+}  // namespace
+
+size_t Context::prefix_row_bytes() const {
+    size_t n = 0;
+    for (const auto& l : layers_) n += l->host_row_bytes();
+    return n;
+}
+
+size_t Context::prefix_state_bytes() const {
+    size_t n = 0;
+    for (const auto& l : layers_) n += l->host_state_bytes();
+    return n;
+}
+
+Result<void> Context::read_rows(int seq, int64_t from, int64_t n, uint8_t* host) const {
+    if (seq < 0 || seq >= int(seqs_.size()) || from < 0 || n < 0 || from + n > seqs_[size_t(seq)].n_past)
+        return make_error("read_rows: positions [" + std::to_string(from) + ", " + std::to_string(from + n) +
+                          ") are not in sequence " + std::to_string(seq));
+    for (const auto& l : layers_) {
+        if (l->host_row_bytes() == 0) continue;
+        l->read_host(seq, seqs_[size_t(seq)].pos(), from, n, host);
+        host += l->host_row_bytes() * size_t(n);
+    }
+    return {};
+}
+
+Result<void> Context::write_rows(int seq, int64_t from, int64_t n, const uint8_t* host, int64_t rows) {
+    if (seq < 0 || seq >= int(seqs_.size()) || from < 0 || n < 0 || n > rows || from + n > params_.n_ctx)
+        return make_error("write_rows: positions [" + std::to_string(from) + ", " + std::to_string(from + n) +
+                          ") do not fit sequence " + std::to_string(seq));
+    std::vector<uint8_t> part;
+    for (auto& l : layers_) {
+        const size_t rb = l->host_row_bytes();
+        if (rb == 0) continue;
+        const uint8_t* src = host;
+        if (n != rows) {  // the layer's first n K rows and first n V rows, side by side
+            part.resize(rb * size_t(n));
+            slice_layer(*l, host, rows, 0, n, part.data());
+            src = part.data();
+        }
+        l->write_host(seq, seqs_[size_t(seq)].pos(), from, n, src);
+        host += rb * size_t(rows);
+    }
+    return {};
+}
+
+void Context::slice_rows(const uint8_t* host, int64_t rows, int64_t from, int64_t n, uint8_t* dst) const {
+    for (const auto& l : layers_) {
+        const size_t rb = l->host_row_bytes();
+        if (rb == 0) continue;
+        slice_layer(*l, host, rows, from, n, dst);
+        host += rb * size_t(rows);
+        dst += rb * size_t(n);
+    }
+}
+
+Result<void> Context::read_state(int seq, uint8_t* host) const {
+    if (seq < 0 || seq >= int(seqs_.size())) return make_error("read_state: no sequence " + std::to_string(seq));
+    for (const auto& l : layers_) {
+        if (l->host_state_bytes() == 0) continue;
+        l->read_host(seq, seqs_[size_t(seq)].pos(), 0, 0, host);
+        host += l->host_state_bytes();
+    }
+    return {};
+}
+
+Result<void> Context::set_prefix(int seq, int64_t n_past, const uint8_t* state) {
+    if (seq < 0 || seq >= int(seqs_.size()) || n_past < 0 || n_past > params_.n_ctx)
+        return make_error("set_prefix: sequence " + std::to_string(seq) + " cannot hold " + std::to_string(n_past) +
+                          " positions");
+    if (!state && prefix_state_bytes() > 0) return make_error("set_prefix: the recurrent state is missing");
+    Seq& s = seqs_[size_t(seq)];
+    s = Seq{};
+    s.n_past = n_past;
+    for (auto& l : layers_) {
+        if (l->host_state_bytes() == 0) continue;
+        l->write_host(seq, s.pos(), 0, 0, state);
+        state += l->host_state_bytes();
+    }
+    return {};
+}
+
 }  // namespace bigmoe

@@ -70,6 +70,22 @@ class Context {
     Result<void> restore(int seq, const SeqCheckpoint& cp);
     Result<void> copy_seq(int src, int dst);
 
+    // The prompt cache's view of a sequence. Rows: per position, every attention layer's K and V
+    // rows; a host buffer of n rows holds them layer by layer (the layer's n K rows, then its n
+    // V rows). State: the recurrent layers' current states (0 bytes for a model without them).
+    size_t prefix_row_bytes() const;
+    size_t prefix_state_bytes() const;
+    // Rows [from, from + n) of seq into host (n rows).
+    Result<void> read_rows(int seq, int64_t from, int64_t n, uint8_t* host) const;
+    // The first n of a host buffer's `rows` rows into positions [from, from + n) of seq.
+    Result<void> write_rows(int seq, int64_t from, int64_t n, const uint8_t* host, int64_t rows);
+    // Rows [from, from + n) of a host buffer of `rows` rows into dst (n rows).
+    void slice_rows(const uint8_t* host, int64_t rows, int64_t from, int64_t n, uint8_t* dst) const;
+    Result<void> read_state(int seq, uint8_t* host) const;
+    // Makes seq hold n_past positions: rows written with write_rows and, for recurrent layers,
+    // the state in host (prefix_state_bytes(), null when there is none). Rollback starts there.
+    Result<void> set_prefix(int seq, int64_t n_past, const uint8_t* state);
+
     const ContextParams& params() const { return params_; }
     Model& model() { return model_; }
     int64_t n_vocab() const { return model_.hparams().n_vocab; }

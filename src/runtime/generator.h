@@ -53,6 +53,7 @@ struct GenerateResult {
     std::string reasoning;               // text inside, without the tags
     std::vector<TokenLogprob> logprobs;  // one per token, when GenerateParams::logprobs asks
     StopReason stop = StopReason::none;
+    int64_t prompt_cached = 0;  // prompt tokens restored from a prompt cache, not processed
 };
 
 struct GenerationStats {

@@ -1,6 +1,7 @@
 #include "runtime/scheduler.h"
 
 #include <algorithm>
+#include <cstdio>
 #include <optional>
 
 namespace bigmoe {
@@ -45,6 +46,22 @@ Result<void> Scheduler::set_draft(Context* draft) {
                           ErrorKind::bad_input);
     draft_ = draft;
     return {};
+}
+
+void Scheduler::set_prompt_cache(PromptCache* cache, int64_t checkpoint_every) {
+    cache_ = cache;
+    checkpoint_every_ = checkpoint_every;
+}
+
+bool Scheduler::save_point(const Slot& s, size_t n) const {
+    if (!cache_ || s.use_draft || n == 0 || n <= size_t(s.res.prompt_cached)) return false;
+    return n + 1 == s.r.prompt.size() || (checkpoint_every_ > 0 && n % size_t(checkpoint_every_) == 0);
+}
+
+// A failed save costs later requests a hit, nothing else: the request goes on.
+void Scheduler::save(Slot& s, std::vector<int32_t> tokens) {
+    if (auto r = cache_->save(ctx_, s.seq, tokens); !r)
+        std::fprintf(stderr, "bigmoe: prompt cache: %s\n", r.error().message.c_str());
 }
 
 SchedulerSpecStats Scheduler::spec_stats() const {
@@ -109,6 +126,13 @@ size_t Scheduler::waiting() const {
 
 void Scheduler::finish(Slot& s, const Error* err) {
     s.sink->finish();
+    // what the sequence holds at the end: the prompt and the generated tokens it processed
+    const int64_t n_past = ctx_.n_past(s.seq), n_prompt = int64_t(s.r.prompt.size());
+    if (cache_ && !s.use_draft && !err && n_past > n_prompt && n_past - n_prompt <= int64_t(s.res.tokens.size())) {
+        std::vector<int32_t> held = s.r.prompt;
+        held.insert(held.end(), s.res.tokens.begin(), s.res.tokens.begin() + (n_past - n_prompt));
+        save(s, std::move(held));
+    }
     if (s.res.stop == StopReason::none) s.res.stop = StopReason::length;
     Request r = std::move(s.r);
     GenerateResult res = std::move(s.res);
@@ -142,6 +166,15 @@ void Scheduler::admit() {
             slots_[seq]->use_draft = draft_ && sp.temp <= 0 && sp.repeat_penalty == 1.0f &&
                                      sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f;
             if (draft_) draft_->clear(int(seq));
+            Slot& s = *slots_[seq];
+            if (cache_ && !s.use_draft) {
+                auto n = cache_->restore(ctx_, int(seq), s.r.prompt, int64_t(s.r.prompt.size()) - 1);
+                if (n && *n > 0) {
+                    s.prefilled = size_t(*n);
+                    s.res.prompt_cached = *n;
+                    for (size_t k = 0; k < s.prefilled; ++k) s.sampler.accept(s.r.prompt[k]);
+                }
+            }
             running_ids_.push_back(slots_[seq]->id);
             queue_.pop_front();
         }
@@ -175,8 +208,13 @@ Result<bool> Scheduler::step() {
         s.drafts.clear();
         s.k = 0;
         s.step_prefill = s.prefilled < s.r.prompt.size();
-        if (s.step_prefill) {  // a chunk of the prompt
-            const size_t n = std::min(s.r.prompt.size() - s.prefilled, size_t(budget));
+        if (s.step_prefill) {  // a chunk of the prompt, ending at the next point it is saved at
+            size_t n = std::min(s.r.prompt.size() - s.prefilled, size_t(budget));
+            for (size_t k = 1; k < n; ++k)
+                if (save_point(s, s.prefilled + k)) {
+                    n = k;
+                    break;
+                }
             if (n == 0) continue;
             for (size_t k = 0; k < n; ++k) {
                 const int32_t t = s.r.prompt[s.prefilled + k];
@@ -280,6 +318,9 @@ Result<bool> Scheduler::step() {
         return r.error();
     }
     auto row = [&](size_t i) { return logits_.begin() + ptrdiff_t(i * V); };
+    for (Slot* s : involved)
+        if (s->step_prefill && save_point(*s, s->prefilled))
+            save(*s, {s->r.prompt.begin(), s->r.prompt.begin() + ptrdiff_t(s->prefilled)});
     for (Slot* s : involved) {
         if (s->step_prefill && s->prefilled < s->r.prompt.size()) continue;  // no logits yet
         // verification: proposals are taken while they equal the target's arg-max (so the
@@ -325,7 +366,8 @@ Result<bool> Scheduler::step() {
                    int64_t(sp->r.prompt.size()),
                    int64_t(sp->prefilled),
                    int64_t(sp->sink->n()),
-                   ctx_.n_past(sp->seq)};
+                   ctx_.n_past(sp->seq),
+                   sp->res.prompt_cached};
     }
     positions_ = used;
     std::lock_guard<std::mutex> lock(mu_);

@@ -15,6 +15,7 @@
 #include "core/result.h"
 #include "runtime/context.h"
 #include "runtime/generator.h"
+#include "runtime/prompt_cache.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 
@@ -38,6 +39,7 @@ struct SlotInfo {
     int64_t request = 0;  // 0: idle
     bool prefilling = false;
     int64_t n_prompt = 0, n_prefilled = 0, n_generated = 0, n_past = 0;
+    int64_t n_cached = 0;  // of the prompt, restored from the prompt cache
 };
 
 struct Request {
@@ -64,6 +66,13 @@ class Scheduler {
     Result<void> set_draft(Context* draft);
     SchedulerSpecStats spec_stats() const;
 
+    // Reuses cached prefixes: a request restores the longest cached prefix of its prompt and
+    // processes the rest; its state is saved at the last prompt token but one (so that the same
+    // prompt again only processes its last token), every `checkpoint_every` positions of its
+    // prompt (0: none), and when it ends. Requests drafting with a draft model do not use it.
+    // Call before the first step.
+    void set_prompt_cache(PromptCache* cache, int64_t checkpoint_every);
+
     // Queues a request (any thread); it starts at the next step with a free sequence. The error
     // says why it can never run (an empty prompt, a prompt longer than a sequence's context).
     Result<int64_t> submit(Request r);
@@ -87,6 +96,9 @@ class Scheduler {
     struct Slot;
     void admit();
     void finish(Slot& s, const Error* err);
+    // Whether a prompt's state is saved after its first n tokens.
+    bool save_point(const Slot& s, size_t n) const;
+    void save(Slot& s, std::vector<int32_t> tokens);
 
     Context& ctx_;
     const Tokenizer& tok_;
@@ -105,6 +117,8 @@ class Scheduler {
     std::vector<SlotInfo> snapshot_;  // guarded by mu_
     std::vector<float> logits_;
     Context* draft_ = nullptr;
+    PromptCache* cache_ = nullptr;
+    int64_t checkpoint_every_ = 0;
     std::vector<float> draft_logits_;
     std::atomic<int64_t> drafted_{0}, accepted_{0};
 };

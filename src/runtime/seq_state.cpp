@@ -72,6 +72,19 @@ void KvCache::copy(int src, const SeqPos& from, int dst, const SeqPos&) {
     be_.copy(b.v, a.v, row_v_ * size_t(from.n_past));
 }
 
+void KvCache::read_host(int seq, const SeqPos&, int64_t from, int64_t n, uint8_t* host) const {
+    const KvBlock& b = blocks_[size_t(seq)];
+    be_.download(host, static_cast<const uint8_t*>(b.k) + row_k_ * size_t(from), row_k_ * size_t(n));
+    be_.download(host + row_k_ * size_t(n), static_cast<const uint8_t*>(b.v) + row_v_ * size_t(from),
+                 row_v_ * size_t(n));
+}
+
+void KvCache::write_host(int seq, const SeqPos&, int64_t from, int64_t n, const uint8_t* host) {
+    const KvBlock& b = blocks_[size_t(seq)];
+    be_.upload(static_cast<uint8_t*>(b.k) + row_k_ * size_t(from), host, row_k_ * size_t(n));
+    be_.upload(static_cast<uint8_t*>(b.v) + row_v_ * size_t(from), host + row_k_ * size_t(n), row_v_ * size_t(n));
+}
+
 void KvCache::bind(int64_t il, int seq, int, BatchState& refs) {
     refs.kv[size_t(il)].push_back(&blocks_[size_t(seq)]);
 }
@@ -131,6 +144,16 @@ void RecurrentState::load(int seq, const SeqPos& saved, const uint8_t* src) {
 void RecurrentState::copy(int src, const SeqPos& from, int dst, const SeqPos& to) {
     be_.copy(conv_slot(dst, to.head), conv_slot(src, from.head), conv_bytes_);
     be_.copy(ssm_slot(dst, to.head), ssm_slot(src, from.head), ssm_bytes_);
+}
+
+void RecurrentState::read_host(int seq, const SeqPos& at, int64_t, int64_t, uint8_t* host) const {
+    be_.download(host, conv_slot(seq, at.head), conv_bytes_);
+    be_.download(host + conv_bytes_, ssm_slot(seq, at.head), ssm_bytes_);
+}
+
+void RecurrentState::write_host(int seq, const SeqPos& at, int64_t, int64_t, const uint8_t* host) {
+    be_.upload(conv_slot(seq, at.head), host, conv_bytes_);
+    be_.upload(ssm_slot(seq, at.head), host + conv_bytes_, ssm_bytes_);
 }
 
 void RecurrentState::bind(int64_t il, int seq, int head, BatchState& refs) {

@@ -37,6 +37,15 @@ class LayerState {
     virtual void copy(int src, const SeqPos& from, int dst, const SeqPos& to) = 0;
     // Adds this layer's state of `seq` (current slot `head`) to the refs a forward pass reads.
     virtual void bind(int64_t il, int seq, int head, BatchState& refs) = 0;
+
+    // Host copies for the prompt cache: an attention layer's rows of positions [from, from + n)
+    // (n K rows, then n V rows: n * host_row_bytes()), or a recurrent layer's current state
+    // (host_state_bytes(), whatever from and n are).
+    virtual size_t host_row_bytes() const { return 0; }
+    virtual size_t host_k_bytes() const { return 0; }  // of host_row_bytes(), the K row
+    virtual size_t host_state_bytes() const { return 0; }
+    virtual void read_host(int seq, const SeqPos& at, int64_t from, int64_t n, uint8_t* host) const = 0;
+    virtual void write_host(int seq, const SeqPos& at, int64_t from, int64_t n, const uint8_t* host) = 0;
 };
 
 // An attention layer's KV cache: one block of `capacity` rows per sequence.
@@ -56,6 +65,10 @@ class KvCache final : public LayerState {
     void load(int seq, const SeqPos& saved, const uint8_t* src) override;
     void copy(int src, const SeqPos& from, int dst, const SeqPos& to) override;
     void bind(int64_t il, int seq, int head, BatchState& refs) override;
+    size_t host_row_bytes() const override { return row_k_ + row_v_; }
+    size_t host_k_bytes() const override { return row_k_; }
+    void read_host(int seq, const SeqPos& at, int64_t from, int64_t n, uint8_t* host) const override;
+    void write_host(int seq, const SeqPos& at, int64_t from, int64_t n, const uint8_t* host) override;
 
   private:
     KvCache(Backend& be, size_t row_k, size_t row_v) : be_(be), row_k_(row_k), row_v_(row_v) {}
@@ -79,6 +92,9 @@ class RecurrentState final : public LayerState {
     void load(int seq, const SeqPos& saved, const uint8_t* src) override;
     void copy(int src, const SeqPos& from, int dst, const SeqPos& to) override;
     void bind(int64_t il, int seq, int head, BatchState& refs) override;
+    size_t host_state_bytes() const override { return conv_bytes_ + ssm_bytes_; }
+    void read_host(int seq, const SeqPos& at, int64_t from, int64_t n, uint8_t* host) const override;
+    void write_host(int seq, const SeqPos& at, int64_t from, int64_t n, const uint8_t* host) override;
 
   private:
     RecurrentState(Backend& be, size_t conv_bytes, size_t ssm_bytes, int n_slots)

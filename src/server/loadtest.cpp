@@ -17,7 +17,12 @@ namespace {
 using Clock = std::chrono::steady_clock;
 using Json = nlohmann::json;
 
-const Workload k_workloads[] = {{"chat", 30, 1000}, {"code", 2048, 2048}, {"summarize", 8192, 256}};
+const Workload k_workloads[] = {
+    {"chat", 30, 1000}, {"code", 2048, 2048}, {"summarize", 8192, 256}, {"multiturn", 1024, 64}, {"agent", 1024, 64}};
+
+bool conversational(const std::string& w) {
+    return w == "multiturn" || w == "agent";
+}
 
 Percentiles percentiles(std::vector<double> v) {
     Percentiles p;
@@ -61,7 +66,9 @@ struct Sample {
     std::string error;
     double ttft_ms = 0, e2e_ms = 0;
     std::vector<double> gaps_ms;
-    int64_t out_tokens = 0, in_tokens = 0;
+    int64_t out_tokens = 0, in_tokens = 0, cached = 0;
+    std::string text;  // what came back
+    int turn = 0;
 };
 
 Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t out, uint64_t seed) {
@@ -107,6 +114,8 @@ Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t 
             if (j.contains("usage") && j["usage"].is_object()) {
                 s.out_tokens = j["usage"].value("completion_tokens", 0);
                 s.in_tokens = j["usage"].value("prompt_tokens", 0);
+                const Json& d = j["usage"].value("prompt_tokens_details", Json::object());
+                if (d.is_object()) s.cached = d.value("cached_tokens", 0);
             }
             if (!j.contains("choices") || !j["choices"].is_array() || j["choices"].empty()) continue;
             const Json& choice = j["choices"][0];
@@ -114,6 +123,7 @@ Sample one_request(const LoadtestOptions& o, const std::string& prompt, int64_t 
             if (!choice.contains("text") || !choice["text"].is_string() ||
                 choice["text"].get_ref<const std::string&>().empty())
                 continue;
+            s.text += choice["text"].get<std::string>();
             const auto now = Clock::now();
             if (first)
                 s.ttft_ms = std::chrono::duration<double, std::milli>(now - t0).count();
@@ -158,11 +168,12 @@ bool workload_by_name(const std::string& name, Workload* out) {
 Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::function<void(int, int)>& progress) {
     std::vector<Workload> mix;
     if (o.workload == "mixed") {
-        mix.assign(std::begin(k_workloads), std::end(k_workloads));
+        mix.assign(std::begin(k_workloads), std::begin(k_workloads) + 3);
     } else {
         Workload w;
         if (!workload_by_name(o.workload, &w))
-            return make_error("loadtest: unknown workload '" + o.workload + "' (chat, code, summarize, mixed)");
+            return make_error("loadtest: unknown workload '" + o.workload +
+                              "' (chat, code, summarize, mixed, multiturn, agent)");
         mix.push_back(w);
     }
     for (Workload& w : mix) {
@@ -181,7 +192,22 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
         if (!p) return p.error();
         prompts.push_back(*p);
     }
-    std::vector<Sample> samples(size_t(o.requests));
+    // conversations: each request's turns run one after another, each prompt the last one, its
+    // answer and what the turn adds (a user's question, or a tool's result of ~in_tokens / 4)
+    const bool conv = conversational(o.workload);
+    const int turns = conv ? std::max(1, o.turns) : 1;
+    std::vector<std::string> additions;
+    if (conv)
+        for (int i = 0; i < o.requests * turns; ++i) {
+            if (o.workload == "agent") {
+                auto p = prompt_of(c, o, std::max<int64_t>(mix[0].in_tokens / 4, 8), 1000 + i);
+                if (!p) return p.error();
+                additions.push_back("\n<tool_response>\n" + *p + "\n</tool_response>\n");
+            } else {
+                additions.push_back("\nUser: and what about question " + std::to_string(i) + "?\nAssistant:");
+            }
+        }
+    std::vector<Sample> samples(size_t(o.requests * turns));
     std::atomic<int> next{0}, done{0};
     std::mutex progress_mu;
     const auto t0 = Clock::now();
@@ -190,7 +216,15 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
         workers.emplace_back([&] {
             for (int i; (i = next.fetch_add(1)) < o.requests;) {
                 const size_t k = size_t(i) % mix.size();
-                samples[size_t(i)] = one_request(o, prompts[size_t(i)], mix[k].out_tokens, o.seed + uint64_t(i));
+                std::string prompt = prompts[size_t(i)];
+                for (int t = 0; t < turns; ++t) {
+                    const size_t at = size_t(i * turns + t);
+                    Sample& s = samples[at];
+                    s = one_request(o, prompt, mix[k].out_tokens, o.seed + uint64_t(at));
+                    s.turn = t;
+                    if (!s.ok) break;
+                    if (conv) prompt += s.text + additions[at];
+                }
                 const int d = ++done;
                 if (progress) {
                     std::lock_guard<std::mutex> lock(progress_mu);
@@ -207,8 +241,16 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
     r.requests = o.requests;
     r.wall_s = std::chrono::duration<double>(Clock::now() - t0).count();
     std::vector<double> ttft, itl, e2e;
-    int64_t out = 0, in = 0;
+    int64_t out = 0, in = 0, prompt_all = 0, cached_all = 0;
+    std::vector<double> turn_sum(size_t(turns), 0.0);
+    std::vector<int> turn_n(size_t(turns), 0);
     for (const Sample& s : samples) {
+        if (s.ok) {
+            prompt_all += s.in_tokens;
+            cached_all += s.cached;
+            turn_sum[size_t(s.turn)] += s.ttft_ms;
+            ++turn_n[size_t(s.turn)];
+        }
         if (!s.ok) {
             ++r.failed;
             if (r.errors.size() < 3) r.errors.push_back(s.error);
@@ -219,6 +261,12 @@ Result<LoadtestReport> run_loadtest(const LoadtestOptions& o, const std::functio
         itl.insert(itl.end(), s.gaps_ms.begin(), s.gaps_ms.end());
         out += s.out_tokens;
         in = std::max(in, s.in_tokens);
+    }
+    if (conv) {
+        r.cache_hit_rate = prompt_all > 0 ? double(cached_all) / double(prompt_all) : 0;
+        for (int t = 0; t < turns; ++t)
+            r.turn_ttft_ms.push_back(turn_n[size_t(t)] ? turn_sum[size_t(t)] / turn_n[size_t(t)] : 0);
+        r.requests = o.requests * turns;
     }
     r.ttft_ms = percentiles(ttft);
     r.itl_ms = percentiles(itl);
@@ -246,6 +294,18 @@ std::string loadtest_markdown(const std::vector<LoadtestReport>& rs) {
             r.e2e_ms.p90, r.e2e_ms.p99, r.output_tokens_per_s, r.requests_per_s);
         s += b;
     }
+    for (const auto& r : rs) {
+        if (r.cache_hit_rate < 0) continue;
+        std::snprintf(b, sizeof b,
+                      "\n%s -c %d: prompt tokens cached %.1f%%; mean TTFT by turn (ms):", r.workload.c_str(),
+                      r.concurrency, 100 * r.cache_hit_rate);
+        s += b;
+        for (double t : r.turn_ttft_ms) {
+            std::snprintf(b, sizeof b, " %.1f", t);
+            s += b;
+        }
+        s += "\n";
+    }
     return s;
 }
 
@@ -267,6 +327,8 @@ std::string loadtest_json(const LoadtestReport& r) {
                 {"output_tokens_per_s", r.output_tokens_per_s},
                 {"requests_per_s", r.requests_per_s},
                 {"wall_s", r.wall_s},
+                {"cache_hit_rate", r.cache_hit_rate},
+                {"turn_ttft_ms", r.turn_ttft_ms},
                 {"errors", r.errors}}
         .dump();
 }

@@ -1,7 +1,10 @@
 // `bigmoe loadtest`: the workloads people time against an OpenAI-compatible server (chat: 30
 // tokens in, 1000 out; code: 2K in, 2K out; summarize: 8K in, 256 out; mixed), sent with a fixed
 // concurrency, streamed, and measured per request: time to first token, the gaps between tokens,
-// end-to-end latency; then percentiles and throughput.
+// end-to-end latency; then percentiles and throughput. Two conversation workloads time what a
+// prompt cache saves: multiturn (a chat growing turn by turn) and agent (each turn appends a
+// tool's result); each "request" is then a conversation of several turns, and the report adds
+// the share of prompt tokens the server reported cached and the time to first token per turn.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +29,7 @@ struct LoadtestOptions {
     int concurrency = 1;
     int requests = 8;
     int64_t in_tokens = 0, out_tokens = 0;  // > 0: override the workload's lengths
+    int turns = 6;                          // per conversation (multiturn, agent)
     std::string api_key;
     std::string label;  // names the server in records (default: the URL)
     uint64_t seed = 1;
@@ -40,6 +44,9 @@ struct LoadtestReport {
     int concurrency = 0, requests = 0, failed = 0;
     int64_t in_tokens = 0, out_tokens = 0;  // per request, as built
     Percentiles ttft_ms, itl_ms, e2e_ms;
+    // conversation workloads: cached / prompt tokens over all turns, and mean TTFT by turn
+    double cache_hit_rate = -1;
+    std::vector<double> turn_ttft_ms;
     double output_tokens_per_s = 0, requests_per_s = 0, wall_s = 0;
     std::vector<std::string> errors;  // the first few
 };

@@ -118,6 +118,7 @@ struct Server::Impl {
     std::unique_ptr<Context> ctx;
     std::unique_ptr<Engine> draft_engine;  // -md
     std::unique_ptr<Context> draft_ctx;
+    std::unique_ptr<PromptCache> cache;
     std::unique_ptr<Scheduler> sched;
     std::unique_ptr<ChatFormatter> fmt;
     std::string model_name;
@@ -125,7 +126,8 @@ struct Server::Impl {
     std::mutex wake_mu;
     std::condition_variable wake_cv;
     bool wake = false;
-    std::atomic<int64_t> requests_total{0}, requests_failed{0}, prompt_tokens_total{0}, generation_tokens_total{0};
+    std::atomic<int64_t> requests_total{0}, requests_failed{0}, prompt_tokens_total{0}, generation_tokens_total{0},
+        prompt_tokens_looked_up{0};
     std::atomic<uint64_t> next_seed{0x5EEDu};
     // latencies in seconds, with vLLM's names (what gateways and dashboards read)
     Histogram ttft{{0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80}};
@@ -194,6 +196,19 @@ std::string Server::Impl::metrics() const {
     m += ttft.text("vllm:time_to_first_token_seconds", "time from a request's arrival to its first token");
     m += tpot.text("vllm:time_per_output_token_seconds", "mean time between a request's tokens");
     m += e2e.text("vllm:e2e_request_latency_seconds", "time from a request's arrival to its last token");
+    if (ready && cache) {
+        const PromptCacheStats c = cache->stats();
+        gauge("bigmoe_prompt_cache_bytes", "host memory the prompt cache holds", double(c.bytes));
+        gauge("bigmoe_prompt_cache_budget_bytes", "the prompt cache's budget (--cache-ram)", double(c.budget));
+        gauge("bigmoe_prompt_cache_snapshots", "recurrent-state snapshots held", double(c.snapshots));
+        counter("bigmoe_prompt_cache_lookups_total", "requests that looked for a cached prefix", double(c.lookups));
+        counter("bigmoe_prompt_cache_hits_total", "requests that reused a cached prefix", double(c.hits));
+        counter("bigmoe_prompt_cache_evictions_total", "cache entries evicted to keep the budget", double(c.evictions));
+        // vLLM's prefix-cache counters, in tokens
+        counter("vllm:prefix_cache_queries_total", "prompt tokens looked up in the prefix cache",
+                double(prompt_tokens_looked_up.load()));
+        counter("vllm:prefix_cache_hits_total", "prompt tokens found in the prefix cache", double(c.tokens_reused));
+    }
     if (ready && draft_ctx) {
         const SchedulerSpecStats st = sched->spec_stats();
         counter("bigmoe_spec_draft_tokens_total", "tokens the draft model proposed", double(st.drafted));
@@ -264,7 +279,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         job->finished = Clock::now();
         if (!job->has_first) job->first = job->finished;
         job->done = true;
-        prompt_tokens_total += job->prompt_tokens;
+        prompt_tokens_total += job->prompt_tokens - result.prompt_cached;
+        if (cache) prompt_tokens_looked_up += job->prompt_tokens;
         generation_tokens_total += int64_t(result.tokens.size());
         if (!err && result.stop != StopReason::cancelled) {
             const double first_s = ms_between(job->submitted, job->first) / 1000;
@@ -292,6 +308,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         Usage u;
         u.prompt_tokens = job->prompt_tokens;
         u.completion_tokens = int64_t(job->result.tokens.size());
+        u.cached_tokens = job->result.prompt_cached;
         u.prompt_ms = ms_between(job->submitted, job->first);
         u.predicted_ms = ms_between(job->first, job->finished);
         return u;
@@ -529,6 +546,7 @@ void Server::Impl::routes() {
                            {"n_past", s.n_past},
                            {"n_prompt_tokens", s.n_prompt},
                            {"n_prompt_tokens_processed", s.n_prefilled},
+                           {"n_prompt_tokens_cache", s.n_cached},
                            {"n_decoded", s.n_generated}});
         res.set_content(out.dump(), "application/json");
     });
@@ -636,6 +654,10 @@ Result<void> Server::load() {
     s.think_close = s.tok->find("</think>");
     s.sched = std::make_unique<Scheduler>(*s.ctx, *s.tok,
                                           SchedulerParams{.prefill_budget = s.o.n_ubatch, .draft_max = s.o.draft_max});
+    if (s.o.cache_ram_mib > 0) {
+        s.cache = std::make_unique<PromptCache>(uint64_t(s.o.cache_ram_mib) << 20);
+        s.sched->set_prompt_cache(s.cache.get(), s.o.cache_checkpoint_every);
+    }
     if (s.draft_ctx) {
         if (auto r = s.sched->set_draft(s.draft_ctx.get()); !r)
             return make_error("the draft model " + s.o.draft_model + ": " + r.error().message, ErrorKind::bad_input);

@@ -30,6 +30,9 @@ struct ServeOptions {
     std::string draft_model;  // -md: greedy requests are decoded speculatively with this model
     int draft_max = 8;        // tokens drafted per request and step
     int draft_threads = 0;    // 0: as threads
+    // The prompt cache (host memory; 0 turns it off) and its checkpoints inside long prompts.
+    int64_t cache_ram_mib = 8192;
+    int64_t cache_checkpoint_every = 2048;
 };
 
 class Server {

@@ -7,6 +7,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <cstring>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -497,6 +498,56 @@ TEST(ServeOptions, a_draft_model_leaves_the_answers_unchanged) {
     EXPECT_GT(std::stod(m.substr(at + 32)), 0.0);
 }
 
+// A conversation growing turn by turn: each turn reuses at least the previous turn's prompt (all
+// but its last token) from the prompt cache, reports it as cached_tokens and timings.cache_n,
+// and answers exactly what a server without a cache answers.
+TEST(ServeOptions, multi_turn_chat_reuses_the_history_and_answers_the_same) {
+    server::ServeOptions o;
+    o.n_ctx = 2048;
+    o.cache_checkpoint_every = 64;
+    auto cached = start(o);
+    o.cache_ram_mib = 0;
+    auto fresh = start(o);
+    auto ask = [](int port, const Json& body) {
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(60, 0);
+        auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+        EXPECT_TRUE(r && r->status == 200);
+        return r ? Json::parse(r->body) : Json();
+    };
+    Json messages = Json::array({{{"role", "system"}, {"content", "You answer in one line."}}});
+    int64_t last_prompt = 0;
+    for (int turn = 0; turn < 4; ++turn) {
+        messages.push_back({{"role", "user"}, {"content", "question number " + std::to_string(turn) + ", please"}});
+        const Json body = {{"messages", messages}, {"max_tokens", 10}, {"temperature", 0}};
+        const Json a = ask(cached->port(), body), b = ask(fresh->port(), body);
+        EXPECT_EQ(a["choices"][0]["message"], b["choices"][0]["message"]) << "turn " << turn;
+        const int64_t prompt = a["usage"]["prompt_tokens"], hit = a["usage"]["prompt_tokens_details"]["cached_tokens"];
+        EXPECT_EQ(a["timings"]["cache_n"], hit);
+        EXPECT_EQ(b["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+        if (turn == 0) {
+            EXPECT_EQ(hit, 0);
+        } else {
+            EXPECT_GE(hit, last_prompt - 1) << "turn " << turn << " does not reuse the previous prompt";
+            EXPECT_LT(hit, prompt);
+        }
+        last_prompt = prompt;
+        messages.push_back(a["choices"][0]["message"]);
+    }
+    // the same conversation again hits all but the last token
+    const Json again = ask(cached->port(), {{"messages", messages}, {"max_tokens", 4}, {"temperature", 0}});
+    httplib::Client c("127.0.0.1", cached->port());
+    const std::string m = c.Get("/metrics")->body;
+    for (const char* name : {"bigmoe_prompt_cache_hits_total ", "vllm:prefix_cache_hits_total "}) {
+        const size_t at = m.find(std::string("\n") + name);
+        ASSERT_NE(at, std::string::npos) << name;
+        EXPECT_GT(std::stod(m.substr(at + 1 + std::strlen(name))), 0.0) << name;
+    }
+    const Json slots = Json::parse(c.Get("/slots")->body);
+    EXPECT_TRUE(slots[0].contains("n_prompt_tokens_cache"));
+    (void)again;
+}
+
 TEST(ServeOptions, api_key_and_a_full_queue) {
     server::ServeOptions o;
     o.n_ctx = 512;
@@ -548,6 +599,7 @@ TEST(ServeOptions, soak_of_mixed_requests_stays_bounded) {
     server::ServeOptions o;
     o.n_ctx = 4 * 512;
     o.slots = 4;
+    o.cache_ram_mib = 4;  // the prompt cache grows to its budget, and no further
     auto srv = start(o);
     const int port = srv->port();
     auto round = [&](int n, int seed) {

@@ -1,0 +1,179 @@
+#include "runtime/prompt_cache.h"
+
+#include <algorithm>
+
+namespace bigmoe {
+
+PromptCache::~PromptCache() = default;
+
+uint64_t PromptCache::Node::bytes() const {
+    uint64_t b = tokens.size() * sizeof(int32_t) + rows.size();
+    for (const auto& [pos, s] : snaps) b += s.size();
+    return b;
+}
+
+PromptCache::Walk PromptCache::walk(const std::vector<int32_t>& tokens) const {
+    Walk w;
+    const Node* n = &root_;
+    size_t pos = 0;
+    while (pos < tokens.size()) {
+        auto it = n->kids.find(tokens[pos]);
+        if (it == n->kids.end()) break;
+        Node* c = it->second.get();
+        size_t k = 0;
+        while (k < c->tokens.size() && pos + k < tokens.size() && c->tokens[k] == tokens[pos + k]) ++k;
+        w.path.push_back(c);
+        w.matched = int64_t(pos + k);
+        if (k < c->tokens.size()) break;
+        pos += k;
+        n = c;
+    }
+    return w;
+}
+
+int64_t PromptCache::best(const Walk& w, bool recurrent, int64_t max_len) const {
+    const int64_t limit = std::min(w.matched, max_len);
+    if (!recurrent) return std::max<int64_t>(limit, 0);
+    int64_t p = 0;
+    for (const Node* n : w.path)
+        for (const auto& [pos, s] : n->snaps)
+            if (pos <= limit) p = std::max(p, pos);
+    return p;
+}
+
+int64_t PromptCache::match(const Context& ctx, const std::vector<int32_t>& tokens, int64_t max_len) const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return best(walk(tokens), ctx.prefix_state_bytes() > 0, max_len);
+}
+
+Result<int64_t> PromptCache::restore(Context& ctx, int seq, const std::vector<int32_t>& tokens, int64_t max_len) {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++counters_.lookups;
+    const bool recurrent = ctx.prefix_state_bytes() > 0;
+    const Walk w = walk(tokens);
+    const int64_t p = best(w, recurrent, max_len);
+    ctx.clear(seq);
+    if (p == 0) return int64_t(0);
+    const uint8_t* state = nullptr;
+    for (Node* n : w.path) {
+        if (n->start >= p) break;
+        const int64_t m = std::min(n->end(), p) - n->start;
+        BM_TRY(ctx.write_rows(seq, n->start, m, n->rows.data(), int64_t(n->tokens.size())));
+        if (recurrent && n->start < p && p <= n->end()) state = n->snaps.at(p).data();
+        n->used = ++clock_;
+    }
+    if (auto r = ctx.set_prefix(seq, p, state); !r) {
+        ctx.clear(seq);
+        return r.error();
+    }
+    ++counters_.hits;
+    counters_.tokens_reused += p;
+    return p;
+}
+
+void PromptCache::split(const Context& ctx, Node& n, int64_t keep) {
+    auto tail = std::make_unique<Node>();
+    const int64_t N = int64_t(n.tokens.size());
+    tail->tokens.assign(n.tokens.begin() + keep, n.tokens.end());
+    tail->start = n.start + keep;
+    tail->parent = &n;
+    tail->used = n.used;
+    const size_t rb = ctx.prefix_row_bytes();
+    tail->rows.resize(rb * size_t(N - keep));
+    ctx.slice_rows(n.rows.data(), N, keep, N - keep, tail->rows.data());
+    std::vector<uint8_t> head(rb * size_t(keep));
+    ctx.slice_rows(n.rows.data(), N, 0, keep, head.data());
+    n.rows.swap(head);
+    for (auto it = n.snaps.begin(); it != n.snaps.end();) {
+        if (it->first > tail->start) {
+            tail->snaps.insert(std::move(*it));
+            it = n.snaps.erase(it);
+        } else {
+            ++it;
+        }
+    }
+    tail->kids.swap(n.kids);
+    for (auto& [t, k] : tail->kids) k->parent = tail.get();
+    n.tokens.resize(size_t(keep));
+    const int32_t first = tail->tokens[0];
+    n.kids[first] = std::move(tail);
+}
+
+Result<void> PromptCache::save(Context& ctx, int seq, const std::vector<int32_t>& tokens) {
+    const int64_t n = int64_t(tokens.size());
+    if (n == 0 || n != ctx.n_past(seq))
+        return make_error("prompt cache: sequence " + std::to_string(seq) + " holds " +
+                          std::to_string(ctx.n_past(seq)) + " positions, not the " + std::to_string(n) + " given");
+    std::lock_guard<std::mutex> lock(mu_);
+    Walk w = walk(tokens);
+    Node* at = nullptr;  // the node whose tokens end at or run past position n
+    if (w.matched == n) {
+        for (Node* p : w.path)
+            if (p->start < n && n <= p->end()) at = p;
+    } else {
+        Node* parent = w.path.empty() ? &root_ : w.path.back();
+        if (!w.path.empty() && w.matched < parent->end()) split(ctx, *parent, w.matched - parent->start);
+        auto node = std::make_unique<Node>();
+        node->tokens.assign(tokens.begin() + w.matched, tokens.end());
+        node->start = w.matched;
+        node->parent = parent;
+        node->rows.resize(ctx.prefix_row_bytes() * size_t(n - w.matched));
+        BM_TRY(ctx.read_rows(seq, w.matched, n - w.matched, node->rows.data()));
+        bytes_ += node->bytes();
+        at = node.get();
+        parent->kids[tokens[size_t(w.matched)]] = std::move(node);
+    }
+    if (ctx.prefix_state_bytes() > 0 && !at->snaps.count(n)) {
+        std::vector<uint8_t> s(ctx.prefix_state_bytes());
+        BM_TRY(ctx.read_state(seq, s.data()));
+        bytes_ += s.size();
+        at->snaps[n] = std::move(s);
+    }
+    for (Node* p = at; p && p != &root_; p = p->parent) p->used = ++clock_;
+    ++counters_.saves;
+    evict_to_budget();
+    return {};
+}
+
+void PromptCache::evict_to_budget() {
+    while (bytes_ > budget_) {
+        // the least recently used leaf
+        Node* victim = nullptr;
+        std::vector<Node*> stack = {&root_};
+        while (!stack.empty()) {
+            Node* n = stack.back();
+            stack.pop_back();
+            for (auto& [t, k] : n->kids) stack.push_back(k.get());
+            if (n != &root_ && n->kids.empty() && (!victim || n->used < victim->used)) victim = n;
+        }
+        if (!victim) break;
+        bytes_ -= victim->bytes();
+        ++counters_.evictions;
+        victim->parent->kids.erase(victim->tokens[0]);
+    }
+}
+
+void PromptCache::count(const Node& n, PromptCacheStats& s) const {
+    for (const auto& [t, k] : n.kids) {
+        ++s.nodes;
+        s.snapshots += int64_t(k->snaps.size());
+        count(*k, s);
+    }
+}
+
+PromptCacheStats PromptCache::stats() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    PromptCacheStats s = counters_;
+    s.bytes = bytes_;
+    s.budget = budget_;
+    count(root_, s);
+    return s;
+}
+
+void PromptCache::clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    root_.kids.clear();
+    bytes_ = 0;
+}
+
+}  // namespace bigmoe
