@@ -7,7 +7,7 @@ bash scripts/install_deps.sh
 start=$(date +%s)
 
 echo "== format check"
-files=$(git ls-files 'src/*.cpp' 'src/*.cu' 'src/*.h' 'src/*.inc' 'include/*.h' 'tests/*.cpp' 'tests/*.h')
+files=$(git ls-files 'src/*.cpp' 'src/*.cu' 'src/*.cuh' 'src/*.h' 'src/*.inc' 'include/*.h' 'tests/*.cpp' 'tests/*.h')
 clang-format --dry-run --Werror $files
 
 echo "== fast tier (release, warnings as errors)"

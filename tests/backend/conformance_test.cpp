@@ -239,6 +239,27 @@ TEST_P(Conformance, matmul_every_type_odd_rows_and_tokens) {
     }
 }
 
+// A token's product does not depend on how many tokens share the call: decode (1), verification
+// (up to 16) and prefill batches (where a GPU switches kernels) give its row the same bits.
+TEST_P(Conformance, matmul_is_batch_invariant) {
+    const int64_t n_in = 2304, n_out = 70, T_all = 40;  // 72 units of 32: two groups and a partial one
+    const auto x = randoms(rng_, T_all * n_in, -2, 2);
+    for (DType t : k_weight_types) {
+        if (!be_->supports(Op::matmul, t) || n_in % traits(t).block_elems != 0) continue;
+        auto w = weight(t, n_in, n_out);
+        DevTensor dx(*be_, T_all, n_in, x), all(*be_, T_all, n_out);
+        be_->matmul(w->w, dx.t(), all.t());
+        const std::vector<float> want = all.get();
+        for (int64_t T : {1, 2, 5, 9, 16, 17, 33}) {
+            DevTensor part(*be_, T, n_out);
+            be_->matmul(w->w, dx.t().rows_view(0, T), part.t());
+            const std::vector<float> got = part.get();
+            ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << traits(t).name << ": " << T << " tokens differ from the same tokens among " << T_all;
+        }
+    }
+}
+
 TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
     const int64_t n_in = 512, T = 5;
     auto a = weight(DType::Q6_K, n_in, 24), b = weight(DType::Q8_0, n_in, 13), c = weight(DType::F32, n_in, 7);

@@ -3,6 +3,7 @@
 // batch sizes must all give bit-identical logits.
 #include <gtest/gtest.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 
@@ -222,6 +223,27 @@ TEST_P(State, thread_count_does_not_change_bits) {
     std::vector<float> one;
     ASSERT_TRUE((*c1)->decode_seq(0, t, true, &one).ok());
     EXPECT_TRUE(same_bits(one, two));
+}
+
+// The CUDA backend replays repeated decode steps as graphs; a backend that runs every op as it
+// comes (BIGMOE_CUDA_GRAPHS=0) gives the same bits, step after step.
+TEST_P(State, graph_replay_does_not_change_bits) {
+    if (testing::test_gpu_layers() == 0) GTEST_SKIP() << "step graphs are the CUDA backend's";
+    ::setenv("BIGMOE_CUDA_GRAPHS", "0", 1);
+    auto plain = Engine::load(GetParam(), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    ::unsetenv("BIGMOE_CUDA_GRAPHS");
+    ASSERT_TRUE(plain.ok()) << plain.error().message;
+    ContextParams cp;
+    cp.n_ctx = 128;
+    auto a = engine->new_context(cp);
+    auto b = (*plain)->new_context(cp);
+    ASSERT_TRUE(a.ok() && b.ok());
+    const auto t = some_tokens(12, 18, n_vocab);
+    for (size_t i = 0; i < t.size(); ++i) {
+        // steps of one token, then of two (another recorded shape)
+        const std::vector<int32_t> step = i < 6 ? std::vector<int32_t>{t[i]} : std::vector<int32_t>{t[i], t[i]};
+        ASSERT_TRUE(same_bits(run(**a, 0, step), run(**b, 0, step))) << "step " << i;
+    }
 }
 
 TEST_P(State, copy_sequence_continues_identically) {

@@ -1,0 +1,157 @@
+// What every CUDA translation unit of the backend shares: error checks, the GGUF type ids the
+// kernels switch on, the activation layouts the products read, small device helpers, and the
+// batch descriptors kernels find in device memory.
+#pragma once
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+
+namespace bigmoe::cuda {
+
+// A failed CUDA call inside an op is a bug or a lost device: there is no way to carry on, so it
+// stops the process with the call and the reason (allocations report failure instead).
+inline void check(cudaError_t e, const char* what, const char* file, int line) {
+    if (e == cudaSuccess) return;
+    std::fprintf(stderr, "bigmoe: CUDA error %s (%s) in %s at %s:%d\n", cudaGetErrorName(e), cudaGetErrorString(e),
+                 what, file, line);
+    std::abort();
+}
+#define CU(x) ::bigmoe::cuda::check((x), #x, __FILE__, __LINE__)
+#define CU_LAUNCHED() ::bigmoe::cuda::check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+
+inline unsigned blocks_for(int64_t n, int threads) {
+    return unsigned(std::clamp<int64_t>((n + threads - 1) / threads, 1, 65535));
+}
+
+// GGUF type ids (quant/dtype.h's values).
+constexpr int k_f32 = 0, k_f16 = 1, k_q4_0 = 2, k_q8_0 = 8, k_q4_k = 12, k_q5_k = 13, k_q6_k = 14, k_q8_k = 15,
+              k_bf16 = 30;
+
+// ---- activations as the products read them
+//
+// A quantized weight multiplies activations quantized first, as on the CPU and in the reference
+// engine: Q8_0 values for Q4_0 / Q8_0 weights, Q8_K values for the K-quants, with the reference
+// quantizers' values. The layout is this backend's own, arranged for wide aligned loads: a row of
+// n values holds its n int8 quants first, then int16 sums of the quants (Q8_K: per 16 values,
+// Q8_0: per block of 32), then one float scale per block (Q8_0: the half-precision scale,
+// widened). Float weights meet float rows, rounded to the weight's precision.
+__host__ __device__ inline int act_type(int w) {
+    return (w == k_q4_0 || w == k_q8_0) ? k_q8_0 : (w == k_q4_k || w == k_q5_k || w == k_q6_k) ? k_q8_k : w;
+}
+__host__ __device__ inline bool act_quantized(int at) {
+    return at == k_q8_0 || at == k_q8_k;
+}
+// Byte offsets inside an activation row of n values.
+__host__ __device__ inline int64_t act_sums_at(int64_t n) {
+    return n;
+}
+__host__ __device__ inline int64_t act_scales_at(int at, int64_t n) {
+    return at == k_q8_k ? n + 2 * (n / 16) : (n + 2 * (n / 32) + 3) / 4 * 4;
+}
+// Bytes of one activation row of n values, rounded up to 64.
+__host__ __device__ inline size_t act_row_bytes(int at, int64_t n) {
+    const int64_t b = at == k_q8_0   ? act_scales_at(at, n) + 4 * (n / 32)
+                      : at == k_q8_k ? act_scales_at(at, n) + 4 * (n / 256)
+                                     : 4 * n;
+    return size_t(b + 63) / 64 * 64;
+}
+
+// ---- device helpers
+
+__device__ __forceinline__ uint16_t load_u16(const uint8_t* p) {
+    return *reinterpret_cast<const uint16_t*>(p);
+}
+// Four bytes from a 2-byte aligned address (the blocks of 18, 34 and 210 bytes).
+__device__ __forceinline__ int load_i32_a2(const uint8_t* p) {
+    const uint16_t* h = reinterpret_cast<const uint16_t*>(p);
+    return int(uint32_t(h[0]) | (uint32_t(h[1]) << 16));
+}
+__device__ __forceinline__ float half_bits(uint16_t h) {
+    return __half2float(__ushort_as_half(h));
+}
+__device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+__device__ __forceinline__ double warp_sum(double v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+// The sum of every thread's v over the block (a multiple of 32 threads), returned to all of them;
+// `part` holds 32 values of shared memory.
+template <class T>
+__device__ T block_sum(T v, T* part) {
+    v = warp_sum(v);
+    if (threadIdx.x % 32 == 0) part[threadIdx.x / 32] = v;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        T w = threadIdx.x < blockDim.x / 32 ? part[threadIdx.x] : T(0);
+        w = warp_sum(w);
+        if (threadIdx.x == 0) part[0] = w;
+    }
+    __syncthreads();
+    return part[0];
+}
+__device__ __forceinline__ float sigmoidf(float x) {
+    return 1.0f / (1.0f + expf(-x));
+}
+__device__ __forceinline__ float siluf(float x) {
+    return x / (1.0f + expf(-x));
+}
+
+// ---- what a kernel needs of the batch: rows' positions and spans, and per (layer, span) the state
+struct SpanDev {
+    int64_t first, n_tokens, pos0;
+};
+struct KvDev {
+    void* k;
+    void* v;
+    int f16_k, f16_v;
+    int64_t capacity;
+};
+struct RingDev {
+    float* conv;
+    float* ssm;
+    int n_slots, head;
+};
+__device__ __forceinline__ int ring_slot(const RingDev& r, int64_t i) {
+    return int((r.head + i) % r.n_slots);
+}
+
+// ---- launches
+//
+// On sm_90 a kernel may launch while the one before it on the stream is still running
+// (programmatic dependent launch): it starts as the blocks of the one before finish, and waits
+// for all of them to finish and flush their writes before it reads or writes any activation or
+// state. The next kernel's launch overlaps the previous one's tail: a decode step is hundreds of
+// small kernels.
+__device__ __forceinline__ void pdl_enter() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Whether launches ask for programmatic dependent launch (set once by the backend).
+inline bool g_pdl = false;
+
+template <class A>
+void launch(void (*kernel)(A), dim3 grid, dim3 block, size_t smem, cudaStream_t s, const A& a) {
+    cudaLaunchConfig_t cfg{};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = g_pdl ? 1 : 0;
+    CU(cudaLaunchKernelEx(&cfg, kernel, a));
+}
+
+}  // namespace bigmoe::cuda

@@ -1,0 +1,239 @@
+// The CUDA backend's kernels as the backend enqueues them: one plain struct of arguments per
+// kernel and one run_op overload that launches it on a stream. The backend records (struct,
+// function) pairs to replay a step or to compare it with a recorded one, so every field is 8
+// bytes wide (no padding: two structs with equal fields have equal bytes) and holds everything
+// the launch depends on.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "backend/cuda/common.cuh"
+
+namespace bigmoe::cuda {
+
+// ---- products (products.cu)
+
+// Activation rows of x quantized (or rounded) for a product with weight type `wt`.
+struct QuantizeArgs {
+    int64_t at;
+    const float* x;
+    int64_t xs, n, rows;
+    uint8_t* dst;
+    int64_t drb;
+};
+// out[t][r] = dot(weight row r, activation row t) for t < T; `mma`: quantized weights may take
+// the tensor-core kernel (the same bits as the others).
+struct MatmulArgs {
+    int64_t type;
+    const uint8_t* w;
+    int64_t row_bytes, n_in, n_out;
+    const uint8_t* act;
+    int64_t arb, T;
+    float* out;
+    int64_t os, mma;
+};
+struct GetRowsArgs {
+    int64_t type;
+    const uint8_t* w;
+    int64_t row_bytes;
+    const int32_t* ids;
+    int64_t n, n_cols;
+    float* out;
+    int64_t os;
+};
+// Routing: softmax, top-k (ties to the lower id), renormalised weights; ids/wts are T x K.
+struct RouteArgs {
+    const float* z;
+    int64_t zs, T, E, K;
+    int32_t* ids;
+    float* wts;
+    float* p_work;
+};
+// Products of one input for 1..8 tokens (decode, verification), the input quantized in shared
+// memory by each block: slot i holds the T rows for activation type slot_type[i]; a product reads
+// slot p.slot, or the float input itself (slot -1, f32 weights).
+constexpr int k_matvec_products = 4;
+struct MatvecProduct {
+    int64_t type;
+    const uint8_t* w;
+    int64_t row_bytes, n_out;
+    float* out;
+    int64_t os, slot;
+};
+struct MatvecArgs {
+    const float* x;
+    int64_t xs, n_in, T, n_products, n_slots, smem, blocks;
+    int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
+    MatvecProduct p[k_matvec_products];
+};
+// Shared memory the in-kernel quantizing products may take.
+constexpr int64_t k_products_smem = 96 << 10;
+
+// h[s] = silu(x[t] . gate_e) * (x[t] . up_e) for each slot s = (t, k) of expert e. With
+// route_here the kernel routes token t itself (softmax and top-k of router logits z) and writes
+// ids / wts for the down kernel; otherwise it reads them. With ag == nullptr it quantizes x[t]
+// in shared memory (decode); otherwise it reads activations quantized before (prefill).
+struct MoeGateUpArgs {
+    int64_t tg;
+    const uint8_t* wg;
+    int64_t rbg, ebg, tu;
+    const uint8_t* wu;
+    int64_t rbu, ebu, up_off, N, F, K;
+    const uint8_t* ag;
+    int64_t agb;
+    const uint8_t* au;
+    int64_t aub;
+    const float* x;
+    int64_t xs;
+    const float* z;
+    int64_t zs, E, route_here, n_slots;
+    int32_t* ids;
+    float* wts;
+    float* h;
+    int64_t hs, smem;
+};
+// out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
+// row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory.
+struct MoeDownArgs {
+    int64_t td;
+    const uint8_t* wd;
+    int64_t rbd, ebd, N, F, K, T;
+    const int32_t* ids;
+    const float* wts;
+    const uint8_t* ah;
+    int64_t ahb;
+    const float* h;
+    int64_t hs, smem;
+    float* out;
+    int64_t os;
+};
+
+void run_op(cudaStream_t s, const QuantizeArgs& a);
+void run_op(cudaStream_t s, const MatmulArgs& a);
+void run_op(cudaStream_t s, const GetRowsArgs& a);
+void run_op(cudaStream_t s, const RouteArgs& a);
+void run_op(cudaStream_t s, const MoeGateUpArgs& a);
+void run_op(cudaStream_t s, const MoeDownArgs& a);
+void run_op(cudaStream_t s, const MatvecArgs& a);
+// Once per device: the shared memory the products above may take.
+void configure_products();
+
+// ---- the other ops (layers.cu)
+
+struct NormArgs {
+    const float* x;
+    int64_t xs;
+    const float* w;
+    int64_t g, rows, groups;
+    double eps;
+    float* out;
+    int64_t os;
+};
+enum class Ew : int64_t { add, swiglu, mul_sigmoid };
+struct ElementwiseArgs {
+    Ew op;
+    const float* a;
+    int64_t as;
+    const float* b;
+    int64_t bs;
+    float* out;
+    int64_t os, rows, cols;
+};
+struct GatherArgs {
+    const float* x;
+    int64_t xs, group, offset, width;
+    float* out;
+    int64_t os, rows, out_cols;
+};
+struct AddGatedArgs {
+    const float* a;
+    int64_t as;
+    const float* b;
+    int64_t bs;
+    const float* gv;
+    const float* f;
+    int64_t fs, fc;
+    float* out;
+    int64_t os, rows, cols;
+};
+struct RopeArgs {
+    float* x;
+    int64_t xs, rows, n_heads, head_dim, half;
+    double theta_scale;
+    const int64_t* pos;
+};
+// Stores k and v rows at their positions, then causal attention for every (row, query head).
+constexpr int64_t k_att_max_d = 256;
+struct AttentionArgs {
+    const float* q;
+    int64_t qs;
+    const float* k;
+    int64_t ks;
+    const float* v;
+    int64_t vs;
+    int64_t n_head, n_head_kv, D, rows;
+    double scale;
+    const int64_t* pos;
+    const int32_t* row_span;
+    const KvDev* kv;
+    float* out;
+    int64_t os;
+};
+constexpr int64_t k_conv_max = 8;
+struct ConvArgs {
+    const float* x;
+    int64_t xs;
+    const float* w;
+    int64_t C, K;
+    const SpanDev* spans;
+    int64_t n_spans;
+    const RingDev* rings;
+    float* out;
+    int64_t os;
+};
+// L2-normalised Q and K heads, then the Gated DeltaNet recurrence per (span, V head).
+struct GdnArgs {
+    const float* u;
+    int64_t us;
+    const float* beta;
+    int64_t bs;
+    const float* alpha;
+    int64_t as;
+    const float* dt_bias;
+    const float* ssm_a;
+    int64_t Hk, Hv, dk, dv, rows;
+    double eps, q_scale;
+    float* qk;
+    int64_t qks;
+    const SpanDev* spans;
+    int64_t n_spans;
+    const RingDev* rings;
+    float* out;
+    int64_t os;
+};
+
+// Key dimensions the recurrence kernel is built for.
+bool gdn_supported(int64_t dk);
+
+void run_op(cudaStream_t s, const NormArgs& a);
+void run_op(cudaStream_t s, const ElementwiseArgs& a);
+void run_op(cudaStream_t s, const GatherArgs& a);
+void run_op(cudaStream_t s, const AddGatedArgs& a);
+void run_op(cudaStream_t s, const RopeArgs& a);
+void run_op(cudaStream_t s, const AttentionArgs& a);
+void run_op(cudaStream_t s, const ConvArgs& a);
+void run_op(cudaStream_t s, const GdnArgs& a);
+
+// ---- copies between host staging and the device, as ops of a step
+struct CopyArgs {
+    void* dst;
+    const void* src;
+    int64_t bytes;
+};
+inline void run_op(cudaStream_t s, const CopyArgs& a) {
+    CU(cudaMemcpyAsync(a.dst, a.src, size_t(a.bytes), cudaMemcpyDefault, s));
+}
+
+}  // namespace bigmoe::cuda

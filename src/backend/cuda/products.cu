@@ -1,0 +1,861 @@
+// Products with weights: activation quantization, dense matrix products for 1..n tokens, the
+// token-embedding lookup, and the routed experts (routing, gate/up, down, the weighted sum).
+//
+// Every kernel computes a token's result in a fixed order of its own, so results do not depend
+// on the batch a token comes in (bigmoe's batch invariance). Weights stay in their GGUF block
+// layouts and are decoded where they are read. Quantized products run on 32-value units (a Q4_0 /
+// Q8_0 block, or a K-quant sub-block): a lane loads a unit's weights into registers once, forms
+// the integer sums with dp4a for every token of its tile, and scales them with the reference
+// dot product's float arithmetic, operation for operation.
+#include "backend/cuda/ops.h"
+
+namespace bigmoe::cuda {
+
+namespace {
+
+// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (the 12-byte packing).
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+    if (j < 4) {
+        *sc = q[j] & 63;
+        *m = q[j + 4] & 63;
+    } else {
+        *sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
+        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+    }
+}
+
+// Element i of a row of type `type`. The arithmetic is the reference dequantizer's, operation
+// for operation and without fused multiply-adds (the _rn intrinsics), so values are bit-equal.
+__device__ float dequant(int type, const uint8_t* row, int64_t i) {
+    switch (type) {
+        case k_f32:
+            return reinterpret_cast<const float*>(row)[i];
+        case k_f16:
+            return half_bits(load_u16(row + 2 * i));
+        case k_bf16:
+            return __uint_as_float(uint32_t(load_u16(row + 2 * i)) << 16);
+        case k_q4_0: {
+            const uint8_t* b = row + (i / 32) * 18;
+            const int j = int(i % 32);
+            const uint8_t q = b[2 + (j % 16)];
+            return __fmul_rn(float((j < 16 ? (q & 0x0F) : (q >> 4)) - 8), half_bits(load_u16(b)));
+        }
+        case k_q8_0: {
+            const uint8_t* b = row + (i / 32) * 34;
+            return __fmul_rn(float(int8_t(b[2 + i % 32])), half_bits(load_u16(b)));
+        }
+        case k_q4_k:
+        case k_q5_k: {
+            const bool five = type == k_q5_k;
+            const uint8_t* b = row + (i / 256) * (five ? 176 : 144);
+            const float d = half_bits(load_u16(b)), dmin = half_bits(load_u16(b + 2));
+            const int j = int(i % 256), c = j / 64, l = j % 32, sub = 2 * c + ((j % 64) >= 32);
+            int sc, m;
+            scale_min_k4(sub, b + 4, &sc, &m);
+            const uint8_t* qs = b + (five ? 48 : 16) + 32 * c;
+            int q = (j % 64) < 32 ? (qs[l] & 0x0F) : (qs[l] >> 4);
+            if (five) q += ((b[16 + l] >> sub) & 1) << 4;
+            return __fsub_rn(__fmul_rn(__fmul_rn(d, float(sc)), float(q)), __fmul_rn(dmin, float(m)));
+        }
+        case k_q6_k: {
+            const uint8_t* b = row + (i / 256) * 210;
+            const float d = half_bits(load_u16(b + 208));
+            const int j = int(i % 256), n = j / 128, r = j % 128, quarter = r / 32, l = r % 32;
+            const uint8_t* L = b + 64 * n;
+            const uint8_t h = b[128 + 32 * n + l];
+            const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192) + 8 * n;
+            const int lo = quarter == 0   ? (L[l] & 0x0F)
+                           : quarter == 1 ? (L[l + 32] & 0x0F)
+                           : quarter == 2 ? (L[l] >> 4)
+                                          : (L[l + 32] >> 4);
+            const int q = (lo | (((h >> (2 * quarter)) & 3) << 4)) - 32;
+            return __fmul_rn(__fmul_rn(d, float(sc[l / 16 + 2 * quarter])), float(q));
+        }
+        default:
+            return __int_as_float(0x7fc00000);  // an unsupported type shows as NaN
+    }
+}
+
+__device__ __forceinline__ float round_bf16(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return __uint_as_float(((u >> 16) | 0x40) << 16);
+    return __uint_as_float(((u + 0x7fffu + ((u >> 16) & 1)) >> 16) << 16);
+}
+
+// Quantization block blk of activation row xr (n values) into row, by one warp: Q8_0 and Q8_K
+// blocks, or 32 values of a float row rounded to the weight's precision.
+__device__ __forceinline__ int64_t act_blocks(int at, int64_t n) {
+    return at == k_q8_0 ? n / 32 : at == k_q8_k ? n / 256 : (n + 31) / 32;
+}
+__device__ void quantize_block(int at, const float* xr, int64_t n, int64_t blk, int lane, uint8_t* row) {
+    if (at == k_q8_0) {
+        if (blk >= n / 32) return;
+        const float v = xr[blk * 32 + lane];
+        float amax = fabsf(v);
+        for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+        const float d = __fdiv_rn(amax, 127.0f);
+        const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        const int q = int(rintf(__fmul_rn(v, id)));
+        row[blk * 32 + lane] = uint8_t(int8_t(q));
+        int sum = q;
+        for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+        if (lane == 0) {
+            reinterpret_cast<int16_t*>(row + act_sums_at(n))[blk] = int16_t(sum);
+            reinterpret_cast<float*>(row + act_scales_at(k_q8_0, n))[blk] = __half2float(__float2half_rn(d));
+        }
+    } else if (at == k_q8_k) {
+        if (blk >= n / 256) return;
+        const float* xb = xr + blk * 256;
+        // the largest |x| and the first position holding it
+        float amax = 0;
+        int at_i = 1 << 30;
+        for (int k = 0; k < 8; ++k) {
+            const int i = lane + 32 * k;
+            const float ax = fabsf(xb[i]);
+            if (ax > amax) {
+                amax = ax;
+                at_i = i;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float oa = __shfl_xor_sync(0xffffffffu, amax, o);
+            const int oi = __shfl_xor_sync(0xffffffffu, at_i, o);
+            if (oa > amax || (oa == amax && oi < at_i)) {
+                amax = oa;
+                at_i = oi;
+            }
+        }
+        int8_t* qs = reinterpret_cast<int8_t*>(row) + blk * 256;
+        int16_t* bsums = reinterpret_cast<int16_t*>(row + act_sums_at(n)) + blk * 16;
+        float* d = reinterpret_cast<float*>(row + act_scales_at(k_q8_k, n)) + blk;
+        if (amax == 0.0f) {
+            for (int k = 0; k < 8; ++k) qs[lane + 32 * k] = 0;
+            if (lane < 16) bsums[lane] = 0;
+            if (lane == 0) *d = 0.0f;
+            return;
+        }
+        const float iscale = __fdiv_rn(-127.0f, xb[at_i]);
+        for (int k = 0; k < 8; ++k) {
+            const int i = lane + 32 * k;
+            const int v = min(127, int(rintf(__fmul_rn(iscale, xb[i]))));
+            qs[i] = int8_t(v);
+            // element i is in group i / 16 = 2k + (lane >= 16): sum over each half-warp
+            int s = v;
+            for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+            if (lane == 0) bsums[2 * k] = int16_t(s);
+            if (lane == 16) bsums[2 * k + 1] = int16_t(s);
+        }
+        if (lane == 0) *d = __fdiv_rn(1.0f, iscale);
+    } else {
+        const int64_t i = blk * 32 + lane;
+        if (i >= n) return;
+        const float v = xr[i];
+        reinterpret_cast<float*>(row)[i] = at == k_f16    ? __half2float(__float2half_rn(v))
+                                           : at == k_bf16 ? round_bf16(v)
+                                                          : v;
+    }
+}
+
+// One warp per quantization block: rows x blocks.
+__global__ void k_quantize_act(QuantizeArgs a) {
+    pdl_enter();
+    const int64_t blk = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    quantize_block(int(a.at), a.x + int64_t(blockIdx.y) * a.xs, a.n, blk, threadIdx.x % 32,
+                   a.dst + int64_t(blockIdx.y) * a.drb);
+}
+
+// Rows of activations quantized by the whole block into `dst` (shared memory); the caller waits
+// for them at a barrier.
+__device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64_t rows, int64_t n, uint8_t* dst,
+                                       int64_t drb) {
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    const int64_t nb = act_blocks(at, n);
+    for (int64_t t = 0; t < rows; ++t)
+        for (int64_t blk = warp; blk < nb; blk += nw) quantize_block(at, x + t * xs, n, blk, lane, dst + t * drb);
+}
+
+// ---- 32-value units of quantized rows
+//
+// A quantized row's dot product with an activation row is the sum of its units' contributions
+// c_0 + c_1 + ... added in that order (a left fold), whichever kernel forms them: the warp-per-row
+// kernels below and the tensor-core kernel for larger batches give a token the same bits, so a
+// token's result never depends on the batch around it.
+
+// A unit's weights as the dot products use them: 32 small integers packed 4 to a word (unsigned
+// 0..15 / 0..63 for the K-quants and Q4_0, int8 for Q8_0), value 4 i + b in byte b of word i.
+struct UnitScales {
+    float d, dm;
+    int s0, s1;  // K-quants: scale and min (Q6_K: the scales of values 0..15 and 16..31)
+};
+struct Unit {
+    int q[8];
+    UnitScales sc;
+};
+
+template <int TYPE>
+__device__ __forceinline__ UnitScales unit_scales(const uint8_t* row, int64_t u) {
+    UnitScales w{};
+    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {
+        const uint8_t* x = row + (u / 8) * (TYPE == k_q5_k ? 176 : 144);
+        w.d = half_bits(load_u16(x));
+        w.dm = half_bits(load_u16(x + 2));
+        scale_min_k4(int(u % 8), x + 4, &w.s0, &w.s1);
+    } else if constexpr (TYPE == k_q6_k) {
+        const uint8_t* x = row + (u / 8) * 210;
+        const int8_t* sc = reinterpret_cast<const int8_t*>(x + 192);
+        const int j = int(u % 8);
+        w.s0 = sc[2 * j];
+        w.s1 = sc[2 * j + 1];
+        w.d = half_bits(load_u16(x + 208));
+    } else {
+        w.d = half_bits(load_u16(row + u * (TYPE == k_q4_0 ? 18 : 34)));
+    }
+    return w;
+}
+
+// Word i (values 4 i .. 4 i + 3) of unit u.
+template <int TYPE>
+__device__ __forceinline__ int unit_word(const uint8_t* row, int64_t u, int i) {
+    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {
+        constexpr bool five = TYPE == k_q5_k;
+        const uint8_t* x = row + (u / 8) * (five ? 176 : 144);
+        const int j = int(u % 8);
+        const uint32_t raw = *reinterpret_cast<const uint32_t*>(x + (five ? 48 : 16) + 32 * (j / 2) + 4 * i);
+        uint32_t v = (raw >> (4 * (j & 1))) & 0x0F0F0F0Fu;
+        if constexpr (five) v |= ((*reinterpret_cast<const uint32_t*>(x + 16 + 4 * i) >> j) & 0x01010101u) << 4;
+        return int(v);
+    } else if constexpr (TYPE == k_q6_k) {
+        const uint8_t* x = row + (u / 8) * 210;
+        const int j = int(u % 8), n = j / 4, quarter = j % 4;
+        const uint32_t lo =
+            (uint32_t(load_i32_a2(x + 64 * n + (quarter & 1) * 32 + 4 * i)) >> (quarter < 2 ? 0 : 4)) & 0x0F0F0F0Fu;
+        const uint32_t hi = ((uint32_t(load_i32_a2(x + 128 + 32 * n + 4 * i)) >> (2 * quarter)) & 0x03030303u) << 4;
+        return int(lo | hi);
+    } else if constexpr (TYPE == k_q4_0) {
+        const uint32_t v = uint32_t(load_i32_a2(row + u * 18 + 2 + 4 * (i % 4)));
+        return int((i < 4 ? v : v >> 4) & 0x0F0F0F0Fu);
+    } else {
+        return load_i32_a2(row + u * 34 + 2 + 4 * i);
+    }
+}
+
+// All of unit u, with wide loads where the layout is aligned (the same values as unit_word).
+template <int TYPE>
+__device__ __forceinline__ Unit load_unit(const uint8_t* row, int64_t u) {
+    Unit w;
+    w.sc = unit_scales<TYPE>(row, u);
+    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {
+        constexpr bool five = TYPE == k_q5_k;
+        const uint8_t* x = row + (u / 8) * (five ? 176 : 144);
+        const int j = int(u % 8);
+        const uint4* qs = reinterpret_cast<const uint4*>(x + (five ? 48 : 16) + 32 * (j / 2));
+        const uint4 q0 = qs[0], q1 = qs[1];
+        const uint32_t raw[8] = {q0.x, q0.y, q0.z, q0.w, q1.x, q1.y, q1.z, q1.w};
+#pragma unroll
+        for (int i = 0; i < 8; ++i) w.q[i] = int((raw[i] >> (4 * (j & 1))) & 0x0F0F0F0Fu);
+        if constexpr (five) {
+            const uint4* qh = reinterpret_cast<const uint4*>(x + 16);
+            const uint4 h0 = qh[0], h1 = qh[1];
+            const uint32_t hr[8] = {h0.x, h0.y, h0.z, h0.w, h1.x, h1.y, h1.z, h1.w};
+#pragma unroll
+            for (int i = 0; i < 8; ++i) w.q[i] |= int(((hr[i] >> j) & 0x01010101u) << 4);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) w.q[i] = unit_word<TYPE>(row, u, i);
+    }
+    return w;
+}
+
+// What a unit's contribution needs of an activation row: its scale and its quant sums (Q8_K: of
+// values 0..15 and 16..31 of the unit; Q8_0: of the whole block, in bs0).
+struct ActUnit {
+    float yd;
+    int bs0, bs1;
+};
+template <int TYPE>
+__device__ __forceinline__ ActUnit act_unit(const uint8_t* arow, int64_t n, int64_t u) {
+    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k || TYPE == k_q6_k) {
+        const int16_t* bs = reinterpret_cast<const int16_t*>(arow + act_sums_at(n)) + 2 * u;
+        return {reinterpret_cast<const float*>(arow + act_scales_at(k_q8_k, n))[u / 8], bs[0], bs[1]};
+    } else {
+        return {reinterpret_cast<const float*>(arow + act_scales_at(k_q8_0, n))[u],
+                reinterpret_cast<const int16_t*>(arow + act_sums_at(n))[u], 0};
+    }
+}
+
+// A unit's contribution from its integer sums over values 0..15 (s0) and 16..31 (s1), as the
+// reference's vec_dot forms it.
+template <int TYPE>
+__device__ __forceinline__ float combine(const UnitScales& w, int s0, int s1, const ActUnit& y) {
+    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {
+        const int M = (y.bs0 + y.bs1) * w.s1;
+        return __fsub_rn(__fmul_rn(__fmul_rn(w.d, y.yd), float((s0 + s1) * w.s0)),
+                         __fmul_rn(__fmul_rn(w.dm, y.yd), float(M)));
+    } else if constexpr (TYPE == k_q6_k) {
+        const int S = (s0 - 32 * y.bs0) * w.s0 + (s1 - 32 * y.bs1) * w.s1;
+        return __fmul_rn(__fmul_rn(w.d, y.yd), float(S));
+    } else if constexpr (TYPE == k_q4_0) {
+        return __fmul_rn(__fmul_rn(float(s0 + s1 - 8 * y.bs0), w.d), y.yd);
+    } else {
+        return __fmul_rn(float(s0 + s1), __fmul_rn(w.d, y.yd));
+    }
+}
+
+template <int TYPE>
+__device__ __forceinline__ float unit_dot(const Unit& w, const uint8_t* arow, int64_t n, int64_t u) {
+    const uint4* qp = reinterpret_cast<const uint4*>(arow + 32 * u);
+    const uint4 a0 = qp[0], a1 = qp[1];
+    const int y[8] = {int(a0.x), int(a0.y), int(a0.z), int(a0.w), int(a1.x), int(a1.y), int(a1.z), int(a1.w)};
+    int s0 = 0, s1 = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        s0 = __dp4a(w.q[i], y[i], s0);
+        s1 = __dp4a(w.q[4 + i], y[4 + i], s1);
+    }
+    return combine<TYPE>(w.sc, s0, s1, act_unit<TYPE>(arow, n, u));
+}
+
+// A warp's dot products of a weight row with the activation rows of nt <= NT tokens (act, act +
+// arb, ...), in every lane. Quantized rows: lane l forms the contributions of units u0 + l, and
+// the warp folds each group of 32 in unit order. Float rows: lane l adds every 32nd value, then
+// the lanes are added in a tree (float weights always take this kernel).
+template <int TYPE, int NT>
+__device__ __forceinline__ void lane_dots(const uint8_t* row, const uint8_t* act, int64_t arb, int64_t n, int nt,
+                                          int lane, float (&acc)[NT]) {
+#pragma unroll
+    for (int j = 0; j < NT; ++j) acc[j] = 0;
+    if constexpr (TYPE == k_f32 || TYPE == k_f16 || TYPE == k_bf16) {
+        for (int64_t i = lane; i < n; i += 32) {
+            const float wv = dequant(TYPE, row, i);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < nt) acc[j] = fmaf(wv, reinterpret_cast<const float*>(act + j * arb)[i], acc[j]);
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[j] = warp_sum(acc[j]);
+    } else {
+        const int64_t U = n / 32;
+        for (int64_t u0 = 0; u0 < U; u0 += 32) {
+            const int64_t u = u0 + lane;
+            float c[NT];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) c[j] = 0;
+            if (u < U) {
+                const Unit w = load_unit<TYPE>(row, u);
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    if (j < nt) c[j] = unit_dot<TYPE>(w, act + j * arb, n, u);
+            }
+            const int m = int(U - u0 < 32 ? U - u0 : 32);
+            for (int l = 0; l < m; ++l)
+#pragma unroll
+                for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+        }
+    }
+}
+
+// A warp's dot products of one weight row with nt tokens' activation rows, for a type known at
+// run time (uniform over the warp).
+template <int NT>
+__device__ void row_dots(int type, const uint8_t* row, const uint8_t* act, int64_t arb, int64_t n, int nt, int lane,
+                         float (&acc)[NT]) {
+    switch (type) {
+        case k_q4_k:
+            lane_dots<k_q4_k, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_q5_k:
+            lane_dots<k_q5_k, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_q6_k:
+            lane_dots<k_q6_k, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_q4_0:
+            lane_dots<k_q4_0, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_q8_0:
+            lane_dots<k_q8_0, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_f16:
+            lane_dots<k_f16, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        case k_bf16:
+            lane_dots<k_bf16, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+        default:
+            lane_dots<k_f32, NT>(row, act, arb, n, nt, lane, acc);
+            break;
+    }
+}
+
+// The dot products of R quantized rows, row r = row_at(r), with activation rows act_at(r), for one
+// token: the R x U (row, unit) pairs are spread over the lanes CH per lane at a time, so one
+// warp's loads for several rows (a token's experts, or a pair of output rows) are in flight
+// together; each row's contributions are then folded in unit order (the bits of lane_dots) and
+// handed to sink(r, value), rows in order, value in every lane.
+template <int TYPE, int CH, class RowAt, class ActAt, class Sink>
+__device__ __forceinline__ void fold_rows(int64_t R, int64_t n, int lane, RowAt row_at, ActAt act_at, Sink sink) {
+    const int U = int(n / 32), P = int(R) * U;  // 32-bit: the pairs' divisions are per lane and unit
+    float acc = 0;
+    int uc = 0;
+    int64_t rc = 0;
+    for (int p0 = 0; p0 < P; p0 += 32 * CH) {
+        float c[CH];
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+            const int p = p0 + 32 * i + lane;
+            c[i] = 0;
+            if (p < P) {
+                const int r = p / U, u = p % U;
+                c[i] = unit_dot<TYPE>(load_unit<TYPE>(row_at(r), u), act_at(r), n, u);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < CH; ++i) {
+            const int q0 = p0 + 32 * i;
+            const int m = P - q0 < 32 ? P - q0 : 32;
+            for (int l = 0; l < m; ++l) {
+                acc += __shfl_sync(0xffffffffu, c[i], l);
+                if (++uc == U) {
+                    sink(rc++, acc);
+                    acc = 0;
+                    uc = 0;
+                }
+            }
+        }
+    }
+}
+
+// fold_rows for a weight type known at run time; float rows one by one (lane_dots).
+template <class RowAt, class ActAt, class Sink>
+__device__ void fold_rows_any(int type, int64_t R, int64_t n, int lane, RowAt row_at, ActAt act_at, Sink sink) {
+    switch (type) {
+        case k_q4_k:
+            fold_rows<k_q4_k, 4>(R, n, lane, row_at, act_at, sink);
+            break;
+        case k_q5_k:
+            fold_rows<k_q5_k, 4>(R, n, lane, row_at, act_at, sink);
+            break;
+        case k_q6_k:
+            fold_rows<k_q6_k, 4>(R, n, lane, row_at, act_at, sink);
+            break;
+        case k_q4_0:
+            fold_rows<k_q4_0, 4>(R, n, lane, row_at, act_at, sink);
+            break;
+        case k_q8_0:
+            fold_rows<k_q8_0, 4>(R, n, lane, row_at, act_at, sink);
+            break;
+        default:
+            for (int64_t r = 0; r < R; ++r) {
+                float acc[1];
+                row_dots<1>(type, row_at(r), act_at(r), 0, n, 1, lane, acc);
+                sink(r, acc[0]);
+            }
+            break;
+    }
+}
+
+// The integer sums of a 16 x 16 int8 tile of weights (rows g and g + 8 of the warp's 16: a0, a1)
+// and a 16 x 8 tile of activations (b: 4 values of token g), on the tensor cores: d[0], d[1] are
+// row g with tokens 2 (lane % 4) and 2 (lane % 4) + 1, d[2], d[3] row g + 8.
+__device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], int a0, int a1, int b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%7,%7,%7,%7};"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a0), "r"(a1), "r"(b), "r"(0));
+#else
+    d[0] = d[1] = d[2] = d[3] = 0;  // not reached: the host takes this kernel on sm_80 and newer only
+#endif
+}
+
+// out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens: per unit, two 16-value halves of
+// integer sums from the tensor cores, then each output's contribution added in unit order.
+constexpr int k_mma_rows = 64, k_mma_tokens = 32;
+template <int TYPE>
+__global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
+    pdl_enter();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
+    if (rbase >= a.n_out) return;
+    const int64_t r0 = rbase + g, r1 = r0 + 8, n = a.n_in, U = n / 32;
+    const uint8_t* w0 = a.w + min(r0, a.n_out - 1) * a.row_bytes;
+    const uint8_t* w1 = a.w + min(r1, a.n_out - 1) * a.row_bytes;
+    const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
+    const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
+    float acc[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) acc[i][e] = 0;
+    for (int64_t u = 0; u < U; ++u) {
+        const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
+        const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
+        const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (i >= n_tiles) break;
+            const int64_t tb = tok0 + 8 * i + g;  // the token whose values this lane feeds in
+            int b0 = 0, b1 = 0;
+            if (tb < a.T) {
+                const int* q = reinterpret_cast<const int*>(a.act + tb * a.arb + 32 * u);
+                b0 = q[tq];
+                b1 = q[4 + tq];
+            }
+            int d0[4], d1[4];
+            mma_s8_16x8x16(d0, a00, a01, b0);
+            mma_s8_16x8x16(d1, a10, a11, b1);
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int64_t t = tok0 + 8 * i + 2 * tq + e;
+                if (t < a.T) {
+                    const ActUnit y = act_unit<TYPE>(a.act + t * a.arb, n, u);
+                    acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
+                    acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int64_t t = tok0 + 8 * i + 2 * tq + (e & 1), r = e < 2 ? r0 : r1;
+            if (i < n_tiles && t < a.T && r < a.n_out) a.out[t * a.os + r] = acc[i][e];
+        }
+}
+
+// out[t][r] = dot(w row r, activation row t): a warp per output row and tile of NT tokens.
+template <int NT>
+__global__ void k_matmul(MatmulArgs a) {
+    pdl_enter();
+    const int64_t r = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (r >= a.n_out) return;
+    const int64_t t0 = int64_t(blockIdx.y) * NT;
+    const int nt = int(a.T - t0 < NT ? a.T - t0 : int64_t(NT));
+    float acc[NT];
+    row_dots<NT>(int(a.type), a.w + r * a.row_bytes, a.act + t0 * a.arb, a.arb, a.n_in, nt, lane, acc);
+    if (lane == 0)
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+            if (j < nt) a.out[(t0 + j) * a.os + r] = acc[j];
+}
+
+__global__ void k_get_rows(GetRowsArgs a) {
+    pdl_enter();
+    const int64_t t = blockIdx.x;
+    const uint8_t* row = a.w + int64_t(a.ids[t]) * a.row_bytes;
+    for (int64_t i = threadIdx.x; i < a.n_cols; i += blockDim.x) a.out[t * a.os + i] = dequant(int(a.type), row, i);
+}
+
+// Routing for many experts (more than k_route_warp_max): a thread per token, in the CPU's order of
+// operations.
+__global__ void k_route_serial(RouteArgs a) {
+    pdl_enter();
+    const int64_t t = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (t >= a.T) return;
+    const int64_t E = a.E, K = a.K;
+    const float* zr = a.z + t * a.zs;
+    float* p = a.p_work + t * E;
+    int32_t* ids = a.ids + t * K;
+    float mx = zr[0];
+    for (int64_t e = 1; e < E; ++e) mx = fmaxf(mx, zr[e]);
+    double sum = 0;
+    for (int64_t e = 0; e < E; ++e) {
+        p[e] = expf(zr[e] - mx);
+        sum += p[e];
+    }
+    const float inv = float(1.0 / sum);
+    for (int64_t e = 0; e < E; ++e) p[e] *= inv;
+    float wsum = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        int64_t best = -1;
+        for (int64_t e = 0; e < E; ++e) {
+            bool taken = false;
+            for (int64_t j = 0; j < k; ++j) taken |= ids[j] == e;
+            if (!taken && (best < 0 || p[e] > p[best])) best = e;
+        }
+        ids[k] = int32_t(best);
+        wsum += p[best];
+    }
+    wsum = fmaxf(wsum, 6.103515625e-5f);
+    for (int64_t k = 0; k < K; ++k) a.wts[t * K + k] = p[ids[k]] / wsum;
+}
+
+// Routing of one token by one warp: lane l holds the probabilities of experts l, l + 32, ...;
+// the softmax's sum in double over the lanes in a fixed order, then K rounds of a warp-wide arg
+// max (ties to the lower id). Lane k < K gets the k-th expert and its renormalised weight.
+constexpr int k_route_per_lane = 16;
+constexpr int64_t k_route_warp_max = 32 * k_route_per_lane;
+__device__ void route_warp(const float* zr, int64_t E, int64_t K, int lane, int32_t* id, float* weight) {
+    float p[k_route_per_lane];
+    float mx = -INFINITY;
+#pragma unroll
+    for (int i = 0; i < k_route_per_lane; ++i) {
+        const int64_t e = lane + 32 * i;
+        p[i] = e < E ? zr[e] : -INFINITY;
+        mx = fmaxf(mx, p[i]);
+    }
+    for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+    double sum = 0;
+#pragma unroll
+    for (int i = 0; i < k_route_per_lane; ++i) {
+        p[i] = lane + 32 * i < E ? expf(p[i] - mx) : 0.0f;
+        sum += p[i];
+    }
+    const float inv = float(1.0 / warp_sum(sum));
+    uint32_t taken = 0;
+#pragma unroll
+    for (int i = 0; i < k_route_per_lane; ++i) p[i] *= inv;
+    float wsum = 0, mine_w = 0;
+    int32_t mine_id = 0;
+    for (int64_t k = 0; k < K; ++k) {
+        float best = -1.0f;
+        int32_t best_id = INT32_MAX;
+#pragma unroll
+        for (int i = 0; i < k_route_per_lane; ++i) {
+            const int32_t e = lane + 32 * i;
+            if (e < E && !(taken >> i & 1u) && p[i] > best) {
+                best = p[i];
+                best_id = e;
+            }
+        }
+        for (int o = 16; o > 0; o >>= 1) {
+            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
+            const int32_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
+            if (ob > best || (ob == best && oi < best_id)) {
+                best = ob;
+                best_id = oi;
+            }
+        }
+        if (best_id % 32 == lane) taken |= 1u << (best_id / 32);
+        if (k == lane) {
+            mine_w = best;
+            mine_id = best_id;
+        }
+        wsum += best;
+    }
+    wsum = fmaxf(wsum, 6.103515625e-5f);
+    *id = mine_id;
+    *weight = mine_w / wsum;
+}
+
+__global__ void k_route(RouteArgs a) {
+    pdl_enter();
+    const int64_t t = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+    const int lane = threadIdx.x % 32;
+    if (t >= a.T) return;
+    int32_t id;
+    float w;
+    route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
+    if (lane < a.K) {
+        a.ids[t * a.K + lane] = id;
+        a.wts[t * a.K + lane] = w;
+    }
+}
+
+// Products of one input for 1..8 tokens: the block quantizes the input into shared memory once,
+// then each warp takes output rows across the products.
+template <int NT>
+__global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int64_t sl = 0; sl < a.n_slots; ++sl)
+        quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, a.T, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
+    __syncthreads();
+    int64_t total = 0;
+    for (int64_t i = 0; i < a.n_products; ++i) total += a.p[i].n_out;
+    for (int64_t r = int64_t(blockIdx.x) * nw + warp; r < total; r += int64_t(gridDim.x) * nw) {
+        int64_t i = 0, rr = r;
+        while (rr >= a.p[i].n_out) rr -= a.p[i++].n_out;
+        const MatvecProduct& p = a.p[i];
+        const uint8_t* act = p.slot < 0 ? reinterpret_cast<const uint8_t*>(a.x) : sm + a.slot_off[p.slot];
+        const int64_t arb = p.slot < 0 ? a.xs * 4 : a.slot_arb[p.slot];
+        float acc[NT];
+        row_dots<NT>(int(p.type), p.w + rr * p.row_bytes, act, arb, a.n_in, int(a.T), lane, acc);
+        if (lane == 0)
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < a.T) p.out[j * p.os + rr] = acc[j];
+    }
+}
+
+// A warp per (slot, row f of the expert's gate and up).
+__global__ void __launch_bounds__(256) k_moe_gate_up(MoeGateUpArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t s = blockIdx.y, t = s / a.K, k = s % a.K;
+    int32_t* slot_expert = reinterpret_cast<int32_t*>(sm);
+    const int ag_t = act_type(int(a.tg)), au_t = act_type(int(a.tu));
+    const uint8_t *ag, *au;
+    if (a.ag) {
+        ag = a.ag + t * a.agb;
+        au = a.au + t * a.aub;
+    } else {
+        uint8_t* q = sm + 16;
+        quantize_rows_in_block(ag_t, a.x + t * a.xs, 0, 1, a.N, q, 0);
+        ag = au = q;
+        if (au_t != ag_t) {
+            uint8_t* q2 = q + act_row_bytes(ag_t, a.N);
+            quantize_rows_in_block(au_t, a.x + t * a.xs, 0, 1, a.N, q2, 0);
+            au = q2;
+        }
+    }
+    if (a.route_here) {
+        if (warp == 0) {
+            int32_t id;
+            float w;
+            route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
+            if (lane == k) *slot_expert = id;
+            if (blockIdx.x == 0 && k == 0 && lane < a.K) {
+                a.ids[t * a.K + lane] = id;
+                a.wts[t * a.K + lane] = w;
+            }
+        }
+    } else if (threadIdx.x == 0) {
+        *slot_expert = a.ids[s];
+    }
+    __syncthreads();
+    const int64_t f = int64_t(blockIdx.x) * 8 + warp;
+    if (f >= a.F) return;
+    const int64_t e = *slot_expert;
+    const uint8_t* rg = a.wg + e * a.ebg + f * a.rbg;
+    const uint8_t* ru = a.wu + e * a.ebu + (a.up_off + f) * a.rbu;
+    float g[1], u[1];
+    row_dots<1>(int(a.tg), rg, ag, 0, a.N, 1, lane, g);
+    row_dots<1>(int(a.tu), ru, au, 0, a.N, 1, lane, u);
+    if (lane == 0) a.h[s * a.hs + f] = siluf(g[0]) * u[0];
+}
+
+// A warp per (token t, row n of the down products): its K experts' rows in top-k order.
+__global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t t = blockIdx.y, K = a.K;
+    const int at = act_type(int(a.td));
+    const uint8_t* hq = a.ah ? a.ah + t * K * a.ahb : sm;
+    const int64_t arb = a.ah ? a.ahb : int64_t(act_row_bytes(at, a.F));
+    if (!a.ah) quantize_rows_in_block(at, a.h + t * K * a.hs, a.hs, K, a.F, sm, arb);
+    __syncthreads();
+    const int64_t n = int64_t(blockIdx.x) * 8 + warp;
+    if (n >= a.N) return;
+    const int32_t* ids = a.ids + t * K;
+    const float* wts = a.wts + t * K;
+    float o = 0;
+    fold_rows_any(
+        int(a.td), K, a.F, lane, [&](int64_t k) { return a.wd + ids[k] * a.ebd + n * a.rbd; },
+        [&](int64_t k) { return hq + k * arb; }, [&](int64_t k, float y) { o = k == 0 ? y * wts[k] : o + y * wts[k]; });
+    if (lane == 0) a.out[t * a.os + n] = o;
+}
+
+}  // namespace
+
+void run_op(cudaStream_t s, const QuantizeArgs& a) {
+    const int64_t warps = a.at == k_q8_0 ? a.n / 32 : a.at == k_q8_k ? a.n / 256 : (a.n + 31) / 32;
+    const dim3 grid(unsigned((warps * 32 + 255) / 256), unsigned(a.rows));
+    launch(k_quantize_act, grid, 256, 0, s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MatmulArgs& a) {
+    if (a.mma && act_quantized(act_type(int(a.type)))) {
+        const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows),
+                        unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
+        switch (a.type) {
+            case k_q4_k:
+                launch(k_matmul_mma<k_q4_k>, grid, 128, 0, s, a);
+                break;
+            case k_q5_k:
+                launch(k_matmul_mma<k_q5_k>, grid, 128, 0, s, a);
+                break;
+            case k_q6_k:
+                launch(k_matmul_mma<k_q6_k>, grid, 128, 0, s, a);
+                break;
+            case k_q4_0:
+                launch(k_matmul_mma<k_q4_0>, grid, 128, 0, s, a);
+                break;
+            default:
+                launch(k_matmul_mma<k_q8_0>, grid, 128, 0, s, a);
+                break;
+        }
+        CU_LAUNCHED();
+        return;
+    }
+    // the smallest token tile holding the batch, up to 8 (a decode step: 1)
+    const int nt = a.T >= 8 ? 8 : a.T >= 4 ? 4 : a.T >= 2 ? 2 : 1;
+    const dim3 grid(unsigned((a.n_out * 32 + 255) / 256), unsigned((a.T + nt - 1) / nt));
+    switch (nt) {
+        case 1:
+            launch(k_matmul<1>, grid, 256, 0, s, a);
+            break;
+        case 2:
+            launch(k_matmul<2>, grid, 256, 0, s, a);
+            break;
+        case 4:
+            launch(k_matmul<4>, grid, 256, 0, s, a);
+            break;
+        default:
+            launch(k_matmul<8>, grid, 256, 0, s, a);
+            break;
+    }
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const GetRowsArgs& a) {
+    launch(k_get_rows, unsigned(a.n), 256, 0, s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const RouteArgs& a) {
+    if (a.E <= k_route_warp_max && a.K <= 32)
+        launch(k_route, blocks_for(a.T * 32, 128), 128, 0, s, a);
+    else
+        launch(k_route_serial, blocks_for(a.T, 64), 64, 0, s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MatvecArgs& a) {
+    const unsigned grid = unsigned(a.blocks);
+    const size_t smem = size_t(a.smem);
+    switch (a.T) {
+        case 1:
+            launch(k_matvec<1>, grid, 256, smem, s, a);
+            break;
+        case 2:
+            launch(k_matvec<2>, grid, 256, smem, s, a);
+            break;
+        case 3:
+        case 4:
+            launch(k_matvec<4>, grid, 256, smem, s, a);
+            break;
+        default:
+            launch(k_matvec<8>, grid, 256, smem, s, a);
+            break;
+    }
+    CU_LAUNCHED();
+}
+
+void configure_products() {
+    const int bytes = int(k_products_smem);
+    CU(cudaFuncSetAttribute(k_matvec<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_matvec<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_matvec<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_matvec<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_moe_gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_moe_down, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+void run_op(cudaStream_t s, const MoeGateUpArgs& a) {
+    launch(k_moe_gate_up, dim3(unsigned((a.F + 7) / 8), unsigned(a.n_slots)), 256, size_t(a.smem), s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MoeDownArgs& a) {
+    launch(k_moe_down, dim3(unsigned((a.N + 7) / 8), unsigned(a.T)), 256, size_t(a.smem), s, a);
+    CU_LAUNCHED();
+}
+
+}  // namespace bigmoe::cuda
