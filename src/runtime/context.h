@@ -88,6 +88,7 @@ class Context {
 
     const ContextParams& params() const { return params_; }
     Model& model() { return model_; }
+    const Model& model() const { return model_; }
     int64_t n_vocab() const { return model_.hparams().n_vocab; }
     // Bytes of KV cache per position (all layers) and fixed recurrent bytes per sequence.
     uint64_t kv_bytes_per_token() const;

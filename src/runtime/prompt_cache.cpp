@@ -1,6 +1,7 @@
 #include "runtime/prompt_cache.h"
 
 #include <algorithm>
+#include <cstring>
 
 namespace bigmoe {
 
@@ -104,6 +105,30 @@ Result<void> PromptCache::save(Context& ctx, int seq, const std::vector<int32_t>
     if (n == 0 || n != ctx.n_past(seq))
         return make_error("prompt cache: sequence " + std::to_string(seq) + " holds " +
                           std::to_string(ctx.n_past(seq)) + " positions, not the " + std::to_string(n) + " given");
+    return add(
+        ctx, tokens, [&](int64_t from, int64_t m, uint8_t* dst) { return ctx.read_rows(seq, from, m, dst); },
+        [&](uint8_t* dst) { return ctx.read_state(seq, dst); });
+}
+
+Result<void> PromptCache::insert(const Context& ctx, const SeqState& s) {
+    const int64_t n = int64_t(s.tokens.size());
+    if (n == 0 || s.rows.size() != ctx.prefix_row_bytes() * size_t(n) || s.state.size() != ctx.prefix_state_bytes())
+        return make_error("prompt cache: a sequence state of the wrong size");
+    return add(
+        ctx, s.tokens,
+        [&](int64_t from, int64_t m, uint8_t* dst) -> Result<void> {
+            ctx.slice_rows(s.rows.data(), n, from, m, dst);
+            return {};
+        },
+        [&](uint8_t* dst) -> Result<void> {
+            std::memcpy(dst, s.state.data(), s.state.size());
+            return {};
+        });
+}
+
+template <class Rows, class State>
+Result<void> PromptCache::add(const Context& ctx, const std::vector<int32_t>& tokens, Rows rows, State state) {
+    const int64_t n = int64_t(tokens.size());
     std::lock_guard<std::mutex> lock(mu_);
     Walk w = walk(tokens);
     Node* at = nullptr;  // the node whose tokens end at or run past position n
@@ -118,14 +143,14 @@ Result<void> PromptCache::save(Context& ctx, int seq, const std::vector<int32_t>
         node->start = w.matched;
         node->parent = parent;
         node->rows.resize(ctx.prefix_row_bytes() * size_t(n - w.matched));
-        BM_TRY(ctx.read_rows(seq, w.matched, n - w.matched, node->rows.data()));
+        BM_TRY(rows(w.matched, n - w.matched, node->rows.data()));
         bytes_ += node->bytes();
         at = node.get();
         parent->kids[tokens[size_t(w.matched)]] = std::move(node);
     }
     if (ctx.prefix_state_bytes() > 0 && !at->snaps.count(n)) {
         std::vector<uint8_t> s(ctx.prefix_state_bytes());
-        BM_TRY(ctx.read_state(seq, s.data()));
+        BM_TRY(state(s.data()));
         bytes_ += s.size();
         at->snaps[n] = std::move(s);
     }

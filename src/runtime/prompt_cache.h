@@ -17,6 +17,7 @@
 
 #include "core/result.h"
 #include "runtime/context.h"
+#include "runtime/seq_file.h"
 
 namespace bigmoe {
 
@@ -39,6 +40,8 @@ class PromptCache {
     // Saves seq's state after `tokens` (all it holds: tokens.size() == ctx.n_past(seq)): the KV
     // rows the tree lacks and a snapshot of the recurrent state at that position.
     Result<void> save(Context& ctx, int seq, const std::vector<int32_t>& tokens);
+    // Adds a sequence's state kept elsewhere (a slot's file) as if save had seen it.
+    Result<void> insert(const Context& ctx, const SeqState& s);
     // The longest cached prefix restore would take, without restoring it.
     int64_t match(const Context& ctx, const std::vector<int32_t>& tokens, int64_t max_len) const;
 
@@ -67,6 +70,10 @@ class PromptCache {
     // Splits n so that its first `keep` tokens stay in it; the rest moves to a child.
     void split(const Context& ctx, Node& n, int64_t keep);
     void evict_to_budget();
+    // save and insert: the tree gains tokens' path, its missing rows from rows(from, n, dst), and
+    // the snapshot at its end from state(dst).
+    template <class Rows, class State>
+    Result<void> add(const Context& ctx, const std::vector<int32_t>& tokens, Rows rows, State state);
     void count(const Node& n, PromptCacheStats& s) const;
 
     mutable std::mutex mu_;  // guards everything below (stats read from other threads)

@@ -31,7 +31,32 @@ struct Scheduler::Slot {
 };
 
 Scheduler::Scheduler(Context& ctx, const Tokenizer& tok, const SchedulerParams& p)
-    : ctx_(ctx), tok_(tok), p_(p), slots_(size_t(ctx.params().n_seq_max)) {}
+    : ctx_(ctx),
+      tok_(tok),
+      p_(p),
+      slots_(size_t(ctx.params().n_seq_max)),
+      last_tokens_(size_t(ctx.params().n_seq_max)) {}
+
+void Scheduler::between_steps(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    calls_.push_back(std::move(fn));
+}
+
+Result<SeqState> Scheduler::slot_state(int seq) const {
+    if (seq < 0 || seq >= int(slots_.size()))
+        return make_error("there is no slot " + std::to_string(seq), ErrorKind::not_found);
+    std::vector<int32_t> tokens;
+    if (const Slot* s = slots_[size_t(seq)].get()) {
+        const int64_t n = ctx_.n_past(seq), P = int64_t(s->r.prompt.size());
+        tokens.assign(s->r.prompt.begin(), s->r.prompt.begin() + std::min(n, P));
+        if (n > P) tokens.insert(tokens.end(), s->res.tokens.begin(), s->res.tokens.begin() + (n - P));
+    } else {
+        tokens = last_tokens_[size_t(seq)];
+    }
+    if (tokens.empty() || int64_t(tokens.size()) != ctx_.n_past(seq))
+        return make_error("slot " + std::to_string(seq) + " holds nothing to save", ErrorKind::bad_input);
+    return read_seq_state(ctx_, seq, std::move(tokens));
+}
 
 Scheduler::~Scheduler() = default;
 
@@ -128,10 +153,12 @@ void Scheduler::finish(Slot& s, const Error* err) {
     s.sink->finish();
     // what the sequence holds at the end: the prompt and the generated tokens it processed
     const int64_t n_past = ctx_.n_past(s.seq), n_prompt = int64_t(s.r.prompt.size());
-    if (cache_ && !s.use_draft && !err && n_past > n_prompt && n_past - n_prompt <= int64_t(s.res.tokens.size())) {
-        std::vector<int32_t> held = s.r.prompt;
+    std::vector<int32_t>& held = last_tokens_[size_t(s.seq)];
+    held.clear();
+    if (n_past >= n_prompt && n_past - n_prompt <= int64_t(s.res.tokens.size())) {
+        held = s.r.prompt;
         held.insert(held.end(), s.res.tokens.begin(), s.res.tokens.begin() + (n_past - n_prompt));
-        save(s, std::move(held));
+        if (cache_ && !s.use_draft && !err && n_past > n_prompt) save(s, held);
     }
     if (s.res.stop == StopReason::none) s.res.stop = StopReason::length;
     Request r = std::move(s.r);
@@ -161,6 +188,7 @@ void Scheduler::admit() {
         for (size_t seq = 0; seq < slots_.size() && !queue_.empty(); ++seq) {
             if (slots_[seq]) continue;
             ctx_.clear(int(seq));
+            last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
             slots_[seq]->use_draft = draft_ && sp.temp <= 0 && sp.repeat_penalty == 1.0f &&
@@ -194,6 +222,12 @@ void Scheduler::admit() {
 }
 
 Result<bool> Scheduler::step() {
+    std::vector<std::function<void()>> calls;
+    {
+        std::lock_guard<std::mutex> lock(mu_);
+        calls.swap(calls_);
+    }
+    for (auto& c : calls) c();
     admit();
     // 1. What each request adds: a chunk of its prompt, or its next token (sampled here) and,
     // for a drafting request, the draft's proposals after it (step 2).
@@ -241,14 +275,13 @@ Result<bool> Scheduler::step() {
         }
         const int32_t id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
         const bool go_on = s.sink->push(id, g.ignore_eos, s.logits.data(), int32_t(s.logits.size()));
-        if (!go_on && tok_.is_eog(id) && !g.ignore_eos) {
-            finish(s, nullptr);
+        if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
+            finish(s, nullptr);  // the token ends the request: nothing needs its logits
             continue;
         }
         s.step_tokens.push_back(id);
         involved.push_back(&s);
-        s.ending = !go_on;
-        if (!s.use_draft || !go_on) continue;
+        if (!s.use_draft) continue;
         // drafts fit in what is left of n_predict, the context and both rollback depths
         int64_t k = std::min<int64_t>(p_.draft_max, ctx_.params().n_ctx - n_past - 1);
         if (g.n_predict >= 0) k = std::min<int64_t>(k, g.n_predict - int64_t(s.sink->n()));

@@ -17,6 +17,7 @@
 #include "runtime/generator.h"
 #include "runtime/prompt_cache.h"
 #include "runtime/sampler.h"
+#include "runtime/seq_file.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bigmoe {
@@ -82,8 +83,15 @@ class Scheduler {
     // Cancels every waiting and running request (at the next step).
     void cancel_all();
 
-    // One forward pass (on one thread); false when there was nothing to do.
+    // One forward pass (on one thread); false when there was nothing to do. Calls queued with
+    // between_steps run first.
     Result<bool> step();
+    // Runs fn on the stepping thread before the next step's work (any thread): what needs the
+    // context while no forward pass runs.
+    void between_steps(std::function<void()> fn);
+    // The state sequence seq holds (on the stepping thread): the running request's prompt and
+    // processed tokens, or, for an idle sequence, what its last request left.
+    Result<SeqState> slot_state(int seq) const;
     // Requests running and waiting (any thread).
     size_t running() const;
     size_t waiting() const;
@@ -120,6 +128,8 @@ class Scheduler {
     PromptCache* cache_ = nullptr;
     int64_t checkpoint_every_ = 0;
     std::vector<float> draft_logits_;
+    std::vector<std::function<void()>> calls_;       // guarded by mu_
+    std::vector<std::vector<int32_t>> last_tokens_;  // [seq]: what an idle sequence holds
     std::atomic<int64_t> drafted_{0}, accepted_{0};
 };
 

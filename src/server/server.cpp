@@ -7,6 +7,9 @@
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
+#include <filesystem>
+#include <future>
+#include <memory>
 #include <mutex>
 #include <random>
 #include <thread>
@@ -105,6 +108,13 @@ constexpr Route k_routes[] = {
     {"/detokenize", "POST"},
     {"/slots", "GET"},
 };
+
+// /slots/{id}: a slot's save and restore.
+bool is_slot_path(const std::string& p) {
+    const std::string pre = "/slots/";
+    return p.size() > pre.size() && p.size() < pre.size() + 8 && p.compare(0, pre.size(), pre) == 0 &&
+           p.find_first_not_of("0123456789", pre.size()) == std::string::npos;
+}
 }  // namespace
 
 struct Server::Impl {
@@ -112,7 +122,7 @@ struct Server::Impl {
     httplib::Server http;
     std::thread http_thread, stepper;
     int port = 0;
-    std::atomic<bool> ready{false}, stopping{false};
+    std::atomic<bool> ready{false}, stopping{false}, listen_ended{false};
     std::unique_ptr<Engine> engine;
     std::unique_ptr<Tokenizer> tok;
     std::unique_ptr<Context> ctx;
@@ -145,7 +155,82 @@ struct Server::Impl {
     void step_loop();
     void completion(const httplib::Request& req, httplib::Response& res, bool chat, bool llama);
     std::string metrics() const;
+    void slot_file(const httplib::Request& req, httplib::Response& res);
 };
+
+// POST /slots/{id}?action=save|restore {"filename": NAME}: save writes the state the slot holds
+// (its running request's, or what its last request left) to --slot-save-path/NAME; restore reads
+// such a file into the prompt cache, so the next request whose prompt starts with its tokens, on
+// any slot, continues from it.
+void Server::Impl::slot_file(const httplib::Request& req, httplib::Response& res) {
+    const int id = std::atoi(req.matches[1].str().c_str());
+    const std::string action = req.get_param_value("action");
+    if (action != "save" && action != "restore")
+        return reply_error(res, {400, "action must be save or restore", "invalid_request_error", "action"});
+    if (o.slot_save_path.empty())
+        return reply_error(res, {400, "slot save and restore need --slot-save-path", "invalid_request_error"});
+    if (id >= o.slots) return reply_error(res, {404, "there is no slot " + std::to_string(id), "not_found_error"});
+    const Json j = Json::parse(req.body, nullptr, false);
+    if (!j.is_object() || !j.contains("filename") || !j["filename"].is_string())
+        return reply_error(res, {400, "'filename' must be a string", "invalid_request_error", "filename"});
+    const std::string name = j["filename"];
+    if (name.empty() || name.size() > 255 || name.find('/') != std::string::npos || name == "." || name == ".." ||
+        !valid_utf8(name))
+        return reply_error(res, {400, "'filename' must be a plain file name", "invalid_request_error", "filename"});
+    if (action == "restore" && !cache)
+        return reply_error(res, {400, "restore needs the prompt cache (--cache-ram above 0)", "invalid_request_error"});
+    const std::string path = o.slot_save_path + "/" + name;
+    // the context is the stepping thread's: the work runs there, between two steps
+    auto done = std::make_shared<std::promise<Result<Json>>>();
+    auto fut = done->get_future();
+    const auto t0 = Clock::now();
+    sched->between_steps([this, done, id, action, path] {
+        Result<Json> r = make_error("");
+        if (action == "save") {
+            auto s = sched->slot_state(id);
+            if (!s) {
+                r = s.error();
+            } else if (auto w = write_seq_file(path, *ctx, *s); !w) {
+                r = w.error();
+            } else {
+                r = Json{{"n_saved", s->tokens.size()},
+                         {"n_written", s->rows.size() + s->state.size() + 4 * s->tokens.size()}};
+            }
+        } else {
+            auto s = read_seq_file(path, *ctx);
+            if (!s) {
+                r = s.error();
+            } else if (auto w = cache->insert(*ctx, *s); !w) {
+                r = w.error();
+            } else {
+                r = Json{{"n_restored", s->tokens.size()},
+                         {"n_read", s->rows.size() + s->state.size() + 4 * s->tokens.size()}};
+            }
+        }
+        done->set_value(std::move(r));
+    });
+    {
+        std::lock_guard<std::mutex> lock(wake_mu);
+        wake = true;
+    }
+    wake_cv.notify_one();
+    while (fut.wait_for(std::chrono::milliseconds(100)) != std::future_status::ready)
+        if (stopping.load()) return reply_error(res, {503, "the server is stopping", "server_error"});
+    Result<Json> r = fut.get();
+    if (!r) {
+        const ErrorKind k = r.error().kind;
+        return reply_error(res,
+                           {k == ErrorKind::internal    ? 500
+                            : k == ErrorKind::not_found ? 404
+                                                        : 400,
+                            r.error().message, k == ErrorKind::internal ? "server_error" : "invalid_request_error"});
+    }
+    Json out = *r;
+    out["id_slot"] = id;
+    out["filename"] = name;
+    out["timings"] = {{action + "_ms", ms_between(t0, Clock::now())}};
+    res.set_content(out.dump(), "application/json");
+}
 
 void Server::Impl::step_loop() {
     for (;;) {
@@ -467,6 +552,10 @@ void Server::Impl::routes() {
     http.set_payload_max_length(o.max_body);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         bool known = false, allowed = false;
+        if (is_slot_path(req.path)) {  // /slots/{id}
+            known = true;
+            allowed = req.method == "POST";
+        }
         for (const Route& r : k_routes)
             if (req.path == r.path) {
                 known = true;
@@ -479,6 +568,7 @@ void Server::Impl::routes() {
         if (!allowed) {
             for (const Route& r : k_routes)
                 if (req.path == r.path) res.set_header("Allow", r.method);
+            if (is_slot_path(req.path)) res.set_header("Allow", "POST");
             reply_error(res, {405, req.method + " is not allowed on " + req.path, "invalid_request_error"});
             return httplib::Server::HandlerResponse::Handled;
         }
@@ -550,6 +640,7 @@ void Server::Impl::routes() {
                            {"n_decoded", s.n_generated}});
         res.set_content(out.dump(), "application/json");
     });
+    http.Post(R"(/slots/(\d+))", [this](const httplib::Request& q, httplib::Response& res) { slot_file(q, res); });
     http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
         res.set_content(metrics(), "text/plain; version=0.0.4");
     });
@@ -601,6 +692,8 @@ Server::~Server() {
 
 Result<std::unique_ptr<Server>> Server::start(const ServeOptions& o) {
     if (o.slots < 1 || o.slots > 256) return make_error("-np must be 1..256, got " + std::to_string(o.slots));
+    if (!o.slot_save_path.empty() && !std::filesystem::is_directory(o.slot_save_path))
+        return make_error("--slot-save-path " + o.slot_save_path + " is not a directory", ErrorKind::bad_input);
     if (o.n_ctx / o.slots < 8)
         return make_error("-c " + std::to_string(o.n_ctx) + " over -np " + std::to_string(o.slots) +
                           " leaves fewer than 8 positions per slot");
@@ -617,7 +710,14 @@ Result<std::unique_ptr<Server>> Server::start(const ServeOptions& o) {
                               " (in use, or not an address of this machine)",
                           ErrorKind::bad_input);
     Impl* p = impl.get();
-    impl->http_thread = std::thread([p] { p->http.listen_after_bind(); });
+    impl->http_thread = std::thread([p] {
+        p->http.listen_after_bind();
+        p->listen_ended = true;
+    });
+    // httplib's stop() only ends a server that is already listening: wait until it is, so that a
+    // failed load right after start can stop it
+    while (!impl->http.is_running() && !impl->listen_ended.load())
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
     return std::unique_ptr<Server>(new Server(std::move(impl)));
 }
 

@@ -33,6 +33,8 @@ struct ServeOptions {
     // The prompt cache (host memory; 0 turns it off) and its checkpoints inside long prompts.
     int64_t cache_ram_mib = 8192;
     int64_t cache_checkpoint_every = 2048;
+    // --slot-save-path: where POST /slots/{id}?action=save|restore keeps files ("" : refused)
+    std::string slot_save_path;
 };
 
 class Server {

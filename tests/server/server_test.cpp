@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <thread>
@@ -546,6 +547,72 @@ TEST(ServeOptions, multi_turn_chat_reuses_the_history_and_answers_the_same) {
     const Json slots = Json::parse(c.Get("/slots")->body);
     EXPECT_TRUE(slots[0].contains("n_prompt_tokens_cache"));
     (void)again;
+}
+
+// A slot's state saved to a file and restored into another server's prompt cache: the same
+// conversation continued there reuses it and answers as the first server does; damaged files,
+// another model's files and bad names are refused with a message.
+TEST(ServeOptions, slot_save_and_restore_through_files) {
+    const std::string dir =
+        (std::filesystem::temp_directory_path() / ("bigmoe_slots_" + std::to_string(::getpid()))).string();
+    std::filesystem::create_directories(dir);
+    server::ServeOptions o;
+    o.n_ctx = 1024;
+    o.slot_save_path = dir;
+    auto a = start(o), b = start(o);
+    auto post = [](int port, const std::string& path, const Json& body, int want) {
+        httplib::Client c("127.0.0.1", port);
+        c.set_read_timeout(60, 0);
+        auto r = c.Post(path.c_str(), body.dump(), "application/json");
+        EXPECT_TRUE(r);
+        if (!r) return Json();
+        EXPECT_EQ(r->status, want) << path << " " << r->body;
+        return Json::parse(r->body, nullptr, false);
+    };
+    // one generated token, which ends the request unprocessed: the slot holds the prompt's tokens
+    const std::string p = "Remember the number seven.\n";
+    post(a->port(), "/v1/completions", {{"prompt", p}, {"max_tokens", 1}, {"temperature", 0}}, 200);
+    const Json saved = post(a->port(), "/slots/0?action=save", {{"filename", "chat.bin"}}, 200);
+    EXPECT_GT(saved.value("n_saved", 0), 0);
+    EXPECT_EQ(saved["id_slot"], 0);
+    const Json restored = post(b->port(), "/slots/0?action=restore", {{"filename", "chat.bin"}}, 200);
+    EXPECT_EQ(restored["n_restored"], saved["n_saved"]);
+    const Json body = {{"prompt", p + "Which number was it?"}, {"max_tokens", 8}, {"temperature", 0}};
+    const Json on_b = post(b->port(), "/v1/completions", body, 200);
+    EXPECT_EQ(on_b["usage"]["prompt_tokens_details"]["cached_tokens"], saved["n_saved"]);
+    o.cache_ram_mib = 0;
+    auto plain = start(o);
+    EXPECT_EQ(on_b["choices"][0]["text"], post(plain->port(), "/v1/completions", body, 200)["choices"][0]["text"]);
+
+    // refusals
+    {
+        std::fstream f(dir + "/chat.bin", std::ios::in | std::ios::out | std::ios::binary);
+        f.seekp(200);
+        f.put('\x5a');
+    }
+    EXPECT_NE(post(b->port(), "/slots/0?action=restore", {{"filename", "chat.bin"}}, 400)["error"]["message"]
+                  .get<std::string>()
+                  .find("damaged"),
+              std::string::npos);
+    server::ServeOptions other = o;
+    other.model = testing::fixtures_dir() + "/models/qwen3moe-tiny-q4_k_m.gguf";
+    other.port = 0;
+    other.threads = 2;
+    auto s = server::Server::start(other);
+    ASSERT_TRUE(s.ok());
+    ASSERT_TRUE((*s)->load().ok());
+    post((*s)->port(), "/v1/completions", {{"prompt", "hello"}, {"max_tokens", 2}}, 200);
+    post((*s)->port(), "/slots/0?action=save", {{"filename", "other.bin"}}, 200);
+    EXPECT_NE(post(a->port(), "/slots/0?action=restore", {{"filename", "other.bin"}}, 400)["error"]["message"]
+                  .get<std::string>()
+                  .find("another model"),
+              std::string::npos);
+    post(a->port(), "/slots/0?action=restore", {{"filename", "../etc/passwd"}}, 400);
+    post(a->port(), "/slots/0?action=restore", {{"filename", "missing.bin"}}, 404);
+    post(a->port(), "/slots/0?action=fly", {{"filename", "chat.bin"}}, 400);
+    post(a->port(), "/slots/9?action=save", {{"filename", "x.bin"}}, 404);
+    post(plain->port(), "/slots/0?action=restore", {{"filename", "other.bin"}}, 400);  // no cache to restore into
+    std::filesystem::remove_all(dir);
 }
 
 TEST(ServeOptions, api_key_and_a_full_queue) {
