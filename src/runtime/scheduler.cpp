@@ -85,8 +85,13 @@ bool Scheduler::save_point(const Slot& s, size_t n) const {
 
 // A failed save costs later requests a hit, nothing else: the request goes on.
 void Scheduler::save(Slot& s, std::vector<int32_t> tokens) {
+    const int64_t evicted = cache_->stats().evictions;
     if (auto r = cache_->save(ctx_, s.seq, tokens); !r)
         std::fprintf(stderr, "bigmoe: prompt cache: %s\n", r.error().message.c_str());
+    const PromptCacheStats st = cache_->stats();
+    if (st.evictions > evicted)
+        std::fprintf(stderr, "bigmoe: prompt cache: evicted %lld entries to stay within %.0f MiB (%.0f MiB held)\n",
+                     (long long)(st.evictions - evicted), double(st.budget) / (1 << 20), double(st.bytes) / (1 << 20));
 }
 
 SchedulerSpecStats Scheduler::spec_stats() const {

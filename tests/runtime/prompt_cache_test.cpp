@@ -1,13 +1,15 @@
 // The prompt cache is exact: for every architecture, the logits of the tokens processed after a
 // cache hit are bit-identical to processing the whole prompt cold, for a hit at a prompt's end,
-// at a checkpoint inside a prompt, after an edit in the middle of a prompt, and after the tree
-// splits and evicts.
+// at a checkpoint inside a prompt, after an edit in the middle of a prompt, after the tree splits
+// and evicts, and from a state saved to a file and read back.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 
 #include "bigmoe/bigmoe.h"
 #include "runtime/prompt_cache.h"
+#include "runtime/seq_file.h"
 #include "testlib.h"
 
 namespace bigmoe {
@@ -139,6 +141,23 @@ TEST_P(PromptCacheExact, eviction_keeps_the_budget_and_what_is_left_is_exact) {
     EXPECT_EQ(hit(cache, cat(b, tokens(3, 14, V))), 0) << "the least recently used entry goes first";
     EXPECT_EQ(hit(cache, cat(a, tokens(3, 15, V))), 24);
     EXPECT_EQ(hit(cache, cat(c, tokens(3, 16, V))), 24);
+}
+
+TEST_P(PromptCacheExact, a_state_saved_to_a_file_and_read_back_hits_exactly) {
+    const auto prompt = tokens(28, 17, V);
+    ctx->clear(1);
+    run(prompt);
+    auto state = read_seq_state(*ctx, 1, prompt);
+    ASSERT_TRUE(state.ok()) << state.error().message;
+    const std::string path = ::testing::TempDir() + "/bigmoe_seq_" + GetParam();
+    ASSERT_TRUE(write_seq_file(path, *ctx, *state).ok());
+    auto back = read_seq_file(path, *ctx);
+    ASSERT_TRUE(back.ok()) << back.error().message;
+    EXPECT_EQ(back->tokens, prompt);
+    PromptCache cache(uint64_t(1) << 30);  // a fresh cache, as in a restarted server
+    ASSERT_TRUE(cache.insert(*ctx, *back).ok());
+    EXPECT_EQ(hit(cache, cat(prompt, tokens(6, 18, V))), 28);
+    std::remove(path.c_str());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, PromptCacheExact,
