@@ -9,7 +9,7 @@ PromptCache::~PromptCache() = default;
 
 uint64_t PromptCache::Node::bytes() const {
     uint64_t b = tokens.size() * sizeof(int32_t) + rows.size();
-    for (const auto& [pos, s] : snaps) b += s.size();
+    for (const auto& [pos, s] : snaps) b += s.state.size() + s.logits.size() * sizeof(float);
     return b;
 }
 
@@ -32,27 +32,29 @@ PromptCache::Walk PromptCache::walk(const std::vector<int32_t>& tokens) const {
     return w;
 }
 
-int64_t PromptCache::best(const Walk& w, bool recurrent, int64_t max_len) const {
+int64_t PromptCache::best(const Walk& w, bool recurrent, int64_t max_len, int64_t len, bool want_full) const {
     const int64_t limit = std::min(w.matched, max_len);
-    if (!recurrent) return std::max<int64_t>(limit, 0);
-    int64_t p = 0;
+    int64_t p = recurrent ? 0 : std::max<int64_t>(limit, 0);
     for (const Node* n : w.path)
-        for (const auto& [pos, s] : n->snaps)
-            if (pos <= limit) p = std::max(p, pos);
+        for (const auto& [pos, s] : n->snaps) {
+            if (recurrent && pos <= limit) p = std::max(p, pos);
+            if (want_full && pos == len && w.matched == len && !s.logits.empty()) return len;
+        }
     return p;
 }
 
 int64_t PromptCache::match(const Context& ctx, const std::vector<int32_t>& tokens, int64_t max_len) const {
     std::lock_guard<std::mutex> lock(mu_);
-    return best(walk(tokens), ctx.prefix_state_bytes() > 0, max_len);
+    return best(walk(tokens), ctx.prefix_state_bytes() > 0, max_len, int64_t(tokens.size()), false);
 }
 
-Result<int64_t> PromptCache::restore(Context& ctx, int seq, const std::vector<int32_t>& tokens, int64_t max_len) {
+Result<int64_t> PromptCache::restore(Context& ctx, int seq, const std::vector<int32_t>& tokens, int64_t max_len,
+                                     std::vector<float>* logits) {
     std::lock_guard<std::mutex> lock(mu_);
     ++counters_.lookups;
     const bool recurrent = ctx.prefix_state_bytes() > 0;
     const Walk w = walk(tokens);
-    const int64_t p = best(w, recurrent, max_len);
+    const int64_t p = best(w, recurrent, max_len, int64_t(tokens.size()), logits != nullptr);
     ctx.clear(seq);
     if (p == 0) return int64_t(0);
     const uint8_t* state = nullptr;
@@ -60,7 +62,11 @@ Result<int64_t> PromptCache::restore(Context& ctx, int seq, const std::vector<in
         if (n->start >= p) break;
         const int64_t m = std::min(n->end(), p) - n->start;
         BM_TRY(ctx.write_rows(seq, n->start, m, n->rows.data(), int64_t(n->tokens.size())));
-        if (recurrent && n->start < p && p <= n->end()) state = n->snaps.at(p).data();
+        if (n->start < p && p <= n->end() && n->snaps.count(p)) {
+            const Node::Snap& s = n->snaps.at(p);
+            if (recurrent) state = s.state.data();
+            if (logits && p == int64_t(tokens.size())) *logits = s.logits;
+        }
         n->used = ++clock_;
     }
     if (auto r = ctx.set_prefix(seq, p, state); !r) {
@@ -100,14 +106,15 @@ void PromptCache::split(const Context& ctx, Node& n, int64_t keep) {
     n.kids[first] = std::move(tail);
 }
 
-Result<void> PromptCache::save(Context& ctx, int seq, const std::vector<int32_t>& tokens) {
+Result<void> PromptCache::save(Context& ctx, int seq, const std::vector<int32_t>& tokens,
+                               const std::vector<float>* logits) {
     const int64_t n = int64_t(tokens.size());
     if (n == 0 || n != ctx.n_past(seq))
         return make_error("prompt cache: sequence " + std::to_string(seq) + " holds " +
                           std::to_string(ctx.n_past(seq)) + " positions, not the " + std::to_string(n) + " given");
     return add(
         ctx, tokens, [&](int64_t from, int64_t m, uint8_t* dst) { return ctx.read_rows(seq, from, m, dst); },
-        [&](uint8_t* dst) { return ctx.read_state(seq, dst); });
+        [&](uint8_t* dst) { return ctx.read_state(seq, dst); }, logits);
 }
 
 Result<void> PromptCache::insert(const Context& ctx, const SeqState& s) {
@@ -123,11 +130,13 @@ Result<void> PromptCache::insert(const Context& ctx, const SeqState& s) {
         [&](uint8_t* dst) -> Result<void> {
             std::memcpy(dst, s.state.data(), s.state.size());
             return {};
-        });
+        },
+        nullptr);
 }
 
 template <class Rows, class State>
-Result<void> PromptCache::add(const Context& ctx, const std::vector<int32_t>& tokens, Rows rows, State state) {
+Result<void> PromptCache::add(const Context& ctx, const std::vector<int32_t>& tokens, Rows rows, State state,
+                              const std::vector<float>* logits) {
     const int64_t n = int64_t(tokens.size());
     std::lock_guard<std::mutex> lock(mu_);
     Walk w = walk(tokens);
@@ -148,11 +157,19 @@ Result<void> PromptCache::add(const Context& ctx, const std::vector<int32_t>& to
         at = node.get();
         parent->kids[tokens[size_t(w.matched)]] = std::move(node);
     }
-    if (ctx.prefix_state_bytes() > 0 && !at->snaps.count(n)) {
-        std::vector<uint8_t> s(ctx.prefix_state_bytes());
-        BM_TRY(state(s.data()));
-        bytes_ += s.size();
+    // a snapshot: the recurrent state (none for a model without recurrent layers, whose rows
+    // alone restore), and the logits when given
+    const bool recurrent = ctx.prefix_state_bytes() > 0;
+    if ((recurrent || logits) && !at->snaps.count(n)) {
+        Node::Snap s;
+        s.state.resize(ctx.prefix_state_bytes());
+        if (recurrent) BM_TRY(state(s.state.data()));
+        bytes_ += s.state.size();
         at->snaps[n] = std::move(s);
+    }
+    if (logits && at->snaps[n].logits.empty()) {
+        at->snaps[n].logits = *logits;
+        bytes_ += logits->size() * sizeof(float);
     }
     for (Node* p = at; p && p != &root_; p = p->parent) p->used = ++clock_;
     ++counters_.saves;

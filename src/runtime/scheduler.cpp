@@ -80,13 +80,13 @@ void Scheduler::set_prompt_cache(PromptCache* cache, int64_t checkpoint_every) {
 
 bool Scheduler::save_point(const Slot& s, size_t n) const {
     if (!cache_ || s.use_draft || n == 0 || n <= size_t(s.res.prompt_cached)) return false;
-    return n + 1 == s.r.prompt.size() || (checkpoint_every_ > 0 && n % size_t(checkpoint_every_) == 0);
+    return n == s.r.prompt.size() || (checkpoint_every_ > 0 && n % size_t(checkpoint_every_) == 0);
 }
 
 // A failed save costs later requests a hit, nothing else: the request goes on.
-void Scheduler::save(Slot& s, std::vector<int32_t> tokens) {
+void Scheduler::save(Slot& s, std::vector<int32_t> tokens, const std::vector<float>* logits) {
     const int64_t evicted = cache_->stats().evictions;
-    if (auto r = cache_->save(ctx_, s.seq, tokens); !r)
+    if (auto r = cache_->save(ctx_, s.seq, tokens, logits); !r)
         std::fprintf(stderr, "bigmoe: prompt cache: %s\n", r.error().message.c_str());
     const PromptCacheStats st = cache_->stats();
     if (st.evictions > evicted)
@@ -201,7 +201,9 @@ void Scheduler::admit() {
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             if (cache_ && !s.use_draft) {
-                auto n = cache_->restore(ctx_, int(seq), s.r.prompt, int64_t(s.r.prompt.size()) - 1);
+                auto n = cache_->restore(ctx_, int(seq), s.r.prompt, int64_t(s.r.prompt.size()) - 1, &s.logits);
+                // all of it when a snapshot at its end kept the logits (in s.logits): decoding
+                // then starts at once
                 if (n && *n > 0) {
                     s.prefilled = size_t(*n);
                     s.res.prompt_cached = *n;
@@ -356,8 +358,8 @@ Result<bool> Scheduler::step() {
         return r.error();
     }
     auto row = [&](size_t i) { return logits_.begin() + ptrdiff_t(i * V); };
-    for (Slot* s : involved)
-        if (s->step_prefill && save_point(*s, s->prefilled))
+    for (Slot* s : involved)  // checkpoints inside prompts (a prompt's end is saved with its logits below)
+        if (s->step_prefill && s->prefilled < s->r.prompt.size() && save_point(*s, s->prefilled))
             save(*s, {s->r.prompt.begin(), s->r.prompt.begin() + ptrdiff_t(s->prefilled)});
     for (Slot* s : involved) {
         if (s->step_prefill && s->prefilled < s->r.prompt.size()) continue;  // no logits yet
@@ -389,6 +391,7 @@ Result<bool> Scheduler::step() {
             }
         }
         s->logits.assign(row(s->row0 + m), row(s->row0 + m + 1));
+        if (s->step_prefill && save_point(*s, s->prefilled)) save(*s, s->r.prompt, &s->logits);
     }
     int64_t used = 0;
     std::vector<SlotInfo> snap(slots_.size());

@@ -68,9 +68,9 @@ class Scheduler {
     SchedulerSpecStats spec_stats() const;
 
     // Reuses cached prefixes: a request restores the longest cached prefix of its prompt and
-    // processes the rest; its state is saved at the last prompt token but one (so that the same
-    // prompt again only processes its last token), every `checkpoint_every` positions of its
-    // prompt (0: none), and when it ends. Requests drafting with a draft model do not use it.
+    // processes the rest; its state is saved at the end of its prompt with the last logits (so the
+    // same prompt again processes nothing), every `checkpoint_every` positions of its prompt (0:
+    // none), and when it ends. Requests drafting with a draft model do not use it.
     // Call before the first step.
     void set_prompt_cache(PromptCache* cache, int64_t checkpoint_every);
 
@@ -106,7 +106,7 @@ class Scheduler {
     void finish(Slot& s, const Error* err);
     // Whether a prompt's state is saved after its first n tokens.
     bool save_point(const Slot& s, size_t n) const;
-    void save(Slot& s, std::vector<int32_t> tokens);
+    void save(Slot& s, std::vector<int32_t> tokens, const std::vector<float>* logits = nullptr);
 
     Context& ctx_;
     const Tokenizer& tok_;

@@ -89,11 +89,35 @@ TEST_P(PromptCacheExact, hit_at_the_end_of_the_last_prompt) {
     const auto prompt = tokens(40, 1, V), next = tokens(9, 2, V);
     prime(cache, prompt, {40});
     EXPECT_EQ(hit(cache, cat(prompt, next)), 40);
-    // the same prompt again: all but its last token
+    // the same prompt again, without its logits kept: all but its last token
     EXPECT_EQ(hit(cache, prompt), recurrent() ? 0 : 39) << "a snapshot at the end cannot give the last logits";
     const PromptCacheStats s = cache.stats();
     EXPECT_EQ(s.lookups, 2);
     EXPECT_GE(s.hits, 1);
+}
+
+TEST_P(PromptCacheExact, the_same_prompt_again_restores_everything_with_its_logits) {
+    PromptCache cache(uint64_t(1) << 30);
+    const auto prompt = tokens(33, 19, V);
+    ctx->clear(1);
+    const std::vector<float> l = run(prompt);
+    const std::vector<float> last(l.end() - V, l.end());
+    ASSERT_TRUE(cache.save(*ctx, 1, prompt, &last).ok());
+    std::vector<float> got;
+    auto n = cache.restore(*ctx, 1, prompt, int64_t(prompt.size()) - 1, &got);
+    ASSERT_TRUE(n.ok());
+    EXPECT_EQ(*n, 33);
+    EXPECT_EQ(ctx->n_past(1), 33);
+    const std::vector<float> want = cold(prompt, 32);
+    ASSERT_EQ(got.size(), want.size());
+    EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0);
+    // and the next token continues exactly
+    const std::vector<int32_t> more = {int32_t(7 % V)};
+    const std::vector<float> after = run(more);
+    const std::vector<float> cold_after = cold(cat(prompt, more), 33);
+    EXPECT_EQ(std::memcmp(after.data(), cold_after.data(), after.size() * 4), 0);
+    // without asking for logits, all but the last token at most
+    EXPECT_EQ(hit(cache, prompt), recurrent() ? 0 : 32);
 }
 
 TEST_P(PromptCacheExact, hit_at_a_checkpoint_inside_a_prompt) {
