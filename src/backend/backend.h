@@ -171,6 +171,12 @@ class Backend {
         for (const Product& p : products) matmul(*p.w, x, p.out);
     }
     virtual void add(Tensor a, Tensor b, Tensor out) = 0;
+    // h += y, then out = rms_norm(h) with w (a residual add and the norm after it, which a
+    // backend may run as one op; the results are those of add then rms_norm).
+    virtual void add_rms_norm(Tensor h, Tensor y, const Weight& w, float eps, Tensor out) {
+        add(h, y, h);
+        rms_norm(h, w, eps, out);
+    }
     // For every group of `group` columns of x, copies columns [offset, offset + width) of the
     // group into out (e.g. the query half of Qwen3.5's interleaved [query | gate] heads).
     virtual void gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) = 0;

@@ -66,19 +66,23 @@ void Qwen35Family::forward(const ForwardBatch& batch, Tensor logits) {
     Tensor h = be.scratch(T, hp_.n_embd);
     be.annotate("embeddings");
     be.get_rows(*tok_embd_, batch.tokens, T, h);
+    // each residual add runs with the norm after it (a layer's input norm with the previous
+    // layer's last add)
+    Tensor a = be.scratch(T, hp_.n_embd);
+    be.rms_norm(h, *layers_[0].attn_norm, hp_.eps, a);
     for (int64_t il = 0; il < hp_.n_layer; ++il) {
         const Layer& l = layers_[size_t(il)];
         const auto mark = be.scratch_mark();
         be.annotate(l.recurrent ? "recurrent layers" : "attention layers");
-        Tensor a = be.scratch(T, hp_.n_embd);
-        be.rms_norm(h, *l.attn_norm, hp_.eps, a);
         Tensor m =
             l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, il) : blocks::attention(be, hp_, l.attn, a, il);
-        be.add(h, m, h);
         Tensor f = be.scratch(T, hp_.n_embd);
-        be.rms_norm(h, *l.post_norm, hp_.eps, f);
+        be.add_rms_norm(h, m, *l.post_norm, hp_.eps, f);
         Tensor y = moe_ ? blocks::moe(be, l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
-        be.add(h, y, h);
+        if (il + 1 < hp_.n_layer)
+            be.add_rms_norm(h, y, *layers_[size_t(il + 1)].attn_norm, hp_.eps, a);
+        else
+            be.add(h, y, h);
         be.scratch_rewind(mark);
     }
     be.annotate("output");

@@ -44,16 +44,20 @@ class Qwen3Moe : public Model {
         Tensor h = be.scratch(T, hp_.n_embd);
         be.annotate("embeddings");
         be.get_rows(*tok_embd_, batch.tokens, T, h);
+        // each residual add runs with the norm after it
+        Tensor a = be.scratch(T, hp_.n_embd);
+        be.rms_norm(h, *layers_[0].attn_norm, hp_.eps, a);
         for (int64_t il = 0; il < hp_.n_layer; ++il) {
             const Layer& l = layers_[size_t(il)];
             const auto mark = be.scratch_mark();
             be.annotate("attention layers");
-            Tensor a = be.scratch(T, hp_.n_embd);
-            be.rms_norm(h, *l.attn_norm, hp_.eps, a);
-            be.add(h, blocks::attention(be, hp_, l.attn, a, il), h);
             Tensor f = be.scratch(T, hp_.n_embd);
-            be.rms_norm(h, *l.ffn_norm, hp_.eps, f);
-            be.add(h, blocks::moe(be, l.moe, f), h);
+            be.add_rms_norm(h, blocks::attention(be, hp_, l.attn, a, il), *l.ffn_norm, hp_.eps, f);
+            Tensor y = blocks::moe(be, l.moe, f);
+            if (il + 1 < hp_.n_layer)
+                be.add_rms_norm(h, y, *layers_[size_t(il + 1)].attn_norm, hp_.eps, a);
+            else
+                be.add(h, y, h);
             be.scratch_rewind(mark);
         }
         be.annotate("output");

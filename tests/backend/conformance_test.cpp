@@ -210,6 +210,18 @@ TEST_P(Conformance, rms_norm_rows_and_heads) {
     }
 }
 
+TEST_P(Conformance, add_rms_norm_equals_add_then_rms_norm) {
+    const int64_t T = 5, C = 300;
+    auto w = vec_weight(randoms(rng_, C, 0.5f, 1.5f));
+    const auto h = randoms(rng_, T * C, -3, 3), y = randoms(rng_, T * C, -3, 3);
+    DevTensor h1(*be_, T, C, h), h2(*be_, T, C, h), dy(*be_, T, C, y), o1(*be_, T, C), o2(*be_, T, C);
+    be_->add_rms_norm(h1.t(), dy.t(), w->w, 1e-6f, o1.t());
+    be_->add(h2.t(), dy.t(), h2.t());
+    be_->rms_norm(h2.t(), w->w, 1e-6f, o2.t());
+    EXPECT_EQ(h1.get(), h2.get()) << "the sum";
+    EXPECT_EQ(o1.get(), o2.get()) << "the norm";
+}
+
 // Tolerance: the rounding of a quantized activation (8 bits per value) against the scale of
 // the products' magnitudes.
 double matmul_tolerance(DType t, double mag) {

@@ -156,10 +156,8 @@ class CudaBackend final : public Backend {
         CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, stream_));
         CU(cudaStreamSynchronize(stream_));
     }
-    void copy(void* dst, const void* src, size_t bytes) override {
-        finish_step();
-        CU(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, stream_));
-    }
+    // Device copies are ops of the step (the model's selection of output rows is one).
+    void copy(void* dst, const void* src, size_t bytes) override { enqueue(CopyArgs{dst, src, int64_t(bytes)}); }
     void fill_zero(void* dst, size_t bytes) override {
         finish_step();
         CU(cudaMemsetAsync(dst, 0, bytes, stream_));
@@ -258,7 +256,15 @@ class CudaBackend final : public Backend {
     void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override {
         const int64_t g = w.n_in();
         if (x.rows == 0 || x.cols < g) return;
-        enqueue(NormArgs{x.data, x.stride, wf32(w), g, x.rows, x.cols / g, double(eps), out.data, out.stride});
+        enqueue(
+            NormArgs{x.data, x.stride, wf32(w), g, x.rows, x.cols / g, double(eps), out.data, out.stride, nullptr, 0});
+    }
+
+    void add_rms_norm(Tensor h, Tensor y, const Weight& w, float eps, Tensor out) override {
+        const int64_t g = w.n_in();
+        if (h.rows == 0) return;
+        if (g != h.cols) return Backend::add_rms_norm(h, y, w, eps, out);
+        enqueue(NormArgs{h.data, h.stride, wf32(w), g, h.rows, 1, double(eps), out.data, out.stride, y.data, y.stride});
     }
 
     void matmul(const Weight& w, Tensor x, Tensor out) override { matmuls(x, {{&w, out}}); }
@@ -436,8 +442,6 @@ class CudaBackend final : public Backend {
             std::fprintf(stderr, "bigmoe: CUDA Gated DeltaNet takes key sizes up to 256, got %lld\n", (long long)dk);
             std::abort();
         }
-        const ScratchMark mark = scratch_mark();
-        Tensor qk = scratch(rows, 2 * Hk * dk);  // [Q heads | K heads], L2-normalised
         enqueue(GdnArgs{u.data,
                         u.stride,
                         beta.data,
@@ -453,14 +457,11 @@ class CudaBackend final : public Backend {
                         rows,
                         double(p.eps),
                         double(1.0f / std::sqrt(float(dk))),
-                        qk.data,
-                        qk.stride,
                         dev<SpanDev>(off_spans_),
                         n_spans_,
                         dev<RingDev>(off_rs_.at(size_t(il))),
                         out.data,
                         out.stride});
-        scratch_rewind(mark);
     }
 
   private:

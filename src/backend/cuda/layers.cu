@@ -11,8 +11,12 @@ namespace {
 __global__ void k_rms_norm(NormArgs a) {
     pdl_enter();
     const int64_t t = blockIdx.x, c0 = int64_t(blockIdx.y) * a.g, g = a.g;
-    const float* xr = a.x + t * a.xs + c0;
+    float* xr = a.x + t * a.xs + c0;
     const float* w = a.w;
+    if (a.y) {  // the residual add before the norm; each thread reads back only what it wrote
+        const float* yr = a.y + t * a.ys + c0;
+        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) xr[i] = xr[i] + yr[i];
+    }
     double s = 0;
     for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(xr[i]) * double(xr[i]);
     __shared__ double part[32];
@@ -220,23 +224,6 @@ __global__ void k_ssm_conv(ConvArgs a) {
     }
 }
 
-// x / max(||x||, eps) for each head of dk values of the first 2 * Hk heads (Q then K) of u's
-// rows: a warp per (row, head).
-__global__ void k_l2_heads(GdnArgs a) {
-    pdl_enter();
-    const int64_t wi = (int64_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
-    const int lane = threadIdx.x % 32;
-    const int64_t n_heads = 2 * a.Hk, dk = a.dk;
-    if (wi >= a.rows * n_heads) return;
-    const int64_t t = wi / n_heads, h = wi % n_heads;
-    const float* src = a.u + t * a.us + h * dk;
-    double s = 0;
-    for (int64_t i = lane; i < dk; i += 32) s += double(src[i]) * double(src[i]);
-    s = warp_sum(s);
-    const float scale = 1.0f / fmaxf(sqrtf(float(s)), float(a.eps));
-    for (int64_t i = lane; i < dk; i += 32) a.qk[t * a.qks + h * dk + i] = src[i] * scale;
-}
-
 // The Gated DeltaNet recurrence. A block takes 32 value channels of one (span, V head); each
 // channel's column of the state (dk keys) is split over 4 adjacent lanes, KPT = dk / 4 keys each,
 // held in registers for the whole span. Per token a lane decays its keys and forms its share of
@@ -285,8 +272,30 @@ __global__ void k_gdn(GdnArgs a) {
     }
     for (int64_t t = 0; t < sp.n_tokens; ++t) {
         const int64_t row = sp.first + t;
-        const float* kr = a.qk + row * a.qks + key_dim + j * dk + x0;
-        const float* qr = a.qk + row * a.qks + j * dk + x0;
+        // the token's k and q of key head j, L2-normalised: a lane's share of the sums of squares
+        // in double, the 4 shares added by shuffles (x / max(||x||, eps))
+        const float* kraw = a.u + row * a.us + key_dim + j * dk + x0;
+        const float* qraw = a.u + row * a.us + j * dk + x0;
+        float kr[KPT], qr[KPT];
+        double ks = 0, qs = 0;
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) {
+            kr[x] = mine(x) ? kraw[x] : 0.0f;
+            qr[x] = mine(x) ? qraw[x] : 0.0f;
+            ks += double(kr[x]) * double(kr[x]);
+            qs += double(qr[x]) * double(qr[x]);
+        }
+        ks += __shfl_xor_sync(0xffffffffu, ks, 1);
+        ks += __shfl_xor_sync(0xffffffffu, ks, 2);
+        qs += __shfl_xor_sync(0xffffffffu, qs, 1);
+        qs += __shfl_xor_sync(0xffffffffu, qs, 2);
+        const float kscale = 1.0f / fmaxf(sqrtf(float(ks)), float(a.eps));
+        const float qscale = 1.0f / fmaxf(sqrtf(float(qs)), float(a.eps));
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) {
+            kr[x] *= kscale;
+            qr[x] *= qscale;
+        }
         const float al = a.alpha[row * a.as + h] + a.dt_bias[h];
         const float sp_a = al > 20.0f ? al : logf(1.0f + expf(al));
         const float decay = expf(sp_a * a.ssm_a[h]);
@@ -381,8 +390,6 @@ bool gdn_supported(int64_t dk) {
 }
 
 void run_op(cudaStream_t s, const GdnArgs& a) {
-    launch(k_l2_heads, blocks_for(a.rows * 2 * a.Hk * 32, 256), 256, 0, s, a);
-    CU_LAUNCHED();
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
     const int threads = 32 * k_gdn_parts;
     switch (a.dk) {

@@ -122,14 +122,17 @@ void configure_products();
 
 // ---- the other ops (layers.cu)
 
+// out = rms_norm(x) per group of g columns; with y, x += y first (in place).
 struct NormArgs {
-    const float* x;
+    float* x;
     int64_t xs;
     const float* w;
     int64_t g, rows, groups;
     double eps;
     float* out;
     int64_t os;
+    const float* y;
+    int64_t ys;
 };
 enum class Ew : int64_t { add, swiglu, mul_sigmoid };
 struct ElementwiseArgs {
@@ -193,7 +196,7 @@ struct ConvArgs {
     float* out;
     int64_t os;
 };
-// L2-normalised Q and K heads, then the Gated DeltaNet recurrence per (span, V head).
+// The Gated DeltaNet recurrence per (span, V head), its Q and K heads L2-normalised on the way.
 struct GdnArgs {
     const float* u;
     int64_t us;
@@ -205,8 +208,6 @@ struct GdnArgs {
     const float* ssm_a;
     int64_t Hk, Hv, dk, dv, rows;
     double eps, q_scale;
-    float* qk;
-    int64_t qks;
     const SpanDev* spans;
     int64_t n_spans;
     const RingDev* rings;
