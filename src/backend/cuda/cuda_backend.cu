@@ -389,6 +389,11 @@ class CudaBackend final : public Backend {
         g.wts = w_t.data;
         g.h = h.data;
         g.hs = h.stride;
+        if (!small && mma_ && wg.type == wu.type && act_quantized(ag_t) && act_quantized(ad_t)) {
+            grouped_experts(x, m, ids, w_t.data, T, out);
+            scratch_rewind(mark);
+            return;
+        }
         if (small) {
             g.smem = gu_smem;
         } else {
@@ -557,6 +562,57 @@ class CudaBackend final : public Backend {
     }
 
     // ---- helpers
+
+    // Prefill's experts on the tensor cores: the slots grouped by expert, gate and up per expert
+    // over its slots, down likewise, then each token's weighted sum in top-k order (the bits of
+    // the decode kernels: every product in unit order, the same sum).
+    void grouped_experts(Tensor x, const MoeWeights& m, const int32_t* ids, const float* wts, int64_t T, Tensor out) {
+        const int64_t K = m.n_expert_used, E = m.n_expert, F = m.n_ff, N = x.cols;
+        const Weight& wg = m.gate_up ? *m.gate_up : *m.gate;
+        const Weight& wu = m.gate_up ? *m.gate_up : *m.up;
+        Tensor counts_t = scratch(1, E), lists_t = scratch(E, T);  // int32s in the floats' room
+        int32_t* counts = reinterpret_cast<int32_t*>(counts_t.data);
+        int32_t* lists = reinterpret_cast<int32_t*>(lists_t.data);
+        const int64_t per_expert = lists_t.stride;
+        enqueue(MoeGroupArgs{ids, T * K, E, per_expert, counts, lists});
+        const int64_t tiles = (T + 31) / 32;
+        Tensor h = scratch(T * K, F), y = scratch(T * K, N);
+        MoeMmaArgs a{};
+        a.type = int64_t(wg.type);
+        a.w = wbytes(wg);
+        a.row_bytes = int64_t(wg.row_bytes);
+        a.expert_bytes = int64_t(wg.expert_bytes);
+        a.w2 = wbytes(wu);
+        a.row_bytes2 = int64_t(wu.row_bytes);
+        a.expert_bytes2 = int64_t(wu.expert_bytes);
+        a.up_off = m.gate_up ? F : 0;
+        a.n_in = N;
+        a.n_out = F;
+        a.E = E;
+        a.K = K;
+        a.tiles = tiles;
+        a.per_expert = per_expert;
+        a.counts = counts;
+        a.lists = lists;
+        a.act = activations(int(wg.type), x, &a.arb);
+        a.out = h.data;
+        a.os = h.stride;
+        enqueue(a);
+        MoeMmaArgs d = a;
+        d.type = int64_t(m.down->type);
+        d.w = wbytes(*m.down);
+        d.row_bytes = int64_t(m.down->row_bytes);
+        d.expert_bytes = int64_t(m.down->expert_bytes);
+        d.w2 = nullptr;
+        d.row_bytes2 = d.expert_bytes2 = d.up_off = 0;
+        d.n_in = F;
+        d.n_out = N;
+        d.act = activations(int(m.down->type), h, &d.arb);
+        d.out = y.data;
+        d.os = y.stride;
+        enqueue(d);
+        enqueue(MoeSumArgs{y.data, y.stride, wts, T, K, N, out.data, out.stride});
+    }
 
     // Products of one input for up to k_matvec_max_tokens tokens as one in-kernel-quantizing
     // kernel; false (nothing enqueued) when their activations do not fit in its shared memory.

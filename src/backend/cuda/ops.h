@@ -116,6 +116,41 @@ void run_op(cudaStream_t s, const GetRowsArgs& a);
 void run_op(cudaStream_t s, const RouteArgs& a);
 void run_op(cudaStream_t s, const MoeGateUpArgs& a);
 void run_op(cudaStream_t s, const MoeDownArgs& a);
+// Prefill's grouped experts: lists[e][0, counts[e]) = the slots routed to expert e.
+struct MoeGroupArgs {
+    const int32_t* ids;
+    int64_t n_slots, E, per_expert;
+    int32_t* counts;
+    int32_t* lists;
+};
+// Per expert, a tensor-core product over its listed slots: with w2, gate (w) and up (w2 at rows
+// up_off..) into out = silu(gate) * up, the activation row of slot s being token s / K's;
+// without, out[s] = the product with slot s's own activation row.
+struct MoeMmaArgs {
+    int64_t type;
+    const uint8_t* w;
+    int64_t row_bytes, expert_bytes;
+    const uint8_t* w2;
+    int64_t row_bytes2, expert_bytes2, up_off, n_in, n_out, E, K, tiles, per_expert;
+    const int32_t* counts;
+    const int32_t* lists;
+    const uint8_t* act;
+    int64_t arb;
+    float* out;
+    int64_t os;
+};
+// out[t] = sum over k, in top-k order, of wts[t][k] * y[(t, k)].
+struct MoeSumArgs {
+    const float* y;
+    int64_t ys;
+    const float* wts;
+    int64_t T, K, N;
+    float* out;
+    int64_t os;
+};
+void run_op(cudaStream_t s, const MoeGroupArgs& a);
+void run_op(cudaStream_t s, const MoeMmaArgs& a);
+void run_op(cudaStream_t s, const MoeSumArgs& a);
 void run_op(cudaStream_t s, const MatvecArgs& a);
 // Once per device: the shared memory the products above may take.
 void configure_products();

@@ -468,25 +468,26 @@ __device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], int a0, int a1, int 
 #endif
 }
 
-// out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens: per unit, two 16-value halves of
-// integer sums from the tensor cores, then each output's contribution added in unit order.
+// A warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32 tokens whose
+// activation rows row_of(j) gives (nullptr: none), n values each: per unit, two 16-value halves of
+// integer sums from the tensor cores, then each output's contribution added in unit order into
+// acc[i][e] (token 8 i + 2 (lane % 4) + (e & 1), row g + 8 (e >= 2)).
 constexpr int k_mma_rows = 64, k_mma_tokens = 32;
-template <int TYPE>
-__global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
-    pdl_enter();
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
-    if (rbase >= a.n_out) return;
-    const int64_t r0 = rbase + g, r1 = r0 + 8, n = a.n_in, U = n / 32;
-    const uint8_t* w0 = a.w + min(r0, a.n_out - 1) * a.row_bytes;
-    const uint8_t* w1 = a.w + min(r1, a.n_out - 1) * a.row_bytes;
-    const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
-    const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
-    float acc[4][4];
+template <int TYPE, class RowOf>
+__device__ __forceinline__ void mma_rows_tokens(const uint8_t* w0, const uint8_t* w1, int64_t n, int n_tiles,
+                                                RowOf row_of, float (&acc)[4][4]) {
+    const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const uint8_t* feed[4];       // the token rows this lane feeds into the products
+    const uint8_t* out_of[4][2];  // the token rows of this lane's outputs
 #pragma unroll
-    for (int i = 0; i < 4; ++i)
+    for (int i = 0; i < 4; ++i) {
+        feed[i] = row_of(8 * i + g);
+        out_of[i][0] = row_of(8 * i + 2 * tq);
+        out_of[i][1] = row_of(8 * i + 2 * tq + 1);
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0;
+    }
+    const int64_t U = n / 32;
     for (int64_t u = 0; u < U; ++u) {
         const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
         const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
@@ -494,10 +495,9 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             if (i >= n_tiles) break;
-            const int64_t tb = tok0 + 8 * i + g;  // the token whose values this lane feeds in
             int b0 = 0, b1 = 0;
-            if (tb < a.T) {
-                const int* q = reinterpret_cast<const int*>(a.act + tb * a.arb + 32 * u);
+            if (feed[i]) {
+                const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
                 b0 = q[tq];
                 b1 = q[4 + tq];
             }
@@ -505,16 +505,32 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
             mma_s8_16x8x16(d0, a00, a01, b0);
             mma_s8_16x8x16(d1, a10, a11, b1);
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int64_t t = tok0 + 8 * i + 2 * tq + e;
-                if (t < a.T) {
-                    const ActUnit y = act_unit<TYPE>(a.act + t * a.arb, n, u);
+            for (int e = 0; e < 2; ++e)
+                if (out_of[i][e]) {
+                    const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
                     acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
                     acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
                 }
-            }
         }
     }
+}
+
+// out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens.
+template <int TYPE>
+__global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
+    pdl_enter();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
+    if (rbase >= a.n_out) return;
+    const int64_t r0 = rbase + g, r1 = r0 + 8;
+    const uint8_t* w0 = a.w + min(r0, a.n_out - 1) * a.row_bytes;
+    const uint8_t* w1 = a.w + min(r1, a.n_out - 1) * a.row_bytes;
+    const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
+    const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
+    float acc[4][4];
+    mma_rows_tokens<TYPE>(
+        w0, w1, a.n_in, n_tiles,
+        [&](int j) { return tok0 + j < a.T ? a.act + (tok0 + j) * a.arb : static_cast<const uint8_t*>(nullptr); }, acc);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -522,6 +538,81 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
             const int64_t t = tok0 + 8 * i + 2 * tq + (e & 1), r = e < 2 ? r0 : r1;
             if (i < n_tiles && t < a.T && r < a.n_out) a.out[t * a.os + r] = acc[i][e];
         }
+}
+
+// Prefill's routed experts, grouped: every (token, k) slot listed under its expert (the order
+// inside a list does not matter: each slot's result is its own), then per expert a tensor-core
+// product over its slots' activation rows.
+__global__ void k_moe_group(MoeGroupArgs a) {
+    pdl_enter();
+    const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+    if (s >= a.n_slots) return;
+    const int32_t e = a.ids[s];
+    const int32_t at = atomicAdd(a.counts + e, 1);
+    a.lists[int64_t(e) * a.per_expert + at] = int32_t(s);
+}
+__global__ void k_zero_counts(MoeGroupArgs a) {
+    pdl_enter();
+    for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < a.E; e += int64_t(gridDim.x) * blockDim.x)
+        a.counts[e] = 0;
+}
+
+// Expert e's rows of a tile of 64 against 32 of its slots: gate and up (GU: h = silu(g) * u, the
+// activation row of slot s being token s / K's), or down (y, slot s's own row).
+template <int TYPE, bool GU>
+__global__ void __launch_bounds__(128) k_moe_mma(MoeMmaArgs a) {
+    pdl_enter();
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int64_t e = blockIdx.y / a.tiles, j0 = int64_t(blockIdx.y % a.tiles) * k_mma_tokens;
+    const int64_t count = a.counts[e];
+    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
+    if (j0 >= count || rbase >= a.n_out) return;
+    const int32_t* list = a.lists + e * a.per_expert + j0;
+    const int64_t in_tile = min(int64_t(k_mma_tokens), count - j0);
+    const int n_tiles = int((in_tile + 7) / 8);
+    auto row_of = [&](int j) {
+        return j < in_tile ? a.act + int64_t(GU ? list[j] / a.K : list[j]) * a.arb
+                           : static_cast<const uint8_t*>(nullptr);
+    };
+    const int64_t r0 = rbase + g, r1 = r0 + 8;
+    const int64_t c0 = min(r0, a.n_out - 1), c1 = min(r1, a.n_out - 1);
+    const uint8_t* base = a.w + e * a.expert_bytes;
+    float acc[4][4];
+    mma_rows_tokens<TYPE>(base + c0 * a.row_bytes, base + c1 * a.row_bytes, a.n_in, n_tiles, row_of, acc);
+    float up[4][4];
+    if constexpr (GU) {
+        const uint8_t* ub = a.w2 + e * a.expert_bytes2;
+        mma_rows_tokens<TYPE>(ub + (a.up_off + c0) * a.row_bytes2, ub + (a.up_off + c1) * a.row_bytes2, a.n_in, n_tiles,
+                              row_of, up);
+    }
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) {
+            const int64_t jj = 8 * i + 2 * tq + (q & 1), r = q < 2 ? r0 : r1;
+            if (i >= n_tiles || jj >= in_tile || r >= a.n_out) continue;
+            const int64_t s = list[jj];
+            if constexpr (GU)
+                a.out[s * a.os + r] = siluf(acc[i][q]) * up[i][q];
+            else
+                a.out[s * a.os + r] = acc[i][q];
+        }
+    (void)lane;
+}
+
+// out[t] = sum over k, in top-k order, of wts[t][k] * y[(t, k)] (the down kernel's own sum).
+__global__ void k_moe_sum(MoeSumArgs a) {
+    pdl_enter();
+    const int64_t n_all = a.T * a.N, K = a.K;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n_all; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / a.N, c = i % a.N;
+        float o = 0;
+        for (int64_t k = 0; k < K; ++k) {
+            const float y = a.y[(t * K + k) * a.ys + c], w = a.wts[t * K + k];
+            o = k == 0 ? __fmul_rn(y, w) : __fadd_rn(o, __fmul_rn(y, w));
+        }
+        a.out[t * a.os + c] = o;
+    }
 }
 
 // out[t][r] = dot(w row r, activation row t): a warp per output row and tile of NT tokens.
@@ -747,7 +838,8 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
     float o = 0;
     fold_rows_any(
         int(a.td), K, a.F, lane, [&](int64_t k) { return a.wd + ids[k] * a.ebd + n * a.rbd; },
-        [&](int64_t k) { return hq + k * arb; }, [&](int64_t k, float y) { o = k == 0 ? y * wts[k] : o + y * wts[k]; });
+        [&](int64_t k) { return hq + k * arb; },
+        [&](int64_t k, float y) { o = k == 0 ? __fmul_rn(y, wts[k]) : __fadd_rn(o, __fmul_rn(y, wts[k])); });
     if (lane == 0) a.out[t * a.os + n] = o;
 }
 
@@ -835,6 +927,48 @@ void run_op(cudaStream_t s, const MatvecArgs& a) {
             launch(k_matvec<8>, grid, 256, smem, s, a);
             break;
     }
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MoeGroupArgs& a) {
+    launch(k_zero_counts, blocks_for(a.E, 256), 256, 0, s, a);
+    CU_LAUNCHED();
+    launch(k_moe_group, blocks_for(a.n_slots, 256), 256, 0, s, a);
+    CU_LAUNCHED();
+}
+
+template <bool GU>
+void moe_mma(cudaStream_t s, const MoeMmaArgs& a) {
+    const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows), unsigned(a.E * a.tiles));
+    switch (a.type) {
+        case k_q4_k:
+            launch(k_moe_mma<k_q4_k, GU>, grid, 128, 0, s, a);
+            break;
+        case k_q5_k:
+            launch(k_moe_mma<k_q5_k, GU>, grid, 128, 0, s, a);
+            break;
+        case k_q6_k:
+            launch(k_moe_mma<k_q6_k, GU>, grid, 128, 0, s, a);
+            break;
+        case k_q4_0:
+            launch(k_moe_mma<k_q4_0, GU>, grid, 128, 0, s, a);
+            break;
+        default:
+            launch(k_moe_mma<k_q8_0, GU>, grid, 128, 0, s, a);
+            break;
+    }
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MoeMmaArgs& a) {
+    if (a.w2)
+        moe_mma<true>(s, a);
+    else
+        moe_mma<false>(s, a);
+}
+
+void run_op(cudaStream_t s, const MoeSumArgs& a) {
+    launch(k_moe_sum, blocks_for(a.T * a.N, 256), 256, 0, s, a);
     CU_LAUNCHED();
 }
 
