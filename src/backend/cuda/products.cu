@@ -390,7 +390,7 @@ __device__ void row_dots(int type, const uint8_t* row, const uint8_t* act, int64
 
 // The dot products of R quantized rows, row r = row_at(r), with activation rows act_at(r), for one
 // token: the R x U (row, unit) pairs are spread over the lanes CH per lane at a time, so one
-// warp's loads for several rows (a token's experts, or a pair of output rows) are in flight
+// warp's loads for several rows (a token's experts in the down kernel) are in flight
 // together; each row's contributions are then folded in unit order (the bits of lane_dots) and
 // handed to sink(r, value), rows in order, value in every lane.
 template <int TYPE, int CH, class RowAt, class ActAt, class Sink>
