@@ -32,6 +32,7 @@ const std::vector<OptionSpec> k_specs = {
     opt::draft_max,
     opt::threads_draft,
     opt::gpu_layers_draft,
+    {"", "--no-webui", "", "no chat page at /"},
     {"", "--slot-save-path", "DIR", "where POST /slots/{id}?action=save|restore keeps its files"},
     {"", "--cache-ram", "MiB",
      "host memory for the prompt cache, shared by all slots and past requests (default 8192; 0: off)"},
@@ -89,6 +90,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.cache_ram_mib = *cram;
     o.cache_checkpoint_every = *cevery;
     o.slot_save_path = args->get("--slot-save-path");
+    o.webui = !args->has("--no-webui");
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");

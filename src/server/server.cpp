@@ -19,6 +19,7 @@
 #include "runtime/scheduler.h"
 #include "server/api.h"
 #include "server/tool_calls.h"
+#include "server/webui.h"
 #include "tokenizer/chat.h"
 #include "tokenizer/tokenizer.h"
 
@@ -107,6 +108,7 @@ constexpr Route k_routes[] = {
     {"/tokenize", "POST"},
     {"/detokenize", "POST"},
     {"/slots", "GET"},
+    {"/", "GET"},
 };
 
 // /slots/{id}: a slot's save and restore.
@@ -552,6 +554,10 @@ void Server::Impl::routes() {
     http.set_payload_max_length(o.max_body);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         bool known = false, allowed = false;
+        if (req.path == "/" && !o.webui) {
+            reply_error(res, {404, "the web page is off (--no-webui)", "not_found_error"});
+            return httplib::Server::HandlerResponse::Handled;
+        }
         if (is_slot_path(req.path)) {  // /slots/{id}
             known = true;
             allowed = req.method == "POST";
@@ -578,7 +584,7 @@ void Server::Impl::routes() {
                               "invalid_api_key"});
             return httplib::Server::HandlerResponse::Handled;
         }
-        if (!ready.load() && req.path != "/health" && req.path != "/metrics") {
+        if (!ready.load() && req.path != "/health" && req.path != "/metrics" && req.path != "/") {
             reply_error(res, {503, "the model is loading", "server_error", "loading"});
             return httplib::Server::HandlerResponse::Handled;
         }
@@ -602,6 +608,9 @@ void Server::Impl::routes() {
         } catch (...) {
         }
         reply_error(res, {500, what, "server_error"});
+    });
+    http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(chat_page(), "text/html; charset=utf-8");
     });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
         if (!ready.load()) return reply_error(res, {503, "the model is loading", "server_error", "loading"});

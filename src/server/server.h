@@ -35,6 +35,7 @@ struct ServeOptions {
     int64_t cache_checkpoint_every = 2048;
     // --slot-save-path: where POST /slots/{id}?action=save|restore keeps files ("" : refused)
     std::string slot_save_path;
+    bool webui = true;  // the chat page at / (--no-webui: off)
 };
 
 class Server {

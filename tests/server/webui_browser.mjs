@@ -1,0 +1,66 @@
+// Drives the chat page in headless Chromium (Debian's, through playwright-core): a message gets a
+// reply streamed token by token (the reply's text seen growing), a long reply is stopped, a
+// message is edited and resent, a reload finds the conversation in the browser's storage, and the
+// page logs no errors and fetches nothing but its own server.
+// usage: node webui_browser.mjs URL SCREENSHOT.png
+import { chromium } from "playwright-core";
+
+const [url, shot] = process.argv.slice(2);
+const fail = (m) => { console.error("FAIL: " + m); process.exit(1); };
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"],
+});
+const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+const errors = [], foreign = [];
+page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+page.on("pageerror", (e) => errors.push(String(e)));
+page.on("request", (r) => { if (!r.url().startsWith(url) && !r.url().startsWith("data:")) foreign.push(r.url()); });
+await page.goto(url);
+await page.fill("#temp", "0");
+
+// a reply, streamed: sample the reply's text while it grows
+await page.fill("#max_tokens", "40");
+await page.fill("#input", "Tell me about rivers.");
+await page.click("#send");
+const seen = new Set();
+for (let i = 0; i < 400; i++) {
+  const t = await page.evaluate(() => document.querySelector(".msg.assistant .content")?.textContent ?? "");
+  seen.add(t);
+  if (await page.evaluate(() => !!document.querySelector(".msg.assistant .stats"))) break;
+  await page.waitForTimeout(5);
+}
+const stats = await page.textContent(".msg.assistant .stats");
+if (!/\d+ tokens, \d+\.\d t\/s, prompt \d+ \(\d+ cached\)/.test(stats) || / 0\.0 t\/s/.test(stats))
+  fail("no statistics under the reply: " + stats);
+if (seen.size < 3) fail(`the reply did not appear token by token (${seen.size} distinct states)`);
+
+// stop a long reply
+await page.fill("#max_tokens", "2000");
+await page.fill("#input", "Now go on for a very long time.");
+await page.click("#send");
+await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 2 &&
+  document.querySelectorAll(".msg.assistant")[1].querySelector(".content").textContent.length > 0);
+await page.click("#stop");
+await page.waitForFunction(() => /stopped/.test(document.querySelectorAll(".msg.assistant")[1]?.querySelector(".stats")?.textContent ?? ""));
+
+// edit the second message and resend it
+await page.click(".msg.user:nth-of-type(3) .edit");
+if ((await page.inputValue("#input")) !== "Now go on for a very long time.") fail("edit did not put the message back");
+await page.fill("#max_tokens", "8");
+await page.fill("#input", "Short, please.");
+await page.click("#send");
+await page.waitForFunction(() => document.querySelectorAll(".msg").length === 4 &&
+  /tokens/.test(document.querySelectorAll(".msg.assistant")[1].querySelector(".stats")?.textContent ?? ""));
+
+// reload: the conversation is still there
+await page.reload();
+const users = await page.$$eval(".msg.user .content", (els) => els.map((e) => e.textContent));
+if (users.join("|") !== "Tell me about rivers.|Short, please.") fail("after a reload: " + JSON.stringify(users));
+if ((await page.$$(".conv")).length !== 1) fail("the conversation list after a reload");
+await page.screenshot({ path: shot, fullPage: true });
+await browser.close();
+if (errors.length) fail("console errors: " + errors.join("; "));
+if (foreign.length) fail("requests beyond the server: " + foreign.join(" "));
+console.log("webui browser: passed");
