@@ -32,7 +32,7 @@ const std::vector<OptionSpec> k_specs = {
     opt::draft_max,
     opt::threads_draft,
     opt::gpu_layers_draft,
-    {"", "--no-webui", "", "no chat page at /"},
+    {"", "--no-webui", "", "no chat page at / and no dashboard at /dashboard"},
     {"", "--slot-save-path", "DIR", "where POST /slots/{id}?action=save|restore keeps its files"},
     {"", "--cache-ram", "MiB",
      "host memory for the prompt cache, shared by all slots and past requests (default 8192; 0: off)"},

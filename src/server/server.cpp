@@ -109,6 +109,7 @@ constexpr Route k_routes[] = {
     {"/detokenize", "POST"},
     {"/slots", "GET"},
     {"/", "GET"},
+    {"/dashboard", "GET"},
 };
 
 // /slots/{id}: a slot's save and restore.
@@ -554,7 +555,7 @@ void Server::Impl::routes() {
     http.set_payload_max_length(o.max_body);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         bool known = false, allowed = false;
-        if (req.path == "/" && !o.webui) {
+        if ((req.path == "/" || req.path == "/dashboard") && !o.webui) {
             reply_error(res, {404, "the web page is off (--no-webui)", "not_found_error"});
             return httplib::Server::HandlerResponse::Handled;
         }
@@ -584,7 +585,8 @@ void Server::Impl::routes() {
                               "invalid_api_key"});
             return httplib::Server::HandlerResponse::Handled;
         }
-        if (!ready.load() && req.path != "/health" && req.path != "/metrics" && req.path != "/") {
+        if (!ready.load() && req.path != "/health" && req.path != "/metrics" && req.path != "/" &&
+            req.path != "/dashboard") {
             reply_error(res, {503, "the model is loading", "server_error", "loading"});
             return httplib::Server::HandlerResponse::Handled;
         }
@@ -611,6 +613,9 @@ void Server::Impl::routes() {
     });
     http.Get("/", [](const httplib::Request&, httplib::Response& res) {
         res.set_content(chat_page(), "text/html; charset=utf-8");
+    });
+    http.Get("/dashboard", [](const httplib::Request&, httplib::Response& res) {
+        res.set_content(dashboard_page(), "text/html; charset=utf-8");
     });
     http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
         if (!ready.load()) return reply_error(res, {503, "the model is loading", "server_error", "loading"});

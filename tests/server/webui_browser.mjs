@@ -1,7 +1,8 @@
 // Drives the chat page in headless Chromium (Debian's, through playwright-core): a message gets a
 // reply streamed token by token (the reply's text seen growing), a long reply is stopped, a
 // message is edited and resent, a reload finds the conversation in the browser's storage, and the
-// page logs no errors and fetches nothing but its own server.
+// page logs no errors and fetches nothing but its own server. Then the dashboard: while requests
+// run its charts show decode tokens/s and running requests, and its slot table fills.
 // usage: node webui_browser.mjs URL SCREENSHOT.png
 import { chromium } from "playwright-core";
 
@@ -60,6 +61,37 @@ const users = await page.$$eval(".msg.user .content", (els) => els.map((e) => e.
 if (users.join("|") !== "Tell me about rivers.|Short, please.") fail("after a reload: " + JSON.stringify(users));
 if ((await page.$$(".conv")).length !== 1) fail("the conversation list after a reload");
 await page.screenshot({ path: shot, fullPage: true });
+
+// the dashboard: its charts move while requests run
+const dash = await browser.newPage({ viewport: { width: 1100, height: 800 } });
+dash.on("console", (m) => { if (m.type() === "error") errors.push("dashboard: " + m.text()); });
+dash.on("pageerror", (e) => errors.push("dashboard: " + String(e)));
+await dash.goto(url + "dashboard?every=150");
+const body = (i) => JSON.stringify({ prompt: "Document " + i + " river stone light", max_tokens: 60, ignore_eos: true, temperature: 0.8, seed: i });
+const load = Promise.all([0, 1, 2, 3].map(async (i) => {
+  for (let k = 0; k < 3; k++)
+    await fetch(url + "v1/completions", { method: "POST", headers: { "Content-Type": "application/json" }, body: body(i * 3 + k) });
+}));
+let maxDecode = 0, maxRunning = 0;
+const t0 = Date.now();
+let done = false;
+load.then(() => { done = true; });
+const decodeNonzero = () => dash.evaluate(() => series.tps[1].some((v) => v > 0));
+const runningNonzero = () => dash.evaluate(() => series.req[0].some((v) => v > 0));
+while (!done && Date.now() - t0 < 60000) {
+  await dash.waitForTimeout(100);
+  maxDecode = Math.max(maxDecode, (await decodeNonzero()) ? 1 : 0);
+  maxRunning = Math.max(maxRunning, (await runningNonzero()) ? 1 : 0);
+}
+await load;
+await dash.waitForTimeout(400);
+const points = await dash.$$eval("polyline.series", (els) => els.map((e) => Number(e.dataset.points)));
+if (points.length !== 8 || Math.min(...points) < 3) fail("dashboard charts: " + JSON.stringify(points));
+if (!maxDecode || !(await decodeNonzero())) fail("the dashboard never showed decode tokens/s");
+if (!maxRunning) fail("the dashboard never showed a running request");
+const rows = await dash.$$eval("#slots tr", (els) => els.length);
+if (rows < 2) fail("no slot rows on the dashboard");
+await dash.screenshot({ path: shot.replace(/\.png$/, "-dashboard.png"), fullPage: true });
 await browser.close();
 if (errors.length) fail("console errors: " + errors.join("; "));
 if (foreign.length) fail("requests beyond the server: " + foreign.join(" "));

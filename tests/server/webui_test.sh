@@ -1,7 +1,6 @@
 #!/usr/bin/env bash
-# The chat page at / in headless Chromium against bigmoe serve with a fixture model: a streamed
-# reply, stop, edit, a reload that finds the conversation, no console errors; --no-webui turns it
-# off.
+# The chat page at / and the dashboard in headless Chromium against bigmoe serve with a fixture
+# model (webui_browser.mjs says what is checked); --no-webui turns both off.
 set -euo pipefail
 bin=$1
 build=$2
@@ -26,6 +25,8 @@ pid2=$!
 trap 'kill $pid $pid2 2>/dev/null; wait $pid $pid2 2>/dev/null; rm -f "$log" "$log2"' EXIT
 for _ in $(seq 1 300); do grep -q "serve: ready" "$log2" && break; sleep 0.1; done
 port2=$(sed -n 's#.*listening on http://127.0.0.1:\([0-9]*\).*#\1#p' "$log2")
-code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2/")
-[ "$code" = 404 ] || { echo "FAIL: --no-webui still serves / ($code)"; exit 1; }
+for path in / /dashboard; do
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$port2$path")
+  [ "$code" = 404 ] || { echo "FAIL: --no-webui still serves $path ($code)"; exit 1; }
+done
 echo "webui: passed"
