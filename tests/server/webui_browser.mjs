@@ -22,7 +22,7 @@ await page.goto(url);
 await page.fill("#temp", "0");
 
 // a reply, streamed: sample the reply's text while it grows
-await page.fill("#max_tokens", "40");
+await page.fill("#max_tokens", "120");
 await page.fill("#input", "Tell me about rivers.");
 await page.click("#send");
 const seen = new Set();
@@ -37,28 +37,47 @@ if (!/\d+ tokens, \d+\.\d t\/s, prompt \d+ \(\d+ cached\)/.test(stats) || / 0\.0
   fail("no statistics under the reply: " + stats);
 if (seen.size < 3) fail(`the reply did not appear token by token (${seen.size} distinct states)`);
 
-// stop a long reply
+// stop a long reply (a reply the model ends by itself before the click is tried again with
+// another message)
 await page.fill("#max_tokens", "2000");
-await page.fill("#input", "Now go on for a very long time.");
-await page.click("#send");
-await page.waitForFunction(() => document.querySelectorAll(".msg.assistant").length === 2 &&
-  document.querySelectorAll(".msg.assistant")[1].querySelector(".content").textContent.length > 0);
-await page.click("#stop");
-await page.waitForFunction(() => /stopped/.test(document.querySelectorAll(".msg.assistant")[1]?.querySelector(".stats")?.textContent ?? ""));
+let stopped = false;
+for (let k = 0; k < 6 && !stopped; k++) {
+  const n = await page.$$eval(".msg.assistant", (e) => e.length);
+  await page.fill("#input", "Now go on for a very long time, part " + k + ".");
+  await page.click("#send");
+  await page.waitForFunction((n) => {
+    const a = document.querySelectorAll(".msg.assistant");
+    return a.length === n + 1 && (a[n].querySelector(".content").textContent.length > 0 || !!a[n].querySelector(".stats"));
+  }, n);
+  stopped = await page.evaluate(() => {
+    const b = document.getElementById("stop");
+    if (b.disabled) return false;
+    b.click();
+    return true;
+  });
+  if (stopped)
+    await page.waitForFunction((n) => /stopped/.test(document.querySelectorAll(".msg.assistant")[n]?.querySelector(".stats")?.textContent ?? ""), n);
+  else
+    await page.waitForFunction(() => !document.getElementById("send").disabled);
+}
+if (!stopped) fail("every long reply ended before it could be stopped");
 
-// edit the second message and resend it
-await page.click(".msg.user:nth-of-type(3) .edit");
-if ((await page.inputValue("#input")) !== "Now go on for a very long time.") fail("edit did not put the message back");
+// edit the last message and resend it
+const before = await page.$$eval(".msg.user .content", (els) => els.map((e) => e.textContent));
+const edits = await page.$$(".msg.user .edit");
+await edits[edits.length - 1].click();
+if (!/^Now go on for a very long time, part \d\.$/.test(await page.inputValue("#input"))) fail("edit did not put the message back");
 await page.fill("#max_tokens", "8");
 await page.fill("#input", "Short, please.");
 await page.click("#send");
-await page.waitForFunction(() => document.querySelectorAll(".msg").length === 4 &&
-  /tokens/.test(document.querySelectorAll(".msg.assistant")[1].querySelector(".stats")?.textContent ?? ""));
+const want = [...before.slice(0, -1), "Short, please."];
+await page.waitForFunction((w) => document.querySelectorAll(".msg.user").length === w &&
+  /tokens/.test([...document.querySelectorAll(".msg.assistant")].pop()?.querySelector(".stats")?.textContent ?? ""), want.length);
 
 // reload: the conversation is still there
 await page.reload();
 const users = await page.$$eval(".msg.user .content", (els) => els.map((e) => e.textContent));
-if (users.join("|") !== "Tell me about rivers.|Short, please.") fail("after a reload: " + JSON.stringify(users));
+if (users.join("|") !== want.join("|")) fail("after a reload: " + JSON.stringify(users));
 if ((await page.$$(".conv")).length !== 1) fail("the conversation list after a reload");
 await page.screenshot({ path: shot, fullPage: true });
 
