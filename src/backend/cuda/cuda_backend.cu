@@ -364,6 +364,11 @@ class CudaBackend final : public Backend {
             Tensor p_t = scratch(T, E);
             enqueue(RouteArgs{router_logits.data, router_logits.stride, T, E, K, ids, w_t.data, p_t.data});
         }
+        if (!small && mma_ && wg.type == wu.type && act_quantized(ag_t) && act_quantized(ad_t)) {
+            grouped_experts(x, m, ids, w_t.data, T, out);
+            scratch_rewind(mark);
+            return;
+        }
         Tensor h = scratch(T * K, F);
         MoeGateUpArgs g{};
         g.tg = int64_t(wg.type);
@@ -389,11 +394,6 @@ class CudaBackend final : public Backend {
         g.wts = w_t.data;
         g.h = h.data;
         g.hs = h.stride;
-        if (!small && mma_ && wg.type == wu.type && act_quantized(ag_t) && act_quantized(ad_t)) {
-            grouped_experts(x, m, ids, w_t.data, T, out);
-            scratch_rewind(mark);
-            return;
-        }
         if (small) {
             g.smem = gu_smem;
         } else {
