@@ -203,6 +203,11 @@ void PromptCache::count(const Node& n, PromptCacheStats& s) const {
     }
 }
 
+int64_t PromptCache::evictions() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    return counters_.evictions;
+}
+
 PromptCacheStats PromptCache::stats() const {
     std::lock_guard<std::mutex> lock(mu_);
     PromptCacheStats s = counters_;

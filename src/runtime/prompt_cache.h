@@ -50,7 +50,9 @@ class PromptCache {
     // The longest cached prefix restore would take, without restoring it.
     int64_t match(const Context& ctx, const std::vector<int32_t>& tokens, int64_t max_len) const;
 
+    // Counters and sizes; stats() also walks the tree to count nodes and snapshots.
     PromptCacheStats stats() const;
+    int64_t evictions() const;
     void clear();
 
   private:

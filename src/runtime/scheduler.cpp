@@ -42,17 +42,21 @@ void Scheduler::between_steps(std::function<void()> fn) {
     calls_.push_back(std::move(fn));
 }
 
+// The tokens a running request's sequence holds: its prompt as far as processed, then the
+// generated tokens processed after it.
+std::vector<int32_t> Scheduler::held_tokens(const Slot& s) const {
+    const int64_t n = ctx_.n_past(s.seq), P = int64_t(s.r.prompt.size());
+    std::vector<int32_t> t(s.r.prompt.begin(), s.r.prompt.begin() + std::min(n, P));
+    if (n > P)
+        t.insert(t.end(), s.res.tokens.begin(), s.res.tokens.begin() + std::min(n - P, int64_t(s.res.tokens.size())));
+    return t;
+}
+
 Result<SeqState> Scheduler::slot_state(int seq) const {
     if (seq < 0 || seq >= int(slots_.size()))
         return make_error("there is no slot " + std::to_string(seq), ErrorKind::not_found);
-    std::vector<int32_t> tokens;
-    if (const Slot* s = slots_[size_t(seq)].get()) {
-        const int64_t n = ctx_.n_past(seq), P = int64_t(s->r.prompt.size());
-        tokens.assign(s->r.prompt.begin(), s->r.prompt.begin() + std::min(n, P));
-        if (n > P) tokens.insert(tokens.end(), s->res.tokens.begin(), s->res.tokens.begin() + (n - P));
-    } else {
-        tokens = last_tokens_[size_t(seq)];
-    }
+    const Slot* s = slots_[size_t(seq)].get();
+    std::vector<int32_t> tokens = s ? held_tokens(*s) : last_tokens_[size_t(seq)];
     if (tokens.empty() || int64_t(tokens.size()) != ctx_.n_past(seq))
         return make_error("slot " + std::to_string(seq) + " holds nothing to save", ErrorKind::bad_input);
     return read_seq_state(ctx_, seq, std::move(tokens));
@@ -85,13 +89,13 @@ bool Scheduler::save_point(const Slot& s, size_t n) const {
 
 // A failed save costs later requests a hit, nothing else: the request goes on.
 void Scheduler::save(Slot& s, std::vector<int32_t> tokens, const std::vector<float>* logits) {
-    const int64_t evicted = cache_->stats().evictions;
+    const int64_t evicted = cache_->evictions();
     if (auto r = cache_->save(ctx_, s.seq, tokens, logits); !r)
         std::fprintf(stderr, "bigmoe: prompt cache: %s\n", r.error().message.c_str());
+    if (cache_->evictions() == evicted) return;
     const PromptCacheStats st = cache_->stats();
-    if (st.evictions > evicted)
-        std::fprintf(stderr, "bigmoe: prompt cache: evicted %lld entries to stay within %.0f MiB (%.0f MiB held)\n",
-                     (long long)(st.evictions - evicted), double(st.budget) / (1 << 20), double(st.bytes) / (1 << 20));
+    std::fprintf(stderr, "bigmoe: prompt cache: evicted %lld entries to stay within %.0f MiB (%.0f MiB held)\n",
+                 (long long)(st.evictions - evicted), double(st.budget) / (1 << 20), double(st.bytes) / (1 << 20));
 }
 
 SchedulerSpecStats Scheduler::spec_stats() const {
@@ -156,15 +160,11 @@ size_t Scheduler::waiting() const {
 
 void Scheduler::finish(Slot& s, const Error* err) {
     s.sink->finish();
-    // what the sequence holds at the end: the prompt and the generated tokens it processed
-    const int64_t n_past = ctx_.n_past(s.seq), n_prompt = int64_t(s.r.prompt.size());
+    // what the sequence holds at the end, for a slot save and for the prompt cache
     std::vector<int32_t>& held = last_tokens_[size_t(s.seq)];
-    held.clear();
-    if (n_past >= n_prompt && n_past - n_prompt <= int64_t(s.res.tokens.size())) {
-        held = s.r.prompt;
-        held.insert(held.end(), s.res.tokens.begin(), s.res.tokens.begin() + (n_past - n_prompt));
-        if (cache_ && !s.use_draft && !err && n_past > n_prompt) save(s, held);
-    }
+    held = held_tokens(s);
+    if (int64_t(held.size()) != ctx_.n_past(s.seq)) held.clear();
+    if (cache_ && !s.use_draft && !err && held.size() > s.r.prompt.size()) save(s, held);
     if (s.res.stop == StopReason::none) s.res.stop = StopReason::length;
     Request r = std::move(s.r);
     GenerateResult res = std::move(s.res);

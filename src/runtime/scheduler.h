@@ -107,6 +107,7 @@ class Scheduler {
     // Whether a prompt's state is saved after its first n tokens.
     bool save_point(const Slot& s, size_t n) const;
     void save(Slot& s, std::vector<int32_t> tokens, const std::vector<float>* logits = nullptr);
+    std::vector<int32_t> held_tokens(const Slot& s) const;
 
     Context& ctx_;
     const Tokenizer& tok_;
