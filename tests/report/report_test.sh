@@ -6,6 +6,7 @@ bin=$1
 build=$2
 fixtures=$3
 src=$(cd "$(dirname "$0")" && pwd)
+. "$src/../server/serve_port.sh"
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
@@ -20,8 +21,7 @@ grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
 "$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -np 2 -c 2048 -t 2 2> "$tmp/serve.log" &
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-for _ in $(seq 1 300); do grep -q "serve: ready" "$tmp/serve.log" && break; sleep 0.1; done
-port=$(sed -n 's#.*listening on http://127.0.0.1:\([0-9]*\).*#\1#p' "$tmp/serve.log")
+port=$(serve_port "$tmp/serve.log" $pid)
 "$bin" loadtest --url "http://127.0.0.1:$port" --label bigmoe -c 1,2 -n 2 --in-tokens 20 --out-tokens 6 \
   -o jsonl > "$tmp/d.jsonl" 2>/dev/null
 "$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" "$tmp/d.jsonl" -o "$tmp/report.html"
