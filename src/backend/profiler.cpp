@@ -27,6 +27,34 @@ const char* op_class_name(OpClass c) {
     return "?";
 }
 
+const char* op_class_key(OpClass c) {
+    switch (c) {
+        case OpClass::expert_matmul:
+            return "expert_matmul";
+        case OpClass::dense_matmul:
+            return "dense_matmul";
+        case OpClass::attention:
+            return "attention";
+        case OpClass::gated_delta_net:
+            return "gated_deltanet";
+        case OpClass::elementwise:
+            return "elementwise";
+        case OpClass::sampling:
+            return "sampling";
+        case OpClass::count:
+            break;
+    }
+    return "?";
+}
+
+OpSeconds ProfiledBackend::seconds_by_class() const {
+    OpSeconds s{};
+    for (const auto& [phase, scopes] : table_)
+        for (const auto& [scope, classes] : scopes)
+            for (const auto& [c, e] : classes) s[size_t(c)] += e.seconds;
+    return s;
+}
+
 namespace {
 struct Row {
     std::string name;

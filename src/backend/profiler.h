@@ -4,6 +4,7 @@
 // must synchronize in its ops for the times to be exact.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <map>
 #include <memory>
@@ -15,6 +16,9 @@ namespace bigmoe {
 
 enum class OpClass { expert_matmul, dense_matmul, attention, gated_delta_net, elementwise, sampling, count };
 const char* op_class_name(OpClass c);
+// The class as an identifier (metric labels, JSON keys): "expert_matmul", ...
+const char* op_class_key(OpClass c);
+using OpSeconds = std::array<double, size_t(OpClass::count)>;
 
 struct ProfileEntry {
     double seconds = 0;
@@ -39,6 +43,8 @@ class ProfiledBackend : public Backend {
     }
     void annotate(const char* scope) override { scope_ = scope; }
     void clear() { table_.clear(); }
+    // Seconds by op class over every phase and layer kind since the last clear().
+    OpSeconds seconds_by_class() const;
     // The breakdown of one phase as a table (share of wall time, ms per token, calls), with an
     // `other` row for the wall time no op accounts for; and the same as JSON.
     std::string format(const std::string& phase, double wall_seconds, int64_t n_tokens) const;

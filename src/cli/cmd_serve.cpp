@@ -33,6 +33,9 @@ const std::vector<OptionSpec> k_specs = {
     opt::threads_draft,
     opt::gpu_layers_draft,
     {"", "--no-webui", "", "no chat page at / and no dashboard at /dashboard"},
+    {"", "--profile", "",
+     "time every op by class: GET /profile and the dashboard show where the last seconds went (a GPU "
+     "synchronizes after each op)"},
     {"", "--slot-save-path", "DIR", "where POST /slots/{id}?action=save|restore keeps its files"},
     {"", "--cache-ram", "MiB",
      "host memory for the prompt cache, shared by all slots and past requests (default 8192; 0: off)"},
@@ -54,7 +57,8 @@ int cmd_serve(const std::vector<std::string>& argv) {
     if (args->has("--help")) {
         std::printf(
             "usage: bigmoe serve -m FILE [options]\n\n%s\nEndpoints: /v1/chat/completions, /v1/completions, "
-            "/completion, /v1/models, /health, /props, /metrics, /tokenize, /detokenize.\n",
+            "/completion, /v1/models, /health, /props, /metrics, /profile, /slots, /tokenize, /detokenize; the chat "
+            "page at / and a dashboard at /dashboard.\n",
             format_help(k_specs).c_str());
         return 0;
     }
@@ -91,6 +95,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.cache_checkpoint_every = *cevery;
     o.slot_save_path = args->get("--slot-save-path");
     o.webui = !args->has("--no-webui");
+    o.profile = args->has("--profile");
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");

@@ -15,6 +15,7 @@
 #include <thread>
 #include <vector>
 
+#include "backend/profiler.h"
 #include "bigmoe/bigmoe.h"
 #include "runtime/scheduler.h"
 #include "server/api.h"
@@ -110,6 +111,7 @@ constexpr Route k_routes[] = {
     {"/slots", "GET"},
     {"/", "GET"},
     {"/dashboard", "GET"},
+    {"/profile", "GET"},
 };
 
 // /slots/{id}: a slot's save and restore.
@@ -147,6 +149,19 @@ struct Server::Impl {
     Histogram tpot{{0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.5}};
     Histogram e2e{{0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 40, 80, 160, 320}};
 
+    // --profile: each step's op times by class (read from the profiler and cleared after every
+    // step, on the stepping thread), kept for the last profile_window seconds and in total.
+    static constexpr double profile_window = 10;
+    struct StepTimes {
+        Clock::time_point end;
+        double wall;
+        OpSeconds ops;
+    };
+    mutable std::mutex prof_mu;
+    std::deque<StepTimes> recent_steps;  // guarded by prof_mu
+    OpSeconds op_seconds_total{};        // guarded by prof_mu
+    double step_seconds_total = 0;       // guarded by prof_mu
+
     int64_t slot_ctx() const { return o.n_ctx / o.slots; }
 
     void reply_error(httplib::Response& res, const ApiError& e) {
@@ -158,6 +173,8 @@ struct Server::Impl {
     void step_loop();
     void completion(const httplib::Request& req, httplib::Response& res, bool chat, bool llama);
     std::string metrics() const;
+    void record_step(Clock::time_point start);
+    Json profile() const;
     void slot_file(const httplib::Request& req, httplib::Response& res);
 };
 
@@ -244,7 +261,9 @@ void Server::Impl::step_loop() {
             (void)r;
             return;
         }
+        const auto start = Clock::now();
         auto busy = sched->step();
+        if (busy && *busy) record_step(start);
         if (!busy) {
             std::fprintf(stderr, "serve: a step failed: %s\n", busy.error().message.c_str());
             continue;
@@ -255,6 +274,54 @@ void Server::Impl::step_loop() {
             wake = false;
         }
     }
+}
+
+void Server::Impl::record_step(Clock::time_point start) {
+    ProfiledBackend* prof = engine->profiler();
+    if (!prof) return;
+    const auto end = Clock::now();
+    StepTimes t{end, std::chrono::duration<double>(end - start).count(), prof->seconds_by_class()};
+    prof->clear();
+    std::lock_guard<std::mutex> lock(prof_mu);
+    for (size_t c = 0; c < t.ops.size(); c++) op_seconds_total[c] += t.ops[c];
+    step_seconds_total += t.wall;
+    recent_steps.push_back(t);
+    while (!recent_steps.empty() &&
+           std::chrono::duration<double>(end - recent_steps.front().end).count() > profile_window)
+        recent_steps.pop_front();
+}
+
+// GET /profile: where the steps of the last profile_window seconds spent their time, by op class
+// (shares of the steps' wall time; "other" is what no op accounts for: scheduling, sampling in
+// the scheduler, prompt-cache copies).
+Json Server::Impl::profile() const {
+    if (!engine || !engine->profiler()) return {{"enabled", false}};
+    std::lock_guard<std::mutex> lock(prof_mu);
+    OpSeconds sum{};
+    double wall = 0;
+    for (const StepTimes& t : recent_steps) {
+        wall += t.wall;
+        for (size_t c = 0; c < sum.size(); c++) sum[c] += t.ops[c];
+    }
+    Json ops = Json::array();
+    double in_ops = 0;
+    for (size_t c = 0; c < sum.size(); c++) {
+        in_ops += sum[c];
+        ops.push_back({{"op", op_class_key(OpClass(c))},
+                       {"name", op_class_name(OpClass(c))},
+                       {"seconds", sum[c]},
+                       {"share", wall > 0 ? sum[c] / wall : 0.0}});
+    }
+    const double other = std::max(0.0, wall - in_ops);
+    ops.push_back({{"op", "other"},
+                   {"name", "other (not in an op)"},
+                   {"seconds", other},
+                   {"share", wall > 0 ? other / wall : 0.0}});
+    return {{"enabled", true},
+            {"window_seconds", profile_window},
+            {"steps", recent_steps.size()},
+            {"wall_seconds", wall},
+            {"ops", ops}};
 }
 
 std::string Server::Impl::metrics() const {
@@ -296,6 +363,15 @@ std::string Server::Impl::metrics() const {
         counter("vllm:prefix_cache_queries_total", "prompt tokens looked up in the prefix cache",
                 double(prompt_tokens_looked_up.load()));
         counter("vllm:prefix_cache_hits_total", "prompt tokens found in the prefix cache", double(c.tokens_reused));
+    }
+    if (ready && engine->profiler()) {
+        std::lock_guard<std::mutex> lock(prof_mu);
+        m += "# HELP bigmoe_op_seconds_total time the forward passes spent in each op class (--profile)\n"
+             "# TYPE bigmoe_op_seconds_total counter\n";
+        for (size_t c = 0; c < op_seconds_total.size(); c++)
+            m += std::string("bigmoe_op_seconds_total{op=\"") + op_class_key(OpClass(c)) + "\"} " +
+                 std::to_string(op_seconds_total[c]) + "\n";
+        counter("bigmoe_step_seconds_total", "wall time of the scheduler's steps (--profile)", step_seconds_total);
     }
     if (ready && draft_ctx) {
         const SchedulerSpecStats st = sched->spec_stats();
@@ -579,7 +655,9 @@ void Server::Impl::routes() {
             reply_error(res, {405, req.method + " is not allowed on " + req.path, "invalid_request_error"});
             return httplib::Server::HandlerResponse::Handled;
         }
-        if (!o.api_key.empty() && req.path != "/health" &&
+        // the pages hold no data (they ask for the key and send it with what they fetch)
+        const bool page = req.path == "/" || req.path == "/dashboard";
+        if (!o.api_key.empty() && req.path != "/health" && !page &&
             req.get_header_value("Authorization") != "Bearer " + o.api_key) {
             reply_error(res, {401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
                               "invalid_api_key"});
@@ -636,6 +714,9 @@ void Server::Impl::routes() {
                   {"chat_template", tok->chat_template()},
                   {"build_info", version_string()}};
         res.set_content(p.dump(), "application/json");
+    });
+    http.Get("/profile", [this](const httplib::Request&, httplib::Response& res) {
+        res.set_content(profile().dump(), "application/json");
     });
     http.Get("/slots", [this](const httplib::Request&, httplib::Response& res) {
         Json out = Json::array();
@@ -741,9 +822,10 @@ int Server::port() const {
 
 Result<void> Server::load() {
     Impl& s = *impl_;
-    BM_ASSIGN(
-        s.engine,
-        Engine::load(s.o.model, {.n_threads = s.o.threads, .repack = s.o.repack, .n_gpu_layers = s.o.n_gpu_layers}));
+    BM_ASSIGN(s.engine, Engine::load(s.o.model, {.n_threads = s.o.threads,
+                                                 .profile = s.o.profile,
+                                                 .repack = s.o.repack,
+                                                 .n_gpu_layers = s.o.n_gpu_layers}));
     BM_ASSIGN(s.tok, Tokenizer::from_gguf(s.engine->file()));
     ContextParams cp;
     cp.n_ctx = s.slot_ctx();

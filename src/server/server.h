@@ -36,6 +36,9 @@ struct ServeOptions {
     // --slot-save-path: where POST /slots/{id}?action=save|restore keeps files ("" : refused)
     std::string slot_save_path;
     bool webui = true;  // the chat page at / (--no-webui: off)
+    // Times every op of every step by class: GET /profile (the last seconds, which the dashboard
+    // draws) and bigmoe_op_seconds_total in /metrics. A GPU synchronizes after each op.
+    bool profile = false;
 };
 
 class Server {

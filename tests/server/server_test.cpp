@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -172,6 +173,8 @@ TEST_F(Serve, health_models_props_metrics_tokenize) {
     for (const char* name : {"vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc",
                              "bigmoe_generation_tokens_total"})
         EXPECT_NE(metrics.find(std::string("\n") + name + " "), std::string::npos) << name;
+    EXPECT_EQ(Json::parse(c.Get("/profile")->body)["enabled"], false);  // without --profile
+    EXPECT_EQ(metrics.find("bigmoe_op_seconds_total"), std::string::npos);
     const Json slots = Json::parse(c.Get("/slots")->body);
     ASSERT_EQ(slots.size(), 4u);
     for (const auto& s : slots) {
@@ -619,6 +622,41 @@ TEST(ServeOptions, slot_save_and_restore_through_files) {
     std::filesystem::remove_all(dir);
 }
 
+// --profile: /profile splits the recent steps' wall time by op class (shares summing to one, each
+// class of this hybrid MoE model present) and /metrics counts the seconds per class.
+TEST(ServeOptions, profile_shows_where_the_steps_time_goes) {
+    server::ServeOptions o;
+    o.n_ctx = 1024;
+    o.profile = true;
+    auto srv = start(o);
+    httplib::Client c("127.0.0.1", srv->port());
+    c.set_read_timeout(60, 0);
+    Json body = chat_body("Where does the time go?", 24);
+    body["ignore_eos"] = true;
+    auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+    ASSERT_TRUE(r);
+    ASSERT_EQ(r->status, 200) << r->body;
+    const Json p = Json::parse(c.Get("/profile")->body);
+    ASSERT_EQ(p["enabled"], true) << p.dump();
+    EXPECT_GE(p["steps"].get<int>(), 24);  // a prompt step, then one per token
+    double share = 0, seconds = 0;
+    std::map<std::string, double> by_op;
+    for (const auto& op : p["ops"]) {
+        share += op["share"].get<double>();
+        seconds += op["seconds"].get<double>();
+        by_op[op["op"]] = op["share"];
+    }
+    EXPECT_NEAR(share, 1.0, 1e-6) << p.dump();
+    EXPECT_NEAR(seconds, p["wall_seconds"].get<double>(), 1e-9);
+    for (const char* op : {"expert_matmul", "dense_matmul", "attention", "gated_deltanet", "elementwise"})
+        EXPECT_GT(by_op[op], 0.0) << op << " in " << p.dump();
+    const std::string m = c.Get("/metrics")->body;
+    const std::string line = "\nbigmoe_op_seconds_total{op=\"expert_matmul\"} ";
+    const size_t at = m.find(line);
+    ASSERT_NE(at, std::string::npos) << m;
+    EXPECT_GT(std::stod(m.substr(at + line.size())), 0.0);
+}
+
 TEST(ServeOptions, api_key_and_a_full_queue) {
     server::ServeOptions o;
     o.n_ctx = 512;
@@ -628,6 +666,9 @@ TEST(ServeOptions, api_key_and_a_full_queue) {
     auto srv = start(o);
     httplib::Client c("127.0.0.1", srv->port());
     EXPECT_EQ(c.Get("/health")->status, 200);  // no key needed
+    EXPECT_EQ(c.Get("/")->status, 200);        // the pages ask for the key themselves
+    EXPECT_EQ(c.Get("/dashboard")->status, 200);
+    EXPECT_EQ(c.Get("/profile")->status, 401);
     EXPECT_EQ(c.Get("/v1/models")->status, 401);
     EXPECT_EQ(Json::parse(c.Get("/v1/models")->body)["error"]["type"], "authentication_error");
     EXPECT_EQ(c.Get("/v1/models", {{"Authorization", "Bearer wrong"}})->status, 401);

@@ -1,18 +1,101 @@
 // Drives the chat page in headless Chromium (Debian's, through playwright-core): a message gets a
 // reply streamed token by token (the reply's text seen growing), a long reply is stopped, a
-// message is edited and resent, a reload finds the conversation in the browser's storage, and the
-// page logs no errors and fetches nothing but its own server. Then the dashboard: while requests
-// run its charts show decode tokens/s and running requests, and its slot table fills.
-// usage: node webui_browser.mjs URL SCREENSHOT.png
+// message is edited and resent, a greedy reply regenerated comes back the same from the prompt
+// cache, a reload finds the conversation in the browser's storage, and the page logs no errors and
+// fetches nothing but its own server. Then the dashboard: while requests run its charts show
+// decode tokens/s and running requests, its slot table fills and its per-op profile (the server
+// runs with --profile) shows the shares of the steps' time. Screenshots of both pages are decoded
+// and the expected elements found drawn in them.
+// With KEY (a server started with --api-key KEY): the page asks for the key once, replies, and
+// after a reload replies again without asking.
+// usage: node webui_browser.mjs URL SCREENSHOT.png [KEY]
 import { chromium } from "playwright-core";
 
-const [url, shot] = process.argv.slice(2);
+const [url, shot, apiKey] = process.argv.slice(2);
 const fail = (m) => { console.error("FAIL: " + m); process.exit(1); };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
   args: ["--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"],
 });
+// Decodes a PNG in a blank page's canvas and, for each rectangle (page pixels), counts its distinct
+// colours and its pixels near `rgb` (when given).
+async function pixels(png, rects) {
+  const p = await browser.newPage();
+  const out = await p.evaluate(async ({ b64, rects }) => {
+    const img = new Image();
+    img.src = "data:image/png;base64," + b64;
+    await img.decode();
+    const c = document.createElement("canvas");
+    c.width = img.width;
+    c.height = img.height;
+    const g = c.getContext("2d");
+    g.drawImage(img, 0, 0);
+    return rects.map(({ x, y, width, height, rgb }) => {
+      if (width < 1 || height < 1 || x + width > img.width || y + height > img.height) return { colours: 0, near: 0 };
+      const d = g.getImageData(Math.floor(x), Math.floor(y), Math.ceil(width), Math.ceil(height)).data;
+      const colours = new Set();
+      let near = 0;
+      for (let i = 0; i < d.length; i += 4) {
+        colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
+        if (rgb && Math.abs(d[i] - rgb[0]) + Math.abs(d[i + 1] - rgb[1]) + Math.abs(d[i + 2] - rgb[2]) < 60) near++;
+      }
+      return { colours: colours.size, near };
+    });
+  }, { b64: png.toString("base64"), rects });
+  await p.close();
+  return out;
+}
+// A full-page screenshot of pg, checked to show each expected element: [selector, rgb or null];
+// the last element a selector matches is the one checked. Every element must hold text or lines
+// (several colours), and pixels of its colour where one is given.
+async function checkShot(pg, path, expected) {
+  const png = await pg.screenshot({ path, fullPage: true });
+  const rects = [];
+  for (const [sel, rgb] of expected) {
+    const r = await pg.$$eval(sel, (els) => {
+      const e = els[els.length - 1];
+      if (!e) return null;
+      const b = e.getBoundingClientRect();
+      return { x: b.x + scrollX, y: b.y + scrollY, width: b.width, height: b.height };
+    });
+    if (!r) fail(`${path}: no element ${sel}`);
+    rects.push({ ...r, rgb });
+  }
+  const stats = await pixels(png, rects);
+  stats.forEach((s, i) => {
+    const [sel, rgb] = expected[i];
+    if (s.colours < 3) fail(`${path}: ${sel} is not drawn (${s.colours} colours)`);
+    if (rgb && s.near < 3) fail(`${path}: ${sel} shows none of its colour`);
+  });
+}
+
+if (apiKey) {
+  // the page asks for the key once, then remembers it
+  const page = await browser.newPage();
+  const asked = [], errors = [];
+  page.on("dialog", async (d) => { asked.push(d.message()); await d.accept(apiKey); });
+  page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(url);
+  await page.fill("#max_tokens", "6");
+  for (let round = 0; round < 2; round++) {
+    await page.fill("#input", "Hello number " + round);
+    await page.click("#send");
+    await page.waitForFunction((n) => document.querySelectorAll(".msg.assistant .stats").length === n, round + 1);
+    const stats = await page.$$eval(".msg.assistant .stats", (e) => e.map((x) => x.textContent));
+    if (!/^\d+ tokens/.test(stats[round])) fail("with an API key: " + stats[round]);
+    if (round === 0) await page.reload();
+  }
+  if (asked.length !== 1 || !/API key/.test(asked[0])) fail("the key was asked for " + asked.length + " times");
+  // the one 401 that made the page ask is the only error
+  const other = errors.filter((e) => !/status of 401/.test(e));
+  if (other.length || errors.length > 1) fail("console errors: " + errors.join("; "));
+  await browser.close();
+  console.log("webui browser with an API key: passed");
+  process.exit(0);
+}
+
 const page = await browser.newPage({ viewport: { width: 1100, height: 800 } });
 const errors = [], foreign = [];
 page.on("console", (m) => { if (m.type() === "error") errors.push(m.text()); });
@@ -24,14 +107,18 @@ await page.fill("#temp", "0");
 // a reply, streamed: sample the reply's text while it grows
 await page.fill("#max_tokens", "120");
 await page.fill("#input", "Tell me about rivers.");
+// every state the page draws (the page's renderMessages is a global function: wrapped here)
+await page.evaluate(() => {
+  const draw = window.renderMessages;
+  window.replyStates = new Set();
+  window.renderMessages = () => {
+    draw();
+    window.replyStates.add(document.querySelector(".msg.assistant .content")?.textContent ?? "");
+  };
+});
 await page.click("#send");
-const seen = new Set();
-for (let i = 0; i < 400; i++) {
-  const t = await page.evaluate(() => document.querySelector(".msg.assistant .content")?.textContent ?? "");
-  seen.add(t);
-  if (await page.evaluate(() => !!document.querySelector(".msg.assistant .stats"))) break;
-  await page.waitForTimeout(5);
-}
+await page.waitForSelector(".msg.assistant .stats");
+const seen = new Set(await page.evaluate(() => [...window.replyStates]));
 const stats = await page.textContent(".msg.assistant .stats");
 if (!/\d+ tokens, \d+\.\d t\/s, prompt \d+ \(\d+ cached\)/.test(stats) || / 0\.0 t\/s/.test(stats))
   fail("no statistics under the reply: " + stats);
@@ -74,12 +161,28 @@ const want = [...before.slice(0, -1), "Short, please."];
 await page.waitForFunction((w) => document.querySelectorAll(".msg.user").length === w &&
   /tokens/.test([...document.querySelectorAll(".msg.assistant")].pop()?.querySelector(".stats")?.textContent ?? ""), want.length);
 
+// regenerate the greedy reply: the same text, its whole prompt from the prompt cache
+const lastReply = () => page.evaluate(() => {
+  const a = [...document.querySelectorAll(".msg.assistant")].pop();
+  return { text: a.querySelector(".content").textContent, stats: a.querySelector(".stats")?.textContent ?? "" };
+});
+const first = await lastReply();
+await page.click(".msg.assistant .regenerate");
+await page.waitForFunction(() => /tokens/.test([...document.querySelectorAll(".msg.assistant")].pop()?.querySelector(".stats")?.textContent ?? "") &&
+  !document.getElementById("send").disabled);
+const again = await lastReply();
+if (again.text !== first.text) fail(`regenerate at temperature 0 changed the reply: ${JSON.stringify(first.text)} -> ${JSON.stringify(again.text)}`);
+const m = again.stats.match(/prompt (\d+) \((\d+) cached\)/);
+if (!m || Number(m[2]) !== Number(m[1])) fail("regenerate did not come from the prompt cache: " + again.stats);
+
 // reload: the conversation is still there
 await page.reload();
 const users = await page.$$eval(".msg.user .content", (els) => els.map((e) => e.textContent));
 if (users.join("|") !== want.join("|")) fail("after a reload: " + JSON.stringify(users));
 if ((await page.$$(".conv")).length !== 1) fail("the conversation list after a reload");
-await page.screenshot({ path: shot, fullPage: true });
+const accent = [0x24, 0x57, 0xc5];
+await checkShot(page, shot, [["#list .conv", null], [".msg.user", null], [".msg.assistant .content", null],
+  [".msg.assistant .stats", null], ["#send", null], ["#input", null], ["#settings", null]]);
 
 // the dashboard: its charts move while requests run
 const dash = await browser.newPage({ viewport: { width: 1100, height: 800 } });
@@ -110,7 +213,13 @@ if (!maxDecode || !(await decodeNonzero())) fail("the dashboard never showed dec
 if (!maxRunning) fail("the dashboard never showed a running request");
 const rows = await dash.$$eval("#slots tr", (els) => els.length);
 if (rows < 2) fail("no slot rows on the dashboard");
-await dash.screenshot({ path: shot.replace(/\.png$/, "-dashboard.png"), fullPage: true });
+// the profile: shares of the steps' time by op class, the experts among them
+const ops = await dash.$$eval("#ops .op", (els) => els.map((e) => [e.dataset.op, Number(e.dataset.share)]));
+const total = ops.reduce((a, [, s]) => a + s, 0);
+if (ops.length < 4 || !ops.some(([op, s]) => op === "expert_matmul" && s > 0) || total < 0.98 || total > 1.02)
+  fail("the dashboard's profile: " + JSON.stringify(ops));
+await checkShot(dash, shot.replace(/\.png$/, "-dashboard.png"), [["#c-tps", accent], ["#c-req", accent], ["#c-mem", accent],
+  ["#c-ttft", accent], ["#slots", null], ["#ops .op .bar div", accent]]);
 await browser.close();
 if (errors.length) fail("console errors: " + errors.join("; "));
 if (foreign.length) fail("requests beyond the server: " + foreign.join(" "));
