@@ -28,13 +28,6 @@ std::string now_iso() {
     return b;
 }
 
-// llama-bench spells cache types in lower case ("f16", "q8_0").
-std::string cache_type_name(DType t) {
-    std::string s = traits(t).name;
-    for (char& c : s) c = char(std::tolower(static_cast<unsigned char>(c)));
-    return s;
-}
-
 std::vector<int32_t> random_tokens(std::mt19937& rng, int64_t n, int64_t n_vocab) {
     std::vector<int32_t> t(static_cast<size_t>(n));
     for (auto& x : t) x = int32_t(rng() % uint32_t(n_vocab));

@@ -8,12 +8,16 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "gguf/names.h"
+#include "runtime/seq_state.h"
 
 namespace bigmoe::cli {
 
 namespace {
 const std::vector<OptionSpec> k_specs = {
     opt::model,
+    {"-c", "--ctx-size", "N", "context for the KV cache's size (default: the model's training context)"},
+    opt::cache_type_k,
+    opt::cache_type_v,
     {"", "--json", "", "print JSON"},
     opt::help,
 };
@@ -35,16 +39,29 @@ int cmd_info(const std::vector<std::string>& argv) {
     auto args = Args::parse(argv, k_specs);
     if (!args) return fail(args.error().message);
     if (args->has("--help")) {
-        std::printf("usage: bigmoe info -m FILE [--json]\n\n%s", format_help(k_specs).c_str());
+        std::printf("usage: bigmoe info -m FILE [-c N] [-ctk TYPE] [-ctv TYPE] [--json]\n\n%s",
+                    format_help(k_specs).c_str());
         return 0;
     }
     if (!args->has("--model")) return fail("info: -m/--model is required");
+    auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
+    auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
+    if (!ctk) return fail(ctk.error().message);
+    if (!ctv) return fail(ctv.error().message);
     auto engine = Engine::load(args->get("--model"), {.n_threads = 1, .repack = false});  // no products here
     if (!engine) return fail(engine.error().message);
     const gguf::GgufFile& f = (*engine)->file();
     Model& m = (*engine)->model();
     const HParams& hp = m.hparams();
     const uint64_t kv_f16 = uint64_t(hp.n_attention_layers()) * 2 * uint64_t(hp.kv_width()) * 2;
+    auto n_ctx = args->get_int("--ctx-size", hp.n_ctx_train > 0 ? hp.n_ctx_train : 4096, 1, int64_t(1) << 40);
+    if (!n_ctx) return fail(n_ctx.error().message);
+    for (DType t : {*ctk, *ctv})
+        if (hp.n_attention_layers() > 0 && hp.head_dim % traits(t).block_elems != 0)
+            return fail(std::string("info: cache type ") + traits(t).name +
+                        " needs a head size that is a multiple of " + std::to_string(traits(t).block_elems) +
+                        " (this model's is " + std::to_string(hp.head_dim) + ")");
+    const uint64_t kv = uint64_t(hp.n_attention_layers()) * KvCache::bytes_per_position(hp.kv_width(), *ctk, *ctv);
     const uint64_t rec =
         uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
 
@@ -85,6 +102,11 @@ int cmd_info(const std::vector<std::string>& argv) {
     j["weight_bytes"] = m.total_weight_bytes();
     j["active_weight_bytes_per_token"] = m.active_weight_bytes();
     j["kv_bytes_per_token_f16"] = kv_f16;
+    j["type_k"] = cache_type_name(*ctk);
+    j["type_v"] = cache_type_name(*ctv);
+    j["n_ctx"] = *n_ctx;
+    j["kv_bytes_per_token"] = kv;
+    j["kv_bytes_context"] = kv * uint64_t(*n_ctx);
     j["recurrent_bytes_per_seq"] = rec;
     nlohmann::json tensors = nlohmann::json::array();
     for (const auto& t : f.tensors()) {
@@ -114,8 +136,9 @@ int cmd_info(const std::vector<std::string>& argv) {
                 double(m.n_active_params()) / 1e9);
     std::printf("weights:       %s (%s read per decoded token)\n", human_bytes(double(m.total_weight_bytes())).c_str(),
                 human_bytes(double(m.active_weight_bytes())).c_str());
-    std::printf("KV cache:      %s per token (f16), recurrent state %s per sequence\n",
-                human_bytes(double(kv_f16)).c_str(), human_bytes(double(rec)).c_str());
+    std::printf("KV cache:      %s per token (K %s, V %s), %s for %lld positions; recurrent state %s per sequence\n",
+                human_bytes(double(kv)).c_str(), cache_type_name(*ctk).c_str(), cache_type_name(*ctv).c_str(),
+                human_bytes(double(kv) * double(*n_ctx)).c_str(), (long long)*n_ctx, human_bytes(double(rec)).c_str());
     if (gpu) {
         const bool fit = m.total_weight_bytes() <= gpu->free_bytes;
         const std::string verdict = fit ? "the weights fit, " +

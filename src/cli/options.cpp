@@ -14,8 +14,8 @@ namespace bigmoe::cli {
 
 Result<DType> parse_cache_type(const std::string& s, const char* which) {
     auto t = dtype_from_name(s);
-    if (!t || (*t != DType::F32 && *t != DType::F16))
-        return make_error(std::string(which) + ": unsupported cache type '" + s + "' (supported: f32, f16)");
+    if (!t || !is_cache_type(*t))
+        return make_error(std::string(which) + ": unknown cache type '" + s + "' (one of " + cache_type_list() + ")");
     return *t;
 }
 

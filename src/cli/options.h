@@ -19,8 +19,10 @@ inline const OptionSpec threads{"-t", "--threads", "N", "threads (default and 0:
 inline const OptionSpec ctx_size{"-c", "--ctx-size", "N", "context size in positions"};
 inline const OptionSpec batch_size{"-b", "--batch-size", "N", "logical batch size (default 2048)"};
 inline const OptionSpec ubatch_size{"-ub", "--ubatch-size", "N", "micro-batch size (default 512)"};
-inline const OptionSpec cache_type_k{"-ctk", "--cache-type-k", "TYPE", "K cache type: f32, f16 (default f16)"};
-inline const OptionSpec cache_type_v{"-ctv", "--cache-type-v", "TYPE", "V cache type: f32, f16 (default f16)"};
+inline const OptionSpec cache_type_k{
+    "-ctk", "--cache-type-k", "TYPE",
+    "K cache type: f32, f16, bf16, q8_0, q4_0, q4_1, q5_0, q5_1, iq4_nl (default f16)"};
+inline const OptionSpec cache_type_v{"-ctv", "--cache-type-v", "TYPE", "V cache type: as -ctk (default f16)"};
 inline const OptionSpec no_repack{"-nr", "--no-repack", "",
                                   "products on the file's row layout (no packed copy of the weights)"};
 inline const OptionSpec gpu_layers{

@@ -49,6 +49,47 @@ static void dequant_q8_0(const BlockQ8_0* b, float* y, int64_t nb) {
     }
 }
 
+static void dequant_q4_1(const BlockQ4_1* b, float* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, y += 32) {
+        const float d = fp16_to_f32(b[i].d), m = fp16_to_f32(b[i].m);
+        for (int j = 0; j < 16; ++j) {
+            y[j] = float(b[i].qs[j] & 0x0F) * d + m;
+            y[j + 16] = float(b[i].qs[j] >> 4) * d + m;
+        }
+    }
+}
+
+// The five-bit level of element j of a Q5_0 / Q5_1 block.
+static int q5_level(const uint8_t* qs, const uint8_t* qh, int j) {
+    const uint32_t h = uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+    const int lo = j < 16 ? qs[j] & 0x0F : qs[j - 16] >> 4;
+    return lo | int((h >> j) & 1) << 4;
+}
+
+static void dequant_q5_0(const BlockQ5_0* b, float* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, y += 32) {
+        const float d = fp16_to_f32(b[i].d);
+        for (int j = 0; j < 32; ++j) y[j] = float(q5_level(b[i].qs, b[i].qh, j) - 16) * d;
+    }
+}
+
+static void dequant_q5_1(const BlockQ5_1* b, float* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, y += 32) {
+        const float d = fp16_to_f32(b[i].d), m = fp16_to_f32(b[i].m);
+        for (int j = 0; j < 32; ++j) y[j] = float(q5_level(b[i].qs, b[i].qh, j)) * d + m;
+    }
+}
+
+static void dequant_iq4_nl(const BlockIQ4_NL* b, float* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, y += 32) {
+        const float d = fp16_to_f32(b[i].d);
+        for (int j = 0; j < 16; ++j) {
+            y[j] = d * float(k_iq4nl_values[b[i].qs[j] & 0x0F]);
+            y[j + 16] = d * float(k_iq4nl_values[b[i].qs[j] >> 4]);
+        }
+    }
+}
+
 static void dequant_q4_k(const BlockQ4_K* b, float* y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i) {
         const float d = fp16_to_f32(b[i].d), dmin = fp16_to_f32(b[i].dmin);
@@ -129,6 +170,14 @@ void dequantize_row(DType t, const void* src, float* dst, int64_t n) {
             return dequant_q4_0(static_cast<const BlockQ4_0*>(src), dst, n / 32);
         case DType::Q8_0:
             return dequant_q8_0(static_cast<const BlockQ8_0*>(src), dst, n / 32);
+        case DType::Q4_1:
+            return dequant_q4_1(static_cast<const BlockQ4_1*>(src), dst, n / 32);
+        case DType::Q5_0:
+            return dequant_q5_0(static_cast<const BlockQ5_0*>(src), dst, n / 32);
+        case DType::Q5_1:
+            return dequant_q5_1(static_cast<const BlockQ5_1*>(src), dst, n / 32);
+        case DType::IQ4_NL:
+            return dequant_iq4_nl(static_cast<const BlockIQ4_NL*>(src), dst, n / 32);
         case DType::Q4_K:
             return dequant_q4_k(static_cast<const BlockQ4_K*>(src), dst, n / 256);
         case DType::Q5_K:
@@ -201,6 +250,108 @@ static void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
             const int b = std::min(15, int(x[j + 16] * id + 8.5f));
             y[i].qs[j] = uint8_t(a | (b << 4));
         }
+    }
+}
+
+// Q4_1 / Q5_1: levels 0..nmax spanning [min, max] of the block.
+template <class Block>
+static void quant_min_max(const float* x, Block* y, int64_t nb, int nmax) {
+    for (int64_t i = 0; i < nb; ++i, x += 32) {
+        float lo = x[0], hi = x[0];
+        for (int j = 1; j < 32; ++j) {
+            lo = std::min(lo, x[j]);
+            hi = std::max(hi, x[j]);
+        }
+        const float d = (hi - lo) / float(nmax);
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = f32_to_fp16(d);
+        y[i].m = f32_to_fp16(lo);
+        int q[32];
+        for (int j = 0; j < 32; ++j) q[j] = std::clamp(int((x[j] - lo) * id + 0.5f), 0, nmax);
+        for (int j = 0; j < 16; ++j) y[i].qs[j] = uint8_t((q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4);
+        if constexpr (requires { y[i].qh; }) {
+            uint32_t h = 0;
+            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+            for (int k = 0; k < 4; ++k) y[i].qh[k] = uint8_t(h >> (8 * k));
+        }
+    }
+}
+
+// Q5_0: the element of largest magnitude at level 0 (as Q4_0 puts it at -8), the rest rounded.
+static void quant_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, x += 32) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; ++j)
+            if (std::fabs(x[j]) > amax) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        const float d = max / -16.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        y[i].d = f32_to_fp16(d);
+        uint32_t h = 0;
+        for (int j = 0; j < 16; ++j) {
+            const int a = std::min(31, int(x[j] * id + 16.5f));
+            const int b = std::min(31, int(x[j + 16] * id + 16.5f));
+            y[i].qs[j] = uint8_t((a & 0x0F) | (b & 0x0F) << 4);
+            h |= uint32_t(a >> 4) << j | uint32_t(b >> 4) << (j + 16);
+        }
+        for (int k = 0; k < 4; ++k) y[i].qh[k] = uint8_t(h >> (8 * k));
+    }
+}
+
+// The grid index nearest to v (k_iq4nl_values is sorted).
+static int iq4nl_nearest(float v) {
+    int lo = 0;
+    for (int k = 1; k < 16; ++k)
+        if (v > 0.5f * float(k_iq4nl_values[k - 1] + k_iq4nl_values[k])) lo = k;
+    return lo;
+}
+
+// IQ4_NL: a scale search. Each candidate maps the block's largest magnitude near one end of the
+// grid, takes every element's nearest grid value, and fits the scale by least squares for those
+// values; the candidate with the least squared error wins.
+static void quant_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb) {
+    for (int64_t i = 0; i < nb; ++i, x += 32) {
+        float amax = 0, max = 0;
+        for (int j = 0; j < 32; ++j)
+            if (std::fabs(x[j]) > amax) {
+                amax = std::fabs(x[j]);
+                max = x[j];
+            }
+        uint8_t best_q[32] = {};
+        float best_d = 0;
+        if (amax > 0) {
+            double best_err = INFINITY;
+            for (int t = -9; t <= 9; ++t) {
+                // the largest element lands on grid value (-127 + t) at this inverse scale
+                const float id = float(k_iq4nl_values[0] + t) / max;
+                uint8_t q[32];
+                double sxv = 0, svv = 0;
+                for (int j = 0; j < 32; ++j) {
+                    q[j] = uint8_t(iq4nl_nearest(x[j] * id));
+                    const double v = k_iq4nl_values[q[j]];
+                    sxv += double(x[j]) * v;
+                    svv += v * v;
+                }
+                if (svv <= 0) continue;
+                const float d = float(sxv / svv);
+                // the error with the scale as it is stored (fp16)
+                const float dq = fp16_to_f32(f32_to_fp16(d));
+                double err = 0;
+                for (int j = 0; j < 32; ++j) {
+                    const double e = double(x[j]) - double(dq) * k_iq4nl_values[q[j]];
+                    err += e * e;
+                }
+                if (err < best_err) {
+                    best_err = err;
+                    best_d = d;
+                    std::memcpy(best_q, q, 32);
+                }
+            }
+        }
+        y[i].d = f32_to_fp16(best_d);
+        for (int j = 0; j < 16; ++j) y[i].qs[j] = uint8_t(best_q[j] | best_q[j + 16] << 4);
     }
 }
 
@@ -318,6 +469,14 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
             return quant_q4_0(src, static_cast<BlockQ4_0*>(dst), n / 32);
         case DType::Q8_0:
             return quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
+        case DType::Q4_1:
+            return quant_min_max(src, static_cast<BlockQ4_1*>(dst), n / 32, 15);
+        case DType::Q5_0:
+            return quant_q5_0(src, static_cast<BlockQ5_0*>(dst), n / 32);
+        case DType::Q5_1:
+            return quant_min_max(src, static_cast<BlockQ5_1*>(dst), n / 32, 31);
+        case DType::IQ4_NL:
+            return quant_iq4_nl(src, static_cast<BlockIQ4_NL*>(dst), n / 32);
         case DType::Q4_K:
             return quant_q4_k(src, static_cast<BlockQ4_K*>(dst), n / 256);
         case DType::Q5_K:
@@ -463,6 +622,10 @@ float vec_dot_ref(DType w, const void* w_row, const void* act_row, int64_t n) {
         case DType::Q6_K:
             return dot_q6_k_ref(static_cast<const BlockQ6_K*>(w_row), static_cast<const BlockQ8_K*>(act_row), n / 256);
         case DType::Q8_K:
+        case DType::Q4_1:
+        case DType::Q5_0:
+        case DType::Q5_1:
+        case DType::IQ4_NL:
             break;
     }
     BM_CHECK(false && "vec_dot_ref: bad type");

@@ -60,12 +60,22 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
     if (p.n_ubatch <= 0) return make_error("micro-batch size must be positive, got " + std::to_string(p.n_ubatch));
     if (p.rollback_depth < 0 || p.rollback_depth > 1024)
         return make_error("rollback depth must be 0..1024, got " + std::to_string(p.rollback_depth));
-    for (DType t : {p.type_k, p.type_v})
+    const HParams& hp = model.hparams();
+    for (DType t : {p.type_k, p.type_v}) {
+        if (!is_cache_type(t))
+            return make_error(
+                std::string("KV cache type ") + traits(t).name + " is not a cache type (" + cache_type_list() + ")",
+                ErrorKind::bad_input);
         if (!model.backend().supports(Op::attention, t))
             return make_error(std::string("KV cache type ") + traits(t).name + " is not supported by the " +
                                   model.backend().name() + " backend's attention",
                               ErrorKind::unsupported);
-    const HParams& hp = model.hparams();
+        if (hp.n_attention_layers() > 0 && hp.head_dim % traits(t).block_elems != 0)
+            return make_error(std::string("KV cache type ") + traits(t).name + " stores blocks of " +
+                                  std::to_string(traits(t).block_elems) + " values, which the model's head size " +
+                                  std::to_string(hp.head_dim) + " is not a multiple of",
+                              ErrorKind::unsupported);
+    }
     BM_TRY(check_fits(hp, p, model.backend().memory_available()));
     std::unique_ptr<Context> c(new Context(model, p));
     // A micro-batch never holds more tokens than the sequences can.

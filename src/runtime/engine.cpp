@@ -64,7 +64,8 @@ std::string Engine::describe(const Context& ctx, double load_seconds) const {
                     (backend_->device_name().empty() ? ", " + std::to_string(backend_->n_threads()) + " threads"
                                                      : " on " + backend_->device_name()) +
                     " | context " + std::to_string(p.n_ctx) + ", KV cache " + format_bytes(kv) + " (" +
-                    format_bytes(ctx.kv_bytes_per_token()) + "/token)";
+                    format_bytes(ctx.kv_bytes_per_token()) + "/token, K " + cache_type_name(p.type_k) + " V " +
+                    cache_type_name(p.type_v) + ")";
     if (ctx.recurrent_bytes_per_seq() > 0) s += ", recurrent state " + format_bytes(ctx.state_bytes() - kv);
     char t[32];
     std::snprintf(t, sizeof t, " | loaded in %.2f s", load_seconds);

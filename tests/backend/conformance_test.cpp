@@ -336,31 +336,30 @@ TEST_P(Conformance, rope_neox_partial_and_full_rotation_two_sequences) {
     }
 }
 
-// One sequence's KV block in backend memory, holding `depth` random positions.
+// One sequence's KV block in backend memory, holding `depth` random positions, each row written
+// in the cache's types.
 struct KvCase {
     int64_t Hkv, D, depth, capacity;
-    DType type;
+    DType type_k, type_v;
     std::vector<float> past_k, past_v;
     std::unique_ptr<DevBuffer> k, v;
     KvCase(Backend& be, std::mt19937& rng, int64_t hkv, int64_t d, int64_t dep, int64_t cap, DType t)
-        : Hkv(hkv), D(d), depth(dep), capacity(cap), type(t) {
+        : KvCase(be, rng, hkv, d, dep, cap, t, t) {}
+    KvCase(Backend& be, std::mt19937& rng, int64_t hkv, int64_t d, int64_t dep, int64_t cap, DType tk, DType tv)
+        : Hkv(hkv), D(d), depth(dep), capacity(cap), type_k(tk), type_v(tv) {
         past_k = randoms(rng, depth * Hkv * D);
         past_v = randoms(rng, depth * Hkv * D);
-        const size_t es = t == DType::F32 ? 4 : 2, n = size_t(capacity * Hkv * D);
-        std::vector<uint8_t> kb(n * es), vb(n * es);
-        for (size_t i = 0; i < past_k.size(); ++i) {
-            if (t == DType::F32) {
-                reinterpret_cast<float*>(kb.data())[i] = past_k[i];
-                reinterpret_cast<float*>(vb.data())[i] = past_v[i];
-            } else {
-                reinterpret_cast<uint16_t*>(kb.data())[i] = f32_to_fp16(past_k[i]);
-                reinterpret_cast<uint16_t*>(vb.data())[i] = f32_to_fp16(past_v[i]);
-            }
-        }
-        k = std::make_unique<DevBuffer>(be, kb.data(), kb.size());
-        v = std::make_unique<DevBuffer>(be, vb.data(), vb.size());
+        k = upload(be, type_k, past_k);
+        v = upload(be, type_v, past_v);
     }
-    KvBlock block() const { return KvBlock{k->get(), v->get(), type, type, capacity}; }
+    std::unique_ptr<DevBuffer> upload(Backend& be, DType t, const std::vector<float>& rows) const {
+        const size_t rb = row_bytes(t, Hkv * D);
+        std::vector<uint8_t> bytes(rb * size_t(capacity));
+        for (int64_t p = 0; p < depth; ++p)
+            quantize_row(t, rows.data() + p * Hkv * D, bytes.data() + size_t(p) * rb, Hkv * D);
+        return std::make_unique<DevBuffer>(be, bytes.data(), bytes.size());
+    }
+    KvBlock block() const { return KvBlock{k->get(), v->get(), type_k, type_v, capacity}; }
 };
 
 // Short and long caches, f32 and f16, GQA groups of 1, 2, 3 and 6 heads, head sizes that are
@@ -387,7 +386,7 @@ TEST_P(Conformance, attention_matches_float64) {
             if (ct == DType::F16)
                 for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));
             const ref::Vec want =
-                ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T, ct, scale);
+                ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T, ct, ct, scale);
             expect_close(
                 out.get(), want, 1e-5, 0,
                 "attention H=" + std::to_string(sh.H) + " depth=" + std::to_string(sh.depth) + " " + traits(ct).name);
@@ -398,6 +397,71 @@ TEST_P(Conformance, attention_matches_float64) {
                     ASSERT_EQ(kk[size_t(sh.depth * sh.Hkv * sh.D + i)], k[size_t(i)]) << "stored key " << i;
             }
         }
+    }
+}
+
+// Every pair of KV cache types the backend supports: the result against float64 attention over
+// the values the cache holds (so the kernels read each type exactly), and against attention with
+// an f32 cache within what the types' rounding costs; decode (one token) and prefill shapes.
+TEST_P(Conformance, attention_every_cache_type_pair) {
+    const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0,  DType::Q4_0,
+                           DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL};
+    // relative RMS distance from the f32 cache's result that each type's rounding may add
+    auto cost = [](DType t) {
+        switch (t) {
+            case DType::F32:
+                return 0.0;
+            case DType::F16:
+                return 2e-3;
+            case DType::BF16:
+                return 1e-2;
+            case DType::Q8_0:
+                return 2e-2;
+            case DType::Q5_0:
+            case DType::Q5_1:
+                return 8e-2;
+            default:
+                return 0.16;
+        }
+    };
+    struct Shape {
+        int64_t H, Hkv, D, depth, T;
+    };
+    for (const Shape sh : {Shape{8, 2, 64, 333, 1}, Shape{4, 2, 32, 90, 11}}) {
+        const auto q = randoms(rng_, sh.T * sh.H * sh.D), k = randoms(rng_, sh.T * sh.Hkv * sh.D),
+                   v = randoms(rng_, sh.T * sh.Hkv * sh.D);
+        const float scale = 4.0f / std::sqrt(float(sh.D));  // peaked enough that keys matter
+        const uint32_t cache_seed = uint32_t(rng_());
+        auto run = [&](DType tk, DType tv) {
+            std::mt19937 cache_rng(cache_seed);
+            KvCase c(*be_, cache_rng, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, tk, tv);
+            KvBlock b = c.block();
+            DevTensor dq(*be_, sh.T, sh.H * sh.D, q), dk(*be_, sh.T, sh.Hkv * sh.D, k),
+                dv(*be_, sh.T, sh.Hkv * sh.D, v), out(*be_, sh.T, sh.H * sh.D);
+            batch({{0, 0, sh.T, sh.depth}}, {&b});
+            be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, 0, out.t());
+            be_->reset_scratch();
+            std::vector<float> qr = q;
+            if (tk == DType::F16)
+                for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));
+            return std::pair{out.get(), ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T,
+                                                       tk, tv, scale)};
+        };
+        const std::vector<float> base = run(DType::F32, DType::F32).first;
+        for (DType tk : types)
+            for (DType tv : types) {
+                if (!be_->supports(Op::attention, tk) || !be_->supports(Op::attention, tv)) continue;
+                const std::string what = std::string("attention K ") + traits(tk).name + " V " + traits(tv).name +
+                                         " T=" + std::to_string(sh.T);
+                const auto [got, want] = run(tk, tv);
+                expect_close(got, want, 2e-5, 1e-5, what);
+                double e = 0, n = 0;
+                for (size_t i = 0; i < got.size(); ++i) {
+                    e += double(got[i] - base[i]) * (got[i] - base[i]);
+                    n += double(base[i]) * base[i];
+                }
+                EXPECT_LE(std::sqrt(e / n), cost(tk) + cost(tv)) << what;
+            }
     }
 }
 

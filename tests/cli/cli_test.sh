@@ -30,7 +30,7 @@ expect "info gpu" 0 "^GPU (-ngl 99): " "$bin" info -m "$m"
 expect "info gpu json" 0 '"gpu": {' "$bin" info -m "$m" --json
 expect "bad token list" 1 "not an integer" "$bin" logits -m "$m" --tokens 1,x -o "$tmp/l"
 expect "token out of range" 1 "out of range" "$bin" logits -m "$m" --tokens 1,99999 -o "$tmp/l"
-expect "bad cache type" 1 "unsupported cache type" "$bin" logits -m "$m" --tokens 1 -ctk q9 -o "$tmp/l"
+expect "bad cache type" 1 "unknown cache type" "$bin" logits -m "$m" --tokens 1 -ctk q9 -o "$tmp/l"
 expect "bad ubatch" 1 "out of range" "$bin" logits -m "$m" --tokens 1 -ub 0 -o "$tmp/l"
 expect "logits" 0 "wrote 3 x 512" "$bin" logits -m "$m" --tokens 1,2,3 -o "$tmp/l"
 size=$(stat -c %s "$tmp/l")

@@ -29,7 +29,8 @@ std::vector<int32_t> cat(std::vector<int32_t> a, const std::vector<int32_t>& b) 
 class PromptCacheExact : public ::testing::TestWithParam<std::string> {
   protected:
     void SetUp() override {
-        auto e = Engine::load(testing::fixtures_dir() + "/models/" + GetParam(),
+        const testing::ModelCase kv = testing::model_case(GetParam());
+        auto e = Engine::load(testing::fixtures_dir() + "/models/" + kv.model,
                               {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
         ASSERT_TRUE(e.ok()) << e.error().message;
         engine = std::move(*e);
@@ -37,6 +38,8 @@ class PromptCacheExact : public ::testing::TestWithParam<std::string> {
         ContextParams cp;
         cp.n_ctx = 256;
         cp.n_seq_max = 2;
+        cp.type_k = kv.type_k;
+        cp.type_v = kv.type_v;
         auto c = engine->new_context(cp);
         ASSERT_TRUE(c.ok());
         ctx = std::move(*c);
@@ -173,7 +176,7 @@ TEST_P(PromptCacheExact, a_state_saved_to_a_file_and_read_back_hits_exactly) {
     run(prompt);
     auto state = read_seq_state(*ctx, 1, prompt);
     ASSERT_TRUE(state.ok()) << state.error().message;
-    const std::string path = ::testing::TempDir() + "/bigmoe_seq_" + GetParam();
+    const std::string path = ::testing::TempDir() + "/bigmoe_seq_" + testing::model_case_name(GetParam());
     ASSERT_TRUE(write_seq_file(path, *ctx, *state).ok());
     auto back = read_seq_file(path, *ctx);
     ASSERT_TRUE(back.ok()) << back.error().message;
@@ -186,13 +189,10 @@ TEST_P(PromptCacheExact, a_state_saved_to_a_file_and_read_back_hits_exactly) {
 
 INSTANTIATE_TEST_SUITE_P(Models, PromptCacheExact,
                          ::testing::Values("qwen35moe-tiny-f32.gguf", "qwen35-tiny-f32.gguf", "qwen3moe-tiny-f32.gguf",
-                                           "qwen35moe-tiny-q4_k_m.gguf", "qwen3moe-tiny-q4_k_m.gguf"),
-                         [](const auto& info) {
-                             std::string n = info.param.substr(0, info.param.size() - 5);
-                             for (char& ch : n)
-                                 if (ch == '-' || ch == '.') ch = '_';
-                             return n;
-                         });
+                                           "qwen35moe-tiny-q4_k_m.gguf", "qwen3moe-tiny-q4_k_m.gguf",
+                                           // quantized KV caches, K and V of different types
+                                           "qwen35moe-tiny-f32.gguf|q4_0|q8_0", "qwen3moe-tiny-f32.gguf|q5_1|iq4_nl"),
+                         [](const auto& info) { return testing::model_case_name(info.param); });
 
 }  // namespace
 }  // namespace bigmoe

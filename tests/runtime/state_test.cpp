@@ -57,9 +57,12 @@ std::string synth_model(const std::string& arch, const std::string& quant) {
 
 std::vector<std::string> models() {
     const std::string f = testing::fixtures_dir() + "/models/";
-    return {f + "qwen35moe-tiny-f32.gguf",    f + "qwen35-tiny-f32.gguf",         f + "qwen3moe-tiny-f32.gguf",
+    return {f + "qwen35moe-tiny-f32.gguf", f + "qwen35-tiny-f32.gguf", f + "qwen3moe-tiny-f32.gguf",
             f + "qwen35moe-tiny-q4_k_m.gguf", synth_model("qwen35moe", "Q4_K_M"), synth_model("qwen35", "Q8_0"),
-            synth_model("qwen3moe", "Q6_K")};
+            synth_model("qwen3moe", "Q6_K"),
+            // quantized KV caches, K and V of different types
+            f + "qwen35moe-tiny-f32.gguf|q4_0|q8_0", f + "qwen3moe-tiny-f32.gguf|iq4_nl|q5_1",
+            f + "qwen35moe-tiny-q4_k_m.gguf|q8_0|q4_1", f + "qwen35-tiny-f32.gguf|bf16|q5_0"};
 }
 
 std::vector<int32_t> some_tokens(int n, int salt, int64_t n_vocab) {
@@ -75,19 +78,24 @@ bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
 class State : public ::testing::TestWithParam<std::string> {
   protected:
     void SetUp() override {
-        auto e = Engine::load(GetParam(), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+        kv = testing::model_case(GetParam());
+        auto e = Engine::load(kv.model, {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
         ASSERT_TRUE(e.ok()) << e.error().message;
         engine = std::move(*e);
         n_vocab = engine->model().hparams().n_vocab;
     }
     std::unique_ptr<Context> context(int n_seq = 1, int64_t ubatch = 512) {
+        return std::move(*engine->new_context(params(128, n_seq, ubatch)));
+    }
+    // A context's parameters with the case's cache types.
+    ContextParams params(int64_t n_ctx, int n_seq = 1, int64_t ubatch = 512) const {
         ContextParams cp;
-        cp.n_ctx = 128;
+        cp.n_ctx = n_ctx;
         cp.n_seq_max = n_seq;
         cp.n_ubatch = ubatch;
-        auto c = engine->new_context(cp);
-        EXPECT_TRUE(c.ok());
-        return std::move(*c);
+        cp.type_k = kv.type_k;
+        cp.type_v = kv.type_v;
+        return cp;
     }
     std::vector<float> run(Context& c, int seq, const std::vector<int32_t>& t) {
         std::vector<float> l;
@@ -95,6 +103,7 @@ class State : public ::testing::TestWithParam<std::string> {
         EXPECT_TRUE(r.ok()) << r.error().message;
         return l;
     }
+    testing::ModelCase kv;
     std::unique_ptr<Engine> engine;
     int64_t n_vocab = 0;
 };
@@ -189,10 +198,8 @@ TEST_P(State, rollback_depth_does_not_change_bits) {
     ASSERT_TRUE(cp.ok());
     const auto ref_more = run(*deep, 0, more);
     for (int depth : {0, 1}) {
-        ContextParams p;
-        p.n_ctx = 128;
+        ContextParams p = params(128, 1, 3);  // several micro-batches: states carried from one to the next
         p.rollback_depth = depth;
-        p.n_ubatch = 3;  // several micro-batches: states carried from one to the next
         auto c = engine->new_context(p);
         ASSERT_TRUE(c.ok());
         EXPECT_TRUE(same_bits(run(**c, 0, t), ref)) << "depth " << depth;
@@ -214,11 +221,9 @@ TEST_P(State, thread_count_does_not_change_bits) {
     if (testing::test_gpu_layers() != 0) GTEST_SKIP() << "CPU threads do not apply on the GPU";
     const auto t = some_tokens(12, 11, n_vocab);
     const auto two = run(*context(), 0, t);
-    auto e1 = Engine::load(GetParam(), {.n_threads = 1});
+    auto e1 = Engine::load(kv.model, {.n_threads = 1});
     ASSERT_TRUE(e1.ok());
-    ContextParams cp;
-    cp.n_ctx = 64;
-    auto c1 = (*e1)->new_context(cp);
+    auto c1 = (*e1)->new_context(params(64));
     ASSERT_TRUE(c1.ok());
     std::vector<float> one;
     ASSERT_TRUE((*c1)->decode_seq(0, t, true, &one).ok());
@@ -230,11 +235,10 @@ TEST_P(State, thread_count_does_not_change_bits) {
 TEST_P(State, graph_replay_does_not_change_bits) {
     if (testing::test_gpu_layers() == 0) GTEST_SKIP() << "step graphs are the CUDA backend's";
     ::setenv("BIGMOE_CUDA_GRAPHS", "0", 1);
-    auto plain = Engine::load(GetParam(), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto plain = Engine::load(kv.model, {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ::unsetenv("BIGMOE_CUDA_GRAPHS");
     ASSERT_TRUE(plain.ok()) << plain.error().message;
-    ContextParams cp;
-    cp.n_ctx = 128;
+    const ContextParams cp = params(128);
     auto a = engine->new_context(cp);
     auto b = (*plain)->new_context(cp);
     ASSERT_TRUE(a.ok() && b.ok());
@@ -271,11 +275,9 @@ TEST_P(State, bad_input_is_an_error) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, State, ::testing::ValuesIn(models()), [](const auto& i) {
-    std::string s = i.param.substr(i.param.rfind('/') + 1);
-    s = s.substr(0, s.size() - 5);
-    for (auto& ch : s)
-        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
-    return s.substr(0, s.find("_" + std::to_string(::getpid())));
+    std::string s = testing::model_case_name(i.param);
+    const size_t pid = s.find("_" + std::to_string(::getpid()));
+    return pid == std::string::npos ? s : s.substr(0, pid);
 });
 
 }  // namespace

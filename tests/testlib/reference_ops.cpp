@@ -132,20 +132,21 @@ Vec rope_neox(const std::vector<float>& x, int64_t T, int64_t cols, int64_t head
 
 Vec attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
               const std::vector<float>& past_k, const std::vector<float>& past_v, int64_t H, int64_t Hkv, int64_t D,
-              int64_t depth, int64_t T, DType cache, double scale) {
-    auto stored = [&](float x) -> double { return cache == DType::F16 ? fp16_to_f32(f32_to_fp16(x)) : x; };
+              int64_t depth, int64_t T, DType type_k, DType type_v, double scale) {
     const int64_t W = Hkv * D;
+    const std::vector<float> pk = as_stored(type_k, past_k, W), pv = as_stored(type_v, past_v, W),
+                             nk = as_stored(type_k, k, W), nv = as_stored(type_v, v, W);
     Vec out(size_t(T * H * D), 0.0);
     for (int64_t t = 0; t < T; ++t)
         for (int64_t h = 0; h < H; ++h) {
             const int64_t g = h / (H / Hkv), n = depth + t + 1;
             auto at = [&](const std::vector<float>& past, const std::vector<float>& now, int64_t p, int64_t i) {
-                return stored(p < depth ? past[size_t(p * W + g * D + i)] : now[size_t((p - depth) * W + g * D + i)]);
+                return double(p < depth ? past[size_t(p * W + g * D + i)] : now[size_t((p - depth) * W + g * D + i)]);
             };
             Vec s(static_cast<size_t>(n));
             for (int64_t p = 0; p < n; ++p) {
                 double d = 0;
-                for (int64_t i = 0; i < D; ++i) d += double(q[size_t(t * H * D + h * D + i)]) * at(past_k, k, p, i);
+                for (int64_t i = 0; i < D; ++i) d += double(q[size_t(t * H * D + h * D + i)]) * at(pk, nk, p, i);
                 s[size_t(p)] = d * scale;
             }
             const double mx = *std::max_element(s.begin(), s.end());
@@ -153,10 +154,20 @@ Vec attention(const std::vector<float>& q, const std::vector<float>& k, const st
             for (double& x : s) sum += x = std::exp(x - mx);
             for (int64_t i = 0; i < D; ++i) {
                 double o = 0;
-                for (int64_t p = 0; p < n; ++p) o += s[size_t(p)] * at(past_v, v, p, i);
+                for (int64_t p = 0; p < n; ++p) o += s[size_t(p)] * at(pv, nv, p, i);
                 out[size_t(t * H * D + h * D + i)] = o / sum;
             }
         }
+    return out;
+}
+
+std::vector<float> as_stored(DType t, const std::vector<float>& rows, int64_t width) {
+    std::vector<float> out(rows.size());
+    std::vector<uint8_t> bytes(row_bytes(t, width));
+    for (size_t r = 0; r + size_t(width) <= rows.size(); r += size_t(width)) {
+        quantize_row(t, rows.data() + r, bytes.data(), width);
+        dequantize_row(t, bytes.data(), out.data() + r, width);
+    }
     return out;
 }
 

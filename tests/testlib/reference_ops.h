@@ -32,10 +32,13 @@ Vec add_gated(const std::vector<float>& a, const std::vector<float>& b, const st
 Vec rope_neox(const std::vector<float>& x, int64_t T, int64_t cols, int64_t head_dim, int64_t n_rot, double theta,
               int64_t pos0);
 // Causal attention of T new tokens after `depth` cached positions; K/V rows (cached and new)
-// are rounded through `cache` (F16 or F32) as the cache stores them. Returns [T][H * D].
+// are rounded through the cache types (any KV cache type, a row of Hkv * D at a time) as the
+// cache stores them. Returns [T][H * D].
 Vec attention(const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
               const std::vector<float>& past_k, const std::vector<float>& past_v, int64_t H, int64_t Hkv, int64_t D,
-              int64_t depth, int64_t T, DType cache, double scale);
+              int64_t depth, int64_t T, DType type_k, DType type_v, double scale);
+// Rows of `width` values as a cache of type t holds them (written, then read back).
+std::vector<float> as_stored(DType t, const std::vector<float>& rows, int64_t width);
 // Routed experts: softmax, top-k, renormalised, SwiGLU experts (gate / up / down stacks).
 Vec moe(const std::vector<float>& x, const std::vector<float>& router, int64_t T, const MoeWeights& m);
 // Depthwise causal conv then SiLU; state: [C][K-1] oldest first, updated to the last inputs.

@@ -109,4 +109,29 @@ std::unique_ptr<OwnedWeight> make_weight(std::mt19937& rng, DType t, int64_t n_i
     return o;
 }
 
+ModelCase model_case(const std::string& param) {
+    ModelCase c;
+    const size_t a = param.find('|');
+    c.model = param.substr(0, a);
+    if (a == std::string::npos) return c;
+    const size_t b = param.find('|', a + 1);
+    auto type = [](const std::string& s) {
+        auto t = dtype_from_name(s);
+        if (!t) throw std::runtime_error("bad cache type in a test parameter: " + s);
+        return *t;
+    };
+    c.type_k = type(param.substr(a + 1, b - a - 1));
+    c.type_v = b == std::string::npos ? c.type_k : type(param.substr(b + 1));
+    return c;
+}
+
+std::string model_case_name(const std::string& param) {
+    std::string s = param.substr(param.rfind('/') == std::string::npos ? 0 : param.rfind('/') + 1);
+    const size_t dot = s.find(".gguf");
+    if (dot != std::string::npos) s.erase(dot, 5);
+    for (auto& ch : s)
+        if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
+    return s;
+}
+
 }  // namespace bigmoe::testing

@@ -42,4 +42,13 @@ struct OwnedWeight {
 std::unique_ptr<OwnedWeight> make_weight(std::mt19937& rng, DType t, int64_t n_in, int64_t n_out, int64_t n_exp = 1,
                                          float lo = -1, float hi = 1);
 
+// A test parameter naming a model and, after '|', its KV cache types ("model.gguf|q4_0|q8_0";
+// f16 both when absent), and the same as a test name (letters, digits and '_').
+struct ModelCase {
+    std::string model;
+    DType type_k = DType::F16, type_v = DType::F16;
+};
+ModelCase model_case(const std::string& param);
+std::string model_case_name(const std::string& param);
+
 }  // namespace bigmoe::testing

@@ -75,7 +75,7 @@ bool CpuBackend::supports(Op op, DType t) const {
         case Op::moe:
             return k_->vec_dot[int(t)] != nullptr;
         case Op::attention:
-            return t == DType::F32 || t == DType::F16;
+            return is_cache_type(t);
     }
     return false;
 }

@@ -1,8 +1,13 @@
-// Causal attention over each sequence's KV block (f32 or f16 cache). Every (token, head) pair is
+// Causal attention over each sequence's KV block (any cache type). Every (token, head) pair is
 // computed independently in a fixed order over key positions, so a token's result does not
 // depend on the batch it came in.
 //
-// The query is rounded to the K cache's precision, as the reference engine does. Softmax and the
+// f32 and f16 caches are read directly by the kernels. The other types (bf16 and the 32-element
+// block types) are dequantized a tile at a time: a tile's rows of one KV head, into f32 that every
+// query of the task then reads; the cache is never converted as a whole. Values are quantized as
+// they are written, each row on its own, so a row's bytes do not depend on the batch either.
+//
+// With an f16 cache the query is rounded to f16, as the reference engine does. Softmax and the
 // V accumulation stay in f32 for every batch size: the reference's CPU kernel accumulates V in
 // f16 for small batches (decode), which measurably drifts at long context (> 1e-3 relative on
 // the 297-token fixture prompt), so bigmoe does not copy it.
@@ -14,18 +19,32 @@
 #include "backend/cpu/cpu_backend.h"
 #include "core/fast_exp.h"
 #include "core/fp16.h"
+#include "quant/quants.h"
 
 namespace bigmoe::cpu {
 
 namespace {
 
 void store_row(DType type, void* base, int64_t pos, const float* src, int64_t width) {
+    uint8_t* dst = static_cast<uint8_t*>(base) + size_t(pos) * row_bytes(type, width);
     if (type == DType::F32) {
-        std::memcpy(static_cast<float*>(base) + pos * width, src, size_t(width) * 4);
+        std::memcpy(dst, src, size_t(width) * 4);
+    } else if (type == DType::F16) {
+        uint16_t* d = reinterpret_cast<uint16_t*>(dst);
+        for (int64_t i = 0; i < width; ++i) d[i] = f32_to_fp16(src[i]);
     } else {
-        uint16_t* dst = static_cast<uint16_t*>(base) + pos * width;
-        for (int64_t i = 0; i < width; ++i) dst[i] = f32_to_fp16(src[i]);
+        quantize_row(type, src, dst, width);
     }
+}
+
+// Types the kernels read in place; the others go through a dequantized tile.
+bool read_directly(DType t) {
+    return t == DType::F32 || t == DType::F16;
+}
+
+// Rows [0, n) of one head (D elements from `head`, rows row_bytes apart) as f32, row-major.
+void dequantize_tile(DType type, const uint8_t* head, size_t row_bytes, int64_t n, int64_t D, float* out) {
+    for (int64_t t = 0; t < n; ++t) dequantize_row(type, head + size_t(t) * row_bytes, out + t * D, D);
 }
 
 }  // namespace
@@ -36,15 +55,29 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     const int64_t D = p.head_dim, width = p.n_head_kv * D;
     BM_CHECK(q.cols == p.n_head * D && k.cols == width && v.cols == width && out.cols == p.n_head * D);
     BM_CHECK(kv.size() == spans.size());
+    std::vector<std::pair<size_t, int64_t>> rows;  // (span, token): the rows to write
     for (size_t si = 0; si < spans.size(); ++si) {
-        const SeqSpan& s = spans[si];
-        const KvBlock& b = *kv[si];
-        BM_CHECK(s.pos0 + s.n_tokens <= b.capacity);
-        for (int64_t i = 0; i < s.n_tokens; ++i) {
+        BM_CHECK(spans[si].pos0 + spans[si].n_tokens <= kv[si]->capacity);
+        BM_CHECK(width % traits(kv[si]->type_k).block_elems == 0 && D % traits(kv[si]->type_k).block_elems == 0);
+        BM_CHECK(width % traits(kv[si]->type_v).block_elems == 0 && D % traits(kv[si]->type_v).block_elems == 0);
+        for (int64_t i = 0; i < spans[si].n_tokens; ++i) rows.emplace_back(si, i);
+    }
+    // quantizing is per row, so rows can be written by any thread
+    const bool quantized = std::any_of(
+        kv.begin(), kv.end(), [](const KvBlock* b) { return !read_directly(b->type_k) || !read_directly(b->type_v); });
+    auto store = [&](int64_t rb, int64_t re, int) {
+        for (int64_t r = rb; r < re; ++r) {
+            const auto [si, i] = rows[size_t(r)];
+            const SeqSpan& s = spans[si];
+            const KvBlock& b = *kv[si];
             store_row(b.type_k, b.k, s.pos0 + i, k.row(s.first + i), width);
             store_row(b.type_v, b.v, s.pos0 + i, v.row(s.first + i), width);
         }
-    }
+    };
+    if (quantized && rows.size() > 1)
+        pool_->parallel_for(int64_t(rows.size()), store);
+    else
+        store(0, int64_t(rows.size()), 0);
     // Flash attention. A query's keys are cut at fixed absolute positions into chunks of
     // k_kv_chunk; each chunk gives a partial softmax (its maximum, mass and weighted values, by an
     // online softmax over tiles of k_kv_tile keys), and the partials are merged in chunk order.
@@ -102,7 +135,13 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     struct Scratch {
         std::vector<float> s, pr;
         std::vector<int64_t> n_of;
-        Scratch(int64_t max_q) : s(size_t(max_q * k_kv_tile)), pr(s.size()), n_of(size_t(max_q)) {}
+        std::vector<float> kt, vt;  // a tile of one KV head's keys / values, dequantized
+        Scratch(int64_t max_q, int64_t D)
+            : s(size_t(max_q * k_kv_tile)),
+              pr(s.size()),
+              n_of(size_t(max_q)),
+              kt(size_t(k_kv_tile * D)),
+              vt(kt.size()) {}
     };
     // The partial softmax of chunk c for the task's queries.
     auto chunk = [&](int64_t ti, int64_t c, Scratch& w, float* part) {
@@ -111,9 +150,12 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         const float* qt = qv.row(ti);
         const KvBlock& b = *kv[task.span];
         const bool f16k = b.type_k == DType::F16, f16v = b.type_v == DType::F16;
+        const bool direct_k = read_directly(b.type_k), direct_v = read_directly(b.type_v);
         const KvScoresFn scores = f16k ? k_->kv_scores_f16 : k_->kv_scores_f32;
         const KvAccumFn accum = f16v ? k_->kv_accum_f16 : k_->kv_accum_f32;
-        const size_t k_es = f16k ? 2 : 4, v_es = f16v ? 2 : 4;
+        // a row's bytes, and where KV head g starts in it
+        const size_t k_row = row_bytes(b.type_k, width), v_row = row_bytes(b.type_v, width);
+        const size_t k_head = row_bytes(b.type_k, D), v_head = row_bytes(b.type_v, D);
         const int64_t nqg = (task.t1 - task.t0) * group, nq = n_queries(task);
         const int64_t c0 = c * k_kv_chunk, c1 = std::min(c0 + k_kv_chunk, s.pos0 + task.t1);
         float *m = part, *l = part + max_q, *acc = part + 2 * max_q;
@@ -124,8 +166,14 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             const int64_t n = std::min(k_kv_tile, c1 - kt);
             for (int64_t g = 0; g < p.n_head_kv; ++g) {
                 const int64_t j0 = g * nqg;
-                scores(qt + j0 * D, nqg, static_cast<const uint8_t*>(b.k) + size_t(kt * width + g * D) * k_es, width, n,
-                       D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
+                const uint8_t* kp = static_cast<const uint8_t*>(b.k) + size_t(kt) * k_row + size_t(g) * k_head;
+                if (direct_k) {
+                    scores(qt + j0 * D, nqg, kp, width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
+                } else {
+                    dequantize_tile(b.type_k, kp, k_row, n, D, w.kt.data());
+                    k_->kv_scores_f32(qt + j0 * D, nqg, w.kt.data(), D, n, D, p.scale, w.s.data() + j0 * k_kv_tile,
+                                      k_kv_tile);
+                }
                 for (int64_t j = j0; j < j0 + nqg; ++j) {
                     const int64_t pos = s.pos0 + task.t0 + (j - j0) / group;  // query j's position
                     const int64_t nj = std::clamp<int64_t>(pos + 1 - kt, 0, n);
@@ -144,8 +192,16 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                     float* pj = w.pr.data() + j * k_kv_tile;
                     l[j] += k_->exp_shift(sj, m[j], pj, nj);
                 }
-                accum(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg,
-                      static_cast<const uint8_t*>(b.v) + size_t(kt * width + g * D) * v_es, width, D, acc + j0 * D);
+                const uint8_t* vp = static_cast<const uint8_t*>(b.v) + size_t(kt) * v_row + size_t(g) * v_head;
+                if (direct_v) {
+                    accum(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, vp, width, D, acc + j0 * D);
+                } else {
+                    // only the keys some query of the task sees
+                    const int64_t nv = *std::max_element(w.n_of.data() + j0, w.n_of.data() + j0 + nqg);
+                    dequantize_tile(b.type_v, vp, v_row, nv, D, w.vt.data());
+                    k_->kv_accum_f32(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, w.vt.data(), D,
+                                     D, acc + j0 * D);
+                }
             }
         }
     };
@@ -183,7 +239,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
 
     if (!split) {
         pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
-            Scratch w(max_q);
+            Scratch w(max_q, D);
             std::vector<float> total(static_cast<size_t>(part_floats)), next(total.size());
             for (int64_t ti = tb; ti < te; ++ti) {
                 const Task& task = tasks[size_t(ti)];
@@ -202,7 +258,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     for (size_t i = 0; i < tasks.size(); ++i) first[i + 1] = first[i] + tasks[i].n_chunks;
     Tensor parts = scratch(first.back(), part_floats);
     pool_->parallel_for(first.back(), [&](int64_t b0, int64_t e0, int) {
-        Scratch w(max_q);
+        Scratch w(max_q, D);
         for (int64_t item = b0; item < e0; ++item) {
             const int64_t ti = std::upper_bound(first.begin(), first.end(), item) - first.begin() - 1;
             chunk(ti, item - first[size_t(ti)], w, parts.row(item));
