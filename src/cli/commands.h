@@ -15,6 +15,7 @@ int cmd_run(const std::vector<std::string>& args);
 int cmd_report(const std::vector<std::string>& args);
 int cmd_serve(const std::vector<std::string>& args);
 int cmd_loadtest(const std::vector<std::string>& args);
+int cmd_perplexity(const std::vector<std::string>& args);
 
 // Prints "error: <msg>" to stderr and returns 1.
 int fail(const std::string& msg);

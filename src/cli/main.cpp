@@ -26,6 +26,7 @@ const Command k_commands[] = {
     {"run", bigmoe::cli::cmd_run, "generate text from a prompt, or chat (-cnv)"},
     {"serve", bigmoe::cli::cmd_serve, "an OpenAI-compatible HTTP server with continuous batching"},
     {"loadtest", bigmoe::cli::cmd_loadtest, "latency and throughput of a server under a workload"},
+    {"perplexity", bigmoe::cli::cmd_perplexity, "perplexity of a text, and KL divergence against a saved base run"},
     {"info", bigmoe::cli::cmd_info, "show a model's architecture, hyper-parameters, tensors and memory needs"},
     {"logits", bigmoe::cli::cmd_logits, "compute the logits of every position of a token list"},
     {"bench", bigmoe::cli::cmd_bench, "benchmark prompt processing and generation (llama-bench style)"},

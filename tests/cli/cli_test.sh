@@ -35,6 +35,17 @@ expect "bad ubatch" 1 "out of range" "$bin" logits -m "$m" --tokens 1 -ub 0 -o "
 expect "logits" 0 "wrote 3 x 512" "$bin" logits -m "$m" --tokens 1,2,3 -o "$tmp/l"
 size=$(stat -c %s "$tmp/l")
 if [ "$size" = $((3*512*4)) ]; then pass=$((pass+1)); else echo "FAIL: logits size $size"; fail=$((fail+1)); fi
+# perplexity, and KL divergence against a saved base
+yes "The river runs past the old mill and the stones are warm in the sun." | head -30 > "$tmp/text.txt"
+ppl=("$bin" perplexity -m "$m" -f "$tmp/text.txt" -c 64 -t 1)
+expect "perplexity" 0 "Final estimate: PPL = " "${ppl[@]}"
+expect "perplexity base" 0 "saved the scored" "${ppl[@]}" -ctk f32 -ctv f32 --kl-divergence-base "$tmp/base.kl"
+expect "kl divergence" 0 "Mean KLD" "${ppl[@]}" -ctk q4_0 -ctv q8_0 --kl-divergence-base "$tmp/base.kl" --kl-divergence
+expect "kl json" 0 '"top1_agreement":' "${ppl[@]}" -ctk q5_1 --kl-divergence-base "$tmp/base.kl" --kl-divergence --json
+expect "kl other chunks" 1 "chunks of 64" "$bin" perplexity -m "$m" -f "$tmp/text.txt" -c 32 --kl-divergence-base "$tmp/base.kl" --kl-divergence
+expect "kl without base" 1 "needs --kl-divergence-base" "${ppl[@]}" --kl-divergence
+expect "perplexity no text" 1 "cannot" "$bin" perplexity -m "$m" -f "$tmp/none.txt"
+expect "perplexity short text" 1 "fewer than one chunk" "$bin" perplexity -m "$m" -f "$tmp/text.txt" -c 65536
 expect "synth bad preset" 1 "unknown preset" "$bin" synth --preset nope -o "$tmp/x.gguf"
 expect "synth bad quant" 1 "unknown quant" "$bin" synth --arch qwen3moe --quant Q3 -o "$tmp/x.gguf"
 expect "synth" 0 "random weights" "$bin" synth --arch qwen3moe --n-embd 256 --n-layer 2 --quant Q4_K_M --byte-vocab -o "$tmp/s.gguf"
