@@ -9,7 +9,8 @@ namespace bigmoe {
 
 namespace {
 
-constexpr char k_magic[8] = {'B', 'M', 'K', 'L', 'B', 'A', 'S', '1'};
+constexpr char k_magic[8] = {'B', 'M', 'K', 'L', 'B', 'A', 'S', '2'};
+constexpr uint64_t k_row_extra = 12;  // per row: the levels' lowest and highest value, the scored token's
 // A base row keeps log-probabilities down to this far below its largest; what lies below has a
 // probability under e^-40 per token, nothing next to the divergences measured.
 constexpr double k_range = 40;
@@ -64,7 +65,7 @@ KlBaseWriter::~KlBaseWriter() {
     if (f_) std::fclose(f_);
 }
 
-Result<void> KlBaseWriter::add(const float* logits) {
+Result<void> KlBaseWriter::add(const float* logits, int32_t next) {
     std::vector<double> logp;
     log_softmax(logits, n_vocab_, logp);
     const double top = *std::max_element(logp.begin(), logp.end());
@@ -74,8 +75,8 @@ Result<void> KlBaseWriter::add(const float* logits) {
         const double level = step > 0 ? std::round((std::max(logp[i], double(lo)) - double(lo)) / step) : 0;
         row_[i] = uint16_t(std::clamp(level, 0.0, 65535.0));
     }
-    const float hi = float(top);
-    if (std::fwrite(&lo, 4, 1, f_) != 1 || std::fwrite(&hi, 4, 1, f_) != 1 ||
+    const float hi = float(top), scored = float(logp[size_t(next)]);
+    if (std::fwrite(&lo, 4, 1, f_) != 1 || std::fwrite(&hi, 4, 1, f_) != 1 || std::fwrite(&scored, 4, 1, f_) != 1 ||
         std::fwrite(row_.data(), 2, row_.size(), f_) != row_.size())
         return make_error("cannot write " + path_ + " (disk full?)", ErrorKind::resource_exhausted);
     return {};
@@ -84,7 +85,7 @@ Result<void> KlBaseWriter::add(const float* logits) {
 Result<void> KlBaseWriter::finish() {
     // the position count goes into the header last, so a run cut short leaves a file that says so
     const long end = std::ftell(f_);
-    const uint64_t n = uint64_t(end - long(sizeof(Header))) / (8 + 2 * uint64_t(n_vocab_));
+    const uint64_t n = uint64_t(end - long(sizeof(Header))) / (k_row_extra + 2 * uint64_t(n_vocab_));
     if (std::fseek(f_, offsetof(Header, n_positions), SEEK_SET) != 0 || std::fwrite(&n, 8, 1, f_) != 1 ||
         std::fclose(f_) != 0) {
         f_ = nullptr;
@@ -119,7 +120,7 @@ Result<std::unique_ptr<KlBaseReader>> KlBaseReader::open(const std::string& path
                           ErrorKind::bad_input);
     std::fseek(r->f_, 0, SEEK_END);
     const uint64_t size = uint64_t(std::ftell(r->f_));
-    if (size != sizeof(Header) + h.n_positions * (8 + 2 * uint64_t(n_vocab)))
+    if (size != sizeof(Header) + h.n_positions * (k_row_extra + 2 * uint64_t(n_vocab)))
         return make_error(path + " is truncated or damaged (" + std::to_string(size) + " bytes)",
                           ErrorKind::corrupt_file);
     std::fseek(r->f_, long(sizeof(Header)), SEEK_SET);
@@ -133,15 +134,16 @@ KlBaseReader::~KlBaseReader() {
     if (f_) std::fclose(f_);
 }
 
-Result<void> KlBaseReader::next(std::vector<double>& logp) {
+Result<void> KlBaseReader::next(std::vector<double>& logp, double& next_logp) {
     if (read_ >= n_positions_)
         return make_error(path_ + " holds " + std::to_string(n_positions_) + " positions, fewer than this run scores",
                           ErrorKind::bad_input);
-    float lo = 0, hi = 0;
-    if (std::fread(&lo, 4, 1, f_) != 1 || std::fread(&hi, 4, 1, f_) != 1 ||
+    float lo = 0, hi = 0, scored = 0;
+    if (std::fread(&lo, 4, 1, f_) != 1 || std::fread(&hi, 4, 1, f_) != 1 || std::fread(&scored, 4, 1, f_) != 1 ||
         std::fread(row_.data(), 2, row_.size(), f_) != row_.size())
         return make_error("cannot read " + path_, ErrorKind::resource_exhausted);
     ++read_;
+    next_logp = scored;
     const double step = (double(hi) - double(lo)) / 65535.0;
     logp.resize(row_.size());
     double mx = -INFINITY;
@@ -189,16 +191,17 @@ Result<PerplexityResult> perplexity(Context& ctx, const std::vector<int32_t>& to
             const int32_t next = chunk[size_t(j + 1)];
             log_softmax(row, V, logp);
             nll.push_back(-logp[size_t(next)]);
-            if (save) BM_TRY(save->add(row));
+            if (save) BM_TRY(save->add(row, next));
             if (base) {
-                BM_TRY(base->next(blogp));
+                double base_next = 0;
+                BM_TRY(base->next(blogp, base_next));
                 double d = 0;
                 for (int64_t i = 0; i < V; ++i) {
                     const double bp = blogp[size_t(i)];
                     d += std::exp(bp) * (bp - logp[size_t(i)]);
                 }
                 kl.push_back(std::max(0.0, d));
-                base_nll.push_back(-blogp[size_t(next)]);
+                base_nll.push_back(-base_next);
                 const auto top = [](const std::vector<double>& v) {
                     return std::max_element(v.begin(), v.end()) - v.begin();
                 };

@@ -45,14 +45,15 @@ struct PerplexityResult {
 };
 
 // The distributions of a base run, saved by positions as they are scored: for each, the
-// log-probabilities over the vocabulary as 16-bit levels between the row's smallest value and
-// zero (a step of at most a few 1e-4 nats, far below the KL divergences it measures).
+// log-probabilities over the vocabulary as 16-bit levels over the 40 nats below the row's largest
+// (a step of 6e-4 nats; the divergence, computed after renormalizing, moves only at second order)
+// and the scored token's log-probability exactly (for the base's perplexity).
 class KlBaseWriter {
   public:
     static Result<std::unique_ptr<KlBaseWriter>> create(const std::string& path, int64_t n_vocab, int64_t n_ctx,
                                                         const std::vector<int32_t>& tokens);
     ~KlBaseWriter();
-    Result<void> add(const float* logits);  // one scored position's logits
+    Result<void> add(const float* logits, int32_t next);  // a scored position's logits and its next token
     Result<void> finish();
 
   private:
@@ -69,8 +70,9 @@ class KlBaseReader {
     static Result<std::unique_ptr<KlBaseReader>> open(const std::string& path, int64_t n_vocab, int64_t n_ctx,
                                                       const std::vector<int32_t>& tokens);
     ~KlBaseReader();
-    // The next position's log-probabilities (normalized again after the 16-bit rounding).
-    Result<void> next(std::vector<double>& logp);
+    // The next position's log-probabilities (normalized again after the 16-bit rounding) and
+    // the scored token's.
+    Result<void> next(std::vector<double>& logp, double& next_logp);
     int64_t positions() const { return n_positions_; }
 
   private:

@@ -191,7 +191,8 @@ INSTANTIATE_TEST_SUITE_P(Models, PromptCacheExact,
                          ::testing::Values("qwen35moe-tiny-f32.gguf", "qwen35-tiny-f32.gguf", "qwen3moe-tiny-f32.gguf",
                                            "qwen35moe-tiny-q4_k_m.gguf", "qwen3moe-tiny-q4_k_m.gguf",
                                            // quantized KV caches, K and V of different types
-                                           "qwen35moe-tiny-f32.gguf|q4_0|q8_0", "qwen3moe-tiny-f32.gguf|q5_1|iq4_nl"),
+                                           "qwen35moe-tiny-f32.gguf|q4_0|q8_0",
+                                           "qwen3moe-tiny-q4_k_m.gguf|q5_1|iq4_nl"),
                          [](const auto& info) { return testing::model_case_name(info.param); });
 
 }  // namespace

@@ -61,7 +61,7 @@ std::vector<std::string> models() {
             f + "qwen35moe-tiny-q4_k_m.gguf", synth_model("qwen35moe", "Q4_K_M"), synth_model("qwen35", "Q8_0"),
             synth_model("qwen3moe", "Q6_K"),
             // quantized KV caches, K and V of different types
-            f + "qwen35moe-tiny-f32.gguf|q4_0|q8_0", f + "qwen3moe-tiny-f32.gguf|iq4_nl|q5_1",
+            f + "qwen35moe-tiny-f32.gguf|q4_0|q8_0", f + "qwen3moe-tiny-q4_k_m.gguf|iq4_nl|q5_1",
             f + "qwen35moe-tiny-q4_k_m.gguf|q8_0|q4_1", f + "qwen35-tiny-f32.gguf|bf16|q5_0"};
 }
 
