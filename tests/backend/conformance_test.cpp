@@ -441,6 +441,20 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
             batch({{0, 0, sh.T, sh.depth}}, {&b});
             be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, 0, out.t());
             be_->reset_scratch();
+            // the new rows hold the bytes the CPU's quantizers write
+            for (auto [t, buf, rows] : {std::tuple{tk, c.k.get(), &k}, std::tuple{tv, c.v.get(), &v}}) {
+                const size_t rb = row_bytes(t, sh.Hkv * sh.D);
+                const std::vector<uint8_t> held = buf->read<uint8_t>();
+                std::vector<uint8_t> want(rb);
+                for (int64_t i = 0; i < sh.T; ++i) {
+                    quantize_row(t, rows->data() + i * sh.Hkv * sh.D, want.data(), sh.Hkv * sh.D);
+                    const uint8_t* got = held.data() + size_t(sh.depth + i) * rb;
+                    for (size_t byte = 0; byte < rb; ++byte)
+                        EXPECT_EQ(int(got[byte]), int(want[byte]))
+                            << traits(t).name << " row " << i << " byte " << byte << " of " << rb;
+                    if (std::memcmp(got, want.data(), rb) != 0) break;
+                }
+            }
             std::vector<float> qr = q;
             if (tk == DType::F16)
                 for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));

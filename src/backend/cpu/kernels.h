@@ -46,6 +46,9 @@ using KvScoresFn = void (*)(const float* q, int64_t nq, const void* k, int64_t k
                             float scale, float* s, int64_t s_stride);
 using KvAccumFn = void (*)(const float* p, int64_t p_stride, const int64_t* n_of, int64_t nq, const void* v,
                            int64_t v_stride, int64_t D, float* acc);
+// Rows [0, n) of one KV head (D values from `head`, rows row_bytes apart) of a cache type the
+// kv_scores / kv_accum kernels do not read in place, as f32 [n][D]; exactly dequantize_row's values.
+using KvTileFn = void (*)(const uint8_t* head, size_t row_bytes, int64_t n, int64_t D, float* out);
 // y[i] = fast_exp::exp(x[i] - m); returns their sum (in an order fixed by n alone).
 using ExpShiftFn = float (*)(const float* x, float m, float* y, int64_t n);
 
@@ -67,6 +70,7 @@ struct Kernels {
     GdnStepsFn gdn_steps = nullptr;
     KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
     KvAccumFn kv_accum_f32 = nullptr, kv_accum_f16 = nullptr;
+    KvTileFn kv_tile[32] = {};  // indexed by cache DType id: bf16 and the block types
     ExpShiftFn exp_shift = nullptr;
     SiluMulFn silu_mul = nullptr;
 };

@@ -42,11 +42,6 @@ bool read_directly(DType t) {
     return t == DType::F32 || t == DType::F16;
 }
 
-// Rows [0, n) of one head (D elements from `head`, rows row_bytes apart) as f32, row-major.
-void dequantize_tile(DType type, const uint8_t* head, size_t row_bytes, int64_t n, int64_t D, float* out) {
-    for (int64_t t = 0; t < n; ++t) dequantize_row(type, head + size_t(t) * row_bytes, out + t * D, D);
-}
-
 }  // namespace
 
 void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) {
@@ -170,7 +165,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 if (direct_k) {
                     scores(qt + j0 * D, nqg, kp, width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
                 } else {
-                    dequantize_tile(b.type_k, kp, k_row, n, D, w.kt.data());
+                    k_->kv_tile[int(b.type_k)](kp, k_row, n, D, w.kt.data());
                     k_->kv_scores_f32(qt + j0 * D, nqg, w.kt.data(), D, n, D, p.scale, w.s.data() + j0 * k_kv_tile,
                                       k_kv_tile);
                 }
@@ -198,7 +193,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 } else {
                     // only the keys some query of the task sees
                     const int64_t nv = *std::max_element(w.n_of.data() + j0, w.n_of.data() + j0 + nqg);
-                    dequantize_tile(b.type_v, vp, v_row, nv, D, w.vt.data());
+                    k_->kv_tile[int(b.type_v)](vp, v_row, nv, D, w.vt.data());
                     k_->kv_accum_f32(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, w.vt.data(), D,
                                      D, acc + j0 * D);
                 }

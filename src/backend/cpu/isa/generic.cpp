@@ -4,11 +4,15 @@
 #include "quant/quants.h"
 
 #include <cstdlib>
+#include <cstring>
 #include <string>
 
 namespace bigmoe::cpu {
 
 namespace {
+
+#include "backend/cpu/kv_tile.inc"
+
 template <DType T>
 float dot(const void* w, const void* a, int64_t n) {
     return vec_dot_ref(T, w, a, n);
@@ -105,6 +109,7 @@ Kernels make_generic() {
     k.kv_scores_f16 = kv_scores<true>;
     k.kv_accum_f32 = kv_accum<false>;
     k.kv_accum_f16 = kv_accum<true>;
+    kv_tile::set(k.kv_tile);
     k.exp_shift = exp_shift;
     return k;
 }
