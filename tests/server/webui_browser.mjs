@@ -2,16 +2,17 @@
 // reply streamed token by token (the reply's text seen growing), a long reply is stopped, a
 // message is edited and resent, a greedy reply regenerated comes back the same from the prompt
 // cache, a reload finds the conversation in the browser's storage, and the page logs no errors and
-// fetches nothing but its own server. Then the dashboard: while requests run its charts show
-// decode tokens/s and running requests, its slot table fills and its per-op profile (the server
-// runs with --profile) shows the shares of the steps' time. Screenshots of both pages are decoded
+// fetches nothing but its own server. Then the dashboard: while `bigmoe loadtest` runs against the
+// server its charts show decode tokens/s and running requests, its slot table fills and its per-op
+// profile (the server runs with --profile) shows the shares of the steps' time. Screenshots of both pages are decoded
 // and the expected elements found drawn in them.
 // With KEY (a server started with --api-key KEY): the page asks for the key once, replies, and
 // after a reload replies again without asking.
-// usage: node webui_browser.mjs URL SCREENSHOT.png [KEY]
+// usage: node webui_browser.mjs URL SCREENSHOT.png BIGMOE [KEY]
+import { spawn } from "node:child_process";
 import { chromium } from "playwright-core";
 
-const [url, shot, apiKey] = process.argv.slice(2);
+const [url, shot, bigmoe, apiKey] = process.argv.slice(2);
 const fail = (m) => { console.error("FAIL: " + m); process.exit(1); };
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
@@ -189,11 +190,9 @@ const dash = await browser.newPage({ viewport: { width: 1100, height: 800 } });
 dash.on("console", (m) => { if (m.type() === "error") errors.push("dashboard: " + m.text()); });
 dash.on("pageerror", (e) => errors.push("dashboard: " + String(e)));
 await dash.goto(url + "dashboard?every=150");
-const body = (i) => JSON.stringify({ prompt: "Document " + i + " river stone light", max_tokens: 60, ignore_eos: true, temperature: 0.8, seed: i });
-const load = Promise.all([0, 1, 2, 3].map(async (i) => {
-  for (let k = 0; k < 3; k++)
-    await fetch(url + "v1/completions", { method: "POST", headers: { "Content-Type": "application/json" }, body: body(i * 3 + k) });
-}));
+const lt = spawn(bigmoe, ["loadtest", "--url", url.replace(/\/$/, ""), "--workload", "chat", "-c", "4", "-n", "12", "--out-tokens", "80"],
+  { stdio: ["ignore", "ignore", "inherit"] });
+const load = new Promise((resolve, reject) => lt.on("exit", (code) => (code === 0 ? resolve() : reject(new Error("loadtest exited " + code)))));
 let maxDecode = 0, maxRunning = 0;
 const t0 = Date.now();
 let done = false;
@@ -219,7 +218,7 @@ const total = ops.reduce((a, [, s]) => a + s, 0);
 if (ops.length < 4 || !ops.some(([op, s]) => op === "expert_matmul" && s > 0) || total < 0.98 || total > 1.02)
   fail("the dashboard's profile: " + JSON.stringify(ops));
 await checkShot(dash, shot.replace(/\.png$/, "-dashboard.png"), [["#c-tps", accent], ["#c-req", accent], ["#c-mem", accent],
-  ["#c-ttft", accent], ["#slots", null], ["#ops .op .bar div", accent]]);
+  ["#c-ttft", accent], ["#slots", null], ["#ops .op:first-child .bar div", accent]]);
 await browser.close();
 if (errors.length) fail("console errors: " + errors.join("; "));
 if (foreign.length) fail("requests beyond the server: " + foreign.join(" "));

@@ -12,14 +12,14 @@ log=$(mktemp)
 pid=$!
 trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
 port=$(serve_port "$log" $pid)
-"$src/../run_node.sh" "$build/npm-ref" "$src/webui_browser.mjs" "http://127.0.0.1:$port/" "$build/webui_screenshot.png"
+"$src/../run_node.sh" "$build/npm-ref" "$src/webui_browser.mjs" "http://127.0.0.1:$port/" "$build/webui_screenshot.png" "$bin"
 kill $pid; wait $pid 2>/dev/null || true
 rm -f "$log"
 log=$(mktemp)  # a fresh log: the new server's redirection may come after serve_port first reads it
 "$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -c 1024 -t 1 --api-key sesame 2> "$log" &
 pid=$!
 port=$(serve_port "$log" $pid)
-"$src/../run_node.sh" "$build/npm-ref" "$src/webui_browser.mjs" "http://127.0.0.1:$port/" "$build/webui_key.png" sesame
+"$src/../run_node.sh" "$build/npm-ref" "$src/webui_browser.mjs" "http://127.0.0.1:$port/" "$build/webui_key.png" "$bin" sesame
 # off
 log2=$(mktemp)
 "$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -c 1024 -t 1 --no-webui 2> "$log2" &
