@@ -234,15 +234,20 @@ void quantize_row_q8_k(const float* x, BlockQ8_K* y, int64_t n) {
 
 // ---------------------------------------------------------------- weight quantizers
 
+// The value of a block's 32 with the largest magnitude (the first of equals).
+static float signed_max(const float* x) {
+    float amax = 0, max = 0;
+    for (int j = 0; j < 32; ++j)
+        if (std::fabs(x[j]) > amax) {
+            amax = std::fabs(x[j]);
+            max = x[j];
+        }
+    return max;
+}
+
 static void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i, x += 32) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; ++j)
-            if (std::fabs(x[j]) > amax) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
-        const float d = max / -8.0f;
+        const float d = signed_max(x) / -8.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[i].d = f32_to_fp16(d);
         for (int j = 0; j < 16; ++j) {
@@ -280,13 +285,7 @@ static void quant_min_max(const float* x, Block* y, int64_t nb, int nmax) {
 // Q5_0: the element of largest magnitude at level 0 (as Q4_0 puts it at -8), the rest rounded.
 static void quant_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i, x += 32) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; ++j)
-            if (std::fabs(x[j]) > amax) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
-        const float d = max / -16.0f;
+        const float d = signed_max(x) / -16.0f;
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[i].d = f32_to_fp16(d);
         uint32_t h = 0;
@@ -313,15 +312,10 @@ static int iq4nl_nearest(float v) {
 // values; the candidate with the least squared error wins.
 static void quant_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i, x += 32) {
-        float amax = 0, max = 0;
-        for (int j = 0; j < 32; ++j)
-            if (std::fabs(x[j]) > amax) {
-                amax = std::fabs(x[j]);
-                max = x[j];
-            }
+        const float max = signed_max(x);
         uint8_t best_q[32] = {};
         float best_d = 0;
-        if (amax > 0) {
+        if (max != 0) {
             double best_err = INFINITY;
             for (int t = -9; t <= 9; ++t) {
                 // the largest element lands on grid value (-127 + t) at this inverse scale
