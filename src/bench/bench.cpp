@@ -7,7 +7,7 @@
 #include <cstdlib>
 #include <nlohmann/json.hpp>
 
-#include "bench/stats.h"
+#include "core/stats.h"
 
 namespace bigmoe::bench {
 

@@ -5,6 +5,9 @@
 #include <cmath>
 #include <cstring>
 
+#include "core/hash.h"
+#include "core/stats.h"
+
 namespace bigmoe {
 
 namespace {
@@ -21,13 +24,7 @@ struct Header {
 };
 
 uint64_t hash_tokens(const std::vector<int32_t>& t) {
-    uint64_t h = 1469598103934665603ull;
-    for (int32_t x : t)
-        for (int b = 0; b < 4; ++b) {
-            h ^= uint8_t(uint32_t(x) >> (8 * b));
-            h *= 1099511628211ull;
-        }
-    return h;
+    return fnv1a(t.data(), t.size() * sizeof(int32_t));
 }
 
 // logp[i] = logits[i] - logsumexp(logits), in double.
@@ -224,35 +221,22 @@ Result<PerplexityResult> perplexity(Context& ctx, const std::vector<int32_t>& to
             on_chunk(ch);
         }
     }
-    auto mean_sd = [](const std::vector<double>& v) {
-        double m = 0;
-        for (double x : v) m += x;
-        m /= double(v.size());
-        double var = 0;
-        for (double x : v) var += (x - m) * (x - m);
-        var = v.size() > 1 ? var / double(v.size() - 1) : 0;
-        return std::pair{m, std::sqrt(var / double(v.size()))};  // the mean and its standard error
-    };
+    // standard errors of the means
+    const auto sem = [](const std::vector<double>& v) { return stddev(v) / std::sqrt(double(v.size())); };
     r.n_chunks = n_chunks;
     r.n_scored = int64_t(nll.size());
-    const auto [m, se] = mean_sd(nll);
-    r.nll = m;
-    r.ppl = std::exp(m);
-    r.ppl_error = r.ppl * se;
+    r.nll = mean(nll);
+    r.ppl = std::exp(r.nll);
+    r.ppl_error = r.ppl * sem(nll);
     if (base) {
         r.compared = true;
-        r.base_ppl = std::exp(mean_sd(base_nll).first);
-        const auto [km, kse] = mean_sd(kl);
-        r.kl_mean = km;
-        r.kl_mean_error = kse;
-        std::vector<double> sorted = kl;
-        std::sort(sorted.begin(), sorted.end());
-        auto q = [&](double f) {
-            return sorted[std::min(sorted.size() - 1, size_t(f * double(sorted.size() - 1) + 0.5))];
-        };
-        r.kl_median = q(0.5);
-        r.kl_p99 = q(0.99);
-        r.kl_max = sorted.back();
+        r.base_ppl = std::exp(mean(base_nll));
+        r.kl_mean = mean(kl);
+        r.kl_mean_error = sem(kl);
+        std::sort(kl.begin(), kl.end());
+        r.kl_median = quantile_sorted(kl, 0.5);
+        r.kl_p99 = quantile_sorted(kl, 0.99);
+        r.kl_max = kl.back();
         r.top1_agreement = double(agree) / double(kl.size());
     }
     return r;

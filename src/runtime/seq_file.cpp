@@ -4,6 +4,8 @@
 #include <cstring>
 #include <memory>
 
+#include "core/hash.h"
+
 namespace bigmoe {
 
 namespace {
@@ -31,12 +33,6 @@ Header header_for(const Context& ctx, uint64_t n_tokens) {
     return h;
 }
 
-uint64_t fnv(const void* p, size_t n, uint64_t h) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
-
 struct FileCloser {
     void operator()(std::FILE* f) const { std::fclose(f); }
 };
@@ -61,10 +57,10 @@ Result<void> write_seq_file(const std::string& path, const Context& ctx, const S
     const std::string tmp = path + ".part";
     std::unique_ptr<std::FILE, FileCloser> f(std::fopen(tmp.c_str(), "wb"));
     if (!f) return make_error("cannot write " + tmp + ": " + std::strerror(errno), ErrorKind::internal);
-    uint64_t sum = 1469598103934665603ull;
+    uint64_t sum = k_fnv_offset;
     auto put = [&](const void* p, size_t n) {
         if (n == 0) return true;  // a model without recurrent layers has no state bytes
-        sum = fnv(p, n, sum);
+        sum = fnv1a(p, n, sum);
         return std::fwrite(p, 1, n, f.get()) == n;
     };
     bool ok = put(&h, sizeof h) && put(s.tokens.data(), s.tokens.size() * sizeof(int32_t)) &&
@@ -99,11 +95,11 @@ Result<SeqState> read_seq_file(const std::string& path, const Context& ctx) {
     s.tokens.resize(size_t(h.n_tokens));
     s.rows.resize(size_t(h.row_bytes * h.n_tokens));
     s.state.resize(size_t(h.state_bytes));
-    uint64_t sum = fnv(&h, sizeof h, 1469598103934665603ull), stored = 0;
+    uint64_t sum = fnv1a(&h, sizeof h), stored = 0;
     auto get = [&](void* p, size_t n) {
         if (n == 0) return true;
         if (std::fread(p, 1, n, f.get()) != n) return false;
-        sum = fnv(p, n, sum);
+        sum = fnv1a(p, n, sum);
         return true;
     };
     const bool ok = get(s.tokens.data(), s.tokens.size() * sizeof(int32_t)) && get(s.rows.data(), s.rows.size()) &&

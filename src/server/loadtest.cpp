@@ -11,6 +11,8 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "core/stats.h"
+
 namespace bigmoe::server {
 
 namespace {
@@ -25,17 +27,8 @@ bool conversational(const std::string& w) {
 }
 
 Percentiles percentiles(std::vector<double> v) {
-    Percentiles p;
-    if (v.empty()) return p;
     std::sort(v.begin(), v.end());
-    auto at = [&](double q) { return v[std::min(v.size() - 1, size_t(q * double(v.size() - 1) + 0.5))]; };
-    p.p50 = at(0.5);
-    p.p90 = at(0.9);
-    p.p99 = at(0.99);
-    double s = 0;
-    for (double x : v) s += x;
-    p.mean = s / double(v.size());
-    return p;
+    return {quantile_sorted(v, 0.5), quantile_sorted(v, 0.9), quantile_sorted(v, 0.99), mean(v)};
 }
 
 httplib::Headers auth(const LoadtestOptions& o) {

@@ -8,7 +8,7 @@
 #include <sstream>
 
 #include "bench/bench.h"
-#include "bench/stats.h"
+#include "core/stats.h"
 
 namespace bigmoe::bench {
 namespace {
@@ -33,6 +33,10 @@ TEST(Bench, mean_and_sample_standard_deviation) {
     EXPECT_DOUBLE_EQ(mean({2, 4, 4, 4, 5, 5, 7, 9}), 5.0);
     EXPECT_NEAR(stddev({2, 4, 4, 4, 5, 5, 7, 9}), 2.138089935, 1e-9);  // n - 1
     EXPECT_EQ(stddev({3}), 0.0);
+    EXPECT_EQ(quantile_sorted({1, 2, 3, 4, 5}, 0.5), 3.0);
+    EXPECT_EQ(quantile_sorted({1, 2, 3, 4, 5}, 0.99), 5.0);
+    EXPECT_EQ(quantile_sorted({1, 2, 3, 4}, 0.5), 3.0);  // rank 1.5 rounds up
+    EXPECT_EQ(quantile_sorted({}, 0.5), 0.0);
     Record r;
     r.n_prompt = 512;
     r.samples_ns = {1e9, 2e9};  // 512 t/s and 256 t/s

@@ -23,19 +23,13 @@
 
 #include "backend/cuda/cuda_backend.h"
 #include "backend/cuda/ops.h"
+#include "core/hash.h"
 
 namespace bigmoe {
 
 namespace {
 
 using namespace cuda;
-
-// FNV-1a over bytes, continuing from h.
-uint64_t hash_bytes(const void* p, size_t n, uint64_t h = 1469598103934665603ull) {
-    const auto* b = static_cast<const uint8_t*>(p);
-    for (size_t i = 0; i < n; ++i) h = (h ^ b[i]) * 1099511628211ull;
-    return h;
-}
 
 template <class A>
 struct OpTag {
@@ -191,11 +185,11 @@ class CudaBackend final : public Backend {
         std::vector<int64_t> pos(size_t(rows), 0);
         std::vector<int32_t> row_span(size_t(rows), -1);
         std::vector<SpanDev> spans;
-        uint64_t shape = hash_bytes(&rows, sizeof rows);
+        uint64_t shape = fnv1a(&rows, sizeof rows);
         for (size_t si = 0; si < b.spans.size(); ++si) {
             const SeqSpan& s = b.spans[si];
             spans.push_back({s.first, s.n_tokens, s.pos0});
-            shape = hash_bytes(&s.n_tokens, sizeof s.n_tokens, hash_bytes(&s.first, sizeof s.first, shape));
+            shape = fnv1a(&s.n_tokens, sizeof s.n_tokens, fnv1a(&s.first, sizeof s.first, shape));
             for (int64_t i = 0; i < s.n_tokens; ++i) {
                 pos[size_t(s.first + i)] = s.pos0 + i;
                 row_span[size_t(s.first + i)] = int32_t(si);
@@ -231,7 +225,7 @@ class CudaBackend final : public Backend {
             CU(cudaMalloc(&batch_dev_, staging_bytes_));
         }
         std::memcpy(staging_, blob.data(), descriptors);
-        start_step(hash_bytes(&descriptors, sizeof descriptors, shape));
+        start_step(fnv1a(&descriptors, sizeof descriptors, shape));
         enqueue(CopyArgs{batch_dev_, staging_, int64_t(descriptors)});
     }
 
@@ -478,7 +472,7 @@ class CudaBackend final : public Backend {
     static uint64_t signature(const A& a) {
         static_assert(std::is_trivially_copyable_v<A> && sizeof(A) % 8 == 0, "8-byte fields only (no padding)");
         const void* tag = &OpTag<A>::id;
-        return hash_bytes(&a, sizeof a, hash_bytes(&tag, sizeof tag));
+        return fnv1a(&a, sizeof a, fnv1a(&tag, sizeof tag));
     }
 
     template <class A>

@@ -1,10 +1,12 @@
-// Small statistics helpers for benchmarks: mean and sample standard deviation.
+// Small statistics helpers (benchmarks, load tests, perplexity): mean, sample standard deviation
+// and nearest-rank quantiles.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
-namespace bigmoe::bench {
+namespace bigmoe {
 
 inline double mean(const std::vector<double>& v) {
     if (v.empty()) return 0;
@@ -22,4 +24,10 @@ inline double stddev(const std::vector<double>& v) {
     return std::sqrt(s / double(v.size() - 1));
 }
 
-}  // namespace bigmoe::bench
+// The q quantile (0..1) of sorted values: the one at rank q * (n - 1), rounded; 0 when empty.
+inline double quantile_sorted(const std::vector<double>& sorted, double q) {
+    if (sorted.empty()) return 0;
+    return sorted[std::min(sorted.size() - 1, size_t(q * double(sorted.size() - 1) + 0.5))];
+}
+
+}  // namespace bigmoe
