@@ -62,9 +62,7 @@ KlBaseWriter::~KlBaseWriter() {
     if (f_) std::fclose(f_);
 }
 
-Result<void> KlBaseWriter::add(const float* logits, int32_t next) {
-    std::vector<double> logp;
-    log_softmax(logits, n_vocab_, logp);
+Result<void> KlBaseWriter::add(const std::vector<double>& logp, int32_t next) {
     const double top = *std::max_element(logp.begin(), logp.end());
     const float lo = float(std::max(*std::min_element(logp.begin(), logp.end()), top - k_range));
     const double step = (top - double(lo)) / 65535.0;
@@ -131,7 +129,7 @@ KlBaseReader::~KlBaseReader() {
     if (f_) std::fclose(f_);
 }
 
-Result<void> KlBaseReader::next(std::vector<double>& logp, double& next_logp) {
+Result<void> KlBaseReader::next(std::vector<double>& logp, std::vector<double>& prob, double& next_logp) {
     if (read_ >= n_positions_)
         return make_error(path_ + " holds " + std::to_string(n_positions_) + " positions, fewer than this run scores",
                           ErrorKind::bad_input);
@@ -143,12 +141,16 @@ Result<void> KlBaseReader::next(std::vector<double>& logp, double& next_logp) {
     next_logp = scored;
     const double step = (double(hi) - double(lo)) / 65535.0;
     logp.resize(row_.size());
+    prob.resize(row_.size());
     double mx = -INFINITY;
     for (size_t i = 0; i < row_.size(); ++i) mx = std::max(mx, logp[i] = double(lo) + step * row_[i]);
     double sum = 0;
-    for (double v : logp) sum += std::exp(v - mx);
+    for (size_t i = 0; i < row_.size(); ++i) sum += prob[i] = std::exp(logp[i] - mx);
     const double lse = mx + std::log(sum);
-    for (double& v : logp) v -= lse;
+    for (size_t i = 0; i < row_.size(); ++i) {
+        logp[i] -= lse;
+        prob[i] /= sum;
+    }
     return {};
 }
 
@@ -175,9 +177,11 @@ Result<PerplexityResult> perplexity(Context& ctx, const std::vector<int32_t>& to
     const int64_t V = ctx.model().hparams().n_vocab;
     PerplexityResult r;
     std::vector<double> nll, base_nll, kl;
+    double nll_sum = 0, kl_sum = 0;  // for the running estimates
     int64_t agree = 0;
     std::vector<float> logits;
-    std::vector<double> logp, blogp;
+    std::vector<double> logp, blogp, bprob;
+    const auto top = [](const std::vector<double>& v) { return std::max_element(v.begin(), v.end()) - v.begin(); };
     for (int64_t c = 0; c < n_chunks; ++c) {
         const auto t0 = std::chrono::steady_clock::now();
         const std::vector<int32_t> chunk(tokens.begin() + c * p.n_ctx, tokens.begin() + (c + 1) * p.n_ctx);
@@ -188,20 +192,16 @@ Result<PerplexityResult> perplexity(Context& ctx, const std::vector<int32_t>& to
             const int32_t next = chunk[size_t(j + 1)];
             log_softmax(row, V, logp);
             nll.push_back(-logp[size_t(next)]);
-            if (save) BM_TRY(save->add(row, next));
+            nll_sum += nll.back();
+            if (save) BM_TRY(save->add(logp, next));
             if (base) {
                 double base_next = 0;
-                BM_TRY(base->next(blogp, base_next));
+                BM_TRY(base->next(blogp, bprob, base_next));
                 double d = 0;
-                for (int64_t i = 0; i < V; ++i) {
-                    const double bp = blogp[size_t(i)];
-                    d += std::exp(bp) * (bp - logp[size_t(i)]);
-                }
+                for (int64_t i = 0; i < V; ++i) d += bprob[size_t(i)] * (blogp[size_t(i)] - logp[size_t(i)]);
                 kl.push_back(std::max(0.0, d));
+                kl_sum += kl.back();
                 base_nll.push_back(-base_next);
-                const auto top = [](const std::vector<double>& v) {
-                    return std::max_element(v.begin(), v.end()) - v.begin();
-                };
                 agree += top(logp) == top(blogp);
             }
         }
@@ -209,15 +209,9 @@ Result<PerplexityResult> perplexity(Context& ctx, const std::vector<int32_t>& to
             PerplexityChunk ch;
             ch.index = c;
             ch.n_chunks = n_chunks;
-            double s = 0;
-            for (double x : nll) s += x;
-            ch.ppl = std::exp(s / double(nll.size()));
+            ch.ppl = std::exp(nll_sum / double(nll.size()));
             ch.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-            if (base) {
-                double k = 0;
-                for (double x : kl) k += x;
-                ch.kl_mean = k / double(kl.size());
-            }
+            if (base) ch.kl_mean = kl_sum / double(kl.size());
             on_chunk(ch);
         }
     }

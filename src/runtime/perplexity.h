@@ -53,7 +53,8 @@ class KlBaseWriter {
     static Result<std::unique_ptr<KlBaseWriter>> create(const std::string& path, int64_t n_vocab, int64_t n_ctx,
                                                         const std::vector<int32_t>& tokens);
     ~KlBaseWriter();
-    Result<void> add(const float* logits, int32_t next);  // a scored position's logits and its next token
+    // A scored position: its log-probabilities over the vocabulary and its next token.
+    Result<void> add(const std::vector<double>& logp, int32_t next);
     Result<void> finish();
 
   private:
@@ -70,9 +71,9 @@ class KlBaseReader {
     static Result<std::unique_ptr<KlBaseReader>> open(const std::string& path, int64_t n_vocab, int64_t n_ctx,
                                                       const std::vector<int32_t>& tokens);
     ~KlBaseReader();
-    // The next position's log-probabilities (normalized again after the 16-bit rounding) and
-    // the scored token's.
-    Result<void> next(std::vector<double>& logp, double& next_logp);
+    // The next position: its log-probabilities (normalized again after the 16-bit rounding),
+    // the same as probabilities, and the scored token's log-probability.
+    Result<void> next(std::vector<double>& logp, std::vector<double>& prob, double& next_logp);
     int64_t positions() const { return n_positions_; }
 
   private:
