@@ -8,7 +8,6 @@
 #include "cli/commands.h"
 #include "cli/options.h"
 #include "gguf/names.h"
-#include "runtime/seq_state.h"
 
 namespace bigmoe::cli {
 
@@ -53,15 +52,12 @@ int cmd_info(const std::vector<std::string>& argv) {
     const gguf::GgufFile& f = (*engine)->file();
     Model& m = (*engine)->model();
     const HParams& hp = m.hparams();
-    const uint64_t kv_f16 = uint64_t(hp.n_attention_layers()) * 2 * uint64_t(hp.kv_width()) * 2;
     auto n_ctx = args->get_int("--ctx-size", hp.n_ctx_train > 0 ? hp.n_ctx_train : 4096, 1, int64_t(1) << 40);
     if (!n_ctx) return fail(n_ctx.error().message);
     for (DType t : {*ctk, *ctv})
-        if (hp.n_attention_layers() > 0 && hp.head_dim % traits(t).block_elems != 0)
-            return fail(std::string("info: cache type ") + traits(t).name +
-                        " needs a head size that is a multiple of " + std::to_string(traits(t).block_elems) +
-                        " (this model's is " + std::to_string(hp.head_dim) + ")");
-    const uint64_t kv = uint64_t(hp.n_attention_layers()) * KvCache::bytes_per_position(hp.kv_width(), *ctk, *ctv);
+        if (auto ok = Context::check_cache_type(hp, t); !ok) return fail("info: " + ok.error().message);
+    const uint64_t kv_f16 = Context::kv_bytes_per_token(hp, DType::F16, DType::F16);
+    const uint64_t kv = Context::kv_bytes_per_token(hp, *ctk, *ctv);
     const uint64_t rec =
         uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * 4;
 

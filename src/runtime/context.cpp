@@ -14,8 +14,7 @@ SeqCheckpoint::~SeqCheckpoint() {
 Context::MemoryNeed Context::memory_need(const HParams& hp, const ContextParams& p) {
     MemoryNeed m;
     const uint64_t n_seq = uint64_t(p.n_seq_max);
-    m.kv = uint64_t(hp.n_attention_layers()) * KvCache::bytes_per_position(hp.kv_width(), p.type_k, p.type_v) *
-           uint64_t(p.n_ctx) * n_seq;
+    m.kv = kv_bytes_per_token(hp, p.type_k, p.type_v) * uint64_t(p.n_ctx) * n_seq;
     m.recurrent = uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) *
                   sizeof(float) * uint64_t(p.rollback_depth + 1) * n_seq;
     // Working buffers of one micro-batch: the widest layer's activations (attention or Gated
@@ -62,18 +61,10 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
         return make_error("rollback depth must be 0..1024, got " + std::to_string(p.rollback_depth));
     const HParams& hp = model.hparams();
     for (DType t : {p.type_k, p.type_v}) {
-        if (!is_cache_type(t))
-            return make_error(
-                std::string("KV cache type ") + traits(t).name + " is not a cache type (" + cache_type_list() + ")",
-                ErrorKind::bad_input);
+        BM_TRY(check_cache_type(hp, t));
         if (!model.backend().supports(Op::attention, t))
             return make_error(std::string("KV cache type ") + traits(t).name + " is not supported by the " +
                                   model.backend().name() + " backend's attention",
-                              ErrorKind::unsupported);
-        if (hp.n_attention_layers() > 0 && hp.head_dim % traits(t).block_elems != 0)
-            return make_error(std::string("KV cache type ") + traits(t).name + " stores blocks of " +
-                                  std::to_string(traits(t).block_elems) + " values, which the model's head size " +
-                                  std::to_string(hp.head_dim) + " is not a multiple of",
                               ErrorKind::unsupported);
     }
     BM_TRY(check_fits(hp, p, model.backend().memory_available()));
@@ -100,10 +91,25 @@ Context::~Context() {
     if (logits_buf_) be_.dealloc(logits_buf_);
 }
 
+uint64_t Context::kv_bytes_per_token(const HParams& hp, DType type_k, DType type_v) {
+    return uint64_t(hp.n_attention_layers()) * KvCache::bytes_per_position(hp.kv_width(), type_k, type_v);
+}
+
 uint64_t Context::kv_bytes_per_token() const {
-    const HParams& hp = model_.hparams();
-    return uint64_t(hp.n_attention_layers()) *
-           KvCache::bytes_per_position(hp.kv_width(), params_.type_k, params_.type_v);
+    return kv_bytes_per_token(model_.hparams(), params_.type_k, params_.type_v);
+}
+
+Result<void> Context::check_cache_type(const HParams& hp, DType t) {
+    if (!is_cache_type(t))
+        return make_error(
+            std::string("KV cache type ") + traits(t).name + " is not a cache type (" + cache_type_list() + ")",
+            ErrorKind::bad_input);
+    if (hp.n_attention_layers() > 0 && hp.head_dim % traits(t).block_elems != 0)
+        return make_error(std::string("KV cache type ") + traits(t).name + " stores blocks of " +
+                              std::to_string(traits(t).block_elems) + " values, which the model's head size " +
+                              std::to_string(hp.head_dim) + " is not a multiple of",
+                          ErrorKind::unsupported);
+    return {};
 }
 
 uint64_t Context::recurrent_bytes_per_seq() const {

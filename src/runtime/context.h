@@ -104,6 +104,11 @@ class Context {
     };
     static MemoryNeed memory_need(const HParams& hp, const ContextParams& p);
     static Result<void> check_fits(const HParams& hp, const ContextParams& p, uint64_t available);
+    // KV bytes per position (all layers) with these cache types.
+    static uint64_t kv_bytes_per_token(const HParams& hp, DType type_k, DType type_v);
+    // Whether t is a KV cache type this model's heads can hold (a block type's 32 values must
+    // divide the head size); the error says why not.
+    static Result<void> check_cache_type(const HParams& hp, DType t);
 
   private:
     struct Seq {
