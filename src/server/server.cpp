@@ -114,6 +114,12 @@ constexpr Route k_routes[] = {
     {"/profile", "GET"},
 };
 
+// The web pages (--no-webui turns them off); they hold no data, so they need neither the API key
+// (they ask for it and send it with what they fetch) nor the model.
+bool is_page(const std::string& p) {
+    return p == "/" || p == "/dashboard";
+}
+
 // /slots/{id}: a slot's save and restore.
 bool is_slot_path(const std::string& p) {
     const std::string pre = "/slots/";
@@ -631,7 +637,8 @@ void Server::Impl::routes() {
     http.set_payload_max_length(o.max_body);
     http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
         bool known = false, allowed = false;
-        if ((req.path == "/" || req.path == "/dashboard") && !o.webui) {
+        const bool page = is_page(req.path);
+        if (page && !o.webui) {
             reply_error(res, {404, "the web page is off (--no-webui)", "not_found_error"});
             return httplib::Server::HandlerResponse::Handled;
         }
@@ -655,16 +662,13 @@ void Server::Impl::routes() {
             reply_error(res, {405, req.method + " is not allowed on " + req.path, "invalid_request_error"});
             return httplib::Server::HandlerResponse::Handled;
         }
-        // the pages hold no data (they ask for the key and send it with what they fetch)
-        const bool page = req.path == "/" || req.path == "/dashboard";
         if (!o.api_key.empty() && req.path != "/health" && !page &&
             req.get_header_value("Authorization") != "Bearer " + o.api_key) {
             reply_error(res, {401, "missing or wrong API key (Authorization: Bearer KEY)", "authentication_error",
                               "invalid_api_key"});
             return httplib::Server::HandlerResponse::Handled;
         }
-        if (!ready.load() && req.path != "/health" && req.path != "/metrics" && req.path != "/" &&
-            req.path != "/dashboard") {
+        if (!ready.load() && req.path != "/health" && req.path != "/metrics" && !page) {
             reply_error(res, {503, "the model is loading", "server_error", "loading"});
             return httplib::Server::HandlerResponse::Handled;
         }
