@@ -245,16 +245,29 @@ static float signed_max(const float* x) {
     return max;
 }
 
-static void quant_q4_0(const float* x, BlockQ4_0* y, int64_t nb) {
+// A 32-value block's levels q into the layouts of dtype.h: value j's low four bits in qs[j]'s low
+// nibble (j < 16) or qs[j - 16]'s high one, and (Q5_0 / Q5_1) its fifth bit in bit j of qh.
+template <class Block>
+static void pack_levels(const int* q, Block& b) {
+    for (int j = 0; j < 16; ++j) b.qs[j] = uint8_t((q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4);
+    if constexpr (requires { b.qh; }) {
+        uint32_t h = 0;
+        for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+        for (int k = 0; k < 4; ++k) b.qh[k] = uint8_t(h >> (8 * k));
+    }
+}
+
+// Q4_0 / Q5_0: the block's value of largest magnitude at level 0 (-levels after the offset), the
+// rest rounded to the grid of that step.
+template <class Block>
+static void quant_signed(const float* x, Block* y, int64_t nb, int levels) {
     for (int64_t i = 0; i < nb; ++i, x += 32) {
-        const float d = signed_max(x) / -8.0f;
+        const float d = signed_max(x) / -float(levels);
         const float id = d != 0.0f ? 1.0f / d : 0.0f;
         y[i].d = f32_to_fp16(d);
-        for (int j = 0; j < 16; ++j) {
-            const int a = std::min(15, int(x[j] * id + 8.5f));
-            const int b = std::min(15, int(x[j + 16] * id + 8.5f));
-            y[i].qs[j] = uint8_t(a | (b << 4));
-        }
+        int q[32];
+        for (int j = 0; j < 32; ++j) q[j] = std::min(2 * levels - 1, int(x[j] * id + (float(levels) + 0.5f)));
+        pack_levels(q, y[i]);
     }
 }
 
@@ -273,29 +286,7 @@ static void quant_min_max(const float* x, Block* y, int64_t nb, int nmax) {
         y[i].m = f32_to_fp16(lo);
         int q[32];
         for (int j = 0; j < 32; ++j) q[j] = std::clamp(int((x[j] - lo) * id + 0.5f), 0, nmax);
-        for (int j = 0; j < 16; ++j) y[i].qs[j] = uint8_t((q[j] & 0x0F) | (q[j + 16] & 0x0F) << 4);
-        if constexpr (requires { y[i].qh; }) {
-            uint32_t h = 0;
-            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
-            for (int k = 0; k < 4; ++k) y[i].qh[k] = uint8_t(h >> (8 * k));
-        }
-    }
-}
-
-// Q5_0: the element of largest magnitude at level 0 (as Q4_0 puts it at -8), the rest rounded.
-static void quant_q5_0(const float* x, BlockQ5_0* y, int64_t nb) {
-    for (int64_t i = 0; i < nb; ++i, x += 32) {
-        const float d = signed_max(x) / -16.0f;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        y[i].d = f32_to_fp16(d);
-        uint32_t h = 0;
-        for (int j = 0; j < 16; ++j) {
-            const int a = std::min(31, int(x[j] * id + 16.5f));
-            const int b = std::min(31, int(x[j + 16] * id + 16.5f));
-            y[i].qs[j] = uint8_t((a & 0x0F) | (b & 0x0F) << 4);
-            h |= uint32_t(a >> 4) << j | uint32_t(b >> 4) << (j + 16);
-        }
-        for (int k = 0; k < 4; ++k) y[i].qh[k] = uint8_t(h >> (8 * k));
+        pack_levels(q, y[i]);
     }
 }
 
@@ -313,17 +304,17 @@ static int iq4nl_nearest(float v) {
 static void quant_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb) {
     for (int64_t i = 0; i < nb; ++i, x += 32) {
         const float max = signed_max(x);
-        uint8_t best_q[32] = {};
+        int best_q[32] = {};
         float best_d = 0;
         if (max != 0) {
             double best_err = INFINITY;
             for (int t = -9; t <= 9; ++t) {
                 // the largest element lands on grid value (-127 + t) at this inverse scale
                 const float id = float(k_iq4nl_values[0] + t) / max;
-                uint8_t q[32];
+                int q[32];
                 double sxv = 0, svv = 0;
                 for (int j = 0; j < 32; ++j) {
-                    q[j] = uint8_t(iq4nl_nearest(x[j] * id));
+                    q[j] = iq4nl_nearest(x[j] * id);
                     const double v = k_iq4nl_values[q[j]];
                     sxv += double(x[j]) * v;
                     svv += v * v;
@@ -340,12 +331,12 @@ static void quant_iq4_nl(const float* x, BlockIQ4_NL* y, int64_t nb) {
                 if (err < best_err) {
                     best_err = err;
                     best_d = d;
-                    std::memcpy(best_q, q, 32);
+                    std::copy_n(q, 32, best_q);
                 }
             }
         }
         y[i].d = f32_to_fp16(best_d);
-        for (int j = 0; j < 16; ++j) y[i].qs[j] = uint8_t(best_q[j] | best_q[j + 16] << 4);
+        pack_levels(best_q, y[i]);
     }
 }
 
@@ -460,13 +451,13 @@ void quantize_row(DType t, const float* src, void* dst, int64_t n) {
             return;
         }
         case DType::Q4_0:
-            return quant_q4_0(src, static_cast<BlockQ4_0*>(dst), n / 32);
+            return quant_signed(src, static_cast<BlockQ4_0*>(dst), n / 32, 8);
         case DType::Q8_0:
             return quantize_row_q8_0(src, static_cast<BlockQ8_0*>(dst), n);
         case DType::Q4_1:
             return quant_min_max(src, static_cast<BlockQ4_1*>(dst), n / 32, 15);
         case DType::Q5_0:
-            return quant_q5_0(src, static_cast<BlockQ5_0*>(dst), n / 32);
+            return quant_signed(src, static_cast<BlockQ5_0*>(dst), n / 32, 16);
         case DType::Q5_1:
             return quant_min_max(src, static_cast<BlockQ5_1*>(dst), n / 32, 31);
         case DType::IQ4_NL:
