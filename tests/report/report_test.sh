@@ -18,10 +18,9 @@ m=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
   --draft-max 1,4 -p 0 -n 8 -r 1 -t 2 -o jsonl > "$tmp/c.jsonl" 2>/dev/null
 grep -q '"bigmoe_spec_speedup"' "$tmp/c.jsonl"
 # a server under load at two concurrencies: throughput and latency against concurrency
-"$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -np 2 -c 2048 -t 2 2> "$tmp/serve.log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -rf "$tmp"' EXIT
-port=$(serve_port "$tmp/serve.log" $pid)
+trap 'serve_stop_all; rm -rf "$tmp"' EXIT
+serve_start "$bin" -m "$fixtures/models/qwen35moe-tiny-f32.gguf" -np 2 -c 2048 -t 2
+port=$SERVE_PORT
 "$bin" loadtest --url "http://127.0.0.1:$port" --label bigmoe -c 1,2 -n 2 --in-tokens 20 --out-tokens 6 \
   -o jsonl > "$tmp/d.jsonl" 2>/dev/null
 "$bin" report "$tmp/a.jsonl" "$tmp/b.json" "$tmp/c.jsonl" "$tmp/d.jsonl" -o "$tmp/report.html"

@@ -7,11 +7,9 @@ build=$2
 fixtures=$3
 src=$(cd "$(dirname "$0")" && pwd)
 . "$src/serve_port.sh"
-log=$(mktemp)
-"$bin" serve -m "$fixtures/models/qwen35moe-tiny-f32.gguf" --port 0 -np 2 -c 4096 -t 2 2> "$log" &
-pid=$!
-trap 'kill $pid 2>/dev/null; wait $pid 2>/dev/null; rm -f "$log"' EXIT
-port=$(serve_port "$log" $pid)
+trap serve_stop_all EXIT
+serve_start "$bin" -m "$fixtures/models/qwen35moe-tiny-f32.gguf" -np 2 -c 4096 -t 2
+port=$SERVE_PORT
 "$src/../run_node.sh" "$build/npm-ref" "$src/openai_client.mjs" "http://127.0.0.1:$port/v1"
 # bigmoe loadtest against the same server: a table with no failed request
 out=$("$bin" loadtest --url "http://127.0.0.1:$port" --workload chat -c 1,2 -n 2 --out-tokens 4)
