@@ -2,49 +2,29 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <vector>
 
 namespace bigmoe {
 
+namespace {
+// Each class's name for tables and its identifier for metric labels and JSON, in OpClass order.
+constexpr struct {
+    const char* name;
+    const char* key;
+} k_classes[] = {
+    {"expert matmul", "expert_matmul"},   {"dense matmul", "dense_matmul"},          {"attention", "attention"},
+    {"gated deltanet", "gated_deltanet"}, {"norms/rope/elementwise", "elementwise"}, {"sampling", "sampling"}};
+static_assert(std::size(k_classes) == size_t(OpClass::count));
+}  // namespace
+
 const char* op_class_name(OpClass c) {
-    switch (c) {
-        case OpClass::expert_matmul:
-            return "expert matmul";
-        case OpClass::dense_matmul:
-            return "dense matmul";
-        case OpClass::attention:
-            return "attention";
-        case OpClass::gated_delta_net:
-            return "gated deltanet";
-        case OpClass::elementwise:
-            return "norms/rope/elementwise";
-        case OpClass::sampling:
-            return "sampling";
-        case OpClass::count:
-            break;
-    }
-    return "?";
+    return c < OpClass::count ? k_classes[size_t(c)].name : "?";
 }
 
 const char* op_class_key(OpClass c) {
-    switch (c) {
-        case OpClass::expert_matmul:
-            return "expert_matmul";
-        case OpClass::dense_matmul:
-            return "dense_matmul";
-        case OpClass::attention:
-            return "attention";
-        case OpClass::gated_delta_net:
-            return "gated_deltanet";
-        case OpClass::elementwise:
-            return "elementwise";
-        case OpClass::sampling:
-            return "sampling";
-        case OpClass::count:
-            break;
-    }
-    return "?";
+    return c < OpClass::count ? k_classes[size_t(c)].key : "?";
 }
 
 OpSeconds ProfiledBackend::seconds_by_class() const {
