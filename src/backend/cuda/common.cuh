@@ -108,10 +108,12 @@ __device__ __forceinline__ float siluf(float x) {
 struct SpanDev {
     int64_t first, n_tokens, pos0;
 };
+// A sequence's KV block: any cache type (DType ids: 0 f32, 1 f16, 30 bf16, and the 32-element
+// block types 2 q4_0, 3 q4_1, 6 q5_0, 7 q5_1, 8 q8_0, 20 iq4_nl).
 struct KvDev {
     void* k;
     void* v;
-    int f16_k, f16_v;
+    int type_k, type_v;
     int64_t capacity;
 };
 struct RingDev {

@@ -19,6 +19,7 @@
 #include <functional>
 #include <type_traits>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "backend/cuda/cuda_backend.h"
@@ -66,7 +67,9 @@ class CudaBackend final : public Backend {
         cudaDeviceProp prop{};
         CU(cudaGetDeviceProperties(&prop, device));
         name_ = prop.name;
+        sm_count_ = prop.multiProcessorCount;
         configure_products();
+        configure_attention();
         const char* pdl = std::getenv("BIGMOE_CUDA_PDL");
         g_pdl = prop.major >= 9 && !(pdl && std::strcmp(pdl, "0") == 0);
         mma_ = prop.major >= 8;  // the int8 tensor-core products need sm_80 or newer
@@ -90,7 +93,7 @@ class CudaBackend final : public Backend {
     std::string device_name() const override { return name_; }
     int n_threads() const override { return 1; }
     bool supports(Op op, DType t) const override {
-        if (op == Op::attention) return t == DType::F32 || t == DType::F16;
+        if (op == Op::attention) return is_cache_type(t);
         switch (t) {
             case DType::F32:
             case DType::F16:
@@ -128,7 +131,9 @@ class CudaBackend final : public Backend {
     }
     void* alloc(size_t bytes) override {
         void* p = nullptr;
-        if (cudaMalloc(&p, std::max<size_t>(bytes, 1)) != cudaSuccess) {
+        // whole 16-byte units: attention stages cache rows by 16-byte copies from the boundary
+        // below each head's bytes, which may reach past a row that ends a buffer
+        if (cudaMalloc(&p, (std::max<size_t>(bytes, 1) + 15) / 16 * 16) != cudaSuccess) {
             cudaGetLastError();  // an allocation failure is not sticky; callers report it
             return nullptr;
         }
@@ -198,14 +203,32 @@ class CudaBackend final : public Backend {
         off_pos_ = put(pos.data(), pos.size() * sizeof(int64_t));
         off_row_span_ = put(row_span.data(), row_span.size() * sizeof(int32_t));
         off_spans_ = put(spans.data(), spans.size() * sizeof(SpanDev));
+        std::vector<AttTile> tiles;
+        att_tile_rows_ = 0;
+        for (size_t si = 0; si < b.spans.size(); ++si)
+            for (int64_t r = 0; r < b.spans[si].n_tokens; r += k_att_rows) {
+                const int64_t n = std::min(k_att_rows, b.spans[si].n_tokens - r);
+                tiles.push_back({int32_t(si), int32_t(b.spans[si].first + r), int32_t(n), 0});
+                att_tile_rows_ = std::max(att_tile_rows_, n);
+            }
+        off_att_tiles_ = put(tiles.data(), tiles.size() * sizeof(AttTile));
+        n_att_tiles_ = int64_t(tiles.size());
         off_kv_.assign(n_layers, SIZE_MAX);
+        kv_capacity_.assign(n_layers, 0);
+        kv_types_.assign(n_layers, {});
         off_rs_.assign(n_layers, SIZE_MAX);
         for (size_t il = 0; il < n_layers; ++il) {
             if (il < b.kv.size() && !b.kv[il].empty()) {
                 std::vector<KvDev> kv;
                 for (const KvBlock* k : b.kv[il])
-                    kv.push_back({k->k, k->v, k->type_k == DType::F16, k->type_v == DType::F16, k->capacity});
+                    kv.push_back({k->k, k->v, int(k->type_k), int(k->type_v), k->capacity});
                 off_kv_[il] = put(kv.data(), kv.size() * sizeof(KvDev));
+                for (const KvBlock* k : b.kv[il]) {
+                    kv_capacity_[il] = std::max(kv_capacity_[il], k->capacity);
+                    const std::pair<int, int> t{int(k->type_k), int(k->type_v)};
+                    if (std::find(kv_types_[il].begin(), kv_types_[il].end(), t) == kv_types_[il].end())
+                        kv_types_[il].push_back(t);
+                }
             }
             if (il < b.rs.size() && !b.rs[il].empty()) {
                 std::vector<RingDev> rs;
@@ -327,14 +350,53 @@ class CudaBackend final : public Backend {
     void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
         const int64_t rows = std::min(q.rows, n_rows_);
         if (rows == 0) return;
-        if (p.head_dim > k_att_max_d) {
-            std::fprintf(stderr, "bigmoe: CUDA attention takes head sizes up to %lld, got %lld\n",
+        if (p.head_dim > k_att_max_d || p.head_dim % 4 != 0) {
+            std::fprintf(stderr,
+                         "bigmoe: CUDA attention takes head sizes that are multiples of 4 up to %lld, got %lld\n",
                          (long long)k_att_max_d, (long long)p.head_dim);
             std::abort();
         }
-        enqueue(AttentionArgs{q.data, q.stride, k.data, k.stride, v.data, v.stride, p.n_head, p.n_head_kv, p.head_dim,
-                              rows, double(p.scale), dev<int64_t>(off_pos_), dev<int32_t>(off_row_span_),
-                              dev<KvDev>(off_kv_.at(size_t(il))), out.data, out.stride});
+        // Decode and verification split every row's keys into chunks run side by side; the chunk
+        // count covers the longest block, so a growing context keeps the same step graph.
+        const int64_t passes = (att_tile_rows_ * (p.n_head / p.n_head_kv) + 31) / 32;
+        size_t smem = 0;
+        for (auto [tk, tv] : kv_types_.at(size_t(il))) smem = std::max(smem, attention_smem(p.head_dim, tk, tv));
+        const ScratchMark mark = scratch_mark();
+        float* part = nullptr;
+        int64_t max_chunks = 0, splits = 1;
+        if (rows <= 16) {
+            max_chunks = (kv_capacity_.at(size_t(il)) + k_att_chunk - 1) / k_att_chunk;
+            part = scratch(rows * p.n_head * max_chunks, p.head_dim + 4).data;
+            // enough blocks to fill the GPU about four times over; blocks past a row's last chunk
+            // return at once
+            const int64_t blocks = n_att_tiles_ * passes * p.n_head_kv;
+            splits = std::clamp((4 * sm_count_ + blocks - 1) / blocks, int64_t(1), max_chunks);
+        }
+        enqueue(AttentionArgs{q.data,
+                              q.stride,
+                              k.data,
+                              k.stride,
+                              v.data,
+                              v.stride,
+                              p.n_head,
+                              p.n_head_kv,
+                              p.head_dim,
+                              rows,
+                              double(p.scale),
+                              dev<int64_t>(off_pos_),
+                              dev<int32_t>(off_row_span_),
+                              dev<KvDev>(off_kv_.at(size_t(il))),
+                              out.data,
+                              out.stride,
+                              part,
+                              max_chunks,
+                              splits,
+                              dev<AttTile>(off_att_tiles_),
+                              n_att_tiles_,
+                              passes,
+                              int64_t(smem),
+                              std::min(int64_t(32), att_tile_rows_ * (p.n_head / p.n_head_kv))});
+        scratch_rewind(mark);
     }
 
     void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) override {
@@ -682,6 +744,11 @@ class CudaBackend final : public Backend {
     size_t staging_bytes_ = 0;
     size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0, off_ids_ = 0;
     std::vector<size_t> off_kv_, off_rs_;
+    std::vector<int64_t> kv_capacity_;                        // [layer]: the batch's longest KV block, in positions
+    std::vector<std::vector<std::pair<int, int>>> kv_types_;  // [layer]: the batch's (K, V) cache types
+    size_t off_att_tiles_ = 0;
+    int64_t n_att_tiles_ = 0, att_tile_rows_ = 0;  // attention's tiles of rows, the longest tile
+    int64_t sm_count_ = 1;
     int64_t n_spans_ = 0, n_rows_ = 0, ids_cap_ = 0;
     // step recordings by shape
     bool graphs_ = true, mma_ = false;

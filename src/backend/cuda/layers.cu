@@ -1,6 +1,10 @@
 // The ops between the products: norms, elementwise ops, rope, attention over the KV cache, and
 // the Gated DeltaNet's causal conv and recurrence over the recurrent rings. Each kernel computes
 // a token's (or a (token, head)'s) result in a fixed order of its own, whatever its batch.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+
 #include "backend/cuda/ops.h"
 
 namespace bigmoe::cuda {
@@ -80,108 +84,633 @@ __global__ void k_rope(RopeArgs a) {
     }
 }
 
-// Stores the batch's k and v rows into each span's cache block at their positions.
-__global__ void k_kv_store(AttentionArgs a) {
-    pdl_enter();
-    const int64_t width = a.n_head_kv * a.D, n = a.rows * width;
-    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
-        const int64_t t = i / width, c = i % width;
-        const int32_t s = a.row_span[t];
-        if (s < 0) continue;
-        const KvDev& b = a.kv[s];
-        const int64_t at = a.pos[t] * width + c;
-        const float kk = a.k[t * a.ks + c], vv = a.v[t * a.vs + c];
-        if (b.f16_k)
-            static_cast<__half*>(b.k)[at] = __float2half_rn(kk);
-        else
-            static_cast<float*>(b.k)[at] = kk;
-        if (b.f16_v)
-            static_cast<__half*>(b.v)[at] = __float2half_rn(vv);
-        else
-            static_cast<float*>(b.v)[at] = vv;
+// ---------------------------------------------------------------- the KV cache's types
+
+// Bytes of `width` values of a cache row of type `type` (a multiple of 32 for the block types).
+__host__ __device__ inline int64_t kv_row_bytes(int type, int64_t width) {
+    switch (type) {
+        case 0:
+            return 4 * width;
+        case 1:
+        case 30:
+            return 2 * width;
+        case 8:
+            return width / 32 * 34;
+        case 2:
+        case 20:
+            return width / 32 * 18;
+        case 3:
+            return width / 32 * 20;
+        case 6:
+            return width / 32 * 22;
+        default:  // 7: q5_1
+            return width / 32 * 24;
     }
 }
 
-// Causal attention for one (row, query head): 4 warps take every 4th key from position 0 to the
-// row's own; each warp keeps an online softmax (its maximum, mass and weighted values, d split
-// over the lanes), and the four are merged in warp order. The query is rounded to the K cache's
-// precision, as on the CPU.
-constexpr int k_att_warps = 4;
-__global__ void k_attention(AttentionArgs a) {
+__constant__ int8_t c_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// f32 -> f16 bits, rounded to nearest even: core/fp16.h's f32_to_fp16 in integer operations.
+__device__ uint16_t kv_fp16(float f) {
+    const uint32_t x = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00);
+    if (ax < 0x38800000u) {
+        if (ax < 0x33000000u) return uint16_t(sign);
+        const uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000, shift = 126 - e;
+        uint32_t r = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return uint16_t(sign | r);
+    }
+    uint32_t r = (ax >> 13) - (112u << 10);
+    const uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return uint16_t(sign | r);
+}
+
+__device__ __forceinline__ void kv_put_half(uint8_t* p, float v) {
+    const uint16_t h = kv_fp16(v);
+    p[0] = uint8_t(h & 0xff);
+    p[1] = uint8_t(h >> 8);
+}
+
+__device__ int iq4nl_nearest(float v) {
+    int lo = 0;
+    for (int k = 1; k < 16; ++k)
+        if (v > 0.5f * float(c_iq4nl[k - 1] + c_iq4nl[k])) lo = k;
+    return lo;
+}
+
+// Writes n (<= 32) values as a cache of type t holds them, at element `off` of a row: the
+// quantizers of quant/quants.cpp, operation for operation (no fused multiply-adds), so a row has
+// the same bytes on the GPU as on the CPU.
+__device__ void kv_write(uint8_t* row, int t, int64_t off, const float* x, int n) {
+    if (t == 0) {
+        for (int j = 0; j < n; ++j) reinterpret_cast<float*>(row)[off + j] = x[j];
+        return;
+    }
+    if (t == 1) {
+        for (int j = 0; j < n; ++j) reinterpret_cast<__half*>(row)[off + j] = __float2half_rn(x[j]);
+        return;
+    }
+    if (t == 30) {
+        for (int j = 0; j < n; ++j) {
+            const uint32_t u = __float_as_uint(x[j]);
+            reinterpret_cast<uint16_t*>(row)[off + j] = (u & 0x7fffffff) > 0x7f800000u
+                                                            ? uint16_t((u >> 16) | 0x40)
+                                                            : uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+        }
+        return;
+    }
+    const int64_t b = off >> 5;
+    float amax = 0, big = 0, lo = x[0], hi = x[0];  // big: the value of largest magnitude
+    for (int j = 0; j < 32; ++j) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            big = x[j];
+        }
+        lo = fminf(lo, x[j]);
+        hi = fmaxf(hi, x[j]);
+    }
+    uint8_t q[32];
+    if (t == 8) {
+        uint8_t* blk = row + b * 34;
+        const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        kv_put_half(blk, __fdiv_rn(amax, 127.0f));
+        for (int j = 0; j < 32; ++j) blk[2 + j] = uint8_t(int8_t(rintf(__fmul_rn(x[j], id))));
+        return;
+    }
+    if (t == 2 || t == 6) {  // q4_0, q5_0: the largest magnitude at the grid's end
+        const float levels = t == 2 ? 8.0f : 16.0f;
+        const float d = __fdiv_rn(big, -levels);
+        const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        const int top = t == 2 ? 15 : 31;
+        for (int j = 0; j < 32; ++j)
+            q[j] = uint8_t(min(top, __float2int_rz(__fadd_rn(__fmul_rn(x[j], id), levels + 0.5f))));
+        uint8_t* blk = row + b * (t == 2 ? 18 : 22);
+        kv_put_half(blk, d);
+        uint8_t* qs = blk + (t == 2 ? 2 : 6);
+        for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
+        if (t == 6) {
+            uint32_t h = 0;
+            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+            for (int k = 0; k < 4; ++k) blk[2 + k] = uint8_t(h >> (8 * k));
+        }
+        return;
+    }
+    if (t == 3 || t == 7) {  // q4_1, q5_1: levels spanning [min, max]
+        const int top = t == 3 ? 15 : 31;
+        const float d = __fdiv_rn(__fsub_rn(hi, lo), float(top));
+        const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        for (int j = 0; j < 32; ++j)
+            q[j] = uint8_t(max(0, min(top, __float2int_rz(__fadd_rn(__fmul_rn(__fsub_rn(x[j], lo), id), 0.5f)))));
+        uint8_t* blk = row + b * (t == 3 ? 20 : 24);
+        kv_put_half(blk, d);
+        kv_put_half(blk + 2, lo);
+        uint8_t* qs = blk + (t == 3 ? 4 : 8);
+        for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
+        if (t == 7) {
+            uint32_t h = 0;
+            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+            for (int k = 0; k < 4; ++k) blk[4 + k] = uint8_t(h >> (8 * k));
+        }
+        return;
+    }
+    // iq4_nl: the scale search of quant/quants.cpp
+    uint8_t best[32] = {};
+    float best_d = 0;
+    if (amax > 0) {
+        double best_err = INFINITY;
+        for (int tr = -9; tr <= 9; ++tr) {
+            const float id = __fdiv_rn(float(c_iq4nl[0] + tr), big);
+            double sxv = 0, svv = 0;
+            for (int j = 0; j < 32; ++j) {
+                q[j] = uint8_t(iq4nl_nearest(__fmul_rn(x[j], id)));
+                const double v = c_iq4nl[q[j]];
+                sxv = __dadd_rn(sxv, __dmul_rn(double(x[j]), v));
+                svv = __dadd_rn(svv, __dmul_rn(v, v));
+            }
+            if (svv <= 0) continue;
+            const float d = float(__ddiv_rn(sxv, svv));
+            const double dq = double(__half2float(__ushort_as_half(kv_fp16(d))));
+            double err = 0;
+            for (int j = 0; j < 32; ++j) {
+                const double e = __dsub_rn(double(x[j]), __dmul_rn(dq, double(c_iq4nl[q[j]])));
+                err = __dadd_rn(err, __dmul_rn(e, e));
+            }
+            if (err < best_err) {
+                best_err = err;
+                best_d = d;
+                for (int j = 0; j < 32; ++j) best[j] = q[j];
+            }
+        }
+    }
+    uint8_t* blk = row + b * 18;
+    kv_put_half(blk, best_d);
+    for (int j = 0; j < 16; ++j) blk[2 + j] = uint8_t(best[j] | best[j + 16] << 4);
+}
+
+// Stores the batch's k and v rows into each span's cache block at their positions: a thread per
+// (row, K or V, group of 32 values), the group being a block of the block types.
+__global__ void k_kv_store(AttentionArgs a) {
     pdl_enter();
-    const int64_t t = blockIdx.x, h = blockIdx.y, D = a.D;
-    const int32_t s = a.row_span[t];
-    if (s < 0) return;
-    const KvDev b = a.kv[s];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t group = a.n_head / a.n_head_kv, width = a.n_head_kv * D, kvh = h / group;
+    const int64_t width = a.n_head_kv * a.D, groups = (width + 31) / 32, n = a.rows * 2 * groups;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / (2 * groups), g = i % groups;
+        const bool is_v = (i / groups) % 2 == 1;
+        const int32_t s = a.row_span[t];
+        if (s < 0) continue;
+        const KvDev& b = a.kv[s];
+        const int type = is_v ? b.type_v : b.type_k;
+        uint8_t* row = static_cast<uint8_t*>(is_v ? b.v : b.k) + a.pos[t] * kv_row_bytes(type, width);
+        const float* src = is_v ? a.v + t * a.vs : a.k + t * a.ks;
+        const int cnt = width - 32 * g < 32 ? int(width - 32 * g) : 32;
+        float x[32];
+        for (int j = 0; j < 32; ++j) x[j] = j < cnt ? src[32 * g + j] : 0.0f;
+        kv_write(row, type, 32 * g, x, cnt);
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+// Four consecutive elements (off a multiple of 4) of a cache row of type t (the layouts of
+// quant/dtype.h), with dequantize_row's arithmetic; a block of 32 elements never straddles them.
+__device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t off) {
+    if (t == 0) return *reinterpret_cast<const float4*>(row + 4 * off);
+    if (t == 1 || t == 30) {
+        const uint2 u = *reinterpret_cast<const uint2*>(row + 2 * off);
+        if (t == 1) {
+            const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&u.x)),
+                         hi = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+            return make_float4(lo.x, lo.y, hi.x, hi.y);
+        }
+        return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                           __uint_as_float(u.y & 0xffff0000u));
+    }
+    const int64_t b = off >> 5;
+    const int i = int(off & 31);
+    // the four quants' low nibbles (or high, past 16) from the packed bytes at qs
+    auto nibbles = [i](uint32_t w) { return i < 16 ? w & 0x0f0f0f0fu : (w >> 4) & 0x0f0f0f0fu; };
+    auto fifths = [i](uint32_t qh) { return qh >> i; };  // bit j: element i + j's fifth bit
+    float v[4];
+    switch (t) {
+        case 8: {
+            const uint8_t* blk = row + b * 34;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t w = uint32_t(load_i32_a2(blk + 2 + i));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = float(int8_t(w >> (8 * j))) * d;
+            break;
+        }
+        case 2:
+        case 20: {
+            const uint8_t* blk = row + b * 18;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t w = nibbles(uint32_t(load_i32_a2(blk + 2 + (i & 15))));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = int(w >> (8 * j)) & 15;
+                v[j] = t == 2 ? float(q - 8) * d : d * float(c_iq4nl[q]);
+            }
+            break;
+        }
+        case 3: {
+            const uint8_t* blk = row + b * 20;
+            const float d = half_bits(load_u16(blk)), m = half_bits(load_u16(blk + 2));
+            const uint32_t w = nibbles(*reinterpret_cast<const uint32_t*>(blk + 4 + (i & 15)));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = __fadd_rn(__fmul_rn(float(int(w >> (8 * j)) & 15), d), m);
+            break;
+        }
+        case 6: {
+            const uint8_t* blk = row + b * 22;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t h = fifths(uint32_t(load_i32_a2(blk + 2)));
+            const uint32_t w = nibbles(uint32_t(load_i32_a2(blk + 6 + (i & 15))));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = float(((int(w >> (8 * j)) & 15) | (int((h >> j) & 1) << 4)) - 16) * d;
+            break;
+        }
+        default: {  // 7: q5_1
+            const uint8_t* blk = row + b * 24;
+            const float d = half_bits(load_u16(blk)), m = half_bits(load_u16(blk + 2));
+            const uint32_t h = fifths(*reinterpret_cast<const uint32_t*>(blk + 4));
+            const uint32_t w = nibbles(*reinterpret_cast<const uint32_t*>(blk + 8 + (i & 15)));
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                v[j] = __fadd_rn(__fmul_rn(float((int(w >> (8 * j)) & 15) | (int((h >> j) & 1) << 4)), d), m);
+            break;
+        }
+    }
+    return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// One arithmetic for every batch: a query's keys are cut at fixed positions into chunks of
+// k_att_chunk keys, a chunk into tiles of 64. Per tile: each key's score (a dot product over d in
+// order, times the scale), the tile's maximum, and an online-softmax update of the chunk's
+// (maximum, mass, weighted values): the weights summed by a butterfly over the tile's keys, the
+// values added in key order. The chunks are merged in order (att_merge). Keys past a query's
+// position weigh exactly zero and keys past the block's last query are never read, so a query's
+// bits do not depend on the rows beside it, nor on whether its chunks ran in one block or many.
+//
+// A block holds 32 queries: (row, query head) pairs of up to k_att_rows rows of one span and one
+// KV head, in passes of 32 when the group is larger. The cache's bytes of the next tile are
+// copied into shared memory (cp.async) while the current one is computed; each tile of K, then
+// of V, is dequantized there once into floats and read by all 32 queries. Scores: a thread per
+// (key, 8 queries), four d at a time; values: a warp per 4 queries, a lane per 4 (or 8) d.
+constexpr int k_att_q = 32;   // queries per block
+constexpr int k_att_kt = 64;  // keys per tile
+constexpr int k_att_threads = 256;
+constexpr int k_att_sp = 36;  // the scores' row stride in shared memory (padded against bank conflicts)
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum_rn(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// A lane's values of d: float4s at lane * 4 and lane * 4 + 128.
+constexpr int k_att_v4 = int(k_att_max_d / 128);
+
+// total += next, in an order fixed by the chunk sequence alone (no fused multiply-adds, so the
+// attention kernel and the merge kernel give the same bits).
+__device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
+    if (nl == 0.0f) return;  // the chunk held none of the query's keys
+    if (tl == 0.0f) {
+        tm = nm;
+        tl = nl;
+#pragma unroll
+        for (int e = 0; e < k_att_v4; ++e) ta[e] = na[e];
+        return;
+    }
+    const float mx = fmaxf(tm, nm);
+    const float fa = expf(__fsub_rn(tm, mx)), fb = expf(__fsub_rn(nm, mx));
+    tm = mx;
+    tl = __fadd_rn(__fmul_rn(tl, fa), __fmul_rn(nl, fb));
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e) {
+        ta[e].x = __fadd_rn(__fmul_rn(ta[e].x, fa), __fmul_rn(na[e].x, fb));
+        ta[e].y = __fadd_rn(__fmul_rn(ta[e].y, fa), __fmul_rn(na[e].y, fb));
+        ta[e].z = __fadd_rn(__fmul_rn(ta[e].z, fa), __fmul_rn(na[e].z, fb));
+        ta[e].w = __fadd_rn(__fmul_rn(ta[e].w, fa), __fmul_rn(na[e].w, fb));
+    }
+}
+
+__device__ __forceinline__ float4 f4_scale(float4 v, float s) {
+    return make_float4(__fmul_rn(v.x, s), __fmul_rn(v.y, s), __fmul_rn(v.z, s), __fmul_rn(v.w, s));
+}
+
+// A KV head's staging in shared memory: 16-byte copies from the 16-byte boundary at or below
+// the head's first byte, so a staged row is that many bytes longer than the head's bytes. f32
+// rows are not staged (the tile is read from memory as it is dequantized).
+__host__ __device__ inline int64_t att_stage_stride(int t, int64_t D) {
+    return t == 0 ? 0 : (kv_row_bytes(t, D) + 15) / 16 * 16 + 16;
+}
+
+// QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
+// block holds up to 32 queries, 2 and 1 when it holds up to 8 (decode: every warp busy). The
+// arithmetic per query is the same in both.
+template <int QPT, int QPW>
+__global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    const int64_t D = a.D, g = blockIdx.y, group = a.n_head / a.n_head_kv, width = a.n_head_kv * D;
+    // prefill: the tiles of late rows (the most keys) first
+    const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
+    const AttTile tile = a.tiles[bx / a.passes];
+    const int64_t nq = int64_t(tile.n_rows) * group, q0 = int64_t(bx % a.passes) * k_att_q;
+    if (q0 >= nq) return;
+    const KvDev b = a.kv[tile.span];
+    const int64_t stk = att_stage_stride(b.type_k, D), stv = att_stage_stride(b.type_v, D);
+    uint8_t* rawk = reinterpret_cast<uint8_t*>(smem4);             // [k_att_kt][stk]: the next K tile's bytes
+    uint8_t* rawv = rawk + k_att_kt * stk;                         // [k_att_kt][stv]
+    float* skv = reinterpret_cast<float*>(rawv + k_att_kt * stv);  // [k_att_kt][D + 4]: K's tile, then V's
+    float* sq = skv + k_att_kt * (D + 4);                          // [32][D]
+    float* sp = sq + k_att_q * D;                                  // [k_att_kt][k_att_sp]: scores, then weights
+    float* scorr = sp + k_att_kt * k_att_sp;                       // [32]: each query's rescale for the tile
+    int* spos = reinterpret_cast<int*>(scorr + k_att_q);           // [32]: each query's position, -1 for none
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const int64_t rk = kv_row_bytes(b.type_k, width), rv = kv_row_bytes(b.type_v, width);
+    const int64_t hk = kv_row_bytes(b.type_k, D), hv = kv_row_bytes(b.type_v, D);
+    const uint8_t* kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, g * D);
+    const uint8_t* vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, g * D);
     const float scale = float(a.scale);
-    constexpr int per_max = k_att_max_d / 32;
-    const int per = int((D + 31) / 32);
-    float qv[per_max], acc[per_max];
-#pragma unroll
-    for (int e = 0; e < per_max; ++e) {
-        const int64_t d = lane + 32 * e;
-        float x = e < per && d < D ? a.q[t * a.qs + h * D + d] : 0.0f;
-        if (b.f16_k) x = __half2float(__float2half_rn(x));
-        qv[e] = x;
-        acc[e] = 0.0f;
-    }
-    float m = -INFINITY, l = 0.0f;
-    const int64_t n_keys = a.pos[t] + 1;
-    for (int64_t j = warp; j < n_keys; j += k_att_warps) {
-        float dot = 0;
-#pragma unroll
-        for (int e = 0; e < per_max; ++e) {
-            const int64_t d = lane + 32 * e;
-            if (e < per && d < D) {
-                const int64_t at = j * width + kvh * D + d;
-                const float kk =
-                    b.f16_k ? __half2float(static_cast<const __half*>(b.k)[at]) : static_cast<const float*>(b.k)[at];
-                dot = fmaf(qv[e], kk, dot);
-            }
+    const int D4 = int(D / 4);
+
+    auto slot_row = [&](int64_t j) { return tile.row0 + (q0 + j) / group; };
+    auto slot_head = [&](int64_t j) { return g * group + (q0 + j) % group; };
+    const int64_t last = a.pos[slot_row(min(nq - q0, int64_t(k_att_q)) - 1)];
+    const int64_t n_chunks = last / k_att_chunk + 1;
+    if (a.part && blockIdx.z >= n_chunks) return;  // split blocks cover the longest cache's chunks
+    for (int64_t i = tid; i < k_att_q * D; i += k_att_threads) {
+        const int64_t j = i / D, d = i % D;
+        float x = 0;
+        if (q0 + j < nq) {
+            x = a.q[slot_row(j) * a.qs + slot_head(j) * D + d];
+            if (b.type_k == 1) x = __half2float(__float2half_rn(x));  // as the f16 cache rounds it
         }
-        const float sc = warp_sum(dot) * scale;
-        const float nm = fmaxf(m, sc);
-        const float corr = expf(m - nm), p = expf(sc - nm);
-        l = l * corr + p;
-#pragma unroll
-        for (int e = 0; e < per_max; ++e) {
-            const int64_t d = lane + 32 * e;
-            if (e < per && d < D) {
-                const int64_t at = j * width + kvh * D + d;
-                const float vv =
-                    b.f16_v ? __half2float(static_cast<const __half*>(b.v)[at]) : static_cast<const float*>(b.v)[at];
-                acc[e] = fmaf(p, vv, acc[e] * corr);
-            }
-        }
-        m = nm;
+        sq[i] = x;
     }
-    __shared__ float sm[k_att_warps], sl[k_att_warps], sacc[k_att_warps][k_att_max_d];
-    if (lane == 0) {
-        sm[warp] = m;
-        sl[warp] = l;
-    }
-#pragma unroll
-    for (int e = 0; e < per_max; ++e) {
-        const int64_t d = lane + 32 * e;
-        if (e < per && d < D) sacc[warp][d] = acc[e];
-    }
+    if (tid < k_att_q) spos[tid] = q0 + tid < nq ? int(a.pos[slot_row(tid)]) : -1;
     __syncthreads();
-    if (warp != 0) return;
-    float M = -INFINITY;
-    for (int w = 0; w < k_att_warps; ++w) M = fmaxf(M, sm[w]);
-    float L = 0;
-    float f[k_att_warps];
-    for (int w = 0; w < k_att_warps; ++w) {
-        f[w] = sl[w] > 0 ? expf(sm[w] - M) : 0.0f;
-        L += sl[w] * f[w];
+
+    // The block's tiles in order: its chunks (every splits-th in split mode), each cut at 64 keys.
+    const int64_t c_first = a.part ? blockIdx.z : 0, c_step = a.part ? gridDim.z : 1;
+    auto next_tile = [&](int64_t k0) -> int64_t {  // -1 past the last
+        const int64_t c = k0 / k_att_chunk, n = k0 + k_att_kt;
+        if (n <= last && n < (c + 1) * k_att_chunk) return n;
+        const int64_t nc = c + c_step;
+        return nc < n_chunks ? nc * k_att_chunk : -1;
+    };
+    // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end).
+    auto stage = [&](uint8_t* raw, const uint8_t* mem, int64_t rb, int64_t hb, int64_t st, int64_t k0) {
+        if (st > 0 && k0 >= 0) {
+            const int64_t n16 = st / 16, n_keys = min(int64_t(k_att_kt), last + 1 - k0);
+            for (int64_t i = tid; i < n_keys * n16; i += k_att_threads) {
+                const int64_t r = i / n16, c16 = i % n16;
+                const uint8_t* src = mem + (k0 + r) * rb;
+                const uint8_t* base =
+                    reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
+                if (16 * c16 < (src - base) + hb) __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
+            }
+        }
+        __pipeline_commit();
+    };
+    // A tile's values into skv as floats, from the staged bytes (or from memory for f32); keys
+    // past `last` read as zeros.
+    auto dequant = [&](const uint8_t* raw, const uint8_t* mem, int type, int64_t rb, int64_t st, int64_t k0) {
+        for (int i = tid; i < k_att_kt * D4; i += k_att_threads) {
+            const int r = i / D4, d4 = i % D4;
+            const int64_t key = k0 + r;
+            float4 x = make_float4(0, 0, 0, 0);
+            if (key <= last) {
+                const uint8_t* src = mem + key * rb;
+                const uint8_t* row = st > 0 ? raw + r * st + (reinterpret_cast<uintptr_t>(src) & 15) : src;
+                x = kv_load4(row, type, 4 * d4);
+            }
+            *reinterpret_cast<float4*>(skv + r * (D + 4) + 4 * d4) = x;
+        }
+    };
+
+    const int kk = tid % k_att_kt, qg = tid / k_att_kt;  // scores: this thread's key and QPT queries
+    const bool qg_any = spos[qg * QPT] >= 0;
+    const bool w_any = spos[warp * QPW] >= 0;  // weights and values: this warp's QPW queries
+    float m[QPW], l[QPW], tm[QPW], tl[QPW];
+    float4 acc[QPW][k_att_v4], ta[QPW][k_att_v4];
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        tm[u] = -INFINITY;
+        tl[u] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < k_att_v4; ++e) ta[u][e] = make_float4(0, 0, 0, 0);
     }
-    const float inv = 1.0f / L;
-    for (int64_t d = lane; d < D; d += 32) {
-        float acc_d = 0;
-        for (int w = 0; w < k_att_warps; ++w) acc_d += sacc[w][d] * f[w];
-        a.out[t * a.os + h * D + d] = acc_d * inv;
+    auto reset = [&]() {
+#pragma unroll
+        for (int u = 0; u < QPW; ++u) {
+            m[u] = -INFINITY;
+            l[u] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < k_att_v4; ++e) acc[u][e] = make_float4(0, 0, 0, 0);
+        }
+    };
+    reset();
+
+    int64_t k0 = c_first < n_chunks ? c_first * k_att_chunk : -1;
+    stage(rawk, kmem, rk, hk, stk, k0);
+    stage(rawv, vmem, rv, hv, stv, k0);
+    while (k0 >= 0) {
+        const int64_t k1 = next_tile(k0);
+        __pipeline_wait_prior(1);  // this tile's K
+        __syncthreads();           // every thread's copies landed; the previous tile's values are read
+        dequant(rawk, kmem, b.type_k, rk, stk, k0);
+        __syncthreads();
+        stage(rawk, kmem, rk, hk, stk, k1);
+        if (qg_any) {
+            float dot[QPT];
+#pragma unroll
+            for (int u = 0; u < QPT; ++u) dot[u] = 0.0f;
+            const float* kr = skv + kk * (D + 4);
+            const float* qr = sq + qg * QPT * D;
+            for (int64_t d = 0; d < D; d += 4) {
+                const float4 k4 = *reinterpret_cast<const float4*>(kr + d);
+#pragma unroll
+                for (int u = 0; u < QPT; ++u) {
+                    const float4 q4 = *reinterpret_cast<const float4*>(qr + u * D + d);
+                    dot[u] = fmaf(q4.x, k4.x, dot[u]);
+                    dot[u] = fmaf(q4.y, k4.y, dot[u]);
+                    dot[u] = fmaf(q4.z, k4.z, dot[u]);
+                    dot[u] = fmaf(q4.w, k4.w, dot[u]);
+                }
+            }
+            const int64_t key = k0 + kk;
+            float s[QPT];
+#pragma unroll
+            for (int u = 0; u < QPT; ++u) s[u] = key <= spos[qg * QPT + u] ? __fmul_rn(dot[u], scale) : -INFINITY;
+#pragma unroll
+            for (int u = 0; u < QPT; u += 2)
+                *reinterpret_cast<float2*>(sp + kk * k_att_sp + qg * QPT + u) = make_float2(s[u], s[u + 1]);
+        }
+        __pipeline_wait_prior(1);  // this tile's V
+        __syncthreads();           // scores written, K read, V landed
+        dequant(rawv, vmem, b.type_v, rv, stv, k0);
+        if (w_any) {
+#pragma unroll
+            for (int u = 0; u < QPW; ++u) {
+                const int q = warp * QPW + u;
+                const float s0 = sp[lane * k_att_sp + q], s1 = sp[(lane + 32) * k_att_sp + q];
+                const float mx = warp_max(fmaxf(s0, s1));
+                float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
+                if (mx != -INFINITY) {  // the same for the whole warp
+                    const float nm = fmaxf(m[u], mx);
+                    corr = expf(__fsub_rn(m[u], nm));
+                    p0 = expf(__fsub_rn(s0, nm));
+                    p1 = expf(__fsub_rn(s1, nm));
+                    l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
+                    m[u] = nm;
+                }
+                sp[lane * k_att_sp + q] = p0;
+                sp[(lane + 32) * k_att_sp + q] = p1;
+                if (lane == 0) scorr[q] = corr;
+            }
+        }
+        __syncthreads();  // weights written, V dequantized
+        stage(rawv, vmem, rv, hv, stv, k1);
+        if (w_any) {
+            float crs[QPW];
+#pragma unroll
+            for (int u = 0; u < QPW; ++u) crs[u] = scorr[warp * QPW + u];
+#pragma unroll
+            for (int u = 0; u < QPW; ++u)
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) acc[u][e] = f4_scale(acc[u][e], crs[u]);
+            const int64_t n_k = min(int64_t(k_att_kt), last + 1 - k0);
+            for (int64_t r = 0; r < n_k; ++r) {
+                float ps[QPW];
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) ps[u] = sp[r * k_att_sp + warp * QPW + u];
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) {
+                    const int64_t d = lane * 4 + 128 * e;
+                    if (d >= D) continue;
+                    const float4 v4 = *reinterpret_cast<const float4*>(skv + r * (D + 4) + d);
+#pragma unroll
+                    for (int u = 0; u < QPW; ++u) {
+                        acc[u][e].x = fmaf(ps[u], v4.x, acc[u][e].x);
+                        acc[u][e].y = fmaf(ps[u], v4.y, acc[u][e].y);
+                        acc[u][e].z = fmaf(ps[u], v4.z, acc[u][e].z);
+                        acc[u][e].w = fmaf(ps[u], v4.w, acc[u][e].w);
+                    }
+                }
+            }
+        }
+        const int64_t c = k0 / k_att_chunk;
+        if (k1 < 0 || k1 / k_att_chunk != c) {  // the chunk is done
+            if (w_any) {
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) {
+                    const int q = warp * QPW + u;
+                    if (q0 + q >= nq) continue;
+                    if (a.part) {  // this chunk's partial, for k_attention_merge
+                        float* out = a.part + ((slot_row(q) * a.n_head + slot_head(q)) * a.max_chunks + c) * (D + 4);
+                        if (lane == 0) {
+                            out[0] = m[u];
+                            out[1] = l[u];
+                        }
+#pragma unroll
+                        for (int e = 0; e < k_att_v4; ++e) {
+                            const int64_t d = lane * 4 + 128 * e;
+                            if (d < D) *reinterpret_cast<float4*>(out + 4 + d) = acc[u][e];
+                        }
+                    } else {
+                        att_merge(tm[u], tl[u], ta[u], m[u], l[u], acc[u]);
+                    }
+                }
+            }
+            reset();
+        }
+        k0 = k1;
+    }
+    __pipeline_wait_prior(0);
+    if (a.part || !w_any) return;
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        if (q0 + q >= nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[u]);
+        float* out = a.out + slot_row(q) * a.os + slot_head(q) * D;
+#pragma unroll
+        for (int e = 0; e < k_att_v4; ++e) {
+            const int64_t d = lane * 4 + 128 * e;
+            if (d < D) *reinterpret_cast<float4*>(out + d) = f4_scale(ta[u][e], inv);
+        }
+    }
+}
+
+// The chunks of a split row merged in chunk order: a block per (row, query head). The block
+// copies the partials into shared memory 16 chunks at a time, the next batch in flight while the
+// first warp folds the current one (a fold reading each chunk from memory in turn would wait out
+// the memory's latency once per chunk).
+constexpr int k_merge_batch = 16;
+constexpr int k_merge_threads = 128;
+size_t merge_smem(int64_t D) {
+    return size_t(2 * k_merge_batch * (D + 4)) * sizeof(float);
+}
+
+__global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    const int64_t t = blockIdx.x, h = blockIdx.y, D = a.D, row4 = (D + 4) / 4;
+    if (a.row_span[t] < 0) return;
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int64_t n_chunks = a.pos[t] / k_att_chunk + 1;
+    const float4* src = reinterpret_cast<const float4*>(a.part + (t * a.n_head + h) * a.max_chunks * (D + 4));
+    auto stage = [&](int64_t batch) {
+        const int64_t c0 = batch * k_merge_batch, n = min(int64_t(k_merge_batch), n_chunks - c0);
+        float4* dst = smem4 + (batch & 1) * k_merge_batch * row4;
+        for (int64_t i = tid; i < n * row4; i += k_merge_threads)
+            __pipeline_memcpy_async(dst + i, src + c0 * row4 + i, 16);
+        __pipeline_commit();
+    };
+    float tm = -INFINITY, tl = 0.0f;
+    float4 ta[k_att_v4];
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e) ta[e] = make_float4(0, 0, 0, 0);
+    stage(0);
+    for (int64_t batch = 0; batch * k_merge_batch < n_chunks; ++batch) {
+        stage(batch + 1);  // nothing past the last chunk
+        __pipeline_wait_prior(1);
+        __syncthreads();
+        if (tid < 32) {
+            const float* p = reinterpret_cast<const float*>(smem4 + (batch & 1) * k_merge_batch * row4);
+            const int64_t n = min(int64_t(k_merge_batch), n_chunks - batch * k_merge_batch);
+            for (int64_t c = 0; c < n; ++c, p += D + 4) {
+                float4 na[k_att_v4];
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) {
+                    const int64_t d = lane * 4 + 128 * e;
+                    na[e] = d < D ? *reinterpret_cast<const float4*>(p + 4 + d) : make_float4(0, 0, 0, 0);
+                }
+                att_merge(tm, tl, ta, p[0], p[1], na);
+            }
+        }
+        __syncthreads();  // the batch is read before its buffer takes the one after next
+    }
+    __pipeline_wait_prior(0);
+    if (tid >= 32) return;
+    const float inv = __fdiv_rn(1.0f, tl);
+    float* out = a.out + t * a.os + h * D;
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e) {
+        const int64_t d = lane * 4 + 128 * e;
+        if (d < D) *reinterpret_cast<float4*>(out + d) = f4_scale(ta[e], inv);
     }
 }
 
@@ -373,11 +902,32 @@ void run_op(cudaStream_t s, const RopeArgs& a) {
     CU_LAUNCHED();
 }
 
+size_t attention_smem(int64_t D, int type_k, int type_v) {
+    return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
+           size_t(k_att_kt * (D + 4) + k_att_q * D + k_att_kt * k_att_sp + 2 * k_att_q) * sizeof(float);
+}
+
+void configure_attention() {
+    size_t most = 0;
+    for (int tk : {0, 1, 2, 3, 6, 7, 8, 20, 30})
+        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
+    CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+    CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+}
+
 void run_op(cudaStream_t s, const AttentionArgs& a) {
-    launch(k_kv_store, blocks_for(a.rows * a.n_head_kv * a.D, 256), 256, 0, s, a);
+    launch(k_kv_store, blocks_for(a.rows * 2 * ((a.n_head_kv * a.D + 31) / 32), 128), 128, 0, s, a);
     CU_LAUNCHED();
-    launch(k_attention, dim3(unsigned(a.rows), unsigned(a.n_head)), 32 * k_att_warps, 0, s, a);
+    const dim3 grid(unsigned(a.n_tiles * a.passes), unsigned(a.n_head_kv), unsigned(a.part ? a.splits : 1));
+    if (a.most_queries <= 8)
+        launch(k_attention<2, 1>, grid, k_att_threads, size_t(a.smem), s, a);
+    else
+        launch(k_attention<8, 4>, grid, k_att_threads, size_t(a.smem), s, a);
     CU_LAUNCHED();
+    if (a.part) {
+        launch(k_attention_merge, dim3(unsigned(a.rows), unsigned(a.n_head)), k_merge_threads, merge_smem(a.D), s, a);
+        CU_LAUNCHED();
+    }
 }
 
 void run_op(cudaStream_t s, const ConvArgs& a) {

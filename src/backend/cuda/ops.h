@@ -154,6 +154,7 @@ void run_op(cudaStream_t s, const MoeSumArgs& a);
 void run_op(cudaStream_t s, const MatvecArgs& a);
 // Once per device: the shared memory the products above may take.
 void configure_products();
+void configure_attention();
 
 // ---- the other ops (layers.cu)
 
@@ -202,8 +203,13 @@ struct RopeArgs {
     double theta_scale;
     const int64_t* pos;
 };
-// Stores k and v rows at their positions, then causal attention for every (row, query head).
-constexpr int64_t k_att_max_d = 256;
+// Stores k and v rows at their positions (in the cache's type, with the CPU's bytes), then causal
+// attention for every (row, query head), reading the cache's type directly.
+constexpr int64_t k_att_max_d = 256;  // head sizes: multiples of 4 up to this
+constexpr int64_t k_att_rows = 16;
+struct AttTile {
+    int32_t span, row0, n_rows, unused;
+};
 struct AttentionArgs {
     const float* q;
     int64_t qs;
@@ -218,7 +224,22 @@ struct AttentionArgs {
     const KvDev* kv;
     float* out;
     int64_t os;
+    // Keys are cut at fixed positions into chunks of k_att_chunk; each chunk's partial softmax is
+    // merged in chunk order. With `part` (decode and verification batches) the chunks run in
+    // `splits` blocks side by side, each chunk's partial written to
+    // part[(row * n_head + head) * max_chunks + chunk][D + 4] and merged by a second kernel;
+    // without, a block runs its rows' chunks in order. The arithmetic is the same.
+    float* part;
+    int64_t max_chunks, splits;
+    const AttTile* tiles;  // up to k_att_rows consecutive rows of one span
+    int64_t n_tiles;
+    int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head) 32 at a time
+    int64_t smem;          // a block's shared memory for the batch's cache types (attention_smem)
+    int64_t most_queries;  // the most queries a block holds
 };
+// Shared memory of an attention block for head size D and the cache types (DType ids).
+size_t attention_smem(int64_t D, int type_k, int type_v);
+constexpr int64_t k_att_chunk = 256;
 constexpr int64_t k_conv_max = 8;
 struct ConvArgs {
     const float* x;
