@@ -96,6 +96,8 @@ void matmul(benchmark::State& state, DType t) {
     }
     state.SetBytesProcessed(int64_t(state.iterations()) * int64_t(m->data.size()));
     state.counters["tok/s"] = benchmark::Counter(double(n_tok), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["GMAC/s"] =
+        benchmark::Counter(double(n_tok * rows * cols) * 1e-9, benchmark::Counter::kIsIterationInvariantRate);
 }
 
 // bench-1b's routed experts: 64 experts, top 8, n_embd 1024, n_ff 256; gate/up Q4_K, down Q6_K.
@@ -165,7 +167,8 @@ BENCHMARK(attention)
 void token_counts(benchmark::internal::Benchmark* b) {
     for (int64_t no_repack : {0, 1})
         for (int64_t cached : {0, 1})
-            for (int64_t n : {1, 2, 4, 5, 8, 16}) b->Args({n, cached, no_repack});
+            for (int64_t n : {1, 2, 4, 5, 8, 16, 64, 512})
+                if (n < 64 || cached) b->Args({n, cached, no_repack});  // prefill sizes: the arithmetic rate
     b->ArgNames({"tokens", "cached", "no_repack"})->UseRealTime();
 }
 BENCHMARK_CAPTURE(matmul, q4_k, DType::Q4_K)->Apply(token_counts);
