@@ -109,6 +109,13 @@ struct MoeWeights {
     int64_t n_expert = 0, n_expert_used = 0, n_ff = 0;
 };
 
+// The sizes a model's layers give the ops whose kernels take bounded sizes (0: no such layer).
+struct OpShapes {
+    int64_t head_dim = 0;     // attention
+    int64_t conv_kernel = 0;  // the Gated DeltaNet's causal conv
+    int64_t ssm_d_k = 0;      // the Gated DeltaNet's key size
+};
+
 // The interface every backend implements; it holds no state of its own (a backend's scratch is
 // its ScratchArena). The helpers below only call the virtual functions.
 class Backend {
@@ -121,6 +128,9 @@ class Backend {
     // Whether op runs with this weight or cache type here; callers refuse what is not, with a
     // message, before any op runs.
     virtual bool supports(Op op, DType type) const = 0;
+    // Whether the ops run layers of these sizes here (a message saying which does not); models
+    // ask before loading a weight.
+    virtual Result<void> check_shapes(const OpShapes&) const { return {}; }
     // Marks the part of the model the following ops belong to (for profiling).
     virtual void annotate(const char* scope) = 0;
     // Called once per weight after loading; a backend may upload or repack it.

@@ -58,6 +58,7 @@ class ProfiledBackend : public Backend {
     std::string device_name() const override { return inner_->device_name(); }
     int n_threads() const override { return inner_->n_threads(); }
     bool supports(Op op, DType t) const override { return inner_->supports(op, t); }
+    Result<void> check_shapes(const OpShapes& s) const override { return inner_->check_shapes(s); }
     Result<void> prepare_weight(Weight& w) override { return inner_->prepare_weight(w); }
     uint64_t memory_available() const override { return inner_->memory_available(); }
     void* alloc(size_t b) override { return inner_->alloc(b); }

@@ -80,6 +80,16 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
     return w;
 }
 
+Result<void> Model::check_shapes() const {
+    OpShapes s;
+    if (hp_.n_attention_layers() > 0) s.head_dim = hp_.head_dim;
+    if (hp_.n_recurrent_layers() > 0) {
+        s.conv_kernel = hp_.ssm_conv_kernel;
+        s.ssm_d_k = hp_.ssm_d_state;
+    }
+    return backend_->check_shapes(s);
+}
+
 Result<void> Model::load_output_and_embeddings() {
     if (hp_.n_vocab <= 0)
         return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)", ErrorKind::corrupt_file);

@@ -46,6 +46,8 @@ class Model {
     Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false);
     // A tensor the ops read as plain floats (norm weights, conv taps, gates): must be F32.
     Result<const Weight*> load_f32(const std::string& name, std::vector<int64_t> shape);
+    // Whether the backend runs layers of this model's sizes (Backend::check_shapes); before any load.
+    Result<void> check_shapes() const;
     // token_embd, output_norm and output (tied to token_embd when absent).
     Result<void> load_output_and_embeddings();
 

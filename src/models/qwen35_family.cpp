@@ -11,6 +11,7 @@ Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, 
     m->file_ = &file;
     m->backend_ = &backend;
     m->moe_ = moe;
+    BM_TRY(m->check_shapes());
     BM_TRY(m->load_output_and_embeddings());
     m->layers_.resize(size_t(m->hp_.n_layer));
     for (int64_t il = 0; il < m->hp_.n_layer; ++il)

@@ -17,6 +17,7 @@ class Qwen3Moe : public Model {
         m->hp_ = std::move(*hp);
         m->file_ = &file;
         m->backend_ = &backend;
+        BM_TRY(m->check_shapes());
         BM_TRY(m->load_output_and_embeddings());
         for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
             Layer l;

@@ -92,6 +92,7 @@ class CudaBackend final : public Backend {
     std::string name() const override { return "CUDA"; }
     std::string device_name() const override { return name_; }
     int n_threads() const override { return 1; }
+    Result<void> check_shapes(const OpShapes& s) const override { return cuda_check_shapes(s); }
     bool supports(Op op, DType t) const override {
         if (op == Op::attention) return is_cache_type(t);
         switch (t) {
@@ -350,6 +351,7 @@ class CudaBackend final : public Backend {
     void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
         const int64_t rows = std::min(q.rows, n_rows_);
         if (rows == 0) return;
+        // check_shapes refuses such models as they load: these three checks guard against bugs
         if (p.head_dim > k_att_max_d || p.head_dim % 4 != 0) {
             std::fprintf(stderr,
                          "bigmoe: CUDA attention takes head sizes that are multiples of 4 up to %lld, got %lld\n",

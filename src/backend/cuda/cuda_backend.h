@@ -23,5 +23,8 @@ bool cuda_built();
 // The device's description, or why there is none: a build without CUDA, no driver, no device.
 Result<CudaDeviceInfo> cuda_device_info(int device = 0);
 Result<std::unique_ptr<Backend>> make_cuda_backend(int device = 0);
+// The layer sizes the CUDA kernels take (CudaBackend::check_shapes; here for builds without CUDA
+// and for tests).
+Result<void> cuda_check_shapes(const OpShapes& s);
 
 }  // namespace bigmoe

@@ -935,10 +935,6 @@ void run_op(cudaStream_t s, const ConvArgs& a) {
     CU_LAUNCHED();
 }
 
-bool gdn_supported(int64_t dk) {
-    return dk >= 1 && dk <= 256;
-}
-
 void run_op(cudaStream_t s, const GdnArgs& a) {
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
     const int threads = 32 * k_gdn_parts;

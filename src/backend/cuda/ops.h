@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "backend/cuda/common.cuh"
+#include "backend/cuda/limits.h"
 
 namespace bigmoe::cuda {
 
@@ -205,7 +206,6 @@ struct RopeArgs {
 };
 // Stores k and v rows at their positions (in the cache's type, with the CPU's bytes), then causal
 // attention for every (row, query head), reading the cache's type directly.
-constexpr int64_t k_att_max_d = 256;  // head sizes: multiples of 4 up to this
 constexpr int64_t k_att_rows = 16;
 struct AttTile {
     int32_t span, row0, n_rows, unused;
@@ -240,7 +240,6 @@ struct AttentionArgs {
 // Shared memory of an attention block for head size D and the cache types (DType ids).
 size_t attention_smem(int64_t D, int type_k, int type_v);
 constexpr int64_t k_att_chunk = 256;
-constexpr int64_t k_conv_max = 8;
 struct ConvArgs {
     const float* x;
     int64_t xs;
@@ -272,7 +271,6 @@ struct GdnArgs {
 };
 
 // Key dimensions the recurrence kernel is built for.
-bool gdn_supported(int64_t dk);
 
 void run_op(cudaStream_t s, const NormArgs& a);
 void run_op(cudaStream_t s, const ElementwiseArgs& a);
