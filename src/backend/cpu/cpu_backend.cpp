@@ -178,23 +178,23 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
                               float* out, int64_t out_stride) const {
     if (packed) {
         // Whole groups of 8 rows (groups start at multiples of 8 from w); rows outside the range
-        // are not stored. Every tile of up to 4 tokens passes over a group before the next group
-        // (the group stays in L1), so the weights are read from memory once whatever n_tok is.
-        const int64_t n_tiles = (n_tok + 3) / 4;
-        for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
-            const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
-            for (int64_t tile = 0; tile < n_tiles; ++tile) {
-                const int64_t t = 4 * tile;
-                const int nt = int(std::min<int64_t>(4, n_tok - t));
-                const void* rows[4];
-                for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-                float res[4 * k_pack_rows];
-                k_->packed_tile[int(wt)][nt - 1](w + size_t(g) * w_row_bytes, rows, n_in, res);
-                for (int j = 0; j < nt; ++j)
-                    std::copy(res + j * k_pack_rows + (lo - g), res + j * k_pack_rows + (hi - g),
-                              out + (t + j) * out_stride + (lo - r_begin));
+        // are not stored. Tokens go in blocks of k_token_block: every tile of up to 4 tokens of a
+        // block passes over each group of the range before the next block, so a block's
+        // activations and the range's weights stay in L1 (the weights are read from memory once).
+        for (int64_t t0 = 0; t0 < n_tok; t0 += k_token_block)
+            for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
+                const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
+                for (int64_t t = t0; t < std::min(n_tok, t0 + k_token_block); t += 4) {
+                    const int nt = int(std::min<int64_t>(4, n_tok - t));
+                    const void* rows[4];
+                    for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
+                    float res[4 * k_pack_rows];
+                    k_->packed_tile[int(wt)][nt - 1](w + size_t(g) * w_row_bytes, rows, n_in, res);
+                    for (int j = 0; j < nt; ++j)
+                        std::copy(res + j * k_pack_rows + (lo - g), res + j * k_pack_rows + (hi - g),
+                                  out + (t + j) * out_stride + (lo - r_begin));
+                }
             }
-        }
         return;
     }
     w += size_t(r_begin) * w_row_bytes;  // rows counted from r_begin below, like out

@@ -74,6 +74,8 @@ class CpuBackend : public Backend {
     // Products of up to this many tokens split the rows statically (memory-bound), larger ones
     // hand out k_rows_per_task blocks (compute-bound).
     static constexpr int64_t k_stream_max_tokens = 16;
+    // Tokens a packed product takes through a row range at a time (their activations stay in L1).
+    static constexpr int64_t k_token_block = 16;
     // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
     static constexpr int64_t k_gemm_min_tokens = 8;
     // Quantize rows of x into the activation type of weight type wt; returns row bytes.
