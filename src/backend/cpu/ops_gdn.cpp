@@ -42,28 +42,33 @@ void CpuBackend::ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p
     constexpr int64_t k_chunk = 64;
     const int64_t n_blocks = (C + k_chunk - 1) / k_chunk;
     const size_t slot_floats = size_t(C * S);
+    // Within a task the weights are transposed (wt[j][c]) and the window is kept as rows (win[j][c]),
+    // so each step is a few loops over contiguous channels, each channel's sum in tap order.
     pool_->parallel_for(int64_t(spans.size()) * n_blocks, [&](int64_t tb, int64_t te, int) {
-        std::vector<float> win(static_cast<size_t>(S * k_chunk));
+        std::vector<float> win(static_cast<size_t>(S * k_chunk)), wt(static_cast<size_t>(K * k_chunk));
         for (int64_t task = tb; task < te; ++task) {
             const SeqSpan& s = spans[size_t(task / n_blocks)];
             RecurrentRing& ring = *rings[size_t(task / n_blocks)];
             const float* st = ring.conv + size_t(slot_of(ring, 0)) * slot_floats;
             const int64_t c0 = (task % n_blocks) * k_chunk, c1 = std::min(C, c0 + k_chunk), nc = c1 - c0;
             // win[j][c]: the last S inputs of channel c, oldest first
-            for (int64_t c = 0; c < nc; ++c)
+            for (int64_t c = 0; c < nc; ++c) {
                 for (int64_t j = 0; j < S; ++j) win[size_t(j * nc + c)] = st[(c0 + c) * S + j];
+                for (int64_t j = 0; j < K; ++j) wt[size_t(j * nc + c)] = w[(c0 + c) * K + j];
+            }
             for (int64_t i = 0; i < s.n_tokens; ++i) {
                 const float* x = mixed.row(s.first + i) + c0;
                 float* o = out.row(s.first + i) + c0;
-                for (int64_t c = 0; c < nc; ++c) {
-                    const float* wc = w + (c0 + c) * K;
-                    float y = 0;
-                    for (int64_t j = 0; j < S; ++j) y += wc[j] * win[size_t(j * nc + c)];
-                    y += wc[S] * x[c];
-                    o[c] = y;
-                    for (int64_t j = 0; j + 1 < S; ++j) win[size_t(j * nc + c)] = win[size_t((j + 1) * nc + c)];
-                    win[size_t((S - 1) * nc + c)] = x[c];
+                for (int64_t c = 0; c < nc; ++c) o[c] = 0.0f;
+                for (int64_t j = 0; j < S; ++j) {
+                    const float* wj = wt.data() + j * nc;
+                    const float* vj = win.data() + j * nc;
+                    for (int64_t c = 0; c < nc; ++c) o[c] += wj[c] * vj[c];
                 }
+                const float* ws = wt.data() + S * nc;
+                for (int64_t c = 0; c < nc; ++c) o[c] += ws[c] * x[c];
+                std::copy(win.begin() + nc, win.begin() + S * nc, win.begin());
+                std::copy(x, x + nc, win.begin() + (S - 1) * nc);
                 k_->silu_mul(o, nullptr, o, nc);
                 if (i >= s.n_tokens - ring.n_slots) {
                     float* dst = ring.conv + size_t(slot_of(ring, i + 1)) * slot_floats;
