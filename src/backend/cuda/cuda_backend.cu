@@ -360,7 +360,8 @@ class CudaBackend final : public Backend {
         }
         // Decode and verification split every row's keys into chunks run side by side; the chunk
         // count covers the longest block, so a growing context keeps the same step graph.
-        const int64_t passes = (att_tile_rows_ * (p.n_head / p.n_head_kv) + 31) / 32;
+        const int64_t tile_queries = att_tile_rows_ * (p.n_head / p.n_head_kv);
+        const int64_t passes = (tile_queries + k_att_queries - 1) / k_att_queries;
         size_t smem = 0;
         for (auto [tk, tv] : kv_types_.at(size_t(il))) smem = std::max(smem, attention_smem(p.head_dim, tk, tv));
         const ScratchMark mark = scratch_mark();
@@ -397,7 +398,7 @@ class CudaBackend final : public Backend {
                               n_att_tiles_,
                               passes,
                               int64_t(smem),
-                              std::min(int64_t(32), att_tile_rows_ * (p.n_head / p.n_head_kv))});
+                              std::min(k_att_queries, tile_queries)});
         scratch_rewind(mark);
     }
 

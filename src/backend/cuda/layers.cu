@@ -360,7 +360,7 @@ __device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t of
 // copied into shared memory (cp.async) while the current one is computed; each tile of K, then
 // of V, is dequantized there once into floats and read by all 32 queries. Scores: a thread per
 // (key, 8 queries), four d at a time; values: a warp per 4 queries, a lane per 4 (or 8) d.
-constexpr int k_att_q = 32;   // queries per block
+constexpr int k_att_q = int(k_att_queries);
 constexpr int k_att_kt = 64;  // keys per tile
 constexpr int k_att_threads = 256;
 constexpr int k_att_sp = 36;  // the scores' row stride in shared memory (padded against bank conflicts)

@@ -207,6 +207,7 @@ struct RopeArgs {
 // Stores k and v rows at their positions (in the cache's type, with the CPU's bytes), then causal
 // attention for every (row, query head), reading the cache's type directly.
 constexpr int64_t k_att_rows = 16;
+constexpr int64_t k_att_queries = 32;  // (row, query head) pairs an attention block holds
 struct AttTile {
     int32_t span, row0, n_rows, unused;
 };
@@ -233,7 +234,7 @@ struct AttentionArgs {
     int64_t max_chunks, splits;
     const AttTile* tiles;  // up to k_att_rows consecutive rows of one span
     int64_t n_tiles;
-    int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head) 32 at a time
+    int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head), k_att_queries at a time
     int64_t smem;          // a block's shared memory for the batch's cache types (attention_smem)
     int64_t most_queries;  // the most queries a block holds
 };
@@ -269,8 +270,6 @@ struct GdnArgs {
     float* out;
     int64_t os;
 };
-
-// Key dimensions the recurrence kernel is built for.
 
 void run_op(cudaStream_t s, const NormArgs& a);
 void run_op(cudaStream_t s, const ElementwiseArgs& a);
