@@ -180,6 +180,32 @@ class Backend {
     virtual void matmuls(Tensor x, const std::vector<Product>& products) {
         for (const Product& p : products) matmul(*p.w, x, p.out);
     }
+    // A product whose input is formed from x first: silu: silu(gate) * x; sigmoid: x *
+    // sigmoid(gate); norm_silu: silu(gate) * rms_norm(x) with `norm` per group of its width. A
+    // backend may form the input inside the product (a GPU: one kernel instead of three); the
+    // results are those of the ops in turn. x's values may be overwritten.
+    enum class Gate { silu, sigmoid, norm_silu };
+    struct GatedInput {
+        Gate kind;
+        Tensor gate;
+        const Weight* norm = nullptr;
+        float eps = 0;
+    };
+    virtual void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) {
+        switch (g.kind) {
+            case Gate::silu:
+                swiglu(g.gate, x, x);
+                break;
+            case Gate::sigmoid:
+                mul_sigmoid(x, g.gate, x);
+                break;
+            case Gate::norm_silu:
+                rms_norm(x, *g.norm, g.eps, x);
+                swiglu(g.gate, x, x);
+                break;
+        }
+        matmul(w, x, out);
+    }
     virtual void add(Tensor a, Tensor b, Tensor out) = 0;
     // h += y, then out = rms_norm(h) with w (a residual add and the norm after it, which a
     // backend may run as one op; the results are those of add then rms_norm).
@@ -199,6 +225,32 @@ class Backend {
     // NeoX RoPE, in place, on every head_dim group of x: the first n_rot dims of each head
     // rotate; positions from the batch's spans.
     virtual void rope_neox(Tensor x, int64_t head_dim, int64_t n_rot, float theta) = 0;
+    // Attention's inputs from its projections: q and k normalised per head of head_dim (q_norm,
+    // k_norm) and NeoX-rotated; with `gated`, qg holds each head's [query | gate] and the gate
+    // heads go to gate_out. A backend may do it in one op; the results are those of gather_cols,
+    // rms_norm and rope_neox in turn.
+    struct AttentionInputs {
+        const Weight* q_norm;
+        const Weight* k_norm;
+        float eps;
+        int64_t head_dim, n_rot;
+        float theta;
+        bool gated;
+    };
+    virtual void attention_inputs(Tensor qg, Tensor k, const AttentionInputs& a, Tensor q_out, Tensor k_out,
+                                  Tensor gate_out) {
+        const int64_t D = a.head_dim;
+        if (a.gated) {
+            gather_cols(qg, 2 * D, 0, D, q_out);
+            gather_cols(qg, 2 * D, D, D, gate_out);
+            rms_norm(q_out, *a.q_norm, a.eps, q_out);
+        } else {
+            rms_norm(qg, *a.q_norm, a.eps, q_out);
+        }
+        rms_norm(k, *a.k_norm, a.eps, k_out);
+        rope_neox(q_out, D, a.n_rot, a.theta);
+        rope_neox(k_out, D, a.n_rot, a.theta);
+    }
     // Stores k, v rows at their positions in each sequence's block of layer il (the batch's
     // kv[il]), then causal attention.
     virtual void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) = 0;

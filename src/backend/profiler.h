@@ -85,6 +85,11 @@ class ProfiledBackend : public Backend {
         timed(
             OpClass::dense_matmul, [&] { inner_->matmuls(x, ps); }, bytes, flops);
     }
+    void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) override {
+        timed(
+            OpClass::dense_matmul, [&] { inner_->matmul_gated(w, x, g, out); }, double(w.row_bytes) * double(w.n_out()),
+            2.0 * double(w.n_in()) * double(w.n_out()) * double(x.rows));
+    }
     void add(Tensor a, Tensor b, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->add(a, b, out); });
     }
@@ -102,6 +107,9 @@ class ProfiledBackend : public Backend {
     }
     void rope_neox(Tensor x, int64_t hd, int64_t nr, float th) override {
         timed(OpClass::elementwise, [&] { inner_->rope_neox(x, hd, nr, th); });
+    }
+    void attention_inputs(Tensor qg, Tensor k, const AttentionInputs& a, Tensor q, Tensor kn, Tensor g) override {
+        timed(OpClass::elementwise, [&] { inner_->attention_inputs(qg, k, a, q, kn, g); });
     }
     void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
         timed(OpClass::attention, [&] { inner_->attention(q, k, v, p, il, out); });

@@ -288,6 +288,52 @@ TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
     }
 }
 
+// A product whose input is formed from x (silu / sigmoid gates, a per-head norm and a gate) equals
+// the ops in turn bit for bit at every batch size (a GPU forms the input inside the product for
+// decode batches and runs the ops one by one for larger ones), and the float64 reference.
+TEST_P(Conformance, matmul_gated_equals_the_ops_in_turn) {
+    const int64_t n_in = 512, n_out = 37, head = 128, T_all = 13;
+    using G = Backend::Gate;
+    auto norm = vec_weight(randoms(rng_, head, 0.5f, 1.5f));
+    const auto x = randoms(rng_, T_all * n_in, -3, 3), g = randoms(rng_, T_all * n_in, -4, 4);
+    const std::vector<float> nw(norm->f32(), norm->f32() + head);
+    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0}) {
+        if (!be_->supports(Op::matmul, t)) continue;
+        auto w = weight(t, n_in, n_out);
+        for (G kind : {G::silu, G::sigmoid, G::norm_silu}) {
+            const std::string what = std::string(traits(t).name) + " gate " + std::to_string(int(kind));
+            // the ops in turn over all the tokens
+            DevTensor x1(*be_, T_all, n_in, x), g1(*be_, T_all, n_in, g), o1(*be_, T_all, n_out);
+            if (kind == G::silu) be_->swiglu(g1.t(), x1.t(), x1.t());
+            if (kind == G::sigmoid) be_->mul_sigmoid(x1.t(), g1.t(), x1.t());
+            if (kind == G::norm_silu) {
+                be_->rms_norm(x1.t(), norm->w, 1e-6f, x1.t());
+                be_->swiglu(g1.t(), x1.t(), x1.t());
+            }
+            be_->matmul(w->w, x1.t(), o1.t());
+            const std::vector<float> want = o1.get();
+            for (int64_t T : {int64_t(1), int64_t(2), int64_t(5), int64_t(8), T_all}) {
+                DevTensor x2(*be_, T, n_in, std::vector<float>(x.begin(), x.begin() + T * n_in));
+                DevTensor g2(*be_, T, n_in, std::vector<float>(g.begin(), g.begin() + T * n_in)), o2(*be_, T, n_out);
+                be_->matmul_gated(w->w, x2.t(), {kind, g2.t(), &norm->w, 1e-6f}, o2.t());
+                const std::vector<float> got = o2.get();
+                ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << what << ", " << T << " tokens";
+            }
+            // the float64 reference
+            ref::Vec in = kind == G::silu      ? ref::swiglu(g, x)
+                          : kind == G::sigmoid ? ref::mul_sigmoid(x, g)
+                                               : ref::swiglu(g, [&] {
+                                                     const ref::Vec n = ref::rms_norm(x, T_all, n_in, nw, 1e-6);
+                                                     return std::vector<float>(n.begin(), n.end());
+                                                 }());
+            ref::Vec r, mag;
+            ref::matmul(w->w, std::vector<float>(in.begin(), in.end()), T_all, r, mag);
+            for (size_t i = 0; i < want.size(); ++i)
+                ASSERT_NEAR(want[i], r[i], matmul_tolerance(t, mag[i])) << what << " value " << i;
+        }
+    }
+}
+
 TEST_P(Conformance, elementwise_ops) {
     const int64_t T = 5, C = 77;
     const auto a = randoms(rng_, T * C, -4, 4), b = randoms(rng_, T * C, -4, 4);
@@ -334,6 +380,41 @@ TEST_P(Conformance, rope_neox_partial_and_full_rotation_two_sequences) {
         // positions near 1000 in float carry ~1e-4 of angle error
         expect_close(got, want, 2e-4, 1e-4, "rope n_rot " + std::to_string(n_rot));
     }
+}
+
+// Attention's inputs in one op equal gather_cols, rms_norm and rope_neox in turn bit for bit
+// (gated and not, partial and full rotation, heads of 64 and 256 values).
+TEST_P(Conformance, attention_inputs_equal_the_ops_in_turn) {
+    for (int64_t D : {64, 256})
+        for (int64_t n_rot : {D, D / 4})
+            for (bool gated : {true, false}) {
+                const int64_t Hq = 3, Hkv = 2, T = 6, qcols = (gated ? 2 : 1) * Hq * D;
+                auto qw = vec_weight(randoms(rng_, D, 0.5f, 1.5f)), kw = vec_weight(randoms(rng_, D, 0.5f, 1.5f));
+                const auto qg = randoms(rng_, T * qcols, -3, 3), k = randoms(rng_, T * Hkv * D, -3, 3);
+                batch({{0, 0, 2, 5}, {1, 2, 4, 1000}});
+                const Backend::AttentionInputs p{&qw->w, &kw->w, 1e-6f, D, n_rot, 1e6f, gated};
+                DevTensor dq(*be_, T, qcols, qg), dk(*be_, T, Hkv * D, k);
+                DevTensor q1(*be_, T, Hq * D), k1(*be_, T, Hkv * D), g1(*be_, T, Hq * D);
+                DevTensor q2(*be_, T, Hq * D), k2(*be_, T, Hkv * D), g2(*be_, T, Hq * D);
+                be_->attention_inputs(dq.t(), dk.t(), p, q1.t(), k1.t(), gated ? g1.t() : Tensor{});
+                be_->Backend::attention_inputs(dq.t(), dk.t(), p, q2.t(), k2.t(), gated ? g2.t() : Tensor{});
+                const std::string what =
+                    "D " + std::to_string(D) + " n_rot " + std::to_string(n_rot) + (gated ? " gated" : "");
+                EXPECT_EQ(q1.get(), q2.get()) << what << ": q";
+                EXPECT_EQ(k1.get(), k2.get()) << what << ": k";
+                if (gated) {
+                    EXPECT_EQ(g1.get(), g2.get()) << what << ": gate";
+                }
+                // and k against float64: normalised, then rotated at the spans' positions
+                const std::vector<float> kwv(kw->f32(), kw->f32() + D);
+                const ref::Vec kn = ref::rms_norm(k, T, Hkv * D, kwv, 1e-6);
+                const std::vector<float> knf(kn.begin(), kn.end());
+                const int64_t C = Hkv * D;
+                ref::Vec want = ref::rope_neox({knf.begin(), knf.begin() + 2 * C}, 2, C, D, n_rot, 1e6, 5);
+                const ref::Vec b = ref::rope_neox({knf.begin() + 2 * C, knf.end()}, 4, C, D, n_rot, 1e6, 1000);
+                want.insert(want.end(), b.begin(), b.end());
+                expect_close(k1.get(), want, 2e-4, 1e-4, what + ": k against float64");
+            }
 }
 
 // One sequence's KV block in backend memory, holding `depth` random positions, each row written

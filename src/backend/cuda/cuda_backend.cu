@@ -77,6 +77,7 @@ class CudaBackend final : public Backend {
         if (m && std::strcmp(m, "0") == 0) mma_ = false;
         const char* g = std::getenv("BIGMOE_CUDA_GRAPHS");
         graphs_ = !(g && std::strcmp(g, "0") == 0);
+        if (const char* f = std::getenv("BIGMOE_CUDA_FUSE")) fuse_ = int(std::strtol(f, nullptr, 0));
     }
     ~CudaBackend() override {
         finish_step();
@@ -321,9 +322,21 @@ class CudaBackend final : public Backend {
                 arb = arbs[k];
             }
             enqueue(MatmulArgs{int64_t(p.w->type), wbytes(*p.w), int64_t(p.w->row_bytes), p.w->n_in(), p.w->n_out(),
-                               act, arb, x.rows, p.out.data, p.out.stride, use_mma(x.rows)});
+                               act, arb, x.rows, p.out.data, p.out.stride,
+                               use_mma(x.rows) && p.w->n_out() >= k_mma_min_rows});
         }
         scratch_rewind(mark);
+    }
+
+    // Up to 8 tokens: the input formed inside the product kernel (one kernel instead of up to
+    // three); more: the ops in turn.
+    void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) override {
+        if (x.rows == 0) return;
+        if ((fuse_ & fuse_bit(g.kind)) && x.rows <= k_matvec_max_tokens) {
+            const Product p{&w, out};
+            if (matvec(x, &p, 1, &g)) return;
+        }
+        Backend::matmul_gated(w, x, g, out);
     }
 
     void add(Tensor a, Tensor b, Tensor out) override { elementwise(Ew::add, a, b, out); }
@@ -346,6 +359,37 @@ class CudaBackend final : public Backend {
         if (rows * heads * half == 0) return;
         const float theta_scale = std::pow(theta, -2.0f / float(n_rot));
         enqueue(RopeArgs{x.data, x.stride, rows, heads, head_dim, half, double(theta_scale), dev<int64_t>(off_pos_)});
+    }
+
+    void attention_inputs(Tensor qg, Tensor k, const AttentionInputs& p, Tensor q_out, Tensor k_out,
+                          Tensor gate_out) override {
+        const int64_t D = p.head_dim, Hq = q_out.cols / D, Hkv = k_out.cols / D;
+        if (q_out.rows == 0) return;
+        if (!(fuse_ & k_fuse_attention_inputs) || p.q_norm->n_in() != D || p.k_norm->n_in() != D || p.n_rot > D)
+            return Backend::attention_inputs(qg, k, p, q_out, k_out, gate_out);
+        const float theta_scale = std::pow(p.theta, -2.0f / float(p.n_rot));
+        enqueue(AttInputsArgs{qg.data,
+                              qg.stride,
+                              k.data,
+                              k.stride,
+                              wf32(*p.q_norm),
+                              wf32(*p.k_norm),
+                              D,
+                              p.n_rot / 2,
+                              Hq,
+                              Hkv,
+                              p.gated,
+                              q_out.rows,
+                              std::min(q_out.rows, n_rows_),
+                              double(p.eps),
+                              double(theta_scale),
+                              dev<int64_t>(off_pos_),
+                              q_out.data,
+                              q_out.stride,
+                              k_out.data,
+                              k_out.stride,
+                              gate_out.data,
+                              gate_out.stride});
     }
 
     void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
@@ -494,8 +538,11 @@ class CudaBackend final : public Backend {
                          (long long)K);
             std::abort();
         }
+        int64_t token_rows = k_conv_max;
+        while (token_rows < 32 && token_rows < n_rows_) token_rows *= 2;
         enqueue(ConvArgs{mixed.data, mixed.stride, wf32(conv_w), C, K, dev<SpanDev>(off_spans_), n_spans_,
-                         dev<RingDev>(off_rs_.at(size_t(il))), out.data, out.stride});
+                         dev<RingDev>(off_rs_.at(size_t(il))), out.data, out.stride,
+                         std::min<int64_t>(token_rows, 32)});
     }
 
     void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
@@ -676,7 +723,7 @@ class CudaBackend final : public Backend {
     // Products of one input for up to k_matvec_max_tokens tokens as one in-kernel-quantizing
     // kernel; false (nothing enqueued) when their activations do not fit in its shared memory.
     static constexpr int64_t k_matvec_max_tokens = 8;
-    bool matvec(Tensor x, const Product* ps, size_t n) {
+    bool matvec(Tensor x, const Product* ps, size_t n, const GatedInput* gate = nullptr) {
         MatvecArgs a{};
         a.x = x.data;
         a.xs = x.stride;
@@ -703,8 +750,25 @@ class CudaBackend final : public Backend {
                       ps[i].out.stride, slot};
             rows += w.n_out();
         }
+        if (gate) {
+            for (size_t i = 0; i < n; ++i)
+                if (a.p[i].slot < 0) return false;  // a float product reads x itself
+            a.gate_kind = gate->kind == Gate::silu ? 1 : gate->kind == Gate::sigmoid ? 2 : 3;
+            a.g = gate->gate.data;
+            a.gs = gate->gate.stride;
+            if (gate->kind == Gate::norm_silu) {
+                a.norm_w = wf32(*gate->norm);
+                a.group = gate->norm->n_in();
+                a.eps = double(gate->eps);
+                if (a.group <= 0 || x.cols % a.group != 0) return false;
+                a.scales_off = (a.smem + 15) / 16 * 16;
+                a.smem = a.scales_off + x.rows * (x.cols / a.group) * int64_t(sizeof(float));
+            }
+        }
         if (a.smem > k_products_smem) return false;
-        a.blocks = std::min<int64_t>((rows + 7) / 8, 2048);
+        // Every block quantizes the input again before its rows: no more blocks than fill the GPU
+        // once (4 of 256 threads per SM), each taking several rows a warp.
+        a.blocks = std::min<int64_t>((rows + 7) / 8, 4 * sm_count_);
         enqueue(a);
         return true;
     }
@@ -712,6 +776,9 @@ class CudaBackend final : public Backend {
     // Batches of this many tokens or more take the tensor-core products (the same bits; faster
     // once a weight tile serves enough tokens).
     static constexpr int64_t k_mma_min_tokens = 16;
+    // A product with fewer rows than a tensor-core tile leaves most of each tile idle: such
+    // products (the Gated DeltaNet's beta and alpha) take the warp kernels (the same bits).
+    static constexpr int64_t k_mma_min_rows = 64;
     int64_t use_mma(int64_t rows) const { return mma_ && rows >= k_mma_min_tokens; }
 
     // x's rows as a product with weight type `wt` reads them (*arb bytes per row), in scratch.
@@ -755,6 +822,13 @@ class CudaBackend final : public Backend {
     int64_t n_spans_ = 0, n_rows_ = 0, ids_cap_ = 0;
     // step recordings by shape
     bool graphs_ = true, mma_ = false;
+    // Which ops run fused (BIGMOE_CUDA_FUSE, a bit mask): attention's inputs as one kernel, and
+    // the input of a decode product formed inside it per gate kind. Forming the input inside
+    // the product repeats the work in every block of the product: measured on the H200, 35B-A3B
+    // decode, slower for the norm-and-gate input of the Gated DeltaNet's output (4096 values).
+    static constexpr int k_fuse_attention_inputs = 1;
+    static int fuse_bit(Gate g) { return g == Gate::silu ? 2 : g == Gate::sigmoid ? 4 : 8; }
+    int fuse_ = k_fuse_attention_inputs;
     Mode mode_ = Mode::eager;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;

@@ -12,20 +12,55 @@ namespace bigmoe::cuda {
 namespace {
 
 // RMS norm of each group of g columns: a block per (row, group), the sum of squares in double.
+// With VPT > 0 (groups of up to VPT * k_norm_threads values) a thread holds its values in
+// registers and issues all its loads at once (a loop of loads made a chain of memory latencies:
+// 10 us for one 2048-value row on the H200); VPT = 0 loops over any size. Thread j adds values
+// j, j + k_norm_threads, ... in that order either way.
+template <int VPT>
 __global__ void k_rms_norm(NormArgs a) {
     pdl_enter();
     const int64_t t = blockIdx.x, c0 = int64_t(blockIdx.y) * a.g, g = a.g;
     float* xr = a.x + t * a.xs + c0;
     const float* w = a.w;
-    if (a.y) {  // the residual add before the norm; each thread reads back only what it wrote
-        const float* yr = a.y + t * a.ys + c0;
-        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) xr[i] = xr[i] + yr[i];
-    }
-    double s = 0;
-    for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(xr[i]) * double(xr[i]);
     __shared__ double part[32];
-    const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + float(a.eps));
-    for (int64_t i = threadIdx.x; i < g; i += blockDim.x) a.out[t * a.os + c0 + i] = (xr[i] * scale) * w[i];
+    if constexpr (VPT > 0) {
+        const float* yr = a.y ? a.y + t * a.ys + c0 : nullptr;
+        float v[VPT], u[VPT], wv[VPT];
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            const int64_t i = threadIdx.x + k * k_norm_threads;
+            v[k] = i < g ? xr[i] : 0.0f;
+            u[k] = yr && i < g ? yr[i] : 0.0f;
+            wv[k] = i < g ? w[i] : 0.0f;
+        }
+        double s = 0;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            const int64_t i = threadIdx.x + k * k_norm_threads;
+            if (i < g) {
+                if (yr) {  // the residual add before the norm
+                    v[k] = v[k] + u[k];
+                    xr[i] = v[k];
+                }
+                s += double(v[k]) * double(v[k]);
+            }
+        }
+        const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + float(a.eps));
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+            const int64_t i = threadIdx.x + k * k_norm_threads;
+            if (i < g) a.out[t * a.os + c0 + i] = (v[k] * scale) * wv[k];
+        }
+    } else {
+        if (a.y) {  // the residual add before the norm; each thread reads back only what it wrote
+            const float* yr = a.y + t * a.ys + c0;
+            for (int64_t i = threadIdx.x; i < g; i += blockDim.x) xr[i] = xr[i] + yr[i];
+        }
+        double s = 0;
+        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(xr[i]) * double(xr[i]);
+        const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + float(a.eps));
+        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) a.out[t * a.os + c0 + i] = (xr[i] * scale) * w[i];
+    }
 }
 
 template <Ew op>
@@ -55,13 +90,38 @@ __global__ void k_gather_cols(GatherArgs a) {
     }
 }
 
-// out[t] = a[t] + sigmoid(dot(gv, f[t])) * b[t]: a block per row.
+// out[t] = a[t] + sigmoid(dot(gv, f[t])) * b[t]: a block per row. Rows of up to 8 * 256 values
+// are held in registers, every load issued at once (as k_rms_norm); thread j adds products j,
+// j + 256, ... in that order either way.
 __global__ void k_add_gated(AddGatedArgs a) {
     pdl_enter();
     const int64_t t = blockIdx.x;
+    __shared__ float part[32];
+    constexpr int V = 8;
+    if (a.fc <= V * 256 && a.cols <= V * 256) {
+        float fv[V], gw[V], av[V], bv[V];
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const int64_t i = threadIdx.x + k * 256;
+            fv[k] = i < a.fc ? a.f[t * a.fs + i] : 0.0f;
+            gw[k] = i < a.fc ? a.gv[i] : 0.0f;
+            av[k] = i < a.cols ? a.a[t * a.as + i] : 0.0f;
+            bv[k] = i < a.cols ? a.b[t * a.bs + i] : 0.0f;
+        }
+        float s = 0;
+#pragma unroll
+        for (int k = 0; k < V; ++k)
+            if (threadIdx.x + k * 256 < a.fc) s += gw[k] * fv[k];
+        const float g = sigmoidf(block_sum(s, part));
+#pragma unroll
+        for (int k = 0; k < V; ++k) {
+            const int64_t i = threadIdx.x + k * 256;
+            if (i < a.cols) a.out[t * a.os + i] = av[k] + bv[k] * g;
+        }
+        return;
+    }
     float s = 0;
     for (int64_t i = threadIdx.x; i < a.fc; i += blockDim.x) s += a.gv[i] * a.f[t * a.fs + i];
-    __shared__ float part[32];
     const float g = sigmoidf(block_sum(s, part));
     for (int64_t i = threadIdx.x; i < a.cols; i += blockDim.x)
         a.out[t * a.os + i] = a.a[t * a.as + i] + a.b[t * a.bs + i] * g;
@@ -75,13 +135,33 @@ __global__ void k_rope(RopeArgs a) {
     const float theta_scale = float(a.theta_scale);
     for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
         const int64_t t = i / (a.n_heads * half), h = (i / half) % a.n_heads, j = i % half;
-        float th = float(a.pos[t]);
-        for (int64_t k = 0; k < j; ++k) th *= theta_scale;
-        float* v = a.x + t * a.xs + h * a.head_dim;
-        const float c = cosf(th), s = sinf(th), x0 = v[j], x1 = v[j + half];
-        v[j] = x0 * c - x1 * s;
-        v[j + half] = x0 * s + x1 * c;
+        rope_rotate(a.x + t * a.xs + h * a.head_dim, j, half, rope_angle(a.pos[t], j, theta_scale));
     }
+}
+
+// Attention's inputs (Backend::attention_inputs): a block of k_norm_threads per (row, head), the
+// q heads first, then the k heads; k_rms_norm's sums, then k_rope's rotation of the normalised
+// head (rows below rope_rows).
+__global__ void k_attention_inputs(AttInputsArgs a) {
+    pdl_enter();
+    const int64_t t = blockIdx.x, D = a.D;
+    const bool is_q = int64_t(blockIdx.y) < a.Hq;
+    const int64_t h = is_q ? int64_t(blockIdx.y) : int64_t(blockIdx.y) - a.Hq;
+    const float* src = is_q ? a.qg + t * a.qgs + h * (a.gated ? 2 * D : D) : a.k + t * a.ks + h * D;
+    float* dst = is_q ? a.q + t * a.qs + h * D : a.ko + t * a.kos + h * D;
+    const float* w = is_q ? a.qw : a.kw;
+    if (is_q && a.gated)
+        for (int64_t i = threadIdx.x; i < D; i += blockDim.x) a.gate[t * a.gs + h * D + i] = src[D + i];
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += double(src[i]) * double(src[i]);
+    __shared__ double part[32];
+    const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(D)) + float(a.eps));
+    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dst[i] = (src[i] * scale) * w[i];
+    if (t >= a.rope_rows) return;
+    __syncthreads();  // the block's writes above are visible to it from here
+    const float theta_scale = float(a.theta_scale);
+    for (int64_t j = threadIdx.x; j < a.half; j += blockDim.x)
+        rope_rotate(dst, j, a.half, rope_angle(a.pos[t], j, theta_scale));
 }
 
 // ---------------------------------------------------------------- the KV cache's types
@@ -714,37 +794,42 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
     }
 }
 
-// Depthwise causal conv + SiLU: a thread per (span, channel) runs the span's tokens in order,
-// its window of the last K-1 inputs in registers; the last n_slots states go to the ring.
+// Depthwise causal conv + SiLU: a block per (span, 32 channels), its threads over (token,
+// channel); the S = K - 1 inputs before a span's first token come from the ring's current state.
+// Every token's window is read where it lies, so tokens run side by side. The states after the
+// last n_slots tokens go to the ring once every thread has read the current one.
 __global__ void k_ssm_conv(ConvArgs a) {
     pdl_enter();
-    const int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-    const int64_t C = a.C, K = a.K;
-    if (i >= a.n_spans * C) return;
-    const int64_t si = i / C, c = i % C, S = K - 1;
+    const int64_t C = a.C, K = a.K, S = K - 1, groups = (C + 31) / 32;
+    const int64_t si = blockIdx.x / groups, c = (blockIdx.x % groups) * 32 + threadIdx.x % 32;
+    const int64_t ty = threadIdx.x / 32, tr = blockDim.x / 32;
     const SpanDev sp = a.spans[si];
     const RingDev r = a.rings[si];
     const size_t slot_floats = size_t(C * S);
-    float win[k_conv_max];
+    const bool live = c < C;
     const float* st = r.conv + size_t(ring_slot(r, 0)) * slot_floats + c * S;
-#pragma unroll
-    for (int j = 0; j < k_conv_max; ++j) win[j] = j < S ? st[j] : 0.0f;
     const float* wc = a.w + c * K;
-    for (int64_t t = 0; t < sp.n_tokens; ++t) {
-        const float xv = a.x[(sp.first + t) * a.xs + c];
-        float y = 0;
+    // the input of the span's token tok (-S <= tok < n_tokens)
+    auto in = [&](int64_t tok) { return tok >= 0 ? a.x[(sp.first + tok) * a.xs + c] : st[tok + S]; };
+    if (live)
+#pragma unroll 2
+        for (int64_t t = ty; t < sp.n_tokens; t += tr) {
+            float y = 0;
+            for (int64_t j = 0; j < S; ++j) y += wc[j] * in(t - S + j);
+            y += wc[S] * in(t);
+            a.out[(sp.first + t) * a.os + c] = siluf(y);
+        }
+    // Rounds of tr tokens; only the first round (tr >= S) reads the current state.
+    for (int64_t t = max(int64_t(0), sp.n_tokens - r.n_slots) + ty, round = 0; round < (r.n_slots + tr - 1) / tr;
+         ++round, t += tr) {
+        float win[k_conv_max];
+        const bool saves = live && t < sp.n_tokens;
+        if (saves)
 #pragma unroll
-        for (int j = 0; j < k_conv_max; ++j)
-            if (j < S) y += wc[j] * win[j];
-        y += wc[S] * xv;
-        a.out[(sp.first + t) * a.os + c] = siluf(y);
-#pragma unroll
-        for (int j = 0; j + 1 < k_conv_max; ++j)
-            if (j + 1 < S) win[j] = win[j + 1];
-#pragma unroll
-        for (int j = 0; j < k_conv_max; ++j)
-            if (j == S - 1) win[j] = xv;
-        if (t >= sp.n_tokens - r.n_slots) {
+            for (int j = 0; j < k_conv_max; ++j)
+                if (j < S) win[j] = in(t + 1 - S + j);
+        __syncthreads();
+        if (saves) {
             float* dst = r.conv + size_t(ring_slot(r, t + 1)) * slot_floats + c * S;
 #pragma unroll
             for (int j = 0; j < k_conv_max; ++j)
@@ -761,14 +846,25 @@ __global__ void k_ssm_conv(ConvArgs a) {
 // ([channel][key]) and registers as contiguous 16-byte loads and stores. Key sizes other than
 // 16..256 in powers of two take the EXACT = false form: up to KPT keys a lane, ceil(dk / 4) used,
 // loaded one by one.
+//
+// A token's step is a chain of dependent sums; its inputs (the key head's q and k, the block's 32
+// v values, alpha and beta) do not depend on the state, so they are copied into shared memory
+// k_gdn_chunk tokens at a time, the next chunk's copies in flight while the steps of this one run.
 constexpr int k_gdn_parts = 4;
+constexpr int k_gdn_chunk = 8;
+// floats a staged token takes: q and k (dk each), 32 v values, alpha, beta
+__host__ __device__ inline int64_t gdn_token_floats(int64_t dk) {
+    return 2 * dk + 32 + 2;
+}
 template <int KPT, bool EXACT>
 __global__ void k_gdn(GdnArgs a) {
     pdl_enter();
+    extern __shared__ float stage[];            // [2][k_gdn_chunk][gdn_token_floats(dk)]
+    __shared__ float gdn_pre[k_gdn_chunk * 4];  // per token: k's and q's norm scales, decay, beta
     const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, groups = (dv + 31) / 32;
     const int64_t si = blockIdx.x / (Hv * groups), h = (blockIdx.x / groups) % Hv, g = blockIdx.x % groups;
     const int part = threadIdx.x % k_gdn_parts;
-    const int64_t c = g * 32 + threadIdx.x / k_gdn_parts;
+    const int64_t cl = threadIdx.x / k_gdn_parts, c = g * 32 + cl;
     const bool live = c < dv;
     const SpanDev sp = a.spans[si];
     const RingDev r = a.rings[si];
@@ -778,9 +874,26 @@ __global__ void k_gdn(GdnArgs a) {
     // whether key x0 + x is this lane's
     auto mine = [&](int x) { return EXACT || (x < kpt && x0 + x < dk); };
     const float q_scale = float(a.q_scale);
+    const int64_t tf = gdn_token_floats(dk), nv = min(int64_t(32), dv - g * 32);
+    // copies tokens [t0, t0 + k_gdn_chunk) of the span into buffer b
+    auto stage_chunk = [&](int64_t t0, int b) {
+        const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
+        for (int64_t i = threadIdx.x; i < n * tf; i += blockDim.x) {
+            const int64_t tt = i / tf, f = i % tf, row = sp.first + t0 + tt;
+            const float* src = f < dk       ? a.u + row * a.us + j * dk + f
+                               : f < 2 * dk ? a.u + row * a.us + key_dim + j * dk + (f - dk)
+                               : f < 2 * dk + 32
+                                   ? a.u + row * a.us + 2 * key_dim + h * dv + g * 32 + min(f - 2 * dk, nv - 1)
+                               : f == 2 * dk + 32 ? a.alpha + row * a.as + h
+                                                  : a.beta + row * a.bs + h;
+            __pipeline_memcpy_async(stage + (int64_t(b) * k_gdn_chunk + tt) * tf + f, src, 4);
+        }
+        __pipeline_commit();
+    };
     float S[KPT];
 #pragma unroll
     for (int x = 0; x < KPT; ++x) S[x] = 0;
+    if (sp.n_tokens > 0) stage_chunk(0, 0);
     if (live && !EXACT) {
         const float* src =
             r.ssm + size_t(ring_slot(r, 0)) * slot_floats + size_t(h) * head_floats + size_t(c) * dk + x0;
@@ -799,75 +912,110 @@ __global__ void k_gdn(GdnArgs a) {
             S[4 * i + 3] = v.w;
         }
     }
-    for (int64_t t = 0; t < sp.n_tokens; ++t) {
-        const int64_t row = sp.first + t;
-        // the token's k and q of key head j, L2-normalised: a lane's share of the sums of squares
-        // in double, the 4 shares added by shuffles (x / max(||x||, eps))
-        const float* kraw = a.u + row * a.us + key_dim + j * dk + x0;
-        const float* qraw = a.u + row * a.us + j * dk + x0;
-        float kr[KPT], qr[KPT];
-        double ks = 0, qs = 0;
+    for (int64_t t0 = 0, b = 0; t0 < sp.n_tokens; t0 += k_gdn_chunk, b ^= 1) {
+        const bool more = t0 + k_gdn_chunk < sp.n_tokens;
+        if (more) stage_chunk(t0 + k_gdn_chunk, int(b ^ 1));
+        if (more)
+            __pipeline_wait_prior(1);
+        else
+            __pipeline_wait_prior(0);
+        __syncthreads();
+        const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
+        // What a step needs that does not depend on the state, for the chunk's tokens side by side
+        // (a warp a token, 8 lanes): the L2 norms of k (lanes 0-3) and q (lanes 4-7) of key head
+        // j, each lane's share of a sum of squares in double over its keys and the 4 shares added
+        // by shuffles, as the step would add them; the decay and beta.
+        const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
+        for (int64_t tt = warp; tt < n; tt += blockDim.x / 32) {
+            const float* in = stage + (b * k_gdn_chunk + tt) * tf;
+            const int64_t xp = int64_t(lane % 4) * kpt;
+            double sq = 0;
+            if (lane < 8)
 #pragma unroll
-        for (int x = 0; x < KPT; ++x) {
-            kr[x] = mine(x) ? kraw[x] : 0.0f;
-            qr[x] = mine(x) ? qraw[x] : 0.0f;
-            ks += double(kr[x]) * double(kr[x]);
-            qs += double(qr[x]) * double(qr[x]);
-        }
-        ks += __shfl_xor_sync(0xffffffffu, ks, 1);
-        ks += __shfl_xor_sync(0xffffffffu, ks, 2);
-        qs += __shfl_xor_sync(0xffffffffu, qs, 1);
-        qs += __shfl_xor_sync(0xffffffffu, qs, 2);
-        const float kscale = 1.0f / fmaxf(sqrtf(float(ks)), float(a.eps));
-        const float qscale = 1.0f / fmaxf(sqrtf(float(qs)), float(a.eps));
-#pragma unroll
-        for (int x = 0; x < KPT; ++x) {
-            kr[x] *= kscale;
-            qr[x] *= qscale;
-        }
-        const float al = a.alpha[row * a.as + h] + a.dt_bias[h];
-        const float sp_a = al > 20.0f ? al : logf(1.0f + expf(al));
-        const float decay = expf(sp_a * a.ssm_a[h]);
-        const float b = sigmoidf(a.beta[row * a.bs + h]);
-        float pred = 0;
-#pragma unroll
-        for (int x = 0; x < KPT; ++x)
-            if (mine(x)) {
-                S[x] *= decay;
-                pred += S[x] * kr[x];
+                for (int x = 0; x < KPT; ++x)
+                    if (EXACT || (x < kpt && xp + x < dk)) {
+                        const float v = in[(lane < 4 ? dk : 0) + xp + x];
+                        sq += double(v) * double(v);
+                    }
+            sq += __shfl_xor_sync(0xffffffffu, sq, 1);
+            sq += __shfl_xor_sync(0xffffffffu, sq, 2);
+            float* pre = gdn_pre + tt * 4;
+            if (lane == 0 || lane == 4) pre[lane / 4] = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
+            if (lane == 0) {
+                const float al = in[2 * dk + 32] + a.dt_bias[h];
+                const float sp_a = al > 20.0f ? al : logf(1.0f + expf(al));
+                pre[2] = expf(sp_a * a.ssm_a[h]);
+                pre[3] = sigmoidf(in[2 * dk + 33]);
             }
-        pred += __shfl_xor_sync(0xffffffffu, pred, 1);
-        pred += __shfl_xor_sync(0xffffffffu, pred, 2);
-        const float delta = b * ((live ? a.u[row * a.us + 2 * key_dim + h * dv + c] : 0.0f) - pred);
-        float acc = 0;
+        }
+        __syncthreads();
+        for (int64_t tt = 0; tt < n; ++tt) {
+            const int64_t t = t0 + tt, row = sp.first + t;
+            const float* in = stage + (b * k_gdn_chunk + tt) * tf;
+            const float kscale = gdn_pre[tt * 4], qscale = gdn_pre[tt * 4 + 1], decay = gdn_pre[tt * 4 + 2],
+                        bt = gdn_pre[tt * 4 + 3];
+            // the token's k and q of key head j, L2-normalised (x / max(||x||, eps))
+            float kr[KPT], qr[KPT];
 #pragma unroll
-        for (int x = 0; x < KPT; ++x)
-            if (mine(x)) {
-                S[x] += kr[x] * delta;
-                acc += S[x] * qr[x];
+            for (int x = 0; x < KPT; ++x) {
+                kr[x] = (mine(x) ? in[dk + x0 + x] : 0.0f) * kscale;
+                qr[x] = (mine(x) ? in[x0 + x] : 0.0f) * qscale;
             }
-        acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-        acc += __shfl_xor_sync(0xffffffffu, acc, 2);
-        if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
-        if (live && !EXACT && t >= sp.n_tokens - r.n_slots) {
-            float* dst =
-                r.ssm + size_t(ring_slot(r, t + 1)) * slot_floats + size_t(h) * head_floats + size_t(c) * dk + x0;
+            float pred = 0;
 #pragma unroll
             for (int x = 0; x < KPT; ++x)
-                if (mine(x)) dst[x] = S[x];
-        } else if (live && t >= sp.n_tokens - r.n_slots) {
-            float4* dst = reinterpret_cast<float4*>(r.ssm + size_t(ring_slot(r, t + 1)) * slot_floats +
-                                                    size_t(h) * head_floats + size_t(c) * dk + x0);
+                if (mine(x)) {
+                    S[x] *= decay;
+                    pred += S[x] * kr[x];
+                }
+            pred += __shfl_xor_sync(0xffffffffu, pred, 1);
+            pred += __shfl_xor_sync(0xffffffffu, pred, 2);
+            const float delta = bt * ((live ? in[2 * dk + cl] : 0.0f) - pred);
+            float acc = 0;
 #pragma unroll
-            for (int i = 0; i < KPT / 4; ++i) dst[i] = make_float4(S[4 * i], S[4 * i + 1], S[4 * i + 2], S[4 * i + 3]);
+            for (int x = 0; x < KPT; ++x)
+                if (mine(x)) {
+                    S[x] += kr[x] * delta;
+                    acc += S[x] * qr[x];
+                }
+            acc += __shfl_xor_sync(0xffffffffu, acc, 1);
+            acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+            if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
+            if (live && !EXACT && t >= sp.n_tokens - r.n_slots) {
+                float* dst =
+                    r.ssm + size_t(ring_slot(r, t + 1)) * slot_floats + size_t(h) * head_floats + size_t(c) * dk + x0;
+#pragma unroll
+                for (int x = 0; x < KPT; ++x)
+                    if (mine(x)) dst[x] = S[x];
+            } else if (live && t >= sp.n_tokens - r.n_slots) {
+                float4* dst = reinterpret_cast<float4*>(r.ssm + size_t(ring_slot(r, t + 1)) * slot_floats +
+                                                        size_t(h) * head_floats + size_t(c) * dk + x0);
+#pragma unroll
+                for (int i = 0; i < KPT / 4; ++i)
+                    dst[i] = make_float4(S[4 * i], S[4 * i + 1], S[4 * i + 2], S[4 * i + 3]);
+            }
         }
+        __syncthreads();  // every step has read buffer b before the next chunk's copies go there
     }
 }
 
 }  // namespace
 
 void run_op(cudaStream_t s, const NormArgs& a) {
-    launch(k_rms_norm, dim3(unsigned(a.rows), unsigned(a.groups)), 256, 0, s, a);
+    const dim3 grid(unsigned(a.rows), unsigned(a.groups));
+    const int64_t vpt = (a.g + k_norm_threads - 1) / k_norm_threads;
+    if (vpt <= 1)
+        launch(k_rms_norm<1>, grid, k_norm_threads, 0, s, a);
+    else if (vpt <= 2)
+        launch(k_rms_norm<2>, grid, k_norm_threads, 0, s, a);
+    else if (vpt <= 4)
+        launch(k_rms_norm<4>, grid, k_norm_threads, 0, s, a);
+    else if (vpt <= 8)
+        launch(k_rms_norm<8>, grid, k_norm_threads, 0, s, a);
+    else if (vpt <= 16)
+        launch(k_rms_norm<16>, grid, k_norm_threads, 0, s, a);
+    else
+        launch(k_rms_norm<0>, grid, k_norm_threads, 0, s, a);
     CU_LAUNCHED();
 }
 
@@ -894,6 +1042,11 @@ void run_op(cudaStream_t s, const GatherArgs& a) {
 
 void run_op(cudaStream_t s, const AddGatedArgs& a) {
     launch(k_add_gated, unsigned(a.rows), 256, 0, s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const AttInputsArgs& a) {
+    launch(k_attention_inputs, dim3(unsigned(a.rows), unsigned(a.Hq + a.Hkv)), k_norm_threads, 0, s, a);
     CU_LAUNCHED();
 }
 
@@ -931,31 +1084,32 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
 }
 
 void run_op(cudaStream_t s, const ConvArgs& a) {
-    launch(k_ssm_conv, blocks_for(a.n_spans * a.C, 128), 128, 0, s, a);
+    launch(k_ssm_conv, unsigned(a.n_spans * ((a.C + 31) / 32)), unsigned(32 * a.token_rows), 0, s, a);
     CU_LAUNCHED();
 }
 
 void run_op(cudaStream_t s, const GdnArgs& a) {
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
     const int threads = 32 * k_gdn_parts;
+    const size_t smem = size_t(2 * k_gdn_chunk * gdn_token_floats(a.dk)) * sizeof(float);
     switch (a.dk) {
         case 16:
-            launch(k_gdn<4, true>, grid, threads, 0, s, a);
+            launch(k_gdn<4, true>, grid, threads, smem, s, a);
             break;
         case 32:
-            launch(k_gdn<8, true>, grid, threads, 0, s, a);
+            launch(k_gdn<8, true>, grid, threads, smem, s, a);
             break;
         case 64:
-            launch(k_gdn<16, true>, grid, threads, 0, s, a);
+            launch(k_gdn<16, true>, grid, threads, smem, s, a);
             break;
         case 128:
-            launch(k_gdn<32, true>, grid, threads, 0, s, a);
+            launch(k_gdn<32, true>, grid, threads, smem, s, a);
             break;
         case 256:
-            launch(k_gdn<64, true>, grid, threads, 0, s, a);
+            launch(k_gdn<64, true>, grid, threads, smem, s, a);
             break;
         default:
-            launch(k_gdn<64, false>, grid, threads, 0, s, a);
+            launch(k_gdn<64, false>, grid, threads, smem, s, a);
             break;
     }
     CU_LAUNCHED();

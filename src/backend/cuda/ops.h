@@ -63,11 +63,22 @@ struct MatvecProduct {
     float* out;
     int64_t os, slot;
 };
+// The input a product reads may be formed from x on the way (Backend::matmul_gated), with the
+// separate ops' arithmetic: gate_kind 0: x; 1: silu(g) * x; 2: x * sigmoid(g); 3: silu(g) *
+// rms_norm(x) per group of `group` columns with weights norm_w, the norms' scales kept in shared
+// memory at scales_off.
 struct MatvecArgs {
     const float* x;
     int64_t xs, n_in, T, n_products, n_slots, smem, blocks;
     int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
     MatvecProduct p[k_matvec_products];
+    int64_t gate_kind;
+    const float* g;
+    int64_t gs;
+    const float* norm_w;
+    int64_t group;
+    double eps;
+    int64_t scales_off;
 };
 // Shared memory the in-kernel quantizing products may take.
 constexpr int64_t k_products_smem = 96 << 10;
@@ -159,6 +170,10 @@ void configure_attention();
 
 // ---- the other ops (layers.cu)
 
+// Threads of an RMS norm block: the norm's sum of squares is added in an order fixed by it
+// (norm_sum_of_squares), which a product forming its input from a norm repeats.
+constexpr int k_norm_threads = 256;
+
 // out = rms_norm(x) per group of g columns; with y, x += y first (in place).
 struct NormArgs {
     float* x;
@@ -203,6 +218,25 @@ struct RopeArgs {
     int64_t xs, rows, n_heads, head_dim, half;
     double theta_scale;
     const int64_t* pos;
+};
+// Backend::attention_inputs: q heads from qg (each [query | gate] with `gated`, the gate to
+// `gate`) and k heads, normalised with weights qw / kw, rows below rope_rows rotated.
+struct AttInputsArgs {
+    const float* qg;
+    int64_t qgs;
+    const float* k;
+    int64_t ks;
+    const float* qw;
+    const float* kw;
+    int64_t D, half, Hq, Hkv, gated, rows, rope_rows;
+    double eps, theta_scale;
+    const int64_t* pos;
+    float* q;
+    int64_t qs;
+    float* ko;
+    int64_t kos;
+    float* gate;
+    int64_t gs;
 };
 // Stores k and v rows at their positions (in the cache's type, with the CPU's bytes), then causal
 // attention for every (row, query head), reading the cache's type directly.
@@ -251,6 +285,7 @@ struct ConvArgs {
     const RingDev* rings;
     float* out;
     int64_t os;
+    int64_t token_rows;  // tokens a block runs side by side (k_conv_max .. 32)
 };
 // The Gated DeltaNet recurrence per (span, V head), its Q and K heads L2-normalised on the way.
 struct GdnArgs {
@@ -276,6 +311,7 @@ void run_op(cudaStream_t s, const ElementwiseArgs& a);
 void run_op(cudaStream_t s, const GatherArgs& a);
 void run_op(cudaStream_t s, const AddGatedArgs& a);
 void run_op(cudaStream_t s, const RopeArgs& a);
+void run_op(cudaStream_t s, const AttInputsArgs& a);
 void run_op(cudaStream_t s, const AttentionArgs& a);
 void run_op(cudaStream_t s, const ConvArgs& a);
 void run_op(cudaStream_t s, const GdnArgs& a);

@@ -7,6 +7,8 @@
 // Q8_0 block, or a K-quant sub-block): a lane loads a unit's weights into registers once, forms
 // the integer sums with dp4a for every token of its tile, and scales them with the reference
 // dot product's float arithmetic, operation for operation.
+#include <cuda_pipeline.h>
+
 #include "backend/cuda/ops.h"
 
 namespace bigmoe::cuda {
@@ -84,10 +86,8 @@ __device__ __forceinline__ float round_bf16(float f) {
 
 // Quantization block blk of activation row xr (n values) into row, by one warp: Q8_0 and Q8_K
 // blocks, or 32 values of a float row rounded to the weight's precision.
-__device__ __forceinline__ int64_t act_blocks(int at, int64_t n) {
-    return at == k_q8_0 ? n / 32 : at == k_q8_k ? n / 256 : (n + 31) / 32;
-}
-__device__ void quantize_block(int at, const float* xr, int64_t n, int64_t blk, int lane, uint8_t* row) {
+template <class Row>
+__device__ void quantize_block(int at, const Row& xr, int64_t n, int64_t blk, int lane, uint8_t* row) {
     if (at == k_q8_0) {
         if (blk >= n / 32) return;
         const float v = xr[blk * 32 + lane];
@@ -105,13 +105,14 @@ __device__ void quantize_block(int at, const float* xr, int64_t n, int64_t blk, 
         }
     } else if (at == k_q8_k) {
         if (blk >= n / 256) return;
-        const float* xb = xr + blk * 256;
+        const int64_t xb0 = blk * 256;
+        auto xb = [&](int64_t i) { return xr[xb0 + i]; };
         // the largest |x| and the first position holding it
         float amax = 0;
         int at_i = 1 << 30;
         for (int k = 0; k < 8; ++k) {
             const int i = lane + 32 * k;
-            const float ax = fabsf(xb[i]);
+            const float ax = fabsf(xb(i));
             if (ax > amax) {
                 amax = ax;
                 at_i = i;
@@ -134,16 +135,17 @@ __device__ void quantize_block(int at, const float* xr, int64_t n, int64_t blk, 
             if (lane == 0) *d = 0.0f;
             return;
         }
-        const float iscale = __fdiv_rn(-127.0f, xb[at_i]);
+        const float iscale = __fdiv_rn(-127.0f, xb(at_i));
         for (int k = 0; k < 8; ++k) {
             const int i = lane + 32 * k;
-            const int v = min(127, int(rintf(__fmul_rn(iscale, xb[i]))));
-            qs[i] = int8_t(v);
-            // element i is in group i / 16 = 2k + (lane >= 16): sum over each half-warp
-            int s = v;
-            for (int o = 8; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-            if (lane == 0) bsums[2 * k] = int16_t(s);
-            if (lane == 16) bsums[2 * k + 1] = int16_t(s);
+            qs[i] = int8_t(min(127, int(rintf(__fmul_rn(iscale, xb(i))))));
+        }
+        // the sums of the 16 groups of 16 values, a lane per group over the bytes just written
+        __syncwarp();
+        if (lane < 16) {
+            const int4 q = *reinterpret_cast<const int4*>(qs + 16 * lane);
+            bsums[lane] = int16_t(
+                __dp4a(q.w, 0x01010101, __dp4a(q.z, 0x01010101, __dp4a(q.y, 0x01010101, __dp4a(q.x, 0x01010101, 0)))));
         }
         if (lane == 0) *d = __fdiv_rn(1.0f, iscale);
     } else {
@@ -166,6 +168,9 @@ __global__ void k_quantize_act(QuantizeArgs a) {
 
 // Rows of activations quantized by the whole block into `dst` (shared memory); the caller waits
 // for them at a barrier.
+__device__ __forceinline__ int64_t act_blocks(int at, int64_t n) {
+    return at == k_q8_0 ? n / 32 : at == k_q8_k ? n / 256 : (n + 31) / 32;
+}
 __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64_t rows, int64_t n, uint8_t* dst,
                                        int64_t drb) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -173,6 +178,22 @@ __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64
     for (int64_t t = 0; t < rows; ++t)
         for (int64_t blk = warp; blk < nb; blk += nw) quantize_block(at, x + t * xs, n, blk, lane, dst + t * drb);
 }
+
+// Element i of a product's input formed from row x, gate row g (MatvecArgs::gate_kind 1..3) and,
+// for the norm, the row's group scales: the separate ops' arithmetic (k_elementwise, k_rms_norm).
+struct GatedRow {
+    const float* x;
+    const float* g;
+    const float* norm_w;
+    const float* scales;
+    int64_t group;
+    int kind;
+    __device__ float operator[](int64_t i) const {
+        if (kind == 1) return siluf(g[i]) * x[i];
+        if (kind == 2) return x[i] * sigmoidf(g[i]);
+        return siluf(g[i]) * ((x[i] * scales[i / group]) * norm_w[i % group]);
+    }
+};
 
 // ---- 32-value units of quantized rows
 //
@@ -468,50 +489,146 @@ __device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], int a0, int a1, int 
 #endif
 }
 
-// A warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32 tokens whose
-// activation rows row_of(j) gives (nullptr: none), n values each: per unit, two 16-value halves of
-// integer sums from the tensor cores, then each output's contribution added in unit order into
-// acc[i][e] (token 8 i + 2 (lane % 4) + (e & 1), row g + 8 (e >= 2)).
+// One unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32
+// tokens: feed[i] is the activation row token 8 i + g feeds into the products (nullptr: none),
+// out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); two
+// 16-value halves of integer sums from the tensor cores, then each output's contribution added
+// into acc[i][e] (token 8 i + 2 (lane % 4) + (e & 1), row g + 8 (e >= 2)). Units are added in
+// order by the callers, so a token's sums have the bits of the warp kernels.
 constexpr int k_mma_rows = 64, k_mma_tokens = 32;
-template <int TYPE, class RowOf>
-__device__ __forceinline__ void mma_rows_tokens(const uint8_t* w0, const uint8_t* w1, int64_t n, int n_tiles,
-                                                RowOf row_of, float (&acc)[4][4]) {
-    const int lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const uint8_t* feed[4];       // the token rows this lane feeds into the products
-    const uint8_t* out_of[4][2];  // the token rows of this lane's outputs
+template <int TYPE>
+__device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, int64_t u,
+                                         const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
+                                         int64_t n, int n_tiles, float (&acc)[4][4]) {
+    const int tq = threadIdx.x % 4;
+    const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
+    const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
+    const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
-        feed[i] = row_of(8 * i + g);
-        out_of[i][0] = row_of(8 * i + 2 * tq);
-        out_of[i][1] = row_of(8 * i + 2 * tq + 1);
+        if (i >= n_tiles) break;
+        int b0 = 0, b1 = 0;
+        if (feed[i]) {
+            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
+            b0 = q[tq];
+            b1 = q[4 + tq];
+        }
+        int d0[4], d1[4];
+        mma_s8_16x8x16(d0, a00, a01, b0);
+        mma_s8_16x8x16(d1, a10, a11, b1);
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (out_of[i][e]) {
+                const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
+                acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
+                acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
+            }
+    }
+}
+
+// A block's 64 x 32 tile with its operands staged in shared memory. Chunks of 8 units (256
+// values: a K-quant super-block, or 8 Q8_0 / Q4_0 blocks) of the block's 64 weight rows and of
+// its token rows are copied with cp.async, the next chunk's copies in flight while the warps
+// compute on this one. The fragments' loads from 8 rows at once (a warp's rows g, and tokens g)
+// read shared memory without bank conflicts (rows an odd number of 16 bytes apart) instead of 8
+// cache lines. A row's bytes keep their offset modulo 16 in shared memory, so the unit readers'
+// aligned loads stay aligned; a token's chunk is laid out as an activation row of 256 values.
+template <int TYPE>
+struct MmaStage {
+    static constexpr int chunk_bytes = TYPE == k_q4_k   ? 144
+                                       : TYPE == k_q5_k ? 176
+                                       : TYPE == k_q6_k ? 210
+                                       : TYPE == k_q4_0 ? 144
+                                                        : 272;
+    static constexpr int granules = (chunk_bytes + 15 + 15) / 16;  // 16-byte copies a row's chunk may span
+    static constexpr int w_stride = 16 * (granules | 1);
+    static constexpr int a_stride = 304;  // 19 x 16: 256 quants, sums and scales
+    static constexpr int act = TYPE == k_q4_k || TYPE == k_q5_k || TYPE == k_q6_k ? k_q8_k : k_q8_0;
+    static constexpr int buffer = k_mma_rows * w_stride + k_mma_tokens * a_stride;
+    static constexpr int smem = 2 * buffer;
+};
+template <int TYPE>
+constexpr int mma_stage_smem() {
+    return MmaStage<TYPE>::smem;
+}
+
+// acc (per warp, as mma_unit) for the tile: weight row r's bytes at row_ptr(r) (r < 64), token
+// j's activation row at act_ptr(j) (nullptr past the tile), n values each; n_tiles 8-token tiles.
+template <int TYPE, class RowPtr, class ActPtr>
+__device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n_tiles, uint8_t* smem,
+                                float (&acc)[4][4]) {
+    using St = MmaStage<TYPE>;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
+    const int64_t U = n / 32, chunks = (U + 7) / 8;
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0;
-    }
-    const int64_t U = n / 32;
-    for (int64_t u = 0; u < U; ++u) {
-        const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
-        const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
-        const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
+    auto stage = [&](int64_t c, int b) {
+        uint8_t* wb = smem + b * St::buffer;
+        uint8_t* ab = wb + k_mma_rows * St::w_stride;
+        const int64_t start = c * St::chunk_bytes, cu = min(int64_t(8), U - 8 * c);
+        const int64_t bytes = TYPE == k_q8_0 ? cu * 34 : TYPE == k_q4_0 ? cu * 18 : St::chunk_bytes;
+        for (int idx = threadIdx.x; idx < k_mma_rows * St::granules; idx += blockDim.x) {
+            const int r = idx / St::granules, k = idx % St::granules;
+            const uint8_t* src = row_ptr(r) + start;
+            const uint8_t* g0 = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
+            if (g0 + 16 * k < src + bytes) __pipeline_memcpy_async(wb + r * St::w_stride + 16 * k, g0 + 16 * k, 16);
+        }
+        // activations: quants (cu * 32 bytes), then the chunk's sums and scales
+        const int64_t c0 = 256 * c;
+        for (int idx = threadIdx.x; idx < k_mma_tokens * 19; idx += blockDim.x) {
+            const int j = idx / 19, k = idx % 19;
+            const uint8_t* arow = act_ptr(j);
+            if (!arow) continue;
+            uint8_t* dst = ab + j * St::a_stride;
+            if (k < 16) {
+                if (k < 2 * cu) __pipeline_memcpy_async(dst + 16 * k, arow + c0 + 16 * k, 16);
+            } else if (St::act == k_q8_k) {
+                if (k < 18)
+                    __pipeline_memcpy_async(dst + 256 + 16 * (k - 16),
+                                            arow + act_sums_at(n) + 2 * (c0 / 16) + 16 * (k - 16), 16);
+                else
+                    __pipeline_memcpy_async(dst + act_scales_at(k_q8_k, 256),
+                                            arow + act_scales_at(k_q8_k, n) + 4 * (c0 / 256), 4);
+            } else if (k == 16) {
+                for (int q = 0; q < cu; ++q) {
+                    __pipeline_memcpy_async(dst + act_scales_at(k_q8_0, 256) + 4 * q,
+                                            arow + act_scales_at(k_q8_0, n) + 4 * (8 * c + q), 4);
+                    if (q % 2 == 0)
+                        __pipeline_memcpy_async(dst + 256 + 2 * q, arow + act_sums_at(n) + 2 * (8 * c + q), 4);
+                }
+            }
+        }
+        __pipeline_commit();
+    };
+    const uint8_t* feed[4];
+    const uint8_t* out_of[4][2];
+    stage(0, 0);
+    for (int64_t c = 0; c < chunks; ++c) {
+        const int b = int(c & 1);
+        if (c + 1 < chunks) {
+            stage(c + 1, b ^ 1);
+            __pipeline_wait_prior(1);
+        } else {
+            __pipeline_wait_prior(0);
+        }
+        __syncthreads();
+        uint8_t* wb = smem + b * St::buffer;
+        uint8_t* ab = wb + k_mma_rows * St::w_stride;
+        const int64_t start = c * St::chunk_bytes;
+        const int r0 = warp * 16 + g, r1 = r0 + 8;
+        const uint8_t* w0 = wb + r0 * St::w_stride + (reinterpret_cast<uintptr_t>(row_ptr(r0) + start) & 15);
+        const uint8_t* w1 = wb + r1 * St::w_stride + (reinterpret_cast<uintptr_t>(row_ptr(r1) + start) & 15);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            if (i >= n_tiles) break;
-            int b0 = 0, b1 = 0;
-            if (feed[i]) {
-                const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
-                b0 = q[tq];
-                b1 = q[4 + tq];
-            }
-            int d0[4], d1[4];
-            mma_s8_16x8x16(d0, a00, a01, b0);
-            mma_s8_16x8x16(d1, a10, a11, b1);
-#pragma unroll
-            for (int e = 0; e < 2; ++e)
-                if (out_of[i][e]) {
-                    const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
-                    acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
-                    acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
-                }
+            feed[i] = act_ptr(8 * i + g) ? ab + (8 * i + g) * St::a_stride : nullptr;
+            out_of[i][0] = act_ptr(8 * i + 2 * tq) ? ab + (8 * i + 2 * tq) * St::a_stride : nullptr;
+            out_of[i][1] = act_ptr(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
         }
+        const int64_t cu = min(int64_t(8), U - 8 * c);
+        for (int64_t u = 0; u < cu; ++u) mma_unit<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, acc);
+        __syncthreads();  // every warp is done with buffer b before the next chunk's copies go there
     }
 }
 
@@ -519,18 +636,17 @@ __device__ __forceinline__ void mma_rows_tokens(const uint8_t* w0, const uint8_t
 template <int TYPE>
 __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
     pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
-    if (rbase >= a.n_out) return;
-    const int64_t r0 = rbase + g, r1 = r0 + 8;
-    const uint8_t* w0 = a.w + min(r0, a.n_out - 1) * a.row_bytes;
-    const uint8_t* w1 = a.w + min(r1, a.n_out - 1) * a.row_bytes;
+    const int64_t rtile = int64_t(blockIdx.x) * k_mma_rows;
+    const int64_t r0 = rtile + warp * 16 + g, r1 = r0 + 8;
     const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
     const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
     float acc[4][4];
-    mma_rows_tokens<TYPE>(
-        w0, w1, a.n_in, n_tiles,
-        [&](int j) { return tok0 + j < a.T ? a.act + (tok0 + j) * a.arb : static_cast<const uint8_t*>(nullptr); }, acc);
+    mma_tile_staged<TYPE>(
+        [&](int r) { return a.w + min(rtile + r, a.n_out - 1) * a.row_bytes; },
+        [&](int j) { return tok0 + j < a.T ? a.act + (tok0 + j) * a.arb : static_cast<const uint8_t*>(nullptr); },
+        a.n_in, n_tiles, sm, acc);
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -540,9 +656,6 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
         }
 }
 
-// Prefill's routed experts, grouped: every (token, k) slot listed under its expert (the order
-// inside a list does not matter: each slot's result is its own), then per expert a tensor-core
-// product over its slots' activation rows.
 __global__ void k_moe_group(MoeGroupArgs a) {
     pdl_enter();
     const int64_t s = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
@@ -562,28 +675,29 @@ __global__ void k_zero_counts(MoeGroupArgs a) {
 template <int TYPE, bool GU>
 __global__ void __launch_bounds__(128) k_moe_mma(MoeMmaArgs a) {
     pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
     const int64_t e = blockIdx.y / a.tiles, j0 = int64_t(blockIdx.y % a.tiles) * k_mma_tokens;
     const int64_t count = a.counts[e];
-    const int64_t rbase = int64_t(blockIdx.x) * k_mma_rows + warp * 16;
-    if (j0 >= count || rbase >= a.n_out) return;
+    const int64_t rtile = int64_t(blockIdx.x) * k_mma_rows;
+    if (j0 >= count || rtile >= a.n_out) return;
     const int32_t* list = a.lists + e * a.per_expert + j0;
     const int64_t in_tile = min(int64_t(k_mma_tokens), count - j0);
     const int n_tiles = int((in_tile + 7) / 8);
-    auto row_of = [&](int j) {
+    auto act_of = [&](int j) {
         return j < in_tile ? a.act + int64_t(GU ? list[j] / a.K : list[j]) * a.arb
                            : static_cast<const uint8_t*>(nullptr);
     };
-    const int64_t r0 = rbase + g, r1 = r0 + 8;
-    const int64_t c0 = min(r0, a.n_out - 1), c1 = min(r1, a.n_out - 1);
+    const int64_t r0 = rtile + warp * 16 + g, r1 = r0 + 8;
     const uint8_t* base = a.w + e * a.expert_bytes;
     float acc[4][4];
-    mma_rows_tokens<TYPE>(base + c0 * a.row_bytes, base + c1 * a.row_bytes, a.n_in, n_tiles, row_of, acc);
+    mma_tile_staged<TYPE>([&](int r) { return base + min(rtile + r, a.n_out - 1) * a.row_bytes; }, act_of, a.n_in,
+                          n_tiles, sm, acc);
     float up[4][4];
     if constexpr (GU) {
         const uint8_t* ub = a.w2 + e * a.expert_bytes2;
-        mma_rows_tokens<TYPE>(ub + (a.up_off + c0) * a.row_bytes2, ub + (a.up_off + c1) * a.row_bytes2, a.n_in, n_tiles,
-                              row_of, up);
+        mma_tile_staged<TYPE>([&](int r) { return ub + (a.up_off + min(rtile + r, a.n_out - 1)) * a.row_bytes2; },
+                              act_of, a.n_in, n_tiles, sm, up);
     }
 #pragma unroll
     for (int i = 0; i < 4; ++i)
@@ -752,8 +866,29 @@ __global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-    for (int64_t sl = 0; sl < a.n_slots; ++sl)
-        quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, a.T, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
+    if (a.gate_kind == 0) {
+        for (int64_t sl = 0; sl < a.n_slots; ++sl)
+            quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, a.T, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
+    } else {
+        float* scales = reinterpret_cast<float*>(sm + a.scales_off);
+        const int64_t ng = a.gate_kind == 3 ? a.n_in / a.group : 0;
+        for (int64_t q = warp; q < a.T * ng; q += nw) {
+            const float s =
+                norm_scale_warp<k_norm_threads>(a.x + (q / ng) * a.xs + (q % ng) * a.group, a.group, a.eps, lane);
+            if (lane == 0) scales[q] = s;
+        }
+        __syncthreads();
+        for (int64_t sl = 0; sl < a.n_slots; ++sl) {
+            const int at = int(a.slot_type[sl]);
+            const int64_t nb = act_blocks(at, a.n_in);
+            for (int64_t t = 0; t < a.T; ++t) {
+                const GatedRow row{a.x + t * a.xs,  a.g + t * a.gs, a.norm_w,
+                                   scales + t * ng, a.group,        int(a.gate_kind)};
+                for (int64_t blk = warp; blk < nb; blk += nw)
+                    quantize_block(at, row, a.n_in, blk, lane, sm + a.slot_off[sl] + t * a.slot_arb[sl]);
+            }
+        }
+    }
     __syncthreads();
     int64_t total = 0;
     for (int64_t i = 0; i < a.n_products; ++i) total += a.p[i].n_out;
@@ -858,19 +993,19 @@ void run_op(cudaStream_t s, const MatmulArgs& a) {
                         unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
         switch (a.type) {
             case k_q4_k:
-                launch(k_matmul_mma<k_q4_k>, grid, 128, 0, s, a);
+                launch(k_matmul_mma<k_q4_k>, grid, 128, mma_stage_smem<k_q4_k>(), s, a);
                 break;
             case k_q5_k:
-                launch(k_matmul_mma<k_q5_k>, grid, 128, 0, s, a);
+                launch(k_matmul_mma<k_q5_k>, grid, 128, mma_stage_smem<k_q5_k>(), s, a);
                 break;
             case k_q6_k:
-                launch(k_matmul_mma<k_q6_k>, grid, 128, 0, s, a);
+                launch(k_matmul_mma<k_q6_k>, grid, 128, mma_stage_smem<k_q6_k>(), s, a);
                 break;
             case k_q4_0:
-                launch(k_matmul_mma<k_q4_0>, grid, 128, 0, s, a);
+                launch(k_matmul_mma<k_q4_0>, grid, 128, mma_stage_smem<k_q4_0>(), s, a);
                 break;
             default:
-                launch(k_matmul_mma<k_q8_0>, grid, 128, 0, s, a);
+                launch(k_matmul_mma<k_q8_0>, grid, 128, mma_stage_smem<k_q8_0>(), s, a);
                 break;
         }
         CU_LAUNCHED();
@@ -942,19 +1077,19 @@ void moe_mma(cudaStream_t s, const MoeMmaArgs& a) {
     const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows), unsigned(a.E * a.tiles));
     switch (a.type) {
         case k_q4_k:
-            launch(k_moe_mma<k_q4_k, GU>, grid, 128, 0, s, a);
+            launch(k_moe_mma<k_q4_k, GU>, grid, 128, mma_stage_smem<k_q4_k>(), s, a);
             break;
         case k_q5_k:
-            launch(k_moe_mma<k_q5_k, GU>, grid, 128, 0, s, a);
+            launch(k_moe_mma<k_q5_k, GU>, grid, 128, mma_stage_smem<k_q5_k>(), s, a);
             break;
         case k_q6_k:
-            launch(k_moe_mma<k_q6_k, GU>, grid, 128, 0, s, a);
+            launch(k_moe_mma<k_q6_k, GU>, grid, 128, mma_stage_smem<k_q6_k>(), s, a);
             break;
         case k_q4_0:
-            launch(k_moe_mma<k_q4_0, GU>, grid, 128, 0, s, a);
+            launch(k_moe_mma<k_q4_0, GU>, grid, 128, mma_stage_smem<k_q4_0>(), s, a);
             break;
         default:
-            launch(k_moe_mma<k_q8_0, GU>, grid, 128, 0, s, a);
+            launch(k_moe_mma<k_q8_0, GU>, grid, 128, mma_stage_smem<k_q8_0>(), s, a);
             break;
     }
     CU_LAUNCHED();
@@ -972,6 +1107,15 @@ void run_op(cudaStream_t s, const MoeSumArgs& a) {
     CU_LAUNCHED();
 }
 
+template <int TYPE>
+void set_mma_smem() {
+    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_stage_smem<TYPE>()));
+    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            mma_stage_smem<TYPE>()));
+    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            mma_stage_smem<TYPE>()));
+}
+
 void configure_products() {
     const int bytes = int(k_products_smem);
     CU(cudaFuncSetAttribute(k_matvec<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
@@ -980,6 +1124,11 @@ void configure_products() {
     CU(cudaFuncSetAttribute(k_matvec<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CU(cudaFuncSetAttribute(k_moe_gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CU(cudaFuncSetAttribute(k_moe_down, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    set_mma_smem<k_q4_k>();
+    set_mma_smem<k_q5_k>();
+    set_mma_smem<k_q6_k>();
+    set_mma_smem<k_q4_0>();
+    set_mma_smem<k_q8_0>();
 }
 
 void run_op(cudaStream_t s, const MoeGateUpArgs& a) {

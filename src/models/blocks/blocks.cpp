@@ -22,24 +22,17 @@ Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, i
     const int64_t T = x.rows, D = hp.head_dim, nq = hp.n_head * D, nkv = hp.n_head_kv * D;
     Tensor qg = be.scratch(T, w.q->n_out()), k = be.scratch(T, nkv), v = be.scratch(T, nkv);
     be.matmuls(x, {{w.q, qg}, {w.k, k}, {w.v, v}});
-    Tensor q = qg, gate;
-    if (w.gated) {
-        q = be.scratch(T, nq);
-        gate = be.scratch(T, nq);
-        be.gather_cols(qg, 2 * D, 0, D, q);
-        be.gather_cols(qg, 2 * D, D, D, gate);
-    }
+    Tensor gate = w.gated ? be.scratch(T, nq) : Tensor{};
     Tensor qn = be.scratch(T, nq), kn = be.scratch(T, nkv);
-    be.rms_norm(q, *w.q_norm, hp.eps, qn);
-    be.rms_norm(k, *w.k_norm, hp.eps, kn);
-    be.rope_neox(qn, D, hp.n_rot, hp.rope_theta);
-    be.rope_neox(kn, D, hp.n_rot, hp.rope_theta);
+    be.attention_inputs(qg, k, {w.q_norm, w.k_norm, hp.eps, D, hp.n_rot, hp.rope_theta, w.gated}, qn, kn, gate);
     AttentionParams p{hp.n_head, hp.n_head_kv, D, 1.0f / std::sqrt(float(D))};
     Tensor o = be.scratch(T, nq);
     be.attention(qn, kn, v, p, il, o);
-    if (w.gated) be.mul_sigmoid(o, gate, o);
     Tensor out = be.scratch(T, hp.n_embd);
-    be.matmul(*w.o, o, out);
+    if (w.gated)
+        be.matmul_gated(*w.o, o, {Backend::Gate::sigmoid, gate}, out);
+    else
+        be.matmul(*w.o, o, out);
     return out;
 }
 
@@ -69,11 +62,8 @@ Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, T
     be.ssm_conv(mixed, *w.conv, p, il, u);
     Tensor o = be.scratch(T, hp.ssm_d_inner);
     be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, il, o);
-    Tensor on = be.scratch(T, hp.ssm_d_inner);
-    be.rms_norm(o, *w.norm, hp.eps, on);
-    be.swiglu(z, on, on);
     Tensor out = be.scratch(T, hp.n_embd);
-    be.matmul(*w.out, on, out);
+    be.matmul_gated(*w.out, o, {Backend::Gate::norm_silu, z, w.norm, hp.eps}, out);
     return out;
 }
 
@@ -89,9 +79,8 @@ Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, bool shared)
 
 // down(silu(g) * u), g and u already projected
 static Tensor dense_ffn_down(Backend& be, const DenseFfn& w, Tensor g, Tensor u) {
-    be.swiglu(g, u, g);
     Tensor out = be.scratch(g.rows, w.down->n_out());
-    be.matmul(*w.down, g, out);
+    be.matmul_gated(*w.down, u, {Backend::Gate::silu, g}, out);
     return out;
 }
 
