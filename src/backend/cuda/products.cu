@@ -368,10 +368,19 @@ __device__ __forceinline__ void lane_dots(const uint8_t* row, const uint8_t* act
                 for (int j = 0; j < NT; ++j)
                     if (j < nt) c[j] = unit_dot<TYPE>(w, act + j * arb, n, u);
             }
+            // the units' contributions added in order; a full group of 32 unrolled (the loop's
+            // own instructions were most of a decode product's)
             const int m = int(U - u0 < 32 ? U - u0 : 32);
-            for (int l = 0; l < m; ++l)
+            if (m == 32) {
 #pragma unroll
-                for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+                for (int l = 0; l < 32; ++l)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+            } else {
+                for (int l = 0; l < m; ++l)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+            }
         }
     }
 }
@@ -435,6 +444,17 @@ __device__ __forceinline__ void fold_rows(int64_t R, int64_t n, int lane, RowAt 
         for (int i = 0; i < CH; ++i) {
             const int q0 = p0 + 32 * i;
             const int m = P - q0 < 32 ? P - q0 : 32;
+            if (U % 32 == 0 && m == 32) {  // 32 units of one row: unrolled, the row ends at most at the group's end
+#pragma unroll
+                for (int l = 0; l < 32; ++l) acc += __shfl_sync(0xffffffffu, c[i], l);
+                uc += 32;
+                if (uc == U) {
+                    sink(rc++, acc);
+                    acc = 0;
+                    uc = 0;
+                }
+                continue;
+            }
             for (int l = 0; l < m; ++l) {
                 acc += __shfl_sync(0xffffffffu, c[i], l);
                 if (++uc == U) {
