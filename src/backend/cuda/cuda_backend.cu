@@ -541,8 +541,7 @@ class CudaBackend final : public Backend {
         int64_t token_rows = k_conv_max;
         while (token_rows < 32 && token_rows < n_rows_) token_rows *= 2;
         enqueue(ConvArgs{mixed.data, mixed.stride, wf32(conv_w), C, K, dev<SpanDev>(off_spans_), n_spans_,
-                         dev<RingDev>(off_rs_.at(size_t(il))), out.data, out.stride,
-                         std::min<int64_t>(token_rows, 32)});
+                         dev<RingDev>(off_rs_.at(size_t(il))), out.data, out.stride, token_rows});
     }
 
     void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
@@ -767,7 +766,7 @@ class CudaBackend final : public Backend {
         }
         if (a.smem > k_products_smem) return false;
         // Every block quantizes the input again before its rows: no more blocks than fill the GPU
-        // once (4 of 256 threads per SM), each taking several rows a warp.
+        // once (4 blocks of 256 threads per SM), a warp taking several rows.
         a.blocks = std::min<int64_t>((rows + 7) / 8, 4 * sm_count_);
         enqueue(a);
         return true;
