@@ -180,32 +180,6 @@ class Backend {
     virtual void matmuls(Tensor x, const std::vector<Product>& products) {
         for (const Product& p : products) matmul(*p.w, x, p.out);
     }
-    // A product whose input is formed from x first: silu: silu(gate) * x; sigmoid: x *
-    // sigmoid(gate); norm_silu: silu(gate) * rms_norm(x) with `norm` per group of its width. A
-    // backend may form the input inside the product (a GPU: one kernel instead of three); the
-    // results are those of the ops in turn. x's values may be overwritten.
-    enum class Gate { silu, sigmoid, norm_silu };
-    struct GatedInput {
-        Gate kind;
-        Tensor gate;
-        const Weight* norm = nullptr;
-        float eps = 0;
-    };
-    virtual void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) {
-        switch (g.kind) {
-            case Gate::silu:
-                swiglu(g.gate, x, x);
-                break;
-            case Gate::sigmoid:
-                mul_sigmoid(x, g.gate, x);
-                break;
-            case Gate::norm_silu:
-                rms_norm(x, *g.norm, g.eps, x);
-                swiglu(g.gate, x, x);
-                break;
-        }
-        matmul(w, x, out);
-    }
     virtual void add(Tensor a, Tensor b, Tensor out) = 0;
     // h += y, then out = rms_norm(h) with w (a residual add and the norm after it, which a
     // backend may run as one op; the results are those of add then rms_norm).

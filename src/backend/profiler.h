@@ -85,11 +85,6 @@ class ProfiledBackend : public Backend {
         timed(
             OpClass::dense_matmul, [&] { inner_->matmuls(x, ps); }, bytes, flops);
     }
-    void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) override {
-        timed(
-            OpClass::dense_matmul, [&] { inner_->matmul_gated(w, x, g, out); }, double(w.row_bytes) * double(w.n_out()),
-            2.0 * double(w.n_in()) * double(w.n_out()) * double(x.rows));
-    }
     void add(Tensor a, Tensor b, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->add(a, b, out); });
     }

@@ -288,52 +288,6 @@ TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
     }
 }
 
-// A product whose input is formed from x (silu / sigmoid gates, a per-head norm and a gate) equals
-// the ops in turn bit for bit at every batch size (a GPU forms the input inside the product for
-// decode batches and runs the ops one by one for larger ones), and the float64 reference.
-TEST_P(Conformance, matmul_gated_equals_the_ops_in_turn) {
-    const int64_t n_in = 512, n_out = 37, head = 128, T_all = 13;
-    using G = Backend::Gate;
-    auto norm = vec_weight(randoms(rng_, head, 0.5f, 1.5f));
-    const auto x = randoms(rng_, T_all * n_in, -3, 3), g = randoms(rng_, T_all * n_in, -4, 4);
-    const std::vector<float> nw(norm->f32(), norm->f32() + head);
-    for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0}) {
-        if (!be_->supports(Op::matmul, t)) continue;
-        auto w = weight(t, n_in, n_out);
-        for (G kind : {G::silu, G::sigmoid, G::norm_silu}) {
-            const std::string what = std::string(traits(t).name) + " gate " + std::to_string(int(kind));
-            // the ops in turn over all the tokens
-            DevTensor x1(*be_, T_all, n_in, x), g1(*be_, T_all, n_in, g), o1(*be_, T_all, n_out);
-            if (kind == G::silu) be_->swiglu(g1.t(), x1.t(), x1.t());
-            if (kind == G::sigmoid) be_->mul_sigmoid(x1.t(), g1.t(), x1.t());
-            if (kind == G::norm_silu) {
-                be_->rms_norm(x1.t(), norm->w, 1e-6f, x1.t());
-                be_->swiglu(g1.t(), x1.t(), x1.t());
-            }
-            be_->matmul(w->w, x1.t(), o1.t());
-            const std::vector<float> want = o1.get();
-            for (int64_t T : {int64_t(1), int64_t(2), int64_t(5), int64_t(8), T_all}) {
-                DevTensor x2(*be_, T, n_in, std::vector<float>(x.begin(), x.begin() + T * n_in));
-                DevTensor g2(*be_, T, n_in, std::vector<float>(g.begin(), g.begin() + T * n_in)), o2(*be_, T, n_out);
-                be_->matmul_gated(w->w, x2.t(), {kind, g2.t(), &norm->w, 1e-6f}, o2.t());
-                const std::vector<float> got = o2.get();
-                ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0) << what << ", " << T << " tokens";
-            }
-            // the float64 reference
-            ref::Vec in = kind == G::silu      ? ref::swiglu(g, x)
-                          : kind == G::sigmoid ? ref::mul_sigmoid(x, g)
-                                               : ref::swiglu(g, [&] {
-                                                     const ref::Vec n = ref::rms_norm(x, T_all, n_in, nw, 1e-6);
-                                                     return std::vector<float>(n.begin(), n.end());
-                                                 }());
-            ref::Vec r, mag;
-            ref::matmul(w->w, std::vector<float>(in.begin(), in.end()), T_all, r, mag);
-            for (size_t i = 0; i < want.size(); ++i)
-                ASSERT_NEAR(want[i], r[i], matmul_tolerance(t, mag[i])) << what << " value " << i;
-        }
-    }
-}
-
 TEST_P(Conformance, elementwise_ops) {
     const int64_t T = 5, C = 77;
     const auto a = randoms(rng_, T * C, -4, 4), b = randoms(rng_, T * C, -4, 4);

@@ -97,20 +97,6 @@ __device__ T block_sum(T v, T* part) {
     __syncthreads();
     return part[0];
 }
-// The scale 1 / sqrt(mean(x^2) + eps) of a group of g values as k_rms_norm forms it with
-// k_norm_threads threads (thread j adds values j, j + k_norm_threads, ...; each warp's sums are
-// added by warp_sum, then the warps' by warp_sum), computed by one warp: the same bits.
-template <int Threads>
-__device__ float norm_scale_warp(const float* x, int64_t g, double eps, int lane) {
-    double mine = 0;
-    for (int w = 0; w < Threads / 32; ++w) {
-        double s = 0;
-        for (int64_t i = w * 32 + lane; i < g; i += Threads) s += double(x[i]) * double(x[i]);
-        s = warp_sum(s);
-        if (lane == w) mine = s;
-    }
-    return 1.0f / sqrtf(float(warp_sum(mine) / double(g)) + float(eps));
-}
 // NeoX RoPE of the pair (j, j + half) of a head at angle th, without fused multiply-adds.
 __device__ __forceinline__ void rope_rotate(float* v, int64_t j, int64_t half, float th) {
     const float c = cosf(th), s = sinf(th), x0 = v[j], x1 = v[j + half];

@@ -77,7 +77,8 @@ class CudaBackend final : public Backend {
         if (m && std::strcmp(m, "0") == 0) mma_ = false;
         const char* g = std::getenv("BIGMOE_CUDA_GRAPHS");
         graphs_ = !(g && std::strcmp(g, "0") == 0);
-        if (const char* f = std::getenv("BIGMOE_CUDA_FUSE")) fuse_ = int(std::strtol(f, nullptr, 0));
+        const char* f = std::getenv("BIGMOE_CUDA_FUSE");
+        fuse_ = !(f && std::strcmp(f, "0") == 0);
     }
     ~CudaBackend() override {
         finish_step();
@@ -328,17 +329,6 @@ class CudaBackend final : public Backend {
         scratch_rewind(mark);
     }
 
-    // Up to 8 tokens: the input formed inside the product kernel (one kernel instead of up to
-    // three); more: the ops in turn.
-    void matmul_gated(const Weight& w, Tensor x, const GatedInput& g, Tensor out) override {
-        if (x.rows == 0) return;
-        if ((fuse_ & fuse_bit(g.kind)) && x.rows <= k_matvec_max_tokens) {
-            const Product p{&w, out};
-            if (matvec(x, &p, 1, &g)) return;
-        }
-        Backend::matmul_gated(w, x, g, out);
-    }
-
     void add(Tensor a, Tensor b, Tensor out) override { elementwise(Ew::add, a, b, out); }
     void swiglu(Tensor gate, Tensor up, Tensor out) override { elementwise(Ew::swiglu, gate, up, out); }
     void mul_sigmoid(Tensor x, Tensor gate, Tensor out) override { elementwise(Ew::mul_sigmoid, x, gate, out); }
@@ -365,7 +355,7 @@ class CudaBackend final : public Backend {
                           Tensor gate_out) override {
         const int64_t D = p.head_dim, Hq = q_out.cols / D, Hkv = k_out.cols / D;
         if (q_out.rows == 0) return;
-        if (!(fuse_ & k_fuse_attention_inputs) || p.q_norm->n_in() != D || p.k_norm->n_in() != D || p.n_rot > D)
+        if (!fuse_ || p.q_norm->n_in() != D || p.k_norm->n_in() != D || p.n_rot > D)
             return Backend::attention_inputs(qg, k, p, q_out, k_out, gate_out);
         const float theta_scale = std::pow(p.theta, -2.0f / float(p.n_rot));
         enqueue(AttInputsArgs{qg.data,
@@ -722,7 +712,7 @@ class CudaBackend final : public Backend {
     // Products of one input for up to k_matvec_max_tokens tokens as one in-kernel-quantizing
     // kernel; false (nothing enqueued) when their activations do not fit in its shared memory.
     static constexpr int64_t k_matvec_max_tokens = 8;
-    bool matvec(Tensor x, const Product* ps, size_t n, const GatedInput* gate = nullptr) {
+    bool matvec(Tensor x, const Product* ps, size_t n) {
         MatvecArgs a{};
         a.x = x.data;
         a.xs = x.stride;
@@ -748,21 +738,6 @@ class CudaBackend final : public Backend {
             a.p[i] = {int64_t(w.type),  wbytes(w), int64_t(w.row_bytes), w.n_out(), ps[i].out.data,
                       ps[i].out.stride, slot};
             rows += w.n_out();
-        }
-        if (gate) {
-            for (size_t i = 0; i < n; ++i)
-                if (a.p[i].slot < 0) return false;  // a float product reads x itself
-            a.gate_kind = gate->kind == Gate::silu ? 1 : gate->kind == Gate::sigmoid ? 2 : 3;
-            a.g = gate->gate.data;
-            a.gs = gate->gate.stride;
-            if (gate->kind == Gate::norm_silu) {
-                a.norm_w = wf32(*gate->norm);
-                a.group = gate->norm->n_in();
-                a.eps = double(gate->eps);
-                if (a.group <= 0 || x.cols % a.group != 0) return false;
-                a.scales_off = (a.smem + 15) / 16 * 16;
-                a.smem = a.scales_off + x.rows * (x.cols / a.group) * int64_t(sizeof(float));
-            }
         }
         if (a.smem > k_products_smem) return false;
         // Every block quantizes the input again before its rows: no more blocks than fill the GPU
@@ -820,14 +795,8 @@ class CudaBackend final : public Backend {
     int64_t sm_count_ = 1;
     int64_t n_spans_ = 0, n_rows_ = 0, ids_cap_ = 0;
     // step recordings by shape
-    bool graphs_ = true, mma_ = false;
-    // Which ops run fused (BIGMOE_CUDA_FUSE, a bit mask): attention's inputs as one kernel, and
-    // the input of a decode product formed inside it per gate kind. Forming the input inside
-    // the product repeats the work in every block of the product: measured on the H200, 35B-A3B
-    // decode, slower for the norm-and-gate input of the Gated DeltaNet's output (4096 values).
-    static constexpr int k_fuse_attention_inputs = 1;
-    static int fuse_bit(Gate g) { return g == Gate::silu ? 2 : g == Gate::sigmoid ? 4 : 8; }
-    int fuse_ = k_fuse_attention_inputs;
+    // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
+    bool graphs_ = true, mma_ = false, fuse_ = true;
     Mode mode_ = Mode::eager;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;

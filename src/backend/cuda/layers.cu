@@ -16,6 +16,14 @@ namespace {
 // registers and issues all its loads at once (a loop of loads made a chain of memory latencies:
 // 10 us for one 2048-value row on the H200); VPT = 0 loops over any size. Thread j adds values
 // j, j + k_norm_threads, ... in that order either way.
+// 1 / sqrt(mean(x^2) + eps) over g values, the block's threads adding in the norms' order (thread
+// j: values j, j + blockDim.x, ..., in double; then block_sum).
+__device__ float norm_scale_block(const float* x, int64_t g, double eps, double* part) {
+    double s = 0;
+    for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(x[i]) * double(x[i]);
+    return 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + float(eps));
+}
+
 template <int VPT>
 __global__ void k_rms_norm(NormArgs a) {
     pdl_enter();
@@ -56,9 +64,7 @@ __global__ void k_rms_norm(NormArgs a) {
             const float* yr = a.y + t * a.ys + c0;
             for (int64_t i = threadIdx.x; i < g; i += blockDim.x) xr[i] = xr[i] + yr[i];
         }
-        double s = 0;
-        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) s += double(xr[i]) * double(xr[i]);
-        const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(g)) + float(a.eps));
+        const float scale = norm_scale_block(xr, g, a.eps, part);
         for (int64_t i = threadIdx.x; i < g; i += blockDim.x) a.out[t * a.os + c0 + i] = (xr[i] * scale) * w[i];
     }
 }
@@ -152,10 +158,8 @@ __global__ void k_attention_inputs(AttInputsArgs a) {
     const float* w = is_q ? a.qw : a.kw;
     if (is_q && a.gated)
         for (int64_t i = threadIdx.x; i < D; i += blockDim.x) a.gate[t * a.gs + h * D + i] = src[D + i];
-    double s = 0;
-    for (int64_t i = threadIdx.x; i < D; i += blockDim.x) s += double(src[i]) * double(src[i]);
     __shared__ double part[32];
-    const float scale = 1.0f / sqrtf(float(block_sum(s, part) / double(D)) + float(a.eps));
+    const float scale = norm_scale_block(src, D, a.eps, part);
     for (int64_t i = threadIdx.x; i < D; i += blockDim.x) dst[i] = (src[i] * scale) * w[i];
     if (t >= a.rope_rows) return;
     __syncthreads();  // the block's writes above are visible to it from here
@@ -223,6 +227,16 @@ __device__ int iq4nl_nearest(float v) {
     return lo;
 }
 
+// A block's 32 levels: their low 4 bits as nibbles into qs (values j and j + 16 in byte j) and,
+// for the 5-bit types, their fifth bits into the 32-bit mask at qh.
+__device__ void kv_pack_levels(const uint8_t* q, uint8_t* qs, uint8_t* qh) {
+    for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
+    if (!qh) return;
+    uint32_t h = 0;
+    for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+    for (int k = 0; k < 4; ++k) qh[k] = uint8_t(h >> (8 * k));
+}
+
 // Writes n (<= 32) values as a cache of type t holds them, at element `off` of a row: the
 // quantizers of quant/quants.cpp, operation for operation (no fused multiply-adds), so a row has
 // the same bytes on the GPU as on the CPU.
@@ -271,13 +285,7 @@ __device__ void kv_write(uint8_t* row, int t, int64_t off, const float* x, int n
             q[j] = uint8_t(min(top, __float2int_rz(__fadd_rn(__fmul_rn(x[j], id), levels + 0.5f))));
         uint8_t* blk = row + b * (t == 2 ? 18 : 22);
         kv_put_half(blk, d);
-        uint8_t* qs = blk + (t == 2 ? 2 : 6);
-        for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
-        if (t == 6) {
-            uint32_t h = 0;
-            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
-            for (int k = 0; k < 4; ++k) blk[2 + k] = uint8_t(h >> (8 * k));
-        }
+        kv_pack_levels(q, blk + (t == 2 ? 2 : 6), t == 6 ? blk + 2 : nullptr);
         return;
     }
     if (t == 3 || t == 7) {  // q4_1, q5_1: levels spanning [min, max]
@@ -289,13 +297,7 @@ __device__ void kv_write(uint8_t* row, int t, int64_t off, const float* x, int n
         uint8_t* blk = row + b * (t == 3 ? 20 : 24);
         kv_put_half(blk, d);
         kv_put_half(blk + 2, lo);
-        uint8_t* qs = blk + (t == 3 ? 4 : 8);
-        for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
-        if (t == 7) {
-            uint32_t h = 0;
-            for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
-            for (int k = 0; k < 4; ++k) blk[4 + k] = uint8_t(h >> (8 * k));
-        }
+        kv_pack_levels(q, blk + (t == 3 ? 4 : 8), t == 7 ? blk + 4 : nullptr);
         return;
     }
     // iq4_nl: the scale search of quant/quants.cpp
@@ -329,7 +331,7 @@ __device__ void kv_write(uint8_t* row, int t, int64_t off, const float* x, int n
     }
     uint8_t* blk = row + b * 18;
     kv_put_half(blk, best_d);
-    for (int j = 0; j < 16; ++j) blk[2 + j] = uint8_t(best[j] | best[j + 16] << 4);
+    kv_pack_levels(best, blk + 2, nullptr);
 }
 
 // Stores the batch's k and v rows into each span's cache block at their positions: a thread per

@@ -63,22 +63,11 @@ struct MatvecProduct {
     float* out;
     int64_t os, slot;
 };
-// The input a product reads may be formed from x on the way (Backend::matmul_gated), with the
-// separate ops' arithmetic: gate_kind 0: x; 1: silu(g) * x; 2: x * sigmoid(g); 3: silu(g) *
-// rms_norm(x) per group of `group` columns with weights norm_w, the norms' scales kept in shared
-// memory at scales_off.
 struct MatvecArgs {
     const float* x;
     int64_t xs, n_in, T, n_products, n_slots, smem, blocks;
     int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
     MatvecProduct p[k_matvec_products];
-    int64_t gate_kind;
-    const float* g;
-    int64_t gs;
-    const float* norm_w;
-    int64_t group;
-    double eps;
-    int64_t scales_off;
 };
 // Shared memory the in-kernel quantizing products may take.
 constexpr int64_t k_products_smem = 96 << 10;
@@ -170,8 +159,8 @@ void configure_attention();
 
 // ---- the other ops (layers.cu)
 
-// Threads of an RMS norm block: the norm's sum of squares is added in an order fixed by it
-// (norm_sum_of_squares), which a product forming its input from a norm repeats.
+// Threads of an RMS norm block (k_rms_norm, k_attention_inputs): the sum of squares is added in
+// an order fixed by it (norm_scale_block).
 constexpr int k_norm_threads = 256;
 
 // out = rms_norm(x) per group of g columns; with y, x += y first (in place).

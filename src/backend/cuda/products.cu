@@ -86,8 +86,10 @@ __device__ __forceinline__ float round_bf16(float f) {
 
 // Quantization block blk of activation row xr (n values) into row, by one warp: Q8_0 and Q8_K
 // blocks, or 32 values of a float row rounded to the weight's precision.
-template <class Row>
-__device__ void quantize_block(int at, const Row& xr, int64_t n, int64_t blk, int lane, uint8_t* row) {
+__device__ __forceinline__ int64_t act_blocks(int at, int64_t n) {
+    return at == k_q8_0 ? n / 32 : at == k_q8_k ? n / 256 : (n + 31) / 32;
+}
+__device__ void quantize_block(int at, const float* xr, int64_t n, int64_t blk, int lane, uint8_t* row) {
     if (at == k_q8_0) {
         if (blk >= n / 32) return;
         const float v = xr[blk * 32 + lane];
@@ -105,14 +107,13 @@ __device__ void quantize_block(int at, const Row& xr, int64_t n, int64_t blk, in
         }
     } else if (at == k_q8_k) {
         if (blk >= n / 256) return;
-        const int64_t xb0 = blk * 256;
-        auto xb = [&](int64_t i) { return xr[xb0 + i]; };
+        const float* xb = xr + blk * 256;
         // the largest |x| and the first position holding it
         float amax = 0;
         int at_i = 1 << 30;
         for (int k = 0; k < 8; ++k) {
             const int i = lane + 32 * k;
-            const float ax = fabsf(xb(i));
+            const float ax = fabsf(xb[i]);
             if (ax > amax) {
                 amax = ax;
                 at_i = i;
@@ -135,10 +136,10 @@ __device__ void quantize_block(int at, const Row& xr, int64_t n, int64_t blk, in
             if (lane == 0) *d = 0.0f;
             return;
         }
-        const float iscale = __fdiv_rn(-127.0f, xb(at_i));
+        const float iscale = __fdiv_rn(-127.0f, xb[at_i]);
         for (int k = 0; k < 8; ++k) {
             const int i = lane + 32 * k;
-            qs[i] = int8_t(min(127, int(rintf(__fmul_rn(iscale, xb(i))))));
+            qs[i] = int8_t(min(127, int(rintf(__fmul_rn(iscale, xb[i])))));
         }
         // the sums of the 16 groups of 16 values, a lane per group over the bytes just written
         __syncwarp();
@@ -168,9 +169,6 @@ __global__ void k_quantize_act(QuantizeArgs a) {
 
 // Rows of activations quantized by the whole block into `dst` (shared memory); the caller waits
 // for them at a barrier.
-__device__ __forceinline__ int64_t act_blocks(int at, int64_t n) {
-    return at == k_q8_0 ? n / 32 : at == k_q8_k ? n / 256 : (n + 31) / 32;
-}
 __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64_t rows, int64_t n, uint8_t* dst,
                                        int64_t drb) {
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
@@ -178,22 +176,6 @@ __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64
     for (int64_t t = 0; t < rows; ++t)
         for (int64_t blk = warp; blk < nb; blk += nw) quantize_block(at, x + t * xs, n, blk, lane, dst + t * drb);
 }
-
-// Element i of a product's input formed from row x, gate row g (MatvecArgs::gate_kind 1..3) and,
-// for the norm, the row's group scales: the separate ops' arithmetic (k_elementwise, k_rms_norm).
-struct GatedRow {
-    const float* x;
-    const float* g;
-    const float* norm_w;
-    const float* scales;
-    int64_t group;
-    int kind;
-    __device__ float operator[](int64_t i) const {
-        if (kind == 1) return siluf(g[i]) * x[i];
-        if (kind == 2) return x[i] * sigmoidf(g[i]);
-        return siluf(g[i]) * ((x[i] * scales[i / group]) * norm_w[i % group]);
-    }
-};
 
 // ---- 32-value units of quantized rows
 //
@@ -567,11 +549,6 @@ struct MmaStage {
     static constexpr int buffer = k_mma_rows * w_stride + k_mma_tokens * a_stride;
     static constexpr int smem = 2 * buffer;
 };
-template <int TYPE>
-constexpr int mma_stage_smem() {
-    return MmaStage<TYPE>::smem;
-}
-
 // acc (per warp, as mma_unit) for the tile: weight row r's bytes at row_ptr(r) (r < 64), token
 // j's activation row at act_ptr(j) (nullptr past the tile), n values each; n_tiles 8-token tiles.
 template <int TYPE, class RowPtr, class ActPtr>
@@ -886,29 +863,8 @@ __global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
-    if (a.gate_kind == 0) {
-        for (int64_t sl = 0; sl < a.n_slots; ++sl)
-            quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, a.T, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
-    } else {
-        float* scales = reinterpret_cast<float*>(sm + a.scales_off);
-        const int64_t ng = a.gate_kind == 3 ? a.n_in / a.group : 0;
-        for (int64_t q = warp; q < a.T * ng; q += nw) {
-            const float s =
-                norm_scale_warp<k_norm_threads>(a.x + (q / ng) * a.xs + (q % ng) * a.group, a.group, a.eps, lane);
-            if (lane == 0) scales[q] = s;
-        }
-        __syncthreads();
-        for (int64_t sl = 0; sl < a.n_slots; ++sl) {
-            const int at = int(a.slot_type[sl]);
-            const int64_t nb = act_blocks(at, a.n_in);
-            for (int64_t t = 0; t < a.T; ++t) {
-                const GatedRow row{a.x + t * a.xs,  a.g + t * a.gs, a.norm_w,
-                                   scales + t * ng, a.group,        int(a.gate_kind)};
-                for (int64_t blk = warp; blk < nb; blk += nw)
-                    quantize_block(at, row, a.n_in, blk, lane, sm + a.slot_off[sl] + t * a.slot_arb[sl]);
-            }
-        }
-    }
+    for (int64_t sl = 0; sl < a.n_slots; ++sl)
+        quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, a.T, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
     __syncthreads();
     int64_t total = 0;
     for (int64_t i = 0; i < a.n_products; ++i) total += a.p[i].n_out;
@@ -1013,19 +969,19 @@ void run_op(cudaStream_t s, const MatmulArgs& a) {
                         unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
         switch (a.type) {
             case k_q4_k:
-                launch(k_matmul_mma<k_q4_k>, grid, 128, mma_stage_smem<k_q4_k>(), s, a);
+                launch(k_matmul_mma<k_q4_k>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
                 break;
             case k_q5_k:
-                launch(k_matmul_mma<k_q5_k>, grid, 128, mma_stage_smem<k_q5_k>(), s, a);
+                launch(k_matmul_mma<k_q5_k>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
                 break;
             case k_q6_k:
-                launch(k_matmul_mma<k_q6_k>, grid, 128, mma_stage_smem<k_q6_k>(), s, a);
+                launch(k_matmul_mma<k_q6_k>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
                 break;
             case k_q4_0:
-                launch(k_matmul_mma<k_q4_0>, grid, 128, mma_stage_smem<k_q4_0>(), s, a);
+                launch(k_matmul_mma<k_q4_0>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
                 break;
             default:
-                launch(k_matmul_mma<k_q8_0>, grid, 128, mma_stage_smem<k_q8_0>(), s, a);
+                launch(k_matmul_mma<k_q8_0>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
                 break;
         }
         CU_LAUNCHED();
@@ -1097,19 +1053,19 @@ void moe_mma(cudaStream_t s, const MoeMmaArgs& a) {
     const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows), unsigned(a.E * a.tiles));
     switch (a.type) {
         case k_q4_k:
-            launch(k_moe_mma<k_q4_k, GU>, grid, 128, mma_stage_smem<k_q4_k>(), s, a);
+            launch(k_moe_mma<k_q4_k, GU>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
             break;
         case k_q5_k:
-            launch(k_moe_mma<k_q5_k, GU>, grid, 128, mma_stage_smem<k_q5_k>(), s, a);
+            launch(k_moe_mma<k_q5_k, GU>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
             break;
         case k_q6_k:
-            launch(k_moe_mma<k_q6_k, GU>, grid, 128, mma_stage_smem<k_q6_k>(), s, a);
+            launch(k_moe_mma<k_q6_k, GU>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
             break;
         case k_q4_0:
-            launch(k_moe_mma<k_q4_0, GU>, grid, 128, mma_stage_smem<k_q4_0>(), s, a);
+            launch(k_moe_mma<k_q4_0, GU>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
             break;
         default:
-            launch(k_moe_mma<k_q8_0, GU>, grid, 128, mma_stage_smem<k_q8_0>(), s, a);
+            launch(k_moe_mma<k_q8_0, GU>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
             break;
     }
     CU_LAUNCHED();
@@ -1129,11 +1085,9 @@ void run_op(cudaStream_t s, const MoeSumArgs& a) {
 
 template <int TYPE>
 void set_mma_smem() {
-    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma_stage_smem<TYPE>()));
-    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            mma_stage_smem<TYPE>()));
-    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            mma_stage_smem<TYPE>()));
+    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
+    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
+    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
 }
 
 void configure_products() {

@@ -28,11 +28,9 @@ Tensor attention(Backend& be, const HParams& hp, const Attention& w, Tensor x, i
     AttentionParams p{hp.n_head, hp.n_head_kv, D, 1.0f / std::sqrt(float(D))};
     Tensor o = be.scratch(T, nq);
     be.attention(qn, kn, v, p, il, o);
+    if (w.gated) be.mul_sigmoid(o, gate, o);
     Tensor out = be.scratch(T, hp.n_embd);
-    if (w.gated)
-        be.matmul_gated(*w.o, o, {Backend::Gate::sigmoid, gate}, out);
-    else
-        be.matmul(*w.o, o, out);
+    be.matmul(*w.o, o, out);
     return out;
 }
 
@@ -62,8 +60,11 @@ Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, T
     be.ssm_conv(mixed, *w.conv, p, il, u);
     Tensor o = be.scratch(T, hp.ssm_d_inner);
     be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, il, o);
+    Tensor on = be.scratch(T, hp.ssm_d_inner);
+    be.rms_norm(o, *w.norm, hp.eps, on);
+    be.swiglu(z, on, on);
     Tensor out = be.scratch(T, hp.n_embd);
-    be.matmul_gated(*w.out, o, {Backend::Gate::norm_silu, z, w.norm, hp.eps}, out);
+    be.matmul(*w.out, on, out);
     return out;
 }
 
@@ -79,8 +80,9 @@ Result<DenseFfn> load_dense_ffn(Model& m, int64_t il, int64_t n_ff, bool shared)
 
 // down(silu(g) * u), g and u already projected
 static Tensor dense_ffn_down(Backend& be, const DenseFfn& w, Tensor g, Tensor u) {
+    be.swiglu(g, u, g);
     Tensor out = be.scratch(g.rows, w.down->n_out());
-    be.matmul_gated(*w.down, u, {Backend::Gate::silu, g}, out);
+    be.matmul(*w.down, g, out);
     return out;
 }
 
