@@ -176,7 +176,7 @@ BENCHMARK_CAPTURE(matmul, q6_k, DType::Q6_K)->Apply(token_counts);
 BENCHMARK_CAPTURE(matmul, q8_0, DType::Q8_0)->Apply(token_counts);
 void moe_tokens(benchmark::internal::Benchmark* b) {
     for (int64_t no_repack : {0, 1})
-        for (int64_t n : {1, 2, 5, 8, 64}) b->Args({n, no_repack});
+        for (int64_t n : {1, 2, 5, 8, 64, 512}) b->Args({n, no_repack});
     b->ArgNames({"tokens", "no_repack"})->UseRealTime();
 }
 BENCHMARK(moe)->Apply(moe_tokens);

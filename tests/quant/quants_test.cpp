@@ -438,5 +438,56 @@ TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
     }
 }
 
+// The many-token packed products (AMX where the machine has it): 1..3 packed groups (a lone
+// group at the end of a block) against token counts around the 16-token tile, every token and
+// row bit-identical to the 1-token packed tile (itself matched to float64 above).
+TEST(Kernels, packed_gemm_matches_packed_tile_bitwise) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    bool ran = false;
+    for (const cpu::Kernels* k : cpu::available_kernels())
+        for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0}) {
+            if (!k->packed_gemm[int(t)]) continue;
+            ran = true;
+            for (int64_t n : {256, 768}) {
+                const size_t rb = row_bytes(t, n);
+                const int64_t groups = 3, rows = 8 * groups;
+                std::vector<uint8_t> wq(size_t(rows) * rb), packed(size_t(rows) * rb);
+                for (int64_t r = 0; r < rows; ++r) {
+                    auto w = testing::random_floats(rng, size_t(n), -1.0f - 0.1f * float(r), 1.0f + 0.2f * float(r));
+                    quantize_row(t, w.data(), wq.data() + size_t(r) * rb, n);
+                }
+                for (int64_t g = 0; g < groups; ++g)
+                    cpu::pack_rows(t, wq.data() + size_t(8 * g) * rb, rb, n, packed.data() + size_t(8 * g) * rb);
+                const DType at = activation_type(t);
+                const size_t arb = row_bytes(at, n);
+                for (int64_t n_tok : {1, 7, 16, 17, 40}) {
+                    std::vector<uint8_t> xq(size_t(n_tok) * arb);
+                    for (int64_t j = 0; j < n_tok; ++j) {
+                        auto x = testing::random_floats(rng, size_t(n), -3, 3);
+                        quantize_row(at, x.data(), xq.data() + size_t(j) * arb, n);
+                    }
+                    for (int64_t ng : {int64_t(1), groups}) {
+                        const int64_t stride = 8 * ng + 3;
+                        std::vector<float> got(size_t(n_tok * stride), -7.0f);
+                        k->packed_gemm[int(t)](packed.data(), 8 * rb, ng, xq.data(), arb, n_tok, n, got.data(), stride);
+                        for (int64_t j = 0; j < n_tok; ++j) {
+                            const void* row = xq.data() + size_t(j) * arb;
+                            for (int64_t g = 0; g < ng; ++g) {
+                                float want[8];
+                                k->packed_tile[int(t)][0](packed.data() + size_t(8 * g) * rb, &row, n, want);
+                                ASSERT_EQ(std::memcmp(want, &got[size_t(j * stride + 8 * g)], sizeof want), 0)
+                                    << k->isa << " " << traits(t).name << " n=" << n << " tokens " << n_tok << " token "
+                                    << j << " group " << g << " seed=" << seed;
+                            }
+                            for (int64_t c = 8 * ng; c < stride; ++c) ASSERT_EQ(got[size_t(j * stride + c)], -7.0f);
+                        }
+                    }
+                }
+            }
+        }
+    if (!ran) GTEST_SKIP() << "no table with many-token packed products on this machine";
+}
+
 }  // namespace
 }  // namespace bigmoe

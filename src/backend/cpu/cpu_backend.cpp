@@ -177,6 +177,12 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
                               int64_t r_end, const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in,
                               float* out, int64_t out_stride) const {
     if (packed) {
+        PackedGemmFn gemm = n_tok >= k_packed_gemm_min_tokens ? k_->packed_gemm[int(wt)] : nullptr;
+        if (gemm && r_begin % k_pack_rows == 0 && r_end % k_pack_rows == 0) {
+            gemm(w + size_t(r_begin) * w_row_bytes, size_t(k_pack_rows) * w_row_bytes, (r_end - r_begin) / k_pack_rows,
+                 qx, qx_row_bytes, n_tok, n_in, out, out_stride);
+            return;
+        }
         // Whole groups of 8 rows (groups start at multiples of 8 from w); rows outside the range
         // are not stored. Tokens go in blocks of k_token_block: every tile of up to 4 tokens of a
         // block passes over each group of the range before the next block, so a block's

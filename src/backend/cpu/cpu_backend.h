@@ -76,6 +76,9 @@ class CpuBackend : public Backend {
     static constexpr int64_t k_stream_max_tokens = 16;
     // Tokens a packed product takes through a row range at a time (their activations stay in L1).
     static constexpr int64_t k_token_block = 16;
+    // From this many tokens on, packed rows go to the many-token kernel (packed_gemm) where the
+    // table has one.
+    static constexpr int64_t k_packed_gemm_min_tokens = 8;
     // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
     static constexpr int64_t k_gemm_min_tokens = 8;
     // Quantize rows of x into the activation type of weight type wt; returns row bytes.

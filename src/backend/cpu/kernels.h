@@ -22,6 +22,11 @@ using GemmRowFn = void (*)(const void* w_row, const uint8_t* act, size_t act_str
 // 8 packed weight rows (backend/cpu/repack.h) against NT (1..4) activation rows: out[t * 8 + r].
 // A token's results are the same whatever NT is.
 using PackedTileFn = void (*)(const void* group, const void* const* act_rows, int64_t n, float* out);
+// n_groups packed groups of 8 rows (group_bytes apart) against n_tok activation rows (act_stride
+// bytes apart): row r's result for token t at out[t * out_stride + r]. Per token bit-identical to
+// packed_tile; for products of many tokens (prefill).
+using PackedGemmFn = void (*)(const uint8_t* w, size_t group_bytes, int64_t n_groups, const uint8_t* act,
+                              size_t act_stride, int64_t n_tok, int64_t n, float* out, int64_t out_stride);
 // Convert an f32 row into an activation type.
 using QuantizeFn = void (*)(const float* x, void* dst, int64_t n);
 
@@ -66,6 +71,7 @@ struct Kernels {
     VecDotTileFn tile[32][4] = {};         // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
     GemmRowFn gemm_row[32] = {};           // optional many-token row products
     PackedTileFn packed_tile[32][4] = {};  // optional: products on packed rows (weights get packed)
+    PackedGemmFn packed_gemm[32] = {};     // optional: packed rows with many tokens
     QuantizeFn quantize[32] = {};          // indexed by activation DType id
     GdnStepsFn gdn_steps = nullptr;
     KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
@@ -84,6 +90,12 @@ const Kernels& kernels();
 namespace avx512 {
 const Kernels& kernels();
 }
+namespace amx {
+// Adds the AMX products to a table (the avx512 one); call only where amx_usable() said yes.
+void add_kernels(Kernels& k);
+}  // namespace amx
+// Whether the CPU has AMX-INT8 (and AVX-512) and the OS lets this process use the tile state.
+bool amx_usable();
 // The generic table, always available (tests compare every variant against the reference).
 const Kernels& generic_kernels();
 

@@ -3,6 +3,10 @@
 #include "core/fp16.h"
 #include "quant/quants.h"
 
+#include <cpuid.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <string>
@@ -128,14 +132,38 @@ static bool has_avx512() {
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
 }
 
+// AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25), and Linux's permission for the
+// 8 KiB tile state, which a process asks for once (arch_prctl ARCH_REQ_XCOMP_PERM, feature 18).
+bool amx_usable() {
+    static const bool ok = [] {
+        if (!has_avx512()) return false;
+        unsigned a = 0, b = 0, c = 0, d = 0;
+        if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+        if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;
+        constexpr long k_req_xcomp_perm = 0x1023, k_xtiledata = 18;
+        return syscall(SYS_arch_prctl, k_req_xcomp_perm, k_xtiledata) == 0;
+    }();
+    return ok;
+}
+
+static const Kernels& amx_kernels() {
+    static const Kernels k = [] {
+        Kernels t = avx512::kernels();
+        amx::add_kernels(t);
+        return t;
+    }();
+    return k;
+}
+
 std::vector<const Kernels*> available_kernels() {
     std::vector<const Kernels*> r = {&generic_kernels()};
     if (has_avx2()) r.push_back(&avx2::kernels());
     if (has_avx512()) r.push_back(&avx512::kernels());
+    if (amx_usable()) r.push_back(&amx_kernels());
     return r;
 }
 
-// BIGMOE_ISA=generic|avx2|avx512 forces a table (for measurements); the default is the best.
+// BIGMOE_ISA=generic|avx2|avx512|amx forces a table (for measurements); the default is the best.
 const Kernels& kernels() {
     static const Kernels* k = [] {
         const auto all = available_kernels();
