@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -233,18 +234,28 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
     };
 
     if (!split) {
-        pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
-            Scratch w(max_q, D);
-            std::vector<float> total(static_cast<size_t>(part_floats)), next(total.size());
-            for (int64_t ti = tb; ti < te; ++ti) {
-                const Task& task = tasks[size_t(ti)];
-                chunk(ti, 0, w, total.data());
-                for (int64_t c = 1; c < task.n_chunks; ++c) {
-                    chunk(ti, c, w, next.data());
-                    merge(total.data(), next.data(), n_queries(task));
-                }
-                finish(task, total.data());
+        // Causal prefill: a later tile reads more keys (the last ones all of them), so tasks are
+        // handed out one at a time, longest first; contiguous ranges left the thread with the
+        // last tiles doing ~2x the average at 16 threads.
+        struct Work {
+            Scratch w;
+            std::vector<float> total, next;
+            Work(int64_t max_q, int64_t D, int64_t part) : w(max_q, D), total(size_t(part)), next(size_t(part)) {}
+        };
+        std::vector<std::unique_ptr<Work>> works(static_cast<size_t>(pool_->size()));
+        const int64_t n_tasks = int64_t(tasks.size());
+        pool_->parallel_tasks(n_tasks, [&](int64_t k, int thread) {
+            auto& slot = works[size_t(thread)];
+            if (!slot) slot = std::make_unique<Work>(max_q, D, part_floats);
+            Work& wk = *slot;
+            const int64_t ti = n_tasks - 1 - k;
+            const Task& task = tasks[size_t(ti)];
+            chunk(ti, 0, wk.w, wk.total.data());
+            for (int64_t c = 1; c < task.n_chunks; ++c) {
+                chunk(ti, c, wk.w, wk.next.data());
+                merge(wk.total.data(), wk.next.data(), n_queries(task));
             }
+            finish(task, wk.total.data());
         });
         return;
     }

@@ -99,35 +99,44 @@ void CpuBackend::gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weig
             l2_normalize_heads(u.row(i) + key_dim, kn.row(i), Hk, dk, p.eps);
         }
     });
-    // Tasks are (sequence, V head), all sequences in one fork-join. Each token's new state goes
+    // Tasks are (sequence, V head, block of state rows), all sequences in one fork-join: a row
+    // of a head's state ([d_v][d_k]) evolves on its own (its prediction, update and output read
+    // only that row and the token's q, k), so a head splits into row blocks with the same bits,
+    // and a model with few heads still keeps every thread busy. Each token's new state goes
     // straight to its ring slot when it must be kept (the last n_slots tokens), else nowhere (the
     // kernel carries it); slot 0, the state before the batch, is only read (unless the last
     // token's slot wraps onto it).
-    pool_->parallel_for(int64_t(spans.size()) * Hv, [&](int64_t tb, int64_t te, int) {
+    const int64_t heads = int64_t(spans.size()) * Hv;
+    int64_t n_blk = 1;
+    while (heads * n_blk < 2 * int64_t(pool_->size()) && dv / (2 * n_blk) >= 16 && dv % (2 * n_blk) == 0) n_blk *= 2;
+    const int64_t blk_rows = dv / n_blk;
+    pool_->parallel_for(heads * n_blk, [&](int64_t tb, int64_t te, int) {
         std::vector<float> work;  // only for tokens whose state is not kept: never in decoding or verification
         std::vector<GdnToken> toks;
         for (int64_t task = tb; task < te; ++task) {
-            const SeqSpan& s = spans[size_t(task / Hv)];
-            RecurrentRing& ring = *rings[size_t(task / Hv)];
-            const int64_t h = task % Hv;
-            if (s.n_tokens > ring.n_slots) work.resize(head_floats);
+            const int64_t sh = task / n_blk, r0 = (task % n_blk) * blk_rows;
+            const SeqSpan& s = spans[size_t(sh / Hv)];
+            RecurrentRing& ring = *rings[size_t(sh / Hv)];
+            const int64_t h = sh % Hv;
+            if (s.n_tokens > ring.n_slots) work.resize(size_t(blk_rows * dk));
             toks.resize(size_t(s.n_tokens));
             const int64_t j = h % Hk;  // tiled V-head order (arch-qwen35.md §7.6)
+            const size_t rows_off = size_t(h) * head_floats + size_t(r0 * dk);
             for (int64_t i = 0; i < s.n_tokens; ++i) {
                 const int64_t row = s.first + i;
                 GdnToken& g = toks[size_t(i)];
                 g.q = qn.row(row) + j * dk;
                 g.k = kn.row(row) + j * dk;
-                g.v = u.row(row) + 2 * key_dim + h * dv;
+                g.v = u.row(row) + 2 * key_dim + h * dv + r0;
                 g.beta = sigmoid(beta.row(row)[h]);
                 g.decay = std::exp(softplus(alpha.row(row)[h] + dtb[h]) * A[h]);
-                g.out = out.row(row) + h * dv;
+                g.out = out.row(row) + h * dv + r0;
                 g.state = i >= s.n_tokens - ring.n_slots
-                              ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + size_t(h) * head_floats
+                              ? ring.ssm + size_t(slot_of(ring, i + 1)) * slot_floats + rows_off
                               : nullptr;
             }
-            const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + size_t(h) * head_floats;
-            k_->gdn_steps(src, toks.data(), s.n_tokens, q_scale, dk, dv, work.data());
+            const float* src = ring.ssm + size_t(slot_of(ring, 0)) * slot_floats + rows_off;
+            k_->gdn_steps(src, toks.data(), s.n_tokens, q_scale, dk, blk_rows, work.data());
         }
     });
 }

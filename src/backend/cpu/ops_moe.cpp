@@ -19,34 +19,39 @@ struct Route {
     std::vector<float> w;      // [T][K]
 };
 
-void route(Tensor logits, int64_t K, Route& r) {
+// Softmax over the experts, the top K (ties to the lower id) and their weights renormalised; per
+// token, independent of the others (tokens are split over the pool: 512 tokens of 64 experts
+// took ~0.6 ms a layer on one thread).
+void route(ThreadPool& pool, Tensor logits, int64_t K, Route& r) {
     const int64_t T = logits.rows, E = logits.cols;
     r.ids.resize(size_t(T * K));
     r.w.resize(size_t(T * K));
-    std::vector<float> p(static_cast<size_t>(E));
-    std::vector<int32_t> order(static_cast<size_t>(E));
-    for (int64_t t = 0; t < T; ++t) {
-        const float* z = logits.row(t);
-        const float mx = *std::max_element(z, z + E);
-        double sum = 0;
-        for (int64_t e = 0; e < E; ++e) {
-            p[size_t(e)] = std::exp(z[e] - mx);
-            sum += p[size_t(e)];
+    pool.parallel_for(T, [&](int64_t tb, int64_t te, int) {
+        std::vector<float> p(static_cast<size_t>(E));
+        std::vector<int32_t> order(static_cast<size_t>(E));
+        for (int64_t t = tb; t < te; ++t) {
+            const float* z = logits.row(t);
+            const float mx = *std::max_element(z, z + E);
+            double sum = 0;
+            for (int64_t e = 0; e < E; ++e) {
+                p[size_t(e)] = std::exp(z[e] - mx);
+                sum += p[size_t(e)];
+            }
+            const float inv = float(1.0 / sum);
+            for (int64_t e = 0; e < E; ++e) p[size_t(e)] *= inv;
+            std::iota(order.begin(), order.end(), 0);
+            std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
+                return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
+            });
+            float wsum = 0;
+            for (int64_t k = 0; k < K; ++k) wsum += p[size_t(order[size_t(k)])];
+            wsum = std::max(wsum, 6.103515625e-5f);
+            for (int64_t k = 0; k < K; ++k) {
+                r.ids[size_t(t * K + k)] = order[size_t(k)];
+                r.w[size_t(t * K + k)] = p[size_t(order[size_t(k)])] / wsum;
+            }
         }
-        const float inv = float(1.0 / sum);
-        for (int64_t e = 0; e < E; ++e) p[size_t(e)] *= inv;
-        std::iota(order.begin(), order.end(), 0);
-        std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int32_t a, int32_t b) {
-            return p[size_t(a)] > p[size_t(b)] || (p[size_t(a)] == p[size_t(b)] && a < b);
-        });
-        float wsum = 0;
-        for (int64_t k = 0; k < K; ++k) wsum += p[size_t(order[size_t(k)])];
-        wsum = std::max(wsum, 6.103515625e-5f);
-        for (int64_t k = 0; k < K; ++k) {
-            r.ids[size_t(t * K + k)] = order[size_t(k)];
-            r.w[size_t(t * K + k)] = p[size_t(order[size_t(k)])] / wsum;
-        }
-    }
+    });
 }
 
 // Rows per task. With few tokens per expert (decode, verification) the product is bound by memory
@@ -70,7 +75,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     BM_CHECK(router_logits.cols == E && router_logits.rows == T && out.cols == N);
     if (T == 0) return;
     Route r;
-    route(router_logits, K, r);
+    route(*pool_, router_logits, K, r);
 
     // Group the T*K (token, slot) pairs by expert (a counting sort, stable in slot order):
     // grouped row j holds slot order[j]; expert e owns rows [first[e], first[e + 1]).
