@@ -252,7 +252,7 @@ void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
         DType act;
         const uint8_t* qx;
         size_t qrb;
-        int64_t first_task, n_tasks;
+        int64_t first_task, n_tasks, rows;  // rows: a task's rows
     };
     std::vector<Part> parts;
     parts.reserve(ps.size());
@@ -260,13 +260,11 @@ void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
     int64_t n_tasks = 0;
     for (const Product& p : ps) {
         BM_CHECK(x.cols == p.w->n_in() && p.out.cols == p.w->n_out() && p.out.rows == x.rows);
-        Part part{p.w,
-                  p.out,
-                  activation_type(p.w->type),
-                  nullptr,
-                  0,
-                  n_tasks,
-                  (p.w->n_out() + k_rows_per_task - 1) / k_rows_per_task};
+        // the many-token kernel takes several 16-row blocks per call (the activations it loads
+        // for one serve the others from L1)
+        const bool gemm = p.w->backend_data && k_->packed_gemm[int(p.w->type)] && x.rows >= k_packed_gemm_min_tokens;
+        const int64_t rows = gemm ? k_gemm_rows_per_task : k_rows_per_task;
+        Part part{p.w, p.out, activation_type(p.w->type), nullptr, 0, n_tasks, (p.w->n_out() + rows - 1) / rows, rows};
         auto same = std::find_if(parts.begin(), parts.end(), [&](const Part& q) { return q.act == part.act; });
         if (same != parts.end()) {
             part.qx = same->qx;
@@ -285,8 +283,8 @@ void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
             const int64_t lo = std::max(b, part.first_task), hi = std::min(e, part.first_task + part.n_tasks);
             if (lo >= hi) continue;
             const Weight& w = *part.w;
-            const int64_t r0 = (lo - part.first_task) * k_rows_per_task,
-                          r1 = std::min(w.n_out(), (hi - part.first_task) * k_rows_per_task);
+            const int64_t r0 = (lo - part.first_task) * part.rows,
+                          r1 = std::min(w.n_out(), (hi - part.first_task) * part.rows);
             rows_product(w.type, w.backend_data != nullptr, product_bytes(w), w.row_bytes, r0, r1, part.qx, part.qrb,
                          x.rows, w.n_in(), part.out.data + r0, part.out.stride);
         }

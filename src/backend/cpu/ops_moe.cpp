@@ -58,9 +58,11 @@ void route(ThreadPool& pool, Tensor logits, int64_t K, Route& r) {
 // bandwidth: an expert's matrix is split into as few blocks as keep every thread busy (about two
 // tasks each), so each task streams a long run of weights and the hardware prefetcher stays
 // ahead (16-row tasks measured 20% slower decode). With many tokens per expert it is bound by
-// arithmetic and small blocks (~16 KB, hot in L1/L2 while the tokens pass) measured faster.
-int64_t rows_per_task(int64_t rows, size_t row_bytes, int64_t n_slots, int64_t n_active, int n_threads, bool packed) {
-    const size_t task_bytes = n_slots <= 4 * n_active ? size_t(1) << 19 : size_t(1) << 14;
+// arithmetic and small blocks (~16 KB, hot in L1/L2 while the tokens pass) measured faster; the
+// many-token kernel (gemm: AMX) takes 4x that, as its calls work on 64 rows together.
+int64_t rows_per_task(int64_t rows, size_t row_bytes, int64_t n_slots, int64_t n_active, int n_threads, bool packed,
+                      bool gemm) {
+    const size_t task_bytes = n_slots <= 4 * n_active ? size_t(1) << 19 : size_t(1) << (gemm ? 16 : 14);
     const int64_t by_size = int64_t((size_t(rows) * row_bytes + task_bytes - 1) / task_bytes);
     const int64_t by_threads = (2 * int64_t(n_threads) + n_active - 1) / n_active;
     const int64_t blocks = std::clamp<int64_t>(std::max(by_size, by_threads), 1, rows);
@@ -120,7 +122,8 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     const int64_t up_off = m.gate_up ? F : 0;
     const bool pg = wg.backend_data != nullptr, pu = wu->backend_data != nullptr, pd = m.down->backend_data != nullptr;
     const int64_t rows_f =
-        rows_per_task(F, wg.row_bytes + wu->row_bytes, S, int64_t(active.size()), pool_->size(), pg || pu);
+        rows_per_task(F, wg.row_bytes + wu->row_bytes, S, int64_t(active.size()), pool_->size(), pg || pu,
+                      pg && k_->packed_gemm[int(wg.type)] && S >= k_packed_gemm_min_tokens * int64_t(active.size()));
     const int64_t blocks_f = (F + rows_f - 1) / rows_f;
     Tensor g = scratch(S, F), u = scratch(S, F), h = scratch(S, F);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_f, [&](int64_t task, int) {
@@ -143,7 +146,9 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     // Pass 2: y = h W_down, again one task per (expert, block of output rows).
     std::vector<uint8_t> hq;
     const size_t hrb = quantize_rows(m.down->type, h, hq);
-    const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd);
+    const int64_t rows_n = rows_per_task(
+        N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd,
+        pd && k_->packed_gemm[int(m.down->type)] && S >= k_packed_gemm_min_tokens * int64_t(active.size()));
     const int64_t blocks_n = (N + rows_n - 1) / rows_n;
     Tensor y = scratch(S, N);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_n, [&](int64_t task, int) {

@@ -37,6 +37,7 @@ namespace {
 constexpr int k_rows = 16;   // weight rows of a block: two packed groups
 constexpr int k_toks = 16;   // tokens of a tile
 constexpr size_t k_run = 4;  // token tiles that pass a super-block together (their sums stay in L1)
+constexpr int k_blocks = 4;  // 16-row blocks a call works on together
 
 // Tiles: activations 0 and 1 (m tokens x 64 bytes), planes 2 to 4 (16 x 64 bytes), results 5
 // to 7 (m tokens x 16 rows of int32).
@@ -303,33 +304,44 @@ void packed_gemm(const uint8_t* w, size_t group_bytes, int64_t n_groups, const u
                  int64_t n_tok, int64_t n, float* out, int64_t out_stride) {
     using Block = std::conditional_t<Q6, BlockQ6_Kx8, BlockQ4_Kx8>;
     const int64_t nb = n / 256;
-    thread_local Planes p;
+    thread_local Planes planes[k_blocks];
     thread_local TokenTiles tt;
-    thread_local std::vector<float> acc;  // per tile: acc then accm, 16 tokens x 16 rows each
+    thread_local std::vector<float> acc;  // per (block, tile): acc then accm, 16 tokens x 16 rows each
     tt.plan(act, act_stride, n_tok);
     configure(tt.rows);
-    acc.resize(size_t(tt.tiles.size()) * k_toks * 32);
-    for (int64_t g = 0; g < n_groups; g += 2) {
-        const Block* b0 = reinterpret_cast<const Block*>(w + size_t(g) * group_bytes);
-        const Block* b1 = g + 1 < n_groups ? reinterpret_cast<const Block*>(w + size_t(g + 1) * group_bytes) : b0;
-        if constexpr (Q6)
-            prepare_q6_k(b0, b1, nb, p);
-        else
-            prepare_q4_k(b0, b1, nb, p);
-        for (size_t k0 = 0; k0 < tt.tiles.size(); k0 += k_run)
+    const size_t n_tiles = tt.tiles.size(), tile_floats = size_t(k_toks) * 32;
+    acc.resize(size_t(k_blocks) * n_tiles * tile_floats);
+    // up to k_blocks 16-row blocks at a time: a token tile's activations, loaded for the first
+    // block, are in L1 for the others
+    for (int64_t g0 = 0; g0 < n_groups; g0 += 2 * k_blocks) {
+        const int nblk = int(std::min<int64_t>(k_blocks, (n_groups - g0 + 1) / 2));
+        for (int bl = 0; bl < nblk; ++bl) {
+            const int64_t g = g0 + 2 * bl;
+            const Block* b0 = reinterpret_cast<const Block*>(w + size_t(g) * group_bytes);
+            const Block* b1 = g + 1 < n_groups ? reinterpret_cast<const Block*>(w + size_t(g + 1) * group_bytes) : b0;
+            if constexpr (Q6)
+                prepare_q6_k(b0, b1, nb, planes[bl]);
+            else
+                prepare_q4_k(b0, b1, nb, planes[bl]);
+        }
+        for (size_t k0 = 0; k0 < n_tiles; k0 += k_run)
             for (int64_t i = 0; i < nb; ++i)
-                for (size_t k = k0; k < std::min(tt.tiles.size(), k0 + k_run); ++k) {
-                    float* a = &acc[k * k_toks * 32];
-                    superblock<Q6>(p, i, tt.tiles[k].act, act_stride, tt.rows, a, a + k_toks * 16);
+                for (size_t k = k0; k < std::min(n_tiles, k0 + k_run); ++k)
+                    for (int bl = 0; bl < nblk; ++bl) {
+                        float* a = &acc[(size_t(bl) * n_tiles + k) * tile_floats];
+                        superblock<Q6>(planes[bl], i, tt.tiles[k].act, act_stride, tt.rows, a, a + k_toks * 16);
+                    }
+        for (int bl = 0; bl < nblk; ++bl) {
+            const int64_t g = g0 + 2 * bl;
+            const __mmask16 keep = __mmask16(g + 1 < n_groups ? 0xFFFF : 0x00FF);
+            for (size_t k = 0; k < n_tiles; ++k) {
+                const float* a = &acc[(size_t(bl) * n_tiles + k) * tile_floats];
+                for (int t = 0; t < tt.tiles[k].m; ++t) {
+                    const __m512 r =
+                        Q6 ? _mm512_loadu_ps(a + 16 * t)
+                           : _mm512_sub_ps(_mm512_loadu_ps(a + 16 * t), _mm512_loadu_ps(a + (k_toks + t) * 16));
+                    _mm512_mask_storeu_ps(out + (int64_t(k) * k_toks + t) * out_stride + 8 * g, keep, r);
                 }
-        const __mmask16 keep = __mmask16(g + 1 < n_groups ? 0xFFFF : 0x00FF);
-        for (size_t k = 0; k < tt.tiles.size(); ++k) {
-            const float* a = &acc[k * k_toks * 32];
-            for (int t = 0; t < tt.tiles[k].m; ++t) {
-                const __m512 r =
-                    Q6 ? _mm512_loadu_ps(a + 16 * t)
-                       : _mm512_sub_ps(_mm512_loadu_ps(a + 16 * t), _mm512_loadu_ps(a + (k_toks + t) * 16));
-                _mm512_mask_storeu_ps(out + (int64_t(k) * k_toks + t) * out_stride + 8 * g, keep, r);
             }
         }
     }
