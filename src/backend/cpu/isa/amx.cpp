@@ -296,9 +296,10 @@ struct TokenTiles {
     }
 };
 
-// Per block of 16 rows: the planes formed once, then super-block by super-block the token tiles
-// pass in runs of k_run (a super-block's 12 KiB of planes stay in L1 while the tokens go by);
-// each token's float sums still run in super-block order.
+// Per k_blocks blocks of 16 rows: their planes formed once, then super-block by super-block the
+// token tiles pass in runs of k_run, each tile over every block (a super-block's planes, 12 KiB a
+// block, and a tile's activations stay in L1 meanwhile); each token's float sums still run in
+// super-block order.
 template <bool Q6>
 void packed_gemm(const uint8_t* w, size_t group_bytes, int64_t n_groups, const uint8_t* act, size_t act_stride,
                  int64_t n_tok, int64_t n, float* out, int64_t out_stride) {
