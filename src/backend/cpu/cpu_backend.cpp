@@ -262,8 +262,7 @@ void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
         BM_CHECK(x.cols == p.w->n_in() && p.out.cols == p.w->n_out() && p.out.rows == x.rows);
         // the many-token kernel takes several 16-row blocks per call (the activations it loads
         // for one serve the others from L1)
-        const bool gemm = p.w->backend_data && k_->packed_gemm[int(p.w->type)] && x.rows >= k_packed_gemm_min_tokens;
-        const int64_t rows = gemm ? k_gemm_rows_per_task : k_rows_per_task;
+        const int64_t rows = takes_gemm(*p.w, x.rows) ? k_gemm_rows_per_task : k_rows_per_task;
         Part part{p.w, p.out, activation_type(p.w->type), nullptr, 0, n_tasks, (p.w->n_out() + rows - 1) / rows, rows};
         auto same = std::find_if(parts.begin(), parts.end(), [&](const Part& q) { return q.act == part.act; });
         if (same != parts.end()) {
