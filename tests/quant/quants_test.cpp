@@ -442,9 +442,10 @@ TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
     }
 }
 
-// The many-token packed products (AMX where the machine has it): 1..3 packed groups (a lone
-// group at the end of a block) against token counts around the 16-token tile, every token and
-// row bit-identical to the 1-token packed tile (itself matched to float64 above).
+// The many-token packed products (AMX where the machine has it): 1, 3 and 9 packed groups (a lone
+// group at the end of a 16-row block; more blocks than a call takes at once) against token counts
+// around the 16-token tile, every token and row bit-identical to the 1-token packed tile (itself
+// matched to float64 above).
 TEST(Kernels, packed_gemm_matches_packed_tile_bitwise) {
     const uint32_t seed = testing::fresh_seed();
     std::mt19937 rng(seed);
@@ -455,7 +456,7 @@ TEST(Kernels, packed_gemm_matches_packed_tile_bitwise) {
             ran = true;
             for (int64_t n : {256, 768}) {
                 const size_t rb = row_bytes(t, n);
-                const int64_t groups = 3, rows = 8 * groups;
+                const int64_t groups = 9, rows = 8 * groups;
                 std::vector<uint8_t> wq(size_t(rows) * rb), packed(size_t(rows) * rb);
                 for (int64_t r = 0; r < rows; ++r) {
                     auto w = testing::random_floats(rng, size_t(n), -1.0f - 0.1f * float(r), 1.0f + 0.2f * float(r));
@@ -471,7 +472,7 @@ TEST(Kernels, packed_gemm_matches_packed_tile_bitwise) {
                         auto x = testing::random_floats(rng, size_t(n), -3, 3);
                         quantize_row(at, x.data(), xq.data() + size_t(j) * arb, n);
                     }
-                    for (int64_t ng : {int64_t(1), groups}) {
+                    for (int64_t ng : {int64_t(1), int64_t(3), groups}) {
                         const int64_t stride = 8 * ng + 3;
                         std::vector<float> got(size_t(n_tok * stride), -7.0f);
                         k->packed_gemm[int(t)](packed.data(), 8 * rb, ng, xq.data(), arb, n_tok, n, got.data(), stride);

@@ -177,10 +177,9 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
                               int64_t r_end, const uint8_t* qx, size_t qx_row_bytes, int64_t n_tok, int64_t n_in,
                               float* out, int64_t out_stride) const {
     if (packed) {
-        PackedGemmFn gemm = n_tok >= k_packed_gemm_min_tokens ? k_->packed_gemm[int(wt)] : nullptr;
-        if (gemm && r_begin % k_pack_rows == 0 && r_end % k_pack_rows == 0) {
-            gemm(w + size_t(r_begin) * w_row_bytes, size_t(k_pack_rows) * w_row_bytes, (r_end - r_begin) / k_pack_rows,
-                 qx, qx_row_bytes, n_tok, n_in, out, out_stride);
+        if (takes_gemm(wt, packed, n_tok) && r_begin % k_pack_rows == 0 && r_end % k_pack_rows == 0) {
+            k_->packed_gemm[int(wt)](w + size_t(r_begin) * w_row_bytes, size_t(k_pack_rows) * w_row_bytes,
+                                     (r_end - r_begin) / k_pack_rows, qx, qx_row_bytes, n_tok, n_in, out, out_stride);
             return;
         }
         // Whole groups of 8 rows (groups start at multiples of 8 from w); rows outside the range
@@ -262,7 +261,8 @@ void CpuBackend::matmuls(Tensor x, const std::vector<Product>& ps) {
         BM_CHECK(x.cols == p.w->n_in() && p.out.cols == p.w->n_out() && p.out.rows == x.rows);
         // the many-token kernel takes several 16-row blocks per call (the activations it loads
         // for one serve the others from L1)
-        const int64_t rows = takes_gemm(*p.w, x.rows) ? k_gemm_rows_per_task : k_rows_per_task;
+        const int64_t rows =
+            takes_gemm(p.w->type, p.w->backend_data != nullptr, x.rows) ? k_gemm_rows_per_task : k_rows_per_task;
         Part part{p.w, p.out, activation_type(p.w->type), nullptr, 0, n_tasks, (p.w->n_out() + rows - 1) / rows, rows};
         auto same = std::find_if(parts.begin(), parts.end(), [&](const Part& q) { return q.act == part.act; });
         if (same != parts.end()) {

@@ -81,10 +81,10 @@ class CpuBackend : public Backend {
     static constexpr int64_t k_packed_gemm_min_tokens = 16;
     // Weight rows per parallel task for products that take the many-token kernel.
     static constexpr int64_t k_gemm_rows_per_task = 64;
-    // Whether products of w with n_tok tokens take the many-token kernel (packed rows, a table
-    // entry for the type, enough tokens).
-    bool takes_gemm(const Weight& w, int64_t n_tok) const {
-        return w.backend_data && k_->packed_gemm[int(w.type)] && n_tok >= k_packed_gemm_min_tokens;
+    // Whether products of type t with n_tok tokens take the many-token kernel (packed rows, a
+    // table entry for the type, enough tokens).
+    bool takes_gemm(DType t, bool packed, int64_t n_tok) const {
+        return packed && k_->packed_gemm[int(t)] && n_tok >= k_packed_gemm_min_tokens;
     }
     // From this many tokens on, a weight row is decoded once into a buffer (gemm_row).
     static constexpr int64_t k_gemm_min_tokens = 8;

@@ -14,7 +14,6 @@
 #include <xmmintrin.h>
 
 #include <algorithm>
-
 #include <cmath>
 #include <cstring>
 #include <memory>

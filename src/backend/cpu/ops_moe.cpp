@@ -123,7 +123,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     const bool pg = wg.backend_data != nullptr, pu = wu->backend_data != nullptr, pd = m.down->backend_data != nullptr;
     const int64_t per_expert = S / int64_t(active.size());  // tokens an active expert has, on average
     const int64_t rows_f = rows_per_task(F, wg.row_bytes + wu->row_bytes, S, int64_t(active.size()), pool_->size(),
-                                         pg || pu, takes_gemm(wg, per_expert));
+                                         pg || pu, takes_gemm(wg.type, pg, per_expert));
     const int64_t blocks_f = (F + rows_f - 1) / rows_f;
     Tensor g = scratch(S, F), u = scratch(S, F), h = scratch(S, F);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_f, [&](int64_t task, int) {
@@ -147,7 +147,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     std::vector<uint8_t> hq;
     const size_t hrb = quantize_rows(m.down->type, h, hq);
     const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd,
-                                         takes_gemm(*m.down, per_expert));
+                                         takes_gemm(m.down->type, pd, per_expert));
     const int64_t blocks_n = (N + rows_n - 1) / rows_n;
     Tensor y = scratch(S, N);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_n, [&](int64_t task, int) {

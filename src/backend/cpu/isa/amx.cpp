@@ -11,8 +11,8 @@
 // A super-block is then 3 planes x 4 K = 64 products, combined by shifts: the integers S and M
 // of the packed tile kernels, exactly, and then their float operations per (row, token) in their
 // order, so a token's result is bit-identical to the 1-token product (the batch invariance the
-// engine rests on). The planes are formed per product call from the packed rows (a 16-row block
-// at a time, 12 KiB a super-block, reused by every token tile).
+// engine rests on). The planes are formed per product call from the packed rows (12 KiB a
+// super-block for a block of 16 rows, up to 4 blocks at a time, reused by every token tile).
 //
 // Chosen only when the CPU has AMX-INT8 and the OS grants the tile state (isa/generic.cpp asks
 // before any function here runs).
@@ -243,6 +243,7 @@ inline void superblock(const Planes& p, int64_t i, const uint8_t* act, size_t ac
     _tile_stored(6, cbuf[1], 64);
     _tile_stored(7, cbuf[2], 64);
     const __m512 d = _mm512_loadu_ps(&p.d[size_t(i) * 16]);
+    const __m512 dmin = Q6 ? _mm512_setzero_ps() : _mm512_loadu_ps(&p.dmin[size_t(i) * 16]);  // (Q6_K has none)
     const bool first = i == 0;
     const auto sum = [first](const float* x) { return first ? _mm512_setzero_ps() : _mm512_loadu_ps(x); };
     for (int t = 0; t < m; ++t) {
@@ -256,7 +257,6 @@ inline void superblock(const Planes& p, int64_t i, const uint8_t* act, size_t ac
             _mm512_storeu_ps(acc + 16 * t,
                              _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_mul_ps(d, ydv), sum(acc + 16 * t)));
         } else {
-            const __m512 dmin = _mm512_loadu_ps(&p.dmin[size_t(i) * 16]);
             const __m512i S = _mm512_add_epi32(p0, _mm512_slli_epi32(p1, 4));
             _mm512_storeu_ps(acc + 16 * t,
                              _mm512_fmadd_ps(_mm512_cvtepi32_ps(S), _mm512_mul_ps(d, ydv), sum(acc + 16 * t)));
