@@ -587,6 +587,31 @@ TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
     }
 }
 
+// A token's routed experts do not depend on the batch: decode and verification sizes (where a
+// GPU runs one kernel per slot's rows) give the bits of a prefill batch (experts grouped), with
+// K-quant stacks and a top-k that does and does not divide a warp's 32 lanes.
+TEST_P(Conformance, moe_is_batch_invariant) {
+    const int64_t N = 512, F = 256, E = 16, T_all = 24;
+    for (int64_t K : {3, 8}) {
+        auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E),
+             down = weight(DType::Q6_K, F, N, E);
+        const MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
+        const auto x = randoms(rng_, T_all * N), logits = randoms(rng_, T_all * E, -3, 3);
+        DevTensor dx(*be_, T_all, N, x), dl(*be_, T_all, E, logits), all(*be_, T_all, N);
+        be_->moe(dx.t(), dl.t(), m, all.t());
+        be_->reset_scratch();
+        const std::vector<float> want = all.get();
+        for (int64_t T : {1, 2, 5, 8, 9}) {
+            DevTensor part(*be_, T, N);
+            be_->moe(dx.t().rows_view(0, T), dl.t().rows_view(0, T), m, part.t());
+            be_->reset_scratch();
+            const std::vector<float> got = part.get();
+            ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << "K=" << K << ": " << T << " tokens differ from the same tokens among " << T_all;
+        }
+    }
+}
+
 // A recurrent ring of n_slots snapshots in backend memory, slot `head` holding `state`.
 struct RingCase {
     std::unique_ptr<DevBuffer> conv, ssm;
