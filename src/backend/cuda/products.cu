@@ -170,11 +170,14 @@ __global__ void k_quantize_act(QuantizeArgs a) {
 // Rows of activations quantized by the whole block into `dst` (shared memory); the caller waits
 // for them at a barrier.
 __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64_t rows, int64_t n, uint8_t* dst,
-                                       int64_t drb) {
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+                                       int64_t drb, int first_warp = 0) {
+    const int warp = threadIdx.x / 32 - first_warp, lane = threadIdx.x % 32, nw = blockDim.x / 32 - first_warp;
+    if (warp < 0) return;
     const int64_t nb = act_blocks(at, n);
-    for (int64_t t = 0; t < rows; ++t)
-        for (int64_t blk = warp; blk < nb; blk += nw) quantize_block(at, x + t * xs, n, blk, lane, dst + t * drb);
+    // (row, block) pairs over the warps: a row of a few blocks (an expert's 512-value hidden row:
+    // 2 Q8_K blocks) keeps every warp busy instead of two, row after row.
+    for (int64_t i = warp; i < rows * nb; i += nw)
+        quantize_block(at, x + (i / nb) * xs, n, i % nb, lane, dst + (i / nb) * drb);
 }
 
 // ---- 32-value units of quantized rows
@@ -896,12 +899,14 @@ __global__ void __launch_bounds__(256) k_moe_gate_up(MoeGateUpArgs a) {
         ag = a.ag + t * a.agb;
         au = a.au + t * a.aub;
     } else {
+        // warp 0 routes (below) while the others quantize
+        const int qw = a.route_here ? 1 : 0;
         uint8_t* q = sm + 16;
-        quantize_rows_in_block(ag_t, a.x + t * a.xs, 0, 1, a.N, q, 0);
+        quantize_rows_in_block(ag_t, a.x + t * a.xs, 0, 1, a.N, q, 0, qw);
         ag = au = q;
         if (au_t != ag_t) {
             uint8_t* q2 = q + act_row_bytes(ag_t, a.N);
-            quantize_rows_in_block(au_t, a.x + t * a.xs, 0, 1, a.N, q2, 0);
+            quantize_rows_in_block(au_t, a.x + t * a.xs, 0, 1, a.N, q2, 0, qw);
             au = q2;
         }
     }
