@@ -79,7 +79,7 @@ void pack_q6_k(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ6_Kx8* ds
             }
             // sub-block j = values 128 n + 32 qq + l0 .. + 15 (values_q6_k's quarters): low bits
             // from ql[64 n + 32 (qq & 1) + l0 + i] (high nibble for qq >= 2), top bits at 2 qq of
-            // qh[32 n + l0 + i]
+            // qh[32 n + l0 + i], stored at q6_top_bits_at(m) of their byte
             for (int j = 0; j < 16; ++j) {
                 const int n = j / 8, qq = (j % 8) / 2, l0 = 16 * (j % 2);
                 const uint8_t* L = b.ql + 64 * n + 32 * (qq & 1) + l0;
@@ -88,7 +88,7 @@ void pack_q6_k(const uint8_t* src, size_t row_bytes, int64_t nb, BlockQ6_Kx8* ds
                 st4(&s.ql[0][4 * r], nibble_chunk(L, qq >= 2 ? 4 : 0));
                 st4(&s.ql[1][4 * r], nibble_chunk(L + 8, qq >= 2 ? 4 : 0));
                 uint32_t h = 0;
-                for (int m = 0; m < 4; ++m) h |= ((ld4(H + 4 * m) >> (2 * qq)) & k_lo2) << (2 * m);
+                for (int m = 0; m < 4; ++m) h |= ((ld4(H + 4 * m) >> (2 * qq)) & k_lo2) << q6_top_bits_at(m);
                 st4(&s.qh[4 * r], h);
             }
         }
@@ -153,7 +153,7 @@ void unpack_row(DType t, const uint8_t* group, int64_t n_in, int r, uint8_t* dst
                 for (int b4 = 0; b4 < 4; ++b4)
                     for (int m = 0; m < 4; ++m)
                         v[16 * j + 4 * m + b4] =
-                            uint8_t(v[16 * j + 4 * m + b4] | (((s.qh[4 * r + b4] >> (2 * m)) & 3) << 4));
+                            uint8_t(v[16 * j + 4 * m + b4] | (((s.qh[4 * r + b4] >> q6_top_bits_at(m)) & 3) << 4));
             }
             set_values_q6_k(b, v);
         }

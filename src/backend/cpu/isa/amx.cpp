@@ -159,7 +159,7 @@ inline __m512i both_halves(__m512i x) {
 
 void prepare_q6_k(const BlockQ6_Kx8* g0, const BlockQ6_Kx8* g1, int64_t nb, Planes& p) {
     p.size(nb);
-    const __m512i m4 = _mm512_set1_epi8(0x0F), m3 = _mm512_set1_epi8(0x03), v32 = _mm512_set1_epi8(32);
+    const __m512i m4 = _mm512_set1_epi8(0x0F), m30 = _mm512_set1_epi8(0x30), v32 = _mm512_set1_epi8(32);
     for (int64_t i = 0; i < nb; ++i) {
         const BlockQ6_Kx8 &b0 = g0[i], &b1 = g1[i];
         uint8_t* dst = p.b + size_t(i) * Planes::k_sb_bytes;
@@ -181,13 +181,12 @@ void prepare_q6_k(const BlockQ6_Kx8* g0, const BlockQ6_Kx8* g1, int64_t nb, Plan
                 const __m512i H = join(b0.sub[j].qh, b1.sub[j].qh);
                 // values 16j + 4k .. + 3 of every row (packed_q6_k's w[k]), q - 32 as signed bytes
                 const __m512i w[4] = {
-                    _mm512_or_si512(_mm512_and_si512(A, m4), _mm512_slli_epi16(_mm512_and_si512(H, m3), 4)),
+                    _mm512_or_si512(_mm512_and_si512(A, m4), _mm512_and_si512(H, m30)),
                     _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(A, 4), m4),
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 2), m3), 4)),
-                    _mm512_or_si512(_mm512_and_si512(B, m4),
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 4), m3), 4)),
+                                    _mm512_and_si512(_mm512_srli_epi16(H, 2), m30)),
+                    _mm512_or_si512(_mm512_and_si512(B, m4), _mm512_and_si512(_mm512_slli_epi16(H, 4), m30)),
                     _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi16(B, 4), m4),
-                                    _mm512_slli_epi16(_mm512_and_si512(_mm512_srli_epi16(H, 6), m3), 4))};
+                                    _mm512_and_si512(_mm512_slli_epi16(H, 2), m30))};
                 for (int k = 0; k < 4; ++k) {
                     const __m512i qs = _mm512_sub_epi8(w[k], v32);
                     const __m512i even = _mm512_srai_epi16(_mm512_slli_epi16(qs, 8), 8), odd = _mm512_srai_epi16(qs, 8);
