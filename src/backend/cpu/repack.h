@@ -26,15 +26,15 @@ struct BlockQ4_Kx8 {
     // value 8c + b in its low nibble and value 8c + 4 + b in its high nibble
     uint8_t qs[32][32];
 };
-// Q6_K, 8 rows, one super-block. Values are unsigned 6-bit (the -32 offset is applied per scale).
-// The bytes of each 16-value sub-block follow each other, so a product reads one forward stream
-// (three interleaved streams, low bits / high bits / scales, measured 2x slower from memory).
 // Where the top 2 bits of a Q6_K value 16j + 4m + b sit in its packed qh byte: 4, 6, 0, 2 for m =
 // 0..3, so a kernel places them at bits 4-5 (above the low nibble) with one shift or none
 // (packed_q6_k's unpacking: 13 vector operations per 16 values and 8 rows instead of 21).
 constexpr int q6_top_bits_at(int m) {
     return (2 * m + 4) & 7;
 }
+// Q6_K, 8 rows, one super-block. Values are unsigned 6-bit (the -32 offset is applied per scale).
+// The bytes of each 16-value sub-block follow each other, so a product reads one forward stream
+// (three interleaved streams, low bits / high bits / scales, measured 2x slower from memory).
 struct BlockQ6_Kx8 {
     uint16_t d[8];
     int8_t scales[8][8][2];  // scales[p][r] = row r's scales 2p and 2p + 1 (16 values each)
