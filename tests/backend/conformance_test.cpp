@@ -397,14 +397,16 @@ struct KvCase {
     KvBlock block() const { return KvBlock{k->get(), v->get(), type_k, type_v, capacity}; }
 };
 
-// Short and long caches, f32 and f16, GQA groups of 1, 2, 3 and 6 heads, head sizes that are
-// and are not multiples of 16; the new rows are stored in the cache too.
+// Short and long caches, f32 and f16, GQA groups of 1, 2, 3, 6 and 8 heads, head sizes that are
+// and are not multiples of 16 up to 256, more queries of a KV head than one block holds; the new
+// rows are stored in the cache too.
 TEST_P(Conformance, attention_matches_float64) {
     struct Shape {
         int64_t H, Hkv, D, depth, T;
     };
     for (const Shape sh : {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2},
-                           Shape{4, 4, 16, 530, 41}, Shape{2, 1, 8, 0, 9}}) {
+                           Shape{4, 4, 16, 530, 41}, Shape{2, 1, 8, 0, 9}, Shape{16, 2, 64, 100, 20},
+                           Shape{8, 1, 256, 70, 17}}) {
         for (DType ct : {DType::F32, DType::F16}) {
             KvCase c(*be_, rng_, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
             KvBlock b = c.block();

@@ -75,6 +75,9 @@ class CudaBackend final : public Backend {
         mma_ = prop.major >= 8;  // the int8 tensor-core products need sm_80 or newer
         const char* m = std::getenv("BIGMOE_CUDA_MMA");
         if (m && std::strcmp(m, "0") == 0) mma_ = false;
+        att_mma_ = prop.major >= 8;  // f16 tensor-core attention (BIGMOE_CUDA_ATT_MMA=0: float products)
+        const char* am = std::getenv("BIGMOE_CUDA_ATT_MMA");
+        if (am && std::strcmp(am, "0") == 0) att_mma_ = false;
         const char* g = std::getenv("BIGMOE_CUDA_GRAPHS");
         graphs_ = !(g && std::strcmp(g, "0") == 0);
         const char* f = std::getenv("BIGMOE_CUDA_FUSE");
@@ -396,8 +399,11 @@ class CudaBackend final : public Backend {
         // count covers the longest block, so a growing context keeps the same step graph.
         const int64_t tile_queries = att_tile_rows_ * (p.n_head / p.n_head_kv);
         const int64_t passes = (tile_queries + k_att_queries - 1) / k_att_queries;
-        size_t smem = 0;
-        for (auto [tk, tv] : kv_types_.at(size_t(il))) smem = std::max(smem, attention_smem(p.head_dim, tk, tv));
+        size_t smem = 0, smem_mma = 0;
+        for (auto [tk, tv] : kv_types_.at(size_t(il))) {
+            size_t& to = att_uses_mma(att_mma_, tk, tv, p.head_dim) ? smem_mma : smem;
+            to = std::max(to, attention_smem(p.head_dim, tk, tv, att_mma_));
+        }
         const ScratchMark mark = scratch_mark();
         float* part = nullptr;
         int64_t max_chunks = 0, splits = 1;
@@ -431,8 +437,11 @@ class CudaBackend final : public Backend {
                               dev<AttTile>(off_att_tiles_),
                               n_att_tiles_,
                               passes,
+                              tile_queries <= 8 ? passes : (tile_queries + 63) / 64,
                               int64_t(smem),
-                              std::min(k_att_queries, tile_queries)});
+                              int64_t(smem_mma),
+                              std::min(k_att_queries, tile_queries),
+                              att_mma_ ? 1 : 0});
         scratch_rewind(mark);
     }
 
@@ -796,7 +805,7 @@ class CudaBackend final : public Backend {
     int64_t n_spans_ = 0, n_rows_ = 0, ids_cap_ = 0;
     // step recordings by shape
     // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
-    bool graphs_ = true, mma_ = false, fuse_ = true;
+    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true;
     Mode mode_ = Mode::eager;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;

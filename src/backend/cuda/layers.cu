@@ -430,22 +430,30 @@ __device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t of
 }
 
 // One arithmetic for every batch: a query's keys are cut at fixed positions into chunks of
-// k_att_chunk keys, a chunk into tiles of 64. Per tile: each key's score (a dot product over d in
-// order, times the scale), the tile's maximum, and an online-softmax update of the chunk's
-// (maximum, mass, weighted values): the weights summed by a butterfly over the tile's keys, the
-// values added in key order. The chunks are merged in order (att_merge). Keys past a query's
-// position weigh exactly zero and keys past the block's last query are never read, so a query's
-// bits do not depend on the rows beside it, nor on whether its chunks ran in one block or many.
+// k_att_chunk keys, a chunk into tiles of 64. Per tile: each key's score (a dot product over d,
+// times the scale), the tile's maximum, and an online-softmax update of the chunk's (maximum,
+// mass, weighted values): the weights summed by a butterfly over the tile's keys, the values
+// added in key order. The chunks are merged in order (att_merge). Keys past a query's position
+// weigh exactly zero and keys past the block's last query are never read, so a query's bits do
+// not depend on the rows beside it, nor on whether its chunks ran in one block or many.
 //
 // A block holds 32 queries: (row, query head) pairs of up to k_att_rows rows of one span and one
 // KV head, in passes of 32 when the group is larger. The cache's bytes of the next tile are
-// copied into shared memory (cp.async) while the current one is computed; each tile of K, then
-// of V, is dequantized there once into floats and read by all 32 queries. Scores: a thread per
-// (key, 8 queries), four d at a time; values: a warp per 4 queries, a lane per 4 (or 8) d.
+// copied into shared memory (cp.async) while the current one is computed. Two forms of the
+// products, chosen by the span's cache types alone (so a query takes the same one in any batch):
+// - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
+//   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
+//   the weights go in as two f16 parts (w = hi + lo), so the values' products keep float
+//   precision.
+// - any other types: each tile of K, then of V, is dequantized into floats once and read by all
+//   32 queries; scores a thread per (key, 8 queries), four d at a time; values a warp per 4
+//   queries, a lane per 4 (or 8) d.
 constexpr int k_att_q = int(k_att_queries);
 constexpr int k_att_kt = 64;  // keys per tile
 constexpr int k_att_threads = 256;
-constexpr int k_att_sp = 36;  // the scores' row stride in shared memory (padded against bank conflicts)
+constexpr int k_att_sp = 36;   // the scores' row stride in shared memory (padded against bank conflicts)
+constexpr int k_attm_q = 64;   // queries of a tensor-core block (but decode's: k_att_q)
+constexpr int k_attm_sp = 68;  // its scores' row stride
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -463,27 +471,34 @@ __device__ __forceinline__ float warp_sum_rn(float v) {
 constexpr int k_att_v4 = int(k_att_max_d / 128);
 
 // total += next, in an order fixed by the chunk sequence alone (no fused multiply-adds, so the
-// attention kernel and the merge kernel give the same bits).
-__device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
-    if (nl == 0.0f) return;  // the chunk held none of the query's keys
+// attention kernel and the merge kernel give the same bits): the new maximum and mass, and how
+// each value of the total is formed from its own and the chunk's.
+struct AttMergeStep {
+    int mode;  // 0: keep the total, 1: take the chunk's, 2: t * fa + n * fb
+    float fa, fb;
+};
+__device__ __forceinline__ AttMergeStep att_merge_scalars(float& tm, float& tl, float nm, float nl) {
+    if (nl == 0.0f) return {0, 0, 0};  // the chunk held none of the query's keys
     if (tl == 0.0f) {
         tm = nm;
         tl = nl;
-#pragma unroll
-        for (int e = 0; e < k_att_v4; ++e) ta[e] = na[e];
-        return;
+        return {1, 0, 0};
     }
     const float mx = fmaxf(tm, nm);
     const float fa = expf(__fsub_rn(tm, mx)), fb = expf(__fsub_rn(nm, mx));
     tm = mx;
     tl = __fadd_rn(__fmul_rn(tl, fa), __fmul_rn(nl, fb));
+    return {2, fa, fb};
+}
+__device__ __forceinline__ float att_merge_value(const AttMergeStep& s, float t, float n) {
+    return s.mode == 0 ? t : s.mode == 1 ? n : __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+}
+__device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
+    const AttMergeStep s = att_merge_scalars(tm, tl, nm, nl);
 #pragma unroll
-    for (int e = 0; e < k_att_v4; ++e) {
-        ta[e].x = __fadd_rn(__fmul_rn(ta[e].x, fa), __fmul_rn(na[e].x, fb));
-        ta[e].y = __fadd_rn(__fmul_rn(ta[e].y, fa), __fmul_rn(na[e].y, fb));
-        ta[e].z = __fadd_rn(__fmul_rn(ta[e].z, fa), __fmul_rn(na[e].z, fb));
-        ta[e].w = __fadd_rn(__fmul_rn(ta[e].w, fa), __fmul_rn(na[e].w, fb));
-    }
+    for (int e = 0; e < k_att_v4; ++e)
+        ta[e] = make_float4(att_merge_value(s, ta[e].x, na[e].x), att_merge_value(s, ta[e].y, na[e].y),
+                            att_merge_value(s, ta[e].z, na[e].z), att_merge_value(s, ta[e].w, na[e].w));
 }
 
 __device__ __forceinline__ float4 f4_scale(float4 v, float s) {
@@ -497,6 +512,370 @@ __host__ __device__ inline int64_t att_stage_stride(int t, int64_t D) {
     return t == 0 ? 0 : (kv_row_bytes(t, D) + 15) / 16 * 16 + 16;
 }
 
+// What both forms of an attention block share: its queries, its KV head's cache, and the order
+// of its tiles.
+struct AttBlock {
+    AttTile tile;
+    KvDev b;
+    int64_t D, g, group, nq, q0, last, n_chunks, c_first, c_step;
+    int64_t rk, rv, hk, hv, stk, stv;  // cache row and head bytes, staged row strides
+    const uint8_t *kmem, *vmem;        // the head's K and V bytes in the cache's first row
+
+    __device__ int64_t slot_row(int64_t j) const { return tile.row0 + (q0 + j) / group; }
+    __device__ int64_t slot_head(int64_t j) const { return g * group + (q0 + j) % group; }
+    __device__ int64_t first_tile() const { return c_first < n_chunks ? c_first * k_att_chunk : -1; }
+    // The block's tiles in order: its chunks (every c_step-th in split mode), each cut at 64 keys;
+    // -1 past the last.
+    __device__ int64_t next_tile(int64_t k0) const {
+        const int64_t c = k0 / k_att_chunk, n = k0 + k_att_kt;
+        if (n <= last && n < (c + 1) * k_att_chunk) return n;
+        const int64_t nc = c + c_step;
+        return nc < n_chunks ? nc * k_att_chunk : -1;
+    }
+    // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end); with
+    // zero_tail the staged rows past the last key are zeros (the tensor cores read whole steps of
+    // 16 keys).
+    __device__ void stage(uint8_t* raw, const uint8_t* mem, int64_t rb, int64_t hb, int64_t st, int64_t k0,
+                          bool zero_tail) const {
+        if (st > 0 && k0 >= 0) {
+            const int64_t n16 = st / 16, n_keys = min(int64_t(k_att_kt), last + 1 - k0);
+            for (int64_t i = threadIdx.x; i < n_keys * n16; i += blockDim.x) {
+                const int64_t r = i / n16, c16 = i % n16;
+                const uint8_t* src = mem + (k0 + r) * rb;
+                const uint8_t* base =
+                    reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
+                if (16 * c16 < (src - base) + hb) __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
+            }
+            if (zero_tail)
+                for (int64_t i = threadIdx.x; i < (k_att_kt - n_keys) * n16; i += blockDim.x)
+                    *reinterpret_cast<uint4*>(raw + n_keys * st + 16 * i) = make_uint4(0, 0, 0, 0);
+        }
+        __pipeline_commit();
+    }
+};
+
+// The softmax weights of a tile: the scores in sp ([key][query]) become weights, each query's
+// running maximum m and mass l move on, and scorr gets its values' rescale. A warp per QPW
+// queries, a lane per 2 keys; SP: sp's row stride.
+template <int QPW, int SP>
+__device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, int lane, float (&m)[QPW],
+                                            float (&l)[QPW]) {
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        const float s0 = sp[lane * SP + q], s1 = sp[(lane + 32) * SP + q];
+        const float mx = warp_max(fmaxf(s0, s1));
+        float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
+        if (mx != -INFINITY) {  // the same for the whole warp
+            const float nm = fmaxf(m[u], mx);
+            corr = expf(__fsub_rn(m[u], nm));
+            p0 = expf(__fsub_rn(s0, nm));
+            p1 = expf(__fsub_rn(s1, nm));
+            l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
+            m[u] = nm;
+        }
+        sp[lane * SP + q] = p0;
+        sp[(lane + 32) * SP + q] = p1;
+        if (lane == 0) scorr[q] = corr;
+    }
+}
+
+// ---- the tensor-core form
+
+// Four 8 x 8 tiles of 16-bit values, lane l giving the address of row l % 8 of tile l / 8; lane
+// 4 r + c gets values 2 c and 2 c + 1 of row r of each (TRANS: of column r).
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = r[2] = r[3] = 0;  // not reached: the host takes the tensor-core form on sm_80 and newer only
+    (void)p;
+#endif
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = 0;
+    (void)p;
+#endif
+}
+// c += a b for a 16 x 16 f16 tile a (rows g, g + 8 and columns 2 (lane % 4) .. + 1, + 8 .. + 9
+// in a[0..3]) and a 16 x 8 tile b (column g, rows 2 (lane % 4) .. + 1 in b0, + 8 .. + 9 in b1);
+// c[0], c[1]: row g, columns 2 (lane % 4) and + 1; c[2], c[3]: row g + 8.
+__device__ __forceinline__ void mma_f16_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)c, (void)a, (void)b0, (void)b1;
+#endif
+}
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+// Two weights as the high and low f16 parts of a pair (x = hi + lo up to the low part's rounding).
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 hf = __half22float2(h);
+    hi = half2_bits(h);
+    lo = half2_bits(__floats2half2_rn(__fsub_rn(x0, hf.x), __fsub_rn(x1, hf.y)));
+}
+
+// The block's 64 queries (QB = 4, 16 warps; 64 share each staged tile, where 32 left the cache's
+// traffic the bound at depth) or up to 8 (QB = 1, decode) in blocks of 16 rows. Scores: warp w
+// takes query block w / 4 and key blocks 2 (w % 4), + 1 (QB = 1: key block w). Values: the same
+// query block and d in pairs of 8-column blocks, pairs w % 4, + 4, ... (QB = 1: w, w + 8).
+template <int QB, int QPW>
+__device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
+    static_assert(QB == 1 || QB == 4);
+    constexpr int NT = QB == 4 ? 512 : 256, BQ = QB == 4 ? k_attm_q : k_att_q, SP = k_attm_sp;
+    constexpr int NP = QB == 4 ? 4 : 2;   // pairs of 8 d a warp holds (D <= 256)
+    constexpr int KBW = QB == 4 ? 2 : 1;  // key blocks of 8 a warp scores
+    const int64_t D = k.D;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int qs = int(D) + 8;  // halves a staged query takes (rows 16 bytes apart modulo 128: no bank conflicts)
+    uint8_t* rawk = smem;
+    uint8_t* rawv = rawk + k_att_kt * k.stk;
+    __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
+    float* sp = reinterpret_cast<float*>(sqh + BQ * qs);
+    float* scorr = sp + k_att_kt * SP;
+    int* spos = reinterpret_cast<int*>(scorr + BQ);
+    float* sml = reinterpret_cast<float*>(spos + BQ);  // [BQ][2]: each query's chunk maximum and mass
+    const float scale = float(a.scale);
+    for (int64_t i = tid; i < BQ * D; i += NT) {
+        const int64_t j = i / D, d = i % D;
+        sqh[j * qs + d] = __float2half_rn(k.q0 + j < k.nq ? a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d] : 0.0f);
+    }
+    if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
+    __syncthreads();
+
+    const int qb = QB == 4 ? warp >> 2 : 0;
+    const int kb = QB == 4 ? (warp & 3) * 2 : warp;
+    const int pw = QB == 4 ? warp & 3 : warp, pstep = QB == 4 ? 4 : 8, npairs = int(D / 16);
+    const int r0 = qb * 16 + g, r1 = r0 + 8;  // this thread's rows of values
+    const bool w_any = spos[warp * QPW] >= 0;
+    float m[QPW], l[QPW];
+    float o[NP][2][4], ta[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[i][h][e] = ta[i][h][e] = 0.0f;
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        m[u] = -INFINITY;
+        l[u] = 0.0f;
+    }
+
+    int64_t k0 = k.first_tile();
+    k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k0, true);
+    k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k0, true);
+    while (k0 >= 0) {
+        const int64_t k1 = k.next_tile(k0), c = k0 / k_att_chunk;
+        const bool chunk_end = k1 < 0 || k1 / k_att_chunk != c;
+        const int n_k = int(min(int64_t(k_att_kt), k.last + 1 - k0));
+        __pipeline_wait_prior(1);  // this tile's K
+        __syncthreads();
+        {
+            float sc[KBW][4];
+#pragma unroll
+            for (int j = 0; j < KBW; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
+            const __half* qa = sqh + (qb * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
+            const uint8_t* ka = rawk + ((kb + (lane >> 4)) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+            for (int64_t ds = 0; ds < D / 16; ++ds) {
+                uint32_t af[4];
+                ldsm_x4<false>(af, qa + 16 * ds);
+                if constexpr (KBW == 2) {
+                    uint32_t bf[4];
+                    ldsm_x4<false>(bf, ka + 32 * ds);
+                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
+                    mma_f16_16x8x16(sc[1], af, bf[2], bf[3]);
+                } else {
+                    uint32_t bf[2];
+                    ldsm_x2(bf, ka + 32 * ds);
+                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < KBW; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = (kb + j) * 8 + 2 * tq + (e & 1), q = e < 2 ? r0 : r1;
+                    const int pos = spos[q];
+                    // a block's unused query rows weigh zero, so their values stay finite
+                    sp[key * SP + q] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[j][e], scale) : -INFINITY;
+                }
+        }
+        __syncthreads();  // scores written, K read
+        k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k1, true);
+        if (w_any) {
+            att_weights<QPW, SP>(sp, scorr, warp, lane, m, l);
+            if (chunk_end && lane == 0)
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) {
+                    sml[2 * (warp * QPW + u)] = m[u];
+                    sml[2 * (warp * QPW + u) + 1] = l[u];
+                }
+        }
+        __pipeline_wait_prior(1);  // this tile's V
+        __syncthreads();           // weights written, V landed
+        {
+            const float cr0 = scorr[r0], cr1 = scorr[r1];
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = __fmul_rn(o[i][h][e], e < 2 ? cr0 : cr1);
+            for (int ks = 0; ks < (n_k + 15) / 16; ++ks) {
+                const float* p = sp + (16 * ks + 2 * tq) * SP;
+                uint32_t hi[4], lo[4];
+                split_pair(p[r0], p[SP + r0], hi[0], lo[0]);
+                split_pair(p[r1], p[SP + r1], hi[1], lo[1]);
+                split_pair(p[8 * SP + r0], p[9 * SP + r0], hi[2], lo[2]);
+                split_pair(p[8 * SP + r1], p[9 * SP + r1], hi[3], lo[3]);
+                const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
+#pragma unroll
+                for (int i = 0; i < NP; ++i) {
+                    const int pr = pw + pstep * i;
+                    if (pr >= npairs) break;
+                    uint32_t bf[4];
+                    ldsm_x4<true>(bf, va + 32 * pr);
+                    mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
+                    mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
+                    mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
+                    mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                }
+            }
+        }
+        __syncthreads();  // V and the weights read
+        k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k1, true);
+        if (chunk_end) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int q = rr == 0 ? r0 : r1;
+                if (k.q0 + q >= k.nq) continue;
+                const float nm = sml[2 * q], nl = sml[2 * q + 1];
+                if (a.part) {  // this chunk's partial, for k_attention_merge
+                    float* out = a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
+                    if (pw == 0 && tq == 0) {
+                        out[0] = nm;
+                        out[1] = nl;
+                    }
+#pragma unroll
+                    for (int i = 0; i < NP; ++i) {
+                        const int pr = pw + pstep * i;
+                        if (pr >= npairs) break;
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+                            *reinterpret_cast<float2*>(out + 4 + 16 * pr + 8 * h + 2 * tq) =
+                                make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
+                    }
+                } else {
+                    const AttMergeStep s = att_merge_scalars(tm[rr], tl[rr], nm, nl);
+#pragma unroll
+                    for (int i = 0; i < NP; ++i)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e)
+                                ta[i][h][2 * rr + e] = att_merge_value(s, ta[i][h][2 * rr + e], o[i][h][2 * rr + e]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = 0.0f;
+#pragma unroll
+            for (int u = 0; u < QPW; ++u) {
+                m[u] = -INFINITY;
+                l[u] = 0.0f;
+            }
+        }
+        k0 = k1;
+    }
+    __pipeline_wait_prior(0);
+    if (a.part) return;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int q = rr == 0 ? r0 : r1;
+        if (k.q0 + q >= k.nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[rr]);
+        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+#pragma unroll
+        for (int i = 0; i < NP; ++i) {
+            const int pr = pw + pstep * i;
+            if (pr >= npairs) break;
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                *reinterpret_cast<float2*>(out + 16 * pr + 8 * h + 2 * tq) =
+                    make_float2(__fmul_rn(ta[i][h][2 * rr], inv), __fmul_rn(ta[i][h][2 * rr + 1], inv));
+        }
+    }
+}
+
+// The block's queries, cache and tiles; false when it has nothing to do or its span takes the
+// other form of the products (a launch with spans of both forms runs both kernels).
+__device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {
+    k.D = a.D;
+    k.g = blockIdx.y;
+    k.group = a.n_head / a.n_head_kv;
+    const int64_t D = a.D, width = a.n_head_kv * D;
+    // prefill: the tiles of late rows (the most keys) first
+    const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
+    k.tile = a.tiles[bx / passes];
+    k.nq = int64_t(k.tile.n_rows) * k.group;
+    k.q0 = int64_t(bx % passes) * bq;
+    if (k.q0 >= k.nq) return false;
+    k.b = a.kv[k.tile.span];
+    const KvDev& b = k.b;
+    if (att_uses_mma(a.mma, b.type_k, b.type_v, D) != mma) return false;
+    k.stk = att_stage_stride(b.type_k, D);
+    k.stv = att_stage_stride(b.type_v, D);
+    k.rk = kv_row_bytes(b.type_k, width);
+    k.rv = kv_row_bytes(b.type_v, width);
+    k.hk = kv_row_bytes(b.type_k, D);
+    k.hv = kv_row_bytes(b.type_v, D);
+    k.kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, k.g * D);
+    k.vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, k.g * D);
+    k.last = a.pos[k.slot_row(min(k.nq - k.q0, bq) - 1)];
+    k.n_chunks = k.last / k_att_chunk + 1;
+    if (a.part && blockIdx.z >= k.n_chunks) return false;  // split blocks cover the longest cache's chunks
+    k.c_first = a.part ? blockIdx.z : 0;
+    k.c_step = a.part ? gridDim.z : 1;
+    return true;
+}
+
+// QB query blocks of 16 and QPW queries a warp for the weights: 64 queries on 16 warps, one
+// block an SM (128 registers a thread), or decode's up to 8 on 8 warps, two blocks an SM.
+template <int QB, int QPW>
+__global__ void __launch_bounds__(QB == 4 ? 512 : 256, QB == 4 ? 1 : 2) k_attention_mma(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    AttBlock k;
+    if (att_setup(a, true, QB == 4 ? k_attm_q : k_att_q, a.passes_mma, k))
+        attention_mma<QB, QPW>(a, k, reinterpret_cast<uint8_t*>(smem4));
+}
+
 // QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
 // block holds up to 32 queries, 2 and 1 when it holds up to 8 (decode: every warp busy). The
 // arithmetic per query is the same in both.
@@ -504,14 +883,12 @@ template <int QPT, int QPW>
 __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
-    const int64_t D = a.D, g = blockIdx.y, group = a.n_head / a.n_head_kv, width = a.n_head_kv * D;
-    // prefill: the tiles of late rows (the most keys) first
-    const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
-    const AttTile tile = a.tiles[bx / a.passes];
-    const int64_t nq = int64_t(tile.n_rows) * group, q0 = int64_t(bx % a.passes) * k_att_q;
-    if (q0 >= nq) return;
-    const KvDev b = a.kv[tile.span];
-    const int64_t stk = att_stage_stride(b.type_k, D), stv = att_stage_stride(b.type_v, D);
+    AttBlock k;
+    if (!att_setup(a, false, k_att_q, a.passes, k)) return;
+    const int64_t D = a.D;
+    const KvDev& b = k.b;
+    const int64_t rk = k.rk, rv = k.rv, stk = k.stk, stv = k.stv, last = k.last;
+    const uint8_t *kmem = k.kmem, *vmem = k.vmem;
     uint8_t* rawk = reinterpret_cast<uint8_t*>(smem4);             // [k_att_kt][stk]: the next K tile's bytes
     uint8_t* rawv = rawk + k_att_kt * stk;                         // [k_att_kt][stv]
     float* skv = reinterpret_cast<float*>(rawv + k_att_kt * stv);  // [k_att_kt][D + 4]: K's tile, then V's
@@ -520,52 +897,21 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
     float* scorr = sp + k_att_kt * k_att_sp;                       // [32]: each query's rescale for the tile
     int* spos = reinterpret_cast<int*>(scorr + k_att_q);           // [32]: each query's position, -1 for none
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
-    const int64_t rk = kv_row_bytes(b.type_k, width), rv = kv_row_bytes(b.type_v, width);
-    const int64_t hk = kv_row_bytes(b.type_k, D), hv = kv_row_bytes(b.type_v, D);
-    const uint8_t* kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, g * D);
-    const uint8_t* vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, g * D);
     const float scale = float(a.scale);
     const int D4 = int(D / 4);
 
-    auto slot_row = [&](int64_t j) { return tile.row0 + (q0 + j) / group; };
-    auto slot_head = [&](int64_t j) { return g * group + (q0 + j) % group; };
-    const int64_t last = a.pos[slot_row(min(nq - q0, int64_t(k_att_q)) - 1)];
-    const int64_t n_chunks = last / k_att_chunk + 1;
-    if (a.part && blockIdx.z >= n_chunks) return;  // split blocks cover the longest cache's chunks
     for (int64_t i = tid; i < k_att_q * D; i += k_att_threads) {
         const int64_t j = i / D, d = i % D;
         float x = 0;
-        if (q0 + j < nq) {
-            x = a.q[slot_row(j) * a.qs + slot_head(j) * D + d];
+        if (k.q0 + j < k.nq) {
+            x = a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d];
             if (b.type_k == 1) x = __half2float(__float2half_rn(x));  // as the f16 cache rounds it
         }
         sq[i] = x;
     }
-    if (tid < k_att_q) spos[tid] = q0 + tid < nq ? int(a.pos[slot_row(tid)]) : -1;
+    if (tid < k_att_q) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
     __syncthreads();
 
-    // The block's tiles in order: its chunks (every splits-th in split mode), each cut at 64 keys.
-    const int64_t c_first = a.part ? blockIdx.z : 0, c_step = a.part ? gridDim.z : 1;
-    auto next_tile = [&](int64_t k0) -> int64_t {  // -1 past the last
-        const int64_t c = k0 / k_att_chunk, n = k0 + k_att_kt;
-        if (n <= last && n < (c + 1) * k_att_chunk) return n;
-        const int64_t nc = c + c_step;
-        return nc < n_chunks ? nc * k_att_chunk : -1;
-    };
-    // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end).
-    auto stage = [&](uint8_t* raw, const uint8_t* mem, int64_t rb, int64_t hb, int64_t st, int64_t k0) {
-        if (st > 0 && k0 >= 0) {
-            const int64_t n16 = st / 16, n_keys = min(int64_t(k_att_kt), last + 1 - k0);
-            for (int64_t i = tid; i < n_keys * n16; i += k_att_threads) {
-                const int64_t r = i / n16, c16 = i % n16;
-                const uint8_t* src = mem + (k0 + r) * rb;
-                const uint8_t* base =
-                    reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
-                if (16 * c16 < (src - base) + hb) __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
-            }
-        }
-        __pipeline_commit();
-    };
     // A tile's values into skv as floats, from the staged bytes (or from memory for f32); keys
     // past `last` read as zeros.
     auto dequant = [&](const uint8_t* raw, const uint8_t* mem, int type, int64_t rb, int64_t st, int64_t k0) {
@@ -605,16 +951,16 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
     };
     reset();
 
-    int64_t k0 = c_first < n_chunks ? c_first * k_att_chunk : -1;
-    stage(rawk, kmem, rk, hk, stk, k0);
-    stage(rawv, vmem, rv, hv, stv, k0);
+    int64_t k0 = k.first_tile();
+    k.stage(rawk, kmem, rk, k.hk, stk, k0, false);
+    k.stage(rawv, vmem, rv, k.hv, stv, k0, false);
     while (k0 >= 0) {
-        const int64_t k1 = next_tile(k0);
+        const int64_t k1 = k.next_tile(k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();           // every thread's copies landed; the previous tile's values are read
         dequant(rawk, kmem, b.type_k, rk, stk, k0);
         __syncthreads();
-        stage(rawk, kmem, rk, hk, stk, k1);
+        k.stage(rawk, kmem, rk, k.hk, stk, k1, false);
         if (qg_any) {
             float dot[QPT];
 #pragma unroll
@@ -643,28 +989,9 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
         __pipeline_wait_prior(1);  // this tile's V
         __syncthreads();           // scores written, K read, V landed
         dequant(rawv, vmem, b.type_v, rv, stv, k0);
-        if (w_any) {
-#pragma unroll
-            for (int u = 0; u < QPW; ++u) {
-                const int q = warp * QPW + u;
-                const float s0 = sp[lane * k_att_sp + q], s1 = sp[(lane + 32) * k_att_sp + q];
-                const float mx = warp_max(fmaxf(s0, s1));
-                float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
-                if (mx != -INFINITY) {  // the same for the whole warp
-                    const float nm = fmaxf(m[u], mx);
-                    corr = expf(__fsub_rn(m[u], nm));
-                    p0 = expf(__fsub_rn(s0, nm));
-                    p1 = expf(__fsub_rn(s1, nm));
-                    l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
-                    m[u] = nm;
-                }
-                sp[lane * k_att_sp + q] = p0;
-                sp[(lane + 32) * k_att_sp + q] = p1;
-                if (lane == 0) scorr[q] = corr;
-            }
-        }
+        if (w_any) att_weights<QPW, k_att_sp>(sp, scorr, warp, lane, m, l);
         __syncthreads();  // weights written, V dequantized
-        stage(rawv, vmem, rv, hv, stv, k1);
+        k.stage(rawv, vmem, rv, k.hv, stv, k1, false);
         if (w_any) {
             float crs[QPW];
 #pragma unroll
@@ -699,9 +1026,10 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
 #pragma unroll
                 for (int u = 0; u < QPW; ++u) {
                     const int q = warp * QPW + u;
-                    if (q0 + q >= nq) continue;
+                    if (k.q0 + q >= k.nq) continue;
                     if (a.part) {  // this chunk's partial, for k_attention_merge
-                        float* out = a.part + ((slot_row(q) * a.n_head + slot_head(q)) * a.max_chunks + c) * (D + 4);
+                        float* out =
+                            a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
                         if (lane == 0) {
                             out[0] = m[u];
                             out[1] = l[u];
@@ -725,9 +1053,9 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
 #pragma unroll
     for (int u = 0; u < QPW; ++u) {
         const int q = warp * QPW + u;
-        if (q0 + q >= nq) continue;
+        if (k.q0 + q >= k.nq) continue;
         const float inv = __fdiv_rn(1.0f, tl[u]);
-        float* out = a.out + slot_row(q) * a.os + slot_head(q) * D;
+        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
 #pragma unroll
         for (int e = 0; e < k_att_v4; ++e) {
             const int64_t d = lane * 4 + 128 * e;
@@ -1057,7 +1385,10 @@ void run_op(cudaStream_t s, const RopeArgs& a) {
     CU_LAUNCHED();
 }
 
-size_t attention_smem(int64_t D, int type_k, int type_v) {
+size_t attention_smem(int64_t D, int type_k, int type_v, bool mma) {
+    if (att_uses_mma(mma, type_k, type_v, D))  // staged tiles, f16 queries, scores, per-query scalars
+        return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
+               size_t(k_att_kt * k_attm_sp + 4 * k_attm_q) * sizeof(float);
     return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
            size_t(k_att_kt * (D + 4) + k_att_q * D + k_att_kt * k_att_sp + 2 * k_att_q) * sizeof(float);
 }
@@ -1065,20 +1396,33 @@ size_t attention_smem(int64_t D, int type_k, int type_v) {
 void configure_attention() {
     size_t most = 0;
     for (int tk : {0, 1, 2, 3, 6, 7, 8, 20, 30})
-        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
+        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv, false));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+    const int mma = int(attention_smem(k_att_max_d, 1, 1, true));
+    CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma));
+    CU(cudaFuncSetAttribute(k_attention_mma<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma));
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
     launch(k_kv_store, blocks_for(a.rows * 2 * ((a.n_head_kv * a.D + 31) / 32), 128), 128, 0, s, a);
     CU_LAUNCHED();
     const dim3 grid(unsigned(a.n_tiles * a.passes), unsigned(a.n_head_kv), unsigned(a.part ? a.splits : 1));
-    if (a.most_queries <= 8)
-        launch(k_attention<2, 1>, grid, k_att_threads, size_t(a.smem), s, a);
-    else
-        launch(k_attention<8, 4>, grid, k_att_threads, size_t(a.smem), s, a);
-    CU_LAUNCHED();
+    if (a.smem > 0) {
+        if (a.most_queries <= 8)
+            launch(k_attention<2, 1>, grid, k_att_threads, size_t(a.smem), s, a);
+        else
+            launch(k_attention<8, 4>, grid, k_att_threads, size_t(a.smem), s, a);
+        CU_LAUNCHED();
+    }
+    if (a.smem_mma > 0) {
+        const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
+        if (a.most_queries <= 8)
+            launch(k_attention_mma<1, 1>, gm, 256, size_t(a.smem_mma), s, a);
+        else
+            launch(k_attention_mma<4, 4>, gm, 512, size_t(a.smem_mma), s, a);
+        CU_LAUNCHED();
+    }
     if (a.part) {
         launch(k_attention_merge, dim3(unsigned(a.rows), unsigned(a.n_head)), k_merge_threads, merge_smem(a.D), s, a);
         CU_LAUNCHED();

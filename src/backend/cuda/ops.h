@@ -258,11 +258,19 @@ struct AttentionArgs {
     const AttTile* tiles;  // up to k_att_rows consecutive rows of one span
     int64_t n_tiles;
     int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head), k_att_queries at a time
-    int64_t smem;          // a block's shared memory for the batch's cache types (attention_smem)
+    int64_t passes_mma;    // the same for tensor-core blocks (64 queries, decode's k_att_queries)
+    int64_t smem;          // a float-product block's shared memory for the batch's cache types (0: none)
+    int64_t smem_mma;      // a tensor-core block's (0: no span takes the tensor cores)
     int64_t most_queries;  // the most queries a block holds
+    int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer)
 };
+// Whether a span's attention runs on the tensor cores: f16 K and V and head sizes that are
+// multiples of 16 (the cache's head rows then start 32-byte aligned, as the fragment loads need).
+__host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v, int64_t D) {
+    return mma != 0 && type_k == 1 && type_v == 1 && D % 16 == 0;
+}
 // Shared memory of an attention block for head size D and the cache types (DType ids).
-size_t attention_smem(int64_t D, int type_k, int type_v);
+size_t attention_smem(int64_t D, int type_k, int type_v, bool mma);
 constexpr int64_t k_att_chunk = 256;
 struct ConvArgs {
     const float* x;
