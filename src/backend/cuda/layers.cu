@@ -453,7 +453,8 @@ constexpr int k_att_kt = 64;  // keys per tile
 constexpr int k_att_threads = 256;
 constexpr int k_att_sp = 36;   // the scores' row stride in shared memory (padded against bank conflicts)
 constexpr int k_attm_q = 64;   // queries of a tensor-core block (but decode's: k_att_q)
-constexpr int k_attm_sp = 68;  // its scores' row stride
+constexpr int k_attm_sp = 68;  // its scores' row stride ([query][key])
+constexpr int k_attm_ps = 72;  // its weights' row stride (f16 halves [query][key], rows 16 bytes apart modulo 128)
 
 __device__ __forceinline__ float warp_max(float v) {
 #pragma unroll
@@ -517,38 +518,41 @@ __host__ __device__ inline int64_t att_stage_stride(int t, int64_t D) {
 struct AttBlock {
     AttTile tile;
     KvDev b;
-    int64_t D, g, group, nq, q0, last, n_chunks, c_first, c_step;
-    int64_t rk, rv, hk, hv, stk, stv;  // cache row and head bytes, staged row strides
-    const uint8_t *kmem, *vmem;        // the head's K and V bytes in the cache's first row
+    int D, g, group, nq, q0, last, n_chunks, c_first, c_step;  // 32-bit: fewer registers in the tile loops
+    int rk, rv, hk, hv, stk, stv;                              // cache row and head bytes, staged row strides
+    const uint8_t *kmem, *vmem;                                // the head's K and V bytes in the cache's first row
 
     __device__ int64_t slot_row(int64_t j) const { return tile.row0 + (q0 + j) / group; }
     __device__ int64_t slot_head(int64_t j) const { return g * group + (q0 + j) % group; }
-    __device__ int64_t first_tile() const { return c_first < n_chunks ? c_first * k_att_chunk : -1; }
+    __device__ int first_tile() const { return c_first < n_chunks ? c_first * int(k_att_chunk) : -1; }
     // The block's tiles in order: its chunks (every c_step-th in split mode), each cut at 64 keys;
     // -1 past the last.
-    __device__ int64_t next_tile(int64_t k0) const {
-        const int64_t c = k0 / k_att_chunk, n = k0 + k_att_kt;
-        if (n <= last && n < (c + 1) * k_att_chunk) return n;
-        const int64_t nc = c + c_step;
-        return nc < n_chunks ? nc * k_att_chunk : -1;
+    __device__ int next_tile(int k0) const {
+        const int c = k0 / int(k_att_chunk), n = k0 + k_att_kt;
+        if (n <= last && n < (c + 1) * int(k_att_chunk)) return n;
+        const int nc = c + c_step;
+        return nc < n_chunks ? nc * int(k_att_chunk) : -1;
     }
     // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end); with
     // zero_tail the staged rows past the last key are zeros (the tensor cores read whole steps of
     // 16 keys).
-    __device__ void stage(uint8_t* raw, const uint8_t* mem, int64_t rb, int64_t hb, int64_t st, int64_t k0,
-                          bool zero_tail) const {
+    __device__ void stage(uint8_t* raw, const uint8_t* mem, int rb, int hb, int st, int k0, bool zero_tail) const {
+        // a warp per row, a lane per 16 bytes: no integer divisions per copy
+        const int nw = int(blockDim.x) / 32, w = int(threadIdx.x) / 32, ln = int(threadIdx.x) % 32;
         if (st > 0 && k0 >= 0) {
-            const int64_t n16 = st / 16, n_keys = min(int64_t(k_att_kt), last + 1 - k0);
-            for (int64_t i = threadIdx.x; i < n_keys * n16; i += blockDim.x) {
-                const int64_t r = i / n16, c16 = i % n16;
-                const uint8_t* src = mem + (k0 + r) * rb;
+            const int n_keys = min(k_att_kt, last + 1 - k0);
+            for (int r = w; r < n_keys; r += nw) {
+                const uint8_t* src = mem + int64_t(k0 + r) * rb;
                 const uint8_t* base =
                     reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
-                if (16 * c16 < (src - base) + hb) __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
+                const int span = int(src - base) + hb;
+                for (int c16 = ln; 16 * c16 < span; c16 += 32)
+                    __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
             }
             if (zero_tail)
-                for (int64_t i = threadIdx.x; i < (k_att_kt - n_keys) * n16; i += blockDim.x)
-                    *reinterpret_cast<uint4*>(raw + n_keys * st + 16 * i) = make_uint4(0, 0, 0, 0);
+                for (int r = n_keys + w; r < k_att_kt; r += nw)
+                    for (int c16 = ln; 16 * c16 < st; c16 += 32)
+                        *reinterpret_cast<uint4*>(raw + r * st + 16 * c16) = make_uint4(0, 0, 0, 0);
         }
         __pipeline_commit();
     }
@@ -581,6 +585,42 @@ __device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, i
 }
 
 // ---- the tensor-core form
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+// Two weights as the high and low f16 parts of a pair (x = hi + lo up to the low part's rounding).
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 hf = __half22float2(h);
+    hi = half2_bits(h);
+    lo = half2_bits(__floats2half2_rn(__fsub_rn(x0, hf.x), __fsub_rn(x1, hf.y)));
+}
+
+// att_weights for the tensor-core form: scores in sp [query][key], a lane per keys 2 lane and
+// 2 lane + 1, exponentials by the hardware's exp2 (__expf), and the weights written as the f16
+// high and low parts the values' products read ([query][key], row stride k_attm_ps).
+template <int QPW>
+__device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, uint32_t* pl, float* scorr, int warp,
+                                                int lane, float (&m)[QPW], float (&l)[QPW]) {
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        const float2 s = *reinterpret_cast<const float2*>(sp + q * k_attm_sp + 2 * lane);
+        const float mx = warp_max(fmaxf(s.x, s.y));
+        float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
+        if (mx != -INFINITY) {  // the same for the whole warp
+            const float nm = fmaxf(m[u], mx);
+            corr = __expf(__fsub_rn(m[u], nm));
+            p0 = __expf(__fsub_rn(s.x, nm));
+            p1 = __expf(__fsub_rn(s.y, nm));
+            l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
+            m[u] = nm;
+        }
+        split_pair(p0, p1, ph[q * (k_attm_ps / 2) + lane], pl[q * (k_attm_ps / 2) + lane]);
+        if (lane == 0) scorr[q] = corr;
+    }
+}
 
 // Four 8 x 8 tiles of 16-bit values, lane l giving the address of row l % 8 of tile l / 8; lane
 // 4 r + c gets values 2 c and 2 c + 1 of row r of each (TRANS: of column r).
@@ -624,17 +664,6 @@ __device__ __forceinline__ void mma_f16_16x8x16(float (&c)[4], const uint32_t (&
     (void)c, (void)a, (void)b0, (void)b1;
 #endif
 }
-__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
-    return *reinterpret_cast<uint32_t*>(&h);
-}
-// Two weights as the high and low f16 parts of a pair (x = hi + lo up to the low part's rounding).
-__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-    const __half2 h = __floats2half2_rn(x0, x1);
-    const float2 hf = __half22float2(h);
-    hi = half2_bits(h);
-    lo = half2_bits(__floats2half2_rn(__fsub_rn(x0, hf.x), __fsub_rn(x1, hf.y)));
-}
-
 // The block's 64 queries (QB = 4, 16 warps; 64 share each staged tile, where 32 left the cache's
 // traffic the bound at depth) or up to 8 (QB = 1, decode) in blocks of 16 rows. Scores: warp w
 // takes query block w / 4 and key blocks 2 (w % 4), + 1 (QB = 1: key block w). Values: the same
@@ -651,8 +680,10 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     uint8_t* rawk = smem;
     uint8_t* rawv = rawk + k_att_kt * k.stk;
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
-    float* sp = reinterpret_cast<float*>(sqh + BQ * qs);
-    float* scorr = sp + k_att_kt * SP;
+    float* sp = reinterpret_cast<float*>(sqh + BQ * qs);   // [BQ][SP]: scores
+    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights, high parts
+    __half* pl = ph + BQ * k_attm_ps;                      // and low parts
+    float* scorr = reinterpret_cast<float*>(pl + BQ * k_attm_ps);
     int* spos = reinterpret_cast<int*>(scorr + BQ);
     float* sml = reinterpret_cast<float*>(spos + BQ);  // [BQ][2]: each query's chunk maximum and mass
     const float scale = float(a.scale);
@@ -661,6 +692,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         sqh[j * qs + d] = __float2half_rn(k.q0 + j < k.nq ? a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d] : 0.0f);
     }
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
+    // rows of no query are never given weights: zeros keep their products finite
+    for (int i = tid; i < BQ * k_attm_ps; i += NT) ph[i] = pl[i] = __float2half_rn(0.0f);
     __syncthreads();
 
     const int qb = QB == 4 ? warp >> 2 : 0;
@@ -669,26 +702,36 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     const int r0 = qb * 16 + g, r1 = r0 + 8;  // this thread's rows of values
     const bool w_any = spos[warp * QPW] >= 0;
     float m[QPW], l[QPW];
-    float o[NP][2][4], ta[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
+    float o[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
+    // The merged chunks so far: prefill keeps them in shared memory (a thread's own values, touched
+    // at chunk ends only: 32 registers fewer), decode in registers.
+    float ta_r[QB == 4 ? 1 : NP][2][4];
+    float* const tas = sml + 2 * BQ;
+    auto ta = [&](int i, int h, int e) -> float& {
+        if constexpr (QB == 4)
+            return tas[((i * 2 + h) * 4 + e) * NT + tid];
+        else
+            return ta_r[i][h][e];
+    };
 #pragma unroll
     for (int i = 0; i < NP; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[i][h][e] = ta[i][h][e] = 0.0f;
+            for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
 #pragma unroll
     for (int u = 0; u < QPW; ++u) {
         m[u] = -INFINITY;
         l[u] = 0.0f;
     }
 
-    int64_t k0 = k.first_tile();
+    int k0 = k.first_tile();
     k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k0, true);
     k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k0, true);
     while (k0 >= 0) {
-        const int64_t k1 = k.next_tile(k0), c = k0 / k_att_chunk;
-        const bool chunk_end = k1 < 0 || k1 / k_att_chunk != c;
-        const int n_k = int(min(int64_t(k_att_kt), k.last + 1 - k0));
+        const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
+        const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
+        const int n_k = min(k_att_kt, k.last + 1 - k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
         {
@@ -699,7 +742,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                 for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
             const __half* qa = sqh + (qb * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
             const uint8_t* ka = rawk + ((kb + (lane >> 4)) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
-            for (int64_t ds = 0; ds < D / 16; ++ds) {
+#pragma unroll 4
+            for (int ds = 0; ds < int(D) / 16; ++ds) {
                 uint32_t af[4];
                 ldsm_x4<false>(af, qa + 16 * ds);
                 if constexpr (KBW == 2) {
@@ -720,13 +764,14 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                     const int key = (kb + j) * 8 + 2 * tq + (e & 1), q = e < 2 ? r0 : r1;
                     const int pos = spos[q];
                     // a block's unused query rows weigh zero, so their values stay finite
-                    sp[key * SP + q] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[j][e], scale) : -INFINITY;
+                    sp[q * SP + key] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[j][e], scale) : -INFINITY;
                 }
         }
         __syncthreads();  // scores written, K read
         k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k1, true);
         if (w_any) {
-            att_weights<QPW, SP>(sp, scorr, warp, lane, m, l);
+            att_weights_mma<QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr, warp,
+                                 lane, m, l);
             if (chunk_end && lane == 0)
 #pragma unroll
                 for (int u = 0; u < QPW; ++u) {
@@ -744,13 +789,13 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                 for (int h = 0; h < 2; ++h)
 #pragma unroll
                     for (int e = 0; e < 4; ++e) o[i][h][e] = __fmul_rn(o[i][h][e], e < 2 ? cr0 : cr1);
-            for (int ks = 0; ks < (n_k + 15) / 16; ++ks) {
-                const float* p = sp + (16 * ks + 2 * tq) * SP;
+#pragma unroll
+            for (int ks = 0; ks < k_att_kt / 16; ++ks) {
+                if (16 * ks >= n_k) break;
                 uint32_t hi[4], lo[4];
-                split_pair(p[r0], p[SP + r0], hi[0], lo[0]);
-                split_pair(p[r1], p[SP + r1], hi[1], lo[1]);
-                split_pair(p[8 * SP + r0], p[9 * SP + r0], hi[2], lo[2]);
-                split_pair(p[8 * SP + r1], p[9 * SP + r1], hi[3], lo[3]);
+                const int pa = (qb * 16 + (lane & 15)) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
+                ldsm_x4<false>(hi, ph + pa);
+                ldsm_x4<false>(lo, pl + pa);
                 const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
 #pragma unroll
                 for (int i = 0; i < NP; ++i) {
@@ -796,7 +841,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                         for (int h = 0; h < 2; ++h)
 #pragma unroll
                             for (int e = 0; e < 2; ++e)
-                                ta[i][h][2 * rr + e] = att_merge_value(s, ta[i][h][2 * rr + e], o[i][h][2 * rr + e]);
+                                ta(i, h, 2 * rr + e) = att_merge_value(s, ta(i, h, 2 * rr + e), o[i][h][2 * rr + e]);
                 }
             }
 #pragma unroll
@@ -828,7 +873,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 #pragma unroll
             for (int h = 0; h < 2; ++h)
                 *reinterpret_cast<float2*>(out + 16 * pr + 8 * h + 2 * tq) =
-                    make_float2(__fmul_rn(ta[i][h][2 * rr], inv), __fmul_rn(ta[i][h][2 * rr + 1], inv));
+                    make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
         }
     }
 }
@@ -843,8 +888,8 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
     // prefill: the tiles of late rows (the most keys) first
     const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
     k.tile = a.tiles[bx / passes];
-    k.nq = int64_t(k.tile.n_rows) * k.group;
-    k.q0 = int64_t(bx % passes) * bq;
+    k.nq = k.tile.n_rows * k.group;
+    k.q0 = int(bx % passes) * int(bq);
     if (k.q0 >= k.nq) return false;
     k.b = a.kv[k.tile.span];
     const KvDev& b = k.b;
@@ -857,8 +902,8 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
     k.hv = kv_row_bytes(b.type_v, D);
     k.kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, k.g * D);
     k.vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, k.g * D);
-    k.last = a.pos[k.slot_row(min(k.nq - k.q0, bq) - 1)];
-    k.n_chunks = k.last / k_att_chunk + 1;
+    k.last = int(a.pos[k.slot_row(min(int64_t(k.nq - k.q0), bq) - 1)]);
+    k.n_chunks = k.last / int(k_att_chunk) + 1;
     if (a.part && blockIdx.z >= k.n_chunks) return false;  // split blocks cover the longest cache's chunks
     k.c_first = a.part ? blockIdx.z : 0;
     k.c_step = a.part ? gridDim.z : 1;
@@ -951,11 +996,11 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
     };
     reset();
 
-    int64_t k0 = k.first_tile();
+    int k0 = k.first_tile();
     k.stage(rawk, kmem, rk, k.hk, stk, k0, false);
     k.stage(rawv, vmem, rv, k.hv, stv, k0, false);
     while (k0 >= 0) {
-        const int64_t k1 = k.next_tile(k0);
+        const int k1 = k.next_tile(k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();           // every thread's copies landed; the previous tile's values are read
         dequant(rawk, kmem, b.type_k, rk, stk, k0);
@@ -1385,10 +1430,16 @@ void run_op(cudaStream_t s, const RopeArgs& a) {
     CU_LAUNCHED();
 }
 
+// A tensor-core block's: staged tiles, f16 queries, scores, weights' two parts, per-query scalars,
+// and for prefill the merged chunks (32 values a thread).
+size_t attention_mma_smem(int64_t D, bool decode) {
+    const int64_t bq = decode ? k_att_q : k_attm_q;
+    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + bq * (D + 8) * 2 + 2 * bq * k_attm_ps * 2) +
+           size_t(bq * k_attm_sp + 4 * bq + (decode ? 0 : 32 * 512)) * sizeof(float);
+}
+
 size_t attention_smem(int64_t D, int type_k, int type_v, bool mma) {
-    if (att_uses_mma(mma, type_k, type_v, D))  // staged tiles, f16 queries, scores, per-query scalars
-        return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
-               size_t(k_att_kt * k_attm_sp + 4 * k_attm_q) * sizeof(float);
+    if (att_uses_mma(mma, type_k, type_v, D)) return attention_mma_smem(D, false);
     return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
            size_t(k_att_kt * (D + 4) + k_att_q * D + k_att_kt * k_att_sp + 2 * k_att_q) * sizeof(float);
 }
@@ -1399,9 +1450,10 @@ void configure_attention() {
         for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv, false));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
-    const int mma = int(attention_smem(k_att_max_d, 1, 1, true));
-    CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma));
-    CU(cudaFuncSetAttribute(k_attention_mma<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, mma));
+    CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d, true))));
+    CU(cudaFuncSetAttribute(k_attention_mma<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d, false))));
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
@@ -1418,9 +1470,9 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
     if (a.smem_mma > 0) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
         if (a.most_queries <= 8)
-            launch(k_attention_mma<1, 1>, gm, 256, size_t(a.smem_mma), s, a);
+            launch(k_attention_mma<1, 1>, gm, 256, attention_mma_smem(a.D, true), s, a);
         else
-            launch(k_attention_mma<4, 4>, gm, 512, size_t(a.smem_mma), s, a);
+            launch(k_attention_mma<4, 4>, gm, 512, attention_mma_smem(a.D, false), s, a);
         CU_LAUNCHED();
     }
     if (a.part) {

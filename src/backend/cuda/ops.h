@@ -260,7 +260,7 @@ struct AttentionArgs {
     int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head), k_att_queries at a time
     int64_t passes_mma;    // the same for tensor-core blocks (64 queries, decode's k_att_queries)
     int64_t smem;          // a float-product block's shared memory for the batch's cache types (0: none)
-    int64_t smem_mma;      // a tensor-core block's (0: no span takes the tensor cores)
+    int64_t smem_mma;      // a tensor-core prefill block's (0: no span takes the tensor cores)
     int64_t most_queries;  // the most queries a block holds
     int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer)
 };
