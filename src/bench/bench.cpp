@@ -59,7 +59,7 @@ Result<std::vector<int64_t>> parse_int_ranges(const std::string& s, const std::s
 
 std::vector<double> Record::samples_ts() const {
     std::vector<double> r;
-    const double tokens = double(n_prompt + n_gen);
+    const double tokens = double(n_parallel * (n_prompt + n_gen));
     for (double ns : samples_ns) r.push_back(tokens * 1e9 / ns);
     return r;
 }
@@ -84,13 +84,15 @@ std::string Record::test_name() const {
         t = "tg" + std::to_string(n_gen);
     else
         t = "pp" + std::to_string(n_prompt) + "+tg" + std::to_string(n_gen);
+    if (n_parallel > 1) t += " x" + std::to_string(n_parallel);
     if (n_depth > 0) t += " @ d" + std::to_string(n_depth);
     return t;
 }
 
 double Record::gbps() const {
-    // (with a draft the target reads its weights once per verified batch: no single byte count)
-    return n_gen > 0 && n_prompt == 0 && draft_model.empty() ? bytes_per_token * avg_ts() / 1e9 : 0;
+    // (with a draft the target reads its weights once per verified batch, and sequences side by
+    // side share some of theirs: no single byte count)
+    return n_gen > 0 && n_prompt == 0 && draft_model.empty() && n_parallel == 1 ? bytes_per_token * avg_ts() / 1e9 : 0;
 }
 double Record::tflops() const {
     return n_prompt > 0 && n_gen == 0 ? flops_per_token * avg_ts() / 1e12 : 0;
@@ -130,6 +132,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["bigmoe_bw_pct"] = r.machine_gbps > 0 ? 100.0 * r.gbps() / r.machine_gbps : 0.0;
     j["bigmoe_tflops"] = r.tflops();
     j["bigmoe_bytes_per_token"] = r.bytes_per_token;
+    j["bigmoe_n_parallel"] = r.n_parallel;
     if (!r.profile_json.empty()) j["bigmoe_profile"] = nlohmann::ordered_json::parse(r.profile_json);
     if (!r.draft_model.empty()) {
         j["bigmoe_draft_model"] = r.draft_model;

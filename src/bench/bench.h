@@ -23,6 +23,7 @@ struct Record {
     bool no_repack = false;  // CPU: products on the file's row layout (llama-bench's no_repack)
     bool flash_attn = true;
     int64_t n_prompt = 0, n_gen = 0, n_depth = 0;
+    int64_t n_parallel = 1;  // sequences side by side (-npl); t/s counts every sequence's tokens
     // results
     std::string test_time;
     std::vector<double> samples_ns;
@@ -44,7 +45,7 @@ struct Record {
     double stddev_ts() const;
     double avg_ns() const;
     double stddev_ns() const;
-    std::string test_name() const;  // pp512, tg128, pp512+tg128, "pp512 @ d8192"
+    std::string test_name() const;  // pp512, tg128, pp512+tg128, "pp512 @ d8192", "tg128 x4"
     double gbps() const;            // decode only
     double tflops() const;          // prefill only
 };

@@ -60,6 +60,8 @@ Result<Prepared> prepare_like(Engine& e, const ContextParams& cp, const Prepared
 struct Measure {
     Prepared& target;
     Prepared* draft;
+    Context* parallel;  // -npl above 1: the context of the sequences side by side (target.base seeds each)
+    int64_t n_parallel;
     const Test& test;
     int64_t test_index, reps, n_draft_min, first_rep;
     const SpecConfig& spec;
@@ -70,7 +72,38 @@ struct Measure {
 
 // Runs one repetition of a test (rep -1: the warm-up, not recorded) from the checkpoints and
 // adds its time to rec.samples_ns and its speculative counts to spec.
+// One repetition of sequences side by side: each restored to the depth, given its own prompt (all
+// prompts in one batch), then one token of each a step.
+Result<void> run_rep_parallel(const Measure& m, int64_t rep, Record& rec) {
+    Context& ctx = *m.parallel;
+    const Test& t = m.test;
+    const int64_t V = ctx.n_vocab(), np = m.n_parallel;
+    std::vector<float> logits;
+    if (m.ev.progress)
+        m.ev.progress(m.path + " " + rec.test_name() + " rep " + std::to_string(rep + 1) + "/" +
+                      std::to_string(m.reps));
+    std::mt19937 rep_rng(uint32_t(42 + 7919 * m.test_index + 31 * rep));
+    std::vector<BatchToken> prompts, step(static_cast<size_t>(np));
+    for (int s = 0; s < int(np); ++s) {
+        BM_TRY(ctx.restore(s, *m.target.base));
+        for (int32_t tok : random_tokens(rep_rng, t.n_prompt, V)) prompts.push_back({tok, s, false});
+        step[size_t(s)] = {int32_t(rep_rng() % uint32_t(V)), s, true};
+    }
+    const auto t0 = Clock::now();
+    if (t.n_prompt > 0) BM_TRY(ctx.decode(prompts, &logits));
+    for (int64_t i = 0; i < t.n_gen; ++i) {
+        BM_TRY(ctx.decode(step, &logits));
+        const auto ts0 = Clock::now();
+        for (int64_t s = 0; s < np; ++s) step[size_t(s)].token = argmax(logits.data() + s * V, V);
+        if (m.prof) m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
+    }
+    const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
+    if (rep >= 0) rec.samples_ns.push_back(ns);
+    return {};
+}
+
 Result<void> run_rep(const Measure& m, int64_t rep, Record& rec, SpecStats& spec) {
+    if (m.parallel) return run_rep_parallel(m, rep, rec);
     Context& ctx = *m.target.ctx;
     const Test& t = m.test;
     const int64_t V = ctx.n_vocab();
@@ -136,7 +169,7 @@ void finish_record(const Measure& m, const SpecStats& spec, Record& rec) {
     if (m.prof) {
         double wall = 0;
         for (double ns : rec.samples_ns) wall += ns / 1e9;
-        const int64_t toks = (m.test.n_prompt + m.test.n_gen) * m.reps;
+        const int64_t toks = m.n_parallel * (m.test.n_prompt + m.test.n_gen) * m.reps;
         if (m.ev.profile)
             m.ev.profile(m.path + " " + rec.test_name() + "\n" + m.prof->format(phase_of(m.test), wall, toks));
         rec.profile_json = m.prof->json(phase_of(m.test), wall, toks);
@@ -165,6 +198,7 @@ struct Matrix {
     Prepared& target;  // for speculative rows: keeps the per-token snapshots a rollback needs
     Prepared& plain;   // for plain decoding and prompt tests: no snapshots (may be `target`)
     std::map<std::string, Prepared>& drafts;
+    std::map<int64_t, std::unique_ptr<Context>>& parallel;  // -npl above 1, seeded from plain.base
     const Plan& plan;
     const Events& ev;
 };
@@ -211,19 +245,30 @@ Result<void> run_tests(const Matrix& mx) {
         for (size_t si = 0; si < n_specs; ++si) {
             const SpecConfig& sp = plan.specs[si];
             Prepared* draft = t.n_gen > 0 && !sp.draft.empty() ? &mx.drafts[sp.draft] : nullptr;
-            ms.push_back(Measure{draft ? mx.target : mx.plain, draft, t, int64_t(ti), plan.reps, plan.draft_min,
-                                 plan.warmup ? -1 : 0, sp, mx.engine.profiler(), mx.ev, mx.path});
+            ms.push_back(Measure{draft ? mx.target : mx.plain, draft, nullptr, 1, t, int64_t(ti), plan.reps,
+                                 plan.draft_min, plan.warmup ? -1 : 0, sp, mx.engine.profiler(), mx.ev, mx.path});
         }
+        // sequences side by side: plain decoding only, a record each after the test's own
+        for (int64_t np : plan.parallel) {
+            if (np <= 1) continue;
+            Record r = base;
+            r.n_parallel = np;
+            recs.push_back(r);
+            ms.push_back(Measure{mx.plain, nullptr, mx.parallel.at(np).get(), np, t, int64_t(ti), plan.reps,
+                                 plan.draft_min, plan.warmup ? -1 : 0, plan.specs.front(), mx.engine.profiler(), mx.ev,
+                                 mx.path});
+        }
+        const size_t n_rows = ms.size();
         if (mx.engine.profiler()) {  // one profile per configuration: its repetitions in a row
-            for (size_t si = 0; si < n_specs; ++si) BM_TRY(measure(ms[si], recs[si]));
+            for (size_t si = 0; si < n_rows; ++si) BM_TRY(measure(ms[si], recs[si]));
         } else {
             // The configurations of a test take turns repetition by repetition, so a drift of the
             // machine's speed (10-20% over minutes on a shared VM) hits the plain row and every
-            // speculative row alike.
-            std::vector<SpecStats> stats(n_specs);
+            // speculative and parallel row alike.
+            std::vector<SpecStats> stats(n_rows);
             for (int64_t rep = plan.warmup ? -1 : 0; rep < plan.reps; ++rep)
-                for (size_t si = 0; si < n_specs; ++si) BM_TRY(run_rep(ms[si], rep, recs[si], stats[si]));
-            for (size_t si = 0; si < n_specs; ++si) finish_record(ms[si], stats[si], recs[si]);
+                for (size_t si = 0; si < n_rows; ++si) BM_TRY(run_rep(ms[si], rep, recs[si], stats[si]));
+            for (size_t si = 0; si < n_rows; ++si) finish_record(ms[si], stats[si], recs[si]);
         }
         for (auto& rec : recs) mx.ev.record(std::move(rec));
     }
@@ -274,7 +319,18 @@ Result<void> run_config(Engine& engine, const std::string& path, int64_t threads
         drafts[dpath] = std::move(*p);
     }
     Prepared& plain_rows = draft_engines.empty() ? *target : plain;
-    return run_tests(Matrix{engine, path, threads, no_repack, c, *target, plain_rows, drafts, plan, ev});
+    std::map<int64_t, std::unique_ptr<Context>> parallel;
+    for (int64_t np : plan.parallel) {
+        if (np <= 1 || parallel.count(np)) continue;
+        ContextParams pcp = plain_cp;
+        pcp.n_seq_max = int(np);
+        if (auto r = Context::check_fits(engine.model().hparams(), pcp, engine.backend().memory_available()); !r)
+            return in_config(r.error(), path, c);
+        auto ctx = engine.new_context(pcp);
+        if (!ctx) return in_config(ctx.error(), path, c);
+        parallel[np] = std::move(*ctx);
+    }
+    return run_tests(Matrix{engine, path, threads, no_repack, c, *target, plain_rows, drafts, parallel, plan, ev});
 }
 }  // namespace
 

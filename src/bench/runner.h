@@ -42,6 +42,9 @@ struct Plan {
     std::vector<ContextConfig> configs;
     std::vector<Test> tests;
     std::vector<SpecConfig> specs;  // at least one (plain: {})
+    // -npl: sequences decoded side by side, each with its own prompt and generation, one batch a
+    // step (llama-batched-bench's parallel sequences); 1 is the single-sequence test.
+    std::vector<int64_t> parallel = {1};
     int64_t reps = 5;
     int64_t draft_min = 0;
     int64_t draft_threads = 0;  // 0: as the target

@@ -24,6 +24,9 @@ const std::vector<OptionSpec> k_specs = {
     {"-pg", "--pg", "LIST", "prompt,generation pairs: -pg 512,128 (repeatable)"},
     {"-d", "--n-depth", "LIST", "context depth before each test (default 0)"},
     {"-r", "--repetitions", "N", "repetitions (default 5)"},
+    {"-npl", "--n-parallel", "LIST",
+     "sequences side by side, each with its own prompt and generation, one batch a step; t/s counts every "
+     "sequence's tokens (llama-batched-bench's -npl; default 1)"},
     list_of(opt::threads),
     list_of(opt::batch_size),
     list_of(opt::ubatch_size),
@@ -95,6 +98,11 @@ void warn_if_long(const bench::Plan& p) {
         const int64_t rows = t.n_gen > 0 ? int64_t(p.specs.size()) : 1;
         tokens += (t.n_prompt + t.n_gen) * (p.reps + 1) * rows;
         n_tests += rows;
+        for (int64_t np : p.parallel)
+            if (np > 1) {
+                tokens += np * (t.n_prompt + t.n_gen) * (p.reps + 1);
+                n_tests += 1;
+            }
     }
     int64_t per_layout = 0;
     for (const auto& c : p.configs) per_layout += c.depth + tokens;
@@ -136,11 +144,14 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto ub = ints(*args, "--ubatch-size", "512", 1);
     auto nrs = ints(*args, "--no-repack", "0", 0);
     auto ngls = ints(*args, "--n-gpu-layers", "0", 0);
+    auto npls = ints(*args, "--n-parallel", "1", 1);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
     Result<double> bw = 0.0;
     if (args->get("--bw") != "auto") bw = args->get_float("--bw", 0);
-    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs, &ngls})
+    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs, &ngls, &npls})
         if (!*r) return fail(r->error().message);
+    for (int64_t v : *npls)
+        if (v > 256) return fail("bench: --n-parallel takes 1 to 256 sequences, got " + std::to_string(v));
     for (int64_t v : *nrs)
         if (v > 1) return fail("bench: --no-repack takes 0 or 1");
     if (!reps) return fail(reps.error().message);
@@ -243,6 +254,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     for (int64_t v : *nrs) plan.no_repack.push_back(v == 1);
     plan.gpu_layers = *ngls;
     plan.reps = *reps;
+    plan.parallel = *npls;
     plan.draft_min = *draft_min;
     plan.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
     plan.profile = args->has("--profile");

@@ -404,9 +404,9 @@ TEST_P(Conformance, attention_matches_float64) {
     struct Shape {
         int64_t H, Hkv, D, depth, T;
     };
-    for (const Shape sh : {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2},
-                           Shape{4, 4, 16, 530, 41}, Shape{2, 1, 8, 0, 9}, Shape{16, 2, 64, 100, 20},
-                           Shape{8, 1, 256, 70, 17}}) {
+    for (const Shape sh :
+         {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2}, Shape{4, 4, 16, 530, 41},
+          Shape{2, 1, 8, 0, 9}, Shape{16, 2, 64, 100, 20}, Shape{8, 1, 256, 70, 17}}) {
         for (DType ct : {DType::F32, DType::F16}) {
             KvCase c(*be_, rng_, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
             KvBlock b = c.block();

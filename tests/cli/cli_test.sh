@@ -82,6 +82,9 @@ expect "synth bad output type" 1 "unknown output tensor type 'Q5_K'" "$bin" synt
 q=$fixtures/models/qwen35moe-tiny-q4_k_m.gguf
 expect "bench -nr" 0 "| 2 | 1 | tg4 |" "$bin" bench -m "$q" -nr 0,1 -t 2 -p 0 -n 4 -r 1
 expect "bench bad -nr" 1 "0 or 1" "$bin" bench -m "$q" -nr 2 -p 0 -n 4 -r 1
+expect "bench -npl" 0 "| tg4 x3 |" "$bin" bench -m "$q" -npl 1,3 -t 2 -p 0 -n 4 -r 1
+expect "bench -npl pg" 0 '"n_prompt":6,"n_gen":2.*"bigmoe_n_parallel":2' "$bin" bench -m "$q" -npl 2 -pg 6,2 -p 0 -n 0 -r 1 -o jsonl
+expect "bench bad -npl" 1 "1 to 256" "$bin" bench -m "$q" -npl 257 -p 0 -n 4 -r 1
 expect "run --no-repack" 0 "generation: 4 tokens" "$bin" run -m "$q" --no-repack -p hi -n 4 --temp 0 --ignore-eos
 # Sizes beyond the machine's memory: exit 1 with the bytes needed and available, never a signal.
 for c in "run -m $m -p hi -n 2 -c 99999999" "logits -m $m --tokens 1,2 -o $tmp/l -c 99999999" \
