@@ -63,12 +63,17 @@ KlBaseWriter::~KlBaseWriter() {
 }
 
 Result<void> KlBaseWriter::add(const std::vector<double>& logp, int32_t next) {
-    const double top = *std::max_element(logp.begin(), logp.end());
+    const auto top_at = std::max_element(logp.begin(), logp.end());
+    const double top = *top_at;
     const float lo = float(std::max(*std::min_element(logp.begin(), logp.end()), top - k_range));
     const double step = (top - double(lo)) / 65535.0;
+    // The top token alone takes the highest level, so the base's first token is the run's own even
+    // where a runner-up lies within a level of it (40 nats / 65535: 6e-4); otherwise both would
+    // read as tied and the top-1 agreement with the base itself could fall below 1.
+    const size_t top_i = size_t(top_at - logp.begin());
     for (size_t i = 0; i < logp.size(); ++i) {
         const double level = step > 0 ? std::round((std::max(logp[i], double(lo)) - double(lo)) / step) : 0;
-        row_[i] = uint16_t(std::clamp(level, 0.0, 65535.0));
+        row_[i] = uint16_t(std::clamp(level, 0.0, i == top_i ? 65535.0 : 65534.0));
     }
     const float hi = float(top), scored = float(logp[size_t(next)]);
     if (std::fwrite(&lo, 4, 1, f_) != 1 || std::fwrite(&hi, 4, 1, f_) != 1 || std::fwrite(&scored, 4, 1, f_) != 1 ||
