@@ -4,9 +4,10 @@
 // Every kernel computes a token's result in a fixed order of its own, so results do not depend
 // on the batch a token comes in (bigmoe's batch invariance). Weights stay in their GGUF block
 // layouts and are decoded where they are read. Quantized products run on 32-value units (a Q4_0 /
-// Q8_0 block, or a K-quant sub-block): a lane loads a unit's weights into registers once, forms
-// the integer sums with dp4a for every token of its tile, and scales them with the reference
-// dot product's float arithmetic, operation for operation.
+// Q8_0 block, or a K-quant sub-block): a lane loads a unit's weights into registers once and forms
+// the integer sums with dp4a for every token of its tile. A Q4_0 / Q8_0 unit is scaled on its own;
+// K-quant units' scaled integer sums add up over their 256-value super-block (exactly), and the
+// super-block is scaled once, as the reference's dot product does.
 #include <cuda_pipeline.h>
 
 #include "backend/cuda/ops.h"
@@ -182,10 +183,11 @@ __device__ void quantize_rows_in_block(int at, const float* x, int64_t xs, int64
 
 // ---- 32-value units of quantized rows
 //
-// A quantized row's dot product with an activation row is the sum of its units' contributions
-// c_0 + c_1 + ... added in that order (a left fold), whichever kernel forms them: the warp-per-row
-// kernels below and the tensor-core kernel for larger batches give a token the same bits, so a
-// token's result never depends on the batch around it.
+// A quantized row's dot product with an activation row is the sum of its contributions (a
+// K-quant super-block's, a Q4_0 / Q8_0 block's) c_0 + c_1 + ... added in that order (a left
+// fold), whichever kernel forms them: the warp-per-row kernels below and the tensor-core kernel
+// for larger batches give a token the same bits, so a token's result never depends on the batch
+// around it.
 
 // A unit's weights as the dot products use them: 32 small integers packed 4 to a word (unsigned
 // 0..15 / 0..63 for the K-quants and Q4_0, int8 for Q8_0), value 4 i + b in byte b of word i.
@@ -290,36 +292,81 @@ __device__ __forceinline__ ActUnit act_unit(const uint8_t* arow, int64_t n, int6
     }
 }
 
-// A unit's contribution from its integer sums over values 0..15 (s0) and 16..31 (s1), as the
-// reference's vec_dot forms it.
+// K-quant units contribute per super-block: the 8 units' integer parts, summed exactly (in any
+// order), then one float contribution of the super-block (the reference's vec_dot forms it so).
+// A Q4_0 / Q8_0 unit is a whole block with its own scale: one float contribution a unit.
+template <int TYPE>
+constexpr bool k_quant = TYPE == k_q4_k || TYPE == k_q5_k || TYPE == k_q6_k;
+
+// A K-quant unit's integer part, from its integer sums over values 0..15 (s0) and 16..31 (s1):
+// Q4_K / Q5_K the scaled sum (a) and the min's share (b), Q6_K the scaled sum less the offset.
+struct UnitInts {
+    int a, b;
+};
+template <int TYPE>
+__device__ __forceinline__ UnitInts unit_ints(const UnitScales& w, int s0, int s1, const ActUnit& y) {
+    if constexpr (TYPE == k_q6_k)
+        return {(s0 - 32 * y.bs0) * w.s0 + (s1 - 32 * y.bs1) * w.s1, 0};
+    else
+        return {(s0 + s1) * w.s0, (y.bs0 + y.bs1) * w.s1};
+}
+// A super-block's contribution from its units' integer parts summed (w: any of its units' scales,
+// yd: the activation's scale).
+template <int TYPE>
+__device__ __forceinline__ float sb_contribution(const UnitScales& w, float yd, int a, int b) {
+    if constexpr (TYPE == k_q6_k)
+        return __fmul_rn(__fmul_rn(w.d, yd), float(a));
+    else
+        return __fsub_rn(__fmul_rn(__fmul_rn(w.d, yd), float(a)), __fmul_rn(__fmul_rn(w.dm, yd), float(b)));
+}
+// A Q4_0 / Q8_0 unit's contribution.
 template <int TYPE>
 __device__ __forceinline__ float combine(const UnitScales& w, int s0, int s1, const ActUnit& y) {
-    if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {
-        const int M = (y.bs0 + y.bs1) * w.s1;
-        return __fsub_rn(__fmul_rn(__fmul_rn(w.d, y.yd), float((s0 + s1) * w.s0)),
-                         __fmul_rn(__fmul_rn(w.dm, y.yd), float(M)));
-    } else if constexpr (TYPE == k_q6_k) {
-        const int S = (s0 - 32 * y.bs0) * w.s0 + (s1 - 32 * y.bs1) * w.s1;
-        return __fmul_rn(__fmul_rn(w.d, y.yd), float(S));
-    } else if constexpr (TYPE == k_q4_0) {
+    if constexpr (TYPE == k_q4_0)
         return __fmul_rn(__fmul_rn(float(s0 + s1 - 8 * y.bs0), w.d), y.yd);
-    } else {
+    else
         return __fmul_rn(float(s0 + s1), __fmul_rn(w.d, y.yd));
-    }
 }
 
+// The integer sums of unit u's weights with an activation row: values 0..15 and 16..31.
 template <int TYPE>
-__device__ __forceinline__ float unit_dot(const Unit& w, const uint8_t* arow, int64_t n, int64_t u) {
+__device__ __forceinline__ void unit_sums(const Unit& w, const uint8_t* arow, int64_t u, int& s0, int& s1) {
     const uint4* qp = reinterpret_cast<const uint4*>(arow + 32 * u);
     const uint4 a0 = qp[0], a1 = qp[1];
     const int y[8] = {int(a0.x), int(a0.y), int(a0.z), int(a0.w), int(a1.x), int(a1.y), int(a1.z), int(a1.w)};
-    int s0 = 0, s1 = 0;
+    s0 = 0;
+    s1 = 0;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         s0 = __dp4a(w.q[i], y[i], s0);
         s1 = __dp4a(w.q[4 + i], y[4 + i], s1);
     }
+}
+// A Q4_0 / Q8_0 unit's contribution.
+template <int TYPE>
+__device__ __forceinline__ float unit_dot(const Unit& w, const uint8_t* arow, int64_t n, int64_t u) {
+    int s0, s1;
+    unit_sums<TYPE>(w, arow, u, s0, s1);
     return combine<TYPE>(w.sc, s0, s1, act_unit<TYPE>(arow, n, u));
+}
+// A K-quant unit's integer part, and the activation's scale of its super-block.
+template <int TYPE>
+__device__ __forceinline__ UnitInts unit_int_dot(const Unit& w, const uint8_t* arow, int64_t n, int64_t u, float& yd) {
+    int s0, s1;
+    unit_sums<TYPE>(w, arow, u, s0, s1);
+    const ActUnit y = act_unit<TYPE>(arow, n, u);
+    yd = y.yd;
+    return unit_ints<TYPE>(w.sc, s0, s1, y);
+}
+// The integer parts summed over each super-block's 8 lanes (lanes 8 k .. 8 k + 7 hold one
+// super-block's units), in all 8.
+template <int TYPE>
+__device__ __forceinline__ void sb_reduce(int& a, int& b) {
+#pragma unroll
+    for (int o = 1; o < 8; o <<= 1) {
+        a += __shfl_xor_sync(0xffffffffu, a, o);
+        if constexpr (TYPE != k_q6_k) b += __shfl_xor_sync(0xffffffffu, b, o);
+    }
 }
 
 // A warp's dot products of a weight row with the activation rows of nt <= NT tokens (act, act +
@@ -340,6 +387,43 @@ __device__ __forceinline__ void lane_dots(const uint8_t* row, const uint8_t* act
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j] = warp_sum(acc[j]);
+    } else if constexpr (k_quant<TYPE>) {
+        // lane l takes unit u0 + l; the 4 super-blocks of a group of 32 are folded in order
+        const int64_t U = n / 32, SB = U / 8;
+        for (int64_t u0 = 0; u0 < U; u0 += 32) {
+            const int64_t u = u0 + lane;
+            int ia[NT], ib[NT];
+            float yd[NT];
+            UnitScales sc{};
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                ia[j] = ib[j] = 0;
+                yd[j] = 0;
+            }
+            if (u < U) {
+                const Unit w = load_unit<TYPE>(row, u);
+                sc = w.sc;
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    if (j < nt) {
+                        const UnitInts r = unit_int_dot<TYPE>(w, act + j * arb, n, u, yd[j]);
+                        ia[j] = r.a;
+                        ib[j] = r.b;
+                    }
+            }
+            float c[NT];
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+                sb_reduce<TYPE>(ia[j], ib[j]);
+                c[j] = sb_contribution<TYPE>(sc, yd[j], ia[j], ib[j]);
+            }
+            const int ms = int(SB - u0 / 8 < 4 ? SB - u0 / 8 : 4);
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+                if (k < ms)
+#pragma unroll
+                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], 8 * k);
+        }
     } else {
         const int64_t U = n / 32;
         for (int64_t u0 = 0; u0 < U; u0 += 32) {
@@ -411,6 +495,48 @@ __device__ void row_dots(int type, const uint8_t* row, const uint8_t* act, int64
 template <int TYPE, int CH, class RowAt, class ActAt, class Sink>
 __device__ __forceinline__ void fold_rows(int64_t R, int64_t n, int lane, RowAt row_at, ActAt act_at, Sink sink) {
     const int U = int(n / 32), P = int(R) * U;  // 32-bit: the pairs' divisions are per lane and unit
+    if constexpr (k_quant<TYPE>) {
+        // 8 lanes a super-block of one row (rows are whole super-blocks), folded in order
+        const int SB = U / 8;
+        float acc = 0;
+        int sbc = 0;
+        int64_t rc = 0;
+        for (int p0 = 0; p0 < P; p0 += 32 * CH) {
+            float c[CH];
+#pragma unroll
+            for (int i = 0; i < CH; ++i) {
+                const int p = p0 + 32 * i + lane;
+                int a = 0, b = 0;
+                float yd = 0;
+                UnitScales sc{};
+                if (p < P) {
+                    const int r = p / U, u = p % U;
+                    const Unit w = load_unit<TYPE>(row_at(r), u);
+                    sc = w.sc;
+                    const UnitInts ints = unit_int_dot<TYPE>(w, act_at(r), n, u, yd);
+                    a = ints.a;
+                    b = ints.b;
+                }
+                sb_reduce<TYPE>(a, b);
+                c[i] = sb_contribution<TYPE>(sc, yd, a, b);
+            }
+#pragma unroll
+            for (int i = 0; i < CH; ++i) {
+                const int q0 = p0 + 32 * i, ms = P - q0 < 32 ? (P - q0) / 8 : 4;
+#pragma unroll
+                for (int k = 0; k < 4; ++k)
+                    if (k < ms) {
+                        acc += __shfl_sync(0xffffffffu, c[i], 8 * k);
+                        if (++sbc == SB) {
+                            sink(rc++, acc);
+                            acc = 0;
+                            sbc = 0;
+                        }
+                    }
+            }
+        }
+        return;
+    }
     float acc = 0;
     int uc = 0;
     int64_t rc = 0;
@@ -531,6 +657,63 @@ __device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, i
     }
 }
 
+// mma_unit for the K-quants: each output's integer part of unit u added into ia / ib (the
+// super-block's sums), turned into a float contribution by mma_sb_add once the super-block's 8
+// units are in.
+template <int TYPE>
+__device__ __forceinline__ void mma_unit_ints(const uint8_t* w0, const uint8_t* w1, int64_t u,
+                                              const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
+                                              int64_t n, int n_tiles, int (&ia)[4][4], int (&ib)[4][4]) {
+    const int tq = threadIdx.x % 4;
+    const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
+    const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
+    const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+        int b0 = 0, b1 = 0;
+        if (feed[i]) {
+            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
+            b0 = q[tq];
+            b1 = q[4 + tq];
+        }
+        int d0[4], d1[4];
+        mma_s8_16x8x16(d0, a00, a01, b0);
+        mma_s8_16x8x16(d1, a10, a11, b1);
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (out_of[i][e]) {
+                const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
+                const UnitInts r0 = unit_ints<TYPE>(sc0, d0[e], d1[e], y),
+                               r1 = unit_ints<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
+                ia[i][e] += r0.a;
+                ib[i][e] += r0.b;
+                ia[i][2 + e] += r1.a;
+                ib[i][2 + e] += r1.b;
+            }
+    }
+}
+// The super-block's contributions added into acc (w0 / w1: the rows' super-blocks, out_of: the
+// tokens' activation chunks of 256 values), and its sums cleared.
+template <int TYPE>
+__device__ __forceinline__ void mma_sb_add(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&out_of)[4][2],
+                                           int n_tiles, int (&ia)[4][4], int (&ib)[4][4], float (&acc)[4][4]) {
+    const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            if (out_of[i][e]) {
+                const float yd = act_unit<TYPE>(out_of[i][e], 256, 0).yd;
+                acc[i][e] += sb_contribution<TYPE>(sc0, yd, ia[i][e], ib[i][e]);
+                acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, ia[i][2 + e], ib[i][2 + e]);
+            }
+            ia[i][e] = ib[i][e] = ia[i][2 + e] = ib[i][2 + e] = 0;
+        }
+    }
+}
+
 // A block's 64 x 32 tile with its operands staged in shared memory. Chunks of 8 units (256
 // values: a K-quant super-block, or 8 Q8_0 / Q4_0 blocks) of the block's 64 weight rows and of
 // its token rows are copied with cp.async, the next chunk's copies in flight while the warps
@@ -604,6 +787,11 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
     };
     const uint8_t* feed[4];
     const uint8_t* out_of[4][2];
+    int ia[4][4], ib[4][4];  // K-quants: the current super-block's integer sums
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ia[i][e] = ib[i][e] = 0;
     stage(0, 0);
     for (int64_t c = 0; c < chunks; ++c) {
         const int b = int(c & 1);
@@ -627,7 +815,12 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
             out_of[i][1] = act_ptr(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
         }
         const int64_t cu = min(int64_t(8), U - 8 * c);
-        for (int64_t u = 0; u < cu; ++u) mma_unit<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, acc);
+        if constexpr (k_quant<TYPE>) {  // a chunk is one super-block
+            for (int64_t u = 0; u < cu; ++u) mma_unit_ints<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, ia, ib);
+            mma_sb_add<TYPE>(w0, w1, out_of, n_tiles, ia, ib, acc);
+        } else {
+            for (int64_t u = 0; u < cu; ++u) mma_unit<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, acc);
+        }
         __syncthreads();  // every warp is done with buffer b before the next chunk's copies go there
     }
 }
