@@ -70,8 +70,6 @@ struct Measure {
     const std::string& path;
 };
 
-// Runs one repetition of a test (rep -1: the warm-up, not recorded) from the checkpoints and
-// adds its time to rec.samples_ns and its speculative counts to spec.
 // One repetition of sequences side by side: each restored to the depth, given its own prompt (all
 // prompts in one batch), then one token of each a step.
 Result<void> run_rep_parallel(const Measure& m, int64_t rep, Record& rec) {
@@ -102,6 +100,8 @@ Result<void> run_rep_parallel(const Measure& m, int64_t rep, Record& rec) {
     return {};
 }
 
+// Runs one repetition of a test (rep -1: the warm-up, not recorded) from the checkpoints and
+// adds its time to rec.samples_ns and its speculative counts to spec.
 Result<void> run_rep(const Measure& m, int64_t rep, Record& rec, SpecStats& spec) {
     if (m.parallel) return run_rep_parallel(m, rep, rec);
     Context& ctx = *m.target.ctx;

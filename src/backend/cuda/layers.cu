@@ -437,10 +437,10 @@ __device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t of
 // weigh exactly zero and keys past the block's last query are never read, so a query's bits do
 // not depend on the rows beside it, nor on whether its chunks ran in one block or many.
 //
-// A block holds 32 queries: (row, query head) pairs of up to k_att_rows rows of one span and one
-// KV head, in passes of 32 when the group is larger. The cache's bytes of the next tile are
-// copied into shared memory (cp.async) while the current one is computed. Two forms of the
-// products, chosen by the span's cache types alone (so a query takes the same one in any batch):
+// A block holds 32 queries (the tensor-core form's prefill blocks: 64): (row, query head) pairs of
+// up to k_att_rows rows of one span and one KV head, in passes when the group is larger. The cache's bytes of the next
+// tile are copied into shared memory (cp.async) while the current one is computed. Two forms of the products, chosen by
+// the span's cache types alone (so a query takes the same one in any batch):
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
 //   the weights go in as two f16 parts (w = hi + lo), so the values' products keep float
@@ -560,14 +560,14 @@ struct AttBlock {
 
 // The softmax weights of a tile: the scores in sp ([key][query]) become weights, each query's
 // running maximum m and mass l move on, and scorr gets its values' rescale. A warp per QPW
-// queries, a lane per 2 keys; SP: sp's row stride.
-template <int QPW, int SP>
+// queries, a lane per 2 keys (keys lane and lane + 32).
+template <int QPW>
 __device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, int lane, float (&m)[QPW],
                                             float (&l)[QPW]) {
 #pragma unroll
     for (int u = 0; u < QPW; ++u) {
         const int q = warp * QPW + u;
-        const float s0 = sp[lane * SP + q], s1 = sp[(lane + 32) * SP + q];
+        const float s0 = sp[lane * k_att_sp + q], s1 = sp[(lane + 32) * k_att_sp + q];
         const float mx = warp_max(fmaxf(s0, s1));
         float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
         if (mx != -INFINITY) {  // the same for the whole warp
@@ -578,8 +578,8 @@ __device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, i
             l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
             m[u] = nm;
         }
-        sp[lane * SP + q] = p0;
-        sp[(lane + 32) * SP + q] = p1;
+        sp[lane * k_att_sp + q] = p0;
+        sp[(lane + 32) * k_att_sp + q] = p1;
         if (lane == 0) scorr[q] = corr;
     }
 }
@@ -1034,7 +1034,7 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
         __pipeline_wait_prior(1);  // this tile's V
         __syncthreads();           // scores written, K read, V landed
         dequant(rawv, vmem, b.type_v, rv, stv, k0);
-        if (w_any) att_weights<QPW, k_att_sp>(sp, scorr, warp, lane, m, l);
+        if (w_any) att_weights<QPW>(sp, scorr, warp, lane, m, l);
         __syncthreads();  // weights written, V dequantized
         k.stage(rawv, vmem, rv, k.hv, stv, k1, false);
         if (w_any) {
