@@ -700,6 +700,17 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     const int kb = QB == 4 ? (warp & 3) * 2 : warp;
     const int pw = QB == 4 ? warp & 3 : warp, pstep = QB == 4 ? 4 : 8, npairs = int(D / 16);
     const int r0 = qb * 16 + g, r1 = r0 + 8;  // this thread's rows of values
+    // f(i, h, d) for this thread's values of a row: pair pw + pstep i, 8-column block h, columns
+    // d and d + 1
+    auto each_value_pair = [&](auto f) {
+#pragma unroll
+        for (int i = 0; i < NP; ++i) {
+            const int pr = pw + pstep * i;
+            if (pr >= npairs) break;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) f(i, h, 16 * pr + 8 * h + 2 * tq);
+        }
+    };
     const bool w_any = spos[warp * QPW] >= 0;
     float m[QPW], l[QPW];
     float o[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
@@ -824,15 +835,9 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                         out[0] = nm;
                         out[1] = nl;
                     }
-#pragma unroll
-                    for (int i = 0; i < NP; ++i) {
-                        const int pr = pw + pstep * i;
-                        if (pr >= npairs) break;
-#pragma unroll
-                        for (int h = 0; h < 2; ++h)
-                            *reinterpret_cast<float2*>(out + 4 + 16 * pr + 8 * h + 2 * tq) =
-                                make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
-                    }
+                    each_value_pair([&](int i, int h, int d) {
+                        *reinterpret_cast<float2*>(out + 4 + d) = make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
+                    });
                 } else {
                     const AttMergeStep s = att_merge_scalars(tm[rr], tl[rr], nm, nl);
 #pragma unroll
@@ -866,15 +871,10 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         if (k.q0 + q >= k.nq) continue;
         const float inv = __fdiv_rn(1.0f, tl[rr]);
         float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
-#pragma unroll
-        for (int i = 0; i < NP; ++i) {
-            const int pr = pw + pstep * i;
-            if (pr >= npairs) break;
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-                *reinterpret_cast<float2*>(out + 16 * pr + 8 * h + 2 * tq) =
-                    make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
-        }
+        each_value_pair([&](int i, int h, int d) {
+            *reinterpret_cast<float2*>(out + d) =
+                make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
+        });
     }
 }
 

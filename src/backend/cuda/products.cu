@@ -623,75 +623,65 @@ __device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], int a0, int a1, int 
 // One unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32
 // tokens: feed[i] is the activation row token 8 i + g feeds into the products (nullptr: none),
 // out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); two
-// 16-value halves of integer sums from the tensor cores, then each output's contribution added
-// into acc[i][e] (token 8 i + 2 (lane % 4) + (e & 1), row g + 8 (e >= 2)). Units are added in
-// order by the callers, so a token's sums have the bits of the warp kernels.
+// 16-value halves of integer sums from the tensor cores (d0, d1), handed with the rows' scales
+// and the token's activation sums to add(i, e, ...) for the outputs [i][e] (token 8 i + 2 (lane %
+// 4) + (e & 1), row g) and [i][2 + e] (row g + 8). Units are added in order by the callers, so a
+// token's sums have the bits of the warp kernels.
 constexpr int k_mma_rows = 64, k_mma_tokens = 32;
+template <int TYPE, class Add>
+__device__ __forceinline__ void mma_unit_sums(const uint8_t* w0, const uint8_t* w1, int64_t u,
+                                              const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
+                                              int64_t n, int n_tiles, Add add) {
+    const int tq = threadIdx.x % 4;
+    const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
+    const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
+    const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+        int b0 = 0, b1 = 0;
+        if (feed[i]) {
+            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
+            b0 = q[tq];
+            b1 = q[4 + tq];
+        }
+        int d0[4], d1[4];
+        mma_s8_16x8x16(d0, a00, a01, b0);
+        mma_s8_16x8x16(d1, a10, a11, b1);
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (out_of[i][e]) add(i, e, sc0, sc1, d0, d1, act_unit<TYPE>(out_of[i][e], n, u));
+    }
+}
+// Q4_0 / Q8_0: each output's contribution of unit u added into acc.
 template <int TYPE>
 __device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, int64_t u,
                                          const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
                                          int64_t n, int n_tiles, float (&acc)[4][4]) {
-    const int tq = threadIdx.x % 4;
-    const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
-    const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
-    const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-        int b0 = 0, b1 = 0;
-        if (feed[i]) {
-            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
-            b0 = q[tq];
-            b1 = q[4 + tq];
-        }
-        int d0[4], d1[4];
-        mma_s8_16x8x16(d0, a00, a01, b0);
-        mma_s8_16x8x16(d1, a10, a11, b1);
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-            if (out_of[i][e]) {
-                const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
-                acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
-                acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
-            }
-    }
+    mma_unit_sums<TYPE>(w0, w1, u, feed, out_of, n, n_tiles,
+                        [&](int i, int e, const UnitScales& sc0, const UnitScales& sc1, const int(&d0)[4],
+                            const int(&d1)[4], const ActUnit& y) {
+                            acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
+                            acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
+                        });
 }
 
-// mma_unit for the K-quants: each output's integer part of unit u added into ia / ib (the
-// super-block's sums), turned into a float contribution by mma_sb_add once the super-block's 8
-// units are in.
+// K-quants: each output's integer part of unit u added into ia / ib (the super-block's sums),
+// turned into a float contribution by mma_sb_add once the super-block's 8 units are in.
 template <int TYPE>
 __device__ __forceinline__ void mma_unit_ints(const uint8_t* w0, const uint8_t* w1, int64_t u,
                                               const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
                                               int64_t n, int n_tiles, int (&ia)[4][4], int (&ib)[4][4]) {
-    const int tq = threadIdx.x % 4;
-    const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
-    const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
-    const int a10 = unit_word<TYPE>(w0, u, 4 + tq), a11 = unit_word<TYPE>(w1, u, 4 + tq);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-        int b0 = 0, b1 = 0;
-        if (feed[i]) {
-            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
-            b0 = q[tq];
-            b1 = q[4 + tq];
-        }
-        int d0[4], d1[4];
-        mma_s8_16x8x16(d0, a00, a01, b0);
-        mma_s8_16x8x16(d1, a10, a11, b1);
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-            if (out_of[i][e]) {
-                const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
-                const UnitInts r0 = unit_ints<TYPE>(sc0, d0[e], d1[e], y),
-                               r1 = unit_ints<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
-                ia[i][e] += r0.a;
-                ib[i][e] += r0.b;
-                ia[i][2 + e] += r1.a;
-                ib[i][2 + e] += r1.b;
-            }
-    }
+    mma_unit_sums<TYPE>(w0, w1, u, feed, out_of, n, n_tiles,
+                        [&](int i, int e, const UnitScales& sc0, const UnitScales& sc1, const int(&d0)[4],
+                            const int(&d1)[4], const ActUnit& y) {
+                            const UnitInts r0 = unit_ints<TYPE>(sc0, d0[e], d1[e], y),
+                                           r1 = unit_ints<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
+                            ia[i][e] += r0.a;
+                            ib[i][e] += r0.b;
+                            ia[i][2 + e] += r1.a;
+                            ib[i][2 + e] += r1.b;
+                        });
 }
 // The super-block's contributions added into acc (w0 / w1: the rows' super-blocks, out_of: the
 // tokens' activation chunks of 256 values), and its sums cleared.
