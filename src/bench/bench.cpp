@@ -152,10 +152,21 @@ std::string to_json(const Record& r, bool pretty) {
     return json_of(r).dump(pretty ? 2 : -1);
 }
 
+// The CSV columns: every field a record can have but the profile (a nested object, JSON only),
+// so rows with and without a draft line up under one header.
+static std::vector<std::string> csv_keys() {
+    Record all;
+    all.draft_model = "-";
+    all.spec_speedup = 1;
+    const auto j = json_of(all);  // a named object: items() refers to it
+    std::vector<std::string> keys;
+    for (auto& [k, v] : j.items()) keys.push_back(k);
+    return keys;
+}
+
 std::string csv_header() {
     std::string h;
-    const auto j = json_of(Record{});
-    for (auto& [k, v] : j.items()) h += (h.empty() ? "" : ",") + k;
+    for (const std::string& k : csv_keys()) h += (h.empty() ? "" : ",") + k;
     return h;
 }
 
@@ -163,7 +174,8 @@ std::string to_csv(const Record& r) {
     std::string line;
     bool first = true;
     const auto j = json_of(r);
-    for (auto& [k, v] : j.items()) {
+    for (const std::string& k : csv_keys()) {
+        const nlohmann::ordered_json v = j.contains(k) ? j[k] : nlohmann::ordered_json("");
         std::string cell;
         if (v.is_string()) {
             cell = "\"";

@@ -115,6 +115,19 @@ TEST(Bench, csv_round_trips) {
     EXPECT_EQ(m["n_gen"], "128");
     EXPECT_NEAR(std::stod(m["avg_ts"]), r.avg_ts(), 1e-6);
     EXPECT_EQ(std::count(m["samples_ns"].begin(), m["samples_ns"].end(), ';'), 2);
+    // a speculative row lines up under the same header; a plain row leaves its columns empty
+    Record d = r;
+    d.draft_model = "draft.gguf";
+    d.spec_acceptance = 0.75;
+    d.spec_speedup = 1.5;
+    const auto drow = split_csv(to_csv(d));
+    ASSERT_EQ(head.size(), drow.size());
+    std::map<std::string, std::string> dm;
+    for (size_t i = 0; i < head.size(); ++i) dm[head[i]] = drow[i];
+    EXPECT_EQ(dm["bigmoe_draft_model"], "draft.gguf");
+    EXPECT_EQ(std::stod(dm["bigmoe_spec_speedup"]), 1.5);
+    EXPECT_EQ(m["bigmoe_draft_model"], "");
+    EXPECT_EQ(dm["n_gen"], "128");
 }
 
 TEST(Bench, markdown_has_llama_bench_layout) {
