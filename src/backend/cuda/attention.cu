@@ -1,0 +1,1068 @@
+// Attention over the KV cache: the store kernel writing each cache type with the CPU's bytes,
+// the attention kernels (a tensor-core form for f16 caches, a float form for every type) and the
+// merge of split chunks. A query's result has the same bits in any batch.
+#include <cuda_pipeline.h>
+
+#include <algorithm>
+
+#include "backend/cuda/ops.h"
+
+namespace bigmoe::cuda {
+
+namespace {
+
+// ---------------------------------------------------------------- the KV cache's types
+
+// Bytes of `width` values of a cache row of type `type` (a multiple of 32 for the block types).
+__host__ __device__ inline int64_t kv_row_bytes(int type, int64_t width) {
+    switch (type) {
+        case 0:
+            return 4 * width;
+        case 1:
+        case 30:
+            return 2 * width;
+        case 8:
+            return width / 32 * 34;
+        case 2:
+        case 20:
+            return width / 32 * 18;
+        case 3:
+            return width / 32 * 20;
+        case 6:
+            return width / 32 * 22;
+        default:  // 7: q5_1
+            return width / 32 * 24;
+    }
+}
+
+__constant__ int8_t c_iq4nl[16] = {-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113};
+
+// f32 -> f16 bits, rounded to nearest even: core/fp16.h's f32_to_fp16 in integer operations.
+__device__ uint16_t kv_fp16(float f) {
+    const uint32_t x = __float_as_uint(f);
+    const uint32_t sign = (x >> 16) & 0x8000, ax = x & 0x7fffffff;
+    if (ax >= 0x7f800000u) return uint16_t(sign | 0x7c00 | (ax > 0x7f800000u ? 0x200 : 0));
+    if (ax >= 0x477ff000u) return uint16_t(sign | 0x7c00);
+    if (ax < 0x38800000u) {
+        if (ax < 0x33000000u) return uint16_t(sign);
+        const uint32_t e = ax >> 23, m = (ax & 0x7fffff) | 0x800000, shift = 126 - e;
+        uint32_t r = m >> shift;
+        const uint32_t rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+        if (rem > half || (rem == half && (r & 1))) r++;
+        return uint16_t(sign | r);
+    }
+    uint32_t r = (ax >> 13) - (112u << 10);
+    const uint32_t rem = ax & 0x1fff;
+    if (rem > 0x1000 || (rem == 0x1000 && (r & 1))) r++;
+    return uint16_t(sign | r);
+}
+
+__device__ __forceinline__ void kv_put_half(uint8_t* p, float v) {
+    const uint16_t h = kv_fp16(v);
+    p[0] = uint8_t(h & 0xff);
+    p[1] = uint8_t(h >> 8);
+}
+
+__device__ int iq4nl_nearest(float v) {
+    int lo = 0;
+    for (int k = 1; k < 16; ++k)
+        if (v > 0.5f * float(c_iq4nl[k - 1] + c_iq4nl[k])) lo = k;
+    return lo;
+}
+
+// A block's 32 levels: their low 4 bits as nibbles into qs (values j and j + 16 in byte j) and,
+// for the 5-bit types, their fifth bits into the 32-bit mask at qh.
+__device__ void kv_pack_levels(const uint8_t* q, uint8_t* qs, uint8_t* qh) {
+    for (int j = 0; j < 16; ++j) qs[j] = uint8_t((q[j] & 15) | (q[j + 16] & 15) << 4);
+    if (!qh) return;
+    uint32_t h = 0;
+    for (int j = 0; j < 32; ++j) h |= uint32_t(q[j] >> 4) << j;
+    for (int k = 0; k < 4; ++k) qh[k] = uint8_t(h >> (8 * k));
+}
+
+// Writes n (<= 32) values as a cache of type t holds them, at element `off` of a row: the
+// quantizers of quant/quants.cpp, operation for operation (no fused multiply-adds), so a row has
+// the same bytes on the GPU as on the CPU.
+__device__ void kv_write(uint8_t* row, int t, int64_t off, const float* x, int n) {
+    if (t == 0) {
+        for (int j = 0; j < n; ++j) reinterpret_cast<float*>(row)[off + j] = x[j];
+        return;
+    }
+    if (t == 1) {
+        for (int j = 0; j < n; ++j) reinterpret_cast<__half*>(row)[off + j] = __float2half_rn(x[j]);
+        return;
+    }
+    if (t == 30) {
+        for (int j = 0; j < n; ++j) {
+            const uint32_t u = __float_as_uint(x[j]);
+            reinterpret_cast<uint16_t*>(row)[off + j] = (u & 0x7fffffff) > 0x7f800000u
+                                                            ? uint16_t((u >> 16) | 0x40)
+                                                            : uint16_t((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+        }
+        return;
+    }
+    const int64_t b = off >> 5;
+    float amax = 0, big = 0, lo = x[0], hi = x[0];  // big: the value of largest magnitude
+    for (int j = 0; j < 32; ++j) {
+        if (fabsf(x[j]) > amax) {
+            amax = fabsf(x[j]);
+            big = x[j];
+        }
+        lo = fminf(lo, x[j]);
+        hi = fmaxf(hi, x[j]);
+    }
+    uint8_t q[32];
+    if (t == 8) {
+        uint8_t* blk = row + b * 34;
+        const float id = amax != 0.0f ? __fdiv_rn(127.0f, amax) : 0.0f;
+        kv_put_half(blk, __fdiv_rn(amax, 127.0f));
+        for (int j = 0; j < 32; ++j) blk[2 + j] = uint8_t(int8_t(rintf(__fmul_rn(x[j], id))));
+        return;
+    }
+    if (t == 2 || t == 6) {  // q4_0, q5_0: the largest magnitude at the grid's end
+        const float levels = t == 2 ? 8.0f : 16.0f;
+        const float d = __fdiv_rn(big, -levels);
+        const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        const int top = t == 2 ? 15 : 31;
+        for (int j = 0; j < 32; ++j)
+            q[j] = uint8_t(min(top, __float2int_rz(__fadd_rn(__fmul_rn(x[j], id), levels + 0.5f))));
+        uint8_t* blk = row + b * (t == 2 ? 18 : 22);
+        kv_put_half(blk, d);
+        kv_pack_levels(q, blk + (t == 2 ? 2 : 6), t == 6 ? blk + 2 : nullptr);
+        return;
+    }
+    if (t == 3 || t == 7) {  // q4_1, q5_1: levels spanning [min, max]
+        const int top = t == 3 ? 15 : 31;
+        const float d = __fdiv_rn(__fsub_rn(hi, lo), float(top));
+        const float id = d != 0.0f ? __fdiv_rn(1.0f, d) : 0.0f;
+        for (int j = 0; j < 32; ++j)
+            q[j] = uint8_t(max(0, min(top, __float2int_rz(__fadd_rn(__fmul_rn(__fsub_rn(x[j], lo), id), 0.5f)))));
+        uint8_t* blk = row + b * (t == 3 ? 20 : 24);
+        kv_put_half(blk, d);
+        kv_put_half(blk + 2, lo);
+        kv_pack_levels(q, blk + (t == 3 ? 4 : 8), t == 7 ? blk + 4 : nullptr);
+        return;
+    }
+    // iq4_nl: the scale search of quant/quants.cpp
+    uint8_t best[32] = {};
+    float best_d = 0;
+    if (amax > 0) {
+        double best_err = INFINITY;
+        for (int tr = -9; tr <= 9; ++tr) {
+            const float id = __fdiv_rn(float(c_iq4nl[0] + tr), big);
+            double sxv = 0, svv = 0;
+            for (int j = 0; j < 32; ++j) {
+                q[j] = uint8_t(iq4nl_nearest(__fmul_rn(x[j], id)));
+                const double v = c_iq4nl[q[j]];
+                sxv = __dadd_rn(sxv, __dmul_rn(double(x[j]), v));
+                svv = __dadd_rn(svv, __dmul_rn(v, v));
+            }
+            if (svv <= 0) continue;
+            const float d = float(__ddiv_rn(sxv, svv));
+            const double dq = double(__half2float(__ushort_as_half(kv_fp16(d))));
+            double err = 0;
+            for (int j = 0; j < 32; ++j) {
+                const double e = __dsub_rn(double(x[j]), __dmul_rn(dq, double(c_iq4nl[q[j]])));
+                err = __dadd_rn(err, __dmul_rn(e, e));
+            }
+            if (err < best_err) {
+                best_err = err;
+                best_d = d;
+                for (int j = 0; j < 32; ++j) best[j] = q[j];
+            }
+        }
+    }
+    uint8_t* blk = row + b * 18;
+    kv_put_half(blk, best_d);
+    kv_pack_levels(best, blk + 2, nullptr);
+}
+
+// Stores the batch's k and v rows into each span's cache block at their positions: a thread per
+// (row, K or V, group of 32 values), the group being a block of the block types.
+__global__ void k_kv_store(AttentionArgs a) {
+    pdl_enter();
+    const int64_t width = a.n_head_kv * a.D, groups = (width + 31) / 32, n = a.rows * 2 * groups;
+    for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += int64_t(gridDim.x) * blockDim.x) {
+        const int64_t t = i / (2 * groups), g = i % groups;
+        const bool is_v = (i / groups) % 2 == 1;
+        const int32_t s = a.row_span[t];
+        if (s < 0) continue;
+        const KvDev& b = a.kv[s];
+        const int type = is_v ? b.type_v : b.type_k;
+        uint8_t* row = static_cast<uint8_t*>(is_v ? b.v : b.k) + a.pos[t] * kv_row_bytes(type, width);
+        const float* src = is_v ? a.v + t * a.vs : a.k + t * a.ks;
+        const int cnt = width - 32 * g < 32 ? int(width - 32 * g) : 32;
+        float x[32];
+        for (int j = 0; j < 32; ++j) x[j] = j < cnt ? src[32 * g + j] : 0.0f;
+        kv_write(row, type, 32 * g, x, cnt);
+    }
+}
+
+// ---------------------------------------------------------------- attention
+
+// Four consecutive elements (off a multiple of 4) of a cache row of type t (the layouts of
+// quant/dtype.h), with dequantize_row's arithmetic; a block of 32 elements never straddles them.
+__device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t off) {
+    if (t == 0) return *reinterpret_cast<const float4*>(row + 4 * off);
+    if (t == 1 || t == 30) {
+        const uint2 u = *reinterpret_cast<const uint2*>(row + 2 * off);
+        if (t == 1) {
+            const float2 lo = __half22float2(*reinterpret_cast<const __half2*>(&u.x)),
+                         hi = __half22float2(*reinterpret_cast<const __half2*>(&u.y));
+            return make_float4(lo.x, lo.y, hi.x, hi.y);
+        }
+        return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                           __uint_as_float(u.y & 0xffff0000u));
+    }
+    const int64_t b = off >> 5;
+    const int i = int(off & 31);
+    // the four quants' low nibbles (or high, past 16) from the packed bytes at qs
+    auto nibbles = [i](uint32_t w) { return i < 16 ? w & 0x0f0f0f0fu : (w >> 4) & 0x0f0f0f0fu; };
+    auto fifths = [i](uint32_t qh) { return qh >> i; };  // bit j: element i + j's fifth bit
+    float v[4];
+    switch (t) {
+        case 8: {
+            const uint8_t* blk = row + b * 34;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t w = uint32_t(load_i32_a2(blk + 2 + i));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = float(int8_t(w >> (8 * j))) * d;
+            break;
+        }
+        case 2:
+        case 20: {
+            const uint8_t* blk = row + b * 18;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t w = nibbles(uint32_t(load_i32_a2(blk + 2 + (i & 15))));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const int q = int(w >> (8 * j)) & 15;
+                v[j] = t == 2 ? float(q - 8) * d : d * float(c_iq4nl[q]);
+            }
+            break;
+        }
+        case 3: {
+            const uint8_t* blk = row + b * 20;
+            const float d = half_bits(load_u16(blk)), m = half_bits(load_u16(blk + 2));
+            const uint32_t w = nibbles(*reinterpret_cast<const uint32_t*>(blk + 4 + (i & 15)));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = __fadd_rn(__fmul_rn(float(int(w >> (8 * j)) & 15), d), m);
+            break;
+        }
+        case 6: {
+            const uint8_t* blk = row + b * 22;
+            const float d = half_bits(load_u16(blk));
+            const uint32_t h = fifths(uint32_t(load_i32_a2(blk + 2)));
+            const uint32_t w = nibbles(uint32_t(load_i32_a2(blk + 6 + (i & 15))));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) v[j] = float(((int(w >> (8 * j)) & 15) | (int((h >> j) & 1) << 4)) - 16) * d;
+            break;
+        }
+        default: {  // 7: q5_1
+            const uint8_t* blk = row + b * 24;
+            const float d = half_bits(load_u16(blk)), m = half_bits(load_u16(blk + 2));
+            const uint32_t h = fifths(*reinterpret_cast<const uint32_t*>(blk + 4));
+            const uint32_t w = nibbles(*reinterpret_cast<const uint32_t*>(blk + 8 + (i & 15)));
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                v[j] = __fadd_rn(__fmul_rn(float((int(w >> (8 * j)) & 15) | (int((h >> j) & 1) << 4)), d), m);
+            break;
+        }
+    }
+    return make_float4(v[0], v[1], v[2], v[3]);
+}
+
+// One arithmetic for every batch: a query's keys are cut at fixed positions into chunks of
+// k_att_chunk keys, a chunk into tiles of 64. Per tile: each key's score (a dot product over d,
+// times the scale), the tile's maximum, and an online-softmax update of the chunk's (maximum,
+// mass, weighted values): the weights summed by a butterfly over the tile's keys, the values
+// added in key order. The chunks are merged in order (att_merge). Keys past a query's position
+// weigh exactly zero and keys past the block's last query are never read, so a query's bits do
+// not depend on the rows beside it, nor on whether its chunks ran in one block or many.
+//
+// A block holds 32 queries (the tensor-core form's prefill blocks: 64): (row, query head) pairs of
+// up to k_att_rows rows of one span and one KV head, in passes when the group is larger. The cache's bytes of the next
+// tile are copied into shared memory (cp.async) while the current one is computed. Two forms of the products, chosen by
+// the span's cache types alone (so a query takes the same one in any batch):
+// - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
+//   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
+//   the weights go in as two f16 parts (w = hi + lo), so the values' products keep float
+//   precision.
+// - any other types: each tile of K, then of V, is dequantized into floats once and read by all
+//   32 queries; scores a thread per (key, 8 queries), four d at a time; values a warp per 4
+//   queries, a lane per 4 (or 8) d.
+constexpr int k_att_q = int(k_att_queries);
+constexpr int k_att_kt = 64;  // keys per tile
+constexpr int k_att_threads = 256;
+constexpr int k_att_sp = 36;   // the scores' row stride in shared memory (padded against bank conflicts)
+constexpr int k_attm_q = 64;   // queries of a tensor-core block (but decode's: k_att_q)
+constexpr int k_attm_sp = 68;  // its scores' row stride ([query][key])
+constexpr int k_attm_ps = 72;  // its weights' row stride (f16 halves [query][key], rows 16 bytes apart modulo 128)
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+__device__ __forceinline__ float warp_sum_rn(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+// A lane's values of d: float4s at lane * 4 and lane * 4 + 128.
+constexpr int k_att_v4 = int(k_att_max_d / 128);
+
+// total += next, in an order fixed by the chunk sequence alone (no fused multiply-adds, so the
+// attention kernel and the merge kernel give the same bits): the new maximum and mass, and how
+// each value of the total is formed from its own and the chunk's.
+struct AttMergeStep {
+    int mode;  // 0: keep the total, 1: take the chunk's, 2: t * fa + n * fb
+    float fa, fb;
+};
+__device__ __forceinline__ AttMergeStep att_merge_scalars(float& tm, float& tl, float nm, float nl) {
+    if (nl == 0.0f) return {0, 0, 0};  // the chunk held none of the query's keys
+    if (tl == 0.0f) {
+        tm = nm;
+        tl = nl;
+        return {1, 0, 0};
+    }
+    const float mx = fmaxf(tm, nm);
+    const float fa = expf(__fsub_rn(tm, mx)), fb = expf(__fsub_rn(nm, mx));
+    tm = mx;
+    tl = __fadd_rn(__fmul_rn(tl, fa), __fmul_rn(nl, fb));
+    return {2, fa, fb};
+}
+__device__ __forceinline__ float att_merge_value(const AttMergeStep& s, float t, float n) {
+    return s.mode == 0 ? t : s.mode == 1 ? n : __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+}
+__device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
+    const AttMergeStep s = att_merge_scalars(tm, tl, nm, nl);
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e)
+        ta[e] = make_float4(att_merge_value(s, ta[e].x, na[e].x), att_merge_value(s, ta[e].y, na[e].y),
+                            att_merge_value(s, ta[e].z, na[e].z), att_merge_value(s, ta[e].w, na[e].w));
+}
+
+__device__ __forceinline__ float4 f4_scale(float4 v, float s) {
+    return make_float4(__fmul_rn(v.x, s), __fmul_rn(v.y, s), __fmul_rn(v.z, s), __fmul_rn(v.w, s));
+}
+
+// A KV head's staging in shared memory: 16-byte copies from the 16-byte boundary at or below
+// the head's first byte, so a staged row is that many bytes longer than the head's bytes. f32
+// rows are not staged (the tile is read from memory as it is dequantized).
+__host__ __device__ inline int64_t att_stage_stride(int t, int64_t D) {
+    return t == 0 ? 0 : (kv_row_bytes(t, D) + 15) / 16 * 16 + 16;
+}
+
+// What both forms of an attention block share: its queries, its KV head's cache, and the order
+// of its tiles.
+struct AttBlock {
+    AttTile tile;
+    KvDev b;
+    int D, g, group, nq, q0, last, n_chunks, c_first, c_step;  // 32-bit: fewer registers in the tile loops
+    int rk, rv, hk, hv, stk, stv;                              // cache row and head bytes, staged row strides
+    const uint8_t *kmem, *vmem;                                // the head's K and V bytes in the cache's first row
+
+    __device__ int64_t slot_row(int64_t j) const { return tile.row0 + (q0 + j) / group; }
+    __device__ int64_t slot_head(int64_t j) const { return g * group + (q0 + j) % group; }
+    __device__ int first_tile() const { return c_first < n_chunks ? c_first * int(k_att_chunk) : -1; }
+    // The block's tiles in order: its chunks (every c_step-th in split mode), each cut at 64 keys;
+    // -1 past the last.
+    __device__ int next_tile(int k0) const {
+        const int c = k0 / int(k_att_chunk), n = k0 + k_att_kt;
+        if (n <= last && n < (c + 1) * int(k_att_chunk)) return n;
+        const int nc = c + c_step;
+        return nc < n_chunks ? nc * int(k_att_chunk) : -1;
+    }
+    // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end); with
+    // zero_tail the staged rows past the last key are zeros (the tensor cores read whole steps of
+    // 16 keys).
+    __device__ void stage(uint8_t* raw, const uint8_t* mem, int rb, int hb, int st, int k0, bool zero_tail) const {
+        // a warp per row, a lane per 16 bytes: no integer divisions per copy
+        const int nw = int(blockDim.x) / 32, w = int(threadIdx.x) / 32, ln = int(threadIdx.x) % 32;
+        if (st > 0 && k0 >= 0) {
+            const int n_keys = min(k_att_kt, last + 1 - k0);
+            for (int r = w; r < n_keys; r += nw) {
+                const uint8_t* src = mem + int64_t(k0 + r) * rb;
+                const uint8_t* base =
+                    reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
+                const int span = int(src - base) + hb;
+                for (int c16 = ln; 16 * c16 < span; c16 += 32)
+                    __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
+            }
+            if (zero_tail)
+                for (int r = n_keys + w; r < k_att_kt; r += nw)
+                    for (int c16 = ln; 16 * c16 < st; c16 += 32)
+                        *reinterpret_cast<uint4*>(raw + r * st + 16 * c16) = make_uint4(0, 0, 0, 0);
+        }
+        __pipeline_commit();
+    }
+};
+
+// The softmax weights of a tile: the scores in sp ([key][query]) become weights, each query's
+// running maximum m and mass l move on, and scorr gets its values' rescale. A warp per QPW
+// queries, a lane per 2 keys (keys lane and lane + 32).
+template <int QPW>
+__device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, int lane, float (&m)[QPW],
+                                            float (&l)[QPW]) {
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        const float s0 = sp[lane * k_att_sp + q], s1 = sp[(lane + 32) * k_att_sp + q];
+        const float mx = warp_max(fmaxf(s0, s1));
+        float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
+        if (mx != -INFINITY) {  // the same for the whole warp
+            const float nm = fmaxf(m[u], mx);
+            corr = expf(__fsub_rn(m[u], nm));
+            p0 = expf(__fsub_rn(s0, nm));
+            p1 = expf(__fsub_rn(s1, nm));
+            l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
+            m[u] = nm;
+        }
+        sp[lane * k_att_sp + q] = p0;
+        sp[(lane + 32) * k_att_sp + q] = p1;
+        if (lane == 0) scorr[q] = corr;
+    }
+}
+
+// ---- the tensor-core form
+
+__device__ __forceinline__ uint32_t half2_bits(__half2 h) {
+    return *reinterpret_cast<uint32_t*>(&h);
+}
+// Two weights as the high and low f16 parts of a pair (x = hi + lo up to the low part's rounding).
+__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
+    const __half2 h = __floats2half2_rn(x0, x1);
+    const float2 hf = __half22float2(h);
+    hi = half2_bits(h);
+    lo = half2_bits(__floats2half2_rn(__fsub_rn(x0, hf.x), __fsub_rn(x1, hf.y)));
+}
+
+// att_weights for the tensor-core form: scores in sp [query][key], a lane per keys 2 lane and
+// 2 lane + 1, exponentials by the hardware's exp2 (__expf), and the weights written as the f16
+// high and low parts the values' products read ([query][key], row stride k_attm_ps).
+template <int QPW>
+__device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, uint32_t* pl, float* scorr, int warp,
+                                                int lane, float (&m)[QPW], float (&l)[QPW]) {
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        const float2 s = *reinterpret_cast<const float2*>(sp + q * k_attm_sp + 2 * lane);
+        const float mx = warp_max(fmaxf(s.x, s.y));
+        float corr = 1.0f, p0 = 0.0f, p1 = 0.0f;
+        if (mx != -INFINITY) {  // the same for the whole warp
+            const float nm = fmaxf(m[u], mx);
+            corr = __expf(__fsub_rn(m[u], nm));
+            p0 = __expf(__fsub_rn(s.x, nm));
+            p1 = __expf(__fsub_rn(s.y, nm));
+            l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
+            m[u] = nm;
+        }
+        split_pair(p0, p1, ph[q * (k_attm_ps / 2) + lane], pl[q * (k_attm_ps / 2) + lane]);
+        if (lane == 0) scorr[q] = corr;
+    }
+}
+
+// Four 8 x 8 tiles of 16-bit values, lane l giving the address of row l % 8 of tile l / 8; lane
+// 4 r + c gets values 2 c and 2 c + 1 of row r of each (TRANS: of column r).
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = r[2] = r[3] = 0;  // not reached: the host takes the tensor-core form on sm_80 and newer only
+    (void)p;
+#endif
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = 0;
+    (void)p;
+#endif
+}
+// c += a b for a 16 x 16 f16 tile a (rows g, g + 8 and columns 2 (lane % 4) .. + 1, + 8 .. + 9
+// in a[0..3]) and a 16 x 8 tile b (column g, rows 2 (lane % 4) .. + 1 in b0, + 8 .. + 9 in b1);
+// c[0], c[1]: row g, columns 2 (lane % 4) and + 1; c[2], c[3]: row g + 8.
+__device__ __forceinline__ void mma_f16_16x8x16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)c, (void)a, (void)b0, (void)b1;
+#endif
+}
+// The block's 64 queries (QB = 4, 16 warps; 64 share each staged tile, where 32 left the cache's
+// traffic the bound at depth) or up to 8 (QB = 1, decode) in blocks of 16 rows. Scores: warp w
+// takes query block w / 4 and key blocks 2 (w % 4), + 1 (QB = 1: key block w). Values: the same
+// query block and d in pairs of 8-column blocks, pairs w % 4, + 4, ... (QB = 1: w, w + 8).
+template <int QB, int QPW>
+__device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
+    static_assert(QB == 1 || QB == 4);
+    constexpr int NT = QB == 4 ? 512 : 256, BQ = QB == 4 ? k_attm_q : k_att_q, SP = k_attm_sp;
+    constexpr int NP = QB == 4 ? 4 : 2;   // pairs of 8 d a warp holds (D <= 256)
+    constexpr int KBW = QB == 4 ? 2 : 1;  // key blocks of 8 a warp scores
+    const int64_t D = k.D;
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int qs = int(D) + 8;  // halves a staged query takes (rows 16 bytes apart modulo 128: no bank conflicts)
+    uint8_t* rawk = smem;
+    uint8_t* rawv = rawk + k_att_kt * k.stk;
+    __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
+    float* sp = reinterpret_cast<float*>(sqh + BQ * qs);   // [BQ][SP]: scores
+    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights, high parts
+    __half* pl = ph + BQ * k_attm_ps;                      // and low parts
+    float* scorr = reinterpret_cast<float*>(pl + BQ * k_attm_ps);
+    int* spos = reinterpret_cast<int*>(scorr + BQ);
+    float* sml = reinterpret_cast<float*>(spos + BQ);  // [BQ][2]: each query's chunk maximum and mass
+    const float scale = float(a.scale);
+    for (int64_t i = tid; i < BQ * D; i += NT) {
+        const int64_t j = i / D, d = i % D;
+        sqh[j * qs + d] = __float2half_rn(k.q0 + j < k.nq ? a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d] : 0.0f);
+    }
+    if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
+    // rows of no query are never given weights: zeros keep their products finite
+    for (int i = tid; i < BQ * k_attm_ps; i += NT) ph[i] = pl[i] = __float2half_rn(0.0f);
+    __syncthreads();
+
+    const int qb = QB == 4 ? warp >> 2 : 0;
+    const int kb = QB == 4 ? (warp & 3) * 2 : warp;
+    const int pw = QB == 4 ? warp & 3 : warp, pstep = QB == 4 ? 4 : 8, npairs = int(D / 16);
+    const int r0 = qb * 16 + g, r1 = r0 + 8;  // this thread's rows of values
+    // f(i, h, d) for this thread's values of a row: pair pw + pstep i, 8-column block h, columns
+    // d and d + 1
+    auto each_value_pair = [&](auto f) {
+#pragma unroll
+        for (int i = 0; i < NP; ++i) {
+            const int pr = pw + pstep * i;
+            if (pr >= npairs) break;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) f(i, h, 16 * pr + 8 * h + 2 * tq);
+        }
+    };
+    const bool w_any = spos[warp * QPW] >= 0;
+    float m[QPW], l[QPW];
+    float o[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
+    // The merged chunks so far: prefill keeps them in shared memory (a thread's own values, touched
+    // at chunk ends only: 32 registers fewer), decode in registers.
+    float ta_r[QB == 4 ? 1 : NP][2][4];
+    float* const tas = sml + 2 * BQ;
+    auto ta = [&](int i, int h, int e) -> float& {
+        if constexpr (QB == 4)
+            return tas[((i * 2 + h) * 4 + e) * NT + tid];
+        else
+            return ta_r[i][h][e];
+    };
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        m[u] = -INFINITY;
+        l[u] = 0.0f;
+    }
+
+    int k0 = k.first_tile();
+    k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k0, true);
+    k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k0, true);
+    while (k0 >= 0) {
+        const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
+        const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
+        const int n_k = min(k_att_kt, k.last + 1 - k0);
+        __pipeline_wait_prior(1);  // this tile's K
+        __syncthreads();
+        {
+            float sc[KBW][4];
+#pragma unroll
+            for (int j = 0; j < KBW; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
+            const __half* qa = sqh + (qb * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
+            const uint8_t* ka = rawk + ((kb + (lane >> 4)) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+#pragma unroll 4
+            for (int ds = 0; ds < int(D) / 16; ++ds) {
+                uint32_t af[4];
+                ldsm_x4<false>(af, qa + 16 * ds);
+                if constexpr (KBW == 2) {
+                    uint32_t bf[4];
+                    ldsm_x4<false>(bf, ka + 32 * ds);
+                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
+                    mma_f16_16x8x16(sc[1], af, bf[2], bf[3]);
+                } else {
+                    uint32_t bf[2];
+                    ldsm_x2(bf, ka + 32 * ds);
+                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < KBW; ++j)
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    const int key = (kb + j) * 8 + 2 * tq + (e & 1), q = e < 2 ? r0 : r1;
+                    const int pos = spos[q];
+                    // a block's unused query rows weigh zero, so their values stay finite
+                    sp[q * SP + key] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[j][e], scale) : -INFINITY;
+                }
+        }
+        __syncthreads();  // scores written, K read
+        k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k1, true);
+        if (w_any) {
+            att_weights_mma<QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr, warp,
+                                 lane, m, l);
+            if (chunk_end && lane == 0)
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) {
+                    sml[2 * (warp * QPW + u)] = m[u];
+                    sml[2 * (warp * QPW + u) + 1] = l[u];
+                }
+        }
+        __pipeline_wait_prior(1);  // this tile's V
+        __syncthreads();           // weights written, V landed
+        {
+            const float cr0 = scorr[r0], cr1 = scorr[r1];
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = __fmul_rn(o[i][h][e], e < 2 ? cr0 : cr1);
+#pragma unroll
+            for (int ks = 0; ks < k_att_kt / 16; ++ks) {
+                if (16 * ks >= n_k) break;
+                uint32_t hi[4], lo[4];
+                const int pa = (qb * 16 + (lane & 15)) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
+                ldsm_x4<false>(hi, ph + pa);
+                ldsm_x4<false>(lo, pl + pa);
+                const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
+#pragma unroll
+                for (int i = 0; i < NP; ++i) {
+                    const int pr = pw + pstep * i;
+                    if (pr >= npairs) break;
+                    uint32_t bf[4];
+                    ldsm_x4<true>(bf, va + 32 * pr);
+                    mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
+                    mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
+                    mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
+                    mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                }
+            }
+        }
+        __syncthreads();  // V and the weights read
+        k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k1, true);
+        if (chunk_end) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int q = rr == 0 ? r0 : r1;
+                if (k.q0 + q >= k.nq) continue;
+                const float nm = sml[2 * q], nl = sml[2 * q + 1];
+                if (a.part) {  // this chunk's partial, for k_attention_merge
+                    float* out = a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
+                    if (pw == 0 && tq == 0) {
+                        out[0] = nm;
+                        out[1] = nl;
+                    }
+                    each_value_pair([&](int i, int h, int d) {
+                        *reinterpret_cast<float2*>(out + 4 + d) = make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
+                    });
+                } else {
+                    const AttMergeStep s = att_merge_scalars(tm[rr], tl[rr], nm, nl);
+#pragma unroll
+                    for (int i = 0; i < NP; ++i)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e)
+                                ta(i, h, 2 * rr + e) = att_merge_value(s, ta(i, h, 2 * rr + e), o[i][h][2 * rr + e]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = 0.0f;
+#pragma unroll
+            for (int u = 0; u < QPW; ++u) {
+                m[u] = -INFINITY;
+                l[u] = 0.0f;
+            }
+        }
+        k0 = k1;
+    }
+    __pipeline_wait_prior(0);
+    if (a.part) return;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int q = rr == 0 ? r0 : r1;
+        if (k.q0 + q >= k.nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[rr]);
+        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+        each_value_pair([&](int i, int h, int d) {
+            *reinterpret_cast<float2*>(out + d) =
+                make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
+        });
+    }
+}
+
+// The block's queries, cache and tiles; false when it has nothing to do or its span takes the
+// other form of the products (a launch with spans of both forms runs both kernels).
+__device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {
+    k.D = a.D;
+    k.g = blockIdx.y;
+    k.group = a.n_head / a.n_head_kv;
+    const int64_t D = a.D, width = a.n_head_kv * D;
+    // prefill: the tiles of late rows (the most keys) first
+    const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
+    k.tile = a.tiles[bx / passes];
+    k.nq = k.tile.n_rows * k.group;
+    k.q0 = int(bx % passes) * int(bq);
+    if (k.q0 >= k.nq) return false;
+    k.b = a.kv[k.tile.span];
+    const KvDev& b = k.b;
+    if (att_uses_mma(a.mma, b.type_k, b.type_v, D) != mma) return false;
+    k.stk = att_stage_stride(b.type_k, D);
+    k.stv = att_stage_stride(b.type_v, D);
+    k.rk = kv_row_bytes(b.type_k, width);
+    k.rv = kv_row_bytes(b.type_v, width);
+    k.hk = kv_row_bytes(b.type_k, D);
+    k.hv = kv_row_bytes(b.type_v, D);
+    k.kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, k.g * D);
+    k.vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, k.g * D);
+    k.last = int(a.pos[k.slot_row(min(int64_t(k.nq - k.q0), bq) - 1)]);
+    k.n_chunks = k.last / int(k_att_chunk) + 1;
+    if (a.part && blockIdx.z >= k.n_chunks) return false;  // split blocks cover the longest cache's chunks
+    k.c_first = a.part ? blockIdx.z : 0;
+    k.c_step = a.part ? gridDim.z : 1;
+    return true;
+}
+
+// QB query blocks of 16 and QPW queries a warp for the weights: 64 queries on 16 warps, one
+// block an SM (128 registers a thread), or decode's up to 8 on 8 warps, two blocks an SM.
+template <int QB, int QPW>
+__global__ void __launch_bounds__(QB == 4 ? 512 : 256, QB == 4 ? 1 : 2) k_attention_mma(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    AttBlock k;
+    if (att_setup(a, true, QB == 4 ? k_attm_q : k_att_q, a.passes_mma, k))
+        attention_mma<QB, QPW>(a, k, reinterpret_cast<uint8_t*>(smem4));
+}
+
+// QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
+// block holds up to 32 queries, 2 and 1 when it holds up to 8 (decode: every warp busy). The
+// arithmetic per query is the same in both.
+template <int QPT, int QPW>
+__global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    AttBlock k;
+    if (!att_setup(a, false, k_att_q, a.passes, k)) return;
+    const int64_t D = a.D;
+    const KvDev& b = k.b;
+    const int64_t rk = k.rk, rv = k.rv, stk = k.stk, stv = k.stv, last = k.last;
+    const uint8_t *kmem = k.kmem, *vmem = k.vmem;
+    uint8_t* rawk = reinterpret_cast<uint8_t*>(smem4);             // [k_att_kt][stk]: the next K tile's bytes
+    uint8_t* rawv = rawk + k_att_kt * stk;                         // [k_att_kt][stv]
+    float* skv = reinterpret_cast<float*>(rawv + k_att_kt * stv);  // [k_att_kt][D + 4]: K's tile, then V's
+    float* sq = skv + k_att_kt * (D + 4);                          // [32][D]
+    float* sp = sq + k_att_q * D;                                  // [k_att_kt][k_att_sp]: scores, then weights
+    float* scorr = sp + k_att_kt * k_att_sp;                       // [32]: each query's rescale for the tile
+    int* spos = reinterpret_cast<int*>(scorr + k_att_q);           // [32]: each query's position, -1 for none
+    const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+    const float scale = float(a.scale);
+    const int D4 = int(D / 4);
+
+    for (int64_t i = tid; i < k_att_q * D; i += k_att_threads) {
+        const int64_t j = i / D, d = i % D;
+        float x = 0;
+        if (k.q0 + j < k.nq) {
+            x = a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d];
+            if (b.type_k == 1) x = __half2float(__float2half_rn(x));  // as the f16 cache rounds it
+        }
+        sq[i] = x;
+    }
+    if (tid < k_att_q) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
+    __syncthreads();
+
+    // A tile's values into skv as floats, from the staged bytes (or from memory for f32); keys
+    // past `last` read as zeros.
+    auto dequant = [&](const uint8_t* raw, const uint8_t* mem, int type, int64_t rb, int64_t st, int64_t k0) {
+        for (int i = tid; i < k_att_kt * D4; i += k_att_threads) {
+            const int r = i / D4, d4 = i % D4;
+            const int64_t key = k0 + r;
+            float4 x = make_float4(0, 0, 0, 0);
+            if (key <= last) {
+                const uint8_t* src = mem + key * rb;
+                const uint8_t* row = st > 0 ? raw + r * st + (reinterpret_cast<uintptr_t>(src) & 15) : src;
+                x = kv_load4(row, type, 4 * d4);
+            }
+            *reinterpret_cast<float4*>(skv + r * (D + 4) + 4 * d4) = x;
+        }
+    };
+
+    const int kk = tid % k_att_kt, qg = tid / k_att_kt;  // scores: this thread's key and QPT queries
+    const bool qg_any = spos[qg * QPT] >= 0;
+    const bool w_any = spos[warp * QPW] >= 0;  // weights and values: this warp's QPW queries
+    float m[QPW], l[QPW], tm[QPW], tl[QPW];
+    float4 acc[QPW][k_att_v4], ta[QPW][k_att_v4];
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        tm[u] = -INFINITY;
+        tl[u] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < k_att_v4; ++e) ta[u][e] = make_float4(0, 0, 0, 0);
+    }
+    auto reset = [&]() {
+#pragma unroll
+        for (int u = 0; u < QPW; ++u) {
+            m[u] = -INFINITY;
+            l[u] = 0.0f;
+#pragma unroll
+            for (int e = 0; e < k_att_v4; ++e) acc[u][e] = make_float4(0, 0, 0, 0);
+        }
+    };
+    reset();
+
+    int k0 = k.first_tile();
+    k.stage(rawk, kmem, rk, k.hk, stk, k0, false);
+    k.stage(rawv, vmem, rv, k.hv, stv, k0, false);
+    while (k0 >= 0) {
+        const int k1 = k.next_tile(k0);
+        __pipeline_wait_prior(1);  // this tile's K
+        __syncthreads();           // every thread's copies landed; the previous tile's values are read
+        dequant(rawk, kmem, b.type_k, rk, stk, k0);
+        __syncthreads();
+        k.stage(rawk, kmem, rk, k.hk, stk, k1, false);
+        if (qg_any) {
+            float dot[QPT];
+#pragma unroll
+            for (int u = 0; u < QPT; ++u) dot[u] = 0.0f;
+            const float* kr = skv + kk * (D + 4);
+            const float* qr = sq + qg * QPT * D;
+            for (int64_t d = 0; d < D; d += 4) {
+                const float4 k4 = *reinterpret_cast<const float4*>(kr + d);
+#pragma unroll
+                for (int u = 0; u < QPT; ++u) {
+                    const float4 q4 = *reinterpret_cast<const float4*>(qr + u * D + d);
+                    dot[u] = fmaf(q4.x, k4.x, dot[u]);
+                    dot[u] = fmaf(q4.y, k4.y, dot[u]);
+                    dot[u] = fmaf(q4.z, k4.z, dot[u]);
+                    dot[u] = fmaf(q4.w, k4.w, dot[u]);
+                }
+            }
+            const int64_t key = k0 + kk;
+            float s[QPT];
+#pragma unroll
+            for (int u = 0; u < QPT; ++u) s[u] = key <= spos[qg * QPT + u] ? __fmul_rn(dot[u], scale) : -INFINITY;
+#pragma unroll
+            for (int u = 0; u < QPT; u += 2)
+                *reinterpret_cast<float2*>(sp + kk * k_att_sp + qg * QPT + u) = make_float2(s[u], s[u + 1]);
+        }
+        __pipeline_wait_prior(1);  // this tile's V
+        __syncthreads();           // scores written, K read, V landed
+        dequant(rawv, vmem, b.type_v, rv, stv, k0);
+        if (w_any) att_weights<QPW>(sp, scorr, warp, lane, m, l);
+        __syncthreads();  // weights written, V dequantized
+        k.stage(rawv, vmem, rv, k.hv, stv, k1, false);
+        if (w_any) {
+            float crs[QPW];
+#pragma unroll
+            for (int u = 0; u < QPW; ++u) crs[u] = scorr[warp * QPW + u];
+#pragma unroll
+            for (int u = 0; u < QPW; ++u)
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) acc[u][e] = f4_scale(acc[u][e], crs[u]);
+            const int64_t n_k = min(int64_t(k_att_kt), last + 1 - k0);
+            for (int64_t r = 0; r < n_k; ++r) {
+                float ps[QPW];
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) ps[u] = sp[r * k_att_sp + warp * QPW + u];
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) {
+                    const int64_t d = lane * 4 + 128 * e;
+                    if (d >= D) continue;
+                    const float4 v4 = *reinterpret_cast<const float4*>(skv + r * (D + 4) + d);
+#pragma unroll
+                    for (int u = 0; u < QPW; ++u) {
+                        acc[u][e].x = fmaf(ps[u], v4.x, acc[u][e].x);
+                        acc[u][e].y = fmaf(ps[u], v4.y, acc[u][e].y);
+                        acc[u][e].z = fmaf(ps[u], v4.z, acc[u][e].z);
+                        acc[u][e].w = fmaf(ps[u], v4.w, acc[u][e].w);
+                    }
+                }
+            }
+        }
+        const int64_t c = k0 / k_att_chunk;
+        if (k1 < 0 || k1 / k_att_chunk != c) {  // the chunk is done
+            if (w_any) {
+#pragma unroll
+                for (int u = 0; u < QPW; ++u) {
+                    const int q = warp * QPW + u;
+                    if (k.q0 + q >= k.nq) continue;
+                    if (a.part) {  // this chunk's partial, for k_attention_merge
+                        float* out =
+                            a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
+                        if (lane == 0) {
+                            out[0] = m[u];
+                            out[1] = l[u];
+                        }
+#pragma unroll
+                        for (int e = 0; e < k_att_v4; ++e) {
+                            const int64_t d = lane * 4 + 128 * e;
+                            if (d < D) *reinterpret_cast<float4*>(out + 4 + d) = acc[u][e];
+                        }
+                    } else {
+                        att_merge(tm[u], tl[u], ta[u], m[u], l[u], acc[u]);
+                    }
+                }
+            }
+            reset();
+        }
+        k0 = k1;
+    }
+    __pipeline_wait_prior(0);
+    if (a.part || !w_any) return;
+#pragma unroll
+    for (int u = 0; u < QPW; ++u) {
+        const int q = warp * QPW + u;
+        if (k.q0 + q >= k.nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[u]);
+        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+#pragma unroll
+        for (int e = 0; e < k_att_v4; ++e) {
+            const int64_t d = lane * 4 + 128 * e;
+            if (d < D) *reinterpret_cast<float4*>(out + d) = f4_scale(ta[u][e], inv);
+        }
+    }
+}
+
+// The chunks of a split row merged in chunk order: a block per (row, query head). The block
+// copies the partials into shared memory 16 chunks at a time, the next batch in flight while the
+// first warp folds the current one (a fold reading each chunk from memory in turn would wait out
+// the memory's latency once per chunk).
+constexpr int k_merge_batch = 16;
+constexpr int k_merge_threads = 128;
+size_t merge_smem(int64_t D) {
+    return size_t(2 * k_merge_batch * (D + 4)) * sizeof(float);
+}
+
+__global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    const int64_t t = blockIdx.x, h = blockIdx.y, D = a.D, row4 = (D + 4) / 4;
+    if (a.row_span[t] < 0) return;
+    const int tid = threadIdx.x, lane = tid % 32;
+    const int64_t n_chunks = a.pos[t] / k_att_chunk + 1;
+    const float4* src = reinterpret_cast<const float4*>(a.part + (t * a.n_head + h) * a.max_chunks * (D + 4));
+    auto stage = [&](int64_t batch) {
+        const int64_t c0 = batch * k_merge_batch, n = min(int64_t(k_merge_batch), n_chunks - c0);
+        float4* dst = smem4 + (batch & 1) * k_merge_batch * row4;
+        for (int64_t i = tid; i < n * row4; i += k_merge_threads)
+            __pipeline_memcpy_async(dst + i, src + c0 * row4 + i, 16);
+        __pipeline_commit();
+    };
+    float tm = -INFINITY, tl = 0.0f;
+    float4 ta[k_att_v4];
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e) ta[e] = make_float4(0, 0, 0, 0);
+    stage(0);
+    for (int64_t batch = 0; batch * k_merge_batch < n_chunks; ++batch) {
+        stage(batch + 1);  // nothing past the last chunk
+        __pipeline_wait_prior(1);
+        __syncthreads();
+        if (tid < 32) {
+            const float* p = reinterpret_cast<const float*>(smem4 + (batch & 1) * k_merge_batch * row4);
+            const int64_t n = min(int64_t(k_merge_batch), n_chunks - batch * k_merge_batch);
+            for (int64_t c = 0; c < n; ++c, p += D + 4) {
+                float4 na[k_att_v4];
+#pragma unroll
+                for (int e = 0; e < k_att_v4; ++e) {
+                    const int64_t d = lane * 4 + 128 * e;
+                    na[e] = d < D ? *reinterpret_cast<const float4*>(p + 4 + d) : make_float4(0, 0, 0, 0);
+                }
+                att_merge(tm, tl, ta, p[0], p[1], na);
+            }
+        }
+        __syncthreads();  // the batch is read before its buffer takes the one after next
+    }
+    __pipeline_wait_prior(0);
+    if (tid >= 32) return;
+    const float inv = __fdiv_rn(1.0f, tl);
+    float* out = a.out + t * a.os + h * D;
+#pragma unroll
+    for (int e = 0; e < k_att_v4; ++e) {
+        const int64_t d = lane * 4 + 128 * e;
+        if (d < D) *reinterpret_cast<float4*>(out + d) = f4_scale(ta[e], inv);
+    }
+}
+
+}  // namespace
+
+// A tensor-core block's: staged tiles, f16 queries, scores, weights' two parts, per-query scalars,
+// and for prefill the merged chunks (32 values a thread).
+size_t attention_mma_smem(int64_t D, bool decode) {
+    const int64_t bq = decode ? k_att_q : k_attm_q;
+    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + bq * (D + 8) * 2 + 2 * bq * k_attm_ps * 2) +
+           size_t(bq * k_attm_sp + 4 * bq + (decode ? 0 : 32 * 512)) * sizeof(float);
+}
+
+size_t attention_smem(int64_t D, int type_k, int type_v, bool mma) {
+    if (att_uses_mma(mma, type_k, type_v, D)) return attention_mma_smem(D, false);
+    return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
+           size_t(k_att_kt * (D + 4) + k_att_q * D + k_att_kt * k_att_sp + 2 * k_att_q) * sizeof(float);
+}
+
+void configure_attention() {
+    size_t most = 0;
+    for (int tk : {0, 1, 2, 3, 6, 7, 8, 20, 30})
+        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv, false));
+    CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+    CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
+    CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d, true))));
+    CU(cudaFuncSetAttribute(k_attention_mma<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d, false))));
+}
+
+void run_op(cudaStream_t s, const AttentionArgs& a) {
+    launch(k_kv_store, blocks_for(a.rows * 2 * ((a.n_head_kv * a.D + 31) / 32), 128), 128, 0, s, a);
+    CU_LAUNCHED();
+    const dim3 grid(unsigned(a.n_tiles * a.passes), unsigned(a.n_head_kv), unsigned(a.part ? a.splits : 1));
+    if (a.smem > 0) {
+        if (a.most_queries <= 8)
+            launch(k_attention<2, 1>, grid, k_att_threads, size_t(a.smem), s, a);
+        else
+            launch(k_attention<8, 4>, grid, k_att_threads, size_t(a.smem), s, a);
+        CU_LAUNCHED();
+    }
+    if (a.smem_mma > 0) {
+        const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
+        if (a.most_queries <= 8)
+            launch(k_attention_mma<1, 1>, gm, 256, attention_mma_smem(a.D, true), s, a);
+        else
+            launch(k_attention_mma<4, 4>, gm, 512, attention_mma_smem(a.D, false), s, a);
+        CU_LAUNCHED();
+    }
+    if (a.part) {
+        launch(k_attention_merge, dim3(unsigned(a.rows), unsigned(a.n_head)), k_merge_threads, merge_smem(a.D), s, a);
+        CU_LAUNCHED();
+    }
+}
+
+}  // namespace bigmoe::cuda
