@@ -369,6 +369,53 @@ __device__ __forceinline__ void sb_reduce(int& a, int& b) {
     }
 }
 
+// Units a contribution covers: a K-quant super-block's 8 (held by 8 adjacent lanes), or one.
+template <int TYPE>
+constexpr int units_per_contribution = k_quant<TYPE> ? 8 : 1;
+
+// A lane's contributions of unit u (when `valid`) of a row with nt <= NT activation rows (act,
+// act + arb, ...): a Q4_0 / Q8_0 unit's own; a K-quant unit's super-block's, in all 8 of its
+// lanes (every lane of the warp takes part in the sums: call from all 32). Zeros past nt.
+template <int TYPE, int NT>
+__device__ __forceinline__ void unit_contributions(bool valid, const uint8_t* row, const uint8_t* act, int64_t arb,
+                                                   int64_t n, int nt, int64_t u, float (&c)[NT]) {
+    if constexpr (k_quant<TYPE>) {
+        int ia[NT], ib[NT];
+        float yd[NT];
+        UnitScales sc{};
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            ia[j] = ib[j] = 0;
+            yd[j] = 0;
+        }
+        if (valid) {
+            const Unit w = load_unit<TYPE>(row, u);
+            sc = w.sc;
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < nt) {
+                    const UnitInts r = unit_int_dot<TYPE>(w, act + j * arb, n, u, yd[j]);
+                    ia[j] = r.a;
+                    ib[j] = r.b;
+                }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            sb_reduce<TYPE>(ia[j], ib[j]);
+            c[j] = sb_contribution<TYPE>(sc, yd[j], ia[j], ib[j]);
+        }
+    } else {
+#pragma unroll
+        for (int j = 0; j < NT; ++j) c[j] = 0;
+        if (valid) {
+            const Unit w = load_unit<TYPE>(row, u);
+#pragma unroll
+            for (int j = 0; j < NT; ++j)
+                if (j < nt) c[j] = unit_dot<TYPE>(w, act + j * arb, n, u);
+        }
+    }
+}
+
 // A warp's dot products of a weight row with the activation rows of nt <= NT tokens (act, act +
 // arb, ...), in every lane. Quantized rows: lane l forms the contributions of units u0 + l, and
 // the warp folds each group of 32 in unit order. Float rows: lane l adds every 32nd value, then
@@ -387,68 +434,24 @@ __device__ __forceinline__ void lane_dots(const uint8_t* row, const uint8_t* act
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[j] = warp_sum(acc[j]);
-    } else if constexpr (k_quant<TYPE>) {
-        // lane l takes unit u0 + l; the 4 super-blocks of a group of 32 are folded in order
-        const int64_t U = n / 32, SB = U / 8;
-        for (int64_t u0 = 0; u0 < U; u0 += 32) {
-            const int64_t u = u0 + lane;
-            int ia[NT], ib[NT];
-            float yd[NT];
-            UnitScales sc{};
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                ia[j] = ib[j] = 0;
-                yd[j] = 0;
-            }
-            if (u < U) {
-                const Unit w = load_unit<TYPE>(row, u);
-                sc = w.sc;
-#pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    if (j < nt) {
-                        const UnitInts r = unit_int_dot<TYPE>(w, act + j * arb, n, u, yd[j]);
-                        ia[j] = r.a;
-                        ib[j] = r.b;
-                    }
-            }
-            float c[NT];
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-                sb_reduce<TYPE>(ia[j], ib[j]);
-                c[j] = sb_contribution<TYPE>(sc, yd[j], ia[j], ib[j]);
-            }
-            const int ms = int(SB - u0 / 8 < 4 ? SB - u0 / 8 : 4);
-#pragma unroll
-            for (int k = 0; k < 4; ++k)
-                if (k < ms)
-#pragma unroll
-                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], 8 * k);
-        }
     } else {
+        constexpr int S = units_per_contribution<TYPE>, G = 32 / S;
         const int64_t U = n / 32;
         for (int64_t u0 = 0; u0 < U; u0 += 32) {
-            const int64_t u = u0 + lane;
             float c[NT];
+            unit_contributions<TYPE, NT>(u0 + lane < U, row, act, arb, n, nt, u0 + lane, c);
+            // the contributions added in order; a full group unrolled (the loop's own
+            // instructions were most of a decode product's)
+            const int m = int(U - u0 < 32 ? U - u0 : 32) / S;
+            if (m == G) {
 #pragma unroll
-            for (int j = 0; j < NT; ++j) c[j] = 0;
-            if (u < U) {
-                const Unit w = load_unit<TYPE>(row, u);
+                for (int k = 0; k < G; ++k)
 #pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    if (j < nt) c[j] = unit_dot<TYPE>(w, act + j * arb, n, u);
-            }
-            // the units' contributions added in order; a full group of 32 unrolled (the loop's
-            // own instructions were most of a decode product's)
-            const int m = int(U - u0 < 32 ? U - u0 : 32);
-            if (m == 32) {
-#pragma unroll
-                for (int l = 0; l < 32; ++l)
-#pragma unroll
-                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], S * k);
             } else {
-                for (int l = 0; l < m; ++l)
+                for (int k = 0; k < m; ++k)
 #pragma unroll
-                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], l);
+                    for (int j = 0; j < NT; ++j) acc[j] += __shfl_sync(0xffffffffu, c[j], S * k);
             }
         }
     }
@@ -494,84 +497,41 @@ __device__ void row_dots(int type, const uint8_t* row, const uint8_t* act, int64
 // handed to sink(r, value), rows in order, value in every lane.
 template <int TYPE, int CH, class RowAt, class ActAt, class Sink>
 __device__ __forceinline__ void fold_rows(int64_t R, int64_t n, int lane, RowAt row_at, ActAt act_at, Sink sink) {
+    constexpr int S = units_per_contribution<TYPE>, G = 32 / S;
     const int U = int(n / 32), P = int(R) * U;  // 32-bit: the pairs' divisions are per lane and unit
-    if constexpr (k_quant<TYPE>) {
-        // 8 lanes a super-block of one row (rows are whole super-blocks), folded in order
-        const int SB = U / 8;
-        float acc = 0;
-        int sbc = 0;
-        int64_t rc = 0;
-        for (int p0 = 0; p0 < P; p0 += 32 * CH) {
-            float c[CH];
-#pragma unroll
-            for (int i = 0; i < CH; ++i) {
-                const int p = p0 + 32 * i + lane;
-                int a = 0, b = 0;
-                float yd = 0;
-                UnitScales sc{};
-                if (p < P) {
-                    const int r = p / U, u = p % U;
-                    const Unit w = load_unit<TYPE>(row_at(r), u);
-                    sc = w.sc;
-                    const UnitInts ints = unit_int_dot<TYPE>(w, act_at(r), n, u, yd);
-                    a = ints.a;
-                    b = ints.b;
-                }
-                sb_reduce<TYPE>(a, b);
-                c[i] = sb_contribution<TYPE>(sc, yd, a, b);
-            }
-#pragma unroll
-            for (int i = 0; i < CH; ++i) {
-                const int q0 = p0 + 32 * i, ms = P - q0 < 32 ? (P - q0) / 8 : 4;
-#pragma unroll
-                for (int k = 0; k < 4; ++k)
-                    if (k < ms) {
-                        acc += __shfl_sync(0xffffffffu, c[i], 8 * k);
-                        if (++sbc == SB) {
-                            sink(rc++, acc);
-                            acc = 0;
-                            sbc = 0;
-                        }
-                    }
-            }
-        }
-        return;
-    }
+    const int per_row = U / S;                  // rows are whole super-blocks
     float acc = 0;
-    int uc = 0;
+    int done = 0;
     int64_t rc = 0;
     for (int p0 = 0; p0 < P; p0 += 32 * CH) {
         float c[CH];
 #pragma unroll
         for (int i = 0; i < CH; ++i) {
-            const int p = p0 + 32 * i + lane;
-            c[i] = 0;
-            if (p < P) {
-                const int r = p / U, u = p % U;
-                c[i] = unit_dot<TYPE>(load_unit<TYPE>(row_at(r), u), act_at(r), n, u);
-            }
+            const int p = p0 + 32 * i + lane, r = p < P ? p / U : 0, u = p < P ? p % U : 0;
+            float ci[1];
+            unit_contributions<TYPE, 1>(p < P, row_at(r), act_at(r), 0, n, 1, u, ci);
+            c[i] = ci[0];
         }
 #pragma unroll
         for (int i = 0; i < CH; ++i) {
-            const int q0 = p0 + 32 * i;
-            const int m = P - q0 < 32 ? P - q0 : 32;
-            if (U % 32 == 0 && m == 32) {  // 32 units of one row: unrolled, the row ends at most at the group's end
+            const int q0 = p0 + 32 * i, m = (P - q0 < 32 ? P - q0 : 32) / S;
+            if (per_row % G == 0 && m == G) {  // a full group of one row: unrolled, the row ends at most at its end
 #pragma unroll
-                for (int l = 0; l < 32; ++l) acc += __shfl_sync(0xffffffffu, c[i], l);
-                uc += 32;
-                if (uc == U) {
+                for (int k = 0; k < G; ++k) acc += __shfl_sync(0xffffffffu, c[i], S * k);
+                done += G;
+                if (done == per_row) {
                     sink(rc++, acc);
                     acc = 0;
-                    uc = 0;
+                    done = 0;
                 }
                 continue;
             }
-            for (int l = 0; l < m; ++l) {
-                acc += __shfl_sync(0xffffffffu, c[i], l);
-                if (++uc == U) {
+            for (int k = 0; k < m; ++k) {
+                acc += __shfl_sync(0xffffffffu, c[i], S * k);
+                if (++done == per_row) {
                     sink(rc++, acc);
                     acc = 0;
-                    uc = 0;
+                    done = 0;
                 }
             }
         }
