@@ -1022,8 +1022,7 @@ size_t attention_mma_smem(int64_t D, bool decode) {
            size_t(bq * k_attm_sp + 4 * bq + (decode ? 0 : 32 * 512)) * sizeof(float);
 }
 
-size_t attention_smem(int64_t D, int type_k, int type_v, bool mma) {
-    if (att_uses_mma(mma, type_k, type_v, D)) return attention_mma_smem(D, false);
+size_t attention_smem(int64_t D, int type_k, int type_v) {
     return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
            size_t(k_att_kt * (D + 4) + k_att_q * D + k_att_kt * k_att_sp + 2 * k_att_q) * sizeof(float);
 }
@@ -1031,7 +1030,7 @@ size_t attention_smem(int64_t D, int type_k, int type_v, bool mma) {
 void configure_attention() {
     size_t most = 0;
     for (int tk : {0, 1, 2, 3, 6, 7, 8, 20, 30})
-        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv, false));
+        for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -1051,7 +1050,7 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
             launch(k_attention<8, 4>, grid, k_att_threads, size_t(a.smem), s, a);
         CU_LAUNCHED();
     }
-    if (a.smem_mma > 0) {
+    if (a.any_mma) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
         if (a.most_queries <= 8)
             launch(k_attention_mma<1, 1>, gm, 256, attention_mma_smem(a.D, true), s, a);

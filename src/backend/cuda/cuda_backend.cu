@@ -399,10 +399,13 @@ class CudaBackend final : public Backend {
         // count covers the longest block, so a growing context keeps the same step graph.
         const int64_t tile_queries = att_tile_rows_ * (p.n_head / p.n_head_kv);
         const int64_t passes = (tile_queries + k_att_queries - 1) / k_att_queries;
-        size_t smem = 0, smem_mma = 0;
+        size_t smem = 0;
+        bool any_mma = false;
         for (auto [tk, tv] : kv_types_.at(size_t(il))) {
-            size_t& to = att_uses_mma(att_mma_, tk, tv, p.head_dim) ? smem_mma : smem;
-            to = std::max(to, attention_smem(p.head_dim, tk, tv, att_mma_));
+            if (att_uses_mma(att_mma_, tk, tv, p.head_dim))
+                any_mma = true;
+            else
+                smem = std::max(smem, attention_smem(p.head_dim, tk, tv));
         }
         const ScratchMark mark = scratch_mark();
         float* part = nullptr;
@@ -439,7 +442,7 @@ class CudaBackend final : public Backend {
                               passes,
                               tile_queries <= 8 ? passes : (tile_queries + 63) / 64,
                               int64_t(smem),
-                              int64_t(smem_mma),
+                              any_mma ? 1 : 0,
                               std::min(k_att_queries, tile_queries),
                               att_mma_ ? 1 : 0});
         scratch_rewind(mark);

@@ -260,7 +260,7 @@ struct AttentionArgs {
     int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head), k_att_queries at a time
     int64_t passes_mma;    // the same for tensor-core blocks (64 queries, decode's k_att_queries)
     int64_t smem;          // a float-product block's shared memory for the batch's cache types (0: none)
-    int64_t smem_mma;      // a tensor-core prefill block's (0: no span takes the tensor cores)
+    int64_t any_mma;       // whether a span takes the tensor cores (their blocks' shared memory is fixed)
     int64_t most_queries;  // the most queries a block holds
     int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer)
 };
@@ -269,8 +269,8 @@ struct AttentionArgs {
 __host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v, int64_t D) {
     return mma != 0 && type_k == 1 && type_v == 1 && D % 16 == 0;
 }
-// Shared memory of an attention block for head size D and the cache types (DType ids).
-size_t attention_smem(int64_t D, int type_k, int type_v, bool mma);
+// Shared memory of a float-product attention block for head size D and the cache types (DType ids).
+size_t attention_smem(int64_t D, int type_k, int type_v);
 constexpr int64_t k_att_chunk = 256;
 struct ConvArgs {
     const float* x;
