@@ -5,6 +5,7 @@
 #include <cuda_pipeline.h>
 
 #include <algorithm>
+#include <cstdlib>
 
 #include "backend/cuda/ops.h"
 
@@ -214,54 +215,71 @@ __global__ void k_ssm_conv(ConvArgs a) {
 }
 
 // The Gated DeltaNet recurrence. A block takes 32 value channels of one (span, V head); each
-// channel's column of the state (dk keys) is split over 4 adjacent lanes, KPT = dk / 4 keys each,
+// channel's column of the state (dk keys) is split over P adjacent lanes, KPT = dk / P keys each,
 // held in registers for the whole span. Per token a lane decays its keys and forms its share of
-// the prediction and of the output; the 4 shares are added by shuffles in a fixed order, so a
+// the prediction and of the output; the P shares are added by shuffles in a fixed order, so a
 // token's result does not depend on the span's length. Columns move between the ring
-// ([channel][key]) and registers as contiguous 16-byte loads and stores. Key sizes other than
-// 16..256 in powers of two take the EXACT = false form: up to KPT keys a lane, ceil(dk / 4) used,
-// loaded one by one.
+// ([channel][key]) and registers as contiguous 16-byte loads and stores. Key sizes that no P
+// divides into multiples of 4 take the EXACT = false form: P = 4, up to KPT keys a lane,
+// ceil(dk / 4) used, loaded one by one.
 //
 // A token's step is a chain of dependent sums; its inputs (the key head's q and k, the block's 32
 // v values, alpha and beta) do not depend on the state, so they are copied into shared memory
 // k_gdn_chunk tokens at a time, the next chunk's copies in flight while the steps of this one run.
-constexpr int k_gdn_parts = 4;
+// There a part's keys start 4 floats further on than the part before ends, so the 16-byte loads
+// of a warp's parts fall in distinct banks.
 constexpr int k_gdn_chunk = 8;
-// floats a staged token takes: q and k (dk each), 32 v values, alpha, beta
-__host__ __device__ inline int64_t gdn_token_floats(int64_t dk) {
-    return 2 * dk + 32 + 2;
+// staged floats of q (and of k) for P parts of kpt keys
+__host__ __device__ inline int gdn_keys_floats(int kpt, int parts) {
+    return parts * (kpt + 4);
 }
-template <int KPT, bool EXACT>
+// floats a staged token takes: q and k, 32 v values, alpha, beta; a multiple of 4
+__host__ __device__ inline int gdn_token_floats(int kpt, int parts) {
+    return (2 * gdn_keys_floats(kpt, parts) + 34 + 3) / 4 * 4;
+}
+template <int P, int KPT, bool EXACT>
 __global__ void k_gdn(GdnArgs a) {
+    static_assert(P >= 2 && P <= 16 && (P & (P - 1)) == 0 && (!EXACT || KPT % 4 == 0));
     pdl_enter();
-    extern __shared__ float stage[];            // [2][k_gdn_chunk][gdn_token_floats(dk)]
-    __shared__ float gdn_pre[k_gdn_chunk * 4];  // per token: k's and q's norm scales, decay, beta
+    extern __shared__ __align__(16) float stage[];  // [2][k_gdn_chunk][gdn_token_floats]
+    __shared__ float gdn_pre[k_gdn_chunk * 4];      // per token: k's and q's norm scales, decay, beta
     const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, groups = (dv + 31) / 32;
     const int64_t si = blockIdx.x / (Hv * groups), h = (blockIdx.x / groups) % Hv, g = blockIdx.x % groups;
-    const int part = threadIdx.x % k_gdn_parts;
-    const int64_t cl = threadIdx.x / k_gdn_parts, c = g * 32 + cl;
+    const int part = int(threadIdx.x) % P;
+    const int64_t cl = threadIdx.x / P, c = g * 32 + cl;
     const bool live = c < dv;
     const SpanDev sp = a.spans[si];
     const RingDev r = a.rings[si];
     const size_t head_floats = size_t(dv * dk), slot_floats = size_t(Hv) * head_floats;
-    const int kpt = EXACT ? KPT : int((dk + k_gdn_parts - 1) / k_gdn_parts);
+    const int kpt = EXACT ? KPT : int((dk + P - 1) / P);
     const int64_t j = h % Hk, key_dim = Hk * dk, x0 = int64_t(part) * kpt;
+    const int kf = gdn_keys_floats(kpt, P), tf = gdn_token_floats(kpt, P), xs = part * (kpt + 4);
     // whether key x0 + x is this lane's
     auto mine = [&](int x) { return EXACT || (x < kpt && x0 + x < dk); };
     const float q_scale = float(a.q_scale);
-    const int64_t tf = gdn_token_floats(dk), nv = min(int64_t(32), dv - g * 32);
+    const int nv = int(min(int64_t(32), dv - g * 32));
     // copies tokens [t0, t0 + k_gdn_chunk) of the span into buffer b
     auto stage_chunk = [&](int64_t t0, int b) {
-        const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
-        for (int64_t i = threadIdx.x; i < n * tf; i += blockDim.x) {
-            const int64_t tt = i / tf, f = i % tf, row = sp.first + t0 + tt;
-            const float* src = f < dk       ? a.u + row * a.us + j * dk + f
-                               : f < 2 * dk ? a.u + row * a.us + key_dim + j * dk + (f - dk)
-                               : f < 2 * dk + 32
-                                   ? a.u + row * a.us + 2 * key_dim + h * dv + g * 32 + min(f - 2 * dk, nv - 1)
-                               : f == 2 * dk + 32 ? a.alpha + row * a.as + h
-                                                  : a.beta + row * a.bs + h;
-            __pipeline_memcpy_async(stage + (int64_t(b) * k_gdn_chunk + tt) * tf + f, src, 4);
+        const int n = int(min(int64_t(k_gdn_chunk), sp.n_tokens - t0)), src_floats = int(2 * dk) + 34;
+        for (int i = int(threadIdx.x); i < n * src_floats; i += int(blockDim.x)) {
+            const int tt = i / src_floats, f = i - tt * src_floats;
+            const int64_t row = sp.first + t0 + tt;
+            const float* src;
+            int dst;
+            if (f < 2 * dk) {
+                const int which = f >= dk, key = f - which * int(dk);
+                src = a.u + row * a.us + which * key_dim + j * dk + key;
+                dst = which * kf + (key / kpt) * (kpt + 4) + key % kpt;
+            } else if (f < 2 * dk + 32) {
+                const int v = f - int(2 * dk);
+                src = a.u + row * a.us + 2 * key_dim + h * dv + g * 32 + min(v, nv - 1);
+                dst = 2 * kf + v;
+            } else {
+                const bool al = f == 2 * dk + 32;
+                src = al ? a.alpha + row * a.as + h : a.beta + row * a.bs + h;
+                dst = 2 * kf + (al ? 32 : 33);
+            }
+            __pipeline_memcpy_async(stage + (b * k_gdn_chunk + tt) * tf + dst, src, 4);
         }
         __pipeline_commit();
     };
@@ -297,30 +315,28 @@ __global__ void k_gdn(GdnArgs a) {
         __syncthreads();
         const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
         // What a step needs that does not depend on the state, for the chunk's tokens side by side
-        // (a warp a token, 8 lanes): the L2 norms of k (lanes 0-3) and q (lanes 4-7) of key head
-        // j, each lane's share of a sum of squares in double over its keys and the 4 shares added
-        // by shuffles, as the step would add them; the decay and beta.
+        // (a warp a token, 2P lanes): the L2 norms of k (lanes [0, P)) and q (lanes [P, 2P)) of
+        // key head j, each lane's share of a sum of squares in double over its keys and the P
+        // shares added by shuffles, as the step adds them; the decay and beta.
         const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
         for (int64_t tt = warp; tt < n; tt += blockDim.x / 32) {
             const float* in = stage + (b * k_gdn_chunk + tt) * tf;
-            const int64_t xp = int64_t(lane % 4) * kpt;
+            const int lp = lane % P;
+            const float* keys = in + (lane < P ? kf : 0) + lp * (kpt + 4);
             double sq = 0;
-            if (lane < 8)
+            if (lane < 2 * P)
 #pragma unroll
                 for (int x = 0; x < KPT; ++x)
-                    if (EXACT || (x < kpt && xp + x < dk)) {
-                        const float v = in[(lane < 4 ? dk : 0) + xp + x];
-                        sq += double(v) * double(v);
-                    }
-            sq += __shfl_xor_sync(0xffffffffu, sq, 1);
-            sq += __shfl_xor_sync(0xffffffffu, sq, 2);
+                    if (EXACT || (x < kpt && lp * kpt + x < dk)) sq += double(keys[x]) * double(keys[x]);
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
             float* pre = gdn_pre + tt * 4;
-            if (lane == 0 || lane == 4) pre[lane / 4] = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
+            if (lane == 0 || lane == P) pre[lane / P] = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
             if (lane == 0) {
-                const float al = in[2 * dk + 32] + a.dt_bias[h];
+                const float al = in[2 * kf + 32] + a.dt_bias[h];
                 const float sp_a = al > 20.0f ? al : logf(1.0f + expf(al));
                 pre[2] = expf(sp_a * a.ssm_a[h]);
-                pre[3] = sigmoidf(in[2 * dk + 33]);
+                pre[3] = sigmoidf(in[2 * kf + 33]);
             }
         }
         __syncthreads();
@@ -331,10 +347,27 @@ __global__ void k_gdn(GdnArgs a) {
                         bt = gdn_pre[tt * 4 + 3];
             // the token's k and q of key head j, L2-normalised (x / max(||x||, eps))
             float kr[KPT], qr[KPT];
+            if constexpr (EXACT) {
+                const float4* k4 = reinterpret_cast<const float4*>(in + kf + xs);
+                const float4* q4 = reinterpret_cast<const float4*>(in + xs);
 #pragma unroll
-            for (int x = 0; x < KPT; ++x) {
-                kr[x] = (mine(x) ? in[dk + x0 + x] : 0.0f) * kscale;
-                qr[x] = (mine(x) ? in[x0 + x] : 0.0f) * qscale;
+                for (int i = 0; i < KPT / 4; ++i) {
+                    const float4 kv = k4[i], qv = q4[i];
+                    kr[4 * i] = kv.x * kscale;
+                    kr[4 * i + 1] = kv.y * kscale;
+                    kr[4 * i + 2] = kv.z * kscale;
+                    kr[4 * i + 3] = kv.w * kscale;
+                    qr[4 * i] = qv.x * qscale;
+                    qr[4 * i + 1] = qv.y * qscale;
+                    qr[4 * i + 2] = qv.z * qscale;
+                    qr[4 * i + 3] = qv.w * qscale;
+                }
+            } else {
+#pragma unroll
+                for (int x = 0; x < KPT; ++x) {
+                    kr[x] = (mine(x) ? in[kf + xs + x] : 0.0f) * kscale;
+                    qr[x] = (mine(x) ? in[xs + x] : 0.0f) * qscale;
+                }
             }
             float pred = 0;
 #pragma unroll
@@ -343,9 +376,9 @@ __global__ void k_gdn(GdnArgs a) {
                     S[x] *= decay;
                     pred += S[x] * kr[x];
                 }
-            pred += __shfl_xor_sync(0xffffffffu, pred, 1);
-            pred += __shfl_xor_sync(0xffffffffu, pred, 2);
-            const float delta = bt * ((live ? in[2 * dk + cl] : 0.0f) - pred);
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) pred += __shfl_xor_sync(0xffffffffu, pred, o);
+            const float delta = bt * ((live ? in[2 * kf + cl] : 0.0f) - pred);
             float acc = 0;
 #pragma unroll
             for (int x = 0; x < KPT; ++x)
@@ -353,8 +386,8 @@ __global__ void k_gdn(GdnArgs a) {
                     S[x] += kr[x] * delta;
                     acc += S[x] * qr[x];
                 }
-            acc += __shfl_xor_sync(0xffffffffu, acc, 1);
-            acc += __shfl_xor_sync(0xffffffffu, acc, 2);
+#pragma unroll
+            for (int o = 1; o < P; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
             if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
             if (live && !EXACT && t >= sp.n_tokens - r.n_slots) {
                 float* dst =
@@ -372,6 +405,15 @@ __global__ void k_gdn(GdnArgs a) {
         }
         __syncthreads();  // every step has read buffer b before the next chunk's copies go there
     }
+}
+
+// Launches the EXACT form with P parts of KPT keys when dk is P * KPT.
+template <int P, int KPT>
+bool launch_gdn(cudaStream_t s, const GdnArgs& a, dim3 grid) {
+    if (a.dk != int64_t(P) * KPT) return false;
+    const size_t smem = size_t(2 * k_gdn_chunk * gdn_token_floats(KPT, P)) * sizeof(float);
+    launch(k_gdn<P, KPT, true>, grid, 32 * P, smem, s, a);
+    return true;
 }
 
 }  // namespace
@@ -437,27 +479,22 @@ void run_op(cudaStream_t s, const ConvArgs& a) {
 
 void run_op(cudaStream_t s, const GdnArgs& a) {
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
-    const int threads = 32 * k_gdn_parts;
-    const size_t smem = size_t(2 * k_gdn_chunk * gdn_token_floats(a.dk)) * sizeof(float);
-    switch (a.dk) {
-        case 16:
-            launch(k_gdn<4, true>, grid, threads, smem, s, a);
-            break;
-        case 32:
-            launch(k_gdn<8, true>, grid, threads, smem, s, a);
-            break;
-        case 64:
-            launch(k_gdn<16, true>, grid, threads, smem, s, a);
-            break;
-        case 128:
-            launch(k_gdn<32, true>, grid, threads, smem, s, a);
-            break;
-        case 256:
-            launch(k_gdn<64, true>, grid, threads, smem, s, a);
-            break;
-        default:
-            launch(k_gdn<64, false>, grid, threads, smem, s, a);
-            break;
+    // 8 parts a channel unless BIGMOE_CUDA_GDN_PARTS says 4 or 16 (for measuring)
+    static const int parts = [] {
+        const char* e = std::getenv("BIGMOE_CUDA_GDN_PARTS");
+        const int p = e ? std::atoi(e) : 8;
+        return p == 4 || p == 16 ? p : 8;
+    }();
+    const bool done = (parts == 16 && (launch_gdn<16, 4>(s, a, grid) || launch_gdn<16, 8>(s, a, grid) ||
+                                       launch_gdn<16, 16>(s, a, grid))) ||
+                      (parts >= 8 && (launch_gdn<8, 4>(s, a, grid) || launch_gdn<8, 8>(s, a, grid) ||
+                                      launch_gdn<8, 16>(s, a, grid) || launch_gdn<8, 32>(s, a, grid))) ||
+                      launch_gdn<4, 4>(s, a, grid) || launch_gdn<4, 8>(s, a, grid) || launch_gdn<4, 16>(s, a, grid) ||
+                      launch_gdn<4, 32>(s, a, grid) || launch_gdn<4, 64>(s, a, grid);
+    if (!done) {
+        constexpr int kpt = int(k_gdn_max_dk / 4);
+        const size_t smem = size_t(2 * k_gdn_chunk * gdn_token_floats(kpt, 4)) * sizeof(float);
+        launch(k_gdn<4, kpt, false>, grid, 32 * 4, smem, s, a);
     }
     CU_LAUNCHED();
 }
