@@ -580,10 +580,35 @@ __device__ __forceinline__ void mma_s8_16x8x16(int (&d)[4], int a0, int a1, int 
 #endif
 }
 
+// The same for a 16 x 32 tile (a0, a1: values 0..15 of rows g and g + 8, a2, a3: values 16..31)
+// and a 32 x 8 tile (b0: values 4 (lane % 4) .. of token g among 0..15, b1 among 16..31).
+__device__ __forceinline__ void mma_s8_16x8x32(int (&d)[4], int a0, int a1, int a2, int a3, int b0, int b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+        : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "r"(0));
+#else
+    d[0] = d[1] = d[2] = d[3] = 0;  // not reached: the host takes this kernel on sm_80 and newer only
+#endif
+}
+
+// d += a b for unsigned 8-bit a (the layout of mma_s8_16x8x32) and signed 8-bit b.
+__device__ __forceinline__ void mma_u8s8_16x8x32_acc(int (&d)[4], const int (&a)[4], int b0, int b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+        : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    (void)a, (void)b0, (void)b1;    // not reached: the host takes this kernel on sm_80 and newer only
+#endif
+}
+
 // One unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32
 // tokens: feed[i] is the activation row token 8 i + g feeds into the products (nullptr: none),
-// out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); two
-// 16-value halves of integer sums from the tensor cores (d0, d1), handed with the rows' scales
+// out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); the
+// integer sums from the tensor cores (Q6_K: its two 16-value halves in d0 and d1; the other types:
+// the whole unit in d0, d1 zero), handed with the rows' scales
 // and the token's activation sums to add(i, e, ...) for the outputs [i][e] (token 8 i + 2 (lane %
 // 4) + (e & 1), row g) and [i][2 + e] (row g + 8). Units are added in order by the callers, so a
 // token's sums have the bits of the warp kernels.
@@ -606,8 +631,13 @@ __device__ __forceinline__ void mma_unit_sums(const uint8_t* w0, const uint8_t* 
             b1 = q[4 + tq];
         }
         int d0[4], d1[4];
-        mma_s8_16x8x16(d0, a00, a01, b0);
-        mma_s8_16x8x16(d1, a10, a11, b1);
+        if constexpr (TYPE == k_q6_k) {  // a scale per 16 values: the halves' sums apart
+            mma_s8_16x8x16(d0, a00, a01, b0);
+            mma_s8_16x8x16(d1, a10, a11, b1);
+        } else {  // one scale a unit: one product over its 32 values
+            mma_s8_16x8x32(d0, a00, a01, a10, a11, b0, b1);
+            d1[0] = d1[1] = d1[2] = d1[3] = 0;
+        }
 #pragma unroll
         for (int e = 0; e < 2; ++e)
             if (out_of[i][e]) add(i, e, sc0, sc1, d0, d1, act_unit<TYPE>(out_of[i][e], n, u));
@@ -661,6 +691,63 @@ __device__ __forceinline__ void mma_sb_add(const uint8_t* w0, const uint8_t* w1,
             }
             ia[i][e] = ib[i][e] = ia[i][2 + e] = ib[i][2 + e] = 0;
         }
+    }
+}
+
+// A Q4_K / Q5_K super-block of a warp's 16 rows against up to 32 tokens (as mma_unit), its
+// contribution added into acc, with no work per unit and output: the unit scales go into the
+// weights as digits. A quant times a digit of its unit's 6-bit scale (base 16 for Q4_K's 4-bit
+// quants, 8 for Q5_K's 5-bit ones) fits a byte, so the tensor cores take the digit planes (the
+// packed quant words times the digit: no byte carries into the next) and sum the whole
+// super-block: sum over units of scale x (quants . y) is lo + base x hi. The mins' share, sum
+// over units of min x (the unit's activation sum), is a third plane of each unit's min repeated.
+// The integers are those mma_unit_ints adds up, so the contribution has the same bits.
+template <int TYPE>
+__device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&feed)[4],
+                                              const uint8_t* const (&out_of)[4][2], int n_tiles, float (&acc)[4][4]) {
+    static_assert(TYPE == k_q4_k || TYPE == k_q5_k);
+    constexpr int base = TYPE == k_q4_k ? 16 : 8;
+    const int tq = threadIdx.x % 4;
+    int lo[4][4], hi[4][4], mins[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) lo[i][e] = hi[i][e] = mins[i][e] = 0;
+#pragma unroll 1  // unrolled, the loads of later units are hoisted: ~50 more registers
+    for (int u = 0; u < 8; ++u) {
+        const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
+        const int q[4] = {unit_word<TYPE>(w0, u, tq), unit_word<TYPE>(w1, u, tq), unit_word<TYPE>(w0, u, 4 + tq),
+                          unit_word<TYPE>(w1, u, 4 + tq)};
+        const int l0 = sc0.s0 % base, l1 = sc1.s0 % base, h0 = sc0.s0 / base, h1 = sc1.s0 / base;
+        const int m0 = sc0.s1 * 0x01010101, m1 = sc1.s1 * 0x01010101;
+        const int a_lo[4] = {q[0] * l0, q[1] * l1, q[2] * l0, q[3] * l1};
+        const int a_hi[4] = {q[0] * h0, q[1] * h1, q[2] * h0, q[3] * h1};
+        const int a_m[4] = {m0, m1, m0, m1};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (i >= n_tiles) break;
+            int b0 = 0, b1 = 0;
+            if (feed[i]) {
+                const int* y = reinterpret_cast<const int*>(feed[i] + 32 * u);
+                b0 = y[tq];
+                b1 = y[4 + tq];
+            }
+            mma_u8s8_16x8x32_acc(lo[i], a_lo, b0, b1);
+            mma_u8s8_16x8x32_acc(hi[i], a_hi, b0, b1);
+            mma_u8s8_16x8x32_acc(mins[i], a_m, b0, b1);
+        }
+    }
+    const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+            if (out_of[i][e]) {
+                const float yd = act_unit<TYPE>(out_of[i][e], 256, 0).yd;
+                acc[i][e] += sb_contribution<TYPE>(sc0, yd, lo[i][e] + base * hi[i][e], mins[i][e]);
+                acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, lo[i][2 + e] + base * hi[i][2 + e], mins[i][2 + e]);
+            }
     }
 }
 
@@ -765,7 +852,9 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
             out_of[i][1] = act_ptr(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
         }
         const int64_t cu = min(int64_t(8), U - 8 * c);
-        if constexpr (k_quant<TYPE>) {  // a chunk is one super-block
+        if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {  // a chunk is one super-block
+            mma_sb_planes<TYPE>(w0, w1, feed, out_of, n_tiles, acc);
+        } else if constexpr (k_quant<TYPE>) {
             for (int64_t u = 0; u < cu; ++u) mma_unit_ints<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, ia, ib);
             mma_sb_add<TYPE>(w0, w1, out_of, n_tiles, ia, ib, acc);
         } else {
