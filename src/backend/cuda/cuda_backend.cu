@@ -681,8 +681,11 @@ class CudaBackend final : public Backend {
         int32_t* counts = reinterpret_cast<int32_t*>(counts_t.data);
         int32_t* lists = reinterpret_cast<int32_t*>(lists_t.data);
         const int64_t per_expert = lists_t.stride;
-        enqueue(MoeGroupArgs{ids, T * K, E, per_expert, counts, lists});
-        const int64_t tiles = (T + 31) / 32;
+        // (expert, 32-slot tile) pairs: at most one part-filled tile an expert with slots
+        const int64_t map_len = std::min(E * ((T + 31) / 32), (T * K + 31) / 32 + std::min(E, T * K));
+        Tensor map_t = scratch(1, map_len);
+        int32_t* tile_map = reinterpret_cast<int32_t*>(map_t.data);
+        enqueue(MoeGroupArgs{ids, T * K, E, per_expert, counts, lists, tile_map, map_len});
         Tensor h = scratch(T * K, F), y = scratch(T * K, N);
         MoeMmaArgs a{};
         a.type = int64_t(wg.type);
@@ -697,10 +700,11 @@ class CudaBackend final : public Backend {
         a.n_out = F;
         a.E = E;
         a.K = K;
-        a.tiles = tiles;
+        a.map_len = map_len;
         a.per_expert = per_expert;
         a.counts = counts;
         a.lists = lists;
+        a.tile_map = tile_map;
         a.act = activations(int(wg.type), x, &a.arb);
         a.out = h.data;
         a.os = h.stride;

@@ -118,11 +118,15 @@ void run_op(cudaStream_t s, const RouteArgs& a);
 void run_op(cudaStream_t s, const MoeGateUpArgs& a);
 void run_op(cudaStream_t s, const MoeDownArgs& a);
 // Prefill's grouped experts: lists[e][0, counts[e]) = the slots routed to expert e.
+// Slots (token, k) listed by expert; then the (expert, 32-slot tile) pairs that have slots, in
+// expert order, as tile_map[i] = expert << 16 | tile, -1 past the last (up to map_len).
 struct MoeGroupArgs {
     const int32_t* ids;
     int64_t n_slots, E, per_expert;
     int32_t* counts;
     int32_t* lists;
+    int32_t* tile_map;
+    int64_t map_len;
 };
 // Per expert, a tensor-core product over its listed slots: with w2, gate (w) and up (w2 at rows
 // up_off..) into out = silu(gate) * up, the activation row of slot s being token s / K's;
@@ -132,9 +136,10 @@ struct MoeMmaArgs {
     const uint8_t* w;
     int64_t row_bytes, expert_bytes;
     const uint8_t* w2;
-    int64_t row_bytes2, expert_bytes2, up_off, n_in, n_out, E, K, tiles, per_expert;
+    int64_t row_bytes2, expert_bytes2, up_off, n_in, n_out, E, K, map_len, per_expert;
     const int32_t* counts;
     const int32_t* lists;
+    const int32_t* tile_map;  // a block row per entry (MoeGroupArgs)
     const uint8_t* act;
     int64_t arb;
     float* out;

@@ -896,22 +896,51 @@ __global__ void k_moe_group(MoeGroupArgs a) {
     const int32_t at = atomicAdd(a.counts + e, 1);
     a.lists[int64_t(e) * a.per_expert + at] = int32_t(s);
 }
+// tile_map from the counts: a thread per run of experts, their tile counts' prefix across the block.
+__global__ void __launch_bounds__(256) k_moe_tiles(MoeGroupArgs a) {
+    pdl_enter();
+    __shared__ int32_t part[256];
+    const int t = int(threadIdx.x);
+    const int64_t per = (a.E + 255) / 256, e0 = min(a.E, t * per), e1 = min(a.E, e0 + per);
+    int32_t n = 0;
+    for (int64_t e = e0; e < e1; ++e) n += (a.counts[e] + k_mma_tokens - 1) / k_mma_tokens;
+    part[t] = n;
+    __syncthreads();
+    for (int o = 1; o < 256; o <<= 1) {  // inclusive prefix sums
+        const int32_t v = t >= o ? part[t - o] : 0;
+        __syncthreads();
+        part[t] += v;
+        __syncthreads();
+    }
+    int32_t at = part[t] - n;
+    for (int64_t e = e0; e < e1; ++e) {
+        const int32_t tiles = (a.counts[e] + k_mma_tokens - 1) / k_mma_tokens;
+        for (int32_t k = 0; k < tiles; ++k) a.tile_map[at + k] = int32_t(e) << 16 | k;
+        at += tiles;
+    }
+    for (int64_t i = part[255] + t; i < a.map_len; i += 256) a.tile_map[i] = -1;
+}
 __global__ void k_zero_counts(MoeGroupArgs a) {
     pdl_enter();
     for (int64_t e = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; e < a.E; e += int64_t(gridDim.x) * blockDim.x)
         a.counts[e] = 0;
 }
 
-// Expert e's rows of a tile of 64 against 32 of its slots: gate and up (GU: h = silu(g) * u, the
-// activation row of slot s being token s / K's), or down (y, slot s's own row).
+// Expert e's rows against 32 of its slots: gate and up (GU: h = silu(g) * u, the activation row
+// of slot s being token s / K's) for a tile of 32 rows, warps 0-1 on the gate rows and 2-3 on the
+// same rows of up, one pass over the inputs (two passes kept both results' registers: 3 blocks an
+// SM instead of 4); or down (y, slot s's own row) for a tile of 64.
 template <int TYPE, bool GU>
-__global__ void __launch_bounds__(128) k_moe_mma(MoeMmaArgs a) {
+__global__ void __launch_bounds__(128, 4) k_moe_mma(MoeMmaArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int64_t e = blockIdx.y / a.tiles, j0 = int64_t(blockIdx.y % a.tiles) * k_mma_tokens;
+    const int32_t m = a.tile_map[blockIdx.y];
+    if (m < 0) return;
+    const int64_t e = m >> 16, j0 = int64_t(m & 0xFFFF) * k_mma_tokens;
     const int64_t count = a.counts[e];
-    const int64_t rtile = int64_t(blockIdx.x) * k_mma_rows;
+    constexpr int rows = GU ? k_mma_rows / 2 : k_mma_rows;
+    const int64_t rtile = int64_t(blockIdx.x) * rows;
     if (j0 >= count || rtile >= a.n_out) return;
     const int32_t* list = a.lists + e * a.per_expert + j0;
     const int64_t in_tile = min(int64_t(k_mma_tokens), count - j0);
@@ -920,30 +949,38 @@ __global__ void __launch_bounds__(128) k_moe_mma(MoeMmaArgs a) {
         return j < in_tile ? a.act + int64_t(GU ? list[j] / a.K : list[j]) * a.arb
                            : static_cast<const uint8_t*>(nullptr);
     };
-    const int64_t r0 = rtile + warp * 16 + g, r1 = r0 + 8;
     const uint8_t* base = a.w + e * a.expert_bytes;
+    const uint8_t* ub = GU ? a.w2 + e * a.expert_bytes2 : nullptr;
     float acc[4][4];
-    mma_tile_staged<TYPE>([&](int r) { return base + min(rtile + r, a.n_out - 1) * a.row_bytes; }, act_of, a.n_in,
-                          n_tiles, sm, acc);
-    float up[4][4];
-    if constexpr (GU) {
-        const uint8_t* ub = a.w2 + e * a.expert_bytes2;
-        mma_tile_staged<TYPE>([&](int r) { return ub + (a.up_off + min(rtile + r, a.n_out - 1)) * a.row_bytes2; },
-                              act_of, a.n_in, n_tiles, sm, up);
+    mma_tile_staged<TYPE>(
+        [&](int r) {
+            if (GU && r >= rows) return ub + (a.up_off + min(rtile + r - rows, a.n_out - 1)) * a.row_bytes2;
+            return base + min(rtile + r, a.n_out - 1) * a.row_bytes;
+        },
+        act_of, a.n_in, n_tiles, sm, acc);
+    if constexpr (GU) {                              // the gate warps hand their sums to the up warps of the same rows
+        float* gate = reinterpret_cast<float*>(sm);  // [warp 0-1][lane][16]; the tile is done with sm
+        if (warp < 2)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+                for (int q = 0; q < 4; ++q) gate[(warp * 32 + lane) * 16 + 4 * i + q] = acc[i][q];
+        __syncthreads();
+        if (warp < 2) return;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) acc[i][q] = siluf(gate[((warp - 2) * 32 + lane) * 16 + 4 * i + q]) * acc[i][q];
     }
+    const int64_t r0 = rtile + (warp % (rows / 16)) * 16 + g, r1 = r0 + 8;
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int q = 0; q < 4; ++q) {
             const int64_t jj = 8 * i + 2 * tq + (q & 1), r = q < 2 ? r0 : r1;
             if (i >= n_tiles || jj >= in_tile || r >= a.n_out) continue;
-            const int64_t s = list[jj];
-            if constexpr (GU)
-                a.out[s * a.os + r] = siluf(acc[i][q]) * up[i][q];
-            else
-                a.out[s * a.os + r] = acc[i][q];
+            a.out[list[jj] * a.os + r] = acc[i][q];
         }
-    (void)lane;
 }
 
 // out[t] = sum over k, in top-k order, of wts[t][k] * y[(t, k)] (the down kernel's own sum).
@@ -976,6 +1013,47 @@ __global__ void k_matmul(MatmulArgs a) {
 #pragma unroll
         for (int j = 0; j < NT; ++j)
             if (j < nt) a.out[(t0 + j) * a.os + r] = acc[j];
+}
+
+// Float weights against 8 tokens or more: a warp takes 8 rows x 8 tokens, so each activation value
+// it loads serves 8 rows (with a warp a row, every token's activation row was read again from L2
+// for every weight row: the f32 router took a quarter of a millisecond a layer at 512 tokens).
+// Each (row, token) sum is lane_dots' own: lane l adds values l, l + 32, ... in order, then the
+// warp's tree, so a token gets the bits of the decode kernel.
+template <int TYPE>
+__global__ void __launch_bounds__(256) k_matmul_float(MatmulArgs a) {
+    pdl_enter();
+    constexpr int R = 8, NT = 8;
+    const int64_t r0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * R;
+    const int lane = threadIdx.x % 32;
+    if (r0 >= a.n_out) return;
+    const int64_t t0 = int64_t(blockIdx.y) * NT;
+    const int nt = int(min(int64_t(NT), a.T - t0)), nr = int(min(int64_t(R), a.n_out - r0));
+    float acc[R][NT];
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) acc[r][j] = 0;
+    for (int64_t i = lane; i < a.n_in; i += 32) {
+        float x[NT];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) x[j] = j < nt ? reinterpret_cast<const float*>(a.act + (t0 + j) * a.arb)[i] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < R; ++r)
+            if (r < nr) {
+                const float wv = dequant(TYPE, a.w + (r0 + r) * a.row_bytes, i);
+#pragma unroll
+                for (int j = 0; j < NT; ++j)
+                    if (j < nt) acc[r][j] = fmaf(wv, x[j], acc[r][j]);
+            }
+    }
+#pragma unroll
+    for (int r = 0; r < R; ++r)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+            const float v = warp_sum(acc[r][j]);
+            if (lane == 0 && r < nr && j < nt) a.out[(t0 + j) * a.os + r0 + r] = v;
+        }
 }
 
 __global__ void k_get_rows(GetRowsArgs a) {
@@ -1224,6 +1302,17 @@ void run_op(cudaStream_t s, const MatmulArgs& a) {
         CU_LAUNCHED();
         return;
     }
+    if (a.T >= 8 && (a.type == k_f32 || a.type == k_f16 || a.type == k_bf16)) {
+        const dim3 grid(unsigned((a.n_out + 63) / 64), unsigned((a.T + 7) / 8));  // 8 warps of 8 rows
+        if (a.type == k_f32)
+            launch(k_matmul_float<k_f32>, grid, 256, 0, s, a);
+        else if (a.type == k_f16)
+            launch(k_matmul_float<k_f16>, grid, 256, 0, s, a);
+        else
+            launch(k_matmul_float<k_bf16>, grid, 256, 0, s, a);
+        CU_LAUNCHED();
+        return;
+    }
     // the smallest token tile holding the batch, up to 8 (a decode step: 1)
     const int nt = a.T >= 8 ? 8 : a.T >= 4 ? 4 : a.T >= 2 ? 2 : 1;
     const dim3 grid(unsigned((a.n_out * 32 + 255) / 256), unsigned((a.T + nt - 1) / nt));
@@ -1283,11 +1372,14 @@ void run_op(cudaStream_t s, const MoeGroupArgs& a) {
     CU_LAUNCHED();
     launch(k_moe_group, blocks_for(a.n_slots, 256), 256, 0, s, a);
     CU_LAUNCHED();
+    launch(k_moe_tiles, 1, 256, 0, s, a);
+    CU_LAUNCHED();
 }
 
 template <bool GU>
 void moe_mma(cudaStream_t s, const MoeMmaArgs& a) {
-    const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows), unsigned(a.E * a.tiles));
+    constexpr int rows = GU ? k_mma_rows / 2 : k_mma_rows;  // k_moe_mma's tiles
+    const dim3 grid(unsigned((a.n_out + rows - 1) / rows), unsigned(a.map_len));
     switch (a.type) {
         case k_q4_k:
             launch(k_moe_mma<k_q4_k, GU>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
