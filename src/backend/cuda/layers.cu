@@ -258,28 +258,37 @@ __global__ void k_gdn(GdnArgs a) {
     auto mine = [&](int x) { return EXACT || (x < kpt && x0 + x < dk); };
     const float q_scale = float(a.q_scale);
     const int nv = int(min(int64_t(32), dv - g * 32));
+    // copies of 16 bytes where the rows allow (EXACT: a part's keys are whole groups of 4)
+    const bool vec = EXACT && (reinterpret_cast<uintptr_t>(a.u) % 16 == 0) && a.us % 4 == 0 && dv % 4 == 0;
     // copies tokens [t0, t0 + k_gdn_chunk) of the span into buffer b
     auto stage_chunk = [&](int64_t t0, int b) {
-        const int n = int(min(int64_t(k_gdn_chunk), sp.n_tokens - t0)), src_floats = int(2 * dk) + 34;
-        for (int i = int(threadIdx.x); i < n * src_floats; i += int(blockDim.x)) {
-            const int tt = i / src_floats, f = i - tt * src_floats;
+        const int n = int(min(int64_t(k_gdn_chunk), sp.n_tokens - t0)), w = vec ? 4 : 1, kq = int(dk) / w;
+        const int per_tok = 2 * kq + 32 / w + 2;  // q and k, v, alpha and beta
+        for (int i = int(threadIdx.x); i < n * per_tok; i += int(blockDim.x)) {
+            const int tt = i / per_tok, f = i - tt * per_tok;
             const int64_t row = sp.first + t0 + tt;
-            const float* src;
-            int dst;
-            if (f < 2 * dk) {
-                const int which = f >= dk, key = f - which * int(dk);
-                src = a.u + row * a.us + which * key_dim + j * dk + key;
-                dst = which * kf + (key / kpt) * (kpt + 4) + key % kpt;
-            } else if (f < 2 * dk + 32) {
-                const int v = f - int(2 * dk);
-                src = a.u + row * a.us + 2 * key_dim + h * dv + g * 32 + min(v, nv - 1);
-                dst = 2 * kf + v;
+            float* tok = stage + (b * k_gdn_chunk + tt) * tf;
+            if (f < 2 * kq) {
+                const int which = f >= kq, key = (f - which * kq) * w;
+                const float* src = a.u + row * a.us + which * key_dim + j * dk + key;
+                float* dst = tok + which * kf + (key / kpt) * (kpt + 4) + key % kpt;
+                if (vec)
+                    __pipeline_memcpy_async(dst, src, 16);
+                else
+                    __pipeline_memcpy_async(dst, src, 4);
+            } else if (f < 2 * kq + 32 / w) {
+                const int v = (f - 2 * kq) * w;
+                const float* src = a.u + row * a.us + 2 * key_dim + h * dv + g * 32;
+                if (vec && v + 4 <= nv)
+                    __pipeline_memcpy_async(tok + 2 * kf + v, src + v, 16);
+                else
+                    for (int x = 0; x < w; ++x)
+                        __pipeline_memcpy_async(tok + 2 * kf + v + x, src + min(v + x, nv - 1), 4);
             } else {
-                const bool al = f == 2 * dk + 32;
-                src = al ? a.alpha + row * a.as + h : a.beta + row * a.bs + h;
-                dst = 2 * kf + (al ? 32 : 33);
+                const bool al = f == 2 * kq + 32 / w;
+                __pipeline_memcpy_async(tok + 2 * kf + (al ? 32 : 33),
+                                        al ? a.alpha + row * a.as + h : a.beta + row * a.bs + h, 4);
             }
-            __pipeline_memcpy_async(stage + (b * k_gdn_chunk + tt) * tf + dst, src, 4);
         }
         __pipeline_commit();
     };

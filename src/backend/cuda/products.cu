@@ -27,6 +27,17 @@ __device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, i
     }
 }
 
+// Element i of a float row (f32, f16, bf16), inlined: dequant is a call with a switch.
+template <int TYPE>
+__device__ __forceinline__ float float_weight(const uint8_t* row, int64_t i) {
+    if constexpr (TYPE == k_f32)
+        return reinterpret_cast<const float*>(row)[i];
+    else if constexpr (TYPE == k_f16)
+        return half_bits(load_u16(row + 2 * i));
+    else
+        return __uint_as_float(uint32_t(load_u16(row + 2 * i)) << 16);
+}
+
 // Element i of a row of type `type`. The arithmetic is the reference dequantizer's, operation
 // for operation and without fused multiply-adds (the _rn intrinsics), so values are bit-equal.
 __device__ float dequant(int type, const uint8_t* row, int64_t i) {
@@ -427,7 +438,7 @@ __device__ __forceinline__ void lane_dots(const uint8_t* row, const uint8_t* act
     for (int j = 0; j < NT; ++j) acc[j] = 0;
     if constexpr (TYPE == k_f32 || TYPE == k_f16 || TYPE == k_bf16) {
         for (int64_t i = lane; i < n; i += 32) {
-            const float wv = dequant(TYPE, row, i);
+            const float wv = float_weight<TYPE>(row, i);
 #pragma unroll
             for (int j = 0; j < NT; ++j)
                 if (j < nt) acc[j] = fmaf(wv, reinterpret_cast<const float*>(act + j * arb)[i], acc[j]);
@@ -1041,7 +1052,7 @@ __global__ void __launch_bounds__(256) k_matmul_float(MatmulArgs a) {
 #pragma unroll
         for (int r = 0; r < R; ++r)
             if (r < nr) {
-                const float wv = dequant(TYPE, a.w + (r0 + r) * a.row_bytes, i);
+                const float wv = float_weight<TYPE>(a.w + (r0 + r) * a.row_bytes, i);
 #pragma unroll
                 for (int j = 0; j < NT; ++j)
                     if (j < nt) acc[r][j] = fmaf(wv, x[j], acc[r][j]);
