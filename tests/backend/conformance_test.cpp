@@ -662,14 +662,15 @@ TEST_P(Conformance, ssm_conv_matches_float64_and_keeps_the_last_states) {
 }
 
 // Head sizes 16, 64, 128 and 256 (registers on x86; on CUDA each with its parts a channel) and 24
-// (the generic loops); 20 tokens cross 16-token blocks. Outputs and the last 3 kept states against float64; then the
+// (the generic loops); 72 tokens cross 16-token blocks, and a GPU takes them with 16 lanes a
+// channel where one-token calls take 8. Outputs and the last 3 kept states against float64; then the
 // same tokens one call each (the state updated in place, as decoding does) give the same bits.
 TEST_P(Conformance, gated_delta_net_matches_float64_and_one_token_calls) {
     struct Shape {
         int64_t dk, dv;
     };
     for (const Shape sh : {Shape{16, 16}, Shape{24, 8}, Shape{64, 24}, Shape{128, 16}, Shape{256, 8}}) {
-        const int64_t Hk = 2, Hv = 4, dk = sh.dk, dv = sh.dv, T = 20, C = 2 * Hk * dk + Hv * dv;
+        const int64_t Hk = 2, Hv = 4, dk = sh.dk, dv = sh.dv, T = 72, C = 2 * Hk * dk + Hv * dv;
         const size_t slot = size_t(Hv * dv * dk);
         std::vector<float> a_vals = randoms(rng_, Hv);
         for (float& a : a_vals) a = -std::fabs(a) - 0.1f;  // ssm_a < 0

@@ -215,8 +215,8 @@ __global__ void k_ssm_conv(ConvArgs a) {
 }
 
 // The Gated DeltaNet recurrence. A block takes 32 value channels of one (span, V head); each
-// channel's column of the state (dk keys) is split over P adjacent lanes, KPT = dk / P keys each,
-// held in registers for the whole span. Per token a lane decays its keys and forms its share of
+// channel's column of the state (dk keys) is split over P adjacent lanes, KPT = dk / P keys each
+// (gdn_key_block: which), held in registers for the whole span. Per token a lane decays its keys and forms its share of
 // the prediction and of the output; the P shares are added by shuffles in a fixed order, so a
 // token's result does not depend on the span's length. Columns move between the ring
 // ([channel][key]) and registers as contiguous 16-byte loads and stores. Key sizes that no P
@@ -237,6 +237,39 @@ __host__ __device__ inline int gdn_keys_floats(int kpt, int parts) {
 __host__ __device__ inline int gdn_token_floats(int kpt, int parts) {
     return (2 * gdn_keys_floats(kpt, parts) + 34 + 3) / 4 * 4;
 }
+// The sum over a channel's dk keys of a lane's terms (term(x, h): h with key x's term added, x <
+// KPT), in every lane of the channel's P. The order is fixed by parts of dk / 8 keys, each the sum
+// of its two halves (each in key order), the 8 parts then added by a butterfly: with P = 16 a lane
+// holds a half (the other: lane ^ 8), with P = 8 a whole part, so both give the same bits and a
+// launch takes either. (P = 4 adds the halves of a lane's keys, then its own butterfly.)
+template <int P, int KPT, class T, class Term>
+__device__ __forceinline__ T gdn_sum(Term term) {
+    T h0 = 0, h1 = 0;
+    if constexpr (P == 16) {
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) h0 = term(x, h0);
+        h0 += __shfl_xor_sync(0xffffffffu, h0, 8);
+    } else {
+#pragma unroll
+        for (int x = 0; x < KPT / 2; ++x) h0 = term(x, h0);
+#pragma unroll
+        for (int x = KPT / 2; x < KPT; ++x) h1 = term(x, h1);
+        h0 += h1;
+    }
+#pragma unroll
+    for (int o = 1; o < (P < 8 ? P : 8); o <<= 1) h0 += __shfl_xor_sync(0xffffffffu, h0, o);
+    return h0;
+}
+// With P = 16, lane part l holds half l / 8 of key part l % 8: key block 2 (l % 8) + l / 8 of
+// dk / 16 keys. The staged keys keep lane order (block b of a lane at b (kpt + 4)).
+template <int P>
+__host__ __device__ inline int gdn_key_block(int part) {
+    return P == 16 ? 2 * (part % 8) + part / 8 : part;
+}
+template <int P>
+__host__ __device__ inline int gdn_lane_of_block(int kb) {
+    return P == 16 ? (kb % 2) * 8 + kb / 2 : kb;
+}
 template <int P, int KPT, bool EXACT>
 __global__ void k_gdn(GdnArgs a) {
     static_assert(P >= 2 && P <= 16 && (P & (P - 1)) == 0 && (!EXACT || KPT % 4 == 0));
@@ -252,7 +285,7 @@ __global__ void k_gdn(GdnArgs a) {
     const RingDev r = a.rings[si];
     const size_t head_floats = size_t(dv * dk), slot_floats = size_t(Hv) * head_floats;
     const int kpt = EXACT ? KPT : int((dk + P - 1) / P);
-    const int64_t j = h % Hk, key_dim = Hk * dk, x0 = int64_t(part) * kpt;
+    const int64_t j = h % Hk, key_dim = Hk * dk, x0 = int64_t(gdn_key_block<P>(part)) * kpt;
     const int kf = gdn_keys_floats(kpt, P), tf = gdn_token_floats(kpt, P), xs = part * (kpt + 4);
     // whether key x0 + x is this lane's
     auto mine = [&](int x) { return EXACT || (x < kpt && x0 + x < dk); };
@@ -271,7 +304,7 @@ __global__ void k_gdn(GdnArgs a) {
             if (f < 2 * kq) {
                 const int which = f >= kq, key = (f - which * kq) * w;
                 const float* src = a.u + row * a.us + which * key_dim + j * dk + key;
-                float* dst = tok + which * kf + (key / kpt) * (kpt + 4) + key % kpt;
+                float* dst = tok + which * kf + gdn_lane_of_block<P>(key / kpt) * (kpt + 4) + key % kpt;
                 if (vec)
                     __pipeline_memcpy_async(dst, src, 16);
                 else
@@ -325,20 +358,17 @@ __global__ void k_gdn(GdnArgs a) {
         const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
         // What a step needs that does not depend on the state, for the chunk's tokens side by side
         // (a warp a token, 2P lanes): the L2 norms of k (lanes [0, P)) and q (lanes [P, 2P)) of
-        // key head j, each lane's share of a sum of squares in double over its keys and the P
-        // shares added by shuffles, as the step adds them; the decay and beta.
+        // key head j, sums of squares in double in gdn_sum's order; the decay and beta.
         const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
         for (int64_t tt = warp; tt < n; tt += blockDim.x / 32) {
             const float* in = stage + (b * k_gdn_chunk + tt) * tf;
             const int lp = lane % P;
             const float* keys = in + (lane < P ? kf : 0) + lp * (kpt + 4);
-            double sq = 0;
-            if (lane < 2 * P)
-#pragma unroll
-                for (int x = 0; x < KPT; ++x)
-                    if (EXACT || (x < kpt && lp * kpt + x < dk)) sq += double(keys[x]) * double(keys[x]);
-#pragma unroll
-            for (int o = 1; o < P; o <<= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+            const int64_t kx0 = int64_t(gdn_key_block<P>(lp)) * kpt;
+            const double sq = gdn_sum<P, KPT, double>([&](int x, double h) {
+                const bool used = lane < 2 * P && (EXACT || (x < kpt && kx0 + x < dk));
+                return used ? fma(double(keys[x]), double(keys[x]), h) : h;
+            });
             float* pre = gdn_pre + tt * 4;
             if (lane == 0 || lane == P) pre[lane / P] = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
             if (lane == 0) {
@@ -378,25 +408,17 @@ __global__ void k_gdn(GdnArgs a) {
                     qr[x] = (mine(x) ? in[xs + x] : 0.0f) * qscale;
                 }
             }
-            float pred = 0;
-#pragma unroll
-            for (int x = 0; x < KPT; ++x)
-                if (mine(x)) {
-                    S[x] *= decay;
-                    pred += S[x] * kr[x];
-                }
-#pragma unroll
-            for (int o = 1; o < P; o <<= 1) pred += __shfl_xor_sync(0xffffffffu, pred, o);
+            const float pred = gdn_sum<P, KPT, float>([&](int x, float h) {
+                if (!mine(x)) return h;
+                S[x] *= decay;
+                return fmaf(S[x], kr[x], h);
+            });
             const float delta = bt * ((live ? in[2 * kf + cl] : 0.0f) - pred);
-            float acc = 0;
-#pragma unroll
-            for (int x = 0; x < KPT; ++x)
-                if (mine(x)) {
-                    S[x] += kr[x] * delta;
-                    acc += S[x] * qr[x];
-                }
-#pragma unroll
-            for (int o = 1; o < P; o <<= 1) acc += __shfl_xor_sync(0xffffffffu, acc, o);
+            const float acc = gdn_sum<P, KPT, float>([&](int x, float h) {
+                if (!mine(x)) return h;
+                S[x] = fmaf(kr[x], delta, S[x]);
+                return fmaf(S[x], qr[x], h);
+            });
             if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
             if (live && !EXACT && t >= sp.n_tokens - r.n_slots) {
                 float* dst =
@@ -488,12 +510,14 @@ void run_op(cudaStream_t s, const ConvArgs& a) {
 
 void run_op(cudaStream_t s, const GdnArgs& a) {
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
-    // 8 parts a channel unless BIGMOE_CUDA_GDN_PARTS says 4 or 16 (for measuring)
-    static const int parts = [] {
+    // 16 lanes a channel for 64 rows or more (prefill: twice the warps in flight), else 8: the same
+    // bits (gdn_sum). BIGMOE_CUDA_GDN_PARTS=4, 8 or 16 picks one for measuring (4: other bits).
+    static const int forced = [] {
         const char* e = std::getenv("BIGMOE_CUDA_GDN_PARTS");
-        const int p = e ? std::atoi(e) : 8;
-        return p == 4 || p == 16 ? p : 8;
+        const int p = e ? std::atoi(e) : 0;
+        return p == 4 || p == 8 || p == 16 ? p : 0;
     }();
+    const int parts = forced ? forced : a.rows >= 64 ? 16 : 8;
     const bool done = (parts == 16 && (launch_gdn<16, 4>(s, a, grid) || launch_gdn<16, 8>(s, a, grid) ||
                                        launch_gdn<16, 16>(s, a, grid))) ||
                       (parts >= 8 && (launch_gdn<8, 4>(s, a, grid) || launch_gdn<8, 8>(s, a, grid) ||

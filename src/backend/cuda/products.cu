@@ -1032,7 +1032,7 @@ __global__ void k_matmul(MatmulArgs a) {
 // Each (row, token) sum is lane_dots' own: lane l adds values l, l + 32, ... in order, then the
 // warp's tree, so a token gets the bits of the decode kernel.
 template <int TYPE>
-__global__ void __launch_bounds__(256) k_matmul_float(MatmulArgs a) {
+__global__ void __launch_bounds__(256, 2) k_matmul_float(MatmulArgs a) {
     pdl_enter();
     constexpr int R = 8, NT = 8;
     const int64_t r0 = (int64_t(blockIdx.x) * (blockDim.x / 32) + threadIdx.x / 32) * R;
@@ -1045,18 +1045,26 @@ __global__ void __launch_bounds__(256) k_matmul_float(MatmulArgs a) {
     for (int r = 0; r < R; ++r)
 #pragma unroll
         for (int j = 0; j < NT; ++j) acc[r][j] = 0;
-    for (int64_t i = lane; i < a.n_in; i += 32) {
-        float x[NT];
+    // Rows and tokens past the ends read the last ones' values (sums not stored): unconditional
+    // loads can all be in flight at once, where guarded ones waited for each other.
+    // (32-bit offsets from two bases: 8 + 8 pointers spilled)
+    const uint8_t* wb = a.w + r0 * a.row_bytes;
+    const uint8_t* xb = a.act + t0 * a.arb;
+    int wo[R], xo[NT];
 #pragma unroll
-        for (int j = 0; j < NT; ++j) x[j] = j < nt ? reinterpret_cast<const float*>(a.act + (t0 + j) * a.arb)[i] : 0.0f;
+    for (int r = 0; r < R; ++r) wo[r] = int(min(r, nr - 1) * a.row_bytes);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) xo[j] = int(min(j, nt - 1) * a.arb);
+    for (int64_t i = lane; i < a.n_in; i += 32) {
+        float x[NT], wv[R];
+#pragma unroll
+        for (int j = 0; j < NT; ++j) x[j] = reinterpret_cast<const float*>(xb + xo[j])[i];
+#pragma unroll
+        for (int r = 0; r < R; ++r) wv[r] = float_weight<TYPE>(wb + wo[r], i);
 #pragma unroll
         for (int r = 0; r < R; ++r)
-            if (r < nr) {
-                const float wv = float_weight<TYPE>(a.w + (r0 + r) * a.row_bytes, i);
 #pragma unroll
-                for (int j = 0; j < NT; ++j)
-                    if (j < nt) acc[r][j] = fmaf(wv, x[j], acc[r][j]);
-            }
+            for (int j = 0; j < NT; ++j) acc[r][j] = fmaf(wv[r], x[j], acc[r][j]);
     }
 #pragma unroll
     for (int r = 0; r < R; ++r)
