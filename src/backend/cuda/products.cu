@@ -615,6 +615,17 @@ __device__ __forceinline__ void mma_u8s8_16x8x32_acc(int (&d)[4], const int (&a)
 #endif
 }
 
+// The words of unit u a lane feeds into the products from a token's activation row (values 4 tq
+// .. and 16 + 4 tq ..; zeros for no row).
+__device__ __forceinline__ void feed_words(const uint8_t* feed, int64_t u, int tq, int& b0, int& b1) {
+    b0 = b1 = 0;
+    if (feed) {
+        const int* y = reinterpret_cast<const int*>(feed + 32 * u);
+        b0 = y[tq];
+        b1 = y[4 + tq];
+    }
+}
+
 // One unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32
 // tokens: feed[i] is the activation row token 8 i + g feeds into the products (nullptr: none),
 // out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); the
@@ -635,12 +646,8 @@ __device__ __forceinline__ void mma_unit_sums(const uint8_t* w0, const uint8_t* 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
         if (i >= n_tiles) break;
-        int b0 = 0, b1 = 0;
-        if (feed[i]) {
-            const int* q = reinterpret_cast<const int*>(feed[i] + 32 * u);
-            b0 = q[tq];
-            b1 = q[4 + tq];
-        }
+        int b0, b1;
+        feed_words(feed[i], u, tq, b0, b1);
         int d0[4], d1[4];
         if constexpr (TYPE == k_q6_k) {  // a scale per 16 values: the halves' sums apart
             mma_s8_16x8x16(d0, a00, a01, b0);
@@ -737,12 +744,8 @@ __device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* 
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             if (i >= n_tiles) break;
-            int b0 = 0, b1 = 0;
-            if (feed[i]) {
-                const int* y = reinterpret_cast<const int*>(feed[i] + 32 * u);
-                b0 = y[tq];
-                b1 = y[4 + tq];
-            }
+            int b0, b1;
+            feed_words(feed[i], u, tq, b0, b1);
             mma_u8s8_16x8x32_acc(lo[i], a_lo, b0, b1);
             mma_u8s8_16x8x32_acc(hi[i], a_hi, b0, b1);
             mma_u8s8_16x8x32_acc(mins[i], a_m, b0, b1);
