@@ -681,7 +681,8 @@ class CudaBackend final : public Backend {
         int32_t* counts = reinterpret_cast<int32_t*>(counts_t.data);
         int32_t* lists = reinterpret_cast<int32_t*>(lists_t.data);
         const int64_t per_expert = lists_t.stride;
-        // (expert, 32-slot tile) pairs: at most one part-filled tile an expert with slots
+        // (expert, 32-slot tile) pairs: at most one part-filled tile an expert with slots. The map
+        // packs an expert (under 2^15) and its tile (under 2^16: ubatches under 2M tokens).
         const int64_t map_len = std::min(E * ((T + 31) / 32), (T * K + 31) / 32 + std::min(E, T * K));
         Tensor map_t = scratch(1, map_len);
         int32_t* tile_map = reinterpret_cast<int32_t*>(map_t.data);

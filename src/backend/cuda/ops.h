@@ -117,9 +117,9 @@ void run_op(cudaStream_t s, const GetRowsArgs& a);
 void run_op(cudaStream_t s, const RouteArgs& a);
 void run_op(cudaStream_t s, const MoeGateUpArgs& a);
 void run_op(cudaStream_t s, const MoeDownArgs& a);
-// Prefill's grouped experts: lists[e][0, counts[e]) = the slots routed to expert e.
-// Slots (token, k) listed by expert; then the (expert, 32-slot tile) pairs that have slots, in
-// expert order, as tile_map[i] = expert << 16 | tile, -1 past the last (up to map_len).
+// Prefill's grouped experts: lists[e][0, counts[e]) = the slots routed to expert e; then the
+// (expert, 32-slot tile) pairs that have slots, in expert order, as tile_map[i] = expert << 16 |
+// tile, -1 past the last (up to map_len).
 struct MoeGroupArgs {
     const int32_t* ids;
     int64_t n_slots, E, per_expert;
