@@ -43,11 +43,11 @@ __device__ __forceinline__ float float_weight(const uint8_t* row, int64_t i) {
 __device__ float dequant(int type, const uint8_t* row, int64_t i) {
     switch (type) {
         case k_f32:
-            return reinterpret_cast<const float*>(row)[i];
+            return float_weight<k_f32>(row, i);
         case k_f16:
-            return half_bits(load_u16(row + 2 * i));
+            return float_weight<k_f16>(row, i);
         case k_bf16:
-            return __uint_as_float(uint32_t(load_u16(row + 2 * i)) << 16);
+            return float_weight<k_bf16>(row, i);
         case k_q4_0: {
             const uint8_t* b = row + (i / 32) * 18;
             const int j = int(i % 32);
