@@ -33,7 +33,8 @@ async function pixels(png, rects) {
     const g = c.getContext("2d");
     g.drawImage(img, 0, 0);
     return rects.map(({ x, y, width, height, rgb }) => {
-      if (width < 1 || height < 1 || x + width > img.width || y + height > img.height) return { colours: 0, near: 0 };
+      const size = img.width + "x" + img.height;
+      if (width < 1 || height < 1 || x + width > img.width || y + height > img.height) return { colours: 0, near: 0, size };
       const d = g.getImageData(Math.floor(x), Math.floor(y), Math.ceil(width), Math.ceil(height)).data;
       const colours = new Set();
       let near = 0;
@@ -41,7 +42,7 @@ async function pixels(png, rects) {
         colours.add((d[i] << 16) | (d[i + 1] << 8) | d[i + 2]);
         if (rgb && Math.abs(d[i] - rgb[0]) + Math.abs(d[i + 1] - rgb[1]) + Math.abs(d[i + 2] - rgb[2]) < 60) near++;
       }
-      return { colours: colours.size, near };
+      return { colours: colours.size, near, size };
     });
   }, { b64: png.toString("base64"), rects });
   await p.close();
@@ -49,24 +50,30 @@ async function pixels(png, rects) {
 }
 // A full-page screenshot of pg, checked to show each expected element: [selector, rgb or null];
 // the last element a selector matches is the one checked. Every element must hold text or lines
-// (several colours), and pixels of its colour where one is given.
+// (several colours), and pixels of its colour where one is given. The dashboard redraws on a timer,
+// so the elements are located before and after the screenshot and it is taken again until the
+// layout held still around it.
 async function checkShot(pg, path, expected) {
-  const png = await pg.screenshot({ path, fullPage: true });
-  const rects = [];
-  for (const [sel, rgb] of expected) {
-    const r = await pg.$$eval(sel, (els) => {
-      const e = els[els.length - 1];
-      if (!e) return null;
-      const b = e.getBoundingClientRect();
-      return { x: b.x + scrollX, y: b.y + scrollY, width: b.width, height: b.height };
-    });
-    if (!r) fail(`${path}: no element ${sel}`);
-    rects.push({ ...r, rgb });
+  const locate = () => Promise.all(expected.map(([sel]) => pg.$$eval(sel, (els) => {
+    const e = els[els.length - 1];
+    if (!e) return null;
+    const b = e.getBoundingClientRect();
+    return { x: b.x + scrollX, y: b.y + scrollY, width: b.width, height: b.height };
+  })));
+  let png, rects;
+  for (let attempt = 0; ; attempt++) {
+    const before = await locate();
+    png = await pg.screenshot({ path, fullPage: true });
+    rects = await locate();
+    if (JSON.stringify(before) === JSON.stringify(rects)) break;
+    if (attempt === 5) fail(`${path}: the layout kept moving: ${JSON.stringify(before)} -> ${JSON.stringify(rects)}`);
+    await pg.waitForTimeout(50);
   }
-  const stats = await pixels(png, rects);
+  rects.forEach((r, i) => { if (!r) fail(`${path}: no element ${expected[i][0]}`); });
+  const stats = await pixels(png, rects.map((r, i) => ({ ...r, rgb: expected[i][1] })));
   stats.forEach((s, i) => {
     const [sel, rgb] = expected[i];
-    if (s.colours < 3) fail(`${path}: ${sel} is not drawn (${s.colours} colours)`);
+    if (s.colours < 3) fail(`${path}: ${sel} is not drawn (${s.colours} colours; at ${JSON.stringify(rects[i])}, image ${s.size})`);
     if (rgb && s.near < 3) fail(`${path}: ${sel} shows none of its colour`);
   });
 }
