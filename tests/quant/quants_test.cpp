@@ -442,7 +442,7 @@ TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
     }
 }
 
-// The many-token packed products (AMX where the machine has it): 1, 3 and 9 packed groups (a lone
+// The many-token packed products (decoded groups; AMX where the machine has it): 1, 3 and 9 packed groups (a lone
 // group at the end of a 16-row block; more blocks than a call takes at once) against token counts
 // around the 16-token tile, every token and row bit-identical to the 1-token packed tile (itself
 // matched to float64 above).
@@ -454,7 +454,7 @@ TEST(Kernels, packed_gemm_matches_packed_tile_bitwise) {
         for (DType t : {DType::Q4_K, DType::Q6_K, DType::Q8_0}) {
             if (!k->packed_gemm[int(t)]) continue;
             ran = true;
-            for (int64_t n : {256, 768}) {
+            for (int64_t n : {256, 768, 2816}) {  // 2816: more super-blocks than a decoded run
                 const size_t rb = row_bytes(t, n);
                 const int64_t groups = 9, rows = 8 * groups;
                 std::vector<uint8_t> wq(size_t(rows) * rb), packed(size_t(rows) * rb);
