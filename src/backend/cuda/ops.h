@@ -158,8 +158,10 @@ void run_op(cudaStream_t s, const MoeGroupArgs& a);
 void run_op(cudaStream_t s, const MoeMmaArgs& a);
 void run_op(cudaStream_t s, const MoeSumArgs& a);
 void run_op(cudaStream_t s, const MatvecArgs& a);
-// Once per device: the shared memory the products above may take.
+// Once per device: the shared memory the products above may take (configure_products also calls
+// configure_moe, the experts' part in moe.cu).
 void configure_products();
+void configure_moe();
 void configure_attention();
 
 // ---- the other ops (layers.cu)
