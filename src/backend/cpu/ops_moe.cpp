@@ -132,9 +132,10 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
         const int64_t j0 = first[size_t(e)], n = first[size_t(e + 1)] - j0;
         const uint8_t* w1 = product_bytes(wg) + size_t(e) * wg.expert_bytes;
         const uint8_t* w3 = product_bytes(*wu) + size_t(e) * wu->expert_bytes;
-        // The task's gate and up results in a compact block of its own ([n][nr], ~30 KB at most
-        // in prefill), read back by the SiLU while still in L1/L2: strided rows of S x F tensors
-        // left it waiting on loads (5% of a bench-1b prefill).
+        // The task's gate and up results in a compact block of its own ([n][nr]: 28 KB for
+        // bench-1b's ~64 tokens an expert at 512 tokens), read back by the SiLU while still in
+        // L1/L2; through strided rows of S x F tensors its loads waited (bench-1b pp512 ~3% slower
+        // on the Xeon dev VM).
         thread_local std::vector<float> gu;
         if (gu.size() < size_t(2 * n * nr)) gu.resize(size_t(2 * n * nr));
         float *gb = gu.data(), *ub = gu.data() + n * nr;
