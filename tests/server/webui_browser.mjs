@@ -51,8 +51,9 @@ async function pixels(png, rects) {
 // A full-page screenshot of pg, checked to show each expected element: [selector, rgb or null];
 // the last element a selector matches is the one checked. Every element must hold text or lines
 // (several colours), and pixels of its colour where one is given. The dashboard redraws on a timer,
-// so the elements are located before and after the screenshot and it is taken again until the
-// layout held still around it.
+// so the elements are located before and after the screenshot, which is taken again until the
+// layout held still around it; an element found not drawn is looked at in two more screenshots
+// before the test fails (a redraw mid-capture is not a missing element).
 async function checkShot(pg, path, expected) {
   const locate = () => Promise.all(expected.map(([sel]) => pg.$$eval(sel, (els) => {
     const e = els[els.length - 1];
@@ -60,22 +61,29 @@ async function checkShot(pg, path, expected) {
     const b = e.getBoundingClientRect();
     return { x: b.x + scrollX, y: b.y + scrollY, width: b.width, height: b.height };
   })));
-  let png, rects;
-  for (let attempt = 0; ; attempt++) {
-    const before = await locate();
-    png = await pg.screenshot({ path, fullPage: true });
-    rects = await locate();
-    if (JSON.stringify(before) === JSON.stringify(rects)) break;
-    if (attempt === 5) fail(`${path}: the layout kept moving: ${JSON.stringify(before)} -> ${JSON.stringify(rects)}`);
-    await pg.waitForTimeout(50);
+  let problems = [];
+  for (let shot = 0; shot < 3; shot++) {
+    if (shot > 0) await pg.waitForTimeout(300);
+    let png, rects;
+    for (let attempt = 0; ; attempt++) {
+      const before = await locate();
+      png = await pg.screenshot({ path, fullPage: true });
+      rects = await locate();
+      if (JSON.stringify(before) === JSON.stringify(rects)) break;
+      if (attempt === 5) fail(`${path}: the layout kept moving: ${JSON.stringify(before)} -> ${JSON.stringify(rects)}`);
+      await pg.waitForTimeout(50);
+    }
+    rects.forEach((r, i) => { if (!r) fail(`${path}: no element ${expected[i][0]}`); });
+    const stats = await pixels(png, rects.map((r, i) => ({ ...r, rgb: expected[i][1] })));
+    problems = [];
+    stats.forEach((s, i) => {
+      const [sel, rgb] = expected[i];
+      if (s.colours < 3) problems.push(`${sel} is not drawn (${s.colours} colours; at ${JSON.stringify(rects[i])}, image ${s.size})`);
+      else if (rgb && s.near < 3) problems.push(`${sel} shows none of its colour`);
+    });
+    if (!problems.length) return;
   }
-  rects.forEach((r, i) => { if (!r) fail(`${path}: no element ${expected[i][0]}`); });
-  const stats = await pixels(png, rects.map((r, i) => ({ ...r, rgb: expected[i][1] })));
-  stats.forEach((s, i) => {
-    const [sel, rgb] = expected[i];
-    if (s.colours < 3) fail(`${path}: ${sel} is not drawn (${s.colours} colours; at ${JSON.stringify(rects[i])}, image ${s.size})`);
-    if (rgb && s.near < 3) fail(`${path}: ${sel} shows none of its colour`);
-  });
+  fail(`${path}: ${problems.join("; ")}`);
 }
 
 if (apiKey) {
