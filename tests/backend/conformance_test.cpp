@@ -254,7 +254,8 @@ TEST_P(Conformance, matmul_every_type_odd_rows_and_tokens) {
 // A token's product does not depend on how many tokens share the call: decode (1), verification
 // (up to 16) and prefill batches (where a GPU switches kernels) give its row the same bits.
 TEST_P(Conformance, matmul_is_batch_invariant) {
-    const int64_t n_in = 2304, n_out = 70, T_all = 40;  // 72 units of 32: two groups and a partial one
+    // 72 units of 32: two groups and a partial one; 140 tokens: CUDA's 64-token tiles, one partial
+    const int64_t n_in = 2304, n_out = 70, T_all = 140;
     const auto x = randoms(rng_, T_all * n_in, -2, 2);
     for (DType t : k_weight_types) {
         if (!be_->supports(Op::matmul, t) || n_in % traits(t).block_elems != 0) continue;
@@ -262,7 +263,7 @@ TEST_P(Conformance, matmul_is_batch_invariant) {
         DevTensor dx(*be_, T_all, n_in, x), all(*be_, T_all, n_out);
         be_->matmul(w->w, dx.t(), all.t());
         const std::vector<float> want = all.get();
-        for (int64_t T : {1, 2, 5, 9, 16, 17, 33}) {
+        for (int64_t T : {1, 2, 5, 9, 16, 17, 33, 64, 65, 100}) {
             DevTensor part(*be_, T, n_out);
             be_->matmul(w->w, dx.t().rows_view(0, T), part.t());
             const std::vector<float> got = part.get();
