@@ -87,6 +87,9 @@ std::vector<const Kernels*> available_kernels();
 namespace avx2 {
 const Kernels& kernels();
 }
+namespace avx2vnni {
+const Kernels& kernels();
+}
 namespace avx512 {
 const Kernels& kernels();
 }

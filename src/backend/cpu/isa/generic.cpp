@@ -127,6 +127,11 @@ const Kernels& generic_kernels() {
 static bool has_avx2() {
     return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
 }
+// AVX-VNNI: CPUID leaf 7 sub-leaf 1, EAX bit 4.
+static bool has_avxvnni() {
+    unsigned a = 0, b = 0, c = 0, d = 0;
+    return has_avx2() && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4));
+}
 static bool has_avx512() {
     return has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vnni");
@@ -158,12 +163,14 @@ static const Kernels& amx_kernels() {
 std::vector<const Kernels*> available_kernels() {
     std::vector<const Kernels*> r = {&generic_kernels()};
     if (has_avx2()) r.push_back(&avx2::kernels());
+    if (has_avxvnni()) r.push_back(&avx2vnni::kernels());
     if (has_avx512()) r.push_back(&avx512::kernels());
     if (amx_usable()) r.push_back(&amx_kernels());
     return r;
 }
 
-// BIGMOE_ISA=generic|avx2|avx512|amx forces a table (for measurements); the default is the best.
+// BIGMOE_ISA=generic|avx2|avx2vnni|avx512|amx forces a table (for measurements); the default is
+// the best.
 const Kernels& kernels() {
     static const Kernels* k = [] {
         const auto all = available_kernels();
