@@ -101,7 +101,14 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             max_q = std::max(max_q, (t1 - t0) * p.n_head);
         }
     if (tasks.empty()) return;
-    const bool split = max_chunks > 1 && int64_t(tasks.size()) < 2 * int64_t(pool_->size());
+    // Few tasks (decode, verification): each (task, chunk) is a work item, and with fewer of
+    // those than threads each KV head's queries are one (a query's arithmetic is its head's loop
+    // either way): a decode step before its first full chunk was one item, every head on one
+    // thread (~1 ms a token of the 35B's at 16 threads).
+    const bool few = int64_t(tasks.size()) < 2 * int64_t(pool_->size());
+    const int64_t head_parts =
+        few && int64_t(tasks.size()) * max_chunks < int64_t(pool_->size()) ? p.n_head_kv : int64_t(1);
+    const bool split = few && (max_chunks > 1 || head_parts > 1);
 
     // A task's queries: KV head g's block holds (token i, head g * group + h) at row
     // g * (n_tokens * group) + i * group + h. A partial result of the task over one chunk is
@@ -141,8 +148,8 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
               kt(size_t(k_kv_tile * D)),
               vt(kt.size()) {}
     };
-    // The partial softmax of chunk c for the task's queries.
-    auto chunk = [&](int64_t ti, int64_t c, Scratch& w, float* part) {
+    // The partial softmax of chunk c for the task's queries of KV heads g0 .. g1 - 1.
+    auto chunk = [&](int64_t ti, int64_t c, Scratch& w, float* part, int64_t g0, int64_t g1) {
         const Task& task = tasks[size_t(ti)];
         const SeqSpan& s = spans[task.span];
         const float* qt = qv.row(ti);
@@ -154,12 +161,12 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         // a row's bytes, and where KV head g starts in it
         const size_t k_row = row_bytes(b.type_k, width), v_row = row_bytes(b.type_v, width);
         const size_t k_head = row_bytes(b.type_k, D), v_head = row_bytes(b.type_v, D);
-        const int64_t nqg = (task.t1 - task.t0) * group, nq = n_queries(task);
+        const int64_t nqg = (task.t1 - task.t0) * group, qa = g0 * nqg, qb = g1 * nqg;
         const int64_t c0 = c * k_kv_chunk, c1 = std::min(c0 + k_kv_chunk, s.pos0 + task.t1);
         float *m = part, *l = part + max_q, *acc = part + 2 * max_q;
-        std::fill_n(m, nq, -INFINITY);
-        std::fill_n(l, nq, 0.0f);
-        std::fill_n(acc, nq * D, 0.0f);
+        std::fill(m + qa, m + qb, -INFINITY);
+        std::fill(l + qa, l + qb, 0.0f);
+        std::fill(acc + qa * D, acc + qb * D, 0.0f);
         const int64_t n_keys = s.pos0 + task.t1;  // the task's keys: what exists to prefetch
         for (int64_t kt = c0; kt < c1; kt += k_kv_tile) {
             const int64_t n = std::min(k_kv_tile, c1 - kt);
@@ -173,7 +180,7 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 for (size_t o = 0; o < k_row; o += 64) _mm_prefetch(kr + o, _MM_HINT_T0);
                 for (size_t o = 0; o < v_row; o += 64) _mm_prefetch(vr + o, _MM_HINT_T0);
             }
-            for (int64_t g = 0; g < p.n_head_kv; ++g) {
+            for (int64_t g = g0; g < g1; ++g) {
                 const int64_t j0 = g * nqg;
                 const uint8_t* kp = static_cast<const uint8_t*>(b.k) + size_t(kt) * k_row + size_t(g) * k_head;
                 if (direct_k) {
@@ -263,24 +270,26 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
             Work& wk = *slot;
             const int64_t ti = n_tasks - 1 - k;
             const Task& task = tasks[size_t(ti)];
-            chunk(ti, 0, wk.w, wk.total.data());
+            chunk(ti, 0, wk.w, wk.total.data(), 0, p.n_head_kv);
             for (int64_t c = 1; c < task.n_chunks; ++c) {
-                chunk(ti, c, wk.w, wk.next.data());
+                chunk(ti, c, wk.w, wk.next.data(), 0, p.n_head_kv);
                 merge(wk.total.data(), wk.next.data(), n_queries(task));
             }
             finish(task, wk.total.data());
         });
         return;
     }
-    // One work item per (task, chunk), merged per task in chunk order afterwards.
+    // One work item per (task, chunk[, KV head]), merged per task in chunk order afterwards.
     std::vector<int64_t> first(tasks.size() + 1, 0);
     for (size_t i = 0; i < tasks.size(); ++i) first[i + 1] = first[i] + tasks[i].n_chunks;
     Tensor parts = scratch(first.back(), part_floats);
-    pool_->parallel_for(first.back(), [&](int64_t b0, int64_t e0, int) {
+    pool_->parallel_for(first.back() * head_parts, [&](int64_t b0, int64_t e0, int) {
         Scratch w(max_q, D);
-        for (int64_t item = b0; item < e0; ++item) {
+        for (int64_t it = b0; it < e0; ++it) {
+            const int64_t item = it / head_parts, g0 = head_parts == 1 ? 0 : it % head_parts;
+            const int64_t g1 = head_parts == 1 ? p.n_head_kv : g0 + 1;
             const int64_t ti = std::upper_bound(first.begin(), first.end(), item) - first.begin() - 1;
-            chunk(ti, item - first[size_t(ti)], w, parts.row(item));
+            chunk(ti, item - first[size_t(ti)], w, parts.row(item), g0, g1);
         }
     });
     pool_->parallel_for(int64_t(tasks.size()), [&](int64_t tb, int64_t te, int) {
