@@ -192,6 +192,12 @@ class Backend {
     virtual void gather_cols(Tensor x, int64_t group, int64_t offset, int64_t width, Tensor out) = 0;
     // out = silu(gate) * up
     virtual void swiglu(Tensor gate, Tensor up, Tensor out) = 0;
+    // out = silu(z) * rms_norm(x) with w (the Gated DeltaNet's gated output norm); a backend may
+    // run it as one op; the results are those of rms_norm then swiglu(z, ...).
+    virtual void rms_norm_gate(Tensor x, const Weight& w, float eps, Tensor z, Tensor out) {
+        rms_norm(x, w, eps, out);
+        swiglu(z, out, out);
+    }
     // out = x * sigmoid(gate)
     virtual void mul_sigmoid(Tensor x, Tensor gate, Tensor out) = 0;
     // out[t] = a[t] + sigmoid(dot(gate_vec, f[t])) * b[t]
@@ -231,6 +237,19 @@ class Backend {
     // Routed experts: softmax routing over router_logits, top-k, renormalised weights, grouped
     // expert products; out[t] = sum_k w_k expert_k(x[t]) in top-k order.
     virtual void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) = 0;
+    // Qwen3.5's gated shared expert beside the routed ones, its gate and up projections of x
+    // already made (with the router's, from one input): out = moe(x) + sigmoid(dot(gate_inp, x)) *
+    // down(silu(gate) * up). A backend may run it in fewer ops; the results are those of moe,
+    // swiglu, matmul and add_gated in turn. `gate` is overwritten.
+    struct SharedExpert {
+        Tensor gate, up;
+        const Weight* down;
+        const Weight* gate_inp;
+    };
+    virtual void moe_shared(Tensor x, Tensor router_logits, const MoeWeights& m, const SharedExpert& s, Tensor out) {
+        moe(x, router_logits, m, out);
+        add_shared_expert(x, s, out);
+    }
     // Depthwise causal conv (kernel k) over `mixed` with the conv state of layer il's rings (the
     // batch's rs[il]), then SiLU.
     virtual void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, int64_t il, Tensor out) = 0;
@@ -238,6 +257,15 @@ class Backend {
     // layer il's rings.
     virtual void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
                                  const GdnParams& p, int64_t il, Tensor out) = 0;
+
+  protected:
+    // out += the shared expert's gated output, as separate ops
+    void add_shared_expert(Tensor x, const SharedExpert& s, Tensor out) {
+        swiglu(s.gate, s.up, s.gate);
+        Tensor y = scratch(x.rows, s.down->n_out());
+        matmul(*s.down, s.gate, y);
+        add_gated(out, y, *s.gate_inp, x, out);
+    }
 };
 
 // repack: products read packed copies of the K-quant weights (backend/cpu/repack.h).

@@ -615,6 +615,58 @@ TEST_P(Conformance, moe_is_batch_invariant) {
     }
 }
 
+// The routed experts with Qwen3.5's gated shared expert in one op equal moe, swiglu, matmul and
+// add_gated in turn bit for bit, at decode sizes (where a GPU folds the shared expert into the
+// experts' down kernel) and beyond; the shared expert's width and down type differ from the
+// routed experts'.
+TEST_P(Conformance, moe_shared_equals_the_ops_in_turn) {
+    const int64_t N = 512, F = 256, E = 16, K = 4, T_all = 12;
+    auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E), down = weight(DType::Q6_K, F, N, E);
+    const MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
+    for (DType sdt : {DType::Q6_K, DType::Q4_K, DType::Q8_0, DType::F32}) {
+        const int64_t Fs = 768;
+        auto sdown = weight(sdt, Fs, N);
+        auto gv = vec_weight(randoms(rng_, N, -0.1f, 0.1f));
+        const auto x = randoms(rng_, T_all * N), logits = randoms(rng_, T_all * E, -3, 3),
+                   sg = randoms(rng_, T_all * Fs, -3, 3), su = randoms(rng_, T_all * Fs, -2, 2);
+        DevTensor dx(*be_, T_all, N, x), dl(*be_, T_all, E, logits);
+        for (int64_t T : {int64_t(1), int64_t(3), int64_t(8), T_all}) {
+            DevTensor g1(*be_, T_all, Fs, sg), g2(*be_, T_all, Fs, sg), du(*be_, T_all, Fs, su);
+            DevTensor o1(*be_, T, N), o2(*be_, T, N);
+            const Tensor xt = dx.t().rows_view(0, T), lt = dl.t().rows_view(0, T);
+            be_->moe_shared(xt, lt, m, {g1.t().rows_view(0, T), du.t().rows_view(0, T), &sdown->w, &gv->w}, o1.t());
+            be_->reset_scratch();
+            be_->Backend::moe_shared(xt, lt, m, {g2.t().rows_view(0, T), du.t().rows_view(0, T), &sdown->w, &gv->w},
+                                     o2.t());
+            be_->reset_scratch();
+            const std::vector<float> got = o1.get(), want = o2.get();
+            ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
+                << traits(sdt).name << ", " << T << " tokens";
+            for (float v : got) ASSERT_TRUE(std::isfinite(v)) << traits(sdt).name << ", " << T << " tokens";
+        }
+    }
+}
+
+// The Gated DeltaNet's gated output norm in one op equals rms_norm then swiglu bit for bit (per
+// head and over whole rows), and float64.
+TEST_P(Conformance, rms_norm_gate_equals_the_ops_in_turn) {
+    const int64_t T = 5;
+    for (int64_t g : {int64_t(128), int64_t(300)}) {
+        const int64_t C = g == 128 ? 4 * g : g;
+        const auto x = randoms(rng_, T * C, -3, 3), z = randoms(rng_, T * C, -4, 4);
+        auto w = vec_weight(randoms(rng_, g, 0.5f, 1.5f));
+        DevTensor dx(*be_, T, C, x), dz(*be_, T, C, z), o1(*be_, T, C), o2(*be_, T, C);
+        be_->rms_norm_gate(dx.t(), w->w, 1e-6f, dz.t(), o1.t());
+        be_->Backend::rms_norm_gate(dx.t(), w->w, 1e-6f, dz.t(), o2.t());
+        const std::vector<float> got = o1.get();
+        ASSERT_EQ(got, o2.get()) << "groups of " << g;
+        const std::vector<float> wv(w->f32(), w->f32() + g);
+        const ref::Vec n = ref::rms_norm(x, T, C, wv, 1e-6);
+        expect_close(got, ref::swiglu(z, std::vector<float>(n.begin(), n.end())), 1e-5, 1e-5,
+                     "groups of " + std::to_string(g));
+    }
+}
+
 // A recurrent ring of n_slots snapshots in backend memory, slot `head` holding `state`.
 struct RingCase {
     std::unique_ptr<DevBuffer> conv, ssm;

@@ -116,6 +116,13 @@ __device__ __forceinline__ float sigmoidf(float x) {
 __device__ __forceinline__ float siluf(float x) {
     return x / (1.0f + expf(-x));
 }
+// sigmoid(dot(gv, f)) over n values, by the whole block: thread j adds the products j, j +
+// blockDim.x, ... in order, then block_sum (the gated add's gate; `part` as block_sum's).
+__device__ __forceinline__ float block_gate(const float* gv, const float* f, int64_t n, float* part) {
+    float s = 0;
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) s += gv[i] * f[i];
+    return sigmoidf(block_sum(s, part));
+}
 
 // ---- what a kernel needs of the batch: rows' positions and spans, and per (layer, span) the state
 struct SpanDev {

@@ -279,15 +279,24 @@ class CudaBackend final : public Backend {
     void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override {
         const int64_t g = w.n_in();
         if (x.rows == 0 || x.cols < g) return;
-        enqueue(
-            NormArgs{x.data, x.stride, wf32(w), g, x.rows, x.cols / g, double(eps), out.data, out.stride, nullptr, 0});
+        enqueue(NormArgs{x.data, x.stride, wf32(w), g, x.rows, x.cols / g, double(eps), out.data, out.stride, nullptr,
+                         0, nullptr, 0});
+    }
+
+    void rms_norm_gate(Tensor x, const Weight& w, float eps, Tensor z, Tensor out) override {
+        const int64_t g = w.n_in();
+        if (!fuse_) return Backend::rms_norm_gate(x, w, eps, z, out);
+        if (x.rows == 0 || x.cols < g) return;
+        enqueue(NormArgs{x.data, x.stride, wf32(w), g, x.rows, x.cols / g, double(eps), out.data, out.stride, nullptr,
+                         0, z.data, z.stride});
     }
 
     void add_rms_norm(Tensor h, Tensor y, const Weight& w, float eps, Tensor out) override {
         const int64_t g = w.n_in();
         if (h.rows == 0) return;
         if (g != h.cols) return Backend::add_rms_norm(h, y, w, eps, out);
-        enqueue(NormArgs{h.data, h.stride, wf32(w), g, h.rows, 1, double(eps), out.data, out.stride, y.data, y.stride});
+        enqueue(NormArgs{h.data, h.stride, wf32(w), g, h.rows, 1, double(eps), out.data, out.stride, y.data, y.stride,
+                         nullptr, 0});
     }
 
     void matmul(const Weight& w, Tensor x, Tensor out) override { matmuls(x, {{&w, out}}); }
@@ -449,8 +458,19 @@ class CudaBackend final : public Backend {
     }
 
     void moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) override {
+        routed_experts(x, router_logits, m, nullptr, out);
+    }
+
+    void moe_shared(Tensor x, Tensor router_logits, const MoeWeights& m, const SharedExpert& s, Tensor out) override {
+        if (!routed_experts(x, router_logits, m, fuse_ ? &s : nullptr, out)) add_shared_expert(x, s, out);
+    }
+
+    // Whether the down kernel took in the shared expert too: decode-sized batches (its gate
+    // and up projections' swiglu, its down product and the gated add inside the kernel that sums
+    // the routed experts' rows: three kernels a layer fewer).
+    bool routed_experts(Tensor x, Tensor router_logits, const MoeWeights& m, const SharedExpert* shared, Tensor out) {
         const int64_t T = x.rows, K = m.n_expert_used, E = m.n_expert, F = m.n_ff, N = x.cols;
-        if (T == 0) return;
+        if (T == 0) return true;
         const ScratchMark mark = scratch_mark();
         const Weight& wg = m.gate_up ? *m.gate_up : *m.gate;
         const Weight& wu = m.gate_up ? *m.gate_up : *m.up;
@@ -459,8 +479,13 @@ class CudaBackend final : public Backend {
         // in shared memory (two kernels); larger batches: routing and quantization once, before.
         const int64_t gu_smem =
             16 + int64_t(act_row_bytes(ag_t, N)) + (au_t != ag_t ? int64_t(act_row_bytes(au_t, N)) : 0);
-        const int64_t dn_smem = K * int64_t(act_row_bytes(ad_t, F));
+        int64_t dn_smem = K * int64_t(act_row_bytes(ad_t, F));
         const bool small = T <= k_matvec_max_tokens && gu_smem <= k_products_smem && dn_smem <= k_products_smem;
+        // the shared expert's hidden row in floats, then quantized for its down product
+        const int64_t Fs = shared ? shared->down->n_in() : 0, sh_f = (dn_smem + 15) / 16 * 16,
+                      sh_q = sh_f + (Fs * 4 + 15) / 16 * 16,
+                      sh_end = shared ? sh_q + int64_t(act_row_bytes(act_type(int(shared->down->type)), Fs)) : 0;
+        if (!small || sh_end > k_products_smem || (shared && shared->gate_inp->n_in() != N)) shared = nullptr;
         const bool route_here = small && E <= 32 * 16 && K <= 32;
         // ids and weights densely (t * K + k), not by scratch rows; T * K ints fit in the floats
         Tensor ids_t = scratch(T, K), w_t = scratch(T, K);
@@ -472,7 +497,7 @@ class CudaBackend final : public Backend {
         if (!small && mma_ && wg.type == wu.type && act_quantized(ag_t) && act_quantized(ad_t)) {
             grouped_experts(x, m, ids, w_t.data, T, out);
             scratch_rewind(mark);
-            return;
+            return false;
         }
         Tensor h = scratch(T * K, F);
         MoeGateUpArgs g{};
@@ -528,8 +553,25 @@ class CudaBackend final : public Backend {
             d.smem = dn_smem;
         else
             d.ah = activations(int(m.down->type), h, &d.ahb);
+        if (shared) {
+            d.sg = shared->gate.data;
+            d.sgs = shared->gate.stride;
+            d.su = shared->up.data;
+            d.sus = shared->up.stride;
+            d.Fs = Fs;
+            d.tds = int64_t(shared->down->type);
+            d.wds = wbytes(*shared->down);
+            d.rbds = int64_t(shared->down->row_bytes);
+            d.gv = wf32(*shared->gate_inp);
+            d.x = x.data;
+            d.xs = x.stride;
+            d.sh_f = sh_f;
+            d.sh_q = sh_q;
+            d.smem = sh_end;
+        }
         enqueue(d);
         scratch_rewind(mark);
+        return shared != nullptr;
     }
 
     void ssm_conv(Tensor mixed, const Weight& conv_w, const GdnParams& p, int64_t il, Tensor out) override {

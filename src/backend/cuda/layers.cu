@@ -35,13 +35,15 @@ __global__ void k_rms_norm(NormArgs a) {
     __shared__ double part[32];
     if constexpr (VPT > 0) {
         const float* yr = a.y ? a.y + t * a.ys + c0 : nullptr;
-        float v[VPT], u[VPT], wv[VPT];
+        const float* zr = a.z ? a.z + t * a.zs + c0 : nullptr;
+        float v[VPT], u[VPT], wv[VPT], zv[VPT];
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const int64_t i = threadIdx.x + k * k_norm_threads;
             v[k] = i < g ? xr[i] : 0.0f;
             u[k] = yr && i < g ? yr[i] : 0.0f;
             wv[k] = i < g ? w[i] : 0.0f;
+            zv[k] = zr && i < g ? zr[i] : 0.0f;
         }
         double s = 0;
 #pragma unroll
@@ -59,7 +61,10 @@ __global__ void k_rms_norm(NormArgs a) {
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
             const int64_t i = threadIdx.x + k * k_norm_threads;
-            if (i < g) a.out[t * a.os + c0 + i] = (v[k] * scale) * wv[k];
+            if (i < g) {
+                const float r = (v[k] * scale) * wv[k];
+                a.out[t * a.os + c0 + i] = zr ? siluf(zv[k]) * r : r;
+            }
         }
     } else {
         if (a.y) {  // the residual add before the norm; each thread reads back only what it wrote
@@ -67,7 +72,11 @@ __global__ void k_rms_norm(NormArgs a) {
             for (int64_t i = threadIdx.x; i < g; i += blockDim.x) xr[i] = xr[i] + yr[i];
         }
         const float scale = norm_scale_block(xr, g, a.eps, part);
-        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) a.out[t * a.os + c0 + i] = (xr[i] * scale) * w[i];
+        const float* zr = a.z ? a.z + t * a.zs + c0 : nullptr;
+        for (int64_t i = threadIdx.x; i < g; i += blockDim.x) {
+            const float r = (xr[i] * scale) * w[i];
+            a.out[t * a.os + c0 + i] = zr ? siluf(zr[i]) * r : r;
+        }
     }
 }
 
@@ -128,9 +137,7 @@ __global__ void k_add_gated(AddGatedArgs a) {
         }
         return;
     }
-    float s = 0;
-    for (int64_t i = threadIdx.x; i < a.fc; i += blockDim.x) s += a.gv[i] * a.f[t * a.fs + i];
-    const float g = sigmoidf(block_sum(s, part));
+    const float g = block_gate(a.gv, a.f + t * a.fs, a.fc, part);
     for (int64_t i = threadIdx.x; i < a.cols; i += blockDim.x)
         a.out[t * a.os + i] = a.a[t * a.as + i] + a.b[t * a.bs + i] * g;
 }

@@ -284,6 +284,15 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
     const uint8_t* hq = a.ah ? a.ah + t * K * a.ahb : sm;
     const int64_t arb = a.ah ? a.ahb : int64_t(act_row_bytes(at, a.F));
     if (!a.ah) quantize_rows_in_block(at, a.h + t * K * a.hs, a.hs, K, a.F, sm, arb);
+    float shared_gate = 0;
+    if (a.wds) {  // the shared expert's hidden row as the swiglu op forms it, then its activations
+        __shared__ float part[32];
+        float* hs = reinterpret_cast<float*>(sm + a.sh_f);
+        for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x)
+            hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
+        shared_gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);  // its barriers publish hs
+        quantize_rows_in_block(act_type(int(a.tds)), hs, 0, 1, a.Fs, sm + a.sh_q, 0);
+    }
     __syncthreads();
     const int64_t n = int64_t(blockIdx.x) * 8 + warp;
     if (n >= a.N) return;
@@ -294,6 +303,11 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
         int(a.td), K, a.F, lane, [&](int64_t k) { return a.wd + ids[k] * a.ebd + n * a.rbd; },
         [&](int64_t k) { return hq + k * arb; },
         [&](int64_t k, float y) { o = k == 0 ? __fmul_rn(y, wts[k]) : __fadd_rn(o, __fmul_rn(y, wts[k])); });
+    if (a.wds) {
+        float y[1];
+        row_dots<1>(int(a.tds), a.wds + n * a.rbds, sm + a.sh_q, 0, a.Fs, 1, lane, y);
+        o = o + y[0] * shared_gate;  // k_add_gated's a + b * g
+    }
     if (lane == 0) a.out[t * a.os + n] = o;
 }
 

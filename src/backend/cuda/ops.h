@@ -96,7 +96,10 @@ struct MoeGateUpArgs {
     int64_t hs, smem;
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
-// row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory.
+// row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
+// (decode only) it adds the shared expert as add_gated does: + sigmoid(gv . x[t]) * (silu(sg[t]) *
+// su[t]) . shared down row, the hidden row staged as floats at smem offset sh_f and quantized at
+// sh_q.
 struct MoeDownArgs {
     int64_t td;
     const uint8_t* wd;
@@ -109,6 +112,15 @@ struct MoeDownArgs {
     int64_t hs, smem;
     float* out;
     int64_t os;
+    const float* sg;
+    int64_t sgs;
+    const float* su;
+    int64_t sus, Fs, tds;
+    const uint8_t* wds;
+    int64_t rbds;
+    const float* gv;
+    const float* x;
+    int64_t xs, sh_f, sh_q;
 };
 
 void run_op(cudaStream_t s, const QuantizeArgs& a);
@@ -170,7 +182,8 @@ void configure_attention();
 // an order fixed by it (norm_scale_block).
 constexpr int k_norm_threads = 256;
 
-// out = rms_norm(x) per group of g columns; with y, x += y first (in place).
+// out = rms_norm(x) per group of g columns; with y, x += y first (in place); with z, out =
+// silu(z) * rms_norm(x) (the swiglu op's product).
 struct NormArgs {
     float* x;
     int64_t xs;
@@ -181,6 +194,8 @@ struct NormArgs {
     int64_t os;
     const float* y;
     int64_t ys;
+    const float* z;
+    int64_t zs;
 };
 enum class Ew : int64_t { add, swiglu, mul_sigmoid };
 struct ElementwiseArgs {

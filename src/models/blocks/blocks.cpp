@@ -61,8 +61,7 @@ Tensor gated_delta_net(Backend& be, const HParams& hp, const GatedDeltaNet& w, T
     Tensor o = be.scratch(T, hp.ssm_d_inner);
     be.gated_delta_net(u, beta, alpha, *w.dt_bias, *w.a, p, il, o);
     Tensor on = be.scratch(T, hp.ssm_d_inner);
-    be.rms_norm(o, *w.norm, hp.eps, on);
-    be.swiglu(z, on, on);
+    be.rms_norm_gate(o, *w.norm, hp.eps, z, on);
     Tensor out = be.scratch(T, hp.n_embd);
     be.matmul(*w.out, on, out);
     return out;
@@ -127,8 +126,10 @@ Tensor moe(Backend& be, const Moe& w, Tensor x) {
     }
     be.matmuls(x, ps);
     Tensor out = be.scratch(T, x.cols);
-    be.moe(x, logits, w.experts, out);
-    if (w.shared_gate) be.add_gated(out, dense_ffn_down(be, w.shared, g, u), *w.shared_gate, x, out);
+    if (w.shared_gate)
+        be.moe_shared(x, logits, w.experts, {g, u, w.shared.down, w.shared_gate}, out);
+    else
+        be.moe(x, logits, w.experts, out);
     return out;
 }
 
