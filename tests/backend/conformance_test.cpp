@@ -273,6 +273,34 @@ TEST_P(Conformance, matmul_is_batch_invariant) {
     }
 }
 
+// A decode step's products of one input (a GPU takes K-quant rows 4 to a warp there, other rows
+// a warp each) give each row the bits of the same token in a larger batch: rows that do not fill
+// a warp's 4, rows of whole and partial groups of 8 super-blocks, every kind of product in one call.
+TEST_P(Conformance, one_token_products_of_one_input_equal_a_batch) {
+    for (int64_t n_in : {int64_t(3072), int64_t(2048), int64_t(768)}) {
+        const int64_t T = 20;
+        auto a = weight(DType::Q6_K, n_in, 37), b = weight(DType::Q4_K, n_in, 70), c = weight(DType::F32, n_in, 9),
+             d = weight(DType::Q8_0, n_in, 13);
+        const auto x = randoms(rng_, T * n_in, -2, 2);
+        DevTensor dx(*be_, T, n_in, x), oa(*be_, T, 37), ob(*be_, T, 70), oc(*be_, T, 9), od(*be_, T, 13);
+        be_->matmuls(dx.t(), {{&a->w, oa.t()}, {&b->w, ob.t()}, {&c->w, oc.t()}, {&d->w, od.t()}});
+        for (int64_t t : {int64_t(0), int64_t(7), T - 1}) {
+            DevTensor pa(*be_, 1, 37), pb(*be_, 1, 70), pc(*be_, 1, 9), pd(*be_, 1, 13);
+            be_->matmuls(dx.row(t), {{&a->w, pa.t()}, {&b->w, pb.t()}, {&c->w, pc.t()}, {&d->w, pd.t()}});
+            for (auto [one, all, rows] : {std::tuple{&pa, &oa, 37}, std::tuple{&pb, &ob, 70}, std::tuple{&pc, &oc, 9},
+                                          std::tuple{&pd, &od, 13}}) {
+                const std::vector<float> got = one->get(), want = all->get();
+                ASSERT_EQ(std::memcmp(got.data(), want.data() + t * rows, size_t(rows) * 4), 0)
+                    << "n_in " << n_in << ", token " << t << ", a product of " << rows << " rows";
+            }
+            // and the Q4_K and Q6_K products alone
+            be_->matmuls(dx.row(t), {{&a->w, pa.t()}, {&b->w, pb.t()}});
+            const std::vector<float> ga = pa.get(), wa = oa.get();
+            ASSERT_EQ(std::memcmp(ga.data(), wa.data() + t * 37, 37 * 4), 0) << "n_in " << n_in << " alone";
+        }
+    }
+}
+
 TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
     const int64_t n_in = 512, T = 5;
     auto a = weight(DType::Q6_K, n_in, 24), b = weight(DType::Q8_0, n_in, 13), c = weight(DType::F32, n_in, 7);

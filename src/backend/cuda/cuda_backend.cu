@@ -82,6 +82,8 @@ class CudaBackend final : public Backend {
         graphs_ = !(g && std::strcmp(g, "0") == 0);
         const char* f = std::getenv("BIGMOE_CUDA_FUSE");
         fuse_ = !(f && std::strcmp(f, "0") == 0);
+        const char* sb = std::getenv("BIGMOE_CUDA_SB");
+        sb_ = !(sb && std::strcmp(sb, "0") == 0);
     }
     ~CudaBackend() override {
         finish_step();
@@ -119,7 +121,9 @@ class CudaBackend final : public Backend {
     Result<void> prepare_weight(Weight& w) override {
         finish_step();
         const size_t bytes = w.row_bytes * size_t(w.ne[1] * w.ne[2] * w.ne[3]);
-        void* p = alloc(bytes);
+        // 16 bytes to spare: a Q6_K super-block is read through the 16-byte aligned window around
+        // it (sb_lane), up to 14 bytes past the last one
+        void* p = alloc(bytes + 16);
         if (!p)
             return make_error("GPU memory is full: " + w.name() + " needs " + std::to_string(bytes >> 20) + " MiB, " +
                                   std::to_string(memory_available() >> 20) + " MiB are free",
@@ -798,10 +802,29 @@ class CudaBackend final : public Backend {
                       ps[i].out.stride, slot};
             rows += w.n_out();
         }
+        // One token: the K-quant products a lane per super-block (k_matvec_sb), 4 rows a warp.
+        int64_t items = rows;
+        if (sb_ && x.rows == 1 && x.cols % 256 == 0) {
+            items = 0;
+            for (size_t i = 0; i < n; ++i) {
+                const int t = int(a.p[i].type);
+                const bool sbt = t == k_q4_k || t == k_q6_k;
+                if (sbt) {
+                    a.sb = 1;
+                    for (int64_t s = 0; s < a.n_slots; ++s)
+                        if (a.slot_type[s] == k_q8_k) a.sb_slot = s;
+                }
+                items += sbt ? (a.p[i].n_out + 3) / 4 : a.p[i].n_out;
+            }
+            if (a.sb) {
+                a.swz_off = a.smem;
+                a.smem += x.cols;
+            }
+        }
         if (a.smem > k_products_smem) return false;
         // Every block quantizes the input again before its rows: no more blocks than fill the GPU
         // once (4 blocks of 256 threads per SM), a warp taking several rows.
-        a.blocks = std::min<int64_t>((rows + 7) / 8, 4 * sm_count_);
+        a.blocks = std::min<int64_t>((items + 7) / 8, 4 * sm_count_);
         enqueue(a);
         return true;
     }
@@ -855,7 +878,8 @@ class CudaBackend final : public Backend {
     int64_t n_spans_ = 0, n_rows_ = 0, ids_cap_ = 0;
     // step recordings by shape
     // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
-    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true;
+    // sb_: one-token products of K-quant rows a lane per super-block (BIGMOE_CUDA_SB=0: a warp a row)
+    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, sb_ = true;
     Mode mode_ = Mode::eager;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;

@@ -63,9 +63,11 @@ struct MatvecProduct {
     float* out;
     int64_t os, slot;
 };
+// With sb (one token, K-quant products of whole super-blocks): k_matvec_sb, its rotated copy of
+// slot sb_slot's Q8_K row at smem offset swz_off.
 struct MatvecArgs {
     const float* x;
-    int64_t xs, n_in, T, n_products, n_slots, smem, blocks;
+    int64_t xs, n_in, T, n_products, n_slots, smem, blocks, sb, sb_slot, swz_off;
     int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
     MatvecProduct p[k_matvec_products];
 };

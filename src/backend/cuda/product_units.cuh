@@ -575,6 +575,114 @@ __device__ void fold_rows_any(int type, int64_t R, int64_t n, int lane, RowAt ro
     }
 }
 
+// ---- a lane per super-block: one-token products of K-quant rows
+//
+// A decode product's rows taken 4 to a warp, 8 lanes a row, a lane a whole super-block: its
+// bytes come in a few 16-byte loads issued together (Q4_K: 9), its 8 units' integer sums need no
+// shuffles, and the super-block's contribution is sb_contribution's of the same integers, so a
+// row folds (in super-block order) to the bits of lane_dots. The activation row's Q8_K quants are
+// read from a copy whose 16-value chunks are rotated by the super-block's index (chunk k of
+// super-block b at (k + b) % 16): the 8 lanes of a row read chunk k of 8 adjacent super-blocks
+// from distinct banks.
+__device__ __forceinline__ int64_t swz_at(int64_t b, int k) {
+    return 256 * b + 16 * ((k + b) & 15);
+}
+__device__ __forceinline__ int4 swz_chunk(const uint8_t* swz, int64_t b, int k) {
+    return *reinterpret_cast<const int4*>(swz + swz_at(b, k));
+}
+__device__ __forceinline__ int dp4a4(uint32_t mask_shift_src, int sh, uint32_t m, int y, int acc) {
+    return __dp4a(int((mask_shift_src >> sh) & m), y, acc);
+}
+
+// Super-block b of a Q4_K / Q6_K row against the activation row (act: sums and scales in the
+// usual layout; swz: the rotated quants of n values).
+template <int TYPE>
+__device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const uint8_t* act, const uint8_t* swz,
+                                         int64_t n) {
+    const int16_t* bs = reinterpret_cast<const int16_t*>(act + act_sums_at(n)) + 16 * b;
+    const float yd = reinterpret_cast<const float*>(act + act_scales_at(k_q8_k, n))[b];
+    int ia = 0, ib = 0;
+    UnitScales w{};
+    if constexpr (TYPE == k_q4_k) {
+        const uint4* p = reinterpret_cast<const uint4*>(row + b * 144);
+        uint4 q[9];
+#pragma unroll
+        for (int i = 0; i < 9; ++i) q[i] = p[i];
+        const uint32_t sw[3] = {q[0].y, q[0].z, q[0].w};  // the 12 bytes of scales and mins
+        auto sbyte = [&](int k) { return int((sw[k / 4] >> (8 * (k % 4))) & 0xFFu); };
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            int sc, m;
+            if (j < 4) {
+                sc = sbyte(j) & 63;
+                m = sbyte(j + 4) & 63;
+            } else {
+                sc = (sbyte(j + 4) & 0x0F) | ((sbyte(j - 4) >> 6) << 4);
+                m = (sbyte(j + 4) >> 4) | ((sbyte(j) >> 6) << 4);
+            }
+            const uint4 lo = q[1 + 2 * (j / 2)], hi = q[2 + 2 * (j / 2)];
+            const int sh = 4 * (j & 1);
+            const int4 y0 = swz_chunk(swz, b, 2 * j), y1 = swz_chunk(swz, b, 2 * j + 1);
+            constexpr uint32_t m4 = 0x0F0F0F0Fu;
+            int s0 = dp4a4(lo.x, sh, m4, y0.x, 0);
+            s0 = dp4a4(lo.y, sh, m4, y0.y, s0);
+            s0 = dp4a4(lo.z, sh, m4, y0.z, s0);
+            s0 = dp4a4(lo.w, sh, m4, y0.w, s0);
+            int s1 = dp4a4(hi.x, sh, m4, y1.x, 0);
+            s1 = dp4a4(hi.y, sh, m4, y1.y, s1);
+            s1 = dp4a4(hi.z, sh, m4, y1.z, s1);
+            s1 = dp4a4(hi.w, sh, m4, y1.w, s1);
+            ia += (s0 + s1) * sc;
+            ib += (int(bs[2 * j]) + int(bs[2 * j + 1])) * m;
+        }
+        w.d = half_bits(uint16_t(q[0].x & 0xFFFFu));
+        w.dm = half_bits(uint16_t(q[0].x >> 16));
+    } else {
+        // 210 bytes at a 2-byte aligned address: the 16-byte aligned window around them (the
+        // weights' buffers have 16 bytes to spare), moved down by the offset in words, then in
+        // half-words
+        const uintptr_t at = reinterpret_cast<uintptr_t>(row + b * 210);
+        const uint4* p = reinterpret_cast<const uint4*>(at & ~uintptr_t(15));
+        const int off = int(at & 15);
+        uint32_t W[56];
+#pragma unroll
+        for (int i = 0; i < 14; ++i) {
+            const uint4 v = p[i];
+            W[4 * i] = v.x;
+            W[4 * i + 1] = v.y;
+            W[4 * i + 2] = v.z;
+            W[4 * i + 3] = v.w;
+        }
+        const bool one = off & 4, two = off & 8;
+#pragma unroll
+        for (int i = 0; i < 55; ++i) W[i] = one ? W[i + 1] : W[i];
+#pragma unroll
+        for (int i = 0; i < 53; ++i) W[i] = two ? W[i + 2] : W[i];
+        const int fs = (off & 2) * 8;
+        auto word = [&](int i) { return __funnelshift_r(W[i], W[i + 1], fs); };
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            const int half = j / 4, quarter = j % 4;
+            const int4 y0 = swz_chunk(swz, b, 2 * j), y1 = swz_chunk(swz, b, 2 * j + 1);
+            const int ys[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
+            int s0 = 0, s1 = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+                const uint32_t lo = (word(16 * half + (quarter & 1) * 8 + i) >> (quarter < 2 ? 0 : 4)) & 0x0F0F0F0Fu;
+                const uint32_t hi = ((word(32 + 8 * half + i) >> (2 * quarter)) & 0x03030303u) << 4;
+                if (i < 4)
+                    s0 = __dp4a(int(lo | hi), ys[i], s0);
+                else
+                    s1 = __dp4a(int(lo | hi), ys[i], s1);
+            }
+            auto scale = [&](int k) { return int(int8_t((word(48 + k / 4) >> (8 * (k % 4))) & 0xFFu)); };
+            ia += (s0 - 32 * int(bs[2 * j])) * scale(2 * j) + (s1 - 32 * int(bs[2 * j + 1])) * scale(2 * j + 1);
+        }
+        w.d = half_bits(uint16_t(word(52) & 0xFFFFu));
+    }
+    return sb_contribution<TYPE>(w, yd, ia, ib);
+}
+
 // The integer sums of a 16 x 16 int8 tile of weights (rows g and g + 8 of the warp's 16: a0, a1)
 // and a 16 x 8 tile of activations (b: 4 values of token g), on the tensor cores: d[0], d[1] are
 // row g with tokens 2 (lane % 4) and 2 (lane % 4) + 1, d[2], d[3] row g + 8.

@@ -140,6 +140,65 @@ __global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
     }
 }
 
+// Products of one input for one token (a decode step): K-quant products' rows 4 to a warp, a
+// lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the same bits
+// as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
+__device__ __forceinline__ bool sb_type(int64_t t) {
+    return t == k_q4_k || t == k_q6_k;
+}
+__device__ __forceinline__ int64_t sb_items(const MatvecProduct& p) {
+    return sb_type(p.type) ? (p.n_out + 3) / 4 : p.n_out;
+}
+__global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, nw = blockDim.x / 32;
+    for (int64_t sl = 0; sl < a.n_slots; ++sl)
+        quantize_rows_in_block(int(a.slot_type[sl]), a.x, a.xs, 1, a.n_in, sm + a.slot_off[sl], a.slot_arb[sl]);
+    __syncthreads();
+    const uint8_t* q8k = sm + a.slot_off[a.sb_slot];
+    uint8_t* swz = sm + a.swz_off;
+    for (int64_t c = threadIdx.x; c < a.n_in / 16; c += blockDim.x)
+        *reinterpret_cast<int4*>(swz + swz_at(c / 16, int(c % 16))) = *reinterpret_cast<const int4*>(q8k + 16 * c);
+    __syncthreads();
+    int64_t total = 0;
+    for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i]);
+    const int64_t nsb = a.n_in / 256;
+    for (int64_t item = int64_t(blockIdx.x) * nw + warp; item < total; item += int64_t(gridDim.x) * nw) {
+        int64_t i = 0, ii = item;
+        while (ii >= sb_items(a.p[i])) ii -= sb_items(a.p[i++]);
+        const MatvecProduct& p = a.p[i];
+        if (sb_type(p.type)) {
+            const int s = lane % 8;
+            const int64_t r = ii * 4 + lane / 8;
+            const uint8_t* row = p.w + min(r, p.n_out - 1) * p.row_bytes;
+            float acc = 0;
+            for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
+                const int64_t b = b0 + s;
+                float c = 0;
+                if (b < nsb)
+                    c = p.type == k_q4_k ? sb_lane<k_q4_k>(row, b, q8k, swz, a.n_in)
+                                         : sb_lane<k_q6_k>(row, b, q8k, swz, a.n_in);
+                // the row's super-blocks folded in order, as lane_dots does
+                const int m = int(min(int64_t(8), nsb - b0)), first = lane & ~7;
+                if (m == 8) {
+#pragma unroll
+                    for (int k = 0; k < 8; ++k) acc += __shfl_sync(0xffffffffu, c, first + k);
+                } else {
+                    for (int k = 0; k < m; ++k) acc += __shfl_sync(0xffffffffu, c, first + k);
+                }
+            }
+            if (s == 0 && r < p.n_out) p.out[r] = acc;
+        } else {
+            const uint8_t* act = p.slot < 0 ? reinterpret_cast<const uint8_t*>(a.x) : sm + a.slot_off[p.slot];
+            const int64_t arb = p.slot < 0 ? a.xs * 4 : a.slot_arb[p.slot];
+            float acc[1];
+            row_dots<1>(int(p.type), p.w + ii * p.row_bytes, act, arb, a.n_in, 1, lane, acc);
+            if (lane == 0) p.out[ii] = acc[0];
+        }
+    }
+}
+
 }  // namespace
 
 void run_op(cudaStream_t s, const QuantizeArgs& a) {
@@ -212,6 +271,11 @@ void run_op(cudaStream_t s, const GetRowsArgs& a) {
 void run_op(cudaStream_t s, const MatvecArgs& a) {
     const unsigned grid = unsigned(a.blocks);
     const size_t smem = size_t(a.smem);
+    if (a.sb) {
+        launch(k_matvec_sb, grid, 256, smem, s, a);
+        CU_LAUNCHED();
+        return;
+    }
     switch (a.T) {
         case 1:
             launch(k_matvec<1>, grid, 256, smem, s, a);
@@ -241,6 +305,7 @@ void configure_products() {
     CU(cudaFuncSetAttribute(k_matvec<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CU(cudaFuncSetAttribute(k_matvec<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CU(cudaFuncSetAttribute(k_matvec<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_matvec_sb, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     set_mma_smem<k_q4_k>();
     set_mma_smem<k_q5_k>();
     set_mma_smem<k_q6_k>();
