@@ -648,17 +648,21 @@ TEST_P(Conformance, moe_is_batch_invariant) {
 // experts' down kernel) and beyond; the shared expert's width and down type differ from the
 // routed experts'.
 TEST_P(Conformance, moe_shared_equals_the_ops_in_turn) {
-    const int64_t N = 512, F = 256, E = 16, K = 4, T_all = 12;
-    auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E), down = weight(DType::Q6_K, F, N, E);
-    const MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
-    for (DType sdt : {DType::Q6_K, DType::Q4_K, DType::Q8_0, DType::F32}) {
+    const int64_t N = 512, E = 16, T_all = 12;
+    for (auto [F, K, ddt, sdt] :
+         {std::tuple{256, 4, DType::Q6_K, DType::Q6_K}, std::tuple{256, 4, DType::Q6_K, DType::Q4_K},
+          std::tuple{256, 4, DType::Q6_K, DType::Q8_0}, std::tuple{256, 4, DType::Q4_K, DType::F32},
+          std::tuple{512, 8, DType::Q4_K, DType::Q4_K}, std::tuple{512, 5, DType::Q6_K, DType::Q6_K}}) {
+        auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E), down = weight(ddt, F, N, E);
+        const MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
         const int64_t Fs = 768;
         auto sdown = weight(sdt, Fs, N);
         auto gv = vec_weight(randoms(rng_, N, -0.1f, 0.1f));
         const auto x = randoms(rng_, T_all * N), logits = randoms(rng_, T_all * E, -3, 3),
                    sg = randoms(rng_, T_all * Fs, -3, 3), su = randoms(rng_, T_all * Fs, -2, 2);
         DevTensor dx(*be_, T_all, N, x), dl(*be_, T_all, E, logits);
-        for (int64_t T : {int64_t(1), int64_t(3), int64_t(8), T_all}) {
+        std::vector<float> batch;  // T_all tokens (the prefill kernels), whose rows the others must give
+        for (int64_t T : {T_all, int64_t(1), int64_t(3), int64_t(8)}) {
             DevTensor g1(*be_, T_all, Fs, sg), g2(*be_, T_all, Fs, sg), du(*be_, T_all, Fs, su);
             DevTensor o1(*be_, T, N), o2(*be_, T, N);
             const Tensor xt = dx.t().rows_view(0, T), lt = dl.t().rows_view(0, T);
@@ -669,8 +673,14 @@ TEST_P(Conformance, moe_shared_equals_the_ops_in_turn) {
             be_->reset_scratch();
             const std::vector<float> got = o1.get(), want = o2.get();
             ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
-                << traits(sdt).name << ", " << T << " tokens";
+                << "F " << F << " K " << K << " down " << traits(ddt).name << ", shared down " << traits(sdt).name
+                << ", " << T << " tokens";
             for (float v : got) ASSERT_TRUE(std::isfinite(v)) << traits(sdt).name << ", " << T << " tokens";
+            if (T == T_all)
+                batch = got;
+            else
+                ASSERT_EQ(std::memcmp(got.data(), batch.data(), got.size() * 4), 0)
+                    << "F " << F << " K " << K << ": " << T << " tokens differ from the same tokens among " << T_all;
         }
     }
 }

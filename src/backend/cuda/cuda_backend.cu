@@ -84,6 +84,7 @@ class CudaBackend final : public Backend {
         fuse_ = !(f && std::strcmp(f, "0") == 0);
         const char* sb = std::getenv("BIGMOE_CUDA_SB");
         sb_ = !(sb && std::strcmp(sb, "0") == 0);
+        sb_moe_ = sb_ && !(sb && std::strcmp(sb, "2") == 0);
     }
     ~CudaBackend() override {
         finish_step();
@@ -528,8 +529,16 @@ class CudaBackend final : public Backend {
         g.wts = w_t.data;
         g.h = h.data;
         g.hs = h.stride;
+        auto sb_type = [](int64_t t) { return t == k_q4_k || t == k_q6_k; };
         if (small) {
             g.smem = gu_smem;
+            // a lane per super-block: both K-quant rows of whole super-blocks
+            const int64_t swz_off = (gu_smem + 15) / 16 * 16;
+            if (sb_moe_ && sb_type(g.tg) && sb_type(g.tu) && N % 256 == 0 && swz_off + N <= k_products_smem) {
+                g.sb = 1;
+                g.swz_off = swz_off;
+                g.smem = swz_off + N;
+            }
         } else {
             g.smem = 16;
             g.ag = activations(int(wg.type), x, &g.agb);
@@ -572,6 +581,14 @@ class CudaBackend final : public Backend {
             d.sh_f = sh_f;
             d.sh_q = sh_q;
             d.smem = sh_end;
+        }
+        // a lane per super-block: K-quant rows of whole super-blocks, a row's experts within a warp
+        const int64_t per_row = K * (F / 256), copies = (d.smem + 15) / 16 * 16;
+        if (small && sb_moe_ && sb_type(d.td) && F % 256 == 0 && per_row > 0 && 32 % per_row == 0 &&
+            (!shared || (sb_type(d.tds) && Fs % 256 == 0)) && copies + K * F + Fs <= k_products_smem) {
+            d.sb = 1;
+            d.sh_end = copies;
+            d.smem = copies + K * F + Fs;
         }
         enqueue(d);
         scratch_rewind(mark);
@@ -879,7 +896,8 @@ class CudaBackend final : public Backend {
     // step recordings by shape
     // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
     // sb_: one-token products of K-quant rows a lane per super-block (BIGMOE_CUDA_SB=0: a warp a row)
-    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, sb_ = true;
+    // (BIGMOE_CUDA_SB=2: the dense products only, the experts' kernels a warp a row)
+    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, sb_ = true, sb_moe_ = true;
     Mode mode_ = Mode::eager;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;

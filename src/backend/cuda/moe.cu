@@ -311,6 +311,115 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
     if (lane == 0) a.out[t * a.os + n] = o;
 }
 
+// k_moe_gate_up for a decode step a lane per super-block (sb_lane): a warp takes rows f and f + 1
+// of slot s's expert, lanes 0-7 / 16-23 on the gate rows' super-blocks and 8-15 / 24-31 on the
+// up rows' (8 at a time), each row folded in super-block order: k_moe_gate_up's bits. The
+// rotated copy of the quantized input lies at swz_off.
+__global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t s = blockIdx.y, t = s / a.K, k = s % a.K, N = a.N;
+    int32_t* slot_expert = reinterpret_cast<int32_t*>(sm);
+    uint8_t* q = sm + 16;
+    quantize_rows_in_block(k_q8_k, a.x + t * a.xs, 0, 1, N, q, 0, a.route_here ? 1 : 0);
+    if (a.route_here) {
+        if (warp == 0) {
+            int32_t id;
+            float w;
+            route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
+            if (lane == k) *slot_expert = id;
+            if (blockIdx.x == 0 && k == 0 && lane < a.K) {
+                a.ids[t * a.K + lane] = id;
+                a.wts[t * a.K + lane] = w;
+            }
+        }
+    } else if (threadIdx.x == 0) {
+        *slot_expert = a.ids[s];
+    }
+    __syncthreads();
+    uint8_t* swz = sm + a.swz_off;
+    rotate_rows_in_block(q, 0, 1, N, swz);
+    __syncthreads();
+    const int64_t f = (int64_t(blockIdx.x) * 8 + warp) * 2 + lane / 16, ff = min(f, a.F - 1);
+    const bool up = lane & 8;
+    const int64_t e = *slot_expert, nsb = N / 256;
+    const uint8_t* row = up ? a.wu + e * a.ebu + (a.up_off + ff) * a.rbu : a.wg + e * a.ebg + ff * a.rbg;
+    const int type = int(up ? a.tu : a.tg), first = lane & ~7;
+    float acc = 0;
+    for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
+        const int64_t b = b0 + lane % 8;
+        float c = 0;
+        if (b < nsb) c = type == k_q4_k ? sb_lane<k_q4_k>(row, b, q, swz, N) : sb_lane<k_q6_k>(row, b, q, swz, N);
+        const int m = int(min(int64_t(8), nsb - b0));
+        if (m == 8) {
+#pragma unroll
+            for (int j = 0; j < 8; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
+        } else {
+            for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
+        }
+    }
+    const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
+    if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
+}
+
+// k_moe_down for a decode step a lane per super-block (sb_lane): token t's K expert rows of
+// F / 256 super-blocks each on K F / 256 adjacent lanes, 32 / (K F / 256) output rows a warp.
+// Each expert's row folds in super-block order, the experts in top-k order, then the shared
+// expert: k_moe_down's bits. Its shared memory: the K quantized rows (arb apart), the shared
+// expert's (staged at sh_f, quantized at sh_q), then the rotated copies of both (sh_end on).
+__device__ __forceinline__ float sb_lane_of(int type, const uint8_t* row, int64_t b, const uint8_t* act,
+                                            const uint8_t* swz, int64_t n, int64_t rot) {
+    return type == k_q4_k ? sb_lane<k_q4_k>(row, b, act, swz, n, rot) : sb_lane<k_q6_k>(row, b, act, swz, n, rot);
+}
+__global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
+    pdl_enter();
+    extern __shared__ __align__(16) uint8_t sm[];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int64_t t = blockIdx.y, K = a.K, F = a.F, nsb = F / 256;
+    const int64_t arb = int64_t(act_row_bytes(k_q8_k, F));
+    quantize_rows_in_block(k_q8_k, a.h + t * K * a.hs, a.hs, K, F, sm, arb);
+    float shared_gate = 0;
+    if (a.wds) {
+        __shared__ float part[32];
+        float* hs = reinterpret_cast<float*>(sm + a.sh_f);
+        for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x)
+            hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
+        shared_gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);
+        quantize_rows_in_block(k_q8_k, hs, 0, 1, a.Fs, sm + a.sh_q, 0);
+    }
+    __syncthreads();
+    uint8_t *swz = sm + a.sh_end, *swz_s = swz + K * F;
+    rotate_rows_in_block(sm, arb, K, F, swz);
+    if (a.wds) rotate_rows_in_block(sm + a.sh_q, 0, 1, a.Fs, swz_s);
+    __syncthreads();
+    const int per_row = int(K * nsb), rl = lane / per_row, li = lane % per_row, k = li / int(nsb), first = rl * per_row;
+    const int64_t n = (int64_t(blockIdx.x) * 8 + warp) * (32 / per_row) + rl, nn = min(n, a.N - 1);
+    const int32_t* ids = a.ids + t * K;
+    const float* wts = a.wts + t * K;
+    const float c =
+        sb_lane_of(int(a.td), a.wd + ids[k] * a.ebd + nn * a.rbd, li % nsb, sm + k * arb, swz + k * F, F, k * nsb);
+    float o = 0;
+    for (int64_t kk = 0; kk < K; ++kk) {
+        float y = 0;
+        for (int64_t b = 0; b < nsb; ++b) y += __shfl_sync(0xffffffffu, c, first + int(kk * nsb + b));
+        o = kk == 0 ? __fmul_rn(y, wts[kk]) : __fadd_rn(o, __fmul_rn(y, wts[kk]));
+    }
+    if (a.wds) {
+        const int64_t nsbs = a.Fs / 256;
+        float y = 0;
+        for (int64_t b0 = 0; b0 < nsbs; b0 += per_row) {
+            const int64_t b = b0 + li;
+            const float cs =
+                b < nsbs ? sb_lane_of(int(a.tds), a.wds + nn * a.rbds, b, sm + a.sh_q, swz_s, a.Fs, 0) : 0.0f;
+            const int64_t m = min(int64_t(per_row), nsbs - b0);
+            for (int64_t j = 0; j < m; ++j) y += __shfl_sync(0xffffffffu, cs, first + int(j));
+        }
+        o = o + y * shared_gate;  // k_add_gated's a + b * g
+    }
+    if (li == 0 && n < a.N) a.out[t * a.os + n] = o;
+}
+
 }  // namespace
 
 void run_op(cudaStream_t s, const RouteArgs& a) {
@@ -376,6 +485,8 @@ void configure_moe() {
     const int bytes = int(k_products_smem);
     CU(cudaFuncSetAttribute(k_moe_gate_up, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     CU(cudaFuncSetAttribute(k_moe_down, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_moe_down_sb, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    CU(cudaFuncSetAttribute(k_moe_gate_up_sb, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
     set_moe_mma_smem<k_q4_k>();
     set_moe_mma_smem<k_q5_k>();
     set_moe_mma_smem<k_q6_k>();
@@ -384,11 +495,22 @@ void configure_moe() {
 }
 
 void run_op(cudaStream_t s, const MoeGateUpArgs& a) {
+    if (a.sb) {
+        launch(k_moe_gate_up_sb, dim3(unsigned((a.F + 15) / 16), unsigned(a.n_slots)), 256, size_t(a.smem), s, a);
+        CU_LAUNCHED();
+        return;
+    }
     launch(k_moe_gate_up, dim3(unsigned((a.F + 7) / 8), unsigned(a.n_slots)), 256, size_t(a.smem), s, a);
     CU_LAUNCHED();
 }
 
 void run_op(cudaStream_t s, const MoeDownArgs& a) {
+    if (a.sb) {
+        const int64_t rows = 8 * (32 / (a.K * (a.F / 256)));  // a block's
+        launch(k_moe_down_sb, dim3(unsigned((a.N + rows - 1) / rows), unsigned(a.T)), 256, size_t(a.smem), s, a);
+        CU_LAUNCHED();
+        return;
+    }
     launch(k_moe_down, dim3(unsigned((a.N + 7) / 8), unsigned(a.T)), 256, size_t(a.smem), s, a);
     CU_LAUNCHED();
 }

@@ -96,6 +96,8 @@ struct MoeGateUpArgs {
     float* wts;
     float* h;
     int64_t hs, smem;
+    // sb: k_moe_gate_up_sb (Q4_K / Q6_K rows of whole super-blocks), its rotated input at swz_off
+    int64_t sb, swz_off;
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
 // row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
@@ -123,6 +125,8 @@ struct MoeDownArgs {
     const float* gv;
     const float* x;
     int64_t xs, sh_f, sh_q;
+    // sb: k_moe_down_sb (Q4_K / Q6_K rows of whole super-blocks), its rotated copies from sh_end
+    int64_t sb, sh_end;
 };
 
 void run_op(cudaStream_t s, const QuantizeArgs& a);

@@ -584,21 +584,35 @@ __device__ void fold_rows_any(int type, int64_t R, int64_t n, int lane, RowAt ro
 // read from a copy whose 16-value chunks are rotated by the super-block's index (chunk k of
 // super-block b at (k + b) % 16): the 8 lanes of a row read chunk k of 8 adjacent super-blocks
 // from distinct banks.
-__device__ __forceinline__ int64_t swz_at(int64_t b, int k) {
-    return 256 * b + 16 * ((k + b) & 15);
+// (rows of several experts side by side rotate by the super-block's index among all of them:
+// rot = the row's first super-block's)
+__device__ __forceinline__ int64_t swz_at(int64_t b, int k, int64_t rot = 0) {
+    return 256 * b + 16 * ((k + b + rot) & 15);
 }
-__device__ __forceinline__ int4 swz_chunk(const uint8_t* swz, int64_t b, int k) {
-    return *reinterpret_cast<const int4*>(swz + swz_at(b, k));
+__device__ __forceinline__ int4 swz_chunk(const uint8_t* swz, int64_t b, int k, int64_t rot) {
+    return *reinterpret_cast<const int4*>(swz + swz_at(b, k, rot));
 }
 __device__ __forceinline__ int dp4a4(uint32_t mask_shift_src, int sh, uint32_t m, int y, int acc) {
     return __dp4a(int((mask_shift_src >> sh) & m), y, acc);
+}
+
+// The rotated copy of `rows` Q8_K activation rows of n values (src: arb bytes apart) at dst,
+// row r's super-blocks rotating from r * n / 256, by the whole block (callers wait at a barrier).
+__device__ __forceinline__ void rotate_rows_in_block(const uint8_t* src, int64_t arb, int64_t rows, int64_t n,
+                                                     uint8_t* dst) {
+    const int64_t chunks = n / 16;
+    for (int64_t c = threadIdx.x; c < rows * chunks; c += blockDim.x) {
+        const int64_t r = c / chunks, cc = c % chunks, nsb = n / 256;
+        *reinterpret_cast<int4*>(dst + r * n + swz_at(cc / 16, int(cc % 16), r * nsb)) =
+            *reinterpret_cast<const int4*>(src + r * arb + 16 * cc);
+    }
 }
 
 // Super-block b of a Q4_K / Q6_K row against the activation row (act: sums and scales in the
 // usual layout; swz: the rotated quants of n values).
 template <int TYPE>
 __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const uint8_t* act, const uint8_t* swz,
-                                         int64_t n) {
+                                         int64_t n, int64_t rot = 0) {
     const int16_t* bs = reinterpret_cast<const int16_t*>(act + act_sums_at(n)) + 16 * b;
     const float yd = reinterpret_cast<const float*>(act + act_scales_at(k_q8_k, n))[b];
     int ia = 0, ib = 0;
@@ -622,7 +636,7 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
             }
             const uint4 lo = q[1 + 2 * (j / 2)], hi = q[2 + 2 * (j / 2)];
             const int sh = 4 * (j & 1);
-            const int4 y0 = swz_chunk(swz, b, 2 * j), y1 = swz_chunk(swz, b, 2 * j + 1);
+            const int4 y0 = swz_chunk(swz, b, 2 * j, rot), y1 = swz_chunk(swz, b, 2 * j + 1, rot);
             constexpr uint32_t m4 = 0x0F0F0F0Fu;
             int s0 = dp4a4(lo.x, sh, m4, y0.x, 0);
             s0 = dp4a4(lo.y, sh, m4, y0.y, s0);
@@ -663,7 +677,7 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             const int half = j / 4, quarter = j % 4;
-            const int4 y0 = swz_chunk(swz, b, 2 * j), y1 = swz_chunk(swz, b, 2 * j + 1);
+            const int4 y0 = swz_chunk(swz, b, 2 * j, rot), y1 = swz_chunk(swz, b, 2 * j + 1, rot);
             const int ys[8] = {y0.x, y0.y, y0.z, y0.w, y1.x, y1.y, y1.z, y1.w};
             int s0 = 0, s1 = 0;
 #pragma unroll

@@ -158,8 +158,7 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     __syncthreads();
     const uint8_t* q8k = sm + a.slot_off[a.sb_slot];
     uint8_t* swz = sm + a.swz_off;
-    for (int64_t c = threadIdx.x; c < a.n_in / 16; c += blockDim.x)
-        *reinterpret_cast<int4*>(swz + swz_at(c / 16, int(c % 16))) = *reinterpret_cast<const int4*>(q8k + 16 * c);
+    rotate_rows_in_block(q8k, 0, 1, a.n_in, swz);
     __syncthreads();
     int64_t total = 0;
     for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i]);
