@@ -277,7 +277,7 @@ TEST_P(Conformance, matmul_is_batch_invariant) {
 // a warp each) give each row the bits of the same token in a larger batch: rows that do not fill
 // a warp's 4, rows of whole and partial groups of 8 super-blocks, every kind of product in one call.
 TEST_P(Conformance, one_token_products_of_one_input_equal_a_batch) {
-    for (int64_t n_in : {int64_t(3072), int64_t(2048), int64_t(768)}) {
+    for (int64_t n_in : {int64_t(5120), int64_t(4096), int64_t(3072), int64_t(2048), int64_t(768)}) {
         const int64_t T = 20;
         auto a = weight(DType::Q6_K, n_in, 37), b = weight(DType::Q4_K, n_in, 70), c = weight(DType::F32, n_in, 9),
              d = weight(DType::Q8_0, n_in, 13);
