@@ -224,12 +224,46 @@ __global__ void k_route(RouteArgs a) {
     }
 }
 
+// Slot s's expert into *slot_expert (shared memory; callers wait at a barrier): with route_here
+// warp 0 routes token s / K (block x 0 of the token's first slot also writes its ids and weights
+// for the down kernel), otherwise thread 0 reads it.
+__device__ __forceinline__ void slot_expert_of(const MoeGateUpArgs& a, int64_t s, int warp, int lane,
+                                               int32_t* slot_expert) {
+    const int64_t t = s / a.K, k = s % a.K;
+    if (a.route_here) {
+        if (warp == 0) {
+            int32_t id;
+            float w;
+            route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
+            if (lane == k) *slot_expert = id;
+            if (blockIdx.x == 0 && k == 0 && lane < a.K) {
+                a.ids[t * a.K + lane] = id;
+                a.wts[t * a.K + lane] = w;
+            }
+        }
+    } else if (threadIdx.x == 0) {
+        *slot_expert = a.ids[s];
+    }
+}
+
+// The shared expert's hidden row of token t as the swiglu op forms it (staged at sh_f), then its
+// activations (at sh_q, type at); returns its gate, sigmoid(gv . x[t]), as k_add_gated forms it.
+// Every thread of the block calls it; the quantized row is the block's after a barrier.
+__device__ __forceinline__ float shared_expert_in(const MoeDownArgs& a, int64_t t, int at, uint8_t* sm) {
+    __shared__ float part[32];
+    float* hs = reinterpret_cast<float*>(sm + a.sh_f);
+    for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x) hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
+    const float gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);  // its barriers publish hs
+    quantize_rows_in_block(at, hs, 0, 1, a.Fs, sm + a.sh_q, 0);
+    return gate;
+}
+
 // A warp per (slot, row f of the expert's gate and up).
 __global__ void __launch_bounds__(256) k_moe_gate_up(MoeGateUpArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t s = blockIdx.y, t = s / a.K, k = s % a.K;
+    const int64_t s = blockIdx.y, t = s / a.K;
     int32_t* slot_expert = reinterpret_cast<int32_t*>(sm);
     const int ag_t = act_type(int(a.tg)), au_t = act_type(int(a.tu));
     const uint8_t *ag, *au;
@@ -248,20 +282,7 @@ __global__ void __launch_bounds__(256) k_moe_gate_up(MoeGateUpArgs a) {
             au = q2;
         }
     }
-    if (a.route_here) {
-        if (warp == 0) {
-            int32_t id;
-            float w;
-            route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
-            if (lane == k) *slot_expert = id;
-            if (blockIdx.x == 0 && k == 0 && lane < a.K) {
-                a.ids[t * a.K + lane] = id;
-                a.wts[t * a.K + lane] = w;
-            }
-        }
-    } else if (threadIdx.x == 0) {
-        *slot_expert = a.ids[s];
-    }
+    slot_expert_of(a, s, warp, lane, slot_expert);
     __syncthreads();
     const int64_t f = int64_t(blockIdx.x) * 8 + warp;
     if (f >= a.F) return;
@@ -284,15 +305,7 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
     const uint8_t* hq = a.ah ? a.ah + t * K * a.ahb : sm;
     const int64_t arb = a.ah ? a.ahb : int64_t(act_row_bytes(at, a.F));
     if (!a.ah) quantize_rows_in_block(at, a.h + t * K * a.hs, a.hs, K, a.F, sm, arb);
-    float shared_gate = 0;
-    if (a.wds) {  // the shared expert's hidden row as the swiglu op forms it, then its activations
-        __shared__ float part[32];
-        float* hs = reinterpret_cast<float*>(sm + a.sh_f);
-        for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x)
-            hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
-        shared_gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);  // its barriers publish hs
-        quantize_rows_in_block(act_type(int(a.tds)), hs, 0, 1, a.Fs, sm + a.sh_q, 0);
-    }
+    const float shared_gate = a.wds ? shared_expert_in(a, t, act_type(int(a.tds)), sm) : 0.0f;
     __syncthreads();
     const int64_t n = int64_t(blockIdx.x) * 8 + warp;
     if (n >= a.N) return;
@@ -319,24 +332,11 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int64_t s = blockIdx.y, t = s / a.K, k = s % a.K, N = a.N;
+    const int64_t s = blockIdx.y, t = s / a.K, N = a.N;
     int32_t* slot_expert = reinterpret_cast<int32_t*>(sm);
     uint8_t* q = sm + 16;
     quantize_rows_in_block(k_q8_k, a.x + t * a.xs, 0, 1, N, q, 0, a.route_here ? 1 : 0);
-    if (a.route_here) {
-        if (warp == 0) {
-            int32_t id;
-            float w;
-            route_warp(a.z + t * a.zs, a.E, a.K, lane, &id, &w);
-            if (lane == k) *slot_expert = id;
-            if (blockIdx.x == 0 && k == 0 && lane < a.K) {
-                a.ids[t * a.K + lane] = id;
-                a.wts[t * a.K + lane] = w;
-            }
-        }
-    } else if (threadIdx.x == 0) {
-        *slot_expert = a.ids[s];
-    }
+    slot_expert_of(a, s, warp, lane, slot_expert);
     __syncthreads();
     uint8_t* swz = sm + a.swz_off;
     rotate_rows_in_block(q, 0, 1, N, swz);
@@ -349,15 +349,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     float acc = 0;
     for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
         const int64_t b = b0 + lane % 8;
-        float c = 0;
-        if (b < nsb) c = type == k_q4_k ? sb_lane<k_q4_k>(row, b, q, swz, N) : sb_lane<k_q6_k>(row, b, q, swz, N);
-        const int m = int(min(int64_t(8), nsb - b0));
-        if (m == 8) {
-#pragma unroll
-            for (int j = 0; j < 8; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
-        } else {
-            for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
-        }
+        fold8(acc, b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f, first, int(min(int64_t(8), nsb - b0)));
     }
     const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
     if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
@@ -368,10 +360,6 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
 // Each expert's row folds in super-block order, the experts in top-k order, then the shared
 // expert: k_moe_down's bits. Its shared memory: the K quantized rows (arb apart), the shared
 // expert's (staged at sh_f, quantized at sh_q), then the rotated copies of both (sh_end on).
-__device__ __forceinline__ float sb_lane_of(int type, const uint8_t* row, int64_t b, const uint8_t* act,
-                                            const uint8_t* swz, int64_t n, int64_t rot) {
-    return type == k_q4_k ? sb_lane<k_q4_k>(row, b, act, swz, n, rot) : sb_lane<k_q6_k>(row, b, act, swz, n, rot);
-}
 __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -379,15 +367,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
     const int64_t t = blockIdx.y, K = a.K, F = a.F, nsb = F / 256;
     const int64_t arb = int64_t(act_row_bytes(k_q8_k, F));
     quantize_rows_in_block(k_q8_k, a.h + t * K * a.hs, a.hs, K, F, sm, arb);
-    float shared_gate = 0;
-    if (a.wds) {
-        __shared__ float part[32];
-        float* hs = reinterpret_cast<float*>(sm + a.sh_f);
-        for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x)
-            hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
-        shared_gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);
-        quantize_rows_in_block(k_q8_k, hs, 0, 1, a.Fs, sm + a.sh_q, 0);
-    }
+    const float shared_gate = a.wds ? shared_expert_in(a, t, k_q8_k, sm) : 0.0f;
     __syncthreads();
     uint8_t *swz = sm + a.sh_end, *swz_s = swz + K * F;
     rotate_rows_in_block(sm, arb, K, F, swz);
@@ -398,7 +378,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
     const int32_t* ids = a.ids + t * K;
     const float* wts = a.wts + t * K;
     const float c =
-        sb_lane_of(int(a.td), a.wd + ids[k] * a.ebd + nn * a.rbd, li % nsb, sm + k * arb, swz + k * F, F, k * nsb);
+        sb_lane_any(int(a.td), a.wd + ids[k] * a.ebd + nn * a.rbd, li % nsb, sm + k * arb, swz + k * F, F, k * nsb);
     float o = 0;
     for (int64_t kk = 0; kk < K; ++kk) {
         float y = 0;
@@ -411,7 +391,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
         for (int64_t b0 = 0; b0 < nsbs; b0 += per_row) {
             const int64_t b = b0 + li;
             const float cs =
-                b < nsbs ? sb_lane_of(int(a.tds), a.wds + nn * a.rbds, b, sm + a.sh_q, swz_s, a.Fs, 0) : 0.0f;
+                b < nsbs ? sb_lane_any(int(a.tds), a.wds + nn * a.rbds, b, sm + a.sh_q, swz_s, a.Fs, 0) : 0.0f;
             const int64_t m = min(int64_t(per_row), nsbs - b0);
             for (int64_t j = 0; j < m; ++j) y += __shfl_sync(0xffffffffu, cs, first + int(j));
         }

@@ -697,6 +697,22 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
     return sb_contribution<TYPE>(w, yd, ia, ib);
 }
 
+// sb_lane for a type known at run time (Q4_K or Q6_K).
+__device__ __forceinline__ float sb_lane_any(int type, const uint8_t* row, int64_t b, const uint8_t* act,
+                                             const uint8_t* swz, int64_t n, int64_t rot = 0) {
+    return type == k_q4_k ? sb_lane<k_q4_k>(row, b, act, swz, n, rot) : sb_lane<k_q6_k>(row, b, act, swz, n, rot);
+}
+// acc += the contributions c of lanes first, first + 1, ..., first + m - 1 (m <= 8), in that
+// order (a row's super-blocks folded as lane_dots folds them); every lane of the warp calls it.
+__device__ __forceinline__ void fold8(float& acc, float c, int first, int m) {
+    if (m == 8) {
+#pragma unroll
+        for (int j = 0; j < 8; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
+    } else {
+        for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
+    }
+}
+
 // The integer sums of a 16 x 16 int8 tile of weights (rows g and g + 8 of the warp's 16: a0, a1)
 // and a 16 x 8 tile of activations (b: 4 values of token g), on the tensor cores: d[0], d[1] are
 // row g with tokens 2 (lane % 4) and 2 (lane % 4) + 1, d[2], d[3] row g + 8.

@@ -174,18 +174,8 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
             float acc = 0;
             for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
                 const int64_t b = b0 + s;
-                float c = 0;
-                if (b < nsb)
-                    c = p.type == k_q4_k ? sb_lane<k_q4_k>(row, b, q8k, swz, a.n_in)
-                                         : sb_lane<k_q6_k>(row, b, q8k, swz, a.n_in);
-                // the row's super-blocks folded in order, as lane_dots does
-                const int m = int(min(int64_t(8), nsb - b0)), first = lane & ~7;
-                if (m == 8) {
-#pragma unroll
-                    for (int k = 0; k < 8; ++k) acc += __shfl_sync(0xffffffffu, c, first + k);
-                } else {
-                    for (int k = 0; k < m; ++k) acc += __shfl_sync(0xffffffffu, c, first + k);
-                }
+                fold8(acc, b < nsb ? sb_lane_any(int(p.type), row, b, q8k, swz, a.n_in) : 0.0f, lane & ~7,
+                      int(min(int64_t(8), nsb - b0)));
             }
             if (s == 0 && r < p.n_out) p.out[r] = acc;
         } else {
