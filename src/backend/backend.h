@@ -240,7 +240,7 @@ class Backend {
     // Qwen3.5's gated shared expert beside the routed ones, its gate and up projections of x
     // already made (with the router's, from one input): out = moe(x) + sigmoid(dot(gate_inp, x)) *
     // down(silu(gate) * up). A backend may run it in fewer ops; the results are those of moe,
-    // swiglu, matmul and add_gated in turn. `gate` is overwritten.
+    // swiglu, matmul and add_gated in turn. `gate` may be overwritten.
     struct SharedExpert {
         Tensor gate, up;
         const Weight* down;

@@ -486,7 +486,7 @@ class CudaBackend final : public Backend {
         // in shared memory (two kernels); larger batches: routing and quantization once, before.
         const int64_t gu_smem =
             16 + int64_t(act_row_bytes(ag_t, N)) + (au_t != ag_t ? int64_t(act_row_bytes(au_t, N)) : 0);
-        int64_t dn_smem = K * int64_t(act_row_bytes(ad_t, F));
+        const int64_t dn_smem = K * int64_t(act_row_bytes(ad_t, F));
         const bool small = T <= k_matvec_max_tokens && gu_smem <= k_products_smem && dn_smem <= k_products_smem;
         // the shared expert's hidden row in floats, then quantized for its down product
         const int64_t Fs = shared ? shared->down->n_in() : 0, sh_f = (dn_smem + 15) / 16 * 16,
@@ -585,12 +585,12 @@ class CudaBackend final : public Backend {
             d.smem = sh_end;
         }
         // a lane per super-block: K-quant rows of whole super-blocks, a row's experts within a warp
-        const int64_t per_row = K * (F / 256), copies = (d.smem + 15) / 16 * 16;
+        const int64_t per_row = K * (F / 256), copies = (d.smem + 15) / 16 * 16, fs = shared ? Fs : 0;
         if (small && sb_moe_ && sb_type(d.td) && F % 256 == 0 && per_row > 0 && 32 % per_row == 0 &&
-            (!shared || (sb_type(d.tds) && Fs % 256 == 0)) && copies + K * F + Fs <= k_products_smem) {
+            (!shared || (sb_type(d.tds) && Fs % 256 == 0)) && copies + K * F + fs <= k_products_smem) {
             d.sb = 1;
             d.sh_end = copies;
-            d.smem = copies + K * F + Fs;
+            d.smem = copies + K * F + fs;
         }
         enqueue(d);
         scratch_rewind(mark);
