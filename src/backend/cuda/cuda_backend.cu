@@ -531,7 +531,6 @@ class CudaBackend final : public Backend {
         g.wts = w_t.data;
         g.h = h.data;
         g.hs = h.stride;
-        auto sb_type = [](int64_t t) { return t == k_q4_k || t == k_q6_k; };
         if (small) {
             g.smem = gu_smem;
             // a lane per super-block: both K-quant rows of whole super-blocks
@@ -826,14 +825,12 @@ class CudaBackend final : public Backend {
         if (sb_ && x.rows == 1 && x.cols % 256 == 0) {
             items = 0;
             for (size_t i = 0; i < n; ++i) {
-                const int t = int(a.p[i].type);
-                const bool sbt = t == k_q4_k || t == k_q6_k;
-                if (sbt) {
+                if (sb_type(a.p[i].type)) {
                     a.sb = 1;
                     for (int64_t s = 0; s < a.n_slots; ++s)
                         if (a.slot_type[s] == k_q8_k) a.sb_slot = s;
                 }
-                items += sbt ? (a.p[i].n_out + 3) / 4 : a.p[i].n_out;
+                items += sb_items(a.p[i]);
             }
             if (a.sb) {
                 a.swz_off = a.smem;

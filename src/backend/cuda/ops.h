@@ -63,6 +63,14 @@ struct MatvecProduct {
     float* out;
     int64_t os, slot;
 };
+// The weight types the lane-per-super-block kernels take (k_matvec_sb, the experts' _sb forms).
+__host__ __device__ inline bool sb_type(int64_t t) {
+    return t == k_q4_k || t == k_q6_k;
+}
+// k_matvec_sb's work items of a product: 4 rows a warp for those types, otherwise one.
+__host__ __device__ inline int64_t sb_items(const MatvecProduct& p) {
+    return sb_type(p.type) ? (p.n_out + 3) / 4 : p.n_out;
+}
 // With sb (one token, K-quant products of whole super-blocks): k_matvec_sb, its rotated copy of
 // slot sb_slot's Q8_K row at smem offset swz_off.
 struct MatvecArgs {

@@ -143,12 +143,6 @@ __global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
 // Products of one input for one token (a decode step): K-quant products' rows 4 to a warp, a
 // lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the same bits
 // as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
-__device__ __forceinline__ bool sb_type(int64_t t) {
-    return t == k_q4_k || t == k_q6_k;
-}
-__device__ __forceinline__ int64_t sb_items(const MatvecProduct& p) {
-    return sb_type(p.type) ? (p.n_out + 3) / 4 : p.n_out;
-}
 __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
