@@ -97,6 +97,34 @@ __device__ T block_sum(T v, T* part) {
     __syncthreads();
     return part[0];
 }
+// Four 8 x 8 tiles of 16-bit values, lane l giving the address of row l % 8 of tile l / 8; lane
+// 4 r + c gets values 2 c and 2 c + 1 of row r of each (TRANS: of column r).
+template <bool TRANS>
+__device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    if constexpr (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = r[2] = r[3] = 0;  // not reached: the host takes the tensor-core kernels on sm_80 and newer only
+    (void)p;
+#endif
+}
+__device__ __forceinline__ void ldsm_x2(uint32_t (&r)[2], const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];"
+                 : "=r"(r[0]), "=r"(r[1])
+                 : "r"(uint32_t(__cvta_generic_to_shared(p))));
+#else
+    r[0] = r[1] = 0;
+    (void)p;
+#endif
+}
 // NeoX RoPE of the pair (j, j + half) of a head at angle th, without fused multiply-adds.
 __device__ __forceinline__ void rope_rotate(float* v, int64_t j, int64_t half, float th) {
     const float c = cosf(th), s = sinf(th), x0 = v[j], x1 = v[j + half];

@@ -900,6 +900,96 @@ __device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* 
     }
 }
 
+// Q4_K's super-block as mma_sb_planes forms it, with the same integers, in fewer instructions:
+// each row's 8 scales and mins unpacked once into bytes (a unit's digits then one byte permute
+// each), the units taken in pairs that share their quant bytes (low and high nibbles), and a
+// token tile's words of a pair fetched by one ldmatrix. Token j's chunk is at ab + j astride;
+// live: the tokens with a row.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t d;
+    asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
+    return d;
+}
+template <int astride>
+__device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
+                                           int n_tiles, float (&acc)[4][4]) {
+    const int lane = threadIdx.x % 32, tq = lane % 4;
+    const uint8_t* brow = ab + (lane % 8) * astride + 16 * (lane / 8);  // this lane's ldmatrix row, tile 0
+    // [row][units 0-3, 4-7]: a byte a unit (scale_min_k4's values, as digits of base 16)
+    uint32_t lo[2][2], hi[2][2], mn[2][2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const uint32_t* s = reinterpret_cast<const uint32_t*>((r ? w1 : w0) + 4);
+        const uint32_t s0 = s[0], s1 = s[1], s2 = s[2];
+        const uint32_t sa = s0 & 0x3f3f3f3fu, sb = (s2 & 0x0f0f0f0fu) | ((s0 >> 2) & 0x30303030u);
+        lo[r][0] = sa & 0x0f0f0f0fu;
+        lo[r][1] = sb & 0x0f0f0f0fu;
+        hi[r][0] = (sa >> 4) & 0x03030303u;
+        hi[r][1] = (sb >> 4) & 0x03030303u;
+        mn[r][0] = s1 & 0x3f3f3f3fu;
+        mn[r][1] = ((s2 >> 4) & 0x0f0f0f0fu) | ((s1 >> 2) & 0x30303030u);
+    }
+    int lo_s[4][4], hi_s[4][4], mins[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) lo_s[i][e] = hi_s[i][e] = mins[i][e] = 0;
+#pragma unroll 1
+    for (int p = 0; p < 4; ++p) {
+        const uint32_t* q0 = reinterpret_cast<const uint32_t*>(w0 + 16 + 32 * p) + tq;
+        const uint32_t* q1 = reinterpret_cast<const uint32_t*>(w1 + 16 + 32 * p) + tq;
+        const uint32_t raw[4] = {q0[0], q1[0], q0[4], q1[4]};
+        int a_lo[2][4], a_hi[2][4], a_m[2][4];  // [unit 2 p + h]
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const uint32_t u = 2 * p + h;
+            // byte u of the pair of words; the selector's sign bit fills the rest from byte 0's
+            // sign (all these bytes are under 64: zeros)
+            const uint32_t one = 0x8880u | u, all = u * 0x1111u;
+            const uint32_t l0 = prmt(lo[0][0], lo[0][1], one), l1 = prmt(lo[1][0], lo[1][1], one);
+            const uint32_t h0 = prmt(hi[0][0], hi[0][1], one), h1 = prmt(hi[1][0], hi[1][1], one);
+            const int m0 = int(prmt(mn[0][0], mn[0][1], all)), m1 = int(prmt(mn[1][0], mn[1][1], all));
+            uint32_t q[4];
+#pragma unroll
+            for (int k = 0; k < 4; ++k) q[k] = (raw[k] >> (4 * h)) & 0x0F0F0F0Fu;
+            const uint32_t l[4] = {l0, l1, l0, l1}, hh[4] = {h0, h1, h0, h1};
+#pragma unroll
+            for (int k = 0; k < 4; ++k) {
+                a_lo[h][k] = int(q[k] * l[k]);
+                a_hi[h][k] = int(q[k] * hh[k]);
+                a_m[h][k] = k % 2 ? m1 : m0;
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            if (i >= n_tiles) break;
+            // the tile's tokens' words of units 2 p (b[0], b[1]) and 2 p + 1 (b[2], b[3])
+            uint32_t b[4];
+            ldsm_x4<false>(b, brow + 8 * i * astride + 64 * p);
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                mma_u8s8_16x8x32_acc(lo_s[i], a_lo[h], int(b[2 * h]), int(b[2 * h + 1]));
+                mma_u8s8_16x8x32_acc(hi_s[i], a_hi[h], int(b[2 * h]), int(b[2 * h + 1]));
+                mma_u8s8_16x8x32_acc(mins[i], a_m[h], int(b[2 * h]), int(b[2 * h + 1]));
+            }
+        }
+    }
+    const UnitScales sc0 = unit_scales<k_q4_k>(w0, 0), sc1 = unit_scales<k_q4_k>(w1, 0);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = 8 * i + 2 * tq + e;
+            if (live >> j & 1) {
+                const float yd = act_unit<k_q4_k>(ab + j * astride, 256, 0).yd;
+                acc[i][e] += sb_contribution<k_q4_k>(sc0, yd, lo_s[i][e] + 16 * hi_s[i][e], mins[i][e]);
+                acc[i][2 + e] += sb_contribution<k_q4_k>(sc1, yd, lo_s[i][2 + e] + 16 * hi_s[i][2 + e], mins[i][2 + e]);
+            }
+        }
+    }
+}
+
 // A block's 64 x 32 tile with its operands staged in shared memory. Chunks of 8 units (256
 // values: a K-quant super-block, or 8 Q8_0 / Q4_0 blocks) of the block's 64 weight rows and of
 // its token rows are copied with cp.async, the next chunk's copies in flight while the warps
@@ -919,7 +1009,8 @@ struct MmaStage {
     static constexpr int a_stride = 304;  // 19 x 16: 256 quants, sums and scales
     static constexpr int act = TYPE == k_q4_k || TYPE == k_q5_k || TYPE == k_q6_k ? k_q8_k : k_q8_0;
     static constexpr int buffer = k_mma_rows * w_stride + k_mma_tokens * a_stride;
-    static constexpr int smem = 2 * buffer;
+    static constexpr int tables = (k_mma_rows + k_mma_tokens) * 8;  // the rows' and tokens' addresses
+    static constexpr int smem = 2 * buffer + tables;
 };
 // acc (per warp, as mma_unit) for the tile: weight row r's bytes at row_ptr(r) (r < 64), token
 // j's activation row at act_ptr(j) (nullptr past the tile), n values each; n_tiles 8-token tiles.
@@ -933,6 +1024,19 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
     for (int i = 0; i < 4; ++i)
 #pragma unroll
         for (int e = 0; e < 4; ++e) acc[i][e] = 0;
+    // The rows' and tokens' addresses, formed once: an expert's token comes through its slot
+    // list (a load and a division), which every chunk's copies and fragments would repeat.
+    const uint8_t** rows = reinterpret_cast<const uint8_t**>(smem + 2 * St::buffer);
+    const uint8_t** toks = rows + k_mma_rows;
+    for (int i = threadIdx.x; i < k_mma_rows + k_mma_tokens; i += blockDim.x) {
+        if (i < k_mma_rows)
+            rows[i] = row_ptr(i);
+        else
+            toks[i - k_mma_rows] = act_ptr(i - k_mma_rows);
+    }
+    __syncthreads();
+    const uint32_t live = __ballot_sync(0xffffffffu, toks[lane] != nullptr);  // the tile's tokens with a row
+    auto has = [&](int j) { return (live >> j & 1) != 0; };
     auto stage = [&](int64_t c, int b) {
         uint8_t* wb = smem + b * St::buffer;
         uint8_t* ab = wb + k_mma_rows * St::w_stride;
@@ -940,7 +1044,7 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
         const int64_t bytes = TYPE == k_q8_0 ? cu * 34 : TYPE == k_q4_0 ? cu * 18 : St::chunk_bytes;
         for (int idx = threadIdx.x; idx < k_mma_rows * St::granules; idx += blockDim.x) {
             const int r = idx / St::granules, k = idx % St::granules;
-            const uint8_t* src = row_ptr(r) + start;
+            const uint8_t* src = rows[r] + start;
             const uint8_t* g0 = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
             if (g0 + 16 * k < src + bytes) __pipeline_memcpy_async(wb + r * St::w_stride + 16 * k, g0 + 16 * k, 16);
         }
@@ -948,8 +1052,8 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
         const int64_t c0 = 256 * c;
         for (int idx = threadIdx.x; idx < k_mma_tokens * 19; idx += blockDim.x) {
             const int j = idx / 19, k = idx % 19;
-            const uint8_t* arow = act_ptr(j);
-            if (!arow) continue;
+            if (!has(j)) continue;
+            const uint8_t* arow = toks[j];
             uint8_t* dst = ab + j * St::a_stride;
             if (k < 16) {
                 if (k < 2 * cu) __pipeline_memcpy_async(dst + 16 * k, arow + c0 + 16 * k, 16);
@@ -992,16 +1096,18 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
         uint8_t* ab = wb + k_mma_rows * St::w_stride;
         const int64_t start = c * St::chunk_bytes;
         const int r0 = warp * 16 + g, r1 = r0 + 8;
-        const uint8_t* w0 = wb + r0 * St::w_stride + (reinterpret_cast<uintptr_t>(row_ptr(r0) + start) & 15);
-        const uint8_t* w1 = wb + r1 * St::w_stride + (reinterpret_cast<uintptr_t>(row_ptr(r1) + start) & 15);
+        const uint8_t* w0 = wb + r0 * St::w_stride + (reinterpret_cast<uintptr_t>(rows[r0] + start) & 15);
+        const uint8_t* w1 = wb + r1 * St::w_stride + (reinterpret_cast<uintptr_t>(rows[r1] + start) & 15);
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-            feed[i] = act_ptr(8 * i + g) ? ab + (8 * i + g) * St::a_stride : nullptr;
-            out_of[i][0] = act_ptr(8 * i + 2 * tq) ? ab + (8 * i + 2 * tq) * St::a_stride : nullptr;
-            out_of[i][1] = act_ptr(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
+            feed[i] = has(8 * i + g) ? ab + (8 * i + g) * St::a_stride : nullptr;
+            out_of[i][0] = has(8 * i + 2 * tq) ? ab + (8 * i + 2 * tq) * St::a_stride : nullptr;
+            out_of[i][1] = has(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
         }
         const int64_t cu = min(int64_t(8), U - 8 * c);
-        if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {  // a chunk is one super-block
+        if constexpr (TYPE == k_q4_k) {  // a chunk is one super-block
+            mma_sb_q4k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
+        } else if constexpr (TYPE == k_q5_k) {
             mma_sb_planes<TYPE>(w0, w1, feed, out_of, n_tiles, acc);
         } else if constexpr (k_quant<TYPE>) {
             for (int64_t u = 0; u < cu; ++u) mma_unit_ints<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, ia, ib);
