@@ -761,19 +761,18 @@ __device__ __forceinline__ void feed_words(const uint8_t* feed, int64_t u, int t
     }
 }
 
-// One unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up to 32
-// tokens: feed[i] is the activation row token 8 i + g feeds into the products (nullptr: none),
-// out_of[i][e] the rows of this lane's outputs (n values a row, the layout act_unit reads); the
-// integer sums from the tensor cores (Q6_K: its two 16-value halves in d0 and d1; the other types:
-// the whole unit in d0, d1 zero), handed with the rows' scales
-// and the token's activation sums to add(i, e, ...) for the outputs [i][e] (token 8 i + 2 (lane %
-// 4) + (e & 1), row g) and [i][2 + e] (row g + 8). Units are added in order by the callers, so a
-// token's sums have the bits of the warp kernels.
+// One Q4_0 / Q8_0 unit u of a warp's 16 rows (w0: row g, w1: row g + 8 of its tile) against up
+// to 32 tokens, each output's contribution added into acc: feed[i] is the activation row token
+// 8 i + g feeds into the products (nullptr: none), out_of[i][e] the rows of this lane's outputs
+// (n values a row, the layout act_unit reads), [i][e] (token 8 i + 2 (lane % 4) + (e & 1), row g)
+// and [i][2 + e] (row g + 8). Units are added in order by the callers, so a token's sums have the
+// bits of the warp kernels.
 constexpr int k_mma_rows = 64, k_mma_tokens = 32;
-template <int TYPE, class Add>
-__device__ __forceinline__ void mma_unit_sums(const uint8_t* w0, const uint8_t* w1, int64_t u,
-                                              const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
-                                              int64_t n, int n_tiles, Add add) {
+template <int TYPE>
+__device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, int64_t u,
+                                         const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
+                                         int64_t n, int n_tiles, float (&acc)[4][4]) {
+    static_assert(TYPE == k_q4_0 || TYPE == k_q8_0);
     const int tq = threadIdx.x % 4;
     const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
     const int a00 = unit_word<TYPE>(w0, u, tq), a01 = unit_word<TYPE>(w1, u, tq);
@@ -783,67 +782,15 @@ __device__ __forceinline__ void mma_unit_sums(const uint8_t* w0, const uint8_t* 
         if (i >= n_tiles) break;
         int b0, b1;
         feed_words(feed[i], u, tq, b0, b1);
-        int d0[4], d1[4];
-        if constexpr (TYPE == k_q6_k) {  // a scale per 16 values: the halves' sums apart
-            mma_s8_16x8x16(d0, a00, a01, b0);
-            mma_s8_16x8x16(d1, a10, a11, b1);
-        } else {  // one scale a unit: one product over its 32 values
-            mma_s8_16x8x32(d0, a00, a01, a10, a11, b0, b1);
-            d1[0] = d1[1] = d1[2] = d1[3] = 0;
-        }
+        int d[4];
+        mma_s8_16x8x32(d, a00, a01, a10, a11, b0, b1);
 #pragma unroll
         for (int e = 0; e < 2; ++e)
-            if (out_of[i][e]) add(i, e, sc0, sc1, d0, d1, act_unit<TYPE>(out_of[i][e], n, u));
-    }
-}
-// Q4_0 / Q8_0: each output's contribution of unit u added into acc.
-template <int TYPE>
-__device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, int64_t u,
-                                         const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
-                                         int64_t n, int n_tiles, float (&acc)[4][4]) {
-    mma_unit_sums<TYPE>(w0, w1, u, feed, out_of, n, n_tiles,
-                        [&](int i, int e, const UnitScales& sc0, const UnitScales& sc1, const int(&d0)[4],
-                            const int(&d1)[4], const ActUnit& y) {
-                            acc[i][e] += combine<TYPE>(sc0, d0[e], d1[e], y);
-                            acc[i][2 + e] += combine<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
-                        });
-}
-
-// K-quants: each output's integer part of unit u added into ia / ib (the super-block's sums),
-// turned into a float contribution by mma_sb_add once the super-block's 8 units are in.
-template <int TYPE>
-__device__ __forceinline__ void mma_unit_ints(const uint8_t* w0, const uint8_t* w1, int64_t u,
-                                              const uint8_t* const (&feed)[4], const uint8_t* const (&out_of)[4][2],
-                                              int64_t n, int n_tiles, int (&ia)[4][4], int (&ib)[4][4]) {
-    mma_unit_sums<TYPE>(w0, w1, u, feed, out_of, n, n_tiles,
-                        [&](int i, int e, const UnitScales& sc0, const UnitScales& sc1, const int(&d0)[4],
-                            const int(&d1)[4], const ActUnit& y) {
-                            const UnitInts r0 = unit_ints<TYPE>(sc0, d0[e], d1[e], y),
-                                           r1 = unit_ints<TYPE>(sc1, d0[2 + e], d1[2 + e], y);
-                            ia[i][e] += r0.a;
-                            ib[i][e] += r0.b;
-                            ia[i][2 + e] += r1.a;
-                            ib[i][2 + e] += r1.b;
-                        });
-}
-// The super-block's contributions added into acc (w0 / w1: the rows' super-blocks, out_of: the
-// tokens' activation chunks of 256 values), and its sums cleared.
-template <int TYPE>
-__device__ __forceinline__ void mma_sb_add(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&out_of)[4][2],
-                                           int n_tiles, int (&ia)[4][4], int (&ib)[4][4], float (&acc)[4][4]) {
-    const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
             if (out_of[i][e]) {
-                const float yd = act_unit<TYPE>(out_of[i][e], 256, 0).yd;
-                acc[i][e] += sb_contribution<TYPE>(sc0, yd, ia[i][e], ib[i][e]);
-                acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, ia[i][2 + e], ib[i][2 + e]);
+                const ActUnit y = act_unit<TYPE>(out_of[i][e], n, u);
+                acc[i][e] += combine<TYPE>(sc0, d[e], 0, y);
+                acc[i][2 + e] += combine<TYPE>(sc1, d[2 + e], 0, y);
             }
-            ia[i][e] = ib[i][e] = ia[i][2 + e] = ib[i][2 + e] = 0;
-        }
     }
 }
 
@@ -854,7 +801,8 @@ __device__ __forceinline__ void mma_sb_add(const uint8_t* w0, const uint8_t* w1,
 // packed quant words times the digit: no byte carries into the next) and sum the whole
 // super-block: sum over units of scale x (quants . y) is lo + base x hi. The mins' share, sum
 // over units of min x (the unit's activation sum), is a third plane of each unit's min repeated.
-// The integers are those mma_unit_ints adds up, so the contribution has the same bits.
+// The integers are unit_ints' (the warp kernels' sums of the units), so the contribution has
+// the same bits.
 template <int TYPE>
 __device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&feed)[4],
                                               const uint8_t* const (&out_of)[4][2], int n_tiles, float (&acc)[4][4]) {
@@ -990,6 +938,100 @@ __device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1,
     }
 }
 
+// Q6_K's super-block with unit_ints' integers: the quants go into the products as
+// q - 32 (signed bytes), so each 16-value half's sum is already sum((q - 32) y), and the half's
+// scale multiplies it (the activation's 16-value sums are not needed). A row's quant words are
+// read once per 128 values (its 4 units share their bytes), 4-byte words from the super-block's
+// 2-byte alignment by a funnel shift, and a token tile's words of two units by one ldmatrix.
+__device__ __forceinline__ uint32_t ld32_shifted(const uint8_t* base, int off, uint32_t sh) {
+    const uint32_t* w = reinterpret_cast<const uint32_t*>(base + off);
+    return __funnelshift_r(w[0], w[1], sh);
+}
+template <int astride>
+__device__ __forceinline__ void mma_sb_q6k(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
+                                           int n_tiles, float (&acc)[4][4]) {
+    const int lane = threadIdx.x % 32, tq = lane % 4;
+    const uint8_t* brow = ab + (lane % 8) * astride + 16 * (lane / 8);  // this lane's ldmatrix row, tile 0
+    const uint8_t* const x[2] = {w0, w1};
+    const uint8_t* base[2];
+    uint32_t sh[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+        const uintptr_t mis = reinterpret_cast<uintptr_t>(x[r]) & 3;
+        base[r] = x[r] - mis;
+        sh[r] = uint32_t(8 * mis);
+    }
+    int ia[4][4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) ia[i][e] = 0;
+#pragma unroll 1
+    for (int n = 0; n < 2; ++n) {  // units 4 n .. 4 n + 3
+        // [row][ql bytes 0..31 / 32..63 of the half][values 4 tq.., 16 + 4 tq..], qh: [row][..]
+        uint32_t ql[2][2][2], qh[2][2];
+#pragma unroll
+        for (int r = 0; r < 2; ++r)
+#pragma unroll
+            for (int k = 0; k < 2; ++k) {
+                ql[r][0][k] = ld32_shifted(base[r], 64 * n + 4 * (tq + 4 * k), sh[r]);
+                ql[r][1][k] = ld32_shifted(base[r], 64 * n + 32 + 4 * (tq + 4 * k), sh[r]);
+                qh[r][k] = ld32_shifted(base[r], 128 + 32 * n + 4 * (tq + 4 * k), sh[r]);
+            }
+#pragma unroll
+        for (int pq = 0; pq < 2; ++pq) {  // units 4 n + 2 pq, + 1 (one ldmatrix a tile)
+            int a[2][2][2];               // [unit][half][row]: q - 32, signed bytes
+            int sc[2][2][2];              // [unit][half][row]
+#pragma unroll
+            for (int v = 0; v < 2; ++v) {
+                const int quarter = 2 * pq + v, j = 4 * n + quarter;
+#pragma unroll
+                for (int r = 0; r < 2; ++r) {
+#pragma unroll
+                    for (int k = 0; k < 2; ++k) {
+                        const uint32_t lo = (ql[r][quarter & 1][k] >> (quarter < 2 ? 0 : 4)) & 0x0F0F0F0Fu;
+                        const uint32_t hi = ((qh[r][k] >> (2 * quarter)) & 0x03030303u) << 4;
+                        // bytes q - 32 without borrows between them: (q + 96) ^ 128
+                        a[v][k][r] = int(((lo | hi | 0x80808080u) - 0x20202020u) ^ 0x80808080u);
+                        sc[v][k][r] = reinterpret_cast<const int8_t*>(x[r])[192 + 2 * j + k];
+                    }
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                if (i >= n_tiles) break;
+                uint32_t b[4];  // the tile's words of units 2 pq (b[0], b[1]: halves) and 2 pq + 1 (b[2], b[3])
+                ldsm_x4<false>(b, brow + 8 * i * astride + 64 * (2 * n + pq));
+#pragma unroll
+                for (int v = 0; v < 2; ++v)
+#pragma unroll
+                    for (int k = 0; k < 2; ++k) {
+                        int d[4];
+                        mma_s8_16x8x16(d, a[v][k][0], a[v][k][1], int(b[2 * v + k]));
+                        ia[i][0] += sc[v][k][0] * d[0];
+                        ia[i][1] += sc[v][k][0] * d[1];
+                        ia[i][2] += sc[v][k][1] * d[2];
+                        ia[i][3] += sc[v][k][1] * d[3];
+                    }
+            }
+        }
+    }
+    const float d0 = half_bits(load_u16(w0 + 208)), d1 = half_bits(load_u16(w1 + 208));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = 8 * i + 2 * tq + e;
+            if (live >> j & 1) {
+                const float yd = act_unit<k_q6_k>(ab + j * astride, 256, 0).yd;
+                acc[i][e] += __fmul_rn(__fmul_rn(d0, yd), float(ia[i][e]));
+                acc[i][2 + e] += __fmul_rn(__fmul_rn(d1, yd), float(ia[i][2 + e]));
+            }
+        }
+    }
+}
+
 // A block's 64 x 32 tile with its operands staged in shared memory. Chunks of 8 units (256
 // values: a K-quant super-block, or 8 Q8_0 / Q4_0 blocks) of the block's 64 weight rows and of
 // its token rows are copied with cp.async, the next chunk's copies in flight while the warps
@@ -1077,11 +1119,6 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
     };
     const uint8_t* feed[4];
     const uint8_t* out_of[4][2];
-    int ia[4][4], ib[4][4];  // K-quants: the current super-block's integer sums
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) ia[i][e] = ib[i][e] = 0;
     stage(0, 0);
     for (int64_t c = 0; c < chunks; ++c) {
         const int b = int(c & 1);
@@ -1109,9 +1146,8 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
             mma_sb_q4k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else if constexpr (TYPE == k_q5_k) {
             mma_sb_planes<TYPE>(w0, w1, feed, out_of, n_tiles, acc);
-        } else if constexpr (k_quant<TYPE>) {
-            for (int64_t u = 0; u < cu; ++u) mma_unit_ints<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, ia, ib);
-            mma_sb_add<TYPE>(w0, w1, out_of, n_tiles, ia, ib, acc);
+        } else if constexpr (TYPE == k_q6_k) {
+            mma_sb_q6k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else {
             for (int64_t u = 0; u < cu; ++u) mma_unit<TYPE>(w0, w1, u, feed, out_of, 256, n_tiles, acc);
         }
