@@ -794,6 +794,23 @@ __device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, i
     }
 }
 
+// f(i, e, yd) for each of this lane's outputs [i][e] (as mma_unit's) whose token, 8 i + 2 (lane %
+// 4) + e, has a row (live); yd: the token's Q8_K scale of the staged super-block (the token's
+// chunk at ab + token astride).
+template <int astride, class F>
+__device__ __forceinline__ void each_live_output(uint32_t live, int n_tiles, const uint8_t* ab, F f) {
+    const int tq = threadIdx.x % 4;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        if (i >= n_tiles) break;
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const int j = 8 * i + 2 * tq + e;
+            if (live >> j & 1) f(i, e, *reinterpret_cast<const float*>(ab + j * astride + act_scales_at(k_q8_k, 256)));
+        }
+    }
+}
+
 // A Q4_K / Q5_K super-block of a warp's 16 rows against up to 32 tokens (as mma_unit), its
 // contribution added into acc, with no work per unit and output: the unit scales go into the
 // weights as digits. A quant times a digit of its unit's 6-bit scale (base 16 for Q4_K's 4-bit
@@ -802,80 +819,45 @@ __device__ __forceinline__ void mma_unit(const uint8_t* w0, const uint8_t* w1, i
 // super-block: sum over units of scale x (quants . y) is lo + base x hi. The mins' share, sum
 // over units of min x (the unit's activation sum), is a third plane of each unit's min repeated.
 // The integers are unit_ints' (the warp kernels' sums of the units), so the contribution has
-// the same bits.
-template <int TYPE>
-__device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* w1, const uint8_t* const (&feed)[4],
-                                              const uint8_t* const (&out_of)[4][2], int n_tiles, float (&acc)[4][4]) {
-    static_assert(TYPE == k_q4_k || TYPE == k_q5_k);
-    constexpr int base = TYPE == k_q4_k ? 16 : 8;
-    const int tq = threadIdx.x % 4;
-    int lo[4][4], hi[4][4], mins[4][4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) lo[i][e] = hi[i][e] = mins[i][e] = 0;
-#pragma unroll 1  // unrolled, the loads of later units are hoisted: ~50 more registers
-    for (int u = 0; u < 8; ++u) {
-        const UnitScales sc0 = unit_scales<TYPE>(w0, u), sc1 = unit_scales<TYPE>(w1, u);
-        const int q[4] = {unit_word<TYPE>(w0, u, tq), unit_word<TYPE>(w1, u, tq), unit_word<TYPE>(w0, u, 4 + tq),
-                          unit_word<TYPE>(w1, u, 4 + tq)};
-        const int l0 = sc0.s0 % base, l1 = sc1.s0 % base, h0 = sc0.s0 / base, h1 = sc1.s0 / base;
-        const int m0 = sc0.s1 * 0x01010101, m1 = sc1.s1 * 0x01010101;
-        const int a_lo[4] = {q[0] * l0, q[1] * l1, q[2] * l0, q[3] * l1};
-        const int a_hi[4] = {q[0] * h0, q[1] * h1, q[2] * h0, q[3] * h1};
-        const int a_m[4] = {m0, m1, m0, m1};
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            if (i >= n_tiles) break;
-            int b0, b1;
-            feed_words(feed[i], u, tq, b0, b1);
-            mma_u8s8_16x8x32_acc(lo[i], a_lo, b0, b1);
-            mma_u8s8_16x8x32_acc(hi[i], a_hi, b0, b1);
-            mma_u8s8_16x8x32_acc(mins[i], a_m, b0, b1);
-        }
-    }
-    const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-#pragma unroll
-        for (int e = 0; e < 2; ++e)
-            if (out_of[i][e]) {
-                const float yd = act_unit<TYPE>(out_of[i][e], 256, 0).yd;
-                acc[i][e] += sb_contribution<TYPE>(sc0, yd, lo[i][e] + base * hi[i][e], mins[i][e]);
-                acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, lo[i][2 + e] + base * hi[i][2 + e], mins[i][2 + e]);
-            }
-    }
-}
-
-// Q4_K's super-block as mma_sb_planes forms it, with the same integers, in fewer instructions:
-// each row's 8 scales and mins unpacked once into bytes (a unit's digits then one byte permute
-// each), the units taken in pairs that share their quant bytes (low and high nibbles), and a
-// token tile's words of a pair fetched by one ldmatrix. Token j's chunk is at ab + j astride;
-// live: the tokens with a row.
+// the same bits. Each row's 8 scales and mins are unpacked once into bytes (a unit's digit is
+// then one byte permute), the units are taken in pairs that share their quant bytes (low and
+// high nibbles; Q5_K's fifth bits come from words read once a super-block), and a token tile's
+// words of a pair come by one ldmatrix. Token j's chunk is at ab + j astride; live: the tokens
+// with a row.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
     return d;
 }
-template <int astride>
-__device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
-                                           int n_tiles, float (&acc)[4][4]) {
+template <int TYPE, int astride>
+__device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
+                                              int n_tiles, float (&acc)[4][4]) {
+    static_assert(TYPE == k_q4_k || TYPE == k_q5_k);
+    constexpr bool five = TYPE == k_q5_k;
+    constexpr int base = five ? 8 : 16, qs_at = five ? 48 : 16;
+    constexpr uint32_t lo_mask = five ? 0x07070707u : 0x0f0f0f0fu, hi_mask = five ? 0x07070707u : 0x03030303u;
     const int lane = threadIdx.x % 32, tq = lane % 4;
     const uint8_t* brow = ab + (lane % 8) * astride + 16 * (lane / 8);  // this lane's ldmatrix row, tile 0
-    // [row][units 0-3, 4-7]: a byte a unit (scale_min_k4's values, as digits of base 16)
-    uint32_t lo[2][2], hi[2][2], mn[2][2];
+    // [row][units 0-3, 4-7]: a byte a unit (scale_min_k4's values; scales as digits of base)
+    uint32_t lo[2][2], hi[2][2], mn[2][2], qh[2][2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
-        const uint32_t* s = reinterpret_cast<const uint32_t*>((r ? w1 : w0) + 4);
+        const uint8_t* x = r ? w1 : w0;
+        const uint32_t* s = reinterpret_cast<const uint32_t*>(x + 4);
         const uint32_t s0 = s[0], s1 = s[1], s2 = s[2];
         const uint32_t sa = s0 & 0x3f3f3f3fu, sb = (s2 & 0x0f0f0f0fu) | ((s0 >> 2) & 0x30303030u);
-        lo[r][0] = sa & 0x0f0f0f0fu;
-        lo[r][1] = sb & 0x0f0f0f0fu;
-        hi[r][0] = (sa >> 4) & 0x03030303u;
-        hi[r][1] = (sb >> 4) & 0x03030303u;
+        constexpr int sh = five ? 3 : 4;
+        lo[r][0] = sa & lo_mask;
+        lo[r][1] = sb & lo_mask;
+        hi[r][0] = (sa >> sh) & hi_mask;
+        hi[r][1] = (sb >> sh) & hi_mask;
         mn[r][0] = s1 & 0x3f3f3f3fu;
         mn[r][1] = ((s2 >> 4) & 0x0f0f0f0fu) | ((s1 >> 2) & 0x30303030u);
+        if constexpr (five) {  // the fifth bits of values 4 tq .. and 16 + 4 tq .., bit j for unit j
+            const uint32_t* h = reinterpret_cast<const uint32_t*>(x + 16) + tq;
+            qh[r][0] = h[0];
+            qh[r][1] = h[4];
+        }
     }
     int lo_s[4][4], hi_s[4][4], mins[4][4];
 #pragma unroll
@@ -884,10 +866,10 @@ __device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1,
         for (int e = 0; e < 4; ++e) lo_s[i][e] = hi_s[i][e] = mins[i][e] = 0;
 #pragma unroll 1
     for (int p = 0; p < 4; ++p) {
-        const uint32_t* q0 = reinterpret_cast<const uint32_t*>(w0 + 16 + 32 * p) + tq;
-        const uint32_t* q1 = reinterpret_cast<const uint32_t*>(w1 + 16 + 32 * p) + tq;
-        const uint32_t raw[4] = {q0[0], q1[0], q0[4], q1[4]};
-        int a_lo[2][4], a_hi[2][4], a_m[2][4];  // [unit 2 p + h]
+        const uint32_t* q0 = reinterpret_cast<const uint32_t*>(w0 + qs_at + 32 * p) + tq;
+        const uint32_t* q1 = reinterpret_cast<const uint32_t*>(w1 + qs_at + 32 * p) + tq;
+        const uint32_t raw[4] = {q0[0], q1[0], q0[4], q1[4]};  // rows g, g + 8; values 4 tq .., 16 + 4 tq ..
+        int a_lo[2][4], a_hi[2][4], a_m[2][4];                 // [unit 2 p + h]
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const uint32_t u = 2 * p + h;
@@ -899,7 +881,10 @@ __device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1,
             const int m0 = int(prmt(mn[0][0], mn[0][1], all)), m1 = int(prmt(mn[1][0], mn[1][1], all));
             uint32_t q[4];
 #pragma unroll
-            for (int k = 0; k < 4; ++k) q[k] = (raw[k] >> (4 * h)) & 0x0F0F0F0Fu;
+            for (int k = 0; k < 4; ++k) {
+                q[k] = (raw[k] >> (4 * h)) & 0x0F0F0F0Fu;
+                if constexpr (five) q[k] |= ((qh[k % 2][k / 2] >> u) & 0x01010101u) << 4;
+            }
             const uint32_t l[4] = {l0, l1, l0, l1}, hh[4] = {h0, h1, h0, h1};
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
@@ -922,20 +907,11 @@ __device__ __forceinline__ void mma_sb_q4k(const uint8_t* w0, const uint8_t* w1,
             }
         }
     }
-    const UnitScales sc0 = unit_scales<k_q4_k>(w0, 0), sc1 = unit_scales<k_q4_k>(w1, 0);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = 8 * i + 2 * tq + e;
-            if (live >> j & 1) {
-                const float yd = act_unit<k_q4_k>(ab + j * astride, 256, 0).yd;
-                acc[i][e] += sb_contribution<k_q4_k>(sc0, yd, lo_s[i][e] + 16 * hi_s[i][e], mins[i][e]);
-                acc[i][2 + e] += sb_contribution<k_q4_k>(sc1, yd, lo_s[i][2 + e] + 16 * hi_s[i][2 + e], mins[i][2 + e]);
-            }
-        }
-    }
+    const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
+    each_live_output<astride>(live, n_tiles, ab, [&](int i, int e, float yd) {
+        acc[i][e] += sb_contribution<TYPE>(sc0, yd, lo_s[i][e] + base * hi_s[i][e], mins[i][e]);
+        acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, lo_s[i][2 + e] + base * hi_s[i][2 + e], mins[i][2 + e]);
+    });
 }
 
 // Q6_K's super-block with unit_ints' integers: the quants go into the products as
@@ -1017,19 +993,10 @@ __device__ __forceinline__ void mma_sb_q6k(const uint8_t* w0, const uint8_t* w1,
         }
     }
     const float d0 = half_bits(load_u16(w0 + 208)), d1 = half_bits(load_u16(w1 + 208));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        if (i >= n_tiles) break;
-#pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int j = 8 * i + 2 * tq + e;
-            if (live >> j & 1) {
-                const float yd = act_unit<k_q6_k>(ab + j * astride, 256, 0).yd;
-                acc[i][e] += __fmul_rn(__fmul_rn(d0, yd), float(ia[i][e]));
-                acc[i][2 + e] += __fmul_rn(__fmul_rn(d1, yd), float(ia[i][2 + e]));
-            }
-        }
-    }
+    each_live_output<astride>(live, n_tiles, ab, [&](int i, int e, float yd) {
+        acc[i][e] += __fmul_rn(__fmul_rn(d0, yd), float(ia[i][e]));
+        acc[i][2 + e] += __fmul_rn(__fmul_rn(d1, yd), float(ia[i][2 + e]));
+    });
 }
 
 // A block's 64 x 32 tile with its operands staged in shared memory. Chunks of 8 units (256
@@ -1142,10 +1109,8 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
             out_of[i][1] = has(8 * i + 2 * tq + 1) ? ab + (8 * i + 2 * tq + 1) * St::a_stride : nullptr;
         }
         const int64_t cu = min(int64_t(8), U - 8 * c);
-        if constexpr (TYPE == k_q4_k) {  // a chunk is one super-block
-            mma_sb_q4k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
-        } else if constexpr (TYPE == k_q5_k) {
-            mma_sb_planes<TYPE>(w0, w1, feed, out_of, n_tiles, acc);
+        if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {  // a chunk is one super-block
+            mma_sb_planes<TYPE, St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else if constexpr (TYPE == k_q6_k) {
             mma_sb_q6k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else {
