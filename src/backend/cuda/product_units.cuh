@@ -21,15 +21,21 @@ namespace bigmoe::cuda {
 
 namespace {
 
-// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (the 12-byte packing).
-__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+// The 6-bit scale and min of sub-block j of a Q4_K / Q5_K block (the 12-byte packing), its
+// byte k being byte(k) (read from memory, or out of words already in registers).
+template <class Byte>
+__device__ __forceinline__ void scale_min_k4(int j, Byte byte, int* sc, int* m) {
     if (j < 4) {
-        *sc = q[j] & 63;
-        *m = q[j + 4] & 63;
+        *sc = byte(j) & 63;
+        *m = byte(j + 4) & 63;
     } else {
-        *sc = (q[j + 4] & 0x0F) | ((q[j - 4] >> 6) << 4);
-        *m = (q[j + 4] >> 4) | ((q[j] >> 6) << 4);
+        *sc = (byte(j + 4) & 0x0F) | ((byte(j - 4) >> 6) << 4);
+        *m = (byte(j + 4) >> 4) | ((byte(j) >> 6) << 4);
     }
+}
+__device__ __forceinline__ void scale_min_k4(int j, const uint8_t* q, int* sc, int* m) {
+    scale_min_k4(
+        j, [q](int k) { return int(q[k]); }, sc, m);
 }
 
 // Element i of a float row (f32, f16, bf16), inlined: dequant is a call with a switch.
@@ -627,13 +633,7 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
 #pragma unroll
         for (int j = 0; j < 8; ++j) {
             int sc, m;
-            if (j < 4) {
-                sc = sbyte(j) & 63;
-                m = sbyte(j + 4) & 63;
-            } else {
-                sc = (sbyte(j + 4) & 0x0F) | ((sbyte(j - 4) >> 6) << 4);
-                m = (sbyte(j + 4) >> 4) | ((sbyte(j) >> 6) << 4);
-            }
+            scale_min_k4(j, sbyte, &sc, &m);
             const uint4 lo = q[1 + 2 * (j / 2)], hi = q[2 + 2 * (j / 2)];
             const int sh = 4 * (j & 1);
             const int4 y0 = swz_chunk(swz, b, 2 * j, rot), y1 = swz_chunk(swz, b, 2 * j + 1, rot);
@@ -806,7 +806,7 @@ __device__ __forceinline__ void each_live_output(uint32_t live, int n_tiles, con
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
             const int j = 8 * i + 2 * tq + e;
-            if (live >> j & 1) f(i, e, *reinterpret_cast<const float*>(ab + j * astride + act_scales_at(k_q8_k, 256)));
+            if (live >> j & 1) f(i, e, act_unit<k_q4_k>(ab + j * astride, 256, 0).yd);
         }
     }
 }
