@@ -70,6 +70,8 @@ class CudaBackend final : public Backend {
         sm_count_ = prop.multiProcessorCount;
         configure_products();
         configure_attention();
+        CU(cudaMalloc(&moe_counts_, k_moe_counters * sizeof(int)));
+        CU(cudaMemset(moe_counts_, 0, k_moe_counters * sizeof(int)));
         const char* pdl = std::getenv("BIGMOE_CUDA_PDL");
         g_pdl = prop.major >= 9 && !(pdl && std::strcmp(pdl, "0") == 0);
         mma_ = prop.major >= 8;  // the int8 tensor-core products need sm_80 or newer
@@ -95,6 +97,7 @@ class CudaBackend final : public Backend {
         arena_.release();
         for (void* p : weights_) cudaFree(p);
         cudaFree(batch_dev_);
+        cudaFree(moe_counts_);
         cudaFreeHost(staging_);
         cudaStreamDestroy(stream_);
     }
@@ -531,11 +534,24 @@ class CudaBackend final : public Backend {
         g.wts = w_t.data;
         g.h = h.data;
         g.hs = h.stride;
+        // a lane per super-block: K-quant rows of whole super-blocks (gate/up), a row's experts
+        // within a warp (down, whose inputs the gate/up kernel quantizes)
+        const int64_t swz_off = (gu_smem + 15) / 16 * 16, per_row = K * (F / 256), fs = shared ? Fs : 0;
+        const bool gu_sb =
+            small && sb_moe_ && sb_type(g.tg) && sb_type(g.tu) && N % 256 == 0 && swz_off + N <= k_products_smem;
+        MoeHq lay{};
+        lay.arb = int64_t(act_row_bytes(k_q8_k, F));
+        lay.sq = (K * lay.arb + 15) / 16 * 16;
+        lay.rot = (lay.sq + (shared ? int64_t(act_row_bytes(k_q8_k, Fs)) : 0) + 15) / 16 * 16;
+        lay.gate = lay.rot + K * F + fs;
+        lay.bytes = lay.gate + 16;
+        const bool dn_sb =
+            gu_sb && sb_type(int64_t(m.down->type)) && F % 256 == 0 && per_row > 0 && 32 % per_row == 0 &&
+            (!shared || (sb_type(int64_t(shared->down->type)) && Fs % 256 == 0 && Fs * 4 <= k_products_smem)) &&
+            lay.bytes <= k_products_smem && T * K * (F / 256) <= k_moe_counters;
         if (small) {
             g.smem = gu_smem;
-            // a lane per super-block: both K-quant rows of whole super-blocks
-            const int64_t swz_off = (gu_smem + 15) / 16 * 16;
-            if (sb_moe_ && sb_type(g.tg) && sb_type(g.tu) && N % 256 == 0 && swz_off + N <= k_products_smem) {
+            if (gu_sb) {
                 g.sb = 1;
                 g.swz_off = swz_off;
                 g.smem = swz_off + N;
@@ -546,6 +562,20 @@ class CudaBackend final : public Backend {
             g.au = g.ag;
             g.aub = g.agb;
             if (au_t != ag_t) g.au = activations(int(wu.type), x, &g.aub);
+        }
+        if (dn_sb) {
+            g.hq = reinterpret_cast<uint8_t*>(scratch(1, T * lay.bytes / 4).data);
+            g.hq_lay = lay;
+            g.cnt = moe_counts_;
+            if (shared) {
+                g.sg = shared->gate.data;
+                g.sgs = shared->gate.stride;
+                g.su = shared->up.data;
+                g.sus = shared->up.stride;
+                g.Fs = Fs;
+                g.gv = wf32(*shared->gate_inp);
+                g.smem = std::max(g.smem, Fs * 4);  // the hidden row staged as floats
+            }
         }
         enqueue(g);
         MoeDownArgs d{};
@@ -583,13 +613,10 @@ class CudaBackend final : public Backend {
             d.sh_q = sh_q;
             d.smem = sh_end;
         }
-        // a lane per super-block: K-quant rows of whole super-blocks, a row's experts within a warp
-        const int64_t per_row = K * (F / 256), copies = (d.smem + 15) / 16 * 16, fs = shared ? Fs : 0;
-        if (small && sb_moe_ && sb_type(d.td) && F % 256 == 0 && per_row > 0 && 32 % per_row == 0 &&
-            (!shared || (sb_type(d.tds) && Fs % 256 == 0)) && copies + K * F + fs <= k_products_smem) {
+        if (dn_sb) {
             d.sb = 1;
-            d.sh_end = copies;
-            d.smem = copies + K * F + fs;
+            d.hq = g.hq;
+            d.lay = lay;
         }
         enqueue(d);
         scratch_rewind(mark);
@@ -884,6 +911,7 @@ class CudaBackend final : public Backend {
     void* staging_ = nullptr;
     void* batch_dev_ = nullptr;
     size_t staging_bytes_ = 0;
+    int* moe_counts_ = nullptr;  // MoeGateUpArgs::cnt, zero between launches
     size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0, off_ids_ = 0;
     std::vector<size_t> off_kv_, off_rs_;
     std::vector<int64_t> kv_capacity_;                        // [layer]: the batch's longest KV block, in positions

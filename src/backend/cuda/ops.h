@@ -82,6 +82,14 @@ struct MatvecArgs {
 // Shared memory the in-kernel quantizing products may take.
 constexpr int64_t k_products_smem = 96 << 10;
 
+// Where k_moe_down_sb's inputs lie in MoeGateUpArgs::hq, a token's:
+// the K Q8_K rows of the experts' hidden rows, the shared expert's Q8_K row at sq, the rotated
+// quants of all of them from rot (the K rows', then the shared row's), the shared gate at gate.
+struct MoeHq {
+    int64_t arb, sq, rot, gate, bytes;
+};
+constexpr int64_t k_moe_counters = 16384;  // super-blocks of hidden rows a decode step's gate/up counts
+
 // h[s] = silu(x[t] . gate_e) * (x[t] . up_e) for each slot s = (t, k) of expert e. With
 // route_here the kernel routes token t itself (softmax and top-k of router logits z) and writes
 // ids / wts for the down kernel; otherwise it reads them. With ag == nullptr it quantizes x[t]
@@ -106,6 +114,19 @@ struct MoeGateUpArgs {
     int64_t hs, smem;
     // sb: k_moe_gate_up_sb (Q4_K / Q6_K rows of whole super-blocks), its rotated input at swz_off
     int64_t sb, swz_off;
+    // With hq (sb only, for k_moe_down_sb): the down kernel's inputs, MoeHq's layout a token. The
+    // block that completes a super-block of slot s's hidden row (cnt counts them; zero between
+    // launches) quantizes it there. With Fs, block (t, 0) forms token t's shared expert input,
+    // silu(sg[t]) * su[t], and gate, sigmoid(gv . x[t]), as the swiglu and add_gated ops do (the
+    // slots' blocks from row 1 on).
+    uint8_t* hq;
+    MoeHq hq_lay;
+    int* cnt;
+    const float* sg;
+    int64_t sgs;
+    const float* su;
+    int64_t sus, Fs;
+    const float* gv;
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
 // row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
@@ -133,8 +154,11 @@ struct MoeDownArgs {
     const float* gv;
     const float* x;
     int64_t xs, sh_f, sh_q;
-    // sb: k_moe_down_sb (Q4_K / Q6_K rows of whole super-blocks), its rotated copies from sh_end
-    int64_t sb, sh_end;
+    // sb: k_moe_down_sb (Q4_K / Q6_K rows of whole super-blocks), its inputs from hq (lay: MoeHq's
+    // layout a token), made by k_moe_gate_up_sb
+    int64_t sb;
+    const uint8_t* hq;
+    MoeHq lay;
 };
 
 void run_op(cudaStream_t s, const QuantizeArgs& a);
