@@ -539,6 +539,10 @@ class CudaBackend final : public Backend {
         const int64_t swz_off = (gu_smem + 15) / 16 * 16, per_row = K * (F / 256), fs = shared ? Fs : 0;
         const bool gu_sb =
             small && sb_moe_ && sb_type(g.tg) && sb_type(g.tu) && N % 256 == 0 && swz_off + N <= k_products_smem;
+        const SharedExpertIn se =
+            shared ? SharedExpertIn{shared->gate.data,      shared->gate.stride, shared->up.data, shared->up.stride, Fs,
+                                    wf32(*shared->gate_inp)}
+                   : SharedExpertIn{};
         MoeHq lay{};
         lay.arb = int64_t(act_row_bytes(k_q8_k, F));
         lay.sq = (K * lay.arb + 15) / 16 * 16;
@@ -568,12 +572,7 @@ class CudaBackend final : public Backend {
             g.hq_lay = lay;
             g.cnt = moe_counts_;
             if (shared) {
-                g.sg = shared->gate.data;
-                g.sgs = shared->gate.stride;
-                g.su = shared->up.data;
-                g.sus = shared->up.stride;
-                g.Fs = Fs;
-                g.gv = wf32(*shared->gate_inp);
+                g.se = se;
                 g.smem = std::max(g.smem, Fs * 4);  // the hidden row staged as floats
             }
         }
@@ -598,15 +597,10 @@ class CudaBackend final : public Backend {
         else
             d.ah = activations(int(m.down->type), h, &d.ahb);
         if (shared) {
-            d.sg = shared->gate.data;
-            d.sgs = shared->gate.stride;
-            d.su = shared->up.data;
-            d.sus = shared->up.stride;
-            d.Fs = Fs;
+            d.se = se;
             d.tds = int64_t(shared->down->type);
             d.wds = wbytes(*shared->down);
             d.rbds = int64_t(shared->down->row_bytes);
-            d.gv = wf32(*shared->gate_inp);
             d.x = x.data;
             d.xs = x.stride;
             d.sh_f = sh_f;

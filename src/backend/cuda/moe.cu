@@ -246,15 +246,22 @@ __device__ __forceinline__ void slot_expert_of(const MoeGateUpArgs& a, int64_t s
     }
 }
 
-// The shared expert's hidden row of token t as the swiglu op forms it (staged at sh_f), then its
-// activations (at sh_q, type at); returns its gate, sigmoid(gv . x[t]), as k_add_gated forms it.
-// Every thread of the block calls it; the quantized row is the block's after a barrier.
-__device__ __forceinline__ float shared_expert_in(const MoeDownArgs& a, int64_t t, int at, uint8_t* sm) {
+// The shared expert's hidden row of token t into hs (shared memory) and its gate, by the whole
+// block; the gate's barriers publish hs.
+__device__ __forceinline__ float shared_hidden_and_gate(const SharedExpertIn& se, const float* xt, int64_t N, int64_t t,
+                                                        float* hs) {
     __shared__ float part[32];
+    for (int64_t i = threadIdx.x; i < se.Fs; i += blockDim.x)
+        hs[i] = siluf(se.sg[t * se.sgs + i]) * se.su[t * se.sus + i];
+    return block_gate(se.gv, xt, N, part);
+}
+
+// The shared expert's hidden row of token t (staged at sh_f), then its activations (at sh_q, type
+// at), quantized by the block after a barrier; returns its gate.
+__device__ __forceinline__ float shared_expert_in(const MoeDownArgs& a, int64_t t, int at, uint8_t* sm) {
     float* hs = reinterpret_cast<float*>(sm + a.sh_f);
-    for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x) hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
-    const float gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);  // its barriers publish hs
-    quantize_rows_in_block(at, hs, 0, 1, a.Fs, sm + a.sh_q, 0);
+    const float gate = shared_hidden_and_gate(a.se, a.x + t * a.xs, a.N, t, hs);
+    quantize_rows_in_block(at, hs, 0, 1, a.se.Fs, sm + a.sh_q, 0);
     return gate;
 }
 
@@ -318,7 +325,7 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
         [&](int64_t k, float y) { o = k == 0 ? __fmul_rn(y, wts[k]) : __fadd_rn(o, __fmul_rn(y, wts[k])); });
     if (a.wds) {
         float y[1];
-        row_dots<1>(int(a.tds), a.wds + n * a.rbds, sm + a.sh_q, 0, a.Fs, 1, lane, y);
+        row_dots<1>(int(a.tds), a.wds + n * a.rbds, sm + a.sh_q, 0, a.se.Fs, 1, lane, y);
         o = o + y[0] * shared_gate;  // k_add_gated's a + b * g
     }
     if (lane == 0) a.out[t * a.os + n] = o;
@@ -327,16 +334,16 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
 // The 16 blocks of 16 rows that form a super-block of slot s's hidden row count themselves in
 // a.cnt; the last quantizes it into hq (its Q8_K block, then its rotated quants) and sets the
 // count back to zero. The bits are quantize_rows_in_block's and rotate_rows_in_block's.
-__device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, int64_t s, int warp, int lane,
-                                                       int* last) {
+__device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, int64_t s, int warp, int lane) {
+    __shared__ int last;
     constexpr int per_sb = 256 / 16;
     const int64_t j = blockIdx.x / per_sb, nsb = a.F / 256, t = s / a.K, k = s % a.K;
     int* c = a.cnt + s * nsb + j;
     __threadfence();  // this block's rows of h before its count
     __syncthreads();
-    if (threadIdx.x == 0) *last = atomicAdd(c, 1) == per_sb - 1;
+    if (threadIdx.x == 0) last = atomicAdd(c, 1) == per_sb - 1;
     __syncthreads();
-    if (!*last || warp != 0) return;
+    if (!last || warp != 0) return;
     __threadfence();  // the other blocks' rows, counted before ours
     const MoeHq& l = a.hq_lay;
     uint8_t* dst = a.hq + t * l.bytes;
@@ -351,15 +358,13 @@ __device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, i
 // Token t's shared expert input into hq: its hidden row as the swiglu op forms it (staged in
 // shared memory), quantized and rotated, and its gate as k_add_gated forms it. A whole block.
 __device__ __forceinline__ void shared_expert_hq(const MoeGateUpArgs& a, int64_t t, uint8_t* sm) {
-    __shared__ float part[32];
     const MoeHq& l = a.hq_lay;
     uint8_t* dst = a.hq + t * l.bytes;
     float* hs = reinterpret_cast<float*>(sm);
-    for (int64_t i = threadIdx.x; i < a.Fs; i += blockDim.x) hs[i] = siluf(a.sg[t * a.sgs + i]) * a.su[t * a.sus + i];
-    const float gate = block_gate(a.gv, a.x + t * a.xs, a.N, part);  // its barriers publish hs
-    quantize_rows_in_block(k_q8_k, hs, 0, 1, a.Fs, dst + l.sq, 0);
+    const float gate = shared_hidden_and_gate(a.se, a.x + t * a.xs, a.N, t, hs);
+    quantize_rows_in_block(k_q8_k, hs, 0, 1, a.se.Fs, dst + l.sq, 0);
     __syncthreads();
-    rotate_rows_in_block(dst + l.sq, 0, 1, a.Fs, dst + l.rot + a.K * a.F);
+    rotate_rows_in_block(dst + l.sq, 0, 1, a.se.Fs, dst + l.rot + a.K * a.F);
     if (threadIdx.x == 0) *reinterpret_cast<float*>(dst + l.gate) = gate;
 }
 
@@ -372,7 +377,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     extern __shared__ __align__(16) uint8_t sm[];
     // with the shared expert, row 0 forms its input (block x for token x): scheduled first, not in
     // a second wave after the slots' blocks (H200, 35B tg128: 315 t/s against 310)
-    const int64_t lead = a.hq && a.Fs ? 1 : 0;
+    const int64_t lead = a.hq && a.se.Fs ? 1 : 0;
     if (blockIdx.y < lead) {
         if (blockIdx.x < a.n_slots / a.K) shared_expert_hq(a, blockIdx.x, sm);
         return;
@@ -399,7 +404,7 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     }
     const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
     if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
-    if (a.hq) quantize_when_complete(a, s, warp, lane, reinterpret_cast<int*>(sm + 4));
+    if (a.hq) quantize_when_complete(a, s, warp, lane);
 }
 
 // k_moe_down for a decode step a lane per super-block (sb_lane): token t's K expert rows of
@@ -429,12 +434,12 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
         o = kk == 0 ? __fmul_rn(y, wts[kk]) : __fadd_rn(o, __fmul_rn(y, wts[kk]));
     }
     if (a.wds) {
-        const int64_t nsbs = a.Fs / 256;
+        const int64_t nsbs = a.se.Fs / 256;
         float y = 0;
         for (int64_t b0 = 0; b0 < nsbs; b0 += per_row) {
             const int64_t b = b0 + li;
             const float cs =
-                b < nsbs ? sb_lane_any(int(a.tds), a.wds + nn * a.rbds, b, in + l.sq, swz_s, a.Fs, 0) : 0.0f;
+                b < nsbs ? sb_lane_any(int(a.tds), a.wds + nn * a.rbds, b, in + l.sq, swz_s, a.se.Fs, 0) : 0.0f;
             const int64_t m = min(int64_t(per_row), nsbs - b0);
             for (int64_t j = 0; j < m; ++j) y += __shfl_sync(0xffffffffu, cs, first + int(j));
         }
@@ -519,7 +524,7 @@ void configure_moe() {
 
 void run_op(cudaStream_t s, const MoeGateUpArgs& a) {
     if (a.sb) {
-        const int64_t rows = a.n_slots + (a.hq && a.Fs ? 1 : 0);  // the shared expert's row first
+        const int64_t rows = a.n_slots + (a.hq && a.se.Fs ? 1 : 0);  // the shared expert's row first
         launch(k_moe_gate_up_sb, dim3(unsigned((a.F + 15) / 16), unsigned(rows)), 256, size_t(a.smem), s, a);
         CU_LAUNCHED();
         return;

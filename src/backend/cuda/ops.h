@@ -89,6 +89,15 @@ struct MoeHq {
     int64_t arb, sq, rot, gate, bytes;
 };
 constexpr int64_t k_moe_counters = 16384;  // super-blocks of hidden rows a decode step's gate/up counts
+// Qwen3.5's gated shared expert as the experts' decode kernels take it in: its hidden row of Fs
+// values, silu(sg[t]) * su[t] (the swiglu op's), and its gate, sigmoid(gv . x[t]) (add_gated's).
+struct SharedExpertIn {
+    const float* sg;
+    int64_t sgs;
+    const float* su;
+    int64_t sus, Fs;
+    const float* gv;
+};
 
 // h[s] = silu(x[t] . gate_e) * (x[t] . up_e) for each slot s = (t, k) of expert e. With
 // route_here the kernel routes token t itself (softmax and top-k of router logits z) and writes
@@ -116,23 +125,17 @@ struct MoeGateUpArgs {
     int64_t sb, swz_off;
     // With hq (sb only, for k_moe_down_sb): the down kernel's inputs, MoeHq's layout a token. The
     // block that completes a super-block of slot s's hidden row (cnt counts them; zero between
-    // launches) quantizes it there. With Fs, block (t, 0) forms token t's shared expert input,
-    // silu(sg[t]) * su[t], and gate, sigmoid(gv . x[t]), as the swiglu and add_gated ops do (the
-    // slots' blocks from row 1 on).
+    // launches) quantizes it there. With se.Fs, block (t, 0) forms token t's shared expert input
+    // and gate there (the slots' blocks from row 1 on).
     uint8_t* hq;
     MoeHq hq_lay;
     int* cnt;
-    const float* sg;
-    int64_t sgs;
-    const float* su;
-    int64_t sus, Fs;
-    const float* gv;
+    SharedExpertIn se;
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
 // row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
-// (decode only) it adds the shared expert as add_gated does: + sigmoid(gv . x[t]) * (silu(sg[t]) *
-// su[t]) . shared down row, the hidden row staged as floats at smem offset sh_f and quantized at
-// sh_q.
+// (decode only) it adds the shared expert (se) as add_gated does: + gate * (hidden row . shared
+// down row), the hidden row staged as floats at smem offset sh_f and quantized at sh_q.
 struct MoeDownArgs {
     int64_t td;
     const uint8_t* wd;
@@ -145,13 +148,10 @@ struct MoeDownArgs {
     int64_t hs, smem;
     float* out;
     int64_t os;
-    const float* sg;
-    int64_t sgs;
-    const float* su;
-    int64_t sus, Fs, tds;
+    SharedExpertIn se;
+    int64_t tds;
     const uint8_t* wds;
     int64_t rbds;
-    const float* gv;
     const float* x;
     int64_t xs, sh_f, sh_q;
     // sb: k_moe_down_sb (Q4_K / Q6_K rows of whole super-blocks), its inputs from hq (lay: MoeHq's
