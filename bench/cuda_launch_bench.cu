@@ -1,7 +1,8 @@
 // Google Benchmark of what a kernel boundary costs on the GPU, apart from any kernel's work: a
 // CUDA graph of a chain of kernels that only wait for the one before (griddepcontrol.wait, as
-// every backend kernel does first), replayed, with and without programmatic dependent launch,
-// for the grid sizes decode steps launch. Time per kernel is the graph's time over its length;
+// every backend kernel does first), replayed, without programmatic dependent launch, with it
+// and the implicit trigger (a block's exit), and with an explicit trigger after or before the
+// wait, for the grid sizes decode steps launch. Time per kernel is the graph's time over its length;
 // a decode step of ~424 kernels cannot be faster than that many boundaries.
 //
 //   build/bigmoe_cuda_launch_bench   (skips, with a message, where no GPU is usable)
@@ -15,9 +16,13 @@ namespace {
 
 // Each block touches one word so the kernel is not empty to the compiler: the chain's data
 // dependence is what the wait is for.
-__global__ void k_link(int* flag) {
+// trigger: 0 none (the next kernel launches as this one's blocks exit), 1 after the wait, 2
+// before it.
+__global__ void k_link(int* flag, int trigger) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (trigger == 2) asm volatile("griddepcontrol.launch_dependents;");
     asm volatile("griddepcontrol.wait;" ::: "memory");
+    if (trigger == 1) asm volatile("griddepcontrol.launch_dependents;");
 #endif
     if (threadIdx.x == 0 && blockIdx.x == 0) ++*flag;
 }
@@ -41,7 +46,8 @@ void chain(benchmark::State& state) {
         return;
     }
     const int len = int(state.range(0)), blocks = int(state.range(1));
-    const bool pdl = state.range(2) != 0;
+    // pdl: 0 off, 1 on with the implicit trigger, 2 on with the trigger after the wait, 3 before.
+    const int pdl = int(state.range(2));
     cudaStream_t s = nullptr;
     int* flag = nullptr;
     cudaGraph_t g = nullptr;
@@ -60,8 +66,9 @@ void chain(benchmark::State& state) {
         attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
         attr[0].val.programmaticStreamSerializationAllowed = 1;
         cfg.attrs = attr;
-        cfg.numAttrs = pdl ? 1 : 0;
-        for (int i = 0; i < len && ok; ++i) ok = cudaLaunchKernelEx(&cfg, k_link, flag) == cudaSuccess;
+        cfg.numAttrs = pdl != 0 ? 1 : 0;
+        const int trigger = pdl >= 2 ? pdl - 1 : 0;
+        for (int i = 0; i < len && ok; ++i) ok = cudaLaunchKernelEx(&cfg, k_link, flag, trigger) == cudaSuccess;
         ok = cudaStreamEndCapture(s, &g) == cudaSuccess && ok && cudaGraphInstantiate(&x, g, 0) == cudaSuccess;
     }
     if (ok) ok = cudaGraphLaunch(x, s) == cudaSuccess && cudaStreamSynchronize(s) == cudaSuccess;  // warm
@@ -90,7 +97,7 @@ void chain(benchmark::State& state) {
 }
 
 void shapes(benchmark::internal::Benchmark* b) {
-    for (int pdl : {1, 0})
+    for (int pdl : {3, 2, 1, 0})
         for (int blocks : {1, 132, 264, 1024}) b->Args({424, blocks, pdl});
     b->ArgNames({"kernels", "blocks", "pdl"});
 }

@@ -592,16 +592,20 @@ TEST_P(Conformance, attention_is_batch_invariant) {
 }
 
 // Routed experts: float and quantized stacks, separate and fused gate/up, more experts than
-// tokens choose (some idle).
+// tokens choose (some idle), router logits with and without exact ties (the lower id wins).
 TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
     const int64_t N = 256, F = 32, E = 8, K = 2, T = 3;
     for (DType t : {DType::F32, DType::Q8_0}) {
-        for (bool fused : {false, true}) {
+        for (int variant = 0; variant < 3; ++variant) {
+            const bool fused = variant == 1, ties = variant == 2;
             auto gate = weight(t, N, F, E), up = weight(t, N, F, E), gate_up = weight(t, N, 2 * F, E),
                  down = weight(DType::F32, F, N, E);
             const MoeWeights m = fused ? MoeWeights{nullptr, nullptr, &down->w, &gate_up->w, E, K, F}
                                        : MoeWeights{&gate->w, &up->w, &down->w, nullptr, E, K, F};
-            const auto x = randoms(rng_, T * N), logits = randoms(rng_, T * E, -3, 3);
+            const auto x = randoms(rng_, T * N);
+            auto logits = randoms(rng_, T * E, -3, 3);
+            if (ties)
+                for (float& v : logits) v = std::round(v / 2);  // -2 .. 2: each token's top 2 mostly tied
             DevTensor dx(*be_, T, N, x), dl(*be_, T, E, logits), out(*be_, T, N);
             be_->moe(dx.t(), dl.t(), m, out.t());
             be_->reset_scratch();
@@ -613,7 +617,7 @@ TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
             // down projection carry (measured up to ~3% of the output's RMS); a wrong expert or
             // weight is off by ~100%
             expect_close(out.get(), want, (t == DType::F32 ? 1e-5 : 6e-2) * rms, 1e-4,
-                         std::string("moe ") + traits(t).name + (fused ? " fused" : ""));
+                         std::string("moe ") + traits(t).name + (fused ? " fused" : "") + (ties ? " ties" : ""));
         }
     }
 }

@@ -155,6 +155,12 @@ __global__ void k_route_serial(RouteArgs a) {
 // Routing of one token by one warp: lane l holds the probabilities of experts l, l + 32, ...;
 // the softmax's sum in double over the lanes in a fixed order, then K rounds of a warp-wide arg
 // max (ties to the lower id). Lane k < K gets the k-th expert and its renormalised weight.
+//
+// The rounds compare the probabilities' bits as ints (they are >= 0, so the ints order as the
+// floats do; -1 marks an expert taken, absent or NaN, none of which a round picks): the warp's
+// largest and then the lowest id holding it are one reduction each, and each lane's 16 candidates
+// are compared side by side rather than in a chain of shuffles (the experts' gate/up kernel waits
+// on this warp).
 constexpr int k_route_per_lane = 16;
 constexpr int64_t k_route_warp_max = 32 * k_route_per_lane;
 __device__ void route_warp(const float* zr, int64_t E, int64_t K, int lane, int32_t* id, float* weight) {
@@ -174,31 +180,32 @@ __device__ void route_warp(const float* zr, int64_t E, int64_t K, int lane, int3
         sum += p[i];
     }
     const float inv = float(1.0 / warp_sum(sum));
-    uint32_t taken = 0;
+    int key[k_route_per_lane];
 #pragma unroll
-    for (int i = 0; i < k_route_per_lane; ++i) p[i] *= inv;
+    for (int i = 0; i < k_route_per_lane; ++i) {
+        p[i] *= inv;
+        key[i] = lane + 32 * i < E && p[i] == p[i] ? __float_as_int(p[i]) : -1;
+    }
     float wsum = 0, mine_w = 0;
     int32_t mine_id = 0;
     for (int64_t k = 0; k < K; ++k) {
-        float best = -1.0f;
-        int32_t best_id = INT32_MAX;
+        int m[k_route_per_lane / 2];
 #pragma unroll
-        for (int i = 0; i < k_route_per_lane; ++i) {
-            const int32_t e = lane + 32 * i;
-            if (e < E && !(taken >> i & 1u) && p[i] > best) {
-                best = p[i];
-                best_id = e;
-            }
-        }
-        for (int o = 16; o > 0; o >>= 1) {
-            const float ob = __shfl_xor_sync(0xffffffffu, best, o);
-            const int32_t oi = __shfl_xor_sync(0xffffffffu, best_id, o);
-            if (ob > best || (ob == best && oi < best_id)) {
-                best = ob;
-                best_id = oi;
-            }
-        }
-        if (best_id % 32 == lane) taken |= 1u << (best_id / 32);
+        for (int i = 0; i < k_route_per_lane / 2; ++i) m[i] = max(key[i], key[i + k_route_per_lane / 2]);
+#pragma unroll
+        for (int w = k_route_per_lane / 4; w > 0; w /= 2)
+#pragma unroll
+            for (int i = 0; i < w; ++i) m[i] = max(m[i], m[i + w]);
+        const int top = warp_max_i32(m[0]);
+        int lowest = INT32_MAX;
+#pragma unroll
+        for (int i = k_route_per_lane - 1; i >= 0; --i)
+            if (key[i] == top) lowest = lane + 32 * i;
+        const int32_t best_id = top < 0 ? INT32_MAX : warp_min_i32(lowest);
+        const float best = top < 0 ? -1.0f : __int_as_float(top);
+#pragma unroll
+        for (int i = 0; i < k_route_per_lane; ++i)
+            if (lane + 32 * i == best_id) key[i] = -1;
         if (k == lane) {
             mine_w = best;
             mine_id = best_id;
