@@ -341,10 +341,11 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
 // The 16 blocks of 16 rows that form a super-block of slot s's hidden row count themselves in
 // a.cnt; the last quantizes it into hq (its Q8_K block, then its rotated quants) and sets the
 // count back to zero. The bits are quantize_rows_in_block's and rotate_rows_in_block's.
-__device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, int64_t s, int warp, int lane) {
+__device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, int64_t s, int64_t grp, int warp,
+                                                       int lane) {
     __shared__ int last;
     constexpr int per_sb = 256 / 16;
-    const int64_t j = blockIdx.x / per_sb, nsb = a.F / 256, t = s / a.K, k = s % a.K;
+    const int64_t j = grp / per_sb, nsb = a.F / 256, t = s / a.K, k = s % a.K;
     int* c = a.cnt + s * nsb + j;
     __threadfence();  // this block's rows of h before its count
     __syncthreads();
@@ -378,7 +379,8 @@ __device__ __forceinline__ void shared_expert_hq(const MoeGateUpArgs& a, int64_t
 // k_moe_gate_up for a decode step a lane per super-block (sb_lane): a warp takes rows f and f + 1
 // of slot s's expert, lanes 0-7 / 16-23 on the gate rows' super-blocks and 8-15 / 24-31 on the
 // up rows' (8 at a time), each row folded in super-block order: k_moe_gate_up's bits. The
-// rotated copy of the quantized input lies at swz_off.
+// rotated copy of the quantized input lies at swz_off. A block takes groups of 16 rows gridDim.x
+// apart, quantizing and routing once for all of them.
 __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -386,7 +388,10 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     // a second wave after the slots' blocks (H200, 35B tg128: 315 t/s against 310)
     const int64_t lead = a.hq && a.se.Fs ? 1 : 0;
     if (blockIdx.y < lead) {
-        if (blockIdx.x < a.n_slots / a.K) shared_expert_hq(a, blockIdx.x, sm);
+        for (int64_t t = blockIdx.x; t < a.n_slots / a.K; t += gridDim.x) {
+            if (t > blockIdx.x) __syncthreads();  // the staged row is read before the next takes its place
+            shared_expert_hq(a, t, sm);
+        }
         return;
     }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -399,19 +404,21 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     uint8_t* swz = sm + a.swz_off;
     rotate_rows_in_block(q, 0, 1, N, swz);
     __syncthreads();
-    const int64_t f = (int64_t(blockIdx.x) * 8 + warp) * 2 + lane / 16, ff = min(f, a.F - 1);
     const bool up = lane & 8;
     const int64_t e = *slot_expert, nsb = N / 256;
-    const uint8_t* row = up ? a.wu + e * a.ebu + (a.up_off + ff) * a.rbu : a.wg + e * a.ebg + ff * a.rbg;
     const int type = int(up ? a.tu : a.tg), first = lane & ~7;
-    float acc = 0;
-    for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
-        const int64_t b = b0 + lane % 8;
-        fold8(acc, b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f, first, int(min(int64_t(8), nsb - b0)));
+    for (int64_t grp = blockIdx.x; grp * 16 < a.F; grp += gridDim.x) {
+        const int64_t f = (grp * 8 + warp) * 2 + lane / 16, ff = min(f, a.F - 1);
+        const uint8_t* row = up ? a.wu + e * a.ebu + (a.up_off + ff) * a.rbu : a.wg + e * a.ebg + ff * a.rbg;
+        float acc = 0;
+        for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
+            const int64_t b = b0 + lane % 8;
+            fold8(acc, b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f, first, int(min(int64_t(8), nsb - b0)));
+        }
+        const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
+        if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
+        if (a.hq) quantize_when_complete(a, s, grp, warp, lane);
     }
-    const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
-    if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
-    if (a.hq) quantize_when_complete(a, s, warp, lane);
 }
 
 // k_moe_down for a decode step a lane per super-block (sb_lane): token t's K expert rows of
@@ -454,7 +461,6 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
     }
     if (li == 0 && n < a.N) a.out[t * a.os + n] = o;
 }
-
 }  // namespace
 
 void run_op(cudaStream_t s, const RouteArgs& a) {
@@ -532,7 +538,8 @@ void configure_moe() {
 void run_op(cudaStream_t s, const MoeGateUpArgs& a) {
     if (a.sb) {
         const int64_t rows = a.n_slots + (a.hq && a.se.Fs ? 1 : 0);  // the shared expert's row first
-        launch(k_moe_gate_up_sb, dim3(unsigned((a.F + 15) / 16), unsigned(rows)), 256, size_t(a.smem), s, a);
+        const int64_t gx = a.gx > 0 ? a.gx : (a.F + 15) / 16;
+        launch(k_moe_gate_up_sb, dim3(unsigned(gx), unsigned(rows)), 256, size_t(a.smem), s, a);
         CU_LAUNCHED();
         return;
     }

@@ -131,6 +131,8 @@ struct MoeGateUpArgs {
     MoeHq hq_lay;
     int* cnt;
     SharedExpertIn se;
+    // sb: blocks across the rows (each takes groups of 16 rows gx apart; 0: one a group)
+    int64_t gx;
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
 // row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
