@@ -938,8 +938,9 @@ constexpr int k_merge_ahead = 32;
 
 __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionArgs a) {
     pdl_enter();
-    __shared__ float snm[k_merge_window], snl[k_merge_window], sprev[k_merge_window], sfa[k_merge_window],
-        sfb[k_merge_window];
+    // each chunk's maximum and mass, the total's maximum before and after it, its two factors
+    __shared__ float snm[k_merge_window], snl[k_merge_window], sprev[k_merge_window], smx[k_merge_window],
+        sfa[k_merge_window], sfb[k_merge_window];
     __shared__ int smode[k_merge_window];
     __shared__ float s_tm;
     __shared__ int s_seen;
@@ -980,7 +981,7 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
                 smode[c] = mode;
                 if (mode == 1) tm = nm;
                 if (mode == 2) tm = fmaxf(tm, nm);
-                snm[c] = mode == 2 ? tm : nm;  // mode 2: the new maximum
+                smx[c] = tm;
                 seen |= mode != 0;
             }
             s_tm = tm;
@@ -989,9 +990,8 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
         __syncthreads();
         for (int c = tid; c < nw; c += k_merge_threads)
             if (smode[c] == 2) {
-                const float mx = snm[c];
-                sfa[c] = expf(__fsub_rn(sprev[c], mx));
-                sfb[c] = expf(__fsub_rn(wsrc[c * rs], mx));
+                sfa[c] = expf(__fsub_rn(sprev[c], smx[c]));
+                sfb[c] = expf(__fsub_rn(snm[c], smx[c]));
             }
         __syncthreads();
         for (int c0 = 0; c0 < nw; c0 += k_merge_ahead) {
