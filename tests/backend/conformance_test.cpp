@@ -547,11 +547,16 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
 
 // Tokens appended one at a time give the bits of the same tokens appended together, and of the
 // same tokens beside a second sequence in one call; at depth 66000 a token's split chunks (more
-// than a GPU's merge holds at once) too.
+// than a GPU's merge holds at once) too. Head size 256 with 8 query heads a KV head: the Qwen3.5
+// models' attention, more queries a tile than one prefill block holds.
 TEST_P(Conformance, attention_is_batch_invariant) {
-    const int64_t H = 8, Hkv = 2, D = 32, T = 37;
-    const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
-    for (int64_t depth : {5, 1200, 66000}) {
+    struct Case {
+        int64_t H, Hkv, D, depth;
+    };
+    for (const Case cs :
+         {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3}, Case{16, 2, 256, 700}}) {
+        const int64_t H = cs.H, Hkv = cs.Hkv, D = cs.D, T = 37, depth = cs.depth;
+        const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
         const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
                    v = randoms(rng_, T * Hkv * D, -2, 2);
         DevTensor dq(*be_, T, H * D, q), dk(*be_, T, Hkv * D, k), dv(*be_, T, Hkv * D, v);

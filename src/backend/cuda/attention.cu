@@ -4,6 +4,7 @@
 #include <cuda_pipeline.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "backend/cuda/ops.h"
 
@@ -287,7 +288,8 @@ __device__ __forceinline__ float4 kv_load4(const uint8_t* row, int t, int64_t of
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
 //   the weights go in as two f16 parts (w = hi + lo), so the values' products keep float
-//   precision.
+//   precision. Prefill (attention_fa) and decode (attention_mma) lay the work out differently
+//   with the same operations per query.
 // - any other types: each tile of K, then of V, is dequantized into floats once and read by all
 //   32 queries; scores a thread per (key, 8 queries), four d at a time; values a warp per 4
 //   queries, a lane per 4 (or 8) d.
@@ -295,7 +297,7 @@ constexpr int k_att_q = int(k_att_queries);
 constexpr int k_att_kt = 64;  // keys per tile
 constexpr int k_att_threads = 256;
 constexpr int k_att_sp = 36;   // the scores' row stride in shared memory (padded against bank conflicts)
-constexpr int k_attm_q = 64;   // queries of a tensor-core block (but decode's: k_att_q)
+constexpr int k_attm_q = 64;   // queries of a prefill tensor-core block (decode's: k_att_q)
 constexpr int k_attm_sp = 68;  // its scores' row stride ([query][key])
 constexpr int k_attm_ps = 72;  // its weights' row stride (f16 halves [query][key], rows 16 bytes apart modulo 128)
 
@@ -479,16 +481,13 @@ __device__ __forceinline__ void mma_f16_16x8x16(float (&c)[4], const uint32_t (&
     (void)c, (void)a, (void)b0, (void)b1;
 #endif
 }
-// The block's 64 queries (QB = 4, 16 warps; 64 share each staged tile, where 32 left the cache's
-// traffic the bound at depth) or up to 8 (QB = 1, decode) in blocks of 16 rows. Scores: warp w
-// takes query block w / 4 and key blocks 2 (w % 4), + 1 (QB = 1: key block w). Values: the same
-// query block and d in pairs of 8-column blocks, pairs w % 4, + 4, ... (QB = 1: w, w + 8).
-template <int QB, int QPW>
+// Decode's tensor-core form: up to 8 queries (one block of 16 rows) on 8 warps. Scores: warp w
+// takes key block w; weights: warp w query w; values: d in pairs of 8-column blocks, pairs w,
+// w + 8.
 __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
-    static_assert(QB == 1 || QB == 4);
-    constexpr int NT = QB == 4 ? 512 : 256, BQ = QB == 4 ? k_attm_q : k_att_q, SP = k_attm_sp;
-    constexpr int NP = QB == 4 ? 4 : 2;   // pairs of 8 d a warp holds (D <= 256)
-    constexpr int KBW = QB == 4 ? 2 : 1;  // key blocks of 8 a warp scores
+    constexpr int NT = 256, BQ = k_att_q, SP = k_attm_sp;
+    constexpr int NP = 2;   // pairs of 8 d a warp holds (D <= 256)
+    constexpr int QPW = 1;  // queries a warp weighs
     const int64_t D = k.D;
     const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
     const int qs = int(D) + 8;  // halves a staged query takes (rows 16 bytes apart modulo 128: no bank conflicts)
@@ -511,10 +510,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     for (int i = tid; i < BQ * k_attm_ps; i += NT) ph[i] = pl[i] = __float2half_rn(0.0f);
     __syncthreads();
 
-    const int qb = QB == 4 ? warp >> 2 : 0;
-    const int kb = QB == 4 ? (warp & 3) * 2 : warp;
-    const int pw = QB == 4 ? warp & 3 : warp, pstep = QB == 4 ? 4 : 8, npairs = int(D / 16);
-    const int r0 = qb * 16 + g, r1 = r0 + 8;  // this thread's rows of values
+    const int kb = warp, pw = warp, pstep = 8, npairs = int(D / 16);
+    const int r0 = g, r1 = r0 + 8;  // this thread's rows of values
     // f(i, h, d) for this thread's values of a row: pair pw + pstep i, 8-column block h, columns
     // d and d + 1
     auto each_value_pair = [&](auto f) {
@@ -529,16 +526,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     const bool w_any = spos[warp * QPW] >= 0;
     float m[QPW], l[QPW];
     float o[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
-    // The merged chunks so far: prefill keeps them in shared memory (a thread's own values, touched
-    // at chunk ends only: 32 registers fewer), decode in registers.
-    float ta_r[QB == 4 ? 1 : NP][2][4];
-    float* const tas = sml + 2 * BQ;
-    auto ta = [&](int i, int h, int e) -> float& {
-        if constexpr (QB == 4)
-            return tas[((i * 2 + h) * 4 + e) * NT + tid];
-        else
-            return ta_r[i][h][e];
-    };
+    float ta_r[NP][2][4];  // the merged chunks so far
+    auto ta = [&](int i, int h, int e) -> float& { return ta_r[i][h][e]; };
 #pragma unroll
     for (int i = 0; i < NP; ++i)
 #pragma unroll
@@ -561,37 +550,23 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
         {
-            float sc[KBW][4];
-#pragma unroll
-            for (int j = 0; j < KBW; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
-            const __half* qa = sqh + (qb * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
-            const uint8_t* ka = rawk + ((kb + (lane >> 4)) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+            float sc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+            const __half* qa = sqh + (lane & 15) * qs + (lane >> 4) * 8;
+            const uint8_t* ka = rawk + (kb * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
 #pragma unroll 4
             for (int ds = 0; ds < int(D) / 16; ++ds) {
-                uint32_t af[4];
+                uint32_t af[4], bf[2];
                 ldsm_x4<false>(af, qa + 16 * ds);
-                if constexpr (KBW == 2) {
-                    uint32_t bf[4];
-                    ldsm_x4<false>(bf, ka + 32 * ds);
-                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
-                    mma_f16_16x8x16(sc[1], af, bf[2], bf[3]);
-                } else {
-                    uint32_t bf[2];
-                    ldsm_x2(bf, ka + 32 * ds);
-                    mma_f16_16x8x16(sc[0], af, bf[0], bf[1]);
-                }
+                ldsm_x2(bf, ka + 32 * ds);
+                mma_f16_16x8x16(sc, af, bf[0], bf[1]);
             }
 #pragma unroll
-            for (int j = 0; j < KBW; ++j)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int key = (kb + j) * 8 + 2 * tq + (e & 1), q = e < 2 ? r0 : r1;
-                    const int pos = spos[q];
-                    // a block's unused query rows weigh zero, so their values stay finite
-                    sp[q * SP + key] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[j][e], scale) : -INFINITY;
-                }
+            for (int e = 0; e < 4; ++e) {
+                const int key = kb * 8 + 2 * tq + (e & 1), q = e < 2 ? r0 : r1;
+                const int pos = spos[q];
+                // a block's unused query rows weigh zero, so their values stay finite
+                sp[q * SP + key] = pos < 0 ? 0.0f : k0 + key <= pos ? __fmul_rn(sc[e], scale) : -INFINITY;
+            }
         }
         __syncthreads();  // scores written, K read
         k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k1, true);
@@ -619,7 +594,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
             for (int ks = 0; ks < k_att_kt / 16; ++ks) {
                 if (16 * ks >= n_k) break;
                 uint32_t hi[4], lo[4];
-                const int pa = (qb * 16 + (lane & 15)) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
+                const int pa = (lane & 15) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
                 ldsm_x4<false>(hi, ph + pa);
                 ldsm_x4<false>(lo, pl + pa);
                 const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
@@ -693,6 +668,280 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     }
 }
 
+// ---- the prefill tensor-core form: a warp per 16 queries over whole tiles
+
+// attention_mma's arithmetic with a warp owning 16 queries over every key of a tile and every
+// value of d: the scores stay in the mma accumulators, the softmax runs in registers (a row's 64
+// keys: 16 a thread, then the 4 threads of the row), and the weights' f16 parts are the values'
+// products' A fragments as they stand. Each score, maximum, mass and value is formed by the same
+// operations in the same order as attention_mma forms it (its butterfly sum over 32 lanes of key
+// pairs 2 lane, 2 lane + 1 is this thread's pairs 4 j + tq folded j ^ 4, j ^ 2, j ^ 1, then
+// across tq ^ 2, tq ^ 1), so a query has the same bits in this form and in decode's. Eight warps
+// share each staged tile; the merged chunks live in shared memory (64 values a thread).
+// Two warps share each 16 queries (DS), both forming the scores and weights and each taking
+// every other pair of 8-column blocks of d: a warp holding all of d would need more than 255
+// registers a thread.
+constexpr int k_attf_ds = 2;
+constexpr int k_attf_threads = 128 * k_attf_ds;
+constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks of d
+
+__device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
+    constexpr int DS = k_attf_ds, NT = k_attf_threads, BQ = k_attm_q, NP = k_attf_pairs / DS;
+    const int64_t D = k.D;
+    const int tid = threadIdx.x, warp = tid % 128 / 32, dh = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
+    const int qs = int(D) + 8;
+    uint8_t* rawk = smem;
+    uint8_t* rawv = rawk + k_att_kt * k.stk;
+    __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
+    int* spos = reinterpret_cast<int*>(sqh + BQ * qs);
+    float* tas = reinterpret_cast<float*>(spos + BQ);  // [NP][2][4][NT]: the merged chunks
+    const float scale = float(a.scale);
+    for (int64_t i = tid; i < BQ * D; i += NT) {
+        const int64_t j = i / D, d = i % D;
+        sqh[j * qs + d] = __float2half_rn(k.q0 + j < k.nq ? a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d] : 0.0f);
+    }
+    if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
+    __syncthreads();
+
+    const int npairs = int(D / 16);
+    auto pair = [&](int i) { return DS * i + dh; };  // this thread's i-th pair
+    const int r0 = warp * 16 + g, r1 = r0 + 8;
+    const int pos0 = spos[r0], pos1 = spos[r1];
+    const bool w_any = spos[warp * 16] >= 0;
+    // the earliest position of the warp's rows (-1 when a row holds no query): tiles at or below
+    // it need no causal mask
+    int wmin = min(pos0, pos1);
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
+    auto ta = [&](int i, int h, int e) -> float& { return tas[((i * 2 + h) * 4 + e) * NT + tid]; };
+    float o[NP][2][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    float tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < NP; ++i)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
+
+    const __half* qa = sqh + (warp * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
+    const uint8_t* ka = rawk + ((lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+    const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
+    // Starts copying a tile's rows of K or V (f16 heads start 32-byte aligned: no realignment);
+    // rows past the last key are zeros, as the tensor cores read whole steps of 16 keys.
+    const int pieces = int(D) / 8;  // 16-byte pieces of a head's row
+    // When a row's pieces divide a warp: this thread's piece and first row, and the rows a pass
+    // of the block covers (a whole tile then takes a few copies a thread, no divisions).
+    const bool even = 32 % pieces == 0;
+    const int my_row = even ? tid / pieces : 0, my_piece = even ? tid % pieces : 0, pass = even ? NT / pieces : 0;
+    auto stage = [&](uint8_t* raw, const uint8_t* mem, int rb, int st, int k0) {
+        if (k0 >= 0) {
+            const int n_keys = min(k_att_kt, k.last + 1 - k0);
+            const uint8_t* src = mem + int64_t(k0) * rb;
+            if (even && n_keys == k_att_kt) {
+                const uint8_t* sp = src + int64_t(my_row) * rb + 16 * my_piece;
+                uint8_t* dp = raw + my_row * st + 16 * my_piece;
+                for (int r = my_row; r < k_att_kt; r += pass) {
+                    __pipeline_memcpy_async(dp, sp, 16);
+                    sp += int64_t(pass) * rb;
+                    dp += pass * st;
+                }
+                __pipeline_commit();
+                return;
+            }
+            for (int r = tid / 32; r < k_att_kt; r += NT / 32)
+                for (int c = lane; c < pieces; c += 32) {
+                    uint8_t* dst = raw + r * st + 16 * c;
+                    if (r < n_keys)
+                        __pipeline_memcpy_async(dst, src + int64_t(r) * rb + 16 * c, 16);
+                    else
+                        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+                }
+        }
+        __pipeline_commit();
+    };
+    int k0 = k.first_tile();
+    stage(rawk, k.kmem, k.rk, k.stk, k0);
+    stage(rawv, k.vmem, k.rv, k.stv, k0);
+    while (k0 >= 0) {
+        const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
+        const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
+        const int n_k = min(k_att_kt, k.last + 1 - k0);
+        __pipeline_wait_prior(1);  // this tile's K
+        __syncthreads();
+        float sc[8][4];
+#pragma unroll
+        for (int j = 0; j < 8; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
+        if (w_any) {
+            // the next 16 d's fragments load while this step's products run
+            uint32_t af[2][4], bf[2][4][4];
+            auto load = [&](int ds, int b) {
+                ldsm_x4<false>(af[b], qa + 16 * ds);
+#pragma unroll
+                for (int j = 0; j < 4; ++j) ldsm_x4<false>(bf[b][j], ka + 16 * j * k.stk + 32 * ds);
+            };
+            auto step = [&](int b) {
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    mma_f16_16x8x16(sc[2 * j], af[b], bf[b][j][0], bf[b][j][1]);
+                    mma_f16_16x8x16(sc[2 * j + 1], af[b], bf[b][j][2], bf[b][j][3]);
+                }
+            };
+            const int steps = int(D) / 16;
+            load(0, 0);
+            for (int ds = 0; ds < steps; ds += 2) {
+                if (ds + 1 < steps) load(ds + 1, 1);
+                step(0);
+                if (ds + 1 >= steps) break;
+                if (ds + 2 < steps) load(ds + 2, 0);
+                step(1);
+            }
+        }
+        __syncthreads();  // K read
+        stage(rawk, k.kmem, k.rk, k.stk, k1);
+        // The scores become the tile's weights in place, without branches: a row that sees none
+        // of the tile's keys (maximum -inf) gets weights exp(-inf) = 0, rescale 1 and mass
+        // l * 1 + 0 = l, as attention_mma leaves it.
+        const bool full = k0 + k_att_kt - 1 <= wmin;  // the same for the whole warp
+        float corr[2];
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            const int pos = rr == 0 ? pos0 : pos1;
+            float mx = -INFINITY;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
+                    float v = __fmul_rn(sc[j][e], scale);
+                    // a block's unused query rows weigh zero, so their values stay finite
+                    if (!full) v = pos < 0 ? 0.0f : k0 + 8 * j + 2 * tq + (e & 1) <= pos ? v : -INFINITY;
+                    sc[j][e] = v;
+                    mx = fmaxf(mx, v);
+                }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+            const float nm = fmaxf(m[rr], mx), base = nm == -INFINITY ? 0.0f : nm;
+#pragma unroll
+            for (int j = 0; j < 8; ++j)
+#pragma unroll
+                for (int e = 2 * rr; e < 2 * rr + 2; ++e) sc[j][e] = __expf(__fsub_rn(sc[j][e], base));
+            float x[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j)
+                x[j] = __fadd_rn(__fadd_rn(sc[j][2 * rr], sc[j][2 * rr + 1]),
+                                 __fadd_rn(sc[j + 4][2 * rr], sc[j + 4][2 * rr + 1]));
+            float sum = __fadd_rn(__fadd_rn(x[0], x[2]), __fadd_rn(x[1], x[3]));
+            sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
+            sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
+            corr[rr] = mx == -INFINITY ? 1.0f : __expf(__fsub_rn(m[rr], nm));
+            l[rr] = __fadd_rn(__fmul_rn(l[rr], corr[rr]), sum);
+            m[rr] = nm;
+        }
+        __pipeline_wait_prior(1);  // this tile's V
+        __syncthreads();
+        if (w_any) {
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = __fmul_rn(o[i][h][e], corr[e >> 1]);
+            // WHOLE: every key of the tile and every pair of d, without the bounds' branches, so
+            // the fragments' loads can run ahead of the products
+            auto values = [&](auto whole) {
+                constexpr bool WHOLE = decltype(whole)::value;
+#pragma unroll
+                for (int ks = 0; ks < k_att_kt / 16; ++ks) {
+                    if (!WHOLE && 16 * ks >= n_k) break;
+                    // the weights' f16 parts as the A fragments: rows g, g + 8 of key blocks 2 ks, + 1
+                    uint32_t hi[4], lo[4];
+#pragma unroll
+                    for (int f = 0; f < 4; ++f) {
+                        const float* w = sc[2 * ks + (f >> 1)] + 2 * (f & 1);
+                        split_pair(w[0], w[1], hi[f], lo[f]);
+                    }
+#pragma unroll
+                    for (int i = 0; i < NP; ++i) {
+                        if (!WHOLE && pair(i) >= npairs) break;
+                        uint32_t bf[4];
+                        ldsm_x4<true>(bf, va + 16 * ks * k.stv + 32 * pair(i));
+                        mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
+                        mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
+                        mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
+                        mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                    }
+                }
+            };
+            if (n_k == k_att_kt && npairs == DS * NP)
+                values(std::true_type{});
+            else
+                values(std::false_type{});
+        }
+        __syncthreads();  // V read
+        stage(rawv, k.vmem, k.rv, k.stv, k1);
+        if (chunk_end) {
+#pragma unroll
+            for (int rr = 0; rr < 2; ++rr) {
+                const int q = rr == 0 ? r0 : r1;
+                if (k.q0 + q >= k.nq) continue;
+                if (a.part) {  // this chunk's partial, for k_attention_merge
+                    float* out = a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
+                    if (tq == 0 && dh == 0) {
+                        out[0] = m[rr];
+                        out[1] = l[rr];
+                    }
+#pragma unroll
+                    for (int i = 0; i < NP; ++i) {
+                        if (pair(i) >= npairs) break;
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+                            *reinterpret_cast<float2*>(out + 4 + 16 * pair(i) + 8 * h + 2 * tq) =
+                                make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
+                    }
+                } else {
+                    const AttMergeStep s = att_merge_scalars(tm[rr], tl[rr], m[rr], l[rr]);
+#pragma unroll
+                    for (int i = 0; i < NP; ++i)
+#pragma unroll
+                        for (int h = 0; h < 2; ++h)
+#pragma unroll
+                            for (int e = 0; e < 2; ++e)
+                                ta(i, h, 2 * rr + e) = att_merge_value(s, ta(i, h, 2 * rr + e), o[i][h][2 * rr + e]);
+                }
+            }
+#pragma unroll
+            for (int i = 0; i < NP; ++i)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 4; ++e) o[i][h][e] = 0.0f;
+            m[0] = m[1] = -INFINITY;
+            l[0] = l[1] = 0.0f;
+        }
+        k0 = k1;
+    }
+    __pipeline_wait_prior(0);
+    if (a.part) return;
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int q = rr == 0 ? r0 : r1;
+        if (k.q0 + q >= k.nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[rr]);
+        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+#pragma unroll
+        for (int i = 0; i < NP; ++i) {
+            if (pair(i) >= npairs) break;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int d = 16 * pair(i) + 8 * h + 2 * tq;
+                *reinterpret_cast<float2*>(out + d) =
+                    make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
+            }
+        }
+    }
+}
+
 // The block's queries, cache and tiles; false when it has nothing to do or its span takes the
 // other form of the products (a launch with spans of both forms runs both kernels).
 __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {
@@ -725,15 +974,20 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
     return true;
 }
 
-// QB query blocks of 16 and QPW queries a warp for the weights: 64 queries on 16 warps, one
-// block an SM (128 registers a thread), or decode's up to 8 on 8 warps, two blocks an SM.
-template <int QB, int QPW>
-__global__ void __launch_bounds__(QB == 4 ? 512 : 256, QB == 4 ? 1 : 2) k_attention_mma(AttentionArgs a) {
+// Decode's tensor-core blocks: up to 8 queries on 8 warps, two blocks an SM.
+__global__ void __launch_bounds__(256, 2) k_attention_mma(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    if (att_setup(a, true, QB == 4 ? k_attm_q : k_att_q, a.passes_mma, k))
-        attention_mma<QB, QPW>(a, k, reinterpret_cast<uint8_t*>(smem4));
+    if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma(a, k, reinterpret_cast<uint8_t*>(smem4));
+}
+
+// Prefill's tensor-core blocks: 64 queries on 8 warps, one block an SM (shared memory).
+__global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(AttentionArgs a) {
+    pdl_enter();
+    extern __shared__ float4 smem4[];
+    AttBlock k;
+    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
@@ -1015,12 +1269,17 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
 
 }  // namespace
 
-// A tensor-core block's: staged tiles, f16 queries, scores, weights' two parts, per-query scalars,
-// and for prefill the merged chunks (32 values a thread).
-size_t attention_mma_smem(int64_t D, bool decode) {
-    const int64_t bq = decode ? k_att_q : k_attm_q;
-    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + bq * (D + 8) * 2 + 2 * bq * k_attm_ps * 2) +
-           size_t(bq * k_attm_sp + 4 * bq + (decode ? 0 : 32 * 512)) * sizeof(float);
+// A decode tensor-core block's: staged tiles, f16 queries, scores, weights' two parts, per-query
+// scalars.
+size_t attention_mma_smem(int64_t D) {
+    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_att_q * (D + 8) * 2 + 2 * k_att_q * k_attm_ps * 2) +
+           size_t(k_att_q * k_attm_sp + 4 * k_att_q) * sizeof(float);
+}
+
+// attention_fa's: staged tiles, f16 queries, positions, the merged chunks.
+size_t attention_fa_smem(int64_t D) {
+    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
+           size_t(k_attm_q + k_attm_q * k_att_max_d) * sizeof(float);
 }
 
 size_t attention_smem(int64_t D, int type_k, int type_v) {
@@ -1034,10 +1293,10 @@ void configure_attention() {
         for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
-    CU(cudaFuncSetAttribute(k_attention_mma<1, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(attention_mma_smem(k_att_max_d, true))));
-    CU(cudaFuncSetAttribute(k_attention_mma<4, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(attention_mma_smem(k_att_max_d, false))));
+    CU(cudaFuncSetAttribute(k_attention_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d))));
+    CU(cudaFuncSetAttribute(k_attention_fa, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_fa_smem(k_att_max_d))));
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
@@ -1054,9 +1313,9 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
     if (a.any_mma) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
         if (a.most_queries <= 8)
-            launch(k_attention_mma<1, 1>, gm, 256, attention_mma_smem(a.D, true), s, a);
+            launch(k_attention_mma, gm, 256, attention_mma_smem(a.D), s, a);
         else
-            launch(k_attention_mma<4, 4>, gm, 512, attention_mma_smem(a.D, false), s, a);
+            launch(k_attention_fa, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
         CU_LAUNCHED();
     }
     if (a.part) {
