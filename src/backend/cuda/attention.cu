@@ -695,6 +695,11 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
     int* spos = reinterpret_cast<int*>(sqh + BQ * qs);
     float* tas = reinterpret_cast<float*>(spos + BQ);  // [NP][2][4][NT]: the merged chunks
+    // what the two warps of 16 queries exchange a tile, [pair][half][...][lane]: row maxima,
+    // the key pairs' sums, the weights' f16 parts
+    float* xm = tas + NP * 8 * NT;
+    float* xs = xm + 4 * 2 * 2 * 32;
+    uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * 8 * 32);
     const float scale = float(a.scale);
     for (int64_t i = tid; i < BQ * D; i += NT) {
         const int64_t j = i / D, d = i % D;
@@ -724,7 +729,13 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
             for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
 
     const __half* qa = sqh + (warp * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
-    const uint8_t* ka = rawk + ((lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+    const uint8_t* ka = rawk + (32 * dh + (lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
+    const int rg = warp;  // the warps of one 16 queries: rg and rg + 4
+    auto pair_sync = [&]() { asm volatile("bar.sync %0, 64;" ::"r"(1 + rg) : "memory"); };
+    float* const my_xm = xm + (rg * 2 + dh) * 64 + lane;
+    float* const my_xs = xs + (rg * 2 + dh) * 256 + lane;
+    uint32_t* const my_xp = xp + (rg * 2 + dh) * 512 + lane;
+    const int other = (rg * 2 + (dh ^ 1)) - (rg * 2 + dh);  // the other half's buffers, in its units
     const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
     // Starts copying a tile's rows of K or V (f16 heads start 32-byte aligned: no realignment);
     // rows past the last key are zeros, as the tensor cores read whole steps of 16 keys.
@@ -768,22 +779,23 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         const int n_k = min(k_att_kt, k.last + 1 - k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
-        float sc[8][4];
+        // this warp's half of the tile's keys: key blocks 4 dh .. 4 dh + 3
+        float sc[4][4];
 #pragma unroll
-        for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int e = 0; e < 4; ++e) sc[j][e] = 0.0f;
         if (w_any) {
             // the next 16 d's fragments load while this step's products run
-            uint32_t af[2][4], bf[2][4][4];
+            uint32_t af[2][4], bf[2][2][4];
             auto load = [&](int ds, int b) {
                 ldsm_x4<false>(af[b], qa + 16 * ds);
 #pragma unroll
-                for (int j = 0; j < 4; ++j) ldsm_x4<false>(bf[b][j], ka + 16 * j * k.stk + 32 * ds);
+                for (int j = 0; j < 2; ++j) ldsm_x4<false>(bf[b][j], ka + 16 * j * k.stk + 32 * ds);
             };
             auto step = [&](int b) {
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
+                for (int j = 0; j < 2; ++j) {
                     mma_f16_16x8x16(sc[2 * j], af[b], bf[b][j][0], bf[b][j][1]);
                     mma_f16_16x8x16(sc[2 * j + 1], af[b], bf[b][j][2], bf[b][j][3]);
                 }
@@ -802,41 +814,73 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         stage(rawk, k.kmem, k.rk, k.stk, k1);
         // The scores become the tile's weights in place, without branches: a row that sees none
         // of the tile's keys (maximum -inf) gets weights exp(-inf) = 0, rescale 1 and mass
-        // l * 1 + 0 = l, as attention_mma leaves it.
+        // l * 1 + 0 = l, as attention_mma leaves it. The row's maximum and the key pairs' sums
+        // combine the two halves (max and + commute, so both warps get the same bits), and each
+        // warp takes the other's weights for its values' products.
         const bool full = k0 + k_att_kt - 1 <= wmin;  // the same for the whole warp
-        float corr[2];
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int pos = e < 2 ? pos0 : pos1;
+                float v = __fmul_rn(sc[j][e], scale);
+                // a block's unused query rows weigh zero, so their values stay finite
+                if (!full) v = pos < 0 ? 0.0f : k0 + 32 * dh + 8 * j + 2 * tq + (e & 1) <= pos ? v : -INFINITY;
+                sc[j][e] = v;
+                mx[e >> 1] = fmaxf(mx[e >> 1], v);
+            }
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            const int pos = rr == 0 ? pos0 : pos1;
-            float mx = -INFINITY;
+            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+            my_xm[32 * rr] = mx[rr];
+        }
+        pair_sync();
+        float nm[2], corr[2], x[2][4];
+        // the weights' f16 parts: [key block][hi g, hi g + 8, lo g, lo g + 8], this warp's keys
+        // and the other warp's, then the tile's first and second halves
+        uint32_t pm[4][4], po[4][4], p0[4][4], p1[4][4];
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
+        for (int rr = 0; rr < 2; ++rr) {
+            mx[rr] = fmaxf(mx[rr], my_xm[64 * other + 32 * rr]);
+            nm[rr] = fmaxf(m[rr], mx[rr]);
+            const float base = nm[rr] == -INFINITY ? 0.0f : nm[rr];
 #pragma unroll
-                for (int e = 2 * rr; e < 2 * rr + 2; ++e) {
-                    float v = __fmul_rn(sc[j][e], scale);
-                    // a block's unused query rows weigh zero, so their values stay finite
-                    if (!full) v = pos < 0 ? 0.0f : k0 + 8 * j + 2 * tq + (e & 1) <= pos ? v : -INFINITY;
-                    sc[j][e] = v;
-                    mx = fmaxf(mx, v);
-                }
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-            const float nm = fmaxf(m[rr], mx), base = nm == -INFINITY ? 0.0f : nm;
+            for (int j = 0; j < 4; ++j) {
+                sc[j][2 * rr] = __expf(__fsub_rn(sc[j][2 * rr], base));
+                sc[j][2 * rr + 1] = __expf(__fsub_rn(sc[j][2 * rr + 1], base));
+                x[rr][j] = __fadd_rn(sc[j][2 * rr], sc[j][2 * rr + 1]);
+                my_xs[32 * (4 * rr + j)] = x[rr][j];
+            }
+        }
 #pragma unroll
-            for (int j = 0; j < 8; ++j)
+        for (int j = 0; j < 4; ++j) {
+            split_pair(sc[j][0], sc[j][1], pm[j][0], pm[j][2]);
+            split_pair(sc[j][2], sc[j][3], pm[j][1], pm[j][3]);
 #pragma unroll
-                for (int e = 2 * rr; e < 2 * rr + 2; ++e) sc[j][e] = __expf(__fsub_rn(sc[j][e], base));
-            float x[4];
+            for (int f = 0; f < 4; ++f) my_xp[32 * (4 * j + f)] = pm[j][f];
+        }
+        pair_sync();
 #pragma unroll
-            for (int j = 0; j < 4; ++j)
-                x[j] = __fadd_rn(__fadd_rn(sc[j][2 * rr], sc[j][2 * rr + 1]),
-                                 __fadd_rn(sc[j + 4][2 * rr], sc[j + 4][2 * rr + 1]));
-            float sum = __fadd_rn(__fadd_rn(x[0], x[2]), __fadd_rn(x[1], x[3]));
+        for (int j = 0; j < 4; ++j)
+#pragma unroll
+            for (int f = 0; f < 4; ++f) {
+                po[j][f] = my_xp[512 * other + 32 * (4 * j + f)];
+                p0[j][f] = dh == 0 ? pm[j][f] : po[j][f];
+                p1[j][f] = dh == 0 ? po[j][f] : pm[j][f];
+            }
+#pragma unroll
+        for (int rr = 0; rr < 2; ++rr) {
+            float y[4];
+#pragma unroll
+            for (int j = 0; j < 4; ++j) y[j] = __fadd_rn(x[rr][j], my_xs[256 * other + 32 * (4 * rr + j)]);
+            float sum = __fadd_rn(__fadd_rn(y[0], y[2]), __fadd_rn(y[1], y[3]));
             sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
             sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
-            corr[rr] = mx == -INFINITY ? 1.0f : __expf(__fsub_rn(m[rr], nm));
+            corr[rr] = mx[rr] == -INFINITY ? 1.0f : __expf(__fsub_rn(m[rr], nm[rr]));
             l[rr] = __fadd_rn(__fmul_rn(l[rr], corr[rr]), sum);
-            m[rr] = nm;
+            m[rr] = nm[rr];
         }
         __pipeline_wait_prior(1);  // this tile's V
         __syncthreads();
@@ -855,12 +899,9 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
                 for (int ks = 0; ks < k_att_kt / 16; ++ks) {
                     if (!WHOLE && 16 * ks >= n_k) break;
                     // the weights' f16 parts as the A fragments: rows g, g + 8 of key blocks 2 ks, + 1
-                    uint32_t hi[4], lo[4];
-#pragma unroll
-                    for (int f = 0; f < 4; ++f) {
-                        const float* w = sc[2 * ks + (f >> 1)] + 2 * (f & 1);
-                        split_pair(w[0], w[1], hi[f], lo[f]);
-                    }
+                    const uint32_t* wa = (ks < 2 ? p0 : p1)[2 * (ks & 1)];
+                    const uint32_t* wb = (ks < 2 ? p0 : p1)[2 * (ks & 1) + 1];
+                    const uint32_t hi[4] = {wa[0], wa[1], wb[0], wb[1]}, lo[4] = {wa[2], wa[3], wb[2], wb[3]};
 #pragma unroll
                     for (int i = 0; i < NP; ++i) {
                         if (!WHOLE && pair(i) >= npairs) break;
@@ -1279,7 +1320,7 @@ size_t attention_mma_smem(int64_t D) {
 // attention_fa's: staged tiles, f16 queries, positions, the merged chunks.
 size_t attention_fa_smem(int64_t D) {
     return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
-           size_t(k_attm_q + k_attm_q * k_att_max_d) * sizeof(float);
+           size_t(k_attm_q + k_attm_q * k_att_max_d + 4 * 2 * (2 + 8 + 16) * 32) * sizeof(float);
 }
 
 size_t attention_smem(int64_t D, int type_k, int type_v) {
