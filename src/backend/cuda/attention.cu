@@ -749,12 +749,19 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
             const int n_keys = min(k_att_kt, k.last + 1 - k0);
             const uint8_t* src = mem + int64_t(k0) * rb;
             if (even && n_keys == k_att_kt) {
+                // each copy's addresses in registers of their own: a copy does not wait for the
+                // one before it to read its operands
                 const uint8_t* sp = src + int64_t(my_row) * rb + 16 * my_piece;
                 uint8_t* dp = raw + my_row * st + 16 * my_piece;
-                for (int r = my_row; r < k_att_kt; r += pass) {
+                const int64_t sstep = int64_t(pass) * rb;
+                const int dstep = pass * st;
+#pragma unroll
+                for (int i = 0; i < k_att_kt * 32 / NT; i += 2) {
+                    if (my_row + i * pass >= k_att_kt) break;
                     __pipeline_memcpy_async(dp, sp, 16);
-                    sp += int64_t(pass) * rb;
-                    dp += pass * st;
+                    if (my_row + (i + 1) * pass < k_att_kt) __pipeline_memcpy_async(dp + dstep, sp + sstep, 16);
+                    dp += 2 * dstep;
+                    sp += 2 * sstep;
                 }
                 __pipeline_commit();
                 return;
@@ -1220,8 +1227,8 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
 }
 
 // The chunks of a split row merged in chunk order: a block per (row, query head), a thread per
-// value of d, chunks in windows of k_merge_window. The fold's scalars come first: thread 0 runs
-// the chain of maxima over the window (one fmaxf a chunk) and the chunks' exponentials are
+// value of d, chunks in windows of k_merge_window. The fold's scalars come first: warp 0 forms
+// the running maxima over the window (prefix maxima by shuffles) and the chunks' exponentials are
 // formed side by side, as att_merge_scalars forms them (the total's mass is nonzero exactly when
 // an earlier chunk's is: the larger side's factor is exp(0) = 1). Then each thread folds its
 // value over the window with k_merge_ahead chunks' values in flight, and the mass alongside: the
@@ -1265,22 +1272,36 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
         };
         load(0);  // in flight while the scalars form
         __syncthreads();
-        if (tid == 0) {  // the chain of maxima: att_merge_scalars' tm
+        if (tid < 32) {
+            // The running maximum after each chunk (att_merge_scalars' tm): the maximum of the
+            // nonempty chunks' maxima so far (a chunk taken as the first nonempty one sets tm =
+            // nm = max(-inf, nm)), a prefix maximum over the warp's lanes, 32 chunks at a time.
             float tm = s_tm;
             int seen = s_seen;
-#pragma unroll 8
-            for (int c = 0; c < nw; ++c) {
-                const float nm = snm[c];
-                const int mode = snl[c] == 0.0f ? 0 : seen ? 2 : 1;
-                sprev[c] = tm;
-                smode[c] = mode;
-                if (mode == 1) tm = nm;
-                if (mode == 2) tm = fmaxf(tm, nm);
-                smx[c] = tm;
-                seen |= mode != 0;
+            for (int c0 = 0; c0 < nw; c0 += 32) {
+                const int c = c0 + tid;
+                const bool full = c < nw && snl[c] != 0.0f;
+                float run = full ? snm[c] : -INFINITY;
+#pragma unroll
+                for (int o = 1; o < 32; o <<= 1) {
+                    const float up = __shfl_up_sync(0xffffffffu, run, o);
+                    if (tid >= o) run = fmaxf(run, up);
+                }
+                run = fmaxf(tm, run);
+                const float before = __shfl_up_sync(0xffffffffu, run, 1);
+                const uint32_t fulls = __ballot_sync(0xffffffffu, full);
+                if (c < nw) {
+                    sprev[c] = tid == 0 ? tm : before;
+                    smode[c] = !full ? 0 : seen || (fulls & ((1u << tid) - 1)) ? 2 : 1;
+                    smx[c] = run;
+                }
+                tm = __shfl_sync(0xffffffffu, run, 31);
+                seen |= fulls != 0;
             }
-            s_tm = tm;
-            s_seen = seen;
+            if (tid == 0) {
+                s_tm = tm;
+                s_seen = seen;
+            }
         }
         __syncthreads();
         for (int c = tid; c < nw; c += k_merge_threads)
