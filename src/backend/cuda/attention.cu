@@ -336,15 +336,19 @@ __device__ __forceinline__ AttMergeStep att_merge_scalars(float& tm, float& tl, 
     tl = __fadd_rn(__fmul_rn(tl, fa), __fmul_rn(nl, fb));
     return {2, fa, fb};
 }
+// (both forms computed and one selected: no branch per value)
 __device__ __forceinline__ float att_merge_value(const AttMergeStep& s, float t, float n) {
-    return s.mode == 0 ? t : s.mode == 1 ? n : __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+    const float both = __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+    return s.mode == 2 ? both : s.mode == 1 ? n : t;
 }
 __device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
     const AttMergeStep s = att_merge_scalars(tm, tl, nm, nl);
+    auto f = [&](float t, float n) {
+        return s.mode == 0 ? t : s.mode == 1 ? n : __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+    };
 #pragma unroll
     for (int e = 0; e < k_att_v4; ++e)
-        ta[e] = make_float4(att_merge_value(s, ta[e].x, na[e].x), att_merge_value(s, ta[e].y, na[e].y),
-                            att_merge_value(s, ta[e].z, na[e].z), att_merge_value(s, ta[e].w, na[e].w));
+        ta[e] = make_float4(f(ta[e].x, na[e].x), f(ta[e].y, na[e].y), f(ta[e].z, na[e].z), f(ta[e].w, na[e].w));
 }
 
 __device__ __forceinline__ float4 f4_scale(float4 v, float s) {
@@ -694,16 +698,27 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     uint8_t* rawv = rawk + k_att_kt * k.stk;
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
     int* spos = reinterpret_cast<int*>(sqh + BQ * qs);
-    float* tas = reinterpret_cast<float*>(spos + BQ);  // [NP][2][4][NT]: the merged chunks
+    float4* tas = reinterpret_cast<float4*>(spos + BQ);  // [NP][2][NT]: the merged chunks
     // what the two warps of 16 queries exchange a tile, [pair][half][...][lane]: row maxima,
     // the key pairs' sums, the weights' f16 parts
-    float* xm = tas + NP * 8 * NT;
+    float* xm = reinterpret_cast<float*>(tas + NP * 2 * NT);
     float* xs = xm + 4 * 2 * 2 * 32;
     uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * 8 * 32);
     const float scale = float(a.scale);
-    for (int64_t i = tid; i < BQ * D; i += NT) {
-        const int64_t j = i / D, d = i % D;
-        sqh[j * qs + d] = __float2half_rn(k.q0 + j < k.nq ? a.q[k.slot_row(j) * a.qs + k.slot_head(j) * D + d] : 0.0f);
+    // the queries as f16, a warp per query and a lane per 4 values of d (float4 loads where the
+    // rows allow them)
+    const bool q4 = a.qs % 4 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
+    for (int j = tid / 32; j < BQ; j += NT / 32) {
+        const bool live = k.q0 + j < k.nq;
+        const float* src = live ? a.q + k.slot_row(j) * a.qs + k.slot_head(j) * D : nullptr;
+        for (int d = 4 * lane; d < int(D); d += 128) {
+            float4 x = make_float4(0, 0, 0, 0);
+            if (live)
+                x = q4 ? *reinterpret_cast<const float4*>(src + d)
+                       : make_float4(src[d], src[d + 1], src[d + 2], src[d + 3]);
+            const __half2 lo = __floats2half2_rn(x.x, x.y), hi = __floats2half2_rn(x.z, x.w);
+            *reinterpret_cast<uint2*>(sqh + j * qs + d) = make_uint2(half2_bits(lo), half2_bits(hi));
+        }
     }
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
     __syncthreads();
@@ -718,15 +733,17 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     int wmin = min(pos0, pos1);
 #pragma unroll
     for (int o = 4; o < 32; o <<= 1) wmin = min(wmin, __shfl_xor_sync(0xffffffffu, wmin, o));
-    auto ta = [&](int i, int h, int e) -> float& { return tas[((i * 2 + h) * 4 + e) * NT + tid]; };
+    auto ta = [&](int i, int h) -> float4& { return tas[(i * 2 + h) * NT + tid]; };
     float o[NP][2][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
     float tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int i = 0; i < NP; ++i)
 #pragma unroll
-        for (int h = 0; h < 2; ++h)
+        for (int h = 0; h < 2; ++h) {
+            ta(i, h) = make_float4(0, 0, 0, 0);
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
+            for (int e = 0; e < 4; ++e) o[i][h][e] = 0.0f;
+        }
 
     const __half* qa = sqh + (warp * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
     const uint8_t* ka = rawk + (32 * dh + (lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
@@ -929,11 +946,11 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         __syncthreads();  // V read
         stage(rawv, k.vmem, k.rv, k.stv, k1);
         if (chunk_end) {
+            if (a.part) {  // this chunk's partials, for k_attention_merge
 #pragma unroll
-            for (int rr = 0; rr < 2; ++rr) {
-                const int q = rr == 0 ? r0 : r1;
-                if (k.q0 + q >= k.nq) continue;
-                if (a.part) {  // this chunk's partial, for k_attention_merge
+                for (int rr = 0; rr < 2; ++rr) {
+                    const int q = rr == 0 ? r0 : r1;
+                    if (k.q0 + q >= k.nq) continue;
                     float* out = a.part + ((k.slot_row(q) * a.n_head + k.slot_head(q)) * a.max_chunks + c) * (D + 4);
                     if (tq == 0 && dh == 0) {
                         out[0] = m[rr];
@@ -947,16 +964,19 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
                             *reinterpret_cast<float2*>(out + 4 + 16 * pair(i) + 8 * h + 2 * tq) =
                                 make_float2(o[i][h][2 * rr], o[i][h][2 * rr + 1]);
                     }
-                } else {
-                    const AttMergeStep s = att_merge_scalars(tm[rr], tl[rr], m[rr], l[rr]);
-#pragma unroll
-                    for (int i = 0; i < NP; ++i)
-#pragma unroll
-                        for (int h = 0; h < 2; ++h)
-#pragma unroll
-                            for (int e = 0; e < 2; ++e)
-                                ta(i, h, 2 * rr + e) = att_merge_value(s, ta(i, h, 2 * rr + e), o[i][h][2 * rr + e]);
                 }
+            } else {  // merged into the total (rows of no query too: their values are never read)
+                const AttMergeStep s0 = att_merge_scalars(tm[0], tl[0], m[0], l[0]);
+                const AttMergeStep s1 = att_merge_scalars(tm[1], tl[1], m[1], l[1]);
+#pragma unroll
+                for (int i = 0; i < NP; ++i)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        float4& t = ta(i, h);
+                        const float4 v = t;
+                        t = make_float4(att_merge_value(s0, v.x, o[i][h][0]), att_merge_value(s0, v.y, o[i][h][1]),
+                                        att_merge_value(s1, v.z, o[i][h][2]), att_merge_value(s1, v.w, o[i][h][3]));
+                    }
             }
 #pragma unroll
             for (int i = 0; i < NP; ++i)
@@ -983,8 +1003,9 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int d = 16 * pair(i) + 8 * h + 2 * tq;
-                *reinterpret_cast<float2*>(out + d) =
-                    make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
+                const float4 v = ta(i, h);
+                *reinterpret_cast<float2*>(out + d) = rr == 0 ? make_float2(__fmul_rn(v.x, inv), __fmul_rn(v.y, inv))
+                                                              : make_float2(__fmul_rn(v.z, inv), __fmul_rn(v.w, inv));
             }
         }
     }
