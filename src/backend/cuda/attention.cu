@@ -382,11 +382,10 @@ struct AttBlock {
         const int nc = c + c_step;
         return nc < n_chunks ? nc * int(k_att_chunk) : -1;
     }
-    // Starts copying a tile's bytes of one of K or V (nothing for f32, or past the end); with
-    // zero_tail the staged rows past the last key are zeros (the tensor cores read whole steps of
-    // 16 keys).
-    __device__ void stage(uint8_t* raw, const uint8_t* mem, int rb, int hb, int st, int k0, bool zero_tail) const {
-        // a warp per row, a lane per 16 bytes: no integer divisions per copy
+    // Starts copying a tile's bytes of one of K or V for the float form (nothing for f32, or
+    // past the end): a warp per row, a lane per 16 bytes from the 16-byte boundary at or below the
+    // row's first byte.
+    __device__ void stage(uint8_t* raw, const uint8_t* mem, int rb, int hb, int st, int k0) const {
         const int nw = int(blockDim.x) / 32, w = int(threadIdx.x) / 32, ln = int(threadIdx.x) % 32;
         if (st > 0 && k0 >= 0) {
             const int n_keys = min(k_att_kt, last + 1 - k0);
@@ -398,10 +397,6 @@ struct AttBlock {
                 for (int c16 = ln; 16 * c16 < span; c16 += 32)
                     __pipeline_memcpy_async(raw + r * st + 16 * c16, base + 16 * c16, 16);
             }
-            if (zero_tail)
-                for (int r = n_keys + w; r < k_att_kt; r += nw)
-                    for (int c16 = ln; 16 * c16 < st; c16 += 32)
-                        *reinterpret_cast<uint4*>(raw + r * st + 16 * c16) = make_uint4(0, 0, 0, 0);
         }
         __pipeline_commit();
     }
@@ -485,6 +480,58 @@ __device__ __forceinline__ void mma_f16_16x8x16(float (&c)[4], const uint32_t (&
     (void)c, (void)a, (void)b0, (void)b1;
 #endif
 }
+// Copies of a tile's rows of K or V for the tensor-core forms (f16 heads start 32-byte aligned:
+// no realignment); rows past the last key are zeros, as the tensor cores read whole steps of 16
+// keys. When a row's 16-byte pieces divide a warp, a thread takes one piece of rows a pass of
+// the block apart, so a whole tile takes a few copies a thread and no divisions (the general
+// loop took ~35 instructions a copy).
+template <int NT>
+struct F16Stager {
+    int last, pieces, my_row = 0, my_piece = 0, pass = 0;
+    bool even;
+    __device__ F16Stager(int D, int last_key) : last(last_key), pieces(D / 8), even(32 % (D / 8) == 0) {
+        if (even) {
+            my_row = int(threadIdx.x) / pieces;
+            my_piece = int(threadIdx.x) % pieces;
+            pass = NT / pieces;
+        }
+    }
+    __device__ void operator()(uint8_t* raw, const uint8_t* mem, int rb, int st, int k0) const {
+        if (k0 >= 0) {
+            const int n_keys = min(k_att_kt, last + 1 - k0);
+            const uint8_t* src = mem + int64_t(k0) * rb;
+            if (even && n_keys == k_att_kt) {
+                // two copies a step, each with its own addresses: a copy does not wait for the
+                // one before it to read its operands
+                const uint8_t* sp = src + int64_t(my_row) * rb + 16 * my_piece;
+                uint8_t* dp = raw + my_row * st + 16 * my_piece;
+                const int64_t sstep = int64_t(pass) * rb;
+                const int dstep = pass * st;
+#pragma unroll
+                for (int i = 0; i < k_att_kt * 32 / NT; i += 2) {
+                    if (my_row + i * pass >= k_att_kt) break;
+                    __pipeline_memcpy_async(dp, sp, 16);
+                    if (my_row + (i + 1) * pass < k_att_kt) __pipeline_memcpy_async(dp + dstep, sp + sstep, 16);
+                    dp += 2 * dstep;
+                    sp += 2 * sstep;
+                }
+                __pipeline_commit();
+                return;
+            }
+            const int lane = int(threadIdx.x) % 32;
+            for (int r = int(threadIdx.x) / 32; r < k_att_kt; r += NT / 32)
+                for (int c = lane; c < pieces; c += 32) {
+                    uint8_t* dst = raw + r * st + 16 * c;
+                    if (r < n_keys)
+                        __pipeline_memcpy_async(dst, src + int64_t(r) * rb + 16 * c, 16);
+                    else
+                        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+                }
+        }
+        __pipeline_commit();
+    }
+};
+
 // Decode's tensor-core form: up to 8 queries (one block of 16 rows) on 8 warps. Scores: warp w
 // takes key block w; weights: warp w query w; values: d in pairs of 8-column blocks, pairs w,
 // w + 8.
@@ -544,9 +591,10 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         l[u] = 0.0f;
     }
 
+    const F16Stager<NT> stage(int(D), k.last);
     int k0 = k.first_tile();
-    k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k0, true);
-    k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k0, true);
+    stage(rawk, k.kmem, k.rk, k.stk, k0);
+    stage(rawv, k.vmem, k.rv, k.stv, k0);
     while (k0 >= 0) {
         const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
         const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
@@ -573,7 +621,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
             }
         }
         __syncthreads();  // scores written, K read
-        k.stage(rawk, k.kmem, k.rk, k.hk, k.stk, k1, true);
+        stage(rawk, k.kmem, k.rk, k.stk, k1);
         if (w_any) {
             att_weights_mma<QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr, warp,
                                  lane, m, l);
@@ -616,7 +664,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
             }
         }
         __syncthreads();  // V and the weights read
-        k.stage(rawv, k.vmem, k.rv, k.hv, k.stv, k1, true);
+        stage(rawv, k.vmem, k.rv, k.stv, k1);
         if (chunk_end) {
 #pragma unroll
             for (int rr = 0; rr < 2; ++rr) {
@@ -754,46 +802,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     uint32_t* const my_xp = xp + (rg * 2 + dh) * 512 + lane;
     const int other = (rg * 2 + (dh ^ 1)) - (rg * 2 + dh);  // the other half's buffers, in its units
     const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
-    // Starts copying a tile's rows of K or V (f16 heads start 32-byte aligned: no realignment);
-    // rows past the last key are zeros, as the tensor cores read whole steps of 16 keys.
-    const int pieces = int(D) / 8;  // 16-byte pieces of a head's row
-    // When a row's pieces divide a warp: this thread's piece and first row, and the rows a pass
-    // of the block covers (a whole tile then takes a few copies a thread, no divisions).
-    const bool even = 32 % pieces == 0;
-    const int my_row = even ? tid / pieces : 0, my_piece = even ? tid % pieces : 0, pass = even ? NT / pieces : 0;
-    auto stage = [&](uint8_t* raw, const uint8_t* mem, int rb, int st, int k0) {
-        if (k0 >= 0) {
-            const int n_keys = min(k_att_kt, k.last + 1 - k0);
-            const uint8_t* src = mem + int64_t(k0) * rb;
-            if (even && n_keys == k_att_kt) {
-                // each copy's addresses in registers of their own: a copy does not wait for the
-                // one before it to read its operands
-                const uint8_t* sp = src + int64_t(my_row) * rb + 16 * my_piece;
-                uint8_t* dp = raw + my_row * st + 16 * my_piece;
-                const int64_t sstep = int64_t(pass) * rb;
-                const int dstep = pass * st;
-#pragma unroll
-                for (int i = 0; i < k_att_kt * 32 / NT; i += 2) {
-                    if (my_row + i * pass >= k_att_kt) break;
-                    __pipeline_memcpy_async(dp, sp, 16);
-                    if (my_row + (i + 1) * pass < k_att_kt) __pipeline_memcpy_async(dp + dstep, sp + sstep, 16);
-                    dp += 2 * dstep;
-                    sp += 2 * sstep;
-                }
-                __pipeline_commit();
-                return;
-            }
-            for (int r = tid / 32; r < k_att_kt; r += NT / 32)
-                for (int c = lane; c < pieces; c += 32) {
-                    uint8_t* dst = raw + r * st + 16 * c;
-                    if (r < n_keys)
-                        __pipeline_memcpy_async(dst, src + int64_t(r) * rb + 16 * c, 16);
-                    else
-                        *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
-                }
-        }
-        __pipeline_commit();
-    };
+    const F16Stager<NT> stage(int(D), k.last);
     int k0 = k.first_tile();
     stage(rawk, k.kmem, k.rk, k.stk, k0);
     stage(rawv, k.vmem, k.rv, k.stv, k0);
@@ -1135,15 +1144,15 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
     reset();
 
     int k0 = k.first_tile();
-    k.stage(rawk, kmem, rk, k.hk, stk, k0, false);
-    k.stage(rawv, vmem, rv, k.hv, stv, k0, false);
+    k.stage(rawk, kmem, rk, k.hk, stk, k0);
+    k.stage(rawv, vmem, rv, k.hv, stv, k0);
     while (k0 >= 0) {
         const int k1 = k.next_tile(k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();           // every thread's copies landed; the previous tile's values are read
         dequant(rawk, kmem, b.type_k, rk, stk, k0);
         __syncthreads();
-        k.stage(rawk, kmem, rk, k.hk, stk, k1, false);
+        k.stage(rawk, kmem, rk, k.hk, stk, k1);
         if (qg_any) {
             float dot[QPT];
 #pragma unroll
@@ -1174,7 +1183,7 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
         dequant(rawv, vmem, b.type_v, rv, stv, k0);
         if (w_any) att_weights<QPW>(sp, scorr, warp, lane, m, l);
         __syncthreads();  // weights written, V dequantized
-        k.stage(rawv, vmem, rv, k.hv, stv, k1, false);
+        k.stage(rawv, vmem, rv, k.hv, stv, k1);
         if (w_any) {
             float crs[QPW];
 #pragma unroll
