@@ -722,17 +722,18 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 
 // ---- the prefill tensor-core form: a warp per 16 queries over whole tiles
 
-// attention_mma's arithmetic with a warp owning 16 queries over every key of a tile and every
-// value of d: the scores stay in the mma accumulators, the softmax runs in registers (a row's 64
-// keys: 16 a thread, then the 4 threads of the row), and the weights' f16 parts are the values'
-// products' A fragments as they stand. Each score, maximum, mass and value is formed by the same
-// operations in the same order as attention_mma forms it (its butterfly sum over 32 lanes of key
-// pairs 2 lane, 2 lane + 1 is this thread's pairs 4 j + tq folded j ^ 4, j ^ 2, j ^ 1, then
-// across tq ^ 2, tq ^ 1), so a query has the same bits in this form and in decode's. Eight warps
-// share each staged tile; the merged chunks live in shared memory (64 values a thread).
-// Two warps share each 16 queries (DS), both forming the scores and weights and each taking
-// every other pair of 8-column blocks of d: a warp holding all of d would need more than 255
-// registers a thread.
+// attention_mma's arithmetic with two warps owning 16 queries over whole tiles (FlashAttention-2's
+// layout): the scores stay in the mma accumulators, the softmax runs in registers, and the
+// weights' f16 parts are the values' A fragments as they stand. The pair splits the work: each
+// warp scores half of the tile's 64 keys (8 a thread) and takes every other pair of 8-column
+// blocks of d for the values (a warp holding all of d would need more than 255 registers a
+// thread); the pair exchanges the rows' maxima, the key pairs' sums and the weights through
+// shared memory. Each score, maximum, mass and value is formed by the same operations in the same
+// order as attention_mma forms it (its butterfly sum over 32 lanes of key pairs 2 lane, 2 lane + 1
+// is, here, pairs 4 j + tq folded j ^ 4 (across the pair: max and + commute, so both warps get the
+// same bits), j ^ 2, j ^ 1, then across tq ^ 2, tq ^ 1), so a query has the same bits in this form
+// and in decode's. Eight warps share each staged tile; the merged chunks live in shared memory
+// (64 values a thread).
 constexpr int k_attf_ds = 2;
 constexpr int k_attf_threads = 128 * k_attf_ds;
 constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks of d
@@ -800,7 +801,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     float* const my_xm = xm + (rg * 2 + dh) * 64 + lane;
     float* const my_xs = xs + (rg * 2 + dh) * 256 + lane;
     uint32_t* const my_xp = xp + (rg * 2 + dh) * 512 + lane;
-    const int other = (rg * 2 + (dh ^ 1)) - (rg * 2 + dh);  // the other half's buffers, in its units
+    const int other = (rg * 2 + (dh ^ 1)) - (rg * 2 + dh);  // from this warp's buffers to the other half's
     const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
     const F16Stager<NT> stage(int(D), k.last);
     int k0 = k.first_tile();
