@@ -99,16 +99,19 @@ __device__ __forceinline__ AttMergeStep att_merge_scalars(float& tm, float& tl, 
     tl = __fadd_rn(__fmul_rn(tl, fa), __fmul_rn(nl, fb));
     return {2, fa, fb};
 }
+__device__ __forceinline__ float att_merge_both(const AttMergeStep& s, float t, float n) {
+    return __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+}
 // (both forms computed and one selected: no branch per value)
 __device__ __forceinline__ float att_merge_value(const AttMergeStep& s, float t, float n) {
-    const float both = __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
+    const float both = att_merge_both(s, t, n);
     return s.mode == 2 ? both : s.mode == 1 ? n : t;
 }
+// att_merge_value over a query's values with the both-forms product only where it is taken: the
+// float form's decode kernel, at 128 registers, spills 28 bytes more with the selects
 __device__ __forceinline__ void att_merge(float& tm, float& tl, float4* ta, float nm, float nl, const float4* na) {
     const AttMergeStep s = att_merge_scalars(tm, tl, nm, nl);
-    auto f = [&](float t, float n) {
-        return s.mode == 0 ? t : s.mode == 1 ? n : __fadd_rn(__fmul_rn(t, s.fa), __fmul_rn(n, s.fb));
-    };
+    auto f = [&](float t, float n) { return s.mode == 0 ? t : s.mode == 1 ? n : att_merge_both(s, t, n); };
 #pragma unroll
     for (int e = 0; e < k_att_v4; ++e)
         ta[e] = make_float4(f(ta[e].x, na[e].x), f(ta[e].y, na[e].y), f(ta[e].z, na[e].z), f(ta[e].w, na[e].w));
@@ -340,14 +343,13 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     const bool w_any = spos[warp * QPW] >= 0;
     float m[QPW], l[QPW];
     float o[NP][2][4], tm[2] = {-INFINITY, -INFINITY}, tl[2] = {0.0f, 0.0f};
-    float ta_r[NP][2][4];  // the merged chunks so far
-    auto ta = [&](int i, int h, int e) -> float& { return ta_r[i][h][e]; };
+    float ta[NP][2][4];  // the merged chunks so far
 #pragma unroll
     for (int i = 0; i < NP; ++i)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) o[i][h][e] = ta(i, h, e) = 0.0f;
+            for (int e = 0; e < 4; ++e) o[i][h][e] = ta[i][h][e] = 0.0f;
 #pragma unroll
     for (int u = 0; u < QPW; ++u) {
         m[u] = -INFINITY;
@@ -451,7 +453,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                         for (int h = 0; h < 2; ++h)
 #pragma unroll
                             for (int e = 0; e < 2; ++e)
-                                ta(i, h, 2 * rr + e) = att_merge_value(s, ta(i, h, 2 * rr + e), o[i][h][2 * rr + e]);
+                                ta[i][h][2 * rr + e] = att_merge_value(s, ta[i][h][2 * rr + e], o[i][h][2 * rr + e]);
                 }
             }
 #pragma unroll
@@ -478,7 +480,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
         each_value_pair([&](int i, int h, int d) {
             *reinterpret_cast<float2*>(out + d) =
-                make_float2(__fmul_rn(ta(i, h, 2 * rr), inv), __fmul_rn(ta(i, h, 2 * rr + 1), inv));
+                make_float2(__fmul_rn(ta[i][h][2 * rr], inv), __fmul_rn(ta[i][h][2 * rr + 1], inv));
         });
     }
 }
@@ -500,6 +502,9 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 constexpr int k_attf_ds = 2;
 constexpr int k_attf_threads = 128 * k_attf_ds;
 constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks of d
+// words a lane of a warp of the pair hands the other a tile: its rows' maxima, its key pairs' sums
+// (4 key blocks x 2 rows), its weights' f16 parts (4 key blocks x 4)
+constexpr int k_attf_xm = 2, k_attf_xs = 8, k_attf_xp = 16;
 
 __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
     constexpr int DS = k_attf_ds, NT = k_attf_threads, BQ = k_attm_q, NP = k_attf_pairs / DS;
@@ -514,8 +519,8 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     // what the two warps of 16 queries exchange a tile, [pair][half][...][lane]: row maxima,
     // the key pairs' sums, the weights' f16 parts
     float* xm = reinterpret_cast<float*>(tas + NP * 2 * NT);
-    float* xs = xm + 4 * 2 * 2 * 32;
-    uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * 8 * 32);
+    float* xs = xm + 4 * 2 * k_attf_xm * 32;
+    uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * k_attf_xs * 32);
     const float scale = float(a.scale);
     // the queries as f16, a warp per query and a lane per 4 values of d (float4 loads where the
     // rows allow them)
@@ -559,12 +564,14 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
 
     const __half* qa = sqh + (warp * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
     const uint8_t* ka = rawk + (32 * dh + (lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
-    const int rg = warp;  // the warps of one 16 queries: rg and rg + 4
-    auto pair_sync = [&]() { asm volatile("bar.sync %0, 64;" ::"r"(1 + rg) : "memory"); };
-    float* const my_xm = xm + (rg * 2 + dh) * 64 + lane;
-    float* const my_xs = xs + (rg * 2 + dh) * 256 + lane;
-    uint32_t* const my_xp = xp + (rg * 2 + dh) * 512 + lane;
-    const int other = (rg * 2 + (dh ^ 1)) - (rg * 2 + dh);  // from this warp's buffers to the other half's
+    // the pair of warps warp and warp + 4: a barrier of its own, buffers [warp][dh][word][lane]
+    auto pair_sync = [&]() { asm volatile("bar.sync %0, 64;" ::"r"(1 + warp) : "memory"); };
+    float* const my_xm = xm + (warp * 2 + dh) * k_attf_xm * 32 + lane;
+    float* const my_xs = xs + (warp * 2 + dh) * k_attf_xs * 32 + lane;
+    uint32_t* const my_xp = xp + (warp * 2 + dh) * k_attf_xp * 32 + lane;
+    // from this warp's buffers to the other half's (+1 or -1; in this form the compiled code is the
+    // measured one)
+    const int other = (warp * 2 + (dh ^ 1)) - (warp * 2 + dh);
     const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
     const F16Stager<NT> stage(int(D), k.last);
     int k0 = k.first_tile();
@@ -640,7 +647,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         uint32_t pm[4][4], po[4][4], p0[4][4], p1[4][4];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            mx[rr] = fmaxf(mx[rr], my_xm[64 * other + 32 * rr]);
+            mx[rr] = fmaxf(mx[rr], my_xm[k_attf_xm * 32 * other + 32 * rr]);
             nm[rr] = fmaxf(m[rr], mx[rr]);
             const float base = nm[rr] == -INFINITY ? 0.0f : nm[rr];
 #pragma unroll
@@ -663,7 +670,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         for (int j = 0; j < 4; ++j)
 #pragma unroll
             for (int f = 0; f < 4; ++f) {
-                po[j][f] = my_xp[512 * other + 32 * (4 * j + f)];
+                po[j][f] = my_xp[k_attf_xp * 32 * other + 32 * (4 * j + f)];
                 p0[j][f] = dh == 0 ? pm[j][f] : po[j][f];
                 p1[j][f] = dh == 0 ? po[j][f] : pm[j][f];
             }
@@ -671,7 +678,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         for (int rr = 0; rr < 2; ++rr) {
             float y[4];
 #pragma unroll
-            for (int j = 0; j < 4; ++j) y[j] = __fadd_rn(x[rr][j], my_xs[256 * other + 32 * (4 * rr + j)]);
+            for (int j = 0; j < 4; ++j) y[j] = __fadd_rn(x[rr][j], my_xs[k_attf_xs * 32 * other + 32 * (4 * rr + j)]);
             float sum = __fadd_rn(__fadd_rn(y[0], y[2]), __fadd_rn(y[1], y[3]));
             sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 2));
             sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, 1));
@@ -1135,7 +1142,7 @@ size_t attention_mma_smem(int64_t D) {
 // attention_fa's: staged tiles, f16 queries, positions, the merged chunks.
 size_t attention_fa_smem(int64_t D) {
     return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
-           size_t(k_attm_q + k_attm_q * k_att_max_d + 4 * 2 * (2 + 8 + 16) * 32) * sizeof(float);
+           size_t(k_attm_q + k_attm_q * k_att_max_d + 4 * 2 * (k_attf_xm + k_attf_xs + k_attf_xp) * 32) * sizeof(float);
 }
 
 size_t attention_smem(int64_t D, int type_k, int type_v) {
