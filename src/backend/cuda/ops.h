@@ -67,15 +67,17 @@ struct MatvecProduct {
 __host__ __device__ inline bool sb_type(int64_t t) {
     return t == k_q4_k || t == k_q6_k;
 }
-// k_matvec_sb's work items of a product: 4 rows a warp for those types, otherwise one.
-__host__ __device__ inline int64_t sb_items(const MatvecProduct& p) {
-    return sb_type(p.type) ? (p.n_out + 3) / 4 : p.n_out;
+// k_matvec_sb's work items of a product: 32 / lanes rows a warp for those types (lanes a row),
+// otherwise one.
+__host__ __device__ inline int64_t sb_items(const MatvecProduct& p, int64_t lanes) {
+    const int64_t r = 32 / lanes;
+    return sb_type(p.type) ? (p.n_out + r - 1) / r : p.n_out;
 }
 // With sb (one token, K-quant products of whole super-blocks): k_matvec_sb, its rotated copy of
-// slot sb_slot's Q8_K row at smem offset swz_off.
+// slot sb_slot's Q8_K row at smem offset swz_off, sb_lanes lanes a row (8, 16 or 32).
 struct MatvecArgs {
     const float* x;
-    int64_t xs, n_in, T, n_products, n_slots, smem, blocks, sb, sb_slot, swz_off;
+    int64_t xs, n_in, T, n_products, n_slots, smem, blocks, sb, sb_slot, swz_off, sb_lanes;
     int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
     MatvecProduct p[k_matvec_products];
 };

@@ -583,9 +583,9 @@ __device__ void fold_rows_any(int type, int64_t R, int64_t n, int lane, RowAt ro
 
 // ---- a lane per super-block: one-token products of K-quant rows
 //
-// A decode product's rows taken 4 to a warp, 8 lanes a row, a lane a whole super-block: its
-// bytes come in a few 16-byte loads issued together (Q4_K: 9), its 8 units' integer sums need no
-// shuffles, and the super-block's contribution is sb_contribution's of the same integers, so a
+// A decode product's rows taken a few to a warp, 8 to 32 lanes a row, a lane a whole
+// super-block: its bytes come in a few 16-byte loads issued together (Q4_K: 9), its 8 units'
+// integer sums need no shuffles, and the super-block's contribution is sb_contribution's of the same integers, so a
 // row folds (in super-block order) to the bits of lane_dots. The activation row's Q8_K quants are
 // read from a copy whose 16-value chunks are rotated by the super-block's index (chunk k of
 // super-block b at (k + b) % 16): the 8 lanes of a row read chunk k of 8 adjacent super-blocks

@@ -140,9 +140,9 @@ __global__ void __launch_bounds__(256) k_matvec(MatvecArgs a) {
     }
 }
 
-// Products of one input for one token (a decode step): K-quant products' rows 4 to a warp, a
-// lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the same bits
-// as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
+// Products of one input for one token (a decode step): K-quant products' rows 32 / sb_lanes to a
+// warp, a lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the same
+// bits as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
 __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -154,14 +154,15 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     uint8_t* swz = sm + a.swz_off;
     rotate_rows_in_block(q8k, 0, 1, a.n_in, swz);
     __syncthreads();
+    const int L = int(a.sb_lanes), R = 32 / L;
     int64_t total = 0;
-    for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i]);
+    for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i], L);
     const int64_t nsb = a.n_in / 256;
     for (int64_t item = int64_t(blockIdx.x) * nw + warp; item < total; item += int64_t(gridDim.x) * nw) {
         int64_t i = 0, ii = item;
-        while (ii >= sb_items(a.p[i])) ii -= sb_items(a.p[i++]);
+        while (ii >= sb_items(a.p[i], L)) ii -= sb_items(a.p[i++], L);
         const MatvecProduct& p = a.p[i];
-        if (sb_type(p.type)) {
+        if (sb_type(p.type) && L == 8) {
             const int s = lane % 8;
             const int64_t r = ii * 4 + lane / 8;
             const uint8_t* row = p.w + min(r, p.n_out - 1) * p.row_bytes;
@@ -170,6 +171,18 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
                 const int64_t b = b0 + s;
                 fold8(acc, b < nsb ? sb_lane_any(int(p.type), row, b, q8k, swz, a.n_in) : 0.0f, lane & ~7,
                       int(min(int64_t(8), nsb - b0)));
+            }
+            if (s == 0 && r < p.n_out) p.out[r] = acc;
+        } else if (sb_type(p.type)) {  // 16 or 32 lanes a row: the same fold, fewer rounds
+            const int s = lane % L;
+            const int64_t r = ii * R + lane / L;
+            const uint8_t* row = p.w + min(r, p.n_out - 1) * p.row_bytes;
+            float acc = 0;
+            for (int64_t b0 = 0; b0 < nsb; b0 += L) {
+                const int64_t b = b0 + s;
+                const float c = b < nsb ? sb_lane_any(int(p.type), row, b, q8k, swz, a.n_in) : 0.0f;
+                const int m = int(min(int64_t(L), nsb - b0)), first = lane & ~(L - 1);
+                for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
             }
             if (s == 0 && r < p.n_out) p.out[r] = acc;
         } else {
