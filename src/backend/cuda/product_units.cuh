@@ -585,11 +585,11 @@ __device__ void fold_rows_any(int type, int64_t R, int64_t n, int lane, RowAt ro
 //
 // A decode product's rows taken a few to a warp, 8 to 32 lanes a row, a lane a whole
 // super-block: its bytes come in a few 16-byte loads issued together (Q4_K: 9), its 8 units'
-// integer sums need no shuffles, and the super-block's contribution is sb_contribution's of the same integers, so a
-// row folds (in super-block order) to the bits of lane_dots. The activation row's Q8_K quants are
-// read from a copy whose 16-value chunks are rotated by the super-block's index (chunk k of
-// super-block b at (k + b) % 16): the 8 lanes of a row read chunk k of 8 adjacent super-blocks
-// from distinct banks.
+// integer sums need no shuffles, and the super-block's contribution is sb_contribution's of the
+// same integers, so a row folds (in super-block order) to the bits of lane_dots. The activation
+// row's Q8_K quants are read from a copy whose 16-value chunks are rotated by the super-block's
+// index (chunk k of super-block b at (k + b) % 16): the 8 lanes of a row read chunk k of 8
+// adjacent super-blocks from distinct banks.
 // (rows of several experts side by side rotate by the super-block's index among all of them:
 // rot = the row's first super-block's)
 __device__ __forceinline__ int64_t swz_at(int64_t b, int k, int64_t rot = 0) {
@@ -619,7 +619,13 @@ __device__ __forceinline__ void rotate_rows_in_block(const uint8_t* src, int64_t
 template <int TYPE>
 __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const uint8_t* act, const uint8_t* swz,
                                          int64_t n, int64_t rot = 0) {
-    const int16_t* bs = reinterpret_cast<const int16_t*>(act + act_sums_at(n)) + 16 * b;
+    // the super-block's 16 sums of 16 activations as two 16-byte loads (16 two-byte loads kept
+    // the load queue full): sum 2 i in the low half of word i, sum 2 i + 1 in the high half
+    const int4* bsv = reinterpret_cast<const int4*>(act + act_sums_at(n) + 32 * b);
+    const int4 bv0 = bsv[0], bv1 = bsv[1];
+    const int bw[8] = {bv0.x, bv0.y, bv0.z, bv0.w, bv1.x, bv1.y, bv1.z, bv1.w};
+    auto bs_lo = [&](int j) { return (bw[j] << 16) >> 16; };
+    auto bs_hi = [&](int j) { return bw[j] >> 16; };
     const float yd = reinterpret_cast<const float*>(act + act_scales_at(k_q8_k, n))[b];
     int ia = 0, ib = 0;
     UnitScales w{};
@@ -647,7 +653,7 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
             s1 = dp4a4(hi.z, sh, m4, y1.z, s1);
             s1 = dp4a4(hi.w, sh, m4, y1.w, s1);
             ia += (s0 + s1) * sc;
-            ib += (int(bs[2 * j]) + int(bs[2 * j + 1])) * m;
+            ib += (bs_lo(j) + bs_hi(j)) * m;
         }
         w.d = half_bits(uint16_t(q[0].x & 0xFFFFu));
         w.dm = half_bits(uint16_t(q[0].x >> 16));
@@ -690,7 +696,7 @@ __device__ __forceinline__ float sb_lane(const uint8_t* row, int64_t b, const ui
                     s1 = __dp4a(int(lo | hi), ys[i], s1);
             }
             auto scale = [&](int k) { return int(int8_t((word(48 + k / 4) >> (8 * (k % 4))) & 0xFFu)); };
-            ia += (s0 - 32 * int(bs[2 * j])) * scale(2 * j) + (s1 - 32 * int(bs[2 * j + 1])) * scale(2 * j + 1);
+            ia += (s0 - 32 * bs_lo(j)) * scale(2 * j) + (s1 - 32 * bs_hi(j)) * scale(2 * j + 1);
         }
         w.d = half_bits(uint16_t(word(52) & 0xFFFFu));
     }
