@@ -441,11 +441,15 @@ __global__ void __launch_bounds__(256, 2) k_moe_down_sb(MoeDownArgs a) {
     const float* wts = a.wts + t * K;
     const float c =
         sb_lane_any(int(a.td), a.wd + ids[k] * a.ebd + nn * a.rbd, li % nsb, in + k * arb, swz + k * F, F, k * nsb);
+    // each lane folds its own expert's super-blocks and weighs them, then the experts fold in top-k
+    // order: nsb + K shuffles a lane instead of K nsb, the same operations in the same order
+    float y = 0;
+    for (int64_t b = 0; b < nsb; ++b) y += __shfl_sync(0xffffffffu, c, first + int(k * nsb + b));
+    const float yw = __fmul_rn(y, wts[k]);
     float o = 0;
     for (int64_t kk = 0; kk < K; ++kk) {
-        float y = 0;
-        for (int64_t b = 0; b < nsb; ++b) y += __shfl_sync(0xffffffffu, c, first + int(kk * nsb + b));
-        o = kk == 0 ? __fmul_rn(y, wts[kk]) : __fadd_rn(o, __fmul_rn(y, wts[kk]));
+        const float v = __shfl_sync(0xffffffffu, yw, first + int(kk * nsb));
+        o = kk == 0 ? v : __fadd_rn(o, v);
     }
     if (a.wds) {
         const int64_t nsbs = a.se.Fs / 256;
