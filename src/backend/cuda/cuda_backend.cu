@@ -851,11 +851,12 @@ class CudaBackend final : public Backend {
                       ps[i].out.stride, slot};
             rows += w.n_out();
         }
-        // One token: the K-quant products a lane per super-block (k_matvec_sb), 4 rows a warp.
+        // One token: the K-quant products a lane per super-block (k_matvec_sb), 32 / sb_lanes rows
+        // a warp.
         int64_t items = rows;
-        const int64_t nsb = x.cols / 256;
-        a.sb_lanes = sb_lanes_ == 0 || nsb <= 8 ? 8 : nsb <= 16 ? 16 : 32;
         if (sb_ && x.rows == 1 && x.cols % 256 == 0) {
+            const int64_t nsb = x.cols / 256;
+            a.sb_lanes = sb_lanes_ == 0 || nsb <= 8 ? 8 : nsb <= 16 ? 16 : 32;
             items = 0;
             for (size_t i = 0; i < n; ++i) {
                 if (sb_type(a.p[i].type)) {

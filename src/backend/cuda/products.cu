@@ -162,7 +162,7 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
         int64_t i = 0, ii = item;
         while (ii >= sb_items(a.p[i], L)) ii -= sb_items(a.p[i++], L);
         const MatvecProduct& p = a.p[i];
-        if (sb_type(p.type) && L == 8) {
+        if (sb_type(p.type) && L == 8) {  // fold8's shuffles unrolled
             const int s = lane % 8;
             const int64_t r = ii * 4 + lane / 8;
             const uint8_t* row = p.w + min(r, p.n_out - 1) * p.row_bytes;
