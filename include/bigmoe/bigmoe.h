@@ -22,7 +22,8 @@ struct LoadOptions {
     bool profile = false;  // wrap the backend in a ProfiledBackend
     bool repack = true;    // CPU: keep a packed copy of K-quant weights for faster products (--no-repack)
     // Layers on the GPU (-ngl): 0 runs on the CPU; the layer count or more (or -1) puts the whole
-    // model on the CUDA backend. Splitting a model between the two is refused for now.
+    // model on the CUDA backend; N between runs the last N layers and the LM head on the GPU and
+    // the others on the CPU.
     int n_gpu_layers = 0;
     int gpu_device = 0;
     LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
@@ -37,10 +38,12 @@ class Engine {
 
     const gguf::GgufFile& file() const { return *file_; }
     Model& model() { return *model_; }
+    // The backend of the LM head (the GPU's when any layer is there).
     Backend& backend() { return *backend_; }
     const Backend& backend() const { return *backend_; }
-    // Whether the model runs on a GPU backend (-ngl).
-    bool on_gpu() const { return on_gpu_; }
+    // Whether the model runs on a GPU backend (-ngl), and how many of its layers do.
+    bool on_gpu() const { return gpu_layers_ > 0; }
+    int64_t gpu_layers() const { return gpu_layers_; }
     // One line for the log: model, size, parameters, backend, threads, context, KV bytes and
     // the load time.
     std::string describe(const Context& ctx, double load_seconds) const;
@@ -50,9 +53,10 @@ class Engine {
   private:
     std::unique_ptr<gguf::GgufFile> file_;
     std::unique_ptr<Backend> backend_;
+    std::unique_ptr<Backend> host_backend_;  // the CPU's layers of a model split with the GPU
     std::unique_ptr<Model> model_;
     ProfiledBackend* profiler_ = nullptr;
-    bool on_gpu_ = false;
+    int64_t gpu_layers_ = 0;
 };
 
 const char* version_string();

@@ -29,7 +29,7 @@ const char* op_class_key(OpClass c) {
 
 OpSeconds ProfiledBackend::seconds_by_class() const {
     OpSeconds s{};
-    for (const auto& [phase, scopes] : table_)
+    for (const auto& [phase, scopes] : rec_->table)
         for (const auto& [scope, classes] : scopes)
             for (const auto& [c, e] : classes) s[size_t(c)] += e.seconds;
     return s;
@@ -63,8 +63,8 @@ std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEn
 }  // namespace
 
 std::string ProfiledBackend::format(const std::string& phase, double wall, int64_t n_tokens) const {
-    auto it = table_.find(phase);
-    if (it == table_.end() || wall <= 0) return "";
+    auto it = rec_->table.find(phase);
+    if (it == rec_->table.end() || wall <= 0) return "";
     std::string out =
         "| " + phase +
         ": op | share | ms/token | calls | GB/s | TFLOP/s |\n| --- | ---: | ---: | ---: | ---: | ---: |\n";
@@ -101,8 +101,8 @@ std::string ProfiledBackend::json(const std::string& phase, double wall, int64_t
     j["n_tokens"] = n_tokens;
     double sum = 0;
     nlohmann::ordered_json ops = nlohmann::ordered_json::array();
-    auto it = table_.find(phase);
-    if (it != table_.end()) {
+    auto it = rec_->table.find(phase);
+    if (it != rec_->table.end()) {
         for (const Row& r : rows_of(it->second, false)) {
             ops.push_back({{"op", r.name},
                            {"seconds", r.seconds},

@@ -29,20 +29,22 @@ struct ProfileEntry {
 
 class ProfiledBackend : public Backend {
   public:
-    explicit ProfiledBackend(std::unique_ptr<Backend> inner) : inner_(std::move(inner)) {}
+    // With `share`, both record into one table under one phase (a model split over backends).
+    explicit ProfiledBackend(std::unique_ptr<Backend> inner, const ProfiledBackend* share = nullptr)
+        : inner_(std::move(inner)), rec_(share ? share->rec_ : std::make_shared<Shared>()) {}
 
     // The wrapped backend's arena: its ops allocate from it too.
     ScratchArena& scratch_arena() override { return inner_->scratch_arena(); }
     void begin_batch(const BatchState& b) override { inner_->begin_batch(b); }
-    void set_phase(const std::string& phase) { phase_ = phase; }
+    void set_phase(const std::string& phase) { rec_->phase = phase; }
     // Time measured outside the backend (sampling) is added by the caller.
     void record(OpClass c, double seconds) {
-        ProfileEntry& e = table_[phase_]["sampling"][c];
+        ProfileEntry& e = rec_->table[rec_->phase]["sampling"][c];
         e.seconds += seconds;
         e.calls += 1;
     }
     void annotate(const char* scope) override { scope_ = scope; }
-    void clear() { table_.clear(); }
+    void clear() { rec_->table.clear(); }
     // Seconds by op class over every phase and layer kind since the last clear().
     OpSeconds seconds_by_class() const;
     // The breakdown of one phase as a table (share of wall time, ms per token, calls), with an
@@ -50,9 +52,8 @@ class ProfiledBackend : public Backend {
     std::string format(const std::string& phase, double wall_seconds, int64_t n_tokens) const;
     std::string json(const std::string& phase, double wall_seconds, int64_t n_tokens) const;
     // [phase][scope][op class]
-    const std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>>& table() const {
-        return table_;
-    }
+    using Table = std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>>;
+    const Table& table() const { return rec_->table; }
 
     std::string name() const override { return inner_->name() + " + profiler"; }
     std::string device_name() const override { return inner_->device_name(); }
@@ -127,16 +128,20 @@ class ProfiledBackend : public Backend {
         const auto t0 = std::chrono::steady_clock::now();
         f();
         inner_->synchronize();
-        ProfileEntry& e = table_[phase_][scope_][c];
+        ProfileEntry& e = rec_->table[rec_->phase][scope_][c];
         e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         e.calls += 1;
         e.bytes += bytes;
         e.flops += flops;
     }
 
+    struct Shared {
+        std::string phase = "prefill";
+        Table table;
+    };
     std::unique_ptr<Backend> inner_;
-    std::string phase_ = "prefill", scope_ = "model";
-    std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>> table_;
+    std::shared_ptr<Shared> rec_;
+    std::string scope_ = "model";
 };
 
 }  // namespace bigmoe

@@ -213,7 +213,7 @@ Result<void> run_tests(const Matrix& mx) {
     row.compiler = __VERSION__;
     row.cpu_info = cpu_model_name();
     row.backend = mx.engine.on_gpu() ? "CUDA" : "CPU";
-    row.n_gpu_layers = mx.engine.on_gpu() ? int64_t(model.hparams().n_layer_all) : 0;
+    row.n_gpu_layers = mx.engine.gpu_layers();
     if (mx.engine.on_gpu()) row.gpu_info = mx.engine.backend().device_name();
     row.model_filename = mx.path;
     row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or(gguf::key::general_name, "") + " " +
@@ -299,8 +299,7 @@ Result<void> run_config(Engine& engine, const std::string& path, int64_t threads
     plain_cp.rollback_depth = 0;
     const ContextParams& target_cp = draft_engines.empty() ? plain_cp : cp;
     // fail before the depth's tokens are drawn when the context cannot fit
-    if (auto r = Context::check_fits(engine.model().hparams(), target_cp, engine.backend().memory_available()); !r)
-        return in_config(r.error(), path, c);
+    if (auto r = Context::check_fits(engine.model(), target_cp); !r) return in_config(r.error(), path, c);
     if (ev.progress && c.depth > 0) ev.progress("building depth " + std::to_string(c.depth) + " ...");
     std::mt19937 rng(42);
     const auto depth_tokens = random_tokens(rng, c.depth, engine.model().hparams().n_vocab);
@@ -324,8 +323,7 @@ Result<void> run_config(Engine& engine, const std::string& path, int64_t threads
         if (np <= 1 || parallel.count(np)) continue;
         ContextParams pcp = plain_cp;
         pcp.n_seq_max = int(np);
-        if (auto r = Context::check_fits(engine.model().hparams(), pcp, engine.backend().memory_available()); !r)
-            return in_config(r.error(), path, c);
+        if (auto r = Context::check_fits(engine.model(), pcp); !r) return in_config(r.error(), path, c);
         auto ctx = engine.new_context(pcp);
         if (!ctx) return in_config(ctx.error(), path, c);
         parallel[np] = std::move(*ctx);

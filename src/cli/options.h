@@ -27,7 +27,8 @@ inline const OptionSpec no_repack{"-nr", "--no-repack", "",
                                   "products on the file's row layout (no packed copy of the weights)"};
 inline const OptionSpec gpu_layers{
     "-ngl", "--n-gpu-layers", "N",
-    "layers on the GPU: 0 (default) runs on the CPU; 99 (or the layer count) the whole model on the CUDA backend"};
+    "layers on the GPU: 0 (default) runs on the CPU; 99 (or the layer count) the whole model on the CUDA backend; "
+    "N between: the last N layers and the output on the GPU, the others on the CPU"};
 inline const OptionSpec profile{"", "--profile", "", "time per op class and layer kind (printed to stderr)"};
 inline const OptionSpec help{"-h", "--help", "", "show this help"};
 // speculative decoding (run, bench)

@@ -1,4 +1,6 @@
 #include "models/model.h"
+
+#include <algorithm>
 #include "gguf/names.h"
 
 #include "models/registry.h"
@@ -45,9 +47,10 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     w.expert_bytes = ti->row_bytes * size_t(ti->ne[1]);
     w.data = ti->data;
     w.multiplied = multiplied_;
-    BM_TRY(backend_->prepare_weight(w));
-    report_loaded(ti->nbytes);
+    BM_TRY(loading_->prepare_weight(w));
     weights_.push_back(w);
+    if (!counted_) return &weights_.back();
+    report_loaded(ti->nbytes);
     total_bytes_ += ti->nbytes;
     n_params_ += ti->n_elements();
     if (expert && hp_.n_expert > 0) {
@@ -80,41 +83,116 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
     return w;
 }
 
-Result<void> Model::check_shapes() const {
+std::vector<Backend*> Model::backends() const {
+    std::vector<Backend*> r;
+    for (int64_t il = 0; il < hp_.n_layer; ++il)
+        if (std::find(r.begin(), r.end(), &backend(il)) == r.end()) r.push_back(&backend(il));
+    if (std::find(r.begin(), r.end(), &backend()) == r.end()) r.push_back(&backend());
+    return r;
+}
+
+Result<void> Model::init(const gguf::GgufFile& file, HParams hp, const Placement& placement) {
+    file_ = &file;
+    hp_ = std::move(hp);
+    placement_ = placement;
+    if (!placement_.output) return make_error("a model placement needs the output's backend", ErrorKind::internal);
+    loading_ = &backend(0);
     OpShapes s;
     if (hp_.n_attention_layers() > 0) s.head_dim = hp_.head_dim;
     if (hp_.n_recurrent_layers() > 0) {
         s.conv_kernel = hp_.ssm_conv_kernel;
         s.ssm_d_k = hp_.ssm_d_state;
     }
-    return backend_->check_shapes(s);
+    for (Backend* be : backends()) BM_TRY(be->check_shapes(s));
+    return {};
 }
 
 Result<void> Model::load_output_and_embeddings() {
     if (hp_.n_vocab <= 0)
         return make_error(file_->path() + ": no vocabulary (tokenizer.ggml.tokens missing)", ErrorKind::corrupt_file);
-    multiplied_ = file_->tensor(gguf::tensor::output) == nullptr;  // tied: the embedding is the LM head
+    const bool tied = file_->tensor(gguf::tensor::output) == nullptr;  // the embedding is the LM head
+    const bool apart = &backend(0) != &backend();
+    loading_ = &backend(0);
+    multiplied_ = tied && !apart;
     auto e = load(gguf::tensor::token_embd, {hp_.n_embd, hp_.n_vocab});
     multiplied_ = true;
     if (!e) return e.error();
     tok_embd_ = *e;
+    loading_ = &backend();
     auto n = load_f32(gguf::tensor::output_norm, {hp_.n_embd});
     if (!n) return n.error();
     output_norm_ = *n;
-    auto o = load_optional(gguf::tensor::output, {hp_.n_embd, hp_.n_vocab});
-    if (!o) return o.error();
-    output_ = *o ? *o : tok_embd_;  // tied embeddings
+    if (tied && apart) {  // the LM head's own copy where it runs
+        counted_ = false;
+        auto o = load(gguf::tensor::token_embd, {hp_.n_embd, hp_.n_vocab});
+        counted_ = true;
+        if (!o) return o.error();
+        output_ = *o;
+    } else {
+        auto o = load_optional(gguf::tensor::output, {hp_.n_embd, hp_.n_vocab});
+        if (!o) return o.error();
+        output_ = *o ? *o : tok_embd_;
+    }
+    loading_ = &backend(0);
     return {};
 }
 
-void Model::compute_logits(Tensor h, const ForwardBatch& batch, Tensor logits) {
-    Backend& be = *backend_;
+void Model::enter(Backend* from, Backend& next, const ForwardBatch& batch, std::initializer_list<Tensor*> ts) {
+    next.reset_scratch();
+    for (Tensor* t : ts) {
+        Tensor moved = next.scratch(t->rows, t->cols);
+        if (t->rows > 0 && moved.stride == t->stride) {  // one copy each way (the arenas pad rows alike)
+            const size_t n = size_t((t->rows - 1) * t->stride + t->cols);
+            staging_.resize(n);
+            from->download(staging_.data(), t->data, n * 4);
+            next.upload(moved.data, staging_.data(), n * 4);
+        } else {
+            const size_t row = size_t(t->cols) * 4;
+            staging_.resize(size_t(t->rows * t->cols));
+            for (int64_t r = 0; r < t->rows; ++r) from->download(staging_.data() + r * t->cols, t->row(r), row);
+            for (int64_t r = 0; r < t->rows; ++r) next.upload(moved.row(r), staging_.data() + r * t->cols, row);
+        }
+        *t = moved;
+    }
+    next.begin_batch(*batch.state);
+}
+
+void Model::run_layers(const ForwardBatch& batch, const std::vector<const Weight*>& input_norms, const LayerBody& body,
+                       Tensor logits) {
+    const int64_t T = batch.n_tokens, L = hp_.n_layer;
+    Backend* be = &backend(0);
+    enter(nullptr, *be, batch, {});
+    Tensor h = be->scratch(T, hp_.n_embd);
+    be->annotate("embeddings");
+    be->get_rows(*tok_embd_, batch.tokens, T, h);
+    Tensor a = be->scratch(T, hp_.n_embd);
+    be->rms_norm(h, *input_norms[0], hp_.eps, a);
+    for (int64_t il = 0; il < L; ++il) {
+        const auto mark = be->scratch_mark();
+        Tensor y = body(*be, il, h, a);
+        // each residual add runs with the norm after it (the next layer's input norm), on one backend
+        Backend& next = il + 1 < L ? backend(il + 1) : backend();
+        if (il + 1 < L && &next == be)
+            be->add_rms_norm(h, y, *input_norms[size_t(il + 1)], hp_.eps, a);
+        else
+            be->add(h, y, h);
+        be->scratch_rewind(mark);
+        if (&next != be) {
+            enter(be, next, batch, {&h});
+            be = &next;
+            if (il + 1 < L) {
+                a = be->scratch(T, hp_.n_embd);
+                be->rms_norm(h, *input_norms[size_t(il + 1)], hp_.eps, a);
+            }
+        }
+    }
+    be->annotate("output");
     const int64_t n_out = int64_t(batch.out_rows.size());
-    Tensor sel = be.scratch(n_out, hp_.n_embd);
-    for (int64_t i = 0; i < n_out; ++i) be.copy(sel.row(i), h.row(batch.out_rows[size_t(i)]), size_t(hp_.n_embd) * 4);
-    Tensor normed = be.scratch(n_out, hp_.n_embd);
-    be.rms_norm(sel, *output_norm_, hp_.eps, normed);
-    be.matmul(*output_, normed, logits);
+    Tensor sel = be->scratch(n_out, hp_.n_embd);
+    for (int64_t i = 0; i < n_out; ++i) be->copy(sel.row(i), h.row(batch.out_rows[size_t(i)]), size_t(hp_.n_embd) * 4);
+    Tensor normed = be->scratch(n_out, hp_.n_embd);
+    be->rms_norm(sel, *output_norm_, hp_.eps, normed);
+    be->matmul(*output_, normed, logits);
 }
 
 const std::vector<ArchEntry>& model_registry() {
@@ -126,7 +204,8 @@ const std::vector<ArchEntry>& model_registry() {
     return r;
 }
 
-Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend, const LoadProgress& progress) {
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, const Placement& placement,
+                                          const LoadProgress& progress) {
     auto arch = file.get_string(gguf::key::general_architecture);
     if (!arch) return arch.error();
     uint64_t total = 0;
@@ -136,7 +215,7 @@ Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& b
         ~Reset() { t_load = {}; }
     } reset;
     for (const auto& e : model_registry())
-        if (*arch == e.name) return e.load(file, backend);
+        if (*arch == e.name) return e.load(file, placement);
     std::string known;
     for (const auto& e : model_registry()) known += std::string(known.empty() ? "" : ", ") + e.name;
     return make_error(file.path() + ": unsupported architecture '" + *arch + "' (supported: " + known + ")",

@@ -5,6 +5,7 @@
 
 #include <deque>
 #include <functional>
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,12 +17,28 @@
 
 namespace bigmoe {
 
-// The tokens of one forward pass. Their sequences' spans and state are the backend's
-// BatchState, handed over before the pass (Backend::begin_batch).
+// The tokens of one forward pass, and their sequences' spans and state, which the pass hands to
+// each backend as it reaches it (Backend::begin_batch).
 struct ForwardBatch {
     const int32_t* tokens = nullptr;  // [n_tokens]
     int64_t n_tokens = 0;
     std::vector<int64_t> out_rows;  // batch rows whose logits are wanted, ascending
+    const BatchState* state = nullptr;
+};
+
+// Which backend runs which part of a model: the last `n_output_layers` layers (every layer when
+// negative), the final norm and the LM head on `output`; the layers before them, and the token
+// embedding's lookup then, on `first`. A pass moves its residual stream between the two once
+// (-ngl N: the first layers on the CPU, the last N and the head on the GPU).
+struct Placement {
+    Backend* output = nullptr;
+    Backend* first = nullptr;
+    int64_t n_output_layers = -1;
+
+    static Placement on(Backend& be) { return {&be, nullptr, -1}; }
+    static Placement split(Backend& first, Backend& output, int64_t n_output_layers) {
+        return {&output, &first, n_output_layers};
+    }
 };
 
 class Model {
@@ -29,7 +46,16 @@ class Model {
     virtual ~Model() = default;
     const HParams& hparams() const { return hp_; }
     const gguf::GgufFile& file() const { return *file_; }
-    Backend& backend() const { return *backend_; }
+    // The backend of the LM head, where a pass's logits are.
+    Backend& backend() const { return *placement_.output; }
+    // The backend that runs layer il.
+    Backend& backend(int64_t il) const {
+        const Placement& p = placement_;
+        return p.first && p.n_output_layers >= 0 && il < hp_.n_layer - p.n_output_layers ? *p.first : *p.output;
+    }
+    // Every backend the model runs on, in the order a pass enters them.
+    std::vector<Backend*> backends() const;
+    const Placement& placement() const { return placement_; }
 
     // logits: [out_rows.size()][n_vocab] in backend memory.
     virtual void forward(const ForwardBatch& batch, Tensor logits) = 0;
@@ -46,32 +72,49 @@ class Model {
     Result<const Weight*> load_optional(const std::string& name, std::vector<int64_t> shape, bool expert = false);
     // A tensor the ops read as plain floats (norm weights, conv taps, gates): must be F32.
     Result<const Weight*> load_f32(const std::string& name, std::vector<int64_t> shape);
-    // Whether the backend runs layers of this model's sizes (Backend::check_shapes); before any load.
-    Result<void> check_shapes() const;
     // token_embd, output_norm and output (tied to token_embd when absent).
     Result<void> load_output_and_embeddings();
 
   protected:
+    // Sets the hyper-parameters and the placement, and asks every backend whether it runs layers
+    // of this model's sizes; before any load.
+    Result<void> init(const gguf::GgufFile& file, HParams hp, const Placement& placement);
+    // The weights loaded from now on are prepared by layer il's backend.
+    void load_on(int64_t il) { loading_ = &backend(il); }
+
     // Whether the weights loaded now are multiplied (Weight::multiplied): false while loading a
     // lookup table (an untied token embedding) or blocks that do not run (MTP).
     bool multiplied_ = true;
+    // Whether the weights loaded now count in the model's sizes (false for a second copy).
+    bool counted_ = true;
     HParams hp_;
     const gguf::GgufFile* file_ = nullptr;
-    Backend* backend_ = nullptr;
+    Placement placement_;
+    Backend* loading_ = nullptr;  // prepares the weights loaded now
     std::deque<Weight> weights_;
-    const Weight* tok_embd_ = nullptr;
+    const Weight* tok_embd_ = nullptr;  // the lookup, on layer 0's backend
     const Weight* output_norm_ = nullptr;
-    const Weight* output_ = nullptr;
+    const Weight* output_ = nullptr;  // on the output's backend (a second copy of a tied embedding there)
     uint64_t total_bytes_ = 0, active_bytes_ = 0;
     int64_t n_params_ = 0, n_active_params_ = 0;
 
-    // Final norm + LM head on the requested rows of h.
-    void compute_logits(Tensor h, const ForwardBatch& batch, Tensor logits);
+    // The residual stream of every architecture here: h = the tokens' embeddings; per layer
+    // h += body(be, il, h, norm_il(h)), with norm_il the layer's input norm (input_norms[il]); then
+    // the final norm and the LM head on the requested rows. The body runs on layer il's backend
+    // `be` (h and the normed input are there) and returns what it adds to h.
+    using LayerBody = std::function<Tensor(Backend& be, int64_t il, Tensor h, Tensor normed)>;
+    void run_layers(const ForwardBatch& batch, const std::vector<const Weight*>& input_norms, const LayerBody& body,
+                    Tensor logits);
 
-    friend Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile&, Backend&);
+  private:
+    // Begins a pass's step on `next` and moves the tensors `ts` (on `from`, or nullptr at the
+    // start of the pass) into its scratch, through host memory. They are copied before the step
+    // begins, so a device backend's recorded step holds only its own ops.
+    void enter(Backend* from, Backend& next, const ForwardBatch& batch, std::initializer_list<Tensor*> ts);
+    std::vector<float> staging_;
 };
 
-using ModelLoader = std::function<Result<std::unique_ptr<Model>>(const gguf::GgufFile&, Backend&)>;
+using ModelLoader = std::function<Result<std::unique_ptr<Model>>(const gguf::GgufFile&, const Placement&)>;
 struct ArchEntry {
     const char* name;
     ModelLoader load;
@@ -83,7 +126,11 @@ const std::vector<ArchEntry>& model_registry();
 using LoadProgress = std::function<void(uint64_t done, uint64_t total)>;
 
 // Picks the architecture from general.architecture and loads the model.
-Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend,
+Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, const Placement& placement,
                                           const LoadProgress& progress = nullptr);
+inline Result<std::unique_ptr<Model>> load_model(const gguf::GgufFile& file, Backend& backend,
+                                                 const LoadProgress& progress = nullptr) {
+    return load_model(file, Placement::on(backend), progress);
+}
 
 }  // namespace bigmoe

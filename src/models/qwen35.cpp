@@ -4,8 +4,8 @@
 
 namespace bigmoe {
 
-Result<std::unique_ptr<Model>> load_qwen35(const gguf::GgufFile& file, Backend& backend) {
-    return Qwen35Family::create(file, backend, /*moe=*/false);
+Result<std::unique_ptr<Model>> load_qwen35(const gguf::GgufFile& file, const Placement& placement) {
+    return Qwen35Family::create(file, placement, /*moe=*/false);
 }
 
 }  // namespace bigmoe

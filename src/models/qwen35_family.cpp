@@ -3,19 +3,19 @@
 
 namespace bigmoe {
 
-Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, Backend& backend, bool moe) {
+Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, const Placement& placement, bool moe) {
     auto hp = read_hparams(file, /*hybrid=*/true, moe);
     if (!hp) return hp.error();
     std::unique_ptr<Qwen35Family> m(new Qwen35Family());
-    m->hp_ = std::move(*hp);
-    m->file_ = &file;
-    m->backend_ = &backend;
+    BM_TRY(m->init(file, std::move(*hp), placement));
     m->moe_ = moe;
-    BM_TRY(m->check_shapes());
     BM_TRY(m->load_output_and_embeddings());
     m->layers_.resize(size_t(m->hp_.n_layer));
-    for (int64_t il = 0; il < m->hp_.n_layer; ++il)
+    for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
+        m->load_on(il);
         BM_TRY(m->load_layer(il, m->layers_[size_t(il)], m->hp_.is_recurrent(il)));
+    }
+    m->load_on(m->hp_.n_layer - 1);  // MTP blocks follow the last layer
     BM_TRY(m->load_mtp());
     return std::unique_ptr<Model>(std::move(m));
 }
@@ -61,33 +61,20 @@ Result<void> Qwen35Family::load_mtp() {
 }
 
 void Qwen35Family::forward(const ForwardBatch& batch, Tensor logits) {
-    Backend& be = *backend_;
-    be.reset_scratch();
-    const int64_t T = batch.n_tokens;
-    Tensor h = be.scratch(T, hp_.n_embd);
-    be.annotate("embeddings");
-    be.get_rows(*tok_embd_, batch.tokens, T, h);
-    // each residual add runs with the norm after it (a layer's input norm with the previous
-    // layer's last add)
-    Tensor a = be.scratch(T, hp_.n_embd);
-    be.rms_norm(h, *layers_[0].attn_norm, hp_.eps, a);
-    for (int64_t il = 0; il < hp_.n_layer; ++il) {
-        const Layer& l = layers_[size_t(il)];
-        const auto mark = be.scratch_mark();
-        be.annotate(l.recurrent ? "recurrent layers" : "attention layers");
-        Tensor m =
-            l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, il) : blocks::attention(be, hp_, l.attn, a, il);
-        Tensor f = be.scratch(T, hp_.n_embd);
-        be.add_rms_norm(h, m, *l.post_norm, hp_.eps, f);
-        Tensor y = moe_ ? blocks::moe(be, l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
-        if (il + 1 < hp_.n_layer)
-            be.add_rms_norm(h, y, *layers_[size_t(il + 1)].attn_norm, hp_.eps, a);
-        else
-            be.add(h, y, h);
-        be.scratch_rewind(mark);
-    }
-    be.annotate("output");
-    compute_logits(h, batch, logits);
+    std::vector<const Weight*> norms;
+    for (const Layer& l : layers_) norms.push_back(l.attn_norm);
+    run_layers(
+        batch, norms,
+        [&](Backend& be, int64_t il, Tensor h, Tensor a) {
+            const Layer& l = layers_[size_t(il)];
+            be.annotate(l.recurrent ? "recurrent layers" : "attention layers");
+            Tensor m = l.recurrent ? blocks::gated_delta_net(be, hp_, l.gdn, a, il)
+                                   : blocks::attention(be, hp_, l.attn, a, il);
+            Tensor f = be.scratch(h.rows, hp_.n_embd);
+            be.add_rms_norm(h, m, *l.post_norm, hp_.eps, f);
+            return moe_ ? blocks::moe(be, l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
+        },
+        logits);
 }
 
 }  // namespace bigmoe

@@ -12,7 +12,7 @@ namespace bigmoe {
 
 class Qwen35Family : public Model {
   public:
-    static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend, bool moe);
+    static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, const Placement& placement, bool moe);
     void forward(const ForwardBatch& batch, Tensor logits) override;
 
   private:

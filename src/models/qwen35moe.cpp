@@ -5,8 +5,8 @@
 
 namespace bigmoe {
 
-Result<std::unique_ptr<Model>> load_qwen35moe(const gguf::GgufFile& file, Backend& backend) {
-    return Qwen35Family::create(file, backend, /*moe=*/true);
+Result<std::unique_ptr<Model>> load_qwen35moe(const gguf::GgufFile& file, const Placement& placement) {
+    return Qwen35Family::create(file, placement, /*moe=*/true);
 }
 
 }  // namespace bigmoe

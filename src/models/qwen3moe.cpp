@@ -10,16 +10,14 @@ namespace {
 
 class Qwen3Moe : public Model {
   public:
-    static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, Backend& backend) {
+    static Result<std::unique_ptr<Model>> create(const gguf::GgufFile& file, const Placement& placement) {
         auto hp = read_hparams(file, /*hybrid=*/false, /*moe=*/true);
         if (!hp) return hp.error();
         std::unique_ptr<Qwen3Moe> m(new Qwen3Moe());
-        m->hp_ = std::move(*hp);
-        m->file_ = &file;
-        m->backend_ = &backend;
-        BM_TRY(m->check_shapes());
+        BM_TRY(m->init(file, std::move(*hp), placement));
         BM_TRY(m->load_output_and_embeddings());
         for (int64_t il = 0; il < m->hp_.n_layer; ++il) {
+            m->load_on(il);
             Layer l;
             auto an = m->load_f32(blocks::blk(il, gguf::tensor::attn_norm), {m->hp_.n_embd});
             if (!an) return an.error();
@@ -39,30 +37,18 @@ class Qwen3Moe : public Model {
     }
 
     void forward(const ForwardBatch& batch, Tensor logits) override {
-        Backend& be = *backend_;
-        be.reset_scratch();
-        const int64_t T = batch.n_tokens;
-        Tensor h = be.scratch(T, hp_.n_embd);
-        be.annotate("embeddings");
-        be.get_rows(*tok_embd_, batch.tokens, T, h);
-        // each residual add runs with the norm after it
-        Tensor a = be.scratch(T, hp_.n_embd);
-        be.rms_norm(h, *layers_[0].attn_norm, hp_.eps, a);
-        for (int64_t il = 0; il < hp_.n_layer; ++il) {
-            const Layer& l = layers_[size_t(il)];
-            const auto mark = be.scratch_mark();
-            be.annotate("attention layers");
-            Tensor f = be.scratch(T, hp_.n_embd);
-            be.add_rms_norm(h, blocks::attention(be, hp_, l.attn, a, il), *l.ffn_norm, hp_.eps, f);
-            Tensor y = blocks::moe(be, l.moe, f);
-            if (il + 1 < hp_.n_layer)
-                be.add_rms_norm(h, y, *layers_[size_t(il + 1)].attn_norm, hp_.eps, a);
-            else
-                be.add(h, y, h);
-            be.scratch_rewind(mark);
-        }
-        be.annotate("output");
-        compute_logits(h, batch, logits);
+        std::vector<const Weight*> norms;
+        for (const Layer& l : layers_) norms.push_back(l.attn_norm);
+        run_layers(
+            batch, norms,
+            [&](Backend& be, int64_t il, Tensor h, Tensor a) {
+                const Layer& l = layers_[size_t(il)];
+                be.annotate("attention layers");
+                Tensor f = be.scratch(h.rows, hp_.n_embd);
+                be.add_rms_norm(h, blocks::attention(be, hp_, l.attn, a, il), *l.ffn_norm, hp_.eps, f);
+                return blocks::moe(be, l.moe, f);
+            },
+            logits);
     }
 
   private:
@@ -77,8 +63,8 @@ class Qwen3Moe : public Model {
 
 }  // namespace
 
-Result<std::unique_ptr<Model>> load_qwen3moe(const gguf::GgufFile& file, Backend& backend) {
-    return Qwen3Moe::create(file, backend);
+Result<std::unique_ptr<Model>> load_qwen3moe(const gguf::GgufFile& file, const Placement& placement) {
+    return Qwen3Moe::create(file, placement);
 }
 
 }  // namespace bigmoe

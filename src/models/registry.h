@@ -7,8 +7,8 @@
 
 namespace bigmoe {
 
-Result<std::unique_ptr<Model>> load_qwen3moe(const gguf::GgufFile& file, Backend& backend);
-Result<std::unique_ptr<Model>> load_qwen35(const gguf::GgufFile& file, Backend& backend);
-Result<std::unique_ptr<Model>> load_qwen35moe(const gguf::GgufFile& file, Backend& backend);
+Result<std::unique_ptr<Model>> load_qwen3moe(const gguf::GgufFile& file, const Placement& placement);
+Result<std::unique_ptr<Model>> load_qwen35(const gguf::GgufFile& file, const Placement& placement);
+Result<std::unique_ptr<Model>> load_qwen35moe(const gguf::GgufFile& file, const Placement& placement);
 
 }  // namespace bigmoe

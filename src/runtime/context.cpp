@@ -8,15 +8,20 @@
 namespace bigmoe {
 
 SeqCheckpoint::~SeqCheckpoint() {
-    if (data_) backend_->dealloc(data_);
+    for (const Part& p : parts_)
+        if (p.data) p.backend->dealloc(p.data);
 }
 
-Context::MemoryNeed Context::memory_need(const HParams& hp, const ContextParams& p) {
+Context::MemoryNeed Context::memory_need(const HParams& hp, const ContextParams& p, int64_t n_attention,
+                                         int64_t n_recurrent) {
     MemoryNeed m;
     const uint64_t n_seq = uint64_t(p.n_seq_max);
-    m.kv = kv_bytes_per_token(hp, p.type_k, p.type_v) * uint64_t(p.n_ctx) * n_seq;
-    m.recurrent = uint64_t(hp.n_recurrent_layers()) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) *
-                  sizeof(float) * uint64_t(p.rollback_depth + 1) * n_seq;
+    if (n_attention < 0) n_attention = hp.n_attention_layers();
+    if (n_recurrent < 0) n_recurrent = hp.n_recurrent_layers();
+    m.kv = uint64_t(n_attention) * KvCache::bytes_per_position(hp.kv_width(), p.type_k, p.type_v) * uint64_t(p.n_ctx) *
+           n_seq;
+    m.recurrent = uint64_t(n_recurrent) * uint64_t(hp.conv_state_floats() + hp.ssm_state_floats()) * sizeof(float) *
+                  uint64_t(p.rollback_depth + 1) * n_seq;
     // Working buffers of one micro-batch: the widest layer's activations (attention or Gated
     // DeltaNet, then the FFN or the experts) and the logits, doubled for the backend's own
     // buffers (quantized activations, expert groups). An estimate on the safe side.
@@ -31,25 +36,46 @@ Context::MemoryNeed Context::memory_need(const HParams& hp, const ContextParams&
     return m;
 }
 
-Result<void> Context::check_fits(const HParams& hp, const ContextParams& p, uint64_t available) {
-    const MemoryNeed m = memory_need(hp, p);
+namespace {
+
+Result<void> fits(const Context::MemoryNeed& m, const ContextParams& p, uint64_t available, const std::string& where) {
     if (m.total() <= available) return {};
     // The largest context that fits, with the same sequences, types and micro-batch.
     const uint64_t per_position = m.kv / uint64_t(p.n_ctx);
     const uint64_t fixed = m.recurrent + m.work;
-    std::string fits = "nothing fits: the weights leave too little memory";
+    std::string most = "nothing fits: the weights leave too little memory";
     if (available > fixed && per_position > 0) {
         const int64_t n = int64_t((available - fixed) / per_position);
-        if (n >= 8) fits = "at most " + std::to_string(n) + " positions fit (-c " + std::to_string(n) + ")";
+        if (n >= 8) most = "at most " + std::to_string(n) + " positions fit (-c " + std::to_string(n) + ")";
     }
     std::string parts = "KV cache " + format_bytes(m.kv);
     if (m.recurrent) parts += ", recurrent state " + format_bytes(m.recurrent);
     parts += ", working buffers " + format_bytes(m.work);
     return make_error("a context of " + std::to_string(p.n_ctx) + " positions" +
                           (p.n_seq_max > 1 ? " x " + std::to_string(p.n_seq_max) + " sequences" : "") + " needs " +
-                          format_bytes(m.total()) + " (" + parts + "), " + format_bytes(available) +
-                          " are available; " + fits,
+                          format_bytes(m.total()) + where + " (" + parts + "), " + format_bytes(available) +
+                          " are available; " + most,
                       ErrorKind::resource_exhausted);
+}
+
+}  // namespace
+
+Result<void> Context::check_fits(const HParams& hp, const ContextParams& p, uint64_t available) {
+    return fits(memory_need(hp, p), p, available, "");
+}
+
+Result<void> Context::check_fits(const Model& model, const ContextParams& p) {
+    const HParams& hp = model.hparams();
+    const std::vector<Backend*> bes = model.backends();
+    if (bes.size() == 1) return check_fits(hp, p, bes[0]->memory_available());
+    for (Backend* be : bes) {
+        int64_t n_attention = 0, n_recurrent = 0;
+        for (int64_t il = 0; il < hp.n_layer; ++il)
+            if (&model.backend(il) == be) ++(hp.is_recurrent(il) ? n_recurrent : n_attention);
+        BM_TRY(fits(memory_need(hp, p, n_attention, n_recurrent), p, be->memory_available(),
+                    " on the " + be->name() + " backend"));
+    }
+    return {};
 }
 
 Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextParams& p) {
@@ -62,24 +88,26 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
     const HParams& hp = model.hparams();
     for (DType t : {p.type_k, p.type_v}) {
         BM_TRY(check_cache_type(hp, t));
-        if (!model.backend().supports(Op::attention, t))
-            return make_error(std::string("KV cache type ") + traits(t).name + " is not supported by the " +
-                                  model.backend().name() + " backend's attention",
-                              ErrorKind::unsupported);
+        for (int64_t il = 0; il < hp.n_layer; ++il)
+            if (!hp.is_recurrent(il) && !model.backend(il).supports(Op::attention, t))
+                return make_error(std::string("KV cache type ") + traits(t).name + " is not supported by the " +
+                                      model.backend(il).name() + " backend's attention",
+                                  ErrorKind::unsupported);
     }
-    BM_TRY(check_fits(hp, p, model.backend().memory_available()));
+    BM_TRY(check_fits(model, p));
     std::unique_ptr<Context> c(new Context(model, p));
     // A micro-batch never holds more tokens than the sequences can.
     c->params_.n_ubatch = std::min<int64_t>(p.n_ubatch, p.n_ctx * p.n_seq_max);
     c->seqs_.resize(size_t(p.n_seq_max));
     for (int64_t il = 0; il < hp.n_layer; ++il) {
+        Backend& be = model.backend(il);
         if (hp.is_recurrent(il)) {
-            auto r = RecurrentState::create(c->be_, hp.conv_state_floats(), hp.ssm_state_floats(), p.rollback_depth + 1,
+            auto r = RecurrentState::create(be, hp.conv_state_floats(), hp.ssm_state_floats(), p.rollback_depth + 1,
                                             p.n_seq_max);
             if (!r) return r.error();
             c->layers_.push_back(std::move(*r));
         } else {
-            auto kv = KvCache::create(c->be_, hp.kv_width(), p.n_ctx, p.n_seq_max, p.type_k, p.type_v);
+            auto kv = KvCache::create(be, hp.kv_width(), p.n_ctx, p.n_seq_max, p.type_k, p.type_v);
             if (!kv) return kv.error();
             c->layers_.push_back(std::move(*kv));
         }
@@ -215,7 +243,7 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
                               ErrorKind::resource_exhausted);
     }
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
-    be_.begin_batch(st);
+    fb.state = &st;
     model_.forward(fb, logits);
     if (logits_out)  // output row r goes to row out_dest[r] of the caller's logits
         for (int64_t r = 0; r < n_out; ++r)
@@ -264,32 +292,52 @@ Result<std::unique_ptr<SeqCheckpoint>> Context::checkpoint(int seq) {
     if (seq < 0 || seq >= int(seqs_.size())) return make_error("checkpoint: no sequence " + std::to_string(seq));
     const Seq& s = seqs_[size_t(seq)];
     std::unique_ptr<SeqCheckpoint> cp(new SeqCheckpoint());
-    cp->backend_ = &be_;
     cp->n_past_ = s.n_past;
     cp->bytes_ = seq_state_bytes(s.n_past);
-    cp->data_ = be_.alloc(cp->bytes_);
-    if (!cp->data_)
-        return make_error("checkpoint: cannot allocate " + format_bytes(cp->bytes_) + " (" +
-                              format_bytes(be_.memory_available()) + " available)",
-                          ErrorKind::resource_exhausted);
-    uint8_t* dst = static_cast<uint8_t*>(cp->data_);
-    for (const auto& l : layers_) {
-        l->save(seq, s.pos(), dst);
-        dst += l->saved_bytes(s.n_past);
+    // each backend's layers save into one allocation of that backend
+    for (Backend* be : model_.backends()) {
+        size_t bytes = 0;
+        for (size_t il = 0; il < layers_.size(); ++il)
+            if (&model_.backend(int64_t(il)) == be) bytes += layers_[il]->saved_bytes(s.n_past);
+        if (bytes == 0) continue;
+        void* data = be->alloc(bytes);
+        if (!data)
+            return make_error("checkpoint: cannot allocate " + format_bytes(bytes) + " (" +
+                                  format_bytes(be->memory_available()) + " available on the " + be->name() +
+                                  " backend)",
+                              ErrorKind::resource_exhausted);
+        cp->parts_.push_back({be, data});
+        uint8_t* dst = static_cast<uint8_t*>(data);
+        for (size_t il = 0; il < layers_.size(); ++il)
+            if (&model_.backend(int64_t(il)) == be) {
+                layers_[il]->save(seq, s.pos(), dst);
+                dst += layers_[il]->saved_bytes(s.n_past);
+            }
     }
     return cp;
 }
 
 Result<void> Context::restore(int seq, const SeqCheckpoint& cp) {
     if (seq < 0 || seq >= int(seqs_.size())) return make_error("restore: no sequence " + std::to_string(seq));
-    if (cp.backend_ != &be_ || cp.bytes_ != seq_state_bytes(cp.n_past_))
-        return make_error("restore: the checkpoint was made by another context");
+    std::vector<Backend*> bes;
+    for (Backend* be : model_.backends())
+        for (size_t il = 0; il < layers_.size(); ++il)
+            if (&model_.backend(int64_t(il)) == be && layers_[il]->saved_bytes(cp.n_past_) > 0) {
+                bes.push_back(be);
+                break;
+            }
+    bool same = cp.bytes_ == seq_state_bytes(cp.n_past_) && cp.parts_.size() == bes.size();
+    for (size_t i = 0; same && i < bes.size(); ++i) same = cp.parts_[i].backend == bes[i];
+    if (!same) return make_error("restore: the checkpoint was made by another context");
     Seq& s = seqs_[size_t(seq)];
-    const uint8_t* src = static_cast<const uint8_t*>(cp.data_);
     const SeqPos saved{cp.n_past_, s.head};
-    for (auto& l : layers_) {
-        l->load(seq, saved, src);
-        src += l->saved_bytes(cp.n_past_);
+    for (const SeqCheckpoint::Part& part : cp.parts_) {
+        const uint8_t* src = static_cast<const uint8_t*>(part.data);
+        for (size_t il = 0; il < layers_.size(); ++il)
+            if (&model_.backend(int64_t(il)) == part.backend) {
+                layers_[il]->load(seq, saved, src);
+                src += layers_[il]->saved_bytes(cp.n_past_);
+            }
     }
     s.n_past = cp.n_past_;
     s.history = 0;

@@ -42,8 +42,12 @@ class SeqCheckpoint {
   private:
     friend class Context;
     SeqCheckpoint() = default;
-    Backend* backend_ = nullptr;
-    void* data_ = nullptr;
+    // One allocation on each backend that holds layers' state, in the model's backend order.
+    struct Part {
+        Backend* backend;
+        void* data;
+    };
+    std::vector<Part> parts_;
     size_t bytes_ = 0;
     int64_t n_past_ = 0;
 };
@@ -102,8 +106,12 @@ class Context {
         uint64_t kv = 0, recurrent = 0, work = 0;
         uint64_t total() const { return kv + recurrent + work; }
     };
-    static MemoryNeed memory_need(const HParams& hp, const ContextParams& p);
+    // n_attention / n_recurrent: the layers whose state it counts (-1: all of them).
+    static MemoryNeed memory_need(const HParams& hp, const ContextParams& p, int64_t n_attention = -1,
+                                  int64_t n_recurrent = -1);
     static Result<void> check_fits(const HParams& hp, const ContextParams& p, uint64_t available);
+    // The same on every backend of the model: each holds its layers' states and working buffers.
+    static Result<void> check_fits(const Model& m, const ContextParams& p);
     // KV bytes per position (all layers) with these cache types.
     static uint64_t kv_bytes_per_token(const HParams& hp, DType type_k, DType type_v);
     // Whether t is a KV cache type this model's heads can hold (a block type's 32 values must

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <thread>
 
 #include "backend/cuda/cuda_backend.h"
@@ -27,18 +28,15 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         auto arch = e->file_->get_string(gguf::key::general_architecture);
         if (!arch) return arch.error();
         const int64_t n_layers = e->file_->get_int_or(*arch + "." + gguf::key::block_count, 0);
-        if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < n_layers)
-            return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": splitting the model's " +
-                                  std::to_string(n_layers) +
-                                  " layers between the GPU and the CPU is not supported yet; -ngl 0 runs every "
-                                  "layer on the CPU, -ngl " +
-                                  std::to_string(n_layers) + " (or 99) every layer on the GPU",
-                              ErrorKind::unsupported);
         auto be = make_cuda_backend(opts.gpu_device);
         if (!be)
             return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message, be.error().kind);
         e->backend_ = std::move(*be);
-        e->on_gpu_ = true;
+        e->gpu_layers_ = std::max<int64_t>(n_layers, 1);
+        if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < n_layers) {
+            e->gpu_layers_ = opts.n_gpu_layers;
+            e->host_backend_ = make_cpu_backend(threads, opts.repack);
+        }
     } else {
         e->backend_ = make_cpu_backend(threads, opts.repack);
     }
@@ -46,8 +44,18 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         auto p = std::make_unique<ProfiledBackend>(std::move(e->backend_));
         e->profiler_ = p.get();
         e->backend_ = std::move(p);
+        if (e->host_backend_)
+            e->host_backend_ = std::make_unique<ProfiledBackend>(std::move(e->host_backend_), e->profiler_);
     }
-    auto m = load_model(*e->file_, *e->backend_, opts.progress);
+    // the last gpu_layers_ of the layers that run (a file's block count also counts Qwen3.5's MTP
+    // blocks, which do not)
+    const Placement placement = e->host_backend_ ? Placement::split(*e->host_backend_, *e->backend_, e->gpu_layers_)
+                                                 : Placement::on(*e->backend_);
+    auto m = load_model(*e->file_, placement, opts.progress);
+    if (!m && e->gpu_layers_ > 0 && m.error().kind == ErrorKind::resource_exhausted)
+        return make_error(m.error().message + " (-ngl " + std::to_string(e->gpu_layers_) +
+                              ": fewer layers on the GPU leave the others on the CPU)",
+                          m.error().kind);
     if (!m) return m.error();
     e->model_ = std::move(*m);
     return e;
@@ -59,11 +67,20 @@ std::string Engine::describe(const Context& ctx, double load_seconds) const {
     char params[32];
     std::snprintf(params, sizeof params, "%.2f B", double(model_->n_params()) / 1e9);
     const uint64_t kv = ctx.kv_bytes_per_token() * uint64_t(p.n_ctx) * uint64_t(p.n_seq_max);
+    auto where = [](const Backend& be) {
+        return be.name() + (be.device_name().empty() ? ", " + std::to_string(be.n_threads()) + " threads"
+                                                     : " on " + be.device_name());
+    };
+    std::string placed = "backend " + where(*backend_);
+    if (host_backend_ && hp.n_layer > gpu_layers_) {
+        const int64_t n_cpu = hp.n_layer - gpu_layers_;
+        placed = "layers 0-" + std::to_string(n_cpu - 1) + " on " + where(*host_backend_) + ", layers " +
+                 std::to_string(n_cpu) + "-" + std::to_string(hp.n_layer - 1) + " and the output on " +
+                 where(*backend_);
+    }
     std::string s = "model: " + file_->path() + " (" + hp.arch + ", " + params + " params, " +
-                    format_bytes(model_->total_weight_bytes()) + ") | backend " + backend_->name() +
-                    (backend_->device_name().empty() ? ", " + std::to_string(backend_->n_threads()) + " threads"
-                                                     : " on " + backend_->device_name()) +
-                    " | context " + std::to_string(p.n_ctx) + ", KV cache " + format_bytes(kv) + " (" +
+                    format_bytes(model_->total_weight_bytes()) + ") | " + placed + " | context " +
+                    std::to_string(p.n_ctx) + ", KV cache " + format_bytes(kv) + " (" +
                     format_bytes(ctx.kv_bytes_per_token()) + "/token, K " + cache_type_name(p.type_k) + " V " +
                     cache_type_name(p.type_v) + ")";
     if (ctx.recurrent_bytes_per_seq() > 0) s += ", recurrent state " + format_bytes(ctx.state_bytes() - kv);

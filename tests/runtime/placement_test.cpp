@@ -1,0 +1,348 @@
+// A model split over two backends (-ngl N: the first layers on the CPU, the last N and the LM
+// head on the GPU) computes what it computes on one. Here both parts are CPU backends behind a
+// wall: each acts as a device with its own memory, and every op, copy and state reference it
+// gets must point into memory it handed out and at weights it prepared, so a tensor or a state
+// left on the wrong side of the split is caught even though host memory would let it pass. With
+// CPU kernels on both sides the logits and state operations must match one backend bit for bit.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "bigmoe/bigmoe.h"
+#include "synth/synth.h"
+#include "testlib.h"
+
+namespace bigmoe {
+namespace {
+
+class WalledBackend : public Backend {
+  public:
+    explicit WalledBackend(std::string label) : inner_(make_cpu_backend(1)), label_(std::move(label)) {}
+    ~WalledBackend() override { arena_.release(); }
+
+    // What crossed the wall, one line each; empty when nothing did.
+    const std::vector<std::string>& breaches() const { return breaches_; }
+    int64_t ops() const { return ops_; }
+
+    std::string name() const override { return label_; }
+    int n_threads() const override { return inner_->n_threads(); }
+    bool supports(Op op, DType t) const override { return inner_->supports(op, t); }
+    Result<void> check_shapes(const OpShapes& s) const override { return inner_->check_shapes(s); }
+    void annotate(const char* s) override { inner_->annotate(s); }
+    Result<void> prepare_weight(Weight& w) override {
+        prepared_.insert(w.info);
+        return inner_->prepare_weight(w);
+    }
+    uint64_t memory_available() const override { return inner_->memory_available(); }
+    void* alloc(size_t bytes) override {
+        void* p = inner_->alloc(bytes);
+        if (p) owned_[reinterpret_cast<uintptr_t>(p)] = bytes;
+        return p;
+    }
+    void dealloc(void* p) override {
+        owned_.erase(reinterpret_cast<uintptr_t>(p));
+        inner_->dealloc(p);
+    }
+    void upload(void* dst, const void* src, size_t n) override {
+        mine(dst, n, "upload's destination");
+        inner_->upload(dst, src, n);
+    }
+    void download(void* dst, const void* src, size_t n) override {
+        mine(src, n, "download's source");
+        inner_->download(dst, src, n);
+    }
+    void copy(void* dst, const void* src, size_t n) override {
+        mine(dst, n, "copy's destination");
+        mine(src, n, "copy's source");
+        inner_->copy(dst, src, n);
+    }
+    void fill_zero(void* dst, size_t n) override {
+        mine(dst, n, "fill_zero");
+        inner_->fill_zero(dst, n);
+    }
+    ScratchArena& scratch_arena() override { return arena_; }
+    void begin_batch(const BatchState& b) override {
+        batch_ = &b;
+        inner_->reset_scratch();  // what the inner ops took in the last pass is dead
+        inner_->begin_batch(b);
+    }
+
+    void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
+        op({out}, {&e});
+        inner_->get_rows(e, ids, n, out);
+    }
+    void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override {
+        op({x, out}, {&w});
+        inner_->rms_norm(x, w, eps, out);
+    }
+    void matmul(const Weight& w, Tensor x, Tensor out) override {
+        op({x, out}, {&w});
+        inner_->matmul(w, x, out);
+    }
+    void matmuls(Tensor x, const std::vector<Product>& ps) override {
+        for (const Product& p : ps) op({x, p.out}, {p.w});
+        inner_->matmuls(x, ps);
+    }
+    void add(Tensor a, Tensor b, Tensor out) override {
+        op({a, b, out}, {});
+        inner_->add(a, b, out);
+    }
+    void add_rms_norm(Tensor h, Tensor y, const Weight& w, float eps, Tensor out) override {
+        op({h, y, out}, {&w});
+        inner_->add_rms_norm(h, y, w, eps, out);
+    }
+    void gather_cols(Tensor x, int64_t g, int64_t o, int64_t w, Tensor out) override {
+        op({x, out}, {});
+        inner_->gather_cols(x, g, o, w, out);
+    }
+    void swiglu(Tensor g, Tensor u, Tensor out) override {
+        op({g, u, out}, {});
+        inner_->swiglu(g, u, out);
+    }
+    void rms_norm_gate(Tensor x, const Weight& w, float eps, Tensor z, Tensor out) override {
+        op({x, z, out}, {&w});
+        inner_->rms_norm_gate(x, w, eps, z, out);
+    }
+    void mul_sigmoid(Tensor x, Tensor g, Tensor out) override {
+        op({x, g, out}, {});
+        inner_->mul_sigmoid(x, g, out);
+    }
+    void add_gated(Tensor a, Tensor b, const Weight& gv, Tensor f, Tensor out) override {
+        op({a, b, f, out}, {&gv});
+        inner_->add_gated(a, b, gv, f, out);
+    }
+    void rope_neox(Tensor x, int64_t hd, int64_t nr, float th) override {
+        op({x}, {});
+        inner_->rope_neox(x, hd, nr, th);
+    }
+    void attention_inputs(Tensor qg, Tensor k, const AttentionInputs& a, Tensor q, Tensor kn, Tensor g) override {
+        op({qg, k, q, kn, g}, {a.q_norm, a.k_norm});
+        inner_->attention_inputs(qg, k, a, q, kn, g);
+    }
+    void attention(Tensor q, Tensor k, Tensor v, const AttentionParams& p, int64_t il, Tensor out) override {
+        op({q, k, v, out}, {});
+        state(il);
+        inner_->attention(q, k, v, p, il, out);
+    }
+    void moe(Tensor x, Tensor logits, const MoeWeights& m, Tensor out) override {
+        op({x, logits, out}, {m.gate, m.up, m.down, m.gate_up});
+        inner_->moe(x, logits, m, out);
+    }
+    void moe_shared(Tensor x, Tensor logits, const MoeWeights& m, const SharedExpert& s, Tensor out) override {
+        op({x, logits, s.gate, s.up, out}, {m.gate, m.up, m.down, m.gate_up, s.down, s.gate_inp});
+        inner_->moe_shared(x, logits, m, s, out);
+    }
+    void ssm_conv(Tensor m, const Weight& w, const GdnParams& p, int64_t il, Tensor out) override {
+        op({m, out}, {&w});
+        state(il);
+        inner_->ssm_conv(m, w, p, il, out);
+    }
+    void gated_delta_net(Tensor u, Tensor b, Tensor a, const Weight& dt, const Weight& sa, const GdnParams& p,
+                         int64_t il, Tensor out) override {
+        op({u, b, a, out}, {&dt, &sa});
+        state(il);
+        inner_->gated_delta_net(u, b, a, dt, sa, p, il, out);
+    }
+
+  private:
+    void mine(const void* p, size_t n, const char* what) {
+        if (n == 0) return;
+        const auto at = reinterpret_cast<uintptr_t>(p);
+        auto it = owned_.upper_bound(at);
+        if (it != owned_.begin()) {
+            --it;
+            if (at + n <= it->first + it->second) return;
+        }
+        breaches_.push_back(label_ + ": " + what + " outside its memory");
+    }
+    void op(std::initializer_list<Tensor> ts, std::initializer_list<const Weight*> ws) {
+        ++ops_;
+        for (const Tensor& t : ts)
+            if (t.rows > 0) mine(t.data, size_t((t.rows - 1) * t.stride + t.cols) * 4, "a tensor");
+        for (const Weight* w : ws)
+            if (w && !prepared_.count(w->info))
+                breaches_.push_back(label_ + ": weight " + w->name() + " not prepared here");
+    }
+    void state(int64_t il) {
+        for (const KvBlock* k : batch_->kv[size_t(il)]) {
+            mine(k->k, 1, "a K cache");
+            mine(k->v, 1, "a V cache");
+        }
+        for (const RecurrentRing* r : batch_->rs[size_t(il)]) {
+            mine(r->conv, 1, "a conv state");
+            mine(r->ssm, 1, "an SSM state");
+        }
+    }
+
+    std::unique_ptr<Backend> inner_;
+    std::string label_;
+    ScratchArena arena_{*this};
+    std::map<uintptr_t, size_t> owned_;
+    std::set<const gguf::TensorInfo*> prepared_;
+    const BatchState* batch_ = nullptr;
+    std::vector<std::string> breaches_;
+    int64_t ops_ = 0;
+};
+
+std::vector<int32_t> some_tokens(int n, int salt, int64_t n_vocab) {
+    std::vector<int32_t> t;
+    for (int i = 0; i < n; ++i) t.push_back(int32_t((i * 41 + salt * 13 + 3) % n_vocab));
+    return t;
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * 4) == 0;
+}
+
+// What the tests below do to a context, each step's logits and host copies of the state kept.
+std::vector<std::vector<float>> workout(Model& m) {
+    ContextParams p;
+    p.n_ctx = 64;
+    p.n_seq_max = 2;
+    p.n_ubatch = 7;  // several micro-batches per prompt
+    auto c = Context::create(m, p);
+    EXPECT_TRUE(c.ok()) << c.error().message;
+    if (!c.ok()) return {};
+    Context& ctx = **c;
+    const int64_t V = m.hparams().n_vocab;
+    std::vector<std::vector<float>> out;
+    auto step = [&](const std::vector<BatchToken>& b) {
+        std::vector<float> l;
+        auto r = ctx.decode(b, &l);
+        EXPECT_TRUE(r.ok()) << r.error().message;
+        out.push_back(l);
+    };
+    // two prompts interleaved in one batch, then decode steps of both
+    std::vector<BatchToken> batch;
+    const auto a = some_tokens(15, 1, V), b = some_tokens(11, 2, V);
+    for (size_t i = 0; i < a.size(); ++i) {
+        batch.push_back({a[i], 0, true});
+        if (i < b.size()) batch.push_back({b[i], 1, i + 1 == b.size()});
+    }
+    step(batch);
+    for (int i = 0; i < 3; ++i) step({{int32_t((7 * i + 1) % V), 0, true}, {int32_t((5 * i + 2) % V), 1, true}});
+    // checkpoint, wander off, restore, continue
+    auto cp = ctx.checkpoint(0);
+    EXPECT_TRUE(cp.ok()) << cp.error().message;
+    if (!cp.ok()) return out;
+    step({{9, 0, true}, {10, 0, true}});
+    EXPECT_TRUE(ctx.restore(0, **cp).ok());
+    step({{11, 0, true}, {15, 0, true}});
+    // roll one position back, copy sequence 0 to 1, continue both
+    EXPECT_TRUE(ctx.remove_last(0, 1).ok());
+    EXPECT_TRUE(ctx.copy_seq(0, 1).ok());
+    step({{12, 0, true}, {13, 1, true}});
+    // the host copies the prompt cache keeps
+    const int64_t n = ctx.n_past(0);
+    std::vector<uint8_t> rows(ctx.prefix_row_bytes() * size_t(n)), st(ctx.prefix_state_bytes());
+    EXPECT_TRUE(ctx.read_rows(0, 0, n, rows.data()).ok());
+    EXPECT_TRUE(ctx.read_state(0, st.data()).ok());
+    std::vector<float> host((rows.size() + st.size() + 3) / 4);
+    if (!rows.empty()) std::memcpy(host.data(), rows.data(), rows.size());
+    if (!st.empty()) std::memcpy(reinterpret_cast<uint8_t*>(host.data()) + rows.size(), st.data(), st.size());
+    out.push_back(host);
+    // and put back into a cleared sequence, which then continues as the original
+    ctx.clear(1);
+    EXPECT_TRUE(ctx.write_rows(1, 0, n, rows.data(), n).ok());
+    EXPECT_TRUE(ctx.set_prefix(1, n, st.empty() ? nullptr : st.data()).ok());
+    step({{14, 1, true}});
+    return out;
+}
+
+// A small Qwen3.5 whose LM head is its token embedding (as Qwen3.5-0.8B's), which no fixture is.
+std::string tied_model() {
+    static const std::string path = [] {
+        synth::Spec s;
+        s.arch = "qwen35";
+        s.quant = "Q4_K_M";
+        s.n_embd = 256;
+        s.n_layer = 4;
+        s.n_head = 8;
+        s.n_head_kv = 2;
+        s.head_dim = 32;
+        s.n_rot = 32;
+        s.ssm_d_state = 32;
+        s.ssm_n_k_heads = 2;
+        s.ssm_n_v_heads = 8;
+        s.n_ff = 256;
+        s.tied = true;
+        s.seed = 11;
+        s.vocab = synth::byte_vocab();
+        const std::string p =
+            (std::filesystem::temp_directory_path() / ("bigmoe_placement_tied_" + std::to_string(::getpid()) + ".gguf"))
+                .string();
+        auto r = synth::write_file(s, p);
+        EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+        std::atexit([] { std::filesystem::remove(tied_model()); });
+        return p;
+    }();
+    return path;
+}
+
+class Placement2 : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(Placement2, split_model_computes_what_one_backend_does) {
+    const std::string path = GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
+    auto file = gguf::GgufFile::open(path);
+    ASSERT_TRUE(file.ok()) << file.error().message;
+    if (GetParam() == "tied") {
+        ASSERT_EQ((*file)->tensor("output.weight"), nullptr);
+    }
+    auto cpu = make_cpu_backend(1);
+    auto whole = load_model(**file, *cpu);
+    ASSERT_TRUE(whole.ok()) << whole.error().message;
+    const auto ref = workout(**whole);
+    ASSERT_FALSE(ref.empty());
+    const int64_t L = (*whole)->hparams().n_layer;
+    for (int64_t n_out : {int64_t(1), L / 2, L - 1}) {
+        WalledBackend first("first"), second("second");
+        auto split = load_model(**file, Placement::split(first, second, n_out));
+        ASSERT_TRUE(split.ok()) << split.error().message;
+        EXPECT_EQ(&(*split)->backend(0), &first);
+        EXPECT_EQ(&(*split)->backend(L - 1), &second);
+        const auto got = workout(**split);
+        ASSERT_EQ(got.size(), ref.size());
+        for (size_t i = 0; i < ref.size(); ++i)
+            EXPECT_TRUE(same_bits(got[i], ref[i])) << "step " << i << ", " << n_out << " layers on the second";
+        for (const auto* be : {&first, &second}) {
+            EXPECT_GT(be->ops(), 0) << be->name() << " ran nothing";
+            const auto& b = be->breaches();
+            EXPECT_TRUE(b.empty()) << b.size() << " breaches, the first: " << (b.empty() ? "" : b[0]);
+        }
+    }
+}
+
+// "tied": the LM head gets its own copy of the embedding on the second backend while the first
+// looks the tokens up in it.
+INSTANTIATE_TEST_SUITE_P(Fixtures, Placement2,
+                         ::testing::Values("qwen35moe-tiny-f32.gguf", "qwen35-tiny-f32.gguf", "qwen3moe-tiny-f32.gguf",
+                                           "qwen35moe-tiny-q4_k_m.gguf", "tied"),
+                         [](const auto& info) {
+                             std::string s = info.param;
+                             for (char& ch : s)
+                                 if (!std::isalnum(static_cast<unsigned char>(ch))) ch = '_';
+                             return s;
+                         });
+
+// Context sizes are checked against each backend's memory for the layers it holds.
+TEST(Placement, context_fits_per_backend) {
+    auto file = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen35moe-tiny-f32.gguf");
+    ASSERT_TRUE(file.ok());
+    WalledBackend first("first"), second("second");
+    auto m = load_model(**file, Placement::split(first, second, 2));
+    ASSERT_TRUE(m.ok()) << m.error().message;
+    ContextParams p;
+    p.n_ctx = int64_t(1) << 40;  // more than any machine has
+    auto r = Context::check_fits(**m, p);
+    ASSERT_FALSE(r.ok());
+    EXPECT_EQ(r.error().kind, ErrorKind::resource_exhausted);
+    EXPECT_NE(r.error().message.find("backend"), std::string::npos) << r.error().message;
+}
+
+}  // namespace
+}  // namespace bigmoe
