@@ -47,7 +47,8 @@ struct Plan {
     std::vector<int64_t> parallel = {1};
     int64_t reps = 5;
     int64_t draft_min = 0;
-    int64_t draft_threads = 0;  // 0: as the target
+    int64_t draft_threads = 0;      // 0: as the target
+    int64_t draft_gpu_layers = -2;  // -ngld; -2: the GPU's whole draft when the row's -ngl uses the GPU
     bool profile = false;
     bool warmup = true;       // an uncounted repetition before each configuration's first
     double delay_s = 0;       // pause before each test (lets a laptop cool down, as llama-bench's --delay)

@@ -207,6 +207,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto draft_min = args->get_int("--draft-min", 0, 0, 16);
     auto p_mins = list(*args, "--draft-p-min", "0");
     auto td = args->get_int("--threads-draft", 0, 0, 4096);
+    auto ngld = args->get_int("--gpu-layers-draft", -2, -1, 1 << 20);
     auto adapts = ints(*args, "--draft-adaptive", "1", 0);
     auto guards = ints(*args, "--draft-guard", "1", 0);
     if (!adapts) return fail(adapts.error().message);
@@ -218,6 +219,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     if (!draft_maxes) return fail(draft_maxes.error().message);
     if (!draft_min) return fail(draft_min.error().message);
     if (!td) return fail(td.error().message);
+    if (!ngld) return fail(ngld.error().message);
     for (int64_t x : *draft_maxes)
         if (x > 16) return fail("bench: --draft-max " + std::to_string(x) + " is above 16");
     for (const auto& dm : *drafts) {
@@ -258,6 +260,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     plan.parallel = *npls;
     plan.draft_min = *draft_min;
     plan.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
+    plan.draft_gpu_layers = *ngld;
     plan.profile = args->has("--profile");
     plan.warmup = !args->has("--no-warmup");
     plan.delay_s = *delay;

@@ -75,9 +75,10 @@ int cmd_serve(const std::vector<std::string>& argv) {
     auto dmax = args->get_int("--draft-max", 8, 1, 16);
     auto td = args->get_int("--threads-draft", 0, 0, 4096);
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
+    auto ngld = args->get_int("--gpu-layers-draft", -2, -1, 1 << 20);
     auto cram = args->get_int("--cache-ram", 8192, 0, int64_t(1) << 30);
     auto cevery = args->get_int("--cache-checkpoint-every", 2048, 0, int64_t(1) << 31);
-    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td, &ngl, &cram, &cevery})
+    for (auto* r : {&port, &ctx, &np, &th, &ub, &queue, &dmax, &td, &ngl, &ngld, &cram, &cevery})
         if (!*r) return fail(r->error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
@@ -103,8 +104,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.draft_model = args->get("--model-draft");
     o.draft_max = int(*dmax);
     o.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
+    o.draft_gpu_layers = opt::draft_gpu_layers(*ngld, *ngl);
     if (o.draft_model.empty())
-        for (const char* flag : {"--draft-max", "--threads-draft"})
+        for (const char* flag : {"--draft-max", "--threads-draft", "--gpu-layers-draft"})
             if (args->has(flag)) std::fprintf(stderr, "warning: %s has no effect without -md\n", flag);
     if (o.host != "127.0.0.1" && o.host != "localhost" && o.api_key.empty())
         std::fprintf(stderr, "warning: listening on %s without --api-key: anyone who reaches it can use it\n",

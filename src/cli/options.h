@@ -45,8 +45,15 @@ inline const OptionSpec draft_guard{
     "", "--draft-guard", "0|1",
     "1 (default): decode without drafts while drafting measures slower than plain decoding; 0: always draft"};
 inline const OptionSpec threads_draft{"-td", "--threads-draft", "N", "threads for the draft model (default: as -t)"};
-inline const OptionSpec gpu_layers_draft{"-ngld", "--gpu-layers-draft", "N",
-                                         "accepted: every layer of the draft runs on the CPU"};
+inline const OptionSpec gpu_layers_draft{
+    "-ngld", "--gpu-layers-draft", "N",
+    "the draft's layers on the GPU, as -ngl (default: all of them when -ngl puts any on the GPU, else 0)"};
+
+// -ngld's value, or its default: the draft follows the target onto the GPU, where a draft on the
+// CPU would take longer than the target's steps it saves.
+inline int draft_gpu_layers(int64_t ngld_or_minus2, int64_t ngl) {
+    return ngld_or_minus2 != -2 ? int(ngld_or_minus2) : (ngl != 0 ? -1 : 0);
+}
 
 }  // namespace bigmoe::cli::opt
 

@@ -26,10 +26,11 @@ struct ServeOptions {
     size_t queue = 64;    // requests waiting beyond this get 503 with Retry-After
     size_t max_body = 8 << 20;
     bool repack = true;
-    int n_gpu_layers = 0;     // -ngl: 0 the CPU, 99 the whole model on the GPU
-    std::string draft_model;  // -md: greedy requests are decoded speculatively with this model
-    int draft_max = 8;        // tokens drafted per request and step
-    int draft_threads = 0;    // 0: as threads
+    int n_gpu_layers = 0;      // -ngl: 0 the CPU, 99 the whole model on the GPU
+    std::string draft_model;   // -md: greedy requests are decoded speculatively with this model
+    int draft_max = 8;         // tokens drafted per request and step
+    int draft_threads = 0;     // 0: as threads
+    int draft_gpu_layers = 0;  // -ngld, as n_gpu_layers
     // The prompt cache (host memory; 0 turns it off) and its checkpoints inside long prompts.
     int64_t cache_ram_mib = 8192;
     int64_t cache_checkpoint_every = 2048;
