@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
 #include "backend/profiler.h"
@@ -27,6 +28,24 @@ struct LoadOptions {
     int n_gpu_layers = 0;
     int gpu_device = 0;
     LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
+};
+
+// What the GPU holds for each -ngl: the weights of the layers that run there (the last ones), the
+// LM head and output norm (a tied embedding's copy), the MTP blocks (loaded beside the last layer),
+// and with every layer there, every tensor of the file.
+class GpuWeights {
+  public:
+    static Result<GpuWeights> of(const gguf::GgufFile& f);
+    int64_t n_layer() const { return int64_t(layer_.size()); }  // the layers that run (no MTP)
+    // Bytes on the GPU with -ngl n (0: none; n_layer() or more, or negative: the whole file).
+    uint64_t bytes(int64_t n_gpu_layers) const;
+    // The largest -ngl whose weights take at most `budget` bytes: n_layer() when the whole file
+    // fits, -1 when not even the head does.
+    int64_t most_layers(uint64_t budget) const;
+
+  private:
+    std::vector<uint64_t> layer_;
+    uint64_t head_ = 0, all_ = 0;  // head: output side and MTP blocks
 };
 
 class Engine {

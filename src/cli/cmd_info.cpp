@@ -1,4 +1,5 @@
 // `bigmoe info -m FILE [--json]`: reads only the header (the weights stay unread in the mapping).
+#include <algorithm>
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
@@ -110,15 +111,20 @@ int cmd_info(const std::vector<std::string>& argv) {
         tensors.push_back({{"name", t.name}, {"type", traits(t.type).name}, {"shape", shape}, {"bytes", t.nbytes}});
     }
     j["tensors"] = tensors;
-    // the GPU -ngl 99 would use, and whether the weights fit in its free memory
+    // the GPU -ngl would use, whether the weights fit in its free memory, and if not how many of
+    // the last layers do
     const auto gpu = cuda_device_info();
+    auto gw = GpuWeights::of(f);
+    if (!gw) return fail(gw.error().message);
+    const int64_t most = gpu ? gw->most_layers(gpu->free_bytes) : 0;
     if (gpu)
         j["gpu"] = {
             {"name", gpu->name},
             {"compute_capability", std::to_string(gpu->compute_major) + "." + std::to_string(gpu->compute_minor)},
             {"total_bytes", gpu->total_bytes},
             {"free_bytes", gpu->free_bytes},
-            {"weights_fit", m.total_weight_bytes() <= gpu->free_bytes}};
+            {"weights_fit", gw->bytes(-1) <= gpu->free_bytes},
+            {"max_gpu_layers", most}};
     else
         j["gpu"] = {{"error", gpu.error().message}};
     if (args->has("--json")) {
@@ -136,11 +142,15 @@ int cmd_info(const std::vector<std::string>& argv) {
                 human_bytes(double(kv)).c_str(), cache_type_name(*ctk).c_str(), cache_type_name(*ctv).c_str(),
                 human_bytes(double(kv) * double(*n_ctx)).c_str(), (long long)*n_ctx, human_bytes(double(rec)).c_str());
     if (gpu) {
-        const bool fit = m.total_weight_bytes() <= gpu->free_bytes;
-        const std::string verdict = fit ? "the weights fit, " +
-                                              human_bytes(double(gpu->free_bytes - m.total_weight_bytes())) +
-                                              " left for the context"
-                                        : std::string("the weights do not fit (-ngl 0 runs on the CPU)");
+        const uint64_t all = gw->bytes(-1);
+        std::string verdict = "the weights fit, " +
+                              human_bytes(double(gpu->free_bytes - std::min(all, gpu->free_bytes))) +
+                              " left for the context";
+        if (all > gpu->free_bytes)
+            verdict = most >= 1 ? "the weights do not fit; -ngl " + std::to_string(most) + " of the " +
+                                      std::to_string(gw->n_layer()) + " layers does, " +
+                                      human_bytes(double(gpu->free_bytes - gw->bytes(most))) + " left for the context"
+                                : std::string("not even the output layer fits (-ngl 0 runs on the CPU)");
         std::printf("GPU (-ngl 99): %s, compute %d.%d, %s free of %s: %s\n", gpu->name.c_str(), gpu->compute_major,
                     gpu->compute_minor, human_bytes(double(gpu->free_bytes)).c_str(),
                     human_bytes(double(gpu->total_bytes)).c_str(), verdict.c_str());

@@ -1,4 +1,5 @@
 #include <algorithm>
+#include <cstdlib>
 #include <thread>
 
 #include "backend/cuda/cuda_backend.h"
@@ -18,6 +19,46 @@ const char* version_string() {
     return BIGMOE_VERSION;
 }
 
+Result<GpuWeights> GpuWeights::of(const gguf::GgufFile& f) {
+    auto arch = f.get_string(gguf::key::general_architecture);
+    if (!arch) return arch.error();
+    const int64_t n_all = f.get_int_or(*arch + "." + gguf::key::block_count, 0);
+    const int64_t n_nextn = f.get_int_or(*arch + "." + gguf::key::nextn_predict_layers, 0);
+    if (n_all <= 0 || n_nextn < 0 || n_nextn >= n_all)
+        return make_error(
+            f.path() + ": block_count " + std::to_string(n_all) + " with " + std::to_string(n_nextn) + " MTP blocks",
+            ErrorKind::corrupt_file);
+    GpuWeights g;
+    g.layer_.assign(size_t(n_all - n_nextn), 0);
+    const bool tied = f.tensor(gguf::tensor::output) == nullptr;
+    for (const auto& t : f.tensors()) {
+        g.all_ += t.nbytes;
+        int64_t il = -1;
+        if (t.name.rfind("blk.", 0) == 0) il = std::strtoll(t.name.c_str() + 4, nullptr, 10);
+        if (il >= 0 && il < g.n_layer())
+            g.layer_[size_t(il)] += t.nbytes;
+        else if (t.name != gguf::tensor::token_embd || tied)  // the lookup stays with the first layer
+            g.head_ += t.nbytes;
+    }
+    return g;
+}
+
+uint64_t GpuWeights::bytes(int64_t n) const {
+    if (n == 0) return 0;
+    if (n < 0 || n >= n_layer()) return all_;
+    uint64_t b = head_;
+    for (int64_t il = n_layer() - n; il < n_layer(); ++il) b += layer_[size_t(il)];
+    return b;
+}
+
+int64_t GpuWeights::most_layers(uint64_t budget) const {
+    if (all_ <= budget) return n_layer();
+    if (head_ > budget) return -1;
+    int64_t n = 0;
+    while (n + 1 < n_layer() && bytes(n + 1) <= budget) ++n;
+    return n;
+}
+
 Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const LoadOptions& opts) {
     std::unique_ptr<Engine> e(new Engine());
     auto f = gguf::GgufFile::open(path);
@@ -31,6 +72,20 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         auto be = make_cuda_backend(opts.gpu_device);
         if (!be)
             return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message, be.error().kind);
+        // refuse before uploading what cannot fit, naming the -ngl that can
+        if (auto gw = GpuWeights::of(*e->file_); gw) {
+            const uint64_t need = gw->bytes(opts.n_gpu_layers), free = (*be)->memory_available();
+            if (need > free) {
+                const int64_t most = gw->most_layers(free);
+                return make_error(
+                    "-ngl " + std::to_string(opts.n_gpu_layers) + ": the GPU's part of the weights needs " +
+                        format_bytes(need) + ", " + format_bytes(free) + " are free on " + (*be)->device_name() + "; " +
+                        (most >= 1 ? "-ngl " + std::to_string(most) + " of the " + std::to_string(gw->n_layer()) +
+                                         " layers fits (before the context's memory)"
+                                   : std::string("not even the output layer fits (-ngl 0 runs on the CPU)")),
+                    ErrorKind::resource_exhausted);
+            }
+        }
         e->backend_ = std::move(*be);
         e->gpu_layers_ = std::max<int64_t>(n_layers, 1);
         if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < n_layers) {

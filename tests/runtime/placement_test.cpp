@@ -344,5 +344,46 @@ TEST(Placement, context_fits_per_backend) {
     EXPECT_NE(r.error().message.find("backend"), std::string::npos) << r.error().message;
 }
 
+// The GPU's share of a file's weights for each -ngl, and the most layers a budget holds.
+TEST(Placement, gpu_weights_per_layer_count) {
+    for (const std::string& path : {testing::fixtures_dir() + "/models/qwen35moe-tiny-q4_k_m.gguf", tied_model()}) {
+        auto file = gguf::GgufFile::open(path);
+        ASSERT_TRUE(file.ok()) << file.error().message;
+        const gguf::GgufFile& f = **file;
+        auto gw = GpuWeights::of(f);
+        ASSERT_TRUE(gw.ok()) << gw.error().message;
+        auto cpu = make_cpu_backend(1);
+        auto m = load_model(f, *cpu);
+        ASSERT_TRUE(m.ok());
+        const int64_t L = (*m)->hparams().n_layer;
+        ASSERT_EQ(gw->n_layer(), L);
+        uint64_t all = 0;
+        for (const auto& t : f.tensors()) all += t.nbytes;
+        EXPECT_EQ(gw->bytes(-1), all);
+        EXPECT_EQ(gw->bytes(L), all);
+        EXPECT_EQ(gw->bytes(0), 0u);
+        const bool tied = f.tensor("output.weight") == nullptr;
+        for (int64_t n = 1; n < L; ++n) {
+            // what the split's second backend prepares: its layers, the MTP blocks, the head
+            uint64_t want = 0;
+            for (const auto& t : f.tensors()) {
+                const bool head = t.name == "output.weight" || t.name == "output_norm.weight" ||
+                                  (tied && t.name == "token_embd.weight");
+                bool layer = false;
+                for (int64_t il = L - n; il < (*m)->hparams().n_layer_all; ++il)
+                    layer = layer || t.name.rfind("blk." + std::to_string(il) + ".", 0) == 0;
+                if (head || layer) want += t.nbytes;
+            }
+            EXPECT_EQ(gw->bytes(n), want) << n;
+            EXPECT_LT(gw->bytes(n - 1), gw->bytes(n));
+            EXPECT_EQ(gw->most_layers(gw->bytes(n)), n);
+            EXPECT_EQ(gw->most_layers(gw->bytes(n) - 1), n - 1);
+        }
+        EXPECT_EQ(gw->most_layers(all), L);
+        EXPECT_EQ(gw->most_layers(all - 1), L - 1);
+        EXPECT_EQ(gw->most_layers(gw->bytes(1) - 1), 0);
+    }
+}
+
 }  // namespace
 }  // namespace bigmoe
