@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# The GPU half of the test suite, for a machine with an NVIDIA GPU (CI has none, so these cases
+# skip there): every CUDA op against float64, the fixture logits, state operations, the prompt
+# cache and speculative decoding with the whole model on the GPU and with a CPU/GPU split, and
+# compute-sanitizer on the ops. Prints one line per step and exits non-zero if any failed.
+#
+#   bash scripts/gpu_check.sh [BUILD_DIR] [FIXTURES_DIR]
+#
+# BUILD_DIR defaults to build-ci; FIXTURES_DIR to ../shared/fixtures (models the copy lacks are
+# filtered out by the tests' own skips).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build-ci}
+fixtures=${2:-../shared/fixtures}
+t=$build/tests
+export BIGMOE_FIXTURES=$fixtures
+failed=0
+
+step() {
+  local name=$1
+  shift
+  local start=$SECONDS
+  if "$@" > "/tmp/gpu_check_$name.log" 2>&1; then
+    echo "ok    $name ($((SECONDS - start)) s)"
+  else
+    echo "FAIL  $name ($((SECONDS - start)) s): /tmp/gpu_check_$name.log"
+    tail -n 20 "/tmp/gpu_check_$name.log"
+    failed=$((failed + 1))
+  fi
+}
+
+if ! command -v nvidia-smi > /dev/null 2>&1; then
+  echo "gpu_check: no nvidia-smi: this machine has no NVIDIA GPU" >&2
+  exit 2
+fi
+
+step conformance "$t/conformance_test" --gtest_filter='*cuda*'
+for ngl in 99 2; do
+  for test in fixture_logits_test state_test prompt_cache_test speculative_test; do
+    step "${test}_ngl$ngl" env BIGMOE_TEST_NGL=$ngl "$t/$test"
+  done
+done
+if command -v compute-sanitizer > /dev/null 2>&1; then
+  step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$t/conformance_test" --gtest_filter='*cuda*'
+  step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$t/conformance_test" \
+    --gtest_filter='*attention*cuda*'
+else
+  echo "skip  compute-sanitizer (not installed)"
+fi
+echo "gpu_check: $failed failed"
+[ "$failed" -eq 0 ]
