@@ -6,15 +6,11 @@
 // CPU kernels on both sides the logits and state operations must match one backend bit for bit.
 #include <gtest/gtest.h>
 
-#include <unistd.h>
-
 #include <cstring>
-#include <filesystem>
 #include <map>
 #include <set>
 
 #include "bigmoe/bigmoe.h"
-#include "synth/synth.h"
 #include "testlib.h"
 
 namespace bigmoe {
@@ -256,32 +252,7 @@ std::vector<std::vector<float>> workout(Model& m) {
 
 // A small Qwen3.5 whose LM head is its token embedding (as Qwen3.5-0.8B's), which no fixture is.
 std::string tied_model() {
-    static const std::string path = [] {
-        synth::Spec s;
-        s.arch = "qwen35";
-        s.quant = "Q4_K_M";
-        s.n_embd = 256;
-        s.n_layer = 4;
-        s.n_head = 8;
-        s.n_head_kv = 2;
-        s.head_dim = 32;
-        s.n_rot = 32;
-        s.ssm_d_state = 32;
-        s.ssm_n_k_heads = 2;
-        s.ssm_n_v_heads = 8;
-        s.n_ff = 256;
-        s.tied = true;
-        s.seed = 11;
-        s.vocab = synth::byte_vocab();
-        const std::string p =
-            (std::filesystem::temp_directory_path() / ("bigmoe_placement_tied_" + std::to_string(::getpid()) + ".gguf"))
-                .string();
-        auto r = synth::write_file(s, p);
-        EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
-        std::atexit([] { std::filesystem::remove(tied_model()); });
-        return p;
-    }();
-    return path;
+    return testing::small_model("qwen35", "Q4_K_M", /*tied=*/true);
 }
 
 class Placement2 : public ::testing::TestWithParam<std::string> {};

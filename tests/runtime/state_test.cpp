@@ -14,45 +14,8 @@
 namespace bigmoe {
 namespace {
 
-struct TempFiles {
-    std::map<std::string, std::string> paths;
-    ~TempFiles() {
-        for (auto& [k, p] : paths) std::filesystem::remove(p);
-    }
-};
-
 std::string synth_model(const std::string& arch, const std::string& quant) {
-    static TempFiles temp;
-    auto& cache = temp.paths;
-    const std::string key = arch + "-" + quant;
-    if (cache.count(key)) return cache[key];
-    synth::Spec s;
-    s.arch = arch;
-    s.quant = quant;
-    s.n_embd = 256;
-    s.n_layer = 4;
-    s.n_head = 8;
-    s.n_head_kv = 2;
-    s.head_dim = 32;
-    s.n_rot = 32;
-    s.ssm_d_state = 32;
-    s.ssm_n_k_heads = 2;
-    s.ssm_n_v_heads = 8;
-    s.n_expert = 16;
-    s.n_expert_used = 4;
-    s.n_ff_exp = 256;
-    s.n_ff_shexp = 256;
-    s.n_ff = 256;
-    s.mtp = arch != "qwen3moe";
-    s.seed = 7;
-    s.vocab = synth::byte_vocab();
-    const std::string path =
-        (std::filesystem::temp_directory_path() / ("bigmoe_state_" + key + "_" + std::to_string(::getpid()) + ".gguf"))
-            .string();
-    auto r = synth::write_file(s, path);
-    EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
-    cache[key] = path;
-    return path;
+    return testing::small_model(arch, quant);
 }
 
 std::vector<std::string> models() {

@@ -3,12 +3,18 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 
+#include <unistd.h>
+
 #include "quant/quants.h"
+#include "synth/synth.h"
 
 namespace bigmoe::testing {
 
@@ -132,6 +138,50 @@ std::string model_case_name(const std::string& param) {
     for (auto& ch : s)
         if (!isalnum(static_cast<unsigned char>(ch))) ch = '_';
     return s;
+}
+
+std::string small_model(const std::string& arch, const std::string& quant, bool tied) {
+    struct Files {
+        std::map<std::string, std::string> paths;
+        ~Files() {
+            for (auto& [k, p] : paths) std::filesystem::remove(p);
+        }
+    };
+    static Files files;
+    static std::mutex mu;
+    std::lock_guard<std::mutex> lock(mu);
+    const std::string key = arch + "-" + quant + (tied ? "-tied" : "");
+    if (auto it = files.paths.find(key); it != files.paths.end()) return it->second;
+    synth::Spec s;
+    s.arch = arch;
+    s.quant = quant;
+    s.n_embd = 256;
+    s.n_layer = 4;
+    s.n_head = 8;
+    s.n_head_kv = 2;
+    s.head_dim = 32;
+    s.n_rot = 32;
+    s.ssm_d_state = 32;
+    s.ssm_n_k_heads = 2;
+    s.ssm_n_v_heads = 8;
+    s.n_expert = 16;
+    s.n_expert_used = 4;
+    s.n_ff_exp = 256;
+    s.n_ff_shexp = 256;
+    s.n_ff = 256;
+    s.mtp = arch != "qwen3moe";
+    s.tied = tied;
+    s.seed = 7;
+    s.vocab = synth::byte_vocab();
+    const std::string path =
+        (std::filesystem::temp_directory_path() / ("bigmoe_test_" + key + "_" + std::to_string(::getpid()) + ".gguf"))
+            .string();
+    // (called while tests register, where a throw would end the binary: a model that could not
+    // be written fails the tests that open it, after this line)
+    if (auto r = synth::write_file(s, path); !r.ok())
+        std::fprintf(stderr, "small_model %s: %s\n", key.c_str(), r.error().message.c_str());
+    files.paths[key] = path;
+    return path;
 }
 
 }  // namespace bigmoe::testing

@@ -51,4 +51,9 @@ struct ModelCase {
 ModelCase model_case(const std::string& param);
 std::string model_case_name(const std::string& param);
 
+// A small random-weight model of `arch` (4 layers of width 256, 16 experts, a byte vocabulary),
+// written to a temporary file that is removed when the test binary exits; `tied`: no LM head of
+// its own (Qwen3.5-0.8B's layout). The same arguments give the same path within one run.
+std::string small_model(const std::string& arch, const std::string& quant, bool tied = false);
+
 }  // namespace bigmoe::testing
