@@ -157,8 +157,7 @@ void Model::enter(Backend* from, Backend& next, const ForwardBatch& batch, std::
     next.begin_batch(*batch.state);
 }
 
-void Model::run_layers(const ForwardBatch& batch, const std::vector<const Weight*>& input_norms, const LayerBody& body,
-                       Tensor logits) {
+void Model::run_layers(const ForwardBatch& batch, const LayerBody& body, Tensor logits) {
     const int64_t T = batch.n_tokens, L = hp_.n_layer;
     Backend* be = &backend(0);
     enter(nullptr, *be, batch, {});
@@ -166,14 +165,14 @@ void Model::run_layers(const ForwardBatch& batch, const std::vector<const Weight
     be->annotate("embeddings");
     be->get_rows(*tok_embd_, batch.tokens, T, h);
     Tensor a = be->scratch(T, hp_.n_embd);
-    be->rms_norm(h, *input_norms[0], hp_.eps, a);
+    be->rms_norm(h, *input_norms_[0], hp_.eps, a);
     for (int64_t il = 0; il < L; ++il) {
         const auto mark = be->scratch_mark();
         Tensor y = body(*be, il, h, a);
         // each residual add runs with the norm after it (the next layer's input norm), on one backend
         Backend& next = il + 1 < L ? backend(il + 1) : backend();
         if (il + 1 < L && &next == be)
-            be->add_rms_norm(h, y, *input_norms[size_t(il + 1)], hp_.eps, a);
+            be->add_rms_norm(h, y, *input_norms_[size_t(il + 1)], hp_.eps, a);
         else
             be->add(h, y, h);
         be->scratch_rewind(mark);
@@ -182,7 +181,7 @@ void Model::run_layers(const ForwardBatch& batch, const std::vector<const Weight
             be = &next;
             if (il + 1 < L) {
                 a = be->scratch(T, hp_.n_embd);
-                be->rms_norm(h, *input_norms[size_t(il + 1)], hp_.eps, a);
+                be->rms_norm(h, *input_norms_[size_t(il + 1)], hp_.eps, a);
             }
         }
     }

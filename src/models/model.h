@@ -98,13 +98,15 @@ class Model {
     uint64_t total_bytes_ = 0, active_bytes_ = 0;
     int64_t n_params_ = 0, n_active_params_ = 0;
 
+    // Each layer's input norm (attn_norm), which the architectures set as they load the layers.
+    std::vector<const Weight*> input_norms_;
+
     // The residual stream of every architecture here: h = the tokens' embeddings; per layer
-    // h += body(be, il, h, norm_il(h)), with norm_il the layer's input norm (input_norms[il]); then
-    // the final norm and the LM head on the requested rows. The body runs on layer il's backend
-    // `be` (h and the normed input are there) and returns what it adds to h.
+    // h += body(be, il, h, norm_il(h)), with norm_il the layer's input norm (input_norms_[il]);
+    // then the final norm and the LM head on the requested rows. The body runs on layer il's
+    // backend `be` (h and the normed input are there) and returns what it adds to h.
     using LayerBody = std::function<Tensor(Backend& be, int64_t il, Tensor h, Tensor normed)>;
-    void run_layers(const ForwardBatch& batch, const std::vector<const Weight*>& input_norms, const LayerBody& body,
-                    Tensor logits);
+    void run_layers(const ForwardBatch& batch, const LayerBody& body, Tensor logits);
 
   private:
     // Begins a pass's step on `next` and moves the tensors `ts` (on `from`, or nullptr at the

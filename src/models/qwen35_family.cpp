@@ -23,6 +23,7 @@ Result<std::unique_ptr<Model>> Qwen35Family::create(const gguf::GgufFile& file, 
 Result<void> Qwen35Family::load_layer(int64_t il, Layer& l, bool recurrent) {
     l.recurrent = recurrent;
     BM_ASSIGN(l.attn_norm, load_f32(blocks::blk(il, gguf::tensor::attn_norm), {hp_.n_embd}));
+    if (il < hp_.n_layer) input_norms_.push_back(l.attn_norm);
     BM_ASSIGN(l.post_norm, load_f32(blocks::blk(il, gguf::tensor::post_attention_norm), {hp_.n_embd}));
     if (recurrent)
         BM_ASSIGN(l.gdn, blocks::load_gdn(*this, il));
@@ -61,10 +62,8 @@ Result<void> Qwen35Family::load_mtp() {
 }
 
 void Qwen35Family::forward(const ForwardBatch& batch, Tensor logits) {
-    std::vector<const Weight*> norms;
-    for (const Layer& l : layers_) norms.push_back(l.attn_norm);
     run_layers(
-        batch, norms,
+        batch,
         [&](Backend& be, int64_t il, Tensor h, Tensor a) {
             const Layer& l = layers_[size_t(il)];
             be.annotate(l.recurrent ? "recurrent layers" : "attention layers");

@@ -22,6 +22,7 @@ class Qwen3Moe : public Model {
             auto an = m->load_f32(blocks::blk(il, gguf::tensor::attn_norm), {m->hp_.n_embd});
             if (!an) return an.error();
             l.attn_norm = *an;
+            m->input_norms_.push_back(l.attn_norm);
             auto fn = m->load_f32(blocks::blk(il, gguf::tensor::ffn_norm), {m->hp_.n_embd});
             if (!fn) return fn.error();
             l.ffn_norm = *fn;
@@ -37,10 +38,8 @@ class Qwen3Moe : public Model {
     }
 
     void forward(const ForwardBatch& batch, Tensor logits) override {
-        std::vector<const Weight*> norms;
-        for (const Layer& l : layers_) norms.push_back(l.attn_norm);
         run_layers(
-            batch, norms,
+            batch,
             [&](Backend& be, int64_t il, Tensor h, Tensor a) {
                 const Layer& l = layers_[size_t(il)];
                 be.annotate("attention layers");
