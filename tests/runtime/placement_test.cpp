@@ -255,9 +255,9 @@ std::string tied_model() {
     return testing::small_model("qwen35", "Q4_K_M", /*tied=*/true);
 }
 
-class Placement2 : public ::testing::TestWithParam<std::string> {};
+class SplitModel : public ::testing::TestWithParam<std::string> {};
 
-TEST_P(Placement2, split_model_computes_what_one_backend_does) {
+TEST_P(SplitModel, computes_what_one_backend_does) {
     const std::string path = GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
     auto file = gguf::GgufFile::open(path);
     ASSERT_TRUE(file.ok()) << file.error().message;
@@ -290,7 +290,7 @@ TEST_P(Placement2, split_model_computes_what_one_backend_does) {
 
 // "tied": the LM head gets its own copy of the embedding on the second backend while the first
 // looks the tokens up in it.
-INSTANTIATE_TEST_SUITE_P(Fixtures, Placement2,
+INSTANTIATE_TEST_SUITE_P(Fixtures, SplitModel,
                          ::testing::Values("qwen35moe-tiny-f32.gguf", "qwen35-tiny-f32.gguf", "qwen3moe-tiny-f32.gguf",
                                            "qwen35moe-tiny-q4_k_m.gguf", "tied"),
                          [](const auto& info) {
