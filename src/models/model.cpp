@@ -1,6 +1,4 @@
 #include "models/model.h"
-
-#include <algorithm>
 #include "gguf/names.h"
 
 #include "models/registry.h"
@@ -84,11 +82,8 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
 }
 
 std::vector<Backend*> Model::backends() const {
-    std::vector<Backend*> r;
-    for (int64_t il = 0; il < hp_.n_layer; ++il)
-        if (std::find(r.begin(), r.end(), &backend(il)) == r.end()) r.push_back(&backend(il));
-    if (std::find(r.begin(), r.end(), &backend()) == r.end()) r.push_back(&backend());
-    return r;
+    if (&backend(0) == &backend()) return {&backend()};
+    return {&backend(0), &backend()};
 }
 
 Result<void> Model::init(const gguf::GgufFile& file, HParams hp, const Placement& placement) {
@@ -140,18 +135,12 @@ Result<void> Model::load_output_and_embeddings() {
 void Model::enter(Backend* from, Backend& next, const ForwardBatch& batch, std::initializer_list<Tensor*> ts) {
     next.reset_scratch();
     for (Tensor* t : ts) {
+        // one copy each way: both sides' ScratchArena pads rows alike, so the strides agree
         Tensor moved = next.scratch(t->rows, t->cols);
-        if (t->rows > 0 && moved.stride == t->stride) {  // one copy each way (the arenas pad rows alike)
-            const size_t n = size_t((t->rows - 1) * t->stride + t->cols);
-            staging_.resize(n);
-            from->download(staging_.data(), t->data, n * 4);
-            next.upload(moved.data, staging_.data(), n * 4);
-        } else {
-            const size_t row = size_t(t->cols) * 4;
-            staging_.resize(size_t(t->rows * t->cols));
-            for (int64_t r = 0; r < t->rows; ++r) from->download(staging_.data() + r * t->cols, t->row(r), row);
-            for (int64_t r = 0; r < t->rows; ++r) next.upload(moved.row(r), staging_.data() + r * t->cols, row);
-        }
+        const size_t n = t->rows > 0 ? size_t((t->rows - 1) * t->stride + t->cols) : 0;
+        staging_.resize(n);
+        from->download(staging_.data(), t->data, n * 4);
+        next.upload(moved.data, staging_.data(), n * 4);
         *t = moved;
     }
     next.begin_batch(*batch.state);

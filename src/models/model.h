@@ -53,7 +53,7 @@ class Model {
         const Placement& p = placement_;
         return p.first && p.n_output_layers >= 0 && il < hp_.n_layer - p.n_output_layers ? *p.first : *p.output;
     }
-    // Every backend the model runs on, in the order a pass enters them.
+    // Every backend the model runs on, in the order a pass enters them (layer 0's, the output's).
     std::vector<Backend*> backends() const;
     const Placement& placement() const { return placement_; }
 
