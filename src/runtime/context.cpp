@@ -282,9 +282,10 @@ void Context::clear(int seq) {
     for (auto& l : layers_) l->clear(seq);
 }
 
-size_t Context::seq_state_bytes(int64_t n_past) const {
+size_t Context::seq_state_bytes(int64_t n_past, const Backend* on) const {
     size_t n = 0;
-    for (const auto& l : layers_) n += l->saved_bytes(n_past);
+    for (size_t il = 0; il < layers_.size(); ++il)
+        if (!on || &model_.backend(int64_t(il)) == on) n += layers_[il]->saved_bytes(n_past);
     return n;
 }
 
@@ -296,9 +297,7 @@ Result<std::unique_ptr<SeqCheckpoint>> Context::checkpoint(int seq) {
     cp->bytes_ = seq_state_bytes(s.n_past);
     // each backend's layers save into one allocation of that backend
     for (Backend* be : model_.backends()) {
-        size_t bytes = 0;
-        for (size_t il = 0; il < layers_.size(); ++il)
-            if (&model_.backend(int64_t(il)) == be) bytes += layers_[il]->saved_bytes(s.n_past);
+        const size_t bytes = seq_state_bytes(s.n_past, be);
         if (bytes == 0) continue;
         void* data = be->alloc(bytes);
         if (!data)
@@ -319,16 +318,13 @@ Result<std::unique_ptr<SeqCheckpoint>> Context::checkpoint(int seq) {
 
 Result<void> Context::restore(int seq, const SeqCheckpoint& cp) {
     if (seq < 0 || seq >= int(seqs_.size())) return make_error("restore: no sequence " + std::to_string(seq));
-    std::vector<Backend*> bes;
+    // the parts checkpoint() would make here: one per backend holding saved bytes, in order
+    bool same = cp.bytes_ == seq_state_bytes(cp.n_past_);
+    size_t part = 0;
     for (Backend* be : model_.backends())
-        for (size_t il = 0; il < layers_.size(); ++il)
-            if (&model_.backend(int64_t(il)) == be && layers_[il]->saved_bytes(cp.n_past_) > 0) {
-                bes.push_back(be);
-                break;
-            }
-    bool same = cp.bytes_ == seq_state_bytes(cp.n_past_) && cp.parts_.size() == bes.size();
-    for (size_t i = 0; same && i < bes.size(); ++i) same = cp.parts_[i].backend == bes[i];
-    if (!same) return make_error("restore: the checkpoint was made by another context");
+        if (seq_state_bytes(cp.n_past_, be) > 0)
+            same = same && part < cp.parts_.size() && cp.parts_[part++].backend == be;
+    if (!same || part != cp.parts_.size()) return make_error("restore: the checkpoint was made by another context");
     Seq& s = seqs_[size_t(seq)];
     const SeqPos saved{cp.n_past_, s.head};
     for (const SeqCheckpoint::Part& part : cp.parts_) {

@@ -132,7 +132,8 @@ class Context {
     Result<void> run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
                             const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
                             float* logits_out);
-    size_t seq_state_bytes(int64_t n_past) const;
+    // Bytes one sequence's saved state takes at n_past, of the layers on `on` (nullptr: all).
+    size_t seq_state_bytes(int64_t n_past, const Backend* on = nullptr) const;
 
     Model& model_;
     Backend& be_;
