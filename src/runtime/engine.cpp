@@ -54,8 +54,9 @@ uint64_t GpuWeights::bytes(int64_t n) const {
 int64_t GpuWeights::most_layers(uint64_t budget) const {
     if (all_ <= budget) return n_layer();
     if (head_ > budget) return -1;
-    int64_t n = 0;
-    while (n + 1 < n_layer() && bytes(n + 1) <= budget) ++n;
+    int64_t n = 0;  // below n_layer(): all of them is the whole file, checked above
+    for (uint64_t b = head_ + layer_.back(); n + 1 < n_layer() && b <= budget; b += layer_[size_t(n_layer() - n - 1)])
+        ++n;
     return n;
 }
 
@@ -66,29 +67,27 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     e->file_ = std::move(*f);
     const int threads = opts.n_threads > 0 ? opts.n_threads : physical_cores();
     if (opts.n_gpu_layers != 0) {
-        auto arch = e->file_->get_string(gguf::key::general_architecture);
-        if (!arch) return arch.error();
-        const int64_t n_layers = e->file_->get_int_or(*arch + "." + gguf::key::block_count, 0);
+        auto gw = GpuWeights::of(*e->file_);
+        if (!gw) return gw.error();
         auto be = make_cuda_backend(opts.gpu_device);
         if (!be)
             return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message, be.error().kind);
         // refuse before uploading what cannot fit, naming the -ngl that can
-        if (auto gw = GpuWeights::of(*e->file_); gw) {
-            const uint64_t need = gw->bytes(opts.n_gpu_layers), free = (*be)->memory_available();
-            if (need > free) {
-                const int64_t most = gw->most_layers(free);
-                return make_error(
-                    "-ngl " + std::to_string(opts.n_gpu_layers) + ": the GPU's part of the weights needs " +
-                        format_bytes(need) + ", " + format_bytes(free) + " are free on " + (*be)->device_name() + "; " +
-                        (most >= 1 ? "-ngl " + std::to_string(most) + " of the " + std::to_string(gw->n_layer()) +
-                                         " layers fits (before the context's memory)"
-                                   : std::string("not even the output layer fits (-ngl 0 runs on the CPU)")),
-                    ErrorKind::resource_exhausted);
-            }
+        const uint64_t need = gw->bytes(opts.n_gpu_layers), free = (*be)->memory_available();
+        if (need > free) {
+            const int64_t most = gw->most_layers(free);
+            return make_error(
+                "-ngl " + std::to_string(opts.n_gpu_layers) + ": the GPU's part of the weights needs " +
+                    format_bytes(need) + ", " + format_bytes(free) + " are free on " + (*be)->device_name() + "; " +
+                    (most >= 1 ? "-ngl " + std::to_string(most) + " of the " + std::to_string(gw->n_layer()) +
+                                     " layers fits (before the context's memory)"
+                               : std::string("not even the output layer fits (-ngl 0 runs on the CPU)")),
+                ErrorKind::resource_exhausted);
         }
         e->backend_ = std::move(*be);
-        e->gpu_layers_ = std::max<int64_t>(n_layers, 1);
-        if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < n_layers) {
+        // the layers that run count (a file's block count also counts Qwen3.5's MTP blocks)
+        e->gpu_layers_ = gw->n_layer();
+        if (opts.n_gpu_layers > 0 && opts.n_gpu_layers < gw->n_layer()) {
             e->gpu_layers_ = opts.n_gpu_layers;
             e->host_backend_ = make_cpu_backend(threads, opts.repack);
         }
@@ -102,8 +101,6 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         if (e->host_backend_)
             e->host_backend_ = std::make_unique<ProfiledBackend>(std::move(e->host_backend_), e->profiler_);
     }
-    // the last gpu_layers_ of the layers that run (a file's block count also counts Qwen3.5's MTP
-    // blocks, which do not)
     const Placement placement = e->host_backend_ ? Placement::split(*e->host_backend_, *e->backend_, e->gpu_layers_)
                                                  : Placement::on(*e->backend_);
     auto m = load_model(*e->file_, placement, opts.progress);
