@@ -48,6 +48,13 @@ class GpuWeights {
     uint64_t head_ = 0, all_ = 0;  // head: output side and MTP blocks
 };
 
+// A draft model's -ngl: -ngld when given (ngld >= -1), otherwise the target's GPU use decides:
+// the whole draft on the GPU whenever the target has layers there (a draft on the CPU would take
+// longer than the target's steps it saves), else the CPU.
+inline int draft_gpu_layers(int64_t ngld, int64_t target_ngl) {
+    return ngld >= -1 ? int(ngld) : (target_ngl != 0 ? -1 : 0);
+}
+
 class Engine {
   public:
     static Result<std::unique_ptr<Engine>> load(const std::string& path, const LoadOptions& opts);

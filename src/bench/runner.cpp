@@ -358,8 +358,10 @@ Result<void> run(const Plan& plan, const Events& ev) {
                     for (const SpecConfig& sp : plan.specs) {
                         if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
                         const int dt = int(plan.draft_threads > 0 ? plan.draft_threads : threads);
-                        const int dngl = plan.draft_gpu_layers != -2 ? int(plan.draft_gpu_layers) : ngl != 0 ? -1 : 0;
-                        auto de = Engine::load(sp.draft, {.n_threads = dt, .repack = !no_repack, .n_gpu_layers = dngl});
+                        auto de =
+                            Engine::load(sp.draft, {.n_threads = dt,
+                                                    .repack = !no_repack,
+                                                    .n_gpu_layers = draft_gpu_layers(plan.draft_gpu_layers, ngl)});
                         if (!de) return de.error();
                         BM_TRY(check_draft_compatible((*engine)->model(), (*de)->model()));
                         draft_engines[sp.draft] = std::move(*de);

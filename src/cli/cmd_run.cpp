@@ -338,7 +338,7 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (!ngld) return fail(ngld.error().message);
         auto de = Engine::load(
             args->get("--model-draft"),
-            {.n_threads = resolve_threads(*td), .repack = repack, .n_gpu_layers = opt::draft_gpu_layers(*ngld, *ngl)});
+            {.n_threads = resolve_threads(*td), .repack = repack, .n_gpu_layers = draft_gpu_layers(*ngld, *ngl)});
         if (!de) return fail(de.error().message);
         if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
         draft_engine = std::move(*de);

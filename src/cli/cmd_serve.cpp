@@ -4,6 +4,7 @@
 #include <csignal>
 #include <cstdio>
 
+#include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/options.h"
@@ -104,7 +105,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.draft_model = args->get("--model-draft");
     o.draft_max = int(*dmax);
     o.draft_threads = *td > 0 ? resolve_threads(*td) : 0;
-    o.draft_gpu_layers = opt::draft_gpu_layers(*ngld, *ngl);
+    o.draft_gpu_layers = bigmoe::draft_gpu_layers(*ngld, *ngl);
     if (o.draft_model.empty())
         for (const char* flag : {"--draft-max", "--threads-draft", "--gpu-layers-draft"})
             if (args->has(flag)) std::fprintf(stderr, "warning: %s has no effect without -md\n", flag);

@@ -49,12 +49,6 @@ inline const OptionSpec gpu_layers_draft{
     "-ngld", "--gpu-layers-draft", "N",
     "the draft's layers on the GPU, as -ngl (default: all of them when -ngl puts any on the GPU, else 0)"};
 
-// -ngld's value, or its default: the draft follows the target onto the GPU, where a draft on the
-// CPU would take longer than the target's steps it saves.
-inline int draft_gpu_layers(int64_t ngld_or_minus2, int64_t ngl) {
-    return ngld_or_minus2 != -2 ? int(ngld_or_minus2) : (ngl != 0 ? -1 : 0);
-}
-
 }  // namespace bigmoe::cli::opt
 
 namespace bigmoe::cli {
