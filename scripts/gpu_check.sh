@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU half of the test suite, for a machine with an NVIDIA GPU (CI has none, so these cases
 # skip there): every CUDA op against float64, the fixture logits, state operations, the prompt
-# cache and speculative decoding with the whole model on the GPU and with a CPU/GPU split, and
+# cache, speculative decoding and the profiler with the whole model on the GPU and with a CPU/GPU split, and
 # compute-sanitizer on the ops. Prints one line per step and exits non-zero if any failed.
 #
 #   bash scripts/gpu_check.sh [BUILD_DIR] [FIXTURES_DIR]
@@ -36,7 +36,7 @@ fi
 
 step conformance "$t/conformance_test" --gtest_filter='*cuda*'
 for ngl in 99 2; do
-  for test in fixture_logits_test state_test prompt_cache_test speculative_test; do
+  for test in fixture_logits_test state_test prompt_cache_test speculative_test profiler_test; do
     step "${test}_ngl$ngl" env BIGMOE_TEST_NGL=$ngl "$t/$test"
   done
 done

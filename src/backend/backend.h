@@ -160,8 +160,17 @@ class Backend {
     // The batch the following ops belong to, until the next call; `b` outlives them.
     virtual void begin_batch(const BatchState& b) = 0;
     // Waits until every op issued so far has finished (a GPU queues them; the CPU's ops finish
-    // before they return). The profiler times ops between two of these.
+    // before they return). The profiler times ops between two of these when the backend has no
+    // clock of its own.
     virtual void synchronize() {}
+    // The backend's own clock, for the profiler: time_mark() marks the point its queue has reached
+    // (a GPU records an event in its stream, so timing an op needs no wait between ops) and
+    // returns the mark's number; mark_seconds(a, b) waits for both marks and gives the seconds
+    // between them; clear_marks() forgets every mark. -1 from time_mark(): no clock of its own
+    // (its ops finish before they return), and the profiler times them on the host.
+    virtual int64_t time_mark() { return -1; }
+    virtual double mark_seconds(int64_t /*from*/, int64_t /*to*/) { return 0; }
+    virtual void clear_marks() {}
 
     // ---- ops (all shapes row-major; rows are tokens)
     // out[t] = dequant(emb row ids[t])

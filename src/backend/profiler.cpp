@@ -27,7 +27,24 @@ const char* op_class_key(OpClass c) {
     return c < OpClass::count ? k_classes[size_t(c)].key : "?";
 }
 
+void ProfiledBackend::settle() const {
+    if (rec_->pending.empty()) return;
+    std::vector<Backend*> marked;
+    for (const Pending& p : rec_->pending) {
+        p.entry->seconds += p.backend->mark_seconds(p.from, p.to);
+        if (std::find(marked.begin(), marked.end(), p.backend) == marked.end()) marked.push_back(p.backend);
+    }
+    rec_->pending.clear();
+    for (Backend* b : marked) b->clear_marks();
+}
+
+void ProfiledBackend::clear() {
+    settle();  // the marks are released and the entries they point into outlive the wait
+    rec_->table.clear();
+}
+
 OpSeconds ProfiledBackend::seconds_by_class() const {
+    settle();
     OpSeconds s{};
     for (const auto& [phase, scopes] : rec_->table)
         for (const auto& [scope, classes] : scopes)
@@ -63,6 +80,7 @@ std::vector<Row> rows_of(const std::map<std::string, std::map<OpClass, ProfileEn
 }  // namespace
 
 std::string ProfiledBackend::format(const std::string& phase, double wall, int64_t n_tokens) const {
+    settle();
     auto it = rec_->table.find(phase);
     if (it == rec_->table.end() || wall <= 0) return "";
     std::string out =
@@ -95,6 +113,7 @@ std::string ProfiledBackend::format(const std::string& phase, double wall, int64
 }
 
 std::string ProfiledBackend::json(const std::string& phase, double wall, int64_t n_tokens) const {
+    settle();
     nlohmann::ordered_json j;
     j["phase"] = phase;
     j["wall_s"] = wall;

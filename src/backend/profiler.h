@@ -1,7 +1,9 @@
 // A profiling Backend: wraps any backend, forwards every op and records its wall time by op class,
 // by layer kind (models annotate layer boundaries) and by phase (prefill / decode, set by the
-// caller). Because it sits on the Backend interface it works for every backend; a device backend
-// must synchronize in its ops for the times to be exact.
+// caller). Because it sits on the Backend interface it works for every backend: one with a clock
+// of its own (a GPU's events) times each op there, without waiting between ops, and the times
+// arrive when the backend next waits (the next batch, synchronize(), or reading the table); the
+// others are timed on the host.
 #pragma once
 
 #include <array>
@@ -9,6 +11,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -32,10 +35,16 @@ class ProfiledBackend : public Backend {
     // With `share`, both record into one table under one phase (a model split over backends).
     explicit ProfiledBackend(std::unique_ptr<Backend> inner, const ProfiledBackend* share = nullptr)
         : inner_(std::move(inner)), rec_(share ? share->rec_ : std::make_shared<Shared>()) {}
+    ~ProfiledBackend() override { settle(); }
+    ProfiledBackend(const ProfiledBackend&) = delete;
+    ProfiledBackend& operator=(const ProfiledBackend&) = delete;
 
     // The wrapped backend's arena: its ops allocate from it too.
     ScratchArena& scratch_arena() override { return inner_->scratch_arena(); }
-    void begin_batch(const BatchState& b) override { inner_->begin_batch(b); }
+    void begin_batch(const BatchState& b) override {
+        inner_->begin_batch(b);
+        settle();  // a GPU's begin_batch has waited for the last batch: its marks are ready
+    }
     void set_phase(const std::string& phase) { rec_->phase = phase; }
     // Time measured outside the backend (sampling) is added by the caller.
     void record(OpClass c, double seconds) {
@@ -44,7 +53,7 @@ class ProfiledBackend : public Backend {
         e.calls += 1;
     }
     void annotate(const char* scope) override { scope_ = scope; }
-    void clear() { rec_->table.clear(); }
+    void clear();
     // Seconds by op class over every phase and layer kind since the last clear().
     OpSeconds seconds_by_class() const;
     // The breakdown of one phase as a table (share of wall time, ms per token, calls), with an
@@ -53,7 +62,10 @@ class ProfiledBackend : public Backend {
     std::string json(const std::string& phase, double wall_seconds, int64_t n_tokens) const;
     // [phase][scope][op class]
     using Table = std::map<std::string, std::map<std::string, std::map<OpClass, ProfileEntry>>>;
-    const Table& table() const { return rec_->table; }
+    const Table& table() const {
+        settle();
+        return rec_->table;
+    }
 
     std::string name() const override { return inner_->name() + " + profiler"; }
     std::string device_name() const override { return inner_->device_name(); }
@@ -68,7 +80,10 @@ class ProfiledBackend : public Backend {
     void download(void* d, const void* s, size_t b) override { inner_->download(d, s, b); }
     void copy(void* d, const void* s, size_t b) override { inner_->copy(d, s, b); }
     void fill_zero(void* d, size_t b) override { inner_->fill_zero(d, b); }
-    void synchronize() override { inner_->synchronize(); }
+    void synchronize() override {
+        inner_->synchronize();
+        settle();
+    }
 
     void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->get_rows(e, ids, n, out); });
@@ -124,20 +139,34 @@ class ProfiledBackend : public Backend {
   private:
     template <class F>
     void timed(OpClass c, F&& f, double bytes = 0, double flops = 0) {
-        inner_->synchronize();  // a GPU's earlier ops are not this one's time
-        const auto t0 = std::chrono::steady_clock::now();
-        f();
-        inner_->synchronize();
         ProfileEntry& e = rec_->table[rec_->phase][scope_][c];
-        e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
         e.calls += 1;
         e.bytes += bytes;
         e.flops += flops;
+        if (const int64_t from = inner_->time_mark(); from >= 0) {
+            f();
+            rec_->pending.push_back({inner_.get(), &e, from, inner_->time_mark()});
+            return;
+        }
+        inner_->synchronize();  // a queue's earlier ops are not this one's time
+        const auto t0 = std::chrono::steady_clock::now();
+        f();
+        inner_->synchronize();
+        e.seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     }
+    // Adds the times of ops timed by marks to their entries and releases the marks.
+    void settle() const;
 
+    // An op timed between two marks of its backend, not yet read.
+    struct Pending {
+        Backend* backend;
+        ProfileEntry* entry;  // std::map keeps entries in place
+        int64_t from, to;
+    };
     struct Shared {
         std::string phase = "prefill";
         Table table;
+        std::vector<Pending> pending;
     };
     std::unique_ptr<Backend> inner_;
     std::shared_ptr<Shared> rec_;

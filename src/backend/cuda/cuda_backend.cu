@@ -100,6 +100,7 @@ class CudaBackend final : public Backend {
         cudaFree(batch_dev_);
         cudaFree(moe_counts_);
         cudaFreeHost(staging_);
+        for (cudaEvent_t e : marks_) cudaEventDestroy(e);
         cudaStreamDestroy(stream_);
     }
 
@@ -178,13 +179,36 @@ class CudaBackend final : public Backend {
         finish_step();
         CU(cudaMemsetAsync(dst, 0, bytes, stream_));
     }
-    // A caller that synchronises between ops (the profiler) times them one by one, which a graph
-    // replay would hide: from then on ops run as they come.
     void synchronize() override {
-        graphs_ = false;
         finish_step();
         CU(cudaStreamSynchronize(stream_));
     }
+    // Events between ops, which a graph replay would not record: once a caller times ops (the
+    // profiler), steps run as they come. Their launches then cost host time the graphs save,
+    // which the GPU's times between events mostly do not see.
+    int64_t time_mark() override {
+        if (graphs_) {
+            graphs_ = false;
+            finish_step();  // a step being recorded or replayed runs its ops so far
+            CU(cudaStreamSynchronize(stream_));
+            drop_recordings();
+        }
+        if (size_t(n_marks_) == marks_.size()) {
+            cudaEvent_t e = nullptr;
+            CU(cudaEventCreate(&e));
+            marks_.push_back(e);
+        }
+        CU(cudaEventRecord(marks_[size_t(n_marks_)], stream_));
+        return n_marks_++;
+    }
+    double mark_seconds(int64_t from, int64_t to) override {
+        if (from < 0 || to >= n_marks_ || from > to) return 0;
+        CU(cudaEventSynchronize(marks_[size_t(to)]));
+        float ms = 0;
+        CU(cudaEventElapsedTime(&ms, marks_[size_t(from)], marks_[size_t(to)]));
+        return double(ms) / 1000.0;
+    }
+    void clear_marks() override { n_marks_ = 0; }
     ScratchArena& scratch_arena() override { return arena_; }
 
     // Uploads the batch's positions, spans and per-layer state descriptors in one copy, and room
@@ -942,6 +966,8 @@ class CudaBackend final : public Backend {
     // 122B 160.0 / 161.6 against 158.4 / 159.9)
     int64_t sb_lanes_ = 1;
     Mode mode_ = Mode::eager;
+    std::vector<cudaEvent_t> marks_;  // time_mark's events, the first n_marks_ recorded
+    int64_t n_marks_ = 0;
     std::unordered_map<uint64_t, Recording> recs_;
     Recording* rec_ = nullptr;
     size_t issued_ = 0;
