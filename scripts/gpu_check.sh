@@ -40,6 +40,10 @@ for ngl in 99 2; do
     step "${test}_ngl$ngl" env BIGMOE_TEST_NGL=$ngl "$t/$test"
   done
 done
+# routed experts in host memory beside GPU layers (--n-cpu-moe 2, --cpu-moe)
+for ncmoe in 2 -1; do
+  step "fixture_logits_test_ncmoe$ncmoe" env BIGMOE_TEST_NGL=99 BIGMOE_TEST_NCMOE=$ncmoe "$t/fixture_logits_test"
+done
 if command -v compute-sanitizer > /dev/null 2>&1; then
   step memcheck compute-sanitizer --tool memcheck --error-exitcode 1 "$t/conformance_test" --gtest_filter='*cuda*'
   step racecheck compute-sanitizer --tool racecheck --error-exitcode 1 "$t/conformance_test" \

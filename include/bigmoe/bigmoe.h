@@ -26,26 +26,37 @@ struct LoadOptions {
     // model on the CUDA backend; N between runs the last N layers and the LM head on the GPU and
     // the others on the CPU.
     int n_gpu_layers = 0;
+    // With layers on the GPU: the routed experts of the first N layers stay in host memory and
+    // run on the CPU (--n-cpu-moe N; the layer count or more, or negative (--cpu-moe): every
+    // layer's, the MTP blocks' too).
+    int n_cpu_moe = 0;
     int gpu_device = 0;
     LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
 };
 
 // What the GPU holds for each -ngl: the weights of the layers that run there (the last ones), the
 // LM head and output norm (a tied embedding's copy), the MTP blocks (loaded beside the last layer),
-// and with every layer there, every tensor of the file.
+// and with every layer there, every tensor of the file; less the routed experts --n-cpu-moe
+// keeps in host memory.
 class GpuWeights {
   public:
     static Result<GpuWeights> of(const gguf::GgufFile& f);
     int64_t n_layer() const { return int64_t(layer_.size()); }  // the layers that run (no MTP)
-    // Bytes on the GPU with -ngl n (0: none; n_layer() or more, or negative: the whole file).
-    uint64_t bytes(int64_t n_gpu_layers) const;
-    // The largest -ngl whose weights take at most `budget` bytes: n_layer() when the whole file
-    // fits, -1 when not even the head does.
-    int64_t most_layers(uint64_t budget) const;
+    // Bytes on the GPU with -ngl n (0: none; n_layer() or more, or negative: the whole file) and
+    // --n-cpu-moe m (n_layer() or more, or negative: every layer's experts and the MTP blocks').
+    uint64_t bytes(int64_t n_gpu_layers, int64_t n_cpu_moe = 0) const;
+    // The largest -ngl whose weights take at most `budget` bytes with --n-cpu-moe m: n_layer()
+    // when every layer fits, -1 when not even the head does.
+    int64_t most_layers(uint64_t budget, int64_t n_cpu_moe = 0) const;
+    // The fewest --n-cpu-moe that fits `budget` with every layer on the GPU: 0 when the whole
+    // file fits, n_layer() when only every expert in host memory does, -1 when not even that.
+    int64_t fewest_cpu_moe(uint64_t budget) const;
+    bool has_experts() const { return experts_all_ > 0; }
 
   private:
-    std::vector<uint64_t> layer_;
-    uint64_t head_ = 0, all_ = 0;  // head: output side and MTP blocks
+    std::vector<uint64_t> layer_, experts_;  // [layer]: all its tensors, its routed experts
+    uint64_t head_ = 0, all_ = 0;            // head: output side and MTP blocks
+    uint64_t experts_all_ = 0, mtp_experts_ = 0;
 };
 
 // A draft model's -ngl: -ngld when given (ngld >= -1), otherwise the target's GPU use decides:
@@ -70,6 +81,9 @@ class Engine {
     // Whether the model runs on a GPU backend (-ngl), and how many of its layers do.
     bool on_gpu() const { return gpu_layers_ > 0; }
     int64_t gpu_layers() const { return gpu_layers_; }
+    // The layers (from the first) whose routed experts run on the CPU beside GPU layers
+    // (--n-cpu-moe; the layer count for every layer's).
+    int64_t cpu_moe_layers() const { return cpu_moe_; }
     // One line for the log: model, size, parameters, backend, threads, context, KV bytes and
     // the load time.
     std::string describe(const Context& ctx, double load_seconds) const;
@@ -79,10 +93,11 @@ class Engine {
   private:
     std::unique_ptr<gguf::GgufFile> file_;
     std::unique_ptr<Backend> backend_;
-    std::unique_ptr<Backend> host_backend_;  // the CPU's layers of a model split with the GPU
+    std::unique_ptr<Backend> host_backend_;  // the CPU's layers and experts of a model split with the GPU
     std::unique_ptr<Model> model_;
     ProfiledBackend* profiler_ = nullptr;
     int64_t gpu_layers_ = 0;
+    int64_t cpu_moe_ = 0;
 };
 
 const char* version_string();

@@ -267,8 +267,8 @@ class Backend {
     virtual void gated_delta_net(Tensor u, Tensor beta, Tensor alpha, const Weight& dt_bias, const Weight& ssm_a,
                                  const GdnParams& p, int64_t il, Tensor out) = 0;
 
-  protected:
-    // out += the shared expert's gated output, as separate ops
+    // out += the shared expert's gated output, as separate ops (also where the routed experts
+    // ran on another backend)
     void add_shared_expert(Tensor x, const SharedExpert& s, Tensor out) {
         swiglu(s.gate, s.up, s.gate);
         Tensor y = scratch(x.rows, s.down->n_out());
@@ -279,5 +279,11 @@ class Backend {
 
 // repack: products read packed copies of the K-quant weights (backend/cpu/repack.h).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads, bool repack = true);
+
+// Copies `src` (on `from`) into `dst` (on `to`, the same shape) through host memory; and into a
+// new scratch tensor of `to`. The residual stream crosses a split model this way, and the MoE
+// input, router logits and sum cross to and from experts kept on another backend.
+void copy_across(Backend& from, Tensor src, Backend& to, Tensor dst);
+Tensor copy_across(Backend& from, Tensor src, Backend& to);
 
 }  // namespace bigmoe

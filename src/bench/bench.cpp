@@ -116,6 +116,7 @@ static nlohmann::ordered_json json_of(const Record& r) {
     j["type_k"] = r.type_k;
     j["type_v"] = r.type_v;
     j["n_gpu_layers"] = r.n_gpu_layers;
+    j["n_cpu_moe"] = r.n_cpu_moe;
     j["flash_attn"] = r.flash_attn;
     j["no_repack"] = r.no_repack;
     j["n_prompt"] = r.n_prompt;
@@ -222,9 +223,10 @@ std::string to_markdown(const std::vector<Record>& rs) {
         {"backend", false, [](const Record& r) { return r.backend; }},
         {"threads", true, [](const Record& r) { return std::to_string(r.n_threads); }},
     };
-    bool ub = false, tk = false, tv = false, nb = false, md = false, nr = false, gpu = false;
+    bool ub = false, tk = false, tv = false, nb = false, md = false, nr = false, gpu = false, ncm = false;
     for (const auto& r : rs) {
         gpu |= r.n_gpu_layers != 0;
+        ncm |= r.n_cpu_moe != 0;
         md |= !r.draft_model.empty();
         ub |= r.n_ubatch != def.n_ubatch;
         nb |= r.n_batch != def.n_batch;
@@ -234,6 +236,7 @@ std::string to_markdown(const std::vector<Record>& rs) {
     }
     // as llama-bench: GPU rows carry the layers offloaded
     if (gpu) cols.push_back({"ngl", true, [](const Record& r) { return std::to_string(r.n_gpu_layers); }});
+    if (ncm) cols.push_back({"n_cpu_moe", true, [](const Record& r) { return std::to_string(r.n_cpu_moe); }});
     if (nb) cols.push_back({"n_batch", true, [](const Record& r) { return std::to_string(r.n_batch); }});
     if (ub) cols.push_back({"n_ubatch", true, [](const Record& r) { return std::to_string(r.n_ubatch); }});
     if (tk) cols.push_back({"type_k", false, [](const Record& r) { return r.type_k; }});

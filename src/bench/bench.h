@@ -19,6 +19,7 @@ struct Record {
     uint64_t model_size = 0, model_n_params = 0;
     // parameters
     int64_t n_batch = 2048, n_ubatch = 512, n_threads = 0, n_gpu_layers = 0;
+    int64_t n_cpu_moe = 0;  // layers whose routed experts run on the CPU beside GPU layers
     std::string type_k = "f16", type_v = "f16";
     bool no_repack = false;  // CPU: products on the file's row layout (llama-bench's no_repack)
     bool flash_attn = true;

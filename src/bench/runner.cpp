@@ -214,6 +214,7 @@ Result<void> run_tests(const Matrix& mx) {
     row.cpu_info = cpu_model_name();
     row.backend = mx.engine.on_gpu() ? "CUDA" : "CPU";
     row.n_gpu_layers = mx.engine.gpu_layers();
+    row.n_cpu_moe = mx.engine.cpu_moe_layers();
     if (mx.engine.on_gpu()) row.gpu_info = mx.engine.backend().device_name();
     row.model_filename = mx.path;
     row.model_type = model.hparams().arch + " " + mx.engine.file().get_string_or(gguf::key::general_name, "") + " " +
@@ -347,28 +348,30 @@ Result<void> run(const Plan& plan, const Events& ev) {
     BM_TRY(check_models(plan));
     for (const auto& path : plan.models)
         for (int64_t ngl : plan.gpu_layers)
-            for (int64_t threads : plan.threads)
-                for (bool no_repack : plan.no_repack) {
-                    auto engine = Engine::load(path, {.n_threads = int(threads),
-                                                      .profile = plan.profile,
-                                                      .repack = !no_repack,
-                                                      .n_gpu_layers = int(ngl)});
-                    if (!engine) return engine.error();
-                    std::map<std::string, std::unique_ptr<Engine>> draft_engines;
-                    for (const SpecConfig& sp : plan.specs) {
-                        if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
-                        const int dt = int(plan.draft_threads > 0 ? plan.draft_threads : threads);
-                        auto de =
-                            Engine::load(sp.draft, {.n_threads = dt,
-                                                    .repack = !no_repack,
-                                                    .n_gpu_layers = draft_gpu_layers(plan.draft_gpu_layers, ngl)});
-                        if (!de) return de.error();
-                        BM_TRY(check_draft_compatible((*engine)->model(), (*de)->model()));
-                        draft_engines[sp.draft] = std::move(*de);
+            for (int64_t ncm : plan.cpu_moe)
+                for (int64_t threads : plan.threads)
+                    for (bool no_repack : plan.no_repack) {
+                        auto engine = Engine::load(path, {.n_threads = int(threads),
+                                                          .profile = plan.profile,
+                                                          .repack = !no_repack,
+                                                          .n_gpu_layers = int(ngl),
+                                                          .n_cpu_moe = int(ncm)});
+                        if (!engine) return engine.error();
+                        std::map<std::string, std::unique_ptr<Engine>> draft_engines;
+                        for (const SpecConfig& sp : plan.specs) {
+                            if (sp.draft.empty() || draft_engines.count(sp.draft)) continue;
+                            const int dt = int(plan.draft_threads > 0 ? plan.draft_threads : threads);
+                            auto de =
+                                Engine::load(sp.draft, {.n_threads = dt,
+                                                        .repack = !no_repack,
+                                                        .n_gpu_layers = draft_gpu_layers(plan.draft_gpu_layers, ngl)});
+                            if (!de) return de.error();
+                            BM_TRY(check_draft_compatible((*engine)->model(), (*de)->model()));
+                            draft_engines[sp.draft] = std::move(*de);
+                        }
+                        for (const ContextConfig& c : plan.configs)
+                            BM_TRY(run_config(**engine, path, threads, no_repack, draft_engines, c, plan, ev));
                     }
-                    for (const ContextConfig& c : plan.configs)
-                        BM_TRY(run_config(**engine, path, threads, no_repack, draft_engines, c, plan, ev));
-                }
     return {};
 }
 

@@ -39,6 +39,7 @@ struct Plan {
     std::vector<int64_t> threads;
     std::vector<bool> no_repack;
     std::vector<int64_t> gpu_layers = {0};  // -ngl: 0 the CPU, the layer count (or 99) the GPU
+    std::vector<int64_t> cpu_moe = {0};     // --n-cpu-moe (LoadOptions::n_cpu_moe)
     std::vector<ContextConfig> configs;
     std::vector<Test> tests;
     std::vector<SpecConfig> specs;  // at least one (plain: {})

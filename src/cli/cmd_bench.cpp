@@ -34,6 +34,7 @@ const std::vector<OptionSpec> k_specs = {
     list_of(opt::cache_type_v),
     {"-ngl", "--n-gpu-layers", "LIST",
      "layers on the GPU: 0 (default) the CPU, 99 the whole model on CUDA, N between the last N"},
+    {"-ncmoe", "--n-cpu-moe", "LIST", "with -ngl: the routed experts of the first N layers on the CPU (default 0)"},
     {"-fa", "--flash-attn", "LIST", "on, 1 or auto: bigmoe's attention is always fused (flash); 0 or off is refused"},
     {"-nr", "--no-repack", "LIST",
      "1: products on the file's row layout instead of packed weights (default 0; a list)"},
@@ -145,11 +146,12 @@ int cmd_bench(const std::vector<std::string>& argv) {
     auto ub = ints(*args, "--ubatch-size", "512", 1);
     auto nrs = ints(*args, "--no-repack", "0", 0);
     auto ngls = ints(*args, "--n-gpu-layers", "0", 0);
+    auto ncms = ints(*args, "--n-cpu-moe", "0", 0);
     auto npls = ints(*args, "--n-parallel", "1", 1);
     auto reps = args->get_int("--repetitions", 5, 1, 1000);
     Result<double> bw = 0.0;
     if (args->get("--bw") != "auto") bw = args->get_float("--bw", 0);
-    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs, &ngls, &npls})
+    for (auto* r : {&pp, &tg, &depth, &th, &nb, &ub, &nrs, &ngls, &ncms, &npls})
         if (!*r) return fail(r->error().message);
     for (int64_t v : *npls)
         if (v > 256) return fail("bench: --n-parallel takes 1 to 256 sequences, got " + std::to_string(v));
@@ -256,6 +258,7 @@ int cmd_bench(const std::vector<std::string>& argv) {
     for (int64_t t : *th) plan.threads.push_back(resolve_threads(t));
     for (int64_t v : *nrs) plan.no_repack.push_back(v == 1);
     plan.gpu_layers = *ngls;
+    plan.cpu_moe = *ncms;
     plan.reps = *reps;
     plan.parallel = *npls;
     plan.draft_min = *draft_min;

@@ -117,6 +117,8 @@ int cmd_info(const std::vector<std::string>& argv) {
     auto gw = GpuWeights::of(f);
     if (!gw) return fail(gw.error().message);
     const int64_t most = gpu ? gw->most_layers(gpu->free_bytes) : 0;
+    // with every layer on the GPU, the fewest layers whose routed experts stay in host memory
+    const int64_t ncm = gpu && gw->has_experts() ? gw->fewest_cpu_moe(gpu->free_bytes) : -1;
     if (gpu)
         j["gpu"] = {
             {"name", gpu->name},
@@ -124,7 +126,8 @@ int cmd_info(const std::vector<std::string>& argv) {
             {"total_bytes", gpu->total_bytes},
             {"free_bytes", gpu->free_bytes},
             {"weights_fit", gw->bytes(-1) <= gpu->free_bytes},
-            {"max_gpu_layers", most}};
+            {"max_gpu_layers", most},
+            {"min_n_cpu_moe", ncm}};
     else
         j["gpu"] = {{"error", gpu.error().message}};
     if (args->has("--json")) {
@@ -151,6 +154,9 @@ int cmd_info(const std::vector<std::string>& argv) {
                                       std::to_string(gw->n_layer()) + " layers does, " +
                                       human_bytes(double(gpu->free_bytes - gw->bytes(most))) + " left for the context"
                                 : std::string("not even the output layer fits (-ngl 0 runs on the CPU)");
+        if (all > gpu->free_bytes && ncm > 0)
+            verdict += "; or -ngl 99 --n-cpu-moe " + std::to_string(ncm) + ", " +
+                       human_bytes(double(gpu->free_bytes - gw->bytes(-1, ncm))) + " left for the context";
         std::printf("GPU (-ngl 99): %s, compute %d.%d, %s free of %s: %s\n", gpu->name.c_str(), gpu->compute_major,
                     gpu->compute_minor, human_bytes(double(gpu->free_bytes)).c_str(),
                     human_bytes(double(gpu->total_bytes)).c_str(), verdict.c_str());

@@ -16,6 +16,7 @@ const std::vector<OptionSpec> k_specs = {
     opt::ubatch_size,  opt::threads,
     opt::no_repack,    opt::cache_type_k,
     opt::cache_type_v, opt::gpu_layers,
+    opt::cpu_moe,      opt::n_cpu_moe,
     opt::help,
 };
 }  // namespace
@@ -46,11 +47,14 @@ int cmd_logits(const std::vector<std::string>& argv) {
 
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     if (!ngl) return fail(ngl.error().message);
+    auto ncm = parse_cpu_moe(*args);
+    if (!ncm) return fail(ncm.error().message);
     Progress loading("loading " + args->get("--model"));
     auto engine =
         Engine::load(args->get("--model"), {.n_threads = resolve_threads(*th),
                                             .repack = !args->has("--no-repack"),
                                             .n_gpu_layers = int(*ngl),
+                                            .n_cpu_moe = *ncm,
                                             .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
     loading.done();
     if (!engine) return fail(engine.error().message);

@@ -26,6 +26,8 @@ const std::vector<OptionSpec> k_specs = {
     opt::cache_type_k,
     opt::cache_type_v,
     opt::gpu_layers,
+    opt::cpu_moe,
+    opt::n_cpu_moe,
     opt::no_repack,
     {"", "--kl-divergence-base", "FILE",
      "save the scored distributions to FILE; with --kl-divergence, compare this run's with them"},
@@ -58,6 +60,8 @@ int cmd_perplexity(const std::vector<std::string>& argv) {
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     for (auto* r : {&n_ctx, &chunks, &threads, &ub, &ngl})
         if (!*r) return fail(r->error().message);
+    auto ncm = parse_cpu_moe(*args);
+    if (!ncm) return fail(ncm.error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");
     if (!ctk) return fail(ctk.error().message);
@@ -65,9 +69,10 @@ int cmd_perplexity(const std::vector<std::string>& argv) {
     auto text = read_text_file(args->get("--file"));
     if (!text) return fail(text.error().message);
 
-    auto engine = Engine::load(
-        args->get("--model"),
-        {.n_threads = resolve_threads(*threads), .repack = !args->has("--no-repack"), .n_gpu_layers = int(*ngl)});
+    auto engine = Engine::load(args->get("--model"), {.n_threads = resolve_threads(*threads),
+                                                      .repack = !args->has("--no-repack"),
+                                                      .n_gpu_layers = int(*ngl),
+                                                      .n_cpu_moe = *ncm});
     if (!engine) return fail(engine.error().message);
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);

@@ -77,6 +77,8 @@ const std::vector<OptionSpec> k_specs = {
     opt::threads_draft,
     opt::gpu_layers_draft,
     opt::gpu_layers,
+    opt::cpu_moe,
+    opt::n_cpu_moe,
     {"-fa", "--flash-attn", "on|off|auto", "on or auto: attention is always fused (flash); off is refused"},
     {"", "--no-mmap", "", "accepted: the weights are read from the mapped file, or packed into memory at load"},
     {"", "--mlock", "", "keep the model's memory resident (mlockall; a warning if the system refuses)"},
@@ -248,6 +250,8 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     if (!ngl) return fail(ngl.error().message);
+    auto ncm = parse_cpu_moe(*args);
+    if (!ncm) return fail(ncm.error().message);
     if (args->has("--mlock") && mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
         std::fprintf(stderr, "warning: --mlock: the system refused to lock the memory (%s); running without\n",
                      std::strerror(errno));
@@ -288,6 +292,7 @@ int cmd_run(const std::vector<std::string>& argv) {
                                             .profile = args->has("--profile"),
                                             .repack = repack,
                                             .n_gpu_layers = int(*ngl),
+                                            .n_cpu_moe = *ncm,
                                             .progress = [&](uint64_t d, uint64_t t) { loading.bytes(d, t); }});
     loading.done();
     if (!engine) return fail(engine.error().message);

@@ -28,6 +28,8 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--queue", "N", "requests that may wait for a slot; more get 503 with Retry-After (default 64)"},
     opt::no_repack,
     opt::gpu_layers,
+    opt::cpu_moe,
+    opt::n_cpu_moe,
     {"-md", "--model-draft", "FILE",
      "draft model (same vocabulary): greedy requests are decoded speculatively, all slots in the same steps"},
     opt::draft_max,
@@ -102,6 +104,9 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");
     o.n_gpu_layers = int(*ngl);
+    auto ncm = parse_cpu_moe(*args);
+    if (!ncm) return fail(ncm.error().message);
+    o.n_cpu_moe = *ncm;
     o.draft_model = args->get("--model-draft");
     o.draft_max = int(*dmax);
     o.draft_threads = *td > 0 ? resolve_threads(*td) : 0;

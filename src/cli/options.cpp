@@ -45,6 +45,13 @@ void Progress::done() {
     drawn_ = false;
 }
 
+Result<int> parse_cpu_moe(const Args& args) {
+    if (args.has("--cpu-moe")) return -1;
+    auto n = args.get_int("--n-cpu-moe", 0, 0, 1 << 20);
+    if (!n) return n.error();
+    return int(*n);
+}
+
 int resolve_threads(int64_t asked) {
     if (asked <= 0) return physical_cores();
     static bool warned = false;

@@ -29,6 +29,12 @@ inline const OptionSpec gpu_layers{
     "-ngl", "--n-gpu-layers", "N",
     "layers on the GPU: 0 (default) runs on the CPU; 99 (or the layer count) the whole model on the CUDA backend; "
     "N between: the last N layers and the output on the GPU, the others on the CPU"};
+inline const OptionSpec cpu_moe{"-cmoe", "--cpu-moe", "",
+                                "with -ngl: every layer's routed experts stay in host memory and run on the CPU"};
+inline const OptionSpec n_cpu_moe{
+    "-ncmoe", "--n-cpu-moe", "N",
+    "with -ngl: the routed experts of the first N layers stay in host memory and run on the CPU (a MoE model larger "
+    "than the GPU: attention, the shared expert and the other layers' experts stay on the GPU)"};
 inline const OptionSpec profile{"", "--profile", "", "time per op class and layer kind (printed to stderr)"};
 inline const OptionSpec help{"-h", "--help", "", "show this help"};
 // speculative decoding (run, bench)
@@ -55,6 +61,8 @@ namespace bigmoe::cli {
 
 // A -ctk / -ctv value ("f16"); `which` names the flag in the error.
 Result<DType> parse_cache_type(const std::string& s, const char* which);
+// --cpu-moe / --n-cpu-moe N as LoadOptions::n_cpu_moe: -1 for every layer, N, or 0 when neither.
+Result<int> parse_cpu_moe(const Args& args);
 // A -t value: 0 is the physical cores; more than the machine's hardware threads is allowed with
 // a warning (once per process) saying what it costs.
 int resolve_threads(int64_t asked);

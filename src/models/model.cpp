@@ -1,4 +1,6 @@
 #include "models/model.h"
+
+#include <algorithm>
 #include "gguf/names.h"
 
 #include "models/registry.h"
@@ -45,7 +47,7 @@ Result<const Weight*> Model::load_optional(const std::string& name, std::vector<
     w.expert_bytes = ti->row_bytes * size_t(ti->ne[1]);
     w.data = ti->data;
     w.multiplied = multiplied_;
-    BM_TRY(loading_->prepare_weight(w));
+    BM_TRY((expert && loading_experts_ ? loading_experts_ : loading_)->prepare_weight(w));
     weights_.push_back(w);
     if (!counted_) return &weights_.back();
     report_loaded(ti->nbytes);
@@ -82,8 +84,10 @@ Result<const Weight*> Model::load_f32(const std::string& name, std::vector<int64
 }
 
 std::vector<Backend*> Model::backends() const {
-    if (&backend(0) == &backend()) return {&backend()};
-    return {&backend(0), &backend()};
+    std::vector<Backend*> bes = {&backend(0)};
+    for (Backend* be : {placement_.experts, &backend()})
+        if (be && std::find(bes.begin(), bes.end(), be) == bes.end()) bes.push_back(be);
+    return bes;
 }
 
 Result<void> Model::init(const gguf::GgufFile& file, HParams hp, const Placement& placement) {
@@ -91,7 +95,7 @@ Result<void> Model::init(const gguf::GgufFile& file, HParams hp, const Placement
     hp_ = std::move(hp);
     placement_ = placement;
     if (!placement_.output) return make_error("a model placement needs the output's backend", ErrorKind::internal);
-    loading_ = &backend(0);
+    load_on(0);
     OpShapes s;
     if (hp_.n_attention_layers() > 0) s.head_dim = hp_.head_dim;
     if (hp_.n_recurrent_layers() > 0) {
@@ -134,21 +138,15 @@ Result<void> Model::load_output_and_embeddings() {
 
 void Model::enter(Backend* from, Backend& next, const ForwardBatch& batch, std::initializer_list<Tensor*> ts) {
     next.reset_scratch();
-    for (Tensor* t : ts) {
-        // one copy each way: both sides' ScratchArena pads rows alike, so the strides agree
-        Tensor moved = next.scratch(t->rows, t->cols);
-        const size_t n = t->rows > 0 ? size_t((t->rows - 1) * t->stride + t->cols) : 0;
-        staging_.resize(n);
-        from->download(staging_.data(), t->data, n * 4);
-        next.upload(moved.data, staging_.data(), n * 4);
-        *t = moved;
-    }
+    for (Tensor* t : ts) *t = copy_across(*from, *t, next);
     next.begin_batch(*batch.state);
 }
 
 void Model::run_layers(const ForwardBatch& batch, const LayerBody& body, Tensor logits) {
     const int64_t T = batch.n_tokens, L = hp_.n_layer;
     Backend* be = &backend(0);
+    // a backend that runs only experts begins the pass with the others (its scratch is empty)
+    if (Backend* x = placement_.experts; x && x != be && x != &backend()) enter(nullptr, *x, batch, {});
     enter(nullptr, *be, batch, {});
     Tensor h = be->scratch(T, hp_.n_embd);
     be->annotate("embeddings");

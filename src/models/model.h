@@ -29,15 +29,28 @@ struct ForwardBatch {
 // Which backend runs which part of a model: the last `n_output_layers` layers (every layer when
 // negative), the final norm and the LM head on `output`; the layers before them, and the token
 // embedding's lookup then, on `first`. A pass moves its residual stream between the two once
-// (-ngl N: the first layers on the CPU, the last N and the head on the GPU).
+// (-ngl N: the first layers on the CPU, the last N and the head on the GPU). With `experts`, the
+// routed experts of the first `n_expert_layers` layers (every layer and the MTP blocks when
+// negative) run there instead of on their layer's backend (--n-cpu-moe N: their weights stay in
+// host memory, and each such layer sends its MoE input and router logits over and takes the sum
+// back).
 struct Placement {
     Backend* output = nullptr;
     Backend* first = nullptr;
     int64_t n_output_layers = -1;
+    Backend* experts = nullptr;
+    int64_t n_expert_layers = 0;
 
     static Placement on(Backend& be) { return {&be, nullptr, -1}; }
     static Placement split(Backend& first, Backend& output, int64_t n_output_layers) {
         return {&output, &first, n_output_layers};
+    }
+    // This placement with the routed experts of the first n layers on `be` (n < 0: all of them).
+    Placement experts_on(Backend& be, int64_t n) const {
+        Placement p = *this;
+        p.experts = n != 0 ? &be : nullptr;
+        p.n_expert_layers = n;
+        return p;
     }
 };
 
@@ -53,7 +66,13 @@ class Model {
         const Placement& p = placement_;
         return p.first && p.n_output_layers >= 0 && il < hp_.n_layer - p.n_output_layers ? *p.first : *p.output;
     }
-    // Every backend the model runs on, in the order a pass enters them (layer 0's, the output's).
+    // The backend that runs layer il's routed experts (its own unless Placement::experts says).
+    Backend& experts_backend(int64_t il) const {
+        const Placement& p = placement_;
+        return p.experts && (p.n_expert_layers < 0 || il < p.n_expert_layers) ? *p.experts : backend(il);
+    }
+    // Every backend the model runs on, in the order a pass enters them (layer 0's, the experts'
+    // when apart, the output's).
     std::vector<Backend*> backends() const;
     const Placement& placement() const { return placement_; }
 
@@ -79,8 +98,12 @@ class Model {
     // Sets the hyper-parameters and the placement, and asks every backend whether it runs layers
     // of this model's sizes; before any load.
     Result<void> init(const gguf::GgufFile& file, HParams hp, const Placement& placement);
-    // The weights loaded from now on are prepared by layer il's backend.
-    void load_on(int64_t il) { loading_ = &backend(il); }
+    // The weights loaded from now on are prepared by layer il's backend (its routed experts by
+    // experts_backend(il)).
+    void load_on(int64_t il) {
+        loading_ = &backend(il);
+        loading_experts_ = &experts_backend(il);
+    }
 
     // Whether the weights loaded now are multiplied (Weight::multiplied): false while loading a
     // lookup table (an untied token embedding) or blocks that do not run (MTP).
@@ -90,7 +113,8 @@ class Model {
     HParams hp_;
     const gguf::GgufFile* file_ = nullptr;
     Placement placement_;
-    Backend* loading_ = nullptr;  // prepares the weights loaded now
+    Backend* loading_ = nullptr;          // prepares the weights loaded now
+    Backend* loading_experts_ = nullptr;  // and the routed experts among them
     std::deque<Weight> weights_;
     const Weight* tok_embd_ = nullptr;  // the lookup, on layer 0's backend
     const Weight* output_norm_ = nullptr;
@@ -113,7 +137,6 @@ class Model {
     // start of the pass) into its scratch, through host memory. They are copied before the step
     // begins, so a device backend's recorded step holds only its own ops.
     void enter(Backend* from, Backend& next, const ForwardBatch& batch, std::initializer_list<Tensor*> ts);
-    std::vector<float> staging_;
 };
 
 using ModelLoader = std::function<Result<std::unique_ptr<Model>>(const gguf::GgufFile&, const Placement&)>;

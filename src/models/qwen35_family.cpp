@@ -71,7 +71,7 @@ void Qwen35Family::forward(const ForwardBatch& batch, Tensor logits) {
                                    : blocks::attention(be, hp_, l.attn, a, il);
             Tensor f = be.scratch(h.rows, hp_.n_embd);
             be.add_rms_norm(h, m, *l.post_norm, hp_.eps, f);
-            return moe_ ? blocks::moe(be, l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
+            return moe_ ? blocks::moe(be, experts_backend(il), l.moe, f) : blocks::dense_ffn(be, l.ffn, f);
         },
         logits);
 }

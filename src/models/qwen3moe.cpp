@@ -45,7 +45,7 @@ class Qwen3Moe : public Model {
                 be.annotate("attention layers");
                 Tensor f = be.scratch(h.rows, hp_.n_embd);
                 be.add_rms_norm(h, blocks::attention(be, hp_, l.attn, a, il), *l.ffn_norm, hp_.eps, f);
-                return blocks::moe(be, l.moe, f);
+                return blocks::moe(be, experts_backend(il), l.moe, f);
             },
             logits);
     }

@@ -829,7 +829,8 @@ Result<void> Server::load() {
     BM_ASSIGN(s.engine, Engine::load(s.o.model, {.n_threads = s.o.threads,
                                                  .profile = s.o.profile,
                                                  .repack = s.o.repack,
-                                                 .n_gpu_layers = s.o.n_gpu_layers}));
+                                                 .n_gpu_layers = s.o.n_gpu_layers,
+                                                 .n_cpu_moe = s.o.n_cpu_moe}));
     BM_ASSIGN(s.tok, Tokenizer::from_gguf(s.engine->file()));
     ContextParams cp;
     cp.n_ctx = s.slot_ctx();

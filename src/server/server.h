@@ -27,6 +27,7 @@ struct ServeOptions {
     size_t max_body = 8 << 20;
     bool repack = true;
     int n_gpu_layers = 0;      // -ngl: 0 the CPU, 99 the whole model on the GPU
+    int n_cpu_moe = 0;         // --n-cpu-moe (-1: --cpu-moe), LoadOptions::n_cpu_moe
     std::string draft_model;   // -md: greedy requests are decoded speculatively with this model
     int draft_max = 8;         // tokens drafted per request and step
     int draft_threads = 0;     // 0: as threads

@@ -196,12 +196,16 @@ expect "serve missing draft" 1 "cannot open" "$bin" serve -m "$m" --port 0 -md "
 expect "serve draft vocab" 1 "vocabulary" "$bin" serve -m "$m" --port 0 -md "$tmp/s.gguf"
 expect "bad ngld" 1 "'--gpu-layers-draft': 'x' is not an integer" "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld x
 expect "serve bad draft-max" 1 "out of range \\[1, 16\\]" "$bin" serve -m "$m" --port 0 -md "$d" --draft-max 17
+expect "bad n-cpu-moe" 1 "'--n-cpu-moe': -2 is out of range" "$bin" run -m "$m" -p hi -n 1 -ngl 99 --n-cpu-moe -2
+expect "bench bad ncmoe" 1 "not an integer" "$bin" bench -m "$m" -p 8 -n 0 -r 1 -ngl 99 -ncmoe x
 # -ngl: without a GPU (or a CUDA build) a clear error, for the whole model or some of its layers
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   expect "ngl without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -p hi -n 1 -ngl 99
   expect "ngl split without a GPU" 1 "^error: -ngl 2: " "$bin" run -m "$m" -p hi -n 1 -ngl 2
   expect "ngld without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld 99
   expect "bench ngl without a GPU" 1 "^error: .*-ngl 99: " "$bin" bench -m "$m" -p 8 -n 0 -r 1 -ngl 99
+  expect "cpu-moe without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -p hi -n 1 -ngl 99 -cmoe
+  expect "n-cpu-moe without a GPU" 1 "^error: serve: -ngl 99: " "$bin" serve -m "$m" --port 0 -ngl 99 -ncmoe 2
 fi
 echo "cli: $pass passed, $fail failed"
 [ $fail -eq 0 ]

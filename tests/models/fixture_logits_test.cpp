@@ -56,8 +56,9 @@ std::vector<float> compute(Context& ctx, const std::vector<int32_t>& tokens, int
 // prompts (the tolerance of ../shared/fixtures/README.md is stated per model).
 void check_group(const Group& g, int64_t ubatch, int n_threads) {
     auto j = testing::read_json(g.model_json);
-    auto engine = Engine::load(fixtures_dir() + "/" + j["model"].get<std::string>(),
-                               {.n_threads = n_threads, .n_gpu_layers = testing::test_gpu_layers()});
+    auto engine = Engine::load(
+        fixtures_dir() + "/" + j["model"].get<std::string>(),
+        {.n_threads = n_threads, .n_gpu_layers = testing::test_gpu_layers(), .n_cpu_moe = testing::test_cpu_moe()});
     ASSERT_TRUE(engine.ok()) << engine.error().message;
     const bool quantized = j["model"].get<std::string>().find("f32") == std::string::npos;
     std::vector<double> pooled;
@@ -125,8 +126,9 @@ class QuantizedKv : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(QuantizedKv, q8_0_logits_within_1e_2_of_f16) {
     auto j = testing::read_json(GetParam());
-    auto engine = Engine::load(fixtures_dir() + "/" + j["model"].get<std::string>(),
-                               {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto engine = Engine::load(
+        fixtures_dir() + "/" + j["model"].get<std::string>(),
+        {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers(), .n_cpu_moe = testing::test_cpu_moe()});
     ASSERT_TRUE(engine.ok()) << engine.error().message;
     if (!(*engine)->backend().supports(Op::attention, DType::Q8_0)) GTEST_SKIP() << "no q8_0 cache on this backend";
     const bool quantized = j["model"].get<std::string>().find("f32") == std::string::npos;

@@ -24,6 +24,12 @@ class WalledBackend : public Backend {
     // What crossed the wall, one line each; empty when nothing did.
     const std::vector<std::string>& breaches() const { return breaches_; }
     int64_t ops() const { return ops_; }
+    // Bytes of the file's tensors prepared here.
+    uint64_t prepared_bytes() const {
+        uint64_t b = 0;
+        for (const gguf::TensorInfo* t : prepared_) b += t->nbytes;
+        return b;
+    }
 
     std::string name() const override { return label_; }
     int n_threads() const override { return inner_->n_threads(); }
@@ -288,6 +294,44 @@ TEST_P(SplitModel, computes_what_one_backend_does) {
     }
 }
 
+// --n-cpu-moe: the routed experts of the first layers on another backend than their layer's
+// (the whole model on the second, or split), the MTP blocks' with every layer's.
+TEST_P(SplitModel, experts_on_another_backend_compute_what_one_backend_does) {
+    const std::string path = GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
+    auto file = gguf::GgufFile::open(path);
+    ASSERT_TRUE(file.ok()) << file.error().message;
+    auto cpu = make_cpu_backend(1);
+    auto whole = load_model(**file, *cpu);
+    ASSERT_TRUE(whole.ok()) << whole.error().message;
+    const auto ref = workout(**whole);
+    ASSERT_FALSE(ref.empty());
+    const int64_t L = (*whole)->hparams().n_layer;
+    const bool moe = (*whole)->hparams().n_expert > 0;
+    struct Case {
+        int64_t n_output, n_experts;
+    };
+    for (Case c : {Case{-1, 1}, Case{-1, -1}, Case{L / 2, L - 1}, Case{L / 2, L}}) {
+        WalledBackend first("first"), second("second");
+        const Placement base = c.n_output < 0 ? Placement::on(second) : Placement::split(first, second, c.n_output);
+        auto split = load_model(**file, base.experts_on(first, c.n_experts));
+        ASSERT_TRUE(split.ok()) << split.error().message;
+        const auto got = workout(**split);
+        ASSERT_EQ(got.size(), ref.size());
+        const std::string where = std::to_string(c.n_output) + " layers on the second, experts of " +
+                                  std::to_string(c.n_experts) + " on the first";
+        for (size_t i = 0; i < ref.size(); ++i) EXPECT_TRUE(same_bits(got[i], ref[i])) << "step " << i << ", " << where;
+        if (moe) {
+            EXPECT_GT(first.ops(), 0) << where;
+        } else if (c.n_output < 0) {
+            EXPECT_EQ(first.ops(), 0) << where;
+        }
+        for (const auto* be : {&first, &second}) {
+            const auto& b = be->breaches();
+            EXPECT_TRUE(b.empty()) << where << ": " << b.size() << " breaches, the first: " << (b.empty() ? "" : b[0]);
+        }
+    }
+}
+
 // "tied": the LM head gets its own copy of the embedding on the second backend while the first
 // looks the tokens up in it.
 INSTANTIATE_TEST_SUITE_P(Fixtures, SplitModel,
@@ -353,6 +397,40 @@ TEST(Placement, gpu_weights_per_layer_count) {
         EXPECT_EQ(gw->most_layers(all), L);
         EXPECT_EQ(gw->most_layers(all - 1), L - 1);
         EXPECT_EQ(gw->most_layers(gw->bytes(1) - 1), 0);
+    }
+}
+
+// With --n-cpu-moe, the GPU's share is what the second backend of that placement prepares; and
+// the fewest --n-cpu-moe a budget holds is the first that fits.
+TEST(Placement, gpu_weights_with_experts_in_host_memory) {
+    for (const char* name : {"qwen35moe-tiny-q4_k_m.gguf", "qwen3moe-tiny-f32.gguf"}) {
+        auto file = gguf::GgufFile::open(testing::fixtures_dir() + "/models/" + name);
+        ASSERT_TRUE(file.ok()) << file.error().message;
+        auto gw = GpuWeights::of(**file);
+        ASSERT_TRUE(gw.ok()) << gw.error().message;
+        ASSERT_TRUE(gw->has_experts());
+        const int64_t L = gw->n_layer();
+        for (int64_t n : {int64_t(1), L / 2, L})
+            for (int64_t m : {int64_t(0), int64_t(1), L / 2, L - 1, L, int64_t(-1)}) {
+                WalledBackend first("first"), second("second");
+                const Placement base = n == L ? Placement::on(second) : Placement::split(first, second, n);
+                auto model = load_model(**file, base.experts_on(first, m));
+                ASSERT_TRUE(model.ok()) << model.error().message;
+                EXPECT_EQ(gw->bytes(n, m), second.prepared_bytes()) << name << " -ngl " << n << " --n-cpu-moe " << m;
+            }
+        EXPECT_LT(gw->bytes(-1, L), gw->bytes(-1, 1));
+        EXPECT_EQ(gw->bytes(-1, L), gw->bytes(-1, -1));
+        for (int64_t m = 0; m <= L; ++m) {
+            const uint64_t budget = gw->bytes(-1, m);
+            const int64_t fewest = gw->fewest_cpu_moe(budget);
+            EXPECT_LE(fewest, m);
+            EXPECT_LE(gw->bytes(-1, fewest), budget);
+            if (fewest > 0) {
+                EXPECT_GT(gw->bytes(-1, fewest - 1), budget);
+            }
+            EXPECT_GE(gw->most_layers(budget, m), L);
+        }
+        EXPECT_EQ(gw->fewest_cpu_moe(gw->bytes(-1, -1) - 1), -1);
     }
 }
 

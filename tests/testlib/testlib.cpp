@@ -28,6 +28,11 @@ int test_gpu_layers() {
     return e ? std::atoi(e) : 0;
 }
 
+int test_cpu_moe() {
+    const char* e = std::getenv("BIGMOE_TEST_NCMOE");
+    return e ? std::atoi(e) : 0;
+}
+
 nlohmann::json read_json(const std::string& path) {
     std::ifstream f(path);
     if (!f) throw std::runtime_error("cannot open " + path);

@@ -17,6 +17,9 @@ std::string fixtures_dir();
 // -ngl for the model tests: 0 (the CPU) unless BIGMOE_TEST_NGL says otherwise (99: the GPU
 // machine runs the fixture tests on the CUDA backend).
 int test_gpu_layers();
+// --n-cpu-moe for the same tests: 0 unless BIGMOE_TEST_NCMOE says otherwise (-1: every layer's
+// routed experts on the CPU beside GPU layers).
+int test_cpu_moe();
 nlohmann::json read_json(const std::string& path);
 std::vector<float> read_f32(const std::string& path);
 // The fixture reference JSON files (ref/<model>.json) for every model with reference logits.

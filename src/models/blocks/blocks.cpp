@@ -113,7 +113,7 @@ Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert) {
     return w;
 }
 
-Tensor moe(Backend& be, const Moe& w, Tensor x) {
+Tensor moe(Backend& be, Backend& xb, const Moe& w, Tensor x) {
     const int64_t T = x.rows;
     Tensor logits = be.scratch(T, w.experts.n_expert), g, u;
     // the router and the shared expert's projections read the same input: one job
@@ -126,6 +126,17 @@ Tensor moe(Backend& be, const Moe& w, Tensor x) {
     }
     be.matmuls(x, ps);
     Tensor out = be.scratch(T, x.cols);
+    if (&xb != &be) {
+        // the routed experts live on xb: their input and the router's logits go there, the
+        // weighted sum comes back, and the shared expert adds to it here
+        const auto mark = xb.scratch_mark();
+        Tensor xs = copy_across(be, x, xb), ls = copy_across(be, logits, xb), ys = xb.scratch(T, x.cols);
+        xb.moe(xs, ls, w.experts, ys);
+        copy_across(xb, ys, be, out);
+        xb.scratch_rewind(mark);
+        if (w.shared_gate) be.add_shared_expert(x, {g, u, w.shared.down, w.shared_gate}, out);
+        return out;
+    }
     if (w.shared_gate)
         be.moe_shared(x, logits, w.experts, {g, u, w.shared.down, w.shared_gate}, out);
     else

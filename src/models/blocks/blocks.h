@@ -46,6 +46,7 @@ struct Moe {
     const Weight* shared_gate = nullptr;
 };
 Result<Moe> load_moe(Model& m, int64_t il, bool shared_expert);
-Tensor moe(Backend& be, const Moe& w, Tensor x);
+// The routed experts run on xb (Model::experts_backend), the rest on be.
+Tensor moe(Backend& be, Backend& xb, const Moe& w, Tensor x);
 
 }  // namespace bigmoe::blocks
