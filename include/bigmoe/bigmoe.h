@@ -32,6 +32,8 @@ struct LoadOptions {
     int n_cpu_moe = 0;
     int gpu_device = 0;
     LoadProgress progress = {};  // bytes of weights prepared (uploaded or packed) so far, of the file's
+    // How messages name the -ngl given (a draft model's is -ngld).
+    std::string gpu_layers_flag = "-ngl";
 };
 
 // What the GPU holds for each -ngl: the weights of the layers that run there (the last ones), the

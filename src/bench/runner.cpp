@@ -364,7 +364,8 @@ Result<void> run(const Plan& plan, const Events& ev) {
                             auto de =
                                 Engine::load(sp.draft, {.n_threads = dt,
                                                         .repack = !no_repack,
-                                                        .n_gpu_layers = draft_gpu_layers(plan.draft_gpu_layers, ngl)});
+                                                        .n_gpu_layers = draft_gpu_layers(plan.draft_gpu_layers, ngl),
+                                                        .gpu_layers_flag = "-ngld"});
                             if (!de) return de.error();
                             BM_TRY(check_draft_compatible((*engine)->model(), (*de)->model()));
                             draft_engines[sp.draft] = std::move(*de);

@@ -341,9 +341,10 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (!td) return fail(td.error().message);
         auto ngld = args->get_int("--gpu-layers-draft", -2, -1, 1 << 20);
         if (!ngld) return fail(ngld.error().message);
-        auto de = Engine::load(
-            args->get("--model-draft"),
-            {.n_threads = resolve_threads(*td), .repack = repack, .n_gpu_layers = draft_gpu_layers(*ngld, *ngl)});
+        auto de = Engine::load(args->get("--model-draft"), {.n_threads = resolve_threads(*td),
+                                                            .repack = repack,
+                                                            .n_gpu_layers = draft_gpu_layers(*ngld, *ngl),
+                                                            .gpu_layers_flag = "-ngld"});
         if (!de) return fail(de.error().message);
         if (auto r = check_draft_compatible((*engine)->model(), (*de)->model()); !r) return fail(r.error().message);
         draft_engine = std::move(*de);

@@ -95,16 +95,18 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
         if (!gw) return gw.error();
         auto be = make_cuda_backend(opts.gpu_device);
         if (!be)
-            return make_error("-ngl " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message, be.error().kind);
+            return make_error(
+                opts.gpu_layers_flag + " " + std::to_string(opts.n_gpu_layers) + ": " + be.error().message,
+                be.error().kind);
         const int64_t L = gw->n_layer(), ncm = gw->has_experts() ? opts.n_cpu_moe : 0;
-        const std::string flags = "-ngl " + std::to_string(opts.n_gpu_layers) +
+        const std::string flags = opts.gpu_layers_flag + " " + std::to_string(opts.n_gpu_layers) +
                                   (ncm != 0 ? " --n-cpu-moe " + std::to_string(ncm < 0 ? L : ncm) : "");
         // refuse before uploading what cannot fit, naming the -ngl (or --n-cpu-moe) that can
         const uint64_t need = gw->bytes(opts.n_gpu_layers, ncm), free = (*be)->memory_available();
         if (need > free) {
             const int64_t most = gw->most_layers(free, ncm);
-            std::string hint = most >= 1 ? "-ngl " + std::to_string(most) + " of the " + std::to_string(L) +
-                                               " layers fits (before the context's memory)"
+            std::string hint = most >= 1 ? opts.gpu_layers_flag + " " + std::to_string(most) + " of the " +
+                                               std::to_string(L) + " layers fits (before the context's memory)"
                                          : std::string("not even the output layer fits (-ngl 0 runs on the CPU)");
             if (const int64_t m = gw->fewest_cpu_moe(free); gw->has_experts() && m > 0)
                 hint += "; with every layer there, --n-cpu-moe " + std::to_string(m) +
@@ -136,7 +138,7 @@ Result<std::unique_ptr<Engine>> Engine::load(const std::string& path, const Load
     if (e->cpu_moe_ > 0) placement = placement.experts_on(*e->host_backend_, e->cpu_moe_);
     auto m = load_model(*e->file_, placement, opts.progress);
     if (!m && e->gpu_layers_ > 0 && m.error().kind == ErrorKind::resource_exhausted)
-        return make_error(m.error().message + " (-ngl " + std::to_string(e->gpu_layers_) +
+        return make_error(m.error().message + " (" + opts.gpu_layers_flag + " " + std::to_string(e->gpu_layers_) +
                               ": fewer layers on the GPU leave the others on the CPU)",
                           m.error().kind);
     if (!m) return m.error();

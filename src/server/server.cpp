@@ -843,9 +843,10 @@ Result<void> Server::load() {
     BM_ASSIGN(s.ctx, s.engine->new_context(cp));
     if (!s.o.draft_model.empty()) {
         const int dt = s.o.draft_threads > 0 ? s.o.draft_threads : s.o.threads;
-        BM_ASSIGN(s.draft_engine,
-                  Engine::load(s.o.draft_model,
-                               {.n_threads = dt, .repack = s.o.repack, .n_gpu_layers = s.o.draft_gpu_layers}));
+        BM_ASSIGN(s.draft_engine, Engine::load(s.o.draft_model, {.n_threads = dt,
+                                                                 .repack = s.o.repack,
+                                                                 .n_gpu_layers = s.o.draft_gpu_layers,
+                                                                 .gpu_layers_flag = "-ngld"}));
         BM_ASSIGN(s.draft_ctx, s.draft_engine->new_context(cp));
     }
     const int32_t bos = s.tok->bos(), eos = s.tok->eos();

@@ -202,7 +202,7 @@ expect "bench bad ncmoe" 1 "not an integer" "$bin" bench -m "$m" -p 8 -n 0 -r 1 
 if ! command -v nvidia-smi >/dev/null 2>&1; then
   expect "ngl without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -p hi -n 1 -ngl 99
   expect "ngl split without a GPU" 1 "^error: -ngl 2: " "$bin" run -m "$m" -p hi -n 1 -ngl 2
-  expect "ngld without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld 99
+  expect "ngld without a GPU" 1 "^error: -ngld 99: " "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld 99
   expect "bench ngl without a GPU" 1 "^error: .*-ngl 99: " "$bin" bench -m "$m" -p 8 -n 0 -r 1 -ngl 99
   expect "cpu-moe without a GPU" 1 "^error: -ngl 99: " "$bin" run -m "$m" -p hi -n 1 -ngl 99 -cmoe
   expect "n-cpu-moe without a GPU" 1 "^error: serve: -ngl 99: " "$bin" serve -m "$m" --port 0 -ngl 99 -ncmoe 2

@@ -261,24 +261,36 @@ std::string tied_model() {
     return testing::small_model("qwen35", "Q4_K_M", /*tied=*/true);
 }
 
-class SplitModel : public ::testing::TestWithParam<std::string> {};
+// The parameter's model and what one CPU backend computes on it.
+class SplitModel : public ::testing::TestWithParam<std::string> {
+  protected:
+    void SetUp() override {
+        const std::string path =
+            GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
+        auto f = gguf::GgufFile::open(path);
+        ASSERT_TRUE(f.ok()) << f.error().message;
+        file_ = std::move(*f);
+        if (GetParam() == "tied") {
+            ASSERT_EQ(file_->tensor("output.weight"), nullptr);
+        }
+        auto cpu = make_cpu_backend(1);
+        auto whole = load_model(*file_, *cpu);
+        ASSERT_TRUE(whole.ok()) << whole.error().message;
+        hp_ = (*whole)->hparams();
+        ref_ = workout(**whole);
+        ASSERT_FALSE(ref_.empty());
+    }
+    std::unique_ptr<gguf::GgufFile> file_;
+    HParams hp_;
+    std::vector<std::vector<float>> ref_;
+};
 
 TEST_P(SplitModel, computes_what_one_backend_does) {
-    const std::string path = GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
-    auto file = gguf::GgufFile::open(path);
-    ASSERT_TRUE(file.ok()) << file.error().message;
-    if (GetParam() == "tied") {
-        ASSERT_EQ((*file)->tensor("output.weight"), nullptr);
-    }
-    auto cpu = make_cpu_backend(1);
-    auto whole = load_model(**file, *cpu);
-    ASSERT_TRUE(whole.ok()) << whole.error().message;
-    const auto ref = workout(**whole);
-    ASSERT_FALSE(ref.empty());
-    const int64_t L = (*whole)->hparams().n_layer;
+    const auto& ref = ref_;
+    const int64_t L = hp_.n_layer;
     for (int64_t n_out : {int64_t(1), L / 2, L - 1}) {
         WalledBackend first("first"), second("second");
-        auto split = load_model(**file, Placement::split(first, second, n_out));
+        auto split = load_model(*file_, Placement::split(first, second, n_out));
         ASSERT_TRUE(split.ok()) << split.error().message;
         EXPECT_EQ(&(*split)->backend(0), &first);
         EXPECT_EQ(&(*split)->backend(L - 1), &second);
@@ -297,23 +309,16 @@ TEST_P(SplitModel, computes_what_one_backend_does) {
 // --n-cpu-moe: the routed experts of the first layers on another backend than their layer's
 // (the whole model on the second, or split), the MTP blocks' with every layer's.
 TEST_P(SplitModel, experts_on_another_backend_compute_what_one_backend_does) {
-    const std::string path = GetParam() == "tied" ? tied_model() : testing::fixtures_dir() + "/models/" + GetParam();
-    auto file = gguf::GgufFile::open(path);
-    ASSERT_TRUE(file.ok()) << file.error().message;
-    auto cpu = make_cpu_backend(1);
-    auto whole = load_model(**file, *cpu);
-    ASSERT_TRUE(whole.ok()) << whole.error().message;
-    const auto ref = workout(**whole);
-    ASSERT_FALSE(ref.empty());
-    const int64_t L = (*whole)->hparams().n_layer;
-    const bool moe = (*whole)->hparams().n_expert > 0;
+    const auto& ref = ref_;
+    const int64_t L = hp_.n_layer;
+    const bool moe = hp_.n_expert > 0;
     struct Case {
         int64_t n_output, n_experts;
     };
     for (Case c : {Case{-1, 1}, Case{-1, -1}, Case{L / 2, L - 1}, Case{L / 2, L}}) {
         WalledBackend first("first"), second("second");
         const Placement base = c.n_output < 0 ? Placement::on(second) : Placement::split(first, second, c.n_output);
-        auto split = load_model(**file, base.experts_on(first, c.n_experts));
+        auto split = load_model(*file_, base.experts_on(first, c.n_experts));
         ASSERT_TRUE(split.ok()) << split.error().message;
         const auto got = workout(**split);
         ASSERT_EQ(got.size(), ref.size());
