@@ -12,6 +12,7 @@
 
 #include "backend/cpu/repack.h"
 #include "core/memory.h"
+#include "gguf/names.h"
 #include "quant/quants.h"
 
 namespace bigmoe {
@@ -83,6 +84,8 @@ bool CpuBackend::supports(Op op, DType t) const {
 Result<void> CpuBackend::prepare_weight(Weight& w) {
     if (!supports(Op::matmul, w.type))
         return make_error("CPU backend: weight '" + w.name() + "' has unsupported type " + traits(w.type).name);
+    // the token embedding's lookup reads rows one by one (not the MTP blocks', which do not run)
+    if (!w.multiplied && w.info && w.info->name == gguf::tensor::token_embd) populate_pages(w.data, w.info->nbytes);
     if (!pack_weights_ || !w.multiplied || w.backend_data || !k_->packed_tile[int(w.type)][0] ||
         !packable(w.type, w.n_in()) || w.n_out() % k_pack_rows != 0)
         return {};
