@@ -47,7 +47,7 @@ int cmd_logits(const std::vector<std::string>& argv) {
 
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     if (!ngl) return fail(ngl.error().message);
-    auto ncm = parse_cpu_moe(*args);
+    auto ncm = parse_cpu_moe(*args, *ngl);
     if (!ncm) return fail(ncm.error().message);
     Progress loading("loading " + args->get("--model"));
     auto engine =

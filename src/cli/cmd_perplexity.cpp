@@ -60,7 +60,7 @@ int cmd_perplexity(const std::vector<std::string>& argv) {
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     for (auto* r : {&n_ctx, &chunks, &threads, &ub, &ngl})
         if (!*r) return fail(r->error().message);
-    auto ncm = parse_cpu_moe(*args);
+    auto ncm = parse_cpu_moe(*args, *ngl);
     if (!ncm) return fail(ncm.error().message);
     auto ctk = parse_cache_type(args->get("--cache-type-k", "f16"), "-ctk");
     auto ctv = parse_cache_type(args->get("--cache-type-v", "f16"), "-ctv");

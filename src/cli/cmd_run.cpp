@@ -250,7 +250,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
     auto ngl = args->get_int("--n-gpu-layers", 0, -1, 1 << 20);
     if (!ngl) return fail(ngl.error().message);
-    auto ncm = parse_cpu_moe(*args);
+    auto ncm = parse_cpu_moe(*args, *ngl);
     if (!ncm) return fail(ncm.error().message);
     if (args->has("--mlock") && mlockall(MCL_CURRENT | MCL_FUTURE) != 0)
         std::fprintf(stderr, "warning: --mlock: the system refused to lock the memory (%s); running without\n",

@@ -104,7 +104,7 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");
     o.n_gpu_layers = int(*ngl);
-    auto ncm = parse_cpu_moe(*args);
+    auto ncm = parse_cpu_moe(*args, *ngl);
     if (!ncm) return fail(ncm.error().message);
     o.n_cpu_moe = *ncm;
     o.draft_model = args->get("--model-draft");

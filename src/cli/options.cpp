@@ -45,11 +45,14 @@ void Progress::done() {
     drawn_ = false;
 }
 
-Result<int> parse_cpu_moe(const Args& args) {
-    if (args.has("--cpu-moe")) return -1;
+Result<int> parse_cpu_moe(const Args& args, int64_t n_gpu_layers) {
     auto n = args.get_int("--n-cpu-moe", 0, 0, 1 << 20);
     if (!n) return n.error();
-    return int(*n);
+    const int ncm = args.has("--cpu-moe") ? -1 : int(*n);
+    if (ncm != 0 && n_gpu_layers == 0)
+        std::fprintf(stderr, "warning: %s has no effect without -ngl (every layer runs on the CPU)\n",
+                     args.has("--cpu-moe") ? "--cpu-moe" : "--n-cpu-moe");
+    return ncm;
 }
 
 int resolve_threads(int64_t asked) {

@@ -61,8 +61,9 @@ namespace bigmoe::cli {
 
 // A -ctk / -ctv value ("f16"); `which` names the flag in the error.
 Result<DType> parse_cache_type(const std::string& s, const char* which);
-// --cpu-moe / --n-cpu-moe N as LoadOptions::n_cpu_moe: -1 for every layer, N, or 0 when neither.
-Result<int> parse_cpu_moe(const Args& args);
+// --cpu-moe / --n-cpu-moe N as LoadOptions::n_cpu_moe: -1 for every layer, N, or 0 when neither;
+// with a warning when -ngl (`n_gpu_layers`) puts nothing on the GPU, where they change nothing.
+Result<int> parse_cpu_moe(const Args& args, int64_t n_gpu_layers);
 // A -t value: 0 is the physical cores; more than the machine's hardware threads is allowed with
 // a warning (once per process) saying what it costs.
 int resolve_threads(int64_t asked);

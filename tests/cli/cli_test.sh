@@ -197,6 +197,7 @@ expect "serve draft vocab" 1 "vocabulary" "$bin" serve -m "$m" --port 0 -md "$tm
 expect "bad ngld" 1 "'--gpu-layers-draft': 'x' is not an integer" "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld x
 expect "serve bad draft-max" 1 "out of range \\[1, 16\\]" "$bin" serve -m "$m" --port 0 -md "$d" --draft-max 17
 expect "bad n-cpu-moe" 1 "'--n-cpu-moe': -2 is out of range" "$bin" run -m "$m" -p hi -n 1 -ngl 99 --n-cpu-moe -2
+expect "n-cpu-moe without -ngl" 0 "warning: --n-cpu-moe has no effect without -ngl" "$bin" run -m "$m" -p hi -n 1 -ncmoe 2
 expect "bench bad ncmoe" 1 "not an integer" "$bin" bench -m "$m" -p 8 -n 0 -r 1 -ngl 99 -ncmoe x
 # -ngl: without a GPU (or a CUDA build) a clear error, for the whole model or some of its layers
 if ! command -v nvidia-smi >/dev/null 2>&1; then
