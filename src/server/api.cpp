@@ -16,6 +16,33 @@ bool valid_utf8(const std::string& s) {
     return unicode::is_valid_utf8(s);
 }
 
+bool json_nests_deeper_than(const std::string& text, int max_depth) {
+    int depth = 0;
+    bool in_string = false, escaped = false;
+    for (const char c : text) {
+        if (in_string) {
+            if (escaped)
+                escaped = false;
+            else if (c == '\\')
+                escaped = true;
+            else if (c == '"')
+                in_string = false;
+        } else if (c == '"') {
+            in_string = true;
+        } else if (c == '[' || c == '{') {
+            if (++depth > max_depth) return true;
+        } else if (c == ']' || c == '}') {
+            --depth;
+        }
+    }
+    return false;
+}
+
+Json parse_json_bounded(const std::string& text) {
+    if (json_nests_deeper_than(text, k_json_max_depth)) return Json(Json::value_t::discarded);
+    return Json::parse(text, nullptr, /*allow_exceptions=*/false);
+}
+
 namespace {
 ApiError bad(std::string msg, std::string param = "") {
     return {400, std::move(msg), "invalid_request_error", std::move(param)};
@@ -70,6 +97,9 @@ std::optional<ApiError> content_text(const Json& c, size_t index, std::string* o
 std::optional<ApiError> parse_completion(const std::string& body, bool chat, bool llama_completion,
                                          uint64_t default_seed, CompletionRequest* out) {
     if (!valid_utf8(body)) return bad("the request body is not valid UTF-8");
+    if (json_nests_deeper_than(body, k_json_max_depth))
+        return bad("the request body nests arrays and objects deeper than " + std::to_string(k_json_max_depth) +
+                   " levels");
     Json j;
     try {
         j = Json::parse(body);

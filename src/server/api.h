@@ -52,6 +52,14 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
 // Valid UTF-8 (the JSON parser takes what nlohmann accepts; this checks strings in messages).
 bool valid_utf8(const std::string& s);
 
+// JSON text parsed, or a discarded value when it is not JSON or nests arrays and objects deeper
+// than k_json_max_depth: rendering and serialising a value recurse once a level, so a request of
+// a hundred thousand brackets would exhaust the stack (the parser alone does not).
+constexpr int k_json_max_depth = 256;
+Json parse_json_bounded(const std::string& text);
+// Whether text nests arrays and objects (outside strings) deeper than `max_depth`.
+bool json_nests_deeper_than(const std::string& text, int max_depth);
+
 // OpenAI's finish_reason for a stop reason.
 std::string finish_reason(StopReason r);
 

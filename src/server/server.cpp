@@ -196,7 +196,7 @@ void Server::Impl::slot_file(const httplib::Request& req, httplib::Response& res
     if (o.slot_save_path.empty())
         return reply_error(res, {400, "slot save and restore need --slot-save-path", "invalid_request_error"});
     if (id >= o.slots) return reply_error(res, {404, "there is no slot " + std::to_string(id), "not_found_error"});
-    const Json j = Json::parse(req.body, nullptr, false);
+    const Json j = parse_json_bounded(req.body);
     if (!j.is_object() || !j.contains("filename") || !j["filename"].is_string())
         return reply_error(res, {400, "'filename' must be a string", "invalid_request_error", "filename"});
     const std::string name = j["filename"];
@@ -751,8 +751,10 @@ void Server::Impl::routes() {
               [this](const httplib::Request& q, httplib::Response& s) { completion(q, s, false, true); });
     // the body as JSON, or a 400 already sent (discarded)
     auto body_json = [this](const httplib::Request& q, httplib::Response& res) {
-        Json j = Json::parse(q.body, nullptr, /*allow_exceptions=*/false);
-        if (j.is_discarded()) reply_error(res, {400, "the request body is not valid JSON"});
+        Json j = parse_json_bounded(q.body);
+        if (j.is_discarded())
+            reply_error(res, {400, "the request body is not valid JSON (or nests deeper than " +
+                                       std::to_string(k_json_max_depth) + " levels)"});
         return j;
     };
     http.Post("/tokenize", [this, body_json](const httplib::Request& q, httplib::Response& res) {

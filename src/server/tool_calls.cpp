@@ -2,6 +2,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "server/api.h"
+
 namespace bigmoe::server {
 
 namespace {
@@ -37,7 +39,10 @@ ToolOutput ToolCallParser::push(const std::string& piece) {
         const std::string body = buf_.substr(0, close);
         buf_.erase(0, close + std::string(k_close).size());
         inside_ = false;
-        const auto j = nlohmann::json::parse(body, nullptr, false);
+        // a call nested past the bound is malformed: dumping its arguments would recurse that deep
+        const auto j = json_nests_deeper_than(body, k_json_max_depth)
+                           ? nlohmann::json(nlohmann::json::value_t::discarded)
+                           : nlohmann::json::parse(body, nullptr, false);
         if (j.is_object() && j.contains("name") && j["name"].is_string() &&
             (!j.contains("arguments") || j["arguments"].is_object())) {
             out.calls.push_back({j["name"], j.contains("arguments") ? j["arguments"].dump() : "{}"});

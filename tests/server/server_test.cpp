@@ -369,6 +369,7 @@ TEST_F(Serve, eight_concurrent_streams_each_equal_the_request_alone) {
 TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
     const Json ok_msgs = Json::array({{{"role", "user"}, {"content", "hi"}}});
     const std::string too_long(40000, 'x');
+    const std::string deep = std::string(100000, '[') + std::string(100000, ']');
     struct Case {
         std::string name, method, path, body;
         int status;
@@ -432,6 +433,14 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
         {"wrong method on chat", "GET", "/v1/chat/completions", "", 405},
         {"wrong method on health", "POST", "/health", "{}", 405},
         {"oversized body", "POST", "/v1/chat/completions", std::string(9 << 20, ' '), 413},
+        // rendering or dumping a value recurses once a level: a deep one would exhaust the stack
+        {"tool parameters nested 100000 deep", "POST", "/v1/chat/completions",
+         "{\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"tools\":[{\"type\":\"function\",\"function\":{"
+         "\"name\":\"f\",\"parameters\":" +
+             deep + "}}]}",
+         400},
+        {"stop nested 100000 deep", "POST", "/v1/completions", "{\"prompt\":\"hi\",\"stop\":" + deep + "}", 400},
+        {"tokenize content nested 100000 deep", "POST", "/tokenize", "{\"content\":" + deep + "}", 400},
     };
     ASSERT_GE(cases.size(), 30u);
     auto c = client();

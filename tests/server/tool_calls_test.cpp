@@ -76,6 +76,18 @@ TEST(ToolCalls, malformed_calls_come_back_as_text) {
     const Parsed no_name = parse({"<tool_call>{\"arguments\": {}}</tool_call>"});
     EXPECT_TRUE(no_name.calls.empty());
     EXPECT_TRUE(no_name.malformed);
+    // arguments nested past the bound (serialising them would recurse that deep) are malformed
+    std::string deep = "<tool_call>{\"name\": \"f\", \"arguments\": ";
+    for (int i = 0; i < 100000; ++i) deep += "{\"a\": ";
+    deep += "1" + std::string(100000, '}') + "}</tool_call>";
+    const Parsed d = parse({deep});
+    EXPECT_TRUE(d.calls.empty());
+    EXPECT_TRUE(d.malformed);
+    EXPECT_EQ(d.text, deep);
+    std::string shallow = "<tool_call>{\"name\": \"f\", \"arguments\": ";
+    for (int i = 0; i < 100; ++i) shallow += "{\"a\": ";
+    shallow += "1" + std::string(100, '}') + "}</tool_call>";
+    ASSERT_EQ(parse({shallow}).calls.size(), 1u);
 }
 
 }  // namespace
