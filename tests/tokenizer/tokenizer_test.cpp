@@ -202,6 +202,71 @@ TEST(Chat, template_errors_are_values) {
     EXPECT_EQ(*chatml->render(m, {}), "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
 }
 
+// A template that recurses, nests, loops or writes without end is an error, not a crash or a
+// hang; the real Qwen3 template stays far inside those bounds on a long conversation with tools.
+TEST(Chat, runaway_templates_are_errors) {
+    const std::string deep = std::string(100000, '(') + "1" + std::string(100000, ')');
+    const std::string blocks = [] {
+        std::string t;
+        for (int i = 0; i < 5000; ++i) t += "{% if true %}";
+        for (int i = 0; i < 5000; ++i) t += "{% endif %}";
+        return t;
+    }();
+    const std::pair<std::string, std::string> cases[] = {
+        {"{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "recurses deeper"},
+        {"{{ " + deep + " }}", "nests deeper"},
+        {"{{ " + std::string(100000, '-') + "1 }}", "nests deeper"},
+        {"{{ " + std::string(50000, '[') + std::string(50000, ']') + " }}", "nests deeper"},
+        {blocks, "nests deeper"},
+        {"{% for i in range(100000000000) %}x{% endfor %}", "range of more than"},
+        {"{% for i in range(1000) %}{% for j in range(1000) %}{% for k in range(1000) %}{% endfor %}{% endfor %}{% "
+         "endfor %}",
+         "steps"},
+        {"{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}{% endfor "
+         "%}{{ ns.s }}",
+         "MiB"},
+        {"{{ 'x' * 100000000000 }}", "MiB"},
+        {"{% for i in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' "
+         "* 10 }}{% "
+         "endfor %}",
+         "MiB"},
+        {"{{ 9223372036854775807 + 1 }}", "overflow"},
+    };
+    for (const auto& [src, want] : cases) {
+        auto f = ChatFormatter::create(src, "", "");
+        std::string got;
+        if (!f.ok()) {
+            got = f.error().message;
+        } else {
+            auto r = f->render(nlohmann::ordered_json::array(), {});
+            ASSERT_FALSE(r.ok()) << src.substr(0, 80);
+            got = r.error().message;
+        }
+        EXPECT_NE(got.find(want), std::string::npos) << src.substr(0, 80) << ": " << got;
+    }
+
+    auto vocab = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
+    ASSERT_TRUE(vocab.ok());
+    auto f = ChatFormatter::create((*vocab)->get_string_or("tokenizer.chat_template", ""), "", "<|im_end|>");
+    ASSERT_TRUE(f.ok()) << f.error().message;
+    nlohmann::ordered_json msgs = nlohmann::ordered_json::array();
+    msgs.push_back({{"role", "system"}, {"content", "You are terse."}});
+    for (int i = 0; i < 3000; ++i) {
+        msgs.push_back({{"role", "user"}, {"content", "question " + std::to_string(i)}});
+        msgs.push_back({{"role", "assistant"}, {"content", "<think>\nhm\n</think>\n\nanswer " + std::to_string(i)}});
+    }
+    ChatOptions opt;
+    opt.add_generation_prompt = true;
+    for (int i = 0; i < 64; ++i)
+        opt.tools.push_back({{"type", "function"},
+                             {"function",
+                              {{"name", "tool" + std::to_string(i)},
+                               {"parameters", {{"type", "object"}, {"properties", {{"x", {{"type", "string"}}}}}}}}}});
+    auto r = f->render(msgs, opt);
+    ASSERT_TRUE(r.ok()) << r.error().message;
+    EXPECT_NE(r->find("answer 2999"), std::string::npos);
+}
+
 }  // namespace
 }  // namespace bigmoe
 

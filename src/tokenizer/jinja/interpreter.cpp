@@ -27,9 +27,39 @@ class Interp {
         }
     }
 
-    Value eval(const Expr& e);
+    Value eval(const Expr& e) {
+        Level level(*this);
+        return eval_expr(e);
+    }
 
   private:
+    // A nesting level of evaluation (an expression, a statement, a macro's body) for its
+    // lifetime, and a step of the render's budget.
+    class Level {
+      public:
+        explicit Level(Interp& in) : in_(in) {
+            if (++in_.depth_ > k_max_nesting)
+                throw Error("the template nests or recurses deeper than " + std::to_string(k_max_nesting) + " levels");
+            in_.step();
+        }
+        ~Level() { --in_.depth_; }
+        Level(const Level&) = delete;
+        Level& operator=(const Level&) = delete;
+
+      private:
+        Interp& in_;
+    };
+    void step() {
+        if (++steps_ > k_max_steps)
+            throw Error("the template runs more than " + std::to_string(k_max_steps) + " steps");
+    }
+    void write(const std::string& s) {
+        if (out_->size() + s.size() > k_max_output)
+            throw Error("the template writes more than " + std::to_string(k_max_output >> 20) + " MiB");
+        *out_ += s;
+    }
+    Value eval_expr(const Expr& e);
+
     using Scope = std::map<std::string, Value>;
 
     Value lookup(const std::string& name) {
@@ -59,6 +89,8 @@ class Interp {
 
     std::string* out_;
     std::vector<Scope> scopes_;
+    int depth_ = 0;
+    int64_t steps_ = 0;
 };
 
 int64_t as_int(const Value& v) {
@@ -276,12 +308,19 @@ bool contains(const Value& hay, const Value& needle) {
     return false;
 }
 
+// A string the template builds, within what a render may write.
+Value bounded(std::string s) {
+    if (s.size() > k_max_output)
+        throw Error("the template builds a string of more than " + std::to_string(k_max_output >> 20) + " MiB");
+    return Value::string(std::move(s));
+}
+
 Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
     if (op == "==") return Value::boolean(a.equals(b));
     if (op == "!=") return Value::boolean(!a.equals(b));
     if (op == "in") return Value::boolean(contains(b, a));
     if (op == "not in") return Value::boolean(!contains(b, a));
-    if (op == "~") return Value::string(a.str() + b.str());
+    if (op == "~") return bounded(a.str() + b.str());
     if (op == "<" || op == ">" || op == "<=" || op == ">=") {
         int c;
         if (a.is_number() && b.is_number())
@@ -293,8 +332,10 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
         return Value::boolean(op == "<" ? c < 0 : op == ">" ? c > 0 : op == "<=" ? c <= 0 : c >= 0);
     }
     if (op == "+") {
-        if (a.kind == Value::Kind::string && b.kind == Value::Kind::string) return Value::string(a.s + b.s);
+        if (a.kind == Value::Kind::string && b.kind == Value::Kind::string) return bounded(a.s + b.s);
         if (a.kind == Value::Kind::list && b.kind == Value::Kind::list) {
+            if (a.list->size() + b.list->size() > size_t(k_max_range))
+                throw Error("the template builds a list of more than " + std::to_string(k_max_range) + " items");
             List l = *a.list;
             l.insert(l.end(), b.list->begin(), b.list->end());
             return Value::make_list(l);
@@ -302,6 +343,7 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
     }
     if (!a.is_number() || !b.is_number()) {
         if (op == "*" && a.kind == Value::Kind::string && b.kind == Value::Kind::integer) {
+            if (b.i > 0 && a.s.size() > k_max_output / size_t(b.i)) return bounded(std::string(k_max_output + 1, ' '));
             std::string r;
             for (int64_t k = 0; k < b.i; ++k) r += a.s;
             return Value::string(r);
@@ -309,9 +351,20 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
         throw Error("unsupported operands for '" + op + "': '" + a.str() + "' and '" + b.str() + "'");
     }
     const bool ints = a.kind == Value::Kind::integer && b.kind == Value::Kind::integer;
-    if (op == "+") return ints ? Value::integer(a.i + b.i) : Value::floating(a.number() + b.number());
-    if (op == "-") return ints ? Value::integer(a.i - b.i) : Value::floating(a.number() - b.number());
-    if (op == "*") return ints ? Value::integer(a.i * b.i) : Value::floating(a.number() * b.number());
+    int64_t r = 0;
+    auto overflow = [&] { return Error("integer overflow in '" + op + "'"); };
+    if (op == "+") {
+        if (ints && __builtin_add_overflow(a.i, b.i, &r)) throw overflow();
+        return ints ? Value::integer(r) : Value::floating(a.number() + b.number());
+    }
+    if (op == "-") {
+        if (ints && __builtin_sub_overflow(a.i, b.i, &r)) throw overflow();
+        return ints ? Value::integer(r) : Value::floating(a.number() - b.number());
+    }
+    if (op == "*") {
+        if (ints && __builtin_mul_overflow(a.i, b.i, &r)) throw overflow();
+        return ints ? Value::integer(r) : Value::floating(a.number() * b.number());
+    }
     if (op == "/") {
         if (b.number() == 0) throw Error("division by zero");
         return Value::floating(a.number() / b.number());
@@ -332,7 +385,7 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
     throw Error("unknown operator " + op);
 }
 
-Value Interp::eval(const Expr& e) {
+Value Interp::eval_expr(const Expr& e) {
     switch (e.k) {
         case Expr::K::literal:
             return e.lit;
@@ -601,12 +654,13 @@ Value Interp::filter(const std::string& name, const Value& v, Args& a) {
 }
 
 void Interp::exec(const Node& n, LoopControl& lc) {
+    Level level(*this);
     switch (n.k) {
         case Node::K::text:
-            *out_ += n.text;
+            write(n.text);
             return;
         case Node::K::output:
-            *out_ += eval(*n.expr).str();
+            write(eval(*n.expr).str());
             return;
         case Node::K::if_:
             for (const auto& [cond, body] : n.branches)
@@ -718,6 +772,7 @@ void Interp::exec_for(const Node& n) {
         s["loop"] = loop;
         scopes_.push_back(std::move(s));
         LoopControl lc;
+        step();  // an empty body's iterations count too
         exec(n.body, lc);
         scopes_.pop_back();
         if (lc.k == LoopControl::brk) break;
@@ -740,6 +795,9 @@ void add_globals(Interp& in) {
                       }
                       if (a.pos.size() >= 3) step = as_int(a.pos[2]);
                       if (step == 0) throw Error("range step cannot be zero");
+                      const double n = std::ceil((double(stop) - double(start)) / double(step));
+                      if (n > double(k_max_range))
+                          throw Error("range of more than " + std::to_string(k_max_range) + " items");
                       Value l = Value::make_list();
                       for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step)
                           l.list->push_back(Value::integer(i));

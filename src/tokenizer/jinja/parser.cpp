@@ -162,10 +162,29 @@ std::vector<Token> tokenize(const std::string& s, size_t line) {
     return t;
 }
 
+// Counts a nesting level for its lifetime; past k_max_nesting the template is refused.
+class Nest {
+  public:
+    Nest(int& depth, size_t line) : depth_(depth) {
+        if (++depth_ > k_max_nesting)
+            throw Error("line " + std::to_string(line) + ": nests deeper than " + std::to_string(k_max_nesting) +
+                        " levels");
+    }
+    ~Nest() { --depth_; }
+    Nest(const Nest&) = delete;
+    Nest& operator=(const Nest&) = delete;
+
+  private:
+    int& depth_;
+};
+
 class ExprParser {
   public:
     ExprParser(std::vector<Token> t, size_t line) : t_(std::move(t)), line_(line) {}
-    ExprP expression() { return ternary(); }
+    ExprP expression() {
+        Nest n(depth_, line_);
+        return ternary();
+    }
     ExprP or_expression() { return or_expr(); }
     bool at_end() const { return t_[p_].k == Token::K::end; }
     bool is_name(const char* n) const { return t_[p_].k == Token::K::name && t_[p_].s == n; }
@@ -236,6 +255,7 @@ class ExprParser {
     }
     ExprP not_expr() {
         if (is_name("not")) {
+            Nest n(depth_, line_);
             ++p_;
             auto u = mk(Expr::K::unary);
             u->name = "not";
@@ -314,6 +334,7 @@ class ExprParser {
     }
     ExprP unary() {
         if (is_op("-") || is_op("+")) {
+            Nest n(depth_, line_);
             const std::string op = t_[p_++].s;
             auto u = mk(Expr::K::unary);
             u->name = op;
@@ -466,6 +487,7 @@ class ExprParser {
 
     std::vector<Token> t_;
     size_t p_ = 0;
+    int depth_ = 0;  // nesting levels open now
     size_t line_;
 };
 
@@ -475,6 +497,7 @@ class Parser {
 
     // Parses nodes until a block tag whose first word is in `stops` (left unconsumed).
     Body body(const std::vector<std::string>& stops) {
+        Nest nest(depth_, i_ < s_.size() ? s_[i_].line : 0);
         Body out;
         while (i_ < s_.size()) {
             const Segment& seg = s_[i_];
@@ -617,6 +640,7 @@ class Parser {
 
     std::vector<Segment> s_;
     size_t i_ = 0;
+    int depth_ = 0;  // blocks open now
 };
 
 }  // namespace

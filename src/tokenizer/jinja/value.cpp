@@ -150,6 +150,7 @@ std::string Value::str() const {
 }
 
 std::string Value::json(int indent, int depth) const {
+    if (depth > k_max_nesting) throw Error("tojson of a value nested deeper than " + std::to_string(k_max_nesting));
     const std::string nl = indent >= 0 ? "\n" + std::string(size_t(indent * (depth + 1)), ' ') : "";
     const std::string close = indent >= 0 ? "\n" + std::string(size_t(indent * depth), ' ') : "";
     const std::string sep = indent >= 0 ? "," : ", ";

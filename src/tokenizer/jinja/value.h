@@ -28,6 +28,15 @@ struct Error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// What a template may ask for. Parsing and rendering recurse once a nesting level, so a template
+// that nests or recurses without end (a macro calling itself) would exhaust the stack; one that
+// loops without end would never return. Past these it is an error. Real chat templates nest a
+// few dozen levels and render kilobytes.
+constexpr int k_max_nesting = 512;                 // expression / block / call levels
+constexpr int64_t k_max_steps = 10'000'000;        // statements and loop iterations a render runs
+constexpr size_t k_max_output = size_t(64) << 20;  // bytes a render writes
+constexpr int64_t k_max_range = 1 << 20;           // items range() makes
+
 struct Value {
     enum class Kind { undefined, none, boolean, integer, floating, string, list, dict, function };
     Kind kind = Kind::undefined;
