@@ -1,5 +1,6 @@
 #include "server/api.h"
 
+#include <algorithm>
 #include <cmath>
 
 #include "tokenizer/unicode.h"
@@ -149,14 +150,21 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
     } else {
         if (!j.contains("prompt")) return bad("'prompt' is required", "prompt");
         const Json& p = j["prompt"];
+        // token ids as OpenAI's completions take them: [1, 2, 3] or one such array in an array
+        const Json& ids = p.is_array() && p.size() == 1 && p[0].is_array() ? p[0] : p;
+        const bool all_ids = ids.is_array() && !ids.empty() && std::all_of(ids.begin(), ids.end(), [](const Json& t) {
+                                 return t.is_number_integer() && t.get<int64_t>() >= 0;
+                             });
         if (p.is_string()) {
             r.prompt = p;
         } else if (p.is_array() && p.size() == 1 && p[0].is_string()) {
             r.prompt = p[0];
+        } else if (all_ids) {
+            for (const Json& t : ids) r.prompt_ids.push_back(t.get<int64_t>());
         } else {
-            return bad("'prompt' must be a string (or an array of one string)", "prompt");
+            return bad("'prompt' must be a string, an array of one string, or an array of token ids", "prompt");
         }
-        if (r.prompt.empty()) return bad("'prompt' must not be empty", "prompt");
+        if (r.prompt.empty() && r.prompt_ids.empty()) return bad("'prompt' must not be empty", "prompt");
     }
     if (j.contains("n") && !(j["n"].is_number_integer() && j["n"] == 1)) return bad("only 'n': 1 is supported", "n");
     // log-probabilities: chat asks with "logprobs": true and "top_logprobs": n; completions with

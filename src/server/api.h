@@ -35,6 +35,8 @@ struct CompletionRequest {
     Json tools;                     // chat: the tools array, or null
     bool enable_thinking = true;    // chat_template_kwargs.enable_thinking
     std::string prompt;             // completions: the raw prompt text
+    std::vector<int64_t>
+        prompt_ids;  // completions: token ids given instead of text (checked against the vocabulary later)
     SamplerParams sampler;
     int64_t max_tokens = -1;  // -1: until end of generation or a full context
     std::vector<std::string> stop;

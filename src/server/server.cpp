@@ -404,6 +404,15 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         const size_t end = text.find_last_not_of(" \t\r\n");
         in_reasoning = end != std::string::npos && end + 1 >= 7 && text.compare(end + 1 - 7, 7, "<think>") == 0;
         prompt = tok->encode(text, /*parse_special=*/true, /*add_special=*/false);
+    } else if (!cr.prompt_ids.empty()) {
+        for (int64_t t : cr.prompt_ids) {
+            if (t >= tok->n_vocab())
+                return reply_error(res, {400,
+                                         "prompt token " + std::to_string(t) + " is not an id in [0, " +
+                                             std::to_string(tok->n_vocab()) + ")",
+                                         "invalid_request_error", "prompt"});
+            prompt.push_back(int32_t(t));
+        }
     } else {
         prompt = tok->encode(cr.prompt, true, true);
     }

@@ -248,6 +248,13 @@ TEST_F(Serve, chat_and_completion_equal_the_library_alone) {
     EXPECT_TRUE(post("/v1/completions", {{"prompt", "Once"}, {"max_tokens", 2}})["choices"][0]["logprobs"].is_null());
     const Json l = post("/completion", {{"prompt", "Once upon a time"}, {"n_predict", 12}, {"temperature", 0}});
     EXPECT_EQ(l["content"], want2->content);
+    // the prompt as token ids, as OpenAI's completions and llama.cpp take it
+    const auto ids = (*tok)->encode("Once upon a time", true, true);
+    const Json by_ids = post("/v1/completions", {{"prompt", ids}, {"max_tokens", 12}, {"temperature", 0}});
+    EXPECT_EQ(by_ids["choices"][0]["text"], want2->content);
+    EXPECT_EQ(by_ids["usage"]["prompt_tokens"], int64_t(ids.size()));
+    const Json nested = post("/completion", {{"prompt", {ids}}, {"n_predict", 12}, {"temperature", 0}});
+    EXPECT_EQ(nested["content"], want2->content);
 }
 
 // Tools are rendered into the prompt by the template (the model's own <tool_call> output is
@@ -425,6 +432,10 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
         {"completion without prompt", "POST", "/v1/completions", chat({{"max_tokens", 3}}), 400},
         {"completion prompt a number", "POST", "/v1/completions", chat({{"prompt", 7}}), 400},
         {"completion empty prompt", "POST", "/v1/completions", chat({{"prompt", ""}}), 400},
+        {"completion empty token prompt", "POST", "/v1/completions", chat({{"prompt", Json::array()}}), 400},
+        {"completion token past the vocabulary", "POST", "/v1/completions", chat({{"prompt", {1, 1 << 20}}}), 400},
+        {"completion negative token", "POST", "/v1/completions", chat({{"prompt", {1, -2}}}), 400},
+        {"completion tokens and text mixed", "POST", "/v1/completions", chat({{"prompt", {1, "a"}}}), 400},
         {"tokenize without content", "POST", "/tokenize", chat({{"text", "x"}}), 400},
         {"detokenize bad id", "POST", "/detokenize", chat({{"tokens", {1, -4}}}), 400},
         {"detokenize id too large", "POST", "/detokenize", chat({{"tokens", {1 << 30}}}), 400},
