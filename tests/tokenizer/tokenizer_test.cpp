@@ -226,12 +226,22 @@ TEST(Chat, runaway_templates_are_errors) {
          "%}{{ ns.s }}",
          "MiB"},
         {"{{ 'x' * 100000000000 }}", "MiB"},
-        {"{% for i in range(100000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' "
+        {"{% for i in range(300000) %}{{ 'xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx' "
          "* 10 }}{% "
          "endfor %}",
          "MiB"},
         {"{{ 9223372036854775807 + 1 }}", "overflow"},
+        {"{% set ns = namespace(x=[], y=[]) %}{% for i in range(300000) %}{% set ns.x = [ns.x] %}{% set ns.y = "
+         "[ns.y] %}{% endfor %}{{ ns.x == ns.y }}",
+         "nested deeper"},
     };
+    // a list nested 300000 deep in a loop renders, and is taken apart without recursing that deep
+    auto nest = ChatFormatter::create(
+        "{% set ns = namespace(x=[]) %}{% for i in range(300000) %}{% set ns.x = [ns.x] %}{% endfor %}done", "", "");
+    ASSERT_TRUE(nest.ok());
+    auto nested = nest->render(nlohmann::ordered_json::array(), {});
+    ASSERT_TRUE(nested.ok()) << nested.error().message;
+    EXPECT_EQ(*nested, "done");
     for (const auto& [src, want] : cases) {
         auto f = ChatFormatter::create(src, "", "");
         std::string got;

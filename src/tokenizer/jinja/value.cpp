@@ -186,7 +186,35 @@ std::string Value::json(int indent, int depth) const {
     return "null";
 }
 
-bool Value::equals(const Value& o) const {
+namespace {
+// Moves the children of the containers only `v` holds onto `stack`, leaving them empty.
+void take_children(Value& v, std::vector<Value>& stack) {
+    if (v.list && v.list.use_count() == 1) {
+        for (Value& c : *v.list) stack.push_back(std::move(c));
+        v.list->clear();
+    }
+    if (v.dict && v.dict.use_count() == 1) {
+        for (auto& kv : v.dict->items) stack.push_back(std::move(kv.second));
+        v.dict->items.clear();
+    }
+}
+}  // namespace
+
+Value::~Value() {
+    const bool owns_list = list && list.use_count() == 1 && !list->empty();
+    const bool owns_dict = dict && dict.use_count() == 1 && !dict->items.empty();
+    if (!owns_list && !owns_dict) return;
+    std::vector<Value> stack;
+    take_children(*this, stack);
+    while (!stack.empty()) {
+        Value v = std::move(stack.back());
+        stack.pop_back();
+        take_children(v, stack);  // v then dies with empty containers: no recursion
+    }
+}
+
+bool Value::equals(const Value& o, int depth) const {
+    if (depth > k_max_nesting) throw Error("comparing values nested deeper than " + std::to_string(k_max_nesting));
     if (is_number() && o.is_number()) return number() == o.number();
     if ((is_none() || is_undefined()) && (o.is_none() || o.is_undefined())) return kind == o.kind;
     if (kind != o.kind) return false;
@@ -198,13 +226,13 @@ bool Value::equals(const Value& o) const {
         case Kind::list:
             if (list->size() != o.list->size()) return false;
             for (size_t k = 0; k < list->size(); ++k)
-                if (!(*list)[k].equals((*o.list)[k])) return false;
+                if (!(*list)[k].equals((*o.list)[k], depth + 1)) return false;
             return true;
         case Kind::dict:
             if (dict->items.size() != o.dict->items.size()) return false;
             for (auto& [key, v] : dict->items) {
                 const Value* w = o.dict->find(key);
-                if (!w || !v.equals(*w)) return false;
+                if (!w || !v.equals(*w, depth + 1)) return false;
             }
             return true;
         default:

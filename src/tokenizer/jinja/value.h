@@ -50,6 +50,14 @@ struct Value {
     bool is_namespace = false;
 
     Value() = default;
+    Value(const Value&) = default;
+    Value(Value&&) noexcept = default;
+    Value& operator=(const Value&) = default;
+    Value& operator=(Value&&) noexcept = default;
+    // Takes apart the lists and dicts only this value holds one level at a time: a template can
+    // nest a list in itself half a million times in a loop, and destroying that recursively
+    // would exhaust the stack.
+    ~Value();
     static Value none();
     static Value boolean(bool v);
     static Value integer(int64_t v);
@@ -69,7 +77,7 @@ struct Value {
     std::string str() const;
     // JSON text (tojson); indent < 0: one line with ", " and ": " separators.
     std::string json(int indent = -1, int depth = 0) const;
-    bool equals(const Value& o) const;
+    bool equals(const Value& o, int depth = 0) const;
 };
 
 // Call arguments: positional then keyword.
