@@ -34,21 +34,14 @@ void ScratchArena::release() {
 }
 
 void copy_across(Backend& from, Tensor src, Backend& to, Tensor dst) {
-    BM_CHECK(src.rows == dst.rows && src.cols == dst.cols);
+    // one copy each way: every ScratchArena pads rows alike, so the strides agree
+    BM_CHECK(src.rows == dst.rows && src.cols == dst.cols && src.stride == dst.stride);
     if (src.rows == 0) return;
     thread_local std::vector<float> staging;
-    // one copy each way when the strides agree (two ScratchArenas pad rows alike)
-    const bool whole = src.stride == dst.stride;
-    const size_t n = whole ? size_t((src.rows - 1) * src.stride + src.cols) : size_t(src.rows * src.cols);
+    const size_t n = size_t((src.rows - 1) * src.stride + src.cols);
     staging.resize(n);
-    if (whole) {
-        from.download(staging.data(), src.data, n * 4);
-        to.upload(dst.data, staging.data(), n * 4);
-        return;
-    }
-    for (int64_t r = 0; r < src.rows; ++r)
-        from.download(staging.data() + r * src.cols, src.row(r), size_t(src.cols) * 4);
-    for (int64_t r = 0; r < src.rows; ++r) to.upload(dst.row(r), staging.data() + r * src.cols, size_t(src.cols) * 4);
+    from.download(staging.data(), src.data, n * 4);
+    to.upload(dst.data, staging.data(), n * 4);
 }
 
 Tensor copy_across(Backend& from, Tensor src, Backend& to) {

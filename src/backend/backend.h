@@ -280,7 +280,8 @@ class Backend {
 // repack: products read packed copies of the K-quant weights (backend/cpu/repack.h).
 std::unique_ptr<Backend> make_cpu_backend(int n_threads, bool repack = true);
 
-// Copies `src` (on `from`) into `dst` (on `to`, the same shape) through host memory; and into a
+// Copies `src` (on `from`) into `dst` (on `to`, the same shape and stride: both from a
+// ScratchArena) through host memory; and into a
 // new scratch tensor of `to`. The residual stream crosses a split model this way, and the MoE
 // input, router logits and sum cross to and from experts kept on another backend.
 void copy_across(Backend& from, Tensor src, Backend& to, Tensor dst);

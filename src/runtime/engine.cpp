@@ -164,8 +164,7 @@ std::string Engine::describe(const Context& ctx, double load_seconds) const {
                  where(*backend_);
     }
     if (cpu_moe_ > 0)
-        placed += ", the routed experts of layers 0-" + std::to_string(std::min<int64_t>(cpu_moe_, hp.n_layer) - 1) +
-                  " on " + where(*host_backend_);
+        placed += ", the routed experts of layers 0-" + std::to_string(cpu_moe_ - 1) + " on " + where(*host_backend_);
     std::string s = "model: " + file_->path() + " (" + hp.arch + ", " + params + " params, " +
                     format_bytes(model_->total_weight_bytes()) + ") | " + placed + " | context " +
                     std::to_string(p.n_ctx) + ", KV cache " + format_bytes(kv) + " (" +

@@ -39,11 +39,6 @@ bool json_nests_deeper_than(const std::string& text, int max_depth) {
     return false;
 }
 
-Json parse_json_bounded(const std::string& text) {
-    if (json_nests_deeper_than(text, k_json_max_depth)) return Json(Json::value_t::discarded);
-    return Json::parse(text, nullptr, /*allow_exceptions=*/false);
-}
-
 namespace {
 ApiError bad(std::string msg, std::string param = "") {
     return {400, std::move(msg), "invalid_request_error", std::move(param)};

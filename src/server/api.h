@@ -58,9 +58,13 @@ bool valid_utf8(const std::string& s);
 // than k_json_max_depth: rendering and serialising a value recurse once a level, so a request of
 // a hundred thousand brackets would exhaust the stack (the parser alone does not).
 constexpr int k_json_max_depth = 256;
-Json parse_json_bounded(const std::string& text);
 // Whether text nests arrays and objects (outside strings) deeper than `max_depth`.
 bool json_nests_deeper_than(const std::string& text, int max_depth);
+template <class J = Json>
+J parse_json_bounded(const std::string& text) {
+    if (json_nests_deeper_than(text, k_json_max_depth)) return J(J::value_t::discarded);
+    return J::parse(text, nullptr, /*allow_exceptions=*/false);
+}
 
 // OpenAI's finish_reason for a stop reason.
 std::string finish_reason(StopReason r);

@@ -40,9 +40,7 @@ ToolOutput ToolCallParser::push(const std::string& piece) {
         buf_.erase(0, close + std::string(k_close).size());
         inside_ = false;
         // a call nested past the bound is malformed: dumping its arguments would recurse that deep
-        const auto j = json_nests_deeper_than(body, k_json_max_depth)
-                           ? nlohmann::json(nlohmann::json::value_t::discarded)
-                           : nlohmann::json::parse(body, nullptr, false);
+        const auto j = parse_json_bounded<nlohmann::json>(body);
         if (j.is_object() && j.contains("name") && j["name"].is_string() &&
             (!j.contains("arguments") || j["arguments"].is_object())) {
             out.calls.push_back({j["name"], j.contains("arguments") ? j["arguments"].dump() : "{}"});

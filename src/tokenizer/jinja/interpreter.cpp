@@ -308,10 +308,13 @@ bool contains(const Value& hay, const Value& needle) {
     return false;
 }
 
-// A string the template builds, within what a render may write.
-Value bounded(std::string s) {
-    if (s.size() > k_max_output)
+// A string of `bytes` the template builds must fit in what a render may write.
+void check_length(size_t bytes) {
+    if (bytes > k_max_output)
         throw Error("the template builds a string of more than " + std::to_string(k_max_output >> 20) + " MiB");
+}
+Value bounded(std::string s) {
+    check_length(s.size());
     return Value::string(std::move(s));
 }
 
@@ -343,7 +346,7 @@ Value Interp::binary(const std::string& op, const Value& a, const Value& b) {
     }
     if (!a.is_number() || !b.is_number()) {
         if (op == "*" && a.kind == Value::Kind::string && b.kind == Value::Kind::integer) {
-            if (b.i > 0 && a.s.size() > k_max_output / size_t(b.i)) return bounded(std::string(k_max_output + 1, ' '));
+            if (b.i > 0 && a.s.size() > k_max_output / size_t(b.i)) check_length(k_max_output + 1);
             std::string r;
             for (int64_t k = 0; k < b.i; ++k) r += a.s;
             return Value::string(r);
