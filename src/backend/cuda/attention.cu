@@ -1099,6 +1099,7 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
                 tm = __shfl_sync(0xffffffffu, run, 31);
                 seen |= fulls != 0;
             }
+            __syncwarp();  // every lane has read s_tm and s_seen before lane 0 replaces them
             if (tid == 0) {
                 s_tm = tm;
                 s_seen = seen;
