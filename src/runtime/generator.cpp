@@ -164,7 +164,7 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     if (prof_) prof_->set_phase("decode");
     const auto t0 = Clock::now();
     // Prompt lookup drafts greedily only; sampling with it decodes plainly.
-    if (draft_ || (ngram_ && sampler_.params().temp <= 0))
+    if (draft_ || (ngram_ && plain_greedy(sampler_.params())))
         BM_TRY(generate_speculative(p, out));
     else
         BM_TRY(generate_plain(p, out));
@@ -208,7 +208,9 @@ Result<void> Generator::generate_speculative(const GenerateParams& p, TokenSink&
             break;
         }
         std::vector<int32_t> step;
-        if (sampler_.params().temp <= 0)
+        // A greedy chain with penalties or a bias is verified as a sampled one whose every
+        // distribution is a single token: the same tokens, exactly.
+        if (plain_greedy(sampler_.params()))
             BM_TRY(sd.step_greedy(logits_, step));
         else
             BM_TRY(sd.step_sampled(sampler_, draft_sampler, logits_, step));

@@ -59,20 +59,32 @@ TokenLogprob token_logprob(const float* logits, int32_t n, int32_t token, int n_
     return r;
 }
 
+bool plain_greedy(const SamplerParams& p) {
+    return p.temp <= 0.0f && p.repeat_penalty == 1.0f && p.presence_penalty == 0.0f && p.frequency_penalty == 0.0f &&
+           p.logit_bias.empty();
+}
+
 std::vector<std::pair<int32_t, double>> Sampler::distribution(const float* logits, int32_t n) const {
     const bool penalties =
         !history_.empty() && (p_.repeat_penalty != 1.0f || p_.presence_penalty != 0.0f || p_.frequency_penalty != 0.0f);
-    if (p_.temp <= 0.0f && !penalties) return {{argmax(logits, n), 1.0}};
-    // 1. penalties: the adjusted logits of the tokens seen, in token order (the others keep theirs)
+    if (p_.temp <= 0.0f && !penalties && p_.logit_bias.empty()) return {{argmax(logits, n), 1.0}};
+    // 0. bias, then 1. penalties: the adjusted logits of the tokens biased or seen, in token order
+    // (the others keep theirs)
     std::vector<std::pair<int32_t, double>> adjusted;
-    if (penalties) {
-        std::map<int32_t, int> count;
-        for (int32_t t : history_)
-            if (t >= 0 && t < n) ++count[t];
-        for (const auto& [tok, n_seen] : count) {
-            double l = logits[tok];
-            l = l > 0 ? l / p_.repeat_penalty : l * p_.repeat_penalty;
-            adjusted.push_back({tok, l - (double(n_seen) * p_.frequency_penalty + p_.presence_penalty)});
+    if (penalties || !p_.logit_bias.empty()) {
+        std::map<int32_t, std::pair<double, int>> touched;  // token -> (bias, times seen)
+        for (const auto& [tok, b] : p_.logit_bias)
+            if (tok >= 0 && tok < n) touched[tok].first += double(b);
+        if (penalties)
+            for (int32_t t : history_)
+                if (t >= 0 && t < n) ++touched[t].second;
+        for (const auto& [tok, bs] : touched) {
+            double l = double(logits[tok]) + bs.first;
+            if (bs.second > 0) {
+                l = l > 0 ? l / p_.repeat_penalty : l * p_.repeat_penalty;
+                l -= double(bs.second) * p_.frequency_penalty + p_.presence_penalty;
+            }
+            adjusted.push_back({tok, l});
         }
     }
     // 2. greedy is 3. with k = 1. 3. top-k: the k best by logit, ties by token id (a stable sort's

@@ -1,4 +1,5 @@
 // Token samplers. The chain runs in a fixed, documented order:
+//   0. logit bias: a fixed amount added to chosen tokens' logits (-infinity bans a token)
 //   1. repetition / presence / frequency penalties over the last `penalty_last_n` tokens
 //   2. greedy (temperature <= 0) returns the arg-max here
 //   3. top-k  4. top-p  5. min-p   (on the probabilities at temperature 1)
@@ -9,6 +10,7 @@
 #include <cstdint>
 #include <deque>
 #include <random>
+#include <utility>
 #include <vector>
 
 namespace bigmoe {
@@ -27,7 +29,14 @@ struct SamplerParams {
     float frequency_penalty = 0.0f;
     int32_t penalty_last_n = 64;
     uint64_t seed = 0xB16B00B5;
+    // (token, amount) pairs in any order; a token listed twice gets both amounts; ids outside the
+    // vocabulary are ignored (callers refuse them first)
+    std::vector<std::pair<int32_t, float>> logit_bias;
 };
+
+// Whether the chain is the arg-max of the raw logits (temperature 0, no penalty, no bias): the
+// only chain greedy speculative decoding may verify by arg-max alone.
+bool plain_greedy(const SamplerParams& p);
 
 // A token's log-probability under the model's own distribution (the softmax of the raw logits,
 // before penalties, truncation and temperature: what OpenAI's and vLLM's `logprobs` report) and

@@ -196,8 +196,7 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            slots_[seq]->use_draft = draft_ && sp.temp <= 0 && sp.repeat_penalty == 1.0f &&
-                                     sp.presence_penalty == 0.0f && sp.frequency_penalty == 0.0f;
+            slots_[seq]->use_draft = draft_ && plain_greedy(sp);
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             if (cache_ && !s.use_draft) {

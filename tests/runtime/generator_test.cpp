@@ -3,6 +3,9 @@
 // pieces a caller sees add up to the result.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
+
 #include "bigmoe/bigmoe.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
@@ -142,6 +145,50 @@ TEST(Generator, reasoning_opened_by_the_prompt_goes_to_reasoning) {
     EXPECT_TRUE(r.content.empty());
     EXPECT_EQ(r.reasoning, plain.content);
     EXPECT_EQ(seen2, seen);
+}
+
+// Greedy decoding with penalties or a logit bias is exact with a draft model too (its steps are
+// verified as sampled ones whose distributions are single tokens, not by the raw arg-max), and
+// the penalties and the bias do change what greedy decoding writes.
+TEST(Generator, greedy_with_penalties_or_bias_is_exact_with_a_draft) {
+    auto draft_engine = Engine::load(testing::fixtures_dir() + "/models/qwen35-tiny-f32.gguf", {.n_threads = 2});
+    ASSERT_TRUE(draft_engine.ok());
+    auto run = [&](const SamplerParams& sp, bool drafted) {
+        Fixture f = load();
+        std::unique_ptr<Context> dc;
+        Generator g(*f.ctx, *f.tok, sp);
+        if (drafted) {
+            ContextParams cp;
+            cp.n_ctx = 256;
+            auto c = (*draft_engine)->new_context(cp);
+            EXPECT_TRUE(c.ok());
+            if (!c.ok()) return std::vector<int32_t>{};
+            dc = std::move(*c);
+            g.set_draft(dc.get(), SpecParams{.draft_max = 4});
+        }
+        EXPECT_TRUE(g.feed(f.tok->encode("hello world, the", true)).ok());  // greedy repeats tokens
+        GenerateParams gp;
+        gp.n_predict = 32;
+        gp.ignore_eos = true;
+        auto r = g.generate(gp, [](const Piece&) { return true; });
+        EXPECT_TRUE(r.ok()) << (r.ok() ? "" : r.error().message);
+        return r.ok() ? r->tokens : std::vector<int32_t>{};
+    };
+    const std::vector<int32_t> plain = run(greedy(), false);
+    ASSERT_EQ(plain.size(), 32u);
+    EXPECT_EQ(run(greedy(), true), plain);
+    SamplerParams penalised = greedy();
+    penalised.repeat_penalty = 1.5f;
+    penalised.presence_penalty = 0.25f;
+    SamplerParams biased = greedy();
+    biased.logit_bias = {{plain[3], -INFINITY}, {plain[10], -2.0f}, {int32_t(plain[0] + 1) % 500, 3.0f}};
+    for (const SamplerParams* sp : {&penalised, &biased}) {
+        const std::vector<int32_t> want = run(*sp, false);
+        EXPECT_NE(want, plain);
+        EXPECT_EQ(run(*sp, true), want);
+    }
+    const std::vector<int32_t> banned = run(biased, false);
+    EXPECT_EQ(std::count(banned.begin(), banned.end(), plain[3]), 0);
 }
 
 TEST(Generator, needs_a_fed_prompt) {

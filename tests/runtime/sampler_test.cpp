@@ -152,13 +152,14 @@ namespace bigmoe {
 namespace {
 
 // The sampler chain step by step as written out in its comments (every token as a (id, logit)
-// pair, penalties on the seen tokens, sorted, softmax, top-p prefix, min-p prefix, softmax at the
+// pair, the bias added, penalties on the seen tokens, sorted, softmax, top-p prefix, min-p prefix, softmax at the
 // temperature): distribution() must give the same tokens in the same order and the same
 // probabilities, ties included.
 std::vector<std::pair<int32_t, double>> chain_reference(const std::vector<float>& l, const SamplerParams& p,
                                                         const std::vector<int32_t>& seen) {
     std::vector<std::pair<int32_t, double>> c;
     for (size_t i = 0; i < l.size(); ++i) c.push_back({int32_t(i), double(l[i])});
+    for (const auto& [t, b] : p.logit_bias) c[size_t(t)].second += double(b);
     std::vector<int> times(l.size(), 0);
     for (int32_t t : seen) ++times[size_t(t)];
     for (size_t i = 0; i < l.size(); ++i) {
@@ -212,6 +213,10 @@ TEST(Sampler, distribution_matches_the_chain_step_by_step) {
             sp.frequency_penalty = 0.1f;
             for (int j = 0; j < 30; ++j) seen.push_back(int32_t(rng() % (n / 4)));
         }
+        if (trial % 3 == 1)  // a bias on tokens seen and unseen, some twice, some banned
+            for (int j = 0; j < 20; ++j)
+                sp.logit_bias.push_back(
+                    {int32_t(rng() % (n / 2)), j % 7 == 0 ? -INFINITY : float(int(rng() % 13) - 6) * 0.5f});
         Sampler sampler(sp);
         for (int32_t t : seen) sampler.accept(t);
         const auto got = sampler.distribution(l.data(), int32_t(n));
