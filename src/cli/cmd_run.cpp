@@ -4,11 +4,14 @@
 // speeds go to stderr, Ctrl-C stops generation cleanly.
 #include <sys/mman.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <random>
@@ -48,6 +51,8 @@ const std::vector<OptionSpec> k_specs = {
     {"", "--repeat-last-n", "N", "tokens the penalties look back (default 64)"},
     {"", "--presence-penalty", "X", "presence penalty (default 0)"},
     {"", "--frequency-penalty", "X", "frequency penalty (default 0)"},
+    {"-l", "--logit-bias", "ID(+|-)BIAS",
+     "add BIAS to token ID's logit before the penalties (repeatable; e.g. 15043+1, 15043-inf: never)"},
     {"-s", "--seed", "N", "sampling seed (default and -1: random, printed)"},
     {"", "--ignore-eos", "", "keep generating past end-of-generation tokens"},
     {"", "--special", "", "print control tokens"},
@@ -113,7 +118,28 @@ void print_stop(const GenerateResult& r, const Context& ctx) {
         std::fprintf(stderr, "\n[context full: %lld tokens]\n", (long long)ctx.params().n_ctx);
 }
 
-Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
+// llama.cpp's --logit-bias TOKEN_ID(+|-)BIAS: a finite amount, or -inf to ban the token.
+Result<std::pair<int32_t, float>> logit_bias(const std::string& v, int32_t n_vocab) {
+    const auto bad = [&] {
+        return make_error("run: --logit-bias takes ID+BIAS or ID-BIAS (e.g. 15043+1, 15043-inf), got '" + v + "'");
+    };
+    const size_t sign = v.find_first_of("+-");
+    if (sign == 0 || sign == std::string::npos || sign > 10) return bad();
+    const std::string id_text = v.substr(0, sign), amount_text = v.substr(sign);
+    if (!std::all_of(id_text.begin(), id_text.end(), [](char c) { return c >= '0' && c <= '9'; })) return bad();
+    const int64_t id = std::stoll(id_text);
+    if (id >= n_vocab)
+        return make_error("run: --logit-bias token " + id_text + " is not an id in [0, " + std::to_string(n_vocab) +
+                          ")");
+    if (amount_text == "-inf") return std::pair<int32_t, float>{int32_t(id), -INFINITY};
+    char* end = nullptr;
+    const double amount = std::strtod(amount_text.c_str(), &end);
+    if (end != amount_text.c_str() + amount_text.size() || !std::isfinite(amount) || amount_text.size() < 2)
+        return bad();
+    return std::pair<int32_t, float>{int32_t(id), float(amount)};
+}
+
+Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f, int32_t n_vocab) {
     SamplerParams p;
     p.temp = float(f.get_float_or(gguf::key::general_sampling_temp, p.temp));
     p.top_k = int32_t(f.get_int_or(gguf::key::general_sampling_top_k, p.top_k));
@@ -144,6 +170,11 @@ Result<SamplerParams> sampler_params(const Args& a, const gguf::GgufFile& f) {
         std::fprintf(stderr, "seed: %llu\n", (unsigned long long)p.seed);
     } else {
         p.seed = uint64_t(*seed);
+    }
+    for (const std::string& v : a.get_all("--logit-bias")) {
+        auto b = logit_bias(v, n_vocab);
+        if (!b) return b.error();
+        p.logit_bias.push_back(*b);
     }
     if (p.temp < 0 || p.top_p <= 0 || p.top_p > 1 || p.min_p < 0 || p.min_p > 1 || p.repeat_penalty <= 0)
         return make_error(
@@ -299,7 +330,7 @@ int cmd_run(const std::vector<std::string>& argv) {
     const double load_s = std::chrono::duration<double>(Clock::now() - load_t0).count();
     auto tok = Tokenizer::from_gguf((*engine)->file());
     if (!tok) return fail(tok.error().message);
-    auto sp = sampler_params(*args, (*engine)->file());
+    auto sp = sampler_params(*args, (*engine)->file(), (*tok)->n_vocab());
     if (!sp) return fail(sp.error().message);
     if (args->has("--draft-ngram") && sp->temp > 0)
         std::fprintf(stderr,

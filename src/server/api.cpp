@@ -69,6 +69,53 @@ std::optional<ApiError> integer(const Json& j, const char* key, int64_t lo, int6
     return std::nullopt;
 }
 
+// logit_bias: OpenAI's object of token ids (as strings) to amounts in [-100, 100], or llama.cpp's
+// array of [id, amount] pairs, where an amount of false bans the token. Ids only: llama.cpp's
+// token texts are refused rather than guessed at. The ids are checked against the vocabulary
+// where it is known (the server).
+std::optional<ApiError> logit_bias(const Json& j, std::vector<std::pair<int32_t, float>>* out) {
+    constexpr const char* key = "logit_bias";
+    constexpr size_t k_max_entries = 4096;
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    const Json& b = j[key];
+    if (!b.is_object() && !b.is_array())
+        return bad("'logit_bias' must be an object of token ids to numbers, or an array of [id, number] pairs", key);
+    if (b.size() > k_max_entries) return bad("'logit_bias' holds at most 4096 tokens", key);
+    auto entry = [&](int64_t id, const Json& v) -> std::optional<ApiError> {
+        if (id < 0) return bad("'logit_bias' keys must be token ids (integers from 0)", key);
+        float amount = 0;
+        if (v.is_boolean() && !v.get<bool>()) {
+            amount = -INFINITY;
+        } else if (v.is_number() && std::isfinite(v.get<double>()) && std::fabs(v.get<double>()) <= 100) {
+            amount = float(v.get<double>());
+        } else {
+            return bad("'logit_bias' amounts must be numbers from -100 to 100 (or false: never), got " + v.dump(), key);
+        }
+        out->push_back({int32_t(id), amount});
+        return std::nullopt;
+    };
+    auto id_of = [](const Json& t) -> int64_t {  // -1 unless an integer in [0, 2^31)
+        if (t.is_number_unsigned()) return t.get<uint64_t>() <= uint64_t(INT32_MAX) ? int64_t(t.get<uint64_t>()) : -1;
+        return -1;
+    };
+    if (b.is_object()) {
+        for (auto it = b.begin(); it != b.end(); ++it) {
+            const std::string& k = it.key();
+            const bool digits = !k.empty() && k.size() <= 10 &&
+                                std::all_of(k.begin(), k.end(), [](char c) { return c >= '0' && c <= '9'; });
+            const int64_t id = digits && std::stoll(k) <= INT32_MAX ? std::stoll(k) : -1;
+            if (auto e = entry(id, it.value())) return e;
+        }
+    } else {
+        for (const Json& pair : b) {
+            if (!pair.is_array() || pair.size() != 2)
+                return bad("'logit_bias' as an array holds [token id, number] pairs", key);
+            if (auto e = entry(id_of(pair[0]), pair[1])) return e;
+        }
+    }
+    return std::nullopt;
+}
+
 // A message's content: a string, or an array of {"type": "text", "text": ...} parts.
 std::optional<ApiError> content_text(const Json& c, size_t index, std::string* out) {
     const std::string where = "messages[" + std::to_string(index) + "].content";
@@ -206,6 +253,7 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
     r.sampler.frequency_penalty = float(frequency);
     r.sampler.repeat_penalty = float(repeat);
     r.sampler.seed = seed < 0 ? default_seed : uint64_t(seed);
+    if (auto e = logit_bias(j, &r.sampler.logit_bias)) return e;
     if (j.contains("stop") && !j["stop"].is_null()) {
         const Json& s = j["stop"];
         if (s.is_string()) {

@@ -416,6 +416,12 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     } else {
         prompt = tok->encode(cr.prompt, true, true);
     }
+    for (const auto& [t, amount] : cr.sampler.logit_bias)
+        if (t >= tok->n_vocab())
+            return reply_error(res, {400,
+                                     "logit_bias token " + std::to_string(t) + " is not an id in [0, " +
+                                         std::to_string(tok->n_vocab()) + ")",
+                                     "invalid_request_error", "logit_bias"});
     if (int64_t(prompt.size()) + 1 > slot_ctx())
         return reply_error(res, {400,
                                  "the prompt has " + std::to_string(prompt.size()) + " tokens; a slot holds " +

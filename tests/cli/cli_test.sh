@@ -73,6 +73,11 @@ expect "run -md short" 0 "drafting steps [0-9.]* t/s (too few steps for a speed-
 expect "run -md no guard" 0 "(\([0-9][0-9]*\) of \1 steps drafted); drafting steps" "$bin" run -m "$m" -md "$d" -p hi \
   -n 24 --temp 0 --ignore-eos --draft-guard 0
 expect "bench bad guard" 1 "0 or 1" "$bin" bench -m "$m" -md "$d" --draft-guard 5 -p 0 -n 8
+e_id=$("$bin" tokenize -m "$m" -p e --ids 2>/dev/null | tr -d '[] ')
+expect "run --logit-bias" 0 "^eeeeee" "$bin" run -m "$m" -p hi -n 6 --temp 0 --ignore-eos -l "$e_id+100"
+expect "run bad --logit-bias" 1 "takes ID+BIAS or ID-BIAS" "$bin" run -m "$m" -p hi -n 2 --logit-bias 5+inf
+expect "run --logit-bias past the vocabulary" 1 "token 99999 is not an id in \[0, 512)" "$bin" run -m "$m" -p hi \
+  -n 2 -l 99999-1
 expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
 expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3
 "$bin" synth --arch qwen35 --n-embd 256 --n-layer 2 --output-tensor-type q4_k --byte-vocab -o "$tmp/o4.gguf" >/dev/null 2>&1

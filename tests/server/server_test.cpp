@@ -6,7 +6,9 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -257,6 +259,52 @@ TEST_F(Serve, chat_and_completion_equal_the_library_alone) {
     EXPECT_EQ(nested["content"], want2->content);
 }
 
+// logit_bias (OpenAI's object on /v1/completions, llama.cpp's pairs with false on /completion)
+// gives the library's sampler chain with that bias: it bans and steers greedy decoding.
+TEST_F(Serve, logit_bias_equals_the_library_with_that_bias) {
+    auto e = Engine::load(model_path(), {.n_threads = 2});
+    ASSERT_TRUE(e.ok());
+    auto tok = Tokenizer::from_gguf((*e)->file());
+    ASSERT_TRUE(tok.ok());
+    auto library = [&](const SamplerParams& sp) {
+        auto ctx = (*e)->new_context({.n_ctx = 256});
+        EXPECT_TRUE(ctx.ok());
+        Generator g(**ctx, **tok, sp);
+        EXPECT_TRUE(g.feed((*tok)->encode("Once upon a time", true, true)).ok());
+        GenerateParams gp;
+        gp.n_predict = 10;
+        gp.ignore_eos = true;
+        auto r = g.generate(gp, [](const Piece&) { return true; });
+        EXPECT_TRUE(r.ok());
+        return r.ok() ? *r : GenerateResult{};
+    };
+    SamplerParams sp;
+    sp.temp = 0;
+    const GenerateResult plain = library(sp);
+    ASSERT_EQ(plain.tokens.size(), 10u);
+    sp.logit_bias = {{plain.tokens[0], -100.0f}, {plain.tokens[4], 2.5f}};
+    const GenerateResult biased = library(sp);
+    EXPECT_NE(biased.tokens, plain.tokens);
+    EXPECT_NE(biased.tokens[0], plain.tokens[0]);
+    const Json openai =
+        post("/v1/completions",
+             {{"prompt", "Once upon a time"},
+              {"max_tokens", 10},
+              {"temperature", 0},
+              {"ignore_eos", true},
+              {"logit_bias", {{std::to_string(plain.tokens[0]), -100}, {std::to_string(plain.tokens[4]), 2.5}}}});
+    EXPECT_EQ(openai["choices"][0]["text"], biased.content) << openai.dump();
+    sp.logit_bias = {{plain.tokens[0], -INFINITY}, {plain.tokens[4], 2.5f}};
+    const GenerateResult banned = library(sp);
+    const Json llama = post("/completion", {{"prompt", "Once upon a time"},
+                                            {"n_predict", 10},
+                                            {"temperature", 0},
+                                            {"ignore_eos", true},
+                                            {"logit_bias", {{plain.tokens[0], false}, {plain.tokens[4], 2.5}}}});
+    EXPECT_EQ(llama["content"], banned.content) << llama.dump();
+    EXPECT_EQ(std::count(banned.tokens.begin(), banned.tokens.end(), plain.tokens[0]), 0);
+}
+
 // Tools are rendered into the prompt by the template (the model's own <tool_call> output is
 // parsed by ToolCallParser, tested on its own: a random-weight model does not call tools).
 TEST_F(Serve, tools_are_rendered_by_the_template) {
@@ -423,6 +471,20 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          chat({{"messages", ok_msgs}, {"logprobs", true}, {"top_logprobs", 21}}), 400},
         {"logprobs a number in chat", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"logprobs", 3}}),
          400},
+        {"logit_bias a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"logit_bias", "x"}}),
+         400},
+        {"logit_bias key not a token id", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"logit_bias", {{"hello", 1}}}}), 400},
+        {"logit_bias amount above 100", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"logit_bias", {{"5", 150}}}}), 400},
+        {"logit_bias amount a string", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"logit_bias", {{"5", "up"}}}}), 400},
+        {"logit_bias token past the vocabulary", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"logit_bias", {{"1048576", 1}}}}), 400},
+        {"logit_bias pair of one", "POST", "/completion",
+         chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({1})})}}), 400},
+        {"logit_bias negative id", "POST", "/completion",
+         chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({-1, 2})})}}), 400},
         {"presence penalty out of range", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"presence_penalty", 9}}), 400},
         {"prompt longer than a slot", "POST", "/v1/chat/completions",
