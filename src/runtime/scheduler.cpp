@@ -196,7 +196,7 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            slots_[seq]->use_draft = draft_ && plain_greedy(sp);
+            slots_[seq]->use_draft = draft_ && plain_greedy(sp) && !slots_[seq]->r.constraint;
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             if (cache_ && !s.use_draft) {
@@ -279,7 +279,15 @@ Result<bool> Scheduler::step() {
             finish(s, nullptr);
             continue;
         }
-        const int32_t id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
+        int32_t id = -1;
+        if (s.r.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
+            masked_.assign(s.logits.begin(), s.logits.end());
+            s.r.constraint->mask(masked_.data(), int32_t(masked_.size()));
+            id = s.sampler.sample(masked_.data(), int32_t(masked_.size()));
+            s.r.constraint->accept(id);
+        } else {
+            id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
+        }
         const bool go_on = s.sink->push(id, g.ignore_eos, s.logits.data(), int32_t(s.logits.size()));
         if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
             finish(s, nullptr);  // the token ends the request: nothing needs its logits

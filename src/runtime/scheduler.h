@@ -15,6 +15,7 @@
 #include "core/result.h"
 #include "runtime/context.h"
 #include "runtime/generator.h"
+#include "runtime/json_constraint.h"
 #include "runtime/prompt_cache.h"
 #include "runtime/sampler.h"
 #include "runtime/seq_file.h"
@@ -46,6 +47,9 @@ struct SlotInfo {
 struct Request {
     std::vector<int32_t> prompt;  // at least one token
     SamplerParams sampler;
+    // Restricts each token to what the constraint allows (JSON mode); such a request decodes
+    // without drafts.
+    std::shared_ptr<JsonConstraint> constraint;
     GenerateParams gen;
     PieceFn on_piece;  // on the stepping thread; false cancels the request
     // Once, on the stepping thread, when the request ends (the error set if it failed).
@@ -129,7 +133,8 @@ class Scheduler {
     PromptCache* cache_ = nullptr;
     int64_t checkpoint_every_ = 0;
     std::vector<float> draft_logits_;
-    std::vector<std::function<void()>> calls_;       // guarded by mu_
+    std::vector<float> masked_;                 // a constrained request's logits with the disallowed tokens at -inf
+    std::vector<std::function<void()>> calls_;  // guarded by mu_
     std::vector<std::vector<int32_t>> last_tokens_;  // [seq]: what an idle sequence holds
     std::atomic<int64_t> drafted_{0}, accepted_{0};
 };

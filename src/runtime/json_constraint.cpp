@@ -1,0 +1,358 @@
+#include "runtime/json_constraint.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe {
+
+namespace {
+bool is_space(uint8_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+bool is_digit(uint8_t c) {
+    return c >= '0' && c <= '9';
+}
+int hex_value(uint8_t c) {
+    if (is_digit(c)) return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+constexpr const char* k_literals[3] = {"true", "false", "null"};
+}  // namespace
+
+bool JsonRecognizer::open(bool object) {
+    if (depth_ >= k_max_depth) return false;
+    const uint64_t bit = uint64_t(1) << depth_;
+    objects_ = object ? objects_ | bit : objects_ & ~bit;
+    ++depth_;
+    mode_ = object ? Mode::obj_first : Mode::arr_first;
+    return true;
+}
+
+bool JsonRecognizer::close(bool object) {
+    if (depth_ == 0 || in_object() != object) return false;
+    --depth_;
+    value_done();
+    return true;
+}
+
+void JsonRecognizer::value_done() {
+    mode_ = depth_ == 0 ? Mode::done : Mode::after;
+}
+
+bool JsonRecognizer::start_value(uint8_t c) {
+    switch (c) {
+        case '{':
+            return open(true);
+        case '[':
+            return open(false);
+        case '"':
+            mode_ = Mode::str;
+            key_ = false;
+            return true;
+        case '-':
+            mode_ = Mode::num_minus;
+            return true;
+        case '0':
+            mode_ = Mode::num_zero;
+            return true;
+        case 't':
+        case 'f':
+        case 'n':
+            mode_ = Mode::literal;
+            lit_ = c == 't' ? 0 : c == 'f' ? 1 : 2;
+            aux_ = 1;
+            return true;
+        default:
+            if (c >= '1' && c <= '9') {
+                mode_ = Mode::num_int;
+                return true;
+            }
+            return false;
+    }
+}
+
+// A number ends at the first byte that cannot extend it, which is then read as what follows the
+// value (a number is never the top-level value, so a container is open).
+bool JsonRecognizer::after_number(uint8_t c) {
+    value_done();
+    return push(c);
+}
+
+bool JsonRecognizer::push(uint8_t c) {
+    const JsonRecognizer before = *this;
+    auto fail = [&] {
+        *this = before;
+        return false;
+    };
+    switch (mode_) {
+        case Mode::start:
+        case Mode::obj_first:
+        case Mode::obj_key:
+        case Mode::colon:
+        case Mode::value:
+        case Mode::arr_first:
+        case Mode::after:
+        case Mode::done:
+            if (is_space(c)) {
+                if (space_ >= k_max_space) return false;
+                ++space_;
+                return true;
+            }
+            break;
+        default:
+            break;
+    }
+    space_ = 0;
+    switch (mode_) {
+        case Mode::start:
+            return c == '{' ? open(true) : fail();
+        case Mode::obj_first:
+            if (c == '}') return close(true) || fail();
+            [[fallthrough]];
+        case Mode::obj_key:
+            if (c != '"') return fail();
+            mode_ = Mode::str;
+            key_ = true;
+            return true;
+        case Mode::colon:
+            if (c != ':') return fail();
+            mode_ = Mode::value;
+            return true;
+        case Mode::arr_first:
+            if (c == ']') return close(false) || fail();
+            [[fallthrough]];
+        case Mode::value:
+            return start_value(c) || fail();
+        case Mode::after:
+            if (c == ',') {
+                mode_ = in_object() ? Mode::obj_key : Mode::value;
+                return true;
+            }
+            if (c == '}' || c == ']') return close(c == '}') || fail();
+            return fail();
+        case Mode::done:
+            return fail();
+        case Mode::str:
+            if (utf8_need_ > 0) {
+                if (c < utf8_lo_ || c > utf8_hi_) return fail();
+                --utf8_need_;
+                utf8_lo_ = 0x80;
+                utf8_hi_ = 0xBF;
+                return true;
+            }
+            if (c == '"') {
+                if (key_) {
+                    key_ = false;
+                    mode_ = Mode::colon;
+                } else {
+                    value_done();
+                }
+                return true;
+            }
+            if (c == '\\') {
+                mode_ = Mode::esc;
+                return true;
+            }
+            if (c < 0x20) return fail();
+            if (c < 0x80) return true;
+            // UTF-8: the lead byte fixes how many continuation bytes follow, and the first one's
+            // range excludes overlong forms, surrogates and code points past U+10FFFF
+            if (c >= 0xC2 && c <= 0xDF) {
+                utf8_need_ = 1;
+            } else if (c >= 0xE0 && c <= 0xEF) {
+                utf8_need_ = 2;
+                if (c == 0xE0) utf8_lo_ = 0xA0;
+                if (c == 0xED) utf8_hi_ = 0x9F;
+            } else if (c >= 0xF0 && c <= 0xF4) {
+                utf8_need_ = 3;
+                if (c == 0xF0) utf8_lo_ = 0x90;
+                if (c == 0xF4) utf8_hi_ = 0x8F;
+            } else {
+                return fail();
+            }
+            return true;
+        case Mode::esc:
+            if (c == 'u') {
+                mode_ = Mode::hex;
+                aux_ = 0;
+                code_ = 0;
+                return true;
+            }
+            if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' || c == 't') {
+                mode_ = Mode::str;
+                return true;
+            }
+            return fail();
+        case Mode::hex: {
+            const int v = hex_value(c);
+            if (v < 0) return fail();
+            // surrogates come in pairs: a high one (D800-DBFF) then \u and a low one (DC00-DFFF)
+            if (aux_ == 0 && want_low_ && v != 0xD) return fail();
+            if (aux_ == 1 && code_ == 0xD) {
+                const bool low = v >= 0xC;
+                if (low != want_low_) return fail();
+            } else if (aux_ == 1 && want_low_) {
+                return fail();
+            }
+            code_ = uint16_t(code_ * 16 + v);
+            if (++aux_ < 4) return true;
+            if (want_low_) {
+                want_low_ = false;
+                mode_ = Mode::str;
+            } else if (code_ >= 0xD800 && code_ <= 0xDBFF) {
+                want_low_ = true;
+                mode_ = Mode::low_back;
+            } else {
+                mode_ = Mode::str;
+            }
+            return true;
+        }
+        case Mode::low_back:
+            if (c != '\\') return fail();
+            mode_ = Mode::low_u;
+            return true;
+        case Mode::low_u:
+            if (c != 'u') return fail();
+            mode_ = Mode::hex;
+            aux_ = 0;
+            code_ = 0;
+            return true;
+        case Mode::num_minus:
+            if (c == '0') {
+                mode_ = Mode::num_zero;
+                return true;
+            }
+            if (c >= '1' && c <= '9') {
+                mode_ = Mode::num_int;
+                return true;
+            }
+            return fail();
+        case Mode::num_zero:
+        case Mode::num_int:
+            if (is_digit(c) && mode_ == Mode::num_int) return true;
+            if (c == '.') {
+                mode_ = Mode::num_dot;
+                return true;
+            }
+            if (c == 'e' || c == 'E') {
+                mode_ = Mode::num_exp;
+                return true;
+            }
+            return after_number(c) || fail();
+        case Mode::num_dot:
+            if (!is_digit(c)) return fail();
+            mode_ = Mode::num_frac;
+            return true;
+        case Mode::num_frac:
+            if (is_digit(c)) return true;
+            if (c == 'e' || c == 'E') {
+                mode_ = Mode::num_exp;
+                return true;
+            }
+            return after_number(c) || fail();
+        case Mode::num_exp:
+            if (c == '+' || c == '-') {
+                mode_ = Mode::num_exp_sign;
+                return true;
+            }
+            [[fallthrough]];
+        case Mode::num_exp_sign:
+            if (!is_digit(c)) return fail();
+            mode_ = Mode::num_exp_int;
+            return true;
+        case Mode::num_exp_int:
+            if (is_digit(c)) return true;
+            return after_number(c) || fail();
+        case Mode::literal:
+            if (c != uint8_t(k_literals[lit_][aux_])) return fail();
+            if (k_literals[lit_][++aux_] == '\0') value_done();
+            return true;
+    }
+    return fail();
+}
+
+JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
+    const int32_t n = tok.n_vocab();
+    bytes_.resize(size_t(n));
+    for (int32_t id = 0; id < n; ++id) {
+        if (tok.is_eog(id)) {
+            end_tokens_.push_back(id);
+            continue;
+        }
+        const TokenType t = tok.token_type(id);
+        if (t != TokenType::normal && t != TokenType::byte) continue;
+        std::string b = tok.token_bytes(id, false);
+        if (b.empty()) continue;
+        bytes_[size_t(id)] = std::move(b);
+        order_.push_back(id);
+    }
+    std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
+        const int c = bytes_[size_t(a)].compare(bytes_[size_t(b)]);
+        return c != 0 ? c < 0 : a < b;
+    });
+    shared_.resize(order_.size(), 0);
+    for (size_t i = 1; i < order_.size(); ++i) {
+        const std::string &a = bytes_[size_t(order_[i - 1])], &b = bytes_[size_t(order_[i])];
+        size_t k = 0;
+        while (k < a.size() && k < b.size() && a[k] == b[k] && k < 0xFFFF) ++k;
+        shared_[i] = uint16_t(k);
+    }
+}
+
+JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token)
+    : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0) {}
+
+void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
+    if (!active_) return;
+    const JsonVocabulary& v = *vocab_;
+    thread_local std::vector<uint8_t> allowed;
+    allowed.assign(size_t(n_vocab), 0);
+    if (json_.complete()) {
+        for (int32_t id : v.end_tokens_)
+            if (id < n_vocab) allowed[size_t(id)] = 1;
+    } else {
+        // The tokens in byte order: states[k] is the recognizer after the first k bytes of the
+        // token before, valid for k <= valid; a token refused at byte `dead` refuses every token
+        // that shares that byte's prefix, which follow it in this order.
+        thread_local std::vector<JsonRecognizer> states;
+        states.resize(1);
+        states[0] = json_;
+        size_t valid = 0, dead = SIZE_MAX;
+        for (size_t i = 0; i < v.order_.size(); ++i) {
+            const int32_t id = v.order_[i];
+            const std::string& b = v.bytes_[size_t(id)];
+            size_t k = i == 0 ? 0 : v.shared_[i];
+            if (dead != SIZE_MAX && k > dead) continue;
+            k = std::min(k, valid);
+            if (states.size() < b.size() + 1) states.resize(b.size() + 1);
+            dead = SIZE_MAX;
+            for (size_t j = k; j < b.size(); ++j) {
+                states[j + 1] = states[j];
+                if (!states[j + 1].push(uint8_t(b[j]))) {
+                    dead = j;
+                    break;
+                }
+            }
+            valid = dead == SIZE_MAX ? b.size() : dead;
+            if (dead == SIZE_MAX && id < n_vocab) allowed[size_t(id)] = 1;
+        }
+    }
+    for (int32_t id = 0; id < n_vocab; ++id)
+        if (!allowed[size_t(id)]) logits[id] = -INFINITY;
+}
+
+void JsonConstraint::accept(int32_t token) {
+    if (!active_) {
+        active_ = token == after_token_;
+        return;
+    }
+    if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return;
+    for (char c : vocab_->bytes_[size_t(token)]) json_.push(uint8_t(c));
+}
+
+}  // namespace bigmoe
