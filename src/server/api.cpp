@@ -254,6 +254,27 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
     r.sampler.repeat_penalty = float(repeat);
     r.sampler.seed = seed < 0 ? default_seed : uint64_t(seed);
     if (auto e = logit_bias(j, &r.sampler.logit_bias)) return e;
+    // response_format: OpenAI's {"type": "text" | "json_object" | "json_schema"}; a schema is
+    // refused rather than answered with JSON that ignores it
+    if (j.contains("response_format") && !j["response_format"].is_null()) {
+        const Json& f = j["response_format"];
+        const std::string type = f.is_object() && f.contains("type") && f["type"].is_string() ? f["type"] : "";
+        if (type == "json_object")
+            r.json_object = true;
+        else if (type == "json_schema")
+            return bad(
+                "'response_format' json_schema is not supported: use {\"type\": \"json_object\"} (a JSON "
+                "object, no schema)",
+                "response_format");
+        else if (type != "text")
+            return bad("'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}",
+                       "response_format");
+    }
+    for (const char* k : {"grammar", "json_schema"})  // llama.cpp's /completion constraints
+        if (j.contains(k) && !j[k].is_null() && !(j[k].is_string() && j[k].get<std::string>().empty()) &&
+            !(j[k].is_object() && j[k].empty()))
+            return bad(
+                std::string("'") + k + "' is not supported: use \"response_format\": {\"type\": \"json_object\"}", k);
     if (j.contains("stop") && !j["stop"].is_null()) {
         const Json& s = j["stop"];
         if (s.is_string()) {

@@ -44,6 +44,7 @@ struct CompletionRequest {
     bool include_usage = false;  // stream_options.include_usage
     bool ignore_eos = false;     // llama.cpp's extension
     int logprobs = -1;           // >= 0: log-probabilities with that many alternatives per token
+    bool json_object = false;    // response_format {"type": "json_object"}: the answer is a JSON object
 };
 
 // `chat`: /v1/chat/completions; else /v1/completions (and llama.cpp's /completion, where the

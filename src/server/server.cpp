@@ -142,6 +142,9 @@ struct Server::Impl {
     std::unique_ptr<PromptCache> cache;
     std::unique_ptr<Scheduler> sched;
     std::unique_ptr<ChatFormatter> fmt;
+    // JSON mode's sorted vocabulary: built by the first request that asks for it
+    std::once_flag json_vocab_once;
+    std::shared_ptr<const JsonVocabulary> json_vocab;
     std::string model_name;
     int32_t think_open = -1, think_close = -1;
     std::mutex wake_mu;
@@ -444,6 +447,10 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     r.gen.stop = cr.stop;
     r.gen.in_reasoning = in_reasoning;
     r.gen.logprobs = cr.logprobs;
+    if (cr.json_object) {  // a reasoning model writes its reasoning first, then the object
+        std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
+        r.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1);
+    }
     r.on_piece = [job](const Piece& p) {
         std::lock_guard<std::mutex> lock(job->mu);
         if (!job->has_first) {

@@ -19,6 +19,7 @@
 #include "bigmoe/bigmoe.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
+#include "runtime/json_constraint.h"
 #include "server/server.h"
 #include "testlib.h"
 #include "tokenizer/unicode.h"
@@ -305,6 +306,46 @@ TEST_F(Serve, logit_bias_equals_the_library_with_that_bias) {
     EXPECT_EQ(std::count(banned.tokens.begin(), banned.tokens.end(), plain.tokens[0]), 0);
 }
 
+// response_format json_object: the answer is a JSON object (a random-weight model given a bias
+// toward closing strings and objects finishes one), and every answer, finished or cut by
+// max_tokens, is the start of one.
+TEST_F(Serve, json_object_answers_are_json_objects) {
+    auto e = Engine::load(model_path(), {.n_threads = 2});
+    ASSERT_TRUE(e.ok());
+    auto tok = Tokenizer::from_gguf((*e)->file());
+    ASSERT_TRUE(tok.ok());
+    Json closing = Json::object();
+    for (const char* t : {"\"", "}"}) {
+        const auto ids = (*tok)->encode(t, false, false);
+        ASSERT_EQ(ids.size(), 1u) << t;
+        closing[std::to_string(ids[0])] = 6;
+    }
+    int whole = 0;
+    for (int i = 0; i < 4; ++i) {
+        Json body = chat_body(i % 2 ? "Give me a JSON object" : "Describe the sea", 120);
+        body["response_format"] = {{"type", "json_object"}};
+        if (i < 2) body["logit_bias"] = closing;
+        if (i == 3) body["temperature"] = 1.0;
+        const Json got = post("/v1/chat/completions", body);
+        const std::string text = got["choices"][0]["message"]["content"];
+        JsonRecognizer r;
+        for (char c : text) ASSERT_TRUE(r.push(uint8_t(c))) << text;
+        if (got["choices"][0]["finish_reason"] == "stop") {
+            ++whole;
+            EXPECT_TRUE(r.complete()) << text;
+            EXPECT_TRUE(Json::parse(text, nullptr, false).is_object()) << text;
+        }
+    }
+    EXPECT_GE(whole, 2);
+    // the same on /v1/completions, streamed
+    Json c = {{"prompt", "{"}, {"max_tokens", 60}, {"temperature", 0}, {"stream", false}};
+    c["response_format"] = {{"type", "json_object"}};
+    c["logit_bias"] = closing;
+    const Json got = post("/v1/completions", c);
+    JsonRecognizer r;
+    for (char ch : got["choices"][0]["text"].get<std::string>()) ASSERT_TRUE(r.push(uint8_t(ch))) << got.dump();
+}
+
 // Tools are rendered into the prompt by the template (the model's own <tool_call> output is
 // parsed by ToolCallParser, tested on its own: a random-weight model does not call tools).
 TEST_F(Serve, tools_are_rendered_by_the_template) {
@@ -485,6 +526,12 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({1})})}}), 400},
         {"logit_bias negative id", "POST", "/completion",
          chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({-1, 2})})}}), 400},
+        {"response_format json_schema", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"response_format", {{"type", "json_schema"}, {"json_schema", Json::object()}}}}),
+         400},
+        {"response_format a string", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"response_format", "json"}}), 400},
+        {"grammar", "POST", "/completion", chat({{"prompt", "hi"}, {"grammar", "root ::= \"a\""}}), 400},
         {"presence penalty out of range", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"presence_penalty", 9}}), 400},
         {"prompt longer than a slot", "POST", "/v1/chat/completions",
