@@ -116,6 +116,44 @@ std::optional<ApiError> logit_bias(const Json& j, std::vector<std::pair<int32_t,
     return std::nullopt;
 }
 
+// tool_choice: "auto" (the default), "none" (the tools are left out of the prompt), "required"
+// (one call of some tool), or {"type": "function", "function": {"name": ...}} (one call of it).
+std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
+    constexpr const char* key = "tool_choice";
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    const Json& c = j[key];
+    std::vector<std::string> names;
+    if (r->tools.is_array())
+        for (const Json& t : r->tools)
+            if (t.is_object() && t.contains("function") && t["function"].is_object() &&
+                t["function"].contains("name") && t["function"]["name"].is_string())
+                names.push_back(t["function"]["name"]);
+    if (c.is_string() && c == "auto") return std::nullopt;
+    if (c.is_string() && c == "none") {
+        r->tools = nullptr;
+        return std::nullopt;
+    }
+    if (c.is_string() && c == "required") {
+        if (names.empty()) return bad("'tool_choice' \"required\" needs 'tools' with named functions", key);
+        r->tool_required = true;
+        if (names.size() == 1) r->forced_tool = names[0];
+        return std::nullopt;
+    }
+    if (c.is_object() && c.value("type", "") == "function" && c.contains("function") && c["function"].is_object() &&
+        c["function"].contains("name") && c["function"]["name"].is_string()) {
+        const std::string name = c["function"]["name"];
+        if (std::find(names.begin(), names.end(), name) == names.end())
+            return bad("'tool_choice' names the function '" + name + "', which is not among 'tools'", key);
+        r->tool_required = true;
+        r->forced_tool = name;
+        return std::nullopt;
+    }
+    return bad(
+        "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": "
+        "{\"name\": ...}}",
+        key);
+}
+
 // A message's content: a string, or an array of {"type": "text", "text": ...} parts.
 std::optional<ApiError> content_text(const Json& c, size_t index, std::string* out) {
     const std::string where = "messages[" + std::to_string(index) + "].content";
@@ -180,6 +218,7 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
             if (!j["tools"].is_array()) return bad("'tools' must be an array", "tools");
             r.tools = j["tools"];
         }
+        if (auto e = tool_choice(j, &r)) return e;
         if (j.contains("chat_template_kwargs")) {
             const auto& k = j["chat_template_kwargs"];
             if (!k.is_object()) return bad("'chat_template_kwargs' must be an object", "chat_template_kwargs");

@@ -32,9 +32,12 @@ Json error_body(const ApiError& e);
 struct CompletionRequest {
     bool chat = true;
     Json messages = Json::array();  // chat: [{role, content}] with content as a string
-    Json tools;                     // chat: the tools array, or null
-    bool enable_thinking = true;    // chat_template_kwargs.enable_thinking
-    std::string prompt;             // completions: the raw prompt text
+    Json tools;                     // chat: the tools array, or null ("tool_choice": "none" drops it)
+    // tool_choice: "required", or a function by name: the answer is one call (of that function)
+    bool tool_required = false;
+    std::string forced_tool;      // the function "tool_choice" names, or the only tool when required
+    bool enable_thinking = true;  // chat_template_kwargs.enable_thinking
+    std::string prompt;           // completions: the raw prompt text
     std::vector<int64_t>
         prompt_ids;  // completions: token ids given instead of text (checked against the vocabulary later)
     SamplerParams sampler;

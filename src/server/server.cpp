@@ -396,6 +396,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     // the prompt as tokens
     std::string text;
     bool in_reasoning = false;
+    std::string forced_prefix, forced_suffix;  // around the JSON a required tool call's model writes
     std::vector<int32_t> prompt;
     if (chat) {
         ChatOptions opt;
@@ -406,6 +407,18 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         text = *r;
         const size_t end = text.find_last_not_of(" \t\r\n");
         in_reasoning = end != std::string::npos && end + 1 >= 7 && text.compare(end + 1 - 7, 7, "<think>") == 0;
+        if (cr.tool_required) {
+            // The answer is one call: its opening (and the function's name when one is chosen)
+            // goes into the prompt, the model writes the JSON that follows, and the closing is
+            // added to what it wrote. An opened reasoning block is closed first, empty.
+            if (in_reasoning) text += "\n\n</think>\n\n";
+            in_reasoning = false;
+            forced_prefix = cr.forced_tool.empty()
+                                ? "<tool_call>\n"
+                                : "<tool_call>\n{\"name\": " + Json(cr.forced_tool).dump() + ", \"arguments\": ";
+            forced_suffix = cr.forced_tool.empty() ? "\n</tool_call>" : "}\n</tool_call>";
+            text += forced_prefix;
+        }
         prompt = tok->encode(text, /*parse_special=*/true, /*add_special=*/false);
     } else if (!cr.prompt_ids.empty()) {
         for (int64_t t : cr.prompt_ids) {
@@ -447,7 +460,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     r.gen.stop = cr.stop;
     r.gen.in_reasoning = in_reasoning;
     r.gen.logprobs = cr.logprobs;
-    if (cr.json_object) {  // a reasoning model writes its reasoning first, then the object
+    if (cr.json_object || cr.tool_required) {  // a reasoning model writes its reasoning first, then the object
         std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
         r.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1);
     }
@@ -521,7 +534,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
             if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
             if (tools) {  // the model's <tool_call> blocks as tool_calls
                 ToolCallParser parser;
-                ToolOutput o = parser.push(job->result.content), rest = parser.finish();
+                if (!forced_prefix.empty()) msg["content"] = forced_prefix + job->result.content + forced_suffix;
+                ToolOutput o = parser.push(msg["content"].get<std::string>()), rest = parser.finish();
                 o.text += rest.text;
                 if (!o.calls.empty()) {
                     msg["content"] = o.text.empty() ? Json(nullptr) : Json(o.text);
@@ -567,6 +581,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     };
     const bool include_usage = cr.include_usage;
     auto parser = tools ? std::make_shared<ToolCallParser>() : nullptr;
+    if (parser && !forced_prefix.empty()) parser->push(forced_prefix);  // held: the call is not complete
     auto n_calls = std::make_shared<size_t>(0);
     const int32_t t_open = think_open, t_close = think_close;
     res.set_header("Cache-Control", "no-cache");
@@ -626,7 +641,9 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
             if (!sink.is_writable()) return gone();
             if (!done) continue;
             if (parser) {
-                ToolOutput o = parser->finish();
+                ToolOutput o = parser->push(forced_suffix), rest = parser->finish();
+                o.text += rest.text;
+                o.calls.insert(o.calls.end(), rest.calls.begin(), rest.calls.end());
                 if (!send_content(o.text, o.calls)) return gone();
             }
             if (!job->error.empty()) {

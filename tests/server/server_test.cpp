@@ -376,6 +376,62 @@ TEST_F(Serve, tools_are_rendered_by_the_template) {
     EXPECT_EQ(post("/v1/chat/completions", follow)["object"], "chat.completion");
 }
 
+// tool_choice "required" or a named function: the answer is one call of it, in one piece and
+// streamed alike (the model writes the arguments under the JSON constraint; a bias toward closing
+// strings and objects makes the random-weight model finish them). "none" leaves the tools out.
+TEST_F(Serve, tool_choice_forces_a_call_or_leaves_the_tools_out) {
+    auto e = Engine::load(model_path(), {.n_threads = 2});
+    ASSERT_TRUE(e.ok());
+    auto tok = Tokenizer::from_gguf((*e)->file());
+    ASSERT_TRUE(tok.ok());
+    Json closing = Json::object();
+    for (const char* t : {"\"", "}"}) closing[std::to_string((*tok)->encode(t, false, false).at(0))] = 6;
+    const Json weather = {{"type", "function"},
+                          {"function",
+                           {{"name", "get_weather"},
+                            {"parameters", {{"type", "object"}, {"properties", {{"city", {{"type", "string"}}}}}}}}}};
+    Json body = chat_body("What is the weather in Paris?", 80);
+    body["tools"] = Json::array({weather});
+    body["logit_bias"] = closing;
+    const Json named = {{"type", "function"}, {"function", {{"name", "get_weather"}}}};
+    for (const Json& choice : {Json("required"), named}) {
+        body["tool_choice"] = choice;
+        const Json got = post("/v1/chat/completions", body);
+        ASSERT_EQ(got["choices"][0]["finish_reason"], "tool_calls") << got.dump();
+        const Json& msg = got["choices"][0]["message"];
+        EXPECT_TRUE(msg["content"].is_null()) << got.dump();
+        ASSERT_EQ(msg["tool_calls"].size(), 1u);
+        const Json& fn = msg["tool_calls"][0]["function"];
+        EXPECT_EQ(fn["name"], "get_weather");
+        EXPECT_TRUE(Json::parse(fn["arguments"].get<std::string>(), nullptr, false).is_object()) << fn.dump();
+        std::string name, arguments, finish;
+        for (const Json& ev : stream("/v1/chat/completions", body)) {
+            if (ev.is_null()) break;
+            const Json& c = ev["choices"][0];
+            if (c["delta"].contains("content")) {
+                EXPECT_EQ(c["delta"]["content"], "") << ev.dump();
+            }
+            if (c["delta"].contains("tool_calls")) {
+                name = c["delta"]["tool_calls"][0]["function"]["name"];
+                arguments = c["delta"]["tool_calls"][0]["function"]["arguments"];
+            }
+            if (c["finish_reason"].is_string()) finish = c["finish_reason"];
+        }
+        EXPECT_EQ(name, "get_weather");
+        EXPECT_EQ(arguments, fn["arguments"]);
+        EXPECT_EQ(finish, "tool_calls");
+    }
+    // with several tools "required" leaves the choice to the model: whatever it writes is answered
+    body["tools"].push_back({{"type", "function"}, {"function", {{"name", "get_time"}}}});
+    body["tool_choice"] = "required";
+    EXPECT_EQ(post("/v1/chat/completions", body)["object"], "chat.completion");
+    body["tool_choice"] = "none";
+    const Json none = post("/v1/chat/completions", body);
+    body.erase("tools");
+    body.erase("tool_choice");
+    EXPECT_EQ(none["usage"]["prompt_tokens"], post("/v1/chat/completions", body)["usage"]["prompt_tokens"]);
+}
+
 TEST_F(Serve, streams_are_sse_and_equal_the_answer_in_one_piece) {
     std::string raw;
     const Json body = chat_body("Write a list", 10);
@@ -528,6 +584,15 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({-1, 2})})}}), 400},
         {"response_format json_schema", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"response_format", {{"type", "json_schema"}, {"json_schema", Json::object()}}}}),
+         400},
+        {"tool_choice required without tools", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"tool_choice", "required"}}), 400},
+        {"tool_choice of an unknown function", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs},
+               {"tools", {{{"type", "function"}, {"function", {{"name", "f"}}}}}},
+               {"tool_choice", {{"type", "function"}, {"function", {{"name", "g"}}}}}}),
+         400},
+        {"tool_choice a number", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"tool_choice", 3}}),
          400},
         {"response_format a string", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"response_format", "json"}}), 400},
