@@ -1,5 +1,6 @@
 // The official `openai` npm client against bigmoe serve: chat (whole and streamed, the streamed
-// text equal to the whole), log-probabilities, completions, tools accepted, models, and an error surfaced as the
+// text equal to the whole), log-probabilities, completions, tools accepted and a call forced by tool_choice,
+// JSON mode, models, and an error surfaced as the
 // client's APIError with the server's status.
 // usage: node openai_client.mjs BASE_URL
 import OpenAI from "openai";
@@ -42,6 +43,34 @@ const tools = [{ type: "function", function: { name: "get_weather", description:
   parameters: { type: "object", properties: { city: { type: "string" } }, required: ["city"] } } }];
 const withTools = await client.chat.completions.create({ model: "m", messages, tools, max_tokens: 4, temperature: 0 });
 check(withTools.usage.prompt_tokens > whole.usage.prompt_tokens, "tools are in the prompt");
+// a named function: the answer is a call of it, its arguments a JSON object; the same streamed
+// (a bias toward closing strings and objects makes the random-weight model finish the arguments)
+const tokenId = async (text) => {
+  const r = await fetch(baseURL.replace(/\/v1$/, "") + "/tokenize", { method: "POST", body: JSON.stringify({ content: text }) });
+  return (await r.json()).tokens[0];
+};
+const logit_bias = { [await tokenId('"')]: 6, [await tokenId("}")]: 6 };
+const toolChoice = { type: "function", function: { name: "get_weather" } };
+const forced = await client.chat.completions.create({
+  model: "m", messages, tools, tool_choice: toolChoice, logit_bias, max_tokens: 60, temperature: 0 });
+const call = forced.choices[0].message.tool_calls?.[0];
+check(forced.choices[0].finish_reason === "tool_calls" && call?.function.name === "get_weather",
+      `a forced call (${JSON.stringify(forced.choices[0])})`);
+const args = JSON.parse(call.function.arguments);
+check(typeof args === "object" && !Array.isArray(args), "its arguments are a JSON object");
+const fstream = await client.chat.completions.create({
+  model: "m", messages, tools, tool_choice: toolChoice, logit_bias, max_tokens: 60, temperature: 0, stream: true });
+let streamedArgs = "", streamedName = "";
+for await (const chunk of fstream)
+  for (const c of chunk.choices)
+    for (const t of c.delta?.tool_calls ?? []) {
+      streamedName += t.function?.name ?? "";
+      streamedArgs += t.function?.arguments ?? "";
+    }
+check(streamedName === "get_weather" && streamedArgs === call.function.arguments, "the streamed call is the same");
+const json = await client.chat.completions.create({
+  model: "m", messages, response_format: { type: "json_object" }, max_tokens: 40, temperature: 0 });
+check(typeof json.choices[0].message.content === "string", "JSON mode answers");
 
 const comp = await client.completions.create({ model: "m", prompt: "Once upon a time", max_tokens: 6, temperature: 0 });
 check(comp.object === "text_completion" && typeof comp.choices[0].text === "string", "completion");
