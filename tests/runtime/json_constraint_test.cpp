@@ -28,7 +28,9 @@ bool recognizer_takes(const std::string& text) {
 
 // Whether nlohmann reads the text as an object; nullopt where it refuses a number too large for a
 // double ("number overflow"), a limit of that parser rather than of JSON's grammar.
+// (A NUL byte is never JSON; nlohmann takes one after the value as the end of its input.)
 std::optional<bool> parser_reads(const std::string& text) {
+    if (text.find('\0') != std::string::npos) return false;
     try {
         return Json::parse(text).is_object();
     } catch (const Json::out_of_range& e) {
