@@ -279,6 +279,9 @@ bool JsonRecognizer::push(uint8_t c) {
 JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
     const int32_t n = tok.n_vocab();
     bytes_.resize(size_t(n));
+    JsonRecognizer in_string;  // inside a key: '{' then '"'
+    in_string.push('{');
+    in_string.push('"');
     for (int32_t id = 0; id < n; ++id) {
         if (tok.is_eog(id)) {
             end_tokens_.push_back(id);
@@ -288,24 +291,62 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
         if (t != TokenType::normal && t != TokenType::byte) continue;
         std::string b = tok.token_bytes(id, false);
         if (b.empty()) continue;
+        JsonRecognizer r = in_string;
+        bool plain = true;
+        for (char c : b) plain = plain && c != '"' && c != '\\' && r.push(uint8_t(c));
+        plain = plain && r.in_plain_string();
+        (plain ? plain_ : not_plain_.ids).push_back(id);
+        all_.ids.push_back(id);
         bytes_[size_t(id)] = std::move(b);
-        order_.push_back(id);
     }
-    std::sort(order_.begin(), order_.end(), [&](int32_t a, int32_t b) {
+    sort(all_);
+    sort(not_plain_);
+}
+
+void JsonVocabulary::sort(Sorted& s) const {
+    std::sort(s.ids.begin(), s.ids.end(), [&](int32_t a, int32_t b) {
         const int c = bytes_[size_t(a)].compare(bytes_[size_t(b)]);
         return c != 0 ? c < 0 : a < b;
     });
-    shared_.resize(order_.size(), 0);
-    for (size_t i = 1; i < order_.size(); ++i) {
-        const std::string &a = bytes_[size_t(order_[i - 1])], &b = bytes_[size_t(order_[i])];
+    s.shared.assign(s.ids.size(), 0);
+    for (size_t i = 1; i < s.ids.size(); ++i) {
+        const std::string &a = bytes_[size_t(s.ids[i - 1])], &b = bytes_[size_t(s.ids[i])];
         size_t k = 0;
         while (k < a.size() && k < b.size() && a[k] == b[k] && k < 0xFFFF) ++k;
-        shared_[i] = uint16_t(k);
+        s.shared[i] = uint16_t(k);
     }
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token)
     : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0) {}
+
+// states[k] is the recognizer after the first k bytes of the token before, valid for k <= valid;
+// a token refused at byte `dead` refuses every token that shares that byte's prefix, which
+// follow it in byte order.
+void JsonConstraint::walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const {
+    thread_local std::vector<JsonRecognizer> states;
+    states.resize(1);
+    states[0] = json_;
+    size_t valid = 0, dead = SIZE_MAX;
+    for (size_t i = 0; i < s.ids.size(); ++i) {
+        const int32_t id = s.ids[i];
+        const std::string& b = vocab_->bytes_[size_t(id)];
+        size_t k = i == 0 ? 0 : s.shared[i];
+        if (dead != SIZE_MAX && k > dead) continue;
+        k = std::min(k, valid);
+        if (states.size() < b.size() + 1) states.resize(b.size() + 1);
+        dead = SIZE_MAX;
+        for (size_t j = k; j < b.size(); ++j) {
+            states[j + 1] = states[j];
+            if (!states[j + 1].push(uint8_t(b[j]))) {
+                dead = j;
+                break;
+            }
+        }
+        valid = dead == SIZE_MAX ? b.size() : dead;
+        if (dead == SIZE_MAX && size_t(id) < allowed.size()) allowed[size_t(id)] = 1;
+    }
+}
 
 void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (!active_) return;
@@ -315,32 +356,12 @@ void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (json_.complete()) {
         for (int32_t id : v.end_tokens_)
             if (id < n_vocab) allowed[size_t(id)] = 1;
+    } else if (json_.in_plain_string()) {  // most of a JSON text: only the other tokens need reading
+        for (int32_t id : v.plain_)
+            if (id < n_vocab) allowed[size_t(id)] = 1;
+        walk(v.not_plain_, allowed);
     } else {
-        // The tokens in byte order: states[k] is the recognizer after the first k bytes of the
-        // token before, valid for k <= valid; a token refused at byte `dead` refuses every token
-        // that shares that byte's prefix, which follow it in this order.
-        thread_local std::vector<JsonRecognizer> states;
-        states.resize(1);
-        states[0] = json_;
-        size_t valid = 0, dead = SIZE_MAX;
-        for (size_t i = 0; i < v.order_.size(); ++i) {
-            const int32_t id = v.order_[i];
-            const std::string& b = v.bytes_[size_t(id)];
-            size_t k = i == 0 ? 0 : v.shared_[i];
-            if (dead != SIZE_MAX && k > dead) continue;
-            k = std::min(k, valid);
-            if (states.size() < b.size() + 1) states.resize(b.size() + 1);
-            dead = SIZE_MAX;
-            for (size_t j = k; j < b.size(); ++j) {
-                states[j + 1] = states[j];
-                if (!states[j + 1].push(uint8_t(b[j]))) {
-                    dead = j;
-                    break;
-                }
-            }
-            valid = dead == SIZE_MAX ? b.size() : dead;
-            if (dead == SIZE_MAX && id < n_vocab) allowed[size_t(id)] = 1;
-        }
+        walk(v.all_, allowed);
     }
     for (int32_t id = 0; id < n_vocab; ++id)
         if (!allowed[size_t(id)]) logits[id] = -INFINITY;

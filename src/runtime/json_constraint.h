@@ -25,6 +25,9 @@ class JsonRecognizer {
     bool push(uint8_t c);
     // Whether the bytes so far are a whole JSON object (whitespace may follow, nothing else).
     bool complete() const { return mode_ == Mode::done; }
+    // Inside a string between characters, where a token of plain string bytes (no quote, no
+    // backslash, no control byte, whole UTF-8 characters) is always taken and changes nothing.
+    bool in_plain_string() const { return mode_ == Mode::str && utf8_need_ == 0; }
 
   private:
     enum class Mode : uint8_t {
@@ -81,10 +84,18 @@ class JsonVocabulary {
 
   private:
     friend class JsonConstraint;
+    // Tokens in byte order and how many bytes each shares with the one before.
+    struct Sorted {
+        std::vector<int32_t> ids;
+        std::vector<uint16_t> shared;
+    };
+    void sort(Sorted& s) const;
+
     const Tokenizer& tok_;
-    std::vector<int32_t> order_;       // text tokens (normal and byte types), by bytes
-    std::vector<uint16_t> shared_;     // bytes order_[i] shares with order_[i - 1]
     std::vector<std::string> bytes_;   // by token id (empty: never allowed as text)
+    Sorted all_;                       // the text tokens (normal and byte types)
+    Sorted not_plain_;                 // those that are not plain string bytes
+    std::vector<int32_t> plain_;       // those that are
     std::vector<int32_t> end_tokens_;  // end-of-generation tokens
 };
 
@@ -103,6 +114,9 @@ class JsonConstraint {
     bool complete() const { return json_.complete(); }
 
   private:
+    // Marks the tokens of `s` that the recognizer takes whole from its current state.
+    void walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const;
+
     std::shared_ptr<const JsonVocabulary> vocab_;
     int32_t after_token_;
     bool active_;

@@ -227,6 +227,19 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
                 ended = true;
                 break;
             }
+            if (step % 25 == 7) {  // the mask equals each token's bytes read one by one
+                JsonRecognizer now;
+                for (char ch : text) now.push(uint8_t(ch));
+                for (int32_t id = 0; id < n; ++id) {
+                    const TokenType type = (*tok)->token_type(id);
+                    const std::string b = (*tok)->token_bytes(id, false);
+                    bool takes = !(*tok)->is_eog(id) && (type == TokenType::normal || type == TokenType::byte) &&
+                                 !b.empty();
+                    JsonRecognizer r = now;
+                    for (char ch : b) takes = takes && r.push(uint8_t(ch));
+                    ASSERT_EQ(std::isfinite(logits[size_t(id)]), takes) << "token " << id << " after " << text;
+                }
+            }
             text += (*tok)->token_bytes(best, false);
             c.accept(best);
             JsonRecognizer check;  // the text so far is always the start of an object
