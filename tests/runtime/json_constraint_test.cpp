@@ -233,8 +233,8 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
                 for (int32_t id = 0; id < n; ++id) {
                     const TokenType type = (*tok)->token_type(id);
                     const std::string b = (*tok)->token_bytes(id, false);
-                    bool takes = !(*tok)->is_eog(id) && (type == TokenType::normal || type == TokenType::byte) &&
-                                 !b.empty();
+                    bool takes =
+                        !(*tok)->is_eog(id) && (type == TokenType::normal || type == TokenType::byte) && !b.empty();
                     JsonRecognizer r = now;
                     for (char ch : b) takes = takes && r.push(uint8_t(ch));
                     ASSERT_EQ(std::isfinite(logits[size_t(id)]), takes) << "token " << id << " after " << text;
