@@ -68,6 +68,17 @@ class Serve : public ::testing::Test {
         EXPECT_EQ(res->status, want_status) << path << " " << res->body;
         return Json::parse(res->body, nullptr, false);
     }
+    // A logit_bias toward closing strings and objects (the tokens '"' and '}'), which makes a
+    // random-weight model finish the JSON it is held to.
+    Json closing_bias() const {
+        Json bias = Json::object();
+        for (const char* t : {"\"", "}"}) {
+            const Json ids = post("/tokenize", {{"content", t}})["tokens"];
+            EXPECT_EQ(ids.size(), 1u) << t;
+            if (!ids.empty()) bias[std::to_string(ids[0].get<int64_t>())] = 6;
+        }
+        return bias;
+    }
     // A streamed request: the data lines' JSON (the last entry null for [DONE]).
     std::vector<Json> stream(const std::string& path, Json body, std::string* raw = nullptr) const {
         body["stream"] = true;
@@ -310,16 +321,7 @@ TEST_F(Serve, logit_bias_equals_the_library_with_that_bias) {
 // toward closing strings and objects finishes one), and every answer, finished or cut by
 // max_tokens, is the start of one.
 TEST_F(Serve, json_object_answers_are_json_objects) {
-    auto e = Engine::load(model_path(), {.n_threads = 2});
-    ASSERT_TRUE(e.ok());
-    auto tok = Tokenizer::from_gguf((*e)->file());
-    ASSERT_TRUE(tok.ok());
-    Json closing = Json::object();
-    for (const char* t : {"\"", "}"}) {
-        const auto ids = (*tok)->encode(t, false, false);
-        ASSERT_EQ(ids.size(), 1u) << t;
-        closing[std::to_string(ids[0])] = 6;
-    }
+    const Json closing = closing_bias();
     int whole = 0;
     for (int i = 0; i < 4; ++i) {
         Json body = chat_body(i % 2 ? "Give me a JSON object" : "Describe the sea", 120);
@@ -380,12 +382,7 @@ TEST_F(Serve, tools_are_rendered_by_the_template) {
 // streamed alike (the model writes the arguments under the JSON constraint; a bias toward closing
 // strings and objects makes the random-weight model finish them). "none" leaves the tools out.
 TEST_F(Serve, tool_choice_forces_a_call_or_leaves_the_tools_out) {
-    auto e = Engine::load(model_path(), {.n_threads = 2});
-    ASSERT_TRUE(e.ok());
-    auto tok = Tokenizer::from_gguf((*e)->file());
-    ASSERT_TRUE(tok.ok());
-    Json closing = Json::object();
-    for (const char* t : {"\"", "}"}) closing[std::to_string((*tok)->encode(t, false, false).at(0))] = 6;
+    const Json closing = closing_bias();
     const Json weather = {{"type", "function"},
                           {"function",
                            {{"name", "get_weather"},
