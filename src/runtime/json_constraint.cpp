@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "runtime/json_schema.h"
 #include "tokenizer/tokenizer.h"
 
 namespace bigmoe {
@@ -296,6 +297,11 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
         for (char c : b) plain = plain && c != '"' && c != '\\' && r.push(uint8_t(c));
         plain = plain && r.in_plain_string();
         (plain ? plain_ : not_plain_.ids).push_back(id);
+        if (plain) {
+            size_t chars = 0;
+            for (char c : b) chars += (uint8_t(c) & 0xC0) != 0x80;
+            plain_chars_.push_back(uint16_t(std::min<size_t>(chars, 0xFFFF)));
+        }
         all_.ids.push_back(id);
         bytes_[size_t(id)] = std::move(b);
     }
@@ -317,16 +323,36 @@ void JsonVocabulary::sort(Sorted& s) const {
     }
 }
 
-JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token)
-    : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0) {}
+JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
+                               std::shared_ptr<const JsonSchema> schema)
+    : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0), schema_(std::move(schema)) {
+    if (schema_) schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
+}
+
+JsonConstraint::~JsonConstraint() = default;
+
+bool JsonConstraint::complete() const {
+    return schema_json_ ? schema_json_->complete() : json_.complete();
+}
+
+namespace {
+// Moves a copy on by one byte; a refused byte may leave the copy unspecified.
+bool advance(JsonRecognizer& r, uint8_t c) {
+    return r.push(c);
+}
+bool advance(SchemaRecognizer& r, uint8_t c) {
+    return r.advance(c);
+}
+}  // namespace
 
 // states[k] is the recognizer after the first k bytes of the token before, valid for k <= valid;
 // a token refused at byte `dead` refuses every token that shares that byte's prefix, which
 // follow it in byte order.
-void JsonConstraint::walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const {
-    thread_local std::vector<JsonRecognizer> states;
-    states.resize(1);
-    states[0] = json_;
+template <class R>
+void JsonConstraint::walk(const R& r, const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const {
+    thread_local std::vector<R> states;
+    states.clear();
+    states.push_back(r);
     size_t valid = 0, dead = SIZE_MAX;
     for (size_t i = 0; i < s.ids.size(); ++i) {
         const int32_t id = s.ids[i];
@@ -334,11 +360,11 @@ void JsonConstraint::walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>&
         size_t k = i == 0 ? 0 : s.shared[i];
         if (dead != SIZE_MAX && k > dead) continue;
         k = std::min(k, valid);
-        if (states.size() < b.size() + 1) states.resize(b.size() + 1);
+        while (states.size() < b.size() + 1) states.push_back(r);
         dead = SIZE_MAX;
         for (size_t j = k; j < b.size(); ++j) {
             states[j + 1] = states[j];
-            if (!states[j + 1].push(uint8_t(b[j]))) {
+            if (!advance(states[j + 1], uint8_t(b[j]))) {
                 dead = j;
                 break;
             }
@@ -348,21 +374,30 @@ void JsonConstraint::walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>&
     }
 }
 
+template <class R>
+void JsonConstraint::mask_with(const R& r, std::vector<uint8_t>& allowed) const {
+    const JsonVocabulary& v = *vocab_;
+    if (r.complete()) {
+        for (int32_t id : v.end_tokens_)
+            if (size_t(id) < allowed.size()) allowed[size_t(id)] = 1;
+    } else if (const uint32_t room = r.plain_room(); room > 0) {
+        // most of a JSON text: only the tokens that are not plain string bytes need reading
+        for (size_t i = 0; i < v.plain_.size(); ++i)
+            if (size_t(v.plain_[i]) < allowed.size() && v.plain_chars_[i] <= room) allowed[size_t(v.plain_[i])] = 1;
+        walk(r, v.not_plain_, allowed);
+    } else {
+        walk(r, v.all_, allowed);
+    }
+}
+
 void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (!active_) return;
-    const JsonVocabulary& v = *vocab_;
     thread_local std::vector<uint8_t> allowed;
     allowed.assign(size_t(n_vocab), 0);
-    if (json_.complete()) {
-        for (int32_t id : v.end_tokens_)
-            if (id < n_vocab) allowed[size_t(id)] = 1;
-    } else if (json_.in_plain_string()) {  // most of a JSON text: only the other tokens need reading
-        for (int32_t id : v.plain_)
-            if (id < n_vocab) allowed[size_t(id)] = 1;
-        walk(v.not_plain_, allowed);
-    } else {
-        walk(v.all_, allowed);
-    }
+    if (schema_json_)
+        mask_with(*schema_json_, allowed);
+    else
+        mask_with(json_, allowed);
     for (int32_t id = 0; id < n_vocab; ++id)
         if (!allowed[size_t(id)]) logits[id] = -INFINITY;
 }
@@ -373,7 +408,12 @@ void JsonConstraint::accept(int32_t token) {
         return;
     }
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return;
-    for (char c : vocab_->bytes_[size_t(token)]) json_.push(uint8_t(c));
+    for (char c : vocab_->bytes_[size_t(token)]) {
+        if (schema_json_)
+            schema_json_->push(uint8_t(c));
+        else
+            json_.push(uint8_t(c));
+    }
 }
 
 }  // namespace bigmoe

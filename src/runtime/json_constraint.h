@@ -15,6 +15,8 @@
 namespace bigmoe {
 
 class Tokenizer;
+class JsonSchema;
+class SchemaRecognizer;
 
 class JsonRecognizer {
   public:
@@ -28,8 +30,11 @@ class JsonRecognizer {
     // Inside a string between characters, where a token of plain string bytes (no quote, no
     // backslash, no control byte, whole UTF-8 characters) is always taken and changes nothing.
     bool in_plain_string() const { return mode_ == Mode::str && utf8_need_ == 0; }
+    // How many characters of plain string bytes are taken here (0: none, or not in a string).
+    uint32_t plain_room() const { return in_plain_string() ? UINT32_MAX : 0; }
 
   private:
+    friend class SchemaRecognizer;  // reads the syntax's state to follow a schema
     enum class Mode : uint8_t {
         start,      // before the top-level '{'
         obj_first,  // after '{': a key or '}'
@@ -92,18 +97,22 @@ class JsonVocabulary {
     void sort(Sorted& s) const;
 
     const Tokenizer& tok_;
-    std::vector<std::string> bytes_;   // by token id (empty: never allowed as text)
-    Sorted all_;                       // the text tokens (normal and byte types)
-    Sorted not_plain_;                 // those that are not plain string bytes
-    std::vector<int32_t> plain_;       // those that are
-    std::vector<int32_t> end_tokens_;  // end-of-generation tokens
+    std::vector<std::string> bytes_;     // by token id (empty: never allowed as text)
+    Sorted all_;                         // the text tokens (normal and byte types)
+    Sorted not_plain_;                   // those that are not plain string bytes
+    std::vector<int32_t> plain_;         // those that are
+    std::vector<uint16_t> plain_chars_;  // [i]: plain_[i]'s characters
+    std::vector<int32_t> end_tokens_;    // end-of-generation tokens
 };
 
 class JsonConstraint {
   public:
     // `after_token` >= 0: the constraint starts after that token (the reasoning's </think> when
-    // the prompt opened <think>); until then nothing is masked.
-    explicit JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token = -1);
+    // the prompt opened <think>); until then nothing is masked. With a schema the object must be
+    // one of its instances (json_schema.h); without, any JSON object.
+    explicit JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token = -1,
+                            std::shared_ptr<const JsonSchema> schema = nullptr);
+    ~JsonConstraint();
     // Sets the logits of the tokens that cannot come next to -infinity: text tokens that the
     // recognizer would refuse (control and user-defined tokens always), end-of-generation tokens
     // until the object is complete, and every other token once it is.
@@ -111,16 +120,21 @@ class JsonConstraint {
     // The chosen token moves the recognizer on.
     void accept(int32_t token);
     bool active() const { return active_; }
-    bool complete() const { return json_.complete(); }
+    bool complete() const;
 
   private:
-    // Marks the tokens of `s` that the recognizer takes whole from its current state.
-    void walk(const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const;
+    // Marks the tokens of `s` that recognizer `r` takes whole from its current state.
+    template <class R>
+    void walk(const R& r, const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const;
+    template <class R>
+    void mask_with(const R& r, std::vector<uint8_t>& allowed) const;
 
     std::shared_ptr<const JsonVocabulary> vocab_;
     int32_t after_token_;
     bool active_;
-    JsonRecognizer json_;
+    JsonRecognizer json_;  // without a schema
+    std::shared_ptr<const JsonSchema> schema_;
+    std::unique_ptr<SchemaRecognizer> schema_json_;  // with one
 };
 
 }  // namespace bigmoe

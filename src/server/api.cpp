@@ -116,6 +116,33 @@ std::optional<ApiError> logit_bias(const Json& j, std::vector<std::pair<int32_t,
     return std::nullopt;
 }
 
+// A schema compiled for constrained generation, or the error that says which part is not supported.
+std::optional<ApiError> compile_schema(const Json& schema, const std::string& param,
+                                       std::shared_ptr<const JsonSchema>* out) {
+    auto s = JsonSchema::compile(nlohmann::json(schema));
+    if (!s) return bad("'" + param + "': " + s.error().message, param);
+    *out = *s;
+    return std::nullopt;
+}
+
+// The forced function's arguments follow its parameters' schema where it compiles; a schema with
+// keywords the constraint cannot enforce leaves them any JSON object, unless the function is
+// "strict" (then the request is refused, as OpenAI refuses such strict schemas).
+std::optional<ApiError> tool_schema(CompletionRequest* r) {
+    for (const Json& t : r->tools) {
+        if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
+        const Json& f = t["function"];
+        if (f.value("name", Json()) != r->forced_tool || !f.contains("parameters")) continue;
+        auto e = compile_schema(f["parameters"], "tools", &r->tool_schema);
+        if (e && f.value("strict", false)) {
+            e->message = "the function '" + r->forced_tool + "' is strict, but its parameters " + e->message;
+            return e;
+        }
+        return std::nullopt;
+    }
+    return std::nullopt;
+}
+
 // tool_choice: "auto" (the default), "none" (the tools are left out of the prompt), "required"
 // (one call of some tool), or {"type": "function", "function": {"name": ...}} (one call of it).
 std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
@@ -136,7 +163,10 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
     if (c.is_string() && c == "required") {
         if (names.empty()) return bad("'tool_choice' \"required\" needs 'tools' with named functions", key);
         r->tool_required = true;
-        if (names.size() == 1) r->forced_tool = names[0];
+        if (names.size() == 1) {
+            r->forced_tool = names[0];
+            return tool_schema(r);
+        }
         return std::nullopt;
     }
     if (c.is_object() && c.value("type", "") == "function" && c.contains("function") && c["function"].is_object() &&
@@ -146,7 +176,7 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
             return bad("'tool_choice' names the function '" + name + "', which is not among 'tools'", key);
         r->tool_required = true;
         r->forced_tool = name;
-        return std::nullopt;
+        return tool_schema(r);
     }
     return bad(
         "'tool_choice' must be \"auto\", \"none\", \"required\" or {\"type\": \"function\", \"function\": "
@@ -298,22 +328,36 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
     if (j.contains("response_format") && !j["response_format"].is_null()) {
         const Json& f = j["response_format"];
         const std::string type = f.is_object() && f.contains("type") && f["type"].is_string() ? f["type"] : "";
-        if (type == "json_object")
-            r.json_object = true;
-        else if (type == "json_schema")
+        if (type == "json_object") {
+            // llama.cpp's extension: {"type": "json_object", "schema": {...}}
+            if (f.contains("schema") && !f["schema"].is_null()) {
+                if (auto e = compile_schema(f["schema"], "response_format", &r.schema)) return e;
+            } else {
+                r.json_object = true;
+            }
+        } else if (type == "json_schema") {
+            const Json& js = f.contains("json_schema") ? f["json_schema"] : Json();
+            if (!js.is_object() || !js.contains("schema"))
+                return bad("'response_format' json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}",
+                           "response_format");
+            if (auto e = compile_schema(js["schema"], "response_format", &r.schema)) return e;
+        } else if (type != "text") {
             return bad(
-                "'response_format' json_schema is not supported: use {\"type\": \"json_object\"} (a JSON "
-                "object, no schema)",
+                "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
+                "{\"type\": \"json_schema\", \"json_schema\": {...}}",
                 "response_format");
-        else if (type != "text")
-            return bad("'response_format' must be {\"type\": \"text\"} or {\"type\": \"json_object\"}",
-                       "response_format");
+        }
     }
-    for (const char* k : {"grammar", "json_schema"})  // llama.cpp's /completion constraints
-        if (j.contains(k) && !j[k].is_null() && !(j[k].is_string() && j[k].get<std::string>().empty()) &&
-            !(j[k].is_object() && j[k].empty()))
-            return bad(
-                std::string("'") + k + "' is not supported: use \"response_format\": {\"type\": \"json_object\"}", k);
+    // llama.cpp's top-level "json_schema" (an empty schema: no constraint)
+    if (j.contains("json_schema") && !j["json_schema"].is_null() &&
+        !(j["json_schema"].is_object() && j["json_schema"].empty())) {
+        if (r.schema || r.json_object)
+            return bad("give either 'json_schema' or 'response_format', not both", "json_schema");
+        if (auto e = compile_schema(j["json_schema"], "json_schema", &r.schema)) return e;
+    }
+    if (j.contains("grammar") && !j["grammar"].is_null() &&
+        !(j["grammar"].is_string() && j["grammar"].get<std::string>().empty()))
+        return bad("'grammar' (GBNF) is not supported: use \"json_schema\" or \"response_format\"", "grammar");
     if (j.contains("stop") && !j["stop"].is_null()) {
         const Json& s = j["stop"];
         if (s.is_string()) {

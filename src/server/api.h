@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/generator.h"
+#include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 
@@ -35,7 +36,9 @@ struct CompletionRequest {
     Json tools;                     // chat: the tools array, or null ("tool_choice": "none" drops it)
     // tool_choice: "required", or a function by name: the answer is one call (of that function)
     bool tool_required = false;
-    std::string forced_tool;      // the function "tool_choice" names, or the only tool when required
+    std::string forced_tool;  // the function "tool_choice" names, or the only tool when required
+    // The forced function's parameters compiled, when they compile (else any JSON object).
+    std::shared_ptr<const JsonSchema> tool_schema;
     bool enable_thinking = true;  // chat_template_kwargs.enable_thinking
     std::string prompt;           // completions: the raw prompt text
     std::vector<int64_t>
@@ -48,6 +51,8 @@ struct CompletionRequest {
     bool ignore_eos = false;     // llama.cpp's extension
     int logprobs = -1;           // >= 0: log-probabilities with that many alternatives per token
     bool json_object = false;    // response_format {"type": "json_object"}: the answer is a JSON object
+    // response_format {"type": "json_schema"} (llama.cpp: "json_schema"): an instance of this
+    std::shared_ptr<const JsonSchema> schema;
 };
 
 // `chat`: /v1/chat/completions; else /v1/completions (and llama.cpp's /completion, where the

@@ -1,6 +1,6 @@
 // The official `openai` npm client against bigmoe serve: chat (whole and streamed, the streamed
 // text equal to the whole), log-probabilities, completions, tools accepted and a call forced by tool_choice,
-// JSON mode, models, and an error surfaced as the
+// JSON mode, structured output (json_schema), models, and an error surfaced as the
 // client's APIError with the server's status.
 // usage: node openai_client.mjs BASE_URL
 import OpenAI from "openai";
@@ -57,7 +57,8 @@ const call = forced.choices[0].message.tool_calls?.[0];
 check(forced.choices[0].finish_reason === "tool_calls" && call?.function.name === "get_weather",
       `a forced call (${JSON.stringify(forced.choices[0])})`);
 const args = JSON.parse(call.function.arguments);
-check(typeof args === "object" && !Array.isArray(args), "its arguments are a JSON object");
+check(typeof args === "object" && !Array.isArray(args) && typeof args.city === "string",
+      "its arguments are an instance of its parameters");
 const fstream = await client.chat.completions.create({
   model: "m", messages, tools, tool_choice: toolChoice, logit_bias, max_tokens: 60, temperature: 0, stream: true });
 let streamedArgs = "", streamedName = "";
@@ -71,6 +72,13 @@ check(streamedName === "get_weather" && streamedArgs === call.function.arguments
 const json = await client.chat.completions.create({
   model: "m", messages, response_format: { type: "json_object" }, max_tokens: 40, temperature: 0 });
 check(typeof json.choices[0].message.content === "string", "JSON mode answers");
+const schema = { type: "object", properties: { unit: { enum: ["celsius", "fahrenheit"] }, city: { type: "string" } },
+  required: ["unit", "city"], additionalProperties: false };
+const structured = await client.chat.completions.create({ model: "m", messages, logit_bias, max_tokens: 80,
+  temperature: 0, response_format: { type: "json_schema", json_schema: { name: "weather", strict: true, schema } } });
+const answer = JSON.parse(structured.choices[0].message.content);
+check(["celsius", "fahrenheit"].includes(answer.unit) && typeof answer.city === "string" &&
+      Object.keys(answer).length === 2, `structured output follows the schema (${JSON.stringify(answer)})`);
 
 const comp = await client.completions.create({ model: "m", prompt: "Once upon a time", max_tokens: 6, temperature: 0 });
 check(comp.object === "text_completion" && typeof comp.choices[0].text === "string", "completion");

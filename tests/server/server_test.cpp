@@ -20,6 +20,7 @@
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
 #include "runtime/json_constraint.h"
+#include "runtime/json_schema.h"
 #include "server/server.h"
 #include "testlib.h"
 #include "tokenizer/unicode.h"
@@ -348,6 +349,72 @@ TEST_F(Serve, json_object_answers_are_json_objects) {
     for (char ch : got["choices"][0]["text"].get<std::string>()) ASSERT_TRUE(r.push(uint8_t(ch))) << got.dump();
 }
 
+// response_format json_schema (and llama.cpp's "json_schema"): answers are instances of the
+// schema; cut by max_tokens they are the start of one. A forced tool call's arguments follow the
+// function's parameters.
+TEST_F(Serve, json_schema_answers_are_instances) {
+    const Json closing = closing_bias();
+    const Json schema = {{"type", "object"},
+                         {"properties",
+                          {{"city", {{"type", "string"}, {"maxLength", 12}}},
+                           {"unit", {{"enum", {"celsius", "fahrenheit"}}}},
+                           {"days", {{"type", "integer"}}}}},
+                         {"required", {"city", "unit"}},
+                         {"additionalProperties", false}};
+    auto compiled = JsonSchema::compile(nlohmann::json(schema));
+    ASSERT_TRUE(compiled.ok());
+    auto check = [&](const std::string& text, bool finished) {
+        SchemaRecognizer r(compiled->get());
+        for (char c : text) ASSERT_TRUE(r.push(uint8_t(c))) << text;
+        if (finished) {
+            EXPECT_TRUE(r.complete()) << text;
+            const Json v = Json::parse(text, nullptr, false);
+            ASSERT_TRUE(v.is_object()) << text;
+            EXPECT_TRUE(v["unit"] == "celsius" || v["unit"] == "fahrenheit") << text;
+            EXPECT_TRUE(v["city"].is_string()) << text;
+        }
+    };
+    int whole = 0;
+    for (int i = 0; i < 3; ++i) {
+        Json body = chat_body("What is the weather in Paris?", 120);
+        body["response_format"] = {{"type", "json_schema"},
+                                   {"json_schema", {{"name", "weather"}, {"strict", true}, {"schema", schema}}}};
+        body["logit_bias"] = closing;
+        if (i == 2) body["temperature"] = 1.0;
+        const Json got = post("/v1/chat/completions", body);
+        const std::string text = got["choices"][0]["message"]["content"];
+        const bool finished = got["choices"][0]["finish_reason"] == "stop";
+        whole += finished;
+        check(text, finished);
+        if (i == 0) {  // streamed alike
+            std::string streamed;
+            for (const Json& ev : stream("/v1/chat/completions", body)) {
+                if (ev.is_null()) break;
+                const Json& d = ev["choices"][0]["delta"];
+                if (d.contains("content") && d["content"].is_string()) streamed += d["content"].get<std::string>();
+            }
+            EXPECT_EQ(streamed, text);
+        }
+    }
+    EXPECT_GE(whole, 2);
+    // llama.cpp's /completion with a top-level json_schema
+    const Json llama = post("/completion", {{"prompt", "Weather report as JSON:"},
+                                            {"n_predict", 120},
+                                            {"temperature", 0},
+                                            {"json_schema", schema},
+                                            {"logit_bias", closing}});
+    check(llama["content"], llama["choices"][0]["finish_reason"] == "stop");
+    // a forced call's arguments are an instance of the function's parameters
+    Json body = chat_body("What is the weather in Paris?", 120);
+    body["tools"] =
+        Json::array({{{"type", "function"}, {"function", {{"name", "get_weather"}, {"parameters", schema}}}}});
+    body["tool_choice"] = "required";
+    body["logit_bias"] = closing;
+    const Json got = post("/v1/chat/completions", body);
+    ASSERT_EQ(got["choices"][0]["finish_reason"], "tool_calls") << got.dump();
+    check(got["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], true);
+}
+
 // Tools are rendered into the prompt by the template (the model's own <tool_call> output is
 // parsed by ToolCallParser, tested on its own: a random-weight model does not call tools).
 TEST_F(Serve, tools_are_rendered_by_the_template) {
@@ -579,8 +646,33 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({1})})}}), 400},
         {"logit_bias negative id", "POST", "/completion",
          chat({{"prompt", "hi"}, {"logit_bias", Json::array({Json::array({-1, 2})})}}), 400},
-        {"response_format json_schema", "POST", "/v1/chat/completions",
+        {"response_format json_schema without a schema", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"response_format", {{"type", "json_schema"}, {"json_schema", Json::object()}}}}),
+         400},
+        {"json_schema with a keyword not enforced", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs},
+               {"response_format",
+                {{"type", "json_schema"},
+                 {"json_schema",
+                  {{"name", "x"},
+                   {"schema",
+                    {{"type", "object"}, {"properties", {{"a", {{"type", "string"}, {"pattern", "^a"}}}}}}}}}}}}),
+         400},
+        {"json_schema of a string", "POST", "/completion",
+         chat({{"prompt", "hi"}, {"json_schema", {{"type", "string"}}}}), 400},
+        {"json_schema with a dangling $ref", "POST", "/completion",
+         chat({{"prompt", "hi"}, {"json_schema", {{"type", "object"}, {"properties", {{"a", {{"$ref", "#/nope"}}}}}}}}),
+         400},
+        {"strict tool whose schema is not enforced", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs},
+               {"tools",
+                {{{"type", "function"},
+                  {"function",
+                   {{"name", "f"},
+                    {"strict", true},
+                    {"parameters",
+                     {{"type", "object"}, {"properties", {{"n", {{"type", "integer"}, {"minimum", 1}}}}}}}}}}}},
+               {"tool_choice", "required"}}),
          400},
         {"tool_choice required without tools", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"tool_choice", "required"}}), 400},

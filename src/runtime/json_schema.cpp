@@ -1,0 +1,654 @@
+#include "runtime/json_schema.h"
+
+#include <algorithm>
+#include <bitset>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <set>
+
+namespace bigmoe {
+
+using Json = nlohmann::json;
+
+namespace {
+
+bool is_space(uint8_t c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r';
+}
+bool starts_number(uint8_t c) {
+    return c == '-' || (c >= '0' && c <= '9');
+}
+
+// Narrows the candidates [lo, hi) of sorted texts that share their first `count` bytes to those
+// whose next byte is c.
+bool narrow(const std::vector<std::string>& texts, uint16_t& lo, uint16_t& hi, uint16_t& count, uint8_t c) {
+    size_t a = lo;
+    while (a < hi && (texts[a].size() <= count || uint8_t(texts[a][count]) < c)) ++a;
+    size_t b = a;
+    while (b < hi && texts[b].size() > count && uint8_t(texts[b][count]) == c) ++b;
+    if (a == b) return false;
+    lo = uint16_t(a);
+    hi = uint16_t(b);
+    ++count;
+    return true;
+}
+
+// Keywords that say nothing about which texts are valid.
+const std::set<std::string> k_annotations = {
+    "title",    "description", "default",     "examples",        "$schema",         "$id",
+    "$comment", "format",      "deprecated",  "readOnly",        "writeOnly",       "contentMediaType",
+    "strict",   "$defs",       "definitions", "contentEncoding", "additionalItems",
+};
+const std::set<std::string> k_supported = {
+    "type",     "enum",        "const",     "properties", "required", "additionalProperties",
+    "items",    "prefixItems", "anyOf",     "oneOf",      "allOf",    "$ref",
+    "minItems", "maxItems",    "minLength", "maxLength",
+};
+
+}  // namespace
+
+// Reads a schema document into nodes; node 0 takes every value.
+class SchemaCompiler {
+  public:
+    using Node = JsonSchema::Node;
+    explicit SchemaCompiler(const Json& doc) : doc_(doc) {
+        Node any;
+        any.compiled = true;
+        s_.nodes_.push_back(std::move(any));
+    }
+
+    Result<std::shared_ptr<const JsonSchema>> run() {
+        auto root = node(doc_, "#");
+        if (!root) return root.error();
+        s_.root_ = *root;
+        if (first_bytes(s_.root_) != object_start())
+            return Error{"the schema must describe a JSON object (its \"type\" is \"object\")"};
+        return std::make_shared<const JsonSchema>(std::move(s_));
+    }
+
+  private:
+    static std::bitset<256> object_start() {
+        std::bitset<256> b;
+        b.set('{');
+        return b;
+    }
+
+    // The bytes a value of node i can begin with.
+    std::bitset<256> first_bytes(int32_t i) const {
+        const Node& n = s_.nodes_[size_t(i)];
+        std::bitset<256> b;
+        if (!n.literals.empty()) {
+            for (const std::string& t : n.literals) b.set(uint8_t(t[0]));
+            return b;
+        }
+        if (!n.alternatives.empty()) {
+            for (int32_t a : n.alternatives) b |= first_bytes(a);
+            return b;
+        }
+        if (n.types & JsonSchema::t_object) b.set('{');
+        if (n.types & JsonSchema::t_array) b.set('[');
+        if (n.types & JsonSchema::t_string) b.set('"');
+        if (n.types & (JsonSchema::t_number | JsonSchema::t_integer)) {
+            b.set('-');
+            for (char c = '0'; c <= '9'; ++c) b.set(uint8_t(c));
+        }
+        if (n.types & JsonSchema::t_boolean) {
+            b.set('t');
+            b.set('f');
+        }
+        if (n.types & JsonSchema::t_null) b.set('n');
+        return b;
+    }
+
+    static Error bad(const std::string& where, const std::string& what) {
+        return Error{"schema at " + where + ": " + what};
+    }
+
+    // The node a `$ref` names: "#" or a JSON pointer into this document ("#/$defs/x").
+    Result<int32_t> ref(const std::string& target, const std::string& where) {
+        if (auto it = refs_.find(target); it != refs_.end()) return it->second;
+        if (target.empty() || target[0] != '#')
+            return bad(where, "$ref \"" + target + "\" is not a reference inside this schema (\"#/...\")");
+        const Json* t = &doc_;
+        try {
+            const std::string ptr = target.substr(1);
+            if (!ptr.empty()) t = &doc_.at(Json::json_pointer(ptr));
+        } catch (const Json::exception&) {
+            return bad(where, "$ref \"" + target + "\" names nothing in this schema");
+        }
+        const int32_t i = int32_t(s_.nodes_.size());
+        s_.nodes_.emplace_back();
+        refs_[target] = i;
+        auto r = fill(i, *t, target);
+        if (!r) return r.error();
+        return i;
+    }
+
+    // A new node for schema `s` (or the node it stands for: a $ref, one allOf member, `true`).
+    Result<int32_t> node(const Json& s, const std::string& where) {
+        if (++depth_ > 64) return bad(where, "nested deeper than 64 schemas");
+        struct Leave {
+            int& d;
+            ~Leave() { --d; }
+        } leave{depth_};
+        if (s.is_boolean()) {
+            if (s.get<bool>()) return JsonSchema::k_any;
+            return bad(where, "the schema false takes no value");
+        }
+        if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
+        if (s.contains("$ref")) {
+            if (!s["$ref"].is_string()) return bad(where, "$ref must be a string");
+            if (where == "#") {  // the root itself: keep "#" for recursion into it
+                const int32_t i = int32_t(s_.nodes_.size());
+                s_.nodes_.emplace_back();
+                refs_["#"] = i;
+                auto target = ref(s["$ref"], where);
+                if (!target) return target.error();
+                s_.nodes_[size_t(i)] = s_.nodes_[size_t(*target)];
+                return *target;
+            }
+            return ref(s["$ref"], where);
+        }
+        if (s.contains("allOf")) {
+            const Json& a = s["allOf"];
+            if (!a.is_array() || a.size() != 1) return bad(where, "allOf is supported with exactly one schema");
+            for (const auto& [k, v] : s.items())
+                if (k != "allOf" && !k_annotations.count(k))
+                    return bad(where, "allOf is supported only without sibling keywords (here \"" + k + "\")");
+            return node(a[0], where + "/allOf/0");
+        }
+        const int32_t i = int32_t(s_.nodes_.size());
+        s_.nodes_.emplace_back();
+        if (where == "#") refs_["#"] = i;
+        auto r = fill(i, s, where);
+        if (!r) return r.error();
+        return i;
+    }
+
+    Result<bool> fill(int32_t i, const Json& s, const std::string& where) {
+        if (s.is_boolean() || (s.is_object() && (s.contains("$ref") || s.contains("allOf")))) {
+            auto target = node(s, where);
+            if (!target) return target.error();
+            if (!s_.nodes_[size_t(*target)].compiled)
+                return bad(where, "a $ref that leads back to itself without a value in between");
+            s_.nodes_[size_t(i)] = s_.nodes_[size_t(*target)];
+            return true;
+        }
+        if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
+        for (const auto& [k, v] : s.items())
+            if (!k_supported.count(k) && !k_annotations.count(k))
+                return bad(where, "the keyword \"" + k +
+                                      "\" is not supported (supported: type, properties, required, "
+                                      "additionalProperties, items, prefixItems, minItems, maxItems, minLength, "
+                                      "maxLength, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
+        Node n;
+        // enum / const: the value is one of these texts
+        if (s.contains("enum") || s.contains("const")) {
+            std::vector<std::string> lits;
+            if (s.contains("const")) lits.push_back(s["const"].dump());
+            if (s.contains("enum")) {
+                if (!s["enum"].is_array() || s["enum"].empty()) return bad(where, "enum must be a non-empty array");
+                for (const Json& v : s["enum"]) lits.push_back(v.dump());
+            }
+            if (s.contains("const") && s.contains("enum")) {
+                const std::string c = lits[0];
+                if (std::find(lits.begin() + 1, lits.end(), c) == lits.end())
+                    return bad(where, "const is not among enum");
+                lits = {c};
+            }
+            std::sort(lits.begin(), lits.end());
+            lits.erase(std::unique(lits.begin(), lits.end()), lits.end());
+            if (lits.size() > 0xFFFE) return bad(where, "more than 65534 enum values");
+            n.literals = std::move(lits);
+            n.any = false;
+            n.compiled = true;
+            s_.nodes_[size_t(i)] = std::move(n);
+            return true;
+        }
+        for (const char* k : {"anyOf", "oneOf"}) {
+            if (!s.contains(k)) continue;
+            if (!s[k].is_array() || s[k].empty()) return bad(where, std::string(k) + " must be a non-empty array");
+            for (const auto& [key, v] : s.items())
+                if (key != k && !k_annotations.count(key))
+                    return bad(where,
+                               std::string(k) + " is supported only without sibling keywords (here \"" + key + "\")");
+            auto alts = alternatives(s[k], where + "/" + k);
+            if (!alts) return alts.error();
+            if (alts->size() == 1) {
+                s_.nodes_[size_t(i)] = s_.nodes_[size_t((*alts)[0])];
+                return true;
+            }
+            n.alternatives = std::move(*alts);
+            n.any = false;
+            n.compiled = true;
+            s_.nodes_[size_t(i)] = std::move(n);
+            return true;
+        }
+        auto has = [&](std::initializer_list<const char*> ks) {
+            for (const char* k : ks)
+                if (s.contains(k)) return true;
+            return false;
+        };
+        if (s.contains("type")) {
+            n.types = 0;
+            const Json& t = s["type"];
+            std::vector<Json> names = t.is_array() ? std::vector<Json>(t.begin(), t.end()) : std::vector<Json>{t};
+            if (names.empty()) return bad(where, "type must name at least one type");
+            for (const Json& name : names) {
+                const std::string v = name.is_string() ? name.get<std::string>() : "";
+                if (v == "object")
+                    n.types |= JsonSchema::t_object;
+                else if (v == "array")
+                    n.types |= JsonSchema::t_array;
+                else if (v == "string")
+                    n.types |= JsonSchema::t_string;
+                else if (v == "number")
+                    n.types |= JsonSchema::t_number | JsonSchema::t_integer;
+                else if (v == "integer")
+                    n.types |= JsonSchema::t_integer;
+                else if (v == "boolean")
+                    n.types |= JsonSchema::t_boolean;
+                else if (v == "null")
+                    n.types |= JsonSchema::t_null;
+                else
+                    return bad(where, "unknown type " + name.dump());
+            }
+        } else if (has({"properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
+                        "maxItems", "minLength", "maxLength"})) {
+            n.types = 0;
+            if (has({"properties", "required", "additionalProperties"})) n.types |= JsonSchema::t_object;
+            if (has({"items", "prefixItems", "minItems", "maxItems"})) n.types |= JsonSchema::t_array;
+            if (has({"minLength", "maxLength"})) n.types |= JsonSchema::t_string;
+        }
+        auto count = [&](const char* k, uint32_t* out) -> Result<bool> {
+            if (!s.contains(k)) return true;
+            const Json& v = s[k];
+            if (!v.is_number_integer() || v.get<int64_t>() < 0)
+                return bad(where, std::string(k) + " must be a non-negative integer");
+            *out = uint32_t(std::min<int64_t>(v.get<int64_t>(), UINT32_MAX - 1));
+            return true;
+        };
+        for (auto [k, out] : {std::pair{"minItems", &n.min_items}, std::pair{"maxItems", &n.max_items},
+                              std::pair{"minLength", &n.min_length}, std::pair{"maxLength", &n.max_length}})
+            if (auto r = count(k, out); !r) return r.error();
+        if (n.min_items > n.max_items) return bad(where, "minItems is above maxItems");
+        if (n.min_length > n.max_length) return bad(where, "minLength is above maxLength");
+        // objects
+        std::vector<std::pair<std::string, int32_t>> props;
+        if (s.contains("properties")) {
+            if (!s["properties"].is_object()) return bad(where, "properties must be an object");
+            for (const auto& [name, sub] : s["properties"].items()) {
+                auto c = node(sub, where + "/properties/" + name);
+                if (!c) return c.error();
+                props.emplace_back(name, *c);
+            }
+        }
+        std::vector<std::string> required;
+        if (s.contains("required")) {
+            if (!s["required"].is_array()) return bad(where, "required must be an array of names");
+            for (const Json& r : s["required"]) {
+                if (!r.is_string()) return bad(where, "required must be an array of names");
+                required.push_back(r);
+            }
+        }
+        // An object that names its properties takes no others unless additionalProperties says so
+        // (as llama.cpp's and XGrammar's grammars read such schemas, and as OpenAI's strict mode
+        // requires them written): a small model given the choice tends to wander off into keys of
+        // its own and never write the required ones.
+        if (s.contains("properties")) n.additional = JsonSchema::k_none;
+        if (s.contains("additionalProperties")) {
+            auto a = s["additionalProperties"].is_boolean() && !s["additionalProperties"].get<bool>()
+                         ? Result<int32_t>(JsonSchema::k_none)
+                         : node(s["additionalProperties"], where + "/additionalProperties");
+            if (!a) return a.error();
+            n.additional = *a;
+        }
+        // a required name that no property describes takes what additionalProperties allows
+        for (const std::string& r : required)
+            if (std::none_of(props.begin(), props.end(), [&](const auto& p) { return p.first == r; })) {
+                if (s.contains("additionalProperties") && n.additional == JsonSchema::k_none)
+                    return bad(where,
+                               "\"" + r + "\" is required but not a property, and additionalProperties is false");
+                props.emplace_back(r, n.additional == JsonSchema::k_none ? JsonSchema::k_any : n.additional);
+            }
+        if (props.size() > 64) return bad(where, "more than 64 properties in one object");
+        std::sort(props.begin(), props.end(),
+                  [](const auto& a, const auto& b) { return Json(a.first).dump() < Json(b.first).dump(); });
+        for (size_t k = 0; k < props.size(); ++k) {
+            const std::string text = Json(props[k].first).dump();
+            n.keys.push_back(text.substr(1, text.size() - 2));
+            n.key_nodes.push_back(props[k].second);
+            if (std::find(required.begin(), required.end(), props[k].first) != required.end())
+                n.required |= uint64_t(1) << k;
+        }
+        // arrays
+        if (s.contains("prefixItems")) {
+            if (!s["prefixItems"].is_array()) return bad(where, "prefixItems must be an array of schemas");
+            for (size_t k = 0; k < s["prefixItems"].size(); ++k) {
+                auto c = node(s["prefixItems"][k], where + "/prefixItems/" + std::to_string(k));
+                if (!c) return c.error();
+                n.prefix.push_back(*c);
+            }
+        }
+        if (s.contains("items")) {
+            const Json& it = s["items"];
+            if (it.is_array()) {  // draft 4-2019 tuples
+                if (s.contains("prefixItems")) return bad(where, "items as an array beside prefixItems");
+                for (size_t k = 0; k < it.size(); ++k) {
+                    auto c = node(it[k], where + "/items/" + std::to_string(k));
+                    if (!c) return c.error();
+                    n.prefix.push_back(*c);
+                }
+            } else {
+                auto c = it.is_boolean() && !it.get<bool>() ? Result<int32_t>(JsonSchema::k_none)
+                                                            : node(it, where + "/items");
+                if (!c) return c.error();
+                n.items = *c;
+            }
+        }
+        if (n.items == JsonSchema::k_none) n.max_items = std::min<uint32_t>(n.max_items, uint32_t(n.prefix.size()));
+        if (n.min_items > n.max_items) return bad(where, "minItems is above the items that may be given");
+        n.any = n.types == JsonSchema::t_all && n.keys.empty() && n.additional == JsonSchema::k_any &&
+                n.prefix.empty() && n.items == JsonSchema::k_any && n.min_items == 0 && n.max_items == UINT32_MAX &&
+                n.min_length == 0 && n.max_length == UINT32_MAX;
+        n.compiled = true;
+        s_.nodes_[size_t(i)] = std::move(n);
+        return true;
+    }
+
+    // anyOf / oneOf members, flattened; members that may begin with the same byte are merged
+    // when both are enum / const lists or both only name types, else refused.
+    Result<std::vector<int32_t>> alternatives(const Json& list, const std::string& where) {
+        std::vector<int32_t> out;
+        for (size_t k = 0; k < list.size(); ++k) {
+            auto c = node(list[k], where + "/" + std::to_string(k));
+            if (!c) return c.error();
+            const Node& m = s_.nodes_[size_t(*c)];
+            if (!m.compiled) return bad(where, "a member that leads back to this anyOf is not supported");
+            if (!m.alternatives.empty())
+                out.insert(out.end(), m.alternatives.begin(), m.alternatives.end());
+            else
+                out.push_back(*c);
+        }
+        auto types_only = [&](const Node& m) {
+            return m.literals.empty() && m.alternatives.empty() && m.keys.empty() &&
+                   m.additional == JsonSchema::k_any && m.prefix.empty() && m.items == JsonSchema::k_any &&
+                   m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX;
+        };
+        for (size_t a = 0; a < out.size(); ++a) {
+            for (size_t b = a + 1; b < out.size(); ++b) {
+                const std::bitset<256> shared = first_bytes(out[a]) & first_bytes(out[b]);
+                if (shared.none()) continue;
+                const Node &x = s_.nodes_[size_t(out[a])], &y = s_.nodes_[size_t(out[b])];
+                Node merged;
+                merged.compiled = true;
+                if (!x.literals.empty() && !y.literals.empty()) {
+                    merged.any = false;
+                    merged.literals = x.literals;
+                    merged.literals.insert(merged.literals.end(), y.literals.begin(), y.literals.end());
+                    std::sort(merged.literals.begin(), merged.literals.end());
+                    merged.literals.erase(std::unique(merged.literals.begin(), merged.literals.end()),
+                                          merged.literals.end());
+                } else if (types_only(x) && types_only(y)) {
+                    merged.types = uint8_t(x.types | y.types);
+                    merged.any = merged.types == JsonSchema::t_all;
+                } else {
+                    size_t byte = 0;
+                    while (!shared.test(byte)) ++byte;
+                    return bad(where, "members " + std::to_string(a) + " and " + std::to_string(b) +
+                                          " can both begin with '" + std::string(1, char(byte)) +
+                                          "'; only members that differ in their first character are supported");
+                }
+                const int32_t m = int32_t(s_.nodes_.size());
+                s_.nodes_.push_back(std::move(merged));
+                out[a] = m;
+                out.erase(out.begin() + std::ptrdiff_t(b));
+                b = a;  // compare the merged member with the rest again
+            }
+        }
+        return out;
+    }
+
+    const Json& doc_;
+    JsonSchema s_;
+    std::map<std::string, int32_t> refs_;
+    int depth_ = 0;
+};
+
+Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema) {
+    return SchemaCompiler(schema).run();
+}
+
+SchemaRecognizer& SchemaRecognizer::operator=(const SchemaRecognizer& o) {
+    lex_ = o.lex_;
+    schema_ = o.schema_;
+    n_ = o.n_;
+    std::copy(o.frames_, o.frames_ + o.n_, frames_);
+    return *this;
+}
+
+bool SchemaRecognizer::push(uint8_t c) {
+    const SchemaRecognizer before = *this;
+    if (advance(c)) return true;
+    *this = before;
+    return false;
+}
+
+bool SchemaRecognizer::advance(uint8_t c) {
+    const Mode before = lex_.mode_;
+    const bool in_key = lex_.key_;
+    const bool mid_char = lex_.utf8_need_ != 0;
+    const uint8_t depth = lex_.depth_;
+    if (!lex_.push(c)) return false;
+    return step(before, in_key, mid_char, depth, c);
+}
+
+uint32_t SchemaRecognizer::plain_room() const {
+    if (n_ == 0 || !lex_.in_plain_string()) return 0;
+    const Frame& f = frames_[n_ - 1];
+    const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
+    if (f.kind == Kind::any) return UINT32_MAX;
+    if (f.kind == Kind::string) return n.max_length - f.count;
+    // a key that names no property: any text, when additional properties are allowed
+    if (f.kind == Kind::object && lex_.key_ && f.lo == f.hi && n.additional != JsonSchema::k_none) return UINT32_MAX;
+    return 0;
+}
+
+bool SchemaRecognizer::is_number_mode(Mode m) {
+    switch (m) {
+        case Mode::num_minus:
+        case Mode::num_zero:
+        case Mode::num_int:
+        case Mode::num_dot:
+        case Mode::num_frac:
+        case Mode::num_exp:
+        case Mode::num_exp_sign:
+        case Mode::num_exp_int:
+            return true;
+        default:
+            return false;
+    }
+}
+
+// The value that began at f.base ended with the byte just read (a string's quote, a container's
+// close, a literal's last letter).
+bool SchemaRecognizer::ended(const Frame& f) const {
+    return lex_.depth_ == f.base && (lex_.mode_ == Mode::after || lex_.mode_ == Mode::done);
+}
+
+bool SchemaRecognizer::begin(int32_t index, uint8_t c, uint8_t depth) {
+    if (n_ >= k_max_frames) return false;
+    const JsonSchema::Node* n = &schema_->nodes_[size_t(index)];
+    const bool number = starts_number(c);
+    uint8_t need = JsonSchema::t_null;
+    if (c == '{') need = JsonSchema::t_object;
+    if (c == '[') need = JsonSchema::t_array;
+    if (c == '"') need = JsonSchema::t_string;
+    if (number) need = JsonSchema::t_number | JsonSchema::t_integer;
+    if (c == 't' || c == 'f') need = JsonSchema::t_boolean;
+    if (!n->alternatives.empty()) {  // the members differ in their first byte: c picks one
+        int32_t pick = -1;
+        for (int32_t a : n->alternatives) {
+            const JsonSchema::Node& m = schema_->nodes_[size_t(a)];
+            const bool takes = m.literals.empty()
+                                   ? (m.types & need) != 0
+                                   : std::any_of(m.literals.begin(), m.literals.end(),
+                                                 [&](const std::string& t) { return uint8_t(t[0]) == c; });
+            if (takes) {
+                pick = a;
+                break;
+            }
+        }
+        if (pick < 0) return false;
+        index = pick;
+        n = &schema_->nodes_[size_t(index)];
+    }
+    Frame& f = frames_[n_];
+    f = Frame{};
+    f.node = index;
+    f.base = depth;
+    f.number = number;
+    if (!n->literals.empty()) {
+        f.kind = Kind::literal;
+        f.hi = uint16_t(n->literals.size());
+        if (!narrow(n->literals, f.lo, f.hi, f.count, c)) return false;
+    } else if (n->any) {
+        f.kind = Kind::any;
+    } else {
+        if (!(n->types & need)) return false;
+        f.kind = c == '{'   ? Kind::object
+                 : c == '[' ? Kind::array
+                 : c == '"' ? Kind::string
+                 : number   ? Kind::number
+                            : Kind::word;
+        f.integer = number && !(n->types & JsonSchema::t_number);
+    }
+    ++n_;
+    return true;
+}
+
+bool SchemaRecognizer::key_byte(Frame& f, Mode before, bool mid_char, uint8_t c) {
+    const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
+    auto unseen_in = [&](size_t lo, size_t hi) {
+        for (size_t i = lo; i < hi; ++i)
+            if (!((f.seen >> i) & 1)) return true;
+        return false;
+    };
+    if (before == Mode::str && !mid_char && c == '"') {  // the key's end
+        const bool named = f.lo < f.hi && n.keys[f.lo].size() == f.count;
+        if (named) {
+            if ((f.seen >> f.lo) & 1) return false;  // given already
+            f.key = f.lo;
+            f.seen |= uint64_t(1) << f.lo;
+            return true;
+        }
+        if (n.additional == JsonSchema::k_none) return false;
+        f.key = k_other;
+        return true;
+    }
+    uint16_t lo = f.lo, hi = f.hi, count = f.count;
+    if (lo < hi && narrow(n.keys, lo, hi, count, c) && unseen_in(lo, hi)) {
+        f.lo = lo;
+        f.hi = hi;
+        f.count = count;
+        return true;
+    }
+    if (n.additional == JsonSchema::k_none) return false;
+    f.lo = f.hi = 0;  // no property's name: an additional property
+    return true;
+}
+
+bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t depth, uint8_t c) {
+    if (n_ == 0) {
+        if (before == Mode::start && c == '{') return begin(schema_->root_, c, depth);
+        return true;  // whitespace around the object (the syntax takes nothing else)
+    }
+    Frame& f = frames_[n_ - 1];
+    const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
+    // a number ends at the byte after it, which then belongs to the enclosing value
+    const bool number_ended = is_number_mode(before) && !is_number_mode(lex_.mode_);
+    auto end_then_parent = [&] {
+        --n_;
+        return step(Mode::after, false, false, depth, c);
+    };
+    switch (f.kind) {
+        case Kind::number:
+            if (number_ended) return end_then_parent();
+            return !(f.integer && (c == '.' || c == 'e' || c == 'E'));
+        case Kind::any:
+            if (f.number) return number_ended ? end_then_parent() : true;
+            if (ended(f)) --n_;
+            return true;
+        case Kind::word:
+            if (ended(f)) --n_;
+            return true;
+        case Kind::literal: {
+            const bool whole = f.lo < f.hi && n.literals[f.lo].size() == f.count;
+            if (f.number && number_ended) return whole && end_then_parent();
+            if (!narrow(n.literals, f.lo, f.hi, f.count, c)) return false;
+            if (!f.number && ended(f)) {
+                if (n.literals[f.lo].size() != f.count) return false;
+                --n_;
+            }
+            return true;
+        }
+        case Kind::string:
+            if (before != Mode::str || mid_char) return true;  // inside an escape or a character
+            if (c == '"') {
+                if (f.count < n.min_length) return false;
+                --n_;
+                return true;
+            }
+            if (f.count >= n.max_length) return false;
+            ++f.count;
+            return true;
+        case Kind::array: {
+            if (is_space(c)) return true;
+            if (c == ']') {
+                if (f.count < n.min_items) return false;
+                --n_;
+                return true;
+            }
+            if (c == ',') return f.count < n.max_items;
+            if (f.count >= n.max_items) return false;  // an item begins
+            const int32_t item = f.count < n.prefix.size() ? n.prefix[f.count] : n.items;
+            ++f.count;
+            return begin(item, c, depth);
+        }
+        case Kind::object: {
+            if (in_key) return key_byte(f, before, mid_char, c);
+            if (is_space(c)) return true;
+            auto unseen = [&] {  // whether another key may follow
+                if (n.additional != JsonSchema::k_none) return true;
+                const uint64_t all = n.keys.size() == 64 ? ~uint64_t(0) : (uint64_t(1) << n.keys.size()) - 1;
+                return (f.seen & all) != all;
+            };
+            switch (before) {
+                case Mode::obj_first:
+                case Mode::obj_key:
+                    if (c == '}') {
+                        if ((f.seen & n.required) != n.required) return false;
+                        --n_;
+                        return true;
+                    }
+                    if (!unseen()) return false;  // '"': a key begins
+                    f.lo = 0;
+                    f.hi = uint16_t(n.keys.size());
+                    f.count = 0;
+                    return true;
+                case Mode::colon:
+                    return true;
+                case Mode::value:
+                    return begin(f.key == k_other ? n.additional : n.key_nodes[f.key], c, depth);
+                default:  // after a value
+                    if (c == ',') return unseen();
+                    if ((f.seen & n.required) != n.required) return false;
+                    --n_;
+                    return true;
+            }
+        }
+    }
+    return false;
+}
+
+}  // namespace bigmoe

@@ -1,0 +1,120 @@
+// Structured outputs (`response_format: {"type": "json_schema", ...}`, llama.cpp's `json_schema`,
+// a forced tool call's arguments): generation restricted to JSON objects that a JSON Schema
+// accepts.
+//
+// JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
+// byte without ever reaching a dead end: types, properties / required / additionalProperties,
+// items / prefixItems / minItems / maxItems, minLength / maxLength, enum / const, anyOf / oneOf
+// whose alternatives differ in their first character, allOf of one schema, and local $ref (also
+// recursive). Annotations (title, description, default, format, ...) are ignored; any other
+// assertion keyword is refused by name, so a schema is never silently half-enforced. An object
+// schema that lists properties takes no other keys unless additionalProperties allows them.
+//
+// SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
+// first byte that no instance of the schema could continue with. Enum and const values are
+// written in their compact form (nlohmann's dump), object keys without escapes they do not need.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <nlohmann/json_fwd.hpp>
+#include <string>
+#include <vector>
+
+#include "core/result.h"
+#include "runtime/json_constraint.h"
+
+namespace bigmoe {
+
+class JsonSchema {
+  public:
+    // The schema must describe objects (a JSON text's first byte is '{').
+    static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema);
+
+  private:
+    friend class SchemaRecognizer;
+    friend class SchemaCompiler;
+    enum Type : uint8_t {
+        t_object = 1,
+        t_array = 2,
+        t_string = 4,
+        t_number = 8,  // any number
+        t_integer = 16,
+        t_boolean = 32,
+        t_null = 64,
+        t_all = 127,
+    };
+    static constexpr int32_t k_any = 0;    // the node that takes every value
+    static constexpr int32_t k_none = -1;  // additionalProperties / items: false
+
+    struct Node {
+        uint8_t types = t_all;
+        bool any = true;                    // no constraint at all
+        std::vector<std::string> literals;  // enum / const: compact texts, sorted (a literal node)
+        std::vector<int32_t> alternatives;  // anyOf: nodes that differ in their first byte
+        // objects
+        std::vector<std::string> keys;  // property names as JSON writes them (no quotes), sorted
+        std::vector<int32_t> key_nodes;
+        uint64_t required = 0;  // bit i: keys[i]
+        int32_t additional = k_any;
+        // arrays
+        std::vector<int32_t> prefix;
+        int32_t items = k_any;
+        uint32_t min_items = 0, max_items = UINT32_MAX;
+        // strings: characters (code points; an escape is one)
+        uint32_t min_length = 0, max_length = UINT32_MAX;
+        bool compiled = false;  // false while its own definition is being read ($ref cycles)
+    };
+    std::vector<Node> nodes_;
+    int32_t root_ = k_any;
+};
+
+class SchemaRecognizer {
+  public:
+    static constexpr int k_max_frames = 24;  // values being read at once (nesting + 1)
+
+    explicit SchemaRecognizer(const JsonSchema* schema) : schema_(schema) {}
+    SchemaRecognizer(const SchemaRecognizer& o) { *this = o; }
+    SchemaRecognizer& operator=(const SchemaRecognizer& o);  // copies the live frames only
+
+    // Takes c if some instance of the schema continues the bytes so far with it; else false,
+    // unchanged.
+    bool push(uint8_t c);
+    // The same, but leaves the recognizer unspecified when it refuses (for callers that copy).
+    bool advance(uint8_t c);
+    // Whether the bytes so far are a whole instance (whitespace may follow, nothing else).
+    bool complete() const { return lex_.complete(); }
+    // How many characters of plain string bytes (no quote, backslash or control byte, whole
+    // UTF-8 characters) are taken here: inside a string whose content is free between
+    // characters (its maxLength less what it holds; an additional property's key), else 0.
+    uint32_t plain_room() const;
+
+  private:
+    enum class Kind : uint8_t { object, array, string, number, word, literal, any };
+    struct Frame {
+        uint64_t seen;    // object: bit i once keys[i] was written
+        int32_t node;     // its schema node
+        uint16_t count;   // array: items; string: characters; literal / key: bytes matched
+        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts
+        uint16_t key;     // object: the property whose value comes next (k_other: an additional one)
+        uint8_t base;     // the syntax's depth where the value began
+        Kind kind;
+        bool number;   // literal / any: the value is a number (it ends at the byte after it)
+        bool integer;  // number: no fraction or exponent
+    };
+    static constexpr uint16_t k_other = 0xFFFF;
+    using Mode = JsonRecognizer::Mode;
+
+    bool step(Mode before, bool in_key, bool mid_char, uint8_t depth, uint8_t c);
+    bool begin(int32_t node, uint8_t c, uint8_t depth);
+    bool key_byte(Frame& f, Mode before, bool mid_char, uint8_t c);
+    bool ended(const Frame& f) const;
+    static bool is_number_mode(Mode m);
+
+    JsonRecognizer lex_;
+    const JsonSchema* schema_ = nullptr;
+    uint8_t n_ = 0;
+    Frame frames_[k_max_frames];
+};
+
+}  // namespace bigmoe

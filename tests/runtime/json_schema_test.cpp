@@ -1,0 +1,467 @@
+// Structured outputs: the schema recognizer against a plain recursive validator written here.
+// Every text it completes is an instance (random byte walks that must never reach a dead end);
+// every instance written compactly is taken (random instances); corruptions it takes are
+// instances; constrained generation over the real Qwen3 vocabulary ends in instances.
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cmath>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <set>
+
+#include "gguf/gguf_file.h"
+#include "runtime/json_constraint.h"
+#include "runtime/json_schema.h"
+#include "testlib.h"
+#include "tokenizer/tokenizer.h"
+
+namespace bigmoe {
+namespace {
+
+using Json = nlohmann::json;
+
+// The reference: whether value v is an instance of schema s (root: the document, for $ref).
+// Written from the keywords' definitions, value by value, without any byte-level state.
+class Validator {
+  public:
+    explicit Validator(const Json& root) : root_(root) {}
+
+    bool valid(const Json& v, const Json& s) const {
+        if (s.is_boolean()) return s.get<bool>();
+        if (s.contains("$ref")) {
+            const std::string r = s["$ref"];
+            return valid(v, r == "#" ? root_ : root_.at(Json::json_pointer(r.substr(1))));
+        }
+        if (s.contains("allOf"))
+            for (const Json& m : s["allOf"])
+                if (!valid(v, m)) return false;
+        for (const char* k : {"anyOf", "oneOf"}) {
+            if (!s.contains(k)) continue;
+            int hits = 0;
+            for (const Json& m : s[k]) hits += valid(v, m);
+            if (hits == 0 || (std::string(k) == "oneOf" && hits > 1)) return false;
+        }
+        if (s.contains("const") && v != s["const"]) return false;
+        if (s.contains("enum") && std::find(s["enum"].begin(), s["enum"].end(), v) == s["enum"].end()) return false;
+        if (s.contains("type")) {
+            const Json& t = s["type"];
+            bool any = false;
+            for (const Json& name : t.is_array() ? t : Json::array({t})) any = any || has_type(v, name);
+            if (!any) return false;
+        }
+        if (v.is_object()) {
+            const Json props = s.value("properties", Json::object());
+            for (const Json& r : s.value("required", Json::array()))
+                if (!v.contains(r.get<std::string>())) return false;
+            for (const auto& [k, x] : v.items()) {
+                if (props.contains(k)) {
+                    if (!valid(x, props[k])) return false;
+                } else if (s.contains("additionalProperties") ? !valid(x, s["additionalProperties"])
+                                                              : s.contains("properties")) {
+                    return false;  // listed properties close an object unless additionalProperties opens it
+                }
+            }
+        }
+        if (v.is_array()) {
+            if (v.size() < s.value("minItems", size_t(0)) || v.size() > s.value("maxItems", SIZE_MAX)) return false;
+            const Json prefix = s.value("prefixItems", Json::array());
+            for (size_t i = 0; i < v.size(); ++i) {
+                if (i < prefix.size()) {
+                    if (!valid(v[i], prefix[i])) return false;
+                } else if (s.contains("items") && !valid(v[i], s["items"])) {
+                    return false;
+                }
+            }
+        }
+        if (v.is_string()) {
+            const std::string& str = v.get_ref<const std::string&>();
+            size_t chars = 0;
+            for (unsigned char c : str) chars += (c & 0xC0) != 0x80;
+            if (chars < s.value("minLength", size_t(0)) || chars > s.value("maxLength", SIZE_MAX)) return false;
+        }
+        return true;
+    }
+
+  private:
+    static bool has_type(const Json& v, const Json& name) {
+        const std::string t = name;
+        if (t == "object") return v.is_object();
+        if (t == "array") return v.is_array();
+        if (t == "string") return v.is_string();
+        if (t == "number") return v.is_number();
+        if (t == "integer")  // a number without a fraction (beyond 64 bits nlohmann holds a double)
+            return v.is_number_integer() || (v.is_number_float() && std::floor(v.get<double>()) == v.get<double>());
+        if (t == "boolean") return v.is_boolean();
+        if (t == "null") return v.is_null();
+        return false;
+    }
+    const Json& root_;
+};
+
+// Schemas that people send, each exercising some keywords.
+std::vector<Json> test_schemas() {
+    return {
+        Json::parse(R"({"type": "object", "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 12},
+            "age": {"type": "integer"},
+            "score": {"type": "number", "description": "0 to 1"},
+            "email": {"type": "string", "format": "email"},
+            "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
+            "status": {"enum": ["active", "inactive", "act", "banned"]},
+            "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": ["string", "null"]}},
+                        "required": ["city"], "additionalProperties": false}},
+            "required": ["name", "age", "status"], "additionalProperties": false})"),
+        Json::parse(R"({"$defs": {"node": {"type": "object", "properties": {
+            "value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+            "required": ["value"], "additionalProperties": false}},
+            "type": "object", "properties": {"tree": {"$ref": "#/$defs/node"}}, "required": ["tree"]})"),
+        Json::parse(R"({"type": "object", "properties": {
+            "v": {"anyOf": [{"type": "string"}, {"type": "null"}, {"type": "integer"}, {"type": "number"}]},
+            "pair": {"type": "array", "prefixItems": [{"type": "boolean"}, {"const": {"k": [1, 2.5, "x"]}}], "items": false},
+            "mixed": {"enum": [{"a": 1}, [1, 2], "x", null, true, 1.5, -3, 10, 1]},
+            "a\"b": {"type": "string"}, "\u00e9t\u00e9": {"type": "boolean"}, "line\nbreak": {"const": "\u00e9\n"}},
+            "required": ["v", "pair"], "additionalProperties": {"type": "integer"}})"),
+        Json::parse(R"({"type": "object", "properties": {"steps": {"type": "array", "items": {
+            "oneOf": [{"type": "object", "properties": {"op": {"const": "add"}, "n": {"type": "integer"}},
+                       "required": ["op", "n"], "additionalProperties": false},
+                      {"type": "string", "enum": ["stop", "skip"]}]}}, "note": true},
+            "required": ["steps"]})"),
+        Json::parse(R"({"allOf": [{"type": "object", "properties": {"x": {}, "y": {"type": "array"}},
+            "additionalProperties": false}]})"),
+    };
+}
+
+// The schema with additional properties refused wherever it names properties (also where
+// additionalProperties allows them): a random walk rarely spells a required name among free keys.
+Json closed(Json s) {
+    if (s.is_object()) {
+        for (auto& [k, v] : s.items()) v = closed(v);
+        if (s.contains("properties")) s["additionalProperties"] = false;
+    } else if (s.is_array()) {
+        for (Json& v : s) v = closed(v);
+    }
+    return s;
+}
+
+// The ASCII bytes of every property name in a schema.
+void names_of(const Json& s, std::set<uint8_t>* bytes) {
+    if (s.is_object()) {
+        if (s.contains("properties") && s["properties"].is_object())
+            for (const auto& [k, v] : s["properties"].items())
+                for (char c : k)
+                    if (uint8_t(c) < 0x80) bytes->insert(uint8_t(c));
+        for (const auto& [k, v] : s.items()) names_of(v, bytes);
+    } else if (s.is_array()) {
+        for (const Json& v : s) names_of(v, bytes);
+    }
+}
+
+// Reads a text byte by byte; -1 if every byte was taken and the instance is whole, else the
+// index of the first refused byte (or the length when it is taken but unfinished).
+ptrdiff_t read_text(const JsonSchema& s, const std::string& text) {
+    SchemaRecognizer r(&s);
+    for (size_t i = 0; i < text.size(); ++i)
+        if (!r.push(uint8_t(text[i]))) return ptrdiff_t(i);
+    return r.complete() ? -1 : ptrdiff_t(text.size());
+}
+
+// The value nlohmann reads; nullopt if it refuses the text. Numbers too large for a double
+// ("number overflow", a limit of that parser, not of JSON) read as null.
+std::optional<Json> parse(const std::string& text) {
+    try {
+        return Json::parse(text);
+    } catch (const Json::out_of_range& e) {
+        if (e.id == 406) return Json(nullptr);
+        return std::nullopt;
+    } catch (const Json::exception&) {
+        return std::nullopt;
+    }
+}
+
+// A random instance of schema s (the same keywords as the validator).
+Json random_instance(const Json& root, const Json& s, std::mt19937& rng, int depth) {
+    if (s.is_boolean() || s.empty()) {
+        const int k = int(rng() % 4);
+        return k == 0 ? Json(nullptr) : k == 1 ? Json(int(rng() % 100)) : k == 2 ? Json("free") : Json::array({1, "b"});
+    }
+    if (s.contains("$ref")) {
+        const std::string r = s["$ref"];
+        return random_instance(root, r == "#" ? root : root.at(Json::json_pointer(r.substr(1))), rng, depth + 1);
+    }
+    if (s.contains("allOf")) return random_instance(root, s["allOf"][0], rng, depth);
+    for (const char* k : {"anyOf", "oneOf"})
+        if (s.contains(k)) return random_instance(root, s[k][rng() % s[k].size()], rng, depth);
+    if (s.contains("const")) return s["const"];
+    if (s.contains("enum")) return s["enum"][rng() % s["enum"].size()];
+    std::string type = "object";
+    if (s.contains("type")) {
+        const Json& t = s["type"];
+        type = t.is_array() ? t[rng() % t.size()].get<std::string>() : t.get<std::string>();
+    }
+    static const std::vector<std::string> words = {"a", "é", "☺ x", "\"q\"", "back\\slash", "tab\t", "😀", "0"};
+    if (type == "object") {
+        Json o = Json::object();
+        const Json props = s.value("properties", Json::object());
+        const Json req = s.value("required", Json::array());
+        for (const auto& [k, sub] : props.items()) {
+            const bool required = std::find(req.begin(), req.end(), k) != req.end();
+            if (required || (depth < 3 && rng() % 2)) o[k] = random_instance(root, sub, rng, depth + 1);
+        }
+        const Json add = s.value("additionalProperties", Json(!s.contains("properties")));
+        if (!(add.is_boolean() && !add.get<bool>()) && rng() % 3 == 0)
+            o["extra" + std::to_string(rng() % 10)] = random_instance(root, add, rng, depth + 1);
+        return o;
+    }
+    if (type == "array") {
+        Json a = Json::array();
+        const Json prefix = s.value("prefixItems", Json::array());
+        const size_t lo = s.value("minItems", size_t(0));
+        size_t hi = std::min<size_t>(s.value("maxItems", size_t(4)), depth < 3 ? 4 : lo);
+        const Json items = s.value("items", Json(true));
+        if (items.is_boolean() && !items.get<bool>()) hi = std::min(hi, prefix.size());
+        const size_t n = std::max(lo, hi > lo ? lo + rng() % (hi - lo + 1) : lo);
+        for (size_t i = 0; i < n; ++i)
+            a.push_back(random_instance(root, i < prefix.size() ? prefix[i] : items, rng, depth + 1));
+        return a;
+    }
+    if (type == "string") {
+        const size_t lo = s.value("minLength", size_t(0)), hi = s.value("maxLength", size_t(8));
+        std::string str;
+        size_t chars = 0;
+        while (chars < lo || (chars < hi && rng() % 3)) {
+            const std::string& w = words[rng() % words.size()];
+            size_t wc = 0;
+            for (unsigned char c : w) wc += (c & 0xC0) != 0x80;
+            if (chars + wc > hi) {
+                str += "z";
+                ++chars;
+                continue;
+            }
+            str += w;
+            chars += wc;
+        }
+        return str;
+    }
+    if (type == "integer") return int64_t(rng() % 2000) - 1000;
+    if (type == "number") return rng() % 2 ? Json(double(int(rng() % 2000) - 1000) / 8) : Json(int(rng() % 50));
+    if (type == "boolean") return rng() % 2 == 0;
+    return nullptr;
+}
+
+TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
+    const std::vector<std::pair<const char*, const char*>> cases = {
+        {R"({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}})", "\"pattern\""},
+        {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}})", "\"minimum\""},
+        {R"({"type": "string"})", "must describe a JSON object"},
+        {R"({"type": ["object", "null"]})", "must describe a JSON object"},
+        {R"({"type": "object", "properties": {"a": {"anyOf": [{"type": "object", "properties": {"x": {}}},
+            {"type": "object", "properties": {"y": {}}}]}}})",
+         "can both begin with '{'"},
+        {R"({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})", "names nothing"},
+        {R"({"type": "object", "properties": {"a": {"$ref": "http://example.com/s.json"}}})", "inside this schema"},
+        {R"({"type": "object", "properties": {"a": {"type": "array", "minItems": 3, "maxItems": 2}}})", "minItems"},
+        {R"({"type": "object", "properties": {"a": false}})", "takes no value"},
+        {R"({"type": "object", "required": ["b"], "additionalProperties": false})", "\"b\" is required"},
+        {R"({"type": "object", "properties": {"a": {"enum": []}}})", "enum"},
+        {R"({"type": "object", "properties": {"a": {"type": "text"}}})", "unknown type"},
+        {R"({"type": "object", "properties": {"a": {"allOf": [{"type": "string"}, {"maxLength": 3}]}}})", "allOf"},
+        {R"({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "type": "object",
+            "properties": {"x": {"$ref": "#/$defs/a"}}})",
+         "leads back to itself"},
+        {R"([1, 2])", "an object or a boolean"},
+    };
+    for (const auto& [text, want] : cases) {
+        auto s = JsonSchema::compile(Json::parse(text));
+        ASSERT_FALSE(s.ok()) << text;
+        EXPECT_NE(s.error().message.find(want), std::string::npos) << text << ": " << s.error().message;
+    }
+}
+
+TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
+    auto s = JsonSchema::compile(test_schemas()[0]);
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    for (const char* t : {R"({"name":"Al","age":30,"status":"active"})",
+                          R"( { "status" : "act" , "age" : -2 , "name" : "é😀" , "tags" : [ "ab\"c" ] } )",
+                          R"({"name":"x","age":0,"status":"banned","address":{"city":"","zip":null},"score":1e-3})"})
+        EXPECT_EQ(read_text(**s, t), -1) << t;
+    for (const char* t : {
+             R"({"name":"Al","age":30})",                                             // a required key missing
+             R"({"name":"","age":30,"status":"active"})",                             // minLength
+             R"({"name":"Al","age":30.5,"status":"active"})",                         // not an integer
+             R"({"name":"Al","age":30,"status":"actor"})",                            // not in the enum
+             R"({"name":"Al","age":30,"status":"active","x":1})",                     // no additional properties
+             R"({"name":"Al","name":"Bo","age":30,"status":"active"})",               // a key twice
+             R"({"name":"Al","age":30,"status":"active","tags":[]})",                 // minItems
+             R"({"name":"Al","age":30,"status":"active","tags":["a","b","c","d"]})",  // maxItems
+             R"({"name":"Al","age":"30","status":"active"})",                         // a string for an integer
+             R"({"name":"Al","age":30,"status":"active","address":{"zip":"1"}})",     // nested required
+             R"({"name":"abcdefghijklm","age":30,"status":"active"})",                // maxLength
+         })
+        EXPECT_GE(read_text(**s, t), 0) << t;
+    // listed properties close an object unless additionalProperties opens it
+    auto shut = JsonSchema::compile(Json::parse(R"({"properties": {"a": {"type": "integer"}}})"));
+    auto open = JsonSchema::compile(
+        Json::parse(R"({"properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}})"));
+    auto free = JsonSchema::compile(Json::parse(R"({"type": "object"})"));
+    ASSERT_TRUE(shut.ok() && open.ok() && free.ok());
+    EXPECT_GE(read_text(**shut, R"({"a":1,"b":"x"})"), 0);
+    EXPECT_EQ(read_text(**open, R"({"a":1,"b":"x"})"), -1);
+    EXPECT_GE(read_text(**open, R"({"a":1,"b":2})"), 0);
+    EXPECT_EQ(read_text(**free, R"({"a":[1,{"b":null}],"":"x"})"), -1);
+}
+
+// Random byte walks: at every step some byte is taken (never a dead end), and what completes is
+// an instance by the validator.
+TEST(JsonSchema, random_byte_walks_end_in_instances) {
+    std::mt19937 rng(testing::fresh_seed());
+    std::vector<Json> schemas = test_schemas();
+    for (Json& s : schemas) s = closed(s);
+    for (size_t si = 0; si < schemas.size(); ++si) {
+        auto s = JsonSchema::compile(schemas[si]);
+        ASSERT_TRUE(s.ok()) << si << ": " << s.error().message;
+        const Validator check(schemas[si]);
+        std::set<uint8_t> name_bytes;
+        names_of(schemas[si], &name_bytes);
+        int whole = 0;
+        for (int walk = 0; walk < 60; ++walk) {
+            SchemaRecognizer r(s->get());
+            std::string text;
+            for (int step = 0; step < 3000 && !r.complete(); ++step) {
+                std::vector<uint8_t> takes;
+                for (int c = 0; c < 256; ++c) {
+                    SchemaRecognizer t = r;
+                    if (t.push(uint8_t(c))) takes.push_back(uint8_t(c));
+                }
+                ASSERT_FALSE(takes.empty()) << "schema " << si << ": a dead end after " << text;
+                // closing bytes favoured more and more, so walks end; the bytes of property names
+                // favoured, so that walks write required keys beside additional ones
+                std::vector<double> w;
+                for (uint8_t c : takes)
+                    w.push_back(c == '"' || c == '}' || c == ']' ? 1.0 + step / 4.0
+                                : name_bytes.count(c)            ? 20.0
+                                : c == ' '                       ? 0.2
+                                                                 : 1.0);
+                const uint8_t c = takes[std::discrete_distribution<size_t>(w.begin(), w.end())(rng)];
+                ASSERT_TRUE(r.push(c));
+                text += char(c);
+            }
+            if (!r.complete()) continue;
+            ++whole;
+            auto v = parse(text);
+            ASSERT_TRUE(v.has_value()) << "schema " << si << ": " << text;
+            if (v->is_null()) continue;  // a number nlohmann cannot hold
+            EXPECT_TRUE(check.valid(*v, schemas[si])) << "schema " << si << ": " << text;
+        }
+        EXPECT_GE(whole, 40) << "schema " << si;
+    }
+}
+
+// Random instances written compactly are taken whole; random corruptions of them that are taken
+// whole are instances.
+TEST(JsonSchema, random_instances_are_taken_and_corruptions_checked) {
+    std::mt19937 rng(testing::fresh_seed());
+    const std::vector<Json> schemas = test_schemas();
+    for (size_t si = 0; si < schemas.size(); ++si) {
+        auto s = JsonSchema::compile(schemas[si]);
+        ASSERT_TRUE(s.ok()) << s.error().message;
+        const Validator check(schemas[si]);
+        int taken_corrupt = 0;
+        for (int i = 0; i < 300; ++i) {
+            const Json v = random_instance(schemas[si], schemas[si], rng, 0);
+            ASSERT_TRUE(check.valid(v, schemas[si])) << "generator: " << v.dump();
+            const std::string text = v.dump();
+            ASSERT_EQ(read_text(**s, text), -1) << "schema " << si << ": " << text;
+            for (int k = 0; k < 8; ++k) {
+                std::string bad = text;
+                const size_t at = rng() % bad.size();
+                const int how = int(rng() % 3);
+                const char pool[] = "{}[]\",:0123456789.-eE truefalsenullxé\\";
+                const char ch = pool[rng() % (sizeof(pool) - 1)];
+                if (how == 0) bad[at] = ch;
+                if (how == 1) bad.insert(bad.begin() + std::ptrdiff_t(at), ch);
+                if (how == 2) bad.erase(at, 1);
+                if (read_text(**s, bad) != -1) continue;
+                ++taken_corrupt;
+                auto w = parse(bad);
+                ASSERT_TRUE(w.has_value()) << "schema " << si << ": " << bad;
+                if (w->is_null()) continue;
+                EXPECT_TRUE(check.valid(*w, schemas[si])) << "schema " << si << ": " << bad;
+            }
+        }
+        std::printf("schema %zu: %d corruptions were still instances\n", si, taken_corrupt);
+    }
+}
+
+// Constrained generation with random logits over the real Qwen3 vocabulary: the mask always
+// leaves a token and equals each token's bytes read one by one; the texts are instances.
+TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
+    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
+    ASSERT_TRUE(f.ok());
+    auto tok = Tokenizer::from_gguf(**f);
+    ASSERT_TRUE(tok.ok());
+    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
+    const int32_t n = (*tok)->n_vocab();
+    std::vector<float> favour(size_t(n), 0.0f);
+    for (int32_t id = 0; id < n; ++id) {
+        const std::string b = (*tok)->token_bytes(id, false);
+        if (b == "}" || b == "]" || b == "\"" || b == "\"}" || b == "\"," || b == "null" || b == "\":")
+            favour[size_t(id)] = 6;
+    }
+    std::mt19937 rng(testing::fresh_seed());
+    std::normal_distribution<float> noise(0.0f, 1.0f);
+    std::vector<Json> schemas = test_schemas();
+    for (Json& s : schemas) s = closed(s);
+    int steps = 0;
+    double mask_s = 0;
+    for (size_t si = 0; si < schemas.size(); ++si) {
+        auto s = JsonSchema::compile(schemas[si]);
+        ASSERT_TRUE(s.ok());
+        const Validator check(schemas[si]);
+        int whole = 0;
+        for (int walk = 0; walk < 3; ++walk) {
+            JsonConstraint c(vocab, -1, *s);
+            std::string text;
+            for (int step = 0; step < 600; ++step) {
+                std::vector<float> logits(static_cast<size_t>(n));
+                for (int32_t id = 0; id < n; ++id) logits[size_t(id)] = noise(rng) + favour[size_t(id)];
+                const auto m0 = std::chrono::steady_clock::now();
+                c.mask(logits.data(), n);
+                mask_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+                ++steps;
+                const int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
+                ASSERT_TRUE(std::isfinite(logits[size_t(best)])) << "no token left after " << text;
+                if (c.complete()) {
+                    ASSERT_TRUE((*tok)->is_eog(best));
+                    ++whole;
+                    auto v = parse(text);
+                    ASSERT_TRUE(v.has_value()) << text;
+                    if (!v->is_null()) {
+                        EXPECT_TRUE(check.valid(*v, schemas[si])) << text;
+                    }
+                    break;
+                }
+                if (step % 40 == 3) {  // the mask equals each token's bytes read one by one
+                    SchemaRecognizer now(s->get());
+                    for (char ch : text) ASSERT_TRUE(now.push(uint8_t(ch)));
+                    for (int32_t id = 0; id < n; ++id) {
+                        const TokenType type = (*tok)->token_type(id);
+                        const std::string b = (*tok)->token_bytes(id, false);
+                        bool takes =
+                            !(*tok)->is_eog(id) && (type == TokenType::normal || type == TokenType::byte) && !b.empty();
+                        SchemaRecognizer r = now;
+                        for (char ch : b) takes = takes && r.push(uint8_t(ch));
+                        ASSERT_EQ(std::isfinite(logits[size_t(id)]), takes) << "token " << id << " after " << text;
+                    }
+                }
+                text += (*tok)->token_bytes(best, false);
+                c.accept(best);
+            }
+        }
+        EXPECT_GE(whole, 1) << "schema " << si;
+    }
+    std::printf("%.2f ms a mask\n", 1e3 * mask_s / steps);
+}
+
+}  // namespace
+}  // namespace bigmoe
