@@ -126,6 +126,7 @@ class SchemaCompiler {
 
     // A new node for schema `s` (or the node it stands for: a $ref, one allOf member, `true`).
     Result<int32_t> node(const Json& s, const std::string& where) {
+        if (s_.nodes_.size() >= k_max_nodes) return bad(where, "more than 65536 schemas in one document");
         if (++depth_ > 64) return bad(where, "nested deeper than 64 schemas");
         struct Leave {
             int& d;
@@ -359,6 +360,7 @@ class SchemaCompiler {
     // anyOf / oneOf members, flattened; members that may begin with the same byte are merged
     // when both are enum / const lists or both only name types, else refused.
     Result<std::vector<int32_t>> alternatives(const Json& list, const std::string& where) {
+        if (list.size() > 1024) return bad(where, "more than 1024 members");
         std::vector<int32_t> out;
         for (size_t k = 0; k < list.size(); ++k) {
             auto c = node(list[k], where + "/" + std::to_string(k));
@@ -383,6 +385,9 @@ class SchemaCompiler {
                 Node merged;
                 merged.compiled = true;
                 if (!x.literals.empty() && !y.literals.empty()) {
+                    merged_literals_ += x.literals.size() + y.literals.size();
+                    if (merged_literals_ > (1 << 20) || x.literals.size() + y.literals.size() > 0xFFFE)
+                        return bad(where, "too many enum values to merge");
                     merged.any = false;
                     merged.literals = x.literals;
                     merged.literals.insert(merged.literals.end(), y.literals.begin(), y.literals.end());
@@ -409,10 +414,12 @@ class SchemaCompiler {
         return out;
     }
 
+    static constexpr size_t k_max_nodes = 65536;
     const Json& doc_;
     JsonSchema s_;
     std::map<std::string, int32_t> refs_;
     int depth_ = 0;
+    size_t merged_literals_ = 0;  // enum values copied by merges (bounds the work of a hostile schema)
 };
 
 Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema) {

@@ -276,6 +276,17 @@ TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
         ASSERT_FALSE(s.ok()) << text;
         EXPECT_NE(s.error().message.find(want), std::string::npos) << text << ": " << s.error().message;
     }
+    // sizes that would make compiling a request slow are refused
+    Json many = Json::array();
+    for (int i = 0; i < 1025; ++i) many.push_back({{"const", i}});
+    auto s = JsonSchema::compile({{"type", "object"}, {"properties", {{"a", {{"anyOf", many}}}}}});
+    ASSERT_FALSE(s.ok());
+    EXPECT_NE(s.error().message.find("more than 1024 members"), std::string::npos) << s.error().message;
+    many.erase(many.begin() + 1000, many.end());  // 1000 enums merge into one
+    auto merged = JsonSchema::compile({{"type", "object"}, {"properties", {{"a", {{"anyOf", many}}}}}});
+    ASSERT_TRUE(merged.ok()) << merged.error().message;
+    EXPECT_EQ(read_text(**merged, R"({"a":999})"), -1);
+    EXPECT_GE(read_text(**merged, R"({"a":1000})"), 0);
 }
 
 TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
