@@ -280,6 +280,9 @@ Result<bool> Scheduler::step() {
             continue;
         }
         int32_t id = -1;
+        // a whole constrained object leaves only end-of-generation, which then ends the request
+        // even with ignore_eos (else it would emit end tokens until n_predict)
+        const bool object_done = s.r.constraint && s.r.constraint->active() && s.r.constraint->complete();
         if (s.r.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
             masked_.assign(s.logits.begin(), s.logits.end());
             s.r.constraint->mask(masked_.data(), int32_t(masked_.size()));
@@ -288,7 +291,7 @@ Result<bool> Scheduler::step() {
         } else {
             id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
         }
-        const bool go_on = s.sink->push(id, g.ignore_eos, s.logits.data(), int32_t(s.logits.size()));
+        const bool go_on = s.sink->push(id, g.ignore_eos && !object_done, s.logits.data(), int32_t(s.logits.size()));
         if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
             finish(s, nullptr);  // the token ends the request: nothing needs its logits
             continue;

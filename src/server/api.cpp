@@ -277,7 +277,9 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
         }
         if (r.prompt.empty() && r.prompt_ids.empty()) return bad("'prompt' must not be empty", "prompt");
     }
-    if (j.contains("n") && !(j["n"].is_number_integer() && j["n"] == 1)) return bad("only 'n': 1 is supported", "n");
+    int64_t n = 1;
+    if (auto e = integer(j, "n", 1, k_max_choices, &n)) return e;
+    r.n = int(n);
     // log-probabilities: chat asks with "logprobs": true and "top_logprobs": n; completions with
     // "logprobs": n; llama.cpp's /completion with "n_probs": n
     constexpr int64_t k_max_top = 20;

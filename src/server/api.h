@@ -29,6 +29,8 @@ struct ApiError {
 // {"error": {"message", "type", "code"}}
 Json error_body(const ApiError& e);
 
+constexpr int64_t k_max_choices = 16;  // "n"
+
 // What a completion request asks for, after validation.
 struct CompletionRequest {
     bool chat = true;
@@ -45,6 +47,7 @@ struct CompletionRequest {
         prompt_ids;  // completions: token ids given instead of text (checked against the vocabulary later)
     SamplerParams sampler;
     int64_t max_tokens = -1;  // -1: until end of generation or a full context
+    int n = 1;                // choices, each its own sequence (seed + i when sampling)
     std::vector<std::string> stop;
     bool stream = false;
     bool include_usage = false;  // stream_options.include_usage

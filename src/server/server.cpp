@@ -32,10 +32,16 @@ double ms_between(Clock::time_point a, Clock::time_point b) {
     return std::chrono::duration<double, std::milli>(b - a).count();
 }
 
-// One request's traffic between the stepping thread (pieces, the end) and its HTTP thread.
-struct Job {
+// The lock and signal of an HTTP request's jobs (one per choice).
+struct JobSync {
     std::mutex mu;
     std::condition_variable cv;
+};
+
+// One sequence's traffic between the stepping thread (pieces, the end) and its HTTP thread.
+struct Job {
+    explicit Job(std::shared_ptr<JobSync> s) : sync(std::move(s)) {}
+    std::shared_ptr<JobSync> sync;
     std::deque<Piece> pieces;
     bool done = false;
     GenerateResult result;
@@ -107,6 +113,7 @@ constexpr Route k_routes[] = {
     {"/completions", "POST"},
     {"/completion", "POST"},
     {"/tokenize", "POST"},
+    {"/apply-template", "POST"},
     {"/detokenize", "POST"},
     {"/slots", "GET"},
     {"/", "GET"},
@@ -444,64 +451,78 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
                                      std::to_string(slot_ctx()) + " positions (-c " + std::to_string(o.n_ctx) +
                                      " over -np " + std::to_string(o.slots) + ")",
                                  "invalid_request_error", "context_length_exceeded"});
-    if (sched->running() + sched->waiting() >= size_t(o.slots) + o.queue) {
+    if (sched->running() + sched->waiting() + size_t(cr.n) > size_t(o.slots) + o.queue) {
         res.set_header("Retry-After", "1");
         return reply_error(res, {503, "the server is busy: " + std::to_string(o.queue) + " requests are waiting",
                                  "server_error", "queue_full"});
     }
     const bool tools = chat && cr.tools.is_array() && !cr.tools.empty();
-    auto job = std::make_shared<Job>();
-    job->prompt_tokens = int64_t(prompt.size());
-    Request r;
-    r.prompt = std::move(prompt);
-    r.sampler = cr.sampler;
-    r.gen.n_predict = cr.max_tokens;
-    r.gen.ignore_eos = cr.ignore_eos;
-    r.gen.stop = cr.stop;
-    r.gen.in_reasoning = in_reasoning;
-    r.gen.logprobs = cr.logprobs;
-    if (cr.json_object || cr.schema || cr.tool_required) {
-        // a reasoning model writes its reasoning first, then the object
-        std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
-        r.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
-                                                        cr.tool_required ? cr.tool_schema : cr.schema);
+    // "n" choices: a sequence each, sampled with seeds seed, seed + 1, ... (at temperature 0 they
+    // are the same text); they share one lock and signal, so a stream waits on all at once
+    auto sync = std::make_shared<JobSync>();
+    std::vector<std::shared_ptr<Job>> jobs;
+    for (int i = 0; i < cr.n; ++i) {
+        auto job = std::make_shared<Job>(sync);
+        job->prompt_tokens = int64_t(prompt.size());
+        Request r;
+        r.prompt = prompt;
+        r.sampler = cr.sampler;
+        r.sampler.seed = cr.sampler.seed + uint64_t(i);
+        r.gen.n_predict = cr.max_tokens;
+        r.gen.ignore_eos = cr.ignore_eos;
+        r.gen.stop = cr.stop;
+        r.gen.in_reasoning = in_reasoning;
+        r.gen.logprobs = cr.logprobs;
+        if (cr.json_object || cr.schema || cr.tool_required) {
+            // a reasoning model writes its reasoning first, then the object
+            std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
+            r.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
+                                                            cr.tool_required ? cr.tool_schema : cr.schema);
+        }
+        r.on_piece = [job](const Piece& p) {
+            std::lock_guard<std::mutex> lock(job->sync->mu);
+            if (!job->has_first) {
+                job->has_first = true;
+                job->first = Clock::now();
+            }
+            job->pieces.push_back(p);
+            job->sync->cv.notify_all();
+            return !job->gone.load();
+        };
+        r.on_done = [this, job](const GenerateResult& result, const Error* err) {
+            std::lock_guard<std::mutex> lock(job->sync->mu);
+            job->result = result;
+            if (err) {
+                job->error = err->message;
+                ++requests_failed;
+            }
+            job->finished = Clock::now();
+            if (!job->has_first) job->first = job->finished;
+            job->done = true;
+            prompt_tokens_total += job->prompt_tokens - result.prompt_cached;
+            if (cache) prompt_tokens_looked_up += job->prompt_tokens;
+            generation_tokens_total += int64_t(result.tokens.size());
+            if (!err && result.stop != StopReason::cancelled) {
+                const double first_s = ms_between(job->submitted, job->first) / 1000;
+                ttft.observe(first_s);
+                e2e.observe(ms_between(job->submitted, job->finished) / 1000);
+                if (result.tokens.size() > 1)
+                    tpot.observe(ms_between(job->first, job->finished) / 1000 / double(result.tokens.size() - 1));
+            }
+            job->sync->cv.notify_all();
+        };
+        auto id = sched->submit(std::move(r));
+        if (!id) {
+            for (const auto& j : jobs) {
+                j->gone = true;
+                sched->cancel(j->id);
+            }
+            return reply_error(res, {400, id.error().message});
+        }
+        job->id = *id;
+        jobs.push_back(job);
+        ++requests_total;
     }
-    r.on_piece = [job](const Piece& p) {
-        std::lock_guard<std::mutex> lock(job->mu);
-        if (!job->has_first) {
-            job->has_first = true;
-            job->first = Clock::now();
-        }
-        job->pieces.push_back(p);
-        job->cv.notify_all();
-        return !job->gone.load();
-    };
-    r.on_done = [this, job](const GenerateResult& result, const Error* err) {
-        std::lock_guard<std::mutex> lock(job->mu);
-        job->result = result;
-        if (err) {
-            job->error = err->message;
-            ++requests_failed;
-        }
-        job->finished = Clock::now();
-        if (!job->has_first) job->first = job->finished;
-        job->done = true;
-        prompt_tokens_total += job->prompt_tokens - result.prompt_cached;
-        if (cache) prompt_tokens_looked_up += job->prompt_tokens;
-        generation_tokens_total += int64_t(result.tokens.size());
-        if (!err && result.stop != StopReason::cancelled) {
-            const double first_s = ms_between(job->submitted, job->first) / 1000;
-            ttft.observe(first_s);
-            e2e.observe(ms_between(job->submitted, job->finished) / 1000);
-            if (result.tokens.size() > 1)
-                tpot.observe(ms_between(job->first, job->finished) / 1000 / double(result.tokens.size() - 1));
-        }
-        job->cv.notify_all();
-    };
-    auto id = sched->submit(std::move(r));
-    if (!id) return reply_error(res, {400, id.error().message});
-    job->id = *id;
-    ++requests_total;
     {
         std::lock_guard<std::mutex> lock(wake_mu);
         wake = true;
@@ -509,71 +530,84 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     wake_cv.notify_one();
 
     const std::string kind = chat ? "chat.completion" : "text_completion";
-    const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(*id);
+    const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(jobs[0]->id);
     const int64_t created = int64_t(std::time(nullptr));
-    auto usage = [job]() {
+    // usage counts the prompt once and every choice's tokens; timings are the first choice's
+    auto usage = [jobs]() {
+        const Job& j0 = *jobs[0];
         Usage u;
-        u.prompt_tokens = job->prompt_tokens;
-        u.completion_tokens = int64_t(job->result.tokens.size());
-        u.cached_tokens = job->result.prompt_cached;
-        u.prompt_ms = ms_between(job->submitted, job->first);
-        u.predicted_ms = ms_between(job->first, job->finished);
+        u.prompt_tokens = j0.prompt_tokens;
+        for (const auto& j : jobs) u.completion_tokens += int64_t(j->result.tokens.size());
+        u.cached_tokens = j0.result.prompt_cached;
+        u.prompt_ms = ms_between(j0.submitted, j0.first);
+        u.predicted_ms = ms_between(j0.first, j0.finished);
         return u;
     };
+    auto all_done = [jobs] { return std::all_of(jobs.begin(), jobs.end(), [](const auto& j) { return j->done; }); };
     if (!cr.stream) {
-        std::unique_lock<std::mutex> lock(job->mu);
-        job->cv.wait(lock, [&] { return job->done; });
-        if (!job->error.empty()) return reply_error(res, {500, job->error, "server_error"});
-        if (stopping.load() && job->result.stop == StopReason::cancelled)
-            return reply_error(res, {503, "the server is stopping", "server_error", "stopping"});
-        Json choice = {{"index", 0}, {"finish_reason", finish_reason(job->result.stop)}};
-        int64_t offset = 0;
-        choice["logprobs"] = cr.logprobs < 0 ? Json(nullptr)
-                             : chat          ? chat_logprobs_json(job->result.logprobs, *tok)
-                                             : completion_logprobs_json(job->result.logprobs, *tok, &offset);
-        if (chat) {
-            Json msg = {{"role", "assistant"}, {"content", job->result.content}};
-            if (!job->result.reasoning.empty()) msg["reasoning_content"] = job->result.reasoning;
-            if (tools) {  // the model's <tool_call> blocks as tool_calls
-                ToolCallParser parser;
-                if (!forced_prefix.empty()) msg["content"] = forced_prefix + job->result.content + forced_suffix;
-                ToolOutput o = parser.push(msg["content"].get<std::string>()), rest = parser.finish();
-                o.text += rest.text;
-                if (!o.calls.empty()) {
-                    msg["content"] = o.text.empty() ? Json(nullptr) : Json(o.text);
-                    msg["tool_calls"] = Json::array();
-                    for (size_t i = 0; i < o.calls.size(); ++i)
-                        msg["tool_calls"].push_back(tool_call_json(rid, i, o.calls[i]));
-                    choice["finish_reason"] = "tool_calls";
+        std::unique_lock<std::mutex> lock(sync->mu);
+        sync->cv.wait(lock, all_done);
+        Json choices = Json::array();
+        for (size_t i = 0; i < jobs.size(); ++i) {
+            const Job& job = *jobs[i];
+            if (!job.error.empty()) return reply_error(res, {500, job.error, "server_error"});
+            if (stopping.load() && job.result.stop == StopReason::cancelled)
+                return reply_error(res, {503, "the server is stopping", "server_error", "stopping"});
+            Json choice = {{"index", i}, {"finish_reason", finish_reason(job.result.stop)}};
+            int64_t offset = 0;
+            choice["logprobs"] = cr.logprobs < 0 ? Json(nullptr)
+                                 : chat          ? chat_logprobs_json(job.result.logprobs, *tok)
+                                                 : completion_logprobs_json(job.result.logprobs, *tok, &offset);
+            if (chat) {
+                Json msg = {{"role", "assistant"}, {"content", job.result.content}};
+                if (!job.result.reasoning.empty()) msg["reasoning_content"] = job.result.reasoning;
+                if (tools) {  // the model's <tool_call> blocks as tool_calls
+                    ToolCallParser parser;
+                    if (!forced_prefix.empty()) msg["content"] = forced_prefix + job.result.content + forced_suffix;
+                    ToolOutput o = parser.push(msg["content"].get<std::string>()), rest = parser.finish();
+                    o.text += rest.text;
+                    if (!o.calls.empty()) {
+                        msg["content"] = o.text.empty() ? Json(nullptr) : Json(o.text);
+                        msg["tool_calls"] = Json::array();
+                        for (size_t k = 0; k < o.calls.size(); ++k)
+                            msg["tool_calls"].push_back(tool_call_json(rid, k, o.calls[k]));
+                        choice["finish_reason"] = "tool_calls";
+                    }
                 }
+                choice["message"] = msg;
+            } else {
+                choice["text"] = job.result.content;
             }
-            choice["message"] = msg;
-        } else {
-            choice["text"] = job->result.content;
+            choices.push_back(std::move(choice));
         }
         const Usage u = usage();
-        Json body = {{"id", rid},
-                     {"object", kind},
-                     {"created", created},
-                     {"model", model_name},
-                     {"choices", Json::array({choice})},
-                     {"usage", usage_json(u)},
-                     {"timings", timings_json(u)}};
-        if (llama) body["content"] = job->result.content;
+        Json body = {{"id", rid},          {"object", kind},         {"created", created},        {"model", model_name},
+                     {"choices", choices}, {"usage", usage_json(u)}, {"timings", timings_json(u)}};
+        if (llama) body["content"] = jobs[0]->result.content;
         res.set_content(body.dump(), "application/json");
         return;
     }
-    // Server-sent events: a chunk per piece, the finish reason, usage if asked, then [DONE].
+    // Server-sent events: a chunk per piece (each with its choice's index), each choice's finish
+    // reason, usage if asked, then [DONE].
     const std::string chunk_kind = chat ? "chat.completion.chunk" : "text_completion";
-    // log-probabilities of the tokens since the last chunk ride on the next one sent
-    auto pending = std::make_shared<std::vector<TokenLogprob>>();
-    auto text_offset = std::make_shared<int64_t>(0);
+    struct Stream {
+        std::vector<TokenLogprob> pending;  // log-probabilities of the tokens since the last chunk sent
+        int64_t text_offset = 0;
+        std::shared_ptr<ToolCallParser> parser;
+        size_t n_calls = 0;
+        bool finished = false;
+    };
+    auto streams = std::make_shared<std::vector<Stream>>(jobs.size());
+    for (Stream& st : *streams) {
+        if (tools) st.parser = std::make_shared<ToolCallParser>();
+        if (st.parser && !forced_prefix.empty()) st.parser->push(forced_prefix);  // held: the call is not complete
+    }
     const bool want_lp = cr.logprobs >= 0;
-    auto chunk = [=, this](Json choice) {
-        if (want_lp && !pending->empty()) {
-            choice["logprobs"] =
-                chat ? chat_logprobs_json(*pending, *tok) : completion_logprobs_json(*pending, *tok, text_offset.get());
-            pending->clear();
+    auto chunk = [=, this](Stream& st, Json choice) {
+        if (want_lp && !st.pending.empty()) {
+            choice["logprobs"] = chat ? chat_logprobs_json(st.pending, *tok)
+                                      : completion_logprobs_json(st.pending, *tok, &st.text_offset);
+            st.pending.clear();
         }
         return Json{{"id", rid},
                     {"object", chunk_kind},
@@ -582,9 +616,6 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
                     {"choices", Json::array({std::move(choice)})}};
     };
     const bool include_usage = cr.include_usage;
-    auto parser = tools ? std::make_shared<ToolCallParser>() : nullptr;
-    if (parser && !forced_prefix.empty()) parser->push(forced_prefix);  // held: the call is not complete
-    auto n_calls = std::make_shared<size_t>(0);
     const int32_t t_open = think_open, t_close = think_close;
     res.set_header("Cache-Control", "no-cache");
     res.set_chunked_content_provider("text/event-stream", [=, this](size_t, httplib::DataSink& sink) {
@@ -593,78 +624,94 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
             return sink.write(line.data(), line.size());
         };
         auto gone = [&] {
-            job->gone = true;
-            sched->cancel(job->id);
+            for (const auto& job : jobs) {
+                job->gone = true;
+                sched->cancel(job->id);
+            }
             return false;
         };
-        if (chat &&
-            !send(
-                chunk({{"index", 0}, {"delta", {{"role", "assistant"}, {"content", ""}}}, {"finish_reason", nullptr}})))
-            return gone();
+        if (chat)
+            for (size_t i = 0; i < jobs.size(); ++i)
+                if (!send(chunk((*streams)[i], {{"index", i},
+                                                {"delta", {{"role", "assistant"}, {"content", ""}}},
+                                                {"finish_reason", nullptr}})))
+                    return gone();
         for (;;) {
-            std::deque<Piece> batch;
-            bool done;
+            std::vector<std::deque<Piece>> batches(jobs.size());
+            std::vector<bool> done(jobs.size());
             {
-                std::unique_lock<std::mutex> lock(job->mu);
-                job->cv.wait_for(lock, std::chrono::milliseconds(200),
-                                 [&] { return job->done || !job->pieces.empty(); });
-                batch.swap(job->pieces);
-                done = job->done;
-            }
-            // content pieces (through the tool-call parser when the request has tools)
-            auto send_content = [&](const std::string& text, const std::vector<ToolCall>& calls) {
-                if (!text.empty() &&
-                    !send(chunk({{"index", 0}, {"delta", {{"content", text}}}, {"finish_reason", nullptr}})))
+                std::unique_lock<std::mutex> lock(sync->mu);
+                sync->cv.wait_for(lock, std::chrono::milliseconds(200), [&] {
+                    for (size_t i = 0; i < jobs.size(); ++i)
+                        if (!jobs[i]->pieces.empty() || (jobs[i]->done && !(*streams)[i].finished)) return true;
                     return false;
-                for (const ToolCall& c : calls)
-                    if (!send(chunk({{"index", 0},
-                                     {"delta", {{"tool_calls", Json::array({tool_call_json(rid, (*n_calls)++, c)})}}},
-                                     {"finish_reason", nullptr}})))
-                        return false;
-                return true;
-            };
-            for (const Piece& p : batch) {
-                if (p.logprob) pending->push_back(*p.logprob);
-                if (p.text.empty() || p.token == t_open || p.token == t_close) continue;
-                bool ok;
-                if (!chat) {
-                    ok = send(chunk({{"index", 0}, {"text", p.text}, {"finish_reason", nullptr}}));
-                } else if (p.reasoning) {
-                    ok = send(
-                        chunk({{"index", 0}, {"delta", {{"reasoning_content", p.text}}}, {"finish_reason", nullptr}}));
-                } else if (parser) {
-                    ToolOutput o = parser->push(p.text);
-                    ok = send_content(o.text, o.calls);
-                } else {
-                    ok = send_content(p.text, {});
+                });
+                for (size_t i = 0; i < jobs.size(); ++i) {
+                    batches[i].swap(jobs[i]->pieces);
+                    done[i] = jobs[i]->done;
                 }
-                if (!ok) return gone();
+            }
+            for (size_t i = 0; i < jobs.size(); ++i) {
+                Stream& st = (*streams)[i];
+                const Job& job = *jobs[i];
+                // content pieces (through the tool-call parser when the request has tools)
+                auto send_content = [&](const std::string& text, const std::vector<ToolCall>& calls) {
+                    if (!text.empty() &&
+                        !send(chunk(st, {{"index", i}, {"delta", {{"content", text}}}, {"finish_reason", nullptr}})))
+                        return false;
+                    for (const ToolCall& c : calls)
+                        if (!send(chunk(
+                                st, {{"index", i},
+                                     {"delta", {{"tool_calls", Json::array({tool_call_json(rid, st.n_calls++, c)})}}},
+                                     {"finish_reason", nullptr}})))
+                            return false;
+                    return true;
+                };
+                for (const Piece& p : batches[i]) {
+                    if (p.logprob) st.pending.push_back(*p.logprob);
+                    if (p.text.empty() || p.token == t_open || p.token == t_close) continue;
+                    bool ok;
+                    if (!chat) {
+                        ok = send(chunk(st, {{"index", i}, {"text", p.text}, {"finish_reason", nullptr}}));
+                    } else if (p.reasoning) {
+                        ok = send(chunk(
+                            st,
+                            {{"index", i}, {"delta", {{"reasoning_content", p.text}}}, {"finish_reason", nullptr}}));
+                    } else if (st.parser) {
+                        ToolOutput o = st.parser->push(p.text);
+                        ok = send_content(o.text, o.calls);
+                    } else {
+                        ok = send_content(p.text, {});
+                    }
+                    if (!ok) return gone();
+                }
+                if (!done[i] || st.finished) continue;
+                st.finished = true;
+                if (st.parser) {
+                    ToolOutput o = st.parser->push(forced_suffix), rest = st.parser->finish();
+                    o.text += rest.text;
+                    o.calls.insert(o.calls.end(), rest.calls.begin(), rest.calls.end());
+                    if (!send_content(o.text, o.calls)) return gone();
+                }
+                if (!job.error.empty()) {
+                    send(error_body({500, job.error, "server_error"}));
+                    continue;
+                }
+                Json fin = {
+                    {"index", i},
+                    {"finish_reason", st.n_calls > 0 ? std::string("tool_calls") : finish_reason(job.result.stop)}};
+                fin[chat ? "delta" : "text"] = chat ? Json::object() : Json("");
+                Json last = chunk(st, fin);
+                if (jobs.size() == 1) last["timings"] = timings_json(usage());
+                if (!send(last)) return gone();
             }
             if (!sink.is_writable()) return gone();
-            if (!done) continue;
-            if (parser) {
-                ToolOutput o = parser->push(forced_suffix), rest = parser->finish();
-                o.text += rest.text;
-                o.calls.insert(o.calls.end(), rest.calls.begin(), rest.calls.end());
-                if (!send_content(o.text, o.calls)) return gone();
-            }
-            if (!job->error.empty()) {
-                send(error_body({500, job->error, "server_error"}));
-            } else {
-                Json fin = {
-                    {"index", 0},
-                    {"finish_reason", *n_calls > 0 ? std::string("tool_calls") : finish_reason(job->result.stop)}};
-                fin[chat ? "delta" : "text"] = chat ? Json::object() : Json("");
-                Json last = chunk(fin);
-                const Usage u = usage();
-                last["timings"] = timings_json(u);
-                if (!send(last)) return gone();
-                if (include_usage) {
-                    Json uj = chunk(fin);
-                    uj["choices"] = Json::array();
-                    uj["usage"] = usage_json(u);
-                    if (!send(uj)) return gone();
-                }
+            if (!std::all_of(streams->begin(), streams->end(), [](const Stream& st) { return st.finished; })) continue;
+            if (include_usage) {
+                Json uj = chunk((*streams)[0], {{"index", 0}});
+                uj["choices"] = Json::array();
+                uj["usage"] = usage_json(usage());
+                if (!send(uj)) return gone();
             }
             const std::string end = "data: [DONE]\n\n";
             sink.write(end.data(), end.size());
@@ -807,6 +854,17 @@ void Server::Impl::routes() {
         if (!valid_utf8(text)) return reply_error(res, {400, "'content' is not valid UTF-8"});
         const bool add_special = j.value("add_special", false);
         res.set_content(Json{{"tokens", tok->encode(text, true, add_special)}}.dump(), "application/json");
+    });
+    // llama-server's /apply-template: the prompt a chat request's messages render to, not run
+    http.Post("/apply-template", [this](const httplib::Request& q, httplib::Response& res) {
+        CompletionRequest cr;
+        if (auto e = parse_completion(q.body, true, false, 0, &cr)) return reply_error(res, *e);
+        ChatOptions opt;
+        opt.enable_thinking = cr.enable_thinking;
+        opt.tools = cr.tools;
+        auto r = fmt->render(cr.messages, opt);
+        if (!r) return reply_error(res, {400, "the chat template failed on these messages: " + r.error().message});
+        res.set_content(Json{{"prompt", *r}}.dump(), "application/json");
     });
     http.Post("/detokenize", [this, body_json](const httplib::Request& q, httplib::Response& res) {
         const Json j = body_json(q, res);

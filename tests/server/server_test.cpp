@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <thread>
 
 #include "bigmoe/bigmoe.h"
@@ -397,6 +398,16 @@ TEST_F(Serve, json_schema_answers_are_instances) {
         }
     }
     EXPECT_GE(whole, 2);
+    {  // with ignore_eos the whole object still ends the answer (nothing but its end could follow)
+        Json body = chat_body("What is the weather in Paris?", 200);
+        body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "w"}, {"schema", schema}}}};
+        body["logit_bias"] = closing;
+        body["ignore_eos"] = true;
+        const Json got = post("/v1/chat/completions", body);
+        EXPECT_EQ(got["choices"][0]["finish_reason"], "stop") << got.dump();
+        EXPECT_LT(got["usage"]["completion_tokens"].get<int64_t>(), 200);
+        check(got["choices"][0]["message"]["content"], true);
+    }
     // llama.cpp's /completion with a top-level json_schema
     const Json llama = post("/completion", {{"prompt", "Weather report as JSON:"},
                                             {"n_predict", 120},
@@ -413,6 +424,73 @@ TEST_F(Serve, json_schema_answers_are_instances) {
     const Json got = post("/v1/chat/completions", body);
     ASSERT_EQ(got["choices"][0]["finish_reason"], "tool_calls") << got.dump();
     check(got["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], true);
+}
+
+// /apply-template renders the messages as a chat request would: its prompt, tokenized, is the
+// request's prompt.
+TEST_F(Serve, apply_template_gives_the_chat_prompt) {
+    const Json body = chat_body("What is the weather in Paris?", 2);
+    const Json t = post("/apply-template", body);
+    const std::string prompt = t["prompt"];
+    EXPECT_NE(prompt.find("What is the weather in Paris?"), std::string::npos) << prompt;
+    const Json toks = post("/tokenize", {{"content", prompt}});
+    const Json chat = post("/v1/chat/completions", body);
+    EXPECT_EQ(toks["tokens"].size(), chat["usage"]["prompt_tokens"].get<size_t>());
+    Json no_think = body;
+    no_think["chat_template_kwargs"] = {{"enable_thinking", false}};
+    EXPECT_NE(post("/apply-template", no_think)["prompt"], prompt);
+}
+
+// "n" choices: choice i is the request alone with seed + i (each its own sequence), streamed
+// alike under its index; usage counts the prompt once and every choice's tokens.
+TEST_F(Serve, n_choices_are_the_request_with_successive_seeds) {
+    const Json body = chat_body("Tell me about the sea", 12, 0.9, 77);
+    Json many = body;
+    many["n"] = 3;
+    const Json got = post("/v1/chat/completions", many);
+    ASSERT_EQ(got["choices"].size(), 3u) << got.dump();
+    int64_t tokens = 0;
+    std::set<std::string> texts;
+    for (int i = 0; i < 3; ++i) {
+        const Json& c = got["choices"][size_t(i)];
+        EXPECT_EQ(c["index"], i);
+        Json alone = body;
+        alone["seed"] = 77 + i;
+        const Json one = post("/v1/chat/completions", alone);
+        EXPECT_EQ(c["message"]["content"], one["choices"][0]["message"]["content"]) << i;
+        EXPECT_EQ(c["finish_reason"], one["choices"][0]["finish_reason"]) << i;
+        tokens += one["usage"]["completion_tokens"].get<int64_t>();
+        EXPECT_EQ(got["usage"]["prompt_tokens"], one["usage"]["prompt_tokens"]);
+        texts.insert(c["message"]["content"].get<std::string>());
+    }
+    EXPECT_EQ(got["usage"]["completion_tokens"], tokens);
+    EXPECT_GE(texts.size(), 2u);  // sampled with different seeds
+    many["stream"] = true;
+    many["stream_options"] = {{"include_usage", true}};
+    std::vector<std::string> streamed(3);
+    std::vector<int> finishes(3, 0);
+    Json usage;
+    for (const Json& ev : stream("/v1/chat/completions", many)) {
+        if (ev.is_null()) break;
+        if (ev.contains("usage") && !ev["usage"].is_null()) usage = ev["usage"];
+        for (const Json& c : ev["choices"]) {
+            const size_t i = c["index"];
+            ASSERT_LT(i, 3u);
+            if (c["delta"].contains("content")) streamed[i] += c["delta"]["content"].get<std::string>();
+            finishes[i] += c["finish_reason"].is_string();
+        }
+    }
+    for (size_t i = 0; i < 3; ++i) {
+        EXPECT_EQ(streamed[i], got["choices"][i]["message"]["content"]) << i;
+        EXPECT_EQ(finishes[i], 1) << i;
+    }
+    EXPECT_EQ(usage["completion_tokens"], tokens);
+    // completions too
+    const Json comp =
+        post("/v1/completions", {{"prompt", "Once upon a time"}, {"max_tokens", 6}, {"temperature", 0}, {"n", 2}});
+    ASSERT_EQ(comp["choices"].size(), 2u);
+    EXPECT_EQ(comp["choices"][0]["text"], comp["choices"][1]["text"]);  // greedy: the same text
+    EXPECT_EQ(comp["choices"][1]["index"], 1);
 }
 
 // Tools are rendered into the prompt by the template (the model's own <tool_call> output is
@@ -625,7 +703,6 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
         {"stop with an empty string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stop", {""}}}),
          400},
         {"stream a string", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"stream", "yes"}}), 400},
-        {"n of 2", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 2}}), 400},
         {"top_logprobs without logprobs", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"top_logprobs", 2}}), 400},
         {"top_logprobs above 20", "POST", "/v1/chat/completions",
@@ -686,6 +763,10 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
         {"response_format a string", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"response_format", "json"}}), 400},
         {"grammar", "POST", "/completion", chat({{"prompt", "hi"}, {"grammar", "root ::= \"a\""}}), 400},
+        {"apply-template without messages", "POST", "/apply-template", chat({{"prompt", "hi"}}), 400},
+        {"n of 0", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 0}}), 400},
+        {"n of 17", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 17}}), 400},
+        {"n a string", "POST", "/v1/completions", chat({{"prompt", "hi"}, {"n", "2"}}), 400},
         {"presence penalty out of range", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"presence_penalty", 9}}), 400},
         {"prompt longer than a slot", "POST", "/v1/chat/completions",
