@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <sstream>
 
@@ -24,6 +25,7 @@
 #include "gguf/names.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
+#include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
 #include "tokenizer/tokenizer.h"
@@ -54,6 +56,9 @@ const std::vector<OptionSpec> k_specs = {
     {"-l", "--logit-bias", "ID(+|-)BIAS",
      "add BIAS to token ID's logit before the penalties (repeatable; e.g. 15043+1, 15043-inf: never)"},
     {"-s", "--seed", "N", "sampling seed (default and -1: random, printed)"},
+    {"-j", "--json-schema", "SCHEMA",
+     "the answer is an instance of this JSON Schema (an object; '{}': any JSON object); see docs/serving.md"},
+    {"", "--json-schema-file", "FILE", "the same, the schema read from a file"},
     {"", "--ignore-eos", "", "keep generating past end-of-generation tokens"},
     {"", "--special", "", "print control tokens"},
     {"-sys", "--system-prompt", "TEXT", "system message (chat)"},
@@ -273,6 +278,25 @@ int cmd_run(const std::vector<std::string>& argv) {
         if (t->empty()) return fail("run: the chat template file '" + args->get("--chat-template-file") + "' is empty");
         template_source = *t;
     }
+    // a schema is checked before the model loads
+    std::shared_ptr<const JsonSchema> schema;
+    if (args->has("--json-schema") && args->has("--json-schema-file"))
+        return fail("run: give either --json-schema or --json-schema-file");
+    if (args->has("--json-schema") || args->has("--json-schema-file")) {
+        const bool from_file = args->has("--json-schema-file");
+        std::string text = args->get("--json-schema");
+        if (from_file) {
+            auto t = read_text_file(args->get("--json-schema-file"));
+            if (!t) return fail(t.error().message);
+            text = *t;
+        }
+        const char* flag = from_file ? "--json-schema-file" : "--json-schema";
+        const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded()) return fail(std::string("run: ") + flag + " is not valid JSON");
+        auto s = JsonSchema::compile(j);
+        if (!s) return fail(std::string("run: ") + flag + ": " + s.error().message);
+        schema = *s;
+    }
     if (args->has("--flash-attn")) {
         const std::string fa = args->get("--flash-attn");
         if (fa == "off" || fa == "0")
@@ -393,6 +417,12 @@ int cmd_run(const std::vector<std::string>& argv) {
     gp.ignore_eos = args->has("--ignore-eos");
     gp.special = args->has("--special");
     gp.stop = args->get_all("--reverse-prompt");
+    std::shared_ptr<const JsonVocabulary> json_vocab;
+    if (schema) json_vocab = std::make_shared<const JsonVocabulary>(**tok);
+    // a fresh constraint for each answer (a chat turn moves it to the turn's end)
+    auto constrain = [&] {
+        if (schema) gp.constraint = std::make_shared<JsonConstraint>(json_vocab, -1, schema);
+    };
     const bool verbose = args->has("--log-verbose");
     const PieceFn print = printer(*show);
     auto report = [&] {
@@ -440,6 +470,7 @@ int cmd_run(const std::vector<std::string>& argv) {
             return fail("run: the prompt has " + std::to_string(tokens.size()) + " tokens, the context only " +
                         std::to_string(cp.n_ctx) + " (raise -c)");
         if (auto r = g.feed(tokens); !r) return fail(r.error().message);
+        constrain();
         auto out = g.generate(gp, print);
         if (!out) return fail(out.error().message);
         print_stop(*out, **ctx);
@@ -476,9 +507,11 @@ int cmd_run(const std::vector<std::string>& argv) {
         }
         first = false;
         g_interrupt.store(false);
+        constrain();
         auto out = session->send(user, gp, print);
         while (!out && out.error().kind == ErrorKind::resource_exhausted && shift && session->drop_oldest_turn()) {
             std::fprintf(stderr, "[context full: the oldest turn is dropped]\n");
+            constrain();
             out = session->send(user, gp, print);
         }
         if (!out) {

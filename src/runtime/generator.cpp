@@ -164,7 +164,7 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     if (prof_) prof_->set_phase("decode");
     const auto t0 = Clock::now();
     // Prompt lookup drafts greedily only; sampling with it decodes plainly.
-    if (draft_ || (ngram_ && plain_greedy(sampler_.params())))
+    if (!p.constraint && (draft_ || (ngram_ && plain_greedy(sampler_.params()))))
         BM_TRY(generate_speculative(p, out));
     else
         BM_TRY(generate_plain(p, out));
@@ -186,10 +186,21 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
             return {};
         }
         const auto ts0 = Clock::now();
-        const int32_t id = sampler_.sample(logits_.data(), int32_t(logits_.size()));
+        int32_t id = -1;
+        // a whole constrained object leaves only end-of-generation, which ends even with ignore_eos
+        const bool object_done = p.constraint && p.constraint->active() && p.constraint->complete();
+        if (p.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
+            masked_.assign(logits_.begin(), logits_.end());
+            p.constraint->mask(masked_.data(), int32_t(masked_.size()));
+            id = sampler_.sample(masked_.data(), int32_t(masked_.size()));
+            p.constraint->accept(id);
+        } else {
+            id = sampler_.sample(logits_.data(), int32_t(logits_.size()));
+        }
         if (prof_) prof_->record(OpClass::sampling, since(ts0));
-        const bool go_on = out.push(id, p.ignore_eos, logits_.data(), int32_t(logits_.size()));
-        if (!go_on && tok_.is_eog(id) && !p.ignore_eos) return {};
+        const bool ignore_eos = p.ignore_eos && !object_done;
+        const bool go_on = out.push(id, ignore_eos, logits_.data(), int32_t(logits_.size()));
+        if (!go_on && tok_.is_eog(id) && !ignore_eos) return {};
         BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
         if (!go_on) return {};
     }

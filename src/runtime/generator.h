@@ -14,6 +14,7 @@
 #include "backend/profiler.h"
 #include "core/result.h"
 #include "runtime/context.h"
+#include "runtime/json_constraint.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
 #include "tokenizer/tokenizer.h"
@@ -33,6 +34,9 @@ struct GenerateParams {
     // >= 0: each token's log-probability and that many alternatives (plain decoding and the
     // Scheduler; Generator's speculative path reports none)
     int logprobs = -1;
+    // Restricts each token to what the constraint allows (JSON mode, a JSON Schema); it is
+    // moved on by each token generated. Such a generation decodes without drafts.
+    std::shared_ptr<JsonConstraint> constraint;
 };
 
 // One generated token and the text it completes (whole UTF-8 characters only; text that may be
@@ -137,6 +141,7 @@ class Generator {
     Sampler sampler_;
     int seq_;
     std::vector<float> logits_;  // of the last processed token
+    std::vector<float> masked_;  // logits_ under a constraint
     Context* draft_ = nullptr;
     bool ngram_ = false;
     SpecParams spec_;

@@ -119,6 +119,11 @@ class JsonConstraint {
     void mask(float* logits, int32_t n_vocab) const;
     // The chosen token moves the recognizer on.
     void accept(int32_t token);
+    // Waits for `token` (the reasoning's close) before applying, as the constructor's after_token.
+    void start_after(int32_t token) {
+        after_token_ = token;
+        active_ = token < 0;
+    }
     bool active() const { return active_; }
     bool complete() const;
 

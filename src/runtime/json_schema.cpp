@@ -61,6 +61,14 @@ class SchemaCompiler {
         auto root = node(doc_, "#");
         if (!root) return root.error();
         s_.root_ = *root;
+        if (s_.nodes_[size_t(s_.root_)].any) {  // {} or true: any object (JSON mode)
+            Node object;
+            object.types = JsonSchema::t_object;
+            object.any = false;
+            object.compiled = true;
+            s_.root_ = int32_t(s_.nodes_.size());
+            s_.nodes_.push_back(std::move(object));
+        }
         if (first_bytes(s_.root_) != object_start())
             return Error{"the schema must describe a JSON object (its \"type\" is \"object\")"};
         return std::make_shared<const JsonSchema>(std::move(s_));

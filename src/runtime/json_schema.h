@@ -28,7 +28,8 @@ namespace bigmoe {
 
 class JsonSchema {
   public:
-    // The schema must describe objects (a JSON text's first byte is '{').
+    // The schema must describe objects (a JSON text's first byte is '{'); one that takes any
+    // value ({} or true) takes any object.
     static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema);
 
   private:

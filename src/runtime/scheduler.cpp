@@ -196,7 +196,7 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            slots_[seq]->use_draft = draft_ && plain_greedy(sp) && !slots_[seq]->r.constraint;
+            slots_[seq]->use_draft = draft_ && plain_greedy(sp) && !slots_[seq]->r.gen.constraint;
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             if (cache_ && !s.use_draft) {
@@ -282,12 +282,12 @@ Result<bool> Scheduler::step() {
         int32_t id = -1;
         // a whole constrained object leaves only end-of-generation, which then ends the request
         // even with ignore_eos (else it would emit end tokens until n_predict)
-        const bool object_done = s.r.constraint && s.r.constraint->active() && s.r.constraint->complete();
-        if (s.r.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
+        const bool object_done = s.r.gen.constraint && s.r.gen.constraint->active() && s.r.gen.constraint->complete();
+        if (s.r.gen.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
             masked_.assign(s.logits.begin(), s.logits.end());
-            s.r.constraint->mask(masked_.data(), int32_t(masked_.size()));
+            s.r.gen.constraint->mask(masked_.data(), int32_t(masked_.size()));
             id = s.sampler.sample(masked_.data(), int32_t(masked_.size()));
-            s.r.constraint->accept(id);
+            s.r.gen.constraint->accept(id);
         } else {
             id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
         }

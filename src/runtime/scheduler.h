@@ -47,11 +47,8 @@ struct SlotInfo {
 struct Request {
     std::vector<int32_t> prompt;  // at least one token
     SamplerParams sampler;
-    // Restricts each token to what the constraint allows (JSON mode); such a request decodes
-    // without drafts.
-    std::shared_ptr<JsonConstraint> constraint;
-    GenerateParams gen;
-    PieceFn on_piece;  // on the stepping thread; false cancels the request
+    GenerateParams gen;  // gen.constraint: such a request decodes without drafts
+    PieceFn on_piece;    // on the stepping thread; false cancels the request
     // Once, on the stepping thread, when the request ends (the error set if it failed).
     std::function<void(const GenerateResult&, const Error*)> on_done;
 };

@@ -350,9 +350,8 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
                 "response_format");
         }
     }
-    // llama.cpp's top-level "json_schema" (an empty schema: no constraint)
-    if (j.contains("json_schema") && !j["json_schema"].is_null() &&
-        !(j["json_schema"].is_object() && j["json_schema"].empty())) {
+    // llama.cpp's top-level "json_schema" ({}: any object)
+    if (j.contains("json_schema") && !j["json_schema"].is_null()) {
         if (r.schema || r.json_object)
             return bad("give either 'json_schema' or 'response_format', not both", "json_schema");
         if (auto e = compile_schema(j["json_schema"], "json_schema", &r.schema)) return e;

@@ -476,8 +476,8 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         if (cr.json_object || cr.schema || cr.tool_required) {
             // a reasoning model writes its reasoning first, then the object
             std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
-            r.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
-                                                            cr.tool_required ? cr.tool_schema : cr.schema);
+            r.gen.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
+                                                                cr.tool_required ? cr.tool_schema : cr.schema);
         }
         r.on_piece = [job](const Piece& p) {
             std::lock_guard<std::mutex> lock(job->sync->mu);

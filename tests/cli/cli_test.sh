@@ -78,6 +78,18 @@ expect "run --logit-bias" 0 "^eeeeee" "$bin" run -m "$m" -p hi -n 6 --temp 0 --i
 expect "run bad --logit-bias" 1 "takes ID+BIAS or ID-BIAS" "$bin" run -m "$m" -p hi -n 2 --logit-bias 5+inf
 expect "run --logit-bias past the vocabulary" 1 "token 99999 is not an id in \[0, 512)" "$bin" run -m "$m" -p hi \
   -n 2 -l 99999-1
+# -j: a schema that leaves only whitespace free gives exactly its one instance
+one='{"type":"object","properties":{"u":{"enum":["yes"]}},"required":["u"],"additionalProperties":false}'
+out=$("$bin" run -m "$m" -p hi -n 200 --temp 0 -j "$one" 2>/dev/null | tr -d ' \t\r\n')
+if [ "$out" = '{"u":"yes"}' ]; then pass=$((pass+1)); else echo "FAIL: run -j: $out"; fail=$((fail+1)); fi
+echo "$one" > "$tmp/schema.json"
+out=$("$bin" run -m "$m" -p hi -n 200 --temp 0 --json-schema-file "$tmp/schema.json" 2>/dev/null | tr -d ' \t\r\n')
+if [ "$out" = '{"u":"yes"}' ]; then pass=$((pass+1)); else echo "FAIL: run --json-schema-file: $out"; fail=$((fail+1)); fi
+expect "run -j not enforced" 1 'the keyword "pattern" is not supported' "$bin" run -m "$m" -p hi \
+  -j '{"properties":{"a":{"pattern":"x"}}}'
+expect "run -j not JSON" 1 "is not valid JSON" "$bin" run -m "$m" -p hi -j '{"type":'
+expect "run -j twice" 1 "either --json-schema or --json-schema-file" "$bin" run -m "$m" -p hi -j '{}' \
+  --json-schema-file "$tmp/schema.json"
 expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
 expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3
 "$bin" synth --arch qwen35 --n-embd 256 --n-layer 2 --output-tensor-type q4_k --byte-vocab -o "$tmp/o4.gguf" >/dev/null 2>&1

@@ -315,7 +315,10 @@ TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     auto open = JsonSchema::compile(
         Json::parse(R"({"properties": {"a": {"type": "integer"}}, "additionalProperties": {"type": "string"}})"));
     auto free = JsonSchema::compile(Json::parse(R"({"type": "object"})"));
-    ASSERT_TRUE(shut.ok() && open.ok() && free.ok());
+    auto empty = JsonSchema::compile(Json::object());  // any value: any object here
+    ASSERT_TRUE(shut.ok() && open.ok() && free.ok() && empty.ok());
+    EXPECT_EQ(read_text(**empty, R"({"a":[1,{"b":null}],"":"x"})"), -1);
+    EXPECT_EQ(read_text(**empty, R"([1])"), 0);
     EXPECT_GE(read_text(**shut, R"({"a":1,"b":"x"})"), 0);
     EXPECT_EQ(read_text(**open, R"({"a":1,"b":"x"})"), -1);
     EXPECT_GE(read_text(**open, R"({"a":1,"b":2})"), 0);
