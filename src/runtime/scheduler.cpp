@@ -25,6 +25,7 @@ struct Scheduler::Slot {
     size_t row0 = 0;
     bool use_draft = false;        // greedy, with a draft model
     std::vector<int32_t> pending;  // tokens the target took that the draft has not processed
+    size_t draft_fed = 0;          // prompt tokens the draft has processed (behind after a cache hit)
     Slot(int64_t i, int s, Request&& req, const Tokenizer& tok) : id(i), seq(s), r(std::move(req)), sampler(r.sampler) {
         sink = std::make_unique<TokenSink>(tok, r.gen, r.on_piece, res);
     }
@@ -83,7 +84,7 @@ void Scheduler::set_prompt_cache(PromptCache* cache, int64_t checkpoint_every) {
 }
 
 bool Scheduler::save_point(const Slot& s, size_t n) const {
-    if (!cache_ || s.use_draft || n == 0 || n <= size_t(s.res.prompt_cached)) return false;
+    if (!cache_ || n == 0 || n <= size_t(s.res.prompt_cached)) return false;
     return n == s.r.prompt.size() || (checkpoint_every_ > 0 && n % size_t(checkpoint_every_) == 0);
 }
 
@@ -164,7 +165,7 @@ void Scheduler::finish(Slot& s, const Error* err) {
     std::vector<int32_t>& held = last_tokens_[size_t(s.seq)];
     held = held_tokens(s);
     if (int64_t(held.size()) != ctx_.n_past(s.seq)) held.clear();
-    if (cache_ && !s.use_draft && !err && held.size() > s.r.prompt.size()) save(s, held);
+    if (cache_ && !err && held.size() > s.r.prompt.size()) save(s, held);
     if (s.res.stop == StopReason::none) s.res.stop = StopReason::length;
     Request r = std::move(s.r);
     GenerateResult res = std::move(s.res);
@@ -199,7 +200,9 @@ void Scheduler::admit() {
             slots_[seq]->use_draft = draft_ && plain_greedy(sp) && !slots_[seq]->r.gen.constraint;
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
-            if (cache_ && !s.use_draft) {
+            // the cache holds the target's states only: after a hit a drafting request's draft
+            // processes the restored part of the prompt itself (step 1)
+            if (cache_) {
                 auto n = cache_->restore(ctx_, int(seq), s.r.prompt, int64_t(s.r.prompt.size()) - 1, &s.logits);
                 // all of it when a snapshot at its end kept the logits (in s.logits): decoding
                 // then starts at once
@@ -248,6 +251,8 @@ Result<bool> Scheduler::step() {
         s.drafts.clear();
         s.k = 0;
         s.step_prefill = s.prefilled < s.r.prompt.size();
+        for (; s.use_draft && s.draft_fed < s.prefilled; ++s.draft_fed)  // what the cache restored
+            dbatch.push_back({s.r.prompt[s.draft_fed], s.seq, false});
         if (s.step_prefill) {  // a chunk of the prompt, ending at the next point it is saved at
             size_t n = std::min(s.r.prompt.size() - s.prefilled, size_t(budget));
             for (size_t k = 1; k < n; ++k)
@@ -263,6 +268,7 @@ Result<bool> Scheduler::step() {
                 if (s.use_draft) dbatch.push_back({t, s.seq, false});
             }
             s.prefilled += n;
+            if (s.use_draft) s.draft_fed = s.prefilled;
             budget -= int64_t(n);
             involved.push_back(&s);
             continue;

@@ -860,6 +860,23 @@ TEST(ServeOptions, a_draft_model_leaves_the_answers_unchanged) {
     for (auto& t : ts) t.join();
     for (size_t i = 0; i < bodies.size(); ++i) EXPECT_EQ(got[i], want[i]) << "request " << i;
     httplib::Client c("127.0.0.1", drafted->port());
+    c.set_read_timeout(60, 0);
+    // drafting requests use the prompt cache too: the same request again restores its whole
+    // prompt (the draft processes it itself) and answers the same; so does the next turn
+    for (size_t i : {size_t(0), size_t(1)}) {
+        Json body = bodies[i];
+        if (i == 1) {
+            body["messages"].push_back({{"role", "assistant"}, {"content", got[1][0]}});
+            body["messages"].push_back({{"role", "user"}, {"content", "and then?"}});
+        }
+        const Json again = Json::parse(c.Post("/v1/chat/completions", body.dump(), "application/json")->body);
+        EXPECT_GT(again["usage"]["prompt_tokens_details"]["cached_tokens"].get<int64_t>(), 0) << again.dump();
+        if (i == 0) {
+            EXPECT_EQ(again["choices"][0]["message"]["content"], want[0][0]);
+        } else {
+            EXPECT_EQ(again["choices"][0]["message"]["content"], answer(plain->port(), body)[0]);
+        }
+    }
     const std::string m = c.Get("/metrics")->body;
     const size_t at = m.find("\nbigmoe_spec_draft_tokens_total ");
     ASSERT_NE(at, std::string::npos);
