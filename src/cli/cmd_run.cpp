@@ -293,8 +293,10 @@ int cmd_run(const std::vector<std::string>& argv) {
         const char* flag = from_file ? "--json-schema-file" : "--json-schema";
         const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded()) return fail(std::string("run: ") + flag + " is not valid JSON");
-        auto s = JsonSchema::compile(j);
+        auto s = JsonSchema::compile(j, /*lenient=*/true);
         if (!s) return fail(std::string("run: ") + flag + ": " + s.error().message);
+        for (const std::string& k : (*s)->ignored())
+            std::fprintf(stderr, "warning: %s: not enforced: %s\n", flag, k.c_str());
         schema = *s;
     }
     if (args->has("--flash-attn")) {

@@ -51,7 +51,7 @@ const std::set<std::string> k_supported = {
 class SchemaCompiler {
   public:
     using Node = JsonSchema::Node;
-    explicit SchemaCompiler(const Json& doc) : doc_(doc) {
+    SchemaCompiler(const Json& doc, bool lenient) : doc_(doc), lenient_(lenient) {
         Node any;
         any.compiled = true;
         s_.nodes_.push_back(std::move(any));
@@ -161,9 +161,12 @@ class SchemaCompiler {
         if (s.contains("allOf")) {
             const Json& a = s["allOf"];
             if (!a.is_array() || a.size() != 1) return bad(where, "allOf is supported with exactly one schema");
-            for (const auto& [k, v] : s.items())
-                if (k != "allOf" && !k_annotations.count(k))
+            for (const auto& [k, v] : s.items()) {
+                if (k == "allOf" || k_annotations.count(k)) continue;
+                if (!lenient_)
                     return bad(where, "allOf is supported only without sibling keywords (here \"" + k + "\")");
+                s_.ignored_.push_back(where + ": " + k + " beside allOf");
+            }
             return node(a[0], where + "/allOf/0");
         }
         const int32_t i = int32_t(s_.nodes_.size());
@@ -184,12 +187,17 @@ class SchemaCompiler {
             return true;
         }
         if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
-        for (const auto& [k, v] : s.items())
-            if (!k_supported.count(k) && !k_annotations.count(k))
-                return bad(where, "the keyword \"" + k +
-                                      "\" is not supported (supported: type, properties, required, "
-                                      "additionalProperties, items, prefixItems, minItems, maxItems, minLength, "
-                                      "maxLength, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
+        for (const auto& [k, v] : s.items()) {
+            if (k_supported.count(k) || k_annotations.count(k)) continue;
+            if (lenient_) {
+                s_.ignored_.push_back(where + ": " + k);
+                continue;
+            }
+            return bad(where, "the keyword \"" + k +
+                                  "\" is not supported (supported: type, properties, required, "
+                                  "additionalProperties, items, prefixItems, minItems, maxItems, minLength, "
+                                  "maxLength, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
+        }
         Node n;
         // enum / const: the value is one of these texts
         if (s.contains("enum") || s.contains("const")) {
@@ -217,10 +225,13 @@ class SchemaCompiler {
         for (const char* k : {"anyOf", "oneOf"}) {
             if (!s.contains(k)) continue;
             if (!s[k].is_array() || s[k].empty()) return bad(where, std::string(k) + " must be a non-empty array");
-            for (const auto& [key, v] : s.items())
-                if (key != k && !k_annotations.count(key))
+            for (const auto& [key, v] : s.items()) {
+                if (key == k || k_annotations.count(key)) continue;
+                if (!lenient_)
                     return bad(where,
                                std::string(k) + " is supported only without sibling keywords (here \"" + key + "\")");
+                s_.ignored_.push_back(where + ": " + key + " beside " + k);
+            }
             auto alts = alternatives(s[k], where + "/" + k);
             if (!alts) return alts.error();
             if (alts->size() == 1) {
@@ -408,6 +419,10 @@ class SchemaCompiler {
                 } else {
                     size_t byte = 0;
                     while (!shared.test(byte)) ++byte;
+                    if (lenient_) {  // any value there
+                        s_.ignored_.push_back(where + ": members that begin alike");
+                        return std::vector<int32_t>{JsonSchema::k_any};
+                    }
                     return bad(where, "members " + std::to_string(a) + " and " + std::to_string(b) +
                                           " can both begin with '" + std::string(1, char(byte)) +
                                           "'; only members that differ in their first character are supported");
@@ -424,14 +439,15 @@ class SchemaCompiler {
 
     static constexpr size_t k_max_nodes = 65536;
     const Json& doc_;
+    const bool lenient_;
     JsonSchema s_;
     std::map<std::string, int32_t> refs_;
     int depth_ = 0;
     size_t merged_literals_ = 0;  // enum values copied by merges (bounds the work of a hostile schema)
 };
 
-Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema) {
-    return SchemaCompiler(schema).run();
+Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema, bool lenient) {
+    return SchemaCompiler(schema, lenient).run();
 }
 
 SchemaRecognizer& SchemaRecognizer::operator=(const SchemaRecognizer& o) {

@@ -7,7 +7,8 @@
 // items / prefixItems / minItems / maxItems, minLength / maxLength, enum / const, anyOf / oneOf
 // whose alternatives differ in their first character, allOf of one schema, and local $ref (also
 // recursive). Annotations (title, description, default, format, ...) are ignored; any other
-// assertion keyword is refused by name, so a schema is never silently half-enforced. An object
+// assertion keyword is refused by name, unless the caller asks for a lenient compile (then it is
+// skipped and listed, for the caller to report). An object
 // schema that lists properties takes no other keys unless additionalProperties allows them.
 //
 // SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
@@ -29,8 +30,12 @@ namespace bigmoe {
 class JsonSchema {
   public:
     // The schema must describe objects (a JSON text's first byte is '{'); one that takes any
-    // value ({} or true) takes any object.
-    static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema);
+    // value ({} or true) takes any object. `lenient`: keywords it cannot enforce, and anyOf
+    // members that begin alike (then any value there), are skipped and listed in ignored()
+    // instead of refused (OpenAI's non-strict schemas, llama.cpp's json_schema).
+    static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema, bool lenient = false);
+    // What a lenient compile skipped: "where: keyword".
+    const std::vector<std::string>& ignored() const { return ignored_; }
 
   private:
     friend class SchemaRecognizer;
@@ -68,6 +73,7 @@ class JsonSchema {
     };
     std::vector<Node> nodes_;
     int32_t root_ = k_any;
+    std::vector<std::string> ignored_;
 };
 
 class SchemaRecognizer {

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 
 #include "tokenizer/unicode.h"
 
@@ -117,24 +118,32 @@ std::optional<ApiError> logit_bias(const Json& j, std::vector<std::pair<int32_t,
 }
 
 // A schema compiled for constrained generation, or the error that says which part is not supported.
-std::optional<ApiError> compile_schema(const Json& schema, const std::string& param,
+// `strict`: keywords the constraint cannot enforce are refused (OpenAI's strict mode); else they
+// are skipped, the rest enforced, and the skipped ones logged.
+std::optional<ApiError> compile_schema(const Json& schema, const std::string& param, bool strict,
                                        std::shared_ptr<const JsonSchema>* out) {
-    auto s = JsonSchema::compile(nlohmann::json(schema));
+    auto s = JsonSchema::compile(nlohmann::json(schema), !strict);
     if (!s) return bad("'" + param + "': " + s.error().message, param);
+    if (!(*s)->ignored().empty()) {
+        std::string list;
+        for (const std::string& k : (*s)->ignored()) list += (list.empty() ? "" : ", ") + k;
+        std::fprintf(stderr, "bigmoe: %s: not enforced (the schema is not strict): %s\n", param.c_str(), list.c_str());
+    }
     *out = *s;
     return std::nullopt;
 }
 
-// The forced function's arguments follow its parameters' schema where it compiles; a schema with
-// keywords the constraint cannot enforce leaves them any JSON object, unless the function is
-// "strict" (then the request is refused, as OpenAI refuses such strict schemas).
+// The forced function's arguments follow its parameters' schema: what the constraint can enforce
+// of it, or all of it when the function is "strict" (else the request is refused, as OpenAI
+// refuses such strict schemas); a schema that does not compile at all leaves any JSON object.
 std::optional<ApiError> tool_schema(CompletionRequest* r) {
     for (const Json& t : r->tools) {
         if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
         const Json& f = t["function"];
         if (f.value("name", Json()) != r->forced_tool || !f.contains("parameters")) continue;
-        auto e = compile_schema(f["parameters"], "tools", &r->tool_schema);
-        if (e && f.value("strict", false)) {
+        const bool strict = f.value("strict", false);
+        auto e = compile_schema(f["parameters"], "tools", strict, &r->tool_schema);
+        if (e && strict) {
             e->message = "the function '" + r->forced_tool + "' is strict, but its parameters " + e->message;
             return e;
         }
@@ -333,7 +342,7 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
         if (type == "json_object") {
             // llama.cpp's extension: {"type": "json_object", "schema": {...}}
             if (f.contains("schema") && !f["schema"].is_null()) {
-                if (auto e = compile_schema(f["schema"], "response_format", &r.schema)) return e;
+                if (auto e = compile_schema(f["schema"], "response_format", false, &r.schema)) return e;
             } else {
                 r.json_object = true;
             }
@@ -342,7 +351,8 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
             if (!js.is_object() || !js.contains("schema"))
                 return bad("'response_format' json_schema needs {\"json_schema\": {\"name\": ..., \"schema\": {...}}}",
                            "response_format");
-            if (auto e = compile_schema(js["schema"], "response_format", &r.schema)) return e;
+            const bool strict = js.contains("strict") && js["strict"].is_boolean() && js["strict"].get<bool>();
+            if (auto e = compile_schema(js["schema"], "response_format", strict, &r.schema)) return e;
         } else if (type != "text") {
             return bad(
                 "'response_format' must be {\"type\": \"text\"}, {\"type\": \"json_object\"} or "
@@ -354,7 +364,7 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
     if (j.contains("json_schema") && !j["json_schema"].is_null()) {
         if (r.schema || r.json_object)
             return bad("give either 'json_schema' or 'response_format', not both", "json_schema");
-        if (auto e = compile_schema(j["json_schema"], "json_schema", &r.schema)) return e;
+        if (auto e = compile_schema(j["json_schema"], "json_schema", false, &r.schema)) return e;
     }
     if (j.contains("grammar") && !j["grammar"].is_null() &&
         !(j["grammar"].is_string() && j["grammar"].get<std::string>().empty()))

@@ -276,6 +276,19 @@ TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
         ASSERT_FALSE(s.ok()) << text;
         EXPECT_NE(s.error().message.find(want), std::string::npos) << text << ": " << s.error().message;
     }
+    // lenient: what cannot be enforced is skipped and listed, the rest enforced
+    auto lenient = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^x", "maxLength": 2},
+        "b": {"anyOf": [{"type": "object", "properties": {"x": {}}}, {"type": "object", "properties": {"y": {}}}]},
+        "c": {"type": "integer", "minimum": 0}}, "required": ["c"]})"),
+                                       true);
+    ASSERT_TRUE(lenient.ok()) << lenient.error().message;
+    const std::vector<std::string> skipped = {
+        "#/properties/a: pattern", "#/properties/b/anyOf: members that begin alike", "#/properties/c: minimum"};
+    EXPECT_EQ((*lenient)->ignored(), skipped);
+    EXPECT_EQ(read_text(**lenient, R"({"a":"yy","b":{"z":[1]},"c":-4})"), -1);
+    EXPECT_GE(read_text(**lenient, R"({"a":"yyy","c":1})"), 0);  // maxLength still holds
+    EXPECT_GE(read_text(**lenient, R"({"a":"y"})"), 0);          // and required
     // sizes that would make compiling a request slow are refused
     Json many = Json::array();
     for (int i = 0; i < 1025; ++i) many.push_back({{"const", i}});

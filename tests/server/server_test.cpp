@@ -415,6 +415,15 @@ TEST_F(Serve, json_schema_answers_are_instances) {
                                             {"json_schema", schema},
                                             {"logit_bias", closing}});
     check(llama["content"], llama["choices"][0]["finish_reason"] == "stop");
+    {  // not strict: what can be enforced is, the rest (a minimum here) is skipped
+        Json loose = schema;
+        loose["properties"]["days"]["minimum"] = 1;
+        Json body = chat_body("What is the weather in Paris?", 120);
+        body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "w"}, {"schema", loose}}}};
+        body["logit_bias"] = closing;
+        const Json got = post("/v1/chat/completions", body);
+        check(got["choices"][0]["message"]["content"], got["choices"][0]["finish_reason"] == "stop");
+    }
     // a forced call's arguments are an instance of the function's parameters
     Json body = chat_body("What is the weather in Paris?", 120);
     body["tools"] =
@@ -732,6 +741,7 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
                 {{"type", "json_schema"},
                  {"json_schema",
                   {{"name", "x"},
+                   {"strict", true},
                    {"schema",
                     {{"type", "object"}, {"properties", {{"a", {{"type", "string"}, {"pattern", "^a"}}}}}}}}}}}}),
          400},
