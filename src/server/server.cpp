@@ -462,6 +462,12 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
     auto sync = std::make_shared<JobSync>();
     std::vector<std::shared_ptr<Job>> jobs;
     for (int i = 0; i < cr.n; ++i) {
+        if (i == 1 && cache) {
+            // the other choices start once the first has its prompt processed (and cached, with
+            // its logits): they restore all of it instead of each processing it again
+            std::unique_lock<std::mutex> lock(sync->mu);
+            sync->cv.wait(lock, [&] { return jobs[0]->has_first || jobs[0]->done; });
+        }
         auto job = std::make_shared<Job>(sync);
         job->prompt_tokens = int64_t(prompt.size());
         Request r;
@@ -522,12 +528,12 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         job->id = *id;
         jobs.push_back(job);
         ++requests_total;
+        {
+            std::lock_guard<std::mutex> lock(wake_mu);
+            wake = true;
+        }
+        wake_cv.notify_one();
     }
-    {
-        std::lock_guard<std::mutex> lock(wake_mu);
-        wake = true;
-    }
-    wake_cv.notify_one();
 
     const std::string kind = chat ? "chat.completion" : "text_completion";
     const std::string rid = (chat ? "chatcmpl-" : "cmpl-") + std::to_string(jobs[0]->id);

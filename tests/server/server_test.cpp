@@ -151,6 +151,12 @@ int stream_then_hang_up(int port, int chunks) {
     return got;
 }
 
+// A counter's value in /metrics text (-1 when absent).
+int64_t metric(const std::string& text, const std::string& name) {
+    const size_t at = text.find("\n" + name + " ");
+    return at == std::string::npos ? -1 : int64_t(std::stod(text.substr(at + name.size() + 2)));
+}
+
 Json chat_body(const std::string& user, int max_tokens, double temp, int seed) {
     return {{"messages",
              Json::array({{{"role", "system"}, {"content", "Be brief."}}, {{"role", "user"}, {"content", user}}})},
@@ -474,6 +480,12 @@ TEST_F(Serve, n_choices_are_the_request_with_successive_seeds) {
     }
     EXPECT_EQ(got["usage"]["completion_tokens"], tokens);
     EXPECT_GE(texts.size(), 2u);  // sampled with different seeds
+    // the prompt is processed once: the other choices restore it from the cache
+    Json again = many;
+    again["messages"][1]["content"] = "Tell me about the moon";
+    const int64_t hits0 = metric(client().Get("/metrics")->body, "bigmoe_prompt_cache_hits_total");
+    const Json moon = post("/v1/chat/completions", again);
+    EXPECT_EQ(metric(client().Get("/metrics")->body, "bigmoe_prompt_cache_hits_total"), hits0 + 2) << moon.dump();
     many["stream"] = true;
     many["stream_options"] = {{"include_usage", true}};
     std::vector<std::string> streamed(3);
