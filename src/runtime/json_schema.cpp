@@ -20,12 +20,39 @@ bool starts_number(uint8_t c) {
 }
 
 // Narrows the candidates [lo, hi) of sorted texts that share their first `count` bytes to those
-// whose next byte is c.
+// whose next byte is c. In that range the byte at `count` never decreases (a text that ends there
+// comes first), so two binary searches find the run: an enum of 60,000 values costs a mask ~17
+// steps a byte, not 60,000.
 bool narrow(const std::vector<std::string>& texts, uint16_t& lo, uint16_t& hi, uint16_t& count, uint8_t c) {
-    size_t a = lo;
-    while (a < hi && (texts[a].size() <= count || uint8_t(texts[a][count]) < c)) ++a;
+    auto key = [&](size_t i) { return texts[i].size() <= count ? -1 : int(uint8_t(texts[i][count])); };
+    if (hi - lo <= 16) {  // a few candidates (most keys and enums): a scan
+        size_t a = lo;
+        while (a < hi && key(a) < int(c)) ++a;
+        size_t b = a;
+        while (b < hi && key(b) == int(c)) ++b;
+        if (a == b) return false;
+        lo = uint16_t(a);
+        hi = uint16_t(b);
+        ++count;
+        return true;
+    }
+    size_t a = lo, e = hi;  // first with key >= c
+    while (a < e) {
+        const size_t m = (a + e) / 2;
+        if (key(m) < int(c))
+            a = m + 1;
+        else
+            e = m;
+    }
     size_t b = a;
-    while (b < hi && texts[b].size() > count && uint8_t(texts[b][count]) == c) ++b;
+    e = hi;  // first with key > c
+    while (b < e) {
+        const size_t m = (b + e) / 2;
+        if (key(m) <= int(c))
+            b = m + 1;
+        else
+            e = m;
+    }
     if (a == b) return false;
     lo = uint16_t(a);
     hi = uint16_t(b);
