@@ -3,11 +3,13 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <random>
 
 namespace bigmoe {
 
 // A running request: its sequence, sampler, output and how far its prompt has been processed.
 struct Scheduler::Slot {
+    static constexpr uint64_t k_rng_salt = 0x9E3779B97F4A7C15ull;  // the draws apart from the sampler's
     int64_t id = 0;
     int seq = 0;
     Request r;
@@ -23,10 +25,19 @@ struct Scheduler::Slot {
     std::vector<int32_t> step_tokens, drafts;
     int64_t k = 0;  // proposals asked of the draft
     size_t row0 = 0;
-    bool use_draft = false;        // greedy, with a draft model
+    bool use_draft = false;  // with a draft model
+    // Sampled requests draft by speculative sampling: proposals drawn from the draft's chain
+    // (distributions kept in qs), each verified against the target's chain; at a rejection the
+    // residual's draw is the next token (forced). Greedy ones take proposals equal to the arg-max.
+    bool sampled_draft = false;
+    Sampler dsampler;
+    std::mt19937_64 rng;
+    std::vector<Dist> qs;
+    int32_t forced = -1;
     std::vector<int32_t> pending;  // tokens the target took that the draft has not processed
     size_t draft_fed = 0;          // prompt tokens the draft has processed (behind after a cache hit)
-    Slot(int64_t i, int s, Request&& req, const Tokenizer& tok) : id(i), seq(s), r(std::move(req)), sampler(r.sampler) {
+    Slot(int64_t i, int s, Request&& req, const Tokenizer& tok)
+        : id(i), seq(s), r(std::move(req)), sampler(r.sampler), dsampler(r.sampler), rng(r.sampler.seed ^ k_rng_salt) {
         sink = std::make_unique<TokenSink>(tok, r.gen, r.on_piece, res);
     }
 };
@@ -197,7 +208,8 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            slots_[seq]->use_draft = draft_ && plain_greedy(sp) && !slots_[seq]->r.gen.constraint;
+            slots_[seq]->use_draft = draft_ && !slots_[seq]->r.gen.constraint;
+            slots_[seq]->sampled_draft = !plain_greedy(sp);
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             // the cache holds the target's states only: after a hit a drafting request's draft
@@ -249,6 +261,7 @@ Result<bool> Scheduler::step() {
         Slot& s = *sp;
         s.step_tokens.clear();
         s.drafts.clear();
+        s.qs.clear();
         s.k = 0;
         s.step_prefill = s.prefilled < s.r.prompt.size();
         for (; s.use_draft && s.draft_fed < s.prefilled; ++s.draft_fed)  // what the cache restored
@@ -294,9 +307,14 @@ Result<bool> Scheduler::step() {
             s.r.gen.constraint->mask(masked_.data(), int32_t(masked_.size()));
             id = s.sampler.sample(masked_.data(), int32_t(masked_.size()));
             s.r.gen.constraint->accept(id);
+        } else if (s.forced >= 0) {  // drawn from the residual at the last step's rejection
+            id = s.forced;
+            s.forced = -1;
+            s.sampler.accept(id);
         } else {
             id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
         }
+        if (s.use_draft) s.dsampler.accept(id);
         const bool go_on = s.sink->push(id, g.ignore_eos && !object_done, s.logits.data(), int32_t(s.logits.size()));
         if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
             finish(s, nullptr);  // the token ends the request: nothing needs its logits
@@ -343,7 +361,14 @@ Result<bool> Scheduler::step() {
         std::vector<Slot*> next;
         for (size_t i = 0; i < active.size(); ++i) {
             Slot& s = *active[i];
-            const int32_t d = argmax(draft_logits_.data() + i * V, int64_t(V));
+            const float* row = draft_logits_.data() + i * V;
+            int32_t d;
+            if (s.sampled_draft) {
+                s.qs.push_back(s.dsampler.distribution(row, int32_t(V)));
+                d = speculative_draw(s.qs.back(), std::uniform_real_distribution<double>(0.0, 1.0)(s.rng));
+            } else {
+                d = argmax(row, int64_t(V));
+            }
             s.drafts.push_back(d);
             if (int64_t(s.drafts.size()) < s.k) {
                 dbatch.push_back({d, s.seq, true});
@@ -387,8 +412,20 @@ Result<bool> Scheduler::step() {
         for (; m < s->drafts.size() && !s->ending; ++m) {
             const float* lg = &*row(s->row0 + m);
             const int32_t d = s->drafts[m];
-            if (argmax(lg, int64_t(V)) != d) break;
+            if (s->sampled_draft) {
+                std::uniform_real_distribution<double> U(0.0, 1.0);
+                const double u1 = U(s->rng), u2 = U(s->rng);
+                bool ok = false;
+                const int32_t t = speculative_verify(s->sampler.distribution(lg, int32_t(V)), s->qs[m], d, u1, u2, &ok);
+                if (!ok) {
+                    s->forced = t;  // the next token, in the next step
+                    break;
+                }
+            } else if (argmax(lg, int64_t(V)) != d) {
+                break;
+            }
             s->sampler.accept(d);
+            s->dsampler.accept(d);
             s->ending = !s->sink->push(d, g.ignore_eos, lg, int32_t(V));
         }
         drafted_ += int64_t(s->drafts.size());

@@ -70,13 +70,17 @@ std::vector<int32_t> ngram_draft(const std::vector<int32_t>& h, int max_tokens, 
     return {};
 }
 
-static int32_t draw(const Dist& d, double u) {
+int32_t speculative_draw(const Dist& d, double u) {
     double cum = 0;
     for (const auto& [t, pr] : d) {
         cum += pr;
         if (u < cum) return t;
     }
     return d.back().first;
+}
+
+static int32_t draw(const Dist& d, double u) {
+    return speculative_draw(d, u);
 }
 
 static double prob_of(const Dist& d, int32_t x) {

@@ -188,6 +188,8 @@ using Dist = std::vector<std::pair<int32_t, double>>;
 // probability min(1, p(x) / q(x)); otherwise draw from the normalised residual max(0, p - q).
 // The returned token is distributed exactly as p. `u1`, `u2` are uniform in [0, 1).
 int32_t speculative_verify(const Dist& p, const Dist& q, int32_t x, double u1, double u2, bool* accepted);
+// The token at cumulative probability u in [0, 1) of d.
+int32_t speculative_draw(const Dist& d, double u);
 
 // Prompt lookup: the tokens that followed the most recent earlier occurrence of the last n
 // tokens of `history` (longest n in [1, n_max] that matches), at most max_tokens of them.
