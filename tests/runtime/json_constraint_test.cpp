@@ -10,6 +10,7 @@
 #include <random>
 
 #include "gguf/gguf_file.h"
+#include "mask_check.h"
 #include "runtime/json_constraint.h"
 #include "testlib.h"
 #include "tokenizer/tokenizer.h"
@@ -230,15 +231,7 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
             if (step % 25 == 7) {  // the mask equals each token's bytes read one by one
                 JsonRecognizer now;
                 for (char ch : text) now.push(uint8_t(ch));
-                for (int32_t id = 0; id < n; ++id) {
-                    const TokenType type = (*tok)->token_type(id);
-                    const std::string b = (*tok)->token_bytes(id, false);
-                    bool takes =
-                        !(*tok)->is_eog(id) && (type == TokenType::normal || type == TokenType::byte) && !b.empty();
-                    JsonRecognizer r = now;
-                    for (char ch : b) takes = takes && r.push(uint8_t(ch));
-                    ASSERT_EQ(std::isfinite(logits[size_t(id)]), takes) << "token " << id << " after " << text;
-                }
+                testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
             }
             text += (*tok)->token_bytes(best, false);
             c.accept(best);
