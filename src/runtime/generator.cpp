@@ -176,6 +176,20 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     return res;
 }
 
+int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector<float>& logits,
+                    std::vector<float>& scratch) {
+    if (!p.constraint) return sampler.sample(logits.data(), int32_t(logits.size()));
+    scratch.assign(logits.begin(), logits.end());  // log-probabilities stay the model's
+    p.constraint->mask(scratch.data(), int32_t(scratch.size()));
+    const int32_t id = sampler.sample(scratch.data(), int32_t(scratch.size()));
+    p.constraint->accept(id);
+    return id;
+}
+
+bool past_eog(const GenerateParams& p) {
+    return p.ignore_eos && !(p.constraint && p.constraint->active() && p.constraint->complete());
+}
+
 // Every sampled token is processed (so the context holds it) unless it ends generation as
 // end-of-generation: a chat turn is then closed by the template's own text.
 Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) {
@@ -186,19 +200,9 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
             return {};
         }
         const auto ts0 = Clock::now();
-        int32_t id = -1;
-        // a whole constrained object leaves only end-of-generation, which ends even with ignore_eos
-        const bool object_done = p.constraint && p.constraint->active() && p.constraint->complete();
-        if (p.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
-            masked_.assign(logits_.begin(), logits_.end());
-            p.constraint->mask(masked_.data(), int32_t(masked_.size()));
-            id = sampler_.sample(masked_.data(), int32_t(masked_.size()));
-            p.constraint->accept(id);
-        } else {
-            id = sampler_.sample(logits_.data(), int32_t(logits_.size()));
-        }
+        const int32_t id = sample_next(sampler_, p, logits_, masked_);
         if (prof_) prof_->record(OpClass::sampling, since(ts0));
-        const bool ignore_eos = p.ignore_eos && !object_done;
+        const bool ignore_eos = past_eog(p);
         const bool go_on = out.push(id, ignore_eos, logits_.data(), int32_t(logits_.size()));
         if (!go_on && tok_.is_eog(id) && !ignore_eos) return {};
         BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));

@@ -106,6 +106,14 @@ class TokenSink {
     int32_t think_open_ = -1, think_close_ = -1;
 };
 
+// The next token: drawn from the logits the constraint allows when p has one (the constraint then
+// moves on by it), else from the logits as they are. `scratch` holds the masked copy.
+int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector<float>& logits,
+                    std::vector<float>& scratch);
+// Whether generation goes on past an end-of-generation token: ignore_eos, unless a constrained
+// object is whole (only its end can follow; else end tokens would come until n_predict).
+bool past_eog(const GenerateParams& p);
+
 class Generator {
   public:
     Generator(Context& ctx, const Tokenizer& tok, const SamplerParams& sampler, int seq = 0);

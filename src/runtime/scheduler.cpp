@@ -298,24 +298,15 @@ Result<bool> Scheduler::step() {
             finish(s, nullptr);
             continue;
         }
-        int32_t id = -1;
-        // a whole constrained object leaves only end-of-generation, which then ends the request
-        // even with ignore_eos (else it would emit end tokens until n_predict)
-        const bool object_done = s.r.gen.constraint && s.r.gen.constraint->active() && s.r.gen.constraint->complete();
-        if (s.r.gen.constraint) {  // sampled from the allowed tokens; log-probabilities stay the model's
-            masked_.assign(s.logits.begin(), s.logits.end());
-            s.r.gen.constraint->mask(masked_.data(), int32_t(masked_.size()));
-            id = s.sampler.sample(masked_.data(), int32_t(masked_.size()));
-            s.r.gen.constraint->accept(id);
-        } else if (s.forced >= 0) {  // drawn from the residual at the last step's rejection
-            id = s.forced;
+        int32_t id = s.forced;  // drawn from the residual at the last step's rejection, if any
+        if (id >= 0) {
             s.forced = -1;
             s.sampler.accept(id);
         } else {
-            id = s.sampler.sample(s.logits.data(), int32_t(s.logits.size()));
+            id = sample_next(s.sampler, g, s.logits, masked_);
         }
         if (s.use_draft) s.dsampler.accept(id);
-        const bool go_on = s.sink->push(id, g.ignore_eos && !object_done, s.logits.data(), int32_t(s.logits.size()));
+        const bool go_on = s.sink->push(id, past_eog(g), s.logits.data(), int32_t(s.logits.size()));
         if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
             finish(s, nullptr);  // the token ends the request: nothing needs its logits
             continue;
