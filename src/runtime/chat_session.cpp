@@ -39,9 +39,7 @@ Result<GenerateResult> ChatSession::send(const std::string& user, const Generate
     if (!continues) gen_->reset();
     if (on_feed_) on_feed_(delta_text);
     // a constrained answer of a model that reasons first starts after the reasoning it opens
-    const size_t end = text->find_last_not_of(" \t\r\n");
-    if (p.constraint && end != std::string::npos && end + 1 >= 7 && text->compare(end + 1 - 7, 7, "<think>") == 0)
-        p.constraint->start_after(tok.find("</think>"));
+    if (p.constraint && opens_reasoning(*text)) p.constraint->start_after(tok.find("</think>"));
     BM_TRY(gen_->feed(delta));
     fed_ = *text;
     auto res = gen_->generate(p, on_piece);

@@ -412,8 +412,7 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         auto r = fmt->render(cr.messages, opt);
         if (!r) return reply_error(res, {400, "the chat template failed on these messages: " + r.error().message});
         text = *r;
-        const size_t end = text.find_last_not_of(" \t\r\n");
-        in_reasoning = end != std::string::npos && end + 1 >= 7 && text.compare(end + 1 - 7, 7, "<think>") == 0;
+        in_reasoning = opens_reasoning(text);
         if (cr.tool_required) {
             // The answer is one call: its opening (and the function's name when one is chosen)
             // goes into the prompt, the model writes the JSON that follows, and the closing is

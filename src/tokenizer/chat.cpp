@@ -32,4 +32,11 @@ Result<std::string> ChatFormatter::render(const nlohmann::ordered_json& messages
     return r;
 }
 
+bool opens_reasoning(const std::string& rendered) {
+    static const std::string open = "<think>";
+    const size_t end = rendered.find_last_not_of(" \t\r\n");
+    return end != std::string::npos && end + 1 >= open.size() &&
+           rendered.compare(end + 1 - open.size(), open.size(), open) == 0;
+}
+
 }  // namespace bigmoe

@@ -18,6 +18,10 @@ struct ChatOptions {
     nlohmann::ordered_json tools;  // null: no tools
 };
 
+// Whether a rendered prompt ends by opening a reasoning block ("<think>", then only whitespace):
+// the model's answer then starts inside its reasoning.
+bool opens_reasoning(const std::string& rendered);
+
 class ChatFormatter {
   public:
     // `source` is Jinja text, or "chatml" for the built-in template.
