@@ -85,7 +85,7 @@ class SchemaCompiler {
     }
 
     Result<std::shared_ptr<const JsonSchema>> run() {
-        auto root = node(doc_, "#");
+        auto root = ref("#", "#");  // registered before it is filled: recursion into it finds it
         if (!root) return root.error();
         s_.root_ = *root;
         if (s_.nodes_[size_t(s_.root_)].any) {  // {} or true: any object (JSON mode)
@@ -174,15 +174,6 @@ class SchemaCompiler {
         if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
         if (s.contains("$ref")) {
             if (!s["$ref"].is_string()) return bad(where, "$ref must be a string");
-            if (where == "#") {  // the root itself: keep "#" for recursion into it
-                const int32_t i = int32_t(s_.nodes_.size());
-                s_.nodes_.emplace_back();
-                refs_["#"] = i;
-                auto target = ref(s["$ref"], where);
-                if (!target) return target.error();
-                s_.nodes_[size_t(i)] = s_.nodes_[size_t(*target)];
-                return *target;
-            }
             return ref(s["$ref"], where);
         }
         if (s.contains("allOf")) {
@@ -198,7 +189,6 @@ class SchemaCompiler {
         }
         const int32_t i = int32_t(s_.nodes_.size());
         s_.nodes_.emplace_back();
-        if (where == "#") refs_["#"] = i;
         auto r = fill(i, s, where);
         if (!r) return r.error();
         return i;

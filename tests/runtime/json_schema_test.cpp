@@ -130,6 +130,12 @@ std::vector<Json> test_schemas() {
             "required": ["steps"]})"),
         Json::parse(R"({"allOf": [{"type": "object", "properties": {"x": {}, "y": {"type": "array"}},
             "additionalProperties": false}]})"),
+        // recursion into the root, and a root that is itself a $ref whose target recurses to it
+        Json::parse(R"({"type": "object", "properties": {"name": {"type": "string", "maxLength": 3},
+            "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}},
+            "required": ["name"], "additionalProperties": false})"),
+        Json::parse(R"({"$ref": "#/$defs/r", "$defs": {"r": {"type": "object", "properties": {
+            "n": {"type": "integer"}, "self": {"$ref": "#"}}, "required": ["n"], "additionalProperties": false}}})"),
     };
 }
 
