@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "runtime/grammar.h"
 #include "runtime/json_schema.h"
 #include "tokenizer/tokenizer.h"
 
@@ -329,9 +330,17 @@ JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int3
     if (schema_) schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
 }
 
+JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
+                               std::shared_ptr<const Grammar> grammar)
+    : vocab_(std::move(vocab)),
+      after_token_(after_token),
+      active_(after_token < 0),
+      grammar_(std::make_unique<GrammarRecognizer>(std::move(grammar))) {}
+
 JsonConstraint::~JsonConstraint() = default;
 
 bool JsonConstraint::complete() const {
+    if (grammar_) return grammar_->finished();
     return schema_json_ ? schema_json_->complete() : json_.complete();
 }
 
@@ -342,6 +351,9 @@ bool advance(JsonRecognizer& r, uint8_t c) {
 }
 bool advance(SchemaRecognizer& r, uint8_t c) {
     return r.advance(c);
+}
+bool advance(GrammarRecognizer& r, uint8_t c) {
+    return r.push(c);
 }
 }  // namespace
 
@@ -394,7 +406,28 @@ void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (!active_) return;
     thread_local std::vector<uint8_t> allowed;
     allowed.assign(size_t(n_vocab), 0);
-    if (schema_json_)
+    if (grammar_) {
+        thread_local std::vector<int32_t> state;
+        grammar_->signature(state);
+        auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Cached& c) { return c.state == state; });
+        if (hit != cache_.end() && hit->allowed.size() == allowed.size()) {
+            std::rotate(cache_.begin(), hit, hit + 1);
+        } else {
+            const size_t mark = grammar_->mark();
+            if (grammar_->complete())
+                for (int32_t id : vocab_->end_tokens_)
+                    if (id < n_vocab) allowed[size_t(id)] = 1;
+            if (grammar_->open()) walk(*grammar_, vocab_->all_, allowed);
+            grammar_->release(mark);  // the walk's copies are gone
+            constexpr size_t k_cached = 8;
+            if (cache_.size() == k_cached) cache_.pop_back();
+            cache_.insert(cache_.begin(), Cached{state, allowed});
+        }
+        const std::vector<uint8_t>& a = cache_.front().allowed;
+        for (int32_t id = 0; id < n_vocab; ++id)
+            if (!a[size_t(id)]) logits[id] = -INFINITY;
+        return;
+    } else if (schema_json_)
         mask_with(*schema_json_, allowed);
     else
         mask_with(json_, allowed);
@@ -409,7 +442,9 @@ void JsonConstraint::accept(int32_t token) {
     }
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return;
     for (char c : vocab_->bytes_[size_t(token)]) {
-        if (schema_json_)
+        if (grammar_)
+            grammar_->push(uint8_t(c));
+        else if (schema_json_)
             schema_json_->push(uint8_t(c));
         else
             json_.push(uint8_t(c));

@@ -17,6 +17,8 @@ namespace bigmoe {
 class Tokenizer;
 class JsonSchema;
 class SchemaRecognizer;
+class Grammar;
+class GrammarRecognizer;
 
 class JsonRecognizer {
   public:
@@ -112,6 +114,10 @@ class JsonConstraint {
     // one of its instances (json_schema.h); without, any JSON object.
     explicit JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token = -1,
                             std::shared_ptr<const JsonSchema> schema = nullptr);
+    // Text that a GBNF grammar derives (grammar.h) instead of JSON: end-of-generation tokens are
+    // allowed wherever the text is a whole derivation.
+    JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
+                   std::shared_ptr<const Grammar> grammar);
     ~JsonConstraint();
     // Sets the logits of the tokens that cannot come next to -infinity: text tokens that the
     // recognizer would refuse (control and user-defined tokens always), end-of-generation tokens
@@ -125,6 +131,7 @@ class JsonConstraint {
         active_ = token < 0;
     }
     bool active() const { return active_; }
+    // Whether the text is finished: a whole object, or a derivation nothing can follow.
     bool complete() const;
 
   private:
@@ -140,6 +147,14 @@ class JsonConstraint {
     JsonRecognizer json_;  // without a schema
     std::shared_ptr<const JsonSchema> schema_;
     std::unique_ptr<SchemaRecognizer> schema_json_;  // with one
+    std::unique_ptr<GrammarRecognizer> grammar_;     // a grammar instead of JSON
+    // A grammar's recent masks by state: a state recurs (inside a repetition every character
+    // leads back to it), and its mask is then copied, not walked again.
+    struct Cached {
+        std::vector<int32_t> state;
+        std::vector<uint8_t> allowed;
+    };
+    mutable std::vector<Cached> cache_;  // most recent first
 };
 
 }  // namespace bigmoe
