@@ -25,6 +25,7 @@
 #include "gguf/names.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
+#include "runtime/grammar.h"
 #include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 #include "runtime/speculative.h"
@@ -59,6 +60,8 @@ const std::vector<OptionSpec> k_specs = {
     {"-j", "--json-schema", "SCHEMA",
      "the answer is an instance of this JSON Schema (an object; '{}': any JSON object); see docs/serving.md"},
     {"", "--json-schema-file", "FILE", "the same, the schema read from a file"},
+    {"", "--grammar", "GBNF", "the answer is text this GBNF grammar's root rule derives (llama.cpp's notation)"},
+    {"", "--grammar-file", "FILE", "the same, the grammar read from a file"},
     {"", "--ignore-eos", "", "keep generating past end-of-generation tokens"},
     {"", "--special", "", "print control tokens"},
     {"-sys", "--system-prompt", "TEXT", "system message (chat)"},
@@ -299,6 +302,22 @@ int cmd_run(const std::vector<std::string>& argv) {
             std::fprintf(stderr, "warning: %s: not enforced: %s\n", flag, k.c_str());
         schema = *s;
     }
+    std::shared_ptr<const Grammar> grammar;
+    if (args->has("--grammar") && args->has("--grammar-file"))
+        return fail("run: give either --grammar or --grammar-file");
+    if (args->has("--grammar") || args->has("--grammar-file")) {
+        if (schema) return fail("run: give either a grammar or a JSON schema");
+        const bool from_file = args->has("--grammar-file");
+        std::string text = args->get("--grammar");
+        if (from_file) {
+            auto t = read_text_file(args->get("--grammar-file"));
+            if (!t) return fail(t.error().message);
+            text = *t;
+        }
+        auto g = Grammar::parse(text);
+        if (!g) return fail("run: " + g.error().message);
+        grammar = *g;
+    }
     if (args->has("--flash-attn")) {
         const std::string fa = args->get("--flash-attn");
         if (fa == "off" || fa == "0")
@@ -420,10 +439,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     gp.special = args->has("--special");
     gp.stop = args->get_all("--reverse-prompt");
     std::shared_ptr<const JsonVocabulary> json_vocab;
-    if (schema) json_vocab = std::make_shared<const JsonVocabulary>(**tok);
+    if (schema || grammar) json_vocab = std::make_shared<const JsonVocabulary>(**tok);
     // a fresh constraint for each answer (a chat turn moves it to the turn's end)
     auto constrain = [&] {
         if (schema) gp.constraint = std::make_shared<JsonConstraint>(json_vocab, -1, schema);
+        if (grammar) gp.constraint = std::make_shared<JsonConstraint>(json_vocab, -1, grammar);
     };
     const bool verbose = args->has("--log-verbose");
     const PieceFn print = printer(*show);

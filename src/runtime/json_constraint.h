@@ -4,7 +4,8 @@
 // JsonRecognizer reads bytes one at a time and refuses the first byte that no JSON object
 // text (RFC 8259, UTF-8, \u escapes in surrogate pairs) could continue with, so a text it took is
 // always the start of one. JsonConstraint applies it to a vocabulary: before each token the
-// logits of the tokens it would refuse become -infinity.
+// logits of the tokens it would refuse become -infinity. It applies a JSON Schema's recognizer
+// (json_schema.h) or a GBNF grammar's (grammar.h) the same way.
 #pragma once
 
 #include <cstdint>

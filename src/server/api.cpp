@@ -367,8 +367,16 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
         if (auto e = compile_schema(j["json_schema"], "json_schema", false, &r.schema)) return e;
     }
     if (j.contains("grammar") && !j["grammar"].is_null() &&
-        !(j["grammar"].is_string() && j["grammar"].get<std::string>().empty()))
-        return bad("'grammar' (GBNF) is not supported: use \"json_schema\" or \"response_format\"", "grammar");
+        !(j["grammar"].is_string() && j["grammar"].get<std::string>().empty())) {
+        if (!j["grammar"].is_string()) return bad("'grammar' must be a string (a GBNF grammar)", "grammar");
+        if (r.schema || r.json_object)
+            return bad("give either 'grammar' or a JSON schema / 'response_format', not both", "grammar");
+        const std::string& text = j["grammar"].get_ref<const std::string&>();
+        if (text.size() > 1 << 20) return bad("'grammar' is longer than 1 MiB", "grammar");
+        auto g = Grammar::parse(text);
+        if (!g) return bad(g.error().message, "grammar");
+        r.grammar = *g;
+    }
     if (j.contains("stop") && !j["stop"].is_null()) {
         const Json& s = j["stop"];
         if (s.is_string()) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "runtime/generator.h"
+#include "runtime/grammar.h"
 #include "runtime/json_schema.h"
 #include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
@@ -56,6 +57,7 @@ struct CompletionRequest {
     bool json_object = false;    // response_format {"type": "json_object"}: the answer is a JSON object
     // response_format {"type": "json_schema"} (llama.cpp: "json_schema"): an instance of this
     std::shared_ptr<const JsonSchema> schema;
+    std::shared_ptr<const Grammar> grammar;  // llama.cpp's "grammar" (GBNF): text the grammar derives
 };
 
 // `chat`: /v1/chat/completions; else /v1/completions (and llama.cpp's /completion, where the

@@ -478,7 +478,11 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
         r.gen.stop = cr.stop;
         r.gen.in_reasoning = in_reasoning;
         r.gen.logprobs = cr.logprobs;
-        if (cr.json_object || cr.schema || cr.tool_required) {
+        if (cr.grammar && !cr.tool_required) {
+            std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
+            r.gen.constraint =
+                std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1, cr.grammar);
+        } else if (cr.json_object || cr.schema || cr.tool_required) {
             // a reasoning model writes its reasoning first, then the object
             std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
             r.gen.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,

@@ -90,6 +90,16 @@ expect "run -j not enforced" 0 'warning: --json-schema: not enforced: #/properti
 expect "run -j not JSON" 1 "is not valid JSON" "$bin" run -m "$m" -p hi -j '{"type":'
 expect "run -j twice" 1 "either --json-schema or --json-schema-file" "$bin" run -m "$m" -p hi -j '{}' \
   --json-schema-file "$tmp/schema.json"
+# --grammar: greedy text the grammar derives, ended by it (nothing can follow the digit)
+out=$("$bin" run -m "$m" -p hi -n 50 --temp 0 --ignore-eos --grammar 'root ::= "ok" [0-9]' 2>/dev/null)
+if [[ "$out" =~ ^ok[0-9]$ ]]; then pass=$((pass+1)); else echo "FAIL: run --grammar: $out"; fail=$((fail+1)); fi
+printf 'root ::= word ("-" word)?\nword ::= [a-c]{2}  # two letters\n' > "$tmp/g.gbnf"
+out=$("$bin" run -m "$m" -p hi -n 50 --temp 0 --grammar-file "$tmp/g.gbnf" 2>/dev/null)
+if [[ "$out" =~ ^[a-c]{2}(-[a-c]{2})?$ ]]; then pass=$((pass+1)); else echo "FAIL: run --grammar-file: $out"; fail=$((fail+1)); fi
+expect "run --grammar that does not parse" 1 "grammar: line 1, column 13: unterminated string" "$bin" run -m "$m" -p hi \
+  --grammar 'root ::= "ok'
+expect "run --grammar and -j" 1 "either a grammar or a JSON schema" "$bin" run -m "$m" -p hi -j '{}' --grammar 'root ::= "a"'
+expect "run --grammar-file missing" 1 "nope.gbnf" "$bin" run -m "$m" -p hi --grammar-file "$tmp/nope.gbnf"
 expect "run stray argument" 1 "unexpected argument 'stray'" "$bin" run -m "$m" -p hi stray
 expect "run bad adaptive" 1 "draft-adaptive" "$bin" run -m "$m" -md "$d" -p hi --draft-adaptive 3
 "$bin" synth --arch qwen35 --n-embd 256 --n-layer 2 --output-tensor-type q4_k --byte-vocab -o "$tmp/o4.gguf" >/dev/null 2>&1

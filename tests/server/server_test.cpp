@@ -20,6 +20,7 @@
 #include "bigmoe/bigmoe.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
+#include "runtime/grammar.h"
 #include "runtime/json_constraint.h"
 #include "runtime/json_schema.h"
 #include "server/server.h"
@@ -441,6 +442,60 @@ TEST_F(Serve, json_schema_answers_are_instances) {
     check(got["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"], true);
 }
 
+// llama.cpp's "grammar" (GBNF): answers are texts the grammar derives, whole when finished (a
+// finished derivation that nothing can follow ends the answer even with ignore_eos), the start
+// of one when cut by max_tokens; streamed alike.
+TEST_F(Serve, grammar_answers_are_derived_by_the_grammar) {
+    const std::string gbnf =
+        "root ::= answer \".\"\nanswer ::= (\"yes\" | \"no\") (\", \" word){0,3}\nword ::= [a-z]{1,8}\n";
+    auto g = Grammar::parse(gbnf);
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    auto check = [&](const std::string& text, bool finished) {
+        GrammarRecognizer r(*g);
+        for (char c : text) ASSERT_TRUE(r.push(uint8_t(c))) << text;
+        if (finished) {
+            EXPECT_TRUE(r.complete()) << text;
+        }
+    };
+    Json dot_bias = Json::object();
+    for (const char* piece : {".", ",", " yes", "no", "yes"}) {
+        const Json t = post("/tokenize", {{"content", piece}});
+        if (t["tokens"].size() == 1) dot_bias[std::to_string(t["tokens"][0].get<int>())] = 8;
+    }
+    int finished = 0;
+    for (int i = 0; i < 3; ++i) {
+        Json body = chat_body("Is the sea blue?", 60);
+        body["grammar"] = gbnf;
+        body["logit_bias"] = dot_bias;
+        if (i == 2) body["temperature"] = 1.0;
+        const Json got = post("/v1/chat/completions", body);
+        const std::string text = got["choices"][0]["message"]["content"];
+        const bool done = got["choices"][0]["finish_reason"] == "stop";
+        std::printf("grammar answer %d: %s (%s)\n", i, text.c_str(), got["choices"][0]["finish_reason"].dump().c_str());
+        finished += done;
+        check(text, done);
+        if (i == 0) {
+            std::string streamed;
+            for (const Json& ev : stream("/v1/chat/completions", body)) {
+                if (ev.is_null()) break;
+                const Json& d = ev["choices"][0]["delta"];
+                if (d.contains("content") && d["content"].is_string()) streamed += d["content"].get<std::string>();
+            }
+            EXPECT_EQ(streamed, text);
+        }
+    }
+    EXPECT_GE(finished, 2);
+    // llama.cpp's /completion, ignoring end tokens: the finished sentence still ends the answer
+    const Json llama = post("/completion", {{"prompt", "Answer:"},
+                                            {"n_predict", 60},
+                                            {"temperature", 0},
+                                            {"grammar", gbnf},
+                                            {"ignore_eos", true},
+                                            {"logit_bias", dot_bias}});
+    check(llama["content"], true);
+    EXPECT_LT(llama["usage"]["completion_tokens"].get<int64_t>(), 60) << llama.dump();
+}
+
 // /apply-template renders the messages as a chat request would: its prompt, tokenized, is the
 // request's prompt.
 TEST_F(Serve, apply_template_gives_the_chat_prompt) {
@@ -784,7 +839,14 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          400},
         {"response_format a string", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"response_format", "json"}}), 400},
-        {"grammar", "POST", "/completion", chat({{"prompt", "hi"}, {"grammar", "root ::= \"a\""}}), 400},
+        {"grammar that does not parse", "POST", "/completion", chat({{"prompt", "hi"}, {"grammar", "root ::= \"a"}}),
+         400},
+        {"grammar without root", "POST", "/v1/completions", chat({{"prompt", "hi"}, {"grammar", "x ::= \"a\""}}), 400},
+        {"grammar left-recursive", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs}, {"grammar", "root ::= root \"a\" | \"b\""}}), 400},
+        {"grammar a number", "POST", "/completion", chat({{"prompt", "hi"}, {"grammar", 3}}), 400},
+        {"grammar beside a schema", "POST", "/completion",
+         chat({{"prompt", "hi"}, {"grammar", "root ::= \"a\""}, {"json_schema", Json::object()}}), 400},
         {"apply-template without messages", "POST", "/apply-template", chat({{"prompt", "hi"}}), 400},
         {"n of 0", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 0}}), 400},
         {"n of 17", "POST", "/v1/chat/completions", chat({{"messages", ok_msgs}, {"n", 17}}), 400},
