@@ -179,6 +179,16 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
 int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector<float>& logits,
                     std::vector<float>& scratch) {
     if (!p.constraint) return sampler.sample(logits.data(), int32_t(logits.size()));
+    if (sampler.params().temp <= 0.0f) {
+        // greedy: the best token overall, when allowed, is the best allowed one (ties go to the
+        // lower id either way), so the mask's walk over the vocabulary is needed only when not
+        const int32_t best = sampler.distribution(logits.data(), int32_t(logits.size())).front().first;
+        if (p.constraint->allows(best)) {
+            sampler.accept(best);
+            p.constraint->accept(best);
+            return best;
+        }
+    }
     scratch.assign(logits.begin(), logits.end());  // log-probabilities stay the model's
     p.constraint->mask(scratch.data(), int32_t(scratch.size()));
     const int32_t id = sampler.sample(scratch.data(), int32_t(scratch.size()));

@@ -435,6 +435,31 @@ void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
         if (!allowed[size_t(id)]) logits[id] = -INFINITY;
 }
 
+template <class R>
+bool JsonConstraint::takes(const R& r, int32_t token) const {
+    const std::string& b = vocab_->bytes_[size_t(token)];
+    if (b.empty()) return false;
+    R t = r;
+    for (char c : b)
+        if (!advance(t, uint8_t(c))) return false;
+    return true;
+}
+
+bool JsonConstraint::allows(int32_t token) const {
+    if (!active_) return true;
+    if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return false;
+    const bool end = std::binary_search(vocab_->end_tokens_.begin(), vocab_->end_tokens_.end(), token);
+    if (grammar_) {
+        if (end) return grammar_->complete();
+        const size_t mark = grammar_->mark();
+        const bool ok = grammar_->open() && takes(*grammar_, token);
+        grammar_->release(mark);
+        return ok;
+    }
+    if (complete()) return end;
+    return !end && (schema_json_ ? takes(*schema_json_, token) : takes(json_, token));
+}
+
 void JsonConstraint::accept(int32_t token) {
     if (!active_) {
         active_ = token == after_token_;

@@ -124,6 +124,8 @@ class JsonConstraint {
     // recognizer would refuse (control and user-defined tokens always), end-of-generation tokens
     // until the object is complete, and every other token once it is.
     void mask(float* logits, int32_t n_vocab) const;
+    // Whether `token` may come next: the mask's answer for one token, without the mask.
+    bool allows(int32_t token) const;
     // The chosen token moves the recognizer on.
     void accept(int32_t token);
     // Waits for `token` (the reasoning's close) before applying, as the constructor's after_token.
@@ -141,6 +143,8 @@ class JsonConstraint {
     void walk(const R& r, const JsonVocabulary::Sorted& s, std::vector<uint8_t>& allowed) const;
     template <class R>
     void mask_with(const R& r, std::vector<uint8_t>& allowed) const;
+    template <class R>
+    bool takes(const R& r, int32_t token) const;
 
     std::shared_ptr<const JsonVocabulary> vocab_;
     int32_t after_token_;

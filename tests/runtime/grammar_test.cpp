@@ -14,6 +14,7 @@
 
 #include "gguf/gguf_file.h"
 #include "mask_check.h"
+#include "runtime/generator.h"
 #include "runtime/grammar.h"
 #include "runtime/json_constraint.h"
 #include "testlib.h"
@@ -283,16 +284,25 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
         double mask_s = 0;
         for (int walk = 0; walk < 3; ++walk) {
             JsonConstraint con(vocab, -1, *g);
+            // the generators' greedy sampling under a twin constraint: the best allowed token
+            GenerateParams twin;
+            twin.constraint = std::make_shared<JsonConstraint>(vocab, -1, *g);
+            SamplerParams sp;
+            sp.temp = 0;
+            Sampler greedy(sp);
+            std::vector<float> scratch;
             std::string text;
             for (int step = 0; step < 300; ++step) {
                 std::vector<float> logits(static_cast<size_t>(n));
                 for (int32_t id = 0; id < n; ++id) logits[size_t(id)] = noise(rng) + favour[size_t(id)];
+                const int32_t sampled = sample_next(greedy, twin, logits, scratch);
                 const auto m0 = std::chrono::steady_clock::now();
                 con.mask(logits.data(), n);
                 mask_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
                 ++masks;
                 const int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
                 ASSERT_TRUE(std::isfinite(logits[size_t(best)])) << c.name << ": no token left after " << text;
+                ASSERT_EQ(sampled, best) << c.name << " after " << text;
                 GrammarRecognizer now(*g);
                 for (char ch : text) ASSERT_TRUE(now.push(uint8_t(ch)));
                 for (int32_t id = 0; id < n; ++id) {
@@ -300,8 +310,11 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
                         ASSERT_EQ(std::isfinite(logits[size_t(id)]), now.complete());
                     }
                 }
-                if (step % 25 == 2 && !now.complete())
-                    testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                if (step % 25 == 2) {
+                    if (!now.complete()) testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                    for (int32_t id = 0; id < n; ++id)  // one token's answer is the mask's
+                        ASSERT_EQ(con.allows(id), std::isfinite(logits[size_t(id)])) << c.name << " " << id;
+                }
                 if ((*tok)->is_eog(best)) {
                     ++whole;
                     EXPECT_TRUE(c.matches(text)) << c.name << ": " << text;

@@ -232,6 +232,8 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
                 JsonRecognizer now;
                 for (char ch : text) now.push(uint8_t(ch));
                 testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                for (int32_t id = 0; id < (*tok)->n_vocab(); ++id)  // one token's answer is the mask's
+                    ASSERT_EQ(c.allows(id), std::isfinite(logits[size_t(id)])) << id << " after " << text;
             }
             text += (*tok)->token_bytes(best, false);
             c.accept(best);

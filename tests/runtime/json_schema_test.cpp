@@ -488,6 +488,8 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
                     SchemaRecognizer now(s->get());
                     for (char ch : text) ASSERT_TRUE(now.push(uint8_t(ch)));
                     testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                    for (int32_t id = 0; id < n; ++id)  // one token's answer is the mask's
+                        ASSERT_EQ(c.allows(id), std::isfinite(logits[size_t(id)])) << id << " after " << text;
                 }
                 text += (*tok)->token_bytes(best, false);
                 c.accept(best);
