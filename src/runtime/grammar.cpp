@@ -448,7 +448,7 @@ Result<std::shared_ptr<const Grammar>> Grammar::parse(const std::string& text) {
 // ---------------------------------------------------------------- recognizing
 
 GrammarRecognizer::GrammarRecognizer(std::shared_ptr<const Grammar> g)
-    : g_(std::move(g)), pool_(std::make_shared<std::vector<Node>>()) {
+    : g_(std::move(g)), pool_(std::make_shared<Pool>()) {
     for (int32_t a : g_->rules_[size_t(g_->root_)]) {
         const int32_t n = g_->elements_[size_t(a)].kind == Grammar::Kind::end ? -1 : push_node(a, -1);
         expand(n, tops_, 0);
@@ -457,16 +457,22 @@ GrammarRecognizer::GrammarRecognizer(std::shared_ptr<const Grammar> g)
 }
 
 int32_t GrammarRecognizer::push_node(int32_t pos, int32_t below) const {
+    std::vector<Node>& nodes = pool_->nodes;
     const uint64_t h =
-        (below < 0 ? 0x9E3779B97F4A7C15ull : (*pool_)[size_t(below)].hash) * 0x100000001B3ull ^ uint64_t(uint32_t(pos));
-    pool_->push_back({pos, below, h});
-    return int32_t(pool_->size() - 1);
+        (below < 0 ? 0x9E3779B97F4A7C15ull : nodes[size_t(below)].hash) * 0x100000001B3ull ^ uint64_t(uint32_t(pos));
+    int32_t& made = pool_->made[size_t((h ^ (h >> 29)) & (pool_->made.size() - 1))];
+    if (made >= 0 && size_t(made) < nodes.size() && nodes[size_t(made)].pos == pos &&
+        nodes[size_t(made)].below == below)
+        return made;
+    nodes.push_back({pos, below, h});
+    made = int32_t(nodes.size() - 1);
+    return made;
 }
 
 bool GrammarRecognizer::same(int32_t a, int32_t b) const {
     while (a >= 0 && b >= 0) {
         if (a == b) return true;
-        const Node &x = (*pool_)[size_t(a)], &y = (*pool_)[size_t(b)];
+        const Node &x = pool_->nodes[size_t(a)], &y = pool_->nodes[size_t(b)];
         if (x.pos != y.pos || x.hash != y.hash) return false;
         a = x.below;
         b = y.below;
@@ -479,7 +485,7 @@ bool GrammarRecognizer::expand(int32_t node, std::vector<int32_t>& out, int dept
         out.push_back(-1);
         return true;
     }
-    const Node n = (*pool_)[size_t(node)];
+    const Node n = pool_->nodes[size_t(node)];
     const Grammar::Element& e = g_->elements_[size_t(n.pos)];
     if (e.kind != Grammar::Kind::rule) {
         out.push_back(node);
@@ -499,7 +505,7 @@ bool GrammarRecognizer::expand(int32_t node, std::vector<int32_t>& out, int dept
 
 void GrammarRecognizer::dedupe(std::vector<int32_t>& tops) const {
     if (tops.size() < 2) return;
-    auto key = [&](int32_t t) { return t < 0 ? uint64_t(0) : (*pool_)[size_t(t)].hash; };
+    auto key = [&](int32_t t) { return t < 0 ? uint64_t(0) : pool_->nodes[size_t(t)].hash; };
     std::sort(tops.begin(), tops.end(), [&](int32_t a, int32_t b) {
         const uint64_t ka = key(a), kb = key(b);
         return ka != kb ? ka < kb : a < b;
@@ -522,7 +528,7 @@ bool GrammarRecognizer::read(uint32_t cp) {
     next.clear();
     for (int32_t t : tops_) {
         if (t < 0) continue;
-        const Node n = (*pool_)[size_t(t)];
+        const Node n = pool_->nodes[size_t(t)];
         const Grammar::Element& e = g_->elements_[size_t(n.pos)];
         if (e.kind == Grammar::Kind::chars && !g_->classes_[size_t(e.arg)].matches(cp)) continue;
         int32_t below = n.below;
@@ -573,7 +579,7 @@ bool GrammarRecognizer::push(uint8_t c) {
                    hi = (((cp_ << 6) | (hi_ & 0x3Fu)) << rest) | ((1u << rest) - 1);
     for (int32_t t : tops_) {
         if (t < 0) continue;
-        const Grammar::Element& e = g_->elements_[size_t((*pool_)[size_t(t)].pos)];
+        const Grammar::Element& e = g_->elements_[size_t(pool_->nodes[size_t(t)].pos)];
         if (e.kind == Grammar::Kind::any || g_->classes_[size_t(e.arg)].meets(lo, hi)) return true;
     }
     return false;
@@ -583,7 +589,7 @@ void GrammarRecognizer::signature(std::vector<int32_t>& out) const {
     std::vector<std::vector<int32_t>> stacks;
     for (int32_t t : tops_) {
         std::vector<int32_t> st;
-        for (int32_t n = t; n >= 0; n = (*pool_)[size_t(n)].below) st.push_back((*pool_)[size_t(n)].pos);
+        for (int32_t n = t; n >= 0; n = pool_->nodes[size_t(n)].below) st.push_back(pool_->nodes[size_t(n)].pos);
         stacks.push_back(std::move(st));
     }
     std::sort(stacks.begin(), stacks.end());

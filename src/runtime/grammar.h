@@ -75,8 +75,8 @@ class GrammarRecognizer {
 
     // Stack nodes made after `mark()` belong only to copies made since; `release` drops them
     // once those copies are gone (a mask's walk makes and drops thousands).
-    size_t mark() const { return pool_->size(); }
-    void release(size_t mark) const { pool_->resize(mark); }
+    size_t mark() const { return pool_->nodes.size(); }
+    void release(size_t mark) const { pool_->nodes.resize(mark); }
 
     static constexpr size_t k_max_stacks = 4096;
 
@@ -87,6 +87,13 @@ class GrammarRecognizer {
         int32_t pos, below;
         uint64_t hash;
     };
+    // The nodes, and the last node made for each (position, node below) by a hash of the two
+    // (checked on use: one released since then is gone or made again): a walk over the
+    // vocabulary makes the same stacks again and again, and finds them here instead.
+    struct Pool {
+        std::vector<Node> nodes;
+        std::vector<int32_t> made = std::vector<int32_t>(size_t(1) << 14, -1);
+    };
     int32_t push_node(int32_t pos, int32_t below) const;
     bool same(int32_t a, int32_t b) const;
     // Adds the stacks that `node` becomes once its rule references are expanded down to a
@@ -96,7 +103,7 @@ class GrammarRecognizer {
     void dedupe(std::vector<int32_t>& tops) const;
 
     std::shared_ptr<const Grammar> g_;
-    std::shared_ptr<std::vector<Node>> pool_;
+    std::shared_ptr<Pool> pool_;
     std::vector<int32_t> tops_;      // the stacks' top nodes; -1: an empty stack (the text may end)
     uint32_t cp_ = 0;                // the code point being read
     uint8_t need_ = 0;               // its continuation bytes still due
