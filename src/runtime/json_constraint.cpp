@@ -419,6 +419,10 @@ void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
                     if (id < n_vocab) allowed[size_t(id)] = 1;
             if (grammar_->open()) walk(*grammar_, vocab_->all_, allowed);
             grammar_->release(mark);  // the walk's copies are gone
+            // nothing left (a grammar more ambiguous than the recognizer follows): the answer ends
+            if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end())
+                for (int32_t id : vocab_->end_tokens_)
+                    if (id < n_vocab) allowed[size_t(id)] = 1;
             constexpr size_t k_cached = 8;
             if (cache_.size() == k_cached) cache_.pop_back();
             cache_.insert(cache_.begin(), Cached{state, allowed});
@@ -450,7 +454,12 @@ bool JsonConstraint::allows(int32_t token) const {
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return false;
     const bool end = std::binary_search(vocab_->end_tokens_.begin(), vocab_->end_tokens_.end(), token);
     if (grammar_) {
-        if (end) return grammar_->complete();
+        if (end) {  // as the mask: at a whole derivation, or when nothing else is left
+            if (grammar_->complete()) return true;
+            std::vector<float> all(vocab_->bytes_.size(), 0.0f);
+            mask(all.data(), int32_t(all.size()));
+            return std::isfinite(all[size_t(token)]);
+        }
         const size_t mark = grammar_->mark();
         const bool ok = grammar_->open() && takes(*grammar_, token);
         grammar_->release(mark);
