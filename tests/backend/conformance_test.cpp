@@ -630,10 +630,11 @@ TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
 
 // A token's routed experts do not depend on the batch: decode and verification sizes (where a
 // GPU runs one kernel per slot's rows) give the bits of a prefill batch (experts grouped), with
-// K-quant stacks and a top-k that does and does not divide a warp's 32 lanes.
+// K-quant stacks, a top-k that does and does not divide a warp's 32 lanes, and inputs of 2 and
+// 12 super-blocks (the 122B's: a GPU's decode lanes take two each).
 TEST_P(Conformance, moe_is_batch_invariant) {
-    const int64_t N = 512, F = 256, E = 16, T_all = 24;
-    for (int64_t K : {3, 8}) {
+    const int64_t F = 256, E = 16, T_all = 24;
+    for (auto [N, K] : {std::pair<int64_t, int64_t>{512, 3}, {512, 8}, {3072, 8}}) {
         auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E),
              down = weight(DType::Q6_K, F, N, E);
         const MoeWeights m{&gate->w, &up->w, &down->w, nullptr, E, K, F};
@@ -648,7 +649,7 @@ TEST_P(Conformance, moe_is_batch_invariant) {
             be_->reset_scratch();
             const std::vector<float> got = part.get();
             ASSERT_EQ(std::memcmp(got.data(), want.data(), got.size() * 4), 0)
-                << "K=" << K << ": " << T << " tokens differ from the same tokens among " << T_all;
+                << "N=" << N << " K=" << K << ": " << T << " tokens differ from the same tokens among " << T_all;
         }
     }
 }
