@@ -117,6 +117,14 @@ std::vector<Case> cases() {
     };
 }
 
+// The regular expressions read bytes, the grammars characters: texts past ASCII are checked by
+// the JSON and bracket references only.
+bool checkable(const Case& c, const std::string& text) {
+    bool ascii = true;
+    for (char ch : text) ascii = ascii && uint8_t(ch) < 0x80;
+    return ascii || std::string(c.name) == "json" || std::string(c.name) == "brackets";
+}
+
 // -1 when the recognizer takes every byte of s; else the index of the byte it refused.
 int refused_at(const GrammarRecognizer& start, const std::string& s) {
     GrammarRecognizer r = start;
@@ -195,10 +203,7 @@ TEST(Grammar, random_byte_walks_never_dead_end_and_complete_in_matches) {
             }
             if (!r.complete()) continue;
             ++whole;
-            // the regular expressions read bytes: walks past ASCII are checked by the JSON parser only
-            bool ascii = true;
-            for (char ch : text) ascii = ascii && uint8_t(ch) < 0x80;
-            if (ascii || std::string(c.name) == "json") {
+            if (checkable(c, text)) {
                 EXPECT_TRUE(c.matches(text)) << c.name << ": \"" << text << "\"";
             }
         }
@@ -317,14 +322,14 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
                 }
                 if ((*tok)->is_eog(best)) {
                     ++whole;
-                    EXPECT_TRUE(c.matches(text)) << c.name << ": " << text;
+                    EXPECT_TRUE(checkable(c, text) ? c.matches(text) : true) << c.name << ": " << text;
                     break;
                 }
                 text += (*tok)->token_bytes(best, false);
                 con.accept(best);
                 if (con.complete()) {  // nothing can follow: the answer ends here
                     ++whole;
-                    EXPECT_TRUE(c.matches(text)) << c.name << ": " << text;
+                    EXPECT_TRUE(checkable(c, text) ? c.matches(text) : true) << c.name << ": " << text;
                     break;
                 }
             }
