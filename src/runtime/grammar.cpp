@@ -585,6 +585,42 @@ bool GrammarRecognizer::push(uint8_t c) {
     return false;
 }
 
+bool GrammarRecognizer::loops_except(uint64_t stops[2]) const {
+    if (need_ != 0) return false;
+    // the classes at the stacks' tops must name ASCII characters only, so that every character
+    // past ASCII meets each of them alike
+    std::vector<const Grammar::CharClass*> tops;
+    for (int32_t t : tops_) {
+        if (t < 0) continue;
+        const Grammar::Element& e = g_->elements_[size_t(pool_->nodes[size_t(t)].pos)];
+        if (e.kind == Grammar::Kind::any) {
+            tops.push_back(nullptr);
+            continue;
+        }
+        const Grammar::CharClass& k = g_->classes_[size_t(e.arg)];
+        for (const auto& [lo, hi] : k.ranges)
+            if (hi >= 0x80) return false;
+        tops.push_back(&k);
+    }
+    if (tops.empty()) return false;
+    // one character past ASCII must lead back here; the characters that meet the same classes
+    // lead to the same state
+    GrammarRecognizer next = *this;
+    if (!next.read(0xE9)) return false;
+    std::vector<int32_t> a, b;
+    signature(a);
+    next.signature(b);
+    if (a != b) return false;
+    stops[0] = stops[1] = 0;
+    for (uint32_t c = 0; c < 0x80; ++c)
+        for (const Grammar::CharClass* k : tops)
+            if (k && k->matches(c) != k->negated) {  // c meets k unlike the characters past ASCII
+                stops[c / 64] |= uint64_t(1) << (c % 64);
+                break;
+            }
+    return true;
+}
+
 void GrammarRecognizer::signature(std::vector<int32_t>& out) const {
     std::vector<std::vector<int32_t>> stacks;
     for (int32_t t : tops_) {

@@ -69,6 +69,10 @@ class GrammarRecognizer {
     // Whether some derivation can still read more (then tokens are worth walking).
     bool open() const;
     uint32_t plain_room() const { return 0; }
+    // Whether every character returns this state to itself except the ASCII characters it
+    // sets in `stops` (bit c of stops[c / 64]): inside a repetition of a class such as
+    // [^"\\]*, where a token of other characters is taken whole without reading it.
+    bool loops_except(uint64_t stops[2]) const;
     // The state as values alone (each stack's positions, the stacks in order, the character
     // being read): equal exactly when two recognizers take the same texts from here on.
     void signature(std::vector<int32_t>& out) const;

@@ -278,9 +278,35 @@ bool JsonRecognizer::push(uint8_t c) {
     return fail();
 }
 
+namespace {
+// The ASCII bytes of b, or only the flag in [2] when b is not whole UTF-8 characters.
+std::array<uint64_t, 3> ascii_bytes(const std::string& b) {
+    std::array<uint64_t, 3> m{0, 0, 0};
+    const std::array<uint64_t, 3> any{0, 0, 1};
+    for (size_t i = 0; i < b.size();) {
+        const uint8_t c = uint8_t(b[i]);
+        if (c < 0x80) {
+            m[c / 64] |= uint64_t(1) << (c % 64);
+            ++i;
+            continue;
+        }
+        const int n = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
+        if (n < 0 || i + size_t(n) >= b.size()) return any;  // not a lead byte, or cut short
+        const uint8_t lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
+        const uint8_t c1 = uint8_t(b[i + 1]);
+        if (c1 < lo || c1 > hi) return any;
+        for (int k = 2; k <= n; ++k)
+            if ((uint8_t(b[i + size_t(k)]) & 0xC0) != 0x80) return any;
+        i += size_t(n) + 1;
+    }
+    return m;
+}
+}  // namespace
+
 JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
     const int32_t n = tok.n_vocab();
     bytes_.resize(size_t(n));
+    ascii_.assign(size_t(n), {0, 0, 1});
     JsonRecognizer in_string;  // inside a key: '{' then '"'
     in_string.push('{');
     in_string.push('"');
@@ -304,6 +330,7 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
             plain_chars_.push_back(uint16_t(std::min<size_t>(chars, 0xFFFF)));
         }
         all_.ids.push_back(id);
+        ascii_[size_t(id)] = ascii_bytes(b);
         bytes_[size_t(id)] = std::move(b);
     }
     sort(all_);
@@ -417,7 +444,32 @@ void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
             if (grammar_->complete())
                 for (int32_t id : vocab_->end_tokens_)
                     if (id < n_vocab) allowed[size_t(id)] = 1;
-            if (grammar_->open()) walk(*grammar_, vocab_->all_, allowed);
+            uint64_t stops[2];
+            if (grammar_->open() && grammar_->loops_except(stops)) {
+                // inside a repetition: a token of whole characters, none of them a stop, leads
+                // back here and is taken unread; only the others are walked (in byte order, each
+                // sharing with the one before the least of the prefixes between them)
+                thread_local JsonVocabulary::Sorted rest;
+                rest.ids.clear();
+                rest.shared.clear();
+                const JsonVocabulary::Sorted& all = vocab_->all_;
+                uint16_t lcp = 0;
+                for (size_t i = 0; i < all.ids.size(); ++i) {
+                    const int32_t id = all.ids[i];
+                    lcp = rest.ids.empty() ? 0 : std::min(lcp, all.shared[i]);
+                    const std::array<uint64_t, 3>& a = vocab_->ascii_[size_t(id)];
+                    if ((a[0] & stops[0]) == 0 && (a[1] & stops[1]) == 0 && a[2] == 0) {
+                        if (id < n_vocab) allowed[size_t(id)] = 1;
+                        continue;
+                    }
+                    rest.ids.push_back(id);
+                    rest.shared.push_back(lcp);
+                    lcp = UINT16_MAX;
+                }
+                walk(*grammar_, rest, allowed);
+            } else if (grammar_->open()) {
+                walk(*grammar_, vocab_->all_, allowed);
+            }
             grammar_->release(mark);  // the walk's copies are gone
             // nothing left (a grammar more ambiguous than the recognizer follows): the answer ends
             if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end())

@@ -8,6 +8,7 @@
 // (json_schema.h) or a GBNF grammar's (grammar.h) the same way.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -106,6 +107,9 @@ class JsonVocabulary {
     std::vector<int32_t> plain_;         // those that are
     std::vector<uint16_t> plain_chars_;  // [i]: plain_[i]'s characters
     std::vector<int32_t> end_tokens_;    // end-of-generation tokens
+    // by token id: the ASCII bytes it holds (bit c of [c / 64]); [2] is 1 when its bytes are not
+    // whole UTF-8 characters (so no set of characters takes it without reading)
+    std::vector<std::array<uint64_t, 3>> ascii_;
 };
 
 class JsonConstraint {
