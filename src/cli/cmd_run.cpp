@@ -283,18 +283,11 @@ int cmd_run(const std::vector<std::string>& argv) {
     }
     // a schema is checked before the model loads
     std::shared_ptr<const JsonSchema> schema;
-    if (args->has("--json-schema") && args->has("--json-schema-file"))
-        return fail("run: give either --json-schema or --json-schema-file");
+    auto schema_text = text_or_file(*args, "--json-schema", "--json-schema-file", "run");
+    if (!schema_text) return fail(schema_text.error().message);
     if (args->has("--json-schema") || args->has("--json-schema-file")) {
-        const bool from_file = args->has("--json-schema-file");
-        std::string text = args->get("--json-schema");
-        if (from_file) {
-            auto t = read_text_file(args->get("--json-schema-file"));
-            if (!t) return fail(t.error().message);
-            text = *t;
-        }
-        const char* flag = from_file ? "--json-schema-file" : "--json-schema";
-        const nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+        const char* flag = args->has("--json-schema-file") ? "--json-schema-file" : "--json-schema";
+        const nlohmann::json j = nlohmann::json::parse(*schema_text, nullptr, /*allow_exceptions=*/false);
         if (j.is_discarded()) return fail(std::string("run: ") + flag + " is not valid JSON");
         auto s = JsonSchema::compile(j, /*lenient=*/true);
         if (!s) return fail(std::string("run: ") + flag + ": " + s.error().message);
@@ -303,18 +296,11 @@ int cmd_run(const std::vector<std::string>& argv) {
         schema = *s;
     }
     std::shared_ptr<const Grammar> grammar;
-    if (args->has("--grammar") && args->has("--grammar-file"))
-        return fail("run: give either --grammar or --grammar-file");
+    auto grammar_text = text_or_file(*args, "--grammar", "--grammar-file", "run");
+    if (!grammar_text) return fail(grammar_text.error().message);
     if (args->has("--grammar") || args->has("--grammar-file")) {
         if (schema) return fail("run: give either a grammar or a JSON schema");
-        const bool from_file = args->has("--grammar-file");
-        std::string text = args->get("--grammar");
-        if (from_file) {
-            auto t = read_text_file(args->get("--grammar-file"));
-            if (!t) return fail(t.error().message);
-            text = *t;
-        }
-        auto g = Grammar::parse(text);
+        auto g = Grammar::parse(*grammar_text);
         if (!g) return fail("run: " + g.error().message);
         grammar = *g;
     }

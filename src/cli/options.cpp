@@ -78,4 +78,11 @@ Result<std::string> read_text_file(const std::string& path) {
     return ss.str();
 }
 
+Result<std::string> text_or_file(const Args& args, const char* flag, const char* file_flag, const char* cmd) {
+    if (args.has(flag) && args.has(file_flag))
+        return make_error(std::string(cmd) + ": give either " + flag + " or " + file_flag);
+    if (args.has(file_flag)) return read_text_file(args.get(file_flag));
+    return args.has(flag) ? args.get(flag) : std::string();
+}
+
 }  // namespace bigmoe::cli

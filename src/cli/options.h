@@ -85,5 +85,8 @@ class Progress {
 };
 // The whole file (a prompt, a text to tokenize).
 Result<std::string> read_text_file(const std::string& path);
+// The text of `flag` or the file named by `file_flag` (a schema, a grammar): "" when neither is
+// given, an error when both are or the file cannot be read (`cmd` names the command).
+Result<std::string> text_or_file(const Args& args, const char* flag, const char* file_flag, const char* cmd);
 
 }  // namespace bigmoe::cli

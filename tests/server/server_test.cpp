@@ -121,7 +121,8 @@ class Serve : public ::testing::Test {
         for (const auto& e : events)
             if (!e.is_null() && !e["choices"].empty()) {
                 const Json& c = e["choices"][0];
-                if (chat && c["delta"].contains("content")) s += c["delta"]["content"].get<std::string>();
+                if (chat && c["delta"].contains("content") && c["delta"]["content"].is_string())
+                    s += c["delta"]["content"].get<std::string>();
                 if (!chat && c.contains("text")) s += c["text"].get<std::string>();
             }
         return s;
@@ -395,13 +396,7 @@ TEST_F(Serve, json_schema_answers_are_instances) {
         whole += finished;
         check(text, finished);
         if (i == 0) {  // streamed alike
-            std::string streamed;
-            for (const Json& ev : stream("/v1/chat/completions", body)) {
-                if (ev.is_null()) break;
-                const Json& d = ev["choices"][0]["delta"];
-                if (d.contains("content") && d["content"].is_string()) streamed += d["content"].get<std::string>();
-            }
-            EXPECT_EQ(streamed, text);
+            EXPECT_EQ(streamed_content(stream("/v1/chat/completions", body), true), text);
         }
     }
     EXPECT_GE(whole, 2);
@@ -471,17 +466,10 @@ TEST_F(Serve, grammar_answers_are_derived_by_the_grammar) {
         const Json got = post("/v1/chat/completions", body);
         const std::string text = got["choices"][0]["message"]["content"];
         const bool done = got["choices"][0]["finish_reason"] == "stop";
-        std::printf("grammar answer %d: %s (%s)\n", i, text.c_str(), got["choices"][0]["finish_reason"].dump().c_str());
         finished += done;
         check(text, done);
         if (i == 0) {
-            std::string streamed;
-            for (const Json& ev : stream("/v1/chat/completions", body)) {
-                if (ev.is_null()) break;
-                const Json& d = ev["choices"][0]["delta"];
-                if (d.contains("content") && d["content"].is_string()) streamed += d["content"].get<std::string>();
-            }
-            EXPECT_EQ(streamed, text);
+            EXPECT_EQ(streamed_content(stream("/v1/chat/completions", body), true), text);
         }
     }
     EXPECT_GE(finished, 2);
