@@ -3,11 +3,14 @@
 // cleanly on Ctrl-C or SIGTERM.
 #include <csignal>
 #include <cstdio>
+#include <nlohmann/json.hpp>
 
 #include "bigmoe/bigmoe.h"
 #include "cli/args.h"
 #include "cli/commands.h"
 #include "cli/options.h"
+#include "runtime/grammar.h"
+#include "runtime/json_schema.h"
 #include "server/server.h"
 
 namespace bigmoe::cli {
@@ -40,6 +43,10 @@ const std::vector<OptionSpec> k_specs = {
      "time every op by class: GET /profile and the dashboard show where the last seconds went (a GPU "
      "synchronizes after each op)"},
     {"", "--slot-save-path", "DIR", "where POST /slots/{id}?action=save|restore keeps its files"},
+    {"-j", "--json-schema", "SCHEMA", "the JSON Schema of every answer whose request sets no constraint of its own"},
+    {"", "--json-schema-file", "FILE", "the same, the schema read from a file"},
+    {"", "--grammar", "GBNF", "the GBNF grammar of every answer whose request sets no constraint of its own"},
+    {"", "--grammar-file", "FILE", "the same, the grammar read from a file"},
     {"", "--cache-ram", "MiB",
      "host memory for the prompt cache, shared by all slots and past requests (default 8192; 0: off)"},
     {"", "--cache-checkpoint-every", "N",
@@ -103,6 +110,26 @@ int cmd_serve(const std::vector<std::string>& argv) {
     o.api_key = args->get("--api-key");
     o.alias = args->get("--alias");
     o.repack = !args->has("--no-repack");
+    // default constraints, checked before the model loads
+    auto schema_text = text_or_file(*args, "--json-schema", "--json-schema-file", "serve");
+    if (!schema_text) return fail(schema_text.error().message);
+    if (args->has("--json-schema") || args->has("--json-schema-file")) {
+        const nlohmann::json j = nlohmann::json::parse(*schema_text, nullptr, /*allow_exceptions=*/false);
+        if (j.is_discarded()) return fail("serve: the JSON schema is not valid JSON");
+        auto s = JsonSchema::compile(j, /*lenient=*/true);
+        if (!s) return fail("serve: " + s.error().message);
+        for (const std::string& k : (*s)->ignored())
+            std::fprintf(stderr, "warning: JSON schema: not enforced: %s\n", k.c_str());
+        o.json_schema = *s;
+    }
+    auto grammar_text = text_or_file(*args, "--grammar", "--grammar-file", "serve");
+    if (!grammar_text) return fail(grammar_text.error().message);
+    if (args->has("--grammar") || args->has("--grammar-file")) {
+        if (o.json_schema) return fail("serve: give either a grammar or a JSON schema");
+        auto g = Grammar::parse(*grammar_text);
+        if (!g) return fail("serve: " + g.error().message);
+        o.grammar = *g;
+    }
     o.n_gpu_layers = int(*ngl);
     auto ncm = parse_cpu_moe(*args, *ngl);
     if (!ncm) return fail(ncm.error().message);

@@ -400,6 +400,10 @@ std::string Server::Impl::metrics() const {
 void Server::Impl::completion(const httplib::Request& req, httplib::Response& res, bool chat, bool llama) {
     CompletionRequest cr;
     if (auto e = parse_completion(req.body, chat, llama, next_seed.fetch_add(1), &cr)) return reply_error(res, *e);
+    if (!cr.grammar && !cr.schema && !cr.json_object) {
+        cr.grammar = o.grammar;
+        cr.schema = o.json_schema;
+    }
     // the prompt as tokens
     std::string text;
     bool in_reasoning = false;

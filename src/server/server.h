@@ -10,6 +10,11 @@
 #include "core/result.h"
 #include "quant/dtype.h"
 
+namespace bigmoe {
+class Grammar;
+class JsonSchema;
+}  // namespace bigmoe
+
 namespace bigmoe::server {
 
 struct ServeOptions {
@@ -41,6 +46,10 @@ struct ServeOptions {
     // Times every op of every step by class: GET /profile (the last seconds, which the dashboard
     // draws) and bigmoe_op_seconds_total in /metrics. A GPU synchronizes after each op.
     bool profile = false;
+    // llama-server's --grammar / -j: the constraint of every request that sets none of its own
+    // (no grammar, json_schema or response_format; a forced tool call keeps its schema)
+    std::shared_ptr<const Grammar> grammar;
+    std::shared_ptr<const JsonSchema> json_schema;
 };
 
 class Server {

@@ -219,6 +219,11 @@ if "$bin" run -m "$m" -p hi -n 1 2>&1 | grep -q "loading "; then echo "FAIL: pro
   pass=$((pass+1)); fi
 expect "serve needs a model" 1 "is required" "$bin" serve
 expect "serve bad port" 1 "out of range" "$bin" serve -m "$m" --port 70000
+expect "serve bad --grammar" 1 "serve: grammar: line 1, column 13: unterminated string" "$bin" serve -m "$m" --port 0 \
+  --grammar 'root ::= "ok'
+expect "serve -j not JSON" 1 "not valid JSON" "$bin" serve -m "$m" --port 0 -j '{"type":'
+expect "serve grammar and schema" 1 "either a grammar or a JSON schema" "$bin" serve -m "$m" --port 0 -j '{}' \
+  --grammar 'root ::= "a"'
 expect "serve missing draft" 1 "cannot open" "$bin" serve -m "$m" --port 0 -md "$tmp/none.gguf"
 expect "serve draft vocab" 1 "vocabulary" "$bin" serve -m "$m" --port 0 -md "$tmp/s.gguf"
 expect "bad ngld" 1 "'--gpu-layers-draft': 'x' is not an integer" "$bin" run -m "$m" -md "$d" -p hi -n 1 -ngld x

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <regex>
 #include <set>
 #include <thread>
 
@@ -899,6 +900,36 @@ TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
     for (int i = 0; i < 100 && running() > 0; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(50));
     EXPECT_EQ(running(), 0);
     for (const auto& s : Json::parse(client().Get("/slots")->body)) EXPECT_FALSE(s["is_processing"].get<bool>());
+}
+
+// llama-server's --grammar / -j: every request without a constraint of its own answers under the
+// server's; one with its own (response_format, grammar) answers under that.
+TEST(ServeOptions, a_default_grammar_constrains_requests_without_their_own) {
+    server::ServeOptions o;
+    o.n_ctx = 512;
+    auto g = Grammar::parse("root ::= \"ok\" [0-9]");
+    ASSERT_TRUE(g.ok());
+    o.grammar = *g;
+    auto srv = start(o);
+    httplib::Client c("127.0.0.1", srv->port());
+    c.set_read_timeout(60, 0);
+    auto ask = [&](const Json& body) {
+        auto r = c.Post("/v1/chat/completions", body.dump(), "application/json");
+        EXPECT_TRUE(r && r->status == 200);
+        return r ? Json::parse(r->body)["choices"][0]["message"]["content"].get<std::string>() : std::string();
+    };
+    for (int i = 0; i < 2; ++i) {
+        const std::string text = ask(chat_body(i ? "hello" : "What is 2+2?", 20, i ? 0.9 : 0.0, 3));
+        EXPECT_TRUE(std::regex_match(text, std::regex("ok[0-9]"))) << text;
+    }
+    Json own = chat_body("hello", 20);
+    own["grammar"] = "root ::= \"no\"";
+    EXPECT_EQ(ask(own), "no");
+    Json object = chat_body("hello", 40);
+    object["response_format"] = {{"type", "json_object"}};
+    const std::string text = ask(object);
+    JsonRecognizer r;
+    for (char ch : text) ASSERT_TRUE(r.push(uint8_t(ch))) << text;
 }
 
 // -md: greedy requests decoded speculatively (drafted by the quantized fixture, so proposals are
