@@ -629,7 +629,8 @@ void GrammarRecognizer::signature(std::vector<int32_t>& out) const {
         stacks.push_back(std::move(st));
     }
     std::sort(stacks.begin(), stacks.end());
-    out.assign({int32_t(cp_), need_, lo_, hi_});
+    // the character being read only while one is (cp_ keeps the last one's bits after it)
+    out.assign({need_ ? int32_t(cp_) : 0, need_, need_ ? lo_ : 0, need_ ? hi_ : 0});
     for (const auto& st : stacks) {
         out.insert(out.end(), st.begin(), st.end());
         out.push_back(-1);
