@@ -176,7 +176,12 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
             r->forced_tool = names[0];
             return tool_schema(r);
         }
-        return std::nullopt;
+        // the model names one of the tools (and writes an object of arguments for it)
+        const Json call = {{"type", "object"},
+                           {"properties", {{"name", {{"enum", names}}}, {"arguments", {{"type", "object"}}}}},
+                           {"required", {"name", "arguments"}},
+                           {"additionalProperties", false}};
+        return compile_schema(call, key, false, &r->tool_schema);
     }
     if (c.is_object() && c.value("type", "") == "function" && c.contains("function") && c["function"].is_object() &&
         c["function"].contains("name") && c["function"]["name"].is_string()) {

@@ -628,10 +628,18 @@ TEST_F(Serve, tool_choice_forces_a_call_or_leaves_the_tools_out) {
         EXPECT_EQ(arguments, fn["arguments"]);
         EXPECT_EQ(finish, "tool_calls");
     }
-    // with several tools "required" leaves the choice to the model: whatever it writes is answered
+    // with several tools "required" leaves the choice to the model among them: the call names one
     body["tools"].push_back({{"type", "function"}, {"function", {{"name", "get_time"}}}});
     body["tool_choice"] = "required";
-    EXPECT_EQ(post("/v1/chat/completions", body)["object"], "chat.completion");
+    for (int i = 0; i < 3; ++i) {
+        body["temperature"] = i == 0 ? 0.0 : 1.0;
+        const Json got = post("/v1/chat/completions", body);
+        ASSERT_EQ(got["choices"][0]["finish_reason"], "tool_calls") << got.dump();
+        const Json& fn = got["choices"][0]["message"]["tool_calls"][0]["function"];
+        EXPECT_TRUE(fn["name"] == "get_weather" || fn["name"] == "get_time") << fn.dump();
+        EXPECT_TRUE(Json::parse(fn["arguments"].get<std::string>(), nullptr, false).is_object()) << fn.dump();
+    }
+    body.erase("temperature");
     body["tool_choice"] = "none";
     const Json none = post("/v1/chat/completions", body);
     body.erase("tools");
