@@ -8,8 +8,8 @@
 // would never stop expanding it.
 //
 // GrammarRecognizer follows every way the grammar can derive the text so far (a set of stacks
-// of grammar positions, llama.cpp's method), reading UTF-8 a byte at a time, and refuses the
-// first byte that no derivation can continue with.
+// of grammar positions, llama.cpp's method, up to k_max_stacks of them), reading UTF-8 a byte at
+// a time, and refuses the first byte that no derivation can continue with.
 #pragma once
 
 #include <cstdint>
@@ -82,7 +82,10 @@ class GrammarRecognizer {
     size_t mark() const { return pool_->nodes.size(); }
     void release(size_t mark) const { pool_->nodes.resize(mark); }
 
-    static constexpr size_t k_max_stacks = 4096;
+    // Derivations followed at once: each one is read for every byte of every token a mask walks,
+    // so a grammar that keeps thousands apart (a request's own) would stall every slot's step; a
+    // character that would make more is refused.
+    static constexpr size_t k_max_stacks = 128;
 
   private:
     // A stack of grammar positions as a linked list in a pool shared by copies: the element to

@@ -429,66 +429,74 @@ void JsonConstraint::mask_with(const R& r, std::vector<uint8_t>& allowed) const 
     }
 }
 
+// The grammar's tokens from here (cached by state): the end tokens at a whole derivation, the
+// tokens a walk takes, and inside a class repetition the tokens of whole characters with no stop
+// byte without reading them.
+const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) const {
+    thread_local std::vector<int32_t> state;
+    grammar_->signature(state);
+    auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Cached& c) { return c.state == state; });
+    if (hit != cache_.end() && hit->allowed.size() == size_t(n_vocab)) {
+        std::rotate(cache_.begin(), hit, hit + 1);
+        return cache_.front().allowed;
+    }
+    std::vector<uint8_t> allowed(size_t(n_vocab), 0);
+    const size_t mark = grammar_->mark();
+    if (grammar_->complete())
+        for (int32_t id : vocab_->end_tokens_)
+            if (id < n_vocab) allowed[size_t(id)] = 1;
+    uint64_t stops[2];
+    if (grammar_->open() && grammar_->loops_except(stops)) {
+        // a token of whole characters, none of them a stop, leads back here; only the others are
+        // walked (in byte order, each sharing with the one before the least of the prefixes
+        // between them)
+        thread_local JsonVocabulary::Sorted rest;
+        rest.ids.clear();
+        rest.shared.clear();
+        const JsonVocabulary::Sorted& all = vocab_->all_;
+        uint16_t lcp = 0;
+        for (size_t i = 0; i < all.ids.size(); ++i) {
+            const int32_t id = all.ids[i];
+            lcp = rest.ids.empty() ? 0 : std::min(lcp, all.shared[i]);
+            const std::array<uint64_t, 3>& a = vocab_->ascii_[size_t(id)];
+            if ((a[0] & stops[0]) == 0 && (a[1] & stops[1]) == 0 && a[2] == 0) {
+                if (id < n_vocab) allowed[size_t(id)] = 1;
+                continue;
+            }
+            rest.ids.push_back(id);
+            rest.shared.push_back(lcp);
+            lcp = UINT16_MAX;
+        }
+        walk(*grammar_, rest, allowed);
+    } else if (grammar_->open()) {
+        walk(*grammar_, vocab_->all_, allowed);
+    }
+    grammar_->release(mark);  // the walk's copies are gone
+    // nothing left (derivations past GrammarRecognizer::k_max_stacks): the answer ends
+    if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end())
+        for (int32_t id : vocab_->end_tokens_)
+            if (id < n_vocab) allowed[size_t(id)] = 1;
+    constexpr size_t k_cached = 8;
+    if (cache_.size() == k_cached) cache_.pop_back();
+    cache_.insert(cache_.begin(), Cached{state, std::move(allowed)});
+    return cache_.front().allowed;
+}
+
 void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (!active_) return;
     thread_local std::vector<uint8_t> allowed;
-    allowed.assign(size_t(n_vocab), 0);
+    const std::vector<uint8_t>* a = &allowed;
     if (grammar_) {
-        thread_local std::vector<int32_t> state;
-        grammar_->signature(state);
-        auto hit = std::find_if(cache_.begin(), cache_.end(), [&](const Cached& c) { return c.state == state; });
-        if (hit != cache_.end() && hit->allowed.size() == allowed.size()) {
-            std::rotate(cache_.begin(), hit, hit + 1);
-        } else {
-            const size_t mark = grammar_->mark();
-            if (grammar_->complete())
-                for (int32_t id : vocab_->end_tokens_)
-                    if (id < n_vocab) allowed[size_t(id)] = 1;
-            uint64_t stops[2];
-            if (grammar_->open() && grammar_->loops_except(stops)) {
-                // inside a repetition: a token of whole characters, none of them a stop, leads
-                // back here and is taken unread; only the others are walked (in byte order, each
-                // sharing with the one before the least of the prefixes between them)
-                thread_local JsonVocabulary::Sorted rest;
-                rest.ids.clear();
-                rest.shared.clear();
-                const JsonVocabulary::Sorted& all = vocab_->all_;
-                uint16_t lcp = 0;
-                for (size_t i = 0; i < all.ids.size(); ++i) {
-                    const int32_t id = all.ids[i];
-                    lcp = rest.ids.empty() ? 0 : std::min(lcp, all.shared[i]);
-                    const std::array<uint64_t, 3>& a = vocab_->ascii_[size_t(id)];
-                    if ((a[0] & stops[0]) == 0 && (a[1] & stops[1]) == 0 && a[2] == 0) {
-                        if (id < n_vocab) allowed[size_t(id)] = 1;
-                        continue;
-                    }
-                    rest.ids.push_back(id);
-                    rest.shared.push_back(lcp);
-                    lcp = UINT16_MAX;
-                }
-                walk(*grammar_, rest, allowed);
-            } else if (grammar_->open()) {
-                walk(*grammar_, vocab_->all_, allowed);
-            }
-            grammar_->release(mark);  // the walk's copies are gone
-            // nothing left (a grammar more ambiguous than the recognizer follows): the answer ends
-            if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end())
-                for (int32_t id : vocab_->end_tokens_)
-                    if (id < n_vocab) allowed[size_t(id)] = 1;
-            constexpr size_t k_cached = 8;
-            if (cache_.size() == k_cached) cache_.pop_back();
-            cache_.insert(cache_.begin(), Cached{state, allowed});
-        }
-        const std::vector<uint8_t>& a = cache_.front().allowed;
-        for (int32_t id = 0; id < n_vocab; ++id)
-            if (!a[size_t(id)]) logits[id] = -INFINITY;
-        return;
-    } else if (schema_json_)
-        mask_with(*schema_json_, allowed);
-    else
-        mask_with(json_, allowed);
+        a = &grammar_allowed(n_vocab);
+    } else {
+        allowed.assign(size_t(n_vocab), 0);
+        if (schema_json_)
+            mask_with(*schema_json_, allowed);
+        else
+            mask_with(json_, allowed);
+    }
     for (int32_t id = 0; id < n_vocab; ++id)
-        if (!allowed[size_t(id)]) logits[id] = -INFINITY;
+        if (!(*a)[size_t(id)]) logits[id] = -INFINITY;
 }
 
 template <class R>
@@ -506,12 +514,8 @@ bool JsonConstraint::allows(int32_t token) const {
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return false;
     const bool end = std::binary_search(vocab_->end_tokens_.begin(), vocab_->end_tokens_.end(), token);
     if (grammar_) {
-        if (end) {  // as the mask: at a whole derivation, or when nothing else is left
-            if (grammar_->complete()) return true;
-            std::vector<float> all(vocab_->bytes_.size(), 0.0f);
-            mask(all.data(), int32_t(all.size()));
-            return std::isfinite(all[size_t(token)]);
-        }
+        if (end)  // as the mask: at a whole derivation, or when nothing else is left
+            return grammar_->complete() || grammar_allowed(int32_t(vocab_->bytes_.size()))[size_t(token)];
         const size_t mark = grammar_->mark();
         const bool ok = grammar_->open() && takes(*grammar_, token);
         grammar_->release(mark);

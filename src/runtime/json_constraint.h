@@ -149,6 +149,7 @@ class JsonConstraint {
     void mask_with(const R& r, std::vector<uint8_t>& allowed) const;
     template <class R>
     bool takes(const R& r, int32_t token) const;
+    const std::vector<uint8_t>& grammar_allowed(int32_t n_vocab) const;
 
     std::shared_ptr<const JsonVocabulary> vocab_;
     int32_t after_token_;

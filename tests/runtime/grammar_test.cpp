@@ -229,6 +229,24 @@ TEST(Grammar, characters_past_ascii_are_read_whole) {
     EXPECT_EQ(refused_at(start, "\xd0\xb0\xed\xa0\x80"), 3);  // a surrogate
 }
 
+// A grammar that keeps derivations apart for every character (here: how many of the a's still
+// wait for a b) is followed up to k_max_stacks derivations; the character past them is refused
+// and the recognizer stays where it was, still able to go on and to end.
+TEST(Grammar, derivations_past_the_limit_refuse_the_character) {
+    auto g = Grammar::parse("root ::= \"a\" root \"b\" | \"a\" root | \"\"");
+    ASSERT_TRUE(g.ok());
+    GrammarRecognizer r(*g);
+    size_t taken = 0;
+    while (taken < 1000 && r.push('a')) ++taken;
+    // three derivations (two a's, a b or the end) for each count of pending b's, 0 .. taken
+    EXPECT_GE(3 * (taken + 2), GrammarRecognizer::k_max_stacks / 2);
+    EXPECT_LE(3 * (taken + 1), GrammarRecognizer::k_max_stacks);
+    EXPECT_TRUE(r.complete());
+    GrammarRecognizer b = r;
+    EXPECT_TRUE(b.push('b'));
+    EXPECT_FALSE(b.push('a'));  // after a b, only b's
+}
+
 TEST(Grammar, errors_name_what_is_wrong_and_where) {
     const std::vector<std::pair<std::string, std::string>> bad = {
         {"", "no \"root\""},
