@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <map>
 
+#include "tokenizer/unicode.h"
+
 namespace bigmoe {
 
 bool Grammar::CharClass::matches(uint32_t c) const {
@@ -545,25 +547,10 @@ bool GrammarRecognizer::read(uint32_t cp) {
 bool GrammarRecognizer::push(uint8_t c) {
     if (need_ == 0) {
         if (c < 0x80) return read(c);
-        if (c >= 0xC2 && c <= 0xDF) {
-            cp_ = c & 0x1F;
-            need_ = 1;
-            lo_ = 0x80;
-            hi_ = 0xBF;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            cp_ = c & 0x0F;
-            need_ = 2;
-            lo_ = c == 0xE0 ? 0xA0 : 0x80;
-            hi_ = c == 0xED ? 0x9F : 0xBF;  // no surrogates
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            cp_ = c & 0x07;
-            need_ = 3;
-            lo_ = c == 0xF0 ? 0x90 : 0x80;
-            hi_ = c == 0xF4 ? 0x8F : 0xBF;
-        } else {
-            return false;
-        }
-        len_ = need_;
+        const int need = unicode::expected_length(c, &lo_, &hi_);
+        if (need == 0) return false;
+        need_ = uint8_t(need);
+        cp_ = c & (0x3Fu >> need);  // the lead byte's bits: 5, 4 or 3
     } else {
         if (c < lo_ || c > hi_) return false;
         cp_ = (cp_ << 6) | (c & 0x3F);

@@ -115,7 +115,6 @@ class GrammarRecognizer {
     uint32_t cp_ = 0;                // the code point being read
     uint8_t need_ = 0;               // its continuation bytes still due
     uint8_t lo_ = 0x80, hi_ = 0xBF;  // the next continuation byte's range
-    uint8_t len_ = 0;                // its length in bytes
 };
 
 }  // namespace bigmoe

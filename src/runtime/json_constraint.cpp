@@ -7,6 +7,7 @@
 #include "runtime/grammar.h"
 #include "runtime/json_schema.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace bigmoe {
 
@@ -164,20 +165,8 @@ bool JsonRecognizer::push(uint8_t c) {
             if (c < 0x80) return true;
             // UTF-8: the lead byte fixes how many continuation bytes follow, and the first one's
             // range excludes overlong forms, surrogates and code points past U+10FFFF
-            if (c >= 0xC2 && c <= 0xDF) {
-                utf8_need_ = 1;
-            } else if (c >= 0xE0 && c <= 0xEF) {
-                utf8_need_ = 2;
-                if (c == 0xE0) utf8_lo_ = 0xA0;
-                if (c == 0xED) utf8_hi_ = 0x9F;
-            } else if (c >= 0xF0 && c <= 0xF4) {
-                utf8_need_ = 3;
-                if (c == 0xF0) utf8_lo_ = 0x90;
-                if (c == 0xF4) utf8_hi_ = 0x8F;
-            } else {
-                return fail();
-            }
-            return true;
+            utf8_need_ = uint8_t(unicode::expected_length(c, &utf8_lo_, &utf8_hi_));
+            return utf8_need_ > 0 || fail();
         case Mode::esc:
             if (c == 'u') {
                 mode_ = Mode::hex;
@@ -281,24 +270,10 @@ bool JsonRecognizer::push(uint8_t c) {
 namespace {
 // The ASCII bytes of b, or only the flag in [2] when b is not whole UTF-8 characters.
 std::array<uint64_t, 3> ascii_bytes(const std::string& b) {
+    if (!unicode::is_valid_utf8(b)) return {0, 0, 1};
     std::array<uint64_t, 3> m{0, 0, 0};
-    const std::array<uint64_t, 3> any{0, 0, 1};
-    for (size_t i = 0; i < b.size();) {
-        const uint8_t c = uint8_t(b[i]);
-        if (c < 0x80) {
-            m[c / 64] |= uint64_t(1) << (c % 64);
-            ++i;
-            continue;
-        }
-        const int n = c >= 0xC2 && c <= 0xDF ? 1 : c >= 0xE0 && c <= 0xEF ? 2 : c >= 0xF0 && c <= 0xF4 ? 3 : -1;
-        if (n < 0 || i + size_t(n) >= b.size()) return any;  // not a lead byte, or cut short
-        const uint8_t lo = c == 0xE0 ? 0xA0 : c == 0xF0 ? 0x90 : 0x80, hi = c == 0xED ? 0x9F : c == 0xF4 ? 0x8F : 0xBF;
-        const uint8_t c1 = uint8_t(b[i + 1]);
-        if (c1 < lo || c1 > hi) return any;
-        for (int k = 2; k <= n; ++k)
-            if ((uint8_t(b[i + size_t(k)]) & 0xC0) != 0x80) return any;
-        i += size_t(n) + 1;
-    }
+    for (char ch : b)
+        if (const uint8_t c = uint8_t(ch); c < 0x80) m[c / 64] |= uint64_t(1) << (c % 64);
     return m;
 }
 }  // namespace
@@ -441,12 +416,16 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
         return cache_.front().allowed;
     }
     std::vector<uint8_t> allowed(size_t(n_vocab), 0);
-    const size_t mark = grammar_->mark();
-    if (grammar_->complete())
+    auto allow_end = [&] {
         for (int32_t id : vocab_->end_tokens_)
             if (id < n_vocab) allowed[size_t(id)] = 1;
+    };
+    const size_t mark = grammar_->mark();
+    if (grammar_->complete()) allow_end();
     uint64_t stops[2];
-    if (grammar_->open() && grammar_->loops_except(stops)) {
+    if (!grammar_->open()) {
+        // a finished derivation: the end tokens only
+    } else if (grammar_->loops_except(stops)) {
         // a token of whole characters, none of them a stop, leads back here; only the others are
         // walked (in byte order, each sharing with the one before the least of the prefixes
         // between them)
@@ -468,14 +447,12 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
             lcp = UINT16_MAX;
         }
         walk(*grammar_, rest, allowed);
-    } else if (grammar_->open()) {
+    } else {
         walk(*grammar_, vocab_->all_, allowed);
     }
     grammar_->release(mark);  // the walk's copies are gone
     // nothing left (derivations past GrammarRecognizer::k_max_stacks): the answer ends
-    if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end())
-        for (int32_t id : vocab_->end_tokens_)
-            if (id < n_vocab) allowed[size_t(id)] = 1;
+    if (std::find(allowed.begin(), allowed.end(), uint8_t(1)) == allowed.end()) allow_end();
     constexpr size_t k_cached = 8;
     if (cache_.size() == k_cached) cache_.pop_back();
     cache_.insert(cache_.begin(), Cached{state, std::move(allowed)});

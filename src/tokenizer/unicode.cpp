@@ -40,9 +40,6 @@ std::string encode_utf8(const std::vector<uint32_t>& cps) {
     return s;
 }
 
-namespace {
-// The range the byte after lead byte b must fall in (Unicode Table 3-7), and how many
-// continuation bytes the sequence has; 0: b cannot start a sequence.
 int expected_length(uint8_t b, uint8_t* lo, uint8_t* hi) {
     *lo = 0x80;
     *hi = 0xBF;
@@ -59,7 +56,6 @@ int expected_length(uint8_t b, uint8_t* lo, uint8_t* hi) {
     }
     return 0;
 }
-}  // namespace
 
 // Each maximal subpart of an ill-formed sequence becomes one U+FFFD (the Unicode
 // recommendation that Python and browsers follow): " \xE2\x80'" is " \uFFFD'", not two.

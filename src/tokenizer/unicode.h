@@ -15,6 +15,10 @@ std::string encode_utf8(const std::vector<uint32_t>& cps);
 std::string sanitize_utf8(const std::string& s);
 // Whether s is well-formed UTF-8 (no byte sanitize_utf8 would replace).
 bool is_valid_utf8(const std::string& s);
+// How many continuation bytes follow lead byte b (0: b cannot start a sequence), and the range
+// the first of them must fall in (Unicode Table 3-7: no overlong forms, surrogates or code
+// points past U+10FFFF); the others fall in 0x80..0xBF.
+int expected_length(uint8_t b, uint8_t* lo, uint8_t* hi);
 // Unicode NFC of valid UTF-8.
 std::string nfc(const std::string& s);
 
