@@ -329,7 +329,10 @@ void JsonVocabulary::sort(Sorted& s) const {
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
                                std::shared_ptr<const JsonSchema> schema)
     : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0), schema_(std::move(schema)) {
-    if (schema_) schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
+    if (schema_ && schema_->grammar())
+        grammar_ = std::make_unique<GrammarRecognizer>(schema_->grammar());
+    else if (schema_)
+        schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,

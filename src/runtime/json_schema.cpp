@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <bitset>
+#include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <set>
@@ -74,6 +75,203 @@ const std::set<std::string> k_supported = {
 
 }  // namespace
 
+// Writes compiled schema nodes as a GBNF grammar whose root derives the schema's instances, in
+// the layout JsonSchema::grammar() describes: rule s<i> for node i, each value without the
+// whitespace around it (so the root ends at its closing brace, where the answer ends).
+class SchemaGrammar {
+  public:
+    using Node = JsonSchema::Node;
+    // `cap`: the largest count span enforced (each step of a span is a rule of the grammar)
+    SchemaGrammar(JsonSchema& s, bool lenient, uint32_t cap) : s_(s), lenient_(lenient), cap_(cap) {}
+
+    Result<std::shared_ptr<const Grammar>> run() {
+        out_ = "root ::= " + rule(s_.root_) + "\n";
+        while (!todo_.empty()) {
+            const int32_t i = todo_.back();
+            todo_.pop_back();
+            define(i);
+            if (out_.size() > (size_t(64) << 20)) return Error{"the schema is too large to read as a grammar"};
+        }
+        if (!error_.empty()) return Error{error_};
+        out_ += k_base;
+        auto g = Grammar::parse(out_);
+        if (!g) return Error{"the schema is too large to read as a grammar (" + g.error().message + ")"};
+        return *g;
+    }
+
+  private:
+    static constexpr uint32_t k_many = UINT32_MAX;  // no upper bound
+    static constexpr const char* k_base = R"(value ::= object | array | string | number | boolean | null
+object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* ws )? "}"
+array ::= "[" ws ( value ( ws "," ws value )* ws )? "]"
+string ::= "\"" char* "\""
+char ::= [^"\\\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" ( [0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2} ) )
+number ::= integer ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
+integer ::= "-"? ( "0" | [1-9] [0-9]* )
+boolean ::= "true" | "false"
+null ::= "null"
+ws ::= ( " " | "\n" [ \t]{0,20} )?
+)";
+
+    // The rule that derives node i's values (queued to be written once).
+    std::string rule(int32_t i) {
+        if (i == JsonSchema::k_any || s_.nodes_[size_t(i)].any) return "value";
+        if (named_.insert(i).second) todo_.push_back(i);
+        return "s" + std::to_string(i);
+    }
+
+    // `text`'s bytes as a GBNF string literal.
+    static std::string literal(const std::string& text) {
+        std::string out = "\"";
+        for (char ch : text) {
+            const uint8_t c = uint8_t(ch);
+            if (c == '"' || c == '\\') {
+                out += '\\';
+                out += ch;
+            } else if (c < 0x20) {
+                static const char* hex = "0123456789ABCDEF";
+                out += "\\x";
+                out += hex[c >> 4];
+                out += hex[c & 15];
+            } else {
+                out += ch;
+            }
+        }
+        return out + "\"";
+    }
+
+    // A bound the grammar leaves out: skipped in a lenient compile, else the schema is refused.
+    void unenforced(const std::string& what) {
+        const std::string note = "(grammar) " + what;
+        if (lenient_) {
+            if (std::find(s_.ignored_.begin(), s_.ignored_.end(), note) == s_.ignored_.end())
+                s_.ignored_.push_back(note);
+        } else if (error_.empty())
+            error_ = "the schema's " + what +
+                     " cannot be enforced (anyOf members that begin alike make it a grammar, "
+                     "which enforces counts up to " +
+                     std::to_string(cap_) + ")";
+    }
+
+    // `item` repeated lo to hi times (hi == k_many: no bound).
+    std::string repeat(const std::string& item, uint32_t lo, uint32_t hi, const char* keyword) {
+        const uint32_t cap = cap_;
+        if (lo > cap) {
+            unenforced(std::string(keyword) +
+                       (cap ? " counts above " + std::to_string(cap) : " (too many rules with them)"));
+            lo = cap;
+        }
+        if (hi != k_many && hi - lo > cap) {
+            unenforced(std::string(keyword) +
+                       (cap ? " counts above " + std::to_string(cap) : " (too many rules with them)"));
+            hi = k_many;
+        }
+        const std::string x = "( " + item + " )";
+        if (hi == k_many) return lo == 0 ? x + "*" : lo == 1 ? x + "+" : x + "{" + std::to_string(lo) + ",}";
+        if (hi == 0) return "";
+        if (lo == hi) return x + "{" + std::to_string(lo) + "}";
+        return x + "{" + std::to_string(lo) + "," + std::to_string(hi) + "}";
+    }
+
+    static std::string then(const std::string& a, const std::string& b) {
+        return b.empty() ? a : a.empty() ? b : a + " " + b;
+    }
+
+    void define(int32_t i) {
+        const Node& n = s_.nodes_[size_t(i)];
+        const std::string name = "s" + std::to_string(i);
+        std::vector<std::string> alts;
+        if (!n.literals.empty()) {
+            for (const std::string& t : n.literals) alts.push_back(literal(t));
+        } else if (!n.alternatives.empty()) {
+            for (int32_t a : n.alternatives) alts.push_back(rule(a));
+        } else {
+            if (n.types & JsonSchema::t_object) alts.push_back(object(n, name));
+            if (n.types & JsonSchema::t_array) alts.push_back(array(n));
+            if (n.types & JsonSchema::t_string)
+                alts.push_back(n.min_length == 0 && n.max_length == UINT32_MAX
+                                   ? "string"
+                                   : then(then("\"\\\"\"", repeat("char", n.min_length,
+                                                                  n.max_length == UINT32_MAX ? k_many : n.max_length,
+                                                                  "minLength / maxLength")),
+                                          "\"\\\"\""));
+            if (n.types & JsonSchema::t_number)
+                alts.push_back("number");
+            else if (n.types & JsonSchema::t_integer)
+                alts.push_back("integer");
+            if (n.types & JsonSchema::t_boolean) alts.push_back("boolean");
+            if (n.types & JsonSchema::t_null) alts.push_back("null");
+        }
+        std::string body;
+        for (const std::string& a : alts) body += (body.empty() ? "" : " | ") + ("( " + a + " )");
+        out_ += name + " ::= " + body + "\n";
+    }
+
+    // key k and its value
+    std::string member(const Node& n, size_t k) {
+        return literal("\"" + n.keys[k] + "\"") + " ws \":\" ws " + rule(n.key_nodes[k]);
+    }
+
+    // The required members in their order, then each optional one or not, then (unless
+    // additionalProperties is false) members of other keys.
+    std::string object(const Node& n, const std::string& name) {
+        const bool closed = n.additional == JsonSchema::k_none;
+        const std::string extra = closed ? "" : "string ws \":\" ws " + rule(n.additional);
+        const std::string more = closed ? "" : "( ws \",\" ws " + extra + " )*";
+        std::vector<size_t> req, opt;
+        for (uint8_t k : n.order) ((n.required >> k) & 1 ? req : opt).push_back(k);
+        if (!req.empty()) {
+            std::string body = member(n, req[0]);
+            for (size_t r = 1; r < req.size(); ++r) body += " ws \",\" ws " + member(n, req[r]);
+            for (size_t o : opt) body += " ( ws \",\" ws " + member(n, o) + " )?";
+            return "\"{\" ws " + then(body, more) + " ws \"}\"";
+        }
+        if (opt.empty()) return closed ? "\"{\" ws \"}\"" : "\"{\" ws ( " + then(extra, more) + " ws )? \"}\"";
+        // name-f<j>: the optional members from j on, the first present being j or a later one;
+        // name-r<j>: each of j on present or not, after a first one
+        const size_t k = opt.size();
+        for (size_t j = k; j-- > 0;) {
+            const std::string rest = j + 1 < k ? " " + name + "-r" + std::to_string(j + 1) : "";
+            out_ += name + "-r" + std::to_string(j) + " ::= ( ws \",\" ws " + member(n, opt[j]) + " )?" + rest + "\n";
+            out_ += name + "-f" + std::to_string(j) + " ::= " + member(n, opt[j]) + rest +
+                    (j + 1 < k ? " | " + name + "-f" + std::to_string(j + 1) : "") + "\n";
+        }
+        const std::string first = closed ? name + "-f0" : "( " + name + "-f0 | " + extra + " )";
+        return "\"{\" ws ( " + then(first, more) + " ws )? \"}\"";
+    }
+
+    // The prefix's members in turn, then items, between minItems and maxItems of them.
+    std::string array(const Node& n) {
+        const uint32_t lo = n.min_items, hi = n.max_items == UINT32_MAX ? k_many : n.max_items;
+        const uint32_t m = uint32_t(n.prefix.size());
+        // the elements from j on, j being placed already (j > 0: each after a comma)
+        std::function<std::string(uint32_t)> from = [&](uint32_t j) -> std::string {
+            if (j >= hi) return "";
+            if (j < m) {
+                const std::string piece = then((j ? "ws \",\" ws " : "") + rule(n.prefix[j]), from(j + 1));
+                return j > 0 && j >= lo ? "( " + piece + " )?" : piece;
+            }
+            if (n.items == JsonSchema::k_none) return "";
+            const std::string item = rule(n.items);
+            const uint32_t rlo = lo > j ? lo - j : 0, rhi = hi == k_many ? k_many : hi - j;
+            if (j > 0) return repeat("ws \",\" ws " + item, rlo, rhi, "minItems / maxItems");
+            return then(item, repeat("ws \",\" ws " + item, rlo > 0 ? rlo - 1 : 0, rhi == k_many ? k_many : rhi - 1,
+                                     "minItems / maxItems"));
+        };
+        const bool none = hi == 0 || (m == 0 && n.items == JsonSchema::k_none);
+        if (none) return "\"[\" ws \"]\"";
+        const std::string body = from(0);
+        return lo == 0 ? "\"[\" ws ( " + body + " ws )? \"]\"" : "\"[\" ws " + body + " ws \"]\"";
+    }
+
+    JsonSchema& s_;
+    const bool lenient_;
+    const uint32_t cap_;
+    std::string out_, error_;
+    std::set<int32_t> named_;
+    std::vector<int32_t> todo_;
+};
+
 // Reads a schema document into nodes; node 0 takes every value.
 class SchemaCompiler {
   public:
@@ -98,6 +296,16 @@ class SchemaCompiler {
         }
         if (first_bytes(s_.root_) != object_start())
             return Error{"the schema must describe a JSON object (its \"type\" is \"object\")"};
+        if (alike_) {
+            const size_t noted = s_.ignored_.size();
+            auto g = SchemaGrammar(s_, lenient_, JsonSchema::k_grammar_counts).run();
+            if (!g && lenient_) {  // too many rules: without the counts
+                s_.ignored_.resize(noted);
+                g = SchemaGrammar(s_, lenient_, 0).run();
+            }
+            if (!g) return g.error();
+            s_.grammar_ = *g;
+        }
         return std::make_shared<const JsonSchema>(std::move(s_));
     }
 
@@ -358,6 +566,15 @@ class SchemaCompiler {
             if (std::find(required.begin(), required.end(), props[k].first) != required.end())
                 n.required |= uint64_t(1) << k;
         }
+        std::vector<bool> placed(props.size());
+        for (const std::string& r : required)
+            for (size_t k = 0; k < props.size(); ++k)
+                if (!placed[k] && props[k].first == r) {
+                    n.order.push_back(uint8_t(k));
+                    placed[k] = true;
+                }
+        for (size_t k = 0; k < props.size(); ++k)
+            if (!placed[k]) n.order.push_back(uint8_t(k));
         // arrays
         if (s.contains("prefixItems")) {
             if (!s["prefixItems"].is_array()) return bad(where, "prefixItems must be an array of schemas");
@@ -394,7 +611,8 @@ class SchemaCompiler {
     }
 
     // anyOf / oneOf members, flattened; members that may begin with the same byte are merged
-    // when both are enum / const lists or both only name types, else refused.
+    // when both are enum / const lists or both only name types, else kept apart, and the schema
+    // is then read by a grammar.
     Result<std::vector<int32_t>> alternatives(const Json& list, const std::string& where) {
         if (list.size() > 1024) return bad(where, "more than 1024 members");
         std::vector<int32_t> out;
@@ -434,15 +652,8 @@ class SchemaCompiler {
                     merged.types = uint8_t(x.types | y.types);
                     merged.any = merged.types == JsonSchema::t_all;
                 } else {
-                    size_t byte = 0;
-                    while (!shared.test(byte)) ++byte;
-                    if (lenient_) {  // any value there
-                        s_.ignored_.push_back(where + ": members that begin alike");
-                        return std::vector<int32_t>{JsonSchema::k_any};
-                    }
-                    return bad(where, "members " + std::to_string(a) + " and " + std::to_string(b) +
-                                          " can both begin with '" + std::string(1, char(byte)) +
-                                          "'; only members that differ in their first character are supported");
+                    alike_ = true;
+                    continue;
                 }
                 const int32_t m = int32_t(s_.nodes_.size());
                 s_.nodes_.push_back(std::move(merged));
@@ -461,6 +672,7 @@ class SchemaCompiler {
     std::map<std::string, int32_t> refs_;
     int depth_ = 0;
     size_t merged_literals_ = 0;  // enum values copied by merges (bounds the work of a hostile schema)
+    bool alike_ = false;          // some anyOf's members may begin alike
 };
 
 Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema, bool lenient) {

@@ -4,16 +4,18 @@
 //
 // JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
 // byte without ever reaching a dead end: types, properties / required / additionalProperties,
-// items / prefixItems / minItems / maxItems, minLength / maxLength, enum / const, anyOf / oneOf
-// whose alternatives differ in their first character, allOf of one schema, and local $ref (also
-// recursive). Annotations (title, description, default, format, ...) are ignored; any other
-// assertion keyword is refused by name, unless the caller asks for a lenient compile (then it is
+// items / prefixItems / minItems / maxItems, minLength / maxLength, enum / const, anyOf / oneOf,
+// allOf of one schema, and local $ref (also recursive). Annotations (title, description, default, format, ...) are
+// ignored; any other assertion keyword is refused by name, unless the caller asks for a lenient compile (then it is
 // skipped and listed, for the caller to report). An object
 // schema that lists properties takes no other keys unless additionalProperties allows them.
 //
 // SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
-// first byte that no instance of the schema could continue with. Enum and const values are
-// written in their compact form (nlohmann's dump), object keys without escapes they do not need.
+// first byte that no instance of the schema could continue with. It decides each anyOf by the
+// value's first byte; a schema with an anyOf whose members may begin alike (objects told apart
+// by a property's value, as in several tools' calls) is compiled into a GBNF grammar instead,
+// whose recognizer follows every member at once (grammar()). Enum and const values are written
+// in their compact form (nlohmann's dump), object keys without escapes they do not need.
 #pragma once
 
 #include <cstdint>
@@ -23,6 +25,7 @@
 #include <vector>
 
 #include "core/result.h"
+#include "runtime/grammar.h"
 #include "runtime/json_constraint.h"
 
 namespace bigmoe {
@@ -30,16 +33,22 @@ namespace bigmoe {
 class JsonSchema {
   public:
     // The schema must describe objects (a JSON text's first byte is '{'); one that takes any
-    // value ({} or true) takes any object. `lenient`: keywords it cannot enforce, and anyOf
-    // members that begin alike (then any value there), are skipped and listed in ignored()
-    // instead of refused (OpenAI's non-strict schemas, llama.cpp's json_schema).
+    // value ({} or true) takes any object. `lenient`: keywords it cannot enforce are skipped and
+    // listed in ignored() instead of refused (OpenAI's non-strict schemas, llama.cpp's json_schema).
     static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema, bool lenient = false);
     // What a lenient compile skipped: "where: keyword".
     const std::vector<std::string>& ignored() const { return ignored_; }
+    // Set when some anyOf's members may begin alike: instances are read by this grammar rather
+    // than by SchemaRecognizer. It writes an object's keys in one order (the required ones as
+    // `required` lists them, then the others by name) and takes at most one space or a newline
+    // and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
+    const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
+    static constexpr uint32_t k_grammar_counts = 256;
 
   private:
     friend class SchemaRecognizer;
     friend class SchemaCompiler;
+    friend class SchemaGrammar;
     enum Type : uint8_t {
         t_object = 1,
         t_array = 2,
@@ -57,11 +66,13 @@ class JsonSchema {
         uint8_t types = t_all;
         bool any = true;                    // no constraint at all
         std::vector<std::string> literals;  // enum / const: compact texts, sorted (a literal node)
-        std::vector<int32_t> alternatives;  // anyOf: nodes that differ in their first byte
+        std::vector<int32_t>
+            alternatives;  // anyOf: its members (merged where that makes them differ in their first byte)
         // objects
         std::vector<std::string> keys;  // property names as JSON writes them (no quotes), sorted
         std::vector<int32_t> key_nodes;
-        uint64_t required = 0;  // bit i: keys[i]
+        uint64_t required = 0;       // bit i: keys[i]
+        std::vector<uint8_t> order;  // indices into keys: the required ones as listed, then the rest
         int32_t additional = k_any;
         // arrays
         std::vector<int32_t> prefix;
@@ -74,6 +85,7 @@ class JsonSchema {
     std::vector<Node> nodes_;
     int32_t root_ = k_any;
     std::vector<std::string> ignored_;
+    std::shared_ptr<const Grammar> grammar_;
 };
 
 class SchemaRecognizer {
