@@ -152,6 +152,60 @@ std::optional<ApiError> tool_schema(CompletionRequest* r) {
     return std::nullopt;
 }
 
+// A copy of schema `s` to be placed at JSON pointer `at` of another document: its local $refs
+// ("#", "#/...") made to point where their targets then lie.
+Json moved_schema(const Json& s, const std::string& at) {
+    if (s.is_array()) {
+        Json out = Json::array();
+        for (const Json& v : s) out.push_back(moved_schema(v, at));
+        return out;
+    }
+    if (!s.is_object()) return s;
+    Json out = Json::object();
+    for (const auto& [k, v] : s.items())
+        out[k] = k == "$ref" && v.is_string() && v.get<std::string>().rfind('#', 0) == 0
+                     ? Json(at.empty() ? v.get<std::string>() : "#" + at + v.get<std::string>().substr(1))
+                     : moved_schema(v, at);
+    return out;
+}
+
+// tool_choice "required" with several tools: the call names one of them and writes the arguments
+// its parameters describe (an anyOf of one object a tool, told apart by the name, which the
+// schema's grammar reads). Strict functions must compile whole, as with one tool; if the union
+// does not compile, the call's name is still one of the tools and its arguments an object.
+std::optional<ApiError> several_tools_schema(CompletionRequest* r) {
+    Json members = Json::array();
+    std::vector<std::string> names;
+    for (const Json& t : r->tools) {
+        if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
+        const Json& f = t["function"];
+        if (!f.contains("name") || !f["name"].is_string()) continue;
+        names.push_back(f["name"]);
+        const bool has = f.contains("parameters") && f["parameters"].is_object();
+        if (has && f.value("strict", false)) {
+            std::shared_ptr<const JsonSchema> alone;
+            if (auto e = compile_schema(f["parameters"], "tools", true, &alone)) {
+                e->message = "the function '" + names.back() + "' is strict, but its parameters " + e->message;
+                return e;
+            }
+        }
+        const std::string at = "/anyOf/" + std::to_string(members.size()) + "/properties/arguments";
+        members.push_back({{"type", "object"},
+                           {"properties",
+                            {{"name", {{"const", names.back()}}},
+                             {"arguments", has ? moved_schema(f["parameters"], at) : Json{{"type", "object"}}}}},
+                           {"required", {"name", "arguments"}},
+                           {"additionalProperties", false}});
+    }
+    if (!compile_schema({{"anyOf", members}}, "tools", false, &r->tool_schema)) return std::nullopt;
+    std::fprintf(stderr, "bigmoe: tools: the functions' parameters are not enforced (they do not compile)\n");
+    const Json call = {{"type", "object"},
+                       {"properties", {{"name", {{"enum", names}}}, {"arguments", {{"type", "object"}}}}},
+                       {"required", {"name", "arguments"}},
+                       {"additionalProperties", false}};
+    return compile_schema(call, "tool_choice", false, &r->tool_schema);
+}
+
 // tool_choice: "auto" (the default), "none" (the tools are left out of the prompt), "required"
 // (one call of some tool), or {"type": "function", "function": {"name": ...}} (one call of it).
 std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
@@ -176,12 +230,7 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
             r->forced_tool = names[0];
             return tool_schema(r);
         }
-        // the model names one of the tools (and writes an object of arguments for it)
-        const Json call = {{"type", "object"},
-                           {"properties", {{"name", {{"enum", names}}}, {"arguments", {{"type", "object"}}}}},
-                           {"required", {"name", "arguments"}},
-                           {"additionalProperties", false}};
-        return compile_schema(call, key, false, &r->tool_schema);
+        return several_tools_schema(r);
     }
     if (c.is_object() && c.value("type", "") == "function" && c.contains("function") && c["function"].is_object() &&
         c["function"].contains("name") && c["function"]["name"].is_string()) {

@@ -629,15 +629,32 @@ TEST_F(Serve, tool_choice_forces_a_call_or_leaves_the_tools_out) {
         EXPECT_EQ(finish, "tool_calls");
     }
     // with several tools "required" leaves the choice to the model among them: the call names one
-    body["tools"].push_back({{"type", "function"}, {"function", {{"name", "get_time"}}}});
+    // and writes the arguments its parameters describe (a $ref among them)
+    body["tools"].push_back({{"type", "function"},
+                             {"function",
+                              {{"name", "get_time"},
+                               {"parameters",
+                                {{"$defs", {{"zone", {{"enum", {"UTC", "CET"}}}}}},
+                                 {"type", "object"},
+                                 {"properties", {{"zone", {{"$ref", "#/$defs/zone"}}}}},
+                                 {"required", {"zone"}}}}}}});
+    body["tools"].push_back({{"type", "function"}, {"function", {{"name", "get_weather_now"}}}});
     body["tool_choice"] = "required";
-    for (int i = 0; i < 3; ++i) {
+    for (int i = 0; i < 4; ++i) {
         body["temperature"] = i == 0 ? 0.0 : 1.0;
         const Json got = post("/v1/chat/completions", body);
         ASSERT_EQ(got["choices"][0]["finish_reason"], "tool_calls") << got.dump();
         const Json& fn = got["choices"][0]["message"]["tool_calls"][0]["function"];
-        EXPECT_TRUE(fn["name"] == "get_weather" || fn["name"] == "get_time") << fn.dump();
-        EXPECT_TRUE(Json::parse(fn["arguments"].get<std::string>(), nullptr, false).is_object()) << fn.dump();
+        const Json args = Json::parse(fn["arguments"].get<std::string>(), nullptr, false);
+        ASSERT_TRUE(args.is_object()) << fn.dump();
+        if (fn["name"] == "get_time") {
+            EXPECT_EQ(args.size(), 1u) << fn.dump();
+            EXPECT_TRUE(args["zone"] == "UTC" || args["zone"] == "CET") << fn.dump();
+        } else if (fn["name"] == "get_weather") {
+            for (const auto& [k, v] : args.items()) EXPECT_TRUE(k == "city" && v.is_string()) << fn.dump();
+        } else {
+            EXPECT_EQ(fn["name"], "get_weather_now") << fn.dump();
+        }
     }
     body.erase("temperature");
     body["tool_choice"] = "none";
