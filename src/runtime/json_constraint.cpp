@@ -15,6 +15,10 @@ namespace {
 bool is_space(uint8_t c) {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r';
 }
+// whitespace and nothing else
+bool blank(const std::string& b) {
+    return !b.empty() && std::all_of(b.begin(), b.end(), [](char c) { return is_space(uint8_t(c)); });
+}
 bool is_digit(uint8_t c) {
     return c >= '0' && c <= '9';
 }
@@ -329,10 +333,12 @@ void JsonVocabulary::sort(Sorted& s) const {
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
                                std::shared_ptr<const JsonSchema> schema)
     : vocab_(std::move(vocab)), after_token_(after_token), active_(after_token < 0), schema_(std::move(schema)) {
-    if (schema_ && schema_->grammar())
-        grammar_ = std::make_unique<GrammarRecognizer>(schema_->grammar());
-    else if (schema_)
+    if (schema_ && schema_->grammar()) {
+        source_ = schema_->grammar();
+        grammar_ = std::make_unique<GrammarRecognizer>(source_);
+    } else if (schema_) {
         schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
+    }
 }
 
 JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int32_t after_token,
@@ -340,7 +346,8 @@ JsonConstraint::JsonConstraint(std::shared_ptr<const JsonVocabulary> vocab, int3
     : vocab_(std::move(vocab)),
       after_token_(after_token),
       active_(after_token < 0),
-      grammar_(std::make_unique<GrammarRecognizer>(std::move(grammar))) {}
+      source_(std::move(grammar)),
+      grammar_(std::make_unique<GrammarRecognizer>(source_)) {}
 
 JsonConstraint::~JsonConstraint() = default;
 
@@ -464,6 +471,11 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
 
 void JsonConstraint::mask(float* logits, int32_t n_vocab) const {
     if (!active_) return;
+    if (closing_) {
+        for (int32_t id = 0; id < n_vocab; ++id)
+            if (!allows(id)) logits[id] = -INFINITY;
+        return;
+    }
     thread_local std::vector<uint8_t> allowed;
     const std::vector<uint8_t>* a = &allowed;
     if (grammar_) {
@@ -492,6 +504,7 @@ bool JsonConstraint::takes(const R& r, int32_t token) const {
 bool JsonConstraint::allows(int32_t token) const {
     if (!active_) return true;
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return false;
+    if (closing_) return token == close_ || (blanks_ < 2 && blank(vocab_->bytes_[size_t(token)]));
     const bool end = std::binary_search(vocab_->end_tokens_.begin(), vocab_->end_tokens_.end(), token);
     if (grammar_) {
         if (end)  // as the mask: at a whole derivation, or when nothing else is left
@@ -505,12 +518,31 @@ bool JsonConstraint::allows(int32_t token) const {
     return !end && (schema_json_ ? takes(*schema_json_, token) : takes(json_, token));
 }
 
+void JsonConstraint::repeat_after(int32_t open, int32_t close) {
+    start_after(open);
+    repeat_ = open;
+    close_ = close;
+}
+
 void JsonConstraint::accept(int32_t token) {
     if (!active_) {
         active_ = token == after_token_;
         return;
     }
     if (token < 0 || size_t(token) >= vocab_->bytes_.size()) return;
+    if (closing_) {
+        if (token != close_) {
+            ++blanks_;
+            return;
+        }
+        closing_ = false;
+        blanks_ = 0;  // the next one starts over after the next `repeat_`
+        json_ = JsonRecognizer();
+        if (schema_json_) schema_json_ = std::make_unique<SchemaRecognizer>(schema_.get());
+        if (grammar_) grammar_ = std::make_unique<GrammarRecognizer>(source_);
+        start_after(repeat_);
+        return;
+    }
     for (char c : vocab_->bytes_[size_t(token)]) {
         if (grammar_)
             grammar_->push(uint8_t(c));
@@ -519,6 +551,7 @@ void JsonConstraint::accept(int32_t token) {
         else
             json_.push(uint8_t(c));
     }
+    if (repeat_ >= 0 && complete()) closing_ = true;
 }
 
 }  // namespace bigmoe

@@ -137,6 +137,10 @@ class JsonConstraint {
         after_token_ = token;
         active_ = token < 0;
     }
+    // Applies after each `open` token until the text is whole, then allows only whitespace and
+    // the `close` token, and after that waits for `open` again with the recognizer started over
+    // (tool calls in an answer that may hold several, and text between them).
+    void repeat_after(int32_t open, int32_t close);
     bool active() const { return active_; }
     // Whether the text is finished: a whole object, or a derivation nothing can follow.
     bool complete() const;
@@ -154,9 +158,13 @@ class JsonConstraint {
     std::shared_ptr<const JsonVocabulary> vocab_;
     int32_t after_token_;
     bool active_;
+    int32_t repeat_ = -1, close_ = -1;  // repeat_after's tokens
+    bool closing_ = false;              // the text is whole: up to two blank tokens, then close_
+    uint8_t blanks_ = 0;
     JsonRecognizer json_;  // without a schema
     std::shared_ptr<const JsonSchema> schema_;
     std::unique_ptr<SchemaRecognizer> schema_json_;  // with one
+    std::shared_ptr<const Grammar> source_;          // the grammar read (a request's or a schema's)
     std::unique_ptr<GrammarRecognizer> grammar_;     // a grammar instead of JSON
     // A grammar's recent masks by state: a state recurs (inside a repetition every character
     // leads back to it), and its mask is then copied, not walked again.

@@ -85,7 +85,7 @@ class SchemaGrammar {
     SchemaGrammar(JsonSchema& s, bool lenient, uint32_t cap) : s_(s), lenient_(lenient), cap_(cap) {}
 
     Result<std::shared_ptr<const Grammar>> run() {
-        out_ = "root ::= " + rule(s_.root_) + "\n";
+        out_ = "root ::= ws " + rule(s_.root_) + "\n";  // leading whitespace, as JSON mode takes
         while (!todo_.empty()) {
             const int32_t i = todo_.back();
             todo_.pop_back();

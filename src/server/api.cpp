@@ -169,20 +169,20 @@ Json moved_schema(const Json& s, const std::string& at) {
     return out;
 }
 
-// tool_choice "required" with several tools: the call names one of them and writes the arguments
-// its parameters describe (an anyOf of one object a tool, told apart by the name, which the
-// schema's grammar reads). Strict functions must compile whole, as with one tool; if the union
-// does not compile, the call's name is still one of the tools and its arguments an object.
-std::optional<ApiError> several_tools_schema(CompletionRequest* r) {
+// A call of one of the tools, {"name": ..., "arguments": ...}, whose arguments are those its
+// parameters describe: an anyOf of one object a tool, told apart by the name (the schema's
+// grammar reads it). `refuse_strict`: a strict function whose parameters do not compile alone is
+// an error (as with one tool). *out stays null when the union does not compile.
+std::optional<ApiError> tools_schema(const Json& tools, bool refuse_strict, std::shared_ptr<const JsonSchema>* out) {
     Json members = Json::array();
     std::vector<std::string> names;
-    for (const Json& t : r->tools) {
+    for (const Json& t : tools) {
         if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
         const Json& f = t["function"];
         if (!f.contains("name") || !f["name"].is_string()) continue;
         names.push_back(f["name"]);
         const bool has = f.contains("parameters") && f["parameters"].is_object();
-        if (has && f.value("strict", false)) {
+        if (has && refuse_strict && f.value("strict", false)) {
             std::shared_ptr<const JsonSchema> alone;
             if (auto e = compile_schema(f["parameters"], "tools", true, &alone)) {
                 e->message = "the function '" + names.back() + "' is strict, but its parameters " + e->message;
@@ -197,8 +197,22 @@ std::optional<ApiError> several_tools_schema(CompletionRequest* r) {
                            {"required", {"name", "arguments"}},
                            {"additionalProperties", false}});
     }
-    if (!compile_schema({{"anyOf", members}}, "tools", false, &r->tool_schema)) return std::nullopt;
+    if (members.empty() || compile_schema({{"anyOf", members}}, "tools", false, out)) *out = nullptr;
+    return std::nullopt;
+}
+
+// tool_choice "required" with several tools: the call names one of them and writes its
+// arguments (tools_schema); if the union does not compile, the name is still one of the tools'
+// and the arguments an object.
+std::optional<ApiError> several_tools_schema(CompletionRequest* r) {
+    if (auto e = tools_schema(r->tools, true, &r->tool_schema)) return e;
+    if (r->tool_schema) return std::nullopt;
     std::fprintf(stderr, "bigmoe: tools: the functions' parameters are not enforced (they do not compile)\n");
+    std::vector<std::string> names;
+    for (const Json& t : r->tools)
+        if (t.is_object() && t.contains("function") && t["function"].is_object() && t["function"].contains("name") &&
+            t["function"]["name"].is_string())
+            names.push_back(t["function"]["name"]);
     const Json call = {{"type", "object"},
                        {"properties", {{"name", {{"enum", names}}}, {"arguments", {{"type", "object"}}}}},
                        {"required", {"name", "arguments"}},
@@ -312,6 +326,9 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
             r.tools = j["tools"];
         }
         if (auto e = tool_choice(j, &r)) return e;
+        // "auto": calls the model opens follow the tools' schemas (strict or not: the model chose)
+        if (!r.tool_required && r.tools.is_array() && !r.tools.empty())
+            if (auto e = tools_schema(r.tools, false, &r.tool_call_schema)) return e;
         if (j.contains("chat_template_kwargs")) {
             const auto& k = j["chat_template_kwargs"];
             if (!k.is_object()) return bad("'chat_template_kwargs' must be an object", "chat_template_kwargs");

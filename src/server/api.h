@@ -42,6 +42,9 @@ struct CompletionRequest {
     std::string forced_tool;  // the function "tool_choice" names, or the only tool when required
     // The forced function's parameters compiled, when they compile (else any JSON object).
     std::shared_ptr<const JsonSchema> tool_schema;
+    // tool_choice "auto" with tools: a call's JSON, {"name": ..., "arguments": ...}, where the
+    // model opens one (null when the tools' schemas do not compile)
+    std::shared_ptr<const JsonSchema> tool_call_schema;
     bool enable_thinking = true;  // chat_template_kwargs.enable_thinking
     std::string prompt;           // completions: the raw prompt text
     std::vector<int64_t>

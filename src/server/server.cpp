@@ -154,6 +154,7 @@ struct Server::Impl {
     std::shared_ptr<const JsonVocabulary> json_vocab;
     std::string model_name;
     int32_t think_open = -1, think_close = -1;
+    int32_t tool_call_open = -1, tool_call_close = -1;  // where an "auto" answer's call begins and ends
     std::mutex wake_mu;
     std::condition_variable wake_cv;
     bool wake = false;
@@ -491,6 +492,14 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
             std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
             r.gen.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
                                                                 cr.tool_required ? cr.tool_schema : cr.schema);
+        } else if (tools && cr.tool_call_schema && tool_call_open >= 0 && tool_call_close >= 0 && !draft_ctx) {
+            // tool_choice "auto": free text, but each call the model opens is written whole, as
+            // the tool it names takes it, and closed (speculative decoding takes no constraint:
+            // with -md the calls are left free)
+            std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
+            auto c = std::make_shared<JsonConstraint>(json_vocab, -1, cr.tool_call_schema);
+            c->repeat_after(tool_call_open, tool_call_close);
+            r.gen.constraint = std::move(c);
         }
         r.on_piece = [job](const Piece& p) {
             std::lock_guard<std::mutex> lock(job->sync->mu);
@@ -970,6 +979,8 @@ Result<void> Server::load() {
     s.fmt = std::make_unique<ChatFormatter>(std::move(*fmt));
     s.think_open = s.tok->find("<think>");
     s.think_close = s.tok->find("</think>");
+    s.tool_call_open = s.tok->find("<tool_call>");
+    s.tool_call_close = s.tok->find("</tool_call>");
     s.sched = std::make_unique<Scheduler>(*s.ctx, *s.tok,
                                           SchedulerParams{.prefill_budget = s.o.n_ubatch, .draft_max = s.o.draft_max});
     if (s.o.cache_ram_mib > 0) {

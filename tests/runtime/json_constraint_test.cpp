@@ -3,6 +3,8 @@
 // vocabulary never runs out of tokens and ends only in a whole object.
 #include <gtest/gtest.h>
 
+#include <set>
+
 #include <chrono>
 #include <cmath>
 #include <nlohmann/json.hpp>
@@ -270,6 +272,58 @@ TEST(JsonConstraint, starts_after_the_given_token) {
     EXPECT_TRUE(std::isfinite(logits[size_t((*tok)->find("{"))]));
     EXPECT_FALSE(std::isfinite(logits[size_t((*tok)->find("Hello"))]));
     EXPECT_FALSE(std::isfinite(logits[size_t(close)]));
+}
+
+// repeat_after: free text until the open token, an object, blanks and the close token, free text
+// again, and the same for the next call (the recognizer started over).
+TEST(JsonConstraint, repeats_between_an_open_and_a_close_token) {
+    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
+    ASSERT_TRUE(f.ok());
+    auto tok = Tokenizer::from_gguf(**f);
+    ASSERT_TRUE(tok.ok());
+    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
+    const int32_t open = (*tok)->find("<tool_call>"), close = (*tok)->find("</tool_call>"), n = (*tok)->n_vocab();
+    ASSERT_GE(open, 0);
+    ASSERT_GE(close, 0);
+    auto id = [&](const char* text) {  // a text of one token
+        const std::vector<int32_t> t = (*tok)->encode(text, false);
+        EXPECT_EQ(t.size(), 1u) << text;
+        return t.empty() ? -1 : t[0];
+    };
+    auto finite = [&](const JsonConstraint& c) {
+        std::vector<float> logits(size_t(n), 1.0f);
+        c.mask(logits.data(), n);
+        std::set<int32_t> out;
+        for (int32_t t = 0; t < n; ++t)
+            if (std::isfinite(logits[size_t(t)])) out.insert(t);
+        for (int32_t t = 0; t < n; t += 97) EXPECT_EQ(c.allows(t), out.count(t) == 1) << t;
+        return out;
+    };
+    JsonConstraint c(vocab);
+    c.repeat_after(open, close);
+    for (int call = 0; call < 2; ++call) {
+        EXPECT_EQ(finite(c).size(), size_t(n));  // free text
+        c.accept(id("Hello"));
+        c.accept(close);
+        EXPECT_FALSE(c.active());
+        c.accept(open);
+        ASSERT_TRUE(c.active());
+        std::set<int32_t> now = finite(c);
+        EXPECT_TRUE(now.count(id("{")) && now.count(id("\n")));
+        EXPECT_FALSE(now.count(id("Hello")) || now.count(close) || now.count(open));
+        for (const char* t : {"\n", "{\"", "a", "\":", "1"}) c.accept(id(t));
+        now = finite(c);
+        EXPECT_FALSE(now.count(close)) << "the object is not whole";
+        c.accept(id("}"));
+        now = finite(c);  // whole: blanks and the close token only
+        EXPECT_TRUE(now.count(close) && now.count(id("\n")) && now.count(id(" ")));
+        EXPECT_FALSE(now.count(id("Hello")) || now.count(id("}")) || now.count(open));
+        c.accept(id("\n"));
+        c.accept(id("\n"));
+        EXPECT_EQ(finite(c), std::set<int32_t>{close}) << "two blanks at most";
+        c.accept(close);
+        EXPECT_FALSE(c.active());
+    }
 }
 
 }  // namespace

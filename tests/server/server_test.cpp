@@ -19,12 +19,15 @@
 #include <thread>
 
 #include "bigmoe/bigmoe.h"
+#include "gguf/gguf_file.h"
+#include "gguf/names.h"
 #include "runtime/chat_session.h"
 #include "runtime/generator.h"
 #include "runtime/grammar.h"
 #include "runtime/json_constraint.h"
 #include "runtime/json_schema.h"
 #include "server/server.h"
+#include "synth/synth.h"
 #include "testlib.h"
 #include "tokenizer/unicode.h"
 
@@ -929,6 +932,108 @@ TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
 
 // llama-server's --grammar / -j: every request without a constraint of its own answers under the
 // server's; one with its own (response_format, grammar) answers under that.
+// A tiny random-weight model with the real Qwen3 vocabulary and chat template (the fixtures'
+// vocabulary file), where <tool_call> is the one special token a real model writes.
+std::string qwen3_vocab_model() {
+    static const std::string path = [] {
+        const std::string out = std::filesystem::temp_directory_path() / "bigmoe-server-test-qwen3-vocab.gguf";
+        auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
+        EXPECT_TRUE(f.ok());
+        if (!f.ok()) return std::string();
+        const gguf::GgufFile& v = **f;
+        synth::Spec s;
+        s.vocab.tokens = v.find(gguf::key::tokenizer_ggml_tokens)->arr_s;
+        s.vocab.types = v.find(gguf::key::tokenizer_ggml_token_type)->arr_i;
+        s.vocab.merges = v.find(gguf::key::tokenizer_ggml_merges)->arr_s;
+        s.vocab.pre = v.get_string_or(gguf::key::tokenizer_ggml_pre, "qwen2");
+        s.vocab.chat_template = v.get_string_or(gguf::key::tokenizer_chat_template, "");
+        s.vocab.eos = v.get_int_or(gguf::key::tokenizer_ggml_eos_token_id, -1);
+        s.vocab.pad = v.get_int_or(gguf::key::tokenizer_ggml_padding_token_id, -1);
+        s.n_embd = 64;
+        s.n_head = 2;
+        s.n_head_kv = 1;
+        s.head_dim = 32;
+        s.n_rot = 16;
+        s.n_expert = 4;
+        s.n_ff_exp = 64;
+        s.n_ff_shexp = 64;
+        s.ssm_d_state = 16;
+        s.ssm_n_k_heads = 2;
+        s.ssm_n_v_heads = 2;
+        s.tied = true;
+        auto w = synth::write_file(s, out);
+        EXPECT_TRUE(w.ok()) << w.error().message;
+        return out;
+    }();
+    return path;
+}
+
+// tool_choice "auto": the answer is free, but each call the model opens is written whole and as
+// the tool it names takes it (a bias makes the random-weight model open and close calls).
+TEST(ServeOptions, auto_tool_calls_follow_the_tools_schemas) {
+    server::ServeOptions o;
+    o.model = qwen3_vocab_model();
+    o.port = 0;
+    o.threads = 2;
+    o.n_ctx = 2048;
+    auto started = server::Server::start(o);
+    ASSERT_TRUE(started.ok()) << started.error().message;
+    auto srv = std::move(*started);
+    ASSERT_TRUE(srv->load().ok());
+    httplib::Client c("127.0.0.1", srv->port());
+    c.set_read_timeout(60, 0);
+    auto post = [&](const std::string& path, const Json& body) {
+        auto r = c.Post(path, body.dump(), "application/json");
+        EXPECT_TRUE(r && r->status == 200) << (r ? r->body : path);
+        return r ? Json::parse(r->body, nullptr, false) : Json();
+    };
+    Json bias = Json::object();
+    for (const auto& [t, amount] : {std::pair{"<tool_call>", 10}, std::pair{"\"", 4}, std::pair{"}", 4}}) {
+        const Json ids = post("/tokenize", {{"content", t}})["tokens"];
+        ASSERT_EQ(ids.size(), 1u) << t;
+        bias[std::to_string(ids[0].get<int64_t>())] = amount;
+    }
+    Json body = chat_body("What is the weather in Paris, and the time there?", 160);
+    body["logit_bias"] = bias;
+    body["chat_template_kwargs"] = {{"enable_thinking", false}};
+    body["tools"] = Json::array(
+        {{{"type", "function"},
+          {"function",
+           {{"name", "get_weather"},
+            {"parameters",
+             {{"type", "object"},
+              {"properties", {{"city", {{"type", "string"}, {"maxLength", 8}}}}},
+              {"required", {"city"}}}}}}},
+         {{"type", "function"},
+          {"function",
+           {{"name", "get_time"},
+            {"parameters",
+             {{"type", "object"}, {"properties", {{"zone", {{"enum", {"UTC", "CET"}}}}}}, {"required", {"zone"}}}}}}}});
+    int calls = 0;
+    for (int i = 0; i < 6; ++i) {
+        body["temperature"] = i == 0 ? 0.0 : 1.0;
+        body["seed"] = i;
+        const Json got = post("/v1/chat/completions", body);
+        const Json& msg = got["choices"][0]["message"];
+        if (!msg.contains("tool_calls") || msg["tool_calls"].is_null()) continue;
+        for (const Json& call : msg["tool_calls"]) {
+            ++calls;
+            const Json& fn = call["function"];
+            const Json args = Json::parse(fn["arguments"].get<std::string>(), nullptr, false);
+            ASSERT_TRUE(args.is_object()) << fn.dump();
+            ASSERT_EQ(args.size(), 1u) << fn.dump();
+            if (fn["name"] == "get_time") {
+                EXPECT_TRUE(args["zone"] == "UTC" || args["zone"] == "CET") << fn.dump();
+            } else {
+                ASSERT_EQ(fn["name"], "get_weather") << fn.dump();
+                ASSERT_TRUE(args["city"].is_string()) << fn.dump();
+            }
+        }
+    }
+    std::printf("%d calls in 6 answers\n", calls);
+    EXPECT_GE(calls, 3);
+}
+
 TEST(ServeOptions, a_default_grammar_constrains_requests_without_their_own) {
     server::ServeOptions o;
     o.n_ctx = 512;
