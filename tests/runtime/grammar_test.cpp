@@ -12,7 +12,6 @@
 #include <random>
 #include <regex>
 
-#include "gguf/gguf_file.h"
 #include "mask_check.h"
 #include "runtime/generator.h"
 #include "runtime/grammar.h"
@@ -286,12 +285,10 @@ TEST(Grammar, errors_name_what_is_wrong_and_where) {
 // Constrained generation with random logits over the real Qwen3 vocabulary: the mask always
 // leaves a token, equals each token's bytes read one by one, and the texts match.
 TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
-    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
-    ASSERT_TRUE(f.ok());
-    auto tok = Tokenizer::from_gguf(**f);
-    ASSERT_TRUE(tok.ok());
-    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
-    const int32_t n = (*tok)->n_vocab();
+    const Tokenizer* tok = testing::qwen3_tokenizer();
+    ASSERT_NE(tok, nullptr);
+    auto vocab = std::make_shared<const JsonVocabulary>(*tok);
+    const int32_t n = tok->n_vocab();
     std::mt19937 rng(testing::fresh_seed());
     std::normal_distribution<float> noise(0.0f, 1.0f);
     for (const Case& c : cases()) {
@@ -299,9 +296,9 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
         ASSERT_TRUE(g.ok());
         std::vector<float> favour(size_t(n), 0.0f);
         for (int32_t id = 0; id < n; ++id) {
-            const std::string b = (*tok)->token_bytes(id, false);
+            const std::string b = tok->token_bytes(id, false);
             if (b.size() == 1 && std::strchr("}])\"\n", b[0])) favour[size_t(id)] = 5;
-            if ((*tok)->is_eog(id)) favour[size_t(id)] = 3;
+            if (tok->is_eog(id)) favour[size_t(id)] = 3;
         }
         int whole = 0, masks = 0;
         double mask_s = 0;
@@ -329,21 +326,21 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
                 GrammarRecognizer now(*g);
                 for (char ch : text) ASSERT_TRUE(now.push(uint8_t(ch)));
                 for (int32_t id = 0; id < n; ++id) {
-                    if ((*tok)->is_eog(id)) {
+                    if (tok->is_eog(id)) {
                         ASSERT_EQ(std::isfinite(logits[size_t(id)]), now.complete());
                     }
                 }
                 if (step % 25 == 2 || step < 2) {
-                    if (!now.complete()) testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                    if (!now.complete()) testing::expect_mask_reads_bytes(*tok, logits.data(), now, text);
                     for (int32_t id = 0; id < n; ++id)  // one token's answer is the mask's
                         ASSERT_EQ(con.allows(id), std::isfinite(logits[size_t(id)])) << c.name << " " << id;
                 }
-                if ((*tok)->is_eog(best)) {
+                if (tok->is_eog(best)) {
                     ++whole;
                     EXPECT_TRUE(checkable(c, text) ? c.matches(text) : true) << c.name << ": " << text;
                     break;
                 }
-                text += (*tok)->token_bytes(best, false);
+                text += tok->token_bytes(best, false);
                 con.accept(best);
                 if (con.complete()) {  // nothing can follow: the answer ends here
                     ++whole;

@@ -11,7 +11,6 @@
 #include <optional>
 #include <random>
 
-#include "gguf/gguf_file.h"
 #include "mask_check.h"
 #include "runtime/json_constraint.h"
 #include "testlib.h"
@@ -185,18 +184,16 @@ TEST(JsonRecognizer, refuses_what_only_other_top_levels_or_extensions_allow) {
 // token, end-of-generation only once the object is whole (and then nothing else), and the text
 // so produced parses as an object.
 TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
-    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
-    ASSERT_TRUE(f.ok());
-    auto tok = Tokenizer::from_gguf(**f);
-    ASSERT_TRUE(tok.ok());
+    const Tokenizer* tok = testing::qwen3_tokenizer();
+    ASSERT_NE(tok, nullptr);
     const auto t0 = std::chrono::steady_clock::now();
-    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
+    auto vocab = std::make_shared<const JsonVocabulary>(*tok);
     const double build_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    const int32_t n = (*tok)->n_vocab();
+    const int32_t n = tok->n_vocab();
     // structural tokens favoured, so that walks close their containers within a few hundred steps
     std::vector<float> favour(size_t(n), 0.0f);
     for (int32_t id = 0; id < n; ++id) {
-        const std::string b = (*tok)->token_bytes(id, false);
+        const std::string b = tok->token_bytes(id, false);
         if (b == "}" || b == "]" || b == "\"" || b == "\"}" || b == "}\n" || b == "\"," || b == "null")
             favour[size_t(id)] = 6;
         if (b == "{" || b == "[") favour[size_t(id)] = 3;
@@ -221,23 +218,23 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
                 if (logits[size_t(id)] > logits[size_t(best)]) best = id;
             ASSERT_TRUE(std::isfinite(logits[size_t(best)])) << "no token left after " << text;
             for (int32_t id = 0; id < n; ++id) {
-                if ((*tok)->is_eog(id)) {
+                if (tok->is_eog(id)) {
                     ASSERT_EQ(std::isfinite(logits[size_t(id)]), c.complete()) << text;
                 }
             }
             if (c.complete()) {
-                ASSERT_TRUE((*tok)->is_eog(best));
+                ASSERT_TRUE(tok->is_eog(best));
                 ended = true;
                 break;
             }
             if (step % 25 == 7) {  // the mask equals each token's bytes read one by one
                 JsonRecognizer now;
                 for (char ch : text) now.push(uint8_t(ch));
-                testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
-                for (int32_t id = 0; id < (*tok)->n_vocab(); ++id)  // one token's answer is the mask's
+                testing::expect_mask_reads_bytes(*tok, logits.data(), now, text);
+                for (int32_t id = 0; id < tok->n_vocab(); ++id)  // one token's answer is the mask's
                     ASSERT_EQ(c.allows(id), std::isfinite(logits[size_t(id)])) << id << " after " << text;
             }
-            text += (*tok)->token_bytes(best, false);
+            text += tok->token_bytes(best, false);
             c.accept(best);
             JsonRecognizer check;  // the text so far is always the start of an object
             for (char ch : text) ASSERT_TRUE(check.push(uint8_t(ch))) << text;
@@ -253,40 +250,36 @@ TEST(JsonConstraint, random_walks_over_the_qwen3_vocabulary_end_in_an_object) {
 
 // The constraint waits for the token that closes the reasoning, then applies.
 TEST(JsonConstraint, starts_after_the_given_token) {
-    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
-    ASSERT_TRUE(f.ok());
-    auto tok = Tokenizer::from_gguf(**f);
-    ASSERT_TRUE(tok.ok());
-    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
-    const int32_t close = (*tok)->find("</think>"), n = (*tok)->n_vocab();
+    const Tokenizer* tok = testing::qwen3_tokenizer();
+    ASSERT_NE(tok, nullptr);
+    auto vocab = std::make_shared<const JsonVocabulary>(*tok);
+    const int32_t close = tok->find("</think>"), n = tok->n_vocab();
     ASSERT_GE(close, 0);
     JsonConstraint c(vocab, close);
     std::vector<float> logits(size_t(n), 1.0f);
     c.mask(logits.data(), n);
     EXPECT_EQ(std::count(logits.begin(), logits.end(), 1.0f), n);
-    c.accept((*tok)->find("Hello"));
+    c.accept(tok->find("Hello"));
     EXPECT_FALSE(c.active());
     c.accept(close);
     EXPECT_TRUE(c.active());
     c.mask(logits.data(), n);
-    EXPECT_TRUE(std::isfinite(logits[size_t((*tok)->find("{"))]));
-    EXPECT_FALSE(std::isfinite(logits[size_t((*tok)->find("Hello"))]));
+    EXPECT_TRUE(std::isfinite(logits[size_t(tok->find("{"))]));
+    EXPECT_FALSE(std::isfinite(logits[size_t(tok->find("Hello"))]));
     EXPECT_FALSE(std::isfinite(logits[size_t(close)]));
 }
 
 // repeat_after: free text until the open token, an object, blanks and the close token, free text
 // again, and the same for the next call (the recognizer started over).
 TEST(JsonConstraint, repeats_between_an_open_and_a_close_token) {
-    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
-    ASSERT_TRUE(f.ok());
-    auto tok = Tokenizer::from_gguf(**f);
-    ASSERT_TRUE(tok.ok());
-    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
-    const int32_t open = (*tok)->find("<tool_call>"), close = (*tok)->find("</tool_call>"), n = (*tok)->n_vocab();
+    const Tokenizer* tok = testing::qwen3_tokenizer();
+    ASSERT_NE(tok, nullptr);
+    auto vocab = std::make_shared<const JsonVocabulary>(*tok);
+    const int32_t open = tok->find("<tool_call>"), close = tok->find("</tool_call>"), n = tok->n_vocab();
     ASSERT_GE(open, 0);
     ASSERT_GE(close, 0);
     auto id = [&](const char* text) {  // a text of one token
-        const std::vector<int32_t> t = (*tok)->encode(text, false);
+        const std::vector<int32_t> t = tok->encode(text, false);
         EXPECT_EQ(t.size(), 1u) << text;
         return t.empty() ? -1 : t[0];
     };

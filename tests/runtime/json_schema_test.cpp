@@ -11,7 +11,6 @@
 #include <random>
 #include <set>
 
-#include "gguf/gguf_file.h"
 #include "mask_check.h"
 #include "runtime/grammar.h"
 #include "runtime/json_constraint.h"
@@ -564,15 +563,13 @@ TEST(JsonSchema, random_instances_are_taken_and_corruptions_checked) {
 // Constrained generation with random logits over the real Qwen3 vocabulary: the mask always
 // leaves a token and equals each token's bytes read one by one; the texts are instances.
 TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
-    auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
-    ASSERT_TRUE(f.ok());
-    auto tok = Tokenizer::from_gguf(**f);
-    ASSERT_TRUE(tok.ok());
-    auto vocab = std::make_shared<const JsonVocabulary>(**tok);
-    const int32_t n = (*tok)->n_vocab();
+    const Tokenizer* tok = testing::qwen3_tokenizer();
+    ASSERT_NE(tok, nullptr);
+    auto vocab = std::make_shared<const JsonVocabulary>(*tok);
+    const int32_t n = tok->n_vocab();
     std::vector<float> favour(size_t(n), 0.0f);
     for (int32_t id = 0; id < n; ++id) {
-        const std::string b = (*tok)->token_bytes(id, false);
+        const std::string b = tok->token_bytes(id, false);
         if (b == "}" || b == "]" || b == "\"" || b == "\"}" || b == "\"," || b == "null" || b == "\":")
             favour[size_t(id)] = 6;
     }
@@ -600,7 +597,7 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
                 const int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
                 ASSERT_TRUE(std::isfinite(logits[size_t(best)])) << "no token left after " << text;
                 if (c.complete()) {
-                    ASSERT_TRUE((*tok)->is_eog(best));
+                    ASSERT_TRUE(tok->is_eog(best));
                     ++whole;
                     auto v = parse(text);
                     ASSERT_TRUE(v.has_value()) << text;
@@ -612,11 +609,11 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
                 if (step % 40 == 3) {  // the mask equals each token's bytes read one by one
                     Reader now(**s);
                     for (char ch : text) ASSERT_TRUE(now.push(uint8_t(ch)));
-                    testing::expect_mask_reads_bytes(**tok, logits.data(), now, text);
+                    testing::expect_mask_reads_bytes(*tok, logits.data(), now, text);
                     for (int32_t id = 0; id < n; ++id)  // one token's answer is the mask's
                         ASSERT_EQ(c.allows(id), std::isfinite(logits[size_t(id)])) << id << " after " << text;
                 }
-                text += (*tok)->token_bytes(best, false);
+                text += tok->token_bytes(best, false);
                 c.accept(best);
             }
         }

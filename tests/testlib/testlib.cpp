@@ -15,12 +15,23 @@
 
 #include "quant/quants.h"
 #include "synth/synth.h"
+#include "tokenizer/tokenizer.h"
 
 namespace bigmoe::testing {
 
 std::string fixtures_dir() {
     if (const char* e = std::getenv("BIGMOE_FIXTURES")) return e;
     return BIGMOE_FIXTURES_DIR;
+}
+
+const Tokenizer* qwen3_tokenizer() {
+    static const std::unique_ptr<Tokenizer> tok = []() -> std::unique_ptr<Tokenizer> {
+        auto f = gguf::GgufFile::open(fixtures_dir() + "/models/qwen3-vocab.gguf");
+        if (!f) return nullptr;
+        auto t = Tokenizer::from_gguf(**f);
+        return t ? std::move(*t) : nullptr;
+    }();
+    return tok.get();
 }
 
 int test_gpu_layers() {

@@ -10,6 +10,10 @@
 
 #include "backend/backend.h"
 
+namespace bigmoe {
+class Tokenizer;
+}
+
 namespace bigmoe::testing {
 
 // ../shared/fixtures (set at configure time; BIGMOE_FIXTURES overrides).
@@ -24,6 +28,8 @@ nlohmann::json read_json(const std::string& path);
 std::vector<float> read_f32(const std::string& path);
 // The fixture reference JSON files (ref/<model>.json) for every model with reference logits.
 std::vector<std::string> fixture_model_jsons();
+// The real Qwen3 tokenizer (the fixtures' vocabulary file), loaded once; null if it fails to load.
+const Tokenizer* qwen3_tokenizer();
 
 // rel = ||a - b|| / ||b|| per row of n columns.
 std::vector<double> row_rel_errors(const float* a, const float* b, size_t rows, size_t n);
