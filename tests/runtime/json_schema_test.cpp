@@ -476,6 +476,143 @@ TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     EXPECT_EQ(read_text(**free, R"({"a":[1,{"b":null}],"":"x"})"), -1);
 }
 
+// A random schema over the keywords the readers enforce, depth levels deep; anyOf members often
+// begin alike (objects told apart by a "kind" const, arrays of different items, overlapping
+// objects), so many of these schemas become grammars.
+Json random_schema(std::mt19937& rng, int depth) {
+    auto pick = [&](int n) { return int(rng() % unsigned(n)); };
+    auto object = [&](int props, const std::string& kind) {
+        Json o = {{"type", "object"}, {"properties", Json::object()}};
+        std::vector<std::string> names;
+        if (!kind.empty()) {
+            o["properties"]["kind"] = {{"const", kind}};
+            names.push_back("kind");
+        }
+        for (int i = 0; i < props; ++i) {
+            const std::string name = std::string(1, char('a' + pick(6))) + (pick(2) ? "x" : "");
+            if (o["properties"].contains(name)) continue;
+            o["properties"][name] = random_schema(rng, depth - 1);
+            names.push_back(name);
+        }
+        std::shuffle(names.begin(), names.end(), rng);  // required in an order of their own
+        Json req = Json::array();
+        for (const std::string& n : names)
+            if (n == "kind" || pick(2)) req.push_back(n);
+        if (!req.empty()) o["required"] = req;
+        if (pick(4) == 0) o["additionalProperties"] = {{"type", "integer"}};
+        return o;
+    };
+    switch (depth <= 0 ? pick(4) : pick(8)) {
+        case 0: {
+            Json str = {{"type", "string"}};
+            if (pick(2)) {
+                const int lo = pick(3);
+                str["minLength"] = lo;
+                str["maxLength"] = lo + pick(5);
+            }
+            return str;
+        }
+        case 1:
+            return {{"type", pick(2) ? "integer" : "number"}};
+        case 2: {
+            const Json all = Json::array({"a", "ab", 1, nullptr, true, Json::array({1}), Json{{"k", 2}}});
+            Json e = Json::array();
+            for (const Json& v : all)
+                if (pick(2)) e.push_back(v);
+            if (e.empty()) e.push_back("ab");
+            return {{"enum", e}};
+        }
+        case 3:
+            return pick(2) ? Json{{"type", "boolean"}} : Json{{"type", Json::array({"string", "null"})}};
+        case 4:
+            return object(pick(4), "");
+        case 5: {
+            Json a = {{"type", "array"}};
+            const int prefix = pick(3);
+            for (int i = 0; i < prefix; ++i) a["prefixItems"].push_back(random_schema(rng, depth - 1));
+            const bool closed = prefix > 0 && pick(2);
+            if (closed)
+                a["items"] = false;
+            else
+                a["items"] = random_schema(rng, depth - 1);
+            const int lo = pick(closed ? prefix + 1 : 3);
+            a["minItems"] = lo;
+            if (!closed) a["maxItems"] = lo + pick(4);
+            return a;
+        }
+        case 6: {  // a discriminated union
+            Json any = Json::array();
+            const int n = 2 + pick(2);
+            for (int i = 0; i < n; ++i)
+                any.push_back(object(pick(3), "k" + std::to_string(i % 2 ? i : 0) + (i ? "z" : "")));
+            return {{"anyOf", any}};
+        }
+        default: {  // members that begin alike and may overlap
+            if (pick(2)) return {{"anyOf", Json::array({object(pick(3), ""), object(pick(3), "")})}};
+            Json a1 = random_schema(rng, 0), a2 = random_schema(rng, depth - 1);
+            return {{"anyOf", Json::array({{{"type", "array"}, {"items", a1}, {"maxItems", 2}},
+                                           {{"type", "array"}, {"prefixItems", Json::array({a2})}, {"minItems", 1}}})}};
+        }
+    }
+}
+
+// Random schemas, read by their grammars or by SchemaRecognizer: byte walks never reach a dead
+// end and end in instances; random instances, keys in the grammar's order, are taken whole.
+TEST(JsonSchema, random_schemas_read_their_instances) {
+    std::mt19937 rng(testing::fresh_seed());
+    int grammars = 0;
+    for (int si = 0; si < 40; ++si) {
+        Json schema = {{"type", "object"},
+                       {"properties", {{"v", random_schema(rng, 3)}, {"w", random_schema(rng, 2)}}},
+                       {"required", {"v"}},
+                       {"additionalProperties", false}};
+        if (si % 3 == 0)  // a root whose members begin alike
+            schema = {
+                {"anyOf", Json::array({schema,
+                                       {{"type", "object"},
+                                        {"properties", {{"kind", {{"const", "x"}}}, {"v", random_schema(rng, 2)}}},
+                                        {"required", {"kind"}},
+                                        {"additionalProperties", false}}})}};
+        auto s = JsonSchema::compile(schema);
+        ASSERT_TRUE(s.ok()) << schema.dump() << ": " << s.error().message;
+        grammars += bool((*s)->grammar());
+        const Validator check(schema);
+        for (int i = 0; i < 30; ++i) {
+            const OJson ov = random_instance(schema, schema, rng, 0);
+            const Json v = Json::parse(ov.dump());
+            ASSERT_TRUE(check.valid(v, schema)) << "generator: " << v.dump() << " of " << schema.dump();
+            const std::string text = (*s)->grammar() ? ov.dump() : v.dump();
+            ASSERT_EQ(read_text(**s, text), -1) << text << " of " << schema.dump();
+        }
+        for (int walk = 0; walk < 12; ++walk) {
+            Reader r(**s);
+            std::string text;
+            for (int step = 0; step < 2000 && !r.complete(); ++step) {
+                std::vector<uint8_t> takes;
+                for (int c = 0; c < 256; ++c) {
+                    Reader t = r;
+                    if (t.push(uint8_t(c))) takes.push_back(uint8_t(c));
+                }
+                ASSERT_FALSE(takes.empty()) << "a dead end after " << text << " of " << schema.dump();
+                std::vector<double> w;
+                for (uint8_t c : takes)
+                    w.push_back(c == '"' || c == '}' || c == ']' ? 1.0 + step / 4.0 : c == ' ' ? 0.2 : 1.0);
+                const uint8_t c = takes[std::discrete_distribution<size_t>(w.begin(), w.end())(rng)];
+                ASSERT_TRUE(r.push(c));
+                text += char(c);
+            }
+            if (!r.complete()) continue;
+            auto v = parse(text);
+            ASSERT_TRUE(v.has_value()) << text << " of " << schema.dump();
+            if (!v->is_null()) {
+                EXPECT_TRUE(check.valid(*v, schema)) << text << " of " << schema.dump();
+            }
+        }
+    }
+    std::printf("%d of the schemas were grammars\n", grammars);
+    EXPECT_GE(grammars, 10);
+}
+
 // Random byte walks: at every step some byte is taken (never a dead end), and what completes is
 // an instance by the validator.
 TEST(JsonSchema, random_byte_walks_end_in_instances) {
@@ -583,7 +720,8 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
         auto s = JsonSchema::compile(schemas[si]);
         ASSERT_TRUE(s.ok());
         const Validator check(schemas[si]);
-        int whole = 0;
+        int whole = 0, schema_steps = 0;
+        double schema_s = 0;
         for (int walk = 0; walk < 3; ++walk) {
             JsonConstraint c(vocab, -1, *s);
             std::string text;
@@ -592,8 +730,11 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
                 for (int32_t id = 0; id < n; ++id) logits[size_t(id)] = noise(rng) + favour[size_t(id)];
                 const auto m0 = std::chrono::steady_clock::now();
                 c.mask(logits.data(), n);
-                mask_s += std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+                const double took = std::chrono::duration<double>(std::chrono::steady_clock::now() - m0).count();
+                mask_s += took;
+                schema_s += took;
                 ++steps;
+                ++schema_steps;
                 const int32_t best = int32_t(std::max_element(logits.begin(), logits.end()) - logits.begin());
                 ASSERT_TRUE(std::isfinite(logits[size_t(best)])) << "no token left after " << text;
                 if (c.complete()) {
@@ -618,6 +759,8 @@ TEST(JsonSchema, random_walks_over_the_qwen3_vocabulary_end_in_instances) {
             }
         }
         EXPECT_GE(whole, 1) << "schema " << si;
+        std::printf("schema %zu%s: %.2f ms a mask\n", si, (*s)->grammar() ? " (a grammar)" : "",
+                    1e3 * schema_s / schema_steps);
     }
     std::printf("%.2f ms a mask\n", 1e3 * mask_s / steps);
 }
