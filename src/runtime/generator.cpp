@@ -196,6 +196,14 @@ int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector
     return id;
 }
 
+int32_t constrained_argmax(const JsonConstraint& c, const float* logits, int64_t n, std::vector<float>& scratch) {
+    const int32_t best = argmax(logits, n);
+    if (c.allows(best)) return best;
+    scratch.assign(logits, logits + n);
+    c.mask(scratch.data(), int32_t(n));
+    return argmax(scratch.data(), n);
+}
+
 bool past_eog(const GenerateParams& p) {
     return p.ignore_eos && !(p.constraint && p.constraint->active() && p.constraint->complete());
 }

@@ -518,6 +518,20 @@ bool JsonConstraint::allows(int32_t token) const {
     return !end && (schema_json_ ? takes(*schema_json_, token) : takes(json_, token));
 }
 
+std::unique_ptr<JsonConstraint> JsonConstraint::clone() const {
+    auto c = std::unique_ptr<JsonConstraint>(new JsonConstraint(vocab_, after_token_, schema_));
+    c->active_ = active_;
+    c->repeat_ = repeat_;
+    c->close_ = close_;
+    c->closing_ = closing_;
+    c->blanks_ = blanks_;
+    c->json_ = json_;
+    c->source_ = source_;
+    c->schema_json_ = schema_json_ ? std::make_unique<SchemaRecognizer>(*schema_json_) : nullptr;
+    c->grammar_ = grammar_ ? std::make_unique<GrammarRecognizer>(*grammar_) : nullptr;
+    return c;
+}
+
 void JsonConstraint::repeat_after(int32_t open, int32_t close) {
     start_after(open);
     repeat_ = open;

@@ -132,6 +132,8 @@ class JsonConstraint {
     bool allows(int32_t token) const;
     // The chosen token moves the recognizer on.
     void accept(int32_t token);
+    // A copy to try tokens on (a draft's proposals), this one unchanged.
+    std::unique_ptr<JsonConstraint> clone() const;
     // Waits for `token` (the reasoning's close) before applying, as the constructor's after_token.
     void start_after(int32_t token) {
         after_token_ = token;

@@ -5,6 +5,8 @@
 #include <optional>
 #include <random>
 
+#include "runtime/json_constraint.h"
+
 namespace bigmoe {
 
 // A running request: its sequence, sampler, output and how far its prompt has been processed.
@@ -34,6 +36,9 @@ struct Scheduler::Slot {
     std::mt19937_64 rng;
     std::vector<Dist> qs;
     int32_t forced = -1;
+    // a constrained greedy request's constraint as its proposals move it (its own is moved by
+    // the tokens taken)
+    std::unique_ptr<JsonConstraint> dcons;
     std::vector<int32_t> pending;  // tokens the target took that the draft has not processed
     size_t draft_fed = 0;          // prompt tokens the draft has processed (behind after a cache hit)
     Slot(int64_t i, int s, Request&& req, const Tokenizer& tok)
@@ -208,7 +213,9 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            slots_[seq]->use_draft = draft_ && !slots_[seq]->r.gen.constraint;
+            // constrained requests draft when greedy (proposals the constraint refuses end a
+            // draft; the target's choice is its constrained arg-max)
+            slots_[seq]->use_draft = draft_ && (!slots_[seq]->r.gen.constraint || plain_greedy(sp));
             slots_[seq]->sampled_draft = !plain_greedy(sp);
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
@@ -326,6 +333,7 @@ Result<bool> Scheduler::step() {
         s.pending.clear();
         dbatch.push_back({id, s.seq, true});
         s.k = k;
+        if (g.constraint) s.dcons = g.constraint->clone();
         drafting.push_back(&s);
     }
     auto fail = [&](const Error& e) {  // every request in the batch fails; the others go on
@@ -359,6 +367,10 @@ Result<bool> Scheduler::step() {
                 d = speculative_draw(s.qs.back(), std::uniform_real_distribution<double>(0.0, 1.0)(s.rng));
             } else {
                 d = argmax(row, int64_t(V));
+                if (s.dcons) {
+                    if (!s.dcons->allows(d)) continue;  // the target's constrained choice could not be it
+                    s.dcons->accept(d);
+                }
             }
             s.drafts.push_back(d);
             if (int64_t(s.drafts.size()) < s.k) {
@@ -412,12 +424,14 @@ Result<bool> Scheduler::step() {
                     s->forced = t;  // the next token, in the next step
                     break;
                 }
-            } else if (argmax(lg, int64_t(V)) != d) {
+            } else if ((g.constraint ? constrained_argmax(*g.constraint, lg, int64_t(V), masked_)
+                                     : argmax(lg, int64_t(V))) != d) {
                 break;
             }
             s->sampler.accept(d);
             s->dsampler.accept(d);
-            s->ending = !s->sink->push(d, g.ignore_eos, lg, int32_t(V));
+            if (g.constraint) g.constraint->accept(d);
+            s->ending = !s->sink->push(d, past_eog(g), lg, int32_t(V));
         }
         drafted_ += int64_t(s->drafts.size());
         accepted_ += int64_t(m);

@@ -492,10 +492,9 @@ void Server::Impl::completion(const httplib::Request& req, httplib::Response& re
             std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
             r.gen.constraint = std::make_shared<JsonConstraint>(json_vocab, in_reasoning ? think_close : -1,
                                                                 cr.tool_required ? cr.tool_schema : cr.schema);
-        } else if (tools && cr.tool_call_schema && tool_call_open >= 0 && tool_call_close >= 0 && !draft_ctx) {
+        } else if (tools && cr.tool_call_schema && tool_call_open >= 0 && tool_call_close >= 0) {
             // tool_choice "auto": free text, but each call the model opens is written whole, as
-            // the tool it names takes it, and closed (speculative decoding takes no constraint:
-            // with -md the calls are left free)
+            // the tool it names takes it, and closed
             std::call_once(json_vocab_once, [&] { json_vocab = std::make_shared<const JsonVocabulary>(*tok); });
             auto c = std::make_shared<JsonConstraint>(json_vocab, -1, cr.tool_call_schema);
             c->repeat_after(tool_call_open, tool_call_close);

@@ -1079,6 +1079,23 @@ TEST(ServeOptions, a_draft_model_leaves_the_answers_unchanged) {
         bodies.push_back(chat_body("tell me a story, part " + std::to_string(i), 24, i == 3 ? 0.8 : 0.0, 5 + i));
         bodies.back()["logprobs"] = true;
     }
+    // constrained greedy requests draft too: proposals the constraint refuses end a draft, the
+    // target's choice is its constrained arg-max (JSON mode, a schema, a grammar)
+    for (int i = 0; i < 3; ++i) {
+        bodies.push_back(chat_body("a JSON answer, please", 40, 0.0, 11));
+        if (i == 0) bodies.back()["response_format"] = {{"type", "json_object"}};
+        if (i == 1)
+            bodies.back()["response_format"] = {
+                {"type", "json_schema"},
+                {"json_schema",
+                 {{"name", "r"},
+                  {"schema",
+                   {{"anyOf",
+                     {{{"type", "object"}, {"properties", {{"k", {{"const", 1}}}, {"v", {{"type", "string"}}}}}},
+                      {{"type", "object"},
+                       {"properties", {{"k", {{"const", 2}}}, {"n", {{"type", "integer"}}}}}}}}}}}}};
+        if (i == 2) bodies.back()["grammar"] = "root ::= (\"ab\" | [a-z] [0-9]?)+ \".\"";
+    }
     auto answer = [](int port, const Json& b) {
         httplib::Client c("127.0.0.1", port);
         c.set_read_timeout(60, 0);
@@ -1114,10 +1131,16 @@ TEST(ServeOptions, a_draft_model_leaves_the_answers_unchanged) {
             EXPECT_EQ(again["choices"][0]["message"]["content"], answer(plain->port(), body)[0]);
         }
     }
-    const std::string m = c.Get("/metrics")->body;
-    const size_t at = m.find("\nbigmoe_spec_draft_tokens_total ");
-    ASSERT_NE(at, std::string::npos);
-    EXPECT_GT(std::stod(m.substr(at + 32)), 0.0);
+    auto drafted_tokens = [&] {
+        const std::string m = c.Get("/metrics")->body;
+        const size_t at = m.find("\nbigmoe_spec_draft_tokens_total ");
+        EXPECT_NE(at, std::string::npos);
+        return at == std::string::npos ? 0.0 : std::stod(m.substr(at + 32));
+    };
+    const double before = drafted_tokens();
+    EXPECT_GT(before, 0.0);
+    answer(drafted->port(), bodies[5]);  // a constrained request alone drafts
+    EXPECT_GT(drafted_tokens(), before);
 }
 
 // A conversation growing turn by turn: each turn reuses at least the previous turn's prompt (all
