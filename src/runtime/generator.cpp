@@ -163,8 +163,8 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     TokenSink out(tok_, p, on_piece, res);
     if (prof_) prof_->set_phase("decode");
     const auto t0 = Clock::now();
-    // Prompt lookup drafts greedily only; sampling with it decodes plainly.
-    if (!p.constraint && (draft_ || (ngram_ && plain_greedy(sampler_.params()))))
+    // Prompt lookup drafts greedily only, and so do constrained requests
+    if ((draft_ || ngram_) && (plain_greedy(sampler_.params()) || (draft_ && !p.constraint)))
         BM_TRY(generate_speculative(p, out));
     else
         BM_TRY(generate_plain(p, out));
@@ -196,14 +196,6 @@ int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector
     return id;
 }
 
-int32_t constrained_argmax(const JsonConstraint& c, const float* logits, int64_t n, std::vector<float>& scratch) {
-    const int32_t best = argmax(logits, n);
-    if (c.allows(best)) return best;
-    scratch.assign(logits, logits + n);
-    c.mask(scratch.data(), int32_t(n));
-    return argmax(scratch.data(), n);
-}
-
 bool past_eog(const GenerateParams& p) {
     return p.ignore_eos && !(p.constraint && p.constraint->active() && p.constraint->complete());
 }
@@ -233,6 +225,7 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
 Result<void> Generator::generate_speculative(const GenerateParams& p, TokenSink& out) {
     SpeculativeDecoder sd =
         draft_ ? SpeculativeDecoder(ctx_, *draft_, spec_, seq_) : SpeculativeDecoder(ctx_, history_, spec_, seq_);
+    sd.constrain(p.constraint.get());
     Sampler draft_sampler(sampler_.params());
     bool go_on = true;
     while (go_on && (p.n_predict < 0 || int64_t(out.n()) < p.n_predict)) {
@@ -249,7 +242,7 @@ Result<void> Generator::generate_speculative(const GenerateParams& p, TokenSink&
             BM_TRY(sd.step_sampled(sampler_, draft_sampler, logits_, step));
         for (int32_t id : step) {
             if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) break;
-            if (!(go_on = out.push(id, p.ignore_eos))) break;
+            if (!(go_on = out.push(id, past_eog(p)))) break;
         }
     }
     spec_stats_ = sd.stats();

@@ -110,9 +110,6 @@ class TokenSink {
 // moves on by it), else from the logits as they are. `scratch` holds the masked copy.
 int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector<float>& logits,
                     std::vector<float>& scratch);
-// The greedy choice under constraint c (its state unchanged): the arg-max when c allows it, else
-// the arg-max of what c allows (the mask's walk).
-int32_t constrained_argmax(const JsonConstraint& c, const float* logits, int64_t n, std::vector<float>& scratch);
 // Whether generation goes on past an end-of-generation token: ignore_eos, unless a constrained
 // object is whole (only its end can follow; else end tokens would come until n_predict).
 bool past_eog(const GenerateParams& p);

@@ -6,6 +6,7 @@
 
 #include "runtime/grammar.h"
 #include "runtime/json_schema.h"
+#include "runtime/sampler.h"
 #include "tokenizer/tokenizer.h"
 #include "tokenizer/unicode.h"
 
@@ -530,6 +531,14 @@ std::unique_ptr<JsonConstraint> JsonConstraint::clone() const {
     c->schema_json_ = schema_json_ ? std::make_unique<SchemaRecognizer>(*schema_json_) : nullptr;
     c->grammar_ = grammar_ ? std::make_unique<GrammarRecognizer>(*grammar_) : nullptr;
     return c;
+}
+
+int32_t constrained_argmax(const JsonConstraint& c, const float* logits, int64_t n, std::vector<float>& scratch) {
+    const int32_t best = argmax(logits, n);
+    if (c.allows(best)) return best;
+    scratch.assign(logits, logits + n);
+    c.mask(scratch.data(), int32_t(n));
+    return argmax(scratch.data(), n);
 }
 
 void JsonConstraint::repeat_after(int32_t open, int32_t close) {

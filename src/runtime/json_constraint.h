@@ -177,4 +177,8 @@ class JsonConstraint {
     mutable std::vector<Cached> cache_;  // most recent first
 };
 
+// The greedy choice under constraint c (its state unchanged): the arg-max when c allows it, else
+// the arg-max of what c allows (the mask's walk).
+int32_t constrained_argmax(const JsonConstraint& c, const float* logits, int64_t n, std::vector<float>& scratch);
+
 }  // namespace bigmoe

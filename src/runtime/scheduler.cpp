@@ -213,8 +213,8 @@ void Scheduler::admit() {
             last_tokens_[seq].clear();
             slots_[seq] = std::make_unique<Slot>(queue_.front().id, int(seq), std::move(queue_.front().r), tok_);
             const SamplerParams& sp = slots_[seq]->r.sampler;
-            // constrained requests draft when greedy (proposals the constraint refuses end a
-            // draft; the target's choice is its constrained arg-max)
+            // constrained requests draft when greedy (proposals and the target's choice are the
+            // constrained arg-max)
             slots_[seq]->use_draft = draft_ && (!slots_[seq]->r.gen.constraint || plain_greedy(sp));
             slots_[seq]->sampled_draft = !plain_greedy(sp);
             if (draft_) draft_->clear(int(seq));
@@ -366,11 +366,8 @@ Result<bool> Scheduler::step() {
                 s.qs.push_back(s.dsampler.distribution(row, int32_t(V)));
                 d = speculative_draw(s.qs.back(), std::uniform_real_distribution<double>(0.0, 1.0)(s.rng));
             } else {
-                d = argmax(row, int64_t(V));
-                if (s.dcons) {
-                    if (!s.dcons->allows(d)) continue;  // the target's constrained choice could not be it
-                    s.dcons->accept(d);
-                }
+                d = s.dcons ? constrained_argmax(*s.dcons, row, int64_t(V), masked_) : argmax(row, int64_t(V));
+                if (s.dcons) s.dcons->accept(d);
             }
             s.drafts.push_back(d);
             if (int64_t(s.drafts.size()) < s.k) {

@@ -7,6 +7,7 @@
 #include <functional>
 
 #include "core/fast_exp.h"
+#include "runtime/json_constraint.h"
 
 #if defined(__SSE2__)
 #include <emmintrin.h>
@@ -351,13 +352,25 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
     const auto t_begin = std::chrono::steady_clock::now();
     for (SpeculativeDecoder* d : ds) d->begin_step(n == 1);
     std::vector<int32_t> cur(n);
-    for (size_t i = 0; i < n; ++i) cur[i] = argmax(logits[i]->data(), V);  // the target's own next token
+    // the target's own next token, and copies of the constraints to try proposals on
+    std::vector<std::unique_ptr<JsonConstraint>> tried(n);
+    for (size_t i = 0; i < n; ++i) {
+        JsonConstraint* c = ds[i]->cons_;
+        cur[i] = c ? constrained_argmax(*c, logits[i]->data(), V, ds[i]->masked_) : argmax(logits[i]->data(), V);
+        if (!c) continue;
+        c->accept(cur[i]);
+        tried[i] = c->clone();
+    }
     // 1. proposals by prompt lookup, or by the draft model
     std::vector<std::vector<int32_t>> drafts(n);
     if (!draft) {
         for (size_t i = 0; i < n; ++i) {
             ds[i]->history_.push_back(cur[i]);
             drafts[i] = ngram_draft(ds[i]->history_, ds[i]->max_draft());
+            if (!tried[i]) continue;
+            size_t keep = 0;  // up to the first proposal the constraint refuses
+            while (keep < drafts[i].size() && tried[i]->allows(drafts[i][keep])) tried[i]->accept(drafts[i][keep++]);
+            drafts[i].resize(keep);
         }
     } else {
         BM_ASSIGN(
@@ -365,7 +378,10 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
                 const SpecParams& p = ds[i]->p_;
                 if (p.draft_p_min > 0 && int(n_proposed) >= p.draft_min && top_probability(row, V) < p.draft_p_min)
                     return -1;
-                return argmax(row, V);
+                if (!tried[i]) return argmax(row, V);
+                const int32_t x = constrained_argmax(*tried[i], row, V, ds[i]->masked_);
+                tried[i]->accept(x);
+                return x;
             }));
     }
     // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
@@ -384,7 +400,12 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         SpeculativeDecoder& d = *ds[i];
         const float* l = vl.data() + first_row[i] * size_t(V);
         size_t& a = accepted[i];
-        while (a < drafts[i].size() && argmax(l + a * size_t(V), V) == drafts[i][a]) ++a;
+        JsonConstraint* c = d.cons_;
+        while (a < drafts[i].size() && (c ? constrained_argmax(*c, l + a * size_t(V), V, d.masked_)
+                                          : argmax(l + a * size_t(V), V)) == drafts[i][a]) {
+            if (c) c->accept(drafts[i][a]);
+            ++a;
+        }
         if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(a));
         BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }

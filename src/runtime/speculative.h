@@ -18,6 +18,8 @@
 
 namespace bigmoe {
 
+class JsonConstraint;
+
 struct SpecParams {
     int draft_max = 8;      // tokens proposed per step (<= the contexts' rollback depth)
     int draft_min = 0;      // drafted tokens before draft_p_min may stop drafting (and adaptive's floor)
@@ -128,6 +130,10 @@ class SpeculativeDecoder {
     // Greedy: appends at least one token (at most draft_max + 1) to `out`; `logits` holds the
     // target's logits for the next position and is updated.
     Result<void> step_greedy(std::vector<float>& logits, std::vector<int32_t>& out);
+    // Greedy steps under constraint c: each token is the constrained arg-max (the arg-max when c
+    // allows it, else the best token it allows), c moves on by the tokens appended; the draft's
+    // proposals are its own constrained arg-max (prompt lookup's end where c refuses one).
+    void constrain(JsonConstraint* c) { cons_ = c; }
     // One greedy step for several sequences of the same target (and draft) contexts at once: each
     // drafting round decodes every still-drafting sequence in one draft batch, and one target
     // batch verifies all sequences' drafts. Per sequence the result is that of step_greedy. The
@@ -176,6 +182,8 @@ class SpeculativeDecoder {
     int seq_ = 0;
     SpecStats stats_;
     std::vector<int32_t> draft_pending_;  // accepted tokens the draft has not consumed yet
+    JsonConstraint* cons_ = nullptr;      // constrain()'s
+    std::vector<float> masked_;           // a constrained arg-max's masked logits
     int32_t next_ = -1;                   // sampling: the target's next token, drawn at the end of a step
     std::mt19937_64 rng_{0x5EC0DE};
     std::vector<int32_t> history_;  // prompt-lookup mode: every token in the target

@@ -11,6 +11,9 @@
 #include <random>
 
 #include "bigmoe/bigmoe.h"
+#include "runtime/generator.h"
+#include "runtime/grammar.h"
+#include "runtime/json_constraint.h"
 #include "runtime/scheduler.h"
 #include "runtime/speculative.h"
 #include "synth/synth.h"
@@ -432,6 +435,56 @@ TEST(PromptLookup, greedy_output_identical) {
             EXPECT_EQ(got, want.tokens) << m << " draft_max " << dmax;
             EXPECT_GT(sd.stats().drafted, 0) << "the repeated prompt offers lookups";
         }
+    }
+}
+
+// Constrained greedy decoding drafts too (a draft model, prompt lookup): the tokens are those of
+// plain constrained greedy decoding, under a grammar whose state matters (nested brackets) and
+// under JSON mode.
+TEST(SpeculativeConstrained, greedy_output_identical) {
+    auto target =
+        Engine::load(model("qwen35moe-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    auto draft =
+        Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+    ASSERT_TRUE(target.ok() && draft.ok());
+    auto tk = Tokenizer::from_gguf((*target)->file());
+    ASSERT_TRUE(tk.ok());
+    const Tokenizer& tok = **tk;
+    auto vocab = std::make_shared<const JsonVocabulary>(tok);
+    auto grammar = Grammar::parse("root ::= item+\nitem ::= [a-z]+ \" \" | \"(\" item* \")\" | [0-9]{1,3} \",\"");
+    ASSERT_TRUE(grammar.ok());
+    auto p = prompt();
+    const auto rep = p;
+    p.insert(p.end(), rep.begin(), rep.end());  // lookups find matches
+    for (int c = 0; c < 2; ++c) {
+        auto run = [&](int how, SpecStats* stats) {
+            auto tc = (*target)->new_context({.n_ctx = 256});
+            auto dc = (*draft)->new_context({.n_ctx = 256});
+            EXPECT_TRUE(tc.ok() && dc.ok());
+            SamplerParams sp;
+            sp.temp = 0.0f;
+            Generator g(**tc, tok, sp);
+            if (how == 1) g.set_draft(dc->get(), {4, 0, 0.0f});
+            if (how == 2) g.set_prompt_lookup({4, 0, 0.0f});
+            EXPECT_TRUE(g.feed(p).ok());
+            GenerateParams gp;
+            gp.n_predict = 48;
+            gp.constraint = c == 0 ? std::make_shared<JsonConstraint>(vocab, -1, *grammar)
+                                   : std::make_shared<JsonConstraint>(vocab);
+            auto r = g.generate(gp, [](const Piece&) { return true; });
+            EXPECT_TRUE(r.ok());
+            if (stats) *stats = g.spec_stats();
+            return r.ok() ? r->tokens : std::vector<int32_t>{};
+        };
+        const std::vector<int32_t> want = run(0, nullptr);
+        ASSERT_FALSE(want.empty());
+        SpecStats drafted, looked_up;
+        EXPECT_EQ(run(1, &drafted), want) << (c ? "JSON mode" : "grammar");
+        EXPECT_EQ(run(2, &looked_up), want) << (c ? "JSON mode" : "grammar");
+        EXPECT_GT(drafted.drafted, 0);
+        EXPECT_GT(looked_up.drafted, 0);
+        std::printf("%s: %zu tokens, %lld of %lld proposals taken\n", c ? "JSON mode" : "grammar", want.size(),
+                    (long long)drafted.accepted, (long long)drafted.drafted);
     }
 }
 
