@@ -443,7 +443,7 @@ TEST(PromptLookup, greedy_output_identical) {
 // under JSON mode.
 TEST(SpeculativeConstrained, greedy_output_identical) {
     auto target =
-        Engine::load(model("qwen35moe-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
+        Engine::load(model("qwen35moe-tiny-q4_k_m.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     auto draft =
         Engine::load(model("qwen35-tiny-f32.gguf"), {.n_threads = 2, .n_gpu_layers = testing::test_gpu_layers()});
     ASSERT_TRUE(target.ok() && draft.ok());
