@@ -296,6 +296,10 @@ class SchemaCompiler {
         }
         if (first_bytes(s_.root_) != object_start())
             return Error{"the schema must describe a JSON object (its \"type\" is \"object\")"};
+        depths();
+        if (s_.need(s_.root_) > SchemaRecognizer::k_max_frames)
+            return Error{"the schema has no instance nested less than " +
+                         std::to_string(SchemaRecognizer::k_max_frames) + " levels deep"};
         if (alike_) {
             const size_t noted = s_.ignored_.size();
             auto g = SchemaGrammar(s_, lenient_, JsonSchema::k_grammar_counts).run();
@@ -341,6 +345,40 @@ class SchemaCompiler {
         }
         if (n.types & JsonSchema::t_null) b.set('n');
         return b;
+    }
+
+    // Each node's need_object / need_array, by rounds until nothing changes (recursion: a $ref
+    // cycle without an optional way out stays k_deep).
+    void depths() {
+        for (bool changed = true; changed;) {
+            changed = false;
+            for (Node& n : s_.nodes_) {
+                uint32_t obj = JsonSchema::k_deep, arr = JsonSchema::k_deep;
+                if (n.literals.empty() && n.alternatives.empty() && !n.any) {
+                    if (n.types & JsonSchema::t_object) {
+                        uint32_t most = 0;
+                        for (size_t k = 0; k < n.keys.size(); ++k)
+                            if ((n.required >> k) & 1) most = std::max<uint32_t>(most, s_.least_need(n.key_nodes[k]));
+                        obj = std::min<uint32_t>(1 + most, JsonSchema::k_deep);
+                    }
+                    if (n.types & JsonSchema::t_array) {
+                        uint32_t most = 0;
+                        for (uint32_t k = 0; k < n.min_items && most < JsonSchema::k_deep; ++k) {
+                            const int32_t item = k < n.prefix.size() ? n.prefix[k] : n.items;
+                            most = item == JsonSchema::k_none ? JsonSchema::k_deep
+                                                              : std::max<uint32_t>(most, s_.least_need(item));
+                        }
+                        arr = std::min<uint32_t>(1 + most, JsonSchema::k_deep);
+                    }
+                }
+                if (obj < n.need_object || arr < n.need_array) {
+                    n.need_object = uint8_t(std::min<uint32_t>(obj, n.need_object));
+                    n.need_array = uint8_t(std::min<uint32_t>(arr, n.need_array));
+                    changed = true;
+                }
+            }
+        }
+        for (size_t i = 0; i < s_.nodes_.size(); ++i) s_.nodes_[i].need = s_.least_need(int32_t(i));
     }
 
     static Error bad(const std::string& where, const std::string& what) {
@@ -675,6 +713,20 @@ class SchemaCompiler {
     bool alike_ = false;          // some anyOf's members may begin alike
 };
 
+uint8_t JsonSchema::least_need(int32_t i) const {
+    if (i == k_any) return 1;
+    if (i == k_none) return k_deep;
+    const Node& n = nodes_[size_t(i)];
+    if (!n.literals.empty() || n.any) return 1;
+    if (!n.alternatives.empty()) {
+        uint8_t least = k_deep;
+        for (int32_t a : n.alternatives) least = std::min(least, least_need(a));
+        return least;
+    }
+    if (n.types & (t_string | t_number | t_integer | t_boolean | t_null)) return 1;
+    return std::min(n.need_object, n.need_array);
+}
+
 Result<std::shared_ptr<const JsonSchema>> JsonSchema::compile(const Json& schema, bool lenient) {
     return SchemaCompiler(schema, lenient).run();
 }
@@ -781,39 +833,53 @@ bool SchemaRecognizer::begin(int32_t index, uint8_t c, uint8_t depth) {
                  : c == '"' ? Kind::string
                  : number   ? Kind::number
                             : Kind::word;
+        // a container whose required members would nest past the frames left is never begun
+        const int room = k_max_frames - n_;
+        if ((f.kind == Kind::object && n->need_object > room) || (f.kind == Kind::array && n->need_array > room))
+            return false;
         f.integer = number && !(n->types & JsonSchema::t_number);
     }
     ++n_;
     return true;
 }
 
+bool SchemaRecognizer::usable(const Frame& f, size_t key) const {
+    const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
+    return !((f.seen >> key) & 1) && schema_->need(n.key_nodes[key]) <= k_max_frames - n_;
+}
+
+bool SchemaRecognizer::other_keys(const Frame& f) const {
+    const int32_t a = schema_->nodes_[size_t(f.node)].additional;
+    return a != JsonSchema::k_none && schema_->need(a) <= k_max_frames - n_;
+}
+
 bool SchemaRecognizer::key_byte(Frame& f, Mode before, bool mid_char, uint8_t c) {
     const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
-    auto unseen_in = [&](size_t lo, size_t hi) {
+    auto usable_in = [&](size_t lo, size_t hi) {
         for (size_t i = lo; i < hi; ++i)
-            if (!((f.seen >> i) & 1)) return true;
+            if (usable(f, i)) return true;
         return false;
     };
     if (before == Mode::str && !mid_char && c == '"') {  // the key's end
         const bool named = f.lo < f.hi && n.keys[f.lo].size() == f.count;
         if (named) {
-            if ((f.seen >> f.lo) & 1) return false;  // given already
+            if (!usable(f, f.lo)) return false;  // given already, or its value nests too deep
             f.key = f.lo;
             f.seen |= uint64_t(1) << f.lo;
             return true;
         }
-        if (n.additional == JsonSchema::k_none) return false;
+        if (!other_keys(f)) return false;
         f.key = k_other;
         return true;
     }
     uint16_t lo = f.lo, hi = f.hi, count = f.count;
-    if (lo < hi && narrow(n.keys, lo, hi, count, c) && unseen_in(lo, hi)) {
+    if (lo < hi && narrow(n.keys, lo, hi, count, c) && usable_in(lo, hi)) {
         f.lo = lo;
         f.hi = hi;
         f.count = count;
         return true;
     }
-    if (n.additional == JsonSchema::k_none) return false;
+    if (!other_keys(f)) return false;
     f.lo = f.hi = 0;  // no property's name: an additional property
     return true;
 }
@@ -869,7 +935,11 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
                 --n_;
                 return true;
             }
-            if (c == ',') return f.count < n.max_items;
+            if (c == ',') {  // another item, which must fit in the frames left
+                if (f.count >= n.max_items) return false;
+                const int32_t next = f.count < n.prefix.size() ? n.prefix[f.count] : n.items;
+                return schema_->need(next) <= k_max_frames - n_;
+            }
             if (f.count >= n.max_items) return false;  // an item begins
             const int32_t item = f.count < n.prefix.size() ? n.prefix[f.count] : n.items;
             ++f.count;
@@ -879,9 +949,10 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
             if (in_key) return key_byte(f, before, mid_char, c);
             if (is_space(c)) return true;
             auto unseen = [&] {  // whether another key may follow
-                if (n.additional != JsonSchema::k_none) return true;
-                const uint64_t all = n.keys.size() == 64 ? ~uint64_t(0) : (uint64_t(1) << n.keys.size()) - 1;
-                return (f.seen & all) != all;
+                if (other_keys(f)) return true;
+                for (size_t k = 0; k < n.keys.size(); ++k)
+                    if (usable(f, k)) return true;
+                return false;
             };
             switch (before) {
                 case Mode::obj_first:

@@ -61,6 +61,7 @@ class JsonSchema {
     };
     static constexpr int32_t k_any = 0;    // the node that takes every value
     static constexpr int32_t k_none = -1;  // additionalProperties / items: false
+    static constexpr uint8_t k_deep = 255;
 
     struct Node {
         uint8_t types = t_all;
@@ -81,7 +82,14 @@ class JsonSchema {
         // strings: characters (code points; an escape is one)
         uint32_t min_length = 0, max_length = UINT32_MAX;
         bool compiled = false;  // false while its own definition is being read ($ref cycles)
+        // Frames (SchemaRecognizer::k_max_frames) the shallowest object / array instance takes,
+        // its required members' included; k_deep when it has none or none that fits.
+        uint8_t need_object = k_deep, need_array = k_deep;
+        uint8_t need = k_deep;  // the least over the node's forms (JsonSchema::need)
     };
+    // The frames the shallowest instance of node i takes (a scalar, literal or free value: 1).
+    uint8_t need(int32_t i) const { return i == k_any ? 1 : i == k_none ? k_deep : nodes_[size_t(i)].need; }
+    uint8_t least_need(int32_t i) const;  // need(i) from the node's forms, for the compiler
     std::vector<Node> nodes_;
     int32_t root_ = k_any;
     std::vector<std::string> ignored_;
@@ -127,6 +135,10 @@ class SchemaRecognizer {
     bool step(Mode before, bool in_key, bool mid_char, uint8_t depth, uint8_t c);
     bool begin(int32_t node, uint8_t c, uint8_t depth);
     bool key_byte(Frame& f, Mode before, bool mid_char, uint8_t c);
+    // Whether object frame f may take key i next (not given yet, and its value fits in the frames
+    // left), or a key of its additional properties.
+    bool usable(const Frame& f, size_t key) const;
+    bool other_keys(const Frame& f) const;
     bool ended(const Frame& f) const;
     static bool is_number_mode(Mode m);
 

@@ -440,6 +440,50 @@ TEST(JsonSchema, members_that_begin_alike_are_read_by_a_grammar) {
     EXPECT_GE(read_text(**huge_lenient, "{\"k\":3}"), 0);
 }
 
+// Recursion deeper than the reader's frames: a key whose value would nest past them is refused
+// before it is begun (the key, or the comma before it), so a text never reaches a dead end; a
+// schema whose every instance nests too deep is refused.
+TEST(JsonSchema, recursion_stops_where_the_frames_end) {
+    auto s = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {"n": {"type": "integer"},
+        "self": {"$ref": "#"}, "list": {"type": "array", "items": {"$ref": "#"}}},
+        "required": ["n"], "additionalProperties": false})"));
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    ASSERT_FALSE((*s)->grammar());
+    // one level each: an object holding the next as a property, as a list's first item, as its
+    // second; and what closes a level
+    const std::vector<std::pair<std::string, std::string>> levels = {
+        {"{\"n\":1,\"self\":", "}"}, {"{\"n\":1,\"list\":[", "]}"}, {"{\"n\":1,\"list\":[{\"n\":2},", "]}"}};
+    for (const auto& [open, close] : levels) {
+        SchemaRecognizer r(s->get());
+        std::string text;
+        int whole = 0;  // levels taken whole
+        for (bool on = true; on && whole < 100;) {
+            for (char ch : open) {
+                if (!(on = r.push(uint8_t(ch)))) break;
+                text += ch;
+            }
+            whole += on;
+        }
+        EXPECT_LT(whole, int(SchemaRecognizer::k_max_frames)) << open;
+        int takes = 0;  // where the levels stop, the text goes on (not by whitespace alone)
+        for (int c = 0; c < 256; ++c) {
+            SchemaRecognizer t = r;
+            takes += !std::isspace(c) && t.push(uint8_t(c));
+        }
+        EXPECT_GT(takes, 0) << "a dead end after " << text;
+        // a level less, then an innermost object and the levels closed: an instance
+        std::string all;
+        for (int l = 0; l + 1 < whole; ++l) all += open;
+        all += "{\"n\":0}";
+        for (int l = 0; l + 1 < whole; ++l) all += close;
+        EXPECT_EQ(read_text(**s, all), -1) << all;
+    }
+    auto endless = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {"self": {"$ref": "#"}},
+        "required": ["self"]})"));
+    ASSERT_FALSE(endless.ok());
+    EXPECT_NE(endless.error().message.find("nested less than"), std::string::npos) << endless.error().message;
+}
+
 TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     auto s = JsonSchema::compile(test_schemas()[0]);
     ASSERT_TRUE(s.ok()) << s.error().message;
