@@ -930,13 +930,13 @@ TEST_F(Serve, a_client_that_disconnects_frees_its_slot) {
     for (const auto& s : Json::parse(client().Get("/slots")->body)) EXPECT_FALSE(s["is_processing"].get<bool>());
 }
 
-// llama-server's --grammar / -j: every request without a constraint of its own answers under the
-// server's; one with its own (response_format, grammar) answers under that.
 // A tiny random-weight model with the real Qwen3 vocabulary and chat template (the fixtures'
-// vocabulary file), where <tool_call> is the one special token a real model writes.
+// vocabulary file), where <tool_call> is the one special token a real model writes; written to a
+// file of this process's own.
 std::string qwen3_vocab_model() {
     static const std::string path = [] {
-        const std::string out = std::filesystem::temp_directory_path() / "bigmoe-server-test-qwen3-vocab.gguf";
+        const std::string out =
+            std::filesystem::temp_directory_path() / ("bigmoe_qwen3_vocab_" + std::to_string(::getpid()) + ".gguf");
         auto f = gguf::GgufFile::open(testing::fixtures_dir() + "/models/qwen3-vocab.gguf");
         EXPECT_TRUE(f.ok());
         if (!f.ok()) return std::string();
@@ -1032,8 +1032,12 @@ TEST(ServeOptions, auto_tool_calls_follow_the_tools_schemas) {
     }
     std::printf("%d calls in 6 answers\n", calls);
     EXPECT_GE(calls, 3);
+    srv.reset();
+    std::filesystem::remove(o.model);
 }
 
+// llama-server's --grammar / -j: every request without a constraint of its own answers under the
+// server's; one with its own (response_format, grammar) answers under that.
 TEST(ServeOptions, a_default_grammar_constrains_requests_without_their_own) {
     server::ServeOptions o;
     o.n_ctx = 512;
