@@ -136,11 +136,19 @@ std::optional<ApiError> compile_schema(const Json& schema, const std::string& pa
 // The forced function's arguments follow its parameters' schema: what the constraint can enforce
 // of it, or all of it when the function is "strict" (else the request is refused, as OpenAI
 // refuses such strict schemas); a schema that does not compile at all leaves any JSON object.
+// A tool's function object when it is one with a name, else null.
+const Json* named_function(const Json& tool) {
+    if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object()) return nullptr;
+    const Json& f = tool["function"];
+    return f.contains("name") && f["name"].is_string() ? &f : nullptr;
+}
+
 std::optional<ApiError> tool_schema(CompletionRequest* r) {
     for (const Json& t : r->tools) {
-        if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
-        const Json& f = t["function"];
-        if (f.value("name", Json()) != r->forced_tool || !f.contains("parameters")) continue;
+        const Json* fn = named_function(t);
+        if (!fn) continue;
+        const Json& f = *fn;
+        if (f["name"] != r->forced_tool || !f.contains("parameters")) continue;
         const bool strict = f.value("strict", false);
         auto e = compile_schema(f["parameters"], "tools", strict, &r->tool_schema);
         if (e && strict) {
@@ -175,24 +183,23 @@ Json moved_schema(const Json& s, const std::string& at) {
 // an error (as with one tool). *out stays null when the union does not compile.
 std::optional<ApiError> tools_schema(const Json& tools, bool refuse_strict, std::shared_ptr<const JsonSchema>* out) {
     Json members = Json::array();
-    std::vector<std::string> names;
     for (const Json& t : tools) {
-        if (!t.is_object() || !t.contains("function") || !t["function"].is_object()) continue;
-        const Json& f = t["function"];
-        if (!f.contains("name") || !f["name"].is_string()) continue;
-        names.push_back(f["name"]);
+        const Json* fn = named_function(t);
+        if (!fn) continue;
+        const Json& f = *fn;
+        const std::string name = f["name"];
         const bool has = f.contains("parameters") && f["parameters"].is_object();
         if (has && refuse_strict && f.value("strict", false)) {
             std::shared_ptr<const JsonSchema> alone;
             if (auto e = compile_schema(f["parameters"], "tools", true, &alone)) {
-                e->message = "the function '" + names.back() + "' is strict, but its parameters " + e->message;
+                e->message = "the function '" + name + "' is strict, but its parameters " + e->message;
                 return e;
             }
         }
         const std::string at = "/anyOf/" + std::to_string(members.size()) + "/properties/arguments";
         members.push_back({{"type", "object"},
                            {"properties",
-                            {{"name", {{"const", names.back()}}},
+                            {{"name", {{"const", name}}},
                              {"arguments", has ? moved_schema(f["parameters"], at) : Json{{"type", "object"}}}}},
                            {"required", {"name", "arguments"}},
                            {"additionalProperties", false}});
@@ -204,15 +211,10 @@ std::optional<ApiError> tools_schema(const Json& tools, bool refuse_strict, std:
 // tool_choice "required" with several tools: the call names one of them and writes its
 // arguments (tools_schema); if the union does not compile, the name is still one of the tools'
 // and the arguments an object.
-std::optional<ApiError> several_tools_schema(CompletionRequest* r) {
+std::optional<ApiError> several_tools_schema(CompletionRequest* r, const std::vector<std::string>& names) {
     if (auto e = tools_schema(r->tools, true, &r->tool_schema)) return e;
     if (r->tool_schema) return std::nullopt;
     std::fprintf(stderr, "bigmoe: tools: the functions' parameters are not enforced (they do not compile)\n");
-    std::vector<std::string> names;
-    for (const Json& t : r->tools)
-        if (t.is_object() && t.contains("function") && t["function"].is_object() && t["function"].contains("name") &&
-            t["function"]["name"].is_string())
-            names.push_back(t["function"]["name"]);
     const Json call = {{"type", "object"},
                        {"properties", {{"name", {{"enum", names}}}, {"arguments", {{"type", "object"}}}}},
                        {"required", {"name", "arguments"}},
@@ -229,9 +231,7 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
     std::vector<std::string> names;
     if (r->tools.is_array())
         for (const Json& t : r->tools)
-            if (t.is_object() && t.contains("function") && t["function"].is_object() &&
-                t["function"].contains("name") && t["function"]["name"].is_string())
-                names.push_back(t["function"]["name"]);
+            if (const Json* f = named_function(t)) names.push_back((*f)["name"]);
     if (c.is_string() && c == "auto") return std::nullopt;
     if (c.is_string() && c == "none") {
         r->tools = nullptr;
@@ -244,7 +244,7 @@ std::optional<ApiError> tool_choice(const Json& j, CompletionRequest* r) {
             r->forced_tool = names[0];
             return tool_schema(r);
         }
-        return several_tools_schema(r);
+        return several_tools_schema(r, names);
     }
     if (c.is_object() && c.value("type", "") == "function" && c.contains("function") && c["function"].is_object() &&
         c["function"].contains("name") && c["function"]["name"].is_string()) {
