@@ -7,7 +7,9 @@
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <set>
 
@@ -520,6 +522,34 @@ TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     EXPECT_EQ(read_text(**free, R"({"a":[1,{"b":null}],"":"x"})"), -1);
 }
 
+// A random byte walk under s: some byte is taken at every step (else a failure: a dead end),
+// closing bytes favoured more and more as it goes (so walks end), spaces seldom, the other bytes
+// by `weight`. The text when it is a whole instance within max_steps bytes.
+std::optional<std::string> byte_walk(const JsonSchema& s, std::mt19937& rng, int max_steps,
+                                     const std::function<double(uint8_t)>& weight) {
+    Reader r(s);
+    std::string text;
+    for (int step = 0; step < max_steps && !r.complete(); ++step) {
+        std::vector<uint8_t> takes;
+        for (int c = 0; c < 256; ++c) {
+            Reader t = r;
+            if (t.push(uint8_t(c))) takes.push_back(uint8_t(c));
+        }
+        if (takes.empty()) {
+            ADD_FAILURE() << "a dead end after " << text;
+            return std::nullopt;
+        }
+        std::vector<double> w;
+        for (uint8_t c : takes)
+            w.push_back(c == '"' || c == '}' || c == ']' ? 1.0 + step / 4.0 : c == ' ' ? 0.2 : weight(c));
+        const uint8_t c = takes[std::discrete_distribution<size_t>(w.begin(), w.end())(rng)];
+        r.push(c);
+        text += char(c);
+    }
+    if (!r.complete()) return std::nullopt;
+    return text;
+}
+
 // A random schema over the keywords the readers enforce, depth levels deep; anyOf members often
 // begin alike (objects told apart by a "kind" const, arrays of different items, overlapping
 // objects), so many of these schemas become grammars.
@@ -628,24 +658,11 @@ TEST(JsonSchema, random_schemas_read_their_instances) {
             const std::string text = (*s)->grammar() ? ov.dump() : v.dump();
             ASSERT_EQ(read_text(**s, text), -1) << text << " of " << schema.dump();
         }
+        SCOPED_TRACE(schema.dump());
         for (int walk = 0; walk < 12; ++walk) {
-            Reader r(**s);
-            std::string text;
-            for (int step = 0; step < 2000 && !r.complete(); ++step) {
-                std::vector<uint8_t> takes;
-                for (int c = 0; c < 256; ++c) {
-                    Reader t = r;
-                    if (t.push(uint8_t(c))) takes.push_back(uint8_t(c));
-                }
-                ASSERT_FALSE(takes.empty()) << "a dead end after " << text << " of " << schema.dump();
-                std::vector<double> w;
-                for (uint8_t c : takes)
-                    w.push_back(c == '"' || c == '}' || c == ']' ? 1.0 + step / 4.0 : c == ' ' ? 0.2 : 1.0);
-                const uint8_t c = takes[std::discrete_distribution<size_t>(w.begin(), w.end())(rng)];
-                ASSERT_TRUE(r.push(c));
-                text += char(c);
-            }
-            if (!r.complete()) continue;
+            const auto walked = byte_walk(**s, rng, 2000, [](uint8_t) { return 1.0; });
+            if (!walked) continue;
+            const std::string& text = *walked;
             auto v = parse(text);
             ASSERT_TRUE(v.has_value()) << text << " of " << schema.dump();
             if (!v->is_null()) {
@@ -670,29 +687,13 @@ TEST(JsonSchema, random_byte_walks_end_in_instances) {
         std::set<uint8_t> name_bytes;
         names_of(schemas[si], &name_bytes);
         int whole = 0;
+        SCOPED_TRACE("schema " + std::to_string(si));
         for (int walk = 0; walk < 60; ++walk) {
-            Reader r(**s);
-            std::string text;
-            for (int step = 0; step < 3000 && !r.complete(); ++step) {
-                std::vector<uint8_t> takes;
-                for (int c = 0; c < 256; ++c) {
-                    Reader t = r;
-                    if (t.push(uint8_t(c))) takes.push_back(uint8_t(c));
-                }
-                ASSERT_FALSE(takes.empty()) << "schema " << si << ": a dead end after " << text;
-                // closing bytes favoured more and more, so walks end; the bytes of property names
-                // favoured, so that walks write required keys beside additional ones
-                std::vector<double> w;
-                for (uint8_t c : takes)
-                    w.push_back(c == '"' || c == '}' || c == ']' ? 1.0 + step / 4.0
-                                : name_bytes.count(c)            ? 20.0
-                                : c == ' '                       ? 0.2
-                                                                 : 1.0);
-                const uint8_t c = takes[std::discrete_distribution<size_t>(w.begin(), w.end())(rng)];
-                ASSERT_TRUE(r.push(c));
-                text += char(c);
-            }
-            if (!r.complete()) continue;
+            // the bytes of property names favoured, so that walks write required keys beside
+            // additional ones
+            const auto walked = byte_walk(**s, rng, 3000, [&](uint8_t c) { return name_bytes.count(c) ? 20.0 : 1.0; });
+            if (!walked) continue;
+            const std::string& text = *walked;
             ++whole;
             auto v = parse(text);
             ASSERT_TRUE(v.has_value()) << "schema " << si << ": " << text;
