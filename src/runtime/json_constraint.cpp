@@ -520,7 +520,9 @@ bool JsonConstraint::allows(int32_t token) const {
 }
 
 std::unique_ptr<JsonConstraint> JsonConstraint::clone() const {
-    auto c = std::unique_ptr<JsonConstraint>(new JsonConstraint(vocab_, after_token_, schema_));
+    // built without a schema (no recognizer made to be replaced), then given this one's state
+    auto c = std::make_unique<JsonConstraint>(vocab_, after_token_);
+    c->schema_ = schema_;
     c->active_ = active_;
     c->repeat_ = repeat_;
     c->close_ = close_;
