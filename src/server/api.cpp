@@ -133,15 +133,16 @@ std::optional<ApiError> compile_schema(const Json& schema, const std::string& pa
     return std::nullopt;
 }
 
-// The forced function's arguments follow its parameters' schema: what the constraint can enforce
-// of it, or all of it when the function is "strict" (else the request is refused, as OpenAI
-// refuses such strict schemas); a schema that does not compile at all leaves any JSON object.
 // A tool's function object when it is one with a name, else null.
 const Json* named_function(const Json& tool) {
     if (!tool.is_object() || !tool.contains("function") || !tool["function"].is_object()) return nullptr;
     const Json& f = tool["function"];
     return f.contains("name") && f["name"].is_string() ? &f : nullptr;
 }
+
+// The forced function's arguments follow its parameters' schema: what the constraint can enforce
+// of it, or all of it when the function is "strict" (else the request is refused, as OpenAI
+// refuses such strict schemas); a schema that does not compile at all leaves any JSON object.
 
 std::optional<ApiError> tool_schema(CompletionRequest* r) {
     for (const Json& t : r->tools) {
@@ -172,7 +173,7 @@ Json moved_schema(const Json& s, const std::string& at) {
     Json out = Json::object();
     for (const auto& [k, v] : s.items())
         out[k] = k == "$ref" && v.is_string() && v.get<std::string>().rfind('#', 0) == 0
-                     ? Json(at.empty() ? v.get<std::string>() : "#" + at + v.get<std::string>().substr(1))
+                     ? Json("#" + at + v.get<std::string>().substr(1))
                      : moved_schema(v, at);
     return out;
 }
