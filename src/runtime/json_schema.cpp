@@ -155,15 +155,16 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
 
     // `item` repeated lo to hi times (hi == k_many: no bound).
     std::string repeat(const std::string& item, uint32_t lo, uint32_t hi, const char* keyword) {
-        const uint32_t cap = cap_;
-        if (lo > cap) {
+        auto drop = [&] {
             unenforced(std::string(keyword) +
-                       (cap ? " counts above " + std::to_string(cap) : " (too many rules with them)"));
-            lo = cap;
+                       (cap_ ? " counts above " + std::to_string(cap_) : " (too many rules with them)"));
+        };
+        if (lo > cap_) {
+            drop();
+            lo = cap_;
         }
-        if (hi != k_many && hi - lo > cap) {
-            unenforced(std::string(keyword) +
-                       (cap ? " counts above " + std::to_string(cap) : " (too many rules with them)"));
+        if (hi != k_many && hi - lo > cap_) {
+            drop();
             hi = k_many;
         }
         const std::string x = "( " + item + " )";
