@@ -56,6 +56,7 @@ class GrammarParser {
             return Error{"grammar: no \"root\" rule (the rule the text must derive)"};
         g_->root_ = root->second;
         if (auto r = check_left_recursion(); !r) return r.error();
+        g_->find_chains();
         return std::shared_ptr<const Grammar>(std::move(g_));
     }
 
@@ -447,6 +448,51 @@ Result<std::shared_ptr<const Grammar>> Grammar::parse(const std::string& text) {
     return GrammarParser(text).run();
 }
 
+void Grammar::find_chains() {
+    chain_.assign(elements_.size(), 0);
+    // the class an item derives as one character: a class element, or a rule with an
+    // alternative of one class element (a JSON string's `char`); -1: none
+    auto single = [&](const Element& e) -> int32_t {
+        if (e.kind == Kind::chars) return e.arg;
+        if (e.kind != Kind::rule) return -1;
+        for (int32_t a : rules_[size_t(e.arg)])
+            if (elements_[size_t(a)].kind == Kind::chars && elements_[size_t(a) + 1].kind == Kind::end)
+                return elements_[size_t(a)].arg;
+        return -1;
+    };
+    // room[r]: characters rule r takes as a link (0: not a link; UINT32_MAX: being measured,
+    // so a rule that leads back to itself, x*'s, is not one); cls[r]: its class
+    std::vector<uint32_t> room(rules_.size(), 0);
+    std::vector<int32_t> cls(rules_.size(), -1);
+    std::vector<uint8_t> seen(rules_.size(), 0);
+    auto measure = [&](auto&& self, int32_t r) -> uint32_t {
+        if (seen[size_t(r)]) return room[size_t(r)] == UINT32_MAX ? 0 : room[size_t(r)];
+        seen[size_t(r)] = 1;
+        room[size_t(r)] = UINT32_MAX;
+        uint32_t got = 0;
+        const std::vector<int32_t>& alts = rules_[size_t(r)];
+        const size_t p = alts.empty() ? 0 : size_t(alts[0]);
+        const int32_t c = alts.size() == 2 && elements_[size_t(alts[1])].kind == Kind::end ? single(elements_[p]) : -1;
+        if (c >= 0) {
+            const Element& next = elements_[p + 1];
+            if (next.kind == Kind::end) {
+                got = 1;
+            } else if (next.kind == Kind::rule && elements_[p + 2].kind == Kind::end) {
+                const uint32_t inner = self(self, next.arg);
+                if (inner > 0 && cls[size_t(next.arg)] == c) got = inner + 1;
+            }
+        }
+        room[size_t(r)] = got;
+        if (got > 0) {
+            cls[size_t(r)] = c;
+            // a class item is read at p itself; a rule's one-class alternative with p + 1 below
+            chain_[elements_[p].kind == Kind::chars ? p : p + 1] = got;
+        }
+        return got;
+    };
+    for (size_t r = 0; r < rules_.size(); ++r) measure(measure, int32_t(r));
+}
+
 // ---------------------------------------------------------------- recognizing
 
 GrammarRecognizer::GrammarRecognizer(std::shared_ptr<const Grammar> g)
@@ -606,6 +652,43 @@ bool GrammarRecognizer::loops_except(uint64_t stops[2]) const {
                 break;
             }
     return true;
+}
+
+uint32_t GrammarRecognizer::chain_room(uint64_t stops[2]) const {
+    if (need_ != 0) return 0;
+    uint32_t best = 0;
+    const Grammar::CharClass* cls = nullptr;
+    for (int32_t t : tops_) {
+        if (t < 0) continue;
+        const Node& n = pool_->nodes[size_t(t)];
+        const size_t pos = size_t(n.pos);
+        // at a link's class element, or at a one-class alternative of the rule a link's item
+        // names (the link's next element below it)
+        uint32_t r = g_->chain_[pos];
+        if (r == 0 && g_->elements_[pos + 1].kind == Grammar::Kind::end && n.below >= 0) {
+            const size_t q = size_t(pool_->nodes[size_t(n.below)].pos);
+            const Grammar::Element& item = g_->elements_[q - 1];
+            if (g_->chain_[q] > 0 && item.kind == Grammar::Kind::rule) {
+                const std::vector<int32_t>& alts = g_->rules_[size_t(item.arg)];
+                if (std::find(alts.begin(), alts.end(), int32_t(pos)) != alts.end()) r = g_->chain_[q];
+            }
+        }
+        if (r <= best) continue;
+        const Grammar::CharClass& k = g_->classes_[size_t(g_->elements_[pos].arg)];
+        // a broad class, refusing some ASCII characters only (it takes most tokens, which a
+        // walk would read whole; where a class is narrow, a walk ends most tokens at their first
+        // byte)
+        bool broad = k.negated;
+        for (const auto& [lo, hi] : k.ranges) broad = broad && hi < 0x80;
+        if (!broad) continue;
+        best = r;
+        cls = &k;
+    }
+    if (!cls) return 0;
+    stops[0] = stops[1] = 0;
+    for (uint32_t c = 0; c < 0x80; ++c)
+        if (!cls->matches(c)) stops[c / 64] |= uint64_t(1) << (c % 64);
+    return best;
 }
 
 void GrammarRecognizer::signature(std::vector<int32_t>& out) const {

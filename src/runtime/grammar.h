@@ -48,10 +48,17 @@ class Grammar {
         bool meets(uint32_t lo, uint32_t hi) const;
     };
 
+    // Marks the optional tails of bounded repetitions of one character (x{m,n}'s links
+    // r_k ::= x r_(k+1) | "", x a class or a rule with an alternative of one class): chain_ at a
+    // link's class element (x a class) or at the element after its item (x a rule) holds how
+    // many characters the link still takes; 0 elsewhere.
+    void find_chains();
+
     std::vector<Element> elements_;            // alternatives, each ended by Kind::end
     std::vector<std::vector<int32_t>> rules_;  // [rule]: its alternatives' first elements
     std::vector<std::string> names_;           // [rule]
     std::vector<CharClass> classes_;
+    std::vector<uint32_t> chain_;  // [element]: see find_chains
     int32_t root_ = -1;
 };
 
@@ -73,6 +80,12 @@ class GrammarRecognizer {
     // sets in `stops` (bit c of stops[c / 64]): inside a repetition of a class such as
     // [^"\\]*, where a token of other characters is taken whole without reading it.
     bool loops_except(uint64_t stops[2]) const;
+    // Inside the optional tail of a bounded repetition of a class that refuses some ASCII
+    // characters only (such as [^"\\]{0,64}, or a JSON string's characters up to a maxLength):
+    // how many more characters a derivation takes there (0: elsewhere, or a narrower class), and
+    // in `stops` the characters the class refuses. A token of that many whole characters or
+    // fewer, none a stop, is taken without reading it.
+    uint32_t chain_room(uint64_t stops[2]) const;
     // The state as values alone (each stack's positions, the stacks in order, the character
     // being read): equal exactly when two recognizers take the same texts from here on.
     void signature(std::vector<int32_t>& out) const;

@@ -287,6 +287,7 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
     const int32_t n = tok.n_vocab();
     bytes_.resize(size_t(n));
     ascii_.assign(size_t(n), {0, 0, 1});
+    chars_.assign(size_t(n), 0);
     JsonRecognizer in_string;  // inside a key: '{' then '"'
     in_string.push('{');
     in_string.push('"');
@@ -304,11 +305,10 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
         for (char c : b) plain = plain && c != '"' && c != '\\' && r.push(uint8_t(c));
         plain = plain && r.in_plain_string();
         (plain ? plain_ : not_plain_.ids).push_back(id);
-        if (plain) {
-            size_t chars = 0;
-            for (char c : b) chars += (uint8_t(c) & 0xC0) != 0x80;
-            plain_chars_.push_back(uint16_t(std::min<size_t>(chars, 0xFFFF)));
-        }
+        size_t chars = 0;
+        for (char c : b) chars += (uint8_t(c) & 0xC0) != 0x80;
+        chars_[size_t(id)] = uint16_t(std::min<size_t>(chars, 0xFFFF));
+        if (plain) plain_chars_.push_back(chars_[size_t(id)]);
         all_.ids.push_back(id);
         ascii_[size_t(id)] = ascii_bytes(b);
         bytes_[size_t(id)] = std::move(b);
@@ -416,8 +416,8 @@ void JsonConstraint::mask_with(const R& r, std::vector<uint8_t>& allowed) const 
 }
 
 // The grammar's tokens from here (cached by state): the end tokens at a whole derivation, the
-// tokens a walk takes, and inside a class repetition the tokens of whole characters with no stop
-// byte without reading them.
+// tokens a walk takes, and inside a class repetition (x*, or a bounded one's tail: up to its
+// characters left) the tokens of whole characters with no stop byte without reading them.
 const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) const {
     thread_local std::vector<int32_t> state;
     grammar_->signature(state);
@@ -434,12 +434,14 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
     const size_t mark = grammar_->mark();
     if (grammar_->complete()) allow_end();
     uint64_t stops[2];
+    uint32_t room = 0;  // characters such a token may hold
+    if (grammar_->open()) room = grammar_->loops_except(stops) ? UINT32_MAX : grammar_->chain_room(stops);
     if (!grammar_->open()) {
         // a finished derivation: the end tokens only
-    } else if (grammar_->loops_except(stops)) {
-        // a token of whole characters, none of them a stop, leads back here; only the others are
-        // walked (in byte order, each sharing with the one before the least of the prefixes
-        // between them)
+    } else if (room > 0) {
+        // a token of whole characters, none of them a stop, up to `room` of them, is taken (x*:
+        // it leads back here); only the others are walked (in byte order, each sharing with the
+        // one before the least of the prefixes between them)
         thread_local JsonVocabulary::Sorted rest;
         rest.ids.clear();
         rest.shared.clear();
@@ -449,7 +451,8 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
             const int32_t id = all.ids[i];
             lcp = rest.ids.empty() ? 0 : std::min(lcp, all.shared[i]);
             const std::array<uint64_t, 3>& a = vocab_->ascii_[size_t(id)];
-            if ((a[0] & stops[0]) == 0 && (a[1] & stops[1]) == 0 && a[2] == 0) {
+            const uint16_t chars = vocab_->chars_[size_t(id)];
+            if ((a[0] & stops[0]) == 0 && (a[1] & stops[1]) == 0 && a[2] == 0 && chars <= room) {
                 if (id < n_vocab) allowed[size_t(id)] = 1;
                 continue;
             }

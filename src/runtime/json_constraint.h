@@ -106,6 +106,7 @@ class JsonVocabulary {
     Sorted not_plain_;                   // those that are not plain string bytes
     std::vector<int32_t> plain_;         // those that are
     std::vector<uint16_t> plain_chars_;  // [i]: plain_[i]'s characters
+    std::vector<uint16_t> chars_;        // by token id: its characters (UTF-8 lead bytes)
     std::vector<int32_t> end_tokens_;    // end-of-generation tokens
     // by token id: the ASCII bytes it holds (bit c of [c / 64]); [2] is 1 when its bytes are not
     // whole UTF-8 characters (so no set of characters takes it without reading)

@@ -107,6 +107,14 @@ std::vector<Case> cases() {
          "()[]",
          {"", "()", "([])[]", "[[()]]"}},
         {"free text", R"(root ::= [^\n]* "\n")", re("[^\n]*\n"), "ab \n", {"\n", "a b\n"}},
+        // bounded repetitions of a class: inside their tails a mask takes the tokens of few
+        // enough characters of the class without reading them
+        {"bounded string",
+         R"(root ::= "\"" [^"\\]{0,40} "\"")",
+         re("\"[^\"\\\\]{0,40}\""),
+         "ab \"\\",
+         {"\"\"", "\"a b\""}},
+        {"bounded word", R"(root ::= [a-z]{0,12} ("." | "!"))", re("[a-z]{0,12}[.!]"), "abz.!", {".", "abc!"}},
         {"json",
          k_json_gbnf,
          json_value,
@@ -231,6 +239,42 @@ TEST(Grammar, characters_past_ascii_are_read_whole) {
 // A grammar that keeps derivations apart for every character (here: how many of the a's still
 // wait for a b) is followed up to k_max_stacks derivations; the character past them is refused
 // and the recognizer stays where it was, still able to go on and to end.
+// Inside a bounded repetition's optional tail of a broad class (one that refuses a few ASCII
+// characters) the recognizer says how many characters of it a derivation still takes there, and
+// which characters the class refuses; the class may be an item's one-class alternative (a JSON
+// string's characters). Narrow classes say 0 (their tokens are walked).
+TEST(Grammar, bounded_repetitions_count_the_characters_left) {
+    auto g = Grammar::parse(R"(root ::= [^.<]{2,6} "." | "<" [^>]* ">")");
+    ASSERT_TRUE(g.ok());
+    uint64_t stops[2];
+    const std::vector<std::pair<std::string, uint32_t>> want = {{"", 0},      {"a", 0},      {"ab", 4}, {"a b", 3},
+                                                                {"abcde", 1}, {"abcdef", 0}, {"<", 0},  {"<ab", 0}};
+    for (const auto& [text, room] : want) {
+        GrammarRecognizer r(*g);
+        for (char c : text) ASSERT_TRUE(r.push(uint8_t(c))) << text;
+        EXPECT_EQ(r.chain_room(stops), room) << "after \"" << text << "\"";
+        if (room == 0) continue;
+        for (uint32_t c = 0; c < 0x80; ++c)
+            EXPECT_EQ((stops[c / 64] >> (c % 64)) & 1, c == '.' || c == '<' ? 1u : 0u) << c;
+    }
+    auto item = Grammar::parse(R"(root ::= "'" ch{0,3} "'"
+ch ::= [^'\\] | "\\" ["\\])");
+    ASSERT_TRUE(item.ok());
+    GrammarRecognizer r(*item);
+    ASSERT_TRUE(r.push('\''));
+    EXPECT_EQ(r.chain_room(stops), 3u);
+    ASSERT_TRUE(r.push('x'));
+    EXPECT_EQ(r.chain_room(stops), 2u);
+    EXPECT_EQ((stops[0] >> '\'') & 1, 1u);
+    EXPECT_EQ((stops[1] >> ('\\' - 64)) & 1, 1u);
+    EXPECT_EQ((stops[0] >> ' ') & 1, 0u);
+    ASSERT_TRUE(r.push('\\'));  // inside an escape: not the class
+    EXPECT_EQ(r.chain_room(stops), 0u);
+    auto narrow = Grammar::parse(R"(root ::= [a-z]{0,5} ".")");
+    ASSERT_TRUE(narrow.ok());
+    EXPECT_EQ(GrammarRecognizer(*narrow).chain_room(stops), 0u);
+}
+
 TEST(Grammar, derivations_past_the_limit_refuse_the_character) {
     auto g = Grammar::parse("root ::= \"a\" root \"b\" | \"a\" root | \"\"");
     ASSERT_TRUE(g.ok());
