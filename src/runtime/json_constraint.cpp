@@ -308,7 +308,6 @@ JsonVocabulary::JsonVocabulary(const Tokenizer& tok) : tok_(tok) {
         size_t chars = 0;
         for (char c : b) chars += (uint8_t(c) & 0xC0) != 0x80;
         chars_[size_t(id)] = uint16_t(std::min<size_t>(chars, 0xFFFF));
-        if (plain) plain_chars_.push_back(chars_[size_t(id)]);
         all_.ids.push_back(id);
         ascii_[size_t(id)] = ascii_bytes(b);
         bytes_[size_t(id)] = std::move(b);
@@ -408,7 +407,8 @@ void JsonConstraint::mask_with(const R& r, std::vector<uint8_t>& allowed) const 
     } else if (const uint32_t room = r.plain_room(); room > 0) {
         // most of a JSON text: only the tokens that are not plain string bytes need reading
         for (size_t i = 0; i < v.plain_.size(); ++i)
-            if (size_t(v.plain_[i]) < allowed.size() && v.plain_chars_[i] <= room) allowed[size_t(v.plain_[i])] = 1;
+            if (size_t(v.plain_[i]) < allowed.size() && v.chars_[size_t(v.plain_[i])] <= room)
+                allowed[size_t(v.plain_[i])] = 1;
         walk(r, v.not_plain_, allowed);
     } else {
         walk(r, v.all_, allowed);

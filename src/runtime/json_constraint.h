@@ -101,13 +101,12 @@ class JsonVocabulary {
     void sort(Sorted& s) const;
 
     const Tokenizer& tok_;
-    std::vector<std::string> bytes_;     // by token id (empty: never allowed as text)
-    Sorted all_;                         // the text tokens (normal and byte types)
-    Sorted not_plain_;                   // those that are not plain string bytes
-    std::vector<int32_t> plain_;         // those that are
-    std::vector<uint16_t> plain_chars_;  // [i]: plain_[i]'s characters
-    std::vector<uint16_t> chars_;        // by token id: its characters (UTF-8 lead bytes)
-    std::vector<int32_t> end_tokens_;    // end-of-generation tokens
+    std::vector<std::string> bytes_;   // by token id (empty: never allowed as text)
+    Sorted all_;                       // the text tokens (normal and byte types)
+    Sorted not_plain_;                 // those that are not plain string bytes
+    std::vector<int32_t> plain_;       // those that are
+    std::vector<uint16_t> chars_;      // by token id: its characters (UTF-8 lead bytes)
+    std::vector<int32_t> end_tokens_;  // end-of-generation tokens
     // by token id: the ASCII bytes it holds (bit c of [c / 64]); [2] is 1 when its bytes are not
     // whole UTF-8 characters (so no set of characters takes it without reading)
     std::vector<std::array<uint64_t, 3>> ascii_;
