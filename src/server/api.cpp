@@ -143,7 +143,6 @@ const Json* named_function(const Json& tool) {
 // The forced function's arguments follow its parameters' schema: what the constraint can enforce
 // of it, or all of it when the function is "strict" (else the request is refused, as OpenAI
 // refuses such strict schemas); a schema that does not compile at all leaves any JSON object.
-
 std::optional<ApiError> tool_schema(CompletionRequest* r) {
     for (const Json& t : r->tools) {
         const Json* fn = named_function(t);
