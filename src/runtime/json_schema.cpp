@@ -2,9 +2,11 @@
 
 #include <algorithm>
 #include <bitset>
+#include <cmath>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 
 namespace bigmoe {
@@ -72,8 +74,91 @@ const std::set<std::string> k_supported = {
     "items",    "prefixItems", "anyOf",     "oneOf",      "allOf",    "$ref",
     "minItems", "maxItems",    "minLength", "maxLength",
 };
+// Bounds: enforced on integers (SchemaCompiler::bounds).
+const char* const k_bounds[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+
+// Alternatives as one GBNF group.
+std::string any_of(const std::vector<std::string>& alts) {
+    if (alts.size() == 1) return alts[0];
+    std::string out;
+    for (const std::string& a : alts) out += (out.empty() ? "( " : " | ") + a;
+    return out + " )";
+}
+
+// GBNF for the decimal texts of the numbers from x to y, both written with as many digits: a
+// first digit they share, else the numbers from x to the end of its first digit, those of the
+// first digits between, and those from the start of y's first digit to y.
+std::string same_length(const std::string& x, const std::string& y) {
+    if (x.empty()) return "";
+    const size_t rest = x.size() - 1;
+    auto digit = [](char d) { return "\"" + std::string(1, d) + "\""; };
+    if (x[0] == y[0]) {
+        const std::string tail = same_length(x.substr(1), y.substr(1));
+        return tail.empty() ? digit(x[0]) : digit(x[0]) + " " + tail;
+    }
+    const bool from_start = x.find_first_not_of('0', 1) == std::string::npos;  // x0 00..0
+    const bool to_end = y.find_first_not_of('9', 1) == std::string::npos;      // y0 99..9
+    std::vector<std::string> alts;
+    if (!from_start) alts.push_back(digit(x[0]) + " " + same_length(x.substr(1), std::string(rest, '9')));
+    const char a = from_start ? x[0] : char(x[0] + 1), b = to_end ? y[0] : char(y[0] - 1);
+    if (a <= b) {
+        const std::string first = a == b ? digit(a) : "[" + std::string(1, a) + "-" + std::string(1, b) + "]";
+        alts.push_back(rest ? first + " [0-9]{" + std::to_string(rest) + "}" : first);
+    }
+    if (!to_end) alts.push_back(digit(y[0]) + " " + same_length(std::string(rest, '0'), y.substr(1)));
+    return any_of(alts);
+}
+
+// GBNF for the decimal texts (no leading zero) of the integers from a to b; b == UINT64_MAX: no end.
+std::string magnitudes(uint64_t a, uint64_t b) {
+    const std::string lo = std::to_string(a);
+    std::vector<std::string> alts;
+    if (b == UINT64_MAX) {
+        alts.push_back(same_length(lo, std::string(lo.size(), '9')));
+        alts.push_back("[1-9] [0-9]{" + std::to_string(lo.size()) + ",}");  // every longer one
+    } else {
+        const std::string hi = std::to_string(b);
+        for (size_t len = lo.size(); len <= hi.size(); ++len)
+            alts.push_back(same_length(len == lo.size() ? lo : "1" + std::string(len - 1, '0'),
+                                       len == hi.size() ? hi : std::string(len, '9')));
+    }
+    return any_of(alts);
+}
+
+// GBNF for the integers of a range as JSON writes them (never "-0", as SchemaRecognizer).
+std::string integers(const JsonSchema::IntRange& r) {
+    std::vector<std::string> alts;
+    if (!r.has_hi || r.hi >= 0)
+        alts.push_back(magnitudes(r.has_lo && r.lo > 0 ? uint64_t(r.lo) : 0, r.has_hi ? uint64_t(r.hi) : UINT64_MAX));
+    if (!r.has_lo || r.lo < 0)  // magnitudes -hi to -lo, written without overflow at INT64_MIN
+        alts.push_back("\"-\" " + magnitudes(r.has_hi && r.hi < 0 ? uint64_t(-(r.hi + 1)) + 1 : 1,
+                                             r.has_lo ? uint64_t(-(r.lo + 1)) + 1 : UINT64_MAX));
+    return any_of(alts);
+}
 
 }  // namespace
+
+bool JsonSchema::IntRange::holds(bool negative, uint64_t magnitude) const {
+    if (magnitude >= k_huge) return negative ? !has_lo : !has_hi;
+    const __int128 v = negative ? -__int128(magnitude) : __int128(magnitude);
+    return (!has_lo || v >= lo) && (!has_hi || v <= hi);
+}
+
+bool JsonSchema::IntRange::reaches(bool negative, uint64_t magnitude, uint32_t digits) const {
+    if (digits == 0) return !has_lo || lo <= -1;              // "-": -1 and below
+    if (magnitude == 0) return !negative && holds(false, 0);  // "0": nothing follows it
+    // Growing away from zero, the texts that begin with these digits are their value and the
+    // intervals [m 10^k, m 10^k + 10^k - 1] (k more digits), in that direction without end.
+    if (negative ? !has_lo : !has_hi) return true;
+    if (magnitude >= k_huge) return false;
+    const __int128 past = negative ? -__int128(lo) : __int128(hi);  // the largest magnitude taken
+    for (__int128 first = magnitude, span = 1; first <= past; first *= 10, span *= 10) {
+        const __int128 last = first + span - 1;
+        const __int128 a = negative ? -last : first, b = negative ? -first : last;
+        if ((!has_lo || b >= lo) && (!has_hi || a <= hi)) return true;
+    }
+    return false;
+}
 
 // Writes compiled schema nodes as a GBNF grammar whose root derives the schema's instances, in
 // the layout JsonSchema::grammar() describes: rule s<i> for node i, each value without the
@@ -199,7 +284,7 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
             if (n.types & JsonSchema::t_number)
                 alts.push_back("number");
             else if (n.types & JsonSchema::t_integer)
-                alts.push_back("integer");
+                alts.push_back(n.range.any() ? "integer" : integers(n.range));
             if (n.types & JsonSchema::t_boolean) alts.push_back("boolean");
             if (n.types & JsonSchema::t_null) alts.push_back("null");
         }
@@ -452,7 +537,9 @@ class SchemaCompiler {
         }
         if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
         for (const auto& [k, v] : s.items()) {
-            if (k_supported.count(k) || k_annotations.count(k)) continue;
+            if (k_supported.count(k) || k_annotations.count(k) ||
+                std::find(std::begin(k_bounds), std::end(k_bounds), k) != std::end(k_bounds))
+                continue;
             if (lenient_) {
                 s_.ignored_.push_back(where + ": " + k);
                 continue;
@@ -460,7 +547,8 @@ class SchemaCompiler {
             return bad(where, "the keyword \"" + k +
                                   "\" is not supported (supported: type, properties, required, "
                                   "additionalProperties, items, prefixItems, minItems, maxItems, minLength, "
-                                  "maxLength, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
+                                  "maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum of "
+                                  "integers, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
         }
         Node n;
         // enum / const: the value is one of these texts
@@ -477,6 +565,14 @@ class SchemaCompiler {
                     return bad(where, "const is not among enum");
                 lits = {c};
             }
+            // bounds beside them keep the numbers within
+            lits.erase(std::remove_if(lits.begin(), lits.end(),
+                                      [&](const std::string& t) {
+                                          const Json v = Json::parse(t);
+                                          return v.is_number() && !within_bounds(s, v);
+                                      }),
+                       lits.end());
+            if (lits.empty()) return bad(where, "no enum value lies within its minimum / maximum");
             std::sort(lits.begin(), lits.end());
             lits.erase(std::unique(lits.begin(), lits.end()), lits.end());
             if (lits.size() > 0xFFFE) return bad(where, "more than 65534 enum values");
@@ -557,6 +653,7 @@ class SchemaCompiler {
             if (auto r = count(k, out); !r) return r.error();
         if (n.min_items > n.max_items) return bad(where, "minItems is above maxItems");
         if (n.min_length > n.max_length) return bad(where, "minLength is above maxLength");
+        if (auto r = bounds(s, n, where); !r) return r.error();
         // objects
         std::vector<std::pair<std::string, int32_t>> props;
         if (s.contains("properties")) {
@@ -643,9 +740,90 @@ class SchemaCompiler {
         if (n.min_items > n.max_items) return bad(where, "minItems is above the items that may be given");
         n.any = n.types == JsonSchema::t_all && n.keys.empty() && n.additional == JsonSchema::k_any &&
                 n.prefix.empty() && n.items == JsonSchema::k_any && n.min_items == 0 && n.max_items == UINT32_MAX &&
-                n.min_length == 0 && n.max_length == UINT32_MAX;
+                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any();
         n.compiled = true;
         s_.nodes_[size_t(i)] = std::move(n);
+        return true;
+    }
+
+    // The least integer >= v (> v when exclusive), or for an upper bound the greatest <= v (< v);
+    // nullopt beyond the 64-bit integers. (long double holds every 64-bit integer exactly.)
+    static std::optional<int64_t> integer_bound(const Json& v, bool upper, bool exclusive) {
+        long double x = v.is_number_unsigned()  ? static_cast<long double>(v.get<uint64_t>())
+                        : v.is_number_integer() ? static_cast<long double>(v.get<int64_t>())
+                                                : static_cast<long double>(v.get<double>());
+        if (!std::isfinite(x)) return std::nullopt;
+        x = upper ? (exclusive ? std::ceil(x) - 1 : std::floor(x)) : (exclusive ? std::floor(x) + 1 : std::ceil(x));
+        if (x < -9223372036854775808.0L || x > 9223372036854775807.0L) return std::nullopt;
+        return static_cast<int64_t>(x);
+    }
+
+    // Whether number v meets the bounds schema s gives (any that are numbers).
+    static bool within_bounds(const Json& s, const Json& v) {
+        auto num = [](const Json& j) {
+            return j.is_number_unsigned()  ? static_cast<long double>(j.get<uint64_t>())
+                   : j.is_number_integer() ? static_cast<long double>(j.get<int64_t>())
+                                           : static_cast<long double>(j.get<double>());
+        };
+        auto flag = [&](const char* k) { return s.contains(k) && s[k].is_boolean() && s[k].get<bool>(); };
+        auto bound = [&](const char* k, long double* b) {
+            if (!s.contains(k) || !s[k].is_number()) return false;
+            *b = num(s[k]);
+            return true;
+        };
+        const long double x = num(v);
+        long double b;
+        if (bound("minimum", &b) && (x < b || (x == b && flag("exclusiveMinimum")))) return false;
+        if (bound("maximum", &b) && (x > b || (x == b && flag("exclusiveMaximum")))) return false;
+        if (bound("exclusiveMinimum", &b) && x <= b) return false;
+        return !(bound("exclusiveMaximum", &b) && x >= b);
+    }
+
+    // minimum / maximum / exclusiveMinimum / exclusiveMaximum (draft 4's boolean forms too) into
+    // n.range where the node's numbers are integers. On numbers that may have a fraction the
+    // reader cannot follow them (refused, or skipped when lenient); a node that takes no number
+    // has nothing for them to say.
+    Result<bool> bounds(const Json& s, Node& n, const std::string& where) {
+        bool given = false;
+        for (const char* k : k_bounds) {
+            if (!s.contains(k)) continue;
+            const bool draft4 = k[0] == 'e' && s[k].is_boolean();
+            if (!s[k].is_number() && !draft4) return bad(where, std::string(k) + " must be a number");
+            given = given || !draft4;
+        }
+        if (!given || !(n.types & (JsonSchema::t_number | JsonSchema::t_integer))) return true;
+        auto skip = [&](const std::string& k, const std::string& why) -> Result<bool> {
+            if (!lenient_) return bad(where, "\"" + k + "\" " + why);
+            s_.ignored_.push_back(where + ": " + k);
+            return true;
+        };
+        auto flag = [&](const char* k) { return s.contains(k) && s[k].is_boolean() && s[k].get<bool>(); };
+        JsonSchema::IntRange& r = n.range;
+        for (const char* k : k_bounds) {
+            if (!s.contains(k) || s[k].is_boolean()) continue;
+            if (n.types & JsonSchema::t_number) {
+                if (auto e = skip(k, "is enforced on integers only (\"type\": \"integer\")"); !e) return e;
+                continue;
+            }
+            const std::string key = k;
+            const bool upper = key == "maximum" || key == "exclusiveMaximum";
+            const bool exclusive = key[0] == 'e' || (key == "minimum" && flag("exclusiveMinimum")) ||
+                                   (key == "maximum" && flag("exclusiveMaximum"));
+            const std::optional<int64_t> x = integer_bound(s[k], upper, exclusive);
+            if (!x) {
+                if (auto e = skip(k, "lies beyond the 64-bit integers"); !e) return e;
+                continue;
+            }
+            if (upper && (!r.has_hi || *x < r.hi)) {
+                r.hi = *x;
+                r.has_hi = true;
+            }
+            if (!upper && (!r.has_lo || *x > r.lo)) {
+                r.lo = *x;
+                r.has_lo = true;
+            }
+        }
+        if (r.has_lo && r.has_hi && r.lo > r.hi) return bad(where, "no integer lies between its minimum and maximum");
         return true;
     }
 
@@ -668,7 +846,8 @@ class SchemaCompiler {
         auto types_only = [&](const Node& m) {
             return m.literals.empty() && m.alternatives.empty() && m.keys.empty() &&
                    m.additional == JsonSchema::k_any && m.prefix.empty() && m.items == JsonSchema::k_any &&
-                   m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX;
+                   m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX &&
+                   m.range.any();
         };
         for (size_t a = 0; a < out.size(); ++a) {
             for (size_t b = a + 1; b < out.size(); ++b) {
@@ -839,6 +1018,13 @@ bool SchemaRecognizer::begin(int32_t index, uint8_t c, uint8_t depth) {
         if ((f.kind == Kind::object && n->need_object > room) || (f.kind == Kind::array && n->need_array > room))
             return false;
         f.integer = number && !(n->types & JsonSchema::t_number);
+        if (f.integer && !n->range.any()) {  // a bounded integer's sign or first digit
+            const bool negative = c == '-';
+            f.lo = negative;
+            f.seen = negative ? 0 : uint64_t(c - '0');
+            f.count = negative ? 0 : 1;
+            if (!n->range.reaches(negative, f.seen, f.count)) return false;
+        }
     }
     ++n_;
     return true;
@@ -900,8 +1086,12 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
     };
     switch (f.kind) {
         case Kind::number:
-            if (number_ended) return end_then_parent();
-            return !(f.integer && (c == '.' || c == 'e' || c == 'E'));
+            if (number_ended) return (!f.integer || n.range.holds(f.lo, f.seen)) && end_then_parent();
+            if (f.integer && (c == '.' || c == 'e' || c == 'E')) return false;
+            if (!f.integer || n.range.any()) return true;
+            f.seen = JsonSchema::IntRange::append(f.seen, uint32_t(c - '0'));  // a digit
+            f.count = uint16_t(std::min(f.count + 1, 0xFFFF));
+            return n.range.reaches(f.lo, f.seen, f.count);
         case Kind::any:
             if (f.number) return number_ended ? end_then_parent() : true;
             if (ended(f)) --n_;

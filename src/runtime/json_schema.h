@@ -4,11 +4,12 @@
 //
 // JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
 // byte without ever reaching a dead end: types, properties / required / additionalProperties,
-// items / prefixItems / minItems / maxItems, minLength / maxLength, enum / const, anyOf / oneOf,
-// allOf of one schema, and local $ref (also recursive). Annotations (title, description, default, format, ...) are
-// ignored; any other assertion keyword is refused by name, unless the caller asks for a lenient compile (then it is
-// skipped and listed, for the caller to report). An object
-// schema that lists properties takes no other keys unless additionalProperties allows them.
+// items / prefixItems / minItems / maxItems, minLength / maxLength, minimum / maximum /
+// exclusiveMinimum / exclusiveMaximum of integers, enum / const, anyOf / oneOf, allOf of one
+// schema, and local $ref (also recursive). Annotations (title, description, default, format,
+// ...) are ignored; any other assertion keyword is refused by name, unless the caller asks for a
+// lenient compile (then it is skipped and listed, for the caller to report). An object schema
+// that lists properties takes no other keys unless additionalProperties allows them.
 //
 // SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
 // first byte that no instance of the schema could continue with. It decides each anyOf by the
@@ -44,6 +45,26 @@ class JsonSchema {
     // and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
     const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
     static constexpr uint32_t k_grammar_counts = 256;
+
+    // The integers a node takes: [lo, hi], each side bounded or not. Texts are read by their
+    // sign and magnitude, the magnitude saturating at k_huge (past every bound, as bounds are
+    // 64-bit integers).
+    struct IntRange {
+        static constexpr uint64_t k_huge = 10000000000000000000ull;  // 10^19
+        bool has_lo = false, has_hi = false;
+        int64_t lo = 0, hi = 0;
+        bool any() const { return !has_lo && !has_hi; }
+        // Whether the integer written (`magnitude`, after a '-' when `negative`) is in the range.
+        bool holds(bool negative, uint64_t magnitude) const;
+        // Whether some integer whose text begins with these `digits` digits (none yet: the sign
+        // alone) is in the range, the text as it stands or with more digits. A range refuses
+        // "-0" (nothing may follow "-0" either), so "-" leads to -1 and below.
+        bool reaches(bool negative, uint64_t magnitude, uint32_t digits) const;
+        // The magnitude with digit d appended, saturating at k_huge.
+        static uint64_t append(uint64_t magnitude, uint32_t d) {
+            return magnitude > (k_huge - 1 - d) / 10 ? k_huge : magnitude * 10 + d;
+        }
+    };
 
   private:
     friend class SchemaRecognizer;
@@ -81,6 +102,8 @@ class JsonSchema {
         uint32_t min_items = 0, max_items = UINT32_MAX;
         // strings: characters (code points; an escape is one)
         uint32_t min_length = 0, max_length = UINT32_MAX;
+        // integers (types that take no fraction): minimum / maximum and their exclusive forms
+        IntRange range;
         bool compiled = false;  // false while its own definition is being read ($ref cycles)
         // Frames (SchemaRecognizer::k_max_frames) the shallowest object / array instance takes,
         // its required members' included; k_deep when it has none or none that fits.
@@ -119,10 +142,12 @@ class SchemaRecognizer {
   private:
     enum class Kind : uint8_t { object, array, string, number, word, literal, any };
     struct Frame {
-        uint64_t seen;    // object: bit i once keys[i] was written
+        uint64_t seen;    // object: bit i once keys[i] was written; number: its magnitude so far
         int32_t node;     // its schema node
-        uint16_t count;   // array: items; string: characters; literal / key: bytes matched
-        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts
+        uint16_t count;   // array: items; string: characters; literal / key: bytes matched;
+                          // number: digits
+        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts;
+                          // number with a range: lo 1 after a '-'
         uint16_t key;     // object: the property whose value comes next (k_other: an additional one)
         uint8_t base;     // the syntax's depth where the value began
         Kind kind;

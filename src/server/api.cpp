@@ -326,9 +326,11 @@ std::optional<ApiError> parse_completion(const std::string& body, bool chat, boo
             r.tools = j["tools"];
         }
         if (auto e = tool_choice(j, &r)) return e;
-        // "auto": calls the model opens follow the tools' schemas (strict or not: the model chose)
+        // "auto": calls the model opens follow the tools' schemas; a strict function whose
+        // parameters cannot be enforced is refused here too (as OpenAI checks strict schemas
+        // whatever tool_choice says)
         if (!r.tool_required && r.tools.is_array() && !r.tools.empty())
-            if (auto e = tools_schema(r.tools, false, &r.tool_call_schema)) return e;
+            if (auto e = tools_schema(r.tools, true, &r.tool_call_schema)) return e;
         if (j.contains("chat_template_kwargs")) {
             const auto& k = j["chat_template_kwargs"];
             if (!k.is_object()) return bad("'chat_template_kwargs' must be an object", "chat_template_kwargs");

@@ -12,6 +12,7 @@
 #include <optional>
 #include <random>
 #include <set>
+#include <tuple>
 
 #include "mask_check.h"
 #include "runtime/grammar.h"
@@ -102,6 +103,20 @@ class Validator {
                 }
             }
         }
+        if (v.is_number()) {  // small values in these tests: doubles compare them exactly
+            const double x = v.get<double>();
+            auto bound = [&](const char* k, double* b) {
+                if (!s.contains(k) || !s[k].is_number()) return false;
+                *b = s[k].get<double>();
+                return true;
+            };
+            auto draft4 = [&](const char* k) { return s.contains(k) && s[k].is_boolean() && s[k].get<bool>(); };
+            double b;
+            if (bound("minimum", &b) && (x < b || (x == b && draft4("exclusiveMinimum")))) return false;
+            if (bound("maximum", &b) && (x > b || (x == b && draft4("exclusiveMaximum")))) return false;
+            if (bound("exclusiveMinimum", &b) && x <= b) return false;
+            if (bound("exclusiveMaximum", &b) && x >= b) return false;
+        }
         if (v.is_string()) {
             const std::string& str = v.get_ref<const std::string&>();
             size_t chars = 0;
@@ -174,7 +189,7 @@ std::vector<Json> test_schemas() {
                 "properties": {"zone": {"type": "string"}, "utc": {"type": "boolean"}}, "additionalProperties": false}},
              "required": ["name", "arguments"], "additionalProperties": false},
             {"type": "object", "properties": {"name": {"const": "get_weather_history"}, "arguments": {"type": "object",
-                "properties": {"days": {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
+                "properties": {"days": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": 31}, {"type": "string"}],
                     "items": {"type": "boolean"}, "minItems": 1, "maxItems": 4}},
                 "required": ["days"], "additionalProperties": false}},
              "required": ["name", "arguments"], "additionalProperties": false}]})"),
@@ -183,8 +198,8 @@ std::vector<Json> test_schemas() {
             "shapes": {"type": "array", "maxItems": 3, "items": {"oneOf": [
                 {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "number"}},
                  "required": ["kind", "r"], "additionalProperties": false},
-                {"type": "object", "properties": {"kind": {"const": "rect"}, "w": {"type": "integer"},
-                    "h": {"type": "integer"}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
+                {"type": "object", "properties": {"kind": {"const": "rect"}, "w": {"type": "integer", "exclusiveMinimum": 0},
+                    "h": {"type": "integer", "minimum": -40, "maximum": 125}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
                  "required": ["kind", "w", "h"], "additionalProperties": false}]}},
             "meta": {"anyOf": [
                 {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "c": {"type": "null"}},
@@ -321,7 +336,14 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
         }
         return str;
     }
-    if (type == "integer") return int64_t(rng() % 2000) - 1000;
+    if (type == "integer") {  // within its bounds (the schemas here give integers)
+        int64_t lo = -1000, hi = 1000;
+        if (s.contains("minimum")) lo = std::max(lo, s["minimum"].get<int64_t>());
+        if (s.contains("exclusiveMinimum")) lo = std::max(lo, s["exclusiveMinimum"].get<int64_t>() + 1);
+        if (s.contains("maximum")) hi = std::min(hi, s["maximum"].get<int64_t>());
+        if (s.contains("exclusiveMaximum")) hi = std::min(hi, s["exclusiveMaximum"].get<int64_t>() - 1);
+        return lo + int64_t(rng() % uint64_t(hi - lo + 1));
+    }
     if (type == "number") return rng() % 2 ? OJson(double(int(rng() % 2000) - 1000) / 8) : OJson(int(rng() % 50));
     if (type == "boolean") return rng() % 2 == 0;
     return nullptr;
@@ -330,7 +352,12 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
 TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
     const std::vector<std::pair<const char*, const char*>> cases = {
         {R"({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}})", "\"pattern\""},
-        {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 0}}})", "\"minimum\""},
+        {R"({"type": "object", "properties": {"a": {"type": "number", "minimum": 0}}})", "\"minimum\""},
+        {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 2}}})", "no integer"},
+        {R"({"type": "object", "properties": {"a": {"type": "integer", "exclusiveMinimum": 2, "maximum": 2.5}}})",
+         "no integer"},
+        {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": "1"}}})", "must be a number"},
+        {R"({"type": "object", "properties": {"a": {"type": "integer", "maximum": 1e30}}})", "64-bit"},
         {R"({"type": "string"})", "must describe a JSON object"},
         {R"({"type": ["object", "null"]})", "must describe a JSON object"},
         {R"({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}})", "names nothing"},
@@ -355,7 +382,7 @@ TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
     auto lenient = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {
         "a": {"type": "string", "pattern": "^x", "maxLength": 2},
         "b": {"anyOf": [{"type": "object", "properties": {"x": {}}}, {"type": "object", "properties": {"y": {}}}]},
-        "c": {"type": "integer", "minimum": 0}}, "required": ["c"]})"),
+        "c": {"type": "number", "minimum": 0}}, "required": ["c"]})"),
                                        true);
     ASSERT_TRUE(lenient.ok()) << lenient.error().message;
     const std::vector<std::string> skipped = {"#/properties/a: pattern", "#/properties/c: minimum"};
@@ -522,6 +549,125 @@ TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     EXPECT_EQ(read_text(**free, R"({"a":[1,{"b":null}],"":"x"})"), -1);
 }
 
+// Integer bounds, read by SchemaRecognizer and by a grammar (the same property in an anyOf whose
+// members begin alike): every number text of up to 4 bytes is taken as a prefix exactly when
+// some integer in the range begins with it, and whole exactly when it is one; near the 64-bit
+// ends, the ends themselves and the texts past them.
+TEST(JsonSchema, integer_bounds_take_exactly_the_integers_between) {
+    using Bound = std::optional<int64_t>;
+    struct Case {
+        Json bounds;
+        Bound lo, hi;
+    };
+    std::vector<Case> cases = {
+        {{{"minimum", 0}}, 0, {}},
+        {{{"minimum", 1}, {"maximum", 31}}, 1, 31},
+        {{{"minimum", -40}, {"maximum", 125}}, -40, 125},
+        {{{"exclusiveMinimum", 0}}, 1, {}},
+        {{{"maximum", -7}}, {}, -7},
+        {{{"exclusiveMaximum", 100}}, {}, 99},
+        {{{"minimum", 95}, {"maximum", 105}}, 95, 105},
+        {{{"minimum", 7}, {"maximum", 7}}, 7, 7},
+        {{{"minimum", 0}, {"maximum", 0}}, 0, 0},
+        {{{"minimum", -1.5}, {"maximum", 19.9}}, -1, 19},
+        {{{"exclusiveMinimum", -1.5}, {"exclusiveMaximum", 20}}, -1, 19},
+        {{{"minimum", 10}, {"exclusiveMinimum", true}, {"maximum", 20}, {"exclusiveMaximum", true}}, 11, 19},
+        {{{"minimum", 300}, {"maximum", 5000}}, 300, 5000},
+        {{{"minimum", -999}, {"maximum", -10}}, -999, -10},
+        {{{"minimum", 5}, {"exclusiveMinimum", 8}}, 9, {}},  // the tighter of two
+    };
+    std::mt19937 rng(testing::fresh_seed());
+    for (int i = 0; i < 12; ++i) {
+        const int64_t lo = int64_t(rng() % 601) - 300, hi = lo + int64_t(rng() % 2000);
+        Case c{Json::object(), {}, {}};
+        if (i % 3 != 1) {
+            c.bounds["minimum"] = lo;
+            c.lo = lo;
+        }
+        if (i % 3 != 2) {
+            c.bounds["maximum"] = hi;
+            c.hi = hi;
+        }
+        cases.push_back(c);
+    }
+    // the number texts of up to 4 bytes: a sign or not, then digits
+    std::vector<std::string> texts = {"-"}, digits = {""};
+    for (size_t i = 0; i < digits.size(); ++i)
+        if (digits[i].size() < 4)
+            for (char d = '0'; d <= '9'; ++d) {
+                digits.push_back(digits[i] + d);
+                texts.push_back(digits.back());
+                if (digits.back().size() < 4) texts.push_back("-" + digits.back());
+            }
+    auto integer = [](const Json& bounds) {
+        Json v = {{"type", "integer"}};
+        v.update(bounds);
+        return v;
+    };
+    for (const Case& c : cases) {
+        SCOPED_TRACE(c.bounds.dump());
+        const Json value = integer(c.bounds);
+        const Json plain = {{"type", "object"}, {"properties", {{"v", value}}}, {"required", {"v"}}};
+        const Json alike = {{"anyOf", {plain, {{"type", "object"}, {"properties", {{"w", {{"type", "null"}}}}}}}}};
+        auto a = JsonSchema::compile(plain), b = JsonSchema::compile(alike);
+        ASSERT_TRUE(a.ok()) << a.error().message;
+        ASSERT_TRUE(b.ok()) << b.error().message;
+        ASSERT_FALSE((*a)->grammar());
+        ASSERT_TRUE((*b)->grammar());
+        // the reference: the texts of the integers in range (a window of them where a side is open)
+        std::set<std::string> whole, prefixes;
+        for (int64_t v = c.lo.value_or(-100000); v <= c.hi.value_or(100000); ++v) {
+            const std::string t = std::to_string(v);
+            if (t.size() <= 4) whole.insert(t);
+            for (size_t k = 1; k <= std::min<size_t>(4, t.size()); ++k) prefixes.insert(t.substr(0, k));
+        }
+        for (const auto* s : {a->get(), b->get()}) {
+            for (const std::string& t : texts) {
+                const ptrdiff_t at = read_text(*s, "{\"v\":" + t);
+                EXPECT_EQ(at == ptrdiff_t(t.size()) + 5, prefixes.count(t) == 1) << t;
+                EXPECT_EQ(read_text(*s, "{\"v\":" + t + "}") == -1, whole.count(t) == 1) << t;
+            }
+        }
+    }
+    // enum values beside bounds: the numbers outside them are left out
+    auto e = JsonSchema::compile(Json::parse(
+        R"({"type": "object", "properties": {"v": {"enum": [1, 2.5, 7, "x", 12], "minimum": 2, "exclusiveMaximum": 12}}})"));
+    ASSERT_TRUE(e.ok()) << e.error().message;
+    for (const char* v : {"2.5", "7", "\"x\""}) EXPECT_EQ(read_text(**e, std::string("{\"v\":") + v + "}"), -1) << v;
+    for (const char* v : {"1", "12"}) EXPECT_GE(read_text(**e, std::string("{\"v\":") + v + "}"), 0) << v;
+    auto none = JsonSchema::compile(Json::parse(R"({"properties": {"v": {"enum": [1, 2], "minimum": 3}}})"));
+    ASSERT_FALSE(none.ok());
+    EXPECT_NE(none.error().message.find("no enum value"), std::string::npos) << none.error().message;
+    // the 64-bit ends, and magnitudes past every bound where a side is open
+    const int64_t top = INT64_MAX, bottom = INT64_MIN;
+    const std::vector<std::tuple<Json, const char*, bool>> ends = {
+        {{{"maximum", top}}, "9223372036854775807", true},
+        {{{"maximum", top}}, "9223372036854775808", false},
+        {{{"maximum", top}}, "-99999999999999999999999", true},
+        {{{"minimum", bottom}}, "-9223372036854775808", true},
+        {{{"minimum", bottom}}, "-9223372036854775809", false},
+        {{{"minimum", bottom}}, "99999999999999999999999", true},
+        {{{"minimum", top - 1}, {"maximum", top}}, "9223372036854775806", true},
+        {{{"minimum", top - 1}, {"maximum", top}}, "9223372036854775805", false},
+        {{{"minimum", top - 1}, {"maximum", top}}, "922337203685477580", false},
+        {{{"minimum", bottom}, {"maximum", bottom + 1}}, "-9223372036854775807", true},
+        {{{"minimum", 0}}, "123456789012345678901234567890", true},
+        {{{"maximum", 0}}, "-123456789012345678901234567890", true},
+        {{{"maximum", 0}}, "-0", false},
+        {{{"minimum", -5}}, "-0", false},
+    };
+    for (const auto& [bounds, text, in] : ends) {
+        const Json value = integer(bounds);
+        const Json plain = {{"type", "object"}, {"properties", {{"v", value}}}, {"required", {"v"}}};
+        const Json alike = {{"anyOf", {plain, {{"type", "object"}, {"properties", {{"w", {{"type", "null"}}}}}}}}};
+        for (const Json& schema : {plain, alike}) {
+            auto s = JsonSchema::compile(schema);
+            ASSERT_TRUE(s.ok()) << s.error().message;
+            EXPECT_EQ(read_text(**s, "{\"v\":" + std::string(text) + "}") == -1, in) << bounds.dump() << " " << text;
+        }
+    }
+}
+
 // A random byte walk under s: some byte is taken at every step (else a failure: a dead end),
 // closing bytes favoured more and more as it goes (so walks end), spaces seldom, the other bytes
 // by `weight`. The text when it is a whole instance within max_steps bytes.
@@ -586,8 +732,30 @@ Json random_schema(std::mt19937& rng, int depth) {
             }
             return str;
         }
-        case 1:
-            return {{"type", pick(2) ? "integer" : "number"}};
+        case 1: {
+            if (pick(2)) return {{"type", "number"}};
+            Json i = {{"type", "integer"}};
+            const int lo = pick(400) - 200;
+            switch (pick(5)) {
+                case 0:
+                    i["minimum"] = lo;
+                    break;
+                case 1:
+                    i["maximum"] = lo;
+                    break;
+                case 2:
+                    i["minimum"] = lo;
+                    i["maximum"] = lo + pick(300);
+                    break;
+                case 3:
+                    i["exclusiveMinimum"] = lo;
+                    i["exclusiveMaximum"] = lo + 2 + pick(50);
+                    break;
+                default:
+                    break;
+            }
+            return i;
+        }
         case 2: {
             const Json all = Json::array({"a", "ab", 1, nullptr, true, Json::array({1}), Json{{"k", 2}}});
             Json e = Json::array();

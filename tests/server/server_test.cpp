@@ -371,7 +371,7 @@ TEST_F(Serve, json_schema_answers_are_instances) {
                          {"properties",
                           {{"city", {{"type", "string"}, {"maxLength", 12}}},
                            {"unit", {{"enum", {"celsius", "fahrenheit"}}}},
-                           {"days", {{"type", "integer"}}}}},
+                           {"days", {{"type", "integer"}, {"minimum", 1}, {"maximum", 16}}}}},
                          {"required", {"city", "unit"}},
                          {"additionalProperties", false}};
     auto compiled = JsonSchema::compile(nlohmann::json(schema));
@@ -385,6 +385,9 @@ TEST_F(Serve, json_schema_answers_are_instances) {
             ASSERT_TRUE(v.is_object()) << text;
             EXPECT_TRUE(v["unit"] == "celsius" || v["unit"] == "fahrenheit") << text;
             EXPECT_TRUE(v["city"].is_string()) << text;
+            if (v.contains("days")) {
+                EXPECT_TRUE(v["days"].is_number_integer() && v["days"] >= 1 && v["days"] <= 16) << text;
+            }
         }
     };
     int whole = 0;
@@ -421,9 +424,9 @@ TEST_F(Serve, json_schema_answers_are_instances) {
                                             {"json_schema", schema},
                                             {"logit_bias", closing}});
     check(llama["content"], llama["choices"][0]["finish_reason"] == "stop");
-    {  // not strict: what can be enforced is, the rest (a minimum here) is skipped
+    {  // not strict: what can be enforced is, the rest (a pattern here) is skipped
         Json loose = schema;
-        loose["properties"]["days"]["minimum"] = 1;
+        loose["properties"]["city"]["pattern"] = "^P";
         Json body = chat_body("What is the weather in Paris?", 120);
         body["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "w"}, {"schema", loose}}}};
         body["logit_bias"] = closing;
@@ -842,8 +845,18 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
                    {{"name", "f"},
                     {"strict", true},
                     {"parameters",
-                     {{"type", "object"}, {"properties", {{"n", {{"type", "integer"}, {"minimum", 1}}}}}}}}}}}},
+                     {{"type", "object"}, {"properties", {{"n", {{"type", "number"}, {"minimum", 1}}}}}}}}}}}},
                {"tool_choice", "required"}}),
+         400},
+        {"strict tool whose schema is not enforced, tool_choice auto", "POST", "/v1/chat/completions",
+         chat({{"messages", ok_msgs},
+               {"tools",
+                {{{"type", "function"},
+                  {"function",
+                   {{"name", "f"},
+                    {"strict", true},
+                    {"parameters",
+                     {{"type", "object"}, {"properties", {{"s", {{"type", "string"}, {"pattern", "^a"}}}}}}}}}}}}}),
          400},
         {"tool_choice required without tools", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"tool_choice", "required"}}), 400},
