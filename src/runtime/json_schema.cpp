@@ -179,6 +179,7 @@ class SchemaGrammar {
         }
         if (!error_.empty()) return Error{error_};
         out_ += k_base;
+        for (JsonSchema::Format f : formats_) out_ += k_formats[f];
         auto g = Grammar::parse(out_);
         if (!g) return Error{"the schema is too large to read as a grammar (" + g.error().message + ")"};
         return *g;
@@ -197,6 +198,27 @@ boolean ::= "true" | "false"
 null ::= "null"
 ws ::= ( " " | "\n" [ \t]{0,20} )?
 )";
+
+    // The string formats' rules (RFC 3339's full-date, full-time and date-time; RFC 4122's
+    // UUID), indexed by JsonSchema::Format; format_rule names them.
+    static constexpr const char* k_formats[] = {
+        "",
+        "fmt-date ::= [0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )\n",
+        "fmt-time ::= ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" ( [0-5] [0-9] | \"60\" ) ( \".\" [0-9]{1,9} "
+        ")? "
+        "( [zZ] | [+-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )\n",
+        "fmt-date-time ::= fmt-date [tT] fmt-time\n",
+        "fmt-uuid ::= [0-9a-fA-F]{8} ( \"-\" [0-9a-fA-F]{4} ){3} \"-\" [0-9a-fA-F]{12}\n",
+    };
+    std::string format_rule(JsonSchema::Format f) {
+        formats_.insert(f);
+        if (f == JsonSchema::f_date_time) {
+            formats_.insert(JsonSchema::f_date);
+            formats_.insert(JsonSchema::f_time);
+        }
+        static const char* const names[] = {"", "fmt-date", "fmt-time", "fmt-date-time", "fmt-uuid"};
+        return names[f];
+    }
 
     // The rule that derives node i's values (queued to be written once).
     std::string rule(int32_t i) {
@@ -274,7 +296,9 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
         } else {
             if (n.types & JsonSchema::t_object) alts.push_back(object(n, name));
             if (n.types & JsonSchema::t_array) alts.push_back(array(n));
-            if (n.types & JsonSchema::t_string)
+            if (n.types & JsonSchema::t_string && n.format != JsonSchema::f_none)
+                alts.push_back("\"\\\"\" " + format_rule(n.format) + " \"\\\"\"");
+            else if (n.types & JsonSchema::t_string)
                 alts.push_back(n.min_length == 0 && n.max_length == UINT32_MAX
                                    ? "string"
                                    : then(then("\"\\\"\"", repeat("char", n.min_length,
@@ -355,6 +379,7 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
     const uint32_t cap_;
     std::string out_, error_;
     std::set<int32_t> named_;
+    std::set<JsonSchema::Format> formats_;
     std::vector<int32_t> todo_;
 };
 
@@ -386,7 +411,7 @@ class SchemaCompiler {
         if (s_.need(s_.root_) > SchemaRecognizer::k_max_frames)
             return Error{"the schema has no instance nested less than " +
                          std::to_string(SchemaRecognizer::k_max_frames) + " levels deep"};
-        if (alike_) {
+        if (as_grammar_) {
             const size_t noted = s_.ignored_.size();
             auto g = SchemaGrammar(s_, lenient_, JsonSchema::k_grammar_counts).run();
             if (!g && lenient_) {  // too many rules: without the counts
@@ -654,6 +679,7 @@ class SchemaCompiler {
         if (n.min_items > n.max_items) return bad(where, "minItems is above maxItems");
         if (n.min_length > n.max_length) return bad(where, "minLength is above maxLength");
         if (auto r = bounds(s, n, where); !r) return r.error();
+        if (auto r = format(s, n, where); !r) return r.error();
         // objects
         std::vector<std::pair<std::string, int32_t>> props;
         if (s.contains("properties")) {
@@ -740,7 +766,7 @@ class SchemaCompiler {
         if (n.min_items > n.max_items) return bad(where, "minItems is above the items that may be given");
         n.any = n.types == JsonSchema::t_all && n.keys.empty() && n.additional == JsonSchema::k_any &&
                 n.prefix.empty() && n.items == JsonSchema::k_any && n.min_items == 0 && n.max_items == UINT32_MAX &&
-                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any();
+                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any() && n.format == JsonSchema::f_none;
         n.compiled = true;
         s_.nodes_[size_t(i)] = std::move(n);
         return true;
@@ -756,6 +782,28 @@ class SchemaCompiler {
         x = upper ? (exclusive ? std::ceil(x) - 1 : std::floor(x)) : (exclusive ? std::floor(x) + 1 : std::ceil(x));
         if (x < -9223372036854775808.0L || x > 9223372036854775807.0L) return std::nullopt;
         return static_cast<int64_t>(x);
+    }
+
+    // A string format the grammar enforces into n.format (the schema is then read by a grammar);
+    // other formats are annotations. Lengths beside one are refused, or skipped when lenient.
+    Result<bool> format(const Json& s, Node& n, const std::string& where) {
+        if (!s.contains("format") || !s["format"].is_string() || !(n.types & JsonSchema::t_string)) return true;
+        const std::string f = s["format"];
+        n.format = f == "date"        ? JsonSchema::f_date
+                   : f == "time"      ? JsonSchema::f_time
+                   : f == "date-time" ? JsonSchema::f_date_time
+                   : f == "uuid"      ? JsonSchema::f_uuid
+                                      : JsonSchema::f_none;
+        if (n.format == JsonSchema::f_none) return true;
+        as_grammar_ = true;
+        for (const char* k : {"minLength", "maxLength"}) {
+            if (!s.contains(k)) continue;
+            if (!lenient_) return bad(where, std::string(k) + " beside format \"" + f + "\" is not supported");
+            s_.ignored_.push_back(where + ": " + k + " beside format");
+        }
+        n.min_length = 0;
+        n.max_length = UINT32_MAX;
+        return true;
     }
 
     // Whether number v meets the bounds schema s gives (any that are numbers).
@@ -847,7 +895,7 @@ class SchemaCompiler {
             return m.literals.empty() && m.alternatives.empty() && m.keys.empty() &&
                    m.additional == JsonSchema::k_any && m.prefix.empty() && m.items == JsonSchema::k_any &&
                    m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX &&
-                   m.range.any();
+                   m.range.any() && m.format == JsonSchema::f_none;
         };
         for (size_t a = 0; a < out.size(); ++a) {
             for (size_t b = a + 1; b < out.size(); ++b) {
@@ -870,7 +918,7 @@ class SchemaCompiler {
                     merged.types = uint8_t(x.types | y.types);
                     merged.any = merged.types == JsonSchema::t_all;
                 } else {
-                    alike_ = true;
+                    as_grammar_ = true;
                     continue;
                 }
                 const int32_t m = int32_t(s_.nodes_.size());
@@ -890,7 +938,7 @@ class SchemaCompiler {
     std::map<std::string, int32_t> refs_;
     int depth_ = 0;
     size_t merged_literals_ = 0;  // enum values copied by merges (bounds the work of a hostile schema)
-    bool alike_ = false;          // some anyOf's members may begin alike
+    bool as_grammar_ = false;     // some anyOf's members may begin alike, or a string has a format
 };
 
 uint8_t JsonSchema::least_need(int32_t i) const {

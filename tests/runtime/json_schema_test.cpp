@@ -8,9 +8,11 @@
 #include <chrono>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <random>
+#include <regex>
 #include <set>
 #include <tuple>
 
@@ -49,6 +51,36 @@ class Reader {
     std::optional<SchemaRecognizer> s_;
     std::optional<GrammarRecognizer> g_;
 };
+
+// The formats enforced, as the shapes RFC 3339 (full-date, full-time, date-time) and RFC 4122
+// give them (the calendar unchecked: 02-31 is a date here).
+const std::map<std::string, std::string> k_format_shapes = {
+    {"date", R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01]))"},
+    {"time", R"(([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d))"},
+    {"date-time", R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[tT])"
+                  R"(([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d))"},
+    {"uuid", R"([0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})"},
+};
+
+// A random text of a format's shape.
+std::string random_format(const std::string& f, std::mt19937& rng) {
+    auto num = [&](int lo, int hi, int width) {
+        std::string t = std::to_string(lo + int(rng() % unsigned(hi - lo + 1)));
+        return std::string(size_t(std::max(0, width - int(t.size()))), '0') + t;
+    };
+    const std::string date = num(0, 9999, 4) + "-" + num(1, 12, 2) + "-" + num(1, 31, 2);
+    std::string time = num(0, 23, 2) + ":" + num(0, 59, 2) + ":" + num(0, 60, 2);
+    if (rng() % 2) time += "." + num(0, 999999, 1 + int(rng() % 6));
+    time +=
+        rng() % 2 ? std::string(rng() % 2 ? "Z" : "z") : (rng() % 2 ? "+" : "-") + num(0, 23, 2) + ":" + num(0, 59, 2);
+    if (f == "date") return date;
+    if (f == "time") return time;
+    if (f == "date-time") return date + (rng() % 2 ? "T" : "t") + time;
+    static const char* hex = "0123456789abcdefABCDEF";
+    std::string u;
+    for (int i = 0; i < 36; ++i) u += i == 8 || i == 13 || i == 18 || i == 23 ? '-' : hex[rng() % 22];
+    return u;
+}
 
 // The reference: whether value v is an instance of schema s (root: the document, for $ref).
 // Written from the keywords' definitions, value by value, without any byte-level state.
@@ -116,6 +148,9 @@ class Validator {
             if (bound("maximum", &b) && (x > b || (x == b && draft4("exclusiveMaximum")))) return false;
             if (bound("exclusiveMinimum", &b) && x <= b) return false;
             if (bound("exclusiveMaximum", &b) && x >= b) return false;
+        }
+        if (v.is_string() && s.contains("format") && k_format_shapes.count(s["format"])) {
+            if (!std::regex_match(v.get<std::string>(), std::regex(k_format_shapes.at(s["format"])))) return false;
         }
         if (v.is_string()) {
             const std::string& str = v.get_ref<const std::string&>();
@@ -186,7 +221,8 @@ std::vector<Json> test_schemas() {
                 "required": ["city"], "additionalProperties": false}},
              "required": ["name", "arguments"], "additionalProperties": false},
             {"type": "object", "properties": {"name": {"const": "get_time"}, "arguments": {"type": "object",
-                "properties": {"zone": {"type": "string"}, "utc": {"type": "boolean"}}, "additionalProperties": false}},
+                "properties": {"zone": {"type": "string"}, "utc": {"type": "boolean"},
+                    "at": {"type": "string", "format": "date-time"}}, "additionalProperties": false}},
              "required": ["name", "arguments"], "additionalProperties": false},
             {"type": "object", "properties": {"name": {"const": "get_weather_history"}, "arguments": {"type": "object",
                 "properties": {"days": {"type": "array", "prefixItems": [{"type": "integer", "minimum": 1, "maximum": 31}, {"type": "string"}],
@@ -196,7 +232,8 @@ std::vector<Json> test_schemas() {
         // a discriminated union, objects of optional keys beside open ones, arrays alike
         Json::parse(R"({"type": "object", "properties": {
             "shapes": {"type": "array", "maxItems": 3, "items": {"oneOf": [
-                {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "number"}},
+                {"type": "object", "properties": {"kind": {"const": "circle"}, "r": {"type": "number"},
+                    "id": {"type": "string", "format": "uuid"}},
                  "required": ["kind", "r"], "additionalProperties": false},
                 {"type": "object", "properties": {"kind": {"const": "rect"}, "w": {"type": "integer", "exclusiveMinimum": 0},
                     "h": {"type": "integer", "minimum": -40, "maximum": 125}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
@@ -318,6 +355,8 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
             a.push_back(random_instance(root, i < prefix.size() ? prefix[i] : items, rng, depth + 1));
         return a;
     }
+    if (type == "string" && s.contains("format") && k_format_shapes.count(s["format"]))
+        return random_format(s["format"], rng);
     if (type == "string") {
         const size_t lo = s.value("minLength", size_t(0)), hi = s.value("maxLength", size_t(8));
         std::string str;
@@ -668,6 +707,61 @@ TEST(JsonSchema, integer_bounds_take_exactly_the_integers_between) {
     }
 }
 
+// Formats (date, time, date-time, uuid) make the schema a grammar that writes their shapes; other
+// formats are annotations; lengths beside a format are refused when strict.
+TEST(JsonSchema, formats_take_their_shapes) {
+    const std::vector<std::tuple<const char*, std::vector<const char*>, std::vector<const char*>>> cases = {
+        {"date",
+         {"2026-12-05", "0000-01-31", "1999-10-09", "2024-02-30"},
+         {"2026-13-01", "2026-00-10", "2026-1-05", "26-12-05", "2026-12-32", "2026-12-00", "2026-12-05T"}},
+        {"time",
+         {"23:59:60Z", "00:00:00z", "12:30:05.123+05:30", "08:15:00.5-00:00", "23:59:59.123456789Z"},
+         {"24:00:00Z", "12:60:00Z", "12:30:61Z", "12:30:05", "12:30:05.Z", "12:30:05+5:30", "12:30:05.1234567890Z"}},
+        {"date-time",
+         {"2026-12-05T20:37:34Z", "2026-12-05t20:37:34.5+01:00"},
+         {"2026-12-05 20:37:34Z", "2026-12-05T20:37Z", "2026-12-05"}},
+        {"uuid",
+         {"123e4567-e89b-12d3-a456-426614174000", "ABCDEF01-2345-6789-abcd-ef0123456789"},
+         {"123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400",
+          "g23e4567-e89b-12d3-a456-426614174000"}},
+    };
+    for (const auto& [format, good, bad] : cases) {
+        SCOPED_TRACE(format);
+        const Json schema = {{"type", "object"}, {"properties", {{"v", {{"type", "string"}, {"format", format}}}}}};
+        auto s = JsonSchema::compile(schema);
+        ASSERT_TRUE(s.ok()) << s.error().message;
+        ASSERT_TRUE((*s)->grammar());
+        const std::regex shape(k_format_shapes.at(format));
+        for (const char* v : good) {
+            EXPECT_TRUE(std::regex_match(v, shape)) << v;
+            EXPECT_EQ(read_text(**s, std::string("{\"v\":\"") + v + "\"}"), -1) << v;
+        }
+        for (const char* v : bad) {
+            EXPECT_FALSE(std::regex_match(v, shape)) << v;
+            EXPECT_GE(read_text(**s, std::string("{\"v\":\"") + v + "\"}"), 0) << v;
+        }
+    }
+    // an unknown format is an annotation (no grammar); a format allows the other types beside it
+    auto email = JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": "string", "format": "email"}}})"));
+    ASSERT_TRUE(email.ok());
+    EXPECT_FALSE((*email)->grammar());
+    EXPECT_EQ(read_text(**email, R"({"v":"not an address"})"), -1);
+    auto either =
+        JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": ["string", "integer"], "format": "date"}}})"));
+    ASSERT_TRUE(either.ok());
+    EXPECT_EQ(read_text(**either, R"({"v":12})"), -1);
+    EXPECT_GE(read_text(**either, R"({"v":"12"})"), 0);
+    // lengths beside a format
+    const Json sized = Json::parse(R"({"properties": {"v": {"type": "string", "format": "uuid", "maxLength": 8}}})");
+    auto strict = JsonSchema::compile(sized);
+    ASSERT_FALSE(strict.ok());
+    EXPECT_NE(strict.error().message.find("beside format"), std::string::npos) << strict.error().message;
+    auto lenient = JsonSchema::compile(sized, true);
+    ASSERT_TRUE(lenient.ok());
+    EXPECT_EQ((*lenient)->ignored(), std::vector<std::string>{"#/properties/v: maxLength beside format"});
+    EXPECT_EQ(read_text(**lenient, R"({"v":"123e4567-e89b-12d3-a456-426614174000"})"), -1);
+}
+
 // A random byte walk under s: some byte is taken at every step (else a failure: a dead end),
 // closing bytes favoured more and more as it goes (so walks end), spaces seldom, the other bytes
 // by `weight`. The text when it is a whole instance within max_steps bytes.
@@ -725,7 +819,10 @@ Json random_schema(std::mt19937& rng, int depth) {
     switch (depth <= 0 ? pick(4) : pick(8)) {
         case 0: {
             Json str = {{"type", "string"}};
-            if (pick(2)) {
+            if (pick(4) == 0) {
+                static const char* const formats[] = {"date", "time", "date-time", "uuid", "email"};
+                str["format"] = formats[pick(5)];
+            } else if (pick(2)) {
                 const int lo = pick(3);
                 str["minLength"] = lo;
                 str["maxLength"] = lo + pick(5);
