@@ -9,6 +9,8 @@
 #include <optional>
 #include <set>
 
+#include "runtime/regex_grammar.h"
+
 namespace bigmoe {
 
 using Json = nlohmann::json;
@@ -296,7 +298,9 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
         } else {
             if (n.types & JsonSchema::t_object) alts.push_back(object(n, name));
             if (n.types & JsonSchema::t_array) alts.push_back(array(n));
-            if (n.types & JsonSchema::t_string && n.format != JsonSchema::f_none)
+            if (n.types & JsonSchema::t_string && !n.pattern.empty())
+                alts.push_back("\"\\\"\" " + n.pattern + " \"\\\"\"");
+            else if (n.types & JsonSchema::t_string && n.format != JsonSchema::f_none)
                 alts.push_back("\"\\\"\" " + format_rule(n.format) + " \"\\\"\"");
             else if (n.types & JsonSchema::t_string)
                 alts.push_back(n.min_length == 0 && n.max_length == UINT32_MAX
@@ -562,7 +566,7 @@ class SchemaCompiler {
         }
         if (!s.is_object()) return bad(where, "a schema is an object or a boolean");
         for (const auto& [k, v] : s.items()) {
-            if (k_supported.count(k) || k_annotations.count(k) ||
+            if (k_supported.count(k) || k_annotations.count(k) || k == "pattern" ||
                 std::find(std::begin(k_bounds), std::end(k_bounds), k) != std::end(k_bounds))
                 continue;
             if (lenient_) {
@@ -679,6 +683,7 @@ class SchemaCompiler {
         if (n.min_items > n.max_items) return bad(where, "minItems is above maxItems");
         if (n.min_length > n.max_length) return bad(where, "minLength is above maxLength");
         if (auto r = bounds(s, n, where); !r) return r.error();
+        if (auto r = pattern(s, n, where); !r) return r.error();
         if (auto r = format(s, n, where); !r) return r.error();
         // objects
         std::vector<std::pair<std::string, int32_t>> props;
@@ -766,7 +771,8 @@ class SchemaCompiler {
         if (n.min_items > n.max_items) return bad(where, "minItems is above the items that may be given");
         n.any = n.types == JsonSchema::t_all && n.keys.empty() && n.additional == JsonSchema::k_any &&
                 n.prefix.empty() && n.items == JsonSchema::k_any && n.min_items == 0 && n.max_items == UINT32_MAX &&
-                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any() && n.format == JsonSchema::f_none;
+                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any() && n.format == JsonSchema::f_none &&
+                n.pattern.empty();
         n.compiled = true;
         s_.nodes_[size_t(i)] = std::move(n);
         return true;
@@ -784,10 +790,35 @@ class SchemaCompiler {
         return static_cast<int64_t>(x);
     }
 
+    // "pattern" as GBNF into n.pattern (the schema is then read by a grammar); one it cannot
+    // translate is refused, or skipped when lenient, as are lengths and a format beside one.
+    Result<bool> pattern(const Json& s, Node& n, const std::string& where) {
+        if (!s.contains("pattern") || !(n.types & JsonSchema::t_string)) return true;
+        if (!s["pattern"].is_string()) return bad(where, "pattern must be a string");
+        auto g = regex_gbnf(s["pattern"].get<std::string>(), "char");
+        if (!g) {
+            if (!lenient_) return bad(where, g.error().message);
+            s_.ignored_.push_back(where + ": pattern");
+            return true;
+        }
+        n.pattern = std::move(*g);
+        as_grammar_ = true;
+        for (const char* k : {"minLength", "maxLength", "format"}) {
+            if (!s.contains(k)) continue;
+            if (!lenient_) return bad(where, std::string(k) + " beside a pattern is not supported");
+            s_.ignored_.push_back(where + ": " + k + " beside pattern");
+        }
+        n.min_length = 0;
+        n.max_length = UINT32_MAX;
+        return true;
+    }
+
     // A string format the grammar enforces into n.format (the schema is then read by a grammar);
     // other formats are annotations. Lengths beside one are refused, or skipped when lenient.
     Result<bool> format(const Json& s, Node& n, const std::string& where) {
-        if (!s.contains("format") || !s["format"].is_string() || !(n.types & JsonSchema::t_string)) return true;
+        if (!s.contains("format") || !s["format"].is_string() || !(n.types & JsonSchema::t_string) ||
+            !n.pattern.empty())
+            return true;
         const std::string f = s["format"];
         n.format = f == "date"        ? JsonSchema::f_date
                    : f == "time"      ? JsonSchema::f_time
@@ -895,7 +926,7 @@ class SchemaCompiler {
             return m.literals.empty() && m.alternatives.empty() && m.keys.empty() &&
                    m.additional == JsonSchema::k_any && m.prefix.empty() && m.items == JsonSchema::k_any &&
                    m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX &&
-                   m.range.any() && m.format == JsonSchema::f_none;
+                   m.range.any() && m.format == JsonSchema::f_none && m.pattern.empty();
         };
         for (size_t a = 0; a < out.size(); ++a) {
             for (size_t b = a + 1; b < out.size(); ++b) {

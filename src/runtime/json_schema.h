@@ -5,8 +5,9 @@
 // JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
 // byte without ever reaching a dead end: types, properties / required / additionalProperties,
 // items / prefixItems / minItems / maxItems, minLength / maxLength, minimum / maximum /
-// exclusiveMinimum / exclusiveMaximum of integers, format (date, time, date-time, uuid), enum /
-// const, anyOf / oneOf, allOf of one schema, and local $ref (also recursive). Annotations (title,
+// exclusiveMinimum / exclusiveMaximum of integers, pattern (regex_grammar.h), format (date, time,
+// date-time, uuid), enum / const, anyOf / oneOf, allOf of one schema, and local $ref (also
+// recursive). Annotations (title,
 // description, default, other formats, ...) are ignored; any other assertion keyword is refused by name, unless the
 // caller asks for a lenient compile (then it is skipped and listed, for the caller to report). An object schema that
 // lists properties takes no other keys unless additionalProperties allows them.
@@ -39,11 +40,11 @@ class JsonSchema {
     static Result<std::shared_ptr<const JsonSchema>> compile(const nlohmann::json& schema, bool lenient = false);
     // What a lenient compile skipped: "where: keyword".
     const std::vector<std::string>& ignored() const { return ignored_; }
-    // Set when some anyOf's members may begin alike or a string has a format the grammar
-    // enforces (date, time, date-time, uuid: RFC 3339's and RFC 4122's shapes, the calendar not
-    // checked): instances are read by this grammar rather than by SchemaRecognizer. It writes an object's keys in one
-    // order (the required ones as `required` lists them, then the others by name) and takes at most one space or a
-    // newline and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
+    // Set when some anyOf's members may begin alike, or a string has a pattern or a format the
+    // grammar enforces (date, time, date-time, uuid: RFC 3339's and RFC 4122's shapes, the
+    // calendar not checked): instances are read by this grammar rather than by SchemaRecognizer. It writes an object's
+    // keys in one order (the required ones as `required` lists them, then the others by name) and takes at most one
+    // space or a newline and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
     const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
     static constexpr uint32_t k_grammar_counts = 256;
 
@@ -105,6 +106,7 @@ class JsonSchema {
         // strings: characters (code points; an escape is one)
         uint32_t min_length = 0, max_length = UINT32_MAX;
         Format format = f_none;  // enforced by the grammar
+        std::string pattern;     // "pattern" as GBNF over the string's text (regex_gbnf), for the grammar
         // integers (types that take no fraction): minimum / maximum and their exclusive forms
         IntRange range;
         bool compiled = false;  // false while its own definition is being read ($ref cycles)

@@ -62,6 +62,29 @@ const std::map<std::string, std::string> k_format_shapes = {
     {"uuid", R"([0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})"},
 };
 
+// Patterns the random schemas use, each with values it matches.
+const std::map<std::string, std::vector<std::string>> k_pattern_values = {
+    {"^[a-z]{1,4}$", {"a", "abcd", "zz"}},
+    {"^\\d{3}-\\d{4}$", {"555-1234", "000-0000"}},
+    {"^(ab|c)+$", {"ab", "cab", "abcc"}},
+    {"x", {"x", "axb", "\"x\""}},
+    {"^[^\"\\\\]*$", {"", "\xc3\xa9 \xe2\x98\xba", "a/b"}},
+};
+
+// A string's code points, for std::wregex (one wchar_t a code point).
+std::wstring wide(const std::string& s) {
+    std::wstring w;
+    for (size_t i = 0; i < s.size();) {
+        const uint8_t c = uint8_t(s[i]);
+        const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
+        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
+        for (int k = 1; k < n && i + size_t(k) < s.size(); ++k) cp = (cp << 6) | (uint8_t(s[i + size_t(k)]) & 0x3F);
+        w += wchar_t(cp);
+        i += size_t(n);
+    }
+    return w;
+}
+
 // A random text of a format's shape.
 std::string random_format(const std::string& f, std::mt19937& rng) {
     auto num = [&](int lo, int hi, int width) {
@@ -149,6 +172,9 @@ class Validator {
             if (bound("exclusiveMinimum", &b) && x <= b) return false;
             if (bound("exclusiveMaximum", &b) && x >= b) return false;
         }
+        if (v.is_string() && s.contains("pattern") &&
+            !std::regex_search(wide(v.get<std::string>()), std::wregex(wide(s["pattern"].get<std::string>()))))
+            return false;
         if (v.is_string() && s.contains("format") && k_format_shapes.count(s["format"])) {
             if (!std::regex_match(v.get<std::string>(), std::regex(k_format_shapes.at(s["format"])))) return false;
         }
@@ -239,7 +265,7 @@ std::vector<Json> test_schemas() {
                     "h": {"type": "integer", "minimum": -40, "maximum": 125}, "label": {"type": "string", "minLength": 2, "maxLength": 5}},
                  "required": ["kind", "w", "h"], "additionalProperties": false}]}},
             "meta": {"anyOf": [
-                {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}, "c": {"type": "null"}},
+                {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string", "pattern": "^(ab|c)+$"}, "c": {"type": "null"}},
                  "additionalProperties": false},
                 {"type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"],
                  "additionalProperties": {"type": "boolean"}}]},
@@ -355,6 +381,10 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
             a.push_back(random_instance(root, i < prefix.size() ? prefix[i] : items, rng, depth + 1));
         return a;
     }
+    if (type == "string" && s.contains("pattern")) {
+        const std::vector<std::string>& values = k_pattern_values.at(s["pattern"]);
+        return values[rng() % values.size()];
+    }
     if (type == "string" && s.contains("format") && k_format_shapes.count(s["format"]))
         return random_format(s["format"], rng);
     if (type == "string") {
@@ -390,7 +420,7 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
 
 TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
     const std::vector<std::pair<const char*, const char*>> cases = {
-        {R"({"type": "object", "properties": {"a": {"type": "string", "pattern": "^x"}}})", "\"pattern\""},
+        {R"j({"type": "object", "properties": {"a": {"type": "string", "pattern": "^(?=x)"}}})j", "lookaround"},
         {R"({"type": "object", "properties": {"a": {"type": "number", "minimum": 0}}})", "\"minimum\""},
         {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 2}}})", "no integer"},
         {R"({"type": "object", "properties": {"a": {"type": "integer", "exclusiveMinimum": 2, "maximum": 2.5}}})",
@@ -418,10 +448,10 @@ TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
         EXPECT_NE(s.error().message.find(want), std::string::npos) << text << ": " << s.error().message;
     }
     // lenient: what cannot be enforced is skipped and listed, the rest enforced
-    auto lenient = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {
-        "a": {"type": "string", "pattern": "^x", "maxLength": 2},
+    auto lenient = JsonSchema::compile(Json::parse(R"j({"type": "object", "properties": {
+        "a": {"type": "string", "pattern": "^(?=x)", "maxLength": 2},
         "b": {"anyOf": [{"type": "object", "properties": {"x": {}}}, {"type": "object", "properties": {"y": {}}}]},
-        "c": {"type": "number", "minimum": 0}}, "required": ["c"]})"),
+        "c": {"type": "number", "minimum": 0}}, "required": ["c"]})j"),
                                        true);
     ASSERT_TRUE(lenient.ok()) << lenient.error().message;
     const std::vector<std::string> skipped = {"#/properties/a: pattern", "#/properties/c: minimum"};
@@ -762,6 +792,37 @@ TEST(JsonSchema, formats_take_their_shapes) {
     EXPECT_EQ(read_text(**lenient, R"({"v":"123e4567-e89b-12d3-a456-426614174000"})"), -1);
 }
 
+// A pattern makes the schema a grammar whose strings match it (regex_grammar_test checks the
+// translation); lengths beside one are refused when strict.
+TEST(JsonSchema, patterns_are_matched) {
+    auto s = JsonSchema::compile(Json::parse(R"({"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{2}-\\d{3}$"},
+        "note": {"type": "string", "pattern": "ok"}}, "required": ["code"]})"));
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    ASSERT_TRUE((*s)->grammar());
+    for (const char* t :
+         {R"({"code":"AB-123"})", R"({"code":"ZZ-000","note":"it is ok."})", R"({"code":"AB-123","note":"ok"})"})
+        EXPECT_EQ(read_text(**s, t), -1) << t;
+    for (const char* t : {R"({"code":"AB-12"})", R"({"code":"ab-123"})", R"({"code":"AB-1234"})",
+                          R"({"code":"AB-123","note":"o k"})", R"({"note":"ok","code":"AB-123"})"})
+        EXPECT_GE(read_text(**s, t), 0) << t;
+    const Json sized = Json::parse(R"({"properties": {"v": {"type": "string", "pattern": "^a+$", "maxLength": 3}}})");
+    auto strict = JsonSchema::compile(sized);
+    ASSERT_FALSE(strict.ok());
+    EXPECT_NE(strict.error().message.find("beside a pattern"), std::string::npos) << strict.error().message;
+    auto lenient = JsonSchema::compile(sized, true);
+    ASSERT_TRUE(lenient.ok());
+    EXPECT_EQ((*lenient)->ignored(), std::vector<std::string>{"#/properties/v: maxLength beside pattern"});
+    EXPECT_EQ(read_text(**lenient, R"({"v":"aaaa"})"), -1);
+    // a pattern on a value that may be something else constrains its strings only
+    auto either =
+        JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": ["string", "null"], "pattern": "^a$"}}})"));
+    ASSERT_TRUE(either.ok());
+    EXPECT_EQ(read_text(**either, R"({"v":null})"), -1);
+    EXPECT_EQ(read_text(**either, R"({"v":"a"})"), -1);
+    EXPECT_GE(read_text(**either, R"({"v":"b"})"), 0);
+}
+
 // A random byte walk under s: some byte is taken at every step (else a failure: a dead end),
 // closing bytes favoured more and more as it goes (so walks end), spaces seldom, the other bytes
 // by `weight`. The text when it is a whole instance within max_steps bytes.
@@ -819,9 +880,13 @@ Json random_schema(std::mt19937& rng, int depth) {
     switch (depth <= 0 ? pick(4) : pick(8)) {
         case 0: {
             Json str = {{"type", "string"}};
-            if (pick(4) == 0) {
+            if (pick(5) == 0) {
                 static const char* const formats[] = {"date", "time", "date-time", "uuid", "email"};
                 str["format"] = formats[pick(5)];
+            } else if (pick(5) == 0) {
+                auto it = k_pattern_values.begin();
+                std::advance(it, pick(int(k_pattern_values.size())));
+                str["pattern"] = it->first;
             } else if (pick(2)) {
                 const int lo = pick(3);
                 str["minLength"] = lo;
