@@ -71,20 +71,6 @@ const std::map<std::string, std::vector<std::string>> k_pattern_values = {
     {"^[^\"\\\\]*$", {"", "\xc3\xa9 \xe2\x98\xba", "a/b"}},
 };
 
-// A string's code points, for std::wregex (one wchar_t a code point).
-std::wstring wide(const std::string& s) {
-    std::wstring w;
-    for (size_t i = 0; i < s.size();) {
-        const uint8_t c = uint8_t(s[i]);
-        const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
-        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-        for (int k = 1; k < n && i + size_t(k) < s.size(); ++k) cp = (cp << 6) | (uint8_t(s[i + size_t(k)]) & 0x3F);
-        w += wchar_t(cp);
-        i += size_t(n);
-    }
-    return w;
-}
-
 // A random text of a format's shape.
 std::string random_format(const std::string& f, std::mt19937& rng) {
     auto num = [&](int lo, int hi, int width) {
@@ -173,7 +159,8 @@ class Validator {
             if (bound("exclusiveMaximum", &b) && x >= b) return false;
         }
         if (v.is_string() && s.contains("pattern") &&
-            !std::regex_search(wide(v.get<std::string>()), std::wregex(wide(s["pattern"].get<std::string>()))))
+            !std::regex_search(testing::code_points(v.get<std::string>()),
+                               std::wregex(testing::code_points(s["pattern"].get<std::string>()))))
             return false;
         if (v.is_string() && s.contains("format") && k_format_shapes.count(s["format"])) {
             if (!std::regex_match(v.get<std::string>(), std::regex(k_format_shapes.at(s["format"])))) return false;

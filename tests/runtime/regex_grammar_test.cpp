@@ -31,25 +31,6 @@ std::shared_ptr<const Grammar> grammar_of(const std::string& pattern) {
     return g ? *g : nullptr;
 }
 
-std::u32string code_points(const std::string& s) {
-    std::u32string out;
-    for (size_t i = 0; i < s.size();) {
-        const uint8_t c = uint8_t(s[i]);
-        const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
-        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-        for (int k = 1; k < n; ++k) cp = (cp << 6) | (uint8_t(s[i + size_t(k)]) & 0x3F);
-        out += char32_t(cp);
-        i += size_t(n);
-    }
-    return out;
-}
-
-std::wstring wide(const std::string& s) {
-    std::wstring w;
-    for (char32_t c : code_points(s)) w += wchar_t(c);
-    return w;
-}
-
 // The value as JSON writes it between the quotes: the quote, the backslash and \b \f \n \r \t
 // escaped, everything else as itself.
 std::string json_text(const std::string& v) {
@@ -154,7 +135,7 @@ std::string random_value(const std::string& example, std::mt19937& rng) {
     static const std::vector<std::string> alphabet = {"a", "b",  "c",  "d",  "q",  "x", "y",        "z",           "A",
                                                       "B", "Z",  "0",  "4",  "9",  "_", "-",        ".",           "@",
                                                       " ", "\"", "\\", "\n", "\t", "/", "\xc3\xa9", "\xe2\x98\xba"};
-    const std::u32string cps = code_points(example);
+    const std::wstring cps = testing::code_points(example);
     std::vector<std::string> v;  // the example's characters
     for (size_t i = 0, at = 0; i < cps.size(); ++i) {
         const size_t n = cps[i] < 0x80 ? 1 : cps[i] < 0x800 ? 2 : cps[i] < 0x10000 ? 3 : 4;
@@ -182,10 +163,10 @@ std::string random_value(const std::string& example, std::mt19937& rng) {
 // those as ' ', the line and paragraph separators as '\n' (what '.', \s and \S say of each stays).
 std::wstring reference(const std::string& v) {
     std::wstring w;
-    for (char32_t c : code_points(v)) {
+    for (wchar_t c : testing::code_points(v)) {
         const bool space = c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x202F || c == 0x205F ||
                            c == 0x3000 || c == 0xFEFF;
-        w += space ? L' ' : c == 0x2028 || c == 0x2029 ? L'\n' : wchar_t(c);
+        w += space ? L' ' : c == 0x2028 || c == 0x2029 ? L'\n' : c;
     }
     return w;
 }
@@ -196,7 +177,7 @@ TEST(RegexGrammar, strings_are_taken_exactly_when_the_regex_finds_a_match) {
         SCOPED_TRACE(p);
         const auto g = grammar_of(p);
         ASSERT_TRUE(g);
-        const std::wregex re(wide(p), std::regex::ECMAScript);
+        const std::wregex re(testing::code_points(p), std::regex::ECMAScript);
         ASSERT_TRUE(std::regex_search(reference(example), re)) << example;
         int matched = 0;
         for (int i = 0; i < 2000; ++i) {
@@ -220,7 +201,7 @@ TEST(RegexGrammar, random_walks_end_in_matching_strings) {
         SCOPED_TRACE(p);
         const auto g = grammar_of(p);
         ASSERT_TRUE(g);
-        const std::wregex re(wide(p), std::regex::ECMAScript);
+        const std::wregex re(testing::code_points(p), std::regex::ECMAScript);
         for (int walk = 0; walk < 20; ++walk) {
             GrammarRecognizer r(g);
             std::string text;

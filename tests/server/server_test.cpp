@@ -765,6 +765,14 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
         int status;
     };
     auto chat = [](const Json& j) { return j.dump(); };
+    // a strict function whose parameters' property p has schema `schema`
+    auto strict_tool = [](const char* p, const Json& schema) {
+        return Json::array({{{"type", "function"},
+                             {"function",
+                              {{"name", "f"},
+                               {"strict", true},
+                               {"parameters", {{"type", "object"}, {"properties", {{p, schema}}}}}}}}});
+    };
     const std::vector<Case> cases = {
         {"malformed JSON", "POST", "/v1/chat/completions", "{bad", 400},
         {"not an object", "POST", "/v1/chat/completions", "[1,2]", 400},
@@ -839,25 +847,11 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          400},
         {"strict tool whose schema is not enforced", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs},
-               {"tools",
-                {{{"type", "function"},
-                  {"function",
-                   {{"name", "f"},
-                    {"strict", true},
-                    {"parameters",
-                     {{"type", "object"}, {"properties", {{"n", {{"type", "number"}, {"minimum", 1}}}}}}}}}}}},
+               {"tools", strict_tool("n", {{"type", "number"}, {"minimum", 1}})},
                {"tool_choice", "required"}}),
          400},
         {"strict tool whose schema is not enforced, tool_choice auto", "POST", "/v1/chat/completions",
-         chat({{"messages", ok_msgs},
-               {"tools",
-                {{{"type", "function"},
-                  {"function",
-                   {{"name", "f"},
-                    {"strict", true},
-                    {"parameters",
-                     {{"type", "object"}, {"properties", {{"s", {{"type", "string"}, {"pattern", "(?=a)"}}}}}}}}}}}}}),
-         400},
+         chat({{"messages", ok_msgs}, {"tools", strict_tool("s", {{"type", "string"}, {"pattern", "(?=a)"}})}}), 400},
         {"tool_choice required without tools", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs}, {"tool_choice", "required"}}), 400},
         {"tool_choice of an unknown function", "POST", "/v1/chat/completions",

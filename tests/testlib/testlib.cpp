@@ -106,6 +106,19 @@ uint32_t fresh_seed() {
     return uint32_t(std::chrono::steady_clock::now().time_since_epoch().count());
 }
 
+std::wstring code_points(const std::string& utf8) {
+    std::wstring out;
+    for (size_t i = 0; i < utf8.size();) {
+        const uint8_t c = uint8_t(utf8[i]);
+        const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
+        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
+        for (size_t k = 1; k < n && i + k < utf8.size(); ++k) cp = (cp << 6) | (uint8_t(utf8[i + k]) & 0x3F);
+        out += wchar_t(cp);
+        i += n;
+    }
+    return out;
+}
+
 std::unique_ptr<OwnedWeight> make_weight(std::mt19937& rng, DType t, int64_t n_in, int64_t n_out, int64_t n_exp,
                                          float lo, float hi) {
     auto o = std::make_unique<OwnedWeight>();

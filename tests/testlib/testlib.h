@@ -37,6 +37,8 @@ double percentile(std::vector<double> v, double p);
 std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi);
 // A fresh seed per run (printed by the caller on failure).
 uint32_t fresh_seed();
+// The code points of valid UTF-8 text, one wchar_t each (what std::wregex reads as characters).
+std::wstring code_points(const std::string& utf8);
 
 // A weight of type t with shape {n_in, n_out, n_expert} and random values in [lo, hi), in host
 // memory as a model file would hold it (not yet prepared by a backend).
