@@ -2,7 +2,7 @@
 
 #include <algorithm>
 #include <bitset>
-#include <cmath>
+#include <cctype>
 #include <functional>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -127,8 +127,13 @@ std::string magnitudes(uint64_t a, uint64_t b) {
     return any_of(alts);
 }
 
-// GBNF for the integers of a range as JSON writes them (never "-0", as SchemaRecognizer).
-std::string integers(const JsonSchema::IntRange& r) {
+// GBNF for the integers of a range (frac 0, bounds within the 64-bit integers) as JSON writes
+// them (never "-0", as SchemaRecognizer).
+std::string integers(const JsonSchema::Range& range) {
+    struct {
+        bool has_lo, has_hi;
+        int64_t lo, hi;
+    } r{range.has_lo, range.has_hi, int64_t(range.lo), int64_t(range.hi)};
     std::vector<std::string> alts;
     if (!r.has_hi || r.hi >= 0)
         alts.push_back(magnitudes(r.has_lo && r.lo > 0 ? uint64_t(r.lo) : 0, r.has_hi ? uint64_t(r.hi) : UINT64_MAX));
@@ -138,28 +143,59 @@ std::string integers(const JsonSchema::IntRange& r) {
     return any_of(alts);
 }
 
+__int128 pow10(int k) {
+    __int128 p = 1;
+    while (k-- > 0) p *= 10;
+    return p;
+}
+
 }  // namespace
 
-bool JsonSchema::IntRange::holds(bool negative, uint64_t magnitude) const {
-    if (magnitude >= k_huge) return negative ? !has_lo : !has_hi;
-    const __int128 v = negative ? -__int128(magnitude) : __int128(magnitude);
+bool JsonSchema::Range::holds(const Text& t) const {
+    if (frac == 0 && t.negative && t.whole == 0) return false;  // "-0"
+    if (t.whole >= k_huge) return t.negative ? !has_lo : !has_hi;
+    const __int128 m = __int128(t.whole) * pow10(frac) + t.fraction, v = t.negative ? -m : m;
     return (!has_lo || v >= lo) && (!has_hi || v <= hi);
 }
 
-bool JsonSchema::IntRange::reaches(bool negative, uint64_t magnitude, uint32_t digits) const {
-    if (digits == 0) return !has_lo || lo <= -1;              // "-": -1 and below
-    if (magnitude == 0) return !negative && holds(false, 0);  // "0": nothing follows it
-    // Growing away from zero, the texts that begin with these digits are their value and the
-    // intervals [m 10^k, m 10^k + 10^k - 1] (k more digits), in that direction without end.
-    if (negative ? !has_lo : !has_hi) return true;
-    if (magnitude >= k_huge) return false;
-    const __int128 past = negative ? -__int128(lo) : __int128(hi);  // the largest magnitude taken
-    for (__int128 first = magnitude, span = 1; first <= past; first *= 10, span *= 10) {
+bool JsonSchema::Range::reaches(const Text& t) const {
+    if (t.digits == 0) return !has_lo || lo <= (frac ? 0 : -1);  // "-": below zero ("-0.5"; numbers' "-0")
+    if (frac == 0 && t.negative && t.whole == 0) return false;   // "-0"
+    // Away from zero, the texts that begin with a whole part w of no point yet are the numbers
+    // in [w 10^k, (w + 1) 10^k) (k more digits, then any fraction), without end in that
+    // direction; after the point, those from the value so far to the fraction's next step.
+    const bool grows = !t.dot && t.whole > 0;
+    if (t.whole >= k_huge) return t.negative ? !has_lo : !has_hi;
+    if (grows && (t.negative ? !has_lo : !has_hi)) return true;
+    const __int128 past = t.negative ? -lo : hi;  // the largest magnitude taken (when grows)
+    __int128 first = __int128(t.whole) * pow10(frac) + (t.dot ? t.fraction : 0);
+    __int128 span = t.dot ? pow10(frac - t.frac_digits) : pow10(frac);
+    for (;; first *= 10, span *= 10) {
         const __int128 last = first + span - 1;
-        const __int128 a = negative ? -last : first, b = negative ? -first : last;
+        const __int128 a = t.negative ? -last : first, b = t.negative ? -first : last;
         if ((!has_lo || b >= lo) && (!has_hi || a <= hi)) return true;
+        if (!grows || first > past) return false;
     }
-    return false;
+}
+
+bool JsonSchema::Range::push(Text& t, uint8_t c) const {
+    if (c == '-') {
+        t.negative = true;
+    } else if (c == '.') {
+        if (frac == 0) return false;
+        t.dot = true;
+    } else if (c >= '0' && c <= '9' && !t.dot) {
+        const uint64_t d = c - '0';
+        t.whole = t.whole > (k_huge - 1 - d) / 10 ? k_huge : t.whole * 10 + d;
+        t.digits = uint16_t(std::min(t.digits + 1, 0xFFFF));
+    } else if (c >= '0' && c <= '9') {
+        if (t.frac_digits >= frac) return false;  // more fraction digits than steps
+        ++t.frac_digits;
+        t.fraction += uint64_t(c - '0') * uint64_t(pow10(frac - t.frac_digits));
+    } else {
+        return false;  // an exponent
+    }
+    return reaches(t);
 }
 
 // Writes compiled schema nodes as a GBNF grammar whose root derives the schema's instances, in
@@ -262,6 +298,20 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
                      std::to_string(cap_) + ")";
     }
 
+    // A number's bounds, which the grammar leaves out (integers' it writes): skipped in a lenient
+    // compile, else the schema is refused.
+    void unenforced_bounds() {
+        const std::string note = "(grammar) minimum / maximum of a number";
+        if (lenient_) {
+            if (std::find(s_.ignored_.begin(), s_.ignored_.end(), note) == s_.ignored_.end())
+                s_.ignored_.push_back(note);
+        } else if (error_.empty()) {
+            error_ =
+                "the schema's minimum / maximum of a number cannot be enforced where it is read by a grammar "
+                "(anyOf members that begin alike, a pattern or a format; integers' bounds can)";
+        }
+    }
+
     // `item` repeated lo to hi times (hi == k_many: no bound).
     std::string repeat(const std::string& item, uint32_t lo, uint32_t hi, const char* keyword) {
         auto drop = [&] {
@@ -309,9 +359,10 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
                                                                   n.max_length == UINT32_MAX ? k_many : n.max_length,
                                                                   "minLength / maxLength")),
                                           "\"\\\"\""));
-            if (n.types & JsonSchema::t_number)
+            if (n.types & JsonSchema::t_number) {
+                if (!n.range.any()) unenforced_bounds();
                 alts.push_back("number");
-            else if (n.types & JsonSchema::t_integer)
+            } else if (n.types & JsonSchema::t_integer)
                 alts.push_back(n.range.any() ? "integer" : integers(n.range));
             if (n.types & JsonSchema::t_boolean) alts.push_back("boolean");
             if (n.types & JsonSchema::t_null) alts.push_back("null");
@@ -778,16 +829,50 @@ class SchemaCompiler {
         return true;
     }
 
-    // The least integer >= v (> v when exclusive), or for an upper bound the greatest <= v (< v);
-    // nullopt beyond the 64-bit integers. (long double holds every 64-bit integer exactly.)
-    static std::optional<int64_t> integer_bound(const Json& v, bool upper, bool exclusive) {
-        long double x = v.is_number_unsigned()  ? static_cast<long double>(v.get<uint64_t>())
-                        : v.is_number_integer() ? static_cast<long double>(v.get<int64_t>())
-                                                : static_cast<long double>(v.get<double>());
-        if (!std::isfinite(x)) return std::nullopt;
-        x = upper ? (exclusive ? std::ceil(x) - 1 : std::floor(x)) : (exclusive ? std::floor(x) + 1 : std::ceil(x));
-        if (x < -9223372036854775808.0L || x > 9223372036854775807.0L) return std::nullopt;
-        return static_cast<int64_t>(x);
+    // Bound v in steps of 10^-frac: for a lower bound the least step >= v (> v when exclusive),
+    // for an upper one the greatest <= v (< v); nullopt past what the reader holds (the 64-bit
+    // integers; for numbers, whole parts up to 10^18). Read from v's shortest decimal text, so
+    // 0.1 is the step 0.1 and not the double nearest it.
+    static std::optional<__int128> bound_steps(const Json& v, uint8_t frac, bool upper, bool exclusive) {
+        const std::string t = v.dump();
+        size_t i = 0;
+        const bool negative = t[i] == '-';
+        i += negative;
+        __int128 m = 0;  // the digits, the point dropped: v = m 10^e
+        int e = 0, digits = 0;
+        for (bool point = false; i < t.size() && (std::isdigit(uint8_t(t[i])) || t[i] == '.'); ++i) {
+            if (t[i] == '.') {
+                point = true;
+                continue;
+            }
+            if (m == 0 && t[i] == '0') {
+                e -= point;
+                continue;
+            }
+            if (++digits > 30) return std::nullopt;
+            m = m * 10 + (t[i] - '0');
+            e -= point;
+        }
+        if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) e += std::stoi(t.substr(i + 1));
+        if (negative) m = -m;
+        // v in steps: m 10^(e + frac), rounded toward the side the bound keeps
+        const int shift = e + frac;
+        __int128 q = m, r = 0;
+        if (shift >= 0) {
+            if (m != 0 && shift > 36 - digits) return std::nullopt;
+            q = m * pow10(shift);
+        } else if (shift < -36) {
+            q = 0;
+            r = m;
+        } else {
+            q = m / pow10(-shift);
+            r = m % pow10(-shift);
+        }
+        const __int128 floor = r < 0 ? q - 1 : q, ceil = r > 0 ? q + 1 : q;
+        const __int128 x = upper ? (exclusive ? ceil - 1 : floor) : (exclusive ? floor + 1 : ceil);
+        const __int128 top = frac == 0 ? __int128(INT64_MAX) : pow10(18 + frac);
+        if (x > top || x < (frac == 0 ? __int128(INT64_MIN) : -top)) return std::nullopt;
+        return x;
     }
 
     // "pattern" as GBNF into n.pattern (the schema is then read by a grammar); one it cannot
@@ -859,9 +944,8 @@ class SchemaCompiler {
     }
 
     // minimum / maximum / exclusiveMinimum / exclusiveMaximum (draft 4's boolean forms too) into
-    // n.range where the node's numbers are integers. On numbers that may have a fraction the
-    // reader cannot follow them (refused, or skipped when lenient); a node that takes no number
-    // has nothing for them to say.
+    // n.range: in whole steps where the node's numbers are integers, else in steps of
+    // 10^-k_frac_digits. A node that takes no number has nothing for them to say.
     Result<bool> bounds(const Json& s, Node& n, const std::string& where) {
         bool given = false;
         for (const char* k : k_bounds) {
@@ -871,26 +955,20 @@ class SchemaCompiler {
             given = given || !draft4;
         }
         if (!given || !(n.types & (JsonSchema::t_number | JsonSchema::t_integer))) return true;
-        auto skip = [&](const std::string& k, const std::string& why) -> Result<bool> {
-            if (!lenient_) return bad(where, "\"" + k + "\" " + why);
-            s_.ignored_.push_back(where + ": " + k);
-            return true;
-        };
         auto flag = [&](const char* k) { return s.contains(k) && s[k].is_boolean() && s[k].get<bool>(); };
-        JsonSchema::IntRange& r = n.range;
+        JsonSchema::Range& r = n.range;
+        r.frac = n.types & JsonSchema::t_number ? JsonSchema::Range::k_frac_digits : 0;
         for (const char* k : k_bounds) {
             if (!s.contains(k) || s[k].is_boolean()) continue;
-            if (n.types & JsonSchema::t_number) {
-                if (auto e = skip(k, "is enforced on integers only (\"type\": \"integer\")"); !e) return e;
-                continue;
-            }
             const std::string key = k;
             const bool upper = key == "maximum" || key == "exclusiveMaximum";
             const bool exclusive = key[0] == 'e' || (key == "minimum" && flag("exclusiveMinimum")) ||
                                    (key == "maximum" && flag("exclusiveMaximum"));
-            const std::optional<int64_t> x = integer_bound(s[k], upper, exclusive);
+            const std::optional<__int128> x = bound_steps(s[k], r.frac, upper, exclusive);
             if (!x) {
-                if (auto e = skip(k, "lies beyond the 64-bit integers"); !e) return e;
+                const std::string why = r.frac ? "a whole part past 10^18" : "beyond the 64-bit integers";
+                if (!lenient_) return bad(where, "\"" + key + "\" lies " + why);
+                s_.ignored_.push_back(where + ": " + key);
                 continue;
             }
             if (upper && (!r.has_hi || *x < r.hi)) {
@@ -902,7 +980,9 @@ class SchemaCompiler {
                 r.has_lo = true;
             }
         }
-        if (r.has_lo && r.has_hi && r.lo > r.hi) return bad(where, "no integer lies between its minimum and maximum");
+        if (r.has_lo && r.has_hi && r.lo > r.hi)
+            return bad(where,
+                       std::string("no ") + (r.frac ? "number" : "integer") + " lies between its minimum and maximum");
         return true;
     }
 
@@ -1097,13 +1177,7 @@ bool SchemaRecognizer::begin(int32_t index, uint8_t c, uint8_t depth) {
         if ((f.kind == Kind::object && n->need_object > room) || (f.kind == Kind::array && n->need_array > room))
             return false;
         f.integer = number && !(n->types & JsonSchema::t_number);
-        if (f.integer && !n->range.any()) {  // a bounded integer's sign or first digit
-            const bool negative = c == '-';
-            f.lo = negative;
-            f.seen = negative ? 0 : uint64_t(c - '0');
-            f.count = negative ? 0 : 1;
-            if (!n->range.reaches(negative, f.seen, f.count)) return false;
-        }
+        if (number && !n->range.any() && !n->range.push(f.text, c)) return false;  // a bounded number's first byte
     }
     ++n_;
     return true;
@@ -1165,12 +1239,9 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
     };
     switch (f.kind) {
         case Kind::number:
-            if (number_ended) return (!f.integer || n.range.holds(f.lo, f.seen)) && end_then_parent();
+            if (number_ended) return (n.range.any() || n.range.holds(f.text)) && end_then_parent();
             if (f.integer && (c == '.' || c == 'e' || c == 'E')) return false;
-            if (!f.integer || n.range.any()) return true;
-            f.seen = JsonSchema::IntRange::append(f.seen, uint32_t(c - '0'));  // a digit
-            f.count = uint16_t(std::min(f.count + 1, 0xFFFF));
-            return n.range.reaches(f.lo, f.seen, f.count);
+            return n.range.any() || n.range.push(f.text, c);
         case Kind::any:
             if (f.number) return number_ended ? end_then_parent() : true;
             if (ended(f)) --n_;

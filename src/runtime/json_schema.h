@@ -5,7 +5,7 @@
 // JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
 // byte without ever reaching a dead end: types, properties / required / additionalProperties,
 // items / prefixItems / minItems / maxItems, minLength / maxLength, minimum / maximum /
-// exclusiveMinimum / exclusiveMaximum of integers, pattern (regex_grammar.h), format (date, time,
+// exclusiveMinimum / exclusiveMaximum, pattern (regex_grammar.h), format (date, time,
 // date-time, uuid), enum / const, anyOf / oneOf, allOf of one schema, and local $ref (also
 // recursive). Annotations (title,
 // description, default, other formats, ...) are ignored; any other assertion keyword is refused by name, unless the
@@ -48,24 +48,31 @@ class JsonSchema {
     const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
     static constexpr uint32_t k_grammar_counts = 256;
 
-    // The integers a node takes: [lo, hi], each side bounded or not. Texts are read by their
-    // sign and magnitude, the magnitude saturating at k_huge (past every bound, as bounds are
-    // 64-bit integers).
-    struct IntRange {
-        static constexpr uint64_t k_huge = 10000000000000000000ull;  // 10^19
+    // The numbers a node takes: [lo, hi], each side bounded or not, counted in steps of 10^-frac
+    // (frac 0: integers; k_frac_digits: numbers, whose texts are then written without an
+    // exponent and with at most k_frac_digits fraction digits, each a whole number of steps).
+    struct Range {
+        static constexpr uint8_t k_frac_digits = 15;
+        static constexpr uint64_t k_huge = 10000000000000000000ull;  // 10^19: past every bound's whole part
         bool has_lo = false, has_hi = false;
-        int64_t lo = 0, hi = 0;
+        __int128 lo = 0, hi = 0;
+        uint8_t frac = 0;
         bool any() const { return !has_lo && !has_hi; }
-        // Whether the integer written (`magnitude`, after a '-' when `negative`) is in the range.
-        bool holds(bool negative, uint64_t magnitude) const;
-        // Whether some integer whose text begins with these `digits` digits (none yet: the sign
-        // alone) is in the range, the text as it stands or with more digits. A range refuses
-        // "-0" (nothing may follow "-0" either), so "-" leads to -1 and below.
-        bool reaches(bool negative, uint64_t magnitude, uint32_t digits) const;
-        // The magnitude with digit d appended, saturating at k_huge.
-        static uint64_t append(uint64_t magnitude, uint32_t d) {
-            return magnitude > (k_huge - 1 - d) / 10 ? k_huge : magnitude * 10 + d;
-        }
+        // A number's text so far: '-' or not, the whole part's `digits` digits (their value
+        // saturating at k_huge), then after a '.' its fraction's digits (their value in steps).
+        struct Text {
+            uint64_t whole = 0, fraction = 0;
+            uint16_t digits = 0;
+            uint8_t frac_digits = 0;
+            bool negative = false, dot = false;
+        };
+        // Whether the number written is in the range.
+        bool holds(const Text& t) const;
+        // Whether some number whose text begins with t (or is t) is in the range. Integers refuse
+        // "-0" (nothing may follow "-0" either), so for them "-" leads to -1 and below.
+        bool reaches(const Text& t) const;
+        // Appends byte c (the sign, a digit, the point) to t: whether the range still reaches it.
+        bool push(Text& t, uint8_t c) const;
     };
 
   private:
@@ -107,8 +114,8 @@ class JsonSchema {
         uint32_t min_length = 0, max_length = UINT32_MAX;
         Format format = f_none;  // enforced by the grammar
         std::string pattern;     // "pattern" as GBNF over the string's text (regex_gbnf), for the grammar
-        // integers (types that take no fraction): minimum / maximum and their exclusive forms
-        IntRange range;
+        // numbers: minimum / maximum and their exclusive forms
+        Range range;
         bool compiled = false;  // false while its own definition is being read ($ref cycles)
         // Frames (SchemaRecognizer::k_max_frames) the shallowest object / array instance takes,
         // its required members' included; k_deep when it has none or none that fits.
@@ -147,17 +154,16 @@ class SchemaRecognizer {
   private:
     enum class Kind : uint8_t { object, array, string, number, word, literal, any };
     struct Frame {
-        uint64_t seen;    // object: bit i once keys[i] was written; number: its magnitude so far
+        uint64_t seen;    // object: bit i once keys[i] was written
         int32_t node;     // its schema node
-        uint16_t count;   // array: items; string: characters; literal / key: bytes matched;
-                          // number: digits
-        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts;
-                          // number with a range: lo 1 after a '-'
+        uint16_t count;   // array: items; string: characters; literal / key: bytes matched
+        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts
         uint16_t key;     // object: the property whose value comes next (k_other: an additional one)
         uint8_t base;     // the syntax's depth where the value began
         Kind kind;
-        bool number;   // literal / any: the value is a number (it ends at the byte after it)
-        bool integer;  // number: no fraction or exponent
+        bool number;                   // literal / any: the value is a number (it ends at the byte after it)
+        bool integer;                  // number: no fraction or exponent
+        JsonSchema::Range::Text text;  // number whose node has a range: what it reads so far
     };
     static constexpr uint16_t k_other = 0xFFFF;
     using Mode = JsonRecognizer::Mode;

@@ -5,6 +5,7 @@
 // generation over the real Qwen3 vocabulary ends in instances.
 #include <gtest/gtest.h>
 
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <functional>
@@ -196,7 +197,7 @@ std::vector<Json> test_schemas() {
         Json::parse(R"({"type": "object", "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 12},
             "age": {"type": "integer"},
-            "score": {"type": "number", "description": "0 to 1"},
+            "score": {"type": "number", "description": "0 to 1", "minimum": 0, "maximum": 1},
             "email": {"type": "string", "format": "email"},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
             "status": {"enum": ["active", "inactive", "act", "banned"]},
@@ -400,7 +401,14 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
         if (s.contains("exclusiveMaximum")) hi = std::min(hi, s["exclusiveMaximum"].get<int64_t>() - 1);
         return lo + int64_t(rng() % uint64_t(hi - lo + 1));
     }
-    if (type == "number") return rng() % 2 ? OJson(double(int(rng() % 2000) - 1000) / 8) : OJson(int(rng() % 50));
+    if (type == "number") {  // eighths (written without an exponent) within its bounds
+        double lo = -125, hi = 125;
+        if (s.contains("minimum")) lo = std::max(lo, s["minimum"].get<double>());
+        if (s.contains("maximum")) hi = std::min(hi, s["maximum"].get<double>());
+        const int a = int(std::ceil(lo * 8)), b = int(std::floor(hi * 8));
+        const int k = a + int(rng() % unsigned(b - a + 1));
+        return k % 8 == 0 && rng() % 2 ? OJson(k / 8) : OJson(double(k) / 8);
+    }
     if (type == "boolean") return rng() % 2 == 0;
     return nullptr;
 }
@@ -408,7 +416,11 @@ OJson random_instance(const Json& root, const Json& s, std::mt19937& rng, int de
 TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
     const std::vector<std::pair<const char*, const char*>> cases = {
         {R"j({"type": "object", "properties": {"a": {"type": "string", "pattern": "^(?=x)"}}})j", "lookaround"},
-        {R"({"type": "object", "properties": {"a": {"type": "number", "minimum": 0}}})", "\"minimum\""},
+        {R"({"anyOf": [{"type": "object", "properties": {"a": {"type": "number", "minimum": 0}}},
+                       {"type": "object", "properties": {"b": {"type": "null"}}}]})",
+         "minimum / maximum of a number"},
+        {R"({"type": "object", "properties": {"a": {"type": "number", "minimum": 1, "exclusiveMaximum": 1}}})",
+         "no number"},
         {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3, "maximum": 2}}})", "no integer"},
         {R"({"type": "object", "properties": {"a": {"type": "integer", "exclusiveMinimum": 2, "maximum": 2.5}}})",
          "no integer"},
@@ -441,7 +453,7 @@ TEST(JsonSchema, refuses_what_it_cannot_enforce_by_name) {
         "c": {"type": "number", "minimum": 0}}, "required": ["c"]})j"),
                                        true);
     ASSERT_TRUE(lenient.ok()) << lenient.error().message;
-    const std::vector<std::string> skipped = {"#/properties/a: pattern", "#/properties/c: minimum"};
+    const std::vector<std::string> skipped = {"#/properties/a: pattern", "(grammar) minimum / maximum of a number"};
     EXPECT_EQ((*lenient)->ignored(), skipped);
     ASSERT_TRUE((*lenient)->grammar());  // b's members begin alike
     EXPECT_EQ(read_text(**lenient, R"({"c":-4,"a":"yy","b":{"y":[1]}})"), -1);
@@ -574,7 +586,7 @@ TEST(JsonSchema, takes_instances_and_refuses_the_rest) {
     ASSERT_TRUE(s.ok()) << s.error().message;
     for (const char* t : {R"({"name":"Al","age":30,"status":"active"})",
                           R"( { "status" : "act" , "age" : -2 , "name" : "é😀" , "tags" : [ "ab\"c" ] } )",
-                          R"({"name":"x","age":0,"status":"banned","address":{"city":"","zip":null},"score":1e-3})"})
+                          R"({"name":"x","age":0,"status":"banned","address":{"city":"","zip":null},"score":0.001})"})
         EXPECT_EQ(read_text(**s, t), -1) << t;
     for (const char* t : {
              R"({"name":"Al","age":30})",                                             // a required key missing
@@ -722,6 +734,89 @@ TEST(JsonSchema, integer_bounds_take_exactly_the_integers_between) {
             EXPECT_EQ(read_text(**s, "{\"v\":" + std::string(text) + "}") == -1, in) << bounds.dump() << " " << text;
         }
     }
+}
+
+// Number bounds (SchemaRecognizer): every number text of up to 3 bytes is taken as a prefix
+// exactly when some number in range begins with it (a witness of up to 3 more bytes, enough for
+// these bounds), every one of up to 4 whole exactly when its value is in range; exponents are
+// not written.
+TEST(JsonSchema, number_bounds_take_exactly_the_numbers_between) {
+    const std::vector<const char*> cases = {
+        R"({"minimum": 0, "maximum": 1})",
+        R"({"minimum": -2.5, "maximum": 3.75})",
+        R"({"exclusiveMinimum": 0.25, "exclusiveMaximum": 0.5})",
+        R"({"minimum": 10, "maximum": 20})",
+        R"({"maximum": -7.5})",
+        R"({"exclusiveMinimum": 0})",
+        R"({"minimum": 0.1})",
+        R"({"minimum": -0.5, "exclusiveMaximum": 0})",
+    };
+    // whether t begins a JSON number without an exponent (whole: is one)
+    auto syntax = [](const std::string& t, bool whole) {
+        size_t i = !t.empty() && t[0] == '-';
+        if (i == t.size()) return !whole;
+        if (t[i] == '0')
+            ++i;
+        else if (std::isdigit(uint8_t(t[i])))
+            while (i < t.size() && std::isdigit(uint8_t(t[i]))) ++i;
+        else
+            return false;
+        if (i == t.size()) return true;
+        if (t[i++] != '.') return false;
+        const size_t fraction = i;
+        while (i < t.size() && std::isdigit(uint8_t(t[i]))) ++i;
+        return i == t.size() && (!whole || i > fraction);
+    };
+    std::vector<std::string> texts = {""}, more = {""};
+    for (size_t i = 0; i < texts.size(); ++i)
+        if (texts[i].size() < 4)
+            for (char c : std::string("-0123456789.")) texts.push_back(texts[i] + c);
+    for (size_t i = 0; i < more.size(); ++i)
+        if (more[i].size() < 3)
+            for (char c : std::string("0123456789.")) more.push_back(more[i] + c);
+    texts.erase(std::remove_if(texts.begin(), texts.end(),
+                               [&](const std::string& t) { return t.empty() || !syntax(t, false); }),
+                texts.end());
+    for (const char* c : cases) {
+        SCOPED_TRACE(c);
+        const Json b = Json::parse(c);
+        Json value = {{"type", "number"}};
+        value.update(b);
+        auto s = JsonSchema::compile({{"type", "object"}, {"properties", {{"v", value}}}, {"required", {"v"}}});
+        ASSERT_TRUE(s.ok()) << s.error().message;
+        ASSERT_FALSE((*s)->grammar());
+        // the reference: decimal texts compared as long doubles with the bounds' own texts
+        long double bound[4];
+        const char* const keys[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+        for (int k = 0; k < 4; ++k)
+            bound[k] = b.contains(keys[k]) ? std::strtold(b[keys[k]].dump().c_str(), nullptr) : 0;
+        auto in_range = [&](const std::string& t) {
+            const long double x = std::strtold(t.c_str(), nullptr);
+            return (!b.contains(keys[0]) || x >= bound[0]) && (!b.contains(keys[1]) || x <= bound[1]) &&
+                   (!b.contains(keys[2]) || x > bound[2]) && (!b.contains(keys[3]) || x < bound[3]);
+        };
+        for (const std::string& t : texts) {
+            const bool whole = syntax(t, true) && in_range(t);
+            EXPECT_EQ(read_text(**s, "{\"v\":" + t + "}") == -1, whole) << t;
+            if (t.size() > 3) continue;  // prefixes: up to 3 bytes, witnesses up to 3 more
+            bool reachable = whole;
+            std::string w;
+            for (size_t k = 0; k < more.size() && !reachable; ++k) {
+                w.assign(t).append(more[k]);
+                reachable = syntax(w, true) && in_range(w);
+            }
+            EXPECT_EQ(read_text(**s, "{\"v\":" + t) == ptrdiff_t(t.size()) + 5, reachable) << t;
+        }
+        EXPECT_GE(read_text(**s, R"({"v":1e-1})"), 0);  // no exponent
+    }
+    // 15 fraction digits at most; the bound read as its decimal text (0.1 is 0.1)
+    auto s = JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": "number", "minimum": 0.1}}})"));
+    ASSERT_TRUE(s.ok()) << s.error().message;
+    EXPECT_EQ(read_text(**s, R"({"v":0.1})"), -1);
+    EXPECT_EQ(read_text(**s, R"({"v":0.100000000000001})"), -1);
+    EXPECT_GE(read_text(**s, R"({"v":0.1000000000000001})"), 0);
+    EXPECT_GE(read_text(**s, R"({"v":0.099999999999999})"), 0);
+    EXPECT_EQ(read_text(**s, R"({"v":123456789012345678901234567890.5})"), -1);  // no upper bound
 }
 
 // Formats (date, time, date-time, uuid) make the schema a grammar that writes their shapes; other

@@ -847,7 +847,7 @@ TEST_F(Serve, bad_inputs_get_a_4xx_with_an_error_object) {
          400},
         {"strict tool whose schema is not enforced", "POST", "/v1/chat/completions",
          chat({{"messages", ok_msgs},
-               {"tools", strict_tool("n", {{"type", "number"}, {"minimum", 1}})},
+               {"tools", strict_tool("n", {{"type", "array"}, {"uniqueItems", true}})},
                {"tool_choice", "required"}}),
          400},
         {"strict tool whose schema is not enforced, tool_choice auto", "POST", "/v1/chat/completions",
