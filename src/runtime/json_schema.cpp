@@ -72,9 +72,9 @@ const std::set<std::string> k_annotations = {
     "strict",   "$defs",       "definitions", "contentEncoding", "additionalItems",
 };
 const std::set<std::string> k_supported = {
-    "type",     "enum",        "const",     "properties", "required", "additionalProperties",
-    "items",    "prefixItems", "anyOf",     "oneOf",      "allOf",    "$ref",
-    "minItems", "maxItems",    "minLength", "maxLength",
+    "type",     "enum",        "const",     "properties", "required",      "additionalProperties",
+    "items",    "prefixItems", "anyOf",     "oneOf",      "allOf",         "$ref",
+    "minItems", "maxItems",    "minLength", "maxLength",  "minProperties", "maxProperties",
 };
 // Bounds: enforced on integers (SchemaCompiler::bounds).
 const char* const k_bounds[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
@@ -298,17 +298,17 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
                      std::to_string(cap_) + ")";
     }
 
-    // A number's bounds, which the grammar leaves out (integers' it writes): skipped in a lenient
-    // compile, else the schema is refused.
-    void unenforced_bounds() {
-        const std::string note = "(grammar) minimum / maximum of a number";
+    // What the grammar leaves out (a number's bounds: integers' it writes; an object's counts of
+    // properties): skipped in a lenient compile, else the schema is refused.
+    void unwritten(const std::string& what) {
+        const std::string note = "(grammar) " + what;
         if (lenient_) {
             if (std::find(s_.ignored_.begin(), s_.ignored_.end(), note) == s_.ignored_.end())
                 s_.ignored_.push_back(note);
         } else if (error_.empty()) {
-            error_ =
-                "the schema's minimum / maximum of a number cannot be enforced where it is read by a grammar "
-                "(anyOf members that begin alike, a pattern or a format; integers' bounds can)";
+            error_ = "the schema's " + what +
+                     " cannot be enforced where it is read by a grammar (anyOf members that begin alike, a "
+                     "pattern or a format)";
         }
     }
 
@@ -346,7 +346,10 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
         } else if (!n.alternatives.empty()) {
             for (int32_t a : n.alternatives) alts.push_back(rule(a));
         } else {
-            if (n.types & JsonSchema::t_object) alts.push_back(object(n, name));
+            if (n.types & JsonSchema::t_object) {
+                if (n.min_props > 0 || n.max_props != UINT32_MAX) unwritten("minProperties / maxProperties");
+                alts.push_back(object(n, name));
+            }
             if (n.types & JsonSchema::t_array) alts.push_back(array(n));
             if (n.types & JsonSchema::t_string && !n.pattern.empty())
                 alts.push_back("\"\\\"\" " + n.pattern + " \"\\\"\"");
@@ -360,7 +363,7 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
                                                                   "minLength / maxLength")),
                                           "\"\\\"\""));
             if (n.types & JsonSchema::t_number) {
-                if (!n.range.any()) unenforced_bounds();
+                if (!n.range.any()) unwritten("minimum / maximum of a number");
                 alts.push_back("number");
             } else if (n.types & JsonSchema::t_integer)
                 alts.push_back(n.range.any() ? "integer" : integers(n.range));
@@ -626,9 +629,10 @@ class SchemaCompiler {
             }
             return bad(where, "the keyword \"" + k +
                                   "\" is not supported (supported: type, properties, required, "
-                                  "additionalProperties, items, prefixItems, minItems, maxItems, minLength, "
-                                  "maxLength, minimum, maximum, exclusiveMinimum, exclusiveMaximum of "
-                                  "integers, enum, const, anyOf, oneOf, allOf of one schema, $ref)");
+                                  "additionalProperties, minProperties, maxProperties, items, prefixItems, "
+                                  "minItems, maxItems, minLength, maxLength, minimum, maximum, exclusiveMinimum, "
+                                  "exclusiveMaximum, pattern, format, enum, const, anyOf, oneOf, allOf of one "
+                                  "schema, $ref)");
         }
         Node n;
         // enum / const: the value is one of these texts
@@ -713,10 +717,11 @@ class SchemaCompiler {
                 else
                     return bad(where, "unknown type " + name.dump());
             }
-        } else if (has({"properties", "required", "additionalProperties", "items", "prefixItems", "minItems",
-                        "maxItems", "minLength", "maxLength"})) {
+        } else if (has({"properties", "required", "additionalProperties", "minProperties", "maxProperties", "items",
+                        "prefixItems", "minItems", "maxItems", "minLength", "maxLength"})) {
             n.types = 0;
-            if (has({"properties", "required", "additionalProperties"})) n.types |= JsonSchema::t_object;
+            if (has({"properties", "required", "additionalProperties", "minProperties", "maxProperties"}))
+                n.types |= JsonSchema::t_object;
             if (has({"items", "prefixItems", "minItems", "maxItems"})) n.types |= JsonSchema::t_array;
             if (has({"minLength", "maxLength"})) n.types |= JsonSchema::t_string;
         }
@@ -729,8 +734,10 @@ class SchemaCompiler {
             return true;
         };
         for (auto [k, out] : {std::pair{"minItems", &n.min_items}, std::pair{"maxItems", &n.max_items},
-                              std::pair{"minLength", &n.min_length}, std::pair{"maxLength", &n.max_length}})
+                              std::pair{"minLength", &n.min_length}, std::pair{"maxLength", &n.max_length},
+                              std::pair{"minProperties", &n.min_props}, std::pair{"maxProperties", &n.max_props}})
             if (auto r = count(k, out); !r) return r.error();
+        if (n.min_props > n.max_props) return bad(where, "minProperties is above maxProperties");
         if (n.min_items > n.max_items) return bad(where, "minItems is above maxItems");
         if (n.min_length > n.max_length) return bad(where, "minLength is above maxLength");
         if (auto r = bounds(s, n, where); !r) return r.error();
@@ -818,12 +825,17 @@ class SchemaCompiler {
                 n.items = *c;
             }
         }
+        // the keys an object must and may have against its counts (else some text would find no way on)
+        if (uint32_t(__builtin_popcountll(n.required)) > n.max_props)
+            return bad(where, "more properties are required than maxProperties allows");
+        if (n.additional == JsonSchema::k_none && n.keys.size() < n.min_props)
+            return bad(where, "minProperties asks for more properties than the object may have");
         if (n.items == JsonSchema::k_none) n.max_items = std::min<uint32_t>(n.max_items, uint32_t(n.prefix.size()));
         if (n.min_items > n.max_items) return bad(where, "minItems is above the items that may be given");
         n.any = n.types == JsonSchema::t_all && n.keys.empty() && n.additional == JsonSchema::k_any &&
-                n.prefix.empty() && n.items == JsonSchema::k_any && n.min_items == 0 && n.max_items == UINT32_MAX &&
-                n.min_length == 0 && n.max_length == UINT32_MAX && n.range.any() && n.format == JsonSchema::f_none &&
-                n.pattern.empty();
+                n.min_props == 0 && n.max_props == UINT32_MAX && n.prefix.empty() && n.items == JsonSchema::k_any &&
+                n.min_items == 0 && n.max_items == UINT32_MAX && n.min_length == 0 && n.max_length == UINT32_MAX &&
+                n.range.any() && n.format == JsonSchema::f_none && n.pattern.empty();
         n.compiled = true;
         s_.nodes_[size_t(i)] = std::move(n);
         return true;
@@ -1004,9 +1016,10 @@ class SchemaCompiler {
         }
         auto types_only = [&](const Node& m) {
             return m.literals.empty() && m.alternatives.empty() && m.keys.empty() &&
-                   m.additional == JsonSchema::k_any && m.prefix.empty() && m.items == JsonSchema::k_any &&
-                   m.min_items == 0 && m.max_items == UINT32_MAX && m.min_length == 0 && m.max_length == UINT32_MAX &&
-                   m.range.any() && m.format == JsonSchema::f_none && m.pattern.empty();
+                   m.additional == JsonSchema::k_any && m.min_props == 0 && m.max_props == UINT32_MAX &&
+                   m.prefix.empty() && m.items == JsonSchema::k_any && m.min_items == 0 && m.max_items == UINT32_MAX &&
+                   m.min_length == 0 && m.max_length == UINT32_MAX && m.range.any() && m.format == JsonSchema::f_none &&
+                   m.pattern.empty();
         };
         for (size_t a = 0; a < out.size(); ++a) {
             for (size_t b = a + 1; b < out.size(); ++b) {
@@ -1183,14 +1196,22 @@ bool SchemaRecognizer::begin(int32_t index, uint8_t c, uint8_t depth) {
     return true;
 }
 
+bool SchemaRecognizer::room(const Frame& f, bool required) const {
+    const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
+    if (n.max_props == UINT32_MAX) return true;
+    const uint32_t missing = uint32_t(__builtin_popcountll(n.required & ~f.seen));
+    return f.members + 1u + missing - required <= n.max_props;
+}
+
 bool SchemaRecognizer::usable(const Frame& f, size_t key) const {
     const JsonSchema::Node& n = schema_->nodes_[size_t(f.node)];
-    return !((f.seen >> key) & 1) && schema_->need(n.key_nodes[key]) <= k_max_frames - n_;
+    return !((f.seen >> key) & 1) && schema_->need(n.key_nodes[key]) <= k_max_frames - n_ &&
+           room(f, (n.required >> key) & 1);
 }
 
 bool SchemaRecognizer::other_keys(const Frame& f) const {
     const int32_t a = schema_->nodes_[size_t(f.node)].additional;
-    return a != JsonSchema::k_none && schema_->need(a) <= k_max_frames - n_;
+    return a != JsonSchema::k_none && schema_->need(a) <= k_max_frames - n_ && room(f, false);
 }
 
 bool SchemaRecognizer::key_byte(Frame& f, Mode before, bool mid_char, uint8_t c) {
@@ -1203,13 +1224,14 @@ bool SchemaRecognizer::key_byte(Frame& f, Mode before, bool mid_char, uint8_t c)
     if (before == Mode::str && !mid_char && c == '"') {  // the key's end
         const bool named = f.lo < f.hi && n.keys[f.lo].size() == f.count;
         if (named) {
-            if (!usable(f, f.lo)) return false;  // given already, or its value nests too deep
+            if (!usable(f, f.lo)) return false;  // given already, its value nests too deep, or no room
             f.key = f.lo;
             f.seen |= uint64_t(1) << f.lo;
-            return true;
+        } else {
+            if (!other_keys(f)) return false;
+            f.key = k_other;
         }
-        if (!other_keys(f)) return false;
-        f.key = k_other;
+        f.members = uint16_t(std::min(f.members + 1, 0xFFFF));
         return true;
     }
     uint16_t lo = f.lo, hi = f.hi, count = f.count;
@@ -1299,7 +1321,7 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
                 case Mode::obj_first:
                 case Mode::obj_key:
                     if (c == '}') {
-                        if ((f.seen & n.required) != n.required) return false;
+                        if ((f.seen & n.required) != n.required || f.members < n.min_props) return false;
                         --n_;
                         return true;
                     }
@@ -1314,7 +1336,7 @@ bool SchemaRecognizer::step(Mode before, bool in_key, bool mid_char, uint8_t dep
                     return begin(f.key == k_other ? n.additional : n.key_nodes[f.key], c, depth);
                 default:  // after a value
                     if (c == ',') return unseen();
-                    if ((f.seen & n.required) != n.required) return false;
+                    if ((f.seen & n.required) != n.required || f.members < n.min_props) return false;
                     --n_;
                     return true;
             }

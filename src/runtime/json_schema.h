@@ -4,7 +4,8 @@
 //
 // JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
 // byte without ever reaching a dead end: types, properties / required / additionalProperties,
-// items / prefixItems / minItems / maxItems, minLength / maxLength, minimum / maximum /
+// minProperties / maxProperties, items / prefixItems / minItems / maxItems, minLength /
+// maxLength, minimum / maximum /
 // exclusiveMinimum / exclusiveMaximum, pattern (regex_grammar.h), format (date, time,
 // date-time, uuid), enum / const, anyOf / oneOf, allOf of one schema, and local $ref (also
 // recursive). Annotations (title,
@@ -106,6 +107,7 @@ class JsonSchema {
         uint64_t required = 0;       // bit i: keys[i]
         std::vector<uint8_t> order;  // indices into keys: the required ones as listed, then the rest
         int32_t additional = k_any;
+        uint32_t min_props = 0, max_props = UINT32_MAX;  // minProperties / maxProperties
         // arrays
         std::vector<int32_t> prefix;
         int32_t items = k_any;
@@ -154,12 +156,13 @@ class SchemaRecognizer {
   private:
     enum class Kind : uint8_t { object, array, string, number, word, literal, any };
     struct Frame {
-        uint64_t seen;    // object: bit i once keys[i] was written
-        int32_t node;     // its schema node
-        uint16_t count;   // array: items; string: characters; literal / key: bytes matched
-        uint16_t lo, hi;  // literal / key being written: the candidates, a range of sorted texts
-        uint16_t key;     // object: the property whose value comes next (k_other: an additional one)
-        uint8_t base;     // the syntax's depth where the value began
+        uint64_t seen;     // object: bit i once keys[i] was written
+        int32_t node;      // its schema node
+        uint16_t count;    // array: items; string: characters; literal / key: bytes matched
+        uint16_t lo, hi;   // literal / key being written: the candidates, a range of sorted texts
+        uint16_t key;      // object: the property whose value comes next (k_other: an additional one)
+        uint16_t members;  // object: keys written (saturating)
+        uint8_t base;      // the syntax's depth where the value began
         Kind kind;
         bool number;                   // literal / any: the value is a number (it ends at the byte after it)
         bool integer;                  // number: no fraction or exponent
@@ -175,6 +178,9 @@ class SchemaRecognizer {
     // left), or a key of its additional properties.
     bool usable(const Frame& f, size_t key) const;
     bool other_keys(const Frame& f) const;
+    // Whether object frame f has room for one more key under maxProperties (a required one or
+    // another), the required keys not yet written still to come.
+    bool room(const Frame& f, bool required) const;
     bool ended(const Frame& f) const;
     static bool is_number_mode(Mode m);
 

