@@ -4,6 +4,7 @@
 #include <bitset>
 #include <cctype>
 #include <functional>
+#include <iterator>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
@@ -78,6 +79,40 @@ const std::set<std::string> k_supported = {
 };
 // Bounds: enforced on integers (SchemaCompiler::bounds).
 const char* const k_bounds[] = {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"};
+
+// The string formats the grammar enforces, indexed by JsonSchema::Format: the name "format"
+// gives and the rules that derive their texts, rule fmt-<name> first. RFC 3339's full-date,
+// full-time, date-time and duration (month 01-12, day 01-31: the calendar is not checked); RFC
+// 4122's UUID; RFC 791's dotted quad; host names of RFC 1123 labels (their total length not
+// checked); e-mail addresses of the common shape (letters, digits and ._%+- before the @, then
+// two or more labels).
+struct FormatRules {
+    const char* name;
+    const char* rules;
+};
+constexpr FormatRules k_formats[] = {
+    {"", ""},
+    {"date",
+     "fmt-date ::= [0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )\n"},
+    {"time",
+     "fmt-time ::= ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" ( [0-5] [0-9] | \"60\" ) "
+     "( \".\" [0-9]{1,9} )? ( [zZ] | [+-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )\n"},
+    {"date-time", "fmt-date-time ::= fmt-date [tT] fmt-time\n"},
+    {"duration",
+     "fmt-duration ::= \"P\" ( ( [0-9]+ \"Y\" ( [0-9]+ \"M\" ( [0-9]+ \"D\" )? )? | [0-9]+ \"M\" ( [0-9]+ \"D\" )? | "
+     "[0-9]+ \"D\" ) fmt-duration-t? | fmt-duration-t | [0-9]+ \"W\" )\n"
+     "fmt-duration-t ::= \"T\" ( [0-9]+ \"H\" ( [0-9]+ \"M\" ( [0-9]+ \"S\" )? )? | [0-9]+ \"M\" ( [0-9]+ \"S\" )? | "
+     "[0-9]+ \"S\" )\n"},
+    {"uuid", "fmt-uuid ::= [0-9a-fA-F]{8} ( \"-\" [0-9a-fA-F]{4} ){3} \"-\" [0-9a-fA-F]{12}\n"},
+    {"ipv4",
+     "fmt-ipv4 ::= fmt-ipv4-o \".\" fmt-ipv4-o \".\" fmt-ipv4-o \".\" fmt-ipv4-o\n"
+     "fmt-ipv4-o ::= \"25\" [0-5] | \"2\" [0-4] [0-9] | \"1\" [0-9] [0-9] | [1-9] [0-9] | [0-9]\n"},
+    {"hostname",
+     "fmt-hostname ::= fmt-hostname-l ( \".\" fmt-hostname-l )*\n"
+     "fmt-hostname-l ::= [a-zA-Z0-9] ( [a-zA-Z0-9-]{0,61} [a-zA-Z0-9] )?\n"},
+    {"email", "fmt-email ::= [a-zA-Z0-9._%+-]+ \"@\" [a-zA-Z0-9-]+ ( \".\" [a-zA-Z0-9-]+ )+\n"},
+};
+static_assert(std::size(k_formats) == JsonSchema::f_count);
 
 // Alternatives as one GBNF group.
 std::string any_of(const std::vector<std::string>& alts) {
@@ -217,7 +252,7 @@ class SchemaGrammar {
         }
         if (!error_.empty()) return Error{error_};
         out_ += k_base;
-        for (JsonSchema::Format f : formats_) out_ += k_formats[f];
+        for (JsonSchema::Format f : formats_) out_ += k_formats[f].rules;
         auto g = Grammar::parse(out_);
         if (!g) return Error{"the schema is too large to read as a grammar (" + g.error().message + ")"};
         return *g;
@@ -237,25 +272,13 @@ null ::= "null"
 ws ::= ( " " | "\n" [ \t]{0,20} )?
 )";
 
-    // The string formats' rules (RFC 3339's full-date, full-time and date-time; RFC 4122's
-    // UUID), indexed by JsonSchema::Format; format_rule names them.
-    static constexpr const char* k_formats[] = {
-        "",
-        "fmt-date ::= [0-9]{4} \"-\" ( \"0\" [1-9] | \"1\" [0-2] ) \"-\" ( \"0\" [1-9] | [12] [0-9] | \"3\" [01] )\n",
-        "fmt-time ::= ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] \":\" ( [0-5] [0-9] | \"60\" ) ( \".\" [0-9]{1,9} "
-        ")? "
-        "( [zZ] | [+-] ( [01] [0-9] | \"2\" [0-3] ) \":\" [0-5] [0-9] )\n",
-        "fmt-date-time ::= fmt-date [tT] fmt-time\n",
-        "fmt-uuid ::= [0-9a-fA-F]{8} ( \"-\" [0-9a-fA-F]{4} ){3} \"-\" [0-9a-fA-F]{12}\n",
-    };
     std::string format_rule(JsonSchema::Format f) {
         formats_.insert(f);
         if (f == JsonSchema::f_date_time) {
             formats_.insert(JsonSchema::f_date);
             formats_.insert(JsonSchema::f_time);
         }
-        static const char* const names[] = {"", "fmt-date", "fmt-time", "fmt-date-time", "fmt-uuid"};
-        return names[f];
+        return std::string("fmt-") + k_formats[f].name;
     }
 
     // The rule that derives node i's values (queued to be written once).
@@ -917,11 +940,9 @@ class SchemaCompiler {
             !n.pattern.empty())
             return true;
         const std::string f = s["format"];
-        n.format = f == "date"        ? JsonSchema::f_date
-                   : f == "time"      ? JsonSchema::f_time
-                   : f == "date-time" ? JsonSchema::f_date_time
-                   : f == "uuid"      ? JsonSchema::f_uuid
-                                      : JsonSchema::f_none;
+        n.format = JsonSchema::f_none;
+        for (int k = 1; k < JsonSchema::f_count; ++k)
+            if (f == k_formats[k].name) n.format = JsonSchema::Format(k);
         if (n.format == JsonSchema::f_none) return true;
         as_grammar_ = true;
         for (const char* k : {"minLength", "maxLength"}) {

@@ -7,11 +7,11 @@
 // minProperties / maxProperties, items / prefixItems / minItems / maxItems, minLength /
 // maxLength, minimum / maximum /
 // exclusiveMinimum / exclusiveMaximum, pattern (regex_grammar.h), format (date, time,
-// date-time, uuid), enum / const, anyOf / oneOf, allOf of one schema, and local $ref (also
-// recursive). Annotations (title,
-// description, default, other formats, ...) are ignored; any other assertion keyword is refused by name, unless the
-// caller asks for a lenient compile (then it is skipped and listed, for the caller to report). An object schema that
-// lists properties takes no other keys unless additionalProperties allows them.
+// date-time, duration, uuid, ipv4, hostname, email), enum / const, anyOf / oneOf, allOf of one schema, and local $ref
+// (also recursive). Annotations (title, description, default, other formats, ...) are ignored; any other assertion
+// keyword is refused by name, unless the caller asks for a lenient compile (then it is skipped and listed, for the
+// caller to report). An object schema that lists properties takes no other keys unless additionalProperties allows
+// them.
 //
 // SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
 // first byte that no instance of the schema could continue with. It decides each anyOf by the
@@ -42,12 +42,27 @@ class JsonSchema {
     // What a lenient compile skipped: "where: keyword".
     const std::vector<std::string>& ignored() const { return ignored_; }
     // Set when some anyOf's members may begin alike, or a string has a pattern or a format the
-    // grammar enforces (date, time, date-time, uuid: RFC 3339's and RFC 4122's shapes, the
-    // calendar not checked): instances are read by this grammar rather than by SchemaRecognizer. It writes an object's
+    // grammar enforces (date, time, date-time, duration, uuid, ipv4, hostname, email: their
+    // shapes, the calendar not checked): instances are read by this grammar rather than by
+    // SchemaRecognizer. It writes an object's
     // keys in one order (the required ones as `required` lists them, then the others by name) and takes at most one
     // space or a newline and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
     const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
     static constexpr uint32_t k_grammar_counts = 256;
+
+    // The string formats the grammar enforces (json_schema.cpp's k_formats has their rules).
+    enum Format : uint8_t {
+        f_none,
+        f_date,
+        f_time,
+        f_date_time,
+        f_duration,
+        f_uuid,
+        f_ipv4,
+        f_hostname,
+        f_email,
+        f_count
+    };
 
     // The numbers a node takes: [lo, hi], each side bounded or not, counted in steps of 10^-frac
     // (frac 0: integers; k_frac_digits: numbers, whose texts are then written without an
@@ -93,7 +108,6 @@ class JsonSchema {
     static constexpr int32_t k_any = 0;    // the node that takes every value
     static constexpr int32_t k_none = -1;  // additionalProperties / items: false
     static constexpr uint8_t k_deep = 255;
-    enum Format : uint8_t { f_none, f_date, f_time, f_date_time, f_uuid };
 
     struct Node {
         uint8_t types = t_all;

@@ -61,6 +61,11 @@ const std::map<std::string, std::string> k_format_shapes = {
     {"date-time", R"(\d{4}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])[tT])"
                   R"(([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d{1,9})?([zZ]|[+-]([01]\d|2[0-3]):[0-5]\d))"},
     {"uuid", R"([0-9a-fA-F]{8}(-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12})"},
+    {"duration", R"(P(((\d+Y(\d+M(\d+D)?)?|\d+M(\d+D)?|\d+D)(T(\d+H(\d+M(\d+S)?)?|\d+M(\d+S)?|\d+S))?)|)"
+                 R"(T(\d+H(\d+M(\d+S)?)?|\d+M(\d+S)?|\d+S)|\d+W))"},
+    {"ipv4", R"((25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]\d|\d)){3})"},
+    {"hostname", R"([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*)"},
+    {"email", R"([A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+)"},
 };
 
 // Patterns the random schemas use, each with values it matches.
@@ -86,6 +91,12 @@ std::string random_format(const std::string& f, std::mt19937& rng) {
     if (f == "date") return date;
     if (f == "time") return time;
     if (f == "date-time") return date + (rng() % 2 ? "T" : "t") + time;
+    if (f == "duration")
+        return rng() % 3 == 0 ? "P" + num(1, 52, 1) + "W"
+                              : "P" + num(0, 9, 1) + "Y" + num(1, 11, 1) + "MT" + num(0, 59, 1) + "S";
+    if (f == "ipv4") return num(0, 255, 1) + "." + num(0, 255, 1) + "." + num(0, 255, 1) + "." + num(0, 255, 1);
+    if (f == "hostname") return rng() % 2 ? "example.com" : "a-b" + num(0, 99, 1) + ".x";
+    if (f == "email") return rng() % 2 ? "a.b+c@example.org" : "x_" + num(0, 99, 1) + "@d-1.co";
     static const char* hex = "0123456789abcdefABCDEF";
     std::string u;
     for (int i = 0; i < 36; ++i) u += i == 8 || i == 13 || i == 18 || i == 23 ? '-' : hex[rng() % 22];
@@ -200,7 +211,7 @@ std::vector<Json> test_schemas() {
             "name": {"type": "string", "minLength": 1, "maxLength": 12},
             "age": {"type": "integer"},
             "score": {"type": "number", "description": "0 to 1", "minimum": 0, "maximum": 1},
-            "email": {"type": "string", "format": "email"},
+            "site": {"type": "string", "format": "uri"},
             "tags": {"type": "array", "items": {"type": "string", "maxLength": 4}, "minItems": 1, "maxItems": 3},
             "status": {"enum": ["active", "inactive", "act", "banned"]},
             "address": {"type": "object", "properties": {"city": {"type": "string"}, "zip": {"type": ["string", "null"]}},
@@ -821,8 +832,8 @@ TEST(JsonSchema, number_bounds_take_exactly_the_numbers_between) {
     EXPECT_EQ(read_text(**s, R"({"v":123456789012345678901234567890.5})"), -1);  // no upper bound
 }
 
-// Formats (date, time, date-time, uuid) make the schema a grammar that writes their shapes; other
-// formats are annotations; lengths beside a format are refused when strict.
+// Formats (date, time, date-time, duration, uuid, ipv4, hostname, email) make the schema a grammar that writes their
+// shapes; other formats are annotations; lengths beside a format are refused when strict.
 TEST(JsonSchema, formats_take_their_shapes) {
     const std::vector<std::tuple<const char*, std::vector<const char*>, std::vector<const char*>>> cases = {
         {"date",
@@ -838,6 +849,18 @@ TEST(JsonSchema, formats_take_their_shapes) {
          {"123e4567-e89b-12d3-a456-426614174000", "ABCDEF01-2345-6789-abcd-ef0123456789"},
          {"123e4567e89b12d3a456426614174000", "123e4567-e89b-12d3-a456-42661417400",
           "g23e4567-e89b-12d3-a456-426614174000"}},
+        {"duration",
+         {"P3Y6M4DT12H30M5S", "P1W", "PT36H", "P1D", "PT0S", "P2MT5M"},
+         {"P", "PT", "P1Y2D3M", "P1H", "PT1D", "P1.5Y", "1W"}},
+        {"ipv4",
+         {"192.168.0.1", "0.0.0.0", "255.255.255.255", "10.200.50.9"},
+         {"256.1.1.1", "1.2.3", "01.2.3.4", "1.2.3.4.5", "1..2.3"}},
+        {"hostname",
+         {"example.com", "a", "a-b.c1", "xn--bcher-kva.example"},
+         {"-a.com", "a-.com", "a..b", ".a", "a_b.com"}},
+        {"email",
+         {"john.doe@example.com", "a+tag@sub.domain.org", "x_1%y@d-1.co"},
+         {"john@example", "@example.com", "a@b@c.com", "a b@c.de", "a@.com"}},
     };
     for (const auto& [format, good, bad] : cases) {
         SCOPED_TRACE(format);
@@ -856,10 +879,10 @@ TEST(JsonSchema, formats_take_their_shapes) {
         }
     }
     // an unknown format is an annotation (no grammar); a format allows the other types beside it
-    auto email = JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": "string", "format": "email"}}})"));
-    ASSERT_TRUE(email.ok());
-    EXPECT_FALSE((*email)->grammar());
-    EXPECT_EQ(read_text(**email, R"({"v":"not an address"})"), -1);
+    auto uri = JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": "string", "format": "uri"}}})"));
+    ASSERT_TRUE(uri.ok());
+    EXPECT_FALSE((*uri)->grammar());
+    EXPECT_EQ(read_text(**uri, R"({"v":"not a uri"})"), -1);
     auto either =
         JsonSchema::compile(Json::parse(R"({"properties": {"v": {"type": ["string", "integer"], "format": "date"}}})"));
     ASSERT_TRUE(either.ok());
@@ -965,8 +988,9 @@ Json random_schema(std::mt19937& rng, int depth) {
         case 0: {
             Json str = {{"type", "string"}};
             if (pick(5) == 0) {
-                static const char* const formats[] = {"date", "time", "date-time", "uuid", "email"};
-                str["format"] = formats[pick(5)];
+                static const char* const formats[] = {"date", "time",     "date-time", "duration", "uuid",
+                                                      "ipv4", "hostname", "email",     "uri"};
+                str["format"] = formats[pick(9)];
             } else if (pick(5) == 0) {
                 auto it = k_pattern_values.begin();
                 std::advance(it, pick(int(k_pattern_values.size())));
