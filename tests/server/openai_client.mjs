@@ -72,13 +72,15 @@ check(streamedName === "get_weather" && streamedArgs === call.function.arguments
 const json = await client.chat.completions.create({
   model: "m", messages, response_format: { type: "json_object" }, max_tokens: 40, temperature: 0 });
 check(typeof json.choices[0].message.content === "string", "JSON mode answers");
-const schema = { type: "object", properties: { unit: { enum: ["celsius", "fahrenheit"] }, city: { type: "string" } },
-  required: ["unit", "city"], additionalProperties: false };
-const structured = await client.chat.completions.create({ model: "m", messages, logit_bias, max_tokens: 80,
+const schema = { type: "object", properties: { unit: { enum: ["celsius", "fahrenheit"] }, city: { type: "string" },
+  days: { type: "integer", minimum: 1, maximum: 16 }, code: { type: "string", pattern: "^[A-Z]{3}$" } },
+  required: ["unit", "days", "code", "city"], additionalProperties: false };
+const structured = await client.chat.completions.create({ model: "m", messages, logit_bias, max_tokens: 120,
   temperature: 0, response_format: { type: "json_schema", json_schema: { name: "weather", strict: true, schema } } });
 const answer = JSON.parse(structured.choices[0].message.content);
 check(["celsius", "fahrenheit"].includes(answer.unit) && typeof answer.city === "string" &&
-      Object.keys(answer).length === 2, `structured output follows the schema (${JSON.stringify(answer)})`);
+      Number.isInteger(answer.days) && answer.days >= 1 && answer.days <= 16 && /^[A-Z]{3}$/.test(answer.code) &&
+      Object.keys(answer).length === 4, `structured output follows the schema (${JSON.stringify(answer)})`);
 
 const comp = await client.completions.create({ model: "m", prompt: "Once upon a time", max_tokens: 6, temperature: 0 });
 check(comp.object === "text_completion" && typeof comp.choices[0].text === "string", "completion");
