@@ -171,13 +171,24 @@ std::wstring reference(const std::string& v) {
     return w;
 }
 
+// Each pattern's grammar (null when it failed, reported) and the regex that checks it.
+struct Compiled {
+    std::string pattern, example;
+    std::shared_ptr<const Grammar> g;
+    std::wregex re;
+};
+std::vector<Compiled> compiled_patterns() {
+    std::vector<Compiled> out;
+    for (const auto& [p, example] : k_patterns)
+        out.push_back({p, example, grammar_of(p), std::wregex(testing::code_points(p), std::regex::ECMAScript)});
+    return out;
+}
+
 TEST(RegexGrammar, strings_are_taken_exactly_when_the_regex_finds_a_match) {
     std::mt19937 rng(testing::fresh_seed());
-    for (const auto& [p, example] : k_patterns) {
+    for (const auto& [p, example, g, re] : compiled_patterns()) {
         SCOPED_TRACE(p);
-        const auto g = grammar_of(p);
         ASSERT_TRUE(g);
-        const std::wregex re(testing::code_points(p), std::regex::ECMAScript);
         ASSERT_TRUE(std::regex_search(reference(example), re)) << example;
         int matched = 0;
         for (int i = 0; i < 2000; ++i) {
@@ -187,7 +198,7 @@ TEST(RegexGrammar, strings_are_taken_exactly_when_the_regex_finds_a_match) {
             EXPECT_EQ(accepts(g, "\"" + json_text(v) + "\""), want) << "value [" << v << "]";
         }
         EXPECT_GT(matched, 100);
-        if (std::string(p).size() > 3) {
+        if (p.size() > 3) {
             EXPECT_LT(matched, 1950);  // the edits miss too
         }
     }
@@ -197,11 +208,9 @@ TEST(RegexGrammar, strings_are_taken_exactly_when_the_regex_finds_a_match) {
 // and the value written is matched.
 TEST(RegexGrammar, random_walks_end_in_matching_strings) {
     std::mt19937 rng(testing::fresh_seed());
-    for (const auto& [p, example] : k_patterns) {
+    for (const auto& [p, example, g, re] : compiled_patterns()) {
         SCOPED_TRACE(p);
-        const auto g = grammar_of(p);
         ASSERT_TRUE(g);
-        const std::wregex re(testing::code_points(p), std::regex::ECMAScript);
         for (int walk = 0; walk < 20; ++walk) {
             GrammarRecognizer r(g);
             std::string text;
