@@ -2,16 +2,15 @@
 // a forced tool call's arguments): generation restricted to JSON objects that a JSON Schema
 // accepts.
 //
-// JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by
-// byte without ever reaching a dead end: types, properties / required / additionalProperties,
-// minProperties / maxProperties, items / prefixItems / minItems / maxItems, minLength /
-// maxLength, minimum / maximum /
-// exclusiveMinimum / exclusiveMaximum, pattern (regex_grammar.h), format (date, time,
-// date-time, duration, uuid, ipv4, hostname, email), enum / const, anyOf / oneOf, allOf of one schema, and local $ref
-// (also recursive). Annotations (title, description, default, other formats, ...) are ignored; any other assertion
-// keyword is refused by name, unless the caller asks for a lenient compile (then it is skipped and listed, for the
-// caller to report). An object schema that lists properties takes no other keys unless additionalProperties allows
-// them.
+// JsonSchema compiles the part of JSON Schema that a left-to-right reader can decide byte by byte
+// without ever reaching a dead end: types, properties / required / additionalProperties,
+// minProperties / maxProperties, items / prefixItems / minItems / maxItems, minLength / maxLength,
+// minimum / maximum / exclusiveMinimum / exclusiveMaximum, pattern (regex_grammar.h), format (date,
+// time, date-time, duration, uuid, ipv4, hostname, email), enum / const, anyOf / oneOf, allOf of
+// one schema, and local $ref (also recursive). Annotations (title, description, default, other
+// formats, ...) are ignored; any other assertion keyword is refused by name, unless the caller asks
+// for a lenient compile (then it is skipped and listed, for the caller to report). An object schema
+// that lists properties takes no other keys unless additionalProperties allows them.
 //
 // SchemaRecognizer reads bytes like JsonRecognizer (which it runs for the syntax) and refuses the
 // first byte that no instance of the schema could continue with. It decides each anyOf by the
@@ -42,11 +41,11 @@ class JsonSchema {
     // What a lenient compile skipped: "where: keyword".
     const std::vector<std::string>& ignored() const { return ignored_; }
     // Set when some anyOf's members may begin alike, or a string has a pattern or a format the
-    // grammar enforces (date, time, date-time, duration, uuid, ipv4, hostname, email: their
-    // shapes, the calendar not checked): instances are read by this grammar rather than by
-    // SchemaRecognizer. It writes an object's
-    // keys in one order (the required ones as `required` lists them, then the others by name) and takes at most one
-    // space or a newline and 20 blanks between tokens; counts above k_grammar_counts are not enforced there.
+    // grammar enforces (date, time, date-time, duration, uuid, ipv4, hostname, email: their shapes,
+    // the calendar not checked): instances are read by this grammar rather than by
+    // SchemaRecognizer. It writes an object's keys in one order (the required ones as `required`
+    // lists them, then the others by name) and takes at most one space or a newline and 20 blanks
+    // between tokens; counts above k_grammar_counts are not enforced there.
     const std::shared_ptr<const Grammar>& grammar() const { return grammar_; }
     static constexpr uint32_t k_grammar_counts = 256;
 
