@@ -164,17 +164,14 @@ std::string magnitudes(uint64_t a, uint64_t b) {
 
 // GBNF for the integers of a range (frac 0, bounds within the 64-bit integers) as JSON writes
 // them (never "-0", as SchemaRecognizer).
-std::string integers(const JsonSchema::Range& range) {
-    struct {
-        bool has_lo, has_hi;
-        int64_t lo, hi;
-    } r{range.has_lo, range.has_hi, int64_t(range.lo), int64_t(range.hi)};
+std::string integers(const JsonSchema::Range& r) {
+    const int64_t lo = int64_t(r.lo), hi = int64_t(r.hi);
     std::vector<std::string> alts;
-    if (!r.has_hi || r.hi >= 0)
-        alts.push_back(magnitudes(r.has_lo && r.lo > 0 ? uint64_t(r.lo) : 0, r.has_hi ? uint64_t(r.hi) : UINT64_MAX));
-    if (!r.has_lo || r.lo < 0)  // magnitudes -hi to -lo, written without overflow at INT64_MIN
-        alts.push_back("\"-\" " + magnitudes(r.has_hi && r.hi < 0 ? uint64_t(-(r.hi + 1)) + 1 : 1,
-                                             r.has_lo ? uint64_t(-(r.lo + 1)) + 1 : UINT64_MAX));
+    if (!r.has_hi || hi >= 0)
+        alts.push_back(magnitudes(r.has_lo && lo > 0 ? uint64_t(lo) : 0, r.has_hi ? uint64_t(hi) : UINT64_MAX));
+    if (!r.has_lo || lo < 0)  // magnitudes -hi to -lo, written without overflow at INT64_MIN
+        alts.push_back("\"-\" " + magnitudes(r.has_hi && hi < 0 ? uint64_t(-(hi + 1)) + 1 : 1,
+                                             r.has_lo ? uint64_t(-(lo + 1)) + 1 : UINT64_MAX));
     return any_of(alts);
 }
 

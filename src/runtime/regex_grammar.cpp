@@ -6,6 +6,8 @@
 #include <utility>
 #include <vector>
 
+#include "tokenizer/unicode.h"
+
 namespace bigmoe {
 
 namespace {
@@ -81,7 +83,8 @@ class Translator {
     explicit Translator(const std::string& chr) : chr_(chr) {}
 
     Result<std::string> run(const std::string& pattern) {
-        if (!decode(pattern)) return Error{"pattern: invalid UTF-8"};
+        if (!unicode::is_valid_utf8(pattern)) return Error{"pattern: invalid UTF-8"};
+        cps_ = unicode::decode_utf8(pattern);
         std::vector<std::string> alts;
         do {
             const bool start = eat('^');
@@ -104,24 +107,6 @@ class Translator {
     bool eat(uint32_t c) {
         if (done() || peek() != c) return false;
         ++i_;
-        return true;
-    }
-
-    bool decode(const std::string& s) {
-        for (size_t i = 0; i < s.size();) {
-            const uint8_t c = uint8_t(s[i]);
-            const int n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-            if (n == 0 || i + size_t(n) > s.size()) return false;
-            uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-            for (int k = 1; k < n; ++k) {
-                const uint8_t b = uint8_t(s[i + size_t(k)]);
-                if ((b & 0xC0) != 0x80) return false;
-                cp = (cp << 6) | (b & 0x3F);
-            }
-            if (cp > k_last) return false;
-            cps_.push_back(cp);
-            i += size_t(n);
-        }
         return true;
     }
 

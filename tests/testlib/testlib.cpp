@@ -16,6 +16,7 @@
 #include "quant/quants.h"
 #include "synth/synth.h"
 #include "tokenizer/tokenizer.h"
+#include "tokenizer/unicode.h"
 
 namespace bigmoe::testing {
 
@@ -108,14 +109,7 @@ uint32_t fresh_seed() {
 
 std::wstring code_points(const std::string& utf8) {
     std::wstring out;
-    for (size_t i = 0; i < utf8.size();) {
-        const uint8_t c = uint8_t(utf8[i]);
-        const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : 4;
-        uint32_t cp = n == 1 ? c : n == 2 ? (c & 0x1F) : n == 3 ? (c & 0x0F) : (c & 0x07);
-        for (size_t k = 1; k < n && i + k < utf8.size(); ++k) cp = (cp << 6) | (uint8_t(utf8[i + k]) & 0x3F);
-        out += wchar_t(cp);
-        i += n;
-    }
+    for (uint32_t cp : unicode::decode_utf8(utf8)) out += wchar_t(cp);
     return out;
 }
 
