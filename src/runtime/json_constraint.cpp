@@ -435,8 +435,9 @@ const std::vector<uint8_t>& JsonConstraint::grammar_allowed(int32_t n_vocab) con
     if (grammar_->complete()) allow_end();
     uint64_t stops[2];
     uint32_t room = 0;  // characters such a token may hold
-    if (grammar_->open()) room = grammar_->loops_except(stops) ? UINT32_MAX : grammar_->chain_room(stops);
-    if (!grammar_->open()) {
+    const bool open = grammar_->open();
+    if (open) room = grammar_->loops_except(stops) ? UINT32_MAX : grammar_->chain_room(stops);
+    if (!open) {
         // a finished derivation: the end tokens only
     } else if (room > 0) {
         // a token of whole characters, none of them a stop, up to `room` of them, is taken (x*:
