@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Issue 17's benchmarks on a GPU machine, in steps that each fit one device call (10 minutes):
 #
-#   bash scripts/gpu_bench.sh models [DIR]             # synth the 35B-A3B and 122B-A10B-REAP40 (Q4_K_M)
+#   bash scripts/gpu_bench.sh models [DIR] [BUILD]      # synth the 35B-A3B and 122B-A10B-REAP40 (Q4_K_M)
 #   bash scripts/gpu_bench.sh bigmoe [DIR] [BUILD]      # bigmoe's rows of the issue's table, both models
 #   bash scripts/gpu_bench.sh placement [DIR] [BUILD]   # the 122B split (-ngl 24), --n-cpu-moe 24, --profile
 #   bash scripts/gpu_bench.sh llama SRC.tar.gz [DIR]    # build llama.cpp (CUDA) from an archive, its rows
@@ -26,9 +26,10 @@ rows() {  # the issue's cells for one engine's bench command and one model
 case $step in
   models)
     dir=${1:-/root/models}
+    bin=${2:-build-ci}/bigmoe
     mkdir -p "$dir"
     for p in $a3b $big; do
-      [ -f "$dir/$p.gguf" ] || build-ci/bigmoe synth --preset $p --quant Q4_K_M -o "$dir/$p.gguf"
+      [ -f "$dir/$p.gguf" ] || "$bin" synth --preset $p --quant Q4_K_M -o "$dir/$p.gguf"
     done
     ls -la "$dir"
     ;;
