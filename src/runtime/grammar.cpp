@@ -539,7 +539,13 @@ bool GrammarRecognizer::expand(int32_t node, std::vector<int32_t>& out, int dept
         out.push_back(node);
         return true;
     }
-    if (depth > 512 || out.size() > k_max_stacks) return false;
+    if (depth > 512) return false;
+    // Alternatives that reach the same rule make the same stacks: they are dropped before the
+    // count refuses, at twice the bound, so that sorting them stays rare.
+    if (out.size() > 2 * k_max_stacks) {
+        dedupe(out);
+        if (out.size() > k_max_stacks) return false;
+    }
     // the rest of this alternative waits below the referenced rule's alternatives
     int32_t below = n.below;
     if (g_->elements_[size_t(n.pos + 1)].kind != Grammar::Kind::end) below = push_node(n.pos + 1, below);

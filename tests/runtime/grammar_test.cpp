@@ -290,6 +290,21 @@ TEST(Grammar, derivations_past_the_limit_refuse_the_character) {
     EXPECT_FALSE(b.push('a'));  // after a b, only b's
 }
 
+// Stacks that many derivations share count once: s's 70 alternatives each become t's two stacks
+// (140 before the duplicates go, 2 after), well inside the bound.
+TEST(Grammar, equal_derivations_count_once_toward_the_limit) {
+    std::string alts = "t";
+    for (int i = 1; i < 70; ++i) alts += " | t";
+    auto g = Grammar::parse("root ::= \"x\" s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\"");
+    ASSERT_TRUE(g.ok());
+    GrammarRecognizer r(*g);
+    for (char c : std::string("xb.")) ASSERT_TRUE(r.push(uint8_t(c))) << c;
+    EXPECT_TRUE(r.complete());
+    GrammarRecognizer first(*Grammar::parse("root ::= s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\""));
+    EXPECT_TRUE(first.push('a'));
+    EXPECT_FALSE(first.push('a'));
+}
+
 TEST(Grammar, errors_name_what_is_wrong_and_where) {
     const std::vector<std::pair<std::string, std::string>> bad = {
         {"", "no \"root\""},
