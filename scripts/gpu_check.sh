@@ -14,6 +14,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-ci}
 fixtures=${2:-../shared/fixtures}
 t=$build/tests
+# the test binaries run on the model (scripts/gpu_pack.sh reads this line to pack them)
+model_tests=(fixture_logits_test state_test prompt_cache_test speculative_test profiler_test)
 export BIGMOE_FIXTURES=$fixtures
 failed=0
 
@@ -37,7 +39,7 @@ fi
 
 step conformance "$t/conformance_test" --gtest_filter='*cuda*'
 for ngl in 99 2; do
-  for test in fixture_logits_test state_test prompt_cache_test speculative_test profiler_test; do
+  for test in "${model_tests[@]}"; do
     step "${test}_ngl$ngl" env BIGMOE_TEST_NGL=$ngl "$t/$test"
   done
 done

