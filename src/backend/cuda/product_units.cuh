@@ -818,45 +818,39 @@ __device__ __forceinline__ void each_live_output(uint32_t live, int n_tiles, con
 }
 
 // A Q4_K / Q5_K super-block of a warp's 16 rows against up to 32 tokens (as mma_unit), its
-// contribution added into acc, with no work per unit and output: the unit scales go into the
-// weights as digits. A quant times a digit of its unit's 6-bit scale (base 16 for Q4_K's 4-bit
-// quants, 8 for Q5_K's 5-bit ones) fits a byte, so the tensor cores take the digit planes (the
-// packed quant words times the digit: no byte carries into the next) and sum the whole
-// super-block: sum over units of scale x (quants . y) is lo + base x hi. The mins' share, sum
-// over units of min x (the unit's activation sum), is a third plane of each unit's min repeated.
-// The integers are unit_ints' (the warp kernels' sums of the units), so the contribution has
-// the same bits. Each row's 8 scales and mins are unpacked once into bytes (a unit's digit is
-// then one byte permute), the units are taken in pairs that share their quant bytes (low and
-// high nibbles; Q5_K's fifth bits come from words read once a super-block), and a token tile's
-// words of a pair come by one ldmatrix. Token j's chunk is at ab + j astride; live: the tokens
-// with a row.
+// contribution added into acc: the tensor cores sum each unit's quants times the activations
+// (u8 x s8), each output's sum is scaled by its row's 6-bit unit scale in registers (a
+// multiply-add an output and unit), and the mins' share, sum over units of min x (the unit's
+// activation sum), is a second product of each unit's min repeated. The integers are unit_ints'
+// (the warp kernels' sums of the units), so the contribution has the same bits. (Two products a
+// unit and tile; the scales as base-16 digits of the weights took three, and ran ~5% slower end
+// to end on an H100: bench/results/cuda.md.) Each row's 8 scales and mins are unpacked once into
+// bytes (a unit's is then one byte permute), the units are taken in pairs that share their quant
+// bytes (low and high nibbles; Q5_K's fifth bits come from words read once a super-block), and a
+// token tile's words of a pair come by one ldmatrix. Token j's chunk is at ab + j astride; live:
+// the tokens with a row.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
     return d;
 }
 template <int TYPE, int astride>
-__device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
-                                              int n_tiles, float (&acc)[4][4]) {
+__device__ __forceinline__ void mma_sb(const uint8_t* w0, const uint8_t* w1, const uint8_t* ab, uint32_t live,
+                                       int n_tiles, float (&acc)[4][4]) {
     static_assert(TYPE == k_q4_k || TYPE == k_q5_k);
     constexpr bool five = TYPE == k_q5_k;
-    constexpr int base = five ? 8 : 16, qs_at = five ? 48 : 16;
-    constexpr uint32_t lo_mask = five ? 0x07070707u : 0x0f0f0f0fu, hi_mask = five ? 0x07070707u : 0x03030303u;
+    constexpr int qs_at = five ? 48 : 16;
     const int lane = threadIdx.x % 32, tq = lane % 4;
     const uint8_t* brow = ab + (lane % 8) * astride + 16 * (lane / 8);  // this lane's ldmatrix row, tile 0
-    // [row][units 0-3, 4-7]: a byte a unit (scale_min_k4's values; scales as digits of base)
-    uint32_t lo[2][2], hi[2][2], mn[2][2], qh[2][2];
+    // [row][units 0-3, 4-7]: a byte a unit (scale_min_k4's values)
+    uint32_t sc[2][2], mn[2][2], qh[2][2];
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
         const uint8_t* x = r ? w1 : w0;
         const uint32_t* s = reinterpret_cast<const uint32_t*>(x + 4);
         const uint32_t s0 = s[0], s1 = s[1], s2 = s[2];
-        const uint32_t sa = s0 & 0x3f3f3f3fu, sb = (s2 & 0x0f0f0f0fu) | ((s0 >> 2) & 0x30303030u);
-        constexpr int sh = five ? 3 : 4;
-        lo[r][0] = sa & lo_mask;
-        lo[r][1] = sb & lo_mask;
-        hi[r][0] = (sa >> sh) & hi_mask;
-        hi[r][1] = (sb >> sh) & hi_mask;
+        sc[r][0] = s0 & 0x3f3f3f3fu;
+        sc[r][1] = (s2 & 0x0f0f0f0fu) | ((s0 >> 2) & 0x30303030u);
         mn[r][0] = s1 & 0x3f3f3f3fu;
         mn[r][1] = ((s2 >> 4) & 0x0f0f0f0fu) | ((s1 >> 2) & 0x30303030u);
         if constexpr (five) {  // the fifth bits of values 4 tq .. and 16 + 4 tq .., bit j for unit j
@@ -865,58 +859,55 @@ __device__ __forceinline__ void mma_sb_planes(const uint8_t* w0, const uint8_t* 
             qh[r][1] = h[4];
         }
     }
-    int lo_s[4][4], hi_s[4][4], mins[4][4];
+    int sums[4][4], mins[4][4];
 #pragma unroll
     for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) lo_s[i][e] = hi_s[i][e] = mins[i][e] = 0;
+        for (int e = 0; e < 4; ++e) sums[i][e] = mins[i][e] = 0;
 #pragma unroll 1
     for (int p = 0; p < 4; ++p) {
         const uint32_t* q0 = reinterpret_cast<const uint32_t*>(w0 + qs_at + 32 * p) + tq;
         const uint32_t* q1 = reinterpret_cast<const uint32_t*>(w1 + qs_at + 32 * p) + tq;
         const uint32_t raw[4] = {q0[0], q1[0], q0[4], q1[4]};  // rows g, g + 8; values 4 tq .., 16 + 4 tq ..
-        int a_lo[2][4], a_hi[2][4], a_m[2][4];                 // [unit 2 p + h]
+        int a_q[2][4], a_m[2][4], s_u[2][2];                   // [unit 2 p + h]
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const uint32_t u = 2 * p + h;
             // byte u of the pair of words; the selector's sign bit fills the rest from byte 0's
             // sign (all these bytes are under 64: zeros)
             const uint32_t one = 0x8880u | u, all = u * 0x1111u;
-            const uint32_t l0 = prmt(lo[0][0], lo[0][1], one), l1 = prmt(lo[1][0], lo[1][1], one);
-            const uint32_t h0 = prmt(hi[0][0], hi[0][1], one), h1 = prmt(hi[1][0], hi[1][1], one);
+            s_u[h][0] = int(prmt(sc[0][0], sc[0][1], one));
+            s_u[h][1] = int(prmt(sc[1][0], sc[1][1], one));
             const int m0 = int(prmt(mn[0][0], mn[0][1], all)), m1 = int(prmt(mn[1][0], mn[1][1], all));
-            uint32_t q[4];
 #pragma unroll
             for (int k = 0; k < 4; ++k) {
-                q[k] = (raw[k] >> (4 * h)) & 0x0F0F0F0Fu;
-                if constexpr (five) q[k] |= ((qh[k % 2][k / 2] >> u) & 0x01010101u) << 4;
-            }
-            const uint32_t l[4] = {l0, l1, l0, l1}, hh[4] = {h0, h1, h0, h1};
-#pragma unroll
-            for (int k = 0; k < 4; ++k) {
-                a_lo[h][k] = int(q[k] * l[k]);
-                a_hi[h][k] = int(q[k] * hh[k]);
+                uint32_t q = (raw[k] >> (4 * h)) & 0x0F0F0F0Fu;
+                if constexpr (five) q |= ((qh[k % 2][k / 2] >> u) & 0x01010101u) << 4;
+                a_q[h][k] = int(q);
                 a_m[h][k] = k % 2 ? m1 : m0;
             }
         }
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
             if (i >= n_tiles) break;
-            // the tile's tokens' words of units 2 p (b[0], b[1]) and 2 p + 1 (b[2], b[3])
-            uint32_t b[4];
+            uint32_t b[4];  // the tile's tokens' words of units 2 p (b[0], b[1]) and 2 p + 1 (b[2], b[3])
             ldsm_x4<false>(b, brow + 8 * i * astride + 64 * p);
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                mma_u8s8_16x8x32_acc(lo_s[i], a_lo[h], int(b[2 * h]), int(b[2 * h + 1]));
-                mma_u8s8_16x8x32_acc(hi_s[i], a_hi[h], int(b[2 * h]), int(b[2 * h + 1]));
+                int d[4] = {0, 0, 0, 0};  // the unit's sums, scaled as they join the super-block's
+                mma_u8s8_16x8x32_acc(d, a_q[h], int(b[2 * h]), int(b[2 * h + 1]));
+                sums[i][0] += s_u[h][0] * d[0];
+                sums[i][1] += s_u[h][0] * d[1];
+                sums[i][2] += s_u[h][1] * d[2];
+                sums[i][3] += s_u[h][1] * d[3];
                 mma_u8s8_16x8x32_acc(mins[i], a_m[h], int(b[2 * h]), int(b[2 * h + 1]));
             }
         }
     }
     const UnitScales sc0 = unit_scales<TYPE>(w0, 0), sc1 = unit_scales<TYPE>(w1, 0);
     each_live_output<astride>(live, n_tiles, ab, [&](int i, int e, float yd) {
-        acc[i][e] += sb_contribution<TYPE>(sc0, yd, lo_s[i][e] + base * hi_s[i][e], mins[i][e]);
-        acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, lo_s[i][2 + e] + base * hi_s[i][2 + e], mins[i][2 + e]);
+        acc[i][e] += sb_contribution<TYPE>(sc0, yd, sums[i][e], mins[i][e]);
+        acc[i][2 + e] += sb_contribution<TYPE>(sc1, yd, sums[i][2 + e], mins[i][2 + e]);
     });
 }
 
@@ -1116,7 +1107,7 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
         }
         const int64_t cu = min(int64_t(8), U - 8 * c);
         if constexpr (TYPE == k_q4_k || TYPE == k_q5_k) {  // a chunk is one super-block
-            mma_sb_planes<TYPE, St::a_stride>(w0, w1, ab, live, n_tiles, acc);
+            mma_sb<TYPE, St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else if constexpr (TYPE == k_q6_k) {
             mma_sb_q6k<St::a_stride>(w0, w1, ab, live, n_tiles, acc);
         } else {
