@@ -300,7 +300,9 @@ TEST(Grammar, equal_derivations_count_once_toward_the_limit) {
     GrammarRecognizer r(*g);
     for (char c : std::string("xb.")) ASSERT_TRUE(r.push(uint8_t(c))) << c;
     EXPECT_TRUE(r.complete());
-    GrammarRecognizer first(*Grammar::parse("root ::= s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\""));
+    auto g2 = Grammar::parse("root ::= s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\"");
+    ASSERT_TRUE(g2.ok());
+    GrammarRecognizer first(*g2);
     EXPECT_TRUE(first.push('a'));
     EXPECT_FALSE(first.push('a'));
 }
