@@ -295,12 +295,13 @@ TEST(Grammar, derivations_past_the_limit_refuse_the_character) {
 TEST(Grammar, equal_derivations_count_once_toward_the_limit) {
     std::string alts = "t";
     for (int i = 1; i < 70; ++i) alts += " | t";
-    auto g = Grammar::parse("root ::= \"x\" s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\"");
+    const std::string rules = "\ns ::= " + alts + "\nt ::= \"a\" | \"b\"";
+    auto g = Grammar::parse("root ::= \"x\" s \".\"" + rules);
     ASSERT_TRUE(g.ok());
     GrammarRecognizer r(*g);
     for (char c : std::string("xb.")) ASSERT_TRUE(r.push(uint8_t(c))) << c;
     EXPECT_TRUE(r.complete());
-    auto g2 = Grammar::parse("root ::= s \".\"\ns ::= " + alts + "\nt ::= \"a\" | \"b\"");
+    auto g2 = Grammar::parse("root ::= s \".\"" + rules);
     ASSERT_TRUE(g2.ok());
     GrammarRecognizer first(*g2);
     EXPECT_TRUE(first.push('a'));

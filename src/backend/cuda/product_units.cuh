@@ -824,11 +824,11 @@ __device__ __forceinline__ void each_live_output(uint32_t live, int n_tiles, con
 // activation sum), is a second product of each unit's min repeated. The integers are unit_ints'
 // (the warp kernels' sums of the units), so the contribution has the same bits. (Two products a
 // unit and tile: the scales written into the weights as base-16 digits need three, and measure
-// ~5% slower end to end on an H100, bench/results/cuda.md.) Each row's 8 scales and mins are unpacked once into
-// bytes (a unit's is then one byte permute), the units are taken in pairs that share their quant
-// bytes (low and high nibbles; Q5_K's fifth bits come from words read once a super-block), and a
-// token tile's words of a pair come by one ldmatrix. Token j's chunk is at ab + j astride; live:
-// the tokens with a row.
+// ~5% slower end to end on an H100, bench/results/cuda.md.) Each row's 8 scales and mins are
+// unpacked once into bytes (a unit's is then one byte permute), the units are taken in pairs that
+// share their quant bytes (low and high nibbles; Q5_K's fifth bits come from words read once a
+// super-block), and a token tile's words of a pair come by one ldmatrix. Token j's chunk is at
+// ab + j astride; live: the tokens with a row.
 __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
     uint32_t d;
     asm("prmt.b32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(sel));
