@@ -50,9 +50,10 @@ __global__ void k_kv_store(AttentionArgs a) {
 // the span's cache types alone (so a query takes the same one in any batch):
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
-//   the weights go in as two f16 parts (w = hi + lo), so the values' products keep float
-//   precision. Prefill (attention_fa) and decode (attention_mma) lay the work out differently
-//   with the same operations per query.
+//   the weights go in rounded to f16, as FlashAttention and llama.cpp take them (a weight's
+//   relative error up to 2^-11; BIGMOE_CUDA_ATT_MMA=2 keeps float precision with a low f16 part
+//   beside each, w = hi + lo, at twice the values' products). Prefill (attention_fa) and decode
+//   (attention_mma) lay the work out differently with the same operations per query.
 // - any other types: each tile of K, then of V, is dequantized into floats once and read by all
 //   32 queries; scores a thread per (key, 8 queries), four d at a time; values a warp per 4
 //   queries, a lane per 4 (or 8) d.
@@ -209,8 +210,8 @@ __device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uin
 
 // att_weights for the tensor-core form: scores in sp [query][key], a lane per keys 2 lane and
 // 2 lane + 1, exponentials by the hardware's exp2 (__expf), and the weights written as the f16
-// high and low parts the values' products read ([query][key], row stride k_attm_ps).
-template <int QPW>
+// parts the values' products read ([query][key], row stride k_attm_ps; PARTS 2: high and low).
+template <int PARTS, int QPW>
 __device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, uint32_t* pl, float* scorr, int warp,
                                                 int lane, float (&m)[QPW], float (&l)[QPW]) {
 #pragma unroll
@@ -227,7 +228,10 @@ __device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, u
             l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
             m[u] = nm;
         }
-        split_pair(p0, p1, ph[q * (k_attm_ps / 2) + lane], pl[q * (k_attm_ps / 2) + lane]);
+        if (PARTS == 2)
+            split_pair(p0, p1, ph[q * (k_attm_ps / 2) + lane], pl[q * (k_attm_ps / 2) + lane]);
+        else
+            ph[q * (k_attm_ps / 2) + lane] = half2_bits(__floats2half2_rn(p0, p1));
         if (lane == 0) scorr[q] = corr;
     }
 }
@@ -300,7 +304,9 @@ struct F16Stager {
 
 // Decode's tensor-core form: up to 8 queries (one block of 16 rows) on 8 warps. Scores: warp w
 // takes key block w; weights: warp w query w; values: d in pairs of 8-column blocks, pairs w,
-// w + 8.
+// w + 8. (Blocks of 9-16 queries take attention_fa: this form with a warp weighing two queries,
+// two blocks an SM, ran the 122B's decode at depth 32768 2.5% slower on an H100.)
+template <int PARTS>
 __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
     constexpr int NT = 256, BQ = k_att_q, SP = k_attm_sp;
     constexpr int NP = 2;   // pairs of 8 d a warp holds (D <= 256)
@@ -312,9 +318,9 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     uint8_t* rawv = rawk + k_att_kt * k.stk;
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
     float* sp = reinterpret_cast<float*>(sqh + BQ * qs);   // [BQ][SP]: scores
-    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights, high parts
-    __half* pl = ph + BQ * k_attm_ps;                      // and low parts
-    float* scorr = reinterpret_cast<float*>(pl + BQ * k_attm_ps);
+    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights (high parts)
+    __half* pl = ph + BQ * k_attm_ps;                      // [BQ][k_attm_ps]: low parts (PARTS 2)
+    float* scorr = reinterpret_cast<float*>(pl + (PARTS - 1) * BQ * k_attm_ps);
     int* spos = reinterpret_cast<int*>(scorr + BQ);
     float* sml = reinterpret_cast<float*>(spos + BQ);  // [BQ][2]: each query's chunk maximum and mass
     const float scale = float(a.scale);
@@ -324,7 +330,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     }
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
     // rows of no query are never given weights: zeros keep their products finite
-    for (int i = tid; i < BQ * k_attm_ps; i += NT) ph[i] = pl[i] = __float2half_rn(0.0f);
+    for (int i = tid; i < PARTS * BQ * k_attm_ps; i += NT) ph[i] = __float2half_rn(0.0f);
     __syncthreads();
 
     const int kb = warp, pw = warp, pstep = 8, npairs = int(D / 16);
@@ -388,8 +394,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         __syncthreads();  // scores written, K read
         stage(rawk, k.kmem, k.rk, k.stk, k1);
         if (w_any) {
-            att_weights_mma<QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr, warp,
-                                 lane, m, l);
+            att_weights_mma<PARTS, QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr,
+                                        warp, lane, m, l);
             if (chunk_end && lane == 0)
 #pragma unroll
                 for (int u = 0; u < QPW; ++u) {
@@ -413,7 +419,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                 uint32_t hi[4], lo[4];
                 const int pa = (lane & 15) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
                 ldsm_x4<false>(hi, ph + pa);
-                ldsm_x4<false>(lo, pl + pa);
+                if (PARTS == 2) ldsm_x4<false>(lo, pl + pa);
                 const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
 #pragma unroll
                 for (int i = 0; i < NP; ++i) {
@@ -422,9 +428,9 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                     uint32_t bf[4];
                     ldsm_x4<true>(bf, va + 32 * pr);
                     mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
-                    mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
+                    if (PARTS == 2) mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
                     mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
-                    mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                    if (PARTS == 2) mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
                 }
             }
         }
@@ -503,10 +509,12 @@ constexpr int k_attf_ds = 2;
 constexpr int k_attf_threads = 128 * k_attf_ds;
 constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks of d
 // words a lane of a warp of the pair hands the other a tile: its rows' maxima, its key pairs' sums
-// (4 key blocks x 2 rows), its weights' f16 parts (4 key blocks x 4)
+// (4 key blocks x 2 rows), its weights' f16 parts (4 key blocks x 2 rows x up to 2 parts)
 constexpr int k_attf_xm = 2, k_attf_xs = 8, k_attf_xp = 16;
 
+template <int PARTS>
 __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
+    constexpr int W = 2 * PARTS;  // weight words a lane holds for a key block
     constexpr int DS = k_attf_ds, NT = k_attf_threads, BQ = k_attm_q, NP = k_attf_pairs / DS;
     const int64_t D = k.D;
     const int tid = threadIdx.x, warp = tid % 128 / 32, dh = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
@@ -642,9 +650,9 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         }
         pair_sync();
         float nm[2], corr[2], x[2][4];
-        // the weights' f16 parts: [key block][hi g, hi g + 8, lo g, lo g + 8], this warp's keys
+        // the weights' f16 parts: [key block][hi g, hi g + 8, (lo g, lo g + 8)], this warp's keys
         // and the other warp's, then the tile's first and second halves
-        uint32_t pm[4][4], po[4][4], p0[4][4], p1[4][4];
+        uint32_t pm[4][W], po[4][W], p0[4][W], p1[4][W];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             mx[rr] = fmaxf(mx[rr], my_xm[k_attf_xm * 32 * other + 32 * rr]);
@@ -660,17 +668,22 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            split_pair(sc[j][0], sc[j][1], pm[j][0], pm[j][2]);
-            split_pair(sc[j][2], sc[j][3], pm[j][1], pm[j][3]);
+            if constexpr (PARTS == 2) {
+                split_pair(sc[j][0], sc[j][1], pm[j][0], pm[j][2]);
+                split_pair(sc[j][2], sc[j][3], pm[j][1], pm[j][3]);
+            } else {
+                pm[j][0] = half2_bits(__floats2half2_rn(sc[j][0], sc[j][1]));
+                pm[j][1] = half2_bits(__floats2half2_rn(sc[j][2], sc[j][3]));
+            }
 #pragma unroll
-            for (int f = 0; f < 4; ++f) my_xp[32 * (4 * j + f)] = pm[j][f];
+            for (int f = 0; f < W; ++f) my_xp[32 * (W * j + f)] = pm[j][f];
         }
         pair_sync();
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int f = 0; f < 4; ++f) {
-                po[j][f] = my_xp[k_attf_xp * 32 * other + 32 * (4 * j + f)];
+            for (int f = 0; f < W; ++f) {
+                po[j][f] = my_xp[k_attf_xp * 32 * other + 32 * (W * j + f)];
                 p0[j][f] = dh == 0 ? pm[j][f] : po[j][f];
                 p1[j][f] = dh == 0 ? po[j][f] : pm[j][f];
             }
@@ -705,16 +718,17 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
                     // the weights' f16 parts as the A fragments: rows g, g + 8 of key blocks 2 ks, + 1
                     const uint32_t* wa = (ks < 2 ? p0 : p1)[2 * (ks & 1)];
                     const uint32_t* wb = (ks < 2 ? p0 : p1)[2 * (ks & 1) + 1];
-                    const uint32_t hi[4] = {wa[0], wa[1], wb[0], wb[1]}, lo[4] = {wa[2], wa[3], wb[2], wb[3]};
+                    const uint32_t hi[4] = {wa[0], wa[1], wb[0], wb[1]};
+                    const uint32_t lo[4] = {wa[W - 2], wa[W - 1], wb[W - 2], wb[W - 1]};  // PARTS 2
 #pragma unroll
                     for (int i = 0; i < NP; ++i) {
                         if (!WHOLE && pair(i) >= npairs) break;
                         uint32_t bf[4];
                         ldsm_x4<true>(bf, va + 16 * ks * k.stv + 32 * pair(i));
                         mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
-                        mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
+                        if (PARTS == 2) mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
                         mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
-                        mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                        if (PARTS == 2) mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
                     }
                 }
             };
@@ -824,19 +838,21 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
 }
 
 // Decode's tensor-core blocks: up to 8 queries on 8 warps, two blocks an SM.
+template <int PARTS>
 __global__ void __launch_bounds__(256, 2) k_attention_mma(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma(a, k, reinterpret_cast<uint8_t*>(smem4));
+    if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma<PARTS>(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // Prefill's tensor-core blocks: 64 queries on 8 warps, one block an SM (shared memory).
+template <int PARTS>
 __global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa(a, k, reinterpret_cast<uint8_t*>(smem4));
+    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa<PARTS>(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
@@ -1029,30 +1045,33 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
 
 // The chunks of a split row merged in chunk order: a block per (row, query head), a thread per
 // value of d, chunks in windows of k_merge_window. The fold's scalars come first: warp 0 forms
-// the running maxima over the window (prefix maxima by shuffles) and the chunks' exponentials are
-// formed side by side, as att_merge_scalars forms them (the total's mass is nonzero exactly when
-// an earlier chunk's is: the larger side's factor is exp(0) = 1). Then each thread folds its
-// value over the window with k_merge_ahead chunks' values in flight, and the mass alongside: the
-// same operations in the same order as att_merge. (A warp folding each chunk in turn after the
-// next ones' copies had landed took 44 us a 35B layer at depth 32768 on the H200.)
+// the running maxima over the window (prefix maxima by shuffles) and each chunk's two factors, as
+// att_merge_scalars forms them (the total's mass is nonzero exactly when an earlier chunk's is:
+// the larger side's factor is exp(0) = 1). Then each thread folds its value over the window with
+// k_merge_ahead chunks' values in flight, and the mass alongside: the same operations in the
+// same order as att_merge. The kernel issues few instructions a chunk, as its 8 warps an SM wait
+// on their own chains: with the head size known when compiled (DC), a value's load is one
+// instruction at an immediate offset, and a chunk's step is one shared-memory float4.
 constexpr int k_merge_threads = int(k_att_max_d);
 constexpr int k_merge_window = 256;
 constexpr int k_merge_ahead = 32;
 
+template <int DC>  // the head size, 0: a.D
 __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionArgs a) {
     pdl_enter();
-    // each chunk's maximum and mass, the total's maximum before and after it, its two factors
-    __shared__ float snm[k_merge_window], snl[k_merge_window], sprev[k_merge_window], smx[k_merge_window],
-        sfa[k_merge_window], sfb[k_merge_window];
-    __shared__ int smode[k_merge_window];
+    // each chunk's maximum and mass, then its step: the two factors, its mass and the mode
+    __shared__ float snm[k_merge_window], snl[k_merge_window];
+    __shared__ float4 sstep[k_merge_window];
     __shared__ float s_tm;
     __shared__ int s_seen;
-    const int64_t t = blockIdx.x, h = blockIdx.y, D = a.D, rs = D + 4;
+    const int64_t t = blockIdx.x, h = blockIdx.y;
+    const int D = DC > 0 ? DC : int(a.D), rs = D + 4;
     if (a.row_span[t] < 0) return;
     const int tid = threadIdx.x;
     const bool mine = tid < D;
     const int64_t n_chunks = a.pos[t] / k_att_chunk + 1;
     const float* src = a.part + (t * a.n_head + h) * a.max_chunks * rs;
+    const float* mysrc = src + 4 + (mine ? tid : 0);  // threads past D read d 0 and drop it
     if (tid == 0) {
         s_tm = -INFINITY;
         s_seen = 0;
@@ -1067,9 +1086,14 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
         }
         float nv[k_merge_ahead];
         auto load = [&](int c0) {
+            const float* g = mysrc + (w0 + c0) * rs;
+            if (c0 + k_merge_ahead <= nw) {
 #pragma unroll
-            for (int j = 0; j < k_merge_ahead; ++j)
-                nv[j] = mine && c0 + j < nw ? wsrc[int64_t(c0 + j) * rs + 4 + tid] : 0.0f;
+                for (int j = 0; j < k_merge_ahead; ++j) nv[j] = g[j * rs];
+            } else {
+#pragma unroll
+                for (int j = 0; j < k_merge_ahead; ++j) nv[j] = c0 + j < nw ? g[j * rs] : 0.0f;
+            }
         };
         load(0);  // in flight while the scalars form
         __syncthreads();
@@ -1081,8 +1105,9 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
             int seen = s_seen;
             for (int c0 = 0; c0 < nw; c0 += 32) {
                 const int c = c0 + tid;
-                const bool full = c < nw && snl[c] != 0.0f;
-                float run = full ? snm[c] : -INFINITY;
+                const float nm = c < nw ? snm[c] : -INFINITY, nl = c < nw ? snl[c] : 0.0f;
+                const bool full = nl != 0.0f;
+                float run = full ? nm : -INFINITY;
 #pragma unroll
                 for (int o = 1; o < 32; o <<= 1) {
                     const float up = __shfl_up_sync(0xffffffffu, run, o);
@@ -1092,9 +1117,14 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
                 const float before = __shfl_up_sync(0xffffffffu, run, 1);
                 const uint32_t fulls = __ballot_sync(0xffffffffu, full);
                 if (c < nw) {
-                    sprev[c] = tid == 0 ? tm : before;
-                    smode[c] = !full ? 0 : seen || (fulls & ((1u << tid) - 1)) ? 2 : 1;
-                    smx[c] = run;
+                    const int mode = !full ? 0 : seen || (fulls & ((1u << tid) - 1)) ? 2 : 1;
+                    const float prev = tid == 0 ? tm : before;
+                    float fa = 0.0f, fb = 0.0f;
+                    if (mode == 2) {
+                        fa = expf(__fsub_rn(prev, run));
+                        fb = expf(__fsub_rn(nm, run));
+                    }
+                    sstep[c] = make_float4(fa, fb, nl, __int_as_float(mode));
                 }
                 tm = __shfl_sync(0xffffffffu, run, 31);
                 seen |= fulls != 0;
@@ -1106,12 +1136,6 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
             }
         }
         __syncthreads();
-        for (int c = tid; c < nw; c += k_merge_threads)
-            if (smode[c] == 2) {
-                sfa[c] = expf(__fsub_rn(sprev[c], smx[c]));
-                sfb[c] = expf(__fsub_rn(snm[c], smx[c]));
-            }
-        __syncthreads();
         for (int c0 = 0; c0 < nw; c0 += k_merge_ahead) {
             float cur[k_merge_ahead];
 #pragma unroll
@@ -1121,9 +1145,10 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
             for (int j = 0; j < k_merge_ahead; ++j) {
                 const int c = c0 + j;
                 if (c >= nw) break;
-                const AttMergeStep st{smode[c], sfa[c], sfb[c]};
-                ta = att_merge_value(st, ta, cur[j]);
-                tl = att_merge_value(st, tl, snl[c]);
+                const float4 st = sstep[c];
+                const AttMergeStep step{__float_as_int(st.w), st.x, st.y};
+                ta = att_merge_value(step, ta, cur[j]);
+                tl = att_merge_value(step, tl, st.z);
             }
         }
         __syncthreads();  // the window's scalars are read before the next window's take their place
@@ -1157,10 +1182,10 @@ void configure_attention() {
         for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
-    CU(cudaFuncSetAttribute(k_attention_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(attention_mma_smem(k_att_max_d))));
-    CU(cudaFuncSetAttribute(k_attention_fa, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            int(attention_fa_smem(k_att_max_d))));
+    for (auto f : {k_attention_mma<1>, k_attention_mma<2>})
+        CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(attention_mma_smem(k_att_max_d))));
+    for (auto f : {k_attention_fa<1>, k_attention_fa<2>})
+        CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(attention_fa_smem(k_att_max_d))));
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
@@ -1176,14 +1201,19 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
     }
     if (a.any_mma) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
+        const bool two = a.mma == 2;
         if (a.most_queries <= 8)
-            launch(k_attention_mma, gm, 256, attention_mma_smem(a.D), s, a);
+            launch(two ? k_attention_mma<2> : k_attention_mma<1>, gm, 256, attention_mma_smem(a.D), s, a);
         else
-            launch(k_attention_fa, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
+            launch(two ? k_attention_fa<2> : k_attention_fa<1>, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
         CU_LAUNCHED();
     }
     if (a.part) {
-        launch(k_attention_merge, dim3(unsigned(a.rows), unsigned(a.n_head)), k_merge_threads, 0, s, a);
+        const dim3 grid_merge(unsigned(a.rows), unsigned(a.n_head));
+        launch(a.D == 256   ? k_attention_merge<256>
+               : a.D == 128 ? k_attention_merge<128>
+                            : k_attention_merge<0>,
+               grid_merge, k_merge_threads, 0, s, a);
         CU_LAUNCHED();
     }
 }
