@@ -57,7 +57,12 @@ class GrammarParser {
         g_->root_ = root->second;
         if (auto r = check_left_recursion(); !r) return r.error();
         g_->find_chains();
-        return std::shared_ptr<const Grammar>(std::move(g_));
+        std::shared_ptr<const Grammar> g(std::move(g_));
+        if (!GrammarRecognizer(g).started())
+            return Error{"grammar: its start branches into more than " +
+                         std::to_string(GrammarRecognizer::k_max_stacks) +
+                         " derivations at once (or nests rules deeper than 512): generation follows at most that many"};
+        return g;
     }
 
   private:
@@ -499,9 +504,32 @@ GrammarRecognizer::GrammarRecognizer(std::shared_ptr<const Grammar> g)
     : g_(std::move(g)), pool_(std::make_shared<Pool>()) {
     for (int32_t a : g_->rules_[size_t(g_->root_)]) {
         const int32_t n = g_->elements_[size_t(a)].kind == Grammar::Kind::end ? -1 : push_node(a, -1);
-        expand(n, tops_, 0);
+        started_ = expand(n, tops_, 0) && started_;
     }
     dedupe(tops_);
+    started_ = started_ && tops_.size() <= k_max_stacks;
+}
+
+void GrammarRecognizer::compact() {
+    if (pool_->nodes.size() < std::max(k_compact_nodes, 2 * pool_->kept)) return;
+    const std::shared_ptr<Pool> old = std::move(pool_);
+    pool_ = std::make_shared<Pool>();
+    // each stack copied from its lowest node not yet moved upwards (stacks share their lower
+    // nodes), so the new pool holds each reachable node once
+    std::vector<int32_t> moved(old->nodes.size(), -1), chain;
+    for (int32_t& t : tops_) {
+        if (t < 0) continue;
+        chain.clear();
+        int32_t n = t;
+        for (; n >= 0 && moved[size_t(n)] < 0; n = old->nodes[size_t(n)].below) chain.push_back(n);
+        int32_t below = n < 0 ? -1 : moved[size_t(n)];
+        for (size_t i = chain.size(); i-- > 0;) {
+            below = push_node(old->nodes[size_t(chain[i])].pos, below);
+            moved[size_t(chain[i])] = below;
+        }
+        t = moved[size_t(t)];
+    }
+    pool_->kept = pool_->nodes.size();
 }
 
 int32_t GrammarRecognizer::push_node(int32_t pos, int32_t below) const {

@@ -66,6 +66,10 @@ class GrammarRecognizer {
   public:
     explicit GrammarRecognizer(std::shared_ptr<const Grammar> g);
 
+    // Whether the grammar's start fits the bounds below (at most k_max_stacks derivations, rules
+    // nested up to 512 deep); Grammar::parse refuses a grammar whose start does not.
+    bool started() const { return started_; }
+
     // Takes c if some text the grammar derives continues the bytes so far with it; else false
     // (the state is then unspecified: callers keep a copy).
     bool push(uint8_t c);
@@ -93,7 +97,16 @@ class GrammarRecognizer {
     // Stack nodes made after `mark()` belong only to copies made since; `release` drops them
     // once those copies are gone (a mask's walk makes and drops thousands).
     size_t mark() const { return pool_->nodes.size(); }
-    void release(size_t mark) const { pool_->nodes.resize(mark); }
+    void release(size_t mark) const {
+        if (mark < pool_->nodes.size()) pool_->nodes.resize(mark);
+    }
+    // Moves the stacks into a pool of their own nodes once the shared one holds more than twice
+    // what the last move kept (and at least k_compact_nodes): a byte that leads where the text
+    // has not been before (a nesting of brackets not seen yet) makes nodes, and a long answer's
+    // would otherwise all stay. Copies keep the old pool. Call it where no mark is outstanding
+    // (after a token is taken).
+    void compact();
+    static constexpr size_t k_compact_nodes = size_t(1) << 16;
 
     // Derivations followed at once: each one is read for every byte of every token a mask walks,
     // so a grammar that keeps thousands apart (a request's own) would stall every slot's step; a
@@ -113,6 +126,7 @@ class GrammarRecognizer {
     struct Pool {
         std::vector<Node> nodes;
         std::vector<int32_t> made = std::vector<int32_t>(size_t(1) << 14, -1);
+        size_t kept = 0;  // nodes a compact() moved here
     };
     int32_t push_node(int32_t pos, int32_t below) const;
     bool same(int32_t a, int32_t b) const;
@@ -128,6 +142,7 @@ class GrammarRecognizer {
     uint32_t cp_ = 0;                // the code point being read
     uint8_t need_ = 0;               // its continuation bytes still due
     uint8_t lo_ = 0x80, hi_ = 0xBF;  // the next continuation byte's range
+    bool started_ = true;
 };
 
 }  // namespace bigmoe

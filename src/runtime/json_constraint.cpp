@@ -580,6 +580,7 @@ void JsonConstraint::accept(int32_t token) {
         else
             json_.push(uint8_t(c));
     }
+    if (grammar_) grammar_->compact();
     if (repeat_ >= 0 && complete()) closing_ = true;
 }
 

@@ -9,6 +9,7 @@
 #include <cmath>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <random>
 #include <regex>
 
@@ -414,6 +415,63 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
         EXPECT_GE(whole, 1) << c.name;
         std::printf("%s: %.2f ms a mask\n", c.name, 1e3 * mask_s / masks);
     }
+}
+
+// A start that branches past k_max_stacks derivations would be followed only in part: parse
+// refuses it; one inside the bound parses and reads each of its words.
+TEST(Grammar, starts_past_the_derivation_bound_are_refused) {
+    auto words = [](size_t n) {
+        std::string alts;
+        for (size_t i = 0; i < n; ++i) alts += (i ? " | \"w" : "\"w") + std::to_string(i) + "\"";
+        return "root ::= " + alts;
+    };
+    const size_t bound = GrammarRecognizer::k_max_stacks;
+    auto wide = Grammar::parse(words(bound + 1));
+    ASSERT_FALSE(wide.ok());
+    EXPECT_NE(wide.error().message.find("derivations at once"), std::string::npos) << wide.error().message;
+    auto fits = Grammar::parse(words(bound));
+    ASSERT_TRUE(fits.ok()) << fits.error().message;
+    for (size_t i = 0; i < bound; i += 9) {
+        GrammarRecognizer r(*fits);
+        for (char c : "w" + std::to_string(i)) ASSERT_TRUE(r.push(uint8_t(c))) << i;
+        EXPECT_TRUE(r.complete()) << i;
+    }
+}
+
+// A long text of random nesting (most of its opening brackets make a stack never seen before):
+// the node pool stays bounded when compacted after each token (without, it grows with the
+// text), and a copy made before a compaction reads on as the original does.
+TEST(Grammar, compaction_keeps_long_texts_bounded_and_copies_valid) {
+    auto g = Grammar::parse("root ::= pair*\npair ::= \"(\" root \")\" | \"[\" root \"]\"");
+    ASSERT_TRUE(g.ok());
+    std::mt19937 rng(11);
+    std::string text, open;
+    while (text.size() < 400000 || !open.empty()) {
+        if (text.size() < 400000 && (open.empty() || (open.size() < 40 && rng() % 2))) {
+            open += rng() % 2 ? '(' : '[';
+            text += open.back();
+        } else {
+            text += open.back() == '(' ? ')' : ']';
+            open.pop_back();
+        }
+    }
+    GrammarRecognizer r(*g), grown(*g);
+    std::optional<GrammarRecognizer> copy;
+    size_t most = 0;
+    for (size_t i = 0; i < text.size(); ++i) {
+        ASSERT_TRUE(r.push(uint8_t(text[i]))) << i;
+        ASSERT_TRUE(grown.push(uint8_t(text[i]))) << i;
+        if (copy) {
+            ASSERT_TRUE(copy->push(uint8_t(text[i]))) << i;
+        }
+        if (i % 4 == 3) r.compact();  // as after each token
+        if (i == text.size() / 2) copy = r;
+        most = std::max(most, r.mark());
+    }
+    EXPECT_TRUE(r.complete());
+    EXPECT_TRUE(copy->complete());
+    EXPECT_GT(grown.mark(), 2 * GrammarRecognizer::k_compact_nodes) << "the text does not leave enough nodes";
+    EXPECT_LE(most, GrammarRecognizer::k_compact_nodes + 64);
 }
 
 }  // namespace
