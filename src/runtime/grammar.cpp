@@ -58,8 +58,8 @@ class GrammarParser {
         if (auto r = check_left_recursion(); !r) return r.error();
         g_->find_chains();
         std::shared_ptr<const Grammar> g(std::move(g_));
-        if (!GrammarRecognizer(g).started())
-            return Error{"grammar: its start branches into more than " +
+        if (const int32_t wide = GrammarRecognizer::too_wide(g); wide >= 0)
+            return Error{"grammar: rule \"" + g->names_[size_t(wide)] + "\" branches into more than " +
                          std::to_string(GrammarRecognizer::k_max_stacks) +
                          " derivations at once (or nests rules deeper than 512): generation follows at most that many"};
         return g;
@@ -504,10 +504,29 @@ GrammarRecognizer::GrammarRecognizer(std::shared_ptr<const Grammar> g)
     : g_(std::move(g)), pool_(std::make_shared<Pool>()) {
     for (int32_t a : g_->rules_[size_t(g_->root_)]) {
         const int32_t n = g_->elements_[size_t(a)].kind == Grammar::Kind::end ? -1 : push_node(a, -1);
-        started_ = expand(n, tops_, 0) && started_;
+        expand(n, tops_, 0);
     }
     dedupe(tops_);
-    started_ = started_ && tops_.size() <= k_max_stacks;
+}
+
+int32_t GrammarRecognizer::too_wide(const std::shared_ptr<const Grammar>& g) {
+    // A rule's alternatives over an empty stack: in any context its stacks are these with the
+    // context below (distinct still), and more where an alternative derives the empty string.
+    GrammarRecognizer r(g);
+    std::vector<int32_t> out;
+    for (size_t rule = 0; rule < g->rules_.size(); ++rule) {
+        const size_t mark = r.mark();
+        out.clear();
+        bool ok = true;
+        for (int32_t a : g->rules_[rule]) {
+            const int32_t n = g->elements_[size_t(a)].kind == Grammar::Kind::end ? -1 : r.push_node(a, -1);
+            ok = r.expand(n, out, 0) && ok;
+        }
+        if (ok) r.dedupe(out);
+        r.release(mark);
+        if (!ok || out.size() > k_max_stacks) return int32_t(rule);
+    }
+    return -1;
 }
 
 void GrammarRecognizer::compact() {

@@ -66,9 +66,10 @@ class GrammarRecognizer {
   public:
     explicit GrammarRecognizer(std::shared_ptr<const Grammar> g);
 
-    // Whether the grammar's start fits the bounds below (at most k_max_stacks derivations, rules
-    // nested up to 512 deep); Grammar::parse refuses a grammar whose start does not.
-    bool started() const { return started_; }
+    // A rule whose alternatives, read from anywhere, branch into more derivations than
+    // k_max_stacks (or nest rules deeper than 512): the first such rule's index, or -1. Reading
+    // into one always fails, so Grammar::parse refuses a grammar that has one.
+    static int32_t too_wide(const std::shared_ptr<const Grammar>& g);
 
     // Takes c if some text the grammar derives continues the bytes so far with it; else false
     // (the state is then unspecified: callers keep a copy).
@@ -142,7 +143,6 @@ class GrammarRecognizer {
     uint32_t cp_ = 0;                // the code point being read
     uint8_t need_ = 0;               // its continuation bytes still due
     uint8_t lo_ = 0x80, hi_ = 0xBF;  // the next continuation byte's range
-    bool started_ = true;
 };
 
 }  // namespace bigmoe

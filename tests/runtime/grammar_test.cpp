@@ -417,23 +417,29 @@ TEST(Grammar, random_walks_over_the_qwen3_vocabulary_end_in_matches) {
     }
 }
 
-// A start that branches past k_max_stacks derivations would be followed only in part: parse
-// refuses it; one inside the bound parses and reads each of its words.
-TEST(Grammar, starts_past_the_derivation_bound_are_refused) {
+// A rule that branches past k_max_stacks derivations, at the start or after a prefix, would stop
+// generation where it is read: parse refuses it, naming the rule; one inside the bound parses and
+// reads each of its words.
+TEST(Grammar, rules_past_the_derivation_bound_are_refused) {
     auto words = [](size_t n) {
         std::string alts;
         for (size_t i = 0; i < n; ++i) alts += (i ? " | \"w" : "\"w") + std::to_string(i) + "\"";
-        return "root ::= " + alts;
+        return alts;
     };
     const size_t bound = GrammarRecognizer::k_max_stacks;
-    auto wide = Grammar::parse(words(bound + 1));
-    ASSERT_FALSE(wide.ok());
-    EXPECT_NE(wide.error().message.find("derivations at once"), std::string::npos) << wide.error().message;
-    auto fits = Grammar::parse(words(bound));
+    for (const std::string& wide : {"root ::= " + words(bound + 1), "root ::= \"x\" word\nword ::= " + words(bound + 1),
+                                    "root ::= \"x\" (" + words(bound + 1) + ")*"}) {
+        auto g = Grammar::parse(wide);
+        ASSERT_FALSE(g.ok()) << wide;
+        EXPECT_NE(g.error().message.find("derivations at once"), std::string::npos) << g.error().message;
+    }
+    auto named = Grammar::parse("root ::= \"x\" word\nword ::= " + words(bound + 1));
+    EXPECT_NE(named.error().message.find("rule \"word\""), std::string::npos) << named.error().message;
+    auto fits = Grammar::parse("root ::= \"x\" word\nword ::= " + words(bound));
     ASSERT_TRUE(fits.ok()) << fits.error().message;
     for (size_t i = 0; i < bound; i += 9) {
         GrammarRecognizer r(*fits);
-        for (char c : "w" + std::to_string(i)) ASSERT_TRUE(r.push(uint8_t(c))) << i;
+        for (char c : "xw" + std::to_string(i)) ASSERT_TRUE(r.push(uint8_t(c))) << i;
         EXPECT_TRUE(r.complete()) << i;
     }
 }
