@@ -374,6 +374,8 @@ void run_op(cudaStream_t s, const AddGatedArgs& a);
 void run_op(cudaStream_t s, const RopeArgs& a);
 void run_op(cudaStream_t s, const AttInputsArgs& a);
 void run_op(cudaStream_t s, const AttentionArgs& a);
+// The second kernel of a split attention op (a.part): its chunks merged (attention_merge.cu).
+void run_attention_merge(cudaStream_t s, const AttentionArgs& a);
 void run_op(cudaStream_t s, const ConvArgs& a);
 void run_op(cudaStream_t s, const GdnArgs& a);
 
