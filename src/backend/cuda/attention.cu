@@ -53,9 +53,9 @@ __global__ void k_kv_store(AttentionArgs a) {
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
 //   the weights go in rounded to f16, as FlashAttention and llama.cpp take them (a weight's
-//   relative error up to 2^-11; BIGMOE_CUDA_ATT_MMA=2 keeps float precision with a low f16 part
-//   beside each, w = hi + lo, at twice the values' products). Prefill (attention_fa) and decode
-//   (attention_mma) lay the work out differently with the same operations per query.
+//   relative error up to 2^-11; BIGMOE_CUDA_ATT_MMA=0, the float form, keeps float weights).
+//   Prefill (attention_fa) and decode (attention_mma) lay the work out differently with the
+//   same operations per query.
 // - any other types: each tile of K, then of V, is dequantized into floats once and read by all
 //   32 queries; scores a thread per (key, 8 queries), four d at a time; values a warp per 4
 //   queries, a lane per 4 (or 8) d.
@@ -174,20 +174,12 @@ __device__ __forceinline__ void att_weights(float* sp, float* scorr, int warp, i
 __device__ __forceinline__ uint32_t half2_bits(__half2 h) {
     return *reinterpret_cast<uint32_t*>(&h);
 }
-// Two weights as the high and low f16 parts of a pair (x = hi + lo up to the low part's rounding).
-__device__ __forceinline__ void split_pair(float x0, float x1, uint32_t& hi, uint32_t& lo) {
-    const __half2 h = __floats2half2_rn(x0, x1);
-    const float2 hf = __half22float2(h);
-    hi = half2_bits(h);
-    lo = half2_bits(__floats2half2_rn(__fsub_rn(x0, hf.x), __fsub_rn(x1, hf.y)));
-}
-
 // att_weights for the tensor-core form: scores in sp [query][key], a lane per keys 2 lane and
 // 2 lane + 1, exponentials by the hardware's exp2 (__expf), and the weights written as the f16
-// parts the values' products read ([query][key], row stride k_attm_ps; PARTS 2: high and low).
-template <int PARTS, int QPW>
-__device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, uint32_t* pl, float* scorr, int warp,
-                                                int lane, float (&m)[QPW], float (&l)[QPW]) {
+// pairs the values' products read ([query][key], row stride k_attm_ps).
+template <int QPW>
+__device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, float* scorr, int warp, int lane,
+                                                float (&m)[QPW], float (&l)[QPW]) {
 #pragma unroll
     for (int u = 0; u < QPW; ++u) {
         const int q = warp * QPW + u;
@@ -202,10 +194,7 @@ __device__ __forceinline__ void att_weights_mma(const float* sp, uint32_t* ph, u
             l[u] = __fadd_rn(__fmul_rn(l[u], corr), warp_sum_rn(__fadd_rn(p0, p1)));
             m[u] = nm;
         }
-        if (PARTS == 2)
-            split_pair(p0, p1, ph[q * (k_attm_ps / 2) + lane], pl[q * (k_attm_ps / 2) + lane]);
-        else
-            ph[q * (k_attm_ps / 2) + lane] = half2_bits(__floats2half2_rn(p0, p1));
+        ph[q * (k_attm_ps / 2) + lane] = half2_bits(__floats2half2_rn(p0, p1));
         if (lane == 0) scorr[q] = corr;
     }
 }
@@ -280,7 +269,6 @@ struct F16Stager {
 // takes key block w; weights: warp w query w; values: d in pairs of 8-column blocks, pairs w,
 // w + 8. (Blocks of 9-16 queries take attention_fa: this form with a warp weighing two queries,
 // two blocks an SM, ran the 122B's decode at depth 32768 2.5% slower on an H100.)
-template <int PARTS>
 __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
     constexpr int NT = 256, BQ = k_att_q, SP = k_attm_sp;
     constexpr int NP = 2;   // pairs of 8 d a warp holds (D <= 256)
@@ -292,9 +280,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     uint8_t* rawv = rawk + k_att_kt * k.stk;
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
     float* sp = reinterpret_cast<float*>(sqh + BQ * qs);   // [BQ][SP]: scores
-    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights (high parts)
-    __half* pl = ph + BQ * k_attm_ps;                      // [BQ][k_attm_ps]: low parts (PARTS 2)
-    float* scorr = reinterpret_cast<float*>(pl + (PARTS - 1) * BQ * k_attm_ps);
+    __half* ph = reinterpret_cast<__half*>(sp + BQ * SP);  // [BQ][k_attm_ps]: weights
+    float* scorr = reinterpret_cast<float*>(ph + BQ * k_attm_ps);
     int* spos = reinterpret_cast<int*>(scorr + BQ);
     float* sml = reinterpret_cast<float*>(spos + BQ);  // [BQ][2]: each query's chunk maximum and mass
     const float scale = float(a.scale);
@@ -304,7 +291,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     }
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
     // rows of no query are never given weights: zeros keep their products finite
-    for (int i = tid; i < PARTS * BQ * k_attm_ps; i += NT) ph[i] = __float2half_rn(0.0f);
+    for (int i = tid; i < BQ * k_attm_ps; i += NT) ph[i] = __float2half_rn(0.0f);
     __syncthreads();
 
     const int kb = warp, pw = warp, pstep = 8, npairs = int(D / 16);
@@ -368,8 +355,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
         __syncthreads();  // scores written, K read
         stage(rawk, k.kmem, k.rk, k.stk, k1);
         if (w_any) {
-            att_weights_mma<PARTS, QPW>(sp, reinterpret_cast<uint32_t*>(ph), reinterpret_cast<uint32_t*>(pl), scorr,
-                                        warp, lane, m, l);
+            att_weights_mma<QPW>(sp, reinterpret_cast<uint32_t*>(ph), scorr, warp, lane, m, l);
             if (chunk_end && lane == 0)
 #pragma unroll
                 for (int u = 0; u < QPW; ++u) {
@@ -390,10 +376,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 #pragma unroll
             for (int ks = 0; ks < k_att_kt / 16; ++ks) {
                 if (16 * ks >= n_k) break;
-                uint32_t hi[4], lo[4];
-                const int pa = (lane & 15) * k_attm_ps + 16 * ks + (lane >> 4) * 8;
-                ldsm_x4<false>(hi, ph + pa);
-                if (PARTS == 2) ldsm_x4<false>(lo, pl + pa);
+                uint32_t w[4];
+                ldsm_x4<false>(w, ph + (lane & 15) * k_attm_ps + 16 * ks + (lane >> 4) * 8);
                 const uint8_t* va = rawv + (16 * ks + (lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
 #pragma unroll
                 for (int i = 0; i < NP; ++i) {
@@ -401,10 +385,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
                     if (pr >= npairs) break;
                     uint32_t bf[4];
                     ldsm_x4<true>(bf, va + 32 * pr);
-                    mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
-                    if (PARTS == 2) mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
-                    mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
-                    if (PARTS == 2) mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                    mma_f16_16x8x16(o[i][0], w, bf[0], bf[1]);
+                    mma_f16_16x8x16(o[i][1], w, bf[2], bf[3]);
                 }
             }
         }
@@ -469,7 +451,7 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 
 // attention_mma's arithmetic with two warps owning 16 queries over whole tiles (FlashAttention-2's
 // layout): the scores stay in the mma accumulators, the softmax runs in registers, and the
-// weights' f16 parts are the values' A fragments as they stand. The pair splits the work: each
+// weights as f16 pairs are the values' A fragments as they stand. The pair splits the work: each
 // warp scores half of the tile's 64 keys (8 a thread) and takes every other pair of 8-column
 // blocks of d for the values (a warp holding all of d would need more than 255 registers a
 // thread); the pair exchanges the rows' maxima, the key pairs' sums and the weights through
@@ -483,12 +465,10 @@ constexpr int k_attf_ds = 2;
 constexpr int k_attf_threads = 128 * k_attf_ds;
 constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks of d
 // words a lane of a warp of the pair hands the other a tile: its rows' maxima, its key pairs' sums
-// (4 key blocks x 2 rows), its weights' f16 parts (4 key blocks x 2 rows x up to 2 parts)
-constexpr int k_attf_xm = 2, k_attf_xs = 8, k_attf_xp = 16;
+// (4 key blocks x 2 rows), its weights as f16 pairs (4 key blocks x 2 rows)
+constexpr int k_attf_xm = 2, k_attf_xs = 8, k_attf_xp = 8;
 
-template <int PARTS>
 __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
-    constexpr int W = 2 * PARTS;  // weight words a lane holds for a key block
     constexpr int DS = k_attf_ds, NT = k_attf_threads, BQ = k_attm_q, NP = k_attf_pairs / DS;
     const int64_t D = k.D;
     const int tid = threadIdx.x, warp = tid % 128 / 32, dh = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
@@ -499,7 +479,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     int* spos = reinterpret_cast<int*>(sqh + BQ * qs);
     float4* tas = reinterpret_cast<float4*>(spos + BQ);  // [NP][2][NT]: the merged chunks
     // what the two warps of 16 queries exchange a tile, [pair][half][...][lane]: row maxima,
-    // the key pairs' sums, the weights' f16 parts
+    // the key pairs' sums, the weights as f16 pairs
     float* xm = reinterpret_cast<float*>(tas + NP * 2 * NT);
     float* xs = xm + 4 * 2 * k_attf_xm * 32;
     uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * k_attf_xs * 32);
@@ -624,9 +604,9 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         }
         pair_sync();
         float nm[2], corr[2], x[2][4];
-        // the weights' f16 parts: [key block][hi g, hi g + 8, (lo g, lo g + 8)], this warp's keys
-        // and the other warp's, then the tile's first and second halves
-        uint32_t pm[4][W], po[4][W], p0[4][W], p1[4][W];
+        // the weights as f16 pairs: [key block][row g, row g + 8], this warp's keys and the other
+        // warp's, then the tile's first and second halves
+        uint32_t pm[4][2], po[4][2], p0[4][2], p1[4][2];
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
             mx[rr] = fmaxf(mx[rr], my_xm[k_attf_xm * 32 * other + 32 * rr]);
@@ -642,22 +622,17 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         }
 #pragma unroll
         for (int j = 0; j < 4; ++j) {
-            if constexpr (PARTS == 2) {
-                split_pair(sc[j][0], sc[j][1], pm[j][0], pm[j][2]);
-                split_pair(sc[j][2], sc[j][3], pm[j][1], pm[j][3]);
-            } else {
-                pm[j][0] = half2_bits(__floats2half2_rn(sc[j][0], sc[j][1]));
-                pm[j][1] = half2_bits(__floats2half2_rn(sc[j][2], sc[j][3]));
-            }
+            pm[j][0] = half2_bits(__floats2half2_rn(sc[j][0], sc[j][1]));
+            pm[j][1] = half2_bits(__floats2half2_rn(sc[j][2], sc[j][3]));
 #pragma unroll
-            for (int f = 0; f < W; ++f) my_xp[32 * (W * j + f)] = pm[j][f];
+            for (int f = 0; f < 2; ++f) my_xp[32 * (2 * j + f)] = pm[j][f];
         }
         pair_sync();
 #pragma unroll
         for (int j = 0; j < 4; ++j)
 #pragma unroll
-            for (int f = 0; f < W; ++f) {
-                po[j][f] = my_xp[k_attf_xp * 32 * other + 32 * (W * j + f)];
+            for (int f = 0; f < 2; ++f) {
+                po[j][f] = my_xp[k_attf_xp * 32 * other + 32 * (2 * j + f)];
                 p0[j][f] = dh == 0 ? pm[j][f] : po[j][f];
                 p1[j][f] = dh == 0 ? po[j][f] : pm[j][f];
             }
@@ -689,20 +664,17 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
 #pragma unroll
                 for (int ks = 0; ks < k_att_kt / 16; ++ks) {
                     if (!WHOLE && 16 * ks >= n_k) break;
-                    // the weights' f16 parts as the A fragments: rows g, g + 8 of key blocks 2 ks, + 1
+                    // the weights as the A fragments: rows g, g + 8 of key blocks 2 ks, + 1
                     const uint32_t* wa = (ks < 2 ? p0 : p1)[2 * (ks & 1)];
                     const uint32_t* wb = (ks < 2 ? p0 : p1)[2 * (ks & 1) + 1];
-                    const uint32_t hi[4] = {wa[0], wa[1], wb[0], wb[1]};
-                    const uint32_t lo[4] = {wa[W - 2], wa[W - 1], wb[W - 2], wb[W - 1]};  // PARTS 2
+                    const uint32_t w[4] = {wa[0], wa[1], wb[0], wb[1]};
 #pragma unroll
                     for (int i = 0; i < NP; ++i) {
                         if (!WHOLE && pair(i) >= npairs) break;
                         uint32_t bf[4];
                         ldsm_x4<true>(bf, va + 16 * ks * k.stv + 32 * pair(i));
-                        mma_f16_16x8x16(o[i][0], hi, bf[0], bf[1]);
-                        if (PARTS == 2) mma_f16_16x8x16(o[i][0], lo, bf[0], bf[1]);
-                        mma_f16_16x8x16(o[i][1], hi, bf[2], bf[3]);
-                        if (PARTS == 2) mma_f16_16x8x16(o[i][1], lo, bf[2], bf[3]);
+                        mma_f16_16x8x16(o[i][0], w, bf[0], bf[1]);
+                        mma_f16_16x8x16(o[i][1], w, bf[2], bf[3]);
                     }
                 }
             };
@@ -812,21 +784,19 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
 }
 
 // Decode's tensor-core blocks: up to 8 queries on 8 warps, two blocks an SM.
-template <int PARTS>
 __global__ void __launch_bounds__(256, 2) k_attention_mma(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma<PARTS>(a, k, reinterpret_cast<uint8_t*>(smem4));
+    if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // Prefill's tensor-core blocks: 64 queries on 8 warps, one block an SM (shared memory).
-template <int PARTS>
 __global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa<PARTS>(a, k, reinterpret_cast<uint8_t*>(smem4));
+    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
@@ -1019,10 +989,10 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
 
 }  // namespace
 
-// A decode tensor-core block's: staged tiles, f16 queries, scores, weights' two parts, per-query
+// A decode tensor-core block's: staged tiles, f16 queries, scores, f16 weights, per-query
 // scalars.
 size_t attention_mma_smem(int64_t D) {
-    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_att_q * (D + 8) * 2 + 2 * k_att_q * k_attm_ps * 2) +
+    return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_att_q * (D + 8) * 2 + k_att_q * k_attm_ps * 2) +
            size_t(k_att_q * k_attm_sp + 4 * k_att_q) * sizeof(float);
 }
 
@@ -1043,10 +1013,10 @@ void configure_attention() {
         for (int tv : {0, 1, 2, 3, 6, 7, 8, 20, 30}) most = std::max(most, attention_smem(k_att_max_d, tk, tv));
     CU(cudaFuncSetAttribute(k_attention<8, 4>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
-    for (auto f : {k_attention_mma<1>, k_attention_mma<2>})
-        CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(attention_mma_smem(k_att_max_d))));
-    for (auto f : {k_attention_fa<1>, k_attention_fa<2>})
-        CU(cudaFuncSetAttribute(f, cudaFuncAttributeMaxDynamicSharedMemorySize, int(attention_fa_smem(k_att_max_d))));
+    CU(cudaFuncSetAttribute(k_attention_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_mma_smem(k_att_max_d))));
+    CU(cudaFuncSetAttribute(k_attention_fa, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_fa_smem(k_att_max_d))));
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
@@ -1062,11 +1032,10 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
     }
     if (a.any_mma) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
-        const bool two = a.mma == 2;
         if (a.most_queries <= 8)
-            launch(two ? k_attention_mma<2> : k_attention_mma<1>, gm, 256, attention_mma_smem(a.D), s, a);
+            launch(k_attention_mma, gm, 256, attention_mma_smem(a.D), s, a);
         else
-            launch(two ? k_attention_fa<2> : k_attention_fa<1>, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
+            launch(k_attention_fa, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
         CU_LAUNCHED();
     }
     if (a.part) {

@@ -77,11 +77,9 @@ class CudaBackend final : public Backend {
         mma_ = prop.major >= 8;  // the int8 tensor-core products need sm_80 or newer
         const char* m = std::getenv("BIGMOE_CUDA_MMA");
         if (m && std::strcmp(m, "0") == 0) mma_ = false;
-        // f16 tensor-core attention, the weights as one f16 part (BIGMOE_CUDA_ATT_MMA=0: float
-        // products; =2: the weights as two f16 parts)
-        att_mma_ = prop.major >= 8 ? 1 : 0;
-        if (const char* am = std::getenv("BIGMOE_CUDA_ATT_MMA"); am && att_mma_)
-            att_mma_ = std::strcmp(am, "0") == 0 ? 0 : std::strcmp(am, "2") == 0 ? 2 : 1;
+        att_mma_ = prop.major >= 8;  // f16 tensor-core attention (BIGMOE_CUDA_ATT_MMA=0: float products)
+        const char* am = std::getenv("BIGMOE_CUDA_ATT_MMA");
+        if (am && std::strcmp(am, "0") == 0) att_mma_ = false;
         const char* g = std::getenv("BIGMOE_CUDA_GRAPHS");
         graphs_ = !(g && std::strcmp(g, "0") == 0);
         const char* f = std::getenv("BIGMOE_CUDA_FUSE");
@@ -490,7 +488,7 @@ class CudaBackend final : public Backend {
                               int64_t(smem),
                               any_mma ? 1 : 0,
                               std::min(k_att_queries, tile_queries),
-                              att_mma_});
+                              att_mma_ ? 1 : 0});
         scratch_rewind(mark);
     }
 
@@ -957,8 +955,7 @@ class CudaBackend final : public Backend {
     // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
     // sb_: one-token products of K-quant rows a lane per super-block (BIGMOE_CUDA_SB=0: a warp a row)
     // (BIGMOE_CUDA_SB=2: the dense products only, the experts' kernels a warp a row)
-    int64_t att_mma_ = 0;
-    bool graphs_ = true, mma_ = false, fuse_ = true, sb_ = true, sb_moe_ = true;
+    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, sb_ = true, sb_moe_ = true;
     // blocks an SM for k_matvec_sb launches (BIGMOE_CUDA_SB_BLOCKS): 2 are resident at its 128
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)

@@ -326,7 +326,7 @@ struct AttentionArgs {
     int64_t smem;          // a float-product block's shared memory for the batch's cache types (0: none)
     int64_t any_mma;       // whether a span takes the tensor cores (their blocks' shared memory is fixed)
     int64_t most_queries;  // the most queries a block holds
-    int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer): 1, 2 (weights in two parts)
+    int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer)
 };
 // Whether a span's attention runs on the tensor cores: f16 K and V and head sizes that are
 // multiples of 16 (the cache's head rows then start 32-byte aligned, as the fragment loads need).
