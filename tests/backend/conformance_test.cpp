@@ -168,11 +168,30 @@ class Conformance : public ::testing::TestWithParam<BackendUnderTest> {
         EXPECT_TRUE(be_->prepare_weight(w->w).ok());
         return w;
     }
+    // body() on this backend, then, for the CUDA backend, on a fresh one made under each value of
+    // the environment variable var (a kernel's shape its heuristics would not pick for these sizes).
+    // body() makes its own weights and tensors: each run has another backend.
+    void under_each(const char* var, std::initializer_list<const char*> values, const std::function<void()>& body) {
+        body();
+        if (GetParam().name != "cuda") return;
+        for (const char* v : values) {
+            SCOPED_TRACE(std::string(var) + "=" + v);
+            ::setenv(var, v, 1);
+            be_ = GetParam().make();
+            ::unsetenv(var);
+            body();
+            if (HasFatalFailure()) break;
+        }
+        be_ = GetParam().make();
+    }
     // The ops that follow run on a batch of these spans, with layer 0's state in kv or rs.
     void batch(std::vector<SeqSpan> spans, std::vector<KvBlock*> kv = {}, std::vector<RecurrentRing*> rs = {}) {
         batch_ = BatchState{std::move(spans), {std::move(kv)}, {std::move(rs)}};
         be_->begin_batch(batch_);
     }
+    void one_token_products();
+    void moe_batch_invariance();
+    void moe_shared_in_turn();
     BatchState batch_;
     std::unique_ptr<Backend> be_;
     uint32_t seed_ = 0;
@@ -273,10 +292,15 @@ TEST_P(Conformance, matmul_is_batch_invariant) {
     }
 }
 
-// A decode step's products of one input (a GPU takes K-quant rows 4 to a warp there, other rows
+// A decode step's products of one input (a GPU takes K-quant rows L lanes a row there, other rows
 // a warp each) give each row the bits of the same token in a larger batch: rows that do not fill
-// a warp's 4, rows of whole and partial groups of 8 super-blocks, every kind of product in one call.
+// a warp, rows of whole and partial rounds of L super-blocks, every kind of product in one call;
+// on a GPU also with L forced to counts that do not divide 32 or a row's super-blocks.
 TEST_P(Conformance, one_token_products_of_one_input_equal_a_batch) {
+    under_each("BIGMOE_CUDA_SB_LANES", {"2", "3", "5", "6", "12", "32"}, [&] { one_token_products(); });
+}
+
+void Conformance::one_token_products() {
     for (int64_t n_in : {int64_t(5120), int64_t(4096), int64_t(3072), int64_t(2048), int64_t(768)}) {
         const int64_t T = 20;
         auto a = weight(DType::Q6_K, n_in, 37), b = weight(DType::Q4_K, n_in, 70), c = weight(DType::F32, n_in, 9),
@@ -640,8 +664,13 @@ TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
 // A token's routed experts do not depend on the batch: decode and verification sizes (where a
 // GPU runs one kernel per slot's rows) give the bits of a prefill batch (experts grouped), with
 // K-quant stacks, a top-k that does and does not divide a warp's 32 lanes, and inputs of 2 and
-// 12 super-blocks (the 122B's: a GPU's decode lanes take two each).
+// 12 super-blocks (the 122B's: a GPU's decode lanes take two or three each); on a GPU also with
+// the gate/up kernel's lanes a row forced to 4 and 2.
 TEST_P(Conformance, moe_is_batch_invariant) {
+    under_each("BIGMOE_CUDA_GATE_LANES", {"4", "2"}, [&] { moe_batch_invariance(); });
+}
+
+void Conformance::moe_batch_invariance() {
     const int64_t F = 256, E = 16, T_all = 24;
     for (auto [N, K] : {std::pair<int64_t, int64_t>{512, 3}, {512, 8}, {3072, 8}}) {
         auto gate = weight(DType::Q4_K, N, F, E), up = weight(DType::Q4_K, N, F, E),
@@ -666,8 +695,13 @@ TEST_P(Conformance, moe_is_batch_invariant) {
 // The routed experts with Qwen3.5's gated shared expert in one op equal moe, swiglu, matmul and
 // add_gated in turn bit for bit, at decode sizes (where a GPU folds the shared expert into the
 // experts' down kernel) and beyond; the shared expert's width and down type differ from the
-// routed experts'.
+// routed experts'. On a GPU also with the gate/up kernel's lanes a row forced to 4 and 2 (its
+// blocks' groups of 32 and 64 rows completing the down kernel's quantized inputs).
 TEST_P(Conformance, moe_shared_equals_the_ops_in_turn) {
+    under_each("BIGMOE_CUDA_GATE_LANES", {"4", "2"}, [&] { moe_shared_in_turn(); });
+}
+
+void Conformance::moe_shared_in_turn() {
     const int64_t N = 512, E = 16, T_all = 12;
     for (auto [F, K, ddt, sdt] :
          {std::tuple{256, 4, DType::Q6_K, DType::Q6_K}, std::tuple{256, 4, DType::Q6_K, DType::Q4_K},

@@ -12,6 +12,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -37,9 +38,13 @@ struct OpTag {
     static constexpr char id = 0;
 };
 
-// A step's ops as recorded, and the graph they were captured into.
+// A step's ops as recorded, and the graph they were captured into. A replayed step's ops are
+// compared with the recorded ones word for word: the host forms them between one token's logits
+// and the next step's graph launch, where hashing their arguments a byte at a time cost a 35B
+// decode token ~4% (H100, tg128 316.5 / 317.2 t/s comparing, 300.7 / 306.1 hashing).
 struct Recording {
-    std::vector<uint64_t> sigs;
+    std::vector<uint64_t> words;  // each op's type tag, then its arguments
+    std::vector<size_t> starts;   // where each op's words begin
     std::vector<std::function<void(cudaStream_t)>> ops;
     cudaGraphExec_t exec = nullptr;
     int seen = 0, misses = 0;
@@ -47,8 +52,30 @@ struct Recording {
     void forget() {
         if (exec) cudaGraphExecDestroy(exec);
         exec = nullptr;
-        sigs.clear();
+        words.clear();
+        starts.clear();
         ops.clear();
+    }
+    template <class A>
+    static uint64_t tag() {
+        return uint64_t(reinterpret_cast<uintptr_t>(&OpTag<A>::id));
+    }
+    template <class A>
+    void add(const A& a) {
+        static_assert(std::is_trivially_copyable_v<A> && sizeof(A) % 8 == 0, "8-byte fields only (no padding)");
+        starts.push_back(words.size());
+        words.push_back(tag<A>());
+        const size_t at = words.size();
+        words.resize(at + sizeof(A) / 8);
+        std::memcpy(words.data() + at, &a, sizeof a);
+    }
+    // Whether op i was a with these arguments.
+    template <class A>
+    bool is(size_t i, const A& a) const {
+        if (i >= starts.size()) return false;
+        const size_t s = starts[i], e = i + 1 < starts.size() ? starts[i + 1] : words.size();
+        return e - s == 1 + sizeof(A) / 8 && words[s] == tag<A>() &&
+               std::memcmp(words.data() + s + 1, &a, sizeof a) == 0;
     }
 };
 
@@ -89,7 +116,11 @@ class CudaBackend final : public Backend {
         sb_moe_ = sb_ && !(sb && std::strcmp(sb, "2") == 0);
         const char* sbb = std::getenv("BIGMOE_CUDA_SB_BLOCKS");
         if (sbb && std::atoi(sbb) > 0) sb_blocks_ = std::atoi(sbb);
-        if (const char* e = std::getenv("BIGMOE_CUDA_SB_LANES")) sb_lanes_ = std::atoi(e);
+        if (const char* e = std::getenv("BIGMOE_CUDA_SB_LANES")) sb_lanes_ = std::max(0, std::atoi(e));
+        if (const char* e = std::getenv("BIGMOE_CUDA_GATE_LANES")) {
+            const int v = std::atoi(e);
+            gate_lanes_ = v == 8 || v == 4 || v == 2 ? v : 0;
+        }
     }
     ~CudaBackend() override {
         finish_step();
@@ -592,14 +623,27 @@ class CudaBackend final : public Backend {
             g.aub = g.agb;
             if (au_t != ag_t) g.au = activations(int(wu.type), x, &g.aub);
         }
-        // the experts' decode gate/up blocks: as few rounds of 16 rows a block as fit those at work
-        // (the shared expert's leading row is one a token) in the blocks the GPU holds at once (two
-        // an SM), not a second and third wave (the 122B's 8 x 64 groups of rows; H200 tg128 173.9
-        // / 173.7 against 171.0 / 172.7; the down kernel's 384 blocks the same way gave nothing)
+        // the experts' decode gate/up blocks: as few rounds of a group of rows a block as fit those
+        // at work (the shared expert's leading row is one a token) in the blocks the GPU holds at
+        // once (two an SM), not a second and third wave (the 122B's 8 x 64 groups of 16 rows; H200
+        // tg128 173.9 / 173.7 against 171.0 / 172.7; the down kernel's 384 blocks the same way gave
+        // nothing). Lanes a row: 8, or 4 or 2 where a lane then walks fewer super-blocks (rounds of
+        // groups times rounds of a row's super-blocks): the 122B's 12 super-block rows take 3 on 4
+        // lanes (one group a block) where 8 lanes took 2 x 2 with a third of the second round idle.
         if (gu_sb) {
-            const int64_t groups = (F + 15) / 16, resident = 2 * sm_count_,
-                          rounds = (groups * T * K + (dn_sb && shared ? T : 0) + resident - 1) / resident;
-            g.gx = (groups + rounds - 1) / rounds;
+            const int64_t resident = 2 * sm_count_, lead = dn_sb && shared ? T : 0, nsb = N / 256;
+            int64_t best_walk = 0;
+            for (int64_t G : {8, 4, 2}) {
+                if (gate_lanes_ > 0 && G != gate_lanes_) continue;
+                const int64_t rg = gate_up_group_rows(G), groups = (F + rg - 1) / rg,
+                              rounds = (groups * T * K + lead + resident - 1) / resident,
+                              walk = rounds * ((nsb + G - 1) / G);
+                if (best_walk == 0 || walk < best_walk) {
+                    best_walk = walk;
+                    g.gl = G;
+                    g.gx = (groups + rounds - 1) / rounds;
+                }
+            }
         }
         if (dn_sb) {
             g.hq = reinterpret_cast<uint8_t*>(scratch(1, T * lay.bytes / 4).data);
@@ -701,22 +745,15 @@ class CudaBackend final : public Backend {
     enum class Mode { eager, capture, replay };
 
     template <class A>
-    static uint64_t signature(const A& a) {
-        static_assert(std::is_trivially_copyable_v<A> && sizeof(A) % 8 == 0, "8-byte fields only (no padding)");
-        const void* tag = &OpTag<A>::id;
-        return fnv1a(&a, sizeof a, fnv1a(&tag, sizeof tag));
-    }
-
-    template <class A>
     void enqueue(const A& a) {
         if (mode_ == Mode::replay) {
-            if (issued_ < rec_->sigs.size() && rec_->sigs[issued_] == signature(a)) {
+            if (rec_->is(issued_, a)) {
                 ++issued_;
                 return;
             }
             abandon_replay();
         } else if (mode_ == Mode::capture) {
-            rec_->sigs.push_back(signature(a));
+            rec_->add(a);
             rec_->ops.push_back([a](cudaStream_t s) { run_op(s, a); });
         }
         run_op(stream_, a);
@@ -761,7 +798,7 @@ class CudaBackend final : public Backend {
             rec_->exec = x;
             CU(cudaGraphLaunch(x, stream_));
         } else if (mode_ == Mode::replay) {
-            if (issued_ == rec_->sigs.size()) {
+            if (issued_ == rec_->starts.size()) {
                 mode_ = Mode::eager;
                 CU(cudaGraphLaunch(rec_->exec, stream_));
             } else {
@@ -845,6 +882,46 @@ class CudaBackend final : public Backend {
         enqueue(MoeSumArgs{y.data, y.stride, wts, T, K, N, out.data, out.stride});
     }
 
+    // Every block of a products-of-one-input launch quantizes the input again before its rows: no
+    // more blocks than fill the GPU once (4 blocks of 256 threads an SM, k_matvec_sb's 128
+    // registers 2), a warp taking several rows.
+    int64_t sb_launch_blocks(int64_t items, bool sb) const {
+        return std::min<int64_t>((items + 7) / 8, (sb ? sb_blocks_ : 4) * sm_count_);
+    }
+    // k_matvec_sb's lanes a row for a product launch whose rows hold nsb super-blocks: the count
+    // whose lanes walk the fewest super-blocks one after another (a warp's rounds of rows times a
+    // row's rounds of super-blocks), ties to as many lanes as a row's super-blocks (8, 16 or 32).
+    // The 122B's 12 super-block rows on 16 lanes left a quarter of them idle; on 6 lanes (5 rows a
+    // warp, two rounds) its Gated DeltaNet inputs' 20608 rows take 4 super-blocks a lane, not 5.
+    // BIGMOE_CUDA_SB_LANES=L (1-32) takes L lanes for every launch, =0 the tie's count.
+    int64_t sb_lanes(const MatvecArgs& a, int64_t nsb) const {
+        if (sb_lanes_ > 0) return std::min<int64_t>(sb_lanes_, 32);
+        const int64_t rule = nsb <= 8 ? 8 : nsb <= 16 ? 16 : 32;
+        if (sb_lanes_ == 0) return rule;
+        const auto walk = [&](int64_t L) {
+            int64_t items = 0;
+            for (int64_t i = 0; i < a.n_products; ++i) items += sb_items(a.p[i], L);
+            const int64_t warps = sb_launch_blocks(items, true) * 8;
+            return (items + warps - 1) / warps * ((nsb + L - 1) / L);
+        };
+        // the choice per launch shape, remembered: this runs for every product of every step, on
+        // the host between one token's logits and the next step's graph launch
+        LaneKey key{};
+        key[0] = nsb;
+        for (int64_t i = 0; i < a.n_products; ++i) key[size_t(1 + i)] = a.p[i].n_out * 64 + a.p[i].type;
+        for (const auto& [k, L] : lane_choices_)
+            if (k == key) return L;
+        int64_t best = rule, best_walk = walk(best);
+        for (int64_t L = 32; L >= 2; --L) {
+            const int64_t w = walk(L);
+            if (w < best_walk) best = L, best_walk = w;
+        }
+        if (lane_choices_.size() < 64) lane_choices_.emplace_back(key, best);
+        return best;
+    }
+    using LaneKey = std::array<int64_t, 1 + k_matvec_products>;
+    mutable std::vector<std::pair<LaneKey, int64_t>> lane_choices_;
+
     // Products of one input for up to k_matvec_max_tokens tokens as one in-kernel-quantizing
     // kernel; false (nothing enqueued) when their activations do not fit in its shared memory.
     static constexpr int64_t k_matvec_max_tokens = 8;
@@ -879,26 +956,23 @@ class CudaBackend final : public Backend {
         // a warp.
         int64_t items = rows;
         if (sb_ && x.rows == 1 && x.cols % 256 == 0) {
-            const int64_t nsb = x.cols / 256;
-            a.sb_lanes = sb_lanes_ == 0 || nsb <= 8 ? 8 : nsb <= 16 ? 16 : 32;
-            items = 0;
             for (size_t i = 0; i < n; ++i) {
                 if (sb_type(a.p[i].type)) {
                     a.sb = 1;
                     for (int64_t s = 0; s < a.n_slots; ++s)
                         if (a.slot_type[s] == k_q8_k) a.sb_slot = s;
                 }
-                items += sb_items(a.p[i], a.sb_lanes);
             }
+            a.sb_lanes = sb_lanes(a, x.cols / 256);
+            items = 0;
+            for (size_t i = 0; i < n; ++i) items += sb_items(a.p[i], a.sb_lanes);
             if (a.sb) {
                 a.swz_off = a.smem;
                 a.smem += x.cols;
             }
         }
         if (a.smem > k_products_smem) return false;
-        // Every block quantizes the input again before its rows: no more blocks than fill the GPU
-        // once (4 blocks of 256 threads per SM), a warp taking several rows.
-        a.blocks = std::min<int64_t>((items + 7) / 8, (a.sb ? sb_blocks_ : 4) * sm_count_);
+        a.blocks = sb_launch_blocks(items, a.sb != 0);
         enqueue(a);
         return true;
     }
@@ -960,11 +1034,12 @@ class CudaBackend final : public Backend {
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)
     int64_t sb_blocks_ = 2;
-    // k_matvec_sb's lanes a row: as many as a row's super-blocks, up to 32 (BIGMOE_CUDA_SB_LANES=0:
-    // 8): rows of 12-32 super-blocks in one or two rounds a lane instead of two to four, where
-    // those products leave warps idle (H200 tg128, 35B 291.6 / 287.0 against 288.7 / 283.0,
-    // 122B 160.0 / 161.6 against 158.4 / 159.9)
-    int64_t sb_lanes_ = 1;
+    // k_matvec_sb's lanes a row for every launch (BIGMOE_CUDA_SB_LANES; 0: 8, 16 or 32, as many as
+    // a row's super-blocks); -1: sb_lanes() picks per launch
+    int64_t sb_lanes_ = -1;
+    // the experts' decode gate/up kernel's lanes a row for every launch (BIGMOE_CUDA_GATE_LANES: 8,
+    // 4 or 2); 0: picked per launch
+    int64_t gate_lanes_ = 0;
     Mode mode_ = Mode::eager;
     std::vector<cudaEvent_t> marks_;  // time_mark's events, the first n_marks_ recorded
     int64_t n_marks_ = 0;

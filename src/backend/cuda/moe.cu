@@ -338,13 +338,13 @@ __global__ void __launch_bounds__(256) k_moe_down(MoeDownArgs a) {
     if (lane == 0) a.out[t * a.os + n] = o;
 }
 
-// The 16 blocks of 16 rows that form a super-block of slot s's hidden row count themselves in
+// The blocks of 128 / gl rows that form a super-block of slot s's hidden row count themselves in
 // a.cnt; the last quantizes it into hq (its Q8_K block, then its rotated quants) and sets the
 // count back to zero. The bits are quantize_rows_in_block's and rotate_rows_in_block's.
 __device__ __forceinline__ void quantize_when_complete(const MoeGateUpArgs& a, int64_t s, int64_t grp, int warp,
                                                        int lane) {
     __shared__ int last;
-    constexpr int per_sb = 256 / 16;
+    const int per_sb = int(256 / gate_up_group_rows(a.gl));
     const int64_t j = grp / per_sb, nsb = a.F / 256, t = s / a.K, k = s % a.K;
     int* c = a.cnt + s * nsb + j;
     __threadfence();  // this block's rows of h before its count
@@ -376,11 +376,11 @@ __device__ __forceinline__ void shared_expert_hq(const MoeGateUpArgs& a, int64_t
     if (threadIdx.x == 0) *reinterpret_cast<float*>(dst + l.gate) = gate;
 }
 
-// k_moe_gate_up for a decode step a lane per super-block (sb_lane): a warp takes rows f and f + 1
-// of slot s's expert, lanes 0-7 / 16-23 on the gate rows' super-blocks and 8-15 / 24-31 on the
-// up rows' (8 at a time), each row folded in super-block order: k_moe_gate_up's bits. The
-// rotated copy of the quantized input lies at swz_off. A block takes groups of 16 rows gridDim.x
-// apart, quantizing and routing once for all of them.
+// k_moe_gate_up for a decode step a lane per super-block (sb_lane): a warp takes 16 / gl rows of
+// slot s's expert, gl lanes a row (8: lanes 0-7 / 16-23 on rows f / f + 1's gate super-blocks, 8-15
+// / 24-31 on their up rows', 8 at a time), each row folded in super-block order: k_moe_gate_up's
+// bits. The rotated copy of the quantized input lies at swz_off. A block takes groups of 128 / gl
+// rows gridDim.x apart, quantizing and routing once for all of them.
 __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -404,19 +404,30 @@ __global__ void __launch_bounds__(256, 2) k_moe_gate_up_sb(MoeGateUpArgs a) {
     uint8_t* swz = sm + a.swz_off;
     rotate_rows_in_block(q, 0, 1, N, swz);
     __syncthreads();
-    const bool up = lane & 8;
-    const int64_t e = *slot_expert, nsb = N / 256;
-    const int type = int(up ? a.tu : a.tg), first = lane & ~7;
-    for (int64_t grp = blockIdx.x; grp * 16 < a.F; grp += gridDim.x) {
-        const int64_t f = (grp * 8 + warp) * 2 + lane / 16, ff = min(f, a.F - 1);
+    const int G = int(a.gl), gi = lane / G, first = gi * G;  // group gi: row gi / 2's gate (even) or up
+    const bool up = gi & 1;
+    const int64_t e = *slot_expert, nsb = N / 256, rows = gate_up_group_rows(G), rw = 16 / G;
+    const int type = int(up ? a.tu : a.tg);
+    for (int64_t grp = blockIdx.x; grp * rows < a.F; grp += gridDim.x) {
+        const int64_t f = (grp * 8 + warp) * rw + gi / 2, ff = min(f, a.F - 1);
         const uint8_t* row = up ? a.wu + e * a.ebu + (a.up_off + ff) * a.rbu : a.wg + e * a.ebg + ff * a.rbg;
         float acc = 0;
-        for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
-            const int64_t b = b0 + lane % 8;
-            fold8(acc, b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f, first, int(min(int64_t(8), nsb - b0)));
+        if (G == 8) {  // fold8's shuffles unrolled
+            for (int64_t b0 = 0; b0 < nsb; b0 += 8) {
+                const int64_t b = b0 + lane % 8;
+                fold8(acc, b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f, first,
+                      int(min(int64_t(8), nsb - b0)));
+            }
+        } else {
+            for (int64_t b0 = 0; b0 < nsb; b0 += G) {
+                const int64_t b = b0 + (lane - first);
+                const float c = b < nsb ? sb_lane_any(type, row, b, q, swz, N) : 0.0f;
+                const int m = int(min(int64_t(G), nsb - b0));
+                for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
+            }
         }
-        const float u = __shfl_sync(0xffffffffu, acc, (lane & ~15) + 8);
-        if (lane % 16 == 0 && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
+        const float u = __shfl_sync(0xffffffffu, acc, first + G);
+        if (lane == first && !up && f < a.F) a.h[s * a.hs + f] = siluf(acc) * u;
         if (a.hq) quantize_when_complete(a, s, grp, warp, lane);
     }
 }
@@ -542,7 +553,7 @@ void configure_moe() {
 void run_op(cudaStream_t s, const MoeGateUpArgs& a) {
     if (a.sb) {
         const int64_t rows = a.n_slots + (a.hq && a.se.Fs ? 1 : 0);  // the shared expert's row first
-        const int64_t gx = a.gx > 0 ? a.gx : (a.F + 15) / 16;
+        const int64_t rg = gate_up_group_rows(a.gl), gx = a.gx > 0 ? a.gx : (a.F + rg - 1) / rg;
         launch(k_moe_gate_up_sb, dim3(unsigned(gx), unsigned(rows)), 256, size_t(a.smem), s, a);
         CU_LAUNCHED();
         return;

@@ -74,7 +74,7 @@ __host__ __device__ inline int64_t sb_items(const MatvecProduct& p, int64_t lane
     return sb_type(p.type) ? (p.n_out + r - 1) / r : p.n_out;
 }
 // With sb (one token, K-quant products of whole super-blocks): k_matvec_sb, its rotated copy of
-// slot sb_slot's Q8_K row at smem offset swz_off, sb_lanes lanes a row (8, 16 or 32).
+// slot sb_slot's Q8_K row at smem offset swz_off, sb_lanes lanes a row (1 to 32).
 struct MatvecArgs {
     const float* x;
     int64_t xs, n_in, T, n_products, n_slots, smem, blocks, sb, sb_slot, swz_off, sb_lanes;
@@ -133,9 +133,14 @@ struct MoeGateUpArgs {
     MoeHq hq_lay;
     int* cnt;
     SharedExpertIn se;
-    // sb: blocks across the rows (each takes groups of 16 rows gx apart; 0: one a group)
-    int64_t gx;
+    // sb: blocks across the rows (each takes groups of gate_up_group_rows(gl) rows gx apart; 0:
+    // one a group), gl lanes a row (2, 4 or 8)
+    int64_t gx, gl;
 };
+// The rows a block of k_moe_gate_up_sb takes at a time: 8 warps of 16 / gl rows.
+__host__ __device__ inline int64_t gate_up_group_rows(int64_t gl) {
+    return 8 * (16 / gl);
+}
 // out[t] = sum over k, in top-k order, of wts[t][k] * (h[(t, k)] . down_e): a warp per output
 // row. With ah == nullptr the kernel quantizes token t's K rows of h in shared memory. With wds
 // (decode only) it adds the shared expert (se) as add_gated does: + gate * (hidden row . shared

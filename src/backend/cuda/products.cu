@@ -151,8 +151,8 @@ __device__ __noinline__ float row_dot1(int type, const uint8_t* row, const uint8
 }
 
 // Products of one input for one token (a decode step): K-quant products' rows 32 / sb_lanes to a
-// warp, a lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the same
-// bits as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
+// warp (sb_lanes from 1 to 32), a lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the
+// same bits as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
 __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -183,18 +183,20 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
                       int(min(int64_t(8), nsb - b0)));
             }
             if (s == 0 && r < p.n_out) p.out[r] = acc;
-        } else if (sb_type(p.type)) {  // 16 or 32 lanes a row: the same fold, fewer rounds
-            const int s = lane % L;
-            const int64_t r = ii * R + lane / L;
+        } else if (sb_type(p.type)) {  // any other count of lanes a row: the same fold
+            // lanes R L to 31 (where L does not divide 32) idle; their shuffles read lanes modulo 32
+            const int rl = lane / L, s = lane - rl * L, first = rl * L;
+            const bool on = rl < R;
+            const int64_t r = ii * R + rl;
             const uint8_t* row = p.w + min(r, p.n_out - 1) * p.row_bytes;
             float acc = 0;
             for (int64_t b0 = 0; b0 < nsb; b0 += L) {
                 const int64_t b = b0 + s;
-                const float c = b < nsb ? sb_lane_any(int(p.type), row, b, q8k, swz, a.n_in) : 0.0f;
-                const int m = int(min(int64_t(L), nsb - b0)), first = lane & ~(L - 1);
+                const float c = on && b < nsb ? sb_lane_any(int(p.type), row, b, q8k, swz, a.n_in) : 0.0f;
+                const int m = int(min(int64_t(L), nsb - b0));
                 for (int j = 0; j < m; ++j) acc += __shfl_sync(0xffffffffu, c, first + j);
             }
-            if (s == 0 && r < p.n_out) p.out[r] = acc;
+            if (on && s == 0 && r < p.n_out) p.out[r] = acc;
         } else {
             const uint8_t* act = p.slot < 0 ? reinterpret_cast<const uint8_t*>(a.x) : sm + a.slot_off[p.slot];
             const int64_t arb = p.slot < 0 ? a.xs * 4 : a.slot_arb[p.slot];
