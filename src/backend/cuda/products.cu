@@ -151,8 +151,9 @@ __device__ __noinline__ float row_dot1(int type, const uint8_t* row, const uint8
 }
 
 // Products of one input for one token (a decode step): K-quant products' rows 32 / sb_lanes to a
-// warp (sb_lanes from 1 to 32), a lane per super-block (sb_lane), other products' rows a warp each (lane_dots); the
-// same bits as k_matvec<1>. Work items never straddle two products, so a warp's type is uniform.
+// warp (sb_lanes from 1 to 32), a lane per super-block (sb_lane), other products' rows a warp
+// each (lane_dots); the same bits as k_matvec<1>. Work items never straddle two products, so a
+// warp's type is uniform.
 __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
