@@ -983,10 +983,10 @@ class CudaBackend final : public Backend {
                         if (a.slot_type[s] == k_q8_k) a.sb_slot = s;
                 }
             }
-            a.sb_lanes = sb_lanes(a, x.cols / 256);
-            items = 0;
-            for (size_t i = 0; i < n; ++i) items += sb_items(a.p[i], a.sb_lanes);
             if (a.sb) {
+                a.sb_lanes = sb_lanes(a, x.cols / 256);
+                items = 0;
+                for (size_t i = 0; i < n; ++i) items += sb_items(a.p[i], a.sb_lanes);
                 a.swz_off = a.smem;
                 a.smem += x.cols;
             }
