@@ -3,6 +3,8 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/argmax.h"
+
 namespace bigmoe {
 
 Tensor ScratchArena::take(int64_t rows, int64_t cols) {
@@ -31,6 +33,14 @@ void ScratchArena::release() {
     for (auto& c : chunks_) be_.dealloc(c.data);
     chunks_.clear();
     reset();
+}
+
+void Backend::argmax_rows(Tensor x, int32_t* ids) {
+    std::vector<float> row(size_t(x.cols));
+    for (int64_t r = 0; r < x.rows; ++r) {
+        download(row.data(), x.data + r * x.stride, size_t(x.cols) * 4);
+        ids[r] = argmax(row.data(), x.cols);
+    }
 }
 
 void copy_across(Backend& from, Tensor src, Backend& to, Tensor dst) {

@@ -84,6 +84,9 @@ struct BatchState {
     std::vector<SeqSpan> spans;
     std::vector<std::vector<KvBlock*>> kv;
     std::vector<std::vector<RecurrentRing*>> rs;
+    // The step ends with argmax_rows on its logits: a backend that records steps keeps such
+    // steps apart from those whose logits are read back.
+    bool argmax = false;
 };
 
 // Ops whose support depends on a type: the weight type of get_rows, matmul and moe, the cache
@@ -173,6 +176,10 @@ class Backend {
     virtual void clear_marks() {}
 
     // ---- ops (all shapes row-major; rows are tokens)
+    // Greedy sampling where the logits are: ids[r] = argmax of row r of x (core/argmax.h), for
+    // x.rows rows, into host memory; it waits for the ops before it. A GPU returns the indices
+    // instead of the rows (a 248k vocabulary's row is 1 MB). Here: the rows read back one by one.
+    virtual void argmax_rows(Tensor x, int32_t* ids);
     // out[t] = dequant(emb row ids[t])
     virtual void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) = 0;
     // RMS norm over groups of w.ne[0] columns (one group = whole row, or one head), times w.

@@ -85,6 +85,9 @@ class ProfiledBackend : public Backend {
         settle();
     }
 
+    void argmax_rows(Tensor x, int32_t* ids) override {
+        timed(OpClass::sampling, [&] { inner_->argmax_rows(x, ids); });
+    }
     void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
         timed(OpClass::elementwise, [&] { inner_->get_rows(e, ids, n, out); });
     }

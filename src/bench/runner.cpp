@@ -89,11 +89,10 @@ Result<void> run_rep_parallel(const Measure& m, int64_t rep, Record& rec) {
     }
     const auto t0 = Clock::now();
     if (t.n_prompt > 0) BM_TRY(ctx.decode(prompts, &logits));
-    for (int64_t i = 0; i < t.n_gen; ++i) {
-        BM_TRY(ctx.decode(step, &logits));
-        const auto ts0 = Clock::now();
-        for (int64_t s = 0; s < np; ++s) step[size_t(s)].token = argmax(logits.data() + s * V, V);
-        if (m.prof) m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
+    std::vector<int32_t> next;
+    for (int64_t i = 0; i < t.n_gen; ++i) {  // greedy, the argmax where the logits are
+        BM_TRY(ctx.decode(step, nullptr, &next));
+        for (int64_t s = 0; s < np; ++s) step[size_t(s)].token = next[size_t(s)];
     }
     const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
     if (rep >= 0) rec.samples_ns.push_back(ns);
@@ -137,12 +136,7 @@ Result<void> run_rep(const Measure& m, int64_t rep, Record& rec, SpecStats& spec
             spec.drafting_steps += sd.stats().drafting_steps;
         }
     } else {
-        for (int64_t i = 0; i < t.n_gen; ++i) {
-            BM_TRY(ctx.decode_seq(0, {tok}, false, &logits));
-            const auto ts0 = Clock::now();
-            tok = argmax(logits.data(), int64_t(logits.size()));
-            if (m.prof) m.prof->record(OpClass::sampling, std::chrono::duration<double>(Clock::now() - ts0).count());
-        }
+        for (int64_t i = 0; i < t.n_gen; ++i) BM_ASSIGN(tok, ctx.decode_greedy(0, {tok}));  // as `run --temp 0`
     }
     const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
     if (rep >= 0) rec.samples_ns.push_back(ns);

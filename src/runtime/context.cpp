@@ -177,6 +177,11 @@ Result<void> Context::validate(const std::vector<BatchToken>& batch) const {
 }
 
 Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<float>* logits) {
+    return decode(batch, logits, nullptr);
+}
+
+Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<float>* logits,
+                             std::vector<int32_t>* argmax) {
     BM_TRY(validate(batch));
     const int64_t V = n_vocab();
     // Group by sequence (stable), remembering where each requested output goes.
@@ -188,6 +193,7 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
     for (size_t i = 0; i < batch.size(); ++i)
         if (batch[i].logits) out_index[i] = n_out++;
     if (logits) logits->resize(size_t(n_out * V));  // every row is written below
+    if (argmax) argmax->resize(size_t(n_out));
 
     for (size_t start = 0; start < order.size(); start += size_t(params_.n_ubatch)) {
         const size_t end = std::min(order.size(), start + size_t(params_.n_ubatch));
@@ -206,7 +212,8 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
             }
             tokens.push_back(t.token);
         }
-        BM_TRY(run_ubatch(tokens, spans, out_rows, out_dest, logits ? logits->data() : nullptr));
+        BM_TRY(run_ubatch(tokens, spans, out_rows, out_dest, logits ? logits->data() : nullptr,
+                          argmax ? argmax->data() : nullptr));
     }
     return {};
 }
@@ -218,9 +225,18 @@ Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bo
     return decode(b, logits);
 }
 
+Result<int32_t> Context::decode_greedy(int seq, const std::vector<int32_t>& tokens) {
+    if (tokens.empty()) return make_error("decode_greedy: no tokens");
+    std::vector<BatchToken> b(tokens.size());
+    for (size_t i = 0; i < tokens.size(); ++i) b[i] = {tokens[i], seq, i + 1 == tokens.size()};
+    std::vector<int32_t> ids;
+    BM_TRY(decode(b, nullptr, &ids));
+    return ids.at(0);
+}
+
 Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
                                  const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
-                                 float* logits_out) {
+                                 float* logits_out, int32_t* argmax_out) {
     const HParams& hp = model_.hparams();
     const int64_t V = hp.n_vocab, n_out = int64_t(out_rows.size());
     ForwardBatch fb;
@@ -229,6 +245,7 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
     fb.out_rows = out_rows;
     BatchState st;
     st.spans = spans;
+    st.argmax = argmax_out && n_out > 0;
     st.kv.resize(size_t(hp.n_layer));
     st.rs.resize(size_t(hp.n_layer));
     for (int64_t il = 0; il < hp.n_layer; ++il)
@@ -245,6 +262,11 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
     fb.state = &st;
     model_.forward(fb, logits);
+    if (argmax_out && n_out > 0) {
+        std::vector<int32_t> ids(static_cast<size_t>(n_out));
+        be_.argmax_rows(logits, ids.data());
+        for (int64_t r = 0; r < n_out; ++r) argmax_out[out_dest[size_t(r)]] = ids[size_t(r)];
+    }
     if (logits_out)  // output row r goes to row out_dest[r] of the caller's logits
         for (int64_t r = 0; r < n_out; ++r)
             be_.download(logits_out + out_dest[size_t(r)] * V, static_cast<const float*>(logits_buf_) + r * V,

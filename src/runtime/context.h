@@ -62,8 +62,13 @@ class Context {
     // Appends the tokens to their sequences (positions follow each sequence's length) and
     // returns, in `logits`, [number of tokens with .logits][n_vocab] in batch order.
     Result<void> decode(const std::vector<BatchToken>& batch, std::vector<float>* logits);
+    // The same, and in `argmax` (when not null) each output row's greedy token (core/argmax.h),
+    // found by the backend where the logits are: without `logits` a GPU reads back only these.
+    Result<void> decode(const std::vector<BatchToken>& batch, std::vector<float>* logits, std::vector<int32_t>* argmax);
     // Convenience: tokens for one sequence, logits for every position (all_logits) or the last.
     Result<void> decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits, std::vector<float>* logits);
+    // Tokens for one sequence; the greedy token after the last.
+    Result<int32_t> decode_greedy(int seq, const std::vector<int32_t>& tokens);
 
     int64_t n_past(int seq) const { return seqs_.at(size_t(seq)).n_past; }
     // Positions that remove_last can still undo for this sequence.
@@ -128,10 +133,10 @@ class Context {
     Context(Model& m, const ContextParams& p) : model_(m), be_(m.backend()), params_(p) {}
     Result<void> validate(const std::vector<BatchToken>& batch) const;
     // Runs one micro-batch; the logits of token out_rows[r] go to row out_dest[r] of logits_out
-    // (when not null).
+    // and their argmax to argmax_out[out_dest[r]] (each when not null).
     Result<void> run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
                             const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
-                            float* logits_out);
+                            float* logits_out, int32_t* argmax_out);
     // Bytes one sequence's saved state takes at n_past, of the layers on `on` (nullptr: all).
     size_t seq_state_bytes(int64_t n_past, const Backend* on = nullptr) const;
 

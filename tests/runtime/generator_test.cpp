@@ -191,6 +191,47 @@ TEST(Generator, greedy_with_penalties_or_bias_is_exact_with_a_draft) {
     EXPECT_EQ(std::count(banned.begin(), banned.end(), plain[3]), 0);
 }
 
+// Plain greedy decoding takes its tokens from the backend's argmax; asking for log-probabilities
+// reads every token's logits back instead: the same tokens, the same stops. A generation ended by
+// an end-of-generation token leaves the logits an earlier token's; a later call samples the right
+// ones either way (the end token again, then, ignoring it, the same text).
+TEST(Generator, greedy_from_the_backend_equals_greedy_from_the_logits) {
+    int ended = 0;
+    for (const char* prompt : {"Hello", "Once upon a time", "The quick brown fox"}) {
+        SCOPED_TRACE(prompt);
+        Fixture a = load(512), b = load(512);
+        Generator ga(*a.ctx, *a.tok, greedy()), gb(*b.ctx, *b.tok, greedy());
+        ASSERT_TRUE(ga.feed(a.tok->encode(prompt, true)).ok());
+        ASSERT_TRUE(gb.feed(b.tok->encode(prompt, true)).ok());
+        GenerateParams backend;
+        backend.n_predict = 300;
+        GenerateParams logits = backend;
+        logits.logprobs = 0;
+        const auto none = [](const Piece&) { return true; };
+        auto ra = ga.generate(backend, none), rb = gb.generate(logits, none);
+        ASSERT_TRUE(ra.ok() && rb.ok());
+        EXPECT_EQ(ra->tokens, rb->tokens);
+        EXPECT_EQ(ra->stop, rb->stop);
+        EXPECT_EQ(rb->logprobs.size(), rb->tokens.size());
+        ended += ra->stop == StopReason::eog;
+        // a's logits are made anew, b's next token comes from the backend
+        backend.n_predict = logits.n_predict = 3;
+        ra = ga.generate(logits, none);
+        rb = gb.generate(backend, none);
+        ASSERT_TRUE(ra.ok() && rb.ok());
+        EXPECT_EQ(ra->tokens, rb->tokens);
+        EXPECT_EQ(ra->logprobs.size(), ra->tokens.size());
+        backend.ignore_eos = logits.ignore_eos = true;
+        backend.n_predict = logits.n_predict = 12;
+        ra = ga.generate(backend, none);
+        rb = gb.generate(logits, none);
+        ASSERT_TRUE(ra.ok() && rb.ok());
+        EXPECT_EQ(ra->tokens, rb->tokens);
+        EXPECT_EQ(a.ctx->n_past(0), b.ctx->n_past(0));
+    }
+    EXPECT_GT(ended, 0) << "no prompt's greedy text ended: the stale logits were not tried";
+}
+
 TEST(Generator, needs_a_fed_prompt) {
     Fixture f = load();
     Generator g(*f.ctx, *f.tok, greedy());

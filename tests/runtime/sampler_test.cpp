@@ -229,26 +229,15 @@ TEST(Sampler, distribution_matches_the_chain_step_by_step) {
     }
 }
 
-// argmax returns what std::max_element returns (the first maximum), for any length (several of
-// its 2048-value chunks among them), with ties, negative values and the maximum in any chunk;
-// NaNs are never the maximum, and a NaN at position 0 gives 0.
-TEST(Argmax, matches_max_element) {
+// argmax against the plain loop for any length (several of its 2048-value chunks among them),
+// with ties, the maximum in any chunk, NaNs (never the maximum, at position 0 too), infinities,
+// zeros of both signs (they tie), rows of -inf only and of NaNs only.
+TEST(Argmax, matches_the_first_largest) {
     std::mt19937 rng(testing::fresh_seed());
-    for (int trial = 0; trial < 300; ++trial) {
+    for (int trial = 0; trial < 600; ++trial) {
         const int64_t n = 1 + int64_t(rng() % (trial % 2 ? 3000 : 12000));
-        std::vector<float> x(static_cast<size_t>(n));
-        for (auto& v : x) v = float(int(rng() % 41) - 30);  // few distinct values: many ties
-        if (trial % 3 == 0) x[rng() % x.size()] = 100;      // one maximum, anywhere
-        EXPECT_EQ(argmax(x.data(), n), int32_t(std::max_element(x.begin(), x.end()) - x.begin())) << n;
-        if (trial % 4 == 1) {
-            for (int k = 0; k < 5; ++k) x[rng() % x.size()] = NAN;
-            x[rng() % x.size()] = -INFINITY;
-            int32_t want = 0;
-            if (!std::isnan(x[0]))
-                for (size_t i = 0; i < x.size(); ++i)
-                    if (x[i] > x[size_t(want)]) want = int32_t(i);
-            EXPECT_EQ(argmax(x.data(), n), want) << n << " with NaNs";
-        }
+        const std::vector<float> x = testing::argmax_trial_values(rng, n, trial);
+        EXPECT_EQ(argmax(x.data(), n), testing::first_largest(x.data(), n)) << "n " << n << ", trial " << trial;
     }
 }
 

@@ -215,6 +215,39 @@ TEST_P(State, graph_replay_does_not_change_bits) {
     }
 }
 
+// Greedy tokens found by the backend (Context::decode with `argmax`, decode_greedy) are the argmax
+// of the logits it returns otherwise: steps of one token, of a draft's four, two sequences in one
+// batch, a batch over several micro-batches; steps with and without logits interleaved (a GPU
+// records them apart).
+TEST_P(State, greedy_tokens_are_the_argmax_of_the_logits) {
+    auto a = context(2, 4), b = context(2, 4);
+    const auto t = some_tokens(24, 21, n_vocab);
+    size_t at = 0;
+    for (int step = 0; step < 10; ++step) {
+        std::vector<BatchToken> batch;
+        const int n = step % 3 == 0 ? 1 : step % 3 == 1 ? 4 : 6;  // 6: two sequences, two micro-batches
+        for (int i = 0; i < n; ++i) batch.push_back({t[at++ % t.size()], n == 6 ? i % 2 : 0, n != 1 || i == 0});
+        std::vector<float> logits, both_logits;
+        std::vector<int32_t> ids, both_ids;
+        ASSERT_TRUE(a->decode(batch, &logits).ok());
+        ASSERT_TRUE((step % 2 ? b->decode(batch, nullptr, &ids) : b->decode(batch, &both_logits, &ids)).ok());
+        ASSERT_EQ(ids.size() * size_t(n_vocab), logits.size());
+        for (size_t r = 0; r < ids.size(); ++r) {
+            EXPECT_EQ(ids[r], testing::first_largest(logits.data() + r * size_t(n_vocab), n_vocab))
+                << "step " << step << ", row " << r;
+        }
+        if (step % 2 == 0) {
+            EXPECT_TRUE(same_bits(both_logits, logits)) << "step " << step;
+        }
+    }
+    std::vector<float> l;
+    ASSERT_TRUE(a->decode_seq(1, {t[3]}, false, &l).ok());
+    auto g = b->decode_greedy(1, {t[3]});
+    ASSERT_TRUE(g.ok()) << g.error().message;
+    EXPECT_EQ(*g, testing::first_largest(l.data(), n_vocab));
+    EXPECT_FALSE(b->decode_greedy(0, {}).ok());
+}
+
 TEST_P(State, copy_sequence_continues_identically) {
     auto c = context(2);
     run(*c, 0, some_tokens(15, 12, n_vocab));

@@ -36,6 +36,7 @@ class ForwardingBackend : public Backend {
     double mark_seconds(int64_t a, int64_t b) override { return inner_->mark_seconds(a, b); }
     void clear_marks() override { inner_->clear_marks(); }
 
+    void argmax_rows(Tensor x, int32_t* ids) override { inner_->argmax_rows(x, ids); }
     void get_rows(const Weight& e, const int32_t* ids, int64_t n, Tensor out) override {
         inner_->get_rows(e, ids, n, out);
     }

@@ -102,6 +102,45 @@ std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi
     return v;
 }
 
+int32_t first_largest(const float* x, int64_t n) {
+    int32_t best = -1;
+    for (int64_t i = 0; i < n; ++i)
+        if (!std::isnan(x[i]) && (best < 0 || x[i] > x[best])) best = int32_t(i);
+    return best < 0 ? 0 : best;
+}
+
+std::vector<float> argmax_trial_values(std::mt19937& rng, int64_t n, int trial) {
+    std::vector<float> x(static_cast<size_t>(n));
+    for (auto& v : x) v = float(int(rng() % 41) - 30);  // few distinct values: many ties
+    switch (trial % 6) {
+        case 0:
+            x[rng() % x.size()] = 100;  // one maximum, anywhere
+            break;
+        case 1:
+            for (int k = 0; k < 5; ++k) x[rng() % x.size()] = NAN;
+            x[0] = NAN;
+            x[rng() % x.size()] = -INFINITY;
+            break;
+        case 2:  // the maximum a zero of either sign
+            for (auto& v : x) v = v > 0 ? -v : v;
+            for (int k = 0; k < 3; ++k) x[rng() % x.size()] = rng() % 2 ? -0.0f : 0.0f;
+            break;
+        case 3:
+            x[rng() % x.size()] = INFINITY;
+            x[rng() % x.size()] = INFINITY;
+            break;
+        case 4:  // -inf only, NaNs before the first
+            for (auto& v : x) v = -INFINITY;
+            for (size_t i = 0; i < x.size() / 2; ++i) x[i] = NAN;
+            break;
+        case 5:
+            if (trial % 12 == 5)
+                for (auto& v : x) v = NAN;
+            break;
+    }
+    return x;
+}
+
 uint32_t fresh_seed() {
     if (const char* e = std::getenv("BIGMOE_SEED")) return uint32_t(std::strtoul(e, nullptr, 10));
     return uint32_t(std::chrono::steady_clock::now().time_since_epoch().count());

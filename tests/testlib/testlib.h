@@ -35,6 +35,12 @@ const Tokenizer* qwen3_tokenizer();
 std::vector<double> row_rel_errors(const float* a, const float* b, size_t rows, size_t n);
 double percentile(std::vector<double> v, double p);
 std::vector<float> random_floats(std::mt19937& rng, size_t n, float lo, float hi);
+// Greedy sampling's index, the plain way: the first position of the largest value that is not a
+// NaN, 0 when every value is one (core/argmax.h's meaning).
+int32_t first_largest(const float* x, int64_t n);
+// Random logits for argmax tests: few distinct values (many ties), with NaNs, infinities and
+// signed zeros in some rows, and a row of NaNs only or of -inf only now and then.
+std::vector<float> argmax_trial_values(std::mt19937& rng, int64_t n, int trial);
 // A fresh seed per run (printed by the caller on failure).
 uint32_t fresh_seed();
 // The code points of valid UTF-8 text, one wchar_t each (what std::wregex reads as characters).

@@ -11,6 +11,7 @@
 #endif
 
 #include "backend/cpu/repack.h"
+#include "core/argmax.h"
 #include "core/memory.h"
 #include "gguf/names.h"
 #include "quant/quants.h"
@@ -126,6 +127,9 @@ void CpuBackend::upload(void* dst, const void* src, size_t n) {
 }
 void CpuBackend::download(void* dst, const void* src, size_t n) {
     std::memcpy(dst, src, n);
+}
+void CpuBackend::argmax_rows(Tensor x, int32_t* ids) {
+    for (int64_t r = 0; r < x.rows; ++r) ids[r] = argmax(x.data + r * x.stride, x.cols);
 }
 void CpuBackend::copy(void* dst, const void* src, size_t n) {
     std::memmove(dst, src, n);

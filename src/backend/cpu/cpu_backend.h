@@ -36,6 +36,7 @@ class CpuBackend : public Backend {
     void copy(void* dst, const void* src, size_t bytes) override;
     void fill_zero(void* dst, size_t bytes) override;
 
+    void argmax_rows(Tensor x, int32_t* ids) override;
     void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) override;
     void rms_norm(Tensor x, const Weight& w, float eps, Tensor out) override;
     void matmul(const Weight& w, Tensor x, Tensor out) override;
