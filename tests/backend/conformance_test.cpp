@@ -364,6 +364,29 @@ TEST_P(Conformance, elementwise_ops) {
     expect_close(inplace.get(), ref::add(a, b), 1e-6, 1e-6, "add in place");
 }
 
+// Greedy sampling where the logits are, against the plain loop: rows of several of the GPU's
+// chunks and of part of one, 1-16 rows (decode and verification) and more, ties, NaNs,
+// infinities, signed zeros; rows padded as scratch rows are.
+TEST_P(Conformance, argmax_rows_is_the_first_largest) {
+    int trial = 0;
+    for (int64_t cols : {int64_t(1), int64_t(77), int64_t(4096), int64_t(4097), int64_t(248320 / 8 + 3)}) {
+        for (int64_t rows : {int64_t(1), int64_t(3), int64_t(16), int64_t(37)}) {
+            std::vector<float> x;
+            for (int64_t r = 0; r < rows; ++r) {
+                const std::vector<float> row = testing::argmax_trial_values(rng_, cols, trial++);
+                x.insert(x.end(), row.begin(), row.end());
+            }
+            DevTensor dx(*be_, rows, cols, x);
+            std::vector<int32_t> got(size_t(rows), -7);
+            be_->argmax_rows(dx.t(), got.data());
+            for (int64_t r = 0; r < rows; ++r)
+                ASSERT_EQ(got[size_t(r)], testing::first_largest(x.data() + r * cols, cols))
+                    << "row " << r << " of " << rows << ", " << cols << " columns";
+            dx.get();  // nothing written around the rows
+        }
+    }
+}
+
 TEST_P(Conformance, gather_cols_takes_a_slice_of_every_group) {
     const int64_t T = 3, group = 24, n_group = 5;
     const auto x = randoms(rng_, T * group * n_group);
@@ -463,40 +486,42 @@ double weight_rounding(const Backend& be, DType tk, DType tv, int64_t keys) {
 // and are not multiples of 16 up to 256, more queries of a KV head than one block holds; the new
 // rows are stored in the cache too.
 TEST_P(Conformance, attention_matches_float64) {
-    struct Shape {
-        int64_t H, Hkv, D, depth, T;
-    };
-    for (const Shape sh :
-         {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2}, Shape{4, 4, 16, 530, 41},
-          Shape{2, 1, 8, 0, 9}, Shape{16, 2, 64, 100, 20}, Shape{8, 1, 256, 70, 17}}) {
-        for (DType ct : {DType::F32, DType::F16}) {
-            KvCase c(*be_, rng_, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
-            KvBlock b = c.block();
-            const auto q = randoms(rng_, sh.T * sh.H * sh.D), k = randoms(rng_, sh.T * sh.Hkv * sh.D),
-                       v = randoms(rng_, sh.T * sh.Hkv * sh.D);
-            DevTensor dq(*be_, sh.T, sh.H * sh.D, q), dk(*be_, sh.T, sh.Hkv * sh.D, k),
-                dv(*be_, sh.T, sh.Hkv * sh.D, v), out(*be_, sh.T, sh.H * sh.D);
-            const float scale = 1.0f / std::sqrt(float(sh.D));
-            batch({{0, 0, sh.T, sh.depth}}, {&b});
-            be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, 0, out.t());
-            be_->reset_scratch();
-            // queries are rounded like the cache (f16 caches take f16 queries)
-            std::vector<float> qr = q;
-            if (ct == DType::F16)
-                for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));
-            const ref::Vec want =
-                ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T, ct, ct, scale);
-            expect_close(
-                out.get(), want, 1e-5 + weight_rounding(*be_, ct, ct, sh.depth + sh.T), 0,
-                "attention H=" + std::to_string(sh.H) + " depth=" + std::to_string(sh.depth) + " " + traits(ct).name);
-            // the new rows were appended to the cache
-            if (ct == DType::F32) {
-                const std::vector<float> kk = c.k->read<float>();
-                for (int64_t i = 0; i < sh.T * sh.Hkv * sh.D; ++i)
-                    ASSERT_EQ(kk[size_t(sh.depth * sh.Hkv * sh.D + i)], k[size_t(i)]) << "stored key " << i;
+    under_each("BIGMOE_CUDA_ATT_CHUNK", {"64"}, [&] {
+        struct Shape {
+            int64_t H, Hkv, D, depth, T;
+        };
+        for (const Shape sh :
+             {Shape{4, 2, 40, 3, 5}, Shape{6, 2, 24, 700, 3}, Shape{12, 2, 32, 300, 2}, Shape{4, 4, 16, 530, 41},
+              Shape{2, 1, 8, 0, 9}, Shape{16, 2, 64, 100, 20}, Shape{8, 1, 256, 70, 17}}) {
+            for (DType ct : {DType::F32, DType::F16}) {
+                KvCase c(*be_, rng_, sh.Hkv, sh.D, sh.depth, sh.depth + sh.T, ct);
+                KvBlock b = c.block();
+                const auto q = randoms(rng_, sh.T * sh.H * sh.D), k = randoms(rng_, sh.T * sh.Hkv * sh.D),
+                           v = randoms(rng_, sh.T * sh.Hkv * sh.D);
+                DevTensor dq(*be_, sh.T, sh.H * sh.D, q), dk(*be_, sh.T, sh.Hkv * sh.D, k),
+                    dv(*be_, sh.T, sh.Hkv * sh.D, v), out(*be_, sh.T, sh.H * sh.D);
+                const float scale = 1.0f / std::sqrt(float(sh.D));
+                batch({{0, 0, sh.T, sh.depth}}, {&b});
+                be_->attention(dq.t(), dk.t(), dv.t(), {sh.H, sh.Hkv, sh.D, scale}, 0, out.t());
+                be_->reset_scratch();
+                // queries are rounded like the cache (f16 caches take f16 queries)
+                std::vector<float> qr = q;
+                if (ct == DType::F16)
+                    for (float& x : qr) x = fp16_to_f32(f32_to_fp16(x));
+                const ref::Vec want =
+                    ref::attention(qr, k, v, c.past_k, c.past_v, sh.H, sh.Hkv, sh.D, sh.depth, sh.T, ct, ct, scale);
+                expect_close(out.get(), want, 1e-5 + weight_rounding(*be_, ct, ct, sh.depth + sh.T), 0,
+                             "attention H=" + std::to_string(sh.H) + " depth=" + std::to_string(sh.depth) + " " +
+                                 traits(ct).name);
+                // the new rows were appended to the cache
+                if (ct == DType::F32) {
+                    const std::vector<float> kk = c.k->read<float>();
+                    for (int64_t i = 0; i < sh.T * sh.Hkv * sh.D; ++i)
+                        ASSERT_EQ(kk[size_t(sh.depth * sh.Hkv * sh.D + i)], k[size_t(i)]) << "stored key " << i;
+                }
             }
         }
-    }
+    });
 }
 
 // Every pair of KV cache types the backend supports: the result against float64 attention over
@@ -583,51 +608,54 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
 // than a GPU's merge holds at once) too. Head size 256 with 8 and 16 query heads a KV head: the
 // Qwen3.5 models' attention (35B-A3B, 122B-A10B), more queries a tile than one prefill block holds.
 TEST_P(Conformance, attention_is_batch_invariant) {
-    struct Case {
-        int64_t H, Hkv, D, depth;
-    };
-    for (const Case cs : {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
-                          Case{16, 2, 256, 700}, Case{32, 2, 256, 700}}) {
-        const int64_t H = cs.H, Hkv = cs.Hkv, D = cs.D, T = 37, depth = cs.depth;
-        const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
-        const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
-                   v = randoms(rng_, T * Hkv * D, -2, 2);
-        DevTensor dq(*be_, T, H * D, q), dk(*be_, T, Hkv * D, k), dv(*be_, T, Hkv * D, v);
-        std::mt19937 cache_rng(seed_ + uint32_t(depth));
-        KvCase c1(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
-        KvBlock b1 = c1.block();
-        DevTensor together(*be_, T, H * D), one(*be_, T, H * D);
-        batch({{0, 0, T, depth}}, {&b1});
-        be_->attention(dq.t(), dk.t(), dv.t(), ap, 0, together.t());
-        be_->reset_scratch();
-        cache_rng.seed(seed_ + uint32_t(depth));
-        KvCase c2(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
-        KvBlock b2 = c2.block();
-        for (int64_t t = 0; t < T; ++t) {
-            batch({{0, 0, 1, depth + t}}, {&b2});
-            be_->attention(dq.row(t), dk.row(t), dv.row(t), ap, 0, one.row(t));
+    // and with other chunk sizes (on a GPU; the chunks cut every query's keys alike)
+    under_each("BIGMOE_CUDA_ATT_CHUNK", {"64", "128"}, [&] {
+        struct Case {
+            int64_t H, Hkv, D, depth;
+        };
+        for (const Case cs : {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
+                              Case{16, 2, 256, 700}, Case{32, 2, 256, 700}}) {
+            const int64_t H = cs.H, Hkv = cs.Hkv, D = cs.D, T = 37, depth = cs.depth;
+            const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
+            const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
+                       v = randoms(rng_, T * Hkv * D, -2, 2);
+            DevTensor dq(*be_, T, H * D, q), dk(*be_, T, Hkv * D, k), dv(*be_, T, Hkv * D, v);
+            std::mt19937 cache_rng(seed_ + uint32_t(depth));
+            KvCase c1(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+            KvBlock b1 = c1.block();
+            DevTensor together(*be_, T, H * D), one(*be_, T, H * D);
+            batch({{0, 0, T, depth}}, {&b1});
+            be_->attention(dq.t(), dk.t(), dv.t(), ap, 0, together.t());
             be_->reset_scratch();
+            cache_rng.seed(seed_ + uint32_t(depth));
+            KvCase c2(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+            KvBlock b2 = c2.block();
+            for (int64_t t = 0; t < T; ++t) {
+                batch({{0, 0, 1, depth + t}}, {&b2});
+                be_->attention(dq.row(t), dk.row(t), dv.row(t), ap, 0, one.row(t));
+                be_->reset_scratch();
+            }
+            const std::vector<float> all = together.get();
+            ASSERT_EQ(all, one.get()) << "depth " << depth;
+            // the first 11 tokens beside another sequence's 20
+            cache_rng.seed(seed_ + uint32_t(depth));
+            KvCase c3(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
+            KvCase c4(*be_, rng_, Hkv, D, 900, 920, DType::F16);
+            KvBlock b3 = c3.block(), b4 = c4.block();
+            std::vector<float> q2 = randoms(rng_, 31 * H * D), k2 = randoms(rng_, 31 * Hkv * D),
+                               v2 = randoms(rng_, 31 * Hkv * D);
+            std::copy_n(q.begin(), 11 * H * D, q2.begin());
+            std::copy_n(k.begin(), 11 * Hkv * D, k2.begin());
+            std::copy_n(v.begin(), 11 * Hkv * D, v2.begin());
+            DevTensor dq2(*be_, 31, H * D, q2), dk2(*be_, 31, Hkv * D, k2), dv2(*be_, 31, Hkv * D, v2),
+                out2(*be_, 31, H * D);
+            batch({{0, 0, 11, depth}, {1, 11, 20, 900}}, {&b3, &b4});
+            be_->attention(dq2.t(), dk2.t(), dv2.t(), ap, 0, out2.t());
+            be_->reset_scratch();
+            const std::vector<float> two = out2.get();
+            ASSERT_TRUE(std::equal(all.begin(), all.begin() + 11 * H * D, two.begin())) << "depth " << depth;
         }
-        const std::vector<float> all = together.get();
-        ASSERT_EQ(all, one.get()) << "depth " << depth;
-        // the first 11 tokens beside another sequence's 20
-        cache_rng.seed(seed_ + uint32_t(depth));
-        KvCase c3(*be_, cache_rng, Hkv, D, depth, depth + T, DType::F16);
-        KvCase c4(*be_, rng_, Hkv, D, 900, 920, DType::F16);
-        KvBlock b3 = c3.block(), b4 = c4.block();
-        std::vector<float> q2 = randoms(rng_, 31 * H * D), k2 = randoms(rng_, 31 * Hkv * D),
-                           v2 = randoms(rng_, 31 * Hkv * D);
-        std::copy_n(q.begin(), 11 * H * D, q2.begin());
-        std::copy_n(k.begin(), 11 * Hkv * D, k2.begin());
-        std::copy_n(v.begin(), 11 * Hkv * D, v2.begin());
-        DevTensor dq2(*be_, 31, H * D, q2), dk2(*be_, 31, Hkv * D, k2), dv2(*be_, 31, Hkv * D, v2),
-            out2(*be_, 31, H * D);
-        batch({{0, 0, 11, depth}, {1, 11, 20, 900}}, {&b3, &b4});
-        be_->attention(dq2.t(), dk2.t(), dv2.t(), ap, 0, out2.t());
-        be_->reset_scratch();
-        const std::vector<float> two = out2.get();
-        ASSERT_TRUE(std::equal(all.begin(), all.begin() + 11 * H * D, two.begin())) << "depth " << depth;
-    }
+    });
 }
 
 // Routed experts: float and quantized stacks, separate and fused gate/up, more experts than

@@ -39,12 +39,12 @@ __global__ void k_kv_store(AttentionArgs a) {
 // ---------------------------------------------------------------- attention
 
 // One arithmetic for every batch: a query's keys are cut at fixed positions into chunks of
-// k_att_chunk keys, a chunk into tiles of 64. Per tile: each key's score (a dot product over d,
-// times the scale), the tile's maximum, and an online-softmax update of the chunk's (maximum,
-// mass, weighted values): the weights summed by a butterfly over the tile's keys, the values
-// added in key order. The chunks are merged in order (att_merge). Keys past a query's position
-// weigh exactly zero and keys past the block's last query are never read, so a query's bits do
-// not depend on the rows beside it, nor on whether its chunks ran in one block or many.
+// a.chunk keys (a multiple of 64, the backend's for every op), a chunk into tiles of 64. Per tile: each key's score (a
+// dot product over d, times the scale), the tile's maximum, and an online-softmax update of the chunk's (maximum, mass,
+// weighted values): the weights summed by a butterfly over the tile's keys, the values added in key order. The chunks
+// are merged in order (att_merge). Keys past a query's position weigh exactly zero and keys past the block's last query
+// are never read, so a query's bits do not depend on the rows beside it, nor on whether its chunks ran in one block or
+// many.
 //
 // A block holds 32 queries (the tensor-core form's prefill blocks: 64): (row, query head) pairs of
 // up to k_att_rows rows of one span and one KV head, in passes when the group is larger. The cache's bytes of the next
@@ -108,20 +108,20 @@ __host__ __device__ inline int64_t att_stage_stride(int t, int64_t D) {
 struct AttBlock {
     AttTile tile;
     KvDev b;
-    int D, g, group, nq, q0, last, n_chunks, c_first, c_step;  // 32-bit: fewer registers in the tile loops
-    int rk, rv, hk, hv, stk, stv;                              // cache row and head bytes, staged row strides
-    const uint8_t *kmem, *vmem;                                // the head's K and V bytes in the cache's first row
+    int D, g, group, nq, q0, last, n_chunks, c_first, c_step, ch;  // 32-bit: fewer registers in the tile loops
+    int rk, rv, hk, hv, stk, stv;                                  // cache row and head bytes, staged row strides
+    const uint8_t *kmem, *vmem;                                    // the head's K and V bytes in the cache's first row
 
     __device__ int64_t slot_row(int64_t j) const { return tile.row0 + (q0 + j) / group; }
     __device__ int64_t slot_head(int64_t j) const { return g * group + (q0 + j) % group; }
-    __device__ int first_tile() const { return c_first < n_chunks ? c_first * int(k_att_chunk) : -1; }
+    __device__ int first_tile() const { return c_first < n_chunks ? c_first * ch : -1; }
     // The block's tiles in order: its chunks (every c_step-th in split mode), each cut at 64 keys;
     // -1 past the last.
     __device__ int next_tile(int k0) const {
-        const int c = k0 / int(k_att_chunk), n = k0 + k_att_kt;
-        if (n <= last && n < (c + 1) * int(k_att_chunk)) return n;
+        const int c = k0 / ch, n = k0 + k_att_kt;
+        if (n <= last && n < (c + 1) * ch) return n;
         const int nc = c + c_step;
-        return nc < n_chunks ? nc * int(k_att_chunk) : -1;
+        return nc < n_chunks ? nc * ch : -1;
     }
     // Starts copying a tile's bytes of one of K or V for the float form (nothing for f32, or
     // past the end): a warp per row, a lane per 16 bytes from the 16-byte boundary at or below the
@@ -328,8 +328,8 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     stage(rawk, k.kmem, k.rk, k.stk, k0);
     stage(rawv, k.vmem, k.rv, k.stv, k0);
     while (k0 >= 0) {
-        const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
-        const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
+        const int k1 = k.next_tile(k0), c = k0 / k.ch;
+        const bool chunk_end = k1 < 0 || k1 / k.ch != c;
         const int n_k = min(k_att_kt, k.last + 1 - k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
@@ -540,8 +540,8 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     stage(rawk, k.kmem, k.rk, k.stk, k0);
     stage(rawv, k.vmem, k.rv, k.stv, k0);
     while (k0 >= 0) {
-        const int k1 = k.next_tile(k0), c = k0 / int(k_att_chunk);
-        const bool chunk_end = k1 < 0 || k1 / int(k_att_chunk) != c;
+        const int k1 = k.next_tile(k0), c = k0 / k.ch;
+        const bool chunk_end = k1 < 0 || k1 / k.ch != c;
         const int n_k = min(k_att_kt, k.last + 1 - k0);
         __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
@@ -776,7 +776,8 @@ __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t 
     k.kmem = static_cast<const uint8_t*>(b.k) + kv_row_bytes(b.type_k, k.g * D);
     k.vmem = static_cast<const uint8_t*>(b.v) + kv_row_bytes(b.type_v, k.g * D);
     k.last = int(a.pos[k.slot_row(min(int64_t(k.nq - k.q0), bq) - 1)]);
-    k.n_chunks = k.last / int(k_att_chunk) + 1;
+    k.ch = int(a.chunk);
+    k.n_chunks = k.last / k.ch + 1;
     if (a.part && blockIdx.z >= k.n_chunks) return false;  // split blocks cover the longest cache's chunks
     k.c_first = a.part ? blockIdx.z : 0;
     k.c_step = a.part ? gridDim.z : 1;
@@ -943,8 +944,8 @@ __global__ void __launch_bounds__(k_att_threads) k_attention(AttentionArgs a) {
                 }
             }
         }
-        const int64_t c = k0 / k_att_chunk;
-        if (k1 < 0 || k1 / k_att_chunk != c) {  // the chunk is done
+        const int c = k0 / k.ch;
+        if (k1 < 0 || k1 / k.ch != c) {  // the chunk is done
             if (w_any) {
 #pragma unroll
                 for (int u = 0; u < QPW; ++u) {

@@ -33,7 +33,7 @@ __global__ void __launch_bounds__(k_merge_threads) k_attention_merge(AttentionAr
     if (a.row_span[t] < 0) return;
     const int tid = threadIdx.x;
     const bool mine = tid < D;
-    const int64_t n_chunks = a.pos[t] / k_att_chunk + 1;
+    const int64_t n_chunks = a.pos[t] / a.chunk + 1;
     const float* src = a.part + (t * a.n_head + h) * a.max_chunks * rs;
     const float* mysrc = src + 4 + (mine ? tid : 0);  // threads past D read d 0 and drop it
     if (tid == 0) {

@@ -109,6 +109,12 @@ class CudaBackend final : public Backend {
         if (am && std::strcmp(am, "0") == 0) att_mma_ = false;
         const char* g = std::getenv("BIGMOE_CUDA_GRAPHS");
         graphs_ = !(g && std::strcmp(g, "0") == 0);
+        if (const char* e = std::getenv("BIGMOE_CUDA_ATT_CHUNK")) {
+            const int64_t c = std::atoll(e);
+            if (c >= 64 && c % 64 == 0 && c <= (int64_t(1) << 20)) att_chunk_ = c;
+        }
+        const char* am2 = std::getenv("BIGMOE_CUDA_ARGMAX");  // 0: the rows read back (for measuring)
+        argmax_ = !(am2 && std::strcmp(am2, "0") == 0);
         const char* f = std::getenv("BIGMOE_CUDA_FUSE");
         fuse_ = !(f && std::strcmp(f, "0") == 0);
         const char* sb = std::getenv("BIGMOE_CUDA_SB");
@@ -282,7 +288,8 @@ class CudaBackend final : public Backend {
         std::vector<int64_t> pos(size_t(rows), 0);
         std::vector<int32_t> row_span(size_t(rows), -1);
         std::vector<SpanDev> spans;
-        uint64_t shape = fnv1a(&rows, sizeof rows);
+        const uint8_t argmax = b.argmax ? 1 : 0;
+        uint64_t shape = fnv1a(&argmax, 1, fnv1a(&rows, sizeof rows));
         for (size_t si = 0; si < b.spans.size(); ++si) {
             const SeqSpan& s = b.spans[si];
             spans.push_back({s.first, s.n_tokens, s.pos0});
@@ -342,6 +349,23 @@ class CudaBackend final : public Backend {
         std::memcpy(staging_, blob.data(), descriptors);
         start_step(fnv1a(&descriptors, sizeof descriptors, shape));
         enqueue(CopyArgs{batch_dev_, staging_, int64_t(descriptors)});
+    }
+
+    // Two kernels of the step, then the indices read back: a 35B decode token's 1 MB of logits
+    // otherwise crosses to the host, is copied out of the pinned buffer (45 us on the H200
+    // machine) and scanned there (41 us on the Zen 5 VM).
+    void argmax_rows(Tensor x, int32_t* ids) override {
+        if (x.rows == 0) return;
+        if (!argmax_) return Backend::argmax_rows(x, ids);
+        const int64_t blocks = (x.cols + k_argmax_chunk - 1) / k_argmax_chunk;
+        const ScratchMark mark = scratch_mark();
+        // the keys and indices in the floats' room (scratch rows start 64-byte aligned)
+        float* room = scratch(1, x.rows * (2 * blocks + 1)).data;
+        uint64_t* keys = reinterpret_cast<uint64_t*>(room);
+        int32_t* dev_ids = reinterpret_cast<int32_t*>(room + 2 * x.rows * blocks);
+        enqueue(ArgmaxArgs{x.data, x.stride, x.rows, x.cols, blocks, keys, dev_ids});
+        download(ids, dev_ids, size_t(x.rows) * sizeof(int32_t));
+        scratch_rewind(mark);
     }
 
     void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) override {
@@ -506,7 +530,7 @@ class CudaBackend final : public Backend {
         float* part = nullptr;
         int64_t max_chunks = 0, splits = 1;
         if (rows <= 16) {
-            max_chunks = (kv_capacity_.at(size_t(il)) + k_att_chunk - 1) / k_att_chunk;
+            max_chunks = (kv_capacity_.at(size_t(il)) + att_chunk_ - 1) / att_chunk_;
             part = scratch(rows * p.n_head * max_chunks, p.head_dim + 4).data;
             // enough blocks to fill the GPU about four times over; blocks past a row's last chunk
             // return at once
@@ -530,6 +554,7 @@ class CudaBackend final : public Backend {
                               out.data,
                               out.stride,
                               part,
+                              att_chunk_,
                               max_chunks,
                               splits,
                               dev<AttTile>(off_att_tiles_),
@@ -1049,7 +1074,8 @@ class CudaBackend final : public Backend {
     // fuse_: attention's inputs as one kernel (BIGMOE_CUDA_FUSE=0: the ops one by one)
     // sb_: one-token products of K-quant rows a lane per super-block (BIGMOE_CUDA_SB=0: a warp a row)
     // (BIGMOE_CUDA_SB=2: the dense products only, the experts' kernels a warp a row)
-    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, sb_ = true, sb_moe_ = true;
+    int64_t att_chunk_ = k_att_chunk;
+    bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, argmax_ = true, sb_ = true, sb_moe_ = true;
     // blocks an SM for k_matvec_sb launches (BIGMOE_CUDA_SB_BLOCKS): 2 are resident at its 128
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)

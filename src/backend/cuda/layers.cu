@@ -445,6 +445,60 @@ __global__ void k_gdn(GdnArgs a) {
     }
 }
 
+// A value's key for argmax (ArgmaxArgs): 0 for a NaN, -0 as +0 (they tie, as == has them).
+__device__ __forceinline__ uint64_t argmax_key(float v, int64_t i) {
+    uint32_t b = __float_as_uint(v);
+    if ((b & 0x7fffffffu) > 0x7f800000u) return 0;
+    if (b == 0x80000000u) b = 0;
+    b = (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+    return (uint64_t(b) << 32) | uint64_t(0xffffffffu - uint32_t(i));
+}
+
+__device__ __forceinline__ uint64_t warp_max_key(uint64_t k) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const uint64_t other = __shfl_xor_sync(0xffffffffu, k, o);
+        k = other > k ? other : k;
+    }
+    return k;
+}
+
+// A block per (chunk of k_argmax_chunk values, row): its largest key. A thread's 16 loads are
+// independent (one round of memory latency).
+__global__ void __launch_bounds__(k_argmax_threads) k_argmax_chunks(ArgmaxArgs a) {
+    pdl_enter();
+    __shared__ uint64_t warp_best[k_argmax_threads / 32];
+    const int64_t r = blockIdx.y, c0 = int64_t(blockIdx.x) * k_argmax_chunk;
+    const float* x = a.x + r * a.xs;
+    uint64_t best = 0;
+#pragma unroll
+    for (int j = 0; j < int(k_argmax_chunk / k_argmax_threads); ++j) {
+        const int64_t i = c0 + j * k_argmax_threads + threadIdx.x;
+        const uint64_t k = i < a.cols ? argmax_key(x[i], i) : 0;
+        best = k > best ? k : best;
+    }
+    best = warp_max_key(best);
+    if ((threadIdx.x & 31) == 0) warp_best[threadIdx.x >> 5] = best;
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        best = warp_max_key(threadIdx.x < k_argmax_threads / 32 ? warp_best[threadIdx.x] : 0);
+        if (threadIdx.x == 0) a.keys[r * a.blocks + blockIdx.x] = best;
+    }
+}
+
+// A warp a row: the largest of its chunks' keys, as the position it holds (0 when only NaNs).
+__global__ void k_argmax_fold(ArgmaxArgs a) {
+    pdl_enter();
+    const int64_t r = blockIdx.x;
+    uint64_t best = 0;
+    for (int64_t b = threadIdx.x; b < a.blocks; b += 32) {
+        const uint64_t k = a.keys[r * a.blocks + b];
+        best = k > best ? k : best;
+    }
+    best = warp_max_key(best);
+    if (threadIdx.x == 0) a.ids[r] = best ? int32_t(0xffffffffu - uint32_t(best)) : 0;
+}
+
 // Launches the EXACT form with P parts of KPT keys when dk is P * KPT.
 template <int P, int KPT>
 bool launch_gdn(cudaStream_t s, const GdnArgs& a, dim3 grid) {
@@ -471,6 +525,13 @@ void run_op(cudaStream_t s, const NormArgs& a) {
         launch(k_rms_norm<16>, grid, k_norm_threads, 0, s, a);
     else
         launch(k_rms_norm<0>, grid, k_norm_threads, 0, s, a);
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const ArgmaxArgs& a) {
+    launch(k_argmax_chunks, dim3(unsigned(a.blocks), unsigned(a.rows)), k_argmax_threads, 0, s, a);
+    CU_LAUNCHED();
+    launch(k_argmax_fold, unsigned(a.rows), 32, 0, s, a);
     CU_LAUNCHED();
 }
 

@@ -317,13 +317,14 @@ struct AttentionArgs {
     const KvDev* kv;
     float* out;
     int64_t os;
-    // Keys are cut at fixed positions into chunks of k_att_chunk; each chunk's partial softmax is
+    // Keys are cut at fixed positions into chunks of `chunk` (a multiple of 64, the same for every
+    // op of a backend, so a query's bits are too); each chunk's partial softmax is
     // merged in chunk order. With `part` (decode and verification batches) the chunks run in
     // `splits` blocks side by side, each chunk's partial written to
     // part[(row * n_head + head) * max_chunks + chunk][D + 4] and merged by a second kernel;
     // without, a block runs its rows' chunks in order. The arithmetic is the same.
     float* part;
-    int64_t max_chunks, splits;
+    int64_t chunk, max_chunks, splits;
     const AttTile* tiles;  // up to k_att_rows consecutive rows of one span
     int64_t n_tiles;
     int64_t passes;        // blocks per tile: its queries (rows x query heads per KV head), k_att_queries at a time
@@ -340,6 +341,7 @@ __host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v
 }
 // Shared memory of a float-product attention block for head size D and the cache types (DType ids).
 size_t attention_smem(int64_t D, int type_k, int type_v);
+// Keys a chunk unless BIGMOE_CUDA_ATT_CHUNK says otherwise (a multiple of 64).
 constexpr int64_t k_att_chunk = 256;
 struct ConvArgs {
     const float* x;
@@ -372,6 +374,20 @@ struct GdnArgs {
     int64_t os;
 };
 
+// Backend::argmax_rows: blocks of k_argmax_chunk values leave their best as one key each (the
+// value's bits ordered as the floats compare, over the complement of its position: a larger key
+// is a larger value, then an earlier position; 0: only NaNs), then a warp a row folds its
+// blocks' keys into the row's index.
+constexpr int k_argmax_threads = 256;
+constexpr int64_t k_argmax_chunk = 16 * k_argmax_threads;
+struct ArgmaxArgs {
+    const float* x;
+    int64_t xs, rows, cols, blocks;  // blocks: a row's
+    uint64_t* keys;                  // [rows][blocks]
+    int32_t* ids;                    // [rows]
+};
+
+void run_op(cudaStream_t s, const ArgmaxArgs& a);
 void run_op(cudaStream_t s, const NormArgs& a);
 void run_op(cudaStream_t s, const ElementwiseArgs& a);
 void run_op(cudaStream_t s, const GatherArgs& a);
