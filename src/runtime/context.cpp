@@ -194,6 +194,8 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
         if (batch[i].logits) out_index[i] = n_out++;
     if (logits) logits->resize(size_t(n_out * V));  // every row is written below
     if (argmax) argmax->resize(size_t(n_out));
+    held_.assign(size_t(n_out), -1);
+    held_last_.clear();
 
     for (size_t start = 0; start < order.size(); start += size_t(params_.n_ubatch)) {
         const size_t end = std::min(order.size(), start + size_t(params_.n_ubatch));
@@ -223,6 +225,17 @@ Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bo
     std::vector<BatchToken> b(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) b[i] = {tokens[i], seq, all_logits || i + 1 == tokens.size()};
     return decode(b, logits);
+}
+
+Result<void> Context::read_logits(int64_t out, std::vector<float>* logits) const {
+    if (out < 0 || out >= int64_t(held_.size()) || held_[size_t(out)] < 0)
+        return make_error("read_logits: output " + std::to_string(out) + " of the last decode is not held (" +
+                          std::to_string(held_.size()) + " outputs, " + std::to_string(held_last_.size()) +
+                          " of them in its last micro-batch)");
+    const int64_t V = n_vocab();
+    logits->resize(size_t(V));
+    be_.download(logits->data(), static_cast<const float*>(logits_buf_) + held_[size_t(out)] * V, size_t(V) * 4);
+    return {};
 }
 
 Result<int32_t> Context::decode_greedy(int seq, const std::vector<int32_t>& tokens) {
@@ -262,6 +275,12 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
     Tensor logits{static_cast<float*>(logits_buf_), n_out, V, V};
     fb.state = &st;
     model_.forward(fb, logits);
+    for (int64_t d : held_last_) held_[size_t(d)] = -1;  // their rows are overwritten
+    held_last_.clear();
+    for (int64_t r = 0; r < n_out; ++r) {
+        held_[size_t(out_dest[size_t(r)])] = r;
+        held_last_.push_back(out_dest[size_t(r)]);
+    }
     if (argmax_out && n_out > 0) {
         std::vector<int32_t> ids(static_cast<size_t>(n_out));
         be_.argmax_rows(logits, ids.data());

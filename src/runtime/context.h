@@ -69,6 +69,10 @@ class Context {
     Result<void> decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits, std::vector<float>* logits);
     // Tokens for one sequence; the greedy token after the last.
     Result<int32_t> decode_greedy(int seq, const std::vector<int32_t>& tokens);
+    // Output row `out` (in batch order) of the last decode's logits, read back now: for a caller
+    // that took greedy tokens and then needs one row, while the backend still holds it (an error
+    // for an output of an earlier micro-batch than the last, or once another decode ran).
+    Result<void> read_logits(int64_t out, std::vector<float>* logits) const;
 
     int64_t n_past(int seq) const { return seqs_.at(size_t(seq)).n_past; }
     // Positions that remove_last can still undo for this sequence.
@@ -147,6 +151,9 @@ class Context {
     std::vector<std::unique_ptr<LayerState>> layers_;  // [layer]: KvCache or RecurrentState
     void* logits_buf_ = nullptr;
     int64_t logits_rows_ = 0;
+    // [output of the last decode]: its row in logits_buf_, -1 once another micro-batch's rows
+    // took the buffer; held_last_: the outputs of the last micro-batch
+    std::vector<int64_t> held_, held_last_;
 };
 
 }  // namespace bigmoe

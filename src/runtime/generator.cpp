@@ -137,7 +137,6 @@ void Generator::reset() {
     ctx_.clear(seq_);
     if (draft_) draft_->clear(seq_);
     logits_.clear();
-    stale_next_ = -1;
     history_.clear();
     sampler_.reset();
 }
@@ -147,8 +146,6 @@ Result<void> Generator::feed(const std::vector<int32_t>& tokens) {
     if (prof_) prof_->set_phase("prefill");
     const auto t0 = Clock::now();
     BM_TRY(ctx_.decode_seq(seq_, tokens, false, &logits_));
-    stale_next_ = -1;
-    last_token_ = tokens.back();
     history_.insert(history_.end(), tokens.begin(), tokens.end());
     if (draft_) {
         std::vector<float> dl;
@@ -167,9 +164,7 @@ Result<GenerateResult> Generator::generate(const GenerateParams& p, const PieceF
     if (prof_) prof_->set_phase("decode");
     const auto t0 = Clock::now();
     // Prompt lookup drafts greedily only, and so do constrained requests
-    const bool speculative = (draft_ || ngram_) && (plain_greedy(sampler_.params()) || (draft_ && !p.constraint));
-    if (stale_next_ >= 0 && (speculative || !greedy_on_backend(p))) BM_TRY(refresh_logits());
-    if (speculative)
+    if ((draft_ || ngram_) && (plain_greedy(sampler_.params()) || (draft_ && !p.constraint)))
         BM_TRY(generate_speculative(p, out));
     else
         BM_TRY(generate_plain(p, out));
@@ -205,39 +200,20 @@ bool past_eog(const GenerateParams& p) {
     return p.ignore_eos && !(p.constraint && p.constraint->active() && p.constraint->complete());
 }
 
-// Plain greedy decoding (no constraint, no log-probabilities) takes each token after the first
-// from the backend's argmax of the logits where they are (a GPU then reads back no logits). It
-// needs a processed token to be undone for refresh_logits (a recurrent model's rollback).
-bool Generator::greedy_on_backend(const GenerateParams& p) const {
-    return !p.constraint && p.logprobs < 0 && plain_greedy(sampler_.params()) &&
-           (ctx_.params().rollback_depth > 0 || ctx_.model().hparams().n_recurrent_layers() == 0);
-}
-
-Result<void> Generator::refresh_logits() {
-    BM_TRY(ctx_.remove_last(seq_, 1));
-    BM_TRY(ctx_.decode_seq(seq_, {last_token_}, false, &logits_));
-    stale_next_ = -1;
-    return {};
-}
-
 // Every sampled token is processed (so the context holds it) unless it ends generation as
-// end-of-generation: a chat turn is then closed by the template's own text. The last token's
-// logits are read back (the next generate() call samples from them), and so are those of a
-// token the backend's argmax does not follow; an end-of-generation token ending generation leaves
-// logits_ stale (stale_next_).
+// end-of-generation: a chat turn is then closed by the template's own text. Plain greedy decoding
+// (no constraint, no log-probabilities) takes each token after the first from the backend's
+// argmax of the logits where they are (a GPU then reads back an index, not a row of logits); when
+// generation ends, the last processed token's row is read back (the next call samples from it).
 Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) {
-    const bool on_backend = greedy_on_backend(p);
-    int32_t next = stale_next_;  // >= 0: the backend's greedy token, logits_ being an earlier token's
-    stale_next_ = -1;
+    const bool on_backend = !p.constraint && p.logprobs < 0 && plain_greedy(sampler_.params());
+    int32_t next = -1;  // >= 0: the backend's greedy token, logits_ being an earlier token's
+    auto done = [&]() -> Result<void> { return next >= 0 ? ctx_.read_logits(0, &logits_) : Result<void>{}; };
     for (;;) {
-        if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) {
-            stale_next_ = next;
-            return {};
-        }
+        if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) return done();
         if (ctx_.n_past(seq_) >= ctx_.params().n_ctx) {
-            stale_next_ = next;
             out.end(StopReason::context_full);
-            return {};
+            return done();
         }
         int32_t id = next;
         if (next >= 0) {
@@ -250,20 +226,13 @@ Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) 
         const bool ignore_eos = past_eog(p);
         const bool go_on =
             next >= 0 ? out.push(id, ignore_eos) : out.push(id, ignore_eos, logits_.data(), int32_t(logits_.size()));
-        if (!go_on && tok_.is_eog(id) && !ignore_eos) {
-            stale_next_ = next;
-            return {};
-        }
-        const bool last = !go_on || (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) ||
-                          ctx_.n_past(seq_) + 1 >= ctx_.params().n_ctx;
-        if (on_backend && !last) {
+        if (!go_on && tok_.is_eog(id) && !ignore_eos) return done();
+        if (on_backend) {
             BM_ASSIGN(next, ctx_.decode_greedy(seq_, {id}));
         } else {
             BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
-            next = -1;
         }
-        last_token_ = id;
-        if (!go_on) return {};
+        if (!go_on) return done();
     }
 }
 

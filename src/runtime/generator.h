@@ -141,22 +141,14 @@ class Generator {
     const SpecStats& spec_stats() const { return spec_stats_; }
 
   private:
-    // Whether plain decoding takes each greedy token from the backend (Context::decode_greedy).
-    bool greedy_on_backend(const GenerateParams& p) const;
     Result<void> generate_plain(const GenerateParams& p, TokenSink& out);
-    // Makes logits_ the last processed token's again (it is processed anew).
-    Result<void> refresh_logits();
     Result<void> generate_speculative(const GenerateParams& p, TokenSink& out);
 
     Context& ctx_;
     const Tokenizer& tok_;
     Sampler sampler_;
     int seq_;
-    std::vector<float> logits_;  // of the last processed token, unless stale_next_ >= 0
-    // >= 0: logits_ are an earlier token's, and this is the greedy token after the last processed
-    // one (generation ended at it, an end-of-generation token, without processing it)
-    int32_t stale_next_ = -1;
-    int32_t last_token_ = -1;    // the last processed token
+    std::vector<float> logits_;  // of the last processed token
     std::vector<float> masked_;  // logits_ under a constraint
     Context* draft_ = nullptr;
     bool ngram_ = false;

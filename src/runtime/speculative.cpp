@@ -249,7 +249,7 @@ Result<void> SpeculativeDecoder::finish_step(int32_t cur, const std::vector<int3
     }
     out.push_back(cur);
     out.insert(out.end(), draft.begin(), draft.begin() + long(accepted));
-    logits.assign(verify_logits + accepted * size_t(V), verify_logits + (accepted + 1) * size_t(V));
+    if (verify_logits) logits.assign(verify_logits + accepted * size_t(V), verify_logits + (accepted + 1) * size_t(V));
     stats_.steps += 1;
     stats_.drafted += int64_t(draft.size());
     stats_.accepted += int64_t(accepted);
@@ -384,7 +384,9 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
                 return x;
             }));
     }
-    // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them
+    // 2. verification: every sequence's cur + drafts in one target batch, logits for all of them;
+    // without constraints, in one micro-batch: the backend's greedy tokens, then the row after
+    // the accepted ones (a GPU reads back indices and a row, not 1 + drafts rows a sequence)
     std::vector<BatchToken> batch;
     std::vector<size_t> first_row(n);
     for (size_t i = 0; i < n; ++i) {
@@ -392,21 +394,29 @@ Result<void> SpeculativeDecoder::step_greedy_batch(const std::vector<Speculative
         batch.push_back({cur[i], ds[i]->seq_, true});
         for (int32_t t : drafts[i]) batch.push_back({t, ds[i]->seq_, true});
     }
+    bool ids_only = int64_t(batch.size()) <= target.params().n_ubatch;
+    for (const SpeculativeDecoder* d : ds) ids_only = ids_only && !d->cons_;
     std::vector<float> vl;
-    BM_TRY(target.decode(batch, &vl));
+    std::vector<int32_t> ids;
+    BM_TRY(ids_only ? target.decode(batch, nullptr, &ids) : target.decode(batch, &vl));
     // 3. accept the longest agreeing prefix; roll back what was rejected, on both models
     std::vector<size_t> accepted(n, 0);
     for (size_t i = 0; i < n; ++i) {
         SpeculativeDecoder& d = *ds[i];
-        const float* l = vl.data() + first_row[i] * size_t(V);
+        const float* l = ids_only ? nullptr : vl.data() + first_row[i] * size_t(V);
         size_t& a = accepted[i];
         JsonConstraint* c = d.cons_;
-        while (a < drafts[i].size() && (c ? constrained_argmax(*c, l + a * size_t(V), V, d.masked_)
-                                          : argmax(l + a * size_t(V), V)) == drafts[i][a]) {
+        auto target_token = [&](size_t j) {
+            return ids_only ? ids[first_row[i] + j]
+                   : c      ? constrained_argmax(*c, l + j * size_t(V), V, d.masked_)
+                            : argmax(l + j * size_t(V), V);
+        };
+        while (a < drafts[i].size() && target_token(a) == drafts[i][a]) {
             if (c) c->accept(drafts[i][a]);
             ++a;
         }
         if (!draft) d.history_.insert(d.history_.end(), drafts[i].begin(), drafts[i].begin() + long(a));
+        if (ids_only) BM_TRY(target.read_logits(int64_t(first_row[i] + a), logits[i]));
         BM_TRY(d.finish_step(cur[i], drafts[i], a, l, *logits[i], *outs[i]));
     }
     const double step_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t_begin).count();

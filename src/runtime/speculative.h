@@ -149,7 +149,8 @@ class SpeculativeDecoder {
 
   private:
     // Rolls both models back past the rejected drafts and records the step.
-    // `verify_logits` holds the target's logits for cur and each drafted token.
+    // `verify_logits` holds the target's logits for cur and each drafted token (null: `logits`
+    // already holds the row after the accepted ones).
     Result<void> finish_step(int32_t cur, const std::vector<int32_t>& draft, size_t accepted,
                              const float* verify_logits, std::vector<float>& logits, std::vector<int32_t>& out);
     int max_draft() const;

@@ -192,9 +192,9 @@ TEST(Generator, greedy_with_penalties_or_bias_is_exact_with_a_draft) {
 }
 
 // Plain greedy decoding takes its tokens from the backend's argmax; asking for log-probabilities
-// reads every token's logits back instead: the same tokens, the same stops. A generation ended by
-// an end-of-generation token leaves the logits an earlier token's; a later call samples the right
-// ones either way (the end token again, then, ignoring it, the same text).
+// reads every token's logits back instead: the same tokens, the same stops. Where generation ends
+// (an end-of-generation token among them) the last processed token's logits are read back: a
+// later call samples from them either way (the end token again, then, ignoring it, the same text).
 TEST(Generator, greedy_from_the_backend_equals_greedy_from_the_logits) {
     int ended = 0;
     for (const char* prompt : {"Hello", "Once upon a time", "The quick brown fox"}) {

@@ -240,7 +240,22 @@ TEST_P(State, greedy_tokens_are_the_argmax_of_the_logits) {
             EXPECT_TRUE(same_bits(both_logits, logits)) << "step " << step;
         }
     }
-    std::vector<float> l;
+    // a row read back after the greedy tokens is the row decode returns; of a batch over two
+    // micro-batches, only the last one's rows are held
+    std::vector<BatchToken> batch;
+    for (int i = 0; i < 6; ++i) batch.push_back({t[size_t(i)], 0, true});
+    std::vector<float> l, row;
+    std::vector<int32_t> ids;
+    ASSERT_TRUE(a->decode(batch, &l).ok());
+    ASSERT_TRUE(b->decode(batch, nullptr, &ids).ok());
+    for (int64_t r = 0; r < 6; ++r) {
+        const auto got = b->read_logits(r, &row);
+        EXPECT_EQ(got.ok(), r >= 4) << "row " << r;
+        if (got.ok()) {
+            EXPECT_TRUE(same_bits(row, std::vector<float>(l.begin() + r * n_vocab, l.begin() + (r + 1) * n_vocab)));
+        }
+    }
+    EXPECT_FALSE(b->read_logits(6, &row).ok());
     ASSERT_TRUE(a->decode_seq(1, {t[3]}, false, &l).ok());
     auto g = b->decode_greedy(1, {t[3]});
     ASSERT_TRUE(g.ok()) << g.error().message;
