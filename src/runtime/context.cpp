@@ -220,11 +220,15 @@ Result<void> Context::decode(const std::vector<BatchToken>& batch, std::vector<f
     return {};
 }
 
-Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits,
-                                 std::vector<float>* logits) {
+std::vector<BatchToken> Context::seq_batch(int seq, const std::vector<int32_t>& tokens, bool all_logits) {
     std::vector<BatchToken> b(tokens.size());
     for (size_t i = 0; i < tokens.size(); ++i) b[i] = {tokens[i], seq, all_logits || i + 1 == tokens.size()};
-    return decode(b, logits);
+    return b;
+}
+
+Result<void> Context::decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits,
+                                 std::vector<float>* logits) {
+    return decode(seq_batch(seq, tokens, all_logits), logits);
 }
 
 Result<void> Context::read_logits(int64_t out, std::vector<float>* logits) const {
@@ -240,10 +244,8 @@ Result<void> Context::read_logits(int64_t out, std::vector<float>* logits) const
 
 Result<int32_t> Context::decode_greedy(int seq, const std::vector<int32_t>& tokens) {
     if (tokens.empty()) return make_error("decode_greedy: no tokens");
-    std::vector<BatchToken> b(tokens.size());
-    for (size_t i = 0; i < tokens.size(); ++i) b[i] = {tokens[i], seq, i + 1 == tokens.size()};
     std::vector<int32_t> ids;
-    BM_TRY(decode(b, nullptr, &ids));
+    BM_TRY(decode(seq_batch(seq, tokens, false), nullptr, &ids));
     return ids.at(0);
 }
 

@@ -136,6 +136,8 @@ class Context {
     };
     Context(Model& m, const ContextParams& p) : model_(m), be_(m.backend()), params_(p) {}
     Result<void> validate(const std::vector<BatchToken>& batch) const;
+    // One sequence's tokens as a batch: logits for every one (all_logits) or the last.
+    static std::vector<BatchToken> seq_batch(int seq, const std::vector<int32_t>& tokens, bool all_logits);
     // Runs one micro-batch; the logits of token out_rows[r] go to row out_dest[r] of logits_out
     // and their argmax to argmax_out[out_dest[r]] (each when not null).
     Result<void> run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
