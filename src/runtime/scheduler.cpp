@@ -19,8 +19,13 @@ struct Scheduler::Slot {
     GenerateResult res;
     std::unique_ptr<TokenSink> sink;  // reads r.gen and r.on_piece, writes res
     size_t prefilled = 0;             // prompt tokens processed
-    std::vector<float> logits;        // of the last processed token
-    bool ending = false;              // its last token is in this step's batch
+    std::vector<float> logits;        // of the last processed token (unless next >= 0)
+    // Plain greedy requests without log-probabilities or a draft take their tokens from the
+    // backend's argmax where the logits are (a GPU reads back an index a row, not the row);
+    // next is that token after the last processed one, -1 when logits holds its row instead.
+    bool greedy_on_backend = false;
+    int32_t next = -1;
+    bool ending = false;  // its last token is in this step's batch
     // this step: prompt tokens, or the next token (then the draft's proposals), and where its
     // logits rows start
     bool step_prefill = false;
@@ -217,6 +222,8 @@ void Scheduler::admit() {
             // constrained arg-max)
             slots_[seq]->use_draft = draft_ && (!slots_[seq]->r.gen.constraint || plain_greedy(sp));
             slots_[seq]->sampled_draft = !plain_greedy(sp);
+            slots_[seq]->greedy_on_backend = !slots_[seq]->use_draft && !slots_[seq]->r.gen.constraint &&
+                                             slots_[seq]->r.gen.logprobs < 0 && plain_greedy(sp);
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             // the cache holds the target's states only: after a hit a drafting request's draft
@@ -306,14 +313,20 @@ Result<bool> Scheduler::step() {
             continue;
         }
         int32_t id = s.forced;  // drawn from the residual at the last step's rejection, if any
+        const bool from_backend = s.next >= 0;
         if (id >= 0) {
             s.forced = -1;
             s.sampler.accept(id);
+        } else if (from_backend) {
+            id = s.next;
+            s.next = -1;
+            s.sampler.accept(id);  // as the sampler's greedy draw does
         } else {
             id = sample_next(s.sampler, g, s.logits, masked_);
         }
         if (s.use_draft) s.dsampler.accept(id);
-        const bool go_on = s.sink->push(id, past_eog(g), s.logits.data(), int32_t(s.logits.size()));
+        const bool go_on = from_backend ? s.sink->push(id, past_eog(g))
+                                        : s.sink->push(id, past_eog(g), s.logits.data(), int32_t(s.logits.size()));
         if (!go_on || (g.n_predict >= 0 && int64_t(s.sink->n()) >= g.n_predict)) {
             finish(s, nullptr);  // the token ends the request: nothing needs its logits
             continue;
@@ -394,10 +407,17 @@ Result<bool> Scheduler::step() {
         for (int32_t d : s->drafts) batch.push_back({d, s->seq, true});
         n_rows += 1 + s->drafts.size();
     }
-    if (auto r = ctx_.decode(batch, &logits_); !r) {
+    // Greedy tokens only, without the logits, when no request in the step needs a row: every one
+    // takes its token from the backend's argmax, and no prompt ends where the cache keeps logits.
+    const bool ids_only = std::all_of(involved.begin(), involved.end(), [&](const Slot* s) {
+        return s->greedy_on_backend &&
+               !(s->step_prefill && s->prefilled == s->r.prompt.size() && save_point(*s, s->prefilled));
+    });
+    if (auto r = ids_only ? ctx_.decode(batch, nullptr, &ids_) : ctx_.decode(batch, &logits_); !r) {
         fail(r.error());
         return r.error();
     }
+    argmax_steps_ += ids_only;
     auto row = [&](size_t i) { return logits_.begin() + ptrdiff_t(i * V); };
     for (Slot* s : involved)  // checkpoints inside prompts (a prompt's end is saved with its logits below)
         if (s->step_prefill && s->prefilled < s->r.prompt.size() && save_point(*s, s->prefilled))
@@ -445,6 +465,11 @@ Result<bool> Scheduler::step() {
                 continue;
             }
         }
+        if (ids_only) {
+            s->next = ids_[s->row0];
+            continue;
+        }
+        s->next = -1;
         s->logits.assign(row(s->row0 + m), row(s->row0 + m + 1));
         if (s->step_prefill && save_point(*s, s->prefilled)) save(*s, s->r.prompt, &s->logits);
     }

@@ -67,6 +67,8 @@ class Scheduler {
     // beside them. Call before the first step.
     Result<void> set_draft(Context* draft);
     SchedulerSpecStats spec_stats() const;
+    // Steps that read back greedy tokens and no logits (every request in them plain greedy).
+    int64_t argmax_steps() const { return argmax_steps_.load(); }
 
     // Reuses cached prefixes: a request restores the longest cached prefix of its prompt and
     // processes the rest; its state is saved at the end of its prompt with the last logits (so the
@@ -126,6 +128,8 @@ class Scheduler {
     std::atomic<int64_t> positions_{0};
     std::vector<SlotInfo> snapshot_;  // guarded by mu_
     std::vector<float> logits_;
+    std::atomic<int64_t> argmax_steps_{0};
+    std::vector<int32_t> ids_;  // each output row's greedy token, in a step that reads back no logits
     Context* draft_ = nullptr;
     PromptCache* cache_ = nullptr;
     int64_t checkpoint_every_ = 0;
