@@ -102,69 +102,15 @@ TEST(Scheduler, requests_joining_at_any_step_equal_each_alone) {
     }
 }
 
-// Plain greedy requests take their tokens from the backend's argmax in steps where no request
-// needs logits (without log-probabilities or a sampled neighbour): the same tokens as alone and
-// as the same requests asking for log-probabilities (every step reading logits), beside sampled
-// requests too.
-TEST(Scheduler, greedy_tokens_from_the_backend_equal_those_from_the_logits) {
-    Loaded l = load();
-    const char* texts[] = {"The quick brown fox", "Hello", "A longer prompt about the sea and the sky", "x", "1 2 3"};
-    std::vector<Request> plain, logprobs, mixed;
-    for (int i = 0; i < 5; ++i) {
-        plain.push_back(make_request(*l.tok, texts[i], 0.0f, uint64_t(30 + i), 4 + 3 * i));
-        logprobs.push_back(plain.back());
-        logprobs.back().gen.logprobs = 1;
-        mixed.push_back(i == 2 ? make_request(*l.tok, texts[i], 0.8f, 5, 4 + 3 * i) : plain.back());
-    }
-    auto run = [&](const std::vector<Request>& reqs, int64_t* argmax_steps) {
-        auto ctx = l.engine->new_context({.n_ctx = 256, .n_seq_max = 3});
-        EXPECT_TRUE(ctx.ok());
-        Scheduler sched(**ctx, *l.tok, {.prefill_budget = 4});
-        std::vector<GenerateResult> got(reqs.size());
-        for (size_t i = 0; i < reqs.size(); ++i) {
-            Request r = reqs[i];
-            r.on_done = [&got, i](const GenerateResult& res, const Error* err) {
-                EXPECT_EQ(err, nullptr);
-                got[i] = res;
-            };
-            EXPECT_TRUE(sched.submit(std::move(r)).ok());
-        }
-        for (int steps = 0; steps < 10000; ++steps) {
-            auto busy = sched.step();
-            EXPECT_TRUE(busy.ok());
-            if (!busy.ok() || (!*busy && sched.waiting() == 0)) break;
-        }
-        *argmax_steps = sched.argmax_steps();
-        return got;
-    };
-    int64_t n_plain = 0, n_logprobs = 0, n_mixed = 0;
-    const std::vector<GenerateResult> a = run(plain, &n_plain), b = run(logprobs, &n_logprobs),
-                                      c = run(mixed, &n_mixed);
-    EXPECT_GT(n_plain, 0);
-    EXPECT_EQ(n_logprobs, 0);
-    EXPECT_GT(n_mixed, 0);  // once the sampled request is done
-    for (size_t i = 0; i < plain.size(); ++i) {
-        const std::vector<int32_t> want = alone(l, plain[i]);
-        ASSERT_EQ(want.size(), size_t(plain[i].gen.n_predict));
-        EXPECT_EQ(a[i].tokens, want) << "request " << i;
-        EXPECT_EQ(b[i].tokens, want) << "request " << i;
-        EXPECT_EQ(b[i].logprobs.size(), want.size()) << "request " << i;
-        EXPECT_TRUE(a[i].logprobs.empty());
-        if (i != 2) {
-            EXPECT_EQ(c[i].tokens, want) << "request " << i;
-        }
-    }
-    EXPECT_EQ(c[2].tokens, alone(l, mixed[2]));
-}
-
 // Speculative decoding in the scheduler: greedy requests drafted by another model (few proposals
 // accepted), by the target's weights quantized (some), or by the target's own weights (all, so
 // whole drafts are taken), beside
 // sampled ones, at several draft lengths: each request's tokens and log-probabilities equal the
 // request alone, decoded plainly.
 // Runs requests to the end through one scheduler (with a draft when given); results by request.
+// (argmax_steps: where to put Scheduler::argmax_steps at the end, when not null)
 std::vector<GenerateResult> run_all(Loaded& l, Engine* draft, int draft_max, const std::vector<Request>& reqs,
-                                    int n_seq = 3) {
+                                    int n_seq = 3, int64_t* argmax_steps = nullptr) {
     auto ctx = l.engine->new_context({.n_ctx = 256, .n_seq_max = n_seq});
     EXPECT_TRUE(ctx.ok());
     std::unique_ptr<Context> dctx;
@@ -191,11 +137,47 @@ std::vector<GenerateResult> run_all(Loaded& l, Engine* draft, int draft_max, con
         EXPECT_TRUE(busy.ok());
         if (!busy.ok() || (!*busy && sched.waiting() == 0)) break;
     }
+    if (argmax_steps) *argmax_steps = sched.argmax_steps();
     return got;
 }
 
 GenerateResult run_alone(Loaded& l, Engine& draft, int draft_max, const Request& r) {
     return run_all(l, &draft, draft_max, {r})[0];
+}
+
+// Plain greedy requests take their tokens from the backend's argmax in steps where no request
+// needs logits (without log-probabilities or a sampled neighbour): the same tokens as alone and
+// as the same requests asking for log-probabilities (every step reading logits), beside sampled
+// requests too.
+TEST(Scheduler, greedy_tokens_from_the_backend_equal_those_from_the_logits) {
+    Loaded l = load();
+    const char* texts[] = {"The quick brown fox", "Hello", "A longer prompt about the sea and the sky", "x", "1 2 3"};
+    std::vector<Request> plain, logprobs, mixed;
+    for (int i = 0; i < 5; ++i) {
+        plain.push_back(make_request(*l.tok, texts[i], 0.0f, uint64_t(30 + i), 4 + 3 * i));
+        logprobs.push_back(plain.back());
+        logprobs.back().gen.logprobs = 1;
+        mixed.push_back(i == 2 ? make_request(*l.tok, texts[i], 0.8f, 5, 4 + 3 * i) : plain.back());
+    }
+    int64_t n_plain = 0, n_logprobs = 0, n_mixed = 0;
+    const std::vector<GenerateResult> a = run_all(l, nullptr, 0, plain, 3, &n_plain),
+                                      b = run_all(l, nullptr, 0, logprobs, 3, &n_logprobs),
+                                      c = run_all(l, nullptr, 0, mixed, 3, &n_mixed);
+    EXPECT_GT(n_plain, 0);
+    EXPECT_EQ(n_logprobs, 0);
+    EXPECT_GT(n_mixed, 0);  // once the sampled request is done
+    for (size_t i = 0; i < plain.size(); ++i) {
+        const std::vector<int32_t> want = alone(l, plain[i]);
+        ASSERT_EQ(want.size(), size_t(plain[i].gen.n_predict));
+        EXPECT_EQ(a[i].tokens, want) << "request " << i;
+        EXPECT_EQ(b[i].tokens, want) << "request " << i;
+        EXPECT_EQ(b[i].logprobs.size(), want.size()) << "request " << i;
+        EXPECT_TRUE(a[i].logprobs.empty());
+        if (i != 2) {
+            EXPECT_EQ(c[i].tokens, want) << "request " << i;
+        }
+    }
+    EXPECT_EQ(c[2].tokens, alone(l, mixed[2]));
 }
 
 TEST(Scheduler, drafting_requests_equal_each_alone) {
