@@ -196,6 +196,10 @@ int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector
     return id;
 }
 
+bool greedy_on_backend(const GenerateParams& p, const SamplerParams& s) {
+    return !p.constraint && p.logprobs < 0 && plain_greedy(s);
+}
+
 bool past_eog(const GenerateParams& p) {
     return p.ignore_eos && !(p.constraint && p.constraint->active() && p.constraint->complete());
 }
@@ -206,7 +210,7 @@ bool past_eog(const GenerateParams& p) {
 // argmax of the logits where they are (a GPU then reads back an index, not a row of logits); when
 // generation ends, the last processed token's row is read back (the next call samples from it).
 Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) {
-    const bool on_backend = !p.constraint && p.logprobs < 0 && plain_greedy(sampler_.params());
+    const bool on_backend = greedy_on_backend(p, sampler_.params());
     int32_t next = -1;  // >= 0: the backend's greedy token, logits_ being an earlier token's
     auto done = [&]() -> Result<void> { return next >= 0 ? ctx_.read_logits(0, &logits_) : Result<void>{}; };
     for (;;) {

@@ -113,6 +113,9 @@ int32_t sample_next(Sampler& sampler, const GenerateParams& p, const std::vector
 // Whether generation goes on past an end-of-generation token: ignore_eos, unless a constrained
 // object is whole (only its end can follow; else end tokens would come until n_predict).
 bool past_eog(const GenerateParams& p);
+// Whether a request's tokens can be the backend's argmax, with no logits read back: plain greedy
+// sampling, no constraint, no log-probabilities.
+bool greedy_on_backend(const GenerateParams& p, const SamplerParams& s);
 
 class Generator {
   public:

@@ -222,8 +222,7 @@ void Scheduler::admit() {
             // constrained arg-max)
             slots_[seq]->use_draft = draft_ && (!slots_[seq]->r.gen.constraint || plain_greedy(sp));
             slots_[seq]->sampled_draft = !plain_greedy(sp);
-            slots_[seq]->greedy_on_backend = !slots_[seq]->use_draft && !slots_[seq]->r.gen.constraint &&
-                                             slots_[seq]->r.gen.logprobs < 0 && plain_greedy(sp);
+            slots_[seq]->greedy_on_backend = !slots_[seq]->use_draft && greedy_on_backend(slots_[seq]->r.gen, sp);
             if (draft_) draft_->clear(int(seq));
             Slot& s = *slots_[seq];
             // the cache holds the target's states only: after a hit a drafting request's draft
@@ -409,10 +408,11 @@ Result<bool> Scheduler::step() {
     }
     // Greedy tokens only, without the logits, when no request in the step needs a row: every one
     // takes its token from the backend's argmax, and no prompt ends where the cache keeps logits.
-    const bool ids_only = std::all_of(involved.begin(), involved.end(), [&](const Slot* s) {
-        return s->greedy_on_backend &&
-               !(s->step_prefill && s->prefilled == s->r.prompt.size() && save_point(*s, s->prefilled));
-    });
+    auto saves_logits = [&](const Slot& s) {  // its prompt ends here, at a snapshot that keeps them
+        return s.step_prefill && s.prefilled == s.r.prompt.size() && save_point(s, s.prefilled);
+    };
+    const bool ids_only = std::all_of(involved.begin(), involved.end(),
+                                      [&](const Slot* s) { return s->greedy_on_backend && !saves_logits(*s); });
     if (auto r = ids_only ? ctx_.decode(batch, nullptr, &ids_) : ctx_.decode(batch, &logits_); !r) {
         fail(r.error());
         return r.error();
@@ -469,9 +469,8 @@ Result<bool> Scheduler::step() {
             s->next = ids_[s->row0];
             continue;
         }
-        s->next = -1;
-        s->logits.assign(row(s->row0 + m), row(s->row0 + m + 1));
-        if (s->step_prefill && save_point(*s, s->prefilled)) save(*s, s->r.prompt, &s->logits);
+        s->logits.assign(row(s->row0 + m), row(s->row0 + m + 1));  // (next is -1: taken at the step's start)
+        if (saves_logits(*s)) save(*s, s->r.prompt, &s->logits);
     }
     int64_t used = 0;
     std::vector<SlotInfo> snap(slots_.size());
