@@ -835,9 +835,10 @@ TEST_P(Conformance, ssm_conv_matches_float64_and_keeps_the_last_states) {
 }
 
 // Head sizes 16, 64, 128 and 256 (registers on x86; on CUDA each with its parts a channel) and 24
-// (the generic loops); 72 tokens cross 16-token blocks, and a GPU takes them with 16 lanes a
-// channel where one-token calls take 8. Outputs and the last 3 kept states against float64; then the
-// same tokens one call each (the state updated in place, as decoding does) give the same bits.
+// (the generic loops); 72 tokens cross 16-token blocks (on a GPU, its chunks of 8 staged tokens,
+// each token's output formed beside the next one's prediction). Outputs and the last 3 kept states
+// against float64; then the same tokens one call each (the state updated in place, as decoding
+// does) give the same bits.
 TEST_P(Conformance, gated_delta_net_matches_float64_and_one_token_calls) {
     struct Shape {
         int64_t dk, dv;

@@ -781,7 +781,8 @@ class CudaBackend final : public Backend {
                         n_spans_,
                         dev<RingDev>(off_rs_.at(size_t(il))),
                         out.data,
-                        out.stride});
+                        out.stride,
+                        gdn_paired()});
     }
 
   private:

@@ -267,6 +267,32 @@ __device__ __forceinline__ T gdn_sum(Term term) {
     for (int o = 1; o < (P < 8 ? P : 8); o <<= 1) h0 += __shfl_xor_sync(0xffffffffu, h0, o);
     return h0;
 }
+// Two of gdn_sum's sums side by side (term(x, a, p) adds key x's terms to both), each formed in
+// gdn_sum's order: the same bits as two calls, with the shuffles of one in flight beside the
+// other's.
+template <int P, int KPT, class Term>
+__device__ __forceinline__ float2 gdn_sum2(Term term) {
+    float a0 = 0, a1 = 0, p0 = 0, p1 = 0;
+    if constexpr (P == 16) {
+#pragma unroll
+        for (int x = 0; x < KPT; ++x) term(x, a0, p0);
+        a0 += __shfl_xor_sync(0xffffffffu, a0, 8);
+        p0 += __shfl_xor_sync(0xffffffffu, p0, 8);
+    } else {
+#pragma unroll
+        for (int x = 0; x < KPT / 2; ++x) term(x, a0, p0);
+#pragma unroll
+        for (int x = KPT / 2; x < KPT; ++x) term(x, a1, p1);
+        a0 += a1;
+        p0 += p1;
+    }
+#pragma unroll
+    for (int o = 1; o < (P < 8 ? P : 8); o <<= 1) {
+        a0 += __shfl_xor_sync(0xffffffffu, a0, o);
+        p0 += __shfl_xor_sync(0xffffffffu, p0, o);
+    }
+    return make_float2(a0, p0);
+}
 // With P = 16, lane part l holds half l / 8 of key part l % 8: key block 2 (l % 8) + l / 8 of
 // dk / 16 keys. The staged keys keep lane order (block b of a lane at b (kpt + 4)).
 template <int P>
@@ -277,12 +303,14 @@ template <int P>
 __host__ __device__ inline int gdn_lane_of_block(int kb) {
     return P == 16 ? (kb % 2) * 8 + kb / 2 : kb;
 }
+// 16 parts of up to 8 keys (BIGMOE_CUDA_GDN_PARTS=16): two blocks of 512 threads an SM, as the
+// 8-part form's two blocks of 256 (a model with 64 value heads fills an H100 in one wave).
 template <int P, int KPT, bool EXACT>
-__global__ void k_gdn(GdnArgs a) {
+__global__ void __launch_bounds__(32 * P, P == 16 && KPT <= 8 ? 2 : 1) k_gdn(GdnArgs a) {
     static_assert(P >= 2 && P <= 16 && (P & (P - 1)) == 0 && (!EXACT || KPT % 4 == 0));
     pdl_enter();
     extern __shared__ __align__(16) float stage[];  // [2][k_gdn_chunk][gdn_token_floats]
-    __shared__ float gdn_pre[k_gdn_chunk * 4];      // per token: k's and q's norm scales, decay, beta
+    __shared__ float gdn_pre[k_gdn_chunk * 2];      // per token: the decay and beta
     const int64_t Hk = a.Hk, Hv = a.Hv, dk = a.dk, dv = a.dv, groups = (dv + 31) / 32;
     const int64_t si = blockIdx.x / (Hv * groups), h = (blockIdx.x / groups) % Hv, g = blockIdx.x % groups;
     const int part = int(threadIdx.x) % P;
@@ -364,69 +392,70 @@ __global__ void k_gdn(GdnArgs a) {
         __syncthreads();
         const int64_t n = min(int64_t(k_gdn_chunk), sp.n_tokens - t0);
         // What a step needs that does not depend on the state, for the chunk's tokens side by side
-        // (a warp a token, 2P lanes): the L2 norms of k (lanes [0, P)) and q (lanes [P, 2P)) of
-        // key head j, sums of squares in double in gdn_sum's order; the decay and beta.
+        // (a warp a token, 2P lanes): k (lanes [0, P)) and q (lanes [P, 2P)) of key head j
+        // L2-normalised in place (x / max(||x||, eps): x times the scale, once for every channel
+        // of the block), sums of squares in double in gdn_sum's order; the decay and beta.
         const int warp = int(threadIdx.x / 32), lane = int(threadIdx.x % 32);
         for (int64_t tt = warp; tt < n; tt += blockDim.x / 32) {
-            const float* in = stage + (b * k_gdn_chunk + tt) * tf;
+            float* in = stage + (b * k_gdn_chunk + tt) * tf;
             const int lp = lane % P;
-            const float* keys = in + (lane < P ? kf : 0) + lp * (kpt + 4);
+            float* keys = in + (lane < P ? kf : 0) + lp * (kpt + 4);
             const int64_t kx0 = int64_t(gdn_key_block<P>(lp)) * kpt;
-            const double sq = gdn_sum<P, KPT, double>([&](int x, double h) {
-                const bool used = lane < 2 * P && (EXACT || (x < kpt && kx0 + x < dk));
-                return used ? fma(double(keys[x]), double(keys[x]), h) : h;
-            });
-            float* pre = gdn_pre + tt * 4;
-            if (lane == 0 || lane == P) pre[lane / P] = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
+            auto used = [&](int x) { return lane < 2 * P && (EXACT || (x < kpt && kx0 + x < dk)); };
+            const double sq = gdn_sum<P, KPT, double>(
+                [&](int x, double h) { return used(x) ? fma(double(keys[x]), double(keys[x]), h) : h; });
+            const float scale = 1.0f / fmaxf(sqrtf(float(sq)), float(a.eps));
+#pragma unroll
+            for (int x = 0; x < KPT; ++x)
+                if (used(x)) keys[x] *= scale;
+            float* pre = gdn_pre + tt * 2;
             if (lane == 0) {
                 const float al = in[2 * kf + 32] + a.dt_bias[h];
                 const float sp_a = al > 20.0f ? al : logf(1.0f + expf(al));
-                pre[2] = expf(sp_a * a.ssm_a[h]);
-                pre[3] = sigmoidf(in[2 * kf + 33]);
+                pre[0] = expf(sp_a * a.ssm_a[h]);
+                pre[1] = sigmoidf(in[2 * kf + 33]);
             }
         }
         __syncthreads();
-        for (int64_t tt = 0; tt < n; ++tt) {
-            const int64_t t = t0 + tt, row = sp.first + t;
-            const float* in = stage + (b * k_gdn_chunk + tt) * tf;
-            const float kscale = gdn_pre[tt * 4], qscale = gdn_pre[tt * 4 + 1], decay = gdn_pre[tt * 4 + 2],
-                        bt = gdn_pre[tt * 4 + 3];
-            // the token's k and q of key head j, L2-normalised (x / max(||x||, eps))
-            float kr[KPT], qr[KPT];
+        // this lane's keys of the token's normalised k (at = kf) or q (at = 0) of key head j
+        auto load_keys = [&](int64_t tt, int at, float(&v)[KPT]) {
+            const float* in = stage + (b * k_gdn_chunk + tt) * tf + at + xs;
             if constexpr (EXACT) {
-                const float4* k4 = reinterpret_cast<const float4*>(in + kf + xs);
-                const float4* q4 = reinterpret_cast<const float4*>(in + xs);
+                const float4* v4 = reinterpret_cast<const float4*>(in);
 #pragma unroll
                 for (int i = 0; i < KPT / 4; ++i) {
-                    const float4 kv = k4[i], qv = q4[i];
-                    kr[4 * i] = kv.x * kscale;
-                    kr[4 * i + 1] = kv.y * kscale;
-                    kr[4 * i + 2] = kv.z * kscale;
-                    kr[4 * i + 3] = kv.w * kscale;
-                    qr[4 * i] = qv.x * qscale;
-                    qr[4 * i + 1] = qv.y * qscale;
-                    qr[4 * i + 2] = qv.z * qscale;
-                    qr[4 * i + 3] = qv.w * qscale;
+                    const float4 f = v4[i];
+                    v[4 * i] = f.x;
+                    v[4 * i + 1] = f.y;
+                    v[4 * i + 2] = f.z;
+                    v[4 * i + 3] = f.w;
                 }
             } else {
 #pragma unroll
-                for (int x = 0; x < KPT; ++x) {
-                    kr[x] = (mine(x) ? in[kf + xs + x] : 0.0f) * kscale;
-                    qr[x] = (mine(x) ? in[xs + x] : 0.0f) * qscale;
-                }
+                for (int x = 0; x < KPT; ++x) v[x] = mine(x) ? in[x] : 0.0f;
             }
-            const float pred = gdn_sum<P, KPT, float>([&](int x, float h) {
-                if (!mine(x)) return h;
-                S[x] *= decay;
-                return fmaf(S[x], kr[x], h);
-            });
-            const float delta = bt * ((live ? in[2 * kf + cl] : 0.0f) - pred);
-            const float acc = gdn_sum<P, KPT, float>([&](int x, float h) {
-                if (!mine(x)) return h;
-                S[x] = fmaf(kr[x], delta, S[x]);
-                return fmaf(S[x], qr[x], h);
-            });
-            if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
+        };
+        // A token's prediction needs the state as the token before left it, its output the state
+        // after its own update: the next token's prediction is formed beside this token's output,
+        // two independent sums whose shuffles overlap (each value's operations as gdn_sum forms
+        // them alone, so the bits do not change; BIGMOE_CUDA_GDN_PAIRED=0 forms them in turn). Each
+        // token's k and q are read from shared memory once (k for the prediction before its step).
+        float kr[KPT];
+        load_keys(0, kf, kr);
+        float pred = gdn_sum<P, KPT, float>([&](int x, float h) {
+            if (!mine(x)) return h;
+            S[x] *= gdn_pre[0];
+            return fmaf(S[x], kr[x], h);
+        });
+        for (int64_t tt = 0; tt < n; ++tt) {
+            const int64_t t = t0 + tt, row = sp.first + t;
+            const float* in = stage + (b * k_gdn_chunk + tt) * tf;
+            float qr[KPT];
+            load_keys(tt, 0, qr);
+            const float delta = gdn_pre[tt * 2 + 1] * ((live ? in[2 * kf + cl] : 0.0f) - pred);
+#pragma unroll
+            for (int x = 0; x < KPT; ++x)
+                if (mine(x)) S[x] = fmaf(kr[x], delta, S[x]);
             if (live && !EXACT && t >= sp.n_tokens - r.n_slots) {
                 float* dst =
                     r.ssm + size_t(ring_slot(r, t + 1)) * slot_floats + size_t(h) * head_floats + size_t(c) * dk + x0;
@@ -440,6 +469,30 @@ __global__ void k_gdn(GdnArgs a) {
                 for (int i = 0; i < KPT / 4; ++i)
                     dst[i] = make_float4(S[4 * i], S[4 * i + 1], S[4 * i + 2], S[4 * i + 3]);
             }
+            float acc;
+            if (tt + 1 < n) load_keys(tt + 1, kf, kr);  // the next token's k (this one's is used)
+            if (tt + 1 < n && a.paired) {
+                const float decay = gdn_pre[(tt + 1) * 2];
+                const float2 ap = gdn_sum2<P, KPT>([&](int x, float& ha, float& hp) {
+                    if (!mine(x)) return;
+                    ha = fmaf(S[x], qr[x], ha);
+                    S[x] *= decay;
+                    hp = fmaf(S[x], kr[x], hp);
+                });
+                acc = ap.x;
+                pred = ap.y;
+            } else {
+                acc = gdn_sum<P, KPT, float>([&](int x, float h) { return mine(x) ? fmaf(S[x], qr[x], h) : h; });
+                if (tt + 1 < n) {
+                    const float decay = gdn_pre[(tt + 1) * 2];
+                    pred = gdn_sum<P, KPT, float>([&](int x, float h) {
+                        if (!mine(x)) return h;
+                        S[x] *= decay;
+                        return fmaf(S[x], kr[x], h);
+                    });
+                }
+            }
+            if (live && part == 0) a.out[row * a.os + h * dv + c] = acc * q_scale;
         }
         __syncthreads();  // every step has read buffer b before the next chunk's copies go there
     }
@@ -576,16 +629,25 @@ void run_op(cudaStream_t s, const ConvArgs& a) {
     CU_LAUNCHED();
 }
 
+int64_t gdn_paired() {
+    static const int64_t on = [] {
+        const char* e = std::getenv("BIGMOE_CUDA_GDN_PAIRED");
+        return e && std::atoi(e) == 0 ? int64_t(0) : int64_t(1);
+    }();
+    return on;
+}
+
 void run_op(cudaStream_t s, const GdnArgs& a) {
     const dim3 grid(unsigned(a.n_spans * a.Hv * ((a.dv + 31) / 32)));
-    // 16 lanes a channel for 64 rows or more (prefill: twice the warps in flight), else 8: the same
-    // bits (gdn_sum). BIGMOE_CUDA_GDN_PARTS=4, 8 or 16 picks one for measuring (4: other bits).
+    // 8 lanes a channel: the same bits as 16 (gdn_sum) with fewer shuffles a state value (the
+    // 122B's pp512 on an H100: 4586 t/s against 4418 with 16, at depth 32768 3209 against 3150).
+    // BIGMOE_CUDA_GDN_PARTS=4, 8 or 16 picks one for measuring (4: other bits).
     static const int forced = [] {
         const char* e = std::getenv("BIGMOE_CUDA_GDN_PARTS");
         const int p = e ? std::atoi(e) : 0;
         return p == 4 || p == 8 || p == 16 ? p : 0;
     }();
-    const int parts = forced ? forced : a.rows >= 64 ? 16 : 8;
+    const int parts = forced ? forced : 8;
     const bool done = (parts == 16 && (launch_gdn<16, 4>(s, a, grid) || launch_gdn<16, 8>(s, a, grid) ||
                                        launch_gdn<16, 16>(s, a, grid))) ||
                       (parts >= 8 && (launch_gdn<8, 4>(s, a, grid) || launch_gdn<8, 8>(s, a, grid) ||

@@ -372,7 +372,10 @@ struct GdnArgs {
     const RingDev* rings;
     float* out;
     int64_t os;
+    int64_t paired;  // 1: a token's output formed beside the next token's prediction (k_gdn)
 };
+// 1 unless BIGMOE_CUDA_GDN_PAIRED=0 (for measuring the unpaired form; the same bits)
+int64_t gdn_paired();
 
 // Backend::argmax_rows: blocks of k_argmax_chunk values leave their best as one key each (the
 // value's bits ordered as the floats compare, over the complement of its position: a larger key
