@@ -5,6 +5,7 @@
 #   bash scripts/gpu_bench.sh bigmoe [DIR] [BUILD]      # bigmoe's rows of the table, both models
 #   bash scripts/gpu_bench.sh placement [DIR] [BUILD]   # the 122B split (-ngl 24), --n-cpu-moe 24, --profile
 #   bash scripts/gpu_bench.sh llama SRC.tar.gz [DIR]    # build llama.cpp (CUDA) from an archive, its rows
+#                                                       # (scripts/llama_src.sh makes a 1.8 MB one)
 #
 # DIR (default /root/models) holds the models; BUILD defaults to build-ci, whose npm-ref/ holds the
 # Qwen3 tokenizer synth embeds. Output goes to stdout: bench/results/cuda.md takes the tables.
@@ -50,14 +51,15 @@ case $step in
     "$bin" bench -m "$m" -ngl 99 -ncmoe 0,24,99 -p 512 -n 128 -r 2
     ;;
   llama)
-    src=${1:?usage: gpu_bench.sh llama SRC.tar.gz [DIR]}
+    src=${1:?usage: gpu_bench.sh llama SRC.tar.gz|SRC.tar.xz [DIR]}  # a source tree, or scripts/llama_src.sh's
     dir=${2:-/root/models}
     ref=/root/ref/llama.cpp
     if [ ! -x "$ref/build/bin/llama-bench" ]; then
       mkdir -p "$ref"
-      tar -xzf "$src" -C "$ref" --strip-components=1
+      tar -xaf "$src" -C "$ref" --strip-components=1
       cmake -S "$ref" -B "$ref/build" -DCMAKE_BUILD_TYPE=Release -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=90 \
-        -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF > /dev/null
+        -DGGML_NATIVE=ON -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
+        -DLLAMA_BUILD_SERVER=OFF > /dev/null
       cmake --build "$ref/build" --target llama-bench -j "$(nproc)" > /dev/null
     fi
     rows "$ref/build/bin/llama-bench" "$dir/$a3b.gguf" 8192,32768 -fa 1
