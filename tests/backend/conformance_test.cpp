@@ -171,8 +171,9 @@ class Conformance : public ::testing::TestWithParam<BackendUnderTest> {
     // body() on this backend, then, for the CUDA backend, on a fresh one made under each value of
     // the environment variable var (a kernel's shape its heuristics would not pick for these sizes).
     // body() makes its own weights and tensors: each run has another backend.
-    void under_each(const char* var, std::initializer_list<const char*> values, const std::function<void()>& body) {
-        body();
+    void under_each(const char* var, std::initializer_list<const char*> values, const std::function<void()>& body,
+                    bool with_default = true) {
+        if (with_default) body();
         if (GetParam().name != "cuda") return;
         for (const char* v : values) {
             SCOPED_TRACE(std::string(var) + "=" + v);
@@ -606,15 +607,18 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
 // Tokens appended one at a time give the bits of the same tokens appended together, and of the
 // same tokens beside a second sequence in one call; at depth 66000 a token's split chunks (more
 // than a GPU's merge holds at once) too. Head size 256 with 8 and 16 query heads a KV head: the
-// Qwen3.5 models' attention (35B-A3B, 122B-A10B), more queries a tile than one prefill block holds.
+// Qwen3.5 models' attention (35B-A3B, 122B-A10B), more queries a tile than one prefill block holds;
+// 128 and 64, the other head sizes a GPU's prefill form is built for.
 TEST_P(Conformance, attention_is_batch_invariant) {
-    // and with other chunk sizes (on a GPU; the chunks cut every query's keys alike)
-    under_each("BIGMOE_CUDA_ATT_CHUNK", {"64", "128"}, [&] {
+    // and with other chunk sizes (on a GPU; the chunks cut every query's keys alike), and with
+    // each prefill form of the tensor-core products
+    const auto body = [&] {
         struct Case {
             int64_t H, Hkv, D, depth;
         };
-        for (const Case cs : {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
-                              Case{16, 2, 256, 700}, Case{32, 2, 256, 700}}) {
+        for (const Case cs :
+             {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
+              Case{16, 2, 256, 700}, Case{32, 2, 256, 700}, Case{16, 4, 128, 700}, Case{8, 2, 64, 300}}) {
             const int64_t H = cs.H, Hkv = cs.Hkv, D = cs.D, T = 37, depth = cs.depth;
             const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
             const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
@@ -655,7 +659,9 @@ TEST_P(Conformance, attention_is_batch_invariant) {
             const std::vector<float> two = out2.get();
             ASSERT_TRUE(std::equal(all.begin(), all.begin() + 11 * H * D, two.begin())) << "depth " << depth;
         }
-    });
+    };
+    under_each("BIGMOE_CUDA_ATT_CHUNK", {"64", "128"}, body);
+    if (!HasFatalFailure()) under_each("BIGMOE_CUDA_ATT_WG", {"0", "1"}, body, false);
 }
 
 // Routed experts: float and quantized stacks, separate and fused gate/up, more experts than
