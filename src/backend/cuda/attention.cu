@@ -449,6 +449,55 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     }
 }
 
+// The block's bq queries as f16 in shared memory (zeros past its last query): a warp per query,
+// a lane per 4 values of d (float4 loads where the rows allow them); at(j, d) is the offset in
+// halves of query j's value d.
+template <int NT, typename At>
+__device__ __forceinline__ void att_queries_f16(const AttentionArgs& a, const AttBlock& k, int bq, int D, __half* dst,
+                                                At at) {
+    const int lane = int(threadIdx.x) % 32;
+    const bool q4 = a.qs % 4 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
+    for (int j = int(threadIdx.x) / 32; j < bq; j += NT / 32) {
+        const bool live = k.q0 + j < k.nq;
+        const float* src = live ? a.q + k.slot_row(j) * a.qs + k.slot_head(j) * D : nullptr;
+        for (int d = 4 * lane; d < D; d += 128) {
+            float4 x = make_float4(0, 0, 0, 0);
+            if (live)
+                x = q4 ? *reinterpret_cast<const float4*>(src + d)
+                       : make_float4(src[d], src[d + 1], src[d + 2], src[d + 3]);
+            const __half2 lo = __floats2half2_rn(x.x, x.y), hi = __floats2half2_rn(x.z, x.w);
+            *reinterpret_cast<uint2*>(dst + at(j, d)) = make_uint2(half2_bits(lo), half2_bits(hi));
+        }
+    }
+}
+
+// A warp's scores of a tile for its rows r0 (position pos0) and r1 (pos1), J key blocks of 8 a
+// thread: each scaled and, unless the whole tile is at or below both positions, masked (keys
+// past a row's position weigh -inf; a row of no query weighs 0, so its values stay finite);
+// mx gets each row's maximum over the thread's lane group (the 4 lanes of tq). score(j, e) is row
+// (e < 2 ? r0 : r1), key key0 + 8 j + (e & 1).
+template <int J, typename Score>
+__device__ __forceinline__ void att_mask_scores(Score score, float scale, bool full, int key0, int pos0, int pos1,
+                                                float (&mx)[2]) {
+    mx[0] = mx[1] = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const int pos = e < 2 ? pos0 : pos1;
+            float& r = score(j, e);
+            float v = __fmul_rn(r, scale);
+            if (!full) v = pos < 0 ? 0.0f : key0 + 8 * j + (e & 1) <= pos ? v : -INFINITY;
+            r = v;
+            mx[e >> 1] = fmaxf(mx[e >> 1], v);
+        }
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
+        mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
+    }
+}
+
 // ---- the prefill tensor-core form: a warp per 16 queries over whole tiles
 
 // attention_mma's arithmetic with two warps owning 16 queries over whole tiles (FlashAttention-2's
@@ -486,21 +535,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     float* xs = xm + 4 * 2 * k_attf_xm * 32;
     uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * k_attf_xs * 32);
     const float scale = float(a.scale);
-    // the queries as f16, a warp per query and a lane per 4 values of d (float4 loads where the
-    // rows allow them)
-    const bool q4 = a.qs % 4 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
-    for (int j = tid / 32; j < BQ; j += NT / 32) {
-        const bool live = k.q0 + j < k.nq;
-        const float* src = live ? a.q + k.slot_row(j) * a.qs + k.slot_head(j) * D : nullptr;
-        for (int d = 4 * lane; d < int(D); d += 128) {
-            float4 x = make_float4(0, 0, 0, 0);
-            if (live)
-                x = q4 ? *reinterpret_cast<const float4*>(src + d)
-                       : make_float4(src[d], src[d + 1], src[d + 2], src[d + 3]);
-            const __half2 lo = __floats2half2_rn(x.x, x.y), hi = __floats2half2_rn(x.z, x.w);
-            *reinterpret_cast<uint2*>(sqh + j * qs + d) = make_uint2(half2_bits(lo), half2_bits(hi));
-        }
-    }
+    att_queries_f16<NT>(a, k, BQ, int(D), sqh, [&](int j, int d) { return j * qs + d; });
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
     __syncthreads();
 
@@ -586,24 +621,11 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
         // combine the two halves (max and + commute, so both warps get the same bits), and each
         // warp takes the other's weights for its values' products.
         const bool full = k0 + k_att_kt - 1 <= wmin;  // the same for the whole warp
-        float mx[2] = {-INFINITY, -INFINITY};
+        float mx[2];
+        att_mask_scores<4>([&](int j, int e) -> float& { return sc[j][e]; }, scale, full, k0 + 32 * dh + 2 * tq, pos0,
+                           pos1, mx);
 #pragma unroll
-        for (int j = 0; j < 4; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int pos = e < 2 ? pos0 : pos1;
-                float v = __fmul_rn(sc[j][e], scale);
-                // a block's unused query rows weigh zero, so their values stay finite
-                if (!full) v = pos < 0 ? 0.0f : k0 + 32 * dh + 8 * j + 2 * tq + (e & 1) <= pos ? v : -INFINITY;
-                sc[j][e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
-#pragma unroll
-        for (int rr = 0; rr < 2; ++rr) {
-            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
-            my_xm[32 * rr] = mx[rr];
-        }
+        for (int rr = 0; rr < 2; ++rr) my_xm[32 * rr] = mx[rr];
         pair_sync();
         float nm[2], corr[2], x[2][4];
         // the weights as f16 pairs: [key block][row g, row g + 8], this warp's keys and the other
@@ -843,19 +865,7 @@ __device__ void attention_wg(const AttentionArgs& a, const AttBlock& k, uint8_t*
     float4* tas = reinterpret_cast<float4*>(sv + 2 * KT * D);  // [NB * 8][NT]: the merged chunks
     int* spos = reinterpret_cast<int*>(tas + NB * 8 * NT);     // [BQ]
     const float scale = float(a.scale);
-    const bool q4 = a.qs % 4 == 0 && reinterpret_cast<uintptr_t>(a.q) % 16 == 0;
-    for (int j = warp; j < BQ; j += NT / 32) {
-        const bool live = k.q0 + j < k.nq;
-        const float* src = live ? a.q + k.slot_row(j) * a.qs + k.slot_head(j) * D : nullptr;
-        for (int d = 4 * lane; d < D; d += 128) {
-            float4 x = make_float4(0, 0, 0, 0);
-            if (live)
-                x = q4 ? *reinterpret_cast<const float4*>(src + d)
-                       : make_float4(src[d], src[d + 1], src[d + 2], src[d + 3]);
-            const __half2 lo = __floats2half2_rn(x.x, x.y), hi = __floats2half2_rn(x.z, x.w);
-            *reinterpret_cast<uint2*>(sq + wg_at<D>(j, d)) = make_uint2(half2_bits(lo), half2_bits(hi));
-        }
-    }
+    att_queries_f16<NT>(a, k, BQ, D, sq, [](int j, int d) { return wg_at<D>(j, d); });
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
 #pragma unroll
     for (int i = 0; i < NB * 8; ++i) tas[i * NT + tid] = make_float4(0, 0, 0, 0);
@@ -920,24 +930,13 @@ __device__ void attention_wg(const AttentionArgs& a, const AttBlock& k, uint8_t*
         wg_hold(s);
         // attention_fa's weights: s[4 j + e] is row (e < 2 ? r0 : r1), key k0 + 8 j + 2 tq + (e & 1)
         const bool full = k0 + KT - 1 <= wmin;  // the same for the whole warp
-        float mx[2] = {-INFINITY, -INFINITY};
-#pragma unroll
-        for (int j = 0; j < 8; ++j)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                const int pos = e < 2 ? pos0 : pos1;
-                float v = __fmul_rn(s[4 * j + e], scale);
-                // a block's unused query rows weigh zero, so their values stay finite
-                if (!full) v = pos < 0 ? 0.0f : k0 + 8 * j + 2 * tq + (e & 1) <= pos ? v : -INFINITY;
-                s[4 * j + e] = v;
-                mx[e >> 1] = fmaxf(mx[e >> 1], v);
-            }
+        float mx[2];
+        att_mask_scores<8>([&](int j, int e) -> float& { return s[4 * j + e]; }, scale, full, k0 + 2 * tq, pos0, pos1,
+                           mx);
         float corr[2];
         uint32_t pw[8][2];  // the weights as f16 pairs: [key block][row r0, row r1]
 #pragma unroll
         for (int rr = 0; rr < 2; ++rr) {
-            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 1));
-            mx[rr] = fmaxf(mx[rr], __shfl_xor_sync(0xffffffffu, mx[rr], 2));
             const float nm = fmaxf(m[rr], mx[rr]);
             const float base = nm == -INFINITY ? 0.0f : nm;
             float x[8];
