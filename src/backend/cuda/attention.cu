@@ -474,8 +474,8 @@ __device__ __forceinline__ void att_queries_f16(const AttentionArgs& a, const At
 // A warp's scores of a tile for its rows r0 (position pos0) and r1 (pos1), J key blocks of 8 a
 // thread: each scaled and, unless the whole tile is at or below both positions, masked (keys
 // past a row's position weigh -inf; a row of no query weighs 0, so its values stay finite);
-// mx gets each row's maximum over the thread's lane group (the 4 lanes of tq). score(j, e) is row
-// (e < 2 ? r0 : r1), key key0 + 8 j + (e & 1).
+// mx gets each row's maximum over the keys of the 4 lanes that hold the row (tq 0-3). score(j, e)
+// is row (e < 2 ? r0 : r1), key key0 + 8 j + (e & 1).
 template <int J, typename Score>
 __device__ __forceinline__ void att_mask_scores(Score score, float scale, bool full, int key0, int pos0, int pos1,
                                                 float (&mx)[2]) {
