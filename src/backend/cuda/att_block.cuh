@@ -118,6 +118,26 @@ __device__ __forceinline__ void att_mask_scores(Score score, float scale, bool f
     }
 }
 
+// The tensor-core forms' last step: each of a thread's two query rows (r0 for the sums' first
+// half, r1 for their second) that the block holds, as its output row and 1 / its mass, given to
+// put(out, inv, rr), which writes the row's values.
+template <typename Put>
+__device__ __forceinline__ void att_rows_out(const AttentionArgs& a, const AttBlock& k, int64_t D, int r0, int r1,
+                                             const float (&tl)[2], Put put) {
+#pragma unroll
+    for (int rr = 0; rr < 2; ++rr) {
+        const int q = rr == 0 ? r0 : r1;
+        if (k.q0 + q >= k.nq) continue;
+        const float inv = __fdiv_rn(1.0f, tl[rr]);
+        put(a.out + k.slot_row(q) * a.os + k.slot_head(q) * D, inv, rr);
+    }
+}
+// Row rr's pair of a float4 of merged sums (rr 0: x, y; 1: z, w), times inv.
+__device__ __forceinline__ float2 att_scaled_half(float4 v, int rr, float inv) {
+    return rr == 0 ? make_float2(__fmul_rn(v.x, inv), __fmul_rn(v.y, inv))
+                   : make_float2(__fmul_rn(v.z, inv), __fmul_rn(v.w, inv));
+}
+
 // The block's queries, cache and tiles; false when it has nothing to do or its span takes the
 // other form of the products (a launch with spans of both forms runs both kernels).
 __device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {

@@ -383,17 +383,12 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
     }
     __pipeline_wait_prior(0);
     if (a.part) return;
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int q = rr == 0 ? r0 : r1;
-        if (k.q0 + q >= k.nq) continue;
-        const float inv = __fdiv_rn(1.0f, tl[rr]);
-        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+    att_rows_out(a, k, D, r0, r1, tl, [&](float* out, float inv, int rr) {
         each_value_pair([&](int i, int h, int d) {
             *reinterpret_cast<float2*>(out + d) =
                 make_float2(__fmul_rn(ta[i][h][2 * rr], inv), __fmul_rn(ta[i][h][2 * rr + 1], inv));
         });
-    }
+    });
 }
 
 // ---- the prefill tensor-core form: a warp per 16 queries over whole tiles
@@ -653,12 +648,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
     }
     __pipeline_wait_prior(0);
     if (a.part) return;
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int q = rr == 0 ? r0 : r1;
-        if (k.q0 + q >= k.nq) continue;
-        const float inv = __fdiv_rn(1.0f, tl[rr]);
-        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+    att_rows_out(a, k, D, r0, r1, tl, [&](float* out, float inv, int rr) {
 #pragma unroll
         for (int i = 0; i < NP; ++i) {
             if (pair(i) >= npairs) break;
@@ -666,11 +656,10 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t*
             for (int h = 0; h < 2; ++h) {
                 const int d = 16 * pair(i) + 8 * h + 2 * tq;
                 const float4 v = ta(i, h);
-                *reinterpret_cast<float2*>(out + d) = rr == 0 ? make_float2(__fmul_rn(v.x, inv), __fmul_rn(v.y, inv))
-                                                              : make_float2(__fmul_rn(v.z, inv), __fmul_rn(v.w, inv));
+                *reinterpret_cast<float2*>(out + d) = att_scaled_half(v, rr, inv);
             }
         }
-    }
+    });
 }
 
 // Decode's tensor-core blocks: up to 8 queries on 8 warps, two blocks an SM.

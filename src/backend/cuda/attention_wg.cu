@@ -237,22 +237,14 @@ __device__ void attention_wg(const AttentionArgs& a, const AttBlock& k, uint8_t*
         buf ^= 1;
     }
     __pipeline_wait_prior(0);
-#pragma unroll
-    for (int rr = 0; rr < 2; ++rr) {
-        const int q = rr == 0 ? r0 : r1;
-        if (k.q0 + q >= k.nq) continue;
-        const float inv = __fdiv_rn(1.0f, tl[rr]);
-        float* out = a.out + k.slot_row(q) * a.os + k.slot_head(q) * D;
+    att_rows_out(a, k, D, r0, r1, tl, [&](float* out, float inv, int rr) {
 #pragma unroll
         for (int nb = 0; nb < NB; ++nb)
 #pragma unroll
-            for (int j = 0; j < 8; ++j) {
-                const float4 v = tas[(nb * 8 + j) * NT + tid];
+            for (int j = 0; j < 8; ++j)
                 *reinterpret_cast<float2*>(out + 64 * nb + 8 * j + 2 * tq) =
-                    rr == 0 ? make_float2(__fmul_rn(v.x, inv), __fmul_rn(v.y, inv))
-                            : make_float2(__fmul_rn(v.z, inv), __fmul_rn(v.w, inv));
-            }
-    }
+                    att_scaled_half(tas[(nb * 8 + j) * NT + tid], rr, inv);
+    });
 }
 
 // Prefill's warpgroup blocks: 64 queries on 4 warps, one block an SM (shared memory). Compiled
