@@ -3,6 +3,7 @@
 // tensor data directly, so CUDA and Vulkan backends can be added without changing the models.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -87,6 +88,12 @@ struct BatchState {
     // The step ends with argmax_rows on its logits: a backend that records steps keeps such
     // steps apart from those whose logits are read back.
     bool argmax = false;
+    // The batch's token ids, as get_rows will be given them (a backend may send them with the
+    // batch's other data); with ids_from_argmax they are placeholders, and the ids are the last
+    // argmax_rows_start's, row for row, still on the backend (Backend::chains_greedy).
+    const int32_t* tokens = nullptr;
+    int64_t n_tokens = 0;
+    bool ids_from_argmax = false;
 };
 
 // Ops whose support depends on a type: the weight type of get_rows, matmul and moe, the cache
@@ -180,6 +187,14 @@ class Backend {
     // x.rows rows, into host memory; it waits for the ops before it. A GPU returns the indices
     // instead of the rows (a 248k vocabulary's row is 1 MB). Here: the rows read back one by one.
     virtual void argmax_rows(Tensor x, int32_t* ids);
+    // Greedy chains (Context::decode_greedy_chain): whether this backend takes a step whose token
+    // ids are the previous step's argmax (BatchState::ids_from_argmax) before the host has read
+    // them, so the host forms step k + 1 while step k runs. argmax_rows_start is argmax_rows
+    // without the wait; argmax_rows_end waits for the oldest started one's n ids (at most two
+    // outstanding). Called only where chains_greedy() says so; the defaults give no ids (-1).
+    virtual bool chains_greedy() const { return false; }
+    virtual void argmax_rows_start(Tensor /*x*/) {}
+    virtual void argmax_rows_end(int32_t* ids, int64_t n) { std::fill(ids, ids + n, -1); }
     // out[t] = dequant(emb row ids[t])
     virtual void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) = 0;
     // RMS norm over groups of w.ne[0] columns (one group = whole row, or one head), times w.

@@ -136,7 +136,9 @@ Result<void> run_rep(const Measure& m, int64_t rep, Record& rec, SpecStats& spec
             spec.drafting_steps += sd.stats().drafting_steps;
         }
     } else {
-        for (int64_t i = 0; i < t.n_gen; ++i) BM_ASSIGN(tok, ctx.decode_greedy(0, {tok}));  // as `run --temp 0`
+        // as `run --temp 0`: a greedy chain of n_gen steps
+        if (t.n_gen > 0)
+            BM_TRY(ctx.decode_greedy_chain(0, tok, {t.n_gen, false}, [](int32_t, int64_t) { return ChainNext::more; }));
     }
     const double ns = std::chrono::duration<double, std::nano>(Clock::now() - t0).count();
     if (rep >= 0) rec.samples_ns.push_back(ns);

@@ -373,8 +373,9 @@ int cmd_run(const std::vector<std::string>& argv) {
     cp.n_ubatch = std::min(*ub, *batch);
     const bool speculative = args->has("--model-draft") || args->has("--draft-ngram");
     // Without drafting nothing is rolled back: no per-token recurrent snapshots (the state is
-    // updated in place: faster decode, and 16 fewer copies of the recurrent state in memory).
-    if (!speculative) cp.rollback_depth = 0;
+    // updated in place: faster decode, and 16 fewer copies of the recurrent state in memory),
+    // except the one a greedy chain undoes at a stop where the backend chains greedy steps.
+    if (!speculative) cp.rollback_depth = (*engine)->model().backend().chains_greedy() ? 1 : 0;
     cp.type_k = *ctk;
     cp.type_v = *ctv;
     auto ctx = (*engine)->new_context(cp);

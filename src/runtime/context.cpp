@@ -117,6 +117,7 @@ Result<std::unique_ptr<Context>> Context::create(Model& model, const ContextPara
 
 Context::~Context() {
     if (logits_buf_) be_.dealloc(logits_buf_);
+    if (logits_kept_) be_.dealloc(logits_kept_);
 }
 
 uint64_t Context::kv_bytes_per_token(const HParams& hp, DType type_k, DType type_v) {
@@ -249,9 +250,113 @@ Result<int32_t> Context::decode_greedy(int seq, const std::vector<int32_t>& toke
     return ids.at(0);
 }
 
+Result<void> Context::decode_greedy_chain(int seq, int32_t tok, const GreedyChain& c,
+                                          const std::function<ChainNext(int32_t, int64_t)>& on_token) {
+    const bool recurrent = model_.hparams().n_recurrent_layers() > 0;
+    if (be_.chains_greedy() && model_.backends().size() == 1 &&
+        (!c.may_drop || !recurrent || params_.rollback_depth >= 1))
+        return greedy_chain_on_backend(seq, tok, c, on_token);
+    int64_t steps = 1;
+    int32_t id = 0;
+    BM_ASSIGN(id, decode_greedy(seq, {tok}));
+    for (;;) {
+        const ChainNext r = on_token(id, n_past(seq));
+        if (r == ChainNext::stop_dropped) return {};
+        if (r == ChainNext::more && c.max_steps >= 0 && steps >= c.max_steps) return {};
+        BM_ASSIGN(id, decode_greedy(seq, {id}));
+        ++steps;
+        if (r == ChainNext::stop_kept) return {};
+    }
+}
+
+// Step k + 1 is formed and started before step k's token is read; each answer then either lets
+// it stand or undoes it. At most two steps' tokens are outstanding (Backend::argmax_rows_end).
+Result<void> Context::greedy_chain_on_backend(int seq, int32_t tok, const GreedyChain& c,
+                                              const std::function<ChainNext(int32_t, int64_t)>& on_token) {
+    const int64_t V = n_vocab();
+    int64_t outstanding = 0;
+    // every started step's token is read before returning, so the next chain starts clean
+    auto drain = [&]() {
+        for (int32_t unused = 0; outstanding > 0; --outstanding) be_.argmax_rows_end(&unused, 1);
+    };
+    auto start = [&](int32_t t, bool from_argmax) -> Result<void> {
+        auto r = start_greedy_step(seq, t, from_argmax);
+        if (r) ++outstanding;
+        return r;
+    };
+    auto next_id = [&]() -> Result<int32_t> {
+        int32_t id = -1;
+        be_.argmax_rows_end(&id, 1);
+        --outstanding;
+        if (id < 0 || id >= V) return make_error("greedy chain: the backend gave no token for a step");
+        return id;
+    };
+    if (c.may_drop && !logits_kept_) {
+        logits_kept_ = be_.alloc(size_t(V) * 4);
+        if (!logits_kept_)
+            return make_error("cannot allocate " + format_bytes(uint64_t(V) * 4) + " for a greedy chain's logits",
+                              ErrorKind::resource_exhausted);
+    }
+    if (auto r = start(tok, false); !r) return r;
+    int64_t steps = 1;
+    for (;;) {
+        // the next step ahead of the token it takes, where the sequence has room for it
+        const bool ahead = (c.max_steps < 0 || steps < c.max_steps) && n_past(seq) < params_.n_ctx;
+        if (ahead) {
+            if (c.may_drop) be_.copy(logits_kept_, logits_buf_, size_t(V) * 4);
+            if (auto r = start(0, true); !r) {
+                drain();
+                return r;
+            }
+            ++steps;
+        }
+        auto id = next_id();
+        if (!id) {
+            drain();
+            return id.error();
+        }
+        const ChainNext r = on_token(*id, n_past(seq) - (ahead ? 1 : 0));
+        if (r == ChainNext::stop_dropped) {
+            drain();
+            if (!ahead) return {};
+            if (!c.may_drop) return make_error("greedy chain: a token dropped where the caller said none would be");
+            BM_TRY(remove_last(seq, 1));
+            be_.copy(logits_buf_, logits_kept_, size_t(V) * 4);
+            held_.assign(1, 0);
+            return {};
+        }
+        if (!ahead) {
+            if (r == ChainNext::more && c.max_steps >= 0 && steps >= c.max_steps) {
+                drain();
+                return {};
+            }
+            if (auto s = start(*id, false); !s) {  // as decode_greedy would (its error, where it has one)
+                drain();
+                return s;
+            }
+            ++steps;
+        }
+        if (r == ChainNext::stop_kept) {
+            drain();
+            return {};
+        }
+    }
+}
+
+Result<void> Context::start_greedy_step(int seq, int32_t tok, bool from_argmax) {
+    const std::vector<BatchToken> batch = seq_batch(seq, {from_argmax ? 0 : tok}, false);
+    BM_TRY(validate(batch));
+    held_.assign(1, -1);
+    held_last_.clear();
+    const std::vector<int32_t> tokens = {batch[0].token};
+    const std::vector<SeqSpan> spans = {{seq, 0, 1, n_past(seq)}};
+    const std::vector<int64_t> rows = {0};
+    return run_ubatch(tokens, spans, rows, rows, nullptr, nullptr, from_argmax ? 2 : 1);
+}
+
 Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
                                  const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
-                                 float* logits_out, int32_t* argmax_out) {
+                                 float* logits_out, int32_t* argmax_out, int chain) {
     const HParams& hp = model_.hparams();
     const int64_t V = hp.n_vocab, n_out = int64_t(out_rows.size());
     ForwardBatch fb;
@@ -260,7 +365,10 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
     fb.out_rows = out_rows;
     BatchState st;
     st.spans = spans;
-    st.argmax = argmax_out && n_out > 0;
+    st.argmax = (argmax_out || chain) && n_out > 0;
+    st.tokens = tokens.data();
+    st.n_tokens = int64_t(tokens.size());
+    st.ids_from_argmax = chain == 2;
     st.kv.resize(size_t(hp.n_layer));
     st.rs.resize(size_t(hp.n_layer));
     for (int64_t il = 0; il < hp.n_layer; ++il)
@@ -283,7 +391,9 @@ Result<void> Context::run_ubatch(const std::vector<int32_t>& tokens, const std::
         held_[size_t(out_dest[size_t(r)])] = r;
         held_last_.push_back(out_dest[size_t(r)]);
     }
-    if (argmax_out && n_out > 0) {
+    if (chain && n_out > 0) {
+        be_.argmax_rows_start(logits);
+    } else if (argmax_out && n_out > 0) {
         std::vector<int32_t> ids(static_cast<size_t>(n_out));
         be_.argmax_rows(logits, ids.data());
         for (int64_t r = 0; r < n_out; ++r) argmax_out[out_dest[size_t(r)]] = ids[size_t(r)];

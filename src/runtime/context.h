@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -21,6 +22,20 @@ struct ContextParams {
     DType type_k = DType::F16;
     DType type_v = DType::F16;
     int rollback_depth = 16;  // how many last positions remove_last can undo on recurrent layers
+};
+
+// What a greedy chain's caller answers for each new token (Context::decode_greedy_chain).
+enum class ChainNext {
+    more,          // process it and go on
+    stop_kept,     // process it, then stop
+    stop_dropped,  // stop without it
+};
+
+struct GreedyChain {
+    int64_t max_steps = -1;  // tokens processed at most, `tok` among them (-1: no limit)
+    // whether on_token may answer stop_dropped: a step formed ahead is then undone, which a
+    // recurrent model can only do with rollback_depth >= 1 (otherwise the steps are not chained)
+    bool may_drop = true;
 };
 
 struct BatchToken {
@@ -69,6 +84,14 @@ class Context {
     Result<void> decode_seq(int seq, const std::vector<int32_t>& tokens, bool all_logits, std::vector<float>* logits);
     // Tokens for one sequence; the greedy token after the last.
     Result<int32_t> decode_greedy(int seq, const std::vector<int32_t>& tokens);
+    // Greedy decoding a token a step: `tok` is processed, then on_token(id, n_past) sees each
+    // step's greedy token in turn, with the sequence's length before it, and answers what to do
+    // with it (ChainNext). The same tokens, state and held logits as decode_greedy in a loop; on a
+    // backend that chains greedy steps (Backend::chains_greedy) the step after a token is formed
+    // and started before the host reads the token, so the GPU does not wait for the host between
+    // steps, and a step formed past a stop_dropped is undone (remove_last, its logits restored).
+    Result<void> decode_greedy_chain(int seq, int32_t tok, const GreedyChain& c,
+                                     const std::function<ChainNext(int32_t id, int64_t n_past)>& on_token);
     // Output row `out` (in batch order) of the last decode's logits, read back now: for a caller
     // that took greedy tokens and then needs one row, while the backend still holds it (an error
     // for an output of an earlier micro-batch than the last, or once another decode ran).
@@ -140,9 +163,16 @@ class Context {
     static std::vector<BatchToken> seq_batch(int seq, const std::vector<int32_t>& tokens, bool all_logits);
     // Runs one micro-batch; the logits of token out_rows[r] go to row out_dest[r] of logits_out
     // and their argmax to argmax_out[out_dest[r]] (each when not null).
+    // chain: 0 as said; 1 the argmax started (Backend::argmax_rows_start), not read; 2 the same,
+    // the tokens being the last started argmax's (BatchState::ids_from_argmax).
     Result<void> run_ubatch(const std::vector<int32_t>& tokens, const std::vector<SeqSpan>& spans,
                             const std::vector<int64_t>& out_rows, const std::vector<int64_t>& out_dest,
-                            float* logits_out, int32_t* argmax_out);
+                            float* logits_out, int32_t* argmax_out, int chain = 0);
+    // One token of a greedy chain for seq, its argmax started (from_argmax: the token is the last
+    // started argmax, `tok` unused).
+    Result<void> start_greedy_step(int seq, int32_t tok, bool from_argmax);
+    Result<void> greedy_chain_on_backend(int seq, int32_t tok, const GreedyChain& c,
+                                         const std::function<ChainNext(int32_t, int64_t)>& on_token);
     // Bytes one sequence's saved state takes at n_past, of the layers on `on` (nullptr: all).
     size_t seq_state_bytes(int64_t n_past, const Backend* on = nullptr) const;
 
@@ -153,6 +183,7 @@ class Context {
     std::vector<std::unique_ptr<LayerState>> layers_;  // [layer]: KvCache or RecurrentState
     void* logits_buf_ = nullptr;
     int64_t logits_rows_ = 0;
+    void* logits_kept_ = nullptr;  // a greedy chain's last kept row of logits (one row)
     // [output of the last decode]: its row in logits_buf_, -1 once another micro-batch's rows
     // took the buffer; held_last_: the outputs of the last micro-batch
     std::vector<int64_t> held_, held_last_;

@@ -207,36 +207,40 @@ bool past_eog(const GenerateParams& p) {
 // Every sampled token is processed (so the context holds it) unless it ends generation as
 // end-of-generation: a chat turn is then closed by the template's own text. Plain greedy decoding
 // (no constraint, no log-probabilities) takes each token after the first from the backend's
-// argmax of the logits where they are (a GPU then reads back an index, not a row of logits); when
-// generation ends, the last processed token's row is read back (the next call samples from it).
+// argmax of the logits where they are, as a greedy chain (a GPU reads back an index, not a row of
+// logits, and runs each step while the host reads the token before it); when generation ends,
+// the last processed token's row is read back (the next call samples from it).
 Result<void> Generator::generate_plain(const GenerateParams& p, TokenSink& out) {
     const bool on_backend = greedy_on_backend(p, sampler_.params());
-    int32_t next = -1;  // >= 0: the backend's greedy token, logits_ being an earlier token's
-    auto done = [&]() -> Result<void> { return next >= 0 ? ctx_.read_logits(0, &logits_) : Result<void>{}; };
+    const int64_t n_ctx = ctx_.params().n_ctx;
     for (;;) {
-        if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) return done();
-        if (ctx_.n_past(seq_) >= ctx_.params().n_ctx) {
+        if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) return {};
+        if (ctx_.n_past(seq_) >= n_ctx) {
             out.end(StopReason::context_full);
-            return done();
+            return {};
         }
-        int32_t id = next;
-        if (next >= 0) {
-            sampler_.accept(id);  // as the sampler's greedy draw does
-        } else {
-            const auto ts0 = Clock::now();
-            id = sample_next(sampler_, p, logits_, masked_);
-            if (prof_) prof_->record(OpClass::sampling, since(ts0));
-        }
+        const auto ts0 = Clock::now();
+        const int32_t id = sample_next(sampler_, p, logits_, masked_);
+        if (prof_) prof_->record(OpClass::sampling, since(ts0));
         const bool ignore_eos = past_eog(p);
-        const bool go_on =
-            next >= 0 ? out.push(id, ignore_eos) : out.push(id, ignore_eos, logits_.data(), int32_t(logits_.size()));
-        if (!go_on && tok_.is_eog(id) && !ignore_eos) return done();
-        if (on_backend) {
-            BM_ASSIGN(next, ctx_.decode_greedy(seq_, {id}));
-        } else {
-            BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
+        const bool go_on = out.push(id, ignore_eos, logits_.data(), int32_t(logits_.size()));
+        if (!go_on && tok_.is_eog(id) && !ignore_eos) return {};
+        if (on_backend && go_on) {
+            // the same rules as this loop's, token by token
+            BM_TRY(ctx_.decode_greedy_chain(seq_, id, {}, [&](int32_t t, int64_t n_past) {
+                if (p.n_predict >= 0 && int64_t(out.n()) >= p.n_predict) return ChainNext::stop_dropped;
+                if (n_past >= n_ctx) {
+                    out.end(StopReason::context_full);
+                    return ChainNext::stop_dropped;
+                }
+                sampler_.accept(t);  // as the sampler's greedy draw does
+                if (out.push(t, ignore_eos)) return ChainNext::more;
+                return tok_.is_eog(t) && !ignore_eos ? ChainNext::stop_dropped : ChainNext::stop_kept;
+            }));
+            return ctx_.read_logits(0, &logits_);
         }
-        if (!go_on) return done();
+        BM_TRY(ctx_.decode_seq(seq_, {id}, false, &logits_));
+        if (!go_on) return {};
     }
 }
 

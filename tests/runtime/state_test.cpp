@@ -263,6 +263,75 @@ TEST_P(State, greedy_tokens_are_the_argmax_of_the_logits) {
     EXPECT_FALSE(b->decode_greedy(0, {}).ok());
 }
 
+// A greedy chain (Context::decode_greedy_chain; on the GPU each step starts before the host has
+// read the token before it) is greedy decoding a step at a time: the same tokens, the sequence
+// length each answer is given, and after each way of stopping (a token dropped, a token kept,
+// the step limit, the context full) the same length, held logits and state as the steps taken
+// one by one, which a second chain then continues.
+TEST_P(State, greedy_chain_is_greedy_decoding_step_by_step) {
+    const auto prompt = some_tokens(7, 31, n_vocab);
+    const int64_t P = int64_t(prompt.size());
+    const int32_t x = some_tokens(1, 33, n_vocab)[0];
+    // the reference: t[i + 1] the argmax of L[i], the logits after t[i]
+    std::vector<int32_t> t = {some_tokens(1, 32, n_vocab)[0]};
+    std::vector<std::vector<float>> L;
+    auto r = context();
+    run(*r, 0, prompt);
+    for (int i = 0; i < 8; ++i) {
+        L.push_back(run(*r, 0, {t.back()}));
+        t.push_back(testing::first_largest(L.back().data(), n_vocab));
+    }
+    // after `processed` of t: the three greedy tokens from x on, and the logits then held
+    auto continued = [&](int64_t processed, std::vector<int32_t>& ids, std::vector<float>& held) {
+        auto c = context();
+        run(*c, 0, prompt);
+        for (int64_t i = 0; i < processed; ++i) run(*c, 0, {t[size_t(i)]});
+        ids = {testing::first_largest(run(*c, 0, {x}).data(), n_vocab)};
+        for (int i = 0; i < 2; ++i) ids.push_back(testing::first_largest(run(*c, 0, {ids.back()}).data(), n_vocab));
+        ASSERT_TRUE(c->read_logits(0, &held).ok());
+    };
+    enum Mode { dropped, kept, limit, full };
+    for (Mode mode : {dropped, kept, limit, full}) {
+        for (int64_t k : {1, 4}) {
+            const std::string what = "mode " + std::to_string(int(mode)) + ", k " + std::to_string(k);
+            auto c = std::move(*engine->new_context(params(mode == full ? P + k : 128)));
+            run(*c, 0, prompt);
+            std::vector<int32_t> got;
+            GreedyChain gc;
+            if (mode == limit) gc = {k, false};
+            auto res = c->decode_greedy_chain(0, t[0], gc, [&](int32_t id, int64_t n_past) {
+                EXPECT_EQ(n_past, P + int64_t(got.size()) + 1) << what;
+                got.push_back(id);
+                if (mode == full) return n_past >= P + k ? ChainNext::stop_dropped : ChainNext::more;
+                if (mode == limit || int64_t(got.size()) < k) return ChainNext::more;
+                return mode == kept ? ChainNext::stop_kept : ChainNext::stop_dropped;
+            });
+            ASSERT_TRUE(res.ok()) << what << ": " << res.error().message;
+            const int64_t processed = mode == kept ? k + 1 : k;
+            EXPECT_EQ(got, std::vector<int32_t>(t.begin() + 1, t.begin() + 1 + k)) << what;
+            EXPECT_EQ(c->n_past(0), P + processed) << what;
+            std::vector<float> held;
+            ASSERT_TRUE(c->read_logits(0, &held).ok()) << what;
+            EXPECT_TRUE(same_bits(held, L[size_t(processed - 1)])) << what;
+            if (mode == full) {
+                EXPECT_FALSE(c->decode_greedy_chain(0, x, {}, [](int32_t, int64_t) { return ChainNext::more; }).ok());
+                continue;
+            }
+            std::vector<int32_t> want, chain;
+            std::vector<float> want_held;
+            continued(processed, want, want_held);
+            res = c->decode_greedy_chain(0, x, {3, false}, [&](int32_t id, int64_t) {
+                chain.push_back(id);
+                return ChainNext::more;
+            });
+            ASSERT_TRUE(res.ok()) << what << ": " << res.error().message;
+            EXPECT_EQ(chain, want) << what;
+            ASSERT_TRUE(c->read_logits(0, &held).ok()) << what;
+            EXPECT_TRUE(same_bits(held, want_held)) << what;
+        }
+    }
+}
+
 TEST_P(State, copy_sequence_continues_identically) {
     auto c = context(2);
     run(*c, 0, some_tokens(15, 12, n_vocab));

@@ -123,6 +123,8 @@ class CudaBackend final : public Backend {
         const char* sbb = std::getenv("BIGMOE_CUDA_SB_BLOCKS");
         if (sbb && std::atoi(sbb) > 0) sb_blocks_ = std::atoi(sbb);
         if (const char* e = std::getenv("BIGMOE_CUDA_SB_LANES")) sb_lanes_ = std::max(0, std::atoi(e));
+        if (const char* e = std::getenv("BIGMOE_CUDA_ITEMS")) items_end_ = std::strcmp(e, "0") != 0;
+        if (const char* e = std::getenv("BIGMOE_CUDA_CHAIN")) chain_ = std::strcmp(e, "0") != 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_GATE_LANES")) {
             const int v = std::atoi(e);
             gate_lanes_ = v == 8 || v == 4 || v == 2 ? v : 0;
@@ -136,7 +138,13 @@ class CudaBackend final : public Backend {
         for (void* p : weights_) cudaFree(p);
         cudaFree(batch_dev_);
         cudaFree(moe_counts_);
-        cudaFreeHost(staging_);
+        cudaFree(argmax_dev_);
+        for (int i = 0; i < 2; ++i) {
+            cudaFreeHost(staging_[i]);
+            if (staging_ev_[i]) cudaEventDestroy(staging_ev_[i]);
+            if (chain_ev_[i]) cudaEventDestroy(chain_ev_[i]);
+        }
+        cudaFreeHost(chain_host_);
         cudaFreeHost(pinned_);
         for (cudaEvent_t e : marks_) cudaEventDestroy(e);
         cudaStreamDestroy(stream_);
@@ -268,11 +276,14 @@ class CudaBackend final : public Backend {
     void clear_marks() override { n_marks_ = 0; }
     ScratchArena& scratch_arena() override { return arena_; }
 
-    // Uploads the batch's positions, spans and per-layer state descriptors in one copy, and room
-    // for the token ids; decides whether the step is recorded, replayed or run as it comes.
+    // Uploads the batch's positions, spans, per-layer state descriptors and token ids in one copy
+    // ahead of the step's ops (so a recording never holds the staging buffer's address: the two
+    // buffers take turns, and a chained step's upload may still be queued behind the step before);
+    // a chained step's ids are copied from the last argmax instead. Then decides whether the step
+    // is recorded, replayed or run as it comes.
     void begin_batch(const BatchState& b) override {
         finish_step();
-        CU(cudaStreamSynchronize(stream_));  // the staging buffer's last copy has run
+        if (!b.ids_from_argmax) CU(cudaStreamSynchronize(stream_));
         n_spans_ = int64_t(b.spans.size());
         int64_t rows = 0;
         for (const SeqSpan& s : b.spans) rows = std::max(rows, s.first + s.n_tokens);
@@ -336,19 +347,45 @@ class CudaBackend final : public Backend {
             }
         }
         const size_t descriptors = blob.size();
-        off_ids_ = put(nullptr, size_t(rows) * sizeof(int32_t));
+        const bool ids_given = b.tokens && b.n_tokens == rows && !b.ids_from_argmax;
+        off_ids_ = put(ids_given ? b.tokens : nullptr, size_t(rows) * sizeof(int32_t));
         ids_cap_ = rows;
-        if (blob.size() > staging_bytes_) {
-            drop_recordings();  // they copy from and to the buffers replaced here
-            cudaFreeHost(staging_);
-            cudaFree(batch_dev_);
-            staging_bytes_ = blob.size() * 2 + (size_t(1) << 16);
-            CU(cudaMallocHost(&staging_, staging_bytes_));
-            CU(cudaMalloc(&batch_dev_, staging_bytes_));
+        batch_tokens_ = b.tokens && b.n_tokens == rows ? b.tokens : nullptr;
+        if (blob.size() > staging_bytes_ || (b.argmax && rows > argmax_cap_)) {
+            CU(cudaStreamSynchronize(stream_));
+            drop_recordings();  // they read the buffers replaced here
+            if (blob.size() > staging_bytes_) {
+                cudaFree(batch_dev_);
+                staging_bytes_ = blob.size() * 2 + (size_t(1) << 16);
+                CU(cudaMalloc(&batch_dev_, staging_bytes_));
+                for (void*& p : staging_) {
+                    cudaFreeHost(p);
+                    CU(cudaMallocHost(&p, staging_bytes_));
+                }
+            }
+            if (b.argmax && rows > argmax_cap_) {
+                cudaFree(argmax_dev_);
+                argmax_cap_ = std::max<int64_t>(rows, k_graph_max_rows);
+                CU(cudaMalloc(&argmax_dev_, size_t(argmax_cap_) * sizeof(int32_t)));
+            }
         }
-        std::memcpy(staging_, blob.data(), descriptors);
+        if (b.argmax && !chain_host_) {  // before any recording starts
+            CU(cudaMallocHost(&chain_host_, 2 * k_chain_rows * sizeof(int32_t)));
+            for (cudaEvent_t& e : chain_ev_) CU(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+        }
+        stage_ ^= 1;
+        if (!staging_ev_[stage_]) CU(cudaEventCreateWithFlags(&staging_ev_[stage_], cudaEventDisableTiming));
+        CU(cudaEventSynchronize(staging_ev_[stage_]));  // this buffer's last copy has run
+        const size_t bytes = ids_given ? blob.size() : descriptors;
+        std::memcpy(staging_[stage_], blob.data(), bytes);
+        CU(cudaMemcpyAsync(batch_dev_, staging_[stage_], bytes, cudaMemcpyHostToDevice, stream_));
+        CU(cudaEventRecord(staging_ev_[stage_], stream_));
+        if (b.ids_from_argmax && batch_tokens_ && rows <= argmax_cap_)
+            CU(cudaMemcpyAsync(static_cast<uint8_t*>(batch_dev_) + off_ids_, argmax_dev_,
+                               size_t(rows) * sizeof(int32_t), cudaMemcpyDeviceToDevice, stream_));
+        else if (!ids_given)
+            batch_tokens_ = nullptr;  // get_rows sends its ids itself
         start_step(fnv1a(&descriptors, sizeof descriptors, shape));
-        enqueue(CopyArgs{batch_dev_, staging_, int64_t(descriptors)});
     }
 
     // Two kernels of the step, then the indices read back: a 35B decode token's 1 MB of logits
@@ -357,26 +394,65 @@ class CudaBackend final : public Backend {
     void argmax_rows(Tensor x, int32_t* ids) override {
         if (x.rows == 0) return;
         if (!argmax_) return Backend::argmax_rows(x, ids);
-        const int64_t blocks = (x.cols + k_argmax_chunk - 1) / k_argmax_chunk;
         const ScratchMark mark = scratch_mark();
-        // the keys and indices in the floats' room (scratch rows start 64-byte aligned)
-        float* room = scratch(1, x.rows * (2 * blocks + 1)).data;
-        uint64_t* keys = reinterpret_cast<uint64_t*>(room);
-        int32_t* dev_ids = reinterpret_cast<int32_t*>(room + 2 * x.rows * blocks);
-        enqueue(ArgmaxArgs{x.data, x.stride, x.rows, x.cols, blocks, keys, dev_ids});
-        download(ids, dev_ids, size_t(x.rows) * sizeof(int32_t));
+        download(ids, enqueue_argmax(x), size_t(x.rows) * sizeof(int32_t));
         scratch_rewind(mark);
+    }
+    // The indices land in argmax_dev_ (where a chained step's ids are copied from) when the
+    // batch made room for them, otherwise in scratch.
+    int32_t* enqueue_argmax(Tensor x) {
+        const int64_t blocks = (x.cols + k_argmax_chunk - 1) / k_argmax_chunk;
+        const bool room_kept = x.rows <= argmax_cap_;
+        // the keys and indices in the floats' room (scratch rows start 64-byte aligned)
+        float* room = scratch(1, x.rows * (2 * blocks + (room_kept ? 0 : 1))).data;
+        uint64_t* keys = reinterpret_cast<uint64_t*>(room);
+        int32_t* dev_ids = room_kept ? argmax_dev_ : reinterpret_cast<int32_t*>(room + 2 * x.rows * blocks);
+        enqueue(ArgmaxArgs{x.data, x.stride, x.rows, x.cols, blocks, keys, dev_ids});
+        return dev_ids;
+    }
+
+    // Greedy chains: the step's graph launches here, and its ids come back into pinned memory
+    // behind an event while the host forms the next step (which copies them on the GPU).
+    bool chains_greedy() const override { return argmax_ && chain_; }
+    void argmax_rows_start(Tensor x) override {
+        const int slot = int(chain_started_++ % 2);
+        chain_rows_[slot] = -1;
+        if (x.rows < 1 || x.rows > argmax_cap_ || x.rows > k_chain_rows || !argmax_ || !chain_host_) {
+            finish_step();
+            return;
+        }
+        const ScratchMark mark = scratch_mark();
+        enqueue_argmax(x);
+        scratch_rewind(mark);
+        finish_step();
+        CU(cudaMemcpyAsync(chain_host_ + slot * k_chain_rows, argmax_dev_, size_t(x.rows) * sizeof(int32_t),
+                           cudaMemcpyDeviceToHost, stream_));
+        CU(cudaEventRecord(chain_ev_[slot], stream_));
+        chain_rows_[slot] = x.rows;
+    }
+    void argmax_rows_end(int32_t* ids, int64_t n) override {
+        const int slot = int(chain_ended_ % 2);
+        if (chain_ended_ == chain_started_ || chain_rows_[slot] < n) {
+            std::fill(ids, ids + n, -1);
+            if (chain_ended_ < chain_started_) ++chain_ended_;
+            return;
+        }
+        ++chain_ended_;
+        CU(cudaEventSynchronize(chain_ev_[slot]));
+        std::memcpy(ids, chain_host_ + slot * k_chain_rows, size_t(n) * sizeof(int32_t));
     }
 
     void get_rows(const Weight& emb, const int32_t* ids, int64_t n, Tensor out) override {
         if (n == 0) return;
         const int32_t* dev_ids = nullptr;
         const size_t bytes = size_t(n) * sizeof(int32_t);
-        if (n <= ids_cap_) {  // the ids ride in the room begin_batch left after the descriptors
-            std::memcpy(static_cast<uint8_t*>(staging_) + off_ids_, ids, bytes);
+        if (ids == batch_tokens_ && n == ids_cap_) {  // begin_batch sent them (or a chained step's)
             dev_ids = dev<int32_t>(off_ids_);
-            enqueue(CopyArgs{static_cast<uint8_t*>(batch_dev_) + off_ids_, static_cast<uint8_t*>(staging_) + off_ids_,
-                             int64_t(bytes)});
+        } else if (n <= ids_cap_) {  // the ids ride in the room begin_batch left after the descriptors
+            uint8_t* st = static_cast<uint8_t*>(staging_[stage_]);
+            std::memcpy(st + off_ids_, ids, bytes);
+            dev_ids = dev<int32_t>(off_ids_);
+            enqueue(CopyArgs{static_cast<uint8_t*>(batch_dev_) + off_ids_, st + off_ids_, int64_t(bytes)});
         } else {
             Tensor tmp = scratch(1, n);
             upload(tmp.data, ids, bytes);
@@ -994,8 +1070,8 @@ class CudaBackend final : public Backend {
                     a.smem += a.slot_arb[slot] * x.rows;
                 }
             }
-            a.p[i] = {int64_t(w.type),  wbytes(w), int64_t(w.row_bytes), w.n_out(), ps[i].out.data,
-                      ps[i].out.stride, slot};
+            a.p[i] = {
+                int64_t(w.type), wbytes(w), int64_t(w.row_bytes), w.n_out(), ps[i].out.data, ps[i].out.stride, slot, 0};
             rows += w.n_out();
         }
         // One token: the K-quant products a lane per super-block (k_matvec_sb), 32 / sb_lanes rows
@@ -1012,7 +1088,8 @@ class CudaBackend final : public Backend {
             if (a.sb) {
                 a.sb_lanes = sb_lanes(a, x.cols / 256);
                 items = 0;
-                for (size_t i = 0; i < n; ++i) items += sb_items(a.p[i], a.sb_lanes);
+                for (size_t i = 0; i < n; ++i) a.p[i].items_end = items += sb_items(a.p[i], a.sb_lanes);
+                a.items_end = items_end_ ? 1 : 0;
                 a.swz_off = a.smem;
                 a.smem += x.cols;
             }
@@ -1058,10 +1135,24 @@ class CudaBackend final : public Backend {
     cudaStream_t stream_ = nullptr;
     ScratchArena arena_;
     std::vector<void*> weights_;
-    // the batch's descriptors: pinned host staging and its device copy
-    void* staging_ = nullptr;
+    // the batch's descriptors: pinned host staging (two, taking turns; the event after each
+    // one's last copy) and their device copy
+    void* staging_[2] = {nullptr, nullptr};
+    cudaEvent_t staging_ev_[2] = {nullptr, nullptr};
+    int stage_ = 0;
     void* batch_dev_ = nullptr;
     size_t staging_bytes_ = 0;
+    const int32_t* batch_tokens_ = nullptr;  // the batch's ids, sent by begin_batch (or chained)
+    // the last argmax's indices on the GPU (room for argmax_cap_ rows), and greedy chains' ids
+    // read back: two slots of k_chain_rows in pinned memory taking turns, each behind an event
+    int32_t* argmax_dev_ = nullptr;
+    int64_t argmax_cap_ = 0;
+    static constexpr int64_t k_chain_rows = 16;
+    int32_t* chain_host_ = nullptr;
+    cudaEvent_t chain_ev_[2] = {nullptr, nullptr};
+    int64_t chain_rows_[2] = {-1, -1};
+    int64_t chain_started_ = 0, chain_ended_ = 0;
+    bool chain_ = true;          // BIGMOE_CUDA_CHAIN=0: greedy steps wait for the host (for measuring)
     int* moe_counts_ = nullptr;  // MoeGateUpArgs::cnt, zero between launches
     size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0, off_ids_ = 0;
     std::vector<size_t> off_kv_, off_rs_;
@@ -1077,6 +1168,7 @@ class CudaBackend final : public Backend {
     // (BIGMOE_CUDA_SB=2: the dense products only, the experts' kernels a warp a row)
     int64_t att_chunk_ = k_att_chunk;
     bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, argmax_ = true, sb_ = true, sb_moe_ = true;
+    bool items_end_ = true;  // k_matvec_sb finds an item's product by MatvecProduct::items_end
     // blocks an SM for k_matvec_sb launches (BIGMOE_CUDA_SB_BLOCKS): 2 are resident at its 128
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)

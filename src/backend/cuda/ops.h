@@ -62,6 +62,9 @@ struct MatvecProduct {
     int64_t row_bytes, n_out;
     float* out;
     int64_t os, slot;
+    // k_matvec_sb: the work items of this product and those before it, so a warp finds its
+    // item's product by comparing, not by dividing row counts (a software routine on the GPU)
+    int64_t items_end;
 };
 // The weight types the lane-per-super-block kernels take (k_matvec_sb, the experts' _sb forms).
 __host__ __device__ inline bool sb_type(int64_t t) {
@@ -78,6 +81,9 @@ __host__ __device__ inline int64_t sb_items(const MatvecProduct& p, int64_t lane
 struct MatvecArgs {
     const float* x;
     int64_t xs, n_in, T, n_products, n_slots, smem, blocks, sb, sb_slot, swz_off, sb_lanes;
+    // k_matvec_sb: 1 finds an item's product by items_end, 0 by dividing (BIGMOE_CUDA_ITEMS=0,
+    // for measuring; the same bits)
+    int64_t items_end;
     int64_t slot_type[k_matvec_products], slot_off[k_matvec_products], slot_arb[k_matvec_products];
     MatvecProduct p[k_matvec_products];
 };

@@ -167,11 +167,22 @@ __global__ void __launch_bounds__(256, 2) k_matvec_sb(MatvecArgs a) {
     __syncthreads();
     const int L = int(a.sb_lanes), R = 32 / L;
     int64_t total = 0;
-    for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i], L);
+    if (a.items_end) {
+        total = a.p[a.n_products - 1].items_end;
+    } else {
+        for (int64_t i = 0; i < a.n_products; ++i) total += sb_items(a.p[i], L);
+    }
     const int64_t nsb = a.n_in / 256;
+    int64_t i = 0;  // a warp's items rise, so their product's index only moves on
     for (int64_t item = int64_t(blockIdx.x) * nw + warp; item < total; item += int64_t(gridDim.x) * nw) {
-        int64_t i = 0, ii = item;
-        while (ii >= sb_items(a.p[i], L)) ii -= sb_items(a.p[i++], L);
+        int64_t ii = item;
+        if (a.items_end) {
+            while (item >= a.p[i].items_end) ++i;
+            if (i > 0) ii -= a.p[i - 1].items_end;
+        } else {
+            i = 0;
+            while (ii >= sb_items(a.p[i], L)) ii -= sb_items(a.p[i++], L);
+        }
         const MatvecProduct& p = a.p[i];
         if (sb_type(p.type) && L == 8) {  // fold8's shuffles unrolled
             const int s = lane % 8;
