@@ -139,7 +139,8 @@ class SchemaGrammar {
 object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* ws )? "}"
 array ::= "[" ws ( value ( ws "," ws value )* ws )? "]"
 string ::= "\"" char* "\""
-char ::= [^"\\\x00-\x1F] | "\\" ( ["\\/bfnrt] | "u" ( [0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2} ) )
+char ::= [^"\\\x00-\x1F] | esc
+esc ::= "\\" ( ["\\/bfnrt] | "u" ( [0-9a-cA-Ce-fE-F] [0-9a-fA-F]{3} | [dD] [0-7] [0-9a-fA-F]{2} ) )
 number ::= integer ( "." [0-9]+ )? ( [eE] [-+]? [0-9]+ )?
 integer ::= "-"? ( "0" | [1-9] [0-9]* )
 boolean ::= "true" | "false"
@@ -278,11 +279,66 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
         return literal("\"" + n.keys[k] + "\"") + " ws \":\" ws " + rule(n.key_nodes[k]);
     }
 
+    // The key of an additional member: a string that is none of the listed keys as written, so
+    // that no member repeats a listed one (SchemaRecognizer's rule). Rule name-k<j> derives the
+    // rest of the key from node j of the listed keys' trie (code points) on: the closing quote
+    // where no key ends, a character no key has next (or an escape), then any characters, or
+    // the next character of a key and that node's rule (an escape in the text is taken as
+    // differing). Listed keys with escapes, or more than k_key_trie_nodes nodes, leave every
+    // string (an additional member may then repeat one).
+    std::string other_key(const Node& n, const std::string& name) {
+        struct TrieNode {
+            bool end = false;
+            std::vector<std::pair<uint32_t, size_t>> next;  // (code point, node)
+        };
+        std::vector<TrieNode> trie(1);
+        for (const std::string& key : n.keys) {
+            if (key.find('\\') != std::string::npos) return "string";
+            size_t at = 0;
+            for (size_t i = 0; i < key.size();) {
+                const uint8_t c = uint8_t(key[i]);
+                const int len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
+                uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
+                for (int k = 1; k < len && i + size_t(k) < key.size(); ++k)
+                    cp = (cp << 6) | (uint8_t(key[i + k]) & 0x3F);
+                i += size_t(len);
+                auto& nx = trie[at].next;
+                auto it = std::find_if(nx.begin(), nx.end(), [&](const auto& e) { return e.first == cp; });
+                if (it != nx.end()) {
+                    at = it->second;
+                } else {
+                    nx.emplace_back(cp, trie.size());
+                    at = trie.size();
+                    trie.emplace_back();
+                    if (trie.size() > k_key_trie_nodes) return "string";
+                }
+            }
+            trie[at].end = true;
+        }
+        auto point = [](uint32_t cp) {
+            static const char* hex = "0123456789ABCDEF";
+            std::string e = "\\U";
+            for (int k = 7; k >= 0; --k) e += hex[(cp >> (4 * k)) & 15];
+            return e;
+        };
+        for (size_t j = 0; j < trie.size(); ++j) {
+            std::string others = "[^\"\\\\\\x00-\\x1F";
+            for (const auto& [cp, child] : trie[j].next) others += point(cp);
+            std::string body = trie[j].end ? "" : "\"\\\"\" | ";
+            body += "( " + others + "] | esc ) char* \"\\\"\"";
+            for (const auto& [cp, child] : trie[j].next)
+                body += " | \"" + point(cp) + "\" " + name + "-k" + std::to_string(child);
+            out_ += name + "-k" + std::to_string(j) + " ::= " + body + "\n";
+        }
+        return "\"\\\"\" " + name + "-k0";
+    }
+    static constexpr size_t k_key_trie_nodes = 512;
+
     // The required members in their order, then each optional one or not, then (unless
     // additionalProperties is false) members of other keys.
     std::string object(const Node& n, const std::string& name) {
         const bool closed = n.additional == JsonSchema::k_none;
-        const std::string extra = closed ? "" : "string ws \":\" ws " + rule(n.additional);
+        const std::string extra = closed ? "" : other_key(n, name) + " ws \":\" ws " + rule(n.additional);
         const std::string more = closed ? "" : "( ws \",\" ws " + extra + " )*";
         std::vector<size_t> req, opt;
         for (uint8_t k : n.order) ((n.required >> k) & 1 ? req : opt).push_back(k);

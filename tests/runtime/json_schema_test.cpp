@@ -524,6 +524,19 @@ TEST(JsonSchema, members_that_begin_alike_are_read_by_a_grammar) {
              "{\"name\":  \"get_time\",\"arguments\":{}}",                     // two spaces
          })
         EXPECT_GE(read_text(**tools, t), 0) << t;
+    // an additional member never takes a listed key (as SchemaRecognizer refuses it), so it can
+    // neither repeat a listed member nor give one a value of another type
+    auto open = JsonSchema::compile(Json::parse(R"({"anyOf": [
+        {"type": "object", "properties": {"a": {"type": "string"}, "ab": {"type": "integer"},
+         "\u00e9": {"type": "integer"}}, "additionalProperties": {"type": "integer"}},
+        {"type": "object", "properties": {"z": {"type": "integer"}}}]})"));
+    ASSERT_TRUE(open.ok()) << open.error().message;
+    ASSERT_TRUE((*open)->grammar());
+    for (const char* t : {R"({"a":"x","ab":1,"é":2,"b":3})", R"({"abc":1,"":2,"éé":3,"b":4})", R"({"ab":1})",
+                          R"({"é":1})", R"({"z":1})", R"({"b":1})"})
+        EXPECT_EQ(read_text(**open, t), -1) << t;
+    for (const char* t : {R"({"a":"x","a":"y"})", R"({"ab":1,"b":2,"ab":3})", R"({"b":2,"é":1})", R"({"a":1})"})
+        EXPECT_GE(read_text(**open, t), 0) << t;
     // counts a grammar leaves out: refused by name when strict, listed when lenient
     const Json big = Json::parse(R"({"anyOf": [
         {"type": "object", "properties": {"k": {"const": 1}, "v": {"type": "string", "maxLength": 1000}}},
