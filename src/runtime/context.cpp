@@ -311,8 +311,9 @@ Result<void> Context::greedy_chain_on_backend(int seq, int32_t tok, const Greedy
             ++steps;
         }
         auto id = next_id();
-        if (!id) {
+        if (!id) {  // the step ahead took no known token: undone where it can be
             drain();
+            if (ahead && rollback_available(seq) >= 1) (void)remove_last(seq, 1);
             return id.error();
         }
         const ChainNext r = on_token(*id, n_past(seq) - (ahead ? 1 : 0));
