@@ -531,7 +531,10 @@ TEST_P(Conformance, attention_matches_float64) {
 TEST_P(Conformance, attention_every_cache_type_pair) {
     const DType types[] = {DType::F32,  DType::F16,  DType::BF16, DType::Q8_0,  DType::Q4_0,
                            DType::Q4_1, DType::Q5_0, DType::Q5_1, DType::IQ4_NL};
-    // relative RMS distance from the f32 cache's result that each type's rounding may add
+    // relative RMS distance from the f32 cache's result that each type's rounding may add; a
+    // decode row's distance has a long tail (a peaked head whose top keys nearly tie can swap
+    // them), so each bound sits ~1.4x above the worst of 1000 seeds (Zen 5, cpu_avx2) and the
+    // seed 2536382437 (cpu_avx512: K Q4_1 at 1.02x the bounds before)
     auto cost = [](DType t) {
         switch (t) {
             case DType::F32:
@@ -544,9 +547,9 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
                 return 2e-2;
             case DType::Q5_0:
             case DType::Q5_1:
-                return 8e-2;
+                return 0.11;
             default:
-                return 0.16;
+                return 0.22;
         }
     };
     struct Shape {
