@@ -442,6 +442,53 @@ TEST(Kernels, packed_rows_round_trip_and_match_float64_bitwise_across_tiles) {
     }
 }
 
+// Tiles over two packed groups at once (512-bit tables): every (row, token) bit-identical to the
+// 8-row tile of its group, for 1-4 tokens, with the groups adjacent or further apart.
+TEST(Kernels, packed_tile16_matches_packed_tile_bitwise) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    bool ran = false;
+    for (const cpu::Kernels* k : cpu::available_kernels())
+        for (DType t : {DType::Q4_K, DType::Q6_K}) {
+            if (!k->packed_tile16[int(t)][0]) continue;
+            ran = true;
+            for (int64_t n : {256, 768, 2816}) {
+                const size_t rb = row_bytes(t, n);
+                for (size_t gap : {size_t(0), 3 * rb}) {
+                    const size_t group_bytes = 8 * rb + gap;
+                    std::vector<uint8_t> wq(16 * rb), packed(group_bytes + 8 * rb);
+                    for (int64_t r = 0; r < 16; ++r) {
+                        auto w =
+                            testing::random_floats(rng, size_t(n), -1.0f - 0.2f * float(r), 1.0f + 0.1f * float(r));
+                        quantize_row(t, w.data(), wq.data() + size_t(r) * rb, n);
+                    }
+                    cpu::pack_rows(t, wq.data(), rb, n, packed.data());
+                    cpu::pack_rows(t, wq.data() + 8 * rb, rb, n, packed.data() + group_bytes);
+                    const DType at = activation_type(t);
+                    std::vector<std::vector<uint8_t>> xq(4, std::vector<uint8_t>(row_bytes(at, n)));
+                    const void* rows[4];
+                    for (int j = 0; j < 4; ++j) {
+                        auto x = testing::random_floats(rng, size_t(n), -3, 3);
+                        quantize_row(at, x.data(), xq[size_t(j)].data(), n);
+                        rows[j] = xq[size_t(j)].data();
+                    }
+                    for (int nt = 1; nt <= 4; ++nt) {
+                        float got[4 * 16], want[4 * 8];
+                        k->packed_tile16[int(t)][nt - 1](packed.data(), group_bytes, rows, n, got);
+                        for (int g = 0; g < 2; ++g) {
+                            k->packed_tile[int(t)][nt - 1](packed.data() + size_t(g) * group_bytes, rows, n, want);
+                            for (int j = 0; j < nt; ++j)
+                                ASSERT_EQ(std::memcmp(want + 8 * j, got + 16 * j + 8 * g, sizeof(float) * 8), 0)
+                                    << k->isa << " " << traits(t).name << " n=" << n << " gap " << gap << " tile " << nt
+                                    << " token " << j << " group " << g << " seed=" << seed;
+                        }
+                    }
+                }
+            }
+        }
+    if (!ran) GTEST_SKIP() << "no table with two-group tiles on this machine";
+}
+
 // The many-token packed products (decoded groups; AMX where the machine has it): 1, 3 and 9 packed groups (a lone
 // group at the end of a 16-row block; more blocks than a call takes at once) against token counts
 // around the 16-token tile, every token and row bit-identical to the 1-token packed tile (itself

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 
 #if defined(__linux__)
 #include <sys/mman.h>
@@ -193,19 +194,32 @@ void CpuBackend::rows_product(DType wt, bool packed, const uint8_t* w, size_t w_
         // are not stored. Tokens go in blocks of k_token_block: every tile of up to 4 tokens of a
         // block passes over each group of the range before the next block, so a block's
         // activations and the range's weights stay in L1 (the weights are read from memory once).
+        // Two groups a tile where the table has such tiles and the tokens are enough (the second
+        // group must still meet the range). BIGMOE_CPU_PAIRS=0 keeps 8-row tiles (for A/B runs).
+        static const bool pairs_off = [] {
+            const char* e = std::getenv("BIGMOE_CPU_PAIRS");
+            return e && std::string(e) == "0";
+        }();
+        const bool pairs = !pairs_off && k_->packed_tile16[int(wt)][0] != nullptr && n_tok >= k_pair_min_tokens;
         for (int64_t t0 = 0; t0 < n_tok; t0 += k_token_block)
-            for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end; g += k_pack_rows) {
-                const int64_t lo = std::max(g, r_begin), hi = std::min(g + k_pack_rows, r_end);
+            for (int64_t g = r_begin - r_begin % k_pack_rows; g < r_end;) {
+                const int64_t span = pairs && g + k_pack_rows < r_end ? 2 * k_pack_rows : k_pack_rows;
+                const int64_t lo = std::max(g, r_begin), hi = std::min(g + span, r_end);
                 for (int64_t t = t0; t < std::min(n_tok, t0 + k_token_block); t += 4) {
                     const int nt = int(std::min<int64_t>(4, n_tok - t));
                     const void* rows[4];
                     for (int j = 0; j < nt; ++j) rows[j] = qx + size_t(t + j) * qx_row_bytes;
-                    float res[4 * k_pack_rows];
-                    k_->packed_tile[int(wt)][nt - 1](w + size_t(g) * w_row_bytes, rows, n_in, res);
+                    float res[4 * 2 * k_pack_rows];
+                    const uint8_t* wg = w + size_t(g) * w_row_bytes;
+                    if (span == k_pack_rows)
+                        k_->packed_tile[int(wt)][nt - 1](wg, rows, n_in, res);
+                    else
+                        k_->packed_tile16[int(wt)][nt - 1](wg, size_t(k_pack_rows) * w_row_bytes, rows, n_in, res);
                     for (int j = 0; j < nt; ++j)
-                        std::copy(res + j * k_pack_rows + (lo - g), res + j * k_pack_rows + (hi - g),
+                        std::copy(res + j * span + (lo - g), res + j * span + (hi - g),
                                   out + (t + j) * out_stride + (lo - r_begin));
                 }
+                g += span;
             }
         return;
     }

@@ -77,6 +77,12 @@ class CpuBackend : public Backend {
     static constexpr int64_t k_stream_max_tokens = 16;
     // Tokens a packed product takes through a row range at a time (their activations stay in L1).
     static constexpr int64_t k_token_block = 16;
+    // From this many tokens on (verification batches, 5-16 sequences side by side), packed
+    // products take two groups a tile where the table has such tiles (AVX-512): half the
+    // instructions, a 5-8-token product 1.4-1.5x faster; with 1-4 tokens, where bandwidth
+    // bounds a product, the 8-row tile's single stream measured as fast or faster (bench-1b, 4
+    // sequences, 2-core Zen 5: 289-300 t/s against 279-287).
+    static constexpr int64_t k_pair_min_tokens = 5;
     // From this many tokens on, packed rows go to the many-token kernel (packed_gemm) where the
     // table has one (AMX: with 8 tokens it measured 0.6x the packed tiles, with 16 1.06-1.4x).
     static constexpr int64_t k_packed_gemm_min_tokens = 16;

@@ -22,6 +22,10 @@ using GemmRowFn = void (*)(const void* w_row, const uint8_t* act, size_t act_str
 // 8 packed weight rows (backend/cpu/repack.h) against NT (1..4) activation rows: out[t * 8 + r].
 // A token's results are the same whatever NT is.
 using PackedTileFn = void (*)(const void* group, const void* const* act_rows, int64_t n, float* out);
+// Two adjacent packed groups (the second group_bytes after the first) against NT (1..4)
+// activation rows: out[t * 16 + r]; each (row, token) bit-identical to packed_tile.
+using PackedTile16Fn = void (*)(const void* group, size_t group_bytes, const void* const* act_rows, int64_t n,
+                                float* out);
 // n_groups packed groups of 8 rows (group_bytes apart) against n_tok activation rows (act_stride
 // bytes apart): row r's result for token t at out[t * out_stride + r]. Per token bit-identical to
 // packed_tile; for products of many tokens (prefill).
@@ -67,12 +71,13 @@ inline float silu_poly(float x) {
 
 struct Kernels {
     const char* isa = "generic";
-    VecDotFn vec_dot[32] = {};             // indexed by weight DType id
-    VecDotTileFn tile[32][4] = {};         // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
-    GemmRowFn gemm_row[32] = {};           // optional many-token row products
-    PackedTileFn packed_tile[32][4] = {};  // optional: products on packed rows (weights get packed)
-    PackedGemmFn packed_gemm[32] = {};     // optional: packed rows with many tokens
-    QuantizeFn quantize[32] = {};          // indexed by activation DType id
+    VecDotFn vec_dot[32] = {};                 // indexed by weight DType id
+    VecDotTileFn tile[32][4] = {};             // optional: tile[t][j] handles j + 1 tokens (nullptr: vec_dot)
+    GemmRowFn gemm_row[32] = {};               // optional many-token row products
+    PackedTileFn packed_tile[32][4] = {};      // optional: products on packed rows (weights get packed)
+    PackedTile16Fn packed_tile16[32][4] = {};  // optional: two groups at once (512-bit vectors)
+    PackedGemmFn packed_gemm[32] = {};         // optional: packed rows with many tokens
+    QuantizeFn quantize[32] = {};              // indexed by activation DType id
     GdnStepsFn gdn_steps = nullptr;
     KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
     KvAccumFn kv_accum_f32 = nullptr, kv_accum_f16 = nullptr;
