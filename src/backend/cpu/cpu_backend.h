@@ -77,7 +77,7 @@ class CpuBackend : public Backend {
     static constexpr int64_t k_stream_max_tokens = 16;
     // Tokens a packed product takes through a row range at a time (their activations stay in L1).
     static constexpr int64_t k_token_block = 16;
-    // From this many tokens on (verification batches, 5-16 sequences side by side), packed
+    // From this many tokens on (verification batches, 5-15 sequences side by side), packed
     // products take two groups a tile where the table has such tiles (AVX-512): half the
     // instructions, a 5-8-token product 1.4-1.5x faster; with 1-4 tokens, where bandwidth
     // bounds a product, the 8-row tile's single stream measured as fast or faster (bench-1b, 4
