@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "tokenizer/unicode.h"
+
 namespace bigmoe {
 
 namespace {
@@ -295,13 +297,7 @@ ws ::= ( " " | "\n" [ \t]{0,20} )?
         for (const std::string& key : n.keys) {
             if (key.find('\\') != std::string::npos) return "string";
             size_t at = 0;
-            for (size_t i = 0; i < key.size();) {
-                const uint8_t c = uint8_t(key[i]);
-                const int len = c < 0x80 ? 1 : c >= 0xF0 ? 4 : c >= 0xE0 ? 3 : 2;
-                uint32_t cp = len == 1 ? c : len == 2 ? (c & 0x1F) : len == 3 ? (c & 0x0F) : (c & 0x07);
-                for (int k = 1; k < len && i + size_t(k) < key.size(); ++k)
-                    cp = (cp << 6) | (uint8_t(key[i + k]) & 0x3F);
-                i += size_t(len);
+            for (const uint32_t cp : unicode::decode_utf8(key)) {
                 auto& nx = trie[at].next;
                 auto it = std::find_if(nx.begin(), nx.end(), [&](const auto& e) { return e.first == cp; });
                 if (it != nx.end()) {
