@@ -3,7 +3,9 @@
 // summed per token in top-k order (so the sum does not depend on the grouping).
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <numeric>
+#include <string>
 #include <vector>
 
 #include "backend/cpu/cpu_backend.h"
@@ -74,6 +76,15 @@ int64_t rows_per_task(int64_t rows, size_t row_bytes, int64_t n_slots, int64_t n
     return packed ? (per + unit - 1) / unit * unit : per;
 }
 
+// BIGMOE_CPU_MOE_UNFUSED=1 keeps the two passes apart at decode sizes too (for A/B runs).
+bool moe_unfused() {
+    static const bool off = [] {
+        const char* e = std::getenv("BIGMOE_CPU_MOE_UNFUSED");
+        return e && std::string(e) == "1";
+    }();
+    return off;
+}
+
 }  // namespace
 
 void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor out) {
@@ -130,6 +141,24 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
                                          pg || pu, takes_gemm(wg.type, pg, per_expert));
     const int64_t blocks_f = (F + rows_f - 1) / rows_f;
     Tensor h = scratch(S, F);
+    const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd,
+                                         takes_gemm(m.down->type, pd, per_expert));
+    const int64_t blocks_n = (N + rows_n - 1) / rows_n;
+    const DType hq_type = activation_type(m.down->type);
+    const size_t hrb = row_bytes(hq_type, F);
+    std::vector<uint8_t> hq(size_t(S) * hrb);
+    Tensor y = scratch(S, N);
+    // Pass 2's task for expert e and output rows [r0, r1): y = h W_down.
+    auto down = [&](int64_t e, int64_t r0, int64_t r1) {
+        const int64_t j0 = first[size_t(e)], n = first[size_t(e + 1)] - j0;
+        const uint8_t* w2 = product_bytes(*m.down) + size_t(e) * m.down->expert_bytes;
+        rows_product(m.down->type, pd, w2, m.down->row_bytes, r0, r1, hq.data() + size_t(j0) * hrb, hrb, n, F,
+                     y.row(j0) + r0, y.stride);
+    };
+    // With one task per expert in both passes (decode, verification), a task goes on from its
+    // expert's h to quantizing it and the down product: two fork-joins a layer fewer, and h
+    // still in cache. The same calls on the same rows as the two passes, so the same bits.
+    const bool fused = blocks_f == 1 && blocks_n == 1 && !moe_unfused();
     pool_->parallel_tasks(int64_t(active.size()) * blocks_f, [&](int64_t task, int) {
         const int64_t e = active[size_t(task / blocks_f)];
         const int64_t r0 = (task % blocks_f) * rows_f, r1 = std::min(F, r0 + rows_f), nr = r1 - r0;
@@ -147,23 +176,20 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
         rows_product(wu->type, pu, w3, wu->row_bytes, up_off + r0, up_off + r1, gx_up + size_t(j0) * urb, urb, n, N, ub,
                      nr);
         for (int64_t j = 0; j < n; ++j) k_->silu_mul(gb + j * nr, ub + j * nr, h.row(j0 + j) + r0, nr);
+        if (fused) {
+            for (int64_t j = j0; j < j0 + n; ++j) k_->quantize[int(hq_type)](h.row(j), hq.data() + size_t(j) * hrb, F);
+            down(e, 0, N);
+        }
     });
 
     // Pass 2: y = h W_down, again one task per (expert, block of output rows).
-    std::vector<uint8_t> hq;
-    const size_t hrb = quantize_rows(m.down->type, h, hq);
-    const int64_t rows_n = rows_per_task(N, m.down->row_bytes, S, int64_t(active.size()), pool_->size(), pd,
-                                         takes_gemm(m.down->type, pd, per_expert));
-    const int64_t blocks_n = (N + rows_n - 1) / rows_n;
-    Tensor y = scratch(S, N);
-    pool_->parallel_tasks(int64_t(active.size()) * blocks_n, [&](int64_t task, int) {
-        const int64_t e = active[size_t(task / blocks_n)];
-        const int64_t r0 = (task % blocks_n) * rows_n, r1 = std::min(N, r0 + rows_n);
-        const int64_t j0 = first[size_t(e)], n = first[size_t(e + 1)] - j0;
-        const uint8_t* w2 = product_bytes(*m.down) + size_t(e) * m.down->expert_bytes;
-        rows_product(m.down->type, pd, w2, m.down->row_bytes, r0, r1, hq.data() + size_t(j0) * hrb, hrb, n, F,
-                     y.row(j0) + r0, y.stride);
-    });
+    if (!fused) {
+        quantize_rows(m.down->type, h, hq);  // rows of hrb bytes
+        pool_->parallel_tasks(int64_t(active.size()) * blocks_n, [&](int64_t task, int) {
+            const int64_t r0 = (task % blocks_n) * rows_n;
+            down(active[size_t(task / blocks_n)], r0, std::min(N, r0 + rows_n));
+        });
+    }
 
     // Scatter back: each token sums its experts' outputs in top-k order.
     pool_->parallel_for(T, [&](int64_t b, int64_t e, int) {
