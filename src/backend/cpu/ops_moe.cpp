@@ -146,7 +146,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     const int64_t blocks_n = (N + rows_n - 1) / rows_n;
     const DType hq_type = activation_type(m.down->type);
     const size_t hrb = row_bytes(hq_type, F);
-    std::vector<uint8_t> hq(size_t(S) * hrb);
+    std::vector<uint8_t> hq;  // h quantized: sized by the tasks' pass (fused) or by quantize_rows
     Tensor y = scratch(S, N);
     // Pass 2's task for expert e and output rows [r0, r1): y = h W_down.
     auto down = [&](int64_t e, int64_t r0, int64_t r1) {
@@ -159,6 +159,7 @@ void CpuBackend::moe(Tensor x, Tensor router_logits, const MoeWeights& m, Tensor
     // expert's h to quantizing it and the down product: two fork-joins a layer fewer, and h
     // still in cache. The same calls on the same rows as the two passes, so the same bits.
     const bool fused = blocks_f == 1 && blocks_n == 1 && !moe_unfused();
+    if (fused) hq.resize(size_t(S) * hrb);
     pool_->parallel_tasks(int64_t(active.size()) * blocks_f, [&](int64_t task, int) {
         const int64_t e = active[size_t(task / blocks_f)];
         const int64_t r0 = (task % blocks_f) * rows_f, r1 = std::min(F, r0 + rows_f), nr = r1 - r0;
