@@ -51,9 +51,9 @@ __global__ void k_kv_store(AttentionArgs a) {
 //
 // A block holds 32 queries (the tensor-core form's prefill blocks: 64): (row, query head) pairs of
 // up to k_att_rows rows of one span and one KV head, in passes when the group is larger. The cache's bytes of the next
-// tile are copied into shared memory (cp.async; prefill's tensor-core form on sm_90: bulk copies, shared by two blocks)
-// while the current one is computed. Two forms of the products, chosen by
-// the span's cache types alone (so a query takes the same one in any batch):
+// tile are copied into shared memory (cp.async; with BIGMOE_CUDA_ATT_COPY, prefill's tensor-core form on sm_90 takes
+// tensor-map copies, alone or shared by two blocks) while the current one is computed. Two forms of the products,
+// chosen by the span's cache types alone (so a query takes the same one in any batch):
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
 //   the weights go in rounded to f16, as FlashAttention and llama.cpp take them (a weight's
