@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <type_traits>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/att_block.cuh"
 #include "backend/cuda/att_merge.cuh"
 #include "backend/cuda/kv_rows.cuh"
@@ -396,132 +397,6 @@ __device__ void attention_mma(const AttentionArgs& a, const AttBlock& k, uint8_t
 
 // ---- the prefill tensor-core form: a warp per 16 queries over whole tiles
 
-// sm_90's tensor memory accelerator (a copy of 64 keys x 64 values of d a tensor-map box; a
-// transaction barrier in shared memory counts the bytes in) and clusters: two blocks of one
-// KV head's queries walk the same tiles, each copying half of a tile's boxes into both blocks'
-// shared memory, so a tile crosses from L2 once for the pair. The code for older GPUs (the PTX
-// for any GPU from Turing on) has neither and stages with cp.async.
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-#define BIGMOE_ATT_BULK 1
-#else
-#define BIGMOE_ATT_BULK 0
-#endif
-
-#if BIGMOE_ATT_BULK
-__device__ __forceinline__ uint32_t smem_u32(const void* p) {
-    return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-#endif
-__device__ __forceinline__ void mbar_init(uint64_t* b, uint32_t count) {
-#if BIGMOE_ATT_BULK
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(b)), "r"(count) : "memory");
-#else
-    (void)b, (void)count;
-#endif
-}
-// Barrier inits visible to the cluster and to the copies' completions.
-__device__ __forceinline__ void mbar_init_fence() {
-#if BIGMOE_ATT_BULK
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// This thread's arrival, announcing `bytes` more to come in the barrier's phase.
-__device__ __forceinline__ void mbar_expect(uint64_t* b, uint32_t bytes) {
-#if BIGMOE_ATT_BULK
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(b)), "r"(bytes) : "memory");
-#else
-    (void)b, (void)bytes;
-#endif
-}
-// An arrival on the barrier at b's offset in the cluster's block `rank` (this one or the other).
-__device__ __forceinline__ void mbar_arrive_in(uint64_t* b, uint32_t rank) {
-#if BIGMOE_ATT_BULK
-    asm volatile(
-        "{\n\t.reg .b32 r;\n\tmapa.shared::cluster.u32 r, %0, %1;\n\t"
-        "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [r];\n\t}" ::"r"(smem_u32(b)),
-        "r"(rank)
-        : "memory");
-#else
-    (void)b, (void)rank;
-#endif
-}
-// Waits for the barrier's phase of parity `parity` to complete; CLUSTER: arrivals from the other
-// block of the cluster order what it did before them.
-template <bool CLUSTER>
-__device__ __forceinline__ void mbar_wait(uint64_t* b, uint32_t parity) {
-#if BIGMOE_ATT_BULK
-    uint32_t done = 0;
-    while (!done) {
-        if (CLUSTER)
-            asm volatile(
-                "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [%1], %2;\n\t"
-                "selp.u32 %0, 1, 0, p;\n\t}"
-                : "=r"(done)
-                : "r"(smem_u32(b)), "r"(parity)
-                : "memory");
-        else
-            asm volatile(
-                "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n\t"
-                "selp.u32 %0, 1, 0, p;\n\t}"
-                : "=r"(done)
-                : "r"(smem_u32(b)), "r"(parity)
-                : "memory");
-    }
-#else
-    (void)b, (void)parity;
-#endif
-}
-// One box of a tensor map (64 keys x 64 values of d of one KV head, from key `key`, values from
-// `d0`) into this block's shared memory at dst (1024-byte aligned, 128-byte swizzled rows), or with
-// BOTH into the same offset of both blocks of the cluster; each destination's barrier at bar's
-// offset counts its 8 KB.
-template <bool BOTH>
-__device__ __forceinline__ void tma_box(void* dst, const CUtensorMap* map, int d0, int head, int key, uint64_t* bar) {
-#if BIGMOE_ATT_BULK
-    const uint64_t m = reinterpret_cast<uint64_t>(map);
-    if (BOTH)
-        asm volatile(
-            "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], "
-            "[%1, {%2, %3, %4}], [%5], %6;" ::"r"(smem_u32(dst)),
-            "l"(m), "r"(d0), "r"(head), "r"(key), "r"(smem_u32(bar)), "h"(uint16_t(3))
-            : "memory");
-    else
-        asm volatile(
-            "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, "
-            "%4}], "
-            "[%5];" ::"r"(smem_u32(dst)),
-            "l"(m), "r"(d0), "r"(head), "r"(key), "r"(smem_u32(bar))
-            : "memory");
-#else
-    (void)dst, (void)map, (void)d0, (void)head, (void)key, (void)bar;
-#endif
-}
-// Every thread of both blocks of the cluster: what each did before is seen by the other after.
-__device__ __forceinline__ void cluster_sync() {
-#if BIGMOE_ATT_BULK
-    asm volatile("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ uint32_t cluster_blocks() {
-#if BIGMOE_ATT_BULK
-    uint32_t n;
-    asm volatile("mov.u32 %0, %%cluster_nctarank;" : "=r"(n));
-    return n;
-#else
-    return 1;
-#endif
-}
-__device__ __forceinline__ uint32_t cluster_rank() {
-#if BIGMOE_ATT_BULK
-    uint32_t r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-    return r;
-#else
-    return 0;
-#endif
-}
-
 // attention_mma's arithmetic with two warps owning 16 queries over whole tiles (FlashAttention-2's
 // layout): the scores stay in the mma accumulators, the softmax runs in registers, and the
 // weights as f16 pairs are the values' A fragments as they stand. The pair splits the work: each
@@ -908,13 +783,14 @@ __global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(const __grid
     AttBlock k;
     const bool mine = att_setup(a, true, k_attm_q, a.passes_mma, k);
     int duo = 0;
-    if (COPY == 2 && cluster_blocks() == 2) {
+    const ClusterPlace place = cluster_place();
+    if (COPY == 2 && place.blocks == 2) {
         AttBlock o;
         const bool theirs = att_setup_at(a, true, k_attm_q, a.passes_mma, att_block_x(a, blockIdx.x ^ 1u), o);
         if (mine && theirs && !a.part && o.kmem == k.kmem && o.vmem == k.vmem) {
             k.last = max(k.last, o.last);
             k.n_chunks = k.last / k.ch + 1;
-            duo = 1 + int(cluster_rank());
+            duo = 1 + int(place.rank);
         }
     }
     if (mine) attention_fa<COPY>(a, k, duo, reinterpret_cast<uint8_t*>(smem4));
@@ -1196,16 +1072,7 @@ void configure_attention() {
         }
         g_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
     }
-    if (g_att_copy > 0) {
-        int* flag = nullptr;
-        int present = 0;
-        CU(cudaMalloc(&flag, sizeof(int)));
-        k_attention_bulk_present<<<1, 1>>>(flag);
-        CU_LAUNCHED();
-        CU(cudaMemcpy(&present, flag, sizeof(int), cudaMemcpyDeviceToHost));
-        CU(cudaFree(flag));
-        if (!present) g_att_copy = 0;
-    }
+    if (g_att_copy > 0 && !gpu_code_has(k_attention_bulk_present)) g_att_copy = 0;
     if (g_att_copy == 2) {
         // pairs of blocks must fit two SMs at once (they do on an H100: one block an SM)
         cudaLaunchConfig_t cfg{};
@@ -1226,6 +1093,17 @@ void configure_attention() {
         }
     }
     configure_attention_wg();
+}
+
+bool gpu_code_has(void (*probe)(int*)) {
+    int* flag = nullptr;
+    int present = 0;
+    CU(cudaMalloc(&flag, sizeof(int)));
+    probe<<<1, 1>>>(flag);
+    CU_LAUNCHED();
+    CU(cudaMemcpy(&present, flag, sizeof(int), cudaMemcpyDeviceToHost));
+    CU(cudaFree(flag));
+    return present != 0;
 }
 
 void att_fill_maps(AttentionArgs& a, const KvDev* kv, int64_t n_spans) {

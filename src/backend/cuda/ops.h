@@ -364,6 +364,9 @@ __host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v
 size_t attention_smem(int64_t D, int type_k, int type_v);
 // Keys a chunk unless BIGMOE_CUDA_ATT_CHUNK says otherwise (a multiple of 64).
 constexpr int64_t k_att_chunk = 256;
+// What a one-thread probe kernel writes to its int (1: the GPU's code has a form the build puts
+// behind an architecture test, such as wgmma or the tensor memory accelerator).
+bool gpu_code_has(void (*probe)(int*));
 // The prefill form on warpgroup products (attention_wg.cu): configure_attention_wg reads
 // BIGMOE_CUDA_ATT_WG and asks the GPU's code whether it has the form; run_attention_wg launches it
 // for a batch it takes (prefill, head sizes 64, 128 and 256) and says whether it did.
