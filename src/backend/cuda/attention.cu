@@ -1059,11 +1059,9 @@ void configure_attention() {
     CU(cudaFuncSetAttribute(k_attention_fa<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
     CU(cudaFuncSetAttribute(k_attention_fa<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
     CU(cudaFuncSetAttribute(k_attention_fa<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
-    configure_attention_wg();
     const char* e = std::getenv("BIGMOE_CUDA_ATT_COPY");
     g_att_copy = e ? std::clamp(std::atoi(e), 0, 2) : k_att_copy_default;
-    g_encode = nullptr;
-    if (g_att_copy > 0 || attention_wg_takes_maps()) {
+    if (g_att_copy > 0) {
         void* fn = nullptr;
         cudaDriverEntryPointQueryResult q{};
         if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
@@ -1071,9 +1069,8 @@ void configure_attention() {
             q != cudaDriverEntryPointSuccess || !fn) {
             (void)cudaGetLastError();
             g_att_copy = 0;
-        } else {
-            g_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
         }
+        g_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
     }
     if (g_att_copy > 0 && !gpu_code_has(k_attention_bulk_present)) g_att_copy = 0;
     if (g_att_copy == 2) {
@@ -1095,6 +1092,7 @@ void configure_attention() {
             g_att_copy = 1;
         }
     }
+    configure_attention_wg();
 }
 
 bool gpu_code_has(void (*probe)(int*)) {
@@ -1110,8 +1108,7 @@ bool gpu_code_has(void (*probe)(int*)) {
 
 void att_fill_maps(AttentionArgs& a, const KvDev* kv, int64_t n_spans) {
     a.maps.n = 0;
-    if ((g_att_copy == 0 && !attention_wg_takes_maps()) || !g_encode || n_spans < 1 || n_spans > k_att_map_spans ||
-        a.D % 64 != 0 || a.D > k_att_max_d)
+    if (g_att_copy == 0 || !g_encode || n_spans < 1 || n_spans > k_att_map_spans || a.D % 64 != 0 || a.D > k_att_max_d)
         return;
     for (int64_t i = 0; i < n_spans; ++i)
         if (kv[i].type_k != 1 || kv[i].type_v != 1) return;

@@ -370,9 +370,7 @@ bool gpu_code_has(void (*probe)(int*));
 // The prefill form on warpgroup products (attention_wg.cu): configure_attention_wg reads
 // BIGMOE_CUDA_ATT_WG and asks the GPU's code whether it has the form; run_attention_wg launches it
 // for a batch it takes (prefill, head sizes 64, 128 and 256) and says whether it did.
-// attention_wg_takes_maps says whether the chosen form copies tiles by tensor maps (att_fill_maps).
 void configure_attention_wg();
-bool attention_wg_takes_maps();
 bool run_attention_wg(cudaStream_t s, const AttentionArgs& a, dim3 grid);
 struct ConvArgs {
     const float* x;
