@@ -611,9 +611,7 @@ TEST_P(Conformance, attention_every_cache_type_pair) {
 // same tokens beside a second sequence in one call; at depth 66000 a token's split chunks (more
 // than a GPU's merge holds at once) too. Head size 256 with 8 and 16 query heads a KV head: the
 // Qwen3.5 models' attention (35B-A3B, 122B-A10B), more queries a tile than one prefill block holds;
-// 128 and 64, the other head sizes a GPU's prefill form is built for. At depths 248 and 252 the
-// prefill blocks that share tiles on a GPU (two blocks of the same tile) end in different tiles
-// and chunks, so one of them reads a tile and a chunk past all of its queries.
+// 128 and 64, the other head sizes a GPU's prefill form is built for.
 TEST_P(Conformance, attention_is_batch_invariant) {
     // and with other chunk sizes (on a GPU; the chunks cut every query's keys alike), and with
     // each prefill form of the tensor-core products
@@ -621,9 +619,9 @@ TEST_P(Conformance, attention_is_batch_invariant) {
         struct Case {
             int64_t H, Hkv, D, depth;
         };
-        for (const Case cs : {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
-                              Case{16, 2, 256, 700}, Case{32, 2, 256, 700}, Case{16, 4, 128, 700}, Case{8, 2, 64, 300},
-                              Case{16, 2, 256, 248}, Case{32, 2, 256, 252}}) {
+        for (const Case cs :
+             {Case{8, 2, 32, 5}, Case{8, 2, 32, 1200}, Case{8, 2, 32, 66000}, Case{16, 2, 256, 3},
+              Case{16, 2, 256, 700}, Case{32, 2, 256, 700}, Case{16, 4, 128, 700}, Case{8, 2, 64, 300}}) {
             const int64_t H = cs.H, Hkv = cs.Hkv, D = cs.D, T = 37, depth = cs.depth;
             const AttentionParams ap{H, Hkv, D, 1.0f / std::sqrt(float(D))};
             const auto q = randoms(rng_, T * H * D, -2, 2), k = randoms(rng_, T * Hkv * D, -2, 2),
@@ -667,7 +665,6 @@ TEST_P(Conformance, attention_is_batch_invariant) {
     };
     under_each("BIGMOE_CUDA_ATT_CHUNK", {"64", "128"}, body);
     if (!HasFatalFailure()) under_each("BIGMOE_CUDA_ATT_WG", {"0", "1"}, body, false);
-    if (!HasFatalFailure()) under_each("BIGMOE_CUDA_ATT_COPY", {"1", "2"}, body, false);
 }
 
 // Routed experts: float and quantized stacks, separate and fused gate/up, more experts than

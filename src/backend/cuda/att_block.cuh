@@ -138,14 +138,15 @@ __device__ __forceinline__ float2 att_scaled_half(float4 v, int rr, float inv) {
                    : make_float2(__fmul_rn(v.z, inv), __fmul_rn(v.w, inv));
 }
 
-// The queries, cache and tiles of the block at x index bx in this block's row of the grid;
-// false when it has nothing to do or its span takes the other form of the products (a launch
-// with spans of both forms runs both kernels).
-__device__ bool att_setup_at(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, int64_t bx, AttBlock& k) {
+// The block's queries, cache and tiles; false when it has nothing to do or its span takes the
+// other form of the products (a launch with spans of both forms runs both kernels).
+__device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {
     k.D = a.D;
     k.g = blockIdx.y;
     k.group = a.n_head / a.n_head_kv;
     const int64_t D = a.D, width = a.n_head_kv * D;
+    // prefill: the tiles of late rows (the most keys) first
+    const int64_t bx = a.part ? blockIdx.x : gridDim.x - 1 - blockIdx.x;
     k.tile = a.tiles[bx / passes];
     k.nq = k.tile.n_rows * k.group;
     k.q0 = int(bx % passes) * int(bq);
@@ -168,14 +169,6 @@ __device__ bool att_setup_at(const AttentionArgs& a, bool mma, int64_t bq, int64
     k.c_first = a.part ? blockIdx.z : 0;
     k.c_step = a.part ? gridDim.z : 1;
     return true;
-}
-// Prefill's x index of a grid block: the tiles of late rows (the most keys) first.
-__device__ __forceinline__ int64_t att_block_x(const AttentionArgs& a, unsigned x) {
-    return a.part ? int64_t(x) : int64_t(gridDim.x) - 1 - int64_t(x);
-}
-// This block's queries, cache and tiles (att_setup_at).
-__device__ bool att_setup(const AttentionArgs& a, bool mma, int64_t bq, int64_t passes, AttBlock& k) {
-    return att_setup_at(a, mma, bq, passes, att_block_x(a, blockIdx.x), k);
 }
 
 }  // namespace

@@ -2,14 +2,11 @@
 // (kv_rows.cuh) and the attention kernels (tensor-core forms for f16 caches, a float form for
 // every type); the merge of split chunks is attention_merge.cu's. A query's result has the same
 // bits in any batch.
-#include <cudaTypedefs.h>
 #include <cuda_pipeline.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <type_traits>
 
-#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/att_block.cuh"
 #include "backend/cuda/att_merge.cuh"
 #include "backend/cuda/kv_rows.cuh"
@@ -46,15 +43,14 @@ __global__ void k_kv_store(AttentionArgs a) {
 // a.chunk keys (a multiple of 64, the backend's for every op), a chunk into tiles of 64. Per tile: each key's score (a
 // dot product over d, times the scale), the tile's maximum, and an online-softmax update of the chunk's (maximum, mass,
 // weighted values): the weights summed by a butterfly over the tile's keys, the values added in key order. The chunks
-// are merged in order (att_merge). Keys past a query's position weigh exactly zero, and a chunk of none of a query's
-// keys leaves its total as it is, so a query's bits do not depend on the rows beside it (nor on how far past it a block
-// reads), nor on whether its chunks ran in one block or many.
+// are merged in order (att_merge). Keys past a query's position weigh exactly zero and keys past the block's last query
+// are never read, so a query's bits do not depend on the rows beside it, nor on whether its chunks ran in one block or
+// many.
 //
 // A block holds 32 queries (the tensor-core form's prefill blocks: 64): (row, query head) pairs of
 // up to k_att_rows rows of one span and one KV head, in passes when the group is larger. The cache's bytes of the next
-// tile are copied into shared memory (cp.async; with BIGMOE_CUDA_ATT_COPY, prefill's tensor-core form on sm_90 takes
-// tensor-map copies, alone or shared by two blocks) while the current one is computed. Two forms of the products,
-// chosen by the span's cache types alone (so a query takes the same one in any batch):
+// tile are copied into shared memory (cp.async) while the current one is computed. Two forms of the products, chosen by
+// the span's cache types alone (so a query takes the same one in any batch):
 // - f16 K and V (att_uses_mma): the tensor cores read the staged tiles as they are. Scores are
 //   f16 x f16 products (the queries rounded to f16 as the cache rounds them) added in float;
 //   the weights go in rounded to f16, as FlashAttention and llama.cpp take them (a weight's
@@ -416,28 +412,14 @@ constexpr int k_attf_pairs = int(k_att_max_d / 16);  // pairs of 8-column blocks
 // (4 key blocks x 2 rows), its weights as f16 pairs (4 key blocks x 2 rows)
 constexpr int k_attf_xm = 2, k_attf_xs = 8, k_attf_xp = 8;
 
-// COPY 0 stages tiles with cp.async; 1 with the tensor memory accelerator (sm_90, a.maps: a tile
-// as D / 64 panels of 64 keys x 128 bytes, the 16-byte pieces of a key's row in a panel swizzled by
-// the key's low 3 bits, so the fragment loads of 8 keys meet no bank conflict); 2 also shares the
-// tiles in a cluster of two blocks (duo: 1 + the block's rank, 0 alone): each block copies half of
-// a tile's panels into both, and before a buffer is refilled both blocks have read it (the `free`
-// barriers, an arrival from each block). The duo walks the tiles up to the later of its two last keys
-// (k.last): a row's keys past its position weigh exactly zero, and a chunk of none of its keys
-// leaves its total as it is (att_merge_scalars), so its bits do not change.
-template <int COPY>
-__device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo, uint8_t* smem) {
+__device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, uint8_t* smem) {
     constexpr int DS = k_attf_ds, NT = k_attf_threads, BQ = k_attm_q, NP = k_attf_pairs / DS;
-    constexpr bool bulk = COPY > 0 && BIGMOE_ATT_BULK;
     const int64_t D = k.D;
     const int tid = threadIdx.x, warp = tid % 128 / 32, dh = tid / 128, lane = tid % 32, g = lane / 4, tq = lane % 4;
     const int qs = int(D) + 8;
     uint8_t* rawk = smem;
     uint8_t* rawv = rawk + k_att_kt * k.stk;
     __half* sqh = reinterpret_cast<__half*>(rawv + k_att_kt * k.stv);
-    if (bulk) {  // dense panels (2 x 64 x 2D bytes) in the padded rows' space, 1024-byte aligned
-        rawk = smem + ((1024 - (static_cast<uint32_t>(__cvta_generic_to_shared(smem)) & 1023)) & 1023);
-        rawv = rawk + k_att_kt * 2 * D;
-    }
     int* spos = reinterpret_cast<int*>(sqh + BQ * qs);
     float4* tas = reinterpret_cast<float4*>(spos + BQ);  // [NP][2][NT]: the merged chunks
     // what the two warps of 16 queries exchange a tile, [pair][half][...][lane]: row maxima,
@@ -445,23 +427,10 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
     float* xm = reinterpret_cast<float*>(tas + NP * 2 * NT);
     float* xs = xm + 4 * 2 * k_attf_xm * 32;
     uint32_t* xp = reinterpret_cast<uint32_t*>(xs + 4 * 2 * k_attf_xs * 32);
-    // bulk copies' barriers: K and V tiles landed (full), both blocks read them (free)
-    uint64_t* bars = reinterpret_cast<uint64_t*>(xp + 4 * 2 * k_attf_xp * 32);
-    uint64_t *full_k = bars, *full_v = bars + 1, *free_k = bars + 2, *free_v = bars + 3;
-    if (bulk && tid == 0) {
-        mbar_init(full_k, 1);
-        mbar_init(full_v, 1);
-        mbar_init(free_k, 2);
-        mbar_init(free_v, 2);
-        mbar_init_fence();
-    }
     const float scale = float(a.scale);
     att_queries_f16<NT>(a, k, BQ, int(D), sqh, [&](int j, int d) { return j * qs + d; });
     if (tid < BQ) spos[tid] = k.q0 + tid < k.nq ? int(a.pos[k.slot_row(tid)]) : -1;
-    if (duo)
-        cluster_sync();  // both blocks' barriers exist before either copies into the other
-    else
-        __syncthreads();
+    __syncthreads();
 
     const int npairs = int(D / 16);
     auto pair = [&](int i) { return DS * i + dh; };  // this thread's i-th pair
@@ -487,10 +456,6 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
 
     const __half* qa = sqh + (warp * 16 + (lane & 15)) * qs + (lane >> 4) * 8;
     const uint8_t* ka = rawk + (32 * dh + (lane >> 4) * 8 + (lane & 7)) * k.stk + 16 * ((lane >> 3) & 1);
-    // swizzled panels: key row r's 16-byte piece c of a panel lies at r * 128 + 16 (c ^ (r & 7))
-    const int r7 = lane & 7, kb = (lane >> 3) & 1, vx = (lane >> 4) + 2 * dh;
-    const uint8_t* kas = rawk + (32 * dh + (lane >> 4) * 8 + r7) * 128;
-    const uint8_t* vas = rawv + (r7 + 8 * kb) * 128;
     // the pair of warps warp and warp + 4: a barrier of its own, buffers [warp][dh][word][lane]
     auto pair_sync = [&]() { asm volatile("bar.sync %0, 64;" ::"r"(1 + warp) : "memory"); };
     float* const my_xm = xm + (warp * 2 + dh) * k_attf_xm * 32 + lane;
@@ -501,61 +466,14 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
     const int other = (warp * 2 + (dh ^ 1)) - (warp * 2 + dh);
     const uint8_t* va = rawv + ((lane & 7) + ((lane >> 3) & 1) * 8) * k.stv + 16 * (lane >> 4);
     const F16Stager<NT> stage(int(D), k.last);
-    // bulk: the full barriers' phases, and the free barriers' (the same for K and V)
-    uint32_t ph_k = 0, ph_v = 0, ph_free = 0;
-    // A tile of K or V into raw, starting at key k0 (nothing past the last tile). refill: the
-    // buffer holds the tile before, which this block has read (a barrier); in a duo the other
-    // block must have read it too.
-    const int panels = int(D) / 64;
-    const CUtensorMap* kmap = &a.maps.k[k.tile.span];
-    const CUtensorMap* vmap = &a.maps.v[k.tile.span];
-    auto tma_stage = [&](uint8_t* raw, const CUtensorMap* map, uint64_t* full, uint64_t* free_, int k0, bool refill) {
-        if (k0 < 0 || tid >= 32) return;
-        if (duo && refill) {
-            if (lane == 0) {
-                mbar_arrive_in(free_, 0);
-                mbar_arrive_in(free_, 1);
-            }
-            mbar_wait<true>(free_, ph_free);
-        }
-        if (lane == 0) {
-            mbar_expect(full, uint32_t(panels * k_att_kt * 128));
-            for (int pn = duo ? duo - 1 : 0; pn < panels; pn += duo ? 2 : 1) {
-                if (duo)
-                    tma_box<true>(raw + pn * k_att_kt * 128, map, 64 * pn, k.g, k0, full);
-                else
-                    tma_box<false>(raw + pn * k_att_kt * 128, map, 64 * pn, k.g, k0, full);
-            }
-        }
-    };
-    // Rows past the last key as zeros (a box copies the cache's rows beyond it, which may hold
-    // anything; the products read whole steps of 16 keys)
-    auto zero_past = [&](uint8_t* raw, int n_keys) {
-        for (int i = tid; i < (k_att_kt - n_keys) * panels * 8; i += NT) {
-            const int r = n_keys + i / (panels * 8), pn = i / 8 % panels;
-            *reinterpret_cast<uint4*>(raw + pn * k_att_kt * 128 + r * 128 + 16 * (i % 8)) = make_uint4(0, 0, 0, 0);
-        }
-    };
     int k0 = k.first_tile();
-    if (bulk) {
-        tma_stage(rawk, kmap, full_k, free_k, k0, false);
-        tma_stage(rawv, vmap, full_v, free_v, k0, false);
-    } else {
-        stage(rawk, k.kmem, k.rk, k.stk, k0);
-        stage(rawv, k.vmem, k.rv, k.stv, k0);
-    }
+    stage(rawk, k.kmem, k.rk, k.stk, k0);
+    stage(rawv, k.vmem, k.rv, k.stv, k0);
     while (k0 >= 0) {
         const int k1 = k.next_tile(k0), c = k0 / k.ch;
         const bool chunk_end = k1 < 0 || k1 / k.ch != c;
         const int n_k = min(k_att_kt, k.last + 1 - k0);
-        // this tile's K
-        if (bulk) {
-            mbar_wait<false>(full_k, ph_k);
-            ph_k ^= 1;
-            if (n_k < k_att_kt) zero_past(rawk, n_k);
-        } else {
-            __pipeline_wait_prior(1);
-        }
+        __pipeline_wait_prior(1);  // this tile's K
         __syncthreads();
         // this warp's half of the tile's keys: key blocks 4 dh .. 4 dh + 3
         float sc[4][4];
@@ -569,10 +487,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
             auto load = [&](int ds, int b) {
                 ldsm_x4<false>(af[b], qa + 16 * ds);
 #pragma unroll
-                for (int j = 0; j < 2; ++j)
-                    ldsm_x4<false>(bf[b][j], bulk ? kas + (ds >> 2) * (k_att_kt * 128) + 16 * j * 128 +
-                                                        16 * ((2 * (ds & 3) + kb) ^ r7)
-                                                  : ka + 16 * j * k.stk + 32 * ds);
+                for (int j = 0; j < 2; ++j) ldsm_x4<false>(bf[b][j], ka + 16 * j * k.stk + 32 * ds);
             };
             auto step = [&](int b) {
 #pragma unroll
@@ -592,10 +507,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
             }
         }
         __syncthreads();  // K read
-        if (bulk)
-            tma_stage(rawk, kmap, full_k, free_k, k1, true);
-        else
-            stage(rawk, k.kmem, k.rk, k.stk, k1);
+        stage(rawk, k.kmem, k.rk, k.stk, k1);
         // The scores become the tile's weights in place, without branches: a row that sees none
         // of the tile's keys (maximum -inf) gets weights exp(-inf) = 0, rescale 1 and mass
         // l * 1 + 0 = l, as attention_mma leaves it. The row's maximum and the key pairs' sums
@@ -653,14 +565,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
             l[rr] = __fadd_rn(__fmul_rn(l[rr], corr[rr]), sum);
             m[rr] = nm[rr];
         }
-        // this tile's V
-        if (bulk) {
-            mbar_wait<false>(full_v, ph_v);
-            ph_v ^= 1;
-            if (n_k < k_att_kt) zero_past(rawv, n_k);
-        } else {
-            __pipeline_wait_prior(1);
-        }
+        __pipeline_wait_prior(1);  // this tile's V
         __syncthreads();
         if (w_any) {
 #pragma unroll
@@ -684,9 +589,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
                     for (int i = 0; i < NP; ++i) {
                         if (!WHOLE && pair(i) >= npairs) break;
                         uint32_t bf[4];
-                        ldsm_x4<true>(bf, bulk ? vas + (i >> 1) * (k_att_kt * 128) + 16 * ks * 128 +
-                                                     16 * ((vx + 4 * (i & 1)) ^ r7)
-                                               : va + 16 * ks * k.stv + 32 * pair(i));
+                        ldsm_x4<true>(bf, va + 16 * ks * k.stv + 32 * pair(i));
                         mma_f16_16x8x16(o[i][0], w, bf[0], bf[1]);
                         mma_f16_16x8x16(o[i][1], w, bf[2], bf[3]);
                     }
@@ -698,12 +601,7 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
                 values(std::false_type{});
         }
         __syncthreads();  // V read
-        if (bulk) {
-            tma_stage(rawv, vmap, full_v, free_v, k1, true);
-            if (duo && k1 >= 0) ph_free ^= 1;
-        } else {
-            stage(rawv, k.vmem, k.rv, k.stv, k1);
-        }
+        stage(rawv, k.vmem, k.rv, k.stv, k1);
         if (chunk_end) {
             if (a.part) {  // this chunk's partials, for k_attention_merge
 #pragma unroll
@@ -749,7 +647,6 @@ __device__ void attention_fa(const AttentionArgs& a, const AttBlock& k, int duo,
         k0 = k1;
     }
     __pipeline_wait_prior(0);
-    if (duo) cluster_sync();  // neither block leaves while the other may still signal it
     if (a.part) return;
     att_rows_out(a, k, D, r0, r1, tl, [&](float* out, float inv, int rr) {
 #pragma unroll
@@ -773,30 +670,12 @@ __global__ void __launch_bounds__(256, 2) k_attention_mma(AttentionArgs a) {
     if (att_setup(a, true, k_att_q, a.passes_mma, k)) attention_mma(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
-// Prefill's tensor-core blocks: 64 queries on 8 warps, one block an SM (shared memory). COPY 2
-// launches in clusters of two (x): a block pairs with the other when both have queries in the
-// same cache (the same span's KV head).
-template <int COPY>
-__global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(const __grid_constant__ AttentionArgs a) {
+// Prefill's tensor-core blocks: 64 queries on 8 warps, one block an SM (shared memory).
+__global__ void __launch_bounds__(k_attf_threads, 1) k_attention_fa(AttentionArgs a) {
     pdl_enter();
     extern __shared__ float4 smem4[];
     AttBlock k;
-    const bool mine = att_setup(a, true, k_attm_q, a.passes_mma, k);
-    int duo = 0;
-    const ClusterPlace place = cluster_place();
-    if (COPY == 2 && place.blocks == 2) {
-        AttBlock o;
-        const bool theirs = att_setup_at(a, true, k_attm_q, a.passes_mma, att_block_x(a, blockIdx.x ^ 1u), o);
-        if (mine && theirs && !a.part && o.kmem == k.kmem && o.vmem == k.vmem) {
-            k.last = max(k.last, o.last);
-            k.n_chunks = k.last / k.ch + 1;
-            duo = 1 + int(place.rank);
-        }
-    }
-    if (mine) attention_fa<COPY>(a, k, duo, reinterpret_cast<uint8_t*>(smem4));
-}
-__global__ void k_attention_bulk_present(int* out) {
-    *out = BIGMOE_ATT_BULK;
+    if (att_setup(a, true, k_attm_q, a.passes_mma, k)) attention_fa(a, k, reinterpret_cast<uint8_t*>(smem4));
 }
 
 // QPT queries a thread for the scores and QPW a warp for the weights and values: 8 and 4 when a
@@ -996,51 +875,11 @@ size_t attention_mma_smem(int64_t D) {
            size_t(k_att_q * k_attm_sp + 4 * k_att_q) * sizeof(float);
 }
 
-// attention_fa's: staged tiles, f16 queries, positions, the merged chunks, the exchanges, the
-// bulk copies' barriers.
+// attention_fa's: staged tiles, f16 queries, positions, the merged chunks.
 size_t attention_fa_smem(int64_t D) {
     return size_t(k_att_kt * 2 * att_stage_stride(1, D) + k_attm_q * (D + 8) * 2) +
-           size_t(k_attm_q + k_attm_q * k_att_max_d + 4 * 2 * (k_attf_xm + k_attf_xs + k_attf_xp) * 32) *
-               sizeof(float) +
-           4 * sizeof(uint64_t);
+           size_t(k_attm_q + k_attm_q * k_att_max_d + 4 * 2 * (k_attf_xm + k_attf_xs + k_attf_xp) * 32) * sizeof(float);
 }
-
-namespace {
-
-// How prefill's tensor-core blocks stage their tiles (attention_fa's COPY): BIGMOE_CUDA_ATT_COPY
-// 0, 1 or 2 where the GPU's code has the tensor memory accelerator (sm_90) and the driver encodes
-// tensor maps, else 0; unset, k_att_copy_default. 0 by default: on an H100 the same sharing with
-// a bulk copy a key row instead of tensor-map boxes read the 122B's pp512 @ d32768 20% slower
-// (2654 against 3298 t/s, 2026-12-07); the boxes are not measured yet.
-constexpr int k_att_copy_default = 0;
-int g_att_copy = 0;
-PFN_cuTensorMapEncodeTiled_v12000 g_encode = nullptr;
-
-template <int COPY>
-void launch_fa(cudaStream_t s, const AttentionArgs& a, dim3 grid) {
-    cudaLaunchConfig_t cfg{};
-    cfg.gridDim = grid;
-    cfg.blockDim = dim3(k_attf_threads);
-    cfg.dynamicSmemBytes = attention_fa_smem(a.D);
-    cfg.stream = s;
-    cudaLaunchAttribute attr[2];
-    int n = 0;
-    if (g_pdl) {
-        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[n++].val.programmaticStreamSerializationAllowed = 1;
-    }
-    if (COPY == 2) {
-        attr[n].id = cudaLaunchAttributeClusterDimension;
-        attr[n].val.clusterDim.x = 2;
-        attr[n].val.clusterDim.y = 1;
-        attr[n++].val.clusterDim.z = 1;
-    }
-    cfg.attrs = attr;
-    cfg.numAttrs = unsigned(n);
-    CU(cudaLaunchKernelEx(&cfg, k_attention_fa<COPY>, a));
-}
-
-}  // namespace
 
 size_t attention_smem(int64_t D, int type_k, int type_v) {
     return size_t(k_att_kt * (att_stage_stride(type_k, D) + att_stage_stride(type_v, D))) +
@@ -1055,77 +894,9 @@ void configure_attention() {
     CU(cudaFuncSetAttribute(k_attention<2, 1>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(most)));
     CU(cudaFuncSetAttribute(k_attention_mma, cudaFuncAttributeMaxDynamicSharedMemorySize,
                             int(attention_mma_smem(k_att_max_d))));
-    const int fa_smem = int(attention_fa_smem(k_att_max_d));
-    CU(cudaFuncSetAttribute(k_attention_fa<0>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
-    CU(cudaFuncSetAttribute(k_attention_fa<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
-    CU(cudaFuncSetAttribute(k_attention_fa<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, fa_smem));
-    const char* e = std::getenv("BIGMOE_CUDA_ATT_COPY");
-    g_att_copy = e ? std::clamp(std::atoi(e), 0, 2) : k_att_copy_default;
-    if (g_att_copy > 0) {
-        void* fn = nullptr;
-        cudaDriverEntryPointQueryResult q{};
-        if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &q) !=
-                cudaSuccess ||
-            q != cudaDriverEntryPointSuccess || !fn) {
-            (void)cudaGetLastError();
-            g_att_copy = 0;
-        }
-        g_encode = reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
-    }
-    if (g_att_copy > 0 && !gpu_code_has(k_attention_bulk_present)) g_att_copy = 0;
-    if (g_att_copy == 2) {
-        // pairs of blocks must fit two SMs at once (they do on an H100: one block an SM)
-        cudaLaunchConfig_t cfg{};
-        cfg.gridDim = dim3(2);
-        cfg.blockDim = dim3(k_attf_threads);
-        cfg.dynamicSmemBytes = size_t(fa_smem);
-        cudaLaunchAttribute attr{};
-        attr.id = cudaLaunchAttributeClusterDimension;
-        attr.val.clusterDim.x = 2;
-        attr.val.clusterDim.y = 1;
-        attr.val.clusterDim.z = 1;
-        cfg.attrs = &attr;
-        cfg.numAttrs = 1;
-        int clusters = 0;
-        if (cudaOccupancyMaxActiveClusters(&clusters, k_attention_fa<2>, &cfg) != cudaSuccess || clusters < 1) {
-            (void)cudaGetLastError();
-            g_att_copy = 1;
-        }
-    }
+    CU(cudaFuncSetAttribute(k_attention_fa, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            int(attention_fa_smem(k_att_max_d))));
     configure_attention_wg();
-}
-
-bool gpu_code_has(void (*probe)(int*)) {
-    int* flag = nullptr;
-    int present = 0;
-    CU(cudaMalloc(&flag, sizeof(int)));
-    probe<<<1, 1>>>(flag);
-    CU_LAUNCHED();
-    CU(cudaMemcpy(&present, flag, sizeof(int), cudaMemcpyDeviceToHost));
-    CU(cudaFree(flag));
-    return present != 0;
-}
-
-void att_fill_maps(AttentionArgs& a, const KvDev* kv, int64_t n_spans) {
-    a.maps.n = 0;
-    if (g_att_copy == 0 || !g_encode || n_spans < 1 || n_spans > k_att_map_spans || a.D % 64 != 0 || a.D > k_att_max_d)
-        return;
-    for (int64_t i = 0; i < n_spans; ++i)
-        if (kv[i].type_k != 1 || kv[i].type_v != 1) return;
-    // [capacity][n_head_kv][D] halves; a box: 64 keys of one head, 64 values of d
-    const cuuint64_t dims[3] = {cuuint64_t(a.D), cuuint64_t(a.n_head_kv), 0};
-    const cuuint64_t strides[2] = {cuuint64_t(a.D * 2), cuuint64_t(a.n_head_kv * a.D * 2)};
-    const cuuint32_t box[3] = {64, 1, cuuint32_t(k_att_kt)}, ones[3] = {1, 1, 1};
-    for (int64_t i = 0; i < n_spans; ++i)
-        for (int kv_i = 0; kv_i < 2; ++kv_i) {
-            cuuint64_t d[3] = {dims[0], dims[1], cuuint64_t(kv[i].capacity)};
-            CUtensorMap* m = kv_i == 0 ? &a.maps.k[i] : &a.maps.v[i];
-            if (g_encode(m, CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 3, kv_i == 0 ? kv[i].k : kv[i].v, d, strides, box, ones,
-                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) != CUDA_SUCCESS)
-                return;
-        }
-    a.maps.n = n_spans;
 }
 
 void run_op(cudaStream_t s, const AttentionArgs& a) {
@@ -1143,14 +914,8 @@ void run_op(cudaStream_t s, const AttentionArgs& a) {
         const dim3 gm(unsigned(a.n_tiles * a.passes_mma), grid.y, grid.z);
         if (a.most_queries <= 8)
             launch(k_attention_mma, gm, 256, attention_mma_smem(a.D), s, a);
-        else if (!run_attention_wg(s, a, gm)) {
-            if (a.maps.n == 0 || a.part)
-                launch_fa<0>(s, a, gm);
-            else if (g_att_copy == 2 && gm.x % 2 == 0)
-                launch_fa<2>(s, a, gm);
-            else
-                launch_fa<1>(s, a, gm);
-        }
+        else if (!run_attention_wg(s, a, gm))
+            launch(k_attention_fa, gm, k_attf_threads, attention_fa_smem(a.D), s, a);
         CU_LAUNCHED();
     }
     if (a.part) {

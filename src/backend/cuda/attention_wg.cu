@@ -278,7 +278,16 @@ bool g_att_wg = false;
 void configure_attention_wg() {
     const char* e = std::getenv("BIGMOE_CUDA_ATT_WG");
     g_att_wg = false;
-    if (e ? std::strcmp(e, "0") != 0 : k_att_wg_default) g_att_wg = gpu_code_has(k_attention_wg_present);
+    if (e ? std::strcmp(e, "0") != 0 : k_att_wg_default) {
+        int* flag = nullptr;
+        int present = 0;
+        CU(cudaMalloc(&flag, sizeof(int)));
+        k_attention_wg_present<<<1, 1>>>(flag);
+        CU_LAUNCHED();
+        CU(cudaMemcpy(&present, flag, sizeof(int), cudaMemcpyDeviceToHost));
+        CU(cudaFree(flag));
+        g_att_wg = present != 0;
+    }
     if (g_att_wg) {
         CU(cudaFuncSetAttribute(k_attention_wg<64>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                 int(attention_wg_smem(64))));

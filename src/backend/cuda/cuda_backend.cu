@@ -272,7 +272,6 @@ class CudaBackend final : public Backend {
         off_att_tiles_ = put(tiles.data(), tiles.size() * sizeof(AttTile));
         n_att_tiles_ = int64_t(tiles.size());
         off_kv_.assign(n_layers, SIZE_MAX);
-        kv_host_.assign(n_layers, {});
         kv_capacity_.assign(n_layers, 0);
         kv_types_.assign(n_layers, {});
         off_rs_.assign(n_layers, SIZE_MAX);
@@ -282,7 +281,6 @@ class CudaBackend final : public Backend {
                 for (const KvBlock* k : b.kv[il])
                     kv.push_back({k->k, k->v, int(k->type_k), int(k->type_v), k->capacity});
                 off_kv_[il] = put(kv.data(), kv.size() * sizeof(KvDev));
-                kv_host_[il] = kv;
                 for (const KvBlock* k : b.kv[il]) {
                     kv_capacity_[il] = std::max(kv_capacity_[il], k->capacity);
                     const std::pair<int, int> t{int(k->type_k), int(k->type_v)};
@@ -563,40 +561,34 @@ class CudaBackend final : public Backend {
             const int64_t blocks = n_att_tiles_ * passes * p.n_head_kv;
             splits = std::clamp((4 * sm_count_ + blocks - 1) / blocks, int64_t(1), max_chunks);
         }
-        AttentionArgs args{q.data,
-                           q.stride,
-                           k.data,
-                           k.stride,
-                           v.data,
-                           v.stride,
-                           p.n_head,
-                           p.n_head_kv,
-                           p.head_dim,
-                           rows,
-                           double(p.scale),
-                           dev<int64_t>(off_pos_),
-                           dev<int32_t>(off_row_span_),
-                           dev<KvDev>(off_kv_.at(size_t(il))),
-                           out.data,
-                           out.stride,
-                           part,
-                           att_chunk_,
-                           max_chunks,
-                           splits,
-                           dev<AttTile>(off_att_tiles_),
-                           n_att_tiles_,
-                           passes,
-                           tile_queries <= 8 ? passes : (tile_queries + 63) / 64,
-                           int64_t(smem),
-                           any_mma ? 1 : 0,
-                           std::min(k_att_queries, tile_queries),
-                           att_mma_ ? 1 : 0,
-                           {}};
-        if (mode_ == Mode::eager && !part) {  // (maps hold cache addresses: never in a recording)
-            const std::vector<KvDev>& kv = kv_host_.at(size_t(il));
-            att_fill_maps(args, kv.data(), int64_t(kv.size()));
-        }
-        enqueue(args);
+        enqueue(AttentionArgs{q.data,
+                              q.stride,
+                              k.data,
+                              k.stride,
+                              v.data,
+                              v.stride,
+                              p.n_head,
+                              p.n_head_kv,
+                              p.head_dim,
+                              rows,
+                              double(p.scale),
+                              dev<int64_t>(off_pos_),
+                              dev<int32_t>(off_row_span_),
+                              dev<KvDev>(off_kv_.at(size_t(il))),
+                              out.data,
+                              out.stride,
+                              part,
+                              att_chunk_,
+                              max_chunks,
+                              splits,
+                              dev<AttTile>(off_att_tiles_),
+                              n_att_tiles_,
+                              passes,
+                              tile_queries <= 8 ? passes : (tile_queries + 63) / 64,
+                              int64_t(smem),
+                              any_mma ? 1 : 0,
+                              std::min(k_att_queries, tile_queries),
+                              att_mma_ ? 1 : 0});
         scratch_rewind(mark);
     }
 
@@ -1112,7 +1104,6 @@ class CudaBackend final : public Backend {
     int* moe_counts_ = nullptr;  // MoeGateUpArgs::cnt, zero between launches
     size_t off_pos_ = 0, off_row_span_ = 0, off_spans_ = 0, off_ids_ = 0;
     std::vector<size_t> off_kv_, off_rs_;
-    std::vector<std::vector<KvDev>> kv_host_;                 // each layer's off_kv_ entries, for att_fill_maps
     std::vector<int64_t> kv_capacity_;                        // [layer]: the batch's longest KV block, in positions
     std::vector<std::vector<std::pair<int, int>>> kv_types_;  // [layer]: the batch's (K, V) cache types
     size_t off_att_tiles_ = 0;

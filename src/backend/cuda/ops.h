@@ -5,7 +5,6 @@
 // the launch depends on.
 #pragma once
 
-#include <cuda.h>
 #include <cuda_runtime.h>
 
 #include <cstdint>
@@ -310,14 +309,6 @@ constexpr int64_t k_att_queries = 32;  // (row, query head) pairs an attention b
 struct AttTile {
     int32_t span, row0, n_rows, unused;
 };
-// Tensor maps of the spans' f16 K and V caches for prefill's tensor-core blocks on sm_90 (the
-// tensor memory accelerator copies a tile's 64 keys x 64 values of d a copy, swizzled into
-// shared memory); n = 0: none, the blocks copy with cp.async.
-constexpr int k_att_map_spans = 4;
-struct AttMaps {
-    CUtensorMap k[k_att_map_spans], v[k_att_map_spans];
-    int64_t n;
-};
 struct AttentionArgs {
     const float* q;
     int64_t qs;
@@ -348,13 +339,7 @@ struct AttentionArgs {
     int64_t any_mma;       // whether a span takes the tensor cores (their blocks' shared memory is fixed)
     int64_t most_queries;  // the most queries a block holds
     int64_t mma;           // whether f16 caches take the tensor cores (sm_80 and newer)
-    AttMaps maps;          // (set by att_fill_maps)
 };
-// Fills a.maps for a batch's spans' caches (kv: the layer's, host copies) when prefill's blocks
-// can take them: at most k_att_map_spans spans, f16 caches, head sizes that are multiples of 64
-// and a GPU whose code has the copies; otherwise n = 0. (Not for recorded steps: a replay reads
-// the batch's caches from the uploaded descriptors.)
-void att_fill_maps(AttentionArgs& a, const KvDev* kv, int64_t n_spans);
 // Whether a span's attention runs on the tensor cores: f16 K and V and head sizes that are
 // multiples of 16 (the cache's head rows then start 32-byte aligned, as the fragment loads need).
 __host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v, int64_t D) {
@@ -364,9 +349,6 @@ __host__ __device__ inline bool att_uses_mma(int64_t mma, int type_k, int type_v
 size_t attention_smem(int64_t D, int type_k, int type_v);
 // Keys a chunk unless BIGMOE_CUDA_ATT_CHUNK says otherwise (a multiple of 64).
 constexpr int64_t k_att_chunk = 256;
-// What a one-thread probe kernel writes to its int (1: the GPU's code has a form the build puts
-// behind an architecture test, such as wgmma or the tensor memory accelerator).
-bool gpu_code_has(void (*probe)(int*));
 // The prefill form on warpgroup products (attention_wg.cu): configure_attention_wg reads
 // BIGMOE_CUDA_ATT_WG and asks the GPU's code whether it has the form; run_attention_wg launches it
 // for a batch it takes (prefill, head sizes 64, 128 and 256) and says whether it did.
