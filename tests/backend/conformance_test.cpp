@@ -342,6 +342,44 @@ TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
     }
 }
 
+// A prefill's products of one input: a GPU gives those of one weight type one tensor-core launch
+// (up to four a launch, parts of fewer rows than a tile among them); each product keeps the bits
+// it has alone and, token by token, those of a decode step.
+TEST_P(Conformance, prefill_products_of_one_input_equal_matmul_each) {
+    const int64_t n_in = 768, T = 40;
+    const std::vector<std::pair<DType, int64_t>> shapes = {{DType::Q4_K, 130}, {DType::Q6_K, 70}, {DType::Q4_K, 64},
+                                                           {DType::Q4_K, 40},  {DType::F32, 9},   {DType::Q6_K, 16},
+                                                           {DType::Q4_K, 20},  {DType::Q4_K, 65}, {DType::Q8_0, 33}};
+    const auto x = randoms(rng_, T * n_in, -2, 2);
+    DevTensor dx(*be_, T, n_in, x);
+    std::vector<std::unique_ptr<testing::OwnedWeight>> ws;
+    std::vector<std::unique_ptr<DevTensor>> all;
+    std::vector<Backend::Product> ps;
+    for (auto [t, rows] : shapes) {
+        ws.push_back(weight(t, n_in, rows));
+        all.push_back(std::make_unique<DevTensor>(*be_, T, rows));
+        ps.push_back({&ws.back()->w, all.back()->t()});
+    }
+    be_->matmuls(dx.t(), ps);
+    for (size_t i = 0; i < shapes.size(); ++i) {
+        const int64_t rows = shapes[i].second;
+        const std::string what = std::string(traits(shapes[i].first).name) + " x " + std::to_string(rows);
+        const std::vector<float> got = all[i]->get();
+        DevTensor alone(*be_, T, rows), one(*be_, 1, rows);
+        be_->matmul(ws[i]->w, dx.t(), alone.t());
+        ASSERT_EQ(alone.get(), got) << what << ": among the others and alone differ";
+        for (int64_t t : {int64_t(0), int64_t(21), T - 1}) {
+            be_->matmul(ws[i]->w, dx.row(t), one.t());
+            const std::vector<float> o = one.get();
+            ASSERT_EQ(std::memcmp(o.data(), got.data() + t * rows, size_t(rows) * 4), 0) << what << ", token " << t;
+        }
+        ref::Vec want, mag;
+        ref::matmul(ws[i]->w, x, T, want, mag);
+        for (size_t k = 0; k < got.size(); ++k)
+            ASSERT_NEAR(got[k], want[k], matmul_tolerance(shapes[i].first, mag[k])) << what << " value " << k;
+    }
+}
+
 TEST_P(Conformance, elementwise_ops) {
     const int64_t T = 5, C = 77;
     const auto a = randoms(rng_, T * C, -4, 4), b = randoms(rng_, T * C, -4, 4);

@@ -73,6 +73,7 @@ class CudaBackend final : public Backend {
         if (const char* e = std::getenv("BIGMOE_CUDA_SB_LANES")) sb_lanes_ = std::max(0, std::atoi(e));
         if (const char* e = std::getenv("BIGMOE_CUDA_ITEMS")) items_end_ = std::strcmp(e, "0") != 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_CHAIN")) chain_ = std::strcmp(e, "0") != 0;
+        if (const char* e = std::getenv("BIGMOE_CUDA_MMA_GROUP")) group_mma_ = std::strcmp(e, "0") != 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_GATE_LANES")) {
             const int v = std::atoi(e);
             gate_lanes_ = v == 8 || v == 4 || v == 2 ? v : 0;
@@ -436,8 +437,9 @@ class CudaBackend final : public Backend {
     void matmul(const Weight& w, Tensor x, Tensor out) override { matmuls(x, {{&w, out}}); }
 
     // A layer's projections of one input. Up to 8 tokens: up to 4 products in one kernel that
-    // quantizes the input itself; more: the input quantized once per activation type, then a
-    // kernel per product.
+    // quantizes the input itself; more: the input quantized once per activation type, then the
+    // tensor-core products of each weight type in one launch (k_mma_parts at a time), and a
+    // kernel for each other product.
     void matmuls(Tensor x, const std::vector<Product>& products) override {
         if (x.rows == 0) return;
         size_t done = 0;
@@ -451,6 +453,19 @@ class CudaBackend final : public Backend {
         int kept[4] = {-1, -1, -1, -1};
         const uint8_t* acts[4] = {};
         int64_t arbs[4] = {};
+        // Tensor-core launches being filled, one a weight type. A product of fewer rows than a
+        // tile joins one whose type has a product of a tile or more (a few blocks more there,
+        // where alone it would be a launch of its own).
+        std::vector<MatmulMmaArgs> groups;
+        auto mma_ok = [&](const Product& p) { return use_mma(x.rows) && act_quantized(act_type(int(p.w->type))); };
+        auto joins_mma = [&](const Product& p) {
+            if (!mma_ok(p)) return false;
+            if (p.w->n_out() >= k_mma_min_rows) return true;
+            if (!group_mma_) return false;
+            for (size_t j = done; j < products.size(); ++j)
+                if (products[j].w->type == p.w->type && products[j].w->n_out() >= k_mma_min_rows) return true;
+            return false;
+        };
         for (size_t i = done; i < products.size(); ++i) {
             const Product& p = products[i];
             const int at = act_type(int(p.w->type));
@@ -468,10 +483,24 @@ class CudaBackend final : public Backend {
                 act = acts[k];
                 arb = arbs[k];
             }
-            enqueue(MatmulArgs{int64_t(p.w->type), wbytes(*p.w), int64_t(p.w->row_bytes), p.w->n_in(), p.w->n_out(),
-                               act, arb, x.rows, p.out.data, p.out.stride,
-                               use_mma(x.rows) && p.w->n_out() >= k_mma_min_rows});
+            if (!joins_mma(p)) {
+                enqueue(MatmulArgs{int64_t(p.w->type), wbytes(*p.w), int64_t(p.w->row_bytes), p.w->n_in(), p.w->n_out(),
+                                   act, arb, x.rows, p.out.data, p.out.stride});
+                continue;
+            }
+            MatmulMmaArgs* g = nullptr;
+            for (MatmulMmaArgs& c : groups)
+                if (group_mma_ && c.type == int64_t(p.w->type) && c.act == act && c.n_parts < k_mma_parts) g = &c;
+            if (!g) {
+                groups.push_back(MatmulMmaArgs{int64_t(p.w->type), p.w->n_in(), act, arb, x.rows, 0, {}});
+                g = &groups.back();
+            }
+            const int64_t before = g->n_parts ? g->p[g->n_parts - 1].tiles_end : 0;
+            g->p[g->n_parts++] = MmaPart{wbytes(*p.w), int64_t(p.w->row_bytes),
+                                         p.w->n_out(), p.out.data,
+                                         p.out.stride, before + (p.w->n_out() + k_mma_part_tile - 1) / k_mma_part_tile};
         }
+        for (const MatmulMmaArgs& g : groups) enqueue(g);
         scratch_rewind(mark);
     }
 
@@ -1051,8 +1080,8 @@ class CudaBackend final : public Backend {
     // Batches of this many tokens or more take the tensor-core products (the same bits; faster
     // once a weight tile serves enough tokens).
     static constexpr int64_t k_mma_min_tokens = 16;
-    // A product with fewer rows than a tensor-core tile leaves most of each tile idle: such
-    // products (the Gated DeltaNet's beta and alpha) take the warp kernels (the same bits).
+    // A product with fewer rows than a tensor-core tile leaves most of each tile idle: alone, such
+    // products (the 35B's Gated DeltaNet beta and alpha) take the warp kernels (the same bits).
     static constexpr int64_t k_mma_min_rows = 64;
     int64_t use_mma(int64_t rows) const { return mma_ && rows >= k_mma_min_tokens; }
 
@@ -1117,6 +1146,9 @@ class CudaBackend final : public Backend {
     int64_t att_chunk_ = k_att_chunk;
     bool graphs_ = true, mma_ = false, att_mma_ = false, fuse_ = true, argmax_ = true, sb_ = true, sb_moe_ = true;
     bool items_end_ = true;  // k_matvec_sb finds an item's product by MatvecProduct::items_end
+    // a matmuls call's tensor-core products of one weight type share a launch
+    // (BIGMOE_CUDA_MMA_GROUP=0: a launch each, for measuring)
+    bool group_mma_ = true;
     // blocks an SM for k_matvec_sb launches (BIGMOE_CUDA_SB_BLOCKS): 2 are resident at its 128
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)

@@ -24,8 +24,7 @@ struct QuantizeArgs {
     uint8_t* dst;
     int64_t drb;
 };
-// out[t][r] = dot(weight row r, activation row t) for t < T; `mma`: quantized weights may take
-// the tensor-core kernel (the same bits as the others).
+// out[t][r] = dot(weight row r, activation row t) for t < T (warp kernels).
 struct MatmulArgs {
     int64_t type;
     const uint8_t* w;
@@ -33,7 +32,27 @@ struct MatmulArgs {
     const uint8_t* act;
     int64_t arb, T;
     float* out;
-    int64_t os, mma;
+    int64_t os;
+};
+// Tensor-core products of one quantized input (16 tokens or more) with up to k_mma_parts weights
+// of one type in one launch, the same bits as the warp kernels: the grid's 64-row tiles are part
+// 0's, then part 1's, ... A part of a few rows alone is a handful of blocks that each walk the
+// whole input while most of the GPU idles (the 122B's 64-row Gated DeltaNet gates: 16 blocks);
+// beside a large part its tiles are a few more blocks of a full grid.
+constexpr int k_mma_parts = 4;
+constexpr int64_t k_mma_part_tile = 64;  // rows a tile (product_units.cuh's k_mma_rows)
+struct MmaPart {
+    const uint8_t* w;
+    int64_t row_bytes, n_out;
+    float* out;
+    int64_t os;
+    int64_t tiles_end;  // the 64-row tiles of this part and those before it
+};
+struct MatmulMmaArgs {
+    int64_t type, n_in;
+    const uint8_t* act;
+    int64_t arb, T, n_parts;
+    MmaPart p[k_mma_parts];
 };
 struct GetRowsArgs {
     int64_t type;
@@ -178,6 +197,7 @@ struct MoeDownArgs {
 
 void run_op(cudaStream_t s, const QuantizeArgs& a);
 void run_op(cudaStream_t s, const MatmulArgs& a);
+void run_op(cudaStream_t s, const MatmulMmaArgs& a);
 void run_op(cudaStream_t s, const GetRowsArgs& a);
 void run_op(cudaStream_t s, const RouteArgs& a);
 void run_op(cudaStream_t s, const MoeGateUpArgs& a);

@@ -16,19 +16,30 @@ __global__ void k_quantize_act(QuantizeArgs a) {
                    a.dst + int64_t(blockIdx.y) * a.drb);
 }
 
-// out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens.
+// out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens of one of the launch's parts.
+static_assert(k_mma_rows == k_mma_part_tile);
 template <int TYPE>
-__global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
+__global__ void __launch_bounds__(128) k_matmul_mma(MatmulMmaArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
+    // the block's part, its fields picked in registers (a dynamic index would copy the
+    // arguments to local memory)
+    MmaPart p = a.p[0];
+    int64_t first = 0;
+#pragma unroll
+    for (int k = 1; k < k_mma_parts; ++k)
+        if (k < a.n_parts && blockIdx.x >= a.p[k - 1].tiles_end) {
+            p = a.p[k];
+            first = a.p[k - 1].tiles_end;
+        }
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, tq = lane % 4;
-    const int64_t rtile = int64_t(blockIdx.x) * k_mma_rows;
+    const int64_t rtile = (int64_t(blockIdx.x) - first) * k_mma_rows;
     const int64_t r0 = rtile + warp * 16 + g, r1 = r0 + 8;
     const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
     const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
     float acc[4][4];
     mma_tile_staged<TYPE>(
-        [&](int r) { return a.w + min(rtile + r, a.n_out - 1) * a.row_bytes; },
+        [&](int r) { return p.w + min(rtile + r, p.n_out - 1) * p.row_bytes; },
         [&](int j) { return tok0 + j < a.T ? a.act + (tok0 + j) * a.arb : static_cast<const uint8_t*>(nullptr); },
         a.n_in, n_tiles, sm, acc);
 #pragma unroll
@@ -36,7 +47,7 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulArgs a) {
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const int64_t t = tok0 + 8 * i + 2 * tq + (e & 1), r = e < 2 ? r0 : r1;
-            if (i < n_tiles && t < a.T && r < a.n_out) a.out[t * a.os + r] = acc[i][e];
+            if (i < n_tiles && t < a.T && r < p.n_out) p.out[t * p.os + r] = acc[i][e];
         }
 }
 
@@ -227,30 +238,29 @@ void run_op(cudaStream_t s, const QuantizeArgs& a) {
     CU_LAUNCHED();
 }
 
-void run_op(cudaStream_t s, const MatmulArgs& a) {
-    if (a.mma && act_quantized(act_type(int(a.type)))) {
-        const dim3 grid(unsigned((a.n_out + k_mma_rows - 1) / k_mma_rows),
-                        unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
-        switch (a.type) {
-            case k_q4_k:
-                launch(k_matmul_mma<k_q4_k>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
-                break;
-            case k_q5_k:
-                launch(k_matmul_mma<k_q5_k>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
-                break;
-            case k_q6_k:
-                launch(k_matmul_mma<k_q6_k>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
-                break;
-            case k_q4_0:
-                launch(k_matmul_mma<k_q4_0>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
-                break;
-            default:
-                launch(k_matmul_mma<k_q8_0>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
-                break;
-        }
-        CU_LAUNCHED();
-        return;
+void run_op(cudaStream_t s, const MatmulMmaArgs& a) {
+    const dim3 grid(unsigned(a.p[a.n_parts - 1].tiles_end), unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
+    switch (a.type) {
+        case k_q4_k:
+            launch(k_matmul_mma<k_q4_k>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
+            break;
+        case k_q5_k:
+            launch(k_matmul_mma<k_q5_k>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
+            break;
+        case k_q6_k:
+            launch(k_matmul_mma<k_q6_k>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
+            break;
+        case k_q4_0:
+            launch(k_matmul_mma<k_q4_0>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
+            break;
+        default:
+            launch(k_matmul_mma<k_q8_0>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
+            break;
     }
+    CU_LAUNCHED();
+}
+
+void run_op(cudaStream_t s, const MatmulArgs& a) {
     if (a.T >= 8 && (a.type == k_f32 || a.type == k_f16 || a.type == k_bf16)) {
         const dim3 grid(unsigned((a.n_out + 63) / 64), unsigned((a.T + 7) / 8));  // 8 warps of 8 rows
         if (a.type == k_f32)
