@@ -190,6 +190,8 @@ class Conformance : public ::testing::TestWithParam<BackendUnderTest> {
         batch_ = BatchState{std::move(spans), {std::move(kv)}, {std::move(rs)}};
         be_->begin_batch(batch_);
     }
+    void matmul_batch_invariance();
+    void prefill_products();
     void one_token_products();
     void moe_batch_invariance();
     void moe_shared_in_turn();
@@ -272,8 +274,13 @@ TEST_P(Conformance, matmul_every_type_odd_rows_and_tokens) {
 }
 
 // A token's product does not depend on how many tokens share the call: decode (1), verification
-// (up to 16) and prefill batches (where a GPU switches kernels) give its row the same bits.
+// (up to 16) and prefill batches (where a GPU switches kernels) give its row the same bits; on a
+// GPU also with the tensor-core kernels' other way of staging their operands.
 TEST_P(Conformance, matmul_is_batch_invariant) {
+    under_each("BIGMOE_CUDA_STAGE", {"1"}, [&] { matmul_batch_invariance(); });
+}
+
+void Conformance::matmul_batch_invariance() {
     // 72 units of 32: two groups and a partial one; 140 tokens: CUDA's 64-token tiles, one partial
     const int64_t n_in = 2304, n_out = 70, T_all = 140;
     const auto x = randoms(rng_, T_all * n_in, -2, 2);
@@ -344,8 +351,13 @@ TEST_P(Conformance, matmuls_of_one_input_equal_matmul_each) {
 
 // A prefill's products of one input: a GPU gives those of one weight type one tensor-core launch
 // (up to four a launch, parts of fewer rows than a tile among them); each product keeps the bits
-// it has alone and, token by token, those of a decode step.
+// it has alone and, token by token, those of a decode step (on a GPU also with the tensor-core
+// kernels' other way of staging their operands).
 TEST_P(Conformance, prefill_products_of_one_input_equal_matmul_each) {
+    under_each("BIGMOE_CUDA_STAGE", {"1"}, [&] { prefill_products(); });
+}
+
+void Conformance::prefill_products() {
     const int64_t n_in = 768, T = 40;
     const std::vector<std::pair<DType, int64_t>> shapes = {{DType::Q4_K, 130}, {DType::Q6_K, 70}, {DType::Q4_K, 64},
                                                            {DType::Q4_K, 40},  {DType::F32, 9},   {DType::Q6_K, 16},
@@ -740,9 +752,12 @@ TEST_P(Conformance, moe_matches_float64_with_idle_experts) {
 // GPU runs one kernel per slot's rows) give the bits of a prefill batch (experts grouped), with
 // K-quant stacks, a top-k that does and does not divide a warp's 32 lanes, and inputs of 2 and
 // 12 super-blocks (the 122B's: a GPU's decode lanes take two or three each); on a GPU also with
-// the gate/up kernel's lanes a row forced to 4 and 2.
+// the gate/up kernel's lanes a row forced to 4 and 2 and the prefill kernels' other staging.
 TEST_P(Conformance, moe_is_batch_invariant) {
     under_each("BIGMOE_CUDA_GATE_LANES", {"4", "2"}, [&] { moe_batch_invariance(); });
+    if (!HasFatalFailure())
+        under_each(
+            "BIGMOE_CUDA_STAGE", {"1"}, [&] { moe_batch_invariance(); }, false);
 }
 
 void Conformance::moe_batch_invariance() {

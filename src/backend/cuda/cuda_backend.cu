@@ -74,6 +74,7 @@ class CudaBackend final : public Backend {
         if (const char* e = std::getenv("BIGMOE_CUDA_ITEMS")) items_end_ = std::strcmp(e, "0") != 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_CHAIN")) chain_ = std::strcmp(e, "0") != 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_MMA_GROUP")) group_mma_ = std::strcmp(e, "0") != 0;
+        if (const char* e = std::getenv("BIGMOE_CUDA_STAGE")) stage_fixed_ = std::strcmp(e, "1") == 0 ? 1 : 0;
         if (const char* e = std::getenv("BIGMOE_CUDA_GATE_LANES")) {
             const int v = std::atoi(e);
             gate_lanes_ = v == 8 || v == 4 || v == 2 ? v : 0;
@@ -492,7 +493,7 @@ class CudaBackend final : public Backend {
             for (MatmulMmaArgs& c : groups)
                 if (group_mma_ && c.type == int64_t(p.w->type) && c.act == act && c.n_parts < k_mma_parts) g = &c;
             if (!g) {
-                groups.push_back(MatmulMmaArgs{int64_t(p.w->type), p.w->n_in(), act, arb, x.rows, 0, {}});
+                groups.push_back(MatmulMmaArgs{int64_t(p.w->type), p.w->n_in(), act, arb, x.rows, 0, stage_fixed_, {}});
                 g = &groups.back();
             }
             const int64_t before = g->n_parts ? g->p[g->n_parts - 1].tiles_end : 0;
@@ -964,6 +965,7 @@ class CudaBackend final : public Backend {
         a.act = activations(int(wg.type), x, &a.arb);
         a.out = h.data;
         a.os = h.stride;
+        a.stage = stage_fixed_;
         enqueue(a);
         MoeMmaArgs d = a;
         d.type = int64_t(m.down->type);
@@ -1149,6 +1151,9 @@ class CudaBackend final : public Backend {
     // a matmuls call's tensor-core products of one weight type share a launch
     // (BIGMOE_CUDA_MMA_GROUP=0: a launch each, for measuring)
     bool group_mma_ = true;
+    // the tensor-core products' staging copies with a fixed row or token a thread
+    // (BIGMOE_CUDA_STAGE=1; mma_tile_staged's FIXED, not yet measured on a GPU)
+    int64_t stage_fixed_ = 0;
     // blocks an SM for k_matvec_sb launches (BIGMOE_CUDA_SB_BLOCKS): 2 are resident at its 128
     // registers, and a block past them waits, then quantizes its input again (H200, 35B tg128:
     // 304.0 / 304.7 t/s with 2, 292.5 / 292.7 with 4)

@@ -50,7 +50,7 @@ __global__ void k_zero_counts(MoeGroupArgs a) {
 // of slot s being token s / K's) for a tile of 32 rows, warps 0-1 on the gate rows and 2-3 on the
 // same rows of up, one pass over the inputs (two passes kept both results' registers: 3 blocks an
 // SM instead of 4); or down (y, slot s's own row) for a tile of 64.
-template <int TYPE, bool GU>
+template <int TYPE, bool GU, bool FIXED>
 __global__ void __launch_bounds__(128, 4) k_moe_mma(MoeMmaArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -72,7 +72,7 @@ __global__ void __launch_bounds__(128, 4) k_moe_mma(MoeMmaArgs a) {
     const uint8_t* base = a.w + e * a.expert_bytes;
     const uint8_t* ub = GU ? a.w2 + e * a.expert_bytes2 : nullptr;
     float acc[4][4];
-    mma_tile_staged<TYPE>(
+    mma_tile_staged<TYPE, FIXED>(
         [&](int r) {
             if (GU && r >= rows) return ub + (a.up_off + min(rtile + r - rows, a.n_out - 1)) * a.row_bytes2;
             return base + min(rtile + r, a.n_out - 1) * a.row_bytes;
@@ -495,25 +495,33 @@ void run_op(cudaStream_t s, const MoeGroupArgs& a) {
     CU_LAUNCHED();
 }
 
+template <int TYPE, bool GU>
+void launch_moe_mma(dim3 grid, cudaStream_t s, const MoeMmaArgs& a) {
+    if (a.stage)
+        launch(k_moe_mma<TYPE, GU, true>, grid, 128, MmaStage<TYPE>::smem, s, a);
+    else
+        launch(k_moe_mma<TYPE, GU, false>, grid, 128, MmaStage<TYPE>::smem, s, a);
+}
+
 template <bool GU>
 void moe_mma(cudaStream_t s, const MoeMmaArgs& a) {
     constexpr int rows = GU ? k_mma_rows / 2 : k_mma_rows;  // k_moe_mma's tiles
     const dim3 grid(unsigned((a.n_out + rows - 1) / rows), unsigned(a.map_len));
     switch (a.type) {
         case k_q4_k:
-            launch(k_moe_mma<k_q4_k, GU>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
+            launch_moe_mma<k_q4_k, GU>(grid, s, a);
             break;
         case k_q5_k:
-            launch(k_moe_mma<k_q5_k, GU>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
+            launch_moe_mma<k_q5_k, GU>(grid, s, a);
             break;
         case k_q6_k:
-            launch(k_moe_mma<k_q6_k, GU>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
+            launch_moe_mma<k_q6_k, GU>(grid, s, a);
             break;
         case k_q4_0:
-            launch(k_moe_mma<k_q4_0, GU>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
+            launch_moe_mma<k_q4_0, GU>(grid, s, a);
             break;
         default:
-            launch(k_moe_mma<k_q8_0, GU>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
+            launch_moe_mma<k_q8_0, GU>(grid, s, a);
             break;
     }
     CU_LAUNCHED();
@@ -533,8 +541,9 @@ void run_op(cudaStream_t s, const MoeSumArgs& a) {
 
 template <int TYPE>
 void set_moe_mma_smem() {
-    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
-    CU(cudaFuncSetAttribute(k_moe_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
+    for (auto k : {k_moe_mma<TYPE, true, false>, k_moe_mma<TYPE, false, false>, k_moe_mma<TYPE, true, true>,
+                   k_moe_mma<TYPE, false, true>})
+        CU(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
 }
 
 void configure_moe() {

@@ -48,10 +48,11 @@ struct MmaPart {
     int64_t os;
     int64_t tiles_end;  // the 64-row tiles of this part and those before it
 };
+// stage: 1 = mma_tile_staged's FIXED copies (BIGMOE_CUDA_STAGE).
 struct MatmulMmaArgs {
     int64_t type, n_in;
     const uint8_t* act;
-    int64_t arb, T, n_parts;
+    int64_t arb, T, n_parts, stage;
     MmaPart p[k_mma_parts];
 };
 struct GetRowsArgs {
@@ -228,7 +229,7 @@ struct MoeMmaArgs {
     const uint8_t* act;
     int64_t arb;
     float* out;
-    int64_t os;
+    int64_t os, stage;  // as MatmulMmaArgs'
 };
 // out[t] = sum over k, in top-k order, of wts[t][k] * y[(t, k)].
 struct MoeSumArgs {

@@ -1020,7 +1020,13 @@ struct MmaStage {
 };
 // acc (per warp, as mma_unit) for the tile: weight row r's bytes at row_ptr(r) (r < 64), token
 // j's activation row at act_ptr(j) (nullptr past the tile), n values each; n_tiles 8-token tiles.
-template <int TYPE, class RowPtr, class ActPtr>
+//
+// FIXED: each thread copies the same bytes of every chunk, a weight row's granules h, h + 2, ...
+// (row t / 2, h = t % 2) and a token's granules q, q + 4, ... and one of its sums' or scales'
+// copies (token t / 4, q = t % 4): one table read and no division a chunk, where the loop over
+// (row, granule) pairs re-derived them for each 16-byte copy (~450 of a Q4_K chunk's ~1,270
+// instructions a thread on an H100). The same copies into the same places.
+template <int TYPE, bool FIXED = false, class RowPtr, class ActPtr>
 __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n_tiles, uint8_t* smem,
                                 float (&acc)[4][4]) {
     using St = MmaStage<TYPE>;
@@ -1081,13 +1087,68 @@ __device__ void mma_tile_staged(RowPtr row_ptr, ActPtr act_ptr, int64_t n, int n
         }
         __pipeline_commit();
     };
+    static_assert(k_mma_rows * 2 == 128 && k_mma_tokens * 4 == 128, "FIXED staging: 128 threads a block");
+    auto stage_fixed = [&](int64_t c, int b) {
+        // the thread's index read again each chunk: offsets formed from it once before the loop
+        // would stay live through the products (106 registers against 96: a block fewer an SM)
+        uint32_t t;
+        asm volatile("mov.u32 %0, %%tid.x;" : "=r"(t));
+        uint8_t* wb = smem + b * St::buffer;
+        uint8_t* ab = wb + k_mma_rows * St::w_stride;
+        const int64_t start = c * St::chunk_bytes, cu = min(int64_t(8), U - 8 * c);
+        const int64_t bytes = TYPE == k_q8_0 ? cu * 34 : TYPE == k_q4_0 ? cu * 18 : St::chunk_bytes;
+        {
+            const int r = int(t / 2), h = int(t % 2);
+            const uint8_t* src = rows[r] + start;
+            const uint8_t* g0 = reinterpret_cast<const uint8_t*>(reinterpret_cast<uintptr_t>(src) & ~uintptr_t(15));
+            const uint8_t* end = src + bytes;
+            uint8_t* dst = wb + r * St::w_stride;
+#pragma unroll
+            for (int m = 0; m < (St::granules + 1) / 2; ++m) {
+                const int k = 2 * m + h;
+                if (k < St::granules && g0 + 16 * k < end) __pipeline_memcpy_async(dst + 16 * k, g0 + 16 * k, 16);
+            }
+        }
+        const int j = int(t / 4), q = int(t % 4);
+        if (has(j)) {
+            const int64_t c0 = 256 * c;
+            const uint8_t* arow = toks[j];
+            uint8_t* dst = ab + j * St::a_stride;
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const int k = 4 * m + q;
+                if (k < 2 * cu) __pipeline_memcpy_async(dst + 16 * k, arow + c0 + 16 * k, 16);
+            }
+            if constexpr (St::act == k_q8_k) {
+                if (q < 2)
+                    __pipeline_memcpy_async(dst + 256 + 16 * q, arow + act_sums_at(n) + 2 * (c0 / 16) + 16 * q, 16);
+                else if (q == 2)
+                    __pipeline_memcpy_async(dst + act_scales_at(k_q8_k, 256),
+                                            arow + act_scales_at(k_q8_k, n) + 4 * (c0 / 256), 4);
+            } else {
+                for (int u = q; u < cu; u += 4) {
+                    __pipeline_memcpy_async(dst + act_scales_at(k_q8_0, 256) + 4 * u,
+                                            arow + act_scales_at(k_q8_0, n) + 4 * (8 * c + u), 4);
+                    if (u % 2 == 0)
+                        __pipeline_memcpy_async(dst + 256 + 2 * u, arow + act_sums_at(n) + 2 * (8 * c + u), 4);
+                }
+            }
+        }
+        __pipeline_commit();
+    };
+    auto stage_chunk = [&](int64_t c, int b) {
+        if constexpr (FIXED)
+            stage_fixed(c, b);
+        else
+            stage(c, b);
+    };
     const uint8_t* feed[4];
     const uint8_t* out_of[4][2];
-    stage(0, 0);
+    stage_chunk(0, 0);
     for (int64_t c = 0; c < chunks; ++c) {
         const int b = int(c & 1);
         if (c + 1 < chunks) {
-            stage(c + 1, b ^ 1);
+            stage_chunk(c + 1, b ^ 1);
             __pipeline_wait_prior(1);
         } else {
             __pipeline_wait_prior(0);

@@ -18,7 +18,7 @@ __global__ void k_quantize_act(QuantizeArgs a) {
 
 // out[t][r] for a tile of 64 rows (16 per warp) and 32 tokens of one of the launch's parts.
 static_assert(k_mma_rows == k_mma_part_tile);
-template <int TYPE>
+template <int TYPE, bool FIXED>
 __global__ void __launch_bounds__(128) k_matmul_mma(MatmulMmaArgs a) {
     pdl_enter();
     extern __shared__ __align__(16) uint8_t sm[];
@@ -38,7 +38,7 @@ __global__ void __launch_bounds__(128) k_matmul_mma(MatmulMmaArgs a) {
     const int64_t tok0 = int64_t(blockIdx.y) * k_mma_tokens;
     const int n_tiles = int(min(int64_t(4), (a.T - tok0 + 7) / 8));
     float acc[4][4];
-    mma_tile_staged<TYPE>(
+    mma_tile_staged<TYPE, FIXED>(
         [&](int r) { return p.w + min(rtile + r, p.n_out - 1) * p.row_bytes; },
         [&](int j) { return tok0 + j < a.T ? a.act + (tok0 + j) * a.arb : static_cast<const uint8_t*>(nullptr); },
         a.n_in, n_tiles, sm, acc);
@@ -238,23 +238,31 @@ void run_op(cudaStream_t s, const QuantizeArgs& a) {
     CU_LAUNCHED();
 }
 
-void run_op(cudaStream_t s, const MatmulMmaArgs& a) {
+template <int TYPE>
+void launch_mma(cudaStream_t s, const MatmulMmaArgs& a) {
     const dim3 grid(unsigned(a.p[a.n_parts - 1].tiles_end), unsigned((a.T + k_mma_tokens - 1) / k_mma_tokens));
+    if (a.stage)
+        launch(k_matmul_mma<TYPE, true>, grid, 128, MmaStage<TYPE>::smem, s, a);
+    else
+        launch(k_matmul_mma<TYPE, false>, grid, 128, MmaStage<TYPE>::smem, s, a);
+}
+
+void run_op(cudaStream_t s, const MatmulMmaArgs& a) {
     switch (a.type) {
         case k_q4_k:
-            launch(k_matmul_mma<k_q4_k>, grid, 128, MmaStage<k_q4_k>::smem, s, a);
+            launch_mma<k_q4_k>(s, a);
             break;
         case k_q5_k:
-            launch(k_matmul_mma<k_q5_k>, grid, 128, MmaStage<k_q5_k>::smem, s, a);
+            launch_mma<k_q5_k>(s, a);
             break;
         case k_q6_k:
-            launch(k_matmul_mma<k_q6_k>, grid, 128, MmaStage<k_q6_k>::smem, s, a);
+            launch_mma<k_q6_k>(s, a);
             break;
         case k_q4_0:
-            launch(k_matmul_mma<k_q4_0>, grid, 128, MmaStage<k_q4_0>::smem, s, a);
+            launch_mma<k_q4_0>(s, a);
             break;
         default:
-            launch(k_matmul_mma<k_q8_0>, grid, 128, MmaStage<k_q8_0>::smem, s, a);
+            launch_mma<k_q8_0>(s, a);
             break;
     }
     CU_LAUNCHED();
@@ -325,7 +333,10 @@ void run_op(cudaStream_t s, const MatvecArgs& a) {
 
 template <int TYPE>
 void set_mma_smem() {
-    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE>, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
+    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            MmaStage<TYPE>::smem));
+    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                            MmaStage<TYPE>::smem));
 }
 
 void configure_products() {
