@@ -333,19 +333,14 @@ void run_op(cudaStream_t s, const MatvecArgs& a) {
 
 template <int TYPE>
 void set_mma_smem() {
-    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE, false>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            MmaStage<TYPE>::smem));
-    CU(cudaFuncSetAttribute(k_matmul_mma<TYPE, true>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                            MmaStage<TYPE>::smem));
+    for (auto k : {k_matmul_mma<TYPE, false>, k_matmul_mma<TYPE, true>})
+        CU(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, MmaStage<TYPE>::smem));
 }
 
 void configure_products() {
-    const int bytes = int(k_products_smem);
-    CU(cudaFuncSetAttribute(k_matvec<1>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    CU(cudaFuncSetAttribute(k_matvec<2>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    CU(cudaFuncSetAttribute(k_matvec<4>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    CU(cudaFuncSetAttribute(k_matvec<8>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    CU(cudaFuncSetAttribute(k_matvec_sb, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+    for (auto k : {k_matvec<1>, k_matvec<2>, k_matvec<4>, k_matvec<8>})
+        CU(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, int(k_products_smem)));
+    CU(cudaFuncSetAttribute(k_matvec_sb, cudaFuncAttributeMaxDynamicSharedMemorySize, int(k_products_smem)));
     set_mma_smem<k_q4_k>();
     set_mma_smem<k_q5_k>();
     set_mma_smem<k_q6_k>();
