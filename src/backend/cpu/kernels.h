@@ -51,13 +51,20 @@ using GdnStepsFn = void (*)(const float* S_in, const GdnToken* tok, int64_t n_to
 // scores s[j * s_stride + t] = scale * (query j . key t) for nq queries of D floats (contiguous)
 // and n keys; and acc[j * D + d] += sum over t < n_of[j] of p[j * p_stride + t] * value t [d],
 // added in key order. A (query, key) score and a (query, element) sum do not depend on nq or n.
+// Rows [0, pf_end) exist: while a kernel reads row t it may prefetch row t + k_kv_prefetch_rows
+// below pf_end (0: nothing to prefetch). At depth the cache streams from memory, and a tile's
+// prefetches issued together ahead of it stalled the thread until they were under way (one
+// 32768-position layer of bench-1b's heads, one token, Zen 5 VM: 1.4-1.6 ms; spread over the
+// rows as they are read, 0.9-1.1 ms).
+constexpr int64_t k_kv_prefetch_rows = 64;
 using KvScoresFn = void (*)(const float* q, int64_t nq, const void* k, int64_t k_stride, int64_t n, int64_t D,
-                            float scale, float* s, int64_t s_stride);
+                            float scale, float* s, int64_t s_stride, int64_t pf_end);
 using KvAccumFn = void (*)(const float* p, int64_t p_stride, const int64_t* n_of, int64_t nq, const void* v,
-                           int64_t v_stride, int64_t D, float* acc);
+                           int64_t v_stride, int64_t D, float* acc, int64_t pf_end);
 // Rows [0, n) of one KV head (D values from `head`, rows row_bytes apart) of a cache type the
 // kv_scores / kv_accum kernels do not read in place, as f32 [n][D]; exactly dequantize_row's values.
-using KvTileFn = void (*)(const uint8_t* head, size_t row_bytes, int64_t n, int64_t D, float* out);
+// Rows [0, pf_end) exist, prefetched as the kernels above do.
+using KvTileFn = void (*)(const uint8_t* head, size_t row_bytes, int64_t n, int64_t D, float* out, int64_t pf_end);
 // y[i] = fast_exp::exp(x[i] - m); returns their sum (in an order fixed by n alone).
 using ExpShiftFn = float (*)(const float* x, float m, float* y, int64_t n);
 

@@ -11,8 +11,6 @@
 // V accumulation stay in f32 for every batch size: the reference's CPU kernel accumulates V in
 // f16 for small batches (decode), which measurably drifts at long context (> 1e-3 relative on
 // the 297-token fixture prompt), so bigmoe does not copy it.
-#include <xmmintrin.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -170,25 +168,21 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         const int64_t n_keys = s.pos0 + task.t1;  // the task's keys: what exists to prefetch
         for (int64_t kt = c0; kt < c1; kt += k_kv_tile) {
             const int64_t n = std::min(k_kv_tile, c1 - kt);
-            // The next tile's K and V rows (all heads) on their way to L1 while this one computes:
-            // at depth the cache is read from memory, and the rows (one head's part of each) are
+            // At depth the cache is read from memory, and the rows (one head's part of each) are
             // too far apart for the hardware prefetchers (decode at depth 8192 spent ~half its
-            // attention time waiting on those loads).
-            for (int64_t r = kt + k_kv_tile; r < std::min(kt + 2 * k_kv_tile, n_keys); ++r) {
-                const char* kr = static_cast<const char*>(b.k) + size_t(r) * k_row;
-                const char* vr = static_cast<const char*>(b.v) + size_t(r) * v_row;
-                for (size_t o = 0; o < k_row; o += 64) _mm_prefetch(kr + o, _MM_HINT_T0);
-                for (size_t o = 0; o < v_row; o += 64) _mm_prefetch(vr + o, _MM_HINT_T0);
-            }
+            // attention time waiting on those loads): the kernels prefetch the next tile's rows
+            // (those of the task's keys) as they read this one's.
+            static_assert(k_kv_tile == k_kv_prefetch_rows, "the kernels prefetch the next tile");
             for (int64_t g = g0; g < g1; ++g) {
                 const int64_t j0 = g * nqg;
                 const uint8_t* kp = static_cast<const uint8_t*>(b.k) + size_t(kt) * k_row + size_t(g) * k_head;
                 if (direct_k) {
-                    scores(qt + j0 * D, nqg, kp, width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile);
+                    scores(qt + j0 * D, nqg, kp, width, n, D, p.scale, w.s.data() + j0 * k_kv_tile, k_kv_tile,
+                           n_keys - kt);
                 } else {
-                    k_->kv_tile[int(b.type_k)](kp, k_row, n, D, w.kt.data());
+                    k_->kv_tile[int(b.type_k)](kp, k_row, n, D, w.kt.data(), n_keys - kt);
                     k_->kv_scores_f32(qt + j0 * D, nqg, w.kt.data(), D, n, D, p.scale, w.s.data() + j0 * k_kv_tile,
-                                      k_kv_tile);
+                                      k_kv_tile, 0);
                 }
                 for (int64_t j = j0; j < j0 + nqg; ++j) {
                     const int64_t pos = s.pos0 + task.t0 + (j - j0) / group;  // query j's position
@@ -210,13 +204,14 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
                 }
                 const uint8_t* vp = static_cast<const uint8_t*>(b.v) + size_t(kt) * v_row + size_t(g) * v_head;
                 if (direct_v) {
-                    accum(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, vp, width, D, acc + j0 * D);
+                    accum(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, vp, width, D, acc + j0 * D,
+                          n_keys - kt);
                 } else {
                     // only the keys some query of the task sees
                     const int64_t nv = *std::max_element(w.n_of.data() + j0, w.n_of.data() + j0 + nqg);
-                    k_->kv_tile[int(b.type_v)](vp, v_row, nv, D, w.vt.data());
+                    k_->kv_tile[int(b.type_v)](vp, v_row, nv, D, w.vt.data(), n_keys - kt);
                     k_->kv_accum_f32(w.pr.data() + j0 * k_kv_tile, k_kv_tile, w.n_of.data() + j0, nqg, w.vt.data(), D,
-                                     D, acc + j0 * D);
+                                     D, acc + j0 * D, 0);
                 }
             }
         }

@@ -66,7 +66,7 @@ float kv_at(const void* base, int64_t i) {
 }
 template <bool F16>
 void kv_scores(const float* q, int64_t nq, const void* k, int64_t k_stride, int64_t n, int64_t D, float scale, float* s,
-               int64_t s_stride) {
+               int64_t s_stride, int64_t /*pf_end: no prefetching here*/) {
     for (int64_t j = 0; j < nq; ++j)
         for (int64_t t = 0; t < n; ++t) {
             float x = 0;
@@ -76,7 +76,7 @@ void kv_scores(const float* q, int64_t nq, const void* k, int64_t k_stride, int6
 }
 template <bool F16>
 void kv_accum(const float* p, int64_t p_stride, const int64_t* n_of, int64_t nq, const void* v, int64_t v_stride,
-              int64_t D, float* acc) {
+              int64_t D, float* acc, int64_t /*pf_end: no prefetching here*/) {
     for (int64_t j = 0; j < nq; ++j)
         for (int64_t t = 0; t < n_of[j]; ++t)
             for (int64_t d = 0; d < D; ++d) acc[j * D + d] += p[j * p_stride + t] * kv_at<F16>(v, t * v_stride + d);
