@@ -1,8 +1,9 @@
 // What is particular to the CPU backend, for every instruction-set table (the ops themselves are
 // in conformance_test.cpp): products against float64 with the activations quantized as the CPU
 // quantizes them (tighter than the conformance bound), several products of one input in one job
-// bit-equal to one job each, SiLU tables agreeing bit for bit, packing within the memory budget,
-// and routed experts on packed weights.
+// bit-equal to one job each, SiLU tables agreeing bit for bit, attention on Q8_0 cache rows in
+// place equal to a dequantized tile, packing within the memory budget, and routed experts on
+// packed weights.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -151,6 +152,50 @@ TEST(CpuOps, matmuls_equal_one_matmul_each_bitwise) {
                     << be->name() << " product " << i << " T=" << T << " seed=" << seed;
         }
     }
+}
+
+// Attention's kernels on Q8_0 cache rows read in place give the bits of the rows dequantized
+// into a tile and the f32 kernels: scores and weighted values, for head sizes of one to four
+// blocks, query counts and key counts off the kernels' blocks of 4, queries whose keys end early.
+TEST(CpuOps, q8_0_cache_rows_in_place_equal_a_dequantized_tile) {
+    const uint32_t seed = testing::fresh_seed();
+    std::mt19937 rng(seed);
+    int tables = 0;
+    for (const cpu::Kernels* k : cpu::available_kernels()) {
+        if (!k->kv_scores_q8_0 || !k->kv_accum_q8_0) continue;
+        ++tables;
+        for (int64_t D : {32, 64, 96, 128}) {
+            const int64_t heads = 2, width = heads * D, n = 37, nq = 6, stride = 64;
+            const size_t rb = row_bytes(DType::Q8_0, width);
+            std::vector<uint8_t> rows(rb * size_t(n));
+            for (int64_t t = 0; t < n; ++t) {
+                const std::vector<float> x = testing::random_floats(rng, size_t(width), -2, 2);
+                quantize_row(DType::Q8_0, x.data(), rows.data() + size_t(t) * rb, width);
+            }
+            const std::vector<float> q = testing::random_floats(rng, size_t(nq * D), -1, 1);
+            const std::vector<float> p = testing::random_floats(rng, size_t(nq * stride), 0, 1);
+            const std::vector<float> acc0 = testing::random_floats(rng, size_t(nq * D), -1, 1);
+            std::vector<int64_t> n_of(static_cast<size_t>(nq));
+            for (int64_t j = 0; j < nq; ++j) n_of[size_t(j)] = j % 2 ? n : n - 1 - 5 * j;
+            const uint8_t* head = rows.data() + row_bytes(DType::Q8_0, D);  // the second head
+            std::vector<float> tile(size_t(n * D));
+            k->kv_tile[int(DType::Q8_0)](head, rb, n, D, tile.data(), 0);
+            std::vector<float> s_in(size_t(nq * stride)), s_tile(s_in.size());
+            k->kv_scores_q8_0(q.data(), nq, head, width, n, D, 0.125f, s_in.data(), stride, n);
+            k->kv_scores_f32(q.data(), nq, tile.data(), D, n, D, 0.125f, s_tile.data(), stride, 0);
+            for (int64_t j = 0; j < nq; ++j)
+                ASSERT_EQ(std::memcmp(s_in.data() + j * stride, s_tile.data() + j * stride, size_t(n) * 4), 0)
+                    << k->isa << " D=" << D << " query " << j << " seed=" << seed;
+            std::vector<float> a_in = acc0, a_tile = acc0;
+            k->kv_accum_q8_0(p.data(), stride, n_of.data(), nq, head, width, D, a_in.data(), n);
+            k->kv_accum_f32(p.data(), stride, n_of.data(), nq, tile.data(), D, D, a_tile.data(), 0);
+            ASSERT_EQ(std::memcmp(a_in.data(), a_tile.data(), a_in.size() * 4), 0)
+                << k->isa << " D=" << D << " seed=" << seed;
+        }
+    }
+#if defined(__x86_64__)
+    EXPECT_GT(tables, 0) << "no x86 table reads Q8_0 rows in place";
+#endif
 }
 
 // Packed copies stop at the memory budget: weights that do not fit keep the file's layout and

@@ -88,6 +88,9 @@ struct Kernels {
     GdnStepsFn gdn_steps = nullptr;
     KvScoresFn kv_scores_f32 = nullptr, kv_scores_f16 = nullptr;
     KvAccumFn kv_accum_f32 = nullptr, kv_accum_f16 = nullptr;
+    // optional: Q8_0 rows read in place (the bits of kv_tile then the f32 kernels)
+    KvScoresFn kv_scores_q8_0 = nullptr;
+    KvAccumFn kv_accum_q8_0 = nullptr;
     KvTileFn kv_tile[32] = {};  // indexed by cache DType id: bf16 and the block types
     ExpShiftFn exp_shift = nullptr;
     SiluMulFn silu_mul = nullptr;

@@ -2,9 +2,10 @@
 // computed independently in a fixed order over key positions, so a token's result does not
 // depend on the batch it came in.
 //
-// f32 and f16 caches are read directly by the kernels. The other types (bf16 and the 32-element
-// block types) are dequantized a tile at a time: a tile's rows of one KV head, into f32 that every
-// query of the task then reads; the cache is never converted as a whole. Values are quantized as
+// f32 and f16 caches are read directly by the kernels, and Q8_0 caches by the x86 tables' (the
+// same bits as through a tile). The other types (bf16 and the other 32-element block types) are
+// dequantized a tile at a time: a tile's rows of one KV head, into f32 that every query of the
+// task then reads; the cache is never converted as a whole. Values are quantized as
 // they are written, each row on its own, so a row's bytes do not depend on the batch either.
 //
 // With an f16 cache the query is rounded to f16, as the reference engine does. Softmax and the
@@ -152,10 +153,16 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         const SeqSpan& s = spans[task.span];
         const float* qt = qv.row(ti);
         const KvBlock& b = *kv[task.span];
-        const bool f16k = b.type_k == DType::F16, f16v = b.type_v == DType::F16;
-        const bool direct_k = read_directly(b.type_k), direct_v = read_directly(b.type_v);
-        const KvScoresFn scores = f16k ? k_->kv_scores_f16 : k_->kv_scores_f32;
-        const KvAccumFn accum = f16v ? k_->kv_accum_f16 : k_->kv_accum_f32;
+        // the kernels reading a type in place; none: its rows go through a dequantized tile
+        const KvScoresFn scores = b.type_k == DType::F32    ? k_->kv_scores_f32
+                                  : b.type_k == DType::F16  ? k_->kv_scores_f16
+                                  : b.type_k == DType::Q8_0 ? k_->kv_scores_q8_0
+                                                            : nullptr;
+        const KvAccumFn accum = b.type_v == DType::F32    ? k_->kv_accum_f32
+                                : b.type_v == DType::F16  ? k_->kv_accum_f16
+                                : b.type_v == DType::Q8_0 ? k_->kv_accum_q8_0
+                                                          : nullptr;
+        const bool direct_k = scores != nullptr, direct_v = accum != nullptr;
         // a row's bytes, and where KV head g starts in it
         const size_t k_row = row_bytes(b.type_k, width), v_row = row_bytes(b.type_v, width);
         const size_t k_head = row_bytes(b.type_k, D), v_head = row_bytes(b.type_v, D);
