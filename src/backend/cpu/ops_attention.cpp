@@ -39,8 +39,8 @@ void store_row(DType type, void* base, int64_t pos, const float* src, int64_t wi
     }
 }
 
-// Types the kernels read in place; the others go through a dequantized tile.
-bool read_directly(DType t) {
+// Types whose rows are stored by a copy or a conversion per value; the others are quantized.
+bool stored_plainly(DType t) {
     return t == DType::F32 || t == DType::F16;
 }
 
@@ -60,8 +60,9 @@ void CpuBackend::attention(Tensor q, Tensor k, Tensor v, const AttentionParams& 
         for (int64_t i = 0; i < spans[si].n_tokens; ++i) rows.emplace_back(si, i);
     }
     // quantizing is per row, so rows can be written by any thread
-    const bool quantized = std::any_of(
-        kv.begin(), kv.end(), [](const KvBlock* b) { return !read_directly(b->type_k) || !read_directly(b->type_v); });
+    const bool quantized = std::any_of(kv.begin(), kv.end(), [](const KvBlock* b) {
+        return !stored_plainly(b->type_k) || !stored_plainly(b->type_v);
+    });
     auto store = [&](int64_t rb, int64_t re, int) {
         for (int64_t r = rb; r < re; ++r) {
             const auto [si, i] = rows[size_t(r)];
